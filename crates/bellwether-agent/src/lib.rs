@@ -1,0 +1,2 @@
+//! bellwether-agent.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! bellwether-detect.
+#![forbid(unsafe_code)]

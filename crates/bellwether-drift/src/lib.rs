@@ -1,0 +1,2 @@
+//! bellwether-drift.
+#![forbid(unsafe_code)]

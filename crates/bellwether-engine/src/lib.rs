@@ -1,0 +1,2 @@
+//! bellwether-engine.
+#![forbid(unsafe_code)]

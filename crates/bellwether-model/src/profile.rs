@@ -1,0 +1,109 @@
+//! The host profile: what a host is (configuration) and how it behaves (metrics), as collected
+//! by `bellwether-drift` and sent by the agent.
+//!
+//! Every part is optional: a file that could not be read leaves its part `None` and adds a
+//! note, so that a partial profile is still useful and never aborts collection.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostProfile {
+    /// From `etc/hostname`.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Milliseconds since the Unix epoch when collection started.
+    #[serde(default)]
+    pub collected_at_ms: i64,
+    /// Operator-assigned labels, such as `role=web`. Not collected from the host.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub os: Option<OsInfo>,
+    /// From `proc/sys/kernel/osrelease`.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// Installed packages, name to version, from dpkg and rpm.
+    #[serde(default)]
+    pub packages: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub hardware: Option<Hardware>,
+    #[serde(default)]
+    pub network: Option<Network>,
+    /// Declared dependencies and how they answered a TCP connect.
+    #[serde(default)]
+    pub dependencies: Vec<DependencyStatus>,
+    /// Gauges such as `load1`, `memory_available_ratio`, `psi_cpu_some_avg10`.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    /// Why a part is absent or partial, one sentence per problem.
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OsInfo {
+    /// `ID` from os-release, such as `debian`.
+    pub id: String,
+    /// `VERSION_ID`, such as `12`.
+    #[serde(default)]
+    pub version_id: Option<String>,
+    #[serde(default)]
+    pub pretty_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hardware {
+    #[serde(default)]
+    pub cpu_model: Option<String>,
+    #[serde(default)]
+    pub cpu_count: Option<u32>,
+    #[serde(default)]
+    pub memory_total_kb: Option<u64>,
+    #[serde(default)]
+    pub disks: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
+    /// `nameserver` lines of `etc/resolv.conf`, in order.
+    #[serde(default)]
+    pub dns_resolvers: Vec<String>,
+    /// `etc/hosts`: name to address.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, String>,
+    /// Listening TCP sockets as `addr:port`, sorted.
+    #[serde(default)]
+    pub listening: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    pub name: String,
+    #[serde(default)]
+    pub mac: Option<String>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub operstate: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DependencyStatus {
+    pub name: String,
+    /// `host:port`.
+    pub endpoint: String,
+    pub reachable: bool,
+    /// Connect latency in milliseconds, when reachable.
+    #[serde(default)]
+    pub latency_ms: Option<f64>,
+}

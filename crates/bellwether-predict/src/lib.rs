@@ -1,0 +1,2 @@
+//! bellwether-predict.
+#![forbid(unsafe_code)]

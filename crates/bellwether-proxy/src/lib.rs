@@ -1,0 +1,2 @@
+//! bellwether-proxy.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! bellwether-server.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! bellwether-store.
+#![forbid(unsafe_code)]

@@ -1,0 +1,10 @@
+//! `bellwether agent`.
+
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`agent` is not built yet")
+}

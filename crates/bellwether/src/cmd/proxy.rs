@@ -1,0 +1,10 @@
+//! `bellwether proxy`.
+
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`proxy` is not built yet")
+}

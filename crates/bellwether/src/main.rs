@@ -1,0 +1,92 @@
+//! The `bellwether` binary: a thin clap layer over the library crates.
+//!
+//! Each subcommand lives in its own module under `cmd/`; this file only parses and dispatches.
+//! Exit codes: 0 success, 1 the command ran and found a problem (for example a failing judge
+//! verdict), 2 bad input or usage, 3 a service could not be reached.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Bellwether makes changes to a fleet safe: it predicts where a change will fail, tries it
+/// first where that is safe, watches it land, and undoes it per host before users notice.
+#[derive(Parser)]
+#[command(name = "bellwether", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log filter, as in RUST_LOG (for example `info` or `bellwether_server=debug`).
+    #[arg(long, global = true, env = "BELLWETHER_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Collect this host's profile (or a mounted root's) and print it.
+    Profile(cmd::profile::Args),
+    /// Score drift between two profiles, or show the fleet's drift from a server.
+    Drift(cmd::drift::Args),
+    /// Run the control plane: API, store, drift engine, /metrics.
+    Server(cmd::server::Args),
+    /// Run the per-host agent: profile, metrics, actions.
+    Agent(cmd::agent::Args),
+    /// Capture known-good baselines on a server.
+    Baseline(cmd::baseline::Args),
+    /// List hosts known to a server.
+    Hosts(cmd::hosts::Args),
+    /// Make and manage API tokens.
+    Token(cmd::token::Args),
+    /// Start or stop a local sandbox fleet of distinct hosts on loopback.
+    Sandbox(cmd::sandbox::Args),
+    /// Bring up a sandbox, capture baselines, inject drift and report: the whole story.
+    Quickstart(cmd::quickstart::Args),
+    /// Score a metric series for anomalies (CSV in, CSV out).
+    Detect(cmd::detect::Args),
+    /// Compare canary samples against control samples (Mann-Whitney, Kayenta-style).
+    Judge(cmd::judge::Args),
+    /// Train, apply and evaluate the failure-probability model.
+    Model(cmd::model::Args),
+    /// Run the L4 traffic manager.
+    Proxy(cmd::proxy::Args),
+    /// Patch a stateful service beside its original, with phased rollback.
+    Patch(cmd::patch::Args),
+    /// Benchmarks whose figures go into BENCHMARKS.md.
+    Bench(cmd::bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Profile(a) => cmd::profile::run(a),
+        Command::Drift(a) => cmd::drift::run(a),
+        Command::Server(a) => cmd::server::run(a),
+        Command::Agent(a) => cmd::agent::run(a),
+        Command::Baseline(a) => cmd::baseline::run(a),
+        Command::Hosts(a) => cmd::hosts::run(a),
+        Command::Token(a) => cmd::token::run(a),
+        Command::Sandbox(a) => cmd::sandbox::run(a),
+        Command::Quickstart(a) => cmd::quickstart::run(a),
+        Command::Detect(a) => cmd::detect::run(a),
+        Command::Judge(a) => cmd::judge::run(a),
+        Command::Model(a) => cmd::model::run(a),
+        Command::Proxy(a) => cmd::proxy::run(a),
+        Command::Patch(a) => cmd::patch::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(cmd::exit_code_for(&err))
+        }
+    }
+}
