@@ -1,0 +1,227 @@
+//! How the agent talks to the server: the [`Transport`] trait the send loop is written against,
+//! and [`HttpTransport`], its implementation over the v1 HTTP+JSON API.
+//!
+//! The trait exists so the loop's timing (backoff, buffering, re-enrolment) is tested with a
+//! fake transport on tokio's paused clock, without a network.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use bellwether_model::{HostName, HostProfile, MetricSample};
+use serde::{Deserialize, Serialize};
+
+/// Why a request did not succeed, sorted by what the agent should do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// 401: the token is not (or no longer) valid. For agent calls, enrol again.
+    #[error("the server refused the token (401)")]
+    Unauthorized,
+    /// Another 4xx: this payload will never be accepted; retrying it would loop forever.
+    #[error("the server rejected the request ({status}): {message}")]
+    Rejected { status: u16, message: String },
+    /// The server could not be reached, timed out, or answered 5xx: try again later.
+    #[error("the server is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// `POST /api/v1/enrol` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrolRequest {
+    pub name: HostName,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrolResponse {
+    pub host: HostName,
+    pub agent_token: String,
+}
+
+/// `POST /api/v1/agent/samples` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplesRequest {
+    pub samples: Vec<MetricSample>,
+    /// Samples dropped while the server was away, since the last successful send.
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplesResponse {
+    pub accepted: u64,
+}
+
+/// The three calls an agent makes.
+pub trait Transport {
+    /// Enrols with the enrolment token and returns the agent token.
+    fn enrol(&mut self, req: &EnrolRequest) -> impl Future<Output = Result<String, SendError>>;
+    fn send_profile(
+        &mut self,
+        agent_token: &str,
+        profile: &HostProfile,
+    ) -> impl Future<Output = Result<(), SendError>>;
+    fn send_samples(
+        &mut self,
+        agent_token: &str,
+        body: &SamplesRequest,
+    ) -> impl Future<Output = Result<(), SendError>>;
+}
+
+/// The real transport: HTTP(S) with rustls, one pooled connection, a per-request timeout.
+#[derive(Debug, Clone)]
+pub struct HttpTransport {
+    client: reqwest::Client,
+    base: reqwest::Url,
+    enrol_token: String,
+}
+
+/// The server URL could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("server url {url:?} is not valid: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("could not build the http client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+impl HttpTransport {
+    pub fn new(
+        server: &str,
+        enrol_token: impl Into<String>,
+        timeout: Duration,
+    ) -> Result<Self, TransportError> {
+        let bad = |reason: String| TransportError::BadUrl { url: server.to_owned(), reason };
+        let mut base = reqwest::Url::parse(server).map_err(|e| bad(e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(bad(format!("scheme {:?} is not http or https", base.scheme())));
+        }
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            // One agent talks to one server: a single idle connection is all it needs.
+            .pool_max_idle_per_host(1)
+            .user_agent(concat!("bellwether-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(TransportError::Client)?;
+        Ok(HttpTransport { client, base, enrol_token: enrol_token.into() })
+    }
+
+    fn url(&self, path: &str) -> reqwest::Url {
+        self.base.join(path).expect("static api paths join onto an http base url")
+    }
+
+    async fn post<B: Serialize>(
+        &self,
+        path: &str,
+        token: &str,
+        body: &B,
+    ) -> Result<reqwest::Response, SendError> {
+        let resp = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| SendError::Unavailable(error_chain(&e)))?;
+        classify(resp).await
+    }
+}
+
+/// Maps a response to `Ok` (2xx) or the [`SendError`] that says what to do next.
+async fn classify(resp: reqwest::Response) -> Result<reqwest::Response, SendError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return Err(SendError::Unauthorized);
+    }
+    let message = match resp.text().await {
+        Ok(body) => serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or(body),
+        Err(e) => e.to_string(),
+    };
+    if status.is_client_error() && status != reqwest::StatusCode::REQUEST_TIMEOUT
+        && status != reqwest::StatusCode::TOO_MANY_REQUESTS
+    {
+        Err(SendError::Rejected { status: status.as_u16(), message })
+    } else {
+        Err(SendError::Unavailable(format!("{status}: {message}")))
+    }
+}
+
+/// reqwest's top-level message ("error sending request") hides the cause; keep the chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+impl Transport for HttpTransport {
+    async fn enrol(&mut self, req: &EnrolRequest) -> Result<String, SendError> {
+        let resp = self.post("api/v1/enrol", &self.enrol_token.clone(), req).await?;
+        let body: EnrolResponse = resp
+            .json()
+            .await
+            .map_err(|e| SendError::Unavailable(format!("bad enrolment answer: {}", error_chain(&e))))?;
+        Ok(body.agent_token)
+    }
+
+    async fn send_profile(&mut self, token: &str, profile: &HostProfile) -> Result<(), SendError> {
+        self.post("api/v1/agent/profile", token, profile).await.map(drop)
+    }
+
+    async fn send_samples(&mut self, token: &str, body: &SamplesRequest) -> Result<(), SendError> {
+        self.post("api/v1/agent/samples", token, body).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_keeps_a_path_prefix() {
+        let t = HttpTransport::new("http://127.0.0.1:7878/bw", "t", Duration::from_secs(1)).unwrap();
+        assert_eq!(t.url("api/v1/enrol").as_str(), "http://127.0.0.1:7878/bw/api/v1/enrol");
+        let t = HttpTransport::new("https://h", "t", Duration::from_secs(1)).unwrap();
+        assert_eq!(t.url("api/v1/enrol").as_str(), "https://h/api/v1/enrol");
+    }
+
+    #[test]
+    fn bad_urls_are_named() {
+        let e = HttpTransport::new("ftp://h", "t", Duration::from_secs(1)).unwrap_err();
+        assert_eq!(e.to_string(), "server url \"ftp://h\" is not valid: scheme \"ftp\" is not http or https");
+        let e = HttpTransport::new("not a url", "t", Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().starts_with("server url \"not a url\" is not valid"), "{e}");
+    }
+
+    #[test]
+    fn wire_shapes_match_the_api_contract() {
+        let body = SamplesRequest {
+            samples: vec![MetricSample { ts_ms: 5, name: "load1".into(), value: 0.5 }],
+            dropped: 3,
+        };
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"samples":[{"ts_ms":5,"name":"load1","value":0.5}],"dropped":3}"#
+        );
+        let enrol = EnrolRequest {
+            name: HostName::new("web-01").unwrap(),
+            labels: [("role".to_string(), "web".to_string())].into(),
+        };
+        assert_eq!(serde_json::to_string(&enrol).unwrap(), r#"{"name":"web-01","labels":{"role":"web"}}"#);
+    }
+}
