@@ -1,2 +1,1090 @@
-//! bellwether-store.
+//! The server's persistent state behind one async API, on SQLite (embedded, the default) or
+//! PostgreSQL (for scale).
+//!
+//! The store owns hosts, token hashes, current and historical profiles, baselines, metric
+//! samples, drift results and the event log. It never sees a plain token (only SHA-256
+//! hashes), never computes drift itself and never reads the clock: callers pass `now_ms`, so
+//! that the same calls give the same rows in tests.
+//!
+//! Both backends run the same SQL where the dialects agree (sqlx binds `$1`-style parameters on
+//! SQLite too) and differ only in the migrations and on the sample-ingest hot path, where each
+//! gets the fastest batched insert it supports.
+
 #![forbid(unsafe_code)]
+
+mod migrations;
+pub mod testing;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use bellwether_model::{DriftScore, HostName, HostProfile, MetricSample};
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, Executor, Row};
+
+/// Where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// A SQLite database file, created when missing, in WAL mode.
+    Sqlite { path: PathBuf },
+    /// A PostgreSQL database. With `schema`, every table lives in that schema (created when
+    /// missing), which lets tests and benchmarks share one database without touching each
+    /// other's rows.
+    Postgres { url: String, schema: Option<String> },
+}
+
+impl StoreConfig {
+    /// The SQLite store in `data_dir`, as `bellwether server --data-dir` uses it.
+    pub fn sqlite_in(data_dir: &Path) -> StoreConfig {
+        StoreConfig::Sqlite { path: data_dir.join("bellwether.db") }
+    }
+
+    /// Parses a `--database` value: `postgres://…`/`postgresql://…`, or `sqlite://PATH`.
+    pub fn from_url(url: &str) -> Result<StoreConfig, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(StoreConfig::Postgres { url: url.to_string(), schema: None })
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(StoreError::BadInput {
+                    field: "database".into(),
+                    reason: "sqlite:// needs a file path, as in sqlite://./bellwether.db".into(),
+                });
+            }
+            Ok(StoreConfig::Sqlite { path: PathBuf::from(path) })
+        } else {
+            Err(StoreError::BadInput {
+                field: "database".into(),
+                reason: format!(
+                    "{url:?} is not a database URL; use postgres://USER@HOST:PORT/DB or sqlite://PATH"
+                ),
+            })
+        }
+    }
+}
+
+/// Everything that can go wrong in the store, with the operation and host it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the {backend} store at {location}: {source}")]
+    Open { backend: &'static str, location: String, source: sqlx::Error },
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migrate { version: i64, name: &'static str, source: sqlx::Error },
+    #[error("store query `{op}` failed: {source}")]
+    Query { op: &'static str, source: sqlx::Error },
+    #[error("unknown host {0}")]
+    UnknownHost(HostName),
+    #[error("stored {what} for host {host} is not valid JSON: {source}")]
+    Corrupt { what: &'static str, host: String, source: serde_json::Error },
+    #[error("bad {field}: {reason}")]
+    BadInput { field: String, reason: String },
+}
+
+fn q(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { op, source }
+}
+
+/// The three kinds of API token. Operator and enrolment tokens are fleet-wide; an agent token
+/// belongs to one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenKind {
+    Operator,
+    Enrol,
+    Agent,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Operator => "operator",
+            TokenKind::Enrol => "enrol",
+            TokenKind::Agent => "agent",
+        }
+    }
+
+    fn parse(s: &str) -> Option<TokenKind> {
+        match s {
+            "operator" => Some(TokenKind::Operator),
+            "enrol" => Some(TokenKind::Enrol),
+            "agent" => Some(TokenKind::Agent),
+            _ => None,
+        }
+    }
+}
+
+/// What a presented token turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenGrant {
+    pub kind: TokenKind,
+    /// The host an agent token belongs to; `None` for operator and enrolment tokens.
+    pub host: Option<HostName>,
+}
+
+/// The SHA-256 of a plain token, in lower-case hex: the only form the store keeps.
+pub fn hash_token(plain: &str) -> String {
+    hex::encode(Sha256::digest(plain.as_bytes()))
+}
+
+/// A host as the operator sees it in a listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRecord {
+    pub name: HostName,
+    pub labels: BTreeMap<String, String>,
+    pub enrolled_at_ms: i64,
+    pub last_seen_ms: Option<i64>,
+    pub baseline_at_ms: Option<i64>,
+    /// The host's latest overall drift, when it has a baseline and a score was computed.
+    pub overall_drift: Option<f64>,
+}
+
+impl HostRecord {
+    pub fn has_baseline(&self) -> bool {
+        self.baseline_at_ms.is_some()
+    }
+}
+
+/// Whether an enrolment created the host or re-issued its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrolment {
+    New,
+    Renewed,
+}
+
+/// The kinds of event in the event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Enrolled,
+    TokenSet,
+    ProfileChanged,
+    BaselineCaptured,
+    DriftRecomputed,
+    SamplesDropped,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Enrolled => "enrolled",
+            EventKind::TokenSet => "token_set",
+            EventKind::ProfileChanged => "profile_changed",
+            EventKind::BaselineCaptured => "baseline_captured",
+            EventKind::DriftRecomputed => "drift_recomputed",
+            EventKind::SamplesDropped => "samples_dropped",
+        }
+    }
+}
+
+/// One entry of the event log, as read back.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Event {
+    pub id: i64,
+    pub ts_ms: i64,
+    pub kind: String,
+    pub host: Option<String>,
+    pub reason: String,
+    pub figures: serde_json::Value,
+}
+
+/// A stored drift score and when it was computed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDrift {
+    pub computed_at_ms: i64,
+    pub score: DriftScore,
+}
+
+/// Rows per multi-row `INSERT` on SQLite: 4 parameters each keeps a statement far below
+/// SQLite's 32,766-parameter limit while amortising the per-statement cost.
+const SQLITE_SAMPLE_CHUNK: usize = 500;
+
+/// The store. Cheap to clone: it holds a connection pool.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same block of sqlx calls against whichever pool the store holds. The block is
+/// expanded once per backend, so each expansion is type-checked against its own driver.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Appends one event through any executor (a pool or an open transaction), so that an event
+/// commits or rolls back together with the change it records.
+macro_rules! insert_event {
+    ($exec:expr, $now_ms:expr, $kind:expr, $host:expr, $reason:expr, $figures:expr) => {{
+        let host: Option<&HostName> = $host;
+        let kind: EventKind = $kind;
+        let reason: &str = $reason;
+        let figures: &serde_json::Value = $figures;
+        sqlx::query("INSERT INTO events (ts_ms, kind, host, reason, figures) VALUES ($1, $2, $3, $4, $5)")
+            .bind($now_ms)
+            .bind(kind.as_str())
+            .bind(host.map(|h| h.as_str().to_string()))
+            .bind(reason.to_string())
+            .bind(figures.to_string())
+            .execute($exec)
+            .await
+            .map_err(q("insert event"))
+            .map(|_| ())
+    }};
+}
+
+fn check_schema_name(schema: &str) -> Result<(), StoreError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadInput {
+            field: "schema".into(),
+            reason: format!(
+                "{schema:?} must be 1 to 63 characters of a-z, 0-9 and '_', not starting with a digit"
+            ),
+        })
+    }
+}
+
+/// Drops a PostgreSQL schema and everything in it. Tests and benchmarks call it on the unique
+/// schema they made; it is never called by the server.
+pub async fn drop_postgres_schema(url: &str, schema: &str) -> Result<(), StoreError> {
+    check_schema_name(schema)?;
+    let opts = PgConnectOptions::from_str(url).map_err(|source| StoreError::Open {
+        backend: "postgres",
+        location: redact(url),
+        source,
+    })?;
+    let mut conn = sqlx::PgConnection::connect_with(&opts).await.map_err(|source| {
+        StoreError::Open { backend: "postgres", location: redact(url), source }
+    })?;
+    conn.execute(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE").as_str())
+        .await
+        .map_err(q("drop schema"))?;
+    conn.close().await.map_err(q("close"))?;
+    Ok(())
+}
+
+/// Hides the password of a database URL for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &userinfo[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn labels_json(labels: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(labels).expect("a string map always serialises")
+}
+
+fn parse_labels(host: &str, s: &str) -> Result<BTreeMap<String, String>, StoreError> {
+    serde_json::from_str(s).map_err(|source| StoreError::Corrupt {
+        what: "labels",
+        host: host.to_string(),
+        source,
+    })
+}
+
+fn parse_profile(host: &str, what: &'static str, s: &str) -> Result<HostProfile, StoreError> {
+    serde_json::from_str(s).map_err(|source| StoreError::Corrupt { what, host: host.to_string(), source })
+}
+
+fn host_name(s: String) -> Result<HostName, StoreError> {
+    HostName::new(s.clone()).map_err(|e| StoreError::BadInput {
+        field: "hosts.name".into(),
+        reason: format!("stored name {s:?} is invalid: {e}"),
+    })
+}
+
+/// The configuration part of a profile, hashed: two profiles that differ only in their
+/// collection time or metric values share a fingerprint, so history keeps distinct
+/// configurations rather than every report.
+fn fingerprint(profile: &HostProfile) -> String {
+    let mut p = profile.clone();
+    p.collected_at_ms = 0;
+    p.metrics.clear();
+    let json = serde_json::to_string(&p).expect("a profile always serialises");
+    hex::encode(Sha256::digest(json.as_bytes()))
+}
+
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), StoreError> {
+    for (k, v) in labels {
+        if k.is_empty() {
+            return Err(StoreError::BadInput {
+                field: "labels".into(),
+                reason: "a label key is empty".into(),
+            });
+        }
+        if k.len() > 256 || v.len() > 1024 {
+            return Err(StoreError::BadInput {
+                field: format!("labels.{k}"),
+                reason: "label keys are at most 256 bytes and values at most 1024".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_samples(samples: &[MetricSample]) -> Result<(), StoreError> {
+    for (i, s) in samples.iter().enumerate() {
+        if s.name.is_empty() || s.name.len() > 256 {
+            return Err(StoreError::BadInput {
+                field: format!("samples[{i}].name"),
+                reason: "a metric name has 1 to 256 bytes".into(),
+            });
+        }
+        if !s.value.is_finite() {
+            return Err(StoreError::BadInput {
+                field: format!("samples[{i}].value"),
+                reason: format!("metric {} has the non-finite value {}", s.name, s.value),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating when needed) and migrates the store.
+    pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        let store = match config {
+            StoreConfig::Sqlite { path } => {
+                let location = path.display().to_string();
+                let opts = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(10));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(opts)
+                    .await
+                    .map_err(|source| StoreError::Open { backend: "sqlite", location, source })?;
+                Store { backend: Backend::Sqlite(pool) }
+            }
+            StoreConfig::Postgres { url, schema } => {
+                let location = redact(url);
+                let open_err = |source| StoreError::Open {
+                    backend: "postgres",
+                    location: location.clone(),
+                    source,
+                };
+                let opts = PgConnectOptions::from_str(url).map_err(open_err)?;
+                let mut pool_opts = PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10));
+                if let Some(schema) = schema {
+                    check_schema_name(schema)?;
+                    let mut conn =
+                        sqlx::PgConnection::connect_with(&opts).await.map_err(open_err)?;
+                    conn.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
+                        .await
+                        .map_err(q("create schema"))?;
+                    conn.close().await.map_err(q("close"))?;
+                    let set = format!("SET search_path TO \"{schema}\"");
+                    pool_opts = pool_opts.after_connect(move |conn, _meta| {
+                        let set = set.clone();
+                        Box::pin(async move {
+                            conn.execute(set.as_str()).await?;
+                            Ok(())
+                        })
+                    });
+                }
+                let pool = pool_opts.connect_with(opts).await.map_err(open_err)?;
+                Store { backend: Backend::Postgres(pool) }
+            }
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes the pool, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let create = match self.backend {
+            Backend::Sqlite(_) => migrations::MIGRATIONS_TABLE_SQLITE,
+            Backend::Postgres(_) => migrations::MIGRATIONS_TABLE_POSTGRES,
+        };
+        on_pool!(self, pool => {
+            sqlx::query(create).execute(pool).await.map_err(q("create migrations table"))?;
+            for m in migrations::MIGRATIONS {
+                let script = match self.backend {
+                    Backend::Sqlite(_) => m.sqlite,
+                    Backend::Postgres(_) => m.postgres,
+                };
+                let err = |source| StoreError::Migrate { version: m.version, name: m.name, source };
+                let mut tx = pool.begin().await.map_err(err)?;
+                if let Backend::Postgres(_) = self.backend {
+                    // Two servers opening one database at once take turns here.
+                    sqlx::query("SELECT pg_advisory_xact_lock(7878001)")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(err)?;
+                }
+                let done: Option<i64> =
+                    sqlx::query_scalar("SELECT version FROM bw_migrations WHERE version = $1")
+                        .bind(m.version)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(err)?;
+                if done.is_some() {
+                    continue;
+                }
+                // One statement at a time: the scripts hold no `;` inside a statement.
+                for statement in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                    sqlx::query(statement).execute(&mut *tx).await.map_err(err)?;
+                }
+                sqlx::query("INSERT INTO bw_migrations (version, name, applied_at_ms) VALUES ($1, $2, $3)")
+                    .bind(m.version)
+                    .bind(m.name)
+                    .bind(0_i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                tx.commit().await.map_err(err)?;
+                tracing::info!(version = m.version, name = m.name, backend = self.backend_name(), "Applied store migration.");
+            }
+            Ok(())
+        })
+    }
+
+    /// The versions of the applied migrations, in order.
+    pub async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT version FROM bw_migrations ORDER BY version")
+                .fetch_all(pool)
+                .await
+                .map_err(q("applied migrations"))
+        })
+    }
+
+    // ---- tokens ------------------------------------------------------------------------------
+
+    /// Whether any token of a fleet-wide kind exists.
+    pub async fn has_token(&self, kind: TokenKind) -> Result<bool, StoreError> {
+        on_pool!(self, pool => {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE kind = $1")
+                .bind(kind.as_str())
+                .fetch_one(pool)
+                .await
+                .map_err(q("count tokens"))?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Makes `plain` the one token of a fleet-wide kind (operator or enrolment), revoking any
+    /// other of that kind, and logs a `token_set` event.
+    pub async fn set_fleet_token(
+        &self,
+        kind: TokenKind,
+        plain: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        if kind == TokenKind::Agent {
+            return Err(StoreError::BadInput {
+                field: "kind".into(),
+                reason: "agent tokens are issued by enrolment, per host".into(),
+            });
+        }
+        if plain.len() < 16 {
+            return Err(StoreError::BadInput {
+                field: format!("{} token", kind.as_str()),
+                reason: "a token needs at least 16 characters".into(),
+            });
+        }
+        let hash = hash_token(plain);
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(q("begin"))?;
+            sqlx::query("DELETE FROM tokens WHERE kind = $1")
+                .bind(kind.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(q("revoke tokens"))?;
+            sqlx::query("INSERT INTO tokens (hash, kind, host_id, created_at_ms) VALUES ($1, $2, NULL, $3)")
+                .bind(&hash)
+                .bind(kind.as_str())
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("insert token"))?;
+            insert_event!(&mut *tx, now_ms, EventKind::TokenSet, None, reason, &serde_json::json!({"kind": kind.as_str()}))?;
+            tx.commit().await.map_err(q("commit"))?;
+            Ok(())
+        })
+    }
+
+    /// Looks a presented token up by its hash.
+    pub async fn authenticate(&self, plain: &str) -> Result<Option<TokenGrant>, StoreError> {
+        let hash = hash_token(plain);
+        on_pool!(self, pool => {
+            let row = sqlx::query(
+                "SELECT t.kind, h.name FROM tokens t LEFT JOIN hosts h ON h.id = t.host_id WHERE t.hash = $1",
+            )
+            .bind(&hash)
+            .fetch_optional(pool)
+            .await
+            .map_err(q("authenticate"))?;
+            let Some(row) = row else { return Ok(None) };
+            let kind: String = row.try_get(0).map_err(q("authenticate"))?;
+            let host: Option<String> = row.try_get(1).map_err(q("authenticate"))?;
+            let Some(kind) = TokenKind::parse(&kind) else { return Ok(None) };
+            let host = host.map(host_name).transpose()?;
+            if kind == TokenKind::Agent && host.is_none() {
+                return Ok(None);
+            }
+            Ok(Some(TokenGrant { kind, host }))
+        })
+    }
+
+    // ---- hosts -------------------------------------------------------------------------------
+
+    /// Enrols a host (or re-enrols it): stores its labels, revokes its previous agent token,
+    /// stores the new token's hash and logs an `enrolled` event — all in one transaction.
+    pub async fn enrol(
+        &self,
+        name: &HostName,
+        labels: &BTreeMap<String, String>,
+        agent_token: &str,
+        now_ms: i64,
+    ) -> Result<Enrolment, StoreError> {
+        check_labels(labels)?;
+        let hash = hash_token(agent_token);
+        let labels_s = labels_json(labels);
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(q("begin"))?;
+            let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM hosts WHERE name = $1")
+                .bind(name.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(q("find host"))?;
+            let (id, outcome) = match existing {
+                Some(id) => {
+                    sqlx::query("UPDATE hosts SET labels = $1 WHERE id = $2")
+                        .bind(&labels_s)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q("update host"))?;
+                    sqlx::query("DELETE FROM tokens WHERE kind = 'agent' AND host_id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q("revoke agent token"))?;
+                    (id, Enrolment::Renewed)
+                }
+                None => {
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO hosts (name, labels, enrolled_at_ms, last_seen_ms) VALUES ($1, $2, $3, $3) RETURNING id",
+                    )
+                    .bind(name.as_str())
+                    .bind(&labels_s)
+                    .bind(now_ms)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(q("insert host"))?;
+                    (id, Enrolment::New)
+                }
+            };
+            sqlx::query("INSERT INTO tokens (hash, kind, host_id, created_at_ms) VALUES ($1, 'agent', $2, $3)")
+                .bind(&hash)
+                .bind(id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("insert agent token"))?;
+            let reason = match outcome {
+                Enrolment::New => "host enrolled",
+                Enrolment::Renewed => "host re-enrolled; its previous agent token is revoked",
+            };
+            insert_event!(&mut *tx, now_ms, EventKind::Enrolled, Some(name), reason, &serde_json::json!({"labels": labels}))?;
+            tx.commit().await.map_err(q("commit"))?;
+            Ok(outcome)
+        })
+    }
+
+    async fn host_id(&self, name: &HostName) -> Result<i64, StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query_scalar::<_, i64>("SELECT id FROM hosts WHERE name = $1")
+                .bind(name.as_str())
+                .fetch_optional(pool)
+                .await
+                .map_err(q("find host"))?
+                .ok_or_else(|| StoreError::UnknownHost(name.clone()))
+        })
+    }
+
+    /// Every host, sorted by name.
+    pub async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        self.hosts_where(None).await
+    }
+
+    /// One host, or `None` when it is unknown.
+    pub async fn get_host(&self, name: &HostName) -> Result<Option<HostRecord>, StoreError> {
+        Ok(self.hosts_where(Some(name)).await?.into_iter().next())
+    }
+
+    async fn hosts_where(&self, name: Option<&HostName>) -> Result<Vec<HostRecord>, StoreError> {
+        const BASE: &str = "SELECT h.name, h.labels, h.enrolled_at_ms, h.last_seen_ms, b.captured_at_ms, d.overall \
+            FROM hosts h LEFT JOIN baselines b ON b.host_id = h.id LEFT JOIN drift d ON d.host_id = h.id";
+        on_pool!(self, pool => {
+            let rows = match name {
+                Some(n) => sqlx::query(&format!("{BASE} WHERE h.name = $1"))
+                    .bind(n.as_str())
+                    .fetch_all(pool)
+                    .await,
+                None => sqlx::query(&format!("{BASE} ORDER BY h.name")).fetch_all(pool).await,
+            }
+            .map_err(q("list hosts"))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let name: String = row.try_get(0).map_err(q("list hosts"))?;
+                let labels: String = row.try_get(1).map_err(q("list hosts"))?;
+                out.push(HostRecord {
+                    labels: parse_labels(&name, &labels)?,
+                    enrolled_at_ms: row.try_get(2).map_err(q("list hosts"))?,
+                    last_seen_ms: row.try_get(3).map_err(q("list hosts"))?,
+                    baseline_at_ms: row.try_get(4).map_err(q("list hosts"))?,
+                    overall_drift: row.try_get(5).map_err(q("list hosts"))?,
+                    name: host_name(name)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// How many hosts are enrolled.
+    pub async fn count_hosts(&self) -> Result<i64, StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM hosts")
+                .fetch_one(pool)
+                .await
+                .map_err(q("count hosts"))
+        })
+    }
+
+    // ---- profiles ----------------------------------------------------------------------------
+
+    /// Stores `profile` as the host's current profile and appends it to the history when its
+    /// configuration differs from the last one kept. Returns whether it did (a changed
+    /// configuration also logs a `profile_changed` event).
+    pub async fn put_profile(
+        &self,
+        name: &HostName,
+        profile: &HostProfile,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let id = self.host_id(name).await?;
+        let fp = fingerprint(profile);
+        let json = serde_json::to_string(profile).expect("a profile always serialises");
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(q("begin"))?;
+            sqlx::query(
+                "INSERT INTO current_profiles (host_id, received_at_ms, fingerprint, profile) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (host_id) DO UPDATE SET received_at_ms = excluded.received_at_ms, \
+                 fingerprint = excluded.fingerprint, profile = excluded.profile",
+            )
+            .bind(id)
+            .bind(now_ms)
+            .bind(&fp)
+            .bind(&json)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("put profile"))?;
+            let last: Option<String> = sqlx::query_scalar(
+                "SELECT fingerprint FROM profile_history WHERE host_id = $1 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(q("last profile"))?;
+            let changed = last.as_deref() != Some(fp.as_str());
+            if changed {
+                sqlx::query("INSERT INTO profile_history (host_id, received_at_ms, fingerprint, profile) VALUES ($1, $2, $3, $4)")
+                    .bind(id)
+                    .bind(now_ms)
+                    .bind(&fp)
+                    .bind(&json)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("append profile history"))?;
+                let reason = if last.is_none() { "first profile received" } else { "profile configuration changed" };
+                insert_event!(&mut *tx, now_ms, EventKind::ProfileChanged, Some(name), reason, &serde_json::json!({"fingerprint": fp}))?;
+            }
+            sqlx::query("UPDATE hosts SET last_seen_ms = $1 WHERE id = $2")
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("touch host"))?;
+            tx.commit().await.map_err(q("commit"))?;
+            Ok(changed)
+        })
+    }
+
+    /// The host's current profile, `None` when it sent none yet. Unknown host → error.
+    pub async fn current_profile(&self, name: &HostName) -> Result<Option<HostProfile>, StoreError> {
+        let id = self.host_id(name).await?;
+        on_pool!(self, pool => {
+            let s: Option<String> = sqlx::query_scalar("SELECT profile FROM current_profiles WHERE host_id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+                .map_err(q("current profile"))?;
+            s.map(|s| parse_profile(name.as_str(), "profile", &s)).transpose()
+        })
+    }
+
+    /// The current profile of every host that has one, sorted by host name.
+    pub async fn current_profiles(&self) -> Result<Vec<(HostName, HostProfile)>, StoreError> {
+        on_pool!(self, pool => {
+            let rows = sqlx::query("SELECT h.name, c.profile FROM current_profiles c JOIN hosts h ON h.id = c.host_id ORDER BY h.name")
+                .fetch_all(pool)
+                .await
+                .map_err(q("current profiles"))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let name: String = row.try_get(0).map_err(q("current profiles"))?;
+                let profile: String = row.try_get(1).map_err(q("current profiles"))?;
+                let profile = parse_profile(&name, "profile", &profile)?;
+                out.push((host_name(name)?, profile));
+            }
+            Ok(out)
+        })
+    }
+
+    /// The host's distinct configurations, newest first, at most `limit`.
+    pub async fn profile_history(
+        &self,
+        name: &HostName,
+        limit: i64,
+    ) -> Result<Vec<(i64, HostProfile)>, StoreError> {
+        let id = self.host_id(name).await?;
+        on_pool!(self, pool => {
+            let rows = sqlx::query("SELECT received_at_ms, profile FROM profile_history WHERE host_id = $1 ORDER BY id DESC LIMIT $2")
+                .bind(id)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+                .map_err(q("profile history"))?;
+            rows.into_iter()
+                .map(|row| {
+                    let ts: i64 = row.try_get(0).map_err(q("profile history"))?;
+                    let p: String = row.try_get(1).map_err(q("profile history"))?;
+                    Ok((ts, parse_profile(name.as_str(), "profile history", &p)?))
+                })
+                .collect()
+        })
+    }
+
+    // ---- baselines ---------------------------------------------------------------------------
+
+    /// Stores the host's known-good baseline (replacing any earlier one) and logs a
+    /// `baseline_captured` event.
+    pub async fn set_baseline(
+        &self,
+        name: &HostName,
+        profile: &HostProfile,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let id = self.host_id(name).await?;
+        let json = serde_json::to_string(profile).expect("a profile always serialises");
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(q("begin"))?;
+            sqlx::query(
+                "INSERT INTO baselines (host_id, captured_at_ms, profile) VALUES ($1, $2, $3) \
+                 ON CONFLICT (host_id) DO UPDATE SET captured_at_ms = excluded.captured_at_ms, profile = excluded.profile",
+            )
+            .bind(id)
+            .bind(now_ms)
+            .bind(&json)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("set baseline"))?;
+            insert_event!(&mut *tx, now_ms, EventKind::BaselineCaptured, Some(name), "baseline captured from the current profile",
+                &serde_json::json!({"fingerprint": fingerprint(profile), "metrics": profile.metrics}))?;
+            tx.commit().await.map_err(q("commit"))?;
+            Ok(())
+        })
+    }
+
+    /// The host's baseline, `None` when none was captured. Unknown host → error.
+    pub async fn baseline(&self, name: &HostName) -> Result<Option<HostProfile>, StoreError> {
+        let id = self.host_id(name).await?;
+        on_pool!(self, pool => {
+            let s: Option<String> = sqlx::query_scalar("SELECT profile FROM baselines WHERE host_id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+                .map_err(q("baseline"))?;
+            s.map(|s| parse_profile(name.as_str(), "baseline", &s)).transpose()
+        })
+    }
+
+    // ---- samples -----------------------------------------------------------------------------
+
+    /// Stores a batch of samples for one host in one transaction (the ingest hot path) and
+    /// marks the host seen. The whole batch is checked first, so a bad sample stores nothing.
+    pub async fn insert_samples(
+        &self,
+        name: &HostName,
+        samples: &[MetricSample],
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        check_samples(samples)?;
+        let id = self.host_id(name).await?;
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut tx = pool.begin().await.map_err(q("begin"))?;
+                for chunk in samples.chunks(SQLITE_SAMPLE_CHUNK) {
+                    let mut sql = String::with_capacity(64 + chunk.len() * 24);
+                    sql.push_str("INSERT INTO samples (host_id, ts_ms, name, value) VALUES ");
+                    for i in 0..chunk.len() {
+                        if i > 0 {
+                            sql.push(',');
+                        }
+                        let b = i * 3 + 2;
+                        sql.push_str(&format!("($1,${},${},${})", b, b + 1, b + 2));
+                    }
+                    let mut query = sqlx::query(&sql).bind(id);
+                    for s in chunk {
+                        query = query.bind(s.ts_ms).bind(s.name.as_str()).bind(s.value);
+                    }
+                    query.execute(&mut *tx).await.map_err(q("insert samples"))?;
+                }
+                sqlx::query("UPDATE hosts SET last_seen_ms = $1 WHERE id = $2")
+                    .bind(now_ms)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("touch host"))?;
+                tx.commit().await.map_err(q("commit"))?;
+            }
+            Backend::Postgres(pool) => {
+                let ts: Vec<i64> = samples.iter().map(|s| s.ts_ms).collect();
+                let names: Vec<&str> = samples.iter().map(|s| s.name.as_str()).collect();
+                let values: Vec<f64> = samples.iter().map(|s| s.value).collect();
+                let mut tx = pool.begin().await.map_err(q("begin"))?;
+                sqlx::query(
+                    "INSERT INTO samples (host_id, ts_ms, name, value) \
+                     SELECT $1, t.ts, t.n, t.v FROM UNNEST($2::bigint[], $3::text[], $4::float8[]) AS t(ts, n, v)",
+                )
+                .bind(id)
+                .bind(&ts)
+                .bind(&names)
+                .bind(&values)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("insert samples"))?;
+                sqlx::query("UPDATE hosts SET last_seen_ms = $1 WHERE id = $2")
+                    .bind(now_ms)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("touch host"))?;
+                tx.commit().await.map_err(q("commit"))?;
+            }
+        }
+        Ok(samples.len() as u64)
+    }
+
+    /// The mean of each metric over the `window_ms` before the host's newest sample. The window
+    /// ends at the newest sample rather than at the server's clock, so that an agent's clock
+    /// skew does not empty it. Empty when the host sent no samples.
+    pub async fn recent_metric_means(
+        &self,
+        name: &HostName,
+        window_ms: i64,
+    ) -> Result<BTreeMap<String, f64>, StoreError> {
+        let id = self.host_id(name).await?;
+        on_pool!(self, pool => {
+            let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(ts_ms) FROM samples WHERE host_id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await
+                .map_err(q("newest sample"))?;
+            let Some(newest) = newest else { return Ok(BTreeMap::new()) };
+            let rows = sqlx::query("SELECT name, AVG(value) FROM samples WHERE host_id = $1 AND ts_ms > $2 GROUP BY name")
+                .bind(id)
+                .bind(newest.saturating_sub(window_ms))
+                .fetch_all(pool)
+                .await
+                .map_err(q("metric means"))?;
+            rows.into_iter()
+                .map(|row| {
+                    let n: String = row.try_get(0).map_err(q("metric means"))?;
+                    let v: f64 = row.try_get(1).map_err(q("metric means"))?;
+                    Ok((n, v))
+                })
+                .collect()
+        })
+    }
+
+    /// How many samples the host has stored.
+    pub async fn count_samples(&self, name: &HostName) -> Result<i64, StoreError> {
+        let id = self.host_id(name).await?;
+        on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM samples WHERE host_id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await
+                .map_err(q("count samples"))
+        })
+    }
+
+    // ---- drift -------------------------------------------------------------------------------
+
+    /// Stores the host's latest drift score, replacing the previous one.
+    pub async fn put_drift(
+        &self,
+        name: &HostName,
+        score: &DriftScore,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let id = self.host_id(name).await?;
+        let json = serde_json::to_string(score).expect("a drift score always serialises");
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO drift (host_id, computed_at_ms, overall, score) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (host_id) DO UPDATE SET computed_at_ms = excluded.computed_at_ms, \
+                 overall = excluded.overall, score = excluded.score",
+            )
+            .bind(id)
+            .bind(now_ms)
+            .bind(score.overall.get())
+            .bind(&json)
+            .execute(pool)
+            .await
+            .map_err(q("put drift"))?;
+            Ok(())
+        })
+    }
+
+    /// The host's latest drift score. Unknown host → error.
+    pub async fn drift(&self, name: &HostName) -> Result<Option<StoredDrift>, StoreError> {
+        let id = self.host_id(name).await?;
+        on_pool!(self, pool => {
+            let row = sqlx::query("SELECT computed_at_ms, score FROM drift WHERE host_id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+                .map_err(q("drift"))?;
+            let Some(row) = row else { return Ok(None) };
+            let computed_at_ms: i64 = row.try_get(0).map_err(q("drift"))?;
+            let s: String = row.try_get(1).map_err(q("drift"))?;
+            let score = serde_json::from_str(&s).map_err(|source| StoreError::Corrupt {
+                what: "drift score",
+                host: name.to_string(),
+                source,
+            })?;
+            Ok(Some(StoredDrift { computed_at_ms, score }))
+        })
+    }
+
+    /// Every stored drift score, by host name.
+    pub async fn all_drift(&self) -> Result<BTreeMap<HostName, StoredDrift>, StoreError> {
+        on_pool!(self, pool => {
+            let rows = sqlx::query("SELECT h.name, d.computed_at_ms, d.score FROM drift d JOIN hosts h ON h.id = d.host_id")
+                .fetch_all(pool)
+                .await
+                .map_err(q("all drift"))?;
+            let mut out = BTreeMap::new();
+            for row in rows {
+                let name: String = row.try_get(0).map_err(q("all drift"))?;
+                let computed_at_ms: i64 = row.try_get(1).map_err(q("all drift"))?;
+                let s: String = row.try_get(2).map_err(q("all drift"))?;
+                let score = serde_json::from_str(&s).map_err(|source| StoreError::Corrupt {
+                    what: "drift score",
+                    host: name.clone(),
+                    source,
+                })?;
+                out.insert(host_name(name)?, StoredDrift { computed_at_ms, score });
+            }
+            Ok(out)
+        })
+    }
+
+    // ---- events ------------------------------------------------------------------------------
+
+    /// Appends an event to the log.
+    pub async fn record_event(
+        &self,
+        kind: EventKind,
+        host: Option<&HostName>,
+        reason: &str,
+        figures: &serde_json::Value,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, pool => insert_event!(pool, now_ms, kind, host, reason, figures))
+    }
+
+    /// The newest events (optionally of one host), newest first, at most `limit`.
+    pub async fn events(&self, host: Option<&HostName>, limit: i64) -> Result<Vec<Event>, StoreError> {
+        on_pool!(self, pool => {
+            let rows = match host {
+                Some(h) => sqlx::query("SELECT id, ts_ms, kind, host, reason, figures FROM events WHERE host = $1 ORDER BY id DESC LIMIT $2")
+                    .bind(h.as_str())
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await,
+                None => sqlx::query("SELECT id, ts_ms, kind, host, reason, figures FROM events ORDER BY id DESC LIMIT $1")
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await,
+            }
+            .map_err(q("events"))?;
+            rows.into_iter()
+                .map(|row| {
+                    let figures: String = row.try_get(5).map_err(q("events"))?;
+                    let host: Option<String> = row.try_get(3).map_err(q("events"))?;
+                    Ok(Event {
+                        id: row.try_get(0).map_err(q("events"))?,
+                        ts_ms: row.try_get(1).map_err(q("events"))?,
+                        kind: row.try_get(2).map_err(q("events"))?,
+                        figures: serde_json::from_str(&figures).map_err(|source| StoreError::Corrupt {
+                            what: "event figures",
+                            host: host.clone().unwrap_or_default(),
+                            source,
+                        })?,
+                        host,
+                        reason: row.try_get(4).map_err(q("events"))?,
+                    })
+                })
+                .collect()
+        })
+    }
+}
