@@ -1,2 +1,43 @@
-//! bellwether-drift.
+//! Host-profile collection and drift scoring.
+//!
+//! - [`collect`] reads a host root (`/` or a mounted root) into a [`HostProfile`]; it is the only
+//!   module here that reads files, and it never aborts: what it cannot read becomes a note.
+//! - [`deps`] parses and probes declared dependencies (`NAME=HOST:PORT`).
+//! - [`score`] compares a baseline profile with a current one and returns a [`DriftScore`]; it
+//!   is pure.
+//! - [`peers`] compares the hosts of a fleet that share a role; it is pure.
+//! - [`synth`] writes realistic synthetic host roots for the sandbox, tests and benchmarks.
+//! - [`version`] compares Debian/RPM versions and sizes a change (major, minor, patch).
+//!
+//! docs/drift.md explains the scoring formula for operators.
+//!
+//! [`HostProfile`]: bellwether_model::HostProfile
+//! [`DriftScore`]: bellwether_model::DriftScore
 #![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+pub mod collect;
+pub mod deps;
+pub mod root;
+pub mod synth;
+pub mod version;
+
+pub use collect::{collect, CollectOptions, CpuSampler};
+pub use deps::{parse_dependency, read_declared_dependencies, Dependency};
+
+/// Errors of this crate. Collection itself never fails; these come from parsing declared
+/// dependencies and from comparing profiles that should not be compared.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bad dependency {value:?}: {reason}")]
+    BadDependency { value: String, reason: String },
+    #[error("{}:{line}: {reason}", path.display())]
+    BadDependencyLine { path: PathBuf, line: usize, reason: String },
+    #[error("could not read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}

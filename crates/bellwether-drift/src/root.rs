@@ -1,0 +1,120 @@
+//! Where collection reads from: a directory on disk (`/` or a mounted root) or, for synthetic
+//! hosts and tests, a set of files held in memory.
+//!
+//! Collection goes through [`Root`] so that [`crate::synth::profile_of`] runs exactly the same
+//! parsers as [`crate::collect::collect`], without touching the disk.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Read access to a host's files by path relative to the host's root, such as `proc/loadavg`.
+pub trait Root {
+    /// The whole file as text.
+    fn read(&self, rel: &str) -> io::Result<String>;
+    /// The names of the entries of a directory, sorted.
+    fn list(&self, rel: &str) -> io::Result<Vec<String>>;
+    /// Whether a file or directory exists.
+    fn exists(&self, rel: &str) -> bool;
+}
+
+/// A host root on disk.
+#[derive(Debug, Clone)]
+pub struct FsRoot {
+    dir: PathBuf,
+}
+
+impl FsRoot {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        FsRoot { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Root for FsRoot {
+    fn read(&self, rel: &str) -> io::Result<String> {
+        let bytes = std::fs::read(self.dir.join(rel))?;
+        // Files under /proc and /etc are ASCII in practice; a stray non-UTF-8 byte (a package
+        // description in Latin-1, say) must not lose the whole file.
+        Ok(match String::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
+    }
+
+    fn list(&self, rel: &str) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(self.dir.join(rel))? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn exists(&self, rel: &str) -> bool {
+        self.dir.join(rel).exists()
+    }
+}
+
+/// A host root held in memory: relative path to file contents. Directories are implied by the
+/// paths of the files under them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemRoot {
+    pub files: BTreeMap<String, String>,
+}
+
+impl MemRoot {
+    pub fn insert(&mut self, rel: impl Into<String>, contents: impl Into<String>) {
+        self.files.insert(rel.into(), contents.into());
+    }
+}
+
+impl Root for MemRoot {
+    fn read(&self, rel: &str) -> io::Result<String> {
+        self.files
+            .get(rel)
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))
+    }
+
+    fn list(&self, rel: &str) -> io::Result<Vec<String>> {
+        let prefix = format!("{}/", rel.trim_end_matches('/'));
+        let mut names: Vec<String> = self
+            .files
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter_map(|(k, _)| k[prefix.len()..].split('/').next().map(str::to_owned))
+            .collect();
+        names.dedup();
+        if names.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such directory"));
+        }
+        Ok(names)
+    }
+
+    fn exists(&self, rel: &str) -> bool {
+        self.files.contains_key(rel) || self.list(rel).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_root_lists_directories_from_file_paths() {
+        let mut r = MemRoot::default();
+        r.insert("sys/class/net/eth0/mtu", "1500\n");
+        r.insert("sys/class/net/eth0/address", "aa\n");
+        r.insert("sys/class/net/lo/mtu", "65536\n");
+        r.insert("sys/class/netx", "");
+        assert_eq!(r.list("sys/class/net").unwrap(), vec!["eth0", "lo"]);
+        assert!(r.exists("sys/class/net/eth0"));
+        assert!(!r.exists("sys/class/none"));
+        assert_eq!(r.read("sys/class/net/lo/mtu").unwrap(), "65536\n");
+        assert_eq!(r.read("nope").unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+}
