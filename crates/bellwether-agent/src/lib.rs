@@ -16,6 +16,7 @@ pub mod agent;
 pub mod backoff;
 pub mod buffer;
 pub mod change;
+pub mod host;
 pub mod transport;
 
 pub use agent::{Agent, Collected, Collector, Settings, Stats};

@@ -1,0 +1,133 @@
+//! The real [`Collector`]: reads the host (or a mounted root) with `bellwether-drift`, probes
+//! the declared dependencies, and turns the profile's metrics into samples.
+//!
+//! Collection reads files and makes TCP connects, which block; it runs on tokio's blocking
+//! pool so that the send loop and the shutdown signal stay responsive.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bellwether_drift::deps::merge_dependencies;
+use bellwether_drift::{read_declared_dependencies, CollectOptions, CpuSampler, Dependency};
+use bellwether_model::{HostProfile, MetricSample};
+use tracing::warn;
+
+use crate::agent::{Collected, Collector};
+
+pub struct HostCollector {
+    rootfs: PathBuf,
+    /// Dependencies from the command line; they override the root's declared ones by name.
+    flag_dependencies: Vec<Dependency>,
+    probe_timeout: Duration,
+    sampler: Option<CpuSampler>,
+    /// The last problem reading the declared dependencies, so it is logged once per change.
+    last_dependency_error: Option<String>,
+}
+
+impl HostCollector {
+    pub fn new(rootfs: PathBuf, flag_dependencies: Vec<Dependency>, probe_timeout: Duration) -> Self {
+        HostCollector {
+            rootfs,
+            flag_dependencies,
+            probe_timeout,
+            sampler: Some(CpuSampler::new()),
+            last_dependency_error: None,
+        }
+    }
+}
+
+/// One sample per metric of the profile, stamped with the collection time.
+pub fn samples_of(profile: &HostProfile) -> Vec<MetricSample> {
+    profile
+        .metrics
+        .iter()
+        .filter(|(_, v)| v.is_finite())
+        .map(|(name, value)| MetricSample { ts_ms: profile.collected_at_ms, name: name.clone(), value: *value })
+        .collect()
+}
+
+impl Collector for HostCollector {
+    async fn collect(&mut self) -> Collected {
+        let rootfs = self.rootfs.clone();
+        let flags = self.flag_dependencies.clone();
+        let timeout = self.probe_timeout;
+        let mut sampler = self.sampler.take().unwrap_or_default();
+        let job = tokio::task::spawn_blocking(move || {
+            let (declared, problem) = match read_declared_dependencies(&rootfs) {
+                Ok(d) => (d, None),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            };
+            let opts = CollectOptions {
+                dependencies: merge_dependencies(&[&declared, &flags]),
+                probe_timeout: timeout,
+                ..CollectOptions::default()
+            };
+            let mut profile = sampler.collect(&rootfs, &opts);
+            if let Some(p) = &problem {
+                profile.notes.push(format!("declared dependencies not read: {p}"));
+            }
+            (sampler, profile, problem)
+        });
+        let (profile, problem) = match job.await {
+            Ok((sampler, profile, problem)) => {
+                self.sampler = Some(sampler);
+                (profile, problem)
+            }
+            Err(e) => {
+                // Collection is written never to panic; if it did, report an empty profile with
+                // the reason rather than take the agent down.
+                let profile = HostProfile {
+                    notes: vec![format!("collection failed: {e}")],
+                    ..HostProfile::default()
+                };
+                (profile, Some(format!("collection failed: {e}")))
+            }
+        };
+        if problem != self.last_dependency_error {
+            if let Some(p) = &problem {
+                warn!(rootfs = %self.rootfs.display(), error = %p, "Could not read the declared dependencies.");
+            }
+            self.last_dependency_error = problem;
+        }
+        let samples = samples_of(&profile);
+        Collected { profile, samples }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bellwether_drift::synth::{write_host_root, HostSpec};
+
+    #[tokio::test]
+    async fn collects_a_synthetic_root_with_declared_and_flag_dependencies() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = HostSpec::generate(3, "db-01", 80);
+        spec.dependencies = vec![("storage".into(), "127.0.0.1:1".into()), ("db".into(), "127.0.0.1:2".into())];
+        write_host_root(dir.path(), &spec).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let flag = bellwether_drift::parse_dependency(&format!("db={}", listener.local_addr().unwrap())).unwrap();
+        let mut c = HostCollector::new(dir.path().to_owned(), vec![flag], Duration::from_secs(1));
+        let Collected { profile, samples } = c.collect().await;
+        assert_eq!(profile.hostname.as_deref(), Some("db-01"));
+        assert_eq!(profile.packages.as_ref().map(|p| p.len()), Some(80));
+        let deps: Vec<(&str, bool)> = profile.dependencies.iter().map(|d| (d.name.as_str(), d.reachable)).collect();
+        assert_eq!(deps, vec![("db", true), ("storage", false)], "the flag overrides the file by name");
+        assert_eq!(samples.len(), profile.metrics.len());
+        assert!(samples.iter().any(|s| s.name == "load1" && s.ts_ms == profile.collected_at_ms));
+    }
+
+    #[tokio::test]
+    async fn a_bad_dependencies_file_becomes_a_note() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc/bellwether")).unwrap();
+        std::fs::write(dir.path().join("etc/bellwether/dependencies"), "db=nope\n").unwrap();
+        let mut c = HostCollector::new(dir.path().to_owned(), vec![], Duration::from_millis(100));
+        let Collected { profile, .. } = c.collect().await;
+        assert!(
+            profile.notes.iter().any(|n| n.contains("etc/bellwether/dependencies:1")),
+            "{:?}",
+            profile.notes
+        );
+    }
+}
