@@ -10,4 +10,7 @@
 //!   a configured time, and the combined severity score with its reasons.
 #![forbid(unsafe_code)]
 
+pub mod anomaly;
+pub mod nab;
+pub mod series;
 pub mod threshold;
