@@ -20,10 +20,12 @@ use std::path::PathBuf;
 pub mod collect;
 pub mod deps;
 pub mod root;
+pub mod score;
 pub mod synth;
 pub mod version;
 
 pub use collect::{collect, CollectOptions, CpuSampler};
+pub use score::{score, score_checked, DriftError};
 pub use deps::{parse_dependency, read_declared_dependencies, Dependency};
 
 /// Errors of this crate. Collection itself never fails; these come from parsing declared
