@@ -20,6 +20,7 @@ use std::path::PathBuf;
 pub mod collect;
 pub mod deps;
 pub mod root;
+pub mod peers;
 pub mod score;
 pub mod synth;
 pub mod version;
