@@ -19,6 +19,7 @@ use std::path::PathBuf;
 
 pub mod collect;
 pub mod deps;
+pub mod json;
 pub mod root;
 pub mod peers;
 pub mod score;
