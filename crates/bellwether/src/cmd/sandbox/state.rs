@@ -1,0 +1,146 @@
+//! `DIR/state.json`: what a running sandbox is made of — its processes, addresses, token files
+//! and hosts, and the drift injected into each host — so that `status`, `drift` and `down` can
+//! find everything again from another process.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use bellwether_drift::synth::Drift;
+use bellwether_drift::version::ChangeLevel;
+use serde::{Deserialize, Serialize};
+
+pub const STATE_FILE: &str = "state.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// Absolute path of the sandbox directory.
+    pub dir: PathBuf,
+    pub seed: u64,
+    pub created_at_ms: i64,
+    pub server_url: String,
+    pub operator_token_file: PathBuf,
+    pub enrol_token_file: PathBuf,
+    pub server: Proc,
+    /// The small TCP listener the hosts declare as their dependency.
+    pub listener: Proc,
+    pub hosts: Vec<HostEntry>,
+}
+
+/// A detached child process: it leads its own process group, whose id is `pid`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proc {
+    pub pid: u32,
+    /// `host:port` it listens on, where it listens.
+    pub addr: Option<String>,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostEntry {
+    pub name: String,
+    pub role: String,
+    /// The seed `HostSpec::generate` was given; with `role` and `drifts` it rebuilds the root.
+    pub seed: u64,
+    pub root: PathBuf,
+    pub agent: Proc,
+    /// Every change made to the host since generation, in order: those made by `sandbox up`
+    /// (before baselines) and those injected later.
+    pub drifts: Vec<Injected>,
+}
+
+/// A change made to a host root, in a form that survives a trip through JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Injected {
+    /// Raise an installed package's version by a level.
+    Package { name: String, level: ChangeLevel },
+    /// Install a package at a version (or change its version).
+    SetPackage { name: String, version: String },
+    /// New 1, 5 and 15 minute load averages.
+    Load { load: [f64; 3] },
+    /// Point a declared dependency at another endpoint.
+    Dependency { name: String, endpoint: String },
+    /// Replace the DNS resolvers.
+    Resolvers { resolvers: Vec<String> },
+}
+
+impl Injected {
+    pub fn to_synth(&self) -> Drift {
+        match self {
+            Injected::Package { name, level } => Drift::UpgradePackage { name: name.clone(), level: *level },
+            Injected::SetPackage { name, version } => {
+                Drift::SetPackage { name: name.clone(), version: version.clone() }
+            }
+            Injected::Load { load } => Drift::Load(*load),
+            Injected::Dependency { name, endpoint } => {
+                Drift::SetDependency { name: name.clone(), endpoint: endpoint.clone() }
+            }
+            Injected::Resolvers { resolvers } => Drift::Resolvers(resolvers.clone()),
+        }
+    }
+}
+
+impl State {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(STATE_FILE)
+    }
+
+    /// Reads the state of the sandbox in `dir`; `None` when there is none.
+    pub fn load(dir: &Path) -> anyhow::Result<Option<State>> {
+        let path = State::path(dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
+        };
+        let state = serde_json::from_str(&text).with_context(|| format!("{} is not a sandbox state file", path.display()))?;
+        Ok(Some(state))
+    }
+
+    /// Writes the state atomically (a temporary file renamed into place).
+    pub fn save(&self) -> anyhow::Result<()> {
+        let path = State::path(&self.dir);
+        write_atomic(&path, serde_json::to_string_pretty(self)?.as_bytes())
+    }
+
+    pub fn host(&self, name: &str) -> anyhow::Result<&HostEntry> {
+        self.hosts.iter().find(|h| h.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.hosts.iter().map(|h| h.name.as_str()).collect();
+            anyhow::Error::new(super::super::UsageError(format!(
+                "--host {name:?}: no such host in the sandbox (hosts: {})",
+                names.join(", ")
+            )))
+        })
+    }
+
+    /// The processes, agents first: the order `down` stops them in.
+    pub fn processes(&self) -> Vec<(String, &Proc)> {
+        let mut v: Vec<(String, &Proc)> =
+            self.hosts.iter().map(|h| (format!("agent {}", h.name), &h.agent)).collect();
+        v.push(("server".into(), &self.server));
+        v.push(("listener".into(), &self.listener));
+        v
+    }
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("could not write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("could not write {}", path.display()))?;
+    Ok(())
+}
+
+/// Writes a secret readable by its owner only.
+pub fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("could not write {}", path.display()))?;
+    writeln!(f, "{secret}").with_context(|| format!("could not write {}", path.display()))?;
+    Ok(())
+}
