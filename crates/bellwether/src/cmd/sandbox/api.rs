@@ -20,8 +20,6 @@ pub struct Api {
 pub struct HostSummary {
     pub name: String,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
     pub last_seen_ms: Option<i64>,
     #[serde(default)]
     pub has_baseline: bool,
@@ -60,10 +58,6 @@ impl Api {
             .build()
             .context("could not build the http client")?;
         Ok(Api { client, base: base.trim_end_matches('/').to_owned(), token: token.to_owned() })
-    }
-
-    pub fn base(&self) -> &str {
-        &self.base
     }
 
     /// GET `path`; `Ok(None)` on 404 and 409 (unknown host, no baseline yet).

@@ -44,21 +44,6 @@ pub fn is_ours(pid: u32, marker: &str) -> bool {
     }
 }
 
-/// Every live process whose command line mentions `marker`. For tests and `sandbox status`.
-pub fn find_by_marker(marker: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
-                if pid != std::process::id() && is_ours(pid, marker) {
-                    pids.push(pid);
-                }
-            }
-        }
-    }
-    pids
-}
-
 /// Sends `sig` to the process group `pid` leads, or to the process alone if that fails.
 pub fn signal(pid: u32, sig: Signal) {
     let p = Pid::from_raw(pid as i32);
