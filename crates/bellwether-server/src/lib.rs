@@ -1,2 +1,197 @@
-//! bellwether-server.
+//! The Bellwether control plane over HTTP+JSON: agent enrolment with tokens, hosts, profiles,
+//! metric samples, baselines, per-host and fleet drift, `/healthz` and `/metrics`.
+//!
+//! The server owns no state of its own beyond counters: everything lives in
+//! [`bellwether_store::Store`], and the event log there is the truth about what happened
+//! (enrolments, baselines, drift recomputations). It never scores drift itself — that is
+//! `bellwether_drift`'s job — and it never stores a plain token.
+//!
+//! [`Server::open`] opens the store and makes sure the operator and enrolment tokens exist;
+//! [`Server::serve`] answers on a bound listener until the shutdown future completes, then
+//! drains in-flight requests for at most the grace period.
+
 #![forbid(unsafe_code)]
+
+mod api;
+mod auth;
+mod body;
+mod drift;
+mod error;
+mod metrics;
+mod peers;
+mod tokens;
+pub mod types;
+
+use std::future::{Future, IntoFuture};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use bellwether_store::{Store, StoreConfig, StoreError};
+
+pub use body::parse_json;
+pub use error::ApiError;
+pub use metrics::Metrics;
+pub use tokens::{TokenNotice, TokenSource};
+
+/// The default request body limit: 4 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub store: StoreConfig,
+    /// Where `operator.token` and `enrol.token` are written; `None` means tokens must be given.
+    pub data_dir: Option<PathBuf>,
+    /// Use this operator token instead of a generated one.
+    pub operator_token: Option<String>,
+    /// Use this enrolment token instead of a generated one.
+    pub enrol_token: Option<String>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit: usize,
+    /// How long in-flight requests may finish after shutdown is asked for.
+    pub grace: Duration,
+    /// The window of recent samples whose mean stands for a host's metrics in baselines and
+    /// drift.
+    pub metric_window: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for a store: 4 MiB bodies, 10 s grace, 60 s metric window, no fixed tokens.
+    pub fn new(store: StoreConfig, data_dir: Option<PathBuf>) -> ServerConfig {
+        ServerConfig {
+            store,
+            data_dir,
+            operator_token: None,
+            enrol_token: None,
+            body_limit: DEFAULT_BODY_LIMIT,
+            grace: Duration::from_secs(10),
+            metric_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write token file {path}: {source}")]
+    TokenFile { path: PathBuf, source: std::io::Error },
+    #[error("no {kind} token exists and there is no data dir to write a generated one to; pass --{kind}-token")]
+    NoTokenDestination { kind: &'static str },
+    #[error("serving HTTP failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) store: Store,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) metric_window_ms: i64,
+}
+
+/// An opened server, ready to serve.
+pub struct Server {
+    state: AppState,
+    body_limit: usize,
+    grace: Duration,
+    /// Where the operator and enrolment tokens come from, for the operator to read.
+    pub tokens: Vec<TokenNotice>,
+}
+
+impl Server {
+    /// Opens and migrates the store, and makes sure an operator and an enrolment token exist.
+    pub async fn open(config: ServerConfig) -> Result<Server, ServerError> {
+        let store = Store::open(&config.store).await?;
+        let tokens = tokens::bootstrap(&store, &config).await?;
+        Ok(Server {
+            state: AppState {
+                store,
+                metrics: Arc::new(Metrics::default()),
+                metric_window_ms: config.metric_window.as_millis().min(i64::MAX as u128) as i64,
+            },
+            body_limit: config.body_limit,
+            grace: config.grace,
+            tokens,
+        })
+    }
+
+    /// The store this server uses.
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    /// The HTTP application, for tests that drive it without a socket.
+    pub fn router(&self) -> Router {
+        let limit = body::BodyLimit(self.body_limit);
+        api::routes()
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.state.metrics.clone(),
+                metrics::count_requests,
+            ))
+            .layer(DefaultBodyLimit::max(self.body_limit))
+            .layer(axum::middleware::from_fn_with_state(limit, body::reject_oversized))
+            .layer(
+                tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                    |req: &axum::http::Request<axum::body::Body>| {
+                        tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+                    },
+                ),
+            )
+            .with_state(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then lets in-flight requests finish
+    /// for at most the grace period, and closes the store.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let app = self.router();
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            })
+            .into_future();
+        tokio::pin!(server);
+        let result = tokio::select! {
+            r = &mut server => r,
+            () = shutdown => {
+                tracing::info!(grace_ms = self.grace.as_millis() as u64, "Shutting down; draining in-flight requests.");
+                let _ = stop_tx.send(true);
+                match tokio::time::timeout(self.grace, &mut server).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!(grace_ms = self.grace.as_millis() as u64, "Grace period over; closing remaining connections.");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        self.state.store.close().await;
+        result.map_err(ServerError::Serve)
+    }
+}
+
+/// Opens the server from `config` and serves on `listener` until `shutdown` completes.
+pub async fn serve(
+    config: ServerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    Server::open(config).await?.serve(listener, shutdown).await
+}
+
+/// Milliseconds since the Unix epoch, from the server's clock.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

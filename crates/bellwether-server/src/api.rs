@@ -1,0 +1,312 @@
+//! Routes and handlers. Every handler takes its token extractor first and its body last, so
+//! a request with a bad token is refused before its body is read.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bellwether_model::{DriftScore, HostName, HostProfile};
+use bellwether_store::{Enrolment, EventKind};
+use serde::Deserialize;
+use tracing::Instrument;
+
+use crate::auth::{Agent, Enroller, Operator};
+use crate::body::JsonBody;
+use crate::drift::{self, Trigger};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::tokens::generate_token;
+use crate::types::*;
+use crate::{now_ms, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/enrol", post(enrol))
+        .route("/api/v1/agent/profile", post(agent_profile))
+        .route("/api/v1/agent/samples", post(agent_samples))
+        .route("/api/v1/hosts", get(list_hosts))
+        .route("/api/v1/hosts/{name}", get(get_host))
+        .route("/api/v1/hosts/{name}/profile", get(host_profile))
+        .route("/api/v1/hosts/{name}/baseline", get(host_baseline))
+        .route("/api/v1/hosts/{name}/drift", get(host_drift))
+        .route("/api/v1/baselines", post(capture_baselines))
+        .route("/api/v1/fleet/drift", get(fleet_drift))
+        .route("/api/v1/events", get(events))
+}
+
+fn path_host(name: &str) -> Result<HostName, ApiError> {
+    HostName::new(name).map_err(|e| ApiError::bad_request(format!("bad host name in path: {e}")))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let hosts = state.store.count_hosts().await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(hosts),
+    )
+        .into_response())
+}
+
+async fn enrol(
+    State(state): State<AppState>,
+    _auth: Enroller,
+    JsonBody(req): JsonBody<EnrolRequest>,
+) -> Result<Json<EnrolResponse>, ApiError> {
+    let token = generate_token();
+    let outcome = state.store.enrol(&req.name, &req.labels, &token, now_ms()).await?;
+    Metrics::add(&state.metrics.enrolments, 1);
+    tracing::info!(host = %req.name, renewed = (outcome == Enrolment::Renewed), "Enrolled a host.");
+    Ok(Json(EnrolResponse { host: req.name, agent_token: token }))
+}
+
+async fn agent_profile(
+    State(state): State<AppState>,
+    Agent(host): Agent,
+    JsonBody(profile): JsonBody<HostProfile>,
+) -> Result<StatusCode, ApiError> {
+    let span = tracing::info_span!("host", host = %host);
+    async {
+        let changed = state.store.put_profile(&host, &profile, now_ms()).await?;
+        Metrics::add(&state.metrics.profiles_received, 1);
+        tracing::debug!(changed, "Stored a profile.");
+        drift::recompute(&state, &host, Trigger::Profile).await?;
+        Ok(StatusCode::NO_CONTENT)
+    }
+    .instrument(span)
+    .await
+}
+
+async fn agent_samples(
+    State(state): State<AppState>,
+    Agent(host): Agent,
+    JsonBody(req): JsonBody<SamplesRequest>,
+) -> Result<(StatusCode, Json<SamplesResponse>), ApiError> {
+    let span = tracing::info_span!("host", host = %host);
+    async {
+        let now = now_ms();
+        let accepted = state.store.insert_samples(&host, &req.samples, now).await?;
+        Metrics::add(&state.metrics.samples_ingested, accepted);
+        if req.dropped > 0 {
+            Metrics::add(&state.metrics.samples_dropped_by_agents, req.dropped);
+            tracing::warn!(dropped = req.dropped, "Agent dropped samples while the server was away.");
+            state
+                .store
+                .record_event(
+                    EventKind::SamplesDropped,
+                    Some(&host),
+                    "agent dropped samples while the server was away",
+                    &serde_json::json!({"dropped": req.dropped}),
+                    now,
+                )
+                .await?;
+        }
+        if accepted > 0 {
+            drift::recompute(&state, &host, Trigger::Samples).await?;
+        }
+        Ok((StatusCode::ACCEPTED, Json(SamplesResponse { accepted })))
+    }
+    .instrument(span)
+    .await
+}
+
+async fn list_hosts(
+    State(state): State<AppState>,
+    _auth: Operator,
+) -> Result<Json<Vec<HostSummary>>, ApiError> {
+    let hosts = state.store.list_hosts().await?;
+    Ok(Json(
+        hosts
+            .into_iter()
+            .map(|h| HostSummary {
+                has_baseline: h.has_baseline(),
+                name: h.name,
+                labels: h.labels,
+                last_seen_ms: h.last_seen_ms,
+                overall_drift: h.overall_drift,
+            })
+            .collect(),
+    ))
+}
+
+async fn get_host(
+    State(state): State<AppState>,
+    _auth: Operator,
+    Path(name): Path<String>,
+) -> Result<Json<HostDetail>, ApiError> {
+    let name = path_host(&name)?;
+    let Some(rec) = state.store.get_host(&name).await? else {
+        return Err(ApiError::not_found(format!("unknown host {name}")));
+    };
+    let profile = state.store.current_profile(&name).await?;
+    Ok(Json(HostDetail {
+        name: rec.name,
+        labels: rec.labels,
+        last_seen_ms: rec.last_seen_ms,
+        profile,
+        enrolled_at_ms: rec.enrolled_at_ms,
+        baseline_at_ms: rec.baseline_at_ms,
+        overall_drift: rec.overall_drift,
+    }))
+}
+
+async fn host_profile(
+    State(state): State<AppState>,
+    _auth: Operator,
+    Path(name): Path<String>,
+) -> Result<Json<HostProfile>, ApiError> {
+    let name = path_host(&name)?;
+    match state.store.current_profile(&name).await? {
+        Some(p) => Ok(Json(p)),
+        None => Err(ApiError::not_found(format!("host {name} has sent no profile yet"))),
+    }
+}
+
+async fn host_baseline(
+    State(state): State<AppState>,
+    _auth: Operator,
+    Path(name): Path<String>,
+) -> Result<Json<HostProfile>, ApiError> {
+    let name = path_host(&name)?;
+    match state.store.baseline(&name).await? {
+        Some(p) => Ok(Json(p)),
+        None => Err(ApiError::not_found(format!(
+            "host {name} has no baseline; capture one with `bellwether baseline capture --host {name}`"
+        ))),
+    }
+}
+
+async fn host_drift(
+    State(state): State<AppState>,
+    _auth: Operator,
+    Path(name): Path<String>,
+) -> Result<Json<DriftScore>, ApiError> {
+    let name = path_host(&name)?;
+    if let Some(stored) = state.store.drift(&name).await? {
+        return Ok(Json(stored.score));
+    }
+    match drift::recompute(&state, &name, Trigger::Read).await? {
+        Some(score) => Ok(Json(score)),
+        None => Err(ApiError::conflict(format!(
+            "host {name} has no baseline yet; capture one with `bellwether baseline capture --host {name}`"
+        ))),
+    }
+}
+
+async fn capture_baselines(
+    State(state): State<AppState>,
+    _auth: Operator,
+    JsonBody(req): JsonBody<BaselineRequest>,
+) -> Result<Json<BaselineResponse>, ApiError> {
+    let hosts: Vec<HostName> = match (req.all, req.hosts.is_empty()) {
+        (true, true) => state.store.list_hosts().await?.into_iter().map(|h| h.name).collect(),
+        (false, false) => {
+            // Every named host must exist before anything is captured.
+            for h in &req.hosts {
+                if state.store.get_host(h).await?.is_none() {
+                    return Err(ApiError::not_found(format!("unknown host {h}")));
+                }
+            }
+            req.hosts
+        }
+        (true, false) => {
+            return Err(ApiError::bad_request("give either `hosts` or `all: true`, not both"))
+        }
+        (false, true) => {
+            return Err(ApiError::bad_request(
+                "give `hosts` (a non-empty list of host names) or `all: true`",
+            ))
+        }
+    };
+    let mut captured = Vec::new();
+    let mut skipped = Vec::new();
+    for host in hosts {
+        let Some(profile) = drift::effective_profile(&state, &host).await? else {
+            skipped.push(Skipped { host, reason: "no profile received yet".into() });
+            continue;
+        };
+        state.store.set_baseline(&host, &profile, now_ms()).await?;
+        Metrics::add(&state.metrics.baselines_captured, 1);
+        tracing::info!(host = %host, "Captured a baseline.");
+        drift::recompute(&state, &host, Trigger::Baseline).await?;
+        captured.push(host);
+    }
+    Ok(Json(BaselineResponse { captured, skipped }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetQuery {
+    /// The label that makes hosts peers; `role` when absent.
+    peer_label: Option<String>,
+}
+
+async fn fleet_drift(
+    State(state): State<AppState>,
+    _auth: Operator,
+    q: Result<Query<FleetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<FleetDrift>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+    let label = q.peer_label.unwrap_or_else(|| crate::peers::DEFAULT_PEER_LABEL.to_string());
+    if label.is_empty() {
+        return Err(ApiError::bad_request("peer_label is empty"));
+    }
+    let hosts = state.store.list_hosts().await?;
+    let labels: std::collections::BTreeMap<HostName, std::collections::BTreeMap<String, String>> =
+        hosts.iter().map(|h| (h.name.clone(), h.labels.clone())).collect();
+    let mut scores = state.store.all_drift().await?;
+    let mut out: Vec<FleetHost> = hosts
+        .into_iter()
+        .map(|h| {
+            let mut score = scores.remove(&h.name).map(|s| s.score).unwrap_or_default();
+            score.findings.truncate(FLEET_TOP_FINDINGS);
+            FleetHost { has_baseline: h.has_baseline(), name: h.name, labels: h.labels, score }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.score
+            .overall
+            .get()
+            .total_cmp(&a.score.overall.get())
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let profiles: Vec<_> = state
+        .store
+        .current_profiles()
+        .await?
+        .into_iter()
+        .map(|(name, profile)| {
+            let l = labels.get(&name).cloned().unwrap_or_default();
+            (name, l, profile)
+        })
+        .collect();
+    let peer_outliers = crate::peers::outliers(&profiles, &label);
+    Ok(Json(FleetDrift { hosts: out, peer_outliers }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    host: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn events(
+    State(state): State<AppState>,
+    _auth: Operator,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<bellwether_store::Event>>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+    let host = q.host.as_deref().map(path_host).transpose()?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit {limit} is outside 1..=10000")));
+    }
+    Ok(Json(state.store.events(host.as_ref(), limit).await?))
+}
