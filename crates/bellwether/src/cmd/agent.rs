@@ -209,3 +209,150 @@ mod tests {
         assert!(err.starts_with("--name: "), "{err}");
     }
 }
+
+/// `bellwether bench agent-memory`: start a server and one agent against it, let the agent run
+/// idle (profile sent, samples every interval), and read its resident memory from
+/// /proc/PID/status.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The host root the agent reads; `/` measures it on this machine's real files.
+    #[arg(long, default_value = "/")]
+    rootfs: PathBuf,
+    /// The agent's collection interval.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// How long to watch the agent idle after its first profile arrived.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    idle: Duration,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = super::OutputFormat::Human)]
+    output: super::OutputFormat,
+}
+
+/// A child killed and reaped when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `VmRSS` and `VmHWM` (peak) of a process, in kB.
+fn rss_kb(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("could not read /proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe().context("could not find the bellwether executable")?;
+    let work = std::env::temp_dir().join(format!("bellwether-bench-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("could not create {}", work.display()))?;
+    let result = (|| -> anyhow::Result<ExitCode> {
+        let addr_file = work.join("server.addr");
+        let token = format!("bench-{}", std::process::id());
+        let server = Reaped(
+            Command::new(&exe)
+                .args(["server", "--listen", "127.0.0.1:0", "--addr-file"])
+                .arg(&addr_file)
+                .arg("--data-dir")
+                .arg(work.join("server"))
+                .env("BELLWETHER_OPERATOR_TOKEN", &token)
+                .env("BELLWETHER_ENROL_TOKEN", &token)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(work.join("server.log"))?)
+                .spawn()
+                .context("could not start the server")?,
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            match std::fs::read_to_string(&addr_file) {
+                Ok(a) if !a.trim().is_empty() => break a.trim().to_owned(),
+                _ if std::time::Instant::now() >= deadline => {
+                    anyhow::bail!("the server did not start; see {}", work.join("server.log").display())
+                }
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let url = format!("http://{addr}");
+        let agent = Reaped(
+            Command::new(&exe)
+                .args(["agent", "--server", &url, "--token", &token, "--name", "bench-agent", "--interval"])
+                .arg(humantime::format_duration(args.interval).to_string())
+                .arg("--rootfs")
+                .arg(&args.rootfs)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(work.join("agent.log"))?)
+                .spawn()
+                .context("could not start the agent")?,
+        );
+        let api = super::sandbox::api::Api::new(&url, &token)?;
+        let rt = super::sandbox::runtime()?;
+        let profile: bellwether_model::HostProfile = rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(p) = api.get("/api/v1/hosts/bench-agent/profile").await? {
+                    return Ok::<_, anyhow::Error>(p);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    anyhow::bail!("the agent did not report; see {}", work.join("agent.log").display());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })?;
+        let pid = agent.0.id();
+        let first = rss_kb(pid)?.0;
+        let started = std::time::Instant::now();
+        let mut readings = vec![first];
+        // The measurement is the idle period itself: read RSS once a second across it.
+        while started.elapsed() < args.idle {
+            std::thread::sleep(Duration::from_secs(1).min(args.idle));
+            readings.push(rss_kb(pid)?.0);
+        }
+        let (last, peak) = rss_kb(pid)?;
+        let max_idle = readings.iter().copied().max().unwrap_or(last);
+        let packages = profile.packages.as_ref().map_or(0, |p| p.len());
+        let mb = |kb: u64| kb as f64 / 1024.0;
+        if args.output == super::OutputFormat::Json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "rootfs": args.rootfs, "interval_ms": args.interval.as_millis() as u64,
+                    "idle_s": args.idle.as_secs_f64(), "packages": packages,
+                    "rss_kb_after_first_profile": first, "rss_kb_idle_last": last,
+                    "rss_kb_idle_max": max_idle, "rss_kb_peak_hwm": peak, "goal_kb": 15 * 1024,
+                })
+            );
+        } else {
+            println!(
+                "agent resident memory, rootfs {} ({packages} packages), interval {}, idle {}:",
+                args.rootfs.display(),
+                humantime::format_duration(args.interval),
+                humantime::format_duration(args.idle)
+            );
+            println!("  after first profile  {:>6.1} MB", mb(first));
+            println!("  idle, last reading   {:>6.1} MB", mb(last));
+            println!("  idle, highest        {:>6.1} MB", mb(max_idle));
+            println!("  peak (VmHWM)         {:>6.1} MB", mb(peak));
+            println!("  goal                 {:>6.1} MB", 15.0);
+        }
+        drop(agent);
+        drop(server);
+        Ok(if max_idle <= 15 * 1024 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
