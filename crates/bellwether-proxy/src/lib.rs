@@ -1,2 +1,260 @@
-//! bellwether-proxy.
+//! bellwether-proxy: the L4 traffic manager in front of a service's instances.
+//!
+//! It forwards TCP connections to weighted backends, keeps the operator's admin state apart
+//! from measured health (active checks with rise and fall, passive ejection with a growing
+//! ejection time, never more than a configured share out), registers every client connection,
+//! and measures latency, throughput and errors per backend. On PostgreSQL listeners it follows
+//! the protocol to know transaction boundaries, time each query, and move a session to another
+//! backend at a boundary without the client noticing, or close it gracefully when the session
+//! holds state.
+//!
+//! The crate owns sockets and tasks; it never decides *when* to shift traffic. That is the
+//! patch engine's job (`bellwether-engine`), which drives this crate through [`ProxyHandle`].
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+mod conn;
+pub mod health;
+pub mod metrics;
+pub mod pg;
+pub mod pool;
+pub mod registry;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use config::{AdminState, ProxyConfig};
+pub use pool::{BackendView, Pool};
+pub use registry::Registry;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind { address: SocketAddr, source: std::io::Error },
+}
+
+/// What every task of one proxy shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: ProxyConfig,
+    pub pool: Pool,
+    pub registry: Registry,
+    /// Set when shutdown begins: sessions close at their next boundary.
+    pub closing: AtomicBool,
+}
+
+/// A running proxy.
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+    listen: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
+    stop_accepting: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DrainOutcome {
+    pub backend: String,
+    /// Sessions on the backend when the drain began.
+    pub sessions_at_start: usize,
+    /// Sessions still there at the timeout, closed by force.
+    pub forced: usize,
+    pub took_ms: u64,
+}
+
+impl ProxyHandle {
+    /// Binds the listeners (and the admin API, if configured) and starts serving.
+    pub async fn start(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
+        let shared = Arc::new(Shared {
+            pool: Pool::new(&config.backends, config.ejection.clone()),
+            registry: Registry::default(),
+            closing: AtomicBool::new(false),
+            config,
+        });
+        let stop_accepting = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+        let mut listen = Vec::new();
+        for l in shared.config.listeners.clone() {
+            let listener = TcpListener::bind(l.address)
+                .await
+                .map_err(|source| ProxyError::Bind { address: l.address, source })?;
+            let local = listener.local_addr().map_err(|source| ProxyError::Bind { address: l.address, source })?;
+            listen.push(local);
+            tracing::info!(address = %local, protocol = ?l.protocol, "Listening.");
+            tasks.spawn(accept_loop(shared.clone(), listener, local, l.protocol, limit.clone(), stop_accepting.clone()));
+        }
+        let admin = match shared.config.admin {
+            Some(a) => {
+                let listener = TcpListener::bind(a).await.map_err(|source| ProxyError::Bind { address: a, source })?;
+                let local = listener.local_addr().map_err(|source| ProxyError::Bind { address: a, source })?;
+                tracing::info!(address = %local, "Admin API listening.");
+                tasks.spawn(admin::serve(shared.clone(), listener, stop_accepting.clone()));
+                Some(local)
+            }
+            None => None,
+        };
+        tasks.spawn(health::run(shared.clone(), stop_accepting.clone()));
+        Ok(ProxyHandle { shared, listen, admin, stop_accepting, tasks })
+    }
+
+    /// The bound listener addresses, in configuration order.
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.listen
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.shared.pool
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// Changes a backend's weight or admin state; maintenance closes its sessions now.
+    pub fn set_backend(&self, name: &str, weight: Option<u32>, admin: Option<AdminState>) -> Result<(), pool::PoolError> {
+        set_backend(&self.shared, name, weight, admin)
+    }
+
+    /// Waits until no session is on `backend`, or `limit` passes; then closes what is left.
+    /// The caller sets the backend to drain (or weight 0) first, so sessions move at their
+    /// transaction boundaries while this waits.
+    pub async fn wait_drained(&self, backend: &str, limit: Duration) -> DrainOutcome {
+        wait_drained(&self.shared, backend, limit).await
+    }
+
+    /// Stops accepting, lets sessions close at their boundaries for up to the grace period,
+    /// then closes the rest.
+    pub async fn shutdown(mut self) {
+        self.stop_accepting.cancel();
+        self.shared.closing.store(true, Relaxed);
+        self.shared.pool.bump();
+        let grace = self.shared.config.shutdown_grace;
+        let deadline = Instant::now() + grace;
+        loop {
+            let notified = self.shared.registry.changed.notified();
+            if self.shared.registry.is_empty() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let left = self.shared.registry.all();
+                tracing::warn!(sessions = left.len(), "Grace period over; closing the remaining connections.");
+                for e in left {
+                    e.kill.cancel();
+                }
+                break;
+            }
+        }
+        while self.tasks.join_next().await.is_some() {}
+        tracing::info!("Proxy stopped.");
+    }
+}
+
+pub(crate) fn set_backend(shared: &Shared, name: &str, weight: Option<u32>, admin: Option<AdminState>) -> Result<(), pool::PoolError> {
+    shared.pool.set(name, weight, admin)?;
+    if admin == Some(AdminState::Maintenance) {
+        for e in shared.registry.on_backend(name) {
+            e.kill.cancel();
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn wait_drained(shared: &Shared, backend: &str, limit: Duration) -> DrainOutcome {
+    let started = Instant::now();
+    let deadline = started + limit;
+    let sessions_at_start = shared.registry.on_backend(backend).len();
+    let mut forced = 0;
+    loop {
+        let notified = shared.registry.changed.notified();
+        let left = shared.registry.on_backend(backend);
+        if left.is_empty() {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            let left = shared.registry.on_backend(backend);
+            forced = left.len();
+            tracing::warn!(backend, sessions = forced, "Drain timed out; closing the sessions still there.");
+            for e in &left {
+                e.kill.cancel();
+            }
+            // Wait for the closed sessions to leave the registry so the caller sees it empty.
+            while !shared.registry.on_backend(backend).is_empty() {
+                let n = shared.registry.changed.notified();
+                if shared.registry.on_backend(backend).is_empty() {
+                    break;
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), n).await;
+            }
+            break;
+        }
+    }
+    DrainOutcome {
+        backend: backend.to_string(),
+        sessions_at_start,
+        forced,
+        took_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    local: SocketAddr,
+    protocol: config::Protocol,
+    limit: Arc<Semaphore>,
+    stop: CancellationToken,
+) {
+    loop {
+        // Take a slot before accepting, so excess clients wait in the listen backlog.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.cancelled() => return,
+        };
+        let (sock, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Accept failed.");
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let shared = shared.clone();
+        let span = tracing::info_span!("conn", client = %peer, listener = %local);
+        tokio::spawn(
+            async move {
+                match protocol {
+                    config::Protocol::Tcp => conn::serve_tcp(shared, sock, peer, local).await,
+                    config::Protocol::Postgres => conn::serve_postgres(shared, sock, peer, local).await,
+                }
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}

@@ -1,0 +1,447 @@
+//! Configuration in two steps: [`RawConfig`] mirrors the YAML file (or the flags), and
+//! [`ProxyConfig`] is the validated, typed form the rest of the crate uses. Field-level checks
+//! run inside deserialization, so a bad value is reported with the file's line and column.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Yaml { path: String, message: String },
+    #[error("{path}: {field}: {message}")]
+    Invalid { path: String, field: String, message: String },
+}
+
+/// A duration written as `250ms`, `2s`, `1m` or `1h` (a bare number is seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct Dur(pub Duration);
+
+impl From<Dur> for String {
+    fn from(d: Dur) -> String {
+        format!("{}ms", d.0.as_millis())
+    }
+}
+
+/// Parses `250ms`, `1.5s`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    if !v.is_finite() || v < 0.0 || v * mult > 1e9 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(v * mult))
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_yaml::Value::deserialize(d)?;
+        let text = match &v {
+            serde_yaml::Value::String(s) => s.clone(),
+            serde_yaml::Value::Number(n) => n.to_string(),
+            _ => return Err(serde::de::Error::custom("expected a duration such as `2s` or `500ms`")),
+        };
+        parse_duration(&text).map(Dur).ok_or_else(|| {
+            serde::de::Error::custom(format!("`{text}` is not a duration such as `2s` or `500ms`"))
+        })
+    }
+}
+
+/// A `host:port` address, checked for a port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct HostPort(pub String);
+
+impl From<HostPort> for String {
+    fn from(h: HostPort) -> String {
+        h.0
+    }
+}
+
+impl HostPort {
+    pub fn parse(s: &str) -> Result<HostPort, String> {
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("`{s}` has no `:PORT`"))?;
+        if host.is_empty() {
+            return Err(format!("`{s}` has no host"));
+        }
+        port.parse::<u16>().map_err(|_| format!("`{s}` has a bad port `{port}`"))?;
+        Ok(HostPort(s.to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPort {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HostPort::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What an operator set for a backend, independent of what the health checks measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// Takes new connections according to its weight.
+    #[default]
+    Ready,
+    /// Takes no new connections; its sessions leave at their next transaction boundary
+    /// (re-homed, or closed gracefully when they hold session state).
+    Drain,
+    /// Takes no new connections, its sessions are closed now, and it is not health-checked.
+    Maintenance,
+}
+
+impl std::str::FromStr for AdminState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ready" => Ok(AdminState::Ready),
+            "drain" => Ok(AdminState::Drain),
+            "maintenance" => Ok(AdminState::Maintenance),
+            _ => Err(format!("`{s}` is not an admin state (ready, drain, maintenance)")),
+        }
+    }
+}
+
+impl std::fmt::Display for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maintenance => "maintenance",
+        })
+    }
+}
+
+/// How a listener treats the bytes it forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Plain byte copying; connections cannot move between backends.
+    #[default]
+    Tcp,
+    /// PostgreSQL-aware: transaction status, query timing, re-homing at boundaries.
+    Postgres,
+}
+
+/// The active health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A TCP connect.
+    #[default]
+    Tcp,
+    /// A PostgreSQL startup packet, answered by an authentication request, ReadyForQuery or an
+    /// error other than "the database system is starting up".
+    Postgres,
+    /// No active check.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub address: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub name: String,
+    pub address: HostPort,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub admin: AdminState,
+    /// The password the proxy uses to open server connections when it re-homes a session to
+    /// this backend (MD5 or cleartext authentication). Trust needs none.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub check: CheckKind,
+    pub interval: Dur,
+    pub timeout: Dur,
+    /// Consecutive successes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+    /// The user and database of the PostgreSQL check's startup packet.
+    pub user: String,
+    pub database: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            check: CheckKind::Tcp,
+            interval: Dur(Duration::from_secs(2)),
+            timeout: Dur(Duration::from_secs(1)),
+            rise: 2,
+            fall: 3,
+            user: "postgres".into(),
+            database: "postgres".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EjectionConfig {
+    /// Consecutive connect errors that eject a backend.
+    pub consecutive_errors: u32,
+    /// The first ejection's length; each further ejection doubles it, up to `max_time`.
+    pub base_time: Dur,
+    pub max_time: Dur,
+    /// The largest share of backends that may be ejected at once, in [0, 1].
+    pub max_share: f64,
+}
+
+impl Default for EjectionConfig {
+    fn default() -> Self {
+        EjectionConfig {
+            consecutive_errors: 3,
+            base_time: Dur(Duration::from_secs(5)),
+            max_time: Dur(Duration::from_secs(300)),
+            max_share: 0.5,
+        }
+    }
+}
+
+/// The file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listeners: Vec<RawListener>,
+    pub backends: Vec<RawBackend>,
+    #[serde(default)]
+    pub admin: Option<String>,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub ejection: EjectionConfig,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: Dur,
+    /// The size of each copy buffer, per direction and connection.
+    #[serde(default = "default_buffer")]
+    pub buffer_size: usize,
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(3))
+}
+fn default_grace() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_buffer() -> usize {
+    64 * 1024
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    pub protocol: Protocol,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listeners: Vec<ListenerConfig>,
+    pub backends: Vec<RawBackend>,
+    pub admin: Option<SocketAddr>,
+    pub health: HealthConfig,
+    pub ejection: EjectionConfig,
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub buffer_size: usize,
+}
+
+impl RawConfig {
+    /// A configuration with defaults for everything but the listener and backends.
+    pub fn new(listeners: Vec<RawListener>, backends: Vec<RawBackend>) -> RawConfig {
+        RawConfig {
+            listeners,
+            backends,
+            admin: None,
+            health: HealthConfig::default(),
+            ejection: EjectionConfig::default(),
+            max_connections: default_max_connections(),
+            connect_timeout: default_connect_timeout(),
+            shutdown_grace: default_grace(),
+            buffer_size: default_buffer(),
+        }
+    }
+
+    /// Checks the whole; `source` names the file (or `flags`) in errors.
+    pub fn validate(self, source: &str) -> Result<ProxyConfig, ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            path: source.to_string(),
+            field,
+            message,
+        };
+        if self.listeners.is_empty() {
+            return Err(invalid("listeners".into(), "at least one listener is needed".into()));
+        }
+        let mut listeners = Vec::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let address = l.address.parse::<SocketAddr>().map_err(|_| {
+                invalid(format!("listeners[{i}].address"), format!("`{}` is not IP:PORT", l.address))
+            })?;
+            listeners.push(ListenerConfig { address, protocol: l.protocol });
+        }
+        if self.backends.is_empty() {
+            return Err(invalid("backends".into(), "at least one backend is needed".into()));
+        }
+        for (i, b) in self.backends.iter().enumerate() {
+            if b.name.is_empty() || !b.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(invalid(
+                    format!("backends[{i}].name"),
+                    format!("`{}` must be letters, digits, `-`, `_` or `.`", b.name),
+                ));
+            }
+            if self.backends[..i].iter().any(|o| o.name == b.name) {
+                return Err(invalid(format!("backends[{i}].name"), format!("`{}` is named twice", b.name)));
+            }
+        }
+        let admin = match &self.admin {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| invalid("admin".into(), format!("`{a}` is not IP:PORT")))?),
+        };
+        if !(0.0..=1.0).contains(&self.ejection.max_share) {
+            return Err(invalid("ejection.max_share".into(), format!("{} is not in [0, 1]", self.ejection.max_share)));
+        }
+        if self.health.rise == 0 || self.health.fall == 0 {
+            return Err(invalid("health".into(), "rise and fall must be at least 1".into()));
+        }
+        if self.ejection.consecutive_errors == 0 {
+            return Err(invalid("ejection.consecutive_errors".into(), "must be at least 1".into()));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections".into(), "must be at least 1".into()));
+        }
+        if !(1024..=16 << 20).contains(&self.buffer_size) {
+            return Err(invalid("buffer_size".into(), "must be between 1 KiB and 16 MiB".into()));
+        }
+        Ok(ProxyConfig {
+            listeners,
+            backends: self.backends,
+            admin,
+            health: self.health,
+            ejection: self.ejection,
+            max_connections: self.max_connections,
+            connect_timeout: self.connect_timeout.0,
+            shutdown_grace: self.shutdown_grace.0,
+            buffer_size: self.buffer_size,
+        })
+    }
+}
+
+/// Parses YAML text into the raw form, to be completed (by flags) and validated.
+pub fn parse_raw(source: &str, text: &str) -> Result<RawConfig, ConfigError> {
+    serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml { path: source.to_string(), message: yaml_message(&e) })
+}
+
+/// Parses YAML text; `source` names it in errors, which carry line and column.
+pub fn parse_config(source: &str, text: &str) -> Result<ProxyConfig, ConfigError> {
+    parse_raw(source, text)?.validate(source)
+}
+
+/// Reads and parses a YAML file.
+pub fn load_config(path: &Path) -> Result<ProxyConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    parse_config(&path.display().to_string(), &text)
+}
+
+/// Formats a serde_yaml error as `line L, column C: message`.
+pub fn yaml_message(e: &serde_yaml::Error) -> String {
+    let text = e.to_string();
+    match e.location() {
+        Some(loc) => {
+            // serde_yaml appends " at line L column C" to the message; keep ours in front only.
+            let bare = text.split(" at line ").next().unwrap_or(&text).to_string();
+            format!("line {}, column {}: {}", loc.line(), loc.column(), bare)
+        }
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file() {
+        let text = "listeners:\n  - address: 127.0.0.1:6432\n    protocol: postgres\nbackends:\n  - name: a\n    address: localhost:5432\n    weight: 10\n  - name: b\n    address: 127.0.0.1:5433\n    admin: drain\nhealth:\n  check: postgres\n  interval: 500ms\nejection:\n  max_share: 0.3\nadmin: 127.0.0.1:9901\n";
+        let c = parse_config("p.yaml", text).unwrap();
+        assert_eq!(c.listeners[0].protocol, Protocol::Postgres);
+        assert_eq!(c.backends[1].admin, AdminState::Drain);
+        assert_eq!(c.health.interval.0, Duration::from_millis(500));
+        assert_eq!(c.backends[0].weight, 10);
+    }
+
+    #[test]
+    fn bad_values_name_line_and_column() {
+        let text = "listeners:\n  - address: 127.0.0.1:6432\nbackends:\n  - name: a\n    address: nohost\n";
+        let err = parse_config("p.yaml", text).unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml: line 4, column 5: backends[0]"), "{err}");
+        assert!(err.contains("`nohost` has no `:PORT`"), "{err}");
+        let text = "listeners: []\nbackends: []\nhealth:\n  interval: soon\n";
+        let err = parse_config("p.yaml", text).unwrap_err().to_string();
+        assert!(err.contains("line 4, column 3: health") && err.contains("`soon`"), "{err}");
+        let text = "listeners: []\nbackends: []\nbogus: 1\n";
+        let err = parse_config("p.yaml", text).unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn cross_field_errors_name_the_field() {
+        let text = "listeners:\n  - address: 127.0.0.1:1\nbackends:\n  - {name: a, address: 'h:1'}\n  - {name: a, address: 'h:2'}\n";
+        let err = parse_config("p.yaml", text).unwrap_err().to_string();
+        assert_eq!(err, "p.yaml: backends[1].name: `a` is named twice");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("x"), None);
+    }
+}

@@ -1,0 +1,702 @@
+//! The PostgreSQL wire protocol, as far as the proxy needs it: the startup packet, message
+//! framing, and a streaming observer that follows a session's transaction status and decides
+//! whether the session carries state that a new server connection would not have.
+//!
+//! This module is pure: it never touches a socket or a clock. The connection code feeds it the
+//! bytes it forwards and acts on what it reports. It must never panic on any input; that is
+//! property-tested over arbitrary byte streams.
+
+use std::fmt;
+
+/// The protocol version 3.0 code of a startup packet.
+pub const PROTOCOL_3: i32 = 196_608;
+/// The code of an SSLRequest.
+pub const SSL_REQUEST: i32 = 80_877_103;
+/// The code of a GSSENCRequest.
+pub const GSSENC_REQUEST: i32 = 80_877_104;
+/// The code of a CancelRequest.
+pub const CANCEL_REQUEST: i32 = 80_877_102;
+/// The largest startup packet accepted (PostgreSQL itself allows 10 000 bytes).
+pub const MAX_STARTUP_LEN: usize = 10_000;
+/// The largest message the observer accepts; a length above it is taken for garbage.
+pub const MAX_MESSAGE_LEN: usize = 1 << 30;
+/// How much of an inspected message body (a query's text) the observer keeps. A longer query
+/// is not inspected, and the session is taken as stateful, which is the safe side.
+const MAX_INSPECTED_BODY: usize = 256 * 1024;
+
+/// Why bytes could not be read as the PostgreSQL protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("startup packet length {0} is out of range")]
+    StartupLength(usize),
+    #[error("unsupported protocol version {major}.{minor}")]
+    Version { major: u16, minor: u16 },
+    #[error("startup packet is malformed: {0}")]
+    Startup(&'static str),
+    #[error("message length {len} of message {tag:?} is out of range")]
+    Length { tag: char, len: i64 },
+    #[error("unknown {side} message type {tag:?}")]
+    UnknownTag { side: &'static str, tag: char },
+}
+
+/// The first packet a client sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup {
+    Ssl,
+    GssEnc,
+    Cancel { pid: i32, key: i32 },
+    Startup { params: Vec<(String, String)> },
+}
+
+/// Parses the body of a startup packet (the bytes after its 4-byte length).
+pub fn parse_startup(body: &[u8]) -> Result<Startup, ProtocolError> {
+    if body.len() < 4 {
+        return Err(ProtocolError::Startup("shorter than its code"));
+    }
+    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    match code {
+        SSL_REQUEST => Ok(Startup::Ssl),
+        GSSENC_REQUEST => Ok(Startup::GssEnc),
+        CANCEL_REQUEST => {
+            if body.len() != 12 {
+                return Err(ProtocolError::Startup("cancel request has the wrong length"));
+            }
+            let pid = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+            let key = i32::from_be_bytes([body[8], body[9], body[10], body[11]]);
+            Ok(Startup::Cancel { pid, key })
+        }
+        PROTOCOL_3 => {
+            let mut params = Vec::new();
+            let mut rest = &body[4..];
+            loop {
+                let (name, after) = cstr(rest).ok_or(ProtocolError::Startup("unterminated name"))?;
+                if name.is_empty() {
+                    break;
+                }
+                let (value, after) =
+                    cstr(after).ok_or(ProtocolError::Startup("unterminated value"))?;
+                params.push((name, value));
+                rest = after;
+            }
+            if !params.iter().any(|(k, _)| k == "user") {
+                return Err(ProtocolError::Startup("no user parameter"));
+            }
+            Ok(Startup::Startup { params })
+        }
+        other => Err(ProtocolError::Version { major: (other >> 16) as u16, minor: other as u16 }),
+    }
+}
+
+fn cstr(b: &[u8]) -> Option<(String, &[u8])> {
+    let nul = b.iter().position(|&c| c == 0)?;
+    Some((String::from_utf8_lossy(&b[..nul]).into_owned(), &b[nul + 1..]))
+}
+
+/// Encodes a protocol 3.0 startup packet with these parameters.
+pub fn encode_startup(params: &[(String, String)]) -> Vec<u8> {
+    let mut body = PROTOCOL_3.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Encodes a CancelRequest packet.
+pub fn encode_cancel(pid: i32, key: i32) -> Vec<u8> {
+    let mut out = 16i32.to_be_bytes().to_vec();
+    out.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
+    out.extend_from_slice(&pid.to_be_bytes());
+    out.extend_from_slice(&key.to_be_bytes());
+    out
+}
+
+/// Encodes one tagged message.
+pub fn encode_message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(tag);
+    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Encodes a simple-protocol Query.
+pub fn encode_query(sql: &str) -> Vec<u8> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    encode_message(b'Q', &body)
+}
+
+/// Encodes an ErrorResponse (or, with `fatal`, a FATAL one) with a SQLSTATE and a message.
+pub fn encode_error(fatal: bool, code: &str, message: &str) -> Vec<u8> {
+    let severity = if fatal { "FATAL" } else { "ERROR" };
+    let mut body = Vec::new();
+    for (field, value) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', message)] {
+        body.push(field);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    encode_message(b'E', &body)
+}
+
+/// Reads the SQLSTATE (`C` field) of an ErrorResponse body.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    error_field(body, b'C')
+}
+
+/// Reads one field of an ErrorResponse or NoticeResponse body.
+pub fn error_field(body: &[u8], field: u8) -> Option<String> {
+    let mut rest = body;
+    while let Some((&f, after)) = rest.split_first() {
+        if f == 0 {
+            return None;
+        }
+        let (value, after) = cstr(after)?;
+        if f == field {
+            return Some(value);
+        }
+        rest = after;
+    }
+    None
+}
+
+/// Which way a byte stream flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Client to server.
+    Frontend,
+    /// Server to client.
+    Backend,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Frontend => "frontend",
+            Side::Backend => "backend",
+        }
+    }
+    fn known(self, tag: u8) -> bool {
+        match self {
+            Side::Frontend => b"QPBEDCSHFdcfXp".contains(&tag),
+            Side::Backend => b"RSKZECDTINAtn123sGHWcdVv".contains(&tag),
+        }
+    }
+    /// Whether the observer needs this message's body.
+    fn inspects(self, tag: u8) -> bool {
+        match self {
+            Side::Frontend => tag == b'Q' || tag == b'P',
+            Side::Backend => b"ZSEK".contains(&tag),
+        }
+    }
+}
+
+/// A complete message the framer found, with its body when the observer inspects it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub tag: u8,
+    pub len: usize,
+    /// The body, for inspected messages; `None` when it was not kept or was too long.
+    pub body: Option<Vec<u8>>,
+}
+
+/// Splits a byte stream into messages, chunk by chunk, keeping only the bodies it needs.
+#[derive(Debug, Clone)]
+pub struct Framer {
+    side: Side,
+    header: [u8; 5],
+    header_len: usize,
+    remaining: usize,
+    current: Option<(u8, usize)>,
+    body: Vec<u8>,
+    keep: bool,
+    failed: bool,
+}
+
+impl Framer {
+    pub fn new(side: Side) -> Framer {
+        Framer {
+            side,
+            header: [0; 5],
+            header_len: 0,
+            remaining: 0,
+            current: None,
+            body: Vec::new(),
+            keep: false,
+            failed: false,
+        }
+    }
+
+    /// Whether the stream is between two messages.
+    pub fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.current.is_none()
+    }
+
+    /// Feeds a chunk; calls `on_frame` for each message completed in it. After an error the
+    /// framer stays failed.
+    pub fn feed(
+        &mut self,
+        mut chunk: &[u8],
+        mut on_frame: impl FnMut(Frame),
+    ) -> Result<(), ProtocolError> {
+        if self.failed {
+            return Err(ProtocolError::UnknownTag { side: self.side.name(), tag: '?' });
+        }
+        while !chunk.is_empty() {
+            if let Some((tag, len)) = self.current {
+                let take = self.remaining.min(chunk.len());
+                if self.keep {
+                    self.body.extend_from_slice(&chunk[..take]);
+                }
+                self.remaining -= take;
+                chunk = &chunk[take..];
+                if self.remaining == 0 {
+                    let body = if self.keep { Some(std::mem::take(&mut self.body)) } else { None };
+                    self.current = None;
+                    on_frame(Frame { tag, len, body });
+                }
+                continue;
+            }
+            let take = (5 - self.header_len).min(chunk.len());
+            self.header[self.header_len..self.header_len + take].copy_from_slice(&chunk[..take]);
+            self.header_len += take;
+            chunk = &chunk[take..];
+            if self.header_len < 5 {
+                // A tag alone is already worth checking: garbage is refused at its first byte.
+                if !self.side.known(self.header[0]) {
+                    self.failed = true;
+                    return Err(ProtocolError::UnknownTag {
+                        side: self.side.name(),
+                        tag: self.header[0] as char,
+                    });
+                }
+                continue;
+            }
+            let tag = self.header[0];
+            let len = i32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]);
+            self.header_len = 0;
+            if !self.side.known(tag) {
+                self.failed = true;
+                return Err(ProtocolError::UnknownTag { side: self.side.name(), tag: tag as char });
+            }
+            if len < 4 || len as usize > MAX_MESSAGE_LEN {
+                self.failed = true;
+                return Err(ProtocolError::Length { tag: tag as char, len: i64::from(len) });
+            }
+            let body_len = len as usize - 4;
+            self.keep = self.side.inspects(tag) && body_len <= MAX_INSPECTED_BODY;
+            self.body.clear();
+            if body_len == 0 {
+                on_frame(Frame { tag, len: len as usize, body: self.keep.then(Vec::new) });
+            } else {
+                self.current = Some((tag, len as usize));
+                self.remaining = body_len;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a session cannot move to another server connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stateful(pub String);
+
+impl fmt::Display for Stateful {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the observer saw in one message, for the connection code to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// A request cycle began (Query, Sync or FunctionCall) and one more ReadyForQuery is due.
+    CycleStarted,
+    /// A ReadyForQuery ended a cycle; `error` says whether an ErrorResponse came in it.
+    CycleEnded { status: u8, error: bool },
+    /// The session became stateful for this reason (reported once).
+    BecameStateful(Stateful),
+    /// The client said Terminate.
+    Terminate,
+}
+
+/// Follows one session through both directions.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub frontend: Framer,
+    pub backend: Framer,
+    /// Cycles sent by the client and not yet answered by ReadyForQuery.
+    pub pending: u32,
+    /// The last transaction status: `I` idle, `T` in a transaction, `E` in a failed one.
+    pub status: u8,
+    pub stateful: Option<Stateful>,
+    /// Whether the first ReadyForQuery (the end of startup) has been seen.
+    pub ready: bool,
+    /// The server's BackendKeyData (process id and secret key), for cancel requests.
+    pub backend_key: Option<(i32, i32)>,
+    error_in_cycle: bool,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session::new()
+    }
+}
+
+impl Session {
+    pub fn new() -> Session {
+        Session {
+            frontend: Framer::new(Side::Frontend),
+            backend: Framer::new(Side::Backend),
+            pending: 0,
+            status: b'I',
+            stateful: None,
+            ready: false,
+            backend_key: None,
+            error_in_cycle: false,
+        }
+    }
+
+    /// Whether the session sits at a transaction boundary with nothing in flight: the point
+    /// at which it may move to another server, or be closed without losing work.
+    pub fn at_boundary(&self) -> bool {
+        self.pending == 0
+            && self.status == b'I'
+            && self.frontend.at_boundary()
+            && self.backend.at_boundary()
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.status != b'I'
+    }
+
+    fn mark(&mut self, reason: String, out: &mut Vec<Seen>) {
+        if self.stateful.is_none() {
+            let s = Stateful(reason);
+            self.stateful = Some(s.clone());
+            out.push(Seen::BecameStateful(s));
+        }
+    }
+
+    /// Feeds bytes the client sent.
+    pub fn feed_frontend(&mut self, chunk: &[u8], out: &mut Vec<Seen>) -> Result<(), ProtocolError> {
+        let mut frames = Vec::new();
+        self.frontend.feed(chunk, |f| frames.push(f))?;
+        for f in frames {
+            match f.tag {
+                b'Q' => {
+                    self.pending += 1;
+                    self.error_in_cycle = false;
+                    out.push(Seen::CycleStarted);
+                    match f.body.as_deref() {
+                        Some(body) => {
+                            let end = body.iter().position(|&c| c == 0).unwrap_or(body.len());
+                            let sql = String::from_utf8_lossy(&body[..end]);
+                            if let Some(reason) = session_effect(&sql) {
+                                self.mark(reason, out);
+                            }
+                        }
+                        None => self.mark("query too long to inspect".into(), out),
+                    }
+                }
+                b'S' => {
+                    self.pending += 1;
+                    self.error_in_cycle = false;
+                    out.push(Seen::CycleStarted);
+                }
+                b'F' => {
+                    self.pending += 1;
+                    self.error_in_cycle = false;
+                    out.push(Seen::CycleStarted);
+                    self.mark("function call message".into(), out);
+                }
+                b'P' => {
+                    let named = f.body.as_deref().is_none_or(|b| b.first().is_some_and(|&c| c != 0));
+                    if named {
+                        self.mark("named prepared statement".into(), out);
+                    } else {
+                        self.mark("extended query protocol".into(), out);
+                    }
+                }
+                b'B' | b'E' | b'D' | b'C' | b'H' => {
+                    self.mark("extended query protocol".into(), out);
+                }
+                b'X' => out.push(Seen::Terminate),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds bytes the server sent.
+    pub fn feed_backend(&mut self, chunk: &[u8], out: &mut Vec<Seen>) -> Result<(), ProtocolError> {
+        let mut frames = Vec::new();
+        self.backend.feed(chunk, |f| frames.push(f))?;
+        for f in frames {
+            match f.tag {
+                b'Z' => {
+                    let status = f.body.as_deref().and_then(|b| b.first().copied()).unwrap_or(b'E');
+                    self.status = if b"ITE".contains(&status) { status } else { b'E' };
+                    if self.ready {
+                        self.pending = self.pending.saturating_sub(1);
+                    }
+                    self.ready = true;
+                    out.push(Seen::CycleEnded { status: self.status, error: self.error_in_cycle });
+                    self.error_in_cycle = false;
+                }
+                b'E' => self.error_in_cycle = true,
+                // A ParameterStatus after startup means a reported setting changed (SET).
+                b'S' if self.ready => self.mark("server reported a changed setting".into(), out),
+                b'A' => self.mark("LISTEN notification".into(), out),
+                b'K' => {
+                    if let Some(b) = f.body.as_deref().filter(|b| b.len() == 8) {
+                        let pid = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                        let key = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+                        self.backend_key = Some((pid, key));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Statement keywords whose effects end with the transaction or leave no trace in the session.
+const STATELESS_STARTS: &[&str] = &[
+    "select", "insert", "update", "delete", "begin", "start", "commit", "end", "rollback",
+    "abort", "values", "table", "with", "explain", "show", "savepoint", "release", "merge",
+];
+
+/// Functions and words that leave state in the session even inside a plain statement.
+const STATEFUL_WORDS: &[&str] = &[
+    "temp", "temporary", "set_config", "pg_advisory_lock", "pg_advisory_lock_shared",
+    "pg_try_advisory_lock", "pg_try_advisory_lock_shared", "currval", "lastval", "setseed",
+    "dblink_connect", "into",
+];
+
+/// Decides whether a simple-protocol query may leave session state, conservatively: only
+/// statements that start with a known plain keyword and use no known session-level function
+/// pass. Returns the reason when they may.
+pub fn session_effect(sql: &str) -> Option<String> {
+    let lower = sql.to_ascii_lowercase();
+    for stmt in lower.split(';') {
+        let stmt = strip_comments(stmt);
+        let stmt = stmt.trim();
+        if stmt.is_empty() {
+            continue;
+        }
+        let first: String = stmt.chars().take_while(|c| c.is_ascii_alphabetic() || *c == '_').collect();
+        if !STATELESS_STARTS.contains(&first.as_str()) {
+            return Some(format!("statement `{}`", first.to_uppercase()));
+        }
+        for word in stmt.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if STATEFUL_WORDS.contains(&word) {
+                // `INSERT INTO` is plain; `SELECT … INTO` creates a table.
+                if word == "into" && first != "select" {
+                    continue;
+                }
+                return Some(format!("`{word}` in a statement"));
+            }
+        }
+    }
+    None
+}
+
+fn strip_comments(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    loop {
+        match (rest.find("--"), rest.find("/*")) {
+            (Some(a), b) if b.is_none_or(|b| a < b) => {
+                out.push_str(&rest[..a]);
+                match rest[a..].find('\n') {
+                    Some(nl) => rest = &rest[a + nl..],
+                    None => return out,
+                }
+            }
+            (_, Some(b)) => {
+                out.push_str(&rest[..b]);
+                match rest[b + 2..].find("*/") {
+                    Some(e) => rest = &rest[b + 2 + e + 2..],
+                    None => return out,
+                }
+            }
+            _ => {
+                out.push_str(rest);
+                return out;
+            }
+        }
+    }
+}
+
+/// The password message for MD5 authentication: `md5` + md5(md5(password + user) + salt).
+pub fn md5_password(user: &str, password: &str, salt: [u8; 4]) -> Vec<u8> {
+    use md5::{Digest, Md5};
+    let inner = format!("{:x}", Md5::digest(format!("{password}{user}").as_bytes()));
+    let mut h = Md5::new();
+    h.update(inner.as_bytes());
+    h.update(salt);
+    let mut body = format!("md5{:x}", h.finalize()).into_bytes();
+    body.push(0);
+    encode_message(b'p', &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn z(status: u8) -> Vec<u8> {
+        encode_message(b'Z', &[status])
+    }
+
+    #[test]
+    fn startup_round_trips() {
+        let params = vec![("user".to_string(), "bob".to_string()), ("database".into(), "db".into())];
+        let packet = encode_startup(&params);
+        assert_eq!(parse_startup(&packet[4..]).unwrap(), Startup::Startup { params });
+    }
+
+    #[test]
+    fn startup_refuses_old_versions_and_missing_user() {
+        let mut packet = encode_startup(&[("database".into(), "x".into())]);
+        assert_eq!(parse_startup(&packet[4..]), Err(ProtocolError::Startup("no user parameter")));
+        packet[4..8].copy_from_slice(&0x0002_0000i32.to_be_bytes());
+        assert!(matches!(parse_startup(&packet[4..]), Err(ProtocolError::Version { major: 2, .. })));
+    }
+
+    #[test]
+    fn simple_cycle_reaches_a_boundary() {
+        let mut s = Session::new();
+        let mut seen = Vec::new();
+        s.feed_backend(&encode_message(b'S', b"TimeZone\0UTC\0"), &mut seen).unwrap();
+        s.feed_backend(&z(b'I'), &mut seen).unwrap();
+        s.feed_frontend(&encode_query("BEGIN"), &mut seen).unwrap();
+        assert!(!s.at_boundary());
+        s.feed_backend(&z(b'T'), &mut seen).unwrap();
+        assert!(s.in_transaction() && !s.at_boundary());
+        s.feed_frontend(&encode_query("SELECT 1"), &mut seen).unwrap();
+        let mut reply = encode_error(false, "42P01", "nope");
+        reply.extend(z(b'E'));
+        // Split the reply at every byte to show framing does not depend on chunking.
+        for b in &reply {
+            s.feed_backend(std::slice::from_ref(b), &mut seen).unwrap();
+        }
+        assert_eq!(s.status, b'E');
+        s.feed_frontend(&encode_query("ROLLBACK"), &mut seen).unwrap();
+        s.feed_backend(&z(b'I'), &mut seen).unwrap();
+        assert!(s.at_boundary());
+        assert!(s.stateful.is_none(), "{:?}", s.stateful);
+        assert!(seen.contains(&Seen::CycleEnded { status: b'E', error: true }));
+    }
+
+    #[test]
+    fn session_effects_are_detected() {
+        for sql in [
+            "SET search_path = x",
+            "set local work_mem='1MB'",
+            "PREPARE p AS SELECT 1",
+            "CREATE TEMP TABLE t (x int)",
+            "LISTEN chan",
+            "select pg_advisory_lock(1)",
+            "SELECT 1; DISCARD ALL",
+            "select * into t2 from t",
+            "/* hi */ declare c cursor with hold for select 1",
+        ] {
+            assert!(session_effect(sql).is_some(), "{sql}");
+        }
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 3;",
+            "  -- note\nUPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1",
+            "INSERT INTO pgbench_history (tid) VALUES (1)",
+            "BEGIN;",
+            "END;",
+            "select pg_advisory_xact_lock(1)",
+        ] {
+            assert_eq!(session_effect(sql), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn named_parse_and_parameter_status_mark_the_session() {
+        let mut s = Session::new();
+        let mut seen = Vec::new();
+        s.feed_frontend(&encode_message(b'P', b"stmt1\0SELECT 1\0\0\0"), &mut seen).unwrap();
+        assert_eq!(s.stateful, Some(Stateful("named prepared statement".into())));
+        let mut s = Session::new();
+        s.feed_backend(&z(b'I'), &mut seen).unwrap();
+        s.feed_backend(&encode_message(b'S', b"TimeZone\0UTC\0"), &mut seen).unwrap();
+        assert!(s.stateful.is_some());
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        let mut s = Session::new();
+        let mut seen = Vec::new();
+        assert!(s.feed_frontend(b"GET / HTTP/1.1\r\n", &mut seen).is_err());
+        assert!(s.feed_frontend(&encode_query("SELECT 1"), &mut seen).is_err());
+        let mut s = Session::new();
+        assert!(matches!(
+            s.feed_frontend(&[b'Q', 0, 0, 0, 2], &mut seen),
+            Err(ProtocolError::Length { .. })
+        ));
+    }
+
+    #[test]
+    fn md5_matches_postgres() {
+        // md5(md5("secret" + "alice") + salt) for salt 01020304, computed with PostgreSQL's rule.
+        let msg = md5_password("alice", "secret", [1, 2, 3, 4]);
+        assert_eq!(msg[0], b'p');
+        let text = std::str::from_utf8(&msg[5..msg.len() - 1]).unwrap();
+        assert!(text.starts_with("md5") && text.len() == 35, "{text}");
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_streams(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..32),
+            frontend in any::<bool>(),
+        ) {
+            let mut s = Session::new();
+            let mut seen = Vec::new();
+            for c in &chunks {
+                let r = if frontend { s.feed_frontend(c, &mut seen) } else { s.feed_backend(c, &mut seen) };
+                if r.is_err() { break; }
+            }
+            let _ = parse_startup(chunks.first().map(Vec::as_slice).unwrap_or(&[]));
+        }
+
+        #[test]
+        fn never_panics_on_well_framed_messages_with_arbitrary_bodies(
+            msgs in proptest::collection::vec(
+                (proptest::sample::select(b"QPBEDCSHFdcfXpRSKZNAT".to_vec()),
+                 proptest::collection::vec(any::<u8>(), 0..48)), 0..24),
+            split in 1usize..17,
+        ) {
+            let mut stream = Vec::new();
+            for (tag, body) in &msgs {
+                stream.extend(encode_message(*tag, body));
+            }
+            let mut a = Session::new();
+            let mut b = Session::new();
+            let mut seen = Vec::new();
+            for c in stream.chunks(split) {
+                let _ = a.feed_frontend(c, &mut seen);
+                let _ = b.feed_backend(c, &mut seen);
+            }
+            prop_assert!(a.pending <= msgs.len() as u32);
+        }
+
+        #[test]
+        fn session_effect_never_panics(sql in ".{0,200}") {
+            let _ = session_effect(&sql);
+        }
+    }
+}
