@@ -514,8 +514,10 @@ mod tests {
 
     #[test]
     fn downgrades_weigh_more_than_upgrades() {
-        let mut b = HostProfile::default();
-        b.packages = Some(BTreeMap::from([("openssl".to_owned(), "3.0.11-1".to_owned())]));
+        let b = HostProfile {
+            packages: Some(BTreeMap::from([("openssl".to_owned(), "3.0.11-1".to_owned())])),
+            ..HostProfile::default()
+        };
         let mut c = b.clone();
         c.packages.as_mut().unwrap().insert("openssl".into(), "3.0.10-1".into());
         let s = score(&b, &c);
@@ -559,10 +561,14 @@ mod tests {
             reachable,
             latency_ms: ms,
         };
-        let mut b = HostProfile::default();
-        b.dependencies = vec![st("db", true, Some(2.0)), st("cache", true, Some(0.5)), st("old", true, Some(1.0))];
-        let mut c = HostProfile::default();
-        c.dependencies = vec![st("db", false, None), st("cache", true, Some(10.0)), st("new", true, Some(1.0))];
+        let b = HostProfile {
+            dependencies: vec![st("db", true, Some(2.0)), st("cache", true, Some(0.5)), st("old", true, Some(1.0))],
+            ..HostProfile::default()
+        };
+        let c = HostProfile {
+            dependencies: vec![st("db", false, None), st("cache", true, Some(10.0)), st("new", true, Some(1.0))],
+            ..HostProfile::default()
+        };
         let s = score(&b, &c);
         assert_eq!(find(&s, "dependency:db").weight.get(), weights::DEPENDENCY_UNREACHABLE);
         assert_eq!(find(&s, "dependency:db").current.as_deref(), Some("unreachable"));

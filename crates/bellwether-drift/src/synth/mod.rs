@@ -542,6 +542,58 @@ pub fn profile_of(spec: &HostSpec) -> HostProfile {
     collect_from(&spec.render(), &CollectOptions::default(), None)
 }
 
+/// A copy of `p` with a few random, realistic changes, for benchmarks and property tests: up to
+/// five package version changes of every size, sometimes a package added or removed, every
+/// metric moved by up to ±60 %, and now and then a slower or unreachable dependency or a new
+/// DNS resolver.
+pub fn perturb(p: &HostProfile, r: &mut SplitMix64) -> HostProfile {
+    let mut c = p.clone();
+    if let Some(pkgs) = c.packages.as_mut() {
+        let n = pkgs.len() as u64;
+        for _ in 0..r.below(6) {
+            if n == 0 {
+                break;
+            }
+            let i = r.below(n) as usize;
+            if let Some(v) = pkgs.values_mut().nth(i) {
+                let level = [ChangeLevel::Revision, ChangeLevel::Patch, ChangeLevel::Patch, ChangeLevel::Minor, ChangeLevel::Major][r.below(5) as usize];
+                *v = crate::version::bump(v, level, r.below(8) != 0);
+            }
+        }
+        match r.below(10) {
+            0 => {
+                pkgs.insert(format!("extra-tool-{}", r.below(100)), "1.0.0-1".to_owned());
+            }
+            1 if n > 0 => {
+                let i = r.below(n) as usize;
+                if let Some(k) = pkgs.keys().nth(i).cloned() {
+                    pkgs.remove(&k);
+                }
+            }
+            _ => {}
+        }
+    }
+    for v in c.metrics.values_mut() {
+        *v = (*v * (0.4 + 1.2 * r.unit())).max(0.0);
+    }
+    for d in &mut c.dependencies {
+        match r.below(10) {
+            0 => {
+                d.reachable = false;
+                d.latency_ms = None;
+            }
+            1 | 2 => d.latency_ms = d.latency_ms.map(|l| l * (1.0 + 5.0 * r.unit())),
+            _ => {}
+        }
+    }
+    if r.below(20) == 0 {
+        if let Some(net) = c.network.as_mut() {
+            net.dns_resolvers.push("192.0.2.53".to_owned());
+        }
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
