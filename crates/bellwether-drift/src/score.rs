@@ -606,6 +606,55 @@ mod tests {
         assert!(score_checked(&b, &c, false).is_ok());
     }
 
+    /// The worked examples of docs/drift.md, so the document cannot drift from the code.
+    #[test]
+    fn worked_examples_of_the_docs() {
+        let pk = |v: &[(&str, &str)]| Some(v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<BTreeMap<_, _>>());
+        let close = |a: Unit, b: f64| assert!((a.get() - b).abs() < 5e-4, "{} != {b}", a.get());
+        // 1.
+        let b = HostProfile { packages: pk(&[("openssl", "3.0.11-1")]), ..HostProfile::default() };
+        let c = HostProfile { packages: pk(&[("openssl", "3.0.13-1")]), ..HostProfile::default() };
+        close(score(&b, &c).overall, 0.05);
+        // 2.
+        let names: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+        let b = HostProfile { packages: Some(names.iter().map(|n| (n.clone(), "1.2.3-1".to_owned())).collect()), ..HostProfile::default() };
+        let c = HostProfile { packages: Some(names.iter().map(|n| (n.clone(), "1.2.3-1+deb12u1".to_owned())).collect()), ..HostProfile::default() };
+        close(score(&b, &c).configuration, 0.183);
+        // 3 and 5.
+        let mut b = HostProfile {
+            kernel: Some("6.1.0-18-amd64".into()),
+            packages: pk(&[("a", "1.0.0-1"), ("b", "2.1.3-1"), ("c", "0.9.1")]),
+            ..HostProfile::default()
+        };
+        let mut c = HostProfile {
+            kernel: Some("6.1.0-20-amd64".into()),
+            packages: pk(&[("a", "1.0.1-1"), ("b", "2.1.4-1"), ("c", "0.9.2")]),
+            ..HostProfile::default()
+        };
+        close(score(&b, &c).configuration, 0.314);
+        let db = |reachable: bool| DependencyStatus { name: "db".into(), endpoint: "h:1".into(), reachable, latency_ms: reachable.then_some(1.0) };
+        b.dependencies = vec![db(true)];
+        c.dependencies = vec![db(false)];
+        let s = score(&b, &c);
+        close(s.dependency, 0.9);
+        close(s.overall, 0.931);
+        // 4.
+        let m = |l: f64, r: f64| HostProfile {
+            metrics: BTreeMap::from([("load5".to_owned(), l), ("memory_available_ratio".to_owned(), r)]),
+            ..HostProfile::default()
+        };
+        let s = score(&m(2.0, 0.5), &m(6.0, 0.2));
+        close(find(&s, "metric:load5").weight, 0.425);
+        close(find(&s, "metric:memory_available_ratio").weight, 0.375);
+        close(s.performance, 0.641);
+        // 6.
+        let lat = |ms: f64| HostProfile {
+            dependencies: vec![DependencyStatus { name: "db".into(), endpoint: "h:1".into(), reachable: true, latency_ms: Some(ms) }],
+            ..HostProfile::default()
+        };
+        close(score(&lat(2.0), &lat(6.0)).dependency, 0.225);
+    }
+
     fn arb_profile() -> impl Strategy<Value = HostProfile> {
         (
             0u64..1000,
