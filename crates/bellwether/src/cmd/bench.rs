@@ -13,10 +13,19 @@ pub struct Args {
 enum Which {
     /// Time to collect one host profile.
     Profile(super::profile::BenchArgs),
+    /// Drift scoring of many profile pairs on one core.
+    Drift(super::drift::BenchArgs),
+    /// Resident memory of an idle agent (goal ≤ 15 MB).
+    AgentMemory(super::agent::BenchArgs),
+    /// Metric samples stored per second, through the store API and HTTP (goal ≥ 50,000/s on SQLite).
+    Ingest(super::server::BenchArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.which {
         Which::Profile(a) => super::profile::bench(a),
+        Which::AgentMemory(a) => super::agent::bench(a),
+        Which::Drift(a) => super::drift::bench(a),
+        Which::Ingest(a) => super::server::bench(a),
     }
 }

@@ -1,17 +1,307 @@
-//! `bellwether profile`.
+//! `bellwether profile` and `bellwether bench profile`.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use bellwether_drift::collect::{CollectOptions, CpuSampler};
+use bellwether_drift::deps::{merge_dependencies, read_declared_dependencies, Dependency};
+use bellwether_model::HostProfile;
+
+use super::{OutputFormat, UsageError};
+
+/// Collect the profile of this host, or of a host root mounted at DIR: OS, kernel, packages,
+/// hardware, network, listening ports, declared dependencies and load metrics.
+///
+/// Files that cannot be read leave their part out and add a note; collection never fails.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
-
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`profile` is not built yet")
+pub struct Args {
+    /// Read the host from this root directory instead of `/`, as node_exporter's
+    /// --path.rootfs (for a container's view of its host, or a sandbox host).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    rootfs: PathBuf,
+    /// Probe a dependency with a TCP connect: NAME=HOST:PORT, such as db=10.0.0.5:5432.
+    /// Repeat for more. These add to the ones the host declares in
+    /// DIR/etc/bellwether/dependencies (one NAME=HOST:PORT a line) and win on equal names.
+    #[arg(long = "dependency", value_name = "NAME=HOST:PORT", value_parser = parse_dependency_flag)]
+    dependencies: Vec<Dependency>,
+    /// Label the profile, as K=V (such as role=web); peers are grouped by labels. Repeatable.
+    #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// How long all dependency probes together may take, such as 500ms or 2s.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    probe_timeout: Duration,
+    /// `human` prints a summary; `json` prints the HostProfile that `bellwether drift` reads.
+    #[arg(long, value_enum, default_value_t)]
+    output: OutputFormat,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
+fn parse_dependency_flag(s: &str) -> Result<Dependency, String> {
+    bellwether_drift::parse_dependency(s).map_err(|e| e.to_string())
+}
 
-pub fn bench(_args: BenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`bench profile` is not built yet")
+/// `K=V` with a non-empty key.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!("bad label {s:?}: expected KEY=VALUE, such as role=web")),
+    }
+}
+
+/// `250ms`, `2s` or `1.5s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("bad duration {s:?}: expected a number followed by ms or s, such as 500ms");
+    let (num, unit) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        return Err(bad());
+    };
+    let v: f64 = num.trim().parse().map_err(|_| bad())?;
+    if !v.is_finite() || v < 0.0 || v * unit > 86_400.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(v * unit))
+}
+
+/// The collect options for a root: its declared dependencies, then the flags'.
+fn options(rootfs: &Path, flags: &[Dependency], labels: &[(String, String)], timeout: Duration) -> anyhow::Result<CollectOptions> {
+    let declared = read_declared_dependencies(rootfs).map_err(|e| UsageError(e.to_string()))?;
+    Ok(CollectOptions {
+        dependencies: merge_dependencies(&[&declared, flags]),
+        probe_timeout: timeout,
+        labels: labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if !args.rootfs.is_dir() {
+        return Err(UsageError(format!("--rootfs {}: not a directory", args.rootfs.display())).into());
+    }
+    let opts = options(&args.rootfs, &args.dependencies, &args.labels, args.probe_timeout)?;
+    let profile = bellwether_drift::collect(&args.rootfs, &opts);
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&profile)?),
+        OutputFormat::Human => print!("{}", human(&profile)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A readable summary of a profile.
+pub fn human(p: &HostProfile) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let mut line = |k: &str, v: String| {
+        let _ = writeln!(s, "{k:<13}{v}");
+    };
+    let dash = || "-".to_owned();
+    line("Host", p.hostname.clone().unwrap_or_else(dash));
+    if !p.labels.is_empty() {
+        line("Labels", p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+    }
+    line(
+        "OS",
+        p.os.as_ref()
+            .map(|o| o.pretty_name.clone().unwrap_or_else(|| format!("{} {}", o.id, o.version_id.as_deref().unwrap_or(""))))
+            .unwrap_or_else(dash),
+    );
+    line("Kernel", p.kernel.clone().unwrap_or_else(dash));
+    line("Packages", p.packages.as_ref().map(|m| format!("{} installed", m.len())).unwrap_or_else(dash));
+    if let Some(h) = &p.hardware {
+        line(
+            "CPU",
+            match (h.cpu_count, &h.cpu_model) {
+                (Some(n), Some(m)) => format!("{n} x {m}"),
+                (Some(n), None) => format!("{n}"),
+                (None, Some(m)) => m.clone(),
+                (None, None) => dash(),
+            },
+        );
+        let avail = p.metrics.get("memory_available_ratio").map(|r| format!(", {:.0}% available", r * 100.0)).unwrap_or_default();
+        line(
+            "Memory",
+            h.memory_total_kb.map(|kb| format!("{:.1} GiB{avail}", kb as f64 / 1024.0 / 1024.0)).unwrap_or_else(dash),
+        );
+        line("Disks", if h.disks.is_empty() { dash() } else { h.disks.join(", ") });
+    }
+    if let Some(n) = &p.network {
+        let ifs: Vec<String> = n
+            .interfaces
+            .iter()
+            .map(|i| format!("{} ({}{})", i.name, i.operstate.as_deref().unwrap_or("?"), i.mtu.map(|m| format!(", mtu {m}")).unwrap_or_default()))
+            .collect();
+        line("Interfaces", if ifs.is_empty() { dash() } else { ifs.join(", ") });
+        line("DNS", if n.dns_resolvers.is_empty() { dash() } else { n.dns_resolvers.join(", ") });
+        line("Listening", if n.listening.is_empty() { dash() } else { n.listening.join(", ") });
+    }
+    if !p.metrics.is_empty() {
+        let m: Vec<String> = p.metrics.iter().map(|(k, v)| format!("{k}={}", bellwether_drift::score::fmt_num(*v))).collect();
+        line("Metrics", m.join(" "));
+    }
+    for d in &p.dependencies {
+        let state = match (d.reachable, d.latency_ms) {
+            (true, Some(ms)) => format!("reachable in {ms:.2} ms"),
+            (true, None) => "reachable".to_owned(),
+            (false, _) => "UNREACHABLE".to_owned(),
+        };
+        line("Dependency", format!("{} {} {state}", d.name, d.endpoint));
+    }
+    for n in &p.notes {
+        line("Note", n.clone());
+    }
+    s
+}
+
+/// Time the collection of one profile, as the agent does it every few seconds.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The host root to collect; `/` is this machine.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    rootfs: PathBuf,
+    /// Collect from a synthetic host root with this many packages (written to a temporary
+    /// directory and removed afterwards) instead of --rootfs.
+    #[arg(long, value_name = "N")]
+    synthetic_packages: Option<usize>,
+    /// How many collections to time, after 5 untimed warm-up runs.
+    #[arg(long, default_value_t = 200)]
+    iterations: usize,
+    /// How many `dpkg-query -W` runs to time as the peer (0 to skip).
+    #[arg(long, default_value_t = 20)]
+    peer_iterations: usize,
+}
+
+pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.iterations == 0 {
+        return Err(UsageError("--iterations must be at least 1".into()).into());
+    }
+    let tmp;
+    let rootfs = match args.synthetic_packages {
+        Some(n) => {
+            tmp = TempRoot::new()?;
+            let spec = bellwether_drift::synth::HostSpec::generate(1, "bench-1", n);
+            bellwether_drift::synth::write_host_root(&tmp.0, &spec).context("writing the synthetic host root")?;
+            tmp.0.clone()
+        }
+        None => args.rootfs.clone(),
+    };
+    let opts = options(&rootfs, &[], &[], Duration::from_millis(500))?;
+    // The agent keeps a sampler, so the benchmark does too: the figures include the rates.
+    let mut sampler = CpuSampler::new();
+    let mut last = None;
+    for _ in 0..5 {
+        last = Some(sampler.collect(&rootfs, &opts));
+    }
+    let mut times = Vec::with_capacity(args.iterations);
+    for _ in 0..args.iterations {
+        let t = Instant::now();
+        let p = sampler.collect(&rootfs, &opts);
+        times.push(t.elapsed());
+        last = Some(p);
+    }
+    let p = last.expect("at least one collection ran");
+    println!(
+        "collected {} from {}: {} packages, {} metrics, {} notes",
+        args.iterations,
+        rootfs.display(),
+        p.packages.as_ref().map_or(0, |m| m.len()),
+        p.metrics.len(),
+        p.notes.len()
+    );
+    println!("profile collection: {}", stats(&mut times));
+    let status = rootfs.join("var/lib/dpkg/status");
+    if args.peer_iterations > 0 && status.exists() {
+        let admindir = rootfs.join("var/lib/dpkg");
+        let mut peer = Vec::new();
+        for _ in 0..args.peer_iterations {
+            let t = Instant::now();
+            let out = std::process::Command::new("dpkg-query")
+                .arg(format!("--admindir={}", admindir.display()))
+                .args(["-W", "-f", "${Package} ${Version}\n"])
+                .output();
+            match out {
+                Ok(o) if o.status.success() => peer.push(t.elapsed()),
+                Ok(o) => {
+                    println!("peer dpkg-query -W: failed ({})", o.status);
+                    break;
+                }
+                Err(e) => {
+                    println!("peer dpkg-query -W: not run ({e})");
+                    break;
+                }
+            }
+        }
+        if !peer.is_empty() {
+            println!("peer `dpkg-query -W` (packages only, one process each): {}", stats(&mut peer));
+        }
+    }
+    let osquery = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("osqueryi").is_file()))
+        .unwrap_or(false);
+    if !osquery {
+        println!("peer osqueryi: not installed on this machine");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mean … p50 … p99 … max …` in milliseconds; sorts `times`.
+pub fn stats(times: &mut [Duration]) -> String {
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let n = times.len();
+    let mean = times.iter().map(|d| ms(*d)).sum::<f64>() / n as f64;
+    let pct = |q: f64| ms(times[((n as f64 * q).ceil() as usize).clamp(1, n) - 1]);
+    format!("mean {mean:.3} ms, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (n={n})", pct(0.5), pct(0.99), ms(times[n - 1]))
+}
+
+/// A directory under the system's temporary directory, removed on drop.
+struct TempRoot(PathBuf);
+
+impl TempRoot {
+    fn new() -> anyhow::Result<TempRoot> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("bellwether-bench-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(TempRoot(dir))
+    }
+}
+
+impl Drop for TempRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_parsers() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("5").unwrap_err().contains("\"5\""));
+        assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_label("role=web").unwrap(), ("role".to_owned(), "web".to_owned()));
+        assert!(parse_label("=web").unwrap_err().contains("\"=web\""));
+        assert!(parse_dependency_flag("db").unwrap_err().contains("\"db\""));
+    }
+
+    #[test]
+    fn human_summary_of_a_synthetic_host() {
+        let spec = bellwether_drift::synth::HostSpec::generate(4, "web-7", 30);
+        let text = human(&bellwether_drift::synth::profile_of(&spec));
+        assert!(text.starts_with("Host         web-7\n"), "{text}");
+        assert!(text.contains(&format!("Kernel       {}\n", spec.kernel)), "{text}");
+        assert!(text.contains("Packages     30 installed\n"), "{text}");
+        assert!(text.contains("load1="), "{text}");
+    }
+
+    #[test]
+    fn stats_percentiles() {
+        let mut t: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(stats(&mut t), "mean 50.500 ms, p50 50.000 ms, p99 99.000 ms, max 100.000 ms (n=100)");
+    }
 }
