@@ -486,6 +486,7 @@ async fn rehome(shared: &Shared, c: &mut PgConn, params: &[(String, String)]) ->
                 tracing::info!(from = %c.backend.name, to = %target.name, "Session re-homed at a transaction boundary.");
                 *c.entry.backend.lock().unwrap_or_else(|p| p.into_inner()) = target.name.clone();
                 c.entry.rehomes.fetch_add(1, Relaxed);
+                shared.registry.touch();
                 if let Some(k) = key {
                     let mut route = c.entry.cancel.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(r) = route.as_mut() {

@@ -95,6 +95,11 @@ impl Registry {
         self.changed.notify_waiters();
     }
 
+    /// Tells waiters that a connection changed backend or closed.
+    pub fn touch(&self) {
+        self.changed.notify_waiters();
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
     }

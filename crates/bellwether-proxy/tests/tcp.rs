@@ -1,0 +1,141 @@
+//! The proxy as a generic TCP traffic manager, in front of real Redis servers: forwarding,
+//! weights, the connection registry, maintenance, passive ejection, and the admin API.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bellwether_proxy::config::{AdminState, CheckKind, Dur, HostPort, Protocol, RawBackend, RawConfig, RawListener};
+use bellwether_proxy::ProxyHandle;
+use support::Redis;
+
+fn backend(name: &str, port: u16) -> RawBackend {
+    RawBackend { name: name.into(), address: HostPort(format!("127.0.0.1:{port}")), weight: 100, admin: AdminState::Ready, password: None }
+}
+
+fn config(backends: Vec<RawBackend>) -> RawConfig {
+    let mut raw = RawConfig::new(vec![RawListener { address: "127.0.0.1:0".into(), protocol: Protocol::Tcp }], backends);
+    raw.admin = Some("127.0.0.1:0".into());
+    raw.health.check = CheckKind::Tcp;
+    raw.shutdown_grace = Dur(Duration::from_secs(1));
+    raw
+}
+
+/// Sends one inline Redis command and reads one reply line.
+fn redis_cmd(r: &mut BufReader<TcpStream>, cmd: &str) -> String {
+    r.get_mut().write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    if let Some(n) = line.strip_prefix('$') {
+        let n: i64 = n.trim().parse().unwrap();
+        if n >= 0 {
+            let mut v = String::new();
+            r.read_line(&mut v).unwrap();
+            return v.trim_end().to_string();
+        }
+    }
+    line.trim_end().to_string()
+}
+
+fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn redis_through_the_proxy_with_weights_registry_and_maintenance() {
+    let r1 = Redis::start();
+    let r2 = Redis::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let proxy = rt.block_on(ProxyHandle::start(config(vec![backend("r1", r1.port), backend("r2", r2.port)]).validate("test").unwrap())).unwrap();
+    let addr = proxy.listen_addrs()[0];
+    let admin = proxy.admin_addr().unwrap();
+    // Weight r2 out: every connection lands on r1.
+    let (status, body) = http(admin, "POST", "/backends/r2", r#"{"weight":0}"#);
+    assert_eq!(status, 200, "{body}");
+    let mut c = BufReader::new(TcpStream::connect(addr).unwrap());
+    assert_eq!(redis_cmd(&mut c, "PING"), "+PONG");
+    assert_eq!(redis_cmd(&mut c, "SET k v1"), "+OK");
+    assert_eq!(redis_cmd(&mut c, "GET k"), "v1");
+    let (_, conns) = http(admin, "GET", "/connections", "");
+    let conns: serde_json::Value = serde_json::from_str(&conns).unwrap();
+    assert_eq!(conns[0]["backend"], "r1");
+    assert!(conns[0]["bytes_to_backend"].as_u64().unwrap() >= 20, "{conns}");
+    assert!(conns[0]["bytes_to_client"].as_u64().unwrap() >= 10, "{conns}");
+    // Swap the weights: new connections go to r2 (which has no key), the old one stays.
+    http(admin, "POST", "/backends/r1", r#"{"weight":0}"#);
+    http(admin, "POST", "/backends/r2", r#"{"weight":100}"#);
+    let mut c2 = BufReader::new(TcpStream::connect(addr).unwrap());
+    assert_eq!(redis_cmd(&mut c2, "GET k"), "$-1");
+    assert_eq!(redis_cmd(&mut c, "GET k"), "v1");
+    // Maintenance closes r1's connections now.
+    let (status, _) = http(admin, "POST", "/backends/r1", r#"{"admin":"maintenance"}"#);
+    assert_eq!(status, 200);
+    let mut buf = [0u8; 16];
+    c.get_mut().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(c.get_mut().read(&mut buf).unwrap(), 0, "r1's client was closed");
+    assert_eq!(redis_cmd(&mut c2, "PING"), "+PONG");
+    // Bad admin input gets a clear 4xx.
+    let (status, body) = http(admin, "POST", "/backends/r1", r#"{"admin":"sleepy"}"#);
+    assert_eq!(status, 400);
+    assert!(body.contains("sleepy"), "{body}");
+    let (status, _) = http(admin, "POST", "/backends/nope", r#"{"weight":1}"#);
+    assert_eq!(status, 404);
+    // Metrics carry both backends.
+    let (status, text) = http(admin, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    assert!(text.contains("bellwether_proxy_connections_total{backend=\"r1\"} 1"), "{text}");
+    assert!(text.contains("bellwether_proxy_backend_admin_state{backend=\"r1\",state=\"maintenance\"} 1"));
+    assert!(text.contains("bellwether_proxy_connect_duration_seconds_count{backend=\"r2\"} 1"));
+    rt.block_on(proxy.shutdown());
+}
+
+#[test]
+fn dead_backend_is_ejected_and_clients_never_see_it() {
+    let r = Redis::start();
+    let dead = support::free_port();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut raw = config(vec![backend("dead", dead), backend("live", r.port)]);
+    raw.health.check = CheckKind::None;
+    raw.ejection.consecutive_errors = 1;
+    raw.ejection.base_time = Dur(Duration::from_secs(60));
+    let proxy = rt.block_on(ProxyHandle::start(raw.validate("test").unwrap())).unwrap();
+    let addr = proxy.listen_addrs()[0];
+    for _ in 0..6 {
+        let mut c = BufReader::new(TcpStream::connect(addr).unwrap());
+        assert_eq!(redis_cmd(&mut c, "PING"), "+PONG");
+    }
+    let view = proxy.pool().view();
+    let d = view.iter().find(|b| b.name == "dead").unwrap();
+    assert!(d.ejected && d.ejections == 1, "{d:?}");
+    assert_eq!(d.metrics.connect_errors, 1, "ejected after the first error, then skipped");
+    assert!(d.healthy, "passive ejection is not the active check's verdict");
+    let (_, body) = http(proxy.admin_addr().unwrap(), "GET", "/backends/dead", "");
+    assert!(body.contains("\"ejected\":true"), "{body}");
+    rt.block_on(proxy.shutdown());
+}
+
+#[test]
+fn shutdown_waits_for_the_grace_period_then_closes() {
+    let r = Redis::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut raw = config(vec![backend("r", r.port)]);
+    raw.shutdown_grace = Dur(Duration::from_millis(300));
+    let proxy = rt.block_on(ProxyHandle::start(raw.validate("test").unwrap())).unwrap();
+    let addr = proxy.listen_addrs()[0];
+    let mut c = BufReader::new(TcpStream::connect(addr).unwrap());
+    assert_eq!(redis_cmd(&mut c, "PING"), "+PONG");
+    let started = std::time::Instant::now();
+    rt.block_on(proxy.shutdown());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let mut buf = [0u8; 4];
+    assert_eq!(c.get_mut().read(&mut buf).unwrap(), 0);
+    assert!(TcpStream::connect(addr).is_err(), "no longer listening");
+}
