@@ -277,18 +277,18 @@ fn print_report(fleet: &FleetDrift) {
         let mut findings = s.findings.iter().take(3).map(|f| {
             format!("{} {} → {} ({})", f.attribute, opt(&f.baseline), opt(&f.current), f.weight)
         });
-        println!(
-            "  {:<10} {:<6} {:>7} {:>7} {:>7} {:>7}  {}",
+        let lead = format!(
+            "  {:<10} {:<6} {:>7} {:>7} {:>7} {:>7}  ",
             h.name,
             role,
-            s.overall,
-            s.configuration,
-            s.performance,
-            s.dependency,
-            findings.next().unwrap_or_default()
+            s.overall.to_string(),
+            s.configuration.to_string(),
+            s.performance.to_string(),
+            s.dependency.to_string()
         );
+        println!("{lead}{}", findings.next().unwrap_or_default());
         for f in findings {
-            println!("  {:<52}  {f}", "");
+            println!("{:width$}{f}", "", width = lead.chars().count());
         }
     }
     if quiet > 0 {
@@ -324,8 +324,8 @@ fn peer_lines(values: &[serde_json::Value]) -> Vec<String> {
             .map(|d| {
                 d.iter()
                     .map(|x| {
-                        let s = |k: &str| x.get(k).and_then(|y| y.as_str()).unwrap_or("absent").to_owned();
-                        format!("{}: {} where peers have {}", s("attribute"), s("host"), s("majority"))
+                        let s = |k: &str| x.get(k).and_then(|y| y.as_str()).unwrap_or("not installed").to_owned();
+                        format!("{} {} (peers: {})", s("attribute"), s("host"), s("majority"))
                     })
                     .collect()
             })
@@ -376,12 +376,12 @@ mod tests {
             "differences": [{"attribute": "package:strace", "majority": null, "host": "6.1-0.1", "majority_hosts": 9, "compared": 10}]
         }]);
         let lines = peer_lines(flat.as_array().unwrap());
-        assert_eq!(lines, vec!["web-04     (role=web)  package:strace: 6.1-0.1 where peers have absent"]);
+        assert_eq!(lines, vec!["web-04     (role=web)  package:strace 6.1-0.1 (peers: not installed)"]);
         let grouped = serde_json::json!([{
             "label": "role", "value": "db", "hosts": ["db-01", "db-02"],
             "outliers": [{"host": "db-02", "differences": [{"attribute": "os", "majority": "debian 12", "host": "ubuntu 22.04"}]}]
         }]);
         let lines = peer_lines(grouped.as_array().unwrap());
-        assert_eq!(lines, vec!["db-02      (role=db)  os: ubuntu 22.04 where peers have debian 12"]);
+        assert_eq!(lines, vec!["db-02      (role=db)  os ubuntu 22.04 (peers: debian 12)"]);
     }
 }

@@ -333,13 +333,14 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
     let mut hosts = Vec::with_capacity(plan.len());
     for p in plan {
         let root = dir.join("hosts").join(&p.name);
-        let spec = fleet::spec_from(&p.name, &p.role, p.seed, &p.drifts, &listener_addr);
+        let spec = fleet::spec_from(&p.name, &p.role, p.seed, p.packages_seed, &p.drifts, &listener_addr);
         write_host_root(&root, &spec).with_context(|| format!("could not write the root of {} under {}", p.name, root.display()))?;
         hosts.push(HostEntry {
             agent: Proc { pid: 0, addr: None, log: logs.join(format!("agent-{}.log", p.name)) },
             name: p.name,
             role: p.role,
             seed: p.seed,
+            packages_seed: p.packages_seed,
             root,
             drifts: p.drifts,
         });
@@ -520,7 +521,8 @@ pub struct DownReport {
 }
 
 /// Stops the sandbox in `dir`: agents first, then the server and the listener; SIGTERM, then
-/// SIGKILL after `grace`. `Ok(None)` when there is no sandbox there.
+/// SIGKILL after `grace`. `Ok(None)` when there is no sandbox there. With `purge`, removes the
+/// directory too.
 pub fn down(dir: &Path, grace: Duration, purge: bool) -> anyhow::Result<Option<DownReport>> {
     if !dir.exists() {
         return Ok(None);
@@ -538,7 +540,7 @@ pub fn down(dir: &Path, grace: Duration, purge: bool) -> anyhow::Result<Option<D
     let live = live_pids(&state).len();
     let mut killed = procs::stop(&agents, &m, grace)?;
     killed += procs::stop(&rest, &m, grace)?;
-    std::fs::remove_file(State::path(&state.dir)).with_context(|| format!("could not remove {}", State::path(&state.dir).display()))?;
+    // state.json stays (a stopped sandbox can still be inspected and purged); `up` clears it.
     if purge {
         std::fs::remove_dir_all(&state.dir).with_context(|| format!("could not remove {}", state.dir.display()))?;
     }
@@ -707,12 +709,12 @@ pub fn inject(dir: &Path, host: &str, req: DriftRequest) -> anyhow::Result<Strin
                 Some(e) => (e, String::new()),
                 None => (closed_port()?, " (nothing listens there)".to_owned()),
             };
-            let what = format!("dependency {name} {old} → {endpoint}{note}");
+            let what = format!("{name} {old} → {endpoint}{note}");
             (Injected::Dependency { name, endpoint }, what)
         }
         DriftRequest::Resolvers { resolvers } => {
             let resolvers = if resolvers.is_empty() { vec!["192.0.2.53".to_owned()] } else { resolvers };
-            let what = format!("resolvers {} → {}", before.dns_resolvers.join(", "), resolvers.join(", "));
+            let what = format!("{} → {}", before.dns_resolvers.join(", "), resolvers.join(", "));
             (Injected::Resolvers { resolvers }, what)
         }
     };

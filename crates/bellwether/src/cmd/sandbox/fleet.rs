@@ -34,6 +34,9 @@ pub struct Planned {
     pub name: String,
     pub role: String,
     pub seed: u64,
+    /// The seed whose generated package set this host installs: its role's first host's, so
+    /// that peers match, or its own on a host that lags on another release.
+    pub packages_seed: u64,
     pub drifts: Vec<Injected>,
 }
 
@@ -45,6 +48,7 @@ pub fn plan(n: usize, seed: u64) -> Vec<Planned> {
     let mut rng = SplitMix64::new(seed ^ 0x5A4D_B0C5);
     let mut per_role = [0usize; 3];
     let mut role_release: [Option<String>; 3] = [None, None, None];
+    let mut role_seed = [0u64; 3];
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let r = match i % 4 {
@@ -58,6 +62,7 @@ pub fn plan(n: usize, seed: u64) -> Vec<Planned> {
         let lagging = i % 8 == 5;
         // Search generator seeds until the release fits the host's place in the fleet.
         let mut host_seed = rng.next_u64();
+        let first_of_role = role_release[r].is_none();
         for _ in 0..64 {
             let release = HostSpec::generate(host_seed, &name, 0).os_version_id;
             let fits = match &role_release[r] {
@@ -74,7 +79,11 @@ pub fn plan(n: usize, seed: u64) -> Vec<Planned> {
         if i % 7 == 4 {
             drifts.push(Injected::SetPackage { name: "strace".into(), version: "6.1-0.1".into() });
         }
-        out.push(Planned { name, role: role.to_owned(), seed: host_seed, drifts });
+        if first_of_role {
+            role_seed[r] = host_seed;
+        }
+        let packages_seed = if lagging { host_seed } else { role_seed[r] };
+        out.push(Planned { name, role: role.to_owned(), seed: host_seed, packages_seed, drifts });
     }
     out
 }
@@ -82,11 +91,21 @@ pub fn plan(n: usize, seed: u64) -> Vec<Planned> {
 /// The spec of a host as it is now: generated, given its role's package and dependency, then
 /// every recorded change applied in order.
 pub fn spec_of(host: &HostEntry, listener_addr: &str) -> HostSpec {
-    spec_from(&host.name, &host.role, host.seed, &host.drifts, listener_addr)
+    spec_from(&host.name, &host.role, host.seed, host.packages_seed, &host.drifts, listener_addr)
 }
 
-pub fn spec_from(name: &str, role: &str, seed: u64, drifts: &[Injected], listener_addr: &str) -> HostSpec {
+pub fn spec_from(
+    name: &str,
+    role: &str,
+    seed: u64,
+    packages_seed: u64,
+    drifts: &[Injected],
+    listener_addr: &str,
+) -> HostSpec {
     let mut spec = HostSpec::generate(seed, name, PACKAGES_PER_HOST);
+    if packages_seed != seed {
+        spec.packages = HostSpec::generate(packages_seed, name, PACKAGES_PER_HOST).packages;
+    }
     let (pkg, version) = role_package(role);
     spec.packages.insert(pkg.to_owned(), version.to_owned());
     spec.dependencies = vec![(role_dependency(role).to_owned(), listener_addr.to_owned())];
@@ -114,8 +133,14 @@ mod tests {
             .map(|h| HostSpec::generate(h.seed, &h.name, 0).os_version_id)
             .collect();
         assert!(releases.len() >= 2, "{releases:?}");
-        let spec = spec_from(&p[0].name, &p[0].role, p[0].seed, &p[0].drifts, "127.0.0.1:9");
-        assert_eq!(spec.packages["nginx"], "1.22.1-9");
-        assert_eq!(spec.dependencies, vec![("db".to_owned(), "127.0.0.1:9".to_owned())]);
+        let spec = |h: &Planned| spec_from(&h.name, &h.role, h.seed, h.packages_seed, &h.drifts, "127.0.0.1:9");
+        let first = spec(&p[0]);
+        assert_eq!(first.packages["nginx"], "1.22.1-9");
+        assert_eq!(first.dependencies, vec![("db".to_owned(), "127.0.0.1:9".to_owned())]);
+        // Peers on the role's release install the same packages; the lagging host does not.
+        let web: Vec<&Planned> = p.iter().filter(|h| h.role == "web").collect();
+        let same = web.iter().filter(|h| spec(h).packages == first.packages).count();
+        assert!(same >= 6, "only {same} of {} web hosts match their first peer", web.len());
+        assert!(web.iter().any(|h| spec(h).os_version_id != first.os_version_id));
     }
 }

@@ -22,7 +22,8 @@ pub fn spawn_detached(exe: &Path, args: &[OsString], envs: &[(&str, &str)], log:
         .with_context(|| format!("could not open {}", log.display()))?;
     let err = out.try_clone().with_context(|| format!("could not open {}", log.display()))?;
     let mut cmd = Command::new(exe);
-    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+    // Logs go to files: no colour codes in them.
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0).env("NO_COLOR", "1");
     for (k, v) in envs {
         cmd.env(k, v);
     }

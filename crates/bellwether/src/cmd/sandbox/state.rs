@@ -41,6 +41,8 @@ pub struct HostEntry {
     pub role: String,
     /// The seed `HostSpec::generate` was given; with `role` and `drifts` it rebuilds the root.
     pub seed: u64,
+    /// The seed of the generated package set it installs (its role's, shared with its peers).
+    pub packages_seed: u64,
     pub root: PathBuf,
     pub agent: Proc,
     /// Every change made to the host since generation, in order: those made by `sandbox up`
