@@ -15,6 +15,7 @@
 mod api;
 mod auth;
 mod body;
+pub mod client;
 mod drift;
 mod error;
 mod metrics;
@@ -34,7 +35,7 @@ use bellwether_store::{Store, StoreConfig, StoreError};
 pub use body::parse_json;
 pub use error::ApiError;
 pub use metrics::Metrics;
-pub use tokens::{TokenNotice, TokenSource};
+pub use tokens::{generate_token, TokenNotice, TokenSource};
 
 /// The default request body limit: 4 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;

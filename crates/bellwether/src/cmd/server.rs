@@ -1,10 +1,361 @@
-//! `bellwether server`.
+//! `bellwether server`: the control plane (API, store, drift, /metrics), and
+//! `bellwether bench ingest`, which measures how fast it stores metric samples.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bellwether_model::{HostName, MetricSample};
+use bellwether_server::{Server, ServerConfig, DEFAULT_BODY_LIMIT};
+use bellwether_store::{Store, StoreConfig};
+
+use super::{OutputFormat, UsageError};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Address to listen on. Port 0 picks a free port; the chosen address is printed as the
+    /// first line (`listening on http://ADDR`) and written to --addr-file.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: String,
+    /// Directory for the SQLite store (bellwether.db) and the token files operator.token and
+    /// enrol.token. Created when missing. With --database, only the token files go here.
+    #[arg(long, env = "BELLWETHER_DATA_DIR", default_value = super::token::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Use PostgreSQL instead of SQLite: postgres://USER[:PASSWORD]@HOST:PORT/DB.
+    #[arg(long, env = "BELLWETHER_DATABASE", hide_env_values = true)]
+    database: Option<String>,
+    /// Use this operator token (for the CLI and operators) instead of a generated one.
+    #[arg(long, env = "BELLWETHER_OPERATOR_TOKEN", hide_env_values = true)]
+    operator_token: Option<String>,
+    /// Use this enrolment token (for agents enrolling) instead of a generated one.
+    #[arg(long, env = "BELLWETHER_ENROL_TOKEN", hide_env_values = true)]
+    enrol_token: Option<String>,
+    /// Write the bound address (ADDR:PORT) to this file once listening, atomically.
+    #[arg(long, value_name = "FILE")]
+    addr_file: Option<PathBuf>,
+    /// How long in-flight requests may finish after SIGINT or SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    /// Largest request body accepted, in bytes; larger ones get 413 before they are read.
+    #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
+    body_limit: usize,
+    /// Recent samples over this window stand for a host's metrics in baselines and drift.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    metric_window: Duration,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`server` is not built yet")
+fn store_config(database: Option<&str>, data_dir: &Path) -> anyhow::Result<StoreConfig> {
+    match database {
+        Some(url) => Ok(StoreConfig::from_url(url).map_err(|e| UsageError(format!("--database: {e}")))?),
+        None => {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+            Ok(StoreConfig::sqlite_in(data_dir))
+        }
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("Received a stop signal.");
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.body_limit == 0 {
+        return Err(UsageError("--body-limit must be at least 1 byte".into()).into());
+    }
+    let store = store_config(args.database.as_deref(), &args.data_dir)?;
+    let backend = match &store {
+        StoreConfig::Sqlite { path } => format!("sqlite at {}", path.display()),
+        StoreConfig::Postgres { .. } => "postgres".to_string(),
+    };
+    let mut config = ServerConfig::new(store, Some(args.data_dir.clone()));
+    config.operator_token = args.operator_token.clone();
+    config.enrol_token = args.enrol_token.clone();
+    config.grace = args.grace;
+    config.body_limit = args.body_limit;
+    config.metric_window = args.metric_window;
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let server = Server::open(config).await?;
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr().context("cannot read the bound address")?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on http://{addr}")?;
+        if let Some(f) = &args.addr_file {
+            write_atomically(f, &format!("{addr}\n"))?;
+        }
+        writeln!(out, "store: {backend}")?;
+        for notice in &server.tokens {
+            writeln!(out, "{notice}")?;
+        }
+        out.flush()?;
+        drop(out);
+        tracing::info!(addr = %addr, "Serving.");
+        server.serve(listener, shutdown_signal()).await?;
+        tracing::info!("Stopped.");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---- bench ingest -------------------------------------------------------------------------
+
+/// `bellwether bench ingest`: metric samples stored per second, through the store API on
+/// SQLite (and on PostgreSQL with --database), and through the HTTP endpoint.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Also measure PostgreSQL at this URL (postgres://…), in a throwaway schema that is
+    /// dropped afterwards.
+    #[arg(long)]
+    database: Option<String>,
+    /// Samples to store per run.
+    #[arg(long, default_value_t = 200_000)]
+    samples: usize,
+    /// Samples per batch (one agent request, one store transaction).
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// Hosts the samples are spread over.
+    #[arg(long, default_value_t = 8)]
+    hosts: usize,
+    /// Concurrent HTTP clients in the HTTP runs.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Skip the runs through the HTTP endpoint.
+    #[arg(long)]
+    no_http: bool,
+    /// `human` or `json`.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct IngestResult {
+    backend: &'static str,
+    path: &'static str,
+    samples: usize,
+    batch: usize,
+    seconds: f64,
+    samples_per_second: f64,
+}
+
+const METRICS: [&str; 8] = [
+    "load1",
+    "load5",
+    "memory_available_ratio",
+    "cpu_busy_ratio",
+    "psi_cpu_some_avg10",
+    "psi_io_some_avg10",
+    "disk_busy_ratio",
+    "net_rx_bytes_per_s",
+];
+
+fn make_batches(samples: usize, batch: usize) -> Vec<Vec<MetricSample>> {
+    let all: Vec<MetricSample> = (0..samples)
+        .map(|i| MetricSample {
+            ts_ms: 1_700_000_000_000 + (i / METRICS.len()) as i64 * 5_000,
+            name: METRICS[i % METRICS.len()].to_string(),
+            value: ((i * 7919) % 1000) as f64 / 100.0,
+        })
+        .collect();
+    all.chunks(batch).map(|c| c.to_vec()).collect()
+}
+
+fn host_names(n: usize) -> Vec<HostName> {
+    (0..n).map(|i| HostName::new(format!("bench-{i:03}")).expect("valid name")).collect()
+}
+
+async fn bench_store(config: &StoreConfig, batches: &[Vec<MetricSample>], hosts: &[HostName]) -> anyhow::Result<f64> {
+    let store = Store::open(config).await?;
+    for (i, h) in hosts.iter().enumerate() {
+        store.enrol(h, &Default::default(), &format!("bench-agent-token-{i:08}"), 0).await?;
+    }
+    let start = Instant::now();
+    for (i, b) in batches.iter().enumerate() {
+        store.insert_samples(&hosts[i % hosts.len()], b, 1).await?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut stored = 0;
+    for h in hosts {
+        stored += store.count_samples(h).await?;
+    }
+    anyhow::ensure!(stored as usize == batches.iter().map(Vec::len).sum::<usize>(), "stored {stored} samples, expected all");
+    store.close().await;
+    Ok(secs)
+}
+
+async fn bench_http(
+    config: StoreConfig,
+    batches: &[Vec<MetricSample>],
+    hosts: &[HostName],
+    clients: usize,
+) -> anyhow::Result<f64> {
+    const OP: &str = "bench-operator-token-0000000001";
+    const ENROL: &str = "bench-enrol-token-00000000000001";
+    let mut sc = ServerConfig::new(config, None);
+    sc.operator_token = Some(OP.into());
+    sc.enrol_token = Some(ENROL.into());
+    let server = Server::open(sc).await?;
+    let store = server.store().clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(listener, async {
+        let _ = stop_rx.await;
+    }));
+    let http = reqwest::Client::new();
+    let mut tokens = Vec::new();
+    for h in hosts {
+        let r: serde_json::Value = http
+            .post(format!("http://{addr}/api/v1/enrol"))
+            .bearer_auth(ENROL)
+            .json(&serde_json::json!({"name": h}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        tokens.push(r["agent_token"].as_str().context("no agent_token")?.to_string());
+    }
+    // Bodies are serialised before the clock starts: the figure is the server's cost.
+    let bodies: Vec<(String, Vec<u8>)> = batches
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let body = serde_json::to_vec(&serde_json::json!({"samples": b, "dropped": 0})).expect("serialise");
+            (tokens[i % tokens.len()].clone(), body)
+        })
+        .collect();
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(bodies.into_iter()));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..clients.max(1) {
+        let shared = shared.clone();
+        let http = http.clone();
+        let url = format!("http://{addr}/api/v1/agent/samples");
+        workers.push(tokio::spawn(async move {
+            loop {
+                let next = shared.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some((token, body)) = next else { break };
+                http.post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?
+                    .error_for_status()?;
+            }
+            Ok::<_, reqwest::Error>(())
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut stored = 0;
+    for h in hosts {
+        stored += store.count_samples(h).await?;
+    }
+    anyhow::ensure!(stored as usize == batches.iter().map(Vec::len).sum::<usize>(), "stored {stored} samples, expected all");
+    let _ = stop_tx.send(());
+    task.await??;
+    Ok(secs)
+}
+
+pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.samples == 0 || args.batch == 0 || args.hosts == 0 {
+        return Err(UsageError("--samples, --batch and --hosts must be at least 1".into()).into());
+    }
+    let pg_url = match &args.database {
+        Some(url) => match StoreConfig::from_url(url).map_err(|e| UsageError(format!("--database: {e}")))? {
+            StoreConfig::Postgres { url, .. } => Some(url),
+            StoreConfig::Sqlite { .. } => {
+                return Err(UsageError("--database: the SQLite run always happens; give a postgres:// URL".into()).into())
+            }
+        },
+        None => None,
+    };
+    let batches = make_batches(args.samples, args.batch);
+    let hosts = host_names(args.hosts);
+    let rt = tokio::runtime::Runtime::new()?;
+    let results = rt.block_on(async {
+        let mut results = Vec::new();
+        let mut record = |backend, path, secs: f64| {
+            results.push(IngestResult {
+                backend,
+                path,
+                samples: args.samples,
+                batch: args.batch,
+                seconds: secs,
+                samples_per_second: args.samples as f64 / secs,
+            })
+        };
+        let (sqlite, dir) = bellwether_store::testing::fresh_sqlite();
+        let secs = bench_store(&sqlite, &batches, &hosts).await;
+        bellwether_store::testing::cleanup(&sqlite, Some(&dir)).await;
+        record("sqlite", "store API", secs?);
+        if !args.no_http {
+            let (sqlite, dir) = bellwether_store::testing::fresh_sqlite();
+            let secs = bench_http(sqlite.clone(), &batches, &hosts, args.clients).await;
+            bellwether_store::testing::cleanup(&sqlite, Some(&dir)).await;
+            record("sqlite", "HTTP", secs?);
+        }
+        if let Some(url) = &pg_url {
+            let schema = bellwether_store::testing::unique_name("bw_bench");
+            let pg = StoreConfig::Postgres { url: url.clone(), schema: Some(schema) };
+            let secs = bench_store(&pg, &batches, &hosts).await;
+            bellwether_store::testing::cleanup(&pg, None).await;
+            record("postgres", "store API", secs?);
+            if !args.no_http {
+                let schema = bellwether_store::testing::unique_name("bw_bench");
+                let pg = StoreConfig::Postgres { url: url.clone(), schema: Some(schema) };
+                let secs = bench_http(pg.clone(), &batches, &hosts, args.clients).await;
+                bellwether_store::testing::cleanup(&pg, None).await;
+                record("postgres", "HTTP", secs?);
+            }
+        }
+        Ok::<_, anyhow::Error>(results)
+    })?;
+    if args.output == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        println!(
+            "Ingest of {} samples in batches of {} over {} hosts ({} HTTP clients):",
+            args.samples, args.batch, args.hosts, args.clients
+        );
+        for r in &results {
+            println!(
+                "  {:<9} {:<10} {:>8.3} s  {:>10.0} samples/s",
+                r.backend, r.path, r.seconds, r.samples_per_second
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

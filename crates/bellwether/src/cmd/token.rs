@@ -1,10 +1,172 @@
-//! `bellwether token`.
+//! `bellwether token`: where the server's tokens are, and a fresh one to give it. Also the
+//! flags every operator command shares (`--server`, `--token`) and how they find a token.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+use anyhow::Context;
+use bellwether_server::client::{Client, ClientError};
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`token` is not built yet")
+use super::{Unreachable, UsageError};
+
+/// The default directory of `bellwether server`, where it writes `operator.token`.
+pub const DEFAULT_DATA_DIR: &str = "bellwether-data";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    cmd: TokenCmd,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TokenCmd {
+    /// Print a token the server wrote to its data dir, for example
+    /// `export BELLWETHER_TOKEN=$(bellwether token show)`.
+    Show {
+        /// Which token: `operator` (for the CLI) or `enrol` (for agents).
+        #[arg(long, default_value = "operator", value_parser = ["operator", "enrol"])]
+        kind: String,
+        /// The server's data directory.
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+    /// Print a fresh random token (32 random bytes in hex), to pass to
+    /// `bellwether server --operator-token` or `--enrol-token`.
+    New,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.cmd {
+        TokenCmd::Show { kind, data_dir } => {
+            let path = data_dir.join(format!("{kind}.token"));
+            let token = read_token_file(&path)?.ok_or_else(|| {
+                UsageError(format!(
+                    "{} does not exist; start `bellwether server --data-dir {}` once to generate it",
+                    path.display(),
+                    data_dir.display()
+                ))
+            })?;
+            println!("{token}");
+        }
+        TokenCmd::New => println!("{}", bellwether_server::generate_token()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a token file: `None` when it does not exist, an error naming it when unreadable or
+/// empty.
+pub fn read_token_file(path: &Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if s.trim().is_empty() => Err(UsageError(format!("{} is empty", path.display())).into()),
+        Ok(s) => Ok(Some(s.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// How an operator command reaches the server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The server's URL.
+    #[arg(long, env = "BELLWETHER_SERVER", default_value = "http://127.0.0.1:7878", global = true)]
+    pub server: String,
+    /// The operator token. When absent, it is read from ./bellwether-data/operator.token
+    /// (the file `bellwether server` writes on first start in the current directory).
+    #[arg(long, env = "BELLWETHER_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+impl ClientArgs {
+    /// The client, with the token from the flag, the environment or the default data dir.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let token = match &self.token {
+            Some(t) => t.clone(),
+            None => {
+                let path = Path::new(DEFAULT_DATA_DIR).join("operator.token");
+                read_token_file(&path)?.ok_or_else(|| {
+                    UsageError(format!(
+                        "no operator token: pass --token, set BELLWETHER_TOKEN, or run where {} exists \
+                         (`bellwether token show --data-dir DIR` prints it)",
+                        path.display()
+                    ))
+                })?
+            }
+        };
+        Ok(Client::new(&self.server, &token).map_err(|e| UsageError(e.to_string()))?)
+    }
+}
+
+/// Turns a client error into the CLI's error kinds: unreachable (exit 3), a refused token with
+/// the hint which token to use, or the API's own message.
+pub fn client_error(err: ClientError) -> anyhow::Error {
+    match err {
+        ClientError::Unreachable { .. } => Unreachable(format!(
+            "{err}; is `bellwether server` running there? (--server or BELLWETHER_SERVER)"
+        ))
+        .into(),
+        ClientError::Unauthorized { url, message } => anyhow::anyhow!(
+            "the server at {url} refused the token ({message}); use the operator token: --token, \
+             BELLWETHER_TOKEN, or ./bellwether-data/operator.token"
+        ),
+        ClientError::BadUrl { .. } => UsageError(err.to_string()).into(),
+        other => other.into(),
+    }
+}
+
+/// A small runtime for one operator command.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// `12s ago`, `5m ago`, `3h ago`, `2d ago`, or `never`.
+pub fn age(ms: Option<i64>) -> String {
+    let Some(ms) = ms else { return "never".into() };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let s = ((now - ms).max(0)) / 1000;
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..86400 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+/// `k=v,k=v`, or `-` when empty.
+pub fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        "-".into()
+    } else {
+        labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// Prints rows as left-aligned columns with a header.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
 }
