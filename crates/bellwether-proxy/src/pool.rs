@@ -87,11 +87,12 @@ impl Backend {
         s.health.up && s.health.ejected_until.is_none_or(|t| t <= now)
     }
 
-    /// Whether a session on this backend should leave it at its next boundary.
+    /// Whether a session on this backend should leave it at its next boundary. A weight of
+    /// zero only stops new connections; the admin state `drain` (or failing health) moves the
+    /// sessions that are there.
     pub fn should_leave(&self, now: Instant) -> bool {
         let s = self.state();
         s.admin != AdminState::Ready
-            || s.weight == 0
             || !s.health.up
             || s.health.ejected_until.is_some_and(|t| t > now)
     }
