@@ -48,7 +48,7 @@ impl Default for GbdtParams {
             learning_rate: 0.05,
             max_rounds: 2000,
             max_depth: 6,
-            max_leaves: 24,
+            max_leaves: 8,
             min_child_weight: 2.0,
             min_samples_leaf: 20,
             l2: 2.0,
