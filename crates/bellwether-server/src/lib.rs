@@ -32,6 +32,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use bellwether_store::{Store, StoreConfig, StoreError};
 
+pub use api::ROUTES;
 pub use body::parse_json;
 pub use error::ApiError;
 pub use metrics::Metrics;
