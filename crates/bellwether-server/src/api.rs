@@ -59,7 +59,18 @@ pub fn routes() -> Router<AppState> {
         };
         router = router.route(path, handler);
     }
-    router
+    router.fallback(no_route).method_not_allowed_fallback(wrong_method)
+}
+
+async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no endpoint {method} {}; see docs/api.md", uri.path()))
+}
+
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not accept {method}; see docs/api.md", uri.path()),
+    )
 }
 
 fn path_host(name: &str) -> Result<HostName, ApiError> {

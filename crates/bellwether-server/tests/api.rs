@@ -241,6 +241,12 @@ api_test!(operator_endpoints_refuse_other_tokens_and_unknown_hosts, |server, app
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{uri}");
         assert!(r.error().contains("ghost"), "{}", r.text);
     }
+    let r = get(&app, "/api/v1/nothing-here", Some(OP)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.error().contains("/api/v1/nothing-here"), "{}", r.text);
+    let r = send(&app, Method::DELETE, "/api/v1/hosts", Some(OP), None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(r.error().contains("DELETE"), "{}", r.text);
     let r = get(&app, "/api/v1/hosts/bad%20name", Some(OP)).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.error().contains("host name"), "{}", r.text);
