@@ -160,6 +160,9 @@ impl Server {
     pub fn start(dir: &Path, backend: &Backend, listen: &str, operator_token: &str, enrol_token: &str) -> Server {
         let data_dir = dir.join("server");
         std::fs::create_dir_all(&data_dir).unwrap();
+        // Drops the test's schema if the server fails to start (once it has started, the
+        // `Server`'s own `Drop` does).
+        let mut schema_guard: Option<SchemaGuard> = None;
         let addr_file = dir.join("server.addr");
         let _ = std::fs::remove_file(&addr_file);
         let mut args: Vec<String> = vec![
@@ -177,6 +180,7 @@ impl Server {
                 // The server takes a plain URL; the test's own schema (created and migrated
                 // here, dropped by `Drop`) is selected through the connection's search_path.
                 create_postgres_schema(schema);
+                schema_guard = Some(SchemaGuard(schema.clone()));
                 args.extend([
                     "--data-dir".into(),
                     data_dir.display().to_string(),
@@ -204,6 +208,9 @@ impl Server {
             assert!(Instant::now() < deadline, "the server did not write its address; log:\n{}", guard.log_text());
             std::thread::sleep(Duration::from_millis(20));
         };
+        if let Some(g) = schema_guard.take() {
+            std::mem::forget(g);
+        }
         Server {
             guard,
             url: format!("http://{addr}"),
@@ -224,14 +231,26 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.guard.kill();
         if let Backend::Postgres { schema } = &self.backend {
-            let schema = schema.clone();
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                let _ = rt.block_on(bellwether_store::drop_postgres_schema(POSTGRES_URL, &schema));
-            })
-            .join();
+            drop_schema(schema);
         }
     }
+}
+
+struct SchemaGuard(String);
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        drop_schema(&self.0);
+    }
+}
+
+fn drop_schema(schema: &str) {
+    let schema = schema.to_owned();
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _ = rt.block_on(bellwether_store::drop_postgres_schema(POSTGRES_URL, &schema));
+    })
+    .join();
 }
 
 pub struct Api {
