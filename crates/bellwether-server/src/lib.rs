@@ -58,6 +58,8 @@ pub struct ServerConfig {
     /// The window of recent samples whose mean stands for a host's metrics in baselines and
     /// drift.
     pub metric_window: Duration,
+    /// Samples older than this (by their agent timestamp) are deleted, once a minute.
+    pub sample_retention: Duration,
 }
 
 impl ServerConfig {
@@ -71,6 +73,7 @@ impl ServerConfig {
             body_limit: DEFAULT_BODY_LIMIT,
             grace: Duration::from_secs(10),
             metric_window: Duration::from_secs(60),
+            sample_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -101,6 +104,7 @@ pub struct Server {
     state: AppState,
     body_limit: usize,
     grace: Duration,
+    sample_retention: Duration,
     /// Where the operator and enrolment tokens come from, for the operator to read.
     pub tokens: Vec<TokenNotice>,
 }
@@ -118,6 +122,7 @@ impl Server {
             },
             body_limit: config.body_limit,
             grace: config.grace,
+            sample_retention: config.sample_retention,
             tokens,
         })
     }
@@ -162,6 +167,11 @@ impl Server {
             })
             .into_future();
         tokio::pin!(server);
+        let pruner = tokio::spawn(prune_samples_every_minute(
+            self.state.store.clone(),
+            self.sample_retention,
+            stop_tx.subscribe(),
+        ));
         let result = tokio::select! {
             r = &mut server => r,
             () = shutdown => {
@@ -176,8 +186,33 @@ impl Server {
                 }
             }
         };
+        let _ = stop_tx.send(true);
+        let _ = pruner.await;
         self.state.store.close().await;
         result.map_err(ServerError::Serve)
+    }
+}
+
+/// Deletes samples older than `retention` once a minute until `stop` turns true, so the
+/// samples table stays bounded.
+async fn prune_samples_every_minute(
+    store: Store,
+    retention: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let retention_ms = retention.as_millis().min(i64::MAX as u128) as i64;
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match store.prune_samples(now_ms().saturating_sub(retention_ms)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "Pruned old samples."),
+            Err(e) => tracing::warn!(error = %e, "Could not prune old samples."),
+        }
     }
 }
 

@@ -954,6 +954,28 @@ impl Store {
         })
     }
 
+    /// Deletes every sample older than `before_ts_ms` (agent time), host by host so that each
+    /// delete walks the `(host_id, ts_ms)` index. Returns how many were deleted.
+    pub async fn prune_samples(&self, before_ts_ms: i64) -> Result<u64, StoreError> {
+        on_pool!(self, pool => {
+            let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM hosts")
+                .fetch_all(pool)
+                .await
+                .map_err(q("prune samples"))?;
+            let mut deleted = 0;
+            for id in ids {
+                deleted += sqlx::query("DELETE FROM samples WHERE host_id = $1 AND ts_ms < $2")
+                    .bind(id)
+                    .bind(before_ts_ms)
+                    .execute(pool)
+                    .await
+                    .map_err(q("prune samples"))?
+                    .rows_affected();
+            }
+            Ok(deleted)
+        })
+    }
+
     /// How many samples the host has stored.
     pub async fn count_samples(&self, name: &HostName) -> Result<i64, StoreError> {
         let id = self.host_id(name).await?;

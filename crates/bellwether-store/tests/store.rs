@@ -189,6 +189,20 @@ both_backends!(samples_batch_insert_and_windowed_means, |store| {
     assert_eq!(store.insert_samples(&web, &[], 60).await.unwrap(), 0);
 });
 
+both_backends!(old_samples_are_pruned_per_host, |store| {
+    let web = host("web-01");
+    let db = host("db-01");
+    store.enrol(&web, &BTreeMap::new(), "agent-token-web-0001", 1).await.unwrap();
+    store.enrol(&db, &BTreeMap::new(), "agent-token-db-00001", 1).await.unwrap();
+    let batch: Vec<MetricSample> = (0..10).map(|i| sample(i * 1000, "load1", 1.0)).collect();
+    store.insert_samples(&web, &batch, 1).await.unwrap();
+    store.insert_samples(&db, &batch, 1).await.unwrap();
+    assert_eq!(store.prune_samples(5_000).await.unwrap(), 10);
+    assert_eq!(store.count_samples(&web).await.unwrap(), 5);
+    assert_eq!(store.count_samples(&db).await.unwrap(), 5);
+    assert_eq!(store.prune_samples(5_000).await.unwrap(), 0);
+});
+
 both_backends!(bad_samples_store_nothing_and_name_the_sample, |store| {
     let web = host("web-01");
     store.enrol(&web, &BTreeMap::new(), "agent-token-web-0001", 1).await.unwrap();

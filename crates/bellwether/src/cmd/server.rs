@@ -44,6 +44,9 @@ pub struct Args {
     /// Recent samples over this window stand for a host's metrics in baselines and drift.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     metric_window: Duration,
+    /// Samples older than this are deleted (checked once a minute).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    sample_retention: Duration,
 }
 
 fn store_config(database: Option<&str>, data_dir: &Path) -> anyhow::Result<StoreConfig> {
@@ -100,6 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.grace = args.grace;
     config.body_limit = args.body_limit;
     config.metric_window = args.metric_window;
+    config.sample_retention = args.sample_retention;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async {
         let server = Server::open(config).await?;
@@ -178,9 +182,15 @@ const METRICS: [&str; 8] = [
 ];
 
 fn make_batches(samples: usize, batch: usize) -> Vec<Vec<MetricSample>> {
+    // Timestamps end now, five seconds apart per metric, so the server's retention keeps them.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let start = now - (samples / METRICS.len()) as i64 * 5_000;
     let all: Vec<MetricSample> = (0..samples)
         .map(|i| MetricSample {
-            ts_ms: 1_700_000_000_000 + (i / METRICS.len()) as i64 * 5_000,
+            ts_ms: start + (i / METRICS.len()) as i64 * 5_000,
             name: METRICS[i % METRICS.len()].to_string(),
             value: ((i * 7919) % 1000) as f64 / 100.0,
         })
