@@ -124,6 +124,28 @@ impl PgCluster {
         self.dir.path().join("data")
     }
 
+    /// The argv that runs `pg_ctl` on this cluster with these arguments (as `postgres` when
+    /// root), for plans that start and stop an instance.
+    pub fn pg_ctl_argv(&self, args: &[&str]) -> Vec<String> {
+        let mut v = Vec::new();
+        if is_root() {
+            v.extend(["runuser", "-u", "postgres", "--"].map(String::from));
+        }
+        v.push(self.bin.join("pg_ctl").display().to_string());
+        v.push("-D".into());
+        v.push(self.data_dir().display().to_string());
+        v.extend(args.iter().map(|a| a.to_string()));
+        v
+    }
+
+    /// Appends lines to `postgresql.conf` (they apply at the next start).
+    pub fn append_conf(&self, lines: &[&str]) {
+        let mut f = std::fs::OpenOptions::new().append(true).open(self.data_dir().join("postgresql.conf")).unwrap();
+        for l in lines {
+            writeln!(f, "{l}").unwrap();
+        }
+    }
+
     pub fn pg_ctl_start(&self) {
         let mut c = pg_command(&self.bin.join("pg_ctl"));
         c.arg("-D").arg(self.data_dir()).arg("-l").arg(self.dir.path().join("log")).args(["-w", "-t", "60", "start"]);
