@@ -587,38 +587,39 @@ impl Store {
         let labels_s = labels_json(labels);
         on_pool!(self, pool => {
             let mut tx = pool.begin().await.map_err(q("begin"))?;
-            let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM hosts WHERE name = $1")
+            // Write first: on SQLite a transaction that reads before it writes can fail with
+            // SQLITE_BUSY_SNAPSHOT when another connection commits in between, whereas one
+            // that starts by writing waits for the lock (busy timeout) and sees fresh rows.
+            let updated = sqlx::query("UPDATE hosts SET labels = $1 WHERE name = $2")
+                .bind(&labels_s)
                 .bind(name.as_str())
-                .fetch_optional(&mut *tx)
+                .execute(&mut *tx)
                 .await
-                .map_err(q("find host"))?;
-            let (id, outcome) = match existing {
-                Some(id) => {
-                    sqlx::query("UPDATE hosts SET labels = $1 WHERE id = $2")
-                        .bind(&labels_s)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(q("update host"))?;
-                    sqlx::query("DELETE FROM tokens WHERE kind = 'agent' AND host_id = $1")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(q("revoke agent token"))?;
-                    (id, Enrolment::Renewed)
-                }
-                None => {
-                    let id: i64 = sqlx::query_scalar(
-                        "INSERT INTO hosts (name, labels, enrolled_at_ms, last_seen_ms) VALUES ($1, $2, $3, $3) RETURNING id",
-                    )
+                .map_err(q("update host"))?
+                .rows_affected();
+            let (id, outcome) = if updated > 0 {
+                let id: i64 = sqlx::query_scalar("SELECT id FROM hosts WHERE name = $1")
                     .bind(name.as_str())
-                    .bind(&labels_s)
-                    .bind(now_ms)
                     .fetch_one(&mut *tx)
                     .await
-                    .map_err(q("insert host"))?;
-                    (id, Enrolment::New)
-                }
+                    .map_err(q("find host"))?;
+                sqlx::query("DELETE FROM tokens WHERE kind = 'agent' AND host_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("revoke agent token"))?;
+                (id, Enrolment::Renewed)
+            } else {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO hosts (name, labels, enrolled_at_ms, last_seen_ms) VALUES ($1, $2, $3, $3) RETURNING id",
+                )
+                .bind(name.as_str())
+                .bind(&labels_s)
+                .bind(now_ms)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(q("insert host"))?;
+                (id, Enrolment::New)
             };
             sqlx::query("INSERT INTO tokens (hash, kind, host_id, created_at_ms) VALUES ($1, 'agent', $2, $3)")
                 .bind(&hash)

@@ -118,6 +118,28 @@ both_backends!(enrol_rejects_bad_labels_and_stores_nothing, |store| {
     assert_eq!(store.authenticate("agent-token-xxxxxxxx").await.unwrap(), None);
 });
 
+both_backends!(concurrent_enrolments_profiles_and_samples_all_succeed, |store| {
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let h = host(&format!("host-{i:02}"));
+            let token = format!("agent-token-concurrent-{i:02}");
+            store.enrol(&h, &BTreeMap::new(), &token, i).await?;
+            store.put_profile(&h, &profile("6.1.0"), i).await?;
+            let batch: Vec<MetricSample> = (0..50).map(|t| sample(t, "load1", 1.0)).collect();
+            store.insert_samples(&h, &batch, i).await?;
+            store.enrol(&h, &BTreeMap::new(), &format!("{token}-again"), i).await?;
+            Ok::<_, StoreError>(())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap_or_else(|e| panic!("{}: {e}", store.backend_name()));
+    }
+    assert_eq!(store.count_hosts().await.unwrap(), 16);
+    assert_eq!(store.count_samples(&host("host-07")).await.unwrap(), 50);
+});
+
 both_backends!(unknown_hosts_are_errors_naming_the_host, |store| {
     let ghost = host("ghost");
     assert!(store.get_host(&ghost).await.unwrap().is_none());
