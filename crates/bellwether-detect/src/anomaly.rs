@@ -113,32 +113,7 @@ impl std::fmt::Display for DetectorKind {
 /// |z| at which the single-model detectors alert.
 pub const Z_ALERT: f64 = 8.0;
 
-/// The standard normal upper tail, `P(Z > z)`.
-pub fn normal_tail(z: f64) -> f64 {
-    0.5 * erfc(z / std::f64::consts::SQRT_2)
-}
-
-/// Complementary error function (Numerical Recipes' Chebyshev fit, relative error < 1.2e-7).
-pub fn erfc(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t
-        * (-z * z - 1.265_512_23
-            + t * (1.000_023_68
-                + t * (0.374_091_96
-                    + t * (0.096_784_18
-                        + t * (-0.186_288_06
-                            + t * (0.278_868_07
-                                + t * (-1.135_203_98
-                                    + t * (1.488_515_87
-                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-            .exp();
-    if x >= 0.0 {
-        r
-    } else {
-        2.0 - r
-    }
-}
+pub use crate::stats::{erfc, normal_tail};
 
 /// A raw scorer: turns a point into a deviation in standard-normal units (|z|), or `None`
 /// while it is warming up. The wrappers below turn that into a score and a decision.

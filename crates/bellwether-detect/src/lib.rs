@@ -11,6 +11,8 @@
 #![forbid(unsafe_code)]
 
 pub mod anomaly;
+pub mod judge;
 pub mod nab;
 pub mod series;
+pub mod stats;
 pub mod threshold;

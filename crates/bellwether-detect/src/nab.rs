@@ -324,7 +324,7 @@ pub fn raw_score_at(files: &[(LabelledFile, Vec<f64>)], p: &Profile, threshold: 
         if let Some(w) = x.window {
             scorable[w as usize] = true;
         }
-        if !(x.score >= threshold) {
+        if x.score.is_nan() || x.score < threshold {
             continue;
         }
         match x.window {

@@ -707,11 +707,7 @@ mod tests {
                 low_bad,
                 "{dir}"
             );
-            assert_eq!(
-                w.observe(1, 100.0).unwrap().state.is_breached(),
-                false,
-                "{dir}"
-            );
+            assert!(!w.observe(1, 100.0).unwrap().state.is_breached(), "{dir}");
             assert_eq!(
                 w.observe(2, 120.0).unwrap().state.is_breached(),
                 high_bad,
