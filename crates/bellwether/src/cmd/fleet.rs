@@ -5,7 +5,11 @@ use std::process::ExitCode;
 
 use bellwether_model::{DriftCategory, Finding};
 
-use super::token::{client_error, labels_text, print_table, runtime, ClientArgs};
+use std::fmt::Write;
+
+use bellwether_server::types::FleetDrift;
+
+use super::token::{client_error, labels_text, runtime, table, ClientArgs};
 use super::OutputFormat;
 
 #[derive(Debug, clap::Args)]
@@ -39,20 +43,12 @@ pub fn finding_text(f: &Finding) -> String {
     )
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let client = args.client.client()?;
-    let rt = runtime()?;
-    let mut fleet = rt.block_on(client.fleet_drift(Some(&args.peer_label))).map_err(client_error)?;
-    if let Some(n) = args.top {
-        fleet.hosts.truncate(n);
-    }
-    if args.output == OutputFormat::Json {
-        println!("{}", serde_json::to_string_pretty(&fleet)?);
-        return Ok(ExitCode::SUCCESS);
-    }
+/// The human report: the table, each drifted host's findings, and the peer outliers.
+pub fn render(fleet: &FleetDrift, peer_label: &str, server: &str) -> String {
+    let mut out = String::new();
     if fleet.hosts.is_empty() {
-        println!("No hosts have enrolled with {} yet.", client.base());
-        return Ok(ExitCode::SUCCESS);
+        let _ = writeln!(out, "No hosts have enrolled with {server} yet.");
+        return out;
     }
     let rows: Vec<Vec<String>> = fleet
         .hosts
@@ -72,27 +68,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             vec![h.name.to_string(), o, c, p, d, labels_text(&h.labels), top]
         })
         .collect();
-    print_table(&["HOST", "OVERALL", "CONFIG", "PERF", "DEPEND", "LABELS", "TOP FINDING"], &rows);
+    out.push_str(&table(&["HOST", "OVERALL", "CONFIG", "PERF", "DEPEND", "LABELS", "TOP FINDING"], &rows));
     let drifted: Vec<_> = fleet.hosts.iter().filter(|h| !h.score.findings.is_empty()).collect();
     if !drifted.is_empty() {
-        println!();
-        println!("Findings (top {} per host):", bellwether_server::types::FLEET_TOP_FINDINGS);
+        let _ = writeln!(out);
+        let _ = writeln!(out, "Findings (top {} per host):", bellwether_server::types::FLEET_TOP_FINDINGS);
         for h in drifted {
-            println!("{} (overall {})", h.name, h.score.overall);
+            let _ = writeln!(out, "{} (overall {})", h.name, h.score.overall);
             for f in &h.score.findings {
-                println!("  {}", finding_text(f));
+                let _ = writeln!(out, "  {}", finding_text(f));
             }
         }
     }
-    println!();
+    let _ = writeln!(out);
     if fleet.peer_outliers.is_empty() {
-        println!("No host differs from its peers (grouped by label `{}`).", args.peer_label);
+        let _ = writeln!(out, "No host differs from its peers (grouped by label `{}`).", peer_label);
     } else {
-        println!("Hosts that differ from their peers (grouped by label `{}`):", args.peer_label);
+        let _ = writeln!(out, "Hosts that differ from their peers (grouped by label `{}`):", peer_label);
         for o in &fleet.peer_outliers {
-            println!("{} ({}={}, {} peers): {} difference(s)", o.host, o.label, o.value, o.peers, o.differences.len());
+            let _ = writeln!(out, "{} ({}={}, {} peers): {} difference(s)", o.host, o.label, o.value, o.peers, o.differences.len());
             for d in o.differences.iter().take(5) {
-                println!(
+                let _ = writeln!(out, 
                     "  {}: {} here, {} on {} of {} peers",
                     d.attribute,
                     d.host.as_deref().unwrap_or("absent"),
@@ -102,9 +98,97 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 );
             }
             if o.differences.len() > 5 {
-                println!("  … and {} more", o.differences.len() - 5);
+                let _ = writeln!(out, "  … and {} more", o.differences.len() - 5);
             }
         }
     }
+    out
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let client = args.client.client()?;
+    let rt = runtime()?;
+    let mut fleet = rt.block_on(client.fleet_drift(Some(&args.peer_label))).map_err(client_error)?;
+    if let Some(n) = args.top {
+        fleet.hosts.truncate(n);
+    }
+    if args.output == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&fleet)?);
+    } else {
+        print!("{}", render(&fleet, &args.peer_label, client.base()));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bellwether_drift::peers::PeerDifference;
+    use bellwether_model::{DriftScore, HostName, Unit};
+    use bellwether_server::types::{FleetHost, PeerOutlierEntry};
+
+    use super::*;
+
+    #[test]
+    fn the_report_lists_hosts_findings_and_peer_outliers() {
+        let finding = Finding {
+            category: DriftCategory::Configuration,
+            attribute: "package:openssl".into(),
+            baseline: Some("3.0.11".into()),
+            current: Some("3.1.4".into()),
+            weight: Unit::saturating(0.35),
+        };
+        let fleet = FleetDrift {
+            hosts: vec![
+                FleetHost {
+                    name: HostName::new("web-02").unwrap(),
+                    labels: BTreeMap::from([("role".to_string(), "web".to_string())]),
+                    score: DriftScore {
+                        configuration: Unit::saturating(0.35),
+                        overall: Unit::saturating(0.35),
+                        findings: vec![finding],
+                        ..DriftScore::default()
+                    },
+                    has_baseline: true,
+                },
+                FleetHost {
+                    name: HostName::new("db-01").unwrap(),
+                    labels: BTreeMap::new(),
+                    score: DriftScore::default(),
+                    has_baseline: false,
+                },
+            ],
+            peer_outliers: vec![PeerOutlierEntry {
+                label: "role".into(),
+                value: "web".into(),
+                peers: 3,
+                host: "web-02".into(),
+                differences: vec![PeerDifference {
+                    attribute: "package:openssl".into(),
+                    majority: Some("3.0.11".into()),
+                    host: Some("3.1.4".into()),
+                    majority_hosts: 2,
+                    compared: 3,
+                }],
+            }],
+        };
+        let text = render(&fleet, "role", "http://127.0.0.1:7878");
+        let expected = "\
+HOST    OVERALL  CONFIG  PERF   DEPEND  LABELS    TOP FINDING
+web-02  0.350    0.350   0.000  0.000   role=web  package:openssl
+db-01   -        -       -      -       -         no baseline
+
+Findings (top 5 per host):
+web-02 (overall 0.350)
+  configuration package:openssl  3.0.11 -> 3.1.4  (weight 0.350)
+
+Hosts that differ from their peers (grouped by label `role`):
+web-02 (role=web, 3 peers): 1 difference(s)
+  package:openssl: 3.1.4 here, 3.0.11 on 2 of 3 peers
+";
+        assert_eq!(text, expected);
+        let empty = FleetDrift { hosts: vec![], peer_outliers: vec![] };
+        assert_eq!(render(&empty, "role", "http://s"), "No hosts have enrolled with http://s yet.\n");
+    }
 }

@@ -146,27 +146,75 @@ pub fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> Strin
     }
 }
 
-/// Prints rows as left-aligned columns with a header.
-pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+/// Rows as left-aligned columns under a header, one line each.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
             widths[i] = widths[i].max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
         let mut s = String::new();
         for (i, c) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
                 s.push_str(c);
             } else {
-                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+                let pad = widths[i].saturating_sub(c.chars().count());
+                s.push_str(c);
+                s.push_str(&" ".repeat(pad + 2));
             }
         }
-        println!("{}", s.trim_end());
+        out.push_str(s.trim_end());
+        out.push('\n');
     };
-    line(header.iter().map(|h| h.to_string()).collect());
+    line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
     for row in rows {
-        line(row.clone());
+        line(row);
+    }
+    out
+}
+
+/// Prints [`table`].
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    print!("{}", table(header, rows));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_by_characters() {
+        let t = table(&["HOST", "DRIFT"], &[vec!["web-01".into(), "0.500".into()], vec!["é".into(), "-".into()]]);
+        assert_eq!(t, "HOST    DRIFT\nweb-01  0.500\né       -\n");
+    }
+
+    #[test]
+    fn unreachable_servers_map_to_exit_3_and_refused_tokens_name_the_operator_token() {
+        let rt = runtime().unwrap();
+        let client = Client::new("http://127.0.0.1:1", "some-token").unwrap();
+        let err = client_error(rt.block_on(client.hosts()).unwrap_err());
+        assert_eq!(crate::cmd::exit_code_for(&err), 3);
+        assert!(err.to_string().contains("http://127.0.0.1:1"), "{err}");
+        let err = client_error(ClientError::Unauthorized { url: "http://x".into(), message: "unknown or revoked token".into() });
+        assert_eq!(crate::cmd::exit_code_for(&err), 1);
+        assert!(err.to_string().contains("operator token"), "{err}");
+        let err = ClientArgs { server: "127.0.0.1:7878".into(), token: Some("t".into()) }.client().unwrap_err();
+        assert_eq!(crate::cmd::exit_code_for(&err), 2);
+        assert!(err.to_string().contains("http://"), "{err}");
+    }
+
+    #[test]
+    fn token_files_are_read_trimmed_and_empty_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("operator.token");
+        assert_eq!(read_token_file(&p).unwrap(), None);
+        std::fs::write(&p, "abc123\n").unwrap();
+        assert_eq!(read_token_file(&p).unwrap().as_deref(), Some("abc123"));
+        std::fs::write(&p, "\n").unwrap();
+        let err = read_token_file(&p).unwrap_err();
+        assert!(err.to_string().contains("operator.token is empty"), "{err}");
     }
 }
