@@ -13,6 +13,8 @@ pub struct Args {
 enum Which {
     /// Time to collect one host profile.
     Profile(super::profile::BenchArgs),
+    /// L4 proxy: pgbench and redis-benchmark direct, through Bellwether and through HAProxy.
+    Proxy(super::proxy::BenchArgs),
     /// Drift scoring of many profile pairs on one core.
     Drift(super::drift::BenchArgs),
     /// Resident memory of an idle agent (goal ≤ 15 MB).
@@ -24,6 +26,7 @@ enum Which {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.which {
         Which::Profile(a) => super::profile::bench(a),
+        Which::Proxy(a) => super::proxy::bench(a),
         Which::AgentMemory(a) => super::agent::bench(a),
         Which::Drift(a) => super::drift::bench(a),
         Which::Ingest(a) => super::server::bench(a),
