@@ -291,10 +291,28 @@ impl Collector<'_> {
                 return None;
             }
         }
-        for rel in ["var/lib/rpm/rpmdb.sqlite", "var/lib/rpm/Packages", "var/lib/rpm/Packages.db"] {
+        const RPMDB: &str = "var/lib/rpm/rpmdb.sqlite";
+        if self.root.exists(RPMDB) {
+            found = true;
+            match self.root.local_path(RPMDB).map(|p| crate::rpm::read_sqlite(&p)) {
+                Some(Ok((rpms, bad))) => {
+                    if bad > 0 {
+                        self.note(RPMDB, format_args!("{bad} package headers could not be parsed and are not listed"));
+                    }
+                    for (name, version) in rpms {
+                        let key = if pkgs.contains_key(&name) { format!("{name}:rpm") } else { name };
+                        pkgs.insert(key, version);
+                    }
+                }
+                Some(Err(e)) => self.note(RPMDB, format_args!("could not read the rpm database ({e})")),
+                None => self.note(RPMDB, "an rpm database in an in-memory root cannot be read"),
+            }
+        }
+        // Older rpm databases: Berkeley DB (RHEL 7 and 8) and ndb (SUSE).
+        for rel in ["var/lib/rpm/Packages", "var/lib/rpm/Packages.db"] {
             if self.root.exists(rel) {
                 found = true;
-                self.note(rel, "reading the rpm database is not supported yet, so rpm packages are not listed");
+                self.note(rel, "this rpm database format (Berkeley DB or ndb) is not read, so its packages are not listed");
             }
         }
         if !found {
@@ -753,12 +771,34 @@ mod tests {
     }
 
     #[test]
-    fn rpm_databases_are_reported_not_silently_ignored() {
+    fn old_rpm_databases_are_reported_not_silently_ignored() {
         let mut root = MemRoot::default();
-        root.insert("var/lib/rpm/rpmdb.sqlite", "");
+        root.insert("var/lib/rpm/Packages", "");
         let p = collect_from(&root, &CollectOptions::default(), None);
         assert_eq!(p.packages, Some(BTreeMap::new()));
-        assert!(p.notes.iter().any(|n| n.contains("var/lib/rpm/rpmdb.sqlite") && n.contains("not supported")));
+        assert!(p.notes.iter().any(|n| n.contains("var/lib/rpm/Packages:") && n.contains("not read")), "{:?}", p.notes);
+    }
+
+    #[test]
+    fn reads_packages_from_an_rpm_sqlite_database() {
+        use crate::rpm::tests::{pkg, write_rpmdb};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("var/lib/rpm")).unwrap();
+        write_rpmdb(
+            &dir.path().join("var/lib/rpm/rpmdb.sqlite"),
+            &[pkg("bash", None, "5.1.8", "9.el9", "x86_64"), pkg("openssl-libs", Some(1), "3.0.7", "27.el9", "x86_64")],
+            false,
+        );
+        let p = collect(dir.path(), &CollectOptions::default());
+        let pk = p.packages.unwrap();
+        assert_eq!(pk.len(), 2);
+        assert_eq!(pk["openssl-libs"], "1:3.0.7-27.el9");
+        assert!(!p.notes.iter().any(|n| n.contains("rpm")), "{:?}", p.notes);
+        // A file that is not a database leaves a note, not a failure.
+        std::fs::write(dir.path().join("var/lib/rpm/rpmdb.sqlite"), "not sqlite").unwrap();
+        let p = collect(dir.path(), &CollectOptions::default());
+        assert_eq!(p.packages, Some(BTreeMap::new()));
+        assert!(p.notes.iter().any(|n| n.contains("could not read the rpm database")), "{:?}", p.notes);
     }
 
     #[test]

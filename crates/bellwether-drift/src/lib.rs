@@ -21,6 +21,7 @@ pub mod collect;
 pub mod deps;
 pub mod json;
 pub mod root;
+pub mod rpm;
 pub mod peers;
 pub mod score;
 pub mod synth;

@@ -16,6 +16,11 @@ pub trait Root {
     fn list(&self, rel: &str) -> io::Result<Vec<String>>;
     /// Whether a file or directory exists.
     fn exists(&self, rel: &str) -> bool;
+    /// The file's path on disk, for readers that need one (the rpm sqlite database); `None`
+    /// for roots held in memory.
+    fn local_path(&self, _rel: &str) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// A host root on disk.
@@ -56,6 +61,10 @@ impl Root for FsRoot {
 
     fn exists(&self, rel: &str) -> bool {
         self.dir.join(rel).exists()
+    }
+
+    fn local_path(&self, rel: &str) -> Option<PathBuf> {
+        Some(self.dir.join(rel))
     }
 }
 
