@@ -126,6 +126,16 @@ pub trait RawScorer: Send {
 /// halve their scores, so that one incident is one alert.
 pub const SUPPRESS_POINTS: u32 = 250;
 
+impl RawScorer for Box<dyn RawScorer> {
+    fn z(&mut self, ts_ms: i64, value: f64) -> Option<f64> {
+        (**self).z(ts_ms, value)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        (**self).memory_bytes()
+    }
+}
+
 /// Score `|z|/(|z| + 3)` (0.5 at three standard deviations; it never saturates, so that a
 /// threshold sweep can still order extreme points) and an alert when `|z|` reaches a fixed
 /// threshold.
@@ -175,6 +185,62 @@ impl<R: RawScorer> Detector for Alerting<R> {
 
     fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.raw.memory_bytes()
+    }
+}
+
+/// Scores a raw deviation against the largest deviation seen so far (which decays slowly), so
+/// that what counts as unusual is learnt per series online: the score is `z/(z + m)`, 0.5 when the
+/// deviation equals the running maximum `m`, and an alert is raised when a deviation breaks the
+/// record by `margin` after `warmup` points. Alerts are then suppressed for `suppress` points.
+#[derive(Debug, Clone)]
+pub struct Record<R> {
+    raw: R,
+    max: f64,
+    n: u64,
+    quiet_for: u32,
+    /// Points before the detector may alert (the record is still being learnt).
+    pub warmup: u64,
+    /// Factor by which a deviation must exceed the record to alert.
+    pub margin: f64,
+    /// Per-point decay of the record.
+    pub decay: f64,
+    /// Points of suppression after an alert.
+    pub suppress: u32,
+}
+
+impl<R: RawScorer> Record<R> {
+    pub fn new(raw: R) -> Self {
+        Record { raw, max: 0.0, n: 0, quiet_for: 0, warmup: 300, margin: 1.0, decay: 0.999_9, suppress: SUPPRESS_POINTS }
+    }
+}
+
+impl<R: RawScorer> Detector for Record<R> {
+    fn observe(&mut self, ts_ms: i64, value: f64) -> Verdict {
+        if value.is_nan() {
+            return Verdict::QUIET;
+        }
+        let Some(z) = self.raw.z(ts_ms, value) else { return Verdict::QUIET };
+        let z = if z.is_finite() { z.abs() } else { 1e12 };
+        self.n += 1;
+        let m = self.max.max(1.0);
+        let score = (z / (z + m)).clamp(0.0, 1.0);
+        let record = z > m * self.margin;
+        self.max = (self.max * self.decay).max(z);
+        if self.n < self.warmup {
+            return Verdict::QUIET;
+        }
+        if self.quiet_for > 0 {
+            self.quiet_for -= 1;
+            return Verdict { score: score * 0.5, alert: false };
+        }
+        if record {
+            self.quiet_for = self.suppress;
+        }
+        Verdict { score, alert: record }
+    }
+
+    fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() - std::mem::size_of::<R>() + self.raw.memory_bytes()
     }
 }
 
@@ -336,7 +402,8 @@ impl RawScorer for Seasonal {
         let b = (ts_ms.rem_euclid(86_400_000) / self.bin_ms).min(bins - 1) as usize;
         let (mean, seen) = self.profile[b];
         let expect = if seen == 0 { value } else { mean };
-        let z = self.resid.step(value - expect);
+        // A bin's first value defines it; judge only from its second visit on.
+        let z = if seen == 0 { None } else { self.resid.step(value - expect) };
         let a = (4.0 * self.alpha).max(1.0 / f64::from(seen + 1));
         let slot = &mut self.profile[b];
         slot.0 = if seen == 0 {

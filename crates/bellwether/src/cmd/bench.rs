@@ -21,6 +21,9 @@ enum Which {
     AgentMemory(super::agent::BenchArgs),
     /// Metric samples stored per second, through the store API and HTTP (goal ≥ 50,000/s on SQLite).
     Ingest(super::server::BenchArgs),
+    /// Anomaly detectors on the NAB corpus: normalised NAB scores (standard, low FP, low FN) at
+    /// the detector's own alerts and at the best threshold, throughput and memory.
+    Nab(super::nab::BenchArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -30,5 +33,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Which::AgentMemory(a) => super::agent::bench(a),
         Which::Drift(a) => super::drift::bench(a),
         Which::Ingest(a) => super::server::bench(a),
+        Which::Nab(a) => super::nab::bench(a),
     }
 }

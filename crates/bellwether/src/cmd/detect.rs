@@ -1,10 +1,75 @@
-//! `bellwether detect`.
+//! `bellwether detect`: score a metric series for anomalies, CSV in and CSV out.
+//!
+//! The parsing and the detectors live in `bellwether-detect`; this module only opens the files.
 
+use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+use anyhow::Context;
+use bellwether_detect::anomaly::DetectorKind;
+use bellwether_detect::series::parse_series;
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`detect` is not built yet")
+use super::UsageError;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Input: a CSV with a header naming `timestamp` and `value` (other columns are ignored).
+Timestamps are `YYYY-MM-DD HH:MM:SS[.fff]` (UTC, `T` and `Z` accepted) or Unix seconds, and must
+increase. `NaN` or an empty value is skipped by the detector (score 0, alert 0).
+
+Output: one row per input row, `timestamp,value,score,alert`; `score` is in [0, 1] and `alert`
+is the detector's own decision (0 or 1).
+
+Example:
+  bellwether detect --input ../shared/data/nab/data/realKnownCause/nyc_taxi.csv --output taxi.csv")]
+pub struct Args {
+    /// The series to score (CSV with `timestamp,value`).
+    #[arg(long, value_name = "SERIES.csv")]
+    input: PathBuf,
+    /// Where to write `timestamp,value,score,alert` (`-` for standard output).
+    #[arg(long, value_name = "OUT.csv")]
+    output: PathBuf,
+    /// The detector: seasonal (default; best on NAB), bellwether, robust-z, ewma or
+    /// windowed-gaussian (NAB's baseline, scores only, never alerts).
+    #[arg(long, value_name = "NAME", default_value = "seasonal", value_parser = parse_detector)]
+    detector: DetectorKind,
+}
+
+pub(crate) fn parse_detector(s: &str) -> Result<DetectorKind, String> {
+    DetectorKind::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = DetectorKind::ALL.iter().map(|k| k.name()).collect();
+        format!("unknown detector `{s}`; expected one of {}", names.join(", "))
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let name = args.input.display().to_string();
+    let text = std::fs::read_to_string(&args.input)
+        .map_err(|e| UsageError(format!("{name}: cannot read: {e}")))?;
+    let series = parse_series(&name, &text).map_err(|e| UsageError(e.to_string()))?;
+    let mut detector = args.detector.build();
+    let mut out = String::with_capacity(text.len() + series.points.len() * 12);
+    out.push_str("timestamp,value,score,alert\n");
+    let mut alerts = 0usize;
+    for (p, ts) in series.points.iter().zip(&series.timestamp_text) {
+        let v = detector.observe(p.ts_ms, p.value);
+        alerts += usize::from(v.alert);
+        let value = if p.value.is_nan() { "NaN".to_string() } else { p.value.to_string() };
+        let _ = writeln!(out, "{ts},{value},{:.6},{}", v.score, u8::from(v.alert));
+    }
+    if args.output.as_os_str() == "-" {
+        print!("{out}");
+    } else {
+        std::fs::write(&args.output, out)
+            .with_context(|| format!("{}: cannot write", args.output.display()))?;
+    }
+    tracing::info!(
+        input = %name,
+        points = series.points.len(),
+        alerts,
+        detector = %args.detector,
+        "Scored the series."
+    );
+    Ok(ExitCode::SUCCESS)
 }

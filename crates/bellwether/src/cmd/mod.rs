@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod hosts;
 pub mod judge;
 pub mod model;
+pub mod nab;
 pub mod patch;
 pub mod profile;
 pub mod proxy;

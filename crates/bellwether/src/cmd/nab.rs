@@ -1,0 +1,142 @@
+//! `bellwether bench nab`: run a detector over the Numenta Anomaly Benchmark corpus and print
+//! its normalised NAB scores, the artificial-file alert figures, throughput and memory.
+//!
+//! The scorer is `bellwether_detect::nab` (pure); this module only reads the corpus files.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use bellwether_detect::anomaly::DetectorKind;
+use bellwether_detect::nab::{parse_windows, score_verdicts, CorpusFile, Evaluation, LabelledFile};
+use bellwether_detect::series::parse_series_unordered;
+
+use super::{OutputFormat, UsageError};
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Reads DIR/labels/combined_windows.json and DIR/data/<category>/<file>.csv (the layout of
+github.com/numenta/NAB) and scores with NAB v1.1's rules: probation min(15%, 750) rows, scaled
+sigmoid, best detection per window, false positives weighted by the distance from the previous
+window, normalised 100·(S − S_null)/(S_perfect − S_null). Two figures per profile: at the
+detector's own alerts, and at the best corpus-wide threshold on its score (the scoreboard's
+convention).
+
+Example:
+  bellwether bench nab --nab-dir ../shared/data/nab --detector seasonal")]
+pub struct BenchArgs {
+    /// The NAB checkout (holding `data/` and `labels/`).
+    #[arg(long, value_name = "DIR", default_value = "../shared/data/nab")]
+    nab_dir: PathBuf,
+    /// The detector to run (see `bellwether detect --help`); `all` runs every detector.
+    #[arg(long, value_name = "NAME", default_value = "seasonal")]
+    detector: String,
+    /// human (default) or json.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+}
+
+/// The NAB scoreboard (NAB README, v1.1): standard, reward low FP, reward low FN.
+const SCOREBOARD: [(&str, f64, f64, f64); 6] = [
+    ("ARTime", 74.9, 65.1, 80.4),
+    ("Numenta HTM", 70.5, 62.6, 75.2),
+    ("CAD OSE", 69.9, 67.0, 73.2),
+    ("Random Cut Forest", 51.7, 38.4, 59.7),
+    ("Twitter ADVec", 47.1, 33.6, 53.5),
+    ("Windowed Gaussian", 39.6, 20.9, 47.4),
+];
+
+fn load(dir: &Path) -> anyhow::Result<Vec<CorpusFile>> {
+    let labels = dir.join("labels").join("combined_windows.json");
+    let text = std::fs::read_to_string(&labels)
+        .map_err(|e| UsageError(format!("{}: cannot read: {e}", labels.display())))?;
+    let windows = parse_windows(&labels.display().to_string(), &text).map_err(|e| UsageError(e.to_string()))?;
+    let mut corpus = Vec::with_capacity(windows.len());
+    for (name, limits) in &windows {
+        let path = dir.join("data").join(name);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| UsageError(format!("{}: cannot read: {e}", path.display())))?;
+        let series = parse_series_unordered(&path.display().to_string(), &text).map_err(|e| UsageError(e.to_string()))?;
+        let ts: Vec<i64> = series.points.iter().map(|p| p.ts_ms).collect();
+        let labels = LabelledFile::new(name, &ts, limits).map_err(|e| UsageError(e.to_string()))?;
+        corpus.push(CorpusFile { labels, points: series.points });
+    }
+    Ok(corpus)
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Run {
+    detector: &'static str,
+    evaluation: Evaluation,
+    points_per_second: f64,
+}
+
+fn run_one(corpus: &[CorpusFile], kind: DetectorKind) -> Run {
+    let start = Instant::now();
+    let mut verdicts = Vec::with_capacity(corpus.len());
+    let mut max_mem = 0;
+    for f in corpus {
+        let mut d = kind.build();
+        let v: Vec<_> = f.points.iter().map(|p| d.observe(p.ts_ms, p.value)).collect();
+        max_mem = max_mem.max(d.memory_bytes());
+        verdicts.push(v);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let evaluation = score_verdicts(corpus, &verdicts, max_mem);
+    let points_per_second = evaluation.points as f64 / secs.max(1e-9);
+    Run { detector: kind.name(), evaluation, points_per_second }
+}
+
+pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let kinds: Vec<DetectorKind> = if args.detector == "all" {
+        DetectorKind::ALL.to_vec()
+    } else {
+        vec![super::detect::parse_detector(&args.detector).map_err(UsageError)?]
+    };
+    let corpus = load(&args.nab_dir).with_context(|| format!("loading NAB from {}", args.nab_dir.display()))?;
+    let runs: Vec<Run> = kinds.into_iter().map(|k| run_one(&corpus, k)).collect();
+    if args.output == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let e0 = &runs[0].evaluation;
+    println!("NAB corpus: {} files, {} points, {} windows ({})", e0.files, e0.points, e0.windows, args.nab_dir.display());
+    println!();
+    println!(
+        "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "detector", "std/own", "std/best", "lowFP/own", "lowFP/best", "lowFN/own", "lowFN/best"
+    );
+    for r in &runs {
+        let p = &r.evaluation.profiles;
+        println!(
+            "{:<20} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+            r.detector, p[0].at_decision, p[0].at_best_threshold, p[1].at_decision, p[1].at_best_threshold,
+            p[2].at_decision, p[2].at_best_threshold
+        );
+    }
+    for (name, s, fp, fn_) in SCOREBOARD {
+        println!("{:<20} {:>10} {:>10.1} {:>10} {:>10.1} {:>10} {:>10.1}", format!("({name})"), "", s, "", fp, "", fn_);
+    }
+    println!();
+    println!(
+        "{:<20} {:>14} {:>14} {:>18} {:>14} {:>12}",
+        "detector", "points/s", "memory B", "art. detected", "mean delay", "FA/10k pts"
+    );
+    for r in &runs {
+        let a = r.evaluation.artificial;
+        let delay = if a.detected > 0 { format!("{:.1} rows", a.delay_rows_sum as f64 / a.detected as f64) } else { "-".into() };
+        println!(
+            "{:<20} {:>14.0} {:>14} {:>18} {:>14} {:>12.2}",
+            r.detector,
+            r.points_per_second,
+            r.evaluation.max_memory_bytes,
+            format!("{}/{}", a.detected, a.windows),
+            delay,
+            a.false_alarms as f64 * 10_000.0 / a.scored_rows.max(1) as f64
+        );
+    }
+    println!();
+    println!("Best thresholds (score >= t): {}", runs.iter().map(|r| format!("{} {:.6}", r.detector, r.evaluation.profiles[0].best_threshold)).collect::<Vec<_>>().join(", "));
+    Ok(ExitCode::SUCCESS)
+}
