@@ -134,12 +134,9 @@ impl HttpTransport {
 
 /// Maps a response to `Ok` (2xx) or the [`SendError`] that says what to do next.
 async fn classify(resp: reqwest::Response) -> Result<reqwest::Response, SendError> {
-    let status = resp.status();
-    if status.is_success() {
+    let status = resp.status().as_u16();
+    if resp.status().is_success() {
         return Ok(resp);
-    }
-    if status == reqwest::StatusCode::UNAUTHORIZED {
-        return Err(SendError::Unauthorized);
     }
     let message = match resp.text().await {
         Ok(body) => serde_json::from_str::<serde_json::Value>(&body)
@@ -148,12 +145,17 @@ async fn classify(resp: reqwest::Response) -> Result<reqwest::Response, SendErro
             .unwrap_or(body),
         Err(e) => e.to_string(),
     };
-    if status.is_client_error() && status != reqwest::StatusCode::REQUEST_TIMEOUT
-        && status != reqwest::StatusCode::TOO_MANY_REQUESTS
-    {
-        Err(SendError::Rejected { status: status.as_u16(), message })
-    } else {
-        Err(SendError::Unavailable(format!("{status}: {message}")))
+    Err(error_for_status(status, message))
+}
+
+/// What a non-2xx status means for the agent: 401 → enrol again; another 4xx (but 408 and
+/// 429) → the payload will never be accepted; anything else → try again later.
+pub fn error_for_status(status: u16, message: String) -> SendError {
+    match status {
+        401 => SendError::Unauthorized,
+        408 | 429 => SendError::Unavailable(format!("{status}: {message}")),
+        400..=499 => SendError::Rejected { status, message },
+        _ => SendError::Unavailable(format!("{status}: {message}")),
     }
 }
 
@@ -206,6 +208,19 @@ mod tests {
         assert_eq!(e.to_string(), "server url \"ftp://h\" is not valid: scheme \"ftp\" is not http or https");
         let e = HttpTransport::new("not a url", "t", Duration::from_secs(1)).unwrap_err();
         assert!(e.to_string().starts_with("server url \"not a url\" is not valid"), "{e}");
+    }
+
+    #[test]
+    fn statuses_map_to_what_the_agent_does_next() {
+        assert_eq!(error_for_status(401, "no".into()), SendError::Unauthorized);
+        assert_eq!(
+            error_for_status(400, "missing field `name`".into()),
+            SendError::Rejected { status: 400, message: "missing field `name`".into() }
+        );
+        assert!(matches!(error_for_status(413, String::new()), SendError::Rejected { status: 413, .. }));
+        for retry in [408, 429, 500, 502, 503] {
+            assert!(matches!(error_for_status(retry, String::new()), SendError::Unavailable(_)), "{retry}");
+        }
     }
 
     #[test]
