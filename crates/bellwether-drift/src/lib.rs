@@ -24,6 +24,7 @@ pub mod root;
 pub mod rpm;
 pub mod peers;
 pub mod score;
+pub mod sockdiag;
 pub mod synth;
 pub mod version;
 

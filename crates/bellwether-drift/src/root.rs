@@ -21,17 +21,25 @@ pub trait Root {
     fn local_path(&self, _rel: &str) -> Option<PathBuf> {
         None
     }
+    /// Whether this root is the calling process's own `/`, so that facts can also be asked of
+    /// the kernel directly (netlink) rather than through files.
+    fn is_own_root(&self) -> bool {
+        false
+    }
 }
 
 /// A host root on disk.
 #[derive(Debug, Clone)]
 pub struct FsRoot {
     dir: PathBuf,
+    own: bool,
 }
 
 impl FsRoot {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        FsRoot { dir: dir.into() }
+        let dir = dir.into();
+        let own = std::fs::canonicalize(&dir).is_ok_and(|d| d == Path::new("/"));
+        FsRoot { dir, own }
     }
 
     pub fn dir(&self) -> &Path {
@@ -65,6 +73,10 @@ impl Root for FsRoot {
 
     fn local_path(&self, rel: &str) -> Option<PathBuf> {
         Some(self.dir.join(rel))
+    }
+
+    fn is_own_root(&self) -> bool {
+        self.own
     }
 }
 
