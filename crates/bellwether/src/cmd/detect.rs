@@ -30,9 +30,9 @@ pub struct Args {
     /// Where to write `timestamp,value,score,alert` (`-` for standard output).
     #[arg(long, value_name = "OUT.csv")]
     output: PathBuf,
-    /// The detector: seasonal (default; best on NAB), bellwether, robust-z, ewma or
-    /// windowed-gaussian (NAB's baseline, scores only, never alerts).
-    #[arg(long, value_name = "NAME", default_value = "seasonal", value_parser = parse_detector)]
+    /// The detector: relative-entropy (default; best on NAB), seasonal, bellwether, robust-z,
+    /// ewma, record, or windowed-gaussian (NAB's baseline: scores only, never alerts).
+    #[arg(long, value_name = "NAME", default_value = "relative-entropy", value_parser = parse_detector)]
     detector: DetectorKind,
 }
 

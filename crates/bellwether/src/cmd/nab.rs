@@ -24,13 +24,13 @@ detector's own alerts, and at the best corpus-wide threshold on its score (the s
 convention).
 
 Example:
-  bellwether bench nab --nab-dir ../shared/data/nab --detector seasonal")]
+  bellwether bench nab --nab-dir ../shared/data/nab --detector relative-entropy")]
 pub struct BenchArgs {
     /// The NAB checkout (holding `data/` and `labels/`).
     #[arg(long, value_name = "DIR", default_value = "../shared/data/nab")]
     nab_dir: PathBuf,
     /// The detector to run (see `bellwether detect --help`); `all` runs every detector.
-    #[arg(long, value_name = "NAME", default_value = "seasonal")]
+    #[arg(long, value_name = "NAME", default_value = "relative-entropy")]
     detector: String,
     /// human (default) or json.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
