@@ -26,7 +26,12 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, Executor, Row};
+use sqlx::{ConnectOptions, Connection, Executor, Row};
+
+/// sqlx logs every statement at INFO and slow ones at WARN, with the full SQL text — a 500-row
+/// sample insert makes a 20 KB log line. Statements go to TRACE and slow ones (over a second)
+/// to DEBUG, where they help a developer without flooding an operator's log.
+const SLOW_STATEMENT: Duration = Duration::from_secs(1);
 
 /// Where the store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -377,7 +382,9 @@ impl Store {
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .foreign_keys(true)
-                    .busy_timeout(Duration::from_secs(10));
+                    .busy_timeout(Duration::from_secs(10))
+                    .log_statements(log::LevelFilter::Trace)
+                    .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(4)
                     .connect_with(opts)
@@ -392,7 +399,10 @@ impl Store {
                     location: location.clone(),
                     source,
                 };
-                let opts = PgConnectOptions::from_str(url).map_err(open_err)?;
+                let opts = PgConnectOptions::from_str(url)
+                    .map_err(open_err)?
+                    .log_statements(log::LevelFilter::Trace)
+                    .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT);
                 let mut pool_opts = PgPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(10));
