@@ -877,9 +877,9 @@ impl Store {
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         check_samples(samples)?;
-        let id = self.host_id(name).await?;
         match &self.backend {
             Backend::Sqlite(pool) => {
+                let id = self.host_id(name).await?;
                 let mut tx = pool.begin().await.map_err(q("begin"))?;
                 for chunk in samples.chunks(SQLITE_SAMPLE_CHUNK) {
                     let mut sql = String::with_capacity(64 + chunk.len() * 24);
@@ -906,28 +906,31 @@ impl Store {
                 tx.commit().await.map_err(q("commit"))?;
             }
             Backend::Postgres(pool) => {
+                // One statement, so one round trip and atomic without an explicit transaction:
+                // find the host, insert the arrays, mark the host seen.
                 let ts: Vec<i64> = samples.iter().map(|s| s.ts_ms).collect();
                 let names: Vec<&str> = samples.iter().map(|s| s.name.as_str()).collect();
                 let values: Vec<f64> = samples.iter().map(|s| s.value).collect();
-                let mut tx = pool.begin().await.map_err(q("begin"))?;
-                sqlx::query(
-                    "INSERT INTO samples (host_id, ts_ms, name, value) \
-                     SELECT $1, t.ts, t.n, t.v FROM UNNEST($2::bigint[], $3::text[], $4::float8[]) AS t(ts, n, v)",
+                let inserted: Option<i64> = sqlx::query_scalar(
+                    "WITH h AS (SELECT id FROM hosts WHERE name = $1), \
+                     ins AS (INSERT INTO samples (host_id, ts_ms, name, value) \
+                       SELECT h.id, t.ts, t.n, t.v FROM h, UNNEST($2::bigint[], $3::text[], $4::float8[]) AS t(ts, n, v) \
+                       RETURNING 1) \
+                     UPDATE hosts SET last_seen_ms = $5 FROM h WHERE hosts.id = h.id \
+                     RETURNING (SELECT COUNT(*) FROM ins)",
                 )
-                .bind(id)
+                .bind(name.as_str())
                 .bind(&ts)
                 .bind(&names)
                 .bind(&values)
-                .execute(&mut *tx)
+                .bind(now_ms)
+                .fetch_optional(pool)
                 .await
                 .map_err(q("insert samples"))?;
-                sqlx::query("UPDATE hosts SET last_seen_ms = $1 WHERE id = $2")
-                    .bind(now_ms)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(q("touch host"))?;
-                tx.commit().await.map_err(q("commit"))?;
+                let Some(inserted) = inserted else {
+                    return Err(StoreError::UnknownHost(name.clone()));
+                };
+                debug_assert_eq!(inserted as usize, samples.len());
             }
         }
         Ok(samples.len() as u64)
