@@ -45,9 +45,9 @@ pub struct GbdtParams {
 impl Default for GbdtParams {
     fn default() -> Self {
         GbdtParams {
-            learning_rate: 0.05,
+            learning_rate: 0.1,
             max_rounds: 2000,
-            max_depth: 6,
+            max_depth: 4,
             max_leaves: 8,
             min_child_weight: 2.0,
             min_samples_leaf: 20,
@@ -189,7 +189,7 @@ impl Tree {
             }
             if let Node::Split { feature, left, right, .. } = n {
                 let ok = |c: u32| (c as usize) > i && (c as usize) < self.nodes.len();
-                if !ok(*left) || !ok(*right) || left == right {
+                if !ok(*left) || !ok(*right) || *right != *left + 1 {
                     return Err(format!("node {i} has children {left} and {right}"));
                 }
                 if *feature as usize >= features {
@@ -202,21 +202,165 @@ impl Tree {
 }
 
 /// A trained ensemble: `init` plus the sum of the trees is the log-odds of failure.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Gbdt {
     pub init: f64,
     pub trees: Vec<Tree>,
+    /// The trees flattened for fast prediction; rebuilt by [`Gbdt::compile`].
+    #[serde(skip)]
+    flat: Flat,
 }
 
 impl Gbdt {
+    pub fn new(init: f64, trees: Vec<Tree>) -> Gbdt {
+        let mut g = Gbdt { init, trees, flat: Flat::default() };
+        g.compile();
+        g
+    }
+
+    /// Rebuilds the flat form (after deserialisation).
+    pub fn compile(&mut self) {
+        let mut flat = Flat::default();
+        for t in &self.trees {
+            flat.push(t);
+        }
+        self.flat = flat;
+    }
+
     #[inline]
     pub fn margin(&self, x: &[f64]) -> f64 {
-        self.init + self.trees.iter().map(|t| t.predict(x)).sum::<f64>()
+        self.init + (0..self.flat.roots.len()).map(|t| self.flat.predict(t, x)).sum::<f64>()
+    }
+
+    /// Margins of many rows. Works tree by tree over blocks of rows, which keeps each tree in
+    /// cache, and walks eight rows through a tree together, so the CPU overlaps their
+    /// independent memory loads.
+    pub fn margins(&self, x: &Prepared, out: &mut [f64]) {
+        const BLOCK: usize = 512;
+        const LANES: usize = 8;
+        let n = x.rows();
+        let mut start = 0;
+        while start < n {
+            let end = (start + BLOCK).min(n);
+            out[start..end].iter_mut().for_each(|m| *m = self.init);
+            for (t, &root) in self.flat.roots.iter().enumerate() {
+                let depth = self.flat.depths[t];
+                let mut i = start;
+                while i + LANES <= end {
+                    let rows: [&[f64]; LANES] = std::array::from_fn(|k| x.row(i + k));
+                    let mut at = [root as usize; LANES];
+                    for _ in 0..depth {
+                        for k in 0..LANES {
+                            at[k] = self.flat.step(at[k], rows[k]);
+                        }
+                    }
+                    for k in 0..LANES {
+                        out[i + k] += self.flat.values[at[k]];
+                    }
+                    i += LANES;
+                }
+                for (r, m) in (i..end).zip(out[i..end].iter_mut()) {
+                    *m += self.flat.predict(t, x.row(r));
+                }
+            }
+            start = end;
+        }
     }
 
     /// The margin when nothing is known: the base of the explanations.
     pub fn expected_margin(&self) -> f64 {
         self.init + self.trees.iter().map(Tree::expected_value).sum::<f64>()
+    }
+}
+
+const FLAT_MISSING_LEFT: u8 = 1;
+const FLAT_CATEGORICAL: u8 = 2;
+
+/// A node of the flat form. A leaf is a split that always goes "left" to itself, so a walk
+/// of exactly the tree's depth ends on the leaf without a test for leaves, and the step
+/// itself is branch-free (the right child is always `left + 1`).
+#[derive(Debug, Clone, Copy, Default)]
+struct FlatNode {
+    threshold: f64,
+    left: u32,
+    set: u32,
+    feature: u32,
+    flags: u8,
+}
+
+/// All trees in one array.
+#[derive(Debug, Clone, Default)]
+struct Flat {
+    nodes: Vec<FlatNode>,
+    /// Leaf values by node index (0 for splits).
+    values: Vec<f64>,
+    roots: Vec<u32>,
+    depths: Vec<usize>,
+    sets: Vec<[u64; 4]>,
+}
+
+impl Flat {
+    fn push(&mut self, t: &Tree) {
+        if self.sets.is_empty() {
+            self.sets.push([0; 4]);
+        }
+        let base = self.nodes.len() as u32;
+        self.roots.push(base);
+        self.depths.push(t.depth());
+        for (i, n) in t.nodes.iter().enumerate() {
+            let (node, value) = match n {
+                Node::Leaf { value, .. } => (
+                    FlatNode {
+                        threshold: f64::INFINITY,
+                        left: base + i as u32,
+                        set: 0,
+                        feature: 0,
+                        flags: FLAT_MISSING_LEFT,
+                    },
+                    *value,
+                ),
+                Node::Split { feature, rule, left, .. } => {
+                    let mut f = FlatNode { left: base + left, feature: *feature, ..FlatNode::default() };
+                    match rule {
+                        Rule::Numeric { threshold, missing_left } => {
+                            f.threshold = *threshold;
+                            if *missing_left {
+                                f.flags |= FLAT_MISSING_LEFT;
+                            }
+                        }
+                        Rule::Categorical { left } => {
+                            f.flags |= FLAT_CATEGORICAL;
+                            f.set = self.sets.len() as u32;
+                            self.sets.push(*left);
+                        }
+                    }
+                    (f, 0.0)
+                }
+            };
+            self.nodes.push(node);
+            self.values.push(value);
+        }
+    }
+
+    /// One step down from node `i`; a leaf stays where it is.
+    #[inline(always)]
+    fn step(&self, i: usize, x: &[f64]) -> usize {
+        let n = &self.nodes[i];
+        let v = x[n.feature as usize];
+        let num_left = (v <= n.threshold) | (v.is_nan() & (n.flags & FLAT_MISSING_LEFT != 0));
+        let b = (v as usize).min(255);
+        let cat_left = (self.sets[n.set as usize][b >> 6] >> (b & 63)) & 1 == 1;
+        let left = if n.flags & FLAT_CATEGORICAL != 0 { cat_left } else { num_left };
+        n.left as usize + (!left) as usize
+    }
+
+    #[inline]
+    fn predict(&self, tree: usize, x: &[f64]) -> f64 {
+        let mut i = self.roots[tree] as usize;
+        for _ in 0..self.depths[tree] {
+            i = self.step(i, x);
+        }
+        self.values[i]
     }
 }
 
@@ -376,12 +520,23 @@ pub fn train(
         } else {
             vec![true; features.len()]
         };
-        let tree = grow(&binned, rows, &gh, &allowed, params);
+        let (tree, leaves) = grow(&binned, rows, &gh, &allowed, params);
+        let mut flat = Flat::default();
+        flat.push(&tree);
+        let mut done = vec![false; n];
+        for (rows, value) in &leaves {
+            for &r in rows {
+                margin[r as usize] += value;
+                done[r as usize] = true;
+            }
+        }
         for (i, m) in margin.iter_mut().enumerate() {
-            *m += tree.predict(x.row(i));
+            if !done[i] {
+                *m += flat.predict(0, x.row(i));
+            }
         }
         for (i, m) in vmargin.iter_mut().enumerate() {
-            *m += tree.predict(vx.row(i));
+            *m += flat.predict(0, vx.row(i));
         }
         trees.push(tree);
         rounds_trained = round + 1;
@@ -397,7 +552,7 @@ pub fn train(
         }
     }
     trees.truncate(best_rounds.max(1));
-    Ok((Gbdt { init, trees }, GbdtLog { rounds_trained, best_rounds: best_rounds.max(1), valid_log_loss: best_loss }))
+    Ok((Gbdt::new(init, trees), GbdtLog { rounds_trained, best_rounds: best_rounds.max(1), valid_log_loss: best_loss }))
 }
 
 fn leaf_value(s: &Stat, params: &GbdtParams) -> f64 {
@@ -408,7 +563,14 @@ fn score(g: f64, h: f64, l2: f64) -> f64 {
     g * g / (h + l2)
 }
 
-fn grow(b: &Binned, mut rows: Vec<u32>, gh: &[(f64, f64)], allowed: &[bool], params: &GbdtParams) -> Tree {
+/// Grows one tree; also returns each leaf's rows and value, to update the margins cheaply.
+fn grow(
+    b: &Binned,
+    mut rows: Vec<u32>,
+    gh: &[(f64, f64)],
+    allowed: &[bool],
+    params: &GbdtParams,
+) -> (Tree, Vec<(Vec<u32>, f64)>) {
     let mut nodes: Vec<Node> = vec![Node::Leaf { value: 0.0, cover: 0.0 }];
     let mut hist = vec![Stat::default(); b.total_bins];
     b.build_hist(&rows, gh, &mut hist);
@@ -486,8 +648,11 @@ fn grow(b: &Binned, mut rows: Vec<u32>, gh: &[(f64, f64)], allowed: &[bool], par
         }
         leaves += 1;
     }
+    let mut leaf_rows = Vec::with_capacity(open.len());
     for o in &open {
-        nodes[o.node] = Node::Leaf { value: leaf_value(&o.total, params), cover: o.total.h };
+        let value = leaf_value(&o.total, params);
+        nodes[o.node] = Node::Leaf { value, cover: o.total.h };
+        leaf_rows.push((rows[o.start..o.end].to_vec(), value));
     }
     // Make each cover exactly the sum of its children's, so explanations add up exactly.
     for i in (0..nodes.len()).rev() {
@@ -498,7 +663,7 @@ fn grow(b: &Binned, mut rows: Vec<u32>, gh: &[(f64, f64)], allowed: &[bool], par
             }
         }
     }
-    Tree { nodes }
+    (Tree { nodes }, leaf_rows)
 }
 
 fn to_rule(f: &Feature, r: &BinRule) -> Rule {

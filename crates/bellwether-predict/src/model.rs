@@ -387,7 +387,18 @@ impl Model {
     /// Calibrated probabilities only (the fast path).
     pub fn probabilities(&self, frame: &Frame) -> Result<(Vec<f64>, Vec<String>), PredictError> {
         let (x, absent) = self.prepare(frame)?;
-        Ok(((0..x.rows()).map(|i| self.probability_prepared(x.row(i))).collect(), absent))
+        Ok((self.probabilities_prepared(&x), absent))
+    }
+
+    /// Calibrated probabilities of prepared rows.
+    pub fn probabilities_prepared(&self, x: &Prepared) -> Vec<f64> {
+        let mut out = vec![0.0; x.rows()];
+        match &self.estimator {
+            Estimator::Gbdt(g) => g.margins(x, &mut out),
+            Estimator::Logistic(l) => out.iter_mut().enumerate().for_each(|(i, m)| *m = l.margin(x.row(i))),
+        }
+        out.iter_mut().for_each(|m| *m = self.calibration.probability(*m));
+        out
     }
 
     /// Explained predictions for every row of a frame.
@@ -457,7 +468,7 @@ impl Model {
             Some(v) => return Err(PredictError::WrongVersion { source_name: source.to_string(), found: v, supported: VERSION }),
             None => return Err(corrupt("no numeric `version` field".into())),
         }
-        let file: ModelFile = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+        let mut file: ModelFile = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
         let mut features = file.features;
         features.iter_mut().for_each(Feature::rebuild);
         if features.is_empty() {
@@ -481,6 +492,9 @@ impl Model {
                     )));
                 }
             }
+        }
+        if let Estimator::Gbdt(g) = &mut file.estimator {
+            g.compile();
         }
         if !(file.calibration.slope.is_finite() && file.calibration.intercept.is_finite()) {
             return Err(corrupt("the calibration is not finite".into()));

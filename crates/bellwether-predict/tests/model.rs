@@ -63,6 +63,11 @@ fn contributions_and_base_value_sum_to_the_raw_margin_for_every_row() {
     let f = fixture();
     for model in [&f.gbdt, &f.logistic] {
         let (x, _) = model.prepare(&f.test.frame).unwrap();
+        // The batched path and the one-row path agree.
+        let batch = model.probabilities_prepared(&x);
+        for (i, p) in batch.iter().enumerate() {
+            assert!((p - model.probability_prepared(x.row(i))).abs() < 1e-12);
+        }
         let mut phi = vec![0.0; model.features().len()];
         let mut buf = ShapBuffer::default();
         for i in 0..x.rows() {

@@ -21,6 +21,8 @@ enum Which {
     AgentMemory(super::agent::BenchArgs),
     /// Metric samples stored per second, through the store API and HTTP (goal ≥ 50,000/s on SQLite).
     Ingest(super::server::BenchArgs),
+    /// Failure model: training time for 100,000 rows (goal ≤ 5 s), prediction rows/s (goal ≥ 200,000), and with --quality the AUC ratio to the oracle on synthetic histories.
+    Model(super::model::BenchArgs),
     /// Anomaly detectors on the NAB corpus: normalised NAB scores (standard, low FP, low FN) at
     /// the detector's own alerts and at the best threshold, throughput and memory.
     Nab(super::nab::BenchArgs),
@@ -33,6 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Which::AgentMemory(a) => super::agent::bench(a),
         Which::Drift(a) => super::drift::bench(a),
         Which::Ingest(a) => super::server::bench(a),
+        Which::Model(a) => super::model::bench(a),
         Which::Nab(a) => super::nab::bench(a),
     }
 }
