@@ -266,11 +266,16 @@ fn configuration(b: &HostProfile, c: &HostProfile, f: &mut Findings) {
     if let Some((bp, cp)) = both(f, "packages", b.packages.as_ref(), c.packages.as_ref(), |p| format!("{} packages", p.len())) {
         packages(bp, cp, f);
     }
+    // Equal parts (the common case) are skipped before any per-item work.
     if let Some((bh, ch)) = both(f, "hardware", b.hardware.as_ref(), c.hardware.as_ref(), |_| "present".to_owned()) {
-        hardware(bh, ch, f);
+        if bh != ch {
+            hardware(bh, ch, f);
+        }
     }
     if let Some((bn, cn)) = both(f, "network", b.network.as_ref(), c.network.as_ref(), |_| "present".to_owned()) {
-        network(bn, cn, f);
+        if bn != cn {
+            network(bn, cn, f);
+        }
     }
 }
 
@@ -318,19 +323,41 @@ fn merge<'a, V: PartialEq>(b: &'a BTreeMap<String, V>, c: &'a BTreeMap<String, V
 }
 
 fn packages(b: &BTreeMap<String, String>, c: &BTreeMap<String, String>, f: &mut Findings) {
-    merge(b, c, |name, bv, cv| {
-        let w = match (bv, cv) {
-            (Some(x), Some(y)) => match level(x, y) {
-                Some((l, Ordering::Less)) => (weights::package_change(l) * weights::DOWNGRADE_FACTOR).min(1.0),
-                Some((l, _)) => weights::package_change(l),
-                None => 0.0,
-            },
-            (None, Some(_)) => weights::PACKAGE_ADDED,
-            (Some(_), None) => weights::PACKAGE_REMOVED,
-            (None, None) => 0.0,
-        };
-        f.config(format!("package:{name}"), bv.map(String::as_str), cv.map(String::as_str), w);
-    });
+    // Fast path for the common case: the same package names, a few versions changed. A lockstep
+    // walk costs one comparison of names and one of versions per package; on the first name
+    // that differs, undo and take the general merge.
+    if b.len() == c.len() {
+        let start = f.list.len();
+        let mut same_names = true;
+        for ((bk, bv), (ck, cv)) in b.iter().zip(c.iter()) {
+            if bk != ck {
+                same_names = false;
+                break;
+            }
+            if bv != cv {
+                package_finding(f, bk, Some(bv), Some(cv));
+            }
+        }
+        if same_names {
+            return;
+        }
+        f.list.truncate(start);
+    }
+    merge(b, c, |name, bv, cv| package_finding(f, name, bv, cv));
+}
+
+fn package_finding(f: &mut Findings, name: &str, bv: Option<&String>, cv: Option<&String>) {
+    let w = match (bv, cv) {
+        (Some(x), Some(y)) => match level(x, y) {
+            Some((l, Ordering::Less)) => (weights::package_change(l) * weights::DOWNGRADE_FACTOR).min(1.0),
+            Some((l, _)) => weights::package_change(l),
+            None => 0.0,
+        },
+        (None, Some(_)) => weights::PACKAGE_ADDED,
+        (Some(_), None) => weights::PACKAGE_REMOVED,
+        (None, None) => 0.0,
+    };
+    f.config(format!("package:{name}"), bv.map(String::as_str), cv.map(String::as_str), w);
 }
 
 fn hardware(b: &Hardware, c: &Hardware, f: &mut Findings) {
@@ -407,7 +434,10 @@ fn performance(b: &BTreeMap<String, f64>, c: &BTreeMap<String, f64>, f: &mut Fin
     merge(b, c, |name, x, y| {
         if let (Some(&x), Some(&y)) = (x, y) {
             let w = metric_weight(name, x, y);
-            f.push(DriftCategory::Performance, format!("metric:{name}"), Some(fmt_num(x)), Some(fmt_num(y)), w);
+            // Most metrics move inside their dead band: format only the ones that count.
+            if w > 0.0 {
+                f.push(DriftCategory::Performance, format!("metric:{name}"), Some(fmt_num(x)), Some(fmt_num(y)), w);
+            }
         }
     });
 }
@@ -422,8 +452,31 @@ fn dep_state(d: &DependencyStatus) -> String {
 
 fn dependency(b: &HostProfile, c: &HostProfile, f: &mut Findings) {
     let dep = |f: &mut Findings, attr: String, x: Option<String>, y: Option<String>, w: f64| f.push(DriftCategory::Dependency, attr, x, y, w);
-    let bd: BTreeMap<String, &DependencyStatus> = b.dependencies.iter().map(|d| (d.name.clone(), d)).collect();
-    let cd: BTreeMap<String, &DependencyStatus> = c.dependencies.iter().map(|d| (d.name.clone(), d)).collect();
+    if b.dependencies != c.dependencies {
+        dependencies(&b.dependencies, &c.dependencies, f, dep);
+    }
+    if let (Some(bn), Some(cn)) = (&b.network, &c.network) {
+        let (br, cr) = (&bn.dns_resolvers, &cn.dns_resolvers);
+        if br != cr {
+            let before = br.len();
+            let mut any = false;
+            set_diff(br, cr, |r, added| {
+                any = true;
+                let (x, y, w) = if added { (None, Some("resolver"), weights::RESOLVER_ADDED) } else { (Some("resolver"), None, weights::RESOLVER_REMOVED) };
+                dep(f, format!("dns.resolver:{r}"), x.map(str::to_owned), y.map(str::to_owned), w);
+            });
+            if !any && before > 0 {
+                dep(f, "dns.resolvers".to_owned(), Some(br.join(" ")), Some(cr.join(" ")), weights::RESOLVER_ORDER);
+            }
+        }
+    }
+}
+
+type DepPush = fn(&mut Findings, String, Option<String>, Option<String>, f64);
+
+fn dependencies(b: &[DependencyStatus], c: &[DependencyStatus], f: &mut Findings, dep: DepPush) {
+    let bd: BTreeMap<String, &DependencyStatus> = b.iter().map(|d| (d.name.clone(), d)).collect();
+    let cd: BTreeMap<String, &DependencyStatus> = c.iter().map(|d| (d.name.clone(), d)).collect();
     merge(&bd, &cd, |name, x, y| match (x, y) {
         (Some(x), Some(y)) => {
             if x.endpoint != y.endpoint {
@@ -451,21 +504,6 @@ fn dependency(b: &HostProfile, c: &HostProfile, f: &mut Findings) {
         (Some(x), None) => dep(f, format!("dependency:{name}"), Some(dep_state(x)), None, weights::DEPENDENCY_REMOVED),
         (None, None) => {}
     });
-    if let (Some(bn), Some(cn)) = (&b.network, &c.network) {
-        let (br, cr) = (&bn.dns_resolvers, &cn.dns_resolvers);
-        if br != cr {
-            let before = br.len();
-            let mut any = false;
-            set_diff(br, cr, |r, added| {
-                any = true;
-                let (x, y, w) = if added { (None, Some("resolver"), weights::RESOLVER_ADDED) } else { (Some("resolver"), None, weights::RESOLVER_REMOVED) };
-                dep(f, format!("dns.resolver:{r}"), x.map(str::to_owned), y.map(str::to_owned), w);
-            });
-            if !any && before > 0 {
-                dep(f, "dns.resolvers".to_owned(), Some(br.join(" ")), Some(cr.join(" ")), weights::RESOLVER_ORDER);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -510,6 +548,18 @@ mod tests {
             w.push(f.weight.get());
         }
         assert!(w.windows(2).all(|p| p[0] < p[1]), "{w:?}");
+    }
+
+    #[test]
+    fn same_count_of_different_packages_takes_the_general_path() {
+        let pk = |v: &[(&str, &str)]| Some(v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<BTreeMap<_, _>>());
+        let b = HostProfile { packages: pk(&[("a", "1.0"), ("b", "1.0"), ("d", "1.0")]), ..HostProfile::default() };
+        let c = HostProfile { packages: pk(&[("a", "2.0"), ("c", "1.0"), ("d", "1.0")]), ..HostProfile::default() };
+        let s = score(&b, &c);
+        let attrs: Vec<&str> = s.findings.iter().map(|f| f.attribute.as_str()).collect();
+        assert_eq!(attrs, vec!["package:a", "package:b", "package:c"]);
+        assert_eq!(s.findings[1].weight.get(), weights::PACKAGE_REMOVED);
+        assert_eq!(s.findings[2].weight.get(), weights::PACKAGE_ADDED);
     }
 
     #[test]

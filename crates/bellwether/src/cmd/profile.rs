@@ -195,12 +195,17 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         last = Some(sampler.collect(&rootfs, &opts));
     }
     let mut times = Vec::with_capacity(args.iterations);
+    let cpu0 = super::drift::thread_cpu_time();
     for _ in 0..args.iterations {
         let t = Instant::now();
         let p = sampler.collect(&rootfs, &opts);
         times.push(t.elapsed());
         last = Some(p);
     }
+    let cpu = match (cpu0, super::drift::thread_cpu_time()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     let p = last.expect("at least one collection ran");
     println!(
         "collected {} from {}: {} packages, {} metrics, {} notes",
@@ -211,6 +216,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         p.notes.len()
     );
     println!("profile collection: {}", stats(&mut times));
+    if let Some(cpu) = cpu {
+        println!("CPU time a collection: mean {:.3} ms (user and kernel, this thread)", cpu.as_secs_f64() * 1000.0 / args.iterations as f64);
+    }
     let status = rootfs.join("var/lib/dpkg/status");
     if args.peer_iterations > 0 && status.exists() {
         let admindir = rootfs.join("var/lib/dpkg");
