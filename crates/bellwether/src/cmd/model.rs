@@ -225,8 +225,9 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
                 println!("Trees: {} kept (early stopping after {} rounds).", g.best_rounds, g.rounds_trained);
             }
             let cal = model.calibration();
+            let why = if s.candidates.len() > 1 { "chose" } else { "fitted only (--method)" };
             println!(
-                "Chose {} (lower held-out log loss); calibration slope {:.3}, intercept {:+.3}.",
+                "Model: {} ({why}); Platt calibration slope {:.3}, intercept {:+.3}.",
                 s.chosen, cal.slope, cal.intercept
             );
             println!("Wrote {} in {:.2} s.", a.out.display(), seconds);
