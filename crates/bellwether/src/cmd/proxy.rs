@@ -169,6 +169,50 @@ pub struct BenchArgs {
     /// Skip the Redis part.
     #[arg(long)]
     no_redis: bool,
+    /// Rounds per cell, interleaving the targets; the table shows the median of the rounds,
+    /// which keeps a busy machine's noise from favouring whichever target ran last.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// Runs `run` for every target `rounds` times, interleaved, and keeps the medians.
+fn measure(
+    label: &str,
+    clients: &[u32],
+    targets: &[(String, u16)],
+    rounds: u32,
+    mut run: impl FnMut(u16, u32) -> anyhow::Result<(f64, f64, f64)>,
+) -> anyhow::Result<Vec<BenchRow>> {
+    let mut rows = Vec::new();
+    for &c in clients {
+        let mut got: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); targets.len()];
+        for round in 0..rounds.max(1) {
+            for (i, (name, port)) in targets.iter().enumerate() {
+                let (tps, p50, p99) = run(*port, c)?;
+                eprintln!("{label} -c {c} round {round} {name}: {tps:.0}/s p50 {p50:.0}us p99 {p99:.0}us");
+                got[i].push((tps, p50, p99));
+            }
+        }
+        for (i, (name, _)) in targets.iter().enumerate() {
+            rows.push(BenchRow {
+                target: name.clone(),
+                clients: c,
+                tps: median(got[i].iter().map(|g| g.0).collect()),
+                p50_us: median(got[i].iter().map(|g| g.1).collect()),
+                p99_us: median(got[i].iter().map(|g| g.2).collect()),
+            });
+        }
+    }
+    Ok(rows)
 }
 
 mod bench_support {
@@ -453,15 +497,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some((p, _, _, _)) = &haproxy {
         targets.push(("haproxy tcp".into(), *p));
     }
-    let mut rows = Vec::new();
-    for &c in &args.clients {
-        for (name, port) in &targets {
-            let (tps, p50, p99) = run_pgbench(*port, c, args.seconds, logdir.path())?;
-            eprintln!("pgbench -S -c {c} {name}: tps {tps:.0} p50 {p50:.0}us p99 {p99:.0}us");
-            rows.push(BenchRow { target: name.clone(), clients: c, tps, p50_us: p50, p99_us: p99 });
-        }
-    }
-    print_table("pgbench -S (select only, simple protocol), scale 10", &rows);
+    let rows = measure("pgbench -S", &args.clients, &targets, args.rounds, |port, c| run_pgbench(port, c, args.seconds, logdir.path()))?;
+    print_table(&format!("pgbench -S (select only, simple protocol), scale 10, {} s per run, median of {} rounds", args.seconds, args.rounds), &rows);
     if let Some((rport, _)) = &redis {
         let mut targets: Vec<(String, u16)> = vec![("direct".into(), *rport)];
         if let Some(p) = &redis_proxy {
@@ -470,15 +507,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         if let Some((_, hp, _, _)) = &haproxy {
             targets.push(("haproxy tcp".into(), *hp));
         }
-        let mut rows = Vec::new();
-        for &c in &args.clients {
-            for (name, port) in &targets {
-                let (tps, p50, p99) = run_redis_benchmark(*port, c, args.redis_requests)?;
-                eprintln!("redis-benchmark GET -c {c} {name}: rps {tps:.0} p50 {p50:.0}us p99 {p99:.0}us");
-                rows.push(BenchRow { target: name.clone(), clients: c, tps, p50_us: p50, p99_us: p99 });
-            }
-        }
-        print_table("redis-benchmark -t get", &rows);
+        let rows = measure("redis-benchmark GET", &args.clients, &targets, args.rounds, |port, c| run_redis_benchmark(port, c, args.redis_requests))?;
+        print_table(&format!("redis-benchmark -t get, {} requests per run, median of {} rounds", args.redis_requests, args.rounds), &rows);
     }
     rt.block_on(async {
         pg_proxy.shutdown().await;
