@@ -6,11 +6,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod action;
 pub mod drift;
 pub mod ids;
 pub mod profile;
 pub mod sample;
 
+pub use action::{ActionSpec, ActionSpecError};
 pub use drift::{DriftCategory, DriftScore, Finding};
 pub use ids::{HostName, HostNameError};
 pub use profile::HostProfile;

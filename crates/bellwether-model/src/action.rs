@@ -1,0 +1,510 @@
+//! The actions a server asks an agent to carry out on its host during a rollout.
+//!
+//! `ActionSpec` is the one shape the engine decides, the server stores and sends, and the
+//! agent executes. It lives here so the two ends of the wire cannot disagree. The JSON is flat:
+//!
+//! ```json
+//! {"argv": ["/usr/bin/systemctl", "restart", "websvc"], "timeout_ms": 30000}
+//! {"builtin": "set_service_version", "version": "2"}
+//! {"builtin": "restore_file", "path": "etc/websvc.conf"}
+//! {"builtin": "reinstall_package", "package": "libssl3"}
+//! {"builtin": "set_cgroup", "cpu_max": "50000 100000", "memory_max": "512M"}
+//! ```
+//!
+//! Every built-in also accepts an optional `timeout_ms`. Deserialisation validates (an action
+//! that reaches an agent is always well formed) and unknown fields are rejected, so a typo in a
+//! plan or a request body is an error rather than a silently ignored key. This module never
+//! runs anything: executing an action is the agent's business.
+
+use serde::{Deserialize, Serialize};
+
+/// The shortest timeout an action may have, in milliseconds.
+pub const MIN_TIMEOUT_MS: u64 = 100;
+/// The longest timeout an action may have, in milliseconds (one hour).
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// The timeout of an action that does not name one, in milliseconds.
+pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+
+/// One action for an agent to run on its host.
+///
+/// Construct it through [`ActionSpec::validate`] or deserialisation, which both check the
+/// invariants below; the fields are public for matching, and [`ActionSpec::validate`] is the
+/// gate to call after building one by hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionSpec {
+    /// Run a program. `argv[0]` is the program; there is never a shell in between. The agent
+    /// runs it with its rootfs as working directory and kills it after `timeout_ms`.
+    Argv { argv: Vec<String>, timeout_ms: u64 },
+    /// Write `version` as the host service's version (the sandbox service reloads on change).
+    SetServiceVersion { version: String, timeout_ms: Option<u64> },
+    /// Restore a file from the copy the agent kept at baseline time. `path` is relative to the
+    /// agent's rootfs and never contains `..` or starts with `/`.
+    RestoreFile { path: String, timeout_ms: Option<u64> },
+    /// Reinstall a package (or artifact) by name.
+    ReinstallPackage { package: String, timeout_ms: Option<u64> },
+    /// Set cgroup v2 limits on the host service: `cpu.max` ("max", "QUOTA" or "QUOTA PERIOD",
+    /// in microseconds) and/or `memory.max` ("max" or bytes with an optional K, M, G or T
+    /// suffix). At least one is set.
+    SetCgroup { cpu_max: Option<String>, memory_max: Option<String>, timeout_ms: Option<u64> },
+}
+
+/// Why an action spec is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionSpecError {
+    #[error("argv is empty; an argv action needs at least the program")]
+    EmptyArgv,
+    #[error("argv[{index}] contains a NUL byte")]
+    NulInArgv { index: usize },
+    #[error("argv[0] is empty")]
+    EmptyProgram,
+    #[error("timeout_ms {value} is outside [{MIN_TIMEOUT_MS}, {MAX_TIMEOUT_MS}]")]
+    Timeout { value: u64 },
+    #[error("an action has either `argv` or `builtin`, got neither")]
+    Neither,
+    #[error("an action has either `argv` or `builtin`, got both")]
+    Both,
+    #[error("unknown builtin {name:?}; expected set_service_version, restore_file, reinstall_package or set_cgroup")]
+    UnknownBuiltin { name: String },
+    #[error("builtin {builtin} needs the field `{field}`")]
+    MissingField { builtin: &'static str, field: &'static str },
+    #[error("field `{field}` does not belong to {builtin}")]
+    StrayField { builtin: &'static str, field: &'static str },
+    #[error("{field} {value:?} is not valid: {why}")]
+    BadValue { field: &'static str, value: String, why: &'static str },
+    #[error("restore_file path {path:?} must be relative to the rootfs: {why}")]
+    BadPath { path: String, why: &'static str },
+}
+
+impl ActionSpec {
+    /// The built-in's name as it appears in JSON, or `None` for an argv action.
+    pub fn builtin_name(&self) -> Option<&'static str> {
+        match self {
+            ActionSpec::Argv { .. } => None,
+            ActionSpec::SetServiceVersion { .. } => Some("set_service_version"),
+            ActionSpec::RestoreFile { .. } => Some("restore_file"),
+            ActionSpec::ReinstallPackage { .. } => Some("reinstall_package"),
+            ActionSpec::SetCgroup { .. } => Some("set_cgroup"),
+        }
+    }
+
+    /// The timeout the agent enforces: the one given, else [`DEFAULT_TIMEOUT_MS`].
+    pub fn timeout_ms(&self) -> u64 {
+        match self {
+            ActionSpec::Argv { timeout_ms, .. } => *timeout_ms,
+            ActionSpec::SetServiceVersion { timeout_ms, .. }
+            | ActionSpec::RestoreFile { timeout_ms, .. }
+            | ActionSpec::ReinstallPackage { timeout_ms, .. }
+            | ActionSpec::SetCgroup { timeout_ms, .. } => timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+        }
+    }
+
+    /// A short human description, such as `argv [systemctl restart websvc]` or
+    /// `restore_file etc/websvc.conf`, for events and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            ActionSpec::Argv { argv, .. } => format!("argv [{}]", argv.join(" ")),
+            ActionSpec::SetServiceVersion { version, .. } => format!("set_service_version {version}"),
+            ActionSpec::RestoreFile { path, .. } => format!("restore_file {path}"),
+            ActionSpec::ReinstallPackage { package, .. } => format!("reinstall_package {package}"),
+            ActionSpec::SetCgroup { cpu_max, memory_max, .. } => {
+                let mut s = String::from("set_cgroup");
+                if let Some(c) = cpu_max {
+                    s.push_str(&format!(" cpu.max={c:?}"));
+                }
+                if let Some(m) = memory_max {
+                    s.push_str(&format!(" memory.max={m}"));
+                }
+                s
+            }
+        }
+    }
+
+    /// Checks every invariant of the spec; deserialisation calls this too.
+    pub fn validate(&self) -> Result<(), ActionSpecError> {
+        let timeout = match self {
+            ActionSpec::Argv { timeout_ms, .. } => Some(*timeout_ms),
+            ActionSpec::SetServiceVersion { timeout_ms, .. }
+            | ActionSpec::RestoreFile { timeout_ms, .. }
+            | ActionSpec::ReinstallPackage { timeout_ms, .. }
+            | ActionSpec::SetCgroup { timeout_ms, .. } => *timeout_ms,
+        };
+        if let Some(t) = timeout {
+            check_timeout(t)?;
+        }
+        match self {
+            ActionSpec::Argv { argv, .. } => {
+                if argv.is_empty() {
+                    return Err(ActionSpecError::EmptyArgv);
+                }
+                if argv[0].is_empty() {
+                    return Err(ActionSpecError::EmptyProgram);
+                }
+                if let Some(index) = argv.iter().position(|a| a.contains('\0')) {
+                    return Err(ActionSpecError::NulInArgv { index });
+                }
+            }
+            ActionSpec::SetServiceVersion { version, .. } => check_token("version", version)?,
+            ActionSpec::RestoreFile { path, .. } => check_relative_path(path)?,
+            ActionSpec::ReinstallPackage { package, .. } => check_token("package", package)?,
+            ActionSpec::SetCgroup { cpu_max, memory_max, .. } => {
+                if cpu_max.is_none() && memory_max.is_none() {
+                    return Err(ActionSpecError::MissingField {
+                        builtin: "set_cgroup",
+                        field: "cpu_max or memory_max",
+                    });
+                }
+                if let Some(c) = cpu_max {
+                    check_cpu_max(c)?;
+                }
+                if let Some(m) = memory_max {
+                    check_memory_max(m)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_timeout(t: u64) -> Result<(), ActionSpecError> {
+    if (MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&t) {
+        Ok(())
+    } else {
+        Err(ActionSpecError::Timeout { value: t })
+    }
+}
+
+/// A version or package name: 1 to 128 characters of letters, digits and `._+-:~`.
+fn check_token(field: &'static str, v: &str) -> Result<(), ActionSpecError> {
+    let bad = |why| ActionSpecError::BadValue { field, value: v.to_string(), why };
+    if v.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if v.len() > 128 {
+        return Err(bad("it is longer than 128 characters"));
+    }
+    if !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-' | ':' | '~')) {
+        return Err(bad("only letters, digits and . _ + - : ~ are allowed"));
+    }
+    Ok(())
+}
+
+/// A path relative to the agent's rootfs, with no way out of it.
+pub fn check_relative_path(path: &str) -> Result<(), ActionSpecError> {
+    let bad = |why| ActionSpecError::BadPath { path: path.to_string(), why };
+    if path.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if path.starts_with('/') || path.starts_with('\\') {
+        return Err(bad("it is absolute"));
+    }
+    if path.contains('\0') {
+        return Err(bad("it contains a NUL byte"));
+    }
+    if path.contains('\\') {
+        return Err(bad("it contains a backslash"));
+    }
+    if path.split('/').any(|seg| seg == "..") {
+        return Err(bad("it contains `..`"));
+    }
+    if path.split('/').all(|seg| seg.is_empty() || seg == ".") {
+        return Err(bad("it names no file"));
+    }
+    Ok(())
+}
+
+fn check_cpu_max(v: &str) -> Result<(), ActionSpecError> {
+    let bad = || ActionSpecError::BadValue {
+        field: "cpu_max",
+        value: v.to_string(),
+        why: "expected \"max\", \"QUOTA\" or \"QUOTA PERIOD\" in microseconds",
+    };
+    let mut parts = v.split(' ');
+    let quota = parts.next().ok_or_else(bad)?;
+    if quota != "max" && !is_positive_int(quota) {
+        return Err(bad());
+    }
+    if let Some(period) = parts.next() {
+        if !is_positive_int(period) {
+            return Err(bad());
+        }
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn check_memory_max(v: &str) -> Result<(), ActionSpecError> {
+    if v == "max" {
+        return Ok(());
+    }
+    let digits = v.strip_suffix(['K', 'M', 'G', 'T']).unwrap_or(v);
+    if is_positive_int(digits) {
+        Ok(())
+    } else {
+        Err(ActionSpecError::BadValue {
+            field: "memory_max",
+            value: v.to_string(),
+            why: "expected \"max\" or a byte count with an optional K, M, G or T suffix",
+        })
+    }
+}
+
+fn is_positive_int(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()) && s.bytes().any(|b| b != b'0')
+}
+
+/// The flat wire form; every field optional so that errors can say which one is wrong.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    argv: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    builtin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    package: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cpu_max: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    memory_max: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeout_ms: Option<u64>,
+}
+
+impl Wire {
+    fn into_spec(self) -> Result<ActionSpec, ActionSpecError> {
+        let Wire { argv, builtin, version, path, package, cpu_max, memory_max, timeout_ms } = self;
+        let spec = match (argv, builtin) {
+            (None, None) => return Err(ActionSpecError::Neither),
+            (Some(_), Some(_)) => return Err(ActionSpecError::Both),
+            (Some(argv), None) => {
+                let b = "an argv action";
+                stray(b, "version", &version)?;
+                stray(b, "path", &path)?;
+                stray(b, "package", &package)?;
+                stray(b, "cpu_max", &cpu_max)?;
+                stray(b, "memory_max", &memory_max)?;
+                ActionSpec::Argv { argv, timeout_ms: timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS) }
+            }
+            (None, Some(name)) => match name.as_str() {
+                "set_service_version" => {
+                    let b = "set_service_version";
+                    stray(b, "path", &path)?;
+                    stray(b, "package", &package)?;
+                    stray(b, "cpu_max", &cpu_max)?;
+                    stray(b, "memory_max", &memory_max)?;
+                    let version = version.ok_or(ActionSpecError::MissingField { builtin: b, field: "version" })?;
+                    ActionSpec::SetServiceVersion { version, timeout_ms }
+                }
+                "restore_file" => {
+                    let b = "restore_file";
+                    stray(b, "version", &version)?;
+                    stray(b, "package", &package)?;
+                    stray(b, "cpu_max", &cpu_max)?;
+                    stray(b, "memory_max", &memory_max)?;
+                    let path = path.ok_or(ActionSpecError::MissingField { builtin: b, field: "path" })?;
+                    ActionSpec::RestoreFile { path, timeout_ms }
+                }
+                "reinstall_package" => {
+                    let b = "reinstall_package";
+                    stray(b, "version", &version)?;
+                    stray(b, "path", &path)?;
+                    stray(b, "cpu_max", &cpu_max)?;
+                    stray(b, "memory_max", &memory_max)?;
+                    let package = package.ok_or(ActionSpecError::MissingField { builtin: b, field: "package" })?;
+                    ActionSpec::ReinstallPackage { package, timeout_ms }
+                }
+                "set_cgroup" => {
+                    let b = "set_cgroup";
+                    stray(b, "version", &version)?;
+                    stray(b, "path", &path)?;
+                    stray(b, "package", &package)?;
+                    ActionSpec::SetCgroup { cpu_max, memory_max, timeout_ms }
+                }
+                _ => return Err(ActionSpecError::UnknownBuiltin { name }),
+            },
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn from_spec(spec: &ActionSpec) -> Wire {
+        let builtin = spec.builtin_name().map(str::to_string);
+        match spec.clone() {
+            ActionSpec::Argv { argv, timeout_ms } => {
+                Wire { argv: Some(argv), timeout_ms: Some(timeout_ms), ..Wire::default() }
+            }
+            ActionSpec::SetServiceVersion { version, timeout_ms } => {
+                Wire { builtin, version: Some(version), timeout_ms, ..Wire::default() }
+            }
+            ActionSpec::RestoreFile { path, timeout_ms } => {
+                Wire { builtin, path: Some(path), timeout_ms, ..Wire::default() }
+            }
+            ActionSpec::ReinstallPackage { package, timeout_ms } => {
+                Wire { builtin, package: Some(package), timeout_ms, ..Wire::default() }
+            }
+            ActionSpec::SetCgroup { cpu_max, memory_max, timeout_ms } => {
+                Wire { builtin, cpu_max, memory_max, timeout_ms, ..Wire::default() }
+            }
+        }
+    }
+}
+
+fn stray(builtin: &'static str, field: &'static str, v: &Option<String>) -> Result<(), ActionSpecError> {
+    match v {
+        Some(_) => Err(ActionSpecError::StrayField { builtin, field }),
+        None => Ok(()),
+    }
+}
+
+impl Serialize for ActionSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Wire::from_spec(self).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ActionSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Wire::deserialize(d)?.into_spec().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<ActionSpec, String> {
+        serde_json::from_str::<ActionSpec>(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn parses_every_documented_form() {
+        assert_eq!(
+            parse(r#"{"argv": ["/bin/true", "x"], "timeout_ms": 30000}"#).unwrap(),
+            ActionSpec::Argv { argv: vec!["/bin/true".into(), "x".into()], timeout_ms: 30_000 }
+        );
+        assert_eq!(
+            parse(r#"{"builtin": "set_service_version", "version": "2"}"#).unwrap(),
+            ActionSpec::SetServiceVersion { version: "2".into(), timeout_ms: None }
+        );
+        assert_eq!(
+            parse(r#"{"builtin": "restore_file", "path": "etc/websvc.conf"}"#).unwrap(),
+            ActionSpec::RestoreFile { path: "etc/websvc.conf".into(), timeout_ms: None }
+        );
+        assert_eq!(
+            parse(r#"{"builtin": "reinstall_package", "package": "libssl3"}"#).unwrap(),
+            ActionSpec::ReinstallPackage { package: "libssl3".into(), timeout_ms: None }
+        );
+        assert_eq!(
+            parse(r#"{"builtin": "set_cgroup", "cpu_max": "50000 100000"}"#).unwrap(),
+            ActionSpec::SetCgroup { cpu_max: Some("50000 100000".into()), memory_max: None, timeout_ms: None }
+        );
+        assert_eq!(
+            parse(r#"{"builtin": "set_cgroup", "memory_max": "512M", "timeout_ms": 5000}"#).unwrap(),
+            ActionSpec::SetCgroup { cpu_max: None, memory_max: Some("512M".into()), timeout_ms: Some(5000) }
+        );
+    }
+
+    #[test]
+    fn argv_without_timeout_gets_the_default() {
+        assert_eq!(parse(r#"{"argv": ["true"]}"#).unwrap().timeout_ms(), DEFAULT_TIMEOUT_MS);
+        assert_eq!(
+            parse(r#"{"builtin": "restore_file", "path": "a"}"#).unwrap().timeout_ms(),
+            DEFAULT_TIMEOUT_MS
+        );
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let specs = [
+            ActionSpec::Argv { argv: vec!["a".into(), "b c".into()], timeout_ms: 1000 },
+            ActionSpec::SetServiceVersion { version: "2.1".into(), timeout_ms: Some(200) },
+            ActionSpec::RestoreFile { path: "etc/x/y.conf".into(), timeout_ms: None },
+            ActionSpec::ReinstallPackage { package: "libssl1.1".into(), timeout_ms: None },
+            ActionSpec::SetCgroup { cpu_max: Some("max".into()), memory_max: Some("max".into()), timeout_ms: None },
+        ];
+        for s in specs {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(parse(&json).unwrap(), s, "{json}");
+        }
+        let json = serde_json::to_value(ActionSpec::RestoreFile { path: "etc/a".into(), timeout_ms: None }).unwrap();
+        assert_eq!(json, serde_json::json!({"builtin": "restore_file", "path": "etc/a"}));
+    }
+
+    #[test]
+    fn rejects_bad_argv_and_timeouts() {
+        assert!(parse(r#"{"argv": []}"#).unwrap_err().contains("argv is empty"));
+        assert!(parse(r#"{"argv": [""]}"#).unwrap_err().contains("argv[0] is empty"));
+        assert!(parse(r#"{"argv": ["a", "b\u0000"]}"#).unwrap_err().contains("argv[1] contains a NUL"));
+        assert!(parse(r#"{"argv": ["a"], "timeout_ms": 0}"#).unwrap_err().contains("timeout_ms 0 is outside"));
+        assert!(parse(r#"{"argv": ["a"], "timeout_ms": 3600001}"#).unwrap_err().contains("outside"));
+        assert!(parse(r#"{"builtin": "restore_file", "path": "a", "timeout_ms": 99}"#).unwrap_err().contains("outside"));
+        assert!(parse(r#"{"argv": "ls -l"}"#).is_err(), "a shell string is not an argv list");
+    }
+
+    #[test]
+    fn rejects_paths_that_leave_the_rootfs() {
+        for (p, why) in [
+            ("/etc/passwd", "absolute"),
+            ("../etc/passwd", "`..`"),
+            ("etc/../../x", "`..`"),
+            ("etc/..", "`..`"),
+            ("", "empty"),
+            (".", "names no file"),
+            ("etc\\x", "backslash"),
+        ] {
+            let json = serde_json::json!({"builtin": "restore_file", "path": p}).to_string();
+            let err = parse(&json).unwrap_err();
+            assert!(err.contains(why), "{p:?}: {err}");
+        }
+        assert!(check_relative_path("etc/websvc/./conf").is_ok());
+        assert!(check_relative_path("etc/..hidden").is_ok());
+    }
+
+    #[test]
+    fn rejects_malformed_builtins() {
+        let cases = [
+            (r#"{}"#, "neither"),
+            (r#"{"argv": ["a"], "builtin": "restore_file"}"#, "got both"),
+            (r#"{"builtin": "format_disk"}"#, "unknown builtin \"format_disk\""),
+            (r#"{"builtin": "set_service_version"}"#, "needs the field `version`"),
+            (r#"{"builtin": "reinstall_package"}"#, "needs the field `package`"),
+            (r#"{"builtin": "restore_file"}"#, "needs the field `path`"),
+            (r#"{"builtin": "set_cgroup"}"#, "cpu_max or memory_max"),
+            (r#"{"builtin": "set_cgroup", "cpu_max": "fast"}"#, "cpu_max \"fast\" is not valid"),
+            (r#"{"builtin": "set_cgroup", "cpu_max": "1 2 3"}"#, "cpu_max"),
+            (r#"{"builtin": "set_cgroup", "memory_max": "512MB"}"#, "memory_max"),
+            (r#"{"builtin": "set_cgroup", "memory_max": "0"}"#, "memory_max"),
+            (r#"{"builtin": "set_service_version", "version": "2; rm -rf /"}"#, "version"),
+            (r#"{"builtin": "reinstall_package", "package": "a/b"}"#, "package"),
+            (r#"{"builtin": "restore_file", "path": "a", "version": "2"}"#, "`version` does not belong to restore_file"),
+            (r#"{"argv": ["a"], "path": "x"}"#, "does not belong to an argv action"),
+            (r#"{"argv": ["a"], "timeout": 5}"#, "unknown field `timeout`"),
+        ];
+        for (json, want) in cases {
+            let err = parse(json).unwrap_err();
+            assert!(err.contains(want), "{json}: {err}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(s in ".{0,200}") {
+            let _ = serde_json::from_str::<ActionSpec>(&s);
+        }
+
+        #[test]
+        fn accepted_paths_stay_inside(segs in proptest::collection::vec("[a-z.]{1,4}", 1..5), abs in proptest::bool::ANY) {
+            let p = format!("{}{}", if abs { "/" } else { "" }, segs.join("/"));
+            if check_relative_path(&p).is_ok() {
+                proptest::prop_assert!(!p.starts_with('/'));
+                proptest::prop_assert!(!p.split('/').any(|s| s == ".."));
+            }
+        }
+    }
+}
