@@ -39,7 +39,10 @@ pub struct Args {
 pub(crate) fn parse_detector(s: &str) -> Result<DetectorKind, String> {
     DetectorKind::parse(s).ok_or_else(|| {
         let names: Vec<&str> = DetectorKind::ALL.iter().map(|k| k.name()).collect();
-        format!("unknown detector `{s}`; expected one of {}", names.join(", "))
+        format!(
+            "unknown detector `{s}`; expected one of {}",
+            names.join(", ")
+        )
     })
 }
 
@@ -55,7 +58,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for (p, ts) in series.points.iter().zip(&series.timestamp_text) {
         let v = detector.observe(p.ts_ms, p.value);
         alerts += usize::from(v.alert);
-        let value = if p.value.is_nan() { "NaN".to_string() } else { p.value.to_string() };
+        let value = if p.value.is_nan() {
+            "NaN".to_string()
+        } else {
+            p.value.to_string()
+        };
         let _ = writeln!(out, "{ts},{value},{:.6},{}", v.score, u8::from(v.alert));
     }
     if args.output.as_os_str() == "-" {

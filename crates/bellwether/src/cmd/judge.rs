@@ -94,14 +94,17 @@ pub struct Args {
 }
 
 fn parse_direction(s: &str) -> Result<Direction, String> {
-    Direction::parse(s).ok_or_else(|| format!("unknown direction `{s}`; expected increase, decrease or either"))
+    Direction::parse(s)
+        .ok_or_else(|| format!("unknown direction `{s}`; expected increase, decrease or either"))
 }
 
 fn parse_effect(s: &str) -> Result<EffectMeasure, String> {
     match s {
         "mean-ratio" => Ok(EffectMeasure::MeanRatio),
         "cles" => Ok(EffectMeasure::Cles),
-        _ => Err(format!("unknown effect size `{s}`; expected mean-ratio or cles")),
+        _ => Err(format!(
+            "unknown effect size `{s}`; expected mean-ratio or cles"
+        )),
     }
 }
 
@@ -133,7 +136,8 @@ fn pairs(flag: &str, items: &[String]) -> Result<Vec<(String, String)>, UsageErr
 
 fn read(path: &Path) -> Result<Vec<(String, Vec<f64>)>, UsageError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| UsageError(format!("{name}: cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("{name}: cannot read: {e}")))?;
     parse_samples(&name, &text).map_err(|e| UsageError(e.to_string()))
 }
 
@@ -147,7 +151,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .parse()
             .ok()
             .filter(|x: &f64| x.is_finite() && *x >= 0.0)
-            .ok_or_else(|| UsageError(format!("--weight {g}={w}: the weight is not a number >= 0")))?;
+            .ok_or_else(|| {
+                UsageError(format!("--weight {g}={w}: the weight is not a number >= 0"))
+            })?;
         weights.push((g, w));
     }
     // Every metric named in either file, in order of first appearance.
@@ -159,13 +165,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     for c in &args.critical {
         if !names.contains(c) {
-            return Err(UsageError(format!("--critical {c}: no metric of that name in either file")).into());
+            return Err(UsageError(format!(
+                "--critical {c}: no metric of that name in either file"
+            ))
+            .into());
         }
     }
     let metrics: Vec<MetricConfig> = names
         .iter()
         .map(|n| MetricConfig {
-            group: groups.iter().find(|(m, _)| m == n).map_or("default".into(), |(_, g)| g.clone()),
+            group: groups
+                .iter()
+                .find(|(m, _)| m == n)
+                .map_or("default".into(), |(_, g)| g.clone()),
             direction: args.direction,
             nan_strategy: args.nan,
             iqr_outlier_factor: args.iqr,
@@ -178,9 +190,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ..MetricConfig::new(n.clone())
         })
         .collect();
-    let find = |set: &[(String, Vec<f64>)], n: &str| set.iter().find(|(m, _)| m == n).map(|(_, v)| v.clone()).unwrap_or_default();
-    let samples: Vec<(String, Vec<f64>, Vec<f64>)> =
-        names.iter().map(|n| (n.clone(), find(&control, n), find(&experiment, n))).collect();
+    let find = |set: &[(String, Vec<f64>)], n: &str| {
+        set.iter()
+            .find(|(m, _)| m == n)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let samples: Vec<(String, Vec<f64>, Vec<f64>)> = names
+        .iter()
+        .map(|n| (n.clone(), find(&control, n), find(&experiment, n)))
+        .collect();
     let jc = JudgeConfig {
         confidence: args.confidence,
         tolerance: args.tolerance,
@@ -192,7 +211,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&j)?),
         OutputFormat::Human => {
-            println!("{:<24} {:<8} {:>12} {:>26} {:>9} {:>8}", "METRIC", "RESULT", "SHIFT", "98% INTERVAL", "EFFECT", "P");
+            println!(
+                "{:<24} {:<8} {:>12} {:>26} {:>9} {:>8}",
+                "METRIC", "RESULT", "SHIFT", "98% INTERVAL", "EFFECT", "P"
+            );
             for m in &j.metrics {
                 let class = match m.classification {
                     Classification::Pass => "pass",
@@ -223,5 +245,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("Score {:.1}/100: {outcome}", j.score);
         }
     }
-    Ok(if j.outcome == Outcome::Pass { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if j.outcome == Outcome::Pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -51,16 +51,21 @@ fn load(dir: &Path) -> anyhow::Result<Vec<CorpusFile>> {
     let labels = dir.join("labels").join("combined_windows.json");
     let text = std::fs::read_to_string(&labels)
         .map_err(|e| UsageError(format!("{}: cannot read: {e}", labels.display())))?;
-    let windows = parse_windows(&labels.display().to_string(), &text).map_err(|e| UsageError(e.to_string()))?;
+    let windows = parse_windows(&labels.display().to_string(), &text)
+        .map_err(|e| UsageError(e.to_string()))?;
     let mut corpus = Vec::with_capacity(windows.len());
     for (name, limits) in &windows {
         let path = dir.join("data").join(name);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| UsageError(format!("{}: cannot read: {e}", path.display())))?;
-        let series = parse_series_unordered(&path.display().to_string(), &text).map_err(|e| UsageError(e.to_string()))?;
+        let series = parse_series_unordered(&path.display().to_string(), &text)
+            .map_err(|e| UsageError(e.to_string()))?;
         let ts: Vec<i64> = series.points.iter().map(|p| p.ts_ms).collect();
         let labels = LabelledFile::new(name, &ts, limits).map_err(|e| UsageError(e.to_string()))?;
-        corpus.push(CorpusFile { labels, points: series.points });
+        corpus.push(CorpusFile {
+            labels,
+            points: series.points,
+        });
     }
     Ok(corpus)
 }
@@ -78,14 +83,22 @@ fn run_one(corpus: &[CorpusFile], kind: DetectorKind) -> Run {
     let mut max_mem = 0;
     for f in corpus {
         let mut d = kind.build();
-        let v: Vec<_> = f.points.iter().map(|p| d.observe(p.ts_ms, p.value)).collect();
+        let v: Vec<_> = f
+            .points
+            .iter()
+            .map(|p| d.observe(p.ts_ms, p.value))
+            .collect();
         max_mem = max_mem.max(d.memory_bytes());
         verdicts.push(v);
     }
     let secs = start.elapsed().as_secs_f64();
     let evaluation = score_verdicts(corpus, &verdicts, max_mem);
     let points_per_second = evaluation.points as f64 / secs.max(1e-9);
-    Run { detector: kind.name(), evaluation, points_per_second }
+    Run {
+        detector: kind.name(),
+        evaluation,
+        points_per_second,
+    }
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -94,14 +107,21 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         vec![super::detect::parse_detector(&args.detector).map_err(UsageError)?]
     };
-    let corpus = load(&args.nab_dir).with_context(|| format!("loading NAB from {}", args.nab_dir.display()))?;
+    let corpus = load(&args.nab_dir)
+        .with_context(|| format!("loading NAB from {}", args.nab_dir.display()))?;
     let runs: Vec<Run> = kinds.into_iter().map(|k| run_one(&corpus, k)).collect();
     if args.output == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(ExitCode::SUCCESS);
     }
     let e0 = &runs[0].evaluation;
-    println!("NAB corpus: {} files, {} points, {} windows ({})", e0.files, e0.points, e0.windows, args.nab_dir.display());
+    println!(
+        "NAB corpus: {} files, {} points, {} windows ({})",
+        e0.files,
+        e0.points,
+        e0.windows,
+        args.nab_dir.display()
+    );
     println!();
     println!(
         "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
@@ -111,12 +131,26 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let p = &r.evaluation.profiles;
         println!(
             "{:<20} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
-            r.detector, p[0].at_decision, p[0].at_best_threshold, p[1].at_decision, p[1].at_best_threshold,
-            p[2].at_decision, p[2].at_best_threshold
+            r.detector,
+            p[0].at_decision,
+            p[0].at_best_threshold,
+            p[1].at_decision,
+            p[1].at_best_threshold,
+            p[2].at_decision,
+            p[2].at_best_threshold
         );
     }
     for (name, s, fp, fn_) in SCOREBOARD {
-        println!("{:<20} {:>10} {:>10.1} {:>10} {:>10.1} {:>10} {:>10.1}", format!("({name})"), "", s, "", fp, "", fn_);
+        println!(
+            "{:<20} {:>10} {:>10.1} {:>10} {:>10.1} {:>10} {:>10.1}",
+            format!("({name})"),
+            "",
+            s,
+            "",
+            fp,
+            "",
+            fn_
+        );
     }
     println!();
     println!(
@@ -125,7 +159,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     for r in &runs {
         let a = r.evaluation.artificial;
-        let delay = if a.detected > 0 { format!("{:.1} rows", a.delay_rows_sum as f64 / a.detected as f64) } else { "-".into() };
+        let delay = if a.detected > 0 {
+            format!("{:.1} rows", a.delay_rows_sum as f64 / a.detected as f64)
+        } else {
+            "-".into()
+        };
         println!(
             "{:<20} {:>14.0} {:>14} {:>18} {:>14} {:>12.2}",
             r.detector,
@@ -137,6 +175,15 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!();
-    println!("Best thresholds (score >= t): {}", runs.iter().map(|r| format!("{} {:.6}", r.detector, r.evaluation.profiles[0].best_threshold)).collect::<Vec<_>>().join(", "));
+    println!(
+        "Best thresholds (score >= t): {}",
+        runs.iter()
+            .map(|r| format!(
+                "{} {:.6}",
+                r.detector, r.evaluation.profiles[0].best_threshold
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(ExitCode::SUCCESS)
 }
