@@ -80,8 +80,9 @@ pub fn collect(rootfs: &Path, opts: &CollectOptions) -> HostProfile {
 ///
 /// The time between two readings is taken from the host's own CPU clock (the growth of the
 /// `cpu` line of `proc/stat`, in USER_HZ = 100 ticks a second per CPU), so rates need no wall
-/// clock and are exact on synthetic roots too. The first collection, and the first after a
-/// counter went backwards (a reboot), omit the rate metrics.
+/// clock and are exact on synthetic roots too. The first collection, the first after a counter
+/// went backwards (a reboot), and any collection less than 0.1 s of CPU clock after the reading
+/// it would be compared with, omit the rate metrics.
 #[derive(Debug, Clone, Default)]
 pub struct CpuSampler {
     prev: Option<Counters>,
@@ -103,11 +104,24 @@ impl CpuSampler {
     }
 
     fn update(&mut self, now: Counters, metrics: &mut BTreeMap<String, f64>) {
-        if let Some(prev) = self.prev.replace(now.clone()) {
-            rates(&prev, &now, metrics);
+        match &self.prev {
+            // Less than a tenth of a second of CPU clock since the kept reading: too short for a
+            // meaningful share (the counters tick 100 times a second), so keep the older reading
+            // and let the next collection measure over the longer interval.
+            Some(prev)
+                if now.cpu_total >= prev.cpu_total
+                    && now.cpu_total - prev.cpu_total < MIN_TICKS_PER_CPU * u64::from(now.cpus.max(1)) => {}
+            Some(prev) => {
+                rates(prev, &now, metrics);
+                self.prev = Some(now);
+            }
+            None => self.prev = Some(now),
         }
     }
 }
+
+/// The shortest interval, in USER_HZ ticks per CPU (0.1 s), over which rates are reported.
+const MIN_TICKS_PER_CPU: u64 = 10;
 
 /// Cumulative counters read for the rate metrics.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -103,7 +103,7 @@ pub fn encode_header(p: &RpmPackage) -> Vec<u8> {
     let mut data: Vec<u8> = Vec::new();
     for (tag, ty, bytes) in entries {
         if ty == TYPE_INT32 {
-            while data.len() % 4 != 0 {
+            while data.len() & 3 != 0 {
                 data.push(0);
             }
         }

@@ -662,6 +662,9 @@ mod tests {
         let mut s = CpuSampler::new();
         let first = s.collect(dir.path(), &CollectOptions::default());
         assert!(!first.metrics.contains_key(metric::CPU_BUSY_RATIO));
+        // No time passed: no rates, and the first reading is kept.
+        let again = s.collect(dir.path(), &CollectOptions::default());
+        assert!(!again.metrics.contains_key(metric::CPU_BUSY_RATIO));
         spec.uptime_s += 10;
         write_dynamic_files(dir.path(), &spec).unwrap();
         let second = s.collect(dir.path(), &CollectOptions::default());
