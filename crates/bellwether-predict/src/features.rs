@@ -307,11 +307,7 @@ pub struct Prepared {
 
 impl Prepared {
     pub fn rows(&self) -> usize {
-        if self.features == 0 {
-            0
-        } else {
-            self.values.len() / self.features
-        }
+        self.values.len().checked_div(self.features).unwrap_or(0)
     }
 
     pub fn row(&self, i: usize) -> &[f64] {

@@ -73,7 +73,8 @@ impl GbdtParams {
         if self.max_leaves < 2 {
             return bad("max_leaves must be at least 2");
         }
-        if !(self.subsample > 0.0 && self.subsample <= 1.0) || !(self.colsample > 0.0 && self.colsample <= 1.0) {
+        let share = |v: f64| v > 0.0 && v <= 1.0;
+        if !share(self.subsample) || !share(self.colsample) {
             return bad("subsample and colsample must be in (0, 1]");
         }
         if self.l2 < 0.0 || self.min_child_weight < 0.0 || self.cat_smooth < 0.0 {
@@ -184,7 +185,7 @@ impl Tree {
             return Err("a tree has no nodes".into());
         }
         for (i, n) in self.nodes.iter().enumerate() {
-            if !(n.cover() > 0.0) {
+            if n.cover().is_nan() || n.cover() <= 0.0 {
                 return Err(format!("node {i} has cover {}", n.cover()));
             }
             if let Node::Split { feature, left, right, .. } = n {
@@ -741,9 +742,10 @@ fn best_split(b: &Binned, o: &Open, allowed: &[bool], params: &GbdtParams) -> Op
         } else {
             let miss = h[0];
             let mut acc = Stat::default();
-            for bin in 1..h.len().saturating_sub(1) {
-                acc.add(&h[bin]);
-                if h[bin].n == 0.0 {
+            let last = h.len().saturating_sub(1);
+            for (bin, hb) in h.iter().enumerate().take(last).skip(1) {
+                acc.add(hb);
+                if hb.n == 0.0 {
                     continue;
                 }
                 // Missing right.
