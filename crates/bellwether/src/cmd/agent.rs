@@ -261,7 +261,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&work).with_context(|| format!("could not create {}", work.display()))?;
     let result = (|| -> anyhow::Result<ExitCode> {
         let addr_file = work.join("server.addr");
-        let token = format!("bench-{}", std::process::id());
+        let token = super::sandbox::random_token();
+        let enrol_token = super::sandbox::random_token();
         let server = Reaped(
             Command::new(&exe)
                 .args(["server", "--listen", "127.0.0.1:0", "--addr-file"])
@@ -269,7 +270,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 .arg("--data-dir")
                 .arg(work.join("server"))
                 .env("BELLWETHER_OPERATOR_TOKEN", &token)
-                .env("BELLWETHER_ENROL_TOKEN", &token)
+                .env("BELLWETHER_ENROL_TOKEN", &enrol_token)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(work.join("server.log"))?)
@@ -280,16 +281,17 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let addr = loop {
             match std::fs::read_to_string(&addr_file) {
                 Ok(a) if !a.trim().is_empty() => break a.trim().to_owned(),
-                _ if std::time::Instant::now() >= deadline => {
-                    anyhow::bail!("the server did not start; see {}", work.join("server.log").display())
-                }
+                _ if std::time::Instant::now() >= deadline => anyhow::bail!(
+                    "the server did not start; its log ends:\n{}",
+                    super::sandbox::procs::log_tail(&work.join("server.log"), 10)
+                ),
                 _ => std::thread::sleep(Duration::from_millis(20)),
             }
         };
         let url = format!("http://{addr}");
         let agent = Reaped(
             Command::new(&exe)
-                .args(["agent", "--server", &url, "--token", &token, "--name", "bench-agent", "--interval"])
+                .args(["agent", "--server", &url, "--token", &enrol_token, "--name", "bench-agent", "--interval"])
                 .arg(humantime::format_duration(args.interval).to_string())
                 .arg("--rootfs")
                 .arg(&args.rootfs)
@@ -308,7 +310,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     return Ok::<_, anyhow::Error>(p);
                 }
                 if tokio::time::Instant::now() >= deadline {
-                    anyhow::bail!("the agent did not report; see {}", work.join("agent.log").display());
+                    anyhow::bail!(
+                        "the agent did not report; its log ends:\n{}",
+                        super::sandbox::procs::log_tail(&work.join("agent.log"), 10)
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

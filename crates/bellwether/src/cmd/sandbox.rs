@@ -195,7 +195,7 @@ pub struct UpOptions {
     pub progress: bool,
 }
 
-fn random_token() -> String {
+pub fn random_token() -> String {
     use rand::RngCore as _;
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
