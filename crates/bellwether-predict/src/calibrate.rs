@@ -13,7 +13,10 @@ pub struct Platt {
 }
 
 impl Platt {
-    pub const IDENTITY: Platt = Platt { slope: 1.0, intercept: 0.0 };
+    pub const IDENTITY: Platt = Platt {
+        slope: 1.0,
+        intercept: 0.0,
+    };
 
     pub fn logit(&self, margin: f64) -> f64 {
         self.slope * margin + self.intercept
@@ -29,7 +32,8 @@ impl Platt {
         let ridge = 1.0;
         let (mut a, mut b) = (1.0f64, 0.0f64);
         for _ in 0..50 {
-            let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (ridge * (a - 1.0), ridge * b, ridge, 0.0, ridge);
+            let (mut ga, mut gb, mut haa, mut hab, mut hbb) =
+                (ridge * (a - 1.0), ridge * b, ridge, 0.0, ridge);
             for (&m, &t) in margins.iter().zip(y) {
                 let p = sigmoid(a * m + b);
                 let r = p - if t { 1.0 } else { 0.0 };
@@ -53,7 +57,10 @@ impl Platt {
             }
         }
         if a.is_finite() && b.is_finite() && a > 0.0 {
-            Platt { slope: a, intercept: b }
+            Platt {
+                slope: a,
+                intercept: b,
+            }
         } else {
             Platt::IDENTITY
         }

@@ -89,7 +89,11 @@ impl Feature {
     /// Rebuilds lookup tables after deserialisation.
     pub(crate) fn rebuild(&mut self) {
         if let FeatureKind::Categorical { categories, lookup } = &mut self.kind {
-            *lookup = categories.iter().enumerate().map(|(i, c)| (c.clone(), i as u32 + 2)).collect();
+            *lookup = categories
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.clone(), i as u32 + 2))
+                .collect();
         }
     }
 
@@ -161,7 +165,10 @@ pub struct SchemaOptions {
 }
 
 /// Chooses features from `frame` and fits their encodings.
-pub fn infer_features(frame: &Frame, opts: &SchemaOptions) -> Result<(Vec<Feature>, Vec<SkippedColumn>), PredictError> {
+pub fn infer_features(
+    frame: &Frame,
+    opts: &SchemaOptions,
+) -> Result<(Vec<Feature>, Vec<SkippedColumn>), PredictError> {
     for col in &opts.ignore {
         if frame.column(col).is_none() {
             return Err(PredictError::UnknownIgnoredColumn {
@@ -173,7 +180,10 @@ pub fn infer_features(frame: &Frame, opts: &SchemaOptions) -> Result<(Vec<Featur
     let mut features = Vec::new();
     let mut skipped = Vec::new();
     for (i, name) in frame.names().iter().enumerate() {
-        let skip = |reason| SkippedColumn { column: name.clone(), reason };
+        let skip = |reason| SkippedColumn {
+            column: name.clone(),
+            reason,
+        };
         if *name == opts.label {
             skipped.push(skip(SkipReason::Label));
             continue;
@@ -192,13 +202,23 @@ pub fn infer_features(frame: &Frame, opts: &SchemaOptions) -> Result<(Vec<Featur
         }
     }
     if features.is_empty() {
-        let list: Vec<String> = skipped.iter().map(|s| format!("`{}`: {}", s.column, s.reason)).collect();
-        return Err(PredictError::NoFeatures { source_name: frame.source().to_string(), skipped: list.join("; ") });
+        let list: Vec<String> = skipped
+            .iter()
+            .map(|s| format!("`{}`: {}", s.column, s.reason))
+            .collect();
+        return Err(PredictError::NoFeatures {
+            source_name: frame.source().to_string(),
+            skipped: list.join("; "),
+        });
     }
     Ok((features, skipped))
 }
 
-fn fit_feature(name: &str, cells: &[FeatureValue], min_category_rows: usize) -> Result<Feature, SkipReason> {
+fn fit_feature(
+    name: &str,
+    cells: &[FeatureValue],
+    min_category_rows: usize,
+) -> Result<Feature, SkipReason> {
     let present: Vec<&FeatureValue> = cells.iter().filter(|c| !c.is_missing()).collect();
     if present.is_empty() {
         return Err(SkipReason::Empty);
@@ -219,7 +239,8 @@ fn fit_feature(name: &str, cells: &[FeatureValue], min_category_rows: usize) -> 
             return Err(SkipReason::Constant);
         }
         // An integer column with a distinct value in every row is a row number or an id.
-        if values.len() >= 20 && distinct == values.len() && values.iter().all(|v| v.fract() == 0.0) {
+        if values.len() >= 20 && distinct == values.len() && values.iter().all(|v| v.fract() == 0.0)
+        {
             return Err(SkipReason::Identifier);
         }
         let n = values.len() as f64;
@@ -227,11 +248,21 @@ fn fit_feature(name: &str, cells: &[FeatureValue], min_category_rows: usize) -> 
         let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
         let std = if var > 0.0 { var.sqrt() } else { 1.0 };
         let edges = bin_edges(&values, MAX_BINS - 2);
-        return Ok(Feature { name: name.to_string(), kind: FeatureKind::Numeric { edges, mean, std, missing_seen } });
+        return Ok(Feature {
+            name: name.to_string(),
+            kind: FeatureKind::Numeric {
+                edges,
+                mean,
+                std,
+                missing_seen,
+            },
+        });
     }
     let mut counts: HashMap<String, usize> = HashMap::new();
     for c in &present {
-        *counts.entry(c.category_text().unwrap_or_default()).or_default() += 1;
+        *counts
+            .entry(c.category_text().unwrap_or_default())
+            .or_default() += 1;
     }
     if counts.len() == 1 && !missing_seen {
         return Err(SkipReason::Constant);
@@ -239,14 +270,20 @@ fn fit_feature(name: &str, cells: &[FeatureValue], min_category_rows: usize) -> 
     if is_identifier(counts.len(), present.len()) {
         return Err(SkipReason::Identifier);
     }
-    let mut frequent: Vec<(String, usize)> = counts.into_iter().filter(|(_, n)| *n >= min_category_rows).collect();
+    let mut frequent: Vec<(String, usize)> = counts
+        .into_iter()
+        .filter(|(_, n)| *n >= min_category_rows)
+        .collect();
     // Most frequent first, then by name, so that the codes do not depend on hash order.
     frequent.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     frequent.truncate(MAX_BINS - 2);
     let categories: Vec<String> = frequent.into_iter().map(|(c, _)| c).collect();
     let mut f = Feature {
         name: name.to_string(),
-        kind: FeatureKind::Categorical { categories, lookup: HashMap::new() },
+        kind: FeatureKind::Categorical {
+            categories,
+            lookup: HashMap::new(),
+        },
     };
     f.rebuild();
     Ok(f)
@@ -270,7 +307,10 @@ fn bin_edges(sorted: &[f64], max_edges: usize) -> Vec<f64> {
         }
     }
     if distinct.len() <= max_edges + 1 {
-        return distinct.windows(2).map(|w| midpoint(w[0].0, w[1].0)).collect();
+        return distinct
+            .windows(2)
+            .map(|w| midpoint(w[0].0, w[1].0))
+            .collect();
     }
     let target = sorted.len() as f64 / (max_edges + 1) as f64;
     let mut edges = Vec::with_capacity(max_edges);
@@ -317,7 +357,10 @@ impl Prepared {
 
 /// Prepares every row of `frame`. A feature absent from the frame is missing in every row;
 /// its name is returned in the second value.
-pub fn prepare_frame(features: &[Feature], frame: &Frame) -> Result<(Prepared, Vec<String>), PredictError> {
+pub fn prepare_frame(
+    features: &[Feature],
+    frame: &Frame,
+) -> Result<(Prepared, Vec<String>), PredictError> {
     let n = frame.rows();
     let nf = features.len();
     let mut values = vec![0.0; n * nf];
@@ -326,12 +369,13 @@ pub fn prepare_frame(features: &[Feature], frame: &Frame) -> Result<(Prepared, V
         match frame.column(&f.name) {
             Some(col) => {
                 for (i, cell) in col.iter().enumerate() {
-                    values[i * nf + j] = f.prepare(cell).map_err(|value| PredictError::NotANumber {
-                        source_name: frame.source().to_string(),
-                        line: frame.line(i),
-                        column: f.name.clone(),
-                        value,
-                    })?;
+                    values[i * nf + j] =
+                        f.prepare(cell).map_err(|value| PredictError::NotANumber {
+                            source_name: frame.source().to_string(),
+                            line: frame.line(i),
+                            column: f.name.clone(),
+                            value,
+                        })?;
                 }
             }
             None => {
@@ -343,16 +387,28 @@ pub fn prepare_frame(features: &[Feature], frame: &Frame) -> Result<(Prepared, V
             }
         }
     }
-    Ok((Prepared { features: nf, values }, absent))
+    Ok((
+        Prepared {
+            features: nf,
+            values,
+        },
+        absent,
+    ))
 }
 
 /// Prepares one row given by name.
-pub fn prepare_row(features: &[Feature], row: &HashMap<String, FeatureValue>) -> Result<Vec<f64>, PredictError> {
+pub fn prepare_row(
+    features: &[Feature],
+    row: &HashMap<String, FeatureValue>,
+) -> Result<Vec<f64>, PredictError> {
     features
         .iter()
         .map(|f| {
             f.prepare(row.get(&f.name).unwrap_or(&FeatureValue::Missing))
-                .map_err(|value| PredictError::RowNotANumber { column: f.name.clone(), value })
+                .map_err(|value| PredictError::RowNotANumber {
+                    column: f.name.clone(),
+                    value,
+                })
         })
         .collect()
 }
@@ -366,7 +422,11 @@ mod tests {
     }
 
     fn opts() -> SchemaOptions {
-        SchemaOptions { label: "outcome".into(), ignore: vec![], min_category_rows: 1 }
+        SchemaOptions {
+            label: "outcome".into(),
+            ignore: vec![],
+            min_category_rows: 1,
+        }
     }
 
     #[test]
@@ -374,13 +434,23 @@ mod tests {
         let mut csv = String::from("id,host,os,size,flat,_p,outcome\n");
         for i in 0..30 {
             let os = ["debian", "rhel", "ubuntu"][i % 3];
-            let size = if i % 7 == 0 { String::new() } else { format!("{}", i % 5) };
+            let size = if i % 7 == 0 {
+                String::new()
+            } else {
+                format!("{}", i % 5)
+            };
             csv.push_str(&format!("{i},h{i},{os},{size},1,0.5,{}\n", i % 2));
         }
         let (features, skipped) = infer_features(&frame(&csv), &opts()).unwrap();
-        let names: Vec<_> = features.iter().map(|f| (f.name.as_str(), f.is_categorical())).collect();
+        let names: Vec<_> = features
+            .iter()
+            .map(|f| (f.name.as_str(), f.is_categorical()))
+            .collect();
         assert_eq!(names, vec![("os", true), ("size", false)]);
-        let reasons: Vec<_> = skipped.iter().map(|s| (s.column.as_str(), s.reason.clone())).collect();
+        let reasons: Vec<_> = skipped
+            .iter()
+            .map(|s| (s.column.as_str(), s.reason.clone()))
+            .collect();
         assert_eq!(
             reasons,
             vec![
@@ -399,15 +469,24 @@ mod tests {
         let (features, _) = infer_features(&frame(csv), &opts()).unwrap();
         let os = &features[0];
         assert_eq!(os.prepare(&FeatureValue::Category("a".into())), Ok(2.0));
-        assert_eq!(os.prepare(&FeatureValue::Category("zzz".into())), Ok(CAT_OTHER as f64));
+        assert_eq!(
+            os.prepare(&FeatureValue::Category("zzz".into())),
+            Ok(CAT_OTHER as f64)
+        );
         assert_eq!(os.prepare(&FeatureValue::Missing), Ok(CAT_MISSING as f64));
     }
 
     #[test]
     fn ignoring_an_unknown_column_is_an_error() {
-        let o = SchemaOptions { ignore: vec!["nope".into()], ..opts() };
+        let o = SchemaOptions {
+            ignore: vec!["nope".into()],
+            ..opts()
+        };
         let err = infer_features(&frame("x,outcome\n1,0\n2,1\n"), &o).unwrap_err();
-        assert_eq!(err.to_string(), "t.csv: --ignore names column `nope`, which is not in the file");
+        assert_eq!(
+            err.to_string(),
+            "t.csv: --ignore names column `nope`, which is not in the file"
+        );
     }
 
     #[test]
@@ -420,7 +499,12 @@ mod tests {
         assert!(edges.windows(2).all(|w| w[0] < w[1]));
         let f = Feature {
             name: "x".into(),
-            kind: FeatureKind::Numeric { edges: edges.clone(), mean: 0.0, std: 1.0, missing_seen: false },
+            kind: FeatureKind::Numeric {
+                edges: edges.clone(),
+                mean: 0.0,
+                std: 1.0,
+                missing_seen: false,
+            },
         };
         for &v in &values {
             let b = f.bin(v) as usize;

@@ -59,7 +59,9 @@ impl std::fmt::Display for FeatureValue {
 }
 
 fn is_missing_token(t: &str) -> bool {
-    ["na", "n/a", "nan", "null"].iter().any(|m| t.eq_ignore_ascii_case(m))
+    ["na", "n/a", "nan", "null"]
+        .iter()
+        .any(|m| t.eq_ignore_ascii_case(m))
 }
 
 /// Reads a label cell: 1/0, true/false or failure/success (any case). `Some(true)` is a failure.
@@ -95,11 +97,16 @@ pub struct Frame {
 impl Frame {
     /// Reads a CSV with a header line. `source` names the input in error messages.
     pub fn from_csv<R: Read>(reader: R, source: &str) -> Result<Frame, PredictError> {
-        let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(reader);
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .flexible(false)
+            .from_reader(reader);
         let csv_err = |e: csv::Error| csv_error(source, e);
         let headers = rdr.headers().map_err(csv_err)?.clone();
         if headers.is_empty() || (headers.len() == 1 && headers[0].trim().is_empty()) {
-            return Err(PredictError::EmptyFile { source_name: source.to_string() });
+            return Err(PredictError::EmptyFile {
+                source_name: source.to_string(),
+            });
         }
         let names: Vec<String> = headers.iter().map(|h| h.trim().to_string()).collect();
         let mut columns: Vec<Vec<FeatureValue>> = vec![Vec::new(); names.len()];
@@ -126,7 +133,10 @@ impl Frame {
 
     /// Builds a frame from in-memory rows; a column missing from a row is a missing cell.
     /// Columns are ordered by first appearance. Row `i` is reported as line `i + 1`.
-    pub fn from_rows(source: &str, rows: &[HashMap<String, FeatureValue>]) -> Result<Frame, PredictError> {
+    pub fn from_rows(
+        source: &str,
+        rows: &[HashMap<String, FeatureValue>],
+    ) -> Result<Frame, PredictError> {
         let mut names: Vec<String> = Vec::new();
         let mut seen = HashSet::new();
         for row in rows {
@@ -140,7 +150,11 @@ impl Frame {
         }
         let columns = names
             .iter()
-            .map(|n| rows.iter().map(|r| r.get(n).cloned().unwrap_or(FeatureValue::Missing)).collect())
+            .map(|n| {
+                rows.iter()
+                    .map(|r| r.get(n).cloned().unwrap_or(FeatureValue::Missing))
+                    .collect()
+            })
             .collect();
         let lines = (1..=rows.len() as u64).collect();
         Frame::new(source, names, columns, lines)
@@ -157,7 +171,11 @@ impl Frame {
             return Err(PredictError::Csv {
                 source_name: source.to_string(),
                 line: 1,
-                message: format!("column `{}` has {} cells but the first has {rows}", names[i], c.len()),
+                message: format!(
+                    "column `{}` has {} cells but the first has {rows}",
+                    names[i],
+                    c.len()
+                ),
             });
         }
         let lines = (2..rows as u64 + 2).collect();
@@ -173,16 +191,29 @@ impl Frame {
         let mut index = HashMap::new();
         for (i, n) in names.iter().enumerate() {
             if index.insert(n.clone(), i).is_some() {
-                return Err(PredictError::DuplicateColumn { source_name: source.to_string(), column: n.clone() });
+                return Err(PredictError::DuplicateColumn {
+                    source_name: source.to_string(),
+                    column: n.clone(),
+                });
             }
         }
         if names.is_empty() {
-            return Err(PredictError::EmptyFile { source_name: source.to_string() });
+            return Err(PredictError::EmptyFile {
+                source_name: source.to_string(),
+            });
         }
         if lines.is_empty() {
-            return Err(PredictError::NoRows { source_name: source.to_string() });
+            return Err(PredictError::NoRows {
+                source_name: source.to_string(),
+            });
         }
-        Ok(Frame { source: source.to_string(), names, columns, lines, index })
+        Ok(Frame {
+            source: source.to_string(),
+            names,
+            columns,
+            lines,
+            index,
+        })
     }
 
     pub fn source(&self) -> &str {
@@ -212,11 +243,13 @@ impl Frame {
 
     /// Reads column `label` as failure (true) / success (false), naming the first bad cell.
     pub fn labels(&self, label: &str) -> Result<Vec<bool>, PredictError> {
-        let col = self.column(label).ok_or_else(|| PredictError::MissingLabel {
-            source_name: self.source.clone(),
-            label: label.to_string(),
-            columns: self.names.join(", "),
-        })?;
+        let col = self
+            .column(label)
+            .ok_or_else(|| PredictError::MissingLabel {
+                source_name: self.source.clone(),
+                label: label.to_string(),
+                columns: self.names.join(", "),
+            })?;
         col.iter()
             .enumerate()
             .map(|(i, v)| {
@@ -235,7 +268,11 @@ impl Frame {
         Frame {
             source: self.source.clone(),
             names: self.names.clone(),
-            columns: self.columns.iter().map(|c| rows.iter().map(|&r| c[r].clone()).collect()).collect(),
+            columns: self
+                .columns
+                .iter()
+                .map(|c| rows.iter().map(|&r| c[r].clone()).collect())
+                .collect(),
             lines: rows.iter().map(|&r| self.lines[r]).collect(),
             index: self.index.clone(),
         }
@@ -245,13 +282,21 @@ impl Frame {
 fn csv_error(source: &str, e: csv::Error) -> PredictError {
     let line = e.position().map(|p| p.line()).unwrap_or(0);
     match e.kind() {
-        csv::ErrorKind::UnequalLengths { pos, expected_len, len } => PredictError::Ragged {
+        csv::ErrorKind::UnequalLengths {
+            pos,
+            expected_len,
+            len,
+        } => PredictError::Ragged {
             source_name: source.to_string(),
             line: pos.as_ref().map(|p| p.line()).unwrap_or(line),
             expected: *expected_len as usize,
             found: *len as usize,
         },
-        _ => PredictError::Csv { source_name: source.to_string(), line, message: e.to_string() },
+        _ => PredictError::Csv {
+            source_name: source.to_string(),
+            line,
+            message: e.to_string(),
+        },
     }
 }
 
@@ -264,13 +309,26 @@ mod tests {
         assert_eq!(FeatureValue::parse(" 3.5 "), FeatureValue::Number(3.5));
         assert_eq!(FeatureValue::parse("NA"), FeatureValue::Missing);
         assert_eq!(FeatureValue::parse(""), FeatureValue::Missing);
-        assert_eq!(FeatureValue::parse("inf"), FeatureValue::Category("inf".into()));
-        assert_eq!(FeatureValue::parse("debian-12"), FeatureValue::Category("debian-12".into()));
+        assert_eq!(
+            FeatureValue::parse("inf"),
+            FeatureValue::Category("inf".into())
+        );
+        assert_eq!(
+            FeatureValue::parse("debian-12"),
+            FeatureValue::Category("debian-12".into())
+        );
     }
 
     #[test]
     fn labels_accept_three_spellings_in_any_case() {
-        for (t, want) in [("1", true), ("0", false), ("TRUE", true), ("false", false), ("Failure", true), ("success", false)] {
+        for (t, want) in [
+            ("1", true),
+            ("0", false),
+            ("TRUE", true),
+            ("false", false),
+            ("Failure", true),
+            ("success", false),
+        ] {
             assert_eq!(parse_label(&FeatureValue::parse(t)), Some(want), "{t}");
         }
         assert_eq!(parse_label(&FeatureValue::parse("2")), None);
@@ -280,7 +338,10 @@ mod tests {
     #[test]
     fn ragged_csv_names_the_line() {
         let err = Frame::from_csv("a,b\n1,2\n3\n".as_bytes(), "h.csv").unwrap_err();
-        assert_eq!(err.to_string(), "h.csv: line 3 has 1 fields but the header has 2");
+        assert_eq!(
+            err.to_string(),
+            "h.csv: line 3 has 1 fields but the header has 2"
+        );
     }
 
     #[test]
@@ -288,7 +349,10 @@ mod tests {
         let err = Frame::from_csv("".as_bytes(), "h.csv").unwrap_err();
         assert_eq!(err.to_string(), "h.csv: the file is empty (no header line)");
         let err = Frame::from_csv("a,b\n".as_bytes(), "h.csv").unwrap_err();
-        assert_eq!(err.to_string(), "h.csv: the file has a header but no data rows");
+        assert_eq!(
+            err.to_string(),
+            "h.csv: the file has a header but no data rows"
+        );
     }
 
     #[test]
@@ -300,6 +364,9 @@ mod tests {
             "h.csv: line 3, column `outcome`: label `maybe` is not one of 1/0, true/false, failure/success"
         );
         let err = f.labels("failed").unwrap_err();
-        assert_eq!(err.to_string(), "h.csv: no label column `failed` (the columns are: x, outcome)");
+        assert_eq!(
+            err.to_string(),
+            "h.csv: no label column `failed` (the columns are: x, outcome)"
+        );
     }
 }

@@ -101,7 +101,10 @@ impl Rule {
     #[inline]
     pub fn goes_left(&self, v: f64) -> bool {
         match self {
-            Rule::Numeric { threshold, missing_left } => {
+            Rule::Numeric {
+                threshold,
+                missing_left,
+            } => {
                 if v.is_nan() {
                     *missing_left
                 } else {
@@ -121,8 +124,17 @@ impl Rule {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "node", rename_all = "snake_case")]
 pub enum Node {
-    Leaf { value: f64, cover: f64 },
-    Split { feature: u32, rule: Rule, left: u32, right: u32, cover: f64 },
+    Leaf {
+        value: f64,
+        cover: f64,
+    },
+    Split {
+        feature: u32,
+        rule: Rule,
+        left: u32,
+        right: u32,
+        cover: f64,
+    },
 }
 
 impl Node {
@@ -146,8 +158,18 @@ impl Tree {
         loop {
             match &self.nodes[i] {
                 Node::Leaf { value, .. } => return *value,
-                Node::Split { feature, rule, left, right, .. } => {
-                    i = if rule.goes_left(x[*feature as usize]) { *left as usize } else { *right as usize };
+                Node::Split {
+                    feature,
+                    rule,
+                    left,
+                    right,
+                    ..
+                } => {
+                    i = if rule.goes_left(x[*feature as usize]) {
+                        *left as usize
+                    } else {
+                        *right as usize
+                    };
                 }
             }
         }
@@ -161,9 +183,13 @@ impl Tree {
     fn expected_at(&self, i: usize) -> f64 {
         match &self.nodes[i] {
             Node::Leaf { value, .. } => *value,
-            Node::Split { left, right, cover, .. } => {
+            Node::Split {
+                left, right, cover, ..
+            } => {
                 let (l, r) = (*left as usize, *right as usize);
-                (self.nodes[l].cover() * self.expected_at(l) + self.nodes[r].cover() * self.expected_at(r)) / cover
+                (self.nodes[l].cover() * self.expected_at(l)
+                    + self.nodes[r].cover() * self.expected_at(r))
+                    / cover
             }
         }
     }
@@ -172,7 +198,9 @@ impl Tree {
         fn d(t: &Tree, i: usize) -> usize {
             match &t.nodes[i] {
                 Node::Leaf { .. } => 0,
-                Node::Split { left, right, .. } => 1 + d(t, *left as usize).max(d(t, *right as usize)),
+                Node::Split { left, right, .. } => {
+                    1 + d(t, *left as usize).max(d(t, *right as usize))
+                }
             }
         }
         d(self, 0)
@@ -188,13 +216,21 @@ impl Tree {
             if n.cover().is_nan() || n.cover() <= 0.0 {
                 return Err(format!("node {i} has cover {}", n.cover()));
             }
-            if let Node::Split { feature, left, right, .. } = n {
+            if let Node::Split {
+                feature,
+                left,
+                right,
+                ..
+            } = n
+            {
                 let ok = |c: u32| (c as usize) > i && (c as usize) < self.nodes.len();
                 if !ok(*left) || !ok(*right) || *right != *left + 1 {
                     return Err(format!("node {i} has children {left} and {right}"));
                 }
                 if *feature as usize >= features {
-                    return Err(format!("node {i} splits on feature {feature} of {features}"));
+                    return Err(format!(
+                        "node {i} splits on feature {feature} of {features}"
+                    ));
                 }
             }
         }
@@ -214,7 +250,11 @@ pub struct Gbdt {
 
 impl Gbdt {
     pub fn new(init: f64, trees: Vec<Tree>) -> Gbdt {
-        let mut g = Gbdt { init, trees, flat: Flat::default() };
+        let mut g = Gbdt {
+            init,
+            trees,
+            flat: Flat::default(),
+        };
         g.compile();
         g
     }
@@ -230,7 +270,10 @@ impl Gbdt {
 
     #[inline]
     pub fn margin(&self, x: &[f64]) -> f64 {
-        self.init + (0..self.flat.roots.len()).map(|t| self.flat.predict(t, x)).sum::<f64>()
+        self.init
+            + (0..self.flat.roots.len())
+                .map(|t| self.flat.predict(t, x))
+                .sum::<f64>()
     }
 
     /// Margins of many rows. Works tree by tree over blocks of rows, which keeps each tree in
@@ -320,10 +363,22 @@ impl Flat {
                     },
                     *value,
                 ),
-                Node::Split { feature, rule, left, .. } => {
-                    let mut f = FlatNode { left: base + left, feature: *feature, ..FlatNode::default() };
+                Node::Split {
+                    feature,
+                    rule,
+                    left,
+                    ..
+                } => {
+                    let mut f = FlatNode {
+                        left: base + left,
+                        feature: *feature,
+                        ..FlatNode::default()
+                    };
                     match rule {
-                        Rule::Numeric { threshold, missing_left } => {
+                        Rule::Numeric {
+                            threshold,
+                            missing_left,
+                        } => {
                             f.threshold = *threshold;
                             if *missing_left {
                                 f.flags |= FLAT_MISSING_LEFT;
@@ -351,7 +406,11 @@ impl Flat {
         let num_left = (v <= n.threshold) | (v.is_nan() & (n.flags & FLAT_MISSING_LEFT != 0));
         let b = (v as usize).min(255);
         let cat_left = (self.sets[n.set as usize][b >> 6] >> (b & 63)) & 1 == 1;
-        let left = if n.flags & FLAT_CATEGORICAL != 0 { cat_left } else { num_left };
+        let left = if n.flags & FLAT_CATEGORICAL != 0 {
+            cat_left
+        } else {
+            num_left
+        };
         n.left as usize + (!left) as usize
     }
 
@@ -417,7 +476,11 @@ impl Stat {
         self.n += o.n;
     }
     fn sub(&self, o: &Stat) -> Stat {
-        Stat { g: self.g - o.g, h: self.h - o.h, n: self.n - o.n }
+        Stat {
+            g: self.g - o.g,
+            h: self.h - o.h,
+            n: self.n - o.n,
+        }
     }
 }
 
@@ -456,7 +519,14 @@ impl<'a> Binned<'a> {
             offsets.push(acc);
             acc += b;
         }
-        Binned { nf, bins, offsets, nbins, total_bins: acc, features }
+        Binned {
+            nf,
+            bins,
+            offsets,
+            nbins,
+            total_bins: acc,
+            features,
+        }
     }
 
     fn build_hist(&self, rows: &[u32], gh: &[(f64, f64)], hist: &mut [Stat]) {
@@ -508,12 +578,16 @@ pub fn train(
             gh[i] = (p - t, (p * (1.0 - p)).max(1e-16));
         }
         let rows: Vec<u32> = if params.subsample < 1.0 {
-            (0..n as u32).filter(|_| rng.next_f64() < params.subsample).collect()
+            (0..n as u32)
+                .filter(|_| rng.next_f64() < params.subsample)
+                .collect()
         } else {
             (0..n as u32).collect()
         };
         let allowed: Vec<bool> = if params.colsample < 1.0 {
-            let mut a: Vec<bool> = (0..features.len()).map(|_| rng.next_f64() < params.colsample).collect();
+            let mut a: Vec<bool> = (0..features.len())
+                .map(|_| rng.next_f64() < params.colsample)
+                .collect();
             if !a.iter().any(|v| *v) {
                 a[rng.below(features.len())] = true;
             }
@@ -553,7 +627,14 @@ pub fn train(
         }
     }
     trees.truncate(best_rounds.max(1));
-    Ok((Gbdt::new(init, trees), GbdtLog { rounds_trained, best_rounds: best_rounds.max(1), valid_log_loss: best_loss }))
+    Ok((
+        Gbdt::new(init, trees),
+        GbdtLog {
+            rounds_trained,
+            best_rounds: best_rounds.max(1),
+            valid_log_loss: best_loss,
+        },
+    ))
 }
 
 fn leaf_value(s: &Stat, params: &GbdtParams) -> f64 {
@@ -572,7 +653,10 @@ fn grow(
     allowed: &[bool],
     params: &GbdtParams,
 ) -> (Tree, Vec<(Vec<u32>, f64)>) {
-    let mut nodes: Vec<Node> = vec![Node::Leaf { value: 0.0, cover: 0.0 }];
+    let mut nodes: Vec<Node> = vec![Node::Leaf {
+        value: 0.0,
+        cover: 0.0,
+    }];
     let mut hist = vec![Stat::default(); b.total_bins];
     b.build_hist(&rows, gh, &mut hist);
     let mut total = Stat::default();
@@ -580,7 +664,15 @@ fn grow(
     for s in &hist[0..b.nbins[0]] {
         total.add(s);
     }
-    let mut root = Open { node: 0, start: 0, end: rows.len(), depth: 0, total, hist, best: None };
+    let mut root = Open {
+        node: 0,
+        start: 0,
+        end: rows.len(),
+        depth: 0,
+        total,
+        hist,
+        best: None,
+    };
     root.best = best_split(b, &root, allowed, params);
     let mut open = vec![root];
     let mut leaves = 1;
@@ -610,8 +702,14 @@ fn grow(
         let mid = parent.start + mid;
         let (ls, le, rs, re) = (parent.start, mid, mid, parent.end);
         let left_id = nodes.len();
-        nodes.push(Node::Leaf { value: 0.0, cover: 0.0 });
-        nodes.push(Node::Leaf { value: 0.0, cover: 0.0 });
+        nodes.push(Node::Leaf {
+            value: 0.0,
+            cover: 0.0,
+        });
+        nodes.push(Node::Leaf {
+            value: 0.0,
+            cover: 0.0,
+        });
         let rule = to_rule(&b.features[cand.feature], &cand.rule);
         nodes[parent.node] = Node::Split {
             feature: cand.feature as u32,
@@ -631,7 +729,11 @@ fn grow(
         for (l, s) in large.iter_mut().zip(&small) {
             *l = l.sub(s);
         }
-        let (lh, rh) = if left_smaller { (small, large) } else { (large, small) };
+        let (lh, rh) = if left_smaller {
+            (small, large)
+        } else {
+            (large, small)
+        };
         let sum = |h: &[Stat]| {
             let mut t = Stat::default();
             for s in &h[0..b.nbins[0]] {
@@ -641,7 +743,15 @@ fn grow(
         };
         for (node, start, end, h) in [(left_id, ls, le, lh), (left_id + 1, rs, re, rh)] {
             let total = sum(&h);
-            let mut o = Open { node, start, end, depth: parent.depth + 1, total, hist: h, best: None };
+            let mut o = Open {
+                node,
+                start,
+                end,
+                depth: parent.depth + 1,
+                total,
+                hist: h,
+                best: None,
+            };
             if o.depth < params.max_depth {
                 o.best = best_split(b, &o, allowed, params);
             }
@@ -652,7 +762,10 @@ fn grow(
     let mut leaf_rows = Vec::with_capacity(open.len());
     for o in &open {
         let value = leaf_value(&o.total, params);
-        nodes[o.node] = Node::Leaf { value, cover: o.total.h };
+        nodes[o.node] = Node::Leaf {
+            value,
+            cover: o.total.h,
+        };
         leaf_rows.push((rows[o.start..o.end].to_vec(), value));
     }
     // Make each cover exactly the sum of its children's, so explanations add up exactly.
@@ -670,7 +783,10 @@ fn grow(
 fn to_rule(f: &Feature, r: &BinRule) -> Rule {
     match (r, &f.kind) {
         (BinRule::Threshold { bin, missing_left }, FeatureKind::Numeric { edges, .. }) => {
-            Rule::Numeric { threshold: edges[*bin as usize - 1], missing_left: *missing_left }
+            Rule::Numeric {
+                threshold: edges[*bin as usize - 1],
+                missing_left: *missing_left,
+            }
         }
         (BinRule::Set(set), _) => Rule::Categorical { left: *set },
         (BinRule::Threshold { .. }, FeatureKind::Categorical { .. }) => {
@@ -691,7 +807,8 @@ fn best_split(b: &Binned, o: &Open, allowed: &[bool], params: &GbdtParams) -> Op
             && l.n >= params.min_samples_leaf as f64
             && r.n >= params.min_samples_leaf as f64
     };
-    let gain = |l: &Stat, r: &Stat| score(l.g, l.h, params.l2) + score(r.g, r.h, params.l2) - parent_score;
+    let gain =
+        |l: &Stat, r: &Stat| score(l.g, l.h, params.l2) + score(r.g, r.h, params.l2) - parent_score;
     let mut best: Option<Candidate> = None;
     let mut consider = |c: Candidate| {
         if c.gain > 1e-12 && best.as_ref().is_none_or(|b| c.gain > b.gain) {
@@ -704,8 +821,10 @@ fn best_split(b: &Binned, o: &Open, allowed: &[bool], params: &GbdtParams) -> Op
         }
         let h = &o.hist[b.offsets[j]..b.offsets[j] + b.nbins[j]];
         if f.is_categorical() {
-            let mut cats: Vec<(usize, f64)> =
-                (0..h.len()).filter(|&k| h[k].n > 0.0).map(|k| (k, h[k].g / (h[k].h + params.cat_smooth))).collect();
+            let mut cats: Vec<(usize, f64)> = (0..h.len())
+                .filter(|&k| h[k].n > 0.0)
+                .map(|k| (k, h[k].g / (h[k].h + params.cat_smooth)))
+                .collect();
             if cats.len() < 2 {
                 continue;
             }
@@ -737,7 +856,11 @@ fn best_split(b: &Binned, o: &Open, allowed: &[bool], params: &GbdtParams) -> Op
                 for &(c, _) in &cats[..=k] {
                     set[c >> 6] |= 1 << (c & 63);
                 }
-                consider(Candidate { gain: best_gain, feature: j, rule: BinRule::Set(set) });
+                consider(Candidate {
+                    gain: best_gain,
+                    feature: j,
+                    rule: BinRule::Set(set),
+                });
             }
         } else {
             let miss = h[0];
@@ -755,7 +878,10 @@ fn best_split(b: &Binned, o: &Open, allowed: &[bool], params: &GbdtParams) -> Op
                     consider(Candidate {
                         gain: gain(&acc, &r),
                         feature: j,
-                        rule: BinRule::Threshold { bin: bin as u8, missing_left },
+                        rule: BinRule::Threshold {
+                            bin: bin as u8,
+                            missing_left,
+                        },
                     });
                 }
                 if miss.n > 0.0 {
@@ -766,7 +892,10 @@ fn best_split(b: &Binned, o: &Open, allowed: &[bool], params: &GbdtParams) -> Op
                         consider(Candidate {
                             gain: gain(&l, &r),
                             feature: j,
-                            rule: BinRule::Threshold { bin: bin as u8, missing_left: true },
+                            rule: BinRule::Threshold {
+                                bin: bin as u8,
+                                missing_left: true,
+                            },
                         });
                     }
                 }

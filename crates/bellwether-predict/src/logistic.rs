@@ -48,7 +48,12 @@ impl Block {
     /// Writes this block's design columns for value `v` into `out`.
     fn encode(&self, v: f64, out: &mut [f64]) {
         match self {
-            Block::Numeric { mean, std, missing_weight, .. } => {
+            Block::Numeric {
+                mean,
+                std,
+                missing_weight,
+                ..
+            } => {
                 out[0] = if v.is_nan() { 0.0 } else { (v - mean) / std };
                 if missing_weight.is_some() {
                     out[1] = v.is_nan() as u8 as f64;
@@ -66,7 +71,11 @@ impl Block {
 
     fn weights(&self) -> Vec<f64> {
         match self {
-            Block::Numeric { weight, missing_weight, .. } => {
+            Block::Numeric {
+                weight,
+                missing_weight,
+                ..
+            } => {
                 let mut w = vec![*weight];
                 w.extend(missing_weight);
                 w
@@ -77,7 +86,11 @@ impl Block {
 
     fn set_weights(&mut self, w: &[f64]) {
         match self {
-            Block::Numeric { weight, missing_weight, .. } => {
+            Block::Numeric {
+                weight,
+                missing_weight,
+                ..
+            } => {
                 *weight = w[0];
                 if let Some(m) = missing_weight {
                     *m = w[1];
@@ -89,7 +102,11 @@ impl Block {
 
     fn centers(&self) -> Vec<f64> {
         match self {
-            Block::Numeric { center, missing_weight, .. } => center[..1 + missing_weight.is_some() as usize].to_vec(),
+            Block::Numeric {
+                center,
+                missing_weight,
+                ..
+            } => center[..1 + missing_weight.is_some() as usize].to_vec(),
             Block::Categorical { shares, .. } => shares.clone(),
         }
     }
@@ -98,12 +115,23 @@ impl Block {
     fn contribution(&self, v: f64) -> f64 {
         let mut x = vec![0.0; self.columns()];
         self.encode(v, &mut x);
-        self.weights().iter().zip(&x).zip(&self.centers()).map(|((w, x), c)| w * (x - c)).sum()
+        self.weights()
+            .iter()
+            .zip(&x)
+            .zip(&self.centers())
+            .map(|((w, x), c)| w * (x - c))
+            .sum()
     }
 
     fn dot(&self, v: f64) -> f64 {
         match self {
-            Block::Numeric { mean, std, weight, missing_weight, .. } => {
+            Block::Numeric {
+                mean,
+                std,
+                weight,
+                missing_weight,
+                ..
+            } => {
                 if v.is_nan() {
                     missing_weight.unwrap_or(0.0)
                 } else {
@@ -117,7 +145,13 @@ impl Block {
 
 impl Logistic {
     pub fn margin(&self, x: &[f64]) -> f64 {
-        self.intercept + self.blocks.iter().zip(x).map(|(b, &v)| b.dot(v)).sum::<f64>()
+        self.intercept
+            + self
+                .blocks
+                .iter()
+                .zip(x)
+                .map(|(b, &v)| b.dot(v))
+                .sum::<f64>()
     }
 
     /// The margin at the training means: the base of the explanations.
@@ -126,7 +160,13 @@ impl Logistic {
             + self
                 .blocks
                 .iter()
-                .map(|b| b.weights().iter().zip(&b.centers()).map(|(w, c)| w * c).sum::<f64>())
+                .map(|b| {
+                    b.weights()
+                        .iter()
+                        .zip(&b.centers())
+                        .map(|(w, c)| w * c)
+                        .sum::<f64>()
+                })
                 .sum::<f64>()
     }
 
@@ -143,16 +183,22 @@ impl Logistic {
         let mut blocks: Vec<Block> = features
             .iter()
             .map(|f| match &f.kind {
-                FeatureKind::Numeric { mean, std, missing_seen, .. } => Block::Numeric {
+                FeatureKind::Numeric {
+                    mean,
+                    std,
+                    missing_seen,
+                    ..
+                } => Block::Numeric {
                     mean: *mean,
                     std: *std,
                     weight: 0.0,
                     missing_weight: missing_seen.then_some(0.0),
                     center: [0.0; 2],
                 },
-                FeatureKind::Categorical { .. } => {
-                    Block::Categorical { weights: vec![0.0; f.bins()], shares: vec![0.0; f.bins()] }
-                }
+                FeatureKind::Categorical { .. } => Block::Categorical {
+                    weights: vec![0.0; f.bins()],
+                    shares: vec![0.0; f.bins()],
+                },
             })
             .collect();
         let p: usize = blocks.iter().map(Block::columns).sum::<usize>() + 1;
@@ -213,7 +259,9 @@ impl Logistic {
                 hess[a * p + a] += l2;
             }
             hess[(p - 1) * p + p - 1] += 1e-9;
-            let Some(step) = cholesky_solve(&hess, &grad, p) else { break };
+            let Some(step) = cholesky_solve(&hess, &grad, p) else {
+                break;
+            };
             let mut max_step: f64 = 0.0;
             for (wi, si) in w.iter_mut().zip(&step) {
                 *wi -= si;
@@ -238,7 +286,10 @@ impl Logistic {
             }
             k += c;
         }
-        Logistic { intercept: w[p - 1], blocks }
+        Logistic {
+            intercept: w[p - 1],
+            blocks,
+        }
     }
 }
 

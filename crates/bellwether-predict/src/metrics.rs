@@ -37,7 +37,11 @@ pub fn log_loss(p: &[f64], y: &[bool]) -> f64 {
 
 /// Mean squared error of the probability against the 0/1 outcome.
 pub fn brier(p: &[f64], y: &[bool]) -> f64 {
-    let s: f64 = p.iter().zip(y).map(|(&p, &y)| (p - if y { 1.0 } else { 0.0 }).powi(2)).sum();
+    let s: f64 = p
+        .iter()
+        .zip(y)
+        .map(|(&p, &y)| (p - if y { 1.0 } else { 0.0 }).powi(2))
+        .sum();
     s / p.len().max(1) as f64
 }
 
@@ -104,7 +108,11 @@ pub fn reliability(p: &[f64], y: &[bool], bins: usize) -> Vec<ReliabilityBin> {
 /// Expected calibration error: the row-weighted mean gap between predicted and observed.
 pub fn calibration_error(table: &[ReliabilityBin]) -> f64 {
     let n: usize = table.iter().map(|b| b.rows).sum();
-    table.iter().map(|b| b.rows as f64 * (b.mean_probability - b.observed_rate).abs()).sum::<f64>() / n.max(1) as f64
+    table
+        .iter()
+        .map(|b| b.rows as f64 * (b.mean_probability - b.observed_rate).abs())
+        .sum::<f64>()
+        / n.max(1) as f64
 }
 
 /// All scores of one set of predictions.
@@ -138,8 +146,14 @@ mod tests {
 
     #[test]
     fn auc_counts_ties_as_half() {
-        assert_eq!(roc_auc(&[0.1, 0.2, 0.3, 0.4], &[false, false, true, true]), Some(1.0));
-        assert_eq!(roc_auc(&[0.4, 0.3, 0.2, 0.1], &[false, false, true, true]), Some(0.0));
+        assert_eq!(
+            roc_auc(&[0.1, 0.2, 0.3, 0.4], &[false, false, true, true]),
+            Some(1.0)
+        );
+        assert_eq!(
+            roc_auc(&[0.4, 0.3, 0.2, 0.1], &[false, false, true, true]),
+            Some(0.0)
+        );
         assert_eq!(roc_auc(&[0.5, 0.5], &[false, true]), Some(0.5));
         assert_eq!(roc_auc(&[0.5, 0.5], &[true, true]), None);
     }

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::calibrate::Platt;
 use crate::error::PredictError;
-use crate::features::{infer_features, prepare_frame, prepare_row, Feature, Prepared, SchemaOptions, SkippedColumn};
+use crate::features::{
+    infer_features, prepare_frame, prepare_row, Feature, Prepared, SchemaOptions, SkippedColumn,
+};
 use crate::frame::{FeatureValue, Frame};
 use crate::gbdt::{self, Gbdt, GbdtLog, GbdtParams};
 use crate::logistic::Logistic;
@@ -214,7 +216,10 @@ impl Model {
             .iter()
             .map(|r| {
                 let mut m = r.features.clone();
-                m.insert(opts.label.clone(), FeatureValue::Number(r.failed as u8 as f64));
+                m.insert(
+                    opts.label.clone(),
+                    FeatureValue::Number(r.failed as u8 as f64),
+                );
                 m
             })
             .collect();
@@ -236,10 +241,16 @@ impl Model {
             });
         }
         if labels.len() < MIN_TRAINING_ROWS {
-            return Err(PredictError::TooFewRows { source_name: src(), rows: labels.len(), needed: MIN_TRAINING_ROWS });
+            return Err(PredictError::TooFewRows {
+                source_name: src(),
+                rows: labels.len(),
+                needed: MIN_TRAINING_ROWS,
+            });
         }
         if !(opts.holdout > 0.0 && opts.holdout < 0.9) {
-            return Err(PredictError::BadParameter("holdout must be in (0, 0.9)".into()));
+            return Err(PredictError::BadParameter(
+                "holdout must be in (0, 0.9)".into(),
+            ));
         }
         let schema = SchemaOptions {
             label: opts.label.clone(),
@@ -255,7 +266,8 @@ impl Model {
         let mut neg: Vec<usize> = (0..labels.len()).filter(|&i| !labels[i]).collect();
         rng.shuffle(&mut pos);
         rng.shuffle(&mut neg);
-        let take = |v: &[usize]| ((v.len() as f64 * opts.holdout).round() as usize).clamp(1, v.len() - 1);
+        let take =
+            |v: &[usize]| ((v.len() as f64 * opts.holdout).round() as usize).clamp(1, v.len() - 1);
         let (hp, hn) = (take(&pos), take(&neg));
         let mut hold: Vec<usize> = pos[..hp].iter().chain(&neg[..hn]).copied().collect();
         let mut fit: Vec<usize> = pos[hp..].iter().chain(&neg[hn..]).copied().collect();
@@ -267,7 +279,13 @@ impl Model {
             for &r in rows {
                 values.extend_from_slice(all.row(r));
             }
-            (Prepared { features: nf, values }, rows.iter().map(|&r| labels[r]).collect::<Vec<bool>>())
+            (
+                Prepared {
+                    features: nf,
+                    values,
+                },
+                rows.iter().map(|&r| labels[r]).collect::<Vec<bool>>(),
+            )
         };
         let (fx, fy) = pick(&fit);
         let (hx, hy) = pick(&hold);
@@ -286,7 +304,9 @@ impl Model {
                     gbdt_log = Some(log);
                     Estimator::Gbdt(g)
                 }
-                Method::Logistic => Estimator::Logistic(Logistic::fit(&features, &fx, &fy, opts.logistic_l2)),
+                Method::Logistic => {
+                    Estimator::Logistic(Logistic::fit(&features, &fx, &fy, opts.logistic_l2))
+                }
             };
             let margins: Vec<f64> = (0..hx.rows()).map(|i| est.margin(hx.row(i))).collect();
             let platt = Platt::fit(&margins, &hy);
@@ -317,7 +337,13 @@ impl Model {
             candidates,
             gbdt: gbdt_log,
         };
-        Ok(Model { label: opts.label.clone(), features, estimator, calibration, summary })
+        Ok(Model {
+            label: opts.label.clone(),
+            features,
+            estimator,
+            calibration,
+            summary,
+        })
     }
 
     pub fn label(&self) -> &str {
@@ -358,11 +384,21 @@ impl Model {
         self.estimator.expected_margin()
     }
 
-    fn explain_prepared(&self, x: &[f64], base: f64, phi: &mut [f64], buf: &mut ShapBuffer) -> Prediction {
+    fn explain_prepared(
+        &self,
+        x: &[f64],
+        base: f64,
+        phi: &mut [f64],
+        buf: &mut ShapBuffer,
+    ) -> Prediction {
         self.estimator.contributions(x, phi, buf);
         let slope = self.calibration.slope;
-        let mut factors: Vec<(String, f64)> =
-            self.features.iter().zip(phi.iter()).map(|(f, p)| (f.name.clone(), slope * p)).collect();
+        let mut factors: Vec<(String, f64)> = self
+            .features
+            .iter()
+            .zip(phi.iter())
+            .map(|(f, p)| (f.name.clone(), slope * p))
+            .collect();
         factors.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         Prediction {
             probability: Unit::saturating(self.probability_prepared(x)),
@@ -373,10 +409,18 @@ impl Model {
 
     /// Predicts one row given by column name. Absent columns are missing; categories never
     /// seen in training are "other".
-    pub fn predict_row(&self, row: &HashMap<String, FeatureValue>) -> Result<Prediction, PredictError> {
+    pub fn predict_row(
+        &self,
+        row: &HashMap<String, FeatureValue>,
+    ) -> Result<Prediction, PredictError> {
         let x = prepare_row(&self.features, row)?;
         let mut phi = vec![0.0; self.features.len()];
-        Ok(self.explain_prepared(&x, self.estimator.expected_margin(), &mut phi, &mut ShapBuffer::default()))
+        Ok(self.explain_prepared(
+            &x,
+            self.estimator.expected_margin(),
+            &mut phi,
+            &mut ShapBuffer::default(),
+        ))
     }
 
     /// Prepares the rows of a frame for this model.
@@ -395,9 +439,13 @@ impl Model {
         let mut out = vec![0.0; x.rows()];
         match &self.estimator {
             Estimator::Gbdt(g) => g.margins(x, &mut out),
-            Estimator::Logistic(l) => out.iter_mut().enumerate().for_each(|(i, m)| *m = l.margin(x.row(i))),
+            Estimator::Logistic(l) => out
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, m)| *m = l.margin(x.row(i))),
         }
-        out.iter_mut().for_each(|m| *m = self.calibration.probability(*m));
+        out.iter_mut()
+            .for_each(|m| *m = self.calibration.probability(*m));
         out
     }
 
@@ -407,8 +455,13 @@ impl Model {
         let base = self.estimator.expected_margin();
         let mut phi = vec![0.0; self.features.len()];
         let mut buf = ShapBuffer::default();
-        let predictions = (0..x.rows()).map(|i| self.explain_prepared(x.row(i), base, &mut phi, &mut buf)).collect();
-        Ok(FramePredictions { predictions, absent_columns })
+        let predictions = (0..x.rows())
+            .map(|i| self.explain_prepared(x.row(i), base, &mut phi, &mut buf))
+            .collect();
+        Ok(FramePredictions {
+            predictions,
+            absent_columns,
+        })
     }
 
     /// Scores the model on a frame with the label column (and, if present, `_p`).
@@ -426,11 +479,24 @@ impl Model {
         });
         let oracle = oracle_p.map(|op| metrics::score(&op, &y));
         let auc_ratio = match (&oracle, model.roc_auc) {
-            (Some(o), Some(a)) => o.roc_auc.filter(|oa| *oa > 0.5).map(|oa| (a - 0.5) / (oa - 0.5)),
+            (Some(o), Some(a)) => o
+                .roc_auc
+                .filter(|oa| *oa > 0.5)
+                .map(|oa| (a - 0.5) / (oa - 0.5)),
             _ => None,
         };
-        let brier_ratio = oracle.as_ref().filter(|o| o.brier > 0.0).map(|o| model.brier / o.brier);
-        Ok(Evaluation { source: frame.source().to_string(), model, oracle, auc_ratio, brier_ratio, absent_columns })
+        let brier_ratio = oracle
+            .as_ref()
+            .filter(|o| o.brier > 0.0)
+            .map(|o| model.brier / o.brier);
+        Ok(Evaluation {
+            source: frame.source().to_string(),
+            model,
+            oracle,
+            auc_ratio,
+            brier_ratio,
+            absent_columns,
+        })
     }
 
     /// Writes the model as JSON.
@@ -453,9 +519,16 @@ impl Model {
     /// Reads a model written by [`Model::write`], refusing other formats, other versions and
     /// damaged files.
     pub fn read<R: Read>(r: R, source: &str) -> Result<Model, PredictError> {
-        let corrupt = |message: String| PredictError::CorruptModel { source_name: source.to_string(), message };
-        let value: serde_json::Value = serde_json::from_reader(r).map_err(|e| corrupt(e.to_string()))?;
-        let format = value.get("format").and_then(|f| f.as_str()).unwrap_or("(none)");
+        let corrupt = |message: String| PredictError::CorruptModel {
+            source_name: source.to_string(),
+            message,
+        };
+        let value: serde_json::Value =
+            serde_json::from_reader(r).map_err(|e| corrupt(e.to_string()))?;
+        let format = value
+            .get("format")
+            .and_then(|f| f.as_str())
+            .unwrap_or("(none)");
         if format != FORMAT {
             return Err(PredictError::WrongFormat {
                 source_name: source.to_string(),
@@ -465,10 +538,17 @@ impl Model {
         }
         match value.get("version").and_then(|v| v.as_u64()) {
             Some(v) if v == VERSION as u64 => {}
-            Some(v) => return Err(PredictError::WrongVersion { source_name: source.to_string(), found: v, supported: VERSION }),
+            Some(v) => {
+                return Err(PredictError::WrongVersion {
+                    source_name: source.to_string(),
+                    found: v,
+                    supported: VERSION,
+                })
+            }
             None => return Err(corrupt("no numeric `version` field".into())),
         }
-        let mut file: ModelFile = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+        let mut file: ModelFile =
+            serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
         let mut features = file.features;
         features.iter_mut().for_each(Feature::rebuild);
         if features.is_empty() {
@@ -480,7 +560,8 @@ impl Model {
                     return Err(corrupt("the model has no trees".into()));
                 }
                 for (i, t) in g.trees.iter().enumerate() {
-                    t.check(features.len()).map_err(|m| corrupt(format!("tree {i}: {m}")))?;
+                    t.check(features.len())
+                        .map_err(|m| corrupt(format!("tree {i}: {m}")))?;
                 }
             }
             Estimator::Logistic(l) => {

@@ -58,9 +58,18 @@ fn recurse(
                 phi[el.feature as usize] += w * (el.one_fraction - el.zero_fraction) * value;
             }
         }
-        Node::Split { feature, rule, left, right, cover } => {
-            let (hot, cold) =
-                if rule.goes_left(x[*feature as usize]) { (*left, *right) } else { (*right, *left) };
+        Node::Split {
+            feature,
+            rule,
+            left,
+            right,
+            cover,
+        } => {
+            let (hot, cold) = if rule.goes_left(x[*feature as usize]) {
+                (*left, *right)
+            } else {
+                (*right, *left)
+            };
             let (hot, cold) = (hot as usize, cold as usize);
             let hot_zero = tree.nodes[hot].cover() / cover;
             let cold_zero = tree.nodes[cold].cover() / cover;
@@ -76,8 +85,30 @@ fn recurse(
                 ud -= 1;
             }
             let f = *feature as i64;
-            recurse(tree, x, phi, hot, buf, start, ud + 1, hot_zero * incoming_zero, incoming_one, f);
-            recurse(tree, x, phi, cold, buf, start, ud + 1, cold_zero * incoming_zero, 0.0, f);
+            recurse(
+                tree,
+                x,
+                phi,
+                hot,
+                buf,
+                start,
+                ud + 1,
+                hot_zero * incoming_zero,
+                incoming_one,
+                f,
+            );
+            recurse(
+                tree,
+                x,
+                phi,
+                cold,
+                buf,
+                start,
+                ud + 1,
+                cold_zero * incoming_zero,
+                0.0,
+                f,
+            );
         }
     }
 }
@@ -141,25 +172,41 @@ mod tests {
     use crate::gbdt::Rule;
 
     fn num(threshold: f64) -> Rule {
-        Rule::Numeric { threshold, missing_left: true }
+        Rule::Numeric {
+            threshold,
+            missing_left: true,
+        }
     }
 
     /// A small tree that splits on feature 0 twice along one path, so unwinding is exercised.
     fn tiny_tree() -> Tree {
-        let split = |feature, rule, left, right| Node::Split { feature, rule, left, right, cover: 0.0 };
+        let split = |feature, rule, left, right| Node::Split {
+            feature,
+            rule,
+            left,
+            right,
+            cover: 0.0,
+        };
         let leaf = |value, cover| Node::Leaf { value, cover };
         let mut nodes = vec![
-            split(0, num(0.5), 1, 2),                  // 0
-            split(1, num(1.0), 3, 4),                  // 1
-            split(2, Rule::Categorical { left: [0b100, 0, 0, 0] }, 5, 6), // 2
-            leaf(0.3, 10.0),                           // 3
-            split(0, num(0.2), 7, 8),                  // 4
-            leaf(-0.7, 4.0),                           // 5
-            split(3, num(2.0), 9, 10),                 // 6
-            leaf(1.1, 3.0),                            // 7
-            leaf(-0.4, 6.0),                           // 8
-            leaf(0.9, 2.5),                            // 9
-            leaf(-1.3, 7.5),                           // 10
+            split(0, num(0.5), 1, 2), // 0
+            split(1, num(1.0), 3, 4), // 1
+            split(
+                2,
+                Rule::Categorical {
+                    left: [0b100, 0, 0, 0],
+                },
+                5,
+                6,
+            ), // 2
+            leaf(0.3, 10.0),          // 3
+            split(0, num(0.2), 7, 8), // 4
+            leaf(-0.7, 4.0),          // 5
+            split(3, num(2.0), 9, 10), // 6
+            leaf(1.1, 3.0),           // 7
+            leaf(-0.4, 6.0),          // 8
+            leaf(0.9, 2.5),           // 9
+            leaf(-1.3, 7.5),          // 10
         ];
         for i in (0..nodes.len()).rev() {
             if let Node::Split { left, right, .. } = nodes[i] {
@@ -176,9 +223,19 @@ mod tests {
     fn value_of_subset(tree: &Tree, x: &[f64], set: u32, node: usize) -> f64 {
         match &tree.nodes[node] {
             Node::Leaf { value, .. } => *value,
-            Node::Split { feature, rule, left, right, cover } => {
+            Node::Split {
+                feature,
+                rule,
+                left,
+                right,
+                cover,
+            } => {
                 if set & (1 << feature) != 0 {
-                    let next = if rule.goes_left(x[*feature as usize]) { *left } else { *right };
+                    let next = if rule.goes_left(x[*feature as usize]) {
+                        *left
+                    } else {
+                        *right
+                    };
                     value_of_subset(tree, x, set, next as usize)
                 } else {
                     let (l, r) = (*left as usize, *right as usize);
@@ -200,7 +257,9 @@ mod tests {
                 }
                 let s = set.count_ones() as usize;
                 let w = fact(s) * fact(m - s - 1) / fact(m);
-                *p += w * (value_of_subset(tree, x, set | (1 << i), 0) - value_of_subset(tree, x, set, 0));
+                *p += w
+                    * (value_of_subset(tree, x, set | (1 << i), 0)
+                        - value_of_subset(tree, x, set, 0));
             }
         }
         phi
@@ -223,10 +282,17 @@ mod tests {
             tree_shap(&tree, x, &mut phi, &mut buf);
             let want = brute_force(&tree, x, 4);
             for (a, b) in phi.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-12, "row {x:?}: treeshap {phi:?} vs brute force {want:?}");
+                assert!(
+                    (a - b).abs() < 1e-12,
+                    "row {x:?}: treeshap {phi:?} vs brute force {want:?}"
+                );
             }
             let sum: f64 = phi.iter().sum::<f64>() + tree.expected_value();
-            assert!((sum - tree.predict(x)).abs() < 1e-12, "row {x:?}: {sum} vs {}", tree.predict(x));
+            assert!(
+                (sum - tree.predict(x)).abs() < 1e-12,
+                "row {x:?}: {sum} vs {}",
+                tree.predict(x)
+            );
         }
     }
 }

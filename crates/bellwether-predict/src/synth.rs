@@ -26,7 +26,12 @@ pub struct Shape {
 
 impl Default for Shape {
     fn default() -> Self {
-        Shape { numeric: 8, categorical: 3, missing_rate: 0.05, base_rate: 0.15 }
+        Shape {
+            numeric: 8,
+            categorical: 3,
+            missing_rate: 0.05,
+            base_rate: 0.15,
+        }
     }
 }
 
@@ -67,9 +72,20 @@ struct CategoricalColumn {
 #[derive(Debug, Clone)]
 enum Interaction {
     /// `weight · z(numeric)` only when the category column holds `level`.
-    ByCategory { numeric: usize, category: usize, level: usize, weight: f64 },
+    ByCategory {
+        numeric: usize,
+        category: usize,
+        level: usize,
+        weight: f64,
+    },
     /// `weight` when both numerics are above their thresholds (z-scores).
-    BothHigh { a: usize, b: usize, at_a: f64, at_b: f64, weight: f64 },
+    BothHigh {
+        a: usize,
+        b: usize,
+        at_a: f64,
+        at_b: f64,
+        weight: f64,
+    },
 }
 
 /// A data-generating process.
@@ -96,7 +112,14 @@ const NUMERIC_NAMES: &[&str] = &[
     "age_days",
     "queue_depth",
 ];
-const CATEGORY_NAMES: &[&str] = &["region", "runtime", "update_kind", "team", "hardware", "channel"];
+const CATEGORY_NAMES: &[&str] = &[
+    "region",
+    "runtime",
+    "update_kind",
+    "team",
+    "hardware",
+    "channel",
+];
 
 /// A sample: the frame (with an id column `run_id`, the label `outcome` and the truth `_p`),
 /// and the labels and true probabilities as vectors.
@@ -115,50 +138,107 @@ impl World {
         rng.shuffle(&mut names);
         let numeric: Vec<NumericColumn> = (0..shape.numeric)
             .map(|j| {
-                let name = names.get(j).map_or_else(|| format!("metric_{j}"), |n| n.to_string());
+                let name = names
+                    .get(j)
+                    .map_or_else(|| format!("metric_{j}"), |n| n.to_string());
                 let dist = match rng.below(4) {
-                    0 => Dist::Uniform { low: 0.0, high: 100.0 },
-                    1 => Dist::Normal { mean: 10.0 * rng.next_f64(), sd: 1.0 + 3.0 * rng.next_f64() },
-                    2 => Dist::LogNormal { mu: 1.0 + rng.next_f64(), sigma: 0.6 },
-                    _ => Dist::Count { mean: 0.5 + 3.0 * rng.next_f64() },
+                    0 => Dist::Uniform {
+                        low: 0.0,
+                        high: 100.0,
+                    },
+                    1 => Dist::Normal {
+                        mean: 10.0 * rng.next_f64(),
+                        sd: 1.0 + 3.0 * rng.next_f64(),
+                    },
+                    2 => Dist::LogNormal {
+                        mu: 1.0 + rng.next_f64(),
+                        sigma: 0.6,
+                    },
+                    _ => Dist::Count {
+                        mean: 0.5 + 3.0 * rng.next_f64(),
+                    },
                 };
                 let sign = if rng.next_f64() < 0.5 { -1.0 } else { 1.0 };
                 let effect = match rng.below(6) {
                     0 => Effect::None,
                     1 => Effect::Linear(sign * (0.3 + 0.5 * rng.next_f64())),
-                    2 | 3 => Effect::Step { at: rng.normal() * 0.7, weight: sign * (0.8 + 0.8 * rng.next_f64()) },
-                    4 => Effect::Hinge { at: rng.normal() * 0.5, weight: 0.6 + 0.6 * rng.next_f64() },
-                    _ => Effect::Bump { at: rng.normal() * 0.5, width: 0.5, weight: sign * (0.8 + 0.6 * rng.next_f64()) },
+                    2 | 3 => Effect::Step {
+                        at: rng.normal() * 0.7,
+                        weight: sign * (0.8 + 0.8 * rng.next_f64()),
+                    },
+                    4 => Effect::Hinge {
+                        at: rng.normal() * 0.5,
+                        weight: 0.6 + 0.6 * rng.next_f64(),
+                    },
+                    _ => Effect::Bump {
+                        at: rng.normal() * 0.5,
+                        width: 0.5,
+                        weight: sign * (0.8 + 0.6 * rng.next_f64()),
+                    },
                 };
-                NumericColumn { name, dist, effect, missing_effect: rng.normal() * 0.5 }
+                NumericColumn {
+                    name,
+                    dist,
+                    effect,
+                    missing_effect: rng.normal() * 0.5,
+                }
             })
             .collect();
         let mut cnames: Vec<&str> = CATEGORY_NAMES.to_vec();
         rng.shuffle(&mut cnames);
         let categorical: Vec<CategoricalColumn> = (0..shape.categorical)
             .map(|j| {
-                let name = cnames.get(j).map_or_else(|| format!("group_{j}"), |n| n.to_string());
+                let name = cnames
+                    .get(j)
+                    .map_or_else(|| format!("group_{j}"), |n| n.to_string());
                 let k = 3 + rng.below(6);
-                let levels = (0..k).map(|i| format!("{}-{}", &name[..name.len().min(3)], i)).collect();
+                let levels = (0..k)
+                    .map(|i| format!("{}-{}", &name[..name.len().min(3)], i))
+                    .collect();
                 let raw: Vec<f64> = (0..k).map(|_| 0.2 + rng.next_f64()).collect();
                 let total: f64 = raw.iter().sum();
                 let shares = raw.iter().map(|r| r / total).collect();
                 let effects = (0..k).map(|_| rng.normal() * 0.7).collect();
-                CategoricalColumn { name, levels, shares, effects, missing_effect: rng.normal() * 0.5 }
+                CategoricalColumn {
+                    name,
+                    levels,
+                    shares,
+                    effects,
+                    missing_effect: rng.normal() * 0.5,
+                }
             })
             .collect();
         let mut interactions = Vec::new();
         if shape.numeric >= 1 && shape.categorical >= 1 {
             let level = rng.below(categorical[0].levels.len());
-            interactions.push(Interaction::ByCategory { numeric: 0, category: 0, level, weight: 1.2 });
+            interactions.push(Interaction::ByCategory {
+                numeric: 0,
+                category: 0,
+                level,
+                weight: 1.2,
+            });
         }
         if shape.numeric >= 3 {
-            interactions.push(Interaction::BothHigh { a: 1, b: 2, at_a: 0.3, at_b: 0.0, weight: 1.5 });
+            interactions.push(Interaction::BothHigh {
+                a: 1,
+                b: 2,
+                at_a: 0.3,
+                at_b: 0.0,
+                weight: 1.5,
+            });
         }
-        let mut world = World { numeric, categorical, interactions, intercept: 0.0, missing_rate: shape.missing_rate };
+        let mut world = World {
+            numeric,
+            categorical,
+            interactions,
+            intercept: 0.0,
+            missing_rate: shape.missing_rate,
+        };
         // Find the intercept that gives the base rate, on a calibration sample.
         let mut crng = Rng::new(seed ^ 0x51DE);
-        let logits: Vec<f64> = (0..4000).map(|_| world.draw_row(&mut crng, 0.0).1).collect();
+        let logits: Vec<f64> = (0..4000)
+            .map(|_| world.draw_row(&mut crng, 0.0).1)
+            .collect();
         let (mut lo, mut hi) = (-15.0, 15.0);
         for _ in 0..60 {
             let mid = (lo + hi) / 2.0;
@@ -228,7 +308,9 @@ impl World {
                     Effect::Linear(w) => w * zz,
                     Effect::Step { at, weight } => weight * (zz > at) as u8 as f64,
                     Effect::Hinge { at, weight } => weight * (zz - at).max(0.0),
-                    Effect::Bump { at, width, weight } => weight * (-((zz - at) / width).powi(2)).exp(),
+                    Effect::Bump { at, width, weight } => {
+                        weight * (-((zz - at) / width).powi(2)).exp()
+                    }
                 };
             }
         }
@@ -238,7 +320,11 @@ impl World {
                 cells.push(FeatureValue::Missing);
                 logit += c.missing_effect;
             } else if rng.next_f64() < novel_rate {
-                cells.push(FeatureValue::Category(format!("{}-new{}", c.name, rng.below(3))));
+                cells.push(FeatureValue::Category(format!(
+                    "{}-new{}",
+                    c.name,
+                    rng.below(3)
+                )));
             } else {
                 let u = rng.next_f64();
                 let mut acc = 0.0;
@@ -257,12 +343,23 @@ impl World {
         }
         for i in &self.interactions {
             match *i {
-                Interaction::ByCategory { numeric, category, level: l, weight } => {
+                Interaction::ByCategory {
+                    numeric,
+                    category,
+                    level: l,
+                    weight,
+                } => {
                     if present[numeric] && level[category] == Some(l) {
                         logit += weight * z[numeric];
                     }
                 }
-                Interaction::BothHigh { a, b, at_a, at_b, weight } => {
+                Interaction::BothHigh {
+                    a,
+                    b,
+                    at_a,
+                    at_b,
+                    weight,
+                } => {
                     if present[a] && present[b] && z[a] > at_a && z[b] > at_b {
                         logit += weight;
                     }
@@ -294,8 +391,13 @@ impl World {
             failed.push(y);
             ps.push(p);
         }
-        let frame = Frame::from_columns("synthetic", names, columns).expect("columns have equal length");
-        Sample { frame, failed, p: ps }
+        let frame =
+            Frame::from_columns("synthetic", names, columns).expect("columns have equal length");
+        Sample {
+            frame,
+            failed,
+            p: ps,
+        }
     }
 }
 
@@ -303,7 +405,9 @@ impl World {
 pub fn write_csv<W: std::io::Write>(frame: &Frame, w: W) -> Result<(), csv::Error> {
     let mut out = csv::Writer::from_writer(w);
     out.write_record(frame.names())?;
-    let cols: Vec<&[FeatureValue]> = (0..frame.names().len()).map(|i| frame.column_at(i)).collect();
+    let cols: Vec<&[FeatureValue]> = (0..frame.names().len())
+        .map(|i| frame.column_at(i))
+        .collect();
     for r in 0..frame.rows() {
         out.write_record(cols.iter().map(|c| c[r].to_string()))?;
     }

@@ -8,7 +8,9 @@ use bellwether_predict::metrics::logit;
 use bellwether_predict::model::probability_from_factors;
 use bellwether_predict::shap::ShapBuffer;
 use bellwether_predict::synth::{Sample, Shape, World};
-use bellwether_predict::{FeatureValue, Frame, Method, Model, PredictError, TrainOptions, TrainingRow};
+use bellwether_predict::{
+    FeatureValue, Frame, Method, Model, PredictError, TrainOptions, TrainingRow,
+};
 use proptest::prelude::*;
 
 struct Fixture {
@@ -26,26 +28,48 @@ fn fixture() -> &'static Fixture {
         let train = world.sample(6_000, 10, 0.0);
         let test = world.sample(3_000, 20, 0.05);
         let gbdt = Model::train(&train.frame, &TrainOptions::default()).expect("training succeeds");
-        let logistic = Model::train(&train.frame, &TrainOptions { method: Some(Method::Logistic), ..Default::default() })
-            .expect("training succeeds");
-        Fixture { test, gbdt, logistic }
+        let logistic = Model::train(
+            &train.frame,
+            &TrainOptions {
+                method: Some(Method::Logistic),
+                ..Default::default()
+            },
+        )
+        .expect("training succeeds");
+        Fixture {
+            test,
+            gbdt,
+            logistic,
+        }
     })
 }
 
 #[test]
 fn trees_beat_the_logistic_baseline_and_stay_calibrated_on_unseen_rows() {
     let f = fixture();
-    assert_eq!(f.gbdt.method(), Method::Gbdt, "held-out log loss should choose the trees");
+    assert_eq!(
+        f.gbdt.method(),
+        Method::Gbdt,
+        "held-out log loss should choose the trees"
+    );
     let g = f.gbdt.evaluate(&f.test.frame).unwrap();
     let l = f.logistic.evaluate(&f.test.frame).unwrap();
     let (ga, la) = (g.model.roc_auc.unwrap(), l.model.roc_auc.unwrap());
     assert!(ga > la + 0.02, "trees AUC {ga:.4} vs logistic {la:.4}");
     let ratio = g.auc_ratio.unwrap();
     assert!(ratio > 0.9, "AUC ratio to the oracle {ratio:.4}");
-    assert!(g.brier_ratio.unwrap() < 1.10, "Brier ratio {:.4}", g.brier_ratio.unwrap());
+    assert!(
+        g.brier_ratio.unwrap() < 1.10,
+        "Brier ratio {:.4}",
+        g.brier_ratio.unwrap()
+    );
     // Calibration: predicted and observed rates agree within each reliability bin with many
     // rows, and overall.
-    assert!(g.model.calibration_error < 0.03, "ECE {:.4}", g.model.calibration_error);
+    assert!(
+        g.model.calibration_error < 0.03,
+        "ECE {:.4}",
+        g.model.calibration_error
+    );
     for b in g.model.reliability.iter().filter(|b| b.rows >= 300) {
         assert!(
             (b.mean_probability - b.observed_rate).abs() < 0.06,
@@ -74,7 +98,11 @@ fn contributions_and_base_value_sum_to_the_raw_margin_for_every_row() {
             let base = model.raw_contributions(x.row(i), &mut phi, &mut buf);
             let sum = base + phi.iter().sum::<f64>();
             let margin = model.margin_prepared(x.row(i));
-            assert!((sum - margin).abs() < 1e-9, "{:?} row {i}: {sum} vs {margin}", model.method());
+            assert!(
+                (sum - margin).abs() < 1e-9,
+                "{:?} row {i}: {sum} vs {margin}",
+                model.method()
+            );
         }
     }
 }
@@ -106,10 +134,20 @@ fn the_interaction_is_explained_by_its_features() {
     let mean_abs: f64 = out
         .predictions
         .iter()
-        .map(|p| p.contributing_factors.iter().find(|(c, _)| c == first_numeric).unwrap().1.abs())
+        .map(|p| {
+            p.contributing_factors
+                .iter()
+                .find(|(c, _)| c == first_numeric)
+                .unwrap()
+                .1
+                .abs()
+        })
         .sum::<f64>()
         / out.predictions.len() as f64;
-    assert!(mean_abs > 0.05, "mean |contribution| of {first_numeric}: {mean_abs}");
+    assert!(
+        mean_abs > 0.05,
+        "mean |contribution| of {first_numeric}: {mean_abs}"
+    );
 }
 
 #[test]
@@ -146,12 +184,19 @@ fn another_version_another_format_or_a_corrupt_file_is_refused() {
     );
     let err = Model::read(&bytes[..bytes.len() / 2], "m.json").unwrap_err();
     assert!(matches!(err, PredictError::CorruptModel { .. }), "{err}");
-    assert!(err.to_string().starts_with("m.json: the model file is corrupt: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("m.json: the model file is corrupt: "),
+        "{err}"
+    );
     // Structurally damaged: a child pointing back at its parent.
     let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     v["estimator"]["trees"][0]["nodes"][0]["left"] = serde_json::json!(0);
     let err = Model::read(v.to_string().as_bytes(), "m.json").unwrap_err();
-    assert_eq!(err.to_string(), "m.json: the model file is corrupt: tree 0: node 0 has children 0 and 2");
+    assert_eq!(
+        err.to_string(),
+        "m.json: the model file is corrupt: tree 0: node 0 has children 0 and 2"
+    );
 }
 
 #[test]
@@ -170,15 +215,31 @@ fn unseen_categories_missing_cells_and_absent_columns_still_predict() {
     assert!((probability_from_factors(&p) - p.probability.get()).abs() < 1e-9);
     let empty = f.gbdt.predict_row(&HashMap::new()).unwrap();
     assert!(empty.probability.get() > 0.0 && empty.probability.get() < 1.0);
-    let num = f.gbdt.features().iter().find(|f| !f.is_categorical()).unwrap();
+    let num = f
+        .gbdt
+        .features()
+        .iter()
+        .find(|f| !f.is_categorical())
+        .unwrap();
     let bad = HashMap::from([(num.name.clone(), FeatureValue::Category("lots".into()))]);
     let err = f.gbdt.predict_row(&bad).unwrap_err();
-    assert_eq!(err.to_string(), format!("feature `{}`: expected a number, found `lots`", num.name));
+    assert_eq!(
+        err.to_string(),
+        format!("feature `{}`: expected a number, found `lots`", num.name)
+    );
 }
 
 #[test]
 fn training_from_in_memory_rows_works_like_a_file() {
-    let world = World::new(3, &Shape { numeric: 4, categorical: 2, missing_rate: 0.1, base_rate: 0.3 });
+    let world = World::new(
+        3,
+        &Shape {
+            numeric: 4,
+            categorical: 2,
+            missing_rate: 0.1,
+            base_rate: 0.3,
+        },
+    );
     let s = world.sample(800, 1, 0.0);
     let names = s.frame.names().to_vec();
     let rows: Vec<TrainingRow> = (0..s.frame.rows())
@@ -192,8 +253,16 @@ fn training_from_in_memory_rows_works_like_a_file() {
         })
         .collect();
     let model = Model::train_rows(&rows, &TrainOptions::default()).unwrap();
-    let skipped: Vec<&str> = model.summary().skipped.iter().map(|s| s.column.as_str()).collect();
-    assert!(skipped.contains(&"run_id") && skipped.contains(&"_p") && skipped.contains(&"outcome"), "{skipped:?}");
+    let skipped: Vec<&str> = model
+        .summary()
+        .skipped
+        .iter()
+        .map(|s| s.column.as_str())
+        .collect();
+    assert!(
+        skipped.contains(&"run_id") && skipped.contains(&"_p") && skipped.contains(&"outcome"),
+        "{skipped:?}"
+    );
     let p = model.predict_row(&rows[0].features).unwrap();
     assert!(p.contributing_factors.len() >= 3);
 }
@@ -213,10 +282,24 @@ fn bad_histories_get_errors_that_name_the_column() {
         err.to_string(),
         "h.csv: column `outcome` holds only success rows (30 of them); training needs both failures and successes"
     );
-    let err = Model::train(&csv_frame("size,result\n1,1\n2,0\n"), &TrainOptions::default()).unwrap_err();
-    assert_eq!(err.to_string(), "h.csv: no label column `outcome` (the columns are: size, result)");
-    let err = Model::train(&csv_frame("size,outcome\n1,1\n2,0\n"), &TrainOptions::default()).unwrap_err();
-    assert_eq!(err.to_string(), "h.csv: too few rows to train (2); at least 20 are needed");
+    let err = Model::train(
+        &csv_frame("size,result\n1,1\n2,0\n"),
+        &TrainOptions::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "h.csv: no label column `outcome` (the columns are: size, result)"
+    );
+    let err = Model::train(
+        &csv_frame("size,outcome\n1,1\n2,0\n"),
+        &TrainOptions::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "h.csv: too few rows to train (2); at least 20 are needed"
+    );
     let mut ids_only = String::from("host,outcome\n");
     for i in 0..40 {
         ids_only.push_str(&format!("h{i},{}\n", i % 2));
@@ -230,7 +313,15 @@ fn bad_histories_get_errors_that_name_the_column() {
 
 #[test]
 fn labels_in_words_train_the_same_as_numbers() {
-    let world = World::new(2, &Shape { numeric: 3, categorical: 1, missing_rate: 0.0, base_rate: 0.3 });
+    let world = World::new(
+        2,
+        &Shape {
+            numeric: 3,
+            categorical: 1,
+            missing_rate: 0.0,
+            base_rate: 0.3,
+        },
+    );
     let s = world.sample(400, 3, 0.0);
     let words = s.frame.names().to_vec();
     let cols: Vec<Vec<FeatureValue>> = (0..words.len())
@@ -238,7 +329,16 @@ fn labels_in_words_train_the_same_as_numbers() {
             let c = s.frame.column_at(i).to_vec();
             if words[i] == "outcome" {
                 c.iter()
-                    .map(|v| FeatureValue::Category(if *v == FeatureValue::Number(1.0) { "Failure" } else { "SUCCESS" }.into()))
+                    .map(|v| {
+                        FeatureValue::Category(
+                            if *v == FeatureValue::Number(1.0) {
+                                "Failure"
+                            } else {
+                                "SUCCESS"
+                            }
+                            .into(),
+                        )
+                    })
                     .collect()
             } else {
                 c
@@ -246,7 +346,11 @@ fn labels_in_words_train_the_same_as_numbers() {
         })
         .collect();
     let a = Model::train(&s.frame, &TrainOptions::default()).unwrap();
-    let b = Model::train(&Frame::from_columns("w", words, cols).unwrap(), &TrainOptions::default()).unwrap();
+    let b = Model::train(
+        &Frame::from_columns("w", words, cols).unwrap(),
+        &TrainOptions::default(),
+    )
+    .unwrap();
     let (pa, _) = a.probabilities(&s.frame).unwrap();
     let (pb, _) = b.probabilities(&s.frame).unwrap();
     assert_eq!(pa, pb);

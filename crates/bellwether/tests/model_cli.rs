@@ -27,17 +27,58 @@ fn ok(out: &Output) -> String {
 fn synth_train_predict_evaluate() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    ok(&bellwether(&["model", "synth", "--out", "train.csv", "--rows", "3000", "--world", "3", "--seed", "1"], d));
     ok(&bellwether(
-        &["model", "synth", "--out", "test.csv", "--rows", "1000", "--world", "3", "--seed", "2", "--novel", "0.05"],
+        &[
+            "model",
+            "synth",
+            "--out",
+            "train.csv",
+            "--rows",
+            "3000",
+            "--world",
+            "3",
+            "--seed",
+            "1",
+        ],
         d,
     ));
-    let summary = ok(&bellwether(&["model", "train", "--history", "train.csv", "--out", "m.json"], d));
-    assert!(summary.contains("Skipped `run_id`: an identifier"), "{summary}");
-    assert!(summary.contains("Skipped `_p`: name starts with `_`"), "{summary}");
-    assert!(summary.contains("Held-out gradient-boosted trees: AUC"), "{summary}");
+    ok(&bellwether(
+        &[
+            "model", "synth", "--out", "test.csv", "--rows", "1000", "--world", "3", "--seed", "2",
+            "--novel", "0.05",
+        ],
+        d,
+    ));
+    let summary = ok(&bellwether(
+        &[
+            "model",
+            "train",
+            "--history",
+            "train.csv",
+            "--out",
+            "m.json",
+        ],
+        d,
+    ));
+    assert!(
+        summary.contains("Skipped `run_id`: an identifier"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("Skipped `_p`: name starts with `_`"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("Held-out gradient-boosted trees: AUC"),
+        "{summary}"
+    );
 
-    ok(&bellwether(&["model", "predict", "--model", "m.json", "--input", "test.csv", "--output", "p.csv"], d));
+    ok(&bellwether(
+        &[
+            "model", "predict", "--model", "m.json", "--input", "test.csv", "--output", "p.csv",
+        ],
+        d,
+    ));
     let p = std::fs::read_to_string(d.join("p.csv")).unwrap();
     let mut lines = p.lines();
     assert_eq!(lines.next(), Some("row,probability,top_factors"));
@@ -52,18 +93,36 @@ fn synth_train_predict_evaluate() {
             .next()
             .unwrap()
             .split(';')
-            .map(|kv| kv.split_once('=').expect("column=contribution").1.parse().unwrap())
+            .map(|kv| {
+                kv.split_once('=')
+                    .expect("column=contribution")
+                    .1
+                    .parse()
+                    .unwrap()
+            })
             .collect();
         assert_eq!(factors.len(), 3, "{line}");
         assert!(factors.windows(2).all(|w| w[0] >= w[1]), "{line}");
     }
 
-    let json = ok(&bellwether(&["model", "evaluate", "--model", "m.json", "--input", "test.csv", "--output", "json"], d));
+    let json = ok(&bellwether(
+        &[
+            "model", "evaluate", "--model", "m.json", "--input", "test.csv", "--output", "json",
+        ],
+        d,
+    ));
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let ratio = v["auc_ratio"].as_f64().expect("the synthetic file has _p");
     assert!(ratio > 0.85, "AUC ratio {ratio}");
-    assert!(v["model"]["reliability"].as_array().is_some_and(|r| !r.is_empty()));
-    let human = ok(&bellwether(&["model", "evaluate", "--model", "m.json", "--input", "test.csv"], d));
+    assert!(v["model"]["reliability"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty()));
+    let human = ok(&bellwether(
+        &[
+            "model", "evaluate", "--model", "m.json", "--input", "test.csv",
+        ],
+        d,
+    ));
     assert!(human.contains("AUC ratio to the oracle"), "{human}");
     assert!(human.contains("Reliability"), "{human}");
 }
@@ -73,16 +132,37 @@ fn bad_input_exits_2_with_a_message_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("ragged.csv"), "size,outcome\n1,1\n2\n").unwrap();
-    let out = bellwether(&["model", "train", "--history", "ragged.csv", "--out", "m.json"], d);
+    let out = bellwether(
+        &[
+            "model",
+            "train",
+            "--history",
+            "ragged.csv",
+            "--out",
+            "m.json",
+        ],
+        d,
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ragged.csv: line 3 has 1 fields but the header has 2"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("ragged.csv: line 3 has 1 fields but the header has 2"));
 
-    std::fs::write(d.join("m.json"), r#"{"format":"bellwether-predict-model","version":99}"#).unwrap();
+    std::fs::write(
+        d.join("m.json"),
+        r#"{"format":"bellwether-predict-model","version":99}"#,
+    )
+    .unwrap();
     std::fs::write(d.join("x.csv"), "size\n1\n").unwrap();
-    let out = bellwether(&["model", "predict", "--model", "m.json", "--input", "x.csv", "--output", "p.csv"], d);
+    let out = bellwether(
+        &[
+            "model", "predict", "--model", "m.json", "--input", "x.csv", "--output", "p.csv",
+        ],
+        d,
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("m.json: model file version 99 is not supported"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("m.json: model file version 99 is not supported"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -11,7 +11,9 @@ use std::time::Instant;
 use anyhow::Context;
 use bellwether_predict::metrics::Scores;
 use bellwether_predict::synth::{Shape, World};
-use bellwether_predict::{format_factors, Evaluation, Frame, Method, Model, PredictError, TrainOptions};
+use bellwether_predict::{
+    format_factors, Evaluation, Frame, Method, Model, PredictError, TrainOptions,
+};
 
 use super::{OutputFormat, UsageError};
 
@@ -150,12 +152,14 @@ fn usage(e: PredictError) -> anyhow::Error {
 }
 
 fn read_frame(path: &Path) -> anyhow::Result<Frame> {
-    let file = File::open(path).map_err(|e| UsageError(format!("{}: cannot open: {e}", path.display())))?;
+    let file = File::open(path)
+        .map_err(|e| UsageError(format!("{}: cannot open: {e}", path.display())))?;
     Frame::from_csv(BufReader::new(file), &path.display().to_string()).map_err(usage)
 }
 
 fn read_model(path: &Path) -> anyhow::Result<Model> {
-    let file = File::open(path).map_err(|e| UsageError(format!("{}: cannot open: {e}", path.display())))?;
+    let file = File::open(path)
+        .map_err(|e| UsageError(format!("{}: cannot open: {e}", path.display())))?;
     Model::read(BufReader::new(file), &path.display().to_string()).map_err(usage)
 }
 
@@ -164,7 +168,12 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let frame = read_frame(&a.history)?;
     let opts = TrainOptions {
         label: a.label,
-        ignore: a.ignore.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        ignore: a
+            .ignore
+            .into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
         method: a.method.map(|m| match m {
             MethodArg::Gbdt => Method::Gbdt,
             MethodArg::Logistic => Method::Logistic,
@@ -174,10 +183,12 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     };
     let model = Model::train(&frame, &opts).map_err(usage)?;
     let seconds = started.elapsed().as_secs_f64();
-    let file = File::create(&a.out).with_context(|| format!("{}: cannot create", a.out.display()))?;
+    let file =
+        File::create(&a.out).with_context(|| format!("{}: cannot create", a.out.display()))?;
     let mut w = BufWriter::new(file);
     model.write(&mut w, &a.out.display().to_string())?;
-    w.flush().with_context(|| format!("{}: write failed", a.out.display()))?;
+    w.flush()
+        .with_context(|| format!("{}: write failed", a.out.display()))?;
 
     let s = model.summary();
     match a.output {
@@ -206,7 +217,17 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             let feats: Vec<String> = model
                 .features()
                 .iter()
-                .map(|f| format!("{}{}", f.name, if f.is_categorical() { " (categorical)" } else { "" }))
+                .map(|f| {
+                    format!(
+                        "{}{}",
+                        f.name,
+                        if f.is_categorical() {
+                            " (categorical)"
+                        } else {
+                            ""
+                        }
+                    )
+                })
                 .collect();
             println!("Features ({}): {}", feats.len(), feats.join(", "));
             for sk in &s.skipped {
@@ -222,10 +243,17 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             if let Some(g) = &s.gbdt {
-                println!("Trees: {} kept (early stopping after {} rounds).", g.best_rounds, g.rounds_trained);
+                println!(
+                    "Trees: {} kept (early stopping after {} rounds).",
+                    g.best_rounds, g.rounds_trained
+                );
             }
             let cal = model.calibration();
-            let why = if s.candidates.len() > 1 { "chose" } else { "fitted only (--method)" };
+            let why = if s.candidates.len() > 1 {
+                "chose"
+            } else {
+                "fitted only (--method)"
+            };
             println!(
                 "Model: {} ({why}); Platt calibration slope {:.3}, intercept {:+.3}.",
                 s.chosen, cal.slope, cal.intercept
@@ -247,7 +275,8 @@ fn predict(a: PredictArgs) -> anyhow::Result<ExitCode> {
             out.absent_columns.join(", ")
         );
     }
-    let file = File::create(&a.output).with_context(|| format!("{}: cannot create", a.output.display()))?;
+    let file = File::create(&a.output)
+        .with_context(|| format!("{}: cannot create", a.output.display()))?;
     let mut w = csv::Writer::from_writer(BufWriter::new(file));
     w.write_record(["row", "probability", "top_factors"])?;
     for (i, p) in out.predictions.iter().enumerate() {
@@ -257,8 +286,13 @@ fn predict(a: PredictArgs) -> anyhow::Result<ExitCode> {
             format_factors(p, a.factors as usize),
         ])?;
     }
-    w.flush().with_context(|| format!("{}: write failed", a.output.display()))?;
-    eprintln!("Wrote {} predictions to {}.", out.predictions.len(), a.output.display());
+    w.flush()
+        .with_context(|| format!("{}: write failed", a.output.display()))?;
+    eprintln!(
+        "Wrote {} predictions to {}.",
+        out.predictions.len(),
+        a.output.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -281,24 +315,42 @@ fn render_evaluation(ev: &Evaluation, method: Method) -> String {
         ev.source, ev.model.rows, ev.model.failures
     ));
     if !ev.absent_columns.is_empty() {
-        s.push_str(&format!("Columns absent (treated as missing): {}.\n", ev.absent_columns.join(", ")));
+        s.push_str(&format!(
+            "Columns absent (treated as missing): {}.\n",
+            ev.absent_columns.join(", ")
+        ));
     }
-    s.push_str(&format!("{:<10} {:>8} {:>8} {:>9} {:>8}\n", "", "ROC AUC", "Brier", "log loss", "ECE"));
+    s.push_str(&format!(
+        "{:<10} {:>8} {:>8} {:>9} {:>8}\n",
+        "", "ROC AUC", "Brier", "log loss", "ECE"
+    ));
     let line = |name: &str, sc: &Scores| {
-        format!("{:<10} {:>8} {:>8.4} {:>9.4} {:>8.4}\n", name, auc(sc), sc.brier, sc.log_loss, sc.calibration_error)
+        format!(
+            "{:<10} {:>8} {:>8.4} {:>9.4} {:>8.4}\n",
+            name,
+            auc(sc),
+            sc.brier,
+            sc.log_loss,
+            sc.calibration_error
+        )
     };
     s.push_str(&line("model", &ev.model));
     if let Some(o) = &ev.oracle {
         s.push_str(&line("oracle _p", o));
     }
     if let Some(r) = ev.auc_ratio {
-        s.push_str(&format!("AUC ratio to the oracle (AUC − 0.5)/(AUC_p − 0.5): {r:.4}\n"));
+        s.push_str(&format!(
+            "AUC ratio to the oracle (AUC − 0.5)/(AUC_p − 0.5): {r:.4}\n"
+        ));
     }
     if let Some(r) = ev.brier_ratio {
         s.push_str(&format!("Brier ratio to the oracle: {r:.4}\n"));
     }
     s.push_str("Reliability (predicted probability bins):\n");
-    s.push_str(&format!("{:<12} {:>7} {:>10} {:>10}\n", "bin", "rows", "predicted", "observed"));
+    s.push_str(&format!(
+        "{:<12} {:>7} {:>10} {:>10}\n",
+        "bin", "rows", "predicted", "observed"
+    ));
     for b in &ev.model.reliability {
         s.push_str(&format!(
             "{:<12} {:>7} {:>10.4} {:>10.4}\n",
@@ -318,9 +370,15 @@ fn synth(a: SynthArgs) -> anyhow::Result<ExitCode> {
     if a.rows == 0 {
         return Err(UsageError("--rows must be at least 1".into()).into());
     }
-    let shape = Shape { numeric: a.numeric, categorical: a.categorical, missing_rate: a.missing, ..Shape::default() };
+    let shape = Shape {
+        numeric: a.numeric,
+        categorical: a.categorical,
+        missing_rate: a.missing,
+        ..Shape::default()
+    };
     let sample = World::new(a.world, &shape).sample(a.rows, a.seed, a.novel);
-    let file = File::create(&a.out).with_context(|| format!("{}: cannot create", a.out.display()))?;
+    let file =
+        File::create(&a.out).with_context(|| format!("{}: cannot create", a.out.display()))?;
     bellwether_predict::synth::write_csv(&sample.frame, BufWriter::new(file))
         .with_context(|| format!("{}: write failed", a.out.display()))?;
     eprintln!("Wrote {} rows to {}.", a.rows, a.out.display());
@@ -366,12 +424,17 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     if a.rows < 100 {
         return Err(UsageError("--rows must be at least 100".into()).into());
     }
-    let frame = World::new(1, &Shape::default()).sample(a.rows, 1, 0.0).frame;
+    let frame = World::new(1, &Shape::default())
+        .sample(a.rows, 1, 0.0)
+        .frame;
     let opts = TrainOptions::default();
     let clock = Clock::start();
     let model = Model::train(&frame, &opts).map_err(usage)?;
     let (train_wall, train_cpu) = clock.stop();
-    let gbdt_opts = TrainOptions { method: Some(Method::Gbdt), ..opts.clone() };
+    let gbdt_opts = TrainOptions {
+        method: Some(Method::Gbdt),
+        ..opts.clone()
+    };
     let clock = Clock::start();
     let gbdt_only = Model::train(&frame, &gbdt_opts).map_err(usage)?;
     let (gbdt_wall, gbdt_cpu) = clock.stop();
@@ -398,8 +461,16 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let predict_seconds = predict_cpu.unwrap_or(predict_wall);
     let explain_seconds = explain_cpu.unwrap_or(explain_wall);
 
-    let quality = if a.quality { quality_table()? } else { Vec::new() };
-    let trees = gbdt_only.summary().gbdt.as_ref().map_or(0, |g| g.best_rounds);
+    let quality = if a.quality {
+        quality_table()?
+    } else {
+        Vec::new()
+    };
+    let trees = gbdt_only
+        .summary()
+        .gbdt
+        .as_ref()
+        .map_or(0, |g| g.best_rounds);
     let report = serde_json::json!({
         "source": "synthetic world 1",
         "rows": frame.rows(),
@@ -441,7 +512,17 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
             if !quality.is_empty() {
                 println!(
                     "{:<6} {:>4} {:>4} {:>6} {:>6} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9}",
-                    "world", "num", "cat", "miss", "novel", "AUC_p", "gbdt r", "gbdt Br", "ECE", "logit r", "logit Br"
+                    "world",
+                    "num",
+                    "cat",
+                    "miss",
+                    "novel",
+                    "AUC_p",
+                    "gbdt r",
+                    "gbdt Br",
+                    "ECE",
+                    "logit r",
+                    "logit Br"
                 );
                 for q in &quality {
                     let f = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.4}"));
@@ -469,9 +550,36 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
 fn quality_table() -> anyhow::Result<Vec<QualityRow>> {
     let worlds = [
         (1u64, Shape::default(), 0.05),
-        (2, Shape { numeric: 12, categorical: 4, missing_rate: 0.10, base_rate: 0.10 }, 0.05),
-        (3, Shape { numeric: 5, categorical: 2, missing_rate: 0.0, base_rate: 0.25 }, 0.0),
-        (4, Shape { numeric: 8, categorical: 3, missing_rate: 0.20, base_rate: 0.15 }, 0.10),
+        (
+            2,
+            Shape {
+                numeric: 12,
+                categorical: 4,
+                missing_rate: 0.10,
+                base_rate: 0.10,
+            },
+            0.05,
+        ),
+        (
+            3,
+            Shape {
+                numeric: 5,
+                categorical: 2,
+                missing_rate: 0.0,
+                base_rate: 0.25,
+            },
+            0.0,
+        ),
+        (
+            4,
+            Shape {
+                numeric: 8,
+                categorical: 3,
+                missing_rate: 0.20,
+                base_rate: 0.15,
+            },
+            0.10,
+        ),
     ];
     let mut rows = Vec::new();
     for (w, shape, novel) in worlds {
@@ -480,7 +588,10 @@ fn quality_table() -> anyhow::Result<Vec<QualityRow>> {
         let test = world.sample(5_000, 200 + w, novel);
         let mut evs = Vec::new();
         for method in [Method::Gbdt, Method::Logistic] {
-            let opts = TrainOptions { method: Some(method), ..TrainOptions::default() };
+            let opts = TrainOptions {
+                method: Some(method),
+                ..TrainOptions::default()
+            };
             let m = Model::train(&train.frame, &opts).map_err(usage)?;
             evs.push(m.evaluate(&test.frame).map_err(usage)?);
         }
@@ -514,7 +625,10 @@ struct Clock {
 
 impl Clock {
     fn start() -> Clock {
-        Clock { wall: Instant::now(), cpu: thread_cpu_seconds() }
+        Clock {
+            wall: Instant::now(),
+            cpu: thread_cpu_seconds(),
+        }
     }
 
     fn stop(&self) -> (f64, Option<f64>) {
