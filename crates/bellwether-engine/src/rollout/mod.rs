@@ -1,0 +1,3 @@
+//! Predictive canary rollouts across a fleet.
+
+pub mod plan;
