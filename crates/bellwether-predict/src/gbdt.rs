@@ -212,6 +212,9 @@ impl Tree {
         if self.nodes.is_empty() {
             return Err("a tree has no nodes".into());
         }
+        if self.nodes.len() > 1 << 20 {
+            return Err(format!("a tree has {} nodes", self.nodes.len()));
+        }
         for (i, n) in self.nodes.iter().enumerate() {
             if n.cover().is_nan() || n.cover() <= 0.0 {
                 return Err(format!("node {i} has cover {}", n.cover()));
@@ -231,6 +234,19 @@ impl Tree {
                     return Err(format!(
                         "node {i} splits on feature {feature} of {features}"
                     ));
+                }
+            }
+        }
+        // Children come after parents, so one forward pass gives every node's depth (without
+        // recursion, which a hostile file could make overflow the stack). Explanations support
+        // depths up to 32.
+        let mut depth = vec![0usize; self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Node::Split { left, right, .. } = n {
+                depth[*left as usize] = depth[i] + 1;
+                depth[*right as usize] = depth[i] + 1;
+                if depth[i] + 1 > 32 {
+                    return Err("a tree is deeper than 32".into());
                 }
             }
         }
@@ -309,6 +325,11 @@ impl Gbdt {
             }
             start = end;
         }
+    }
+
+    /// The depth of each tree.
+    pub fn depths(&self) -> &[usize] {
+        &self.flat.depths
     }
 
     /// The margin when nothing is known: the base of the explanations.

@@ -21,7 +21,7 @@ use crate::gbdt::{self, Gbdt, GbdtLog, GbdtParams};
 use crate::logistic::Logistic;
 use crate::metrics::{self, sigmoid, Scores};
 use crate::rng::Rng;
-use crate::shap::{tree_shap, ShapBuffer};
+use crate::shap::{tree_shap_with_depth, ShapBuffer};
 
 /// The `format` field of every model file.
 pub const FORMAT: &str = "bellwether-predict-model";
@@ -108,8 +108,8 @@ impl Estimator {
         phi.iter_mut().for_each(|p| *p = 0.0);
         match self {
             Estimator::Gbdt(g) => {
-                for t in &g.trees {
-                    tree_shap(t, x, phi, buf);
+                for (t, &depth) in g.trees.iter().zip(g.depths()) {
+                    tree_shap_with_depth(t, depth, x, phi, buf);
                 }
             }
             Estimator::Logistic(l) => l.contributions(x, phi),

@@ -23,9 +23,31 @@ pub struct ShapBuffer {
     path: Vec<PathElement>,
 }
 
+/// `RECIP[k] = 1 / k`: the path weights divide by small integers many times per leaf, and a
+/// multiplication is several times cheaper than a division.
+const RECIP: [f64; 68] = {
+    let mut r = [0.0; 68];
+    let mut k = 1;
+    while k < 68 {
+        r[k] = 1.0 / k as f64;
+        k += 1;
+    }
+    r
+};
+
 /// Adds the contributions of `tree` for row `x` to `phi` (one slot per feature).
 pub fn tree_shap(tree: &Tree, x: &[f64], phi: &mut [f64], buf: &mut ShapBuffer) {
-    let depth = tree.depth();
+    tree_shap_with_depth(tree, tree.depth(), x, phi, buf);
+}
+
+/// As [`tree_shap`], with the tree's depth (at most 32) already known.
+pub fn tree_shap_with_depth(
+    tree: &Tree,
+    depth: usize,
+    x: &[f64],
+    phi: &mut [f64],
+    buf: &mut ShapBuffer,
+) {
     let needed = (depth + 3) * (depth + 4) / 2;
     if buf.path.len() < needed {
         buf.path.resize(needed, PathElement::default());
@@ -120,10 +142,10 @@ fn extend_path(path: &mut [PathElement], ud: usize, zero: f64, one: f64, feature
         one_fraction: one,
         pweight: if ud == 0 { 1.0 } else { 0.0 },
     };
-    let d1 = (ud + 1) as f64;
+    let inv_d1 = RECIP[ud + 1];
     for i in (0..ud).rev() {
-        path[i + 1].pweight += one * path[i].pweight * (i + 1) as f64 / d1;
-        path[i].pweight = zero * path[i].pweight * (ud - i) as f64 / d1;
+        path[i + 1].pweight += one * path[i].pweight * (i + 1) as f64 * inv_d1;
+        path[i].pweight = zero * path[i].pweight * (ud - i) as f64 * inv_d1;
     }
 }
 
@@ -131,14 +153,19 @@ fn unwind_path(path: &mut [PathElement], ud: usize, index: usize) {
     let one = path[index].one_fraction;
     let zero = path[index].zero_fraction;
     let d1 = (ud + 1) as f64;
+    let inv_d1 = RECIP[ud + 1];
     let mut next_one = path[ud].pweight;
-    for i in (0..ud).rev() {
-        if one != 0.0 {
+    if one != 0.0 {
+        let inv_one = 1.0 / one;
+        for i in (0..ud).rev() {
             let tmp = path[i].pweight;
-            path[i].pweight = next_one * d1 / ((i + 1) as f64 * one);
-            next_one = tmp - path[i].pweight * zero * (ud - i) as f64 / d1;
-        } else {
-            path[i].pweight = path[i].pweight * d1 / (zero * (ud - i) as f64);
+            path[i].pweight = next_one * d1 * RECIP[i + 1] * inv_one;
+            next_one = tmp - path[i].pweight * zero * (ud - i) as f64 * inv_d1;
+        }
+    } else {
+        let inv_zero = 1.0 / zero;
+        for i in (0..ud).rev() {
+            path[i].pweight = path[i].pweight * d1 * inv_zero * RECIP[ud - i];
         }
     }
     for i in index..ud {
@@ -152,15 +179,20 @@ fn unwound_path_sum(path: &[PathElement], ud: usize, index: usize) -> f64 {
     let one = path[index].one_fraction;
     let zero = path[index].zero_fraction;
     let d1 = (ud + 1) as f64;
-    let mut next_one = path[ud].pweight;
+    let inv_d1 = RECIP[ud + 1];
     let mut total = 0.0;
-    for i in (0..ud).rev() {
-        if one != 0.0 {
-            let tmp = next_one * d1 / ((i + 1) as f64 * one);
+    if one != 0.0 {
+        let inv_one = 1.0 / one;
+        let mut next_one = path[ud].pweight;
+        for i in (0..ud).rev() {
+            let tmp = next_one * d1 * RECIP[i + 1] * inv_one;
             total += tmp;
-            next_one = path[i].pweight - tmp * zero * (ud - i) as f64 / d1;
-        } else if zero != 0.0 {
-            total += (path[i].pweight / zero) / ((ud - i) as f64 / d1);
+            next_one = path[i].pweight - tmp * zero * (ud - i) as f64 * inv_d1;
+        }
+    } else if zero != 0.0 {
+        let inv_zero = 1.0 / zero;
+        for i in (0..ud).rev() {
+            total += path[i].pweight * inv_zero * d1 * RECIP[ud - i];
         }
     }
     total

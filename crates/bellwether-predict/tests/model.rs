@@ -189,6 +189,22 @@ fn another_version_another_format_or_a_corrupt_file_is_refused() {
             .starts_with("m.json: the model file is corrupt: "),
         "{err}"
     );
+    // Too deep to explain: a chain of 40 splits.
+    // Node 2i is split i (its left child 2i+1 is a leaf, its right child the next split).
+    let mut fixed = Vec::new();
+    for i in 0..40u32 {
+        fixed.push(serde_json::json!({"node": "split", "feature": 0, "left": 2 * i + 1, "right": 2 * i + 2, "cover": 1.0,
+            "rule": {"kind": "numeric", "threshold": 0.0, "missing_left": true}}));
+        fixed.push(serde_json::json!({"node": "leaf", "value": 0.0, "cover": 1.0}));
+    }
+    fixed.push(serde_json::json!({"node": "leaf", "value": 0.0, "cover": 1.0}));
+    let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    v["estimator"]["trees"][0]["nodes"] = serde_json::Value::Array(fixed);
+    let err = Model::read(v.to_string().as_bytes(), "m.json").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "m.json: the model file is corrupt: tree 0: a tree is deeper than 32"
+    );
     // Structurally damaged: a child pointing back at its parent.
     let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     v["estimator"]["trees"][0]["nodes"][0]["left"] = serde_json::json!(0);
