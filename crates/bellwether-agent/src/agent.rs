@@ -195,7 +195,10 @@ impl<T: Transport, C: Collector> Agent<T, C> {
     }
 
     async fn collect(&mut self) {
-        let Collected { mut profile, samples } = self.collector.collect().await;
+        let Collected {
+            mut profile,
+            samples,
+        } = self.collector.collect().await;
         self.stats.collections += 1;
         profile.labels = self.settings.labels.clone();
         self.pending_profile = self.changes.is_news(&profile).then(|| profile.clone());

@@ -20,7 +20,10 @@ pub struct BackoffPolicy {
 
 impl Default for BackoffPolicy {
     fn default() -> Self {
-        BackoffPolicy { base: Duration::from_millis(250), cap: Duration::from_secs(30) }
+        BackoffPolicy {
+            base: Duration::from_millis(250),
+            cap: Duration::from_secs(30),
+        }
     }
 }
 
@@ -30,7 +33,9 @@ impl BackoffPolicy {
         let exp = failures.saturating_sub(1).min(32);
         let factor = 1u64 << exp;
         let nanos = (self.base.as_nanos() as u64).saturating_mul(factor);
-        Duration::from_nanos(nanos).min(self.cap).max(Duration::from_millis(1))
+        Duration::from_nanos(nanos)
+            .min(self.cap)
+            .max(Duration::from_millis(1))
     }
 }
 
@@ -43,12 +48,20 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(policy: BackoffPolicy) -> Self {
-        Backoff { policy, failures: 0, rng: SmallRng::from_entropy() }
+        Backoff {
+            policy,
+            failures: 0,
+            rng: SmallRng::from_entropy(),
+        }
     }
 
     /// A backoff whose jitter is reproducible, for tests.
     pub fn with_seed(policy: BackoffPolicy, seed: u64) -> Self {
-        Backoff { policy, failures: 0, rng: SmallRng::seed_from_u64(seed) }
+        Backoff {
+            policy,
+            failures: 0,
+            rng: SmallRng::seed_from_u64(seed),
+        }
     }
 
     /// Records a failure and returns how long to wait before the next attempt.
@@ -77,7 +90,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn policy() -> BackoffPolicy {
-        BackoffPolicy { base: Duration::from_millis(100), cap: Duration::from_secs(2) }
+        BackoffPolicy {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(2),
+        }
     }
 
     #[test]

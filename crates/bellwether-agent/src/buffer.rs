@@ -102,7 +102,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn sample(i: i64) -> MetricSample {
-        MetricSample { ts_ms: i, name: "load1".into(), value: i as f64 }
+        MetricSample {
+            ts_ms: i,
+            name: "load1".into(),
+            value: i as f64,
+        }
     }
 
     fn buf(cap: usize) -> SampleBuffer {

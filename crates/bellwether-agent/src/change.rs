@@ -104,7 +104,10 @@ mod tests {
         d.mark_sent(&profile());
 
         let mut p = profile();
-        p.packages.as_mut().unwrap().insert("openssl".into(), "3.1.0".into());
+        p.packages
+            .as_mut()
+            .unwrap()
+            .insert("openssl".into(), "3.1.0".into());
         assert!(d.is_news(&p));
 
         let mut p = profile();

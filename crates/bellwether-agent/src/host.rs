@@ -25,7 +25,11 @@ pub struct HostCollector {
 }
 
 impl HostCollector {
-    pub fn new(rootfs: PathBuf, flag_dependencies: Vec<Dependency>, probe_timeout: Duration) -> Self {
+    pub fn new(
+        rootfs: PathBuf,
+        flag_dependencies: Vec<Dependency>,
+        probe_timeout: Duration,
+    ) -> Self {
         HostCollector {
             rootfs,
             flag_dependencies,
@@ -42,7 +46,11 @@ pub fn samples_of(profile: &HostProfile) -> Vec<MetricSample> {
         .metrics
         .iter()
         .filter(|(_, v)| v.is_finite())
-        .map(|(name, value)| MetricSample { ts_ms: profile.collected_at_ms, name: name.clone(), value: *value })
+        .map(|(name, value)| MetricSample {
+            ts_ms: profile.collected_at_ms,
+            name: name.clone(),
+            value: *value,
+        })
         .collect()
 }
 
@@ -64,7 +72,9 @@ impl Collector for HostCollector {
             };
             let mut profile = sampler.collect(&rootfs, &opts);
             if let Some(p) = &problem {
-                profile.notes.push(format!("declared dependencies not read: {p}"));
+                profile
+                    .notes
+                    .push(format!("declared dependencies not read: {p}"));
             }
             (sampler, profile, problem)
         });
@@ -103,18 +113,33 @@ mod tests {
     async fn collects_a_synthetic_root_with_declared_and_flag_dependencies() {
         let dir = tempfile::tempdir().unwrap();
         let mut spec = HostSpec::generate(3, "db-01", 80);
-        spec.dependencies = vec![("storage".into(), "127.0.0.1:1".into()), ("db".into(), "127.0.0.1:2".into())];
+        spec.dependencies = vec![
+            ("storage".into(), "127.0.0.1:1".into()),
+            ("db".into(), "127.0.0.1:2".into()),
+        ];
         write_host_root(dir.path(), &spec).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let flag = bellwether_drift::parse_dependency(&format!("db={}", listener.local_addr().unwrap())).unwrap();
+        let flag =
+            bellwether_drift::parse_dependency(&format!("db={}", listener.local_addr().unwrap()))
+                .unwrap();
         let mut c = HostCollector::new(dir.path().to_owned(), vec![flag], Duration::from_secs(1));
         let Collected { profile, samples } = c.collect().await;
         assert_eq!(profile.hostname.as_deref(), Some("db-01"));
         assert_eq!(profile.packages.as_ref().map(|p| p.len()), Some(80));
-        let deps: Vec<(&str, bool)> = profile.dependencies.iter().map(|d| (d.name.as_str(), d.reachable)).collect();
-        assert_eq!(deps, vec![("db", true), ("storage", false)], "the flag overrides the file by name");
+        let deps: Vec<(&str, bool)> = profile
+            .dependencies
+            .iter()
+            .map(|d| (d.name.as_str(), d.reachable))
+            .collect();
+        assert_eq!(
+            deps,
+            vec![("db", true), ("storage", false)],
+            "the flag overrides the file by name"
+        );
         assert_eq!(samples.len(), profile.metrics.len());
-        assert!(samples.iter().any(|s| s.name == "load1" && s.ts_ms == profile.collected_at_ms));
+        assert!(samples
+            .iter()
+            .any(|s| s.name == "load1" && s.ts_ms == profile.collected_at_ms));
     }
 
     #[tokio::test]
@@ -125,7 +150,10 @@ mod tests {
         let mut c = HostCollector::new(dir.path().to_owned(), vec![], Duration::from_millis(100));
         let Collected { profile, .. } = c.collect().await;
         assert!(
-            profile.notes.iter().any(|n| n.contains("etc/bellwether/dependencies:1")),
+            profile
+                .notes
+                .iter()
+                .any(|n| n.contains("etc/bellwether/dependencies:1")),
             "{:?}",
             profile.notes
         );

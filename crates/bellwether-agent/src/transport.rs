@@ -90,10 +90,16 @@ impl HttpTransport {
         enrol_token: impl Into<String>,
         timeout: Duration,
     ) -> Result<Self, TransportError> {
-        let bad = |reason: String| TransportError::BadUrl { url: server.to_owned(), reason };
+        let bad = |reason: String| TransportError::BadUrl {
+            url: server.to_owned(),
+            reason,
+        };
         let mut base = reqwest::Url::parse(server).map_err(|e| bad(e.to_string()))?;
         if !matches!(base.scheme(), "http" | "https") {
-            return Err(bad(format!("scheme {:?} is not http or https", base.scheme())));
+            return Err(bad(format!(
+                "scheme {:?} is not http or https",
+                base.scheme()
+            )));
         }
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
@@ -107,11 +113,17 @@ impl HttpTransport {
             .user_agent(concat!("bellwether-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(TransportError::Client)?;
-        Ok(HttpTransport { client, base, enrol_token: enrol_token.into() })
+        Ok(HttpTransport {
+            client,
+            base,
+            enrol_token: enrol_token.into(),
+        })
     }
 
     fn url(&self, path: &str) -> reqwest::Url {
-        self.base.join(path).expect("static api paths join onto an http base url")
+        self.base
+            .join(path)
+            .expect("static api paths join onto an http base url")
     }
 
     async fn post<B: Serialize>(
@@ -173,20 +185,25 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl Transport for HttpTransport {
     async fn enrol(&mut self, req: &EnrolRequest) -> Result<String, SendError> {
-        let resp = self.post("api/v1/enrol", &self.enrol_token.clone(), req).await?;
-        let body: EnrolResponse = resp
-            .json()
-            .await
-            .map_err(|e| SendError::Unavailable(format!("bad enrolment answer: {}", error_chain(&e))))?;
+        let resp = self
+            .post("api/v1/enrol", &self.enrol_token.clone(), req)
+            .await?;
+        let body: EnrolResponse = resp.json().await.map_err(|e| {
+            SendError::Unavailable(format!("bad enrolment answer: {}", error_chain(&e)))
+        })?;
         Ok(body.agent_token)
     }
 
     async fn send_profile(&mut self, token: &str, profile: &HostProfile) -> Result<(), SendError> {
-        self.post("api/v1/agent/profile", token, profile).await.map(drop)
+        self.post("api/v1/agent/profile", token, profile)
+            .await
+            .map(drop)
     }
 
     async fn send_samples(&mut self, token: &str, body: &SamplesRequest) -> Result<(), SendError> {
-        self.post("api/v1/agent/samples", token, body).await.map(drop)
+        self.post("api/v1/agent/samples", token, body)
+            .await
+            .map(drop)
     }
 }
 
@@ -196,8 +213,12 @@ mod tests {
 
     #[test]
     fn base_url_keeps_a_path_prefix() {
-        let t = HttpTransport::new("http://127.0.0.1:7878/bw", "t", Duration::from_secs(1)).unwrap();
-        assert_eq!(t.url("api/v1/enrol").as_str(), "http://127.0.0.1:7878/bw/api/v1/enrol");
+        let t =
+            HttpTransport::new("http://127.0.0.1:7878/bw", "t", Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            t.url("api/v1/enrol").as_str(),
+            "http://127.0.0.1:7878/bw/api/v1/enrol"
+        );
         let t = HttpTransport::new("https://h", "t", Duration::from_secs(1)).unwrap();
         assert_eq!(t.url("api/v1/enrol").as_str(), "https://h/api/v1/enrol");
     }
@@ -205,9 +226,16 @@ mod tests {
     #[test]
     fn bad_urls_are_named() {
         let e = HttpTransport::new("ftp://h", "t", Duration::from_secs(1)).unwrap_err();
-        assert_eq!(e.to_string(), "server url \"ftp://h\" is not valid: scheme \"ftp\" is not http or https");
+        assert_eq!(
+            e.to_string(),
+            "server url \"ftp://h\" is not valid: scheme \"ftp\" is not http or https"
+        );
         let e = HttpTransport::new("not a url", "t", Duration::from_secs(1)).unwrap_err();
-        assert!(e.to_string().starts_with("server url \"not a url\" is not valid"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("server url \"not a url\" is not valid"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -215,18 +243,34 @@ mod tests {
         assert_eq!(error_for_status(401, "no".into()), SendError::Unauthorized);
         assert_eq!(
             error_for_status(400, "missing field `name`".into()),
-            SendError::Rejected { status: 400, message: "missing field `name`".into() }
+            SendError::Rejected {
+                status: 400,
+                message: "missing field `name`".into()
+            }
         );
-        assert!(matches!(error_for_status(413, String::new()), SendError::Rejected { status: 413, .. }));
+        assert!(matches!(
+            error_for_status(413, String::new()),
+            SendError::Rejected { status: 413, .. }
+        ));
         for retry in [408, 429, 500, 502, 503] {
-            assert!(matches!(error_for_status(retry, String::new()), SendError::Unavailable(_)), "{retry}");
+            assert!(
+                matches!(
+                    error_for_status(retry, String::new()),
+                    SendError::Unavailable(_)
+                ),
+                "{retry}"
+            );
         }
     }
 
     #[test]
     fn wire_shapes_match_the_api_contract() {
         let body = SamplesRequest {
-            samples: vec![MetricSample { ts_ms: 5, name: "load1".into(), value: 0.5 }],
+            samples: vec![MetricSample {
+                ts_ms: 5,
+                name: "load1".into(),
+                value: 0.5,
+            }],
             dropped: 3,
         };
         assert_eq!(
@@ -237,6 +281,9 @@ mod tests {
             name: HostName::new("web-01").unwrap(),
             labels: [("role".to_string(), "web".to_string())].into(),
         };
-        assert_eq!(serde_json::to_string(&enrol).unwrap(), r#"{"name":"web-01","labels":{"role":"web"}}"#);
+        assert_eq!(
+            serde_json::to_string(&enrol).unwrap(),
+            r#"{"name":"web-01","labels":{"role":"web"}}"#
+        );
     }
 }

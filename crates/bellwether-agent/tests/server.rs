@@ -29,7 +29,10 @@ impl Client {
     }
 
     async fn profile(&self, host: &str) -> Option<HostProfile> {
-        match self.get(&format!("/api/v1/hosts/{host}/profile"), Some(OP)).await {
+        match self
+            .get(&format!("/api/v1/hosts/{host}/profile"), Some(OP))
+            .await
+        {
             (200, body) => Some(serde_json::from_str(&body).unwrap()),
             _ => None,
         }
@@ -39,12 +42,18 @@ impl Client {
     async fn counter(&self, name: &str) -> f64 {
         let (_, text) = self.get("/metrics", None).await;
         text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or(0.0)
     }
 }
 
-async fn eventually<T, Fut: std::future::Future<Output = Option<T>>>(what: &str, mut f: impl FnMut() -> Fut) -> T {
+async fn eventually<T, Fut: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> Fut,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(v) = f().await {
@@ -81,7 +90,10 @@ async fn agent_reports_to_a_real_server_and_survives_token_revocation() {
         let _ = agent_stopped.await;
     }));
 
-    let client = Client { http: reqwest::Client::new(), base: base.clone() };
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: base.clone(),
+    };
     let first = eventually("the first profile", || client.profile("agent-test-01")).await;
     assert_eq!(first.labels.get("role").map(String::as_str), Some("web"));
     assert_eq!(first.packages.as_ref().map(|p| p.len()), Some(50));
@@ -91,13 +103,17 @@ async fn agent_reports_to_a_real_server_and_survives_token_revocation() {
     .await;
 
     // A configuration change reaches the server as a new profile.
-    spec.apply(&Drift::SetPackage { name: "strace".into(), version: "6.1-0.1".into() });
+    spec.apply(&Drift::SetPackage {
+        name: "strace".into(),
+        version: "6.1-0.1".into(),
+    });
     write_host_root(&root, &spec).unwrap();
     eventually("the changed profile", || async {
-        client
-            .profile("agent-test-01")
-            .await
-            .filter(|p| p.packages.as_ref().is_some_and(|p| p.contains_key("strace")))
+        client.profile("agent-test-01").await.filter(|p| {
+            p.packages
+                .as_ref()
+                .is_some_and(|p| p.contains_key("strace"))
+        })
     })
     .await;
 
@@ -112,7 +128,10 @@ async fn agent_reports_to_a_real_server_and_survives_token_revocation() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    spec.apply(&Drift::SetPackage { name: "htop".into(), version: "3.2.2-2".into() });
+    spec.apply(&Drift::SetPackage {
+        name: "htop".into(),
+        version: "3.2.2-2".into(),
+    });
     write_host_root(&root, &spec).unwrap();
     eventually("a profile sent after re-enrolment", || async {
         client
@@ -123,7 +142,10 @@ async fn agent_reports_to_a_real_server_and_survives_token_revocation() {
     .await;
 
     stop_agent.send(()).unwrap();
-    let stats = tokio::time::timeout(Duration::from_secs(10), agent).await.expect("agent stops").unwrap();
+    let stats = tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("agent stops")
+        .unwrap();
     assert_eq!(stats.enrolments, 2, "{stats:?}");
     assert!(stats.profiles_sent >= 3, "{stats:?}");
     assert_eq!(stats.buffered_at_exit, 0, "{stats:?}");

@@ -16,7 +16,9 @@ use support::*;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn has_finding(s: &DriftScore, category: DriftCategory, attribute: &str) -> bool {
-    s.findings.iter().any(|f| f.category == category && f.attribute.starts_with(attribute))
+    s.findings
+        .iter()
+        .any(|f| f.category == category && f.attribute.starts_with(attribute))
 }
 
 /// Three hosts, one change each — a package, a metric, a dependency — and the server's drift
@@ -24,7 +26,13 @@ fn has_finding(s: &DriftScore, category: DriftCategory, attribute: &str) -> bool
 async fn drift_appears_after_changes(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let server = Server::start(dir, &backend, "127.0.0.1:0", "operator-token-e2e-drift", "enrol-token-e2e-drift");
+    let server = Server::start(
+        dir,
+        &backend,
+        "127.0.0.1:0",
+        "operator-token-e2e-drift",
+        "enrol-token-e2e-drift",
+    );
     let api = server.api();
     let dependency = TcpListener::bind("127.0.0.1:0").unwrap();
     let dep_addr = dependency.local_addr().unwrap().to_string();
@@ -43,20 +51,32 @@ async fn drift_appears_after_changes(backend: Backend) {
     }
 
     for name in names {
-        eventually(&format!("{name}'s first profile"), WAIT, || api.profile(name)).await;
+        eventually(&format!("{name}'s first profile"), WAIT, || {
+            api.profile(name)
+        })
+        .await;
     }
-    let (status, body) = api.post("/api/v1/baselines", serde_json::json!({"all": true})).await;
+    let (status, body) = api
+        .post("/api/v1/baselines", serde_json::json!({"all": true}))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["captured"].as_array().map(Vec::len), Some(3), "{body}");
     for name in names {
         let s = eventually(&format!("{name}'s drift"), WAIT, || api.drift(name)).await;
-        assert_eq!(s.configuration.get(), 0.0, "{name} before any change: {s:?}");
+        assert_eq!(
+            s.configuration.get(),
+            0.0,
+            "{name} before any change: {s:?}"
+        );
         assert_eq!(s.dependency.get(), 0.0, "{name} before any change: {s:?}");
     }
 
     // A package gets a major upgrade.
     let (root, spec) = &mut specs[0];
-    spec.apply(&Drift::UpgradePackage { name: "nginx".into(), level: ChangeLevel::Major });
+    spec.apply(&Drift::UpgradePackage {
+        name: "nginx".into(),
+        level: ChangeLevel::Major,
+    });
     write_host_root(root, spec).unwrap();
     // The load goes up fiftyfold.
     let (root, spec) = &mut specs[1];
@@ -64,9 +84,16 @@ async fn drift_appears_after_changes(backend: Backend) {
     spec.apply(&Drift::Load(load));
     write_host_root(root, spec).unwrap();
     // The dependency host's endpoint moves to a port where nothing answers.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
     let (root, spec) = &mut specs[2];
-    spec.apply(&Drift::SetDependency { name: "db".into(), endpoint: closed });
+    spec.apply(&Drift::SetDependency {
+        name: "db".into(),
+        endpoint: closed,
+    });
     write_host_root(root, spec).unwrap();
 
     let expect = [
@@ -76,7 +103,9 @@ async fn drift_appears_after_changes(backend: Backend) {
     ];
     for (name, category, attribute) in expect {
         let s = eventually(&format!("{attribute} drift on {name}"), WAIT, || async {
-            api.drift(name).await.filter(|s| has_finding(s, category, attribute))
+            api.drift(name)
+                .await
+                .filter(|s| has_finding(s, category, attribute))
         })
         .await;
         let score = match category {
@@ -107,7 +136,11 @@ async fn drift_appears_after_changes(backend: Backend) {
     for a in &mut agents {
         a.assert_running();
         let status = a.terminate(Duration::from_secs(10));
-        assert!(status.success(), "{} exited with {status} on SIGTERM", a.what);
+        assert!(
+            status.success(),
+            "{} exited with {status} on SIGTERM",
+            a.what
+        );
     }
 }
 
@@ -127,7 +160,13 @@ async fn drift_appears_after_package_metric_and_dependency_changes_on_postgres()
 async fn agent_buffers_while_the_server_is_down_and_reports_what_it_dropped() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut server = Server::start(dir, &Backend::Sqlite, "127.0.0.1:0", "operator-token-e2e-buffer", "enrol-token-e2e-buffer");
+    let mut server = Server::start(
+        dir,
+        &Backend::Sqlite,
+        "127.0.0.1:0",
+        "operator-token-e2e-buffer",
+        "enrol-token-e2e-buffer",
+    );
     let spec = HostSpec::generate(7, "buf-host", 40);
     let root = dir.join("hosts/buf-host");
     write_host_root(&root, &spec).unwrap();
@@ -142,20 +181,37 @@ async fn agent_buffers_while_the_server_is_down_and_reports_what_it_dropped() {
     // The server goes away; the agent must overflow its 20-sample buffer and say so.
     server.guard.kill();
     eventually("the agent to report a full buffer", WAIT, || async {
-        agent.log_text().contains("Sample buffer is full").then_some(())
+        agent
+            .log_text()
+            .contains("Sample buffer is full")
+            .then_some(())
     })
     .await;
     agent.assert_running();
 
     // The same server comes back on the same address with the same store.
     let addr = server.addr.clone();
-    let restarted = Server::start(dir, &Backend::Sqlite, &addr, "operator-token-e2e-buffer", "enrol-token-e2e-buffer");
+    let restarted = Server::start(
+        dir,
+        &Backend::Sqlite,
+        &addr,
+        "operator-token-e2e-buffer",
+        "enrol-token-e2e-buffer",
+    );
     assert_eq!(restarted.addr, addr);
     let api = restarted.api();
     let reported = eventually("the agent to report dropped samples", WAIT, || async {
         let log = agent.log_text();
-        let line = log.lines().find(|l| l.contains("samples dropped while it was away"))?;
-        let n: u64 = line.split("dropped=").nth(1)?.split_whitespace().next()?.parse().ok()?;
+        let line = log
+            .lines()
+            .find(|l| l.contains("samples dropped while it was away"))?;
+        let n: u64 = line
+            .split("dropped=")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
         Some(n)
     })
     .await;
@@ -164,7 +220,12 @@ async fn agent_buffers_while_the_server_is_down_and_reports_what_it_dropped() {
     let metrics = api.metrics().await;
     let counted: f64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("bellwether_samples_dropped_by_agents_total ")?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("bellwether_samples_dropped_by_agents_total ")?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0.0);
     assert_eq!(counted as u64, reported, "server /metrics:\n{metrics}");
     // And samples flow again.
@@ -180,12 +241,23 @@ struct SandboxGuard<'a>(&'a Path);
 
 impl Drop for SandboxGuard<'_> {
     fn drop(&mut self) {
-        let _ = run(&["sandbox", "down", "--dir", self.0.to_str().unwrap(), "--grace", "1s"]);
+        let _ = run(&[
+            "sandbox",
+            "down",
+            "--dir",
+            self.0.to_str().unwrap(),
+            "--grace",
+            "1s",
+        ]);
     }
 }
 
 fn text(o: &std::process::Output) -> String {
-    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[test]
@@ -194,7 +266,16 @@ fn sandbox_up_and_down_leave_no_process_running() {
     let dir = tmp.path().join("sbx");
     let d = dir.to_str().unwrap();
     let _guard = SandboxGuard(&dir);
-    let up = run(&["sandbox", "up", "--hosts", "3", "--dir", d, "--interval", "300ms"]);
+    let up = run(&[
+        "sandbox",
+        "up",
+        "--hosts",
+        "3",
+        "--dir",
+        d,
+        "--interval",
+        "300ms",
+    ]);
     assert!(up.status.success(), "{}", text(&up));
     let marker = dir.canonicalize().unwrap().display().to_string();
     // Three agents, the server and the listener outlive `sandbox up`.
@@ -202,30 +283,57 @@ fn sandbox_up_and_down_leave_no_process_running() {
 
     let again = run(&["sandbox", "up", "--hosts", "3", "--dir", d]);
     assert_eq!(again.status.code(), Some(2), "{}", text(&again));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already running"),
+        "{}",
+        text(&again)
+    );
 
     let status = run(&["sandbox", "status", "--dir", d, "--output", "json"]);
     assert!(status.status.success(), "{}", text(&status));
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(v["hosts"].as_array().unwrap().len(), 3);
-    assert!(v["hosts"].as_array().unwrap().iter().all(|h| h["agent_running"] == true), "{v}");
+    assert!(
+        v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["agent_running"] == true),
+        "{v}"
+    );
 
-    let drift = run(&["sandbox", "drift", "--dir", d, "--host", "web-01", "--kind", "package"]);
+    let drift = run(&[
+        "sandbox", "drift", "--dir", d, "--host", "web-01", "--kind", "package",
+    ]);
     assert!(drift.status.success(), "{}", text(&drift));
-    assert!(String::from_utf8_lossy(&drift.stdout).contains("nginx 1.22.1-9 → 2."), "{}", text(&drift));
-    let bad = run(&["sandbox", "drift", "--dir", d, "--host", "nope", "--kind", "metric"]);
+    assert!(
+        String::from_utf8_lossy(&drift.stdout).contains("nginx 1.22.1-9 → 2."),
+        "{}",
+        text(&drift)
+    );
+    let bad = run(&[
+        "sandbox", "drift", "--dir", d, "--host", "nope", "--kind", "metric",
+    ]);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
 
     let down = run(&["sandbox", "down", "--dir", d]);
     assert!(down.status.success(), "{}", text(&down));
-    assert!(String::from_utf8_lossy(&down.stdout).contains("stopped 5 processes"), "{}", text(&down));
+    assert!(
+        String::from_utf8_lossy(&down.stdout).contains("stopped 5 processes"),
+        "{}",
+        text(&down)
+    );
     assert_eq!(processes_mentioning(&marker), Vec::<u32>::new());
     let status = run(&["sandbox", "status", "--dir", d, "--output", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(v["server_running"], false, "{v}");
     let purge = run(&["sandbox", "down", "--dir", d, "--purge"]);
     assert!(purge.status.success(), "{}", text(&purge));
-    assert!(String::from_utf8_lossy(&purge.stdout).contains("stopped 0 processes"), "{}", text(&purge));
+    assert!(
+        String::from_utf8_lossy(&purge.stdout).contains("stopped 0 processes"),
+        "{}",
+        text(&purge)
+    );
     assert!(!dir.exists());
 }
 
@@ -248,8 +356,18 @@ fn quickstart_runs_end_to_end_with_a_small_fleet() {
         "dns.resolver",
         "Peer outliers",
     ] {
-        assert!(stdout.contains(needle), "missing {needle:?} in\n{}", text(&out));
+        assert!(
+            stdout.contains(needle),
+            "missing {needle:?} in\n{}",
+            text(&out)
+        );
     }
-    assert!(!dir.exists(), "quickstart without --keep removes its sandbox");
-    assert_eq!(processes_mentioning(dir.to_str().unwrap()), Vec::<u32>::new());
+    assert!(
+        !dir.exists(),
+        "quickstart without --keep removes its sandbox"
+    );
+    assert_eq!(
+        processes_mentioning(dir.to_str().unwrap()),
+        Vec::<u32>::new()
+    );
 }

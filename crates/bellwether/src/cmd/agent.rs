@@ -23,11 +23,20 @@ use super::UsageError;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The server's base URL.
-    #[arg(long, env = "BELLWETHER_SERVER", default_value = "http://127.0.0.1:7878")]
+    #[arg(
+        long,
+        env = "BELLWETHER_SERVER",
+        default_value = "http://127.0.0.1:7878"
+    )]
     server: String,
     /// The enrolment token (the server writes it to <data-dir>/enrol.token). The agent trades
     /// it for its own agent token at start, and again if the server forgets that one.
-    #[arg(long, env = "BELLWETHER_ENROL_TOKEN", required_unless_present = "token_file", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "BELLWETHER_ENROL_TOKEN",
+        required_unless_present = "token_file",
+        hide_env_values = true
+    )]
     token: Option<String>,
     /// Read the enrolment token from this file instead (keeps it out of the process list).
     #[arg(long, value_name = "FILE", conflicts_with = "token")]
@@ -80,7 +89,9 @@ fn parse_label(value: &str) -> Result<(String, String), UsageError> {
         .ok_or_else(|| UsageError(format!("--label {value:?}: expected K=V")))?;
     let k = k.trim();
     if k.is_empty() {
-        return Err(UsageError(format!("--label {value:?}: the key before '=' is empty")));
+        return Err(UsageError(format!(
+            "--label {value:?}: the key before '=' is empty"
+        )));
     }
     Ok((k.to_owned(), v.trim().to_owned()))
 }
@@ -91,7 +102,10 @@ fn host_name(name: Option<&str>, rootfs: &Path) -> Result<HostName, UsageError> 
         None => {
             let path = rootfs.join("etc/hostname");
             let text = std::fs::read_to_string(&path).map_err(|e| {
-                UsageError(format!("no --name given and {} could not be read: {e}", path.display()))
+                UsageError(format!(
+                    "no --name given and {} could not be read: {e}",
+                    path.display()
+                ))
             })?;
             (text.trim().to_owned(), path.display().to_string())
         }
@@ -119,15 +133,24 @@ fn validate(args: Args) -> Result<Config, UsageError> {
     }
     let buffer = NonZeroUsize::new(args.buffer)
         .ok_or_else(|| UsageError("--buffer: must be at least 1 sample".into()))?;
-    let labels: BTreeMap<String, String> =
-        args.labels.iter().map(|l| parse_label(l)).collect::<Result<_, _>>()?;
+    let labels: BTreeMap<String, String> = args
+        .labels
+        .iter()
+        .map(|l| parse_label(l))
+        .collect::<Result<_, _>>()?;
     let dependencies = args
         .dependencies
         .iter()
-        .map(|d| bellwether_drift::parse_dependency(d).map_err(|e| UsageError(format!("--dependency: {e}"))))
+        .map(|d| {
+            bellwether_drift::parse_dependency(d)
+                .map_err(|e| UsageError(format!("--dependency: {e}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if !args.rootfs.is_dir() {
-        return Err(UsageError(format!("--rootfs {}: not a directory", args.rootfs.display())));
+        return Err(UsageError(format!(
+            "--rootfs {}: not a directory",
+            args.rootfs.display()
+        )));
     }
     let name = host_name(args.name.as_deref(), &args.rootfs)?;
     let mut settings = Settings::new(name);
@@ -152,7 +175,10 @@ fn validate(args: Args) -> Result<Config, UsageError> {
 /// Completes on the first SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
@@ -191,10 +217,16 @@ mod tests {
 
     #[test]
     fn labels_need_a_key() {
-        assert_eq!(parse_label("role=web").unwrap(), ("role".into(), "web".into()));
+        assert_eq!(
+            parse_label("role=web").unwrap(),
+            ("role".into(), "web".into())
+        );
         assert_eq!(parse_label("role=").unwrap(), ("role".into(), "".into()));
         assert!(parse_label("role").unwrap_err().0.contains("expected K=V"));
-        assert!(parse_label("=web").unwrap_err().0.contains("key before '='"));
+        assert!(parse_label("=web")
+            .unwrap_err()
+            .0
+            .contains("key before '='"));
     }
 
     #[test]
@@ -258,7 +290,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().context("could not find the bellwether executable")?;
     let work = std::env::temp_dir().join(format!("bellwether-bench-agent-{}", std::process::id()));
-    std::fs::create_dir_all(&work).with_context(|| format!("could not create {}", work.display()))?;
+    std::fs::create_dir_all(&work)
+        .with_context(|| format!("could not create {}", work.display()))?;
     let result = (|| -> anyhow::Result<ExitCode> {
         let addr_file = work.join("server.addr");
         let token = super::sandbox::random_token();
@@ -291,7 +324,16 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let url = format!("http://{addr}");
         let agent = Reaped(
             Command::new(&exe)
-                .args(["agent", "--server", &url, "--token", &enrol_token, "--name", "bench-agent", "--interval"])
+                .args([
+                    "agent",
+                    "--server",
+                    &url,
+                    "--token",
+                    &enrol_token,
+                    "--name",
+                    "bench-agent",
+                    "--interval",
+                ])
                 .arg(humantime::format_duration(args.interval).to_string())
                 .arg("--rootfs")
                 .arg(&args.rootfs)
@@ -356,7 +398,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         drop(agent);
         drop(server);
-        Ok(if max_idle <= 15 * 1024 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        Ok(if max_idle <= 15 * 1024 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
     })();
     let _ = std::fs::remove_dir_all(&work);
     result

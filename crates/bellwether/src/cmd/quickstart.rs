@@ -56,21 +56,32 @@ struct Injection {
 /// spike, another web host loses its dependency, a cache host gets new DNS resolvers.
 fn plan_injections(state: &State) -> anyhow::Result<Vec<Injection>> {
     let of_role = |role: &'static str| -> Vec<String> {
-        state.hosts.iter().filter(|h| h.role == role).map(|h| h.name.clone()).collect()
+        state
+            .hosts
+            .iter()
+            .filter(|h| h.role == role)
+            .map(|h| h.name.clone())
+            .collect()
     };
     let web = of_role("web");
     let (w1, w2) = (web.first().cloned(), web.get(1).cloned());
     let db = of_role("db").first().cloned();
     let cache = of_role("cache").first().cloned();
     let (Some(w1), Some(w2), Some(db), Some(cache)) = (w1, w2, db, cache) else {
-        return Err(UsageError("--hosts: need at least 4 hosts (two web, one db, one cache)".into()).into());
+        return Err(UsageError(
+            "--hosts: need at least 4 hosts (two web, one db, one cache)".into(),
+        )
+        .into());
     };
     let (pkg, _) = sandbox::fleet::role_package("web");
     Ok(vec![
         Injection {
             host: w1,
             kind: "package",
-            request: DriftRequest::Package { name: Some(pkg.into()), level: ChangeLevel::Major },
+            request: DriftRequest::Package {
+                name: Some(pkg.into()),
+                level: ChangeLevel::Major,
+            },
             category: DriftCategory::Configuration,
             attribute: format!("package:{pkg}"),
             what: String::new(),
@@ -86,7 +97,10 @@ fn plan_injections(state: &State) -> anyhow::Result<Vec<Injection>> {
         Injection {
             host: w2,
             kind: "dependency",
-            request: DriftRequest::Dependency { name: None, endpoint: None },
+            request: DriftRequest::Dependency {
+                name: None,
+                endpoint: None,
+            },
             category: DriftCategory::Dependency,
             attribute: format!("dependency:{}", sandbox::fleet::role_dependency("web")),
             what: String::new(),
@@ -103,7 +117,10 @@ fn plan_injections(state: &State) -> anyhow::Result<Vec<Injection>> {
 }
 
 fn shows(score: &DriftScore, inj: &Injection) -> bool {
-    score.findings.iter().any(|f| f.category == inj.category && f.attribute.starts_with(&inj.attribute))
+    score
+        .findings
+        .iter()
+        .any(|f| f.category == inj.category && f.attribute.starts_with(&inj.attribute))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -146,7 +163,14 @@ fn story(state: &State, args: &Args, t0: Instant, progress: bool) -> anyhow::Res
     let rt = sandbox::runtime()?;
     let roles = |role: &str| state.hosts.iter().filter(|h| h.role == role).count();
 
-    say(out, format!("Bellwether quickstart: a sandbox fleet of {} hosts on SQLite (seed {})", state.hosts.len(), args.seed));
+    say(
+        out,
+        format!(
+            "Bellwether quickstart: a sandbox fleet of {} hosts on SQLite (seed {})",
+            state.hosts.len(),
+            args.seed
+        ),
+    );
     say(out, "");
     say(
         out,
@@ -161,7 +185,8 @@ fn story(state: &State, args: &Args, t0: Instant, progress: bool) -> anyhow::Res
         ),
     );
 
-    let captured: Captured = rt.block_on(api.post("/api/v1/baselines", &serde_json::json!({"all": true})))?;
+    let captured: Captured =
+        rt.block_on(api.post("/api/v1/baselines", &serde_json::json!({"all": true})))?;
     if captured.captured.len() != state.hosts.len() {
         anyhow::bail!(
             "baselines were captured for {} of {} hosts; skipped: {}",
@@ -170,15 +195,27 @@ fn story(state: &State, args: &Args, t0: Instant, progress: bool) -> anyhow::Res
             serde_json::to_string(&captured.skipped)?
         );
     }
-    say(out, format!("2. Known-good baselines captured for all {} hosts.", captured.captured.len()));
+    say(
+        out,
+        format!(
+            "2. Known-good baselines captured for all {} hosts.",
+            captured.captured.len()
+        ),
+    );
 
     let mut injections = plan_injections(state)?;
     for inj in &mut injections {
         inj.what = sandbox::inject(&state.dir, &inj.host, inj.request.clone())?;
     }
-    say(out, format!("3. Drift injected on {} hosts:", injections.len()));
+    say(
+        out,
+        format!("3. Drift injected on {} hosts:", injections.len()),
+    );
     for inj in &injections {
-        say(out, format!("     {:<10} {:<11} {}", inj.host, inj.kind, inj.what));
+        say(
+            out,
+            format!("     {:<10} {:<11} {}", inj.host, inj.kind, inj.what),
+        );
     }
 
     let t_drift = Instant::now();
@@ -213,14 +250,21 @@ fn story(state: &State, args: &Args, t0: Instant, progress: bool) -> anyhow::Res
 }
 
 /// Polls each drifted host's score until it shows the injected change.
-async fn wait_for_drift(api: &Api, injections: &[Injection], timeout: Duration, progress: bool) -> anyhow::Result<()> {
+async fn wait_for_drift(
+    api: &Api,
+    injections: &[Injection],
+    timeout: Duration,
+    progress: bool,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     let pb = if progress {
         let pb = indicatif::ProgressBar::new(injections.len() as u64);
         pb.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} waiting for drift to show [{bar:20}] {pos}/{len} ({elapsed})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} waiting for drift to show [{bar:20}] {pos}/{len} ({elapsed})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         pb.enable_steady_tick(Duration::from_millis(100));
         pb
@@ -231,7 +275,9 @@ async fn wait_for_drift(api: &Api, injections: &[Injection], timeout: Duration, 
     loop {
         let mut still = Vec::new();
         for inj in pending {
-            let score: Option<DriftScore> = api.get(&format!("/api/v1/hosts/{}/drift", inj.host)).await?;
+            let score: Option<DriftScore> = api
+                .get(&format!("/api/v1/hosts/{}/drift", inj.host))
+                .await?;
             if score.as_ref().is_some_and(|s| shows(s, inj)) {
                 pb.inc(1);
             } else {
@@ -245,7 +291,10 @@ async fn wait_for_drift(api: &Api, injections: &[Injection], timeout: Duration, 
         }
         if tokio::time::Instant::now() >= deadline {
             pb.abandon();
-            let what: Vec<String> = pending.iter().map(|i| format!("{} ({} drift, {})", i.host, i.kind, i.attribute)).collect();
+            let what: Vec<String> = pending
+                .iter()
+                .map(|i| format!("{} ({} drift, {})", i.host, i.kind, i.attribute))
+                .collect();
             anyhow::bail!(
                 "drift did not show within {} on: {}",
                 humantime::format_duration(timeout),
@@ -264,9 +313,14 @@ fn print_report(fleet: &FleetDrift) {
     println!();
     println!("Fleet drift, highest first");
     println!("  Scores are in [0, 1]: configuration (packages, OS, kernel, hardware, network),");
-    println!("  performance (metrics against the baseline's), dependency (reachability, latency, DNS).");
+    println!(
+        "  performance (metrics against the baseline's), dependency (reachability, latency, DNS)."
+    );
     println!();
-    println!("  {:<10} {:<6} {:>7} {:>7} {:>7} {:>7}  TOP FINDINGS", "HOST", "ROLE", "OVERALL", "CONFIG", "PERF", "DEP");
+    println!(
+        "  {:<10} {:<6} {:>7} {:>7} {:>7} {:>7}  TOP FINDINGS",
+        "HOST", "ROLE", "OVERALL", "CONFIG", "PERF", "DEP"
+    );
     let mut quiet = 0;
     for h in &fleet.hosts {
         let Some(s) = h.score.as_ref().filter(|s| s.overall.get() > 0.0) else {
@@ -275,7 +329,13 @@ fn print_report(fleet: &FleetDrift) {
         };
         let role = h.labels.get("role").map(String::as_str).unwrap_or("-");
         let mut findings = s.findings.iter().take(3).map(|f| {
-            format!("{} {} → {} ({})", f.attribute, opt(&f.baseline), opt(&f.current), f.weight)
+            format!(
+                "{} {} → {} ({})",
+                f.attribute,
+                opt(&f.baseline),
+                opt(&f.current),
+                f.weight
+            )
         });
         let lead = format!(
             "  {:<10} {:<6} {:>7} {:>7} {:>7} {:>7}  ",
@@ -324,14 +384,28 @@ fn peer_lines(values: &[serde_json::Value]) -> Vec<String> {
             .map(|d| {
                 d.iter()
                     .map(|x| {
-                        let s = |k: &str| x.get(k).and_then(|y| y.as_str()).unwrap_or("not installed").to_owned();
-                        format!("{} {} (peers: {})", s("attribute"), s("host"), s("majority"))
+                        let s = |k: &str| {
+                            x.get(k)
+                                .and_then(|y| y.as_str())
+                                .unwrap_or("not installed")
+                                .to_owned()
+                        };
+                        format!(
+                            "{} {} (peers: {})",
+                            s("attribute"),
+                            s("host"),
+                            s("majority")
+                        )
                     })
                     .collect()
             })
             .unwrap_or_default();
         let shown: Vec<&str> = diffs.iter().take(3).map(String::as_str).collect();
-        let more = if diffs.len() > 3 { format!(" (+{} more)", diffs.len() - 3) } else { String::new() };
+        let more = if diffs.len() > 3 {
+            format!(" (+{} more)", diffs.len() - 3)
+        } else {
+            String::new()
+        };
         out.push(format!("{host:<10}{group}  {}{more}", shown.join("; ")));
     };
     for v in values {
@@ -356,11 +430,17 @@ fn print_keep(state: &State) {
     println!();
     println!("The sandbox is still running. To look around:");
     println!("  export BELLWETHER_SERVER={}", state.server_url);
-    println!("  export BELLWETHER_TOKEN=$(cat {})", state.operator_token_file.display());
+    println!(
+        "  export BELLWETHER_TOKEN=$(cat {})",
+        state.operator_token_file.display()
+    );
     println!("  bellwether drift fleet");
     println!("  bellwether hosts");
     println!("  bellwether sandbox status --dir {dir}");
-    println!("  bellwether sandbox drift --dir {dir} --host {} --kind metric", state.hosts[0].name);
+    println!(
+        "  bellwether sandbox drift --dir {dir} --host {} --kind metric",
+        state.hosts[0].name
+    );
     println!("Stop it with:");
     println!("  bellwether sandbox down --dir {dir} --purge");
 }
@@ -376,12 +456,18 @@ mod tests {
             "differences": [{"attribute": "package:strace", "majority": null, "host": "6.1-0.1", "majority_hosts": 9, "compared": 10}]
         }]);
         let lines = peer_lines(flat.as_array().unwrap());
-        assert_eq!(lines, vec!["web-04     (role=web)  package:strace 6.1-0.1 (peers: not installed)"]);
+        assert_eq!(
+            lines,
+            vec!["web-04     (role=web)  package:strace 6.1-0.1 (peers: not installed)"]
+        );
         let grouped = serde_json::json!([{
             "label": "role", "value": "db", "hosts": ["db-01", "db-02"],
             "outliers": [{"host": "db-02", "differences": [{"attribute": "os", "majority": "debian 12", "host": "ubuntu 22.04"}]}]
         }]);
         let lines = peer_lines(grouped.as_array().unwrap());
-        assert_eq!(lines, vec!["db-02      (role=db)  os ubuntu 22.04 (peers: debian 12)"]);
+        assert_eq!(
+            lines,
+            vec!["db-02      (role=db)  os ubuntu 22.04 (peers: debian 12)"]
+        );
     }
 }

@@ -172,8 +172,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Some(r) => println!(
                     "stopped {} processes{}{}",
                     r.stopped,
-                    if r.killed > 0 { format!(" ({} needed SIGKILL)", r.killed) } else { String::new() },
-                    if a.purge { format!("; removed {}", a.dir.display()) } else { String::new() }
+                    if r.killed > 0 {
+                        format!(" ({} needed SIGKILL)", r.killed)
+                    } else {
+                        String::new()
+                    },
+                    if a.purge {
+                        format!("; removed {}", a.dir.display())
+                    } else {
+                        String::new()
+                    }
                 ),
                 None => println!("no sandbox in {}", a.dir.display()),
             }
@@ -217,14 +225,21 @@ fn marker(dir: &Path) -> String {
 
 fn live_pids(state: &State) -> Vec<u32> {
     let m = marker(&state.dir);
-    state.processes().iter().map(|(_, p)| p.pid).filter(|p| procs::is_ours(*p, &m)).collect()
+    state
+        .processes()
+        .iter()
+        .map(|(_, p)| p.pid)
+        .filter(|p| procs::is_ours(*p, &m))
+        .collect()
 }
 
 /// Makes `dir` ready for a new sandbox: refuses a running sandbox or a directory that is not
 /// a sandbox's, and clears what a stopped sandbox left.
 fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
-    let dir = dir.canonicalize().with_context(|| format!("could not resolve {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("could not resolve {}", dir.display()))?;
     match State::load(&dir)? {
         Some(old) => {
             let live = live_pids(&old);
@@ -242,12 +257,14 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
             for sub in ["hosts", "server", "logs"] {
                 let p = dir.join(sub);
                 if p.exists() {
-                    std::fs::remove_dir_all(&p).with_context(|| format!("could not clear {}", p.display()))?;
+                    std::fs::remove_dir_all(&p)
+                        .with_context(|| format!("could not clear {}", p.display()))?;
                 }
             }
         }
         None => {
-            let mut entries = std::fs::read_dir(&dir).with_context(|| format!("could not read {}", dir.display()))?;
+            let mut entries = std::fs::read_dir(&dir)
+                .with_context(|| format!("could not read {}", dir.display()))?;
             if entries.next().is_some() {
                 return Err(UsageError(format!(
                     "{} is not empty and holds no sandbox (no {}); choose another --dir",
@@ -265,7 +282,13 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Polls for a file the child writes its bound address to.
-fn wait_addr(file: &Path, child: &mut Child, what: &str, log: &Path, timeout: Duration) -> anyhow::Result<String> {
+fn wait_addr(
+    file: &Path,
+    child: &mut Child,
+    what: &str,
+    log: &Path,
+    timeout: Duration,
+) -> anyhow::Result<String> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(text) = std::fs::read_to_string(file) {
@@ -275,7 +298,11 @@ fn wait_addr(file: &Path, child: &mut Child, what: &str, log: &Path, timeout: Du
             }
         }
         if let Some(status) = child.try_wait()? {
-            anyhow::bail!("the {what} exited ({status}) before it listened; {} ends:\n{}", log.display(), procs::log_tail(log, 15));
+            anyhow::bail!(
+                "the {what} exited ({status}) before it listened; {} ends:\n{}",
+                log.display(),
+                procs::log_tail(log, 15)
+            );
         }
         if Instant::now() >= deadline {
             anyhow::bail!(
@@ -321,22 +348,50 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
     let _ = std::fs::remove_file(&listener_addr_file);
     let mut listener = procs::spawn_detached(
         &exe,
-        &[os("sandbox"), os("listen"), os("--addr-file"), os(&listener_addr_file)],
+        &[
+            os("sandbox"),
+            os("listen"),
+            os("--addr-file"),
+            os(&listener_addr_file),
+        ],
         &[],
         &listener_log,
     )?;
     started.push(listener.id());
-    let listener_addr = wait_addr(&listener_addr_file, &mut listener, "dependency listener", &listener_log, wait)?;
+    let listener_addr = wait_addr(
+        &listener_addr_file,
+        &mut listener,
+        "dependency listener",
+        &listener_log,
+        wait,
+    )?;
 
     // 2. The host roots.
     let plan = fleet::plan(opts.hosts, opts.seed);
     let mut hosts = Vec::with_capacity(plan.len());
     for p in plan {
         let root = dir.join("hosts").join(&p.name);
-        let spec = fleet::spec_from(&p.name, &p.role, p.seed, p.packages_seed, &p.drifts, &listener_addr);
-        write_host_root(&root, &spec).with_context(|| format!("could not write the root of {} under {}", p.name, root.display()))?;
+        let spec = fleet::spec_from(
+            &p.name,
+            &p.role,
+            p.seed,
+            p.packages_seed,
+            &p.drifts,
+            &listener_addr,
+        );
+        write_host_root(&root, &spec).with_context(|| {
+            format!(
+                "could not write the root of {} under {}",
+                p.name,
+                root.display()
+            )
+        })?;
         hosts.push(HostEntry {
-            agent: Proc { pid: 0, addr: None, log: logs.join(format!("agent-{}.log", p.name)) },
+            agent: Proc {
+                pid: 0,
+                addr: None,
+                log: logs.join(format!("agent-{}.log", p.name)),
+            },
             name: p.name,
             role: p.role,
             seed: p.seed,
@@ -369,7 +424,10 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
             os("--addr-file"),
             os(&server_addr_file),
         ],
-        &[("BELLWETHER_OPERATOR_TOKEN", &operator_token), ("BELLWETHER_ENROL_TOKEN", &enrol_token)],
+        &[
+            ("BELLWETHER_OPERATOR_TOKEN", &operator_token),
+            ("BELLWETHER_ENROL_TOKEN", &enrol_token),
+        ],
         &server_log,
     )?;
     started.push(server.id());
@@ -416,8 +474,16 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
         server_url: server_url.clone(),
         operator_token_file,
         enrol_token_file,
-        server: Proc { pid: server.id(), addr: Some(server_addr), log: server_log },
-        listener: Proc { pid: listener.id(), addr: Some(listener_addr), log: listener_log },
+        server: Proc {
+            pid: server.id(),
+            addr: Some(server_addr),
+            log: server_log,
+        },
+        listener: Proc {
+            pid: listener.id(),
+            addr: Some(listener_addr),
+            log: listener_log,
+        },
         hosts,
     };
     state.save()?;
@@ -425,12 +491,21 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
     // 5. Every agent's first profile.
     let api = Api::new(&server_url, &operator_token)?;
     let rt = runtime()?;
-    rt.block_on(wait_profiles(&api, &state, &mut agents, wait, opts.progress))?;
+    rt.block_on(wait_profiles(
+        &api,
+        &state,
+        &mut agents,
+        wait,
+        opts.progress,
+    ))?;
     Ok(state)
 }
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("could not start the async runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")
 }
 
 fn progress_bar(len: u64, enabled: bool, msg: &'static str) -> indicatif::ProgressBar {
@@ -439,9 +514,11 @@ fn progress_bar(len: u64, enabled: bool, msg: &'static str) -> indicatif::Progre
     }
     let pb = indicatif::ProgressBar::new(len);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} ({elapsed})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {pos}/{len} ({elapsed})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     pb.set_message(msg);
     pb.enable_steady_tick(Duration::from_millis(100));
@@ -459,11 +536,17 @@ async fn wait_profiles(
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut pending: Vec<&HostEntry> = state.hosts.iter().collect();
-    let pb = progress_bar(pending.len() as u64, progress, "waiting for agents' profiles");
+    let pb = progress_bar(
+        pending.len() as u64,
+        progress,
+        "waiting for agents' profiles",
+    );
     loop {
         let mut still = Vec::new();
         for h in pending {
-            let got: Option<serde_json::Value> = api.get(&format!("/api/v1/hosts/{}/profile", h.name)).await?;
+            let got: Option<serde_json::Value> = api
+                .get(&format!("/api/v1/hosts/{}/profile", h.name))
+                .await?;
             if got.is_some() {
                 pb.inc(1);
             } else {
@@ -505,13 +588,28 @@ async fn wait_profiles(
 }
 
 fn print_up(state: &State) {
-    println!("sandbox up in {}: {} hosts reporting", state.dir.display(), state.hosts.len());
+    println!(
+        "sandbox up in {}: {} hosts reporting",
+        state.dir.display(),
+        state.hosts.len()
+    );
     println!("  server      {}", state.server_url);
-    println!("  token       {} (operator)", state.operator_token_file.display());
+    println!(
+        "  token       {} (operator)",
+        state.operator_token_file.display()
+    );
     println!("  logs        {}", state.dir.join("logs").display());
     println!();
-    println!("  BELLWETHER_SERVER={} BELLWETHER_TOKEN=$(cat {}) bellwether hosts", state.server_url, state.operator_token_file.display());
-    println!("  bellwether sandbox drift --dir {} --host {} --kind package", state.dir.display(), state.hosts[0].name);
+    println!(
+        "  BELLWETHER_SERVER={} BELLWETHER_TOKEN=$(cat {}) bellwether hosts",
+        state.server_url,
+        state.operator_token_file.display()
+    );
+    println!(
+        "  bellwether sandbox drift --dir {} --host {} --kind package",
+        state.dir.display(),
+        state.hosts[0].name
+    );
     println!("  bellwether sandbox down --dir {}", state.dir.display());
 }
 
@@ -527,10 +625,16 @@ pub fn down(dir: &Path, grace: Duration, purge: bool) -> anyhow::Result<Option<D
     if !dir.exists() {
         return Ok(None);
     }
-    let dir = dir.canonicalize().with_context(|| format!("could not resolve {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("could not resolve {}", dir.display()))?;
     let Some(state) = State::load(&dir)? else {
         if purge {
-            return Err(UsageError(format!("{} holds no sandbox; not removing it", dir.display())).into());
+            return Err(UsageError(format!(
+                "{} holds no sandbox; not removing it",
+                dir.display()
+            ))
+            .into());
         }
         return Ok(None);
     };
@@ -542,14 +646,21 @@ pub fn down(dir: &Path, grace: Duration, purge: bool) -> anyhow::Result<Option<D
     killed += procs::stop(&rest, &m, grace)?;
     // state.json stays (a stopped sandbox can still be inspected and purged); `up` clears it.
     if purge {
-        std::fs::remove_dir_all(&state.dir).with_context(|| format!("could not remove {}", state.dir.display()))?;
+        std::fs::remove_dir_all(&state.dir)
+            .with_context(|| format!("could not remove {}", state.dir.display()))?;
     }
-    Ok(Some(DownReport { stopped: live, killed }))
+    Ok(Some(DownReport {
+        stopped: live,
+        killed,
+    }))
 }
 
 fn status(dir: &Path, output: OutputFormat) -> anyhow::Result<ExitCode> {
-    let dir = dir.canonicalize().map_err(|e| UsageError(format!("--dir {}: {e}", dir.display())))?;
-    let state = State::load(&dir)?.ok_or_else(|| UsageError(format!("no sandbox in {}", dir.display())))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| UsageError(format!("--dir {}: {e}", dir.display())))?;
+    let state =
+        State::load(&dir)?.ok_or_else(|| UsageError(format!("no sandbox in {}", dir.display())))?;
     let m = marker(&state.dir);
     let token = std::fs::read_to_string(&state.operator_token_file).unwrap_or_default();
     let summaries: Option<Vec<HostSummary>> = if procs::is_ours(state.server.pid, &m) {
@@ -558,8 +669,11 @@ fn status(dir: &Path, output: OutputFormat) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let by_name: BTreeMap<&str, &HostSummary> =
-        summaries.iter().flatten().map(|s| (s.name.as_str(), s)).collect();
+    let by_name: BTreeMap<&str, &HostSummary> = summaries
+        .iter()
+        .flatten()
+        .map(|s| (s.name.as_str(), s))
+        .collect();
     let now = now_ms();
     if output == OutputFormat::Json {
         let hosts: Vec<serde_json::Value> = state
@@ -586,20 +700,42 @@ fn status(dir: &Path, output: OutputFormat) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let up = |pid: u32| if procs::is_ours(pid, &m) { "running" } else { "stopped" };
+    let up = |pid: u32| {
+        if procs::is_ours(pid, &m) {
+            "running"
+        } else {
+            "stopped"
+        }
+    };
     println!("sandbox in {}", state.dir.display());
-    println!("  server    {} pid {} {}", state.server_url, state.server.pid, up(state.server.pid));
-    println!("  listener  {} pid {} {}", state.listener.addr.as_deref().unwrap_or("-"), state.listener.pid, up(state.listener.pid));
+    println!(
+        "  server    {} pid {} {}",
+        state.server_url,
+        state.server.pid,
+        up(state.server.pid)
+    );
+    println!(
+        "  listener  {} pid {} {}",
+        state.listener.addr.as_deref().unwrap_or("-"),
+        state.listener.pid,
+        up(state.listener.pid)
+    );
     println!("  token     {}", state.operator_token_file.display());
     println!();
-    println!("{:<10} {:<6} {:>7} {:<8} {:>10} {:>8}  DRIFT INJECTED", "HOST", "ROLE", "PID", "AGENT", "LAST SEEN", "OVERALL");
+    println!(
+        "{:<10} {:<6} {:>7} {:<8} {:>10} {:>8}  DRIFT INJECTED",
+        "HOST", "ROLE", "PID", "AGENT", "LAST SEEN", "OVERALL"
+    );
     for h in &state.hosts {
         let s = by_name.get(h.name.as_str());
         let seen = s
             .and_then(|s| s.last_seen_ms)
             .map(|t| format!("{:.1}s ago", (now - t).max(0) as f64 / 1000.0))
             .unwrap_or_else(|| "-".into());
-        let drift = s.and_then(|s| s.overall_drift).map(|d| format!("{d:.3}")).unwrap_or_else(|| "-".into());
+        let drift = s
+            .and_then(|s| s.overall_drift)
+            .map(|d| format!("{d:.3}"))
+            .unwrap_or_else(|| "-".into());
         let injected: Vec<String> = h.drifts.iter().map(describe_kind).collect();
         println!(
             "{:<10} {:<6} {:>7} {:<8} {:>10} {:>8}  {}",
@@ -627,7 +763,8 @@ fn describe_kind(d: &Injected) -> String {
 
 /// A loopback port where nothing listens: bound, then released.
 fn closed_port() -> anyhow::Result<String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("could not find a free loopback port")?;
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .context("could not find a free loopback port")?;
     Ok(l.local_addr()?.to_string())
 }
 
@@ -654,13 +791,19 @@ fn drift_from_args(a: &DriftArgs) -> anyhow::Result<DriftRequest> {
                 bellwether_drift::parse_dependency(&format!("x={e}"))
                     .map_err(|err| UsageError(format!("--endpoint {e:?}: {err}")))?;
             }
-            DriftRequest::Dependency { name: a.dependency.clone(), endpoint: a.endpoint.clone() }
+            DriftRequest::Dependency {
+                name: a.dependency.clone(),
+                endpoint: a.endpoint.clone(),
+            }
         }
         DriftKind::Resolver => {
             for r in &a.resolvers {
-                r.parse::<std::net::IpAddr>().map_err(|e| UsageError(format!("--resolver {r:?}: {e}")))?;
+                r.parse::<std::net::IpAddr>()
+                    .map_err(|e| UsageError(format!("--resolver {r:?}: {e}")))?;
             }
-            DriftRequest::Resolvers { resolvers: a.resolvers.clone() }
+            DriftRequest::Resolvers {
+                resolvers: a.resolvers.clone(),
+            }
         }
     })
 }
@@ -668,17 +811,30 @@ fn drift_from_args(a: &DriftArgs) -> anyhow::Result<DriftRequest> {
 /// A drift to inject, with the defaults not yet filled in (they depend on the host).
 #[derive(Debug, Clone)]
 pub enum DriftRequest {
-    Package { name: Option<String>, level: ChangeLevel },
-    Load { load1: Option<f64> },
-    Dependency { name: Option<String>, endpoint: Option<String> },
-    Resolvers { resolvers: Vec<String> },
+    Package {
+        name: Option<String>,
+        level: ChangeLevel,
+    },
+    Load {
+        load1: Option<f64>,
+    },
+    Dependency {
+        name: Option<String>,
+        endpoint: Option<String>,
+    },
+    Resolvers {
+        resolvers: Vec<String>,
+    },
 }
 
 /// Injects drift into `host`'s root and records it in the state; returns what changed, as
 /// "nginx 1.22.1-9 → 2.0.0-1 (major upgrade)".
 pub fn inject(dir: &Path, host: &str, req: DriftRequest) -> anyhow::Result<String> {
-    let dir = dir.canonicalize().map_err(|e| UsageError(format!("--dir {}: {e}", dir.display())))?;
-    let mut state = State::load(&dir)?.ok_or_else(|| UsageError(format!("no sandbox in {}", dir.display())))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| UsageError(format!("--dir {}: {e}", dir.display())))?;
+    let mut state =
+        State::load(&dir)?.ok_or_else(|| UsageError(format!("no sandbox in {}", dir.display())))?;
     let listener = state.listener.addr.clone().unwrap_or_default();
     let entry = state.host(host)?.clone();
     let before = fleet::spec_of(&entry, &listener);
@@ -686,9 +842,14 @@ pub fn inject(dir: &Path, host: &str, req: DriftRequest) -> anyhow::Result<Strin
         DriftRequest::Package { name, level } => {
             let name = name.unwrap_or_else(|| fleet::role_package(&entry.role).0.to_owned());
             let Some(old) = before.packages.get(&name) else {
-                return Err(UsageError(format!("--package {name:?}: not installed on {host}")).into());
+                return Err(
+                    UsageError(format!("--package {name:?}: not installed on {host}")).into(),
+                );
             };
-            let change = Injected::Package { name: name.clone(), level };
+            let change = Injected::Package {
+                name: name.clone(),
+                level,
+            };
             let mut after = before.clone();
             after.apply(&change.to_synth());
             let what = format!("{name} {old} → {} ({level} upgrade)", after.packages[&name]);
@@ -697,13 +858,22 @@ pub fn inject(dir: &Path, host: &str, req: DriftRequest) -> anyhow::Result<Strin
         DriftRequest::Load { load1 } => {
             let l = load1.unwrap_or(f64::from(before.cpu_count) * 3.0);
             let l = (l * 100.0).round() / 100.0;
-            let change = Injected::Load { load: [l, (l * 0.9 * 100.0).round() / 100.0, (l * 0.8 * 100.0).round() / 100.0] };
+            let change = Injected::Load {
+                load: [
+                    l,
+                    (l * 0.9 * 100.0).round() / 100.0,
+                    (l * 0.8 * 100.0).round() / 100.0,
+                ],
+            };
             (change, format!("load1 {:.2} → {l:.2}", before.load[0]))
         }
         DriftRequest::Dependency { name, endpoint } => {
             let name = name.unwrap_or_else(|| fleet::role_dependency(&entry.role).to_owned());
             let Some((_, old)) = before.dependencies.iter().find(|(n, _)| *n == name) else {
-                return Err(UsageError(format!("--dependency {name:?}: {host} declares no such dependency")).into());
+                return Err(UsageError(format!(
+                    "--dependency {name:?}: {host} declares no such dependency"
+                ))
+                .into());
             };
             let (endpoint, note) = match endpoint {
                 Some(e) => (e, String::new()),
@@ -713,15 +883,28 @@ pub fn inject(dir: &Path, host: &str, req: DriftRequest) -> anyhow::Result<Strin
             (Injected::Dependency { name, endpoint }, what)
         }
         DriftRequest::Resolvers { resolvers } => {
-            let resolvers = if resolvers.is_empty() { vec!["192.0.2.53".to_owned()] } else { resolvers };
-            let what = format!("{} → {}", before.dns_resolvers.join(", "), resolvers.join(", "));
+            let resolvers = if resolvers.is_empty() {
+                vec!["192.0.2.53".to_owned()]
+            } else {
+                resolvers
+            };
+            let what = format!(
+                "{} → {}",
+                before.dns_resolvers.join(", "),
+                resolvers.join(", ")
+            );
             (Injected::Resolvers { resolvers }, what)
         }
     };
     let mut after = before;
     after.apply(&change.to_synth());
-    write_host_root(&entry.root, &after).with_context(|| format!("could not rewrite {}", entry.root.display()))?;
-    let e = state.hosts.iter_mut().find(|h| h.name == host).expect("found above");
+    write_host_root(&entry.root, &after)
+        .with_context(|| format!("could not rewrite {}", entry.root.display()))?;
+    let e = state
+        .hosts
+        .iter_mut()
+        .find(|h| h.name == host)
+        .expect("found above");
     e.drifts.push(change);
     state.save()?;
     Ok(what)

@@ -22,15 +22,29 @@ pub struct Guard {
 
 impl Guard {
     pub fn spawn(what: &str, args: &[&str], envs: &[(&str, &str)], log: &Path) -> Guard {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let err = out.try_clone().unwrap();
         let mut cmd = Command::new(EXE);
-        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).env("NO_COLOR", "1");
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .env("NO_COLOR", "1");
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("could not start {what}: {e}"));
-        Guard { child: Some(child), what: what.to_owned(), log: log.to_owned() }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {what}: {e}"));
+        Guard {
+            child: Some(child),
+            what: what.to_owned(),
+            log: log.to_owned(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -40,7 +54,11 @@ impl Guard {
     /// Fails the test if the process has exited, with its log.
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-            panic!("{} exited ({status}); its log:\n{}", self.what, self.log_text());
+            panic!(
+                "{} exited ({status}); its log:\n{}",
+                self.what,
+                self.log_text()
+            );
         }
     }
 
@@ -59,7 +77,11 @@ impl Guard {
     /// SIGTERM, then wait for a clean exit.
     pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = c.try_wait().unwrap() {
@@ -104,12 +126,19 @@ where
 pub enum Backend {
     Sqlite,
     /// A PostgreSQL schema of its own, dropped when the test ends.
-    Postgres { schema: String },
+    Postgres {
+        schema: String,
+    },
 }
 
 impl Backend {
     pub fn postgres(test: &str) -> Backend {
-        if std::net::TcpStream::connect_timeout(&"127.0.0.1:5432".parse().unwrap(), Duration::from_secs(2)).is_err() {
+        if std::net::TcpStream::connect_timeout(
+            &"127.0.0.1:5432".parse().unwrap(),
+            Duration::from_secs(2),
+        )
+        .is_err()
+        {
             panic!(
                 "PostgreSQL is not reachable at 127.0.0.1:5432; these tests need it (database `test`, \
                  user postgres, trust auth). Start it with `pg_ctlcluster 15 main start` (or run `.ci/run`, \
@@ -122,7 +151,9 @@ impl Backend {
 }
 
 fn rand_suffix() -> u32 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
     t.subsec_nanos() % 1_000_000
 }
 
@@ -131,12 +162,20 @@ fn rand_suffix() -> u32 {
 fn create_postgres_schema(schema: &str) {
     let schema = schema.to_owned();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
-            let config = bellwether_store::StoreConfig::Postgres { url: POSTGRES_URL.into(), schema: Some(schema.clone()) };
+            let config = bellwether_store::StoreConfig::Postgres {
+                url: POSTGRES_URL.into(),
+                schema: Some(schema.clone()),
+            };
             let store = bellwether_store::Store::open(&config)
                 .await
-                .unwrap_or_else(|e| panic!("could not create schema {schema} in {POSTGRES_URL}: {e}"));
+                .unwrap_or_else(|e| {
+                    panic!("could not create schema {schema} in {POSTGRES_URL}: {e}")
+                });
             store.close().await;
         })
     })
@@ -157,7 +196,13 @@ pub struct Server {
 impl Server {
     /// Starts `bellwether server` on `listen` (use `127.0.0.1:0` for a free port) and waits
     /// for its address file.
-    pub fn start(dir: &Path, backend: &Backend, listen: &str, operator_token: &str, enrol_token: &str) -> Server {
+    pub fn start(
+        dir: &Path,
+        backend: &Backend,
+        listen: &str,
+        operator_token: &str,
+        enrol_token: &str,
+    ) -> Server {
         let data_dir = dir.join("server");
         std::fs::create_dir_all(&data_dir).unwrap();
         // Drops the test's schema if the server fails to start (once it has started, the
@@ -194,7 +239,10 @@ impl Server {
         let mut guard = Guard::spawn(
             "server",
             &argv,
-            &[("BELLWETHER_OPERATOR_TOKEN", operator_token), ("BELLWETHER_ENROL_TOKEN", enrol_token)],
+            &[
+                ("BELLWETHER_OPERATOR_TOKEN", operator_token),
+                ("BELLWETHER_ENROL_TOKEN", enrol_token),
+            ],
             &log,
         );
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -205,7 +253,11 @@ impl Server {
                 }
             }
             guard.assert_running();
-            assert!(Instant::now() < deadline, "the server did not write its address; log:\n{}", guard.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "the server did not write its address; log:\n{}",
+                guard.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         if let Some(g) = schema_guard.take() {
@@ -223,7 +275,11 @@ impl Server {
     }
 
     pub fn api(&self) -> Api {
-        Api { client: reqwest::Client::new(), base: self.url.clone(), token: self.operator_token.clone() }
+        Api {
+            client: reqwest::Client::new(),
+            base: self.url.clone(),
+            token: self.operator_token.clone(),
+        }
     }
 }
 
@@ -247,8 +303,14 @@ impl Drop for SchemaGuard {
 fn drop_schema(schema: &str) {
     let schema = schema.to_owned();
     let _ = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let _ = rt.block_on(bellwether_store::drop_postgres_schema(POSTGRES_URL, &schema));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = rt.block_on(bellwether_store::drop_postgres_schema(
+            POSTGRES_URL,
+            &schema,
+        ));
     })
     .join();
 }
@@ -262,7 +324,13 @@ pub struct Api {
 impl Api {
     /// GET returning the status and the body as JSON (or `Null`).
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        match self.client.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await {
+        match self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+        {
             Ok(r) => {
                 let status = r.status().as_u16();
                 (status, r.json().await.unwrap_or(serde_json::Value::Null))
@@ -272,7 +340,14 @@ impl Api {
     }
 
     pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let r = self.client.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body).send().await.unwrap();
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
@@ -292,13 +367,25 @@ impl Api {
     }
 
     pub async fn metrics(&self) -> String {
-        let r = self.client.get(format!("{}/metrics", self.base)).send().await.unwrap();
+        let r = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap();
         r.text().await.unwrap()
     }
 }
 
 /// Starts an agent for the host root `root`, collecting every `interval`.
-pub fn start_agent(dir: &Path, server: &Server, name: &str, root: &Path, interval: &str, extra: &[&str]) -> Guard {
+pub fn start_agent(
+    dir: &Path,
+    server: &Server,
+    name: &str,
+    root: &Path,
+    interval: &str,
+    extra: &[&str],
+) -> Guard {
     let mut args = vec![
         "--log",
         "info",
@@ -319,21 +406,36 @@ pub fn start_agent(dir: &Path, server: &Server, name: &str, root: &Path, interva
         "500ms",
     ];
     args.extend_from_slice(extra);
-    Guard::spawn(&format!("agent {name}"), &args, &[], &dir.join(format!("agent-{name}.log")))
+    Guard::spawn(
+        &format!("agent {name}"),
+        &args,
+        &[],
+        &dir.join(format!("agent-{name}.log")),
+    )
 }
 
 /// Runs `bellwether ARGS…` to completion.
 pub fn run(args: &[&str]) -> Output {
-    Command::new(EXE).args(args).stdin(Stdio::null()).output().unwrap()
+    Command::new(EXE)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// Live (non-zombie) processes whose command line mentions `marker`.
 pub fn processes_mentioning(marker: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next().map(str::to_owned));
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next().map(str::to_owned));
         if matches!(state.as_deref(), Some("Z") | Some("X") | None) {
             continue;
         }

@@ -57,7 +57,11 @@ impl Api {
             .timeout(std::time::Duration::from_secs(10))
             .build()
             .context("could not build the http client")?;
-        Ok(Api { client, base: base.trim_end_matches('/').to_owned(), token: token.to_owned() })
+        Ok(Api {
+            client,
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        })
     }
 
     /// GET `path`; `Ok(None)` on 404 and 409 (unknown host, no baseline yet).
@@ -78,10 +82,16 @@ impl Api {
         if !status.is_success() {
             anyhow::bail!("GET {url}: {status}: {body}");
         }
-        serde_json::from_str(&body).with_context(|| format!("GET {url}: unexpected answer {body}")).map(Some)
+        serde_json::from_str(&body)
+            .with_context(|| format!("GET {url}: unexpected answer {body}"))
+            .map(Some)
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
         let url = format!("{}{path}", self.base);
         let resp = self
             .client

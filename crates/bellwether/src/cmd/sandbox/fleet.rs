@@ -77,13 +77,22 @@ pub fn plan(n: usize, seed: u64) -> Vec<Planned> {
         }
         let mut drifts = Vec::new();
         if i % 7 == 4 {
-            drifts.push(Injected::SetPackage { name: "strace".into(), version: "6.1-0.1".into() });
+            drifts.push(Injected::SetPackage {
+                name: "strace".into(),
+                version: "6.1-0.1".into(),
+            });
         }
         if first_of_role {
             role_seed[r] = host_seed;
         }
         let packages_seed = if lagging { host_seed } else { role_seed[r] };
-        out.push(Planned { name, role: role.to_owned(), seed: host_seed, packages_seed, drifts });
+        out.push(Planned {
+            name,
+            role: role.to_owned(),
+            seed: host_seed,
+            packages_seed,
+            drifts,
+        });
     }
     out
 }
@@ -91,7 +100,14 @@ pub fn plan(n: usize, seed: u64) -> Vec<Planned> {
 /// The spec of a host as it is now: generated, given its role's package and dependency, then
 /// every recorded change applied in order.
 pub fn spec_of(host: &HostEntry, listener_addr: &str) -> HostSpec {
-    spec_from(&host.name, &host.role, host.seed, host.packages_seed, &host.drifts, listener_addr)
+    spec_from(
+        &host.name,
+        &host.role,
+        host.seed,
+        host.packages_seed,
+        &host.drifts,
+        listener_addr,
+    )
 }
 
 pub fn spec_from(
@@ -133,14 +149,35 @@ mod tests {
             .map(|h| HostSpec::generate(h.seed, &h.name, 0).os_version_id)
             .collect();
         assert!(releases.len() >= 2, "{releases:?}");
-        let spec = |h: &Planned| spec_from(&h.name, &h.role, h.seed, h.packages_seed, &h.drifts, "127.0.0.1:9");
+        let spec = |h: &Planned| {
+            spec_from(
+                &h.name,
+                &h.role,
+                h.seed,
+                h.packages_seed,
+                &h.drifts,
+                "127.0.0.1:9",
+            )
+        };
         let first = spec(&p[0]);
         assert_eq!(first.packages["nginx"], "1.22.1-9");
-        assert_eq!(first.dependencies, vec![("db".to_owned(), "127.0.0.1:9".to_owned())]);
+        assert_eq!(
+            first.dependencies,
+            vec![("db".to_owned(), "127.0.0.1:9".to_owned())]
+        );
         // Peers on the role's release install the same packages; the lagging host does not.
         let web: Vec<&Planned> = p.iter().filter(|h| h.role == "web").collect();
-        let same = web.iter().filter(|h| spec(h).packages == first.packages).count();
-        assert!(same >= 6, "only {same} of {} web hosts match their first peer", web.len());
-        assert!(web.iter().any(|h| spec(h).os_version_id != first.os_version_id));
+        let same = web
+            .iter()
+            .filter(|h| spec(h).packages == first.packages)
+            .count();
+        assert!(
+            same >= 6,
+            "only {same} of {} web hosts match their first peer",
+            web.len()
+        );
+        assert!(web
+            .iter()
+            .any(|h| spec(h).os_version_id != first.os_version_id));
     }
 }

@@ -13,29 +13,46 @@ use nix::unistd::Pid;
 
 /// Starts `exe args…` in its own process group, with stdin closed and stdout and stderr
 /// appended to `log`.
-pub fn spawn_detached(exe: &Path, args: &[OsString], envs: &[(&str, &str)], log: &Path) -> anyhow::Result<Child> {
+pub fn spawn_detached(
+    exe: &Path,
+    args: &[OsString],
+    envs: &[(&str, &str)],
+    log: &Path,
+) -> anyhow::Result<Child> {
     use std::os::unix::process::CommandExt as _;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .with_context(|| format!("could not open {}", log.display()))?;
-    let err = out.try_clone().with_context(|| format!("could not open {}", log.display()))?;
+    let err = out
+        .try_clone()
+        .with_context(|| format!("could not open {}", log.display()))?;
     let mut cmd = Command::new(exe);
     // Logs go to files: no colour codes in them.
-    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0).env("NO_COLOR", "1");
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .env("NO_COLOR", "1");
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    cmd.spawn().with_context(|| format!("could not start {}", exe.display()))
+    cmd.spawn()
+        .with_context(|| format!("could not start {}", exe.display()))
 }
 
 /// True when `pid` is a live (not zombie) process whose command line mentions `marker` — the
 /// sandbox directory — so a PID the kernel gave to someone else is left alone.
 pub fn is_ours(pid: u32, marker: &str) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
     // The state is the first field after the parenthesised command name.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
     if matches!(state, Some("Z" | "X") | None) {
         return false;
     }
@@ -57,7 +74,11 @@ pub fn signal(pid: u32, sig: Signal) {
 pub fn wait_gone(pids: &[u32], marker: &str, timeout: Duration) -> Vec<u32> {
     let deadline = Instant::now() + timeout;
     loop {
-        let alive: Vec<u32> = pids.iter().copied().filter(|p| is_ours(*p, marker)).collect();
+        let alive: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|p| is_ours(*p, marker))
+            .collect();
         if alive.is_empty() || Instant::now() >= deadline {
             return alive;
         }
@@ -68,7 +89,11 @@ pub fn wait_gone(pids: &[u32], marker: &str, timeout: Duration) -> Vec<u32> {
 /// SIGTERM, wait up to `grace`, then SIGKILL and wait again. Returns how many needed SIGKILL,
 /// or an error naming the processes that survived even that.
 pub fn stop(pids: &[u32], marker: &str, grace: Duration) -> anyhow::Result<usize> {
-    let alive: Vec<u32> = pids.iter().copied().filter(|p| is_ours(*p, marker)).collect();
+    let alive: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|p| is_ours(*p, marker))
+        .collect();
     for p in &alive {
         signal(*p, Signal::SIGTERM);
     }

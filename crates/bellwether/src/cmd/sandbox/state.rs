@@ -69,14 +69,19 @@ pub enum Injected {
 impl Injected {
     pub fn to_synth(&self) -> Drift {
         match self {
-            Injected::Package { name, level } => Drift::UpgradePackage { name: name.clone(), level: *level },
-            Injected::SetPackage { name, version } => {
-                Drift::SetPackage { name: name.clone(), version: version.clone() }
-            }
+            Injected::Package { name, level } => Drift::UpgradePackage {
+                name: name.clone(),
+                level: *level,
+            },
+            Injected::SetPackage { name, version } => Drift::SetPackage {
+                name: name.clone(),
+                version: version.clone(),
+            },
             Injected::Load { load } => Drift::Load(*load),
-            Injected::Dependency { name, endpoint } => {
-                Drift::SetDependency { name: name.clone(), endpoint: endpoint.clone() }
-            }
+            Injected::Dependency { name, endpoint } => Drift::SetDependency {
+                name: name.clone(),
+                endpoint: endpoint.clone(),
+            },
             Injected::Resolvers { resolvers } => Drift::Resolvers(resolvers.clone()),
         }
     }
@@ -95,7 +100,8 @@ impl State {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
         };
-        let state = serde_json::from_str(&text).with_context(|| format!("{} is not a sandbox state file", path.display()))?;
+        let state = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a sandbox state file", path.display()))?;
         Ok(Some(state))
     }
 
@@ -117,8 +123,11 @@ impl State {
 
     /// The processes, agents first: the order `down` stops them in.
     pub fn processes(&self) -> Vec<(String, &Proc)> {
-        let mut v: Vec<(String, &Proc)> =
-            self.hosts.iter().map(|h| (format!("agent {}", h.name), &h.agent)).collect();
+        let mut v: Vec<(String, &Proc)> = self
+            .hosts
+            .iter()
+            .map(|h| (format!("agent {}", h.name), &h.agent))
+            .collect();
         v.push(("server".into(), &self.server));
         v.push(("listener".into(), &self.listener));
         v
