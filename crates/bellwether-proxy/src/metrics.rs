@@ -197,7 +197,8 @@ pub struct PromBackend<'a> {
 /// Renders the Prometheus text exposition for all backends.
 pub fn render_prometheus(backends: &[PromBackend<'_>], rejected_connections: u64) -> String {
     let mut out = String::new();
-    let counters: [(&str, &str, fn(&BackendMetrics) -> u64); 9] = [
+    type Read = fn(&BackendMetrics) -> u64;
+    let counters: [(&str, &str, Read); 9] = [
         ("bellwether_proxy_queries_total", "Queries (Query or Sync to ReadyForQuery) completed.", |m| m.queries.load(Relaxed)),
         ("bellwether_proxy_query_errors_total", "Query cycles that carried an ErrorResponse.", |m| m.query_errors.load(Relaxed)),
         ("bellwether_proxy_connections_total", "Server connections opened.", |m| m.connects.load(Relaxed)),

@@ -211,7 +211,7 @@ pub fn parse_pgbench(out: &Output) -> PgbenchResult {
     let num_after = |key: &str| -> Option<f64> {
         stdout.lines().find_map(|l| {
             let rest = l.trim().strip_prefix(key)?;
-            rest.trim().split(|c: char| c == '/' || c == ' ').next()?.parse().ok()
+            rest.trim().split(['/', ' ']).next()?.parse().ok()
         })
     };
     PgbenchResult {
@@ -241,9 +241,11 @@ impl Redis {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
+        // Dropping the guard kills the server if it never comes up.
+        let redis = Redis { port, child };
         for _ in 0..500 {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Redis { port, child };
+                return redis;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
