@@ -15,7 +15,8 @@
 //! - `ewma`: Huber-clipped exponentially weighted level and scale, with level-shift handling.
 //! - `relative-entropy` (default): the histogram of the last 52 points against the histograms
 //!   seen before (Wang et al. 2011, as NAB's `relativeEntropy`, but learning its value range
-//!   online instead of reading the whole file's minimum and maximum), with alert suppression.
+//!   online instead of reading the whole file's minimum and maximum; a value more than 10 % of
+//!   the range beyond it is an anomaly and widens it), with alert suppression.
 //!   It scored best on NAB of the methods tried (docs/detect.md has the table).
 //! - `seasonal`: the `ewma` residual after removing a time-of-day profile (48 bins) learnt
 //!   online.
@@ -308,8 +309,10 @@ struct Hypothesis {
 /// freedom. A window that matches no hypothesis, or matches one seen only once, is anomalous.
 ///
 /// NAB's version bins with the file's global minimum and maximum, which an online detector cannot
-/// know; this one learns the range over its first `learn` points, and a later value outside the
-/// range widens it, drops the hypotheses (their bins no longer apply) and is reported anomalous.
+/// know; this one learns the range over its first `learn` points, and a later value more than
+/// `widen_margin` (10 %) of the range's width outside it widens the range, drops the hypotheses
+/// (their bins no longer apply) and is reported anomalous; values just outside count in the end
+/// bins.
 /// At most `max_hypotheses` are kept (the least used is dropped).
 #[derive(Debug, Clone)]
 pub struct RelativeEntropy {
@@ -327,6 +330,11 @@ pub struct RelativeEntropy {
     ln_frac: Vec<f64>,
     threshold: f64,
     nab_binning: bool,
+    /// A window matching a hypothesis seen this many times or fewer is still anomalous (NAB: 1).
+    pub min_matches: u32,
+    /// A value must leave the range by this share of its width to widen it; closer values are
+    /// counted in the end bins.
+    pub widen_margin: f64,
 }
 
 impl RelativeEntropy {
@@ -367,6 +375,8 @@ impl RelativeEntropy {
                 .collect(),
             threshold: Self::CHI2_99[bins - 2],
             nab_binning: false,
+            min_matches: 1,
+            widen_margin: 0.1,
         }
     }
 
@@ -423,7 +433,8 @@ impl Detector for RelativeEntropy {
         // A value outside the learnt range widens it (unless NAB's fixed range is in use). The
         // bins change, so the hypotheses no longer apply and are dropped; leaving the range seen
         // so far is itself the anomaly.
-        let widened = !self.nab_binning && (value < self.lo || value > self.hi);
+        let slack = self.widen_margin * (self.hi - self.lo);
+        let widened = !self.nab_binning && (value < self.lo - slack || value > self.hi + slack);
         if widened {
             self.lo = self.lo.min(value);
             self.hi = self.hi.max(value);
@@ -479,7 +490,7 @@ impl Detector for RelativeEntropy {
             Some((i, _)) => {
                 let h = &mut self.hypotheses[i];
                 h.count = h.count.saturating_add(1);
-                h.count <= 1
+                h.count <= self.min_matches
             }
             None => {
                 let first = self.hypotheses.is_empty();
