@@ -1,0 +1,1 @@
+//! Per-host watching during a rollout.
