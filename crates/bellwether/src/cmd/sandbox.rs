@@ -923,3 +923,85 @@ fn listen(addr_file: &Path) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_that_is_not_a_sandbox_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("notes.txt"), "mine").unwrap();
+        let err = prepare_dir(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("is not empty and holds no sandbox"), "{err}");
+        assert!(tmp.path().join("notes.txt").exists());
+    }
+
+    #[test]
+    fn a_stopped_sandbox_is_cleared_for_a_new_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = prepare_dir(&tmp.path().join("sbx")).unwrap();
+        assert!(dir.join("hosts").is_dir() && dir.join("logs").is_dir());
+        std::fs::create_dir_all(dir.join("hosts/web-01")).unwrap();
+        // A state whose processes are gone (PID 0 is never a live process of ours).
+        let gone = Proc {
+            pid: 0,
+            addr: None,
+            log: dir.join("logs/x.log"),
+        };
+        let state = State {
+            dir: dir.clone(),
+            seed: 1,
+            created_at_ms: 0,
+            server_url: "http://127.0.0.1:1".into(),
+            operator_token_file: dir.join("operator.token"),
+            enrol_token_file: dir.join("enrol.token"),
+            server: gone.clone(),
+            listener: gone,
+            hosts: vec![],
+        };
+        state.save().unwrap();
+        let again = prepare_dir(&dir).unwrap();
+        assert_eq!(again, dir);
+        assert!(
+            !dir.join("hosts/web-01").exists(),
+            "old host roots are cleared"
+        );
+    }
+
+    #[test]
+    fn drift_flags_are_checked() {
+        let args = |kind, f: fn(&mut DriftArgs)| {
+            let mut a = DriftArgs {
+                dir: ".sandbox".into(),
+                host: "web-01".into(),
+                kind,
+                package: None,
+                level: Level::Major,
+                load: None,
+                dependency: None,
+                endpoint: None,
+                resolvers: vec![],
+            };
+            f(&mut a);
+            drift_from_args(&a)
+        };
+        let e = args(DriftKind::Metric, |a| a.load = Some(-1.0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--load -1"), "{e}");
+        let e = args(DriftKind::Dependency, |a| {
+            a.endpoint = Some("nowhere".into())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("--endpoint \"nowhere\""), "{e}");
+        let e = args(DriftKind::Resolver, |a| {
+            a.resolvers = vec!["dns.example".into()]
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("--resolver \"dns.example\""), "{e}");
+        assert!(args(DriftKind::Package, |_| {}).is_ok());
+    }
+}
