@@ -376,7 +376,7 @@ fn peer_lines(values: &[serde_json::Value]) -> Vec<String> {
                 let value = v.get("value").and_then(|x| x.as_str())?;
                 Some(format!("{label}={value}"))
             })
-            .map(|g| format!(" ({g})"))
+            .map(|g| format!("({g})"))
             .unwrap_or_default();
         let diffs: Vec<String> = v
             .get("differences")
@@ -406,7 +406,7 @@ fn peer_lines(values: &[serde_json::Value]) -> Vec<String> {
         } else {
             String::new()
         };
-        out.push(format!("{host:<10}{group}  {}{more}", shown.join("; ")));
+        out.push(format!("{host:<10} {group:<14} {}{more}", shown.join("; ")));
     };
     for v in values {
         match v.get("outliers").and_then(|o| o.as_array()) {
@@ -458,7 +458,7 @@ mod tests {
         let lines = peer_lines(flat.as_array().unwrap());
         assert_eq!(
             lines,
-            vec!["web-04     (role=web)  package:strace 6.1-0.1 (peers: not installed)"]
+            vec!["web-04     (role=web)     package:strace 6.1-0.1 (peers: not installed)"]
         );
         let grouped = serde_json::json!([{
             "label": "role", "value": "db", "hosts": ["db-01", "db-02"],
@@ -467,7 +467,7 @@ mod tests {
         let lines = peer_lines(grouped.as_array().unwrap());
         assert_eq!(
             lines,
-            vec!["db-02      (role=db)  os ubuntu 22.04 (peers: debian 12)"]
+            vec!["db-02      (role=db)      os ubuntu 22.04 (peers: debian 12)"]
         );
     }
 }

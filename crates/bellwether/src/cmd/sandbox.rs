@@ -68,6 +68,7 @@ pub struct UpArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
+    /// The sandbox's work directory, as given to `sandbox up`.
     #[arg(long, default_value = ".sandbox")]
     dir: PathBuf,
     /// Output format.
@@ -77,6 +78,7 @@ pub struct StatusArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct DownArgs {
+    /// The sandbox's work directory, as given to `sandbox up`.
     #[arg(long, default_value = ".sandbox")]
     dir: PathBuf,
     /// Also remove the sandbox directory (host roots, server data, logs).
@@ -108,6 +110,7 @@ pub enum Level {
 
 #[derive(Debug, clap::Args)]
 pub struct DriftArgs {
+    /// The sandbox's work directory, as given to `sandbox up`.
     #[arg(long, default_value = ".sandbox")]
     dir: PathBuf,
     /// The host to change, such as web-01.
