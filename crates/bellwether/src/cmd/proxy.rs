@@ -173,6 +173,9 @@ pub struct BenchArgs {
     /// which keeps a busy machine's noise from favouring whichever target ran last.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
+    /// Worker threads of the in-process proxy's runtime (default: one per core).
+    #[arg(long)]
+    proxy_threads: Option<usize>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -444,7 +447,12 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         wait_listening(port)?;
         Some((port, p))
     };
-    let rt = tokio::runtime::Runtime::new()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = args.proxy_threads {
+        builder.worker_threads(n.max(1));
+    }
+    let rt = builder.build()?;
     let backend = |name: &str, port: u16| RawBackend {
         name: name.into(),
         address: HostPort(format!("127.0.0.1:{port}")),
