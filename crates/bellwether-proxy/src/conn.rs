@@ -142,6 +142,7 @@ pub(crate) async fn open_session(
     let work = async {
         s.write_all(&pg::encode_startup(params)).await.map_err(|e| e.to_string())?;
         let mut key = None;
+        let mut scram: Option<crate::scram::ScramClient> = None;
         loop {
             let tag = s.read_u8().await.map_err(|e| e.to_string())?;
             let len = s.read_i32().await.map_err(|e| e.to_string())?;
@@ -165,8 +166,31 @@ pub(crate) async fn open_session(
                             let salt = [body[4], body[5], body[6], body[7]];
                             s.write_all(&pg::md5_password(user, p, salt)).await.map_err(|e| e.to_string())?;
                         }
-                        (3 | 5, None) => return Err("the server asks for a password and the backend has none configured".into()),
-                        (c, _) => return Err(format!("authentication method {c} is not supported for re-homing (use trust, password or md5)")),
+                        (10, Some(p)) => {
+                            let mechanisms = String::from_utf8_lossy(&body[4..]);
+                            if !mechanisms.split('\0').any(|m| m == "SCRAM-SHA-256") {
+                                return Err(format!("the server offers no SCRAM-SHA-256 (offers {mechanisms:?})"));
+                            }
+                            let client = crate::scram::ScramClient::new(p, &nonce());
+                            let first = client.client_first();
+                            let mut msg = b"SCRAM-SHA-256\0".to_vec();
+                            msg.extend_from_slice(&(first.len() as i32).to_be_bytes());
+                            msg.extend_from_slice(first.as_bytes());
+                            s.write_all(&pg::encode_message(b'p', &msg)).await.map_err(|e| e.to_string())?;
+                            scram = Some(client);
+                        }
+                        (11, _) => {
+                            let client = scram.as_mut().ok_or("SASL continue without a SASL start")?;
+                            let server_first = String::from_utf8_lossy(&body[4..]).into_owned();
+                            let fin = client.client_final(&server_first).map_err(|e| e.to_string())?;
+                            s.write_all(&pg::encode_message(b'p', fin.as_bytes())).await.map_err(|e| e.to_string())?;
+                        }
+                        (12, _) => {
+                            let client = scram.as_ref().ok_or("SASL final without a SASL start")?;
+                            client.verify(&String::from_utf8_lossy(&body[4..])).map_err(|e| e.to_string())?;
+                        }
+                        (3 | 5 | 10, None) => return Err("the server asks for a password and the backend has none configured".into()),
+                        (c, _) => return Err(format!("authentication method {c} is not supported for re-homing (use trust, password, md5 or scram-sha-256)")),
                     }
                 }
                 b'K' if body.len() == 8 => {
@@ -186,6 +210,13 @@ pub(crate) async fn open_session(
     };
     let key = timeout(shared.config.connect_timeout * 2, work).await.map_err(|_| "startup timed out".to_string())??;
     Ok((s, key))
+}
+
+/// A SCRAM client nonce: 24 random printable characters.
+fn nonce() -> String {
+    use rand::Rng as _;
+    let mut rng = rand::thread_rng();
+    (0..24).map(|_| rng.sample(rand::distributions::Alphanumeric) as char).collect()
 }
 
 /// One direction's buffer.

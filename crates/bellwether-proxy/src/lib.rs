@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pg;
 pub mod pool;
 pub mod registry;
+pub mod scram;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

@@ -169,3 +169,45 @@ fn unreachable_backend_is_reported_and_skipped() {
     assert_eq!(d.admin, AdminState::Ready, "health never rewrites the admin state");
     rt.block_on(proxy.shutdown());
 }
+
+#[test]
+fn sessions_re_home_to_a_scram_server_with_the_configured_password() {
+    let a = PgCluster::start(&[]);
+    let b = PgCluster::start(&[]);
+    a.pgbench_init();
+    b.pgbench_init();
+    a.require_scram("s3cret");
+    b.require_scram("s3cret");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut ra = backend("a", &a.addr(), AdminState::Ready);
+    let mut rb = backend("b", &b.addr(), AdminState::Drain);
+    ra.password = Some("s3cret".into());
+    rb.password = Some("s3cret".into());
+    let mut raw = RawConfig::new(vec![RawListener { address: "127.0.0.1:0".into(), protocol: Protocol::Postgres }], vec![ra, rb]);
+    raw.health.check = CheckKind::Postgres;
+    let proxy = rt.block_on(ProxyHandle::start(raw.validate("test").unwrap())).unwrap();
+    let port = proxy.listen_addrs()[0].port();
+    // pgbench authenticates with SCRAM to a through the proxy (relayed untouched).
+    let bench = Command::new(client_bin("pgbench", "postgresql-contrib"))
+        .env("PGPASSWORD", "s3cret")
+        .args(["-n", "-S", "-c", "3", "-j", "1", "-T", "4", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+        .arg(port.to_string())
+        .arg("postgres")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pa = proxy.pool().get("a").unwrap();
+    let pb = proxy.pool().get("b").unwrap();
+    wait_for("traffic on a", Duration::from_secs(20), || pa.metrics.queries.load(Relaxed) > 200);
+    proxy.set_backend("b", None, Some(AdminState::Ready)).unwrap();
+    proxy.set_backend("a", None, Some(AdminState::Drain)).unwrap();
+    // The proxy itself authenticates to b with SCRAM to move each session.
+    let outcome = rt.block_on(proxy.wait_drained("a", Duration::from_secs(10)));
+    assert_eq!(outcome.forced, 0, "{outcome:?} {:?}", pb.health().last_error);
+    let r = parse_pgbench(&bench.wait_with_output().unwrap());
+    assert!(r.success && r.failed == 0 && !r.aborted_clients, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(pb.metrics.rehomed_in.load(Relaxed), 3);
+    assert!(pb.metrics.queries.load(Relaxed) > 0);
+    rt.block_on(proxy.shutdown());
+}

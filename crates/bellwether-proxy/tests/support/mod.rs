@@ -177,6 +177,19 @@ impl PgCluster {
         String::from_utf8_lossy(&run_ok(c, "psql").stdout).trim().to_string()
     }
 
+    /// Gives `postgres` a password and makes TCP connections authenticate with SCRAM-SHA-256
+    /// (the unix socket stays trusted).
+    pub fn require_scram(&self, password: &str) {
+        self.psql("SET password_encryption = 'scram-sha-256'");
+        self.psql(&format!("ALTER USER postgres PASSWORD '{password}'"));
+        std::fs::write(
+            self.data_dir().join("pg_hba.conf"),
+            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        self.psql("SELECT pg_reload_conf()");
+    }
+
     /// `pgbench -i` at scale 1.
     pub fn pgbench_init(&self) {
         let mut c = Command::new(client_bin("pgbench", "postgresql-contrib"));
