@@ -211,3 +211,30 @@ fn sessions_re_home_to_a_scram_server_with_the_configured_password() {
     assert!(pb.metrics.queries.load(Relaxed) > 0);
     rt.block_on(proxy.shutdown());
 }
+
+#[test]
+fn cancel_request_reaches_the_session_after_it_moved() {
+    let a = PgCluster::start(&[]);
+    let b = PgCluster::start(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let proxy = start_proxy(&rt, &a, &b);
+    let addr = proxy.listen_addrs()[0].to_string();
+    let mut c = MiniClient::connect(&addr);
+    let key = c.key.expect("the proxy passes BackendKeyData through");
+    proxy.set_backend("b", None, Some(AdminState::Ready)).unwrap();
+    proxy.set_backend("a", None, Some(AdminState::Drain)).unwrap();
+    wait_for("the session on b", Duration::from_secs(10), || proxy.registry().on_backend("b").len() == 1);
+    assert_eq!(c.query("SELECT current_setting('port')").unwrap(), vec![b.port.to_string()]);
+    // A long query on b, cancelled with the key the client got from a.
+    use std::io::Write;
+    c.s.write_all(&bellwether_proxy::pg::encode_query("SELECT pg_sleep(60)")).unwrap();
+    wait_for("the query to run", Duration::from_secs(10), || b.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'") == "1");
+    let started = Instant::now();
+    let mut cancel = std::net::TcpStream::connect(&addr).unwrap();
+    cancel.write_all(&bellwether_proxy::pg::encode_cancel(key.0, key.1)).unwrap();
+    let msgs = c.read_until_ready().unwrap();
+    let err = msgs.iter().find(|m| m.tag == b'E').expect("the query was cancelled");
+    assert_eq!(bellwether_proxy::pg::error_code(&err.body).as_deref(), Some("57014"));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    rt.block_on(proxy.shutdown());
+}

@@ -276,6 +276,8 @@ impl Drop for Redis {
 /// A minimal blocking PostgreSQL client: enough to start a session and run simple queries.
 pub struct MiniClient {
     pub s: TcpStream,
+    /// The BackendKeyData the session was given (process id, secret key).
+    pub key: Option<(i32, i32)>,
 }
 
 /// One backend message.
@@ -290,8 +292,12 @@ impl MiniClient {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         s.write_all(&pg::encode_startup(&[("user".into(), "postgres".into()), ("database".into(), "postgres".into())])).unwrap();
-        let mut c = MiniClient { s };
+        let mut c = MiniClient { s, key: None };
         let msgs = c.read_until_ready().expect("startup");
+        c.key = msgs.iter().find(|m| m.tag == b'K' && m.body.len() == 8).map(|m| {
+            let b = &m.body;
+            (i32::from_be_bytes([b[0], b[1], b[2], b[3]]), i32::from_be_bytes([b[4], b[5], b[6], b[7]]))
+        });
         assert!(msgs.iter().any(|m| m.tag == b'R'), "no authentication message: {msgs:?}");
         c
     }
