@@ -123,6 +123,14 @@ pub struct BenchArgs {
     /// Seed of the generator; the same seed gives the same pairs.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Distinct baseline hosts the pairs are drawn from. Fewer hosts keep the baselines in the
+    /// CPU cache; the default makes memory traffic part of the measurement, as in a real fleet.
+    #[arg(long, default_value_t = 200)]
+    hosts: u64,
+    /// Score each pair this many times in a row; above 1 the repeats find the pair in the CPU
+    /// cache, which measures the scoring code alone. Figures are per scoring.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
 }
 
 /// Pairs are generated in batches of this many, outside the timed region, so memory stays
@@ -130,12 +138,12 @@ pub struct BenchArgs {
 const BATCH: usize = 1000;
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    if args.pairs == 0 {
-        return Err(UsageError("--pairs must be at least 1".into()).into());
+    if args.pairs == 0 || args.hosts == 0 {
+        return Err(UsageError("--pairs and --hosts must be at least 1".into()).into());
     }
-    // A fleet of 200 distinct hosts (four releases, varied package sets and hardware), each
+    // A fleet of distinct hosts (four releases, varied package sets and hardware), each
     // with two declared dependencies; every pair is one of them against a random perturbation.
-    let hosts: Vec<HostProfile> = (0..200u64)
+    let hosts: Vec<HostProfile> = (0..args.hosts)
         .map(|i| {
             let mut p = profile_of(&HostSpec::generate(args.seed.wrapping_mul(1000) + i, &format!("host-{i}"), args.packages));
             p.dependencies = vec![
@@ -160,9 +168,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .collect();
         let (t, c0) = (Instant::now(), thread_cpu_time());
         for (i, current) in &pairs {
-            let s = bellwether_drift::score(&hosts[*i], current);
-            findings += s.findings.len();
-            overall_sum += s.overall.get();
+            for _ in 0..args.repeat.max(1) {
+                let s = bellwether_drift::score(&hosts[*i], current);
+                findings += s.findings.len();
+                overall_sum += s.overall.get();
+            }
         }
         timed += t.elapsed();
         cpu = match (cpu, c0, thread_cpu_time()) {
@@ -171,25 +181,27 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         };
         scored += n;
     }
+    let scorings = scored * args.repeat.max(1);
     println!(
-        "scored {scored} profile pairs ({} packages each) on one core in {:.3} s: {:.2} µs a pair, {:.0} pairs/s",
+        "scored {scored} profile pairs ({} packages each, {} baseline hosts, {scorings} scorings) on one core in {:.3} s: {:.2} µs a scoring, {:.0} scorings/s",
         args.packages,
+        hosts.len(),
         timed.as_secs_f64(),
-        timed.as_secs_f64() * 1e6 / scored as f64,
-        scored as f64 / timed.as_secs_f64()
+        timed.as_secs_f64() * 1e6 / scorings as f64,
+        scorings as f64 / timed.as_secs_f64()
     );
     if let Some(cpu) = cpu {
         // On a busy machine the wall clock includes time the thread waited for a core.
         println!(
-            "CPU time of the scoring thread {:.3} s: {:.2} µs a pair",
+            "CPU time of the scoring thread {:.3} s: {:.2} µs a scoring",
             cpu.as_secs_f64(),
-            cpu.as_secs_f64() * 1e6 / scored as f64
+            cpu.as_secs_f64() * 1e6 / scorings as f64
         );
     }
     println!(
         "mean findings a pair {:.2}, mean overall drift {}",
-        findings as f64 / scored as f64,
-        fmt_num(overall_sum / scored as f64)
+        findings as f64 / scorings as f64,
+        fmt_num(overall_sum / scorings as f64)
     );
     Ok(ExitCode::SUCCESS)
 }
