@@ -1017,11 +1017,9 @@ impl Rollout {
                     reverting += 1;
                     self.rec(h).revert_pending = true;
                 }
-                HostState::Waiting | HostState::Remediating => {
-                    if self.hosts[h].state == HostState::Waiting {
-                        self.set_state(h, HostState::Skipped);
-                        self.set_reason(h, format!("Skipped: the rollout was aborted ({reason})."), Value::Null);
-                    }
+                HostState::Waiting => {
+                    self.set_state(h, HostState::Skipped);
+                    self.set_reason(h, format!("Skipped: the rollout was aborted ({reason})."), Value::Null);
                 }
                 _ => {}
             }

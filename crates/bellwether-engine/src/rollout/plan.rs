@@ -838,7 +838,7 @@ checked! {
         /// A host fails when its overall drift score rises by more than this during its bake.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub drift_rise_limit: Option<f64>,
-        /// Severity score at or above which a host fails. Default 0.5.
+        /// Severity score at or above which a host fails. Default 0.3.
         #[serde(default = "d_severity_fail")]
         pub severity_fail: f64,
     }
@@ -851,7 +851,7 @@ fn d_baseline() -> Dur {
     Dur(Duration::from_secs(30))
 }
 fn d_severity_fail() -> f64 {
-    0.5
+    0.3
 }
 
 impl Analysis {

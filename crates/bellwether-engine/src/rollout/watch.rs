@@ -1,1 +1,316 @@
-//! Per-host watching during a rollout.
+//! Per-host watching during a rollout: samples in, [`WatchVerdict`]s out.
+//!
+//! A [`HostWatcher`] is fed `(ts_ms, metric, value)` samples of one host. Before the host's
+//! apply they build its baseline (the moving average of `bellwether_detect`'s
+//! [`ThresholdWatch`]); [`HostWatcher::mark_applied`] freezes it, and later samples are judged
+//! against the frozen baseline with the plan's band, duration and weights, combined by
+//! [`SeverityScorer`]. [`HostWatcher::verdict`] then also compares the host's post-apply samples
+//! with control hosts' samples over the same window through [`bellwether_detect::judge`], and
+//! checks the drift-rise limit and the no-data rule.
+//!
+//! This module re-implements none of the statistics: thresholds, severity and the judge are
+//! `bellwether-detect`'s. Like the rest of the engine it is pure: timestamps come with the
+//! samples and the caller says what time it is.
+
+use std::collections::VecDeque;
+
+use bellwether_detect::judge::{self, JudgeConfig, MetricConfig, Outcome};
+use bellwether_detect::threshold::{Direction, Observation, SeverityScorer, ThresholdConfig, ThresholdError, ThresholdWatch};
+use bellwether_model::HostName;
+use serde_json::{json, Value};
+
+use super::plan::{ms, MetricRule, Plan};
+use super::WatchVerdict;
+
+pub mod synthetic;
+
+/// Why a watcher could not be built or a sample was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WatchError {
+    #[error("host {host}: metric {metric}: {source}")]
+    Threshold { host: HostName, metric: String, source: ThresholdError },
+    #[error("host {host}: metric {metric} is not in the plan's analysis")]
+    UnknownMetric { host: HostName, metric: String },
+}
+
+struct MetricWatch {
+    rule: MetricRule,
+    watch: ThresholdWatch,
+    last: Option<Observation>,
+    /// Recent samples, for the canary judge (bounded).
+    recent: VecDeque<(i64, f64)>,
+    last_ts: Option<i64>,
+}
+
+/// Watches one host against its own pre-apply baseline and against control hosts.
+pub struct HostWatcher {
+    host: HostName,
+    metrics: Vec<MetricWatch>,
+    scorer: SeverityScorer,
+    applied_ms: Option<i64>,
+    /// Metrics whose baseline was still warming up at the apply (they keep a moving baseline).
+    warming_at_apply: Vec<String>,
+    last_sample_ms: Option<i64>,
+    drift_before: Option<f64>,
+    drift_now: Option<f64>,
+    severity_fail: f64,
+    drift_rise_limit: Option<f64>,
+    no_data_after_ms: i64,
+    judge: super::plan::JudgeSettings,
+    capacity: usize,
+}
+
+impl std::fmt::Debug for HostWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostWatcher").field("host", &self.host).field("applied_ms", &self.applied_ms).finish_non_exhaustive()
+    }
+}
+
+impl HostWatcher {
+    /// A watcher for `host` with the plan's analysis settings.
+    pub fn new(plan: &Plan, host: HostName) -> Result<HostWatcher, WatchError> {
+        let a = &plan.analysis;
+        let interval = ms(a.interval.0).max(1);
+        let min_samples = ((ms(a.baseline.0) / interval / 2).max(1)) as usize;
+        let capacity = (((ms(a.baseline.0) + 2 * plan.bake_ms()) / interval) as usize + 16).min(4096);
+        let mut metrics = Vec::new();
+        for rule in &a.metrics {
+            let cfg = ThresholdConfig::new(a.baseline.0, rule.threshold_pct, rule.direction)
+                .with_min_duration(rule.for_.0)
+                .with_abs_floor(rule.floor)
+                .with_min_baseline_samples(min_samples);
+            let watch = ThresholdWatch::new(cfg).map_err(|source| WatchError::Threshold {
+                host: host.clone(),
+                metric: rule.name.0.clone(),
+                source,
+            })?;
+            metrics.push(MetricWatch { rule: rule.clone(), watch, last: None, recent: VecDeque::new(), last_ts: None });
+        }
+        let scorer = SeverityScorer::new(a.metrics.iter().map(|m| (m.name.0.clone(), m.weight))).map_err(|source| {
+            WatchError::Threshold { host: host.clone(), metric: "weights".into(), source }
+        })?;
+        Ok(HostWatcher {
+            host,
+            metrics,
+            scorer,
+            applied_ms: None,
+            warming_at_apply: Vec::new(),
+            last_sample_ms: None,
+            drift_before: None,
+            drift_now: None,
+            severity_fail: a.severity_fail,
+            drift_rise_limit: a.drift_rise_limit,
+            no_data_after_ms: plan.no_data.after_ms(),
+            judge: a.judge.clone(),
+            capacity,
+        })
+    }
+
+    pub fn host(&self) -> &HostName {
+        &self.host
+    }
+
+    /// When the update was applied, if it was.
+    pub fn applied_ms(&self) -> Option<i64> {
+        self.applied_ms
+    }
+
+    /// Feeds one sample. Samples of metrics the plan does not watch are refused with
+    /// [`WatchError::UnknownMetric`] (the caller may ignore that); a non-finite value is
+    /// ignored (it is no data); timestamps must increase per metric.
+    pub fn observe(&mut self, ts_ms: i64, metric: &str, value: f64) -> Result<(), WatchError> {
+        let host = &self.host;
+        let Some(m) = self.metrics.iter_mut().find(|m| m.rule.name.0 == metric) else {
+            return Err(WatchError::UnknownMetric { host: host.clone(), metric: metric.to_string() });
+        };
+        if !value.is_finite() {
+            return Ok(());
+        }
+        let o = m.watch.observe(ts_ms, value).map_err(|source| WatchError::Threshold {
+            host: host.clone(),
+            metric: metric.to_string(),
+            source,
+        })?;
+        m.last = Some(o);
+        m.last_ts = Some(ts_ms);
+        m.recent.push_back((ts_ms, value));
+        while m.recent.len() > self.capacity {
+            m.recent.pop_front();
+        }
+        self.last_sample_ms = Some(self.last_sample_ms.map_or(ts_ms, |t| t.max(ts_ms)));
+        Ok(())
+    }
+
+    /// The host's overall drift score now (before the apply it is the reference).
+    pub fn observe_drift(&mut self, overall: f64) {
+        if !overall.is_finite() {
+            return;
+        }
+        if self.applied_ms.is_none() {
+            self.drift_before = Some(overall);
+        } else {
+            self.drift_now = Some(overall);
+        }
+    }
+
+    /// The update was applied at `ts_ms`: freeze every baseline. Returns the metrics whose
+    /// baseline was still warming up (they are judged once they have one).
+    pub fn mark_applied(&mut self, ts_ms: i64) -> Vec<String> {
+        self.applied_ms = Some(ts_ms);
+        self.warming_at_apply = self
+            .metrics
+            .iter_mut()
+            .filter_map(|m| m.watch.freeze().is_none().then(|| m.rule.name.0.clone()))
+            .collect();
+        // The excursion before the apply is history, not evidence against the update.
+        for m in &mut self.metrics {
+            m.last = None;
+        }
+        self.warming_at_apply.clone()
+    }
+
+    /// The host's post-apply samples of `metric` with `ts ≥ from_ms`.
+    fn values_since(&self, metric: &str, from_ms: i64) -> Vec<f64> {
+        self.metrics
+            .iter()
+            .find(|m| m.rule.name.0 == metric)
+            .map(|m| m.recent.iter().filter(|(t, _)| *t >= from_ms).map(|(_, v)| *v).collect())
+            .unwrap_or_default()
+    }
+
+    /// The verdict at `now_ms`. `controls` are watchers of hosts not updated (those that are
+    /// updated are skipped); with the judge enabled and enough samples on both sides, the
+    /// host's post-apply samples are judged against theirs over the same window.
+    ///
+    /// In order: no sample for `no_data.after` is [`WatchVerdict::NoData`]; a breached
+    /// critical metric is `Critical`; a severity at or above `severity_fail` is `Failing`; so
+    /// is a drift rise above the limit, and a judge score below `marginal` (`Critical` when a
+    /// critical metric failed the judgement). Otherwise `Healthy`. Before the apply the host
+    /// is not judged and is `Healthy` unless silent.
+    pub fn verdict(&self, now_ms: i64, controls: &[&HostWatcher]) -> WatchVerdict {
+        let since = match (self.last_sample_ms, self.applied_ms) {
+            (Some(s), Some(a)) => s.max(a),
+            (Some(s), None) => s,
+            (None, Some(a)) => a,
+            (None, None) => return WatchVerdict::Healthy,
+        };
+        if now_ms - since > self.no_data_after_ms {
+            return WatchVerdict::NoData { since_ms: since };
+        }
+        let Some(applied) = self.applied_ms else {
+            return WatchVerdict::Healthy;
+        };
+        let latest: Vec<(&str, &Observation)> =
+            self.metrics.iter().filter_map(|m| m.last.as_ref().map(|o| (m.rule.name.0.as_str(), o))).collect();
+        let severity = self.scorer.score(latest.iter().copied());
+        let reasons: Vec<Value> = severity
+            .reasons
+            .iter()
+            .map(|r| json!({ "metric": r.metric, "value": r.value, "baseline": r.baseline, "deviation": r.deviation,
+                             "for_ms": r.for_ms, "severity": r.severity, "weight": r.weight }))
+            .collect();
+        let critical: Vec<&str> = self
+            .metrics
+            .iter()
+            .filter(|m| m.rule.critical && m.last.is_some_and(|o| o.state.is_breached()))
+            .map(|m| m.rule.name.0.as_str())
+            .collect();
+        if !critical.is_empty() {
+            let text = severity.reasons.iter().filter(|r| critical.contains(&r.metric.as_str())).map(|r| r.to_string()).collect::<Vec<_>>().join("; ");
+            return WatchVerdict::Critical {
+                reason: format!("critical metric breached: {text}"),
+                figures: json!({ "severity": severity.score, "critical": critical, "reasons": reasons, "applied_ms": applied }),
+            };
+        }
+        if severity.score >= self.severity_fail {
+            let text = severity.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ");
+            return WatchVerdict::Failing {
+                reason: format!("severity {:.2} ≥ {:.2}: {text}", severity.score, self.severity_fail),
+                figures: json!({ "severity": severity.score, "severity_fail": self.severity_fail, "reasons": reasons, "applied_ms": applied }),
+            };
+        }
+        if let (Some(limit), Some(before), Some(now)) = (self.drift_rise_limit, self.drift_before, self.drift_now) {
+            if now - before > limit {
+                return WatchVerdict::Failing {
+                    reason: format!("drift rose by {:.3} (from {before:.3} to {now:.3}), above the limit {limit}", now - before),
+                    figures: json!({ "drift_before": before, "drift_now": now, "drift_rise_limit": limit }),
+                };
+            }
+        }
+        if let Some(v) = self.judge_against(applied, controls) {
+            return v;
+        }
+        WatchVerdict::Healthy
+    }
+
+    /// The canary judge over `[applied, now]`; `None` when it has no opinion (disabled, or too
+    /// few samples on a side).
+    fn judge_against(&self, applied: i64, controls: &[&HostWatcher]) -> Option<WatchVerdict> {
+        if !self.judge.enabled {
+            return None;
+        }
+        let controls: Vec<&&HostWatcher> = controls.iter().filter(|c| c.applied_ms.is_none() && c.host != self.host).collect();
+        if controls.is_empty() {
+            return None;
+        }
+        let min = self.judge.min_samples as usize;
+        let mut configs = Vec::new();
+        let mut samples = Vec::new();
+        for m in &self.metrics {
+            let name = &m.rule.name.0;
+            let exp = self.values_since(name, applied);
+            let ctl: Vec<f64> = controls.iter().flat_map(|c| c.values_since(name, applied)).collect();
+            if exp.len() < min || ctl.len() < min {
+                continue;
+            }
+            // The judge flags a shift beyond half the threshold band: it compares with hosts
+            // that live through the same load at the same time, so it can afford to be
+            // stricter than the baseline band.
+            let allowed = m.rule.threshold_pct / 200.0;
+            let mut cfg = MetricConfig::new(name.clone());
+            cfg.direction = m.rule.direction;
+            cfg.critical = m.rule.critical;
+            if matches!(m.rule.direction, Direction::Increase | Direction::Either) {
+                cfg.allowed_increase = Some(1.0 + allowed);
+            }
+            if matches!(m.rule.direction, Direction::Decrease | Direction::Either) {
+                cfg.allowed_decrease = Some((1.0 - allowed).max(0.0));
+            }
+            configs.push(cfg);
+            samples.push((name.clone(), ctl, exp));
+        }
+        if configs.is_empty() {
+            return None;
+        }
+        let jc = JudgeConfig {
+            confidence: self.judge.confidence,
+            pass: self.judge.pass,
+            marginal: self.judge.marginal,
+            ..JudgeConfig::default()
+        };
+        let j = judge::judge(&configs, &samples, &jc).ok()?;
+        let failed: Vec<Value> = j
+            .metrics
+            .iter()
+            .filter(|r| matches!(r.classification, judge::Classification::High | judge::Classification::Low))
+            .map(|r| json!({ "metric": r.name, "classification": r.classification, "effect_size": r.effect_size,
+                             "control_count": r.control_count, "experiment_count": r.experiment_count, "reason": r.reason }))
+            .collect();
+        let figures = json!({ "judge_score": j.score, "marginal": jc.marginal, "pass": jc.pass, "controls": controls.len(), "metrics": failed });
+        let critical = j.metrics.iter().any(|r| r.critical_failure);
+        match j.outcome {
+            Outcome::Fail if critical => Some(WatchVerdict::Critical {
+                reason: format!("the canary judge failed a critical metric against {} control hosts", controls.len()),
+                figures,
+            }),
+            Outcome::Fail => Some(WatchVerdict::Failing {
+                reason: format!("the canary judge scored {:.0} (below {:.0}) against {} control hosts", j.score, jc.marginal, controls.len()),
+                figures,
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -86,7 +86,7 @@ fn defaults_fill_a_minimal_plan() {
     assert_eq!(p.analysis.metrics[0].direction, Direction::Increase);
     assert_eq!(p.analysis.metrics[0].for_.0, Duration::from_secs(3));
     assert_eq!(p.analysis.judge, JudgeSettings::default());
-    assert_eq!(p.analysis.severity_fail, 0.5);
+    assert_eq!(p.analysis.severity_fail, 0.3);
     assert_eq!(p.rollback, RollbackPolicy::default());
     assert!(p.remediation.is_empty());
     assert_eq!(p.no_data, NoDataRule::default());
