@@ -103,9 +103,8 @@ impl PgCluster {
         let mut c = pg_command(&bin.join("initdb"));
         c.arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
         run_ok(c, "initdb");
-        let port = free_port();
         let mut conf = format!(
-            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n",
+            "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n",
             dir.path().display()
         );
         for l in extra_conf {
@@ -115,9 +114,23 @@ impl PgCluster {
         let conf_path = data.join("postgresql.conf");
         let mut f = std::fs::OpenOptions::new().append(true).open(&conf_path).unwrap();
         f.write_all(conf.as_bytes()).unwrap();
-        let cluster = PgCluster { dir, port, bin };
-        cluster.pg_ctl_start();
-        cluster
+        // The port goes in postgresql.auto.conf, rewritten per attempt: another test may take
+        // a free port between our probe and the server's bind, and then we try another.
+        let mut cluster = PgCluster { dir, port: 0, bin };
+        for attempt in 0..5 {
+            cluster.port = free_port();
+            std::fs::write(data.join("postgresql.auto.conf"), format!("port = {}\n", cluster.port)).unwrap();
+            let mut c = pg_command(&cluster.bin.join("pg_ctl"));
+            c.arg("-D").arg(&data).arg("-l").arg(cluster.dir.path().join("log")).args(["-w", "-t", "60", "start"]);
+            match c.output() {
+                Ok(out) if out.status.success() => return cluster,
+                Ok(out) if attempt < 4 => {
+                    eprintln!("pg_ctl start on port {} failed, retrying: {}", cluster.port, String::from_utf8_lossy(&out.stderr));
+                }
+                other => panic!("pg_ctl start failed: {other:?}\n{}", std::fs::read_to_string(cluster.dir.path().join("log")).unwrap_or_default()),
+            }
+        }
+        unreachable!("the last attempt panics or returns")
     }
 
     pub fn data_dir(&self) -> PathBuf {
