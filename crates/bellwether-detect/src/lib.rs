@@ -8,6 +8,15 @@
 //!
 //! - [`threshold`]: the moving-average baseline, the ± percentage band, breaches that must last
 //!   a configured time, and the combined severity score with its reasons.
+//! - [`anomaly`]: online single-series detectors (score in [0, 1] and an alert decision per
+//!   point, bounded memory); `relative-entropy` is the default, chosen on NAB.
+//! - [`judge`]: the Kayenta-style canary judge (Mann-Whitney with a confidence interval for the
+//!   shift, effect sizes, limits, weighted score out of 100).
+//! - [`nab`]: the Numenta Anomaly Benchmark scorer used to choose and measure the detectors.
+//! - [`series`]: CSV parsing of series and samples, with the file, line and column in errors.
+//! - [`stats`]: the normal distribution, ranks and quantiles.
+//!
+//! docs/detect.md is the user guide, with the measurements behind the defaults.
 #![forbid(unsafe_code)]
 
 pub mod anomaly;
