@@ -251,3 +251,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ExitCode::from(1)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_parsers() {
+        assert_eq!(parse_direction("either"), Ok(Direction::Either));
+        assert!(parse_direction("up")
+            .unwrap_err()
+            .contains("expected increase, decrease or either"));
+        assert_eq!(parse_effect("cles"), Ok(EffectMeasure::Cles));
+        assert_eq!(parse_nan("remove"), Ok(NanStrategy::Remove));
+        assert_eq!(parse_nan("replace=0"), Ok(NanStrategy::Replace(0.0)));
+        assert_eq!(
+            parse_nan("replace=x").unwrap_err(),
+            "replacement `x` is not a finite number"
+        );
+        assert_eq!(
+            pairs("weight", &["a=1".into()]).unwrap(),
+            vec![("a".to_string(), "1".to_string())]
+        );
+        assert_eq!(
+            pairs("group", &["=x".into()]).unwrap_err().to_string(),
+            "--group \"=x\": expected NAME=VALUE"
+        );
+    }
+}
