@@ -210,6 +210,10 @@ const SQLITE_SAMPLE_CHUNK: usize = 500;
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
+    /// SQLite allows one writer at a time; a writer that finds the lock taken sleeps and
+    /// retries with growing pauses, which wastes most of the time under concurrent ingest.
+    /// Writers therefore take turns here, in order, before they touch the database.
+    sqlite_writer: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -390,7 +394,10 @@ impl Store {
                     .connect_with(opts)
                     .await
                     .map_err(|source| StoreError::Open { backend: "sqlite", location, source })?;
-                Store { backend: Backend::Sqlite(pool) }
+                Store {
+                    backend: Backend::Sqlite(pool),
+                    sqlite_writer: Some(std::sync::Arc::new(tokio::sync::Mutex::new(()))),
+                }
             }
             StoreConfig::Postgres { url, schema } => {
                 let location = redact(url);
@@ -429,11 +436,20 @@ impl Store {
                         })
                     });
                 let pool = pool_opts.connect_with(opts).await.map_err(open_err)?;
-                Store { backend: Backend::Postgres(pool) }
+                Store { backend: Backend::Postgres(pool), sqlite_writer: None }
             }
         };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Waits for this connection's turn to write (SQLite only; PostgreSQL takes concurrent
+    /// writers itself).
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.sqlite_writer {
+            Some(m) => Some(m.lock().await),
+            None => None,
+        }
     }
 
     /// `sqlite` or `postgres`.
@@ -530,6 +546,7 @@ impl Store {
         reason: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         if kind == TokenKind::Agent {
             return Err(StoreError::BadInput {
                 field: "kind".into(),
@@ -597,6 +614,7 @@ impl Store {
         agent_token: &str,
         now_ms: i64,
     ) -> Result<Enrolment, StoreError> {
+        let _turn = self.write_turn().await;
         check_labels(labels)?;
         let hash = hash_token(agent_token);
         let labels_s = labels_json(labels);
@@ -724,6 +742,7 @@ impl Store {
         profile: &HostProfile,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
         let id = self.host_id(name).await?;
         let fp = fingerprint(profile);
         let json = serde_json::to_string(profile).expect("a profile always serialises");
@@ -837,6 +856,7 @@ impl Store {
         profile: &HostProfile,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         let id = self.host_id(name).await?;
         let json = serde_json::to_string(profile).expect("a profile always serialises");
         on_pool!(self, pool => {
@@ -881,6 +901,7 @@ impl Store {
         samples: &[MetricSample],
         now_ms: i64,
     ) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await;
         check_samples(samples)?;
         match &self.backend {
             Backend::Sqlite(pool) => {
@@ -976,6 +997,7 @@ impl Store {
     /// Deletes every sample older than `before_ts_ms` (agent time), host by host so that each
     /// delete walks the `(host_id, ts_ms)` index. Returns how many were deleted.
     pub async fn prune_samples(&self, before_ts_ms: i64) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await;
         on_pool!(self, pool => {
             let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM hosts")
                 .fetch_all(pool)
@@ -1016,6 +1038,7 @@ impl Store {
         score: &DriftScore,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         let id = self.host_id(name).await?;
         let json = serde_json::to_string(score).expect("a drift score always serialises");
         on_pool!(self, pool => {
@@ -1090,6 +1113,7 @@ impl Store {
         figures: &serde_json::Value,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         on_pool!(self, pool => insert_event!(pool, now_ms, kind, host, reason, figures))
     }
 
