@@ -98,6 +98,10 @@ fn start(args: StartArgs, state_dir: &Path) -> anyhow::Result<ExitCode> {
         let clean: String = plan.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
         format!("{clean}-{}", unix_ms() / 1000)
     });
+    // Fail here, not in a background log, when the original cannot be found.
+    if let Some(f) = &plan.original.pidfile {
+        read_pidfile(f).map_err(|e| UsageError(format!("original.pidfile: {e:#}")))?;
+    }
     if !args.wait {
         // Run the same command in the foreground of a detached child, logging to a file.
         let log_path = state_dir.join(format!("{id}.log"));
