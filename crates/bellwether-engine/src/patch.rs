@@ -565,6 +565,7 @@ pub struct PatchEngine {
     last_original: BTreeMap<MetricKind, f64>,
     last_patched_ms: Option<i64>,
     in_no_data: bool,
+    bake_started_ms: i64,
     action_started_ms: i64,
     waiting_baseline_logged: bool,
 }
@@ -629,6 +630,7 @@ impl PatchEngine {
             last_original: BTreeMap::new(),
             last_patched_ms: None,
             in_no_data: false,
+            bake_started_ms: now_ms,
             action_started_ms: now_ms,
             waiting_baseline_logged: false,
         };
@@ -777,6 +779,7 @@ impl PatchEngine {
 
     fn start_bake(&mut self, at: i64) {
         self.set_stage(Stage::Baking, at);
+        self.bake_started_ms = at;
         self.last_patched_ms = None;
         let bake = self.plan.bake_time.0.as_secs_f64();
         self.event(at, "bake.started", format!("Watching the patched instance for {bake:.1}s of data."), json!({ "bake_seconds": bake }));
@@ -802,6 +805,13 @@ impl PatchEngine {
             .collect();
         let mut actions = Vec::new();
         if !missing.is_empty() {
+            // The first intervals after the shift straddle it (rates need two samples of the
+            // new instance): no bake time, but no alert either.
+            let interval = self.plan.sample_interval.0.as_millis() as i64;
+            if !self.in_no_data && at - self.bake_started_ms <= 2 * interval {
+                self.last_patched_ms = Some(at);
+                return actions;
+            }
             // Never act on no data: the bake clock stops and an alert goes out, once per gap.
             if !self.in_no_data {
                 self.in_no_data = true;
@@ -990,6 +1000,9 @@ severity_threshold: 0.3
     #[test]
     fn latency_breach_rolls_back_in_four_timed_phases() {
         let mut e = baked_engine();
+        // Right after the shift the new instance has no rates yet: no alert, no bake time.
+        assert!(e.step(sample(8500, Instance::Patched, None, None)).is_empty());
+        assert_eq!(e.report().baked_ms, 0);
         assert!(e.step(sample(9000, Instance::Patched, Some(0.0021), Some(0.0))).is_empty());
         // Latency triples; pending for 2 s, then breached.
         assert!(e.step(sample(10_000, Instance::Patched, Some(0.006), Some(0.0))).is_empty());
