@@ -628,3 +628,20 @@ proptest::proptest! {
         let _ = s.r.status();
     }
 }
+
+/// The worked example of docs/rollout.md, "Selecting the pilot".
+#[test]
+fn the_documented_pilot_example() {
+    let ps = [0.02, 0.05, 0.08, 0.10, 0.15, 0.25, 0.30, 0.42, 0.55, 0.80];
+    let hosts: Vec<HostInput> = ps.iter().enumerate().map(|(i, p)| host(&format!("h{}", i + 1), *p)).collect();
+    let (r, _) = Rollout::start("r".into(), plan_with(&[]), hosts, 0);
+    let ev = r.events.iter().find(|e| e.kind == "pilot.selected").unwrap();
+    assert_eq!(ev.figures["spread"], json!(0.2394));
+    assert_eq!(ev.figures["size_for_spread"], json!(5));
+    assert_eq!(ev.figures["from_low"], json!(4));
+    assert_eq!(ev.figures["from_moderate"], json!(1));
+    assert_eq!(ev.figures["hosts"], json!(["h1", "h2", "h4", "h5", "h7"]));
+    assert_eq!(r.queue, vec![hn("h3"), hn("h6"), hn("h8")]);
+    assert_eq!(r.hosts[&hn("h9")].state, HostState::HeldBack);
+    assert_eq!(r.hosts[&hn("h10")].state, HostState::HeldBack);
+}

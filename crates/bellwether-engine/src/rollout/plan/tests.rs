@@ -297,3 +297,28 @@ proptest::proptest! {
         }
     }
 }
+
+/// The error examples quoted in docs/rollout.md, on the complete plan of that page.
+#[test]
+fn the_documented_error_messages() {
+    let doc = include_str!("../../../../../docs/rollout.md");
+    let start = doc.find("```yaml\nname: web-v2").unwrap() + "```yaml\n".len();
+    let plan = &doc[start..start + doc[start..].find("```").unwrap()];
+    parse_plan(plan, "plan.yaml").unwrap();
+    let cases = [
+        ("  low: 0.2", "  low: 0.7"),
+        ("fixed: [10, 50, 100]", "fixed: [10, 50, 90]"),
+        ("direction: increase, threshold_pct: 50", "direction: upward, threshold_pct: 50"),
+        ("apply:  { builtin: set_service_version, version: \"2\" }     # or { argv: [..], timeout: 30s }", "apply: { argv: [] }"),
+        ("restore_file, path: etc/websvc.conf", "restore_file, path: /etc/websvc.conf"),
+    ];
+    let missing: Vec<String> = cases
+        .iter()
+        .map(|(from, to)| {
+            assert_eq!(plan.matches(from).count(), 1, "{from}");
+            parse_plan(&plan.replacen(from, to, 1), "plan.yaml").unwrap_err().to_string()
+        })
+        .filter(|e| !doc.contains(e.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "docs/rollout.md should quote:\n{}", missing.join("\n"));
+}
