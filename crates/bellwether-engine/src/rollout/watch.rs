@@ -12,11 +12,12 @@
 //! `bellwether-detect`'s. Like the rest of the engine it is pure: timestamps come with the
 //! samples and the caller says what time it is.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use bellwether_detect::judge::{self, JudgeConfig, MetricConfig, Outcome};
 use bellwether_detect::threshold::{Direction, Observation, SeverityScorer, ThresholdConfig, ThresholdError, ThresholdWatch};
 use bellwether_model::HostName;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::plan::{ms, MetricRule, Plan};
@@ -66,7 +67,54 @@ impl std::fmt::Debug for HostWatcher {
     }
 }
 
+/// What a restarted server needs to rebuild a host's watcher: the apply time and the frozen
+/// pre-apply baselines (the samples themselves are not kept). Persist it when the host is
+/// applied; [`HostWatcher::restore`] turns it back into a watcher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatcherSnapshot {
+    pub host: HostName,
+    pub applied_ms: Option<i64>,
+    /// Frozen baseline per metric; metrics that were still warming up are absent.
+    pub baselines: BTreeMap<String, f64>,
+    pub drift_before: Option<f64>,
+}
+
 impl HostWatcher {
+    /// The state to persist for [`HostWatcher::restore`].
+    pub fn snapshot(&self) -> WatcherSnapshot {
+        WatcherSnapshot {
+            host: self.host.clone(),
+            applied_ms: self.applied_ms,
+            baselines: self
+                .metrics
+                .iter()
+                .filter_map(|m| self.applied_ms.and(m.watch.baseline()).map(|b| (m.rule.name.0.clone(), b)))
+                .collect(),
+            drift_before: self.drift_before,
+        }
+    }
+
+    /// Rebuilds a watcher after a restart. An applied host keeps its frozen baselines, so it
+    /// is judged against its pre-apply behaviour, not against what it does now; a host not yet
+    /// applied starts a fresh baseline.
+    pub fn restore(plan: &Plan, snap: &WatcherSnapshot) -> Result<HostWatcher, WatchError> {
+        let mut w = HostWatcher::new(plan, snap.host.clone())?;
+        w.drift_before = snap.drift_before;
+        if let Some(applied) = snap.applied_ms {
+            w.applied_ms = Some(applied);
+            for m in &mut w.metrics {
+                if let Some(b) = snap.baselines.get(&m.rule.name.0) {
+                    m.watch = ThresholdWatch::with_fixed_baseline(m.watch.config().clone(), *b).map_err(|source| {
+                        WatchError::Threshold { host: snap.host.clone(), metric: m.rule.name.0.clone(), source }
+                    })?;
+                } else {
+                    w.warming_at_apply.push(m.rule.name.0.clone());
+                }
+            }
+        }
+        Ok(w)
+    }
+
     /// A watcher for `host` with the plan's analysis settings.
     pub fn new(plan: &Plan, host: HostName) -> Result<HostWatcher, WatchError> {
         let a = &plan.analysis;

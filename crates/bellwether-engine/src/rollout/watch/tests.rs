@@ -128,3 +128,34 @@ fn bad_samples_are_refused_with_the_host_and_metric() {
     // NaN is no data, not an error.
     w.observe(20, "svc_error_ratio", f64::NAN).unwrap();
 }
+
+#[test]
+fn a_restored_watcher_keeps_the_frozen_baseline() {
+    let plan = parse_plan(WATCH_PLAN, "p.yaml").unwrap();
+    let mut run = Run::new(&plan, 11, 0);
+    for t in 0..40 {
+        run.feed(t * S, Fault::None);
+    }
+    run.canary.mark_applied(40 * S);
+    let snap = run.canary.snapshot();
+    assert_eq!(snap.applied_ms, Some(40 * S));
+    assert_eq!(snap.baselines.len(), 2);
+    let json = serde_json::to_string(&snap).unwrap();
+    let back: WatcherSnapshot = serde_json::from_str(&json).unwrap();
+    let mut w = HostWatcher::restore(&plan, &back).unwrap();
+    assert_eq!(w.applied_ms(), Some(40 * S));
+    // The fault right after the restart is judged against the old baseline: detected after
+    // `for` (3 s) as before.
+    let mut first = None;
+    for s in 41..60 {
+        w.observe(s * S, "svc_error_ratio", 0.3).unwrap();
+        w.observe(s * S, "svc_latency_p99_ms", 50.0).unwrap();
+        if first.is_none() && matches!(w.verdict(s * S, &[]), WatchVerdict::Failing { .. }) {
+            first = Some(s);
+        }
+    }
+    assert_eq!(first, Some(44));
+    // A host not applied yet has nothing frozen to keep.
+    let fresh = HostWatcher::new(&plan, HostName::new("x").unwrap()).unwrap();
+    assert!(fresh.snapshot().baselines.is_empty());
+}
