@@ -651,15 +651,21 @@ impl Rollout {
         let now = obs.now_ms().max(self.now_ms);
         self.now_ms = now;
         let mut out = Vec::new();
+        // The checks that look at a whole wave run on ticks and operator commands only, so a
+        // verdict or an action result costs O(log hosts) even in a wave of thousands; a wave
+        // therefore ends on the tick after its last healthy verdict.
+        let sweep = matches!(obs, Observation::Tick { .. } | Observation::Operator { .. });
         match obs {
             Observation::Tick { .. } => {}
             Observation::ActionFinished { action_id, result, .. } => self.on_action(&mut out, action_id, result),
             Observation::HostWatch { host, verdict, .. } => self.on_verdict(&mut out, &host, verdict),
             Observation::Operator { command, .. } => self.on_operator(&mut out, command),
         }
-        self.check_overdue(&mut out);
-        self.check_no_data(&mut out);
-        self.check_wave(&mut out);
+        if sweep {
+            self.check_overdue(&mut out);
+            self.check_no_data(&mut out);
+            self.check_wave(&mut out);
+        }
         self.check_finished(&mut out);
         out
     }
@@ -942,7 +948,7 @@ impl Rollout {
         if first {
             self.rec(h).failed = true;
             self.failed_total += 1;
-            if self.current.contains(h) {
+            if self.hosts[h].wave == Some(self.wave) {
                 self.failed_in_wave += 1;
             }
             self.outcome(out, h, true);
@@ -1084,7 +1090,7 @@ impl Rollout {
         if !self.hosts[h].failed {
             self.rec(h).failed = true;
             self.failed_total += 1;
-            if self.current.contains(h) {
+            if self.hosts[h].wave == Some(self.wave) {
                 self.failed_in_wave += 1;
             }
             self.outcome(out, h, true);
