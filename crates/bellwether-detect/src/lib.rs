@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod anomaly;
+pub mod cad;
 pub mod judge;
 pub mod nab;
 pub mod series;
