@@ -308,6 +308,22 @@ mod tests {
     }
 
     #[test]
+    fn flags_add_to_and_override_the_declared_dependencies() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = bellwether_drift::synth::HostSpec::generate(4, "web-7", 10);
+        spec.dependencies = vec![("db".into(), "127.0.0.1:5432".into()), ("cache".into(), "127.0.0.1:6379".into())];
+        bellwether_drift::synth::write_host_root(dir.path(), &spec).unwrap();
+        let flag = parse_dependency_flag("db=127.0.0.1:6432").unwrap();
+        let opts = options(dir.path(), &[flag], &[("role".into(), "web".into())], Duration::from_millis(100)).unwrap();
+        let deps: Vec<(&str, &str)> = opts.dependencies.iter().map(|d| (d.name.as_str(), d.endpoint.as_str())).collect();
+        assert_eq!(deps, vec![("cache", "127.0.0.1:6379"), ("db", "127.0.0.1:6432")]);
+        assert_eq!(opts.labels["role"], "web");
+        std::fs::write(dir.path().join("etc/bellwether/dependencies"), "db=nope\n").unwrap();
+        let err = options(dir.path(), &[], &[], Duration::from_millis(100)).unwrap_err();
+        assert!(super::super::exit_code_for(&err) == 2 && err.to_string().contains("dependencies:1:"), "{err}");
+    }
+
+    #[test]
     fn stats_percentiles() {
         let mut t: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         assert_eq!(stats(&mut t), "mean 50.500 ms, p50 50.000 ms, p99 99.000 ms, max 100.000 ms (n=100)");
