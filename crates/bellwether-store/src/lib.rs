@@ -1154,6 +1154,12 @@ impl Store {
     }
 }
 
+// Declared after the macros above, which they use.
+mod outcomes;
+mod rollouts;
+pub use outcomes::{ModelInfo, NewModel, NewOutcome, OutcomeRecord, OutcomeSource};
+pub use rollouts::{ActionFinish, ActionRecord, NewAction, NewEvent, NewRollout, RolloutRecord, StepRecord};
+
 #[cfg(test)]
 mod tests {
     use super::*;

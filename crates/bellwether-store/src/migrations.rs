@@ -142,4 +142,119 @@ CREATE TABLE events (
 );
 CREATE INDEX events_host ON events (host, id);
 "#,
+}, Migration {
+    version: 2,
+    name: "outcomes, models, rollouts and agent actions",
+    sqlite: r#"
+CREATE TABLE outcomes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    recorded_at_ms INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    deployment TEXT NOT NULL,
+    host TEXT NOT NULL,
+    features TEXT NOT NULL,
+    failed INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX outcomes_deployment_host ON outcomes (deployment, host);
+CREATE INDEX outcomes_host ON outcomes (host, recorded_at_ms);
+CREATE TABLE models (
+    version INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at_ms INTEGER NOT NULL,
+    rows_used INTEGER NOT NULL,
+    failures INTEGER NOT NULL,
+    last_outcome_id INTEGER NOT NULL,
+    cause TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    model TEXT NOT NULL
+);
+CREATE TABLE rollouts (
+    id TEXT PRIMARY KEY,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    model_version INTEGER,
+    plan_file TEXT NOT NULL,
+    plan_yaml TEXT NOT NULL,
+    hosts TEXT NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE TABLE rollout_hosts (
+    rollout_id TEXT NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+    host TEXT NOT NULL,
+    features TEXT NOT NULL,
+    PRIMARY KEY (rollout_id, host)
+);
+CREATE INDEX rollout_hosts_host ON rollout_hosts (host);
+CREATE TABLE actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    rollout_id TEXT NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+    action_id INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    delivered_at_ms INTEGER,
+    finished_at_ms INTEGER,
+    result TEXT,
+    observed INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX actions_rollout_action ON actions (rollout_id, action_id);
+CREATE INDEX actions_host_open ON actions (host, finished_at_ms)
+"#,
+    postgres: r#"
+CREATE TABLE outcomes (
+    id BIGSERIAL PRIMARY KEY,
+    recorded_at_ms BIGINT NOT NULL,
+    source TEXT NOT NULL,
+    deployment TEXT NOT NULL,
+    host TEXT NOT NULL,
+    features TEXT NOT NULL,
+    failed BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX outcomes_deployment_host ON outcomes (deployment, host);
+CREATE INDEX outcomes_host ON outcomes (host, recorded_at_ms);
+CREATE TABLE models (
+    version BIGSERIAL PRIMARY KEY,
+    created_at_ms BIGINT NOT NULL,
+    rows_used BIGINT NOT NULL,
+    failures BIGINT NOT NULL,
+    last_outcome_id BIGINT NOT NULL,
+    cause TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    model TEXT NOT NULL
+);
+CREATE TABLE rollouts (
+    id TEXT PRIMARY KEY,
+    created_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL,
+    phase TEXT NOT NULL,
+    model_version BIGINT,
+    plan_file TEXT NOT NULL,
+    plan_yaml TEXT NOT NULL,
+    hosts TEXT NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE TABLE rollout_hosts (
+    rollout_id TEXT NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+    host TEXT NOT NULL,
+    features TEXT NOT NULL,
+    PRIMARY KEY (rollout_id, host)
+);
+CREATE INDEX rollout_hosts_host ON rollout_hosts (host);
+CREATE TABLE actions (
+    id BIGSERIAL PRIMARY KEY,
+    rollout_id TEXT NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+    action_id BIGINT NOT NULL,
+    host TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    delivered_at_ms BIGINT,
+    finished_at_ms BIGINT,
+    result TEXT,
+    observed BIGINT NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX actions_rollout_action ON actions (rollout_id, action_id);
+CREATE INDEX actions_host_open ON actions (host, finished_at_ms)
+"#,
 }];
