@@ -2,8 +2,8 @@
 //! back off while the server is away, buffer in the meantime, and stop on a shutdown signal.
 //!
 //! The loop is generic over its [`Collector`] and [`Transport`] so that its timing is tested on
-//! tokio's paused clock with fakes. It never runs anything on the host: the agent only reports.
-//! Actions will only ever come from a plan the server holds (a later issue).
+//! tokio's paused clock with fakes. It runs nothing on the host: actions are the business of
+//! [`crate::actions`], which borrows this loop's agent token through [`Agent::token_watch`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -92,6 +92,8 @@ pub struct Agent<T, C> {
     /// Whether this outage's first drop has been logged.
     drop_warned: bool,
     stats: Stats,
+    /// Publishes the agent token to the action loop.
+    token_tx: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl<T: Transport, C: Collector> Agent<T, C> {
@@ -115,7 +117,13 @@ impl<T: Transport, C: Collector> Agent<T, C> {
             retry_at: None,
             drop_warned: false,
             stats: Stats::default(),
+            token_tx: tokio::sync::watch::Sender::new(None),
         }
+    }
+
+    /// The agent token as this loop enrols and re-enrols, for the action loop.
+    pub fn token_watch(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.token_tx.subscribe()
     }
 
     /// Runs until `shutdown` completes, then makes one last bounded attempt to send what is
@@ -242,6 +250,7 @@ impl<T: Transport, C: Collector> Agent<T, C> {
                 self.changes.forget();
                 self.pending_profile = self.latest_profile.clone();
                 self.token = Some(t.clone());
+                self.token_tx.send_replace(Some(t.clone()));
                 t
             }
         };

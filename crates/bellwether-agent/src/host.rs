@@ -22,6 +22,15 @@ pub struct HostCollector {
     sampler: Option<CpuSampler>,
     /// The last problem reading the declared dependencies, so it is logged once per change.
     last_dependency_error: Option<String>,
+    scrape: Option<Scraper>,
+}
+
+/// Scrapes a service's Prometheus endpoint every collection (see [`crate::scrape`]).
+struct Scraper {
+    url: reqwest::Url,
+    client: reqwest::Client,
+    rates: crate::scrape::Rates,
+    last_error: Option<String>,
 }
 
 impl HostCollector {
@@ -36,6 +45,52 @@ impl HostCollector {
             probe_timeout,
             sampler: Some(CpuSampler::new()),
             last_dependency_error: None,
+            scrape: None,
+        }
+    }
+
+    /// Also scrape `url` (a Prometheus text endpoint) every collection, and add the service
+    /// samples `svc_requests_rate`, `svc_error_ratio`, `svc_latency_p50_ms` and
+    /// `svc_latency_p99_ms`.
+    pub fn with_scrape(mut self, url: reqwest::Url) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(self.probe_timeout)
+            .pool_max_idle_per_host(1)
+            .build()
+            .unwrap_or_default();
+        self.scrape = Some(Scraper { url, client, rates: crate::scrape::Rates::default(), last_error: None });
+        self
+    }
+}
+
+impl Scraper {
+    async fn scrape(&mut self, ts_ms: i64) -> Vec<MetricSample> {
+        let result = async {
+            let resp = self.client.get(self.url.clone()).send().await.map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("status {}", resp.status()));
+            }
+            let text = resp.text().await.map_err(|e| e.to_string())?;
+            let samples = crate::scrape::parse(&text).map_err(|e| e.to_string())?;
+            crate::scrape::snapshot(&samples, ts_ms).ok_or_else(|| "no websvc_requests_total in the scrape".to_string())
+        }
+        .await;
+        match result {
+            Ok(snap) => {
+                if self.last_error.take().is_some() {
+                    tracing::info!(url = %self.url, "Scraping the service works again.");
+                }
+                self.rates.push(snap)
+            }
+            Err(e) => {
+                if self.last_error.as_ref() != Some(&e) {
+                    warn!(url = %self.url, error = %e, "Could not scrape the service.");
+                    self.last_error = Some(e);
+                }
+                // No data is no data: the window restarts at the next good scrape.
+                self.rates = crate::scrape::Rates::default();
+                Vec::new()
+            }
         }
     }
 }
@@ -99,7 +154,10 @@ impl Collector for HostCollector {
             }
             self.last_dependency_error = problem;
         }
-        let samples = samples_of(&profile);
+        let mut samples = samples_of(&profile);
+        if let Some(scraper) = &mut self.scrape {
+            samples.extend(scraper.scrape(profile.collected_at_ms).await);
+        }
         Collected { profile, samples }
     }
 }

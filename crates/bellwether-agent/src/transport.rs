@@ -73,6 +73,7 @@ pub struct HttpTransport {
     client: reqwest::Client,
     base: reqwest::Url,
     enrol_token: String,
+    timeout: Duration,
 }
 
 /// The server URL could not be used.
@@ -117,6 +118,7 @@ impl HttpTransport {
             client,
             base,
             enrol_token: enrol_token.into(),
+            timeout,
         })
     }
 
@@ -202,6 +204,43 @@ impl Transport for HttpTransport {
 
     async fn send_samples(&mut self, token: &str, body: &SamplesRequest) -> Result<(), SendError> {
         self.post("api/v1/agent/samples", token, body)
+            .await
+            .map(drop)
+    }
+}
+
+impl crate::actions::ActionTransport for HttpTransport {
+    async fn poll_actions(
+        &mut self,
+        token: &str,
+        wait: Duration,
+    ) -> Result<Vec<crate::actions::PendingAction>, SendError> {
+        let mut url = self.url("api/v1/agent/actions");
+        url.query_pairs_mut()
+            .append_pair("wait_ms", &wait.as_millis().to_string());
+        let resp = self
+            .client
+            .get(url)
+            .bearer_auth(token)
+            // The long-poll waits `wait` on purpose: allow it on top of the usual timeout.
+            .timeout(wait + self.timeout)
+            .send()
+            .await
+            .map_err(|e| SendError::Unavailable(error_chain(&e)))?;
+        let resp = classify(resp).await?;
+        let body: crate::actions::ActionsResponse = resp.json().await.map_err(|e| {
+            SendError::Unavailable(format!("bad actions answer: {}", error_chain(&e)))
+        })?;
+        Ok(body.actions)
+    }
+
+    async fn report_action(
+        &mut self,
+        token: &str,
+        id: u64,
+        report: &crate::exec::ActionReport,
+    ) -> Result<(), SendError> {
+        self.post(&format!("api/v1/agent/actions/{id}/result"), token, report)
             .await
             .map(drop)
     }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bellwether_agent::host::HostCollector;
+use bellwether_agent::actions::{ActionLoop, ActionSettings, Journal};
+use bellwether_agent::exec::Executor;
 use bellwether_agent::{Agent, BackoffPolicy, HttpTransport, Settings};
 use bellwether_model::HostName;
 
@@ -19,7 +21,13 @@ use super::UsageError;
 /// The agent enrols with the enrolment token, then sends its profile at start and whenever the
 /// configuration changes, and metric samples every interval. While the server is away it backs
 /// off (capped, jittered) and buffers samples; when the buffer is full the oldest go, and the
-/// server is told how many on the next successful send. It never runs anything on the host.
+/// server is told how many on the next successful send.
+///
+/// With --state-dir it also carries out the actions the server sends during a rollout (apply,
+/// revert, remediate): it long-polls for them, runs each once (argv lists without a shell, with
+/// the rootfs as working directory, killed at their timeout; or a built-in inside the rootfs),
+/// reports the result, and keeps a journal in the state directory so that no action runs twice,
+/// across server re-sends and agent restarts. It runs nothing the server did not send.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The server's base URL.
@@ -70,6 +78,28 @@ pub struct Args {
     /// The overall deadline for probing all dependencies in one collection.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     probe_timeout: Duration,
+    /// Where the agent keeps its action journal and the start-time snapshots of protected
+    /// files. Without it the agent runs no actions (it only reports).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// A file (relative to --rootfs) to snapshot at first start, so a `restore_file` action can
+    /// put it back; repeat for more. The snapshot is kept across restarts. The dpkg status
+    /// (var/lib/dpkg/status) is always snapshotted when present, for `reinstall_package`.
+    #[arg(long = "protect", value_name = "PATH", requires = "state_dir")]
+    protect: Vec<String>,
+    /// The cgroup v2 directory of the host's service (such as /sys/fs/cgroup/websvc) that
+    /// `set_cgroup` actions write cpu.max and memory.max into.
+    #[arg(long, value_name = "DIR", requires = "state_dir")]
+    cgroup: Option<PathBuf>,
+    /// A Prometheus text endpoint of the host's service (such as http://127.0.0.1:8080/metrics)
+    /// to scrape every interval; adds svc_requests_rate, svc_error_ratio, svc_latency_p50_ms and
+    /// svc_latency_p99_ms to the samples (from websvc_requests_total, websvc_errors_total and the
+    /// websvc_request_duration_seconds histogram).
+    #[arg(long, value_name = "URL")]
+    scrape: Option<String>,
+    /// How long one long-poll for actions waits on the server.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    action_wait: Duration,
 }
 
 /// The flags, checked: everything the agent needs, in types that cannot be wrong.
@@ -81,6 +111,15 @@ struct Config {
     dependencies: Vec<bellwether_drift::Dependency>,
     request_timeout: Duration,
     probe_timeout: Duration,
+    actions: Option<ActionConfig>,
+    scrape: Option<reqwest::Url>,
+}
+
+struct ActionConfig {
+    state_dir: PathBuf,
+    protect: Vec<String>,
+    cgroup: Option<PathBuf>,
+    wait: Duration,
 }
 
 fn parse_label(value: &str) -> Result<(String, String), UsageError> {
@@ -161,7 +200,31 @@ fn validate(args: Args) -> Result<Config, UsageError> {
         base: BackoffPolicy::default().base.min(args.max_backoff),
         cap: args.max_backoff,
     };
+    if args.action_wait < Duration::from_millis(100) || args.action_wait > Duration::from_secs(60) {
+        return Err(UsageError(format!(
+            "--action-wait {}: must be between 100ms and 60s",
+            humantime::format_duration(args.action_wait)
+        )));
+    }
+    let actions = args.state_dir.map(|state_dir| ActionConfig {
+        state_dir,
+        protect: args.protect,
+        cgroup: args.cgroup,
+        wait: args.action_wait,
+    });
+    let scrape = match &args.scrape {
+        Some(u) => {
+            let url = reqwest::Url::parse(u).map_err(|e| UsageError(format!("--scrape {u:?}: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(UsageError(format!("--scrape {u:?}: not an http or https url")));
+            }
+            Some(url)
+        }
+        None => None,
+    };
     Ok(Config {
+        scrape,
+        actions,
         server: args.server,
         token,
         rootfs: args.rootfs,
@@ -194,7 +257,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = validate(args)?;
     let transport = HttpTransport::new(&cfg.server, cfg.token, cfg.request_timeout)
         .map_err(|e| UsageError(e.to_string()))?;
-    let collector = HostCollector::new(cfg.rootfs.clone(), cfg.dependencies, cfg.probe_timeout);
+    let mut collector = HostCollector::new(cfg.rootfs.clone(), cfg.dependencies, cfg.probe_timeout);
+    if let Some(url) = cfg.scrape.clone() {
+        collector = collector.with_scrape(url);
+    }
+    let action_parts = match &cfg.actions {
+        Some(a) => {
+            std::fs::create_dir_all(&a.state_dir)
+                .map_err(|e| UsageError(format!("--state-dir {}: {e}", a.state_dir.display())))?;
+            let executor = Executor::new(cfg.rootfs.clone(), &a.state_dir, &a.protect, a.cgroup.clone())
+                .map_err(|e| UsageError(e.to_string()))?;
+            let journal = Journal::open(&a.state_dir).map_err(|e| UsageError(e.to_string()))?;
+            let settings = ActionSettings {
+                wait: a.wait,
+                backoff: cfg.settings.backoff,
+            };
+            Some((executor, journal, settings))
+        }
+        None => None,
+    };
     // One thread: the agent's work is a few file reads and one request per interval, and the
     // idle-memory goal (15 MB) leaves no room for a worker pool.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -202,12 +283,44 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("could not start the async runtime")?;
     tracing::info!(host = %cfg.settings.name, server = %cfg.server, rootfs = %cfg.rootfs.display(),
-        interval_ms = cfg.settings.interval.as_millis() as u64, "Agent started.");
+        interval_ms = cfg.settings.interval.as_millis() as u64, actions = action_parts.is_some(), "Agent started.");
     let name = cfg.settings.name.clone();
-    let stats = rt.block_on(Agent::new(cfg.settings, transport, collector).run(shutdown_signal()));
+    let agent = Agent::new(cfg.settings, transport.clone(), collector);
+    let token = agent.token_watch();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let (stats, action_stats) = rt.block_on(async {
+        let signal = async {
+            shutdown_signal().await;
+            stop_tx.send_replace(true);
+        };
+        let actions = async {
+            match action_parts {
+                Some((executor, journal, settings)) => Some(
+                    ActionLoop::new(settings, transport, executor, journal, token)
+                        .run(stopped(stop_rx.clone()))
+                        .await,
+                ),
+                None => None,
+            }
+        };
+        let work = async { tokio::join!(agent.run(stopped(stop_rx.clone())), actions) };
+        tokio::pin!(work);
+        tokio::select! {
+            r = &mut work => r,
+            // After the signal both loops see the stop and finish.
+            () = signal => work.await,
+        }
+    });
     tracing::info!(host = %name, collections = stats.collections, profiles_sent = stats.profiles_sent,
         samples_sent = stats.samples_sent, dropped = stats.dropped_total,
         buffered_at_exit = stats.buffered_at_exit, "Agent stopped.");
+    if let Some(a) = action_stats {
+        tracing::info!(host = %name, actions_run = a.ran, actions_replayed = a.replayed,
+            reports_sent = a.reports_sent, "Action loop stopped.");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

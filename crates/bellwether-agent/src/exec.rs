@@ -1,0 +1,315 @@
+//! Carrying out one [`ActionSpec`] on the agent's host.
+//!
+//! Argv actions run the program directly (never through a shell) with the rootfs as working
+//! directory; a program still running at its timeout is killed, and the result says it timed
+//! out. Built-ins act on files inside the rootfs:
+//!
+//! - `set_service_version` writes `etc/websvc/version` (the sandbox service re-reads it);
+//! - `restore_file` copies back the snapshot the agent took at start of a `--protect`ed file;
+//! - `reinstall_package` puts the package's stanza in `var/lib/dpkg/status` back as it was in
+//!   the agent's start-time snapshot. That is what a reinstall changes in the package database;
+//!   it does not download or unpack anything (on a real host that is apt's job, run as an argv
+//!   action);
+//! - `set_cgroup` writes `cpu.max` and `memory.max` in the cgroup v2 directory given with
+//!   `--cgroup`; the files must exist (a missing file means the controller is not enabled).
+//!
+//! Every write is a write to a temporary file and a rename, so a host never sees half a file.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bellwether_model::action::check_relative_path;
+use bellwether_model::ActionSpec;
+use serde::{Deserialize, Serialize};
+
+/// The most bytes of stdout and of stderr kept in a result.
+pub const TAIL_BYTES: usize = 4096;
+
+/// The file the version is written to, relative to the rootfs.
+pub const VERSION_FILE: &str = "etc/websvc/version";
+/// The dpkg database, relative to the rootfs.
+pub const DPKG_STATUS: &str = "var/lib/dpkg/status";
+
+/// How an action ended, as the agent reports it (`POST /api/v1/agent/actions/{id}/result`).
+/// A timed-out action has `ok: false`, no exit code, and an error starting with `timed out`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionReport {
+    pub ok: bool,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+}
+
+impl ActionReport {
+    pub fn timed_out(&self) -> bool {
+        !self.ok && self.exit_code.is_none() && self.error.as_deref().is_some_and(|e| e.starts_with("timed out"))
+    }
+}
+
+/// Where the built-ins act and where the agent keeps its snapshots.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    rootfs: PathBuf,
+    /// `STATE_DIR/protected`: the start-time copies of protected files and of the dpkg status.
+    snapshots: PathBuf,
+    cgroup: Option<PathBuf>,
+}
+
+/// Why the executor could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("--protect {path:?}: {source}")]
+    BadProtect { path: String, source: bellwether_model::ActionSpecError },
+    #[error("--protect {path}: {source}")]
+    Snapshot { path: String, source: std::io::Error },
+    #[error("--cgroup {dir}: not a directory")]
+    BadCgroup { dir: String },
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Executor {
+    /// Takes the start-time snapshots: each protected file (relative to `rootfs`) and the dpkg
+    /// status if there is one. A snapshot that already exists in `state_dir` is kept, so an
+    /// agent restart does not adopt drift that happened while it was down.
+    pub fn new(
+        rootfs: PathBuf,
+        state_dir: &Path,
+        protect: &[String],
+        cgroup: Option<PathBuf>,
+    ) -> Result<Self, SetupError> {
+        if let Some(dir) = &cgroup {
+            if !dir.is_dir() {
+                return Err(SetupError::BadCgroup { dir: dir.display().to_string() });
+            }
+        }
+        let snapshots = state_dir.join("protected");
+        let mut files: Vec<(String, bool)> = Vec::new();
+        for p in protect {
+            check_relative_path(p).map_err(|source| SetupError::BadProtect { path: p.clone(), source })?;
+            files.push((p.clone(), true));
+        }
+        files.push((DPKG_STATUS.to_string(), false));
+        for (rel, required) in files {
+            let src = rootfs.join(&rel);
+            let dst = snapshots.join(&rel);
+            if dst.exists() {
+                continue;
+            }
+            let snap = |source| SetupError::Snapshot { path: rel.clone(), source };
+            match std::fs::read(&src) {
+                Ok(bytes) => write_atomic(&dst, &bytes).map_err(snap)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
+                Err(e) => return Err(snap(e)),
+            }
+        }
+        Ok(Executor { rootfs, snapshots, cgroup })
+    }
+
+    /// Runs one action to its end (success, failure or timeout). Never panics on bad input;
+    /// every problem is in the report's `error`.
+    pub async fn run(&self, spec: &ActionSpec) -> ActionReport {
+        let started_ms = now_ms();
+        let timeout = Duration::from_millis(spec.timeout_ms());
+        let mut report = match spec {
+            ActionSpec::Argv { argv, .. } => self.run_argv(argv, timeout).await,
+            builtin => {
+                let this = self.clone();
+                let spec = builtin.clone();
+                let job = tokio::task::spawn_blocking(move || this.run_builtin(&spec));
+                match tokio::time::timeout(timeout, job).await {
+                    Ok(Ok(Ok(()))) => done(true, None, None),
+                    Ok(Ok(Err(e))) => done(false, None, Some(e)),
+                    Ok(Err(e)) => done(false, None, Some(format!("the built-in panicked: {e}"))),
+                    Err(_) => done(false, None, Some(format!("timed out after {} ms", timeout.as_millis()))),
+                }
+            }
+        };
+        report.started_ms = started_ms;
+        report.finished_ms = now_ms().max(started_ms);
+        report
+    }
+
+    async fn run_argv(&self, argv: &[String], timeout: Duration) -> ActionReport {
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .current_dir(&self.rootfs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return done(false, None, Some(format!("could not start {:?}: {e}", argv[0]))),
+        };
+        // Dropping the wait on timeout drops the child, which kills it (kill_on_drop).
+        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(Ok(out)) => {
+                let code = out.status.code();
+                let ok = out.status.success();
+                let error = (!ok).then(|| match code {
+                    Some(c) => format!("{:?} exited with status {c}", argv[0]),
+                    None => format!("{:?} was killed by a signal", argv[0]),
+                });
+                ActionReport {
+                    ok,
+                    exit_code: code,
+                    error,
+                    stdout_tail: tail(&out.stdout),
+                    stderr_tail: tail(&out.stderr),
+                    started_ms: 0,
+                    finished_ms: 0,
+                }
+            }
+            Ok(Err(e)) => done(false, None, Some(format!("could not wait for {:?}: {e}", argv[0]))),
+            Err(_) => done(
+                false,
+                None,
+                Some(format!("timed out after {} ms; {:?} was killed", timeout.as_millis(), argv[0])),
+            ),
+        }
+    }
+
+    fn run_builtin(&self, spec: &ActionSpec) -> Result<(), String> {
+        match spec {
+            ActionSpec::Argv { .. } => Err("an argv action is not a built-in".into()),
+            ActionSpec::SetServiceVersion { version, .. } => {
+                let path = self.rootfs.join(VERSION_FILE);
+                write_atomic(&path, format!("{version}\n").as_bytes())
+                    .map_err(|e| format!("could not write {}: {e}", path.display()))
+            }
+            ActionSpec::RestoreFile { path, .. } => {
+                check_relative_path(path).map_err(|e| e.to_string())?;
+                let snap = self.snapshots.join(path);
+                let bytes = std::fs::read(&snap).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        format!("{path} has no snapshot; start the agent with --protect {path}")
+                    }
+                    _ => format!("could not read the snapshot of {path}: {e}"),
+                })?;
+                let dst = self.rootfs.join(path);
+                write_atomic(&dst, &bytes).map_err(|e| format!("could not write {}: {e}", dst.display()))
+            }
+            ActionSpec::ReinstallPackage { package, .. } => self.reinstall(package),
+            ActionSpec::SetCgroup { cpu_max, memory_max, .. } => {
+                let dir = self
+                    .cgroup
+                    .as_ref()
+                    .ok_or("set_cgroup needs the agent started with --cgroup DIR")?;
+                for (file, value) in [("cpu.max", cpu_max), ("memory.max", memory_max)] {
+                    let Some(value) = value else { continue };
+                    let path = dir.join(file);
+                    if !path.exists() {
+                        return Err(format!(
+                            "{} does not exist; is the {} controller enabled for this cgroup?",
+                            path.display(),
+                            file.trim_end_matches(".max")
+                        ));
+                    }
+                    // Control files are written in place: they cannot be renamed over.
+                    std::fs::write(&path, format!("{value}\n"))
+                        .map_err(|e| format!("could not write {:?} to {}: {e}", value, path.display()))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn reinstall(&self, package: &str) -> Result<(), String> {
+        let snap = self.snapshots.join(DPKG_STATUS);
+        let before = std::fs::read_to_string(&snap)
+            .map_err(|e| format!("no snapshot of {DPKG_STATUS} was taken at agent start: {e}"))?;
+        let good = stanzas(&before)
+            .into_iter()
+            .find(|s| stanza_package(s) == Some(package))
+            .ok_or_else(|| format!("package {package} was not installed when the agent started"))?;
+        let path = self.rootfs.join(DPKG_STATUS);
+        let now = std::fs::read_to_string(&path).map_err(|e| format!("could not read {}: {e}", path.display()))?;
+        let mut out: Vec<String> = Vec::new();
+        let mut replaced = false;
+        for s in stanzas(&now) {
+            if stanza_package(&s) == Some(package) {
+                if !replaced {
+                    out.push(good.clone());
+                    replaced = true;
+                }
+            } else {
+                out.push(s);
+            }
+        }
+        if !replaced {
+            out.push(good);
+        }
+        let mut text = out.join("\n\n");
+        text.push('\n');
+        write_atomic(&path, text.as_bytes()).map_err(|e| format!("could not write {}: {e}", path.display()))
+    }
+}
+
+fn done(ok: bool, exit_code: Option<i32>, error: Option<String>) -> ActionReport {
+    ActionReport {
+        ok,
+        exit_code,
+        error,
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+        started_ms: 0,
+        finished_ms: 0,
+    }
+}
+
+/// The last [`TAIL_BYTES`] of an output, as text (invalid UTF-8 replaced).
+fn tail(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(TAIL_BYTES);
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+/// The stanzas of a dpkg status file, without their trailing blank lines.
+fn stanzas(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            if !cur.is_empty() {
+                out.push(cur.join("\n"));
+                cur.clear();
+            }
+        } else {
+            cur.push(line);
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur.join("\n"));
+    }
+    out
+}
+
+fn stanza_package(s: &str) -> Option<&str> {
+    s.lines().find_map(|l| l.strip_prefix("Package:")).map(str::trim)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.bellwether-tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests;
