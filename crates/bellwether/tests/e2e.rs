@@ -260,6 +260,16 @@ fn text(o: &std::process::Output) -> String {
     )
 }
 
+/// A plain HTTP/1.0 GET over loopback; the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(out)
+}
+
 #[test]
 fn sandbox_up_and_down_leave_no_process_running() {
     let tmp = tempfile::tempdir().unwrap();
@@ -278,8 +288,8 @@ fn sandbox_up_and_down_leave_no_process_running() {
     ]);
     assert!(up.status.success(), "{}", text(&up));
     let marker = dir.canonicalize().unwrap().display().to_string();
-    // Three agents, the server and the listener outlive `sandbox up`.
-    assert_eq!(processes_mentioning(&marker).len(), 5, "{}", text(&up));
+    // Three agents, three web services, the server and the listener outlive `sandbox up`.
+    assert_eq!(processes_mentioning(&marker).len(), 8, "{}", text(&up));
 
     let again = run(&["sandbox", "up", "--hosts", "3", "--dir", d]);
     assert_eq!(again.status.code(), Some(2), "{}", text(&again));
@@ -302,6 +312,18 @@ fn sandbox_up_and_down_leave_no_process_running() {
         "{v}"
     );
 
+    // Every host runs its web service; its metrics parse and count the load generator's traffic.
+    for h in v["hosts"].as_array().unwrap() {
+        assert_eq!(h["service_running"], true, "{v}");
+        let addr = h["service_addr"].as_str().unwrap();
+        let body = http_get(addr, "/metrics");
+        let samples = bellwether_agent::scrape::parse(&body).unwrap();
+        let snap = bellwether_agent::scrape::snapshot(&samples, 0).unwrap();
+        assert_eq!(snap.buckets.len(), 12, "{body}");
+        let page = http_get(addr, "/");
+        assert!(page.contains("websvc 1"), "{page}");
+    }
+
     let drift = run(&[
         "sandbox", "drift", "--dir", d, "--host", "web-01", "--kind", "package",
     ]);
@@ -319,7 +341,7 @@ fn sandbox_up_and_down_leave_no_process_running() {
     let down = run(&["sandbox", "down", "--dir", d]);
     assert!(down.status.success(), "{}", text(&down));
     assert!(
-        String::from_utf8_lossy(&down.stdout).contains("stopped 5 processes"),
+        String::from_utf8_lossy(&down.stdout).contains("stopped 8 processes"),
         "{}",
         text(&down)
     );

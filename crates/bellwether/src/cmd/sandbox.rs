@@ -19,6 +19,7 @@ use super::{OutputFormat, UsageError};
 pub mod api;
 pub mod fleet;
 pub mod procs;
+pub mod service;
 pub mod state;
 
 use api::{Api, HostSummary};
@@ -45,6 +46,9 @@ enum Verb {
     /// The TCP listener the sandbox hosts declare as their dependency (started by `up`).
     #[command(hide = true)]
     Listen(ListenArgs),
+    /// The versioned web service a sandbox host runs (see docs/sandbox.md).
+    #[command(hide = true)]
+    Service(service::ServiceArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -191,6 +195,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Verb::Listen(a) => listen(&a.addr_file),
+        Verb::Service(a) => service::run(a),
     }
 }
 
@@ -395,6 +400,7 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
                 addr: None,
                 log: logs.join(format!("agent-{}.log", p.name)),
             },
+            service: None,
             name: p.name,
             role: p.role,
             seed: p.seed,
@@ -441,6 +447,34 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
     let interval = humantime::format_duration(opts.interval).to_string();
     let mut agents: BTreeMap<String, Child> = BTreeMap::new();
     for h in &mut hosts {
+        // The host's web service first: its agent scrapes it.
+        let service_log = logs.join(format!("service-{}.log", h.name));
+        let service_addr_file = dir.join("hosts").join(format!("{}.service.addr", h.name));
+        let _ = std::fs::remove_file(&service_addr_file);
+        let version_file = h.root.join(bellwether_agent::exec::VERSION_FILE);
+        if !version_file.exists() {
+            state::write_atomic_in(&version_file, b"1\n")?;
+        }
+        let mut svc = procs::spawn_detached(
+            &exe,
+            &[
+                os("sandbox"),
+                os("service"),
+                os("--root"),
+                os(&h.root),
+                os("--addr-file"),
+                os(&service_addr_file),
+            ],
+            &[],
+            &service_log,
+        )?;
+        started.push(svc.id());
+        let service_addr = wait_addr(&service_addr_file, &mut svc, "service", &service_log, wait)?;
+        h.service = Some(Proc {
+            pid: svc.id(),
+            addr: Some(service_addr.clone()),
+            log: service_log,
+        });
         let child = procs::spawn_detached(
             &exe,
             &[
@@ -465,6 +499,8 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
                 os(dir.join("agent-state").join(&h.name)),
                 os("--action-wait"),
                 os("2s"),
+                os("--scrape"),
+                os(format!("http://{service_addr}/metrics")),
             ],
             &[],
             &h.agent.log,
@@ -646,7 +682,11 @@ pub fn down(dir: &Path, grace: Duration, purge: bool) -> anyhow::Result<Option<D
         return Ok(None);
     };
     let m = marker(&state.dir);
-    let agents: Vec<u32> = state.hosts.iter().map(|h| h.agent.pid).collect();
+    let agents: Vec<u32> = state
+        .hosts
+        .iter()
+        .flat_map(|h| std::iter::once(h.agent.pid).chain(h.service.as_ref().map(|s| s.pid)))
+        .collect();
     let rest = [state.server.pid, state.listener.pid];
     let live = live_pids(&state).len();
     let mut killed = procs::stop(&agents, &m, grace)?;
@@ -691,6 +731,8 @@ fn status(dir: &Path, output: OutputFormat) -> anyhow::Result<ExitCode> {
                 serde_json::json!({
                     "name": h.name, "role": h.role, "agent_pid": h.agent.pid,
                     "agent_running": procs::is_ours(h.agent.pid, &m),
+                    "service_addr": h.service.as_ref().and_then(|p| p.addr.clone()),
+                    "service_running": h.service.as_ref().is_some_and(|p| procs::is_ours(p.pid, &m)),
                     "root": h.root, "drifts": h.drifts,
                     "last_seen_ms": s.and_then(|s| s.last_seen_ms),
                     "has_baseline": s.map(|s| s.has_baseline),

@@ -45,6 +45,9 @@ pub struct HostEntry {
     pub packages_seed: u64,
     pub root: PathBuf,
     pub agent: Proc,
+    /// The host's versioned web service (`sandbox service`), scraped by its agent.
+    #[serde(default)]
+    pub service: Option<Proc>,
     /// Every change made to the host since generation, in order: those made by `sandbox up`
     /// (before baselines) and those injected later.
     pub drifts: Vec<Injected>,
@@ -128,10 +131,23 @@ impl State {
             .iter()
             .map(|h| (format!("agent {}", h.name), &h.agent))
             .collect();
+        v.extend(
+            self.hosts
+                .iter()
+                .filter_map(|h| h.service.as_ref().map(|s| (format!("service {}", h.name), s))),
+        );
         v.push(("server".into(), &self.server));
         v.push(("listener".into(), &self.listener));
         v
     }
+}
+
+/// As [`write_atomic`], creating the parent directory first.
+pub fn write_atomic_in(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+    }
+    write_atomic(path, bytes)
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
