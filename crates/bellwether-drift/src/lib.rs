@@ -5,6 +5,8 @@
 //! - [`deps`] parses and probes declared dependencies (`NAME=HOST:PORT`).
 //! - [`score`] compares a baseline profile with a current one and returns a [`DriftScore`]; it
 //!   is pure.
+//! - [`prepared`] holds a profile with digests of its large parts, computed once, so that
+//!   scoring a fleet skips what did not change; it gives the same scores as [`score`].
 //! - [`peers`] compares the hosts of a fleet that share a role; it is pure.
 //! - [`synth`] writes realistic synthetic host roots for the sandbox, tests and benchmarks.
 //! - [`version`] compares Debian/RPM versions and sizes a change (major, minor, patch).
@@ -23,12 +25,14 @@ pub mod json;
 pub mod root;
 pub mod rpm;
 pub mod peers;
+pub mod prepared;
 pub mod score;
 pub mod sockdiag;
 pub mod synth;
 pub mod version;
 
 pub use collect::{collect, CollectOptions, CpuSampler};
+pub use prepared::{score_prepared, score_prepared_checked, PreparedProfile};
 pub use score::{score, score_checked, DriftError};
 pub use deps::{parse_dependency, read_declared_dependencies, Dependency};
 

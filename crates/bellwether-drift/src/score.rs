@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bellwether_model::profile::{DependencyStatus, Hardware, Network, OsInfo};
 use bellwether_model::{DriftCategory, DriftScore, Finding, HostProfile, Unit};
 
+use crate::prepared::Digests;
 use crate::version::{classify, ChangeLevel};
 
 /// The weights of configuration and dependency findings. docs/drift.md lists them as a table.
@@ -160,25 +161,40 @@ pub enum DriftError {
 /// As [`score`], but refuses profiles of different hostnames unless `force` is set. A profile
 /// without a hostname matches any.
 pub fn score_checked(baseline: &HostProfile, current: &HostProfile, force: bool) -> Result<DriftScore, DriftError> {
+    check_hosts(baseline, current, force)?;
+    Ok(score(baseline, current))
+}
+
+pub(crate) fn check_hosts(baseline: &HostProfile, current: &HostProfile, force: bool) -> Result<(), DriftError> {
     if let (Some(b), Some(c), false) = (&baseline.hostname, &current.hostname, force) {
         if !b.eq_ignore_ascii_case(c) {
             return Err(DriftError::DifferentHosts { baseline: b.clone(), current: c.clone() });
         }
     }
-    Ok(score(baseline, current))
+    Ok(())
 }
 
 /// Scores how far `current` has drifted from `baseline`.
+///
+/// This walks both profiles whole. To score many hosts, prepare each profile once with
+/// [`PreparedProfile::new`](crate::prepared::PreparedProfile::new) and use
+/// [`score_prepared`](crate::prepared::score_prepared), which gives the same score.
 pub fn score(baseline: &HostProfile, current: &HostProfile) -> DriftScore {
+    score_with(baseline, current, None)
+}
+
+/// The scoring itself. With digests, parts whose digests match are skipped and packages are
+/// compared through their indexes; the findings, and so the scores, are the same.
+pub(crate) fn score_with(baseline: &HostProfile, current: &HostProfile, digests: Option<(&Digests, &Digests)>) -> DriftScore {
     let mut f = Findings::default();
-    configuration(baseline, current, &mut f);
+    configuration(baseline, current, digests, &mut f);
     performance(&baseline.metrics, &current.metrics, &mut f);
-    dependency(baseline, current, &mut f);
+    dependency(baseline, current, digests, &mut f);
     f.finish()
 }
 
 #[derive(Default)]
-struct Findings {
+pub(crate) struct Findings {
     list: Vec<Finding>,
 }
 
@@ -246,7 +262,7 @@ fn level(from: &str, to: &str) -> Option<(ChangeLevel, Ordering)> {
     Some(classify(from, to).unwrap_or((ChangeLevel::Revision, Ordering::Equal)))
 }
 
-fn configuration(b: &HostProfile, c: &HostProfile, f: &mut Findings) {
+fn configuration(b: &HostProfile, c: &HostProfile, digests: Option<(&Digests, &Digests)>, f: &mut Findings) {
     if let Some((bo, co)) = both(f, "os", b.os.as_ref(), c.os.as_ref(), os_summary) {
         if bo.id != co.id {
             f.config("os.id", Some(&bo.id), Some(&co.id), weights::OS_ID);
@@ -264,16 +280,21 @@ fn configuration(b: &HostProfile, c: &HostProfile, f: &mut Findings) {
         }
     }
     if let Some((bp, cp)) = both(f, "packages", b.packages.as_ref(), c.packages.as_ref(), |p| format!("{} packages", p.len())) {
-        packages(bp, cp, f);
+        match digests.and_then(|(bd, cd)| Some((bd.packages.as_ref()?, cd.packages.as_ref()?))) {
+            Some((bi, ci)) => crate::prepared::packages(bi, ci, bp, cp, f),
+            None => packages(bp, cp, f),
+        }
     }
-    // Equal parts (the common case) are skipped before any per-item work.
+    // Equal parts (the common case) are skipped before any per-item work; equal digests say
+    // they are equal without reading them.
+    let same = |part: fn(&Digests) -> Option<u128>| digests.is_some_and(|(bd, cd)| part(bd).is_some() && part(bd) == part(cd));
     if let Some((bh, ch)) = both(f, "hardware", b.hardware.as_ref(), c.hardware.as_ref(), |_| "present".to_owned()) {
-        if bh != ch {
+        if !same(|d| d.hardware) && bh != ch {
             hardware(bh, ch, f);
         }
     }
     if let Some((bn, cn)) = both(f, "network", b.network.as_ref(), c.network.as_ref(), |_| "present".to_owned()) {
-        if bn != cn {
+        if !same(|d| d.network) && bn != cn {
             network(bn, cn, f);
         }
     }
@@ -322,7 +343,7 @@ fn merge<'a, V: PartialEq>(b: &'a BTreeMap<String, V>, c: &'a BTreeMap<String, V
     }
 }
 
-fn packages(b: &BTreeMap<String, String>, c: &BTreeMap<String, String>, f: &mut Findings) {
+pub(crate) fn packages(b: &BTreeMap<String, String>, c: &BTreeMap<String, String>, f: &mut Findings) {
     // Fast path for the common case: the same package names, a few versions changed. A lockstep
     // walk costs one comparison of names and one of versions per package; on the first name
     // that differs, undo and take the general merge.
@@ -335,7 +356,7 @@ fn packages(b: &BTreeMap<String, String>, c: &BTreeMap<String, String>, f: &mut 
                 break;
             }
             if bv != cv {
-                package_finding(f, bk, Some(bv), Some(cv));
+                package_finding(f, bk, Some(bv.as_str()), Some(cv.as_str()));
             }
         }
         if same_names {
@@ -343,10 +364,10 @@ fn packages(b: &BTreeMap<String, String>, c: &BTreeMap<String, String>, f: &mut 
         }
         f.list.truncate(start);
     }
-    merge(b, c, |name, bv, cv| package_finding(f, name, bv, cv));
+    merge(b, c, |name, bv, cv| package_finding(f, name, bv.map(String::as_str), cv.map(String::as_str)));
 }
 
-fn package_finding(f: &mut Findings, name: &str, bv: Option<&String>, cv: Option<&String>) {
+pub(crate) fn package_finding(f: &mut Findings, name: &str, bv: Option<&str>, cv: Option<&str>) {
     let w = match (bv, cv) {
         (Some(x), Some(y)) => match level(x, y) {
             Some((l, Ordering::Less)) => (weights::package_change(l) * weights::DOWNGRADE_FACTOR).min(1.0),
@@ -357,7 +378,7 @@ fn package_finding(f: &mut Findings, name: &str, bv: Option<&String>, cv: Option
         (Some(_), None) => weights::PACKAGE_REMOVED,
         (None, None) => 0.0,
     };
-    f.config(format!("package:{name}"), bv.map(String::as_str), cv.map(String::as_str), w);
+    f.config(format!("package:{name}"), bv, cv, w);
 }
 
 fn hardware(b: &Hardware, c: &Hardware, f: &mut Findings) {
@@ -450,12 +471,14 @@ fn dep_state(d: &DependencyStatus) -> String {
     }
 }
 
-fn dependency(b: &HostProfile, c: &HostProfile, f: &mut Findings) {
+fn dependency(b: &HostProfile, c: &HostProfile, digests: Option<(&Digests, &Digests)>, f: &mut Findings) {
     let dep = |f: &mut Findings, attr: String, x: Option<String>, y: Option<String>, w: f64| f.push(DriftCategory::Dependency, attr, x, y, w);
     if b.dependencies != c.dependencies {
         dependencies(&b.dependencies, &c.dependencies, f, dep);
     }
-    if let (Some(bn), Some(cn)) = (&b.network, &c.network) {
+    // Equal network digests mean equal resolvers.
+    let same_network = digests.is_some_and(|(bd, cd)| bd.network.is_some() && bd.network == cd.network);
+    if let (Some(bn), Some(cn), false) = (&b.network, &c.network, same_network) {
         let (br, cr) = (&bn.dns_resolvers, &cn.dns_resolvers);
         if br != cr {
             let before = br.len();
