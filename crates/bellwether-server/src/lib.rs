@@ -19,6 +19,7 @@ pub mod client;
 mod drift;
 mod error;
 mod metrics;
+pub mod model_api;
 mod peers;
 mod tokens;
 pub mod types;
@@ -60,6 +61,8 @@ pub struct ServerConfig {
     pub metric_window: Duration,
     /// Samples older than this (by their agent timestamp) are deleted, once a minute.
     pub sample_retention: Duration,
+    /// Retrain the failure model after this many new outcomes; 0 never retrains by itself.
+    pub retrain_after: u64,
 }
 
 impl ServerConfig {
@@ -74,6 +77,7 @@ impl ServerConfig {
             grace: Duration::from_secs(10),
             metric_window: Duration::from_secs(60),
             sample_retention: Duration::from_secs(7 * 24 * 3600),
+            retrain_after: model_api::DEFAULT_RETRAIN_AFTER,
         }
     }
 }
@@ -87,6 +91,10 @@ pub enum ServerError {
     TokenFile { path: PathBuf, source: std::io::Error },
     #[error("no {kind} token exists and there is no data dir to write a generated one to; pass --{kind}-token")]
     NoTokenDestination { kind: &'static str },
+    #[error("the operator and enrolment tokens must differ: one token cannot be of two kinds; pass two different values (`bellwether token new` makes one)")]
+    SameTokens,
+    #[error("the given {kind} token is already this server's {other} token; one token cannot be of two kinds, pass another value (`bellwether token new` makes one)")]
+    TokenOfOtherKind { kind: &'static str, other: &'static str },
     #[error("serving HTTP failed: {0}")]
     Serve(std::io::Error),
 }
@@ -97,6 +105,7 @@ pub struct AppState {
     pub(crate) store: Store,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) metric_window_ms: i64,
+    pub(crate) predict: Arc<model_api::Predictor>,
 }
 
 /// An opened server, ready to serve.
@@ -112,6 +121,9 @@ pub struct Server {
 impl Server {
     /// Opens and migrates the store, and makes sure an operator and an enrolment token exist.
     pub async fn open(config: ServerConfig) -> Result<Server, ServerError> {
+        if config.operator_token.is_some() && config.operator_token == config.enrol_token {
+            return Err(ServerError::SameTokens);
+        }
         let store = Store::open(&config.store).await?;
         let tokens = tokens::bootstrap(&store, &config).await?;
         Ok(Server {
@@ -119,6 +131,7 @@ impl Server {
                 store,
                 metrics: Arc::new(Metrics::default()),
                 metric_window_ms: config.metric_window.as_millis().min(i64::MAX as u128) as i64,
+                predict: Arc::new(model_api::Predictor::new(config.retrain_after)),
             },
             body_limit: config.body_limit,
             grace: config.grace,
@@ -132,10 +145,17 @@ impl Server {
         &self.state.store
     }
 
+    /// Follows the newest failure-model version this server trained (0 before the first),
+    /// so a caller can await an automatic retraining.
+    pub fn trained_models(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.state.predict.subscribe()
+    }
+
     /// The HTTP application, for tests that drive it without a socket.
     pub fn router(&self) -> Router {
         let limit = body::BodyLimit(self.body_limit);
         api::routes()
+            .merge(model_api::routes())
             .route_layer(axum::middleware::from_fn_with_state(
                 self.state.metrics.clone(),
                 metrics::count_requests,

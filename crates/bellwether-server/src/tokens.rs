@@ -92,6 +92,9 @@ pub(crate) async fn bootstrap(
         let notice = match given {
             Some(token) => {
                 let current = store.authenticate(token).await?;
+                if let Some(other) = current.as_ref().map(|g| g.kind).filter(|k| *k != kind) {
+                    return Err(ServerError::TokenOfOtherKind { kind: name, other: other.as_str() });
+                }
                 if current.map(|g| g.kind) != Some(kind) {
                     store
                         .set_fleet_token(kind, token, &format!("{name} token given at start"), now_ms())

@@ -226,6 +226,31 @@ macro_rules! insert_step_effects {
 }
 
 impl Store {
+    /// Appends an event of a kind outside [`crate::EventKind`] (the model and rollout events,
+    /// such as `model_trained` or `rollout.host.failed`) to the event log.
+    pub async fn record_named_event(
+        &self,
+        kind: &str,
+        host: Option<&str>,
+        reason: &str,
+        figures: &serde_json::Value,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        on_pool!(self, pool => {
+            sqlx::query("INSERT INTO events (ts_ms, kind, host, reason, figures) VALUES ($1, $2, $3, $4, $5)")
+                .bind(now_ms)
+                .bind(kind)
+                .bind(host.map(str::to_string))
+                .bind(reason)
+                .bind(figures.to_string())
+                .execute(pool)
+                .await
+                .map_err(q("insert event"))?;
+            Ok(())
+        })
+    }
+
     /// Creates a rollout with its hosts and first step and returns `None`, unless one of its
     /// hosts is in another running or paused rollout: then nothing is stored and the answer is
     /// `Some((host, other_rollout_id))`.
