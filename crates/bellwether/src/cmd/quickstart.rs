@@ -136,6 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         interval: Duration::from_secs(1),
         timeout: args.timeout,
         progress,
+        scenario: None,
     })?;
     let result = story(&state, &args, t0, progress);
     if args.keep {

@@ -19,6 +19,7 @@ use super::{OutputFormat, UsageError};
 pub mod api;
 pub mod fleet;
 pub mod procs;
+pub mod scenario;
 pub mod service;
 pub mod state;
 
@@ -62,6 +63,10 @@ pub struct UpArgs {
     /// The sandbox's work directory: host roots, server data, logs, tokens, state.json.
     #[arg(long, default_value = ".sandbox")]
     dir: PathBuf,
+    /// A scenario file (docs/scenario.md): host groups, fault rules, generated history. Its
+    /// groups replace --hosts.
+    #[arg(long, value_name = "FILE", conflicts_with = "hosts")]
+    scenario: Option<PathBuf>,
     /// The agents' collection interval.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     interval: Duration,
@@ -160,6 +165,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 interval: a.interval,
                 timeout: a.timeout,
                 progress: std::io::stderr().is_terminal(),
+                scenario: match &a.scenario {
+                    Some(path) => {
+                        let text = std::fs::read_to_string(path)
+                            .map_err(|e| UsageError(format!("--scenario {}: {e}", path.display())))?;
+                        Some(scenario::parse(&text, &path.display().to_string()).map_err(UsageError)?)
+                    }
+                    None => None,
+                },
             };
             let state = up(&opts)?;
             print_up(&state);
@@ -209,6 +222,8 @@ pub struct UpOptions {
     pub timeout: Duration,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// A parsed scenario (docs/scenario.md): its groups replace `hosts`.
+    pub scenario: Option<scenario::Scenario>,
 }
 
 pub fn random_token() -> String {
@@ -375,7 +390,19 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
     )?;
 
     // 2. The host roots.
-    let plan = fleet::plan(opts.hosts, opts.seed);
+    let scenario_hosts: BTreeMap<String, scenario::ScenarioHost> = opts
+        .scenario
+        .iter()
+        .flat_map(|s| s.hosts())
+        .map(|h| (h.name.clone(), h))
+        .collect();
+    let plan = match &opts.scenario {
+        Some(s) => s.plan(),
+        None => fleet::plan(opts.hosts, opts.seed),
+    };
+    if let Some(csv) = opts.scenario.as_ref().and_then(|s| s.history_csv()) {
+        write_atomic(&dir.join("history.csv"), csv.as_bytes())?;
+    }
     let mut hosts = Vec::with_capacity(plan.len());
     for p in plan {
         let root = dir.join("hosts").join(&p.name);
@@ -394,6 +421,17 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
                 root.display()
             )
         })?;
+        let mut labels = BTreeMap::new();
+        if let (Some(sc), Some(sh)) = (&opts.scenario, scenario_hosts.get(&p.name)) {
+            let faults = sc.faults_for(sh, &spec.packages);
+            state::write_atomic_in(
+                &root.join(service::FAULTS_FILE),
+                &serde_json::to_vec(&faults).expect("faults serialise"),
+            )?;
+            labels = sh.labels.clone();
+            labels.insert("group".into(), sh.group.clone());
+            labels.insert("disk_free_pct".into(), format!("{}", sh.disk_free_pct));
+        }
         hosts.push(HostEntry {
             agent: Proc {
                 pid: 0,
@@ -401,6 +439,7 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
                 log: logs.join(format!("agent-{}.log", p.name)),
             },
             service: None,
+            labels,
             name: p.name,
             role: p.role,
             seed: p.seed,
@@ -501,7 +540,10 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
                 os("2s"),
                 os("--scrape"),
                 os(format!("http://{service_addr}/metrics")),
-            ],
+            ]
+            .into_iter()
+            .chain(h.labels.iter().flat_map(|(k, v)| [os("--label"), os(format!("{k}={v}"))]))
+            .collect::<Vec<_>>(),
             &[],
             &h.agent.log,
         )?;

@@ -48,6 +48,9 @@ pub struct HostEntry {
     /// The host's versioned web service (`sandbox service`), scraped by its agent.
     #[serde(default)]
     pub service: Option<Proc>,
+    /// Agent labels besides `role` (from a scenario: `group`, `disk_free_pct` and the group's).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// Every change made to the host since generation, in order: those made by `sandbox up`
     /// (before baselines) and those injected later.
     pub drifts: Vec<Injected>,
