@@ -26,6 +26,8 @@ enum Which {
     /// Anomaly detectors on the NAB corpus: normalised NAB scores (standard, low FP, low FN) at
     /// the detector's own alerts and at the best threshold, throughput and memory.
     Nab(super::nab::BenchArgs),
+    /// Rollout engine: decision time per step for 10,000 hosts (goal ≤ 100 ms), reaction from fault onset to the failing verdict (goal ≤ 3 intervals), false failures of healthy canaries (goal ≤ 1 %).
+    RolloutEngine(super::rollout_bench::BenchArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -37,5 +39,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Which::Ingest(a) => super::server::bench(a),
         Which::Model(a) => super::model::bench(a),
         Which::Nab(a) => super::nab::bench(a),
+        Which::RolloutEngine(a) => super::rollout_bench::bench(a),
     }
 }

@@ -14,6 +14,7 @@ pub mod patch;
 pub mod profile;
 pub mod proxy;
 pub mod quickstart;
+pub mod rollout_bench;
 pub mod sandbox;
 pub mod server;
 pub mod token;
