@@ -30,9 +30,14 @@ impl Drop for Down<'_> {
 }
 
 fn http_get(addr: &str, path: &str) -> String {
+    http_get_auth(addr, path, None)
+}
+
+fn http_get_auth(addr: &str, path: &str, token: Option<&str>) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(out)
@@ -101,6 +106,12 @@ fn a_scenario_sandbox_applies_its_faults_to_the_matching_hosts_only() {
     assert_eq!(e_full, 0.0);
     assert!((0.15..0.45).contains(&e_old), "libssl 1.1 host error ratio {e_old}");
     assert!(p50_full_2 > 2.5 * p50_full_1, "full-disk p50 {p50_full_1} → {p50_full_2}");
+
+    // `up` imported the generated history into the server.
+    let server = std::fs::read_to_string(dir.join("server.addr")).unwrap();
+    let token = std::fs::read_to_string(dir.join("operator.token")).unwrap();
+    let events = http_get_auth(server.trim(), "/api/v1/events?limit=100", Some(token.trim()));
+    assert!(events.contains("400 outcomes imported from a history CSV"), "{events}");
 
     // The generated history trains a model.
     let history = dir.join("history.csv");

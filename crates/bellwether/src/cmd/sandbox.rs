@@ -481,6 +481,9 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
     started.push(server.id());
     let server_addr = wait_addr(&server_addr_file, &mut server, "server", &server_log, wait)?;
     let server_url = format!("http://{server_addr}");
+    if opts.scenario.as_ref().is_some_and(|s| s.history.is_some()) {
+        import_history(&server_url, &operator_token, &dir.join("history.csv"))?;
+    }
 
     // 4. One agent per root.
     let interval = humantime::format_duration(opts.interval).to_string();
@@ -999,6 +1002,31 @@ pub fn inject(dir: &Path, host: &str, req: DriftRequest) -> anyhow::Result<Strin
     e.drifts.push(change);
     state.save()?;
     Ok(what)
+}
+
+/// Sends a scenario's generated history to the server (`POST /api/v1/history/import`), so
+/// the failure model has outcomes to learn from before the first rollout.
+fn import_history(server_url: &str, operator_token: &str, csv: &Path) -> anyhow::Result<()> {
+    let body = std::fs::read(csv).with_context(|| format!("could not read {}", csv.display()))?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("{server_url}/api/v1/history/import"))
+            .bearer_auth(operator_token)
+            .header("content-type", "text/csv")
+            .body(body)
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .context("could not send the scenario history to the server")?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            anyhow::bail!("the server refused the scenario history ({status}): {text}");
+        }
+        tracing::info!(answer = %text, "Imported the scenario history.");
+        Ok(())
+    })
 }
 
 /// `sandbox listen`: accept and close connections forever, so the hosts' dependency probes

@@ -260,36 +260,25 @@ impl Scenario {
             .collect()
     }
 
-    /// The package names the fault rules look at: the history's package columns.
-    fn rule_packages(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.faults.iter().flat_map(|f| f.when.package.keys().cloned()).collect();
-        v.sort();
-        v.dedup();
-        v
-    }
-
-    /// A deployment history as CSV, consistent with the fault rules: each row is one past
-    /// update of one host drawn from the groups (its role, the versions of the packages the
-    /// rules look at, its free disk, the update's version) and its outcome. A row whose host
-    /// and version match a rule failed with probability 0.5 + error rate (capped at 0.95), or
-    /// 0.8 for a latency factor of 2 or more; any other row fails with probability 0.03.
+    /// A deployment history as CSV, consistent with the fault rules, in the columns the
+    /// server's feature vector uses (docs/api.md): each row is one past update of a host drawn
+    /// from the groups and its outcome. A row whose host and version match a rule failed with
+    /// probability 0.5 + error rate (capped at 0.95), or 0.8 for a latency factor of 2 or more;
+    /// any other row fails with probability 0.03.
     pub fn history_csv(&self) -> Option<String> {
         let h = self.history.as_ref()?;
         let mut rng = bellwether_drift::synth::SplitMix64::new(h.seed ^ 0x4157_0a11);
         let hosts = self.hosts();
-        let pkgs = self.rule_packages();
         let mut versions: Vec<String> = self.faults.iter().map(|f| f.when.version.clone()).collect();
         versions.extend(["1.1", "1.2", "1.3"].map(String::from));
         versions.sort();
         versions.dedup();
-        let mut out = String::from("deployment,role,update_version,disk_free_pct");
-        for p in &pkgs {
-            let _ = write!(out, ",pkg_{}", p.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
-        }
-        out.push_str(",outcome\n");
+        let mut out = String::from(
+            "deployment,update,update_version,update_type,libssl,label:role,label:disk_free_pct,outcome\n",
+        );
         for d in 0..h.deployments {
-            let host = &hosts[(rng.next_u64() % hosts.len() as u64) as usize];
-            let version = &versions[(rng.next_u64() % versions.len() as u64) as usize];
+            let host = &hosts[rng.below(hosts.len() as u64) as usize];
+            let version = &versions[rng.below(versions.len() as u64) as usize];
             // Past hosts vary around their group: disk ±5 points.
             let disk = (host.disk_free_pct + (rng.unit() - 0.5) * 10.0).clamp(0.0, 100.0);
             let mut p_fail: f64 = 0.03;
@@ -303,14 +292,32 @@ impl Scenario {
                 }
             }
             let failed = rng.unit() < p_fail;
-            let _ = write!(out, "d{d:05},{},{version},{disk:.1}", host.role);
-            for p in &pkgs {
-                let _ = write!(out, ",{}", host.packages.get(p).map_or("absent", String::as_str));
-            }
-            let _ = writeln!(out, ",{}", u8::from(failed));
+            let update_type = if version.contains('.') { "minor" } else { "major" };
+            let _ = writeln!(
+                out,
+                "d{d:05},websvc,{version},{update_type},{},{},{disk:.1},{}",
+                libssl_of(&host.packages).unwrap_or_default(),
+                host.role,
+                u8::from(failed)
+            );
         }
         Some(out)
     }
+}
+
+/// The libssl version as the server's feature vector has it: major.minor of the first
+/// `libssl*` package (not -dev or -doc).
+pub fn libssl_of(packages: &BTreeMap<String, String>) -> Option<String> {
+    let (_, v) = packages
+        .iter()
+        .find(|(n, _)| n.starts_with("libssl") && !n.contains("-dev") && !n.contains("-doc"))?;
+    let v: String = v.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let mut parts = v.split('.').filter(|p| !p.is_empty());
+    let major = parts.next()?;
+    Some(match parts.next() {
+        Some(minor) => format!("{major}.{minor}"),
+        None => major.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -349,12 +356,15 @@ mod tests {
         let csv = s.history_csv().unwrap();
         let mut lines = csv.lines();
         let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-        assert_eq!(header, ["deployment", "role", "update_version", "disk_free_pct", "pkg_libssl1_1", "outcome"]);
+        assert_eq!(
+            header,
+            ["deployment", "update", "update_version", "update_type", "libssl", "label:role", "label:disk_free_pct", "outcome"]
+        );
         let (mut risky, mut risky_fail, mut other, mut other_fail) = (0, 0, 0, 0);
         for l in lines {
             let f: Vec<&str> = l.split(',').collect();
-            let failed = f[5] == "1";
-            if f[2] == "2" && f[4] != "absent" {
+            let failed = f[7] == "1";
+            if f[2] == "2" && f[4] == "1.1" {
                 risky += 1;
                 risky_fail += usize::from(failed);
             } else if f[2] != "2" {
@@ -387,6 +397,14 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.starts_with("s.yaml:4:") && e.contains("onset \"soon\""), "{e}");
+    }
+
+    #[test]
+    fn libssl_is_read_as_the_server_reads_it() {
+        let p = |n: &str, v: &str| BTreeMap::from([(n.to_string(), v.to_string())]);
+        assert_eq!(libssl_of(&p("libssl1.1", "1.1.1n-0+deb11u5")).as_deref(), Some("1.1"));
+        assert_eq!(libssl_of(&p("libssl3", "3.0.11-1~deb12u2")).as_deref(), Some("3.0"));
+        assert_eq!(libssl_of(&p("libssl-dev", "3.0.11")), None);
     }
 
     #[test]
