@@ -9,6 +9,8 @@ use serde::de::DeserializeOwned;
 
 use crate::types::{BaselineRequest, BaselineResponse, FleetDrift, HostDetail, HostSummary};
 
+mod rollout_calls;
+
 /// Why a call to the server failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -74,7 +74,7 @@ pub struct NewModel {
 }
 
 /// A stored model's description (without the model file).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ModelInfo {
     pub version: i64,
     pub created_at_ms: i64,

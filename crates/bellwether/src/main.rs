@@ -48,6 +48,8 @@ enum Command {
     Judge(cmd::judge::Args),
     /// Train, apply and evaluate the failure-probability model.
     Model(cmd::model::Args),
+    /// Each host's failure probability for a proposed update, with its top factors.
+    Risk(cmd::risk::Args),
     /// Run the L4 traffic manager.
     Proxy(cmd::proxy::Args),
     /// Patch a stateful service beside its original, with phased rollback.
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
         Command::Detect(a) => cmd::detect::run(a),
         Command::Judge(a) => cmd::judge::run(a),
         Command::Model(a) => cmd::model::run(a),
+        Command::Risk(a) => cmd::risk::run(a),
         Command::Proxy(a) => cmd::proxy::run(a),
         Command::Patch(a) => cmd::patch::run(a),
         Command::Bench(a) => cmd::bench::run(a),

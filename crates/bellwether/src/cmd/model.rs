@@ -39,17 +39,25 @@ enum Verb {
     Evaluate(EvaluateArgs),
     /// Write a synthetic deployment history with a known failure probability `_p`.
     Synth(SynthArgs),
+    /// Send a history CSV to a server, which stores its rows as outcomes to train from.
+    Import(super::model_server::ImportArgs),
+    /// List the model versions a server has trained.
+    List(super::model_server::ListArgs),
 }
 
 #[derive(Debug, clap::Args)]
 struct TrainArgs {
     /// The history: a CSV with a header, one row per (deployment, host), and an outcome column.
-    /// (Training from a server's store is not available yet, so this flag is required.)
+    /// Without it, the server (--server) trains a new model version from the outcomes in its
+    /// store (see `bellwether model import` and docs/predict.md).
     #[arg(long, value_name = "H.csv")]
-    history: PathBuf,
-    /// Where to write the model (JSON).
+    history: Option<PathBuf>,
+    /// Where to write the model (JSON); required with --history. A model the server trains
+    /// stays in its store.
     #[arg(long, value_name = "MODEL.json")]
-    out: PathBuf,
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    client: super::token::ClientArgs,
     /// The outcome column. Its values are 1/0, true/false or failure/success (any case); 1,
     /// true and failure mean the deployment failed on that host.
     #[arg(long, default_value = "outcome")]
@@ -139,7 +147,10 @@ struct SynthArgs {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.verb {
+        Verb::Train(a) if a.history.is_none() => super::model_server::train(a.out.as_deref(), &a.client, a.output),
         Verb::Train(a) => train(a),
+        Verb::Import(a) => super::model_server::import(a),
+        Verb::List(a) => super::model_server::list(a),
         Verb::Predict(a) => predict(a),
         Verb::Evaluate(a) => evaluate(a),
         Verb::Synth(a) => synth(a),
@@ -165,7 +176,10 @@ fn read_model(path: &Path) -> anyhow::Result<Model> {
 
 fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let frame = read_frame(&a.history)?;
+    let (Some(history), Some(out)) = (a.history, a.out) else {
+        return Err(UsageError("--out MODEL.json is required with --history".into()).into());
+    };
+    let frame = read_frame(&history)?;
     let opts = TrainOptions {
         label: a.label,
         ignore: a
@@ -184,17 +198,17 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let model = Model::train(&frame, &opts).map_err(usage)?;
     let seconds = started.elapsed().as_secs_f64();
     let file =
-        File::create(&a.out).with_context(|| format!("{}: cannot create", a.out.display()))?;
+        File::create(&out).with_context(|| format!("{}: cannot create", out.display()))?;
     let mut w = BufWriter::new(file);
-    model.write(&mut w, &a.out.display().to_string())?;
+    model.write(&mut w, &out.display().to_string())?;
     w.flush()
-        .with_context(|| format!("{}: write failed", a.out.display()))?;
+        .with_context(|| format!("{}: write failed", out.display()))?;
 
     let s = model.summary();
     match a.output {
         OutputFormat::Json => {
             let v = serde_json::json!({
-                "model": a.out.display().to_string(),
+                "model": out.display().to_string(),
                 "seconds": seconds,
                 "features": model.features().iter().map(|f| serde_json::json!({
                     "name": f.name, "kind": if f.is_categorical() { "categorical" } else { "numeric" },
@@ -258,7 +272,7 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
                 "Model: {} ({why}); Platt calibration slope {:.3}, intercept {:+.3}.",
                 s.chosen, cal.slope, cal.intercept
             );
-            println!("Wrote {} in {:.2} s.", a.out.display(), seconds);
+            println!("Wrote {} in {:.2} s.", out.display(), seconds);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -47,6 +47,10 @@ pub struct Args {
     /// Samples older than this are deleted (checked once a minute).
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     sample_retention: Duration,
+    /// Retrain the failure model after this many new deployment outcomes (finished rollout
+    /// hosts and imported history rows); 0 retrains only when asked (`bellwether model train`).
+    #[arg(long, default_value_t = bellwether_server::model_api::DEFAULT_RETRAIN_AFTER, value_name = "N")]
+    retrain_after: u64,
 }
 
 fn store_config(database: Option<&str>, data_dir: &Path) -> anyhow::Result<StoreConfig> {
@@ -92,6 +96,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.body_limit == 0 {
         return Err(UsageError("--body-limit must be at least 1 byte".into()).into());
     }
+    if args.operator_token.is_some() && args.operator_token == args.enrol_token {
+        return Err(UsageError(
+            "--operator-token and --enrol-token must differ: one token cannot be of two kinds (`bellwether token new` makes another)".into(),
+        )
+        .into());
+    }
     let store = store_config(args.database.as_deref(), &args.data_dir)?;
     let backend = match &store {
         StoreConfig::Sqlite { path } => format!("sqlite at {}", path.display()),
@@ -104,6 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.body_limit = args.body_limit;
     config.metric_window = args.metric_window;
     config.sample_retention = args.sample_retention;
+    config.retrain_after = args.retrain_after;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async {
         let server = Server::open(config).await?;

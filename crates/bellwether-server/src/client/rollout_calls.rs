@@ -1,0 +1,65 @@
+//! Client calls of the model, risk and rollout API.
+
+use bellwether_store::ModelInfo;
+
+use super::{Client, ClientError};
+use crate::model_api::{ImportResponse, RiskResponse};
+
+impl Client {
+    /// `POST /api/v1/history/import` with a history CSV; `label` names the outcome column.
+    pub async fn import_history(&self, csv: Vec<u8>, label: Option<&str>) -> Result<ImportResponse, ClientError> {
+        let url = format!("{}/api/v1/history/import", self.base);
+        let mut req = self.http.post(&url).header(reqwest::header::CONTENT_TYPE, "text/csv").body(csv);
+        if let Some(l) = label {
+            req = req.query(&[("label", l)]);
+        }
+        self.call(req, url).await
+    }
+
+    /// `POST /api/v1/model/train`: trains from the stored outcomes.
+    pub async fn train_model(&self) -> Result<ModelInfo, ClientError> {
+        let url = format!("{}/api/v1/model/train", self.base);
+        self.call(self.http.post(&url).timeout(std::time::Duration::from_secs(600)), url).await
+    }
+
+    /// `GET /api/v1/models`, newest first.
+    pub async fn models(&self) -> Result<Vec<ModelInfo>, ClientError> {
+        self.get("/api/v1/models").await
+    }
+
+    /// `GET /api/v1/risk` for an update (`update_type` is major, minor or patch), over `hosts`
+    /// or every host when empty.
+    pub async fn risk(
+        &self,
+        update: &str,
+        version: &str,
+        update_type: Option<&str>,
+        hosts: &[String],
+    ) -> Result<RiskResponse, ClientError> {
+        let url = format!("{}/api/v1/risk", self.base);
+        let mut q: Vec<(&str, String)> = vec![("update", update.into()), ("version", version.into())];
+        if let Some(t) = update_type {
+            q.push(("type", t.into()));
+        }
+        if !hosts.is_empty() {
+            q.push(("hosts", hosts.join(",")));
+        }
+        self.call(self.http.get(&url).query(&q), url).await
+    }
+
+    /// `GET` of any operator path, as JSON.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.get(path).await
+    }
+
+    /// `POST` of a JSON body (or none) to any operator path; the answer as JSON (`null` for
+    /// an empty answer).
+    pub async fn post_json(&self, path: &str, body: Option<&serde_json::Value>) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.post(&url);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        self.call(req, url).await
+    }
+}
