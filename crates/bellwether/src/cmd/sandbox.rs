@@ -497,6 +497,12 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
         if !version_file.exists() {
             state::write_atomic_in(&version_file, b"1\n")?;
         }
+        // The service's configuration: the agent snapshots it (--protect) so a rollout's
+        // remediation can restore it after drift.
+        let conf = h.root.join("etc/websvc.conf");
+        if !conf.exists() {
+            state::write_atomic_in(&conf, b"workers = 4\nlisten = 127.0.0.1\n")?;
+        }
         let mut svc = procs::spawn_detached(
             &exe,
             &[
@@ -541,6 +547,8 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
                 os(dir.join("agent-state").join(&h.name)),
                 os("--action-wait"),
                 os("2s"),
+                os("--protect"),
+                os("etc/websvc.conf"),
                 os("--scrape"),
                 os(format!("http://{service_addr}/metrics")),
             ]

@@ -408,6 +408,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_plan_parses_and_targets_the_example_fleet() {
+        let text = include_str!("../../../../../examples/plans/web-v2.yaml");
+        let plan = bellwether_engine::rollout::plan::parse_plan(text, "web-v2.yaml").unwrap();
+        assert_eq!(plan.name.0, "web-v2");
+        let s = parse(EXAMPLE, "libssl.yaml").unwrap();
+        assert!(s.hosts().iter().all(|h| h.role == "web"), "every example host is a target");
+    }
+
+    #[test]
     fn version_patterns() {
         assert!(version_matches("*", "1.1.1n"));
         assert!(version_matches("1.1*", "1.1.1n"));
