@@ -28,6 +28,8 @@ enum Which {
     Nab(super::nab::BenchArgs),
     /// Rollout engine: decision time per step for 10,000 hosts (goal ≤ 100 ms), reaction from fault onset to the failing verdict (goal ≤ 3 intervals), false failures of healthy canaries (goal ≤ 1 %).
     RolloutEngine(super::rollout_bench::BenchArgs),
+    /// Sandbox services scraped and watched: intervals from fault onset to the failing verdict (goal ≤ 3) and healthy canaries judged failing (goal ≤ 1 %).
+    RolloutReaction(super::sandbox::reaction::BenchArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -40,5 +42,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Which::Model(a) => super::model::bench(a),
         Which::Nab(a) => super::nab::bench(a),
         Which::RolloutEngine(a) => super::rollout_bench::bench(a),
+        Which::RolloutReaction(a) => super::sandbox::reaction::bench(a),
     }
 }
