@@ -71,8 +71,9 @@ pub enum CadRange {
     Online,
     /// Learnt from the first `points` values: they are buffered (score 0, no alert), then the
     /// range is their minimum and maximum widened by `margin` of its width on each side, the
-    /// buffered values are replayed through the detector, and the range stays fixed; later
-    /// values beyond it fall in the end bins.
+    /// buffered values are replayed through the detector, and the range stays fixed; a later
+    /// value above it takes more bits than the range's 3 (so facts never seen before), one
+    /// below it gets a sign fact.
     Learn { points: usize, margin: f64 },
 }
 
@@ -526,11 +527,19 @@ impl Cad {
             full = max_bin;
         }
         let step = full / max_bin;
-        let norm = ((value - self.min) / step).clamp(0.0, max_bin) as u64;
+        // Python's int() truncates towards zero. A value above the range has more bits than
+        // `num_norm_value_bits`, as in CAD's own encoding; one below it is encoded by its
+        // magnitude plus a sign fact (CAD's Python would encode the characters of `-0b…`).
+        let scaled = ((value - self.min) / step).trunc();
+        let below = scaled < 0.0;
+        let norm = scaled.abs().min(1e18) as u64;
         let bits = self.cfg.num_norm_value_bits.max(64 - norm.leading_zeros());
-        let sensors: Vec<u64> = (0..bits)
+        let mut sensors: Vec<u64> = (0..bits)
             .map(|s| 65_536 + u64::from(s) * 2 + ((norm >> s) & 1))
             .collect();
+        if below {
+            sensors.push(65_536 + 2 * 64);
+        }
         let mut delta = 0.0;
         for &f in &sensors {
             if self.last_predicted.binary_search(&f).is_err() {
