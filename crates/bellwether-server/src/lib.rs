@@ -21,6 +21,7 @@ mod error;
 mod metrics;
 pub mod model_api;
 mod peers;
+pub mod rollout;
 mod tokens;
 pub mod types;
 
@@ -95,6 +96,8 @@ pub enum ServerError {
     SameTokens,
     #[error("the given {kind} token is already this server's {other} token; one token cannot be of two kinds, pass another value (`bellwether token new` makes one)")]
     TokenOfOtherKind { kind: &'static str, other: &'static str },
+    #[error("cannot resume the stored rollouts: {0}")]
+    Resume(String),
     #[error("serving HTTP failed: {0}")]
     Serve(std::io::Error),
 }
@@ -106,6 +109,7 @@ pub struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) metric_window_ms: i64,
     pub(crate) predict: Arc<model_api::Predictor>,
+    pub(crate) rollouts: Arc<rollout::Runners>,
 }
 
 /// An opened server, ready to serve.
@@ -126,18 +130,24 @@ impl Server {
         }
         let store = Store::open(&config.store).await?;
         let tokens = tokens::bootstrap(&store, &config).await?;
-        Ok(Server {
+        let server = Server {
             state: AppState {
                 store,
                 metrics: Arc::new(Metrics::default()),
                 metric_window_ms: config.metric_window.as_millis().min(i64::MAX as u128) as i64,
                 predict: Arc::new(model_api::Predictor::new(config.retrain_after)),
+                rollouts: Arc::new(rollout::Runners::default()),
             },
             body_limit: config.body_limit,
             grace: config.grace,
             sample_retention: config.sample_retention,
             tokens,
-        })
+        };
+        let resumed = rollout::resume_all(&server.state).await.map_err(|e| ServerError::Resume(e.message))?;
+        if resumed > 0 {
+            tracing::info!(rollouts = resumed, "Resumed running rollouts from the store.");
+        }
+        Ok(server)
     }
 
     /// The store this server uses.
@@ -156,6 +166,7 @@ impl Server {
         let limit = body::BodyLimit(self.body_limit);
         api::routes()
             .merge(model_api::routes())
+            .merge(rollout::routes())
             .route_layer(axum::middleware::from_fn_with_state(
                 self.state.metrics.clone(),
                 metrics::count_requests,

@@ -476,6 +476,37 @@ impl Store {
         })
     }
 
+    /// The samples of `host` with a timestamp above `after_ts_ms`, oldest first, at most
+    /// `limit`; empty for an unknown host.
+    pub async fn samples_since(
+        &self,
+        host: &str,
+        after_ts_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<bellwether_model::MetricSample>, StoreError> {
+        on_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT s.ts_ms, s.name, s.value FROM samples s JOIN hosts h ON h.id = s.host_id \
+                 WHERE h.name = $1 AND s.ts_ms > $2 ORDER BY s.ts_ms LIMIT $3",
+            )
+            .bind(host)
+            .bind(after_ts_ms)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(q("samples since"))?;
+            rows.into_iter()
+                .map(|row| {
+                    Ok(bellwether_model::MetricSample {
+                        ts_ms: row.try_get(0).map_err(q("samples since"))?,
+                        name: row.try_get(1).map_err(q("samples since"))?,
+                        value: row.try_get(2).map_err(q("samples since"))?,
+                    })
+                })
+                .collect()
+        })
+    }
+
     /// Every action of rollout `id`, by id.
     pub async fn rollout_actions(&self, id: &str) -> Result<Vec<ActionRecord>, StoreError> {
         on_pool!(self, pool => {

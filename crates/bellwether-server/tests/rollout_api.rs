@@ -1,0 +1,255 @@
+//! The rollout runner and the agent action API, driven in-process with simulated agents, every
+//! test body run against SQLite and PostgreSQL.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use bellwether_server::{Server, ServerConfig};
+use bellwether_store::testing::with_each_backend;
+use bellwether_store::StoreConfig;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const OP: &str = "operator-token-for-tests-0001";
+const ENROL: &str = "enrol-token-for-tests-000001";
+
+const PLAN: &str = r#"name: web-v2
+update:
+  name: websvc
+  version: "2"
+  apply:  { builtin: set_service_version, version: "2" }
+  revert: { builtin: set_service_version, version: "1" }
+targets:
+  labels: { role: web }
+risk:
+  low: 0.3
+  high: 0.7
+  moderate_share: 0.25
+  pilot: { min: 1, max: 2 }
+  high_risk: defer
+waves: { fixed: [50, 100] }
+bake: 300ms
+analysis:
+  interval: 100ms
+  baseline: 200ms
+  metrics:
+    - { name: svc_error_ratio, threshold_pct: 50, for: 300ms, floor: 0.01 }
+  judge: { enabled: false }
+no_data: { after: 3s }
+"#;
+
+fn config(store: StoreConfig) -> ServerConfig {
+    let mut c = ServerConfig::new(store, None);
+    c.operator_token = Some(OP.into());
+    c.enrol_token = Some(ENROL.into());
+    c.retrain_after = 0;
+    c
+}
+
+async fn send(app: &Router, method: Method, uri: &str, token: &str, body: Option<String>) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri).header(header::AUTHORIZATION, format!("Bearer {token}"));
+    let body = match body {
+        Some(b) => {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+            Body::from(b)
+        }
+        None => Body::empty(),
+    };
+    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// Enrols `n` web hosts with profiles and a model trained on a history where a full disk
+/// fails; returns their agent tokens.
+async fn fleet(app: &Router, n: usize) -> Vec<(String, String)> {
+    let mut csv = String::from("deployment_id,host,disk_free_pct,outcome\n");
+    for i in 0..400 {
+        let disk = (i * 7 % 60) as f64;
+        let failed = if disk < 10.0 { i % 10 != 0 } else { i % 17 == 0 };
+        csv.push_str(&format!("d{},h{i},{disk},{}\n", i / 10, failed as u8));
+    }
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/history/import")
+        .header(header::AUTHORIZATION, format!("Bearer {OP}"))
+        .body(Body::from(csv))
+        .unwrap();
+    assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::CREATED);
+    let (s, v) = send(app, Method::POST, "/api/v1/model/train", OP, None).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let mut agents = Vec::new();
+    for i in 0..n {
+        let name = format!("web-{i:02}");
+        let (s, v) = send(app, Method::POST, "/api/v1/enrol", ENROL, Some(json!({"name": name, "labels": {"role": "web"}}).to_string())).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let token = v["agent_token"].as_str().unwrap().to_string();
+        let (s, _) = send(app, Method::POST, "/api/v1/agent/profile", &token, Some(json!({"metrics": {"disk_free_pct": 40.0 + i as f64}}).to_string())).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        agents.push((name, token));
+    }
+    agents
+}
+
+/// A simulated agent: reports healthy samples and runs every action it is sent (each id once),
+/// until `stop`.
+fn simulate(app: Router, token: String, stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<Vec<i64>> {
+    tokio::spawn(async move {
+        let mut ran: Vec<i64> = Vec::new();
+        while !*stop.borrow() {
+            let t = now_ms();
+            let samples = json!({"samples": [{"ts_ms": t, "name": "svc_error_ratio", "value": 0.001}]});
+            let (s, _) = send(&app, Method::POST, "/api/v1/agent/samples", &token, Some(samples.to_string())).await;
+            assert_eq!(s, StatusCode::ACCEPTED);
+            let (s, v) = send(&app, Method::GET, "/api/v1/agent/actions?wait_ms=100", &token, None).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            for a in v["actions"].as_array().unwrap() {
+                let id = a["id"].as_i64().unwrap();
+                if !ran.contains(&id) {
+                    ran.push(id);
+                }
+                let result = json!({"ok": true, "exit_code": 0, "error": null, "stdout_tail": "", "stderr_tail": "", "started_ms": t, "finished_ms": now_ms()});
+                let (s, v) = send(&app, Method::POST, &format!("/api/v1/agent/actions/{id}/result"), &token, Some(result.to_string())).await;
+                assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+            }
+        }
+        ran
+    })
+}
+
+async fn wait_phase(app: &Router, id: &str, phase: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, v) = send(app, Method::GET, &format!("/api/v1/rollouts/{id}"), OP, None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        if v["state"] == phase {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rollout {id} never reached {phase}: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+macro_rules! rollout_test {
+    ($name:ident, |$config:ident| $body:block) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            with_each_backend(|$config: StoreConfig| async move $body).await;
+        }
+    };
+}
+
+rollout_test!(a_rollout_runs_to_completion_with_agents_and_records_outcomes, |store| {
+    let server = Server::open(config(store)).await.unwrap();
+    let app = server.router();
+    let body = json!({"plan_yaml": PLAN, "file": "web.yaml"}).to_string();
+    // No model yet: 409.
+    let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(body.clone())).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("no failure model"), "{v}");
+    let agents = fleet(&app, 4).await;
+    // Bad plans: 400 with file:line:column.
+    let bad = json!({"plan_yaml": PLAN.replace("bake: 300ms", "bake: soon"), "file": "web.yaml"}).to_string();
+    let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(bad)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().starts_with("web.yaml:16:"), "{v}");
+    let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(json!({"plan": "x"}).to_string())).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, _) = send(&app, Method::POST, "/api/v1/rollouts", "nope-token-0000000000", Some(body.clone())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(body.clone())).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["hosts"], json!(4));
+    // A second rollout over the same hosts: 409 naming the host and the rollout.
+    let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(body.clone())).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v["error"].as_str().unwrap().contains(&format!("running rollout {id}")), "{v}");
+    // Agent API bad input.
+    let (s, _) = send(&app, Method::GET, "/api/v1/agent/actions", OP, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, v) = send(&app, Method::POST, "/api/v1/agent/actions/999999/result", &agents[0].1, Some(json!({"ok": true, "started_ms": 1, "finished_ms": 2}).to_string())).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, v) = send(&app, Method::POST, "/api/v1/agent/actions/1/result", &agents[0].1, Some(json!({"ok": "yes"}).to_string())).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("`ok`"), "{v}");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sims: Vec<_> = agents.iter().map(|(_, t)| simulate(app.clone(), t.clone(), stop_rx.clone())).collect();
+    let done = wait_phase(&app, &id, "completed").await;
+    stop_tx.send(true).unwrap();
+    for s in sims {
+        s.await.unwrap();
+    }
+    assert_eq!(done["model_version"], json!(1));
+    let (s, report) = send(&app, Method::GET, &format!("/api/v1/rollouts/{id}/report"), OP, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let hosts = report["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 4);
+    assert!(hosts.iter().all(|h| h["action"] == "updated"), "{report}");
+    assert!(hosts.iter().any(|h| h["wave"] == 0), "a pilot: {report}");
+    // Every host was applied exactly once.
+    let actions = server.store().rollout_actions(&id).await.unwrap();
+    assert_eq!(actions.iter().filter(|a| a.kind == "apply").count(), 4);
+    // Outcomes went to the training history with the pre-change feature vector.
+    let outcomes = server.store().outcomes().await.unwrap();
+    let mine: Vec<_> = outcomes.iter().filter(|o| o.deployment == id).collect();
+    assert_eq!(mine.len(), 4, "{outcomes:?}");
+    assert!(mine.iter().all(|o| !o.failed && o.source == "rollout" && o.features.contains_key("disk_free_pct")));
+    // Commands on a finished rollout, unknown rollouts and commands.
+    let (s, v) = send(&app, Method::POST, &format!("/api/v1/rollouts/{id}/pause"), OP, None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, _) = send(&app, Method::GET, "/api/v1/rollouts/r-nope", OP, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = send(&app, Method::POST, &format!("/api/v1/rollouts/{id}/explode"), OP, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, v) = send(&app, Method::GET, "/api/v1/rollouts", OP, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v[0]["id"], json!(id));
+    server.store().close().await;
+});
+
+rollout_test!(pause_resume_and_a_restarted_server_resumes_from_the_store, |store| {
+    let server = Server::open(config(store.clone())).await.unwrap();
+    let app = server.router();
+    let agents = fleet(&app, 4).await;
+    let body = json!({"plan_yaml": PLAN, "file": "web.yaml"}).to_string();
+    let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let (s, v) = send(&app, Method::POST, &format!("/api/v1/rollouts/{id}/pause"), OP, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "paused");
+    // The server goes away (its runner stops with the store) and a new one opens the store.
+    server.store().close().await;
+    drop(app);
+    drop(server);
+    let server = Server::open(config(store)).await.unwrap();
+    let app = server.router();
+    let (s, v) = send(&app, Method::GET, &format!("/api/v1/rollouts/{id}"), OP, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "paused");
+    let (s, v) = send(&app, Method::POST, &format!("/api/v1/rollouts/{id}/resume"), OP, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sims: Vec<_> = agents.iter().map(|(_, t)| simulate(app.clone(), t.clone(), stop_rx.clone())).collect();
+    wait_phase(&app, &id, "completed").await;
+    stop_tx.send(true).unwrap();
+    for s in sims {
+        s.await.unwrap();
+    }
+    let actions = server.store().rollout_actions(&id).await.unwrap();
+    let mut applied: Vec<&str> = actions.iter().filter(|a| a.kind == "apply").map(|a| a.host.as_str()).collect();
+    applied.sort();
+    assert_eq!(applied, vec!["web-00", "web-01", "web-02", "web-03"], "each host applied once");
+    server.store().close().await;
+});
