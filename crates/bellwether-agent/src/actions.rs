@@ -73,11 +73,20 @@ pub struct Entry {
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("could not read the action journal {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the action journal {path} is not valid: {source}")]
-    Parse { path: String, source: serde_json::Error },
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("could not write the action journal {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// The most entries kept; past it the lowest (oldest) reported ids are forgotten.
@@ -97,9 +106,17 @@ impl Journal {
         let path = state_dir.join("actions.json");
         let shown = path.display().to_string();
         let mut entries: BTreeMap<u64, Entry> = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| JournalError::Parse { path: shown.clone(), source })?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| JournalError::Parse {
+                path: shown.clone(),
+                source,
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(source) => return Err(JournalError::Read { path: shown, source }),
+            Err(source) => {
+                return Err(JournalError::Read {
+                    path: shown,
+                    source,
+                })
+            }
         };
         let mut changed = false;
         for (id, e) in entries.iter_mut().filter(|(_, e)| e.report.is_none()) {
@@ -146,7 +163,14 @@ impl Journal {
     }
 
     pub fn mark_started(&mut self, id: u64, spec: &ActionSpec) -> Result<(), JournalError> {
-        self.entries.insert(id, Entry { describe: spec.describe(), report: None, reported: false });
+        self.entries.insert(
+            id,
+            Entry {
+                describe: spec.describe(),
+                report: None,
+                reported: false,
+            },
+        );
         self.save()
     }
 
@@ -171,15 +195,24 @@ impl Journal {
 
     fn trim(&mut self) {
         while self.entries.len() > JOURNAL_CAP {
-            let Some(id) = self.entries.iter().find(|(_, e)| e.reported).map(|(id, _)| *id) else { break };
+            let Some(id) = self
+                .entries
+                .iter()
+                .find(|(_, e)| e.reported)
+                .map(|(id, _)| *id)
+            else {
+                break;
+            };
             self.entries.remove(&id);
         }
     }
 
     fn save(&self) -> Result<(), JournalError> {
         let bytes = serde_json::to_vec(&self.entries).expect("journal entries serialise");
-        write_atomic(&self.path, &bytes)
-            .map_err(|source| JournalError::Write { path: self.path.display().to_string(), source })
+        write_atomic(&self.path, &bytes).map_err(|source| JournalError::Write {
+            path: self.path.display().to_string(),
+            source,
+        })
     }
 }
 
@@ -193,7 +226,10 @@ pub struct ActionSettings {
 
 impl Default for ActionSettings {
     fn default() -> Self {
-        ActionSettings { wait: Duration::from_secs(5), backoff: BackoffPolicy::default() }
+        ActionSettings {
+            wait: Duration::from_secs(5),
+            backoff: BackoffPolicy::default(),
+        }
     }
 }
 
@@ -228,7 +264,15 @@ impl<T: ActionTransport> ActionLoop<T> {
         token: watch::Receiver<Option<String>>,
     ) -> Self {
         let backoff = Backoff::new(settings.backoff);
-        ActionLoop { settings, transport, executor, journal, token, backoff, stats: ActionStats::default() }
+        ActionLoop {
+            settings,
+            transport,
+            executor,
+            journal,
+            token,
+            backoff,
+            stats: ActionStats::default(),
+        }
     }
 
     /// Runs until `shutdown` completes. An action being run when it does is interrupted (its
@@ -280,7 +324,10 @@ impl<T: ActionTransport> ActionLoop<T> {
 
     async fn round_with(&mut self, token: &str) -> Result<(), SendError> {
         self.send_unreported(token).await?;
-        let actions = self.transport.poll_actions(token, self.settings.wait).await?;
+        let actions = self
+            .transport
+            .poll_actions(token, self.settings.wait)
+            .await?;
         self.stats.polls += 1;
         for a in actions {
             if let Some(entry) = self.journal.get(a.id) {
@@ -298,7 +345,9 @@ impl<T: ActionTransport> ActionLoop<T> {
                 let report = ActionReport {
                     ok: false,
                     exit_code: None,
-                    error: Some(format!("the agent could not record the action before running it: {e}")),
+                    error: Some(format!(
+                        "the agent could not record the action before running it: {e}"
+                    )),
                     stdout_tail: String::new(),
                     stderr_tail: String::new(),
                     started_ms: now,
@@ -311,9 +360,17 @@ impl<T: ActionTransport> ActionLoop<T> {
             let report = self.executor.run(&a.spec).await;
             self.stats.ran += 1;
             if report.ok {
-                info!(action = a.id, ms = report.finished_ms - report.started_ms, "The action succeeded.");
+                info!(
+                    action = a.id,
+                    ms = report.finished_ms - report.started_ms,
+                    "The action succeeded."
+                );
             } else {
-                warn!(action = a.id, error = report.error.as_deref().unwrap_or(""), "The action failed.");
+                warn!(
+                    action = a.id,
+                    error = report.error.as_deref().unwrap_or(""),
+                    "The action failed."
+                );
             }
             if let Err(e) = self.journal.finish(a.id, report) {
                 error!(action = a.id, error = %e, "Could not record the action's result.");

@@ -46,7 +46,12 @@ pub struct ActionReport {
 
 impl ActionReport {
     pub fn timed_out(&self) -> bool {
-        !self.ok && self.exit_code.is_none() && self.error.as_deref().is_some_and(|e| e.starts_with("timed out"))
+        !self.ok
+            && self.exit_code.is_none()
+            && self
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("timed out"))
     }
 }
 
@@ -63,9 +68,15 @@ pub struct Executor {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("--protect {path:?}: {source}")]
-    BadProtect { path: String, source: bellwether_model::ActionSpecError },
+    BadProtect {
+        path: String,
+        source: bellwether_model::ActionSpecError,
+    },
     #[error("--protect {path}: {source}")]
-    Snapshot { path: String, source: std::io::Error },
+    Snapshot {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("--cgroup {dir}: not a directory")]
     BadCgroup { dir: String },
 }
@@ -88,13 +99,18 @@ impl Executor {
     ) -> Result<Self, SetupError> {
         if let Some(dir) = &cgroup {
             if !dir.is_dir() {
-                return Err(SetupError::BadCgroup { dir: dir.display().to_string() });
+                return Err(SetupError::BadCgroup {
+                    dir: dir.display().to_string(),
+                });
             }
         }
         let snapshots = state_dir.join("protected");
         let mut files: Vec<(String, bool)> = Vec::new();
         for p in protect {
-            check_relative_path(p).map_err(|source| SetupError::BadProtect { path: p.clone(), source })?;
+            check_relative_path(p).map_err(|source| SetupError::BadProtect {
+                path: p.clone(),
+                source,
+            })?;
             files.push((p.clone(), true));
         }
         files.push((DPKG_STATUS.to_string(), false));
@@ -104,14 +120,21 @@ impl Executor {
             if dst.exists() {
                 continue;
             }
-            let snap = |source| SetupError::Snapshot { path: rel.clone(), source };
+            let snap = |source| SetupError::Snapshot {
+                path: rel.clone(),
+                source,
+            };
             match std::fs::read(&src) {
                 Ok(bytes) => write_atomic(&dst, &bytes).map_err(snap)?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
                 Err(e) => return Err(snap(e)),
             }
         }
-        Ok(Executor { rootfs, snapshots, cgroup })
+        Ok(Executor {
+            rootfs,
+            snapshots,
+            cgroup,
+        })
     }
 
     /// Runs one action to its end (success, failure or timeout). Never panics on bad input;
@@ -129,7 +152,11 @@ impl Executor {
                     Ok(Ok(Ok(()))) => done(true, None, None),
                     Ok(Ok(Err(e))) => done(false, None, Some(e)),
                     Ok(Err(e)) => done(false, None, Some(format!("the built-in panicked: {e}"))),
-                    Err(_) => done(false, None, Some(format!("timed out after {} ms", timeout.as_millis()))),
+                    Err(_) => done(
+                        false,
+                        None,
+                        Some(format!("timed out after {} ms", timeout.as_millis())),
+                    ),
                 }
             }
         };
@@ -148,7 +175,13 @@ impl Executor {
             .kill_on_drop(true);
         let child = match cmd.spawn() {
             Ok(c) => c,
-            Err(e) => return done(false, None, Some(format!("could not start {:?}: {e}", argv[0]))),
+            Err(e) => {
+                return done(
+                    false,
+                    None,
+                    Some(format!("could not start {:?}: {e}", argv[0])),
+                )
+            }
         };
         // Dropping the wait on timeout drops the child, which kills it (kill_on_drop).
         match tokio::time::timeout(timeout, child.wait_with_output()).await {
@@ -169,11 +202,19 @@ impl Executor {
                     finished_ms: 0,
                 }
             }
-            Ok(Err(e)) => done(false, None, Some(format!("could not wait for {:?}: {e}", argv[0]))),
+            Ok(Err(e)) => done(
+                false,
+                None,
+                Some(format!("could not wait for {:?}: {e}", argv[0])),
+            ),
             Err(_) => done(
                 false,
                 None,
-                Some(format!("timed out after {} ms; {:?} was killed", timeout.as_millis(), argv[0])),
+                Some(format!(
+                    "timed out after {} ms; {:?} was killed",
+                    timeout.as_millis(),
+                    argv[0]
+                )),
             ),
         }
     }
@@ -196,10 +237,15 @@ impl Executor {
                     _ => format!("could not read the snapshot of {path}: {e}"),
                 })?;
                 let dst = self.rootfs.join(path);
-                write_atomic(&dst, &bytes).map_err(|e| format!("could not write {}: {e}", dst.display()))
+                write_atomic(&dst, &bytes)
+                    .map_err(|e| format!("could not write {}: {e}", dst.display()))
             }
             ActionSpec::ReinstallPackage { package, .. } => self.reinstall(package),
-            ActionSpec::SetCgroup { cpu_max, memory_max, .. } => {
+            ActionSpec::SetCgroup {
+                cpu_max,
+                memory_max,
+                ..
+            } => {
                 let dir = self
                     .cgroup
                     .as_ref()
@@ -215,8 +261,9 @@ impl Executor {
                         ));
                     }
                     // Control files are written in place: they cannot be renamed over.
-                    std::fs::write(&path, format!("{value}\n"))
-                        .map_err(|e| format!("could not write {:?} to {}: {e}", value, path.display()))?;
+                    std::fs::write(&path, format!("{value}\n")).map_err(|e| {
+                        format!("could not write {:?} to {}: {e}", value, path.display())
+                    })?;
                 }
                 Ok(())
             }
@@ -232,7 +279,8 @@ impl Executor {
             .find(|s| stanza_package(s) == Some(package))
             .ok_or_else(|| format!("package {package} was not installed when the agent started"))?;
         let path = self.rootfs.join(DPKG_STATUS);
-        let now = std::fs::read_to_string(&path).map_err(|e| format!("could not read {}: {e}", path.display()))?;
+        let now = std::fs::read_to_string(&path)
+            .map_err(|e| format!("could not read {}: {e}", path.display()))?;
         let mut out: Vec<String> = Vec::new();
         let mut replaced = false;
         for s in stanzas(&now) {
@@ -250,7 +298,8 @@ impl Executor {
         }
         let mut text = out.join("\n\n");
         text.push('\n');
-        write_atomic(&path, text.as_bytes()).map_err(|e| format!("could not write {}: {e}", path.display()))
+        write_atomic(&path, text.as_bytes())
+            .map_err(|e| format!("could not write {}: {e}", path.display()))
     }
 }
 
@@ -293,7 +342,9 @@ fn stanzas(text: &str) -> Vec<String> {
 }
 
 fn stanza_package(s: &str) -> Option<&str> {
-    s.lines().find_map(|l| l.strip_prefix("Package:")).map(str::trim)
+    s.lines()
+        .find_map(|l| l.strip_prefix("Package:"))
+        .map(str::trim)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
@@ -301,7 +352,10 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.bellwether-tmp"));
     {
         let mut f = std::fs::File::create(&tmp)?;

@@ -58,7 +58,12 @@ impl HostCollector {
             .pool_max_idle_per_host(1)
             .build()
             .unwrap_or_default();
-        self.scrape = Some(Scraper { url, client, rates: crate::scrape::Rates::default(), last_error: None });
+        self.scrape = Some(Scraper {
+            url,
+            client,
+            rates: crate::scrape::Rates::default(),
+            last_error: None,
+        });
         self
     }
 }
@@ -66,13 +71,19 @@ impl HostCollector {
 impl Scraper {
     async fn scrape(&mut self, ts_ms: i64) -> Vec<MetricSample> {
         let result = async {
-            let resp = self.client.get(self.url.clone()).send().await.map_err(|e| e.to_string())?;
+            let resp = self
+                .client
+                .get(self.url.clone())
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
             if !resp.status().is_success() {
                 return Err(format!("status {}", resp.status()));
             }
             let text = resp.text().await.map_err(|e| e.to_string())?;
             let samples = crate::scrape::parse(&text).map_err(|e| e.to_string())?;
-            crate::scrape::snapshot(&samples, ts_ms).ok_or_else(|| "no websvc_requests_total in the scrape".to_string())
+            crate::scrape::snapshot(&samples, ts_ms)
+                .ok_or_else(|| "no websvc_requests_total in the scrape".to_string())
         }
         .await;
         match result {

@@ -73,7 +73,9 @@ fn parse_line(line: &str) -> Result<Sample, String> {
                     break;
                 }
             }
-            let Some(&(start, c)) = chars.peek() else { return Err("unterminated label set".into()) };
+            let Some(&(start, c)) = chars.peek() else {
+                return Err("unterminated label set".into());
+            };
             if c == '}' {
                 end = start + 1;
                 break;
@@ -121,15 +123,22 @@ fn parse_line(line: &str) -> Result<Sample, String> {
         "NaN" => f64::NAN,
         "+Inf" | "Inf" => f64::INFINITY,
         "-Inf" => f64::NEG_INFINITY,
-        _ => v.parse::<f64>().map_err(|_| format!("value {v:?} is not a number"))?,
+        _ => v
+            .parse::<f64>()
+            .map_err(|_| format!("value {v:?} is not a number"))?,
     };
     if let Some(ts) = fields.next() {
-        ts.parse::<i64>().map_err(|_| format!("timestamp {ts:?} is not an integer"))?;
+        ts.parse::<i64>()
+            .map_err(|_| format!("timestamp {ts:?} is not an integer"))?;
     }
     if fields.next().is_some() {
         return Err("unexpected text after the timestamp".into());
     }
-    Ok(Sample { name, labels, value })
+    Ok(Sample {
+        name,
+        labels,
+        value,
+    })
 }
 
 /// The figures of one scrape that the rates need.
@@ -145,14 +154,23 @@ pub struct Snapshot {
 /// Sums the service's series across labels (other than `le`).
 pub fn snapshot(samples: &[Sample], ts_ms: i64) -> Option<Snapshot> {
     let sum = |name: &str| -> Option<f64> {
-        let v: Vec<f64> = samples.iter().filter(|s| s.name == name).map(|s| s.value).collect();
+        let v: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| s.value)
+            .collect();
         (!v.is_empty()).then(|| v.iter().sum())
     };
     let requests = sum("websvc_requests_total")?;
     let errors = sum("websvc_errors_total").unwrap_or(0.0);
     let mut by_le: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
-    for s in samples.iter().filter(|s| s.name == "websvc_request_duration_seconds_bucket") {
-        let Some(le) = s.labels.get("le") else { continue };
+    for s in samples
+        .iter()
+        .filter(|s| s.name == "websvc_request_duration_seconds_bucket")
+    {
+        let Some(le) = s.labels.get("le") else {
+            continue;
+        };
         let bound = match le.as_str() {
             "+Inf" | "Inf" => f64::INFINITY,
             x => match x.parse::<f64>() {
@@ -165,7 +183,12 @@ pub fn snapshot(samples: &[Sample], ts_ms: i64) -> Option<Snapshot> {
     }
     let mut buckets: Vec<(f64, f64)> = by_le.into_values().collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    Some(Snapshot { ts_ms, requests, errors, buckets })
+    Some(Snapshot {
+        ts_ms,
+        requests,
+        errors,
+        buckets,
+    })
 }
 
 /// The quantile `q` of a cumulative histogram, linearly interpolated within its bucket.
@@ -184,7 +207,11 @@ pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
                 return Some(prev_bound);
             }
             let in_bucket = count - prev_count;
-            let frac = if in_bucket > 0.0 { (rank - prev_count) / in_bucket } else { 1.0 };
+            let frac = if in_bucket > 0.0 {
+                (rank - prev_count) / in_bucket
+            } else {
+                1.0
+            };
             return Some(prev_bound + (bound - prev_bound) * frac);
         }
         prev_bound = bound;
@@ -203,23 +230,37 @@ impl Rates {
     /// The samples for the window since the previous snapshot (none for the first, for a
     /// counter reset, or for an empty window's ratios and quantiles).
     pub fn push(&mut self, now: Snapshot) -> Vec<MetricSample> {
-        let Some(prev) = self.last.replace(now.clone()) else { return Vec::new() };
+        let Some(prev) = self.last.replace(now.clone()) else {
+            return Vec::new();
+        };
         let dt = (now.ts_ms - prev.ts_ms) as f64 / 1000.0;
         let dreq = now.requests - prev.requests;
         let derr = now.errors - prev.errors;
         if dt <= 0.0 || dreq < 0.0 || derr < 0.0 {
             return Vec::new();
         }
-        let sample = |name: &str, value: f64| MetricSample { ts_ms: now.ts_ms, name: name.to_string(), value };
+        let sample = |name: &str, value: f64| MetricSample {
+            ts_ms: now.ts_ms,
+            name: name.to_string(),
+            value,
+        };
         let mut out = vec![sample("svc_requests_rate", dreq / dt)];
         if dreq > 0.0 {
             out.push(sample("svc_error_ratio", (derr / dreq).clamp(0.0, 1.0)));
         }
         let same_bounds = prev.buckets.len() == now.buckets.len()
-            && prev.buckets.iter().zip(&now.buckets).all(|(a, b)| a.0 == b.0);
+            && prev
+                .buckets
+                .iter()
+                .zip(&now.buckets)
+                .all(|(a, b)| a.0 == b.0);
         if same_bounds {
-            let window: Vec<(f64, f64)> =
-                now.buckets.iter().zip(&prev.buckets).map(|(n, p)| (n.0, n.1 - p.1)).collect();
+            let window: Vec<(f64, f64)> = now
+                .buckets
+                .iter()
+                .zip(&prev.buckets)
+                .map(|(n, p)| (n.0, n.1 - p.1))
+                .collect();
             if window.iter().all(|(_, c)| *c >= 0.0) {
                 if let Some(p50) = quantile(0.5, &window) {
                     out.push(sample("svc_latency_p50_ms", p50 * 1000.0));
@@ -265,9 +306,15 @@ up NaN
     fn errors_name_the_line() {
         let e = parse("ok 1\nbad{x=1} 2\n").unwrap_err();
         assert_eq!(e.to_string(), "line 2: expected a quoted value for label x");
-        assert_eq!(parse("m one").unwrap_err().to_string(), "line 1: value \"one\" is not a number");
+        assert_eq!(
+            parse("m one").unwrap_err().to_string(),
+            "line 1: value \"one\" is not a number"
+        );
         assert_eq!(parse("m{a=\"b\" 1").unwrap_err().line, 1);
-        assert_eq!(parse("{a=\"b\"} 1").unwrap_err().why, "expected a metric name");
+        assert_eq!(
+            parse("{a=\"b\"} 1").unwrap_err().why,
+            "expected a metric name"
+        );
     }
 
     #[test]
@@ -287,7 +334,11 @@ up NaN
             2000,
         )
         .unwrap();
-        let got: BTreeMap<String, f64> = r.push(second).into_iter().map(|s| (s.name, s.value)).collect();
+        let got: BTreeMap<String, f64> = r
+            .push(second)
+            .into_iter()
+            .map(|s| (s.name, s.value))
+            .collect();
         assert_eq!(got["svc_requests_rate"], 100.0);
         assert!((got["svc_error_ratio"] - 0.3).abs() < 1e-12);
         // Window buckets: 0 ≤ 5 ms, 100 ≤ 10 ms, 200 total: p50 at the top of the 10 ms bucket.
@@ -299,7 +350,12 @@ up NaN
     #[test]
     fn a_counter_reset_starts_a_new_window() {
         let mut r = Rates::default();
-        let s = |ts, req| Snapshot { ts_ms: ts, requests: req, errors: 0.0, buckets: vec![] };
+        let s = |ts, req| Snapshot {
+            ts_ms: ts,
+            requests: req,
+            errors: 0.0,
+            buckets: vec![],
+        };
         r.push(s(0, 100.0));
         assert!(r.push(s(1000, 5.0)).is_empty());
         let got = r.push(s(2000, 15.0));

@@ -25,7 +25,14 @@ struct Down<'a>(&'a Path);
 
 impl Drop for Down<'_> {
     fn drop(&mut self) {
-        let _ = run(&["sandbox", "down", "--dir", self.0.to_str().unwrap(), "--grace", "1s"]);
+        let _ = run(&[
+            "sandbox",
+            "down",
+            "--dir",
+            self.0.to_str().unwrap(),
+            "--grace",
+            "1s",
+        ]);
     }
 }
 
@@ -36,16 +43,21 @@ fn http_get(addr: &str, path: &str) -> String {
 fn http_get_auth(addr: &str, path: &str, token: Option<&str>) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(out)
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(out)
 }
 
 fn snapshot(addr: &str, ts_ms: i64) -> bellwether_agent::scrape::Snapshot {
     let body = http_get(addr, "/metrics");
-    bellwether_agent::scrape::snapshot(&bellwether_agent::scrape::parse(&body).unwrap(), ts_ms).unwrap()
+    bellwether_agent::scrape::snapshot(&bellwether_agent::scrape::parse(&body).unwrap(), ts_ms)
+        .unwrap()
 }
 
 /// Error ratio and p50 over a window of about `window` of the service's own load.
@@ -68,19 +80,45 @@ fn a_scenario_sandbox_applies_its_faults_to_the_matching_hosts_only() {
     std::fs::write(&file, SCENARIO).unwrap();
     let d = dir.to_str().unwrap();
     let _down = Down(&dir);
-    let up = run(&["sandbox", "up", "--scenario", file.to_str().unwrap(), "--dir", d, "--interval", "300ms"]);
-    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let up = run(&[
+        "sandbox",
+        "up",
+        "--scenario",
+        file.to_str().unwrap(),
+        "--dir",
+        d,
+        "--interval",
+        "300ms",
+    ]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
 
     // The faults each host got.
-    let faults = |h: &str| std::fs::read_to_string(dir.join("hosts").join(h).join("etc/websvc/faults.json")).unwrap();
+    let faults = |h: &str| {
+        std::fs::read_to_string(dir.join("hosts").join(h).join("etc/websvc/faults.json")).unwrap()
+    };
     assert_eq!(faults("web-01"), "[]");
-    assert_eq!(faults("old-01"), r#"[{"version":"2","error_rate":0.3,"latency_factor":1.0,"onset_ms":0}]"#);
-    assert_eq!(faults("full-01"), r#"[{"version":"2","error_rate":0.0,"latency_factor":4.0,"onset_ms":1000}]"#);
+    assert_eq!(
+        faults("old-01"),
+        r#"[{"version":"2","error_rate":0.3,"latency_factor":1.0,"onset_ms":0}]"#
+    );
+    assert_eq!(
+        faults("full-01"),
+        r#"[{"version":"2","error_rate":0.0,"latency_factor":4.0,"onset_ms":1000}]"#
+    );
 
     let status = run(&["sandbox", "status", "--dir", d, "--output", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let addr = |h: &str| {
-        v["hosts"].as_array().unwrap().iter().find(|x| x["name"] == h).unwrap()["service_addr"]
+        v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == h)
+            .unwrap()["service_addr"]
             .as_str()
             .unwrap()
             .to_string()
@@ -88,7 +126,10 @@ fn a_scenario_sandbox_applies_its_faults_to_the_matching_hosts_only() {
     let (web, old, full) = (addr("web-01"), addr("old-01"), addr("full-01"));
 
     // Version 1 is healthy everywhere.
-    let (e_old_1, p50_full_1) = (measure(&old, Duration::from_millis(1500)).0, measure(&full, Duration::from_millis(1500)).1);
+    let (e_old_1, p50_full_1) = (
+        measure(&old, Duration::from_millis(1500)).0,
+        measure(&full, Duration::from_millis(1500)).1,
+    );
     assert_eq!(e_old_1, 0.0);
 
     // Version 2, written as the agent's set_service_version would.
@@ -104,20 +145,44 @@ fn a_scenario_sandbox_applies_its_faults_to_the_matching_hosts_only() {
     let (e_full, p50_full_2) = measure(&full, Duration::from_millis(2000));
     assert_eq!(e_web, 0.0);
     assert_eq!(e_full, 0.0);
-    assert!((0.15..0.45).contains(&e_old), "libssl 1.1 host error ratio {e_old}");
-    assert!(p50_full_2 > 2.5 * p50_full_1, "full-disk p50 {p50_full_1} → {p50_full_2}");
+    assert!(
+        (0.15..0.45).contains(&e_old),
+        "libssl 1.1 host error ratio {e_old}"
+    );
+    assert!(
+        p50_full_2 > 2.5 * p50_full_1,
+        "full-disk p50 {p50_full_1} → {p50_full_2}"
+    );
 
     // `up` imported the generated history into the server.
     let server = std::fs::read_to_string(dir.join("server.addr")).unwrap();
     let token = std::fs::read_to_string(dir.join("operator.token")).unwrap();
-    let events = http_get_auth(server.trim(), "/api/v1/events?limit=100", Some(token.trim()));
-    assert!(events.contains("400 outcomes imported from a history CSV"), "{events}");
+    let events = http_get_auth(
+        server.trim(),
+        "/api/v1/events?limit=100",
+        Some(token.trim()),
+    );
+    assert!(
+        events.contains("400 outcomes imported from a history CSV"),
+        "{events}"
+    );
 
     // The generated history trains a model.
     let history = dir.join("history.csv");
     let model = tmp.path().join("model.json");
-    let train = run(&["model", "train", "--history", history.to_str().unwrap(), "--out", model.to_str().unwrap()]);
-    assert!(train.status.success(), "{}", String::from_utf8_lossy(&train.stderr));
+    let train = run(&[
+        "model",
+        "train",
+        "--history",
+        history.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    assert!(
+        train.status.success(),
+        "{}",
+        String::from_utf8_lossy(&train.stderr)
+    );
     assert!(model.exists());
 }
 
@@ -137,10 +202,24 @@ fn eventually_blocking(mut f: impl FnMut() -> bool) -> bool {
 fn a_bad_scenario_is_refused_with_its_line_and_column() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("bad.yaml");
-    std::fs::write(&file, "groups:\n  - name: web\n    count: 2\n    role: web\n    colour: red\n").unwrap();
+    std::fs::write(
+        &file,
+        "groups:\n  - name: web\n    count: 2\n    role: web\n    colour: red\n",
+    )
+    .unwrap();
     let dir = tmp.path().join("sbx");
-    let out = run(&["sandbox", "up", "--scenario", file.to_str().unwrap(), "--dir", dir.to_str().unwrap()]);
+    let out = run(&[
+        "sandbox",
+        "up",
+        "--scenario",
+        file.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.yaml:5:5: groups[0]: unknown field `colour`"), "{err}");
+    assert!(
+        err.contains("bad.yaml:5:5: groups[0]: unknown field `colour`"),
+        "{err}"
+    );
 }

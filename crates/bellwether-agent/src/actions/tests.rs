@@ -19,7 +19,11 @@ struct Fake {
 struct FakeTransport(Rc<RefCell<Fake>>);
 
 impl ActionTransport for FakeTransport {
-    async fn poll_actions(&mut self, token: &str, wait: Duration) -> Result<Vec<PendingAction>, SendError> {
+    async fn poll_actions(
+        &mut self,
+        token: &str,
+        wait: Duration,
+    ) -> Result<Vec<PendingAction>, SendError> {
         assert_eq!(token, "agent-token");
         let batch = self.0.borrow_mut().batches.pop_front();
         match batch {
@@ -31,7 +35,12 @@ impl ActionTransport for FakeTransport {
         }
     }
 
-    async fn report_action(&mut self, _token: &str, id: u64, report: &ActionReport) -> Result<(), SendError> {
+    async fn report_action(
+        &mut self,
+        _token: &str,
+        id: u64,
+        report: &ActionReport,
+    ) -> Result<(), SendError> {
         let mut f = self.0.borrow_mut();
         if f.fail_reports > 0 {
             f.fail_reports -= 1;
@@ -47,7 +56,10 @@ fn version(id: u64, v: &str) -> PendingAction {
         id,
         rollout: "r-1".into(),
         kind: "apply".into(),
-        spec: ActionSpec::SetServiceVersion { version: v.into(), timeout_ms: None },
+        spec: ActionSpec::SetServiceVersion {
+            version: v.into(),
+            timeout_ms: None,
+        },
     }
 }
 
@@ -62,14 +74,21 @@ fn host() -> Host {
     let root = dir.path().join("root");
     let state = dir.path().join("state");
     std::fs::create_dir_all(&root).unwrap();
-    Host { _dir: dir, root, state }
+    Host {
+        _dir: dir,
+        root,
+        state,
+    }
 }
 
 async fn run_for(h: &Host, t: &FakeTransport, secs: u64) -> ActionStats {
     let ex = Executor::new(h.root.clone(), &h.state, &[], None).unwrap();
     let journal = Journal::open(&h.state).unwrap();
     let (_tx, rx) = watch::channel(Some("agent-token".to_string()));
-    let settings = ActionSettings { wait: Duration::from_secs(5), backoff: BackoffPolicy::default() };
+    let settings = ActionSettings {
+        wait: Duration::from_secs(5),
+        backoff: BackoffPolicy::default(),
+    };
     let lp = ActionLoop::new(settings, t.clone(), ex, journal, rx);
     lp.run(tokio::time::sleep(Duration::from_secs(secs))).await
 }
@@ -118,7 +137,10 @@ async fn an_action_interrupted_by_an_agent_stop_is_reported_failed_not_rerun() {
     t.0.borrow_mut().batches = VecDeque::from([vec![version(3, "2")]]);
     let stats = run_for(&h, &t, 10).await;
     assert_eq!(stats.ran, 0);
-    assert!(!h.root.join(crate::exec::VERSION_FILE).exists(), "never run again");
+    assert!(
+        !h.root.join(crate::exec::VERSION_FILE).exists(),
+        "never run again"
+    );
     let reports = &t.0.borrow().reports;
     assert_eq!(reports[0].0, 3);
     assert_eq!(
@@ -152,7 +174,13 @@ async fn the_loop_waits_for_the_sample_loops_token() {
     t.0.borrow_mut().batches = VecDeque::from([vec![version(1, "2")]]);
     let ex = Executor::new(h.root.clone(), &h.state, &[], None).unwrap();
     let (tx, rx) = watch::channel(None);
-    let lp = ActionLoop::new(ActionSettings::default(), t.clone(), ex, Journal::open(&h.state).unwrap(), rx);
+    let lp = ActionLoop::new(
+        ActionSettings::default(),
+        t.clone(),
+        ex,
+        Journal::open(&h.state).unwrap(),
+        rx,
+    );
     let handle = async {
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(t.0.borrow().reports.is_empty(), "no poll before a token");
@@ -168,7 +196,10 @@ fn a_corrupt_journal_is_an_error_naming_the_file() {
     std::fs::create_dir_all(&h.state).unwrap();
     std::fs::write(h.state.join("actions.json"), "{not json").unwrap();
     let err = Journal::open(&h.state).unwrap_err().to_string();
-    assert!(err.starts_with("the action journal ") && err.contains("actions.json is not valid"), "{err}");
+    assert!(
+        err.starts_with("the action journal ") && err.contains("actions.json is not valid"),
+        "{err}"
+    );
 }
 
 /// The HTTP side: `HttpTransport` against a small axum stand-in for the two endpoints.
@@ -197,7 +228,11 @@ mod http {
         h.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer agent-token")
     }
 
-    async fn actions(State(s): State<Arc<Server>>, h: HeaderMap, Query(w): Query<Wait>) -> Result<Json<ActionsResponse>, StatusCode> {
+    async fn actions(
+        State(s): State<Arc<Server>>,
+        h: HeaderMap,
+        Query(w): Query<Wait>,
+    ) -> Result<Json<ActionsResponse>, StatusCode> {
         if !authorised(&h) {
             return Err(StatusCode::UNAUTHORIZED);
         }
@@ -232,21 +267,38 @@ mod http {
             id: 41,
             rollout: "r-1".into(),
             kind: "apply".into(),
-            spec: ActionSpec::Argv { argv: vec!["echo".into(), "applied".into()], timeout_ms: 5_000 },
+            spec: ActionSpec::Argv {
+                argv: vec!["echo".into(), "applied".into()],
+                timeout_ms: 5_000,
+            },
         });
         let app = axum::Router::new()
             .route("/api/v1/agent/actions", axum::routing::get(actions))
-            .route("/api/v1/agent/actions/{id}/result", axum::routing::post(result))
+            .route(
+                "/api/v1/agent/actions/{id}/result",
+                axum::routing::post(result),
+            )
             .with_state(server.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-        let transport = crate::HttpTransport::new(&format!("http://{addr}"), "enrol", Duration::from_secs(2)).unwrap();
+        let transport =
+            crate::HttpTransport::new(&format!("http://{addr}"), "enrol", Duration::from_secs(2))
+                .unwrap();
         let ex = Executor::new(h.root.clone(), &h.state, &[], None).unwrap();
         let (_tx, rx) = watch::channel(Some("agent-token".to_string()));
-        let settings = ActionSettings { wait: Duration::from_millis(200), backoff: BackoffPolicy::default() };
-        let lp = ActionLoop::new(settings, transport, ex, Journal::open(&h.state).unwrap(), rx);
+        let settings = ActionSettings {
+            wait: Duration::from_millis(200),
+            backoff: BackoffPolicy::default(),
+        };
+        let lp = ActionLoop::new(
+            settings,
+            transport,
+            ex,
+            Journal::open(&h.state).unwrap(),
+            rx,
+        );
         let stop = server.clone();
         let stats = lp.run(async move { stop.got.notified().await }).await;
         assert_eq!(stats.ran, 1);

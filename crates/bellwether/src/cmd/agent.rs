@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bellwether_agent::host::HostCollector;
 use bellwether_agent::actions::{ActionLoop, ActionSettings, Journal};
 use bellwether_agent::exec::Executor;
+use bellwether_agent::host::HostCollector;
 use bellwether_agent::{Agent, BackoffPolicy, HttpTransport, Settings};
 use bellwether_model::HostName;
 
@@ -214,9 +214,12 @@ fn validate(args: Args) -> Result<Config, UsageError> {
     });
     let scrape = match &args.scrape {
         Some(u) => {
-            let url = reqwest::Url::parse(u).map_err(|e| UsageError(format!("--scrape {u:?}: {e}")))?;
+            let url =
+                reqwest::Url::parse(u).map_err(|e| UsageError(format!("--scrape {u:?}: {e}")))?;
             if !matches!(url.scheme(), "http" | "https") {
-                return Err(UsageError(format!("--scrape {u:?}: not an http or https url")));
+                return Err(UsageError(format!(
+                    "--scrape {u:?}: not an http or https url"
+                )));
             }
             Some(url)
         }
@@ -265,8 +268,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(a) => {
             std::fs::create_dir_all(&a.state_dir)
                 .map_err(|e| UsageError(format!("--state-dir {}: {e}", a.state_dir.display())))?;
-            let executor = Executor::new(cfg.rootfs.clone(), &a.state_dir, &a.protect, a.cgroup.clone())
-                .map_err(|e| UsageError(e.to_string()))?;
+            let executor = Executor::new(
+                cfg.rootfs.clone(),
+                &a.state_dir,
+                &a.protect,
+                a.cgroup.clone(),
+            )
+            .map_err(|e| UsageError(e.to_string()))?;
             let journal = Journal::open(&a.state_dir).map_err(|e| UsageError(e.to_string()))?;
             let settings = ActionSettings {
                 wait: a.wait,

@@ -168,9 +168,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 progress: std::io::stderr().is_terminal(),
                 scenario: match &a.scenario {
                     Some(path) => {
-                        let text = std::fs::read_to_string(path)
-                            .map_err(|e| UsageError(format!("--scenario {}: {e}", path.display())))?;
-                        Some(scenario::parse(&text, &path.display().to_string()).map_err(UsageError)?)
+                        let text = std::fs::read_to_string(path).map_err(|e| {
+                            UsageError(format!("--scenario {}: {e}", path.display()))
+                        })?;
+                        Some(
+                            scenario::parse(&text, &path.display().to_string())
+                                .map_err(UsageError)?,
+                        )
                     }
                     None => None,
                 },
@@ -554,7 +558,11 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
                 os(format!("http://{service_addr}/metrics")),
             ]
             .into_iter()
-            .chain(h.labels.iter().flat_map(|(k, v)| [os("--label"), os(format!("{k}={v}"))]))
+            .chain(
+                h.labels
+                    .iter()
+                    .flat_map(|(k, v)| [os("--label"), os(format!("{k}={v}"))]),
+            )
             .collect::<Vec<_>>(),
             &[],
             &h.agent.log,

@@ -62,12 +62,16 @@ impl Drop for Reaped {
 
 fn get(addr: &str, path: &str) -> anyhow::Result<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("could not connect to {addr}"))?;
+    let mut s = std::net::TcpStream::connect(addr)
+        .with_context(|| format!("could not connect to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(out))
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(out))
 }
 
 struct RunResult {
@@ -77,7 +81,8 @@ struct RunResult {
 }
 
 fn one_run(args: &BenchArgs, run: usize, work: &std::path::Path) -> anyhow::Result<RunResult> {
-    let plan = bellwether_engine::rollout::plan::parse_plan(PLAN, "web-v2.yaml").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let plan = bellwether_engine::rollout::plan::parse_plan(PLAN, "web-v2.yaml")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let interval_ms = plan.analysis.interval.0.as_millis() as i64;
     let exe = std::env::current_exe()?;
     let mut procs = Vec::new();
@@ -87,7 +92,10 @@ fn one_run(args: &BenchArgs, run: usize, work: &std::path::Path) -> anyhow::Resu
         std::fs::create_dir_all(root.join("etc/websvc"))?;
         std::fs::write(root.join("etc/websvc/version"), "1\n")?;
         let faults = if i < args.faulty {
-            format!(r#"[{{"version":"2","error_rate":0.3,"onset_ms":{}}}]"#, args.onset.as_millis())
+            format!(
+                r#"[{{"version":"2","error_rate":0.3,"onset_ms":{}}}]"#,
+                args.onset.as_millis()
+            )
         } else {
             "[]".into()
         };
@@ -156,10 +164,15 @@ fn one_run(args: &BenchArgs, run: usize, work: &std::path::Path) -> anyhow::Resu
             }
         }
         if applied {
-            let controls: Vec<&HostWatcher> = (0..args.hosts).filter(|i| !canary(*i)).map(|i| &watchers[i]).collect();
+            let controls: Vec<&HostWatcher> = (0..args.hosts)
+                .filter(|i| !canary(*i))
+                .map(|i| &watchers[i])
+                .collect();
             for i in (0..args.hosts).filter(|i| canary(*i)) {
                 if first_fail[i].is_none() {
-                    if let WatchVerdict::Failing { .. } | WatchVerdict::Critical { .. } = watchers[i].verdict(now, &controls) {
+                    if let WatchVerdict::Failing { .. } | WatchVerdict::Critical { .. } =
+                        watchers[i].verdict(now, &controls)
+                    {
                         first_fail[i] = Some(now);
                     }
                 }
@@ -170,17 +183,29 @@ fn one_run(args: &BenchArgs, run: usize, work: &std::path::Path) -> anyhow::Resu
     // The fault starts when the service sees the version (≤ 100 ms after the write) plus the onset.
     let onset_at = apply_at + args.onset.as_millis() as i64;
     let reactions = (0..args.faulty)
-        .map(|i| first_fail[i].map(|t| ((t - onset_at).max(0) as f64 / interval_ms as f64).ceil() as u64))
+        .map(|i| {
+            first_fail[i].map(|t| ((t - onset_at).max(0) as f64 / interval_ms as f64).ceil() as u64)
+        })
         .collect();
-    let false_failures = (args.faulty..args.hosts).filter(|i| canary(*i) && first_fail[*i].is_some()).count();
-    Ok(RunResult { reactions, healthy_canaries: healthy / 2, false_failures })
+    let false_failures = (args.faulty..args.hosts)
+        .filter(|i| canary(*i) && first_fail[*i].is_some())
+        .count();
+    Ok(RunResult {
+        reactions,
+        healthy_canaries: healthy / 2,
+        false_failures,
+    })
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.faulty > args.hosts || args.hosts < 3 {
-        return Err(crate::cmd::UsageError("need at least 3 hosts and no more faulty hosts than hosts".into()).into());
+        return Err(crate::cmd::UsageError(
+            "need at least 3 hosts and no more faulty hosts than hosts".into(),
+        )
+        .into());
     }
-    let work = std::env::temp_dir().join(format!("bellwether-bench-reaction-{}", std::process::id()));
+    let work =
+        std::env::temp_dir().join(format!("bellwether-bench-reaction-{}", std::process::id()));
     let mut reactions = Vec::new();
     let (mut canaries, mut false_failures) = (0, 0);
     for run in 0..args.runs {
@@ -212,7 +237,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             })
         );
     } else {
-        println!("rollout reaction on sandbox services ({} runs × {} hosts, {} faulty each):", args.runs, args.hosts, args.faulty);
+        println!(
+            "rollout reaction on sandbox services ({} runs × {} hosts, {} faulty each):",
+            args.runs, args.hosts, args.faulty
+        );
         println!(
             "  fault onset → failing verdict: {}/{} detected, mean {mean:.2}, max {} intervals (goal ≤ 3)",
             detected.len(),

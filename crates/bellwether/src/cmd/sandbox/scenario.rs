@@ -98,7 +98,9 @@ mod humantime_serde_opt {
 
     use serde::Deserialize as _;
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map(Some)
@@ -121,7 +123,12 @@ pub fn parse(text: &str, file: &str) -> Result<Scenario, String> {
     let mut names = std::collections::BTreeSet::new();
     for (i, g) in s.groups.iter().enumerate() {
         let at = format!("groups[{i}] ({})", g.name);
-        if g.name.is_empty() || !g.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        if g.name.is_empty()
+            || !g
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
             return bad(format!("{at}: name must be letters, digits and '-'"));
         }
         if !names.insert(g.name.clone()) {
@@ -134,8 +141,14 @@ pub fn parse(text: &str, file: &str) -> Result<Scenario, String> {
             return bad(format!("{at}: disk_free_pct must be within [0, 100]"));
         }
         for (p, v) in &g.packages {
-            if p.is_empty() || v.is_empty() || p.contains(char::is_whitespace) || v.contains(char::is_whitespace) {
-                return bad(format!("{at}: package {p:?} = {v:?}: names and versions are non-empty words"));
+            if p.is_empty()
+                || v.is_empty()
+                || p.contains(char::is_whitespace)
+                || v.contains(char::is_whitespace)
+            {
+                return bad(format!(
+                    "{at}: package {p:?} = {v:?}: names and versions are non-empty words"
+                ));
             }
         }
     }
@@ -143,7 +156,13 @@ pub fn parse(text: &str, file: &str) -> Result<Scenario, String> {
         return bad("groups: at most 500 hosts in all".into());
     }
     for (i, f) in s.faults.iter().enumerate() {
-        let at = format!("faults[{i}]{}", f.name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default());
+        let at = format!(
+            "faults[{i}]{}",
+            f.name
+                .as_ref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        );
         if f.effect.error_rate.is_none() && f.effect.latency_factor.is_none() {
             return bad(format!("{at}: effect needs error_rate or latency_factor"));
         }
@@ -154,7 +173,9 @@ pub fn parse(text: &str, file: &str) -> Result<Scenario, String> {
         }
         if let Some(l) = f.effect.latency_factor {
             if !(l > 0.0 && l <= 1000.0) {
-                return bad(format!("{at}: effect.latency_factor {l} is not within (0, 1000]"));
+                return bad(format!(
+                    "{at}: effect.latency_factor {l} is not within (0, 1000]"
+                ));
             }
         }
         if let Some(g) = &f.when.group {
@@ -191,7 +212,13 @@ fn version_matches(pattern: &str, v: &str) -> bool {
 
 impl When {
     /// Whether the rule's host conditions hold (the version is checked by the service).
-    pub fn matches_host(&self, group: &str, role: &str, packages: &BTreeMap<String, String>, disk: f64) -> bool {
+    pub fn matches_host(
+        &self,
+        group: &str,
+        role: &str,
+        packages: &BTreeMap<String, String>,
+        disk: f64,
+    ) -> bool {
         self.role.as_deref().is_none_or(|r| r == role)
             && self.group.as_deref().is_none_or(|g| g == group)
             && self.disk_free_below_pct.is_none_or(|t| disk < t)
@@ -239,7 +266,10 @@ impl Scenario {
                     drifts: h
                         .packages
                         .iter()
-                        .map(|(name, version)| Injected::SetPackage { name: name.clone(), version: version.clone() })
+                        .map(|(name, version)| Injected::SetPackage {
+                            name: name.clone(),
+                            version: version.clone(),
+                        })
                         .collect(),
                 }
             })
@@ -247,10 +277,17 @@ impl Scenario {
     }
 
     /// The faults a host's service applies, given its installed packages.
-    pub fn faults_for(&self, host: &ScenarioHost, installed: &BTreeMap<String, String>) -> Vec<Fault> {
+    pub fn faults_for(
+        &self,
+        host: &ScenarioHost,
+        installed: &BTreeMap<String, String>,
+    ) -> Vec<Fault> {
         self.faults
             .iter()
-            .filter(|f| f.when.matches_host(&host.group, &host.role, installed, host.disk_free_pct))
+            .filter(|f| {
+                f.when
+                    .matches_host(&host.group, &host.role, installed, host.disk_free_pct)
+            })
             .map(|f| Fault {
                 version: f.when.version.clone(),
                 error_rate: f.effect.error_rate.unwrap_or(0.0),
@@ -269,7 +306,8 @@ impl Scenario {
         let h = self.history.as_ref()?;
         let mut rng = bellwether_drift::synth::SplitMix64::new(h.seed ^ 0x4157_0a11);
         let hosts = self.hosts();
-        let mut versions: Vec<String> = self.faults.iter().map(|f| f.when.version.clone()).collect();
+        let mut versions: Vec<String> =
+            self.faults.iter().map(|f| f.when.version.clone()).collect();
         versions.extend(["1.1", "1.2", "1.3"].map(String::from));
         versions.sort();
         versions.dedup();
@@ -283,7 +321,9 @@ impl Scenario {
             let disk = (host.disk_free_pct + (rng.unit() - 0.5) * 10.0).clamp(0.0, 100.0);
             let mut p_fail: f64 = 0.03;
             for f in self.faults.iter().filter(|f| f.when.version == *version) {
-                if f.when.matches_host(&host.group, &host.role, &host.packages, disk) {
+                if f.when
+                    .matches_host(&host.group, &host.role, &host.packages, disk)
+                {
                     let e = f.effect.error_rate.unwrap_or(0.0);
                     let l = f.effect.latency_factor.unwrap_or(1.0);
                     let p = if e > 0.0 { (0.5 + e).min(0.95) } else { 0.0 };
@@ -292,7 +332,11 @@ impl Scenario {
                 }
             }
             let failed = rng.unit() < p_fail;
-            let update_type = if version.contains('.') { "minor" } else { "major" };
+            let update_type = if version.contains('.') {
+                "minor"
+            } else {
+                "major"
+            };
             let _ = writeln!(
                 out,
                 "d{d:05},websvc,{version},{update_type},{},{},{disk:.1},{}",
@@ -311,7 +355,10 @@ pub fn libssl_of(packages: &BTreeMap<String, String>) -> Option<String> {
     let (_, v) = packages
         .iter()
         .find(|(n, _)| n.starts_with("libssl") && !n.contains("-dev") && !n.contains("-doc"))?;
-    let v: String = v.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let v: String = v
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
     let mut parts = v.split('.').filter(|p| !p.is_empty());
     let major = parts.next()?;
     Some(match parts.next() {
@@ -344,10 +391,12 @@ mod tests {
         let plan = s.plan();
         assert_eq!(plan.len(), 20);
         assert_eq!(plan, s.plan(), "deterministic");
-        assert!(plan.iter().any(|p| p.drifts.contains(&Injected::SetPackage {
-            name: "libssl1.1".into(),
-            version: "1.1.1n-0+deb11u5".into()
-        })));
+        assert!(plan
+            .iter()
+            .any(|p| p.drifts.contains(&Injected::SetPackage {
+                name: "libssl1.1".into(),
+                version: "1.1.1n-0+deb11u5".into()
+            })));
     }
 
     #[test]
@@ -358,7 +407,16 @@ mod tests {
         let header: Vec<&str> = lines.next().unwrap().split(',').collect();
         assert_eq!(
             header,
-            ["deployment", "update", "update_version", "update_type", "libssl", "label:role", "label:disk_free_pct", "outcome"]
+            [
+                "deployment",
+                "update",
+                "update_version",
+                "update_type",
+                "libssl",
+                "label:role",
+                "label:disk_free_pct",
+                "outcome"
+            ]
         );
         let (mut risky, mut risky_fail, mut other, mut other_fail) = (0, 0, 0, 0);
         for l in lines {
@@ -373,15 +431,32 @@ mod tests {
             }
         }
         assert!(risky >= 10 && other > 100, "{risky} {other}");
-        assert!(risky_fail as f64 / risky as f64 > 0.6, "{risky_fail}/{risky}");
-        assert!((other_fail as f64 / other as f64) < 0.1, "{other_fail}/{other}");
+        assert!(
+            risky_fail as f64 / risky as f64 > 0.6,
+            "{risky_fail}/{risky}"
+        );
+        assert!(
+            (other_fail as f64 / other as f64) < 0.1,
+            "{other_fail}/{other}"
+        );
     }
 
     #[test]
     fn errors_name_the_file_line_and_column_or_the_item() {
-        let e = parse("groups:\n  - name: web\n    count: 2\n    role: web\n    colour: red\n", "s.yaml").unwrap_err();
-        assert!(e.starts_with("s.yaml:5:5: groups[0]: unknown field `colour`"), "{e}");
-        let e = parse("groups:\n  - name: web\n    count: lots\n    role: web\n", "s.yaml").unwrap_err();
+        let e = parse(
+            "groups:\n  - name: web\n    count: 2\n    role: web\n    colour: red\n",
+            "s.yaml",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("s.yaml:5:5: groups[0]: unknown field `colour`"),
+            "{e}"
+        );
+        let e = parse(
+            "groups:\n  - name: web\n    count: lots\n    role: web\n",
+            "s.yaml",
+        )
+        .unwrap_err();
         assert!(e.starts_with("s.yaml:3:12: "), "{e}");
         let e = parse("groups: []\n", "s.yaml").unwrap_err();
         assert_eq!(e, "s.yaml: groups: at least one group is needed");
@@ -390,20 +465,32 @@ mod tests {
             "s.yaml",
         )
         .unwrap_err();
-        assert_eq!(e, "s.yaml: faults[0] (x): effect.error_rate 3 is not within [0, 1]");
+        assert_eq!(
+            e,
+            "s.yaml: faults[0] (x): effect.error_rate 3 is not within [0, 1]"
+        );
         let e = parse(
             "groups:\n  - {name: web, count: 2, role: web}\nfaults:\n  - {when: {version: '2'}, effect: {error_rate: 0.1}, onset: soon}\n",
             "s.yaml",
         )
         .unwrap_err();
-        assert!(e.starts_with("s.yaml:4:") && e.contains("onset \"soon\""), "{e}");
+        assert!(
+            e.starts_with("s.yaml:4:") && e.contains("onset \"soon\""),
+            "{e}"
+        );
     }
 
     #[test]
     fn libssl_is_read_as_the_server_reads_it() {
         let p = |n: &str, v: &str| BTreeMap::from([(n.to_string(), v.to_string())]);
-        assert_eq!(libssl_of(&p("libssl1.1", "1.1.1n-0+deb11u5")).as_deref(), Some("1.1"));
-        assert_eq!(libssl_of(&p("libssl3", "3.0.11-1~deb12u2")).as_deref(), Some("3.0"));
+        assert_eq!(
+            libssl_of(&p("libssl1.1", "1.1.1n-0+deb11u5")).as_deref(),
+            Some("1.1")
+        );
+        assert_eq!(
+            libssl_of(&p("libssl3", "3.0.11-1~deb12u2")).as_deref(),
+            Some("3.0")
+        );
         assert_eq!(libssl_of(&p("libssl-dev", "3.0.11")), None);
     }
 
@@ -413,7 +500,10 @@ mod tests {
         let plan = bellwether_engine::rollout::plan::parse_plan(text, "web-v2.yaml").unwrap();
         assert_eq!(plan.name.0, "web-v2");
         let s = parse(EXAMPLE, "libssl.yaml").unwrap();
-        assert!(s.hosts().iter().all(|h| h.role == "web"), "every example host is a target");
+        assert!(
+            s.hosts().iter().all(|h| h.role == "web"),
+            "every example host is a target"
+        );
     }
 
     #[test]

@@ -25,7 +25,9 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 /// Histogram bucket bounds, in seconds.
-pub const BUCKETS: [f64; 11] = [0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0];
+pub const BUCKETS: [f64; 11] = [
+    0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+];
 /// The base latency of a healthy request: 2 ms plus an exponential tail of mean 1.5 ms.
 const BASE_MS: f64 = 2.0;
 const TAIL_MS: f64 = 1.5;
@@ -97,7 +99,9 @@ fn read_version(root: &Path) -> String {
 pub fn read_faults(root: &Path) -> anyhow::Result<Vec<Fault>> {
     let path = root.join(FAULTS_FILE);
     match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is not valid", path.display())),
+        Ok(b) => {
+            serde_json::from_slice(&b).with_context(|| format!("{} is not valid", path.display()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e).with_context(|| format!("could not read {}", path.display())),
     }
@@ -107,7 +111,10 @@ pub fn read_faults(root: &Path) -> anyhow::Result<Vec<Fault>> {
 pub fn effect(faults: &[Fault], version: &str, elapsed: Duration) -> (f64, f64) {
     let mut err = 0.0_f64;
     let mut lat = 1.0_f64;
-    for f in faults.iter().filter(|f| f.version == version && elapsed >= Duration::from_millis(f.onset_ms)) {
+    for f in faults
+        .iter()
+        .filter(|f| f.version == version && elapsed >= Duration::from_millis(f.onset_ms))
+    {
         // Independent faults: a request survives each error rate in turn.
         err = 1.0 - (1.0 - err) * (1.0 - f.error_rate.clamp(0.0, 1.0));
         lat *= f.latency_factor.max(0.0);
@@ -165,7 +172,9 @@ impl Service {
             c.by_version.push((version, 0, 0));
         }
         let mut s = String::new();
-        s.push_str("# HELP websvc_requests_total Requests served.\n# TYPE websvc_requests_total counter\n");
+        s.push_str(
+            "# HELP websvc_requests_total Requests served.\n# TYPE websvc_requests_total counter\n",
+        );
         for (v, r, _) in &c.by_version {
             let _ = writeln!(s, "websvc_requests_total{{version=\"{v}\"}} {r}");
         }
@@ -175,9 +184,16 @@ impl Service {
         }
         s.push_str("# HELP websvc_request_duration_seconds Request latency.\n# TYPE websvc_request_duration_seconds histogram\n");
         for (b, n) in BUCKETS.iter().zip(c.buckets) {
-            let _ = writeln!(s, "websvc_request_duration_seconds_bucket{{le=\"{b}\"}} {n}");
+            let _ = writeln!(
+                s,
+                "websvc_request_duration_seconds_bucket{{le=\"{b}\"}} {n}"
+            );
         }
-        let _ = writeln!(s, "websvc_request_duration_seconds_bucket{{le=\"+Inf\"}} {}", c.count);
+        let _ = writeln!(
+            s,
+            "websvc_request_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+            c.count
+        );
         let _ = writeln!(s, "websvc_request_duration_seconds_sum {}", c.sum_s);
         let _ = writeln!(s, "websvc_request_duration_seconds_count {}", c.count);
         s
@@ -187,18 +203,28 @@ impl Service {
 pub fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     use axum::http::StatusCode;
     if !args.root.is_dir() {
-        return Err(super::super::UsageError(format!("--root {}: not a directory", args.root.display())).into());
+        return Err(super::super::UsageError(format!(
+            "--root {}: not a directory",
+            args.root.display()
+        ))
+        .into());
     }
     if args.rps == 0 || args.rps > 10_000 {
         return Err(super::super::UsageError("--rps: must be between 1 and 10000".into()).into());
     }
     let faults = read_faults(&args.root).map_err(|e| super::super::UsageError(format!("{e:#}")))?;
     let svc = Arc::new(Service {
-        live: Mutex::new(Live { version: read_version(&args.root), since: Instant::now(), faults }),
+        live: Mutex::new(Live {
+            version: read_version(&args.root),
+            since: Instant::now(),
+            faults,
+        }),
         root: args.root.clone(),
         counters: Mutex::new(Counters::default()),
     });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
@@ -232,10 +258,14 @@ pub fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
                 axum::routing::get(move || {
                     let svc = root_svc.clone();
                     async move {
-                        let (version, failed, ms) = svc.handle(&mut rand::rngs::SmallRng::from_entropy());
+                        let (version, failed, ms) =
+                            svc.handle(&mut rand::rngs::SmallRng::from_entropy());
                         tokio::time::sleep(Duration::from_secs_f64(ms / 1000.0)).await;
                         if failed {
-                            (StatusCode::INTERNAL_SERVER_ERROR, format!("websvc {version}: injected failure\n"))
+                            (
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                format!("websvc {version}: injected failure\n"),
+                            )
                         } else {
                             (StatusCode::OK, format!("websvc {version}\n"))
                         }
@@ -246,10 +276,17 @@ pub fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
                 "/metrics",
                 axum::routing::get(move || {
                     let svc = svc.clone();
-                    async move { ([("content-type", "text/plain; version=0.0.4")], svc.exposition()) }
+                    async move {
+                        (
+                            [("content-type", "text/plain; version=0.0.4")],
+                            svc.exposition(),
+                        )
+                    }
                 }),
             );
-        axum::serve(listener, app).await.context("the service stopped")?;
+        axum::serve(listener, app)
+            .await
+            .context("the service stopped")?;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -264,7 +301,11 @@ mod tests {
     fn svc(faults: Vec<Fault>) -> Service {
         Service {
             root: PathBuf::new(),
-            live: Mutex::new(Live { version: "2".into(), since: Instant::now(), faults }),
+            live: Mutex::new(Live {
+                version: "2".into(),
+                since: Instant::now(),
+                faults,
+            }),
             counters: Mutex::new(Counters::default()),
         }
     }
@@ -272,8 +313,18 @@ mod tests {
     #[test]
     fn faults_apply_to_their_version_after_the_onset() {
         let f = vec![
-            Fault { version: "2".into(), error_rate: 0.3, latency_factor: 1.0, onset_ms: 5000 },
-            Fault { version: "2".into(), error_rate: 0.0, latency_factor: 4.0, onset_ms: 0 },
+            Fault {
+                version: "2".into(),
+                error_rate: 0.3,
+                latency_factor: 1.0,
+                onset_ms: 5000,
+            },
+            Fault {
+                version: "2".into(),
+                error_rate: 0.0,
+                latency_factor: 4.0,
+                onset_ms: 0,
+            },
         ];
         assert_eq!(effect(&f, "1", Duration::from_secs(60)), (0.0, 1.0));
         assert_eq!(effect(&f, "2", Duration::from_secs(1)), (0.0, 4.0));
@@ -294,23 +345,37 @@ mod tests {
         for _ in 0..1000 {
             healthy.handle(&mut rng);
         }
-        let got: std::collections::BTreeMap<String, f64> =
-            rates.push(scrape(&healthy, 1000)).into_iter().map(|s| (s.name, s.value)).collect();
+        let got: std::collections::BTreeMap<String, f64> = rates
+            .push(scrape(&healthy, 1000))
+            .into_iter()
+            .map(|s| (s.name, s.value))
+            .collect();
         assert_eq!(got["svc_requests_rate"], 1000.0);
         assert_eq!(got["svc_error_ratio"], 0.0);
         let p50 = got["svc_latency_p50_ms"];
         assert!((2.0..5.0).contains(&p50), "{p50}");
 
-        let faulty = svc(vec![Fault { version: "2".into(), error_rate: 0.3, latency_factor: 4.0, onset_ms: 0 }]);
+        let faulty = svc(vec![Fault {
+            version: "2".into(),
+            error_rate: 0.3,
+            latency_factor: 4.0,
+            onset_ms: 0,
+        }]);
         let mut rates = bellwether_agent::scrape::Rates::default();
         rates.push(scrape(&faulty, 0));
         for _ in 0..2000 {
             faulty.handle(&mut rng);
         }
-        let got: std::collections::BTreeMap<String, f64> =
-            rates.push(scrape(&faulty, 1000)).into_iter().map(|s| (s.name, s.value)).collect();
+        let got: std::collections::BTreeMap<String, f64> = rates
+            .push(scrape(&faulty, 1000))
+            .into_iter()
+            .map(|s| (s.name, s.value))
+            .collect();
         assert!((got["svc_error_ratio"] - 0.3).abs() < 0.04, "{got:?}");
-        assert!(got["svc_latency_p50_ms"] > 3.0 * p50, "{got:?} vs healthy p50 {p50}");
+        assert!(
+            got["svc_latency_p50_ms"] > 3.0 * p50,
+            "{got:?} vs healthy p50 {p50}"
+        );
     }
 
     #[test]
@@ -318,8 +383,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("etc/websvc")).unwrap();
         assert!(read_faults(dir.path()).unwrap().is_empty());
-        std::fs::write(dir.path().join(FAULTS_FILE), r#"[{"version": "2", "eror_rate": 0.3}]"#).unwrap();
+        std::fs::write(
+            dir.path().join(FAULTS_FILE),
+            r#"[{"version": "2", "eror_rate": 0.3}]"#,
+        )
+        .unwrap();
         let e = format!("{:#}", read_faults(dir.path()).unwrap_err());
-        assert!(e.contains("faults.json is not valid") && e.contains("unknown field `eror_rate`"), "{e}");
+        assert!(
+            e.contains("faults.json is not valid") && e.contains("unknown field `eror_rate`"),
+            "{e}"
+        );
     }
 }

@@ -134,11 +134,11 @@ impl State {
             .iter()
             .map(|h| (format!("agent {}", h.name), &h.agent))
             .collect();
-        v.extend(
-            self.hosts
-                .iter()
-                .filter_map(|h| h.service.as_ref().map(|s| (format!("service {}", h.name), s))),
-        );
+        v.extend(self.hosts.iter().filter_map(|h| {
+            h.service
+                .as_ref()
+                .map(|s| (format!("service {}", h.name), s))
+        }));
         v.push(("server".into(), &self.server));
         v.push(("listener".into(), &self.listener));
         v
@@ -148,7 +148,8 @@ impl State {
 /// As [`write_atomic`], creating the parent directory first.
 pub fn write_atomic_in(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("could not create {}", dir.display()))?;
     }
     write_atomic(path, bytes)
 }
