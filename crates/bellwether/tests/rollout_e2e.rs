@@ -98,3 +98,61 @@ fn a_faulty_pilot_host_is_rolled_back_alone_and_the_rollout_pauses() {
     }
     assert_eq!(rolled_back, 1, "{r}");
 }
+
+const HEALTHY: &str = r#"
+seed: 2
+groups:
+  - { name: web, count: 4, role: web, packages: { libssl3: "3.0.11-1" }, disk_free_pct: 45 }
+history: { deployments: 100, seed: 1 }
+faults:
+  - { when: { version: "9" }, effect: { error_rate: 0.5 } }
+"#;
+
+#[test]
+fn a_killed_agent_pauses_the_rollout_on_no_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sbx");
+    let file = tmp.path().join("scenario.yaml");
+    std::fs::write(&file, HEALTHY).unwrap();
+    let _down = Down(&dir);
+    let up = run(&["sandbox", "up", "--scenario", file.to_str().unwrap(), "--dir", dir.to_str().unwrap()]);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let plan = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/plans/web-v2.yaml");
+    let start = bellwether(&dir, &["rollout", "start", plan]);
+    assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    let out = String::from_utf8_lossy(&start.stdout).to_string();
+    let id = out.split_whitespace().find(|w| w.starts_with("r-")).map(|w| w.trim_end_matches('.').to_string()).unwrap();
+    let status = |dir: &Path| -> serde_json::Value {
+        let o = bellwether(dir, &["rollout", "status", &id, "--output", "json"]);
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    // Wait for a baking host, then kill its agent.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let victim = loop {
+        let s = status(&dir);
+        if let Some(h) = s["hosts"].as_array().unwrap().iter().find(|h| h["state"] == "baking") {
+            break h["host"].as_str().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no host baked: {s}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let sb = run(&["sandbox", "status", "--dir", dir.to_str().unwrap(), "--output", "json"]);
+    let sb: serde_json::Value = serde_json::from_slice(&sb.stdout).unwrap();
+    let pid = sb["hosts"].as_array().unwrap().iter().find(|h| h["name"] == victim.as_str()).unwrap()["agent_pid"]
+        .as_u64()
+        .unwrap();
+    let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let s = loop {
+        let s = status(&dir);
+        if s["state"] != "running" {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running: {s}");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    assert_eq!(s["state"], "paused", "{s}");
+    let reason = s["pause_reason"].as_str().unwrap_or_default().to_lowercase();
+    assert!(reason.contains("no data") && reason.contains(&victim), "{s}");
+}
