@@ -50,6 +50,8 @@ enum Command {
     Model(cmd::model::Args),
     /// Each host's failure probability for a proposed update, with its top factors.
     Risk(cmd::risk::Args),
+    /// Start, follow, steer and report predictive canary rollouts on a server.
+    Rollout(cmd::rollout::Args),
     /// Run the L4 traffic manager.
     Proxy(cmd::proxy::Args),
     /// Patch a stateful service beside its original, with phased rollback.
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         Command::Judge(a) => cmd::judge::run(a),
         Command::Model(a) => cmd::model::run(a),
         Command::Risk(a) => cmd::risk::run(a),
+        Command::Rollout(a) => cmd::rollout::run(a),
         Command::Proxy(a) => cmd::proxy::run(a),
         Command::Patch(a) => cmd::patch::run(a),
         Command::Bench(a) => cmd::bench::run(a),

@@ -16,6 +16,7 @@ pub mod profile;
 pub mod proxy;
 pub mod quickstart;
 pub mod risk;
+pub mod rollout;
 pub mod rollout_bench;
 pub mod sandbox;
 pub mod server;
