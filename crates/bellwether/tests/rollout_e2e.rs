@@ -25,7 +25,14 @@ struct Down<'a>(&'a Path);
 
 impl Drop for Down<'_> {
     fn drop(&mut self) {
-        let _ = run(&["sandbox", "down", "--dir", self.0.to_str().unwrap(), "--grace", "1s"]);
+        let _ = run(&[
+            "sandbox",
+            "down",
+            "--dir",
+            self.0.to_str().unwrap(),
+            "--grace",
+            "1s",
+        ]);
     }
 }
 
@@ -47,13 +54,32 @@ fn a_faulty_pilot_host_is_rolled_back_alone_and_the_rollout_pauses() {
     let file = tmp.path().join("scenario.yaml");
     std::fs::write(&file, SCENARIO).unwrap();
     let _down = Down(&dir);
-    let up = run(&["sandbox", "up", "--scenario", file.to_str().unwrap(), "--dir", dir.to_str().unwrap()]);
-    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let up = run(&[
+        "sandbox",
+        "up",
+        "--scenario",
+        file.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
 
-    let plan = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/plans/web-v2.yaml");
+    let plan = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/plans/web-v2.yaml"
+    );
     let start = bellwether(&dir, &["rollout", "start", plan, "--wait"]);
     let out = String::from_utf8_lossy(&start.stdout).to_string();
-    assert_eq!(start.status.code(), Some(1), "paused exits 1:\n{out}\n{}", String::from_utf8_lossy(&start.stderr));
+    assert_eq!(
+        start.status.code(),
+        Some(1),
+        "paused exits 1:\n{out}\n{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
     let id = out
         .split_whitespace()
         .find(|w| w.starts_with("r-"))
@@ -64,7 +90,9 @@ fn a_faulty_pilot_host_is_rolled_back_alone_and_the_rollout_pauses() {
     let r: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
     assert_eq!(r["state"], "paused", "{r}");
     let hosts = r["hosts"].as_array().unwrap();
-    let version = |h: &str| std::fs::read_to_string(dir.join("hosts").join(h).join("etc/websvc/version")).unwrap();
+    let version = |h: &str| {
+        std::fs::read_to_string(dir.join("hosts").join(h).join("etc/websvc/version")).unwrap()
+    };
     let mut rolled_back = 0;
     for h in hosts {
         let name = h["host"].as_str().unwrap();
@@ -90,9 +118,16 @@ fn a_faulty_pilot_host_is_rolled_back_alone_and_the_rollout_pauses() {
             other => panic!("unexpected action {other}: {h}"),
         }
         // No action ran twice: each agent's journal holds each version change at most once.
-        if let Ok(j) = std::fs::read_to_string(dir.join("agent-state").join(name).join("actions.json")) {
+        if let Ok(j) =
+            std::fs::read_to_string(dir.join("agent-state").join(name).join("actions.json"))
+        {
             let j: serde_json::Value = serde_json::from_str(&j).unwrap();
-            let applies = j.as_object().unwrap().values().filter(|e| e["describe"] == "set_service_version 2").count();
+            let applies = j
+                .as_object()
+                .unwrap()
+                .values()
+                .filter(|e| e["describe"] == "set_service_version 2")
+                .count();
             assert!(applies <= 1, "{name}: {j}");
         }
     }
@@ -115,13 +150,35 @@ fn a_killed_agent_pauses_the_rollout_on_no_data() {
     let file = tmp.path().join("scenario.yaml");
     std::fs::write(&file, HEALTHY).unwrap();
     let _down = Down(&dir);
-    let up = run(&["sandbox", "up", "--scenario", file.to_str().unwrap(), "--dir", dir.to_str().unwrap()]);
-    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
-    let plan = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/plans/web-v2.yaml");
+    let up = run(&[
+        "sandbox",
+        "up",
+        "--scenario",
+        file.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let plan = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/plans/web-v2.yaml"
+    );
     let start = bellwether(&dir, &["rollout", "start", plan]);
-    assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    assert!(
+        start.status.success(),
+        "{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
     let out = String::from_utf8_lossy(&start.stdout).to_string();
-    let id = out.split_whitespace().find(|w| w.starts_with("r-")).map(|w| w.trim_end_matches('.').to_string()).unwrap();
+    let id = out
+        .split_whitespace()
+        .find(|w| w.starts_with("r-"))
+        .map(|w| w.trim_end_matches('.').to_string())
+        .unwrap();
     let status = |dir: &Path| -> serde_json::Value {
         let o = bellwether(dir, &["rollout", "status", &id, "--output", "json"]);
         serde_json::from_slice(&o.stdout).unwrap()
@@ -130,18 +187,38 @@ fn a_killed_agent_pauses_the_rollout_on_no_data() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let victim = loop {
         let s = status(&dir);
-        if let Some(h) = s["hosts"].as_array().unwrap().iter().find(|h| h["state"] == "baking") {
+        if let Some(h) = s["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["state"] == "baking")
+        {
             break h["host"].as_str().unwrap().to_string();
         }
         assert!(std::time::Instant::now() < deadline, "no host baked: {s}");
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
-    let sb = run(&["sandbox", "status", "--dir", dir.to_str().unwrap(), "--output", "json"]);
+    let sb = run(&[
+        "sandbox",
+        "status",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
     let sb: serde_json::Value = serde_json::from_slice(&sb.stdout).unwrap();
-    let pid = sb["hosts"].as_array().unwrap().iter().find(|h| h["name"] == victim.as_str()).unwrap()["agent_pid"]
+    let pid = sb["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == victim.as_str())
+        .unwrap()["agent_pid"]
         .as_u64()
         .unwrap();
-    let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let s = loop {
@@ -153,6 +230,138 @@ fn a_killed_agent_pauses_the_rollout_on_no_data() {
         std::thread::sleep(std::time::Duration::from_millis(250));
     };
     assert_eq!(s["state"], "paused", "{s}");
-    let reason = s["pause_reason"].as_str().unwrap_or_default().to_lowercase();
-    assert!(reason.contains("no data") && reason.contains(&victim), "{s}");
+    let reason = s["pause_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(
+        reason.contains("no data") && reason.contains(&victim),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_rollout_resumes_after_the_server_is_killed_with_no_host_applied_twice_or_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sbx");
+    let file = tmp.path().join("scenario.yaml");
+    std::fs::write(&file, HEALTHY).unwrap();
+    let _down = Down(&dir);
+    let up = run(&[
+        "sandbox",
+        "up",
+        "--scenario",
+        file.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let plan = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/plans/web-v2.yaml"
+    );
+    let start = bellwether(&dir, &["rollout", "start", plan]);
+    assert!(
+        start.status.success(),
+        "{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
+    let out = String::from_utf8_lossy(&start.stdout).to_string();
+    let id = out
+        .split_whitespace()
+        .find(|w| w.starts_with("r-"))
+        .map(|w| w.trim_end_matches('.').to_string())
+        .unwrap();
+    let status = |dir: &Path| -> Option<serde_json::Value> {
+        let o = bellwether(dir, &["rollout", "status", &id, "--output", "json"]);
+        serde_json::from_slice(&o.stdout).ok()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = status(&dir).unwrap();
+        if s["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["state"] == "baking")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no host baked: {s}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // SIGKILL the server mid-rollout and start it again on the same address and store.
+    let sb = run(&[
+        "sandbox",
+        "status",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    let sb: serde_json::Value = serde_json::from_slice(&sb.stdout).unwrap();
+    let pid = sb["server_pid"]
+        .as_u64()
+        .expect("server_pid in sandbox status");
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let addr = std::fs::read_to_string(dir.join("server.addr")).unwrap();
+    let op = std::fs::read_to_string(dir.join("operator.token")).unwrap();
+    let en = std::fs::read_to_string(dir.join("enrol.token")).unwrap();
+    let data = dir.join("server");
+    let _server = Guard::spawn(
+        "restarted server",
+        &[
+            "--log",
+            "info",
+            "server",
+            "--listen",
+            addr.trim(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[
+            ("BELLWETHER_OPERATOR_TOKEN", op.trim()),
+            ("BELLWETHER_ENROL_TOKEN", en.trim()),
+        ],
+        &tmp.path().join("server2.log"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let s = loop {
+        if let Some(s) = status(&dir) {
+            if s["state"] != "running" {
+                break s;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rollout did not finish after the restart"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(s["state"], "completed", "{s}");
+    for h in s["hosts"].as_array().unwrap() {
+        let name = h["host"].as_str().unwrap();
+        assert_eq!(h["state"], "updated", "no host lost: {s}");
+        let v = std::fs::read_to_string(dir.join("hosts").join(name).join("etc/websvc/version"))
+            .unwrap();
+        assert_eq!(v, "2\n", "{name}");
+        let j = std::fs::read_to_string(dir.join("agent-state").join(name).join("actions.json"))
+            .unwrap();
+        let j: serde_json::Value = serde_json::from_str(&j).unwrap();
+        let applies = j
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|e| e["describe"] == "set_service_version 2")
+            .count();
+        assert_eq!(applies, 1, "{name} applied exactly once: {j}");
+    }
 }
