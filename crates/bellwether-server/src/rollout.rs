@@ -263,13 +263,17 @@ impl Run {
             .filter(|r| r.applied && matches!(r.state, HostState::Baking | HostState::Updated))
             .map(|r| r.name.clone())
             .collect();
+        // One interval's verdicts and tick are stored as one step: nothing is dispatched
+        // before the store has it, so batching them loses no crash safety.
+        let mut decisions = Vec::new();
         for h in watched {
             let Some(w) = self.watchers.get(&h) else { continue };
             let controls: Vec<&HostWatcher> = self.watchers.values().filter(|c| c.applied_ms().is_none()).collect();
             let verdict = w.verdict(now, &controls);
-            self.step(Observation::HostWatch { host: h, verdict, now_ms: now }, None).await?;
+            decisions.extend(self.rollout.step(Observation::HostWatch { host: h, verdict, now_ms: now }));
         }
-        self.step(Observation::Tick { now_ms: now }, None).await
+        decisions.extend(self.rollout.step(Observation::Tick { now_ms: now }));
+        self.persist(&decisions, None).await
     }
 }
 

@@ -307,11 +307,12 @@ async fn one_token_for_two_kinds_is_a_clear_error() {
 }
 
 #[test]
-fn every_model_route_is_documented_in_api_md_and_openapi_yaml() {
+fn every_model_and_rollout_route_is_documented_in_api_md_and_openapi_yaml() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let api_md = std::fs::read_to_string(root.join("docs/api.md")).expect("docs/api.md");
     let openapi = std::fs::read_to_string(root.join("docs/openapi.yaml")).expect("docs/openapi.yaml");
-    for (method, path) in bellwether_server::model_api::MODEL_ROUTES {
+    let routes = bellwether_server::model_api::MODEL_ROUTES.iter().chain(bellwether_server::rollout::ROLLOUT_ROUTES);
+    for (method, path) in routes {
         let heading = format!("### `{method} {path}");
         assert!(
             api_md.contains(&format!("{heading}`")) || api_md.contains(&format!("{heading}[")) || api_md.contains(&format!("{heading}?")),
