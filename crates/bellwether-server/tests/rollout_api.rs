@@ -102,11 +102,19 @@ async fn fleet(app: &Router, n: usize) -> Vec<(String, String)> {
 /// A simulated agent: reports healthy samples and runs every action it is sent (each id once),
 /// until `stop`.
 fn simulate(app: Router, token: String, stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<Vec<i64>> {
+    simulate_with(app, token, stop, false)
+}
+
+/// As [`simulate`]; a `faulty` host's error ratio jumps to 30 % once the update is applied and
+/// drops back when it is reverted.
+fn simulate_with(app: Router, token: String, stop: tokio::sync::watch::Receiver<bool>, faulty: bool) -> tokio::task::JoinHandle<Vec<i64>> {
     tokio::spawn(async move {
         let mut ran: Vec<i64> = Vec::new();
+        let mut updated = false;
         while !*stop.borrow() {
             let t = now_ms();
-            let samples = json!({"samples": [{"ts_ms": t, "name": "svc_error_ratio", "value": 0.001}]});
+            let ratio = if faulty && updated { 0.3 } else { 0.001 };
+            let samples = json!({"samples": [{"ts_ms": t, "name": "svc_error_ratio", "value": ratio}]});
             let (s, _) = send(&app, Method::POST, "/api/v1/agent/samples", &token, Some(samples.to_string())).await;
             assert_eq!(s, StatusCode::ACCEPTED);
             let (s, v) = send(&app, Method::GET, "/api/v1/agent/actions?wait_ms=100", &token, None).await;
@@ -115,6 +123,7 @@ fn simulate(app: Router, token: String, stop: tokio::sync::watch::Receiver<bool>
                 let id = a["id"].as_i64().unwrap();
                 if !ran.contains(&id) {
                     ran.push(id);
+                    updated = a["kind"] == "apply";
                 }
                 let result = json!({"ok": true, "exit_code": 0, "error": null, "stdout_tail": "", "stderr_tail": "", "started_ms": t, "finished_ms": now_ms()});
                 let (s, v) = send(&app, Method::POST, &format!("/api/v1/agent/actions/{id}/result"), &token, Some(result.to_string())).await;
@@ -251,5 +260,47 @@ rollout_test!(pause_resume_and_a_restarted_server_resumes_from_the_store, |store
     let mut applied: Vec<&str> = actions.iter().filter(|a| a.kind == "apply").map(|a| a.host.as_str()).collect();
     applied.sort();
     assert_eq!(applied, vec!["web-00", "web-01", "web-02", "web-03"], "each host applied once");
+    server.store().close().await;
+});
+
+rollout_test!(a_faulty_host_is_rolled_back_alone_and_its_failure_is_learnt, |store| {
+    let server = Server::open(config(store)).await.unwrap();
+    let app = server.router();
+    let agents = fleet(&app, 4).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Samples flow before the rollout, so every host has a pre-change baseline.
+    let sims: Vec<_> = agents
+        .iter()
+        .map(|(name, t)| simulate_with(app.clone(), t.clone(), stop_rx.clone(), name == "web-02"))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let body = json!({"plan_yaml": PLAN, "file": "web.yaml"}).to_string();
+    let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let report = loop {
+        let (_, r) = send(&app, Method::GET, &format!("/api/v1/rollouts/{id}/report"), OP, None).await;
+        let settled = r["hosts"].as_array().unwrap().iter().all(|h| h["state"] != "applying" && h["state"] != "rolling_back");
+        if r["state"] != "running" && settled {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rollout {id} did not settle: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop_tx.send(true).unwrap();
+    for s in sims {
+        s.await.unwrap();
+    }
+    let hosts = report["hosts"].as_array().unwrap();
+    let faulty = hosts.iter().find(|h| h["host"] == "web-02").unwrap();
+    assert_eq!(faulty["action"], "rolled_back", "{report}");
+    assert!(faulty["reason"].as_str().unwrap().contains("svc_error_ratio"), "{faulty}");
+    for h in hosts.iter().filter(|h| h["host"] != "web-02") {
+        assert_ne!(h["action"], "rolled_back", "only the faulty host is rolled back: {report}");
+    }
+    let outcomes = server.store().outcomes().await.unwrap();
+    let failed: Vec<_> = outcomes.iter().filter(|o| o.deployment == id && o.failed).map(|o| o.host.as_str()).collect();
+    assert_eq!(failed, vec!["web-02"], "{outcomes:?}");
     server.store().close().await;
 });
