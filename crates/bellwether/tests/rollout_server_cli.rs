@@ -79,7 +79,7 @@ fn agent(name: String, base: Arc<Mutex<String>>, sent: Sent, stop: Arc<std::sync
             let Ok(v) = rt.block_on(r.json::<serde_json::Value>()) else { continue };
             for a in v["actions"].as_array().into_iter().flatten() {
                 let id = a["id"].as_i64().unwrap();
-                sent.lock().unwrap().entry(name.clone()).or_default().insert(id, a["kind"].as_str().unwrap().to_string());
+                sent.lock().unwrap().entry(name.clone()).or_default().insert(id, format!("{}:{}", a["rollout"].as_str().unwrap(), a["kind"].as_str().unwrap()));
                 let _ = rt.block_on(
                     http.post(url(&format!("/api/v1/agent/actions/{id}/result")))
                         .bearer_auth(&token)
@@ -170,11 +170,17 @@ fn sigkill_mid_rollout_resumes(backend: Backend) {
         assert!(Instant::now() < deadline, "the rollout did not finish after the restart: {v}");
         std::thread::sleep(Duration::from_millis(100));
     };
+    assert_eq!(done["state"], "completed", "{done}");
+    // A second rollout over the same hosts, followed with --wait (plain lines: no terminal).
+    let o = run(&["rollout", "--server", &server.url, "--token", OP, "start", plan.to_str().unwrap(), "--wait"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let progress = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(progress.contains("wave  0") && progress.contains("baking") && progress.contains("updated"), "{progress}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains(": completed (model version"), "{}", text(&o));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for a in agents {
         a.join().unwrap();
     }
-    assert_eq!(done["state"], "completed", "{done}");
     let o = run(&["rollout", "--server", &server.url, "--token", OP, "report", &id, "--output", "json"]);
     assert!(o.status.success(), "{}", text(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -184,7 +190,7 @@ fn sigkill_mid_rollout_resumes(backend: Backend) {
     // Every host was sent exactly one apply action id, across the crash.
     let sent = sent.lock().unwrap();
     for n in &names {
-        let applies = sent.get(n).map_or(0, |m| m.values().filter(|k| *k == "apply").count());
+        let applies = sent.get(n).map_or(0, |m| m.values().filter(|k| **k == format!("{id}:apply")).count());
         assert_eq!(applies, 1, "{n} was sent {applies} applies: {sent:?}");
     }
     let o = run(&["rollout", "--server", &server.url, "--token", OP, "report", &id]);
