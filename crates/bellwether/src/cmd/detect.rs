@@ -31,7 +31,8 @@ pub struct Args {
     #[arg(long, value_name = "OUT.csv")]
     output: PathBuf,
     /// The detector: relative-entropy (default; best on NAB), seasonal, bellwether, robust-z,
-    /// ewma, record, or windowed-gaussian (NAB's baseline: scores only, never alerts).
+    /// ewma, record, windowed-gaussian (NAB's baseline: scores only, never alerts), or cad
+    /// (CAD OSE with its range learnt from the first 750 points; slow and memory-hungry).
     #[arg(long, value_name = "NAME", default_value = "relative-entropy", value_parser = parse_detector)]
     detector: DetectorKind,
 }

@@ -1,0 +1,228 @@
+//! `bellwether detect` and `bellwether judge` as a user runs them, through the built binary:
+//! the output rows, the exit codes, and the messages for bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bellwether(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bellwether"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the bellwether binary runs")
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A series with a short cycle and one large spike at row 1500, after every detector learnt.
+fn series_csv(rows: usize) -> String {
+    let mut s = String::from("timestamp,value\n");
+    for i in 0..rows {
+        let ts = 1_700_000_000 + i as i64 * 300;
+        let v = if i == 1500 {
+            500.0
+        } else {
+            10.0 + ((i % 24) as f64 / 24.0 * std::f64::consts::TAU).sin()
+        };
+        s.push_str(&format!("{ts},{v}\n"));
+    }
+    s
+}
+
+#[test]
+fn detect_writes_one_row_per_input_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("in.csv"), series_csv(2000)).unwrap();
+    for detector in ["relative-entropy", "seasonal", "cad"] {
+        let out = bellwether(
+            &[
+                "detect",
+                "--input",
+                "in.csv",
+                "--output",
+                "out.csv",
+                "--detector",
+                detector,
+            ],
+            d,
+        );
+        assert!(out.status.success(), "{detector}: {}", describe(&out));
+        let text = std::fs::read_to_string(d.join("out.csv")).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("timestamp,value,score,alert"));
+        let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+        assert_eq!(rows.len(), 2000, "{detector}");
+        let mut alerts = Vec::new();
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(r.len(), 4, "{detector} row {i}: {r:?}");
+            assert_eq!(r[0], (1_700_000_000 + i as i64 * 300).to_string());
+            let score: f64 = r[2].parse().unwrap();
+            assert!((0.0..=1.0).contains(&score), "{detector} row {i}: {score}");
+            assert!(r[3] == "0" || r[3] == "1", "{detector} row {i}: {r:?}");
+            if r[3] == "1" {
+                alerts.push(i);
+            }
+        }
+        assert!(
+            alerts.contains(&1500),
+            "{detector} did not alert on the spike: {alerts:?}"
+        );
+    }
+}
+
+#[test]
+fn detect_rejects_bad_input_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let files = [
+        ("back.csv", "timestamp,value\n100,1\n200,2\n150,3\n"),
+        ("nocol.csv", "timestamp,reading\n100,1\n"),
+        ("nan.csv", "timestamp,value\n100,1\n200,abc\n"),
+        ("empty.csv", ""),
+    ];
+    for (name, body) in files {
+        std::fs::write(d.join(name), body).unwrap();
+    }
+    let expect = [
+        ("back.csv", "back.csv: line 4"),
+        ("nocol.csv", "nocol.csv: line 1: missing column `value`"),
+        (
+            "nan.csv",
+            "nan.csv: line 3, column `value`: cannot parse `abc`",
+        ),
+        ("empty.csv", "empty.csv: the file is empty"),
+    ];
+    for (name, message) in expect {
+        let out = bellwether(&["detect", "--input", name, "--output", "out.csv"], d);
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{name}: {}", describe(&out));
+    }
+    assert!(
+        !d.join("out.csv").exists(),
+        "bad input must not write output"
+    );
+}
+
+#[test]
+fn detect_rejects_an_unknown_detector() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("in.csv"), series_csv(10)).unwrap();
+    let out = bellwether(
+        &[
+            "detect",
+            "--input",
+            "in.csv",
+            "--output",
+            "-",
+            "--detector",
+            "nope",
+        ],
+        d,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown detector `nope`"));
+}
+
+fn samples(values: impl Iterator<Item = f64>) -> String {
+    let mut s = String::from("value\n");
+    for v in values {
+        s.push_str(&format!("{v}\n"));
+    }
+    s
+}
+
+#[test]
+fn judge_passes_a_healthy_canary_and_fails_a_slow_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = |i: usize| 100.0 + ((i * 37) % 21) as f64;
+    std::fs::write(d.join("control.csv"), samples((0..200).map(base))).unwrap();
+    std::fs::write(d.join("same.csv"), samples((0..200).map(|i| base(i + 5)))).unwrap();
+    std::fs::write(d.join("slow.csv"), samples((0..200).map(|i| base(i) * 1.6))).unwrap();
+
+    let out = bellwether(
+        &[
+            "judge",
+            "--control",
+            "control.csv",
+            "--experiment",
+            "same.csv",
+            "--output",
+            "json",
+        ],
+        d,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["outcome"], "pass", "{j}");
+    assert_eq!(j["score"], 100.0, "{j}");
+
+    let out = bellwether(
+        &[
+            "judge",
+            "--control",
+            "control.csv",
+            "--experiment",
+            "slow.csv",
+            "--direction",
+            "increase",
+            "--output",
+            "json",
+        ],
+        d,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["outcome"], "fail", "{j}");
+    assert_eq!(j["score"], 0.0, "{j}");
+    assert_eq!(j["metrics"][0]["name"], "value", "{j}");
+
+    // A decrease is not bad when only an increase is.
+    let out = bellwether(
+        &[
+            "judge",
+            "--control",
+            "slow.csv",
+            "--experiment",
+            "control.csv",
+            "--direction",
+            "increase",
+        ],
+        d,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+#[test]
+fn judge_rejects_bad_input_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("control.csv"), "value\n1\n2\n3\n").unwrap();
+    std::fs::write(d.join("bad.csv"), "value\n1\nx\n").unwrap();
+    let out = bellwether(
+        &[
+            "judge",
+            "--control",
+            "control.csv",
+            "--experiment",
+            "bad.csv",
+        ],
+        d,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad.csv: line 3"),
+        "{}",
+        describe(&out)
+    );
+}
