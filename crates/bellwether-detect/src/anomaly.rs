@@ -1084,7 +1084,10 @@ mod tests {
     #[test]
     fn memory_is_bounded() {
         // `cad` is bounded by its context count, not by 64 KiB (cad::tests has its bound).
-        for kind in DetectorKind::ALL.into_iter().filter(|&k| k != DetectorKind::Cad) {
+        for kind in DetectorKind::ALL
+            .into_iter()
+            .filter(|&k| k != DetectorKind::Cad)
+        {
             let mut d = kind.build();
             for i in 0..20_000 {
                 d.observe(i * 60_000, (i % 97) as f64);

@@ -129,7 +129,10 @@ impl PyIntDict {
         }
         let mut perturb = hash;
         loop {
-            i = (i << 2).wrapping_add(i).wrapping_add(perturb).wrapping_add(1);
+            i = (i << 2)
+                .wrapping_add(i)
+                .wrapping_add(perturb)
+                .wrapping_add(1);
             let s = (i & mask) as usize;
             if table[s].0 == EMPTY || table[s].0 == key {
                 return s;
@@ -480,10 +483,7 @@ impl Cad {
         let mut uniq: HashSet<Pair> = HashSet::new();
         let new_flag = if !self.left_facts.is_empty() && !sensors.is_empty() {
             let pair = (self.left_facts.clone(), sensors.to_vec());
-            let flag = self
-                .ops
-                .context_by_facts(std::slice::from_ref(&pair), true)
-                == 1;
+            let flag = self.ops.context_by_facts(std::slice::from_ref(&pair), true) == 1;
             uniq.insert(pair);
             flag
         } else {
@@ -710,7 +710,9 @@ mod tests {
         let mut d = Cad::new(cfg, CadRange::Online);
         let mut x: u64 = 12345;
         for i in 0..5000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let v = (x >> 33) as f64 / (1u64 << 31) as f64;
             let out = d.observe(i, v);
             assert!((0.0..=1.0).contains(&out.score));
@@ -718,7 +720,9 @@ mod tests {
         assert!(d.contexts() <= 200);
         let at_cap = d.memory_bytes();
         for i in 5000..10_000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             d.observe(i, (x >> 33) as f64 / (1u64 << 31) as f64);
         }
         assert!(d.contexts() <= 200);
@@ -735,7 +739,13 @@ mod tests {
                 margin: 0.0,
             },
         );
-        let mut fixed = Cad::new(CadConfig::default(), CadRange::Fixed { min: 0.0, max: 10.0 });
+        let mut fixed = Cad::new(
+            CadConfig::default(),
+            CadRange::Fixed {
+                min: 0.0,
+                max: 10.0,
+            },
+        );
         for (i, &v) in values.iter().enumerate() {
             let a = learnt.observe(i as i64, v);
             let b = fixed.observe(i as i64, v);
