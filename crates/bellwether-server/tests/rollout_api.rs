@@ -108,10 +108,21 @@ fn simulate(app: Router, token: String, stop: tokio::sync::watch::Receiver<bool>
 /// As [`simulate`]; a `faulty` host's error ratio jumps to 30 % once the update is applied and
 /// drops back when it is reverted.
 fn simulate_with(app: Router, token: String, stop: tokio::sync::watch::Receiver<bool>, faulty: bool) -> tokio::task::JoinHandle<Vec<i64>> {
+    simulate_full(app, token, stop, faulty, false)
+}
+
+/// As [`simulate_with`]; a `dies` agent stops (no samples, no polls) once it has applied.
+fn simulate_full(
+    app: Router,
+    token: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+    faulty: bool,
+    dies: bool,
+) -> tokio::task::JoinHandle<Vec<i64>> {
     tokio::spawn(async move {
         let mut ran: Vec<i64> = Vec::new();
         let mut updated = false;
-        while !*stop.borrow() {
+        while !*stop.borrow() && !(dies && updated) {
             let t = now_ms();
             let ratio = if faulty && updated { 0.3 } else { 0.001 };
             let samples = json!({"samples": [{"ts_ms": t, "name": "svc_error_ratio", "value": ratio}]});
@@ -302,5 +313,34 @@ rollout_test!(a_faulty_host_is_rolled_back_alone_and_its_failure_is_learnt, |sto
     let outcomes = server.store().outcomes().await.unwrap();
     let failed: Vec<_> = outcomes.iter().filter(|o| o.deployment == id && o.failed).map(|o| o.host.as_str()).collect();
     assert_eq!(failed, vec!["web-02"], "{outcomes:?}");
+    server.store().close().await;
+});
+
+rollout_test!(an_agent_that_goes_silent_pauses_the_rollout_on_no_data, |store| {
+    let server = Server::open(config(store)).await.unwrap();
+    let app = server.router();
+    let agents = fleet(&app, 4).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Every agent dies right after its update: the pilot goes silent.
+    let sims: Vec<_> = agents.iter().map(|(_, t)| simulate_full(app.clone(), t.clone(), stop_rx.clone(), false, true)).collect();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The bake outlasts the no-data limit (a host silent for less than `no_data.after` still
+    // counts as healthy, so a shorter bake could pass first).
+    let plan = PLAN.replace("bake: 300ms", "bake: 3s").replace("no_data: { after: 3s }", "no_data: { after: 1s }");
+    let body = json!({"plan_yaml": plan, "file": "web.yaml"}).to_string();
+    let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let paused = wait_phase(&app, &id, "paused").await;
+    stop_tx.send(true).unwrap();
+    for s in sims {
+        s.await.unwrap();
+    }
+    assert!(paused["pause_reason"].as_str().unwrap_or_default().contains("no data") || paused["pause_reason"].as_str().unwrap_or_default().contains("no sample"), "{paused}");
+    let (_, report) = send(&app, Method::GET, &format!("/api/v1/rollouts/{id}/report"), OP, None).await;
+    // Never rolled back or promoted on no data.
+    assert!(report["hosts"].as_array().unwrap().iter().all(|h| h["action"] != "rolled_back"), "{report}");
+    let events = server.store().events(None, 200).await.unwrap();
+    assert!(events.iter().any(|e| e.kind == "rollout.host.no_data"), "{events:?}");
     server.store().close().await;
 });
