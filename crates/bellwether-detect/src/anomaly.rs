@@ -4,7 +4,7 @@
 //! [0, 1] and a production alert decision whose threshold is fixed in the code (never tuned on
 //! labels; see docs/detect.md for how the defaults were chosen on the NAB corpus). State is
 //! bounded: every detector reports its [`Detector::memory_bytes`], and none grows with the length
-//! of the series.
+//! of the series (`cad` grows with what the series shows, up to its context bound).
 //!
 //! The detectors, by [`DetectorKind`]:
 //! - `windowed-gaussian`: a port of NAB's `windowedGaussian` baseline (tail probability under a

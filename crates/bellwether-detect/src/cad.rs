@@ -197,6 +197,9 @@ struct Context {
 
 type Pair = (Vec<u64>, Vec<u64>);
 
+/// An active context: (id, activations, left facts hash, right facts hash).
+type Active = (u32, u64, i64, i64);
+
 /// The context memory (NAB's `ContextOperator`).
 #[derive(Debug, Clone, Default)]
 struct ContextOperator {
@@ -326,7 +329,7 @@ impl ContextOperator {
         &mut self,
         facts: &[u64],
         new_context_flag: bool,
-    ) -> (Vec<(u32, u64, i64, i64)>, usize, Vec<Pair>) {
+    ) -> (Vec<Active>, usize, Vec<Pair>) {
         self.cross(1, facts);
         let mut active = Vec::new();
         let mut selected = 0usize;
@@ -497,7 +500,7 @@ impl Cad {
         } else {
             0.0
         };
-        active.sort_by(|a, b| (a.1, a.2, a.3).cmp(&(b.1, b.2, b.3)));
+        active.sort_by_key(|a| (a.1, a.2, a.3));
         let skip = active.len().saturating_sub(self.cfg.max_active_neurons);
         let mut left: Vec<u64> = sensors.to_vec();
         left.extend(active[skip..].iter().map(|a| (1u64 << 31) + u64::from(a.0)));
