@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use bellwether_drift::score::{fmt_num, score_checked};
+use bellwether_drift::{score_prepared, PreparedProfile};
 use bellwether_drift::synth::{perturb, profile_of, HostSpec, SplitMix64};
 use bellwether_model::profile::DependencyStatus;
 use bellwether_model::{DriftScore, HostProfile};
@@ -137,6 +138,10 @@ pub struct BenchArgs {
     /// scores a profile right after parsing it.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// Score with the plain `score` on the raw profiles (the whole-walk path) instead of
+    /// `score_prepared` on profiles prepared beforehand. The pairs are the same either way.
+    #[arg(long)]
+    plain: bool,
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -155,10 +160,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             p
         })
         .collect();
+    // The baselines are prepared once, as a server prepares a baseline when it is captured.
+    let prepared: Vec<PreparedProfile> = if args.plain { Vec::new() } else { hosts.iter().cloned().map(PreparedProfile::new).collect() };
     let mut rng = SplitMix64::new(args.seed);
     let mut scored = 0usize;
-    let mut timed = Duration::ZERO;
-    let mut cpu = Some(Duration::ZERO);
+    let (mut timed, mut prep) = (Clock::default(), Clock::default());
     let (mut findings, mut overall_sum) = (0usize, 0.0f64);
     while scored < args.pairs {
         // Pairs are generated in batches, outside the timed region, so memory stays small
@@ -170,36 +176,57 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 (i, perturb(&hosts[i], &mut rng))
             })
             .collect();
-        let (t, c0) = (Instant::now(), thread_cpu_time());
-        for (i, current) in &pairs {
-            for _ in 0..args.repeat.max(1) {
-                let s = bellwether_drift::score(&hosts[*i], current);
-                findings += s.findings.len();
-                overall_sum += s.overall.get();
-            }
+        if args.plain {
+            timed.run(|| {
+                for (i, current) in &pairs {
+                    for _ in 0..args.repeat.max(1) {
+                        let s = bellwether_drift::score(&hosts[*i], current);
+                        findings += s.findings.len();
+                        overall_sum += s.overall.get();
+                    }
+                }
+            });
+        } else {
+            // Preparing a current profile is paid once when it arrives, not on each scoring; it
+            // is timed apart. The batch is generated whole first, so the preparation reads cold
+            // profiles too.
+            let currents: Vec<(usize, PreparedProfile)> = prep.run(|| pairs.into_iter().map(|(i, p)| (i, PreparedProfile::new(p))).collect());
+            timed.run(|| {
+                for (i, current) in &currents {
+                    for _ in 0..args.repeat.max(1) {
+                        let s = score_prepared(&prepared[*i], current);
+                        findings += s.findings.len();
+                        overall_sum += s.overall.get();
+                    }
+                }
+            });
         }
-        timed += t.elapsed();
-        cpu = match (cpu, c0, thread_cpu_time()) {
-            (Some(acc), Some(a), Some(b)) => Some(acc + b.saturating_sub(a)),
-            _ => None,
-        };
         scored += n;
     }
     let scorings = scored * args.repeat.max(1);
     println!(
-        "scored {scored} profile pairs ({} packages each, {} baseline hosts, {scorings} scorings) on one core in {:.3} s: {:.2} µs a scoring, {:.0} scorings/s",
+        "scored {scored} profile pairs ({} packages each, {} baseline hosts, {scorings} scorings, {}) on one core in {:.3} s: {:.2} µs a scoring, {:.0} scorings/s",
         args.packages,
         hosts.len(),
-        timed.as_secs_f64(),
-        timed.as_secs_f64() * 1e6 / scorings as f64,
-        scorings as f64 / timed.as_secs_f64()
+        if args.plain { "plain score" } else { "score_prepared" },
+        timed.wall.as_secs_f64(),
+        timed.wall.as_secs_f64() * 1e6 / scorings as f64,
+        scorings as f64 / timed.wall.as_secs_f64()
     );
-    if let Some(cpu) = cpu {
+    if let Some(cpu) = timed.cpu {
         // On a busy machine the wall clock includes time the thread waited for a core.
         println!(
             "CPU time of the scoring thread {:.3} s: {:.2} µs a scoring",
             cpu.as_secs_f64(),
             cpu.as_secs_f64() * 1e6 / scorings as f64
+        );
+    }
+    if !args.plain {
+        println!(
+            "preparing the {scored} current profiles (once each, when they arrive): {:.3} s wall, {} CPU: {:.2} µs a profile",
+            prep.wall.as_secs_f64(),
+            prep.cpu.map_or("unknown".to_owned(), |c| format!("{:.3} s", c.as_secs_f64())),
+            prep.cpu.unwrap_or(prep.wall).as_secs_f64() * 1e6 / scored as f64
         );
     }
     println!(
@@ -208,6 +235,32 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         fmt_num(overall_sum / scorings as f64)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Accumulated wall and thread CPU time of the timed regions; `cpu` is `None` where the CPU
+/// time cannot be read.
+struct Clock {
+    wall: Duration,
+    cpu: Option<Duration>,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock { wall: Duration::ZERO, cpu: Some(Duration::ZERO) }
+    }
+}
+
+impl Clock {
+    fn run<T>(&mut self, work: impl FnOnce() -> T) -> T {
+        let (t, c0) = (Instant::now(), thread_cpu_time());
+        let out = work();
+        self.wall += t.elapsed();
+        self.cpu = match (self.cpu, c0, thread_cpu_time()) {
+            (Some(acc), Some(a), Some(b)) => Some(acc + b.saturating_sub(a)),
+            _ => None,
+        };
+        out
+    }
 }
 
 /// CPU time this thread has run, from `/proc/thread-self/schedstat` (Linux).
