@@ -312,7 +312,7 @@ impl Scenario {
         versions.sort();
         versions.dedup();
         let mut out = String::from(
-            "deployment,update,update_version,update_type,libssl,label:role,label:disk_free_pct,outcome\n",
+            "deployment,update,update_version,libssl,label:role,label:disk_free_pct,outcome\n",
         );
         for d in 0..h.deployments {
             let host = &hosts[rng.below(hosts.len() as u64) as usize];
@@ -332,14 +332,9 @@ impl Scenario {
                 }
             }
             let failed = rng.unit() < p_fail;
-            let update_type = if version.contains('.') {
-                "minor"
-            } else {
-                "major"
-            };
             let _ = writeln!(
                 out,
-                "d{d:05},websvc,{version},{update_type},{},{},{disk:.1},{}",
+                "d{d:05},websvc,{version},{},{},{disk:.1},{}",
                 libssl_of(&host.packages).unwrap_or_default(),
                 host.role,
                 u8::from(failed)
@@ -411,7 +406,6 @@ mod tests {
                 "deployment",
                 "update",
                 "update_version",
-                "update_type",
                 "libssl",
                 "label:role",
                 "label:disk_free_pct",
@@ -421,8 +415,8 @@ mod tests {
         let (mut risky, mut risky_fail, mut other, mut other_fail) = (0, 0, 0, 0);
         for l in lines {
             let f: Vec<&str> = l.split(',').collect();
-            let failed = f[7] == "1";
-            if f[2] == "2" && f[4] == "1.1" {
+            let failed = f[6] == "1";
+            if f[2] == "2" && f[3] == "1.1" {
                 risky += 1;
                 risky_fail += usize::from(failed);
             } else if f[2] != "2" {
