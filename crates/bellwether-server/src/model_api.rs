@@ -92,7 +92,10 @@ pub struct UpdateInfo {
 /// at the first character that is not a digit or a dot (`1.1.1n-0` → `1.1`).
 fn major_minor(version: &str) -> Option<String> {
     let v = version.split_once(':').map_or(version, |(_, rest)| rest);
-    let v: String = v.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let v: String = v
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
     let mut parts = v.split('.').filter(|p| !p.is_empty());
     let major = parts.next()?;
     Some(match parts.next() {
@@ -115,16 +118,25 @@ pub fn feature_vector(
     f.insert("update".into(), json!(update.name));
     f.insert("update_version".into(), json!(update.version));
     f.insert("update_type".into(), json!(update.update_type));
-    let os = profile.and_then(|p| p.os.as_ref()).map(|os| match &os.version_id {
-        Some(v) => format!("{}-{v}", os.id),
-        None => os.id.clone(),
-    });
+    let os = profile
+        .and_then(|p| p.os.as_ref())
+        .map(|os| match &os.version_id {
+            Some(v) => format!("{}-{v}", os.id),
+            None => os.id.clone(),
+        });
     f.insert("os".into(), json!(os));
-    f.insert("kernel".into(), json!(profile.and_then(|p| p.kernel.as_deref()).and_then(major_minor)));
+    f.insert(
+        "kernel".into(),
+        json!(profile
+            .and_then(|p| p.kernel.as_deref())
+            .and_then(major_minor)),
+    );
     let packages = profile.and_then(|p| p.packages.as_ref());
     let libssl = packages.and_then(|pk| {
         pk.iter()
-            .find(|(name, _)| name.starts_with("libssl") && !name.contains("-dev") && !name.contains("-doc"))
+            .find(|(name, _)| {
+                name.starts_with("libssl") && !name.contains("-dev") && !name.contains("-doc")
+            })
             .or_else(|| pk.get_key_value("openssl"))
             .and_then(|(_, v)| major_minor(v))
     });
@@ -133,18 +145,42 @@ pub fn feature_vector(
     f.insert("cpu_cores".into(), json!(hw.and_then(|h| h.cpu_count)));
     f.insert(
         "mem_gb".into(),
-        json!(hw.and_then(|h| h.memory_total_kb).map(|kb| (kb as f64 / 1_048_576.0 * 10.0).round() / 10.0)),
+        json!(hw
+            .and_then(|h| h.memory_total_kb)
+            .map(|kb| (kb as f64 / 1_048_576.0 * 10.0).round() / 10.0)),
     );
-    let metric = |name: &str| profile.and_then(|p| p.metrics.get(name).copied()).filter(|v| v.is_finite());
+    let metric = |name: &str| {
+        profile
+            .and_then(|p| p.metrics.get(name).copied())
+            .filter(|v| v.is_finite())
+    };
     let disk = metric("disk_free_pct").or_else(|| metric("disk_free_ratio").map(|r| r * 100.0));
     f.insert("disk_free_pct".into(), json!(disk));
-    f.insert("memory_available_ratio".into(), json!(metric("memory_available_ratio")));
+    f.insert(
+        "memory_available_ratio".into(),
+        json!(metric("memory_available_ratio")),
+    );
     f.insert("load1".into(), json!(metric("load1")));
-    f.insert("configuration_drift".into(), json!(drift.map(|d| d.configuration.get())));
-    f.insert("performance_drift".into(), json!(drift.map(|d| d.performance.get())));
-    f.insert("dependency_drift".into(), json!(drift.map(|d| d.dependency.get())));
-    f.insert("overall_drift".into(), json!(drift.map(|d| d.overall.get())));
-    f.insert("drift_findings".into(), json!(drift.map(|d| d.findings.len())));
+    f.insert(
+        "configuration_drift".into(),
+        json!(drift.map(|d| d.configuration.get())),
+    );
+    f.insert(
+        "performance_drift".into(),
+        json!(drift.map(|d| d.performance.get())),
+    );
+    f.insert(
+        "dependency_drift".into(),
+        json!(drift.map(|d| d.dependency.get())),
+    );
+    f.insert(
+        "overall_drift".into(),
+        json!(drift.map(|d| d.overall.get())),
+    );
+    f.insert(
+        "drift_findings".into(),
+        json!(drift.map(|d| d.findings.len())),
+    );
     f.insert("prior_failures_30d".into(), json!(prior_failures_30d));
     for (k, v) in labels {
         f.insert(format!("label:{k}"), json!(v));
@@ -156,7 +192,10 @@ pub fn feature_vector(
 /// is the number 6.8 here as in an imported history.
 pub fn to_feature_value(v: &Value) -> FeatureValue {
     match v {
-        Value::Number(n) => n.as_f64().filter(|x| x.is_finite()).map_or(FeatureValue::Missing, FeatureValue::Number),
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .map_or(FeatureValue::Missing, FeatureValue::Number),
         Value::String(s) => FeatureValue::parse(s),
         Value::Bool(b) => FeatureValue::Number(*b as u8 as f64),
         _ => FeatureValue::Missing,
@@ -181,26 +220,47 @@ pub(crate) async fn host_features(
 ) -> Result<BTreeMap<String, Value>, ApiError> {
     let profile = crate::drift::effective_profile(state, host).await?;
     let drift = state.store.drift(host).await?.map(|d| d.score);
-    let prior = state.store.host_failures_since(host.as_str(), now - PRIOR_FAILURE_WINDOW_MS).await?;
-    let mut all_labels = profile.as_ref().map(|p| p.labels.clone()).unwrap_or_default();
+    let prior = state
+        .store
+        .host_failures_since(host.as_str(), now - PRIOR_FAILURE_WINDOW_MS)
+        .await?;
+    let mut all_labels = profile
+        .as_ref()
+        .map(|p| p.labels.clone())
+        .unwrap_or_default();
     all_labels.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-    Ok(feature_vector(profile.as_ref(), &all_labels, drift.as_ref(), update, prior))
+    Ok(feature_vector(
+        profile.as_ref(),
+        &all_labels,
+        drift.as_ref(),
+        update,
+        prior,
+    ))
 }
 
 /// The latest model and its version, parsed once per version. `None` when none was trained.
 pub(crate) async fn latest_model(state: &AppState) -> Result<Option<(i64, Arc<Model>)>, ApiError> {
     let newest = state.store.models().await?.first().map(|m| m.version);
-    let Some(newest) = newest else { return Ok(None) };
+    let Some(newest) = newest else {
+        return Ok(None);
+    };
     if let Some((v, m)) = state.predict.cache.read().await.as_ref() {
         if *v == newest {
             return Ok(Some((*v, m.clone())));
         }
     }
-    let Some((info, text)) = state.store.latest_model().await? else { return Ok(None) };
+    let Some((info, text)) = state.store.latest_model().await? else {
+        return Ok(None);
+    };
     let source = format!("stored model version {}", info.version);
     let model = tokio::task::spawn_blocking(move || Model::read(text.as_bytes(), &source))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("model loading stopped: {e}")))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("model loading stopped: {e}"),
+            )
+        })?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let model = Arc::new(model);
     *state.predict.cache.write().await = Some((info.version, model.clone()));
@@ -222,7 +282,10 @@ pub(crate) enum Cause {
 }
 
 /// Trains a model from every stored outcome and stores it as the next version.
-pub(crate) async fn train_from_store(state: &AppState, cause: Cause) -> Result<ModelInfo, ApiError> {
+pub(crate) async fn train_from_store(
+    state: &AppState,
+    cause: Cause,
+) -> Result<ModelInfo, ApiError> {
     let _one_at_a_time = state.predict.training.lock().await;
     let outcomes = state.store.outcomes().await?;
     if outcomes.is_empty() {
@@ -235,7 +298,11 @@ pub(crate) async fn train_from_store(state: &AppState, cause: Cause) -> Result<M
     let rows: Vec<TrainingRow> = outcomes
         .iter()
         .map(|o| TrainingRow {
-            features: o.features.iter().map(|(k, v)| (k.clone(), to_feature_value(v))).collect::<HashMap<_, _>>(),
+            features: o
+                .features
+                .iter()
+                .map(|(k, v)| (k.clone(), to_feature_value(v)))
+                .collect::<HashMap<_, _>>(),
             failed: o.failed,
         })
         .collect();
@@ -248,12 +315,20 @@ pub(crate) async fn train_from_store(state: &AppState, cause: Cause) -> Result<M
         Ok::<_, PredictError>((model, String::from_utf8(text).expect("model JSON is UTF-8")))
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("training stopped: {e}")))?;
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("training stopped: {e}"),
+        )
+    })?;
     let (model, text) = trained.map_err(|e| {
         ApiError::conflict(format!("cannot train from the {n} stored outcomes: {e}"))
     })?;
     let summary = model.summary();
-    let chosen = summary.candidates.iter().find(|c| c.method == summary.chosen);
+    let chosen = summary
+        .candidates
+        .iter()
+        .find(|c| c.method == summary.chosen);
     let metrics = json!({
         "method": summary.chosen,
         "roc_auc": chosen.and_then(|c| c.roc_auc),
@@ -270,7 +345,14 @@ pub(crate) async fn train_from_store(state: &AppState, cause: Cause) -> Result<M
         Cause::Automatic => "automatic",
     };
     let now = now_ms();
-    let new = NewModel { rows: n, failures, last_outcome_id, cause: cause_s.into(), metrics: metrics.clone(), model: text };
+    let new = NewModel {
+        rows: n,
+        failures,
+        last_outcome_id,
+        cause: cause_s.into(),
+        metrics: metrics.clone(),
+        model: text,
+    };
     let version = state.store.put_model(&new, now).await?;
     *state.predict.cache.write().await = Some((version, Arc::new(model)));
     state.predict.trained.send_replace(version);
@@ -284,8 +366,22 @@ pub(crate) async fn train_from_store(state: &AppState, cause: Cause) -> Result<M
             now,
         )
         .await?;
-    tracing::info!(version, rows = n, failures, cause = cause_s, "Trained a failure model.");
-    Ok(ModelInfo { version, created_at_ms: now, rows: n, failures, last_outcome_id, cause: cause_s.into(), metrics })
+    tracing::info!(
+        version,
+        rows = n,
+        failures,
+        cause = cause_s,
+        "Trained a failure model."
+    );
+    Ok(ModelInfo {
+        version,
+        created_at_ms: now,
+        rows: n,
+        failures,
+        last_outcome_id,
+        cause: cause_s.into(),
+        metrics,
+    })
 }
 
 /// Starts a training in the background when `retrain_after` outcomes arrived since the latest
@@ -295,7 +391,12 @@ pub(crate) async fn maybe_retrain(state: &AppState) -> Result<(), ApiError> {
     if every == 0 {
         return Ok(());
     }
-    let since = state.store.models().await?.first().map_or(0, |m| m.last_outcome_id);
+    let since = state
+        .store
+        .models()
+        .await?
+        .first()
+        .map_or(0, |m| m.last_outcome_id);
     let (new, _) = state.store.outcomes_since(since).await?;
     if (new as u64) < every {
         return Ok(());
@@ -305,7 +406,10 @@ pub(crate) async fn maybe_retrain(state: &AppState) -> Result<(), ApiError> {
     }
     let state = state.clone();
     tokio::spawn(async move {
-        tracing::info!(new_outcomes = new, "Retraining the failure model after new outcomes.");
+        tracing::info!(
+            new_outcomes = new,
+            "Retraining the failure model after new outcomes."
+        );
         if let Err(e) = train_from_store(&state, Cause::Automatic).await {
             tracing::warn!(error = %e, "Automatic retraining failed.");
         }
@@ -337,10 +441,14 @@ async fn import_history(
     q: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<ImportResponse>), ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
     let body = body.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is too large: {}", rej.body_text()))
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is too large: {}", rej.body_text()),
+            )
         } else {
             ApiError::bad_request(format!("cannot read the request body: {}", rej.body_text()))
         }
@@ -352,7 +460,12 @@ async fn import_history(
     let now = now_ms();
     let outcomes = tokio::task::spawn_blocking(move || parse_history(&body, &label, now))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("import stopped: {e}")))??;
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("import stopped: {e}"),
+            )
+        })??;
     let failures = outcomes.iter().filter(|o| o.failed).count() as u64;
     let imported = state.store.record_outcomes(&outcomes, now).await?;
     let (total, _) = state.store.outcomes_since(0).await?;
@@ -368,7 +481,14 @@ async fn import_history(
         .await?;
     tracing::info!(imported, failures, "Imported a deployment history.");
     maybe_retrain(&state).await?;
-    Ok((StatusCode::CREATED, Json(ImportResponse { imported, failures, outcomes: total })))
+    Ok((
+        StatusCode::CREATED,
+        Json(ImportResponse {
+            imported,
+            failures,
+            outcomes: total,
+        }),
+    ))
 }
 
 /// The rows of a history CSV as outcomes. Errors name the line and column.
@@ -376,11 +496,19 @@ fn parse_history(body: &[u8], label: &str, now: i64) -> Result<Vec<NewOutcome>, 
     let bad = |e: PredictError| ApiError::bad_request(e.to_string());
     let frame = Frame::from_csv(body, "history").map_err(bad)?;
     if frame.rows() == 0 {
-        return Err(bad(PredictError::NoRows { source_name: "history".into() }));
+        return Err(bad(PredictError::NoRows {
+            source_name: "history".into(),
+        }));
     }
     let labels = frame.labels(label).map_err(bad)?;
-    let deployment_col = DEPLOYMENT_COLUMNS.iter().find(|c| frame.column(c).is_some()).copied();
-    let keys: Vec<&str> = [Some(label), deployment_col, Some("host")].into_iter().flatten().collect();
+    let deployment_col = DEPLOYMENT_COLUMNS
+        .iter()
+        .find(|c| frame.column(c).is_some())
+        .copied();
+    let keys: Vec<&str> = [Some(label), deployment_col, Some("host")]
+        .into_iter()
+        .flatten()
+        .collect();
     let features: Vec<(&String, &[FeatureValue])> = frame
         .names()
         .iter()
@@ -395,24 +523,41 @@ fn parse_history(body: &[u8], label: &str, now: i64) -> Result<Vec<NewOutcome>, 
         let deployment = deployments
             .and_then(|c| c[row].category_text())
             .unwrap_or_else(|| format!("import-{now}-line-{line}"));
-        let host = hosts.and_then(|c| c[row].category_text()).unwrap_or_else(|| format!("line-{line}"));
+        let host = hosts
+            .and_then(|c| c[row].category_text())
+            .unwrap_or_else(|| format!("line-{line}"));
         if deployment.len() > 256 || host.len() > 256 {
             return Err(ApiError::bad_request(format!(
                 "history: line {line}: the deployment id and the host have at most 256 bytes"
             )));
         }
-        let features = features.iter().map(|(n, col)| ((*n).clone(), from_feature_value(&col[row]))).collect();
-        out.push(NewOutcome { source: OutcomeSource::Import, deployment, host, features, failed });
+        let features = features
+            .iter()
+            .map(|(n, col)| ((*n).clone(), from_feature_value(&col[row])))
+            .collect();
+        out.push(NewOutcome {
+            source: OutcomeSource::Import,
+            deployment,
+            host,
+            features,
+            failed,
+        });
     }
     Ok(out)
 }
 
-async fn train(State(state): State<AppState>, _auth: Operator) -> Result<(StatusCode, Json<ModelInfo>), ApiError> {
+async fn train(
+    State(state): State<AppState>,
+    _auth: Operator,
+) -> Result<(StatusCode, Json<ModelInfo>), ApiError> {
     let info = train_from_store(&state, Cause::Operator).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
-async fn list_models(State(state): State<AppState>, _auth: Operator) -> Result<Json<Vec<ModelInfo>>, ApiError> {
+async fn list_models(
+    State(state): State<AppState>,
+    _auth: Operator,
+) -> Result<Json<Vec<ModelInfo>>, ApiError> {
     Ok(Json(state.store.models().await?))
 }
 
@@ -459,7 +604,9 @@ pub(crate) fn check_update_type(t: Option<String>) -> Result<Option<String>, Api
     match t.as_deref() {
         None | Some("") => Ok(None),
         Some("major" | "minor" | "patch") => Ok(t),
-        Some(other) => Err(ApiError::bad_request(format!("type {other:?} is not one of major, minor, patch"))),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "type {other:?} is not one of major, minor, patch"
+        ))),
     }
 }
 
@@ -470,7 +617,14 @@ pub(crate) async fn score_hosts(
     model: Arc<Model>,
     hosts: Vec<(HostName, BTreeMap<String, String>)>,
     update: &UpdateInfo,
-) -> Result<Vec<(HostName, BTreeMap<String, Value>, bellwether_predict::Prediction)>, ApiError> {
+) -> Result<
+    Vec<(
+        HostName,
+        BTreeMap<String, Value>,
+        bellwether_predict::Prediction,
+    )>,
+    ApiError,
+> {
     let now = now_ms();
     let mut vectors = Vec::with_capacity(hosts.len());
     for (name, labels) in hosts {
@@ -481,14 +635,24 @@ pub(crate) async fn score_hosts(
         vectors
             .into_iter()
             .map(|(name, f)| {
-                let row: HashMap<String, FeatureValue> = f.iter().map(|(k, v)| (k.clone(), to_feature_value(v))).collect();
-                let p = model.predict_row(&row).map_err(|e| ApiError::bad_request(format!("host {name}: {e}")))?;
+                let row: HashMap<String, FeatureValue> = f
+                    .iter()
+                    .map(|(k, v)| (k.clone(), to_feature_value(v)))
+                    .collect();
+                let p = model
+                    .predict_row(&row)
+                    .map_err(|e| ApiError::bad_request(format!("host {name}: {e}")))?;
                 Ok((name, f, p))
             })
             .collect::<Result<Vec<_>, ApiError>>()
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("scoring stopped: {e}")))?
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("scoring stopped: {e}"),
+        )
+    })?
 }
 
 async fn risk(
@@ -496,26 +660,42 @@ async fn risk(
     _auth: Operator,
     q: Result<Query<RiskQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RiskResponse>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
-    let name = q.update.filter(|s| !s.trim().is_empty()).ok_or_else(|| ApiError::bad_request("update is required: the name of the proposed update, as in ?update=websvc&version=2"))?;
-    let version = q.version.filter(|s| !s.trim().is_empty()).ok_or_else(|| ApiError::bad_request("version is required: the version of the proposed update"))?;
-    let update = UpdateInfo { name, version, update_type: check_update_type(q.update_type)? };
-    let all = state.store.list_hosts().await?;
-    let hosts: Vec<(HostName, BTreeMap<String, String>)> = match q.hosts.as_deref().filter(|s| !s.trim().is_empty()) {
-        None => all.into_iter().map(|h| (h.name, h.labels)).collect(),
-        Some(list) => {
-            let mut out = Vec::new();
-            for n in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                let name = HostName::new(n).map_err(|e| ApiError::bad_request(format!("hosts: bad host name {n:?}: {e}")))?;
-                let Some(rec) = all.iter().find(|h| h.name == name) else {
-                    return Err(ApiError::not_found(format!("unknown host {name}")));
-                };
-                out.push((rec.name.clone(), rec.labels.clone()));
-            }
-            out
-        }
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+    let name = q.update.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+        ApiError::bad_request(
+            "update is required: the name of the proposed update, as in ?update=websvc&version=2",
+        )
+    })?;
+    let version = q.version.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+        ApiError::bad_request("version is required: the version of the proposed update")
+    })?;
+    let update = UpdateInfo {
+        name,
+        version,
+        update_type: check_update_type(q.update_type)?,
     };
-    let Some((version, model)) = latest_model(&state).await? else { return Err(no_model_error()) };
+    let all = state.store.list_hosts().await?;
+    let hosts: Vec<(HostName, BTreeMap<String, String>)> =
+        match q.hosts.as_deref().filter(|s| !s.trim().is_empty()) {
+            None => all.into_iter().map(|h| (h.name, h.labels)).collect(),
+            Some(list) => {
+                let mut out = Vec::new();
+                for n in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let name = HostName::new(n).map_err(|e| {
+                        ApiError::bad_request(format!("hosts: bad host name {n:?}: {e}"))
+                    })?;
+                    let Some(rec) = all.iter().find(|h| h.name == name) else {
+                        return Err(ApiError::not_found(format!("unknown host {name}")));
+                    };
+                    out.push((rec.name.clone(), rec.labels.clone()));
+                }
+                out
+            }
+        };
+    let Some((version, model)) = latest_model(&state).await? else {
+        return Err(no_model_error());
+    };
     let scored = score_hosts(&state, model, hosts, &update).await?;
     let mut out: Vec<HostRisk> = scored
         .into_iter()
@@ -526,12 +706,24 @@ async fn risk(
                 .contributing_factors
                 .iter()
                 .take(RISK_FACTORS)
-                .map(|(feature, c)| Factor { feature: feature.clone(), contribution: *c, value: f.get(feature).cloned().unwrap_or(Value::Null) })
+                .map(|(feature, c)| Factor {
+                    feature: feature.clone(),
+                    contribution: *c,
+                    value: f.get(feature).cloned().unwrap_or(Value::Null),
+                })
                 .collect(),
         })
         .collect();
-    out.sort_by(|a, b| b.probability.total_cmp(&a.probability).then_with(|| a.host.cmp(&b.host)));
-    Ok(Json(RiskResponse { model_version: version, update, hosts: out }))
+    out.sort_by(|a, b| {
+        b.probability
+            .total_cmp(&a.probability)
+            .then_with(|| a.host.cmp(&b.host))
+    });
+    Ok(Json(RiskResponse {
+        model_version: version,
+        update,
+        hosts: out,
+    }))
 }
 
 #[cfg(test)]
@@ -551,14 +743,29 @@ mod tests {
     #[test]
     fn the_feature_vector_reads_profile_drift_update_and_labels() {
         let profile = HostProfile {
-            os: Some(bellwether_model::profile::OsInfo { id: "debian".into(), version_id: Some("12".into()), pretty_name: None }),
+            os: Some(bellwether_model::profile::OsInfo {
+                id: "debian".into(),
+                version_id: Some("12".into()),
+                pretty_name: None,
+            }),
             kernel: Some("6.1.0-18-amd64".into()),
-            packages: Some(BTreeMap::from([("libssl1.1".to_string(), "1.1.1n-0".to_string()), ("nginx".to_string(), "1.22".to_string())])),
-            hardware: Some(bellwether_model::profile::Hardware { cpu_count: Some(4), memory_total_kb: Some(8 * 1_048_576), ..Default::default() }),
+            packages: Some(BTreeMap::from([
+                ("libssl1.1".to_string(), "1.1.1n-0".to_string()),
+                ("nginx".to_string(), "1.22".to_string()),
+            ])),
+            hardware: Some(bellwether_model::profile::Hardware {
+                cpu_count: Some(4),
+                memory_total_kb: Some(8 * 1_048_576),
+                ..Default::default()
+            }),
             metrics: BTreeMap::from([("disk_free_ratio".to_string(), 0.08)]),
             ..HostProfile::default()
         };
-        let update = UpdateInfo { name: "websvc".into(), version: "2".into(), update_type: Some("major".into()) };
+        let update = UpdateInfo {
+            name: "websvc".into(),
+            version: "2".into(),
+            update_type: Some("major".into()),
+        };
         let labels = BTreeMap::from([("role".to_string(), "web".to_string())]);
         let f = feature_vector(Some(&profile), &labels, None, &update, 2);
         assert_eq!(f["os"], json!("debian-12"));
@@ -573,7 +780,10 @@ mod tests {
         assert_eq!(f["label:role"], json!("web"));
         // Strings that are numbers read as numbers, as CSV cells do.
         assert_eq!(to_feature_value(&f["kernel"]), FeatureValue::Number(6.1));
-        assert_eq!(to_feature_value(&f["os"]), FeatureValue::Category("debian-12".into()));
+        assert_eq!(
+            to_feature_value(&f["os"]),
+            FeatureValue::Category("debian-12".into())
+        );
         assert_eq!(to_feature_value(&Value::Null), FeatureValue::Missing);
         // Nothing known: every attribute is null, the update is still there.
         let empty = feature_vector(None, &BTreeMap::new(), None, &update, 0);
@@ -594,11 +804,24 @@ mod tests {
         assert!(!out[1].features.contains_key("outcome"));
         assert!(!out[1].features.contains_key("host"));
         let e = parse_history(b"a,outcome\n1,0\n2\n", "outcome", 7).unwrap_err();
-        assert!(e.message.contains("line 3 has 1 fields but the header has 2"), "{}", e.message);
+        assert!(
+            e.message
+                .contains("line 3 has 1 fields but the header has 2"),
+            "{}",
+            e.message
+        );
         let e = parse_history(b"a,outcome\n1,maybe\n", "outcome", 7).unwrap_err();
-        assert!(e.message.contains("line 2, column `outcome`"), "{}", e.message);
+        assert!(
+            e.message.contains("line 2, column `outcome`"),
+            "{}",
+            e.message
+        );
         let e = parse_history(b"a,b\n1,0\n", "outcome", 7).unwrap_err();
-        assert!(e.message.contains("no label column `outcome`"), "{}", e.message);
+        assert!(
+            e.message.contains("no label column `outcome`"),
+            "{}",
+            e.message
+        );
         let e = parse_history(b"a,outcome\n", "outcome", 7).unwrap_err();
         assert!(e.message.contains("no data rows"), "{}", e.message);
         // Without deployment and host columns each row is its own deployment.

@@ -24,10 +24,13 @@ use axum::Json;
 use bellwether_engine::rollout::plan::{parse_plan, Plan};
 use bellwether_engine::rollout::watch::{HostWatcher, WatcherSnapshot};
 use bellwether_engine::rollout::{
-    ActionResult, Decision, HostInput, HostState, Observation, OperatorCommand, Rollout, RolloutReport, RolloutStatus,
+    ActionResult, Decision, HostInput, HostState, Observation, OperatorCommand, Rollout,
+    RolloutReport, RolloutStatus,
 };
 use bellwether_model::{HostName, HostProfile};
-use bellwether_store::{ActionFinish, NewAction, NewEvent, NewOutcome, NewRollout, OutcomeSource, StepRecord};
+use bellwether_store::{
+    ActionFinish, NewAction, NewEvent, NewOutcome, NewRollout, OutcomeSource, StepRecord,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
@@ -71,7 +74,10 @@ const BASELINE_LOOKBACK_MS: i64 = 5 * 60 * 1000;
 const FACTORS: usize = 5;
 
 enum Msg {
-    Operator(OperatorCommand, oneshot::Sender<Result<RolloutStatus, ApiError>>),
+    Operator(
+        OperatorCommand,
+        oneshot::Sender<Result<RolloutStatus, ApiError>>,
+    ),
     /// A result was stored for one of this rollout's actions.
     Result,
 }
@@ -141,7 +147,11 @@ fn step_record(run: &Run, decisions: &[Decision], observed_action: Option<i64>) 
         phase: run.rollout.phase.name().to_string(),
         state: serde_json::to_value(Persisted {
             engine: run.rollout.clone(),
-            watchers: run.watchers.iter().map(|(h, w)| (h.clone(), w.snapshot())).collect(),
+            watchers: run
+                .watchers
+                .iter()
+                .map(|(h, w)| (h.clone(), w.snapshot()))
+                .collect(),
         })
         .expect("the rollout state serialises"),
         observed_action,
@@ -149,7 +159,12 @@ fn step_record(run: &Run, decisions: &[Decision], observed_action: Option<i64>) 
     };
     for d in decisions {
         match d {
-            Decision::Dispatch { action_id, host, kind, spec } => step.dispatches.push(NewAction {
+            Decision::Dispatch {
+                action_id,
+                host,
+                kind,
+                spec,
+            } => step.dispatches.push(NewAction {
                 action_id: *action_id,
                 host: host.to_string(),
                 kind: kind.name().to_string(),
@@ -162,14 +177,22 @@ fn step_record(run: &Run, decisions: &[Decision], observed_action: Option<i64>) 
                 reason: e.reason.clone(),
                 figures: e.figures.clone(),
             }),
-            Decision::Alert { severity, message, figures } => step.events.push(NewEvent {
+            Decision::Alert {
+                severity,
+                message,
+                figures,
+            } => step.events.push(NewEvent {
                 ts_ms: run.rollout.now_ms,
                 kind: "alert".into(),
                 host: None,
                 reason: message.clone(),
                 figures: json!({"severity": severity, "figures": figures}),
             }),
-            Decision::Outcome { host, failed, features } => {
+            Decision::Outcome {
+                host,
+                failed,
+                features,
+            } => {
                 let mut f = run.features.get(host.as_str()).cloned().unwrap_or_default();
                 // The engine's own figures (wave, predicted probability…) are kept but start
                 // with `_`, so training skips them: they are not known before a deployment.
@@ -191,14 +214,25 @@ fn step_record(run: &Run, decisions: &[Decision], observed_action: Option<i64>) 
 
 impl Run {
     /// Steps the engine, persists the step, then wakes the agents and maybe retrains.
-    async fn step(&mut self, obs: Observation, observed_action: Option<i64>) -> Result<(), ApiError> {
+    async fn step(
+        &mut self,
+        obs: Observation,
+        observed_action: Option<i64>,
+    ) -> Result<(), ApiError> {
         let decisions = self.rollout.step(obs);
         self.persist(&decisions, observed_action).await
     }
 
-    async fn persist(&mut self, decisions: &[Decision], observed_action: Option<i64>) -> Result<(), ApiError> {
+    async fn persist(
+        &mut self,
+        decisions: &[Decision],
+        observed_action: Option<i64>,
+    ) -> Result<(), ApiError> {
         let step = step_record(self, decisions, observed_action);
-        self.state.store.save_rollout_step(&self.rollout.id, &step, now_ms()).await?;
+        self.state
+            .store
+            .save_rollout_step(&self.rollout.id, &step, now_ms())
+            .await?;
         if !step.dispatches.is_empty() {
             self.state.rollouts.actions.notify_waiters();
         }
@@ -210,18 +244,30 @@ impl Run {
 
     /// Feeds every stored result the engine has not seen yet.
     async fn feed_results(&mut self) -> Result<(), ApiError> {
-        for a in self.state.store.unobserved_results(&self.rollout.id).await? {
+        for a in self
+            .state
+            .store
+            .unobserved_results(&self.rollout.id)
+            .await?
+        {
             let report = a.result.clone().unwrap_or(Value::Null);
             let ok = report["ok"].as_bool().unwrap_or(false);
             let error = report["error"].as_str().map(str::to_string);
             let result = if ok {
                 ActionResult::Ok
-            } else if report["exit_code"].is_null() && error.as_deref().is_some_and(|e| e.starts_with("timed out")) {
+            } else if report["exit_code"].is_null()
+                && error.as_deref().is_some_and(|e| e.starts_with("timed out"))
+            {
                 ActionResult::TimedOut
             } else {
-                ActionResult::Failed { error: error.unwrap_or_else(|| format!("exit code {}", report["exit_code"])) }
+                ActionResult::Failed {
+                    error: error.unwrap_or_else(|| format!("exit code {}", report["exit_code"])),
+                }
             };
-            let finished = report["finished_ms"].as_i64().or(a.finished_at_ms).unwrap_or_else(now_ms);
+            let finished = report["finished_ms"]
+                .as_i64()
+                .or(a.finished_at_ms)
+                .unwrap_or_else(now_ms);
             if ok && a.kind == "apply" {
                 if let Ok(host) = HostName::new(a.host.clone()) {
                     if let Some(w) = self.watchers.get_mut(&host) {
@@ -229,7 +275,11 @@ impl Run {
                     }
                 }
             }
-            let obs = Observation::ActionFinished { action_id: a.action_id, result, now_ms: now_ms() };
+            let obs = Observation::ActionFinished {
+                action_id: a.action_id,
+                result,
+                now_ms: now_ms(),
+            };
             self.step(obs, Some(a.id)).await?;
         }
         Ok(())
@@ -240,8 +290,16 @@ impl Run {
     async fn tick(&mut self) -> Result<(), ApiError> {
         let hosts: Vec<HostName> = self.rollout.hosts.keys().cloned().collect();
         for h in &hosts {
-            let after = self.fed_until.get(h).copied().unwrap_or(now_ms() - BASELINE_LOOKBACK_MS);
-            let samples = self.state.store.samples_since(h.as_str(), after, 100_000).await?;
+            let after = self
+                .fed_until
+                .get(h)
+                .copied()
+                .unwrap_or(now_ms() - BASELINE_LOOKBACK_MS);
+            let samples = self
+                .state
+                .store
+                .samples_since(h.as_str(), after, 100_000)
+                .await?;
             if let Some(w) = self.watchers.get_mut(h) {
                 for s in &samples {
                     // Metrics the plan does not analyse are not the watcher's business.
@@ -267,10 +325,20 @@ impl Run {
         // before the store has it, so batching them loses no crash safety.
         let mut decisions = Vec::new();
         for h in watched {
-            let Some(w) = self.watchers.get(&h) else { continue };
-            let controls: Vec<&HostWatcher> = self.watchers.values().filter(|c| c.applied_ms().is_none()).collect();
+            let Some(w) = self.watchers.get(&h) else {
+                continue;
+            };
+            let controls: Vec<&HostWatcher> = self
+                .watchers
+                .values()
+                .filter(|c| c.applied_ms().is_none())
+                .collect();
             let verdict = w.verdict(now, &controls);
-            decisions.extend(self.rollout.step(Observation::HostWatch { host: h, verdict, now_ms: now }));
+            decisions.extend(self.rollout.step(Observation::HostWatch {
+                host: h,
+                verdict,
+                now_ms: now,
+            }));
         }
         decisions.extend(self.rollout.step(Observation::Tick { now_ms: now }));
         self.persist(&decisions, None).await
@@ -309,7 +377,12 @@ async fn drive(mut run: Run, mut rx: mpsc::UnboundedReceiver<Msg>) {
 
 async fn spawn(state: &AppState, run: Run) {
     let (tx, rx) = mpsc::unbounded_channel();
-    state.rollouts.running.lock().await.insert(run.rollout.id.clone(), tx);
+    state
+        .rollouts
+        .running
+        .lock()
+        .await
+        .insert(run.rollout.id.clone(), tx);
     tokio::spawn(drive(run, rx));
 }
 
@@ -318,8 +391,12 @@ async fn spawn(state: &AppState, run: Run) {
 pub async fn resume_all(state: &AppState) -> Result<usize, ApiError> {
     let mut n = 0;
     for rec in state.store.rollouts(true).await? {
-        let persisted: Persisted = serde_json::from_value(rec.state.clone())
-            .map_err(|e| internal(format!("stored state of rollout {} is not readable: {e}", rec.id)))?;
+        let persisted: Persisted = serde_json::from_value(rec.state.clone()).map_err(|e| {
+            internal(format!(
+                "stored state of rollout {} is not readable: {e}",
+                rec.id
+            ))
+        })?;
         let plan = persisted.engine.plan.clone();
         let mut watchers = BTreeMap::new();
         for h in persisted.engine.hosts.keys() {
@@ -331,9 +408,25 @@ pub async fn resume_all(state: &AppState) -> Result<usize, ApiError> {
             watchers.insert(h.clone(), w);
         }
         let features = state.store.rollout_host_features(&rec.id).await?;
-        let fed_until = persisted.engine.hosts.keys().map(|h| (h.clone(), now_ms() - BASELINE_LOOKBACK_MS)).collect();
+        let fed_until = persisted
+            .engine
+            .hosts
+            .keys()
+            .map(|h| (h.clone(), now_ms() - BASELINE_LOOKBACK_MS))
+            .collect();
         tracing::info!(rollout = %rec.id, phase = %rec.phase, "Resuming a rollout from the store.");
-        spawn(state, Run { state: state.clone(), rollout: persisted.engine, plan, watchers, fed_until, features }).await;
+        spawn(
+            state,
+            Run {
+                state: state.clone(),
+                rollout: persisted.engine,
+                plan,
+                watchers,
+                fed_until,
+                features,
+            },
+        )
+        .await;
         n += 1;
     }
     Ok(n)
@@ -361,14 +454,19 @@ async fn create(
     JsonBody(req): JsonBody<CreateRollout>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let file = req.file.clone().unwrap_or_else(|| "plan.yaml".into());
-    let plan = parse_plan(&req.plan_yaml, &file).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let plan =
+        parse_plan(&req.plan_yaml, &file).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let Some((model_version, model)) = model_api::latest_model(&state).await? else {
         return Err(ApiError::conflict(format!(
             "cannot score the hosts of {file}: {}",
             model_api::no_model_error().message
         )));
     };
-    let update = UpdateInfo { name: plan.update.name.0.clone(), version: plan.update.version.0.clone(), update_type: None };
+    let update = UpdateInfo {
+        name: plan.update.name.0.clone(),
+        version: plan.update.version.0.clone(),
+        update_type: None,
+    };
     let mut hosts = Vec::new();
     let mut profiles = BTreeMap::new();
     for h in state.store.list_hosts().await? {
@@ -381,7 +479,9 @@ async fn create(
         }
     }
     if hosts.is_empty() {
-        return Err(ApiError::bad_request(format!("{file}: the plan's targets select none of the enrolled hosts")));
+        return Err(ApiError::bad_request(format!(
+            "{file}: the plan's targets select none of the enrolled hosts"
+        )));
     }
     let scored = model_api::score_hosts(&state, model, hosts, &update).await?;
     let now = now_ms();
@@ -392,22 +492,36 @@ async fn create(
     for (name, f, p) in scored {
         let (labels, profile) = profiles.remove(&name).unwrap_or_default();
         let drift = state.store.drift(&name).await?.map(|d| d.score);
-        let mut w = HostWatcher::new(&plan, name.clone()).map_err(|e| ApiError::bad_request(format!("{file}: {e}")))?;
-        let samples = state.store.samples_since(name.as_str(), now - BASELINE_LOOKBACK_MS, 100_000).await?;
+        let mut w = HostWatcher::new(&plan, name.clone())
+            .map_err(|e| ApiError::bad_request(format!("{file}: {e}")))?;
+        let samples = state
+            .store
+            .samples_since(name.as_str(), now - BASELINE_LOOKBACK_MS, 100_000)
+            .await?;
         for s in &samples {
             let _ = w.observe(s.ts_ms, &s.name, s.value);
         }
         if let Some(d) = &drift {
             w.observe_drift(d.overall.get());
         }
-        fed_until.insert(name.clone(), samples.last().map_or(now - BASELINE_LOOKBACK_MS, |s| s.ts_ms));
+        fed_until.insert(
+            name.clone(),
+            samples
+                .last()
+                .map_or(now - BASELINE_LOOKBACK_MS, |s| s.ts_ms),
+        );
         watchers.insert(name.clone(), w);
         inputs.push(HostInput {
             name: name.clone(),
             labels,
             attributes: attributes(profile.as_ref()),
             probability: p.probability.get(),
-            factors: p.contributing_factors.iter().take(FACTORS).cloned().collect(),
+            factors: p
+                .contributing_factors
+                .iter()
+                .take(FACTORS)
+                .cloned()
+                .collect(),
             drift,
         });
         features.push((name.to_string(), f));
@@ -436,16 +550,26 @@ async fn create(
         hosts: features,
     };
     if let Some((host, other)) = state.store.create_rollout(&new, &first, now).await? {
-        return Err(ApiError::conflict(format!("host {host} is already in running rollout {other}; wait for it, or abort it")));
+        return Err(ApiError::conflict(format!(
+            "host {host} is already in running rollout {other}; wait for it, or abort it"
+        )));
     }
     state.rollouts.actions.notify_waiters();
     tracing::info!(rollout = %id, hosts = targets.len(), model_version, "Started a rollout.");
     let phase = run.rollout.phase.name();
     spawn(&state, run).await;
-    Ok((StatusCode::CREATED, Json(json!({"id": id, "model_version": model_version, "hosts": targets.len(), "phase": phase}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"id": id, "model_version": model_version, "hosts": targets.len(), "phase": phase}),
+        ),
+    ))
 }
 
-async fn load(state: &AppState, id: &str) -> Result<(bellwether_store::RolloutRecord, Rollout), ApiError> {
+async fn load(
+    state: &AppState,
+    id: &str,
+) -> Result<(bellwether_store::RolloutRecord, Rollout), ApiError> {
     let Some(rec) = state.store.rollout(id).await? else {
         return Err(ApiError::not_found(format!("unknown rollout {id}")));
     };
@@ -463,7 +587,10 @@ pub struct StatusResponse {
     pub created_at_ms: i64,
 }
 
-async fn list(State(state): State<AppState>, _auth: Operator) -> Result<Json<Vec<Value>>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    _auth: Operator,
+) -> Result<Json<Vec<Value>>, ApiError> {
     let mut out = Vec::new();
     for rec in state.store.rollouts(false).await? {
         out.push(json!({
@@ -475,9 +602,17 @@ async fn list(State(state): State<AppState>, _auth: Operator) -> Result<Json<Vec
     Ok(Json(out))
 }
 
-async fn status(State(state): State<AppState>, _auth: Operator, Path(id): Path<String>) -> Result<Json<StatusResponse>, ApiError> {
+async fn status(
+    State(state): State<AppState>,
+    _auth: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<StatusResponse>, ApiError> {
     let (rec, r) = load(&state, &id).await?;
-    Ok(Json(StatusResponse { status: r.status(), model_version: rec.model_version, created_at_ms: rec.created_at_ms }))
+    Ok(Json(StatusResponse {
+        status: r.status(),
+        model_version: rec.model_version,
+        created_at_ms: rec.created_at_ms,
+    }))
 }
 
 /// A rollout's report and the model version that scored it.
@@ -488,9 +623,16 @@ pub struct ReportResponse {
     pub model_version: Option<i64>,
 }
 
-async fn report(State(state): State<AppState>, _auth: Operator, Path(id): Path<String>) -> Result<Json<ReportResponse>, ApiError> {
+async fn report(
+    State(state): State<AppState>,
+    _auth: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<ReportResponse>, ApiError> {
     let (rec, r) = load(&state, &id).await?;
-    Ok(Json(ReportResponse { report: r.report(), model_version: rec.model_version }))
+    Ok(Json(ReportResponse {
+        report: r.report(),
+        model_version: rec.model_version,
+    }))
 }
 
 async fn command(
@@ -511,16 +653,28 @@ async fn command(
     };
     let (rec, r) = load(&state, &id).await?;
     if r.phase.is_final() {
-        return Err(ApiError::conflict(format!("rollout {id} is {}; {command} applies to running or paused rollouts", r.phase.name())));
+        return Err(ApiError::conflict(format!(
+            "rollout {id} is {}; {command} applies to running or paused rollouts",
+            r.phase.name()
+        )));
     }
     let tx = state.rollouts.running.lock().await.get(&id).cloned();
     let Some(tx) = tx else {
-        return Err(ApiError::conflict(format!("rollout {id} is not running in this server process")));
+        return Err(ApiError::conflict(format!(
+            "rollout {id} is not running in this server process"
+        )));
     };
     let (reply, answer) = oneshot::channel();
-    tx.send(Msg::Operator(cmd, reply)).map_err(|_| ApiError::conflict(format!("rollout {id} has just finished")))?;
-    let status = answer.await.map_err(|_| ApiError::conflict(format!("rollout {id} has just finished")))??;
-    Ok(Json(StatusResponse { status, model_version: rec.model_version, created_at_ms: rec.created_at_ms }))
+    tx.send(Msg::Operator(cmd, reply))
+        .map_err(|_| ApiError::conflict(format!("rollout {id} has just finished")))?;
+    let status = answer
+        .await
+        .map_err(|_| ApiError::conflict(format!("rollout {id} has just finished")))??;
+    Ok(Json(StatusResponse {
+        status,
+        model_version: rec.model_version,
+        created_at_ms: rec.created_at_ms,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -543,7 +697,8 @@ async fn agent_actions(
     Agent(host): Agent,
     q: Result<Query<ActionsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -551,11 +706,19 @@ async fn agent_actions(
         let bell = state.rollouts.actions.notified();
         tokio::pin!(bell);
         bell.as_mut().enable();
-        let open = state.store.take_open_actions(host.as_str(), now_ms()).await?;
+        let open = state
+            .store
+            .take_open_actions(host.as_str(), now_ms())
+            .await?;
         if !open.is_empty() || tokio::time::Instant::now() >= deadline {
             let actions: Vec<AgentAction> = open
                 .into_iter()
-                .map(|a| AgentAction { id: a.id, rollout: a.rollout_id, kind: a.kind, spec: a.spec })
+                .map(|a| AgentAction {
+                    id: a.id,
+                    rollout: a.rollout_id,
+                    kind: a.kind,
+                    spec: a.spec,
+                })
                 .collect();
             return Ok(Json(json!({ "actions": actions })));
         }
@@ -586,10 +749,18 @@ async fn agent_result(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ActionResultBody>,
 ) -> Result<StatusCode, ApiError> {
-    let id: i64 = id.parse().map_err(|_| ApiError::bad_request(format!("action id {id:?} is not a number")))?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("action id {id:?} is not a number")))?;
     let value = serde_json::to_value(&body).expect("a result serialises");
-    let Some(done) = state.store.finish_action(id, host.as_str(), &value, now_ms()).await? else {
-        return Err(ApiError::not_found(format!("host {host} has no action {id}")));
+    let Some(done) = state
+        .store
+        .finish_action(id, host.as_str(), &value, now_ms())
+        .await?
+    else {
+        return Err(ApiError::not_found(format!(
+            "host {host} has no action {id}"
+        )));
     };
     if let ActionFinish::Stored(rec) = done {
         tracing::info!(host = %host, action = id, rollout = %rec.rollout_id, ok = body.ok, "Stored an action result.");

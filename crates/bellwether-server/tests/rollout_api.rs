@@ -49,8 +49,17 @@ fn config(store: StoreConfig) -> ServerConfig {
     c
 }
 
-async fn send(app: &Router, method: Method, uri: &str, token: &str, body: Option<String>) -> (StatusCode, Value) {
-    let mut req = Request::builder().method(method).uri(uri).header(header::AUTHORIZATION, format!("Bearer {token}"));
+async fn send(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    token: &str,
+    body: Option<String>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"));
     let body = match body {
         Some(b) => {
             req = req.header(header::CONTENT_TYPE, "application/json");
@@ -61,11 +70,17 @@ async fn send(app: &Router, method: Method, uri: &str, token: &str, body: Option
     let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// Enrols `n` web hosts with profiles and a model trained on a history where a full disk
@@ -74,7 +89,11 @@ async fn fleet(app: &Router, n: usize) -> Vec<(String, String)> {
     let mut csv = String::from("deployment_id,host,disk_free_pct,outcome\n");
     for i in 0..400 {
         let disk = (i * 7 % 60) as f64;
-        let failed = if disk < 10.0 { i % 10 != 0 } else { i % 17 == 0 };
+        let failed = if disk < 10.0 {
+            i % 10 != 0
+        } else {
+            i % 17 == 0
+        };
         csv.push_str(&format!("d{},h{i},{disk},{}\n", i / 10, failed as u8));
     }
     let req = Request::builder()
@@ -83,16 +102,33 @@ async fn fleet(app: &Router, n: usize) -> Vec<(String, String)> {
         .header(header::AUTHORIZATION, format!("Bearer {OP}"))
         .body(Body::from(csv))
         .unwrap();
-    assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(
+        app.clone().oneshot(req).await.unwrap().status(),
+        StatusCode::CREATED
+    );
     let (s, v) = send(app, Method::POST, "/api/v1/model/train", OP, None).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let mut agents = Vec::new();
     for i in 0..n {
         let name = format!("web-{i:02}");
-        let (s, v) = send(app, Method::POST, "/api/v1/enrol", ENROL, Some(json!({"name": name, "labels": {"role": "web"}}).to_string())).await;
+        let (s, v) = send(
+            app,
+            Method::POST,
+            "/api/v1/enrol",
+            ENROL,
+            Some(json!({"name": name, "labels": {"role": "web"}}).to_string()),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         let token = v["agent_token"].as_str().unwrap().to_string();
-        let (s, _) = send(app, Method::POST, "/api/v1/agent/profile", &token, Some(json!({"metrics": {"disk_free_pct": 40.0 + i as f64}}).to_string())).await;
+        let (s, _) = send(
+            app,
+            Method::POST,
+            "/api/v1/agent/profile",
+            &token,
+            Some(json!({"metrics": {"disk_free_pct": 40.0 + i as f64}}).to_string()),
+        )
+        .await;
         assert_eq!(s, StatusCode::NO_CONTENT);
         agents.push((name, token));
     }
@@ -101,13 +137,22 @@ async fn fleet(app: &Router, n: usize) -> Vec<(String, String)> {
 
 /// A simulated agent: reports healthy samples and runs every action it is sent (each id once),
 /// until `stop`.
-fn simulate(app: Router, token: String, stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<Vec<i64>> {
+fn simulate(
+    app: Router,
+    token: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<i64>> {
     simulate_with(app, token, stop, false)
 }
 
 /// As [`simulate`]; a `faulty` host's error ratio jumps to 30 % once the update is applied and
 /// drops back when it is reverted.
-fn simulate_with(app: Router, token: String, stop: tokio::sync::watch::Receiver<bool>, faulty: bool) -> tokio::task::JoinHandle<Vec<i64>> {
+fn simulate_with(
+    app: Router,
+    token: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+    faulty: bool,
+) -> tokio::task::JoinHandle<Vec<i64>> {
     simulate_full(app, token, stop, faulty, false)
 }
 
@@ -122,13 +167,28 @@ fn simulate_full(
     tokio::spawn(async move {
         let mut ran: Vec<i64> = Vec::new();
         let mut updated = false;
-        while !*stop.borrow() && !(dies && updated) {
+        while !(*stop.borrow() || (dies && updated)) {
             let t = now_ms();
             let ratio = if faulty && updated { 0.3 } else { 0.001 };
-            let samples = json!({"samples": [{"ts_ms": t, "name": "svc_error_ratio", "value": ratio}]});
-            let (s, _) = send(&app, Method::POST, "/api/v1/agent/samples", &token, Some(samples.to_string())).await;
+            let samples =
+                json!({"samples": [{"ts_ms": t, "name": "svc_error_ratio", "value": ratio}]});
+            let (s, _) = send(
+                &app,
+                Method::POST,
+                "/api/v1/agent/samples",
+                &token,
+                Some(samples.to_string()),
+            )
+            .await;
             assert_eq!(s, StatusCode::ACCEPTED);
-            let (s, v) = send(&app, Method::GET, "/api/v1/agent/actions?wait_ms=100", &token, None).await;
+            let (s, v) = send(
+                &app,
+                Method::GET,
+                "/api/v1/agent/actions?wait_ms=100",
+                &token,
+                None,
+            )
+            .await;
             assert_eq!(s, StatusCode::OK, "{v}");
             for a in v["actions"].as_array().unwrap() {
                 let id = a["id"].as_i64().unwrap();
@@ -137,7 +197,14 @@ fn simulate_full(
                     updated = a["kind"] == "apply";
                 }
                 let result = json!({"ok": true, "exit_code": 0, "error": null, "stdout_tail": "", "stderr_tail": "", "started_ms": t, "finished_ms": now_ms()});
-                let (s, v) = send(&app, Method::POST, &format!("/api/v1/agent/actions/{id}/result"), &token, Some(result.to_string())).await;
+                let (s, v) = send(
+                    &app,
+                    Method::POST,
+                    &format!("/api/v1/agent/actions/{id}/result"),
+                    &token,
+                    Some(result.to_string()),
+                )
+                .await;
                 assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
             }
         }
@@ -148,12 +215,22 @@ fn simulate_full(
 async fn wait_phase(app: &Router, id: &str, phase: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let (s, v) = send(app, Method::GET, &format!("/api/v1/rollouts/{id}"), OP, None).await;
+        let (s, v) = send(
+            app,
+            Method::GET,
+            &format!("/api/v1/rollouts/{id}"),
+            OP,
+            None,
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         if v["state"] == phase {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "rollout {id} never reached {phase}: {v}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rollout {id} never reached {phase}: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -167,180 +244,374 @@ macro_rules! rollout_test {
     };
 }
 
-rollout_test!(a_rollout_runs_to_completion_with_agents_and_records_outcomes, |store| {
-    let server = Server::open(config(store)).await.unwrap();
-    let app = server.router();
-    let body = json!({"plan_yaml": PLAN, "file": "web.yaml"}).to_string();
-    // No model yet: 409.
-    let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(body.clone())).await;
-    assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("no failure model"), "{v}");
-    let agents = fleet(&app, 4).await;
-    // Bad plans: 400 with file:line:column.
-    let bad = json!({"plan_yaml": PLAN.replace("bake: 300ms", "bake: soon"), "file": "web.yaml"}).to_string();
-    let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(bad)).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["error"].as_str().unwrap().starts_with("web.yaml:16:"), "{v}");
-    let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(json!({"plan": "x"}).to_string())).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    let (s, _) = send(&app, Method::POST, "/api/v1/rollouts", "nope-token-0000000000", Some(body.clone())).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
+rollout_test!(
+    a_rollout_runs_to_completion_with_agents_and_records_outcomes,
+    |store| {
+        let server = Server::open(config(store)).await.unwrap();
+        let app = server.router();
+        let body = json!({"plan_yaml": PLAN, "file": "web.yaml"}).to_string();
+        // No model yet: 409.
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            "/api/v1/rollouts",
+            OP,
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("no failure model"),
+            "{v}"
+        );
+        let agents = fleet(&app, 4).await;
+        // Bad plans: 400 with file:line:column.
+        let bad =
+            json!({"plan_yaml": PLAN.replace("bake: 300ms", "bake: soon"), "file": "web.yaml"})
+                .to_string();
+        let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(bad)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v["error"].as_str().unwrap().starts_with("web.yaml:16:"),
+            "{v}"
+        );
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            "/api/v1/rollouts",
+            OP,
+            Some(json!({"plan": "x"}).to_string()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        let (s, _) = send(
+            &app,
+            Method::POST,
+            "/api/v1/rollouts",
+            "nope-token-0000000000",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
 
-    let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(body.clone())).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let id = v["id"].as_str().unwrap().to_string();
-    assert_eq!(v["hosts"], json!(4));
-    // A second rollout over the same hosts: 409 naming the host and the rollout.
-    let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(body.clone())).await;
-    assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    assert!(v["error"].as_str().unwrap().contains(&format!("running rollout {id}")), "{v}");
-    // Agent API bad input.
-    let (s, _) = send(&app, Method::GET, "/api/v1/agent/actions", OP, None).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, v) = send(&app, Method::POST, "/api/v1/agent/actions/999999/result", &agents[0].1, Some(json!({"ok": true, "started_ms": 1, "finished_ms": 2}).to_string())).await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
-    let (s, v) = send(&app, Method::POST, "/api/v1/agent/actions/1/result", &agents[0].1, Some(json!({"ok": "yes"}).to_string())).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("`ok`"), "{v}");
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            "/api/v1/rollouts",
+            OP,
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        assert_eq!(v["hosts"], json!(4));
+        // A second rollout over the same hosts: 409 naming the host and the rollout.
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            "/api/v1/rollouts",
+            OP,
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("running rollout {id}")),
+            "{v}"
+        );
+        // Agent API bad input.
+        let (s, _) = send(&app, Method::GET, "/api/v1/agent/actions", OP, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            "/api/v1/agent/actions/999999/result",
+            &agents[0].1,
+            Some(json!({"ok": true, "started_ms": 1, "finished_ms": 2}).to_string()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            "/api/v1/agent/actions/1/result",
+            &agents[0].1,
+            Some(json!({"ok": "yes"}).to_string()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("`ok`"), "{v}");
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let sims: Vec<_> = agents.iter().map(|(_, t)| simulate(app.clone(), t.clone(), stop_rx.clone())).collect();
-    let done = wait_phase(&app, &id, "completed").await;
-    stop_tx.send(true).unwrap();
-    for s in sims {
-        s.await.unwrap();
-    }
-    assert_eq!(done["model_version"], json!(1));
-    let (s, report) = send(&app, Method::GET, &format!("/api/v1/rollouts/{id}/report"), OP, None).await;
-    assert_eq!(s, StatusCode::OK);
-    let hosts = report["hosts"].as_array().unwrap();
-    assert_eq!(hosts.len(), 4);
-    assert!(hosts.iter().all(|h| h["action"] == "updated"), "{report}");
-    assert!(hosts.iter().any(|h| h["wave"] == 0), "a pilot: {report}");
-    // Every host was applied exactly once.
-    let actions = server.store().rollout_actions(&id).await.unwrap();
-    assert_eq!(actions.iter().filter(|a| a.kind == "apply").count(), 4);
-    // Outcomes went to the training history with the pre-change feature vector.
-    let outcomes = server.store().outcomes().await.unwrap();
-    let mine: Vec<_> = outcomes.iter().filter(|o| o.deployment == id).collect();
-    assert_eq!(mine.len(), 4, "{outcomes:?}");
-    assert!(mine.iter().all(|o| !o.failed && o.source == "rollout" && o.features.contains_key("disk_free_pct")));
-    // Commands on a finished rollout, unknown rollouts and commands.
-    let (s, v) = send(&app, Method::POST, &format!("/api/v1/rollouts/{id}/pause"), OP, None).await;
-    assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    let (s, _) = send(&app, Method::GET, "/api/v1/rollouts/r-nope", OP, None).await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, v) = send(&app, Method::POST, &format!("/api/v1/rollouts/{id}/explode"), OP, None).await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
-    let (s, v) = send(&app, Method::GET, "/api/v1/rollouts", OP, None).await;
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(v[0]["id"], json!(id));
-    server.store().close().await;
-});
-
-rollout_test!(pause_resume_and_a_restarted_server_resumes_from_the_store, |store| {
-    let server = Server::open(config(store.clone())).await.unwrap();
-    let app = server.router();
-    let agents = fleet(&app, 4).await;
-    let body = json!({"plan_yaml": PLAN, "file": "web.yaml"}).to_string();
-    let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(body)).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let id = v["id"].as_str().unwrap().to_string();
-    let (s, v) = send(&app, Method::POST, &format!("/api/v1/rollouts/{id}/pause"), OP, None).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v["state"], "paused");
-    // The server goes away (its runner stops with the store) and a new one opens the store.
-    server.store().close().await;
-    drop(app);
-    drop(server);
-    let server = Server::open(config(store)).await.unwrap();
-    let app = server.router();
-    let (s, v) = send(&app, Method::GET, &format!("/api/v1/rollouts/{id}"), OP, None).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v["state"], "paused");
-    let (s, v) = send(&app, Method::POST, &format!("/api/v1/rollouts/{id}/resume"), OP, None).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let sims: Vec<_> = agents.iter().map(|(_, t)| simulate(app.clone(), t.clone(), stop_rx.clone())).collect();
-    wait_phase(&app, &id, "completed").await;
-    stop_tx.send(true).unwrap();
-    for s in sims {
-        s.await.unwrap();
-    }
-    let actions = server.store().rollout_actions(&id).await.unwrap();
-    let mut applied: Vec<&str> = actions.iter().filter(|a| a.kind == "apply").map(|a| a.host.as_str()).collect();
-    applied.sort();
-    assert_eq!(applied, vec!["web-00", "web-01", "web-02", "web-03"], "each host applied once");
-    server.store().close().await;
-});
-
-rollout_test!(a_faulty_host_is_rolled_back_alone_and_its_failure_is_learnt, |store| {
-    let server = Server::open(config(store)).await.unwrap();
-    let app = server.router();
-    let agents = fleet(&app, 4).await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // Samples flow before the rollout, so every host has a pre-change baseline.
-    let sims: Vec<_> = agents
-        .iter()
-        .map(|(name, t)| simulate_with(app.clone(), t.clone(), stop_rx.clone(), name == "web-02"))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let body = json!({"plan_yaml": PLAN, "file": "web.yaml"}).to_string();
-    let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(body)).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let id = v["id"].as_str().unwrap().to_string();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let report = loop {
-        let (_, r) = send(&app, Method::GET, &format!("/api/v1/rollouts/{id}/report"), OP, None).await;
-        let settled = r["hosts"].as_array().unwrap().iter().all(|h| h["state"] != "applying" && h["state"] != "rolling_back");
-        if r["state"] != "running" && settled {
-            break r;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let sims: Vec<_> = agents
+            .iter()
+            .map(|(_, t)| simulate(app.clone(), t.clone(), stop_rx.clone()))
+            .collect();
+        let done = wait_phase(&app, &id, "completed").await;
+        stop_tx.send(true).unwrap();
+        for s in sims {
+            s.await.unwrap();
         }
-        assert!(tokio::time::Instant::now() < deadline, "rollout {id} did not settle: {r}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    stop_tx.send(true).unwrap();
-    for s in sims {
-        s.await.unwrap();
+        assert_eq!(done["model_version"], json!(1));
+        let (s, report) = send(
+            &app,
+            Method::GET,
+            &format!("/api/v1/rollouts/{id}/report"),
+            OP,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let hosts = report["hosts"].as_array().unwrap();
+        assert_eq!(hosts.len(), 4);
+        assert!(hosts.iter().all(|h| h["action"] == "updated"), "{report}");
+        assert!(hosts.iter().any(|h| h["wave"] == 0), "a pilot: {report}");
+        // Every host was applied exactly once.
+        let actions = server.store().rollout_actions(&id).await.unwrap();
+        assert_eq!(actions.iter().filter(|a| a.kind == "apply").count(), 4);
+        // Outcomes went to the training history with the pre-change feature vector.
+        let outcomes = server.store().outcomes().await.unwrap();
+        let mine: Vec<_> = outcomes.iter().filter(|o| o.deployment == id).collect();
+        assert_eq!(mine.len(), 4, "{outcomes:?}");
+        assert!(mine.iter().all(|o| !o.failed
+            && o.source == "rollout"
+            && o.features.contains_key("disk_free_pct")));
+        // Commands on a finished rollout, unknown rollouts and commands.
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            &format!("/api/v1/rollouts/{id}/pause"),
+            OP,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{v}");
+        let (s, _) = send(&app, Method::GET, "/api/v1/rollouts/r-nope", OP, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            &format!("/api/v1/rollouts/{id}/explode"),
+            OP,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+        let (s, v) = send(&app, Method::GET, "/api/v1/rollouts", OP, None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v[0]["id"], json!(id));
+        server.store().close().await;
     }
-    let hosts = report["hosts"].as_array().unwrap();
-    let faulty = hosts.iter().find(|h| h["host"] == "web-02").unwrap();
-    assert_eq!(faulty["action"], "rolled_back", "{report}");
-    assert!(faulty["reason"].as_str().unwrap().contains("svc_error_ratio"), "{faulty}");
-    for h in hosts.iter().filter(|h| h["host"] != "web-02") {
-        assert_ne!(h["action"], "rolled_back", "only the faulty host is rolled back: {report}");
-    }
-    let outcomes = server.store().outcomes().await.unwrap();
-    let failed: Vec<_> = outcomes.iter().filter(|o| o.deployment == id && o.failed).map(|o| o.host.as_str()).collect();
-    assert_eq!(failed, vec!["web-02"], "{outcomes:?}");
-    server.store().close().await;
-});
+);
 
-rollout_test!(an_agent_that_goes_silent_pauses_the_rollout_on_no_data, |store| {
-    let server = Server::open(config(store)).await.unwrap();
-    let app = server.router();
-    let agents = fleet(&app, 4).await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // Every agent dies right after its update: the pilot goes silent.
-    let sims: Vec<_> = agents.iter().map(|(_, t)| simulate_full(app.clone(), t.clone(), stop_rx.clone(), false, true)).collect();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    // The bake outlasts the no-data limit (a host silent for less than `no_data.after` still
-    // counts as healthy, so a shorter bake could pass first).
-    let plan = PLAN.replace("bake: 300ms", "bake: 3s").replace("no_data: { after: 3s }", "no_data: { after: 1s }");
-    let body = json!({"plan_yaml": plan, "file": "web.yaml"}).to_string();
-    let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(body)).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let id = v["id"].as_str().unwrap().to_string();
-    let paused = wait_phase(&app, &id, "paused").await;
-    stop_tx.send(true).unwrap();
-    for s in sims {
-        s.await.unwrap();
+rollout_test!(
+    pause_resume_and_a_restarted_server_resumes_from_the_store,
+    |store| {
+        let server = Server::open(config(store.clone())).await.unwrap();
+        let app = server.router();
+        let agents = fleet(&app, 4).await;
+        let body = json!({"plan_yaml": PLAN, "file": "web.yaml"}).to_string();
+        let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            &format!("/api/v1/rollouts/{id}/pause"),
+            OP,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["state"], "paused");
+        // The server goes away (its runner stops with the store) and a new one opens the store.
+        server.store().close().await;
+        drop(app);
+        drop(server);
+        let server = Server::open(config(store)).await.unwrap();
+        let app = server.router();
+        let (s, v) = send(
+            &app,
+            Method::GET,
+            &format!("/api/v1/rollouts/{id}"),
+            OP,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["state"], "paused");
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            &format!("/api/v1/rollouts/{id}/resume"),
+            OP,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let sims: Vec<_> = agents
+            .iter()
+            .map(|(_, t)| simulate(app.clone(), t.clone(), stop_rx.clone()))
+            .collect();
+        wait_phase(&app, &id, "completed").await;
+        stop_tx.send(true).unwrap();
+        for s in sims {
+            s.await.unwrap();
+        }
+        let actions = server.store().rollout_actions(&id).await.unwrap();
+        let mut applied: Vec<&str> = actions
+            .iter()
+            .filter(|a| a.kind == "apply")
+            .map(|a| a.host.as_str())
+            .collect();
+        applied.sort();
+        assert_eq!(
+            applied,
+            vec!["web-00", "web-01", "web-02", "web-03"],
+            "each host applied once"
+        );
+        server.store().close().await;
     }
-    assert!(paused["pause_reason"].as_str().unwrap_or_default().contains("no data") || paused["pause_reason"].as_str().unwrap_or_default().contains("no sample"), "{paused}");
-    let (_, report) = send(&app, Method::GET, &format!("/api/v1/rollouts/{id}/report"), OP, None).await;
-    // Never rolled back or promoted on no data.
-    assert!(report["hosts"].as_array().unwrap().iter().all(|h| h["action"] != "rolled_back"), "{report}");
-    let events = server.store().events(None, 200).await.unwrap();
-    assert!(events.iter().any(|e| e.kind == "rollout.host.no_data"), "{events:?}");
-    server.store().close().await;
-});
+);
+
+rollout_test!(
+    a_faulty_host_is_rolled_back_alone_and_its_failure_is_learnt,
+    |store| {
+        let server = Server::open(config(store)).await.unwrap();
+        let app = server.router();
+        let agents = fleet(&app, 4).await;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // Samples flow before the rollout, so every host has a pre-change baseline.
+        let sims: Vec<_> = agents
+            .iter()
+            .map(|(name, t)| {
+                simulate_with(app.clone(), t.clone(), stop_rx.clone(), name == "web-02")
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let body = json!({"plan_yaml": PLAN, "file": "web.yaml"}).to_string();
+        let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let report = loop {
+            let (_, r) = send(
+                &app,
+                Method::GET,
+                &format!("/api/v1/rollouts/{id}/report"),
+                OP,
+                None,
+            )
+            .await;
+            let settled = r["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|h| h["state"] != "applying" && h["state"] != "rolling_back");
+            if r["state"] != "running" && settled {
+                break r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "rollout {id} did not settle: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        stop_tx.send(true).unwrap();
+        for s in sims {
+            s.await.unwrap();
+        }
+        let hosts = report["hosts"].as_array().unwrap();
+        let faulty = hosts.iter().find(|h| h["host"] == "web-02").unwrap();
+        assert_eq!(faulty["action"], "rolled_back", "{report}");
+        assert!(
+            faulty["reason"]
+                .as_str()
+                .unwrap()
+                .contains("svc_error_ratio"),
+            "{faulty}"
+        );
+        for h in hosts.iter().filter(|h| h["host"] != "web-02") {
+            assert_ne!(
+                h["action"], "rolled_back",
+                "only the faulty host is rolled back: {report}"
+            );
+        }
+        let outcomes = server.store().outcomes().await.unwrap();
+        let failed: Vec<_> = outcomes
+            .iter()
+            .filter(|o| o.deployment == id && o.failed)
+            .map(|o| o.host.as_str())
+            .collect();
+        assert_eq!(failed, vec!["web-02"], "{outcomes:?}");
+        server.store().close().await;
+    }
+);
+
+rollout_test!(
+    an_agent_that_goes_silent_pauses_the_rollout_on_no_data,
+    |store| {
+        let server = Server::open(config(store)).await.unwrap();
+        let app = server.router();
+        let agents = fleet(&app, 4).await;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // Every agent dies right after its update: the pilot goes silent.
+        let sims: Vec<_> = agents
+            .iter()
+            .map(|(_, t)| simulate_full(app.clone(), t.clone(), stop_rx.clone(), false, true))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        // The bake outlasts the no-data limit (a host silent for less than `no_data.after` still
+        // counts as healthy, so a shorter bake could pass first).
+        let plan = PLAN
+            .replace("bake: 300ms", "bake: 3s")
+            .replace("no_data: { after: 3s }", "no_data: { after: 1s }");
+        let body = json!({"plan_yaml": plan, "file": "web.yaml"}).to_string();
+        let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        let paused = wait_phase(&app, &id, "paused").await;
+        stop_tx.send(true).unwrap();
+        for s in sims {
+            s.await.unwrap();
+        }
+        assert!(
+            paused["pause_reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("no data")
+                || paused["pause_reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("no sample"),
+            "{paused}"
+        );
+        let (_, report) = send(
+            &app,
+            Method::GET,
+            &format!("/api/v1/rollouts/{id}/report"),
+            OP,
+            None,
+        )
+        .await;
+        // Never rolled back or promoted on no data.
+        assert!(
+            report["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|h| h["action"] != "rolled_back"),
+            "{report}"
+        );
+        let events = server.store().events(None, 200).await.unwrap();
+        assert!(
+            events.iter().any(|e| e.kind == "rollout.host.no_data"),
+            "{events:?}"
+        );
+        server.store().close().await;
+    }
+);

@@ -135,7 +135,11 @@ impl Store {
     /// Records outcomes in one transaction; each replaces any earlier outcome of the same
     /// (deployment, host) and gets a new id. The whole batch is checked first, so a bad row
     /// stores nothing. Returns how many were recorded.
-    pub async fn record_outcomes(&self, outcomes: &[NewOutcome], now_ms: i64) -> Result<u64, StoreError> {
+    pub async fn record_outcomes(
+        &self,
+        outcomes: &[NewOutcome],
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
         for (i, o) in outcomes.iter().enumerate() {
             check_outcome(i, o)?;
         }

@@ -113,7 +113,11 @@ pub enum ActionFinish {
 }
 
 fn corrupt(what: &'static str, id: &str, source: serde_json::Error) -> StoreError {
-    StoreError::Corrupt { what, host: id.to_string(), source }
+    StoreError::Corrupt {
+        what,
+        host: id.to_string(),
+        source,
+    }
 }
 
 const ACTION_COLUMNS: &str = "id, rollout_id, action_id, host, kind, spec, created_at_ms, delivered_at_ms, finished_at_ms, result, observed";
@@ -132,12 +136,16 @@ macro_rules! action_from_row {
             action_id: action_id as u64,
             host: row.try_get(3).map_err(q("action"))?,
             kind: row.try_get(4).map_err(q("action"))?,
-            spec: serde_json::from_str(&spec).map_err(|e| corrupt("action spec", &format!("action {id}"), e))?,
+            spec: serde_json::from_str(&spec)
+                .map_err(|e| corrupt("action spec", &format!("action {id}"), e))?,
             created_at_ms: row.try_get(6).map_err(q("action"))?,
             delivered_at_ms: row.try_get(7).map_err(q("action"))?,
             finished_at_ms: row.try_get(8).map_err(q("action"))?,
             result: result
-                .map(|r| serde_json::from_str(&r).map_err(|e| corrupt("action result", &format!("action {id}"), e)))
+                .map(|r| {
+                    serde_json::from_str(&r)
+                        .map_err(|e| corrupt("action result", &format!("action {id}"), e))
+                })
                 .transpose()?,
             observed: observed != 0,
         }
@@ -162,7 +170,8 @@ macro_rules! rollout_from_row {
     }};
 }
 
-const ROLLOUT_COLUMNS: &str = "id, created_at_ms, updated_at_ms, phase, model_version, plan_file, plan_yaml, state";
+const ROLLOUT_COLUMNS: &str =
+    "id, created_at_ms, updated_at_ms, phase, model_version, plan_file, plan_yaml, state";
 
 /// Inserts a step's events, dispatches and outcomes through an open transaction.
 macro_rules! insert_step_effects {
@@ -313,7 +322,12 @@ impl Store {
     }
 
     /// Stores one engine step of rollout `id` (see the module docs). Unknown rollout → error.
-    pub async fn save_rollout_step(&self, id: &str, step: &StepRecord, now_ms: i64) -> Result<(), StoreError> {
+    pub async fn save_rollout_step(
+        &self,
+        id: &str,
+        step: &StepRecord,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         on_pool!(self, pool => {
             let mut tx = pool.begin().await.map_err(q("begin"))?;
@@ -360,7 +374,11 @@ impl Store {
 
     /// Every rollout, newest first; with `active_only`, those running or paused.
     pub async fn rollouts(&self, active_only: bool) -> Result<Vec<RolloutRecord>, StoreError> {
-        let filter = if active_only { format!("WHERE phase IN {ACTIVE}") } else { String::new() };
+        let filter = if active_only {
+            format!("WHERE phase IN {ACTIVE}")
+        } else {
+            String::new()
+        };
         on_pool!(self, pool => {
             let rows = sqlx::query(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts {filter} ORDER BY created_at_ms DESC, id DESC"))
                 .fetch_all(pool)
@@ -399,7 +417,11 @@ impl Store {
     /// The actions queued for `host` that have no result yet, oldest first; they are marked
     /// delivered now. An action is sent again on every poll until its result arrives (the
     /// agent keeps a journal and never runs one id twice).
-    pub async fn take_open_actions(&self, host: &str, now_ms: i64) -> Result<Vec<ActionRecord>, StoreError> {
+    pub async fn take_open_actions(
+        &self,
+        host: &str,
+        now_ms: i64,
+    ) -> Result<Vec<ActionRecord>, StoreError> {
         let _turn = self.write_turn().await;
         on_pool!(self, pool => {
             let mut tx = pool.begin().await.map_err(q("begin"))?;

@@ -41,7 +41,13 @@ fn outcome(deployment: &str, host: &str, failed: bool, disk: f64) -> NewOutcome 
 both_backends!(outcomes_are_recorded_replaced_and_counted, |store| {
     assert_eq!(store.outcomes_since(0).await.unwrap(), (0, 0));
     let n = store
-        .record_outcomes(&[outcome("d1", "a", false, 50.0), outcome("d1", "b", true, 5.0)], 1_000)
+        .record_outcomes(
+            &[
+                outcome("d1", "a", false, 50.0),
+                outcome("d1", "b", true, 5.0),
+            ],
+            1_000,
+        )
         .await
         .unwrap();
     assert_eq!(n, 2);
@@ -54,7 +60,10 @@ both_backends!(outcomes_are_recorded_replaced_and_counted, |store| {
     let (count, newest) = store.outcomes_since(0).await.unwrap();
     assert_eq!(count, 2);
     // A later outcome for the same (deployment, host) replaces the earlier one and is new.
-    store.record_outcomes(&[outcome("d1", "a", true, 40.0)], 2_000).await.unwrap();
+    store
+        .record_outcomes(&[outcome("d1", "a", true, 40.0)], 2_000)
+        .await
+        .unwrap();
     let all = store.outcomes().await.unwrap();
     assert_eq!(all.len(), 2);
     let a = all.iter().find(|o| o.host == "a").unwrap();
@@ -66,38 +75,56 @@ both_backends!(outcomes_are_recorded_replaced_and_counted, |store| {
     assert_eq!(store.host_failures_since("b", 0).await.unwrap(), 1);
 });
 
-both_backends!(a_bad_outcome_in_a_batch_stores_nothing_and_is_named, |store| {
-    let mut bad = outcome("d2", "c", false, 1.0);
-    bad.features.insert("packages".into(), json!(["x"]));
-    let err = store.record_outcomes(&[outcome("d2", "a", false, 1.0), bad], 1).await.unwrap_err();
-    assert!(matches!(err, StoreError::BadInput { ref field, .. } if field == "outcomes[1].features.packages"), "{err}");
-    let err = store.record_outcomes(&[outcome("", "a", false, 1.0)], 1).await.unwrap_err();
-    assert!(err.to_string().contains("outcomes[0].deployment"), "{err}");
-    assert!(store.outcomes().await.unwrap().is_empty());
-});
+both_backends!(
+    a_bad_outcome_in_a_batch_stores_nothing_and_is_named,
+    |store| {
+        let mut bad = outcome("d2", "c", false, 1.0);
+        bad.features.insert("packages".into(), json!(["x"]));
+        let err = store
+            .record_outcomes(&[outcome("d2", "a", false, 1.0), bad], 1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::BadInput { ref field, .. } if field == "outcomes[1].features.packages"),
+            "{err}"
+        );
+        let err = store
+            .record_outcomes(&[outcome("", "a", false, 1.0)], 1)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("outcomes[0].deployment"), "{err}");
+        assert!(store.outcomes().await.unwrap().is_empty());
+    }
+);
 
-both_backends!(models_get_increasing_versions_and_the_latest_is_served, |store| {
-    assert!(store.latest_model().await.unwrap().is_none());
-    assert!(store.models().await.unwrap().is_empty());
-    let m = |rows, text: &str| NewModel {
-        rows,
-        failures: 3,
-        last_outcome_id: rows,
-        cause: "operator".into(),
-        metrics: json!({"roc_auc": 0.8}),
-        model: text.into(),
-    };
-    let v1 = store.put_model(&m(10, "{\"m\":1}"), 5).await.unwrap();
-    let v2 = store.put_model(&m(20, "{\"m\":2}"), 6).await.unwrap();
-    assert!(v2 > v1);
-    let (info, text) = store.latest_model().await.unwrap().unwrap();
-    assert_eq!(info.version, v2);
-    assert_eq!(info.rows, 20);
-    assert_eq!(info.metrics["roc_auc"], json!(0.8));
-    assert_eq!(text, "{\"m\":2}");
-    let list = store.models().await.unwrap();
-    assert_eq!(list.iter().map(|m| m.version).collect::<Vec<_>>(), vec![v2, v1]);
-});
+both_backends!(
+    models_get_increasing_versions_and_the_latest_is_served,
+    |store| {
+        assert!(store.latest_model().await.unwrap().is_none());
+        assert!(store.models().await.unwrap().is_empty());
+        let m = |rows, text: &str| NewModel {
+            rows,
+            failures: 3,
+            last_outcome_id: rows,
+            cause: "operator".into(),
+            metrics: json!({"roc_auc": 0.8}),
+            model: text.into(),
+        };
+        let v1 = store.put_model(&m(10, "{\"m\":1}"), 5).await.unwrap();
+        let v2 = store.put_model(&m(20, "{\"m\":2}"), 6).await.unwrap();
+        assert!(v2 > v1);
+        let (info, text) = store.latest_model().await.unwrap().unwrap();
+        assert_eq!(info.version, v2);
+        assert_eq!(info.rows, 20);
+        assert_eq!(info.metrics["roc_auc"], json!(0.8));
+        assert_eq!(text, "{\"m\":2}");
+        let list = store.models().await.unwrap();
+        assert_eq!(
+            list.iter().map(|m| m.version).collect::<Vec<_>>(),
+            vec![v2, v1]
+        );
+    }
+);
 
 fn new_rollout(id: &str, hosts: &[&str]) -> (NewRollout, StepRecord) {
     let new = NewRollout {
@@ -107,13 +134,32 @@ fn new_rollout(id: &str, hosts: &[&str]) -> (NewRollout, StepRecord) {
         plan_file: "plan.yaml".into(),
         plan_yaml: "name: x\n".into(),
         state: json!({"step": 0}),
-        hosts: hosts.iter().map(|h| (h.to_string(), BTreeMap::from([("os".to_string(), json!("debian-12"))]))).collect(),
+        hosts: hosts
+            .iter()
+            .map(|h| {
+                (
+                    h.to_string(),
+                    BTreeMap::from([("os".to_string(), json!("debian-12"))]),
+                )
+            })
+            .collect(),
     };
     let first = StepRecord {
         phase: "running".into(),
         state: json!({"step": 0}),
-        events: vec![NewEvent { ts_ms: 10, kind: "pilot.selected".into(), host: None, reason: "pilot".into(), figures: json!({"n": 1}) }],
-        dispatches: vec![NewAction { action_id: 1, host: hosts[0].into(), kind: "apply".into(), spec: json!({"builtin": "set_service_version", "version": "2"}) }],
+        events: vec![NewEvent {
+            ts_ms: 10,
+            kind: "pilot.selected".into(),
+            host: None,
+            reason: "pilot".into(),
+            figures: json!({"n": 1}),
+        }],
+        dispatches: vec![NewAction {
+            action_id: 1,
+            host: hosts[0].into(),
+            kind: "apply".into(),
+            spec: json!({"builtin": "set_service_version", "version": "2"}),
+        }],
         outcomes: vec![],
         observed_action: None,
     };
@@ -125,7 +171,10 @@ both_backends!(rollouts_hold_their_hosts_and_queue_actions_once, |store| {
     assert_eq!(store.create_rollout(&new, &first, 10).await.unwrap(), None);
     // Another rollout over host b is refused while r-1 runs.
     let (other, first2) = new_rollout("r-2", &["b", "c"]);
-    assert_eq!(store.create_rollout(&other, &first2, 11).await.unwrap(), Some(("b".into(), "r-1".into())));
+    assert_eq!(
+        store.create_rollout(&other, &first2, 11).await.unwrap(),
+        Some(("b".into(), "r-1".into()))
+    );
     assert!(store.rollout("r-2").await.unwrap().is_none());
     // The event went to the log with the rollout's id.
     let events = store.events(None, 10).await.unwrap();
@@ -140,12 +189,28 @@ both_backends!(rollouts_hold_their_hosts_and_queue_actions_once, |store| {
     assert!(store.take_open_actions("b", 21).await.unwrap().is_empty());
     let gid = open[0].id;
     // Wrong host: nothing.
-    assert_eq!(store.finish_action(gid, "b", &json!({"ok": true}), 22).await.unwrap(), None);
-    let done = store.finish_action(gid, "a", &json!({"ok": true}), 22).await.unwrap().unwrap();
+    assert_eq!(
+        store
+            .finish_action(gid, "b", &json!({"ok": true}), 22)
+            .await
+            .unwrap(),
+        None
+    );
+    let done = store
+        .finish_action(gid, "a", &json!({"ok": true}), 22)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(done, ActionFinish::Stored(ref r) if r.finished_at_ms == Some(22)));
     // Idempotent: the second report is ignored and the first kept.
-    let again = store.finish_action(gid, "a", &json!({"ok": false}), 23).await.unwrap().unwrap();
-    assert!(matches!(again, ActionFinish::AlreadyFinished(ref r) if r.result == Some(json!({"ok": true}))));
+    let again = store
+        .finish_action(gid, "a", &json!({"ok": false}), 23)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(again, ActionFinish::AlreadyFinished(ref r) if r.result == Some(json!({"ok": true})))
+    );
     assert!(store.take_open_actions("a", 24).await.unwrap().is_empty());
     assert_eq!(store.unobserved_results("r-1").await.unwrap().len(), 1);
     // A step consumes it; re-queuing the same engine action id is a no-op.
@@ -153,8 +218,16 @@ both_backends!(rollouts_hold_their_hosts_and_queue_actions_once, |store| {
         phase: "completed".into(),
         state: json!({"step": 1}),
         events: vec![],
-        dispatches: vec![NewAction { action_id: 1, host: "a".into(), kind: "apply".into(), spec: json!({}) }],
-        outcomes: vec![NewOutcome { source: OutcomeSource::Rollout, ..outcome("r-1", "a", false, 30.0) }],
+        dispatches: vec![NewAction {
+            action_id: 1,
+            host: "a".into(),
+            kind: "apply".into(),
+            spec: json!({}),
+        }],
+        outcomes: vec![NewOutcome {
+            source: OutcomeSource::Rollout,
+            ..outcome("r-1", "a", false, 30.0)
+        }],
         observed_action: Some(gid),
     };
     store.save_rollout_step("r-1", &step, 30).await.unwrap();
@@ -165,10 +238,25 @@ both_backends!(rollouts_hold_their_hosts_and_queue_actions_once, |store| {
     assert_eq!(rec.state, json!({"step": 1}));
     assert_eq!(rec.model_version, Some(1));
     assert_eq!(store.outcomes().await.unwrap()[0].source, "rollout");
-    assert_eq!(store.rollout_host_features("r-1").await.unwrap()["b"]["os"], json!("debian-12"));
+    assert_eq!(
+        store.rollout_host_features("r-1").await.unwrap()["b"]["os"],
+        json!("debian-12")
+    );
     // r-1 is over, so b is free for r-2 now.
-    assert_eq!(store.create_rollout(&other, &first2, 40).await.unwrap(), None);
-    assert_eq!(store.rollouts(true).await.unwrap().iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["r-2"]);
+    assert_eq!(
+        store.create_rollout(&other, &first2, 40).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .rollouts(true)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["r-2"]
+    );
     assert_eq!(store.rollouts(false).await.unwrap().len(), 2);
     let err = store.save_rollout_step("r-9", &step, 50).await.unwrap_err();
     assert!(err.to_string().contains("unknown rollout r-9"), "{err}");

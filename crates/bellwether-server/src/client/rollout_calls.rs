@@ -7,9 +7,17 @@ use crate::model_api::{ImportResponse, RiskResponse};
 
 impl Client {
     /// `POST /api/v1/history/import` with a history CSV; `label` names the outcome column.
-    pub async fn import_history(&self, csv: Vec<u8>, label: Option<&str>) -> Result<ImportResponse, ClientError> {
+    pub async fn import_history(
+        &self,
+        csv: Vec<u8>,
+        label: Option<&str>,
+    ) -> Result<ImportResponse, ClientError> {
         let url = format!("{}/api/v1/history/import", self.base);
-        let mut req = self.http.post(&url).header(reqwest::header::CONTENT_TYPE, "text/csv").body(csv);
+        let mut req = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "text/csv")
+            .body(csv);
         if let Some(l) = label {
             req = req.query(&[("label", l)]);
         }
@@ -19,7 +27,13 @@ impl Client {
     /// `POST /api/v1/model/train`: trains from the stored outcomes.
     pub async fn train_model(&self) -> Result<ModelInfo, ClientError> {
         let url = format!("{}/api/v1/model/train", self.base);
-        self.call(self.http.post(&url).timeout(std::time::Duration::from_secs(600)), url).await
+        self.call(
+            self.http
+                .post(&url)
+                .timeout(std::time::Duration::from_secs(600)),
+            url,
+        )
+        .await
     }
 
     /// `GET /api/v1/models`, newest first.
@@ -37,7 +51,8 @@ impl Client {
         hosts: &[String],
     ) -> Result<RiskResponse, ClientError> {
         let url = format!("{}/api/v1/risk", self.base);
-        let mut q: Vec<(&str, String)> = vec![("update", update.into()), ("version", version.into())];
+        let mut q: Vec<(&str, String)> =
+            vec![("update", update.into()), ("version", version.into())];
         if let Some(t) = update_type {
             q.push(("type", t.into()));
         }
@@ -54,7 +69,11 @@ impl Client {
 
     /// `POST` of a JSON body (or none) to any operator path; the answer as JSON (`null` for
     /// an empty answer).
-    pub async fn post_json(&self, path: &str, body: Option<&serde_json::Value>) -> Result<serde_json::Value, ClientError> {
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.post(&url);
         if let Some(b) = body {

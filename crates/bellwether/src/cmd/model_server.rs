@@ -40,14 +40,21 @@ pub struct ListArgs {
 /// through the shared mapping (unreachable → 3, refused token → 1 with a hint).
 pub fn api_error(err: ClientError) -> anyhow::Error {
     match err {
-        ClientError::Api { status: 400 | 404 | 413, message, .. } => UsageError(message).into(),
+        ClientError::Api {
+            status: 400 | 404 | 413,
+            message,
+            ..
+        } => UsageError(message).into(),
         ClientError::Api { message, .. } => anyhow::anyhow!("{message}"),
         other => client_error(other),
     }
 }
 
 fn metric(m: &ModelInfo, key: &str) -> String {
-    m.metrics[key].as_f64().map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into())
+    m.metrics[key]
+        .as_f64()
+        .map(|v| format!("{v:.3}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn print_model(m: &ModelInfo) {
@@ -65,7 +72,11 @@ fn print_model(m: &ModelInfo) {
 }
 
 /// `bellwether model train` without `--history`.
-pub fn train(out: Option<&Path>, client: &ClientArgs, output: OutputFormat) -> anyhow::Result<ExitCode> {
+pub fn train(
+    out: Option<&Path>,
+    client: &ClientArgs,
+    output: OutputFormat,
+) -> anyhow::Result<ExitCode> {
     if let Some(out) = out {
         return Err(UsageError(format!(
             "--out {} needs --history; without --history the server trains and keeps the model in its store (`bellwether model list`)",
@@ -74,7 +85,9 @@ pub fn train(out: Option<&Path>, client: &ClientArgs, output: OutputFormat) -> a
         .into());
     }
     let client = client.client()?;
-    let m = runtime()?.block_on(client.train_model()).map_err(api_error)?;
+    let m = runtime()?
+        .block_on(client.train_model())
+        .map_err(api_error)?;
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&m)?),
         OutputFormat::Human => print_model(&m),
@@ -84,12 +97,15 @@ pub fn train(out: Option<&Path>, client: &ClientArgs, output: OutputFormat) -> a
 
 /// `bellwether model import --history H.csv`.
 pub fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
-    let csv = std::fs::read(&a.history).map_err(|e| UsageError(format!("{}: cannot read: {e}", a.history.display())))?;
+    let csv = std::fs::read(&a.history)
+        .map_err(|e| UsageError(format!("{}: cannot read: {e}", a.history.display())))?;
     let client = a.client.client()?;
     let r = runtime()?
         .block_on(client.import_history(csv, Some(&a.label)))
         .map_err(|e| match api_error(e) {
-            err if err.is::<UsageError>() => UsageError(format!("{}: {err}", a.history.display())).into(),
+            err if err.is::<UsageError>() => {
+                UsageError(format!("{}: {err}", a.history.display())).into()
+            }
             err => err,
         })?;
     match a.output {
@@ -129,7 +145,12 @@ pub fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
                     ]
                 })
                 .collect();
-            super::token::print_table(&["VERSION", "TRAINED", "CAUSE", "ROWS", "FAILURES", "AUC", "BRIER"], &rows);
+            super::token::print_table(
+                &[
+                    "VERSION", "TRAINED", "CAUSE", "ROWS", "FAILURES", "AUC", "BRIER",
+                ],
+                &rows,
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -47,16 +47,24 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         UpdateType::Minor => "minor",
         UpdateType::Patch => "patch",
     });
-    let r = runtime()?.block_on(client.risk(&a.update, &a.version, t, &a.hosts)).map_err(api_error)?;
+    let r = runtime()?
+        .block_on(client.risk(&a.update, &a.version, t, &a.hosts))
+        .map_err(api_error)?;
     if a.output == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(ExitCode::SUCCESS);
     }
     if r.hosts.is_empty() {
-        println!("No hosts are enrolled with {}; nothing to score.", client.base());
+        println!(
+            "No hosts are enrolled with {}; nothing to score.",
+            client.base()
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("Risk of {} {} by model version {}:", r.update.name, r.update.version, r.model_version);
+    println!(
+        "Risk of {} {} by model version {}:",
+        r.update.name, r.update.version, r.model_version
+    );
     let rows: Vec<Vec<String>> = r
         .hosts
         .iter()
@@ -74,7 +82,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     format!("{}={value} ({:+.2})", f.feature, f.contribution)
                 })
                 .collect();
-            vec![h.host.to_string(), format!("{:.3}", h.probability), factors.join("; ")]
+            vec![
+                h.host.to_string(),
+                format!("{:.3}", h.probability),
+                factors.join("; "),
+            ]
         })
         .collect();
     print_table(&["HOST", "P(FAIL)", "TOP FACTORS (log-odds)"], &rows);

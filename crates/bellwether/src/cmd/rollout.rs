@@ -68,11 +68,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     match args.verb {
         Verb::Start { plan, wait } => {
-            let yaml = std::fs::read_to_string(&plan).map_err(|e| UsageError(format!("{}: cannot read: {e}", plan.display())))?;
+            let yaml = std::fs::read_to_string(&plan)
+                .map_err(|e| UsageError(format!("{}: cannot read: {e}", plan.display())))?;
             let body = json!({"plan_yaml": yaml, "file": plan.display().to_string()});
-            let v = rt.block_on(client.post_json("/api/v1/rollouts", Some(&body))).map_err(api_error)?;
+            let v = rt
+                .block_on(client.post_json("/api/v1/rollouts", Some(&body)))
+                .map_err(api_error)?;
             let id = v["id"].as_str().unwrap_or_default().to_string();
-            println!("Started rollout {id} over {} hosts (scored by model version {}).", v["hosts"], v["model_version"]);
+            println!(
+                "Started rollout {id} over {} hosts (scored by model version {}).",
+                v["hosts"], v["model_version"]
+            );
             if !wait {
                 println!("Follow it with `bellwether rollout status {id}`.");
                 return Ok(ExitCode::SUCCESS);
@@ -80,7 +86,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             follow(&rt, &client, &id)
         }
         Verb::List { output } => {
-            let v = rt.block_on(client.get_json("/api/v1/rollouts")).map_err(api_error)?;
+            let v = rt
+                .block_on(client.get_json("/api/v1/rollouts"))
+                .map_err(api_error)?;
             if output == OutputFormat::Json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(ExitCode::SUCCESS);
@@ -103,7 +111,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Verb::Status { id, output } => {
-            let v = rt.block_on(client.get_json(&format!("/api/v1/rollouts/{id}"))).map_err(api_error)?;
+            let v = rt
+                .block_on(client.get_json(&format!("/api/v1/rollouts/{id}")))
+                .map_err(api_error)?;
             if output == OutputFormat::Json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -116,7 +126,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Verb::Abort { id } => command(&rt, &client, &id, "abort"),
         Verb::Promote { id } => command(&rt, &client, &id, "promote"),
         Verb::Report { id, output } => {
-            let v = rt.block_on(client.get_json(&format!("/api/v1/rollouts/{id}/report"))).map_err(api_error)?;
+            let v = rt
+                .block_on(client.get_json(&format!("/api/v1/rollouts/{id}/report")))
+                .map_err(api_error)?;
             if output == OutputFormat::Json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -141,8 +153,13 @@ fn command(
     id: &str,
     verb: &str,
 ) -> anyhow::Result<ExitCode> {
-    let v = rt.block_on(client.post_json(&format!("/api/v1/rollouts/{id}/{verb}"), None)).map_err(api_error)?;
-    println!("Rollout {id}: {verb} accepted; it is now {}.", text(&v["state"]));
+    let v = rt
+        .block_on(client.post_json(&format!("/api/v1/rollouts/{id}/{verb}"), None))
+        .map_err(api_error)?;
+    println!(
+        "Rollout {id}: {verb} accepted; it is now {}.",
+        text(&v["state"])
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -153,11 +170,21 @@ fn summary(v: &Value) -> String {
         .flatten()
         .map(|(k, n)| format!("{k} {n}"))
         .collect();
-    format!("{} · wave {} · {}", text(&v["state"]), text(&v["wave"]), counts.join(", "))
+    format!(
+        "{} · wave {} · {}",
+        text(&v["state"]),
+        text(&v["wave"]),
+        counts.join(", ")
+    )
 }
 
 fn print_status(v: &Value) {
-    println!("Rollout {} ({}): {}", text(&v["id"]), text(&v["plan"]), summary(v));
+    println!(
+        "Rollout {} ({}): {}",
+        text(&v["id"]),
+        text(&v["plan"]),
+        summary(v)
+    );
     if let Some(r) = v["pause_reason"].as_str() {
         println!("Paused: {r}");
     }
@@ -165,7 +192,14 @@ fn print_status(v: &Value) {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|h| vec![text(&h["host"]), text(&h["wave"]), text(&h["band"]), text(&h["state"])])
+        .map(|h| {
+            vec![
+                text(&h["host"]),
+                text(&h["wave"]),
+                text(&h["band"]),
+                text(&h["state"]),
+            ]
+        })
         .collect();
     print_table(&["HOST", "WAVE", "BAND", "STATE"], &rows);
 }
@@ -196,7 +230,9 @@ fn print_report(v: &Value) {
                 .collect();
             vec![
                 text(&h["host"]),
-                h["probability"].as_f64().map_or("-".into(), |p| format!("{p:.3}")),
+                h["probability"]
+                    .as_f64()
+                    .map_or("-".into(), |p| format!("{p:.3}")),
                 text(&h["band"]),
                 text(&h["wave"]),
                 text(&h["action"]),
@@ -205,12 +241,27 @@ fn print_report(v: &Value) {
             ]
         })
         .collect();
-    print_table(&["HOST", "P(FAIL)", "BAND", "WAVE", "ACTION", "TOP FACTORS", "REASON"], &rows);
+    print_table(
+        &[
+            "HOST",
+            "P(FAIL)",
+            "BAND",
+            "WAVE",
+            "ACTION",
+            "TOP FACTORS",
+            "REASON",
+        ],
+        &rows,
+    );
 }
 
 /// Polls the status until the rollout is completed, paused or aborted, showing each host's
 /// state changes (a live bar on a terminal, plain lines otherwise).
-fn follow(rt: &tokio::runtime::Runtime, client: &bellwether_server::client::Client, id: &str) -> anyhow::Result<ExitCode> {
+fn follow(
+    rt: &tokio::runtime::Runtime,
+    client: &bellwether_server::client::Client,
+    id: &str,
+) -> anyhow::Result<ExitCode> {
     let tty = std::io::stderr().is_terminal();
     let bar = tty.then(|| {
         let b = indicatif::ProgressBar::new_spinner();
@@ -220,7 +271,9 @@ fn follow(rt: &tokio::runtime::Runtime, client: &bellwether_server::client::Clie
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut last_summary = String::new();
     loop {
-        let v = rt.block_on(client.get_json(&format!("/api/v1/rollouts/{id}"))).map_err(api_error)?;
+        let v = rt
+            .block_on(client.get_json(&format!("/api/v1/rollouts/{id}")))
+            .map_err(api_error)?;
         for h in v["hosts"].as_array().into_iter().flatten() {
             let host = text(&h["host"]);
             let state = text(&h["state"]);
@@ -245,9 +298,15 @@ fn follow(rt: &tokio::runtime::Runtime, client: &bellwether_server::client::Clie
             if let Some(b) = &bar {
                 b.finish_with_message(last_summary.clone());
             }
-            let report = rt.block_on(client.get_json(&format!("/api/v1/rollouts/{id}/report"))).map_err(api_error)?;
+            let report = rt
+                .block_on(client.get_json(&format!("/api/v1/rollouts/{id}/report")))
+                .map_err(api_error)?;
             print_report(&report);
-            return Ok(if state == "completed" { ExitCode::SUCCESS } else { ExitCode::from(1) });
+            return Ok(if state == "completed" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
         std::thread::sleep(Duration::from_millis(500));
     }
