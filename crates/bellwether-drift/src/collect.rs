@@ -110,7 +110,8 @@ impl CpuSampler {
             // and let the next collection measure over the longer interval.
             Some(prev)
                 if now.cpu_total >= prev.cpu_total
-                    && now.cpu_total - prev.cpu_total < MIN_TICKS_PER_CPU * u64::from(now.cpus.max(1)) => {}
+                    && now.cpu_total - prev.cpu_total
+                        < MIN_TICKS_PER_CPU * u64::from(now.cpus.max(1)) => {}
             Some(prev) => {
                 rates(prev, &now, metrics);
                 self.prev = Some(now);
@@ -138,14 +139,23 @@ struct Counters {
 }
 
 fn rates(prev: &Counters, now: &Counters, metrics: &mut BTreeMap<String, f64>) {
-    if now.cpu_total <= prev.cpu_total || now.cpu_idle < prev.cpu_idle || now.cpu_iowait < prev.cpu_iowait {
+    if now.cpu_total <= prev.cpu_total
+        || now.cpu_idle < prev.cpu_idle
+        || now.cpu_iowait < prev.cpu_iowait
+    {
         return;
     }
     let total = (now.cpu_total - prev.cpu_total) as f64;
     let idle = (now.cpu_idle - prev.cpu_idle) as f64;
     let iowait = (now.cpu_iowait - prev.cpu_iowait) as f64;
-    metrics.insert(metric::CPU_BUSY_RATIO.into(), ((total - idle - iowait) / total).clamp(0.0, 1.0));
-    metrics.insert(metric::CPU_IOWAIT_RATIO.into(), (iowait / total).clamp(0.0, 1.0));
+    metrics.insert(
+        metric::CPU_BUSY_RATIO.into(),
+        ((total - idle - iowait) / total).clamp(0.0, 1.0),
+    );
+    metrics.insert(
+        metric::CPU_IOWAIT_RATIO.into(),
+        (iowait / total).clamp(0.0, 1.0),
+    );
     let seconds = total / (f64::from(now.cpus.max(1)) * 100.0);
     let mut rate = |key: &str, before: u64, after: u64, unit: f64| {
         if after >= before {
@@ -163,8 +173,15 @@ fn rates(prev: &Counters, now: &Counters, metrics: &mut BTreeMap<String, f64>) {
 }
 
 /// Collects from any [`Root`]; `sampler` adds the rate metrics.
-pub fn collect_from(root: &dyn Root, opts: &CollectOptions, sampler: Option<&mut CpuSampler>) -> HostProfile {
-    let mut c = Collector { root, notes: Vec::new() };
+pub fn collect_from(
+    root: &dyn Root,
+    opts: &CollectOptions,
+    sampler: Option<&mut CpuSampler>,
+) -> HostProfile {
+    let mut c = Collector {
+        root,
+        notes: Vec::new(),
+    };
     let mut p = HostProfile {
         collected_at_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -191,15 +208,22 @@ pub fn collect_from(root: &dyn Root, opts: &CollectOptions, sampler: Option<&mut
             cpu_model,
             cpu_count,
             memory_total_kb: meminfo.as_ref().and_then(|m| m.get("MemTotal").copied()),
-            disks: diskstats.as_ref().map(|d| d.disks.clone()).unwrap_or_default(),
+            disks: diskstats
+                .as_ref()
+                .map(|d| d.disks.clone())
+                .unwrap_or_default(),
         });
     }
 
     let netdev = c.part("proc/net/dev", parse_net_dev);
     p.network = Some(Network {
         interfaces: c.interfaces(netdev.as_ref()),
-        dns_resolvers: c.part("etc/resolv.conf", |t| Ok::<_, &str>(parse_resolv_conf(t))).unwrap_or_default(),
-        hosts: c.part("etc/hosts", |t| Ok::<_, &str>(parse_hosts(t))).unwrap_or_default(),
+        dns_resolvers: c
+            .part("etc/resolv.conf", |t| Ok::<_, &str>(parse_resolv_conf(t)))
+            .unwrap_or_default(),
+        hosts: c
+            .part("etc/hosts", |t| Ok::<_, &str>(parse_hosts(t)))
+            .unwrap_or_default(),
         listening: c.listening(),
     });
 
@@ -212,13 +236,19 @@ pub fn collect_from(root: &dyn Root, opts: &CollectOptions, sampler: Option<&mut
     if let Some(mi) = &meminfo {
         match (mi.get("MemTotal"), mi.get("MemAvailable")) {
             (Some(&t), Some(&a)) if t > 0 => {
-                m.insert(metric::MEMORY_AVAILABLE_RATIO.into(), (a as f64 / t as f64).clamp(0.0, 1.0));
+                m.insert(
+                    metric::MEMORY_AVAILABLE_RATIO.into(),
+                    (a as f64 / t as f64).clamp(0.0, 1.0),
+                );
             }
             _ => c.note("proc/meminfo", "has no MemTotal or MemAvailable"),
         }
         if let (Some(&t), Some(&f)) = (mi.get("SwapTotal"), mi.get("SwapFree")) {
             if t > 0 {
-                m.insert(metric::SWAP_USED_RATIO.into(), (1.0 - f as f64 / t as f64).clamp(0.0, 1.0));
+                m.insert(
+                    metric::SWAP_USED_RATIO.into(),
+                    (1.0 - f as f64 / t as f64).clamp(0.0, 1.0),
+                );
             }
         }
     }
@@ -235,11 +265,15 @@ pub fn collect_from(root: &dyn Root, opts: &CollectOptions, sampler: Option<&mut
     let stat = c.part("proc/stat", parse_stat);
     if let (Some(sampler), Some(stat)) = (sampler, stat) {
         let now = Counters {
-            disk: diskstats.as_ref().map(|d| (d.sectors_read, d.sectors_written)),
+            disk: diskstats
+                .as_ref()
+                .map(|d| (d.sectors_read, d.sectors_written)),
             net: netdev.as_ref().map(|n| {
                 n.iter()
                     .filter(|(name, _, _)| name != "lo")
-                    .fold((0u64, 0u64), |(r, t), (_, rx, tx)| (r.saturating_add(*rx), t.saturating_add(*tx)))
+                    .fold((0u64, 0u64), |(r, t), (_, rx, tx)| {
+                        (r.saturating_add(*rx), t.saturating_add(*tx))
+                    })
             }),
             ..stat
         };
@@ -272,7 +306,11 @@ impl Collector<'_> {
     }
 
     /// Reads and parses one file; either failure leaves the part absent with a note.
-    fn part<T, E: std::fmt::Display>(&mut self, rel: &str, parse: impl FnOnce(&str) -> Result<T, E>) -> Option<T> {
+    fn part<T, E: std::fmt::Display>(
+        &mut self,
+        rel: &str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Option<T> {
         let text = self.read(rel)?;
         match parse(&text) {
             Ok(v) => Some(v),
@@ -308,17 +346,32 @@ impl Collector<'_> {
         const RPMDB: &str = "var/lib/rpm/rpmdb.sqlite";
         if self.root.exists(RPMDB) {
             found = true;
-            match self.root.local_path(RPMDB).map(|p| crate::rpm::read_sqlite(&p)) {
+            match self
+                .root
+                .local_path(RPMDB)
+                .map(|p| crate::rpm::read_sqlite(&p))
+            {
                 Some(Ok((rpms, bad))) => {
                     if bad > 0 {
-                        self.note(RPMDB, format_args!("{bad} package headers could not be parsed and are not listed"));
+                        self.note(
+                            RPMDB,
+                            format_args!(
+                                "{bad} package headers could not be parsed and are not listed"
+                            ),
+                        );
                     }
                     for (name, version) in rpms {
-                        let key = if pkgs.contains_key(&name) { format!("{name}:rpm") } else { name };
+                        let key = if pkgs.contains_key(&name) {
+                            format!("{name}:rpm")
+                        } else {
+                            name
+                        };
                         pkgs.insert(key, version);
                     }
                 }
-                Some(Err(e)) => self.note(RPMDB, format_args!("could not read the rpm database ({e})")),
+                Some(Err(e)) => {
+                    self.note(RPMDB, format_args!("could not read the rpm database ({e})"))
+                }
                 None => self.note(RPMDB, "an rpm database in an in-memory root cannot be read"),
             }
         }
@@ -330,7 +383,10 @@ impl Collector<'_> {
             }
         }
         if !found {
-            self.note(DPKG, "no package database found (neither dpkg status nor an rpm database)");
+            self.note(
+                DPKG,
+                "no package database found (neither dpkg status nor an rpm database)",
+            );
             return None;
         }
         Some(pkgs)
@@ -361,7 +417,14 @@ impl Collector<'_> {
                 self.note(NET, e);
                 // proc/net/dev still names the interfaces, without their details.
                 netdev
-                    .map(|n| n.iter().map(|(name, _, _)| Interface { name: name.clone(), ..Interface::default() }).collect())
+                    .map(|n| {
+                        n.iter()
+                            .map(|(name, _, _)| Interface {
+                                name: name.clone(),
+                                ..Interface::default()
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default()
             }
         }
@@ -387,7 +450,10 @@ impl Collector<'_> {
 }
 
 fn parse_hostname(text: &str) -> Result<String, &'static str> {
-    let name = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
+    let name = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'));
     name.map(str::to_owned).ok_or("empty")
 }
 
@@ -470,10 +536,14 @@ fn parse_cpuinfo(text: &str) -> Result<(Option<String>, Option<u32>), &'static s
     let mut model = None;
     let mut count = 0u32;
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         match k.trim() {
             "processor" => count += 1,
-            "model name" | "Model" | "cpu model" if model.is_none() => model = Some(v.trim().to_owned()),
+            "model name" | "Model" | "cpu model" if model.is_none() => {
+                model = Some(v.trim().to_owned())
+            }
             _ => {}
         }
     }
@@ -487,7 +557,9 @@ fn parse_cpuinfo(text: &str) -> Result<(Option<String>, Option<u32>), &'static s
 fn parse_meminfo(text: &str) -> Result<BTreeMap<String, u64>, &'static str> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         if let Some(n) = v.split_whitespace().next().and_then(|n| n.parse().ok()) {
             out.insert(k.trim().to_owned(), n);
         }
@@ -499,7 +571,9 @@ fn parse_meminfo(text: &str) -> Result<BTreeMap<String, u64>, &'static str> {
 }
 
 fn parse_loadavg(text: &str) -> Result<[f64; 3], &'static str> {
-    let mut it = text.split_whitespace().map(|f| f.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0));
+    let mut it = text
+        .split_whitespace()
+        .map(|f| f.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0));
     match (it.next(), it.next(), it.next()) {
         (Some(Some(a)), Some(Some(b)), Some(Some(c))) => Ok([a, b, c]),
         _ => Err("expected three load averages"),
@@ -511,7 +585,9 @@ fn parse_pressure(text: &str) -> Result<Vec<(String, f64, f64)>, &'static str> {
     let mut out = Vec::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
-        let Some(kind @ ("some" | "full")) = words.next() else { continue };
+        let Some(kind @ ("some" | "full")) = words.next() else {
+            continue;
+        };
         let (mut a10, mut a60) = (None, None);
         for w in words {
             if let Some(v) = w.strip_prefix("avg10=") {
@@ -567,7 +643,10 @@ struct DiskStats {
 /// Whether a block device is a whole disk worth listing, rather than a partition or a virtual
 /// device (loop, ram, zram, device-mapper, optical).
 pub fn is_whole_disk(name: &str) -> bool {
-    if ["loop", "ram", "zram", "dm-", "sr", "fd", "nbd"].iter().any(|p| name.starts_with(p)) {
+    if ["loop", "ram", "zram", "dm-", "sr", "fd", "nbd"]
+        .iter()
+        .any(|p| name.starts_with(p))
+    {
         return false;
     }
     let ends_digit = name.ends_with(|c: char| c.is_ascii_digit());
@@ -576,7 +655,9 @@ pub fn is_whole_disk(name: &str) -> bool {
         // then digits at the end.
         let trimmed = name.trim_end_matches(|c: char| c.is_ascii_digit());
         let partition = ends_digit
-            && trimmed.strip_suffix('p').is_some_and(|t| t.ends_with(|c: char| c.is_ascii_digit()));
+            && trimmed
+                .strip_suffix('p')
+                .is_some_and(|t| t.ends_with(|c: char| c.is_ascii_digit()));
         return !partition;
     }
     // sda, vda, xvda, hda: a trailing digit marks a partition.
@@ -584,7 +665,11 @@ pub fn is_whole_disk(name: &str) -> bool {
 }
 
 fn parse_diskstats(text: &str) -> Result<DiskStats, &'static str> {
-    let mut d = DiskStats { disks: Vec::new(), sectors_read: 0, sectors_written: 0 };
+    let mut d = DiskStats {
+        disks: Vec::new(),
+        sectors_read: 0,
+        sectors_written: 0,
+    };
     let mut lines = 0;
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -611,12 +696,18 @@ fn parse_diskstats(text: &str) -> Result<DiskStats, &'static str> {
 fn parse_net_dev(text: &str) -> Result<Vec<(String, u64, u64)>, &'static str> {
     let mut out = Vec::new();
     for line in text.lines() {
-        let Some((name, rest)) = line.split_once(':') else { continue };
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
         let f: Vec<&str> = rest.split_whitespace().collect();
         if f.len() < 9 {
             continue;
         }
-        out.push((name.trim().to_owned(), f[0].parse().unwrap_or(0), f[8].parse().unwrap_or(0)));
+        out.push((
+            name.trim().to_owned(),
+            f[0].parse().unwrap_or(0),
+            f[8].parse().unwrap_or(0),
+        ));
     }
     if out.is_empty() {
         return Err("no interface lines");
@@ -629,7 +720,10 @@ pub fn parse_resolv_conf(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
-            (w.next() == Some("nameserver")).then(|| w.next()).flatten().map(str::to_owned)
+            (w.next() == Some("nameserver"))
+                .then(|| w.next())
+                .flatten()
+                .map(str::to_owned)
         })
         .collect()
 }
@@ -642,7 +736,8 @@ pub fn parse_hosts(text: &str) -> BTreeMap<String, String> {
         let mut w = line.split_whitespace();
         let Some(addr) = w.next() else { continue };
         for name in w {
-            out.entry(name.to_owned()).or_insert_with(|| addr.to_owned());
+            out.entry(name.to_owned())
+                .or_insert_with(|| addr.to_owned());
         }
     }
     out
@@ -655,7 +750,9 @@ pub fn parse_hosts(text: &str) -> BTreeMap<String, String> {
 pub fn parse_proc_net_tcp(text: &str, v6: bool) -> Result<Vec<String>, &'static str> {
     let mut out = Vec::new();
     let mut lines = text.lines();
-    let Some(header) = lines.next() else { return Ok(out) };
+    let Some(header) = lines.next() else {
+        return Ok(out);
+    };
     if !header.contains("local_address") {
         return Err("no header line");
     }
@@ -664,8 +761,12 @@ pub fn parse_proc_net_tcp(text: &str, v6: bool) -> Result<Vec<String>, &'static 
         if f.len() < 4 || f[3] != "0A" {
             continue;
         }
-        let Some((addr, port)) = f[1].split_once(':') else { continue };
-        let Ok(port) = u16::from_str_radix(port, 16) else { continue };
+        let Some((addr, port)) = f[1].split_once(':') else {
+            continue;
+        };
+        let Ok(port) = u16::from_str_radix(port, 16) else {
+            continue;
+        };
         let ip = if v6 {
             if addr.len() != 32 {
                 continue;
@@ -683,7 +784,9 @@ pub fn parse_proc_net_tcp(text: &str, v6: bool) -> Result<Vec<String>, &'static 
             }
             std::net::IpAddr::V6(Ipv6Addr::from(bytes))
         } else {
-            let Ok(w) = u32::from_str_radix(addr, 16) else { continue };
+            let Ok(w) = u32::from_str_radix(addr, 16) else {
+                continue;
+            };
             std::net::IpAddr::V4(Ipv4Addr::from(w.to_le_bytes()))
         };
         out.push(SocketAddr::new(ip, port).to_string());
@@ -694,7 +797,11 @@ pub fn parse_proc_net_tcp(text: &str, v6: bool) -> Result<Vec<String>, &'static 
 /// Formats a socket address the way `proc/net/tcp(6)` prints it (for synthetic roots).
 pub fn format_proc_net_addr(addr: &SocketAddr) -> String {
     match addr {
-        SocketAddr::V4(a) => format!("{:08X}:{:04X}", u32::from_le_bytes(a.ip().octets()), a.port()),
+        SocketAddr::V4(a) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(a.ip().octets()),
+            a.port()
+        ),
         SocketAddr::V6(a) => {
             let o = a.ip().octets();
             let mut s = String::with_capacity(37);
@@ -717,7 +824,10 @@ mod tests {
         let os = parse_os_release("PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=x\nVERSION_ID=\"12\"\nID=debian\n# c\n").unwrap();
         assert_eq!(os.id, "debian");
         assert_eq!(os.version_id.as_deref(), Some("12"));
-        assert_eq!(os.pretty_name.as_deref(), Some("Debian GNU/Linux 12 (bookworm)"));
+        assert_eq!(
+            os.pretty_name.as_deref(),
+            Some("Debian GNU/Linux 12 (bookworm)")
+        );
         assert_eq!(parse_os_release("").unwrap().id, "linux");
     }
 
@@ -738,10 +848,22 @@ mod tests {
 
     #[test]
     fn whole_disks_exclude_partitions_and_virtual_devices() {
-        for d in ["sda", "vdb", "xvda", "nvme0n1", "nvme10n2", "mmcblk0", "md0"] {
+        for d in [
+            "sda", "vdb", "xvda", "nvme0n1", "nvme10n2", "mmcblk0", "md0",
+        ] {
             assert!(is_whole_disk(d), "{d}");
         }
-        for d in ["sda1", "vdb12", "nvme0n1p1", "mmcblk0p2", "loop0", "ram1", "zram0", "dm-0", "sr0"] {
+        for d in [
+            "sda1",
+            "vdb12",
+            "nvme0n1p1",
+            "mmcblk0p2",
+            "loop0",
+            "ram1",
+            "zram0",
+            "dm-0",
+            "sr0",
+        ] {
             assert!(!is_whole_disk(d), "{d}");
         }
     }
@@ -751,13 +873,22 @@ mod tests {
         let v4: SocketAddr = "127.0.0.1:6379".parse().unwrap();
         let v6: SocketAddr = "[::1]:4369".parse().unwrap();
         assert_eq!(format_proc_net_addr(&v4), "0100007F:18EB");
-        assert_eq!(format_proc_net_addr(&v6), "00000000000000000000000001000000:1111");
+        assert_eq!(
+            format_proc_net_addr(&v6),
+            "00000000000000000000000001000000:1111"
+        );
         let t4 = format!(
             "  sl  local_address rem_address   st\n   0: {} 00000000:0000 0A 0\n   1: 0100007F:0016 0100007F:9999 01 0\n",
             format_proc_net_addr(&v4)
         );
-        assert_eq!(parse_proc_net_tcp(&t4, false).unwrap(), vec!["127.0.0.1:6379"]);
-        let t6 = format!("  sl  local_address remote\n 0: {} 0 0A\n", format_proc_net_addr(&v6));
+        assert_eq!(
+            parse_proc_net_tcp(&t4, false).unwrap(),
+            vec!["127.0.0.1:6379"]
+        );
+        let t6 = format!(
+            "  sl  local_address remote\n 0: {} 0 0A\n",
+            format_proc_net_addr(&v6)
+        );
         assert_eq!(parse_proc_net_tcp(&t6, true).unwrap(), vec!["[::1]:4369"]);
         assert!(parse_proc_net_tcp("nonsense\n", false).is_err());
     }
@@ -765,14 +896,25 @@ mod tests {
     #[test]
     fn pressure_loadavg_hosts_and_resolvers() {
         let p = parse_pressure("some avg10=1.50 avg60=0.20 avg300=0.00 total=1\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n").unwrap();
-        assert_eq!(p, vec![("some".to_owned(), 1.5, 0.2), ("full".to_owned(), 0.0, 0.0)]);
-        assert_eq!(parse_loadavg("0.5 1.25 2.00 1/100 42\n").unwrap(), [0.5, 1.25, 2.0]);
+        assert_eq!(
+            p,
+            vec![("some".to_owned(), 1.5, 0.2), ("full".to_owned(), 0.0, 0.0)]
+        );
+        assert_eq!(
+            parse_loadavg("0.5 1.25 2.00 1/100 42\n").unwrap(),
+            [0.5, 1.25, 2.0]
+        );
         assert!(parse_loadavg("0.5 x").is_err());
-        let h = parse_hosts("127.0.0.1 localhost\n::1 localhost ip6-localhost # c\n# x\n10.0.0.1 db db.local\n");
+        let h = parse_hosts(
+            "127.0.0.1 localhost\n::1 localhost ip6-localhost # c\n# x\n10.0.0.1 db db.local\n",
+        );
         assert_eq!(h["localhost"], "127.0.0.1");
         assert_eq!(h["ip6-localhost"], "::1");
         assert_eq!(h["db.local"], "10.0.0.1");
-        assert_eq!(parse_resolv_conf("search x\nnameserver 10.0.0.2\nnameserver ::1\n"), vec!["10.0.0.2", "::1"]);
+        assert_eq!(
+            parse_resolv_conf("search x\nnameserver 10.0.0.2\nnameserver ::1\n"),
+            vec!["10.0.0.2", "::1"]
+        );
     }
 
     #[test]
@@ -782,10 +924,21 @@ mod tests {
         root.insert("etc/hostname", "web-1\n");
         let p = collect_from(&root, &CollectOptions::default(), None);
         assert_eq!(p.hostname.as_deref(), Some("web-1"));
-        assert!(p.os.is_none() && p.kernel.is_none() && p.packages.is_none() && p.hardware.is_none());
+        assert!(
+            p.os.is_none() && p.kernel.is_none() && p.packages.is_none() && p.hardware.is_none()
+        );
         assert!(p.metrics.is_empty());
         let notes = p.notes.join("\n");
-        for f in ["proc/loadavg: could not parse", "etc/os-release", "proc/sys/kernel/osrelease", "var/lib/dpkg/status", "proc/meminfo", "proc/net/tcp6", "sys/class/net", "proc/pressure/io"] {
+        for f in [
+            "proc/loadavg: could not parse",
+            "etc/os-release",
+            "proc/sys/kernel/osrelease",
+            "var/lib/dpkg/status",
+            "proc/meminfo",
+            "proc/net/tcp6",
+            "sys/class/net",
+            "proc/pressure/io",
+        ] {
             assert!(notes.contains(f), "missing note for {f} in:\n{notes}");
         }
     }
@@ -796,7 +949,13 @@ mod tests {
         root.insert("var/lib/rpm/Packages", "");
         let p = collect_from(&root, &CollectOptions::default(), None);
         assert_eq!(p.packages, Some(BTreeMap::new()));
-        assert!(p.notes.iter().any(|n| n.contains("var/lib/rpm/Packages:") && n.contains("not read")), "{:?}", p.notes);
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.contains("var/lib/rpm/Packages:") && n.contains("not read")),
+            "{:?}",
+            p.notes
+        );
     }
 
     #[test]
@@ -806,7 +965,10 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("var/lib/rpm")).unwrap();
         write_rpmdb(
             &dir.path().join("var/lib/rpm/rpmdb.sqlite"),
-            &[pkg("bash", None, "5.1.8", "9.el9", "x86_64"), pkg("openssl-libs", Some(1), "3.0.7", "27.el9", "x86_64")],
+            &[
+                pkg("bash", None, "5.1.8", "9.el9", "x86_64"),
+                pkg("openssl-libs", Some(1), "3.0.7", "27.el9", "x86_64"),
+            ],
             false,
         );
         let p = collect(dir.path(), &CollectOptions::default());
@@ -818,7 +980,13 @@ mod tests {
         std::fs::write(dir.path().join("var/lib/rpm/rpmdb.sqlite"), "not sqlite").unwrap();
         let p = collect(dir.path(), &CollectOptions::default());
         assert_eq!(p.packages, Some(BTreeMap::new()));
-        assert!(p.notes.iter().any(|n| n.contains("could not read the rpm database")), "{:?}", p.notes);
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.contains("could not read the rpm database")),
+            "{:?}",
+            p.notes
+        );
     }
 
     #[test]
@@ -831,7 +999,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let p = collect(Path::new("/"), &CollectOptions::default());
         let listening = p.network.unwrap().listening;
-        assert!(listening.contains(&listener.local_addr().unwrap().to_string()), "{listening:?}");
+        assert!(
+            listening.contains(&listener.local_addr().unwrap().to_string()),
+            "{listening:?}"
+        );
         let mut s = CpuSampler::new();
         let first = s.collect(Path::new("/"), &CollectOptions::default());
         assert!(!first.metrics.contains_key(metric::CPU_BUSY_RATIO));

@@ -39,7 +39,9 @@ fn check_dependency(value: &str) -> Result<Dependency, String> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!("the name {name:?} contains {ch:?}; use letters, digits, '.', '_' and '-'"));
+        return Err(format!(
+            "the name {name:?} contains {ch:?}; use letters, digits, '.', '_' and '-'"
+        ));
     }
     let (host, port) = endpoint
         .rsplit_once(':')
@@ -48,18 +50,26 @@ fn check_dependency(value: &str) -> Result<Dependency, String> {
         return Err(format!("the endpoint {endpoint:?} has no host"));
     }
     if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
-        return Err(format!("the IPv6 address in {endpoint:?} must be in brackets, as [::1]:5432"));
+        return Err(format!(
+            "the IPv6 address in {endpoint:?} must be in brackets, as [::1]:5432"
+        ));
     }
     match port.parse::<u16>() {
         Ok(p) if p > 0 => {}
         _ => return Err(format!("the port {port:?} is not a number from 1 to 65535")),
     }
-    Ok(Dependency { name: name.to_owned(), endpoint: endpoint.to_owned() })
+    Ok(Dependency {
+        name: name.to_owned(),
+        endpoint: endpoint.to_owned(),
+    })
 }
 
 /// Parses one `NAME=HOST:PORT`, as given to `--dependency`. The error names the value.
 pub fn parse_dependency(value: &str) -> Result<Dependency, Error> {
-    check_dependency(value).map_err(|reason| Error::BadDependency { value: value.to_owned(), reason })
+    check_dependency(value).map_err(|reason| Error::BadDependency {
+        value: value.to_owned(),
+        reason,
+    })
 }
 
 /// Parses the text of a dependencies file: one `NAME=HOST:PORT` a line, blank lines and `#`
@@ -177,9 +187,21 @@ mod tests {
     #[test]
     fn parses_good_values() {
         let d = parse_dependency("db=10.0.0.5:5432").unwrap();
-        assert_eq!(d, Dependency { name: "db".into(), endpoint: "10.0.0.5:5432".into() });
-        assert_eq!(parse_dependency("v6=[::1]:80").unwrap().endpoint, "[::1]:80");
-        assert_eq!(parse_dependency("cache = redis.local:6379").unwrap().name, "cache");
+        assert_eq!(
+            d,
+            Dependency {
+                name: "db".into(),
+                endpoint: "10.0.0.5:5432".into()
+            }
+        );
+        assert_eq!(
+            parse_dependency("v6=[::1]:80").unwrap().endpoint,
+            "[::1]:80"
+        );
+        assert_eq!(
+            parse_dependency("cache = redis.local:6379").unwrap().name,
+            "cache"
+        );
     }
 
     #[test]
@@ -203,7 +225,9 @@ mod tests {
     #[test]
     fn file_errors_name_file_and_line() {
         let text = "# declared\n\ndb=127.0.0.1:5432  # primary\ncache=oops\n";
-        let err = parse_dependencies_file(Path::new("x/deps"), text).unwrap_err().to_string();
+        let err = parse_dependencies_file(Path::new("x/deps"), text)
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "x/deps:4: the endpoint \"oops\" has no ':PORT'");
         let dup = parse_dependencies_file(Path::new("f"), "a=h:1\na=h:2\n").unwrap_err();
         assert_eq!(dup.to_string(), "f:2: the name \"a\" is declared twice");
@@ -217,13 +241,18 @@ mod tests {
         assert_eq!(read_declared_dependencies(dir.path()).unwrap(), vec![]);
         std::fs::create_dir_all(dir.path().join("etc/bellwether")).unwrap();
         std::fs::write(dir.path().join(DEPENDENCIES_FILE), "db=127.0.0.1:5432\nx\n").unwrap();
-        let err = read_declared_dependencies(dir.path()).unwrap_err().to_string();
+        let err = read_declared_dependencies(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("etc/bellwether/dependencies:2:"), "{err}");
     }
 
     #[test]
     fn merge_overrides_by_name() {
-        let a = [parse_dependency("db=h:1").unwrap(), parse_dependency("x=h:2").unwrap()];
+        let a = [
+            parse_dependency("db=h:1").unwrap(),
+            parse_dependency("x=h:2").unwrap(),
+        ];
         let b = [parse_dependency("db=h:9").unwrap()];
         let m = merge_dependencies(&[&a, &b]);
         assert_eq!(m.len(), 2);
@@ -235,11 +264,23 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let open = listener.local_addr().unwrap();
         // A port that was bound and released: nothing listens there now.
-        let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let deps = [
-            Dependency { name: "up".into(), endpoint: open.to_string() },
-            Dependency { name: "down".into(), endpoint: closed.to_string() },
-            Dependency { name: "nonsense".into(), endpoint: "no-such-host.invalid:1".into() },
+            Dependency {
+                name: "up".into(),
+                endpoint: open.to_string(),
+            },
+            Dependency {
+                name: "down".into(),
+                endpoint: closed.to_string(),
+            },
+            Dependency {
+                name: "nonsense".into(),
+                endpoint: "no-such-host.invalid:1".into(),
+            },
         ];
         let st = probe_all(&deps, Duration::from_secs(2));
         assert_eq!(st.len(), 3);

@@ -37,7 +37,12 @@ pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, JsonError> {
             Some(i) => msg[..i].to_owned(),
             None => msg,
         };
-        JsonError { line: inner.line(), column: inner.column(), field, message }
+        JsonError {
+            line: inner.line(),
+            column: inner.column(),
+            field,
+            message,
+        }
     })?;
     Ok(value)
 }
@@ -61,9 +66,21 @@ mod tests {
         let e = parse_profile("{\n  \"hardware\": {\"cpu_count\": \"four\"}\n}").unwrap_err();
         assert_eq!(e.field, "hardware.cpu_count");
         assert_eq!(e.line, 2);
-        assert!(e.message.starts_with("invalid type: string \"four\""), "{e}");
-        assert_eq!(e.to_string(), format!("line 2, column {}, field hardware.cpu_count: {}", e.column, e.message));
-        let e = parse_profile("{\"dependencies\": [{\"name\": \"db\", \"endpoint\": \"h:1\", \"reachable\": 3}]}").unwrap_err();
+        assert!(
+            e.message.starts_with("invalid type: string \"four\""),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "line 2, column {}, field hardware.cpu_count: {}",
+                e.column, e.message
+            )
+        );
+        let e = parse_profile(
+            "{\"dependencies\": [{\"name\": \"db\", \"endpoint\": \"h:1\", \"reachable\": 3}]}",
+        )
+        .unwrap_err();
         assert_eq!(e.field, "dependencies[0].reachable");
         let e = parse_profile("{\"kernal\": 1}").unwrap_err();
         assert!(e.message.contains("unknown field `kernal`"), "{e}");

@@ -22,19 +22,19 @@ use std::path::PathBuf;
 pub mod collect;
 pub mod deps;
 pub mod json;
-pub mod root;
-pub mod rpm;
 pub mod peers;
 pub mod prepared;
+pub mod root;
+pub mod rpm;
 pub mod score;
 pub mod sockdiag;
 pub mod synth;
 pub mod version;
 
 pub use collect::{collect, CollectOptions, CpuSampler};
+pub use deps::{parse_dependency, read_declared_dependencies, Dependency};
 pub use prepared::{score_prepared, score_prepared_checked, PreparedProfile};
 pub use score::{score, score_checked, DriftError};
-pub use deps::{parse_dependency, read_declared_dependencies, Dependency};
 
 /// Errors of this crate. Collection itself never fails; these come from parsing declared
 /// dependencies and from comparing profiles that should not be compared.
@@ -43,7 +43,11 @@ pub enum Error {
     #[error("bad dependency {value:?}: {reason}")]
     BadDependency { value: String, reason: String },
     #[error("{}:{line}: {reason}", path.display())]
-    BadDependencyLine { path: PathBuf, line: usize, reason: String },
+    BadDependencyLine {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
     #[error("could not read {}: {source}", path.display())]
     Read {
         path: PathBuf,

@@ -78,7 +78,10 @@ pub fn compare_peers(hosts: &[PeerHost<'_>], label: &str) -> PeerReport {
     ungrouped.sort();
     PeerReport {
         label: label.to_owned(),
-        groups: groups.into_iter().map(|(value, members)| compare_group(value, &members)).collect(),
+        groups: groups
+            .into_iter()
+            .map(|(value, members)| compare_group(value, &members))
+            .collect(),
         ungrouped,
     }
 }
@@ -90,35 +93,56 @@ fn compare_group(value: &str, members: &[&PeerHost<'_>]) -> PeerGroup {
 
     let os: Vec<Option<String>> = members
         .iter()
-        .map(|h| h.profile.os.as_ref().map(|o| format!("{} {}", o.id, o.version_id.as_deref().unwrap_or("")).trim_end().to_owned()))
+        .map(|h| {
+            h.profile.os.as_ref().map(|o| {
+                format!("{} {}", o.id, o.version_id.as_deref().unwrap_or(""))
+                    .trim_end()
+                    .to_owned()
+            })
+        })
         .collect();
     let kernel: Vec<Option<String>> = members.iter().map(|h| h.profile.kernel.clone()).collect();
     for (attr, values) in [("os", os), ("kernel", kernel)] {
         // A host that did not report the attribute is not compared on it.
-        let known: Vec<(usize, &str)> = values.iter().enumerate().filter_map(|(i, v)| v.as_deref().map(|v| (i, v))).collect();
-        if let Some((majority, count)) = strict_majority(known.iter().map(|(_, v)| Some(*v)), known.len()) {
+        let known: Vec<(usize, &str)> = values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.as_deref().map(|v| (i, v)))
+            .collect();
+        if let Some((majority, count)) =
+            strict_majority(known.iter().map(|(_, v)| Some(*v)), known.len())
+        {
             for (i, v) in &known {
                 if Some(*v) != majority {
-                    diffs.entry(members[*i].host).or_default().push(PeerDifference {
-                        attribute: attr.to_owned(),
-                        majority: majority.map(str::to_owned),
-                        host: Some((*v).to_owned()),
-                        majority_hosts: count,
-                        compared: known.len(),
-                    });
+                    diffs
+                        .entry(members[*i].host)
+                        .or_default()
+                        .push(PeerDifference {
+                            attribute: attr.to_owned(),
+                            majority: majority.map(str::to_owned),
+                            host: Some((*v).to_owned()),
+                            majority_hosts: count,
+                            compared: known.len(),
+                        });
                 }
             }
         }
     }
 
-    let with_packages: Vec<(&str, &BTreeMap<String, String>)> =
-        members.iter().filter_map(|h| h.profile.packages.as_ref().map(|p| (h.host, p))).collect();
+    let with_packages: Vec<(&str, &BTreeMap<String, String>)> = members
+        .iter()
+        .filter_map(|h| h.profile.packages.as_ref().map(|p| (h.host, p)))
+        .collect();
     let n = with_packages.len();
     // Package name to (version to number of hosts).
     let mut versions: BTreeMap<&str, HashMap<&str, usize>> = BTreeMap::new();
     for (_, pkgs) in &with_packages {
         for (name, version) in pkgs.iter() {
-            *versions.entry(name.as_str()).or_default().entry(version.as_str()).or_default() += 1;
+            *versions
+                .entry(name.as_str())
+                .or_default()
+                .entry(version.as_str())
+                .or_default() += 1;
         }
     }
     for (name, counts) in &versions {
@@ -128,8 +152,16 @@ fn compare_group(value: &str, members: &[&PeerHost<'_>]) -> PeerGroup {
         if absent == 0 && counts.len() == 1 {
             continue;
         }
-        let candidates = counts.iter().map(|(v, c)| (Some(*v), *c)).chain((absent > 0).then_some((None, absent)));
-        let Some((majority, count)) = candidates.filter(|(_, c)| 2 * c > n).max_by_key(|(_, c)| *c) else { continue };
+        let candidates = counts
+            .iter()
+            .map(|(v, c)| (Some(*v), *c))
+            .chain((absent > 0).then_some((None, absent)));
+        let Some((majority, count)) = candidates
+            .filter(|(_, c)| 2 * c > n)
+            .max_by_key(|(_, c)| *c)
+        else {
+            continue;
+        };
         for (host, pkgs) in &with_packages {
             let mine = pkgs.get(*name).map(String::as_str);
             if mine != majority {
@@ -148,15 +180,30 @@ fn compare_group(value: &str, members: &[&PeerHost<'_>]) -> PeerGroup {
         .into_iter()
         .map(|(host, mut differences)| {
             differences.sort_by(|a, b| a.attribute.cmp(&b.attribute));
-            PeerOutlier { host: host.to_owned(), differences }
+            PeerOutlier {
+                host: host.to_owned(),
+                differences,
+            }
         })
         .collect();
-    outliers.sort_by(|a, b| b.differences.len().cmp(&a.differences.len()).then_with(|| a.host.cmp(&b.host)));
-    PeerGroup { value: value.to_owned(), hosts, outliers }
+    outliers.sort_by(|a, b| {
+        b.differences
+            .len()
+            .cmp(&a.differences.len())
+            .then_with(|| a.host.cmp(&b.host))
+    });
+    PeerGroup {
+        value: value.to_owned(),
+        hosts,
+        outliers,
+    }
 }
 
 /// The value more than half of `n` hold, with its count.
-fn strict_majority<'a>(values: impl Iterator<Item = Option<&'a str>>, n: usize) -> Option<(Option<&'a str>, usize)> {
+fn strict_majority<'a>(
+    values: impl Iterator<Item = Option<&'a str>>,
+    n: usize,
+) -> Option<(Option<&'a str>, usize)> {
     let mut counts: HashMap<Option<&str>, usize> = HashMap::new();
     for v in values {
         *counts.entry(v).or_default() += 1;
@@ -178,22 +225,42 @@ mod tests {
             spec.hostname = format!("web-{i}");
             if i == 3 {
                 let name = spec.packages.keys().nth(10).unwrap().clone();
-                spec.apply(&Drift::UpgradePackage { name, level: ChangeLevel::Minor });
-                spec.apply(&Drift::SetPackage { name: "zz-injected-tool".into(), version: "1.219-1".into() });
+                spec.apply(&Drift::UpgradePackage {
+                    name,
+                    level: ChangeLevel::Minor,
+                });
+                spec.apply(&Drift::SetPackage {
+                    name: "zz-injected-tool".into(),
+                    version: "1.219-1".into(),
+                });
             }
             if i == 4 {
                 spec.apply(&Drift::Kernel("6.9.0-1-amd64".into()));
             }
-            out.push((spec.hostname.clone(), BTreeMap::from([("role".to_owned(), "web".to_owned())]), profile_of(&spec)));
+            out.push((
+                spec.hostname.clone(),
+                BTreeMap::from([("role".to_owned(), "web".to_owned())]),
+                profile_of(&spec),
+            ));
         }
         let db = HostSpec::generate(7, "db-0", 100);
-        out.push(("db-0".into(), BTreeMap::from([("role".to_owned(), "db".to_owned())]), profile_of(&db)));
+        out.push((
+            "db-0".into(),
+            BTreeMap::from([("role".to_owned(), "db".to_owned())]),
+            profile_of(&db),
+        ));
         out.push(("lonely".into(), BTreeMap::new(), profile_of(&db)));
         out
     }
 
     fn peers(f: &[(String, BTreeMap<String, String>, HostProfile)]) -> Vec<PeerHost<'_>> {
-        f.iter().map(|(h, l, p)| PeerHost { host: h, labels: l, profile: p }).collect()
+        f.iter()
+            .map(|(h, l, p)| PeerHost {
+                host: h,
+                labels: l,
+                profile: p,
+            })
+            .collect()
     }
 
     #[test]
@@ -210,8 +277,13 @@ mod tests {
         assert_eq!(web.outliers[0].host, "web-3");
         let d = &web.outliers[0].differences;
         assert_eq!(d.len(), 2, "{d:#?}");
-        assert!(d.iter().any(|x| x.attribute == "package:zz-injected-tool" && x.majority.is_none() && x.host.as_deref() == Some("1.219-1")));
-        let changed = d.iter().find(|x| x.attribute != "package:zz-injected-tool").unwrap();
+        assert!(d.iter().any(|x| x.attribute == "package:zz-injected-tool"
+            && x.majority.is_none()
+            && x.host.as_deref() == Some("1.219-1")));
+        let changed = d
+            .iter()
+            .find(|x| x.attribute != "package:zz-injected-tool")
+            .unwrap();
         assert_eq!((changed.majority_hosts, changed.compared), (4, 5));
         assert_ne!(changed.majority, changed.host);
         assert_eq!(web.outliers[1].host, "web-4");
@@ -220,7 +292,10 @@ mod tests {
 
     #[test]
     fn no_majority_flags_nobody() {
-        let f: Vec<_> = fleet().into_iter().filter(|(h, _, _)| h == "web-0" || h == "web-3").collect();
+        let f: Vec<_> = fleet()
+            .into_iter()
+            .filter(|(h, _, _)| h == "web-0" || h == "web-3")
+            .collect();
         let r = compare_peers(&peers(&f), "role");
         assert_eq!(r.groups[0].outliers, vec![]);
     }

@@ -76,12 +76,20 @@ impl From<HostProfile> for PreparedProfile {
 /// Scores how far `current` has drifted from `baseline`: the same score as
 /// [`score`](crate::score::score) on the two profiles.
 pub fn score_prepared(baseline: &PreparedProfile, current: &PreparedProfile) -> DriftScore {
-    score_with(&baseline.profile, &current.profile, Some((&baseline.digests, &current.digests)))
+    score_with(
+        &baseline.profile,
+        &current.profile,
+        Some((&baseline.digests, &current.digests)),
+    )
 }
 
 /// As [`score_prepared`], but refuses profiles of different hostnames unless `force` is set,
 /// as [`score_checked`](crate::score::score_checked) does.
-pub fn score_prepared_checked(baseline: &PreparedProfile, current: &PreparedProfile, force: bool) -> Result<DriftScore, DriftError> {
+pub fn score_prepared_checked(
+    baseline: &PreparedProfile,
+    current: &PreparedProfile,
+    force: bool,
+) -> Result<DriftScore, DriftError> {
     check_hosts(&baseline.profile, &current.profile, force)?;
     Ok(score_prepared(baseline, current))
 }
@@ -139,7 +147,13 @@ impl PackageIndex {
             buf.extend_from_slice(name.as_bytes());
             buf.extend_from_slice(version.as_bytes());
             let pair = xxh3_128(&buf);
-            entries.push((Key { name: xxh3_64(name.as_bytes()), pair: [pair as u64, (pair >> 64) as u64] }, [s, m, e]));
+            entries.push((
+                Key {
+                    name: xxh3_64(name.as_bytes()),
+                    pair: [pair as u64, (pair >> 64) as u64],
+                },
+                [s, m, e],
+            ));
         }
         entries.sort_unstable_by_key(|(k, _)| k.name);
         if entries.windows(2).any(|w| w[0].0.name == w[1].0.name) {
@@ -152,7 +166,12 @@ impl PackageIndex {
             buf.extend_from_slice(&k.pair[1].to_le_bytes());
         }
         let (keys, spans) = entries.into_iter().unzip();
-        Some(PackageIndex { all: xxh3_128(&buf), keys, spans, text })
+        Some(PackageIndex {
+            all: xxh3_128(&buf),
+            keys,
+            spans,
+            text,
+        })
     }
 
     fn entry(&self, i: usize) -> (&str, &str) {
@@ -163,7 +182,13 @@ impl PackageIndex {
 
 /// The package findings of two indexed package sets, in name order, as the plain walk gives
 /// them. `bp` and `cp` are the sets themselves, for the fallback.
-pub(crate) fn packages(bi: &PackageIndex, ci: &PackageIndex, bp: &BTreeMap<String, String>, cp: &BTreeMap<String, String>, f: &mut Findings) {
+pub(crate) fn packages(
+    bi: &PackageIndex,
+    ci: &PackageIndex,
+    bp: &BTreeMap<String, String>,
+    cp: &BTreeMap<String, String>,
+    f: &mut Findings,
+) {
     if bi.all == ci.all {
         return;
     }
@@ -221,7 +246,12 @@ mod tests {
         let mut rng = SplitMix64::new(3);
         for seed in 0..40 {
             let mut b = profile_of(&HostSpec::generate(seed, "h", 120));
-            b.dependencies = vec![DependencyStatus { name: "db".into(), endpoint: "h:1".into(), reachable: true, latency_ms: Some(1.0) }];
+            b.dependencies = vec![DependencyStatus {
+                name: "db".into(),
+                endpoint: "h:1".into(),
+                reachable: true,
+                latency_ms: Some(1.0),
+            }];
             let pb = prepared(&b);
             for _ in 0..10 {
                 let c = perturb(&b, &mut rng);
@@ -235,13 +265,26 @@ mod tests {
     fn unchanged_package_set_is_recognised_by_its_digest() {
         let p = profile_of(&HostSpec::generate(5, "h", 300));
         let (a, b) = (prepared(&p), prepared(&p));
-        let (ia, ib) = (a.digests.packages.as_ref().unwrap(), b.digests.packages.as_ref().unwrap());
+        let (ia, ib) = (
+            a.digests.packages.as_ref().unwrap(),
+            b.digests.packages.as_ref().unwrap(),
+        );
         assert_eq!(ia.all, ib.all);
         assert_eq!(ia.keys.len(), 300);
         assert!(ia.keys.windows(2).all(|w| w[0].name < w[1].name));
         let mut q = p.clone();
-        let (name, v) = q.packages.as_ref().unwrap().iter().next().map(|(n, v)| (n.clone(), v.clone())).unwrap();
-        q.packages.as_mut().unwrap().insert(name.clone(), format!("{v}+1"));
+        let (name, v) = q
+            .packages
+            .as_ref()
+            .unwrap()
+            .iter()
+            .next()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .unwrap();
+        q.packages
+            .as_mut()
+            .unwrap()
+            .insert(name.clone(), format!("{v}+1"));
         let c = prepared(&q);
         assert_ne!(c.digests.packages.as_ref().unwrap().all, ia.all);
         let s = score_prepared(&a, &c);
@@ -253,7 +296,10 @@ mod tests {
     #[test]
     fn name_and_version_boundaries_are_not_ambiguous() {
         // ("ab", "c1") and ("a", "bc1") concatenate alike; the length prefix keeps them apart.
-        let pk = |n: &str, v: &str| HostProfile { packages: Some(BTreeMap::from([(n.to_owned(), v.to_owned())])), ..HostProfile::default() };
+        let pk = |n: &str, v: &str| HostProfile {
+            packages: Some(BTreeMap::from([(n.to_owned(), v.to_owned())])),
+            ..HostProfile::default()
+        };
         let (b, c) = (pk("ab", "c1"), pk("a", "bc1"));
         let s = score_prepared(&prepared(&b), &prepared(&c));
         assert_eq!(s.findings.len(), 2);
@@ -266,16 +312,34 @@ mod tests {
         let mut c = b.clone();
         c.hostname = Some("web-2".into());
         let (pb, pc) = (prepared(&b), prepared(&c));
-        assert!(matches!(score_prepared_checked(&pb, &pc, false), Err(DriftError::DifferentHosts { .. })));
-        assert_eq!(score_prepared_checked(&pb, &pc, true).unwrap(), score(&b, &c));
+        assert!(matches!(
+            score_prepared_checked(&pb, &pc, false),
+            Err(DriftError::DifferentHosts { .. })
+        ));
+        assert_eq!(
+            score_prepared_checked(&pb, &pc, true).unwrap(),
+            score(&b, &c)
+        );
     }
 
     fn arb_packages() -> impl Strategy<Value = Option<BTreeMap<String, String>>> {
-        prop::option::weighted(0.9, prop::collection::btree_map("[a-e]{1,3}", "[0-9]{1,2}(\\.[0-9]{1,2}){0,2}(-[0-9])?", 0..12))
+        prop::option::weighted(
+            0.9,
+            prop::collection::btree_map(
+                "[a-e]{1,3}",
+                "[0-9]{1,2}(\\.[0-9]{1,2}){0,2}(-[0-9])?",
+                0..12,
+            ),
+        )
     }
 
     fn arb_network() -> impl Strategy<Value = Option<bellwether_model::profile::Network>> {
-        let iface = ("eth[0-2]", prop::option::of("[ab]{2}"), prop::option::of(1400u32..1402), prop::option::of(prop_oneof![Just("up"), Just("down")]));
+        let iface = (
+            "eth[0-2]",
+            prop::option::of("[ab]{2}"),
+            prop::option::of(1400u32..1402),
+            prop::option::of(prop_oneof![Just("up"), Just("down")]),
+        );
         prop::option::weighted(
             0.9,
             (
@@ -284,17 +348,34 @@ mod tests {
                 prop::collection::btree_map("[xy]", "10\\.1\\.[12]", 0..2),
                 prop::collection::vec("0\\.0\\.0\\.0:[1-3]", 0..3),
             )
-                .prop_map(|(ifs, dns, hosts, listening)| bellwether_model::profile::Network {
-                    interfaces: ifs.into_iter().map(|(name, mac, mtu, op)| Interface { name, mac, mtu, operstate: op.map(str::to_owned) }).collect(),
-                    dns_resolvers: dns,
-                    hosts,
-                    listening,
+                .prop_map(|(ifs, dns, hosts, listening)| {
+                    bellwether_model::profile::Network {
+                        interfaces: ifs
+                            .into_iter()
+                            .map(|(name, mac, mtu, op)| Interface {
+                                name,
+                                mac,
+                                mtu,
+                                operstate: op.map(str::to_owned),
+                            })
+                            .collect(),
+                        dns_resolvers: dns,
+                        hosts,
+                        listening,
+                    }
                 }),
         )
     }
 
     fn arb_profile() -> impl Strategy<Value = HostProfile> {
-        (0u64..4, arb_packages(), arb_network(), any::<bool>(), prop::option::of(1u32..3), prop::collection::btree_map("load[15]", 0.0f64..9.0, 0..2))
+        (
+            0u64..4,
+            arb_packages(),
+            arb_network(),
+            any::<bool>(),
+            prop::option::of(1u32..3),
+            prop::collection::btree_map("load[15]", 0.0f64..9.0, 0..2),
+        )
             .prop_map(|(seed, packages, network, drop_hw, cpus, metrics)| {
                 let mut p = profile_of(&HostSpec::generate(seed, "h", 5));
                 p.packages = packages;
@@ -312,28 +393,33 @@ mod tests {
     /// A current profile derived from `b` by small edits, so that most parts are equal, as in a
     /// fleet; `arb_profile` pairs cover the parts that differ wholesale.
     fn arb_edit(b: HostProfile) -> impl Strategy<Value = (HostProfile, HostProfile)> {
-        (prop::collection::vec(("[a-e]{1,3}", prop::option::of("[0-9]\\.[0-9]")), 0..4), any::<bool>(), any::<bool>()).prop_map(move |(edits, touch_net, touch_hw)| {
-            let mut c = b.clone();
-            if let Some(pk) = c.packages.as_mut() {
-                for (n, v) in edits {
-                    match v {
-                        Some(v) => pk.insert(n, v),
-                        None => pk.remove(&n),
-                    };
+        (
+            prop::collection::vec(("[a-e]{1,3}", prop::option::of("[0-9]\\.[0-9]")), 0..4),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(move |(edits, touch_net, touch_hw)| {
+                let mut c = b.clone();
+                if let Some(pk) = c.packages.as_mut() {
+                    for (n, v) in edits {
+                        match v {
+                            Some(v) => pk.insert(n, v),
+                            None => pk.remove(&n),
+                        };
+                    }
                 }
-            }
-            if touch_net {
-                if let Some(n) = c.network.as_mut() {
-                    n.listening.push("0.0.0.0:9".into());
+                if touch_net {
+                    if let Some(n) = c.network.as_mut() {
+                        n.listening.push("0.0.0.0:9".into());
+                    }
                 }
-            }
-            if touch_hw {
-                if let Some(h) = c.hardware.as_mut() {
-                    h.disks.push("sdz".into());
+                if touch_hw {
+                    if let Some(h) = c.hardware.as_mut() {
+                        h.disks.push("sdz".into());
+                    }
                 }
-            }
-            (b.clone(), c)
-        })
+                (b.clone(), c)
+            })
     }
 
     proptest! {

@@ -41,14 +41,18 @@ impl RpmPackage {
 }
 
 fn be32(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(at..at + 4)
+        .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 /// Parses one header blob. Errors say what is wrong with it.
 pub fn parse_header(blob: &[u8]) -> Result<RpmPackage, &'static str> {
     let il = be32(blob, 0).ok_or("header shorter than 8 bytes")? as usize;
     let dl = be32(blob, 4).ok_or("header shorter than 8 bytes")? as usize;
-    let data_start = il.checked_mul(16).and_then(|n| n.checked_add(8)).ok_or("header index too large")?;
+    let data_start = il
+        .checked_mul(16)
+        .and_then(|n| n.checked_add(8))
+        .ok_or("header index too large")?;
     let data = blob
         .get(data_start..data_start.checked_add(dl).ok_or("header data too large")?)
         .ok_or("header shorter than its index and data lengths")?;
@@ -56,7 +60,9 @@ pub fn parse_header(blob: &[u8]) -> Result<RpmPackage, &'static str> {
     for i in 0..il {
         let e = 8 + i * 16;
         let (tag, ty, off) = (be32(blob, e), be32(blob, e + 4), be32(blob, e + 8));
-        let (Some(tag), Some(ty), Some(off)) = (tag, ty, off) else { return Err("truncated index entry") };
+        let (Some(tag), Some(ty), Some(off)) = (tag, ty, off) else {
+            return Err("truncated index entry");
+        };
         let off = off as usize;
         let string = || -> Option<String> {
             let rest = data.get(off..)?;
@@ -128,11 +134,18 @@ pub fn read_sqlite(path: &Path) -> Result<(BTreeMap<String, String>, usize), Str
     use rusqlite::OpenFlags;
     let uri = format!(
         "file:{}?immutable=1",
-        path.to_string_lossy().replace('%', "%25").replace('?', "%3f").replace('#', "%23")
+        path.to_string_lossy()
+            .replace('%', "%25")
+            .replace('?', "%3f")
+            .replace('#', "%23")
     );
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let db = rusqlite::Connection::open_with_flags(uri, flags).map_err(|e| e.to_string())?;
-    let mut stmt = db.prepare("SELECT blob FROM Packages").map_err(|e| e.to_string())?;
+    let mut stmt = db
+        .prepare("SELECT blob FROM Packages")
+        .map_err(|e| e.to_string())?;
     let mut rows = stmt.query([]).map_err(|e| e.to_string())?;
     let mut out = BTreeMap::new();
     let mut bad = 0;
@@ -166,17 +179,34 @@ pub(crate) mod tests {
 
     pub(crate) fn write_rpmdb(path: &Path, pkgs: &[RpmPackage], junk: bool) {
         let db = rusqlite::Connection::open(path).unwrap();
-        db.execute_batch("CREATE TABLE Packages (hnum INTEGER PRIMARY KEY AUTOINCREMENT, blob BLOB NOT NULL);").unwrap();
+        db.execute_batch(
+            "CREATE TABLE Packages (hnum INTEGER PRIMARY KEY AUTOINCREMENT, blob BLOB NOT NULL);",
+        )
+        .unwrap();
         for p in pkgs {
-            db.execute("INSERT INTO Packages (blob) VALUES (?1)", [encode_header(p)]).unwrap();
+            db.execute(
+                "INSERT INTO Packages (blob) VALUES (?1)",
+                [encode_header(p)],
+            )
+            .unwrap();
         }
         if junk {
-            db.execute("INSERT INTO Packages (blob) VALUES (?1)", [vec![0u8, 0, 0, 9, 0]]).unwrap();
+            db.execute(
+                "INSERT INTO Packages (blob) VALUES (?1)",
+                [vec![0u8, 0, 0, 9, 0]],
+            )
+            .unwrap();
         }
     }
 
     pub(crate) fn pkg(name: &str, epoch: Option<u32>, v: &str, r: &str, arch: &str) -> RpmPackage {
-        RpmPackage { name: name.into(), epoch, version: v.into(), release: r.into(), arch: Some(arch.into()) }
+        RpmPackage {
+            name: name.into(),
+            epoch,
+            version: v.into(),
+            release: r.into(),
+            arch: Some(arch.into()),
+        }
     }
 
     #[test]

@@ -111,7 +111,12 @@ pub struct MetricScale {
 
 /// The scale of a metric by name; unknown metrics get a cautious default.
 pub fn metric_scale(name: &str) -> MetricScale {
-    let s = |floor, dead, span, cap| MetricScale { floor, dead, span, cap };
+    let s = |floor, dead, span, cap| MetricScale {
+        floor,
+        dead,
+        span,
+        cap,
+    };
     match name {
         "load1" => s(1.0, 0.5, 3.0, 0.4),
         "load5" => s(1.0, 0.3, 2.0, 0.5),
@@ -148,27 +153,43 @@ pub fn metric_weight(name: &str, baseline: f64, current: f64) -> f64 {
 /// `1 − Π(1 − wᵢ)`, rounded to 12 decimals so that one finding of 0.02 scores 0.02 and not
 /// 0.020000000000000018 (rounding is monotone, so the guarantees hold).
 pub fn noisy_or(weights: impl IntoIterator<Item = f64>) -> f64 {
-    let v = 1.0 - weights.into_iter().fold(1.0, |p, w| p * (1.0 - w.clamp(0.0, 1.0)));
+    let v = 1.0
+        - weights
+            .into_iter()
+            .fold(1.0, |p, w| p * (1.0 - w.clamp(0.0, 1.0)));
     (v * 1e12).round() / 1e12
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DriftError {
-    #[error("the baseline profile is of host {baseline:?} and the current one of host {current:?}")]
+    #[error(
+        "the baseline profile is of host {baseline:?} and the current one of host {current:?}"
+    )]
     DifferentHosts { baseline: String, current: String },
 }
 
 /// As [`score`], but refuses profiles of different hostnames unless `force` is set. A profile
 /// without a hostname matches any.
-pub fn score_checked(baseline: &HostProfile, current: &HostProfile, force: bool) -> Result<DriftScore, DriftError> {
+pub fn score_checked(
+    baseline: &HostProfile,
+    current: &HostProfile,
+    force: bool,
+) -> Result<DriftScore, DriftError> {
     check_hosts(baseline, current, force)?;
     Ok(score(baseline, current))
 }
 
-pub(crate) fn check_hosts(baseline: &HostProfile, current: &HostProfile, force: bool) -> Result<(), DriftError> {
+pub(crate) fn check_hosts(
+    baseline: &HostProfile,
+    current: &HostProfile,
+    force: bool,
+) -> Result<(), DriftError> {
     if let (Some(b), Some(c), false) = (&baseline.hostname, &current.hostname, force) {
         if !b.eq_ignore_ascii_case(c) {
-            return Err(DriftError::DifferentHosts { baseline: b.clone(), current: c.clone() });
+            return Err(DriftError::DifferentHosts {
+                baseline: b.clone(),
+                current: c.clone(),
+            });
         }
     }
     Ok(())
@@ -185,7 +206,11 @@ pub fn score(baseline: &HostProfile, current: &HostProfile) -> DriftScore {
 
 /// The scoring itself. With digests, parts whose digests match are skipped and packages are
 /// compared through their indexes; the findings, and so the scores, are the same.
-pub(crate) fn score_with(baseline: &HostProfile, current: &HostProfile, digests: Option<(&Digests, &Digests)>) -> DriftScore {
+pub(crate) fn score_with(
+    baseline: &HostProfile,
+    current: &HostProfile,
+    digests: Option<(&Digests, &Digests)>,
+) -> DriftScore {
     let mut f = Findings::default();
     configuration(baseline, current, digests, &mut f);
     performance(&baseline.metrics, &current.metrics, &mut f);
@@ -199,18 +224,50 @@ pub(crate) struct Findings {
 }
 
 impl Findings {
-    fn push(&mut self, category: DriftCategory, attribute: String, baseline: Option<String>, current: Option<String>, weight: f64) {
+    fn push(
+        &mut self,
+        category: DriftCategory,
+        attribute: String,
+        baseline: Option<String>,
+        current: Option<String>,
+        weight: f64,
+    ) {
         if weight > 0.0 {
-            self.list.push(Finding { category, attribute, baseline, current, weight: Unit::saturating(weight) });
+            self.list.push(Finding {
+                category,
+                attribute,
+                baseline,
+                current,
+                weight: Unit::saturating(weight),
+            });
         }
     }
 
-    fn config(&mut self, attribute: impl Into<String>, baseline: Option<&str>, current: Option<&str>, weight: f64) {
-        self.push(DriftCategory::Configuration, attribute.into(), baseline.map(str::to_owned), current.map(str::to_owned), weight);
+    fn config(
+        &mut self,
+        attribute: impl Into<String>,
+        baseline: Option<&str>,
+        current: Option<&str>,
+        weight: f64,
+    ) {
+        self.push(
+            DriftCategory::Configuration,
+            attribute.into(),
+            baseline.map(str::to_owned),
+            current.map(str::to_owned),
+            weight,
+        );
     }
 
     fn finish(mut self) -> DriftScore {
-        let category = |c: DriftCategory| noisy_or(self.list.iter().filter(|f| f.category == c).map(|f| f.weight.get()));
+        let category = |c: DriftCategory| {
+            noisy_or(
+                self.list
+                    .iter()
+                    .filter(|f| f.category == c)
+                    .map(|f| f.weight.get()),
+            )
+        };
         let (c, p, d) = (
             category(DriftCategory::Configuration),
             category(DriftCategory::Performance),
@@ -238,11 +295,21 @@ impl Findings {
 pub fn fmt_num(v: f64) -> String {
     let s = format!("{v:.4}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".to_owned() } else { s.to_owned() }
+    if s == "-0" {
+        "0".to_owned()
+    } else {
+        s.to_owned()
+    }
 }
 
 /// Both present: compare; one present: a `PART_ABSENT` finding; neither: nothing.
-fn both<'a, T>(f: &mut Findings, part: &str, b: Option<&'a T>, c: Option<&'a T>, summary: impl Fn(&T) -> String) -> Option<(&'a T, &'a T)> {
+fn both<'a, T>(
+    f: &mut Findings,
+    part: &str,
+    b: Option<&'a T>,
+    c: Option<&'a T>,
+    summary: impl Fn(&T) -> String,
+) -> Option<(&'a T, &'a T)> {
     match (b, c) {
         (Some(b), Some(c)) => Some((b, c)),
         (None, None) => None,
@@ -262,24 +329,48 @@ fn level(from: &str, to: &str) -> Option<(ChangeLevel, Ordering)> {
     Some(classify(from, to).unwrap_or((ChangeLevel::Revision, Ordering::Equal)))
 }
 
-fn configuration(b: &HostProfile, c: &HostProfile, digests: Option<(&Digests, &Digests)>, f: &mut Findings) {
+fn configuration(
+    b: &HostProfile,
+    c: &HostProfile,
+    digests: Option<(&Digests, &Digests)>,
+    f: &mut Findings,
+) {
     if let Some((bo, co)) = both(f, "os", b.os.as_ref(), c.os.as_ref(), os_summary) {
         if bo.id != co.id {
             f.config("os.id", Some(&bo.id), Some(&co.id), weights::OS_ID);
         } else if bo.version_id != co.version_id {
             let w = match (&bo.version_id, &co.version_id) {
-                (Some(x), Some(y)) => level(x, y).map_or(0.0, |(l, _)| weights::os_version_change(l)),
+                (Some(x), Some(y)) => {
+                    level(x, y).map_or(0.0, |(l, _)| weights::os_version_change(l))
+                }
                 _ => weights::os_version_change(ChangeLevel::Major),
             };
-            f.config("os.version_id", bo.version_id.as_deref(), co.version_id.as_deref(), w);
+            f.config(
+                "os.version_id",
+                bo.version_id.as_deref(),
+                co.version_id.as_deref(),
+                w,
+            );
         }
     }
-    if let Some((bk, ck)) = both(f, "kernel", b.kernel.as_ref(), c.kernel.as_ref(), String::clone) {
+    if let Some((bk, ck)) = both(
+        f,
+        "kernel",
+        b.kernel.as_ref(),
+        c.kernel.as_ref(),
+        String::clone,
+    ) {
         if let Some((l, _)) = level(bk, ck) {
             f.config("kernel", Some(bk), Some(ck), weights::kernel_change(l));
         }
     }
-    if let Some((bp, cp)) = both(f, "packages", b.packages.as_ref(), c.packages.as_ref(), |p| format!("{} packages", p.len())) {
+    if let Some((bp, cp)) = both(
+        f,
+        "packages",
+        b.packages.as_ref(),
+        c.packages.as_ref(),
+        |p| format!("{} packages", p.len()),
+    ) {
         match digests.and_then(|(bd, cd)| Some((bd.packages.as_ref()?, cd.packages.as_ref()?))) {
             Some((bi, ci)) => crate::prepared::packages(bi, ci, bp, cp, f),
             None => packages(bp, cp, f),
@@ -287,13 +378,23 @@ fn configuration(b: &HostProfile, c: &HostProfile, digests: Option<(&Digests, &D
     }
     // Equal parts (the common case) are skipped before any per-item work; equal digests say
     // they are equal without reading them.
-    let same = |part: fn(&Digests) -> Option<u128>| digests.is_some_and(|(bd, cd)| part(bd).is_some() && part(bd) == part(cd));
-    if let Some((bh, ch)) = both(f, "hardware", b.hardware.as_ref(), c.hardware.as_ref(), |_| "present".to_owned()) {
+    let same = |part: fn(&Digests) -> Option<u128>| {
+        digests.is_some_and(|(bd, cd)| part(bd).is_some() && part(bd) == part(cd))
+    };
+    if let Some((bh, ch)) = both(
+        f,
+        "hardware",
+        b.hardware.as_ref(),
+        c.hardware.as_ref(),
+        |_| "present".to_owned(),
+    ) {
         if !same(|d| d.hardware) && bh != ch {
             hardware(bh, ch, f);
         }
     }
-    if let Some((bn, cn)) = both(f, "network", b.network.as_ref(), c.network.as_ref(), |_| "present".to_owned()) {
+    if let Some((bn, cn)) = both(f, "network", b.network.as_ref(), c.network.as_ref(), |_| {
+        "present".to_owned()
+    }) {
         if !same(|d| d.network) && bn != cn {
             network(bn, cn, f);
         }
@@ -309,7 +410,11 @@ fn os_summary(o: &OsInfo) -> String {
 
 /// Walks two sorted maps together, calling `each(key, baseline, current)` for every key that
 /// differs.
-fn merge<'a, V: PartialEq>(b: &'a BTreeMap<String, V>, c: &'a BTreeMap<String, V>, mut each: impl FnMut(&'a str, Option<&'a V>, Option<&'a V>)) {
+fn merge<'a, V: PartialEq>(
+    b: &'a BTreeMap<String, V>,
+    c: &'a BTreeMap<String, V>,
+    mut each: impl FnMut(&'a str, Option<&'a V>, Option<&'a V>),
+) {
     let (mut bi, mut ci) = (b.iter().peekable(), c.iter().peekable());
     loop {
         match (bi.peek(), ci.peek()) {
@@ -343,7 +448,11 @@ fn merge<'a, V: PartialEq>(b: &'a BTreeMap<String, V>, c: &'a BTreeMap<String, V
     }
 }
 
-pub(crate) fn packages(b: &BTreeMap<String, String>, c: &BTreeMap<String, String>, f: &mut Findings) {
+pub(crate) fn packages(
+    b: &BTreeMap<String, String>,
+    c: &BTreeMap<String, String>,
+    f: &mut Findings,
+) {
     // Fast path for the common case: the same package names, a few versions changed. A lockstep
     // walk costs one comparison of names and one of versions per package; on the first name
     // that differs, undo and take the general merge.
@@ -364,13 +473,17 @@ pub(crate) fn packages(b: &BTreeMap<String, String>, c: &BTreeMap<String, String
         }
         f.list.truncate(start);
     }
-    merge(b, c, |name, bv, cv| package_finding(f, name, bv.map(String::as_str), cv.map(String::as_str)));
+    merge(b, c, |name, bv, cv| {
+        package_finding(f, name, bv.map(String::as_str), cv.map(String::as_str))
+    });
 }
 
 pub(crate) fn package_finding(f: &mut Findings, name: &str, bv: Option<&str>, cv: Option<&str>) {
     let w = match (bv, cv) {
         (Some(x), Some(y)) => match level(x, y) {
-            Some((l, Ordering::Less)) => (weights::package_change(l) * weights::DOWNGRADE_FACTOR).min(1.0),
+            Some((l, Ordering::Less)) => {
+                (weights::package_change(l) * weights::DOWNGRADE_FACTOR).min(1.0)
+            }
             Some((l, _)) => weights::package_change(l),
             None => 0.0,
         },
@@ -384,21 +497,43 @@ pub(crate) fn package_finding(f: &mut Findings, name: &str, bv: Option<&str>, cv
 fn hardware(b: &Hardware, c: &Hardware, f: &mut Findings) {
     if b.cpu_count != c.cpu_count {
         let s = |v: Option<u32>| v.map(|n| n.to_string());
-        f.config("hardware.cpu_count", s(b.cpu_count).as_deref(), s(c.cpu_count).as_deref(), weights::CPU_COUNT);
+        f.config(
+            "hardware.cpu_count",
+            s(b.cpu_count).as_deref(),
+            s(c.cpu_count).as_deref(),
+            weights::CPU_COUNT,
+        );
     }
     if b.cpu_model != c.cpu_model {
-        f.config("hardware.cpu_model", b.cpu_model.as_deref(), c.cpu_model.as_deref(), weights::CPU_MODEL);
+        f.config(
+            "hardware.cpu_model",
+            b.cpu_model.as_deref(),
+            c.cpu_model.as_deref(),
+            weights::CPU_MODEL,
+        );
     }
     if b.memory_total_kb != c.memory_total_kb {
         let w = match (b.memory_total_kb, c.memory_total_kb) {
-            (Some(x), Some(y)) => ramp(x.abs_diff(y) as f64 / (x.max(1)) as f64, weights::MEMORY_RAMP),
+            (Some(x), Some(y)) => ramp(
+                x.abs_diff(y) as f64 / (x.max(1)) as f64,
+                weights::MEMORY_RAMP,
+            ),
             _ => weights::PART_ABSENT,
         };
         let s = |v: Option<u64>| v.map(|n| n.to_string());
-        f.config("hardware.memory_total_kb", s(b.memory_total_kb).as_deref(), s(c.memory_total_kb).as_deref(), w);
+        f.config(
+            "hardware.memory_total_kb",
+            s(b.memory_total_kb).as_deref(),
+            s(c.memory_total_kb).as_deref(),
+            w,
+        );
     }
     set_diff(&b.disks, &c.disks, |d, added| {
-        let (bv, cv, w) = if added { (None, Some("present"), weights::DISK_ADDED) } else { (Some("present"), None, weights::DISK_REMOVED) };
+        let (bv, cv, w) = if added {
+            (None, Some("present"), weights::DISK_ADDED)
+        } else {
+            (Some("present"), None, weights::DISK_REMOVED)
+        };
         f.config(format!("hardware.disk:{d}"), bv, cv, w);
     });
 }
@@ -422,22 +557,51 @@ fn network(b: &Network, c: &Network, f: &mut Findings) {
         (Some(x), Some(y)) => {
             let attr = |what: &str| format!("network.interface:{name}.{what}");
             if x.mac != y.mac {
-                f.config(attr("mac"), x.mac.as_deref(), y.mac.as_deref(), weights::INTERFACE_MAC);
+                f.config(
+                    attr("mac"),
+                    x.mac.as_deref(),
+                    y.mac.as_deref(),
+                    weights::INTERFACE_MAC,
+                );
             }
             if x.mtu != y.mtu {
                 let s = |v: Option<u32>| v.map(|n| n.to_string());
-                f.config(attr("mtu"), s(x.mtu).as_deref(), s(y.mtu).as_deref(), weights::INTERFACE_MTU);
+                f.config(
+                    attr("mtu"),
+                    s(x.mtu).as_deref(),
+                    s(y.mtu).as_deref(),
+                    weights::INTERFACE_MTU,
+                );
             }
             if x.operstate != y.operstate {
-                f.config(attr("operstate"), x.operstate.as_deref(), y.operstate.as_deref(), weights::INTERFACE_OPERSTATE);
+                f.config(
+                    attr("operstate"),
+                    x.operstate.as_deref(),
+                    y.operstate.as_deref(),
+                    weights::INTERFACE_OPERSTATE,
+                );
             }
         }
-        (None, Some(_)) => f.config(format!("network.interface:{name}"), None, Some("present"), weights::INTERFACE_ADDED),
-        (Some(_), None) => f.config(format!("network.interface:{name}"), Some("present"), None, weights::INTERFACE_REMOVED),
+        (None, Some(_)) => f.config(
+            format!("network.interface:{name}"),
+            None,
+            Some("present"),
+            weights::INTERFACE_ADDED,
+        ),
+        (Some(_), None) => f.config(
+            format!("network.interface:{name}"),
+            Some("present"),
+            None,
+            weights::INTERFACE_REMOVED,
+        ),
         (None, None) => {}
     });
     set_diff(&b.listening, &c.listening, |addr, opened| {
-        let (bv, cv, w) = if opened { (None, Some("listening"), weights::PORT_OPENED) } else { (Some("listening"), None, weights::PORT_CLOSED) };
+        let (bv, cv, w) = if opened {
+            (None, Some("listening"), weights::PORT_OPENED)
+        } else {
+            (Some("listening"), None, weights::PORT_CLOSED)
+        };
         f.config(format!("network.listening:{addr}"), bv, cv, w);
     });
     merge(&b.hosts, &c.hosts, |name, x, y| {
@@ -446,7 +610,12 @@ fn network(b: &Network, c: &Network, f: &mut Findings) {
             (None, _) => weights::HOSTS_ADDED,
             (_, None) => weights::HOSTS_REMOVED,
         };
-        f.config(format!("network.hosts:{name}"), x.map(String::as_str), y.map(String::as_str), w);
+        f.config(
+            format!("network.hosts:{name}"),
+            x.map(String::as_str),
+            y.map(String::as_str),
+            w,
+        );
     });
 }
 
@@ -457,7 +626,13 @@ fn performance(b: &BTreeMap<String, f64>, c: &BTreeMap<String, f64>, f: &mut Fin
             let w = metric_weight(name, x, y);
             // Most metrics move inside their dead band: format only the ones that count.
             if w > 0.0 {
-                f.push(DriftCategory::Performance, format!("metric:{name}"), Some(fmt_num(x)), Some(fmt_num(y)), w);
+                f.push(
+                    DriftCategory::Performance,
+                    format!("metric:{name}"),
+                    Some(fmt_num(x)),
+                    Some(fmt_num(y)),
+                    w,
+                );
             }
         }
     });
@@ -471,13 +646,21 @@ fn dep_state(d: &DependencyStatus) -> String {
     }
 }
 
-fn dependency(b: &HostProfile, c: &HostProfile, digests: Option<(&Digests, &Digests)>, f: &mut Findings) {
-    let dep = |f: &mut Findings, attr: String, x: Option<String>, y: Option<String>, w: f64| f.push(DriftCategory::Dependency, attr, x, y, w);
+fn dependency(
+    b: &HostProfile,
+    c: &HostProfile,
+    digests: Option<(&Digests, &Digests)>,
+    f: &mut Findings,
+) {
+    let dep = |f: &mut Findings, attr: String, x: Option<String>, y: Option<String>, w: f64| {
+        f.push(DriftCategory::Dependency, attr, x, y, w)
+    };
     if b.dependencies != c.dependencies {
         dependencies(&b.dependencies, &c.dependencies, f, dep);
     }
     // Equal network digests mean equal resolvers.
-    let same_network = digests.is_some_and(|(bd, cd)| bd.network.is_some() && bd.network == cd.network);
+    let same_network =
+        digests.is_some_and(|(bd, cd)| bd.network.is_some() && bd.network == cd.network);
     if let (Some(bn), Some(cn), false) = (&b.network, &c.network, same_network) {
         let (br, cr) = (&bn.dns_resolvers, &cn.dns_resolvers);
         if br != cr {
@@ -485,11 +668,27 @@ fn dependency(b: &HostProfile, c: &HostProfile, digests: Option<(&Digests, &Dige
             let mut any = false;
             set_diff(br, cr, |r, added| {
                 any = true;
-                let (x, y, w) = if added { (None, Some("resolver"), weights::RESOLVER_ADDED) } else { (Some("resolver"), None, weights::RESOLVER_REMOVED) };
-                dep(f, format!("dns.resolver:{r}"), x.map(str::to_owned), y.map(str::to_owned), w);
+                let (x, y, w) = if added {
+                    (None, Some("resolver"), weights::RESOLVER_ADDED)
+                } else {
+                    (Some("resolver"), None, weights::RESOLVER_REMOVED)
+                };
+                dep(
+                    f,
+                    format!("dns.resolver:{r}"),
+                    x.map(str::to_owned),
+                    y.map(str::to_owned),
+                    w,
+                );
             });
             if !any && before > 0 {
-                dep(f, "dns.resolvers".to_owned(), Some(br.join(" ")), Some(cr.join(" ")), weights::RESOLVER_ORDER);
+                dep(
+                    f,
+                    "dns.resolvers".to_owned(),
+                    Some(br.join(" ")),
+                    Some(cr.join(" ")),
+                    weights::RESOLVER_ORDER,
+                );
             }
         }
     }
@@ -503,17 +702,41 @@ fn dependencies(b: &[DependencyStatus], c: &[DependencyStatus], f: &mut Findings
     merge(&bd, &cd, |name, x, y| match (x, y) {
         (Some(x), Some(y)) => {
             if x.endpoint != y.endpoint {
-                dep(f, format!("dependency:{name}.endpoint"), Some(x.endpoint.clone()), Some(y.endpoint.clone()), weights::DEPENDENCY_ENDPOINT);
+                dep(
+                    f,
+                    format!("dependency:{name}.endpoint"),
+                    Some(x.endpoint.clone()),
+                    Some(y.endpoint.clone()),
+                    weights::DEPENDENCY_ENDPOINT,
+                );
             }
             match (x.reachable, y.reachable) {
-                (true, false) => dep(f, format!("dependency:{name}"), Some(dep_state(x)), Some(dep_state(y)), weights::DEPENDENCY_UNREACHABLE),
-                (false, true) => dep(f, format!("dependency:{name}"), Some(dep_state(x)), Some(dep_state(y)), weights::DEPENDENCY_RECOVERED),
+                (true, false) => dep(
+                    f,
+                    format!("dependency:{name}"),
+                    Some(dep_state(x)),
+                    Some(dep_state(y)),
+                    weights::DEPENDENCY_UNREACHABLE,
+                ),
+                (false, true) => dep(
+                    f,
+                    format!("dependency:{name}"),
+                    Some(dep_state(x)),
+                    Some(dep_state(y)),
+                    weights::DEPENDENCY_RECOVERED,
+                ),
                 (true, true) => {
                     if let (Some(bl), Some(cl)) = (x.latency_ms, y.latency_ms) {
                         if bl.is_finite() && cl.is_finite() && cl > bl {
                             let rel = (cl - bl) / bl.max(weights::LATENCY_FLOOR_MS);
                             let w = ramp(rel, weights::LATENCY_RAMP);
-                            dep(f, format!("dependency:{name}.latency_ms"), Some(fmt_num(bl)), Some(fmt_num(cl)), w);
+                            dep(
+                                f,
+                                format!("dependency:{name}.latency_ms"),
+                                Some(fmt_num(bl)),
+                                Some(fmt_num(cl)),
+                                w,
+                            );
                         }
                     }
                 }
@@ -521,10 +744,20 @@ fn dependencies(b: &[DependencyStatus], c: &[DependencyStatus], f: &mut Findings
             }
         }
         (None, Some(y)) => {
-            let w = if y.reachable { weights::DEPENDENCY_ADDED } else { weights::DEPENDENCY_UNREACHABLE };
+            let w = if y.reachable {
+                weights::DEPENDENCY_ADDED
+            } else {
+                weights::DEPENDENCY_UNREACHABLE
+            };
             dep(f, format!("dependency:{name}"), None, Some(dep_state(y)), w);
         }
-        (Some(x), None) => dep(f, format!("dependency:{name}"), Some(dep_state(x)), None, weights::DEPENDENCY_REMOVED),
+        (Some(x), None) => dep(
+            f,
+            format!("dependency:{name}"),
+            Some(dep_state(x)),
+            None,
+            weights::DEPENDENCY_REMOVED,
+        ),
         (None, None) => {}
     });
 }
@@ -541,7 +774,10 @@ mod tests {
     }
 
     fn find<'a>(s: &'a DriftScore, attr: &str) -> &'a Finding {
-        s.findings.iter().find(|f| f.attribute == attr).unwrap_or_else(|| panic!("no finding {attr} in {:#?}", s.findings))
+        s.findings
+            .iter()
+            .find(|f| f.attribute == attr)
+            .unwrap_or_else(|| panic!("no finding {attr} in {:#?}", s.findings))
     }
 
     #[test]
@@ -559,9 +795,17 @@ mod tests {
         let name = spec.packages.keys().nth(3).unwrap().clone();
         let b = profile_of(&spec);
         let mut w = Vec::new();
-        for level in [ChangeLevel::Revision, ChangeLevel::Patch, ChangeLevel::Minor, ChangeLevel::Major] {
+        for level in [
+            ChangeLevel::Revision,
+            ChangeLevel::Patch,
+            ChangeLevel::Minor,
+            ChangeLevel::Major,
+        ] {
             let mut s2 = spec.clone();
-            s2.apply(&Drift::UpgradePackage { name: name.clone(), level });
+            s2.apply(&Drift::UpgradePackage {
+                name: name.clone(),
+                level,
+            });
             let s = score(&b, &profile_of(&s2));
             assert_eq!(s.findings.len(), 1, "{:#?}", s.findings);
             let f = find(&s, &format!("package:{name}"));
@@ -575,9 +819,21 @@ mod tests {
 
     #[test]
     fn same_count_of_different_packages_takes_the_general_path() {
-        let pk = |v: &[(&str, &str)]| Some(v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<BTreeMap<_, _>>());
-        let b = HostProfile { packages: pk(&[("a", "1.0"), ("b", "1.0"), ("d", "1.0")]), ..HostProfile::default() };
-        let c = HostProfile { packages: pk(&[("a", "2.0"), ("c", "1.0"), ("d", "1.0")]), ..HostProfile::default() };
+        let pk = |v: &[(&str, &str)]| {
+            Some(
+                v.iter()
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+        };
+        let b = HostProfile {
+            packages: pk(&[("a", "1.0"), ("b", "1.0"), ("d", "1.0")]),
+            ..HostProfile::default()
+        };
+        let c = HostProfile {
+            packages: pk(&[("a", "2.0"), ("c", "1.0"), ("d", "1.0")]),
+            ..HostProfile::default()
+        };
         let s = score(&b, &c);
         let attrs: Vec<&str> = s.findings.iter().map(|f| f.attribute.as_str()).collect();
         assert_eq!(attrs, vec!["package:a", "package:b", "package:c"]);
@@ -588,11 +844,17 @@ mod tests {
     #[test]
     fn downgrades_weigh_more_than_upgrades() {
         let b = HostProfile {
-            packages: Some(BTreeMap::from([("openssl".to_owned(), "3.0.11-1".to_owned())])),
+            packages: Some(BTreeMap::from([(
+                "openssl".to_owned(),
+                "3.0.11-1".to_owned(),
+            )])),
             ..HostProfile::default()
         };
         let mut c = b.clone();
-        c.packages.as_mut().unwrap().insert("openssl".into(), "3.0.10-1".into());
+        c.packages
+            .as_mut()
+            .unwrap()
+            .insert("openssl".into(), "3.0.10-1".into());
         let s = score(&b, &c);
         assert!((s.configuration.get() - 0.075).abs() < 1e-12, "{s:?}");
     }
@@ -603,17 +865,30 @@ mod tests {
         let b = profile_of(&spec);
         let mut s2 = spec.clone();
         s2.apply(&Drift::Kernel("6.5.0-1-amd64".into()));
-        s2.apply(&Drift::Load([spec.load[0] + 20.0, spec.load[1] + 20.0, spec.load[2] + 20.0]));
+        s2.apply(&Drift::Load([
+            spec.load[0] + 20.0,
+            spec.load[1] + 20.0,
+            spec.load[2] + 20.0,
+        ]));
         s2.apply(&Drift::Resolvers(vec!["192.0.2.53".into()]));
         let s = score(&b, &profile_of(&s2));
-        assert!(s.configuration.get() > 0.0 && s.performance.get() > 0.0 && s.dependency.get() > 0.0, "{s:#?}");
-        let want = 1.0 - (1.0 - s.configuration.get()) * (1.0 - s.performance.get()) * (1.0 - s.dependency.get());
+        assert!(
+            s.configuration.get() > 0.0 && s.performance.get() > 0.0 && s.dependency.get() > 0.0,
+            "{s:#?}"
+        );
+        let want = 1.0
+            - (1.0 - s.configuration.get())
+                * (1.0 - s.performance.get())
+                * (1.0 - s.dependency.get());
         assert!((s.overall.get() - want).abs() < 1e-12);
         let all = noisy_or(s.findings.iter().map(|f| f.weight.get()));
         assert!((s.overall.get() - all).abs() < 1e-9);
         assert!(s.findings.windows(2).all(|w| w[0].weight >= w[1].weight));
         // Two resolvers removed (0.4 each) and one added (0.3).
-        assert!((s.dependency.get() - (1.0 - 0.6 * 0.6 * 0.7)).abs() < 1e-12, "{s:#?}");
+        assert!(
+            (s.dependency.get() - (1.0 - 0.6 * 0.6 * 0.7)).abs() < 1e-12,
+            "{s:#?}"
+        );
     }
 
     #[test]
@@ -635,24 +910,47 @@ mod tests {
             latency_ms: ms,
         };
         let b = HostProfile {
-            dependencies: vec![st("db", true, Some(2.0)), st("cache", true, Some(0.5)), st("old", true, Some(1.0))],
+            dependencies: vec![
+                st("db", true, Some(2.0)),
+                st("cache", true, Some(0.5)),
+                st("old", true, Some(1.0)),
+            ],
             ..HostProfile::default()
         };
         let c = HostProfile {
-            dependencies: vec![st("db", false, None), st("cache", true, Some(10.0)), st("new", true, Some(1.0))],
+            dependencies: vec![
+                st("db", false, None),
+                st("cache", true, Some(10.0)),
+                st("new", true, Some(1.0)),
+            ],
             ..HostProfile::default()
         };
         let s = score(&b, &c);
-        assert_eq!(find(&s, "dependency:db").weight.get(), weights::DEPENDENCY_UNREACHABLE);
-        assert_eq!(find(&s, "dependency:db").current.as_deref(), Some("unreachable"));
+        assert_eq!(
+            find(&s, "dependency:db").weight.get(),
+            weights::DEPENDENCY_UNREACHABLE
+        );
+        assert_eq!(
+            find(&s, "dependency:db").current.as_deref(),
+            Some("unreachable")
+        );
         // (10 − 0.5) / max(0.5, 1) = 9.5, beyond the ramp: the cap.
         assert_eq!(find(&s, "dependency:cache.latency_ms").weight.get(), 0.6);
-        assert_eq!(find(&s, "dependency:old").weight.get(), weights::DEPENDENCY_REMOVED);
-        assert_eq!(find(&s, "dependency:new").weight.get(), weights::DEPENDENCY_ADDED);
+        assert_eq!(
+            find(&s, "dependency:old").weight.get(),
+            weights::DEPENDENCY_REMOVED
+        );
+        assert_eq!(
+            find(&s, "dependency:new").weight.get(),
+            weights::DEPENDENCY_ADDED
+        );
         assert_eq!(s.findings[0].attribute, "dependency:db");
         // Faster is not drift.
         let s2 = score(&c, &b);
-        assert!(s2.findings.iter().all(|f| f.attribute != "dependency:cache.latency_ms"));
+        assert!(s2
+            .findings
+            .iter()
+            .all(|f| f.attribute != "dependency:cache.latency_ms"));
     }
 
     #[test]
@@ -673,7 +971,10 @@ mod tests {
         let mut c = b.clone();
         c.hostname = Some("web-2".into());
         let err = score_checked(&b, &c, false).unwrap_err();
-        assert_eq!(err.to_string(), "the baseline profile is of host \"web-1\" and the current one of host \"web-2\"");
+        assert_eq!(
+            err.to_string(),
+            "the baseline profile is of host \"web-1\" and the current one of host \"web-2\""
+        );
         assert!(score_checked(&b, &c, true).is_ok());
         c.hostname = None;
         assert!(score_checked(&b, &c, false).is_ok());
@@ -682,16 +983,44 @@ mod tests {
     /// The worked examples of docs/drift.md, so the document cannot drift from the code.
     #[test]
     fn worked_examples_of_the_docs() {
-        let pk = |v: &[(&str, &str)]| Some(v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<BTreeMap<_, _>>());
+        let pk = |v: &[(&str, &str)]| {
+            Some(
+                v.iter()
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+        };
         let close = |a: Unit, b: f64| assert!((a.get() - b).abs() < 5e-4, "{} != {b}", a.get());
         // 1.
-        let b = HostProfile { packages: pk(&[("openssl", "3.0.11-1")]), ..HostProfile::default() };
-        let c = HostProfile { packages: pk(&[("openssl", "3.0.13-1")]), ..HostProfile::default() };
+        let b = HostProfile {
+            packages: pk(&[("openssl", "3.0.11-1")]),
+            ..HostProfile::default()
+        };
+        let c = HostProfile {
+            packages: pk(&[("openssl", "3.0.13-1")]),
+            ..HostProfile::default()
+        };
         close(score(&b, &c).overall, 0.05);
         // 2.
         let names: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
-        let b = HostProfile { packages: Some(names.iter().map(|n| (n.clone(), "1.2.3-1".to_owned())).collect()), ..HostProfile::default() };
-        let c = HostProfile { packages: Some(names.iter().map(|n| (n.clone(), "1.2.3-1+deb12u1".to_owned())).collect()), ..HostProfile::default() };
+        let b = HostProfile {
+            packages: Some(
+                names
+                    .iter()
+                    .map(|n| (n.clone(), "1.2.3-1".to_owned()))
+                    .collect(),
+            ),
+            ..HostProfile::default()
+        };
+        let c = HostProfile {
+            packages: Some(
+                names
+                    .iter()
+                    .map(|n| (n.clone(), "1.2.3-1+deb12u1".to_owned()))
+                    .collect(),
+            ),
+            ..HostProfile::default()
+        };
         close(score(&b, &c).configuration, 0.183);
         // 3 and 5.
         let mut b = HostProfile {
@@ -705,7 +1034,12 @@ mod tests {
             ..HostProfile::default()
         };
         close(score(&b, &c).configuration, 0.314);
-        let db = |reachable: bool| DependencyStatus { name: "db".into(), endpoint: "h:1".into(), reachable, latency_ms: reachable.then_some(1.0) };
+        let db = |reachable: bool| DependencyStatus {
+            name: "db".into(),
+            endpoint: "h:1".into(),
+            reachable,
+            latency_ms: reachable.then_some(1.0),
+        };
         b.dependencies = vec![db(true)];
         c.dependencies = vec![db(false)];
         let s = score(&b, &c);
@@ -713,7 +1047,10 @@ mod tests {
         close(s.overall, 0.931);
         // 4.
         let m = |l: f64, r: f64| HostProfile {
-            metrics: BTreeMap::from([("load5".to_owned(), l), ("memory_available_ratio".to_owned(), r)]),
+            metrics: BTreeMap::from([
+                ("load5".to_owned(), l),
+                ("memory_available_ratio".to_owned(), r),
+            ]),
             ..HostProfile::default()
         };
         let s = score(&m(2.0, 0.5), &m(6.0, 0.2));
@@ -722,7 +1059,12 @@ mod tests {
         close(s.performance, 0.641);
         // 6.
         let lat = |ms: f64| HostProfile {
-            dependencies: vec![DependencyStatus { name: "db".into(), endpoint: "h:1".into(), reachable: true, latency_ms: Some(ms) }],
+            dependencies: vec![DependencyStatus {
+                name: "db".into(),
+                endpoint: "h:1".into(),
+                reachable: true,
+                latency_ms: Some(ms),
+            }],
             ..HostProfile::default()
         };
         close(score(&lat(2.0), &lat(6.0)).dependency, 0.225);
@@ -731,26 +1073,53 @@ mod tests {
     fn arb_profile() -> impl Strategy<Value = HostProfile> {
         (
             0u64..1000,
-            prop::collection::btree_map("[a-f]{1,3}", "[0-9]{1,2}(\\.[0-9]{1,2}){0,2}(-[0-9])?", 0..8),
-            prop::collection::btree_map(prop_oneof![Just("load1"), Just("load5"), Just("psi_io_some_avg10"), Just("zz")], 0.0f64..50.0, 0..4),
-            prop::collection::vec(("[a-c]", any::<bool>(), prop::option::of(0.0f64..100.0)), 0..3),
+            prop::collection::btree_map(
+                "[a-f]{1,3}",
+                "[0-9]{1,2}(\\.[0-9]{1,2}){0,2}(-[0-9])?",
+                0..8,
+            ),
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("load1"),
+                    Just("load5"),
+                    Just("psi_io_some_avg10"),
+                    Just("zz")
+                ],
+                0.0f64..50.0,
+                0..4,
+            ),
+            prop::collection::vec(
+                ("[a-c]", any::<bool>(), prop::option::of(0.0f64..100.0)),
+                0..3,
+            ),
         )
             .prop_map(|(seed, pk, metrics, deps)| {
                 let mut p = profile_of(&HostSpec::generate(seed % 4, "h", 10));
                 p.packages.as_mut().unwrap().extend(pk);
-                p.metrics.extend(metrics.into_iter().map(|(k, v)| (k.to_owned(), v)));
+                p.metrics
+                    .extend(metrics.into_iter().map(|(k, v)| (k.to_owned(), v)));
                 let mut seen = BTreeSet::new();
                 p.dependencies = deps
                     .into_iter()
                     .filter(|(n, _, _)| seen.insert(n.clone()))
-                    .map(|(name, reachable, ms)| DependencyStatus { name, endpoint: "h:1".into(), reachable, latency_ms: ms.filter(|_| reachable) })
+                    .map(|(name, reachable, ms)| DependencyStatus {
+                        name,
+                        endpoint: "h:1".into(),
+                        reachable,
+                        latency_ms: ms.filter(|_| reachable),
+                    })
                     .collect();
                 p
             })
     }
 
     fn all(s: &DriftScore) -> [f64; 4] {
-        [s.configuration.get(), s.performance.get(), s.dependency.get(), s.overall.get()]
+        [
+            s.configuration.get(),
+            s.performance.get(),
+            s.dependency.get(),
+            s.overall.get(),
+        ]
     }
 
     proptest! {

@@ -57,7 +57,11 @@ fn dump(family: u8, out: &mut Vec<String>) -> io::Result<()> {
         }
         let mut off = 0;
         while off + 16 <= buf.len() {
-            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().map_err(|_| bad("short header"))?) as usize;
+            let len = u32::from_ne_bytes(
+                buf[off..off + 4]
+                    .try_into()
+                    .map_err(|_| bad("short header"))?,
+            ) as usize;
             let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
             if len < 16 || off + len > buf.len() {
                 return Err(bad("message length out of bounds"));
@@ -66,7 +70,9 @@ fn dump(family: u8, out: &mut Vec<String>) -> io::Result<()> {
             match ty {
                 NLMSG_DONE => return Ok(()),
                 NLMSG_ERROR => {
-                    let errno = body.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                    let errno = body
+                        .get(..4)
+                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
                     return Err(io::Error::from_raw_os_error(-errno));
                 }
                 SOCK_DIAG_BY_FAMILY => {
@@ -110,13 +116,22 @@ mod tests {
         let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let v6 = std::net::TcpListener::bind("[::1]:0");
         let all = listening_tcp().unwrap();
-        assert!(all.contains(&v4.local_addr().unwrap().to_string()), "{all:?}");
+        assert!(
+            all.contains(&v4.local_addr().unwrap().to_string()),
+            "{all:?}"
+        );
         if let Ok(v6) = v6 {
-            assert!(all.contains(&v6.local_addr().unwrap().to_string()), "{all:?}");
+            assert!(
+                all.contains(&v6.local_addr().unwrap().to_string()),
+                "{all:?}"
+            );
         }
         // A connected socket is not a listener.
         let _client = std::net::TcpStream::connect(v4.local_addr().unwrap()).unwrap();
-        assert!(listening_tcp().unwrap().iter().all(|a| !a.starts_with("127.0.0.1:0")));
+        assert!(listening_tcp()
+            .unwrap()
+            .iter()
+            .all(|a| !a.starts_with("127.0.0.1:0")));
     }
 
     #[test]

@@ -31,7 +31,11 @@ impl<'a> Version<'a> {
             Some((u, r)) if !u.is_empty() => (u, r),
             _ => (rest, ""),
         };
-        Version { epoch, upstream, revision }
+        Version {
+            epoch,
+            upstream,
+            revision,
+        }
     }
 }
 
@@ -171,17 +175,31 @@ pub fn classify(from: &str, to: &str) -> Option<(ChangeLevel, Ordering)> {
 /// unchanged). Used to make synthetic drift.
 pub fn bump(v: &str, level: ChangeLevel, up: bool) -> String {
     let p = Version::parse(v);
-    let epoch = if v.trim().split_once(':').is_some_and(|(e, _)| e.bytes().all(|b| b.is_ascii_digit()) && !e.is_empty()) {
+    let epoch = if v
+        .trim()
+        .split_once(':')
+        .is_some_and(|(e, _)| e.bytes().all(|b| b.is_ascii_digit()) && !e.is_empty())
+    {
         format!("{}:", p.epoch)
     } else {
         String::new()
     };
-    let revision = |r: &str| if r.is_empty() { String::new() } else { format!("-{r}") };
+    let revision = |r: &str| {
+        if r.is_empty() {
+            String::new()
+        } else {
+            format!("-{r}")
+        }
+    };
     if level == ChangeLevel::Revision {
         if !up {
             return v.to_owned();
         }
-        let r = if p.revision.is_empty() { "0+b1".to_owned() } else { format!("{}+b1", p.revision) };
+        let r = if p.revision.is_empty() {
+            "0+b1".to_owned()
+        } else {
+            format!("{}+b1", p.revision)
+        };
         return format!("{epoch}{}-{r}", p.upstream);
     }
     // The leading dotted numbers of upstream, and whatever follows them.
@@ -191,7 +209,11 @@ pub fn bump(v: &str, level: ChangeLevel, up: bool) -> String {
         .find(|(i, c)| !(c.is_ascii_digit() || (*c == '.' && *i > 0)))
         .map_or(p.upstream.len(), |(i, _)| i);
     let (numeric, suffix) = p.upstream.split_at(numeric_len);
-    let suffix = if numeric.ends_with('.') { &p.upstream[numeric_len - 1..] } else { suffix };
+    let suffix = if numeric.ends_with('.') {
+        &p.upstream[numeric_len - 1..]
+    } else {
+        suffix
+    };
     let numeric = numeric.trim_end_matches('.');
     let mut parts: Vec<u64> = numeric.split('.').filter_map(|n| n.parse().ok()).collect();
     let index = match level {
@@ -213,7 +235,15 @@ pub fn bump(v: &str, level: ChangeLevel, up: bool) -> String {
         return v.to_owned();
     }
     let numeric: Vec<String> = parts.iter().map(u64::to_string).collect();
-    let rev = if up { if p.revision.is_empty() { String::new() } else { "-1".to_owned() } } else { revision(p.revision) };
+    let rev = if up {
+        if p.revision.is_empty() {
+            String::new()
+        } else {
+            "-1".to_owned()
+        }
+    } else {
+        revision(p.revision)
+    };
     format!("{epoch}{}{suffix}{rev}", numeric.join("."))
 }
 
@@ -248,9 +278,30 @@ mod tests {
 
     #[test]
     fn parses_epoch_upstream_revision() {
-        assert_eq!(Version::parse("2:8.2.3995-1+deb12u2"), Version { epoch: 2, upstream: "8.2.3995", revision: "1+deb12u2" });
-        assert_eq!(Version::parse("1.2-3-4"), Version { epoch: 0, upstream: "1.2-3", revision: "4" });
-        assert_eq!(Version::parse("5.2.15"), Version { epoch: 0, upstream: "5.2.15", revision: "" });
+        assert_eq!(
+            Version::parse("2:8.2.3995-1+deb12u2"),
+            Version {
+                epoch: 2,
+                upstream: "8.2.3995",
+                revision: "1+deb12u2"
+            }
+        );
+        assert_eq!(
+            Version::parse("1.2-3-4"),
+            Version {
+                epoch: 0,
+                upstream: "1.2-3",
+                revision: "4"
+            }
+        );
+        assert_eq!(
+            Version::parse("5.2.15"),
+            Version {
+                epoch: 0,
+                upstream: "5.2.15",
+                revision: ""
+            }
+        );
         assert_eq!(Version::parse("a:b").upstream, "a:b");
     }
 
@@ -271,7 +322,11 @@ mod tests {
             ("22.04", "24.04", Major),
             ("12", "13", Major),
         ] {
-            assert_eq!(classify(a, b), Some((level, Ordering::Greater)), "{a} -> {b}");
+            assert_eq!(
+                classify(a, b),
+                Some((level, Ordering::Greater)),
+                "{a} -> {b}"
+            );
             assert_eq!(classify(b, a), Some((level, Ordering::Less)), "{b} -> {a}");
         }
         assert_eq!(classify("1.0-1", "1.0-1"), None);
@@ -282,7 +337,10 @@ mod tests {
         assert_eq!(bump("1.2.3-4", ChangeLevel::Patch, true), "1.2.4-1");
         assert_eq!(bump("1.2.3-4", ChangeLevel::Minor, true), "1.3.0-1");
         assert_eq!(bump("1:1.2.3-4", ChangeLevel::Major, true), "1:2.0.0-1");
-        assert_eq!(bump("2.9.14+dfsg-1", ChangeLevel::Patch, true), "2.9.15+dfsg-1");
+        assert_eq!(
+            bump("2.9.14+dfsg-1", ChangeLevel::Patch, true),
+            "2.9.15+dfsg-1"
+        );
         assert_eq!(bump("1.2.3-4", ChangeLevel::Patch, false), "1.2.2-4");
         assert_eq!(bump("1.2.0-4", ChangeLevel::Patch, false), "1.2.0-4");
         assert_eq!(bump("1.2.3-4", ChangeLevel::Revision, true), "1.2.3-4+b1");

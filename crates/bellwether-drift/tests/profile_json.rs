@@ -46,8 +46,10 @@ fn profiles_round_trip_through_json() {
 
 #[test]
 fn unknown_fields_and_bad_types_are_errors_naming_the_field() {
-    let err = serde_json::from_str::<HostProfile>(r#"{"hostname":"a","kernal":"6.1"}"#).unwrap_err();
+    let err =
+        serde_json::from_str::<HostProfile>(r#"{"hostname":"a","kernal":"6.1"}"#).unwrap_err();
     assert!(err.to_string().contains("kernal"), "{err}");
-    let err = serde_json::from_str::<HostProfile>(r#"{"hardware":{"cpu_count":"four"}}"#).unwrap_err();
+    let err =
+        serde_json::from_str::<HostProfile>(r#"{"hardware":{"cpu_count":"four"}}"#).unwrap_err();
     assert!(err.to_string().contains("line 1 column"), "{err}");
 }

@@ -14,7 +14,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bellwether_detect::threshold::{Direction, MultiWatch, Severity, ThresholdConfig, ThresholdWatch};
+use bellwether_detect::threshold::{
+    Direction, MultiWatch, Severity, ThresholdConfig, ThresholdWatch,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -22,9 +24,16 @@ use serde_json::json;
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error("{source_name}: {message}")]
-    Yaml { source_name: String, message: String },
+    Yaml {
+        source_name: String,
+        message: String,
+    },
     #[error("{source_name}: {field}: {message}")]
-    Invalid { source_name: String, field: String, message: String },
+    Invalid {
+        source_name: String,
+        field: String,
+        message: String,
+    },
 }
 
 /// A duration written as `250ms`, `2s`, `1m` or `1h` (a bare number is seconds).
@@ -61,11 +70,17 @@ impl<'de> Deserialize<'de> for Dur {
         let text = match &v {
             serde_yaml::Value::String(s) => s.clone(),
             serde_yaml::Value::Number(n) => n.to_string(),
-            _ => return Err(serde::de::Error::custom("expected a duration such as `2s` or `500ms`")),
+            _ => {
+                return Err(serde::de::Error::custom(
+                    "expected a duration such as `2s` or `500ms`",
+                ))
+            }
         };
-        parse_duration(&text)
-            .map(Dur)
-            .ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not a duration such as `2s` or `500ms`")))
+        parse_duration(&text).map(Dur).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration such as `2s` or `500ms`"
+            ))
+        })
     }
 }
 
@@ -316,8 +331,10 @@ impl PatchPlan {
     /// Parses and validates a plan; errors name the source and the line and column, or the
     /// field.
     pub fn parse(source_name: &str, text: &str) -> Result<PatchPlan, PlanError> {
-        let plan: PatchPlan = serde_yaml::from_str(text)
-            .map_err(|e| PlanError::Yaml { source_name: source_name.into(), message: yaml_message(&e) })?;
+        let plan: PatchPlan = serde_yaml::from_str(text).map_err(|e| PlanError::Yaml {
+            source_name: source_name.into(),
+            message: yaml_message(&e),
+        })?;
         plan.validate(source_name)?;
         Ok(plan)
     }
@@ -333,19 +350,30 @@ impl PatchPlan {
             ("original.address", &self.original.address),
             ("patched.address", &self.patched.address),
         ] {
-            let ok = addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            let ok = addr
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
             if !ok {
                 return Err(bad(field, format!("`{addr}` is not HOST:PORT")));
             }
         }
         if !["postgres", "tcp"].contains(&self.proxy.protocol.as_str()) {
-            return Err(bad("proxy.protocol", format!("`{}` is not postgres or tcp", self.proxy.protocol)));
+            return Err(bad(
+                "proxy.protocol",
+                format!("`{}` is not postgres or tcp", self.proxy.protocol),
+            ));
         }
         if !["postgres", "tcp"].contains(&self.health.check.as_str()) {
-            return Err(bad("health.check", format!("`{}` is not postgres or tcp", self.health.check)));
+            return Err(bad(
+                "health.check",
+                format!("`{}` is not postgres or tcp", self.health.check),
+            ));
         }
         if self.original.pid.is_some() == self.original.pidfile.is_some() {
-            return Err(bad("original", "give exactly one of `pid` and `pidfile`".into()));
+            return Err(bad(
+                "original",
+                "give exactly one of `pid` and `pidfile`".into(),
+            ));
         }
         if self.patched.start.is_empty() {
             return Err(bad("patched.start", "the argv is empty".into()));
@@ -360,7 +388,10 @@ impl PatchPlan {
             return Err(bad("patched.name", "must differ from original.name".into()));
         }
         if !(1..=100).contains(&self.shift_weight) {
-            return Err(bad("shift_weight", format!("{} is not in 1..=100", self.shift_weight)));
+            return Err(bad(
+                "shift_weight",
+                format!("{} is not in 1..=100", self.shift_weight),
+            ));
         }
         if self.metrics.is_empty() {
             return Err(bad("metrics", "name at least one metric to watch".into()));
@@ -368,26 +399,40 @@ impl PatchPlan {
         for (i, m) in self.metrics.iter().enumerate() {
             let f = format!("metrics[{i}]");
             if !m.threshold_pct.is_finite() || m.threshold_pct < 0.0 {
-                return Err(bad(&f, format!("threshold_pct {} must be a number ≥ 0", m.threshold_pct)));
+                return Err(bad(
+                    &f,
+                    format!("threshold_pct {} must be a number ≥ 0", m.threshold_pct),
+                ));
             }
             if !m.weight.is_finite() || m.weight < 0.0 {
                 return Err(bad(&f, format!("weight {} must be a number ≥ 0", m.weight)));
             }
             if let Some(d) = &m.direction {
-                Direction::parse(d).ok_or_else(|| bad(&f, format!("direction `{d}` is not increase, decrease or either")))?;
+                Direction::parse(d).ok_or_else(|| {
+                    bad(
+                        &f,
+                        format!("direction `{d}` is not increase, decrease or either"),
+                    )
+                })?;
             }
             if self.metrics[..i].iter().any(|o| o.metric == m.metric) {
                 return Err(bad(&f, format!("{} is listed twice", m.metric.name())));
             }
         }
         if !(self.severity_threshold > 0.0 && self.severity_threshold <= 1.0) {
-            return Err(bad("severity_threshold", format!("{} is not in (0, 1]", self.severity_threshold)));
+            return Err(bad(
+                "severity_threshold",
+                format!("{} is not in (0, 1]", self.severity_threshold),
+            ));
         }
         if self.sample_interval.0 < Duration::from_millis(50) {
             return Err(bad("sample_interval", "must be at least 50ms".into()));
         }
         if self.baseline_window.0 < self.sample_interval.0 {
-            return Err(bad("baseline_window", "must be at least one sample_interval".into()));
+            return Err(bad(
+                "baseline_window",
+                "must be at least one sample_interval".into(),
+            ));
         }
         if let Some(w) = &self.webhook {
             if !w.starts_with("http://") {
@@ -419,10 +464,16 @@ pub struct Sample {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Input {
     /// Time passed.
-    Tick { at_ms: i64 },
+    Tick {
+        at_ms: i64,
+    },
     Sample(Sample),
     /// The action the engine waits for finished, with what it measured.
-    Done { at_ms: i64, ok: bool, detail: serde_json::Value },
+    Done {
+        at_ms: i64,
+        ok: bool,
+        detail: serde_json::Value,
+    },
 }
 
 impl Input {
@@ -571,7 +622,10 @@ pub struct PatchEngine {
 }
 
 fn direction_of(m: &MetricSpec) -> Direction {
-    m.direction.as_deref().and_then(Direction::parse).unwrap_or_else(|| m.metric.default_direction())
+    m.direction
+        .as_deref()
+        .and_then(Direction::parse)
+        .unwrap_or_else(|| m.metric.default_direction())
 }
 
 impl PatchEngine {
@@ -584,21 +638,27 @@ impl PatchEngine {
         };
         let interval_ms = plan.sample_interval.0.as_millis().max(1) as usize;
         let min_samples = (plan.baseline_window.0.as_millis() as usize / interval_ms / 2).max(1);
-        let base = plan.metrics.iter().filter(|m| m.compare != Compare::Original).map(|m| {
-            let cfg = ThresholdConfig::new(plan.baseline_window.0, m.threshold_pct, direction_of(m))
-                .with_min_duration(m.duration.0)
-                .with_abs_floor(m.abs_floor.unwrap_or_else(|| m.metric.default_floor()))
-                .with_min_baseline_samples(min_samples);
-            (m.metric.name().to_string(), cfg, m.weight)
-        });
+        let base = plan
+            .metrics
+            .iter()
+            .filter(|m| m.compare != Compare::Original)
+            .map(|m| {
+                let cfg =
+                    ThresholdConfig::new(plan.baseline_window.0, m.threshold_pct, direction_of(m))
+                        .with_min_duration(m.duration.0)
+                        .with_abs_floor(m.abs_floor.unwrap_or_else(|| m.metric.default_floor()))
+                        .with_min_baseline_samples(min_samples);
+                (m.metric.name().to_string(), cfg, m.weight)
+            });
         let baseline = MultiWatch::new(base.collect::<Vec<_>>()).map_err(invalid)?;
         let orig: Vec<(String, ThresholdConfig, f64)> = plan
             .metrics
             .iter()
             .filter(|m| m.compare != Compare::Baseline)
             .map(|m| {
-                let cfg = ThresholdConfig::new(plan.baseline_window.0, m.threshold_pct, direction_of(m))
-                    .with_min_duration(m.duration.0);
+                let cfg =
+                    ThresholdConfig::new(plan.baseline_window.0, m.threshold_pct, direction_of(m))
+                        .with_min_duration(m.duration.0);
                 (m.metric.name().to_string(), cfg, m.weight)
             })
             .collect();
@@ -635,7 +695,12 @@ impl PatchEngine {
             waiting_baseline_logged: false,
         };
         let window = e.plan.baseline_window.0.as_secs_f64();
-        e.event(now_ms, "baseline.started", format!("Collecting the original's baseline over {window:.1}s."), json!({ "window_seconds": window }));
+        e.event(
+            now_ms,
+            "baseline.started",
+            format!("Collecting the original's baseline over {window:.1}s."),
+            json!({ "window_seconds": window }),
+        );
         Ok(e)
     }
 
@@ -652,7 +717,12 @@ impl PatchEngine {
     }
 
     fn event(&mut self, at_ms: i64, kind: &str, message: String, figures: serde_json::Value) {
-        self.report.events.push(Event { at_ms, kind: kind.into(), message, figures });
+        self.report.events.push(Event {
+            at_ms,
+            kind: kind.into(),
+            message,
+            figures,
+        });
     }
 
     fn set_stage(&mut self, stage: Stage, at_ms: i64) {
@@ -697,43 +767,87 @@ impl PatchEngine {
             (Stage::Baseline, Input::Tick { .. }) => self.check_baseline(at),
             (Stage::Starting, Input::Done { ok, detail, .. }) => {
                 if ok {
-                    self.event(at, "patched.started", "The patched instance started.".into(), detail);
+                    self.event(
+                        at,
+                        "patched.started",
+                        "The patched instance started.".into(),
+                        detail,
+                    );
                     self.set_stage(Stage::WaitingHealthy, at);
-                    vec![Action::WaitPatchedHealthy { timeout_ms: self.plan.health.timeout.0.as_millis() as u64 }]
+                    vec![Action::WaitPatchedHealthy {
+                        timeout_ms: self.plan.health.timeout.0.as_millis() as u64,
+                    }]
                 } else {
-                    self.fail(at, "patched.start_failed", "The patched instance did not start.", detail, true)
+                    self.fail(
+                        at,
+                        "patched.start_failed",
+                        "The patched instance did not start.",
+                        detail,
+                        true,
+                    )
                 }
             }
             (Stage::WaitingHealthy, Input::Done { ok, detail, .. }) => {
                 if ok {
                     let took = at - self.action_started_ms;
-                    self.event(at, "patched.healthy", format!("The patched instance is healthy after {took} ms."), detail);
+                    self.event(
+                        at,
+                        "patched.healthy",
+                        format!("The patched instance is healthy after {took} ms."),
+                        detail,
+                    );
                     self.set_stage(Stage::Shifting, at);
                     let w = self.plan.shift_weight;
-                    vec![Action::Route { original: 100 - w, patched: w }]
+                    vec![Action::Route {
+                        original: 100 - w,
+                        patched: w,
+                    }]
                 } else {
-                    self.fail(at, "patched.unhealthy", "The patched instance did not become healthy.", detail, true)
+                    self.fail(
+                        at,
+                        "patched.unhealthy",
+                        "The patched instance did not become healthy.",
+                        detail,
+                        true,
+                    )
                 }
             }
             (Stage::Shifting, Input::Done { detail, .. }) => {
                 let w = self.plan.shift_weight;
-                self.event(at, "shift.routed", format!("New connections shifted: {w}% to the patched instance."), detail);
+                self.event(
+                    at,
+                    "shift.routed",
+                    format!("New connections shifted: {w}% to the patched instance."),
+                    detail,
+                );
                 if w == 100 {
                     self.set_stage(Stage::ShiftDraining, at);
-                    vec![Action::Drain { instance: Instance::Original, timeout_ms: self.drain_ms() }]
+                    vec![Action::Drain {
+                        instance: Instance::Original,
+                        timeout_ms: self.drain_ms(),
+                    }]
                 } else {
                     self.start_bake(at);
                     vec![]
                 }
             }
             (Stage::ShiftDraining, Input::Done { detail, .. }) => {
-                self.event(at, "shift.sessions_moved", "The original's sessions moved at their transaction boundaries.".into(), detail);
+                self.event(
+                    at,
+                    "shift.sessions_moved",
+                    "The original's sessions moved at their transaction boundaries.".into(),
+                    detail,
+                );
                 self.start_bake(at);
                 vec![]
             }
             (Stage::Baking, Input::Sample(s)) => self.watch(s),
-            (Stage::RollingBack { phase }, Input::Done { ok, detail, .. }) => self.next_phase(at, phase, ok, detail, true),
-            (Stage::Promoting { phase }, Input::Done { ok, detail, .. }) => self.next_phase(at, phase, ok, detail, false),
+            (Stage::RollingBack { phase }, Input::Done { ok, detail, .. }) => {
+                self.next_phase(at, phase, ok, detail, true)
+            }
+            (Stage::Promoting { phase }, Input::Done { ok, detail, .. }) => {
+                self.next_phase(at, phase, ok, detail, false)
+            }
             _ => vec![],
         }
     }
@@ -748,18 +862,40 @@ impl PatchEngine {
             .metrics
             .iter()
             .filter(|m| m.compare != Compare::Original)
-            .filter(|m| self.baseline.watch(m.metric.name()).and_then(ThresholdWatch::baseline).is_none())
+            .filter(|m| {
+                self.baseline
+                    .watch(m.metric.name())
+                    .and_then(ThresholdWatch::baseline)
+                    .is_none()
+            })
             .map(|m| m.metric.name().to_string())
             .collect();
         if !missing.is_empty() {
             if at - self.report.started_ms >= 3 * window_ms {
-                let msg = format!("No baseline for {}: the original had no data; nothing was changed.", missing.join(", "));
-                return self.fail(at, "baseline.no_data", &msg, json!({ "missing": missing }), false);
+                let msg = format!(
+                    "No baseline for {}: the original had no data; nothing was changed.",
+                    missing.join(", ")
+                );
+                return self.fail(
+                    at,
+                    "baseline.no_data",
+                    &msg,
+                    json!({ "missing": missing }),
+                    false,
+                );
             }
             if !self.waiting_baseline_logged {
                 self.waiting_baseline_logged = true;
-                let msg = format!("Waiting for data on {} before patching.", missing.join(", "));
-                self.event(at, "baseline.waiting", msg.clone(), json!({ "missing": missing }));
+                let msg = format!(
+                    "Waiting for data on {} before patching.",
+                    missing.join(", ")
+                );
+                self.event(
+                    at,
+                    "baseline.waiting",
+                    msg.clone(),
+                    json!({ "missing": missing }),
+                );
                 return vec![self.alert("no_data", &msg)];
             }
             return vec![];
@@ -767,12 +903,21 @@ impl PatchEngine {
         self.baseline.freeze_all();
         let mut figures = serde_json::Map::new();
         for m in &self.plan.metrics {
-            if let Some(b) = self.baseline.watch(m.metric.name()).and_then(ThresholdWatch::baseline) {
+            if let Some(b) = self
+                .baseline
+                .watch(m.metric.name())
+                .and_then(ThresholdWatch::baseline)
+            {
                 self.report.baselines.insert(m.metric.name().into(), b);
                 figures.insert(m.metric.name().into(), json!(b));
             }
         }
-        self.event(at, "baseline.captured", "The original's baseline is fixed; starting the patched instance.".into(), serde_json::Value::Object(figures));
+        self.event(
+            at,
+            "baseline.captured",
+            "The original's baseline is fixed; starting the patched instance.".into(),
+            serde_json::Value::Object(figures),
+        );
         self.set_stage(Stage::Starting, at);
         vec![Action::StartPatched]
     }
@@ -782,7 +927,12 @@ impl PatchEngine {
         self.bake_started_ms = at;
         self.last_patched_ms = None;
         let bake = self.plan.bake_time.0.as_secs_f64();
-        self.event(at, "bake.started", format!("Watching the patched instance for {bake:.1}s of data."), json!({ "bake_seconds": bake }));
+        self.event(
+            at,
+            "bake.started",
+            format!("Watching the patched instance for {bake:.1}s of data."),
+            json!({ "bake_seconds": bake }),
+        );
     }
 
     fn watch(&mut self, s: Sample) -> Vec<Action> {
@@ -800,7 +950,13 @@ impl PatchEngine {
             .plan
             .metrics
             .iter()
-            .filter(|m| !s.values.get(&m.metric).copied().flatten().is_some_and(f64::is_finite))
+            .filter(|m| {
+                !s.values
+                    .get(&m.metric)
+                    .copied()
+                    .flatten()
+                    .is_some_and(f64::is_finite)
+            })
             .map(|m| m.metric.name())
             .collect();
         let mut actions = Vec::new();
@@ -815,8 +971,16 @@ impl PatchEngine {
             // Never act on no data: the bake clock stops and an alert goes out, once per gap.
             if !self.in_no_data {
                 self.in_no_data = true;
-                let msg = format!("No data for {}; the patch is paused (neither promoted nor rolled back).", missing.join(", "));
-                self.event(at, "watch.no_data", msg.clone(), json!({ "missing": missing }));
+                let msg = format!(
+                    "No data for {}; the patch is paused (neither promoted nor rolled back).",
+                    missing.join(", ")
+                );
+                self.event(
+                    at,
+                    "watch.no_data",
+                    msg.clone(),
+                    json!({ "missing": missing }),
+                );
                 actions.push(self.alert("no_data", &msg));
             }
             self.last_patched_ms = Some(at);
@@ -824,7 +988,12 @@ impl PatchEngine {
         }
         if self.in_no_data {
             self.in_no_data = false;
-            self.event(at, "watch.data_back", "Data is back; the bake clock runs again.".into(), json!({}));
+            self.event(
+                at,
+                "watch.data_back",
+                "Data is back; the bake clock runs again.".into(),
+                json!({}),
+            );
         }
         let interval = self.plan.sample_interval.0.as_millis() as i64;
         if let Some(prev) = self.last_patched_ms {
@@ -833,7 +1002,9 @@ impl PatchEngine {
         self.last_patched_ms = Some(at);
         let mut critical: Option<String> = None;
         for m in &self.plan.metrics {
-            let Some(v) = s.values.get(&m.metric).copied().flatten() else { continue };
+            let Some(v) = s.values.get(&m.metric).copied().flatten() else {
+                continue;
+            };
             if m.compare != Compare::Original {
                 if let Some(Ok(o)) = self.baseline.observe(m.metric.name(), at, v) {
                     if m.critical && o.state.is_breached() {
@@ -863,8 +1034,13 @@ impl PatchEngine {
         self.report.last_severity = sev.score;
         if sev.score >= self.plan.severity_threshold || critical.is_some() {
             let top = sev.reasons.first().cloned();
-            let metric = critical.clone().or_else(|| top.as_ref().map(|r| r.metric.clone())).unwrap_or_default();
-            let reason = top.filter(|r| r.metric == metric).or_else(|| sev.reasons.iter().find(|r| r.metric == metric).cloned());
+            let metric = critical
+                .clone()
+                .or_else(|| top.as_ref().map(|r| r.metric.clone()))
+                .unwrap_or_default();
+            let reason = top
+                .filter(|r| r.metric == metric)
+                .or_else(|| sev.reasons.iter().find(|r| r.metric == metric).cloned());
             let trigger = Trigger {
                 metric: metric.clone(),
                 against: against.to_string(),
@@ -875,30 +1051,62 @@ impl PatchEngine {
                 severity_score: sev.score,
                 reasons: sev.reasons.iter().map(ToString::to_string).collect(),
             };
-            let msg = format!(
+            let msg =
+                format!(
                 "Rolling back: severity {:.2} ≥ {:.2}, led by {metric} against the {against}{}.",
                 sev.score,
                 self.plan.severity_threshold,
                 if critical.is_some() { " (critical)" } else { "" }
             );
             self.report.trigger = Some(trigger.clone());
-            self.event(at, "rollback.triggered", msg.clone(), serde_json::to_value(&trigger).unwrap_or_default());
+            self.event(
+                at,
+                "rollback.triggered",
+                msg.clone(),
+                serde_json::to_value(&trigger).unwrap_or_default(),
+            );
             self.set_stage(Stage::RollingBack { phase: 1 }, at);
             actions.push(self.alert("rollback", &msg));
-            actions.push(Action::Route { original: 100, patched: 0 });
+            actions.push(Action::Route {
+                original: 100,
+                patched: 0,
+            });
             return actions;
         }
         if self.report.baked_ms >= self.plan.bake_time.0.as_millis() as i64 {
-            let msg = format!("Bake passed cleanly ({:.1}s, last severity {:.2}); promoting.", self.report.baked_ms as f64 / 1000.0, sev.score);
-            self.event(at, "promote.triggered", msg, json!({ "baked_ms": self.report.baked_ms, "severity": sev.score }));
+            let msg = format!(
+                "Bake passed cleanly ({:.1}s, last severity {:.2}); promoting.",
+                self.report.baked_ms as f64 / 1000.0,
+                sev.score
+            );
+            self.event(
+                at,
+                "promote.triggered",
+                msg,
+                json!({ "baked_ms": self.report.baked_ms, "severity": sev.score }),
+            );
             self.set_stage(Stage::Promoting { phase: 1 }, at);
-            actions.push(Action::Route { original: 0, patched: 100 });
+            actions.push(Action::Route {
+                original: 0,
+                patched: 100,
+            });
         }
         actions
     }
 
-    fn next_phase(&mut self, at: i64, phase: u8, ok: bool, detail: serde_json::Value, rollback: bool) -> Vec<Action> {
-        let (kind, names) = if rollback { ("rollback", ROLLBACK_PHASES) } else { ("promote", PROMOTE_PHASES) };
+    fn next_phase(
+        &mut self,
+        at: i64,
+        phase: u8,
+        ok: bool,
+        detail: serde_json::Value,
+        rollback: bool,
+    ) -> Vec<Action> {
+        let (kind, names) = if rollback {
+            ("rollback", ROLLBACK_PHASES)
+        } else {
+            ("promote", PROMOTE_PHASES)
+        };
         let took = at - self.action_started_ms;
         let name = names[usize::from(phase.clamp(1, 4)) - 1];
         self.report.phases.push(PhaseTiming {
@@ -913,35 +1121,81 @@ impl PatchEngine {
         let mut figures = json!({ "phase": phase, "took_ms": took, "ok": ok });
         figures["detail"] = detail;
         let verdict = if ok { "done" } else { "failed, continuing" };
-        self.event(at, &format!("{kind}.phase{phase}"), format!("Phase {phase}: {name}: {verdict} in {took} ms."), figures);
-        let (leaving, staying) = if rollback { (Instance::Patched, Instance::Original) } else { (Instance::Original, Instance::Patched) };
+        self.event(
+            at,
+            &format!("{kind}.phase{phase}"),
+            format!("Phase {phase}: {name}: {verdict} in {took} ms."),
+            figures,
+        );
+        let (leaving, staying) = if rollback {
+            (Instance::Patched, Instance::Original)
+        } else {
+            (Instance::Original, Instance::Patched)
+        };
         let next = match phase {
-            1 => Action::Drain { instance: leaving, timeout_ms: self.drain_ms() },
+            1 => Action::Drain {
+                instance: leaving,
+                timeout_ms: self.drain_ms(),
+            },
             2 => Action::Stop { instance: leaving },
             3 => Action::ServeOnly { instance: staying },
             _ => {
-                let total: i64 = self.report.phases.iter().filter(|p| p.kind == kind).map(|p| p.took_ms).sum();
+                let total: i64 = self
+                    .report
+                    .phases
+                    .iter()
+                    .filter(|p| p.kind == kind)
+                    .map(|p| p.took_ms)
+                    .sum();
                 let (stage, msg) = if rollback {
-                    (Stage::RolledBack, format!("Rolled back in {total} ms; the original serves everything."))
+                    (
+                        Stage::RolledBack,
+                        format!("Rolled back in {total} ms; the original serves everything."),
+                    )
                 } else {
-                    (Stage::Promoted, format!("Promoted in {total} ms; the patched instance serves everything."))
+                    (
+                        Stage::Promoted,
+                        format!("Promoted in {total} ms; the patched instance serves everything."),
+                    )
                 };
                 self.set_stage(stage, at);
-                self.event(at, if rollback { "rollback.finished" } else { "promote.finished" }, msg.clone(), json!({ "total_ms": total }));
+                self.event(
+                    at,
+                    if rollback {
+                        "rollback.finished"
+                    } else {
+                        "promote.finished"
+                    },
+                    msg.clone(),
+                    json!({ "total_ms": total }),
+                );
                 return vec![self.alert(if rollback { "rolled_back" } else { "promoted" }, &msg)];
             }
         };
-        let stage = if rollback { Stage::RollingBack { phase: phase + 1 } } else { Stage::Promoting { phase: phase + 1 } };
+        let stage = if rollback {
+            Stage::RollingBack { phase: phase + 1 }
+        } else {
+            Stage::Promoting { phase: phase + 1 }
+        };
         self.set_stage(stage, at);
         vec![next]
     }
 
-    fn fail(&mut self, at: i64, kind: &str, message: &str, detail: serde_json::Value, stop_patched: bool) -> Vec<Action> {
+    fn fail(
+        &mut self,
+        at: i64,
+        kind: &str,
+        message: &str,
+        detail: serde_json::Value,
+        stop_patched: bool,
+    ) -> Vec<Action> {
         self.event(at, kind, message.into(), detail);
         self.set_stage(Stage::Failed, at);
         let mut actions = vec![self.alert("failed", message)];
         if stop_patched {
-            actions.push(Action::Stop { instance: Instance::Patched });
+            actions.push(Action::Stop {
+                instance: Instance::Patched,
+            });
         }
         actions
     }
@@ -973,11 +1227,19 @@ severity_threshold: 0.3
         let mut values = BTreeMap::new();
         values.insert(MetricKind::LatencyP99, p99);
         values.insert(MetricKind::ErrorRate, err);
-        Input::Sample(Sample { at_ms, instance, values })
+        Input::Sample(Sample {
+            at_ms,
+            instance,
+            values,
+        })
     }
 
     fn done(at_ms: i64) -> Input {
-        Input::Done { at_ms, ok: true, detail: json!({}) }
+        Input::Done {
+            at_ms,
+            ok: true,
+            detail: json!({}),
+        }
     }
 
     /// Runs baseline, start, health and shift; returns the engine baking at t = 9 s.
@@ -985,13 +1247,33 @@ severity_threshold: 0.3
         let plan = PatchPlan::parse("plan.yaml", PLAN).unwrap();
         let mut e = PatchEngine::new("p1", plan, 0).unwrap();
         for t in 0..5 {
-            assert!(e.step(sample(t * 1000, Instance::Original, Some(0.002), Some(0.0))).is_empty());
+            assert!(e
+                .step(sample(t * 1000, Instance::Original, Some(0.002), Some(0.0)))
+                .is_empty());
         }
-        assert_eq!(e.step(sample(5000, Instance::Original, Some(0.002), Some(0.0))), vec![Action::StartPatched]);
+        assert_eq!(
+            e.step(sample(5000, Instance::Original, Some(0.002), Some(0.0))),
+            vec![Action::StartPatched]
+        );
         assert_eq!(e.report().baselines["latency_p99"], 0.002);
-        assert!(matches!(e.step(done(6000))[..], [Action::WaitPatchedHealthy { .. }]));
-        assert_eq!(e.step(done(7000)), vec![Action::Route { original: 0, patched: 100 }]);
-        assert_eq!(e.step(done(7100)), vec![Action::Drain { instance: Instance::Original, timeout_ms: 3000 }]);
+        assert!(matches!(
+            e.step(done(6000))[..],
+            [Action::WaitPatchedHealthy { .. }]
+        ));
+        assert_eq!(
+            e.step(done(7000)),
+            vec![Action::Route {
+                original: 0,
+                patched: 100
+            }]
+        );
+        assert_eq!(
+            e.step(done(7100)),
+            vec![Action::Drain {
+                instance: Instance::Original,
+                timeout_ms: 3000
+            }]
+        );
         assert!(e.step(done(8000)).is_empty());
         assert_eq!(e.stage(), Stage::Baking);
         e
@@ -1001,31 +1283,79 @@ severity_threshold: 0.3
     fn latency_breach_rolls_back_in_four_timed_phases() {
         let mut e = baked_engine();
         // Right after the shift the new instance has no rates yet: no alert, no bake time.
-        assert!(e.step(sample(8500, Instance::Patched, None, None)).is_empty());
+        assert!(e
+            .step(sample(8500, Instance::Patched, None, None))
+            .is_empty());
         assert_eq!(e.report().baked_ms, 0);
-        assert!(e.step(sample(9000, Instance::Patched, Some(0.0021), Some(0.0))).is_empty());
+        assert!(e
+            .step(sample(9000, Instance::Patched, Some(0.0021), Some(0.0)))
+            .is_empty());
         // Latency triples; pending for 2 s, then breached.
-        assert!(e.step(sample(10_000, Instance::Patched, Some(0.006), Some(0.0))).is_empty());
-        assert!(e.step(sample(11_000, Instance::Patched, Some(0.006), Some(0.0))).is_empty());
+        assert!(e
+            .step(sample(10_000, Instance::Patched, Some(0.006), Some(0.0)))
+            .is_empty());
+        assert!(e
+            .step(sample(11_000, Instance::Patched, Some(0.006), Some(0.0)))
+            .is_empty());
         let a = e.step(sample(12_000, Instance::Patched, Some(0.006), Some(0.0)));
         assert!(matches!(a[0], Action::Webhook { .. }));
-        assert_eq!(a[1], Action::Route { original: 100, patched: 0 });
+        assert_eq!(
+            a[1],
+            Action::Route {
+                original: 100,
+                patched: 0
+            }
+        );
         let t = e.report().trigger.clone().unwrap();
-        assert_eq!((t.metric.as_str(), t.against.as_str()), ("latency_p99", "baseline"));
+        assert_eq!(
+            (t.metric.as_str(), t.against.as_str()),
+            ("latency_p99", "baseline")
+        );
         assert!((t.deviation - 2.0).abs() < 1e-9, "{t:?}");
-        assert_eq!(e.step(done(12_050)), vec![Action::Drain { instance: Instance::Patched, timeout_ms: 3000 }]);
-        assert_eq!(e.step(done(13_000)), vec![Action::Stop { instance: Instance::Patched }]);
-        assert_eq!(e.step(done(13_500)), vec![Action::ServeOnly { instance: Instance::Original }]);
+        assert_eq!(
+            e.step(done(12_050)),
+            vec![Action::Drain {
+                instance: Instance::Patched,
+                timeout_ms: 3000
+            }]
+        );
+        assert_eq!(
+            e.step(done(13_000)),
+            vec![Action::Stop {
+                instance: Instance::Patched
+            }]
+        );
+        assert_eq!(
+            e.step(done(13_500)),
+            vec![Action::ServeOnly {
+                instance: Instance::Original
+            }]
+        );
         let a = e.step(done(13_510));
         assert!(matches!(a[..], [Action::Webhook { .. }]));
         assert_eq!(e.stage(), Stage::RolledBack);
-        let kinds: Vec<&str> = e.report().events.iter().map(|ev| ev.kind.as_str()).collect();
+        let kinds: Vec<&str> = e
+            .report()
+            .events
+            .iter()
+            .map(|ev| ev.kind.as_str())
+            .collect();
         assert_eq!(
             kinds,
             [
-                "baseline.started", "baseline.captured", "patched.started", "patched.healthy", "shift.routed",
-                "shift.sessions_moved", "bake.started", "rollback.triggered", "rollback.phase1", "rollback.phase2",
-                "rollback.phase3", "rollback.phase4", "rollback.finished"
+                "baseline.started",
+                "baseline.captured",
+                "patched.started",
+                "patched.healthy",
+                "shift.routed",
+                "shift.sessions_moved",
+                "bake.started",
+                "rollback.triggered",
+                "rollback.phase1",
+                "rollback.phase2",
+                "rollback.phase3",
+                "rollback.phase4",
+                "rollback.finished"
             ]
         );
         let took: Vec<i64> = e.report().phases.iter().map(|p| p.took_ms).collect();
@@ -1037,14 +1367,18 @@ severity_threshold: 0.3
         let mut e = baked_engine();
         let mut t = 9000;
         for _ in 0..6 {
-            assert!(e.step(sample(t, Instance::Patched, Some(0.002), Some(0.0))).is_empty());
+            assert!(e
+                .step(sample(t, Instance::Patched, Some(0.002), Some(0.0)))
+                .is_empty());
             t += 1000;
         }
         // A gap without queries: paused, alerted once, the bake clock does not move.
         let baked = e.report().baked_ms;
         let a = e.step(sample(t, Instance::Patched, None, Some(0.0)));
         assert!(matches!(a[..], [Action::Webhook { .. }]));
-        assert!(e.step(sample(t + 1000, Instance::Patched, None, None)).is_empty());
+        assert!(e
+            .step(sample(t + 1000, Instance::Patched, None, None))
+            .is_empty());
         assert_eq!(e.report().baked_ms, baked);
         t += 2000;
         let mut actions = vec![];
@@ -1053,13 +1387,39 @@ severity_threshold: 0.3
             t += 1000;
             assert!(t < 30_000);
         }
-        assert_eq!(actions, vec![Action::Route { original: 0, patched: 100 }]);
-        assert_eq!(e.step(done(t)), vec![Action::Drain { instance: Instance::Original, timeout_ms: 3000 }]);
-        assert_eq!(e.step(done(t + 1)), vec![Action::Stop { instance: Instance::Original }]);
-        assert_eq!(e.step(done(t + 2)), vec![Action::ServeOnly { instance: Instance::Patched }]);
+        assert_eq!(
+            actions,
+            vec![Action::Route {
+                original: 0,
+                patched: 100
+            }]
+        );
+        assert_eq!(
+            e.step(done(t)),
+            vec![Action::Drain {
+                instance: Instance::Original,
+                timeout_ms: 3000
+            }]
+        );
+        assert_eq!(
+            e.step(done(t + 1)),
+            vec![Action::Stop {
+                instance: Instance::Original
+            }]
+        );
+        assert_eq!(
+            e.step(done(t + 2)),
+            vec![Action::ServeOnly {
+                instance: Instance::Patched
+            }]
+        );
         e.step(done(t + 3));
         assert_eq!(e.stage(), Stage::Promoted);
-        assert!(e.report().events.iter().any(|ev| ev.kind == "watch.no_data"));
+        assert!(e
+            .report()
+            .events
+            .iter()
+            .any(|ev| ev.kind == "watch.no_data"));
     }
 
     #[test]
@@ -1070,26 +1430,45 @@ severity_threshold: 0.3
         assert!(matches!(a[..], [Action::Webhook { .. }]));
         let a = e.step(Input::Tick { at_ms: 15_000 });
         assert_eq!(e.stage(), Stage::Failed);
-        assert!(a.iter().all(|a| matches!(a, Action::Webhook { .. })), "{a:?}");
+        assert!(
+            a.iter().all(|a| matches!(a, Action::Webhook { .. })),
+            "{a:?}"
+        );
     }
 
     #[test]
     fn plan_errors_name_line_column_or_field() {
-        let err = PatchPlan::parse("p.yaml", "name: x\nproxy: { listen: 1 }\nbake_time: soon\n").unwrap_err().to_string();
+        let err = PatchPlan::parse("p.yaml", "name: x\nproxy: { listen: 1 }\nbake_time: soon\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("p.yaml: line "), "{err}");
         let bad = PLAN.replace("pid: 42", "pid: 42, pidfile: /x");
         let err = PatchPlan::parse("p.yaml", &bad).unwrap_err().to_string();
-        assert_eq!(err, "p.yaml: original: give exactly one of `pid` and `pidfile`");
+        assert_eq!(
+            err,
+            "p.yaml: original: give exactly one of `pid` and `pidfile`"
+        );
         let bad = PLAN.replace("metric: error_rate", "metric: latency_p99");
-        assert!(PatchPlan::parse("p.yaml", &bad).unwrap_err().to_string().contains("listed twice"));
+        assert!(PatchPlan::parse("p.yaml", &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("listed twice"));
         let bad = PLAN.replace("metric: error_rate", "metric: happiness");
         let err = PatchPlan::parse("p.yaml", &bad).unwrap_err().to_string();
-        assert!(err.contains("line 11, column 15: metrics[1].metric") && err.contains("happiness"), "{err}");
+        assert!(
+            err.contains("line 11, column 15: metrics[1].metric") && err.contains("happiness"),
+            "{err}"
+        );
     }
 
     #[test]
     fn comparison_with_the_original_catches_a_shared_slowdown_only_on_the_patched_side() {
-        let text = PLAN.replace("duration: 2s, weight: 2 }", "duration: 2s, weight: 2, compare: original }").replace("bake_time: 10s", "bake_time: 60s\nshift_weight: 50");
+        let text = PLAN
+            .replace(
+                "duration: 2s, weight: 2 }",
+                "duration: 2s, weight: 2, compare: original }",
+            )
+            .replace("bake_time: 10s", "bake_time: 60s\nshift_weight: 50");
         let plan = PatchPlan::parse("plan.yaml", &text).unwrap();
         let mut e = PatchEngine::new("p2", plan, 0).unwrap();
         for t in 0..=5 {
@@ -1097,20 +1476,29 @@ severity_threshold: 0.3
         }
         e.step(done(6000));
         e.step(done(7000));
-        assert!(e.step(done(7100)).is_empty(), "a partial shift drains nothing");
+        assert!(
+            e.step(done(7100)).is_empty(),
+            "a partial shift drains nothing"
+        );
         let mut t = 8000;
         let mut rolled = false;
         for _ in 0..6 {
             e.step(sample(t, Instance::Original, Some(0.010), Some(0.0)));
             let a = e.step(sample(t, Instance::Patched, Some(0.011), Some(0.0)));
-            rolled |= a.contains(&Action::Route { original: 100, patched: 0 });
+            rolled |= a.contains(&Action::Route {
+                original: 100,
+                patched: 0,
+            });
             t += 1000;
         }
         assert!(!rolled, "both slowed alike: not the patch's fault");
         for _ in 0..4 {
             e.step(sample(t, Instance::Original, Some(0.010), Some(0.0)));
             let a = e.step(sample(t, Instance::Patched, Some(0.030), Some(0.0)));
-            rolled |= a.contains(&Action::Route { original: 100, patched: 0 });
+            rolled |= a.contains(&Action::Route {
+                original: 100,
+                patched: 0,
+            });
             t += 1000;
         }
         assert!(rolled);

@@ -36,16 +36,29 @@ pub enum ActionSpec {
     /// runs it with its rootfs as working directory and kills it after `timeout_ms`.
     Argv { argv: Vec<String>, timeout_ms: u64 },
     /// Write `version` as the host service's version (the sandbox service reloads on change).
-    SetServiceVersion { version: String, timeout_ms: Option<u64> },
+    SetServiceVersion {
+        version: String,
+        timeout_ms: Option<u64>,
+    },
     /// Restore a file from the copy the agent kept at baseline time. `path` is relative to the
     /// agent's rootfs and never contains `..` or starts with `/`.
-    RestoreFile { path: String, timeout_ms: Option<u64> },
+    RestoreFile {
+        path: String,
+        timeout_ms: Option<u64>,
+    },
     /// Reinstall a package (or artifact) by name.
-    ReinstallPackage { package: String, timeout_ms: Option<u64> },
+    ReinstallPackage {
+        package: String,
+        timeout_ms: Option<u64>,
+    },
     /// Set cgroup v2 limits on the host service: `cpu.max` ("max", "QUOTA" or "QUOTA PERIOD",
     /// in microseconds) and/or `memory.max` ("max" or bytes with an optional K, M, G or T
     /// suffix). At least one is set.
-    SetCgroup { cpu_max: Option<String>, memory_max: Option<String>, timeout_ms: Option<u64> },
+    SetCgroup {
+        cpu_max: Option<String>,
+        memory_max: Option<String>,
+        timeout_ms: Option<u64>,
+    },
 }
 
 /// Why an action spec is not acceptable.
@@ -66,11 +79,21 @@ pub enum ActionSpecError {
     #[error("unknown builtin {name:?}; expected set_service_version, restore_file, reinstall_package or set_cgroup")]
     UnknownBuiltin { name: String },
     #[error("builtin {builtin} needs the field `{field}`")]
-    MissingField { builtin: &'static str, field: &'static str },
+    MissingField {
+        builtin: &'static str,
+        field: &'static str,
+    },
     #[error("field `{field}` does not belong to {builtin}")]
-    StrayField { builtin: &'static str, field: &'static str },
+    StrayField {
+        builtin: &'static str,
+        field: &'static str,
+    },
     #[error("{field} {value:?} is not valid: {why}")]
-    BadValue { field: &'static str, value: String, why: &'static str },
+    BadValue {
+        field: &'static str,
+        value: String,
+        why: &'static str,
+    },
     #[error("restore_file path {path:?} must be relative to the rootfs: {why}")]
     BadPath { path: String, why: &'static str },
 }
@@ -103,10 +126,16 @@ impl ActionSpec {
     pub fn describe(&self) -> String {
         match self {
             ActionSpec::Argv { argv, .. } => format!("argv [{}]", argv.join(" ")),
-            ActionSpec::SetServiceVersion { version, .. } => format!("set_service_version {version}"),
+            ActionSpec::SetServiceVersion { version, .. } => {
+                format!("set_service_version {version}")
+            }
             ActionSpec::RestoreFile { path, .. } => format!("restore_file {path}"),
             ActionSpec::ReinstallPackage { package, .. } => format!("reinstall_package {package}"),
-            ActionSpec::SetCgroup { cpu_max, memory_max, .. } => {
+            ActionSpec::SetCgroup {
+                cpu_max,
+                memory_max,
+                ..
+            } => {
                 let mut s = String::from("set_cgroup");
                 if let Some(c) = cpu_max {
                     s.push_str(&format!(" cpu.max={c:?}"));
@@ -146,7 +175,11 @@ impl ActionSpec {
             ActionSpec::SetServiceVersion { version, .. } => check_token("version", version)?,
             ActionSpec::RestoreFile { path, .. } => check_relative_path(path)?,
             ActionSpec::ReinstallPackage { package, .. } => check_token("package", package)?,
-            ActionSpec::SetCgroup { cpu_max, memory_max, .. } => {
+            ActionSpec::SetCgroup {
+                cpu_max,
+                memory_max,
+                ..
+            } => {
                 if cpu_max.is_none() && memory_max.is_none() {
                     return Err(ActionSpecError::MissingField {
                         builtin: "set_cgroup",
@@ -175,14 +208,21 @@ fn check_timeout(t: u64) -> Result<(), ActionSpecError> {
 
 /// A version or package name: 1 to 128 characters of letters, digits and `._+-:~`.
 fn check_token(field: &'static str, v: &str) -> Result<(), ActionSpecError> {
-    let bad = |why| ActionSpecError::BadValue { field, value: v.to_string(), why };
+    let bad = |why| ActionSpecError::BadValue {
+        field,
+        value: v.to_string(),
+        why,
+    };
     if v.is_empty() {
         return Err(bad("it is empty"));
     }
     if v.len() > 128 {
         return Err(bad("it is longer than 128 characters"));
     }
-    if !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-' | ':' | '~')) {
+    if !v
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-' | ':' | '~'))
+    {
         return Err(bad("only letters, digits and . _ + - : ~ are allowed"));
     }
     Ok(())
@@ -190,7 +230,10 @@ fn check_token(field: &'static str, v: &str) -> Result<(), ActionSpecError> {
 
 /// A path relative to the agent's rootfs, with no way out of it.
 pub fn check_relative_path(path: &str) -> Result<(), ActionSpecError> {
-    let bad = |why| ActionSpecError::BadPath { path: path.to_string(), why };
+    let bad = |why| ActionSpecError::BadPath {
+        path: path.to_string(),
+        why,
+    };
     if path.is_empty() {
         return Err(bad("it is empty"));
     }
@@ -251,7 +294,10 @@ fn check_memory_max(v: &str) -> Result<(), ActionSpecError> {
 }
 
 fn is_positive_int(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()) && s.bytes().any(|b| b != b'0')
+    !s.is_empty()
+        && s.len() <= 19
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && s.bytes().any(|b| b != b'0')
 }
 
 /// The flat wire form; every field optional so that errors can say which one is wrong.
@@ -278,7 +324,16 @@ struct Wire {
 
 impl Wire {
     fn into_spec(self) -> Result<ActionSpec, ActionSpecError> {
-        let Wire { argv, builtin, version, path, package, cpu_max, memory_max, timeout_ms } = self;
+        let Wire {
+            argv,
+            builtin,
+            version,
+            path,
+            package,
+            cpu_max,
+            memory_max,
+            timeout_ms,
+        } = self;
         let spec = match (argv, builtin) {
             (None, None) => return Err(ActionSpecError::Neither),
             (Some(_), Some(_)) => return Err(ActionSpecError::Both),
@@ -289,7 +344,10 @@ impl Wire {
                 stray(b, "package", &package)?;
                 stray(b, "cpu_max", &cpu_max)?;
                 stray(b, "memory_max", &memory_max)?;
-                ActionSpec::Argv { argv, timeout_ms: timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS) }
+                ActionSpec::Argv {
+                    argv,
+                    timeout_ms: timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+                }
             }
             (None, Some(name)) => match name.as_str() {
                 "set_service_version" => {
@@ -298,8 +356,14 @@ impl Wire {
                     stray(b, "package", &package)?;
                     stray(b, "cpu_max", &cpu_max)?;
                     stray(b, "memory_max", &memory_max)?;
-                    let version = version.ok_or(ActionSpecError::MissingField { builtin: b, field: "version" })?;
-                    ActionSpec::SetServiceVersion { version, timeout_ms }
+                    let version = version.ok_or(ActionSpecError::MissingField {
+                        builtin: b,
+                        field: "version",
+                    })?;
+                    ActionSpec::SetServiceVersion {
+                        version,
+                        timeout_ms,
+                    }
                 }
                 "restore_file" => {
                     let b = "restore_file";
@@ -307,7 +371,10 @@ impl Wire {
                     stray(b, "package", &package)?;
                     stray(b, "cpu_max", &cpu_max)?;
                     stray(b, "memory_max", &memory_max)?;
-                    let path = path.ok_or(ActionSpecError::MissingField { builtin: b, field: "path" })?;
+                    let path = path.ok_or(ActionSpecError::MissingField {
+                        builtin: b,
+                        field: "path",
+                    })?;
                     ActionSpec::RestoreFile { path, timeout_ms }
                 }
                 "reinstall_package" => {
@@ -316,15 +383,25 @@ impl Wire {
                     stray(b, "path", &path)?;
                     stray(b, "cpu_max", &cpu_max)?;
                     stray(b, "memory_max", &memory_max)?;
-                    let package = package.ok_or(ActionSpecError::MissingField { builtin: b, field: "package" })?;
-                    ActionSpec::ReinstallPackage { package, timeout_ms }
+                    let package = package.ok_or(ActionSpecError::MissingField {
+                        builtin: b,
+                        field: "package",
+                    })?;
+                    ActionSpec::ReinstallPackage {
+                        package,
+                        timeout_ms,
+                    }
                 }
                 "set_cgroup" => {
                     let b = "set_cgroup";
                     stray(b, "version", &version)?;
                     stray(b, "path", &path)?;
                     stray(b, "package", &package)?;
-                    ActionSpec::SetCgroup { cpu_max, memory_max, timeout_ms }
+                    ActionSpec::SetCgroup {
+                        cpu_max,
+                        memory_max,
+                        timeout_ms,
+                    }
                 }
                 _ => return Err(ActionSpecError::UnknownBuiltin { name }),
             },
@@ -336,26 +413,55 @@ impl Wire {
     fn from_spec(spec: &ActionSpec) -> Wire {
         let builtin = spec.builtin_name().map(str::to_string);
         match spec.clone() {
-            ActionSpec::Argv { argv, timeout_ms } => {
-                Wire { argv: Some(argv), timeout_ms: Some(timeout_ms), ..Wire::default() }
-            }
-            ActionSpec::SetServiceVersion { version, timeout_ms } => {
-                Wire { builtin, version: Some(version), timeout_ms, ..Wire::default() }
-            }
-            ActionSpec::RestoreFile { path, timeout_ms } => {
-                Wire { builtin, path: Some(path), timeout_ms, ..Wire::default() }
-            }
-            ActionSpec::ReinstallPackage { package, timeout_ms } => {
-                Wire { builtin, package: Some(package), timeout_ms, ..Wire::default() }
-            }
-            ActionSpec::SetCgroup { cpu_max, memory_max, timeout_ms } => {
-                Wire { builtin, cpu_max, memory_max, timeout_ms, ..Wire::default() }
-            }
+            ActionSpec::Argv { argv, timeout_ms } => Wire {
+                argv: Some(argv),
+                timeout_ms: Some(timeout_ms),
+                ..Wire::default()
+            },
+            ActionSpec::SetServiceVersion {
+                version,
+                timeout_ms,
+            } => Wire {
+                builtin,
+                version: Some(version),
+                timeout_ms,
+                ..Wire::default()
+            },
+            ActionSpec::RestoreFile { path, timeout_ms } => Wire {
+                builtin,
+                path: Some(path),
+                timeout_ms,
+                ..Wire::default()
+            },
+            ActionSpec::ReinstallPackage {
+                package,
+                timeout_ms,
+            } => Wire {
+                builtin,
+                package: Some(package),
+                timeout_ms,
+                ..Wire::default()
+            },
+            ActionSpec::SetCgroup {
+                cpu_max,
+                memory_max,
+                timeout_ms,
+            } => Wire {
+                builtin,
+                cpu_max,
+                memory_max,
+                timeout_ms,
+                ..Wire::default()
+            },
         }
     }
 }
 
-fn stray(builtin: &'static str, field: &'static str, v: &Option<String>) -> Result<(), ActionSpecError> {
+fn stray(
+    builtin: &'static str,
+    field: &'static str,
+    v: &Option<String>,
+) -> Result<(), ActionSpecError> {
     match v {
         Some(_) => Err(ActionSpecError::StrayField { builtin, field }),
         None => Ok(()),
@@ -370,7 +476,9 @@ impl Serialize for ActionSpec {
 
 impl<'de> Deserialize<'de> for ActionSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Wire::deserialize(d)?.into_spec().map_err(serde::de::Error::custom)
+        Wire::deserialize(d)?
+            .into_spec()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -386,35 +494,61 @@ mod tests {
     fn parses_every_documented_form() {
         assert_eq!(
             parse(r#"{"argv": ["/bin/true", "x"], "timeout_ms": 30000}"#).unwrap(),
-            ActionSpec::Argv { argv: vec!["/bin/true".into(), "x".into()], timeout_ms: 30_000 }
+            ActionSpec::Argv {
+                argv: vec!["/bin/true".into(), "x".into()],
+                timeout_ms: 30_000
+            }
         );
         assert_eq!(
             parse(r#"{"builtin": "set_service_version", "version": "2"}"#).unwrap(),
-            ActionSpec::SetServiceVersion { version: "2".into(), timeout_ms: None }
+            ActionSpec::SetServiceVersion {
+                version: "2".into(),
+                timeout_ms: None
+            }
         );
         assert_eq!(
             parse(r#"{"builtin": "restore_file", "path": "etc/websvc.conf"}"#).unwrap(),
-            ActionSpec::RestoreFile { path: "etc/websvc.conf".into(), timeout_ms: None }
+            ActionSpec::RestoreFile {
+                path: "etc/websvc.conf".into(),
+                timeout_ms: None
+            }
         );
         assert_eq!(
             parse(r#"{"builtin": "reinstall_package", "package": "libssl3"}"#).unwrap(),
-            ActionSpec::ReinstallPackage { package: "libssl3".into(), timeout_ms: None }
+            ActionSpec::ReinstallPackage {
+                package: "libssl3".into(),
+                timeout_ms: None
+            }
         );
         assert_eq!(
             parse(r#"{"builtin": "set_cgroup", "cpu_max": "50000 100000"}"#).unwrap(),
-            ActionSpec::SetCgroup { cpu_max: Some("50000 100000".into()), memory_max: None, timeout_ms: None }
+            ActionSpec::SetCgroup {
+                cpu_max: Some("50000 100000".into()),
+                memory_max: None,
+                timeout_ms: None
+            }
         );
         assert_eq!(
-            parse(r#"{"builtin": "set_cgroup", "memory_max": "512M", "timeout_ms": 5000}"#).unwrap(),
-            ActionSpec::SetCgroup { cpu_max: None, memory_max: Some("512M".into()), timeout_ms: Some(5000) }
+            parse(r#"{"builtin": "set_cgroup", "memory_max": "512M", "timeout_ms": 5000}"#)
+                .unwrap(),
+            ActionSpec::SetCgroup {
+                cpu_max: None,
+                memory_max: Some("512M".into()),
+                timeout_ms: Some(5000)
+            }
         );
     }
 
     #[test]
     fn argv_without_timeout_gets_the_default() {
-        assert_eq!(parse(r#"{"argv": ["true"]}"#).unwrap().timeout_ms(), DEFAULT_TIMEOUT_MS);
         assert_eq!(
-            parse(r#"{"builtin": "restore_file", "path": "a"}"#).unwrap().timeout_ms(),
+            parse(r#"{"argv": ["true"]}"#).unwrap().timeout_ms(),
+            DEFAULT_TIMEOUT_MS
+        );
+        assert_eq!(
+            parse(r#"{"builtin": "restore_file", "path": "a"}"#)
+                .unwrap()
+                .timeout_ms(),
             DEFAULT_TIMEOUT_MS
         );
     }
@@ -422,29 +556,69 @@ mod tests {
     #[test]
     fn json_round_trips() {
         let specs = [
-            ActionSpec::Argv { argv: vec!["a".into(), "b c".into()], timeout_ms: 1000 },
-            ActionSpec::SetServiceVersion { version: "2.1".into(), timeout_ms: Some(200) },
-            ActionSpec::RestoreFile { path: "etc/x/y.conf".into(), timeout_ms: None },
-            ActionSpec::ReinstallPackage { package: "libssl1.1".into(), timeout_ms: None },
-            ActionSpec::SetCgroup { cpu_max: Some("max".into()), memory_max: Some("max".into()), timeout_ms: None },
+            ActionSpec::Argv {
+                argv: vec!["a".into(), "b c".into()],
+                timeout_ms: 1000,
+            },
+            ActionSpec::SetServiceVersion {
+                version: "2.1".into(),
+                timeout_ms: Some(200),
+            },
+            ActionSpec::RestoreFile {
+                path: "etc/x/y.conf".into(),
+                timeout_ms: None,
+            },
+            ActionSpec::ReinstallPackage {
+                package: "libssl1.1".into(),
+                timeout_ms: None,
+            },
+            ActionSpec::SetCgroup {
+                cpu_max: Some("max".into()),
+                memory_max: Some("max".into()),
+                timeout_ms: None,
+            },
         ];
         for s in specs {
             let json = serde_json::to_string(&s).unwrap();
             assert_eq!(parse(&json).unwrap(), s, "{json}");
         }
-        let json = serde_json::to_value(ActionSpec::RestoreFile { path: "etc/a".into(), timeout_ms: None }).unwrap();
-        assert_eq!(json, serde_json::json!({"builtin": "restore_file", "path": "etc/a"}));
+        let json = serde_json::to_value(ActionSpec::RestoreFile {
+            path: "etc/a".into(),
+            timeout_ms: None,
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"builtin": "restore_file", "path": "etc/a"})
+        );
     }
 
     #[test]
     fn rejects_bad_argv_and_timeouts() {
-        assert!(parse(r#"{"argv": []}"#).unwrap_err().contains("argv is empty"));
-        assert!(parse(r#"{"argv": [""]}"#).unwrap_err().contains("argv[0] is empty"));
-        assert!(parse(r#"{"argv": ["a", "b\u0000"]}"#).unwrap_err().contains("argv[1] contains a NUL"));
-        assert!(parse(r#"{"argv": ["a"], "timeout_ms": 0}"#).unwrap_err().contains("timeout_ms 0 is outside"));
-        assert!(parse(r#"{"argv": ["a"], "timeout_ms": 3600001}"#).unwrap_err().contains("outside"));
-        assert!(parse(r#"{"builtin": "restore_file", "path": "a", "timeout_ms": 99}"#).unwrap_err().contains("outside"));
-        assert!(parse(r#"{"argv": "ls -l"}"#).is_err(), "a shell string is not an argv list");
+        assert!(parse(r#"{"argv": []}"#)
+            .unwrap_err()
+            .contains("argv is empty"));
+        assert!(parse(r#"{"argv": [""]}"#)
+            .unwrap_err()
+            .contains("argv[0] is empty"));
+        assert!(parse(r#"{"argv": ["a", "b\u0000"]}"#)
+            .unwrap_err()
+            .contains("argv[1] contains a NUL"));
+        assert!(parse(r#"{"argv": ["a"], "timeout_ms": 0}"#)
+            .unwrap_err()
+            .contains("timeout_ms 0 is outside"));
+        assert!(parse(r#"{"argv": ["a"], "timeout_ms": 3600001}"#)
+            .unwrap_err()
+            .contains("outside"));
+        assert!(
+            parse(r#"{"builtin": "restore_file", "path": "a", "timeout_ms": 99}"#)
+                .unwrap_err()
+                .contains("outside")
+        );
+        assert!(
+            parse(r#"{"argv": "ls -l"}"#).is_err(),
+            "a shell string is not an argv list"
+        );
     }
 
     #[test]
@@ -471,20 +645,56 @@ mod tests {
         let cases = [
             (r#"{}"#, "neither"),
             (r#"{"argv": ["a"], "builtin": "restore_file"}"#, "got both"),
-            (r#"{"builtin": "format_disk"}"#, "unknown builtin \"format_disk\""),
-            (r#"{"builtin": "set_service_version"}"#, "needs the field `version`"),
-            (r#"{"builtin": "reinstall_package"}"#, "needs the field `package`"),
+            (
+                r#"{"builtin": "format_disk"}"#,
+                "unknown builtin \"format_disk\"",
+            ),
+            (
+                r#"{"builtin": "set_service_version"}"#,
+                "needs the field `version`",
+            ),
+            (
+                r#"{"builtin": "reinstall_package"}"#,
+                "needs the field `package`",
+            ),
             (r#"{"builtin": "restore_file"}"#, "needs the field `path`"),
             (r#"{"builtin": "set_cgroup"}"#, "cpu_max or memory_max"),
-            (r#"{"builtin": "set_cgroup", "cpu_max": "fast"}"#, "cpu_max \"fast\" is not valid"),
-            (r#"{"builtin": "set_cgroup", "cpu_max": "1 2 3"}"#, "cpu_max"),
-            (r#"{"builtin": "set_cgroup", "memory_max": "512MB"}"#, "memory_max"),
-            (r#"{"builtin": "set_cgroup", "memory_max": "0"}"#, "memory_max"),
-            (r#"{"builtin": "set_service_version", "version": "2; rm -rf /"}"#, "version"),
-            (r#"{"builtin": "reinstall_package", "package": "a/b"}"#, "package"),
-            (r#"{"builtin": "restore_file", "path": "a", "version": "2"}"#, "`version` does not belong to restore_file"),
-            (r#"{"argv": ["a"], "path": "x"}"#, "does not belong to an argv action"),
-            (r#"{"argv": ["a"], "timeout": 5}"#, "unknown field `timeout`"),
+            (
+                r#"{"builtin": "set_cgroup", "cpu_max": "fast"}"#,
+                "cpu_max \"fast\" is not valid",
+            ),
+            (
+                r#"{"builtin": "set_cgroup", "cpu_max": "1 2 3"}"#,
+                "cpu_max",
+            ),
+            (
+                r#"{"builtin": "set_cgroup", "memory_max": "512MB"}"#,
+                "memory_max",
+            ),
+            (
+                r#"{"builtin": "set_cgroup", "memory_max": "0"}"#,
+                "memory_max",
+            ),
+            (
+                r#"{"builtin": "set_service_version", "version": "2; rm -rf /"}"#,
+                "version",
+            ),
+            (
+                r#"{"builtin": "reinstall_package", "package": "a/b"}"#,
+                "package",
+            ),
+            (
+                r#"{"builtin": "restore_file", "path": "a", "version": "2"}"#,
+                "`version` does not belong to restore_file",
+            ),
+            (
+                r#"{"argv": ["a"], "path": "x"}"#,
+                "does not belong to an argv action",
+            ),
+            (
+                r#"{"argv": ["a"], "timeout": 5}"#,
+                "unknown field `timeout`",
+            ),
         ];
         for (json, want) in cases {
             let err = parse(json).unwrap_err();

@@ -16,7 +16,9 @@ pub enum HostNameError {
     Empty,
     #[error("host name is longer than 253 characters")]
     TooLong,
-    #[error("host name {name:?} contains {ch:?}; only letters, digits, '.', '_' and '-' are allowed")]
+    #[error(
+        "host name {name:?} contains {ch:?}; only letters, digits, '.', '_' and '-' are allowed"
+    )]
     BadChar { name: String, ch: char },
 }
 
@@ -70,8 +72,14 @@ mod tests {
     #[test]
     fn rejects_bad_names() {
         assert_eq!(HostName::new(""), Err(HostNameError::Empty));
-        assert!(matches!(HostName::new("a/b"), Err(HostNameError::BadChar { ch: '/', .. })));
+        assert!(matches!(
+            HostName::new("a/b"),
+            Err(HostNameError::BadChar { ch: '/', .. })
+        ));
         assert!(HostName::new("x".repeat(254)).is_err());
-        assert_eq!(HostName::new("web-01.example").unwrap().as_str(), "web-01.example");
+        assert_eq!(
+            HostName::new("web-01.example").unwrap().as_str(),
+            "web-01.example"
+        );
     }
 }

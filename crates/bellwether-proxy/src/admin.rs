@@ -31,7 +31,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, stop: CancellationToken) {
     let app = router(shared);
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+    {
         tracing::warn!(error = %e, "Admin API stopped with an error.");
     }
 }
@@ -59,12 +62,21 @@ pub struct Change {
     pub admin: Option<String>,
 }
 
-async fn change(State(s): State<Arc<Shared>>, Path(name): Path<String>, body: axum::body::Bytes) -> Response {
+async fn change(
+    State(s): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
     let change: Change = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
     };
-    let admin = match change.admin.as_deref().map(str::parse::<AdminState>).transpose() {
+    let admin = match change
+        .admin
+        .as_deref()
+        .map(str::parse::<AdminState>)
+        .transpose()
+    {
         Ok(a) => a,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("admin: {e}")),
     };
@@ -80,7 +92,11 @@ struct DrainQuery {
     timeout: Option<f64>,
 }
 
-async fn drain(State(s): State<Arc<Shared>>, Path(name): Path<String>, Query(q): Query<DrainQuery>) -> Response {
+async fn drain(
+    State(s): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(q): Query<DrainQuery>,
+) -> Response {
     if let Err(e) = crate::set_backend(&s, &name, None, Some(AdminState::Drain)) {
         return error(StatusCode::NOT_FOUND, e.to_string());
     }
@@ -99,7 +115,12 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         .iter()
         .map(|b| {
             let h = b.health();
-            (h.up, h.ejected_until.is_some_and(|t| t > now), b.admin().to_string(), b.weight())
+            (
+                h.up,
+                h.ejected_until.is_some_and(|t| t > now),
+                b.admin().to_string(),
+                b.weight(),
+            )
         })
         .collect();
     let prom: Vec<PromBackend<'_>> = list
@@ -114,6 +135,9 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
             metrics: &b.metrics,
         })
         .collect();
-    let text = render_prometheus(&prom, s.pool.rejected.load(std::sync::atomic::Ordering::Relaxed));
+    let text = render_prometheus(
+        &prom,
+        s.pool.rejected.load(std::sync::atomic::Ordering::Relaxed),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

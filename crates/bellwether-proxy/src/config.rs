@@ -12,11 +12,18 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Yaml { path: String, message: String },
     #[error("{path}: {field}: {message}")]
-    Invalid { path: String, field: String, message: String },
+    Invalid {
+        path: String,
+        field: String,
+        message: String,
+    },
 }
 
 /// A duration written as `250ms`, `2s`, `1m` or `1h` (a bare number is seconds).
@@ -57,10 +64,16 @@ impl<'de> Deserialize<'de> for Dur {
         let text = match &v {
             serde_yaml::Value::String(s) => s.clone(),
             serde_yaml::Value::Number(n) => n.to_string(),
-            _ => return Err(serde::de::Error::custom("expected a duration such as `2s` or `500ms`")),
+            _ => {
+                return Err(serde::de::Error::custom(
+                    "expected a duration such as `2s` or `500ms`",
+                ))
+            }
         };
         parse_duration(&text).map(Dur).ok_or_else(|| {
-            serde::de::Error::custom(format!("`{text}` is not a duration such as `2s` or `500ms`"))
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration such as `2s` or `500ms`"
+            ))
         })
     }
 }
@@ -78,11 +91,14 @@ impl From<HostPort> for String {
 
 impl HostPort {
     pub fn parse(s: &str) -> Result<HostPort, String> {
-        let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("`{s}` has no `:PORT`"))?;
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{s}` has no `:PORT`"))?;
         if host.is_empty() {
             return Err(format!("`{s}` has no host"));
         }
-        port.parse::<u16>().map_err(|_| format!("`{s}` has a bad port `{port}`"))?;
+        port.parse::<u16>()
+            .map_err(|_| format!("`{s}` has a bad port `{port}`"))?;
         Ok(HostPort(s.to_string()))
     }
 }
@@ -115,7 +131,9 @@ impl std::str::FromStr for AdminState {
             "ready" => Ok(AdminState::Ready),
             "drain" => Ok(AdminState::Drain),
             "maintenance" => Ok(AdminState::Maintenance),
-            _ => Err(format!("`{s}` is not an admin state (ready, drain, maintenance)")),
+            _ => Err(format!(
+                "`{s}` is not an admin state (ready, drain, maintenance)"
+            )),
         }
     }
 }
@@ -314,47 +332,85 @@ impl RawConfig {
             message,
         };
         if self.listeners.is_empty() {
-            return Err(invalid("listeners".into(), "at least one listener is needed".into()));
+            return Err(invalid(
+                "listeners".into(),
+                "at least one listener is needed".into(),
+            ));
         }
         let mut listeners = Vec::new();
         for (i, l) in self.listeners.iter().enumerate() {
             let address = l.address.parse::<SocketAddr>().map_err(|_| {
-                invalid(format!("listeners[{i}].address"), format!("`{}` is not IP:PORT", l.address))
+                invalid(
+                    format!("listeners[{i}].address"),
+                    format!("`{}` is not IP:PORT", l.address),
+                )
             })?;
-            listeners.push(ListenerConfig { address, protocol: l.protocol });
+            listeners.push(ListenerConfig {
+                address,
+                protocol: l.protocol,
+            });
         }
         if self.backends.is_empty() {
-            return Err(invalid("backends".into(), "at least one backend is needed".into()));
+            return Err(invalid(
+                "backends".into(),
+                "at least one backend is needed".into(),
+            ));
         }
         for (i, b) in self.backends.iter().enumerate() {
-            if b.name.is_empty() || !b.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            if b.name.is_empty()
+                || !b
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
                 return Err(invalid(
                     format!("backends[{i}].name"),
                     format!("`{}` must be letters, digits, `-`, `_` or `.`", b.name),
                 ));
             }
             if self.backends[..i].iter().any(|o| o.name == b.name) {
-                return Err(invalid(format!("backends[{i}].name"), format!("`{}` is named twice", b.name)));
+                return Err(invalid(
+                    format!("backends[{i}].name"),
+                    format!("`{}` is named twice", b.name),
+                ));
             }
         }
         let admin = match &self.admin {
             None => None,
-            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| invalid("admin".into(), format!("`{a}` is not IP:PORT")))?),
+            Some(a) => Some(
+                a.parse::<SocketAddr>()
+                    .map_err(|_| invalid("admin".into(), format!("`{a}` is not IP:PORT")))?,
+            ),
         };
         if !(0.0..=1.0).contains(&self.ejection.max_share) {
-            return Err(invalid("ejection.max_share".into(), format!("{} is not in [0, 1]", self.ejection.max_share)));
+            return Err(invalid(
+                "ejection.max_share".into(),
+                format!("{} is not in [0, 1]", self.ejection.max_share),
+            ));
         }
         if self.health.rise == 0 || self.health.fall == 0 {
-            return Err(invalid("health".into(), "rise and fall must be at least 1".into()));
+            return Err(invalid(
+                "health".into(),
+                "rise and fall must be at least 1".into(),
+            ));
         }
         if self.ejection.consecutive_errors == 0 {
-            return Err(invalid("ejection.consecutive_errors".into(), "must be at least 1".into()));
+            return Err(invalid(
+                "ejection.consecutive_errors".into(),
+                "must be at least 1".into(),
+            ));
         }
         if self.max_connections == 0 {
-            return Err(invalid("max_connections".into(), "must be at least 1".into()));
+            return Err(invalid(
+                "max_connections".into(),
+                "must be at least 1".into(),
+            ));
         }
         if !(1024..=16 << 20).contains(&self.buffer_size) {
-            return Err(invalid("buffer_size".into(), "must be between 1 KiB and 16 MiB".into()));
+            return Err(invalid(
+                "buffer_size".into(),
+                "must be between 1 KiB and 16 MiB".into(),
+            ));
         }
         Ok(ProxyConfig {
             listeners,
@@ -372,7 +428,10 @@ impl RawConfig {
 
 /// Parses YAML text into the raw form, to be completed (by flags) and validated.
 pub fn parse_raw(source: &str, text: &str) -> Result<RawConfig, ConfigError> {
-    serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml { path: source.to_string(), message: yaml_message(&e) })
+    serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml {
+        path: source.to_string(),
+        message: yaml_message(&e),
+    })
 }
 
 /// Parses YAML text; `source` names it in errors, which carry line and column.
@@ -382,8 +441,10 @@ pub fn parse_config(source: &str, text: &str) -> Result<ProxyConfig, ConfigError
 
 /// Reads and parses a YAML file.
 pub fn load_config(path: &Path) -> Result<ProxyConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
     parse_config(&path.display().to_string(), &text)
 }
 
@@ -418,11 +479,17 @@ mod tests {
     fn bad_values_name_line_and_column() {
         let text = "listeners:\n  - address: 127.0.0.1:6432\nbackends:\n  - name: a\n    address: nohost\n";
         let err = parse_config("p.yaml", text).unwrap_err().to_string();
-        assert!(err.starts_with("p.yaml: line 4, column 5: backends[0]"), "{err}");
+        assert!(
+            err.starts_with("p.yaml: line 4, column 5: backends[0]"),
+            "{err}"
+        );
         assert!(err.contains("`nohost` has no `:PORT`"), "{err}");
         let text = "listeners: []\nbackends: []\nhealth:\n  interval: soon\n";
         let err = parse_config("p.yaml", text).unwrap_err().to_string();
-        assert!(err.contains("line 4, column 3: health") && err.contains("`soon`"), "{err}");
+        assert!(
+            err.contains("line 4, column 3: health") && err.contains("`soon`"),
+            "{err}"
+        );
         let text = "listeners: []\nbackends: []\nbogus: 1\n";
         let err = parse_config("p.yaml", text).unwrap_err().to_string();
         assert!(err.contains("line 3") && err.contains("bogus"), "{err}");

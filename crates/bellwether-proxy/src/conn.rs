@@ -30,7 +30,9 @@ async fn connect_any(shared: &Shared, except: &[String]) -> Option<(Arc<Backend>
         tried.push(b.name.clone());
         match connect_backend(shared, &b).await {
             Ok(s) => return Some((b, s)),
-            Err(e) => tracing::warn!(backend = %b.name, address = %b.address, error = %e, "Backend connect failed."),
+            Err(e) => {
+                tracing::warn!(backend = %b.name, address = %b.address, error = %e, "Backend connect failed.")
+            }
         }
     }
     None
@@ -38,7 +40,12 @@ async fn connect_any(shared: &Shared, except: &[String]) -> Option<(Arc<Backend>
 
 async fn connect_backend(shared: &Shared, b: &Backend) -> Result<TcpStream, String> {
     let started = Instant::now();
-    let r = match timeout(shared.config.connect_timeout, TcpStream::connect(&b.address)).await {
+    let r = match timeout(
+        shared.config.connect_timeout,
+        TcpStream::connect(&b.address),
+    )
+    .await
+    {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("connect timed out".to_string()),
@@ -64,7 +71,11 @@ struct Counted<'a, S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = (buf.filled().len() - before) as u64;
@@ -77,7 +88,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -89,7 +104,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
 }
 
 /// Serves a generic TCP connection: pick a backend, then copy bytes both ways.
-pub(crate) async fn serve_tcp(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, listener: SocketAddr) {
+pub(crate) async fn serve_tcp(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    peer: SocketAddr,
+    listener: SocketAddr,
+) {
     let _ = client.set_nodelay(true);
     let Some((backend, server)) = connect_any(&shared, &[]).await else {
         shared.pool.rejected.fetch_add(1, Relaxed);
@@ -98,8 +118,16 @@ pub(crate) async fn serve_tcp(shared: Arc<Shared>, client: TcpStream, peer: Sock
     };
     let entry = shared.registry.open(peer, listener, "tcp", &backend.name);
     backend.metrics.active.fetch_add(1, Relaxed);
-    let mut c = Counted { inner: client, conn: &entry.bytes_to_backend, backend: &backend.metrics.bytes_to_backend };
-    let mut s = Counted { inner: server, conn: &entry.bytes_to_client, backend: &backend.metrics.bytes_to_client };
+    let mut c = Counted {
+        inner: client,
+        conn: &entry.bytes_to_backend,
+        backend: &backend.metrics.bytes_to_backend,
+    };
+    let mut s = Counted {
+        inner: server,
+        conn: &entry.bytes_to_client,
+        backend: &backend.metrics.bytes_to_client,
+    };
     let size = shared.config.buffer_size;
     tokio::select! {
         r = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut s, size, size) => {
@@ -121,9 +149,14 @@ async fn read_startup(client: &mut TcpStream) -> Result<Startup, String> {
             return Err(ProtocolError::StartupLength(len.max(0) as usize).to_string());
         }
         let mut body = vec![0u8; len as usize - 4];
-        client.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+        client
+            .read_exact(&mut body)
+            .await
+            .map_err(|e| e.to_string())?;
         match pg::parse_startup(&body).map_err(|e| e.to_string())? {
-            Startup::Ssl | Startup::GssEnc => client.write_all(b"N").await.map_err(|e| e.to_string())?,
+            Startup::Ssl | Startup::GssEnc => {
+                client.write_all(b"N").await.map_err(|e| e.to_string())?
+            }
             other => return Ok(other),
         }
     }
@@ -138,16 +171,24 @@ pub(crate) async fn open_session(
     params: &[(String, String)],
 ) -> Result<(TcpStream, Option<(i32, i32)>), String> {
     let mut s = connect_backend(shared, backend).await?;
-    let user = params.iter().find(|(k, _)| k == "user").map(|(_, v)| v.as_str()).unwrap_or("");
+    let user = params
+        .iter()
+        .find(|(k, _)| k == "user")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
     let work = async {
-        s.write_all(&pg::encode_startup(params)).await.map_err(|e| e.to_string())?;
+        s.write_all(&pg::encode_startup(params))
+            .await
+            .map_err(|e| e.to_string())?;
         let mut key = None;
         let mut scram: Option<crate::scram::ScramClient> = None;
         loop {
             let tag = s.read_u8().await.map_err(|e| e.to_string())?;
             let len = s.read_i32().await.map_err(|e| e.to_string())?;
             if !(4..=1 << 20).contains(&len) {
-                return Err(format!("server sent a message of length {len} during startup"));
+                return Err(format!(
+                    "server sent a message of length {len} during startup"
+                ));
             }
             let mut body = vec![0u8; len as usize - 4];
             s.read_exact(&mut body).await.map_err(|e| e.to_string())?;
@@ -208,7 +249,9 @@ pub(crate) async fn open_session(
             }
         }
     };
-    let key = timeout(shared.config.connect_timeout * 2, work).await.map_err(|_| "startup timed out".to_string())??;
+    let key = timeout(shared.config.connect_timeout * 2, work)
+        .await
+        .map_err(|_| "startup timed out".to_string())??;
     Ok((s, key))
 }
 
@@ -216,7 +259,9 @@ pub(crate) async fn open_session(
 fn nonce() -> String {
     use rand::Rng as _;
     let mut rng = rand::thread_rng();
-    (0..24).map(|_| rng.sample(rand::distributions::Alphanumeric) as char).collect()
+    (0..24)
+        .map(|_| rng.sample(rand::distributions::Alphanumeric) as char)
+        .collect()
 }
 
 /// One direction's buffer.
@@ -228,7 +273,11 @@ struct Dir {
 
 impl Dir {
     fn new(size: usize) -> Dir {
-        Dir { buf: vec![0; size].into_boxed_slice(), start: 0, end: 0 }
+        Dir {
+            buf: vec![0; size].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
     }
     fn is_empty(&self) -> bool {
         self.start == self.end
@@ -274,7 +323,11 @@ impl PgConn {
                 }
                 Seen::BecameStateful(reason) => {
                     tracing::debug!(reason = %reason, "Session holds state.");
-                    *self.entry.stateful.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.0);
+                    *self
+                        .entry
+                        .stateful
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(reason.0);
                 }
                 Seen::Terminate => {}
             }
@@ -295,14 +348,20 @@ impl PgConn {
                         if n == 0 {
                             return Poll::Ready(Exit::ClientEof);
                         }
-                        if let Err(e) = self.session.feed_frontend(&self.up.buf[..n], &mut self.seen) {
+                        if let Err(e) = self
+                            .session
+                            .feed_frontend(&self.up.buf[..n], &mut self.seen)
+                        {
                             return Poll::Ready(Exit::Protocol(e));
                         }
                         self.handle_seen();
                         self.up.start = 0;
                         self.up.end = n;
                         self.entry.bytes_to_backend.fetch_add(n as u64, Relaxed);
-                        self.backend.metrics.bytes_to_backend.fetch_add(n as u64, Relaxed);
+                        self.backend
+                            .metrics
+                            .bytes_to_backend
+                            .fetch_add(n as u64, Relaxed);
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Exit::Io(e)),
@@ -310,7 +369,9 @@ impl PgConn {
                 }
             }
             if !self.up.is_empty() {
-                match Pin::new(&mut self.server).poll_write(cx, &self.up.buf[self.up.start..self.up.end]) {
+                match Pin::new(&mut self.server)
+                    .poll_write(cx, &self.up.buf[self.up.start..self.up.end])
+                {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Exit::ServerEof),
                     Poll::Ready(Ok(n)) => {
                         self.up.start += n;
@@ -328,14 +389,20 @@ impl PgConn {
                         if n == 0 {
                             return Poll::Ready(Exit::ServerEof);
                         }
-                        if let Err(e) = self.session.feed_backend(&self.down.buf[..n], &mut self.seen) {
+                        if let Err(e) = self
+                            .session
+                            .feed_backend(&self.down.buf[..n], &mut self.seen)
+                        {
                             return Poll::Ready(Exit::ServerProtocol(e));
                         }
                         self.handle_seen();
                         self.down.start = 0;
                         self.down.end = n;
                         self.entry.bytes_to_client.fetch_add(n as u64, Relaxed);
-                        self.backend.metrics.bytes_to_client.fetch_add(n as u64, Relaxed);
+                        self.backend
+                            .metrics
+                            .bytes_to_client
+                            .fetch_add(n as u64, Relaxed);
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Exit::Io(e)),
@@ -343,7 +410,9 @@ impl PgConn {
                 }
             }
             if !self.down.is_empty() {
-                match Pin::new(&mut self.client).poll_write(cx, &self.down.buf[self.down.start..self.down.end]) {
+                match Pin::new(&mut self.client)
+                    .poll_write(cx, &self.down.buf[self.down.start..self.down.end])
+                {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Exit::ClientEof),
                     Poll::Ready(Ok(n)) => {
                         self.down.start += n;
@@ -353,7 +422,12 @@ impl PgConn {
                     Poll::Pending => {}
                 }
             }
-            if want_boundary && self.up.is_empty() && self.down.is_empty() && self.session.ready && self.session.at_boundary() {
+            if want_boundary
+                && self.up.is_empty()
+                && self.down.is_empty()
+                && self.session.ready
+                && self.session.at_boundary()
+            {
                 return Poll::Ready(Exit::Boundary);
             }
             if !progress {
@@ -365,7 +439,10 @@ impl PgConn {
     /// Tells the client the session ends, at a point where no message is half-sent to it.
     async fn close_gracefully(&mut self, message: &str) {
         if self.down.is_empty() && self.session.backend.at_boundary() {
-            let _ = self.client.write_all(&pg::encode_error(true, "57P01", message)).await;
+            let _ = self
+                .client
+                .write_all(&pg::encode_error(true, "57P01", message))
+                .await;
         }
         let _ = self.server.write_all(&pg::encode_message(b'X', &[])).await;
         let _ = self.client.shutdown().await;
@@ -373,7 +450,12 @@ impl PgConn {
 }
 
 /// Serves a PostgreSQL client.
-pub(crate) async fn serve_postgres(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, listener: SocketAddr) {
+pub(crate) async fn serve_postgres(
+    shared: Arc<Shared>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    listener: SocketAddr,
+) {
     let _ = client.set_nodelay(true);
     let params = match timeout(STARTUP_TIMEOUT, read_startup(&mut client)).await {
         Ok(Ok(Startup::Startup { params })) => params,
@@ -384,7 +466,13 @@ pub(crate) async fn serve_postgres(shared: Arc<Shared>, mut client: TcpStream, p
         Ok(Ok(_)) => return,
         Ok(Err(e)) => {
             tracing::info!(client = %peer, error = %e, "Client startup refused.");
-            let _ = client.write_all(&pg::encode_error(true, "08P01", &format!("bellwether: {e}"))).await;
+            let _ = client
+                .write_all(&pg::encode_error(
+                    true,
+                    "08P01",
+                    &format!("bellwether: {e}"),
+                ))
+                .await;
             return;
         }
         Err(_) => {
@@ -395,14 +483,22 @@ pub(crate) async fn serve_postgres(shared: Arc<Shared>, mut client: TcpStream, p
     let Some((backend, mut server)) = connect_any(&shared, &[]).await else {
         shared.pool.rejected.fetch_add(1, Relaxed);
         tracing::warn!(client = %peer, "No backend available; session refused.");
-        let _ = client.write_all(&pg::encode_error(true, "08006", "bellwether: no backend is available")).await;
+        let _ = client
+            .write_all(&pg::encode_error(
+                true,
+                "08006",
+                "bellwether: no backend is available",
+            ))
+            .await;
         return;
     };
     if let Err(e) = server.write_all(&pg::encode_startup(&params)).await {
         tracing::warn!(backend = %backend.name, error = %e, "Backend closed during startup.");
         return;
     }
-    let entry = shared.registry.open(peer, listener, "postgres", &backend.name);
+    let entry = shared
+        .registry
+        .open(peer, listener, "postgres", &backend.name);
     backend.metrics.active.fetch_add(1, Relaxed);
     let size = shared.config.buffer_size;
     let mut c = PgConn {
@@ -435,8 +531,11 @@ async fn run_session(shared: &Shared, c: &mut PgConn, params: &[(String, String)
         if !key_published && c.session.ready {
             key_published = true;
             if let Some(k) = c.session.backend_key {
-                *c.entry.cancel.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(CancelRoute { client_key: k, server_address: c.backend.address.clone(), server_key: k });
+                *c.entry.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(CancelRoute {
+                    client_key: k,
+                    server_address: c.backend.address.clone(),
+                    server_key: k,
+                });
             }
         }
         let kill = c.entry.kill.clone();
@@ -464,7 +563,14 @@ async fn run_session(shared: &Shared, c: &mut PgConn, params: &[(String, String)
                 c.backend.metrics.protocol_errors.fetch_add(1, Relaxed);
                 tracing::warn!(client = %c.entry.client, error = %e, "Client broke the protocol; disconnected.");
                 if c.session.backend.at_boundary() && c.down.is_empty() {
-                    let _ = c.client.write_all(&pg::encode_error(true, "08P01", &format!("bellwether: {e}"))).await;
+                    let _ = c
+                        .client
+                        .write_all(&pg::encode_error(
+                            true,
+                            "08P01",
+                            &format!("bellwether: {e}"),
+                        ))
+                        .await;
                 }
                 let _ = c.server.write_all(&pg::encode_message(b'X', &[])).await;
                 return;
@@ -476,7 +582,8 @@ async fn run_session(shared: &Shared, c: &mut PgConn, params: &[(String, String)
             }
             Exit::Boundary => {
                 if shared.closing.load(Relaxed) {
-                    c.close_gracefully("bellwether: the proxy is shutting down").await;
+                    c.close_gracefully("bellwether: the proxy is shutting down")
+                        .await;
                     return;
                 }
                 if let Some(reason) = c.session.stateful.clone() {
@@ -499,10 +606,17 @@ async fn run_session(shared: &Shared, c: &mut PgConn, params: &[(String, String)
 
 /// Moves an idle session to another backend. The client's messages wait in its socket while
 /// the new server connection starts, so it never notices.
-async fn rehome(shared: &Shared, c: &mut PgConn, params: &[(String, String)]) -> Result<(), String> {
+async fn rehome(
+    shared: &Shared,
+    c: &mut PgConn,
+    params: &[(String, String)],
+) -> Result<(), String> {
     let mut tried = vec![c.backend.name.clone()];
     loop {
-        let target = shared.pool.pick(&tried).ok_or("no other backend is available")?;
+        let target = shared
+            .pool
+            .pick(&tried)
+            .ok_or("no other backend is available")?;
         tried.push(target.name.clone());
         match open_session(shared, &target, params).await {
             Ok((server, key)) => {
@@ -541,10 +655,19 @@ async fn forward_cancel(shared: &Shared, key: (i32, i32)) {
         tracing::info!("Cancel request for an unknown session ignored.");
         return;
     };
-    match timeout(shared.config.connect_timeout, TcpStream::connect(&route.server_address)).await {
+    match timeout(
+        shared.config.connect_timeout,
+        TcpStream::connect(&route.server_address),
+    )
+    .await
+    {
         Ok(Ok(mut s)) => {
-            let _ = s.write_all(&pg::encode_cancel(route.server_key.0, route.server_key.1)).await;
+            let _ = s
+                .write_all(&pg::encode_cancel(route.server_key.0, route.server_key.1))
+                .await;
         }
-        _ => tracing::warn!(address = %route.server_address, "Cancel request could not be forwarded."),
+        _ => {
+            tracing::warn!(address = %route.server_address, "Cancel request could not be forwarded.")
+        }
     }
 }

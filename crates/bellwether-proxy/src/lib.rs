@@ -43,7 +43,10 @@ pub use registry::Registry;
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("cannot listen on {address}: {source}")]
-    Bind { address: SocketAddr, source: std::io::Error },
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// What every task of one proxy shares.
@@ -90,26 +93,54 @@ impl ProxyHandle {
         let limit = Arc::new(Semaphore::new(shared.config.max_connections));
         let mut listen = Vec::new();
         for l in shared.config.listeners.clone() {
-            let listener = TcpListener::bind(l.address)
-                .await
-                .map_err(|source| ProxyError::Bind { address: l.address, source })?;
-            let local = listener.local_addr().map_err(|source| ProxyError::Bind { address: l.address, source })?;
+            let listener =
+                TcpListener::bind(l.address)
+                    .await
+                    .map_err(|source| ProxyError::Bind {
+                        address: l.address,
+                        source,
+                    })?;
+            let local = listener.local_addr().map_err(|source| ProxyError::Bind {
+                address: l.address,
+                source,
+            })?;
             listen.push(local);
             tracing::info!(address = %local, protocol = ?l.protocol, "Listening.");
-            tasks.spawn(accept_loop(shared.clone(), listener, local, l.protocol, limit.clone(), stop_accepting.clone()));
+            tasks.spawn(accept_loop(
+                shared.clone(),
+                listener,
+                local,
+                l.protocol,
+                limit.clone(),
+                stop_accepting.clone(),
+            ));
         }
         let admin = match shared.config.admin {
             Some(a) => {
-                let listener = TcpListener::bind(a).await.map_err(|source| ProxyError::Bind { address: a, source })?;
-                let local = listener.local_addr().map_err(|source| ProxyError::Bind { address: a, source })?;
+                let listener = TcpListener::bind(a)
+                    .await
+                    .map_err(|source| ProxyError::Bind { address: a, source })?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|source| ProxyError::Bind { address: a, source })?;
                 tracing::info!(address = %local, "Admin API listening.");
-                tasks.spawn(admin::serve(shared.clone(), listener, stop_accepting.clone()));
+                tasks.spawn(admin::serve(
+                    shared.clone(),
+                    listener,
+                    stop_accepting.clone(),
+                ));
                 Some(local)
             }
             None => None,
         };
         tasks.spawn(health::run(shared.clone(), stop_accepting.clone()));
-        Ok(ProxyHandle { shared, listen, admin, stop_accepting, tasks })
+        Ok(ProxyHandle {
+            shared,
+            listen,
+            admin,
+            stop_accepting,
+            tasks,
+        })
     }
 
     /// The bound listener addresses, in configuration order.
@@ -134,7 +165,12 @@ impl ProxyHandle {
     }
 
     /// Changes a backend's weight or admin state; maintenance closes its sessions now.
-    pub fn set_backend(&self, name: &str, weight: Option<u32>, admin: Option<AdminState>) -> Result<(), pool::PoolError> {
+    pub fn set_backend(
+        &self,
+        name: &str,
+        weight: Option<u32>,
+        admin: Option<AdminState>,
+    ) -> Result<(), pool::PoolError> {
         set_backend(&self.shared, name, weight, admin)
     }
 
@@ -160,7 +196,10 @@ impl ProxyHandle {
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 let left = self.shared.registry.all();
-                tracing::warn!(sessions = left.len(), "Grace period over; closing the remaining connections.");
+                tracing::warn!(
+                    sessions = left.len(),
+                    "Grace period over; closing the remaining connections."
+                );
                 for e in left {
                     e.kill.cancel();
                 }
@@ -172,7 +211,12 @@ impl ProxyHandle {
     }
 }
 
-pub(crate) fn set_backend(shared: &Shared, name: &str, weight: Option<u32>, admin: Option<AdminState>) -> Result<(), pool::PoolError> {
+pub(crate) fn set_backend(
+    shared: &Shared,
+    name: &str,
+    weight: Option<u32>,
+    admin: Option<AdminState>,
+) -> Result<(), pool::PoolError> {
     shared.pool.set(name, weight, admin)?;
     if admin == Some(AdminState::Maintenance) {
         for e in shared.registry.on_backend(name) {
@@ -196,7 +240,11 @@ pub(crate) async fn wait_drained(shared: &Shared, backend: &str, limit: Duration
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             let left = shared.registry.on_backend(backend);
             forced = left.len();
-            tracing::warn!(backend, sessions = forced, "Drain timed out; closing the sessions still there.");
+            tracing::warn!(
+                backend,
+                sessions = forced,
+                "Drain timed out; closing the sessions still there."
+            );
             for e in &left {
                 e.kill.cancel();
             }
@@ -251,7 +299,9 @@ async fn accept_loop(
             async move {
                 match protocol {
                     config::Protocol::Tcp => conn::serve_tcp(shared, sock, peer, local).await,
-                    config::Protocol::Postgres => conn::serve_postgres(shared, sock, peer, local).await,
+                    config::Protocol::Postgres => {
+                        conn::serve_postgres(shared, sock, peer, local).await
+                    }
                 }
                 drop(permit);
             }

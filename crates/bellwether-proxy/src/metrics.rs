@@ -34,7 +34,10 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { counts: (0..N_BUCKETS).map(|_| AtomicU64::new(0)).collect(), sum_us: AtomicU64::new(0) }
+        Histogram {
+            counts: (0..N_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+        }
     }
 }
 
@@ -175,12 +178,23 @@ fn write_hist(out: &mut String, name: &str, backend: &str, h: &HistSnapshot) {
         if let Some(&bound) = b.get(i) {
             let mantissa = bound / 10f64.powi(bound.log10().floor() as i32);
             if [1.0, 2.5, 5.0].iter().any(|m| (m - mantissa).abs() < 1e-9) {
-                let _ = writeln!(out, "{name}_bucket{{backend=\"{backend}\",le=\"{}\"}} {cum}", bound / 1e6);
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{backend=\"{backend}\",le=\"{}\"}} {cum}",
+                    bound / 1e6
+                );
             }
         }
     }
-    let _ = writeln!(out, "{name}_bucket{{backend=\"{backend}\",le=\"+Inf\"}} {cum}");
-    let _ = writeln!(out, "{name}_sum{{backend=\"{backend}\"}} {}", h.sum_us as f64 / 1e6);
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{backend=\"{backend}\",le=\"+Inf\"}} {cum}"
+    );
+    let _ = writeln!(
+        out,
+        "{name}_sum{{backend=\"{backend}\"}} {}",
+        h.sum_us as f64 / 1e6
+    );
     let _ = writeln!(out, "{name}_count{{backend=\"{backend}\"}} {cum}");
 }
 
@@ -199,18 +213,58 @@ pub fn render_prometheus(backends: &[PromBackend<'_>], rejected_connections: u64
     let mut out = String::new();
     type Read = fn(&BackendMetrics) -> u64;
     let counters: [(&str, &str, Read); 9] = [
-        ("bellwether_proxy_queries_total", "Queries (Query or Sync to ReadyForQuery) completed.", |m| m.queries.load(Relaxed)),
-        ("bellwether_proxy_query_errors_total", "Query cycles that carried an ErrorResponse.", |m| m.query_errors.load(Relaxed)),
-        ("bellwether_proxy_connections_total", "Server connections opened.", |m| m.connects.load(Relaxed)),
-        ("bellwether_proxy_connect_errors_total", "Server connections that failed to open.", |m| m.connect_errors.load(Relaxed)),
-        ("bellwether_proxy_protocol_errors_total", "Sessions closed for a protocol violation.", |m| m.protocol_errors.load(Relaxed)),
-        ("bellwether_proxy_rehomed_in_total", "Sessions re-homed onto this backend.", |m| m.rehomed_in.load(Relaxed)),
-        ("bellwether_proxy_rehomed_out_total", "Sessions re-homed away from this backend.", |m| m.rehomed_out.load(Relaxed)),
-        ("bellwether_proxy_graceful_closes_total", "Stateful sessions closed at a transaction boundary.", |m| m.graceful_closes.load(Relaxed)),
-        ("bellwether_proxy_active_connections", "Client sessions now on this backend.", |m| m.active.load(Relaxed)),
+        (
+            "bellwether_proxy_queries_total",
+            "Queries (Query or Sync to ReadyForQuery) completed.",
+            |m| m.queries.load(Relaxed),
+        ),
+        (
+            "bellwether_proxy_query_errors_total",
+            "Query cycles that carried an ErrorResponse.",
+            |m| m.query_errors.load(Relaxed),
+        ),
+        (
+            "bellwether_proxy_connections_total",
+            "Server connections opened.",
+            |m| m.connects.load(Relaxed),
+        ),
+        (
+            "bellwether_proxy_connect_errors_total",
+            "Server connections that failed to open.",
+            |m| m.connect_errors.load(Relaxed),
+        ),
+        (
+            "bellwether_proxy_protocol_errors_total",
+            "Sessions closed for a protocol violation.",
+            |m| m.protocol_errors.load(Relaxed),
+        ),
+        (
+            "bellwether_proxy_rehomed_in_total",
+            "Sessions re-homed onto this backend.",
+            |m| m.rehomed_in.load(Relaxed),
+        ),
+        (
+            "bellwether_proxy_rehomed_out_total",
+            "Sessions re-homed away from this backend.",
+            |m| m.rehomed_out.load(Relaxed),
+        ),
+        (
+            "bellwether_proxy_graceful_closes_total",
+            "Stateful sessions closed at a transaction boundary.",
+            |m| m.graceful_closes.load(Relaxed),
+        ),
+        (
+            "bellwether_proxy_active_connections",
+            "Client sessions now on this backend.",
+            |m| m.active.load(Relaxed),
+        ),
     ];
     for (name, help, get) in counters {
-        let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for b in backends {
             let _ = writeln!(out, "{name}{{backend=\"{}\"}} {}", b.name, get(b.metrics));
@@ -218,30 +272,66 @@ pub fn render_prometheus(backends: &[PromBackend<'_>], rejected_connections: u64
     }
     let _ = writeln!(out, "# HELP bellwether_proxy_bytes_total Bytes forwarded.\n# TYPE bellwether_proxy_bytes_total counter");
     for b in backends {
-        let _ = writeln!(out, "bellwether_proxy_bytes_total{{backend=\"{}\",direction=\"to_backend\"}} {}", b.name, b.metrics.bytes_to_backend.load(Relaxed));
-        let _ = writeln!(out, "bellwether_proxy_bytes_total{{backend=\"{}\",direction=\"to_client\"}} {}", b.name, b.metrics.bytes_to_client.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "bellwether_proxy_bytes_total{{backend=\"{}\",direction=\"to_backend\"}} {}",
+            b.name,
+            b.metrics.bytes_to_backend.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "bellwether_proxy_bytes_total{{backend=\"{}\",direction=\"to_client\"}} {}",
+            b.name,
+            b.metrics.bytes_to_client.load(Relaxed)
+        );
     }
     let _ = writeln!(out, "# HELP bellwether_proxy_backend_up Whether the backend passes its health checks and is not ejected.\n# TYPE bellwether_proxy_backend_up gauge");
     for b in backends {
-        let _ = writeln!(out, "bellwether_proxy_backend_up{{backend=\"{}\"}} {}", b.name, u8::from(b.healthy && !b.ejected));
+        let _ = writeln!(
+            out,
+            "bellwether_proxy_backend_up{{backend=\"{}\"}} {}",
+            b.name,
+            u8::from(b.healthy && !b.ejected)
+        );
     }
     let _ = writeln!(out, "# HELP bellwether_proxy_backend_weight The backend's routing weight.\n# TYPE bellwether_proxy_backend_weight gauge");
     for b in backends {
-        let _ = writeln!(out, "bellwether_proxy_backend_weight{{backend=\"{}\"}} {}", b.name, b.weight);
+        let _ = writeln!(
+            out,
+            "bellwether_proxy_backend_weight{{backend=\"{}\"}} {}",
+            b.name, b.weight
+        );
     }
     let _ = writeln!(out, "# HELP bellwether_proxy_backend_admin_state The operator's state (1 for the current one).\n# TYPE bellwether_proxy_backend_admin_state gauge");
     for b in backends {
         for s in ["ready", "drain", "maintenance"] {
-            let _ = writeln!(out, "bellwether_proxy_backend_admin_state{{backend=\"{}\",state=\"{s}\"}} {}", b.name, u8::from(b.admin == s));
+            let _ = writeln!(
+                out,
+                "bellwether_proxy_backend_admin_state{{backend=\"{}\",state=\"{s}\"}} {}",
+                b.name,
+                u8::from(b.admin == s)
+            );
         }
     }
     for (name, help, pick) in [
-        ("bellwether_proxy_query_duration_seconds", "Query (or Sync) to ReadyForQuery.", true),
-        ("bellwether_proxy_connect_duration_seconds", "Time to open a server connection.", false),
+        (
+            "bellwether_proxy_query_duration_seconds",
+            "Query (or Sync) to ReadyForQuery.",
+            true,
+        ),
+        (
+            "bellwether_proxy_connect_duration_seconds",
+            "Time to open a server connection.",
+            false,
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for b in backends {
-            let h = if pick { b.metrics.query_latency.snapshot() } else { b.metrics.connect_latency.snapshot() };
+            let h = if pick {
+                b.metrics.query_latency.snapshot()
+            } else {
+                b.metrics.connect_latency.snapshot()
+            };
             write_hist(&mut out, name, b.name, &h);
         }
     }
@@ -280,12 +370,25 @@ mod tests {
         m.query_latency.record(Duration::from_micros(300));
         m.queries.fetch_add(1, Relaxed);
         let text = render_prometheus(
-            &[PromBackend { name: "a", weight: 5, healthy: true, ejected: false, admin: "ready", metrics: &m }],
+            &[PromBackend {
+                name: "a",
+                weight: 5,
+                healthy: true,
+                ejected: false,
+                admin: "ready",
+                metrics: &m,
+            }],
             0,
         );
         assert!(text.contains("bellwether_proxy_queries_total{backend=\"a\"} 1"));
-        assert!(text.contains("bellwether_proxy_query_duration_seconds_bucket{backend=\"a\",le=\"0.0005\"} 1"));
-        assert!(text.contains("bellwether_proxy_query_duration_seconds_bucket{backend=\"a\",le=\"0.00025\"} 0"));
-        assert!(text.contains("bellwether_proxy_backend_admin_state{backend=\"a\",state=\"ready\"} 1"));
+        assert!(text.contains(
+            "bellwether_proxy_query_duration_seconds_bucket{backend=\"a\",le=\"0.0005\"} 1"
+        ));
+        assert!(text.contains(
+            "bellwether_proxy_query_duration_seconds_bucket{backend=\"a\",le=\"0.00025\"} 0"
+        ));
+        assert!(
+            text.contains("bellwether_proxy_backend_admin_state{backend=\"a\",state=\"ready\"} 1")
+        );
     }
 }

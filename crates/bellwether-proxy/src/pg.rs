@@ -59,7 +59,9 @@ pub fn parse_startup(body: &[u8]) -> Result<Startup, ProtocolError> {
         GSSENC_REQUEST => Ok(Startup::GssEnc),
         CANCEL_REQUEST => {
             if body.len() != 12 {
-                return Err(ProtocolError::Startup("cancel request has the wrong length"));
+                return Err(ProtocolError::Startup(
+                    "cancel request has the wrong length",
+                ));
             }
             let pid = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
             let key = i32::from_be_bytes([body[8], body[9], body[10], body[11]]);
@@ -69,7 +71,8 @@ pub fn parse_startup(body: &[u8]) -> Result<Startup, ProtocolError> {
             let mut params = Vec::new();
             let mut rest = &body[4..];
             loop {
-                let (name, after) = cstr(rest).ok_or(ProtocolError::Startup("unterminated name"))?;
+                let (name, after) =
+                    cstr(rest).ok_or(ProtocolError::Startup("unterminated name"))?;
                 if name.is_empty() {
                     break;
                 }
@@ -83,13 +86,19 @@ pub fn parse_startup(body: &[u8]) -> Result<Startup, ProtocolError> {
             }
             Ok(Startup::Startup { params })
         }
-        other => Err(ProtocolError::Version { major: (other >> 16) as u16, minor: other as u16 }),
+        other => Err(ProtocolError::Version {
+            major: (other >> 16) as u16,
+            minor: other as u16,
+        }),
     }
 }
 
 fn cstr(b: &[u8]) -> Option<(String, &[u8])> {
     let nul = b.iter().position(|&c| c == 0)?;
-    Some((String::from_utf8_lossy(&b[..nul]).into_owned(), &b[nul + 1..]))
+    Some((
+        String::from_utf8_lossy(&b[..nul]).into_owned(),
+        &b[nul + 1..],
+    ))
 }
 
 /// Encodes a protocol 3.0 startup packet with these parameters.
@@ -136,7 +145,12 @@ pub fn encode_query(sql: &str) -> Vec<u8> {
 pub fn encode_error(fatal: bool, code: &str, message: &str) -> Vec<u8> {
     let severity = if fatal { "FATAL" } else { "ERROR" };
     let mut body = Vec::new();
-    for (field, value) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', message)] {
+    for (field, value) in [
+        (b'S', severity),
+        (b'V', severity),
+        (b'C', code),
+        (b'M', message),
+    ] {
         body.push(field);
         body.extend_from_slice(value.as_bytes());
         body.push(0);
@@ -246,7 +260,10 @@ impl Framer {
         mut on_frame: impl FnMut(Frame),
     ) -> Result<(), ProtocolError> {
         if self.failed {
-            return Err(ProtocolError::UnknownTag { side: self.side.name(), tag: '?' });
+            return Err(ProtocolError::UnknownTag {
+                side: self.side.name(),
+                tag: '?',
+            });
         }
         while !chunk.is_empty() {
             if let Some((tag, len)) = self.current {
@@ -257,7 +274,11 @@ impl Framer {
                 self.remaining -= take;
                 chunk = &chunk[take..];
                 if self.remaining == 0 {
-                    let body = if self.keep { Some(std::mem::take(&mut self.body)) } else { None };
+                    let body = if self.keep {
+                        Some(std::mem::take(&mut self.body))
+                    } else {
+                        None
+                    };
                     self.current = None;
                     on_frame(Frame { tag, len, body });
                 }
@@ -279,21 +300,36 @@ impl Framer {
                 continue;
             }
             let tag = self.header[0];
-            let len = i32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]);
+            let len = i32::from_be_bytes([
+                self.header[1],
+                self.header[2],
+                self.header[3],
+                self.header[4],
+            ]);
             self.header_len = 0;
             if !self.side.known(tag) {
                 self.failed = true;
-                return Err(ProtocolError::UnknownTag { side: self.side.name(), tag: tag as char });
+                return Err(ProtocolError::UnknownTag {
+                    side: self.side.name(),
+                    tag: tag as char,
+                });
             }
             if len < 4 || len as usize > MAX_MESSAGE_LEN {
                 self.failed = true;
-                return Err(ProtocolError::Length { tag: tag as char, len: i64::from(len) });
+                return Err(ProtocolError::Length {
+                    tag: tag as char,
+                    len: i64::from(len),
+                });
             }
             let body_len = len as usize - 4;
             self.keep = self.side.inspects(tag) && body_len <= MAX_INSPECTED_BODY;
             self.body.clear();
             if body_len == 0 {
-                on_frame(Frame { tag, len: len as usize, body: self.keep.then(Vec::new) });
+                on_frame(Frame {
+                    tag,
+                    len: len as usize,
+                    body: self.keep.then(Vec::new),
+                });
             } else {
                 self.current = Some((tag, len as usize));
                 self.remaining = body_len;
@@ -385,7 +421,11 @@ impl Session {
     }
 
     /// Feeds bytes the client sent.
-    pub fn feed_frontend(&mut self, chunk: &[u8], out: &mut Vec<Seen>) -> Result<(), ProtocolError> {
+    pub fn feed_frontend(
+        &mut self,
+        chunk: &[u8],
+        out: &mut Vec<Seen>,
+    ) -> Result<(), ProtocolError> {
         let mut frames = Vec::new();
         self.frontend.feed(chunk, |f| frames.push(f))?;
         for f in frames {
@@ -417,7 +457,10 @@ impl Session {
                     self.mark("function call message".into(), out);
                 }
                 b'P' => {
-                    let named = f.body.as_deref().is_none_or(|b| b.first().is_some_and(|&c| c != 0));
+                    let named = f
+                        .body
+                        .as_deref()
+                        .is_none_or(|b| b.first().is_some_and(|&c| c != 0));
                     if named {
                         self.mark("named prepared statement".into(), out);
                     } else {
@@ -441,13 +484,24 @@ impl Session {
         for f in frames {
             match f.tag {
                 b'Z' => {
-                    let status = f.body.as_deref().and_then(|b| b.first().copied()).unwrap_or(b'E');
-                    self.status = if b"ITE".contains(&status) { status } else { b'E' };
+                    let status = f
+                        .body
+                        .as_deref()
+                        .and_then(|b| b.first().copied())
+                        .unwrap_or(b'E');
+                    self.status = if b"ITE".contains(&status) {
+                        status
+                    } else {
+                        b'E'
+                    };
                     if self.ready {
                         self.pending = self.pending.saturating_sub(1);
                     }
                     self.ready = true;
-                    out.push(Seen::CycleEnded { status: self.status, error: self.error_in_cycle });
+                    out.push(Seen::CycleEnded {
+                        status: self.status,
+                        error: self.error_in_cycle,
+                    });
                     self.error_in_cycle = false;
                 }
                 b'E' => self.error_in_cycle = true,
@@ -470,15 +524,40 @@ impl Session {
 
 /// Statement keywords whose effects end with the transaction or leave no trace in the session.
 const STATELESS_STARTS: &[&str] = &[
-    "select", "insert", "update", "delete", "begin", "start", "commit", "end", "rollback",
-    "abort", "values", "table", "with", "explain", "show", "savepoint", "release", "merge",
+    "select",
+    "insert",
+    "update",
+    "delete",
+    "begin",
+    "start",
+    "commit",
+    "end",
+    "rollback",
+    "abort",
+    "values",
+    "table",
+    "with",
+    "explain",
+    "show",
+    "savepoint",
+    "release",
+    "merge",
 ];
 
 /// Functions and words that leave state in the session even inside a plain statement.
 const STATEFUL_WORDS: &[&str] = &[
-    "temp", "temporary", "set_config", "pg_advisory_lock", "pg_advisory_lock_shared",
-    "pg_try_advisory_lock", "pg_try_advisory_lock_shared", "currval", "lastval", "setseed",
-    "dblink_connect", "into",
+    "temp",
+    "temporary",
+    "set_config",
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "currval",
+    "lastval",
+    "setseed",
+    "dblink_connect",
+    "into",
 ];
 
 /// Decides whether a simple-protocol query may leave session state, conservatively: only
@@ -492,7 +571,10 @@ pub fn session_effect(sql: &str) -> Option<String> {
         if stmt.is_empty() {
             continue;
         }
-        let first: String = stmt.chars().take_while(|c| c.is_ascii_alphabetic() || *c == '_').collect();
+        let first: String = stmt
+            .chars()
+            .take_while(|c| c.is_ascii_alphabetic() || *c == '_')
+            .collect();
         if !STATELESS_STARTS.contains(&first.as_str()) {
             return Some(format!("statement `{}`", first.to_uppercase()));
         }
@@ -559,30 +641,44 @@ mod tests {
 
     #[test]
     fn startup_round_trips() {
-        let params = vec![("user".to_string(), "bob".to_string()), ("database".into(), "db".into())];
+        let params = vec![
+            ("user".to_string(), "bob".to_string()),
+            ("database".into(), "db".into()),
+        ];
         let packet = encode_startup(&params);
-        assert_eq!(parse_startup(&packet[4..]).unwrap(), Startup::Startup { params });
+        assert_eq!(
+            parse_startup(&packet[4..]).unwrap(),
+            Startup::Startup { params }
+        );
     }
 
     #[test]
     fn startup_refuses_old_versions_and_missing_user() {
         let mut packet = encode_startup(&[("database".into(), "x".into())]);
-        assert_eq!(parse_startup(&packet[4..]), Err(ProtocolError::Startup("no user parameter")));
+        assert_eq!(
+            parse_startup(&packet[4..]),
+            Err(ProtocolError::Startup("no user parameter"))
+        );
         packet[4..8].copy_from_slice(&0x0002_0000i32.to_be_bytes());
-        assert!(matches!(parse_startup(&packet[4..]), Err(ProtocolError::Version { major: 2, .. })));
+        assert!(matches!(
+            parse_startup(&packet[4..]),
+            Err(ProtocolError::Version { major: 2, .. })
+        ));
     }
 
     #[test]
     fn simple_cycle_reaches_a_boundary() {
         let mut s = Session::new();
         let mut seen = Vec::new();
-        s.feed_backend(&encode_message(b'S', b"TimeZone\0UTC\0"), &mut seen).unwrap();
+        s.feed_backend(&encode_message(b'S', b"TimeZone\0UTC\0"), &mut seen)
+            .unwrap();
         s.feed_backend(&z(b'I'), &mut seen).unwrap();
         s.feed_frontend(&encode_query("BEGIN"), &mut seen).unwrap();
         assert!(!s.at_boundary());
         s.feed_backend(&z(b'T'), &mut seen).unwrap();
         assert!(s.in_transaction() && !s.at_boundary());
-        s.feed_frontend(&encode_query("SELECT 1"), &mut seen).unwrap();
+        s.feed_frontend(&encode_query("SELECT 1"), &mut seen)
+            .unwrap();
         let mut reply = encode_error(false, "42P01", "nope");
         reply.extend(z(b'E'));
         // Split the reply at every byte to show framing does not depend on chunking.
@@ -590,11 +686,15 @@ mod tests {
             s.feed_backend(std::slice::from_ref(b), &mut seen).unwrap();
         }
         assert_eq!(s.status, b'E');
-        s.feed_frontend(&encode_query("ROLLBACK"), &mut seen).unwrap();
+        s.feed_frontend(&encode_query("ROLLBACK"), &mut seen)
+            .unwrap();
         s.feed_backend(&z(b'I'), &mut seen).unwrap();
         assert!(s.at_boundary());
         assert!(s.stateful.is_none(), "{:?}", s.stateful);
-        assert!(seen.contains(&Seen::CycleEnded { status: b'E', error: true }));
+        assert!(seen.contains(&Seen::CycleEnded {
+            status: b'E',
+            error: true
+        }));
     }
 
     #[test]
@@ -628,11 +728,16 @@ mod tests {
     fn named_parse_and_parameter_status_mark_the_session() {
         let mut s = Session::new();
         let mut seen = Vec::new();
-        s.feed_frontend(&encode_message(b'P', b"stmt1\0SELECT 1\0\0\0"), &mut seen).unwrap();
-        assert_eq!(s.stateful, Some(Stateful("named prepared statement".into())));
+        s.feed_frontend(&encode_message(b'P', b"stmt1\0SELECT 1\0\0\0"), &mut seen)
+            .unwrap();
+        assert_eq!(
+            s.stateful,
+            Some(Stateful("named prepared statement".into()))
+        );
         let mut s = Session::new();
         s.feed_backend(&z(b'I'), &mut seen).unwrap();
-        s.feed_backend(&encode_message(b'S', b"TimeZone\0UTC\0"), &mut seen).unwrap();
+        s.feed_backend(&encode_message(b'S', b"TimeZone\0UTC\0"), &mut seen)
+            .unwrap();
         assert!(s.stateful.is_some());
     }
 
@@ -641,7 +746,9 @@ mod tests {
         let mut s = Session::new();
         let mut seen = Vec::new();
         assert!(s.feed_frontend(b"GET / HTTP/1.1\r\n", &mut seen).is_err());
-        assert!(s.feed_frontend(&encode_query("SELECT 1"), &mut seen).is_err());
+        assert!(s
+            .feed_frontend(&encode_query("SELECT 1"), &mut seen)
+            .is_err());
         let mut s = Session::new();
         assert!(matches!(
             s.feed_frontend(&[b'Q', 0, 0, 0, 2], &mut seen),

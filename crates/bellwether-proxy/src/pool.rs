@@ -156,7 +156,10 @@ impl Pool {
     }
 
     fn list(&self) -> Vec<Arc<Backend>> {
-        self.backends.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.backends
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn backends(&self) -> Vec<Arc<Backend>> {
@@ -201,16 +204,28 @@ impl Pool {
 
     /// Removes a backend; its sessions see it gone and leave at their next boundary.
     pub fn remove(&self, name: &str) -> Result<(), PoolError> {
-        let b = self.get(name).ok_or_else(|| PoolError::Unknown(name.into()))?;
+        let b = self
+            .get(name)
+            .ok_or_else(|| PoolError::Unknown(name.into()))?;
         b.state().admin = AdminState::Maintenance;
-        self.backends.write().unwrap_or_else(|p| p.into_inner()).retain(|o| o.name != name);
+        self.backends
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|o| o.name != name);
         self.bump();
         Ok(())
     }
 
     /// Sets a weight and/or admin state.
-    pub fn set(&self, name: &str, weight: Option<u32>, admin: Option<AdminState>) -> Result<(), PoolError> {
-        let b = self.get(name).ok_or_else(|| PoolError::Unknown(name.into()))?;
+    pub fn set(
+        &self,
+        name: &str,
+        weight: Option<u32>,
+        admin: Option<AdminState>,
+    ) -> Result<(), PoolError> {
+        let b = self
+            .get(name)
+            .ok_or_else(|| PoolError::Unknown(name.into()))?;
         {
             let mut s = b.state();
             if let Some(w) = weight {
@@ -286,7 +301,9 @@ impl Pool {
         let list = self.list();
         let ejected = list
             .iter()
-            .filter(|b| b.name != backend.name && b.state().health.ejected_until.is_some_and(|t| t > now))
+            .filter(|b| {
+                b.name != backend.name && b.state().health.ejected_until.is_some_and(|t| t > now)
+            })
             .count();
         let allowed = (self.ejection.max_share * list.len() as f64).floor() as usize;
         if ejected + 1 > allowed {
@@ -296,7 +313,12 @@ impl Pool {
         let mut s = backend.state();
         s.health.ejections += 1;
         let factor = 2u32.saturating_pow(s.health.ejections.saturating_sub(1).min(20));
-        let time = self.ejection.base_time.0.saturating_mul(factor).min(self.ejection.max_time.0);
+        let time = self
+            .ejection
+            .base_time
+            .0
+            .saturating_mul(factor)
+            .min(self.ejection.max_time.0);
         s.health.ejected_until = Some(now + time);
         s.health.consecutive_connect_errors = 0;
         drop(s);
@@ -341,7 +363,9 @@ impl Pool {
 
     /// Marks a backend down until `rise` checks pass (used for a freshly started instance).
     pub fn mark_down(&self, name: &str) -> Result<(), PoolError> {
-        let b = self.get(name).ok_or_else(|| PoolError::Unknown(name.into()))?;
+        let b = self
+            .get(name)
+            .ok_or_else(|| PoolError::Unknown(name.into()))?;
         {
             let mut s = b.state();
             s.health.up = false;
@@ -357,7 +381,11 @@ impl Pool {
             .iter()
             .map(|b| {
                 let s = b.state().clone();
-                let ejected_for = s.health.ejected_until.filter(|&t| t > now).map(|t| (t - now).as_secs_f64());
+                let ejected_for = s
+                    .health
+                    .ejected_until
+                    .filter(|&t| t > now)
+                    .map(|t| (t - now).as_secs_f64());
                 BackendView {
                     name: b.name.clone(),
                     address: b.address.clone(),
@@ -384,13 +412,21 @@ mod tests {
     use crate::config::{Dur, HostPort};
 
     fn raw(name: &str, weight: u32) -> RawBackend {
-        RawBackend { name: name.into(), address: HostPort(format!("{name}:1")), weight, admin: AdminState::Ready, password: None }
+        RawBackend {
+            name: name.into(),
+            address: HostPort(format!("{name}:1")),
+            weight,
+            admin: AdminState::Ready,
+            password: None,
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn weights_admin_and_health_combine() {
         let pool = Pool::new(&[raw("a", 3), raw("b", 1)], EjectionConfig::default());
-        let picks: Vec<String> = (0..8).map(|_| pool.pick(&[]).unwrap().name.clone()).collect();
+        let picks: Vec<String> = (0..8)
+            .map(|_| pool.pick(&[]).unwrap().name.clone())
+            .collect();
         assert_eq!(picks.iter().filter(|n| *n == "a").count(), 6);
         pool.set("a", None, Some(AdminState::Drain)).unwrap();
         assert!((0..4).all(|_| pool.pick(&[]).unwrap().name == "b"));
@@ -409,7 +445,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ejection_grows_and_respects_the_share() {
-        let ej = EjectionConfig { consecutive_errors: 1, base_time: Dur(Duration::from_secs(5)), max_time: Dur(Duration::from_secs(12)), max_share: 0.5 };
+        let ej = EjectionConfig {
+            consecutive_errors: 1,
+            base_time: Dur(Duration::from_secs(5)),
+            max_time: Dur(Duration::from_secs(12)),
+            max_share: 0.5,
+        };
         let pool = Pool::new(&[raw("a", 1), raw("b", 1)], ej);
         let a = pool.get("a").unwrap();
         let b = pool.get("b").unwrap();
@@ -427,6 +468,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         pool.record_connect(&a, Err("refused"));
         let until = a.health().ejected_until.unwrap();
-        assert_eq!(until - Instant::now(), Duration::from_secs(12), "capped at max_time");
+        assert_eq!(
+            until - Instant::now(),
+            Duration::from_secs(12),
+            "capped at max_time"
+        );
     }
 }

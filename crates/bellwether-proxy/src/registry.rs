@@ -65,7 +65,13 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn open(&self, client: SocketAddr, listener: SocketAddr, protocol: &'static str, backend: &str) -> Arc<ConnEntry> {
+    pub fn open(
+        &self,
+        client: SocketAddr,
+        listener: SocketAddr,
+        protocol: &'static str,
+        backend: &str,
+    ) -> Arc<ConnEntry> {
         let id = self.next.fetch_add(1, Relaxed) + 1;
         let e = Arc::new(ConnEntry {
             id,
@@ -110,13 +116,21 @@ impl Registry {
 
     /// Connections now on this backend.
     pub fn on_backend(&self, backend: &str) -> Vec<Arc<ConnEntry>> {
-        self.lock().values().filter(|e| *e.backend.lock().unwrap_or_else(|p| p.into_inner()) == backend).cloned().collect()
+        self.lock()
+            .values()
+            .filter(|e| *e.backend.lock().unwrap_or_else(|p| p.into_inner()) == backend)
+            .cloned()
+            .collect()
     }
 
     /// The route of the session whose client was given this key.
     pub fn cancel_route(&self, client_key: (i32, i32)) -> Option<CancelRoute> {
         self.lock().values().find_map(|e| {
-            e.cancel.lock().unwrap_or_else(|p| p.into_inner()).clone().filter(|r| r.client_key == client_key)
+            e.cancel
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .filter(|r| r.client_key == client_key)
         })
     }
 
@@ -134,7 +148,11 @@ impl Registry {
                 listener: e.listener.to_string(),
                 protocol: e.protocol,
                 backend: e.backend.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-                since_unix_ms: e.since.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0),
+                since_unix_ms: e
+                    .since
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0),
                 bytes_to_backend: e.bytes_to_backend.load(Relaxed),
                 bytes_to_client: e.bytes_to_client.load(Relaxed),
                 in_transaction: e.in_transaction.load(Relaxed),

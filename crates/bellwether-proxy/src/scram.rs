@@ -24,7 +24,8 @@ pub enum ScramError {
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length, so this cannot fail.
-    let mut m = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("hmac takes any key length"));
+    let mut m = <HmacSha256 as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("hmac takes any key length"));
     m.update(data);
     m.finalize().into_bytes().into()
 }
@@ -79,14 +80,22 @@ impl ScramClient {
             if let Some(v) = part.strip_prefix("r=") {
                 nonce = Some(v);
             } else if let Some(v) = part.strip_prefix("s=") {
-                salt = Some(B64.decode(v).map_err(|_| ScramError::ServerFirst("salt is not base64"))?);
+                salt = Some(
+                    B64.decode(v)
+                        .map_err(|_| ScramError::ServerFirst("salt is not base64"))?,
+                );
             } else if let Some(v) = part.strip_prefix("i=") {
-                iterations = Some(v.parse::<u32>().map_err(|_| ScramError::ServerFirst("iteration count"))?);
+                iterations = Some(
+                    v.parse::<u32>()
+                        .map_err(|_| ScramError::ServerFirst("iteration count"))?,
+                );
             }
         }
         let nonce = nonce.ok_or(ScramError::ServerFirst("no nonce"))?;
         let salt = salt.ok_or(ScramError::ServerFirst("no salt"))?;
-        let iterations = iterations.filter(|&i| (1..=10_000_000).contains(&i)).ok_or(ScramError::ServerFirst("iteration count"))?;
+        let iterations = iterations
+            .filter(|&i| (1..=10_000_000).contains(&i))
+            .ok_or(ScramError::ServerFirst("iteration count"))?;
         if !nonce.starts_with(&self.nonce) || nonce.len() <= self.nonce.len() {
             return Err(ScramError::Nonce);
         }
@@ -96,7 +105,11 @@ impl ScramClient {
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
         let signature = hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(signature).map(|(a, b)| a ^ b).collect();
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
         let server_key = hmac(&salted, b"Server Key");
         self.server_signature = Some(hmac(&server_key, auth_message.as_bytes()));
         Ok(format!("{without_proof},p={}", B64.encode(proof)))
@@ -104,8 +117,12 @@ impl ScramClient {
 
     /// Checks the server-final-message.
     pub fn verify(&self, server_final: &str) -> Result<(), ScramError> {
-        let v = server_final.strip_prefix("v=").ok_or(ScramError::ServerFinal)?;
-        let got = B64.decode(v.trim_end_matches(|c: char| c == '\0')).map_err(|_| ScramError::ServerFinal)?;
+        let v = server_final
+            .strip_prefix("v=")
+            .ok_or(ScramError::ServerFinal)?;
+        let got = B64
+            .decode(v.trim_end_matches(|c: char| c == '\0'))
+            .map_err(|_| ScramError::ServerFinal)?;
         match self.server_signature {
             Some(s) if s.as_slice() == got.as_slice() => Ok(()),
             _ => Err(ScramError::Signature),
@@ -125,14 +142,18 @@ mod tests {
         let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
         let fin = c.client_final(server_first).unwrap();
         assert_eq!(fin, "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
-        c.verify("v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=").unwrap();
+        c.verify("v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+            .unwrap();
         assert_eq!(c.verify("v=AAAA"), Err(ScramError::Signature));
     }
 
     #[test]
     fn refuses_a_foreign_nonce_and_garbage() {
         let mut c = ScramClient::new("pw", "abc");
-        assert_eq!(c.client_final("r=xyz123,s=AAAA,i=10"), Err(ScramError::Nonce));
+        assert_eq!(
+            c.client_final("r=xyz123,s=AAAA,i=10"),
+            Err(ScramError::Nonce)
+        );
         assert!(c.client_final("garbage").is_err());
         assert!(c.client_final("r=abcd,s=!!,i=1").is_err());
     }

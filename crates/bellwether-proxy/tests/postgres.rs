@@ -8,22 +8,37 @@ use std::process::Command;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use bellwether_proxy::config::{AdminState, CheckKind, HostPort, Protocol, RawBackend, RawConfig, RawListener};
+use bellwether_proxy::config::{
+    AdminState, CheckKind, HostPort, Protocol, RawBackend, RawConfig, RawListener,
+};
 use bellwether_proxy::ProxyHandle;
 use support::{client_bin, parse_pgbench, MiniClient, PgCluster};
 
 fn backend(name: &str, addr: &str, admin: AdminState) -> RawBackend {
-    RawBackend { name: name.into(), address: HostPort(addr.into()), weight: 100, admin, password: None }
+    RawBackend {
+        name: name.into(),
+        address: HostPort(addr.into()),
+        weight: 100,
+        admin,
+        password: None,
+    }
 }
 
 fn start_proxy(rt: &tokio::runtime::Runtime, a: &PgCluster, b: &PgCluster) -> ProxyHandle {
     let mut raw = RawConfig::new(
-        vec![RawListener { address: "127.0.0.1:0".into(), protocol: Protocol::Postgres }],
-        vec![backend("a", &a.addr(), AdminState::Ready), backend("b", &b.addr(), AdminState::Drain)],
+        vec![RawListener {
+            address: "127.0.0.1:0".into(),
+            protocol: Protocol::Postgres,
+        }],
+        vec![
+            backend("a", &a.addr(), AdminState::Ready),
+            backend("b", &b.addr(), AdminState::Drain),
+        ],
     );
     raw.health.check = CheckKind::Postgres;
     raw.admin = Some("127.0.0.1:0".into());
-    rt.block_on(ProxyHandle::start(raw.validate("test").unwrap())).unwrap()
+    rt.block_on(ProxyHandle::start(raw.validate("test").unwrap()))
+        .unwrap()
 }
 
 /// Waits for a condition the proxy reaches on its own; fails after `limit`.
@@ -37,7 +52,10 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn pgbench_sees_no_failure_across_a_planned_switchover() {
-    let _ = tracing_subscriber::fmt().with_env_filter("bellwether_proxy=debug").with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("bellwether_proxy=debug")
+        .with_test_writer()
+        .try_init();
     let a = PgCluster::start(&[]);
     let b = PgCluster::start(&[]);
     a.pgbench_init();
@@ -46,7 +64,22 @@ fn pgbench_sees_no_failure_across_a_planned_switchover() {
     let proxy = start_proxy(&rt, &a, &b);
     let port = proxy.listen_addrs()[0].port();
     let bench = Command::new(client_bin("pgbench", "postgresql-contrib"))
-        .args(["-n", "-c", "4", "-j", "2", "-T", "6", "-M", "simple", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+        .args([
+            "-n",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-T",
+            "6",
+            "-M",
+            "simple",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+        ])
         .arg(port.to_string())
         .arg("postgres")
         .stdout(std::process::Stdio::piped())
@@ -55,28 +88,62 @@ fn pgbench_sees_no_failure_across_a_planned_switchover() {
         .unwrap();
     let pa = proxy.pool().get("a").unwrap();
     let pb = proxy.pool().get("b").unwrap();
-    wait_for("traffic on a", Duration::from_secs(20), || pa.metrics.queries.load(Relaxed) > 500);
+    wait_for("traffic on a", Duration::from_secs(20), || {
+        pa.metrics.queries.load(Relaxed) > 500
+    });
     assert_eq!(proxy.registry().on_backend("a").len(), 4);
     // The planned switchover: b takes new sessions, a's sessions leave at their boundaries.
-    proxy.set_backend("b", None, Some(AdminState::Ready)).unwrap();
-    proxy.set_backend("a", None, Some(AdminState::Drain)).unwrap();
+    proxy
+        .set_backend("b", None, Some(AdminState::Ready))
+        .unwrap();
+    proxy
+        .set_backend("a", None, Some(AdminState::Drain))
+        .unwrap();
     let outcome = rt.block_on(proxy.wait_drained("a", Duration::from_secs(10)));
     assert_eq!(outcome.forced, 0, "{outcome:?}");
     let on_b = proxy.registry().on_backend("b").len();
-    let dbg = format!("{outcome:?} {:?}\n{:?}", proxy.registry().view().iter().map(|c| (c.id, c.backend.clone(), c.rehomes)).collect::<Vec<_>>(), proxy.pool().view().iter().map(|b| (b.name.clone(), b.metrics.active_connections, b.metrics.connects)).collect::<Vec<_>>());
+    let dbg = format!(
+        "{outcome:?} {:?}\n{:?}",
+        proxy
+            .registry()
+            .view()
+            .iter()
+            .map(|c| (c.id, c.backend.clone(), c.rehomes))
+            .collect::<Vec<_>>(),
+        proxy
+            .pool()
+            .view()
+            .iter()
+            .map(|b| (
+                b.name.clone(),
+                b.metrics.active_connections,
+                b.metrics.connects
+            ))
+            .collect::<Vec<_>>()
+    );
     let before = pb.metrics.queries.load(Relaxed);
     let out = bench.wait_with_output().unwrap();
     let r = parse_pgbench(&out);
     assert_eq!(on_b, 4, "{dbg}");
     assert!(r.success, "pgbench failed:\n{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.failed, 0, "{}", r.stdout);
-    assert!(!r.aborted_clients, "a client was disconnected:\n{}", r.stderr);
+    assert!(
+        !r.aborted_clients,
+        "a client was disconnected:\n{}",
+        r.stderr
+    );
     assert!(r.processed > 100, "{}", r.stdout);
-    assert!(pb.metrics.queries.load(Relaxed) > before, "b served the rest");
+    assert!(
+        pb.metrics.queries.load(Relaxed) > before,
+        "b served the rest"
+    );
     assert_eq!(pa.metrics.rehomed_out.load(Relaxed), 4);
     assert_eq!(pb.metrics.rehomed_in.load(Relaxed), 4);
     assert_eq!(pa.metrics.graceful_closes.load(Relaxed), 0);
-    assert_eq!(pa.metrics.query_errors.load(Relaxed) + pb.metrics.query_errors.load(Relaxed), 0);
+    assert_eq!(
+        pa.metrics.query_errors.load(Relaxed) + pb.metrics.query_errors.load(Relaxed),
+        0
+    );
     rt.block_on(proxy.shutdown());
 }
 
@@ -89,28 +156,59 @@ fn stateless_session_moves_and_stateful_session_closes_gracefully() {
     let addr = proxy.listen_addrs()[0].to_string();
     let mut plain = MiniClient::connect(&addr);
     let mut with_state = MiniClient::connect(&addr);
-    assert_eq!(plain.query("SELECT current_setting('port')").unwrap(), vec![a.port.to_string()]);
+    assert_eq!(
+        plain.query("SELECT current_setting('port')").unwrap(),
+        vec![a.port.to_string()]
+    );
     with_state.query("SET work_mem = '8MB'").unwrap();
     // A transaction in progress keeps the stateless session where it is until it ends.
     plain.query("BEGIN").unwrap();
     let conns = proxy.registry().view();
     assert!(conns.iter().any(|c| c.in_transaction), "{conns:?}");
     assert!(conns.iter().any(|c| c.stateful.is_some()), "{conns:?}");
-    proxy.set_backend("b", None, Some(AdminState::Ready)).unwrap();
-    proxy.set_backend("a", None, Some(AdminState::Drain)).unwrap();
-    assert_eq!(plain.query("SELECT current_setting('port')").unwrap(), vec![a.port.to_string()], "moved inside a transaction");
+    proxy
+        .set_backend("b", None, Some(AdminState::Ready))
+        .unwrap();
+    proxy
+        .set_backend("a", None, Some(AdminState::Drain))
+        .unwrap();
+    assert_eq!(
+        plain.query("SELECT current_setting('port')").unwrap(),
+        vec![a.port.to_string()],
+        "moved inside a transaction"
+    );
     plain.query("COMMIT").unwrap();
     // Same client connection, now served by b.
-    wait_for("the plain session on b", Duration::from_secs(10), || proxy.registry().on_backend("b").len() == 1);
-    assert_eq!(plain.query("SELECT current_setting('port')").unwrap(), vec![b.port.to_string()]);
+    wait_for("the plain session on b", Duration::from_secs(10), || {
+        proxy.registry().on_backend("b").len() == 1
+    });
+    assert_eq!(
+        plain.query("SELECT current_setting('port')").unwrap(),
+        vec![b.port.to_string()]
+    );
     // The stateful session was told, with SQLSTATE 57P01, and closed.
     let msg = with_state.read_msg().unwrap();
     assert_eq!(msg.tag, b'E');
-    assert_eq!(bellwether_proxy::pg::error_code(&msg.body).as_deref(), Some("57P01"));
+    assert_eq!(
+        bellwether_proxy::pg::error_code(&msg.body).as_deref(),
+        Some("57P01")
+    );
     let text = bellwether_proxy::pg::error_field(&msg.body, b'M').unwrap();
     assert!(text.contains("holds state"), "{text}");
-    assert!(with_state.read_msg().is_err(), "connection closed after the notice");
-    assert_eq!(proxy.pool().get("a").unwrap().metrics.graceful_closes.load(Relaxed), 1);
+    assert!(
+        with_state.read_msg().is_err(),
+        "connection closed after the notice"
+    );
+    assert_eq!(
+        proxy
+            .pool()
+            .get("a")
+            .unwrap()
+            .metrics
+            .graceful_closes
+            .load(Relaxed),
+        1
+    );
     rt.block_on(proxy.shutdown());
 }
 
@@ -124,13 +222,27 @@ fn garbage_after_startup_is_disconnected_without_hurting_others() {
     let mut good = MiniClient::connect(&addr);
     let mut bad = MiniClient::connect(&addr);
     use std::io::Write;
-    bad.s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    bad.s
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let msg = bad.read_msg().unwrap();
     assert_eq!(msg.tag, b'E');
-    assert_eq!(bellwether_proxy::pg::error_code(&msg.body).as_deref(), Some("08P01"));
+    assert_eq!(
+        bellwether_proxy::pg::error_code(&msg.body).as_deref(),
+        Some("08P01")
+    );
     assert!(bad.read_msg().is_err());
     assert_eq!(good.query("SELECT 41 + 1").unwrap(), vec!["42".to_string()]);
-    assert_eq!(proxy.pool().get("a").unwrap().metrics.protocol_errors.load(Relaxed), 1);
+    assert_eq!(
+        proxy
+            .pool()
+            .get("a")
+            .unwrap()
+            .metrics
+            .protocol_errors
+            .load(Relaxed),
+        1
+    );
     // A garbage startup packet is refused too.
     let mut raw = std::net::TcpStream::connect(&addr).unwrap();
     raw.write_all(b"\x00\x00\x00\x08\x00\x01\x00\x00").unwrap();
@@ -148,25 +260,45 @@ fn unreachable_backend_is_reported_and_skipped() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dead = format!("127.0.0.1:{}", support::free_port());
     let mut raw = RawConfig::new(
-        vec![RawListener { address: "127.0.0.1:0".into(), protocol: Protocol::Postgres }],
-        vec![backend("dead", &dead, AdminState::Ready), backend("a", &a.addr(), AdminState::Ready)],
+        vec![RawListener {
+            address: "127.0.0.1:0".into(),
+            protocol: Protocol::Postgres,
+        }],
+        vec![
+            backend("dead", &dead, AdminState::Ready),
+            backend("a", &a.addr(), AdminState::Ready),
+        ],
     );
     raw.health.check = CheckKind::Postgres;
     raw.health.interval = bellwether_proxy::config::Dur(Duration::from_millis(100));
     raw.health.fall = 2;
-    let proxy = rt.block_on(ProxyHandle::start(raw.validate("test").unwrap())).unwrap();
+    let proxy = rt
+        .block_on(ProxyHandle::start(raw.validate("test").unwrap()))
+        .unwrap();
     let addr = proxy.listen_addrs()[0].to_string();
     // Every session lands on `a`, whether or not the checks have caught up yet.
     for _ in 0..4 {
         let mut c = MiniClient::connect(&addr);
-        assert_eq!(c.query("SELECT current_setting('port')").unwrap(), vec![a.port.to_string()]);
+        assert_eq!(
+            c.query("SELECT current_setting('port')").unwrap(),
+            vec![a.port.to_string()]
+        );
     }
-    wait_for("dead marked down", Duration::from_secs(10), || !proxy.pool().get("dead").unwrap().health().up);
+    wait_for("dead marked down", Duration::from_secs(10), || {
+        !proxy.pool().get("dead").unwrap().health().up
+    });
     let view = proxy.pool().view();
     let d = view.iter().find(|b| b.name == "dead").unwrap();
     assert!(!d.healthy);
-    assert!(d.last_error.as_deref().unwrap_or("").contains("refused"), "{d:?}");
-    assert_eq!(d.admin, AdminState::Ready, "health never rewrites the admin state");
+    assert!(
+        d.last_error.as_deref().unwrap_or("").contains("refused"),
+        "{d:?}"
+    );
+    assert_eq!(
+        d.admin,
+        AdminState::Ready,
+        "health never rewrites the admin state"
+    );
     rt.block_on(proxy.shutdown());
 }
 
@@ -183,14 +315,36 @@ fn sessions_re_home_to_a_scram_server_with_the_configured_password() {
     let mut rb = backend("b", &b.addr(), AdminState::Drain);
     ra.password = Some("s3cret".into());
     rb.password = Some("s3cret".into());
-    let mut raw = RawConfig::new(vec![RawListener { address: "127.0.0.1:0".into(), protocol: Protocol::Postgres }], vec![ra, rb]);
+    let mut raw = RawConfig::new(
+        vec![RawListener {
+            address: "127.0.0.1:0".into(),
+            protocol: Protocol::Postgres,
+        }],
+        vec![ra, rb],
+    );
     raw.health.check = CheckKind::Postgres;
-    let proxy = rt.block_on(ProxyHandle::start(raw.validate("test").unwrap())).unwrap();
+    let proxy = rt
+        .block_on(ProxyHandle::start(raw.validate("test").unwrap()))
+        .unwrap();
     let port = proxy.listen_addrs()[0].port();
     // pgbench authenticates with SCRAM to a through the proxy (relayed untouched).
     let bench = Command::new(client_bin("pgbench", "postgresql-contrib"))
         .env("PGPASSWORD", "s3cret")
-        .args(["-n", "-S", "-c", "3", "-j", "1", "-T", "4", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+        .args([
+            "-n",
+            "-S",
+            "-c",
+            "3",
+            "-j",
+            "1",
+            "-T",
+            "4",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+        ])
         .arg(port.to_string())
         .arg("postgres")
         .stdout(std::process::Stdio::piped())
@@ -199,14 +353,30 @@ fn sessions_re_home_to_a_scram_server_with_the_configured_password() {
         .unwrap();
     let pa = proxy.pool().get("a").unwrap();
     let pb = proxy.pool().get("b").unwrap();
-    wait_for("traffic on a", Duration::from_secs(20), || pa.metrics.queries.load(Relaxed) > 200);
-    proxy.set_backend("b", None, Some(AdminState::Ready)).unwrap();
-    proxy.set_backend("a", None, Some(AdminState::Drain)).unwrap();
+    wait_for("traffic on a", Duration::from_secs(20), || {
+        pa.metrics.queries.load(Relaxed) > 200
+    });
+    proxy
+        .set_backend("b", None, Some(AdminState::Ready))
+        .unwrap();
+    proxy
+        .set_backend("a", None, Some(AdminState::Drain))
+        .unwrap();
     // The proxy itself authenticates to b with SCRAM to move each session.
     let outcome = rt.block_on(proxy.wait_drained("a", Duration::from_secs(10)));
-    assert_eq!(outcome.forced, 0, "{outcome:?} {:?}", pb.health().last_error);
+    assert_eq!(
+        outcome.forced,
+        0,
+        "{outcome:?} {:?}",
+        pb.health().last_error
+    );
     let r = parse_pgbench(&bench.wait_with_output().unwrap());
-    assert!(r.success && r.failed == 0 && !r.aborted_clients, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.success && r.failed == 0 && !r.aborted_clients,
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
     assert_eq!(pb.metrics.rehomed_in.load(Relaxed), 3);
     assert!(pb.metrics.queries.load(Relaxed) > 0);
     rt.block_on(proxy.shutdown());
@@ -221,20 +391,40 @@ fn cancel_request_reaches_the_session_after_it_moved() {
     let addr = proxy.listen_addrs()[0].to_string();
     let mut c = MiniClient::connect(&addr);
     let key = c.key.expect("the proxy passes BackendKeyData through");
-    proxy.set_backend("b", None, Some(AdminState::Ready)).unwrap();
-    proxy.set_backend("a", None, Some(AdminState::Drain)).unwrap();
-    wait_for("the session on b", Duration::from_secs(10), || proxy.registry().on_backend("b").len() == 1);
-    assert_eq!(c.query("SELECT current_setting('port')").unwrap(), vec![b.port.to_string()]);
+    proxy
+        .set_backend("b", None, Some(AdminState::Ready))
+        .unwrap();
+    proxy
+        .set_backend("a", None, Some(AdminState::Drain))
+        .unwrap();
+    wait_for("the session on b", Duration::from_secs(10), || {
+        proxy.registry().on_backend("b").len() == 1
+    });
+    assert_eq!(
+        c.query("SELECT current_setting('port')").unwrap(),
+        vec![b.port.to_string()]
+    );
     // A long query on b, cancelled with the key the client got from a.
     use std::io::Write;
-    c.s.write_all(&bellwether_proxy::pg::encode_query("SELECT pg_sleep(60)")).unwrap();
-    wait_for("the query to run", Duration::from_secs(10), || b.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'") == "1");
+    c.s.write_all(&bellwether_proxy::pg::encode_query("SELECT pg_sleep(60)"))
+        .unwrap();
+    wait_for("the query to run", Duration::from_secs(10), || {
+        b.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'") == "1"
+    });
     let started = Instant::now();
     let mut cancel = std::net::TcpStream::connect(&addr).unwrap();
-    cancel.write_all(&bellwether_proxy::pg::encode_cancel(key.0, key.1)).unwrap();
+    cancel
+        .write_all(&bellwether_proxy::pg::encode_cancel(key.0, key.1))
+        .unwrap();
     let msgs = c.read_until_ready().unwrap();
-    let err = msgs.iter().find(|m| m.tag == b'E').expect("the query was cancelled");
-    assert_eq!(bellwether_proxy::pg::error_code(&err.body).as_deref(), Some("57014"));
+    let err = msgs
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("the query was cancelled");
+    assert_eq!(
+        bellwether_proxy::pg::error_code(&err.body).as_deref(),
+        Some("57014")
+    );
     assert!(started.elapsed() < Duration::from_secs(30));
     rt.block_on(proxy.shutdown());
 }

@@ -7,16 +7,30 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use bellwether_proxy::config::{AdminState, CheckKind, Dur, HostPort, Protocol, RawBackend, RawConfig, RawListener};
+use bellwether_proxy::config::{
+    AdminState, CheckKind, Dur, HostPort, Protocol, RawBackend, RawConfig, RawListener,
+};
 use bellwether_proxy::ProxyHandle;
 use support::Redis;
 
 fn backend(name: &str, port: u16) -> RawBackend {
-    RawBackend { name: name.into(), address: HostPort(format!("127.0.0.1:{port}")), weight: 100, admin: AdminState::Ready, password: None }
+    RawBackend {
+        name: name.into(),
+        address: HostPort(format!("127.0.0.1:{port}")),
+        weight: 100,
+        admin: AdminState::Ready,
+        password: None,
+    }
 }
 
 fn config(backends: Vec<RawBackend>) -> RawConfig {
-    let mut raw = RawConfig::new(vec![RawListener { address: "127.0.0.1:0".into(), protocol: Protocol::Tcp }], backends);
+    let mut raw = RawConfig::new(
+        vec![RawListener {
+            address: "127.0.0.1:0".into(),
+            protocol: Protocol::Tcp,
+        }],
+        backends,
+    );
     raw.admin = Some("127.0.0.1:0".into());
     raw.health.check = CheckKind::Tcp;
     raw.shutdown_grace = Dur(Duration::from_secs(1));
@@ -25,7 +39,9 @@ fn config(backends: Vec<RawBackend>) -> RawConfig {
 
 /// Sends one inline Redis command and reads one reply line.
 fn redis_cmd(r: &mut BufReader<TcpStream>, cmd: &str) -> String {
-    r.get_mut().write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+    r.get_mut()
+        .write_all(format!("{cmd}\r\n").as_bytes())
+        .unwrap();
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
     if let Some(n) = line.strip_prefix('$') {
@@ -45,7 +61,10 @@ fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u1
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status = out[9..12].parse().unwrap();
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -54,7 +73,13 @@ fn redis_through_the_proxy_with_weights_registry_and_maintenance() {
     let r1 = Redis::start();
     let r2 = Redis::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let proxy = rt.block_on(ProxyHandle::start(config(vec![backend("r1", r1.port), backend("r2", r2.port)]).validate("test").unwrap())).unwrap();
+    let proxy = rt
+        .block_on(ProxyHandle::start(
+            config(vec![backend("r1", r1.port), backend("r2", r2.port)])
+                .validate("test")
+                .unwrap(),
+        ))
+        .unwrap();
     let addr = proxy.listen_addrs()[0];
     let admin = proxy.admin_addr().unwrap();
     // Weight r2 out: every connection lands on r1.
@@ -67,8 +92,14 @@ fn redis_through_the_proxy_with_weights_registry_and_maintenance() {
     let (_, conns) = http(admin, "GET", "/connections", "");
     let conns: serde_json::Value = serde_json::from_str(&conns).unwrap();
     assert_eq!(conns[0]["backend"], "r1");
-    assert!(conns[0]["bytes_to_backend"].as_u64().unwrap() >= 20, "{conns}");
-    assert!(conns[0]["bytes_to_client"].as_u64().unwrap() >= 10, "{conns}");
+    assert!(
+        conns[0]["bytes_to_backend"].as_u64().unwrap() >= 20,
+        "{conns}"
+    );
+    assert!(
+        conns[0]["bytes_to_client"].as_u64().unwrap() >= 10,
+        "{conns}"
+    );
     // Swap the weights: new connections go to r2 (which has no key), the old one stays.
     http(admin, "POST", "/backends/r1", r#"{"weight":0}"#);
     http(admin, "POST", "/backends/r2", r#"{"weight":100}"#);
@@ -79,8 +110,14 @@ fn redis_through_the_proxy_with_weights_registry_and_maintenance() {
     let (status, _) = http(admin, "POST", "/backends/r1", r#"{"admin":"maintenance"}"#);
     assert_eq!(status, 200);
     let mut buf = [0u8; 16];
-    c.get_mut().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    assert_eq!(c.get_mut().read(&mut buf).unwrap(), 0, "r1's client was closed");
+    c.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        c.get_mut().read(&mut buf).unwrap(),
+        0,
+        "r1's client was closed"
+    );
     assert_eq!(redis_cmd(&mut c2, "PING"), "+PONG");
     // Bad admin input gets a clear 4xx.
     let (status, body) = http(admin, "POST", "/backends/r1", r#"{"admin":"sleepy"}"#);
@@ -91,8 +128,12 @@ fn redis_through_the_proxy_with_weights_registry_and_maintenance() {
     // Metrics carry both backends.
     let (status, text) = http(admin, "GET", "/metrics", "");
     assert_eq!(status, 200);
-    assert!(text.contains("bellwether_proxy_connections_total{backend=\"r1\"} 1"), "{text}");
-    assert!(text.contains("bellwether_proxy_backend_admin_state{backend=\"r1\",state=\"maintenance\"} 1"));
+    assert!(
+        text.contains("bellwether_proxy_connections_total{backend=\"r1\"} 1"),
+        "{text}"
+    );
+    assert!(text
+        .contains("bellwether_proxy_backend_admin_state{backend=\"r1\",state=\"maintenance\"} 1"));
     assert!(text.contains("bellwether_proxy_connect_duration_seconds_count{backend=\"r2\"} 1"));
     rt.block_on(proxy.shutdown());
 }
@@ -106,7 +147,9 @@ fn dead_backend_is_ejected_and_clients_never_see_it() {
     raw.health.check = CheckKind::None;
     raw.ejection.consecutive_errors = 1;
     raw.ejection.base_time = Dur(Duration::from_secs(60));
-    let proxy = rt.block_on(ProxyHandle::start(raw.validate("test").unwrap())).unwrap();
+    let proxy = rt
+        .block_on(ProxyHandle::start(raw.validate("test").unwrap()))
+        .unwrap();
     let addr = proxy.listen_addrs()[0];
     for _ in 0..6 {
         let mut c = BufReader::new(TcpStream::connect(addr).unwrap());
@@ -115,8 +158,14 @@ fn dead_backend_is_ejected_and_clients_never_see_it() {
     let view = proxy.pool().view();
     let d = view.iter().find(|b| b.name == "dead").unwrap();
     assert!(d.ejected && d.ejections == 1, "{d:?}");
-    assert_eq!(d.metrics.connect_errors, 1, "ejected after the first error, then skipped");
-    assert!(d.healthy, "passive ejection is not the active check's verdict");
+    assert_eq!(
+        d.metrics.connect_errors, 1,
+        "ejected after the first error, then skipped"
+    );
+    assert!(
+        d.healthy,
+        "passive ejection is not the active check's verdict"
+    );
     let (_, body) = http(proxy.admin_addr().unwrap(), "GET", "/backends/dead", "");
     assert!(body.contains("\"ejected\":true"), "{body}");
     rt.block_on(proxy.shutdown());
@@ -128,7 +177,9 @@ fn shutdown_waits_for_the_grace_period_then_closes() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut raw = config(vec![backend("r", r.port)]);
     raw.shutdown_grace = Dur(Duration::from_millis(300));
-    let proxy = rt.block_on(ProxyHandle::start(raw.validate("test").unwrap())).unwrap();
+    let proxy = rt
+        .block_on(ProxyHandle::start(raw.validate("test").unwrap()))
+        .unwrap();
     let addr = proxy.listen_addrs()[0];
     let mut c = BufReader::new(TcpStream::connect(addr).unwrap());
     assert_eq!(redis_cmd(&mut c, "PING"), "+PONG");

@@ -59,11 +59,16 @@ pub fn routes() -> Router<AppState> {
         };
         router = router.route(path, handler);
     }
-    router.fallback(no_route).method_not_allowed_fallback(wrong_method)
+    router
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
 }
 
 async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::not_found(format!("no endpoint {method} {}; see docs/api.md", uri.path()))
+    ApiError::not_found(format!(
+        "no endpoint {method} {}; see docs/api.md",
+        uri.path()
+    ))
 }
 
 async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
@@ -84,7 +89,10 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let hosts = state.store.count_hosts().await?;
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(hosts),
     )
         .into_response())
@@ -96,10 +104,16 @@ async fn enrol(
     JsonBody(req): JsonBody<EnrolRequest>,
 ) -> Result<Json<EnrolResponse>, ApiError> {
     let token = generate_token();
-    let outcome = state.store.enrol(&req.name, &req.labels, &token, now_ms()).await?;
+    let outcome = state
+        .store
+        .enrol(&req.name, &req.labels, &token, now_ms())
+        .await?;
     Metrics::add(&state.metrics.enrolments, 1);
     tracing::info!(host = %req.name, renewed = (outcome == Enrolment::Renewed), "Enrolled a host.");
-    Ok(Json(EnrolResponse { host: req.name, agent_token: token }))
+    Ok(Json(EnrolResponse {
+        host: req.name,
+        agent_token: token,
+    }))
 }
 
 async fn agent_profile(
@@ -131,7 +145,10 @@ async fn agent_samples(
         Metrics::add(&state.metrics.samples_ingested, accepted);
         if req.dropped > 0 {
             Metrics::add(&state.metrics.samples_dropped_by_agents, req.dropped);
-            tracing::warn!(dropped = req.dropped, "Agent dropped samples while the server was away.");
+            tracing::warn!(
+                dropped = req.dropped,
+                "Agent dropped samples while the server was away."
+            );
             state
                 .store
                 .record_event(
@@ -200,7 +217,9 @@ async fn host_profile(
     let name = path_host(&name)?;
     match state.store.current_profile(&name).await? {
         Some(p) => Ok(Json(p)),
-        None => Err(ApiError::not_found(format!("host {name} has sent no profile yet"))),
+        None => Err(ApiError::not_found(format!(
+            "host {name} has sent no profile yet"
+        ))),
     }
 }
 
@@ -241,7 +260,13 @@ async fn capture_baselines(
     JsonBody(req): JsonBody<BaselineRequest>,
 ) -> Result<Json<BaselineResponse>, ApiError> {
     let hosts: Vec<HostName> = match (req.all, req.hosts.is_empty()) {
-        (true, true) => state.store.list_hosts().await?.into_iter().map(|h| h.name).collect(),
+        (true, true) => state
+            .store
+            .list_hosts()
+            .await?
+            .into_iter()
+            .map(|h| h.name)
+            .collect(),
         (false, false) => {
             // Every named host must exist before anything is captured.
             for h in &req.hosts {
@@ -252,7 +277,9 @@ async fn capture_baselines(
             req.hosts
         }
         (true, false) => {
-            return Err(ApiError::bad_request("give either `hosts` or `all: true`, not both"))
+            return Err(ApiError::bad_request(
+                "give either `hosts` or `all: true`, not both",
+            ))
         }
         (false, true) => {
             return Err(ApiError::bad_request(
@@ -264,7 +291,10 @@ async fn capture_baselines(
     let mut skipped = Vec::new();
     for host in hosts {
         let Some(profile) = drift::effective_profile(&state, &host).await? else {
-            skipped.push(Skipped { host, reason: "no profile received yet".into() });
+            skipped.push(Skipped {
+                host,
+                reason: "no profile received yet".into(),
+            });
             continue;
         };
         state.store.set_baseline(&host, &profile, now_ms()).await?;
@@ -288,21 +318,32 @@ async fn fleet_drift(
     _auth: Operator,
     q: Result<Query<FleetQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<FleetDrift>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
-    let label = q.peer_label.unwrap_or_else(|| crate::peers::DEFAULT_PEER_LABEL.to_string());
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+    let label = q
+        .peer_label
+        .unwrap_or_else(|| crate::peers::DEFAULT_PEER_LABEL.to_string());
     if label.is_empty() {
         return Err(ApiError::bad_request("peer_label is empty"));
     }
     let hosts = state.store.list_hosts().await?;
     let labels: std::collections::BTreeMap<HostName, std::collections::BTreeMap<String, String>> =
-        hosts.iter().map(|h| (h.name.clone(), h.labels.clone())).collect();
+        hosts
+            .iter()
+            .map(|h| (h.name.clone(), h.labels.clone()))
+            .collect();
     let mut scores = state.store.all_drift().await?;
     let mut out: Vec<FleetHost> = hosts
         .into_iter()
         .map(|h| {
             let mut score = scores.remove(&h.name).map(|s| s.score).unwrap_or_default();
             score.findings.truncate(FLEET_TOP_FINDINGS);
-            FleetHost { has_baseline: h.has_baseline(), name: h.name, labels: h.labels, score }
+            FleetHost {
+                has_baseline: h.has_baseline(),
+                name: h.name,
+                labels: h.labels,
+                score,
+            }
         })
         .collect();
     out.sort_by(|a, b| {
@@ -323,7 +364,10 @@ async fn fleet_drift(
         })
         .collect();
     let peer_outliers = crate::peers::outliers(&profiles, &label);
-    Ok(Json(FleetDrift { hosts: out, peer_outliers }))
+    Ok(Json(FleetDrift {
+        hosts: out,
+        peer_outliers,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,11 +382,14 @@ async fn events(
     _auth: Operator,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<bellwether_store::Event>>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
     let host = q.host.as_deref().map(path_host).transpose()?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::bad_request(format!("limit {limit} is outside 1..=10000")));
+        return Err(ApiError::bad_request(format!(
+            "limit {limit} is outside 1..=10000"
+        )));
     }
     Ok(Json(state.store.events(host.as_ref(), limit).await?))
 }

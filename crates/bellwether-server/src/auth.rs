@@ -24,16 +24,22 @@ pub struct Agent(pub HostName);
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let Some(value) = parts.headers.get(AUTHORIZATION) else {
-        return Err(ApiError::unauthorized("missing `Authorization: Bearer <token>` header"));
+        return Err(ApiError::unauthorized(
+            "missing `Authorization: Bearer <token>` header",
+        ));
     };
     let value = value
         .to_str()
         .map_err(|_| ApiError::unauthorized("the Authorization header is not ASCII"))?;
     match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
             Ok(token.trim())
         }
-        _ => Err(ApiError::unauthorized("the Authorization header must be `Bearer <token>`")),
+        _ => Err(ApiError::unauthorized(
+            "the Authorization header must be `Bearer <token>`",
+        )),
     }
 }
 
@@ -62,21 +68,28 @@ async fn grant(
             g.kind.as_str(),
             needs(want)
         ))),
-        None => Err(ApiError::unauthorized(format!("unknown or revoked token; {}", needs(want)))),
+        None => Err(ApiError::unauthorized(format!(
+            "unknown or revoked token; {}",
+            needs(want)
+        ))),
     }
 }
 
 impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        grant(parts, state, TokenKind::Operator).await.map(|_| Operator)
+        grant(parts, state, TokenKind::Operator)
+            .await
+            .map(|_| Operator)
     }
 }
 
 impl FromRequestParts<AppState> for Enroller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        grant(parts, state, TokenKind::Enrol).await.map(|_| Enroller)
+        grant(parts, state, TokenKind::Enrol)
+            .await
+            .map(|_| Enroller)
     }
 }
 

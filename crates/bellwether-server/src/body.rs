@@ -50,7 +50,10 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is too large: {}", rej.body_text()))
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body is too large: {}", rej.body_text()),
+                )
             } else {
                 ApiError::bad_request(format!("cannot read the request body: {}", rej.body_text()))
             }
@@ -62,7 +65,9 @@ where
 /// Parses JSON, naming the path of the field that failed (`.` is the whole body).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
-        return Err(ApiError::bad_request("request body is empty; a JSON document is required"));
+        return Err(ApiError::bad_request(
+            "request body is empty; a JSON document is required",
+        ));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -74,6 +79,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ApiError::bad_request(format!("invalid JSON body at `{path}`: {inner}"))
         }
     })?;
-    de.end().map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    de.end()
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     Ok(value)
 }

@@ -21,7 +21,11 @@ pub enum ClientError {
     #[error("the server at {url} refused the token: {message}")]
     Unauthorized { url: String, message: String },
     #[error("{url} answered {status}: {message}")]
-    Api { url: String, status: u16, message: String },
+    Api {
+        url: String,
+        status: u16,
+        message: String,
+    },
     #[error("cannot decode the answer of {url}: {source}")]
     Decode { url: String, source: reqwest::Error },
 }
@@ -48,8 +52,15 @@ impl Client {
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(60))
             .build()
-            .map_err(|e| ClientError::BadUrl { url: base.to_string(), reason: e.to_string() })?;
-        Ok(Client { base: trimmed.to_string(), token: token.to_string(), http })
+            .map_err(|e| ClientError::BadUrl {
+                url: base.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Client {
+            base: trimmed.to_string(),
+            token: token.to_string(),
+            http,
+        })
     }
 
     /// The server's base URL, without a trailing slash.
@@ -57,15 +68,25 @@ impl Client {
         &self.base
     }
 
-    async fn call<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: String) -> Result<T, ClientError> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: String,
+    ) -> Result<T, ClientError> {
         let resp = req
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
         let status = resp.status();
         if status.is_success() {
-            return resp.json().await.map_err(|source| ClientError::Decode { url, source });
+            return resp
+                .json()
+                .await
+                .map_err(|source| ClientError::Decode { url, source });
         }
         let text = resp.text().await.unwrap_or_default();
         let message = serde_json::from_str::<serde_json::Value>(&text)
@@ -73,9 +94,16 @@ impl Client {
             .and_then(|v| v["error"].as_str().map(str::to_string))
             .unwrap_or(text);
         if status == StatusCode::UNAUTHORIZED {
-            Err(ClientError::Unauthorized { url: self.base.clone(), message })
+            Err(ClientError::Unauthorized {
+                url: self.base.clone(),
+                message,
+            })
         } else {
-            Err(ClientError::Api { url, status: status.as_u16(), message })
+            Err(ClientError::Api {
+                url,
+                status: status.as_u16(),
+                message,
+            })
         }
     }
 
@@ -110,7 +138,10 @@ impl Client {
     }
 
     /// `POST /api/v1/baselines`.
-    pub async fn capture_baselines(&self, body: &BaselineRequest) -> Result<BaselineResponse, ClientError> {
+    pub async fn capture_baselines(
+        &self,
+        body: &BaselineRequest,
+    ) -> Result<BaselineResponse, ClientError> {
         let url = format!("{}/api/v1/baselines", self.base);
         self.call(self.http.post(&url).json(body), url).await
     }

@@ -45,7 +45,10 @@ pub async fn effective_profile(
     let Some(mut profile) = state.store.current_profile(host).await? else {
         return Ok(None);
     };
-    let means = state.store.recent_metric_means(host, state.metric_window_ms).await?;
+    let means = state
+        .store
+        .recent_metric_means(host, state.metric_window_ms)
+        .await?;
     profile.metrics.extend(means);
     Ok(Some(profile))
 }
@@ -83,7 +86,13 @@ pub async fn recompute(
         });
         state
             .store
-            .record_event(EventKind::DriftRecomputed, Some(host), trigger.as_str(), &figures, now)
+            .record_event(
+                EventKind::DriftRecomputed,
+                Some(host),
+                trigger.as_str(),
+                &figures,
+                now,
+            )
             .await?;
         tracing::info!(host = %host, overall = score.overall.get(), trigger = trigger.as_str(), "Recomputed drift.");
     }

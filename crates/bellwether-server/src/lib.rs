@@ -89,13 +89,19 @@ pub enum ServerError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot write token file {path}: {source}")]
-    TokenFile { path: PathBuf, source: std::io::Error },
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("no {kind} token exists and there is no data dir to write a generated one to; pass --{kind}-token")]
     NoTokenDestination { kind: &'static str },
     #[error("the operator and enrolment tokens must differ: one token cannot be of two kinds; pass two different values (`bellwether token new` makes one)")]
     SameTokens,
     #[error("the given {kind} token is already this server's {other} token; one token cannot be of two kinds, pass another value (`bellwether token new` makes one)")]
-    TokenOfOtherKind { kind: &'static str, other: &'static str },
+    TokenOfOtherKind {
+        kind: &'static str,
+        other: &'static str,
+    },
     #[error("cannot resume the stored rollouts: {0}")]
     Resume(String),
     #[error("serving HTTP failed: {0}")]
@@ -143,9 +149,14 @@ impl Server {
             sample_retention: config.sample_retention,
             tokens,
         };
-        let resumed = rollout::resume_all(&server.state).await.map_err(|e| ServerError::Resume(e.message))?;
+        let resumed = rollout::resume_all(&server.state)
+            .await
+            .map_err(|e| ServerError::Resume(e.message))?;
         if resumed > 0 {
-            tracing::info!(rollouts = resumed, "Resumed running rollouts from the store.");
+            tracing::info!(
+                rollouts = resumed,
+                "Resumed running rollouts from the store."
+            );
         }
         Ok(server)
     }
@@ -239,7 +250,10 @@ async fn prune_samples_every_minute(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        match store.prune_samples(now_ms().saturating_sub(retention_ms)).await {
+        match store
+            .prune_samples(now_ms().saturating_sub(retention_ms))
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "Pruned old samples."),
             Err(e) => tracing::warn!(error = %e, "Could not prune old samples."),

@@ -37,7 +37,10 @@ impl Metrics {
     pub fn render(&self, hosts: i64) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         };
         counter(
             "bellwether_samples_ingested_total",

@@ -31,7 +31,11 @@ pub fn outliers(
     let peer_hosts: Vec<PeerHost<'_>> = hosts
         .iter()
         .zip(&merged)
-        .map(|((name, _, profile), labels)| PeerHost { host: name.as_str(), labels, profile })
+        .map(|((name, _, profile), labels)| PeerHost {
+            host: name.as_str(),
+            labels,
+            profile,
+        })
         .collect();
     let report = compare_peers(&peer_hosts, label);
     let mut out: Vec<PeerOutlierEntry> = report
@@ -49,6 +53,11 @@ pub fn outliers(
             })
         })
         .collect();
-    out.sort_by(|a, b| b.differences.len().cmp(&a.differences.len()).then_with(|| a.host.cmp(&b.host)));
+    out.sort_by(|a, b| {
+        b.differences
+            .len()
+            .cmp(&a.differences.len())
+            .then_with(|| a.host.cmp(&b.host))
+    });
     out
 }

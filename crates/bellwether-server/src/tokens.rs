@@ -59,7 +59,10 @@ pub fn generate_token() -> String {
 /// Writes `token` to `path` atomically (temporary file, then rename), readable by the owner
 /// only.
 fn write_token_file(path: &Path, token: &str) -> Result<(), ServerError> {
-    let err = |source| ServerError::TokenFile { path: path.to_path_buf(), source };
+    let err = |source| ServerError::TokenFile {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
@@ -88,16 +91,27 @@ pub(crate) async fn bootstrap(
         (TokenKind::Enrol, config.enrol_token.as_deref()),
     ] {
         let name = kind.as_str();
-        let file = config.data_dir.as_ref().map(|d| d.join(format!("{name}.token")));
+        let file = config
+            .data_dir
+            .as_ref()
+            .map(|d| d.join(format!("{name}.token")));
         let notice = match given {
             Some(token) => {
                 let current = store.authenticate(token).await?;
                 if let Some(other) = current.as_ref().map(|g| g.kind).filter(|k| *k != kind) {
-                    return Err(ServerError::TokenOfOtherKind { kind: name, other: other.as_str() });
+                    return Err(ServerError::TokenOfOtherKind {
+                        kind: name,
+                        other: other.as_str(),
+                    });
                 }
                 if current.map(|g| g.kind) != Some(kind) {
                     store
-                        .set_fleet_token(kind, token, &format!("{name} token given at start"), now_ms())
+                        .set_fleet_token(
+                            kind,
+                            token,
+                            &format!("{name} token given at start"),
+                            now_ms(),
+                        )
                         .await?;
                 }
                 if let Some(path) = &file {
@@ -106,7 +120,11 @@ pub(crate) async fn bootstrap(
                         write_token_file(path, token)?;
                     }
                 }
-                TokenNotice { kind: name, source: TokenSource::Given, file }
+                TokenNotice {
+                    kind: name,
+                    source: TokenSource::Given,
+                    file,
+                }
             }
             None if !store.has_token(kind).await? => {
                 let Some(path) = file else {
@@ -115,14 +133,27 @@ pub(crate) async fn bootstrap(
                 let token = generate_token();
                 write_token_file(&path, &token)?;
                 store
-                    .set_fleet_token(kind, &token, &format!("{name} token generated at first start"), now_ms())
+                    .set_fleet_token(
+                        kind,
+                        &token,
+                        &format!("{name} token generated at first start"),
+                        now_ms(),
+                    )
                     .await?;
                 tracing::info!(kind = name, file = %path.display(), "Generated a token.");
-                TokenNotice { kind: name, source: TokenSource::Generated, file: Some(path) }
+                TokenNotice {
+                    kind: name,
+                    source: TokenSource::Generated,
+                    file: Some(path),
+                }
             }
             None => {
                 let file = file.filter(|p| p.exists());
-                TokenNotice { kind: name, source: TokenSource::Kept, file }
+                TokenNotice {
+                    kind: name,
+                    source: TokenSource::Kept,
+                    file,
+                }
             }
         };
         notices.push(notice);

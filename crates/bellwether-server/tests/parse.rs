@@ -43,13 +43,17 @@ fn errors_name_the_nested_field_and_position() {
 fn every_route_is_documented_in_api_md_and_openapi_yaml() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let api_md = std::fs::read_to_string(root.join("docs/api.md")).expect("docs/api.md");
-    let openapi = std::fs::read_to_string(root.join("docs/openapi.yaml")).expect("docs/openapi.yaml");
+    let openapi =
+        std::fs::read_to_string(root.join("docs/openapi.yaml")).expect("docs/openapi.yaml");
     for (method, path) in bellwether_server::ROUTES {
         let heading = format!("### `{method} {path}");
         assert!(
             api_md.contains(&format!("{heading}`")) || api_md.contains(&format!("{heading}[")),
             "docs/api.md lacks a section for {method} {path}"
         );
-        assert!(openapi.contains(&format!("  {path}:\n")), "docs/openapi.yaml lacks {path}");
+        assert!(
+            openapi.contains(&format!("  {path}:\n")),
+            "docs/openapi.yaml lacks {path}"
+        );
     }
 }

@@ -47,13 +47,18 @@ pub enum StoreConfig {
 impl StoreConfig {
     /// The SQLite store in `data_dir`, as `bellwether server --data-dir` uses it.
     pub fn sqlite_in(data_dir: &Path) -> StoreConfig {
-        StoreConfig::Sqlite { path: data_dir.join("bellwether.db") }
+        StoreConfig::Sqlite {
+            path: data_dir.join("bellwether.db"),
+        }
     }
 
     /// Parses a `--database` value: `postgres://…`/`postgresql://…`, or `sqlite://PATH`.
     pub fn from_url(url: &str) -> Result<StoreConfig, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(StoreConfig::Postgres { url: url.to_string(), schema: None })
+            Ok(StoreConfig::Postgres {
+                url: url.to_string(),
+                schema: None,
+            })
         } else if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
                 return Err(StoreError::BadInput {
@@ -61,7 +66,9 @@ impl StoreConfig {
                     reason: "sqlite:// needs a file path, as in sqlite://./bellwether.db".into(),
                 });
             }
-            Ok(StoreConfig::Sqlite { path: PathBuf::from(path) })
+            Ok(StoreConfig::Sqlite {
+                path: PathBuf::from(path),
+            })
         } else {
             Err(StoreError::BadInput {
                 field: "database".into(),
@@ -77,15 +84,30 @@ impl StoreConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the {backend} store at {location}: {source}")]
-    Open { backend: &'static str, location: String, source: sqlx::Error },
+    Open {
+        backend: &'static str,
+        location: String,
+        source: sqlx::Error,
+    },
     #[error("migration {version} ({name}) failed: {source}")]
-    Migrate { version: i64, name: &'static str, source: sqlx::Error },
+    Migrate {
+        version: i64,
+        name: &'static str,
+        source: sqlx::Error,
+    },
     #[error("store query `{op}` failed: {source}")]
-    Query { op: &'static str, source: sqlx::Error },
+    Query {
+        op: &'static str,
+        source: sqlx::Error,
+    },
     #[error("unknown host {0}")]
     UnknownHost(HostName),
     #[error("stored {what} for host {host} is not valid JSON: {source}")]
-    Corrupt { what: &'static str, host: String, source: serde_json::Error },
+    Corrupt {
+        what: &'static str,
+        host: String,
+        source: serde_json::Error,
+    },
     #[error("bad {field}: {reason}")]
     BadInput { field: String, reason: String },
 }
@@ -241,23 +263,27 @@ macro_rules! insert_event {
         let kind: EventKind = $kind;
         let reason: &str = $reason;
         let figures: &serde_json::Value = $figures;
-        sqlx::query("INSERT INTO events (ts_ms, kind, host, reason, figures) VALUES ($1, $2, $3, $4, $5)")
-            .bind($now_ms)
-            .bind(kind.as_str())
-            .bind(host.map(|h| h.as_str().to_string()))
-            .bind(reason.to_string())
-            .bind(figures.to_string())
-            .execute($exec)
-            .await
-            .map_err(q("insert event"))
-            .map(|_| ())
+        sqlx::query(
+            "INSERT INTO events (ts_ms, kind, host, reason, figures) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind($now_ms)
+        .bind(kind.as_str())
+        .bind(host.map(|h| h.as_str().to_string()))
+        .bind(reason.to_string())
+        .bind(figures.to_string())
+        .execute($exec)
+        .await
+        .map_err(q("insert event"))
+        .map(|_| ())
     }};
 }
 
 fn check_schema_name(schema: &str) -> Result<(), StoreError> {
     let ok = !schema.is_empty()
         && schema.len() <= 63
-        && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !schema.starts_with(|c: char| c.is_ascii_digit());
     if ok {
         Ok(())
@@ -280,9 +306,13 @@ pub async fn drop_postgres_schema(url: &str, schema: &str) -> Result<(), StoreEr
         location: redact(url),
         source,
     })?;
-    let mut conn = sqlx::PgConnection::connect_with(&opts).await.map_err(|source| {
-        StoreError::Open { backend: "postgres", location: redact(url), source }
-    })?;
+    let mut conn = sqlx::PgConnection::connect_with(&opts)
+        .await
+        .map_err(|source| StoreError::Open {
+            backend: "postgres",
+            location: redact(url),
+            source,
+        })?;
     conn.execute(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE").as_str())
         .await
         .map_err(q("drop schema"))?;
@@ -317,7 +347,11 @@ fn parse_labels(host: &str, s: &str) -> Result<BTreeMap<String, String>, StoreEr
 }
 
 fn parse_profile(host: &str, what: &'static str, s: &str) -> Result<HostProfile, StoreError> {
-    serde_json::from_str(s).map_err(|source| StoreError::Corrupt { what, host: host.to_string(), source })
+    serde_json::from_str(s).map_err(|source| StoreError::Corrupt {
+        what,
+        host: host.to_string(),
+        source,
+    })
 }
 
 fn host_name(s: String) -> Result<HostName, StoreError> {
@@ -393,7 +427,11 @@ impl Store {
                     .max_connections(4)
                     .connect_with(opts)
                     .await
-                    .map_err(|source| StoreError::Open { backend: "sqlite", location, source })?;
+                    .map_err(|source| StoreError::Open {
+                        backend: "sqlite",
+                        location,
+                        source,
+                    })?;
                 Store {
                     backend: Backend::Sqlite(pool),
                     sqlite_writer: Some(std::sync::Arc::new(tokio::sync::Mutex::new(()))),
@@ -410,15 +448,15 @@ impl Store {
                     .map_err(open_err)?
                     .log_statements(log::LevelFilter::Trace)
                     .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT);
-                // Commits survive a crash of the server process but may lose their last few
-                // hundred milliseconds on an OS crash or power loss: the same guarantee as
-                // SQLite in WAL mode with synchronous=NORMAL, and it spares one WAL flush per
-                // sample batch.
-                let mut session = String::from("SET synchronous_commit TO off");
+                // Sessions keep PostgreSQL's durable commits: events and rollout state are the
+                // truth a restarted server resumes from. Only sample batches turn
+                // `synchronous_commit` off, inside their own transaction (`insert_samples`).
+                let mut session = String::from("SET application_name TO 'bellwether'");
                 if let Some(schema) = schema {
                     check_schema_name(schema)?;
-                    let mut conn =
-                        sqlx::PgConnection::connect_with(&opts).await.map_err(open_err)?;
+                    let mut conn = sqlx::PgConnection::connect_with(&opts)
+                        .await
+                        .map_err(open_err)?;
                     conn.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
                         .await
                         .map_err(q("create schema"))?;
@@ -436,7 +474,10 @@ impl Store {
                         })
                     });
                 let pool = pool_opts.connect_with(opts).await.map_err(open_err)?;
-                Store { backend: Backend::Postgres(pool), sqlite_writer: None }
+                Store {
+                    backend: Backend::Postgres(pool),
+                    sqlite_writer: None,
+                }
             }
         };
         store.migrate().await?;
@@ -792,7 +833,10 @@ impl Store {
     }
 
     /// The host's current profile, `None` when it sent none yet. Unknown host → error.
-    pub async fn current_profile(&self, name: &HostName) -> Result<Option<HostProfile>, StoreError> {
+    pub async fn current_profile(
+        &self,
+        name: &HostName,
+    ) -> Result<Option<HostProfile>, StoreError> {
         let id = self.host_id(name).await?;
         on_pool!(self, pool => {
             let s: Option<String> = sqlx::query_scalar("SELECT profile FROM current_profiles WHERE host_id = $1")
@@ -932,11 +976,19 @@ impl Store {
                 tx.commit().await.map_err(q("commit"))?;
             }
             Backend::Postgres(pool) => {
-                // One statement, so one round trip and atomic without an explicit transaction:
-                // find the host, insert the arrays, mark the host seen.
+                // One statement finds the host, inserts the arrays and marks the host seen. It
+                // runs in a transaction of its own with `synchronous_commit` off: a database
+                // crash may lose the last few hundred milliseconds of samples (never their
+                // consistency), which spares one WAL flush per batch on the hot path. Events and
+                // rollout state keep durable commits.
                 let ts: Vec<i64> = samples.iter().map(|s| s.ts_ms).collect();
                 let names: Vec<&str> = samples.iter().map(|s| s.name.as_str()).collect();
                 let values: Vec<f64> = samples.iter().map(|s| s.value).collect();
+                let mut tx = pool.begin().await.map_err(q("begin"))?;
+                sqlx::query("SET LOCAL synchronous_commit TO off")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("set synchronous_commit"))?;
                 let inserted: Option<i64> = sqlx::query_scalar(
                     "WITH h AS (SELECT id FROM hosts WHERE name = $1), \
                      ins AS (INSERT INTO samples (host_id, ts_ms, name, value) \
@@ -950,12 +1002,13 @@ impl Store {
                 .bind(&names)
                 .bind(&values)
                 .bind(now_ms)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(q("insert samples"))?;
                 let Some(inserted) = inserted else {
                     return Err(StoreError::UnknownHost(name.clone()));
                 };
+                tx.commit().await.map_err(q("commit"))?;
                 debug_assert_eq!(inserted as usize, samples.len());
             }
         }
@@ -1118,7 +1171,11 @@ impl Store {
     }
 
     /// The newest events (optionally of one host), newest first, at most `limit`.
-    pub async fn events(&self, host: Option<&HostName>, limit: i64) -> Result<Vec<Event>, StoreError> {
+    pub async fn events(
+        &self,
+        host: Option<&HostName>,
+        limit: i64,
+    ) -> Result<Vec<Event>, StoreError> {
         on_pool!(self, pool => {
             let rows = match host {
                 Some(h) => sqlx::query("SELECT id, ts_ms, kind, host, reason, figures FROM events WHERE host = $1 ORDER BY id DESC LIMIT $2")
@@ -1158,28 +1215,44 @@ impl Store {
 mod outcomes;
 mod rollouts;
 pub use outcomes::{ModelInfo, NewModel, NewOutcome, OutcomeRecord, OutcomeSource};
-pub use rollouts::{ActionFinish, ActionRecord, NewAction, NewEvent, NewRollout, RolloutRecord, StepRecord};
+pub use rollouts::{
+    ActionFinish, ActionRecord, NewAction, NewEvent, NewRollout, RolloutRecord, StepRecord,
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn postgres_sessions_get_the_schema_and_asynchronous_commit() {
+    async fn postgres_sessions_get_the_schema_and_durable_commits() {
         let config = testing::fresh_postgres().await;
         let body = {
             let config = config.clone();
             tokio::spawn(async move {
-                let StoreConfig::Postgres { schema: Some(schema), .. } = &config else { unreachable!() };
+                let StoreConfig::Postgres {
+                    schema: Some(schema),
+                    ..
+                } = &config
+                else {
+                    unreachable!()
+                };
                 let store = Store::open(&config).await.unwrap();
-                let Backend::Postgres(pool) = &store.backend else { unreachable!() };
+                let Backend::Postgres(pool) = &store.backend else {
+                    unreachable!()
+                };
                 // Every pooled connection, not only the first one.
                 let mut conns = Vec::new();
                 for _ in 0..3 {
                     let mut conn = pool.acquire().await.unwrap();
-                    let sc: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&mut *conn).await.unwrap();
-                    let sp: String = sqlx::query_scalar("SHOW search_path").fetch_one(&mut *conn).await.unwrap();
-                    assert_eq!(sc, "off");
+                    let sc: String = sqlx::query_scalar("SHOW synchronous_commit")
+                        .fetch_one(&mut *conn)
+                        .await
+                        .unwrap();
+                    let sp: String = sqlx::query_scalar("SHOW search_path")
+                        .fetch_one(&mut *conn)
+                        .await
+                        .unwrap();
+                    assert_eq!(sc, "on", "events and rollout state need durable commits");
                     assert_eq!(sp.trim_matches('"'), schema.as_str());
                     conns.push(conn);
                 }

@@ -25,10 +25,11 @@ pub(crate) const MIGRATIONS_TABLE_POSTGRES: &str = "CREATE TABLE IF NOT EXISTS b
     applied_at_ms BIGINT NOT NULL
 )";
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial schema",
-    sqlite: r#"
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial schema",
+        sqlite: r#"
 CREATE TABLE hosts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
@@ -85,7 +86,7 @@ CREATE TABLE events (
 );
 CREATE INDEX events_host ON events (host, id);
 "#,
-    postgres: r#"
+        postgres: r#"
 CREATE TABLE hosts (
     id BIGSERIAL PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -142,10 +143,11 @@ CREATE TABLE events (
 );
 CREATE INDEX events_host ON events (host, id);
 "#,
-}, Migration {
-    version: 2,
-    name: "outcomes, models, rollouts and agent actions",
-    sqlite: r#"
+    },
+    Migration {
+        version: 2,
+        name: "outcomes, models, rollouts and agent actions",
+        sqlite: r#"
 CREATE TABLE outcomes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     recorded_at_ms INTEGER NOT NULL,
@@ -201,7 +203,7 @@ CREATE TABLE actions (
 CREATE UNIQUE INDEX actions_rollout_action ON actions (rollout_id, action_id);
 CREATE INDEX actions_host_open ON actions (host, finished_at_ms)
 "#,
-    postgres: r#"
+        postgres: r#"
 CREATE TABLE outcomes (
     id BIGSERIAL PRIMARY KEY,
     recorded_at_ms BIGINT NOT NULL,
@@ -257,4 +259,5 @@ CREATE TABLE actions (
 CREATE UNIQUE INDEX actions_rollout_action ON actions (rollout_id, action_id);
 CREATE INDEX actions_host_open ON actions (host, finished_at_ms)
 "#,
-}];
+    },
+];

@@ -31,13 +31,22 @@ pub const START_POSTGRES_HINT: &str =
 /// A name no other run (process, time, counter) will produce.
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{prefix}_{}_{}_{}", std::process::id(), nanos % 1_000_000_000_000, N.fetch_add(1, Ordering::Relaxed))
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Panics with the start command unless PostgreSQL at `url` answers within 5 seconds.
 pub async fn require_postgres(url: &str) {
-    let attempt = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(url)).await;
+    let attempt =
+        tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(url)).await;
     match attempt {
         Ok(Ok(conn)) => {
             let _ = conn.close().await;
@@ -58,7 +67,10 @@ pub fn fresh_sqlite() -> (StoreConfig, PathBuf) {
 pub async fn fresh_postgres() -> StoreConfig {
     let url = postgres_test_url();
     require_postgres(&url).await;
-    StoreConfig::Postgres { url, schema: Some(unique_name("bw_test")) }
+    StoreConfig::Postgres {
+        url,
+        schema: Some(unique_name("bw_test")),
+    }
 }
 
 /// Removes what a fresh location made: the SQLite directory or the PostgreSQL schema.
@@ -69,7 +81,10 @@ pub async fn cleanup(config: &StoreConfig, sqlite_dir: Option<&PathBuf>) {
                 let _ = std::fs::remove_dir_all(dir);
             }
         }
-        StoreConfig::Postgres { url, schema: Some(schema) } => {
+        StoreConfig::Postgres {
+            url,
+            schema: Some(schema),
+        } => {
             if let Err(e) = crate::drop_postgres_schema(url, schema).await {
                 eprintln!("could not drop test schema {schema}: {e}");
             }

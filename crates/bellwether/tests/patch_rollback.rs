@@ -39,7 +39,9 @@ fn webhook_server() -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) {
                     keep.lock().unwrap().push(v);
                 }
             }
-            let _ = r.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = r
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         }
     });
     (port, bodies)
@@ -54,7 +56,13 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 fn yaml_list(v: &[String]) -> String {
-    format!("[{}]", v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", "))
+    format!(
+        "[{}]",
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 #[test]
@@ -64,7 +72,11 @@ fn bad_patch_rolls_back_in_four_phases_without_failed_transactions() {
     let patched = PgCluster::start(&[]);
     patched.pgbench_init();
     // The bad patch: the planner may no longer use indexes, so every pgbench statement scans.
-    patched.append_conf(&["enable_indexscan = off", "enable_bitmapscan = off", "enable_indexonlyscan = off"]);
+    patched.append_conf(&[
+        "enable_indexscan = off",
+        "enable_bitmapscan = off",
+        "enable_indexonlyscan = off",
+    ]);
     patched.stop();
 
     let dir = tempfile::tempdir().unwrap();
@@ -103,7 +115,14 @@ webhook: "http://127.0.0.1:{hook_port}/hook"
         orig = original.addr(),
         orig_pidfile = original.data_dir().join("postmaster.pid").display(),
         patched_addr = patched.addr(),
-        start = yaml_list(&patched.pg_ctl_argv(&["-l", &patched.dir.path().join("log").display().to_string(), "-w", "-t", "60", "start"])),
+        start = yaml_list(&patched.pg_ctl_argv(&[
+            "-l",
+            &patched.dir.path().join("log").display().to_string(),
+            "-w",
+            "-t",
+            "60",
+            "start"
+        ])),
         stop = yaml_list(&patched.pg_ctl_argv(&["-m", "fast", "-w", "stop"])),
         patched_pidfile = patched.data_dir().join("postmaster.pid").display(),
     );
@@ -126,9 +145,26 @@ webhook: "http://127.0.0.1:{hook_port}/hook"
             std::fs::read_to_string(dir.path().join("patch.err")).unwrap_or_default()
         )
     };
-    wait_for("the proxy to listen", Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok());
+    wait_for("the proxy to listen", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok()
+    });
     let bench = Command::new(client_bin("pgbench", "postgresql-contrib"))
-        .args(["-n", "-c", "4", "-j", "2", "-T", "20", "-M", "simple", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+        .args([
+            "-n",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-T",
+            "20",
+            "-M",
+            "simple",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+        ])
         .arg(listen.to_string())
         .arg("postgres")
         .stdout(Stdio::piped())
@@ -140,35 +176,64 @@ webhook: "http://127.0.0.1:{hook_port}/hook"
         serde_json::from_str(&std::fs::read_to_string(&report_path).ok()?).ok()
     };
     wait_for("the patch to finish", Duration::from_secs(90), || {
-        read_report().is_some_and(|r| ["rolled_back", "promoted", "failed"].contains(&r["stage"].as_str().unwrap_or("")))
+        read_report().is_some_and(|r| {
+            ["rolled_back", "promoted", "failed"].contains(&r["stage"].as_str().unwrap_or(""))
+        })
     });
     let r = parse_pgbench(&bench.wait_with_output().unwrap());
-    Command::new("kill").args(["-TERM", &patch.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &patch.id().to_string()])
+        .status()
+        .unwrap();
     let status = patch.wait().unwrap();
     let report = read_report().unwrap();
     let log = show();
     assert_eq!(report["stage"], "rolled_back", "{log}");
     // pgbench saw nothing: every transaction committed, no client was dropped.
-    assert!(r.success, "pgbench failed:\n{}\n{}\n{log}", r.stdout, r.stderr);
+    assert!(
+        r.success,
+        "pgbench failed:\n{}\n{}\n{log}",
+        r.stdout, r.stderr
+    );
     assert_eq!(r.failed, 0, "{}", r.stdout);
     assert!(!r.aborted_clients, "{}", r.stderr);
     assert!(r.processed > 200, "{}", r.stdout);
     // The trigger is a latency metric, measured against the original's baseline.
     let trigger = &report["trigger"];
-    assert!(trigger["metric"].as_str().unwrap().starts_with("latency_"), "{trigger}");
+    assert!(
+        trigger["metric"].as_str().unwrap().starts_with("latency_"),
+        "{trigger}"
+    );
     assert_eq!(trigger["against"], "baseline");
     assert!(trigger["deviation"].as_f64().unwrap() > 1.0, "{trigger}");
     // The event sequence, in order.
-    let kinds: Vec<&str> = report["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = report["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
     let expected = [
-        "baseline.captured", "patched.started", "patched.healthy", "shift.routed", "shift.sessions_moved",
-        "bake.started", "rollback.triggered", "rollback.phase1", "rollback.phase2", "rollback.phase3",
-        "rollback.phase4", "rollback.finished",
+        "baseline.captured",
+        "patched.started",
+        "patched.healthy",
+        "shift.routed",
+        "shift.sessions_moved",
+        "bake.started",
+        "rollback.triggered",
+        "rollback.phase1",
+        "rollback.phase2",
+        "rollback.phase3",
+        "rollback.phase4",
+        "rollback.finished",
     ];
     let mut at = 0;
     for k in expected {
         let found = kinds[at..].iter().position(|x| *x == k);
-        assert!(found.is_some(), "{k} missing or out of order in {kinds:?}\n{log}");
+        assert!(
+            found.is_some(),
+            "{k} missing or out of order in {kinds:?}\n{log}"
+        );
         at += found.unwrap() + 1;
     }
     let phases = report["phases"].as_array().unwrap();
@@ -183,14 +248,30 @@ webhook: "http://127.0.0.1:{hook_port}/hook"
     // Phase 3 stopped the patched instance.
     assert!(!patched.data_dir().join("postmaster.pid").exists());
     // The webhook got the rollback alert and the final report.
-    wait_for("webhooks", Duration::from_secs(10), || hooks.lock().unwrap().iter().any(|b| b["kind"] == "rolled_back"));
+    wait_for("webhooks", Duration::from_secs(10), || {
+        hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b["kind"] == "rolled_back")
+    });
     let bodies = hooks.lock().unwrap().clone();
-    assert!(bodies.iter().any(|b| b["kind"] == "rollback" && b["trigger"]["metric"] == trigger["metric"]));
+    assert!(bodies
+        .iter()
+        .any(|b| b["kind"] == "rollback" && b["trigger"]["metric"] == trigger["metric"]));
     assert!(status.success() || status.code() == Some(1), "{status:?}");
     // status and report read the same state.
-    let out = Command::new(env!("CARGO_BIN_EXE_bellwether")).args(["patch", "--state-dir"]).arg(&state).args(["status"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bellwether"))
+        .args(["patch", "--state-dir"])
+        .arg(&state)
+        .args(["status"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("t1") && text.contains("rolled_back"), "{text}");
+    assert!(
+        text.contains("t1") && text.contains("rolled_back"),
+        "{text}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_bellwether"))
         .args(["patch", "--state-dir"])
         .arg(&state)
@@ -205,7 +286,11 @@ webhook: "http://127.0.0.1:{hook_port}/hook"
 fn malformed_plan_is_refused_with_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let plan = dir.path().join("bad.yaml");
-    std::fs::write(&plan, "name: x\nproxy:\n  listen: \"127.0.0.1:1\"\nbake_time: later\n").unwrap();
+    std::fs::write(
+        &plan,
+        "name: x\nproxy:\n  listen: \"127.0.0.1:1\"\nbake_time: later\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_bellwether"))
         .args(["patch", "--state-dir"])
         .arg(dir.path())
@@ -216,7 +301,10 @@ fn malformed_plan_is_refused_with_line_and_column() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.yaml: line ") && err.contains("column"), "{err}");
+    assert!(
+        err.contains("bad.yaml: line ") && err.contains("column"),
+        "{err}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_bellwether"))
         .args(["patch", "--state-dir"])
         .arg(dir.path())

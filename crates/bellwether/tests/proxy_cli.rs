@@ -29,7 +29,14 @@ fn echo_server() -> u16 {
 fn proxies_an_echo_service_from_flags_and_stops_on_sigterm() {
     let echo = echo_server();
     let mut child = Command::new(env!("CARGO_BIN_EXE_bellwether"))
-        .args(["proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--backend"])
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--backend",
+        ])
         .arg(format!("echo=127.0.0.1:{echo}"))
         .stdout(Stdio::piped())
         .spawn()
@@ -37,23 +44,40 @@ fn proxies_an_echo_service_from_flags_and_stops_on_sigterm() {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    let addr = line.strip_prefix("listening on ").unwrap().split_whitespace().next().unwrap().to_string();
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     line.clear();
     out.read_line(&mut line).unwrap();
-    let admin = line.trim().strip_prefix("admin api on http://").unwrap().to_string();
+    let admin = line
+        .trim()
+        .strip_prefix("admin api on http://")
+        .unwrap()
+        .to_string();
     let mut c = TcpStream::connect(&addr).unwrap();
     c.write_all(b"hello through bellwether").unwrap();
     let mut buf = [0u8; 24];
     c.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"hello through bellwether");
     let mut a = TcpStream::connect(&admin).unwrap();
-    a.write_all(b"GET /connections HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    a.write_all(b"GET /connections HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut resp = String::new();
     a.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert!(resp.contains("\"backend\":\"echo\"") && resp.contains("\"bytes_to_backend\":24"), "{resp}");
+    assert!(
+        resp.contains("\"backend\":\"echo\"") && resp.contains("\"bytes_to_backend\":24"),
+        "{resp}"
+    );
     drop(c);
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(child.wait().unwrap().success());
 }
 
@@ -62,17 +86,28 @@ fn bad_config_and_flags_exit_2_with_the_place() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("proxy.yaml");
     std::fs::write(&cfg, "listeners:\n  - address: 127.0.0.1:0\nbackends:\n  - name: a\n    address: h:1\nhealth:\n  interval: soon\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_bellwether")).arg("proxy").arg("--config").arg(&cfg).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bellwether"))
+        .arg("proxy")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("proxy.yaml: line 7, column 3: health") && err.contains("`soon`"), "{err}");
+    assert!(
+        err.contains("proxy.yaml: line 7, column 3: health") && err.contains("`soon`"),
+        "{err}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_bellwether"))
         .args(["proxy", "--listen", "127.0.0.1:0", "--backend", "a=nohost"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`nohost` has no `:PORT`"));
-    let out = Command::new(env!("CARGO_BIN_EXE_bellwether")).args(["proxy", "--listen", "127.0.0.1:0"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bellwether"))
+        .args(["proxy", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least one backend"));
 }

@@ -29,7 +29,10 @@ const PACKAGE_NAMES: &str = include_str!("package_names.txt");
 
 /// The package-name pool, in a fixed order.
 pub fn package_names() -> impl Iterator<Item = &'static str> {
-    PACKAGE_NAMES.lines().map(str::trim).filter(|l| !l.is_empty())
+    PACKAGE_NAMES
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
 }
 
 /// Everything a synthetic host root says about its host. Every field is public so that a test
@@ -98,11 +101,19 @@ pub struct InterfaceSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Drift {
     /// Install `name` at `version`, or change its version.
-    SetPackage { name: String, version: String },
+    SetPackage {
+        name: String,
+        version: String,
+    },
     /// Raise the version of an installed package at the given level (no effect when the
     /// package is absent).
-    UpgradePackage { name: String, level: ChangeLevel },
-    RemovePackage { name: String },
+    UpgradePackage {
+        name: String,
+        level: ChangeLevel,
+    },
+    RemovePackage {
+        name: String,
+    },
     Kernel(String),
     /// New 1, 5 and 15 minute load averages.
     Load([f64; 3]),
@@ -114,8 +125,13 @@ pub enum Drift {
     OpenPort(SocketAddr),
     ClosePort(SocketAddr),
     /// Declare a dependency, or change its endpoint.
-    SetDependency { name: String, endpoint: String },
-    RemoveDependency { name: String },
+    SetDependency {
+        name: String,
+        endpoint: String,
+    },
+    RemoveDependency {
+        name: String,
+    },
 }
 
 /// A small deterministic generator (SplitMix64), so that a seed gives the same host on every
@@ -170,10 +186,34 @@ struct Release {
 }
 
 const RELEASES: [Release; 4] = [
-    Release { id: "debian", version_id: "12", pretty: "Debian GNU/Linux 12 (bookworm)", kernel: "6.1.0-18-amd64", stable_suffix: "+deb12u" },
-    Release { id: "debian", version_id: "11", pretty: "Debian GNU/Linux 11 (bullseye)", kernel: "5.10.0-28-amd64", stable_suffix: "+deb11u" },
-    Release { id: "ubuntu", version_id: "22.04", pretty: "Ubuntu 22.04.4 LTS", kernel: "5.15.0-101-generic", stable_suffix: "ubuntu0.22.04." },
-    Release { id: "ubuntu", version_id: "24.04", pretty: "Ubuntu 24.04 LTS", kernel: "6.8.0-31-generic", stable_suffix: "ubuntu0.24.04." },
+    Release {
+        id: "debian",
+        version_id: "12",
+        pretty: "Debian GNU/Linux 12 (bookworm)",
+        kernel: "6.1.0-18-amd64",
+        stable_suffix: "+deb12u",
+    },
+    Release {
+        id: "debian",
+        version_id: "11",
+        pretty: "Debian GNU/Linux 11 (bullseye)",
+        kernel: "5.10.0-28-amd64",
+        stable_suffix: "+deb11u",
+    },
+    Release {
+        id: "ubuntu",
+        version_id: "22.04",
+        pretty: "Ubuntu 22.04.4 LTS",
+        kernel: "5.15.0-101-generic",
+        stable_suffix: "ubuntu0.22.04.",
+    },
+    Release {
+        id: "ubuntu",
+        version_id: "24.04",
+        pretty: "Ubuntu 24.04 LTS",
+        kernel: "6.8.0-31-generic",
+        stable_suffix: "ubuntu0.24.04.",
+    },
 ];
 
 const CPU_MODELS: [&str; 3] = [
@@ -190,7 +230,11 @@ fn release_version(name: &str, rel: &Release) -> String {
     let patch = r.below(20);
     let rev = 1 + r.below(6);
     let epoch = if r.below(12) == 0 { "1:" } else { "" };
-    let suffix = if r.below(4) == 0 { format!("{}{}", rel.stable_suffix, 1 + r.below(5)) } else { String::new() };
+    let suffix = if r.below(4) == 0 {
+        format!("{}{}", rel.stable_suffix, 1 + r.below(5))
+    } else {
+        String::new()
+    };
     format!("{epoch}{major}.{minor}.{patch}-{rev}{suffix}")
 }
 
@@ -227,17 +271,34 @@ impl HostSpec {
         let memory_available_kb = (memory_total_kb as f64 * (0.35 + 0.5 * r.unit())) as u64;
         let base_load = f64::from(cpu_count) * (0.05 + 0.4 * r.unit());
         let round2 = |v: f64| (v * 100.0).round() / 100.0;
-        let disks = if r.below(2) == 0 { vec!["sda".to_owned()] } else { vec!["nvme0n1".to_owned(), "nvme1n1".to_owned()] };
+        let disks = if r.below(2) == 0 {
+            vec!["sda".to_owned()]
+        } else {
+            vec!["nvme0n1".to_owned(), "nvme1n1".to_owned()]
+        };
         let mac = |r: &mut SplitMix64| {
             let b = r.next_u64().to_le_bytes();
             format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
         };
-        let mut interfaces = vec![InterfaceSpec { name: "eth0".into(), mac: mac(&mut r), mtu: 1500, operstate: "up".into() }];
+        let mut interfaces = vec![InterfaceSpec {
+            name: "eth0".into(),
+            mac: mac(&mut r),
+            mtu: 1500,
+            operstate: "up".into(),
+        }];
         if r.below(3) == 0 {
-            interfaces.push(InterfaceSpec { name: "eth1".into(), mac: mac(&mut r), mtu: 9000, operstate: "up".into() });
+            interfaces.push(InterfaceSpec {
+                name: "eth1".into(),
+                mac: mac(&mut r),
+                mtu: 9000,
+                operstate: "up".into(),
+            });
         }
         let subnet = 1 + r.below(250);
-        let mut listening: Vec<SocketAddr> = vec!["0.0.0.0:22".parse().expect("literal"), "[::]:22".parse().expect("literal")];
+        let mut listening: Vec<SocketAddr> = vec![
+            "0.0.0.0:22".parse().expect("literal"),
+            "[::]:22".parse().expect("literal"),
+        ];
         for port in [80u16, 443, 5432, 6379, 9100] {
             if r.below(3) == 0 {
                 listening.push(SocketAddr::from(([0, 0, 0, 0], port)));
@@ -256,8 +317,16 @@ impl HostSpec {
             memory_available_kb,
             swap_total_kb: 2 * 1024 * 1024,
             swap_free_kb: 2 * 1024 * 1024 - r.below(50_000),
-            load: [round2(base_load * (0.8 + 0.4 * r.unit())), round2(base_load), round2(base_load * 0.95)],
-            psi_some: [round2(r.unit() * 2.0), round2(r.unit()), round2(r.unit() * 1.5)],
+            load: [
+                round2(base_load * (0.8 + 0.4 * r.unit())),
+                round2(base_load),
+                round2(base_load * 0.95),
+            ],
+            psi_some: [
+                round2(r.unit() * 2.0),
+                round2(r.unit()),
+                round2(r.unit() * 1.5),
+            ],
             psi_full: [0.0, 0.0, round2(r.unit() * 0.5)],
             uptime_s: 86_400 + r.below(30 * 86_400),
             cpu_busy_ratio: round2(0.05 + 0.3 * r.unit()),
@@ -269,7 +338,10 @@ impl HostSpec {
             net_rx_bytes_per_s: 10_000 + r.below(10_000_000),
             net_tx_bytes_per_s: 10_000 + r.below(10_000_000),
             dns_resolvers: vec![format!("10.{subnet}.0.2"), format!("10.{subnet}.0.3")],
-            hosts: BTreeMap::from([(format!("gateway.{subnet}.internal"), format!("10.{subnet}.0.1"))]),
+            hosts: BTreeMap::from([(
+                format!("gateway.{subnet}.internal"),
+                format!("10.{subnet}.0.1"),
+            )]),
             listening,
             dependencies: Vec::new(),
         }
@@ -291,7 +363,9 @@ impl HostSpec {
             }
             Drift::Kernel(k) => self.kernel = k.clone(),
             Drift::Load(l) => self.load = *l,
-            Drift::MemoryAvailableKb(kb) => self.memory_available_kb = (*kb).min(self.memory_total_kb),
+            Drift::MemoryAvailableKb(kb) => {
+                self.memory_available_kb = (*kb).min(self.memory_total_kb)
+            }
             Drift::PressureSome(p) => self.psi_some = *p,
             Drift::Resolvers(r) => self.dns_resolvers = r.clone(),
             Drift::OpenPort(a) => {
@@ -354,7 +428,13 @@ impl HostSpec {
         );
         f(
             "proc/loadavg",
-            format!("{:.2} {:.2} {:.2} 2/{} 41234\n", self.load[0], self.load[1], self.load[2], 200 + self.packages.len() / 2),
+            format!(
+                "{:.2} {:.2} {:.2} 2/{} 41234\n",
+                self.load[0],
+                self.load[1],
+                self.load[2],
+                200 + self.packages.len() / 2
+            ),
         );
         f("proc/stat", self.stat());
         for (i, res) in ["cpu", "memory", "io"].iter().enumerate() {
@@ -378,9 +458,18 @@ impl HostSpec {
         })
         .chain(self.interfaces.iter().cloned())
         {
-            f(&format!("sys/class/net/{}/address", i.name), format!("{}\n", i.mac));
-            f(&format!("sys/class/net/{}/mtu", i.name), format!("{}\n", i.mtu));
-            f(&format!("sys/class/net/{}/operstate", i.name), format!("{}\n", i.operstate));
+            f(
+                &format!("sys/class/net/{}/address", i.name),
+                format!("{}\n", i.mac),
+            );
+            f(
+                &format!("sys/class/net/{}/mtu", i.name),
+                format!("{}\n", i.mtu),
+            );
+            f(
+                &format!("sys/class/net/{}/operstate", i.name),
+                format!("{}\n", i.operstate),
+            );
         }
         let mut resolv = String::from("# Generated by bellwether sandbox.\nsearch internal\n");
         for r in &self.dns_resolvers {
@@ -460,7 +549,11 @@ impl HostSpec {
         let written = self.disk_write_bytes_per_s * self.uptime_s / 512 / n;
         let mut s = String::from("   7       0 loop0 12 0 24 0 0 0 0 0 0 4 0 0 0 0 0 0 0\n");
         for (i, d) in self.disks.iter().enumerate() {
-            let part = if d.ends_with(|c: char| c.is_ascii_digit()) { format!("{d}p1") } else { format!("{d}1") };
+            let part = if d.ends_with(|c: char| c.is_ascii_digit()) {
+                format!("{d}p1")
+            } else {
+                format!("{d}1")
+            };
             let major = if d.starts_with("nvme") { 259 } else { 8 };
             let _ = writeln!(s, "{major:4} {:7} {d} {} 10 {read} 3000 {} 20 {written} 9000 0 4000 12000 0 0 0 0 0 0", i * 16, read / 8, written / 8);
             let _ = writeln!(s, "{major:4} {:7} {part} {} 10 {read} 3000 {} 20 {written} 9000 0 4000 12000 0 0 0 0 0 0", i * 16 + 1, read / 8, written / 8);
@@ -474,12 +567,23 @@ impl HostSpec {
              face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n",
         );
         let lo = 1000 * self.uptime_s;
-        let _ = writeln!(s, "    lo: {lo} {} 0 0 0 0 0 0 {lo} {} 0 0 0 0 0 0", lo / 100, lo / 100);
+        let _ = writeln!(
+            s,
+            "    lo: {lo} {} 0 0 0 0 0 0 {lo} {} 0 0 0 0 0 0",
+            lo / 100,
+            lo / 100
+        );
         let n = self.interfaces.len().max(1) as u64;
         for i in &self.interfaces {
             let rx = self.net_rx_bytes_per_s * self.uptime_s / n;
             let tx = self.net_tx_bytes_per_s * self.uptime_s / n;
-            let _ = writeln!(s, "{:>6}: {rx} {} 0 0 0 0 0 0 {tx} {} 0 0 0 0 0 0", i.name, rx / 900, tx / 900);
+            let _ = writeln!(
+                s,
+                "{:>6}: {rx} {} 0 0 0 0 0 0 {tx} {} 0 0 0 0 0 0",
+                i.name,
+                rx / 900,
+                tx / 900
+            );
         }
         s
     }
@@ -517,8 +621,10 @@ pub fn write_host_root(dir: &Path, spec: &HostSpec) -> std::io::Result<()> {
 pub fn write_dynamic_files(dir: &Path, spec: &HostSpec) -> std::io::Result<()> {
     let mut root = spec.render();
     root.files.retain(|k, _| {
-        matches!(k.as_str(), "proc/loadavg" | "proc/meminfo" | "proc/stat" | "proc/diskstats" | "proc/net/dev")
-            || k.starts_with("proc/pressure/")
+        matches!(
+            k.as_str(),
+            "proc/loadavg" | "proc/meminfo" | "proc/stat" | "proc/diskstats" | "proc/net/dev"
+        ) || k.starts_with("proc/pressure/")
     });
     write_files(dir, &root)
 }
@@ -556,7 +662,13 @@ pub fn perturb(p: &HostProfile, r: &mut SplitMix64) -> HostProfile {
             }
             let i = r.below(n) as usize;
             if let Some(v) = pkgs.values_mut().nth(i) {
-                let level = [ChangeLevel::Revision, ChangeLevel::Patch, ChangeLevel::Patch, ChangeLevel::Minor, ChangeLevel::Major][r.below(5) as usize];
+                let level = [
+                    ChangeLevel::Revision,
+                    ChangeLevel::Patch,
+                    ChangeLevel::Patch,
+                    ChangeLevel::Minor,
+                    ChangeLevel::Major,
+                ][r.below(5) as usize];
                 *v = crate::version::bump(v, level, r.below(8) != 0);
             }
         }
@@ -605,7 +717,8 @@ mod tests {
         assert_eq!(a, HostSpec::generate(7, "web-1", 300));
         assert_eq!(a.packages.len(), 300);
         let specs: Vec<HostSpec> = (0..20).map(|s| HostSpec::generate(s, "h", 300)).collect();
-        let releases: std::collections::BTreeSet<_> = specs.iter().map(|s| s.os_version_id.clone()).collect();
+        let releases: std::collections::BTreeSet<_> =
+            specs.iter().map(|s| s.os_version_id.clone()).collect();
         let cpus: std::collections::BTreeSet<_> = specs.iter().map(|s| s.cpu_count).collect();
         assert!(releases.len() >= 3, "{releases:?}");
         assert!(cpus.len() >= 3, "{cpus:?}");
@@ -616,7 +729,8 @@ mod tests {
     fn written_root_collects_to_profile_of() {
         let dir = tempfile::tempdir().unwrap();
         let mut spec = HostSpec::generate(42, "db-3", 250);
-        spec.dependencies.push(("db".into(), "127.0.0.1:5432".into()));
+        spec.dependencies
+            .push(("db".into(), "127.0.0.1:5432".into()));
         write_host_root(dir.path(), &spec).unwrap();
         let mut from_disk = collect(dir.path(), &CollectOptions::default());
         let mut expected = profile_of(&spec);
@@ -634,7 +748,10 @@ mod tests {
         let p = profile_of(&spec);
         assert_eq!(p.hostname.as_deref(), Some("app-9"));
         let os = p.os.as_ref().unwrap();
-        assert_eq!((os.id.as_str(), os.version_id.as_deref()), (spec.os_id.as_str(), Some(spec.os_version_id.as_str())));
+        assert_eq!(
+            (os.id.as_str(), os.version_id.as_deref()),
+            (spec.os_id.as_str(), Some(spec.os_version_id.as_str()))
+        );
         assert_eq!(p.kernel.as_deref(), Some(spec.kernel.as_str()));
         assert_eq!(p.packages.as_ref().unwrap(), &spec.packages);
         let hw = p.hardware.as_ref().unwrap();
@@ -669,13 +786,31 @@ mod tests {
         write_dynamic_files(dir.path(), &spec).unwrap();
         let second = s.collect(dir.path(), &CollectOptions::default());
         let m = &second.metrics;
-        assert!((m[metric::CPU_BUSY_RATIO] - spec.cpu_busy_ratio).abs() < 0.01, "{m:?}");
-        assert!((m[metric::CPU_IOWAIT_RATIO] - spec.cpu_iowait_ratio).abs() < 0.01, "{m:?}");
+        assert!(
+            (m[metric::CPU_BUSY_RATIO] - spec.cpu_busy_ratio).abs() < 0.01,
+            "{m:?}"
+        );
+        assert!(
+            (m[metric::CPU_IOWAIT_RATIO] - spec.cpu_iowait_ratio).abs() < 0.01,
+            "{m:?}"
+        );
         let rel = |k: &str, want: u64| (m[k] - want as f64).abs() / want as f64;
-        assert!(rel(metric::DISK_READ_BYTES_PER_S, spec.disk_read_bytes_per_s) < 0.01, "{m:?}");
-        assert!(rel(metric::DISK_WRITE_BYTES_PER_S, spec.disk_write_bytes_per_s) < 0.01, "{m:?}");
-        assert!(rel(metric::NET_RX_BYTES_PER_S, spec.net_rx_bytes_per_s) < 0.01, "{m:?}");
-        assert!(rel(metric::NET_TX_BYTES_PER_S, spec.net_tx_bytes_per_s) < 0.01, "{m:?}");
+        assert!(
+            rel(metric::DISK_READ_BYTES_PER_S, spec.disk_read_bytes_per_s) < 0.01,
+            "{m:?}"
+        );
+        assert!(
+            rel(metric::DISK_WRITE_BYTES_PER_S, spec.disk_write_bytes_per_s) < 0.01,
+            "{m:?}"
+        );
+        assert!(
+            rel(metric::NET_RX_BYTES_PER_S, spec.net_rx_bytes_per_s) < 0.01,
+            "{m:?}"
+        );
+        assert!(
+            rel(metric::NET_TX_BYTES_PER_S, spec.net_tx_bytes_per_s) < 0.01,
+            "{m:?}"
+        );
     }
 
     #[test]
@@ -683,15 +818,27 @@ mod tests {
         let mut spec = HostSpec::generate(5, "h", 100);
         let name = spec.packages.keys().next().unwrap().clone();
         let before = spec.packages[&name].clone();
-        spec.apply(&Drift::UpgradePackage { name: name.clone(), level: ChangeLevel::Major });
+        spec.apply(&Drift::UpgradePackage {
+            name: name.clone(),
+            level: ChangeLevel::Major,
+        });
         assert_ne!(spec.packages[&name], before);
         spec.apply(&Drift::Resolvers(vec!["192.0.2.53".into()]));
         spec.apply(&Drift::Load([9.0, 8.0, 7.0]));
-        spec.apply(&Drift::SetDependency { name: "db".into(), endpoint: "127.0.0.1:1".into() });
-        spec.apply(&Drift::SetDependency { name: "db".into(), endpoint: "127.0.0.1:2".into() });
+        spec.apply(&Drift::SetDependency {
+            name: "db".into(),
+            endpoint: "127.0.0.1:1".into(),
+        });
+        spec.apply(&Drift::SetDependency {
+            name: "db".into(),
+            endpoint: "127.0.0.1:2".into(),
+        });
         let p = profile_of(&spec);
         assert_eq!(p.network.unwrap().dns_resolvers, vec!["192.0.2.53"]);
         assert_eq!(p.metrics[metric::LOAD5], 8.0);
-        assert_eq!(spec.dependencies, vec![("db".to_owned(), "127.0.0.1:2".to_owned())]);
+        assert_eq!(
+            spec.dependencies,
+            vec![("db".to_owned(), "127.0.0.1:2".to_owned())]
+        );
     }
 }

@@ -37,7 +37,9 @@ pub enum ActionKind {
     Apply,
     Revert,
     /// A remediation, by the index of the plan's remediation rule that matched.
-    Remediate { rule: usize },
+    Remediate {
+        rule: usize,
+    },
 }
 
 impl ActionKind {
@@ -57,7 +59,9 @@ impl ActionKind {
 pub enum ActionResult {
     Ok,
     /// The action ran and failed; `error` is kept in the host's report.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
     TimedOut,
 }
 
@@ -67,11 +71,19 @@ pub enum ActionResult {
 pub enum WatchVerdict {
     Healthy,
     /// The host breached its thresholds, lost to the controls or drifted too far.
-    Failing { reason: String, figures: Value },
+    Failing {
+        reason: String,
+        figures: Value,
+    },
     /// A critical metric breached.
-    Critical { reason: String, figures: Value },
+    Critical {
+        reason: String,
+        figures: Value,
+    },
     /// No samples since `since_ms`: never a reason to promote or roll back.
-    NoData { since_ms: i64 },
+    NoData {
+        since_ms: i64,
+    },
 }
 
 /// An operator's command.
@@ -92,10 +104,23 @@ pub enum OperatorCommand {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum Observation {
-    Tick { now_ms: i64 },
-    ActionFinished { action_id: u64, result: ActionResult, now_ms: i64 },
-    HostWatch { host: HostName, verdict: WatchVerdict, now_ms: i64 },
-    Operator { command: OperatorCommand, now_ms: i64 },
+    Tick {
+        now_ms: i64,
+    },
+    ActionFinished {
+        action_id: u64,
+        result: ActionResult,
+        now_ms: i64,
+    },
+    HostWatch {
+        host: HostName,
+        verdict: WatchVerdict,
+        now_ms: i64,
+    },
+    Operator {
+        command: OperatorCommand,
+        now_ms: i64,
+    },
 }
 
 impl Observation {
@@ -136,15 +161,28 @@ pub enum AlertSeverity {
 pub enum Decision {
     /// Send `spec` to `host`'s agent under `action_id`, and answer with
     /// [`Observation::ActionFinished`]. Ids are unique within a rollout and never reused.
-    Dispatch { action_id: u64, host: HostName, kind: ActionKind, spec: ActionSpec },
+    Dispatch {
+        action_id: u64,
+        host: HostName,
+        kind: ActionKind,
+        spec: ActionSpec,
+    },
     /// Record the event (it is also kept in the report).
     Event(RolloutEvent),
     /// Tell a human (the rollout paused, a revert failed, …).
-    Alert { severity: AlertSeverity, message: String, figures: Value },
+    Alert {
+        severity: AlertSeverity,
+        message: String,
+        figures: Value,
+    },
     /// A host's outcome for the training history: `features` are JSON numbers, strings or
     /// null (feature values), `failed` the label. A later outcome for the same host in the
     /// same rollout supersedes an earlier one.
-    Outcome { host: HostName, failed: bool, features: BTreeMap<String, Value> },
+    Outcome {
+        host: HostName,
+        failed: bool,
+        features: BTreeMap<String, Value>,
+    },
 }
 
 /// Where the rollout stands.
@@ -267,7 +305,9 @@ impl HostRecord {
     /// The report's action for this host.
     pub fn action(&self) -> HostAction {
         match self.state {
-            HostState::RolledBack | HostState::RollingBack | HostState::RevertFailed => HostAction::RolledBack,
+            HostState::RolledBack | HostState::RollingBack | HostState::RevertFailed => {
+                HostAction::RolledBack
+            }
             HostState::HeldBack => HostAction::HeldBack,
             _ if self.remediated => HostAction::Remediated,
             HostState::Updated | HostState::Baking | HostState::Applying => HostAction::Updated,
@@ -276,7 +316,10 @@ impl HostRecord {
     }
 
     fn in_flight(&self) -> bool {
-        matches!(self.state, HostState::Applying | HostState::RollingBack | HostState::Remediating)
+        matches!(
+            self.state,
+            HostState::Applying | HostState::RollingBack | HostState::Remediating
+        )
     }
 }
 
@@ -432,7 +475,9 @@ fn spread_pick(sorted: &[(f64, HostName)], n: usize) -> Vec<HostName> {
     if n >= len {
         return sorted.iter().map(|(_, h)| h.clone()).collect();
     }
-    (0..n).map(|i| sorted[(2 * i + 1) * len / (2 * n)].1.clone()).collect()
+    (0..n)
+        .map(|i| sorted[(2 * i + 1) * len / (2 * n)].1.clone())
+        .collect()
 }
 
 /// Selects the pilot: never from the high band; `moderate_share` of it from the moderate band;
@@ -449,7 +494,8 @@ pub fn select_pilot(plan: &Plan, hosts: &[(f64, HostName)]) -> PilotChoice {
         (hosts.iter().map(|(p, _)| (p - mean).powi(2)).sum::<f64>() / n).sqrt()
     };
     let (min, max) = (risk.pilot.min as f64, risk.pilot.max as f64);
-    let size_for_spread = (min + (max - min) * (spread / SPREAD_FOR_MAX_PILOT).min(1.0)).round() as usize;
+    let size_for_spread =
+        (min + (max - min) * (spread / SPREAD_FOR_MAX_PILOT).min(1.0)).round() as usize;
     let mut low: Vec<(f64, HostName)> = Vec::new();
     let mut moderate: Vec<(f64, HostName)> = Vec::new();
     for (p, h) in hosts {
@@ -459,11 +505,18 @@ pub fn select_pilot(plan: &Plan, hosts: &[(f64, HostName)]) -> PilotChoice {
             Band::High => {}
         }
     }
-    let by_risk = |a: &(f64, HostName), b: &(f64, HostName)| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1));
+    let by_risk =
+        |a: &(f64, HostName), b: &(f64, HostName)| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1));
     low.sort_by(by_risk);
     moderate.sort_by(by_risk);
-    let judge_min = if plan.analysis.judge.enabled { plan.analysis.judge.min_canaries as usize } else { 0 };
-    let size = size_for_spread.max(judge_min).min(low.len() + moderate.len());
+    let judge_min = if plan.analysis.judge.enabled {
+        plan.analysis.judge.min_canaries as usize
+    } else {
+        0
+    };
+    let size = size_for_spread
+        .max(judge_min)
+        .min(low.len() + moderate.len());
     let mut from_moderate = ((size as f64) * risk.moderate_share).round() as usize;
     from_moderate = from_moderate.min(moderate.len());
     let mut from_low = (size - from_moderate).min(low.len());
@@ -495,7 +548,12 @@ impl Rollout {
     /// of the scores and to the judge's sample), holds back, remediates or schedules last the
     /// high-risk hosts per `risk.high_risk`, orders the rest safest first for the waves, and
     /// returns the first decisions (the pilot's applies and any remediations).
-    pub fn start(id: String, plan: Plan, hosts: Vec<HostInput>, now_ms: i64) -> (Rollout, Vec<Decision>) {
+    pub fn start(
+        id: String,
+        plan: Plan,
+        hosts: Vec<HostInput>,
+        now_ms: i64,
+    ) -> (Rollout, Vec<Decision>) {
         let mut r = Rollout {
             id,
             plan,
@@ -527,7 +585,11 @@ impl Rollout {
             if !r.plan.targets.matches(&h.labels, &h.attributes) || r.hosts.contains_key(&h.name) {
                 continue;
             }
-            let p = if h.probability.is_nan() { 1.0 } else { h.probability.clamp(0.0, 1.0) };
+            let p = if h.probability.is_nan() {
+                1.0
+            } else {
+                h.probability.clamp(0.0, 1.0)
+            };
             let mut factors = h.factors;
             factors.truncate(5);
             let rec = HostRecord {
@@ -556,7 +618,11 @@ impl Rollout {
             };
             r.hosts.insert(h.name, rec);
         }
-        let scores: Vec<(f64, HostName)> = r.hosts.values().map(|h| (h.probability, h.name.clone())).collect();
+        let scores: Vec<(f64, HostName)> = r
+            .hosts
+            .values()
+            .map(|h| (h.probability, h.name.clone()))
+            .collect();
         let count = |b: Band| r.hosts.values().filter(|h| h.band == b).count();
         let (n_low, n_mod, n_high) = (count(Band::Low), count(Band::Moderate), count(Band::High));
         r.event(
@@ -587,7 +653,11 @@ impl Rollout {
         );
         let in_pilot: std::collections::BTreeSet<&HostName> = pilot.hosts.iter().collect();
         // The rest, safest first.
-        let mut rest: Vec<(f64, HostName)> = scores.iter().filter(|(_, h)| !in_pilot.contains(h)).cloned().collect();
+        let mut rest: Vec<(f64, HostName)> = scores
+            .iter()
+            .filter(|(_, h)| !in_pilot.contains(h))
+            .cloned()
+            .collect();
         rest.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         let policy = r.plan.risk.high_risk;
         let mut later = 0usize;
@@ -602,18 +672,33 @@ impl Rollout {
                 HighRiskPolicy::IncludeLast => {
                     r.last.push(name.clone());
                     later += 1;
-                    r.set_reason(&name, format!("High risk (p = {p:.3} ≥ {}): scheduled in the last wave.", r.plan.risk.high), figures.clone());
-                    r.event(&mut out, "host.scheduled_last", Some(name), "High risk: scheduled after every other host.".into(), figures);
+                    r.set_reason(
+                        &name,
+                        format!(
+                            "High risk (p = {p:.3} ≥ {}): scheduled in the last wave.",
+                            r.plan.risk.high
+                        ),
+                        figures.clone(),
+                    );
+                    r.event(
+                        &mut out,
+                        "host.scheduled_last",
+                        Some(name),
+                        "High risk: scheduled after every other host.".into(),
+                        figures,
+                    );
                 }
                 HighRiskPolicy::RemediateThenDefer => {
-                    let matched = r.hosts[&name]
-                        .drift
-                        .as_ref()
-                        .and_then(|d| r.plan.remediation_for(&d.findings).map(|(i, f, s)| (i, f.attribute.clone(), s)));
+                    let matched = r.hosts[&name].drift.as_ref().and_then(|d| {
+                        r.plan
+                            .remediation_for(&d.findings)
+                            .map(|(i, f, s)| (i, f.attribute.clone(), s))
+                    });
                     match matched {
                         Some((rule, attribute, spec)) => {
                             later += 1;
-                            r.hosts.get_mut(&name).expect("known host").remediation = Some(RemediationStage::BeforeUpdate);
+                            r.hosts.get_mut(&name).expect("known host").remediation =
+                                Some(RemediationStage::BeforeUpdate);
                             r.set_state(&name, HostState::Remediating);
                             let fig = json!({ "probability": round4(p), "high_from": r.plan.risk.high, "rule": rule, "finding": attribute, "action": spec.describe() });
                             r.event(&mut out, "host.remediating", Some(name.clone()), format!("High risk with drift on {attribute}: remediating ({}) before it may join the last wave.", spec.describe()), fig);
@@ -630,12 +715,20 @@ impl Rollout {
             r.next_size = ((later as f64) * start / 100.0).ceil().max(1.0) as usize;
         }
         if r.hosts.is_empty() {
-            r.finish(&mut out, Phase::Completed, "No host matches the plan's targets.".into());
+            r.finish(
+                &mut out,
+                Phase::Completed,
+                "No host matches the plan's targets.".into(),
+            );
             return (r, out);
         }
         if pilot.hosts.is_empty() {
             r.current = Vec::new();
-            r.pause(&mut out, "no host is eligible for the pilot (every target is high risk)".into(), json!({ "high": n_high }));
+            r.pause(
+                &mut out,
+                "no host is eligible for the pilot (every target is high risk)".into(),
+                json!({ "high": n_high }),
+            );
             return (r, out);
         }
         r.current = pilot.hosts.clone();
@@ -657,8 +750,12 @@ impl Rollout {
         let sweep = matches!(obs, Observation::Tick { .. } | Observation::Operator { .. });
         match obs {
             Observation::Tick { .. } => {}
-            Observation::ActionFinished { action_id, result, .. } => self.on_action(&mut out, action_id, result),
-            Observation::HostWatch { host, verdict, .. } => self.on_verdict(&mut out, &host, verdict),
+            Observation::ActionFinished {
+                action_id, result, ..
+            } => self.on_action(&mut out, action_id, result),
+            Observation::HostWatch { host, verdict, .. } => {
+                self.on_verdict(&mut out, &host, verdict)
+            }
             Observation::Operator { command, .. } => self.on_operator(&mut out, command),
         }
         if sweep {
@@ -675,7 +772,12 @@ impl Rollout {
     pub fn pending_dispatches(&self) -> Vec<Decision> {
         self.pending
             .iter()
-            .map(|(id, p)| Decision::Dispatch { action_id: *id, host: p.host.clone(), kind: p.kind, spec: p.spec.clone() })
+            .map(|(id, p)| Decision::Dispatch {
+                action_id: *id,
+                host: p.host.clone(),
+                kind: p.kind,
+                spec: p.spec.clone(),
+            })
             .collect()
     }
 
@@ -746,32 +848,69 @@ impl Rollout {
             hosts: self
                 .hosts
                 .values()
-                .map(|h| HostStatus { host: h.name.clone(), wave: h.wave, band: h.band, state: h.state })
+                .map(|h| HostStatus {
+                    host: h.name.clone(),
+                    wave: h.wave,
+                    band: h.band,
+                    state: h.state,
+                })
                 .collect(),
         }
     }
 
     // ---- internals ----
 
-    fn event(&mut self, out: &mut Vec<Decision>, kind: &str, host: Option<HostName>, reason: String, figures: Value) {
-        let e = RolloutEvent { ts_ms: self.now_ms, kind: kind.into(), host, reason, figures };
+    fn event(
+        &mut self,
+        out: &mut Vec<Decision>,
+        kind: &str,
+        host: Option<HostName>,
+        reason: String,
+        figures: Value,
+    ) {
+        let e = RolloutEvent {
+            ts_ms: self.now_ms,
+            kind: kind.into(),
+            host,
+            reason,
+            figures,
+        };
         self.events.push(e.clone());
         out.push(Decision::Event(e));
     }
 
-    fn alert(&mut self, out: &mut Vec<Decision>, severity: AlertSeverity, message: String, figures: Value) {
-        out.push(Decision::Alert { severity, message, figures });
+    fn alert(
+        &mut self,
+        out: &mut Vec<Decision>,
+        severity: AlertSeverity,
+        message: String,
+        figures: Value,
+    ) {
+        out.push(Decision::Alert {
+            severity,
+            message,
+            figures,
+        });
     }
 
     fn rec(&mut self, h: &HostName) -> &mut HostRecord {
-        self.hosts.get_mut(h).expect("the engine only names hosts it knows")
+        self.hosts
+            .get_mut(h)
+            .expect("the engine only names hosts it knows")
     }
 
     fn set_state(&mut self, h: &HostName, s: HostState) {
         let now = self.now_ms;
         let r = self.rec(h);
         r.state = s;
-        if matches!(s, HostState::RolledBack | HostState::RevertFailed | HostState::Updated | HostState::Skipped | HostState::HeldBack) {
+        if matches!(
+            s,
+            HostState::RolledBack
+                | HostState::RevertFailed
+                | HostState::Updated
+                | HostState::Skipped
+                | HostState::HeldBack
+        ) {
             r.finished_ms = Some(now);
         }
     }
@@ -783,17 +922,39 @@ impl Rollout {
     }
 
     fn hold_back(&mut self, out: &mut Vec<Decision>, h: &HostName, p: f64, figures: Value) {
-        let reason = format!("High risk (p = {p:.3} ≥ {}): held back from this rollout.", self.plan.risk.high);
+        let reason = format!(
+            "High risk (p = {p:.3} ≥ {}): held back from this rollout.",
+            self.plan.risk.high
+        );
         self.set_state(h, HostState::HeldBack);
         self.set_reason(h, reason.clone(), figures.clone());
         self.event(out, "host.held_back", Some(h.clone()), reason, figures);
     }
 
-    fn dispatch(&mut self, out: &mut Vec<Decision>, h: &HostName, kind: ActionKind, spec: ActionSpec) -> u64 {
+    fn dispatch(
+        &mut self,
+        out: &mut Vec<Decision>,
+        h: &HostName,
+        kind: ActionKind,
+        spec: ActionSpec,
+    ) -> u64 {
         let id = self.next_action_id;
         self.next_action_id += 1;
-        self.pending.insert(id, PendingAction { host: h.clone(), kind, spec: spec.clone(), dispatched_ms: self.now_ms });
-        out.push(Decision::Dispatch { action_id: id, host: h.clone(), kind, spec });
+        self.pending.insert(
+            id,
+            PendingAction {
+                host: h.clone(),
+                kind,
+                spec: spec.clone(),
+                dispatched_ms: self.now_ms,
+            },
+        );
+        out.push(Decision::Dispatch {
+            action_id: id,
+            host: h.clone(),
+            kind,
+            spec,
+        });
         id
     }
 
@@ -816,7 +977,13 @@ impl Rollout {
         let Some(p) = self.pending.remove(&id) else {
             // A result for an action already finished (a re-sent result after a restart) or
             // never dispatched: nothing to do, and nothing may be done twice.
-            self.event(out, "action.unknown", None, format!("Ignored a result for action {id}, which is not pending."), json!({ "action_id": id }));
+            self.event(
+                out,
+                "action.unknown",
+                None,
+                format!("Ignored a result for action {id}, which is not pending."),
+                json!({ "action_id": id }),
+            );
             return;
         };
         let h = p.host.clone();
@@ -836,13 +1003,29 @@ impl Rollout {
                 rec.last_verdict = None;
                 rec.last_verdict_ms = None;
                 if rec.revert_pending {
-                    self.event(out, "host.applied", Some(h.clone()), "Applied, but the rollout was aborted meanwhile: reverting.".into(), figures);
+                    self.event(
+                        out,
+                        "host.applied",
+                        Some(h.clone()),
+                        "Applied, but the rollout was aborted meanwhile: reverting.".into(),
+                        figures,
+                    );
                     self.revert(out, &h);
                     return;
                 }
                 self.set_state(&h, HostState::Baking);
-                self.set_reason(&h, format!("Updated to {}; baking.", self.plan.update.version), figures.clone());
-                self.event(out, "host.applied", Some(h), format!("Applied in {took}ms; watching the host through its bake."), figures);
+                self.set_reason(
+                    &h,
+                    format!("Updated to {}; baking.", self.plan.update.version),
+                    figures.clone(),
+                );
+                self.event(
+                    out,
+                    "host.applied",
+                    Some(h),
+                    format!("Applied in {took}ms; watching the host through its bake."),
+                    figures,
+                );
             }
             (ActionKind::Apply, Some(err)) => {
                 self.rec(&h).error = Some(err.clone());
@@ -851,13 +1034,30 @@ impl Rollout {
             }
             (ActionKind::Revert, None) => {
                 self.set_state(&h, HostState::RolledBack);
-                self.event(out, "host.rolled_back", Some(h), format!("Reverted in {took}ms."), figures);
+                self.event(
+                    out,
+                    "host.rolled_back",
+                    Some(h),
+                    format!("Reverted in {took}ms."),
+                    figures,
+                );
             }
             (ActionKind::Revert, Some(err)) => {
                 self.rec(&h).error = Some(err.clone());
                 self.set_state(&h, HostState::RevertFailed);
-                self.event(out, "host.revert_failed", Some(h.clone()), format!("The revert failed: {err}."), figures.clone());
-                self.alert(out, AlertSeverity::Critical, format!("Reverting {h} failed: {err}; the host needs a human."), figures.clone());
+                self.event(
+                    out,
+                    "host.revert_failed",
+                    Some(h.clone()),
+                    format!("The revert failed: {err}."),
+                    figures.clone(),
+                );
+                self.alert(
+                    out,
+                    AlertSeverity::Critical,
+                    format!("Reverting {h} failed: {err}; the host needs a human."),
+                    figures.clone(),
+                );
                 if self.phase == Phase::Running {
                     self.pause(out, format!("the revert of {h} failed"), figures);
                 }
@@ -877,8 +1077,18 @@ impl Rollout {
                         rec.last_verdict = None;
                         rec.last_verdict_ms = None;
                         self.set_state(&h, HostState::Baking);
-                        self.set_reason(&h, format!("Remediated by rule {rule} after failing; baking again."), figures.clone());
-                        self.event(out, "host.remediated", Some(h), format!("Remediated in {took}ms; baking again from now."), figures);
+                        self.set_reason(
+                            &h,
+                            format!("Remediated by rule {rule} after failing; baking again."),
+                            figures.clone(),
+                        );
+                        self.event(
+                            out,
+                            "host.remediated",
+                            Some(h),
+                            format!("Remediated in {took}ms; baking again from now."),
+                            figures,
+                        );
                     }
                     _ => {
                         if self.phase.is_final() {
@@ -887,8 +1097,20 @@ impl Rollout {
                             self.set_state(&h, HostState::Waiting);
                             self.last.push(h.clone());
                         }
-                        self.set_reason(&h, format!("High risk, remediated by rule {rule}; scheduled in the last wave."), figures.clone());
-                        self.event(out, "host.remediated", Some(h), format!("Remediated in {took}ms; the host joins the last wave."), figures);
+                        self.set_reason(
+                            &h,
+                            format!(
+                                "High risk, remediated by rule {rule}; scheduled in the last wave."
+                            ),
+                            figures.clone(),
+                        );
+                        self.event(
+                            out,
+                            "host.remediated",
+                            Some(h),
+                            format!("Remediated in {took}ms; the host joins the last wave."),
+                            figures,
+                        );
                     }
                 }
             }
@@ -896,11 +1118,18 @@ impl Rollout {
                 self.rec(&h).error = Some(err.clone());
                 match self.hosts[&h].remediation {
                     Some(RemediationStage::AfterFailure) => {
-                        self.event(out, "host.remediation_failed", Some(h.clone()), format!("The remediation failed: {err}; rolling back."), figures);
+                        self.event(
+                            out,
+                            "host.remediation_failed",
+                            Some(h.clone()),
+                            format!("The remediation failed: {err}; rolling back."),
+                            figures,
+                        );
                         self.revert(out, &h);
                     }
                     _ => {
-                        let reason = format!("High risk and the remediation failed ({err}): held back.");
+                        let reason =
+                            format!("High risk and the remediation failed ({err}): held back.");
                         self.set_state(&h, HostState::HeldBack);
                         self.set_reason(&h, reason.clone(), figures.clone());
                         self.event(out, "host.remediation_failed", Some(h), reason, figures);
@@ -913,7 +1142,10 @@ impl Rollout {
     fn revert(&mut self, out: &mut Vec<Decision>, h: &HostName) {
         let rec = self.rec(h);
         rec.revert_pending = false;
-        if matches!(rec.state, HostState::RollingBack | HostState::RolledBack | HostState::RevertFailed) {
+        if matches!(
+            rec.state,
+            HostState::RollingBack | HostState::RolledBack | HostState::RevertFailed
+        ) {
             return;
         }
         self.set_state(h, HostState::RollingBack);
@@ -938,12 +1170,23 @@ impl Rollout {
             f.insert("drift_dependency".into(), json!(d.dependency.get()));
             f.insert("drift_findings".into(), json!(d.findings.len()));
         }
-        out.push(Decision::Outcome { host: h.clone(), failed, features: f });
+        out.push(Decision::Outcome {
+            host: h.clone(),
+            failed,
+            features: f,
+        });
     }
 
     /// A host failed (a verdict or its apply action): count it, then remediate it, roll it
     /// back alone, or abort, per the plan; then check the slow-down and pause limits.
-    fn host_failed(&mut self, out: &mut Vec<Decision>, h: &HostName, reason: String, figures: Value, may_remediate: bool) {
+    fn host_failed(
+        &mut self,
+        out: &mut Vec<Decision>,
+        h: &HostName,
+        reason: String,
+        figures: Value,
+        may_remediate: bool,
+    ) {
         let first = !self.hosts[h].failed;
         if first {
             self.rec(h).failed = true;
@@ -954,27 +1197,57 @@ impl Rollout {
             self.outcome(out, h, true);
         }
         self.set_reason(h, reason.clone(), figures.clone());
-        self.event(out, "host.failed", Some(h.clone()), reason.clone(), figures.clone());
+        self.event(
+            out,
+            "host.failed",
+            Some(h.clone()),
+            reason.clone(),
+            figures.clone(),
+        );
         if !self.plan.rollback.targeted && !self.phase.is_final() {
             self.revert(out, h);
-            self.abort(out, format!("{h} failed and rollback is not targeted"), figures);
+            self.abort(
+                out,
+                format!("{h} failed and rollback is not targeted"),
+                figures,
+            );
             return;
         }
-        let remediation = if may_remediate && self.plan.rollback.remediate_first && !self.hosts[h].remediated {
-            self.hosts[h].drift.as_ref().and_then(|d| self.plan.remediation_for(&d.findings).map(|(i, f, s)| (i, f.attribute.clone(), s)))
-        } else {
-            None
-        };
+        let remediation =
+            if may_remediate && self.plan.rollback.remediate_first && !self.hosts[h].remediated {
+                self.hosts[h].drift.as_ref().and_then(|d| {
+                    self.plan
+                        .remediation_for(&d.findings)
+                        .map(|(i, f, s)| (i, f.attribute.clone(), s))
+                })
+            } else {
+                None
+            };
         match remediation {
             Some((rule, attribute, spec)) if !self.phase.is_final() => {
                 self.rec(h).remediation = Some(RemediationStage::AfterFailure);
                 self.set_state(h, HostState::Remediating);
                 let fig = json!({ "rule": rule, "finding": attribute, "action": spec.describe() });
-                self.event(out, "host.remediating", Some(h.clone()), format!("Remediating the drift on {attribute} ({}) before deciding on a rollback.", spec.describe()), fig);
+                self.event(
+                    out,
+                    "host.remediating",
+                    Some(h.clone()),
+                    format!(
+                        "Remediating the drift on {attribute} ({}) before deciding on a rollback.",
+                        spec.describe()
+                    ),
+                    fig,
+                );
                 self.dispatch(out, h, ActionKind::Remediate { rule }, spec);
             }
             _ => {
-                self.event(out, "host.rolling_back", Some(h.clone()), "Rolling this host back alone.".into(), json!({ "failed_total": self.failed_total }));
+                self.event(
+                    out,
+                    "host.rolling_back",
+                    Some(h.clone()),
+                    "Rolling this host back alone.".into(),
+                    json!({ "failed_total": self.failed_total }),
+                );
                 self.revert(out, h);
             }
         }
@@ -987,11 +1260,39 @@ impl Rollout {
         }
         let size = self.current.len();
         let figures = json!({ "failed_total": self.failed_total, "failed_in_wave": self.failed_in_wave, "wave_size": size, "wave": self.wave });
-        if self.phase == Phase::Running && self.plan.rollback.pause_when.reached(self.failed_total, self.failed_in_wave, size) {
-            self.pause(out, format!("failures spread: {} hosts failed, {} of the {} in wave {}", self.failed_total, self.failed_in_wave, size, self.wave), figures);
-        } else if !self.slowed && self.plan.rollback.slow_down_when.reached(self.failed_total, self.failed_in_wave, size) {
+        if self.phase == Phase::Running
+            && self
+                .plan
+                .rollback
+                .pause_when
+                .reached(self.failed_total, self.failed_in_wave, size)
+        {
+            self.pause(
+                out,
+                format!(
+                    "failures spread: {} hosts failed, {} of the {} in wave {}",
+                    self.failed_total, self.failed_in_wave, size, self.wave
+                ),
+                figures,
+            );
+        } else if !self.slowed
+            && self.plan.rollback.slow_down_when.reached(
+                self.failed_total,
+                self.failed_in_wave,
+                size,
+            )
+        {
             self.slowed = true;
-            self.event(out, "rollout.slowed_down", None, format!("{} hosts failed: the next wave is halved.", self.failed_total), figures);
+            self.event(
+                out,
+                "rollout.slowed_down",
+                None,
+                format!(
+                    "{} hosts failed: the next wave is halved.",
+                    self.failed_total
+                ),
+                figures,
+            );
         }
     }
 
@@ -1001,8 +1302,19 @@ impl Rollout {
         }
         self.phase = Phase::Paused;
         self.pause_reason = Some(reason.clone());
-        self.event(out, "rollout.paused", None, format!("Paused: {reason}."), figures.clone());
-        self.alert(out, AlertSeverity::Warning, format!("Rollout {} paused: {reason}.", self.id), figures);
+        self.event(
+            out,
+            "rollout.paused",
+            None,
+            format!("Paused: {reason}."),
+            figures.clone(),
+        );
+        self.alert(
+            out,
+            AlertSeverity::Warning,
+            format!("Rollout {} paused: {reason}.", self.id),
+            figures,
+        );
     }
 
     fn abort(&mut self, out: &mut Vec<Decision>, reason: String, figures: Value) {
@@ -1025,7 +1337,11 @@ impl Rollout {
                 }
                 HostState::Waiting => {
                     self.set_state(h, HostState::Skipped);
-                    self.set_reason(h, format!("Skipped: the rollout was aborted ({reason})."), Value::Null);
+                    self.set_reason(
+                        h,
+                        format!("Skipped: the rollout was aborted ({reason})."),
+                        Value::Null,
+                    );
                 }
                 _ => {}
             }
@@ -1034,8 +1350,19 @@ impl Rollout {
         if let Value::Object(m) = &mut fig {
             m.insert("reverting".into(), json!(reverting));
         }
-        self.event(out, "rollout.aborted", None, format!("Aborted: {reason}; reverting {reverting} updated hosts."), fig.clone());
-        self.alert(out, AlertSeverity::Critical, format!("Rollout {} aborted: {reason}.", self.id), fig);
+        self.event(
+            out,
+            "rollout.aborted",
+            None,
+            format!("Aborted: {reason}; reverting {reverting} updated hosts."),
+            fig.clone(),
+        );
+        self.alert(
+            out,
+            AlertSeverity::Critical,
+            format!("Rollout {} aborted: {reason}.", self.id),
+            fig,
+        );
         self.queue.clear();
         self.last.clear();
     }
@@ -1062,7 +1389,13 @@ impl Rollout {
             WatchVerdict::Healthy => {
                 rec.last_verdict = Some(VerdictKind::Healthy);
                 if was_no_data {
-                    self.event(out, "host.data_back", Some(h.clone()), "Samples arrive again.".into(), json!({}));
+                    self.event(
+                        out,
+                        "host.data_back",
+                        Some(h.clone()),
+                        "Samples arrive again.".into(),
+                        json!({}),
+                    );
                 }
             }
             WatchVerdict::NoData { since_ms } => {
@@ -1086,7 +1419,13 @@ impl Rollout {
         }
     }
 
-    fn host_failed_critical(&mut self, out: &mut Vec<Decision>, h: &HostName, reason: String, figures: Value) {
+    fn host_failed_critical(
+        &mut self,
+        out: &mut Vec<Decision>,
+        h: &HostName,
+        reason: String,
+        figures: Value,
+    ) {
         if !self.hosts[h].failed {
             self.rec(h).failed = true;
             self.failed_total += 1;
@@ -1097,24 +1436,54 @@ impl Rollout {
         }
         let reason = format!("Critical: {reason}");
         self.set_reason(h, reason.clone(), figures.clone());
-        self.event(out, "host.failed", Some(h.clone()), reason.clone(), figures.clone());
-        self.abort(out, format!("a critical metric breached on {h}"), json!({ "host": h, "reason": reason, "figures": figures }));
+        self.event(
+            out,
+            "host.failed",
+            Some(h.clone()),
+            reason.clone(),
+            figures.clone(),
+        );
+        self.abort(
+            out,
+            format!("a critical metric breached on {h}"),
+            json!({ "host": h, "reason": reason, "figures": figures }),
+        );
     }
 
     fn no_data(&mut self, out: &mut Vec<Decision>, h: &HostName, since_ms: i64) {
         let figures = json!({ "since_ms": since_ms, "silent_ms": self.now_ms - since_ms, "after_ms": self.plan.no_data.after_ms() });
-        self.event(out, "host.no_data", Some(h.clone()), format!("No samples for {}ms: neither promoting nor rolling back on no data.", self.now_ms - since_ms), figures.clone());
+        self.event(
+            out,
+            "host.no_data",
+            Some(h.clone()),
+            format!(
+                "No samples for {}ms: neither promoting nor rolling back on no data.",
+                self.now_ms - since_ms
+            ),
+            figures.clone(),
+        );
         if self.phase == Phase::Running {
             self.pause(out, format!("no data from {h}"), figures);
         } else {
-            self.alert(out, AlertSeverity::Warning, format!("No data from {h} in rollout {}.", self.id), figures);
+            self.alert(
+                out,
+                AlertSeverity::Warning,
+                format!("No data from {h} in rollout {}.", self.id),
+                figures,
+            );
         }
     }
 
     fn on_operator(&mut self, out: &mut Vec<Decision>, c: OperatorCommand) {
         let fig = json!({ "command": c, "phase": self.phase, "wave": self.wave });
         if self.phase.is_final() {
-            self.event(out, "operator.ignored", None, format!("Ignored {c:?}: the rollout is {}.", self.phase.name()), fig);
+            self.event(
+                out,
+                "operator.ignored",
+                None,
+                format!("Ignored {c:?}: the rollout is {}.", self.phase.name()),
+                fig,
+            );
             return;
         }
         match c {
@@ -1134,7 +1503,13 @@ impl Rollout {
                         .map(|h| &h.name)
                         .collect();
                     let figures = json!({ "wave": self.wave, "hosts_without_data": silent });
-                    self.event(out, "rollout.resumed", None, "Resumed by the operator.".into(), figures);
+                    self.event(
+                        out,
+                        "rollout.resumed",
+                        None,
+                        "Resumed by the operator.".into(),
+                        figures,
+                    );
                 }
             }
             OperatorCommand::Abort => self.abort(out, "aborted by the operator".into(), fig),
@@ -1144,7 +1519,13 @@ impl Rollout {
                     self.phase = Phase::Running;
                     self.pause_reason = None;
                 }
-                self.event(out, "rollout.promote_requested", None, format!("The operator ends wave {}'s bake now.", self.wave), fig);
+                self.event(
+                    out,
+                    "rollout.promote_requested",
+                    None,
+                    format!("The operator ends wave {}'s bake now.", self.wave),
+                    fig,
+                );
             }
         }
     }
@@ -1164,7 +1545,14 @@ impl Rollout {
             let p = &self.pending[&id];
             let figures = json!({ "action_id": id, "host": p.host, "timeout_ms": p.spec.timeout_ms(), "grace_ms": grace });
             let host = p.host.clone();
-            self.event(out, "action.overdue", Some(host), "No result within the action's timeout and the no-data time: counted as timed out.".into(), figures);
+            self.event(
+                out,
+                "action.overdue",
+                Some(host),
+                "No result within the action's timeout and the no-data time: counted as timed out."
+                    .into(),
+                figures,
+            );
             self.on_action(out, id, ActionResult::TimedOut);
         }
     }
@@ -1219,7 +1607,8 @@ impl Rollout {
                 if now - from < bake {
                     return;
                 }
-                let fresh = r.last_verdict == Some(VerdictKind::Healthy) && r.last_verdict_ms.is_some_and(|t| t >= from);
+                let fresh = r.last_verdict == Some(VerdictKind::Healthy)
+                    && r.last_verdict_ms.is_some_and(|t| t >= from);
                 if !fresh {
                     return;
                 }
@@ -1231,7 +1620,10 @@ impl Rollout {
             if self.hosts[h].state == HostState::Baking {
                 self.set_state(h, HostState::Updated);
                 if !self.hosts[h].remediated {
-                    let reason = format!("Updated to {}: healthy through the bake.", self.plan.update.version);
+                    let reason = format!(
+                        "Updated to {}: healthy through the bake.",
+                        self.plan.update.version
+                    );
                     self.set_reason(h, reason, json!({ "bake_ms": bake, "wave": self.wave }));
                 }
                 if !self.hosts[h].failed {
@@ -1242,9 +1634,15 @@ impl Rollout {
         let failed = wave_hosts.iter().filter(|h| self.hosts[*h].failed).count();
         let figures = json!({ "wave": self.wave, "hosts": wave_hosts.len(), "updated": baking, "failed": failed, "bake_ms": bake, "forced_by_operator": forced });
         let reason = if forced {
-            format!("Wave {} promoted by the operator: {} hosts updated, {} failed.", self.wave, baking, failed)
+            format!(
+                "Wave {} promoted by the operator: {} hosts updated, {} failed.",
+                self.wave, baking, failed
+            )
         } else {
-            format!("Wave {} passed its {}ms bake: {} hosts updated, {} failed.", self.wave, bake, baking, failed)
+            format!(
+                "Wave {} passed its {}ms bake: {} hosts updated, {} failed.",
+                self.wave, bake, baking, failed
+            )
         };
         self.event(out, "wave.passed", None, reason, figures);
         self.next_wave(out);
@@ -1253,7 +1651,11 @@ impl Rollout {
     fn next_wave(&mut self, out: &mut Vec<Decision>) {
         if self.queue.is_empty() && self.last.is_empty() {
             self.current.clear();
-            let reason = format!("Completed: {} hosts, {} failed.", self.hosts.len(), self.failed_total);
+            let reason = format!(
+                "Completed: {} hosts, {} failed.",
+                self.hosts.len(),
+                self.failed_total
+            );
             self.finish(out, Phase::Completed, reason);
             return;
         }
@@ -1262,9 +1664,15 @@ impl Rollout {
             Waves::Fixed(pcts) => {
                 let step = self.plan_step.min(pcts.len() - 1);
                 let target = ((self.after_pilot as f64) * pcts[step] / 100.0).ceil() as usize;
-                (target.saturating_sub(self.assigned).max(1), format!("fixed {}%", pcts[step]))
+                (
+                    target.saturating_sub(self.assigned).max(1),
+                    format!("fixed {}%", pcts[step]),
+                )
             }
-            Waves::Adaptive { .. } => (self.next_size.max(1), format!("adaptive size {}", self.next_size.max(1))),
+            Waves::Adaptive { .. } => (
+                self.next_size.max(1),
+                format!("adaptive size {}", self.next_size.max(1)),
+            ),
         };
         let slowed = self.slowed;
         if slowed {
@@ -1285,7 +1693,22 @@ impl Rollout {
         hosts.extend(self.last.drain(..take_l));
         self.assigned += hosts.len();
         let figures = json!({ "wave": self.wave, "size": hosts.len(), "rule": rule, "halved": slowed, "remaining_after": self.queue.len() + self.last.len() });
-        self.event(out, "wave.started", None, format!("Wave {} starts on {} hosts ({rule}{}).", self.wave, hosts.len(), if slowed { ", halved after failures" } else { "" }), figures);
+        self.event(
+            out,
+            "wave.started",
+            None,
+            format!(
+                "Wave {} starts on {} hosts ({rule}{}).",
+                self.wave,
+                hosts.len(),
+                if slowed {
+                    ", halved after failures"
+                } else {
+                    ""
+                }
+            ),
+            figures,
+        );
         self.current = hosts.clone();
         let wave = self.wave;
         for h in &hosts {
@@ -1296,8 +1719,18 @@ impl Rollout {
     fn check_finished(&mut self, out: &mut Vec<Decision>) {
         if self.phase == Phase::Aborted && self.finished_ms.is_none() && self.pending.is_empty() {
             self.finished_ms = Some(self.now_ms);
-            let rolled = self.hosts.values().filter(|h| h.state == HostState::RolledBack).count();
-            self.event(out, "rollout.finished", None, format!("Aborted rollout settled: {rolled} hosts rolled back."), json!({ "rolled_back": rolled }));
+            let rolled = self
+                .hosts
+                .values()
+                .filter(|h| h.state == HostState::RolledBack)
+                .count();
+            self.event(
+                out,
+                "rollout.finished",
+                None,
+                format!("Aborted rollout settled: {rolled} hosts rolled back."),
+                json!({ "rolled_back": rolled }),
+            );
         }
     }
 }

@@ -56,9 +56,9 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration such as `2s` or `500ms`")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dur, E> {
-                parse_duration(v)
-                    .map(Dur)
-                    .ok_or_else(|| E::custom(format!("`{v}` is not a duration such as `2s` or `500ms`")))
+                parse_duration(v).map(Dur).ok_or_else(|| {
+                    E::custom(format!("`{v}` is not a duration such as `2s` or `500ms`"))
+                })
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Dur, E> {
                 self.visit_str(&v.to_string())
@@ -96,7 +96,12 @@ pub fn parse_plan(yaml: &str, file: &str) -> Result<Plan, PlanError> {
             _ => text,
         };
         let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-        PlanError { file: file.to_string(), line, column, message }
+        PlanError {
+            file: file.to_string(),
+            line,
+            column,
+            message,
+        }
     })
 }
 
@@ -253,7 +258,10 @@ impl Plan {
 
     /// The first remediation rule whose pattern matches one of `findings`, with the action it
     /// resolves to for that finding.
-    pub fn remediation_for<'f>(&self, findings: &'f [Finding]) -> Option<(usize, &'f Finding, ActionSpec)> {
+    pub fn remediation_for<'f>(
+        &self,
+        findings: &'f [Finding],
+    ) -> Option<(usize, &'f Finding, ActionSpec)> {
         for (i, rule) in self.remediation.iter().enumerate() {
             for f in findings {
                 if rule.pattern.matches(f) {
@@ -374,9 +382,16 @@ pub struct Targets {
 
 impl Targets {
     /// Whether a host with these labels and profile attributes is a target.
-    pub fn matches(&self, labels: &BTreeMap<String, String>, attributes: &BTreeMap<String, String>) -> bool {
+    pub fn matches(
+        &self,
+        labels: &BTreeMap<String, String>,
+        attributes: &BTreeMap<String, String>,
+    ) -> bool {
         self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-            && self.predicates.iter().all(|p| p.holds(attributes.get(&p.attribute.0).map(String::as_str)))
+            && self
+                .predicates
+                .iter()
+                .all(|p| p.holds(attributes.get(&p.attribute.0).map(String::as_str)))
     }
 }
 
@@ -421,13 +436,20 @@ impl Predicate {
             }
             Op::In | Op::NotIn => {
                 if self.value.is_some() || self.values.as_ref().is_none_or(Vec::is_empty) {
-                    return Err(format!("op {:?} needs a non-empty `values` list and no `value`", self.op).to_lowercase());
+                    return Err(format!(
+                        "op {:?} needs a non-empty `values` list and no `value`",
+                        self.op
+                    )
+                    .to_lowercase());
                 }
             }
             Op::Lt | Op::Le | Op::Gt | Op::Ge => {
                 let v = self.value.as_ref().ok_or("this op needs `value`")?;
                 if v.0.trim().parse::<f64>().map_or(true, |x| !x.is_finite()) {
-                    return Err(format!("value {:?} must be a number for a numeric comparison", v.0));
+                    return Err(format!(
+                        "value {:?} must be a number for a numeric comparison",
+                        v.0
+                    ));
                 }
                 if self.values.is_some() {
                     return Err("this op takes `value`, not `values`".into());
@@ -657,10 +679,17 @@ impl<'de> Deserialize<'de> for Waves {
 impl Serialize for Waves {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let raw = match self {
-            Waves::Fixed(v) => RawWaves { fixed: Some(v.clone()), adaptive: None },
-            Waves::Adaptive { start, factor } => {
-                RawWaves { fixed: None, adaptive: Some(RawAdaptive { start: *start, factor: *factor }) }
-            }
+            Waves::Fixed(v) => RawWaves {
+                fixed: Some(v.clone()),
+                adaptive: None,
+            },
+            Waves::Adaptive { start, factor } => RawWaves {
+                fixed: None,
+                adaptive: Some(RawAdaptive {
+                    start: *start,
+                    factor: *factor,
+                }),
+            },
         };
         raw.serialize(s)
     }
@@ -681,11 +710,17 @@ impl TryFrom<RawWaves> for Waves {
                         return Err(format!("wave {} percentage {p} is not in (0, 100]", i + 1));
                     }
                     if i > 0 && *p <= v[i - 1] {
-                        return Err(format!("wave percentages are cumulative and must increase: {p} follows {}", v[i - 1]));
+                        return Err(format!(
+                            "wave percentages are cumulative and must increase: {p} follows {}",
+                            v[i - 1]
+                        ));
                     }
                 }
                 if v[v.len() - 1] != 100.0 {
-                    return Err(format!("the last wave must reach 100, not {}", v[v.len() - 1]));
+                    return Err(format!(
+                        "the last wave must reach 100, not {}",
+                        v[v.len() - 1]
+                    ));
                 }
                 Ok(Waves::Fixed(v))
             }
@@ -696,7 +731,10 @@ impl TryFrom<RawWaves> for Waves {
                 if !(a.factor.is_finite() && (1.0..=100.0).contains(&a.factor)) {
                     return Err(format!("adaptive factor {} is not in [1, 100]", a.factor));
                 }
-                Ok(Waves::Adaptive { start: a.start, factor: a.factor })
+                Ok(Waves::Adaptive {
+                    start: a.start,
+                    factor: a.factor,
+                })
             }
         }
     }
@@ -737,7 +775,10 @@ fn d_weight() -> f64 {
 impl MetricRule {
     fn check(&self) -> Result<(), String> {
         if !(self.threshold_pct.is_finite() && self.threshold_pct >= 0.0) {
-            return Err(format!("threshold_pct {} must be a number ≥ 0", self.threshold_pct));
+            return Err(format!(
+                "threshold_pct {} must be a number ≥ 0",
+                self.threshold_pct
+            ));
         }
         if !(self.weight.is_finite() && self.weight >= 0.0) {
             return Err(format!("weight {} must be a number ≥ 0", self.weight));
@@ -810,14 +851,18 @@ impl JudgeSettings {
         if !(self.confidence > 0.5 && self.confidence < 1.0) {
             return Err(format!("confidence {} is not in (0.5, 1)", self.confidence));
         }
-        if !(0.0..=100.0).contains(&self.marginal) || !(self.marginal..=100.0).contains(&self.pass) {
+        if !(0.0..=100.0).contains(&self.marginal) || !(self.marginal..=100.0).contains(&self.pass)
+        {
             return Err(format!(
                 "need 0 ≤ marginal ≤ pass ≤ 100, got marginal {} and pass {}",
                 self.marginal, self.pass
             ));
         }
         if self.min_samples < 2 {
-            return Err(format!("min_samples {} must be at least 2", self.min_samples));
+            return Err(format!(
+                "min_samples {} must be at least 2",
+                self.min_samples
+            ));
         }
         Ok(())
     }
@@ -876,7 +921,10 @@ impl Analysis {
             }
         }
         if !(self.severity_fail > 0.0 && self.severity_fail <= 1.0) {
-            return Err(format!("severity_fail {} is not in (0, 1]", self.severity_fail));
+            return Err(format!(
+                "severity_fail {} is not in (0, 1]",
+                self.severity_fail
+            ));
         }
         Ok(())
     }
@@ -915,7 +963,9 @@ impl Limit {
     pub fn reached(&self, failed_total: usize, failed_in_wave: usize, wave_size: usize) -> bool {
         self.hosts.is_some_and(|k| failed_total >= k as usize)
             || self.wave_pct.is_some_and(|p| {
-                wave_size > 0 && failed_in_wave > 0 && failed_in_wave as f64 * 100.0 / wave_size as f64 >= p
+                wave_size > 0
+                    && failed_in_wave > 0
+                    && failed_in_wave as f64 * 100.0 / wave_size as f64 >= p
             })
     }
 }
@@ -944,10 +994,16 @@ checked! {
 }
 
 fn d_pause_when() -> Limit {
-    Limit { hosts: Some(3), wave_pct: Some(30.0) }
+    Limit {
+        hosts: Some(3),
+        wave_pct: Some(30.0),
+    }
 }
 fn d_slow_down_when() -> Limit {
-    Limit { hosts: Some(2), wave_pct: None }
+    Limit {
+        hosts: Some(2),
+        wave_pct: None,
+    }
 }
 
 impl Default for RollbackPolicy {
@@ -1012,7 +1068,9 @@ impl From<ActionTemplate> for serde_json::Value {
 impl TryFrom<RawAction> for ActionTemplate {
     type Error = String;
     fn try_from(r: RawAction) -> Result<Self, String> {
-        let t = ActionTemplate { wire: r.into_wire()? };
+        let t = ActionTemplate {
+            wire: r.into_wire()?,
+        };
         // A template must resolve against a finding of the kind it needs.
         let probe = |attr: &str| Finding {
             category: DriftCategory::Configuration,
@@ -1039,7 +1097,10 @@ impl ActionTemplate {
         match w.get("builtin").and_then(|b| b.as_str()) {
             Some("restore_file") if !w.contains_key("path") => {
                 let p = f.attribute.strip_prefix("file:").ok_or_else(|| {
-                    format!("restore_file without `path` needs a `file:PATH` finding, not {:?}", f.attribute)
+                    format!(
+                        "restore_file without `path` needs a `file:PATH` finding, not {:?}",
+                        f.attribute
+                    )
                 })?;
                 let p = p.split('?').next().unwrap_or(p);
                 w.insert("path".into(), p.into());
@@ -1095,7 +1156,9 @@ fn d_no_data_after() -> Dur {
 
 impl Default for NoDataRule {
     fn default() -> Self {
-        NoDataRule { after: d_no_data_after() }
+        NoDataRule {
+            after: d_no_data_after(),
+        }
     }
 }
 

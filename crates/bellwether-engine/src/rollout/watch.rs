@@ -15,7 +15,9 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bellwether_detect::judge::{self, JudgeConfig, MetricConfig, Outcome};
-use bellwether_detect::threshold::{Direction, Observation, SeverityScorer, ThresholdConfig, ThresholdError, ThresholdWatch};
+use bellwether_detect::threshold::{
+    Direction, Observation, SeverityScorer, ThresholdConfig, ThresholdError, ThresholdWatch,
+};
 use bellwether_model::HostName;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -29,7 +31,11 @@ pub mod synthetic;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WatchError {
     #[error("host {host}: metric {metric}: {source}")]
-    Threshold { host: HostName, metric: String, source: ThresholdError },
+    Threshold {
+        host: HostName,
+        metric: String,
+        source: ThresholdError,
+    },
     #[error("host {host}: metric {metric} is not in the plan's analysis")]
     UnknownMetric { host: HostName, metric: String },
 }
@@ -63,7 +69,10 @@ pub struct HostWatcher {
 
 impl std::fmt::Debug for HostWatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostWatcher").field("host", &self.host).field("applied_ms", &self.applied_ms).finish_non_exhaustive()
+        f.debug_struct("HostWatcher")
+            .field("host", &self.host)
+            .field("applied_ms", &self.applied_ms)
+            .finish_non_exhaustive()
     }
 }
 
@@ -88,7 +97,11 @@ impl HostWatcher {
             baselines: self
                 .metrics
                 .iter()
-                .filter_map(|m| self.applied_ms.and(m.watch.baseline()).map(|b| (m.rule.name.0.clone(), b)))
+                .filter_map(|m| {
+                    self.applied_ms
+                        .and(m.watch.baseline())
+                        .map(|b| (m.rule.name.0.clone(), b))
+                })
                 .collect(),
             drift_before: self.drift_before,
         }
@@ -104,9 +117,12 @@ impl HostWatcher {
             w.applied_ms = Some(applied);
             for m in &mut w.metrics {
                 if let Some(b) = snap.baselines.get(&m.rule.name.0) {
-                    m.watch = ThresholdWatch::with_fixed_baseline(m.watch.config().clone(), *b).map_err(|source| {
-                        WatchError::Threshold { host: snap.host.clone(), metric: m.rule.name.0.clone(), source }
-                    })?;
+                    m.watch = ThresholdWatch::with_fixed_baseline(m.watch.config().clone(), *b)
+                        .map_err(|source| WatchError::Threshold {
+                            host: snap.host.clone(),
+                            metric: m.rule.name.0.clone(),
+                            source,
+                        })?;
                 } else {
                     w.warming_at_apply.push(m.rule.name.0.clone());
                 }
@@ -120,7 +136,8 @@ impl HostWatcher {
         let a = &plan.analysis;
         let interval = ms(a.interval.0).max(1);
         let min_samples = ((ms(a.baseline.0) / interval / 2).max(1)) as usize;
-        let capacity = (((ms(a.baseline.0) + 2 * plan.bake_ms()) / interval) as usize + 16).min(4096);
+        let capacity =
+            (((ms(a.baseline.0) + 2 * plan.bake_ms()) / interval) as usize + 16).min(4096);
         let mut metrics = Vec::new();
         for rule in &a.metrics {
             let cfg = ThresholdConfig::new(a.baseline.0, rule.threshold_pct, rule.direction)
@@ -132,11 +149,20 @@ impl HostWatcher {
                 metric: rule.name.0.clone(),
                 source,
             })?;
-            metrics.push(MetricWatch { rule: rule.clone(), watch, last: None, recent: VecDeque::new(), last_ts: None });
+            metrics.push(MetricWatch {
+                rule: rule.clone(),
+                watch,
+                last: None,
+                recent: VecDeque::new(),
+                last_ts: None,
+            });
         }
-        let scorer = SeverityScorer::new(a.metrics.iter().map(|m| (m.name.0.clone(), m.weight))).map_err(|source| {
-            WatchError::Threshold { host: host.clone(), metric: "weights".into(), source }
-        })?;
+        let scorer = SeverityScorer::new(a.metrics.iter().map(|m| (m.name.0.clone(), m.weight)))
+            .map_err(|source| WatchError::Threshold {
+                host: host.clone(),
+                metric: "weights".into(),
+                source,
+            })?;
         Ok(HostWatcher {
             host,
             metrics,
@@ -169,16 +195,22 @@ impl HostWatcher {
     pub fn observe(&mut self, ts_ms: i64, metric: &str, value: f64) -> Result<(), WatchError> {
         let host = &self.host;
         let Some(m) = self.metrics.iter_mut().find(|m| m.rule.name.0 == metric) else {
-            return Err(WatchError::UnknownMetric { host: host.clone(), metric: metric.to_string() });
+            return Err(WatchError::UnknownMetric {
+                host: host.clone(),
+                metric: metric.to_string(),
+            });
         };
         if !value.is_finite() {
             return Ok(());
         }
-        let o = m.watch.observe(ts_ms, value).map_err(|source| WatchError::Threshold {
-            host: host.clone(),
-            metric: metric.to_string(),
-            source,
-        })?;
+        let o = m
+            .watch
+            .observe(ts_ms, value)
+            .map_err(|source| WatchError::Threshold {
+                host: host.clone(),
+                metric: metric.to_string(),
+                source,
+            })?;
         m.last = Some(o);
         m.last_ts = Some(ts_ms);
         m.recent.push_back((ts_ms, value));
@@ -222,7 +254,13 @@ impl HostWatcher {
         self.metrics
             .iter()
             .find(|m| m.rule.name.0 == metric)
-            .map(|m| m.recent.iter().filter(|(t, _)| *t >= from_ms).map(|(_, v)| *v).collect())
+            .map(|m| {
+                m.recent
+                    .iter()
+                    .filter(|(t, _)| *t >= from_ms)
+                    .map(|(_, v)| *v)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -248,8 +286,11 @@ impl HostWatcher {
         let Some(applied) = self.applied_ms else {
             return WatchVerdict::Healthy;
         };
-        let latest: Vec<(&str, &Observation)> =
-            self.metrics.iter().filter_map(|m| m.last.as_ref().map(|o| (m.rule.name.0.as_str(), o))).collect();
+        let latest: Vec<(&str, &Observation)> = self
+            .metrics
+            .iter()
+            .filter_map(|m| m.last.as_ref().map(|o| (m.rule.name.0.as_str(), o)))
+            .collect();
         let severity = self.scorer.score(latest.iter().copied());
         let reasons: Vec<Value> = severity
             .reasons
@@ -264,20 +305,36 @@ impl HostWatcher {
             .map(|m| m.rule.name.0.as_str())
             .collect();
         if !critical.is_empty() {
-            let text = severity.reasons.iter().filter(|r| critical.contains(&r.metric.as_str())).map(|r| r.to_string()).collect::<Vec<_>>().join("; ");
+            let text = severity
+                .reasons
+                .iter()
+                .filter(|r| critical.contains(&r.metric.as_str()))
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
             return WatchVerdict::Critical {
                 reason: format!("critical metric breached: {text}"),
                 figures: json!({ "severity": severity.score, "critical": critical, "reasons": reasons, "applied_ms": applied }),
             };
         }
         if severity.score >= self.severity_fail {
-            let text = severity.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ");
+            let text = severity
+                .reasons
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
             return WatchVerdict::Failing {
-                reason: format!("severity {:.2} ≥ {:.2}: {text}", severity.score, self.severity_fail),
+                reason: format!(
+                    "severity {:.2} ≥ {:.2}: {text}",
+                    severity.score, self.severity_fail
+                ),
                 figures: json!({ "severity": severity.score, "severity_fail": self.severity_fail, "reasons": reasons, "applied_ms": applied }),
             };
         }
-        if let (Some(limit), Some(before), Some(now)) = (self.drift_rise_limit, self.drift_before, self.drift_now) {
+        if let (Some(limit), Some(before), Some(now)) =
+            (self.drift_rise_limit, self.drift_before, self.drift_now)
+        {
             if now - before > limit {
                 return WatchVerdict::Failing {
                     reason: format!("drift rose by {:.3} (from {before:.3} to {now:.3}), above the limit {limit}", now - before),
@@ -297,7 +354,10 @@ impl HostWatcher {
         if !self.judge.enabled {
             return None;
         }
-        let controls: Vec<&&HostWatcher> = controls.iter().filter(|c| c.applied_ms.is_none() && c.host != self.host).collect();
+        let controls: Vec<&&HostWatcher> = controls
+            .iter()
+            .filter(|c| c.applied_ms.is_none() && c.host != self.host)
+            .collect();
         if controls.is_empty() {
             return None;
         }
@@ -307,7 +367,10 @@ impl HostWatcher {
         for m in &self.metrics {
             let name = &m.rule.name.0;
             let exp = self.values_since(name, applied);
-            let ctl: Vec<f64> = controls.iter().flat_map(|c| c.values_since(name, applied)).collect();
+            let ctl: Vec<f64> = controls
+                .iter()
+                .flat_map(|c| c.values_since(name, applied))
+                .collect();
             if exp.len() < min || ctl.len() < min {
                 continue;
             }
@@ -348,11 +411,19 @@ impl HostWatcher {
         let critical = j.metrics.iter().any(|r| r.critical_failure);
         match j.outcome {
             Outcome::Fail if critical => Some(WatchVerdict::Critical {
-                reason: format!("the canary judge failed a critical metric against {} control hosts", controls.len()),
+                reason: format!(
+                    "the canary judge failed a critical metric against {} control hosts",
+                    controls.len()
+                ),
                 figures,
             }),
             Outcome::Fail => Some(WatchVerdict::Failing {
-                reason: format!("the canary judge scored {:.0} (below {:.0}) against {} control hosts", j.score, jc.marginal, controls.len()),
+                reason: format!(
+                    "the canary judge scored {:.0} (below {:.0}) against {} control hosts",
+                    j.score,
+                    jc.marginal,
+                    controls.len()
+                ),
                 figures,
             }),
             _ => None,

@@ -15,11 +15,17 @@ use bellwether_proxy::pg;
 
 /// A free TCP port on loopback (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
 
 /// The directory of the newest installed PostgreSQL server binaries.
@@ -47,12 +53,17 @@ pub fn client_bin(name: &str, package: &str) -> PathBuf {
     if local.exists() {
         return local;
     }
-    which(name).unwrap_or_else(|| panic!("`{name}` is not installed: install the Debian package `{package}`"))
+    which(name).unwrap_or_else(|| {
+        panic!("`{name}` is not installed: install the Debian package `{package}`")
+    })
 }
 
 pub fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.exists()))
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|p| p.exists())
+    })
 }
 
 /// Runs a PostgreSQL program, as the `postgres` user when this process is root.
@@ -67,7 +78,9 @@ fn pg_command(program: &Path) -> Command {
 }
 
 fn run_ok(mut c: Command, what: &str) -> Output {
-    let out = c.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     assert!(
         out.status.success(),
         "{what} failed: {}\n{}",
@@ -88,7 +101,10 @@ impl PgCluster {
     /// initdb (trust auth, superuser `postgres`), extra `postgresql.conf` lines, start.
     pub fn start(extra_conf: &[&str]) -> PgCluster {
         let bin = pg_bin();
-        let dir = tempfile::Builder::new().prefix("bellwether-pg").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("bellwether-pg")
+            .tempdir()
+            .unwrap();
         if is_root() {
             run_ok(
                 {
@@ -101,7 +117,9 @@ impl PgCluster {
         }
         let data = dir.path().join("data");
         let mut c = pg_command(&bin.join("initdb"));
-        c.arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
+        c.arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
         run_ok(c, "initdb");
         let mut conf = format!(
             "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n",
@@ -112,22 +130,40 @@ impl PgCluster {
             conf.push('\n');
         }
         let conf_path = data.join("postgresql.conf");
-        let mut f = std::fs::OpenOptions::new().append(true).open(&conf_path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&conf_path)
+            .unwrap();
         f.write_all(conf.as_bytes()).unwrap();
         // The port goes in postgresql.auto.conf, rewritten per attempt: another test may take
         // a free port between our probe and the server's bind, and then we try another.
         let mut cluster = PgCluster { dir, port: 0, bin };
         for attempt in 0..5 {
             cluster.port = free_port();
-            std::fs::write(data.join("postgresql.auto.conf"), format!("port = {}\n", cluster.port)).unwrap();
+            std::fs::write(
+                data.join("postgresql.auto.conf"),
+                format!("port = {}\n", cluster.port),
+            )
+            .unwrap();
             let mut c = pg_command(&cluster.bin.join("pg_ctl"));
-            c.arg("-D").arg(&data).arg("-l").arg(cluster.dir.path().join("log")).args(["-w", "-t", "60", "start"]);
+            c.arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(cluster.dir.path().join("log"))
+                .args(["-w", "-t", "60", "start"]);
             match c.output() {
                 Ok(out) if out.status.success() => return cluster,
                 Ok(out) if attempt < 4 => {
-                    eprintln!("pg_ctl start on port {} failed, retrying: {}", cluster.port, String::from_utf8_lossy(&out.stderr));
+                    eprintln!(
+                        "pg_ctl start on port {} failed, retrying: {}",
+                        cluster.port,
+                        String::from_utf8_lossy(&out.stderr)
+                    );
                 }
-                other => panic!("pg_ctl start failed: {other:?}\n{}", std::fs::read_to_string(cluster.dir.path().join("log")).unwrap_or_default()),
+                other => panic!(
+                    "pg_ctl start failed: {other:?}\n{}",
+                    std::fs::read_to_string(cluster.dir.path().join("log")).unwrap_or_default()
+                ),
             }
         }
         unreachable!("the last attempt panics or returns")
@@ -153,7 +189,10 @@ impl PgCluster {
 
     /// Appends lines to `postgresql.conf` (they apply at the next start).
     pub fn append_conf(&self, lines: &[&str]) {
-        let mut f = std::fs::OpenOptions::new().append(true).open(self.data_dir().join("postgresql.conf")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data_dir().join("postgresql.conf"))
+            .unwrap();
         for l in lines {
             writeln!(f, "{l}").unwrap();
         }
@@ -161,13 +200,19 @@ impl PgCluster {
 
     pub fn pg_ctl_start(&self) {
         let mut c = pg_command(&self.bin.join("pg_ctl"));
-        c.arg("-D").arg(self.data_dir()).arg("-l").arg(self.dir.path().join("log")).args(["-w", "-t", "60", "start"]);
+        c.arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.dir.path().join("log"))
+            .args(["-w", "-t", "60", "start"]);
         run_ok(c, "pg_ctl start");
     }
 
     pub fn stop(&self) {
         let mut c = pg_command(&self.bin.join("pg_ctl"));
-        c.arg("-D").arg(self.data_dir()).args(["-m", "immediate", "-w", "stop"]);
+        c.arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "immediate", "-w", "stop"]);
         let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
     }
 
@@ -184,10 +229,25 @@ impl PgCluster {
     /// Runs SQL with psql and returns its unaligned output.
     pub fn psql(&self, sql: &str) -> String {
         let mut c = Command::new(client_bin("psql", "postgresql-client"));
-        c.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-p"])
-            .arg(self.port.to_string())
-            .args(["-c", sql]);
-        String::from_utf8_lossy(&run_ok(c, "psql").stdout).trim().to_string()
+        c.args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-p",
+        ])
+        .arg(self.port.to_string())
+        .args(["-c", sql]);
+        String::from_utf8_lossy(&run_ok(c, "psql").stdout)
+            .trim()
+            .to_string()
     }
 
     /// Gives `postgres` a password and makes TCP connections authenticate with SCRAM-SHA-256
@@ -206,7 +266,19 @@ impl PgCluster {
     /// `pgbench -i` at scale 1.
     pub fn pgbench_init(&self) {
         let mut c = Command::new(client_bin("pgbench", "postgresql-contrib"));
-        c.args(["-i", "-q", "-s", "1", "-h", "127.0.0.1", "-U", "postgres", "-p"]).arg(self.port.to_string()).arg("postgres");
+        c.args([
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+        ])
+        .arg(self.port.to_string())
+        .arg("postgres");
         run_ok(c, "pgbench -i");
     }
 }
@@ -260,10 +332,21 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        let bin = which("redis-server").unwrap_or_else(|| panic!("`redis-server` is not installed: install the Debian package `redis-server`"));
+        let bin = which("redis-server").unwrap_or_else(|| {
+            panic!("`redis-server` is not installed: install the Debian package `redis-server`")
+        });
         let port = free_port();
         let child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -304,14 +387,27 @@ impl MiniClient {
     pub fn connect(addr: &str) -> MiniClient {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        s.write_all(&pg::encode_startup(&[("user".into(), "postgres".into()), ("database".into(), "postgres".into())])).unwrap();
+        s.write_all(&pg::encode_startup(&[
+            ("user".into(), "postgres".into()),
+            ("database".into(), "postgres".into()),
+        ]))
+        .unwrap();
         let mut c = MiniClient { s, key: None };
         let msgs = c.read_until_ready().expect("startup");
-        c.key = msgs.iter().find(|m| m.tag == b'K' && m.body.len() == 8).map(|m| {
-            let b = &m.body;
-            (i32::from_be_bytes([b[0], b[1], b[2], b[3]]), i32::from_be_bytes([b[4], b[5], b[6], b[7]]))
-        });
-        assert!(msgs.iter().any(|m| m.tag == b'R'), "no authentication message: {msgs:?}");
+        c.key = msgs
+            .iter()
+            .find(|m| m.tag == b'K' && m.body.len() == 8)
+            .map(|m| {
+                let b = &m.body;
+                (
+                    i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                    i32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                )
+            });
+        assert!(
+            msgs.iter().any(|m| m.tag == b'R'),
+            "no authentication message: {msgs:?}"
+        );
         c
     }
 
@@ -338,7 +434,9 @@ impl MiniClient {
 
     /// Runs one query; returns the first column of each row, or the error message.
     pub fn query(&mut self, sql: &str) -> Result<Vec<String>, String> {
-        self.s.write_all(&pg::encode_query(sql)).map_err(|e| e.to_string())?;
+        self.s
+            .write_all(&pg::encode_query(sql))
+            .map_err(|e| e.to_string())?;
         let msgs = self.read_until_ready().map_err(|e| e.to_string())?;
         if let Some(e) = msgs.iter().find(|m| m.tag == b'E') {
             return Err(pg::error_field(&e.body, b'M').unwrap_or_default());

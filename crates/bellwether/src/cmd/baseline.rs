@@ -27,7 +27,12 @@ struct CaptureArgs {
     #[command(flatten)]
     client: ClientArgs,
     /// A host to capture; repeat for several.
-    #[arg(long = "host", value_name = "H", required_unless_present = "all", conflicts_with = "all")]
+    #[arg(
+        long = "host",
+        value_name = "H",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
     hosts: Vec<String>,
     /// Capture every enrolled host.
     #[arg(long)]

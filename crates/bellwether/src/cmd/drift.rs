@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use bellwether_drift::score::{fmt_num, score_checked};
-use bellwether_drift::{score_prepared, PreparedProfile};
 use bellwether_drift::synth::{perturb, profile_of, HostSpec, SplitMix64};
+use bellwether_drift::{score_prepared, PreparedProfile};
 use bellwether_model::profile::DependencyStatus;
 use bellwether_model::{DriftScore, HostProfile};
 
@@ -49,7 +49,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return super::fleet::run(a);
     }
     let (Some(bpath), Some(cpath)) = (args.baseline, args.current) else {
-        return Err(UsageError("give BASELINE.json and CURRENT.json, or `drift fleet`".into()).into());
+        return Err(
+            UsageError("give BASELINE.json and CURRENT.json, or `drift fleet`".into()).into(),
+        );
     };
     let baseline = read_profile(&bpath)?;
     let current = read_profile(&cpath)?;
@@ -64,7 +66,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Reads a profile; errors name the file, line, column and field.
 pub fn read_profile(path: &Path) -> anyhow::Result<HostProfile> {
-    let text = std::fs::read_to_string(path).map_err(|e| UsageError(format!("could not read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("could not read {}: {e}", path.display())))?;
     bellwether_drift::json::parse_profile(&text)
         .map_err(|e| UsageError(format!("{} is not a host profile: {e}", path.display())).into())
 }
@@ -73,8 +76,17 @@ pub fn read_profile(path: &Path) -> anyhow::Result<HostProfile> {
 pub fn human(s: &DriftScore, host: Option<&str>) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let _ = writeln!(out, "Drift of {} from its baseline", host.unwrap_or("the host"));
-    for (name, v) in [("configuration", s.configuration), ("performance", s.performance), ("dependency", s.dependency), ("overall", s.overall)] {
+    let _ = writeln!(
+        out,
+        "Drift of {} from its baseline",
+        host.unwrap_or("the host")
+    );
+    for (name, v) in [
+        ("configuration", s.configuration),
+        ("performance", s.performance),
+        ("dependency", s.dependency),
+        ("overall", s.overall),
+    ] {
         let _ = writeln!(out, "  {name:<14} {v}");
     }
     if s.findings.is_empty() {
@@ -93,8 +105,17 @@ pub fn human(s: &DriftScore, host: Option<&str>) -> String {
         .findings
         .iter()
         .map(|f| {
-            let cat = serde_json::to_value(f.category).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-            [f.weight.to_string(), cat, f.attribute.clone(), cell(&f.baseline), cell(&f.current)]
+            let cat = serde_json::to_value(f.category)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            [
+                f.weight.to_string(),
+                cat,
+                f.attribute.clone(),
+                cell(&f.baseline),
+                cell(&f.current),
+            ]
         })
         .collect();
     let head = ["WEIGHT", "CATEGORY", "ATTRIBUTE", "BASELINE", "CURRENT"];
@@ -106,7 +127,11 @@ pub fn human(s: &DriftScore, host: Option<&str>) -> String {
     }
     out.push('\n');
     for r in std::iter::once(head.map(str::to_owned)).chain(rows) {
-        let line: Vec<String> = r.iter().zip(width).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(width)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
     out
@@ -152,16 +177,34 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // with two declared dependencies; every pair is one of them against a random perturbation.
     let hosts: Vec<HostProfile> = (0..args.hosts)
         .map(|i| {
-            let mut p = profile_of(&HostSpec::generate(args.seed.wrapping_mul(1000) + i, &format!("host-{i}"), args.packages));
+            let mut p = profile_of(&HostSpec::generate(
+                args.seed.wrapping_mul(1000) + i,
+                &format!("host-{i}"),
+                args.packages,
+            ));
             p.dependencies = vec![
-                DependencyStatus { name: "db".into(), endpoint: "10.0.0.5:5432".into(), reachable: true, latency_ms: Some(0.8) },
-                DependencyStatus { name: "cache".into(), endpoint: "10.0.0.6:6379".into(), reachable: true, latency_ms: Some(0.3) },
+                DependencyStatus {
+                    name: "db".into(),
+                    endpoint: "10.0.0.5:5432".into(),
+                    reachable: true,
+                    latency_ms: Some(0.8),
+                },
+                DependencyStatus {
+                    name: "cache".into(),
+                    endpoint: "10.0.0.6:6379".into(),
+                    reachable: true,
+                    latency_ms: Some(0.3),
+                },
             ];
             p
         })
         .collect();
     // The baselines are prepared once, as a server prepares a baseline when it is captured.
-    let prepared: Vec<PreparedProfile> = if args.plain { Vec::new() } else { hosts.iter().cloned().map(PreparedProfile::new).collect() };
+    let prepared: Vec<PreparedProfile> = if args.plain {
+        Vec::new()
+    } else {
+        hosts.iter().cloned().map(PreparedProfile::new).collect()
+    };
     let mut rng = SplitMix64::new(args.seed);
     let mut scored = 0usize;
     let (mut timed, mut prep) = (Clock::default(), Clock::default());
@@ -190,7 +233,12 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             // Preparing a current profile is paid once when it arrives, not on each scoring; it
             // is timed apart. The batch is generated whole first, so the preparation reads cold
             // profiles too.
-            let currents: Vec<(usize, PreparedProfile)> = prep.run(|| pairs.into_iter().map(|(i, p)| (i, PreparedProfile::new(p))).collect());
+            let currents: Vec<(usize, PreparedProfile)> = prep.run(|| {
+                pairs
+                    .into_iter()
+                    .map(|(i, p)| (i, PreparedProfile::new(p)))
+                    .collect()
+            });
             timed.run(|| {
                 for (i, current) in &currents {
                     for _ in 0..args.repeat.max(1) {
@@ -246,7 +294,10 @@ struct Clock {
 
 impl Default for Clock {
     fn default() -> Self {
-        Clock { wall: Duration::ZERO, cpu: Some(Duration::ZERO) }
+        Clock {
+            wall: Duration::ZERO,
+            cpu: Some(Duration::ZERO),
+        }
     }
 }
 
@@ -266,7 +317,9 @@ impl Clock {
 /// CPU time this thread has run, from `/proc/thread-self/schedstat` (Linux).
 pub fn thread_cpu_time() -> Option<Duration> {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    Some(Duration::from_nanos(s.split_whitespace().next()?.parse().ok()?))
+    Some(Duration::from_nanos(
+        s.split_whitespace().next()?.parse().ok()?,
+    ))
 }
 
 #[cfg(test)]
@@ -297,11 +350,24 @@ mod tests {
     fn read_profile_errors_name_file_line_and_field() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.json");
-        std::fs::write(&path, "{\n \"hostname\": \"a\",\n \"hardware\": {\"cpu_count\": -1}\n}\n").unwrap();
+        std::fs::write(
+            &path,
+            "{\n \"hostname\": \"a\",\n \"hardware\": {\"cpu_count\": -1}\n}\n",
+        )
+        .unwrap();
         let err = format!("{:#}", read_profile(&path).unwrap_err());
-        assert!(err.contains("b.json is not a host profile: line 3, column"), "{err}");
+        assert!(
+            err.contains("b.json is not a host profile: line 3, column"),
+            "{err}"
+        );
         assert!(err.contains("field hardware.cpu_count"), "{err}");
-        let missing = format!("{:#}", read_profile(&dir.path().join("nope.json")).unwrap_err());
-        assert!(missing.starts_with("could not read ") && missing.contains("nope.json"), "{missing}");
+        let missing = format!(
+            "{:#}",
+            read_profile(&dir.path().join("nope.json")).unwrap_err()
+        );
+        assert!(
+            missing.starts_with("could not read ") && missing.contains("nope.json"),
+            "{missing}"
+        );
     }
 }

@@ -56,23 +56,50 @@ pub fn render(fleet: &FleetDrift, peer_label: &str, server: &str) -> String {
         .map(|h| {
             let s = &h.score;
             let (o, c, p, d) = if h.has_baseline {
-                (s.overall.to_string(), s.configuration.to_string(), s.performance.to_string(), s.dependency.to_string())
+                (
+                    s.overall.to_string(),
+                    s.configuration.to_string(),
+                    s.performance.to_string(),
+                    s.dependency.to_string(),
+                )
             } else {
                 ("-".into(), "-".into(), "-".into(), "-".into())
             };
             let top = if !h.has_baseline {
                 "no baseline".to_string()
             } else {
-                s.findings.first().map(|f| f.attribute.clone()).unwrap_or_else(|| "-".into())
+                s.findings
+                    .first()
+                    .map(|f| f.attribute.clone())
+                    .unwrap_or_else(|| "-".into())
             };
             vec![h.name.to_string(), o, c, p, d, labels_text(&h.labels), top]
         })
         .collect();
-    out.push_str(&table(&["HOST", "OVERALL", "CONFIG", "PERF", "DEPEND", "LABELS", "TOP FINDING"], &rows));
-    let drifted: Vec<_> = fleet.hosts.iter().filter(|h| !h.score.findings.is_empty()).collect();
+    out.push_str(&table(
+        &[
+            "HOST",
+            "OVERALL",
+            "CONFIG",
+            "PERF",
+            "DEPEND",
+            "LABELS",
+            "TOP FINDING",
+        ],
+        &rows,
+    ));
+    let drifted: Vec<_> = fleet
+        .hosts
+        .iter()
+        .filter(|h| !h.score.findings.is_empty())
+        .collect();
     if !drifted.is_empty() {
         let _ = writeln!(out);
-        let _ = writeln!(out, "Findings (top {} per host):", bellwether_server::types::FLEET_TOP_FINDINGS);
+        let _ = writeln!(
+            out,
+            "Findings (top {} per host):",
+            bellwether_server::types::FLEET_TOP_FINDINGS
+        );
         for h in drifted {
             let _ = writeln!(out, "{} (overall {})", h.name, h.score.overall);
             for f in &h.score.findings {
@@ -82,13 +109,30 @@ pub fn render(fleet: &FleetDrift, peer_label: &str, server: &str) -> String {
     }
     let _ = writeln!(out);
     if fleet.peer_outliers.is_empty() {
-        let _ = writeln!(out, "No host differs from its peers (grouped by label `{}`).", peer_label);
+        let _ = writeln!(
+            out,
+            "No host differs from its peers (grouped by label `{}`).",
+            peer_label
+        );
     } else {
-        let _ = writeln!(out, "Hosts that differ from their peers (grouped by label `{}`):", peer_label);
+        let _ = writeln!(
+            out,
+            "Hosts that differ from their peers (grouped by label `{}`):",
+            peer_label
+        );
         for o in &fleet.peer_outliers {
-            let _ = writeln!(out, "{} ({}={}, {} peers): {} difference(s)", o.host, o.label, o.value, o.peers, o.differences.len());
+            let _ = writeln!(
+                out,
+                "{} ({}={}, {} peers): {} difference(s)",
+                o.host,
+                o.label,
+                o.value,
+                o.peers,
+                o.differences.len()
+            );
             for d in o.differences.iter().take(5) {
-                let _ = writeln!(out, 
+                let _ = writeln!(
+                    out,
                     "  {}: {} here, {} on {} of {} peers",
                     d.attribute,
                     d.host.as_deref().unwrap_or("absent"),
@@ -108,7 +152,9 @@ pub fn render(fleet: &FleetDrift, peer_label: &str, server: &str) -> String {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let client = args.client.client()?;
     let rt = runtime()?;
-    let mut fleet = rt.block_on(client.fleet_drift(Some(&args.peer_label))).map_err(client_error)?;
+    let mut fleet = rt
+        .block_on(client.fleet_drift(Some(&args.peer_label)))
+        .map_err(client_error)?;
     if let Some(n) = args.top {
         fleet.hosts.truncate(n);
     }
@@ -188,7 +234,13 @@ web-02 (role=web, 3 peers): 1 difference(s)
   package:openssl: 3.1.4 here, 3.0.11 on 2 of 3 peers
 ";
         assert_eq!(text, expected);
-        let empty = FleetDrift { hosts: vec![], peer_outliers: vec![] };
-        assert_eq!(render(&empty, "role", "http://s"), "No hosts have enrolled with http://s yet.\n");
+        let empty = FleetDrift {
+            hosts: vec![],
+            peer_outliers: vec![],
+        };
+        assert_eq!(
+            render(&empty, "role", "http://s"),
+            "No hosts have enrolled with http://s yet.\n"
+        );
     }
 }

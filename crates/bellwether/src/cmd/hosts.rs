@@ -49,7 +49,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         labels_text(&h.labels),
                         age(h.last_seen_ms),
                         if h.has_baseline { "yes" } else { "no" }.to_string(),
-                        h.overall_drift.map(|d| format!("{d:.3}")).unwrap_or_else(|| "-".into()),
+                        h.overall_drift
+                            .map(|d| format!("{d:.3}"))
+                            .unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
@@ -59,7 +61,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let name = HostName::new(name).map_err(|e| UsageError(format!("NAME: {e}")))?;
             let detail = rt.block_on(client.host(&name)).map_err(client_error)?;
             let drift = if detail.baseline_at_ms.is_some() {
-                Some(rt.block_on(client.host_drift(&name)).map_err(client_error)?)
+                Some(
+                    rt.block_on(client.host_drift(&name))
+                        .map_err(client_error)?,
+                )
             } else {
                 None
             };
@@ -71,19 +76,39 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("Labels:    {}", labels_text(&detail.labels));
             println!("Enrolled:  {}", age(Some(detail.enrolled_at_ms)));
             println!("Last seen: {}", age(detail.last_seen_ms));
-            println!("Baseline:  {}", detail.baseline_at_ms.map(|t| format!("captured {}", age(Some(t)))).unwrap_or_else(|| "none".into()));
+            println!(
+                "Baseline:  {}",
+                detail
+                    .baseline_at_ms
+                    .map(|t| format!("captured {}", age(Some(t))))
+                    .unwrap_or_else(|| "none".into())
+            );
             match &detail.profile {
                 None => println!("Profile:   none received yet"),
                 Some(p) => {
-                    let os = p.os.as_ref().map(|o| o.pretty_name.clone().unwrap_or_else(|| format!("{} {}", o.id, o.version_id.clone().unwrap_or_default())));
+                    let os = p.os.as_ref().map(|o| {
+                        o.pretty_name.clone().unwrap_or_else(|| {
+                            format!("{} {}", o.id, o.version_id.clone().unwrap_or_default())
+                        })
+                    });
                     println!("OS:        {}", os.unwrap_or_else(|| "-".into()));
                     println!("Kernel:    {}", p.kernel.as_deref().unwrap_or("-"));
-                    println!("Packages:  {}", p.packages.as_ref().map(|m| m.len().to_string()).unwrap_or_else(|| "-".into()));
+                    println!(
+                        "Packages:  {}",
+                        p.packages
+                            .as_ref()
+                            .map(|m| m.len().to_string())
+                            .unwrap_or_else(|| "-".into())
+                    );
                     if let Some(hw) = &p.hardware {
                         println!(
                             "Hardware:  {} CPUs, {} MiB",
-                            hw.cpu_count.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
-                            hw.memory_total_kb.map(|k| (k / 1024).to_string()).unwrap_or_else(|| "?".into())
+                            hw.cpu_count
+                                .map(|c| c.to_string())
+                                .unwrap_or_else(|| "?".into()),
+                            hw.memory_total_kb
+                                .map(|k| (k / 1024).to_string())
+                                .unwrap_or_else(|| "?".into())
                         );
                     }
                     for d in &p.dependencies {

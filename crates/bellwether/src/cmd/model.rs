@@ -147,7 +147,9 @@ struct SynthArgs {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.verb {
-        Verb::Train(a) if a.history.is_none() => super::model_server::train(a.out.as_deref(), &a.client, a.output),
+        Verb::Train(a) if a.history.is_none() => {
+            super::model_server::train(a.out.as_deref(), &a.client, a.output)
+        }
         Verb::Train(a) => train(a),
         Verb::Import(a) => super::model_server::import(a),
         Verb::List(a) => super::model_server::list(a),
@@ -197,8 +199,7 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     };
     let model = Model::train(&frame, &opts).map_err(usage)?;
     let seconds = started.elapsed().as_secs_f64();
-    let file =
-        File::create(&out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let file = File::create(&out).with_context(|| format!("{}: cannot create", out.display()))?;
     let mut w = BufWriter::new(file);
     model.write(&mut w, &out.display().to_string())?;
     w.flush()

@@ -13,8 +13,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use bellwether_engine::patch::{Action, Input, Instance, MetricKind, PatchEngine, PatchPlan, PatchReport, Sample, Stage};
-use bellwether_proxy::config::{AdminState, CheckKind, Dur, HostPort, Protocol, RawBackend, RawConfig, RawListener};
+use bellwether_engine::patch::{
+    Action, Input, Instance, MetricKind, PatchEngine, PatchPlan, PatchReport, Sample, Stage,
+};
+use bellwether_proxy::config::{
+    AdminState, CheckKind, Dur, HostPort, Protocol, RawBackend, RawConfig, RawListener,
+};
 use bellwether_proxy::metrics::HistSnapshot;
 use bellwether_proxy::ProxyHandle;
 use serde_json::json;
@@ -26,7 +30,12 @@ pub struct Args {
     #[command(subcommand)]
     verb: Verb,
     /// Where patch reports are kept (one JSON file per patch, plus its log).
-    #[arg(long, global = true, env = "BELLWETHER_PATCH_DIR", default_value = ".bellwether/patches")]
+    #[arg(
+        long,
+        global = true,
+        env = "BELLWETHER_PATCH_DIR",
+        default_value = ".bellwether/patches"
+    )]
     state_dir: PathBuf,
 }
 
@@ -83,19 +92,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn unix_ms() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn load_plan(path: &Path) -> anyhow::Result<PatchPlan> {
-    let text = std::fs::read_to_string(path).map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
-    PatchPlan::parse(&path.display().to_string(), &text).map_err(|e| UsageError(e.to_string()).into())
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
+    PatchPlan::parse(&path.display().to_string(), &text)
+        .map_err(|e| UsageError(e.to_string()).into())
 }
 
 fn start(args: StartArgs, state_dir: &Path) -> anyhow::Result<ExitCode> {
     let plan = load_plan(&args.plan)?;
-    std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
     let id = args.id.clone().unwrap_or_else(|| {
-        let clean: String = plan.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
+        let clean: String = plan
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
         format!("{clean}-{}", unix_ms() / 1000)
     });
     // Fail here, not in a background log, when the original cannot be found.
@@ -105,10 +130,18 @@ fn start(args: StartArgs, state_dir: &Path) -> anyhow::Result<ExitCode> {
     if !args.wait {
         // Run the same command in the foreground of a detached child, logging to a file.
         let log_path = state_dir.join(format!("{id}.log"));
-        let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
         let exe = std::env::current_exe().context("cannot find this program's path")?;
         let mut cmd = std::process::Command::new(exe);
-        cmd.arg("patch").arg("--state-dir").arg(state_dir).arg("start").arg(&args.plan).arg("--wait").arg("--id").arg(&id);
+        cmd.arg("patch")
+            .arg("--state-dir")
+            .arg(state_dir)
+            .arg("start")
+            .arg(&args.plan)
+            .arg("--wait")
+            .arg("--id")
+            .arg(&id);
         if args.exit_when_done {
             cmd.arg("--exit-when-done");
         }
@@ -119,11 +152,21 @@ fn start(args: StartArgs, state_dir: &Path) -> anyhow::Result<ExitCode> {
             .spawn()
             .context("cannot start the patch in the background")?;
         println!("{id}");
-        eprintln!("patch {id} running in the background (pid {}); log: {}", child.id(), log_path.display());
+        eprintln!(
+            "patch {id} running in the background (pid {}); log: {}",
+            child.id(),
+            log_path.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let report = rt.block_on(run_patch(plan, id, state_dir.to_path_buf(), args.exit_when_done, args.output == OutputFormat::Human))?;
+    let report = rt.block_on(run_patch(
+        plan,
+        id,
+        state_dir.to_path_buf(),
+        args.exit_when_done,
+        args.output == OutputFormat::Human,
+    ))?;
     if args.output == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
@@ -142,10 +185,13 @@ fn proc_tree(root: u32) -> Vec<u32> {
     let mut parents: Vec<(u32, u32)> = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
                 if let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) {
-                    if let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+                    if let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse().ok())
+                    {
                         parents.push((pid, ppid));
                     }
                 }
@@ -178,7 +224,12 @@ fn proc_usage(root: u32) -> Option<(u64, u64)> {
             }
         }
         if let Ok(statm) = std::fs::read_to_string(format!("/proc/{pid}/statm")) {
-            rss += statm.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 4096;
+            rss += statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 4096;
         }
     }
     Some((ticks, rss))
@@ -209,11 +260,21 @@ struct ProxySampler {
 }
 
 impl ProxySampler {
-    fn sample(&mut self, proxy: &ProxyHandle, backend: &str, out: &mut BTreeMap<MetricKind, Option<f64>>) {
+    fn sample(
+        &mut self,
+        proxy: &ProxyHandle,
+        backend: &str,
+        out: &mut BTreeMap<MetricKind, Option<f64>>,
+    ) {
         let now = tokio::time::Instant::now();
         let Some(b) = proxy.pool().get(backend) else {
             self.last = None;
-            for k in [MetricKind::LatencyP50, MetricKind::LatencyP99, MetricKind::Throughput, MetricKind::ErrorRate] {
+            for k in [
+                MetricKind::LatencyP50,
+                MetricKind::LatencyP99,
+                MetricKind::Throughput,
+                MetricKind::ErrorRate,
+            ] {
                 out.insert(k, None);
             }
             return;
@@ -229,9 +290,17 @@ impl ProxySampler {
             out.insert(MetricKind::LatencyP50, dh.quantile(0.5));
             out.insert(MetricKind::LatencyP99, dh.quantile(0.99));
             out.insert(MetricKind::Throughput, (dq > 0).then(|| dq as f64 / dt));
-            out.insert(MetricKind::ErrorRate, (dq > 0).then(|| de as f64 / dq as f64));
+            out.insert(
+                MetricKind::ErrorRate,
+                (dq > 0).then(|| de as f64 / dq as f64),
+            );
         } else {
-            for k in [MetricKind::LatencyP50, MetricKind::LatencyP99, MetricKind::Throughput, MetricKind::ErrorRate] {
+            for k in [
+                MetricKind::LatencyP50,
+                MetricKind::LatencyP99,
+                MetricKind::Throughput,
+                MetricKind::ErrorRate,
+            ] {
                 out.insert(k, None);
             }
         }
@@ -240,7 +309,8 @@ impl ProxySampler {
 }
 
 fn read_pidfile(path: &str) -> anyhow::Result<u32> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read pidfile {path}"))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read pidfile {path}"))?;
     text.lines()
         .next()
         .and_then(|l| l.trim().parse().ok())
@@ -275,21 +345,37 @@ impl Runner {
         };
         let mut values = BTreeMap::new();
         let name = self.name(i).to_string();
-        self.proxies.entry(key).or_default().sample(&self.proxy, &name, &mut values);
+        self.proxies
+            .entry(key)
+            .or_default()
+            .sample(&self.proxy, &name, &mut values);
         let pid = match i {
             Instance::Original => self.original_pid,
             Instance::Patched => self.patched_pid,
         };
-        let (cpu, rss) = self.procs.entry(key).or_insert(ProcSampler { last: None }).sample(pid);
+        let (cpu, rss) = self
+            .procs
+            .entry(key)
+            .or_insert(ProcSampler { last: None })
+            .sample(pid);
         values.insert(MetricKind::Cpu, cpu);
         values.insert(MetricKind::Rss, rss);
-        Sample { at_ms: unix_ms(), instance: i, values }
+        Sample {
+            at_ms: unix_ms(),
+            instance: i,
+            values,
+        }
     }
 
     fn print_events(&mut self, report: &PatchReport) {
         for e in &report.events[self.printed..] {
             if self.human {
-                println!("[{:>7.2}s] {:<24} {}", (e.at_ms - report.started_ms) as f64 / 1000.0, e.kind, e.message);
+                println!(
+                    "[{:>7.2}s] {:<24} {}",
+                    (e.at_ms - report.started_ms) as f64 / 1000.0,
+                    e.kind,
+                    e.message
+                );
             }
             tracing::info!(patch = %report.id, kind = %e.kind, figures = %e.figures, "{}", e.message);
         }
@@ -319,7 +405,11 @@ impl Runner {
                 (false, json!({ "error": format!("{e:#}") }))
             }
         };
-        Input::Done { at_ms: unix_ms(), ok, detail }
+        Input::Done {
+            at_ms: unix_ms(),
+            ok,
+            detail,
+        }
     }
 
     async fn try_execute(&mut self, action: &Action) -> anyhow::Result<serde_json::Value> {
@@ -339,7 +429,11 @@ impl Runner {
                     Some(pidfile) => {
                         let status = tokio::time::timeout(self.plan.health.timeout.0, child.wait())
                             .await
-                            .map_err(|_| anyhow::anyhow!("start command still running after the health timeout"))??;
+                            .map_err(|_| {
+                                anyhow::anyhow!(
+                                    "start command still running after the health timeout"
+                                )
+                            })??;
                         anyhow::ensure!(status.success(), "start command exited with {status}");
                         read_pidfile(pidfile)?
                     }
@@ -363,7 +457,11 @@ impl Runner {
             }
             Action::WaitPatchedHealthy { timeout_ms } => {
                 let name = self.plan.patched.name.clone();
-                let backend = self.proxy.pool().get(&name).context("the patched backend is not registered")?;
+                let backend = self
+                    .proxy
+                    .pool()
+                    .get(&name)
+                    .context("the patched backend is not registered")?;
                 let mut gen = self.proxy.pool().subscribe();
                 let wait = async {
                     loop {
@@ -375,26 +473,44 @@ impl Runner {
                         }
                     }
                 };
-                if tokio::time::timeout(Duration::from_millis(*timeout_ms), wait).await.is_err() {
+                if tokio::time::timeout(Duration::from_millis(*timeout_ms), wait)
+                    .await
+                    .is_err()
+                {
                     let h = backend.health();
-                    anyhow::bail!("not healthy after {timeout_ms} ms: {}", h.last_error.unwrap_or_else(|| "no check passed".into()));
+                    anyhow::bail!(
+                        "not healthy after {timeout_ms} ms: {}",
+                        h.last_error.unwrap_or_else(|| "no check passed".into())
+                    );
                 }
                 let h = backend.health();
                 Ok(json!({ "checks": h.checks, "consecutive_ok": h.consecutive_ok }))
             }
             Action::Route { original, patched } => {
-                for (name, w) in [(self.plan.original.name.clone(), *original), (self.plan.patched.name.clone(), *patched)] {
+                for (name, w) in [
+                    (self.plan.original.name.clone(), *original),
+                    (self.plan.patched.name.clone(), *patched),
+                ] {
                     let admin = (w > 0).then_some(AdminState::Ready);
                     self.proxy.set_backend(&name, Some(w), admin)?;
                 }
                 Ok(json!({ "original_weight": original, "patched_weight": patched }))
             }
-            Action::Drain { instance, timeout_ms } => {
+            Action::Drain {
+                instance,
+                timeout_ms,
+            } => {
                 let name = self.name(*instance).to_string();
-                self.proxy.set_backend(&name, None, Some(AdminState::Drain))?;
-                let outcome = self.proxy.wait_drained(&name, Duration::from_millis(*timeout_ms)).await;
+                self.proxy
+                    .set_backend(&name, None, Some(AdminState::Drain))?;
+                let outcome = self
+                    .proxy
+                    .wait_drained(&name, Duration::from_millis(*timeout_ms))
+                    .await;
                 let b = self.proxy.pool().get(&name);
-                let graceful = b.map(|b| b.metrics.graceful_closes.load(Relaxed)).unwrap_or(0);
+                let graceful = b
+                    .map(|b| b.metrics.graceful_closes.load(Relaxed))
+                    .unwrap_or(0);
                 let mut v = serde_json::to_value(&outcome)?;
                 v["graceful_closes_total"] = json!(graceful);
                 Ok(v)
@@ -424,7 +540,11 @@ impl Runner {
                             vec!["kill".to_string(), "-TERM".to_string(), pid.to_string()]
                         }
                     };
-                    let status = tokio::process::Command::new(&argv[0]).args(&argv[1..]).stdin(Stdio::null()).status().await?;
+                    let status = tokio::process::Command::new(&argv[0])
+                        .args(&argv[1..])
+                        .stdin(Stdio::null())
+                        .status()
+                        .await?;
                     anyhow::ensure!(status.success(), "stop command exited with {status}");
                     Ok(json!({ "argv": argv, "status": status.code() }))
                 }
@@ -435,9 +555,12 @@ impl Runner {
                     Instance::Original => self.plan.patched.name.clone(),
                     Instance::Patched => self.plan.original.name.clone(),
                 };
-                self.proxy.set_backend(&keep, Some(100), Some(AdminState::Ready))?;
+                self.proxy
+                    .set_backend(&keep, Some(100), Some(AdminState::Ready))?;
                 let _ = self.proxy.pool().remove(&other);
-                Ok(json!({ "serving": keep, "removed": other, "sessions": self.proxy.registry().len() }))
+                Ok(
+                    json!({ "serving": keep, "removed": other, "sessions": self.proxy.registry().len() }),
+                )
             }
             Action::Webhook { body } => {
                 if let Some(url) = self.plan.webhook.clone() {
@@ -458,12 +581,18 @@ impl Runner {
 /// POSTs JSON to an `http://` URL and returns the status code.
 async fn post_json(url: &str, body: &serde_json::Value) -> anyhow::Result<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").context("only http:// webhooks are supported")?;
+    let rest = url
+        .strip_prefix("http://")
+        .context("only http:// webhooks are supported")?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let hostport = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
+    let hostport = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
     let payload = serde_json::to_vec(body)?;
     let work = async {
         let mut s = tokio::net::TcpStream::connect(&hostport).await?;
@@ -477,20 +606,39 @@ async fn post_json(url: &str, body: &serde_json::Value) -> anyhow::Result<u16> {
         s.read_to_end(&mut resp).await?;
         anyhow::Ok(resp)
     };
-    let resp = tokio::time::timeout(Duration::from_secs(10), work).await.context("webhook timed out")??;
+    let resp = tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .context("webhook timed out")??;
     let text = String::from_utf8_lossy(&resp);
-    text.get(9..12).and_then(|s| s.parse().ok()).context("webhook answered without an HTTP status")
+    text.get(9..12)
+        .and_then(|s| s.parse().ok())
+        .context("webhook answered without an HTTP status")
 }
 
-async fn run_patch(plan: PatchPlan, id: String, state_dir: PathBuf, exit_when_done: bool, human: bool) -> anyhow::Result<PatchReport> {
+async fn run_patch(
+    plan: PatchPlan,
+    id: String,
+    state_dir: PathBuf,
+    exit_when_done: bool,
+    human: bool,
+) -> anyhow::Result<PatchReport> {
     let original_pid = match (&plan.original.pid, &plan.original.pidfile) {
         (Some(p), _) => *p,
-        (None, Some(f)) => read_pidfile(f).map_err(|e| UsageError(format!("original.pidfile: {e:#}")))?,
+        (None, Some(f)) => {
+            read_pidfile(f).map_err(|e| UsageError(format!("original.pidfile: {e:#}")))?
+        }
         (None, None) => unreachable_plan()?,
     };
-    let protocol = if plan.proxy.protocol == "tcp" { Protocol::Tcp } else { Protocol::Postgres };
+    let protocol = if plan.proxy.protocol == "tcp" {
+        Protocol::Tcp
+    } else {
+        Protocol::Postgres
+    };
     let mut raw = RawConfig::new(
-        vec![RawListener { address: plan.proxy.listen.clone(), protocol }],
+        vec![RawListener {
+            address: plan.proxy.listen.clone(),
+            protocol,
+        }],
         vec![RawBackend {
             name: plan.original.name.clone(),
             address: HostPort(plan.original.address.clone()),
@@ -500,21 +648,30 @@ async fn run_patch(plan: PatchPlan, id: String, state_dir: PathBuf, exit_when_do
         }],
     );
     raw.admin = plan.proxy.admin.clone();
-    raw.health.check = if plan.health.check == "tcp" { CheckKind::Tcp } else { CheckKind::Postgres };
+    raw.health.check = if plan.health.check == "tcp" {
+        CheckKind::Tcp
+    } else {
+        CheckKind::Postgres
+    };
     raw.health.interval = Dur(plan.health.interval.0);
     raw.health.rise = plan.health.rise.max(1);
     raw.health.user = plan.health.user.clone();
     raw.health.database = plan.health.database.clone();
     raw.shutdown_grace = Dur(plan.drain_timeout.0);
-    let config = raw.validate("plan").map_err(|e| UsageError(e.to_string()))?;
-    let proxy = ProxyHandle::start(config).await.map_err(|e| UsageError(e.to_string()))?;
+    let config = raw
+        .validate("plan")
+        .map_err(|e| UsageError(e.to_string()))?;
+    let proxy = ProxyHandle::start(config)
+        .await
+        .map_err(|e| UsageError(e.to_string()))?;
     if human {
         println!("patch {id}: proxy listening on {}", proxy.listen_addrs()[0]);
         if let Some(a) = proxy.admin_addr() {
             println!("patch {id}: admin api on http://{a}");
         }
     }
-    let mut engine = PatchEngine::new(&id, plan.clone(), unix_ms()).map_err(|e| UsageError(e.to_string()))?;
+    let mut engine =
+        PatchEngine::new(&id, plan.clone(), unix_ms()).map_err(|e| UsageError(e.to_string()))?;
     let mut r = Runner {
         plan: plan.clone(),
         proxy,
@@ -563,13 +720,19 @@ async fn run_patch(plan: PatchPlan, id: String, state_dir: PathBuf, exit_when_do
     }
     let report = engine.report().clone();
     if interrupted {
-        eprintln!("patch {id}: interrupted in stage {:?}; the proxy stops now", report.stage);
+        eprintln!(
+            "patch {id}: interrupted in stage {:?}; the proxy stops now",
+            report.stage
+        );
     } else if human {
         print_summary(&report);
     }
     if !exit_when_done && !interrupted {
         if human {
-            println!("patch {id}: finished; still proxying on {} until SIGINT or SIGTERM", r.proxy.listen_addrs()[0]);
+            println!(
+                "patch {id}: finished; still proxying on {} until SIGINT or SIGTERM",
+                r.proxy.listen_addrs()[0]
+            );
             use std::io::Write as _;
             let _ = std::io::stdout().flush();
         }
@@ -584,7 +747,12 @@ fn unreachable_plan() -> anyhow::Result<u32> {
 }
 
 fn print_summary(report: &PatchReport) {
-    println!("patch {}: {} ({:?})", report.id, report.outcome(), report.stage);
+    println!(
+        "patch {}: {} ({:?})",
+        report.id,
+        report.outcome(),
+        report.stage
+    );
     if let Some(t) = &report.trigger {
         println!(
             "  triggered by {} against the {}: value {:.6} vs baseline {:.6} ({:+.0}%), for {:.1}s, severity {:.2}",
@@ -592,7 +760,14 @@ fn print_summary(report: &PatchReport) {
         );
     }
     for p in &report.phases {
-        println!("  {} phase {}: {} — {} ms{}", p.kind, p.phase, p.name, p.took_ms, if p.ok { "" } else { " (failed)" });
+        println!(
+            "  {} phase {}: {} — {} ms{}",
+            p.kind,
+            p.phase,
+            p.name,
+            p.took_ms,
+            if p.ok { "" } else { " (failed)" }
+        );
     }
 }
 
@@ -605,9 +780,13 @@ fn read_reports(state_dir: &Path) -> anyhow::Result<Vec<PatchReport>> {
     };
     for e in rd.flatten() {
         let p = e.path();
-        if p.extension().is_some_and(|x| x == "json") && !e.file_name().to_string_lossy().starts_with('.') {
-            let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-            let r: PatchReport = serde_json::from_str(&text).with_context(|| format!("{} is not a patch report", p.display()))?;
+        if p.extension().is_some_and(|x| x == "json")
+            && !e.file_name().to_string_lossy().starts_with('.')
+        {
+            let text = std::fs::read_to_string(&p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            let r: PatchReport = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a patch report", p.display()))?;
             out.push(r);
         }
     }
@@ -636,7 +815,11 @@ fn status(args: StatusArgs, state_dir: &Path) -> anyhow::Result<ExitCode> {
         println!("no patches in {}", state_dir.display());
     }
     for r in &reports {
-        let trigger = r.trigger.as_ref().map(|t| format!(" trigger={}", t.metric)).unwrap_or_default();
+        let trigger = r
+            .trigger
+            .as_ref()
+            .map(|t| format!(" trigger={}", t.metric))
+            .unwrap_or_default();
         println!(
             "{:<32} {:<12} severity={:.2}{trigger}  {}",
             r.id,
@@ -659,7 +842,12 @@ fn report(args: ReportArgs, state_dir: &Path) -> anyhow::Result<ExitCode> {
         OutputFormat::Human => {
             print_summary(&r);
             for e in &r.events {
-                println!("[{:>7.2}s] {:<24} {}", (e.at_ms - r.started_ms) as f64 / 1000.0, e.kind, e.message);
+                println!(
+                    "[{:>7.2}s] {:<24} {}",
+                    (e.at_ms - r.started_ms) as f64 / 1000.0,
+                    e.kind,
+                    e.message
+                );
             }
         }
     }

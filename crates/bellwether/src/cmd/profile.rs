@@ -46,13 +46,16 @@ fn parse_dependency_flag(s: &str) -> Result<Dependency, String> {
 pub fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
-        _ => Err(format!("bad label {s:?}: expected KEY=VALUE, such as role=web")),
+        _ => Err(format!(
+            "bad label {s:?}: expected KEY=VALUE, such as role=web"
+        )),
     }
 }
 
 /// `250ms`, `2s` or `1.5s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("bad duration {s:?}: expected a number followed by ms or s, such as 500ms");
+    let bad =
+        || format!("bad duration {s:?}: expected a number followed by ms or s, such as 500ms");
     let (num, unit) = if let Some(n) = s.strip_suffix("ms") {
         (n, 1e-3)
     } else if let Some(n) = s.strip_suffix('s') {
@@ -68,7 +71,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// The collect options for a root: its declared dependencies, then the flags'.
-fn options(rootfs: &Path, flags: &[Dependency], labels: &[(String, String)], timeout: Duration) -> anyhow::Result<CollectOptions> {
+fn options(
+    rootfs: &Path,
+    flags: &[Dependency],
+    labels: &[(String, String)],
+    timeout: Duration,
+) -> anyhow::Result<CollectOptions> {
     let declared = read_declared_dependencies(rootfs).map_err(|e| UsageError(e.to_string()))?;
     Ok(CollectOptions {
         dependencies: merge_dependencies(&[&declared, flags]),
@@ -79,9 +87,18 @@ fn options(rootfs: &Path, flags: &[Dependency], labels: &[(String, String)], tim
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !args.rootfs.is_dir() {
-        return Err(UsageError(format!("--rootfs {}: not a directory", args.rootfs.display())).into());
+        return Err(UsageError(format!(
+            "--rootfs {}: not a directory",
+            args.rootfs.display()
+        ))
+        .into());
     }
-    let opts = options(&args.rootfs, &args.dependencies, &args.labels, args.probe_timeout)?;
+    let opts = options(
+        &args.rootfs,
+        &args.dependencies,
+        &args.labels,
+        args.probe_timeout,
+    )?;
     let profile = bellwether_drift::collect(&args.rootfs, &opts);
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&profile)?),
@@ -100,16 +117,33 @@ pub fn human(p: &HostProfile) -> String {
     let dash = || "-".to_owned();
     line("Host", p.hostname.clone().unwrap_or_else(dash));
     if !p.labels.is_empty() {
-        line("Labels", p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+        line(
+            "Labels",
+            p.labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
     }
     line(
         "OS",
         p.os.as_ref()
-            .map(|o| o.pretty_name.clone().unwrap_or_else(|| format!("{} {}", o.id, o.version_id.as_deref().unwrap_or(""))))
+            .map(|o| {
+                o.pretty_name.clone().unwrap_or_else(|| {
+                    format!("{} {}", o.id, o.version_id.as_deref().unwrap_or(""))
+                })
+            })
             .unwrap_or_else(dash),
     );
     line("Kernel", p.kernel.clone().unwrap_or_else(dash));
-    line("Packages", p.packages.as_ref().map(|m| format!("{} installed", m.len())).unwrap_or_else(dash));
+    line(
+        "Packages",
+        p.packages
+            .as_ref()
+            .map(|m| format!("{} installed", m.len()))
+            .unwrap_or_else(dash),
+    );
     if let Some(h) = &p.hardware {
         line(
             "CPU",
@@ -120,25 +154,70 @@ pub fn human(p: &HostProfile) -> String {
                 (None, None) => dash(),
             },
         );
-        let avail = p.metrics.get("memory_available_ratio").map(|r| format!(", {:.0}% available", r * 100.0)).unwrap_or_default();
+        let avail = p
+            .metrics
+            .get("memory_available_ratio")
+            .map(|r| format!(", {:.0}% available", r * 100.0))
+            .unwrap_or_default();
         line(
             "Memory",
-            h.memory_total_kb.map(|kb| format!("{:.1} GiB{avail}", kb as f64 / 1024.0 / 1024.0)).unwrap_or_else(dash),
+            h.memory_total_kb
+                .map(|kb| format!("{:.1} GiB{avail}", kb as f64 / 1024.0 / 1024.0))
+                .unwrap_or_else(dash),
         );
-        line("Disks", if h.disks.is_empty() { dash() } else { h.disks.join(", ") });
+        line(
+            "Disks",
+            if h.disks.is_empty() {
+                dash()
+            } else {
+                h.disks.join(", ")
+            },
+        );
     }
     if let Some(n) = &p.network {
         let ifs: Vec<String> = n
             .interfaces
             .iter()
-            .map(|i| format!("{} ({}{})", i.name, i.operstate.as_deref().unwrap_or("?"), i.mtu.map(|m| format!(", mtu {m}")).unwrap_or_default()))
+            .map(|i| {
+                format!(
+                    "{} ({}{})",
+                    i.name,
+                    i.operstate.as_deref().unwrap_or("?"),
+                    i.mtu.map(|m| format!(", mtu {m}")).unwrap_or_default()
+                )
+            })
             .collect();
-        line("Interfaces", if ifs.is_empty() { dash() } else { ifs.join(", ") });
-        line("DNS", if n.dns_resolvers.is_empty() { dash() } else { n.dns_resolvers.join(", ") });
-        line("Listening", if n.listening.is_empty() { dash() } else { n.listening.join(", ") });
+        line(
+            "Interfaces",
+            if ifs.is_empty() {
+                dash()
+            } else {
+                ifs.join(", ")
+            },
+        );
+        line(
+            "DNS",
+            if n.dns_resolvers.is_empty() {
+                dash()
+            } else {
+                n.dns_resolvers.join(", ")
+            },
+        );
+        line(
+            "Listening",
+            if n.listening.is_empty() {
+                dash()
+            } else {
+                n.listening.join(", ")
+            },
+        );
     }
     if !p.metrics.is_empty() {
-        let m: Vec<String> = p.metrics.iter().map(|(k, v)| format!("{k}={}", bellwether_drift::score::fmt_num(*v))).collect();
+        let m: Vec<String> = p
+            .metrics
+            .iter()
+            .map(|(k, v)| format!("{k}={}", bellwether_drift::score::fmt_num(*v)))
+            .collect();
         line("Metrics", m.join(" "));
     }
     for d in &p.dependencies {
@@ -182,7 +261,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Some(n) => {
             tmp = TempRoot::new()?;
             let spec = bellwether_drift::synth::HostSpec::generate(1, "bench-1", n);
-            bellwether_drift::synth::write_host_root(&tmp.0, &spec).context("writing the synthetic host root")?;
+            bellwether_drift::synth::write_host_root(&tmp.0, &spec)
+                .context("writing the synthetic host root")?;
             tmp.0.clone()
         }
         None => args.rootfs.clone(),
@@ -217,7 +297,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     println!("profile collection: {}", stats(&mut times));
     if let Some(cpu) = cpu {
-        println!("CPU time a collection: mean {:.3} ms (user and kernel, this thread)", cpu.as_secs_f64() * 1000.0 / args.iterations as f64);
+        println!(
+            "CPU time a collection: mean {:.3} ms (user and kernel, this thread)",
+            cpu.as_secs_f64() * 1000.0 / args.iterations as f64
+        );
     }
     let status = rootfs.join("var/lib/dpkg/status");
     if args.peer_iterations > 0 && status.exists() {
@@ -242,7 +325,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
         if !peer.is_empty() {
-            println!("peer `dpkg-query -W` (packages only, one process each): {}", stats(&mut peer));
+            println!(
+                "peer `dpkg-query -W` (packages only, one process each): {}",
+                stats(&mut peer)
+            );
         }
     }
     let osquery = std::env::var_os("PATH")
@@ -261,7 +347,12 @@ pub fn stats(times: &mut [Duration]) -> String {
     let n = times.len();
     let mean = times.iter().map(|d| ms(*d)).sum::<f64>() / n as f64;
     let pct = |q: f64| ms(times[((n as f64 * q).ceil() as usize).clamp(1, n) - 1]);
-    format!("mean {mean:.3} ms, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (n={n})", pct(0.5), pct(0.99), ms(times[n - 1]))
+    format!(
+        "mean {mean:.3} ms, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (n={n})",
+        pct(0.5),
+        pct(0.99),
+        ms(times[n - 1])
+    )
 }
 
 /// A directory under the system's temporary directory, removed on drop.
@@ -269,8 +360,12 @@ struct TempRoot(PathBuf);
 
 impl TempRoot {
     fn new() -> anyhow::Result<TempRoot> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("bellwether-bench-{}-{nanos}", std::process::id()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("bellwether-bench-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(TempRoot(dir))
     }
@@ -292,7 +387,10 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("5").unwrap_err().contains("\"5\""));
         assert!(parse_duration("-1s").is_err());
-        assert_eq!(parse_label("role=web").unwrap(), ("role".to_owned(), "web".to_owned()));
+        assert_eq!(
+            parse_label("role=web").unwrap(),
+            ("role".to_owned(), "web".to_owned())
+        );
         assert!(parse_label("=web").unwrap_err().contains("\"=web\""));
         assert!(parse_dependency_flag("db").unwrap_err().contains("\"db\""));
     }
@@ -302,7 +400,10 @@ mod tests {
         let spec = bellwether_drift::synth::HostSpec::generate(4, "web-7", 30);
         let text = human(&bellwether_drift::synth::profile_of(&spec));
         assert!(text.starts_with("Host         web-7\n"), "{text}");
-        assert!(text.contains(&format!("Kernel       {}\n", spec.kernel)), "{text}");
+        assert!(
+            text.contains(&format!("Kernel       {}\n", spec.kernel)),
+            "{text}"
+        );
         assert!(text.contains("Packages     30 installed\n"), "{text}");
         assert!(text.contains("load1="), "{text}");
     }
@@ -311,21 +412,43 @@ mod tests {
     fn flags_add_to_and_override_the_declared_dependencies() {
         let dir = tempfile::tempdir().unwrap();
         let mut spec = bellwether_drift::synth::HostSpec::generate(4, "web-7", 10);
-        spec.dependencies = vec![("db".into(), "127.0.0.1:5432".into()), ("cache".into(), "127.0.0.1:6379".into())];
+        spec.dependencies = vec![
+            ("db".into(), "127.0.0.1:5432".into()),
+            ("cache".into(), "127.0.0.1:6379".into()),
+        ];
         bellwether_drift::synth::write_host_root(dir.path(), &spec).unwrap();
         let flag = parse_dependency_flag("db=127.0.0.1:6432").unwrap();
-        let opts = options(dir.path(), &[flag], &[("role".into(), "web".into())], Duration::from_millis(100)).unwrap();
-        let deps: Vec<(&str, &str)> = opts.dependencies.iter().map(|d| (d.name.as_str(), d.endpoint.as_str())).collect();
-        assert_eq!(deps, vec![("cache", "127.0.0.1:6379"), ("db", "127.0.0.1:6432")]);
+        let opts = options(
+            dir.path(),
+            &[flag],
+            &[("role".into(), "web".into())],
+            Duration::from_millis(100),
+        )
+        .unwrap();
+        let deps: Vec<(&str, &str)> = opts
+            .dependencies
+            .iter()
+            .map(|d| (d.name.as_str(), d.endpoint.as_str()))
+            .collect();
+        assert_eq!(
+            deps,
+            vec![("cache", "127.0.0.1:6379"), ("db", "127.0.0.1:6432")]
+        );
         assert_eq!(opts.labels["role"], "web");
         std::fs::write(dir.path().join("etc/bellwether/dependencies"), "db=nope\n").unwrap();
         let err = options(dir.path(), &[], &[], Duration::from_millis(100)).unwrap_err();
-        assert!(super::super::exit_code_for(&err) == 2 && err.to_string().contains("dependencies:1:"), "{err}");
+        assert!(
+            super::super::exit_code_for(&err) == 2 && err.to_string().contains("dependencies:1:"),
+            "{err}"
+        );
     }
 
     #[test]
     fn stats_percentiles() {
         let mut t: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-        assert_eq!(stats(&mut t), "mean 50.500 ms, p50 50.000 ms, p99 99.000 ms, max 100.000 ms (n=100)");
+        assert_eq!(
+            stats(&mut t),
+            "mean 50.500 ms, p50 50.000 ms, p99 99.000 ms, max 100.000 ms (n=100)"
+        );
     }
 }

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use bellwether_proxy::config::{self, AdminState, CheckKind, HostPort, Protocol, RawBackend, RawConfig, RawListener};
+use bellwether_proxy::config::{
+    self, AdminState, CheckKind, HostPort, Protocol, RawBackend, RawConfig, RawListener,
+};
 use bellwether_proxy::ProxyHandle;
 
 use super::UsageError;
@@ -51,15 +53,33 @@ enum CheckArg {
 fn parse_backend(s: &str) -> Result<RawBackend, String> {
     let mut parts = s.split(',');
     let first = parts.next().unwrap_or_default();
-    let (name, addr) = first.split_once('=').ok_or_else(|| format!("--backend `{s}`: expected NAME=HOST:PORT"))?;
+    let (name, addr) = first
+        .split_once('=')
+        .ok_or_else(|| format!("--backend `{s}`: expected NAME=HOST:PORT"))?;
     let address = HostPort::parse(addr).map_err(|e| format!("--backend `{s}`: {e}"))?;
-    let mut b = RawBackend { name: name.to_string(), address, weight: 100, admin: AdminState::Ready, password: None };
+    let mut b = RawBackend {
+        name: name.to_string(),
+        address,
+        weight: 100,
+        admin: AdminState::Ready,
+        password: None,
+    };
     for opt in parts {
         match opt.split_once('=') {
-            Some(("weight", w)) => b.weight = w.parse().map_err(|_| format!("--backend `{s}`: bad weight `{w}`"))?,
-            Some(("admin", a)) => b.admin = a.parse().map_err(|e| format!("--backend `{s}`: {e}"))?,
+            Some(("weight", w)) => {
+                b.weight = w
+                    .parse()
+                    .map_err(|_| format!("--backend `{s}`: bad weight `{w}`"))?
+            }
+            Some(("admin", a)) => {
+                b.admin = a.parse().map_err(|e| format!("--backend `{s}`: {e}"))?
+            }
             Some(("password", p)) => b.password = Some(p.to_string()),
-            _ => return Err(format!("--backend `{s}`: unknown option `{opt}` (weight=, admin=, password=)")),
+            _ => {
+                return Err(format!(
+                    "--backend `{s}`: unknown option `{opt}` (weight=, admin=, password=)"
+                ))
+            }
         }
     }
     Ok(b)
@@ -69,8 +89,10 @@ fn parse_backend(s: &str) -> Result<RawBackend, String> {
 pub fn build_config(args: &Args) -> anyhow::Result<config::ProxyConfig> {
     let mut raw = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            config::parse_raw(&path.display().to_string(), &text).map_err(|e| UsageError(e.to_string()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            config::parse_raw(&path.display().to_string(), &text)
+                .map_err(|e| UsageError(e.to_string()))?
         }
         None => RawConfig::new(Vec::new(), Vec::new()),
     };
@@ -79,7 +101,10 @@ pub fn build_config(args: &Args) -> anyhow::Result<config::ProxyConfig> {
         ProtocolArg::Postgres => Protocol::Postgres,
     };
     for l in &args.listen {
-        raw.listeners.push(RawListener { address: l.clone(), protocol });
+        raw.listeners.push(RawListener {
+            address: l.clone(),
+            protocol,
+        });
     }
     for b in &args.backend {
         raw.backends.push(parse_backend(b).map_err(UsageError)?);
@@ -96,17 +121,36 @@ pub fn build_config(args: &Args) -> anyhow::Result<config::ProxyConfig> {
     } else if args.config.is_none() && protocol == Protocol::Postgres {
         raw.health.check = CheckKind::Postgres;
     }
-    let source = args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "flags".into());
-    raw.validate(&source).map_err(|e| UsageError(e.to_string()).into())
+    let source = args
+        .config
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "flags".into());
+    raw.validate(&source)
+        .map_err(|e| UsageError(e.to_string()).into())
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = build_config(&args)?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let handle = ProxyHandle::start(config).await.map_err(|e| UsageError(e.to_string()))?;
-        for (l, a) in handle.shared().config.listeners.iter().zip(handle.listen_addrs()) {
-            println!("listening on {a} ({})", match l.protocol { Protocol::Tcp => "tcp", Protocol::Postgres => "postgres" });
+        let handle = ProxyHandle::start(config)
+            .await
+            .map_err(|e| UsageError(e.to_string()))?;
+        for (l, a) in handle
+            .shared()
+            .config
+            .listeners
+            .iter()
+            .zip(handle.listen_addrs())
+        {
+            println!(
+                "listening on {a} ({})",
+                match l.protocol {
+                    Protocol::Tcp => "tcp",
+                    Protocol::Postgres => "postgres",
+                }
+            );
         }
         if let Some(a) = handle.admin_addr() {
             println!("admin api on http://{a}");
@@ -114,7 +158,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
         wait_for_signal().await;
-        tracing::info!(grace_seconds = handle.shared().config.shutdown_grace.as_secs_f64(), "Shutting down.");
+        tracing::info!(
+            grace_seconds = handle.shared().config.shutdown_grace.as_secs_f64(),
+            "Shutting down."
+        );
         handle.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
@@ -143,10 +190,15 @@ mod tests {
     #[test]
     fn backend_flags() {
         let b = parse_backend("a=127.0.0.1:5432,weight=5,admin=drain").unwrap();
-        assert_eq!((b.name.as_str(), b.weight, b.admin), ("a", 5, AdminState::Drain));
+        assert_eq!(
+            (b.name.as_str(), b.weight, b.admin),
+            ("a", 5, AdminState::Drain)
+        );
         assert!(parse_backend("a").unwrap_err().contains("NAME=HOST:PORT"));
         assert!(parse_backend("a=h:x").unwrap_err().contains("bad port"));
-        assert!(parse_backend("a=h:1,color=red").unwrap_err().contains("unknown option"));
+        assert!(parse_backend("a=h:1,color=red")
+            .unwrap_err()
+            .contains("unknown option"));
     }
 }
 
@@ -201,7 +253,9 @@ fn measure(
         for round in 0..rounds.max(1) {
             for (i, (name, port)) in targets.iter().enumerate() {
                 let (tps, p50, p99) = run(*port, c)?;
-                eprintln!("{label} -c {c} round {round} {name}: {tps:.0}/s p50 {p50:.0}us p99 {p99:.0}us");
+                eprintln!(
+                    "{label} -c {c} round {round} {name}: {tps:.0}/s p50 {p50:.0}us p99 {p99:.0}us"
+                );
                 got[i].push((tps, p50, p99));
             }
         }
@@ -228,17 +282,27 @@ mod bench_support {
     use anyhow::Context as _;
 
     pub fn free_port() -> anyhow::Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
     }
 
     fn is_root() -> bool {
-        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+        std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+            .unwrap_or(false)
     }
 
     pub fn which(name: &str, package: &str) -> anyhow::Result<PathBuf> {
         std::env::var_os("PATH")
-            .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.exists()))
-            .ok_or_else(|| anyhow::anyhow!("`{name}` is not installed: install the Debian package `{package}`"))
+            .and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join(name))
+                    .find(|p| p.exists())
+            })
+            .ok_or_else(|| {
+                anyhow::anyhow!("`{name}` is not installed: install the Debian package `{package}`")
+            })
     }
 
     fn pg_bin() -> anyhow::Result<PathBuf> {
@@ -253,7 +317,10 @@ mod bench_support {
             })
             .collect();
         found.sort();
-        found.pop().map(|(_, b)| b).context("no /usr/lib/postgresql/*/bin/initdb: install the Debian package `postgresql`")
+        found
+            .pop()
+            .map(|(_, b)| b)
+            .context("no /usr/lib/postgresql/*/bin/initdb: install the Debian package `postgresql`")
     }
 
     fn as_postgres(program: &Path) -> Command {
@@ -268,7 +335,11 @@ mod bench_support {
 
     fn ok(mut c: Command, what: &str) -> anyhow::Result<()> {
         let out = c.output().with_context(|| format!("cannot run {what}"))?;
-        anyhow::ensure!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(())
     }
 
@@ -277,9 +348,13 @@ mod bench_support {
 
     impl TempDir {
         pub fn new(prefix: &str) -> anyhow::Result<TempDir> {
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
             let p = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
-            std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
+            std::fs::create_dir_all(&p)
+                .with_context(|| format!("cannot create {}", p.display()))?;
             Ok(TempDir(p))
         }
         pub fn path(&self) -> &Path {
@@ -310,19 +385,28 @@ mod bench_support {
             }
             let data = dir.path().join("data");
             let mut c = as_postgres(&bin.join("initdb"));
-            c.arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres", "--no-sync"]);
+            c.arg("-D")
+                .arg(&data)
+                .args(["-A", "trust", "-U", "postgres", "--no-sync"]);
             ok(c, "initdb")?;
             let port = free_port()?;
             let conf = format!(
                 "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nmax_connections = 200\nfsync = off\nsynchronous_commit = off\n",
                 dir.path().display()
             );
-            std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).and_then(|mut f| {
-                use std::io::Write as _;
-                f.write_all(conf.as_bytes())
-            })?;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))
+                .and_then(|mut f| {
+                    use std::io::Write as _;
+                    f.write_all(conf.as_bytes())
+                })?;
             let mut c = as_postgres(&bin.join("pg_ctl"));
-            c.arg("-D").arg(&data).arg("-l").arg(dir.path().join("log")).args(["-w", "start"]);
+            c.arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.path().join("log"))
+                .args(["-w", "start"]);
             ok(c, "pg_ctl start")?;
             Ok(Cluster { dir, port, bin })
         }
@@ -331,7 +415,9 @@ mod bench_support {
     impl Drop for Cluster {
         fn drop(&mut self) {
             let mut c = as_postgres(&self.bin.join("pg_ctl"));
-            c.arg("-D").arg(self.dir.path().join("data")).args(["-m", "immediate", "-w", "stop"]);
+            c.arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-m", "immediate", "-w", "stop"]);
             let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
         }
     }
@@ -373,14 +459,31 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-fn run_pgbench(port: u16, clients: u32, seconds: u32, logdir: &std::path::Path) -> anyhow::Result<(f64, f64, f64)> {
+fn run_pgbench(
+    port: u16,
+    clients: u32,
+    seconds: u32,
+    logdir: &std::path::Path,
+) -> anyhow::Result<(f64, f64, f64)> {
     for e in std::fs::read_dir(logdir)?.flatten() {
         let _ = std::fs::remove_file(e.path());
     }
     let bin = bench_support::which("pgbench", "postgresql-client")?;
     let out = std::process::Command::new(bin)
         .current_dir(logdir)
-        .args(["-n", "-S", "-M", "simple", "-l", "--log-prefix", "tx", "-h", "127.0.0.1", "-U", "postgres"])
+        .args([
+            "-n",
+            "-S",
+            "-M",
+            "simple",
+            "-l",
+            "--log-prefix",
+            "tx",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
         .arg("-p")
         .arg(port.to_string())
         .arg("-c")
@@ -393,15 +496,28 @@ fn run_pgbench(port: u16, clients: u32, seconds: u32, logdir: &std::path::Path) 
         .output()
         .context("cannot run pgbench")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    anyhow::ensure!(out.status.success(), "pgbench failed on port {port}: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "pgbench failed on port {port}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tps = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("tps = ")?.split_whitespace().next()?.parse::<f64>().ok())
+        .find_map(|l| {
+            l.strip_prefix("tps = ")?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
         .context("pgbench printed no tps")?;
     let mut lat = Vec::new();
     for e in std::fs::read_dir(logdir)?.flatten() {
         let text = std::fs::read_to_string(e.path())?;
-        lat.extend(text.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse::<f64>().ok()));
+        lat.extend(
+            text.lines()
+                .filter_map(|l| l.split_whitespace().nth(2)?.parse::<f64>().ok()),
+        );
     }
     lat.sort_by(f64::total_cmp);
     Ok((tps, percentile(&lat, 0.5), percentile(&lat, 0.99)))
@@ -420,8 +536,15 @@ fn run_redis_benchmark(port: u16, clients: u32, requests: u32) -> anyhow::Result
         .output()
         .context("cannot run redis-benchmark")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().find(|l| l.starts_with("\"GET\"")).with_context(|| format!("redis-benchmark printed no GET row: {stdout}"))?;
-    let f: Vec<f64> = line.split(',').skip(1).filter_map(|v| v.trim_matches('"').parse().ok()).collect();
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("\"GET\""))
+        .with_context(|| format!("redis-benchmark printed no GET row: {stdout}"))?;
+    let f: Vec<f64> = line
+        .split(',')
+        .skip(1)
+        .filter_map(|v| v.trim_matches('"').parse().ok())
+        .collect();
     anyhow::ensure!(f.len() >= 7, "unexpected redis-benchmark row {line}");
     Ok((f[0], f[3] * 1000.0, f[5] * 1000.0))
 }
@@ -430,17 +553,40 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     use bench_support::*;
     let cluster = Cluster::start()?;
     let init = std::process::Command::new(which("pgbench", "postgresql-client")?)
-        .args(["-i", "-q", "-s", "10", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "10",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+        ])
         .arg(cluster.port.to_string())
         .arg("postgres")
         .output()?;
-    anyhow::ensure!(init.status.success(), "pgbench -i failed: {}", String::from_utf8_lossy(&init.stderr));
+    anyhow::ensure!(
+        init.status.success(),
+        "pgbench -i failed: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     let redis = if args.no_redis {
         None
     } else {
         let port = free_port()?;
         let child = std::process::Command::new(which("redis-server", "redis-server")?)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(std::process::Stdio::null())
             .spawn()?;
         let p = Proc(child);
@@ -461,8 +607,14 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         password: None,
     };
     let mut listeners = vec![
-        RawListener { address: "127.0.0.1:0".into(), protocol: Protocol::Tcp },
-        RawListener { address: "127.0.0.1:0".into(), protocol: Protocol::Postgres },
+        RawListener {
+            address: "127.0.0.1:0".into(),
+            protocol: Protocol::Tcp,
+        },
+        RawListener {
+            address: "127.0.0.1:0".into(),
+            protocol: Protocol::Postgres,
+        },
     ];
     let mut cfg = RawConfig::new(listeners.clone(), vec![backend("pg", cluster.port)]);
     cfg.health.check = CheckKind::Tcp;
@@ -487,11 +639,18 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             cluster.port
         );
         if let Some((port, _)) = &redis {
-            conf.push_str(&format!("listen redis\n  bind 127.0.0.1:{redis_port}\n  server redis 127.0.0.1:{port}\n"));
+            conf.push_str(&format!(
+                "listen redis\n  bind 127.0.0.1:{redis_port}\n  server redis 127.0.0.1:{port}\n"
+            ));
         }
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, conf)?;
-        let child = std::process::Command::new(bin).arg("-db").arg("-f").arg(&path).stdout(std::process::Stdio::null()).spawn()?;
+        let child = std::process::Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
         let p = Proc(child);
         wait_listening(pg_port)?;
         Some((pg_port, redis_port, p, dir))
@@ -500,12 +659,21 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut targets: Vec<(String, u16)> = vec![
         ("direct".into(), cluster.port),
         ("bellwether tcp".into(), pg_proxy.listen_addrs()[0].port()),
-        ("bellwether postgres".into(), pg_proxy.listen_addrs()[1].port()),
+        (
+            "bellwether postgres".into(),
+            pg_proxy.listen_addrs()[1].port(),
+        ),
     ];
     if let Some((p, _, _, _)) = &haproxy {
         targets.push(("haproxy tcp".into(), *p));
     }
-    let rows = measure("pgbench -S", &args.clients, &targets, args.rounds, |port, c| run_pgbench(port, c, args.seconds, logdir.path()))?;
+    let rows = measure(
+        "pgbench -S",
+        &args.clients,
+        &targets,
+        args.rounds,
+        |port, c| run_pgbench(port, c, args.seconds, logdir.path()),
+    )?;
     print_table(&format!("pgbench -S (select only, simple protocol), scale 10, {} s per run, median of {} rounds", args.seconds, args.rounds), &rows);
     if let Some((rport, _)) = &redis {
         let mut targets: Vec<(String, u16)> = vec![("direct".into(), *rport)];
@@ -515,8 +683,20 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         if let Some((_, hp, _, _)) = &haproxy {
             targets.push(("haproxy tcp".into(), *hp));
         }
-        let rows = measure("redis-benchmark GET", &args.clients, &targets, args.rounds, |port, c| run_redis_benchmark(port, c, args.redis_requests))?;
-        print_table(&format!("redis-benchmark -t get, {} requests per run, median of {} rounds", args.redis_requests, args.rounds), &rows);
+        let rows = measure(
+            "redis-benchmark GET",
+            &args.clients,
+            &targets,
+            args.rounds,
+            |port, c| run_redis_benchmark(port, c, args.redis_requests),
+        )?;
+        print_table(
+            &format!(
+                "redis-benchmark -t get, {} requests per run, median of {} rounds",
+                args.redis_requests, args.rounds
+            ),
+            &rows,
+        );
     }
     rt.block_on(async {
         pg_proxy.shutdown().await;
@@ -532,7 +712,9 @@ fn print_table(title: &str, rows: &[BenchRow]) {
     println!("| clients | target | TPS | ratio to direct | p50 µs | p99 µs | p99 added µs |");
     println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
-        let direct = rows.iter().find(|d| d.clients == r.clients && d.target == "direct");
+        let direct = rows
+            .iter()
+            .find(|d| d.clients == r.clients && d.target == "direct");
         let ratio = direct.map(|d| r.tps / d.tps).unwrap_or(f64::NAN);
         let added = direct.map(|d| r.p99_us - d.p99_us).unwrap_or(f64::NAN);
         println!(

@@ -6,8 +6,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bellwether_engine::rollout::plan::parse_plan;
-use bellwether_engine::rollout::watch::synthetic::{false_failure_rate, scenario, Fault, WATCH_PLAN};
-use bellwether_engine::rollout::{ActionResult, Decision, HostInput, HostState, Observation, Phase, Rollout, WatchVerdict};
+use bellwether_engine::rollout::watch::synthetic::{
+    false_failure_rate, scenario, Fault, WATCH_PLAN,
+};
+use bellwether_engine::rollout::{
+    ActionResult, Decision, HostInput, HostState, Observation, Phase, Rollout, WatchVerdict,
+};
 use bellwether_model::HostName;
 use serde::Serialize;
 
@@ -64,7 +68,11 @@ impl StepTimes {
         v.sort();
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         let n = v.len().max(1);
-        let q = |p: f64| v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied().map_or(0.0, us);
+        let q = |p: f64| {
+            v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .map_or(0.0, us)
+        };
         StepTimes {
             steps: v.len(),
             mean_us: v.iter().map(|d| us(*d)).sum::<f64>() / n as f64,
@@ -119,7 +127,10 @@ fn engine_run(hosts: usize) -> anyhow::Result<EngineFigures> {
             labels: [("role".to_string(), "web".to_string())].into(),
             attributes: Default::default(),
             probability: ((i * 7919) % 1000) as f64 / 1600.0,
-            factors: vec![("package:libssl".into(), 0.1), ("drift_overall".into(), 0.05)],
+            factors: vec![
+                ("package:libssl".into(), 0.1),
+                ("drift_overall".into(), 0.05),
+            ],
             drift: None,
         })
         .collect();
@@ -131,7 +142,11 @@ fn engine_run(hosts: usize) -> anyhow::Result<EngineFigures> {
     let mut ticks = Vec::new();
     let mut now = 0i64;
     // One in 200 hosts fails its bake: targeted rollbacks along the way.
-    let bad = |h: &HostName| h.as_str()[5..].parse::<usize>().is_ok_and(|i| i % 200 == 17);
+    let bad = |h: &HostName| {
+        h.as_str()[5..]
+            .parse::<usize>()
+            .is_ok_and(|i| i % 200 == 17)
+    };
     for _ in 0..10_000 {
         if r.phase.is_final() && pending.is_empty() {
             break;
@@ -139,7 +154,11 @@ fn engine_run(hosts: usize) -> anyhow::Result<EngineFigures> {
         now += 1000;
         for id in std::mem::take(&mut pending) {
             let t = Instant::now();
-            let d = r.step(Observation::ActionFinished { action_id: id, result: ActionResult::Ok, now_ms: now });
+            let d = r.step(Observation::ActionFinished {
+                action_id: id,
+                result: ActionResult::Ok,
+                now_ms: now,
+            });
             all.push(t.elapsed());
             pending.extend(dispatched(&d));
         }
@@ -151,12 +170,19 @@ fn engine_run(hosts: usize) -> anyhow::Result<EngineFigures> {
             .collect();
         for h in watched {
             let verdict = if bad(&h) {
-                WatchVerdict::Failing { reason: "svc_error_ratio breached".into(), figures: serde_json::json!({}) }
+                WatchVerdict::Failing {
+                    reason: "svc_error_ratio breached".into(),
+                    figures: serde_json::json!({}),
+                }
             } else {
                 WatchVerdict::Healthy
             };
             let t = Instant::now();
-            let d = r.step(Observation::HostWatch { host: h, verdict, now_ms: now });
+            let d = r.step(Observation::HostWatch {
+                host: h,
+                verdict,
+                now_ms: now,
+            });
             all.push(t.elapsed());
             pending.extend(dispatched(&d));
         }
@@ -205,12 +231,19 @@ fn dispatched(d: &[Decision]) -> Vec<u64> {
 fn reaction(runs: u64) -> anyhow::Result<Vec<Reaction>> {
     let plan = parse_plan(WATCH_PLAN, "watch-plan.yaml")?;
     let mut out = Vec::new();
-    for (name, fault) in [("error ratio 30 %", Fault::ErrorRate(0.3)), ("latency ×4", Fault::LatencyFactor(4.0))] {
+    for (name, fault) in [
+        ("error ratio 30 %", Fault::ErrorRate(0.3)),
+        ("latency ×4", Fault::LatencyFactor(4.0)),
+    ] {
         let mut delays = Vec::new();
         for seed in 0..runs {
             let onset = 5 + (seed as i64 % 20);
             if let Some((at, v)) = scenario(&plan, seed, 60, fault, onset) {
-                if matches!(v, WatchVerdict::Failing { .. } | WatchVerdict::Critical { .. }) && at >= onset * 1000 {
+                if matches!(
+                    v,
+                    WatchVerdict::Failing { .. } | WatchVerdict::Critical { .. }
+                ) && at >= onset * 1000
+                {
                     delays.push((at - onset * 1000) as f64 / 1000.0);
                 }
             }
@@ -248,9 +281,18 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let e = &figures.engine;
-    println!("Rollout engine, {} hosts ({} waves, {} failed hosts, {}):", e.hosts, e.waves, e.failed_hosts, e.final_state);
-    println!("  start (scoring bands, pilot, waves): {:.2} ms", e.start_ms);
-    for (name, s) in [("every step", &e.all_steps), ("ticks (wave ends)", &e.tick_steps)] {
+    println!(
+        "Rollout engine, {} hosts ({} waves, {} failed hosts, {}):",
+        e.hosts, e.waves, e.failed_hosts, e.final_state
+    );
+    println!(
+        "  start (scoring bands, pilot, waves): {:.2} ms",
+        e.start_ms
+    );
+    for (name, s) in [
+        ("every step", &e.all_steps),
+        ("ticks (wave ends)", &e.tick_steps),
+    ] {
         println!(
             "  {name:<18} {:>7} steps: mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs, max {:.3} ms (goal ≤ 100 ms)",
             s.steps,

@@ -55,7 +55,9 @@ pub struct Args {
 
 fn store_config(database: Option<&str>, data_dir: &Path) -> anyhow::Result<StoreConfig> {
     match database {
-        Some(url) => Ok(StoreConfig::from_url(url).map_err(|e| UsageError(format!("--database: {e}")))?),
+        Some(url) => {
+            Ok(StoreConfig::from_url(url).map_err(|e| UsageError(format!("--database: {e}")))?)
+        }
         None => {
             std::fs::create_dir_all(data_dir)
                 .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
@@ -67,7 +69,8 @@ fn store_config(database: Option<&str>, data_dir: &Path) -> anyhow::Result<Store
 fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
 async fn shutdown_signal() {
@@ -121,7 +124,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let addr = listener.local_addr().context("cannot read the bound address")?;
+        let addr = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on http://{addr}")?;
         if let Some(f) = &args.addr_file {
@@ -210,13 +215,26 @@ fn make_batches(samples: usize, batch: usize) -> Vec<Vec<MetricSample>> {
 }
 
 fn host_names(n: usize) -> Vec<HostName> {
-    (0..n).map(|i| HostName::new(format!("bench-{i:03}")).expect("valid name")).collect()
+    (0..n)
+        .map(|i| HostName::new(format!("bench-{i:03}")).expect("valid name"))
+        .collect()
 }
 
-async fn bench_store(config: &StoreConfig, batches: &[Vec<MetricSample>], hosts: &[HostName]) -> anyhow::Result<f64> {
+async fn bench_store(
+    config: &StoreConfig,
+    batches: &[Vec<MetricSample>],
+    hosts: &[HostName],
+) -> anyhow::Result<f64> {
     let store = Store::open(config).await?;
     for (i, h) in hosts.iter().enumerate() {
-        store.enrol(h, &Default::default(), &format!("bench-agent-token-{i:08}"), 0).await?;
+        store
+            .enrol(
+                h,
+                &Default::default(),
+                &format!("bench-agent-token-{i:08}"),
+                0,
+            )
+            .await?;
     }
     let start = Instant::now();
     for (i, b) in batches.iter().enumerate() {
@@ -227,7 +245,10 @@ async fn bench_store(config: &StoreConfig, batches: &[Vec<MetricSample>], hosts:
     for h in hosts {
         stored += store.count_samples(h).await?;
     }
-    anyhow::ensure!(stored as usize == batches.iter().map(Vec::len).sum::<usize>(), "stored {stored} samples, expected all");
+    anyhow::ensure!(
+        stored as usize == batches.iter().map(Vec::len).sum::<usize>(),
+        "stored {stored} samples, expected all"
+    );
     store.close().await;
     Ok(secs)
 }
@@ -263,14 +284,20 @@ async fn bench_http(
             .error_for_status()?
             .json()
             .await?;
-        tokens.push(r["agent_token"].as_str().context("no agent_token")?.to_string());
+        tokens.push(
+            r["agent_token"]
+                .as_str()
+                .context("no agent_token")?
+                .to_string(),
+        );
     }
     // Bodies are serialised before the clock starts: the figure is the server's cost.
     let bodies: Vec<(String, Vec<u8>)> = batches
         .iter()
         .enumerate()
         .map(|(i, b)| {
-            let body = serde_json::to_vec(&serde_json::json!({"samples": b, "dropped": 0})).expect("serialise");
+            let body = serde_json::to_vec(&serde_json::json!({"samples": b, "dropped": 0}))
+                .expect("serialise");
             (tokens[i % tokens.len()].clone(), body)
         })
         .collect();
@@ -304,7 +331,10 @@ async fn bench_http(
     for h in hosts {
         stored += store.count_samples(h).await?;
     }
-    anyhow::ensure!(stored as usize == batches.iter().map(Vec::len).sum::<usize>(), "stored {stored} samples, expected all");
+    anyhow::ensure!(
+        stored as usize == batches.iter().map(Vec::len).sum::<usize>(),
+        "stored {stored} samples, expected all"
+    );
     let _ = stop_tx.send(());
     task.await??;
     Ok(secs)
@@ -315,12 +345,17 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         return Err(UsageError("--samples, --batch and --hosts must be at least 1".into()).into());
     }
     let pg_url = match &args.database {
-        Some(url) => match StoreConfig::from_url(url).map_err(|e| UsageError(format!("--database: {e}")))? {
-            StoreConfig::Postgres { url, .. } => Some(url),
-            StoreConfig::Sqlite { .. } => {
-                return Err(UsageError("--database: the SQLite run always happens; give a postgres:// URL".into()).into())
+        Some(url) => {
+            match StoreConfig::from_url(url).map_err(|e| UsageError(format!("--database: {e}")))? {
+                StoreConfig::Postgres { url, .. } => Some(url),
+                StoreConfig::Sqlite { .. } => {
+                    return Err(UsageError(
+                        "--database: the SQLite run always happens; give a postgres:// URL".into(),
+                    )
+                    .into())
+                }
             }
-        },
+        }
         None => None,
     };
     let batches = make_batches(args.samples, args.batch);
@@ -350,13 +385,19 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         if let Some(url) = &pg_url {
             let schema = bellwether_store::testing::unique_name("bw_bench");
-            let pg = StoreConfig::Postgres { url: url.clone(), schema: Some(schema) };
+            let pg = StoreConfig::Postgres {
+                url: url.clone(),
+                schema: Some(schema),
+            };
             let secs = bench_store(&pg, &batches, &hosts).await;
             bellwether_store::testing::cleanup(&pg, None).await;
             record("postgres", "store API", secs?);
             if !args.no_http {
                 let schema = bellwether_store::testing::unique_name("bw_bench");
-                let pg = StoreConfig::Postgres { url: url.clone(), schema: Some(schema) };
+                let pg = StoreConfig::Postgres {
+                    url: url.clone(),
+                    schema: Some(schema),
+                };
                 let secs = bench_http(pg.clone(), &batches, &hosts, args.clients).await;
                 bellwether_store::testing::cleanup(&pg, None).await;
                 record("postgres", "HTTP", secs?);

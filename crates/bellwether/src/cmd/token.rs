@@ -57,7 +57,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// empty.
 pub fn read_token_file(path: &Path) -> anyhow::Result<Option<String>> {
     match std::fs::read_to_string(path) {
-        Ok(s) if s.trim().is_empty() => Err(UsageError(format!("{} is empty", path.display())).into()),
+        Ok(s) if s.trim().is_empty() => {
+            Err(UsageError(format!("{} is empty", path.display())).into())
+        }
         Ok(s) => Ok(Some(s.trim().to_string())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
@@ -68,7 +70,12 @@ pub fn read_token_file(path: &Path) -> anyhow::Result<Option<String>> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// The server's URL.
-    #[arg(long, env = "BELLWETHER_SERVER", default_value = "http://127.0.0.1:7878", global = true)]
+    #[arg(
+        long,
+        env = "BELLWETHER_SERVER",
+        default_value = "http://127.0.0.1:7878",
+        global = true
+    )]
     pub server: String,
     /// The operator token. When absent, it is read from ./bellwether-data/operator.token
     /// (the file `bellwether server` writes on first start in the current directory).
@@ -142,7 +149,11 @@ pub fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> Strin
     if labels.is_empty() {
         "-".into()
     } else {
-        labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -187,7 +198,13 @@ mod tests {
 
     #[test]
     fn tables_align_columns_by_characters() {
-        let t = table(&["HOST", "DRIFT"], &[vec!["web-01".into(), "0.500".into()], vec!["é".into(), "-".into()]]);
+        let t = table(
+            &["HOST", "DRIFT"],
+            &[
+                vec!["web-01".into(), "0.500".into()],
+                vec!["é".into(), "-".into()],
+            ],
+        );
         assert_eq!(t, "HOST    DRIFT\nweb-01  0.500\né       -\n");
     }
 
@@ -198,10 +215,18 @@ mod tests {
         let err = client_error(rt.block_on(client.hosts()).unwrap_err());
         assert_eq!(crate::cmd::exit_code_for(&err), 3);
         assert!(err.to_string().contains("http://127.0.0.1:1"), "{err}");
-        let err = client_error(ClientError::Unauthorized { url: "http://x".into(), message: "unknown or revoked token".into() });
+        let err = client_error(ClientError::Unauthorized {
+            url: "http://x".into(),
+            message: "unknown or revoked token".into(),
+        });
         assert_eq!(crate::cmd::exit_code_for(&err), 1);
         assert!(err.to_string().contains("operator token"), "{err}");
-        let err = ClientArgs { server: "127.0.0.1:7878".into(), token: Some("t".into()) }.client().unwrap_err();
+        let err = ClientArgs {
+            server: "127.0.0.1:7878".into(),
+            token: Some("t".into()),
+        }
+        .client()
+        .unwrap_err();
         assert_eq!(crate::cmd::exit_code_for(&err), 2);
         assert!(err.to_string().contains("http://"), "{err}");
     }

@@ -72,7 +72,9 @@ fn drifted(mut h: HostInput, attribute: &str) -> HostInput {
 
 pub(crate) fn fleet(n: usize) -> Vec<HostInput> {
     // Probabilities spread over all three bands, deterministic.
-    (0..n).map(|i| host(&format!("web-{i:03}"), ((i * 37) % 100) as f64 / 160.0)).collect()
+    (0..n)
+        .map(|i| host(&format!("web-{i:03}"), ((i * 37) % 100) as f64 / 160.0))
+        .collect()
 }
 
 fn hn(s: &str) -> HostName {
@@ -90,14 +92,25 @@ pub(crate) struct Sim {
 impl Sim {
     pub(crate) fn new(plan: Plan, hosts: Vec<HostInput>) -> Sim {
         let (r, d) = Rollout::start("r-1".into(), plan, hosts, 0);
-        let mut s = Sim { r, now: 0, log: Vec::new(), pending: Vec::new() };
+        let mut s = Sim {
+            r,
+            now: 0,
+            log: Vec::new(),
+            pending: Vec::new(),
+        };
         s.take(d);
         s
     }
 
     pub(crate) fn take(&mut self, ds: Vec<Decision>) {
         for d in &ds {
-            if let Decision::Dispatch { action_id, host, kind, .. } = d {
+            if let Decision::Dispatch {
+                action_id,
+                host,
+                kind,
+                ..
+            } = d
+            {
                 self.pending.push((*action_id, host.clone(), *kind));
             }
         }
@@ -114,19 +127,32 @@ impl Sim {
         let now = self.now;
         for (id, h, k) in std::mem::take(&mut self.pending) {
             let res = result(&h, k);
-            self.step(Observation::ActionFinished { action_id: id, result: res, now_ms: now });
+            self.step(Observation::ActionFinished {
+                action_id: id,
+                result: res,
+                now_ms: now,
+            });
         }
     }
 
     pub(crate) fn watched(&self) -> Vec<HostName> {
-        self.r.hosts.values().filter(|h| matches!(h.state, HostState::Baking | HostState::Updated)).map(|h| h.name.clone()).collect()
+        self.r
+            .hosts
+            .values()
+            .filter(|h| matches!(h.state, HostState::Baking | HostState::Updated))
+            .map(|h| h.name.clone())
+            .collect()
     }
 
     pub(crate) fn verdicts(&mut self, verdict: impl Fn(&HostName) -> Option<WatchVerdict>) {
         let now = self.now;
         for h in self.watched() {
             if let Some(v) = verdict(&h) {
-                self.step(Observation::HostWatch { host: h, verdict: v, now_ms: now });
+                self.step(Observation::HostWatch {
+                    host: h,
+                    verdict: v,
+                    now_ms: now,
+                });
             }
         }
     }
@@ -138,7 +164,11 @@ impl Sim {
     }
 
     /// Runs rounds of one second: answer actions Ok, send verdicts, tick.
-    pub(crate) fn run(&mut self, seconds: usize, verdict: impl Fn(&HostName) -> Option<WatchVerdict>) {
+    pub(crate) fn run(
+        &mut self,
+        seconds: usize,
+        verdict: impl Fn(&HostName) -> Option<WatchVerdict>,
+    ) {
         for _ in 0..seconds {
             self.answer(|_, _| ActionResult::Ok);
             self.tick(1000);
@@ -165,7 +195,10 @@ impl Sim {
 }
 
 fn failing(reason: &str) -> WatchVerdict {
-    WatchVerdict::Failing { reason: reason.into(), figures: json!({ "svc_error_ratio": 0.3 }) }
+    WatchVerdict::Failing {
+        reason: reason.into(),
+        figures: json!({ "svc_error_ratio": 0.3 }),
+    }
 }
 
 #[test]
@@ -174,7 +207,10 @@ fn the_pilot_never_holds_a_high_risk_host_and_mixes_bands() {
     let pilot: Vec<&HostRecord> = s.r.hosts.values().filter(|h| h.wave == Some(0)).collect();
     assert!(!pilot.is_empty());
     assert!(pilot.iter().all(|h| h.band != Band::High));
-    assert!(pilot.iter().any(|h| h.band == Band::Moderate), "moderate_share 0.25 of a pilot of 5 is one host");
+    assert!(
+        pilot.iter().any(|h| h.band == Band::Moderate),
+        "moderate_share 0.25 of a pilot of 5 is one host"
+    );
     let ev = &s.events("pilot.selected")[0];
     assert_eq!(ev.figures["size"], json!(pilot.len()));
     // Every high-risk host is held back with its figures.
@@ -189,15 +225,22 @@ fn the_pilot_never_holds_a_high_risk_host_and_mixes_bands() {
 #[test]
 fn the_pilot_grows_with_the_spread_of_the_scores() {
     let plan = plan_with(&[("pilot: { min: 2, max: 5 }", "pilot: { min: 2, max: 8 }")]);
-    let narrow: Vec<(f64, HostName)> = (0..50).map(|i| (0.05 + i as f64 * 0.0005, hn(&format!("n{i}")))).collect();
-    let wide: Vec<(f64, HostName)> = (0..50).map(|i| (i as f64 / 50.0, hn(&format!("w{i}")))).collect();
+    let narrow: Vec<(f64, HostName)> = (0..50)
+        .map(|i| (0.05 + i as f64 * 0.0005, hn(&format!("n{i}"))))
+        .collect();
+    let wide: Vec<(f64, HostName)> = (0..50)
+        .map(|i| (i as f64 / 50.0, hn(&format!("w{i}"))))
+        .collect();
     let a = select_pilot(&plan, &narrow);
     let b = select_pilot(&plan, &wide);
     assert_eq!(a.size, 2, "{a:?}");
     assert!(b.size > a.size && b.size <= 8, "{b:?}");
     assert!(b.spread > 0.25 && a.spread < 0.02);
     // The judge's sample sets a floor above the spread's size.
-    let judged = plan_with(&[("pilot: { min: 2, max: 5 }", "pilot: { min: 1, max: 5 }"), ("  metrics:", "  judge: { min_canaries: 4 }\n  metrics:")]);
+    let judged = plan_with(&[
+        ("pilot: { min: 2, max: 5 }", "pilot: { min: 1, max: 5 }"),
+        ("  metrics:", "  judge: { min_canaries: 4 }\n  metrics:"),
+    ]);
     let c = select_pilot(&judged, &narrow);
     assert_eq!(c.size_for_spread, 1);
     assert_eq!(c.size, 4);
@@ -216,15 +259,37 @@ fn a_healthy_rollout_goes_through_every_wave_and_records_outcomes() {
     let unique: BTreeSet<_> = applies.iter().collect();
     assert_eq!(unique.len(), applies.len(), "no host is applied twice");
     let report = s.r.report();
-    let held = report.hosts.iter().filter(|h| h.action == HostAction::HeldBack).count();
-    let updated = report.hosts.iter().filter(|h| h.action == HostAction::Updated).count();
+    let held = report
+        .hosts
+        .iter()
+        .filter(|h| h.action == HostAction::HeldBack)
+        .count();
+    let updated = report
+        .hosts
+        .iter()
+        .filter(|h| h.action == HostAction::Updated)
+        .count();
     assert_eq!(held + updated, 40);
     assert_eq!(updated, applies.len());
     // Pilot + the three fixed waves.
     assert_eq!(s.events("wave.passed").len(), 4);
-    let sizes: Vec<u64> = s.events("wave.started").iter().map(|e| e.figures["size"].as_u64().unwrap()).collect();
-    assert_eq!(sizes.iter().sum::<u64>() as usize + s.events("pilot.selected")[0].figures["size"].as_u64().unwrap() as usize, updated);
-    let outcomes = s.log.iter().filter(|d| matches!(d, Decision::Outcome { failed: false, .. })).count();
+    let sizes: Vec<u64> = s
+        .events("wave.started")
+        .iter()
+        .map(|e| e.figures["size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        sizes.iter().sum::<u64>() as usize
+            + s.events("pilot.selected")[0].figures["size"]
+                .as_u64()
+                .unwrap() as usize,
+        updated
+    );
+    let outcomes = s
+        .log
+        .iter()
+        .filter(|d| matches!(d, Decision::Outcome { failed: false, .. }))
+        .count();
     assert_eq!(outcomes, updated);
     for h in &report.hosts {
         if h.action == HostAction::Updated {
@@ -243,7 +308,13 @@ fn a_failing_host_is_rolled_back_alone() {
     let mut s = Sim::new(plan_with(&[]), fleet(40));
     let victim = s.r.current[0].clone();
     let v2 = victim.clone();
-    s.run(3, move |h| Some(if *h == v2 { failing("svc_error_ratio is +300% off its baseline") } else { WatchVerdict::Healthy }));
+    s.run(3, move |h| {
+        Some(if *h == v2 {
+            failing("svc_error_ratio is +300% off its baseline")
+        } else {
+            WatchVerdict::Healthy
+        })
+    });
     assert_eq!(s.dispatches(ActionKind::Revert), vec![victim.clone()]);
     s.run(200, |_| Some(WatchVerdict::Healthy));
     assert_eq!(s.r.phase, Phase::Completed);
@@ -251,8 +322,17 @@ fn a_failing_host_is_rolled_back_alone() {
     let row = rep.hosts.iter().find(|h| h.host == victim).unwrap();
     assert_eq!(row.action, HostAction::RolledBack);
     assert!(row.reason.contains("+300%"), "{}", row.reason);
-    assert_eq!(rep.hosts.iter().filter(|h| h.action == HostAction::RolledBack).count(), 1);
-    assert!(s.log.iter().any(|d| matches!(d, Decision::Outcome { host, failed: true, .. } if *host == victim)));
+    assert_eq!(
+        rep.hosts
+            .iter()
+            .filter(|h| h.action == HostAction::RolledBack)
+            .count(),
+        1
+    );
+    assert!(s
+        .log
+        .iter()
+        .any(|d| matches!(d, Decision::Outcome { host, failed: true, .. } if *host == victim)));
 }
 
 #[test]
@@ -263,7 +343,13 @@ fn spreading_failures_slow_down_then_pause() {
     assert_eq!(pilot.len(), 5);
     let bad: BTreeSet<HostName> = pilot[..2].iter().cloned().collect();
     let b = bad.clone();
-    s.run(3, move |h| Some(if b.contains(h) { failing("errors") } else { WatchVerdict::Healthy }));
+    s.run(3, move |h| {
+        Some(if b.contains(h) {
+            failing("errors")
+        } else {
+            WatchVerdict::Healthy
+        })
+    });
     assert_eq!(s.events("rollout.slowed_down").len(), 1);
     assert_eq!(s.r.phase, Phase::Running);
     // The pilot passes with two rolled back; wave 1 is halved.
@@ -273,15 +359,35 @@ fn spreading_failures_slow_down_then_pause() {
     // A third failure pauses.
     let third = s.r.current[0].clone();
     let t = third.clone();
-    s.run(2, move |h| Some(if *h == t { failing("errors") } else { WatchVerdict::Healthy }));
+    s.run(2, move |h| {
+        Some(if *h == t {
+            failing("errors")
+        } else {
+            WatchVerdict::Healthy
+        })
+    });
     assert_eq!(s.r.phase, Phase::Paused);
-    assert!(s.r.pause_reason.as_deref().unwrap().contains("3 hosts failed"), "{:?}", s.r.pause_reason);
+    assert!(
+        s.r.pause_reason
+            .as_deref()
+            .unwrap()
+            .contains("3 hosts failed"),
+        "{:?}",
+        s.r.pause_reason
+    );
     assert!(s.log.iter().any(|d| matches!(d, Decision::Alert { .. })));
     let wave_now = s.r.wave;
     s.run(60, |_| Some(WatchVerdict::Healthy));
     assert_eq!(s.r.wave, wave_now, "no new wave while paused");
-    assert_eq!(s.r.hosts[&third].state, HostState::RolledBack, "rollbacks go on while paused");
-    s.step(Observation::Operator { command: OperatorCommand::Resume, now_ms: s.now });
+    assert_eq!(
+        s.r.hosts[&third].state,
+        HostState::RolledBack,
+        "rollbacks go on while paused"
+    );
+    s.step(Observation::Operator {
+        command: OperatorCommand::Resume,
+        now_ms: s.now,
+    });
     s.run(300, |_| Some(WatchVerdict::Healthy));
     assert_eq!(s.r.phase, Phase::Completed);
 }
@@ -293,7 +399,16 @@ fn a_critical_metric_aborts_and_reverts_every_updated_host() {
     assert!(s.r.wave >= 1);
     let victim = s.r.current[0].clone();
     let v = victim.clone();
-    s.run(2, move |h| Some(if *h == v { WatchVerdict::Critical { reason: "svc_error_ratio critical".into(), figures: json!({}) } } else { WatchVerdict::Healthy }));
+    s.run(2, move |h| {
+        Some(if *h == v {
+            WatchVerdict::Critical {
+                reason: "svc_error_ratio critical".into(),
+                figures: json!({}),
+            }
+        } else {
+            WatchVerdict::Healthy
+        })
+    });
     assert_eq!(s.r.phase, Phase::Aborted);
     s.run(5, |_| Some(WatchVerdict::Healthy));
     let applied: BTreeSet<HostName> = s.dispatches(ActionKind::Apply).into_iter().collect();
@@ -301,8 +416,14 @@ fn a_critical_metric_aborts_and_reverts_every_updated_host() {
     assert_eq!(applied, reverted);
     assert!(s.r.finished_ms.is_some());
     let rep = s.r.report();
-    assert!(rep.hosts.iter().all(|h| matches!(h.action, HostAction::RolledBack | HostAction::HeldBack | HostAction::Skipped)));
-    assert_eq!(serde_json::to_value(&rep).unwrap()["state"], json!("aborted"));
+    assert!(rep.hosts.iter().all(|h| matches!(
+        h.action,
+        HostAction::RolledBack | HostAction::HeldBack | HostAction::Skipped
+    )));
+    assert_eq!(
+        serde_json::to_value(&rep).unwrap()["state"],
+        json!("aborted")
+    );
 }
 
 #[test]
@@ -314,15 +435,31 @@ fn a_drifted_failing_host_is_remediated_before_any_rollback() {
     let v = hn("web-000");
     assert_eq!(s.r.hosts[&v].wave, Some(0));
     let vv = v.clone();
-    s.run(1, move |h| Some(if *h == vv { failing("errors with the drifted config") } else { WatchVerdict::Healthy }));
+    s.run(1, move |h| {
+        Some(if *h == vv {
+            failing("errors with the drifted config")
+        } else {
+            WatchVerdict::Healthy
+        })
+    });
     let rem = s.dispatches(ActionKind::Remediate { rule: 0 });
     assert_eq!(rem, vec![v.clone()]);
     assert!(s.dispatches(ActionKind::Revert).is_empty());
     let spec = s.log.iter().find_map(|d| match d {
-        Decision::Dispatch { kind: ActionKind::Remediate { .. }, spec, .. } => Some(spec.clone()),
+        Decision::Dispatch {
+            kind: ActionKind::Remediate { .. },
+            spec,
+            ..
+        } => Some(spec.clone()),
         _ => None,
     });
-    assert_eq!(spec, Some(ActionSpec::RestoreFile { path: "etc/websvc.conf".into(), timeout_ms: None }));
+    assert_eq!(
+        spec,
+        Some(ActionSpec::RestoreFile {
+            path: "etc/websvc.conf".into(),
+            timeout_ms: None
+        })
+    );
     s.run(200, |_| Some(WatchVerdict::Healthy));
     assert_eq!(s.r.phase, Phase::Completed);
     let rep = s.r.report();
@@ -335,7 +472,13 @@ fn a_drifted_failing_host_is_remediated_before_any_rollback() {
     let plan = plan_with(&[("pilot: { min: 2, max: 5 }", "pilot: { min: 20, max: 20 }")]);
     let mut s = Sim::new(plan, hosts);
     let vv = v.clone();
-    s.run(30, move |h| Some(if *h == vv { failing("errors") } else { WatchVerdict::Healthy }));
+    s.run(30, move |h| {
+        Some(if *h == vv {
+            failing("errors")
+        } else {
+            WatchVerdict::Healthy
+        })
+    });
     assert_eq!(s.dispatches(ActionKind::Revert), vec![v.clone()]);
     assert_eq!(s.r.hosts[&v].state, HostState::RolledBack);
 }
@@ -354,7 +497,11 @@ fn high_risk_hosts_can_be_remediated_then_updated_last() {
     let r1 = &s.r.hosts[&hn("risky-1")];
     assert_eq!(r1.state, HostState::Updated);
     assert_eq!(r1.action(), HostAction::Remediated);
-    assert_eq!(r1.wave, Some(s.r.wave), "remediated high-risk hosts go in the last wave");
+    assert_eq!(
+        r1.wave,
+        Some(s.r.wave),
+        "remediated high-risk hosts go in the last wave"
+    );
     // include_last: never in the pilot, always in the final wave.
     let plan = plan_with(&[("high_risk: defer", "high_risk: include_last")]);
     let mut s = Sim::new(plan, fleet(30));
@@ -372,18 +519,46 @@ fn no_data_pauses_and_alerts_and_never_promotes_or_rolls_back() {
     let silent = s.r.current[0].clone();
     let sl = silent.clone();
     // The silent host sends nothing at all: the engine's own no-data rule fires.
-    s.run(30, move |h| if *h == sl { None } else { Some(WatchVerdict::Healthy) });
+    s.run(30, move |h| {
+        if *h == sl {
+            None
+        } else {
+            Some(WatchVerdict::Healthy)
+        }
+    });
     assert_eq!(s.r.phase, Phase::Paused);
-    assert_eq!(s.r.pause_reason.as_deref(), Some(format!("no data from {silent}").as_str()));
+    assert_eq!(
+        s.r.pause_reason.as_deref(),
+        Some(format!("no data from {silent}").as_str())
+    );
     assert_eq!(s.r.wave, 0, "the pilot is not promoted on no data");
-    assert!(s.dispatches(ActionKind::Revert).is_empty(), "no rollback on no data");
-    assert!(s.log.iter().any(|d| matches!(d, Decision::Alert { message, .. } if message.contains("no data"))));
+    assert!(
+        s.dispatches(ActionKind::Revert).is_empty(),
+        "no rollback on no data"
+    );
+    assert!(s
+        .log
+        .iter()
+        .any(|d| matches!(d, Decision::Alert { message, .. } if message.contains("no data"))));
     // Resumed while still silent: the wave still waits.
-    s.step(Observation::Operator { command: OperatorCommand::Resume, now_ms: s.now });
+    s.step(Observation::Operator {
+        command: OperatorCommand::Resume,
+        now_ms: s.now,
+    });
     let sl = silent.clone();
-    s.run(30, move |h| if *h == sl { Some(WatchVerdict::NoData { since_ms: 0 }) } else { Some(WatchVerdict::Healthy) });
+    s.run(30, move |h| {
+        if *h == sl {
+            Some(WatchVerdict::NoData { since_ms: 0 })
+        } else {
+            Some(WatchVerdict::Healthy)
+        }
+    });
     assert_eq!(s.r.wave, 0);
-    assert_eq!(s.r.phase, Phase::Running, "a host already without data does not pause again");
+    assert_eq!(
+        s.r.phase,
+        Phase::Running,
+        "a host already without data does not pause again"
+    );
     // Data back: the wave passes.
     s.run(300, |_| Some(WatchVerdict::Healthy));
     assert_eq!(s.r.phase, Phase::Completed);
@@ -392,14 +567,19 @@ fn no_data_pauses_and_alerts_and_never_promotes_or_rolls_back() {
 
 #[test]
 fn failed_and_timed_out_actions_count_as_host_failures_with_the_error_kept() {
-    let plan = plan_with(&[("pause_when: { hosts: 3, wave_pct: 50 }", "pause_when: { hosts: 10 }")]);
+    let plan = plan_with(&[(
+        "pause_when: { hosts: 3, wave_pct: 50 }",
+        "pause_when: { hosts: 10 }",
+    )]);
     let mut s = Sim::new(plan, fleet(40));
     let pilot = s.r.current.clone();
     let (a, b) = (pilot[0].clone(), pilot[1].clone());
     let (a2, b2) = (a.clone(), b.clone());
     s.answer(move |h, _| {
         if *h == a2 {
-            ActionResult::Failed { error: "exit status 3: version 2 refused".into() }
+            ActionResult::Failed {
+                error: "exit status 3: version 2 refused".into(),
+            }
         } else if *h == b2 {
             ActionResult::TimedOut
         } else {
@@ -407,8 +587,15 @@ fn failed_and_timed_out_actions_count_as_host_failures_with_the_error_kept() {
         }
     });
     assert_eq!(s.r.failed_total, 2);
-    assert_eq!(s.r.hosts[&a].error.as_deref(), Some("exit status 3: version 2 refused"));
-    assert!(s.r.hosts[&b].error.as_deref().unwrap().contains("timed out"));
+    assert_eq!(
+        s.r.hosts[&a].error.as_deref(),
+        Some("exit status 3: version 2 refused")
+    );
+    assert!(s.r.hosts[&b]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("timed out"));
     let reverts = s.dispatches(ActionKind::Revert);
     assert!(reverts.contains(&a) && reverts.contains(&b));
     // An agent that never answers: the action is overdue after timeout + no_data.after.
@@ -418,28 +605,51 @@ fn failed_and_timed_out_actions_count_as_host_failures_with_the_error_kept() {
     s.tick(60_000 + 5_000 + 1);
     assert!(!s.events("action.overdue").is_empty());
     assert_eq!(s.r.hosts[&first.1].state, HostState::RollingBack);
-    assert!(s.r.hosts[&first.1].error.as_deref().unwrap().contains("timed out"));
+    assert!(s.r.hosts[&first.1]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("timed out"));
     // A result for an unknown or finished action changes nothing.
     let before = s.r.clone();
-    s.step(Observation::ActionFinished { action_id: 9999, result: ActionResult::Ok, now_ms: s.now });
+    s.step(Observation::ActionFinished {
+        action_id: 9999,
+        result: ActionResult::Ok,
+        now_ms: s.now,
+    });
     assert_eq!(s.r.hosts, before.hosts);
 }
 
 #[test]
 fn operator_commands() {
     let mut s = Sim::new(plan_with(&[]), fleet(40));
-    s.step(Observation::Operator { command: OperatorCommand::Pause, now_ms: 0 });
+    s.step(Observation::Operator {
+        command: OperatorCommand::Pause,
+        now_ms: 0,
+    });
     assert_eq!(s.r.phase, Phase::Paused);
     s.run(30, |_| Some(WatchVerdict::Healthy));
     assert_eq!(s.r.wave, 0);
-    s.step(Observation::Operator { command: OperatorCommand::Promote, now_ms: s.now });
+    s.step(Observation::Operator {
+        command: OperatorCommand::Promote,
+        now_ms: s.now,
+    });
     assert_eq!(s.r.phase, Phase::Running);
     assert_eq!(s.r.wave, 1, "promote ends the bake at once");
-    assert_eq!(s.events("wave.passed")[0].figures["forced_by_operator"], json!(true));
+    assert_eq!(
+        s.events("wave.passed")[0].figures["forced_by_operator"],
+        json!(true)
+    );
     s.run(1, |_| Some(WatchVerdict::Healthy));
-    s.step(Observation::Operator { command: OperatorCommand::Abort, now_ms: s.now });
+    s.step(Observation::Operator {
+        command: OperatorCommand::Abort,
+        now_ms: s.now,
+    });
     assert_eq!(s.r.phase, Phase::Aborted);
-    s.step(Observation::Operator { command: OperatorCommand::Resume, now_ms: s.now });
+    s.step(Observation::Operator {
+        command: OperatorCommand::Resume,
+        now_ms: s.now,
+    });
     assert_eq!(s.r.phase, Phase::Aborted);
     assert_eq!(s.events("operator.ignored").len(), 1);
     s.run(5, |_| Some(WatchVerdict::Healthy));
@@ -453,7 +663,13 @@ fn untargeted_rollback_aborts_on_the_first_failure() {
     let plan = plan_with(&[("  pause_when:", "  targeted: false\n  pause_when:")]);
     let mut s = Sim::new(plan, fleet(40));
     let v = s.r.current[0].clone();
-    s.run(3, move |h| Some(if *h == v { failing("errors") } else { WatchVerdict::Healthy }));
+    s.run(3, move |h| {
+        Some(if *h == v {
+            failing("errors")
+        } else {
+            WatchVerdict::Healthy
+        })
+    });
     assert_eq!(s.r.phase, Phase::Aborted);
 }
 
@@ -471,7 +687,13 @@ fn a_restored_state_resumes_without_redispatching_or_losing_actions() {
             s.pending.extend(keep);
             s.tick(1000);
             let b = bad.clone();
-            s.verdicts(|h| Some(if *h == b && round < 5 { failing("errors") } else { WatchVerdict::Healthy }));
+            s.verdicts(|h| {
+                Some(if *h == b && round < 5 {
+                    failing("errors")
+                } else {
+                    WatchVerdict::Healthy
+                })
+            });
             if restore_every_step {
                 let json = serde_json::to_string(&s.r).unwrap();
                 let restored: Rollout = serde_json::from_str(&json).unwrap();
@@ -497,7 +719,18 @@ fn a_restored_state_resumes_without_redispatching_or_losing_actions() {
     assert_eq!(a, b);
     assert_eq!(log_a, log_b);
     assert_eq!(a.phase, Phase::Completed);
-    let applies = log_a.iter().filter(|d| matches!(d, Decision::Dispatch { kind: ActionKind::Apply, .. })).count();
+    let applies = log_a
+        .iter()
+        .filter(|d| {
+            matches!(
+                d,
+                Decision::Dispatch {
+                    kind: ActionKind::Apply,
+                    ..
+                }
+            )
+        })
+        .count();
     assert_eq!(applies, a.hosts.values().filter(|h| h.applied).count());
 }
 
@@ -510,21 +743,48 @@ fn a_fleet_without_targets_completes_and_an_all_high_fleet_pauses() {
     let (mut r, d) = Rollout::start("r".into(), plan, hosts, 0);
     assert_eq!(r.phase, Phase::Paused);
     assert!(d.iter().all(|d| !matches!(d, Decision::Dispatch { .. })));
-    let d = r.step(Observation::Operator { command: OperatorCommand::Promote, now_ms: 1 });
+    let d = r.step(Observation::Operator {
+        command: OperatorCommand::Promote,
+        now_ms: 1,
+    });
     // 10 % of the two hosts after the (empty) pilot, rounded up.
-    assert_eq!(d.iter().filter(|d| matches!(d, Decision::Dispatch { kind: ActionKind::Apply, .. })).count(), 1);
+    assert_eq!(
+        d.iter()
+            .filter(|d| matches!(
+                d,
+                Decision::Dispatch {
+                    kind: ActionKind::Apply,
+                    ..
+                }
+            ))
+            .count(),
+        1
+    );
     assert_eq!(r.wave, 1);
 }
 
 #[test]
 fn adaptive_waves_grow_while_healthy() {
-    let plan = plan_with(&[("waves: { fixed: [10, 50, 100] }", "waves: { adaptive: { start: 10, factor: 2 } }"), ("high_risk: defer", "high_risk: include_last")]);
+    let plan = plan_with(&[
+        (
+            "waves: { fixed: [10, 50, 100] }",
+            "waves: { adaptive: { start: 10, factor: 2 } }",
+        ),
+        ("high_risk: defer", "high_risk: include_last"),
+    ]);
     let mut s = Sim::new(plan, fleet(100));
     s.run(400, |_| Some(WatchVerdict::Healthy));
     assert_eq!(s.r.phase, Phase::Completed);
-    let sizes: Vec<u64> = s.events("wave.started").iter().map(|e| e.figures["size"].as_u64().unwrap()).collect();
+    let sizes: Vec<u64> = s
+        .events("wave.started")
+        .iter()
+        .map(|e| e.figures["size"].as_u64().unwrap())
+        .collect();
     assert!(sizes.len() >= 3, "{sizes:?}");
-    assert!(sizes[1] >= 2 * sizes[0] || sizes[1] as usize == s.r.hosts.len(), "{sizes:?}");
+    assert!(
+        sizes[1] >= 2 * sizes[0] || sizes[1] as usize == s.r.hosts.len(),
+        "{sizes:?}"
+    );
     assert_eq!(s.dispatches(ActionKind::Apply).len(), 100);
 }
 
@@ -633,9 +893,17 @@ proptest::proptest! {
 #[test]
 fn the_documented_pilot_example() {
     let ps = [0.02, 0.05, 0.08, 0.10, 0.15, 0.25, 0.30, 0.42, 0.55, 0.80];
-    let hosts: Vec<HostInput> = ps.iter().enumerate().map(|(i, p)| host(&format!("h{}", i + 1), *p)).collect();
+    let hosts: Vec<HostInput> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, p)| host(&format!("h{}", i + 1), *p))
+        .collect();
     let (r, _) = Rollout::start("r".into(), plan_with(&[]), hosts, 0);
-    let ev = r.events.iter().find(|e| e.kind == "pilot.selected").unwrap();
+    let ev = r
+        .events
+        .iter()
+        .find(|e| e.kind == "pilot.selected")
+        .unwrap();
     assert_eq!(ev.figures["spread"], json!(0.2394));
     assert_eq!(ev.figures["size_for_spread"], json!(5));
     assert_eq!(ev.figures["from_low"], json!(4));

@@ -53,8 +53,17 @@ analysis:
 fn parses_the_contract_example() {
     let p = parse_plan(EXAMPLE, "plan.yaml").unwrap();
     assert_eq!(p.name.0, "web-v2");
-    assert_eq!(p.update.apply, ActionSpec::SetServiceVersion { version: "2".into(), timeout_ms: None });
-    assert_eq!(p.targets.labels.get("role").map(String::as_str), Some("web"));
+    assert_eq!(
+        p.update.apply,
+        ActionSpec::SetServiceVersion {
+            version: "2".into(),
+            timeout_ms: None
+        }
+    );
+    assert_eq!(
+        p.targets.labels.get("role").map(String::as_str),
+        Some("web")
+    );
     assert_eq!(p.targets.predicates[0].op, Op::Eq);
     assert_eq!(p.risk.pilot, PilotSize { min: 2, max: 5 });
     assert_eq!(p.waves, Waves::Fixed(vec![10.0, 50.0, 100.0]));
@@ -64,8 +73,20 @@ fn parses_the_contract_example() {
     assert_eq!(p.analysis.metrics[0].floor, 0.01);
     assert_eq!(p.analysis.judge.pass, 75.0);
     assert_eq!(p.analysis.drift_rise_limit, Some(0.3));
-    assert_eq!(p.rollback.pause_when, Limit { hosts: Some(3), wave_pct: Some(30.0) });
-    assert_eq!(p.rollback.slow_down_when, Limit { hosts: Some(2), wave_pct: None });
+    assert_eq!(
+        p.rollback.pause_when,
+        Limit {
+            hosts: Some(3),
+            wave_pct: Some(30.0)
+        }
+    );
+    assert_eq!(
+        p.rollback.slow_down_when,
+        Limit {
+            hosts: Some(2),
+            wave_pct: None
+        }
+    );
     assert_eq!(p.remediation.len(), 3);
     assert_eq!(p.no_data.after_ms(), 5000);
 }
@@ -76,9 +97,15 @@ fn defaults_fill_a_minimal_plan() {
     assert_eq!(p.update.version.0, "2");
     assert_eq!(
         p.update.apply,
-        ActionSpec::Argv { argv: vec!["/usr/bin/websvc-update".into(), "2".into()], timeout_ms: 30_000 }
+        ActionSpec::Argv {
+            argv: vec!["/usr/bin/websvc-update".into(), "2".into()],
+            timeout_ms: 30_000
+        }
     );
-    assert_eq!(p.update.revert.timeout_ms(), bellwether_model::action::DEFAULT_TIMEOUT_MS);
+    assert_eq!(
+        p.update.revert.timeout_ms(),
+        bellwether_model::action::DEFAULT_TIMEOUT_MS
+    );
     assert_eq!(p.risk, RiskPolicy::default());
     assert_eq!(p.waves, Waves::default());
     assert_eq!(p.bake_ms(), 30_000);
@@ -102,8 +129,21 @@ fn a_plan_round_trips_through_json_and_yaml() {
         let yaml = serde_yaml::to_string(&p).unwrap();
         assert_eq!(parse_plan(&yaml, "again.yaml").unwrap(), p, "{yaml}");
     }
-    let w = parse_plan(&MINIMAL.replace("analysis:", "waves: { adaptive: { start: 5, factor: 3 } }\nanalysis:"), "a.yaml").unwrap();
-    assert_eq!(w.waves, Waves::Adaptive { start: 5.0, factor: 3.0 });
+    let w = parse_plan(
+        &MINIMAL.replace(
+            "analysis:",
+            "waves: { adaptive: { start: 5, factor: 3 } }\nanalysis:",
+        ),
+        "a.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        w.waves,
+        Waves::Adaptive {
+            start: 5.0,
+            factor: 3.0
+        }
+    );
     let json = serde_json::to_string(&w).unwrap();
     assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), w);
 }
@@ -124,53 +164,247 @@ fn expect(e: &PlanError, line: usize, want: &str) {
     assert_eq!(e.line, line, "{e}");
     assert!(e.column >= 1);
     assert!(e.to_string().contains(want), "{e} lacks {want:?}");
-    assert!(e.to_string().starts_with(&format!("plan.yaml:{line}:{}: ", e.column)), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("plan.yaml:{line}:{}: ", e.column)),
+        "{e}"
+    );
 }
 
 #[test]
 fn every_bad_input_names_file_line_and_column() {
     let risk_line = line_of(EXAMPLE, "  low: 0.2");
     let cases: Vec<(&str, &str, usize, &str)> = vec![
-        ("low: 0.2", "low: 0.7", risk_line, "low 0.7 is above high 0.5"),
+        (
+            "low: 0.2",
+            "low: 0.7",
+            risk_line,
+            "low 0.7 is above high 0.5",
+        ),
         ("low: 0.2", "low: -1", risk_line, "low -1 is not in [0, 1]"),
-        ("moderate_share: 0.25", "moderate_share: 2", risk_line, "moderate_share 2"),
-        ("pilot: { min: 2, max: 5 }", "pilot: { min: 6, max: 5 }", line_of(EXAMPLE, "pilot:"), "max 5 is below min 6"),
-        ("pilot: { min: 2, max: 5 }", "pilot: { min: 0, max: 5 }", line_of(EXAMPLE, "pilot:"), "min must be at least 1"),
-        ("high_risk: defer", "high_risk: ignore", line_of(EXAMPLE, "high_risk"), "unknown variant `ignore`"),
-        ("fixed: [10, 50, 100]", "fixed: [10, 50, 90]", line_of(EXAMPLE, "waves:"), "must reach 100"),
-        ("fixed: [10, 50, 100]", "fixed: [50, 10, 100]", line_of(EXAMPLE, "waves:"), "must increase"),
-        ("fixed: [10, 50, 100]", "fixed: []", line_of(EXAMPLE, "waves:"), "at least one"),
-        ("{ fixed: [10, 50, 100] }", "{ linear: 5 }", line_of(EXAMPLE, "waves:"), "unknown field `linear`"),
-        ("bake: 30s", "bake: soon", line_of(EXAMPLE, "bake:"), "`soon` is not a duration"),
-        ("bake: 30s", "bake: 10ms", 1, "bake (10ms) must be at least analysis.interval"),
-        ("threshold_pct: 50,", "threshold_pct: -5,", line_of(EXAMPLE, "svc_error_ratio"), "threshold_pct -5"),
-        ("direction: increase, threshold_pct: 50", "direction: upward, threshold_pct: 50", line_of(EXAMPLE, "svc_error_ratio"), "unknown variant `upward`"),
-        ("weight: 0.5", "weight: -0.5", line_of(EXAMPLE, "svc_latency_p99_ms"), "weight -0.5"),
-        ("name: svc_latency_p99_ms", "name: svc_error_ratio", line_of(EXAMPLE, "interval: 1s"), "metrics[1]: svc_error_ratio is listed twice"),
-        ("pass: 75", "pass: 40", line_of(EXAMPLE, "judge:"), "marginal ≤ pass"),
-        ("confidence: 0.98", "confidence: 1.5", line_of(EXAMPLE, "judge:"), "confidence 1.5"),
-        ("drift_rise_limit: 0.3", "drift_rise_limit: 3", line_of(EXAMPLE, "interval: 1s"), "drift_rise_limit 3"),
-        ("severity_fail: 0.5", "severity_fail: 0", line_of(EXAMPLE, "interval: 1s"), "severity_fail 0"),
-        ("pause_when: { hosts: 3,", "pause_when: { hosts: 0,", line_of(EXAMPLE, "pause_when"), "hosts must be at least 1"),
-        ("wave_pct: 30", "wave_pct: 130", line_of(EXAMPLE, "pause_when"), "wave_pct 130"),
-        ("abort_on_critical: true", "abort_on_critical: maybe", line_of(EXAMPLE, "abort_on_critical"), "invalid type"),
-        ("path: etc/websvc.conf", "path: /etc/websvc.conf", line_of(EXAMPLE, "restore_file"), "absolute"),
-        ("path: etc/websvc.conf", "path: ../etc/websvc.conf", line_of(EXAMPLE, "restore_file"), "`..`"),
-        ("{ attribute: \"package:*\" }", "{ attribute: \"kernel\" }", line_of(EXAMPLE, "reinstall_package"), "must start with `package:`"),
-        ("memory_max: \"512M\"", "memory_max: \"lots\"", line_of(EXAMPLE, "set_cgroup"), "memory_max \"lots\""),
-        ("category: configuration", "category: vibes", line_of(EXAMPLE, "restore_file"), "unknown variant `vibes`"),
-        ("{ after: 5s }", "{ after: 0s }", line_of(EXAMPLE, "no_data"), "after must be longer than zero"),
-        ("{ after: 5s }", "{ after: 5s, loud: true }", line_of(EXAMPLE, "no_data"), "unknown field `loud`"),
-        ("apply:  { builtin: set_service_version, version: \"2\" }", "apply: { argv: [] }", line_of(EXAMPLE, "apply:"), "argv is empty"),
-        ("apply:  { builtin: set_service_version, version: \"2\" }", "apply: { argv: [x], timeout: 0s }", line_of(EXAMPLE, "apply:"), "timeout_ms 0 is outside"),
-        ("apply:  { builtin: set_service_version, version: \"2\" }", "apply: { argv: [x], timeout: 1s, timeout_ms: 5 }", line_of(EXAMPLE, "apply:"), "not both"),
-        ("apply:  { builtin: set_service_version, version: \"2\" }", "apply: { builtin: reboot }", line_of(EXAMPLE, "apply:"), "unknown builtin"),
-        ("apply:  { builtin: set_service_version, version: \"2\" }", "apply: \"ls -l\"", line_of(EXAMPLE, "apply:"), "invalid type"),
-        ("revert: { builtin: set_service_version, version: \"1\" }", "revert: { builtin: set_service_version }", line_of(EXAMPLE, "revert:"), "needs the field `version`"),
-        ("{ attribute: \"os.version_id\", op: eq, value: \"12\" }", "{ attribute: \"os.version_id\", op: in, value: \"12\" }", line_of(EXAMPLE, "os.version_id"), "needs a non-empty `values`"),
-        ("{ attribute: \"os.version_id\", op: eq, value: \"12\" }", "{ attribute: \"os.version_id\", op: gt, value: \"twelve\" }", line_of(EXAMPLE, "os.version_id"), "must be a number"),
+        (
+            "moderate_share: 0.25",
+            "moderate_share: 2",
+            risk_line,
+            "moderate_share 2",
+        ),
+        (
+            "pilot: { min: 2, max: 5 }",
+            "pilot: { min: 6, max: 5 }",
+            line_of(EXAMPLE, "pilot:"),
+            "max 5 is below min 6",
+        ),
+        (
+            "pilot: { min: 2, max: 5 }",
+            "pilot: { min: 0, max: 5 }",
+            line_of(EXAMPLE, "pilot:"),
+            "min must be at least 1",
+        ),
+        (
+            "high_risk: defer",
+            "high_risk: ignore",
+            line_of(EXAMPLE, "high_risk"),
+            "unknown variant `ignore`",
+        ),
+        (
+            "fixed: [10, 50, 100]",
+            "fixed: [10, 50, 90]",
+            line_of(EXAMPLE, "waves:"),
+            "must reach 100",
+        ),
+        (
+            "fixed: [10, 50, 100]",
+            "fixed: [50, 10, 100]",
+            line_of(EXAMPLE, "waves:"),
+            "must increase",
+        ),
+        (
+            "fixed: [10, 50, 100]",
+            "fixed: []",
+            line_of(EXAMPLE, "waves:"),
+            "at least one",
+        ),
+        (
+            "{ fixed: [10, 50, 100] }",
+            "{ linear: 5 }",
+            line_of(EXAMPLE, "waves:"),
+            "unknown field `linear`",
+        ),
+        (
+            "bake: 30s",
+            "bake: soon",
+            line_of(EXAMPLE, "bake:"),
+            "`soon` is not a duration",
+        ),
+        (
+            "bake: 30s",
+            "bake: 10ms",
+            1,
+            "bake (10ms) must be at least analysis.interval",
+        ),
+        (
+            "threshold_pct: 50,",
+            "threshold_pct: -5,",
+            line_of(EXAMPLE, "svc_error_ratio"),
+            "threshold_pct -5",
+        ),
+        (
+            "direction: increase, threshold_pct: 50",
+            "direction: upward, threshold_pct: 50",
+            line_of(EXAMPLE, "svc_error_ratio"),
+            "unknown variant `upward`",
+        ),
+        (
+            "weight: 0.5",
+            "weight: -0.5",
+            line_of(EXAMPLE, "svc_latency_p99_ms"),
+            "weight -0.5",
+        ),
+        (
+            "name: svc_latency_p99_ms",
+            "name: svc_error_ratio",
+            line_of(EXAMPLE, "interval: 1s"),
+            "metrics[1]: svc_error_ratio is listed twice",
+        ),
+        (
+            "pass: 75",
+            "pass: 40",
+            line_of(EXAMPLE, "judge:"),
+            "marginal ≤ pass",
+        ),
+        (
+            "confidence: 0.98",
+            "confidence: 1.5",
+            line_of(EXAMPLE, "judge:"),
+            "confidence 1.5",
+        ),
+        (
+            "drift_rise_limit: 0.3",
+            "drift_rise_limit: 3",
+            line_of(EXAMPLE, "interval: 1s"),
+            "drift_rise_limit 3",
+        ),
+        (
+            "severity_fail: 0.5",
+            "severity_fail: 0",
+            line_of(EXAMPLE, "interval: 1s"),
+            "severity_fail 0",
+        ),
+        (
+            "pause_when: { hosts: 3,",
+            "pause_when: { hosts: 0,",
+            line_of(EXAMPLE, "pause_when"),
+            "hosts must be at least 1",
+        ),
+        (
+            "wave_pct: 30",
+            "wave_pct: 130",
+            line_of(EXAMPLE, "pause_when"),
+            "wave_pct 130",
+        ),
+        (
+            "abort_on_critical: true",
+            "abort_on_critical: maybe",
+            line_of(EXAMPLE, "abort_on_critical"),
+            "invalid type",
+        ),
+        (
+            "path: etc/websvc.conf",
+            "path: /etc/websvc.conf",
+            line_of(EXAMPLE, "restore_file"),
+            "absolute",
+        ),
+        (
+            "path: etc/websvc.conf",
+            "path: ../etc/websvc.conf",
+            line_of(EXAMPLE, "restore_file"),
+            "`..`",
+        ),
+        (
+            "{ attribute: \"package:*\" }",
+            "{ attribute: \"kernel\" }",
+            line_of(EXAMPLE, "reinstall_package"),
+            "must start with `package:`",
+        ),
+        (
+            "memory_max: \"512M\"",
+            "memory_max: \"lots\"",
+            line_of(EXAMPLE, "set_cgroup"),
+            "memory_max \"lots\"",
+        ),
+        (
+            "category: configuration",
+            "category: vibes",
+            line_of(EXAMPLE, "restore_file"),
+            "unknown variant `vibes`",
+        ),
+        (
+            "{ after: 5s }",
+            "{ after: 0s }",
+            line_of(EXAMPLE, "no_data"),
+            "after must be longer than zero",
+        ),
+        (
+            "{ after: 5s }",
+            "{ after: 5s, loud: true }",
+            line_of(EXAMPLE, "no_data"),
+            "unknown field `loud`",
+        ),
+        (
+            "apply:  { builtin: set_service_version, version: \"2\" }",
+            "apply: { argv: [] }",
+            line_of(EXAMPLE, "apply:"),
+            "argv is empty",
+        ),
+        (
+            "apply:  { builtin: set_service_version, version: \"2\" }",
+            "apply: { argv: [x], timeout: 0s }",
+            line_of(EXAMPLE, "apply:"),
+            "timeout_ms 0 is outside",
+        ),
+        (
+            "apply:  { builtin: set_service_version, version: \"2\" }",
+            "apply: { argv: [x], timeout: 1s, timeout_ms: 5 }",
+            line_of(EXAMPLE, "apply:"),
+            "not both",
+        ),
+        (
+            "apply:  { builtin: set_service_version, version: \"2\" }",
+            "apply: { builtin: reboot }",
+            line_of(EXAMPLE, "apply:"),
+            "unknown builtin",
+        ),
+        (
+            "apply:  { builtin: set_service_version, version: \"2\" }",
+            "apply: \"ls -l\"",
+            line_of(EXAMPLE, "apply:"),
+            "invalid type",
+        ),
+        (
+            "revert: { builtin: set_service_version, version: \"1\" }",
+            "revert: { builtin: set_service_version }",
+            line_of(EXAMPLE, "revert:"),
+            "needs the field `version`",
+        ),
+        (
+            "{ attribute: \"os.version_id\", op: eq, value: \"12\" }",
+            "{ attribute: \"os.version_id\", op: in, value: \"12\" }",
+            line_of(EXAMPLE, "os.version_id"),
+            "needs a non-empty `values`",
+        ),
+        (
+            "{ attribute: \"os.version_id\", op: eq, value: \"12\" }",
+            "{ attribute: \"os.version_id\", op: gt, value: \"twelve\" }",
+            line_of(EXAMPLE, "os.version_id"),
+            "must be a number",
+        ),
         ("name: web-v2", "name: \"\"", 1, "must not be empty"),
-        ("targets:", "tragets:", line_of(EXAMPLE, "targets:"), "unknown field `tragets`"),
+        (
+            "targets:",
+            "tragets:",
+            line_of(EXAMPLE, "targets:"),
+            "unknown field `tragets`",
+        ),
     ];
     for (from, to, line, want) in cases {
         let e = err_of(from, to);
@@ -183,8 +417,15 @@ fn syntax_errors_and_missing_sections_have_locations() {
     let e = parse_plan("name: x\nupdate: [1,\n", "bad.yaml").unwrap_err();
     assert_eq!(e.file, "bad.yaml");
     assert!(e.line >= 2, "{e}");
-    let e = parse_plan(&EXAMPLE.replace("analysis:\n", "analysis_gone:\n"), "plan.yaml").unwrap_err();
-    assert!(e.to_string().contains("unknown field `analysis_gone`"), "{e}");
+    let e = parse_plan(
+        &EXAMPLE.replace("analysis:\n", "analysis_gone:\n"),
+        "plan.yaml",
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("unknown field `analysis_gone`"),
+        "{e}"
+    );
     let e = parse_plan("name: x\n", "p.yaml").unwrap_err();
     assert!(e.to_string().starts_with("p.yaml:1:"), "{e}");
     assert!(e.to_string().contains("missing field `update`"), "{e}");
@@ -198,7 +439,8 @@ fn syntax_errors_and_missing_sections_have_locations() {
 fn targets_match_labels_and_attributes() {
     let p = parse_plan(EXAMPLE, "plan.yaml").unwrap();
     let labels: BTreeMap<String, String> = [("role".to_string(), "web".to_string())].into();
-    let mut attrs: BTreeMap<String, String> = [("os.version_id".to_string(), "12".to_string())].into();
+    let mut attrs: BTreeMap<String, String> =
+        [("os.version_id".to_string(), "12".to_string())].into();
     assert!(p.targets.matches(&labels, &attrs));
     attrs.insert("os.version_id".into(), "11".into());
     assert!(!p.targets.matches(&labels, &attrs));
@@ -242,15 +484,35 @@ fn remediation_templates_take_their_operand_from_the_finding() {
         current: Some("b".into()),
         weight: bellwether_model::Unit::ONE,
     };
-    let (i, _, spec) = p.remediation_for(&[f(DriftCategory::Dependency, "package:libssl1.1")]).unwrap();
+    let (i, _, spec) = p
+        .remediation_for(&[f(DriftCategory::Dependency, "package:libssl1.1")])
+        .unwrap();
     assert_eq!(i, 1);
-    assert_eq!(spec, ActionSpec::ReinstallPackage { package: "libssl1.1".into(), timeout_ms: None });
-    let (i, _, spec) = p.remediation_for(&[f(DriftCategory::Configuration, "file:etc/websvc.conf")]).unwrap();
+    assert_eq!(
+        spec,
+        ActionSpec::ReinstallPackage {
+            package: "libssl1.1".into(),
+            timeout_ms: None
+        }
+    );
+    let (i, _, spec) = p
+        .remediation_for(&[f(DriftCategory::Configuration, "file:etc/websvc.conf")])
+        .unwrap();
     assert_eq!(i, 0);
-    assert_eq!(spec, ActionSpec::RestoreFile { path: "etc/websvc.conf".into(), timeout_ms: None });
+    assert_eq!(
+        spec,
+        ActionSpec::RestoreFile {
+            path: "etc/websvc.conf".into(),
+            timeout_ms: None
+        }
+    );
     // The category must match too.
-    assert!(p.remediation_for(&[f(DriftCategory::Performance, "file:etc/websvc.conf")]).is_none());
-    assert!(p.remediation_for(&[f(DriftCategory::Configuration, "kernel")]).is_none());
+    assert!(p
+        .remediation_for(&[f(DriftCategory::Performance, "file:etc/websvc.conf")])
+        .is_none());
+    assert!(p
+        .remediation_for(&[f(DriftCategory::Configuration, "kernel")])
+        .is_none());
     let plan = parse_plan(
         &MINIMAL.replace(
             "analysis:",
@@ -259,20 +521,36 @@ fn remediation_templates_take_their_operand_from_the_finding() {
         "r.yaml",
     )
     .unwrap();
-    let (_, _, spec) = plan.remediation_for(&[f(DriftCategory::Configuration, "file:etc/a.conf?mode=1")]).unwrap();
-    assert_eq!(spec, ActionSpec::RestoreFile { path: "etc/a.conf".into(), timeout_ms: None });
+    let (_, _, spec) = plan
+        .remediation_for(&[f(DriftCategory::Configuration, "file:etc/a.conf?mode=1")])
+        .unwrap();
+    assert_eq!(
+        spec,
+        ActionSpec::RestoreFile {
+            path: "etc/a.conf".into(),
+            timeout_ms: None
+        }
+    );
     // A finding path that would leave the rootfs resolves to nothing.
-    assert!(plan.remediation_for(&[f(DriftCategory::Configuration, "file:etc/../../x")]).is_none());
+    assert!(plan
+        .remediation_for(&[f(DriftCategory::Configuration, "file:etc/../../x")])
+        .is_none());
 }
 
 #[test]
 fn limits() {
-    let l = Limit { hosts: Some(3), wave_pct: Some(30.0) };
+    let l = Limit {
+        hosts: Some(3),
+        wave_pct: Some(30.0),
+    };
     assert!(!l.reached(2, 2, 10));
     assert!(l.reached(3, 0, 10));
     assert!(l.reached(1, 3, 10));
     assert!(!l.reached(0, 0, 0));
-    let none = Limit { hosts: None, wave_pct: None };
+    let none = Limit {
+        hosts: None,
+        wave_pct: None,
+    };
     assert!(!none.reached(100, 100, 100));
 }
 
@@ -316,9 +594,15 @@ fn the_documented_error_messages() {
         .iter()
         .map(|(from, to)| {
             assert_eq!(plan.matches(from).count(), 1, "{from}");
-            parse_plan(&plan.replacen(from, to, 1), "plan.yaml").unwrap_err().to_string()
+            parse_plan(&plan.replacen(from, to, 1), "plan.yaml")
+                .unwrap_err()
+                .to_string()
         })
         .filter(|e| !doc.contains(e.as_str()))
         .collect();
-    assert!(missing.is_empty(), "docs/rollout.md should quote:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "docs/rollout.md should quote:\n{}",
+        missing.join("\n")
+    );
 }

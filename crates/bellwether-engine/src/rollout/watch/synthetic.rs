@@ -68,7 +68,8 @@ pub struct Run {
 impl Run {
     /// The plan must watch `svc_error_ratio` and `svc_latency_p99_ms`.
     pub fn new(plan: &Plan, seed: u64, controls: usize) -> Run {
-        let w = |name: &str| HostWatcher::new(plan, hn(name)).expect("the plan's analysis is valid");
+        let w =
+            |name: &str| HostWatcher::new(plan, hn(name)).expect("the plan's analysis is valid");
         Run {
             canary: w("canary"),
             controls: (0..controls).map(|i| w(&format!("control-{i}"))).collect(),
@@ -103,7 +104,13 @@ const S: i64 = 1000;
 /// Runs 40 s of baseline (one sample a second), applies, then `post` seconds with `fault` from
 /// `onset` seconds after the apply, asking for a verdict every second. Returns the first
 /// non-healthy verdict's time after the apply, with the verdict.
-pub fn scenario(plan: &Plan, seed: u64, post: i64, fault: Fault, onset: i64) -> Option<(i64, WatchVerdict)> {
+pub fn scenario(
+    plan: &Plan,
+    seed: u64,
+    post: i64,
+    fault: Fault,
+    onset: i64,
+) -> Option<(i64, WatchVerdict)> {
     let mut run = Run::new(plan, seed, 3);
     for t in 0..40 {
         run.feed(t * S, Fault::None);
@@ -124,7 +131,9 @@ pub fn scenario(plan: &Plan, seed: u64, post: i64, fault: Fault, onset: i64) -> 
 /// Over `runs` seeded healthy canaries of `post` seconds each, how many did the watch fail?
 /// Returns `(failed, runs)`.
 pub fn false_failure_rate(plan: &Plan, runs: u64, post: i64) -> (usize, u64) {
-    let failed = (0..runs).filter(|seed| scenario(plan, 10_000 + seed, post, Fault::None, 0).is_some()).count();
+    let failed = (0..runs)
+        .filter(|seed| scenario(plan, 10_000 + seed, post, Fault::None, 0).is_some())
+        .count();
     (failed, runs)
 }
 

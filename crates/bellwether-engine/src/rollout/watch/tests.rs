@@ -19,8 +19,14 @@ fn a_fault_is_detected_within_three_intervals_of_its_onset() {
         for fault in [Fault::ErrorRate(0.3), Fault::LatencyFactor(4.0)] {
             let (at, v) = scenario(&plan, seed, 40, fault, onset).expect("the fault is detected");
             let reaction = at - onset * S;
-            assert!(reaction >= 0, "seed {seed}: a verdict before the onset: {v:?}");
-            assert!(reaction <= 3 * S, "seed {seed}: detected {reaction}ms after the onset: {v:?}");
+            assert!(
+                reaction >= 0,
+                "seed {seed}: a verdict before the onset: {v:?}"
+            );
+            assert!(
+                reaction <= 3 * S,
+                "seed {seed}: detected {reaction}ms after the onset: {v:?}"
+            );
             assert!(matches!(v, WatchVerdict::Failing { .. }), "{v:?}");
             worst = worst.max(reaction);
         }
@@ -32,7 +38,9 @@ fn a_fault_is_detected_within_three_intervals_of_its_onset() {
 fn the_failing_verdict_names_the_metric_with_its_figures() {
     let plan = parse_plan(WATCH_PLAN, "p.yaml").unwrap();
     let (_, v) = scenario(&plan, 7, 30, Fault::ErrorRate(0.3), 5).unwrap();
-    let WatchVerdict::Failing { reason, figures } = v else { panic!("not failing") };
+    let WatchVerdict::Failing { reason, figures } = v else {
+        panic!("not failing")
+    };
     assert!(reason.contains("svc_error_ratio"), "{reason}");
     assert_eq!(figures["reasons"][0]["metric"], "svc_error_ratio");
     assert!(figures["reasons"][0]["for_ms"].as_i64().unwrap() >= 3000);
@@ -44,7 +52,10 @@ fn healthy_noise_does_not_fail_hosts() {
     let plan = parse_plan(WATCH_PLAN, "p.yaml").unwrap();
     // A short version of the measurement in `bench rollout-engine` (1,000 runs, release).
     let (failed, runs) = false_failure_rate(&plan, 50, 20);
-    assert!(failed * 100 <= runs as usize, "{failed} of {runs} healthy hosts failed");
+    assert!(
+        failed * 100 <= runs as usize,
+        "{failed} of {runs} healthy hosts failed"
+    );
 }
 
 #[test]
@@ -57,7 +68,10 @@ fn silence_is_no_data_and_never_failing() {
     run.canary.mark_applied(40 * S);
     run.feed(41 * S, Fault::None);
     assert_eq!(run.verdict(45 * S), WatchVerdict::Healthy);
-    assert_eq!(run.verdict(47 * S), WatchVerdict::NoData { since_ms: 41 * S });
+    assert_eq!(
+        run.verdict(47 * S),
+        WatchVerdict::NoData { since_ms: 41 * S }
+    );
     // A host that sent nothing since its apply.
     let mut w = HostWatcher::new(&plan, hn("quiet")).unwrap();
     w.mark_applied(0);
@@ -67,7 +81,14 @@ fn silence_is_no_data_and_never_failing() {
 
 #[test]
 fn a_critical_metric_gives_a_critical_verdict() {
-    let plan = parse_plan(&WATCH_PLAN.replace("weight: 1.0, floor: 0.01", "weight: 1.0, floor: 0.01, critical: true"), "p.yaml").unwrap();
+    let plan = parse_plan(
+        &WATCH_PLAN.replace(
+            "weight: 1.0, floor: 0.01",
+            "weight: 1.0, floor: 0.01, critical: true",
+        ),
+        "p.yaml",
+    )
+    .unwrap();
     let (_, v) = scenario(&plan, 3, 30, Fault::ErrorRate(0.5), 3).unwrap();
     assert!(matches!(v, WatchVerdict::Critical { .. }), "{v:?}");
 }
@@ -86,7 +107,9 @@ fn a_drift_rise_above_the_limit_fails() {
     assert_eq!(run.verdict(41 * S), WatchVerdict::Healthy);
     run.canary.observe_drift(0.45);
     let v = run.verdict(41 * S);
-    let WatchVerdict::Failing { reason, figures } = v else { panic!("{v:?}") };
+    let WatchVerdict::Failing { reason, figures } = v else {
+        panic!("{v:?}")
+    };
     assert!(reason.contains("drift rose by 0.350"), "{reason}");
     assert_eq!(figures["drift_rise_limit"], 0.3);
 }
@@ -96,11 +119,16 @@ fn the_canary_judge_catches_a_shift_the_baseline_band_lets_through() {
     // A 70 % latency rise stays inside the 100 % band, and the band's 60 s duration would wait
     // anyway; the judge compares with the controls over the same window and fails it.
     let text = WATCH_PLAN
-        .replace("threshold_pct: 100, for: 3s", "threshold_pct: 100, for: 60s")
+        .replace(
+            "threshold_pct: 100, for: 3s",
+            "threshold_pct: 100, for: 60s",
+        )
         .replace("marginal: 50, pass: 75", "marginal: 60, pass: 75");
     let plan = parse_plan(&text, "p.yaml").unwrap();
     let (at, v) = scenario(&plan, 5, 40, Fault::LatencyFactor(1.7), 1).expect("the judge fails it");
-    let WatchVerdict::Failing { reason, figures } = v else { panic!("{v:?}") };
+    let WatchVerdict::Failing { reason, figures } = v else {
+        panic!("{v:?}")
+    };
     assert!(reason.contains("canary judge"), "{reason}");
     assert_eq!(figures["metrics"][0]["metric"], "svc_latency_p99_ms");
     assert!(at >= 5 * S, "the judge waits for min_samples");
@@ -121,10 +149,17 @@ fn bad_samples_are_refused_with_the_host_and_metric() {
     let plan = parse_plan(WATCH_PLAN, "p.yaml").unwrap();
     let mut w = HostWatcher::new(&plan, hn("h1")).unwrap();
     let e = w.observe(0, "cpu", 1.0).unwrap_err();
-    assert_eq!(e.to_string(), "host h1: metric cpu is not in the plan's analysis");
+    assert_eq!(
+        e.to_string(),
+        "host h1: metric cpu is not in the plan's analysis"
+    );
     w.observe(10, "svc_error_ratio", 0.01).unwrap();
     let e = w.observe(10, "svc_error_ratio", 0.01).unwrap_err();
-    assert!(e.to_string().starts_with("host h1: metric svc_error_ratio: timestamp 10 ms"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("host h1: metric svc_error_ratio: timestamp 10 ms"),
+        "{e}"
+    );
     // NaN is no data, not an error.
     w.observe(20, "svc_error_ratio", f64::NAN).unwrap();
 }
