@@ -23,21 +23,6 @@ faults:
 history: { deployments: 300, seed: 1 }
 "#;
 
-struct Down<'a>(&'a Path);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = run(&[
-            "sandbox",
-            "down",
-            "--dir",
-            self.0.to_str().unwrap(),
-            "--grace",
-            "1s",
-        ]);
-    }
-}
-
 fn bellwether(dir: &Path, args: &[&str]) -> std::process::Output {
     let server = std::fs::read_to_string(dir.join("server.addr")).unwrap();
     let token = std::fs::read_to_string(dir.join("operator.token")).unwrap();

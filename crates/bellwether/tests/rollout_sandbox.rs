@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -20,21 +19,6 @@ faults:
   - { when: { version: "2", disk_free_below_pct: 10 }, effect: { latency_factor: 4 }, onset: 1s }
 history: { deployments: 400, seed: 2 }
 "#;
-
-struct Down<'a>(&'a Path);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = run(&[
-            "sandbox",
-            "down",
-            "--dir",
-            self.0.to_str().unwrap(),
-            "--grace",
-            "1s",
-        ]);
-    }
-}
 
 fn http_get(addr: &str, path: &str) -> String {
     http_get_auth(addr, path, None)

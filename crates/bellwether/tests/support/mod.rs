@@ -447,3 +447,19 @@ pub fn processes_mentioning(marker: &str) -> Vec<u32> {
     }
     out
 }
+
+/// Stops the sandbox in a directory when dropped, so a failing test leaves no process behind.
+pub struct Down<'a>(pub &'a Path);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = run(&[
+            "sandbox",
+            "down",
+            "--dir",
+            self.0.to_str().unwrap(),
+            "--grace",
+            "1s",
+        ]);
+    }
+}
