@@ -23,6 +23,16 @@ faults:
 history: { deployments: 300, seed: 1 }
 "#;
 
+/// Each test runs a whole sandbox (server, services, agents); on a 2-core machine four at once
+/// starve each other's agents of samples, so the tests in this file take turns.
+static ONE_SANDBOX_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_SANDBOX_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn bellwether(dir: &Path, args: &[&str]) -> std::process::Output {
     let server = std::fs::read_to_string(dir.join("server.addr")).unwrap();
     let token = std::fs::read_to_string(dir.join("operator.token")).unwrap();
@@ -36,6 +46,7 @@ fn bellwether(dir: &Path, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn faulty_hosts_are_rolled_back_alone_while_the_others_stay_updated() {
+    let _turn = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sbx");
     let file = tmp.path().join("scenario.yaml");
@@ -125,6 +136,7 @@ faults:
 
 #[test]
 fn a_killed_agent_pauses_the_rollout_on_no_data() {
+    let _turn = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sbx");
     let file = tmp.path().join("scenario.yaml");
@@ -222,6 +234,7 @@ fn a_killed_agent_pauses_the_rollout_on_no_data() {
 
 #[test]
 fn a_rollout_resumes_after_the_server_is_killed_with_no_host_applied_twice_or_lost() {
+    let _turn = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sbx");
     let file = tmp.path().join("scenario.yaml");
@@ -358,6 +371,7 @@ history: { deployments: 3000, seed: 5 }
 
 #[test]
 fn predicted_risky_hosts_are_held_back_and_never_touched() {
+    let _turn = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sbx");
     let file = tmp.path().join("scenario.yaml");
