@@ -334,10 +334,13 @@ impl Run {
                 .filter(|c| c.applied_ms().is_none())
                 .collect();
             let verdict = w.verdict(now, &controls);
+            let data_ms = w.last_sample_ms();
             decisions.extend(self.rollout.step(Observation::HostWatch {
                 host: h,
                 verdict,
                 now_ms: now,
+                // No sample yet: the engine must not take "now" for the data's time.
+                data_ms: Some(data_ms.unwrap_or(i64::MIN)),
             }));
         }
         decisions.extend(self.rollout.step(Observation::Tick { now_ms: now }));

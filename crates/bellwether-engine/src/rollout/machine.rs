@@ -116,6 +116,11 @@ pub enum Observation {
         host: HostName,
         verdict: WatchVerdict,
         now_ms: i64,
+        /// The time of the newest sample behind the verdict; `None` means `now_ms`. A host is
+        /// promoted only once its samples reach the end of its bake, so a host whose data
+        /// lags or stops is never promoted on the strength of older samples.
+        #[serde(default)]
+        data_ms: Option<i64>,
     },
     Operator {
         command: OperatorCommand,
@@ -285,6 +290,9 @@ pub struct HostRecord {
     pub finished_ms: Option<i64>,
     pub last_verdict: Option<VerdictKind>,
     pub last_verdict_ms: Option<i64>,
+    /// The newest sample time behind the latest healthy verdict.
+    #[serde(default)]
+    pub last_data_ms: Option<i64>,
     pub reason: String,
     pub figures: Value,
     /// The error of a failed or timed-out action, kept for the report.
@@ -612,6 +620,7 @@ impl Rollout {
                 finished_ms: None,
                 last_verdict: None,
                 last_verdict_ms: None,
+                last_data_ms: None,
                 reason: String::new(),
                 figures: Value::Null,
                 error: None,
@@ -753,9 +762,12 @@ impl Rollout {
             Observation::ActionFinished {
                 action_id, result, ..
             } => self.on_action(&mut out, action_id, result),
-            Observation::HostWatch { host, verdict, .. } => {
-                self.on_verdict(&mut out, &host, verdict)
-            }
+            Observation::HostWatch {
+                host,
+                verdict,
+                now_ms,
+                data_ms,
+            } => self.on_verdict(&mut out, &host, verdict, data_ms.unwrap_or(now_ms)),
             Observation::Operator { command, .. } => self.on_operator(&mut out, command),
         }
         if sweep {
@@ -1374,7 +1386,13 @@ impl Rollout {
         self.event(out, "rollout.completed", None, reason, figures);
     }
 
-    fn on_verdict(&mut self, out: &mut Vec<Decision>, h: &HostName, verdict: WatchVerdict) {
+    fn on_verdict(
+        &mut self,
+        out: &mut Vec<Decision>,
+        h: &HostName,
+        verdict: WatchVerdict,
+        data_ms: i64,
+    ) {
         let now = self.now_ms;
         let Some(rec) = self.hosts.get_mut(h) else {
             return;
@@ -1388,6 +1406,7 @@ impl Rollout {
         match verdict {
             WatchVerdict::Healthy => {
                 rec.last_verdict = Some(VerdictKind::Healthy);
+                rec.last_data_ms = Some(data_ms);
                 if was_no_data {
                     self.event(
                         out,
@@ -1607,8 +1626,11 @@ impl Rollout {
                 if now - from < bake {
                     return;
                 }
+                // Healthy on samples that reach the end of the bake: a verdict given now on
+                // samples from before the bake ended proves nothing about its end.
                 let fresh = r.last_verdict == Some(VerdictKind::Healthy)
-                    && r.last_verdict_ms.is_some_and(|t| t >= from);
+                    && r.last_verdict_ms.is_some_and(|t| t >= from)
+                    && r.last_data_ms.is_some_and(|t| t >= from + bake);
                 if !fresh {
                     return;
                 }

@@ -184,6 +184,11 @@ impl HostWatcher {
         &self.host
     }
 
+    /// The time of the newest sample fed, if any.
+    pub fn last_sample_ms(&self) -> Option<i64> {
+        self.last_sample_ms
+    }
+
     /// When the update was applied, if it was.
     pub fn applied_ms(&self) -> Option<i64> {
         self.applied_ms

@@ -182,6 +182,7 @@ fn engine_run(hosts: usize) -> anyhow::Result<EngineFigures> {
                 host: h,
                 verdict,
                 now_ms: now,
+                data_ms: None,
             });
             all.push(t.elapsed());
             pending.extend(dispatched(&d));

@@ -152,6 +152,7 @@ impl Sim {
                     host: h,
                     verdict: v,
                     now_ms: now,
+                    data_ms: None,
                 });
             }
         }
@@ -826,7 +827,7 @@ proptest::proptest! {
                         2 => WatchVerdict::Critical { reason: "c".into(), figures: json!({}) },
                         _ => WatchVerdict::Healthy,
                     };
-                    Observation::HostWatch { host: h, verdict, now_ms: now }
+                    Observation::HostWatch { host: h, verdict, now_ms: now, data_ms: None }
                 }
             };
             let obs_host = match &obs { Observation::HostWatch { host, .. } => Some(host.clone()), _ => None };
@@ -912,4 +913,42 @@ fn the_documented_pilot_example() {
     assert_eq!(r.queue, vec![hn("h3"), hn("h6"), hn("h8")]);
     assert_eq!(r.hosts[&hn("h9")].state, HostState::HeldBack);
     assert_eq!(r.hosts[&hn("h10")].state, HostState::HeldBack);
+}
+
+#[test]
+fn healthy_verdicts_on_data_older_than_the_bake_end_never_promote() {
+    // A bake (10 s) shorter than no_data.after (30 s): a host whose samples stopped during
+    // the bake is still called healthy by its watcher until no_data.after has passed. The
+    // engine must wait for samples that reach the end of the bake, and never promote.
+    let plan = plan_with(&[("no_data: { after: 5s }", "no_data: { after: 30s }")]);
+    let mut s = Sim::new(plan, fleet(40));
+    let lagging = s.r.current[0].clone();
+    s.answer(|_, _| ActionResult::Ok);
+    let applied = s.now;
+    for _ in 0..25 {
+        s.tick(1_000);
+        let now = s.now;
+        for h in s.watched() {
+            // The lagging host's newest sample is from 2 s after its apply.
+            let data_ms = if h == lagging { applied + 2_000 } else { now };
+            s.step(Observation::HostWatch {
+                host: h,
+                verdict: WatchVerdict::Healthy,
+                now_ms: now,
+                data_ms: Some(data_ms),
+            });
+        }
+    }
+    assert_eq!(s.r.wave, 0, "the pilot is not promoted on stale samples");
+    assert_eq!(s.r.hosts[&lagging].state, HostState::Baking);
+    // Its samples catch up past the bake end: the wave passes on the next tick.
+    let now = s.now;
+    s.step(Observation::HostWatch {
+        host: lagging.clone(),
+        verdict: WatchVerdict::Healthy,
+        now_ms: now,
+        data_ms: Some(now),
+    });
+    s.tick(1_000);
+    assert_eq!(s.r.wave, 1, "promoted once the samples cover the bake");
 }
