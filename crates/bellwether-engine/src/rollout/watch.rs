@@ -63,6 +63,8 @@ pub struct HostWatcher {
     severity_fail: f64,
     drift_rise_limit: Option<f64>,
     no_data_after_ms: i64,
+    /// The sampling interval, in ms: the span one sample stands for.
+    interval_ms: i64,
     judge: super::plan::JudgeSettings,
     capacity: usize,
 }
@@ -140,8 +142,14 @@ impl HostWatcher {
             (((ms(a.baseline.0) + 2 * plan.bake_ms()) / interval) as usize + 16).min(4096);
         let mut metrics = Vec::new();
         for rule in &a.metrics {
+            // A sample is a rate or quantile over the interval it closes, so n breaching
+            // samples in a row witness n intervals of breach, while their timestamps span
+            // only n − 1. `for` counts what the samples witness: the threshold is asked for
+            // a timestamp span one interval shorter (`for: 2s` at 1 s fires on the second
+            // breaching sample; `for` ≤ interval on the first).
+            let span = rule.for_.0.saturating_sub(a.interval.0);
             let cfg = ThresholdConfig::new(a.baseline.0, rule.threshold_pct, rule.direction)
-                .with_min_duration(rule.for_.0)
+                .with_min_duration(span)
                 .with_abs_floor(rule.floor)
                 .with_min_baseline_samples(min_samples);
             let watch = ThresholdWatch::new(cfg).map_err(|source| WatchError::Threshold {
@@ -175,6 +183,7 @@ impl HostWatcher {
             severity_fail: a.severity_fail,
             drift_rise_limit: a.drift_rise_limit,
             no_data_after_ms: plan.no_data.after_ms(),
+            interval_ms: interval,
             judge: a.judge.clone(),
             capacity,
         })
@@ -296,7 +305,12 @@ impl HostWatcher {
             .iter()
             .filter_map(|m| m.last.as_ref().map(|o| (m.rule.name.0.as_str(), o)))
             .collect();
-        let severity = self.scorer.score(latest.iter().copied());
+        let mut severity = self.scorer.score(latest.iter().copied());
+        // The threshold counts a breach from its first sample's timestamp; the breach was
+        // already there over the interval that sample closes (see `new`).
+        for r in &mut severity.reasons {
+            r.for_ms += self.interval_ms;
+        }
         let reasons: Vec<Value> = severity
             .reasons
             .iter()

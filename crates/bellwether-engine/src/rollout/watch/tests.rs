@@ -180,7 +180,7 @@ fn a_restored_watcher_keeps_the_frozen_baseline() {
     let mut w = HostWatcher::restore(&plan, &back).unwrap();
     assert_eq!(w.applied_ms(), Some(40 * S));
     // The fault right after the restart is judged against the old baseline: detected after
-    // `for` (3 s) as before.
+    // `for` (3 s) as before: samples at 41, 42 and 43 s, each standing for the second it closes.
     let mut first = None;
     for s in 41..60 {
         w.observe(s * S, "svc_error_ratio", 0.3).unwrap();
@@ -189,7 +189,7 @@ fn a_restored_watcher_keeps_the_frozen_baseline() {
             first = Some(s);
         }
     }
-    assert_eq!(first, Some(44));
+    assert_eq!(first, Some(43), "the third breaching sample witnesses 3 s of breach");
     // A host not applied yet has nothing frozen to keep.
     let fresh = HostWatcher::new(&plan, HostName::new("x").unwrap()).unwrap();
     assert!(fresh.snapshot().baselines.is_empty());
