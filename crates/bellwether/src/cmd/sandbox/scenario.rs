@@ -58,6 +58,14 @@ pub struct FaultRule {
     pub effect: Effect,
     #[serde(default, with = "humantime_serde_opt")]
     pub onset: Option<Duration>,
+    /// Whether the generated history shows this fault. `false` makes it a new fault that no
+    /// past deployment hit, so the model cannot predict it before a rollout meets it.
+    #[serde(default = "yes")]
+    pub in_history: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -320,7 +328,11 @@ impl Scenario {
             // Past hosts vary around their group: disk ±5 points.
             let disk = (host.disk_free_pct + (rng.unit() - 0.5) * 10.0).clamp(0.0, 100.0);
             let mut p_fail: f64 = 0.03;
-            for f in self.faults.iter().filter(|f| f.when.version == *version) {
+            for f in self
+                .faults
+                .iter()
+                .filter(|f| f.in_history && f.when.version == *version)
+            {
                 if f.when
                     .matches_host(&host.group, &host.role, &host.packages, disk)
                 {
