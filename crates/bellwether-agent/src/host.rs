@@ -23,6 +23,8 @@ pub struct HostCollector {
     /// The last problem reading the declared dependencies, so it is logged once per change.
     last_dependency_error: Option<String>,
     scrape: Option<Scraper>,
+    /// Files whose content hash every profile records (`--watch-file` and `--protect`).
+    watch_files: Vec<String>,
 }
 
 /// Scrapes a service's Prometheus endpoint every collection (see [`crate::scrape`]).
@@ -46,7 +48,16 @@ impl HostCollector {
             sampler: Some(CpuSampler::new()),
             last_dependency_error: None,
             scrape: None,
+            watch_files: Vec::new(),
         }
+    }
+
+    /// Also record the SHA-256 and size of these files (relative to the root) in every
+    /// profile, besides those the root lists in `etc/bellwether/watch-files`, so that drift
+    /// shows a `file:PATH` finding when one changes.
+    pub fn with_watch_files(mut self, paths: Vec<String>) -> Self {
+        self.watch_files = paths;
+        self
     }
 
     /// Also scrape `url` (a Prometheus text endpoint) every collection, and add the service
@@ -125,6 +136,7 @@ impl Collector for HostCollector {
         let rootfs = self.rootfs.clone();
         let flags = self.flag_dependencies.clone();
         let timeout = self.probe_timeout;
+        let watch_files = self.watch_files.clone();
         let mut sampler = self.sampler.take().unwrap_or_default();
         let job = tokio::task::spawn_blocking(move || {
             let (declared, problem) = match read_declared_dependencies(&rootfs) {
@@ -134,6 +146,7 @@ impl Collector for HostCollector {
             let opts = CollectOptions {
                 dependencies: merge_dependencies(&[&declared, &flags]),
                 probe_timeout: timeout,
+                watch_files,
                 ..CollectOptions::default()
             };
             let mut profile = sampler.collect(&rootfs, &opts);
@@ -209,6 +222,27 @@ mod tests {
         assert!(samples
             .iter()
             .any(|s| s.name == "load1" && s.ts_ms == profile.collected_at_ms));
+    }
+
+    #[tokio::test]
+    async fn watched_files_are_in_every_profile_and_a_change_is_news() {
+        let dir = tempfile::tempdir().unwrap();
+        write_host_root(dir.path(), &HostSpec::generate(5, "web-03", 20)).unwrap();
+        std::fs::write(dir.path().join("etc/websvc.conf"), "workers = 4\n").unwrap();
+        let mut c = HostCollector::new(dir.path().to_owned(), vec![], Duration::from_millis(100))
+            .with_watch_files(vec!["etc/websvc.conf".into()]);
+        let first = c.collect().await.profile;
+        assert_eq!(first.files["etc/websvc.conf"].size, Some(12));
+        let mut changes = crate::change::ChangeDetector::default();
+        changes.mark_sent(&first);
+        assert!(!changes.is_news(&c.collect().await.profile));
+        std::fs::write(dir.path().join("etc/websvc.conf"), "workers = 0\n").unwrap();
+        let edited = c.collect().await.profile;
+        assert_ne!(
+            edited.files["etc/websvc.conf"].sha256,
+            first.files["etc/websvc.conf"].sha256
+        );
+        assert!(changes.is_news(&edited), "an edited watched file is sent");
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use bellwether_model::profile::{Hardware, Interface, Network, OsInfo};
+use bellwether_model::profile::{Hardware, Interface, Network, OsInfo, WatchedFile};
 use bellwether_model::HostProfile;
 
 use crate::deps::{probe_all, Dependency};
@@ -58,6 +58,10 @@ pub struct CollectOptions {
     pub probe_timeout: Duration,
     /// Operator-assigned labels copied into the profile.
     pub labels: BTreeMap<String, String>,
+    /// Files to record a content hash of, relative to the root (`--watch-file`), besides the
+    /// ones the root lists in [`crate::watch::WATCH_FILES_FILE`]. Each must pass
+    /// [`crate::watch::check_watch_path`]; one that does not is skipped with a note.
+    pub watch_files: Vec<String>,
 }
 
 impl Default for CollectOptions {
@@ -66,6 +70,7 @@ impl Default for CollectOptions {
             dependencies: Vec::new(),
             probe_timeout: Duration::from_millis(500),
             labels: BTreeMap::new(),
+            watch_files: Vec::new(),
         }
     }
 }
@@ -280,6 +285,7 @@ pub fn collect_from(
         sampler.update(now, &mut p.metrics);
     }
 
+    p.files = c.watched(&opts.watch_files);
     p.dependencies = probe_all(&opts.dependencies, opts.probe_timeout);
     p.notes = c.notes;
     p
@@ -319,6 +325,54 @@ impl Collector<'_> {
                 None
             }
         }
+    }
+
+    /// The watched files: the options' paths, then the root's own list. A file that cannot be
+    /// read is recorded as absent (no hash) with a note; collection goes on.
+    fn watched(&mut self, extra: &[String]) -> BTreeMap<String, WatchedFile> {
+        use crate::watch::{check_watch_path, parse_watch_list, MAX_WATCHED, WATCH_FILES_FILE};
+        let mut paths: Vec<String> = Vec::new();
+        for p in extra {
+            match check_watch_path(p) {
+                Ok(()) => paths.push(p.clone()),
+                Err(e) => self.notes.push(format!("Not watching {p:?}: {e}.")),
+            }
+        }
+        if self.root.exists(WATCH_FILES_FILE) {
+            if let Some(text) = self.read(WATCH_FILES_FILE) {
+                let (listed, problems) = parse_watch_list(&text);
+                for problem in problems {
+                    self.notes
+                        .push(format!("Not watching a line of {problem}."));
+                }
+                paths.extend(listed);
+            }
+        }
+        let mut files = BTreeMap::new();
+        for rel in paths {
+            if files.contains_key(&rel) {
+                continue;
+            }
+            if files.len() == MAX_WATCHED {
+                self.notes.push(format!(
+                    "Watching only the first {MAX_WATCHED} files; {rel} and any after it are not watched."
+                ));
+                break;
+            }
+            let state = match self.root.digest(&rel) {
+                Ok((sha256, size)) => WatchedFile {
+                    sha256: Some(sha256),
+                    size: Some(size),
+                },
+                Err(e) => {
+                    self.notes
+                        .push(format!("Watched file {rel} is recorded as absent: {e}."));
+                    WatchedFile::default()
+                }
+            };
+            files.insert(rel, state);
+        }
+        files
     }
 
     fn os(&mut self) -> Option<OsInfo> {
@@ -941,6 +995,42 @@ mod tests {
         ] {
             assert!(notes.contains(f), "missing note for {f} in:\n{notes}");
         }
+    }
+
+    #[test]
+    fn watched_files_are_hashed_and_a_missing_one_is_absent_with_a_note() {
+        let mut root = MemRoot::default();
+        root.insert("etc/websvc.conf", "workers = 4\n");
+        root.insert(
+            "etc/bellwether/watch-files",
+            "etc/app.conf  # not there\n/etc/shadow\n",
+        );
+        let opts = CollectOptions {
+            watch_files: vec!["etc/websvc.conf".into(), "../escape".into()],
+            ..CollectOptions::default()
+        };
+        let p = collect_from(&root, &opts, None);
+        let paths: Vec<&str> = p.files.keys().map(String::as_str).collect();
+        assert_eq!(paths, vec!["etc/app.conf", "etc/websvc.conf"]);
+        let conf = &p.files["etc/websvc.conf"];
+        assert_eq!(conf.size, Some(12));
+        assert_eq!(
+            conf.sha256.as_deref(),
+            Some(crate::root::sha256_hex(b"workers = 4\n").as_str())
+        );
+        assert_eq!(p.files["etc/app.conf"], WatchedFile::default());
+        let notes = p.notes.join("\n");
+        for want in [
+            "Watched file etc/app.conf is recorded as absent",
+            "Not watching \"../escape\"",
+            "watch-files:2: \"/etc/shadow\"",
+        ] {
+            assert!(notes.contains(want), "no note {want:?} in:\n{notes}");
+        }
+        // Without a list or flags nothing is watched, and the profile's JSON has no `files`.
+        let p = collect_from(&MemRoot::default(), &CollectOptions::default(), None);
+        assert!(p.files.is_empty());
+        assert!(!serde_json::to_string(&p).unwrap().contains("\"files\""));
     }
 
     #[test]

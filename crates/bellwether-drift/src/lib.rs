@@ -10,6 +10,7 @@
 //! - [`peers`] compares the hosts of a fleet that share a role; it is pure.
 //! - [`synth`] writes realistic synthetic host roots for the sandbox, tests and benchmarks.
 //! - [`version`] compares Debian/RPM versions and sizes a change (major, minor, patch).
+//! - [`watch`] names the watched files whose content hashes a profile records.
 //!
 //! docs/drift.md explains the scoring formula for operators.
 //!
@@ -30,6 +31,7 @@ pub mod score;
 pub mod sockdiag;
 pub mod synth;
 pub mod version;
+pub mod watch;
 
 pub use collect::{collect, CollectOptions, CpuSampler};
 pub use deps::{parse_dependency, read_declared_dependencies, Dependency};

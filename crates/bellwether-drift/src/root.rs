@@ -16,6 +16,12 @@ pub trait Root {
     fn list(&self, rel: &str) -> io::Result<Vec<String>>;
     /// Whether a file or directory exists.
     fn exists(&self, rel: &str) -> bool;
+    /// The SHA-256 (lower-case hex) and size in bytes of a file's contents, for watched files.
+    /// Roots on disk stream the file, so a large one is never held in memory.
+    fn digest(&self, rel: &str) -> io::Result<(String, u64)> {
+        let text = self.read(rel)?;
+        Ok((sha256_hex(text.as_bytes()), text.len() as u64))
+    }
     /// The file's path on disk, for readers that need one (the rpm sqlite database); `None`
     /// for roots held in memory.
     fn local_path(&self, _rel: &str) -> Option<PathBuf> {
@@ -26,6 +32,21 @@ pub trait Root {
     fn is_own_root(&self) -> bool {
         false
     }
+}
+
+/// SHA-256 of `bytes` as 64 lower-case hex digits.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
 }
 
 /// A host root on disk.
@@ -73,6 +94,31 @@ impl Root for FsRoot {
 
     fn local_path(&self, rel: &str) -> Option<PathBuf> {
         Some(self.dir.join(rel))
+    }
+
+    fn digest(&self, rel: &str) -> io::Result<(String, u64)> {
+        use sha2::Digest as _;
+        use std::io::Read as _;
+        let path = self.dir.join(rel);
+        let mut file = std::fs::File::open(&path)?;
+        if file.metadata()?.is_dir() {
+            return Err(io::Error::other("is a directory, not a file"));
+        }
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut size = 0u64;
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    size += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((hex(&hasher.finalize()), size))
     }
 
     fn is_own_root(&self) -> bool {
@@ -137,5 +183,33 @@ mod tests {
         assert!(!r.exists("sys/class/none"));
         assert_eq!(r.read("sys/class/net/lo/mtu").unwrap(), "65536\n");
         assert_eq!(r.read("nope").unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn disk_and_memory_roots_digest_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        // Larger than the read buffer, so the streaming path is exercised.
+        let text = "workers = 4\n".repeat(10_000);
+        std::fs::write(dir.path().join("etc/app.conf"), &text).unwrap();
+        let mut m = MemRoot::default();
+        m.insert("etc/app.conf", text.clone());
+        let disk = FsRoot::new(dir.path()).digest("etc/app.conf").unwrap();
+        assert_eq!(disk, m.digest("etc/app.conf").unwrap());
+        assert_eq!(disk.1, text.len() as u64);
+        // sha256sum of the empty file.
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let fs = FsRoot::new(dir.path());
+        assert_eq!(
+            fs.digest("nope").unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert!(
+            fs.digest("etc").is_err(),
+            "a directory is not a watched file"
+        );
     }
 }

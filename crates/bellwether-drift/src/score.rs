@@ -16,7 +16,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
-use bellwether_model::profile::{DependencyStatus, Hardware, Network, OsInfo};
+use bellwether_model::profile::{DependencyStatus, Hardware, Network, OsInfo, WatchedFile};
 use bellwether_model::{DriftCategory, DriftScore, Finding, HostProfile, Unit};
 
 use crate::prepared::Digests;
@@ -79,6 +79,14 @@ pub mod weights {
     pub const HOSTS_ADDED: f64 = 0.10;
     pub const HOSTS_REMOVED: f64 = 0.10;
     pub const HOSTS_CHANGED: f64 = 0.20;
+
+    /// A watched file's contents changed (its SHA-256 differs): as much as a major package
+    /// upgrade, since a configuration file changes what the service does as surely.
+    pub const FILE_CHANGED: f64 = 0.30;
+    /// A watched file that was there is gone.
+    pub const FILE_REMOVED: f64 = 0.40;
+    /// A watched file that was absent appeared.
+    pub const FILE_ADDED: f64 = 0.20;
 
     pub const DEPENDENCY_UNREACHABLE: f64 = 0.90;
     pub const DEPENDENCY_RECOVERED: f64 = 0.05;
@@ -399,6 +407,32 @@ fn configuration(
             network(bn, cn, f);
         }
     }
+    if b.files != c.files {
+        files(&b.files, &c.files, f);
+    }
+}
+
+/// `file:PATH` findings. A file watched on one side only is not compared: a change of the
+/// watch list is not drift of the host (and a baseline from before files were watched must
+/// not make every watched file look new).
+fn files(b: &BTreeMap<String, WatchedFile>, c: &BTreeMap<String, WatchedFile>, f: &mut Findings) {
+    merge(b, c, |path, x, y| {
+        let (Some(x), Some(y)) = (x, y) else { return };
+        let w = match (&x.sha256, &y.sha256) {
+            (Some(h1), Some(h2)) if h1 != h2 => weights::FILE_CHANGED,
+            (Some(_), None) => weights::FILE_REMOVED,
+            (None, Some(_)) => weights::FILE_ADDED,
+            _ => 0.0,
+        };
+        if w > 0.0 {
+            f.config(
+                format!("file:{path}"),
+                Some(&x.summary()),
+                Some(&y.summary()),
+                w,
+            );
+        }
+    });
 }
 
 fn os_summary(o: &OsInfo) -> String {
@@ -966,6 +1000,68 @@ mod tests {
     }
 
     #[test]
+    fn watched_files_drift_by_hash_and_only_when_watched_on_both_sides() {
+        let file = |text: Option<&str>| WatchedFile {
+            sha256: text.map(|t| crate::root::sha256_hex(t.as_bytes())),
+            size: text.map(|t| t.len() as u64),
+        };
+        let mut b = base();
+        b.files
+            .insert("etc/websvc.conf".into(), file(Some("workers = 4\n")));
+        b.files.insert("etc/gone.conf".into(), file(Some("x\n")));
+        b.files.insert("etc/new.conf".into(), file(None));
+        b.files.insert("etc/same.conf".into(), file(Some("same\n")));
+        let mut c = b.clone();
+        c.files
+            .insert("etc/websvc.conf".into(), file(Some("workers = 0\n")));
+        c.files.insert("etc/gone.conf".into(), file(None));
+        c.files.insert("etc/new.conf".into(), file(Some("y\n")));
+        // Watched now but not in the baseline: not compared.
+        c.files.insert("etc/later.conf".into(), file(Some("z\n")));
+        let s = score(&b, &c);
+        let attrs: Vec<&str> = s.findings.iter().map(|f| f.attribute.as_str()).collect();
+        assert_eq!(
+            attrs,
+            vec![
+                "file:etc/gone.conf",
+                "file:etc/websvc.conf",
+                "file:etc/new.conf"
+            ]
+        );
+        let conf = find(&s, "file:etc/websvc.conf");
+        assert_eq!(conf.category, DriftCategory::Configuration);
+        assert_eq!(conf.weight.get(), weights::FILE_CHANGED);
+        assert_eq!(
+            conf.baseline.as_deref(),
+            Some(
+                format!(
+                    "12 bytes, sha256 {}…",
+                    &file(Some("workers = 4\n")).sha256.unwrap()[..12]
+                )
+                .as_str()
+            )
+        );
+        assert_eq!(
+            find(&s, "file:etc/gone.conf").current.as_deref(),
+            Some("absent")
+        );
+        assert_eq!(
+            find(&s, "file:etc/gone.conf").weight.get(),
+            weights::FILE_REMOVED
+        );
+        assert_eq!(
+            find(&s, "file:etc/new.conf").weight.get(),
+            weights::FILE_ADDED
+        );
+        // A baseline from before files were watched: no file findings at all.
+        let old = base();
+        assert_eq!(
+            score(&old, &c).findings.len(),
+            score(&old, &base()).findings.len()
+        );
+    }
+
+    #[test]
     fn different_hosts_are_refused_unless_forced() {
         let b = base();
         let mut c = b.clone();
@@ -1068,6 +1164,30 @@ mod tests {
             ..HostProfile::default()
         };
         close(score(&lat(2.0), &lat(6.0)).dependency, 0.225);
+        // 7.
+        let conf = |text: &str, packages| HostProfile {
+            packages,
+            files: BTreeMap::from([(
+                "etc/websvc.conf".to_owned(),
+                WatchedFile {
+                    sha256: Some(crate::root::sha256_hex(text.as_bytes())),
+                    size: Some(text.len() as u64),
+                },
+            )]),
+            ..HostProfile::default()
+        };
+        let b = conf(
+            "workers = 4\nlisten = 127.0.0.1\n",
+            pk(&[("openssl", "3.0.11-1")]),
+        );
+        let c = conf(
+            "workers = 0\nlisten = 127.0.0.1\n",
+            pk(&[("openssl", "3.0.13-1")]),
+        );
+        let s = score(&b, &c);
+        close(find(&s, "file:etc/websvc.conf").weight, 0.30);
+        close(s.configuration, 0.335);
+        close(s.overall, 0.335);
     }
 
     fn arb_profile() -> impl Strategy<Value = HostProfile> {
@@ -1092,8 +1212,13 @@ mod tests {
                 ("[a-c]", any::<bool>(), prop::option::of(0.0f64..100.0)),
                 0..3,
             ),
+            prop::collection::btree_map(
+                "etc/[a-d]\\.conf",
+                prop::option::of("[0-9a-f]{1,2}"),
+                0..4,
+            ),
         )
-            .prop_map(|(seed, pk, metrics, deps)| {
+            .prop_map(|(seed, pk, metrics, deps, files)| {
                 let mut p = profile_of(&HostSpec::generate(seed % 4, "h", 10));
                 p.packages.as_mut().unwrap().extend(pk);
                 p.metrics
@@ -1107,6 +1232,13 @@ mod tests {
                         endpoint: "h:1".into(),
                         reachable,
                         latency_ms: ms.filter(|_| reachable),
+                    })
+                    .collect();
+                p.files = files
+                    .into_iter()
+                    .map(|(path, hash)| {
+                        let size = hash.as_ref().map(|h| h.len() as u64);
+                        (path, WatchedFile { sha256: hash, size })
                     })
                     .collect();
                 p
@@ -1140,7 +1272,10 @@ mod tests {
             c1.packages.as_mut().unwrap().insert(extra, "1.0".into());
             c1.network.as_mut().unwrap().listening.push(format!("10.9.9.9:{port}"));
             c1.kernel = Some("99.0".into());
+            // A watched file on both sides whose contents differ.
+            c1.files.insert("var/zz.conf".into(), WatchedFile { sha256: Some("ff".into()), size: Some(1) });
             let mut b1 = b.clone();
+            b1.files.insert("var/zz.conf".into(), WatchedFile { sha256: Some("00".into()), size: Some(1) });
             b1.metrics.insert("only_in_both".into(), 1.0);
             c1.metrics.insert("only_in_both".into(), metric);
             let s1 = score(&b1, &c1);

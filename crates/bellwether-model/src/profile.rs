@@ -35,6 +35,12 @@ pub struct HostProfile {
     /// Declared dependencies and how they answered a TCP connect.
     #[serde(default)]
     pub dependencies: Vec<DependencyStatus>,
+    /// Watched files (configured with `--watch-file`, `--protect` or the root's
+    /// `etc/bellwether/watch-files`), by path relative to the root: a content hash and size,
+    /// so drift scoring can tell a changed file without holding its contents. Left out of the
+    /// JSON when nothing is watched, so profiles from before this field read and write alike.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, WatchedFile>,
     /// Gauges such as `load1`, `memory_available_ratio`, `psi_cpu_some_avg10`.
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
@@ -106,4 +112,33 @@ pub struct DependencyStatus {
     /// Connect latency in milliseconds, when reachable.
     #[serde(default)]
     pub latency_ms: Option<f64>,
+}
+
+/// One watched file as collection found it. A file that is missing or unreadable has neither
+/// hash nor size, and the profile's notes say why.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchedFile {
+    /// SHA-256 of the file's bytes, 64 lower-case hex digits (what `sha256sum` prints).
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The file's size in bytes.
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
+impl WatchedFile {
+    /// Whether the file was there when collected.
+    pub fn present(&self) -> bool {
+        self.sha256.is_some()
+    }
+
+    /// `"38 bytes, sha256 1f2e3d4c5b6a…"` or `"absent"`, as findings show it.
+    pub fn summary(&self) -> String {
+        match (&self.sha256, self.size) {
+            (Some(h), Some(n)) => format!("{n} bytes, sha256 {}…", &h[..h.len().min(12)]),
+            (Some(h), None) => format!("sha256 {}…", &h[..h.len().min(12)]),
+            (None, _) => "absent".to_owned(),
+        }
+    }
 }

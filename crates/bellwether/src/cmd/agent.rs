@@ -85,8 +85,15 @@ pub struct Args {
     /// A file (relative to --rootfs) to snapshot at first start, so a `restore_file` action can
     /// put it back; repeat for more. The snapshot is kept across restarts. The dpkg status
     /// (var/lib/dpkg/status) is always snapshotted when present, for `reinstall_package`.
+    /// A protected file is also watched (see --watch-file).
     #[arg(long = "protect", value_name = "PATH", requires = "state_dir")]
     protect: Vec<String>,
+    /// A file (relative to --rootfs, such as etc/websvc.conf) whose SHA-256 and size every
+    /// profile records, so drift shows a `file:PATH` finding when it changes; repeat for
+    /// more. Adds to the paths the root lists in etc/bellwether/watch-files (re-read every
+    /// collection) and to the --protect files.
+    #[arg(long = "watch-file", value_name = "PATH")]
+    watch_files: Vec<String>,
     /// The cgroup v2 directory of the host's service (such as /sys/fs/cgroup/websvc) that
     /// `set_cgroup` actions write cpu.max and memory.max into.
     #[arg(long, value_name = "DIR", requires = "state_dir")]
@@ -109,6 +116,8 @@ struct Config {
     rootfs: PathBuf,
     settings: Settings,
     dependencies: Vec<bellwether_drift::Dependency>,
+    /// `--watch-file` then `--protect`, checked, without duplicates.
+    watch_files: Vec<String>,
     request_timeout: Duration,
     probe_timeout: Duration,
     actions: Option<ActionConfig>,
@@ -191,6 +200,20 @@ fn validate(args: Args) -> Result<Config, UsageError> {
             args.rootfs.display()
         )));
     }
+    let mut watch_files: Vec<String> = Vec::new();
+    for p in &args.watch_files {
+        bellwether_drift::watch::check_watch_path(p)
+            .map_err(|e| UsageError(format!("--watch-file: {e}")))?;
+        if !watch_files.contains(p) {
+            watch_files.push(p.clone());
+        }
+    }
+    for p in &args.protect {
+        // Checked again (with the restore_file wording) when the executor snapshots it.
+        if bellwether_drift::watch::check_watch_path(p).is_ok() && !watch_files.contains(p) {
+            watch_files.push(p.clone());
+        }
+    }
     let name = host_name(args.name.as_deref(), &args.rootfs)?;
     let mut settings = Settings::new(name);
     settings.labels = labels;
@@ -233,6 +256,7 @@ fn validate(args: Args) -> Result<Config, UsageError> {
         rootfs: args.rootfs,
         settings,
         dependencies,
+        watch_files,
         request_timeout: args.request_timeout,
         probe_timeout: args.probe_timeout,
     })
@@ -260,7 +284,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = validate(args)?;
     let transport = HttpTransport::new(&cfg.server, cfg.token, cfg.request_timeout)
         .map_err(|e| UsageError(e.to_string()))?;
-    let mut collector = HostCollector::new(cfg.rootfs.clone(), cfg.dependencies, cfg.probe_timeout);
+    let mut collector = HostCollector::new(cfg.rootfs.clone(), cfg.dependencies, cfg.probe_timeout)
+        .with_watch_files(cfg.watch_files.clone());
     if let Some(url) = cfg.scrape.clone() {
         collector = collector.with_scrape(url);
     }

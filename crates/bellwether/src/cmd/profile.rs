@@ -30,12 +30,21 @@ pub struct Args {
     /// Label the profile, as K=V (such as role=web); peers are grouped by labels. Repeatable.
     #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Record the SHA-256 and size of this file (relative to --rootfs, such as
+    /// etc/websvc.conf), so drift shows a `file:PATH` finding when it changes. Repeatable; adds
+    /// to the paths listed in DIR/etc/bellwether/watch-files (one a line).
+    #[arg(long = "watch-file", value_name = "PATH", value_parser = parse_watch_file)]
+    watch_files: Vec<String>,
     /// How long all dependency probes together may take, such as 500ms or 2s.
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     probe_timeout: Duration,
     /// `human` prints a summary; `json` prints the HostProfile that `bellwether drift` reads.
     #[arg(long, value_enum, default_value_t)]
     output: OutputFormat,
+}
+
+fn parse_watch_file(s: &str) -> Result<String, String> {
+    bellwether_drift::watch::check_watch_path(s).map(|()| s.to_owned())
 }
 
 fn parse_dependency_flag(s: &str) -> Result<Dependency, String> {
@@ -82,6 +91,7 @@ fn options(
         dependencies: merge_dependencies(&[&declared, flags]),
         probe_timeout: timeout,
         labels: labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        watch_files: Vec::new(),
     })
 }
 
@@ -93,12 +103,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    let opts = options(
+    let mut opts = options(
         &args.rootfs,
         &args.dependencies,
         &args.labels,
         args.probe_timeout,
     )?;
+    opts.watch_files = args.watch_files;
     let profile = bellwether_drift::collect(&args.rootfs, &opts);
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&profile)?),
@@ -228,6 +239,9 @@ pub fn human(p: &HostProfile) -> String {
         };
         line("Dependency", format!("{} {} {state}", d.name, d.endpoint));
     }
+    for (path, f) in &p.files {
+        line("File", format!("{path} {}", f.summary()));
+    }
     for n in &p.notes {
         line("Note", n.clone());
     }
@@ -247,6 +261,11 @@ pub struct BenchArgs {
     /// How many collections to time, after 5 untimed warm-up runs.
     #[arg(long, default_value_t = 200)]
     iterations: usize,
+    /// Also watch this file (relative to the root), as the agent does with --watch-file or
+    /// --protect; repeatable. With --synthetic-packages, the file is written into the
+    /// synthetic root first (a 4 KiB configuration file).
+    #[arg(long = "watch-file", value_name = "PATH", value_parser = parse_watch_file)]
+    watch_files: Vec<String>,
     /// How many `dpkg-query -W` runs to time as the peer (0 to skip).
     #[arg(long, default_value_t = 20)]
     peer_iterations: usize,
@@ -263,11 +282,21 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let spec = bellwether_drift::synth::HostSpec::generate(1, "bench-1", n);
             bellwether_drift::synth::write_host_root(&tmp.0, &spec)
                 .context("writing the synthetic host root")?;
+            for rel in &args.watch_files {
+                let path = tmp.0.join(rel);
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let conf = "# a configuration file of 4 KiB\n".repeat(128);
+                std::fs::write(&path, conf)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             tmp.0.clone()
         }
         None => args.rootfs.clone(),
     };
-    let opts = options(&rootfs, &[], &[], Duration::from_millis(500))?;
+    let mut opts = options(&rootfs, &[], &[], Duration::from_millis(500))?;
+    opts.watch_files = args.watch_files.clone();
     // The agent keeps a sampler, so the benchmark does too: the figures include the rates.
     let mut sampler = CpuSampler::new();
     let mut last = None;
@@ -288,11 +317,12 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let p = last.expect("at least one collection ran");
     println!(
-        "collected {} from {}: {} packages, {} metrics, {} notes",
+        "collected {} from {}: {} packages, {} metrics, {} watched files, {} notes",
         args.iterations,
         rootfs.display(),
         p.packages.as_ref().map_or(0, |m| m.len()),
         p.metrics.len(),
+        p.files.len(),
         p.notes.len()
     );
     println!("profile collection: {}", stats(&mut times));
@@ -393,6 +423,13 @@ mod tests {
         );
         assert!(parse_label("=web").unwrap_err().contains("\"=web\""));
         assert!(parse_dependency_flag("db").unwrap_err().contains("\"db\""));
+        assert_eq!(
+            parse_watch_file("etc/websvc.conf").unwrap(),
+            "etc/websvc.conf"
+        );
+        assert!(parse_watch_file("/etc/passwd")
+            .unwrap_err()
+            .contains("relative to the root: it is absolute"));
     }
 
     #[test]
@@ -406,6 +443,16 @@ mod tests {
         );
         assert!(text.contains("Packages     30 installed\n"), "{text}");
         assert!(text.contains("load1="), "{text}");
+        let mut p = bellwether_drift::synth::profile_of(&spec);
+        p.files.insert(
+            "etc/websvc.conf".into(),
+            bellwether_model::profile::WatchedFile::default(),
+        );
+        assert!(
+            human(&p).contains("File         etc/websvc.conf absent\n"),
+            "{}",
+            human(&p)
+        );
     }
 
     #[test]
