@@ -109,6 +109,9 @@ pub enum DriftKind {
     Dependency,
     /// Change the DNS resolvers in etc/resolv.conf.
     Resolver,
+    /// Rewrite a file of the root (default: etc/websvc.conf with `workers = 0`, which breaks
+    /// every service version but 1).
+    File,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -147,6 +150,13 @@ pub struct DriftArgs {
     /// With --kind resolver: the new resolvers; repeat for more (default: 192.0.2.53).
     #[arg(long = "resolver")]
     resolvers: Vec<String>,
+    /// With --kind file: the file to rewrite, relative to the host root.
+    #[arg(long, default_value = service::CONFIG_FILE)]
+    path: String,
+    /// With --kind file: the new contents (default: the service configuration with
+    /// `workers = 0`).
+    #[arg(long)]
+    content: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -504,9 +514,9 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
         }
         // The service's configuration: the agent snapshots it (--protect) so a rollout's
         // remediation can restore it after drift.
-        let conf = h.root.join("etc/websvc.conf");
+        let conf = h.root.join(service::CONFIG_FILE);
         if !conf.exists() {
-            state::write_atomic_in(&conf, b"workers = 4\nlisten = 127.0.0.1\n")?;
+            state::write_atomic_in(&conf, service::DEFAULT_CONFIG.as_bytes())?;
         }
         let mut svc = procs::spawn_detached(
             &exe,
@@ -553,7 +563,7 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
                 os("--action-wait"),
                 os("2s"),
                 os("--protect"),
-                os("etc/websvc.conf"),
+                os(service::CONFIG_FILE),
                 os("--scrape"),
                 os(format!("http://{service_addr}/metrics")),
             ]
@@ -907,6 +917,14 @@ fn drift_from_args(a: &DriftArgs) -> anyhow::Result<DriftRequest> {
                 endpoint: a.endpoint.clone(),
             }
         }
+        DriftKind::File => {
+            bellwether_drift::watch::check_watch_path(&a.path)
+                .map_err(|e| UsageError(format!("--path: {e}")))?;
+            DriftRequest::File {
+                path: a.path.clone(),
+                content: a.content.clone(),
+            }
+        }
         DriftKind::Resolver => {
             for r in &a.resolvers {
                 r.parse::<std::net::IpAddr>()
@@ -936,6 +954,39 @@ pub enum DriftRequest {
     Resolvers {
         resolvers: Vec<String>,
     },
+    /// Rewrite a file of the root, such as the service configuration.
+    File {
+        path: String,
+        content: Option<String>,
+    },
+}
+
+/// What `sandbox drift --kind file` writes by default: the service configuration with no
+/// workers, which every version but 1 fails on (see `sandbox service`).
+pub const DRIFTED_CONFIG: &str = "workers = 0\nlisten = 127.0.0.1\n";
+
+/// Rewrites one file of a host root, outside the generated spec: the agent sees it on its
+/// next collection (a `file:PATH` finding when the file is watched), and a `restore_file`
+/// puts the agent's snapshot back. Returns "etc/websvc.conf: 31 bytes, sha256 … → …".
+fn drift_file(root: &Path, path: &str, content: Option<String>) -> anyhow::Result<String> {
+    let target = root.join(path);
+    let summary = |bytes: Option<&[u8]>| match bytes {
+        Some(b) => format!(
+            "{} bytes, sha256 {}…",
+            b.len(),
+            &bellwether_drift::root::sha256_hex(b)[..12]
+        ),
+        None => "absent".to_owned(),
+    };
+    let before = std::fs::read(&target).ok();
+    let content = content.unwrap_or_else(|| DRIFTED_CONFIG.to_owned());
+    state::write_atomic_in(&target, content.as_bytes())
+        .with_context(|| format!("could not write {}", target.display()))?;
+    Ok(format!(
+        "{path}: {} → {}",
+        summary(before.as_deref()),
+        summary(Some(content.as_bytes()))
+    ))
 }
 
 /// Injects drift into `host`'s root and records it in the state; returns what changed, as
@@ -948,6 +999,11 @@ pub fn inject(dir: &Path, host: &str, req: DriftRequest) -> anyhow::Result<Strin
         State::load(&dir)?.ok_or_else(|| UsageError(format!("no sandbox in {}", dir.display())))?;
     let listener = state.listener.addr.clone().unwrap_or_default();
     let entry = state.host(host)?.clone();
+    if let DriftRequest::File { path, content } = req {
+        // A file is not part of the generated spec, so it is written as it is and not
+        // recorded for rebuilds: the file on disk is the record.
+        return drift_file(&entry.root, &path, content);
+    }
     let before = fleet::spec_of(&entry, &listener);
     let (change, what) = match req {
         DriftRequest::Package { name, level } => {
@@ -1006,6 +1062,7 @@ pub fn inject(dir: &Path, host: &str, req: DriftRequest) -> anyhow::Result<Strin
             );
             (Injected::Resolvers { resolvers }, what)
         }
+        DriftRequest::File { .. } => unreachable!("handled above"),
     };
     let mut after = before;
     after.apply(&change.to_synth());
@@ -1118,6 +1175,8 @@ mod tests {
                 dependency: None,
                 endpoint: None,
                 resolvers: vec![],
+                path: service::CONFIG_FILE.into(),
+                content: None,
             };
             f(&mut a);
             drift_from_args(&a)
@@ -1139,5 +1198,34 @@ mod tests {
         .to_string();
         assert!(e.starts_with("--resolver \"dns.example\""), "{e}");
         assert!(args(DriftKind::Package, |_| {}).is_ok());
+        let e = args(DriftKind::File, |a| a.path = "/etc/passwd".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--path: \"/etc/passwd\""), "{e}");
+        assert!(args(DriftKind::File, |_| {}).is_ok());
+    }
+
+    #[test]
+    fn a_file_drift_rewrites_the_file_and_says_what_changed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let what = drift_file(tmp.path(), service::CONFIG_FILE, None).unwrap();
+        assert!(
+            what.starts_with("etc/websvc.conf: absent → 31 bytes, sha256 "),
+            "{what}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join(service::CONFIG_FILE)).unwrap(),
+            DRIFTED_CONFIG
+        );
+        let what = drift_file(
+            tmp.path(),
+            service::CONFIG_FILE,
+            Some("workers = 1\n".into()),
+        )
+        .unwrap();
+        assert!(
+            what.contains("31 bytes") && what.contains("→ 12 bytes"),
+            "{what}"
+        );
     }
 }

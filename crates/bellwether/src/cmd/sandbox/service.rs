@@ -12,6 +12,13 @@
 //! applies while the running version equals its version, from `onset_ms` after the service
 //! started running that version.
 //!
+//! Its configuration is `<root>/etc/websvc.conf` (`key = value` lines; `sandbox up` writes
+//! `workers = 4`), re-read with the version. Version 1 serves every request on its event loop
+//! and ignores `workers`; every other version serves through a pool of `workers` workers, so a
+//! drifted configuration is a real fault there: `workers = 0` (or a value that is not a
+//! number) leaves no worker and every request fails with a 503, and `workers = 1` serialises
+//! the load and makes every request 4× slower. A missing file means the default, 4 workers.
+//!
 //! The load generator is in this process: it simulates `--rps` requests a second through the
 //! same code path as `/` (without sleeping out their latency), so every host has steady
 //! traffic and the metrics have something to say whether or not anyone calls `/`.
@@ -67,6 +74,97 @@ fn one() -> f64 {
 
 pub const FAULTS_FILE: &str = "etc/websvc/faults.json";
 
+/// The service's configuration file, relative to the root. The sandbox agents protect (and so
+/// watch) it, so a rollout's `restore_file` can put the known-good copy back.
+pub const CONFIG_FILE: &str = "etc/websvc.conf";
+
+/// What `sandbox up` writes to [`CONFIG_FILE`]: the known-good configuration.
+pub const DEFAULT_CONFIG: &str = "workers = 4\nlisten = 127.0.0.1\n";
+
+/// The workers when the configuration file is missing or does not set them.
+const DEFAULT_WORKERS: u32 = 4;
+
+/// How long a request takes with a single worker, relative to a full pool.
+const ONE_WORKER_LATENCY_FACTOR: f64 = 4.0;
+
+/// The service's settings from [`CONFIG_FILE`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The worker pool of every version but 1; `Err` names the problem with the value.
+    pub workers: Result<u32, String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            workers: Ok(DEFAULT_WORKERS),
+        }
+    }
+}
+
+/// Parses `key = value` lines (`#` comments, blank lines). `workers` is a whole number from 0
+/// to 1024; `listen` is accepted (the address comes from `--listen`); any other key, or a line
+/// without `=`, is a problem the service logs, and a bad `workers` value leaves the pool
+/// without workers, as a real service that cannot read its pool size would not start one.
+pub fn parse_config(text: &str) -> (Config, Vec<String>) {
+    let mut config = Config::default();
+    let mut problems = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let at = format!("{CONFIG_FILE}:{}", i + 1);
+        let Some((key, value)) = line.split_once('=') else {
+            problems.push(format!("{at}: expected KEY = VALUE"));
+            continue;
+        };
+        match (key.trim(), value.trim()) {
+            ("workers", v) => {
+                config.workers = match v.parse::<u32>() {
+                    Ok(n) if n <= 1024 => Ok(n),
+                    _ => Err(format!(
+                        "{at}: workers {v:?} is not a number from 0 to 1024"
+                    )),
+                };
+                if let Err(e) = &config.workers {
+                    problems.push(e.clone());
+                }
+            }
+            ("listen", _) => {}
+            (k, _) => problems.push(format!("{at}: unknown key {k:?}")),
+        }
+    }
+    (config, problems)
+}
+
+/// Reads [`CONFIG_FILE`]; a missing file is the default configuration.
+pub fn read_config(root: &Path) -> (Config, Vec<String>) {
+    match std::fs::read_to_string(root.join(CONFIG_FILE)) {
+        Ok(text) => parse_config(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Config::default(), Vec::new()),
+        Err(e) => (
+            Config {
+                workers: Err(format!("could not read {CONFIG_FILE}: {e}")),
+            },
+            vec![format!("could not read {CONFIG_FILE}: {e}")],
+        ),
+    }
+}
+
+/// The error rate and latency factor the configuration gives `version`: none on version 1,
+/// which has no worker pool; every request failing without workers; 4× latency with one.
+pub fn config_effect(config: &Config, version: &str) -> (f64, f64) {
+    if version == "1" {
+        return (0.0, 1.0);
+    }
+    match config.workers {
+        Ok(0) | Err(_) => (1.0, 1.0),
+        Ok(1) => (0.0, ONE_WORKER_LATENCY_FACTOR),
+        Ok(_) => (0.0, 1.0),
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     /// (version, requests, errors)
@@ -80,6 +178,7 @@ struct Live {
     version: String,
     since: Instant,
     faults: Vec<Fault>,
+    config: Config,
 }
 
 struct Service {
@@ -123,14 +222,25 @@ pub fn effect(faults: &[Fault], version: &str, elapsed: Duration) -> (f64, f64) 
 }
 
 impl Service {
-    /// Re-reads the version file; a new version restarts the onset clock.
+    /// Re-reads the version file and the configuration; a new version restarts the onset
+    /// clock.
     fn refresh(&self) {
         let v = read_version(&self.root);
+        let (config, problems) = read_config(&self.root);
         let mut live = self.live.lock().expect("not poisoned");
         if v != live.version {
             tracing::info!(from = %live.version, to = %v, "Service version changed.");
             live.version = v;
             live.since = Instant::now();
+        }
+        if config != live.config {
+            match &config.workers {
+                Ok(n) => tracing::info!(workers = n, "Service configuration changed."),
+                Err(_) => {
+                    tracing::warn!(problems = ?problems, "Service configuration changed; it sets no usable worker count.")
+                }
+            }
+            live.config = config;
         }
     }
 
@@ -138,8 +248,10 @@ impl Service {
     fn handle(&self, rng: &mut impl rand::Rng) -> (String, bool, f64) {
         let (version, error_rate, factor) = {
             let live = self.live.lock().expect("not poisoned");
-            let (e, l) = effect(&live.faults, &live.version, live.since.elapsed());
-            (live.version.clone(), e, l)
+            let (fe, fl) = effect(&live.faults, &live.version, live.since.elapsed());
+            let (ce, cl) = config_effect(&live.config, &live.version);
+            // The configuration and the faults fail requests independently.
+            (live.version.clone(), 1.0 - (1.0 - fe) * (1.0 - ce), fl * cl)
         };
         let u: f64 = rng.gen_range(f64::EPSILON..1.0);
         let latency_ms = (BASE_MS - TAIL_MS * u.ln()) * factor;
@@ -213,11 +325,16 @@ pub fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
         return Err(super::super::UsageError("--rps: must be between 1 and 10000".into()).into());
     }
     let faults = read_faults(&args.root).map_err(|e| super::super::UsageError(format!("{e:#}")))?;
+    let (config, problems) = read_config(&args.root);
+    if !problems.is_empty() {
+        tracing::warn!(problems = ?problems, "The service configuration has problems.");
+    }
     let svc = Arc::new(Service {
         live: Mutex::new(Live {
             version: read_version(&args.root),
             since: Instant::now(),
             faults,
+            config,
         }),
         root: args.root.clone(),
         counters: Mutex::new(Counters::default()),
@@ -264,7 +381,9 @@ pub fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
                         if failed {
                             (
                                 StatusCode::INTERNAL_SERVER_ERROR,
-                                format!("websvc {version}: injected failure\n"),
+                                format!(
+                                    "websvc {version}: request failed (a fault or no workers)\n"
+                                ),
                             )
                         } else {
                             (StatusCode::OK, format!("websvc {version}\n"))
@@ -305,9 +424,42 @@ mod tests {
                 version: "2".into(),
                 since: Instant::now(),
                 faults,
+                config: Config::default(),
             }),
             counters: Mutex::new(Counters::default()),
         }
+    }
+
+    #[test]
+    fn the_configuration_breaks_every_version_but_1_when_it_leaves_no_workers() {
+        let (good, problems) = parse_config(DEFAULT_CONFIG);
+        assert_eq!((good.clone(), problems.len()), (Config::default(), 0));
+        let (none, _) = parse_config("# drifted\nworkers = 0\nlisten = 127.0.0.1\n");
+        let (bad, problems) = parse_config("workers = four\ncolour = blue\nnonsense\n");
+        assert!(bad.workers.is_err());
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[0].starts_with("etc/websvc.conf:1: workers \"four\""),
+            "{problems:?}"
+        );
+        let (one, _) = parse_config("workers = 1\n");
+        for c in [&good, &none, &bad, &one] {
+            assert_eq!(config_effect(c, "1"), (0.0, 1.0), "version 1 has no pool");
+        }
+        assert_eq!(config_effect(&good, "2"), (0.0, 1.0));
+        assert_eq!(config_effect(&none, "2"), (1.0, 1.0));
+        assert_eq!(config_effect(&bad, "2"), (1.0, 1.0));
+        assert_eq!(config_effect(&one, "2"), (0.0, 4.0));
+        // A missing file is the default; the service measures the drifted one as failures.
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_config(dir.path()).0, Config::default());
+        let s = svc(Vec::new());
+        s.live.lock().unwrap().config = none;
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
+        assert!(
+            (0..100).all(|_| s.handle(&mut rng).1),
+            "every request fails"
+        );
     }
 
     #[test]
