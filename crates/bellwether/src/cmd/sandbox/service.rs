@@ -16,7 +16,7 @@
 //! `workers = 4`), re-read with the version. Version 1 serves every request on its event loop
 //! and ignores `workers`; every other version serves through a pool of `workers` workers, so a
 //! drifted configuration is a real fault there: `workers = 0` (or a value that is not a
-//! number) leaves no worker and every request fails with a 503, and `workers = 1` serialises
+//! number) leaves no worker and every request fails (a 500, counted as an error), and `workers = 1` serialises
 //! the load and makes every request 4× slower. A missing file means the default, 4 workers.
 //!
 //! The load generator is in this process: it simulates `--rps` requests a second through the
