@@ -306,7 +306,7 @@ impl Run {
                     let _ = w.observe(s.ts_ms, &s.name, s.value);
                 }
                 if let Some(d) = self.state.store.drift(h).await? {
-                    w.observe_drift(d.score.overall.get());
+                    w.observe_drift(now_ms(), d.score.overall.get());
                 }
             }
             if let Some(last) = samples.last() {
@@ -505,7 +505,7 @@ async fn create(
             let _ = w.observe(s.ts_ms, &s.name, s.value);
         }
         if let Some(d) = &drift {
-            w.observe_drift(d.overall.get());
+            w.observe_drift(now, d.overall.get());
         }
         fed_until.insert(
             name.clone(),

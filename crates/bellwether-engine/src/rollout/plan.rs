@@ -883,6 +883,10 @@ checked! {
         /// A host fails when its overall drift score rises by more than this during its bake.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub drift_rise_limit: Option<f64>,
+        /// How long the rise must last before it fails the host, so that one odd profile (a
+        /// dependency probe that timed out once) is not a failure. Default 5s.
+        #[serde(default = "d_drift_rise_for")]
+        pub drift_rise_for: Dur,
         /// Severity score at or above which a host fails. Default 0.3.
         #[serde(default = "d_severity_fail")]
         pub severity_fail: f64,
@@ -894,6 +898,9 @@ fn d_interval() -> Dur {
 }
 fn d_baseline() -> Dur {
     Dur(Duration::from_secs(30))
+}
+fn d_drift_rise_for() -> Dur {
+    Dur(Duration::from_secs(5))
 }
 fn d_severity_fail() -> f64 {
     0.3

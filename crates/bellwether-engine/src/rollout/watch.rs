@@ -62,6 +62,9 @@ pub struct HostWatcher {
     drift_now: Option<f64>,
     severity_fail: f64,
     drift_rise_limit: Option<f64>,
+    drift_rise_for_ms: i64,
+    /// Since when the drift has stayed above the limit.
+    drift_risen_since: Option<i64>,
     no_data_after_ms: i64,
     /// The sampling interval, in ms: the span one sample stands for.
     interval_ms: i64,
@@ -182,6 +185,8 @@ impl HostWatcher {
             drift_now: None,
             severity_fail: a.severity_fail,
             drift_rise_limit: a.drift_rise_limit,
+            drift_rise_for_ms: ms(a.drift_rise_for.0),
+            drift_risen_since: None,
             no_data_after_ms: plan.no_data.after_ms(),
             interval_ms: interval,
             judge: a.judge.clone(),
@@ -235,16 +240,25 @@ impl HostWatcher {
         Ok(())
     }
 
-    /// The host's overall drift score now (before the apply it is the reference).
-    pub fn observe_drift(&mut self, overall: f64) {
+    /// The host's overall drift score at `now_ms` (before the apply it is the reference).
+    pub fn observe_drift(&mut self, now_ms: i64, overall: f64) {
         if !overall.is_finite() {
             return;
         }
         if self.applied_ms.is_none() {
             self.drift_before = Some(overall);
-        } else {
-            self.drift_now = Some(overall);
+            return;
         }
+        self.drift_now = Some(overall);
+        let risen = match (self.drift_rise_limit, self.drift_before) {
+            (Some(limit), Some(before)) => overall - before > limit,
+            _ => false,
+        };
+        self.drift_risen_since = match (risen, self.drift_risen_since) {
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(now_ms),
+            (false, _) => None,
+        };
     }
 
     /// The update was applied at `ts_ms`: freeze every baseline. Returns the metrics whose
@@ -351,13 +365,17 @@ impl HostWatcher {
                 figures: json!({ "severity": severity.score, "severity_fail": self.severity_fail, "reasons": reasons, "applied_ms": applied }),
             };
         }
-        if let (Some(limit), Some(before), Some(now)) =
-            (self.drift_rise_limit, self.drift_before, self.drift_now)
-        {
-            if now - before > limit {
+        if let (Some(limit), Some(before), Some(drift), Some(since)) = (
+            self.drift_rise_limit,
+            self.drift_before,
+            self.drift_now,
+            self.drift_risen_since,
+        ) {
+            let lasted = now_ms - since;
+            if lasted >= self.drift_rise_for_ms {
                 return WatchVerdict::Failing {
-                    reason: format!("drift rose by {:.3} (from {before:.3} to {now:.3}), above the limit {limit}", now - before),
-                    figures: json!({ "drift_before": before, "drift_now": now, "drift_rise_limit": limit }),
+                    reason: format!("drift rose by {:.3} (from {before:.3} to {drift:.3}), above the limit {limit}, for {:.1}s", drift - before, lasted as f64 / 1000.0),
+                    figures: json!({ "drift_before": before, "drift_now": drift, "drift_rise_limit": limit, "for_ms": lasted }),
                 };
             }
         }

@@ -100,18 +100,31 @@ fn a_drift_rise_above_the_limit_fails() {
     for t in 0..40 {
         run.feed(t * S, Fault::None);
     }
-    run.canary.observe_drift(0.1);
+    run.canary.observe_drift(39 * S, 0.1);
     run.canary.mark_applied(40 * S);
     run.feed(41 * S, Fault::None);
-    run.canary.observe_drift(0.3);
+    run.canary.observe_drift(41 * S, 0.3);
     assert_eq!(run.verdict(41 * S), WatchVerdict::Healthy);
-    run.canary.observe_drift(0.45);
-    let v = run.verdict(41 * S);
+    // One odd profile (a probe that timed out once) is not a failure.
+    run.canary.observe_drift(42 * S, 0.95);
+    run.feed(42 * S, Fault::None);
+    assert_eq!(run.verdict(42 * S), WatchVerdict::Healthy);
+    run.canary.observe_drift(43 * S, 0.1);
+    // A rise that lasts `drift_rise_for` (5 s by default) is.
+    for t in 44..=49 {
+        run.canary.observe_drift(t * S, 0.45);
+        run.feed(t * S, Fault::None);
+        if t < 49 {
+            assert_eq!(run.verdict(t * S), WatchVerdict::Healthy, "at {t} s");
+        }
+    }
+    let v = run.verdict(49 * S);
     let WatchVerdict::Failing { reason, figures } = v else {
         panic!("{v:?}")
     };
     assert!(reason.contains("drift rose by 0.350"), "{reason}");
     assert_eq!(figures["drift_rise_limit"], 0.3);
+    assert_eq!(figures["for_ms"], 5000);
 }
 
 #[test]
@@ -189,7 +202,11 @@ fn a_restored_watcher_keeps_the_frozen_baseline() {
             first = Some(s);
         }
     }
-    assert_eq!(first, Some(43), "the third breaching sample witnesses 3 s of breach");
+    assert_eq!(
+        first,
+        Some(43),
+        "the third breaching sample witnesses 3 s of breach"
+    );
     // A host not applied yet has nothing frozen to keep.
     let fresh = HostWatcher::new(&plan, HostName::new("x").unwrap()).unwrap();
     assert!(fresh.snapshot().baselines.is_empty());
