@@ -309,7 +309,8 @@ impl Scenario {
     /// server's feature vector uses (docs/api.md): each row is one past update of a host drawn
     /// from the groups and its outcome. A row whose host and version match a rule failed with
     /// probability 0.5 + error rate (capped at 0.95), or 0.8 for a latency factor of 2 or more;
-    /// any other row fails with probability 0.03.
+    /// any other row fails with probability 0.03. Rules with `in_history: false` are new:
+    /// no row pairs their version with a host they match.
     pub fn history_csv(&self) -> Option<String> {
         let h = self.history.as_ref()?;
         let mut rng = bellwether_drift::synth::SplitMix64::new(h.seed ^ 0x4157_0a11);
@@ -322,11 +323,25 @@ impl Scenario {
         let mut out = String::from(
             "deployment,update,update_version,libssl,label:role,label:disk_free_pct,outcome\n",
         );
-        for d in 0..h.deployments {
+        let mut d = 0;
+        let mut draws = 0;
+        while d < h.deployments && draws < 100 * h.deployments {
+            draws += 1;
             let host = &hosts[rng.below(hosts.len() as u64) as usize];
             let version = &versions[rng.below(versions.len() as u64) as usize];
             // Past hosts vary around their group: disk ±5 points.
             let disk = (host.disk_free_pct + (rng.unit() - 0.5) * 10.0).clamp(0.0, 100.0);
+            // A new fault (`in_history: false`): that version never reached such a host, so
+            // the history neither shows the fault nor claims the pair went well.
+            let new = self.faults.iter().any(|f| {
+                !f.in_history
+                    && f.when.version == *version
+                    && f.when
+                        .matches_host(&host.group, &host.role, &host.packages, disk)
+            });
+            if new {
+                continue;
+            }
             let mut p_fail: f64 = 0.03;
             for f in self
                 .faults
@@ -351,6 +366,7 @@ impl Scenario {
                 host.role,
                 u8::from(failed)
             );
+            d += 1;
         }
         Some(out)
     }
