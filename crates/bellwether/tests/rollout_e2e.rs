@@ -422,3 +422,94 @@ fn predicted_risky_hosts_are_held_back_and_never_touched() {
     }
     assert_eq!(r["state"], "completed", "{r}");
 }
+
+/// `quickstart` on its built-in 20-host scenario: the whole story, checked through the
+/// reports it leaves behind (`--keep`). Version 2 breaks on libssl 1.1 (the imported history
+/// shows it) and on a full disk (new). Rollout 1 holds the libssl 1.1 hosts back and rolls the
+/// full-disk hosts back one by one; rollout 2, scored by the model retrained on rollout 1's
+/// outcomes, holds the full-disk hosts back too.
+#[test]
+fn quickstart_tells_the_whole_story() {
+    let _turn = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("qs");
+    let _down = Down(&dir);
+    let out = run(&["quickstart", "--keep", "--dir", dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let all = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    for needle in [
+        "1. Fleet up",
+        "2. Known-good baselines captured for all 20 hosts",
+        "3. Drift injected on 4 hosts",
+        "Fleet drift, highest first",
+        "Peer outliers",
+        "4. Rollout 1",
+        "pilot: ",
+        "held back: High risk",
+        "rolled back alone",
+        "5. The server recorded each host's outcome",
+        "6. Rollout 2",
+        "Held back by the learnt risk",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in\n{all}");
+    }
+    let ids: Vec<String> = stdout
+        .split_whitespace()
+        .filter(|w| w.starts_with("r-"))
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-')
+                .to_string()
+        })
+        .collect();
+    let (first, second) = (&ids[0], ids.iter().find(|i| *i != &ids[0]).unwrap());
+    let report = |id: &str| -> serde_json::Value {
+        let r = bellwether(&dir, &["rollout", "report", id, "--output", "json"]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        serde_json::from_slice(&r.stdout).unwrap()
+    };
+    let (r1, r2) = (report(first), report(second));
+    let version = |h: &str| {
+        std::fs::read_to_string(dir.join("hosts").join(h).join("etc/websvc/version")).unwrap()
+    };
+    assert_eq!(r1["state"], "completed", "{r1}");
+    let mut full_rolled_back = 0;
+    for h in r1["hosts"].as_array().unwrap() {
+        let name = h["host"].as_str().unwrap();
+        let action = h["action"].as_str().unwrap();
+        if name.starts_with("web-old-") {
+            assert_eq!(h["band"], "high", "the history teaches libssl 1.1: {h}");
+            assert_eq!(action, "held_back", "{h}");
+        } else if name.starts_with("web-full-") {
+            assert_eq!(h["band"], "low", "the full-disk fault is new: {h}");
+            assert_eq!(action, "rolled_back", "{h}");
+            assert!(h["reason"].as_str().unwrap().contains("svc_latency"), "{h}");
+            full_rolled_back += 1;
+        } else {
+            assert_eq!(action, "updated", "a healthy host stays updated: {h}");
+            assert_eq!(version(name), "2\n", "{name}");
+        }
+    }
+    assert_eq!(full_rolled_back, 6, "{r1}");
+    let kinds: Vec<&str> = r1["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"rollout.paused"),
+        "failures spread: {kinds:?}"
+    );
+    assert!(kinds.contains(&"rollout.resumed"), "{kinds:?}");
+    assert!(r2["model_version"].as_i64() > r1["model_version"].as_i64());
+    for h in r2["hosts"].as_array().unwrap() {
+        let name = h["host"].as_str().unwrap();
+        if name.starts_with("web-full-") || name.starts_with("web-old-") {
+            assert_eq!(h["band"], "high", "learnt: {h}");
+            assert_eq!(h["action"], "held_back", "{h}");
+            assert_eq!(version(name), "1\n", "{name} stays on version 1");
+        }
+    }
+    assert_eq!(r2["state"], "completed", "{r2}");
+}

@@ -1,7 +1,13 @@
-//! `bellwether quickstart`: the whole story on one machine. A sandbox fleet comes up, its
-//! baselines are captured, a few hosts drift in different ways, and the server's fleet drift
-//! report shows which hosts moved, why, and which differ from their peers.
+//! `bellwether quickstart`: the whole story on one machine. A sandbox fleet of 20 hosts comes
+//! up from a scenario (examples/scenarios/quickstart.yaml); its baselines are captured; a few
+//! hosts drift and the fleet drift report shows which moved and why. Then version 2 of the web
+//! service is rolled out by risk: the hosts the model predicts will fail are held back, the
+//! pilot goes first, a fault nobody predicted hits a few hosts, each is rolled back alone, the
+//! rollout pauses when the failures spread and goes on when resumed, and the report tells
+//! every host's story. The server learns from those outcomes, and a second rollout of the same
+//! release holds the hosts like the ones that failed back.
 
+use std::collections::BTreeSet;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,33 +15,44 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bellwether_drift::version::ChangeLevel;
+use bellwether_engine::rollout::{HostAction, RolloutEvent};
 use bellwether_model::{DriftCategory, DriftScore};
+use bellwether_server::rollout::ReportResponse;
 
 use super::sandbox::api::{Api, Captured, FleetDrift};
 use super::sandbox::state::State;
-use super::sandbox::{self, DriftRequest, UpOptions};
+use super::sandbox::{self, scenario, DriftRequest, UpOptions};
 use super::{OutputFormat, UsageError};
 
-/// Bring up a sandbox fleet, capture baselines, inject drift on a few hosts and print the
-/// fleet drift report. Takes well under a minute.
+/// The quickstart's fleet: web hosts where version 2 breaks on libssl 1.1 (the history shows
+/// it) and on a full disk (new), plus db and cache hosts.
+const SCENARIO: &str = include_str!("../../../../examples/scenarios/quickstart.yaml");
+/// The release rolled out: version 2 of the web service, pilot first, by risk.
+const PLAN: &str = include_str!("../../../../examples/plans/web-v2.yaml");
+
+/// Bring up a sandbox fleet and tell the whole story: baselines, drift, risk scores, a
+/// pilot, a fault on a few hosts, targeted rollbacks, a pause, the report, and a second
+/// rollout that has learnt from the first. About two minutes once built.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// How many hosts (at least 4: each kind of drift goes to a different host).
-    #[arg(long, default_value_t = 20)]
-    hosts: usize,
-    /// Seed for the generated fleet.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// A scenario file instead of the built-in one (docs/scenario.md). It needs web hosts
+    /// (the plan targets `role: web`), and at least one db and one cache host for the drift
+    /// part.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// A rollout plan instead of the built-in one (examples/plans/web-v2.yaml).
+    #[arg(long)]
+    plan: Option<PathBuf>,
     /// The sandbox's work directory.
     #[arg(long, default_value = ".sandbox")]
     dir: PathBuf,
     /// Leave the sandbox running afterwards, to look around.
     #[arg(long)]
     keep: bool,
-    /// How long to wait for each stage (agents reporting, drift being recomputed).
-    #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+    /// How long to wait for each stage (agents reporting, drift being recomputed, a rollout).
+    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
     timeout: Duration,
-    /// Output format of the final report.
+    /// Output format: `json` prints one document at the end instead of the story.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     output: OutputFormat,
 }
@@ -124,21 +141,35 @@ fn shows(score: &DriftScore, inj: &Injection) -> bool {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.hosts < 4 {
-        return Err(UsageError(format!("--hosts {}: need at least 4 hosts", args.hosts)).into());
-    }
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path)
+            .map_err(|e| UsageError(format!("{}: cannot read: {e}", path.display())))
+    };
+    let (scenario_text, scenario_file) = match &args.scenario {
+        Some(p) => (read(p)?, p.display().to_string()),
+        None => (
+            SCENARIO.to_string(),
+            "quickstart.yaml (built in)".to_string(),
+        ),
+    };
+    let plan_text = match &args.plan {
+        Some(p) => read(p)?,
+        None => PLAN.to_string(),
+    };
+    let sc = scenario::parse(&scenario_text, &scenario_file).map_err(UsageError)?;
+    let hosts = sc.hosts().len();
     let progress = std::io::stderr().is_terminal();
     let t0 = Instant::now();
     let state = sandbox::up(&UpOptions {
-        hosts: args.hosts,
-        seed: args.seed,
+        hosts,
+        seed: sc.seed,
         dir: args.dir.clone(),
         interval: Duration::from_secs(1),
         timeout: args.timeout,
         progress,
-        scenario: None,
+        scenario: Some(sc),
     })?;
-    let result = story(&state, &args, t0, progress);
+    let result = story(&state, &args, &plan_text, t0, progress);
     if args.keep {
         if result.is_ok() {
             print_keep(&state);
@@ -156,7 +187,13 @@ fn say(output: OutputFormat, text: impl AsRef<str>) {
     }
 }
 
-fn story(state: &State, args: &Args, t0: Instant, progress: bool) -> anyhow::Result<ExitCode> {
+fn story(
+    state: &State,
+    args: &Args,
+    plan: &str,
+    t0: Instant,
+    progress: bool,
+) -> anyhow::Result<ExitCode> {
     let out = args.output;
     let token = std::fs::read_to_string(&state.operator_token_file)
         .with_context(|| format!("could not read {}", state.operator_token_file.display()))?;
@@ -167,9 +204,8 @@ fn story(state: &State, args: &Args, t0: Instant, progress: bool) -> anyhow::Res
     say(
         out,
         format!(
-            "Bellwether quickstart: a sandbox fleet of {} hosts on SQLite (seed {})",
+            "Bellwether quickstart: a sandbox fleet of {} hosts on SQLite",
             state.hosts.len(),
-            args.seed
         ),
     );
     say(out, "");
@@ -218,36 +254,283 @@ fn story(state: &State, args: &Args, t0: Instant, progress: bool) -> anyhow::Res
             format!("     {:<10} {:<11} {}", inj.host, inj.kind, inj.what),
         );
     }
-
     let t_drift = Instant::now();
     rt.block_on(wait_for_drift(&api, &injections, args.timeout, progress))?;
     say(
         out,
         format!(
-            "4. The agents noticed and the server recomputed drift in {:.1}s.",
+            "   The agents noticed and the server recomputed drift in {:.1}s.",
             t_drift.elapsed().as_secs_f64()
         ),
     );
-
     let fleet: FleetDrift = rt
         .block_on(api.get("/api/v1/fleet/drift"))?
         .context("the server has no fleet drift view")?;
-    if out == OutputFormat::Json {
+    if out == OutputFormat::Human {
+        print_report(&fleet);
+        println!();
+    }
+
+    // The first rollout, scored by the model trained on the imported history.
+    say(
+        out,
+        "4. Rollout 1: version 2 of the web service, scored by the model trained on the imported history.",
+    );
+    let first = rt.block_on(rollout(&api, plan, args.timeout, out, "rollout 1"))?;
+    if out == OutputFormat::Human {
+        print_hosts(&first);
+    }
+    let failed: BTreeSet<String> = first
+        .report
+        .hosts
+        .iter()
+        .filter(|h| h.action == HostAction::RolledBack)
+        .map(|h| h.host.to_string())
+        .collect();
+
+    // What the server learnt: every host's outcome went into the store as it was decided.
+    let model: serde_json::Value =
+        rt.block_on(api.post("/api/v1/model/train", &serde_json::json!({})))?;
+    say(
+        out,
+        format!(
+            "5. The server recorded each host's outcome as training history and retrained: model version {} from {} rows ({} failures).",
+            model["version"], model["rows"], model["failures"]
+        ),
+    );
+    say(out, "");
+    say(
+        out,
+        "6. Rollout 2: the same release again, scored by the retrained model.",
+    );
+    let second = rt.block_on(rollout(&api, plan, args.timeout, out, "rollout 2"))?;
+    let held: Vec<&bellwether_engine::rollout::HostReport> = second
+        .report
+        .hosts
+        .iter()
+        .filter(|h| h.action == HostAction::HeldBack)
+        .collect();
+    if out == OutputFormat::Human {
+        println!("   Held back by the learnt risk:");
+        for h in &held {
+            let before = first.report.hosts.iter().find(|x| x.host == h.host);
+            println!(
+                "     {:<12} p={:.2} (rollout 1: p={:.2}{})  top factors: {}",
+                h.host.to_string(),
+                h.probability,
+                before.map_or(f64::NAN, |b| b.probability),
+                if failed.contains(h.host.as_str()) {
+                    ", failed and rolled back"
+                } else {
+                    ""
+                },
+                factors(&h.factors)
+            );
+        }
+        let learnt = held
+            .iter()
+            .filter(|h| {
+                first
+                    .report
+                    .hosts
+                    .iter()
+                    .any(|b| b.host == h.host && b.action != HostAction::HeldBack)
+            })
+            .count();
+        println!(
+            "   {learnt} of them were not held back in rollout 1: the model learnt that from rollout 1's outcomes."
+        );
+        println!();
+        println!(
+            "Done in {:.0}s. Reports: `bellwether rollout report {}` and `… {}` (with --keep).",
+            t0.elapsed().as_secs_f64(),
+            first.report.id,
+            second.report.id
+        );
+    } else {
         let injected: Vec<serde_json::Value> = injections
             .iter()
             .map(|i| serde_json::json!({"host": i.host, "kind": i.kind, "change": i.what}))
             .collect();
         let v = serde_json::json!({
-            "server_url": state.server_url, "hosts": state.hosts.len(), "seed": args.seed,
+            "server_url": state.server_url, "hosts": state.hosts.len(),
             "injected": injected, "fleet": fleet,
+            "model_after_rollout_1": model,
+            "rollouts": [first, second],
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        print_report(&fleet);
-        println!();
-        println!("Done in {:.1}s.", t0.elapsed().as_secs_f64());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The factors that pushed toward failure, largest first.
+fn factors(f: &[(String, f64)]) -> String {
+    f.iter()
+        .filter(|(_, v)| *v >= 0.01)
+        .take(3)
+        .map(|(k, v)| format!("{k} {v:+.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The events worth telling as they happen, with the text to print.
+fn tell(e: &RolloutEvent) -> Option<String> {
+    let host = e.host.as_ref().map(|h| h.to_string()).unwrap_or_default();
+    let line = match e.kind.as_str() {
+        "rollout.started" => format!(
+            "risk bands: {} low, {} moderate, {} high (p ≥ {})",
+            e.figures["low"], e.figures["moderate"], e.figures["high"], e.figures["high_from"]
+        ),
+        "pilot.selected" => format!("pilot: {}", hosts_of(&e.figures["hosts"])),
+        "host.held_back" => format!("{host} held back: {}", e.reason),
+        "wave.started" => format!(
+            "wave {} starts: {} hosts",
+            e.figures["wave"], e.figures["size"]
+        ),
+        "wave.passed" => format!("wave {} passed: {}", e.figures["wave"], e.reason),
+        "host.failed" => format!("{host} FAILED: {}", e.reason),
+        "host.rolled_back" => format!("{host} rolled back alone: {}", e.reason),
+        "rollout.slowed_down" => format!("slowing down: {}", e.reason),
+        "rollout.paused" => e.reason.clone(),
+        "rollout.resumed" => {
+            "resumed by the operator (quickstart): the failed hosts are back on the old version, the rest go on".to_string()
+        }
+        "rollout.completed" | "rollout.aborted" => e.reason.clone(),
+        _ => return None,
+    };
+    Some(line)
+}
+
+fn hosts_of(v: &serde_json::Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_else(|| v.to_string())
+}
+
+/// Starts a rollout of `plan`, prints its events as they happen, resumes it once if it
+/// pauses on failures (as an operator would, once the failing hosts are rolled back and
+/// understood), and returns its final report.
+async fn rollout(
+    api: &Api,
+    plan: &str,
+    timeout: Duration,
+    out: OutputFormat,
+    label: &str,
+) -> anyhow::Result<ReportResponse> {
+    let started: serde_json::Value = api
+        .post(
+            "/api/v1/rollouts",
+            &serde_json::json!({"plan_yaml": plan, "file": "web-v2.yaml"}),
+        )
+        .await?;
+    let id = started["id"]
+        .as_str()
+        .context("the server's answer to a new rollout has no id")?
+        .to_string();
+    say(
+        out,
+        format!(
+            "   {label} is {id}: {} target hosts, scored by model version {}.",
+            started["hosts"], started["model_version"]
+        ),
+    );
+    let t0 = tokio::time::Instant::now();
+    let mut shown = 0usize;
+    loop {
+        let r: ReportResponse = api
+            .get(&format!("/api/v1/rollouts/{id}/report"))
+            .await?
+            .with_context(|| format!("rollout {id} disappeared"))?;
+        let start_ms = r.report.started_ms;
+        for e in r.report.events.iter().skip(shown) {
+            if let Some(line) = tell(e) {
+                say(
+                    out,
+                    format!("   [{:>5.1}s] {line}", (e.ts_ms - start_ms) as f64 / 1000.0),
+                );
+            }
+        }
+        shown = r.report.events.len();
+        match r.report.state {
+            bellwether_engine::rollout::Phase::Completed
+            | bellwether_engine::rollout::Phase::Aborted => return Ok(r),
+            bellwether_engine::rollout::Phase::Paused => {
+                // A pause on spreading failures: every failing host is already rolled back
+                // alone. The operator looks at the report and resumes; quickstart does the
+                // same once the rollbacks have finished.
+                let reverting = r
+                    .report
+                    .hosts
+                    .iter()
+                    .any(|h| h.state == bellwether_engine::rollout::HostState::RollingBack);
+                if !reverting {
+                    let _: serde_json::Value = api
+                        .post(
+                            &format!("/api/v1/rollouts/{id}/resume"),
+                            &serde_json::json!({}),
+                        )
+                        .await?;
+                }
+            }
+            _ => {}
+        }
+        if t0.elapsed() > timeout {
+            anyhow::bail!(
+                "{label} ({id}) did not finish within {}; it is {}",
+                humantime::format_duration(timeout),
+                wire(&r.report.state)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A value's name on the wire (`rolled_back`, `high`, `completed`).
+fn wire<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
+    }
+}
+
+fn print_hosts(r: &ReportResponse) {
+    let rep = &r.report;
+    println!();
+    println!(
+        "   Report of {} ({} {}): {}",
+        rep.id,
+        rep.update,
+        rep.version,
+        wire(&rep.state)
+    );
+    println!(
+        "     {:<12} {:>7} {:<9} {:>4}  {:<12} REASON",
+        "HOST", "P(FAIL)", "BAND", "WAVE", "ACTION"
+    );
+    let mut hosts: Vec<_> = rep.hosts.iter().collect();
+    hosts.sort_by_key(|h| (h.wave.unwrap_or(u32::MAX), h.host.to_string()));
+    for h in hosts {
+        let mut reason = h.reason.clone();
+        if reason.chars().count() > 90 {
+            reason = reason.chars().take(89).collect::<String>() + "…";
+        }
+        println!(
+            "     {:<12} {:>7.3} {:<9} {:>4}  {:<12} {}",
+            h.host.to_string(),
+            h.probability,
+            wire(&h.band),
+            h.wave.map_or("-".into(), |w| w.to_string()),
+            wire(&h.action),
+            reason
+        );
+    }
+    println!();
 }
 
 /// Polls each drifted host's score until it shows the injected change.
