@@ -718,6 +718,8 @@ fn print_keep(state: &State) {
         "  export BELLWETHER_TOKEN=$(cat {})",
         state.operator_token_file.display()
     );
+    println!("  bellwether rollout list");
+    println!("  bellwether rollout report ID");
     println!("  bellwether drift fleet");
     println!("  bellwether hosts");
     println!("  bellwether sandbox status --dir {dir}");
