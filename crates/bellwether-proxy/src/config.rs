@@ -273,6 +273,9 @@ pub struct RawConfig {
     /// The size of each copy buffer, per direction and connection.
     #[serde(default = "default_buffer")]
     pub buffer_size: usize,
+    /// Data-plane threads, each with its own event loop; absent means [`default_workers`].
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 fn default_max_connections() -> usize {
@@ -286,6 +289,17 @@ fn default_grace() -> Dur {
 }
 fn default_buffer() -> usize {
     64 * 1024
+}
+
+/// The data-plane threads when the configuration names none: half the cores, at least one.
+///
+/// A proxy usually shares its machine with the service it fronts, and each forwarded message
+/// costs the kernel more than the proxy, so a thread per core competes with the service and
+/// the clients for the same CPUs. BENCHMARKS.md (issue 6) has the measurement behind it.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| (n.get() / 2).max(1))
+        .unwrap_or(1)
 }
 
 #[derive(Debug, Clone)]
@@ -306,6 +320,8 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     pub shutdown_grace: Duration,
     pub buffer_size: usize,
+    /// Data-plane threads; each connection lives on one of them for its whole life.
+    pub workers: usize,
 }
 
 impl RawConfig {
@@ -321,6 +337,7 @@ impl RawConfig {
             connect_timeout: default_connect_timeout(),
             shutdown_grace: default_grace(),
             buffer_size: default_buffer(),
+            workers: None,
         }
     }
 
@@ -406,6 +423,13 @@ impl RawConfig {
                 "must be at least 1".into(),
             ));
         }
+        let workers = self.workers.unwrap_or_else(default_workers);
+        if !(1..=256).contains(&workers) {
+            return Err(invalid(
+                "workers".into(),
+                format!("{workers} is not between 1 and 256"),
+            ));
+        }
         if !(1024..=16 << 20).contains(&self.buffer_size) {
             return Err(invalid(
                 "buffer_size".into(),
@@ -422,6 +446,7 @@ impl RawConfig {
             connect_timeout: self.connect_timeout.0,
             shutdown_grace: self.shutdown_grace.0,
             buffer_size: self.buffer_size,
+            workers,
         })
     }
 }

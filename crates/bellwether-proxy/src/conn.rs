@@ -2,7 +2,7 @@
 //! another server at a transaction boundary.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future as _};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -63,44 +63,112 @@ async fn connect_backend(shared: &Shared, b: &Backend) -> Result<TcpStream, Stri
     }
 }
 
-/// A stream that counts the bytes read from it into two counters.
-struct Counted<'a, S> {
-    inner: S,
-    conn: &'a std::sync::atomic::AtomicU64,
-    backend: &'a std::sync::atomic::AtomicU64,
+/// A generic TCP connection: two sockets and a buffer per direction, driven by one poll
+/// function, so a request and its answer cost one task wake-up each and no allocation.
+struct Pipe {
+    client: TcpStream,
+    server: TcpStream,
+    up: Dir,
+    down: Dir,
+    /// The client has sent EOF; once `up` is empty the server's write side is shut.
+    up_eof: bool,
+    up_shut: bool,
+    down_eof: bool,
+    down_shut: bool,
+    entry: Arc<ConnEntry>,
+    backend: Arc<Backend>,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
-        if n > 0 {
-            self.conn.fetch_add(n, Relaxed);
-            self.backend.fetch_add(n, Relaxed);
+impl Pipe {
+    /// Copies both ways until both sides have closed (half-closes are passed on) or an error.
+    fn pump(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let mut progress = false;
+            if let Some(n) = copy_step(
+                cx,
+                &mut self.client,
+                &mut self.server,
+                &mut self.up,
+                (&mut self.up_eof, &mut self.up_shut),
+                &mut progress,
+            )? {
+                self.entry.bytes_to_backend.fetch_add(n, Relaxed);
+                self.backend.metrics.bytes_to_backend.fetch_add(n, Relaxed);
+            }
+            if let Some(n) = copy_step(
+                cx,
+                &mut self.server,
+                &mut self.client,
+                &mut self.down,
+                (&mut self.down_eof, &mut self.down_shut),
+                &mut progress,
+            )? {
+                self.entry.bytes_to_client.fetch_add(n, Relaxed);
+                self.backend.metrics.bytes_to_client.fetch_add(n, Relaxed);
+            }
+            if self.up_shut && self.down_shut {
+                return Poll::Ready(Ok(()));
+            }
+            if !progress {
+                return Poll::Pending;
+            }
         }
-        r
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+/// One direction of a [`Pipe`]: read when the buffer is empty, write what it holds, pass an
+/// EOF on as a write shutdown once the buffer is out. Returns the bytes read, if any.
+fn copy_step(
+    cx: &mut Context<'_>,
+    from: &mut TcpStream,
+    to: &mut TcpStream,
+    buf: &mut Dir,
+    (eof, shut): (&mut bool, &mut bool),
+    progress: &mut bool,
+) -> io::Result<Option<u64>> {
+    let mut read = None;
+    if !*eof && buf.is_empty() {
+        let mut rb = ReadBuf::new(&mut buf.buf);
+        if let Poll::Ready(r) = Pin::new(&mut *from).poll_read(cx, &mut rb) {
+            r?;
+            let n = rb.filled().len();
+            if n == 0 {
+                *eof = true;
+            } else {
+                buf.start = 0;
+                buf.end = n;
+                read = Some(n as u64);
+            }
+            *progress = true;
+        }
     }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    while !buf.is_empty() {
+        match Pin::new(&mut *to).poll_write(cx, &buf.buf[buf.start..buf.end]) {
+            Poll::Ready(Ok(0)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "the peer accepts no more bytes",
+                ))
+            }
+            Poll::Ready(Ok(n)) => {
+                buf.start += n;
+                *progress = true;
+            }
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => break,
+        }
     }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    if *eof && buf.is_empty() && !*shut {
+        if let Poll::Ready(r) = Pin::new(&mut *to).poll_shutdown(cx) {
+            // A peer that is already gone cannot be told; this direction is over either way.
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "Write shutdown failed.");
+            }
+            *shut = true;
+            *progress = true;
+        }
     }
+    Ok(read)
 }
 
 /// Serves a generic TCP connection: pick a backend, then copy bytes both ways.
@@ -118,25 +186,36 @@ pub(crate) async fn serve_tcp(
     };
     let entry = shared.registry.open(peer, listener, "tcp", &backend.name);
     backend.metrics.active.fetch_add(1, Relaxed);
-    let mut c = Counted {
-        inner: client,
-        conn: &entry.bytes_to_backend,
-        backend: &backend.metrics.bytes_to_backend,
-    };
-    let mut s = Counted {
-        inner: server,
-        conn: &entry.bytes_to_client,
-        backend: &backend.metrics.bytes_to_client,
-    };
     let size = shared.config.buffer_size;
-    tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut s, size, size) => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "Connection ended with an error.");
-            }
+    let mut pipe = Pipe {
+        client,
+        server,
+        up: Dir::new(size),
+        down: Dir::new(size),
+        up_eof: false,
+        up_shut: false,
+        down_eof: false,
+        down_shut: false,
+        entry: entry.clone(),
+        backend: backend.clone(),
+    };
+    let killed = entry.kill.cancelled();
+    tokio::pin!(killed);
+    // One poll function for the kill signal and both directions, rather than `select!` over
+    // separate futures: the connection's one task does all its work in one wake-up.
+    let r = poll_fn(|cx| {
+        if killed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
         }
-        _ = entry.kill.cancelled() => tracing::info!("Connection closed by the proxy."),
+        pipe.pump(cx).map(Some)
+    })
+    .await;
+    match r {
+        None => tracing::info!("Connection closed by the proxy."),
+        Some(Err(e)) => tracing::debug!(error = %e, "Connection ended with an error."),
+        Some(Ok(())) => {}
     }
+    drop(pipe);
     backend.metrics.active.fetch_sub(1, Relaxed);
     shared.registry.close(entry.id);
 }

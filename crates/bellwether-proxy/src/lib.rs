@@ -47,6 +47,8 @@ pub enum ProxyError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the data-plane threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// What every task of one proxy shares.
@@ -66,6 +68,66 @@ pub struct ProxyHandle {
     admin: Option<SocketAddr>,
     stop_accepting: CancellationToken,
     tasks: JoinSet<()>,
+    workers: Arc<Workers>,
+}
+
+/// The data plane: threads that each run a current-thread runtime and own the connections
+/// handed to them for their whole life.
+///
+/// A connection's task is woken by its own thread's event loop and never migrates, so a
+/// forwarded message costs no cross-thread wake-up (no futex) and no work stealing. Accepting,
+/// the admin API and health checks stay on the caller's runtime.
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    next: std::sync::atomic::AtomicUsize,
+    stop: CancellationToken,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Workers {
+    fn start(n: usize) -> std::io::Result<Workers> {
+        let stop = CancellationToken::new();
+        let mut handles = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(rt.handle().clone());
+            let stop = stop.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("bw-proxy-{i}"))
+                    .spawn(move || rt.block_on(stop.cancelled()))?,
+            );
+        }
+        Ok(Workers {
+            handles,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            stop,
+            threads: std::sync::Mutex::new(threads),
+        })
+    }
+
+    /// The next worker, round robin.
+    fn pick(&self) -> &tokio::runtime::Handle {
+        let i = self.next.fetch_add(1, Relaxed) % self.handles.len();
+        &self.handles[i]
+    }
+
+    /// Stops the threads; connections still on them are dropped.
+    fn stop(&self) -> Vec<std::thread::JoinHandle<()>> {
+        self.stop.cancel();
+        std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl Drop for ProxyHandle {
+    /// A handle dropped without [`ProxyHandle::shutdown`] stops everything at once.
+    fn drop(&mut self) {
+        self.stop_accepting.cancel();
+        drop(self.workers.stop());
+    }
 }
 
 /// How a drain ended.
@@ -88,6 +150,7 @@ impl ProxyHandle {
             closing: AtomicBool::new(false),
             config,
         });
+        let workers = Arc::new(Workers::start(shared.config.workers).map_err(ProxyError::Workers)?);
         let stop_accepting = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let limit = Arc::new(Semaphore::new(shared.config.max_connections));
@@ -112,6 +175,7 @@ impl ProxyHandle {
                 local,
                 l.protocol,
                 limit.clone(),
+                workers.clone(),
                 stop_accepting.clone(),
             ));
         }
@@ -140,6 +204,7 @@ impl ProxyHandle {
             admin,
             stop_accepting,
             tasks,
+            workers,
         })
     }
 
@@ -207,6 +272,13 @@ impl ProxyHandle {
             }
         }
         while self.tasks.join_next().await.is_some() {}
+        let threads = self.workers.stop();
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         tracing::info!("Proxy stopped.");
     }
 }
@@ -273,6 +345,7 @@ async fn accept_loop(
     local: SocketAddr,
     protocol: config::Protocol,
     limit: Arc<Semaphore>,
+    workers: Arc<Workers>,
     stop: CancellationToken,
 ) {
     loop {
@@ -295,13 +368,25 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         let span = tracing::info_span!("conn", client = %peer, listener = %local);
-        tokio::spawn(
+        // The socket moves to a worker's event loop: out of this runtime's reactor here, into
+        // the worker's inside the task.
+        let sock = match sock.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(client = %peer, error = %e, "Cannot hand the connection over.");
+                continue;
+            }
+        };
+        workers.pick().spawn(
             async move {
-                match protocol {
-                    config::Protocol::Tcp => conn::serve_tcp(shared, sock, peer, local).await,
-                    config::Protocol::Postgres => {
-                        conn::serve_postgres(shared, sock, peer, local).await
-                    }
+                match tokio::net::TcpStream::from_std(sock) {
+                    Ok(sock) => match protocol {
+                        config::Protocol::Tcp => conn::serve_tcp(shared, sock, peer, local).await,
+                        config::Protocol::Postgres => {
+                            conn::serve_postgres(shared, sock, peer, local).await
+                        }
+                    },
+                    Err(e) => tracing::warn!(error = %e, "Cannot register the connection."),
                 }
                 drop(permit);
             }

@@ -212,12 +212,14 @@ impl Side {
 }
 
 /// A complete message the framer found, with its body when the observer inspects it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
     pub tag: u8,
     pub len: usize,
-    /// The body, for inspected messages; `None` when it was not kept or was too long.
-    pub body: Option<Vec<u8>>,
+    /// The body, for inspected messages; `None` when it was not kept or was too long. It
+    /// borrows the fed chunk when the body arrived in one piece, so the hot path copies
+    /// nothing.
+    pub body: Option<&'a [u8]>,
 }
 
 /// Splits a byte stream into messages, chunk by chunk, keeping only the bodies it needs.
@@ -228,6 +230,8 @@ pub struct Framer {
     header_len: usize,
     remaining: usize,
     current: Option<(u8, usize)>,
+    /// The part of an inspected body that arrived in an earlier chunk; reused, never shrunk
+    /// below what it held, so a steady stream allocates nothing.
     body: Vec<u8>,
     keep: bool,
     failed: bool,
@@ -257,7 +261,7 @@ impl Framer {
     pub fn feed(
         &mut self,
         mut chunk: &[u8],
-        mut on_frame: impl FnMut(Frame),
+        mut on_frame: impl FnMut(Frame<'_>),
     ) -> Result<(), ProtocolError> {
         if self.failed {
             return Err(ProtocolError::UnknownTag {
@@ -268,45 +272,72 @@ impl Framer {
         while !chunk.is_empty() {
             if let Some((tag, len)) = self.current {
                 let take = self.remaining.min(chunk.len());
-                if self.keep {
-                    self.body.extend_from_slice(&chunk[..take]);
-                }
+                let (part, rest) = chunk.split_at(take);
+                chunk = rest;
                 self.remaining -= take;
-                chunk = &chunk[take..];
                 if self.remaining == 0 {
-                    let body = if self.keep {
-                        Some(std::mem::take(&mut self.body))
-                    } else {
-                        None
-                    };
                     self.current = None;
-                    on_frame(Frame { tag, len, body });
+                    if !self.keep {
+                        on_frame(Frame {
+                            tag,
+                            len,
+                            body: None,
+                        });
+                    } else if self.body.is_empty() {
+                        // The whole body is in this chunk: hand it over without a copy.
+                        on_frame(Frame {
+                            tag,
+                            len,
+                            body: Some(part),
+                        });
+                    } else {
+                        self.body.extend_from_slice(part);
+                        on_frame(Frame {
+                            tag,
+                            len,
+                            body: Some(&self.body),
+                        });
+                        self.body.clear();
+                    }
+                } else if self.keep {
+                    self.body.extend_from_slice(part);
                 }
                 continue;
             }
-            let take = (5 - self.header_len).min(chunk.len());
-            self.header[self.header_len..self.header_len + take].copy_from_slice(&chunk[..take]);
-            self.header_len += take;
-            chunk = &chunk[take..];
-            if self.header_len < 5 {
-                // A tag alone is already worth checking: garbage is refused at its first byte.
-                if !self.side.known(self.header[0]) {
-                    self.failed = true;
-                    return Err(ProtocolError::UnknownTag {
-                        side: self.side.name(),
-                        tag: self.header[0] as char,
-                    });
+            // The common case: a whole header at the front of the chunk.
+            let tag;
+            let len;
+            if self.header_len == 0 && chunk.len() >= 5 {
+                tag = chunk[0];
+                len = i32::from_be_bytes([chunk[1], chunk[2], chunk[3], chunk[4]]);
+                chunk = &chunk[5..];
+            } else {
+                let take = (5 - self.header_len).min(chunk.len());
+                self.header[self.header_len..self.header_len + take]
+                    .copy_from_slice(&chunk[..take]);
+                self.header_len += take;
+                chunk = &chunk[take..];
+                if self.header_len < 5 {
+                    // A tag alone is already worth checking: garbage is refused at its first
+                    // byte.
+                    if !self.side.known(self.header[0]) {
+                        self.failed = true;
+                        return Err(ProtocolError::UnknownTag {
+                            side: self.side.name(),
+                            tag: self.header[0] as char,
+                        });
+                    }
+                    continue;
                 }
-                continue;
+                tag = self.header[0];
+                len = i32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]);
+                self.header_len = 0;
             }
-            let tag = self.header[0];
-            let len = i32::from_be_bytes([
-                self.header[1],
-                self.header[2],
-                self.header[3],
-                self.header[4],
-            ]);
-            self.header_len = 0;
             if !self.side.known(tag) {
                 self.failed = true;
                 return Err(ProtocolError::UnknownTag {
@@ -328,7 +359,7 @@ impl Framer {
                 on_frame(Frame {
                     tag,
                     len: len as usize,
-                    body: self.keep.then(Vec::new),
+                    body: self.keep.then_some(&[][..]),
                 });
             } else {
                 self.current = Some((tag, len as usize));
@@ -412,113 +443,113 @@ impl Session {
         self.status != b'I'
     }
 
-    fn mark(&mut self, reason: String, out: &mut Vec<Seen>) {
-        if self.stateful.is_none() {
-            let s = Stateful(reason);
-            self.stateful = Some(s.clone());
-            out.push(Seen::BecameStateful(s));
-        }
-    }
-
     /// Feeds bytes the client sent.
     pub fn feed_frontend(
         &mut self,
         chunk: &[u8],
         out: &mut Vec<Seen>,
     ) -> Result<(), ProtocolError> {
-        let mut frames = Vec::new();
-        self.frontend.feed(chunk, |f| frames.push(f))?;
-        for f in frames {
-            match f.tag {
-                b'Q' => {
-                    self.pending += 1;
-                    self.error_in_cycle = false;
-                    out.push(Seen::CycleStarted);
-                    match f.body.as_deref() {
+        let Session {
+            frontend,
+            pending,
+            stateful,
+            error_in_cycle,
+            ..
+        } = self;
+        frontend.feed(chunk, |f| match f.tag {
+            b'Q' => {
+                *pending += 1;
+                *error_in_cycle = false;
+                out.push(Seen::CycleStarted);
+                // Once a session holds state, nothing it sends can make it movable again, so
+                // its queries need no more reading.
+                if stateful.is_none() {
+                    match f.body {
                         Some(body) => {
                             let end = body.iter().position(|&c| c == 0).unwrap_or(body.len());
-                            let sql = String::from_utf8_lossy(&body[..end]);
-                            if let Some(reason) = session_effect(&sql) {
-                                self.mark(reason, out);
+                            if let Some(reason) = session_effect_bytes(&body[..end]) {
+                                mark(stateful, out, || reason);
                             }
                         }
-                        None => self.mark("query too long to inspect".into(), out),
+                        None => mark(stateful, out, || "query too long to inspect".into()),
                     }
                 }
-                b'S' => {
-                    self.pending += 1;
-                    self.error_in_cycle = false;
-                    out.push(Seen::CycleStarted);
-                }
-                b'F' => {
-                    self.pending += 1;
-                    self.error_in_cycle = false;
-                    out.push(Seen::CycleStarted);
-                    self.mark("function call message".into(), out);
-                }
-                b'P' => {
-                    let named = f
-                        .body
-                        .as_deref()
-                        .is_none_or(|b| b.first().is_some_and(|&c| c != 0));
-                    if named {
-                        self.mark("named prepared statement".into(), out);
-                    } else {
-                        self.mark("extended query protocol".into(), out);
-                    }
-                }
-                b'B' | b'E' | b'D' | b'C' | b'H' => {
-                    self.mark("extended query protocol".into(), out);
-                }
-                b'X' => out.push(Seen::Terminate),
-                _ => {}
             }
-        }
-        Ok(())
+            b'S' => {
+                *pending += 1;
+                *error_in_cycle = false;
+                out.push(Seen::CycleStarted);
+            }
+            b'F' => {
+                *pending += 1;
+                *error_in_cycle = false;
+                out.push(Seen::CycleStarted);
+                mark(stateful, out, || "function call message".into());
+            }
+            b'P' => {
+                let named = f.body.is_none_or(|b| b.first().is_some_and(|&c| c != 0));
+                if named {
+                    mark(stateful, out, || "named prepared statement".into());
+                } else {
+                    mark(stateful, out, || "extended query protocol".into());
+                }
+            }
+            b'B' | b'E' | b'D' | b'C' | b'H' => {
+                mark(stateful, out, || "extended query protocol".into());
+            }
+            b'X' => out.push(Seen::Terminate),
+            _ => {}
+        })
     }
 
     /// Feeds bytes the server sent.
     pub fn feed_backend(&mut self, chunk: &[u8], out: &mut Vec<Seen>) -> Result<(), ProtocolError> {
-        let mut frames = Vec::new();
-        self.backend.feed(chunk, |f| frames.push(f))?;
-        for f in frames {
-            match f.tag {
-                b'Z' => {
-                    let status = f
-                        .body
-                        .as_deref()
-                        .and_then(|b| b.first().copied())
-                        .unwrap_or(b'E');
-                    self.status = if b"ITE".contains(&status) {
-                        status
-                    } else {
-                        b'E'
-                    };
-                    if self.ready {
-                        self.pending = self.pending.saturating_sub(1);
-                    }
-                    self.ready = true;
-                    out.push(Seen::CycleEnded {
-                        status: self.status,
-                        error: self.error_in_cycle,
-                    });
-                    self.error_in_cycle = false;
+        let Session {
+            backend,
+            pending,
+            status,
+            stateful,
+            ready,
+            backend_key,
+            error_in_cycle,
+            ..
+        } = self;
+        backend.feed(chunk, |f| match f.tag {
+            b'Z' => {
+                let s = f.body.and_then(|b| b.first().copied()).unwrap_or(b'E');
+                *status = if b"ITE".contains(&s) { s } else { b'E' };
+                if *ready {
+                    *pending = pending.saturating_sub(1);
                 }
-                b'E' => self.error_in_cycle = true,
-                // A ParameterStatus after startup means a reported setting changed (SET).
-                b'S' if self.ready => self.mark("server reported a changed setting".into(), out),
-                b'A' => self.mark("LISTEN notification".into(), out),
-                b'K' => {
-                    if let Some(b) = f.body.as_deref().filter(|b| b.len() == 8) {
-                        let pid = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-                        let key = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
-                        self.backend_key = Some((pid, key));
-                    }
-                }
-                _ => {}
+                *ready = true;
+                out.push(Seen::CycleEnded {
+                    status: *status,
+                    error: *error_in_cycle,
+                });
+                *error_in_cycle = false;
             }
-        }
-        Ok(())
+            b'E' => *error_in_cycle = true,
+            // A ParameterStatus after startup means a reported setting changed (SET).
+            b'S' if *ready => mark(stateful, out, || "server reported a changed setting".into()),
+            b'A' => mark(stateful, out, || "LISTEN notification".into()),
+            b'K' => {
+                if let Some(b) = f.body.filter(|b| b.len() == 8) {
+                    let pid = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                    let key = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+                    *backend_key = Some((pid, key));
+                }
+            }
+            _ => {}
+        })
+    }
+}
+
+/// Marks the session stateful for the first reason found; the reason is only built then.
+fn mark(stateful: &mut Option<Stateful>, out: &mut Vec<Seen>, reason: impl FnOnce() -> String) {
+    if stateful.is_none() {
+        let s = Stateful(reason());
+        *stateful = Some(s.clone());
+        out.push(Seen::BecameStateful(s));
     }
 }
 
@@ -564,58 +595,93 @@ const STATEFUL_WORDS: &[&str] = &[
 /// statements that start with a known plain keyword and use no known session-level function
 /// pass. Returns the reason when they may.
 pub fn session_effect(sql: &str) -> Option<String> {
-    let lower = sql.to_ascii_lowercase();
-    for stmt in lower.split(';') {
-        let stmt = strip_comments(stmt);
-        let stmt = stmt.trim();
-        if stmt.is_empty() {
-            continue;
-        }
-        let first: String = stmt
-            .chars()
-            .take_while(|c| c.is_ascii_alphabetic() || *c == '_')
-            .collect();
-        if !STATELESS_STARTS.contains(&first.as_str()) {
-            return Some(format!("statement `{}`", first.to_uppercase()));
-        }
-        for word in stmt.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            if STATEFUL_WORDS.contains(&word) {
-                // `INSERT INTO` is plain; `SELECT … INTO` creates a table.
-                if word == "into" && first != "select" {
-                    continue;
-                }
-                return Some(format!("`{word}` in a statement"));
+    session_effect_bytes(sql.as_bytes())
+}
+
+/// [`session_effect`] over the raw bytes of a Query message, in one pass and without
+/// allocating unless it finds a reason. It runs on every query of a PostgreSQL listener.
+/// Comments are skipped; quotes are not understood, so a keyword inside a string literal
+/// counts, which errs on the safe side.
+pub fn session_effect_bytes(sql: &[u8]) -> Option<String> {
+    let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let n = sql.len();
+    let mut i = 0;
+    // The leading keyword of the current statement, once seen.
+    let mut first: Option<&[u8]> = None;
+    while i < n {
+        let c = sql[i];
+        if c == b'-' && sql.get(i + 1) == Some(&b'-') {
+            i = sql[i..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(n, |p| i + p + 1);
+        } else if c == b'/' && sql.get(i + 1) == Some(&b'*') {
+            i = sql[i + 2..]
+                .windows(2)
+                .position(|w| w == b"*/")
+                .map_or(n, |p| i + 2 + p + 2);
+        } else if c == b';' {
+            first = None;
+            i += 1;
+        } else if is_word(c) {
+            let start = i;
+            while i < n && is_word(sql[i]) {
+                i += 1;
             }
+            let word = &sql[start..i];
+            match first {
+                None => {
+                    let alpha = word
+                        .iter()
+                        .position(|&b| !(b.is_ascii_alphabetic() || b == b'_'))
+                        .unwrap_or(word.len());
+                    let keyword = &word[..alpha];
+                    if !STATELESS_STARTS
+                        .iter()
+                        .any(|k| keyword.eq_ignore_ascii_case(k.as_bytes()))
+                    {
+                        return Some(format!(
+                            "statement `{}`",
+                            String::from_utf8_lossy(keyword).to_uppercase()
+                        ));
+                    }
+                    first = Some(keyword);
+                    if let Some(reason) = stateful_word(word, keyword) {
+                        return Some(reason);
+                    }
+                }
+                Some(keyword) => {
+                    if let Some(reason) = stateful_word(word, keyword) {
+                        return Some(reason);
+                    }
+                }
+            }
+        } else if first.is_none() && !c.is_ascii_whitespace() {
+            // A statement that opens with a parenthesis, a quote or anything else unusual is
+            // not one of the plain ones.
+            return Some("statement ``".to_string());
+        } else {
+            i += 1;
         }
     }
     None
 }
 
-fn strip_comments(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    loop {
-        match (rest.find("--"), rest.find("/*")) {
-            (Some(a), b) if b.is_none_or(|b| a < b) => {
-                out.push_str(&rest[..a]);
-                match rest[a..].find('\n') {
-                    Some(nl) => rest = &rest[a + nl..],
-                    None => return out,
-                }
-            }
-            (_, Some(b)) => {
-                out.push_str(&rest[..b]);
-                match rest[b + 2..].find("*/") {
-                    Some(e) => rest = &rest[b + 2 + e + 2..],
-                    None => return out,
-                }
-            }
-            _ => {
-                out.push_str(rest);
-                return out;
-            }
-        }
+/// The reason a word makes its statement stateful, if it does. `first` is the statement's
+/// leading keyword: `INSERT INTO` is plain; `SELECT … INTO` creates a table.
+fn stateful_word(word: &[u8], first: &[u8]) -> Option<String> {
+    // Every listed word is 4 to 27 bytes and starts with one of these letters; most words of
+    // a query fail this before any comparison.
+    if !(4..=27).contains(&word.len()) || !b"tspcldi".contains(&word[0].to_ascii_lowercase()) {
+        return None;
     }
+    let w = STATEFUL_WORDS
+        .iter()
+        .find(|s| word.eq_ignore_ascii_case(s.as_bytes()))?;
+    if *w == "into" && !first.eq_ignore_ascii_case(b"select") {
+        return None;
+    }
+    Some(format!("`{w}` in a statement"))
 }
 
 /// The password message for MD5 authentication: `md5` + md5(md5(password + user) + salt).
@@ -725,6 +791,34 @@ mod tests {
     }
 
     #[test]
+    fn stateful_words_pass_the_prefilter() {
+        for w in STATEFUL_WORDS {
+            assert!(stateful_word(w.as_bytes(), b"select").is_some(), "{w}");
+            assert!(
+                stateful_word(w.to_uppercase().as_bytes(), b"SELECT").is_some(),
+                "{w}"
+            );
+        }
+    }
+
+    #[test]
+    fn session_effect_reads_comments_and_statements() {
+        assert_eq!(session_effect("/* ; set x */ SELECT 1 -- ; set y"), None);
+        assert_eq!(
+            session_effect("select 1;\n  SET x = 1"),
+            Some("statement `SET`".into())
+        );
+        assert_eq!(session_effect("(select 1)"), Some("statement ``".into()));
+        assert_eq!(
+            session_effect("SELECT nextval('s'), CURRVAL('s')"),
+            Some("`currval` in a statement".into())
+        );
+        assert_eq!(session_effect("INSERT INTO t VALUES (1)"), None);
+        assert_eq!(session_effect(";;  ;"), None);
+        assert_eq!(session_effect("select 1 /* unterminated"), None);
+    }
+
+    #[test]
     fn named_parse_and_parameter_status_mark_the_session() {
         let mut s = Session::new();
         let mut seen = Vec::new();
@@ -799,6 +893,41 @@ mod tests {
                 let _ = b.feed_backend(c, &mut seen);
             }
             prop_assert!(a.pending <= msgs.len() as u32);
+        }
+
+        #[test]
+        fn observation_does_not_depend_on_chunking(
+            msgs in proptest::collection::vec(
+                (proptest::sample::select(b"QSZEKCTD".to_vec()),
+                 proptest::collection::vec(any::<u8>(), 0..40)), 0..16),
+            cuts in proptest::collection::vec(1usize..23, 1..8),
+        ) {
+            let mut stream = Vec::new();
+            for (tag, body) in &msgs {
+                stream.extend(encode_message(*tag, body));
+            }
+            let run = |pieces: &[&[u8]]| {
+                let (mut f, mut b) = (Session::new(), Session::new());
+                let (mut sf, mut sb) = (Vec::new(), Vec::new());
+                let mut ok = (true, true);
+                for p in pieces {
+                    ok.0 = ok.0 && f.feed_frontend(p, &mut sf).is_ok();
+                    ok.1 = ok.1 && b.feed_backend(p, &mut sb).is_ok();
+                }
+                (sf, sb, ok, f.pending, b.status, b.backend_key, f.stateful, b.stateful)
+            };
+            let whole = run(&[&stream]);
+            let mut pieces = Vec::new();
+            let mut rest = &stream[..];
+            for c in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (a, r) = rest.split_at((*c).min(rest.len()));
+                pieces.push(a);
+                rest = r;
+            }
+            prop_assert_eq!(whole, run(&pieces));
         }
 
         #[test]

@@ -121,7 +121,7 @@ impl ScramClient {
             .strip_prefix("v=")
             .ok_or(ScramError::ServerFinal)?;
         let got = B64
-            .decode(v.trim_end_matches(|c: char| c == '\0'))
+            .decode(v.trim_end_matches('\0'))
             .map_err(|_| ScramError::ServerFinal)?;
         match self.server_signature {
             Some(s) if s.as_slice() == got.as_slice() => Ok(()),

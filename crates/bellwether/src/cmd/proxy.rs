@@ -34,6 +34,10 @@ pub struct Args {
     /// Active health check for flag configurations: tcp, postgres or none.
     #[arg(long, value_enum)]
     health_check: Option<CheckArg>,
+    /// Data-plane threads, each with its own event loop (default: half the cores, at least
+    /// one; see docs/proxy.md). Overrides `workers` in the file.
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -112,6 +116,9 @@ pub fn build_config(args: &Args) -> anyhow::Result<config::ProxyConfig> {
     if let Some(a) = &args.admin {
         raw.admin = Some(a.clone());
     }
+    if let Some(w) = args.workers {
+        raw.workers = Some(w);
+    }
     if let Some(c) = args.health_check {
         raw.health.check = match c {
             CheckArg::Tcp => CheckKind::Tcp,
@@ -132,7 +139,12 @@ pub fn build_config(args: &Args) -> anyhow::Result<config::ProxyConfig> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = build_config(&args)?;
-    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    // Connections run on the proxy's own worker threads; this runtime only accepts, serves the
+    // admin API and runs health checks.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let handle = ProxyHandle::start(config)
             .await
@@ -155,6 +167,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(a) = handle.admin_addr() {
             println!("admin api on http://{a}");
         }
+        println!("{} worker threads", handle.shared().config.workers);
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
         wait_for_signal().await;
@@ -225,9 +238,10 @@ pub struct BenchArgs {
     /// which keeps a busy machine's noise from favouring whichever target ran last.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
-    /// Worker threads of the in-process proxy's runtime (default: one per core).
-    #[arg(long)]
-    proxy_threads: Option<usize>,
+    /// Data-plane worker counts to measure Bellwether with, comma-separated; each count
+    /// gets its own proxies and its own rows (default: the proxy's default).
+    #[arg(long, value_delimiter = ',')]
+    workers: Vec<usize>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -239,33 +253,103 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Runs `run` for every target `rounds` times, interleaved, and keeps the medians.
+/// Where a target's CPU time is read: nowhere (direct), this process (Bellwether runs
+/// in-process) or another process (HAProxy).
+#[derive(Clone, Copy)]
+enum CpuOf {
+    Nothing,
+    This,
+    Pid(u32),
+}
+
+/// Clock ticks of user and system time of a process (`/proc/PID/stat` counts in USER_HZ,
+/// 100 per second on Linux).
+fn process_ticks(of: CpuOf) -> Option<u64> {
+    let path = match of {
+        CpuOf::Nothing => return None,
+        CpuOf::This => "/proc/self/stat".to_string(),
+        CpuOf::Pid(p) => format!("/proc/{p}/stat"),
+    };
+    let text = std::fs::read_to_string(path).ok()?;
+    // The command name may hold spaces; the fields after it are space-separated.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Busy clock ticks of the whole machine, all CPUs (`/proc/stat`, everything but idle and
+/// iowait).
+fn machine_ticks() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    Some(total - v.get(3)? - v.get(4)?)
+}
+
+/// One thing to measure: a name, a port, and whose CPU time is the proxy's.
+struct Target {
+    name: String,
+    port: u16,
+    cpu: CpuOf,
+}
+
+/// One run's figures.
+#[derive(Clone, Copy)]
+struct Run {
+    tps: f64,
+    p50: f64,
+    p99: f64,
+    /// Transactions (or requests) completed.
+    count: f64,
+}
+
+/// Runs `run` for every target `rounds` times, interleaved, and keeps the medians. Every run
+/// is also printed to stderr, so all rounds are on record, not only the medians.
 fn measure(
     label: &str,
     clients: &[u32],
-    targets: &[(String, u16)],
+    targets: &[Target],
     rounds: u32,
-    mut run: impl FnMut(u16, u32) -> anyhow::Result<(f64, f64, f64)>,
+    mut run: impl FnMut(u16, u32) -> anyhow::Result<Run>,
 ) -> anyhow::Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
+    let us_per_tick = 1e6 / 100.0;
     for &c in clients {
-        let mut got: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); targets.len()];
+        let mut got: Vec<Vec<(Run, f64, f64)>> = vec![Vec::new(); targets.len()];
         for round in 0..rounds.max(1) {
-            for (i, (name, port)) in targets.iter().enumerate() {
-                let (tps, p50, p99) = run(*port, c)?;
+            for (i, t) in targets.iter().enumerate() {
+                let (p0, m0) = (process_ticks(t.cpu), machine_ticks());
+                let r = run(t.port, c)?;
+                let (p1, m1) = (process_ticks(t.cpu), machine_ticks());
+                let per_tx = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                    (Some(a), Some(b)) if r.count > 0.0 => {
+                        b.saturating_sub(a) as f64 * us_per_tick / r.count
+                    }
+                    _ => f64::NAN,
+                };
+                let (proxy_cpu, machine_cpu) = (per_tx(p0, p1), per_tx(m0, m1));
                 eprintln!(
-                    "{label} -c {c} round {round} {name}: {tps:.0}/s p50 {p50:.0}us p99 {p99:.0}us"
+                    "{label} -c {c} round {round} {}: {:.0}/s p50 {:.0}us p99 {:.0}us proxy cpu {proxy_cpu:.1}us/tx machine cpu {machine_cpu:.1}us/tx",
+                    t.name, r.tps, r.p50, r.p99
                 );
-                got[i].push((tps, p50, p99));
+                got[i].push((r, proxy_cpu, machine_cpu));
             }
         }
-        for (i, (name, _)) in targets.iter().enumerate() {
+        for (i, t) in targets.iter().enumerate() {
+            let col = |f: &dyn Fn(&(Run, f64, f64)) -> f64| median(got[i].iter().map(f).collect());
             rows.push(BenchRow {
-                target: name.clone(),
+                target: t.name.clone(),
                 clients: c,
-                tps: median(got[i].iter().map(|g| g.0).collect()),
-                p50_us: median(got[i].iter().map(|g| g.1).collect()),
-                p99_us: median(got[i].iter().map(|g| g.2).collect()),
+                tps: col(&|g| g.0.tps),
+                p50_us: col(&|g| g.0.p50),
+                p99_us: col(&|g| g.0.p99),
+                proxy_cpu_us: col(&|g| g.1),
+                machine_cpu_us: col(&|g| g.2),
             });
         }
     }
@@ -450,6 +534,10 @@ struct BenchRow {
     tps: f64,
     p50_us: f64,
     p99_us: f64,
+    /// CPU time of the proxy process per transaction (NaN for direct).
+    proxy_cpu_us: f64,
+    /// Busy CPU time of the whole machine per transaction.
+    machine_cpu_us: f64,
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -464,7 +552,7 @@ fn run_pgbench(
     clients: u32,
     seconds: u32,
     logdir: &std::path::Path,
-) -> anyhow::Result<(f64, f64, f64)> {
+) -> anyhow::Result<Run> {
     for e in std::fs::read_dir(logdir)?.flatten() {
         let _ = std::fs::remove_file(e.path());
     }
@@ -511,6 +599,17 @@ fn run_pgbench(
                 .ok()
         })
         .context("pgbench printed no tps")?;
+    let count = stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("number of transactions actually processed: ")?
+                .split('/')
+                .next()?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .context("pgbench printed no transaction count")?;
     let mut lat = Vec::new();
     for e in std::fs::read_dir(logdir)?.flatten() {
         let text = std::fs::read_to_string(e.path())?;
@@ -520,10 +619,15 @@ fn run_pgbench(
         );
     }
     lat.sort_by(f64::total_cmp);
-    Ok((tps, percentile(&lat, 0.5), percentile(&lat, 0.99)))
+    Ok(Run {
+        tps,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        count,
+    })
 }
 
-fn run_redis_benchmark(port: u16, clients: u32, requests: u32) -> anyhow::Result<(f64, f64, f64)> {
+fn run_redis_benchmark(port: u16, clients: u32, requests: u32) -> anyhow::Result<Run> {
     let bin = bench_support::which("redis-benchmark", "redis-tools")?;
     let out = std::process::Command::new(bin)
         .args(["-h", "127.0.0.1", "-t", "get", "--csv"])
@@ -546,7 +650,12 @@ fn run_redis_benchmark(port: u16, clients: u32, requests: u32) -> anyhow::Result
         .filter_map(|v| v.trim_matches('"').parse().ok())
         .collect();
     anyhow::ensure!(f.len() >= 7, "unexpected redis-benchmark row {line}");
-    Ok((f[0], f[3] * 1000.0, f[5] * 1000.0))
+    Ok(Run {
+        tps: f[0],
+        p50: f[3] * 1000.0,
+        p99: f[5] * 1000.0,
+        count: f64::from(requests),
+    })
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -593,12 +702,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         wait_listening(port)?;
         Some((port, p))
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(n) = args.proxy_threads {
-        builder.worker_threads(n.max(1));
-    }
-    let rt = builder.build()?;
+    // The proxies' connections run on their own worker threads; this runtime only accepts
+    // and checks health, as in `bellwether proxy`.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let backend = |name: &str, port: u16| RawBackend {
         name: name.into(),
         address: HostPort(format!("127.0.0.1:{port}")),
@@ -606,27 +714,43 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         admin: AdminState::Ready,
         password: None,
     };
-    let mut listeners = vec![
-        RawListener {
-            address: "127.0.0.1:0".into(),
-            protocol: Protocol::Tcp,
-        },
-        RawListener {
-            address: "127.0.0.1:0".into(),
-            protocol: Protocol::Postgres,
-        },
-    ];
-    let mut cfg = RawConfig::new(listeners.clone(), vec![backend("pg", cluster.port)]);
-    cfg.health.check = CheckKind::Tcp;
-    let pg_proxy = rt.block_on(ProxyHandle::start(cfg.validate("bench")?))?;
-    let redis_proxy = match &redis {
-        Some((port, _)) => {
-            listeners.truncate(1);
-            let cfg = RawConfig::new(listeners, vec![backend("redis", *port)]);
-            Some(rt.block_on(ProxyHandle::start(cfg.validate("bench")?))?)
-        }
-        None => None,
+    let listener = |protocol| RawListener {
+        address: "127.0.0.1:0".into(),
+        protocol,
     };
+    let worker_counts: Vec<Option<usize>> = if args.workers.is_empty() {
+        vec![None]
+    } else {
+        args.workers.iter().map(|&w| Some(w)).collect()
+    };
+    // Per worker count: a PostgreSQL proxy (a TCP and a PostgreSQL-aware listener) and a
+    // Redis proxy.
+    let mut pg_proxies = Vec::new();
+    let mut redis_proxies = Vec::new();
+    for w in &worker_counts {
+        let mut cfg = RawConfig::new(
+            vec![listener(Protocol::Tcp), listener(Protocol::Postgres)],
+            vec![backend("pg", cluster.port)],
+        );
+        cfg.health.check = CheckKind::Tcp;
+        cfg.workers = *w;
+        let cfg = cfg.validate("bench")?;
+        let suffix = if worker_counts.len() > 1 {
+            format!(" w{}", cfg.workers)
+        } else {
+            String::new()
+        };
+        pg_proxies.push((suffix.clone(), rt.block_on(ProxyHandle::start(cfg))?));
+        if let Some((port, _)) = &redis {
+            let mut cfg =
+                RawConfig::new(vec![listener(Protocol::Tcp)], vec![backend("redis", *port)]);
+            cfg.workers = *w;
+            redis_proxies.push((
+                suffix,
+                rt.block_on(ProxyHandle::start(cfg.validate("bench")?))?,
+            ));
+        }
+    }
     let haproxy = if args.no_haproxy {
         None
     } else {
@@ -656,16 +780,22 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Some((pg_port, redis_port, p, dir))
     };
     let logdir = TempDir::new("bellwether-bench-pgbench")?;
-    let mut targets: Vec<(String, u16)> = vec![
-        ("direct".into(), cluster.port),
-        ("bellwether tcp".into(), pg_proxy.listen_addrs()[0].port()),
-        (
-            "bellwether postgres".into(),
-            pg_proxy.listen_addrs()[1].port(),
-        ),
-    ];
-    if let Some((p, _, _, _)) = &haproxy {
-        targets.push(("haproxy tcp".into(), *p));
+    let target = |name: String, port: u16, cpu: CpuOf| Target { name, port, cpu };
+    let mut targets = vec![target("direct".into(), cluster.port, CpuOf::Nothing)];
+    for (suffix, p) in &pg_proxies {
+        targets.push(target(
+            format!("bellwether tcp{suffix}"),
+            p.listen_addrs()[0].port(),
+            CpuOf::This,
+        ));
+        targets.push(target(
+            format!("bellwether postgres{suffix}"),
+            p.listen_addrs()[1].port(),
+            CpuOf::This,
+        ));
+    }
+    if let Some((p, _, child, _)) = &haproxy {
+        targets.push(target("haproxy tcp".into(), *p, CpuOf::Pid(child.0.id())));
     }
     let rows = measure(
         "pgbench -S",
@@ -676,12 +806,16 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     )?;
     print_table(&format!("pgbench -S (select only, simple protocol), scale 10, {} s per run, median of {} rounds", args.seconds, args.rounds), &rows);
     if let Some((rport, _)) = &redis {
-        let mut targets: Vec<(String, u16)> = vec![("direct".into(), *rport)];
-        if let Some(p) = &redis_proxy {
-            targets.push(("bellwether tcp".into(), p.listen_addrs()[0].port()));
+        let mut targets = vec![target("direct".into(), *rport, CpuOf::Nothing)];
+        for (suffix, p) in &redis_proxies {
+            targets.push(target(
+                format!("bellwether tcp{suffix}"),
+                p.listen_addrs()[0].port(),
+                CpuOf::This,
+            ));
         }
-        if let Some((_, hp, _, _)) = &haproxy {
-            targets.push(("haproxy tcp".into(), *hp));
+        if let Some((_, hp, child, _)) = &haproxy {
+            targets.push(target("haproxy tcp".into(), *hp, CpuOf::Pid(child.0.id())));
         }
         let rows = measure(
             "redis-benchmark GET",
@@ -699,8 +833,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     rt.block_on(async {
-        pg_proxy.shutdown().await;
-        if let Some(p) = redis_proxy {
+        for (_, p) in pg_proxies.into_iter().chain(redis_proxies) {
             p.shutdown().await;
         }
     });
@@ -709,17 +842,22 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 fn print_table(title: &str, rows: &[BenchRow]) {
     println!("\n{title}\n");
-    println!("| clients | target | TPS | ratio to direct | p50 µs | p99 µs | p99 added µs |");
-    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| clients | target | TPS | ratio to direct | p50 µs | p99 µs | p99 added µs | proxy CPU µs/tx | machine CPU µs/tx |");
+    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
         let direct = rows
             .iter()
             .find(|d| d.clients == r.clients && d.target == "direct");
         let ratio = direct.map(|d| r.tps / d.tps).unwrap_or(f64::NAN);
         let added = direct.map(|d| r.p99_us - d.p99_us).unwrap_or(f64::NAN);
+        let cpu = if r.proxy_cpu_us.is_nan() {
+            "—".to_string()
+        } else {
+            format!("{:.1}", r.proxy_cpu_us)
+        };
         println!(
-            "| {} | {} | {:.0} | {:.3} | {:.0} | {:.0} | {:+.0} |",
-            r.clients, r.target, r.tps, ratio, r.p50_us, r.p99_us, added
+            "| {} | {} | {:.0} | {:.3} | {:.0} | {:.0} | {:+.0} | {cpu} | {:.1} |",
+            r.clients, r.target, r.tps, ratio, r.p50_us, r.p99_us, added, r.machine_cpu_us
         );
     }
 }
