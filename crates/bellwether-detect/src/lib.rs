@@ -9,7 +9,7 @@
 //! - [`threshold`]: the moving-average baseline, the ± percentage band, breaches that must last
 //!   a configured time, and the combined severity score with its reasons.
 //! - [`anomaly`]: online single-series detectors (score in [0, 1] and an alert decision per
-//!   point, bounded memory); `relative-entropy` is the default, chosen on NAB.
+//!   point, bounded memory); `two-scale-entropy` is the default, chosen on NAB.
 //! - [`judge`]: the Kayenta-style canary judge (Mann-Whitney with a confidence interval for the
 //!   shift, effect sizes, limits, weighted score out of 100).
 //! - [`nab`]: the Numenta Anomaly Benchmark scorer used to choose and measure the detectors.

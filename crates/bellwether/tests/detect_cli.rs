@@ -41,7 +41,7 @@ fn detect_writes_one_row_per_input_row() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("in.csv"), series_csv(2000)).unwrap();
-    for detector in ["relative-entropy", "seasonal", "cad"] {
+    for detector in ["two-scale-entropy", "relative-entropy", "seasonal", "cad"] {
         let out = bellwether(
             &[
                 "detect",

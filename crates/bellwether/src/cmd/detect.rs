@@ -30,10 +30,11 @@ pub struct Args {
     /// Where to write `timestamp,value,score,alert` (`-` for standard output).
     #[arg(long, value_name = "OUT.csv")]
     output: PathBuf,
-    /// The detector: relative-entropy (default; best on NAB), seasonal, bellwether, robust-z,
-    /// ewma, record, windowed-gaussian (NAB's baseline: scores only, never alerts), or cad
-    /// (CAD OSE with its range learnt from the first 750 points; slow and memory-hungry).
-    #[arg(long, value_name = "NAME", default_value = "relative-entropy", value_parser = parse_detector)]
+    /// The detector: two-scale-entropy (default; best on NAB), relative-entropy, seasonal,
+    /// bellwether, robust-z, ewma, record, windowed-gaussian (NAB's baseline: scores only, never
+    /// alerts), or cad (CAD OSE with its range learnt from the first 750 points; slow and
+    /// memory-hungry).
+    #[arg(long, value_name = "NAME", default_value = "two-scale-entropy", value_parser = parse_detector)]
     detector: DetectorKind,
 }
 

@@ -26,7 +26,7 @@ detector's own alerts, and at the best corpus-wide threshold on its score (the s
 convention).
 
 Example:
-  bellwether bench nab --nab-dir ../shared/data/nab --detector relative-entropy")]
+  bellwether bench nab --nab-dir ../shared/data/nab --detector two-scale-entropy")]
 pub struct BenchArgs {
     /// The NAB checkout (holding `data/` and `labels/`).
     #[arg(long, value_name = "DIR", default_value = "../shared/data/nab")]
@@ -36,7 +36,7 @@ pub struct BenchArgs {
     /// file's range (to check the scorer against NAB's published 54.6 / 47.6 / 58.8), and
     /// `nab-cad` the CAD OSE port as NAB runs it (each file's range, rest period probation / 5;
     /// published 69.9 / 67.0 / 73.2).
-    #[arg(long, value_name = "NAME", default_value = "relative-entropy")]
+    #[arg(long, value_name = "NAME", default_value = "two-scale-entropy")]
     detector: String,
     /// human (default) or json.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
