@@ -268,10 +268,15 @@ impl Run {
                 .as_i64()
                 .or(a.finished_at_ms)
                 .unwrap_or_else(now_ms);
-            if ok && a.kind == "apply" {
+            if ok && (a.kind == "apply" || a.kind == "remediate") {
                 if let Ok(host) = HostName::new(a.host.clone()) {
                     if let Some(w) = self.watchers.get_mut(&host) {
-                        w.mark_applied(finished);
+                        if a.kind == "apply" {
+                            w.mark_applied(finished);
+                        } else if let Err(e) = w.restart(finished) {
+                            // The baselines were valid when frozen; a failure here is a bug.
+                            tracing::error!(host = %host, error = %e, "could not restart the watch after a remediation");
+                        }
                     }
                 }
             }

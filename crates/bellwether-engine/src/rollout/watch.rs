@@ -63,6 +63,8 @@ pub struct HostWatcher {
     severity_fail: f64,
     drift_rise_limit: Option<f64>,
     drift_rise_for_ms: i64,
+    /// Samples before this (a restart after a remediation) are not judged.
+    watch_from_ms: Option<i64>,
     /// Since when the drift has stayed above the limit.
     drift_risen_since: Option<i64>,
     no_data_after_ms: i64,
@@ -187,6 +189,7 @@ impl HostWatcher {
             drift_rise_limit: a.drift_rise_limit,
             drift_rise_for_ms: ms(a.drift_rise_for.0),
             drift_risen_since: None,
+            watch_from_ms: None,
             no_data_after_ms: plan.no_data.after_ms(),
             interval_ms: interval,
             judge: a.judge.clone(),
@@ -222,6 +225,11 @@ impl HostWatcher {
         if !value.is_finite() {
             return Ok(());
         }
+        self.last_sample_ms = Some(self.last_sample_ms.map_or(ts_ms, |t| t.max(ts_ms)));
+        if self.watch_from_ms.is_some_and(|from| ts_ms < from) {
+            // From before a restart: it arrived (so it is data), but it is no evidence.
+            return Ok(());
+        }
         let o = m
             .watch
             .observe(ts_ms, value)
@@ -236,7 +244,6 @@ impl HostWatcher {
         while m.recent.len() > self.capacity {
             m.recent.pop_front();
         }
-        self.last_sample_ms = Some(self.last_sample_ms.map_or(ts_ms, |t| t.max(ts_ms)));
         Ok(())
     }
 
@@ -275,6 +282,31 @@ impl HostWatcher {
             m.last = None;
         }
         self.warming_at_apply.clone()
+    }
+
+    /// Starts the watch over after a remediation at `ts_ms` (`rollback.remediate_first`):
+    /// the frozen baselines stay, but the breaches seen so far, the drift rise and every
+    /// sample before `ts_ms` plus one interval (whose window straddles the remediation) no
+    /// longer count. Without this the breach that failed the host would fail it again at
+    /// once. Does nothing on a host that is not applied.
+    pub fn restart(&mut self, ts_ms: i64) -> Result<(), WatchError> {
+        if self.applied_ms.is_none() {
+            return Ok(());
+        }
+        for m in &mut self.metrics {
+            if let Some(b) = m.watch.baseline() {
+                m.watch = ThresholdWatch::with_fixed_baseline(m.watch.config().clone(), b)
+                    .map_err(|source| WatchError::Threshold {
+                        host: self.host.clone(),
+                        metric: m.rule.name.0.clone(),
+                        source,
+                    })?;
+            }
+            m.last = None;
+        }
+        self.drift_risen_since = None;
+        self.watch_from_ms = Some(ts_ms + self.interval_ms);
+        Ok(())
     }
 
     /// The host's post-apply samples of `metric` with `ts ≥ from_ms`.
@@ -379,7 +411,8 @@ impl HostWatcher {
                 };
             }
         }
-        if let Some(v) = self.judge_against(applied, controls) {
+        let judged_from = self.watch_from_ms.map_or(applied, |f| f.max(applied));
+        if let Some(v) = self.judge_against(judged_from, controls) {
             return v;
         }
         WatchVerdict::Healthy

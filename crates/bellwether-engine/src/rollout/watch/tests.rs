@@ -211,3 +211,42 @@ fn a_restored_watcher_keeps_the_frozen_baseline() {
     let fresh = HostWatcher::new(&plan, HostName::new("x").unwrap()).unwrap();
     assert!(fresh.snapshot().baselines.is_empty());
 }
+
+#[test]
+fn a_restart_after_a_remediation_forgets_the_breach_but_keeps_the_baseline() {
+    let plan = parse_plan(WATCH_PLAN, "p.yaml").unwrap();
+    let mut w = HostWatcher::new(&plan, hn("h")).unwrap();
+    for t in 0..40 {
+        w.observe(t * S, "svc_error_ratio", 0.01).unwrap();
+        w.observe(t * S, "svc_latency_p99_ms", 50.0).unwrap();
+    }
+    w.mark_applied(40 * S);
+    for t in 41..=45 {
+        w.observe(t * S, "svc_error_ratio", 0.3).unwrap();
+        w.observe(t * S, "svc_latency_p99_ms", 50.0).unwrap();
+    }
+    assert!(matches!(
+        w.verdict(45 * S, &[]),
+        WatchVerdict::Failing { .. }
+    ));
+    // Remediated at 46 s: the old breach no longer counts, nor does the sample at 47 s whose
+    // window straddles the restore (still bad).
+    w.restart(46 * S).unwrap();
+    w.observe(47 * S, "svc_error_ratio", 0.2).unwrap();
+    assert_eq!(w.verdict(47 * S, &[]), WatchVerdict::Healthy);
+    for t in 48..=55 {
+        w.observe(t * S, "svc_error_ratio", 0.01).unwrap();
+        w.observe(t * S, "svc_latency_p99_ms", 50.0).unwrap();
+        assert_eq!(w.verdict(t * S, &[]), WatchVerdict::Healthy, "at {t} s");
+    }
+    assert_eq!(w.last_sample_ms(), Some(55 * S));
+    // The baseline is still the pre-apply one: a new breach fails the host again.
+    for t in 56..=60 {
+        w.observe(t * S, "svc_error_ratio", 0.3).unwrap();
+        w.observe(t * S, "svc_latency_p99_ms", 50.0).unwrap();
+    }
+    assert!(matches!(
+        w.verdict(60 * S, &[]),
+        WatchVerdict::Failing { .. }
+    ));
+}
