@@ -34,8 +34,8 @@ pub struct Args {
     /// Active health check for flag configurations: tcp, postgres or none.
     #[arg(long, value_enum)]
     health_check: Option<CheckArg>,
-    /// Data-plane threads, each with its own event loop (default: half the cores, at least
-    /// one; see docs/proxy.md). Overrides `workers` in the file.
+    /// Data-plane threads, each with its own event loop (default: one per core; see
+    /// docs/proxy.md). Overrides `workers` in the file.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
 }
@@ -703,8 +703,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Some((port, p))
     };
     // The proxies' connections run on their own worker threads; this runtime only accepts
-    // and checks health, as in `bellwether proxy`.
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // and checks health, as in `bellwether proxy`. It needs a thread of its own because this
+    // one waits on the benchmark tools.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()?;
     let backend = |name: &str, port: u16| RawBackend {
