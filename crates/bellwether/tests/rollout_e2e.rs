@@ -23,30 +23,9 @@ faults:
 history: { deployments: 300, seed: 1 }
 "#;
 
-/// Each test runs a whole sandbox (server, services, agents); on a 2-core machine four at once
-/// starve each other's agents of samples, so the tests in this file take turns.
-static ONE_SANDBOX_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_SANDBOX_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn bellwether(dir: &Path, args: &[&str]) -> std::process::Output {
-    let server = std::fs::read_to_string(dir.join("server.addr")).unwrap();
-    let token = std::fs::read_to_string(dir.join("operator.token")).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_bellwether"))
-        .args(args)
-        .env("BELLWETHER_SERVER", format!("http://{}", server.trim()))
-        .env("BELLWETHER_TOKEN", token.trim())
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn faulty_hosts_are_rolled_back_alone_while_the_others_stay_updated() {
-    let _turn = one_at_a_time();
+    let _turn = one_sandbox_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sbx");
     let file = tmp.path().join("scenario.yaml");
@@ -79,19 +58,7 @@ fn faulty_hosts_are_rolled_back_alone_while_the_others_stay_updated() {
             .replace("bake: 10s", "bake: 25s"),
     )
     .unwrap();
-    let start = bellwether(
-        &dir,
-        &["rollout", "start", plan.to_str().unwrap(), "--wait"],
-    );
-    let out = String::from_utf8_lossy(&start.stdout).to_string();
-    let id = out
-        .split_whitespace()
-        .find(|w| w.starts_with("r-"))
-        .map(|w| w.trim_end_matches('.').to_string())
-        .unwrap();
-    let report = bellwether(&dir, &["rollout", "report", &id, "--output", "json"]);
-    assert!(report.status.success());
-    let r: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let (_, r) = rollout_to_report(&dir, &plan);
     let version = |h: &str| {
         std::fs::read_to_string(dir.join("hosts").join(h).join("etc/websvc/version")).unwrap()
     };
@@ -136,7 +103,7 @@ faults:
 
 #[test]
 fn a_killed_agent_pauses_the_rollout_on_no_data() {
-    let _turn = one_at_a_time();
+    let _turn = one_sandbox_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sbx");
     let file = tmp.path().join("scenario.yaml");
@@ -159,7 +126,7 @@ fn a_killed_agent_pauses_the_rollout_on_no_data() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/plans/web-v2.yaml"
     );
-    let start = bellwether(&dir, &["rollout", "start", plan]);
+    let start = sandbox_cli(&dir, &["rollout", "start", plan]);
     assert!(
         start.status.success(),
         "{}",
@@ -172,7 +139,7 @@ fn a_killed_agent_pauses_the_rollout_on_no_data() {
         .map(|w| w.trim_end_matches('.').to_string())
         .unwrap();
     let status = |dir: &Path| -> serde_json::Value {
-        let o = bellwether(dir, &["rollout", "status", &id, "--output", "json"]);
+        let o = sandbox_cli(dir, &["rollout", "status", &id, "--output", "json"]);
         serde_json::from_slice(&o.stdout).unwrap()
     };
     // Wait for a baking host, then kill its agent.
@@ -234,7 +201,7 @@ fn a_killed_agent_pauses_the_rollout_on_no_data() {
 
 #[test]
 fn a_rollout_resumes_after_the_server_is_killed_with_no_host_applied_twice_or_lost() {
-    let _turn = one_at_a_time();
+    let _turn = one_sandbox_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sbx");
     let file = tmp.path().join("scenario.yaml");
@@ -257,7 +224,7 @@ fn a_rollout_resumes_after_the_server_is_killed_with_no_host_applied_twice_or_lo
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/plans/web-v2.yaml"
     );
-    let start = bellwether(&dir, &["rollout", "start", plan]);
+    let start = sandbox_cli(&dir, &["rollout", "start", plan]);
     assert!(
         start.status.success(),
         "{}",
@@ -270,7 +237,7 @@ fn a_rollout_resumes_after_the_server_is_killed_with_no_host_applied_twice_or_lo
         .map(|w| w.trim_end_matches('.').to_string())
         .unwrap();
     let status = |dir: &Path| -> Option<serde_json::Value> {
-        let o = bellwether(dir, &["rollout", "status", &id, "--output", "json"]);
+        let o = sandbox_cli(dir, &["rollout", "status", &id, "--output", "json"]);
         serde_json::from_slice(&o.stdout).ok()
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -371,7 +338,7 @@ history: { deployments: 3000, seed: 5 }
 
 #[test]
 fn predicted_risky_hosts_are_held_back_and_never_touched() {
-    let _turn = one_at_a_time();
+    let _turn = one_sandbox_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sbx");
     let file = tmp.path().join("scenario.yaml");
@@ -394,15 +361,7 @@ fn predicted_risky_hosts_are_held_back_and_never_touched() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/plans/web-v2.yaml"
     );
-    let start = bellwether(&dir, &["rollout", "start", plan, "--wait"]);
-    let out = String::from_utf8_lossy(&start.stdout).to_string();
-    let id = out
-        .split_whitespace()
-        .find(|w| w.starts_with("r-"))
-        .map(|w| w.trim_end_matches('.').to_string())
-        .unwrap();
-    let report = bellwether(&dir, &["rollout", "report", &id, "--output", "json"]);
-    let r: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let (_, r) = rollout_to_report(&dir, Path::new(plan));
     for h in r["hosts"].as_array().unwrap() {
         let name = h["host"].as_str().unwrap();
         let version =
@@ -430,7 +389,7 @@ fn predicted_risky_hosts_are_held_back_and_never_touched() {
 /// outcomes, holds the full-disk hosts back too.
 #[test]
 fn quickstart_tells_the_whole_story() {
-    let _turn = one_at_a_time();
+    let _turn = one_sandbox_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("qs");
     let _down = Down(&dir);
@@ -464,7 +423,7 @@ fn quickstart_tells_the_whole_story() {
         .collect();
     let (first, second) = (&ids[0], ids.iter().find(|i| *i != &ids[0]).unwrap());
     let report = |id: &str| -> serde_json::Value {
-        let r = bellwether(&dir, &["rollout", "report", id, "--output", "json"]);
+        let r = sandbox_cli(&dir, &["rollout", "report", id, "--output", "json"]);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
         serde_json::from_slice(&r.stdout).unwrap()
     };

@@ -16,8 +16,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -74,43 +73,6 @@ fn drift_history() -> String {
 
 /// A whole sandbox per test; the tests of one file run as threads of one process, so they
 /// take turns (as in rollout_e2e.rs).
-static ONE_SANDBOX_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_SANDBOX_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn server_env(dir: &Path) -> (String, String) {
-    let server = std::fs::read_to_string(dir.join("server.addr")).unwrap();
-    let token = std::fs::read_to_string(dir.join("operator.token")).unwrap();
-    (
-        format!("http://{}", server.trim()),
-        token.trim().to_string(),
-    )
-}
-
-fn bellwether(dir: &Path, args: &[&str]) -> std::process::Output {
-    let (url, token) = server_env(dir);
-    Command::new(env!("CARGO_BIN_EXE_bellwether"))
-        .args(args)
-        .env("BELLWETHER_SERVER", url)
-        .env("BELLWETHER_TOKEN", token)
-        .output()
-        .unwrap()
-}
-
-fn ok(what: &str, out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn file_finding(d: &bellwether_model::DriftScore) -> Option<&bellwether_model::Finding> {
     d.findings
         .iter()
@@ -160,8 +122,8 @@ impl Drifted {
             rt,
             up_at,
         };
-        ok("sandbox up", &up);
-        let (base, token) = server_env(&s.dir);
+        assert_ok("sandbox up", &up);
+        let (base, token) = sandbox_server_env(&s.dir);
         s.api.base = base;
         s.api.token = token;
         s.drift_two();
@@ -178,15 +140,15 @@ impl Drifted {
         }
         // Baselines from the known-good state, then the drift: by hand, after the agents took
         // their snapshots.
-        ok(
+        assert_ok(
             "baseline capture",
-            &bellwether(dir, &["baseline", "capture", "--all"]),
+            &sandbox_cli(dir, &["baseline", "capture", "--all"]),
         );
         for h in DRIFTED {
             let out = run(&[
                 "sandbox", "drift", "--dir", d, "--host", h, "--kind", "file",
             ]);
-            ok("sandbox drift --kind file", &out);
+            assert_ok("sandbox drift --kind file", &out);
             let said = String::from_utf8_lossy(&out.stdout);
             assert!(said.contains("etc/websvc.conf: 31 bytes"), "{said}");
             assert_eq!(
@@ -230,19 +192,7 @@ impl Drifted {
         }
         let path = self.tmp.path().join("plan.yaml");
         std::fs::write(&path, plan).unwrap();
-        let start = bellwether(
-            &self.dir,
-            &["rollout", "start", path.to_str().unwrap(), "--wait"],
-        );
-        let out = String::from_utf8_lossy(&start.stdout).to_string();
-        let id = out
-            .split_whitespace()
-            .find(|w| w.starts_with("r-"))
-            .map(|w| w.trim_end_matches('.').to_string())
-            .unwrap_or_else(|| panic!("no rollout id in:\n{out}"));
-        let report = bellwether(&self.dir, &["rollout", "report", &id, "--output", "json"]);
-        ok("rollout report", &report);
-        let r: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+        let (_, r) = rollout_to_report(&self.dir, &path);
         assert_eq!(
             r["state"], "completed",
             "paused for: {}\n{r}",
@@ -345,19 +295,19 @@ fn kinds_at(r: &serde_json::Value, host: &str, kind: &str) -> Vec<usize> {
 
 #[test]
 fn predicted_risky_drifted_hosts_are_restored_first_and_updated_last() {
-    let _turn = one_at_a_time();
+    let _turn = one_sandbox_at_a_time();
     let s = Drifted::start(SCENARIO);
     // The model learns that drifted configurations fail: the drifted hosts are high risk.
     let history = s.tmp.path().join("history.csv");
     std::fs::write(&history, drift_history()).unwrap();
-    ok(
+    assert_ok(
         "model import",
-        &bellwether(
+        &sandbox_cli(
             &s.dir,
             &["model", "import", "--history", history.to_str().unwrap()],
         ),
     );
-    ok("model train", &bellwether(&s.dir, &["model", "train"]));
+    assert_ok("model train", &sandbox_cli(&s.dir, &["model", "train"]));
     // High-risk hosts remediated, then updated last, in one wave after the pilot.
     let r = s.rollout(&[
         ("high_risk: defer", "high_risk: remediate_then_defer"),
@@ -390,7 +340,7 @@ fn predicted_risky_drifted_hosts_are_restored_first_and_updated_last() {
 
 #[test]
 fn drifted_hosts_that_fail_the_update_are_remediated_and_recover() {
-    let _turn = one_at_a_time();
+    let _turn = one_sandbox_at_a_time();
     let s = Drifted::start(SCENARIO_BLIND);
     // The watch judges a host against a baseline of `analysis.baseline` (5 s in the example)
     // of samples from before its update. No event says when the agents have sent that much,

@@ -463,3 +463,66 @@ impl Drop for Down<'_> {
         ]);
     }
 }
+
+static ONE_SANDBOX_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Each sandbox test runs a whole fleet (server, services, agents); on a 2-core machine two at
+/// once starve each other's agents of samples, so the sandbox tests of one file take turns.
+pub fn one_sandbox_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_SANDBOX_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The address and operator token of the sandbox in `dir`, as `BELLWETHER_SERVER` and
+/// `BELLWETHER_TOKEN` want them.
+pub fn sandbox_server_env(dir: &Path) -> (String, String) {
+    let server = std::fs::read_to_string(dir.join("server.addr")).unwrap();
+    let token = std::fs::read_to_string(dir.join("operator.token")).unwrap();
+    (
+        format!("http://{}", server.trim()),
+        token.trim().to_string(),
+    )
+}
+
+/// Runs `bellwether ARGS` against the sandbox's server in `dir`.
+pub fn sandbox_cli(dir: &Path, args: &[&str]) -> Output {
+    let (url, token) = sandbox_server_env(dir);
+    Command::new(EXE)
+        .args(args)
+        .env("BELLWETHER_SERVER", url)
+        .env("BELLWETHER_TOKEN", token)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Panics with both outputs unless the command succeeded.
+pub fn assert_ok(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `rollout start PLAN --wait` on the sandbox in `dir`, then its JSON report: `(id, report)`.
+pub fn rollout_to_report(dir: &Path, plan: &Path) -> (String, serde_json::Value) {
+    let start = sandbox_cli(dir, &["rollout", "start", plan.to_str().unwrap(), "--wait"]);
+    let out = String::from_utf8_lossy(&start.stdout).to_string();
+    let id = out
+        .split_whitespace()
+        .find(|w| w.starts_with("r-"))
+        .map(|w| w.trim_end_matches('.').to_string())
+        .unwrap_or_else(|| {
+            panic!(
+                "no rollout id in:\n{out}\n{}",
+                String::from_utf8_lossy(&start.stderr)
+            )
+        });
+    let report = sandbox_cli(dir, &["rollout", "report", &id, "--output", "json"]);
+    assert_ok("rollout report", &report);
+    (id, serde_json::from_slice(&report.stdout).unwrap())
+}
