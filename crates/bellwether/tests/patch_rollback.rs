@@ -47,6 +47,16 @@ fn webhook_server() -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) {
     (port, bodies)
 }
 
+/// A child process killed (and reaped) when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
@@ -134,15 +144,18 @@ webhook: "http://127.0.0.1:{hook_port}/hook"
     let plan_path = dir.path().join("patch.yaml");
     std::fs::write(&plan_path, plan).unwrap();
     let out_path = dir.path().join("patch.out");
-    let mut patch = Command::new(env!("CARGO_BIN_EXE_bellwether"))
-        .args(["--log", "info", "patch", "--state-dir"])
-        .arg(&state)
-        .args(["start", "--wait", "--id", "t1"])
-        .arg(&plan_path)
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("patch.err")).unwrap())
-        .spawn()
-        .unwrap();
+    // Killed when the test fails half-way, so no `patch start --wait` outlives it.
+    let mut patch = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_bellwether"))
+            .args(["--log", "info", "patch", "--state-dir"])
+            .arg(&state)
+            .args(["start", "--wait", "--id", "t1"])
+            .arg(&plan_path)
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("patch.err")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let show = || {
         format!(
             "stdout:\n{}\nstderr:\n{}",
@@ -197,10 +210,10 @@ webhook: "http://127.0.0.1:{hook_port}/hook"
     }
     let r = parse_pgbench(&bench.wait_with_output().unwrap());
     Command::new("kill")
-        .args(["-TERM", &patch.id().to_string()])
+        .args(["-TERM", &patch.0.id().to_string()])
         .status()
         .unwrap();
-    let status = patch.wait().unwrap();
+    let status = patch.0.wait().unwrap();
     let report = read_report().unwrap();
     let log = show();
     assert_eq!(report["stage"], "rolled_back", "{log}");
