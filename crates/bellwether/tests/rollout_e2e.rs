@@ -27,23 +27,8 @@ history: { deployments: 300, seed: 1 }
 fn faulty_hosts_are_rolled_back_alone_while_the_others_stay_updated() {
     let _turn = one_sandbox_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("sbx");
-    let file = tmp.path().join("scenario.yaml");
-    std::fs::write(&file, SCENARIO).unwrap();
+    let dir = sandbox_up_with(tmp.path(), SCENARIO);
     let _down = Down(&dir);
-    let up = run(&[
-        "sandbox",
-        "up",
-        "--scenario",
-        file.to_str().unwrap(),
-        "--dir",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(
-        up.status.success(),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
     // The example plan with every host in the pilot, so the faulty ones are updated.
     let example = include_str!("../../../examples/plans/web-v2.yaml");
     assert!(example.contains("pilot: { min: 2, max: 4 }"));
@@ -105,39 +90,13 @@ faults:
 fn a_killed_agent_pauses_the_rollout_on_no_data() {
     let _turn = one_sandbox_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("sbx");
-    let file = tmp.path().join("scenario.yaml");
-    std::fs::write(&file, HEALTHY).unwrap();
+    let dir = sandbox_up_with(tmp.path(), HEALTHY);
     let _down = Down(&dir);
-    let up = run(&[
-        "sandbox",
-        "up",
-        "--scenario",
-        file.to_str().unwrap(),
-        "--dir",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(
-        up.status.success(),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
     let plan = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/plans/web-v2.yaml"
     );
-    let start = sandbox_cli(&dir, &["rollout", "start", plan]);
-    assert!(
-        start.status.success(),
-        "{}",
-        String::from_utf8_lossy(&start.stderr)
-    );
-    let out = String::from_utf8_lossy(&start.stdout).to_string();
-    let id = out
-        .split_whitespace()
-        .find(|w| w.starts_with("r-"))
-        .map(|w| w.trim_end_matches('.').to_string())
-        .unwrap();
+    let id = rollout_start(&dir, Path::new(plan));
     let status = |dir: &Path| -> serde_json::Value {
         let o = sandbox_cli(dir, &["rollout", "status", &id, "--output", "json"]);
         serde_json::from_slice(&o.stdout).unwrap()
@@ -203,39 +162,13 @@ fn a_killed_agent_pauses_the_rollout_on_no_data() {
 fn a_rollout_resumes_after_the_server_is_killed_with_no_host_applied_twice_or_lost() {
     let _turn = one_sandbox_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("sbx");
-    let file = tmp.path().join("scenario.yaml");
-    std::fs::write(&file, HEALTHY).unwrap();
+    let dir = sandbox_up_with(tmp.path(), HEALTHY);
     let _down = Down(&dir);
-    let up = run(&[
-        "sandbox",
-        "up",
-        "--scenario",
-        file.to_str().unwrap(),
-        "--dir",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(
-        up.status.success(),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
     let plan = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/plans/web-v2.yaml"
     );
-    let start = sandbox_cli(&dir, &["rollout", "start", plan]);
-    assert!(
-        start.status.success(),
-        "{}",
-        String::from_utf8_lossy(&start.stderr)
-    );
-    let out = String::from_utf8_lossy(&start.stdout).to_string();
-    let id = out
-        .split_whitespace()
-        .find(|w| w.starts_with("r-"))
-        .map(|w| w.trim_end_matches('.').to_string())
-        .unwrap();
+    let id = rollout_start(&dir, Path::new(plan));
     let status = |dir: &Path| -> Option<serde_json::Value> {
         let o = sandbox_cli(dir, &["rollout", "status", &id, "--output", "json"]);
         serde_json::from_slice(&o.stdout).ok()
@@ -340,23 +273,8 @@ history: { deployments: 3000, seed: 5 }
 fn predicted_risky_hosts_are_held_back_and_never_touched() {
     let _turn = one_sandbox_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("sbx");
-    let file = tmp.path().join("scenario.yaml");
-    std::fs::write(&file, RISKY).unwrap();
+    let dir = sandbox_up_with(tmp.path(), RISKY);
     let _down = Down(&dir);
-    let up = run(&[
-        "sandbox",
-        "up",
-        "--scenario",
-        file.to_str().unwrap(),
-        "--dir",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(
-        up.status.success(),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
     let plan = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/plans/web-v2.yaml"

@@ -526,3 +526,32 @@ pub fn rollout_to_report(dir: &Path, plan: &Path) -> (String, serde_json::Value)
     assert_ok("rollout report", &report);
     (id, serde_json::from_slice(&report.stdout).unwrap())
 }
+
+/// `sandbox up --scenario` with `scenario` (YAML text) in `tmp/sbx`; returns that directory.
+/// A failed `up` stops what it started before it exits, so nothing is left behind.
+pub fn sandbox_up_with(tmp: &Path, scenario: &str) -> PathBuf {
+    let dir = tmp.join("sbx");
+    let file = tmp.join("scenario.yaml");
+    std::fs::write(&file, scenario).unwrap();
+    let up = run(&[
+        "sandbox",
+        "up",
+        "--scenario",
+        file.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_ok("sandbox up", &up);
+    dir
+}
+
+/// `rollout start PLAN` (without waiting) on the sandbox in `dir`; returns the rollout's id.
+pub fn rollout_start(dir: &Path, plan: &Path) -> String {
+    let start = sandbox_cli(dir, &["rollout", "start", plan.to_str().unwrap()]);
+    assert_ok("rollout start", &start);
+    let out = String::from_utf8_lossy(&start.stdout).to_string();
+    out.split_whitespace()
+        .find(|w| w.starts_with("r-"))
+        .map(|w| w.trim_end_matches('.').to_string())
+        .unwrap_or_else(|| panic!("no rollout id in:\n{out}"))
+}
