@@ -1099,7 +1099,52 @@ fn import_history(server_url: &str, operator_token: &str, csv: &Path) -> anyhow:
             anyhow::bail!("the server refused the scenario history ({status}): {text}");
         }
         tracing::info!(answer = %text, "Imported the scenario history.");
-        Ok(())
+        // The server trains on an import of at least `retrain_after` rows, in the background;
+        // a rollout started before that model exists would be refused. Wait for it, or train
+        // now when the import was too small to start a training.
+        let imported = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["imported"].as_u64())
+            .unwrap_or(0);
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let models: Vec<serde_json::Value> = client
+                .get(format!("{server_url}/api/v1/models"))
+                .bearer_auth(operator_token)
+                .send()
+                .await
+                .context("could not ask the server for its models")?
+                .json()
+                .await
+                .context("the server's model list is not JSON")?;
+            if !models.is_empty() {
+                return Ok(());
+            }
+            if imported < bellwether_server::model_api::DEFAULT_RETRAIN_AFTER {
+                let resp = client
+                    .post(format!("{server_url}/api/v1/model/train"))
+                    .bearer_auth(operator_token)
+                    .timeout(Duration::from_secs(120))
+                    .send()
+                    .await
+                    .context("could not ask the server to train")?;
+                if !resp.status().is_success() {
+                    let status = resp.status();
+                    let text = resp.text().await.unwrap_or_default();
+                    anyhow::bail!(
+                        "the server could not train on the scenario history ({status}): {text}"
+                    );
+                }
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "the server did not train a model on the scenario history within 120 s"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
 }
 
