@@ -459,6 +459,17 @@ async fn rollout(
         match r.report.state {
             bellwether_engine::rollout::Phase::Completed
             | bellwether_engine::rollout::Phase::Aborted => return Ok(r),
+            // Any other pause (no data, a failed revert, an operator) needs a human: the
+            // story stops there and shows the report.
+            bellwether_engine::rollout::Phase::Paused
+                if !r
+                    .report
+                    .pause_reason
+                    .as_deref()
+                    .is_some_and(|p| p.starts_with("failures spread")) =>
+            {
+                return Ok(r)
+            }
             bellwether_engine::rollout::Phase::Paused => {
                 // A pause on spreading failures: every failing host is already rolled back
                 // alone. The operator looks at the report and resumes; quickstart does the
