@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bellwether_model::{DriftScore, HostName, HostProfile};
-use bellwether_store::{Enrolment, EventKind};
+use bellwether_store::Enrolment;
 use serde::Deserialize;
 use tracing::Instrument;
 
@@ -141,7 +141,12 @@ async fn agent_samples(
     let span = tracing::info_span!("host", host = %host);
     async {
         let now = now_ms();
-        let accepted = state.store.insert_samples(&host, &req.samples, now).await?;
+        // The batch and its `samples_dropped` event commit together: a refused batch stores
+        // neither, so the agent's resend duplicates nothing.
+        let accepted = state
+            .store
+            .ingest_samples(&host, &req.samples, req.dropped, now)
+            .await?;
         Metrics::add(&state.metrics.samples_ingested, accepted);
         if req.dropped > 0 {
             Metrics::add(&state.metrics.samples_dropped_by_agents, req.dropped);
@@ -149,16 +154,6 @@ async fn agent_samples(
                 dropped = req.dropped,
                 "Agent dropped samples while the server was away."
             );
-            state
-                .store
-                .record_event(
-                    EventKind::SamplesDropped,
-                    Some(&host),
-                    "agent dropped samples while the server was away",
-                    &serde_json::json!({"dropped": req.dropped}),
-                    now,
-                )
-                .await?;
         }
         if accepted > 0 {
             drift::recompute(&state, &host, Trigger::Samples).await?;

@@ -110,6 +110,113 @@ pub enum StoreError {
     },
     #[error("bad {field}: {reason}")]
     BadInput { field: String, reason: String },
+    #[error(
+        "the {backend} store at {location} is damaged: {reason}. Bellwether left it as it is and \
+         will not start on it (it never starts afresh over an existing store); restore it from a \
+         backup, or move it aside to start an empty store"
+    )]
+    Damaged {
+        backend: &'static str,
+        location: String,
+        reason: String,
+    },
+    #[error(
+        "the {backend} store at {location} has schema version {found}, newer than version \
+         {supported}, the newest this bellwether knows; run the bellwether release that wrote it, \
+         or a newer one"
+    )]
+    TooNew {
+        backend: &'static str,
+        location: String,
+        found: i64,
+        supported: i64,
+    },
+}
+
+/// What a failed store call means for whoever asked: how an API should answer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The disk under the store is full (SQLite `SQLITE_FULL`, `ENOSPC`/`EDQUOT`, PostgreSQL
+    /// `53100 disk_full`): nothing was written, and the same call succeeds once space is freed.
+    DiskFull,
+    /// The database is busy, locked, unreachable or out of resources for now; retrying later
+    /// may succeed.
+    Unavailable,
+    /// Anything else: a bug, bad input or a damaged store.
+    Other,
+}
+
+impl StoreError {
+    /// Classifies the error by its database or I/O cause.
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            StoreError::Open { source, .. }
+            | StoreError::Migrate { source, .. }
+            | StoreError::Query { source, .. } => classify(source),
+            _ => FailureKind::Other,
+        }
+    }
+
+    /// Whether the store could not write because its disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        self.failure_kind() == FailureKind::DiskFull
+    }
+}
+
+const ENOSPC: i32 = 28;
+const EDQUOT: i32 = 122;
+
+fn classify(e: &sqlx::Error) -> FailureKind {
+    use sqlx::error::DatabaseError as _;
+    match e {
+        sqlx::Error::Database(db) => {
+            if let Some(s) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                // The primary result code is the low byte of the extended one.
+                let code = s.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0) & 0xff;
+                match code {
+                    13 => FailureKind::DiskFull,                 // SQLITE_FULL
+                    5 | 6 | 10 | 15 => FailureKind::Unavailable, // BUSY, LOCKED, IOERR, PROTOCOL
+                    _ => FailureKind::Other,
+                }
+            } else if let Some(p) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                let code = p.code();
+                if code == "53100" {
+                    FailureKind::DiskFull
+                } else if code.starts_with("08")
+                    || code.starts_with("53")
+                    || code.starts_with("57P")
+                    || code == "40001"
+                    || code == "40P01"
+                {
+                    FailureKind::Unavailable
+                } else {
+                    FailureKind::Other
+                }
+            } else {
+                FailureKind::Other
+            }
+        }
+        sqlx::Error::Io(io) if matches!(io.raw_os_error(), Some(ENOSPC | EDQUOT)) => {
+            FailureKind::DiskFull
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => FailureKind::Unavailable,
+        _ => FailureKind::Other,
+    }
+}
+
+/// Whether a SQLite error says the file is not a database or is corrupt.
+fn is_sqlite_damage(e: &sqlx::Error) -> bool {
+    use sqlx::error::DatabaseError as _;
+    match e {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+            .and_then(|s| s.code().and_then(|c| c.parse::<i32>().ok()))
+            .is_some_and(|c| matches!(c & 0xff, 11 | 26)), // SQLITE_CORRUPT, SQLITE_NOTADB
+        _ => false,
+    }
 }
 
 fn q(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -408,12 +515,116 @@ fn check_samples(samples: &[MetricSample]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The newest schema version this binary knows.
+fn latest_schema_version() -> i64 {
+    migrations::MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Every table the migrations leave in place (read from their `CREATE TABLE` and `DROP TABLE`
+/// statements; both backends create the same tables), with `bw_migrations`.
+fn schema_tables() -> Vec<&'static str> {
+    let mut tables = vec!["bw_migrations"];
+    for m in migrations::MIGRATIONS {
+        for statement in m.sqlite.split(';') {
+            let words: Vec<&str> = statement.split_whitespace().collect();
+            let name = |rest: &[&'static str]| {
+                let rest = match rest {
+                    ["IF", "NOT", "EXISTS", tail @ ..] | ["IF", "EXISTS", tail @ ..] => tail,
+                    other => other,
+                };
+                rest.first()
+                    .map(|n| n.split('(').next().unwrap_or(n).trim_matches('"'))
+            };
+            match words.as_slice() {
+                ["CREATE", "TABLE", rest @ ..] => {
+                    if let Some(n) = name(rest).filter(|n| !tables.contains(n)) {
+                        tables.push(n);
+                    }
+                }
+                ["DROP", "TABLE", rest @ ..] => {
+                    if let Some(n) = name(rest) {
+                        tables.retain(|t| *t != n);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    tables
+}
+
+/// The 16 bytes every SQLite database file starts with.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Before SQLite touches an existing file: it must not be empty (SQLite would take a
+/// zero-length file for a new database and start afresh) and must start with SQLite's header.
+/// A missing file is fine: that is a first start.
+fn check_sqlite_file(path: &Path) -> Result<(), StoreError> {
+    use std::io::Read;
+    let damaged = |reason: String| StoreError::Damaged {
+        backend: "sqlite",
+        location: path.display().to_string(),
+        reason,
+    };
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(StoreError::Open {
+                backend: "sqlite",
+                location: path.display().to_string(),
+                source: sqlx::Error::Io(e),
+            })
+        }
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len == 0 {
+        return Err(damaged(
+            "the file is empty (0 bytes), so whatever it held is lost".into(),
+        ));
+    }
+    let mut header = [0u8; 16];
+    let read = file.read(&mut header).unwrap_or(0);
+    if read < header.len() || &header != SQLITE_HEADER {
+        return Err(damaged(format!(
+            "the file ({len} bytes) does not start with the SQLite header: it is not a SQLite database, or its first page is overwritten"
+        )));
+    }
+    Ok(())
+}
+
+/// Runs when a connection goes back to the pool. A transaction that failed (a full disk, an
+/// I/O error) queues its rollback on the connection; this runs it, and discards the
+/// connection when the rollback failed or the transaction is still open, so that no later
+/// request reuses a connection that holds the write lock or an open transaction (a later
+/// "commit" would then only release a savepoint inside it, and report success for rows never
+/// committed).
+async fn discard_if_in_transaction<C: Connection>(conn: &mut C) -> Result<bool, sqlx::Error> {
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!(
+            "Discarding a store connection whose failed transaction could not be rolled back."
+        );
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 impl Store {
-    /// Opens (creating when needed) and migrates the store.
+    /// Opens (creating when needed), checks and migrates the store. An existing store is
+    /// checked before anything is written to it: on SQLite the file must be non-empty and pass
+    /// `PRAGMA quick_check`; on both backends its schema version must not be newer than this
+    /// binary's, and after migrating every table must be there. A store that fails a check is
+    /// refused ([`StoreError::Damaged`], [`StoreError::TooNew`]) and left as it is.
     pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         let store = match config {
             StoreConfig::Sqlite { path } => {
                 let location = path.display().to_string();
+                check_sqlite_file(path)?;
                 let opts = SqliteConnectOptions::new()
                     .filename(path)
                     .create_if_missing(true)
@@ -425,17 +636,33 @@ impl Store {
                     .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(4)
+                    .after_release(|conn, _meta| Box::pin(discard_if_in_transaction(conn)))
                     .connect_with(opts)
                     .await
-                    .map_err(|source| StoreError::Open {
-                        backend: "sqlite",
-                        location,
-                        source,
+                    .map_err(|source| {
+                        if is_sqlite_damage(&source) {
+                            StoreError::Damaged {
+                                backend: "sqlite",
+                                location: location.clone(),
+                                reason: source.to_string(),
+                            }
+                        } else {
+                            StoreError::Open {
+                                backend: "sqlite",
+                                location: location.clone(),
+                                source,
+                            }
+                        }
                     })?;
-                Store {
+                let store = Store {
                     backend: Backend::Sqlite(pool),
                     sqlite_writer: Some(std::sync::Arc::new(tokio::sync::Mutex::new(()))),
+                };
+                if let Err(e) = store.quick_check(&location).await {
+                    store.close().await;
+                    return Err(e);
                 }
+                store
             }
             StoreConfig::Postgres { url, schema } => {
                 let location = redact(url);
@@ -466,6 +693,7 @@ impl Store {
                 let pool_opts = PgPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(10))
+                    .after_release(|conn, _meta| Box::pin(discard_if_in_transaction(conn)))
                     .after_connect(move |conn, _meta| {
                         let session = session.clone();
                         Box::pin(async move {
@@ -480,8 +708,134 @@ impl Store {
                 }
             }
         };
-        store.migrate().await?;
+        let location = match config {
+            StoreConfig::Sqlite { path } => path.display().to_string(),
+            StoreConfig::Postgres { url, schema } => match schema {
+                Some(schema) => format!("{} (schema {schema})", redact(url)),
+                None => redact(url),
+            },
+        };
+        let checked = async {
+            store.check_schema_version(&location).await?;
+            store.migrate().await?;
+            store.check_tables(&location).await
+        };
+        if let Err(e) = checked.await {
+            store.close().await;
+            return Err(e);
+        }
         Ok(store)
+    }
+
+    /// SQLite's `PRAGMA quick_check`: every page and index is readable and well formed. Any
+    /// finding (or a read that fails on a damaged page) refuses the store.
+    async fn quick_check(&self, location: &str) -> Result<(), StoreError> {
+        let Backend::Sqlite(pool) = &self.backend else {
+            return Ok(());
+        };
+        let damaged = |reason: String| StoreError::Damaged {
+            backend: "sqlite",
+            location: location.to_string(),
+            reason,
+        };
+        let rows: Vec<String> = sqlx::query_scalar("PRAGMA quick_check(20)")
+            .fetch_all(pool)
+            .await
+            .map_err(|source| {
+                if is_sqlite_damage(&source) {
+                    damaged(format!("PRAGMA quick_check failed: {source}"))
+                } else {
+                    StoreError::Query {
+                        op: "quick_check",
+                        source,
+                    }
+                }
+            })?;
+        if rows.len() == 1 && rows[0] == "ok" {
+            return Ok(());
+        }
+        Err(damaged(format!(
+            "PRAGMA quick_check found: {}",
+            rows.join("; ")
+        )))
+    }
+
+    /// The names of the tables in the store (its schema on PostgreSQL).
+    async fn table_names(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let sql = match self.backend {
+            Backend::Sqlite(_) => {
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            }
+            Backend::Postgres(_) => {
+                "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema()"
+            }
+        };
+        on_pool!(self, pool => {
+            let names: Vec<String> = sqlx::query_scalar(sql)
+                .fetch_all(pool)
+                .await
+                .map_err(q("list tables"))?;
+            Ok(names.into_iter().collect())
+        })
+    }
+
+    /// Refuses a store written by a newer bellwether (a schema version this binary does not
+    /// know), and one whose tables exist without the record of its schema version.
+    async fn check_schema_version(&self, location: &str) -> Result<(), StoreError> {
+        let supported = latest_schema_version();
+        let tables = self.table_names().await?;
+        if !tables.contains("bw_migrations") {
+            let ours: Vec<&str> = schema_tables()
+                .into_iter()
+                .filter(|t| tables.contains(*t))
+                .collect();
+            if ours.is_empty() {
+                return Ok(());
+            }
+            return Err(StoreError::Damaged {
+                backend: self.backend_name(),
+                location: location.to_string(),
+                reason: format!(
+                    "it holds Bellwether's tables ({}) but not bw_migrations, the record of its schema version",
+                    ours.join(", ")
+                ),
+            });
+        }
+        let found: Option<i64> = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT MAX(version) FROM bw_migrations")
+                .fetch_one(pool)
+                .await
+                .map_err(q("schema version"))?
+        });
+        match found {
+            Some(found) if found > supported => Err(StoreError::TooNew {
+                backend: self.backend_name(),
+                location: location.to_string(),
+                found,
+                supported,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// After migrating: every table the migrations create is there.
+    async fn check_tables(&self, location: &str) -> Result<(), StoreError> {
+        let tables = self.table_names().await?;
+        let missing: Vec<&str> = schema_tables()
+            .into_iter()
+            .filter(|t| !tables.contains(*t))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(StoreError::Damaged {
+            backend: self.backend_name(),
+            location: location.to_string(),
+            reason: format!(
+                "its schema version says migrated, but the tables {} are missing",
+                missing.join(", ")
+            ),
+        })
     }
 
     /// Waits for this connection's turn to write (SQLite only; PostgreSQL takes concurrent
@@ -945,6 +1299,22 @@ impl Store {
         samples: &[MetricSample],
         now_ms: i64,
     ) -> Result<u64, StoreError> {
+        self.ingest_samples(name, samples, 0, now_ms).await
+    }
+
+    /// [`Store::insert_samples`], and when the agent reports `dropped` samples it lost while
+    /// the server was away, a `samples_dropped` event in the same transaction: the batch and
+    /// its note commit together or not at all, so an agent that resends a refused batch never
+    /// duplicates one half of it.
+    pub async fn ingest_samples(
+        &self,
+        name: &HostName,
+        samples: &[MetricSample],
+        dropped: u64,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let dropped_figures = serde_json::json!({ "dropped": dropped });
+        const DROPPED_REASON: &str = "agent dropped samples while the server was away";
         let _turn = self.write_turn().await;
         check_samples(samples)?;
         match &self.backend {
@@ -973,6 +1343,16 @@ impl Store {
                     .execute(&mut *tx)
                     .await
                     .map_err(q("touch host"))?;
+                if dropped > 0 {
+                    insert_event!(
+                        &mut *tx,
+                        now_ms,
+                        EventKind::SamplesDropped,
+                        Some(name),
+                        DROPPED_REASON,
+                        &dropped_figures
+                    )?;
+                }
                 tx.commit().await.map_err(q("commit"))?;
             }
             Backend::Postgres(pool) => {
@@ -1008,6 +1388,16 @@ impl Store {
                 let Some(inserted) = inserted else {
                     return Err(StoreError::UnknownHost(name.clone()));
                 };
+                if dropped > 0 {
+                    insert_event!(
+                        &mut *tx,
+                        now_ms,
+                        EventKind::SamplesDropped,
+                        Some(name),
+                        DROPPED_REASON,
+                        &dropped_figures
+                    )?;
+                }
                 tx.commit().await.map_err(q("commit"))?;
                 debug_assert_eq!(inserted as usize, samples.len());
             }
@@ -1222,6 +1612,23 @@ pub use rollouts::{
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_schema_tables_are_read_from_the_migrations() {
+        let tables = schema_tables();
+        for t in [
+            "bw_migrations",
+            "hosts",
+            "tokens",
+            "samples",
+            "events",
+            "rollouts",
+            "actions",
+        ] {
+            assert!(tables.contains(&t), "{t} missing from {tables:?}");
+        }
+        assert!(latest_schema_version() >= 2);
+    }
 
     #[tokio::test]
     async fn postgres_sessions_get_the_schema_and_durable_commits() {
