@@ -219,3 +219,123 @@ async fn a_full_disk_is_503_with_retry_after_and_the_server_recovers_without_a_r
     assert_eq!(reopened.count_samples(&host).await.unwrap(), stored);
     reopened.close().await;
 }
+
+/// A profile of about 150 KB (many packages), so that storing it needs fresh pages.
+fn big_profile(tag: &str) -> Value {
+    let packages: serde_json::Map<String, Value> = (0..3000)
+        .map(|i| {
+            (
+                format!("{tag}-package-{i:05}"),
+                json!(format!("1.{i}.0-{tag}")),
+            )
+        })
+        .collect();
+    json!({"hostname": "web-01", "kernel": "6.1.0", "packages": packages, "metrics": {"load1": 0.5}})
+}
+
+/// Labels of about 60 KB.
+fn big_labels(tag: &str) -> Value {
+    let labels: serde_json::Map<String, Value> = (0..60)
+        .map(|i| (format!("{tag}{i:02}"), json!("x".repeat(1000))))
+        .collect();
+    Value::Object(labels)
+}
+
+/// A deployment history CSV of `rows` rows.
+fn history(tag: &str, rows: usize) -> String {
+    let mut s = String::from("deployment_id,host,os,disk_free_pct,outcome\n");
+    for i in 0..rows {
+        s.push_str(&format!(
+            "{tag}-{i},host-{i:05},debian-12,{},{}\n",
+            i % 100,
+            i % 7 == 0
+        ));
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_route_is_503_on_a_full_disk_and_works_again_once_space_is_freed() {
+    let fs = Tmpfs::mount("4m");
+    let server = start(&fs.dir).await;
+    let host = HostName::new("web-01").unwrap();
+    let r = server
+        .post("/api/v1/enrol", ENROL, &json!({"name": "web-01"}))
+        .await;
+    assert_eq!(r.status().as_u16(), 200);
+    let agent = r.json::<Value>().await.unwrap()["agent_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = server
+        .post("/api/v1/agent/profile", &agent, &big_profile("before"))
+        .await;
+    assert_eq!(r.status().as_u16(), 204);
+    let events_before = server.store.events(None, 10_000).await.unwrap().len();
+
+    let filler = fill(&fs.dir);
+    let enrol = json!({"name": "web-02", "labels": big_labels("full")});
+    let import = |csv: String| {
+        server
+            .http
+            .post(format!("{}/api/v1/history/import", server.base))
+            .bearer_auth(OP)
+            .header("content-type", "text/csv")
+            .body(csv)
+            .send()
+    };
+    assert_full(server.post("/api/v1/enrol", ENROL, &enrol).await, "enrol").await;
+    assert_full(
+        server
+            .post("/api/v1/agent/profile", &agent, &big_profile("full"))
+            .await,
+        "profile",
+    )
+    .await;
+    assert_full(
+        server
+            .post("/api/v1/baselines", OP, &json!({"hosts": ["web-01"]}))
+            .await,
+        "baseline capture",
+    )
+    .await;
+    assert_full(
+        import(history("full", 3000)).await.unwrap(),
+        "history import",
+    )
+    .await;
+    // Nothing of the refused requests is in the store.
+    assert_eq!(server.store.count_hosts().await.unwrap(), 1);
+    assert!(server.store.baseline(&host).await.unwrap().is_none());
+    assert_eq!(server.store.outcomes_since(0).await.unwrap().0, 0);
+    assert_eq!(
+        server.store.events(None, 10_000).await.unwrap().len(),
+        events_before,
+        "a refused request logged an event"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let r = server.post("/api/v1/enrol", ENROL, &enrol).await;
+    assert_eq!(r.status().as_u16(), 200, "enrol after space was freed");
+    let r = server
+        .post("/api/v1/agent/profile", &agent, &big_profile("after"))
+        .await;
+    assert_eq!(r.status().as_u16(), 204, "profile after space was freed");
+    let r = server
+        .post("/api/v1/baselines", OP, &json!({"hosts": ["web-01"]}))
+        .await;
+    assert_eq!(r.status().as_u16(), 200, "baselines after space was freed");
+    let r = import(history("after", 3000)).await.unwrap();
+    assert_eq!(r.status().as_u16(), 201, "import after space was freed");
+    server.stop().await;
+
+    let reopened = Store::open(&StoreConfig::sqlite_in(&fs.dir)).await.unwrap();
+    assert_eq!(reopened.count_hosts().await.unwrap(), 2);
+    let baseline = reopened.baseline(&host).await.unwrap().expect("a baseline");
+    assert!(baseline
+        .packages
+        .unwrap()
+        .contains_key("after-package-00000"));
+    assert_eq!(reopened.outcomes_since(0).await.unwrap().0, 3000);
+    reopened.close().await;
+}

@@ -95,6 +95,19 @@ async fn shutdown_signal() {
     tracing::info!("Received a stop signal.");
 }
 
+/// A store the server refuses to start on (damaged, or written by a newer bellwether) is bad
+/// input the operator must fix: exit code 2, like any unusable file.
+fn refused_store(err: bellwether_server::ServerError) -> anyhow::Error {
+    use bellwether_server::ServerError;
+    use bellwether_store::StoreError;
+    match err {
+        ServerError::Store(e @ (StoreError::Damaged { .. } | StoreError::TooNew { .. })) => {
+            UsageError(e.to_string()).into()
+        }
+        other => other.into(),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.body_limit == 0 {
         return Err(UsageError("--body-limit must be at least 1 byte".into()).into());
@@ -120,7 +133,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.retrain_after = args.retrain_after;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async {
-        let server = Server::open(config).await?;
+        // The store is opened and checked before any token file is written, so a damaged
+        // store leaves the token files as they were.
+        let server = Server::open(config).await.map_err(refused_store)?;
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
