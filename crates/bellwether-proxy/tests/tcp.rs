@@ -190,3 +190,63 @@ fn shutdown_waits_for_the_grace_period_then_closes() {
     assert_eq!(c.get_mut().read(&mut buf).unwrap(), 0);
     assert!(TcpStream::connect(addr).is_err(), "no longer listening");
 }
+
+/// A backend that answers only after the client's EOF: it reads everything, then sends it all
+/// back followed by `end\n`, then closes (as a `wc`-like service or an HTTP/1.0 server reading
+/// a body to EOF does).
+fn answer_at_eof_server() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut got = Vec::new();
+                if s.read_to_end(&mut got).is_ok() {
+                    got.extend_from_slice(b"end\n");
+                    let _ = s.write_all(&got);
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_client_that_half_closes_gets_the_whole_answer() {
+    let port = answer_at_eof_server();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut raw = config(vec![backend("eof", port)]);
+    raw.health.check = CheckKind::None;
+    let proxy = rt
+        .block_on(ProxyHandle::start(raw.validate("test").unwrap()))
+        .unwrap();
+    // More than a copy buffer each way.
+    let request: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let run = |addr: std::net::SocketAddr| {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut w = c.try_clone().unwrap();
+        let req = request.clone();
+        let writer = std::thread::spawn(move || {
+            w.write_all(&req).unwrap();
+            w.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        let mut out = Vec::new();
+        c.read_to_end(&mut out).unwrap();
+        writer.join().unwrap();
+        out
+    };
+    let mut expected = request.clone();
+    expected.extend_from_slice(b"end\n");
+    let direct = run(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    assert!(direct == expected, "direct: {} bytes", direct.len());
+    let proxied = run(proxy.listen_addrs()[0]);
+    assert!(
+        proxied == expected,
+        "proxied: {} bytes of {}",
+        proxied.len(),
+        expected.len()
+    );
+    rt.block_on(proxy.shutdown());
+}
