@@ -55,17 +55,15 @@ fn redis_cmd(r: &mut BufReader<TcpStream>, cmd: &str) -> String {
     line.trim_end().to_string()
 }
 
-fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+/// An authorised admin API request to `proxy`.
+fn http(proxy: &ProxyHandle, method: &str, path: &str, body: &str) -> (u16, String) {
+    support::admin_http(
+        proxy.admin_addr().unwrap(),
+        Some(proxy.admin_token().unwrap().token()),
+        method,
+        path,
+        body,
+    )
 }
 
 #[test]
@@ -81,15 +79,14 @@ fn redis_through_the_proxy_with_weights_registry_and_maintenance() {
         ))
         .unwrap();
     let addr = proxy.listen_addrs()[0];
-    let admin = proxy.admin_addr().unwrap();
     // Weight r2 out: every connection lands on r1.
-    let (status, body) = http(admin, "POST", "/backends/r2", r#"{"weight":0}"#);
+    let (status, body) = http(&proxy, "POST", "/backends/r2", r#"{"weight":0}"#);
     assert_eq!(status, 200, "{body}");
     let mut c = BufReader::new(TcpStream::connect(addr).unwrap());
     assert_eq!(redis_cmd(&mut c, "PING"), "+PONG");
     assert_eq!(redis_cmd(&mut c, "SET k v1"), "+OK");
     assert_eq!(redis_cmd(&mut c, "GET k"), "v1");
-    let (_, conns) = http(admin, "GET", "/connections", "");
+    let (_, conns) = http(&proxy, "GET", "/connections", "");
     let conns: serde_json::Value = serde_json::from_str(&conns).unwrap();
     assert_eq!(conns[0]["backend"], "r1");
     assert!(
@@ -101,13 +98,13 @@ fn redis_through_the_proxy_with_weights_registry_and_maintenance() {
         "{conns}"
     );
     // Swap the weights: new connections go to r2 (which has no key), the old one stays.
-    http(admin, "POST", "/backends/r1", r#"{"weight":0}"#);
-    http(admin, "POST", "/backends/r2", r#"{"weight":100}"#);
+    http(&proxy, "POST", "/backends/r1", r#"{"weight":0}"#);
+    http(&proxy, "POST", "/backends/r2", r#"{"weight":100}"#);
     let mut c2 = BufReader::new(TcpStream::connect(addr).unwrap());
     assert_eq!(redis_cmd(&mut c2, "GET k"), "$-1");
     assert_eq!(redis_cmd(&mut c, "GET k"), "v1");
     // Maintenance closes r1's connections now.
-    let (status, _) = http(admin, "POST", "/backends/r1", r#"{"admin":"maintenance"}"#);
+    let (status, _) = http(&proxy, "POST", "/backends/r1", r#"{"admin":"maintenance"}"#);
     assert_eq!(status, 200);
     let mut buf = [0u8; 16];
     c.get_mut()
@@ -120,13 +117,13 @@ fn redis_through_the_proxy_with_weights_registry_and_maintenance() {
     );
     assert_eq!(redis_cmd(&mut c2, "PING"), "+PONG");
     // Bad admin input gets a clear 4xx.
-    let (status, body) = http(admin, "POST", "/backends/r1", r#"{"admin":"sleepy"}"#);
+    let (status, body) = http(&proxy, "POST", "/backends/r1", r#"{"admin":"sleepy"}"#);
     assert_eq!(status, 400);
     assert!(body.contains("sleepy"), "{body}");
-    let (status, _) = http(admin, "POST", "/backends/nope", r#"{"weight":1}"#);
+    let (status, _) = http(&proxy, "POST", "/backends/nope", r#"{"weight":1}"#);
     assert_eq!(status, 404);
     // Metrics carry both backends.
-    let (status, text) = http(admin, "GET", "/metrics", "");
+    let (status, text) = http(&proxy, "GET", "/metrics", "");
     assert_eq!(status, 200);
     assert!(
         text.contains("bellwether_proxy_connections_total{backend=\"r1\"} 1"),
@@ -166,7 +163,7 @@ fn dead_backend_is_ejected_and_clients_never_see_it() {
         d.healthy,
         "passive ejection is not the active check's verdict"
     );
-    let (_, body) = http(proxy.admin_addr().unwrap(), "GET", "/backends/dead", "");
+    let (_, body) = http(&proxy, "GET", "/backends/dead", "");
     assert!(body.contains("\"ejected\":true"), "{body}");
     rt.block_on(proxy.shutdown());
 }
