@@ -41,6 +41,8 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Admin connections served at once; more wait in the listen backlog.
+const MAX_ADMIN_CONNECTIONS: usize = 256;
 
 /// Why the admin API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -355,7 +357,12 @@ pub(crate) async fn serve(
     stop: CancellationToken,
 ) {
     let mut conns = JoinSet::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.cancelled() => break,
+        };
         let (sock, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -369,6 +376,7 @@ pub(crate) async fn serve(
         };
         let (app, tls, stop) = (app.clone(), tls.clone(), stop.clone());
         conns.spawn(async move {
+            let _permit = permit;
             match tls {
                 None => serve_conn(sock, app, stop).await,
                 Some(acceptor) => {

@@ -247,3 +247,32 @@ fn a_client_that_half_closes_gets_the_whole_answer() {
     );
     rt.block_on(proxy.shutdown());
 }
+
+#[test]
+fn a_redis_client_that_half_closes_gets_every_reply() {
+    let r = Redis::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let proxy = rt
+        .block_on(ProxyHandle::start(
+            config(vec![backend("r", r.port)]).validate("test").unwrap(),
+        ))
+        .unwrap();
+    let run = |addr: std::net::SocketAddr| {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut batch = String::from("PING\r\nSET a b\r\n");
+        batch.push_str(&"GET a\r\n".repeat(1000));
+        c.write_all(batch.as_bytes()).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out
+    };
+    let expected = format!("+PONG\r\n+OK\r\n{}", "$1\r\nb\r\n".repeat(1000));
+    assert_eq!(
+        run(std::net::SocketAddr::from(([127, 0, 0, 1], r.port))),
+        expected
+    );
+    assert_eq!(run(proxy.listen_addrs()[0]), expected);
+    rt.block_on(proxy.shutdown());
+}
