@@ -104,13 +104,15 @@ YAML
 cat "$W/patch.yaml"
 
 say "3. bellwether patch start --wait, and $clients pgbench clients through the proxy for ${seconds}s"
-"$bw" patch --state-dir "$W/state" start "$W/patch.yaml" --wait --id walkthrough &
+# The proxy's admin API needs a bearer token: generated into this file (mode 0600).
+"$bw" patch --state-dir "$W/state" start "$W/patch.yaml" --wait --id walkthrough \
+  --admin-token-file "$W/admin.token" &
 patch_pid=$!
 for _ in $(seq 300); do
   (exec 3<>"/dev/tcp/127.0.0.1/$p_proxy") 2>/dev/null && break
   sleep 0.1
 done
-echo "(watch the sessions move meanwhile: curl -s 127.0.0.1:$p_admin/connections)"
+echo "(watch the sessions move meanwhile: curl -s -H \"Authorization: Bearer \$(cat $W/admin.token)\" 127.0.0.1:$p_admin/connections)"
 pgbench -n -c "$clients" -j 2 -T "$seconds" -P 5 -M simple -h 127.0.0.1 -p "$p_proxy" -U postgres postgres > "$W/pgbench.out" 2> >(grep -v '^pgbench (' >&2)
 
 say "4. What the clients saw"
@@ -120,6 +122,12 @@ if grep -q "number of failed transactions: 0 " "$W/pgbench.out"; then
 else
   echo "Some client transactions failed." >&2
   status=1
+fi
+
+if command -v curl >/dev/null; then
+  echo "The proxy's backends now (admin API, with the token):"
+  curl -sS -H "Authorization: Bearer $(cat "$W/admin.token")" "127.0.0.1:$p_admin/backends" |
+    python3 -c 'import json,sys; [print(" ", b["name"], b["admin"], "weight", b["weight"]) for b in json.load(sys.stdin)]'
 fi
 
 say "5. The report"

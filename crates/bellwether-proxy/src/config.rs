@@ -3,7 +3,7 @@
 //! run inside deserialization, so a bad value is reported with the file's line and column.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -260,6 +260,21 @@ pub struct RawConfig {
     pub backends: Vec<RawBackend>,
     #[serde(default)]
     pub admin: Option<String>,
+    /// The admin API's bearer token: read from this file, or generated into it (mode 0600)
+    /// when it does not exist. Absent: generated into a private temporary file.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    /// PEM certificate chain and private key: the admin API speaks HTTPS.
+    #[serde(default)]
+    pub admin_tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub admin_tls_key: Option<PathBuf>,
+    /// Host names (besides IP literals and `localhost`) the admin API answers to.
+    #[serde(default)]
+    pub admin_allow_hosts: Vec<String>,
+    /// Allows plain-HTTP admin on an address that is not loopback.
+    #[serde(default)]
+    pub insecure_admin: bool,
     #[serde(default)]
     pub health: HealthConfig,
     #[serde(default)]
@@ -315,6 +330,7 @@ pub struct ProxyConfig {
     pub listeners: Vec<ListenerConfig>,
     pub backends: Vec<RawBackend>,
     pub admin: Option<SocketAddr>,
+    pub admin_security: AdminSecurity,
     pub health: HealthConfig,
     pub ejection: EjectionConfig,
     pub max_connections: usize,
@@ -332,6 +348,11 @@ impl RawConfig {
             listeners,
             backends,
             admin: None,
+            admin_token_file: None,
+            admin_tls_cert: None,
+            admin_tls_key: None,
+            admin_allow_hosts: Vec::new(),
+            insecure_admin: false,
             health: HealthConfig::default(),
             ejection: EjectionConfig::default(),
             max_connections: default_max_connections(),
@@ -400,6 +421,7 @@ impl RawConfig {
                     .map_err(|_| invalid("admin".into(), format!("`{a}` is not IP:PORT")))?,
             ),
         };
+        let admin_security = self.admin_security(admin, &invalid)?;
         if !(0.0..=1.0).contains(&self.ejection.max_share) {
             return Err(invalid(
                 "ejection.max_share".into(),
@@ -441,6 +463,7 @@ impl RawConfig {
             listeners,
             backends: self.backends,
             admin,
+            admin_security,
             health: self.health,
             ejection: self.ejection,
             max_connections: self.max_connections,
@@ -448,6 +471,75 @@ impl RawConfig {
             shutdown_grace: self.shutdown_grace.0,
             buffer_size: self.buffer_size,
             workers,
+        })
+    }
+}
+
+/// How the admin API is protected: its token, TLS, and the host names it answers to.
+#[derive(Debug, Clone, Default)]
+pub struct AdminSecurity {
+    pub token_file: Option<PathBuf>,
+    /// Certificate chain and key files (PEM).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Lower-case host names accepted in the `Host` header besides IP literals and
+    /// `localhost`.
+    pub allow_hosts: Vec<String>,
+}
+
+impl RawConfig {
+    /// Checks the admin API's protection: TLS needs both files, and plain HTTP is for
+    /// loopback only unless `insecure_admin` says otherwise.
+    fn admin_security(
+        &self,
+        admin: Option<SocketAddr>,
+        invalid: &dyn Fn(String, String) -> ConfigError,
+    ) -> Result<AdminSecurity, ConfigError> {
+        let tls = match (&self.admin_tls_cert, &self.admin_tls_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "admin_tls_key".into(),
+                    "admin_tls_cert is given without its key".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "admin_tls_cert".into(),
+                    "admin_tls_key is given without its certificate".into(),
+                ))
+            }
+        };
+        if let Some(a) = admin {
+            if tls.is_none() && !a.ip().is_loopback() && !self.insecure_admin {
+                return Err(invalid(
+                    "admin".into(),
+                    format!(
+                        "{a} is not a loopback address: give admin_tls_cert and admin_tls_key \
+                         (--admin-tls-cert, --admin-tls-key) for HTTPS, or set insecure_admin \
+                         (--insecure-admin) to serve the admin API in plain HTTP there"
+                    ),
+                ));
+            }
+        }
+        let mut allow_hosts = Vec::new();
+        for (i, h) in self.admin_allow_hosts.iter().enumerate() {
+            let ok = !h.is_empty()
+                && h.len() <= 253
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if !ok {
+                return Err(invalid(
+                    format!("admin_allow_hosts[{i}]"),
+                    format!("`{h}` is not a host name"),
+                ));
+            }
+            allow_hosts.push(h.to_ascii_lowercase());
+        }
+        Ok(AdminSecurity {
+            token_file: self.admin_token_file.clone(),
+            tls,
+            allow_hosts,
         })
     }
 }

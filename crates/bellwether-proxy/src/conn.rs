@@ -364,7 +364,9 @@ impl Dir {
 }
 
 enum Exit {
+    /// The client cannot take more bytes (its write returned 0).
     ClientEof,
+    /// The server closed; everything it sent has reached the client.
     ServerEof,
     Boundary,
     Protocol(ProtocolError),
@@ -383,6 +385,12 @@ struct PgConn {
     entry: Arc<ConnEntry>,
     starts: VecDeque<Instant>,
     seen: Vec<Seen>,
+    /// The client has half-closed (sent EOF). As on a direct connection, the EOF is passed on
+    /// to the server once what the client sent is out, and the server's answer still flows
+    /// to the client until the server closes.
+    client_eof: bool,
+    /// The server's write half has been shut after the client's EOF.
+    server_shut: bool,
 }
 
 impl PgConn {
@@ -419,14 +427,15 @@ impl PgConn {
     fn pump(&mut self, cx: &mut Context<'_>, want_boundary: bool) -> Poll<Exit> {
         loop {
             let mut progress = false;
-            if self.up.is_empty() {
+            if self.up.is_empty() && !self.client_eof {
                 let mut rb = ReadBuf::new(&mut self.up.buf);
                 match Pin::new(&mut self.client).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                        self.client_eof = true;
+                        progress = true;
+                    }
                     Poll::Ready(Ok(())) => {
                         let n = rb.filled().len();
-                        if n == 0 {
-                            return Poll::Ready(Exit::ClientEof);
-                        }
                         if let Err(e) = self
                             .session
                             .feed_frontend(&self.up.buf[..n], &mut self.seen)
@@ -458,6 +467,15 @@ impl PgConn {
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Exit::Io(e)),
                     Poll::Pending => {}
+                }
+            }
+            if self.client_eof && self.up.is_empty() && !self.server_shut {
+                if let Poll::Ready(r) = Pin::new(&mut self.server).poll_shutdown(cx) {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "Write shutdown toward the server failed.");
+                    }
+                    self.server_shut = true;
+                    progress = true;
                 }
             }
             if self.down.is_empty() {
@@ -501,7 +519,9 @@ impl PgConn {
                     Poll::Pending => {}
                 }
             }
+            // A half-closed session is not moved: its server has been told the client is done.
             if want_boundary
+                && !self.client_eof
                 && self.up.is_empty()
                 && self.down.is_empty()
                 && self.session.ready
@@ -590,6 +610,8 @@ pub(crate) async fn serve_postgres(
         entry: entry.clone(),
         starts: VecDeque::new(),
         seen: Vec::new(),
+        client_eof: false,
+        server_shut: false,
     };
     run_session(&shared, &mut c, &params).await;
     c.backend.metrics.active.fetch_sub(1, Relaxed);

@@ -49,6 +49,8 @@ pub enum ProxyError {
     },
     #[error("cannot start the data-plane threads: {0}")]
     Workers(std::io::Error),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
 }
 
 /// What every task of one proxy shares.
@@ -66,6 +68,8 @@ pub struct ProxyHandle {
     shared: Arc<Shared>,
     listen: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
+    admin_guard: Option<Arc<admin::Guard>>,
+    admin_tls: bool,
     stop_accepting: CancellationToken,
     tasks: JoinSet<()>,
     workers: Arc<Workers>,
@@ -179,20 +183,38 @@ impl ProxyHandle {
                 stop_accepting.clone(),
             ));
         }
+        let (mut admin_guard, mut admin_tls) = (None, false);
         let admin = match shared.config.admin {
             Some(a) => {
+                let security = &shared.config.admin_security;
+                let tls = match &security.tls {
+                    Some((cert, key)) => Some(admin::tls_acceptor(cert, key)?),
+                    None => None,
+                };
+                let guard = Arc::new(admin::Guard {
+                    token: admin::AdminToken::prepare(security)?,
+                    allow_hosts: security.allow_hosts.clone(),
+                });
                 let listener = TcpListener::bind(a)
                     .await
                     .map_err(|source| ProxyError::Bind { address: a, source })?;
                 let local = listener
                     .local_addr()
                     .map_err(|source| ProxyError::Bind { address: a, source })?;
-                tracing::info!(address = %local, "Admin API listening.");
+                tracing::info!(
+                    address = %local,
+                    tls = tls.is_some(),
+                    token_file = %guard.token.file().display(),
+                    "Admin API listening."
+                );
+                admin_tls = tls.is_some();
                 tasks.spawn(admin::serve(
-                    shared.clone(),
+                    admin::router(shared.clone(), guard.clone()),
                     listener,
+                    tls,
                     stop_accepting.clone(),
                 ));
+                admin_guard = Some(guard);
                 Some(local)
             }
             None => None,
@@ -202,6 +224,8 @@ impl ProxyHandle {
             shared,
             listen,
             admin,
+            admin_guard,
+            admin_tls,
             stop_accepting,
             tasks,
             workers,
@@ -215,6 +239,17 @@ impl ProxyHandle {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin
+    }
+
+    /// The admin API's base URL (`https://` with TLS), when it is configured.
+    pub fn admin_url(&self) -> Option<String> {
+        let scheme = if self.admin_tls { "https" } else { "http" };
+        self.admin.map(|a| format!("{scheme}://{a}"))
+    }
+
+    /// The admin API's bearer token and its file, when the admin API is configured.
+    pub fn admin_token(&self) -> Option<&admin::AdminToken> {
+        self.admin_guard.as_ref().map(|g| &g.token)
     }
 
     pub fn shared(&self) -> &Arc<Shared> {

@@ -428,3 +428,50 @@ fn cancel_request_reaches_the_session_after_it_moved() {
     assert!(started.elapsed() < Duration::from_secs(30));
     rt.block_on(proxy.shutdown());
 }
+
+/// Sends one simple Query, shuts the write half (`shutdown(SHUT_WR)`, as `psql -c` piped
+/// through some tools does) and reads everything until the server closes. Returns the tags
+/// of the messages received and the number of DataRows.
+fn query_then_half_close(addr: &str, sql: &str) -> (Vec<u8>, usize) {
+    use std::io::Read as _;
+    let mut c = MiniClient::connect(addr);
+    std::io::Write::write_all(&mut c.s, &bellwether_proxy::pg::encode_query(sql)).unwrap();
+    c.s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut all = Vec::new();
+    c.s.read_to_end(&mut all)
+        .expect("the response, then the server's close");
+    let (mut tags, mut rows, mut at) = (Vec::new(), 0, 0);
+    while at + 5 <= all.len() {
+        let len = i32::from_be_bytes([all[at + 1], all[at + 2], all[at + 3], all[at + 4]]) as usize;
+        if all[at] == b'D' {
+            rows += 1;
+        } else {
+            tags.push(all[at]);
+        }
+        at += 1 + len;
+    }
+    assert_eq!(at, all.len(), "the stream ends on a message boundary");
+    (tags, rows)
+}
+
+#[test]
+fn a_client_that_half_closes_after_its_query_gets_the_whole_response() {
+    let a = PgCluster::start(&[]);
+    let b = PgCluster::start(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let proxy = start_proxy(&rt, &a, &b);
+    let addr = proxy.listen_addrs()[0].to_string();
+    // More rows than one copy buffer holds, so the answer takes many reads and writes.
+    let sql = "SELECT repeat('x', 100) FROM generate_series(1, 20000)";
+    let direct = query_then_half_close(&a.addr(), sql);
+    assert_eq!(direct.1, 20000, "direct: {:?}", direct.0);
+    let proxied = query_then_half_close(&addr, sql);
+    assert_eq!(proxied, direct, "through the proxy as directly");
+    assert_eq!(proxied.0, vec![b'T', b'C', b'Z']);
+    wait_for(
+        "the session to leave the registry",
+        Duration::from_secs(10),
+        || proxy.registry().is_empty(),
+    );
+    rt.block_on(proxy.shutdown());
+}

@@ -451,3 +451,48 @@ impl MiniClient {
             .collect())
     }
 }
+
+/// Sends one raw HTTP/1.1 request (written as given, `Connection: close` expected in it) and
+/// returns the status, the response head and the body. A connection closed without an answer
+/// (a handler that panicked) fails the test.
+pub fn http_raw(addr: std::net::SocketAddr, request: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 "),
+        "no HTTP answer to {request:?}: {out:?}"
+    );
+    let status = out[9..12].parse().unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+/// An admin API request as a client should send it: `Host` the address, the bearer token
+/// when given, and `Content-Type: application/json` with a body.
+pub fn admin_http(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let ct = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
+    let (status, _, body) = http_raw(
+        addr,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{ct}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    (status, body)
+}

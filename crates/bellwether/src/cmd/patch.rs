@@ -67,6 +67,10 @@ struct StartArgs {
     /// `json` prints the final report as JSON instead of the human summary.
     #[arg(long, value_enum, default_value = "human")]
     output: OutputFormat,
+    /// The protection of the plan's `proxy.admin` API, as for `bellwether proxy`; the token
+    /// file defaults to `<state-dir>/<id>.admin.token` (kept or generated, mode 0600).
+    #[command(flatten)]
+    admin: super::proxy::AdminArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -145,6 +149,7 @@ fn start(args: StartArgs, state_dir: &Path) -> anyhow::Result<ExitCode> {
         if args.exit_when_done {
             cmd.arg("--exit-when-done");
         }
+        cmd.args(args.admin.to_args());
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -160,10 +165,15 @@ fn start(args: StartArgs, state_dir: &Path) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let mut admin = args.admin.clone();
+    if admin.admin_token_file.is_none() {
+        admin.admin_token_file = Some(state_dir.join(format!("{id}.admin.token")));
+    }
     let report = rt.block_on(run_patch(
         plan,
         id,
         state_dir.to_path_buf(),
+        &admin,
         args.exit_when_done,
         args.output == OutputFormat::Human,
     ))?;
@@ -619,6 +629,7 @@ async fn run_patch(
     plan: PatchPlan,
     id: String,
     state_dir: PathBuf,
+    admin: &super::proxy::AdminArgs,
     exit_when_done: bool,
     human: bool,
 ) -> anyhow::Result<PatchReport> {
@@ -648,6 +659,7 @@ async fn run_patch(
         }],
     );
     raw.admin = plan.proxy.admin.clone();
+    admin.apply(&mut raw);
     raw.health.check = if plan.health.check == "tcp" {
         CheckKind::Tcp
     } else {
@@ -666,8 +678,9 @@ async fn run_patch(
         .map_err(|e| UsageError(e.to_string()))?;
     if human {
         println!("patch {id}: proxy listening on {}", proxy.listen_addrs()[0]);
-        if let Some(a) = proxy.admin_addr() {
-            println!("patch {id}: admin api on http://{a}");
+        if let (Some(url), Some(token)) = (proxy.admin_url(), proxy.admin_token()) {
+            println!("patch {id}: admin api on {url}");
+            println!("patch {id}: admin token in {}", token.file().display());
         }
     }
     let mut engine =

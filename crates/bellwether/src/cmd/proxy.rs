@@ -28,9 +28,12 @@ pub struct Args {
     /// Repeatable.
     #[arg(long, value_name = "NAME=HOST:PORT")]
     backend: Vec<String>,
-    /// Address of the admin HTTP API (backends, connections, /metrics), as IP:PORT.
+    /// Address of the admin HTTP API (backends, connections, /metrics), as IP:PORT. Plain
+    /// HTTP only on loopback, unless --insecure-admin; see also --admin-tls-cert.
     #[arg(long, value_name = "ADDR")]
     admin: Option<String>,
+    #[command(flatten)]
+    admin_security: AdminArgs,
     /// Active health check for flag configurations: tcp, postgres or none.
     #[arg(long, value_enum)]
     health_check: Option<CheckArg>,
@@ -38,6 +41,68 @@ pub struct Args {
     /// docs/proxy.md). Overrides `workers` in the file.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+}
+
+/// How the admin API is protected (docs/proxy.md, "Securing the admin API").
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AdminArgs {
+    /// The admin API's bearer token: read from FILE (mode 0600 or 0640), or generated into it
+    /// (created with mode 0600) when FILE does not exist. Without it a token is generated into
+    /// a private temporary file, named at start and removed at stop.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// PEM certificate chain: the admin API speaks HTTPS. Needs --admin-tls-key.
+    #[arg(long, value_name = "FILE", requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// PEM private key of --admin-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
+    /// A host name the admin API answers to besides IP addresses and `localhost` (the `Host`
+    /// header is checked against DNS rebinding). Repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub admin_allow_host: Vec<String>,
+    /// Serve the admin API in plain HTTP on an address that is not loopback.
+    #[arg(long)]
+    pub insecure_admin: bool,
+}
+
+impl AdminArgs {
+    /// Sets what was given on the configuration (flags override the file).
+    pub fn apply(&self, raw: &mut RawConfig) {
+        if let Some(f) = &self.admin_token_file {
+            raw.admin_token_file = Some(f.clone());
+        }
+        if let (Some(c), Some(k)) = (&self.admin_tls_cert, &self.admin_tls_key) {
+            raw.admin_tls_cert = Some(c.clone());
+            raw.admin_tls_key = Some(k.clone());
+        }
+        raw.admin_allow_hosts
+            .extend(self.admin_allow_host.iter().cloned());
+        raw.insecure_admin |= self.insecure_admin;
+    }
+
+    /// The same flags as arguments, to pass them on to a child process.
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut out: Vec<std::ffi::OsString> = Vec::new();
+        for (flag, v) in [
+            ("--admin-token-file", &self.admin_token_file),
+            ("--admin-tls-cert", &self.admin_tls_cert),
+            ("--admin-tls-key", &self.admin_tls_key),
+        ] {
+            if let Some(v) = v {
+                out.push(flag.into());
+                out.push(v.into());
+            }
+        }
+        for h in &self.admin_allow_host {
+            out.push("--admin-allow-host".into());
+            out.push(h.into());
+        }
+        if self.insecure_admin {
+            out.push("--insecure-admin".into());
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -116,6 +181,7 @@ pub fn build_config(args: &Args) -> anyhow::Result<config::ProxyConfig> {
     if let Some(a) = &args.admin {
         raw.admin = Some(a.clone());
     }
+    args.admin_security.apply(&mut raw);
     if let Some(w) = args.workers {
         raw.workers = Some(w);
     }
@@ -164,8 +230,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             );
         }
-        if let Some(a) = handle.admin_addr() {
-            println!("admin api on http://{a}");
+        if let (Some(url), Some(token)) = (handle.admin_url(), handle.admin_token()) {
+            println!("admin api on {url}");
+            println!("admin token in {}", token.file().display());
         }
         println!("{} worker threads", handle.shared().config.workers);
         use std::io::Write as _;
