@@ -246,16 +246,14 @@ pub fn certificate_error(err: &(dyn std::error::Error + 'static)) -> Option<Stri
         if let Some(r) = e.downcast_ref::<rustls::Error>().and_then(describe) {
             return Some(r);
         }
-        // io::Error's source() skips the error it wraps; look inside it.
-        if let Some(inner) = e
+        // io::Error's source() skips the error it wraps (and io errors nest): look inside.
+        cur = match e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .and_then(|i| i.downcast_ref::<rustls::Error>())
-            .and_then(describe)
         {
-            return Some(inner);
-        }
-        cur = e.source();
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     None
 }
@@ -269,6 +267,12 @@ fn describe(e: &rustls::Error) -> Option<String> {
             "it is not signed by a trusted CA (UnknownIssuer); pass the CA or the server's certificate with --ca-file, or pin it with --pin".into()
         }
         CertificateError::BadSignature => "its signature does not verify (BadSignature)".into(),
+        CertificateError::Other(o) if o.to_string() == "CaUsedAsEndEntity" => {
+            "it is a CA certificate (basicConstraints CA:TRUE) used as the server's own \
+             (CaUsedAsEndEntity); a self-signed server certificate must say CA:FALSE to be its \
+             own --ca-file, or trust it with --pin"
+                .into()
+        }
         CertificateError::Other(o) => o.to_string(),
         other => other.to_string(),
     })
@@ -329,7 +333,7 @@ mod tests {
     #[test]
     fn certificate_errors_are_found_through_io_errors() {
         let inner = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
-        let io = std::io::Error::other(inner);
+        let io = std::io::Error::other(std::io::Error::new(std::io::ErrorKind::InvalidData, inner));
         let why = certificate_error(&io).unwrap();
         assert!(why.contains("not signed by a trusted CA"), "{why}");
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
