@@ -265,7 +265,7 @@ fn agents_and_the_cli_verify_the_server_by_ca_or_pin_and_refuse_it_otherwise() {
     }
     let out = hosts_json(&url, &[("BELLWETHER_PIN", &wrong_pin)]);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains(&format!("matches no --pin")),
+        String::from_utf8_lossy(&out.stderr).contains("matches no --pin"),
         "{}",
         text(&out)
     );
