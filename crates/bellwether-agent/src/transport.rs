@@ -335,6 +335,19 @@ mod tests {
     }
 
     #[test]
+    fn ca_files_and_pins_are_refused_with_a_plain_http_url() {
+        let tls = bellwether_tls::ClientTls {
+            ca_file: None,
+            pins: vec![bellwether_tls::Pin([1; 32])],
+        };
+        let e = HttpTransport::with_tls("http://127.0.0.1:1", "t", Duration::from_secs(1), &tls)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("this URL is plain http"), "{e}");
+        HttpTransport::with_tls("https://127.0.0.1:1", "t", Duration::from_secs(1), &tls).unwrap();
+    }
+
+    #[test]
     fn statuses_map_to_what_the_agent_does_next() {
         assert_eq!(error_for_status(401, "no".into()), SendError::Unauthorized);
         assert_eq!(

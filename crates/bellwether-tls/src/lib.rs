@@ -164,6 +164,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_that_never_handshakes_does_not_hold_up_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = generate::ca_and_server("test CA", &["127.0.0.1".to_string()]).unwrap();
+        let addr = serve_once(dir.path(), &set.server_cert_pem, &set.server_key_pem).await;
+        // Connected, silent, and kept open for the whole test.
+        let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = ClientTls {
+            ca_file: ca_file(dir.path(), "ca.pem", &set.ca_pem),
+            pins: vec![],
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), talk(addr, &tls))
+            .await
+            .expect("the second client was served while the first said nothing")
+            .unwrap();
+    }
+
+    #[tokio::test]
     async fn a_self_signed_server_certificate_is_its_own_ca_file() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = generate::self_signed(&["127.0.0.1".to_string()]).unwrap();
