@@ -83,13 +83,32 @@ pub enum TransportError {
     BadUrl { url: String, reason: String },
     #[error("could not build the http client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error(transparent)]
+    Tls(#[from] bellwether_tls::TlsError),
 }
 
 impl HttpTransport {
+    /// A transport to `server`; an https server is verified against the system's roots.
     pub fn new(
         server: &str,
         enrol_token: impl Into<String>,
         timeout: Duration,
+    ) -> Result<Self, TransportError> {
+        Self::with_tls(
+            server,
+            enrol_token,
+            timeout,
+            &bellwether_tls::ClientTls::system(),
+        )
+    }
+
+    /// A transport to `server` that verifies an https server with `tls` (`--ca-file`,
+    /// `--pin`); those settings with a plain http URL are refused.
+    pub fn with_tls(
+        server: &str,
+        enrol_token: impl Into<String>,
+        timeout: Duration,
+        tls: &bellwether_tls::ClientTls,
     ) -> Result<Self, TransportError> {
         let bad = |reason: String| TransportError::BadUrl {
             url: server.to_owned(),
@@ -106,7 +125,15 @@ impl HttpTransport {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if base.scheme() == "https" {
+            builder = builder.use_preconfigured_tls(bellwether_tls::client_config(tls)?);
+        } else if !tls.is_default() {
+            return Err(bad(
+                "--ca-file and --pin verify an https:// server; this URL is plain http".into(),
+            ));
+        }
+        let client = builder
             .timeout(timeout)
             .connect_timeout(timeout)
             // One agent talks to one server: a single idle connection is all it needs.
@@ -120,6 +147,25 @@ impl HttpTransport {
             enrol_token: enrol_token.into(),
             timeout,
         })
+    }
+
+    /// Checks, once, that an https server's certificate is trusted: `Err` with the reason
+    /// only when the handshake refused the certificate (a server that is down, or any other
+    /// failure, is the send loop's business and gives `Ok`).
+    pub async fn verify_server(&self) -> Result<(), String> {
+        if self.base.scheme() != "https" {
+            return Ok(());
+        }
+        match self.client.get(self.url("healthz")).send().await {
+            Err(e) => match bellwether_tls::certificate_error(&e) {
+                Some(reason) => Err(format!(
+                    "could not verify the server's certificate at {}: {reason}",
+                    self.base
+                )),
+                None => Ok(()),
+            },
+            Ok(_) => Ok(()),
+        }
     }
 
     fn url(&self, path: &str) -> reqwest::Url {
@@ -141,7 +187,7 @@ impl HttpTransport {
             .json(body)
             .send()
             .await
-            .map_err(|e| SendError::Unavailable(error_chain(&e)))?;
+            .map_err(send_error)?;
         classify(resp).await
     }
 }
@@ -170,6 +216,17 @@ pub fn error_for_status(status: u16, message: String) -> SendError {
         408 | 429 => SendError::Unavailable(format!("{status}: {message}")),
         400..=499 => SendError::Rejected { status, message },
         _ => SendError::Unavailable(format!("{status}: {message}")),
+    }
+}
+
+/// A request that got no answer: unavailable, and said plainly when it is the server's
+/// certificate that was refused.
+fn send_error(e: reqwest::Error) -> SendError {
+    match bellwether_tls::certificate_error(&e) {
+        Some(reason) => SendError::Unavailable(format!(
+            "could not verify the server's certificate: {reason}"
+        )),
+        None => SendError::Unavailable(error_chain(&e)),
     }
 }
 
@@ -226,7 +283,7 @@ impl crate::actions::ActionTransport for HttpTransport {
             .timeout(wait + self.timeout)
             .send()
             .await
-            .map_err(|e| SendError::Unavailable(error_chain(&e)))?;
+            .map_err(send_error)?;
         let resp = classify(resp).await?;
         let body: crate::actions::ActionsResponse = resp.json().await.map_err(|e| {
             SendError::Unavailable(format!("bad actions answer: {}", error_chain(&e)))
@@ -275,6 +332,19 @@ mod tests {
                 .starts_with("server url \"not a url\" is not valid"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn ca_files_and_pins_are_refused_with_a_plain_http_url() {
+        let tls = bellwether_tls::ClientTls {
+            ca_file: None,
+            pins: vec![bellwether_tls::Pin([1; 32])],
+        };
+        let e = HttpTransport::with_tls("http://127.0.0.1:1", "t", Duration::from_secs(1), &tls)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("this URL is plain http"), "{e}");
+        HttpTransport::with_tls("https://127.0.0.1:1", "t", Duration::from_secs(1), &tls).unwrap();
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub enum ClientError {
     BadUrl { url: String, reason: String },
     #[error("cannot reach the bellwether server at {url}: {source}")]
     Unreachable { url: String, source: reqwest::Error },
+    /// The TLS handshake failed because the server's certificate is not trusted.
+    #[error("could not verify the server's certificate at {url}: {reason}")]
+    Untrusted { url: String, reason: String },
+    #[error("cannot use the TLS settings: {0}")]
+    Tls(#[from] bellwether_tls::TlsError),
     #[error("the server at {url} refused the token: {message}")]
     Unauthorized { url: String, message: String },
     #[error("{url} answered {status}: {message}")]
@@ -39,8 +44,18 @@ pub struct Client {
 }
 
 impl Client {
-    /// `base` is the server's URL, such as `http://127.0.0.1:7878`.
+    /// `base` is the server's URL, such as `http://127.0.0.1:7878`; an https server is
+    /// verified against the system's trusted roots.
     pub fn new(base: &str, token: &str) -> Result<Client, ClientError> {
+        Client::with_tls(base, token, &bellwether_tls::ClientTls::system())
+    }
+
+    /// As [`Client::new`], verifying an https server with `tls` (`--ca-file`, `--pin`).
+    pub fn with_tls(
+        base: &str,
+        token: &str,
+        tls: &bellwether_tls::ClientTls,
+    ) -> Result<Client, ClientError> {
         let trimmed = base.trim_end_matches('/');
         if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) {
             return Err(ClientError::BadUrl {
@@ -48,7 +63,17 @@ impl Client {
                 reason: "it must start with http:// or https://".into(),
             });
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if trimmed.starts_with("https://") {
+            builder = builder.use_preconfigured_tls(bellwether_tls::client_config(tls)?);
+        } else if !tls.is_default() {
+            return Err(ClientError::BadUrl {
+                url: base.to_string(),
+                reason: "--ca-file and --pin verify an https:// server; this URL is plain http"
+                    .into(),
+            });
+        }
+        let http = builder
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(60))
             .build()
@@ -77,9 +102,15 @@ impl Client {
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
+            .map_err(|source| match bellwether_tls::certificate_error(&source) {
+                Some(reason) => ClientError::Untrusted {
+                    url: self.base.clone(),
+                    reason,
+                },
+                None => ClientError::Unreachable {
+                    url: url.clone(),
+                    source,
+                },
             })?;
         let status = resp.status();
         if status.is_success() {

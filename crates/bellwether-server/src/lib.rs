@@ -18,6 +18,7 @@ mod body;
 pub mod client;
 mod drift;
 mod error;
+mod listener;
 mod metrics;
 pub mod model_api;
 mod peers;
@@ -194,13 +195,39 @@ impl Server {
             .with_state(self.state.clone())
     }
 
-    /// Serves on `listener` until `shutdown` completes, then lets in-flight requests finish
-    /// for at most the grace period, and closes the store.
+    /// Serves plain HTTP on `listener` until `shutdown` completes, then lets in-flight
+    /// requests finish for at most the grace period, and closes the store.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        self.serve_on(listener, shutdown).await
+    }
+
+    /// As [`Server::serve`], over TLS with `tls` (see `bellwether_tls::server_config`):
+    /// handshakes run concurrently, each bounded in time, before a connection reaches HTTP.
+    pub async fn serve_tls(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let incoming = listener::Tls(
+            bellwether_tls::TlsIncoming::new(listener, tls).map_err(ServerError::Serve)?,
+        );
+        self.serve_on(incoming, shutdown).await
+    }
+
+    async fn serve_on<L>(
+        self,
+        listener: L,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError>
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
         let app = self.router();
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let server = axum::serve(listener, app)

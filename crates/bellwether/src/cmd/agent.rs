@@ -37,6 +37,8 @@ pub struct Args {
         default_value = "http://127.0.0.1:7878"
     )]
     server: String,
+    #[command(flatten)]
+    tls: super::tls::ClientTlsArgs,
     /// The enrolment token (the server writes it to <data-dir>/enrol.token). The agent trades
     /// it for its own agent token at start, and again if the server forgets that one.
     #[arg(
@@ -112,6 +114,7 @@ pub struct Args {
 /// The flags, checked: everything the agent needs, in types that cannot be wrong.
 struct Config {
     server: String,
+    tls: bellwether_tls::ClientTls,
     token: String,
     rootfs: PathBuf,
     settings: Settings,
@@ -248,10 +251,12 @@ fn validate(args: Args) -> Result<Config, UsageError> {
         }
         None => None,
     };
+    let tls = args.tls.tls()?;
     Ok(Config {
         scrape,
         actions,
         server: args.server,
+        tls,
         token,
         rootfs: args.rootfs,
         settings,
@@ -282,7 +287,7 @@ async fn shutdown_signal() {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = validate(args)?;
-    let transport = HttpTransport::new(&cfg.server, cfg.token, cfg.request_timeout)
+    let transport = HttpTransport::with_tls(&cfg.server, cfg.token, cfg.request_timeout, &cfg.tls)
         .map_err(|e| UsageError(e.to_string()))?;
     let mut collector = HostCollector::new(cfg.rootfs.clone(), cfg.dependencies, cfg.probe_timeout)
         .with_watch_files(cfg.watch_files.clone());
@@ -317,6 +322,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("could not start the async runtime")?;
     tracing::info!(host = %cfg.settings.name, server = %cfg.server, rootfs = %cfg.rootfs.display(),
         interval_ms = cfg.settings.interval.as_millis() as u64, actions = action_parts.is_some(), "Agent started.");
+    // A certificate the agent does not trust will not become trusted by retrying: say so and
+    // stop (exit 3). A server that is only down is waited for, as always.
+    rt.block_on(transport.verify_server())
+        .map_err(super::Unreachable)?;
     let name = cfg.settings.name.clone();
     let agent = Agent::new(cfg.settings, transport.clone(), collector);
     let token = agent.token_watch();
@@ -489,7 +498,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 .spawn()
                 .context("could not start the agent")?,
         );
-        let api = super::sandbox::api::Api::new(&url, &token)?;
+        let api = super::sandbox::api::Api::new(&url, &token, None)?;
         let rt = super::sandbox::runtime()?;
         let profile: bellwether_model::HostProfile = rt.block_on(async {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -20,6 +20,7 @@ pub mod rollout;
 pub mod rollout_bench;
 pub mod sandbox;
 pub mod server;
+pub mod tls;
 pub mod token;
 
 /// `--output human|json`, for commands that print a report.

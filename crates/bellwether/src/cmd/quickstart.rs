@@ -55,6 +55,10 @@ pub struct Args {
     /// Output format: `json` prints one document at the end instead of the story.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     output: OutputFormat,
+    /// Run the sandbox over HTTPS, with a CA and server certificate generated in DIR/tls
+    /// (as `sandbox up --tls`).
+    #[arg(long)]
+    tls: bool,
 }
 
 /// One planned injection and what the drift report must show for it.
@@ -168,6 +172,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         timeout: args.timeout,
         progress,
         scenario: Some(sc),
+        tls: args.tls,
     })?;
     let result = story(&state, &args, &plan_text, t0, progress);
     if args.keep {
@@ -197,7 +202,7 @@ fn story(
     let out = args.output;
     let token = std::fs::read_to_string(&state.operator_token_file)
         .with_context(|| format!("could not read {}", state.operator_token_file.display()))?;
-    let api = Api::new(&state.server_url, token.trim())?;
+    let api = Api::new(&state.server_url, token.trim(), state.ca_file.as_deref())?;
     let rt = sandbox::runtime()?;
     let roles = |role: &str| state.hosts.iter().filter(|h| h.role == role).count();
 
@@ -725,6 +730,9 @@ fn print_keep(state: &State) {
     println!();
     println!("The sandbox is still running. To look around:");
     println!("  export BELLWETHER_SERVER={}", state.server_url);
+    if let Some(ca) = &state.ca_file {
+        println!("  export BELLWETHER_CA_FILE={}", ca.display());
+    }
     println!(
         "  export BELLWETHER_TOKEN=$(cat {})",
         state.operator_token_file.display()

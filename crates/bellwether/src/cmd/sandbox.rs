@@ -74,6 +74,11 @@ pub struct UpArgs {
     /// How long to wait for the server and for every agent's first profile.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Run the fleet over HTTPS: generate a CA and a server certificate for 127.0.0.1 and
+    /// localhost in DIR/tls (ca.pem, server.pem, server.key), serve with them, and start
+    /// every agent with --ca-file DIR/tls/ca.pem.
+    #[arg(long)]
+    tls: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -188,6 +193,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                     None => None,
                 },
+                tls: a.tls,
             };
             let state = up(&opts)?;
             print_up(&state);
@@ -239,6 +245,8 @@ pub struct UpOptions {
     pub progress: bool,
     /// A parsed scenario (docs/scenario.md): its groups replace `hosts`.
     pub scenario: Option<scenario::Scenario>,
+    /// Serve over HTTPS with a CA and certificate generated in `dir/tls`.
+    pub tls: bool,
 }
 
 pub fn random_token() -> String {
@@ -292,7 +300,7 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
                 ))
                 .into());
             }
-            for sub in ["hosts", "server", "logs"] {
+            for sub in ["hosts", "server", "logs", TLS_DIR] {
                 let p = dir.join(sub);
                 if p.exists() {
                     std::fs::remove_dir_all(&p)
@@ -354,6 +362,9 @@ fn wait_addr(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Where `up --tls` writes the CA and the server's certificate and key.
+pub const TLS_DIR: &str = "tls";
 
 fn os(s: impl Into<OsString>) -> OsString {
     s.into()
@@ -474,19 +485,40 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
     let server_log = logs.join("server.log");
     let server_addr_file = dir.join("server.addr");
     let _ = std::fs::remove_file(&server_addr_file);
+    let tls = if opts.tls {
+        let names = ["127.0.0.1".to_string(), "localhost".to_string()];
+        let set = bellwether_tls::generate::ca_and_server("bellwether sandbox CA", &names)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Some(
+            set.write_to(&dir.join(TLS_DIR))
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        )
+    } else {
+        None
+    };
+    let mut server_args = vec![
+        os("--log"),
+        os("info"),
+        os("server"),
+        os("--listen"),
+        os("127.0.0.1:0"),
+        os("--data-dir"),
+        os(dir.join("server")),
+        os("--addr-file"),
+        os(&server_addr_file),
+    ];
+    if let Some(t) = &tls {
+        server_args.extend([
+            os("--tls-cert"),
+            os(&t.server_cert),
+            os("--tls-key"),
+            os(&t.server_key),
+        ]);
+    }
+    let ca_file = tls.as_ref().map(|t| t.ca_file.clone());
     let mut server = procs::spawn_detached(
         &exe,
-        &[
-            os("--log"),
-            os("info"),
-            os("server"),
-            os("--listen"),
-            os("127.0.0.1:0"),
-            os("--data-dir"),
-            os(dir.join("server")),
-            os("--addr-file"),
-            os(&server_addr_file),
-        ],
+        &server_args,
         &[
             ("BELLWETHER_OPERATOR_TOKEN", &operator_token),
             ("BELLWETHER_ENROL_TOKEN", &enrol_token),
@@ -495,9 +527,15 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
     )?;
     started.push(server.id());
     let server_addr = wait_addr(&server_addr_file, &mut server, "server", &server_log, wait)?;
-    let server_url = format!("http://{server_addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server_url = format!("{scheme}://{server_addr}");
     if opts.scenario.as_ref().is_some_and(|s| s.history.is_some()) {
-        import_history(&server_url, &operator_token, &dir.join("history.csv"))?;
+        import_history(
+            &server_url,
+            ca_file.as_deref(),
+            &operator_token,
+            &dir.join("history.csv"),
+        )?;
     }
 
     // 4. One agent per root.
@@ -568,6 +606,7 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
                 os(format!("http://{service_addr}/metrics")),
             ]
             .into_iter()
+            .chain(ca_file.iter().flat_map(|ca| [os("--ca-file"), os(ca)]))
             .chain(
                 h.labels
                     .iter()
@@ -587,6 +626,7 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
         seed: opts.seed,
         created_at_ms: now_ms(),
         server_url: server_url.clone(),
+        ca_file: ca_file.clone(),
         operator_token_file,
         enrol_token_file,
         server: Proc {
@@ -604,7 +644,7 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> anyhow::Result
     state.save()?;
 
     // 5. Every agent's first profile.
-    let api = Api::new(&server_url, &operator_token)?;
+    let api = Api::new(&server_url, &operator_token, ca_file.as_deref())?;
     let rt = runtime()?;
     rt.block_on(wait_profiles(
         &api,
@@ -709,6 +749,9 @@ fn print_up(state: &State) {
         state.hosts.len()
     );
     println!("  server      {}", state.server_url);
+    if let Some(ca) = &state.ca_file {
+        println!("  CA          {} (--ca-file)", ca.display());
+    }
     println!(
         "  token       {} (operator)",
         state.operator_token_file.display()
@@ -716,8 +759,9 @@ fn print_up(state: &State) {
     println!("  logs        {}", state.dir.join("logs").display());
     println!();
     println!(
-        "  BELLWETHER_SERVER={} BELLWETHER_TOKEN=$(cat {}) bellwether hosts",
+        "  BELLWETHER_SERVER={}{} BELLWETHER_TOKEN=$(cat {}) bellwether hosts",
         state.server_url,
+        ca_env(state),
         state.operator_token_file.display()
     );
     println!(
@@ -726,6 +770,14 @@ fn print_up(state: &State) {
         state.hosts[0].name
     );
     println!("  bellwether sandbox down --dir {}", state.dir.display());
+}
+
+/// ` BELLWETHER_CA_FILE=…` for a sandbox over TLS, else nothing.
+pub fn ca_env(state: &State) -> String {
+    match &state.ca_file {
+        Some(ca) => format!(" BELLWETHER_CA_FILE={}", ca.display()),
+        None => String::new(),
+    }
 }
 
 pub struct DownReport {
@@ -783,7 +835,7 @@ fn status(dir: &Path, output: OutputFormat) -> anyhow::Result<ExitCode> {
     let m = marker(&state.dir);
     let token = std::fs::read_to_string(&state.operator_token_file).unwrap_or_default();
     let summaries: Option<Vec<HostSummary>> = if procs::is_ours(state.server.pid, &m) {
-        let api = Api::new(&state.server_url, token.trim())?;
+        let api = Api::new(&state.server_url, token.trim(), state.ca_file.as_deref())?;
         runtime()?.block_on(api.get("/api/v1/hosts")).ok().flatten()
     } else {
         None
@@ -1080,11 +1132,17 @@ pub fn inject(dir: &Path, host: &str, req: DriftRequest) -> anyhow::Result<Strin
 
 /// Sends a scenario's generated history to the server (`POST /api/v1/history/import`), so
 /// the failure model has outcomes to learn from before the first rollout.
-fn import_history(server_url: &str, operator_token: &str, csv: &Path) -> anyhow::Result<()> {
+fn import_history(
+    server_url: &str,
+    ca_file: Option<&Path>,
+    operator_token: &str,
+    csv: &Path,
+) -> anyhow::Result<()> {
     let body = std::fs::read(csv).with_context(|| format!("could not read {}", csv.display()))?;
+    let client = api::http_client(server_url, ca_file)?;
     let rt = runtime()?;
     rt.block_on(async {
-        let resp = reqwest::Client::new()
+        let resp = client
             .post(format!("{server_url}/api/v1/history/import"))
             .bearer_auth(operator_token)
             .header("content-type", "text/csv")
@@ -1106,7 +1164,6 @@ fn import_history(server_url: &str, operator_token: &str, csv: &Path) -> anyhow:
             .ok()
             .and_then(|v| v["imported"].as_u64())
             .unwrap_or(0);
-        let client = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
             let models: Vec<serde_json::Value> = client
@@ -1192,6 +1249,7 @@ mod tests {
             seed: 1,
             created_at_ms: 0,
             server_url: "http://127.0.0.1:1".into(),
+            ca_file: None,
             operator_token_file: dir.join("operator.token"),
             enrol_token_file: dir.join("enrol.token"),
             server: gone.clone(),

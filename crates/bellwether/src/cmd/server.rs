@@ -16,9 +16,22 @@ use super::{OutputFormat, UsageError};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Address to listen on. Port 0 picks a free port; the chosen address is printed as the
-    /// first line (`listening on http://ADDR`) and written to --addr-file.
+    /// first line (`listening on http://ADDR`, or https) and written to --addr-file. Plain
+    /// HTTP is served on loopback addresses only, unless --insecure-listen.
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: String,
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first, then
+    /// any intermediates). Needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on an address that is not loopback (such as 0.0.0.0). Tokens then
+    /// cross the network unencrypted: only behind a TLS-terminating proxy or on a network
+    /// you trust.
+    #[arg(long)]
+    insecure_listen: bool,
     /// Directory for the SQLite store (bellwether.db) and the token files operator.token and
     /// enrol.token. Created when missing. With --database, only the token files go here.
     #[arg(long, env = "BELLWETHER_DATA_DIR", default_value = super::token::DEFAULT_DATA_DIR)]
@@ -118,6 +131,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(bellwether_tls::server_config(cert, key).map_err(|e| UsageError(e.to_string()))?)
+        }
+        _ => {
+            super::tls::check_plain_listen(&args.listen, args.insecure_listen)?;
+            None
+        }
+    };
     let store = store_config(args.database.as_deref(), &args.data_dir)?;
     let backend = match &store {
         StoreConfig::Sqlite { path } => format!("sqlite at {}", path.display()),
@@ -142,8 +164,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let addr = listener
             .local_addr()
             .context("cannot read the bound address")?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        if tls.is_none() && !addr.ip().to_canonical().is_loopback() {
+            tracing::warn!(addr = %addr, "Serving plain HTTP off loopback (--insecure-listen): tokens cross the network unencrypted.");
+        }
         let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on http://{addr}")?;
+        writeln!(out, "listening on {scheme}://{addr}")?;
         if let Some(f) = &args.addr_file {
             write_atomically(f, &format!("{addr}\n"))?;
         }
@@ -153,8 +179,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         out.flush()?;
         drop(out);
-        tracing::info!(addr = %addr, "Serving.");
-        server.serve(listener, shutdown_signal()).await?;
+        tracing::info!(addr = %addr, scheme, "Serving.");
+        match tls {
+            Some(tls) => server.serve_tls(listener, tls, shutdown_signal()).await?,
+            None => server.serve(listener, shutdown_signal()).await?,
+        }
         tracing::info!("Stopped.");
         Ok::<_, anyhow::Error>(())
     })?;

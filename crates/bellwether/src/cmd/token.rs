@@ -81,6 +81,8 @@ pub struct ClientArgs {
     /// (the file `bellwether server` writes on first start in the current directory).
     #[arg(long, env = "BELLWETHER_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub tls: super::tls::ClientTlsArgs,
 }
 
 impl ClientArgs {
@@ -99,7 +101,8 @@ impl ClientArgs {
                 })?
             }
         };
-        Ok(Client::new(&self.server, &token).map_err(|e| UsageError(e.to_string()))?)
+        let tls = self.tls.tls()?;
+        Ok(Client::with_tls(&self.server, &token, &tls).map_err(|e| UsageError(e.to_string()))?)
     }
 }
 
@@ -115,7 +118,8 @@ pub fn client_error(err: ClientError) -> anyhow::Error {
             "the server at {url} refused the token ({message}); use the operator token: --token, \
              BELLWETHER_TOKEN, or ./bellwether-data/operator.token"
         ),
-        ClientError::BadUrl { .. } => UsageError(err.to_string()).into(),
+        ClientError::Untrusted { .. } => Unreachable(err.to_string()).into(),
+        ClientError::BadUrl { .. } | ClientError::Tls(_) => UsageError(err.to_string()).into(),
         other => other.into(),
     }
 }
@@ -224,6 +228,7 @@ mod tests {
         let err = ClientArgs {
             server: "127.0.0.1:7878".into(),
             token: Some("t".into()),
+            tls: Default::default(),
         }
         .client()
         .unwrap_err();

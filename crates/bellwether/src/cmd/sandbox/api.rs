@@ -8,7 +8,9 @@ use bellwether_model::DriftScore;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::super::Unreachable;
+use std::path::Path;
+
+use super::super::{Unreachable, UsageError};
 
 pub struct Api {
     client: reqwest::Client,
@@ -52,18 +54,45 @@ pub struct Captured {
 }
 
 impl Api {
-    pub fn new(base: &str, token: &str) -> anyhow::Result<Api> {
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .context("could not build the http client")?;
+    /// A client of `base`; an https server is verified with `ca_file` (the sandbox's CA)
+    /// when given, else with the system's roots.
+    pub fn new(base: &str, token: &str, ca_file: Option<&Path>) -> anyhow::Result<Api> {
         Ok(Api {
-            client,
+            client: http_client(base, ca_file)?,
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
         })
     }
 
+    fn unreachable(url: &str, e: reqwest::Error) -> Unreachable {
+        match bellwether_tls::certificate_error(&e) {
+            Some(why) => Unreachable(format!(
+                "could not verify the server's certificate at {url}: {why}"
+            )),
+            None => Unreachable(format!("could not reach {url}: {e}")),
+        }
+    }
+}
+
+/// A reqwest client with a 10 s timeout that verifies an https `base` with `ca_file`.
+pub fn http_client(base: &str, ca_file: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if base.starts_with("https://") {
+        let tls = bellwether_tls::ClientTls {
+            ca_file: ca_file.map(Path::to_owned),
+            pins: vec![],
+        };
+        builder = builder.use_preconfigured_tls(
+            bellwether_tls::client_config(&tls).map_err(|e| UsageError(e.to_string()))?,
+        );
+    }
+    builder
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .context("could not build the http client")
+}
+
+impl Api {
     /// GET `path`; `Ok(None)` on 404 and 409 (unknown host, no baseline yet).
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<Option<T>> {
         let url = format!("{}{path}", self.base);
@@ -73,7 +102,7 @@ impl Api {
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|e| Unreachable(format!("could not reach {url}: {e}")))?;
+            .map_err(|e| Self::unreachable(&url, e))?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::CONFLICT {
             return Ok(None);
@@ -100,7 +129,7 @@ impl Api {
             .json(body)
             .send()
             .await
-            .map_err(|e| Unreachable(format!("could not reach {url}: {e}")))?;
+            .map_err(|e| Self::unreachable(&url, e))?;
         let status = resp.status();
         let text = resp.text().await.with_context(|| format!("POST {url}"))?;
         if !status.is_success() {

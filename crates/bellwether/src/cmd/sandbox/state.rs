@@ -18,6 +18,10 @@ pub struct State {
     pub seed: u64,
     pub created_at_ms: i64,
     pub server_url: String,
+    /// With `up --tls`: the CA certificate (PEM) that signed the server's certificate, which
+    /// the agents and the CLI pass as --ca-file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     pub operator_token_file: PathBuf,
     pub enrol_token_file: PathBuf,
     pub server: Proc,
