@@ -629,7 +629,9 @@ impl Store {
                     .filename(path)
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
+                    // FULL: a commit is on disk before the server answers 2xx, so an
+                    // acknowledged write survives a power loss, not only a killed process.
+                    .synchronous(SqliteSynchronous::Full)
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(10))
                     .log_statements(log::LevelFilter::Trace)
@@ -675,9 +677,8 @@ impl Store {
                     .map_err(open_err)?
                     .log_statements(log::LevelFilter::Trace)
                     .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT);
-                // Sessions keep PostgreSQL's durable commits: events and rollout state are the
-                // truth a restarted server resumes from. Only sample batches turn
-                // `synchronous_commit` off, inside their own transaction (`insert_samples`).
+                // Sessions keep PostgreSQL's durable commits, sample batches included: a 2xx
+                // means stored, so no acknowledged write waits for a later WAL flush.
                 let mut session = String::from("SET application_name TO 'bellwether'");
                 if let Some(schema) = schema {
                     check_schema_name(schema)?;
@@ -1356,19 +1357,12 @@ impl Store {
                 tx.commit().await.map_err(q("commit"))?;
             }
             Backend::Postgres(pool) => {
-                // One statement finds the host, inserts the arrays and marks the host seen. It
-                // runs in a transaction of its own with `synchronous_commit` off: a database
-                // crash may lose the last few hundred milliseconds of samples (never their
-                // consistency), which spares one WAL flush per batch on the hot path. Events and
-                // rollout state keep durable commits.
+                // One statement finds the host, inserts the arrays and marks the host seen, in a
+                // transaction of its own with a durable commit (a 2xx means stored).
                 let ts: Vec<i64> = samples.iter().map(|s| s.ts_ms).collect();
                 let names: Vec<&str> = samples.iter().map(|s| s.name.as_str()).collect();
                 let values: Vec<f64> = samples.iter().map(|s| s.value).collect();
                 let mut tx = pool.begin().await.map_err(q("begin"))?;
-                sqlx::query("SET LOCAL synchronous_commit TO off")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(q("set synchronous_commit"))?;
                 let inserted: Option<i64> = sqlx::query_scalar(
                     "WITH h AS (SELECT id FROM hosts WHERE name = $1), \
                      ins AS (INSERT INTO samples (host_id, ts_ms, name, value) \
