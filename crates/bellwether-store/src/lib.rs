@@ -186,6 +186,8 @@ pub struct TokenGrant {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TokenInfo {
     pub id: i64,
+    /// The token's role (`viewer`, `operator`, `admin`, `enrol`, `agent`).
+    #[serde(rename = "role")]
     pub kind: TokenKind,
     /// What the token is for, as given when it was made (`operator.token` for the tokens the
     /// server keeps in its data dir).
