@@ -261,7 +261,7 @@ impl EventKind {
 }
 
 /// One entry of the event log, as read back.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     pub id: i64,
     pub ts_ms: i64,
