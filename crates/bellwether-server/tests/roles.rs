@@ -686,3 +686,53 @@ async fn an_admin_token_is_generated_beside_the_others_and_a_restart_keeps_made_
     assert!(Server::open(c).await.is_err());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// docs/openapi.yaml's security requirements say the same as the rules: each operation's
+/// `security:` list (or the file's default: viewer, operator, admin) names the roles its rule
+/// allows.
+#[test]
+fn openapi_security_matches_the_rules() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let yaml = std::fs::read_to_string(root.join("docs/openapi.yaml")).expect("docs/openapi.yaml");
+    let names = |list: &str| -> BTreeSet<String> {
+        list.split('{')
+            .skip(1)
+            .map(|item| item.split(':').next().unwrap().trim().to_string())
+            .collect()
+    };
+    let mut declared = std::collections::BTreeMap::new();
+    let (mut path, mut method) = (String::new(), String::new());
+    for line in yaml.lines() {
+        if let Some(p) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')) {
+            path = format!("/{p}");
+        } else if let Some(m) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')) {
+            if ["get", "post", "delete"].contains(&m) {
+                method = m.to_uppercase();
+                declared.insert((method.clone(), path.clone()), None);
+            }
+        } else if let Some(list) = line.strip_prefix("      security: ") {
+            declared.insert((method.clone(), path.clone()), Some(names(list)));
+        }
+    }
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    for (method, path, access) in RULES {
+        let want = match access {
+            Access::Public => set(&[]),
+            Access::Enrol => set(&["enrol"]),
+            Access::Agent => set(&["agent"]),
+            Access::Viewer => set(&["viewer", "operator", "admin"]),
+            Access::Operator => set(&["operator", "admin"]),
+            Access::Admin => set(&["admin"]),
+        };
+        let Some(got) = declared.get(&(method.to_string(), path.to_string())) else {
+            panic!("docs/openapi.yaml lacks {method} {path}");
+        };
+        let got = got
+            .clone()
+            .unwrap_or_else(|| set(&["viewer", "operator", "admin"]));
+        assert_eq!(
+            got, want,
+            "docs/openapi.yaml's security for {method} {path}"
+        );
+    }
+}
