@@ -215,7 +215,12 @@ fn permit(principal: &Principal, access: Access, what: &str) -> Result<(), ApiEr
     Err(ApiError::new(
         StatusCode::FORBIDDEN,
         format!(
-            "a {} token may not {what}; {}",
+            "{} {} token may not {what}; {}",
+            if principal.kind.as_str().starts_with(['a', 'e']) {
+                "an"
+            } else {
+                "a"
+            },
             principal.kind,
             access.needs()
         ),

@@ -271,7 +271,7 @@ async fn every_route_refuses_every_token_its_rule_does_not_allow_and_stores_noth
                 );
                 if let Some(k) = kind {
                     assert!(
-                        msg.contains(&format!("a {k} token may not {method} {path}")),
+                        msg.contains(&format!("{k} token may not {method} {path}")),
                         "{case}"
                     );
                 }
