@@ -182,7 +182,8 @@ fn the_rules_cover_exactly_the_routes_the_server_serves() {
         Vec::<&(&str, &str)>::new(),
         "rules for routes the server does not serve"
     );
-    // Only the two probes are open, and every GET but the agent's is a read any person may do.
+    // Only the two probes are open, and every change but an agent's own or an enrolment needs
+    // an operator or an admin.
     for (m, p, a) in RULES {
         if *a == Access::Public {
             assert!(["/healthz", "/metrics"].contains(p), "{m} {p} is public");
