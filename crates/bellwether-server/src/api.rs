@@ -4,14 +4,14 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bellwether_model::{DriftScore, HostName, HostProfile};
 use bellwether_store::Enrolment;
 use serde::Deserialize;
 use tracing::Instrument;
 
-use crate::auth::{Agent, Enroller, Operator};
+use crate::auth::{Agent, Enroller, Operator, Viewer};
 use crate::body::JsonBody;
 use crate::drift::{self, Trigger};
 use crate::error::ApiError;
@@ -21,7 +21,8 @@ use crate::types::*;
 use crate::{now_ms, AppState};
 
 /// Every route the API serves, as (method, path template). `routes` is built from this list,
-/// and a test checks that docs/api.md and docs/openapi.yaml describe each entry.
+/// and a test checks that docs/api.md and docs/openapi.yaml describe each entry. Who may call
+/// each is in `auth::RULES`.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/metrics"),
@@ -36,6 +37,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/baselines"),
     ("GET", "/api/v1/fleet/drift"),
     ("GET", "/api/v1/events"),
+    ("GET", "/api/v1/tokens"),
+    ("POST", "/api/v1/tokens"),
+    ("DELETE", "/api/v1/tokens/{id}"),
 ];
 
 pub fn routes() -> Router<AppState> {
@@ -55,6 +59,9 @@ pub fn routes() -> Router<AppState> {
             ("POST", "/api/v1/baselines") => post(capture_baselines),
             ("GET", "/api/v1/fleet/drift") => get(fleet_drift),
             ("GET", "/api/v1/events") => get(events),
+            ("GET", "/api/v1/tokens") => get(crate::tokens::list),
+            ("POST", "/api/v1/tokens") => post(crate::tokens::create),
+            ("DELETE", "/api/v1/tokens/{id}") => delete(crate::tokens::revoke),
             _ => unreachable!("ROUTES lists {method} {path} without a handler"),
         };
         router = router.route(path, handler);
@@ -166,7 +173,7 @@ async fn agent_samples(
 
 async fn list_hosts(
     State(state): State<AppState>,
-    _auth: Operator,
+    _auth: Viewer,
 ) -> Result<Json<Vec<HostSummary>>, ApiError> {
     let hosts = state.store.list_hosts().await?;
     Ok(Json(
@@ -185,7 +192,7 @@ async fn list_hosts(
 
 async fn get_host(
     State(state): State<AppState>,
-    _auth: Operator,
+    _auth: Viewer,
     Path(name): Path<String>,
 ) -> Result<Json<HostDetail>, ApiError> {
     let name = path_host(&name)?;
@@ -206,7 +213,7 @@ async fn get_host(
 
 async fn host_profile(
     State(state): State<AppState>,
-    _auth: Operator,
+    _auth: Viewer,
     Path(name): Path<String>,
 ) -> Result<Json<HostProfile>, ApiError> {
     let name = path_host(&name)?;
@@ -220,7 +227,7 @@ async fn host_profile(
 
 async fn host_baseline(
     State(state): State<AppState>,
-    _auth: Operator,
+    _auth: Viewer,
     Path(name): Path<String>,
 ) -> Result<Json<HostProfile>, ApiError> {
     let name = path_host(&name)?;
@@ -234,7 +241,7 @@ async fn host_baseline(
 
 async fn host_drift(
     State(state): State<AppState>,
-    _auth: Operator,
+    _auth: Viewer,
     Path(name): Path<String>,
 ) -> Result<Json<DriftScore>, ApiError> {
     let name = path_host(&name)?;
@@ -310,7 +317,7 @@ struct FleetQuery {
 
 async fn fleet_drift(
     State(state): State<AppState>,
-    _auth: Operator,
+    _auth: Viewer,
     q: Result<Query<FleetQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<FleetDrift>, ApiError> {
     let Query(q) =
@@ -369,12 +376,14 @@ async fn fleet_drift(
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
     host: Option<String>,
+    /// Only events of this kind, such as `audit`.
+    kind: Option<String>,
     limit: Option<i64>,
 }
 
 async fn events(
     State(state): State<AppState>,
-    _auth: Operator,
+    _auth: Viewer,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<bellwether_store::Event>>, ApiError> {
     let Query(q) =
@@ -386,5 +395,22 @@ async fn events(
             "limit {limit} is outside 1..=10000"
         )));
     }
-    Ok(Json(state.store.events(host.as_ref(), limit).await?))
+    if let Some(kind) = &q.kind {
+        let ok = !kind.is_empty()
+            && kind.len() <= 64
+            && kind
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+        if !ok {
+            return Err(ApiError::bad_request(format!(
+                "bad kind {kind:?}: an event kind is 1 to 64 of a-z, 0-9, `_` and `.`, such as `audit`"
+            )));
+        }
+    }
+    Ok(Json(
+        state
+            .store
+            .events_where(host.as_ref(), q.kind.as_deref(), limit)
+            .await?,
+    ))
 }

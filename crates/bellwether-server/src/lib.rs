@@ -36,10 +36,11 @@ use axum::Router;
 use bellwether_store::{Store, StoreConfig, StoreError};
 
 pub use api::ROUTES;
+pub use auth::{Access, REFUSALS_LOGGED_PER_MINUTE, RULES};
 pub use body::parse_json;
 pub use error::ApiError;
 pub use metrics::Metrics;
-pub use tokens::{generate_token, TokenNotice, TokenSource};
+pub use tokens::{generate_token, CreateToken, CreatedToken, TokenNotice, TokenSource};
 
 /// The default request body limit: 4 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -48,8 +49,11 @@ pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub store: StoreConfig,
-    /// Where `operator.token` and `enrol.token` are written; `None` means tokens must be given.
+    /// Where `admin.token`, `operator.token` and `enrol.token` are written; `None` means the
+    /// operator and enrolment tokens must be given (and there is no admin token unless given).
     pub data_dir: Option<PathBuf>,
+    /// Use this admin token instead of a generated one.
+    pub admin_token: Option<String>,
     /// Use this operator token instead of a generated one.
     pub operator_token: Option<String>,
     /// Use this enrolment token instead of a generated one.
@@ -73,6 +77,7 @@ impl ServerConfig {
         ServerConfig {
             store,
             data_dir,
+            admin_token: None,
             operator_token: None,
             enrol_token: None,
             body_limit: DEFAULT_BODY_LIMIT,
@@ -96,7 +101,7 @@ pub enum ServerError {
     },
     #[error("no {kind} token exists and there is no data dir to write a generated one to; pass --{kind}-token")]
     NoTokenDestination { kind: &'static str },
-    #[error("the operator and enrolment tokens must differ: one token cannot be of two kinds; pass two different values (`bellwether token new` makes one)")]
+    #[error("the admin, operator and enrolment tokens must differ: one token cannot be of two kinds; pass different values (`bellwether token new` makes one)")]
     SameTokens,
     #[error("the given {kind} token is already this server's {other} token; one token cannot be of two kinds, pass another value (`bellwether token new` makes one)")]
     TokenOfOtherKind {
@@ -132,8 +137,15 @@ pub struct Server {
 impl Server {
     /// Opens and migrates the store, and makes sure an operator and an enrolment token exist.
     pub async fn open(config: ServerConfig) -> Result<Server, ServerError> {
-        if config.operator_token.is_some() && config.operator_token == config.enrol_token {
-            return Err(ServerError::SameTokens);
+        let given = [
+            &config.admin_token,
+            &config.operator_token,
+            &config.enrol_token,
+        ];
+        for (i, a) in given.iter().enumerate() {
+            if a.is_some() && given[i + 1..].contains(a) {
+                return Err(ServerError::SameTokens);
+            }
         }
         let store = Store::open(&config.store).await?;
         let tokens = tokens::bootstrap(&store, &config).await?;
@@ -179,6 +191,11 @@ impl Server {
         api::routes()
             .merge(model_api::routes())
             .merge(rollout::routes())
+            // Inside the request counter, so refusals are counted too.
+            .route_layer(axum::middleware::from_fn_with_state(
+                auth::AuthState::new(self.state.clone()),
+                auth::authorize,
+            ))
             .route_layer(axum::middleware::from_fn_with_state(
                 self.state.metrics.clone(),
                 metrics::count_requests,

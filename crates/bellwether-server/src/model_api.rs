@@ -19,7 +19,7 @@ use bellwether_store::{ModelInfo, NewModel, NewOutcome, OutcomeSource};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::auth::Operator;
+use crate::auth::{Operator, Viewer};
 use crate::error::ApiError;
 use crate::{now_ms, AppState};
 
@@ -556,7 +556,7 @@ async fn train(
 
 async fn list_models(
     State(state): State<AppState>,
-    _auth: Operator,
+    _auth: Viewer,
 ) -> Result<Json<Vec<ModelInfo>>, ApiError> {
     Ok(Json(state.store.models().await?))
 }
@@ -657,7 +657,7 @@ pub(crate) async fn score_hosts(
 
 async fn risk(
     State(state): State<AppState>,
-    _auth: Operator,
+    _auth: Viewer,
     q: Result<Query<RiskQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RiskResponse>, ApiError> {
     let Query(q) =

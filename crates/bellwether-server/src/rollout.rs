@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 
-use crate::auth::{Agent, Operator};
+use crate::auth::{Agent, Operator, Viewer};
 use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::model_api::{self, UpdateInfo};
@@ -595,10 +595,7 @@ pub struct StatusResponse {
     pub created_at_ms: i64,
 }
 
-async fn list(
-    State(state): State<AppState>,
-    _auth: Operator,
-) -> Result<Json<Vec<Value>>, ApiError> {
+async fn list(State(state): State<AppState>, _auth: Viewer) -> Result<Json<Vec<Value>>, ApiError> {
     let mut out = Vec::new();
     for rec in state.store.rollouts(false).await? {
         out.push(json!({
@@ -612,7 +609,7 @@ async fn list(
 
 async fn status(
     State(state): State<AppState>,
-    _auth: Operator,
+    _auth: Viewer,
     Path(id): Path<String>,
 ) -> Result<Json<StatusResponse>, ApiError> {
     let (rec, r) = load(&state, &id).await?;
@@ -633,7 +630,7 @@ pub struct ReportResponse {
 
 async fn report(
     State(state): State<AppState>,
-    _auth: Operator,
+    _auth: Viewer,
     Path(id): Path<String>,
 ) -> Result<Json<ReportResponse>, ApiError> {
     let (rec, r) = load(&state, &id).await?;

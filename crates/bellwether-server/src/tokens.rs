@@ -1,14 +1,22 @@
-//! Making sure the fleet-wide tokens exist: given by the operator (flag or environment), kept
-//! from an earlier start, or generated and written to `<data-dir>/<kind>.token` (mode 0600).
-//! Only hashes go into the store.
+//! Making sure the server's own tokens exist — admin, operator and enrolment: given by the
+//! operator (flag or environment), kept from an earlier start, or generated and written to
+//! `<data-dir>/<kind>.token` (mode 0600) — and the admin API that makes, lists and revokes
+//! more (`/api/v1/tokens`). Only hashes go into the store.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use bellwether_store::{Store, TokenKind};
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::Json;
+use bellwether_store::{Store, TokenInfo, TokenKind};
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
 
-use crate::{now_ms, ServerConfig, ServerError};
+use crate::auth::Admin;
+use crate::body::JsonBody;
+use crate::error::ApiError;
+use crate::{now_ms, AppState, ServerConfig, ServerError};
 
 /// Where a fleet-wide token came from on this start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,12 +27,15 @@ pub enum TokenSource {
     Generated,
     /// Kept from an earlier start.
     Kept,
+    /// Neither given nor generated: there is no data dir to write it to. Only the admin token
+    /// may be absent; tokens are then made by nobody until one is given.
+    Absent,
 }
 
 /// What the operator should be told about one token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenNotice {
-    /// `operator` or `enrol`.
+    /// `admin`, `operator` or `enrol`.
     pub kind: &'static str,
     pub source: TokenSource,
     /// The file that holds the plain token, when there is one.
@@ -37,6 +48,13 @@ impl std::fmt::Display for TokenNotice {
             TokenSource::Given => "as given",
             TokenSource::Generated => "generated",
             TokenSource::Kept => "kept from an earlier start",
+            TokenSource::Absent => {
+                return write!(
+                    f,
+                    "no {} token: there is no data dir to write one to; pass --{}-token to set one",
+                    self.kind, self.kind
+                )
+            }
         };
         match &self.file {
             Some(p) => write!(f, "{} token ({how}) is in {}", self.kind, p.display()),
@@ -87,6 +105,7 @@ pub(crate) async fn bootstrap(
 ) -> Result<Vec<TokenNotice>, ServerError> {
     let mut notices = Vec::new();
     for (kind, given) in [
+        (TokenKind::Admin, config.admin_token.as_deref()),
         (TokenKind::Operator, config.operator_token.as_deref()),
         (TokenKind::Enrol, config.enrol_token.as_deref()),
     ] {
@@ -128,6 +147,16 @@ pub(crate) async fn bootstrap(
             }
             None if !store.has_token(kind).await? => {
                 let Some(path) = file else {
+                    if kind == TokenKind::Admin {
+                        // A server run without a data dir (tests, embedding) has no admin
+                        // unless one is given; the operator and enrolment tokens are required.
+                        notices.push(TokenNotice {
+                            kind: name,
+                            source: TokenSource::Absent,
+                            file: None,
+                        });
+                        continue;
+                    }
                     return Err(ServerError::NoTokenDestination { kind: name });
                 };
                 let token = generate_token();
@@ -159,4 +188,76 @@ pub(crate) async fn bootstrap(
         notices.push(notice);
     }
     Ok(notices)
+}
+
+// ---- the admin API ----------------------------------------------------------------------
+
+/// `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// Who or what the token is for, such as `grafana` or `alice`.
+    pub name: String,
+}
+
+/// A token just made: its record and, this once, the token itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    pub token: String,
+}
+
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    Admin(who): Admin,
+    JsonBody(req): JsonBody<CreateToken>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let kind = TokenKind::parse(&req.role)
+        .filter(|k| k.rank().is_some())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "role {:?} is not one of viewer, operator, admin (agent tokens come from enrolment, the enrolment token from the server's start)",
+                req.role
+            ))
+        })?;
+    let token = generate_token();
+    let info = state
+        .store
+        .create_token(kind, &token, &req.name, Some(who.token_id), now_ms())
+        .await?;
+    tracing::info!(id = info.id, role = %kind, by = who.token_id, "Made a token.");
+    Ok((StatusCode::CREATED, Json(CreatedToken { info, token })))
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    _auth: Admin,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    Ok(Json(state.store.tokens().await?))
+}
+
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    Admin(who): Admin,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<TokenInfo>, ApiError> {
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "bad token id {id:?} in path: a token id is a number (see GET /api/v1/tokens)"
+        ))
+    })?;
+    match state
+        .store
+        .revoke_token(id, Some(who.token_id), now_ms())
+        .await?
+    {
+        Some(info) => {
+            tracing::info!(id, role = %info.kind, by = who.token_id, "Revoked a token.");
+            Ok(Json(info))
+        }
+        None => Err(ApiError::not_found(format!("no token with id {id}"))),
+    }
 }

@@ -166,7 +166,7 @@ api_test!(
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         assert!(r.error().contains("Authorization"), "{}", r.text);
         let r = post(&app, "/api/v1/enrol", Some(OP), body.clone()).await;
-        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
         assert!(r.error().contains("enrolment token"), "{}", r.text);
         let r = post(
             &app,
@@ -264,7 +264,11 @@ api_test!(
         let body = serde_json::to_value(profile("3.0.11")).unwrap();
         for token in [None, Some(OP), Some(ENROL)] {
             let r = post(&app, "/api/v1/agent/profile", token, body.clone()).await;
-            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{token:?}");
+            let want = match token {
+                None => StatusCode::UNAUTHORIZED,
+                Some(_) => StatusCode::FORBIDDEN,
+            };
+            assert_eq!(r.status, want, "{token:?}");
         }
         assert_eq!(
             server
@@ -320,7 +324,11 @@ api_test!(
         let good = json!({"samples": [{"ts_ms": 1, "name": "load1", "value": 0.5}], "dropped": 0});
         for token in [None, Some(OP), Some(ENROL)] {
             let r = post(&app, "/api/v1/agent/samples", token, good.clone()).await;
-            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{token:?}");
+            let want = match token {
+                None => StatusCode::UNAUTHORIZED,
+                Some(_) => StatusCode::FORBIDDEN,
+            };
+            assert_eq!(r.status, want, "{token:?}");
         }
         let bad = json!({"samples": [{"ts_ms": 1, "name": "load1", "value": 0.5}, {"ts_ms": 2, "name": "load1", "value": "high"}]});
         let r = post(&app, "/api/v1/agent/samples", Some(&agent), bad).await;
@@ -383,7 +391,11 @@ api_test!(
         for uri in reads {
             for token in [None, Some(agent.as_str()), Some(ENROL)] {
                 let r = get(&app, uri, token).await;
-                assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{uri} {token:?}");
+                let want = match token {
+                    None => StatusCode::UNAUTHORIZED,
+                    Some(_) => StatusCode::FORBIDDEN,
+                };
+                assert_eq!(r.status, want, "{uri} {token:?}");
                 assert!(!r.error().is_empty());
             }
         }
@@ -394,7 +406,7 @@ api_test!(
             json!({"all": true}),
         )
         .await;
-        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
         for uri in [
             "/api/v1/hosts/ghost",
             "/api/v1/hosts/ghost/profile",

@@ -201,7 +201,7 @@ model_test!(
             let r = send(&app, method.clone(), uri, Some(ENROL), None).await;
             assert_eq!(
                 r.status,
-                StatusCode::UNAUTHORIZED,
+                StatusCode::FORBIDDEN,
                 "{method} {uri}: {}",
                 r.text
             );

@@ -324,7 +324,7 @@ rollout_test!(
         );
         // Agent API bad input.
         let (s, _) = send(&app, Method::GET, "/api/v1/agent/actions", OP, None).await;
-        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(s, StatusCode::FORBIDDEN);
         let (s, v) = send(
             &app,
             Method::POST,

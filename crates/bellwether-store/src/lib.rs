@@ -223,40 +223,87 @@ fn q(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { op, source }
 }
 
-/// The three kinds of API token. Operator and enrolment tokens are fleet-wide; an agent token
-/// belongs to one host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The kinds (roles) of API token. Viewer, operator and admin tokens are held by people and
+/// rank in that order (each may do what the ones before it may); the enrolment token is
+/// fleet-wide and only enrols; an agent token belongs to one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TokenKind {
+    Viewer,
     Operator,
+    Admin,
     Enrol,
     Agent,
 }
 
 impl TokenKind {
+    /// Every kind, in the order of [`TokenKind::as_str`]'s documentation.
+    pub const ALL: [TokenKind; 5] = [
+        TokenKind::Viewer,
+        TokenKind::Operator,
+        TokenKind::Admin,
+        TokenKind::Enrol,
+        TokenKind::Agent,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
+            TokenKind::Viewer => "viewer",
             TokenKind::Operator => "operator",
+            TokenKind::Admin => "admin",
             TokenKind::Enrol => "enrol",
             TokenKind::Agent => "agent",
         }
     }
 
-    fn parse(s: &str) -> Option<TokenKind> {
-        match s {
-            "operator" => Some(TokenKind::Operator),
-            "enrol" => Some(TokenKind::Enrol),
-            "agent" => Some(TokenKind::Agent),
-            _ => None,
+    /// The kind named `s` (`viewer`, `operator`, `admin`, `enrol`, `agent`).
+    pub fn parse(s: &str) -> Option<TokenKind> {
+        TokenKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The rank of a person's token (viewer 1, operator 2, admin 3); `None` for the enrolment
+    /// and agent tokens, which are outside that ladder.
+    pub fn rank(self) -> Option<u8> {
+        match self {
+            TokenKind::Viewer => Some(1),
+            TokenKind::Operator => Some(2),
+            TokenKind::Admin => Some(3),
+            TokenKind::Enrol | TokenKind::Agent => None,
         }
+    }
+}
+
+impl std::fmt::Display for TokenKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 /// What a presented token turned out to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenGrant {
+    /// The token's id: stable, never reused, safe to log (it is not the token).
+    pub id: i64,
     pub kind: TokenKind,
-    /// The host an agent token belongs to; `None` for operator and enrolment tokens.
+    /// The host an agent token belongs to; `None` for every other kind.
     pub host: Option<HostName>,
+}
+
+/// A stored token as an admin sees it: never the token itself, nor its hash.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TokenInfo {
+    pub id: i64,
+    /// The token's role (`viewer`, `operator`, `admin`, `enrol`, `agent`).
+    #[serde(rename = "role")]
+    pub kind: TokenKind,
+    /// What the token is for, as given when it was made (`operator.token` for the tokens the
+    /// server keeps in its data dir).
+    pub name: String,
+    /// The host of an agent token.
+    pub host: Option<HostName>,
+    pub created_at_ms: i64,
+    /// Whether this is the token the server keeps in `<data-dir>/<kind>.token` (set at start).
+    pub bootstrap: bool,
 }
 
 /// The SHA-256 of a plain token, in lower-case hex: the only form the store keeps.
@@ -298,6 +345,10 @@ pub enum EventKind {
     BaselineCaptured,
     DriftRecomputed,
     SamplesDropped,
+    TokenCreated,
+    TokenRevoked,
+    /// Who did what through the API: a state-changing request, or a refused one.
+    Audit,
 }
 
 impl EventKind {
@@ -309,12 +360,15 @@ impl EventKind {
             EventKind::BaselineCaptured => "baseline_captured",
             EventKind::DriftRecomputed => "drift_recomputed",
             EventKind::SamplesDropped => "samples_dropped",
+            EventKind::TokenCreated => "token_created",
+            EventKind::TokenRevoked => "token_revoked",
+            EventKind::Audit => "audit",
         }
     }
 }
 
 /// One entry of the event log, as read back.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     pub id: i64,
     pub ts_ms: i64,
@@ -524,8 +578,8 @@ fn latest_schema_version() -> i64 {
         .unwrap_or(0)
 }
 
-/// Every table the migrations leave in place (read from their `CREATE TABLE` and `DROP TABLE`
-/// statements; both backends create the same tables), with `bw_migrations`.
+/// Every table the migrations leave in place (read from their `CREATE TABLE`, `DROP TABLE` and
+/// `ALTER TABLE … RENAME TO` statements; both backends create the same tables), with `bw_migrations`.
 fn schema_tables() -> Vec<&'static str> {
     let mut tables = vec!["bw_migrations"];
     for m in migrations::MIGRATIONS {
@@ -548,6 +602,13 @@ fn schema_tables() -> Vec<&'static str> {
                 ["DROP", "TABLE", rest @ ..] => {
                     if let Some(n) = name(rest) {
                         tables.retain(|t| *t != n);
+                    }
+                }
+                ["ALTER", "TABLE", from, "RENAME", "TO", to] => {
+                    let (from, to) = (from.trim_matches('"'), to.trim_matches('"'));
+                    tables.retain(|t| *t != from);
+                    if !tables.contains(&to) {
+                        tables.push(to);
                     }
                 }
                 _ => {}
@@ -597,6 +658,17 @@ fn check_sqlite_file(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A fleet-wide or person's token must be long enough to be unguessable.
+fn check_token_text(kind: TokenKind, plain: &str) -> Result<(), StoreError> {
+    if plain.len() < 16 {
+        return Err(StoreError::BadInput {
+            field: format!("{} token", kind.as_str()),
+            reason: "a token needs at least 16 characters".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Runs when a connection goes back to the pool. A transaction that failed (a full disk, an
 /// I/O error) queues its rollback on the connection; this runs it, and discards the
 /// connection when the rollback failed or the transaction is still open, so that no later
@@ -612,6 +684,32 @@ async fn discard_if_in_transaction<C: Connection>(conn: &mut C) -> Result<bool, 
         return Ok(false);
     }
     Ok(true)
+}
+
+/// A `tokens` row (id, kind, name, host name, created_at_ms, bootstrap) as a [`TokenInfo`];
+/// `None` for a kind this version does not know.
+fn token_info<R>(row: &R) -> Result<Option<TokenInfo>, StoreError>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let kind: String = row.try_get(1).map_err(q("tokens"))?;
+    let Some(kind) = TokenKind::parse(&kind) else {
+        return Ok(None);
+    };
+    let host: Option<String> = row.try_get(3).map_err(q("tokens"))?;
+    let bootstrap: i64 = row.try_get(5).map_err(q("tokens"))?;
+    Ok(Some(TokenInfo {
+        id: row.try_get(0).map_err(q("tokens"))?,
+        kind,
+        name: row.try_get(2).map_err(q("tokens"))?,
+        host: host.map(host_name).transpose()?,
+        created_at_ms: row.try_get(4).map_err(q("tokens"))?,
+        bootstrap: bootstrap != 0,
+    }))
 }
 
 impl Store {
@@ -921,10 +1019,11 @@ impl Store {
 
     // ---- tokens ------------------------------------------------------------------------------
 
-    /// Whether any token of a fleet-wide kind exists.
+    /// Whether the server's own token of a kind (the one kept in `<data-dir>/<kind>.token`)
+    /// exists. Tokens made through the API do not count.
     pub async fn has_token(&self, kind: TokenKind) -> Result<bool, StoreError> {
         on_pool!(self, pool => {
-            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE kind = $1")
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE kind = $1 AND bootstrap = 1")
                 .bind(kind.as_str())
                 .fetch_one(pool)
                 .await
@@ -933,8 +1032,9 @@ impl Store {
         })
     }
 
-    /// Makes `plain` the one token of a fleet-wide kind (operator or enrolment), revoking any
-    /// other of that kind, and logs a `token_set` event.
+    /// Makes `plain` the server's own token of a kind (`<kind>.token`: viewer, operator,
+    /// admin or enrolment), revoking the previous one of that kind — and only that one: tokens
+    /// made through the API stay valid — and logs a `token_set` event.
     pub async fn set_fleet_token(
         &self,
         kind: TokenKind,
@@ -949,30 +1049,122 @@ impl Store {
                 reason: "agent tokens are issued by enrolment, per host".into(),
             });
         }
-        if plain.len() < 16 {
+        check_token_text(kind, plain)?;
+        let hash = hash_token(plain);
+        let name = format!("{}.token", kind.as_str());
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(q("begin"))?;
+            sqlx::query("DELETE FROM tokens WHERE kind = $1 AND bootstrap = 1")
+                .bind(kind.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(q("revoke tokens"))?;
+            let id: i64 = sqlx::query_scalar("INSERT INTO tokens (hash, kind, host_id, name, bootstrap, created_at_ms) VALUES ($1, $2, NULL, $3, 1, $4) RETURNING id")
+                .bind(&hash)
+                .bind(kind.as_str())
+                .bind(&name)
+                .bind(now_ms)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(q("insert token"))?;
+            insert_event!(&mut *tx, now_ms, EventKind::TokenSet, None, reason, &serde_json::json!({"kind": kind.as_str(), "token_id": id}))?;
+            tx.commit().await.map_err(q("commit"))?;
+            Ok(())
+        })
+    }
+
+    /// Stores a new viewer, operator or admin token (its hash) named `name`, made by the token
+    /// `by`, and logs a `token_created` event in the same transaction.
+    pub async fn create_token(
+        &self,
+        kind: TokenKind,
+        plain: &str,
+        name: &str,
+        by: Option<i64>,
+        now_ms: i64,
+    ) -> Result<TokenInfo, StoreError> {
+        let _turn = self.write_turn().await;
+        if kind.rank().is_none() {
             return Err(StoreError::BadInput {
-                field: format!("{} token", kind.as_str()),
-                reason: "a token needs at least 16 characters".into(),
+                field: "role".into(),
+                reason: format!(
+                    "a {kind} token cannot be made here; roles are viewer, operator and admin"
+                ),
+            });
+        }
+        check_token_text(kind, plain)?;
+        let name = name.trim();
+        if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+            return Err(StoreError::BadInput {
+                field: "name".into(),
+                reason: "a token's name is 1 to 200 characters without control characters".into(),
             });
         }
         let hash = hash_token(plain);
         on_pool!(self, pool => {
             let mut tx = pool.begin().await.map_err(q("begin"))?;
-            sqlx::query("DELETE FROM tokens WHERE kind = $1")
-                .bind(kind.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(q("revoke tokens"))?;
-            sqlx::query("INSERT INTO tokens (hash, kind, host_id, created_at_ms) VALUES ($1, $2, NULL, $3)")
+            let id: i64 = sqlx::query_scalar("INSERT INTO tokens (hash, kind, host_id, name, bootstrap, created_at_ms) VALUES ($1, $2, NULL, $3, 0, $4) RETURNING id")
                 .bind(&hash)
                 .bind(kind.as_str())
+                .bind(name)
                 .bind(now_ms)
-                .execute(&mut *tx)
+                .fetch_one(&mut *tx)
                 .await
                 .map_err(q("insert token"))?;
-            insert_event!(&mut *tx, now_ms, EventKind::TokenSet, None, reason, &serde_json::json!({"kind": kind.as_str()}))?;
+            insert_event!(&mut *tx, now_ms, EventKind::TokenCreated, None, &format!("{kind} token {id} ({name}) created"),
+                &serde_json::json!({"token_id": id, "role": kind.as_str(), "name": name, "by_token_id": by}))?;
             tx.commit().await.map_err(q("commit"))?;
-            Ok(())
+            Ok(TokenInfo { id, kind, name: name.to_string(), host: None, created_at_ms: now_ms, bootstrap: false })
+        })
+    }
+
+    /// Every stored token (never the token or its hash), by id.
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        on_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT t.id, t.kind, t.name, h.name, t.created_at_ms, t.bootstrap FROM tokens t LEFT JOIN hosts h ON h.id = t.host_id ORDER BY t.id",
+            )
+            .fetch_all(pool)
+            .await
+            .map_err(q("tokens"))?;
+            rows.into_iter()
+                .filter_map(|row| token_info(&row).transpose())
+                .collect()
+        })
+    }
+
+    /// Revokes (deletes) the token `id`, logging a `token_revoked` event that names the token
+    /// `by` that asked; `None` when there is no such token. A revoked token of the server's own
+    /// (`<kind>.token`) is generated afresh at the next start.
+    pub async fn revoke_token(
+        &self,
+        id: i64,
+        by: Option<i64>,
+        now_ms: i64,
+    ) -> Result<Option<TokenInfo>, StoreError> {
+        let _turn = self.write_turn().await;
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(q("begin"))?;
+            let row = sqlx::query(
+                "SELECT t.id, t.kind, t.name, h.name, t.created_at_ms, t.bootstrap FROM tokens t LEFT JOIN hosts h ON h.id = t.host_id WHERE t.id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(q("find token"))?;
+            let Some(info) = row.as_ref().map(token_info).transpose()?.flatten() else {
+                return Ok(None);
+            };
+            sqlx::query("DELETE FROM tokens WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("revoke token"))?;
+            insert_event!(&mut *tx, now_ms, EventKind::TokenRevoked, info.host.as_ref(),
+                &format!("{} token {id} ({}) revoked", info.kind, info.name),
+                &serde_json::json!({"token_id": id, "role": info.kind.as_str(), "name": info.name, "by_token_id": by}))?;
+            tx.commit().await.map_err(q("commit"))?;
+            Ok(Some(info))
         })
     }
 
@@ -981,21 +1173,22 @@ impl Store {
         let hash = hash_token(plain);
         on_pool!(self, pool => {
             let row = sqlx::query(
-                "SELECT t.kind, h.name FROM tokens t LEFT JOIN hosts h ON h.id = t.host_id WHERE t.hash = $1",
+                "SELECT t.id, t.kind, h.name FROM tokens t LEFT JOIN hosts h ON h.id = t.host_id WHERE t.hash = $1",
             )
             .bind(&hash)
             .fetch_optional(pool)
             .await
             .map_err(q("authenticate"))?;
             let Some(row) = row else { return Ok(None) };
-            let kind: String = row.try_get(0).map_err(q("authenticate"))?;
-            let host: Option<String> = row.try_get(1).map_err(q("authenticate"))?;
+            let id: i64 = row.try_get(0).map_err(q("authenticate"))?;
+            let kind: String = row.try_get(1).map_err(q("authenticate"))?;
+            let host: Option<String> = row.try_get(2).map_err(q("authenticate"))?;
             let Some(kind) = TokenKind::parse(&kind) else { return Ok(None) };
             let host = host.map(host_name).transpose()?;
             if kind == TokenKind::Agent && host.is_none() {
                 return Ok(None);
             }
-            Ok(Some(TokenGrant { kind, host }))
+            Ok(Some(TokenGrant { id, kind, host }))
         })
     }
 
@@ -1560,18 +1753,40 @@ impl Store {
         host: Option<&HostName>,
         limit: i64,
     ) -> Result<Vec<Event>, StoreError> {
+        self.events_where(host, None, limit).await
+    }
+
+    /// The newest events, optionally only of one host and of one kind (such as `audit`),
+    /// newest first, at most `limit`.
+    pub async fn events_where(
+        &self,
+        host: Option<&HostName>,
+        kind: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut sql = String::from("SELECT id, ts_ms, kind, host, reason, figures FROM events");
+        let mut n = 0;
+        let mut clause = |col: &str, sql: &mut String| {
+            n += 1;
+            sql.push_str(if n == 1 { " WHERE " } else { " AND " });
+            sql.push_str(&format!("{col} = ${n}"));
+        };
+        if host.is_some() {
+            clause("host", &mut sql);
+        }
+        if kind.is_some() {
+            clause("kind", &mut sql);
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", n + 1));
         on_pool!(self, pool => {
-            let rows = match host {
-                Some(h) => sqlx::query("SELECT id, ts_ms, kind, host, reason, figures FROM events WHERE host = $1 ORDER BY id DESC LIMIT $2")
-                    .bind(h.as_str())
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await,
-                None => sqlx::query("SELECT id, ts_ms, kind, host, reason, figures FROM events ORDER BY id DESC LIMIT $1")
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await,
+            let mut query = sqlx::query(&sql);
+            if let Some(h) = host {
+                query = query.bind(h.as_str());
             }
+            if let Some(k) = kind {
+                query = query.bind(k);
+            }
+            let rows = query.bind(limit).fetch_all(pool).await
             .map_err(q("events"))?;
             rows.into_iter()
                 .map(|row| {
@@ -1666,5 +1881,54 @@ mod tests {
         if let Err(e) = outcome {
             std::panic::resume_unwind(e.into_panic());
         }
+    }
+
+    /// A store from before migration 4 (tokens without ids, operator/enrol/agent only) keeps
+    /// every token valid: the operator and enrolment tokens become the server's own
+    /// (`bootstrap`), and each token gets an id.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migration_4_keeps_the_tokens_of_an_older_store() {
+        testing::with_each_backend(|config: StoreConfig| async move {
+            let store = Store::open(&config).await.unwrap();
+            let web = HostName::new("web-01").unwrap();
+            store.enrol(&web, &BTreeMap::new(), "agent-token-of-web-01", 5).await.unwrap();
+            // Put the tokens table back the way versions 1 and 2 made it.
+            let v1_table = "CREATE TABLE tokens (hash TEXT PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('operator', 'enrol', 'agent')), host_id BIGINT REFERENCES hosts(id) ON DELETE CASCADE, created_at_ms BIGINT NOT NULL)";
+            on_pool!(store, pool => {
+                for sql in ["DROP TABLE tokens", v1_table, "DELETE FROM bw_migrations WHERE version = 4"] {
+                    sqlx::query(sql).execute(pool).await.unwrap();
+                }
+                let host_id: i64 = sqlx::query_scalar("SELECT id FROM hosts WHERE name = 'web-01'")
+                    .fetch_one(pool).await.unwrap();
+                for (plain, kind, host, at) in [
+                    ("operator-token-from-v2", "operator", None, 1_i64),
+                    ("enrol-token-from-v2-00", "enrol", None, 2),
+                    ("agent-token-of-web-01", "agent", Some(host_id), 3),
+                ] {
+                    sqlx::query("INSERT INTO tokens (hash, kind, host_id, created_at_ms) VALUES ($1, $2, $3, $4)")
+                        .bind(hash_token(plain)).bind(kind).bind(host).bind(at)
+                        .execute(pool).await.unwrap();
+                }
+            });
+            store.close().await;
+            let store = Store::open(&config).await.unwrap();
+            assert!(store.applied_migrations().await.unwrap().contains(&4));
+            let op = store.authenticate("operator-token-from-v2").await.unwrap().unwrap();
+            assert_eq!((op.id, op.kind), (1, TokenKind::Operator));
+            let enrol = store.authenticate("enrol-token-from-v2-00").await.unwrap().unwrap();
+            assert_eq!((enrol.id, enrol.kind), (2, TokenKind::Enrol));
+            let agent = store.authenticate("agent-token-of-web-01").await.unwrap().unwrap();
+            assert_eq!((agent.id, agent.kind, agent.host), (3, TokenKind::Agent, Some(web.clone())));
+            assert!(store.has_token(TokenKind::Operator).await.unwrap());
+            assert!(store.has_token(TokenKind::Enrol).await.unwrap());
+            assert!(!store.has_token(TokenKind::Admin).await.unwrap());
+            let names: Vec<(String, bool)> = store.tokens().await.unwrap().into_iter().map(|t| (t.name, t.bootstrap)).collect();
+            assert_eq!(names, vec![("operator.token".into(), true), ("enrol.token".into(), true), (String::new(), false)]);
+            // New tokens take ids after the old ones, and the new roles are accepted.
+            let viewer = store.create_token(TokenKind::Viewer, "viewer-token-0000001", "dashboards", Some(1), 9).await.unwrap();
+            assert_eq!(viewer.id, 4);
+            store.close().await;
+        })
+        .await;
     }
 }

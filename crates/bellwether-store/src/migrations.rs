@@ -260,4 +260,50 @@ CREATE UNIQUE INDEX actions_rollout_action ON actions (rollout_id, action_id);
 CREATE INDEX actions_host_open ON actions (host, finished_at_ms)
 "#,
     },
+    Migration {
+        version: 4,
+        name: "token ids and the viewer and admin roles",
+        // A table rebuild: SQLite can neither add a primary key nor change a CHECK in place.
+        // The tokens that existed (operator, enrol) are the server's own `<kind>.token`.
+        sqlite: r#"
+CREATE TABLE tokens_v4 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    hash TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL CHECK (kind IN ('viewer', 'operator', 'admin', 'enrol', 'agent')),
+    host_id INTEGER REFERENCES hosts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL DEFAULT '',
+    bootstrap INTEGER NOT NULL DEFAULT 0,
+    created_at_ms INTEGER NOT NULL
+);
+INSERT INTO tokens_v4 (hash, kind, host_id, name, bootstrap, created_at_ms)
+    SELECT hash, kind, host_id,
+        CASE WHEN kind = 'agent' THEN '' ELSE kind || '.token' END,
+        CASE WHEN kind = 'agent' THEN 0 ELSE 1 END,
+        created_at_ms
+    FROM tokens ORDER BY created_at_ms, hash;
+DROP TABLE tokens;
+ALTER TABLE tokens_v4 RENAME TO tokens;
+CREATE INDEX tokens_kind_host ON tokens (kind, host_id)
+"#,
+        postgres: r#"
+CREATE TABLE tokens_v4 (
+    id BIGSERIAL PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL CHECK (kind IN ('viewer', 'operator', 'admin', 'enrol', 'agent')),
+    host_id BIGINT REFERENCES hosts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL DEFAULT '',
+    bootstrap BIGINT NOT NULL DEFAULT 0,
+    created_at_ms BIGINT NOT NULL
+);
+INSERT INTO tokens_v4 (hash, kind, host_id, name, bootstrap, created_at_ms)
+    SELECT hash, kind, host_id,
+        CASE WHEN kind = 'agent' THEN '' ELSE kind || '.token' END,
+        CASE WHEN kind = 'agent' THEN 0 ELSE 1 END,
+        created_at_ms
+    FROM tokens ORDER BY created_at_ms, hash;
+DROP TABLE tokens;
+ALTER TABLE tokens_v4 RENAME TO tokens;
+CREATE INDEX tokens_kind_host ON tokens (kind, host_id)
+"#,
+    },
 ];

@@ -32,8 +32,8 @@ pub struct Args {
     /// you trust.
     #[arg(long)]
     insecure_listen: bool,
-    /// Directory for the SQLite store (bellwether.db) and the token files operator.token and
-    /// enrol.token. Created when missing. With --database, only the token files go here.
+    /// Directory for the SQLite store (bellwether.db) and the token files admin.token,
+    /// operator.token and enrol.token. Created when missing. With --database, only the token files go here.
     #[arg(long, env = "BELLWETHER_DATA_DIR", default_value = super::token::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
     /// Use PostgreSQL instead of SQLite: postgres://USER[:PASSWORD]@HOST:PORT/DB.
@@ -45,6 +45,9 @@ pub struct Args {
     /// Use this enrolment token (for agents enrolling) instead of a generated one.
     #[arg(long, env = "BELLWETHER_ENROL_TOKEN", hide_env_values = true)]
     enrol_token: Option<String>,
+    /// Use this admin token (to make, list and revoke tokens) instead of a generated one.
+    #[arg(long, env = "BELLWETHER_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Write the bound address (ADDR:PORT) to this file once listening, atomically.
     #[arg(long, value_name = "FILE")]
     addr_file: Option<PathBuf>,
@@ -125,9 +128,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.body_limit == 0 {
         return Err(UsageError("--body-limit must be at least 1 byte".into()).into());
     }
-    if args.operator_token.is_some() && args.operator_token == args.enrol_token {
+    let given = [&args.admin_token, &args.operator_token, &args.enrol_token];
+    if given
+        .iter()
+        .enumerate()
+        .any(|(i, t)| t.is_some() && given[i + 1..].contains(t))
+    {
         return Err(UsageError(
-            "--operator-token and --enrol-token must differ: one token cannot be of two kinds (`bellwether token new` makes another)".into(),
+            "--admin-token, --operator-token and --enrol-token must differ: one token cannot be of two kinds (`bellwether token new` makes another)".into(),
         )
         .into());
     }
@@ -148,6 +156,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = ServerConfig::new(store, Some(args.data_dir.clone()));
     config.operator_token = args.operator_token.clone();
     config.enrol_token = args.enrol_token.clone();
+    config.admin_token = args.admin_token.clone();
     config.grace = args.grace;
     config.body_limit = args.body_limit;
     config.metric_window = args.metric_window;

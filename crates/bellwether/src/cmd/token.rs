@@ -1,5 +1,6 @@
-//! `bellwether token`: where the server's tokens are, and a fresh one to give it. Also the
-//! flags every operator command shares (`--server`, `--token`) and how they find a token.
+//! `bellwether token`: where the server's tokens are, a fresh one to give it, making, listing
+//! and revoking tokens by role (admin), and the audit log. Also the flags every operator
+//! command shares (`--server`, `--token`) and how they find a token.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use bellwether_server::client::{Client, ClientError};
 
-use super::{Unreachable, UsageError};
+use super::{OutputFormat, Unreachable, UsageError};
 
 /// The default directory of `bellwether server`, where it writes `operator.token`.
 pub const DEFAULT_DATA_DIR: &str = "bellwether-data";
@@ -18,21 +19,68 @@ pub struct Args {
     cmd: TokenCmd,
 }
 
+/// The flags of the commands that call the server.
+#[derive(Debug, clap::Args)]
+struct Remote {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// `human` (a table) or `json` (the API's JSON).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+}
+
 #[derive(Debug, clap::Subcommand)]
 enum TokenCmd {
     /// Print a token the server wrote to its data dir, for example
     /// `export BELLWETHER_TOKEN=$(bellwether token show)`.
     Show {
-        /// Which token: `operator` (for the CLI) or `enrol` (for agents).
-        #[arg(long, default_value = "operator", value_parser = ["operator", "enrol"])]
+        /// Which token: `operator` (for the CLI), `admin` (to make and revoke tokens) or
+        /// `enrol` (for agents).
+        #[arg(long, default_value = "operator", value_parser = ["operator", "admin", "enrol"])]
         kind: String,
         /// The server's data directory.
         #[arg(long, default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
     /// Print a fresh random token (32 random bytes in hex), to pass to
-    /// `bellwether server --operator-token` or `--enrol-token`.
+    /// `bellwether server --operator-token`, `--admin-token` or `--enrol-token`.
     New,
+    /// Make a viewer, operator or admin token on the server (needs an admin token; by
+    /// default ./bellwether-data/admin.token). Prints the token once, on stdout.
+    Create {
+        /// `viewer` (reads), `operator` (also starts and steers changes) or `admin` (also
+        /// makes and revokes tokens).
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+        /// Who or what the token is for, such as `grafana` or `alice`.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the server's tokens: id, role, name, host (never the tokens). Needs an admin token.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke a token by its id (see `bellwether token list`); it stops working at once.
+    /// Needs an admin token. A revoked `<kind>.token` of the server is generated afresh at
+    /// its next start.
+    Revoke {
+        /// The token's id.
+        id: i64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// The audit log, newest first: who (token id and role) called which route, and the
+    /// answer. Needs a viewer, operator or admin token.
+    Audit {
+        /// How many events.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -49,8 +97,118 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("{token}");
         }
         TokenCmd::New => println!("{}", bellwether_server::generate_token()),
+        TokenCmd::Create { role, name, remote } => {
+            let client = remote.client.client_with_default("admin.token")?;
+            let made = runtime()?
+                .block_on(client.create_token(&role, &name))
+                .map_err(client_error)?;
+            if remote.output == OutputFormat::Json {
+                println!("{}", serde_json::to_string_pretty(&made)?);
+            } else {
+                eprintln!(
+                    "Made {} token {} ({}); it is shown only this once:",
+                    made.info.kind,
+                    made.info.id,
+                    printable(&made.info.name)
+                );
+                println!("{}", made.token);
+            }
+        }
+        TokenCmd::List { remote } => {
+            let client = remote.client.client_with_default("admin.token")?;
+            let tokens = runtime()?.block_on(client.tokens()).map_err(client_error)?;
+            if remote.output == OutputFormat::Json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = tokens
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.id.to_string(),
+                        t.kind.to_string(),
+                        if t.name.is_empty() {
+                            "-".into()
+                        } else {
+                            printable(&t.name)
+                        },
+                        t.host
+                            .as_ref()
+                            .map(|h| printable(h.as_str()))
+                            .unwrap_or_else(|| "-".into()),
+                        age(Some(t.created_at_ms)),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "ROLE", "NAME", "HOST", "CREATED"], &rows);
+        }
+        TokenCmd::Revoke { id, remote } => {
+            let client = remote.client.client_with_default("admin.token")?;
+            let t = runtime()?
+                .block_on(client.revoke_token(id))
+                .map_err(client_error)?;
+            if remote.output == OutputFormat::Json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                println!(
+                    "Revoked {} token {} ({}).",
+                    t.kind,
+                    t.id,
+                    printable(&t.name)
+                );
+            }
+        }
+        TokenCmd::Audit { limit, remote } => {
+            if !(1..=10_000).contains(&limit) {
+                return Err(UsageError(format!("--limit {limit} is outside 1..=10000")).into());
+            }
+            let client = remote.client.client()?;
+            let events = runtime()?
+                .block_on(client.events(Some("audit"), limit))
+                .map_err(client_error)?;
+            if remote.output == OutputFormat::Json {
+                println!("{}", serde_json::to_string_pretty(&events)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = events
+                .iter()
+                .map(|e| {
+                    let f = &e.figures;
+                    let text = |v: &serde_json::Value| match v {
+                        serde_json::Value::Null => "-".to_string(),
+                        serde_json::Value::String(s) => printable(s),
+                        other => printable(&other.to_string()),
+                    };
+                    let request = match f.get("suppressed") {
+                        Some(n) => format!("({} refusals not logged one by one)", text(n)),
+                        None => format!("{} {}", text(&f["method"]), text(&f["path"])),
+                    };
+                    vec![
+                        age(Some(e.ts_ms)),
+                        text(&f["token_id"]),
+                        text(&f["role"]),
+                        request,
+                        text(&f["status"]),
+                    ]
+                })
+                .collect();
+            print_table(&["WHEN", "TOKEN", "ROLE", "REQUEST", "STATUS"], &rows);
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `s` with control characters escaped (`\n`, `\u{1b}`), for a terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 /// Reads a token file: `None` when it does not exist, an error naming it when unreadable or
@@ -88,14 +246,21 @@ pub struct ClientArgs {
 impl ClientArgs {
     /// The client, with the token from the flag, the environment or the default data dir.
     pub fn client(&self) -> anyhow::Result<Client> {
+        self.client_with_default("operator.token")
+    }
+
+    /// The client, with the token from the flag, the environment or `file` (such as
+    /// `admin.token`) in the default data dir.
+    pub fn client_with_default(&self, file: &str) -> anyhow::Result<Client> {
         let token = match &self.token {
             Some(t) => t.clone(),
             None => {
-                let path = Path::new(DEFAULT_DATA_DIR).join("operator.token");
+                let path = Path::new(DEFAULT_DATA_DIR).join(file);
+                let kind = file.trim_end_matches(".token");
                 read_token_file(&path)?.ok_or_else(|| {
                     UsageError(format!(
-                        "no operator token: pass --token, set BELLWETHER_TOKEN, or run where {} exists \
-                         (`bellwether token show --data-dir DIR` prints it)",
+                        "no {kind} token: pass --token, set BELLWETHER_TOKEN, or run where {} exists \
+                         (`bellwether token show --kind {kind} --data-dir DIR` prints it)",
                         path.display()
                     ))
                 })?
@@ -119,6 +284,14 @@ pub fn client_error(err: ClientError) -> anyhow::Error {
              BELLWETHER_TOKEN, or ./bellwether-data/operator.token"
         ),
         ClientError::Untrusted { .. } => Unreachable(err.to_string()).into(),
+        ClientError::Api {
+            status: 403,
+            message,
+            ..
+        } => anyhow::anyhow!(
+            "the server refused: {message}; ask an admin for a token of that role \
+             (`bellwether token create --role ROLE --name NAME`)"
+        ),
         ClientError::BadUrl { .. } | ClientError::Tls(_) => UsageError(err.to_string()).into(),
         other => other.into(),
     }
