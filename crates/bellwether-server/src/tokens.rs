@@ -27,6 +27,9 @@ pub enum TokenSource {
     Generated,
     /// Kept from an earlier start.
     Kept,
+    /// The store had none, but the token file did: its token was taken into the store rather
+    /// than the file being overwritten (a new or replaced store beside existing token files).
+    Adopted,
     /// Neither given nor generated: there is no data dir to write it to. Only the admin token
     /// may be absent; tokens are then made by nobody until one is given.
     Absent,
@@ -48,6 +51,7 @@ impl std::fmt::Display for TokenNotice {
             TokenSource::Given => "as given",
             TokenSource::Generated => "generated",
             TokenSource::Kept => "kept from an earlier start",
+            TokenSource::Adopted => "taken from its existing file into a store that had none",
             TokenSource::Absent => {
                 return write!(
                     f,
@@ -159,20 +163,35 @@ pub(crate) async fn bootstrap(
                     }
                     return Err(ServerError::NoTokenDestination { kind: name });
                 };
-                let token = generate_token();
-                write_token_file(&path, &token)?;
+                // An existing token file is never overwritten: a store that is new beside it
+                // (moved, replaced, or a first start on PostgreSQL) takes its token instead,
+                // so the agents and people who hold it keep working.
+                let existing = match std::fs::read_to_string(&path) {
+                    Ok(text) => Some(text.trim().to_string()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(source) => return Err(ServerError::TokenFile { path, source }),
+                };
+                let (token, source, why) = match existing {
+                    Some(token) => (token, TokenSource::Adopted, "taken from its file"),
+                    None => {
+                        let token = generate_token();
+                        write_token_file(&path, &token)?;
+                        (token, TokenSource::Generated, "generated at first start")
+                    }
+                };
+                if let Some(other) = store.authenticate(&token).await?.map(|g| g.kind) {
+                    return Err(ServerError::TokenOfOtherKind {
+                        kind: name,
+                        other: other.as_str(),
+                    });
+                }
                 store
-                    .set_fleet_token(
-                        kind,
-                        &token,
-                        &format!("{name} token generated at first start"),
-                        now_ms(),
-                    )
+                    .set_fleet_token(kind, &token, &format!("{name} token {why}"), now_ms())
                     .await?;
-                tracing::info!(kind = name, file = %path.display(), "Generated a token.");
+                tracing::info!(kind = name, file = %path.display(), how = why, "Set up a token.");
                 TokenNotice {
                     kind: name,
-                    source: TokenSource::Generated,
+                    source,
                     file: Some(path),
                 }
             }

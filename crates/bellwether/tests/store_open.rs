@@ -185,3 +185,79 @@ fn a_store_with_garbage_pages_is_refused() {
     );
     before.assert_unchanged("garbage pages");
 }
+
+/// A store that is gone (moved, deleted) beside existing token files: the server starts on a
+/// new store, but takes the tokens from their files instead of overwriting them, so the agents
+/// and people who hold them keep working.
+#[test]
+fn a_missing_store_beside_token_files_keeps_the_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = first_start(tmp.path());
+    let tokens: Vec<(PathBuf, Vec<u8>)> = ["operator.token", "enrol.token", "admin.token"]
+        .iter()
+        .map(|f| {
+            let p = data_dir.join(f);
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    for f in ["bellwether.db", "bellwether.db-wal", "bellwether.db-shm"] {
+        let _ = std::fs::remove_file(data_dir.join(f));
+    }
+    let addr_file = tmp.path().join("addr-again");
+    let log = tmp.path().join("again.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = command(&server_args(&data_dir, &addr_file))
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let mut guard = Guard {
+        child: Some(child),
+        what: "server".into(),
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&addr_file).map_or(true, |a| a.trim().is_empty()) {
+        guard.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "the server did not start: {}",
+            guard.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (p, bytes) in &tokens {
+        assert!(
+            std::fs::read(p).unwrap() == *bytes,
+            "{} was overwritten: {}",
+            p.display(),
+            guard.log_text()
+        );
+    }
+    // The kept operator token is the one the new store accepts.
+    let addr = std::fs::read_to_string(&addr_file).unwrap();
+    let operator = String::from_utf8(tokens[0].1.clone()).unwrap();
+    let out = command(&[
+        "hosts".into(),
+        "--server".into(),
+        format!("http://{}", addr.trim().trim_start_matches("http://")),
+        "--token".into(),
+        operator.trim().into(),
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "the kept operator token was refused: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        guard.log_text().contains("taken from its existing file"),
+        "{}",
+        guard.log_text()
+    );
+    let status = guard.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status}: {}", guard.log_text());
+}

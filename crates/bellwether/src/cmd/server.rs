@@ -89,26 +89,28 @@ fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// The stop signals (SIGINT, SIGTERM), registered when this is called rather than when the
+/// future is first polled: a signal that arrives as soon as the address is announced (a test
+/// or a supervisor that stops the server at once) then stops it gracefully instead of killing it.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("Received a stop signal.");
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("Received a stop signal.");
+    })
 }
 
 /// A store the server refuses to start on (damaged, or written by a newer bellwether) is bad
@@ -167,6 +169,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         // The store is opened and checked before any token file is written, so a damaged
         // store leaves the token files as they were.
         let server = Server::open(config).await.map_err(refused_store)?;
+        let stop = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -190,8 +193,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         drop(out);
         tracing::info!(addr = %addr, scheme, "Serving.");
         match tls {
-            Some(tls) => server.serve_tls(listener, tls, shutdown_signal()).await?,
-            None => server.serve(listener, shutdown_signal()).await?,
+            Some(tls) => server.serve_tls(listener, tls, stop).await?,
+            None => server.serve(listener, stop).await?,
         }
         tracing::info!("Stopped.");
         Ok::<_, anyhow::Error>(())
