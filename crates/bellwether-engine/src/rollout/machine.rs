@@ -248,6 +248,10 @@ pub enum HostAction {
     RolledBack,
     HeldBack,
     Remediated,
+    /// Not reached yet: the rollout is still running or paused and the host waits for its
+    /// wave (or for a remediation before it).
+    Waiting,
+    /// Never reached: the rollout ended (aborted, or completed without it).
     Skipped,
 }
 
@@ -319,7 +323,10 @@ impl HostRecord {
             HostState::HeldBack => HostAction::HeldBack,
             _ if self.remediated => HostAction::Remediated,
             HostState::Updated | HostState::Baking | HostState::Applying => HostAction::Updated,
-            HostState::Waiting | HostState::Skipped | HostState::Remediating => HostAction::Skipped,
+            // A failing updated host being remediated still runs the new version.
+            HostState::Remediating if self.applied => HostAction::Updated,
+            HostState::Waiting | HostState::Remediating => HostAction::Waiting,
+            HostState::Skipped => HostAction::Skipped,
         }
     }
 
@@ -779,6 +786,13 @@ impl Rollout {
         out
     }
 
+    /// Whether the rollout is over: its phase is final and every action it dispatched has
+    /// reported or timed out. A driver keeps feeding results and ticks until then; a final
+    /// phase alone is not the end (an abort's reverts are still in flight).
+    pub fn is_settled(&self) -> bool {
+        self.phase.is_final() && self.pending.is_empty()
+    }
+
     /// The actions dispatched and not yet finished, as `Dispatch` decisions to re-send after a
     /// restart (the agent runs each id at most once).
     pub fn pending_dispatches(&self) -> Vec<Decision> {
@@ -1046,6 +1060,14 @@ impl Rollout {
             }
             (ActionKind::Revert, None) => {
                 self.set_state(&h, HostState::RolledBack);
+                if !self.hosts[&h].failed {
+                    // Reverted because of the abort: say so, not the "Updated to" of before.
+                    self.set_reason(
+                        &h,
+                        format!("Rolled back in {took}ms: the rollout was aborted."),
+                        figures.clone(),
+                    );
+                }
                 self.event(
                     out,
                     "host.rolled_back",
@@ -1057,6 +1079,11 @@ impl Rollout {
             (ActionKind::Revert, Some(err)) => {
                 self.rec(&h).error = Some(err.clone());
                 self.set_state(&h, HostState::RevertFailed);
+                self.set_reason(
+                    &h,
+                    format!("The revert failed ({err}): the host needs a human."),
+                    figures.clone(),
+                );
                 self.event(
                     out,
                     "host.revert_failed",
@@ -1341,11 +1368,25 @@ impl Rollout {
             match self.hosts[h].state {
                 HostState::Baking | HostState::Updated => {
                     reverting += 1;
+                    if !self.hosts[h].failed {
+                        self.set_reason(
+                            h,
+                            format!("Rolling back: the rollout was aborted ({reason})."),
+                            Value::Null,
+                        );
+                    }
                     self.revert(out, h);
                 }
                 HostState::Applying | HostState::Remediating if self.hosts[h].applied => {
                     reverting += 1;
                     self.rec(h).revert_pending = true;
+                    if !self.hosts[h].failed {
+                        self.set_reason(
+                            h,
+                            format!("To roll back once its action ends: the rollout was aborted ({reason})."),
+                            Value::Null,
+                        );
+                    }
                 }
                 HostState::Waiting => {
                     self.set_state(h, HostState::Skipped);
@@ -1381,7 +1422,11 @@ impl Rollout {
 
     fn finish(&mut self, out: &mut Vec<Decision>, phase: Phase, reason: String) {
         self.phase = phase;
-        self.finished_ms = Some(self.now_ms);
+        // Finished only once nothing is in flight; otherwise `check_finished` sets it when the
+        // last pending action reports.
+        if self.pending.is_empty() {
+            self.finished_ms = Some(self.now_ms);
+        }
         let figures = json!({ "hosts": self.hosts.len(), "failed_total": self.failed_total, "waves": self.wave + 1 });
         self.event(out, "rollout.completed", None, reason, figures);
     }
@@ -1738,22 +1783,37 @@ impl Rollout {
         }
     }
 
+    /// Sets `finished_ms` when a final rollout's last pending action has reported (or timed
+    /// out), with the event `rollout.finished`.
     fn check_finished(&mut self, out: &mut Vec<Decision>) {
-        if self.phase == Phase::Aborted && self.finished_ms.is_none() && self.pending.is_empty() {
-            self.finished_ms = Some(self.now_ms);
-            let rolled = self
-                .hosts
-                .values()
-                .filter(|h| h.state == HostState::RolledBack)
-                .count();
-            self.event(
-                out,
-                "rollout.finished",
-                None,
-                format!("Aborted rollout settled: {rolled} hosts rolled back."),
-                json!({ "rolled_back": rolled }),
-            );
+        if !self.is_settled() || self.finished_ms.is_some() {
+            return;
         }
+        self.finished_ms = Some(self.now_ms);
+        let rolled = self
+            .hosts
+            .values()
+            .filter(|h| h.state == HostState::RolledBack)
+            .count();
+        let failed = self
+            .hosts
+            .values()
+            .filter(|h| h.state == HostState::RevertFailed)
+            .count();
+        let what = if self.phase == Phase::Aborted {
+            "Aborted"
+        } else {
+            "Completed"
+        };
+        self.event(
+            out,
+            "rollout.finished",
+            None,
+            format!(
+                "{what} rollout settled: its last action has reported; {rolled} hosts rolled back, {failed} reverts failed."
+            ),
+            json!({ "rolled_back": rolled, "revert_failed": failed, "phase": self.phase }),
+        );
     }
 }
 
