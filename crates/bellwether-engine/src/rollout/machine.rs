@@ -126,6 +126,13 @@ pub enum Observation {
         command: OperatorCommand,
         now_ms: i64,
     },
+    /// The driver could not carry out its steps (its store refused to save them) and has
+    /// held the rollout: a running rollout pauses, and a critical alert says why, so a human
+    /// looks before it goes on (`Resume`).
+    Hold {
+        reason: String,
+        now_ms: i64,
+    },
 }
 
 impl Observation {
@@ -134,7 +141,8 @@ impl Observation {
             Observation::Tick { now_ms }
             | Observation::ActionFinished { now_ms, .. }
             | Observation::HostWatch { now_ms, .. }
-            | Observation::Operator { now_ms, .. } => *now_ms,
+            | Observation::Operator { now_ms, .. }
+            | Observation::Hold { now_ms, .. } => *now_ms,
         }
     }
 }
@@ -776,6 +784,7 @@ impl Rollout {
                 data_ms,
             } => self.on_verdict(&mut out, &host, verdict, data_ms.unwrap_or(now_ms)),
             Observation::Operator { command, .. } => self.on_operator(&mut out, command),
+            Observation::Hold { reason, .. } => self.on_hold(&mut out, reason),
         }
         if sweep {
             self.check_overdue(&mut out);
@@ -1536,6 +1545,37 @@ impl Rollout {
                 figures,
             );
         }
+    }
+
+    fn on_hold(&mut self, out: &mut Vec<Decision>, reason: String) {
+        let figures = json!({ "phase": self.phase, "wave": self.wave, "pending_actions": self.pending.len() });
+        self.event(
+            out,
+            "rollout.held",
+            None,
+            format!("Held by the server: {reason}."),
+            figures.clone(),
+        );
+        if self.phase == Phase::Running {
+            self.phase = Phase::Paused;
+            self.pause_reason = Some(reason.clone());
+            self.event(
+                out,
+                "rollout.paused",
+                None,
+                format!("Paused: {reason}."),
+                figures.clone(),
+            );
+        }
+        self.alert(
+            out,
+            AlertSeverity::Critical,
+            format!(
+                "Rollout {} held: {reason}; resume it once the cause is fixed.",
+                self.id
+            ),
+            figures,
+        );
     }
 
     fn on_operator(&mut self, out: &mut Vec<Decision>, c: OperatorCommand) {
