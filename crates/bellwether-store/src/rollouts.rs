@@ -189,6 +189,30 @@ macro_rules! rollout_from_row {
 const ROLLOUT_COLUMNS: &str =
     "id, created_at_ms, updated_at_ms, phase, model_version, plan_file, plan_yaml, state, settled";
 
+/// Runs `$body` in a transaction `$tx` on a connection of its own and commits; the body's
+/// value is the answer. When anything in it fails (a full disk fails the COMMIT itself) the
+/// connection is closed rather than returned to the pool: SQLite may leave a failed transaction
+/// open on it, holding the write lock, and every later writer would find the database locked
+/// for good. Closing it rolls back and releases the lock.
+macro_rules! in_fresh_tx {
+    ($pool:expr, |$tx:ident| $body:block) => {{
+        let mut conn = $pool.acquire().await.map_err(q("acquire a connection"))?;
+        let r = async {
+            let mut $tx = sqlx::Connection::begin(&mut *conn)
+                .await
+                .map_err(q("begin"))?;
+            let out = $body;
+            $tx.commit().await.map_err(q("commit"))?;
+            Ok::<_, StoreError>(out)
+        }
+        .await;
+        if r.is_err() {
+            conn.close_on_drop();
+        }
+        r
+    }};
+}
+
 /// Inserts a step's events, dispatches and outcomes through an open transaction.
 macro_rules! insert_step_effects {
     ($tx:expr, $rollout:expr, $step:expr, $now_ms:expr) => {{
@@ -347,8 +371,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(q("begin"))?;
+        on_pool!(self, pool => in_fresh_tx!(pool, |tx| {
             let n = sqlx::query("UPDATE rollouts SET state = $1, phase = $2, updated_at_ms = $3, settled = $4 WHERE id = $5")
                 .bind(step.state.to_string())
                 .bind(&step.phase)
@@ -371,9 +394,7 @@ impl Store {
                     .map_err(q("mark action observed"))?;
             }
             insert_step_effects!(tx, id, step, now_ms)?;
-            tx.commit().await.map_err(q("commit"))?;
-            Ok(())
-        })
+        }))
     }
 
     /// One rollout, `None` when unknown.
@@ -444,19 +465,19 @@ impl Store {
     ) -> Result<Vec<ActionRecord>, StoreError> {
         let _turn = self.write_turn().await;
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(q("begin"))?;
+            let rows = in_fresh_tx!(pool, |tx| {
             sqlx::query("UPDATE actions SET delivered_at_ms = $1 WHERE host = $2 AND finished_at_ms IS NULL AND delivered_at_ms IS NULL")
                 .bind(now_ms)
                 .bind(host)
                 .execute(&mut *tx)
                 .await
                 .map_err(q("deliver actions"))?;
-            let rows = sqlx::query(&format!("SELECT {ACTION_COLUMNS} FROM actions WHERE host = $1 AND finished_at_ms IS NULL ORDER BY id"))
+            sqlx::query(&format!("SELECT {ACTION_COLUMNS} FROM actions WHERE host = $1 AND finished_at_ms IS NULL ORDER BY id"))
                 .bind(host)
                 .fetch_all(&mut *tx)
                 .await
-                .map_err(q("open actions"))?;
-            tx.commit().await.map_err(q("commit"))?;
+                .map_err(q("open actions"))?
+            })?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 out.push(action_from_row!(row));
@@ -476,7 +497,7 @@ impl Store {
     ) -> Result<Option<ActionFinish>, StoreError> {
         let _turn = self.write_turn().await;
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(q("begin"))?;
+            let (n, row) = in_fresh_tx!(pool, |tx| {
             let n = sqlx::query("UPDATE actions SET result = $1, finished_at_ms = $2 WHERE uid = $3 AND host = $4 AND finished_at_ms IS NULL")
                 .bind(result.to_string())
                 .bind(now_ms)
@@ -492,7 +513,8 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(q("action"))?;
-            tx.commit().await.map_err(q("commit"))?;
+            (n, row)
+            })?;
             let Some(row) = row else { return Ok(None) };
             let rec = action_from_row!(row);
             Ok(Some(if n > 0 { ActionFinish::Stored(rec) } else { ActionFinish::AlreadyFinished(rec) }))
