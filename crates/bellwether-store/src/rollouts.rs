@@ -318,10 +318,10 @@ impl Store {
                 sqlx::query("SELECT pg_advisory_xact_lock(7878002)").execute(&mut *tx).await.map_err(q("lock rollouts"))?;
             }
             let hosts: Vec<String> = new.hosts.iter().map(|(h, _)| h.clone()).collect();
-            let busy = sqlx::query(&format!(
+            let busy = sqlx::query(
                 "SELECT rh.host, r.id FROM rollout_hosts rh JOIN rollouts r ON r.id = rh.rollout_id \
-                 WHERE r.settled = 0 ORDER BY rh.host"
-            ))
+                 WHERE r.settled = 0 ORDER BY rh.host",
+            )
             .fetch_all(&mut *tx)
             .await
             .map_err(q("busy hosts"))?;
