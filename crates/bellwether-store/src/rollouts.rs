@@ -189,12 +189,12 @@ macro_rules! rollout_from_row {
 const ROLLOUT_COLUMNS: &str =
     "id, created_at_ms, updated_at_ms, phase, model_version, plan_file, plan_yaml, state, settled";
 
-/// Runs `$body` in a transaction `$tx` on a connection of its own and commits; the body's
+/// Runs `$body` in a transaction `$tx` on a pooled connection and commits; the body's
 /// value is the answer. When anything in it fails (a full disk fails the COMMIT itself) the
 /// connection is closed rather than returned to the pool: SQLite may leave a failed transaction
 /// open on it, holding the write lock, and every later writer would find the database locked
 /// for good. Closing it rolls back and releases the lock.
-macro_rules! in_fresh_tx {
+macro_rules! in_tx_or_discard {
     ($pool:expr, |$tx:ident| $body:block) => {{
         let mut conn = $pool.acquire().await.map_err(q("acquire a connection"))?;
         let r = async {
@@ -371,7 +371,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
-        on_pool!(self, pool => in_fresh_tx!(pool, |tx| {
+        on_pool!(self, pool => in_tx_or_discard!(pool, |tx| {
             let n = sqlx::query("UPDATE rollouts SET state = $1, phase = $2, updated_at_ms = $3, settled = $4 WHERE id = $5")
                 .bind(step.state.to_string())
                 .bind(&step.phase)
@@ -465,7 +465,7 @@ impl Store {
     ) -> Result<Vec<ActionRecord>, StoreError> {
         let _turn = self.write_turn().await;
         on_pool!(self, pool => {
-            let rows = in_fresh_tx!(pool, |tx| {
+            let rows = in_tx_or_discard!(pool, |tx| {
             sqlx::query("UPDATE actions SET delivered_at_ms = $1 WHERE host = $2 AND finished_at_ms IS NULL AND delivered_at_ms IS NULL")
                 .bind(now_ms)
                 .bind(host)
@@ -497,7 +497,7 @@ impl Store {
     ) -> Result<Option<ActionFinish>, StoreError> {
         let _turn = self.write_turn().await;
         on_pool!(self, pool => {
-            let (n, row) = in_fresh_tx!(pool, |tx| {
+            let (n, row) = in_tx_or_discard!(pool, |tx| {
             let n = sqlx::query("UPDATE actions SET result = $1, finished_at_ms = $2 WHERE uid = $3 AND host = $4 AND finished_at_ms IS NULL")
                 .bind(result.to_string())
                 .bind(now_ms)

@@ -792,6 +792,42 @@ fn a_completed_rollout_with_a_revert_in_flight_finishes_when_it_reports() {
 }
 
 #[test]
+fn a_hold_pauses_with_a_critical_alert_until_the_operator_resumes() {
+    let mut s = Sim::new(plan_with(&[]), fleet(40));
+    s.answer(|_, _| ActionResult::Ok);
+    let out = s.step(Observation::Hold {
+        reason: "the store could not save a step (disk full)".into(),
+        now_ms: 10,
+    });
+    assert_eq!(s.r.phase, Phase::Paused);
+    assert_eq!(
+        s.r.pause_reason.as_deref(),
+        Some("the store could not save a step (disk full)")
+    );
+    assert_eq!(s.events("rollout.held").len(), 1);
+    assert!(out.iter().any(|d| matches!(d, Decision::Alert { severity: AlertSeverity::Critical, message, .. } if message.contains("held"))));
+    // Held and paused: no wave starts until the operator resumes.
+    s.run(30, |_| Some(WatchVerdict::Healthy));
+    assert_eq!(s.r.wave, 0);
+    s.step(Observation::Operator {
+        command: OperatorCommand::Resume,
+        now_ms: s.now,
+    });
+    assert_eq!(s.r.phase, Phase::Running);
+    // A hold of a final rollout still alerts, and changes no phase.
+    s.step(Observation::Operator {
+        command: OperatorCommand::Abort,
+        now_ms: s.now,
+    });
+    let out = s.step(Observation::Hold {
+        reason: "again".into(),
+        now_ms: s.now,
+    });
+    assert_eq!(s.r.phase, Phase::Aborted);
+    assert!(out.iter().any(|d| matches!(d, Decision::Alert { .. })));
+}
+
+#[test]
 fn untargeted_rollback_aborts_on_the_first_failure() {
     let plan = plan_with(&[("  pause_when:", "  targeted: false\n  pause_when:")]);
     let mut s = Sim::new(plan, fleet(40));
