@@ -1,11 +1,15 @@
 //! The action loop: long-poll the server for actions, run each once, report the result.
 //!
 //! Idempotence rests on the [`Journal`], a small JSON file in the agent's state directory. An
-//! action id is written to it as *started* before the action runs and with its result after,
-//! and the file is replaced atomically each time. So:
+//! action id is written to it with the action's spec as *started* before the action runs and
+//! with its result after, and the file is replaced atomically each time. Ids are the server's
+//! random 128-bit action ids, never reused across stores or time, and an entry answers only an
+//! action with the same id AND the same spec. So:
 //!
 //! - a server that re-sends an action the agent already ran (after a restart from its store)
 //!   gets the stored result again, and nothing runs twice;
+//! - an id the journal holds for a different spec is refused (reported failed, naming both
+//!   specs), never answered from the journal and never run;
 //! - an agent that died while an action ran finds it *started* but unfinished after a restart,
 //!   and reports it failed ("the agent stopped while the action ran") rather than run it again;
 //! - a result the server did not acknowledge stays *unreported* and is sent again before the
@@ -31,7 +35,8 @@ use crate::transport::SendError;
 /// One action as the server sends it (`GET /api/v1/agent/actions`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingAction {
-    pub id: u64,
+    /// The server's wire id: 128 random bits as 32 hex characters.
+    pub id: String,
     #[serde(default)]
     pub rollout: String,
     #[serde(default)]
@@ -55,7 +60,7 @@ pub trait ActionTransport {
     fn report_action(
         &mut self,
         agent_token: &str,
-        id: u64,
+        id: &str,
         report: &ActionReport,
     ) -> impl Future<Output = Result<(), SendError>>;
 }
@@ -63,6 +68,10 @@ pub trait ActionTransport {
 /// One journal entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
+    /// The order entries were started in; the oldest reported ones are forgotten first.
+    pub seq: u64,
+    /// The action as it was sent: a re-sent id answers from this entry only with the same spec.
+    pub spec: ActionSpec,
     pub describe: String,
     /// `None` while the action runs (or if the agent died while it ran).
     pub report: Option<ActionReport>,
@@ -87,29 +96,85 @@ pub enum JournalError {
         path: String,
         source: std::io::Error,
     },
+    #[error("the action journal {path} has format version {version}; this agent reads version 2")]
+    Version { path: String, version: u32 },
 }
 
-/// The most entries kept; past it the lowest (oldest) reported ids are forgotten.
+/// The most entries kept; past it the oldest reported entries are forgotten.
 pub const JOURNAL_CAP: usize = 10_000;
+
+/// The journal's format version, in its `version` field.
+pub const JOURNAL_VERSION: u32 = 2;
+
+/// The file: a version, then id → entry.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JournalFile {
+    version: u32,
+    entries: BTreeMap<String, Entry>,
+}
+
+/// What a journal says about an action the server sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup<'a> {
+    /// Never seen: run it.
+    New,
+    /// Seen with the same spec: answer from the entry, never run again.
+    Same(&'a Entry),
+    /// The id was used for a different action: refuse it, never answer from the journal.
+    Conflict(&'a Entry),
+}
 
 /// The persistent record of actions run: id → entry.
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
-    entries: BTreeMap<u64, Entry>,
+    entries: BTreeMap<String, Entry>,
+    next_seq: u64,
 }
 
 impl Journal {
     /// Opens `STATE_DIR/actions.json`. Entries found *started* but unfinished are closed as
     /// failed: the agent stopped while they ran, and they are never run again.
+    ///
+    /// A journal of the first format (keyed by the server's row ids, which a fresh store
+    /// reuses) cannot be matched safely: it is moved aside to `actions.v1.json` with a warning
+    /// that says how many entries it held, and the agent starts a new journal.
     pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
         let path = state_dir.join("actions.json");
         let shown = path.display().to_string();
-        let mut entries: BTreeMap<u64, Entry> = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| JournalError::Parse {
-                path: shown.clone(),
-                source,
-            })?,
+        let mut entries: BTreeMap<String, Entry> = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<JournalFile>(&bytes) {
+                Ok(f) if f.version == JOURNAL_VERSION => f.entries,
+                Ok(f) => {
+                    return Err(JournalError::Version {
+                        path: shown,
+                        version: f.version,
+                    })
+                }
+                Err(source) => {
+                    // The first format was a bare map of numeric ids; anything else is damage.
+                    let Ok(old) =
+                        serde_json::from_slice::<BTreeMap<u64, serde_json::Value>>(&bytes)
+                    else {
+                        return Err(JournalError::Parse {
+                            path: shown,
+                            source,
+                        });
+                    };
+                    let aside = state_dir.join("actions.v1.json");
+                    std::fs::rename(&path, &aside).map_err(|source| JournalError::Write {
+                        path: aside.display().to_string(),
+                        source,
+                    })?;
+                    let unreported = old
+                        .values()
+                        .filter(|e| e["reported"] != serde_json::Value::Bool(true))
+                        .count();
+                    warn!(path = %shown, moved_to = %aside.display(), entries = old.len(), unreported, "Discarded an action journal of the old format, keyed by the server's row ids, which a new store reuses; its results are not sent.");
+                    BTreeMap::new()
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(source) => {
                 return Err(JournalError::Read {
@@ -134,15 +199,29 @@ impl Journal {
             e.reported = false;
             changed = true;
         }
-        let j = Journal { path, entries };
+        let next_seq = entries.values().map(|e| e.seq + 1).max().unwrap_or(0);
+        let j = Journal {
+            path,
+            entries,
+            next_seq,
+        };
         if changed {
             j.save()?;
         }
         Ok(j)
     }
 
-    pub fn get(&self, id: u64) -> Option<&Entry> {
-        self.entries.get(&id)
+    pub fn get(&self, id: &str) -> Option<&Entry> {
+        self.entries.get(id)
+    }
+
+    /// What the journal holds for action `id` sent with `spec`.
+    pub fn lookup(&self, id: &str, spec: &ActionSpec) -> Lookup<'_> {
+        match self.entries.get(id) {
+            None => Lookup::New,
+            Some(e) if e.spec == *spec => Lookup::Same(e),
+            Some(e) => Lookup::Conflict(e),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -154,18 +233,25 @@ impl Journal {
     }
 
     /// Finished results the server has not acknowledged, oldest first.
-    pub fn unreported(&self) -> Vec<(u64, ActionReport)> {
-        self.entries
+    pub fn unreported(&self) -> Vec<(String, ActionReport)> {
+        let mut out: Vec<(u64, String, ActionReport)> = self
+            .entries
             .iter()
             .filter(|(_, e)| !e.reported)
-            .filter_map(|(id, e)| e.report.clone().map(|r| (*id, r)))
-            .collect()
+            .filter_map(|(id, e)| e.report.clone().map(|r| (e.seq, id.clone(), r)))
+            .collect();
+        out.sort_by_key(|(seq, _, _)| *seq);
+        out.into_iter().map(|(_, id, r)| (id, r)).collect()
     }
 
-    pub fn mark_started(&mut self, id: u64, spec: &ActionSpec) -> Result<(), JournalError> {
+    pub fn mark_started(&mut self, id: &str, spec: &ActionSpec) -> Result<(), JournalError> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
         self.entries.insert(
-            id,
+            id.to_string(),
             Entry {
+                seq,
+                spec: spec.clone(),
                 describe: spec.describe(),
                 report: None,
                 reported: false,
@@ -174,16 +260,16 @@ impl Journal {
         self.save()
     }
 
-    pub fn finish(&mut self, id: u64, report: ActionReport) -> Result<(), JournalError> {
-        if let Some(e) = self.entries.get_mut(&id) {
+    pub fn finish(&mut self, id: &str, report: ActionReport) -> Result<(), JournalError> {
+        if let Some(e) = self.entries.get_mut(id) {
             e.report = Some(report);
             e.reported = false;
         }
         self.save()
     }
 
-    pub fn mark_reported(&mut self, id: u64) -> Result<(), JournalError> {
-        if let Some(e) = self.entries.get_mut(&id) {
+    pub fn mark_reported(&mut self, id: &str) -> Result<(), JournalError> {
+        if let Some(e) = self.entries.get_mut(id) {
             if e.reported {
                 return Ok(());
             }
@@ -194,21 +280,33 @@ impl Journal {
     }
 
     fn trim(&mut self) {
-        while self.entries.len() > JOURNAL_CAP {
-            let Some(id) = self
-                .entries
-                .iter()
-                .find(|(_, e)| e.reported)
-                .map(|(id, _)| *id)
-            else {
-                break;
-            };
+        if self.entries.len() <= JOURNAL_CAP {
+            return;
+        }
+        let mut reported: Vec<(u64, String)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.reported)
+            .map(|(id, e)| (e.seq, id.clone()))
+            .collect();
+        reported.sort();
+        let excess = self.entries.len() - JOURNAL_CAP;
+        for (_, id) in reported.into_iter().take(excess) {
             self.entries.remove(&id);
         }
     }
 
     fn save(&self) -> Result<(), JournalError> {
-        let bytes = serde_json::to_vec(&self.entries).expect("journal entries serialise");
+        #[derive(Serialize)]
+        struct Out<'a> {
+            version: u32,
+            entries: &'a BTreeMap<String, Entry>,
+        }
+        let bytes = serde_json::to_vec(&Out {
+            version: JOURNAL_VERSION,
+            entries: &self.entries,
+        })
+        .expect("journal entries serialise");
         write_atomic(&self.path, &bytes).map_err(|source| JournalError::Write {
             path: self.path.display().to_string(),
             source,
@@ -241,6 +339,8 @@ pub struct ActionStats {
     pub ran: u64,
     /// Re-sent actions answered from the journal without running.
     pub replayed: u64,
+    /// Actions refused because the journal holds their id for a different action.
+    pub refused: u64,
     pub reports_sent: u64,
     pub failed_attempts: u64,
 }
@@ -330,17 +430,44 @@ impl<T: ActionTransport> ActionLoop<T> {
             .await?;
         self.stats.polls += 1;
         for a in actions {
-            if let Some(entry) = self.journal.get(a.id) {
-                self.stats.replayed += 1;
-                info!(action = a.id, spec = %entry.describe, "The server sent an action already run; reporting its stored result.");
-                if let Err(e) = self.journal.finish_if_reported_again(a.id) {
-                    error!(error = %e, "Could not update the action journal.");
+            match self.journal.lookup(&a.id, &a.spec) {
+                Lookup::New => {}
+                Lookup::Same(entry) => {
+                    self.stats.replayed += 1;
+                    info!(action = %a.id, spec = %entry.describe, "The server sent an action already run; reporting its stored result.");
+                    if let Err(e) = self.journal.finish_if_reported_again(&a.id) {
+                        error!(error = %e, "Could not update the action journal.");
+                    }
+                    continue;
                 }
-                continue;
+                Lookup::Conflict(entry) => {
+                    // Not the action the journal knows under this id: neither its stored
+                    // result nor a run can be right. Refuse it, and keep the entry.
+                    self.stats.refused += 1;
+                    let error = format!(
+                        "action id {} was already used on this host for a different action ({}); refusing {} rather than answering it from the journal",
+                        a.id,
+                        entry.describe,
+                        a.spec.describe()
+                    );
+                    error!(action = %a.id, error = %error, "Refused an action whose id the journal holds for another action.");
+                    let now = now_ms();
+                    let report = ActionReport {
+                        ok: false,
+                        exit_code: None,
+                        error: Some(error),
+                        stdout_tail: String::new(),
+                        stderr_tail: String::new(),
+                        started_ms: now,
+                        finished_ms: now,
+                    };
+                    self.transport.report_action(token, &a.id, &report).await?;
+                    continue;
+                }
             }
-            if let Err(e) = self.journal.mark_started(a.id, &a.spec) {
+            if let Err(e) = self.journal.mark_started(&a.id, &a.spec) {
                 // Without the journal the action could run twice: refuse it.
-                error!(action = a.id, error = %e, "Could not record the action; not running it.");
+                error!(action = %a.id, error = %e, "Could not record the action; not running it.");
                 let now = now_ms();
                 let report = ActionReport {
                     ok: false,
@@ -353,27 +480,27 @@ impl<T: ActionTransport> ActionLoop<T> {
                     started_ms: now,
                     finished_ms: now,
                 };
-                self.transport.report_action(token, a.id, &report).await?;
+                self.transport.report_action(token, &a.id, &report).await?;
                 continue;
             }
-            info!(action = a.id, rollout = %a.rollout, kind = %a.kind, spec = %a.spec.describe(), "Running an action.");
+            info!(action = %a.id, rollout = %a.rollout, kind = %a.kind, spec = %a.spec.describe(), "Running an action.");
             let report = self.executor.run(&a.spec).await;
             self.stats.ran += 1;
             if report.ok {
                 info!(
-                    action = a.id,
+                    action = %a.id,
                     ms = report.finished_ms - report.started_ms,
                     "The action succeeded."
                 );
             } else {
                 warn!(
-                    action = a.id,
+                    action = %a.id,
                     error = report.error.as_deref().unwrap_or(""),
                     "The action failed."
                 );
             }
-            if let Err(e) = self.journal.finish(a.id, report) {
-                error!(action = a.id, error = %e, "Could not record the action's result.");
+            if let Err(e) = self.journal.finish(&a.id, report) {
+                error!(action = %a.id, error = %e, "Could not record the action's result.");
             }
         }
         self.send_unreported(token).await
@@ -381,17 +508,17 @@ impl<T: ActionTransport> ActionLoop<T> {
 
     async fn send_unreported(&mut self, token: &str) -> Result<(), SendError> {
         for (id, report) in self.journal.unreported() {
-            match self.transport.report_action(token, id, &report).await {
+            match self.transport.report_action(token, &id, &report).await {
                 Ok(()) => {}
                 Err(SendError::Rejected { status, message }) => {
                     // The server will never take it (an action it no longer knows): drop it.
-                    warn!(action = id, status, error = %message, "The server refused an action result; dropping it.");
+                    warn!(action = %id, status, error = %message, "The server refused an action result; dropping it.");
                 }
                 Err(e) => return Err(e),
             }
             self.stats.reports_sent += 1;
-            if let Err(e) = self.journal.mark_reported(id) {
-                error!(action = id, error = %e, "Could not record that a result was reported.");
+            if let Err(e) = self.journal.mark_reported(&id) {
+                error!(action = %id, error = %e, "Could not record that a result was reported.");
             }
         }
         Ok(())
@@ -405,8 +532,8 @@ impl<T: ActionTransport> ActionLoop<T> {
 
 impl Journal {
     /// A re-sent action: its stored result is sent again on this round.
-    fn finish_if_reported_again(&mut self, id: u64) -> Result<(), JournalError> {
-        match self.entries.get_mut(&id) {
+    fn finish_if_reported_again(&mut self, id: &str) -> Result<(), JournalError> {
+        match self.entries.get_mut(id) {
             Some(e) if e.report.is_some() && e.reported => {
                 e.reported = false;
                 self.save()

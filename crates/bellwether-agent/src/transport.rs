@@ -294,7 +294,7 @@ impl crate::actions::ActionTransport for HttpTransport {
     async fn report_action(
         &mut self,
         token: &str,
-        id: u64,
+        id: &str,
         report: &crate::exec::ActionReport,
     ) -> Result<(), SendError> {
         self.post(&format!("api/v1/agent/actions/{id}/result"), token, report)

@@ -2,9 +2,19 @@
 //! (`bellwether_engine::rollout`) with action results, watch verdicts, ticks and operator
 //! commands, and persists every step before anything leaves the server.
 //!
-//! After each engine step the new state (engine and watcher snapshots), the step's events, its
+//! Each engine step is taken on a copy of the state ([`durable::commit`], the one rule for every
+//! engine the server drives): the copy (engine and watcher snapshots), the step's events, its
 //! dispatches (queued as agent actions) and its outcomes are stored in one transaction
-//! ([`bellwether_store::Store::save_rollout_step`]); only then are agents woken. An action
+//! ([`bellwether_store::Store::save_rollout_step`]), and only once that commits does the copy
+//! become the runner's state and are agents woken. A save that fails is retried with backoff;
+//! one that keeps failing leaves the state as it was and *holds* the runner: it takes no step
+//! but one, an [`Observation::Hold`] that pauses the rollout with a critical alert, which it
+//! tries to save every interval until the store takes writes again. The rollout then stays
+//! paused until an operator resumes it (a store that filled up once deserves a look first).
+//!
+//! A runner ends when its rollout is settled ([`Rollout::is_settled`]): final AND every
+//! dispatched action reported or timed out. An aborted rollout's reverts report after the
+//! phase turned final, and are still fed to the engine. An action
 //! result is stored by the agent API first and fed to the engine afterwards, marked observed
 //! in the same transaction as the step it caused. So a server killed at any point restarts
 //! from the store ([`resume_all`]) with every dispatched action queued exactly once and every
@@ -40,6 +50,9 @@ use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::model_api::{self, UpdateInfo};
 use crate::{now_ms, AppState};
+
+mod durable;
+use durable::SavePolicy;
 
 /// The routes of this module, as (method, path); docs/api.md and docs/openapi.yaml describe
 /// each (a test checks).
@@ -109,6 +122,9 @@ struct Persisted {
 struct Run {
     state: AppState,
     rollout: Rollout,
+    /// Set while the store refuses the runner's saves: the error of the last failed save.
+    held: Option<String>,
+    save_policy: SavePolicy,
     plan: Plan,
     watchers: BTreeMap<HostName, HostWatcher>,
     /// The newest sample timestamp fed per host.
@@ -142,16 +158,29 @@ fn attributes(p: Option<&HostProfile>) -> BTreeMap<String, String> {
     a
 }
 
-fn step_record(run: &Run, decisions: &[Decision], observed_action: Option<i64>) -> StepRecord {
+/// What a step stores: the engine state `rollout`, the watchers' snapshots (`changed`, saved
+/// with this step, taking the place of its host's current watcher), and the step's effects.
+fn step_record(
+    rollout: &Rollout,
+    watchers: &BTreeMap<HostName, HostWatcher>,
+    changed: Option<&(HostName, HostWatcher)>,
+    host_features: &BTreeMap<String, BTreeMap<String, Value>>,
+    decisions: &[Decision],
+    observed_action: Option<i64>,
+) -> StepRecord {
+    let mut snapshots: BTreeMap<HostName, WatcherSnapshot> = watchers
+        .iter()
+        .map(|(h, w)| (h.clone(), w.snapshot()))
+        .collect();
+    if let Some((h, w)) = changed {
+        snapshots.insert(h.clone(), w.snapshot());
+    }
     let mut step = StepRecord {
-        phase: run.rollout.phase.name().to_string(),
+        phase: rollout.phase.name().to_string(),
+        settled: rollout.is_settled(),
         state: serde_json::to_value(Persisted {
-            engine: run.rollout.clone(),
-            watchers: run
-                .watchers
-                .iter()
-                .map(|(h, w)| (h.clone(), w.snapshot()))
-                .collect(),
+            engine: rollout.clone(),
+            watchers: snapshots,
         })
         .expect("the rollout state serialises"),
         observed_action,
@@ -166,6 +195,7 @@ fn step_record(run: &Run, decisions: &[Decision], observed_action: Option<i64>) 
                 spec,
             } => step.dispatches.push(NewAction {
                 action_id: *action_id,
+                uid: new_action_uid(),
                 host: host.to_string(),
                 kind: kind.name().to_string(),
                 spec: serde_json::to_value(spec).expect("an action spec serialises"),
@@ -182,7 +212,7 @@ fn step_record(run: &Run, decisions: &[Decision], observed_action: Option<i64>) 
                 message,
                 figures,
             } => step.events.push(NewEvent {
-                ts_ms: run.rollout.now_ms,
+                ts_ms: rollout.now_ms,
                 kind: "alert".into(),
                 host: None,
                 reason: message.clone(),
@@ -193,7 +223,10 @@ fn step_record(run: &Run, decisions: &[Decision], observed_action: Option<i64>) 
                 failed,
                 features,
             } => {
-                let mut f = run.features.get(host.as_str()).cloned().unwrap_or_default();
+                let mut f = host_features
+                    .get(host.as_str())
+                    .cloned()
+                    .unwrap_or_default();
                 // The engine's own figures (wave, predicted probability…) are kept but start
                 // with `_`, so training skips them: they are not known before a deployment.
                 for (k, v) in features {
@@ -201,7 +234,7 @@ fn step_record(run: &Run, decisions: &[Decision], observed_action: Option<i64>) 
                 }
                 step.outcomes.push(NewOutcome {
                     source: OutcomeSource::Rollout,
-                    deployment: run.rollout.id.clone(),
+                    deployment: rollout.id.clone(),
                     host: host.to_string(),
                     features: f,
                     failed: *failed,
@@ -213,33 +246,97 @@ fn step_record(run: &Run, decisions: &[Decision], observed_action: Option<i64>) 
 }
 
 impl Run {
-    /// Steps the engine, persists the step, then wakes the agents and maybe retrains.
-    async fn step(
+    /// Steps a copy of the engine with `observe`, saves it (with `changed`, a watcher that
+    /// changed with this step), and keeps both only once the save committed; then wakes the
+    /// agents and maybe retrains. A save that keeps failing holds the runner.
+    async fn commit(
         &mut self,
-        obs: Observation,
+        observe: impl FnOnce(&mut Rollout) -> Vec<Decision>,
+        changed: Option<(HostName, HostWatcher)>,
         observed_action: Option<i64>,
     ) -> Result<(), ApiError> {
-        let decisions = self.rollout.step(obs);
-        self.persist(&decisions, observed_action).await
+        let Run {
+            state,
+            rollout,
+            watchers,
+            features,
+            save_policy,
+            ..
+        } = self;
+        let id = rollout.id.clone();
+        let store = state.store.clone();
+        let saved = durable::commit(
+            rollout,
+            *save_policy,
+            observe,
+            |r, d| step_record(r, watchers, changed.as_ref(), features, d, observed_action),
+            |rec: StepRecord| {
+                let (store, id) = (store.clone(), id.clone());
+                async move {
+                    let saved = store.save_rollout_step(&id, &rec, now_ms()).await;
+                    (rec, saved)
+                }
+            },
+        )
+        .await;
+        match saved {
+            Ok((_, step)) => {
+                if let Some((h, w)) = changed {
+                    self.watchers.insert(h, w);
+                }
+                if !step.dispatches.is_empty() {
+                    self.state.rollouts.actions.notify_waiters();
+                }
+                if !step.outcomes.is_empty() {
+                    model_api::maybe_retrain(&self.state).await?;
+                }
+                Ok(())
+            }
+            Err(unsaved) => {
+                let error = unsaved.error.to_string();
+                tracing::error!(rollout = %id, attempts = unsaved.attempts, error = %error, "Rollout held: the store did not save its step; it will pause with an alert once the store takes writes again.");
+                self.held = Some(error.clone());
+                Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("rollout {id} is held: the store could not save its step ({error}); it pauses with an alert once the store takes writes again"),
+                ))
+            }
+        }
     }
 
-    async fn persist(
-        &mut self,
-        decisions: &[Decision],
-        observed_action: Option<i64>,
-    ) -> Result<(), ApiError> {
-        let step = step_record(self, decisions, observed_action);
-        self.state
-            .store
-            .save_rollout_step(&self.rollout.id, &step, now_ms())
-            .await?;
-        if !step.dispatches.is_empty() {
-            self.state.rollouts.actions.notify_waiters();
+    /// While held: try to store the hold (a pause with a critical alert). Once it commits the
+    /// runner takes steps again, the rollout paused until an operator resumes it.
+    async fn hold(&mut self) -> Result<(), ApiError> {
+        let Some(error) = self.held.clone() else {
+            return Ok(());
+        };
+        let reason = format!("the store could not save a step ({error})");
+        let now = now_ms();
+        // One attempt per interval: the runner is already held.
+        let once = SavePolicy {
+            attempts: 1,
+            ..self.save_policy
+        };
+        let policy = std::mem::replace(&mut self.save_policy, once);
+        let r = self
+            .commit(
+                |r| {
+                    r.step(Observation::Hold {
+                        reason,
+                        now_ms: now,
+                    })
+                },
+                None,
+                None,
+            )
+            .await;
+        self.save_policy = policy;
+        if r.is_ok() {
+            self.held = None;
+            tracing::warn!(rollout = %self.rollout.id, phase = self.rollout.phase.name(), "The store takes writes again; the rollout is paused with an alert until an operator resumes it.");
+            self.feed_results().await?;
         }
-        if !step.outcomes.is_empty() {
-            model_api::maybe_retrain(&self.state).await?;
-        }
-        Ok(())
+        r
     }
 
     /// Feeds every stored result the engine has not seen yet.
@@ -268,15 +365,19 @@ impl Run {
                 .as_i64()
                 .or(a.finished_at_ms)
                 .unwrap_or_else(now_ms);
+            // The watcher changes on a copy, saved with the step.
+            let mut changed = None;
             if ok && (a.kind == "apply" || a.kind == "remediate") {
                 if let Ok(host) = HostName::new(a.host.clone()) {
-                    if let Some(w) = self.watchers.get_mut(&host) {
+                    if let Some(w) = self.watchers.get(&host) {
+                        let mut w = w.clone();
                         if a.kind == "apply" {
                             w.mark_applied(finished);
                         } else if let Err(e) = w.restart(finished) {
                             // The baselines were valid when frozen; a failure here is a bug.
                             tracing::error!(host = %host, error = %e, "could not restart the watch after a remediation");
                         }
+                        changed = Some((host, w));
                     }
                 }
             }
@@ -285,7 +386,7 @@ impl Run {
                 result,
                 now_ms: now_ms(),
             };
-            self.step(obs, Some(a.id)).await?;
+            self.commit(|r| r.step(obs), changed, Some(a.id)).await?;
         }
         Ok(())
     }
@@ -328,7 +429,7 @@ impl Run {
             .collect();
         // One interval's verdicts and tick are stored as one step: nothing is dispatched
         // before the store has it, so batching them loses no crash safety.
-        let mut decisions = Vec::new();
+        let mut verdicts = Vec::new();
         for h in watched {
             let Some(w) = self.watchers.get(&h) else {
                 continue;
@@ -340,16 +441,27 @@ impl Run {
                 .collect();
             let verdict = w.verdict(now, &controls);
             let data_ms = w.last_sample_ms();
-            decisions.extend(self.rollout.step(Observation::HostWatch {
+            verdicts.push(Observation::HostWatch {
                 host: h,
                 verdict,
                 now_ms: now,
                 // No sample yet: the engine must not take "now" for the data's time.
                 data_ms: Some(data_ms.unwrap_or(i64::MIN)),
-            }));
+            });
         }
-        decisions.extend(self.rollout.step(Observation::Tick { now_ms: now }));
-        self.persist(&decisions, None).await
+        self.commit(
+            |r| {
+                let mut decisions = Vec::new();
+                for v in verdicts {
+                    decisions.extend(r.step(v));
+                }
+                decisions.extend(r.step(Observation::Tick { now_ms: now }));
+                decisions
+            },
+            None,
+            None,
+        )
+        .await
     }
 }
 
@@ -361,14 +473,25 @@ async fn drive(mut run: Run, mut rx: mpsc::UnboundedReceiver<Msg>) {
     if let Err(e) = run.feed_results().await {
         tracing::error!(rollout = %id, error = %e, "Could not feed stored action results.");
     }
-    while !run.rollout.phase.is_final() {
+    // Not when the phase turns final: an aborted rollout's reverts report after that.
+    while !run.rollout.is_settled() {
         let r = tokio::select! {
-            _ = ticker.tick() => run.tick().await,
+            _ = ticker.tick() => if run.held.is_some() { run.hold().await } else { run.tick().await },
             msg = rx.recv() => match msg {
                 None => break,
+                // While held, results wait in the store (unobserved) for the hold to end.
+                Some(Msg::Result) if run.held.is_some() => Ok(()),
                 Some(Msg::Result) => run.feed_results().await,
+                Some(Msg::Operator(_, reply)) if run.held.is_some() => {
+                    let _ = reply.send(Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("rollout {id} is held: the store could not save its step ({}); try again once the store takes writes", run.held.clone().unwrap_or_default()),
+                    )));
+                    Ok(())
+                }
                 Some(Msg::Operator(cmd, reply)) => {
-                    let r = run.step(Observation::Operator { command: cmd, now_ms: now_ms() }, None).await;
+                    let now = now_ms();
+                    let r = run.commit(|r| r.step(Observation::Operator { command: cmd, now_ms: now }), None, None).await;
                     let answer = r.as_ref().map(|_| run.rollout.status()).map_err(Clone::clone);
                     let _ = reply.send(answer);
                     r
@@ -379,7 +502,7 @@ async fn drive(mut run: Run, mut rx: mpsc::UnboundedReceiver<Msg>) {
             tracing::error!(rollout = %id, error = %e, "Rollout step failed; retrying on the next interval.");
         }
     }
-    tracing::info!(rollout = %id, phase = run.rollout.phase.name(), "Rollout finished.");
+    tracing::info!(rollout = %id, phase = run.rollout.phase.name(), "Rollout finished: its last action has reported.");
     run.state.rollouts.running.lock().await.remove(&id);
 }
 
@@ -394,8 +517,8 @@ async fn spawn(state: &AppState, run: Run) {
     tokio::spawn(drive(run, rx));
 }
 
-/// Restarts the runner of every rollout the store holds as running or paused (after a restart
-/// of the server). Returns how many.
+/// Restarts the runner of every rollout the store holds as unsettled: running, paused, or final
+/// with an action still in flight (after a restart of the server). Returns how many.
 pub async fn resume_all(state: &AppState) -> Result<usize, ApiError> {
     let mut n = 0;
     for rec in state.store.rollouts(true).await? {
@@ -428,6 +551,8 @@ pub async fn resume_all(state: &AppState) -> Result<usize, ApiError> {
             Run {
                 state: state.clone(),
                 rollout: persisted.engine,
+                held: None,
+                save_policy: SavePolicy::default(),
                 plan,
                 watchers,
                 fed_until,
@@ -448,6 +573,13 @@ pub struct CreateRollout {
     /// The plan's file name, for error messages.
     #[serde(default)]
     pub file: Option<String>,
+}
+
+/// A new action's wire id: 128 random bits from the OS as 32 lower-case hex characters.
+fn new_action_uid() -> String {
+    let mut b = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    hex::encode(b)
 }
 
 fn new_id() -> String {
@@ -543,11 +675,20 @@ async fn create(
         state: state.clone(),
         features: features.iter().cloned().collect(),
         rollout,
+        held: None,
+        save_policy: SavePolicy::default(),
         plan,
         watchers,
         fed_until,
     };
-    let first = step_record(&run, &decisions, None);
+    let first = step_record(
+        &run.rollout,
+        &run.watchers,
+        None,
+        &run.features,
+        &decisions,
+        None,
+    );
     let new = NewRollout {
         id: id.clone(),
         phase: first.phase.clone(),
@@ -688,10 +829,12 @@ struct ActionsQuery {
     wait_ms: Option<u64>,
 }
 
-/// One action for an agent.
+/// One action for an agent. `id` is the action's wire id: 128 random bits as 32 lower-case hex
+/// characters, unique across stores and time, so an agent's journal never mistakes a new
+/// action for one it ran before.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentAction {
-    pub id: i64,
+    pub id: String,
     pub rollout: String,
     pub kind: String,
     pub spec: Value,
@@ -719,7 +862,7 @@ async fn agent_actions(
             let actions: Vec<AgentAction> = open
                 .into_iter()
                 .map(|a| AgentAction {
-                    id: a.id,
+                    id: a.uid,
                     rollout: a.rollout_id,
                     kind: a.kind,
                     spec: a.spec,
@@ -754,13 +897,15 @@ async fn agent_result(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ActionResultBody>,
 ) -> Result<StatusCode, ApiError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("action id {id:?} is not a number")))?;
+    if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(ApiError::bad_request(format!(
+            "action id {id:?} is not an action id (32 lower-case hex characters)"
+        )));
+    }
     let value = serde_json::to_value(&body).expect("a result serialises");
     let Some(done) = state
         .store
-        .finish_action(id, host.as_str(), &value, now_ms())
+        .finish_action(&id, host.as_str(), &value, now_ms())
         .await?
     else {
         return Err(ApiError::not_found(format!(

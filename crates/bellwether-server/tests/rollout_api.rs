@@ -141,7 +141,7 @@ fn simulate(
     app: Router,
     token: String,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<Vec<i64>> {
+) -> tokio::task::JoinHandle<Vec<String>> {
     simulate_with(app, token, stop, false)
 }
 
@@ -152,7 +152,7 @@ fn simulate_with(
     token: String,
     stop: tokio::sync::watch::Receiver<bool>,
     faulty: bool,
-) -> tokio::task::JoinHandle<Vec<i64>> {
+) -> tokio::task::JoinHandle<Vec<String>> {
     simulate_full(app, token, stop, faulty, false)
 }
 
@@ -163,9 +163,9 @@ fn simulate_full(
     stop: tokio::sync::watch::Receiver<bool>,
     faulty: bool,
     dies: bool,
-) -> tokio::task::JoinHandle<Vec<i64>> {
+) -> tokio::task::JoinHandle<Vec<String>> {
     tokio::spawn(async move {
-        let mut ran: Vec<i64> = Vec::new();
+        let mut ran: Vec<String> = Vec::new();
         let mut updated = false;
         while !(*stop.borrow() || (dies && updated)) {
             let t = now_ms();
@@ -191,9 +191,9 @@ fn simulate_full(
             .await;
             assert_eq!(s, StatusCode::OK, "{v}");
             for a in v["actions"].as_array().unwrap() {
-                let id = a["id"].as_i64().unwrap();
+                let id = a["id"].as_str().unwrap().to_string();
                 if !ran.contains(&id) {
-                    ran.push(id);
+                    ran.push(id.clone());
                     updated = a["kind"] == "apply";
                 }
                 let result = json!({"ok": true, "exit_code": 0, "error": null, "stdout_tail": "", "stderr_tail": "", "started_ms": t, "finished_ms": now_ms()});
@@ -328,12 +328,26 @@ rollout_test!(
         let (s, v) = send(
             &app,
             Method::POST,
-            "/api/v1/agent/actions/999999/result",
+            "/api/v1/agent/actions/00000000000000000000000000000000/result",
             &agents[0].1,
             Some(json!({"ok": true, "started_ms": 1, "finished_ms": 2}).to_string()),
         )
         .await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+        // A row id is not an action id on the wire.
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            "/api/v1/agent/actions/1/result",
+            &agents[0].1,
+            Some(json!({"ok": true, "started_ms": 1, "finished_ms": 2}).to_string()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("32 lower-case hex"),
+            "{v}"
+        );
         let (s, v) = send(
             &app,
             Method::POST,

@@ -261,6 +261,30 @@ CREATE INDEX actions_host_open ON actions (host, finished_at_ms)
 "#,
     },
     Migration {
+        version: 3,
+        name: "random action ids and settled rollouts",
+        // `uid` is the action's id on the wire: 128 random bits, so an id from another store or
+        // an earlier life of this one is never taken for this action. `settled` is 1 once a
+        // rollout is final AND its last action has reported; until then it keeps its hosts and
+        // the server keeps driving it. Old final rollouts count as settled when their engine
+        // state has a finish time (an aborted one stuck before its reverts reported has none,
+        // and is resumed).
+        sqlite: r#"
+ALTER TABLE actions ADD COLUMN uid TEXT;
+UPDATE actions SET uid = lower(hex(randomblob(16))) WHERE uid IS NULL;
+CREATE UNIQUE INDEX actions_uid ON actions (uid);
+ALTER TABLE rollouts ADD COLUMN settled INTEGER NOT NULL DEFAULT 0;
+UPDATE rollouts SET settled = 1 WHERE phase IN ('completed', 'aborted') AND json_extract(state, '$.engine.finished_ms') IS NOT NULL
+"#,
+        postgres: r#"
+ALTER TABLE actions ADD COLUMN uid TEXT;
+UPDATE actions SET uid = replace(gen_random_uuid()::text, '-', '') WHERE uid IS NULL;
+CREATE UNIQUE INDEX actions_uid ON actions (uid);
+ALTER TABLE rollouts ADD COLUMN settled BIGINT NOT NULL DEFAULT 0;
+UPDATE rollouts SET settled = 1 WHERE phase IN ('completed', 'aborted') AND (state::jsonb -> 'engine' ->> 'finished_ms') IS NOT NULL
+"#,
+    },
+    Migration {
         version: 4,
         name: "token ids and the viewer and admin roles",
         // A table rebuild: SQLite can neither add a primary key nor change a CHECK in place.

@@ -9,8 +9,15 @@
 //! resumes from a state whose dispatches are all queued exactly once and whose consumed
 //! results are never fed twice.
 //!
-//! Actions get a global id (the agent API's `id`); `(rollout_id, action_id)` — the engine's own
-//! id — is unique, so re-queuing a dispatch the store already has is a no-op.
+//! Actions get a row id (internal: the step that consumed a result names it) and a `uid`, 128
+//! random bits in hex, which is the action's id on the agent API. Row ids restart with a fresh
+//! store; uids never repeat, so an agent's journal can never take a new action for an old one.
+//! `(rollout_id, action_id)` — the engine's own id — is unique, so re-queuing a dispatch the
+//! store already has is a no-op (it keeps its first uid).
+//!
+//! A rollout is *settled* once its phase is final and its last action has reported; until then
+//! it keeps its hosts and [`Store::rollouts`] with `unsettled_only` lists it, so a restarted
+//! server drives it on.
 
 use std::collections::BTreeMap;
 
@@ -18,9 +25,6 @@ use serde::Serialize;
 use sqlx::Row;
 
 use crate::{q, Backend, NewOutcome, Store, StoreError};
-
-/// The phases in which a rollout holds its hosts.
-const ACTIVE: &str = "('running', 'paused')";
 
 /// A stored rollout.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -35,6 +39,8 @@ pub struct RolloutRecord {
     pub plan_yaml: String,
     /// The engine's serialised state.
     pub state: serde_json::Value,
+    /// Final and with no action in flight.
+    pub settled: bool,
 }
 
 /// A rollout to create.
@@ -65,6 +71,8 @@ pub struct NewEvent {
 pub struct NewAction {
     /// The engine's id, unique within the rollout.
     pub action_id: u64,
+    /// The wire id: 128 random bits as 32 lower-case hex characters (the caller draws it).
+    pub uid: String,
     pub host: String,
     /// `apply`, `revert` or `remediate`.
     pub kind: String,
@@ -76,6 +84,8 @@ pub struct NewAction {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StepRecord {
     pub phase: String,
+    /// The rollout is final and its last action has reported: it no longer holds its hosts.
+    pub settled: bool,
     pub state: serde_json::Value,
     pub events: Vec<NewEvent>,
     pub dispatches: Vec<NewAction>,
@@ -87,8 +97,10 @@ pub struct StepRecord {
 /// A queued action.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ActionRecord {
-    /// The global id the agent sees.
+    /// The row id, internal to this store.
     pub id: i64,
+    /// The id the agent sees: 128 random bits in hex, unique across stores and time.
+    pub uid: String,
     pub rollout_id: String,
     pub action_id: u64,
     pub host: String,
@@ -120,7 +132,7 @@ fn corrupt(what: &'static str, id: &str, source: serde_json::Error) -> StoreErro
     }
 }
 
-const ACTION_COLUMNS: &str = "id, rollout_id, action_id, host, kind, spec, created_at_ms, delivered_at_ms, finished_at_ms, result, observed";
+const ACTION_COLUMNS: &str = "id, rollout_id, action_id, host, kind, spec, created_at_ms, delivered_at_ms, finished_at_ms, result, observed, uid";
 
 macro_rules! action_from_row {
     ($row:expr) => {{
@@ -130,8 +142,10 @@ macro_rules! action_from_row {
         let result: Option<String> = row.try_get(9).map_err(q("action"))?;
         let action_id: i64 = row.try_get(2).map_err(q("action"))?;
         let observed: i64 = row.try_get(10).map_err(q("action"))?;
+        let uid: Option<String> = row.try_get(11).map_err(q("action"))?;
         ActionRecord {
             id,
+            uid: uid.unwrap_or_default(),
             rollout_id: row.try_get(1).map_err(q("action"))?,
             action_id: action_id as u64,
             host: row.try_get(3).map_err(q("action"))?,
@@ -157,7 +171,9 @@ macro_rules! rollout_from_row {
         let row = $row;
         let id: String = row.try_get(0).map_err(q("rollout"))?;
         let state: String = row.try_get(7).map_err(q("rollout"))?;
+        let settled: i64 = row.try_get(8).map_err(q("rollout"))?;
         RolloutRecord {
+            settled: settled != 0,
             created_at_ms: row.try_get(1).map_err(q("rollout"))?,
             updated_at_ms: row.try_get(2).map_err(q("rollout"))?,
             phase: row.try_get(3).map_err(q("rollout"))?,
@@ -171,7 +187,31 @@ macro_rules! rollout_from_row {
 }
 
 const ROLLOUT_COLUMNS: &str =
-    "id, created_at_ms, updated_at_ms, phase, model_version, plan_file, plan_yaml, state";
+    "id, created_at_ms, updated_at_ms, phase, model_version, plan_file, plan_yaml, state, settled";
+
+/// Runs `$body` in a transaction `$tx` on a pooled connection and commits; the body's
+/// value is the answer. When anything in it fails (a full disk fails the COMMIT itself) the
+/// connection is closed rather than returned to the pool: SQLite may leave a failed transaction
+/// open on it, holding the write lock, and every later writer would find the database locked
+/// for good. Closing it rolls back and releases the lock.
+macro_rules! in_tx_or_discard {
+    ($pool:expr, |$tx:ident| $body:block) => {{
+        let mut conn = $pool.acquire().await.map_err(q("acquire a connection"))?;
+        let r = async {
+            let mut $tx = sqlx::Connection::begin(&mut *conn)
+                .await
+                .map_err(q("begin"))?;
+            let out = $body;
+            $tx.commit().await.map_err(q("commit"))?;
+            Ok::<_, StoreError>(out)
+        }
+        .await;
+        if r.is_err() {
+            conn.close_on_drop();
+        }
+        r
+    }};
+}
 
 /// Inserts a step's events, dispatches and outcomes through an open transaction.
 macro_rules! insert_step_effects {
@@ -197,8 +237,8 @@ macro_rules! insert_step_effects {
         }
         for d in &step.dispatches {
             sqlx::query(
-                "INSERT INTO actions (rollout_id, action_id, host, kind, spec, created_at_ms, observed) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 0) ON CONFLICT (rollout_id, action_id) DO NOTHING",
+                "INSERT INTO actions (rollout_id, action_id, host, kind, spec, created_at_ms, observed, uid) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 0, $7) ON CONFLICT (rollout_id, action_id) DO NOTHING",
             )
             .bind(rollout)
             .bind(d.action_id as i64)
@@ -206,6 +246,7 @@ macro_rules! insert_step_effects {
             .bind(&d.kind)
             .bind(d.spec.to_string())
             .bind($now_ms)
+            .bind(&d.uid)
             .execute(&mut *$tx)
             .await
             .map_err(q("queue action"))?;
@@ -277,10 +318,10 @@ impl Store {
                 sqlx::query("SELECT pg_advisory_xact_lock(7878002)").execute(&mut *tx).await.map_err(q("lock rollouts"))?;
             }
             let hosts: Vec<String> = new.hosts.iter().map(|(h, _)| h.clone()).collect();
-            let busy = sqlx::query(&format!(
+            let busy = sqlx::query(
                 "SELECT rh.host, r.id FROM rollout_hosts rh JOIN rollouts r ON r.id = rh.rollout_id \
-                 WHERE r.phase IN {ACTIVE} ORDER BY rh.host"
-            ))
+                 WHERE r.settled = 0 ORDER BY rh.host",
+            )
             .fetch_all(&mut *tx)
             .await
             .map_err(q("busy hosts"))?;
@@ -292,8 +333,8 @@ impl Store {
                 }
             }
             sqlx::query(
-                "INSERT INTO rollouts (id, created_at_ms, updated_at_ms, phase, model_version, plan_file, plan_yaml, hosts, state) \
-                 VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO rollouts (id, created_at_ms, updated_at_ms, phase, model_version, plan_file, plan_yaml, hosts, state, settled) \
+                 VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(&new.id)
             .bind(now_ms)
@@ -303,6 +344,7 @@ impl Store {
             .bind(&new.plan_yaml)
             .bind(serde_json::to_string(&hosts).expect("names serialise"))
             .bind(first.state.to_string())
+            .bind(first.settled as i64)
             .execute(&mut *tx)
             .await
             .map_err(q("insert rollout"))?;
@@ -329,12 +371,12 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(q("begin"))?;
-            let n = sqlx::query("UPDATE rollouts SET state = $1, phase = $2, updated_at_ms = $3 WHERE id = $4")
+        on_pool!(self, pool => in_tx_or_discard!(pool, |tx| {
+            let n = sqlx::query("UPDATE rollouts SET state = $1, phase = $2, updated_at_ms = $3, settled = $4 WHERE id = $5")
                 .bind(step.state.to_string())
                 .bind(&step.phase)
                 .bind(now_ms)
+                .bind(step.settled as i64)
                 .bind(id)
                 .execute(&mut *tx)
                 .await
@@ -352,9 +394,7 @@ impl Store {
                     .map_err(q("mark action observed"))?;
             }
             insert_step_effects!(tx, id, step, now_ms)?;
-            tx.commit().await.map_err(q("commit"))?;
-            Ok(())
-        })
+        }))
     }
 
     /// One rollout, `None` when unknown.
@@ -372,12 +412,13 @@ impl Store {
         })
     }
 
-    /// Every rollout, newest first; with `active_only`, those running or paused.
-    pub async fn rollouts(&self, active_only: bool) -> Result<Vec<RolloutRecord>, StoreError> {
-        let filter = if active_only {
-            format!("WHERE phase IN {ACTIVE}")
+    /// Every rollout, newest first; with `unsettled_only`, those running, paused, or final
+    /// with an action still in flight (the ones a server drives).
+    pub async fn rollouts(&self, unsettled_only: bool) -> Result<Vec<RolloutRecord>, StoreError> {
+        let filter = if unsettled_only {
+            "WHERE settled = 0"
         } else {
-            String::new()
+            ""
         };
         on_pool!(self, pool => {
             let rows = sqlx::query(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts {filter} ORDER BY created_at_ms DESC, id DESC"))
@@ -424,19 +465,19 @@ impl Store {
     ) -> Result<Vec<ActionRecord>, StoreError> {
         let _turn = self.write_turn().await;
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(q("begin"))?;
+            let rows = in_tx_or_discard!(pool, |tx| {
             sqlx::query("UPDATE actions SET delivered_at_ms = $1 WHERE host = $2 AND finished_at_ms IS NULL AND delivered_at_ms IS NULL")
                 .bind(now_ms)
                 .bind(host)
                 .execute(&mut *tx)
                 .await
                 .map_err(q("deliver actions"))?;
-            let rows = sqlx::query(&format!("SELECT {ACTION_COLUMNS} FROM actions WHERE host = $1 AND finished_at_ms IS NULL ORDER BY id"))
+            sqlx::query(&format!("SELECT {ACTION_COLUMNS} FROM actions WHERE host = $1 AND finished_at_ms IS NULL ORDER BY id"))
                 .bind(host)
                 .fetch_all(&mut *tx)
                 .await
-                .map_err(q("open actions"))?;
-            tx.commit().await.map_err(q("commit"))?;
+                .map_err(q("open actions"))?
+            })?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 out.push(action_from_row!(row));
@@ -445,34 +486,35 @@ impl Store {
         })
     }
 
-    /// Stores the agent's result of action `id` (global) for `host`. Idempotent: a second
-    /// result for a finished action is ignored. `None` when `host` has no such action.
+    /// Stores the agent's result of the action with wire id `uid` for `host`. Idempotent: a
+    /// second result for a finished action is ignored. `None` when `host` has no such action.
     pub async fn finish_action(
         &self,
-        id: i64,
+        uid: &str,
         host: &str,
         result: &serde_json::Value,
         now_ms: i64,
     ) -> Result<Option<ActionFinish>, StoreError> {
         let _turn = self.write_turn().await;
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(q("begin"))?;
-            let n = sqlx::query("UPDATE actions SET result = $1, finished_at_ms = $2 WHERE id = $3 AND host = $4 AND finished_at_ms IS NULL")
+            let (n, row) = in_tx_or_discard!(pool, |tx| {
+            let n = sqlx::query("UPDATE actions SET result = $1, finished_at_ms = $2 WHERE uid = $3 AND host = $4 AND finished_at_ms IS NULL")
                 .bind(result.to_string())
                 .bind(now_ms)
-                .bind(id)
+                .bind(uid)
                 .bind(host)
                 .execute(&mut *tx)
                 .await
                 .map_err(q("finish action"))?
                 .rows_affected();
-            let row = sqlx::query(&format!("SELECT {ACTION_COLUMNS} FROM actions WHERE id = $1 AND host = $2"))
-                .bind(id)
+            let row = sqlx::query(&format!("SELECT {ACTION_COLUMNS} FROM actions WHERE uid = $1 AND host = $2"))
+                .bind(uid)
                 .bind(host)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(q("action"))?;
-            tx.commit().await.map_err(q("commit"))?;
+            (n, row)
+            })?;
             let Some(row) = row else { return Ok(None) };
             let rec = action_from_row!(row);
             Ok(Some(if n > 0 { ActionFinish::Stored(rec) } else { ActionFinish::AlreadyFinished(rec) }))

@@ -126,6 +126,10 @@ both_backends!(
     }
 );
 
+fn hex_of(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
 fn new_rollout(id: &str, hosts: &[&str]) -> (NewRollout, StepRecord) {
     let new = NewRollout {
         id: id.into(),
@@ -146,6 +150,7 @@ fn new_rollout(id: &str, hosts: &[&str]) -> (NewRollout, StepRecord) {
     };
     let first = StepRecord {
         phase: "running".into(),
+        settled: false,
         state: json!({"step": 0}),
         events: vec![NewEvent {
             ts_ms: 10,
@@ -156,6 +161,8 @@ fn new_rollout(id: &str, hosts: &[&str]) -> (NewRollout, StepRecord) {
         }],
         dispatches: vec![NewAction {
             action_id: 1,
+            // A distinct wire id per rollout (the server draws them at random).
+            uid: format!("{:0>32}", hex_of(id)),
             host: hosts[0].into(),
             kind: "apply".into(),
             spec: json!({"builtin": "set_service_version", "version": "2"}),
@@ -188,23 +195,31 @@ both_backends!(rollouts_hold_their_hosts_and_queue_actions_once, |store| {
     assert_eq!(store.take_open_actions("a", 21).await.unwrap().len(), 1);
     assert!(store.take_open_actions("b", 21).await.unwrap().is_empty());
     let gid = open[0].id;
+    // The wire id is 128 random bits in hex, not the row id.
+    let uid = open[0].uid.clone();
+    assert_eq!(uid, format!("{:0>32}", hex_of("r-1")));
+    assert!(store
+        .finish_action(&gid.to_string(), "a", &json!({"ok": true}), 22)
+        .await
+        .unwrap()
+        .is_none());
     // Wrong host: nothing.
     assert_eq!(
         store
-            .finish_action(gid, "b", &json!({"ok": true}), 22)
+            .finish_action(&uid, "b", &json!({"ok": true}), 22)
             .await
             .unwrap(),
         None
     );
     let done = store
-        .finish_action(gid, "a", &json!({"ok": true}), 22)
+        .finish_action(&uid, "a", &json!({"ok": true}), 22)
         .await
         .unwrap()
         .unwrap();
     assert!(matches!(done, ActionFinish::Stored(ref r) if r.finished_at_ms == Some(22)));
     // Idempotent: the second report is ignored and the first kept.
     let again = store
-        .finish_action(gid, "a", &json!({"ok": false}), 23)
+        .finish_action(&uid, "a", &json!({"ok": false}), 23)
         .await
         .unwrap()
         .unwrap();
@@ -214,12 +229,27 @@ both_backends!(rollouts_hold_their_hosts_and_queue_actions_once, |store| {
     assert!(store.take_open_actions("a", 24).await.unwrap().is_empty());
     assert_eq!(store.unobserved_results("r-1").await.unwrap().len(), 1);
     // A step consumes it; re-queuing the same engine action id is a no-op.
+    // Final but with an action in flight: r-1 still holds its hosts.
+    let aborting = StepRecord {
+        phase: "aborted".into(),
+        settled: false,
+        state: json!({"step": 1}),
+        ..StepRecord::default()
+    };
+    store.save_rollout_step("r-1", &aborting, 25).await.unwrap();
+    assert_eq!(
+        store.create_rollout(&other, &first2, 26).await.unwrap(),
+        Some(("b".into(), "r-1".into()))
+    );
+    assert_eq!(store.rollouts(true).await.unwrap().len(), 1);
     let step = StepRecord {
         phase: "completed".into(),
+        settled: true,
         state: json!({"step": 1}),
         events: vec![],
         dispatches: vec![NewAction {
             action_id: 1,
+            uid: "ffeeddccbbaa99887766554433221100".into(),
             host: "a".into(),
             kind: "apply".into(),
             spec: json!({}),

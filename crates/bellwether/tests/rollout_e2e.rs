@@ -66,7 +66,7 @@ fn faulty_hosts_are_rolled_back_alone_while_the_others_stay_updated() {
         let j = std::fs::read_to_string(dir.join("agent-state").join(name).join("actions.json"))
             .unwrap();
         let j: serde_json::Value = serde_json::from_str(&j).unwrap();
-        let applies = j
+        let applies = j["entries"]
             .as_object()
             .unwrap()
             .values()
@@ -249,7 +249,7 @@ fn a_rollout_resumes_after_the_server_is_killed_with_no_host_applied_twice_or_lo
         let j = std::fs::read_to_string(dir.join("agent-state").join(name).join("actions.json"))
             .unwrap();
         let j: serde_json::Value = serde_json::from_str(&j).unwrap();
-        let applies = j
+        let applies = j["entries"]
             .as_object()
             .unwrap()
             .values()

@@ -219,7 +219,7 @@ impl Drifted {
             )
             .unwrap();
             let ran = |what: &str| {
-                journal
+                journal["entries"]
                     .as_object()
                     .unwrap()
                     .values()

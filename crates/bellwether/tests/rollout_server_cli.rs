@@ -54,7 +54,7 @@ fn now_ms() -> i64 {
 }
 
 /// Which (action id, kind) each host was sent.
-type Sent = Arc<Mutex<BTreeMap<String, BTreeMap<i64, String>>>>;
+type Sent = Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>>;
 
 /// A simulated agent thread: enrols, reports a profile, then sends healthy samples and runs
 /// the actions it is sent, against whatever URL `base` holds (it changes on a restart).
@@ -115,13 +115,13 @@ fn agent(
                 continue;
             };
             for a in v["actions"].as_array().into_iter().flatten() {
-                let id = a["id"].as_i64().unwrap();
+                let id = a["id"].as_str().unwrap().to_string();
                 sent.lock()
                     .unwrap()
                     .entry(name.clone())
                     .or_default()
                     .insert(
-                        id,
+                        id.clone(),
                         format!(
                             "{}:{}",
                             a["rollout"].as_str().unwrap(),

@@ -12,7 +12,7 @@ struct Fake {
     batches: VecDeque<Vec<PendingAction>>,
     /// Reports fail while this is positive (each failure decrements it).
     fail_reports: u32,
-    reports: Vec<(u64, ActionReport)>,
+    reports: Vec<(String, ActionReport)>,
 }
 
 #[derive(Clone, Default)]
@@ -38,7 +38,7 @@ impl ActionTransport for FakeTransport {
     async fn report_action(
         &mut self,
         _token: &str,
-        id: u64,
+        id: &str,
         report: &ActionReport,
     ) -> Result<(), SendError> {
         let mut f = self.0.borrow_mut();
@@ -46,14 +46,19 @@ impl ActionTransport for FakeTransport {
             f.fail_reports -= 1;
             return Err(SendError::Unavailable("connection refused".into()));
         }
-        f.reports.push((id, report.clone()));
+        f.reports.push((id.to_string(), report.clone()));
         Ok(())
     }
 }
 
+/// A wire id of the server's shape (32 hex characters) made from a small number.
+fn uid(n: u64) -> String {
+    format!("{n:032x}")
+}
+
 fn version(id: u64, v: &str) -> PendingAction {
     PendingAction {
-        id,
+        id: uid(id),
         rollout: "r-1".into(),
         kind: "apply".into(),
         spec: ActionSpec::SetServiceVersion {
@@ -123,15 +128,20 @@ async fn the_journal_survives_a_restart_so_nothing_runs_twice() {
     let stats = run_for(&h, &t, 10).await;
     assert_eq!((stats.ran, stats.replayed), (1, 1), "{stats:?}");
     assert_eq!(version_file(&h), "3\n", "only action 8 ran");
-    let ids: Vec<u64> = t.0.borrow().reports.iter().map(|(id, _)| *id).collect();
-    assert_eq!(ids, vec![7, 7, 8]);
+    let ids: Vec<String> =
+        t.0.borrow()
+            .reports
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
+    assert_eq!(ids, vec![uid(7), uid(7), uid(8)]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_action_interrupted_by_an_agent_stop_is_reported_failed_not_rerun() {
     let h = host();
     let mut j = Journal::open(&h.state).unwrap();
-    j.mark_started(3, &version(3, "2").spec).unwrap();
+    j.mark_started(&uid(3), &version(3, "2").spec).unwrap();
     drop(j);
     let t = FakeTransport::default();
     t.0.borrow_mut().batches = VecDeque::from([vec![version(3, "2")]]);
@@ -142,7 +152,7 @@ async fn an_action_interrupted_by_an_agent_stop_is_reported_failed_not_rerun() {
         "never run again"
     );
     let reports = &t.0.borrow().reports;
-    assert_eq!(reports[0].0, 3);
+    assert_eq!(reports[0].0, uid(3));
     assert_eq!(
         reports[0].1.error.as_deref(),
         Some("the agent stopped while the action ran; it was not run again")
@@ -164,7 +174,7 @@ async fn results_the_server_missed_are_sent_again() {
     assert_eq!(t.0.borrow().reports.len(), 1);
     let j = Journal::open(&h.state).unwrap();
     assert!(j.unreported().is_empty());
-    assert!(j.get(1).unwrap().reported);
+    assert!(j.get(&uid(1)).unwrap().reported);
 }
 
 #[tokio::test(start_paused = true)]
@@ -188,6 +198,65 @@ async fn the_loop_waits_for_the_sample_loops_token() {
     };
     let (stats, ()) = tokio::join!(lp.run(tokio::time::sleep(Duration::from_secs(10))), handle);
     assert_eq!(stats.ran, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_id_reused_for_another_action_is_refused_never_answered_from_the_journal() {
+    // The issue's scenario in miniature: the journal holds id X as "set version 2, ok"; a
+    // server on a fresh store sends X again for "set version 3". Answering from the journal
+    // would report version 3 while the host stays on 2.
+    let h = host();
+    let t = FakeTransport::default();
+    t.0.borrow_mut().batches = VecDeque::from([vec![version(1, "2")]]);
+    run_for(&h, &t, 10).await;
+    assert_eq!(version_file(&h), "2\n");
+    t.0.borrow_mut().reports.clear();
+    t.0.borrow_mut().batches = VecDeque::from([vec![version(1, "3")]]);
+    let stats = run_for(&h, &t, 10).await;
+    assert_eq!(
+        (stats.ran, stats.replayed, stats.refused),
+        (0, 0, 1),
+        "{stats:?}"
+    );
+    assert_eq!(version_file(&h), "2\n", "nothing ran");
+    let reports = &t.0.borrow().reports;
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(!reports[0].1.ok, "never the stored success: {reports:?}");
+    let error = reports[0].1.error.as_deref().unwrap();
+    assert!(
+        error.contains("already used on this host for a different action (set_service_version 2)")
+            && error.contains("refusing set_service_version 3"),
+        "{error}"
+    );
+    // The journal still answers the original action with its own result.
+    let j = Journal::open(&h.state).unwrap();
+    assert!(
+        matches!(j.lookup(&uid(1), &version(1, "2").spec), Lookup::Same(e) if e.report.as_ref().is_some_and(|r| r.ok))
+    );
+}
+
+#[test]
+fn an_old_format_journal_is_moved_aside_with_a_warning_not_matched() {
+    let h = host();
+    std::fs::create_dir_all(&h.state).unwrap();
+    let old = r#"{"7":{"describe":"set_service_version 2","report":{"ok":true,"exit_code":0,"error":null,"stdout_tail":"","stderr_tail":"","started_ms":1,"finished_ms":2},"reported":true}}"#;
+    std::fs::write(h.state.join("actions.json"), old).unwrap();
+    let j = Journal::open(&h.state).unwrap();
+    assert!(j.is_empty(), "row-id entries are never matched");
+    assert_eq!(
+        std::fs::read_to_string(h.state.join("actions.v1.json")).unwrap(),
+        old,
+        "kept aside for a human"
+    );
+    assert!(!h.state.join("actions.json").exists());
+    // A journal of an unknown version is an error, not a silent restart.
+    std::fs::write(
+        h.state.join("actions.json"),
+        r#"{"version":9,"entries":{}}"#,
+    )
+    .unwrap();
+    let err = Journal::open(&h.state).unwrap_err().to_string();
+    assert!(err.contains("actions.json has format version 9"), "{err}");
 }
 
 #[test]
@@ -214,7 +283,7 @@ mod http {
     #[derive(Default)]
     struct Server {
         queue: Mutex<Vec<PendingAction>>,
-        results: Mutex<Vec<(u64, ActionReport)>>,
+        results: Mutex<Vec<(String, ActionReport)>>,
         waits: Mutex<Vec<u64>>,
         got: tokio::sync::Notify,
     }
@@ -248,7 +317,7 @@ mod http {
     async fn result(
         State(s): State<Arc<Server>>,
         h: HeaderMap,
-        UrlPath(id): UrlPath<u64>,
+        UrlPath(id): UrlPath<String>,
         Json(r): Json<ActionReport>,
     ) -> StatusCode {
         if !authorised(&h) {
@@ -264,7 +333,7 @@ mod http {
         let h = host();
         let server = Arc::new(Server::default());
         server.queue.lock().unwrap().push(PendingAction {
-            id: 41,
+            id: uid(41),
             rollout: "r-1".into(),
             kind: "apply".into(),
             spec: ActionSpec::Argv {
@@ -305,7 +374,7 @@ mod http {
         let results = server.results.lock().unwrap();
         assert_eq!(results.len(), 1);
         let (id, r) = &results[0];
-        assert_eq!(*id, 41);
+        assert_eq!(*id, uid(41));
         assert!(r.ok && r.exit_code == Some(0), "{r:?}");
         assert_eq!(r.stdout_tail, "applied\n");
         assert_eq!(server.waits.lock().unwrap()[0], 200, "wait_ms is passed on");

@@ -126,6 +126,13 @@ pub enum Observation {
         command: OperatorCommand,
         now_ms: i64,
     },
+    /// The driver could not carry out its steps (its store refused to save them) and has
+    /// held the rollout: a running rollout pauses, and a critical alert says why, so a human
+    /// looks before it goes on (`Resume`).
+    Hold {
+        reason: String,
+        now_ms: i64,
+    },
 }
 
 impl Observation {
@@ -134,7 +141,8 @@ impl Observation {
             Observation::Tick { now_ms }
             | Observation::ActionFinished { now_ms, .. }
             | Observation::HostWatch { now_ms, .. }
-            | Observation::Operator { now_ms, .. } => *now_ms,
+            | Observation::Operator { now_ms, .. }
+            | Observation::Hold { now_ms, .. } => *now_ms,
         }
     }
 }
@@ -248,6 +256,10 @@ pub enum HostAction {
     RolledBack,
     HeldBack,
     Remediated,
+    /// Not reached yet: the rollout is still running or paused and the host waits for its
+    /// wave (or for a remediation before it).
+    Waiting,
+    /// Never reached: the rollout ended (aborted, or completed without it).
     Skipped,
 }
 
@@ -319,7 +331,10 @@ impl HostRecord {
             HostState::HeldBack => HostAction::HeldBack,
             _ if self.remediated => HostAction::Remediated,
             HostState::Updated | HostState::Baking | HostState::Applying => HostAction::Updated,
-            HostState::Waiting | HostState::Skipped | HostState::Remediating => HostAction::Skipped,
+            // A failing updated host being remediated still runs the new version.
+            HostState::Remediating if self.applied => HostAction::Updated,
+            HostState::Waiting | HostState::Remediating => HostAction::Waiting,
+            HostState::Skipped => HostAction::Skipped,
         }
     }
 
@@ -769,6 +784,7 @@ impl Rollout {
                 data_ms,
             } => self.on_verdict(&mut out, &host, verdict, data_ms.unwrap_or(now_ms)),
             Observation::Operator { command, .. } => self.on_operator(&mut out, command),
+            Observation::Hold { reason, .. } => self.on_hold(&mut out, reason),
         }
         if sweep {
             self.check_overdue(&mut out);
@@ -777,6 +793,13 @@ impl Rollout {
         }
         self.check_finished(&mut out);
         out
+    }
+
+    /// Whether the rollout is over: its phase is final and every action it dispatched has
+    /// reported or timed out. A driver keeps feeding results and ticks until then; a final
+    /// phase alone is not the end (an abort's reverts are still in flight).
+    pub fn is_settled(&self) -> bool {
+        self.phase.is_final() && self.pending.is_empty()
     }
 
     /// The actions dispatched and not yet finished, as `Dispatch` decisions to re-send after a
@@ -1046,6 +1069,14 @@ impl Rollout {
             }
             (ActionKind::Revert, None) => {
                 self.set_state(&h, HostState::RolledBack);
+                if !self.hosts[&h].failed {
+                    // Reverted because of the abort: say so, not the "Updated to" of before.
+                    self.set_reason(
+                        &h,
+                        format!("Rolled back in {took}ms: the rollout was aborted."),
+                        figures.clone(),
+                    );
+                }
                 self.event(
                     out,
                     "host.rolled_back",
@@ -1057,6 +1088,11 @@ impl Rollout {
             (ActionKind::Revert, Some(err)) => {
                 self.rec(&h).error = Some(err.clone());
                 self.set_state(&h, HostState::RevertFailed);
+                self.set_reason(
+                    &h,
+                    format!("The revert failed ({err}): the host needs a human."),
+                    figures.clone(),
+                );
                 self.event(
                     out,
                     "host.revert_failed",
@@ -1341,11 +1377,25 @@ impl Rollout {
             match self.hosts[h].state {
                 HostState::Baking | HostState::Updated => {
                     reverting += 1;
+                    if !self.hosts[h].failed {
+                        self.set_reason(
+                            h,
+                            format!("Rolling back: the rollout was aborted ({reason})."),
+                            Value::Null,
+                        );
+                    }
                     self.revert(out, h);
                 }
                 HostState::Applying | HostState::Remediating if self.hosts[h].applied => {
                     reverting += 1;
                     self.rec(h).revert_pending = true;
+                    if !self.hosts[h].failed {
+                        self.set_reason(
+                            h,
+                            format!("To roll back once its action ends: the rollout was aborted ({reason})."),
+                            Value::Null,
+                        );
+                    }
                 }
                 HostState::Waiting => {
                     self.set_state(h, HostState::Skipped);
@@ -1381,7 +1431,11 @@ impl Rollout {
 
     fn finish(&mut self, out: &mut Vec<Decision>, phase: Phase, reason: String) {
         self.phase = phase;
-        self.finished_ms = Some(self.now_ms);
+        // Finished only once nothing is in flight; otherwise `check_finished` sets it when the
+        // last pending action reports.
+        if self.pending.is_empty() {
+            self.finished_ms = Some(self.now_ms);
+        }
         let figures = json!({ "hosts": self.hosts.len(), "failed_total": self.failed_total, "waves": self.wave + 1 });
         self.event(out, "rollout.completed", None, reason, figures);
     }
@@ -1491,6 +1545,37 @@ impl Rollout {
                 figures,
             );
         }
+    }
+
+    fn on_hold(&mut self, out: &mut Vec<Decision>, reason: String) {
+        let figures = json!({ "phase": self.phase, "wave": self.wave, "pending_actions": self.pending.len() });
+        self.event(
+            out,
+            "rollout.held",
+            None,
+            format!("Held by the server: {reason}."),
+            figures.clone(),
+        );
+        if self.phase == Phase::Running {
+            self.phase = Phase::Paused;
+            self.pause_reason = Some(reason.clone());
+            self.event(
+                out,
+                "rollout.paused",
+                None,
+                format!("Paused: {reason}."),
+                figures.clone(),
+            );
+        }
+        self.alert(
+            out,
+            AlertSeverity::Critical,
+            format!(
+                "Rollout {} held: {reason}; resume it once the cause is fixed.",
+                self.id
+            ),
+            figures,
+        );
     }
 
     fn on_operator(&mut self, out: &mut Vec<Decision>, c: OperatorCommand) {
@@ -1738,22 +1823,37 @@ impl Rollout {
         }
     }
 
+    /// Sets `finished_ms` when a final rollout's last pending action has reported (or timed
+    /// out), with the event `rollout.finished`.
     fn check_finished(&mut self, out: &mut Vec<Decision>) {
-        if self.phase == Phase::Aborted && self.finished_ms.is_none() && self.pending.is_empty() {
-            self.finished_ms = Some(self.now_ms);
-            let rolled = self
-                .hosts
-                .values()
-                .filter(|h| h.state == HostState::RolledBack)
-                .count();
-            self.event(
-                out,
-                "rollout.finished",
-                None,
-                format!("Aborted rollout settled: {rolled} hosts rolled back."),
-                json!({ "rolled_back": rolled }),
-            );
+        if !self.is_settled() || self.finished_ms.is_some() {
+            return;
         }
+        self.finished_ms = Some(self.now_ms);
+        let rolled = self
+            .hosts
+            .values()
+            .filter(|h| h.state == HostState::RolledBack)
+            .count();
+        let failed = self
+            .hosts
+            .values()
+            .filter(|h| h.state == HostState::RevertFailed)
+            .count();
+        let what = if self.phase == Phase::Aborted {
+            "Aborted"
+        } else {
+            "Completed"
+        };
+        self.event(
+            out,
+            "rollout.finished",
+            None,
+            format!(
+                "{what} rollout settled: its last action has reported; {rolled} hosts rolled back, {failed} reverts failed."
+            ),
+            json!({ "rolled_back": rolled, "revert_failed": failed, "phase": self.phase }),
+        );
     }
 }
 

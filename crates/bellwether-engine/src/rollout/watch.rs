@@ -40,6 +40,7 @@ pub enum WatchError {
     UnknownMetric { host: HostName, metric: String },
 }
 
+#[derive(Clone)]
 struct MetricWatch {
     rule: MetricRule,
     watch: ThresholdWatch,
@@ -49,7 +50,9 @@ struct MetricWatch {
     last_ts: Option<i64>,
 }
 
-/// Watches one host against its own pre-apply baseline and against control hosts.
+/// Watches one host against its own pre-apply baseline and against control hosts. `Clone`, so a
+/// driver can change a copy and keep it only once the change is saved.
+#[derive(Clone)]
 pub struct HostWatcher {
     host: HostName,
     metrics: Vec<MetricWatch>,

@@ -29,9 +29,9 @@ enum Verb {
     Start {
         /// The plan file.
         plan: PathBuf,
-        /// Follow the rollout until it completes, pauses or aborts, with its waves and each
-        /// host's state (a live view on a terminal, plain lines otherwise). Exits 0 when it
-        /// completed, 1 when it paused or aborted.
+        /// Follow the rollout until it pauses, or completes or aborts and its last action has
+        /// reported, with its waves and each host's state (a live view on a terminal, plain
+        /// lines otherwise). Exits 0 when it completed, 1 when it paused or aborted.
         #[arg(long)]
         wait: bool,
     },
@@ -255,8 +255,9 @@ fn print_report(v: &Value) {
     );
 }
 
-/// Polls the status until the rollout is completed, paused or aborted, showing each host's
-/// state changes (a live bar on a terminal, plain lines otherwise).
+/// Polls the status until the rollout is paused, or completed or aborted with no action in
+/// flight (an abort's reverts report after the phase turned final), showing each host's state
+/// changes (a live bar on a terminal, plain lines otherwise).
 fn follow(
     rt: &tokio::runtime::Runtime,
     client: &bellwether_server::client::Client,
@@ -294,7 +295,8 @@ fn follow(
         }
         last_summary = s;
         let state = text(&v["state"]);
-        if matches!(state.as_str(), "completed" | "paused" | "aborted") {
+        let settled = v["pending_actions"].as_u64() == Some(0);
+        if state == "paused" || (matches!(state.as_str(), "completed" | "aborted") && settled) {
             if let Some(b) = &bar {
                 b.finish_with_message(last_summary.clone());
             }

@@ -87,6 +87,8 @@ pub(crate) struct Sim {
     pub now: i64,
     pub log: Vec<Decision>,
     pub pending: Vec<(u64, HostName, ActionKind)>,
+    /// Every action id answered with `ActionFinished`.
+    pub answered: Vec<u64>,
 }
 
 impl Sim {
@@ -97,6 +99,7 @@ impl Sim {
             now: 0,
             log: Vec::new(),
             pending: Vec::new(),
+            answered: Vec::new(),
         };
         s.take(d);
         s
@@ -118,6 +121,9 @@ impl Sim {
     }
 
     pub(crate) fn step(&mut self, obs: Observation) -> Vec<Decision> {
+        if let Observation::ActionFinished { action_id, .. } = &obs {
+            self.answered.push(*action_id);
+        }
         let d = self.r.step(obs);
         self.take(d.clone());
         d
@@ -660,6 +666,168 @@ fn operator_commands() {
 }
 
 #[test]
+fn a_paused_rollout_reports_its_waiting_hosts_as_waiting_not_skipped() {
+    let mut s = Sim::new(plan_with(&[]), fleet(40));
+    s.step(Observation::Operator {
+        command: OperatorCommand::Pause,
+        now_ms: 0,
+    });
+    let rep = s.r.report();
+    assert_eq!(rep.state, Phase::Paused);
+    assert!(rep.counts.get(&HostAction::Waiting).copied().unwrap_or(0) > 0);
+    assert_eq!(
+        rep.counts.get(&HostAction::Skipped),
+        None,
+        "{:?}",
+        rep.counts
+    );
+    assert_eq!(
+        serde_json::to_value(HostAction::Waiting).unwrap(),
+        json!("waiting")
+    );
+    // After an abort the hosts never reached are skipped.
+    s.step(Observation::Operator {
+        command: OperatorCommand::Abort,
+        now_ms: 0,
+    });
+    let rep = s.r.report();
+    assert_eq!(
+        rep.counts.get(&HostAction::Waiting),
+        None,
+        "{:?}",
+        rep.counts
+    );
+    assert!(rep.counts[&HostAction::Skipped] > 0);
+}
+
+#[test]
+fn an_aborted_rollout_finishes_only_when_its_reverts_have_reported() {
+    let mut s = Sim::new(plan_with(&[]), fleet(40));
+    s.answer(|_, _| ActionResult::Ok);
+    let pilot = s.r.current.clone();
+    assert!(pilot
+        .iter()
+        .all(|h| s.r.hosts[h].state == HostState::Baking));
+    s.step(Observation::Operator {
+        command: OperatorCommand::Abort,
+        now_ms: 1000,
+    });
+    assert_eq!(s.r.phase, Phase::Aborted);
+    assert!(!s.r.is_settled(), "the reverts are in flight");
+    assert_eq!(s.r.finished_ms, None);
+    for h in &pilot {
+        assert_eq!(s.r.hosts[h].state, HostState::RollingBack);
+        assert!(
+            s.r.hosts[h].reason.contains("aborted"),
+            "{}",
+            s.r.hosts[h].reason
+        );
+    }
+    s.now = 2000;
+    s.answer(|_, _| ActionResult::Ok);
+    assert!(s.r.is_settled());
+    assert_eq!(s.r.finished_ms, Some(2000));
+    assert_eq!(s.events("rollout.finished").len(), 1);
+    for h in &pilot {
+        let rec = &s.r.hosts[h];
+        assert_eq!(rec.state, HostState::RolledBack);
+        assert!(rec.reason.starts_with("Rolled back"), "{}", rec.reason);
+    }
+}
+
+#[test]
+fn a_completed_rollout_with_a_revert_in_flight_finishes_when_it_reports() {
+    // A pilot host fails after its wave passed: its revert is in flight while the last wave
+    // passes, so the rollout completes with an action pending and is finished only when the
+    // revert reports.
+    let hosts = (0..4)
+        .map(|i| host(&format!("web-{i}"), 0.01 * (i + 1) as f64))
+        .collect();
+    let mut s = Sim::new(plan_with(&[]), hosts);
+    while s.r.wave == 0 {
+        s.run(1, |_| Some(WatchVerdict::Healthy));
+    }
+    let p =
+        s.r.hosts
+            .values()
+            .find(|h| h.wave == Some(0))
+            .map(|h| h.name.clone())
+            .unwrap();
+    s.answer(|_, _| ActionResult::Ok);
+    let q = p.clone();
+    s.verdicts(move |h| {
+        Some(if *h == q {
+            failing("late")
+        } else {
+            WatchVerdict::Healthy
+        })
+    });
+    assert_eq!(s.r.hosts[&p].state, HostState::RollingBack);
+    let revert: Vec<_> = s
+        .pending
+        .iter()
+        .filter(|a| a.2 == ActionKind::Revert)
+        .cloned()
+        .collect();
+    assert_eq!(revert.len(), 1);
+    s.pending.retain(|a| a.2 != ActionKind::Revert);
+    for _ in 0..100 {
+        if s.r.phase == Phase::Completed {
+            break;
+        }
+        s.answer(|_, _| ActionResult::Ok);
+        s.tick(1000);
+        s.verdicts(|_| Some(WatchVerdict::Healthy));
+    }
+    assert_eq!(s.r.phase, Phase::Completed);
+    assert!(!s.r.is_settled());
+    assert_eq!(s.r.finished_ms, None, "finished with a revert in flight");
+    s.now += 500;
+    s.pending = revert;
+    s.answer(|_, _| ActionResult::Ok);
+    assert!(s.r.is_settled());
+    assert_eq!(s.r.finished_ms, Some(s.now));
+    assert_eq!(s.events("rollout.finished").len(), 1);
+    assert_eq!(s.r.hosts[&p].state, HostState::RolledBack);
+}
+
+#[test]
+fn a_hold_pauses_with_a_critical_alert_until_the_operator_resumes() {
+    let mut s = Sim::new(plan_with(&[]), fleet(40));
+    s.answer(|_, _| ActionResult::Ok);
+    let out = s.step(Observation::Hold {
+        reason: "the store could not save a step (disk full)".into(),
+        now_ms: 10,
+    });
+    assert_eq!(s.r.phase, Phase::Paused);
+    assert_eq!(
+        s.r.pause_reason.as_deref(),
+        Some("the store could not save a step (disk full)")
+    );
+    assert_eq!(s.events("rollout.held").len(), 1);
+    assert!(out.iter().any(|d| matches!(d, Decision::Alert { severity: AlertSeverity::Critical, message, .. } if message.contains("held"))));
+    // Held and paused: no wave starts until the operator resumes.
+    s.run(30, |_| Some(WatchVerdict::Healthy));
+    assert_eq!(s.r.wave, 0);
+    s.step(Observation::Operator {
+        command: OperatorCommand::Resume,
+        now_ms: s.now,
+    });
+    assert_eq!(s.r.phase, Phase::Running);
+    // A hold of a final rollout still alerts, and changes no phase.
+    s.step(Observation::Operator {
+        command: OperatorCommand::Abort,
+        now_ms: s.now,
+    });
+    let out = s.step(Observation::Hold {
+        reason: "again".into(),
+        now_ms: s.now,
+    });
+    assert_eq!(s.r.phase, Phase::Aborted);
+    assert!(out.iter().any(|d| matches!(d, Decision::Alert { .. })));
+}
+
+#[test]
 fn untargeted_rollback_aborts_on_the_first_failure() {
     let plan = plan_with(&[("  pause_when:", "  targeted: false\n  pause_when:")]);
     let mut s = Sim::new(plan, fleet(40));
@@ -818,7 +986,15 @@ proptest::proptest! {
                     if result != ActionResult::Ok { failed_action.insert(h); }
                     Observation::ActionFinished { action_id: id, result, now_ms: now }
                 }
-                9 => Observation::Operator { command: [OperatorCommand::Pause, OperatorCommand::Resume][pick % 2], now_ms: now },
+                9 => {
+                    // Abort rarely, so most runs also explore the waves.
+                    let command = if pick % 16 == 0 {
+                        OperatorCommand::Abort
+                    } else {
+                        [OperatorCommand::Pause, OperatorCommand::Resume, OperatorCommand::Promote][pick % 3]
+                    };
+                    Observation::Operator { command, now_ms: now }
+                }
                 _ => {
                     let h = names[pick % names.len()].clone();
                     let verdict = match v {
@@ -845,11 +1021,12 @@ proptest::proptest! {
             }
             for d in &out {
                 if let Decision::Dispatch { host, kind: ActionKind::Revert, .. } = d {
-                    // A revert comes from a failing verdict on that host or a failed action;
-                    // never from no data.
+                    // A revert comes from a failing verdict on that host, a failed action or
+                    // an abort; never from no data.
                     let l = latest.get(host).copied();
                     proptest::prop_assert!(
-                        failed_action.contains(host)
+                        s.r.phase == Phase::Aborted
+                            || failed_action.contains(host)
                             || matches!(l, Some(VerdictKind::Failing) | Some(VerdictKind::Critical)),
                         "revert of {host} with latest verdict {l:?}"
                     );
@@ -880,6 +1057,44 @@ proptest::proptest! {
             proptest::prop_assert!(s.r.pending.keys().all(|id| held.contains(id)));
             let engine_pending = s.r.pending.clone();
             s.pending.retain(|p| engine_pending.contains_key(&p.0));
+            // Never finished while an action is in flight.
+            if s.r.finished_ms.is_some() {
+                proptest::prop_assert!(s.r.pending.is_empty(), "finished with {} actions pending", s.r.pending.len());
+                proptest::prop_assert!(s.r.phase.is_final());
+            }
+        }
+        // Every action the engine dispatched ends reported or timed out: abort, then let the
+        // clock run past every timeout, answering nothing. The rollout settles, and only then
+        // is it finished, once.
+        s.step(Observation::Operator { command: OperatorCommand::Abort, now_ms: s.now });
+        for _ in 0..4 {
+            s.tick(24 * 3600 * 1000);
+        }
+        proptest::prop_assert!(s.r.is_settled(), "still {} pending after every timeout", s.r.pending.len());
+        proptest::prop_assert!(s.r.finished_ms.is_some());
+        // `rollout.finished` marks a settle that came after the phase turned final; a rollout
+        // that completed with nothing in flight was finished at once.
+        let finished_events = s.events("rollout.finished").len();
+        proptest::prop_assert!(finished_events <= 1);
+        if finished_events == 0 {
+            proptest::prop_assert_eq!(s.r.phase, Phase::Completed);
+        }
+        let mut answered: BTreeSet<u64> = BTreeSet::new();
+        for d in &s.log {
+            if let Decision::Event(e) = d {
+                if e.kind == "action.overdue" {
+                    answered.insert(e.figures["action_id"].as_u64().unwrap());
+                }
+            }
+        }
+        answered.extend(s.answered.iter().copied());
+        for d in &s.log {
+            if let Decision::Dispatch { action_id, .. } = d {
+                proptest::prop_assert!(answered.contains(action_id), "action {} never ended", action_id);
+            }
+        }
+        for h in s.r.hosts.values() {
+            proptest::prop_assert!(!matches!(h.state, HostState::Applying | HostState::RollingBack | HostState::Remediating | HostState::Waiting), "{} left {:?}", h.name, h.state);
         }
         // Serialisation of any reachable state round-trips.
         let json = serde_json::to_string(&s.r).unwrap();
