@@ -47,40 +47,10 @@ impl From<Dur> for String {
     }
 }
 
-fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.trim().parse().ok()?;
-    (v.is_finite() && v >= 0.0 && v * mult < 1e9).then(|| Duration::from_secs_f64(v * mult))
-}
-
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = serde_yaml::Value::deserialize(d)?;
-        let text = match &v {
-            serde_yaml::Value::String(s) => s.clone(),
-            serde_yaml::Value::Number(n) => n.to_string(),
-            _ => {
-                return Err(serde::de::Error::custom(
-                    "expected a duration such as `2s` or `500ms`",
-                ))
-            }
-        };
-        parse_duration(&text).map(Dur).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not a duration such as `2s` or `500ms`"
-            ))
-        })
+        // The same syntax and checks as a rollout plan's durations.
+        crate::rollout::plan::Dur::deserialize(d).map(|v| Dur(v.0))
     }
 }
 
@@ -316,24 +286,13 @@ pub struct PatchPlan {
     pub webhook: Option<String>,
 }
 
-fn yaml_message(e: &serde_yaml::Error) -> String {
-    let text = e.to_string();
-    match e.location() {
-        Some(loc) => {
-            let bare = text.split(" at line ").next().unwrap_or(&text).to_string();
-            format!("line {}, column {}: {}", loc.line(), loc.column(), bare)
-        }
-        None => text,
-    }
-}
-
 impl PatchPlan {
     /// Parses and validates a plan; errors name the source and the line and column, or the
     /// field.
     pub fn parse(source_name: &str, text: &str) -> Result<PatchPlan, PlanError> {
-        let plan: PatchPlan = serde_yaml::from_str(text).map_err(|e| PlanError::Yaml {
+        let plan: PatchPlan = crate::yaml::from_str(text).map_err(|e| PlanError::Yaml {
             source_name: source_name.into(),
-            message: yaml_message(&e),
+            message: e.to_string(),
         })?;
         plan.validate(source_name)?;
         Ok(plan)
