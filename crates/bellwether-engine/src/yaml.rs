@@ -147,6 +147,17 @@ fn bare_message(e: &serde_saphyr::Error) -> String {
         E::SerdeUnknownField {
             field, expected, ..
         } => format!("unknown field `{field}`, {}", one_of(expected, "fields")),
+        E::InvalidScalar { ty, .. } => match *ty {
+            "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => {
+                format!("invalid value: expected a whole number ≥ 0 ({ty})")
+            }
+            "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => {
+                format!("invalid value: expected a whole number ({ty})")
+            }
+            "f32" | "f64" => "invalid value: expected a number".into(),
+            "boolean" | "bool" => "invalid boolean: expected true or false".into(),
+            other => format!("invalid {other}"),
+        },
         E::Unexpected { expected, .. } => match *expected {
             "mapping start" => {
                 "invalid type: expected a mapping (`key: value` lines or `{ … }`)".into()

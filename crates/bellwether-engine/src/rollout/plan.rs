@@ -136,7 +136,7 @@ macro_rules! checked {
 
 /// Deserialises a mapping as `R`, then converts it into `T`. The conversion runs inside the
 /// YAML deserialiser's map visit, so its error gets the location and path of the mapping.
-fn via_map<'de, D, R, T>(d: D) -> Result<T, D::Error>
+pub(crate) fn via_map<'de, D, R, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     R: Deserialize<'de>,
