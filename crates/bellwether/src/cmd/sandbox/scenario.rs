@@ -543,6 +543,12 @@ mod tests {
     }
 
     #[test]
+    fn the_quickstart_scenario_parses() {
+        let text = include_str!("../../../../../examples/scenarios/quickstart.yaml");
+        parse(text, "quickstart.yaml").unwrap();
+    }
+
+    #[test]
     fn libssl_is_read_as_the_server_reads_it() {
         let p = |n: &str, v: &str| BTreeMap::from([(n.to_string(), v.to_string())]);
         assert_eq!(
