@@ -114,14 +114,11 @@ pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
             .map_or((1, 1), |l| (l.line() as usize, l.column() as usize));
         // serde_path_to_error writes `.` for the top level and `?` for a key it could not
         // read (a repeated key): the path is the mapping's.
-        let mut path: String = path
+        let path: String = path
             .split('.')
             .filter(|p| !p.is_empty() && *p != "?")
             .collect::<Vec<_>>()
             .join(".");
-        if path.ends_with(".?") {
-            path.truncate(path.len() - 2);
-        }
         YamlError {
             line: line.max(1),
             column: column.max(1),
