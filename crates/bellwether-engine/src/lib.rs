@@ -8,3 +8,4 @@
 
 pub mod patch;
 pub mod rollout;
+pub mod yaml;

@@ -20,20 +20,241 @@ use bellwether_detect::threshold::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-/// Why a plan could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum PlanError {
-    #[error("{source_name}: {message}")]
-    Yaml {
-        source_name: String,
-        message: String,
-    },
-    #[error("{source_name}: {field}: {message}")]
-    Invalid {
-        source_name: String,
-        field: String,
-        message: String,
-    },
+/// Why a plan could not be used: always with the file, the line and column, and the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: line {line}, column {column}: {}", field_and(.field, .message))]
+pub struct PlanError {
+    pub file: String,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based.
+    pub column: usize,
+    /// The field's path (`metrics[0].metric`); empty only for a syntax error before the first
+    /// key.
+    pub field: String,
+    pub message: String,
+}
+
+fn field_and(field: &str, message: &str) -> String {
+    if field.is_empty() {
+        message.to_string()
+    } else {
+        format!("{field}: {message}")
+    }
+}
+
+/// The largest PID Linux hands out (`PID_MAX_LIMIT`, 2^22).
+pub const PID_MAX: u32 = 4_194_304;
+
+/// Checks that `pid` names one process that may be signalled: not 0 (the caller's process
+/// group), not 1 (init), not above [`PID_MAX`] (as a signed `pid_t` a value past `i32::MAX`
+/// is negative and names a process group).
+pub fn check_pid(pid: u32) -> Result<i32, String> {
+    match pid {
+        0 => Err("0 is not one process: kill(0) signals the whole process group".into()),
+        1 => Err("1 is init, which a patch never stops".into()),
+        p if p > PID_MAX => Err(format!("{p} is above the largest PID, {PID_MAX}")),
+        p => i32::try_from(p).map_err(|_| format!("{p} is not a PID")),
+    }
+}
+
+/// What a plan's `name` and the instances' names may be: 1 to 64 letters, digits, `-`, `_`
+/// and `.`, starting with a letter or digit. The plan's name starts the patch's default ID,
+/// which names files in the state directory; instance names are the proxy's backend names.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a name: 1 to 64 letters, digits, `-`, `_` and `.`, starting with a letter or digit"
+        ))
+    }
+}
+
+/// Field checks, run inside the deserialiser so that an error has the value's line, column
+/// and path.
+mod field {
+    use super::*;
+    use serde::de::Error as _;
+    use serde::Deserializer;
+
+    fn check<'de, D: Deserializer<'de>, T>(
+        v: T,
+        f: impl FnOnce(&T) -> Result<(), String>,
+    ) -> Result<T, D::Error> {
+        f(&v).map_err(D::Error::custom)?;
+        Ok(v)
+    }
+
+    pub fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        check::<D, _>(String::deserialize(d)?, |n| check_name(n))
+    }
+
+    pub fn host_port<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        check::<D, _>(String::deserialize(d)?, |a| {
+            let ok = a
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("`{a}` is not HOST:PORT"))
+            }
+        })
+    }
+
+    pub fn opt_host_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        host_port(d).map(Some)
+    }
+
+    pub fn postgres_or_tcp<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        check::<D, _>(String::deserialize(d)?, |p| {
+            if ["postgres", "tcp"].contains(&p.as_str()) {
+                Ok(())
+            } else {
+                Err(format!("`{p}` is not postgres or tcp"))
+            }
+        })
+    }
+
+    pub fn pid<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        let p = u32::deserialize(d)?;
+        check_pid(p).map_err(|e| {
+            D::Error::custom(format!(
+                "{e}; give the PID of the running original (2 to {PID_MAX})"
+            ))
+        })?;
+        Ok(Some(p))
+    }
+
+    pub fn path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        check::<D, _>(String::deserialize(d)?, |p| {
+            if p.trim().is_empty() {
+                Err("the path is empty".into())
+            } else {
+                Ok(())
+            }
+        })
+        .map(Some)
+    }
+
+    fn check_argv(a: &[String]) -> Result<(), String> {
+        match a.first() {
+            None => Err("the argv is empty".into()),
+            Some(p) if p.trim().is_empty() => Err("the program (argv[0]) is empty".into()),
+            Some(_) => Ok(()),
+        }
+    }
+
+    pub fn argv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        check::<D, _>(Vec::<String>::deserialize(d)?, |a| check_argv(a))
+    }
+
+    pub fn opt_argv<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+        argv(d).map(Some)
+    }
+
+    fn non_negative(what: &str, v: f64) -> Result<(), String> {
+        if v.is_finite() && v >= 0.0 {
+            Ok(())
+        } else {
+            Err(format!("{what} {v} must be a number ≥ 0"))
+        }
+    }
+
+    pub fn threshold_pct<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        check::<D, _>(f64::deserialize(d)?, |v| non_negative("threshold_pct", *v))
+    }
+
+    pub fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        check::<D, _>(f64::deserialize(d)?, |v| non_negative("weight", *v))
+    }
+
+    pub fn abs_floor<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        check::<D, _>(f64::deserialize(d)?, |v| non_negative("abs_floor", *v)).map(Some)
+    }
+
+    pub fn direction<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        check::<D, _>(String::deserialize(d)?, |v| {
+            Direction::parse(v)
+                .map(|_| ())
+                .ok_or_else(|| format!("direction `{v}` is not increase, decrease or either"))
+        })
+        .map(Some)
+    }
+
+    pub fn shift_weight<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        check::<D, _>(u32::deserialize(d)?, |w| {
+            if (1..=100).contains(w) {
+                Ok(())
+            } else {
+                Err(format!("{w} is not in 1..=100"))
+            }
+        })
+    }
+
+    pub fn rise<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        check::<D, _>(u32::deserialize(d)?, |r| {
+            if *r >= 1 {
+                Ok(())
+            } else {
+                Err("rise must be at least 1".into())
+            }
+        })
+    }
+
+    pub fn severity<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        check::<D, _>(f64::deserialize(d)?, |s| {
+            if *s > 0.0 && *s <= 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{s} is not in (0, 1]"))
+            }
+        })
+    }
+
+    pub fn sample_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+        check::<D, _>(Dur::deserialize(d)?, |s| {
+            if s.0 >= Duration::from_millis(50) {
+                Ok(())
+            } else {
+                Err("must be at least 50ms".into())
+            }
+        })
+    }
+
+    pub fn webhook<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        check::<D, _>(String::deserialize(d)?, |w| {
+            if w.starts_with("http://") && w.len() > "http://".len() {
+                Ok(())
+            } else {
+                Err(format!("`{w}` is not an http:// URL"))
+            }
+        })
+        .map(Some)
+    }
+
+    pub fn metrics<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<MetricSpec>, D::Error> {
+        check::<D, _>(Vec::<MetricSpec>::deserialize(d)?, |ms| {
+            if ms.is_empty() {
+                return Err("name at least one metric to watch".into());
+            }
+            for (i, m) in ms.iter().enumerate() {
+                if let Some(j) = ms[..i].iter().position(|o| o.metric == m.metric) {
+                    return Err(format!(
+                        "{} is listed twice (metrics[{j}] and metrics[{i}])",
+                        m.metric.name()
+                    ));
+                }
+            }
+            Ok(())
+        })
+    }
 }
 
 /// A duration written as `250ms`, `2s`, `1m` or `1h` (a bare number is seconds).
@@ -47,40 +268,10 @@ impl From<Dur> for String {
     }
 }
 
-fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.trim().parse().ok()?;
-    (v.is_finite() && v >= 0.0 && v * mult < 1e9).then(|| Duration::from_secs_f64(v * mult))
-}
-
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = serde_yaml::Value::deserialize(d)?;
-        let text = match &v {
-            serde_yaml::Value::String(s) => s.clone(),
-            serde_yaml::Value::Number(n) => n.to_string(),
-            _ => {
-                return Err(serde::de::Error::custom(
-                    "expected a duration such as `2s` or `500ms`",
-                ))
-            }
-        };
-        parse_duration(&text).map(Dur).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not a duration such as `2s` or `500ms`"
-            ))
-        })
+        // The same syntax and checks as a rollout plan's durations.
+        crate::rollout::plan::Dur::deserialize(d).map(|v| Dur(v.0))
     }
 }
 
@@ -156,17 +347,18 @@ pub enum Compare {
 pub struct MetricSpec {
     pub metric: MetricKind,
     /// The band around the baseline, in percent.
+    #[serde(deserialize_with = "field::threshold_pct")]
     pub threshold_pct: f64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "field::direction")]
     pub direction: Option<String>,
     /// How long the metric must stay out of the band to count.
     pub duration: Dur,
     /// Its weight in the severity score.
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "field::weight")]
     pub weight: f64,
     #[serde(default)]
     pub compare: Compare,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "field::abs_floor")]
     pub abs_floor: Option<f64>,
     /// A breach of a critical metric rolls back whatever the score.
     #[serde(default)]
@@ -181,11 +373,12 @@ fn one() -> f64 {
 #[serde(deny_unknown_fields)]
 pub struct ProxySection {
     /// Where clients connect, IP:PORT.
+    #[serde(deserialize_with = "field::host_port")]
     pub listen: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "field::opt_host_port")]
     pub admin: Option<String>,
     /// `postgres` (default) or `tcp`.
-    #[serde(default = "postgres")]
+    #[serde(default = "postgres", deserialize_with = "field::postgres_or_tcp")]
     pub protocol: String,
 }
 
@@ -193,21 +386,57 @@ fn postgres() -> String {
     "postgres".into()
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The original instance. Exactly one of `pid` and `pidfile` names its process.
+#[derive(Debug, Clone, Serialize)]
 pub struct OriginalSection {
-    #[serde(default = "original_name")]
     pub name: String,
     pub address: String,
-    #[serde(default)]
     pub pid: Option<u32>,
-    #[serde(default)]
     pub pidfile: Option<String>,
     /// How to stop the original when the patch is promoted; without it, SIGTERM to its PID.
-    #[serde(default)]
     pub stop: Option<Vec<String>>,
-    #[serde(default)]
     pub password: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOriginal {
+    #[serde(default = "original_name", deserialize_with = "field::name")]
+    name: String,
+    #[serde(deserialize_with = "field::host_port")]
+    address: String,
+    #[serde(default, deserialize_with = "field::pid")]
+    pid: Option<u32>,
+    #[serde(default, deserialize_with = "field::path")]
+    pidfile: Option<String>,
+    #[serde(default, deserialize_with = "field::opt_argv")]
+    stop: Option<Vec<String>>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for OriginalSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Checked inside the mapping's visit, so the error has the section's place.
+        crate::rollout::plan::via_map::<D, RawOriginal, OriginalSection>(d)
+    }
+}
+
+impl TryFrom<RawOriginal> for OriginalSection {
+    type Error = String;
+    fn try_from(r: RawOriginal) -> Result<Self, String> {
+        if r.pid.is_some() == r.pidfile.is_some() {
+            return Err("give exactly one of `pid` and `pidfile`".into());
+        }
+        Ok(OriginalSection {
+            name: r.name,
+            address: r.address,
+            pid: r.pid,
+            pidfile: r.pidfile,
+            stop: r.stop,
+            password: r.password,
+        })
+    }
 }
 
 fn original_name() -> String {
@@ -217,15 +446,18 @@ fn original_name() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatchedSection {
-    #[serde(default = "patched_name")]
+    #[serde(default = "patched_name", deserialize_with = "field::name")]
     pub name: String,
+    #[serde(deserialize_with = "field::host_port")]
     pub address: String,
     /// The argv that starts the patched instance. The started process is watched unless a
     /// pidfile names another.
+    #[serde(deserialize_with = "field::argv")]
     pub start: Vec<String>,
     /// The argv that stops it.
+    #[serde(deserialize_with = "field::argv")]
     pub stop: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "field::path")]
     pub pidfile: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
@@ -239,11 +471,11 @@ fn patched_name() -> String {
 #[serde(deny_unknown_fields)]
 pub struct HealthSection {
     /// `postgres` or `tcp`.
-    #[serde(default = "postgres")]
+    #[serde(default = "postgres", deserialize_with = "field::postgres_or_tcp")]
     pub check: String,
     #[serde(default = "half_second")]
     pub interval: Dur,
-    #[serde(default = "two")]
+    #[serde(default = "two", deserialize_with = "field::rise")]
     pub rise: u32,
     /// How long the patched instance may take to become healthy.
     #[serde(default = "thirty_seconds")]
@@ -290,6 +522,7 @@ fn default_severity() -> f64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatchPlan {
+    #[serde(deserialize_with = "field::name")]
     pub name: String,
     pub proxy: ProxySection,
     pub original: OriginalSection,
@@ -297,10 +530,11 @@ pub struct PatchPlan {
     #[serde(default)]
     pub health: HealthSection,
     /// Share of new connections sent to the patched instance, 1 to 100.
-    #[serde(default = "hundred")]
+    #[serde(default = "hundred", deserialize_with = "field::shift_weight")]
     pub shift_weight: u32,
+    #[serde(deserialize_with = "field::metrics")]
     pub metrics: Vec<MetricSpec>,
-    #[serde(default = "one_second")]
+    #[serde(default = "one_second", deserialize_with = "field::sample_interval")]
     pub sample_interval: Dur,
     /// The moving-average window of the pre-patch baseline.
     pub baseline_window: Dur,
@@ -309,138 +543,112 @@ pub struct PatchPlan {
     /// How long draining sessions may take before they are closed.
     pub drain_timeout: Dur,
     /// The severity score (0 to 1) at which the patch rolls back.
-    #[serde(default = "default_severity")]
+    #[serde(default = "default_severity", deserialize_with = "field::severity")]
     pub severity_threshold: f64,
     /// An `http://` URL that receives JSON alerts and the final report.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "field::webhook")]
     pub webhook: Option<String>,
 }
 
-fn yaml_message(e: &serde_yaml::Error) -> String {
-    let text = e.to_string();
-    match e.location() {
-        Some(loc) => {
-            let bare = text.split(" at line ").next().unwrap_or(&text).to_string();
-            format!("line {}, column {}: {}", loc.line(), loc.column(), bare)
-        }
-        None => text,
-    }
-}
-
 impl PatchPlan {
-    /// Parses and validates a plan; errors name the source and the line and column, or the
-    /// field.
+    /// Parses and validates a plan within the limits of [`crate::yaml`]. Every error names
+    /// the source, the line and column, and the field (see docs/patch.md).
     pub fn parse(source_name: &str, text: &str) -> Result<PatchPlan, PlanError> {
-        let plan: PatchPlan = serde_yaml::from_str(text).map_err(|e| PlanError::Yaml {
-            source_name: source_name.into(),
-            message: yaml_message(&e),
+        let plan: PatchPlan = crate::yaml::from_str(text).map_err(|e| PlanError {
+            file: source_name.into(),
+            line: e.line,
+            column: e.column,
+            field: e.path,
+            message: e.message,
         })?;
-        plan.validate(source_name)?;
+        if let Some((field, message)) = plan.cross_check() {
+            let (line, column) = locate(text, field);
+            return Err(PlanError {
+                file: source_name.into(),
+                line,
+                column,
+                field: field.into(),
+                message,
+            });
+        }
         Ok(plan)
     }
 
-    fn validate(&self, source_name: &str) -> Result<(), PlanError> {
-        let bad = |field: &str, message: String| PlanError::Invalid {
-            source_name: source_name.into(),
-            field: field.into(),
-            message,
-        };
-        for (field, addr) in [
-            ("proxy.listen", &self.proxy.listen),
-            ("original.address", &self.original.address),
-            ("patched.address", &self.patched.address),
-        ] {
-            let ok = addr
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-            if !ok {
-                return Err(bad(field, format!("`{addr}` is not HOST:PORT")));
-            }
-        }
-        if !["postgres", "tcp"].contains(&self.proxy.protocol.as_str()) {
-            return Err(bad(
-                "proxy.protocol",
-                format!("`{}` is not postgres or tcp", self.proxy.protocol),
-            ));
-        }
-        if !["postgres", "tcp"].contains(&self.health.check.as_str()) {
-            return Err(bad(
-                "health.check",
-                format!("`{}` is not postgres or tcp", self.health.check),
-            ));
-        }
-        if self.original.pid.is_some() == self.original.pidfile.is_some() {
-            return Err(bad(
-                "original",
-                "give exactly one of `pid` and `pidfile`".into(),
-            ));
-        }
-        if self.patched.start.is_empty() {
-            return Err(bad("patched.start", "the argv is empty".into()));
-        }
-        if self.patched.stop.is_empty() {
-            return Err(bad("patched.stop", "the argv is empty".into()));
-        }
-        if self.original.stop.as_ref().is_some_and(Vec::is_empty) {
-            return Err(bad("original.stop", "the argv is empty".into()));
-        }
+    /// The checks that tie fields of different sections together: the field to point at and
+    /// what is wrong.
+    fn cross_check(&self) -> Option<(&'static str, String)> {
         if self.original.name == self.patched.name {
-            return Err(bad("patched.name", "must differ from original.name".into()));
-        }
-        if !(1..=100).contains(&self.shift_weight) {
-            return Err(bad(
-                "shift_weight",
-                format!("{} is not in 1..=100", self.shift_weight),
+            return Some((
+                "patched.name",
+                format!(
+                    "`{}` is also original.name; the two must differ",
+                    self.patched.name
+                ),
             ));
-        }
-        if self.metrics.is_empty() {
-            return Err(bad("metrics", "name at least one metric to watch".into()));
-        }
-        for (i, m) in self.metrics.iter().enumerate() {
-            let f = format!("metrics[{i}]");
-            if !m.threshold_pct.is_finite() || m.threshold_pct < 0.0 {
-                return Err(bad(
-                    &f,
-                    format!("threshold_pct {} must be a number ≥ 0", m.threshold_pct),
-                ));
-            }
-            if !m.weight.is_finite() || m.weight < 0.0 {
-                return Err(bad(&f, format!("weight {} must be a number ≥ 0", m.weight)));
-            }
-            if let Some(d) = &m.direction {
-                Direction::parse(d).ok_or_else(|| {
-                    bad(
-                        &f,
-                        format!("direction `{d}` is not increase, decrease or either"),
-                    )
-                })?;
-            }
-            if self.metrics[..i].iter().any(|o| o.metric == m.metric) {
-                return Err(bad(&f, format!("{} is listed twice", m.metric.name())));
-            }
-        }
-        if !(self.severity_threshold > 0.0 && self.severity_threshold <= 1.0) {
-            return Err(bad(
-                "severity_threshold",
-                format!("{} is not in (0, 1]", self.severity_threshold),
-            ));
-        }
-        if self.sample_interval.0 < Duration::from_millis(50) {
-            return Err(bad("sample_interval", "must be at least 50ms".into()));
         }
         if self.baseline_window.0 < self.sample_interval.0 {
-            return Err(bad(
+            return Some((
                 "baseline_window",
                 "must be at least one sample_interval".into(),
             ));
         }
-        if let Some(w) = &self.webhook {
-            if !w.starts_with("http://") {
-                return Err(bad("webhook", format!("`{w}` is not an http:// URL")));
-            }
+        // Whatever the engine's watches would refuse is refused here, with a place.
+        if let Err(e) = watches(self, 0) {
+            return Some(("metrics", e.to_string()));
         }
-        Ok(())
+        None
     }
+}
+
+/// Where a field of a plan that parsed is: the line and column of its value, or of the
+/// nearest section that is written (a defaulted `patched.name` points at `patched`).
+fn locate(text: &str, field: &str) -> (usize, usize) {
+    use serde::de::IgnoredAny;
+    use serde_saphyr::Spanned;
+    // Unknown keys are ignored here (the plan has parsed, so there are none).
+    #[derive(Deserialize)]
+    struct Patched {
+        #[serde(default)]
+        name: Option<Spanned<IgnoredAny>>,
+    }
+    #[derive(Deserialize)]
+    struct Top {
+        #[serde(default)]
+        patched: Option<Spanned<IgnoredAny>>,
+        #[serde(default)]
+        baseline_window: Option<Spanned<IgnoredAny>>,
+        #[serde(default)]
+        metrics: Option<Spanned<IgnoredAny>>,
+    }
+    #[derive(Deserialize)]
+    struct PatchedName {
+        #[serde(default)]
+        patched: Option<Patched>,
+    }
+    let at = |s: &Option<Spanned<IgnoredAny>>| {
+        s.as_ref()
+            .map(|s| (s.referenced.line() as usize, s.referenced.column() as usize))
+    };
+    let opts = crate::yaml::options;
+    let found = match field {
+        "patched.name" => serde_saphyr::from_str_with_options::<PatchedName>(text, opts())
+            .ok()
+            .and_then(|p| p.patched)
+            .and_then(|p| at(&p.name))
+            .or_else(|| {
+                serde_saphyr::from_str_with_options::<Top>(text, opts())
+                    .ok()
+                    .and_then(|t| at(&t.patched))
+            }),
+        _ => serde_saphyr::from_str_with_options::<Top>(text, opts())
+            .ok()
+            .and_then(|t| match field {
+                "baseline_window" => at(&t.baseline_window),
+                _ => at(&t.metrics),
+            }),
+    };
+    let (line, column) = found.unwrap_or((1, 1));
+    (line.max(1), column.max(1))
 }
 
 /// Which instance.
@@ -628,47 +836,59 @@ fn direction_of(m: &MetricSpec) -> Direction {
         .unwrap_or_else(|| m.metric.default_direction())
 }
 
+/// The engine's two sets of watches for a plan: against the original's pre-patch baseline,
+/// and against the original now (a ratio judged around a fixed 1.0).
+fn watches(
+    plan: &PatchPlan,
+    now_ms: i64,
+) -> Result<(MultiWatch, MultiWatch), bellwether_detect::threshold::ThresholdError> {
+    let interval_ms = plan.sample_interval.0.as_millis().max(1) as usize;
+    let min_samples = (plan.baseline_window.0.as_millis() as usize / interval_ms / 2).max(1);
+    let base = plan
+        .metrics
+        .iter()
+        .filter(|m| m.compare != Compare::Original)
+        .map(|m| {
+            let cfg =
+                ThresholdConfig::new(plan.baseline_window.0, m.threshold_pct, direction_of(m))
+                    .with_min_duration(m.duration.0)
+                    .with_abs_floor(m.abs_floor.unwrap_or_else(|| m.metric.default_floor()))
+                    .with_min_baseline_samples(min_samples);
+            (m.metric.name().to_string(), cfg, m.weight)
+        });
+    let baseline = MultiWatch::new(base.collect::<Vec<_>>())?;
+    let orig: Vec<(String, ThresholdConfig, f64)> = plan
+        .metrics
+        .iter()
+        .filter(|m| m.compare != Compare::Baseline)
+        .map(|m| {
+            let cfg =
+                ThresholdConfig::new(plan.baseline_window.0, m.threshold_pct, direction_of(m))
+                    .with_min_duration(m.duration.0);
+            (m.metric.name().to_string(), cfg, m.weight)
+        })
+        .collect();
+    let mut vs_original = MultiWatch::new(orig.clone())?;
+    // The ratio to the original is judged against a fixed 1.0: a MultiWatch of fixed
+    // baselines, built by feeding and freezing one sample of 1.0 per metric.
+    for (name, _, _) in &orig {
+        let _ = vs_original.observe(name, now_ms - 1, 1.0);
+    }
+    vs_original.freeze_all();
+    Ok((baseline, vs_original))
+}
+
 impl PatchEngine {
     /// A new engine at `now_ms`. The plan must have passed [`PatchPlan::parse`].
     pub fn new(id: &str, plan: PatchPlan, now_ms: i64) -> Result<PatchEngine, PlanError> {
-        let invalid = |e: bellwether_detect::threshold::ThresholdError| PlanError::Invalid {
-            source_name: plan.name.clone(),
+        let invalid = |e: bellwether_detect::threshold::ThresholdError| PlanError {
+            file: plan.name.clone(),
+            line: 1,
+            column: 1,
             field: "metrics".into(),
             message: e.to_string(),
         };
-        let interval_ms = plan.sample_interval.0.as_millis().max(1) as usize;
-        let min_samples = (plan.baseline_window.0.as_millis() as usize / interval_ms / 2).max(1);
-        let base = plan
-            .metrics
-            .iter()
-            .filter(|m| m.compare != Compare::Original)
-            .map(|m| {
-                let cfg =
-                    ThresholdConfig::new(plan.baseline_window.0, m.threshold_pct, direction_of(m))
-                        .with_min_duration(m.duration.0)
-                        .with_abs_floor(m.abs_floor.unwrap_or_else(|| m.metric.default_floor()))
-                        .with_min_baseline_samples(min_samples);
-                (m.metric.name().to_string(), cfg, m.weight)
-            });
-        let baseline = MultiWatch::new(base.collect::<Vec<_>>()).map_err(invalid)?;
-        let orig: Vec<(String, ThresholdConfig, f64)> = plan
-            .metrics
-            .iter()
-            .filter(|m| m.compare != Compare::Baseline)
-            .map(|m| {
-                let cfg =
-                    ThresholdConfig::new(plan.baseline_window.0, m.threshold_pct, direction_of(m))
-                        .with_min_duration(m.duration.0);
-                (m.metric.name().to_string(), cfg, m.weight)
-            })
-            .collect();
-        let mut vs_original = MultiWatch::new(orig.clone()).map_err(invalid)?;
-        // The ratio to the original is judged against a fixed 1.0: a MultiWatch of fixed
-        // baselines, built by feeding and freezing one sample of 1.0 per metric.
-        for (name, _, _) in &orig {
-            let _ = vs_original.observe(name, now_ms - 1, 1.0);
-        }
-        vs_original.freeze_all();
+        let (baseline, vs_original) = watches(&plan, now_ms).map_err(invalid)?;
         let report = PatchReport {
             id: id.to_string(),
             plan_name: plan.name.clone(),
@@ -1147,7 +1367,7 @@ impl PatchEngine {
                     .filter(|p| p.kind == kind)
                     .map(|p| p.took_ms)
                     .sum();
-                let (stage, msg) = if rollback {
+                let (stage, mut msg) = if rollback {
                     (
                         Stage::RolledBack,
                         format!("Rolled back in {total} ms; the original serves everything."),
@@ -1158,6 +1378,21 @@ impl PatchEngine {
                         format!("Promoted in {total} ms; the patched instance serves everything."),
                     )
                 };
+                // A phase that failed (the old instance could not be stopped) is said, never
+                // hidden behind the outcome.
+                let failed: Vec<String> = self
+                    .report
+                    .phases
+                    .iter()
+                    .filter(|p| p.kind == kind && !p.ok)
+                    .map(|p| format!("phase {} ({})", p.phase, p.name))
+                    .collect();
+                if !failed.is_empty() {
+                    msg.push_str(&format!(
+                        " But {} failed: see its detail.",
+                        failed.join(" and ")
+                    ));
+                }
                 self.set_stage(stage, at);
                 self.event(
                     at,
@@ -1422,6 +1657,44 @@ severity_threshold: 0.3
             .any(|ev| ev.kind == "watch.no_data"));
     }
 
+    /// A promotion whose stop of the original failed (a refused or failed signal) says so in
+    /// its final event and alert, instead of a plain "Promoted".
+    #[test]
+    fn a_failed_promotion_phase_is_reported() {
+        let mut e = baked_engine();
+        let mut t = 9000;
+        let mut actions = vec![];
+        while actions.is_empty() {
+            actions = e.step(sample(t, Instance::Patched, Some(0.002), Some(0.0)));
+            t += 1000;
+            assert!(t < 40_000);
+        }
+        e.step(done(t));
+        assert_eq!(
+            e.step(done(t + 1)),
+            vec![Action::Stop {
+                instance: Instance::Original
+            }]
+        );
+        let failed = Input::Done {
+            at_ms: t + 2,
+            ok: false,
+            detail: json!({ "error": "cannot send SIGTERM to PID 4242: ESRCH" }),
+        };
+        e.step(failed);
+        let a = e.step(done(t + 3));
+        assert_eq!(e.stage(), Stage::Promoted);
+        let last = e.report().events.last().unwrap();
+        assert_eq!(last.kind, "promote.finished");
+        assert!(
+            last.message
+                .contains("But phase 3 (the original is stopped) failed"),
+            "{}",
+            last.message
+        );
+        assert!(format!("{a:?}").contains("failed"), "{a:?}");
+    }
+
     #[test]
     fn no_baseline_data_fails_without_touching_anything() {
         let plan = PatchPlan::parse("plan.yaml", PLAN).unwrap();
@@ -1436,29 +1709,356 @@ severity_threshold: 0.3
         );
     }
 
+    /// Every class of plan error names the file, the line and column, and the field; the
+    /// place is that of the offending value (or, for a rule between fields of one section,
+    /// the section's first key or `{`). Before, validation errors had no line and column,
+    /// `pid: 0` (the process group) and `name: ""` were accepted.
     #[test]
-    fn plan_errors_name_line_column_or_field() {
-        let err = PatchPlan::parse("p.yaml", "name: x\nproxy: { listen: 1 }\nbake_time: soon\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("p.yaml: line "), "{err}");
-        let bad = PLAN.replace("pid: 42", "pid: 42, pidfile: /x");
-        let err = PatchPlan::parse("p.yaml", &bad).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            "p.yaml: original: give exactly one of `pid` and `pidfile`"
-        );
-        let bad = PLAN.replace("metric: error_rate", "metric: latency_p99");
-        assert!(PatchPlan::parse("p.yaml", &bad)
-            .unwrap_err()
-            .to_string()
-            .contains("listed twice"));
-        let bad = PLAN.replace("metric: error_rate", "metric: happiness");
-        let err = PatchPlan::parse("p.yaml", &bad).unwrap_err().to_string();
+    fn every_plan_error_has_file_line_column_and_field() {
+        // (replace, with, field, the text the line and column point at, message part)
+        let cases: &[(&str, &str, &str, &str, &str)] = &[
+            (
+                "pid: 42",
+                "pid: 0",
+                "original.pid",
+                "0",
+                "kill(0) signals the whole process group",
+            ),
+            ("pid: 42", "pid: 1", "original.pid", "1", "1 is init"),
+            (
+                "pid: 42",
+                "pid: 4194305",
+                "original.pid",
+                "4194305",
+                "above the largest PID",
+            ),
+            (
+                "pid: 42",
+                "pid: 4294967295",
+                "original.pid",
+                "4294967295",
+                "above the largest PID",
+            ),
+            ("pid: 42", "pid: -1", "original.pid", "-1", "invalid"),
+            (
+                "pid: 42",
+                "pid: 42, pidfile: /x",
+                "original",
+                "{",
+                "give exactly one of `pid` and `pidfile`",
+            ),
+            (
+                "pid: 42",
+                "address: x:1",
+                "original",
+                "address",
+                "duplicate key `address`",
+            ),
+            (
+                "pid: 42",
+                "pidfile: \"\"",
+                "original.pidfile",
+                "\"\"",
+                "the path is empty",
+            ),
+            (
+                "pid: 42",
+                "pid: 42, stop: []",
+                "original.stop",
+                "[]",
+                "the argv is empty",
+            ),
+            (
+                "pid: 42",
+                "pid: 42, name: \"\"",
+                "original.name",
+                "\"\"",
+                "is not a name",
+            ),
+            (
+                "name: pg-15-minor",
+                "name: \"\"",
+                "name",
+                "\"\"",
+                "is not a name",
+            ),
+            (
+                "name: pg-15-minor",
+                "name: ../etc",
+                "name",
+                "../etc",
+                "is not a name",
+            ),
+            (
+                "name: pg-15-minor",
+                "name: \"a b\"",
+                "name",
+                "\"a b\"",
+                "is not a name",
+            ),
+            (
+                "name: pg-15-minor",
+                "name: [x]",
+                "name",
+                "[x]",
+                "invalid type",
+            ),
+            (
+                "listen: \"127.0.0.1:6432\"",
+                "listen: nohost",
+                "proxy.listen",
+                "nohost",
+                "is not HOST:PORT",
+            ),
+            (
+                "listen: \"127.0.0.1:6432\"",
+                "listen: \"h:1\", protocol: udp",
+                "proxy.protocol",
+                "udp",
+                "is not postgres or tcp",
+            ),
+            (
+                "listen: \"127.0.0.1:6432\"",
+                "listen: \"h:1\", admin: \"h\"",
+                "proxy.admin",
+                "\"h\"",
+                "is not HOST:PORT",
+            ),
+            (
+                "address: \"127.0.0.1:5433\"",
+                "address: \"127.0.0.1:99999\"",
+                "patched.address",
+                "\"127.0.0.1:99999\"",
+                "is not HOST:PORT",
+            ),
+            (
+                "start: [\"pg_ctl\", \"start\"]",
+                "start: []",
+                "patched.start",
+                "[]",
+                "the argv is empty",
+            ),
+            (
+                "stop: [\"pg_ctl\", \"stop\"]",
+                "stop: [\"\", \"stop\"]",
+                "patched.stop",
+                "[",
+                "argv[0]",
+            ),
+            (
+                "address: \"127.0.0.1:5433\"",
+                "address: \"127.0.0.1:5433\"\n  name: original",
+                "patched.name",
+                "original",
+                "must differ",
+            ),
+            (
+                "metric: error_rate",
+                "metric: latency_p99",
+                "metrics",
+                "- {",
+                "latency_p99 is listed twice",
+            ),
+            (
+                "metric: error_rate",
+                "metric: happiness",
+                "metrics[1].metric",
+                "happiness",
+                "unknown variant `happiness`",
+            ),
+            (
+                "threshold_pct: 50",
+                "threshold_pct: -1",
+                "metrics[0].threshold_pct",
+                "-1",
+                "threshold_pct -1",
+            ),
+            (
+                "weight: 2 }",
+                "weight: .nan }",
+                "metrics[0].weight",
+                ".nan",
+                "weight NaN",
+            ),
+            (
+                "duration: 2s",
+                "duration: soon",
+                "metrics[0].duration",
+                "soon",
+                "`soon` is not a duration",
+            ),
+            (
+                "weight: 2 }",
+                "weight: 2, direction: up }",
+                "metrics[0].direction",
+                "up",
+                "direction `up`",
+            ),
+            (
+                "weight: 2 }",
+                "weight: 2, abs_floor: -1 }",
+                "metrics[0].abs_floor",
+                "-1",
+                "abs_floor -1",
+            ),
+            (
+                "weight: 2 }",
+                "weight: 2, colour: red }",
+                "metrics[0]",
+                "colour",
+                "unknown field `colour`",
+            ),
+            (
+                "sample_interval: 1s",
+                "sample_interval: 10ms",
+                "sample_interval",
+                "10ms",
+                "at least 50ms",
+            ),
+            (
+                "baseline_window: 5s",
+                "baseline_window: 500ms",
+                "baseline_window",
+                "500ms",
+                "at least one sample_interval",
+            ),
+            (
+                "severity_threshold: 0.3",
+                "severity_threshold: 0",
+                "severity_threshold",
+                "0",
+                "not in (0, 1]",
+            ),
+            (
+                "severity_threshold: 0.3",
+                "severity_threshold: 0.3\nwebhook: ftp://x",
+                "webhook",
+                "ftp://x",
+                "http://",
+            ),
+            (
+                "severity_threshold: 0.3",
+                "severity_threshold: 0.3\nshift_weight: 0",
+                "shift_weight",
+                "0",
+                "1..=100",
+            ),
+            (
+                "severity_threshold: 0.3",
+                "severity_threshold: 0.3\nhealth: { rise: 0 }",
+                "health.rise",
+                "0",
+                "at least 1",
+            ),
+            (
+                "severity_threshold: 0.3",
+                "severity_threshold: 0.3\nhealth: { check: http }",
+                "health.check",
+                "http",
+                "postgres or tcp",
+            ),
+            (
+                "severity_threshold: 0.3",
+                "severity_threshold: 0.3\nhealth: { timeout: 1s, timeout: 2s }",
+                "health",
+                "timeout",
+                "duplicate key `timeout`",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (from, to, field, at, want) in cases {
+            assert_eq!(PLAN.matches(from).count(), 1, "{from}");
+            let text = PLAN.replacen(from, to, 1);
+            let e = match PatchPlan::parse("p.yaml", &text) {
+                Ok(_) => {
+                    failures.push(format!("{to}: accepted"));
+                    continue;
+                }
+                Err(e) => e,
+            };
+            let line = text.lines().nth(e.line - 1).unwrap_or("");
+            let pointed: String = line.chars().skip(e.column - 1).collect();
+            let shown = e.to_string();
+            let ok = e.file == "p.yaml"
+                && e.field == *field
+                && pointed.starts_with(at)
+                && shown.starts_with(&format!(
+                    "p.yaml: line {}, column {}: {field}: ",
+                    e.line, e.column
+                ))
+                && shown.contains(want);
+            if !ok {
+                failures.push(format!(
+                    "{to}: {shown} (field {:?}, points at {pointed:?})",
+                    e.field
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+        // Errors with no single field still have a place and name the key.
+        let e = PatchPlan::parse("p.yaml", "name: x\nproxy: { listen: 1 }\nbake_time: soon\n")
+            .unwrap_err();
+        assert!(e.to_string().starts_with("p.yaml: line "), "{e}");
+        let e = PatchPlan::parse("p.yaml", &PLAN.replace("bake_time", "bake_tim")).unwrap_err();
+        assert_eq!((e.line, e.column), (14, 1), "{e}");
+        assert!(e.message.contains("unknown field `bake_tim`"), "{e}");
+        let e = PatchPlan::parse("p.yaml", "name: x\n").unwrap_err();
         assert!(
-            err.contains("line 11, column 15: metrics[1].metric") && err.contains("happiness"),
-            "{err}"
+            e.to_string()
+                .starts_with("p.yaml: line 1, column 1: missing field"),
+            "{e}"
         );
+        let e = PatchPlan::parse("p.yaml", "name: [x\n").unwrap_err();
+        assert!(e.line >= 1 && e.column >= 1, "{e}");
+    }
+
+    #[test]
+    fn pids_and_names() {
+        assert!(check_pid(0).is_err());
+        assert!(check_pid(1).is_err());
+        assert_eq!(check_pid(2), Ok(2));
+        assert_eq!(check_pid(PID_MAX), Ok(PID_MAX as i32));
+        assert!(check_pid(PID_MAX + 1).is_err());
+        assert!(check_pid(u32::MAX).is_err());
+        for ok in ["a", "pg-15.2_minor", "0x", &"a".repeat(64)] {
+            assert_eq!(check_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            ".",
+            "..",
+            "a/b",
+            "a b",
+            "é",
+            "a\n",
+            &"a".repeat(65),
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Arbitrary text and mutated plans never panic the parser, and every error has a
+        /// place.
+        #[test]
+        fn arbitrary_text_never_panics_the_patch_parser(text in "(?s).{0,300}") {
+            if let Err(e) = PatchPlan::parse("fuzz.yaml", &text) {
+                proptest::prop_assert!(e.line >= 1 && e.column >= 1);
+            }
+        }
+
+        #[test]
+        fn mutated_plans_never_panic(pos in 0usize..600, junk in ".{0,8}") {
+            let mut s = PLAN.to_string();
+            let mut p = pos % (s.len() + 1);
+            while !s.is_char_boundary(p) { p -= 1; }
+            s.insert_str(p, &junk);
+            if let Err(e) = PatchPlan::parse("fuzz.yaml", &s) {
+                proptest::prop_assert!(e.line >= 1 && e.column >= 1);
+                proptest::prop_assert!(e.to_string().starts_with("fuzz.yaml: line "));
+            }
+        }
     }
 
     #[test]

@@ -60,21 +60,29 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = serde_yaml::Value::deserialize(d)?;
-        let text = match &v {
-            serde_yaml::Value::String(s) => s.clone(),
-            serde_yaml::Value::Number(n) => n.to_string(),
-            _ => {
-                return Err(serde::de::Error::custom(
-                    "expected a duration such as `2s` or `500ms`",
-                ))
+        // The checks run inside the visitor so that the error has the value's location.
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration such as `2s` or `500ms`")
             }
-        };
-        parse_duration(&text).map(Dur).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not a duration such as `2s` or `500ms`"
-            ))
-        })
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dur, E> {
+                parse_duration(v).map(Dur).ok_or_else(|| {
+                    E::custom(format!("`{v}` is not a duration such as `2s` or `500ms`"))
+                })
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Dur, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Dur, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Dur, E> {
+                self.visit_str(&v.to_string())
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -544,11 +552,13 @@ impl RawConfig {
     }
 }
 
-/// Parses YAML text into the raw form, to be completed (by flags) and validated.
+/// Parses YAML text into the raw form, to be completed (by flags) and validated. The text is
+/// read within the limits of `bellwether_engine::yaml` (1 MiB, 32 levels, no key twice in
+/// any mapping).
 pub fn parse_raw(source: &str, text: &str) -> Result<RawConfig, ConfigError> {
-    serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml {
+    bellwether_engine::yaml::from_str(text).map_err(|e| ConfigError::Yaml {
         path: source.to_string(),
-        message: yaml_message(&e),
+        message: e.to_string(),
     })
 }
 
@@ -559,24 +569,20 @@ pub fn parse_config(source: &str, text: &str) -> Result<ProxyConfig, ConfigError
 
 /// Reads and parses a YAML file.
 pub fn load_config(path: &Path) -> Result<ProxyConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    use std::io::Read as _;
+    let read_err = |source| ConfigError::Read {
         path: path.display().to_string(),
         source,
-    })?;
+    };
+    // Read one byte past the limit at most, so that the parser names the limit and a huge
+    // file (or a device) is never read whole.
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(read_err)?
+        .take(bellwether_engine::yaml::MAX_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(read_err)?;
     parse_config(&path.display().to_string(), &text)
-}
-
-/// Formats a serde_yaml error as `line L, column C: message`.
-pub fn yaml_message(e: &serde_yaml::Error) -> String {
-    let text = e.to_string();
-    match e.location() {
-        Some(loc) => {
-            // serde_yaml appends " at line L column C" to the message; keep ours in front only.
-            let bare = text.split(" at line ").next().unwrap_or(&text).to_string();
-            format!("line {}, column {}: {}", loc.line(), loc.column(), bare)
-        }
-        None => text,
-    }
 }
 
 #[cfg(test)]
@@ -597,20 +603,64 @@ mod tests {
     fn bad_values_name_line_and_column() {
         let text = "listeners:\n  - address: 127.0.0.1:6432\nbackends:\n  - name: a\n    address: nohost\n";
         let err = parse_config("p.yaml", text).unwrap_err().to_string();
+        // The value's own place and path (serde_yaml gave the backend's, line 4, column 5).
         assert!(
-            err.starts_with("p.yaml: line 4, column 5: backends[0]"),
+            err.starts_with("p.yaml: line 5, column 14: backends[0].address: "),
             "{err}"
         );
         assert!(err.contains("`nohost` has no `:PORT`"), "{err}");
         let text = "listeners: []\nbackends: []\nhealth:\n  interval: soon\n";
         let err = parse_config("p.yaml", text).unwrap_err().to_string();
         assert!(
-            err.contains("line 4, column 3: health") && err.contains("`soon`"),
+            err.starts_with("p.yaml: line 4, column 13: health.interval: `soon` is not a duration"),
             "{err}"
         );
         let text = "listeners: []\nbackends: []\nbogus: 1\n";
         let err = parse_config("p.yaml", text).unwrap_err().to_string();
         assert!(err.contains("line 3") && err.contains("bogus"), "{err}");
+    }
+
+    /// A key repeated in a nested mapping (a backend, `health`) was last-wins; deep and
+    /// oversized files are refused at once, a huge file without being read whole.
+    #[test]
+    fn repeated_keys_depth_and_size_are_refused_with_a_place() {
+        let text =
+            "listeners: []\nbackends:\n  - {name: a, address: 'h:1', weight: 1, weight: 9}\n";
+        let err = parse_config("p.yaml", text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "p.yaml: line 3, column 42: backends[0]: duplicate key `weight`: a key may appear only once in a mapping"
+        );
+        let text = "listeners: []\nbackends: []\nhealth:\n  rise: 1\n  rise: 5\n";
+        let err = parse_config("p.yaml", text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("p.yaml: line 5, column 3: health: duplicate key `rise`"),
+            "{err}"
+        );
+        let text = format!("listeners: []\nbackends: {}", "[".repeat(100_000));
+        let t = std::time::Instant::now();
+        let err = parse_config("p.yaml", &text).unwrap_err().to_string();
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(err.starts_with("p.yaml: line 2, column "), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.yaml");
+        std::fs::write(&big, format!("# {}\n", "x".repeat(8 << 20))).unwrap();
+        let err = load_config(&big).unwrap_err().to_string();
+        assert!(
+            err.ends_with(
+                "line 1, column 1: the text is 1048577 bytes; the limit is 1048576 bytes"
+            ),
+            "{err}"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics_the_config_parser(text in "(?s).{0,300}") {
+            if let Err(e) = parse_config("fuzz.yaml", &text) {
+                proptest::prop_assert!(e.to_string().starts_with("fuzz.yaml: "));
+            }
+        }
     }
 
     #[test]

@@ -594,8 +594,13 @@ async fn create(
     JsonBody(req): JsonBody<CreateRollout>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let file = req.file.clone().unwrap_or_else(|| "plan.yaml".into());
-    let plan =
-        parse_plan(&req.plan_yaml, &file).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // Parsed on a blocking thread: even within its limits a plan costs CPU, never the async
+    // threads that answer /healthz and every other request.
+    let (text, name) = (req.plan_yaml.clone(), file.clone());
+    let plan = tokio::task::spawn_blocking(move || parse_plan(&text, &name))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let Some((model_version, model)) = model_api::latest_model(&state).await? else {
         return Err(ApiError::conflict(format!(
             "cannot score the hosts of {file}: {}",

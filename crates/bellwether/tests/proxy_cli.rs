@@ -116,7 +116,7 @@ fn bad_config_and_flags_exit_2_with_the_place() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("proxy.yaml: line 7, column 3: health") && err.contains("`soon`"),
+        err.contains("proxy.yaml: line 7, column 13: health.interval: `soon`"),
         "{err}"
     );
     let out = Command::new(env!("CARGO_BIN_EXE_bellwether"))

@@ -87,21 +87,15 @@ pub struct PlanError {
     pub message: String,
 }
 
-/// Parses and validates a rollout plan. `file` is the name errors are reported under.
+/// Parses and validates a rollout plan. `file` is the name errors are reported under. The
+/// text is read within the limits of [`crate::yaml`] (size, depth, nodes; no key twice in
+/// any mapping).
 pub fn parse_plan(yaml: &str, file: &str) -> Result<Plan, PlanError> {
-    serde_yaml::from_str::<Plan>(yaml).map_err(|e| {
-        let text = e.to_string();
-        let message = match text.rfind(" at line ") {
-            Some(i) if e.location().is_some() => text[..i].to_string(),
-            _ => text,
-        };
-        let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-        PlanError {
-            file: file.to_string(),
-            line,
-            column,
-            message,
-        }
+    crate::yaml::from_str::<Plan>(yaml).map_err(|e| PlanError {
+        file: file.to_string(),
+        line: e.line,
+        column: e.column,
+        message: e.path_and_message(),
     })
 }
 
@@ -142,7 +136,7 @@ macro_rules! checked {
 
 /// Deserialises a mapping as `R`, then converts it into `T`. The conversion runs inside the
 /// YAML deserialiser's map visit, so its error gets the location and path of the mapping.
-fn via_map<'de, D, R, T>(d: D) -> Result<T, D::Error>
+pub(crate) fn via_map<'de, D, R, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     R: Deserialize<'de>,

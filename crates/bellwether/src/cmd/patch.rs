@@ -547,7 +547,17 @@ impl Runner {
                         Some(a) => a.clone(),
                         None => {
                             let pid = self.original_pid.context("the original's PID is unknown")?;
-                            vec!["kill".to_string(), "-TERM".to_string(), pid.to_string()]
+                            // One process, never a group: 0, 1 and PIDs that are negative as
+                            // a pid_t are refused (a pidfile may hold anything), and a failed
+                            // kill(2) fails the phase.
+                            let one = bellwether_engine::patch::check_pid(pid)
+                                .map_err(|e| anyhow::anyhow!("will not signal PID {pid}: {e}"))?;
+                            nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(one),
+                                nix::sys::signal::Signal::SIGTERM,
+                            )
+                            .with_context(|| format!("cannot send SIGTERM to PID {pid}"))?;
+                            return Ok(json!({ "signal": "SIGTERM", "pid": pid }));
                         }
                     };
                     let status = tokio::process::Command::new(&argv[0])

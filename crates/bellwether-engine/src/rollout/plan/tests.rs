@@ -126,7 +126,7 @@ fn a_plan_round_trips_through_json_and_yaml() {
         let p = parse_plan(text, "p.yaml").unwrap();
         let json = serde_json::to_string(&p).unwrap();
         assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), p, "{json}");
-        let yaml = serde_yaml::to_string(&p).unwrap();
+        let yaml = serde_saphyr::to_string(&p).unwrap();
         assert_eq!(parse_plan(&yaml, "again.yaml").unwrap(), p, "{yaml}");
     }
     let w = parse_plan(
@@ -306,7 +306,7 @@ fn every_bad_input_names_file_line_and_column() {
             "abort_on_critical: true",
             "abort_on_critical: maybe",
             line_of(EXAMPLE, "abort_on_critical"),
-            "invalid type",
+            "invalid boolean",
         ),
         (
             "path: etc/websvc.conf",
@@ -605,4 +605,142 @@ fn the_documented_error_messages() {
         "docs/rollout.md should quote:\n{}",
         missing.join("\n")
     );
+}
+
+/// A plan nested 100,000 levels deep (flow or block, where a text, a section or a list is
+/// expected) is refused at once with its line and column: it used to be parsed in full
+/// (quadratically), which stalled the server's async threads for half a minute. The parser
+/// streams into the plan's types, so it stops at the first value of the wrong shape; the
+/// depth budget (see `crate::yaml`) bounds whatever a type would accept.
+#[test]
+fn a_deeply_nested_plan_is_refused_quickly() {
+    let cases = [
+        format!("name: {}", "[".repeat(100_000)),
+        format!("name: x\nupdate: {}", "{a: ".repeat(100_000)),
+        format!("{EXAMPLE}remediation:\n{}", "- ".repeat(100_000)),
+        (0..1000)
+            .map(|i| format!("{}name:\n", " ".repeat(i)))
+            .collect(),
+        format!("targets:\n  where: {}", "[".repeat(100_000)),
+    ];
+    for text in cases {
+        let t = std::time::Instant::now();
+        let e = parse_plan(&text, "deep.yaml").unwrap_err();
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "took {:?}: {e}",
+            t.elapsed()
+        );
+        assert!(e.line >= 1 && e.column >= 1, "{e}");
+        assert!(e.line <= 40, "{e}");
+        assert!(
+            e.message.contains("invalid type")
+                || e.message.contains("unknown field")
+                || e.message.contains("deeper than")
+                || e.message.contains("duplicate key"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn an_oversized_plan_is_refused_before_it_is_parsed() {
+    let text = format!("{EXAMPLE}# {}\n", "x".repeat(crate::yaml::MAX_BYTES));
+    let e = parse_plan(&text, "big.yaml").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "big.yaml:1:1: the text is {} bytes; the limit is 1048576 bytes",
+            text.len()
+        )
+    );
+    // Many small values: the node limit.
+    let many = EXAMPLE.replacen(
+        "fixed: [10, 50, 100]",
+        &format!("fixed: [{}]", vec!["1"; crate::yaml::MAX_NODES].join(",")),
+        1,
+    );
+    let e = parse_plan(&many, "many.yaml").unwrap_err();
+    assert!(e.message.contains("more than 100000 values"), "{e}");
+}
+
+/// A key repeated inside a nested mapping was silently last-wins (`labels`); every mapping
+/// now refuses it as the top level does, at the repeated key.
+#[test]
+fn a_key_repeated_in_any_mapping_is_refused_with_its_place() {
+    let cases = [
+        (
+            "labels: { role: web }",
+            "labels: { role: web, role: db }",
+            "role",
+        ),
+        (
+            "labels: { role: web }",
+            "labels:\n    role: web\n    role: db",
+            "role",
+        ),
+        ("  low: 0.2\n", "  low: 0.2\n  low: 0.1\n", "low"),
+        ("bake: 30s\n", "bake: 30s\nbake: 10s\n", "bake"),
+        ("{ after: 5s }", "{ after: 5s, after: 6s }", "after"),
+        (
+            "pause_when: { hosts: 3, wave_pct: 30 }",
+            "pause_when: { hosts: 3, wave_pct: 30, hosts: 9 }",
+            "hosts",
+        ),
+        (
+            "action: { builtin: reinstall_package }",
+            "action: { builtin: reinstall_package, builtin: restore_file }",
+            "builtin",
+        ),
+    ];
+    for (from, to, key) in cases {
+        assert_eq!(EXAMPLE.matches(from).count(), 1, "{from}");
+        let text = EXAMPLE.replacen(from, to, 1);
+        let e = parse_plan(&text, "plan.yaml").unwrap_err();
+        assert!(
+            e.message.contains(&format!("duplicate key `{key}`")),
+            "{to}: {e}"
+        );
+        // The line and column are those of the second occurrence of the key.
+        let line = text.lines().nth(e.line - 1).unwrap();
+        let at: String = line.chars().skip(e.column - 1).take(key.len()).collect();
+        assert_eq!(at, key, "{to}: {e} points at {line:?}");
+        let first = text.find(&format!("{key}:")).unwrap();
+        let before = text[..first].lines().count();
+        assert!(
+            e.line > before || line.matches(&format!("{key}:")).count() == 2,
+            "{e}"
+        );
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// Any text at all, including control characters, tabs, anchors, aliases, tags and
+    /// unbalanced brackets, gives a plan or an error with a place: never a panic.
+    #[test]
+    fn arbitrary_text_never_panics_the_parser(text in "(?s).{0,400}") {
+        if let Err(e) = parse_plan(&text, "fuzz.yaml") {
+            proptest::prop_assert!(e.line >= 1 && e.column >= 1);
+            proptest::prop_assert!(!e.message.chars().any(char::is_control), "{e}");
+        }
+    }
+
+    #[test]
+    fn yaml_shaped_text_never_panics_the_parser(
+        parts in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "name", "update", ":", " ", "\n", "  ", "- ", "[", "]", "{", "}", ",", "&a ",
+                "*a", "<<: ", "!!str ", "? ", "|\n", ">-\n", "\"", "'", "#", "---\n", "...\n",
+                "\t", "1e309", "~", "\u{feff}", "%YAML 1.2\n", "labels", "role", "\\",
+            ]),
+            0..120,
+        )
+    ) {
+        let text: String = parts.concat();
+        if let Err(e) = parse_plan(&text, "fuzz.yaml") {
+            proptest::prop_assert!(e.line >= 1 && e.column >= 1);
+        }
+    }
 }

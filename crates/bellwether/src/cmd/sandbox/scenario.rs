@@ -120,10 +120,8 @@ mod humantime_serde_opt {
 /// parser knows them (syntax, types, unknown or missing fields); validation errors name the
 /// group or fault by index and name.
 pub fn parse(text: &str, file: &str) -> Result<Scenario, String> {
-    let s: Scenario = serde_yaml::from_str(text).map_err(|e| match e.location() {
-        Some(l) => format!("{file}:{}:{}: {e}", l.line(), l.column()),
-        None => format!("{file}: {e}"),
-    })?;
+    let s: Scenario = bellwether_engine::yaml::from_str(text)
+        .map_err(|e| format!("{file}:{}:{}: {}", e.line, e.column, e.path_and_message()))?;
     let bad = |what: String| Err(format!("{file}: {what}"));
     if s.groups.is_empty() {
         return bad("groups: at least one group is needed".into());
@@ -500,6 +498,54 @@ mod tests {
             e.starts_with("s.yaml:4:") && e.contains("onset \"soon\""),
             "{e}"
         );
+    }
+
+    /// A key repeated in a nested map (a group's `packages` or `labels`, a rule's `when`)
+    /// was silently last-wins; deep or oversized files are refused at once. Each error has
+    /// the file, line and column.
+    #[test]
+    fn repeated_keys_depth_and_size_are_refused_with_a_place() {
+        let e = parse(
+            "groups:\n  - name: web\n    count: 2\n    role: web\n    packages: { libssl3: '3.0', libssl3: '1.1' }\n",
+            "s.yaml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "s.yaml:5:33: groups[0].packages: duplicate key `libssl3`: a key may appear only once in a mapping"
+        );
+        let e = parse(
+            "groups:\n  - name: web\n    count: 2\n    role: web\n    labels:\n      zone: a\n      zone: b\n",
+            "s.yaml",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("s.yaml:7:7: groups[0].labels: duplicate key `zone`"),
+            "{e}"
+        );
+        let e = parse(
+            &format!(
+                "groups:\n  - name: web\n    count: 2\n    role: web\n    labels: {}",
+                "{a: ".repeat(100_000)
+            ),
+            "s.yaml",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("s.yaml:5:"), "{e}");
+        let e = parse(&format!("# {}\n", "x".repeat(2 << 20)), "s.yaml").unwrap_err();
+        assert!(e.starts_with("s.yaml:1:1: the text is "), "{e}");
+        let e = parse(
+            "groups:\n  - name: web\n    count: lots\n    role: web\n",
+            "s.yaml",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("s.yaml:3:12: groups[0].count: "), "{e}");
+    }
+
+    #[test]
+    fn the_quickstart_scenario_parses() {
+        let text = include_str!("../../../../../examples/scenarios/quickstart.yaml");
+        parse(text, "quickstart.yaml").unwrap();
     }
 
     #[test]
