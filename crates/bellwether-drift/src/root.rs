@@ -101,8 +101,14 @@ impl Root for FsRoot {
         self.handle().is_ok_and(|h| h.exists(rel))
     }
 
+    /// The path, only if it names the same file as the resolution inside the root: a path
+    /// whose links lead elsewhere (out of the root) is not given to readers that open by path.
     fn local_path(&self, rel: &str) -> Option<PathBuf> {
-        Some(self.dir.join(rel))
+        use std::os::unix::fs::MetadataExt as _;
+        let path = self.dir.join(rel);
+        let inside = self.handle().ok()?.open_file(rel).ok()?.metadata().ok()?;
+        let plain = std::fs::metadata(&path).ok()?;
+        (inside.dev() == plain.dev() && inside.ino() == plain.ino()).then_some(path)
     }
 
     fn digest(&self, rel: &str) -> io::Result<(String, u64)> {
@@ -239,6 +245,11 @@ mod tests {
         assert!(fs.read("etc/hostname").is_err());
         assert!(fs.list("etc/linked").is_err());
         assert!(!fs.exists("etc/linked/secret.conf"));
+        assert_eq!(
+            fs.local_path("etc/app.conf"),
+            None,
+            "not given to readers by path"
+        );
         // A link inside the root is still followed.
         std::fs::write(root.join("etc/real.conf"), "x = 1\n").unwrap();
         std::os::unix::fs::symlink("real.conf", root.join("etc/alias.conf")).unwrap();

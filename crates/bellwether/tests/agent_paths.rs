@@ -24,6 +24,31 @@ fn text(o: &std::process::Output) -> String {
     )
 }
 
+/// Runs `bellwether ARGS…`, which must exit on its own: an agent that should refuse to start
+/// but starts is killed after a while and fails the test.
+fn run_bounded(args: &[&str]) -> std::process::Output {
+    let mut child = std::process::Command::new(EXE)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "bellwether {args:?} was still running after 20s (it should have refused to start):\n{}",
+                text(&o)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// A server with a trained model (a rollout needs one), and the directory outside every host
 /// root.
 struct Fleet {
@@ -258,7 +283,7 @@ fn a_protected_file_under_a_directory_linked_outside_is_neither_snapshotted_nor_
     std::fs::write(root.join("etc/app/websvc.conf"), "workers = 4\n").unwrap();
     std::fs::rename(root.join("etc/app"), root.join("etc/app.real")).unwrap();
     std::os::unix::fs::symlink(&fleet.outside, root.join("etc/app")).unwrap();
-    let o = run(&[
+    let o = run_bounded(&[
         "agent",
         "--server",
         &fleet.server.url,
@@ -381,7 +406,7 @@ fn an_action_outside_the_allow_list_is_reported_failed_with_the_reason() {
 #[test]
 fn allow_action_values_are_checked_at_start() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = run(&[
+    let o = run_bounded(&[
         "agent",
         "--token",
         ENROL,
