@@ -14,11 +14,22 @@
 //!   `--cgroup`; the files must exist (a missing file means the controller is not enabled).
 //!
 //! Every write is a write to a temporary file and a rename, so a host never sees half a file.
+//!
+//! Every path a built-in touches, in the rootfs, in the snapshots and in the cgroup directory,
+//! resolves inside that directory through [`bellwether_drift::inroot`]: a symbolic link is
+//! followed as a process `chroot`ed into the root would follow it, so no link leads out, and
+//! the temporary file is created exclusively under a random name, so a link planted at a
+//! temporary name is never opened. A write that cannot stay inside fails with the path and
+//! the link in its reason.
+//!
+//! Before anything runs, the action is checked against the agent's [`AllowList`]
+//! (`--allow-action`); a refused one is reported failed with the reason, and nothing runs.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use bellwether_drift::inroot::InRoot;
 use bellwether_model::action::check_relative_path;
 use bellwether_model::ActionSpec;
 use serde::{Deserialize, Serialize};
@@ -62,6 +73,119 @@ pub struct Executor {
     /// `STATE_DIR/protected`: the start-time copies of protected files and of the dpkg status.
     snapshots: PathBuf,
     cgroup: Option<PathBuf>,
+    allow: AllowList,
+}
+
+/// The built-in kinds, by the names `--allow-action` and the JSON use.
+pub const BUILTIN_KINDS: [&str; 4] = [
+    "set_service_version",
+    "restore_file",
+    "reinstall_package",
+    "set_cgroup",
+];
+
+/// What an agent agrees to run (`--allow-action`, repeatable). Empty, the default, allows
+/// every action the server sends. Otherwise an action runs only if a rule matches it:
+///
+/// - `KIND`, one of [`BUILTIN_KINDS`]: that built-in, whatever its arguments;
+/// - `exec:PROGRAM[,ARG...]`: an argv action whose argv starts with exactly these strings,
+///   compared one by one as given (`exec:/usr/bin/systemctl,restart` allows
+///   `["/usr/bin/systemctl", "restart", "websvc"]`, not `["systemctl", "restart", "websvc"]`
+///   nor `["/usr/bin/systemctl", "stop", "websvc"]`). Commas separate the strings, so an
+///   argument containing a comma cannot be named; allow a shorter prefix instead.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList {
+    rules: Vec<AllowRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AllowRule {
+    Builtin(&'static str),
+    ArgvPrefix(Vec<String>),
+}
+
+impl std::fmt::Display for AllowRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AllowRule::Builtin(k) => f.write_str(k),
+            AllowRule::ArgvPrefix(p) => write!(f, "exec:{}", p.join(",")),
+        }
+    }
+}
+
+impl AllowList {
+    /// Parses the values of `--allow-action`; the error names the bad value.
+    pub fn parse<S: AsRef<str>>(values: &[S]) -> Result<AllowList, String> {
+        let mut rules = Vec::new();
+        for v in values {
+            let v = v.as_ref();
+            let rule = if let Some(rest) = v.strip_prefix("exec:") {
+                let parts: Vec<String> = rest.split(',').map(str::to_owned).collect();
+                if let Some(i) = parts.iter().position(String::is_empty) {
+                    return Err(format!(
+                        "--allow-action {v:?}: {} is empty; expected exec:PROGRAM[,ARG...]",
+                        if i == 0 {
+                            "the program".to_owned()
+                        } else {
+                            format!("argument {i}")
+                        }
+                    ));
+                }
+                AllowRule::ArgvPrefix(parts)
+            } else if let Some(k) = BUILTIN_KINDS.iter().find(|k| **k == v) {
+                AllowRule::Builtin(k)
+            } else {
+                return Err(format!(
+                    "--allow-action {v:?}: expected a built-in ({}) or exec:PROGRAM[,ARG...]",
+                    BUILTIN_KINDS.join(", ")
+                ));
+            };
+            if !rules.contains(&rule) {
+                rules.push(rule);
+            }
+        }
+        Ok(AllowList { rules })
+    }
+
+    /// Whether every action is allowed (no `--allow-action` given).
+    pub fn allows_everything(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Ok if `spec` may run; else the reason, naming the action and the rules.
+    pub fn check(&self, spec: &ActionSpec) -> Result<(), String> {
+        if self.rules.is_empty() {
+            return Ok(());
+        }
+        let allowed = self.rules.iter().any(|r| match (r, spec) {
+            (AllowRule::ArgvPrefix(prefix), ActionSpec::Argv { argv, .. }) => {
+                argv.len() >= prefix.len() && argv.iter().zip(prefix).all(|(a, p)| a == p)
+            }
+            (AllowRule::Builtin(kind), spec) => spec.builtin_name() == Some(*kind),
+            _ => false,
+        });
+        if allowed {
+            return Ok(());
+        }
+        let what = match spec {
+            ActionSpec::Argv { argv, .. } => format!("argv {argv:?}"),
+            other => format!("built-in {}", other.builtin_name().unwrap_or("?")),
+        };
+        Err(format!(
+            "refused by this agent's --allow-action list: {what} matches none of {}",
+            self
+        ))
+    }
+}
+
+impl std::fmt::Display for AllowList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.rules.is_empty() {
+            return f.write_str("everything");
+        }
+        let rules: Vec<String> = self.rules.iter().map(ToString::to_string).collect();
+        f.write_str(&rules.join(", "))
+    }
 }
 
 /// Why the executor could not be set up.
@@ -105,6 +229,16 @@ impl Executor {
             }
         }
         let snapshots = state_dir.join("protected");
+        let snapshot_setup = |source: std::io::Error| SetupError::Snapshot {
+            path: snapshots.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&snapshots).map_err(snapshot_setup)?;
+        let snap_dir = InRoot::open(&snapshots).map_err(snapshot_setup)?;
+        let root = InRoot::open(&rootfs).map_err(|source| SetupError::Snapshot {
+            path: rootfs.display().to_string(),
+            source,
+        })?;
         let mut files: Vec<(String, bool)> = Vec::new();
         for p in protect {
             check_relative_path(p).map_err(|source| SetupError::BadProtect {
@@ -115,17 +249,17 @@ impl Executor {
         }
         files.push((DPKG_STATUS.to_string(), false));
         for (rel, required) in files {
-            let src = rootfs.join(&rel);
-            let dst = snapshots.join(&rel);
-            if dst.exists() {
+            if snap_dir.exists(&rel) {
                 continue;
             }
-            let snap = |source| SetupError::Snapshot {
+            let snap = |e: bellwether_drift::inroot::Error| SetupError::Snapshot {
                 path: rel.clone(),
-                source,
+                source: e.into(),
             };
-            match std::fs::read(&src) {
-                Ok(bytes) => write_atomic(&dst, &bytes).map_err(snap)?,
+            // Read inside the rootfs: a protected file under a link that leads out of it is
+            // not there, and the agent refuses to start rather than keep a copy of another.
+            match root.read(&rel) {
+                Ok(bytes) => snap_dir.write_atomic(&rel, &bytes).map_err(snap)?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
                 Err(e) => return Err(snap(e)),
             }
@@ -134,7 +268,45 @@ impl Executor {
             rootfs,
             snapshots,
             cgroup,
+            allow: AllowList::default(),
         })
+    }
+
+    /// Runs only what `allow` allows (the default allows everything).
+    pub fn with_allow_list(mut self, allow: AllowList) -> Self {
+        self.allow = allow;
+        self
+    }
+
+    /// The allow-list in force.
+    pub fn allow_list(&self) -> &AllowList {
+        &self.allow
+    }
+
+    /// A handle of the rootfs, through which every built-in's path resolves inside it.
+    fn root(&self) -> Result<InRoot, String> {
+        InRoot::open(&self.rootfs)
+            .map_err(|e| format!("could not open the rootfs {}: {e}", self.rootfs.display()))
+    }
+
+    fn snapshots(&self) -> Result<InRoot, String> {
+        InRoot::open(&self.snapshots).map_err(|e| {
+            format!(
+                "could not open the snapshots in {}: {e}",
+                self.snapshots.display()
+            )
+        })
+    }
+
+    /// The reason a write inside the rootfs failed: the path, the root, and the cause (with
+    /// the symbolic link on the way, if there is one).
+    fn write_error(&self, e: &bellwether_drift::inroot::Error) -> String {
+        format!(
+            "could not write {} in the rootfs {}: {}",
+            e.path(),
+            self.rootfs.display(),
+            e.cause()
+        )
     }
 
     /// Runs one action to its end (success, failure or timeout). Never panics on bad input;
@@ -142,6 +314,12 @@ impl Executor {
     pub async fn run(&self, spec: &ActionSpec) -> ActionReport {
         let started_ms = now_ms();
         let timeout = Duration::from_millis(spec.timeout_ms());
+        if let Err(reason) = self.allow.check(spec) {
+            let mut report = done(false, None, Some(reason));
+            report.started_ms = started_ms;
+            report.finished_ms = now_ms().max(started_ms);
+            return report;
+        }
         let mut report = match spec {
             ActionSpec::Argv { argv, .. } => self.run_argv(argv, timeout).await,
             builtin => {
@@ -222,23 +400,21 @@ impl Executor {
     fn run_builtin(&self, spec: &ActionSpec) -> Result<(), String> {
         match spec {
             ActionSpec::Argv { .. } => Err("an argv action is not a built-in".into()),
-            ActionSpec::SetServiceVersion { version, .. } => {
-                let path = self.rootfs.join(VERSION_FILE);
-                write_atomic(&path, format!("{version}\n").as_bytes())
-                    .map_err(|e| format!("could not write {}: {e}", path.display()))
-            }
+            ActionSpec::SetServiceVersion { version, .. } => self
+                .root()?
+                .write_atomic(VERSION_FILE, format!("{version}\n").as_bytes())
+                .map_err(|e| self.write_error(&e)),
             ActionSpec::RestoreFile { path, .. } => {
                 check_relative_path(path).map_err(|e| e.to_string())?;
-                let snap = self.snapshots.join(path);
-                let bytes = std::fs::read(&snap).map_err(|e| match e.kind() {
+                let bytes = self.snapshots()?.read(path).map_err(|e| match e.kind() {
                     std::io::ErrorKind::NotFound => {
                         format!("{path} has no snapshot; start the agent with --protect {path}")
                     }
-                    _ => format!("could not read the snapshot of {path}: {e}"),
+                    _ => format!("could not read the snapshot of {path}: {}", e.cause()),
                 })?;
-                let dst = self.rootfs.join(path);
-                write_atomic(&dst, &bytes)
-                    .map_err(|e| format!("could not write {}: {e}", dst.display()))
+                self.root()?
+                    .write_atomic(path, &bytes)
+                    .map_err(|e| self.write_error(&e))
             }
             ActionSpec::ReinstallPackage { package, .. } => self.reinstall(package),
             ActionSpec::SetCgroup {
@@ -250,10 +426,12 @@ impl Executor {
                     .cgroup
                     .as_ref()
                     .ok_or("set_cgroup needs the agent started with --cgroup DIR")?;
+                let cg = InRoot::open(dir)
+                    .map_err(|e| format!("could not open --cgroup {}: {e}", dir.display()))?;
                 for (file, value) in [("cpu.max", cpu_max), ("memory.max", memory_max)] {
                     let Some(value) = value else { continue };
                     let path = dir.join(file);
-                    if !path.exists() {
+                    if !cg.exists(file) {
                         return Err(format!(
                             "{} does not exist; is the {} controller enabled for this cgroup?",
                             path.display(),
@@ -261,9 +439,15 @@ impl Executor {
                         ));
                     }
                     // Control files are written in place: they cannot be renamed over.
-                    std::fs::write(&path, format!("{value}\n")).map_err(|e| {
-                        format!("could not write {:?} to {}: {e}", value, path.display())
-                    })?;
+                    cg.write_in_place(file, format!("{value}\n").as_bytes())
+                        .map_err(|e| {
+                            format!(
+                                "could not write {:?} to {}: {}",
+                                value,
+                                path.display(),
+                                e.cause()
+                            )
+                        })?;
                 }
                 Ok(())
             }
@@ -271,16 +455,31 @@ impl Executor {
     }
 
     fn reinstall(&self, package: &str) -> Result<(), String> {
-        let snap = self.snapshots.join(DPKG_STATUS);
-        let before = std::fs::read_to_string(&snap)
-            .map_err(|e| format!("no snapshot of {DPKG_STATUS} was taken at agent start: {e}"))?;
+        let before = self
+            .snapshots()?
+            .read(DPKG_STATUS)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map_err(|e| {
+                format!(
+                    "no snapshot of {DPKG_STATUS} was taken at agent start: {}",
+                    e.cause()
+                )
+            })?;
         let good = stanzas(&before)
             .into_iter()
             .find(|s| stanza_package(s) == Some(package))
             .ok_or_else(|| format!("package {package} was not installed when the agent started"))?;
-        let path = self.rootfs.join(DPKG_STATUS);
-        let now = std::fs::read_to_string(&path)
-            .map_err(|e| format!("could not read {}: {e}", path.display()))?;
+        let root = self.root()?;
+        let now = root
+            .read(DPKG_STATUS)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map_err(|e| {
+                format!(
+                    "could not read {DPKG_STATUS} in the rootfs {}: {}",
+                    self.rootfs.display(),
+                    e.cause()
+                )
+            })?;
         let mut out: Vec<String> = Vec::new();
         let mut replaced = false;
         for s in stanzas(&now) {
@@ -298,8 +497,8 @@ impl Executor {
         }
         let mut text = out.join("\n\n");
         text.push('\n');
-        write_atomic(&path, text.as_bytes())
-            .map_err(|e| format!("could not write {}: {e}", path.display()))
+        root.write_atomic(DPKG_STATUS, text.as_bytes())
+            .map_err(|e| self.write_error(&e))
     }
 }
 
@@ -347,22 +546,22 @@ fn stanza_package(s: &str) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+/// Writes `bytes` to `path` (a file of the agent's own, such as its journal) through a
+/// temporary file created exclusively under a random name in the same directory, and a
+/// rename; the directory is created if missing.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     std::fs::create_dir_all(dir)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.bellwether-tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
+    Ok(InRoot::open(dir)?.write_atomic(&name, bytes)?)
 }
 
 #[cfg(test)]

@@ -426,7 +426,10 @@ impl Collector<'_> {
                 Some(Err(e)) => {
                     self.note(RPMDB, format_args!("could not read the rpm database ({e})"))
                 }
-                None => self.note(RPMDB, "an rpm database in an in-memory root cannot be read"),
+                None => self.note(
+                    RPMDB,
+                    "it cannot be opened by a path that stays inside the root (an in-memory root, or a symbolic link on the way that leads elsewhere)",
+                ),
             }
         }
         // Older rpm databases: Berkeley DB (RHEL 7 and 8) and ndb (SUSE).

@@ -2,6 +2,9 @@
 //!
 //! - [`collect`] reads a host root (`/` or a mounted root) into a [`HostProfile`]; it is the only
 //!   module here that reads files, and it never aborts: what it cannot read becomes a note.
+//! - [`inroot`] opens, lists and writes files inside a host root, never outside it (symbolic
+//!   links are resolved as in a chroot of the root); collection and the agent's built-ins go
+//!   through it.
 //! - [`deps`] parses and probes declared dependencies (`NAME=HOST:PORT`).
 //! - [`score`] compares a baseline profile with a current one and returns a [`DriftScore`]; it
 //!   is pure.
@@ -22,6 +25,7 @@ use std::path::PathBuf;
 
 pub mod collect;
 pub mod deps;
+pub mod inroot;
 pub mod json;
 pub mod peers;
 pub mod prepared;

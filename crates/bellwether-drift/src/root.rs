@@ -1,12 +1,18 @@
 //! Where collection reads from: a directory on disk (`/` or a mounted root) or, for synthetic
 //! hosts and tests, a set of files held in memory.
 //!
+//! A root on disk ([`FsRoot`]) resolves every path inside itself ([`crate::inroot`]): a
+//! symbolic link in the root is followed as a process `chroot`ed into it would follow it, so
+//! no file outside the root is ever read, watched files included.
+//!
 //! Collection goes through [`Root`] so that [`crate::synth::profile_of`] runs exactly the same
 //! parsers as [`crate::collect::collect`], without touching the disk.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+
+use crate::inroot::InRoot;
 
 /// Read access to a host's files by path relative to the host's root, such as `proc/loadavg`.
 pub trait Root {
@@ -68,9 +74,17 @@ impl FsRoot {
     }
 }
 
+impl FsRoot {
+    /// A handle of the root, through which every path resolves inside it
+    /// ([`crate::inroot`]: links are followed as in a chroot of the root, never out of it).
+    fn handle(&self) -> io::Result<InRoot> {
+        InRoot::open(&self.dir)
+    }
+}
+
 impl Root for FsRoot {
     fn read(&self, rel: &str) -> io::Result<String> {
-        let bytes = std::fs::read(self.dir.join(rel))?;
+        let bytes = self.handle()?.read(rel)?;
         // Files under /proc and /etc are ASCII in practice; a stray non-UTF-8 byte (a package
         // description in Latin-1, say) must not lose the whole file.
         Ok(match String::from_utf8(bytes) {
@@ -80,27 +94,27 @@ impl Root for FsRoot {
     }
 
     fn list(&self, rel: &str) -> io::Result<Vec<String>> {
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(self.dir.join(rel))? {
-            names.push(entry?.file_name().to_string_lossy().into_owned());
-        }
-        names.sort();
-        Ok(names)
+        Ok(self.handle()?.list(rel)?)
     }
 
     fn exists(&self, rel: &str) -> bool {
-        self.dir.join(rel).exists()
+        self.handle().is_ok_and(|h| h.exists(rel))
     }
 
+    /// The path, only if it names the same file as the resolution inside the root: a path
+    /// whose links lead elsewhere (out of the root) is not given to readers that open by path.
     fn local_path(&self, rel: &str) -> Option<PathBuf> {
-        Some(self.dir.join(rel))
+        use std::os::unix::fs::MetadataExt as _;
+        let path = self.dir.join(rel);
+        let inside = self.handle().ok()?.open_file(rel).ok()?.metadata().ok()?;
+        let plain = std::fs::metadata(&path).ok()?;
+        (inside.dev() == plain.dev() && inside.ino() == plain.ino()).then_some(path)
     }
 
     fn digest(&self, rel: &str) -> io::Result<(String, u64)> {
         use sha2::Digest as _;
         use std::io::Read as _;
-        let path = self.dir.join(rel);
-        let mut file = std::fs::File::open(&path)?;
+        let mut file = self.handle()?.open_file(rel)?;
         if file.metadata()?.is_dir() {
             return Err(io::Error::other("is a directory, not a file"));
         }
@@ -210,6 +224,38 @@ mod tests {
         assert!(
             fs.digest("etc").is_err(),
             "a directory is not a watched file"
+        );
+    }
+
+    #[test]
+    fn a_watched_file_linked_outside_the_root_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(dir.path().join("outside")).unwrap();
+        let secret = dir.path().join("outside/secret.conf");
+        std::fs::write(&secret, "password = hunter2\n").unwrap();
+        std::os::unix::fs::symlink(&secret, root.join("etc/app.conf")).unwrap();
+        std::os::unix::fs::symlink(&secret, root.join("etc/hostname")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside"), root.join("etc/linked")).unwrap();
+        let fs = FsRoot::new(&root);
+        let err = fs.digest("etc/app.conf").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        assert!(err.to_string().contains("is a symbolic link to"), "{err}");
+        assert!(fs.read("etc/hostname").is_err());
+        assert!(fs.list("etc/linked").is_err());
+        assert!(!fs.exists("etc/linked/secret.conf"));
+        assert_eq!(
+            fs.local_path("etc/app.conf"),
+            None,
+            "not given to readers by path"
+        );
+        // A link inside the root is still followed.
+        std::fs::write(root.join("etc/real.conf"), "x = 1\n").unwrap();
+        std::os::unix::fs::symlink("real.conf", root.join("etc/alias.conf")).unwrap();
+        assert_eq!(
+            fs.digest("etc/alias.conf").unwrap(),
+            (sha256_hex(b"x = 1\n"), 6)
         );
     }
 }

@@ -252,3 +252,241 @@ async fn set_cgroup_writes_the_control_files() {
         Some("set_cgroup needs the agent started with --cgroup DIR")
     );
 }
+
+/// A directory next to the fixture's root, outside it, holding files a built-in must never
+/// touch.
+fn outside(f: &Fixture) -> PathBuf {
+    let dir = f.root.parent().unwrap().join("outside");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("version"), "outside\n").unwrap();
+    std::fs::write(dir.join("websvc.conf"), "outside = true\n").unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn set_service_version_never_writes_through_a_directory_linked_outside() {
+    let f = fixture();
+    let out = outside(&f);
+    std::fs::remove_dir(f.root.join("etc/websvc")).unwrap();
+    std::os::unix::fs::symlink(&out, f.root.join("etc/websvc")).unwrap();
+    let ex = Executor::new(f.root.clone(), &f.state, &[], None).unwrap();
+    let r = ex
+        .run(&ActionSpec::SetServiceVersion {
+            version: "2".into(),
+            timeout_ms: None,
+        })
+        .await;
+    assert!(!r.ok, "{r:?}");
+    let err = r.error.unwrap();
+    assert!(
+        err.starts_with(&format!(
+            "could not write etc/websvc/version in the rootfs {}: ",
+            f.root.display()
+        )) && err.contains(&format!(
+            "etc/websvc is a symbolic link to {:?}",
+            out.display().to_string()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("version")).unwrap(),
+        "outside\n"
+    );
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2, "nothing new");
+}
+
+#[tokio::test]
+async fn restore_file_never_follows_a_link_planted_at_a_temporary_name() {
+    let f = fixture();
+    let out = outside(&f);
+    let protect = vec!["etc/websvc.conf".to_string()];
+    let ex = Executor::new(f.root.clone(), &f.state, &protect, None).unwrap();
+    std::fs::write(f.root.join("etc/websvc.conf"), "workers = 0\n").unwrap();
+    // The temporary name the agent used to write through, planted as a link to a file
+    // outside the root.
+    std::os::unix::fs::symlink(
+        out.join("websvc.conf"),
+        f.root.join("etc/.websvc.conf.bellwether-tmp"),
+    )
+    .unwrap();
+    let r = ex
+        .run(&ActionSpec::RestoreFile {
+            path: "etc/websvc.conf".into(),
+            timeout_ms: None,
+        })
+        .await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(f.root.join("etc/websvc.conf")).unwrap(),
+        "workers = 4\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("websvc.conf")).unwrap(),
+        "outside = true\n",
+        "the file outside is untouched"
+    );
+}
+
+#[tokio::test]
+async fn a_protected_file_under_a_directory_linked_outside_is_neither_snapshotted_nor_restored() {
+    let f = fixture();
+    let out = outside(&f);
+    // Snapshot: the agent refuses to start rather than keep a copy of a file outside.
+    std::fs::create_dir_all(f.root.join("etc/app")).unwrap();
+    std::fs::remove_dir(f.root.join("etc/app")).unwrap();
+    std::os::unix::fs::symlink(&out, f.root.join("etc/app")).unwrap();
+    let protect = vec!["etc/app/websvc.conf".to_string()];
+    let err = Executor::new(f.root.clone(), &f.state, &protect, None).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("--protect etc/app/websvc.conf: ")
+            && text.contains("etc/app is a symbolic link to"),
+        "{text}"
+    );
+    assert!(!f.state.join("protected/etc/app/websvc.conf").exists());
+
+    // Restore: the snapshot was taken while etc/app was a directory; the link comes later.
+    std::fs::remove_file(f.root.join("etc/app")).unwrap();
+    std::fs::create_dir_all(f.root.join("etc/app")).unwrap();
+    std::fs::write(f.root.join("etc/app/websvc.conf"), "workers = 4\n").unwrap();
+    let ex = Executor::new(f.root.clone(), &f.state, &protect, None).unwrap();
+    std::fs::remove_dir_all(f.root.join("etc/app")).unwrap();
+    std::os::unix::fs::symlink(&out, f.root.join("etc/app")).unwrap();
+    let r = ex
+        .run(&ActionSpec::RestoreFile {
+            path: "etc/app/websvc.conf".into(),
+            timeout_ms: None,
+        })
+        .await;
+    assert!(!r.ok, "{r:?}");
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap()
+            .starts_with("could not write etc/app/websvc.conf in the rootfs "),
+        "{r:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("websvc.conf")).unwrap(),
+        "outside = true\n"
+    );
+}
+
+#[tokio::test]
+async fn reinstall_package_reads_and_writes_inside_the_root_only() {
+    let f = fixture();
+    let out = outside(&f);
+    let ex = Executor::new(f.root.clone(), &f.state, &[], None).unwrap();
+    std::fs::write(out.join("status"), "Package: outside\n").unwrap();
+    std::fs::remove_file(f.root.join(DPKG_STATUS)).unwrap();
+    std::os::unix::fs::symlink(out.join("status"), f.root.join(DPKG_STATUS)).unwrap();
+    let r = ex
+        .run(&ActionSpec::ReinstallPackage {
+            package: "libssl1.1".into(),
+            timeout_ms: None,
+        })
+        .await;
+    assert!(!r.ok, "{r:?}");
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap()
+            .contains("is a symbolic link to"),
+        "{r:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("status")).unwrap(),
+        "Package: outside\n"
+    );
+}
+
+#[test]
+fn allow_list_grammar() {
+    let a = AllowList::parse(&[
+        "set_service_version",
+        "exec:/usr/bin/systemctl,restart",
+        "exec:/bin/true",
+    ])
+    .unwrap();
+    assert_eq!(
+        a.to_string(),
+        "set_service_version, exec:/usr/bin/systemctl,restart, exec:/bin/true"
+    );
+    let ok = |s: &ActionSpec| a.check(s).is_ok();
+    assert!(ok(&ActionSpec::SetServiceVersion {
+        version: "2".into(),
+        timeout_ms: None
+    }));
+    assert!(!ok(&ActionSpec::RestoreFile {
+        path: "etc/x".into(),
+        timeout_ms: None
+    }));
+    assert!(ok(&argv(
+        &["/usr/bin/systemctl", "restart", "websvc"],
+        1000
+    )));
+    assert!(ok(&argv(&["/usr/bin/systemctl", "restart"], 1000)));
+    assert!(
+        !ok(&argv(&["/usr/bin/systemctl"], 1000)),
+        "shorter than the prefix"
+    );
+    assert!(!ok(&argv(&["/usr/bin/systemctl", "stop", "websvc"], 1000)));
+    assert!(!ok(&argv(&["systemctl", "restart", "websvc"], 1000)));
+    assert!(ok(&argv(&["/bin/true", "anything"], 1000)));
+    assert_eq!(
+        a.check(&argv(&["rm", "-rf", "/"], 1000)).unwrap_err(),
+        "refused by this agent's --allow-action list: argv [\"rm\", \"-rf\", \"/\"] matches none of \
+         set_service_version, exec:/usr/bin/systemctl,restart, exec:/bin/true"
+    );
+    assert!(AllowList::parse::<&str>(&[]).unwrap().allows_everything());
+    assert!(AllowList::parse::<&str>(&[])
+        .unwrap()
+        .check(&argv(&["rm"], 1000))
+        .is_ok());
+    for (bad, why) in [
+        ("exec:", "the program is empty"),
+        ("exec:/bin/x,", "argument 1 is empty"),
+        ("exec:/bin/x,,y", "argument 1 is empty"),
+        ("restore", "expected a built-in"),
+        ("exec", "expected a built-in"),
+        ("", "expected a built-in"),
+    ] {
+        let e = AllowList::parse(&[bad]).unwrap_err();
+        assert!(
+            e.starts_with(&format!("--allow-action {bad:?}: ")) && e.contains(why),
+            "{bad:?}: {e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refused_action_runs_nothing_and_fails_with_the_reason() {
+    let f = fixture();
+    let ex = Executor::new(f.root.clone(), &f.state, &[], None)
+        .unwrap()
+        .with_allow_list(AllowList::parse(&["restore_file"]).unwrap());
+    let marker = f.root.join("ran");
+    let r = ex
+        .run(&argv(&["touch", marker.to_str().unwrap()], 10_000))
+        .await;
+    assert!(!r.ok && !r.timed_out(), "{r:?}");
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap()
+            .starts_with("refused by this agent's --allow-action list: argv [\"touch\""),
+        "{r:?}"
+    );
+    assert!(!marker.exists(), "nothing ran");
+    let r = ex
+        .run(&ActionSpec::SetServiceVersion {
+            version: "2".into(),
+            timeout_ms: None,
+        })
+        .await;
+    assert_eq!(
+        r.error.as_deref(),
+        Some("refused by this agent's --allow-action list: built-in set_service_version matches none of restore_file")
+    );
+    assert!(!f.root.join(VERSION_FILE).exists());
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bellwether_agent::actions::{ActionLoop, ActionSettings, Journal};
-use bellwether_agent::exec::Executor;
+use bellwether_agent::exec::{AllowList, Executor};
 use bellwether_agent::host::HostCollector;
 use bellwether_agent::{Agent, BackoffPolicy, HttpTransport, Settings};
 use bellwether_model::HostName;
@@ -27,7 +27,9 @@ use super::UsageError;
 /// revert, remediate): it long-polls for them, runs each once (argv lists without a shell, with
 /// the rootfs as working directory, killed at their timeout; or a built-in inside the rootfs),
 /// reports the result, and keeps a journal in the state directory so that no action runs twice,
-/// across server re-sends and agent restarts. It runs nothing the server did not send.
+/// across server re-sends and agent restarts. It runs nothing the server did not send, and
+/// with --allow-action only what the list allows. Built-ins read and write inside --rootfs
+/// only: symbolic links resolve as in a chroot of the root, never out of it.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The server's base URL.
@@ -106,6 +108,18 @@ pub struct Args {
     /// websvc_request_duration_seconds histogram).
     #[arg(long, value_name = "URL")]
     scrape: Option<String>,
+    /// Run only the actions this allows; repeat for more. KIND is a built-in
+    /// (set_service_version, restore_file, reinstall_package, set_cgroup);
+    /// exec:PROGRAM[,ARG...] allows an argv action whose argv starts with exactly these
+    /// strings (`exec:/usr/bin/systemctl,restart,websvc`). Without this flag every action the
+    /// server sends runs: an operator token can run any argv as the agent's user. A refused
+    /// action is reported to the server as failed, with the reason.
+    #[arg(
+        long = "allow-action",
+        value_name = "KIND|exec:PROGRAM[,ARG...]",
+        requires = "state_dir"
+    )]
+    allow_actions: Vec<String>,
     /// How long one long-poll for actions waits on the server.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     action_wait: Duration,
@@ -131,6 +145,7 @@ struct ActionConfig {
     state_dir: PathBuf,
     protect: Vec<String>,
     cgroup: Option<PathBuf>,
+    allow: AllowList,
     wait: Duration,
 }
 
@@ -232,10 +247,12 @@ fn validate(args: Args) -> Result<Config, UsageError> {
             humantime::format_duration(args.action_wait)
         )));
     }
+    let allow = AllowList::parse(&args.allow_actions).map_err(UsageError)?;
     let actions = args.state_dir.map(|state_dir| ActionConfig {
         state_dir,
         protect: args.protect,
         cgroup: args.cgroup,
+        allow,
         wait: args.action_wait,
     });
     let scrape = match &args.scrape {
@@ -304,7 +321,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 &a.protect,
                 a.cgroup.clone(),
             )
-            .map_err(|e| UsageError(e.to_string()))?;
+            .map_err(|e| UsageError(e.to_string()))?
+            .with_allow_list(a.allow.clone());
+            tracing::info!(allowed = %a.allow, "Actions this agent runs.");
             let journal = Journal::open(&a.state_dir).map_err(|e| UsageError(e.to_string()))?;
             let settings = ActionSettings {
                 wait: a.wait,
