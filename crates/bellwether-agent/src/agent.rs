@@ -183,10 +183,15 @@ impl<T: Transport, C: Collector> Agent<T, C> {
                     let delay = self.backoff.next_delay();
                     self.retry_at = Some(Instant::now() + delay);
                     self.stats.failed_attempts += 1;
-                    let level_error = matches!(err, SendError::Unauthorized);
+                    // 401: an unknown token; 403: a valid token of another role (an operator's,
+                    // say) given where the enrolment token belongs.
+                    let level_error = matches!(
+                        err,
+                        SendError::Unauthorized | SendError::Rejected { status: 403, .. }
+                    );
                     if level_error {
                         error!(host = %self.settings.name, error = %err, retry_in_ms = delay.as_millis() as u64,
-                            "The server refused the enrolment token; check --token.");
+                            "The server refused the enrolment token; check --token (it must be the server's enrol.token).");
                     } else {
                         warn!(host = %self.settings.name, error = %err,
                             retry_in_ms = delay.as_millis() as u64,
