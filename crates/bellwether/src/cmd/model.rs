@@ -138,10 +138,10 @@ struct SynthArgs {
     #[arg(long, default_value_t = 3)]
     categorical: usize,
     /// Share of empty cells.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = super::finite_f64)]
     missing: f64,
     /// Share of categorical cells holding a category the world's other files never have.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = super::finite_f64)]
     novel: f64,
 }
 
