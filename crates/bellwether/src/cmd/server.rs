@@ -51,6 +51,13 @@ pub struct Args {
     /// hosts and imported history rows); 0 retrains only when asked (`bellwether model train`).
     #[arg(long, default_value_t = bellwether_server::model_api::DEFAULT_RETRAIN_AFTER, value_name = "N")]
     retrain_after: u64,
+    /// Refuse a sample batch holding a timestamp older than this by the server's clock.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    sample_max_age: Duration,
+    /// Refuse a sample batch holding a timestamp further ahead of the server's clock than this
+    /// (a host's metric window is anchored on its newest sample).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    sample_max_ahead: Duration,
 }
 
 fn store_config(database: Option<&str>, data_dir: &Path) -> anyhow::Result<StoreConfig> {
@@ -118,6 +125,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.metric_window = args.metric_window;
     config.sample_retention = args.sample_retention;
     config.retrain_after = args.retrain_after;
+    config.sample_max_age = args.sample_max_age;
+    config.sample_max_ahead = args.sample_max_ahead;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async {
         let server = Server::open(config).await?;
