@@ -12,6 +12,7 @@ use bellwether_detect::judge::{
 };
 use bellwether_detect::series::parse_samples;
 use bellwether_detect::threshold::Direction;
+use bellwether_model::text::Escaped;
 
 use super::{finite_f64, OutputFormat, UsageError};
 
@@ -225,7 +226,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 match (&m.test, m.effect_size) {
                     (Some(t), Some(e)) => println!(
                         "{:<24} {:<8} {:>12.4} {:>26} {:>9.4} {:>8.4}{}",
-                        m.name,
+                        Escaped(&m.name),
                         class,
                         t.estimate,
                         format!("[{:.4}, {:.4}]", t.lower, t.upper),
@@ -233,7 +234,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         t.p_value,
                         if m.critical_failure { "  CRITICAL" } else { "" }
                     ),
-                    _ => println!("{:<24} {:<8} {}", m.name, class, m.reason),
+                    _ => println!("{:<24} {:<8} {}", Escaped(&m.name), class, m.reason),
                 }
             }
             let outcome = match j.outcome {
