@@ -320,3 +320,37 @@ fn judge_never_passes_an_overflowing_comparison() {
         assert_ne!(j["outcome"], "pass", "{j}");
     }
 }
+
+/// Issue 9: `2024-02-30` and an unterminated quote were accepted, and an error echoed a 50 MB
+/// field whole. Each is now exit 2 with the file and line, quoting at most a few hundred bytes.
+#[test]
+fn detect_refuses_impossible_dates_open_quotes_and_quotes_little() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases: [(&str, String, &str); 3] = [
+        (
+            "date.csv",
+            "timestamp,value\n2024-02-28 00:00:00,1\n2024-02-30 00:00:00,2\n".into(),
+            "date.csv: line 3, column `timestamp`: cannot parse `2024-02-30 00:00:00` as a timestamp",
+        ),
+        (
+            "quote.csv",
+            "timestamp,value\n1,1\n2,\"2\n3,3\n4,4\n".into(),
+            "quote.csv: line 3, column `value`: a quoted field is never closed",
+        ),
+        (
+            "huge.csv",
+            format!("timestamp,value\n1,1\n2,{}x\n", "7".repeat(50 << 20)),
+            "huge.csv: line 3, column `value`: cannot parse `777",
+        ),
+    ];
+    for (name, text, expect) in cases {
+        std::fs::write(d.join(name), text).unwrap();
+        let out = bellwether(&["detect", "--input", name, "--output", "-"], d);
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{name}: {}", &err[..err.len().min(600)]);
+        assert!(err.len() < 1000, "{name}: {} bytes of error", err.len());
+        assert!(out.stdout.is_empty(), "{name}");
+    }
+}
