@@ -30,6 +30,26 @@ pub fn quote(s: &str) -> String {
     escape(&clip(s, QUOTE_MAX_BYTES)).into_owned()
 }
 
+/// A whole message that embeds input (a parser's error, which quotes the bad value and ends
+/// with its location) cut to at most about `max` bytes by dropping its middle, so that both the
+/// start and the `at line 1 column 97` at its end survive; control characters escaped.
+pub fn quote_message(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return escape(s).into_owned();
+    }
+    let (head_len, tail_len) = (max * 2 / 3, max / 3);
+    let mut head = head_len;
+    while !s.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = s.len() - tail_len;
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    let cut = format!("{}… ({} bytes) …{}", &s[..head], tail - head, &s[tail..]);
+    escape(&cut).into_owned()
+}
+
 /// Whether a character is shown escaped: C0 and C1 controls, DEL, and the bidirectional
 /// overrides and isolates that reorder what a terminal shows.
 fn needs_escape(c: char) -> bool {
@@ -79,6 +99,12 @@ mod tests {
         assert_eq!(clip("aé", 2), "a… (2 more bytes)");
         let big = "x".repeat(50 << 20);
         assert!(quote(&big).len() < 300);
+        let msg = format!("invalid type: string \"{big}\", expected f64 at line 1 column 9");
+        let q = quote_message(&msg, 300);
+        assert!(q.len() < 400, "{}", q.len());
+        assert!(q.starts_with("invalid type: string \"xxx"), "{q}");
+        assert!(q.ends_with("xxx\", expected f64 at line 1 column 9"), "{q}");
+        assert_eq!(quote_message("short\n", 300), "short\\n");
     }
 
     #[test]

@@ -248,3 +248,41 @@ api_test!(
         assert_eq!(server.store().count_samples(&host).await.unwrap(), 2);
     }
 );
+
+api_test!(
+    errors_quote_a_few_hundred_bytes_of_the_body,
+    defaults,
+    |server, app| {
+        let agent = enrol(&app, "web-01").await;
+        let huge = "9".repeat(1 << 20) + "x";
+        let (status, text) = samples(
+            &app,
+            &agent,
+            json!({"samples": [{"ts_ms": now_ms(), "name": "load1", "value": huge}]}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let err = error_of(&text);
+        assert!(err.len() < 1000, "{} bytes", err.len());
+        assert!(
+            err.starts_with("invalid JSON body at `samples[0].value`: invalid type: string \"999"),
+            "{err}"
+        );
+        assert!(
+            err.contains("bytes) …") && err.contains("line 1 column"),
+            "{err}"
+        );
+        let key = "k".repeat(1 << 20);
+        let (status, text) = send(
+            &app,
+            Method::POST,
+            "/api/v1/enrol",
+            Some(ENROL),
+            Some(json!({"name": "web-02", "labels": {key: 1}})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(error_of(&text).len() < 1000, "{} bytes", text.len());
+        let _ = &server;
+    }
+);
