@@ -349,7 +349,11 @@ fn detect_refuses_impossible_dates_open_quotes_and_quotes_little() {
         let out = bellwether(&["detect", "--input", name, "--output", "-"], d);
         assert_eq!(out.status.code(), Some(2), "{name}: {}", describe(&out));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(expect), "{name}: {}", &err[..err.len().min(600)]);
+        assert!(
+            err.contains(expect),
+            "{name}: {}",
+            &err[..err.len().min(600)]
+        );
         assert!(err.len() < 1000, "{name}: {} bytes of error", err.len());
         assert!(out.stdout.is_empty(), "{name}");
     }

@@ -290,7 +290,8 @@ fn non_finite_settings_are_refused() {
             },
         ];
         for m in metrics {
-            let err = judge(&[m.clone()], &samples, &JudgeConfig::default()).unwrap_err();
+            let err =
+                judge(std::slice::from_ref(&m), &samples, &JudgeConfig::default()).unwrap_err();
             assert!(
                 matches!(err, JudgeError::BadSetting { ref setting, .. } if setting.starts_with("metric `m`")),
                 "{m:?}: {err}"
