@@ -207,15 +207,19 @@ const METRICS: [&str; 8] = [
 ];
 
 fn make_batches(samples: usize, batch: usize) -> Vec<Vec<MetricSample>> {
-    // Timestamps end now, five seconds apart per metric, so the server's retention keeps them.
+    // Timestamps end now, five seconds apart per metric (closer when that would reach back more
+    // than 12 hours), so the server's retention keeps them and its --sample-max-age (24 h)
+    // accepts them.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let start = now - (samples / METRICS.len()) as i64 * 5_000;
+    let rows = (samples / METRICS.len()).max(1) as i64;
+    let step = (12 * 3_600_000 / rows).clamp(1, 5_000);
+    let start = now - rows * step;
     let all: Vec<MetricSample> = (0..samples)
         .map(|i| MetricSample {
-            ts_ms: start + (i / METRICS.len()) as i64 * 5_000,
+            ts_ms: start + (i / METRICS.len()) as i64 * step,
             name: METRICS[i % METRICS.len()].to_string(),
             value: ((i * 7919) % 1000) as f64 / 100.0,
         })
