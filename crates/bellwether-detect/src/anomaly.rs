@@ -65,6 +65,129 @@ pub trait Detector: Send {
     fn memory_bytes(&self) -> usize;
 }
 
+/// Values whose magnitude is above this are never learnt: their squares and sums would
+/// overflow (`1e150²` is `1e300`, still finite), and a detector's range or mean would be
+/// stretched so far that nothing later could stand out.
+pub const MAX_MAGNITUDE: f64 = 1e150;
+
+/// A value is wild when it lies further outside the range of the recent accepted values than
+/// this many times that range's width.
+pub const WILD_WIDTHS: f64 = 1e6;
+
+/// Consecutive wild (finite) values after which they are taken as a real change of level and
+/// learnt.
+pub const WILD_CONFIRM: u32 = 3;
+
+/// Guards a detector against values it must not learn from, so that one of them cannot blind it
+/// to every later anomaly: a non-finite value (`inf`), a value above [`MAX_MAGNITUDE`], or a
+/// value more than [`WILD_WIDTHS`] widths outside the range of the last 256 accepted values
+/// (the `relative-entropy` range, a `record`, a `seasonal` bin or `windowed-gaussian`'s sums
+/// would otherwise take it in for good). Such a value is not passed on: it scores 1 and raises
+/// an alert (the first of a run only; never for a detector that never alerts), and the detector
+/// sees the next value as if it had not happened. [`WILD_CONFIRM`] wild values in a row within
+/// [`MAX_MAGNITUDE`] are a change of level: they are passed on from then. NaN is passed on (every
+/// detector skips it).
+#[derive(Debug, Clone)]
+pub struct Guarded<D> {
+    inner: D,
+    alerts: bool,
+    /// Minimum and maximum of each block of 32 accepted values, the last 8 blocks.
+    blocks: VecDeque<(f64, f64)>,
+    filled: u32,
+    wild_run: u32,
+}
+
+impl<D: Detector> Guarded<D> {
+    const BLOCK: u32 = 32;
+    const BLOCKS: usize = 8;
+
+    /// Guards `inner`; `alerts` is false for a detector that only scores.
+    pub fn new(inner: D, alerts: bool) -> Self {
+        Guarded {
+            inner,
+            alerts,
+            blocks: VecDeque::with_capacity(Self::BLOCKS),
+            filled: 0,
+            wild_run: 0,
+        }
+    }
+
+    fn range(&self) -> Option<(f64, f64)> {
+        self.blocks
+            .iter()
+            .copied()
+            .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)))
+    }
+
+    /// Whether `value` (not NaN) must not reach the detector.
+    fn is_wild(&self, value: f64) -> bool {
+        if !value.is_finite() || value.abs() > MAX_MAGNITUDE {
+            return true;
+        }
+        match self.range() {
+            // A flat recent past has no width to measure against; the detector judges.
+            Some((lo, hi)) if hi > lo => {
+                let slack = WILD_WIDTHS * (hi - lo);
+                value < lo - slack || value > hi + slack
+            }
+            _ => false,
+        }
+    }
+
+    fn accept(&mut self, value: f64) {
+        if self.filled == 0 || self.blocks.is_empty() {
+            if self.blocks.len() == Self::BLOCKS {
+                self.blocks.pop_front();
+            }
+            self.blocks.push_back((value, value));
+        } else if let Some(b) = self.blocks.back_mut() {
+            *b = (b.0.min(value), b.1.max(value));
+        }
+        self.filled = (self.filled + 1) % Self::BLOCK;
+    }
+}
+
+impl<D: Detector> Detector for Guarded<D> {
+    fn observe(&mut self, ts_ms: i64, value: f64) -> Verdict {
+        if value.is_nan() {
+            return self.inner.observe(ts_ms, value);
+        }
+        if self.is_wild(value) {
+            self.wild_run = self.wild_run.saturating_add(1);
+            let learnable = value.is_finite() && value.abs() <= MAX_MAGNITUDE;
+            if !(learnable && self.wild_run >= WILD_CONFIRM) {
+                return Verdict {
+                    score: 1.0,
+                    alert: self.alerts && self.wild_run == 1,
+                };
+            }
+            // A new level: forget the old range, so the values that follow are judged
+            // against the new one.
+            self.blocks.clear();
+            self.filled = 0;
+        }
+        self.wild_run = 0;
+        self.accept(value);
+        self.inner.observe(ts_ms, value)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() - std::mem::size_of::<D>()
+            + self.blocks.capacity() * 16
+            + self.inner.memory_bytes()
+    }
+}
+
+impl Detector for Box<dyn Detector> {
+    fn observe(&mut self, ts_ms: i64, value: f64) -> Verdict {
+        (**self).observe(ts_ms, value)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        (**self).memory_bytes()
+    }
+}
+
 /// The detectors this crate offers, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -115,8 +238,14 @@ impl DetectorKind {
         DetectorKind::ALL.into_iter().find(|k| k.name() == s)
     }
 
-    /// A fresh detector of this kind with its default settings.
+    /// A fresh detector of this kind with its default settings, behind [`Guarded`].
     pub fn build(self) -> Box<dyn Detector> {
+        let alerts = self != DetectorKind::WindowedGaussian;
+        Box::new(Guarded::new(self.build_unguarded(), alerts))
+    }
+
+    /// The detector alone, without [`Guarded`]: one inf or 1e300 can blind it.
+    fn build_unguarded(self) -> Box<dyn Detector> {
         match self {
             DetectorKind::Bellwether => Box::new(Bellwether::new(BellwetherConfig::default())),
             DetectorKind::RobustZ => Box::new(Alerting::new(RobustZ::new(256), Z_ALERT)),
@@ -974,6 +1103,14 @@ impl Detector for WindowedGaussian {
         if value.is_nan() {
             return Verdict::QUIET;
         }
+        if !value.is_finite() || value.abs() > MAX_MAGNITUDE {
+            // As far from any Gaussian as it gets, and not learnt: its square would overflow
+            // the sums, and ∞ − ∞ would make every later score NaN.
+            return Verdict {
+                score: 1.0,
+                alert: false,
+            };
+        }
         let score = if self.window.is_empty() {
             0.0
         } else {
@@ -981,8 +1118,15 @@ impl Detector for WindowedGaussian {
         };
         if self.window.len() == self.cap {
             if let Some(o) = self.window.pop_front() {
-                self.sum -= o;
-                self.sum_sq -= o * o;
+                if o * o > 0.5 * self.sum_sq {
+                    // The value leaving held most of the sum of squares: subtracting it would
+                    // leave only rounding error, so the sums are added up again.
+                    self.sum = self.window.iter().sum();
+                    self.sum_sq = self.window.iter().map(|v| v * v).sum();
+                } else {
+                    self.sum -= o;
+                    self.sum_sq -= o * o;
+                }
             }
         }
         self.window.push_back(value);
@@ -996,7 +1140,13 @@ impl Detector for WindowedGaussian {
             self.std = 1e-6;
         }
         Verdict {
-            score: score.clamp(0.0, 1.0),
+            // A score that cannot be computed is not a number to print: the point is as
+            // unusual as the model can say.
+            score: if score.is_nan() {
+                1.0
+            } else {
+                score.clamp(0.0, 1.0)
+            },
             alert: false,
         }
     }
@@ -1155,6 +1305,75 @@ mod tests {
                 "{kind} alerted on noise"
             );
         }
+    }
+
+    /// Issue 9: one `inf` or `1e300` blinded detectors for good (the entropy detectors' range,
+    /// a record, a seasonal bin, windowed-gaussian's sums). Each detector still sees a clear
+    /// spike after one, and windowed-gaussian never scores NaN.
+    #[test]
+    fn one_wild_value_does_not_blind_any_detector() {
+        for poison in [
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1e300,
+            -1e300,
+            f64::MAX,
+            1e200,
+            1e12,
+        ] {
+            for kind in DetectorKind::ALL {
+                let mut d = kind.build();
+                let mut s = spike_series(2000, 1500);
+                s[1100].1 = poison;
+                let v: Vec<Verdict> = s.iter().map(|&(t, x)| d.observe(t, x)).collect();
+                assert!(
+                    v.iter().all(|v| (0.0..=1.0).contains(&v.score)),
+                    "{kind} {poison}"
+                );
+                assert_eq!(v[1100].score, 1.0, "{kind} {poison}");
+                if kind == DetectorKind::WindowedGaussian {
+                    assert!(v[1500].score > 0.999_999, "{kind} {poison}: {:?}", v[1500]);
+                    continue;
+                }
+                assert!(
+                    v[1500..1510].iter().any(|v| v.alert),
+                    "{kind} blinded by {poison}: {:?}",
+                    &v[1495..1510]
+                );
+            }
+        }
+        // Sums of squares that overflowed made every later windowed-gaussian score NaN.
+        let mut g = WindowedGaussian::new(10);
+        for (i, x) in [
+            1.0,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1e300,
+            1e300,
+            2.0,
+            1.0,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert!(!g.observe(i as i64, x).score.is_nan(), "{x}");
+        }
+    }
+
+    #[test]
+    fn a_lasting_change_of_level_is_learnt_after_the_guard() {
+        // From a noise of width 1 around 10 to a level of 1e8: wild at first, then learnt.
+        let mut d = DetectorKind::RobustZ.build();
+        let mut alerts = 0;
+        for i in 0..3000i64 {
+            let x = if i < 1000 {
+                10.0 + (i % 7) as f64 * 0.1
+            } else {
+                1e8 + (i % 7) as f64 * 1e7
+            };
+            alerts += usize::from(d.observe(i * 1000, x).alert);
+        }
+        assert!((1..=3).contains(&alerts), "{alerts} alerts");
     }
 
     #[test]
@@ -1355,7 +1574,8 @@ mod tests {
     proptest! {
         #[test]
         fn scores_stay_in_unit_range(values in proptest::collection::vec(prop_oneof![
-            -1e12f64..1e12, Just(f64::NAN), Just(0.0), Just(1e300), Just(-1e300)], 1..600)) {
+            -1e12f64..1e12, Just(f64::NAN), Just(0.0), Just(1e300), Just(-1e300),
+            Just(f64::INFINITY), Just(f64::NEG_INFINITY), Just(f64::MAX)], 1..600)) {
             for kind in DetectorKind::ALL {
                 let mut d = kind.build();
                 for (i, v) in values.iter().enumerate() {

@@ -52,6 +52,30 @@ pub enum JudgeError {
     BadMetric { metric: String, message: String },
     #[error("thresholds must satisfy 0 <= marginal <= pass <= 100, got marginal {marginal} and pass {pass}")]
     BadThresholds { marginal: f64, pass: f64 },
+    #[error("{setting} is {value}; it must be {expected}")]
+    BadSetting {
+        setting: String,
+        value: f64,
+        expected: &'static str,
+    },
+}
+
+/// Checks that a setting is a finite number (and at least 0 when `non_negative`). NaN would make
+/// every comparison with it false and switch the check it belongs to off.
+fn check_setting(setting: &str, value: f64, non_negative: bool) -> Result<(), JudgeError> {
+    let ok = value.is_finite() && (!non_negative || value >= 0.0);
+    if ok {
+        return Ok(());
+    }
+    Err(JudgeError::BadSetting {
+        setting: setting.to_string(),
+        value,
+        expected: if non_negative {
+            "a finite number >= 0"
+        } else {
+            "a finite number"
+        },
+    })
 }
 
 /// `(dz − correction)/σ` of R's `wdiff` for the shift `d`, with the tie-corrected σ.
@@ -149,6 +173,11 @@ pub fn mann_whitney(
             let (mut lo, mut hi) = (mu_min, mu_max);
             while hi - lo > 1e-12 * scale {
                 let mid = lo + (hi - lo) / 2.0;
+                // Near the top of the range, adjacent floats are further apart than the
+                // tolerance: stop when the interval cannot be halved any more.
+                if mid <= lo || mid >= hi {
+                    break;
+                }
                 let v = f(mid, &mut buf);
                 if (positive && v > 0.0) || (!positive && v >= 0.0) {
                     lo = mid;
@@ -258,6 +287,29 @@ fn default_group() -> String {
 }
 
 impl MetricConfig {
+    /// Checks every number in the configuration: the limits and the NaN replacement are finite,
+    /// the IQR factor finite and at least 0.
+    pub fn validate(&self) -> Result<(), JudgeError> {
+        let named = |what: &str| format!("metric `{}`: {what}", self.name);
+        for (what, v) in [
+            ("allowed_increase", self.allowed_increase),
+            ("allowed_decrease", self.allowed_decrease),
+            ("critical_increase", self.critical_increase),
+            ("critical_decrease", self.critical_decrease),
+        ] {
+            if let Some(v) = v {
+                check_setting(&named(what), v, false)?;
+            }
+        }
+        if let Some(k) = self.iqr_outlier_factor {
+            check_setting(&named("iqr_outlier_factor"), k, true)?;
+        }
+        if let NanStrategy::Replace(v) = self.nan_strategy {
+            check_setting(&named("nan_strategy replacement"), v, false)?;
+        }
+        Ok(())
+    }
+
     /// A metric with defaults: group `default`, direction `increase`, NaN removed, no outlier
     /// removal, mean ratio, no limits, not critical.
     pub fn new(name: impl Into<String>) -> Self {
@@ -290,6 +342,28 @@ pub struct JudgeConfig {
     pub pass: f64,
     /// Score at or above which the canary is marginal. Default 75.
     pub marginal: f64,
+}
+
+impl JudgeConfig {
+    /// Checks every number: confidence strictly between 0 and 1, a finite tolerance and group
+    /// weights of at least 0, and `0 <= marginal <= pass <= 100`.
+    pub fn validate(&self) -> Result<(), JudgeError> {
+        if !(self.confidence > 0.0 && self.confidence < 1.0) {
+            return Err(JudgeError::BadConfidence(self.confidence));
+        }
+        check_setting("tolerance", self.tolerance, true)?;
+        for (g, w) in &self.group_weights {
+            check_setting(&format!("weight of group `{g}`"), *w, true)?;
+        }
+        if !(0.0..=100.0).contains(&self.marginal) || !(self.marginal..=100.0).contains(&self.pass)
+        {
+            return Err(JudgeError::BadThresholds {
+                marginal: self.marginal,
+                pass: self.pass,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Default for JudgeConfig {
@@ -372,8 +446,16 @@ pub fn clean(values: &[f64], nan: NanStrategy, iqr_factor: Option<f64>) -> Vec<f
     v
 }
 
+/// The mean of finite values, without overflow: when the plain sum overflows (values near
+/// ±1.8e308), the values are divided by the count first.
 fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
+    let n = v.len() as f64;
+    let sum = v.iter().sum::<f64>();
+    if sum.is_finite() {
+        sum / n
+    } else {
+        v.iter().map(|x| x / n).sum()
+    }
 }
 
 /// The effect size of `experiment` against `control`.
@@ -414,6 +496,8 @@ pub fn judge_metric(
     experiment: &[f64],
     jc: &JudgeConfig,
 ) -> Result<MetricResult, JudgeError> {
+    cfg.validate()?;
+    jc.validate()?;
     let c = clean(control, cfg.nan_strategy, cfg.iqr_outlier_factor);
     let e = clean(experiment, cfg.nan_strategy, cfg.iqr_outlier_factor);
     let mut out = MetricResult {
@@ -437,13 +521,33 @@ pub fn judge_metric(
     }
     let t = mann_whitney(&e, &c, jc.confidence)?;
     let effect = effect_size(cfg.effect, &e, &c);
+    let up_bad = matches!(cfg.direction, Direction::Increase | Direction::Either);
+    let down_bad = matches!(cfg.direction, Direction::Decrease | Direction::Either);
+    if !(t.estimate.is_finite() && t.lower.is_finite() && t.upper.is_finite()) || effect.is_nan() {
+        // The difference of two finite samples can overflow (−1e308 against +1e308): the shift
+        // is then ±∞ or NaN, every comparison with NaN is false, and the metric would pass
+        // however bad it is. A comparison that cannot be computed never passes: it counts as
+        // a failure in the bad direction, and as critical when the metric is.
+        out.classification = if up_bad && !(down_bad && t.estimate < 0.0) {
+            Classification::High
+        } else {
+            Classification::Low
+        };
+        out.critical_failure = cfg.critical;
+        out.reason = format!(
+            "the shift ({}) or the effect size ({effect}) is not a finite number: the values \
+             are too large to compare, so the metric counts as failing",
+            t.estimate
+        );
+        out.test = Some(t);
+        out.effect_size = Some(effect);
+        return Ok(out);
+    }
     let tol = jc.tolerance * t.estimate.abs();
     let (lo, hi) = (t.lower - tol, t.upper + tol);
     let neutral = cfg.effect.neutral();
     let allowed_inc = cfg.allowed_increase.unwrap_or(neutral);
     let allowed_dec = cfg.allowed_decrease.unwrap_or(neutral);
-    let up_bad = matches!(cfg.direction, Direction::Increase | Direction::Either);
-    let down_bad = matches!(cfg.direction, Direction::Decrease | Direction::Either);
     out.classification = if up_bad && lo > 0.0 && effect > allowed_inc {
         Classification::High
     } else if down_bad && hi < 0.0 && effect < allowed_dec {
@@ -479,11 +583,9 @@ pub fn judge(
     samples: &[(String, Vec<f64>, Vec<f64>)],
     jc: &JudgeConfig,
 ) -> Result<Judgement, JudgeError> {
-    if !(0.0..=100.0).contains(&jc.marginal) || !(jc.marginal..=100.0).contains(&jc.pass) {
-        return Err(JudgeError::BadThresholds {
-            marginal: jc.marginal,
-            pass: jc.pass,
-        });
+    jc.validate()?;
+    for m in metrics {
+        m.validate()?;
     }
     for (name, _, _) in samples {
         if !metrics.iter().any(|m| &m.name == name) {

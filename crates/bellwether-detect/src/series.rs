@@ -2,10 +2,15 @@
 //! `metric,value` for the judge's samples.
 //!
 //! The parsers are pure functions over a `&str`, so that they can be property-tested; the CLI
-//! only reads the file and passes the text and its name in. Every error names the source, the
-//! line (1-based, the header is line 1) and, where it helps, the column.
+//! only reads the file and passes the text and its name in. The CSV grammar is the `csv`
+//! crate's (as `bellwether-predict`'s frame reader), dates are checked against the calendar by
+//! the `time` crate. Every error names the source, the line (1-based, the header is line 1)
+//! and, where it helps, the column; what it quotes from the input is cut to a few hundred bytes.
 
-/// Why a CSV could not be used.
+use bellwether_model::text::quote;
+
+/// Why a CSV could not be used. Every text quoted from the input is cut to a few hundred bytes
+/// and has its control characters escaped ([`bellwether_model::text::quote`]).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SeriesError {
     #[error("{source_name}: the file is empty")]
@@ -41,6 +46,18 @@ pub enum SeriesError {
     },
     #[error("{source_name}: the file has a header but no rows")]
     NoRows { source_name: String },
+    #[error("{source_name}: line {line}, column `{column}`: a quoted field is never closed (a `\"` opens it and the row, or the file, ends first)")]
+    Unterminated {
+        source_name: String,
+        line: usize,
+        column: String,
+    },
+    #[error("{source_name}: line {line}: {message}")]
+    Csv {
+        source_name: String,
+        line: usize,
+        message: String,
+    },
 }
 
 /// One row of a `timestamp,value` series. `value` is NaN where the file said `NaN` or left the
@@ -90,9 +107,10 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
         }
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
-        return None;
-    }
+    // The calendar (month lengths, leap years) is the `time` crate's: `2024-02-30` is refused.
+    let month = time::Month::try_from(u8::try_from(mo).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(i32::try_from(y).ok()?, month, u8::try_from(d).ok()?)
+        .ok()?;
     let (mut h, mut mi, mut sec, mut ms) = (0, 0, 0, 0);
     if b.len() > 10 {
         if !(b[10] == b' ' || b[10] == b'T') || b.len() < 19 || b[13] != b':' || b[16] != b':' {
@@ -119,19 +137,9 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
             ms = digits.parse().ok()?;
         }
     }
-    let days = days_from_civil(y, mo, d);
+    // Julian day 2,440,588 is 1970-01-01. A leap second (`:60`) counts as the next second.
+    let days = i64::from(date.to_julian_day()) - 2_440_588;
     Some(((days * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + ms)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Parses a number; `NaN`, `nan` and an empty field give NaN.
@@ -143,31 +151,115 @@ pub fn parse_value(s: &str) -> Option<f64> {
     t.parse::<f64>().ok().filter(|v| !v.is_nan())
 }
 
-fn split_line(line: &str) -> Vec<&str> {
-    line.split(',')
-        .map(|f| f.trim().trim_matches('"'))
-        .collect()
+/// One data row: its line (1-based, the header is line 1) and its trimmed fields.
+struct Row {
+    line: usize,
+    fields: Vec<String>,
 }
 
-fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
-        .filter(|(_, l)| !l.trim().is_empty())
-}
-
-fn header<'a>(
-    source_name: &str,
-    it: &mut impl Iterator<Item = (usize, &'a str)>,
-) -> Result<Vec<String>, SeriesError> {
-    let (_, h) = it.next().ok_or_else(|| SeriesError::Empty {
+/// Reads `text` as CSV with the `csv` crate (RFC 4180 quoting, `\n` or `\r\n`): the header,
+/// lower-cased and without a byte-order mark, and the rows, each with its line. Rows whose
+/// fields are all blank are skipped. A quote that is never closed is an error: the `csv` crate
+/// would end the field at the end of the file and swallow every row after it.
+fn read_csv(source_name: &str, text: &str) -> Result<(Vec<String>, Vec<Row>), SeriesError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let mut header: Option<Vec<String>> = None;
+    let mut rows = Vec::new();
+    let mut record = csv::StringRecord::new();
+    let mut lines = LineCounter { at: 0, line: 1 };
+    loop {
+        let start = reader.position().clone();
+        let more = reader.read_record(&mut record).map_err(|e| {
+            let at = e.position().map_or(start.byte(), |p| p.byte()) as usize;
+            lines.advance(text, at.min(text.len()));
+            let line = lines.line;
+            let message = match e.kind() {
+                csv::ErrorKind::Utf8 { .. } => "the row is not valid UTF-8".to_string(),
+                _ => quote(&e.to_string()),
+            };
+            SeriesError::Csv {
+                source_name: source_name.into(),
+                line,
+                message,
+            }
+        })?;
+        if !more {
+            break;
+        }
+        // The line is counted here from byte offsets: the `csv` crate's own count does not
+        // include the line breaks inside quoted fields.
+        let end = reader.position().byte() as usize;
+        let raw = text.get(start.byte() as usize..end).unwrap_or("");
+        let first =
+            start.byte() as usize + (raw.len() - raw.trim_start_matches(['\r', '\n']).len());
+        lines.advance(text, first);
+        let line = lines.line;
+        if let Some(field) = unclosed_quote(raw) {
+            let column = match &header {
+                Some(h) => h
+                    .get(field)
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{}", field + 1)),
+                None => format!("#{}", field + 1),
+            };
+            return Err(SeriesError::Unterminated {
+                source_name: source_name.into(),
+                line,
+                column: quote(&column),
+            });
+        }
+        if record.iter().all(str::is_empty) {
+            continue;
+        }
+        let fields: Vec<String> = record.iter().map(str::to_string).collect();
+        match header {
+            None => header = Some(fields.iter().map(|f| f.to_ascii_lowercase()).collect()),
+            Some(_) => rows.push(Row { line, fields }),
+        }
+    }
+    let header = header.ok_or_else(|| SeriesError::Empty {
         source_name: source_name.into(),
     })?;
-    let h = h.trim_start_matches('\u{feff}');
-    Ok(split_line(h)
-        .into_iter()
-        .map(|s| s.to_ascii_lowercase())
-        .collect())
+    Ok((header, rows))
+}
+
+/// Line numbers of byte offsets, counted incrementally (offsets only grow).
+struct LineCounter {
+    at: usize,
+    line: usize,
+}
+
+impl LineCounter {
+    fn advance(&mut self, text: &str, to: usize) {
+        if to > self.at {
+            let seen = text.as_bytes().get(self.at..to).unwrap_or(&[]);
+            self.line += seen.iter().filter(|&&b| b == b'\n').count();
+            self.at = to;
+        }
+    }
+}
+
+/// The index of the field in which a quote opens and is never closed, scanning one record's
+/// raw text as RFC 4180 reads it (`""` inside quotes is an escaped quote).
+fn unclosed_quote(raw: &str) -> Option<usize> {
+    let (mut field, mut open_in, mut quoted) = (0, 0, false);
+    for b in raw.bytes() {
+        match (quoted, b) {
+            (true, b'"') => quoted = false,
+            (false, b'"') => {
+                quoted = true;
+                open_in = field;
+            }
+            (false, b',') => field += 1,
+            _ => {}
+        }
+    }
+    quoted.then_some(open_in)
 }
 
 fn column(source_name: &str, cols: &[String], name: &str) -> Result<usize, SeriesError> {
@@ -176,8 +268,36 @@ fn column(source_name: &str, cols: &[String], name: &str) -> Result<usize, Serie
         .ok_or_else(|| SeriesError::MissingColumn {
             source_name: source_name.into(),
             column: name.into(),
-            header: cols.join(","),
+            header: quote(&cols.join(",")),
         })
+}
+
+fn check_width(source_name: &str, row: &Row, expected: usize) -> Result<(), SeriesError> {
+    if row.fields.len() == expected {
+        return Ok(());
+    }
+    Err(SeriesError::FieldCount {
+        source_name: source_name.into(),
+        line: row.line,
+        expected,
+        found: row.fields.len(),
+    })
+}
+
+fn unparseable(
+    source_name: &str,
+    line: usize,
+    column: &str,
+    text: &str,
+    what: &'static str,
+) -> SeriesError {
+    SeriesError::Unparseable {
+        source_name: source_name.into(),
+        line,
+        column: column.into(),
+        text: quote(text),
+        what,
+    }
 }
 
 /// Parses a `timestamp,value` CSV (a header row naming both columns, other columns ignored).
@@ -198,46 +318,29 @@ fn parse_series_ordered(
     text: &str,
     unordered: bool,
 ) -> Result<Series, SeriesError> {
-    let mut it = lines(text);
-    let cols = header(source_name, &mut it)?;
+    let (cols, rows) = read_csv(source_name, text)?;
     let ti = column(source_name, &cols, "timestamp")?;
     let vi = column(source_name, &cols, "value")?;
     let mut out = Series::default();
-    for (line, l) in it {
-        let f = split_line(l);
-        if f.len() != cols.len() {
-            return Err(SeriesError::FieldCount {
-                source_name: source_name.into(),
-                line,
-                expected: cols.len(),
-                found: f.len(),
-            });
-        }
-        let ts_ms = parse_timestamp(f[ti]).ok_or_else(|| SeriesError::Unparseable {
-            source_name: source_name.into(),
-            line,
-            column: "timestamp".into(),
-            text: f[ti].into(),
-            what: "a timestamp",
+    for row in rows {
+        check_width(source_name, &row, cols.len())?;
+        let (ts_text, v_text) = (&row.fields[ti], &row.fields[vi]);
+        let ts_ms = parse_timestamp(ts_text).ok_or_else(|| {
+            unparseable(source_name, row.line, "timestamp", ts_text, "a timestamp")
         })?;
-        let value = parse_value(f[vi]).ok_or_else(|| SeriesError::Unparseable {
-            source_name: source_name.into(),
-            line,
-            column: "value".into(),
-            text: f[vi].into(),
-            what: "a number",
-        })?;
+        let value = parse_value(v_text)
+            .ok_or_else(|| unparseable(source_name, row.line, "value", v_text, "a number"))?;
         if let Some(prev) = out.points.last() {
             if ts_ms <= prev.ts_ms && !unordered {
                 return Err(SeriesError::NotIncreasing {
                     source_name: source_name.into(),
-                    line,
-                    text: f[ti].into(),
+                    line: row.line,
+                    text: quote(ts_text),
                 });
             }
         }
         out.points.push(Point { ts_ms, value });
-        out.timestamp_text.push(f[ti].to_string());
+        out.timestamp_text.push(ts_text.clone());
     }
     if out.points.is_empty() {
         return Err(SeriesError::NoRows {
@@ -254,49 +357,34 @@ pub fn parse_samples(
     source_name: &str,
     text: &str,
 ) -> Result<Vec<(String, Vec<f64>)>, SeriesError> {
-    let mut it = lines(text);
-    let cols = header(source_name, &mut it)?;
+    let (cols, rows) = read_csv(source_name, text)?;
     let vi = column(source_name, &cols, "value")?;
     let mi = cols.iter().position(|c| c == "metric");
     let mut out: Vec<(String, Vec<f64>)> = Vec::new();
-    let mut rows = 0;
-    for (line, l) in it {
-        let f = split_line(l);
-        if f.len() != cols.len() {
-            return Err(SeriesError::FieldCount {
-                source_name: source_name.into(),
-                line,
-                expected: cols.len(),
-                found: f.len(),
-            });
-        }
-        let v = parse_value(f[vi]).ok_or_else(|| SeriesError::Unparseable {
+    if rows.is_empty() {
+        return Err(SeriesError::NoRows {
             source_name: source_name.into(),
-            line,
-            column: "value".into(),
-            text: f[vi].into(),
-            what: "a number",
+        });
+    }
+    for row in rows {
+        check_width(source_name, &row, cols.len())?;
+        let v = parse_value(&row.fields[vi]).ok_or_else(|| {
+            unparseable(source_name, row.line, "value", &row.fields[vi], "a number")
         })?;
-        let name = mi.map_or("value", |i| f[i]);
+        let name = mi.map_or("value", |i| row.fields[i].as_str());
         if name.is_empty() {
-            return Err(SeriesError::Unparseable {
-                source_name: source_name.into(),
-                line,
-                column: "metric".into(),
-                text: String::new(),
-                what: "a metric name",
-            });
+            return Err(unparseable(
+                source_name,
+                row.line,
+                "metric",
+                "",
+                "a metric name",
+            ));
         }
         match out.iter_mut().find(|(m, _)| m == name) {
             Some((_, vs)) => vs.push(v),
             None => out.push((name.to_string(), vec![v])),
         }
-        rows += 1;
-    }
-    if rows == 0 {
-        return Err(SeriesError::NoRows {
-            source_name: source_name.into(),
-        });
     }
     Ok(out)
 }
@@ -326,6 +414,88 @@ mod tests {
         assert_eq!(parse_timestamp("2014-13-01"), None);
         assert_eq!(parse_timestamp("yesterday"), None);
         assert_eq!(parse_timestamp("2014-04-01 25:00:00"), None);
+        // Issue 9: days that do not exist in their month were accepted.
+        for bad in [
+            "2024-02-30",
+            "2023-02-29",
+            "2024-04-31",
+            "2024-00-10",
+            "2024-01-00",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+            assert_eq!(parse_timestamp(&format!("{bad} 00:00:00")), None, "{bad}");
+        }
+        assert_eq!(
+            parse_timestamp("2024-02-29"),
+            Some(parse_timestamp("2024-02-28").unwrap() + 86_400_000)
+        );
+        assert_eq!(
+            parse_timestamp("2000-03-01 00:00:00"),
+            Some(951_868_800_000)
+        );
+        assert_eq!(parse_timestamp("1969-12-31 23:59:59"), Some(-1000));
+    }
+
+    #[test]
+    fn csv_grammar_and_limits() {
+        let e = |t: &str| parse_series("s.csv", t).unwrap_err().to_string();
+        // Issue 9: an unterminated quote swallowed the rest of the file without an error.
+        assert_eq!(
+            e("timestamp,value\n1,2\n2,\"3\n3,4\n4,5\n"),
+            "s.csv: line 3, column `value`: a quoted field is never closed (a `\"` opens it and the row, or the file, ends first)"
+        );
+        assert!(e("\"timestamp,value\n1,2\n").contains("line 1, column `#1`"));
+        // Quoted fields, escaped quotes, CRLF and blank lines are CSV.
+        let s = parse_series(
+            "s.csv",
+            "\u{feff}Timestamp,\"value\",\"note\"\r\n1,2,\"a, \"\"b\"\"\"\r\n\r\n\"2\", 3 ,\"x\ny\"\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.points,
+            vec![
+                Point {
+                    ts_ms: 1000,
+                    value: 2.0
+                },
+                Point {
+                    ts_ms: 2000,
+                    value: 3.0
+                }
+            ]
+        );
+        assert_eq!(
+            e("timestamp,value,note\r\n1,2,\"x\ny\"\r\n\r\n2,3,\"z\"\r\n4,x,\r\n"),
+            "s.csv: line 6, column `value`: cannot parse `x` as a number"
+        );
+        assert_eq!(
+            e("timestamp,value\n1,2\n2,\"a\nb\"\n3,x\n"),
+            "s.csv: line 3, column `value`: cannot parse `a\\nb` as a number"
+        );
+        assert_eq!(
+            e("timestamp,value\n1,2\n2024-02-30 00:00:00,3\n"),
+            "s.csv: line 3, column `timestamp`: cannot parse `2024-02-30 00:00:00` as a timestamp"
+        );
+        // Issue 9: an error echoed a 50 MB field whole.
+        let huge = format!("timestamp,value\n1,{}\n", "9".repeat(50 << 20) + "x");
+        let msg = e(&huge);
+        assert!(msg.len() < 400, "{} bytes", msg.len());
+        assert!(
+            msg.starts_with("s.csv: line 2, column `value`: cannot parse `999"),
+            "{}",
+            &msg[..100]
+        );
+        assert!(msg.contains("more bytes)"), "{msg}");
+        let wide = format!("{},value\n1,2\n", "t".repeat(1 << 20));
+        assert!(e(&wide).len() < 400);
+        let samples = format!("metric,value\n{},x\n", "m".repeat(1 << 20));
+        assert!(
+            parse_samples("c.csv", &samples)
+                .unwrap_err()
+                .to_string()
+                .len()
+                < 400
+        );
     }
 
     #[test]

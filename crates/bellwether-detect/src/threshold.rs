@@ -309,7 +309,15 @@ impl ThresholdWatch {
             Baseline::Frozen(b) => Some(b),
             Baseline::Moving => (self.window.len() >= self.config.min_baseline_samples
                 && !self.window.is_empty())
-            .then(|| self.sum / self.window.len() as f64),
+            .then(|| {
+                let n = self.window.len() as f64;
+                if self.sum.is_finite() {
+                    self.sum / n
+                } else {
+                    // Values near ±1.8e308 overflow the sum, not the mean.
+                    self.window.iter().map(|&(_, v)| v / n).sum()
+                }
+            }),
         }
     }
 
@@ -409,11 +417,22 @@ impl ThresholdWatch {
     fn push(&mut self, ts_ms: i64, value: f64) {
         if self.window.len() == self.config.max_window_samples {
             if let Some((_, v)) = self.window.pop_front() {
-                self.sum -= v;
+                self.subtract(v);
             }
         }
         self.window.push_back((ts_ms, value));
         self.sum += value;
+    }
+
+    /// Takes a value that left the window out of the sum. When it dwarfed what remains (one
+    /// 1e300 among tens) or the sum had overflowed, subtracting leaves only rounding error or
+    /// NaN, and a baseline built on that would judge every later sample against nonsense: the
+    /// sum is added up again instead.
+    fn subtract(&mut self, v: f64) {
+        self.sum -= v;
+        if !self.sum.is_finite() || v.abs() > 1e8 * self.sum.abs() {
+            self.sum = self.window.iter().map(|&(_, v)| v).sum();
+        }
     }
 
     fn expire(&mut self, now_ms: i64) {
@@ -425,7 +444,7 @@ impl ThresholdWatch {
                 break;
             }
             self.window.pop_front();
-            self.sum -= v;
+            self.subtract(v);
             removed = true;
         }
         if removed {
@@ -668,6 +687,30 @@ mod tests {
         assert_eq!(o.baseline, Some(10.125));
         assert_eq!(o.state, WatchState::Breached { since_ms: 4000 });
         assert!((o.deviation - 0.2).abs() < 1e-9);
+    }
+
+    /// Issue 9: one huge sample in the window left the sum at rounding error once it left, or
+    /// at ∞ for good, and the watch judged every later sample against that.
+    #[test]
+    fn a_huge_sample_does_not_blind_the_watch_once_it_has_left() {
+        for (huge, count) in [(1e300, 1), (1e308, 3), (f64::MAX, 5)] {
+            let c = cfg(10.0, Direction::Increase, 0).with_max_window_samples(8);
+            let mut w = ThresholdWatch::new(c).unwrap();
+            let mut t = 0;
+            for _ in 0..count {
+                w.observe(t, huge).unwrap();
+                t += 1000;
+            }
+            for _ in 0..20 {
+                w.observe(t, 10.0).unwrap();
+                t += 1000;
+            }
+            let o = w.observe(t, 10.0).unwrap();
+            assert_eq!(o.baseline, Some(10.0), "{huge}");
+            assert_eq!(o.state, WatchState::Normal, "{huge}");
+            let o = w.observe(t + 1000, 20.0).unwrap();
+            assert!(o.state.is_breached(), "{huge}: {o:?}");
+        }
     }
 
     #[test]

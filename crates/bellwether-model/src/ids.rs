@@ -2,10 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The name of a host in the fleet: 1 to 253 characters of `[A-Za-z0-9._-]`.
+/// The name of a host in the fleet: 1 to 253 characters of `[A-Za-z0-9._-]`, and neither `.`
+/// nor `..`.
 ///
 /// It doubles as a path segment in the HTTP API and a file name in the sandbox, which is why
-/// the character set is narrow.
+/// the character set is narrow; `.` and `..` are refused because both resolve to another path
+/// (`/api/v1/hosts/..` is `/api/v1/`), so such a host could enrol but never be reached.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct HostName(String);
@@ -20,6 +22,8 @@ pub enum HostNameError {
         "host name {name:?} contains {ch:?}; only letters, digits, '.', '_' and '-' are allowed"
     )]
     BadChar { name: String, ch: char },
+    #[error("host name {0:?} is a relative path segment (`.` or `..`) and cannot name a host")]
+    DotSegment(String),
 }
 
 impl HostName {
@@ -36,6 +40,9 @@ impl HostName {
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
         {
             return Err(HostNameError::BadChar { name: s, ch });
+        }
+        if s == "." || s == ".." {
+            return Err(HostNameError::DotSegment(s));
         }
         Ok(HostName(s))
     }
@@ -77,6 +84,19 @@ mod tests {
             Err(HostNameError::BadChar { ch: '/', .. })
         ));
         assert!(HostName::new("x".repeat(254)).is_err());
+        assert_eq!(
+            HostName::new("."),
+            Err(HostNameError::DotSegment(".".into()))
+        );
+        assert_eq!(
+            HostName::new(".."),
+            Err(HostNameError::DotSegment("..".into()))
+        );
+        assert!(serde_json::from_str::<HostName>("\"..\"").is_err());
+        // Dots inside a name, or three of them, are ordinary path segments.
+        for ok in ["...", ".hidden", "a..b", "web-01."] {
+            assert!(HostName::new(ok).is_ok(), "{ok}");
+        }
         assert_eq!(
             HostName::new("web-01.example").unwrap().as_str(),
             "web-01.example"

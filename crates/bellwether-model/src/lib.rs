@@ -11,6 +11,7 @@ pub mod drift;
 pub mod ids;
 pub mod profile;
 pub mod sample;
+pub mod text;
 
 pub use action::{ActionSpec, ActionSpecError};
 pub use drift::{DriftCategory, DriftScore, Finding};

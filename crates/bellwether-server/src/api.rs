@@ -150,6 +150,7 @@ async fn agent_samples(
         let now = now_ms();
         // The batch and its `samples_dropped` event commit together: a refused batch stores
         // neither, so the agent's resend duplicates nothing.
+        check_sample_times(&req.samples, now, &state)?;
         let accepted = state
             .store
             .ingest_samples(&host, &req.samples, req.dropped, now)
@@ -169,6 +170,60 @@ async fn agent_samples(
     }
     .instrument(span)
     .await
+}
+
+/// Refuses a batch holding a sample whose timestamp is older than `--sample-max-age` or further
+/// ahead than `--sample-max-ahead` of the server's clock, naming the first such sample. The
+/// metric window is anchored on a host's newest sample, so `ts_ms = i64::MAX` would otherwise
+/// freeze that host's metrics for ever.
+fn check_sample_times(
+    samples: &[bellwether_model::MetricSample],
+    now_ms: i64,
+    state: &AppState,
+) -> Result<(), ApiError> {
+    let (age, ahead) = (state.sample_max_age_ms, state.sample_max_ahead_ms);
+    for (i, s) in samples.iter().enumerate() {
+        let diff = i128::from(s.ts_ms) - i128::from(now_ms);
+        let problem = if diff > i128::from(ahead) {
+            format!(
+                "{} ahead of the server's clock; samples may be at most {} ahead \
+                 (server setting --sample-max-ahead)",
+                span(diff),
+                span(i128::from(ahead))
+            )
+        } else if -diff > i128::from(age) {
+            format!(
+                "{} behind the server's clock; samples may be at most {} old \
+                 (server setting --sample-max-age)",
+                span(-diff),
+                span(i128::from(age))
+            )
+        } else {
+            continue;
+        };
+        return Err(ApiError::bad_request(format!(
+            "invalid JSON body at `samples[{i}].ts_ms`: {} is {problem}",
+            s.ts_ms
+        )));
+    }
+    Ok(())
+}
+
+/// A span of milliseconds in whole units, rounded down: `5m`, `25h`, `106751991167d`. A unit
+/// is used when the span is a whole number of it or at least two of it.
+fn span(ms: i128) -> String {
+    const UNITS: [(i128, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1000, "s"),
+    ];
+    for (size, unit) in UNITS {
+        if ms >= 2 * size || (ms > 0 && ms % size == 0) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
 }
 
 async fn list_hosts(

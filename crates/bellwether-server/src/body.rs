@@ -71,15 +71,18 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
+        // Both can quote the body (a bad value, an unknown key): a few hundred bytes at most.
+        let path = bellwether_model::text::quote_message(&e.path().to_string(), 300);
+        let inner = bellwether_model::text::quote_message(&e.into_inner().to_string(), 400);
         if path == "." {
             ApiError::bad_request(format!("invalid JSON body: {inner}"))
         } else {
             ApiError::bad_request(format!("invalid JSON body at `{path}`: {inner}"))
         }
     })?;
-    de.end()
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    de.end().map_err(|e| {
+        let e = bellwether_model::text::quote_message(&e.to_string(), 400);
+        ApiError::bad_request(format!("invalid JSON body: {e}"))
+    })?;
     Ok(value)
 }

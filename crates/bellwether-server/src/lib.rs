@@ -69,7 +69,19 @@ pub struct ServerConfig {
     pub sample_retention: Duration,
     /// Retrain the failure model after this many new outcomes; 0 never retrains by itself.
     pub retrain_after: u64,
+    /// A sample batch holding a timestamp older than this (by the server's clock) is refused.
+    pub sample_max_age: Duration,
+    /// A sample batch holding a timestamp further ahead of the server's clock than this is
+    /// refused: the metric window is anchored on a host's newest sample, so one sample from the
+    /// far future would freeze it.
+    pub sample_max_ahead: Duration,
 }
+
+/// The default of [`ServerConfig::sample_max_age`]: 24 hours.
+pub const DEFAULT_SAMPLE_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// The default of [`ServerConfig::sample_max_ahead`]: 5 minutes, Kerberos' clock-skew
+/// tolerance.
+pub const DEFAULT_SAMPLE_MAX_AHEAD: Duration = Duration::from_secs(5 * 60);
 
 impl ServerConfig {
     /// Defaults for a store: 4 MiB bodies, 10 s grace, 60 s metric window, no fixed tokens.
@@ -85,6 +97,8 @@ impl ServerConfig {
             metric_window: Duration::from_secs(60),
             sample_retention: Duration::from_secs(7 * 24 * 3600),
             retrain_after: model_api::DEFAULT_RETRAIN_AFTER,
+            sample_max_age: DEFAULT_SAMPLE_MAX_AGE,
+            sample_max_ahead: DEFAULT_SAMPLE_MAX_AHEAD,
         }
     }
 }
@@ -120,6 +134,9 @@ pub struct AppState {
     pub(crate) store: Store,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) metric_window_ms: i64,
+    /// How far behind and ahead of the server's clock a sample's timestamp may be.
+    pub(crate) sample_max_age_ms: i64,
+    pub(crate) sample_max_ahead_ms: i64,
     pub(crate) predict: Arc<model_api::Predictor>,
     pub(crate) rollouts: Arc<rollout::Runners>,
 }
@@ -154,6 +171,9 @@ impl Server {
                 store,
                 metrics: Arc::new(Metrics::default()),
                 metric_window_ms: config.metric_window.as_millis().min(i64::MAX as u128) as i64,
+                sample_max_age_ms: config.sample_max_age.as_millis().min(i64::MAX as u128) as i64,
+                sample_max_ahead_ms: config.sample_max_ahead.as_millis().min(i64::MAX as u128)
+                    as i64,
                 predict: Arc::new(model_api::Predictor::new(config.retrain_after)),
                 rollouts: Arc::new(rollout::Runners::default()),
             },

@@ -24,8 +24,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Adds `n`, saturating at `u64::MAX`: a count some client reports (an agent's `dropped`)
+    /// can be anything, and a wrapped counter would read as a reset.
     pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+        let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+            Some(c.saturating_add(n))
+        });
     }
 
     fn count_request(&self, route: &str, status: u16) {

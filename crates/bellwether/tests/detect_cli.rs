@@ -226,3 +226,135 @@ fn judge_rejects_bad_input_with_file_and_line() {
         describe(&out)
     );
 }
+
+/// Issue 9: `--allowed-increase nan` made every comparison false, so a clear regression passed.
+/// Every float flag refuses NaN and infinities with exit 2 and names the flag.
+#[test]
+fn judge_refuses_non_finite_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = |i: usize| 100.0 + ((i * 37) % 21) as f64;
+    std::fs::write(d.join("control.csv"), samples((0..200).map(base))).unwrap();
+    std::fs::write(d.join("slow.csv"), samples((0..200).map(|i| base(i) * 1.6))).unwrap();
+    for flag in [
+        "--allowed-increase",
+        "--allowed-decrease",
+        "--critical-increase",
+        "--critical-decrease",
+        "--iqr",
+        "--confidence",
+        "--tolerance",
+        "--pass",
+        "--marginal",
+    ] {
+        for bad in ["nan", "NaN", "inf", "-inf", "infinity", "1e999"] {
+            let value = format!("{flag}={bad}");
+            let out = bellwether(
+                &[
+                    "judge",
+                    "--control",
+                    "control.csv",
+                    "--experiment",
+                    "slow.csv",
+                    &value,
+                ],
+                d,
+            );
+            assert_eq!(out.status.code(), Some(2), "{value}: {}", describe(&out));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains(flag) && err.contains("not a finite number"),
+                "{value}: {}",
+                describe(&out)
+            );
+        }
+    }
+}
+
+/// Issue 9: control all −1e308 against experiment all +1e308 passed: the shift and the mean
+/// ratio overflowed to infinity and NaN, and every comparison with NaN is false. A metric whose
+/// figures are not finite never passes.
+#[test]
+fn judge_never_passes_an_overflowing_comparison() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("low.csv"), samples((0..50).map(|_| -1e308))).unwrap();
+    std::fs::write(d.join("high.csv"), samples((0..50).map(|_| 1e308))).unwrap();
+    std::fs::write(
+        d.join("big.csv"),
+        samples((0..50).map(|i| 1e308 + i as f64 * 1e292)),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("bigger.csv"),
+        samples((0..50).map(|i| 1.7e308 + i as f64 * 1e292)),
+    )
+    .unwrap();
+    for (control, experiment, direction) in [
+        ("low.csv", "high.csv", "increase"),
+        ("high.csv", "low.csv", "decrease"),
+        ("low.csv", "high.csv", "either"),
+        ("big.csv", "bigger.csv", "increase"),
+    ] {
+        let out = bellwether(
+            &[
+                "judge",
+                "--control",
+                control,
+                "--experiment",
+                experiment,
+                "--direction",
+                direction,
+                "--output",
+                "json",
+            ],
+            d,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{control} vs {experiment}: {}",
+            describe(&out)
+        );
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_ne!(j["outcome"], "pass", "{j}");
+    }
+}
+
+/// Issue 9: `2024-02-30` and an unterminated quote were accepted, and an error echoed a 50 MB
+/// field whole. Each is now exit 2 with the file and line, quoting at most a few hundred bytes.
+#[test]
+fn detect_refuses_impossible_dates_open_quotes_and_quotes_little() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases: [(&str, String, &str); 3] = [
+        (
+            "date.csv",
+            "timestamp,value\n2024-02-28 00:00:00,1\n2024-02-30 00:00:00,2\n".into(),
+            "date.csv: line 3, column `timestamp`: cannot parse `2024-02-30 00:00:00` as a timestamp",
+        ),
+        (
+            "quote.csv",
+            "timestamp,value\n1,1\n2,\"2\n3,3\n4,4\n".into(),
+            "quote.csv: line 3, column `value`: a quoted field is never closed",
+        ),
+        (
+            "huge.csv",
+            format!("timestamp,value\n1,1\n2,{}x\n", "7".repeat(50 << 20)),
+            "huge.csv: line 3, column `value`: cannot parse `777",
+        ),
+    ];
+    for (name, text, expect) in cases {
+        std::fs::write(d.join(name), text).unwrap();
+        let out = bellwether(&["detect", "--input", name, "--output", "-"], d);
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(expect),
+            "{name}: {}",
+            &err[..err.len().min(600)]
+        );
+        assert!(err.len() < 1000, "{name}: {} bytes of error", err.len());
+        assert!(out.stdout.is_empty(), "{name}");
+    }
+}

@@ -256,6 +256,128 @@ fn group_weights_and_critical() {
     assert!(judge(&[], &[("x".into(), vec![], vec![])], &jc).is_err());
 }
 
+/// Issue 9: a NaN limit switched the comparison it belongs to off, and a regression passed.
+#[test]
+fn non_finite_settings_are_refused() {
+    let c: Vec<f64> = (0..30).map(|i| 100.0 + f64::from(i % 7)).collect();
+    let e: Vec<f64> = c.iter().map(|v| v * 1.6).collect();
+    let samples = [("m".to_string(), c, e)];
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let metrics = [
+            MetricConfig {
+                allowed_increase: Some(bad),
+                ..MetricConfig::new("m")
+            },
+            MetricConfig {
+                allowed_decrease: Some(bad),
+                ..MetricConfig::new("m")
+            },
+            MetricConfig {
+                critical_increase: Some(bad),
+                ..MetricConfig::new("m")
+            },
+            MetricConfig {
+                critical_decrease: Some(bad),
+                ..MetricConfig::new("m")
+            },
+            MetricConfig {
+                iqr_outlier_factor: Some(bad),
+                ..MetricConfig::new("m")
+            },
+            MetricConfig {
+                nan_strategy: NanStrategy::Replace(bad),
+                ..MetricConfig::new("m")
+            },
+        ];
+        for m in metrics {
+            let err =
+                judge(std::slice::from_ref(&m), &samples, &JudgeConfig::default()).unwrap_err();
+            assert!(
+                matches!(err, JudgeError::BadSetting { ref setting, .. } if setting.starts_with("metric `m`")),
+                "{m:?}: {err}"
+            );
+        }
+        let m = [MetricConfig::new("m")];
+        for jc in [
+            JudgeConfig {
+                confidence: bad,
+                ..JudgeConfig::default()
+            },
+            JudgeConfig {
+                tolerance: bad,
+                ..JudgeConfig::default()
+            },
+            JudgeConfig {
+                pass: bad,
+                ..JudgeConfig::default()
+            },
+            JudgeConfig {
+                marginal: bad,
+                ..JudgeConfig::default()
+            },
+            JudgeConfig {
+                group_weights: vec![("default".into(), bad)],
+                ..JudgeConfig::default()
+            },
+        ] {
+            assert!(judge(&m, &samples, &jc).is_err(), "{jc:?}");
+        }
+    }
+    assert_eq!(
+        judge(
+            &[MetricConfig {
+                allowed_increase: Some(f64::NAN),
+                ..MetricConfig::new("m")
+            }],
+            &samples,
+            &JudgeConfig::default()
+        )
+        .unwrap_err()
+        .to_string(),
+        "metric `m`: allowed_increase is NaN; it must be a finite number"
+    );
+}
+
+/// Issue 9: −1e308 against +1e308 overflowed the shift to ∞ and the mean ratio to NaN, and the
+/// canary passed.
+#[test]
+fn overflowing_comparisons_never_pass() {
+    let low = vec![-1e308; 40];
+    let high = vec![1e308; 40];
+    for (direction, c, e) in [
+        (Direction::Increase, &low, &high),
+        (Direction::Decrease, &high, &low),
+        (Direction::Either, &low, &high),
+        (Direction::Either, &high, &low),
+    ] {
+        let m = MetricConfig {
+            direction,
+            critical: true,
+            ..MetricConfig::new("m")
+        };
+        let j = judge(
+            &[m],
+            &[("m".into(), c.clone(), e.clone())],
+            &JudgeConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(j.outcome, Outcome::Fail, "{direction:?}: {j:?}");
+        assert!(j.metrics[0].critical_failure, "{j:?}");
+        assert!(j.metrics[0].reason.contains("not a finite number"), "{j:?}");
+    }
+    // Means of values near the top of the range no longer overflow: the ratio is computed.
+    let c: Vec<f64> = (0..40).map(|i| 1.0e308 + f64::from(i) * 1e292).collect();
+    let e: Vec<f64> = (0..40).map(|i| 1.7e308 + f64::from(i) * 1e292).collect();
+    assert!((effect_size(EffectMeasure::MeanRatio, &e, &c) - 1.7).abs() < 1e-9);
+    let j = judge(
+        &[MetricConfig::new("m")],
+        &[("m".into(), c, e)],
+        &JudgeConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(j.metrics[0].classification, Classification::High, "{j:?}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -312,5 +434,11 @@ proptest! {
         };
         let j = judge(&[m], &[("m".into(), c, e)], &JudgeConfig::default()).unwrap();
         prop_assert!((0.0..=100.0).contains(&j.score));
+        // A metric only passes on figures that are numbers.
+        for r in j.metrics.iter().filter(|r| r.classification == Classification::Pass) {
+            let t = r.test.unwrap();
+            prop_assert!(t.estimate.is_finite() && t.lower.is_finite() && t.upper.is_finite());
+            prop_assert!(!r.effect_size.unwrap().is_nan());
+        }
     }
 }

@@ -62,7 +62,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("  captured  {h}");
         }
         for s in &resp.skipped {
-            println!("  skipped   {}: {}", s.host, s.reason);
+            println!(
+                "  skipped   {}: {}",
+                s.host,
+                bellwether_model::text::Escaped(&s.reason)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

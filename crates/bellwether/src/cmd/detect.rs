@@ -16,7 +16,9 @@ use super::UsageError;
 #[command(after_help = "\
 Input: a CSV with a header naming `timestamp` and `value` (other columns are ignored).
 Timestamps are `YYYY-MM-DD HH:MM:SS[.fff]` (UTC, `T` and `Z` accepted) or Unix seconds, and must
-increase. `NaN` or an empty value is skipped by the detector (score 0, alert 0).
+increase; the day must exist (`2024-02-30` is an error). `NaN` or an empty value is skipped by
+the detector (score 0, alert 0); `inf`, magnitudes above 1e150 and values a million times the
+recent range outside it score 1 and alert, but are never learnt (docs/detect.md).
 
 Output: one row per input row, `timestamp,value,score,alert`; `score` is in [0, 1] and `alert`
 is the detector's own decision (0 or 1).

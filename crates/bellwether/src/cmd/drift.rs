@@ -9,6 +9,7 @@ use bellwether_drift::score::{fmt_num, score_checked};
 use bellwether_drift::synth::{perturb, profile_of, HostSpec, SplitMix64};
 use bellwether_drift::{score_prepared, PreparedProfile};
 use bellwether_model::profile::DependencyStatus;
+use bellwether_model::text::escape;
 use bellwether_model::{DriftScore, HostProfile};
 
 use super::{OutputFormat, UsageError};
@@ -79,7 +80,7 @@ pub fn human(s: &DriftScore, host: Option<&str>) -> String {
     let _ = writeln!(
         out,
         "Drift of {} from its baseline",
-        host.unwrap_or("the host")
+        escape(host.unwrap_or("the host"))
     );
     for (name, v) in [
         ("configuration", s.configuration),
@@ -94,11 +95,11 @@ pub fn human(s: &DriftScore, host: Option<&str>) -> String {
         return out;
     }
     let cell = |v: &Option<String>| {
-        let v = v.as_deref().unwrap_or("-");
+        let v = escape(v.as_deref().unwrap_or("-"));
         if v.chars().count() > 40 {
             format!("{}…", v.chars().take(39).collect::<String>())
         } else {
-            v.to_owned()
+            v.into_owned()
         }
     };
     let rows: Vec<[String; 5]> = s
@@ -112,7 +113,7 @@ pub fn human(s: &DriftScore, host: Option<&str>) -> String {
             [
                 f.weight.to_string(),
                 cat,
-                f.attribute.clone(),
+                escape(&f.attribute).into_owned(),
                 cell(&f.baseline),
                 cell(&f.current),
             ]

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use bellwether_model::text::{escape, Escaped};
 use bellwether_model::{DriftCategory, Finding};
 
 use std::fmt::Write;
@@ -36,9 +37,9 @@ pub fn finding_text(f: &Finding) -> String {
     };
     format!(
         "{cat:<13} {}  {} -> {}  (weight {})",
-        f.attribute,
-        f.baseline.as_deref().unwrap_or("absent"),
-        f.current.as_deref().unwrap_or("absent"),
+        Escaped(&f.attribute),
+        Escaped(f.baseline.as_deref().unwrap_or("absent")),
+        Escaped(f.current.as_deref().unwrap_or("absent")),
         f.weight
     )
 }
@@ -47,7 +48,7 @@ pub fn finding_text(f: &Finding) -> String {
 pub fn render(fleet: &FleetDrift, peer_label: &str, server: &str) -> String {
     let mut out = String::new();
     if fleet.hosts.is_empty() {
-        let _ = writeln!(out, "No hosts have enrolled with {server} yet.");
+        let _ = writeln!(out, "No hosts have enrolled with {} yet.", Escaped(server));
         return out;
     }
     let rows: Vec<Vec<String>> = fleet
@@ -70,7 +71,7 @@ pub fn render(fleet: &FleetDrift, peer_label: &str, server: &str) -> String {
             } else {
                 s.findings
                     .first()
-                    .map(|f| f.attribute.clone())
+                    .map(|f| escape(&f.attribute).into_owned())
                     .unwrap_or_else(|| "-".into())
             };
             vec![h.name.to_string(), o, c, p, d, labels_text(&h.labels), top]
@@ -112,21 +113,21 @@ pub fn render(fleet: &FleetDrift, peer_label: &str, server: &str) -> String {
         let _ = writeln!(
             out,
             "No host differs from its peers (grouped by label `{}`).",
-            peer_label
+            Escaped(peer_label)
         );
     } else {
         let _ = writeln!(
             out,
             "Hosts that differ from their peers (grouped by label `{}`):",
-            peer_label
+            Escaped(peer_label)
         );
         for o in &fleet.peer_outliers {
             let _ = writeln!(
                 out,
                 "{} ({}={}, {} peers): {} difference(s)",
-                o.host,
-                o.label,
-                o.value,
+                Escaped(&o.host),
+                Escaped(&o.label),
+                Escaped(&o.value),
                 o.peers,
                 o.differences.len()
             );
@@ -134,9 +135,9 @@ pub fn render(fleet: &FleetDrift, peer_label: &str, server: &str) -> String {
                 let _ = writeln!(
                     out,
                     "  {}: {} here, {} on {} of {} peers",
-                    d.attribute,
-                    d.host.as_deref().unwrap_or("absent"),
-                    d.majority.as_deref().unwrap_or("absent"),
+                    Escaped(&d.attribute),
+                    Escaped(d.host.as_deref().unwrap_or("absent")),
+                    Escaped(d.majority.as_deref().unwrap_or("absent")),
                     d.majority_hosts,
                     d.compared
                 );

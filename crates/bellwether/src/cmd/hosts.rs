@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use bellwether_model::text::Escaped;
 use bellwether_model::HostName;
 
 use super::token::{age, client_error, labels_text, print_table, runtime, ClientArgs};
@@ -38,7 +39,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             if hosts.is_empty() {
-                println!("No hosts have enrolled with {} yet.", client.base());
+                println!(
+                    "No hosts have enrolled with {} yet.",
+                    Escaped(client.base())
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             let rows: Vec<Vec<String>> = hosts
@@ -91,8 +95,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                             format!("{} {}", o.id, o.version_id.clone().unwrap_or_default())
                         })
                     });
-                    println!("OS:        {}", os.unwrap_or_else(|| "-".into()));
-                    println!("Kernel:    {}", p.kernel.as_deref().unwrap_or("-"));
+                    println!("OS:        {}", Escaped(&os.unwrap_or_else(|| "-".into())));
+                    println!("Kernel:    {}", Escaped(p.kernel.as_deref().unwrap_or("-")));
                     println!(
                         "Packages:  {}",
                         p.packages
@@ -117,10 +121,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         } else {
                             "unreachable".into()
                         };
-                        println!("Depends:   {} ({}) {state}", d.name, d.endpoint);
+                        println!(
+                            "Depends:   {} ({}) {state}",
+                            Escaped(&d.name),
+                            Escaped(&d.endpoint.to_string())
+                        );
                     }
                     for n in &p.notes {
-                        println!("Note:      {n}");
+                        println!("Note:      {}", Escaped(n));
                     }
                 }
             }

@@ -12,8 +12,9 @@ use bellwether_detect::judge::{
 };
 use bellwether_detect::series::parse_samples;
 use bellwether_detect::threshold::Direction;
+use bellwether_model::text::Escaped;
 
-use super::{OutputFormat, UsageError};
+use super::{finite_f64, OutputFormat, UsageError};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
@@ -51,24 +52,24 @@ pub struct Args {
     #[arg(long, default_value = "remove", value_parser = parse_nan)]
     nan: NanStrategy,
     /// Drop values outside [Q1 − K·IQR, Q3 + K·IQR] on each side before testing.
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = finite_f64)]
     iqr: Option<f64>,
     /// An increase only counts when the effect size is above this (default: no change, 1 for
     /// mean-ratio, 0.5 for cles).
-    #[arg(long, value_name = "EFFECT")]
+    #[arg(long, value_name = "EFFECT", value_parser = finite_f64)]
     allowed_increase: Option<f64>,
     /// A decrease only counts when the effect size is below this.
-    #[arg(long, value_name = "EFFECT")]
+    #[arg(long, value_name = "EFFECT", value_parser = finite_f64)]
     allowed_decrease: Option<f64>,
     /// Mark a metric critical: if it fails (High or Low against its direction, beyond the
     /// critical limits) the score is 0. Repeat for several.
     #[arg(long, value_name = "METRIC")]
     critical: Vec<String>,
     /// A critical metric fails the judgement only when High with effect size at least this.
-    #[arg(long, value_name = "EFFECT")]
+    #[arg(long, value_name = "EFFECT", value_parser = finite_f64)]
     critical_increase: Option<f64>,
     /// A critical metric fails the judgement only when Low with effect size at most this.
-    #[arg(long, value_name = "EFFECT")]
+    #[arg(long, value_name = "EFFECT", value_parser = finite_f64)]
     critical_decrease: Option<f64>,
     /// Put a metric in a group: METRIC=GROUP. Metrics not listed are in group `default`.
     #[arg(long, value_name = "METRIC=GROUP")]
@@ -77,16 +78,16 @@ pub struct Args {
     #[arg(long, value_name = "GROUP=W")]
     weight: Vec<String>,
     /// Confidence of the interval for the shift.
-    #[arg(long, default_value_t = 0.98)]
+    #[arg(long, default_value_t = 0.98, value_parser = finite_f64)]
     confidence: f64,
     /// The interval is widened by this share of |estimate| on both sides.
-    #[arg(long, default_value_t = 0.25)]
+    #[arg(long, default_value_t = 0.25, value_parser = finite_f64)]
     tolerance: f64,
     /// Score (out of 100) at or above which the canary passes.
-    #[arg(long, default_value_t = 95.0)]
+    #[arg(long, default_value_t = 95.0, value_parser = finite_f64)]
     pass: f64,
     /// Score at or above which a canary that does not pass is marginal.
-    #[arg(long, default_value_t = 75.0)]
+    #[arg(long, default_value_t = 75.0, value_parser = finite_f64)]
     marginal: f64,
     /// human (default) or json.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
@@ -225,7 +226,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 match (&m.test, m.effect_size) {
                     (Some(t), Some(e)) => println!(
                         "{:<24} {:<8} {:>12.4} {:>26} {:>9.4} {:>8.4}{}",
-                        m.name,
+                        Escaped(&m.name),
                         class,
                         t.estimate,
                         format!("[{:.4}, {:.4}]", t.lower, t.upper),
@@ -233,7 +234,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         t.p_value,
                         if m.critical_failure { "  CRITICAL" } else { "" }
                     ),
-                    _ => println!("{:<24} {:<8} {}", m.name, class, m.reason),
+                    _ => println!("{:<24} {:<8} {}", Escaped(&m.name), class, m.reason),
                 }
             }
             let outcome = match j.outcome {

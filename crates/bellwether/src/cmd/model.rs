@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
+use bellwether_model::text::Escaped;
 use bellwether_predict::metrics::Scores;
 use bellwether_predict::synth::{Shape, World};
 use bellwether_predict::{
@@ -138,10 +139,10 @@ struct SynthArgs {
     #[arg(long, default_value_t = 3)]
     categorical: usize,
     /// Share of empty cells.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = super::finite_f64)]
     missing: f64,
     /// Share of categorical cells holding a category the world's other files never have.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = super::finite_f64)]
     novel: f64,
 }
 
@@ -244,9 +245,9 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
                     )
                 })
                 .collect();
-            println!("Features ({}): {}", feats.len(), feats.join(", "));
+            println!("Features ({}): {}", feats.len(), Escaped(&feats.join(", ")));
             for sk in &s.skipped {
-                println!("Skipped `{}`: {}.", sk.column, sk.reason);
+                println!("Skipped `{}`: {}.", Escaped(&sk.column), sk.reason);
             }
             for c in &s.candidates {
                 println!(
@@ -287,7 +288,7 @@ fn predict(a: PredictArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "warning: {} lacks the model's columns {}; they are treated as missing",
             a.input.display(),
-            out.absent_columns.join(", ")
+            Escaped(&out.absent_columns.join(", "))
         );
     }
     let file = File::create(&a.output)

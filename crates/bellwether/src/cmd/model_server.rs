@@ -61,7 +61,7 @@ fn print_model(m: &ModelInfo) {
     println!(
         "Model version {} trained ({}) on {} outcomes ({} failures) with {}: held-out ROC AUC {}, Brier {}, log loss {}.",
         m.version,
-        m.cause,
+        bellwether_model::text::Escaped(&m.cause),
         m.rows,
         m.failures,
         m.metrics["method"].as_str().unwrap_or("?").replace('_', " "),

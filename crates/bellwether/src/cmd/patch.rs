@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use bellwether_engine::patch::{
     Action, Input, Instance, MetricKind, PatchEngine, PatchPlan, PatchReport, Sample, Stage,
 };
+use bellwether_model::text::Escaped;
 use bellwether_proxy::config::{
     AdminState, CheckKind, Dur, HostPort, Protocol, RawBackend, RawConfig, RawListener,
 };
@@ -384,7 +385,7 @@ impl Runner {
                     "[{:>7.2}s] {:<24} {}",
                     (e.at_ms - report.started_ms) as f64 / 1000.0,
                     e.kind,
-                    e.message
+                    Escaped(&e.message)
                 );
             }
             tracing::info!(patch = %report.id, kind = %e.kind, figures = %e.figures, "{}", e.message);
@@ -772,7 +773,7 @@ fn unreachable_plan() -> anyhow::Result<u32> {
 fn print_summary(report: &PatchReport) {
     println!(
         "patch {}: {} ({:?})",
-        report.id,
+        Escaped(&report.id),
         report.outcome(),
         report.stage
     );
@@ -787,7 +788,7 @@ fn print_summary(report: &PatchReport) {
             "  {} phase {}: {} — {} ms{}",
             p.kind,
             p.phase,
-            p.name,
+            Escaped(&p.name),
             p.took_ms,
             if p.ok { "" } else { " (failed)" }
         );
@@ -845,10 +846,10 @@ fn status(args: StatusArgs, state_dir: &Path) -> anyhow::Result<ExitCode> {
             .unwrap_or_default();
         println!(
             "{:<32} {:<12} severity={:.2}{trigger}  {}",
-            r.id,
+            Escaped(&r.id),
             r.outcome(),
             r.last_severity,
-            r.events.last().map(|e| e.message.as_str()).unwrap_or("")
+            Escaped(r.events.last().map(|e| e.message.as_str()).unwrap_or(""))
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -869,7 +870,7 @@ fn report(args: ReportArgs, state_dir: &Path) -> anyhow::Result<ExitCode> {
                     "[{:>7.2}s] {:<24} {}",
                     (e.at_ms - r.started_ms) as f64 / 1000.0,
                     e.kind,
-                    e.message
+                    Escaped(&e.message)
                 );
             }
         }

@@ -122,8 +122,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 pub fn human(p: &HostProfile) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
+    // Every value comes from the host root's files: control characters are shown escaped.
     let mut line = |k: &str, v: String| {
-        let _ = writeln!(s, "{k:<13}{v}");
+        let _ = writeln!(s, "{k:<13}{}", bellwether_model::text::Escaped(&v));
     };
     let dash = || "-".to_owned();
     line("Host", p.hostname.clone().unwrap_or_else(dash));

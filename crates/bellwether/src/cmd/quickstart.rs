@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bellwether_drift::version::ChangeLevel;
 use bellwether_engine::rollout::{HostAction, RolloutEvent};
+use bellwether_model::text::escape;
 use bellwether_model::{DriftCategory, DriftScore};
 use bellwether_server::rollout::ReportResponse;
 
@@ -628,14 +629,17 @@ fn print_report(fleet: &FleetDrift) {
             continue;
         };
         let role = h.labels.get("role").map(String::as_str).unwrap_or("-");
+        // What agents reported is printed with its control characters escaped.
+        let role = escape(role);
         let mut findings = s.findings.iter().take(3).map(|f| {
-            format!(
+            let line = format!(
                 "{} {} → {} ({})",
                 f.attribute,
                 opt(&f.baseline),
                 opt(&f.current),
                 f.weight
-            )
+            );
+            escape(&line).into_owned()
         });
         let lead = format!(
             "  {:<10} {:<6} {:>7} {:>7} {:>7} {:>7}  ",
@@ -661,7 +665,7 @@ fn print_report(fleet: &FleetDrift) {
         println!("  none");
     }
     for l in lines {
-        println!("  {l}");
+        println!("  {}", escape(&l));
     }
 }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use super::model_server::api_error;
 use super::token::{print_table, runtime, ClientArgs};
 use super::OutputFormat;
+use bellwether_model::text::Escaped;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum UpdateType {
@@ -63,7 +64,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     println!(
         "Risk of {} {} by model version {}:",
-        r.update.name, r.update.version, r.model_version
+        Escaped(&r.update.name),
+        Escaped(&r.update.version),
+        r.model_version
     );
     let rows: Vec<Vec<String>> = r
         .hosts
@@ -79,7 +82,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                         serde_json::Value::String(s) => s.clone(),
                         v => v.to_string(),
                     };
-                    format!("{}={value} ({:+.2})", f.feature, f.contribution)
+                    format!(
+                        "{}={} ({:+.2})",
+                        Escaped(&f.feature),
+                        Escaped(&value),
+                        f.contribution
+                    )
                 })
                 .collect();
             vec![

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use bellwether_model::text::{escape, Escaped};
 use serde_json::{json, Value};
 
 use super::model_server::api_error;
@@ -76,11 +77,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .map_err(api_error)?;
             let id = v["id"].as_str().unwrap_or_default().to_string();
             println!(
-                "Started rollout {id} over {} hosts (scored by model version {}).",
-                v["hosts"], v["model_version"]
+                "Started rollout {} over {} hosts (scored by model version {}).",
+                Escaped(&id),
+                v["hosts"],
+                v["model_version"]
             );
             if !wait {
-                println!("Follow it with `bellwether rollout status {id}`.");
+                println!(
+                    "Follow it with `bellwether rollout status {}`.",
+                    Escaped(&id)
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             follow(&rt, &client, &id)
@@ -139,10 +145,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A field of the server's answer as text for a human, control characters escaped (host names,
+/// plans and reasons come from other people).
 fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => escape(s).into_owned(),
         other => other.to_string(),
     }
 }
@@ -168,7 +176,7 @@ fn summary(v: &Value) -> String {
         .as_object()
         .into_iter()
         .flatten()
-        .map(|(k, n)| format!("{k} {n}"))
+        .map(|(k, n)| format!("{} {n}", Escaped(k)))
         .collect();
     format!(
         "{} · wave {} · {}",
@@ -186,7 +194,7 @@ fn print_status(v: &Value) {
         summary(v)
     );
     if let Some(r) = v["pause_reason"].as_str() {
-        println!("Paused: {r}");
+        println!("Paused: {}", Escaped(r));
     }
     let rows: Vec<Vec<String>> = v["hosts"]
         .as_array()
@@ -214,7 +222,7 @@ fn print_report(v: &Value) {
         text(&v["model_version"])
     );
     if let Some(r) = v["pause_reason"].as_str() {
-        println!("Paused: {r}");
+        println!("Paused: {}", Escaped(r));
     }
     let rows: Vec<Vec<String>> = v["hosts"]
         .as_array()

@@ -144,7 +144,7 @@ pub struct DriftArgs {
     #[arg(long, value_enum, default_value_t = Level::Major)]
     level: Level,
     /// With --kind metric: the new 1-minute load average.
-    #[arg(long)]
+    #[arg(long, value_parser = super::finite_f64)]
     load: Option<f64>,
     /// With --kind dependency: the declared dependency to change (default: the role's).
     #[arg(long)]

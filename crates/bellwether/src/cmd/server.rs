@@ -67,6 +67,13 @@ pub struct Args {
     /// hosts and imported history rows); 0 retrains only when asked (`bellwether model train`).
     #[arg(long, default_value_t = bellwether_server::model_api::DEFAULT_RETRAIN_AFTER, value_name = "N")]
     retrain_after: u64,
+    /// Refuse a sample batch holding a timestamp older than this by the server's clock.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    sample_max_age: Duration,
+    /// Refuse a sample batch holding a timestamp further ahead of the server's clock than this
+    /// (a host's metric window is anchored on its newest sample).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    sample_max_ahead: Duration,
 }
 
 fn store_config(database: Option<&str>, data_dir: &Path) -> anyhow::Result<StoreConfig> {
@@ -164,6 +171,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.metric_window = args.metric_window;
     config.sample_retention = args.sample_retention;
     config.retrain_after = args.retrain_after;
+    config.sample_max_age = args.sample_max_age;
+    config.sample_max_ahead = args.sample_max_ahead;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async {
         // The store is opened and checked before any token file is written, so a damaged
@@ -254,15 +263,19 @@ const METRICS: [&str; 8] = [
 ];
 
 fn make_batches(samples: usize, batch: usize) -> Vec<Vec<MetricSample>> {
-    // Timestamps end now, five seconds apart per metric, so the server's retention keeps them.
+    // Timestamps end now, five seconds apart per metric (closer when that would reach back more
+    // than 12 hours), so the server's retention keeps them and its --sample-max-age (24 h)
+    // accepts them.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let start = now - (samples / METRICS.len()) as i64 * 5_000;
+    let rows = (samples / METRICS.len()).max(1) as i64;
+    let step = (12 * 3_600_000 / rows).clamp(1, 5_000);
+    let start = now - rows * step;
     let all: Vec<MetricSample> = (0..samples)
         .map(|i| MetricSample {
-            ts_ms: start + (i / METRICS.len()) as i64 * 5_000,
+            ts_ms: start + (i / METRICS.len()) as i64 * step,
             name: METRICS[i % METRICS.len()].to_string(),
             value: ((i * 7919) % 1000) as f64 / 100.0,
         })

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use bellwether_model::text::{escape, Escaped};
 use bellwether_server::client::{Client, ClientError};
 
 use super::{OutputFormat, Unreachable, UsageError};
@@ -321,21 +322,29 @@ pub fn age(ms: Option<i64>) -> String {
     }
 }
 
-/// `k=v,k=v`, or `-` when empty.
+/// `k=v,k=v`, or `-` when empty. Labels are the agents' to choose: control characters in
+/// them are shown escaped.
 pub fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
     if labels.is_empty() {
         "-".into()
     } else {
         labels
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| format!("{}={}", Escaped(k), Escaped(v)))
             .collect::<Vec<_>>()
             .join(",")
     }
 }
 
-/// Rows as left-aligned columns under a header, one line each.
+/// Rows as left-aligned columns under a header, one line each. Cells often hold what a server
+/// or an agent chose, so their control characters are shown escaped: a label holding an
+/// escape sequence or a newline cannot rewrite the terminal or fake a row.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| escape(c).into_owned()).collect())
+        .collect();
+    let rows = &rows[..];
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -383,6 +392,13 @@ mod tests {
             ],
         );
         assert_eq!(t, "HOST    DRIFT\nweb-01  0.500\né       -\n");
+        let t = table(
+            &["HOST", "LABELS"],
+            &[vec!["a".into(), "x\x1b[2J\ny".into()]],
+        );
+        assert_eq!(t, "HOST  LABELS\na     x\\u{1b}[2J\\ny\n");
+        let labels = std::collections::BTreeMap::from([("k\n".to_string(), "v\r".to_string())]);
+        assert_eq!(labels_text(&labels), "k\\n=v\\r");
     }
 
     #[test]
