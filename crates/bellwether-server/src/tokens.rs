@@ -108,6 +108,10 @@ pub(crate) async fn bootstrap(
     config: &ServerConfig,
 ) -> Result<Vec<TokenNotice>, ServerError> {
     let mut notices = Vec::new();
+    // A store with no host and no event is new on this start. Only a new store takes a token
+    // from an existing file; a used store without a token of a kind had it revoked, and a
+    // revoked token must never come back from its old file.
+    let fresh_store = store.count_hosts().await? == 0 && store.events(None, 1).await?.is_empty();
     for (kind, given) in [
         (TokenKind::Admin, config.admin_token.as_deref()),
         (TokenKind::Operator, config.operator_token.as_deref()),
@@ -163,11 +167,13 @@ pub(crate) async fn bootstrap(
                     }
                     return Err(ServerError::NoTokenDestination { kind: name });
                 };
-                // An existing token file is never overwritten: a store that is new beside it
-                // (moved, replaced, or a first start on PostgreSQL) takes its token instead,
-                // so the agents and people who hold it keep working.
+                // A store that is new beside an existing token file (the store moved, lost or
+                // replaced, or a first start on PostgreSQL) takes the file's token instead of
+                // overwriting it, so the agents and people who hold it keep working. In a
+                // store that was used, the token was revoked: a new one replaces the file.
                 let existing = match std::fs::read_to_string(&path) {
-                    Ok(text) => Some(text.trim().to_string()),
+                    Ok(text) if fresh_store => Some(text.trim().to_string()),
+                    Ok(_) => None,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                     Err(source) => return Err(ServerError::TokenFile { path, source }),
                 };

@@ -261,3 +261,93 @@ fn a_missing_store_beside_token_files_keeps_the_tokens() {
     let status = guard.terminate(Duration::from_secs(20));
     assert!(status.success(), "{status}: {}", guard.log_text());
 }
+
+/// Starts the server on `data_dir` and waits until it listens: the guard and its address.
+fn start(dir: &Path, data_dir: &Path, name: &str) -> (Guard, String) {
+    let addr_file = dir.join(format!("{name}.addr"));
+    let log = dir.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let child = command(&server_args(data_dir, &addr_file))
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let mut guard = Guard {
+        child: Some(child),
+        what: format!("server ({name})"),
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(a) = std::fs::read_to_string(&addr_file) {
+            if !a.trim().is_empty() {
+                return (guard, format!("http://{}", a.trim()));
+            }
+        }
+        guard.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "the server did not start: {}",
+            guard.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    command(&args).output().unwrap()
+}
+
+fn token_file(data_dir: &Path, kind: &str) -> String {
+    std::fs::read_to_string(data_dir.join(format!("{kind}.token")))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A revoked bootstrap token never comes back from its old file: a used store without an
+/// operator token gets a new one at the next start, written over the file, and the old token
+/// stays refused.
+#[test]
+fn a_revoked_operator_token_is_not_taken_back_from_its_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = first_start(tmp.path());
+    let (mut guard, url) = start(tmp.path(), &data_dir, "second");
+    let admin = token_file(&data_dir, "admin");
+    let old = token_file(&data_dir, "operator");
+    let out = cli(&[
+        "token", "list", "--output", "json", "--server", &url, "--token", &admin,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["role"] == "operator" && t["bootstrap"] == true)
+        .unwrap_or_else(|| panic!("no bootstrap operator token in {list}"))["id"]
+        .to_string();
+    let out = cli(&["token", "revoke", &id, "--server", &url, "--token", &admin]);
+    assert!(out.status.success(), "{out:?}");
+    let status = guard.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status}: {}", guard.log_text());
+
+    let (mut guard, url) = start(tmp.path(), &data_dir, "third");
+    let new = token_file(&data_dir, "operator");
+    assert_ne!(
+        new,
+        old,
+        "the revoked token came back: {}",
+        guard.log_text()
+    );
+    let refused = cli(&["hosts", "--server", &url, "--token", &old]);
+    assert!(
+        !refused.status.success(),
+        "the revoked operator token still works: {refused:?}"
+    );
+    let accepted = cli(&["hosts", "--server", &url, "--token", &new]);
+    assert!(accepted.status.success(), "{accepted:?}");
+    let status = guard.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status}: {}", guard.log_text());
+}
