@@ -116,9 +116,18 @@ async fn drift_appears_after_changes(backend: Backend) {
         assert!(score.get() > 0.0, "{name}: {s:?}");
         assert!(s.overall.get() > 0.0, "{name}: {s:?}");
     }
-    // The package host's change is configuration drift only.
+    // The package host's change is configuration drift only: no dependency finding but the
+    // connect latency's, which is the machine's load, not the change (a loopback connect
+    // went from 0.06 to 1.8 ms on CI's two busy cores and scored 0.18).
     let s = api.drift("pkg-host").await.unwrap();
-    assert_eq!(s.dependency.get(), 0.0, "{s:?}");
+    let other: Vec<_> = s
+        .findings
+        .iter()
+        .filter(|f| f.category == DriftCategory::Dependency)
+        .filter(|f| !f.attribute.ends_with(".latency_ms"))
+        .collect();
+    assert!(other.is_empty(), "{s:?}");
+    assert!(s.configuration.get() > 0.0, "{s:?}");
 
     // The fleet view lists the hosts by overall drift, highest first.
     let (status, fleet) = api.get("/api/v1/fleet/drift").await;
