@@ -569,20 +569,25 @@ pub fn parse_config(source: &str, text: &str) -> Result<ProxyConfig, ConfigError
 
 /// Reads and parses a YAML file.
 pub fn load_config(path: &Path) -> Result<ProxyConfig, ConfigError> {
+    let text = read_config_text(path)?;
+    parse_config(&path.display().to_string(), &text)
+}
+
+/// Reads a configuration file, one byte past the YAML reader's size limit at most, so that the
+/// parser names the limit and a huge file (or a device) is never read whole.
+pub fn read_config_text(path: &Path) -> Result<String, ConfigError> {
     use std::io::Read as _;
     let read_err = |source| ConfigError::Read {
         path: path.display().to_string(),
         source,
     };
-    // Read one byte past the limit at most, so that the parser names the limit and a huge
-    // file (or a device) is never read whole.
     let mut text = String::new();
     std::fs::File::open(path)
         .map_err(read_err)?
         .take(bellwether_engine::yaml::MAX_BYTES as u64 + 1)
         .read_to_string(&mut text)
         .map_err(read_err)?;
-    parse_config(&path.display().to_string(), &text)
+    Ok(text)
 }
 
 #[cfg(test)]

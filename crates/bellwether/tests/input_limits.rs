@@ -195,6 +195,19 @@ fn deep_and_repeated_yaml_files_are_refused_by_the_cli() {
             vec!["patch", "--state-dir", "st", "start", &pid0],
             format!("{pid0}: line 3, column 34: original.pid: 0 is not one process"),
         ),
+        // The ID names the report file in the state directory: it must not lead out of it.
+        (
+            vec![
+                "patch",
+                "--state-dir",
+                "st",
+                "start",
+                &pid0,
+                "--id",
+                "../escaped",
+            ],
+            "../escaped is not a patch ID".to_string(),
+        ),
         (
             vec!["proxy", "--config", &deep_proxy],
             format!("{deep_proxy}: line 1, column "),

@@ -62,8 +62,10 @@ struct StartArgs {
     /// SIGTERM. Clients still connected are closed at their next transaction boundary.
     #[arg(long)]
     exit_when_done: bool,
-    /// The patch ID (default: the plan's name and the start time).
-    #[arg(long)]
+    /// The patch ID (default: the plan's name and the start time): 1 to 64 of A–Z, a–z, 0–9,
+    /// `.`, `_` and `-`, starting with a letter or digit. It names the report file in the
+    /// state directory.
+    #[arg(long, value_parser = patch_id)]
     id: Option<String>,
     /// `json` prints the final report as JSON instead of the human summary.
     #[arg(long, value_enum, default_value = "human")]
@@ -108,6 +110,23 @@ fn load_plan(path: &Path) -> anyhow::Result<PatchPlan> {
         .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
     PatchPlan::parse(&path.display().to_string(), &text)
         .map_err(|e| UsageError(e.to_string()).into())
+}
+
+/// A patch ID names a file in the state directory, so it must stay a plain file name: `../x`
+/// or `/etc/x` would write the report outside it.
+fn patch_id(s: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{} is not a patch ID: use 1 to 64 of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
+            bellwether_model::text::quote(s)
+        ))
+    }
 }
 
 fn start(args: StartArgs, state_dir: &Path) -> anyhow::Result<ExitCode> {

@@ -158,8 +158,7 @@ fn parse_backend(s: &str) -> Result<RawBackend, String> {
 pub fn build_config(args: &Args) -> anyhow::Result<config::ProxyConfig> {
     let mut raw = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
+            let text = config::read_config_text(path).map_err(|e| UsageError(e.to_string()))?;
             config::parse_raw(&path.display().to_string(), &text)
                 .map_err(|e| UsageError(e.to_string()))?
         }
