@@ -94,23 +94,16 @@ mod tests {
 
     use super::*;
 
-    /// The default attempts with short waits (the server's dev-dependencies have no paused
-    /// clock; the waits' doubling is not what these tests are about).
-    fn quick() -> SavePolicy {
-        SavePolicy {
-            first_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(4),
-            ..SavePolicy::default()
-        }
-    }
-
-    #[tokio::test]
+    /// On tokio's paused clock: the default policy's waits (100, 200, 400, 800, 1600 ms) are
+    /// measured, not slept.
+    #[tokio::test(start_paused = true)]
     async fn a_failed_save_leaves_the_state_unchanged_after_bounded_retries() {
         let mut state = vec![1];
         let calls = Cell::new(0);
+        let started = tokio::time::Instant::now();
         let r = commit(
             &mut state,
-            quick(),
+            SavePolicy::default(),
             |s| {
                 s.push(2);
                 "dispatched"
@@ -126,15 +119,20 @@ mod tests {
         assert_eq!((e.error, e.attempts), ("disk full", 6));
         assert_eq!(calls.get(), 6);
         assert_eq!(state, vec![1], "the step was not kept");
+        assert_eq!(started.elapsed(), Duration::from_millis(3100));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_copy_is_swapped_in_once_a_retry_commits() {
         let mut state = vec![1];
         let calls = Cell::new(0);
+        let started = tokio::time::Instant::now();
         let (out, rec) = commit(
             &mut state,
-            quick(),
+            SavePolicy {
+                max_delay: Duration::from_millis(150),
+                ..SavePolicy::default()
+            },
             |s| {
                 s.push(2);
                 7
@@ -151,5 +149,7 @@ mod tests {
         assert_eq!((out, rec.as_str()), (7, "[1, 2] 7"));
         assert_eq!(state, vec![1, 2]);
         assert_eq!(calls.get(), 3);
+        // 100 ms, then the doubled wait capped at 150 ms.
+        assert_eq!(started.elapsed(), Duration::from_millis(250));
     }
 }
