@@ -183,30 +183,12 @@ fn read_token_file(path: &FsPath) -> Result<String, AdminError> {
     Ok(token.to_string())
 }
 
-/// Builds the TLS acceptor from a PEM certificate chain and private key.
+/// Builds the TLS acceptor from a PEM certificate chain and private key, as the server's own
+/// TLS does (`bellwether_tls`: the ring provider, TLS 1.2 and 1.3, HTTP/1.1 by ALPN).
 pub fn tls_acceptor(cert: &FsPath, key: &FsPath) -> Result<TlsAcceptor, AdminError> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| AdminError::Tls(format!("{}: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(AdminError::Tls(format!(
-            "{}: no PEM certificate in it",
-            cert.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| AdminError::Tls(format!("{}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| AdminError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| AdminError::Tls(format!("{}: {e}", cert.display())))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    bellwether_tls::server_config_for(cert, key, ("--admin-tls-cert", "--admin-tls-key"))
+        .map(TlsAcceptor::from)
+        .map_err(|e| AdminError::Tls(e.to_string()))
 }
 
 /// What the request guards need.

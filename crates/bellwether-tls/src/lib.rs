@@ -17,7 +17,7 @@ pub mod generate;
 pub mod server;
 
 pub use client::{certificate_error, client_config, ClientTls, Pin};
-pub use server::{server_config, TlsIncoming};
+pub use server::{server_config, server_config_for, TlsIncoming};
 
 /// The crypto provider every config here is built with.
 pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {

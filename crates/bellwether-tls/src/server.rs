@@ -55,15 +55,25 @@ fn pem_reason(e: rustls::pki_types::pem::Error) -> String {
 /// The server's rustls config: the chain in `cert` (PEM, server certificate first), the
 /// private key in `key` (PEM: PKCS#8, PKCS#1 or SEC1), TLS 1.2 and 1.3, HTTP/1.1 by ALPN.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs = read_certs("--tls-cert", cert)?;
+    server_config_for(cert, key, ("--tls-cert", "--tls-key"))
+}
+
+/// [`server_config`] for files given under other flags (the proxy's `--admin-tls-cert` and
+/// `--admin-tls-key`), which its errors name.
+pub fn server_config_for(
+    cert: &Path,
+    key: &Path,
+    (cert_flag, key_flag): (&'static str, &'static str),
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs = read_certs(cert_flag, cert)?;
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
-            what: "--tls-key",
+            what: key_flag,
             path: key.to_owned(),
             kind: "PRIVATE KEY",
         },
         other => TlsError::File {
-            what: "--tls-key",
+            what: key_flag,
             path: key.to_owned(),
             reason: pem_reason(other),
         },
@@ -75,7 +85,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .with_single_cert(certs, key_der)
         .map_err(|e| {
             TlsError::Config(format!(
-                "--tls-cert {} with --tls-key {}: {e} (is the key the certificate's?)",
+                "{cert_flag} {} with {key_flag} {}: {e} (is the key the certificate's?)",
                 cert.display(),
                 key.display()
             ))
