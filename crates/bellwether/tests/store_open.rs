@@ -41,29 +41,7 @@ fn command(args: &[String]) -> Command {
 /// the data dir then holds a store and two generated token files.
 fn first_start(dir: &Path) -> PathBuf {
     let data_dir = dir.join("data");
-    let addr_file = dir.join("addr");
-    let log = dir.join("first.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let child = command(&server_args(&data_dir, &addr_file))
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .expect("start bellwether server");
-    let mut guard = Guard {
-        child: Some(child),
-        what: "server".into(),
-        log,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read_to_string(&addr_file).map_or(true, |a| a.trim().is_empty()) {
-        guard.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "the server did not start: {}",
-            guard.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut guard, _) = start(dir, &data_dir, "first");
     let status = guard.terminate(Duration::from_secs(20));
     assert!(status.success(), "{status}: {}", guard.log_text());
     for f in ["bellwether.db", "operator.token", "enrol.token"] {
@@ -204,29 +182,7 @@ fn a_missing_store_beside_token_files_keeps_the_tokens() {
     for f in ["bellwether.db", "bellwether.db-wal", "bellwether.db-shm"] {
         let _ = std::fs::remove_file(data_dir.join(f));
     }
-    let addr_file = tmp.path().join("addr-again");
-    let log = tmp.path().join("again.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let child = command(&server_args(&data_dir, &addr_file))
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let mut guard = Guard {
-        child: Some(child),
-        what: "server".into(),
-        log,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read_to_string(&addr_file).map_or(true, |a| a.trim().is_empty()) {
-        guard.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "the server did not start: {}",
-            guard.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut guard, url) = start(tmp.path(), &data_dir, "again");
     for (p, bytes) in &tokens {
         assert!(
             std::fs::read(p).unwrap() == *bytes,
@@ -236,17 +192,8 @@ fn a_missing_store_beside_token_files_keeps_the_tokens() {
         );
     }
     // The kept operator token is the one the new store accepts.
-    let addr = std::fs::read_to_string(&addr_file).unwrap();
     let operator = String::from_utf8(tokens[0].1.clone()).unwrap();
-    let out = command(&[
-        "hosts".into(),
-        "--server".into(),
-        format!("http://{}", addr.trim().trim_start_matches("http://")),
-        "--token".into(),
-        operator.trim().into(),
-    ])
-    .output()
-    .unwrap();
+    let out = cli(&["hosts", "--server", &url, "--token", operator.trim()]);
     assert!(
         out.status.success(),
         "the kept operator token was refused: {}{}",
