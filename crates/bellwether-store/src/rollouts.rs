@@ -189,27 +189,16 @@ macro_rules! rollout_from_row {
 const ROLLOUT_COLUMNS: &str =
     "id, created_at_ms, updated_at_ms, phase, model_version, plan_file, plan_yaml, state, settled";
 
-/// Runs `$body` in a transaction `$tx` on a pooled connection and commits; the body's
-/// value is the answer. When anything in it fails (a full disk fails the COMMIT itself) the
-/// connection is closed rather than returned to the pool: SQLite may leave a failed transaction
-/// open on it, holding the write lock, and every later writer would find the database locked
-/// for good. Closing it rolls back and releases the lock.
-macro_rules! in_tx_or_discard {
+/// Runs `$body` in a transaction `$tx` on a pooled connection and commits; the body's value
+/// is the answer. A transaction that fails (a full disk fails the COMMIT itself) needs nothing
+/// here: the pool's release hook (`discard_if_in_transaction` in lib.rs) rolls it back and
+/// closes a connection still in a transaction, for every write of the store.
+macro_rules! in_tx {
     ($pool:expr, |$tx:ident| $body:block) => {{
-        let mut conn = $pool.acquire().await.map_err(q("acquire a connection"))?;
-        let r = async {
-            let mut $tx = sqlx::Connection::begin(&mut *conn)
-                .await
-                .map_err(q("begin"))?;
-            let out = $body;
-            $tx.commit().await.map_err(q("commit"))?;
-            Ok::<_, StoreError>(out)
-        }
-        .await;
-        if r.is_err() {
-            conn.close_on_drop();
-        }
-        r
+        let mut $tx = $pool.begin().await.map_err(q("begin"))?;
+        let out = $body;
+        $tx.commit().await.map_err(q("commit"))?;
+        Ok::<_, StoreError>(out)
     }};
 }
 
@@ -371,7 +360,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
-        on_pool!(self, pool => in_tx_or_discard!(pool, |tx| {
+        on_pool!(self, pool => in_tx!(pool, |tx| {
             let n = sqlx::query("UPDATE rollouts SET state = $1, phase = $2, updated_at_ms = $3, settled = $4 WHERE id = $5")
                 .bind(step.state.to_string())
                 .bind(&step.phase)
@@ -465,7 +454,7 @@ impl Store {
     ) -> Result<Vec<ActionRecord>, StoreError> {
         let _turn = self.write_turn().await;
         on_pool!(self, pool => {
-            let rows = in_tx_or_discard!(pool, |tx| {
+            let rows = in_tx!(pool, |tx| {
             sqlx::query("UPDATE actions SET delivered_at_ms = $1 WHERE host = $2 AND finished_at_ms IS NULL AND delivered_at_ms IS NULL")
                 .bind(now_ms)
                 .bind(host)
@@ -497,7 +486,7 @@ impl Store {
     ) -> Result<Option<ActionFinish>, StoreError> {
         let _turn = self.write_turn().await;
         on_pool!(self, pool => {
-            let (n, row) = in_tx_or_discard!(pool, |tx| {
+            let (n, row) = in_tx!(pool, |tx| {
             let n = sqlx::query("UPDATE actions SET result = $1, finished_at_ms = $2 WHERE uid = $3 AND host = $4 AND finished_at_ms IS NULL")
                 .bind(result.to_string())
                 .bind(now_ms)
