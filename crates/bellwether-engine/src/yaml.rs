@@ -197,16 +197,7 @@ fn bare_message(e: &serde_saphyr::Error) -> String {
             .into_owned(),
     };
     // A message may quote the input: never pass a control character through.
-    text.chars()
-        .flat_map(|c| {
-            let esc: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            esc
-        })
-        .collect()
+    bellwether_model::text::escape(&text).into_owned()
 }
 
 /// serde's wording of the names a value may take.

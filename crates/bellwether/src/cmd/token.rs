@@ -199,17 +199,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `s` with control characters escaped (`\n`, `\u{1b}`), for a terminal.
+/// `s` with control characters escaped, for a terminal (the one rule of every human output).
 fn printable(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
+    bellwether_model::text::escape(s).into_owned()
 }
 
 /// Reads a token file: `None` when it does not exist, an error naming it when unreadable or
