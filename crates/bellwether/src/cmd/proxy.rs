@@ -214,6 +214,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let handle = ProxyHandle::start(config)
             .await
             .map_err(|e| UsageError(e.to_string()))?;
+        // The start-up lines go to whoever started the proxy; a reader that has gone (a
+        // closed pipe) must not stop a proxy that is serving, so write errors are ignored.
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
         for (l, a) in handle
             .shared()
             .config
@@ -221,21 +225,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .iter()
             .zip(handle.listen_addrs())
         {
-            println!(
-                "listening on {a} ({})",
-                match l.protocol {
-                    Protocol::Tcp => "tcp",
-                    Protocol::Postgres => "postgres",
-                }
-            );
+            let protocol = match l.protocol {
+                Protocol::Tcp => "tcp",
+                Protocol::Postgres => "postgres",
+            };
+            let _ = writeln!(out, "listening on {a} ({protocol})");
         }
         if let (Some(url), Some(token)) = (handle.admin_url(), handle.admin_token()) {
-            println!("admin api on {url}");
-            println!("admin token in {}", token.file().display());
+            let _ = writeln!(out, "admin api on {url}");
+            let _ = writeln!(out, "admin token in {}", token.file().display());
         }
-        println!("{} worker threads", handle.shared().config.workers);
-        use std::io::Write as _;
-        let _ = std::io::stdout().flush();
+        let _ = writeln!(out, "{} worker threads", handle.shared().config.workers);
+        let _ = out.flush();
+        drop(out);
         wait_for_signal().await;
         tracing::info!(
             grace_seconds = handle.shared().config.shutdown_grace.as_secs_f64(),
