@@ -330,4 +330,45 @@ ALTER TABLE tokens_v4 RENAME TO tokens;
 CREATE INDEX tokens_kind_host ON tokens (kind, host_id)
 "#,
     },
+    Migration {
+        version: 6,
+        name: "durable tasks of every kind",
+        // Rollouts become one kind of durable task (patches, config, mirror and shadow
+        // changes are others): `rollouts` is renamed `tasks` and gains `kind` (every existing
+        // row is a rollout), `rollout_hosts` becomes `task_hosts`, and `actions.rollout_id`
+        // and `task_hosts.rollout_id` become `task_id`; the foreign keys follow the renames on
+        // both backends. `events.task` names the task whose step wrote an event, so one
+        // task's events are one indexed query; a rollout's old events get it from the
+        // `rollout` figure every rollout event carries.
+        sqlite: r#"
+ALTER TABLE rollouts RENAME TO tasks;
+ALTER TABLE tasks ADD COLUMN kind TEXT NOT NULL DEFAULT 'rollout';
+CREATE INDEX tasks_kind_settled ON tasks (kind, settled);
+ALTER TABLE rollout_hosts RENAME TO task_hosts;
+ALTER TABLE task_hosts RENAME COLUMN rollout_id TO task_id;
+DROP INDEX rollout_hosts_host;
+CREATE INDEX task_hosts_host ON task_hosts (host);
+ALTER TABLE actions RENAME COLUMN rollout_id TO task_id;
+DROP INDEX actions_rollout_action;
+CREATE UNIQUE INDEX actions_task_action ON actions (task_id, action_id);
+ALTER TABLE events ADD COLUMN task TEXT;
+CREATE INDEX events_task ON events (task, id);
+UPDATE events SET task = json_extract(figures, '$.rollout') WHERE kind LIKE 'rollout.%' AND json_valid(figures) AND json_type(figures, '$.rollout') = 'text'
+"#,
+        postgres: r#"
+ALTER TABLE rollouts RENAME TO tasks;
+ALTER TABLE tasks ADD COLUMN kind TEXT NOT NULL DEFAULT 'rollout';
+CREATE INDEX tasks_kind_settled ON tasks (kind, settled);
+ALTER TABLE rollout_hosts RENAME TO task_hosts;
+ALTER TABLE task_hosts RENAME COLUMN rollout_id TO task_id;
+DROP INDEX rollout_hosts_host;
+CREATE INDEX task_hosts_host ON task_hosts (host);
+ALTER TABLE actions RENAME COLUMN rollout_id TO task_id;
+DROP INDEX actions_rollout_action;
+CREATE UNIQUE INDEX actions_task_action ON actions (task_id, action_id);
+ALTER TABLE events ADD COLUMN task TEXT;
+CREATE INDEX events_task ON events (task, id);
+UPDATE events SET task = figures::jsonb ->> 'rollout' WHERE kind LIKE 'rollout.%' AND jsonb_typeof(figures::jsonb -> 'rollout') = 'string'
+"#,
+    },
 ];
