@@ -476,6 +476,56 @@ rollout_test!(
         for s in sims {
             s.await.unwrap();
         }
+        // The rollout's events, from both servers' lives, are one task's log, oldest first.
+        let (s, v) = send(
+            &app,
+            Method::GET,
+            &format!("/api/v1/events?task={id}&after=0&limit=10000"),
+            OP,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let events = v.as_array().unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds.first(), Some(&"rollout.rollout.started"), "{kinds:?}");
+        assert!(kinds.contains(&"rollout.rollout.completed"), "{kinds:?}");
+        assert!(kinds.contains(&"rollout.rollout.paused"), "{kinds:?}");
+        for e in events {
+            assert_eq!(
+                (&e["task"], &e["figures"]["rollout"]),
+                (&json!(id), &json!(id)),
+                "{e}"
+            );
+        }
+        let ids: Vec<i64> = events.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        // Following from the middle gives the rest; another task's id gives nothing.
+        let mid = ids[ids.len() / 2];
+        let (_, rest) = send(
+            &app,
+            Method::GET,
+            &format!("/api/v1/events?task={id}&after={mid}&limit=10000"),
+            OP,
+            None,
+        )
+        .await;
+        assert_eq!(
+            rest.as_array().unwrap().len(),
+            ids.iter().filter(|i| **i > mid).count()
+        );
+        let (_, none) = send(
+            &app,
+            Method::GET,
+            "/api/v1/events?task=r-0-000000",
+            OP,
+            None,
+        )
+        .await;
+        assert_eq!(none, json!([]));
+        let (s, v) = send(&app, Method::GET, "/api/v1/events?task=r%20x", OP, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("bad task"), "{v}");
         let actions = server.store().rollout_actions(&id).await.unwrap();
         let mut applied: Vec<&str> = actions
             .iter()

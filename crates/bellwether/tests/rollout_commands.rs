@@ -550,7 +550,7 @@ fn a_full_disk_holds_the_rollout_with_an_alert_and_it_completes_after_space_is_f
     let filled = fill(&filler);
     assert!(filled > 0);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !fleet.server.guard.log_text().contains("Rollout held") {
+    while !fleet.server.guard.log_text().contains("Task held") {
         assert!(
             Instant::now() < deadline,
             "no step failed on the full disk; server log:\n{}",
