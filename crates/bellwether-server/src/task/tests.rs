@@ -25,6 +25,8 @@ pub(crate) struct Counter {
     /// The ping effect it waits on (the count it was asked at).
     ping: Option<u64>,
     holds: u64,
+    /// Every result it was fed, known or not: the runner must feed each stored result once.
+    results_fed: u64,
 }
 
 impl Counter {
@@ -38,6 +40,7 @@ impl Counter {
             in_flight: BTreeSet::new(),
             ping: None,
             holds: 0,
+            results_fed: 0,
         }
     }
 }
@@ -136,6 +139,7 @@ impl DurableTask for Counter {
                 }
             }
             Input::Result(a) => {
+                self.results_fed += 1;
                 if self.in_flight.remove(&a.action_id) {
                     let result = a.result.unwrap_or_default();
                     self.count += result["output"]["add"].as_u64().unwrap_or(0);
@@ -280,6 +284,22 @@ async fn event_kinds(state: &AppState, id: &str) -> Vec<String> {
     events.into_iter().map(|e| e.kind).collect()
 }
 
+/// Stops every runner of a server's life and waits until they ended.
+async fn idle(state: &AppState) {
+    state.tasks.stop_all();
+    tokio::time::timeout(Duration::from_secs(30), state.tasks.wait_idle())
+        .await
+        .expect("the runners stop within 30 s");
+}
+
+/// Waits until a task's effect ran `n` times.
+async fn calls_reach(seen: &mut watch::Receiver<u32>, n: u32) {
+    tokio::time::timeout(Duration::from_secs(30), seen.wait_for(|c| *c >= n))
+        .await
+        .unwrap_or_else(|_| panic!("the effect did not run {n} times within 30 s"))
+        .unwrap();
+}
+
 fn action_ids(actions: &[ActionRecord]) -> Vec<u64> {
     actions.iter().map(|a| a.action_id).collect()
 }
@@ -329,6 +349,7 @@ async fn tasks_dispatch_take_their_own_results_and_commands_and_settle() {
     let c1 = settled(&state, "c-1").await;
     let c2 = settled(&state, "c-2").await;
     assert_eq!((c1.count, c1.target, c2.count, c2.target), (3, 3, 1, 1));
+    assert_eq!((c1.results_fed, c2.results_fed), (3, 1));
     let actions = state.store.task_actions("c-1").await.unwrap();
     assert_eq!(action_ids(&actions), [1, 2, 3]);
     assert!(actions.iter().all(|a| a.observed), "{actions:?}");
@@ -358,19 +379,17 @@ async fn a_restarted_server_resumes_tasks_without_repeating_a_dispatch() {
     let a1 = next_action(&first, "h1").await;
     report(&first, &a1, 1).await;
     let mut seen = calls.subscribe();
-    seen.wait_for(|n| *n == 1).await.unwrap();
-    first.tasks.stop_all();
-    first.tasks.wait_idle().await;
+    calls_reach(&mut seen, 1).await;
+    idle(&first).await;
 
     // Second life: resumed by the server's start, which issues the ping again.
     let second = open(&dir).await;
     assert!(second.tasks.is_running(id));
-    seen.wait_for(|n| *n == 2).await.unwrap();
+    calls_reach(&mut seen, 2).await;
     gate.send_replace(true);
     let a2 = next_action(&second, "h1").await;
     assert_eq!(a2.action_id, 2);
-    second.tasks.stop_all();
-    second.tasks.wait_idle().await;
+    idle(&second).await;
 
     // Third life: a2 is still in flight; nothing new is dispatched, the agent gets a2 again.
     let third = open(&dir).await;
@@ -381,7 +400,7 @@ async fn a_restarted_server_resumes_tasks_without_repeating_a_dispatch() {
     assert_eq!(a3.action_id, 3);
     report(&third, &a3, 1).await;
     let done = settled(&third, id).await;
-    assert_eq!((done.count, done.holds), (3, 0));
+    assert_eq!((done.count, done.holds, done.results_fed), (3, 0, 3));
     assert_eq!(*calls.borrow(), 2, "one ping per life that waited on it");
     let actions = third.store.task_actions(id).await.unwrap();
     assert_eq!(action_ids(&actions), [1, 2, 3]);
@@ -452,7 +471,7 @@ async fn a_task_is_held_while_the_store_refuses_its_steps() {
     assert_eq!(a2.action_id, 2);
     report(&state, &a2, 1).await;
     let done = settled(&state, id).await;
-    assert_eq!((done.count, done.holds), (2, 1));
+    assert_eq!((done.count, done.holds, done.results_fed), (2, 1, 2));
     let kinds = event_kinds(&state, id).await;
     let held = kinds.iter().position(|k| k == "counter.held").unwrap();
     let counted = kinds.iter().position(|k| k == "counter.counted").unwrap();
