@@ -21,6 +21,7 @@ mod error;
 mod listener;
 mod metrics;
 pub mod model_api;
+pub mod patch;
 mod peers;
 pub mod rollout;
 mod tokens;
@@ -75,6 +76,8 @@ pub struct ServerConfig {
     /// refused: the metric window is anchored on a host's newest sample, so one sample from the
     /// far future would freeze it.
     pub sample_max_ahead: Duration,
+    /// `--proxy-token-file NAME=FILE`: the admin tokens of the proxies patches drive, by name.
+    pub proxy_tokens: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// The default of [`ServerConfig::sample_max_age`]: 24 hours.
@@ -99,6 +102,7 @@ impl ServerConfig {
             retrain_after: model_api::DEFAULT_RETRAIN_AFTER,
             sample_max_age: DEFAULT_SAMPLE_MAX_AGE,
             sample_max_ahead: DEFAULT_SAMPLE_MAX_AHEAD,
+            proxy_tokens: Default::default(),
         }
     }
 }
@@ -139,6 +143,7 @@ pub struct AppState {
     pub(crate) sample_max_ahead_ms: i64,
     pub(crate) predict: Arc<model_api::Predictor>,
     pub(crate) rollouts: Arc<rollout::Runners>,
+    pub(crate) patches: Arc<patch::Patches>,
 }
 
 /// An opened server, ready to serve.
@@ -176,6 +181,7 @@ impl Server {
                     as i64,
                 predict: Arc::new(model_api::Predictor::new(config.retrain_after)),
                 rollouts: Arc::new(rollout::Runners::default()),
+                patches: Arc::new(patch::Patches::new(config.proxy_tokens.clone())),
             },
             body_limit: config.body_limit,
             grace: config.grace,
@@ -190,6 +196,12 @@ impl Server {
                 rollouts = resumed,
                 "Resumed running rollouts from the store."
             );
+        }
+        let patches = patch::resume_all(&server.state)
+            .await
+            .map_err(|e| ServerError::Resume(e.message))?;
+        if patches > 0 {
+            tracing::info!(patches, "Resumed running patches from the store.");
         }
         Ok(server)
     }
@@ -211,6 +223,7 @@ impl Server {
         api::routes()
             .merge(model_api::routes())
             .merge(rollout::routes())
+            .merge(patch::routes())
             // Inside the request counter, so refusals are counted too.
             .route_layer(axum::middleware::from_fn_with_state(
                 auth::AuthState::new(self.state.clone()),

@@ -100,7 +100,7 @@ enum Msg {
 pub struct Runners {
     running: Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
     /// Rung after dispatches are stored, so long-polling agents look again.
-    actions: Notify,
+    pub(crate) actions: Notify,
 }
 
 impl std::fmt::Debug for Msg {
@@ -894,6 +894,9 @@ pub struct ActionResultBody {
     pub stderr_tail: String,
     pub started_ms: i64,
     pub finished_ms: i64,
+    /// A built-in's structured output (`start_process`'s pid, `sample_processes`' figures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
 }
 
 async fn agent_result(
@@ -922,6 +925,7 @@ async fn agent_result(
         if let Some(tx) = state.rollouts.running.lock().await.get(&rec.rollout_id) {
             let _ = tx.send(Msg::Result);
         }
+        crate::patch::result_stored(&state, &rec.rollout_id).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }

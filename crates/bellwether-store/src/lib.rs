@@ -1812,8 +1812,10 @@ impl Store {
 
 // Declared after the macros above, which they use.
 mod outcomes;
+mod patches;
 mod rollouts;
 pub use outcomes::{ModelInfo, NewModel, NewOutcome, OutcomeRecord, OutcomeSource};
+pub use patches::{NewPatch, PatchRecord, PatchStep};
 pub use rollouts::{
     ActionFinish, ActionRecord, NewAction, NewEvent, NewRollout, RolloutRecord, StepRecord,
 };

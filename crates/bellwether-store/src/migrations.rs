@@ -330,4 +330,71 @@ ALTER TABLE tokens_v4 RENAME TO tokens;
 CREATE INDEX tokens_kind_host ON tokens (kind, host_id)
 "#,
     },
+    Migration {
+        version: 7,
+        name: "patches: their state, input log, and actions of any task",
+        // A patch is a durable task beside rollouts; its agent actions share the `actions`
+        // queue, whose `rollout_id` now names the task (a rollout or a patch), so its
+        // foreign key to `rollouts` goes (SQLite: a table rebuild, it cannot drop one).
+        sqlite: r#"
+CREATE TABLE patches (
+    id TEXT PRIMARY KEY,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    host TEXT NOT NULL,
+    plan_file TEXT NOT NULL,
+    plan_yaml TEXT NOT NULL,
+    state TEXT NOT NULL,
+    settled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE patch_inputs (
+    patch_id TEXT NOT NULL REFERENCES patches(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    input TEXT NOT NULL,
+    PRIMARY KEY (patch_id, seq)
+);
+CREATE TABLE actions_v7 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    rollout_id TEXT NOT NULL,
+    action_id INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    delivered_at_ms INTEGER,
+    finished_at_ms INTEGER,
+    result TEXT,
+    observed INTEGER NOT NULL DEFAULT 0,
+    uid TEXT
+);
+INSERT INTO actions_v7 (id, rollout_id, action_id, host, kind, spec, created_at_ms, delivered_at_ms, finished_at_ms, result, observed, uid)
+    SELECT id, rollout_id, action_id, host, kind, spec, created_at_ms, delivered_at_ms, finished_at_ms, result, observed, uid FROM actions;
+DROP TABLE actions;
+ALTER TABLE actions_v7 RENAME TO actions;
+CREATE UNIQUE INDEX actions_rollout_action ON actions (rollout_id, action_id);
+CREATE INDEX actions_host_open ON actions (host, finished_at_ms);
+CREATE UNIQUE INDEX actions_uid ON actions (uid)
+"#,
+        postgres: r#"
+CREATE TABLE patches (
+    id TEXT PRIMARY KEY,
+    created_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL,
+    stage TEXT NOT NULL,
+    host TEXT NOT NULL,
+    plan_file TEXT NOT NULL,
+    plan_yaml TEXT NOT NULL,
+    state TEXT NOT NULL,
+    settled BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE patch_inputs (
+    patch_id TEXT NOT NULL REFERENCES patches(id) ON DELETE CASCADE,
+    seq BIGINT NOT NULL,
+    input TEXT NOT NULL,
+    PRIMARY KEY (patch_id, seq)
+);
+ALTER TABLE actions DROP CONSTRAINT IF EXISTS actions_rollout_id_fkey
+"#,
+    },
 ];

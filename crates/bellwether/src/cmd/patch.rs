@@ -38,10 +38,20 @@ pub struct Args {
         default_value = ".bellwether/patches"
     )]
     state_dir: PathBuf,
+    /// `--server URL` and its flags: the patch runs in the server (see patch_remote.rs).
+    #[command(flatten)]
+    remote: super::patch_remote::RemoteArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum Verb {
+    /// Abort a patch running in the server (--server): it rolls back, or fails before
+    /// anything changed. A local patch stops with SIGINT.
+    Abort {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Start a patch from a YAML plan (see docs/patch.md). Without --wait it runs in the
     /// background and prints its ID; with --wait it runs here and prints each event.
     Start(StartArgs),
@@ -91,7 +101,18 @@ struct ReportArgs {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.remote.server.is_some() {
+        use super::patch_remote::Verb as R;
+        let verb = match args.verb {
+            Verb::Start(a) => R::Start { plan: a.plan, wait: a.wait, id: a.id, output: a.output },
+            Verb::Status(a) => R::Status { output: a.output },
+            Verb::Report(a) => R::Report { id: a.id, output: a.output },
+            Verb::Abort { id, reason } => R::Abort { id, reason },
+        };
+        return super::patch_remote::run(&args.remote, verb);
+    }
     match args.verb {
+        Verb::Abort { .. } => Err(UsageError("patch abort needs --server URL: a local patch stops with SIGINT".into()).into()),
         Verb::Start(a) => start(a, &args.state_dir),
         Verb::Status(a) => status(a, &args.state_dir),
         Verb::Report(a) => report(a, &args.state_dir),

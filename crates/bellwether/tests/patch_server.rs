@@ -1,0 +1,727 @@
+//! A patch run by the server, end to end, on real processes: two PostgreSQL clusters (the
+//! "patched" one with index scans disabled, a bad configuration patch), a long-running
+//! `bellwether proxy` with both as backends, `bellwether server` driving it over the proxy's
+//! admin API, an agent on the database host that starts, stops and samples the instances, and
+//! pgbench through the proxy. The server is SIGKILLed while the patch bakes and started again:
+//! the patch resumes from the store and rolls back in four phases with no failed client
+//! transaction, `patch start --wait` follows it across the restart, and every step is in the
+//! event log once.
+//!
+//! The agent here is a small loop over the real agent API (enrol, long-poll actions, post
+//! results with their structured output) that carries out the three process built-ins
+//! `start_process`, `stop_process` and `sample_processes` as specified for the agent.
+
+#[path = "../../bellwether-proxy/tests/support/mod.rs"]
+mod pgsupport;
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgsupport::{client_bin, free_port, parse_pgbench, PgCluster};
+use serde_json::{json, Value};
+
+const EXE: &str = env!("CARGO_BIN_EXE_bellwether");
+const OPERATOR: &str = "op-token-0123456789abcdef0123456789";
+const ENROL: &str = "enrol-token-0123456789abcdef01234567";
+
+/// A child process killed (and reaped) when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_logged(args: &[String], log: &Path) -> KillOnDrop {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    KillOnDrop(
+        Command::new(EXE)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .env("NO_COLOR", "1")
+            .env("BELLWETHER_OPERATOR_TOKEN", OPERATOR)
+            .env("BELLWETHER_ENROL_TOKEN", ENROL)
+            .env_remove("BELLWETHER_DATABASE")
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn yaml_list(v: &[String]) -> String {
+    format!(
+        "[{}]",
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// A blocking HTTP client over a small runtime of its own.
+struct Http {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+impl Http {
+    fn new() -> Http {
+        Http {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(40))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn call(&self, method: &str, url: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
+        self.rt.block_on(async {
+            let mut req = match method {
+                "GET" => self.client.get(url),
+                _ => self.client.post(url),
+            }
+            .bearer_auth(token);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    (status, r.json().await.unwrap_or(Value::Null))
+                }
+                Err(_) => (0, Value::Null),
+            }
+        })
+    }
+}
+
+/// CPU ticks and resident bytes of a process and its descendants, or `None` when it is gone.
+fn tree_usage(root: u32) -> Option<(u64, u64)> {
+    std::fs::metadata(format!("/proc/{root}")).ok()?;
+    let mut parents = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            if let Some((_, after)) = stat.rsplit_once(')') {
+                if let Some(pp) = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+                    parents.push((pid, pp));
+                }
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|&&(_, pp)| pp == p)
+                .map(|&(c, _)| c),
+        );
+        i += 1;
+    }
+    let (mut ticks, mut rss) = (0, 0);
+    for pid in tree {
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            if let Some((_, after)) = stat.rsplit_once(')') {
+                let f: Vec<&str> = after.split_whitespace().collect();
+                for i in [11, 12] {
+                    ticks += f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                }
+            }
+        }
+        if let Ok(statm) = std::fs::read_to_string(format!("/proc/{pid}/statm")) {
+            rss += statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 4096;
+        }
+    }
+    Some((ticks, rss))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn read_pid(pidfile: &str) -> Result<u32, String> {
+    std::fs::read_to_string(pidfile)
+        .map_err(|e| format!("cannot read {pidfile}: {e}"))?
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| format!("{pidfile} holds no pid"))
+}
+
+/// Carries out one process built-in: the structured output, or the error.
+fn run_builtin(spec: &Value, log_dir: &Path) -> Result<Value, String> {
+    let argv = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let timeout = Duration::from_millis(spec["timeout_ms"].as_u64().unwrap_or(60_000));
+    match spec["builtin"].as_str() {
+        Some("start_process") => {
+            let argv = argv(&spec["argv"]);
+            let log = std::fs::File::create(log_dir.join("start.log")).unwrap();
+            let mut child = Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
+            match spec["pidfile"].as_str() {
+                Some(pidfile) => {
+                    let start = Instant::now();
+                    let status = loop {
+                        if let Some(s) = child.try_wait().unwrap() {
+                            break s;
+                        }
+                        if start.elapsed() > timeout {
+                            let _ = child.kill();
+                            return Err("the launcher did not exit in time".into());
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    };
+                    if !status.success() {
+                        return Err(format!("the launcher exited with {status}"));
+                    }
+                    Ok(json!({ "pid": read_pid(pidfile)? }))
+                }
+                None => Ok(json!({ "pid": child.id() })),
+            }
+        }
+        Some("stop_process") => {
+            let pid = match (spec["pid"].as_u64(), spec["pidfile"].as_str()) {
+                (Some(p), _) => Some(p as u32),
+                (None, Some(f)) => Some(read_pid(f)?),
+                _ => None,
+            };
+            let argv = argv(&spec["argv"]);
+            if !argv.is_empty() {
+                let status = Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
+                if !status.success() {
+                    return Err(format!("the stop command exited with {status}"));
+                }
+            } else if let Some(pid) = pid {
+                Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .unwrap();
+            }
+            let start = Instant::now();
+            let mut exited = true;
+            if let Some(pid) = pid {
+                while Path::new(&format!("/proc/{pid}")).exists() {
+                    if start.elapsed() > timeout {
+                        exited = false;
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            Ok(json!({ "pid": pid, "exited": exited }))
+        }
+        Some("sample_processes") => {
+            let mut processes = serde_json::Map::new();
+            for pid in spec["pids"].as_array().unwrap() {
+                let pid = pid.as_u64().unwrap() as u32;
+                let v = match tree_usage(pid) {
+                    Some((ticks, rss)) => {
+                        json!({"alive": true, "cpu_ticks": ticks, "ticks_per_s": 100, "rss_bytes": rss})
+                    }
+                    None => {
+                        json!({"alive": false, "cpu_ticks": 0, "ticks_per_s": 100, "rss_bytes": 0})
+                    }
+                };
+                processes.insert(pid.to_string(), v);
+            }
+            Ok(json!({ "at_ms": now_ms(), "processes": processes }))
+        }
+        other => Err(format!("not a process built-in: {other:?}")),
+    }
+}
+
+/// The agent of host `name`: enrols, long-polls, runs each action id once (a re-sent id is
+/// answered from its journal), and counts the actions it ran by built-in.
+struct Agent {
+    stop: Arc<AtomicBool>,
+    ran: Arc<Mutex<Vec<(String, Value)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Agent {
+    fn start(server: String, name: &str, log_dir: PathBuf) -> Agent {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, ran2, name) = (stop.clone(), ran.clone(), name.to_string());
+        let thread = std::thread::spawn(move || {
+            let http = Http::new();
+            let token = loop {
+                let (s, v) = http.call(
+                    "POST",
+                    &format!("{server}/api/v1/enrol"),
+                    ENROL,
+                    Some(&json!({ "name": name })),
+                );
+                if s == 200 {
+                    break v["agent_token"].as_str().unwrap().to_string();
+                }
+                if stop2.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            let mut journal: HashMap<String, Value> = HashMap::new();
+            while !stop2.load(Ordering::Relaxed) {
+                let (s, v) = http.call(
+                    "GET",
+                    &format!("{server}/api/v1/agent/actions?wait_ms=1000"),
+                    &token,
+                    None,
+                );
+                if s != 200 {
+                    // The server is away (killed, restarting): poll again shortly.
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                for a in v["actions"].as_array().cloned().unwrap_or_default() {
+                    let id = a["id"].as_str().unwrap().to_string();
+                    let result = journal
+                        .entry(id.clone())
+                        .or_insert_with(|| {
+                            let started = now_ms();
+                            let r = run_builtin(&a["spec"], &log_dir);
+                            ran2.lock()
+                                .unwrap()
+                                .push((a["kind"].as_str().unwrap_or("").to_string(), a["spec"].clone()));
+                            let (ok, error, output) = match r {
+                                Ok(o) => (true, Value::Null, Some(o)),
+                                Err(e) => (false, json!(e), None),
+                            };
+                            let mut body = json!({"ok": ok, "error": error, "started_ms": started, "finished_ms": now_ms()});
+                            if let Some(o) = output {
+                                body["output"] = o;
+                            }
+                            body
+                        })
+                        .clone();
+                    http.call(
+                        "POST",
+                        &format!("{server}/api/v1/agent/actions/{id}/result"),
+                        &token,
+                        Some(&result),
+                    );
+                }
+            }
+        });
+        Agent {
+            stop,
+            ran,
+            thread: Some(thread),
+        }
+    }
+
+    fn count(&self, kind: &str) -> usize {
+        self.ran.lock().unwrap().iter().filter(|(k, _)| k == kind).count()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn server_args(data_dir: &Path, port: u16, token_file: &Path) -> Vec<String> {
+    vec![
+        "--log".into(),
+        "info".into(),
+        "server".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--proxy-token-file".into(),
+        format!("main={}", token_file.display()),
+    ]
+}
+
+fn wait_listening(port: u16, server: &mut KillOnDrop, log: &Path) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(s) = server.0.try_wait().unwrap() {
+            panic!(
+                "the server exited ({s}):\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn server_driven_patch_rolls_back_across_a_server_sigkill_without_failed_transactions() {
+    let original = PgCluster::start(&[]);
+    original.pgbench_init();
+    let patched = PgCluster::start(&[]);
+    patched.pgbench_init();
+    patched.append_conf(&[
+        "enable_indexscan = off",
+        "enable_bitmapscan = off",
+        "enable_indexonlyscan = off",
+    ]);
+    patched.stop();
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // The long-running proxy, with both instances; the patched one takes no traffic.
+    let (listen, admin) = (free_port(), free_port());
+    let token_file = d.join("proxy-admin.token");
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&token_file)
+            .unwrap();
+        writeln!(f, "proxy-admin-token-0123456789abcdef").unwrap();
+    }
+    std::fs::write(
+        d.join("proxy.yaml"),
+        format!(
+            r#"listeners: [{{ address: "127.0.0.1:{listen}", protocol: postgres }}]
+backends:
+  - {{ name: original, address: "{orig}" }}
+  - {{ name: patched, address: "{pat}", weight: 0 }}
+admin: "127.0.0.1:{admin}"
+admin_token_file: "{tf}"
+health: {{ check: postgres, interval: 200ms, rise: 2, user: postgres, database: postgres }}
+"#,
+            orig = original.addr(),
+            pat = patched.addr(),
+            tf = token_file.display()
+        ),
+    )
+    .unwrap();
+    let proxy_log = d.join("proxy.log");
+    let _proxy = spawn_logged(
+        &[
+            "--log".into(),
+            "info".into(),
+            "proxy".into(),
+            "--config".into(),
+            d.join("proxy.yaml").display().to_string(),
+        ],
+        &proxy_log,
+    );
+    wait_for("the proxy to listen", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok()
+            && std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok()
+    });
+
+    // The server, on a fixed port so the agent and the CLI find it again after the restart.
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let data_dir = d.join("server");
+    let server_log = d.join("server.log");
+    let mut server = spawn_logged(&server_args(&data_dir, port, &token_file), &server_log);
+    wait_listening(port, &mut server, &server_log);
+    let agent = Agent::start(url.clone(), "db1", d.to_path_buf());
+    let http = Http::new();
+    wait_for("the agent to enrol", Duration::from_secs(30), || {
+        http.call("GET", &format!("{url}/api/v1/hosts/db1"), OPERATOR, None)
+            .0
+            == 200
+    });
+
+    let plan = format!(
+        r#"name: pg-config-patch
+proxy:
+  listen: "127.0.0.1:{listen}"
+  admin: "127.0.0.1:{admin}"
+original:
+  address: "{orig}"
+  pidfile: "{orig_pidfile}"
+patched:
+  address: "{patched_addr}"
+  start: {start}
+  stop: {stop}
+  pidfile: "{patched_pidfile}"
+health:
+  check: postgres
+  interval: 200ms
+  rise: 2
+  timeout: 60s
+metrics:
+  - {{ metric: latency_p50, threshold_pct: 100, duration: 1s, weight: 2 }}
+  - {{ metric: latency_p99, threshold_pct: 200, duration: 1s, weight: 2 }}
+  - {{ metric: error_rate, threshold_pct: 100, duration: 1s, weight: 1, critical: true }}
+  - {{ metric: cpu, threshold_pct: 1000, duration: 5s, weight: 0 }}
+sample_interval: 500ms
+baseline_window: 3s
+bake_time: 120s
+drain_timeout: 10s
+severity_threshold: 0.3
+"#,
+        orig = original.addr(),
+        orig_pidfile = original.data_dir().join("postmaster.pid").display(),
+        patched_addr = patched.addr(),
+        start = yaml_list(&patched.pg_ctl_argv(&[
+            "-l",
+            &patched.dir.path().join("log").display().to_string(),
+            "-w",
+            "-t",
+            "60",
+            "start"
+        ])),
+        stop = yaml_list(&patched.pg_ctl_argv(&["-m", "fast", "-w", "stop"])),
+        patched_pidfile = patched.data_dir().join("postmaster.pid").display(),
+    );
+    let plan_path = d.join("patch.yaml");
+    std::fs::write(&plan_path, &plan).unwrap();
+
+    // A plan error is refused by the API with its line and column (exit 2 from the CLI).
+    let (s, v) = http.call(
+        "POST",
+        &format!("{url}/api/v1/patches"),
+        OPERATOR,
+        Some(&json!({"plan_yaml": plan.replace("latency_p50", "happiness"), "file": "bad.yaml", "host": "db1", "proxy": {"token": "main"}})),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("bad.yaml: line 19, column"),
+        "{v}"
+    );
+
+    let bench = Command::new(client_bin("pgbench", "postgresql-contrib"))
+        .args(["-n", "-c", "4", "-j", "2", "-T", "45", "-M", "simple"])
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
+        .arg(listen.to_string())
+        .arg("postgres")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // `patch start --wait` follows the patch, across the server's restart.
+    let cli_out = d.join("cli.out");
+    let mut cli = KillOnDrop(
+        Command::new(EXE)
+            .args(["patch", "start"])
+            .arg(&plan_path)
+            .args(["--wait", "--id", "t1", "--server", &url, "--token", OPERATOR])
+            .args(["--host", "db1", "--proxy-token", "main"])
+            .stdout(std::fs::File::create(&cli_out).unwrap())
+            .stderr(std::fs::File::create(d.join("cli.err")).unwrap())
+            .env_remove("BELLWETHER_TOKEN")
+            .spawn()
+            .unwrap(),
+    );
+    let logs = || {
+        format!(
+            "cli:\n{}\n{}\nserver:\n{}\nproxy:\n{}",
+            std::fs::read_to_string(&cli_out).unwrap_or_default(),
+            std::fs::read_to_string(d.join("cli.err")).unwrap_or_default(),
+            std::fs::read_to_string(&server_log).unwrap_or_default(),
+            std::fs::read_to_string(&proxy_log).unwrap_or_default()
+        )
+    };
+    let status = |http: &Http| http.call("GET", &format!("{url}/api/v1/patches/t1"), OPERATOR, None);
+    let has_event = |v: &Value, kind: &str| {
+        v["report"]["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == kind))
+    };
+
+    // SIGKILL the server once traffic is on the patched instance and it bakes.
+    let start = Instant::now();
+    loop {
+        let (s, v) = status(&http);
+        if s == 200 && has_event(&v, "bake.started") {
+            assert_eq!(v["stage"], "baking", "killed mid-patch, not after it\n{}", logs());
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the patch did not reach its bake: {v}\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    let mut server = spawn_logged(&server_args(&data_dir, port, &token_file), &server_log);
+    wait_listening(port, &mut server, &server_log);
+
+    // The resumed task rolls the patch back; the CLI sees it and exits 1.
+    let start = Instant::now();
+    let code = loop {
+        if let Some(s) = cli.0.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the patch did not finish\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (_, v) = status(&http);
+    let log = logs();
+    assert_eq!(v["stage"], "rolled_back", "{v}\n{log}");
+    assert_eq!(code, Some(1), "exit 1 for a rolled-back patch\n{log}");
+    let printed = std::fs::read_to_string(&cli_out).unwrap();
+    assert!(printed.contains("rollback.finished"), "{printed}");
+    assert!(printed.contains("patch t1: rolled_back"), "{printed}");
+
+    // The report: a latency trigger and four phases, all done, none forced.
+    let report = &v["report"];
+    assert!(
+        report["trigger"]["metric"]
+            .as_str()
+            .unwrap()
+            .starts_with("latency_"),
+        "{report}"
+    );
+    let phases = report["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 4, "{report}");
+    for p in phases {
+        assert_eq!(p["ok"], true, "{p}");
+    }
+    assert_eq!(phases[1]["detail"]["forced"], 0, "{}", phases[1]);
+    assert!(!patched.data_dir().join("postmaster.pid").exists());
+
+    // pgbench saw nothing.
+    let r = parse_pgbench(&bench.wait_with_output().unwrap());
+    assert!(r.success, "pgbench failed:\n{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.failed, 0, "{}", r.stdout);
+    assert!(!r.aborted_clients, "{}", r.stderr);
+    assert!(r.processed > 200, "{}", r.stdout);
+
+    // Each engine event is in the event log once, with the host and the patch's id; the
+    // patched instance was started once and stopped once, across the restart.
+    let (_, events) = http.call(
+        "GET",
+        &format!("{url}/api/v1/events?limit=10000"),
+        OPERATOR,
+        None,
+    );
+    let patch_events: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["figures"]["patch"] == "t1")
+        .collect();
+    for kind in [
+        "patch.baseline.captured",
+        "patch.patched.started",
+        "patch.patched.healthy",
+        "patch.shift.routed",
+        "patch.bake.started",
+        "patch.rollback.triggered",
+        "patch.rollback.phase1",
+        "patch.rollback.phase2",
+        "patch.rollback.phase3",
+        "patch.rollback.phase4",
+        "patch.rollback.finished",
+    ] {
+        let n = patch_events.iter().filter(|e| e["kind"] == kind).count();
+        assert_eq!(n, 1, "{kind} logged {n} times: {patch_events:?}");
+    }
+    assert!(patch_events.iter().all(|e| e["host"] == "db1"));
+    assert_eq!(
+        patch_events.len(),
+        report["events"].as_array().unwrap().len(),
+        "the event log and the report hold the same events"
+    );
+    assert_eq!(agent.count("start_process"), 1);
+    assert_eq!(agent.count("stop_process"), 1);
+    assert!(agent.count("sample_processes") > 2);
+    // The proxy serves the original alone again.
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let (_, backends) = http.call(
+        "GET",
+        &format!("http://127.0.0.1:{admin}/backends"),
+        token.trim(),
+        None,
+    );
+    let b = |name: &str| {
+        backends
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(b("original")["weight"], 100, "{backends}");
+    assert_eq!(b("original")["admin"], "ready", "{backends}");
+    assert_eq!(b("patched")["admin"], "maintenance", "{backends}");
+
+    // `patch status` and `patch report` read the server.
+    let out = Command::new(EXE)
+        .args(["patch", "status", "--server", &url, "--token", OPERATOR])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("t1") && text.contains("rolled_back"), "{text}");
+    let out = Command::new(EXE)
+        .args(["patch", "report", "t1", "--output", "json", "--server", &url])
+        .args(["--token", OPERATOR])
+        .output()
+        .unwrap();
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["trigger"], report["trigger"]);
+    drop(server);
+}
