@@ -91,7 +91,9 @@ impl Http {
                 .enable_all()
                 .build()
                 .unwrap(),
+            // No kept-alive connections: the server is killed and started again.
             client: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
                 .timeout(Duration::from_secs(40))
                 .build()
                 .unwrap(),
@@ -122,7 +124,7 @@ impl Http {
 /// CPU ticks and resident bytes of a process and its descendants, or `None` when it is gone.
 fn tree_usage(root: u32) -> Option<(u64, u64)> {
     std::fs::metadata(format!("/proc/{root}")).ok()?;
-    let mut parents = Vec::new();
+    let mut parents: Vec<(u32, u32)> = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -545,7 +547,7 @@ severity_threshold: 0.3
     );
 
     let bench = Command::new(client_bin("pgbench", "postgresql-contrib"))
-        .args(["-n", "-c", "4", "-j", "2", "-T", "45", "-M", "simple"])
+        .args(["-n", "-c", "4", "-j", "2", "-T", "25", "-M", "simple"])
         .args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
         .arg(listen.to_string())
         .arg("postgres")
