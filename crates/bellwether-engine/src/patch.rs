@@ -685,7 +685,10 @@ pub enum Input {
     /// An operator asks to stop the patch: before anything changed (the baseline) it fails
     /// without acting; while baking it rolls back in the four phases. The IO loop delivers it
     /// when no action is awaited; in another stage it changes nothing.
-    Abort { at_ms: i64, reason: String },
+    Abort {
+        at_ms: i64,
+        reason: String,
+    },
 }
 
 impl Input {
@@ -1717,7 +1720,10 @@ severity_threshold: 0.3
         let mut e = PatchEngine::new("p2", plan, 0).unwrap();
         let a = e.step(abort(100));
         assert_eq!(e.stage(), Stage::Failed);
-        assert!(a.iter().all(|a| matches!(a, Action::Webhook { .. })), "{a:?}");
+        assert!(
+            a.iter().all(|a| matches!(a, Action::Webhook { .. })),
+            "{a:?}"
+        );
         assert_eq!(e.report().events.last().unwrap().kind, "patch.aborted");
 
         let plan = PatchPlan::parse("plan.yaml", PLAN).unwrap();

@@ -87,7 +87,10 @@ pub struct Patches {
 impl std::fmt::Debug for Patches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Patches")
-            .field("proxy_tokens", &self.proxy_tokens.keys().collect::<Vec<_>>())
+            .field(
+                "proxy_tokens",
+                &self.proxy_tokens.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -261,7 +264,8 @@ impl Core {
                     });
                 }
                 Action::Stop { instance } => {
-                    let mut spec = json!({"builtin": "stop_process", "timeout_ms": STOP_TIMEOUT_MS});
+                    let mut spec =
+                        json!({"builtin": "stop_process", "timeout_ms": STOP_TIMEOUT_MS});
                     match instance {
                         Instance::Patched => {
                             spec["argv"] = json!(self.plan().patched.stop);
@@ -315,15 +319,17 @@ impl Core {
         let mut st = self.st.clone();
         let report = self.engine.report();
         let mut events = fx.extra_events.clone();
-        events.extend(report.events[st.events_logged.min(report.events.len())..].iter().map(
-            |e| NewEvent {
-                ts_ms: e.at_ms,
-                kind: e.kind.clone(),
-                host: None,
-                reason: e.message.clone(),
-                figures: e.figures.clone(),
-            },
-        ));
+        events.extend(
+            report.events[st.events_logged.min(report.events.len())..]
+                .iter()
+                .map(|e| NewEvent {
+                    ts_ms: e.at_ms,
+                    kind: e.kind.clone(),
+                    host: None,
+                    reason: e.message.clone(),
+                    figures: e.figures.clone(),
+                }),
+        );
         st.events_logged = report.events.len();
         PatchStep {
             stage: stage_name(self.engine.stage()),
@@ -341,7 +347,10 @@ impl Core {
     }
 
     fn watches(&self, kinds: &[MetricKind]) -> bool {
-        self.plan().metrics.iter().any(|m| kinds.contains(&m.metric))
+        self.plan()
+            .metrics
+            .iter()
+            .any(|m| kinds.contains(&m.metric))
     }
 }
 
@@ -372,7 +381,12 @@ impl Run {
         let mut delay = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
-            match self.state.store.save_patch_step(&self.id, &rec, now_ms()).await {
+            match self
+                .state
+                .store
+                .save_patch_step(&self.id, &rec, now_ms())
+                .await
+            {
                 Ok(()) => break,
                 Err(e) if attempt >= 6 => {
                     tracing::error!(patch = %self.id, error = %e, "Could not save a patch step; it is retried from the same inputs.");
@@ -735,7 +749,12 @@ impl Run {
     }
 
     fn status(&self, rec_created: i64) -> StatusResponse {
-        status_of(&self.id, rec_created, &self.core.st, self.core.engine.report())
+        status_of(
+            &self.id,
+            rec_created,
+            &self.core.st,
+            self.core.engine.report(),
+        )
     }
 }
 
@@ -773,7 +792,10 @@ fn proxy_values(
         return;
     };
     let dq = p1.metrics.queries.saturating_sub(p0.metrics.queries);
-    let de = p1.metrics.query_errors.saturating_sub(p0.metrics.query_errors);
+    let de = p1
+        .metrics
+        .query_errors
+        .saturating_sub(p0.metrics.query_errors);
     let dh = p1
         .metrics
         .query_latency_histogram
@@ -940,7 +962,10 @@ pub async fn resume_all(state: &AppState) -> Result<usize, ApiError> {
     let mut n = 0;
     for rec in state.store.patches(true).await? {
         let p: Persisted = serde_json::from_value(rec.state.clone()).map_err(|e| {
-            internal(format!("stored state of patch {} is not readable: {e}", rec.id))
+            internal(format!(
+                "stored state of patch {} is not readable: {e}",
+                rec.id
+            ))
         })?;
         let plan = PatchPlan::parse(&rec.plan_file, &rec.plan_yaml)
             .map_err(|e| internal(format!("stored plan of patch {}: {e}", rec.id)))?;
@@ -948,11 +973,15 @@ pub async fn resume_all(state: &AppState) -> Result<usize, ApiError> {
             .map_err(|e| internal(format!("stored plan of patch {}: {e}", rec.id)))?;
         for (seq, input) in state.store.patch_inputs(&rec.id).await? {
             let input: Input = serde_json::from_value(input).map_err(|e| {
-                internal(format!("stored input {seq} of patch {} is not readable: {e}", rec.id))
+                internal(format!(
+                    "stored input {seq} of patch {} is not readable: {e}",
+                    rec.id
+                ))
             })?;
             let _ = engine.step(input);
         }
-        if engine.stage() != p.report.stage || engine.report().events.len() != p.report.events.len() {
+        if engine.stage() != p.report.stage || engine.report().events.len() != p.report.events.len()
+        {
             tracing::error!(patch = %rec.id, "The replayed patch differs from its stored report; going on from the replay.");
         }
         let proxy = match proxy_client(state, &p.driver) {
@@ -1150,7 +1179,8 @@ async fn create(
     if state.store.patch(&id).await?.is_some() {
         return Err(ApiError::conflict(format!("patch {id} exists already")));
     }
-    let engine = PatchEngine::new(&id, plan, now).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let engine =
+        PatchEngine::new(&id, plan, now).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let core = Core { engine, st };
     let first = core.record(&Effects::default());
     let new = NewPatch {

@@ -141,12 +141,7 @@ fn tree_usage(root: u32) -> Option<(u64, u64)> {
     let mut i = 0;
     while i < tree.len() {
         let p = tree[i];
-        tree.extend(
-            parents
-                .iter()
-                .filter(|&&(_, pp)| pp == p)
-                .map(|&(c, _)| c),
-        );
+        tree.extend(parents.iter().filter(|&&(_, pp)| pp == p).map(|&(c, _)| c));
         i += 1;
     }
     let (mut ticks, mut rss) = (0, 0);
@@ -369,7 +364,12 @@ impl Agent {
     }
 
     fn count(&self, kind: &str) -> usize {
-        self.ran.lock().unwrap().iter().filter(|(k, _)| k == kind).count()
+        self.ran
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k == kind)
+            .count()
     }
 }
 
@@ -405,44 +405,71 @@ fn wait_listening(port: u16, server: &mut KillOnDrop, log: &Path) {
                 std::fs::read_to_string(log).unwrap_or_default()
             );
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "the server did not listen");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the server did not listen"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-#[test]
-fn server_driven_patch_rolls_back_across_a_server_sigkill_without_failed_transactions() {
-    let original = PgCluster::start(&[]);
-    original.pgbench_init();
-    let patched = PgCluster::start(&[]);
-    patched.pgbench_init();
-    patched.append_conf(&[
-        "enable_indexscan = off",
-        "enable_bitmapscan = off",
-        "enable_indexonlyscan = off",
-    ]);
-    patched.stop();
+/// Everything a server-driven patch needs, on real processes (dropped in reverse order of
+/// creation: agent, server, proxy, then the clusters).
+struct Rig {
+    agent: Agent,
+    server: KillOnDrop,
+    _proxy: KillOnDrop,
+    http: Http,
+    dir: tempfile::TempDir,
+    original: PgCluster,
+    patched: PgCluster,
+    listen: u16,
+    admin: u16,
+    port: u16,
+    url: String,
+    token_file: PathBuf,
+    server_log: PathBuf,
+    proxy_log: PathBuf,
+    plan: String,
+    plan_path: PathBuf,
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+impl Rig {
+    /// Two clusters (the patched one with index scans off when `bad`), the proxy with both,
+    /// the server and the agent of host `db1`; the plan written with `bake` as its bake time.
+    fn start(bad: bool, bake: &str) -> Rig {
+        let original = PgCluster::start(&[]);
+        original.pgbench_init();
+        let patched = PgCluster::start(&[]);
+        patched.pgbench_init();
+        if bad {
+            patched.append_conf(&[
+                "enable_indexscan = off",
+                "enable_bitmapscan = off",
+                "enable_indexonlyscan = off",
+            ]);
+        }
+        patched.stop();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
 
-    // The long-running proxy, with both instances; the patched one takes no traffic.
-    let (listen, admin) = (free_port(), free_port());
-    let token_file = d.join("proxy-admin.token");
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&token_file)
-            .unwrap();
-        writeln!(f, "proxy-admin-token-0123456789abcdef").unwrap();
-    }
-    std::fs::write(
-        d.join("proxy.yaml"),
-        format!(
-            r#"listeners: [{{ address: "127.0.0.1:{listen}", protocol: postgres }}]
+        // The long-running proxy, with both instances; the patched one takes no traffic.
+        let (listen, admin) = (free_port(), free_port());
+        let token_file = d.join("proxy-admin.token");
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&token_file)
+                .unwrap();
+            writeln!(f, "proxy-admin-token-0123456789abcdef").unwrap();
+        }
+        std::fs::write(
+            d.join("proxy.yaml"),
+            format!(
+                r#"listeners: [{{ address: "127.0.0.1:{listen}", protocol: postgres }}]
 backends:
   - {{ name: original, address: "{orig}" }}
   - {{ name: patched, address: "{pat}", weight: 0 }}
@@ -450,45 +477,47 @@ admin: "127.0.0.1:{admin}"
 admin_token_file: "{tf}"
 health: {{ check: postgres, interval: 200ms, rise: 2, user: postgres, database: postgres }}
 "#,
-            orig = original.addr(),
-            pat = patched.addr(),
-            tf = token_file.display()
-        ),
-    )
-    .unwrap();
-    let proxy_log = d.join("proxy.log");
-    let _proxy = spawn_logged(
-        &[
-            "--log".into(),
-            "info".into(),
-            "proxy".into(),
-            "--config".into(),
-            d.join("proxy.yaml").display().to_string(),
-        ],
-        &proxy_log,
-    );
-    wait_for("the proxy to listen", Duration::from_secs(30), || {
-        std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok()
-            && std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok()
-    });
+                orig = original.addr(),
+                pat = patched.addr(),
+                tf = token_file.display()
+            ),
+        )
+        .unwrap();
+        let proxy_log = d.join("proxy.log");
+        let proxy = spawn_logged(
+            &[
+                "--log".into(),
+                "info".into(),
+                "proxy".into(),
+                "--config".into(),
+                d.join("proxy.yaml").display().to_string(),
+            ],
+            &proxy_log,
+        );
+        wait_for("the proxy to listen", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok()
+        });
 
-    // The server, on a fixed port so the agent and the CLI find it again after the restart.
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let data_dir = d.join("server");
-    let server_log = d.join("server.log");
-    let mut server = spawn_logged(&server_args(&data_dir, port, &token_file), &server_log);
-    wait_listening(port, &mut server, &server_log);
-    let agent = Agent::start(url.clone(), "db1", d.to_path_buf());
-    let http = Http::new();
-    wait_for("the agent to enrol", Duration::from_secs(30), || {
-        http.call("GET", &format!("{url}/api/v1/hosts/db1"), OPERATOR, None)
-            .0
-            == 200
-    });
+        // The server, on a fixed port so the agent and the CLI find it again after a restart.
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let server_log = d.join("server.log");
+        let mut server = spawn_logged(
+            &server_args(&d.join("server"), port, &token_file),
+            &server_log,
+        );
+        wait_listening(port, &mut server, &server_log);
+        let agent = Agent::start(url.clone(), "db1", d.clone());
+        let http = Http::new();
+        wait_for("the agent to enrol", Duration::from_secs(30), || {
+            http.call("GET", &format!("{url}/api/v1/hosts/db1"), OPERATOR, None)
+                .0
+                == 200
+        });
 
-    let plan = format!(
-        r#"name: pg-config-patch
+        let plan = format!(
+            r#"name: pg-config-patch
 proxy:
   listen: "127.0.0.1:{listen}"
   admin: "127.0.0.1:{admin}"
@@ -512,99 +541,191 @@ metrics:
   - {{ metric: cpu, threshold_pct: 1000, duration: 5s, weight: 0 }}
 sample_interval: 500ms
 baseline_window: 3s
-bake_time: 120s
+bake_time: {bake}
 drain_timeout: 10s
 severity_threshold: 0.3
 "#,
-        orig = original.addr(),
-        orig_pidfile = original.data_dir().join("postmaster.pid").display(),
-        patched_addr = patched.addr(),
-        start = yaml_list(&patched.pg_ctl_argv(&[
-            "-l",
-            &patched.dir.path().join("log").display().to_string(),
-            "-w",
-            "-t",
-            "60",
-            "start"
-        ])),
-        stop = yaml_list(&patched.pg_ctl_argv(&["-m", "fast", "-w", "stop"])),
-        patched_pidfile = patched.data_dir().join("postmaster.pid").display(),
-    );
-    let plan_path = d.join("patch.yaml");
-    std::fs::write(&plan_path, &plan).unwrap();
+            orig = original.addr(),
+            orig_pidfile = original.data_dir().join("postmaster.pid").display(),
+            patched_addr = patched.addr(),
+            start = yaml_list(&patched.pg_ctl_argv(&[
+                "-l",
+                &patched.dir.path().join("log").display().to_string(),
+                "-w",
+                "-t",
+                "60",
+                "start"
+            ])),
+            stop = yaml_list(&patched.pg_ctl_argv(&["-m", "fast", "-w", "stop"])),
+            patched_pidfile = patched.data_dir().join("postmaster.pid").display(),
+        );
+        let plan_path = d.join("patch.yaml");
+        std::fs::write(&plan_path, &plan).unwrap();
+        Rig {
+            agent,
+            server,
+            _proxy: proxy,
+            http,
+            dir,
+            original,
+            patched,
+            listen,
+            admin,
+            port,
+            url,
+            token_file,
+            server_log,
+            proxy_log,
+            plan,
+            plan_path,
+        }
+    }
 
-    // A plan error is refused by the API with its line and column (exit 2 from the CLI).
-    let (s, v) = http.call(
+    fn d(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// pgbench through the proxy for `seconds`, 4 clients, simple protocol.
+    fn pgbench(&self, seconds: u32) -> Child {
+        Command::new(client_bin("pgbench", "postgresql-contrib"))
+            .args([
+                "-n",
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-T",
+                &seconds.to_string(),
+                "-M",
+                "simple",
+            ])
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(self.listen.to_string())
+            .arg("postgres")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// `bellwether patch ARGS --server URL --token OPERATOR`.
+    fn cli(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(EXE);
+        c.args(["patch"])
+            .args(args)
+            .args(["--server", &self.url, "--token", OPERATOR])
+            .env_remove("BELLWETHER_TOKEN");
+        c
+    }
+
+    fn status(&self, id: &str) -> (u16, Value) {
+        self.http.call(
+            "GET",
+            &format!("{}/api/v1/patches/{id}", self.url),
+            OPERATOR,
+            None,
+        )
+    }
+
+    fn logs(&self) -> String {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!(
+            "cli:\n{}\n{}\nserver:\n{}\nproxy:\n{}",
+            read(&self.d().join("cli.out")),
+            read(&self.d().join("cli.err")),
+            read(&self.server_log),
+            read(&self.proxy_log)
+        )
+    }
+
+    /// Waits until patch `id`'s report holds an event of `kind`; its status then.
+    fn wait_event(&self, id: &str, kind: &str, limit: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let (s, v) = self.status(id);
+            if s == 200
+                && v["report"]["events"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["kind"] == kind))
+            {
+                return v;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "patch {id} had no {kind} event: {v}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The proxy's view of backend `name`.
+    fn backend(&self, name: &str) -> Value {
+        let token = std::fs::read_to_string(&self.token_file).unwrap();
+        let (_, backends) = self.http.call(
+            "GET",
+            &format!("http://127.0.0.1:{}/backends", self.admin),
+            token.trim(),
+            None,
+        );
+        backends
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name)
+            .cloned()
+            .unwrap()
+    }
+}
+
+#[test]
+fn server_driven_patch_rolls_back_across_a_server_sigkill_without_failed_transactions() {
+    let mut rig = Rig::start(true, "120s");
+    let url = rig.url.clone();
+
+    // A plan error is refused by the API with its line and column.
+    let (s, v) = rig.http.call(
         "POST",
         &format!("{url}/api/v1/patches"),
         OPERATOR,
-        Some(&json!({"plan_yaml": plan.replace("latency_p50", "happiness"), "file": "bad.yaml", "host": "db1", "proxy": {"token": "main"}})),
+        Some(&json!({"plan_yaml": rig.plan.replace("latency_p50", "happiness"), "file": "bad.yaml", "host": "db1", "proxy": {"token": "main"}})),
     );
     assert_eq!(s, 400, "{v}");
     assert!(
-        v["error"].as_str().unwrap().contains("bad.yaml: line 19, column"),
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("bad.yaml: line 19, column"),
         "{v}"
     );
 
-    let bench = Command::new(client_bin("pgbench", "postgresql-contrib"))
-        .args(["-n", "-c", "4", "-j", "2", "-T", "25", "-M", "simple"])
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
-        .arg(listen.to_string())
-        .arg("postgres")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-
+    let bench = rig.pgbench(25);
     // `patch start --wait` follows the patch, across the server's restart.
-    let cli_out = d.join("cli.out");
+    let plan_path = rig.plan_path.display().to_string();
     let mut cli = KillOnDrop(
-        Command::new(EXE)
-            .args(["patch", "start"])
-            .arg(&plan_path)
-            .args(["--wait", "--id", "t1", "--server", &url, "--token", OPERATOR])
+        rig.cli(&["start", &plan_path, "--wait", "--id", "t1"])
             .args(["--host", "db1", "--proxy-token", "main"])
-            .stdout(std::fs::File::create(&cli_out).unwrap())
-            .stderr(std::fs::File::create(d.join("cli.err")).unwrap())
-            .env_remove("BELLWETHER_TOKEN")
+            .stdout(std::fs::File::create(rig.d().join("cli.out")).unwrap())
+            .stderr(std::fs::File::create(rig.d().join("cli.err")).unwrap())
             .spawn()
             .unwrap(),
     );
-    let logs = || {
-        format!(
-            "cli:\n{}\n{}\nserver:\n{}\nproxy:\n{}",
-            std::fs::read_to_string(&cli_out).unwrap_or_default(),
-            std::fs::read_to_string(d.join("cli.err")).unwrap_or_default(),
-            std::fs::read_to_string(&server_log).unwrap_or_default(),
-            std::fs::read_to_string(&proxy_log).unwrap_or_default()
-        )
-    };
-    let status = |http: &Http| http.call("GET", &format!("{url}/api/v1/patches/t1"), OPERATOR, None);
-    let has_event = |v: &Value, kind: &str| {
-        v["report"]["events"]
-            .as_array()
-            .is_some_and(|e| e.iter().any(|e| e["kind"] == kind))
-    };
 
     // SIGKILL the server once traffic is on the patched instance and it bakes.
-    let start = Instant::now();
-    loop {
-        let (s, v) = status(&http);
-        if s == 200 && has_event(&v, "bake.started") {
-            assert_eq!(v["stage"], "baking", "killed mid-patch, not after it\n{}", logs());
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the patch did not reach its bake: {v}\n{}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    server.0.kill().unwrap();
-    server.0.wait().unwrap();
-    let mut server = spawn_logged(&server_args(&data_dir, port, &token_file), &server_log);
-    wait_listening(port, &mut server, &server_log);
+    let v = rig.wait_event("t1", "bake.started", Duration::from_secs(60));
+    assert_eq!(
+        v["stage"],
+        "baking",
+        "killed mid-patch, not after it\n{}",
+        rig.logs()
+    );
+    rig.server.0.kill().unwrap();
+    rig.server.0.wait().unwrap();
+    rig.server = spawn_logged(
+        &server_args(&rig.d().join("server"), rig.port, &rig.token_file),
+        &rig.server_log,
+    );
+    wait_listening(rig.port, &mut rig.server, &rig.server_log);
 
     // The resumed task rolls the patch back; the CLI sees it and exits 1.
     let start = Instant::now();
@@ -615,15 +736,15 @@ severity_threshold: 0.3
         assert!(
             start.elapsed() < Duration::from_secs(90),
             "the patch did not finish\n{}",
-            logs()
+            rig.logs()
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let (_, v) = status(&http);
-    let log = logs();
+    let (_, v) = rig.status("t1");
+    let log = rig.logs();
     assert_eq!(v["stage"], "rolled_back", "{v}\n{log}");
     assert_eq!(code, Some(1), "exit 1 for a rolled-back patch\n{log}");
-    let printed = std::fs::read_to_string(&cli_out).unwrap();
+    let printed = std::fs::read_to_string(rig.d().join("cli.out")).unwrap();
     assert!(printed.contains("rollback.finished"), "{printed}");
     assert!(printed.contains("patch t1: rolled_back"), "{printed}");
 
@@ -642,7 +763,7 @@ severity_threshold: 0.3
         assert_eq!(p["ok"], true, "{p}");
     }
     assert_eq!(phases[1]["detail"]["forced"], 0, "{}", phases[1]);
-    assert!(!patched.data_dir().join("postmaster.pid").exists());
+    assert!(!rig.patched.data_dir().join("postmaster.pid").exists());
 
     // pgbench saw nothing.
     let r = parse_pgbench(&bench.wait_with_output().unwrap());
@@ -653,7 +774,7 @@ severity_threshold: 0.3
 
     // Each engine event is in the event log once, with the host and the patch's id; the
     // patched instance was started once and stopped once, across the restart.
-    let (_, events) = http.call(
+    let (_, events) = rig.http.call(
         "GET",
         &format!("{url}/api/v1/events?limit=10000"),
         OPERATOR,
@@ -687,43 +808,135 @@ severity_threshold: 0.3
         report["events"].as_array().unwrap().len(),
         "the event log and the report hold the same events"
     );
-    assert_eq!(agent.count("start_process"), 1);
-    assert_eq!(agent.count("stop_process"), 1);
-    assert!(agent.count("sample_processes") > 2);
+    assert_eq!(rig.agent.count("start_process"), 1);
+    assert_eq!(rig.agent.count("stop_process"), 1);
+    assert!(rig.agent.count("sample_processes") > 2);
     // The proxy serves the original alone again.
-    let token = std::fs::read_to_string(&token_file).unwrap();
-    let (_, backends) = http.call(
-        "GET",
-        &format!("http://127.0.0.1:{admin}/backends"),
-        token.trim(),
-        None,
-    );
-    let b = |name: &str| {
-        backends
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["name"] == name)
-            .cloned()
-            .unwrap()
-    };
-    assert_eq!(b("original")["weight"], 100, "{backends}");
-    assert_eq!(b("original")["admin"], "ready", "{backends}");
-    assert_eq!(b("patched")["admin"], "maintenance", "{backends}");
+    assert_eq!(rig.backend("original")["weight"], 100);
+    assert_eq!(rig.backend("original")["admin"], "ready");
+    assert_eq!(rig.backend("patched")["admin"], "maintenance");
 
     // `patch status` and `patch report` read the server.
-    let out = Command::new(EXE)
-        .args(["patch", "status", "--server", &url, "--token", OPERATOR])
-        .output()
-        .unwrap();
+    let out = rig.cli(&["status"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("t1") && text.contains("rolled_back"), "{text}");
-    let out = Command::new(EXE)
-        .args(["patch", "report", "t1", "--output", "json", "--server", &url])
-        .args(["--token", OPERATOR])
+    assert!(
+        text.contains("t1") && text.contains("rolled_back"),
+        "{text}"
+    );
+    let out = rig
+        .cli(&["report", "t1", "--output", "json"])
         .output()
         .unwrap();
     let again: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(again["trigger"], report["trigger"]);
-    drop(server);
+}
+
+#[test]
+fn an_operator_aborts_a_baking_patch_and_the_api_refuses_what_it_cannot_do() {
+    let rig = Rig::start(false, "10m");
+    let url = rig.url.clone();
+    let post = |body: Value| {
+        rig.http.call(
+            "POST",
+            &format!("{url}/api/v1/patches"),
+            OPERATOR,
+            Some(&body),
+        )
+    };
+    let body = |host: &str, token: &str| json!({"plan_yaml": rig.plan, "file": "patch.yaml", "host": host, "proxy": {"token": token}, "original_pid": rig.original.pid()});
+    // A proxy token the server was not given, and a host without an agent, are refused.
+    let (s, v) = post(body("db1", "other"));
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("--proxy-token-file other=FILE"),
+        "{v}"
+    );
+    let (s, v) = post(body("db9", "main"));
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("db9 is not enrolled"),
+        "{v}"
+    );
+    // Without --wait the CLI prints the ID and returns.
+    let bench = rig.pgbench(20);
+    let plan_path = rig.plan_path.display().to_string();
+    let out = rig
+        .cli(&[
+            "start",
+            &plan_path,
+            "--id",
+            "t2",
+            "--host",
+            "db1",
+            "--proxy-token",
+            "main",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t2");
+    // One running patch per host.
+    let (s, v) = post(body("db1", "main"));
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("running patch t2"),
+        "{v}"
+    );
+
+    rig.wait_event("t2", "bake.started", Duration::from_secs(60));
+    let out = rig
+        .cli(&["abort", "t2", "--reason", "change window closed"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        rig.logs()
+    );
+    let v = rig.wait_event("t2", "rollback.finished", Duration::from_secs(60));
+    assert_eq!(v["stage"], "rolled_back", "{v}");
+    let triggered = v["report"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "rollback.triggered")
+        .cloned()
+        .unwrap();
+    assert_eq!(triggered["figures"]["aborted"], true, "{triggered}");
+    assert!(
+        triggered["message"]
+            .as_str()
+            .unwrap()
+            .contains("change window closed"),
+        "{triggered}"
+    );
+    // A finished patch cannot be aborted again.
+    let (s, v) = rig.http.call(
+        "POST",
+        &format!("{url}/api/v1/patches/t2/abort"),
+        OPERATOR,
+        None,
+    );
+    assert_eq!(s, 409, "{v}");
+    // The request is in the event log too, and the clients saw nothing.
+    let (_, events) = rig.http.call(
+        "GET",
+        &format!("{url}/api/v1/events?kind=patch.abort.requested"),
+        OPERATOR,
+        None,
+    );
+    assert_eq!(events.as_array().unwrap().len(), 1, "{events}");
+    let r = parse_pgbench(&bench.wait_with_output().unwrap());
+    assert!(r.success, "pgbench failed:\n{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.failed, 0, "{}", r.stdout);
+    assert_eq!(rig.backend("original")["weight"], 100);
+    assert_eq!(rig.backend("patched")["admin"], "maintenance");
 }

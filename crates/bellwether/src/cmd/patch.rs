@@ -104,15 +104,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.remote.server.is_some() {
         use super::patch_remote::Verb as R;
         let verb = match args.verb {
-            Verb::Start(a) => R::Start { plan: a.plan, wait: a.wait, id: a.id, output: a.output },
+            Verb::Start(a) => R::Start {
+                plan: a.plan,
+                wait: a.wait,
+                id: a.id,
+                output: a.output,
+            },
             Verb::Status(a) => R::Status { output: a.output },
-            Verb::Report(a) => R::Report { id: a.id, output: a.output },
+            Verb::Report(a) => R::Report {
+                id: a.id,
+                output: a.output,
+            },
             Verb::Abort { id, reason } => R::Abort { id, reason },
         };
         return super::patch_remote::run(&args.remote, verb);
     }
     match args.verb {
-        Verb::Abort { .. } => Err(UsageError("patch abort needs --server URL: a local patch stops with SIGINT".into()).into()),
+        Verb::Abort { .. } => Err(UsageError(
+            "patch abort needs --server URL: a local patch stops with SIGINT".into(),
+        )
+        .into()),
         Verb::Start(a) => start(a, &args.state_dir),
         Verb::Status(a) => status(a, &args.state_dir),
         Verb::Report(a) => report(a, &args.state_dir),

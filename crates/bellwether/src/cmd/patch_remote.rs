@@ -192,7 +192,10 @@ fn start_body(args: &RemoteArgs, plan: &Path, id: Option<String>) -> anyhow::Res
     let parsed = bellwether_engine::patch::PatchPlan::parse(&file, &yaml)
         .map_err(|e| UsageError(e.to_string()))?;
     let host = args.host.clone().ok_or_else(|| {
-        UsageError("patch start --server needs --host: the enrolled host whose agent runs the instances".into())
+        UsageError(
+            "patch start --server needs --host: the enrolled host whose agent runs the instances"
+                .into(),
+        )
     })?;
     let token = args.proxy_token.clone().ok_or_else(|| {
         UsageError("patch start --server needs --proxy-token NAME: the name of the proxy's admin token in the server (bellwether server --proxy-token-file NAME=FILE)".into())
@@ -249,7 +252,9 @@ async fn follow(
             Err(bellwether_server::client::ClientError::Unreachable { url, source }) => {
                 let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() > Duration::from_secs(60) {
-                    anyhow::bail!("the server at {url} has been unreachable for a minute: {source}");
+                    anyhow::bail!(
+                        "the server at {url} has been unreachable for a minute: {source}"
+                    );
                 }
                 if human {
                     eprintln!("patch {id}: the server is unreachable ({source}); retrying");
