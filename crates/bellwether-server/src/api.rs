@@ -433,6 +433,10 @@ struct EventsQuery {
     host: Option<String>,
     /// Only events of this kind, such as `audit`.
     kind: Option<String>,
+    /// Only the events of one durable task (a rollout's or a patch's id).
+    task: Option<String>,
+    /// Only events with a larger id, oldest first (to follow the log).
+    after: Option<i64>,
     limit: Option<i64>,
 }
 
@@ -462,10 +466,23 @@ async fn events(
             )));
         }
     }
-    Ok(Json(
-        state
-            .store
-            .events_where(host.as_ref(), q.kind.as_deref(), limit)
-            .await?,
-    ))
+    if let Some(task) = &q.task {
+        let ok = !task.is_empty()
+            && task.len() <= 128
+            && task
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !ok {
+            return Err(ApiError::bad_request(format!(
+                "bad task {task:?}: a task id is 1 to 128 of a-z, A-Z, 0-9, `-`, `_` and `.`, such as `r-1732500000000-a1b2c3`"
+            )));
+        }
+    }
+    let filter = bellwether_store::EventFilter {
+        host: host.as_ref(),
+        kind: q.kind.as_deref(),
+        task: q.task.as_deref(),
+        after_id: q.after,
+    };
+    Ok(Json(state.store.find_events(&filter, limit).await?))
 }

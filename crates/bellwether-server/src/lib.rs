@@ -24,6 +24,7 @@ pub mod model_api;
 pub mod patch;
 mod peers;
 pub mod rollout;
+mod task;
 mod tokens;
 pub mod types;
 
@@ -41,6 +42,7 @@ pub use auth::{Access, REFUSALS_LOGGED_PER_MINUTE, RULES};
 pub use body::parse_json;
 pub use error::ApiError;
 pub use metrics::Metrics;
+pub use task::Tasks;
 pub use tokens::{generate_token, CreateToken, CreatedToken, TokenNotice, TokenSource};
 
 /// The default request body limit: 4 MiB.
@@ -126,7 +128,7 @@ pub enum ServerError {
         kind: &'static str,
         other: &'static str,
     },
-    #[error("cannot resume the stored rollouts: {0}")]
+    #[error("cannot resume the stored tasks: {0}")]
     Resume(String),
     #[error("serving HTTP failed: {0}")]
     Serve(std::io::Error),
@@ -142,7 +144,9 @@ pub struct AppState {
     pub(crate) sample_max_age_ms: i64,
     pub(crate) sample_max_ahead_ms: i64,
     pub(crate) predict: Arc<model_api::Predictor>,
-    pub(crate) rollouts: Arc<rollout::Runners>,
+    /// The durable tasks (rollouts, patches…) this process drives.
+    pub(crate) tasks: Arc<task::Tasks>,
+    /// What patches need beside their tasks: the proxies' admin token files.
     pub(crate) patches: Arc<patch::Patches>,
 }
 
@@ -180,7 +184,7 @@ impl Server {
                 sample_max_ahead_ms: config.sample_max_ahead.as_millis().min(i64::MAX as u128)
                     as i64,
                 predict: Arc::new(model_api::Predictor::new(config.retrain_after)),
-                rollouts: Arc::new(rollout::Runners::default()),
+                tasks: Arc::new(task::Tasks::default()),
                 patches: Arc::new(patch::Patches::new(config.proxy_tokens.clone())),
             },
             body_limit: config.body_limit,
@@ -188,20 +192,11 @@ impl Server {
             sample_retention: config.sample_retention,
             tokens,
         };
-        let resumed = rollout::resume_all(&server.state)
+        let resumed = task::resume_all(&server.state)
             .await
             .map_err(|e| ServerError::Resume(e.message))?;
         if resumed > 0 {
-            tracing::info!(
-                rollouts = resumed,
-                "Resumed running rollouts from the store."
-            );
-        }
-        let patches = patch::resume_all(&server.state)
-            .await
-            .map_err(|e| ServerError::Resume(e.message))?;
-        if patches > 0 {
-            tracing::info!(patches, "Resumed running patches from the store.");
+            tracing::info!(tasks = resumed, "Resumed unsettled tasks from the store.");
         }
         Ok(server)
     }
@@ -209,6 +204,11 @@ impl Server {
     /// The store this server uses.
     pub fn store(&self) -> &Store {
         &self.state.store
+    }
+
+    /// The durable tasks (rollouts, patches…) this server drives.
+    pub fn tasks(&self) -> &Tasks {
+        &self.state.tasks
     }
 
     /// Follows the newest failure-model version this server trained (0 before the first),

@@ -1,27 +1,28 @@
-//! Patches as durable server tasks: one task per patch steps the pure engine
-//! (`bellwether_engine::patch`) with samples, ticks, action results and an operator's abort.
+//! Patches as durable server tasks ([`crate::task::DurableTask`]): the server steps the pure
+//! patch engine (`bellwether_engine::patch`) with samples, ticks, action results and an
+//! operator's abort.
 //!
 //! The engine's actions are carried out two ways. Starting and stopping an instance go to the
-//! agent on the database host as the built-ins `start_process` and `stop_process` (queued in
-//! the store's action queue under the patch's id, long-polled by the agent like a rollout's);
-//! routing, draining and the health wait go to the long-running `bellwether proxy` over its
-//! admin API ([`proxy::ProxyClient`]). Samples combine both: per interval the server reads the
-//! proxy's per-backend counters and latency histogram (latency p50/p99, throughput and error
-//! rate over the interval) and asks the agent for `sample_processes` (CPU as % of one core
-//! from the tick deltas of two samples, RSS); a value that is missing or stale is `None`, and
-//! the engine never acts on no data. Webhooks are posted by the server.
+//! agent on the database host as the built-ins `start_process` and `stop_process` (durable
+//! dispatches, queued with the step under the patch's id and long-polled by the agent like a
+//! rollout's); routing, draining and the health wait go to the long-running `bellwether
+//! proxy` over its admin API ([`proxy::ProxyClient`]) as the task's *effects*, run by the
+//! runner once the step is saved, their results fed back as the engine's `Done`. Samples
+//! combine both: per interval the server reads the proxy's per-backend counters and latency
+//! histogram (latency p50/p99, throughput and error rate over the interval) and asks the agent
+//! for `sample_processes` (CPU as % of one core from the tick deltas of two samples, RSS); a
+//! value that is missing or stale is `None`, and the engine never acts on no data. Webhooks
+//! are effects too, posted by the server.
 //!
-//! Durability follows the rollouts' rule: each step is taken on a copy of the driver (engine
-//! and driver state), the step's inputs, events, dispatched agent actions and consumed results
-//! are stored in one transaction ([`bellwether_store::Store::save_patch_step`]), and only then
-//! is the copy kept and the proxy or the webhook called. The engine is rebuilt on resume by
-//! replaying its stored inputs (it is pure). An awaited proxy action is re-issued after a
-//! restart (each is idempotent: weights and admin states are set, not toggled, and a drain of
-//! a drained backend answers at once), the routing last set is re-applied, and an awaited
-//! agent action is re-delivered by the queue until its result arrives (the agent's journal
-//! never runs one id twice).
+//! What is stored with each step ([`DurableTask::persist`]) is the driver's state, the
+//! engine's report, and the engine's inputs so far: the engine is pure, so [`PatchTask`] is
+//! restored by replaying them. After a restart the runner re-issues
+//! [`DurableTask::pending_effects`]: the routing last set on the proxy, then the proxy action
+//! the engine waits for (each is idempotent: weights and admin states are set, not toggled, and
+//! a drain of a drained backend answers at once); an awaited agent action is re-delivered by
+//! the queue until its result arrives (the agent's journal never runs one id twice).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,20 +30,24 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use bellwether_engine::patch::{
-    Action, Input, Instance, MetricKind, PatchEngine, PatchPlan, PatchReport, Sample, Stage,
+    Action, Input as EngineInput, Instance, MetricKind, PatchEngine, PatchPlan, PatchReport,
+    Sample, Stage,
 };
-use bellwether_store::{NewAction, NewEvent, NewPatch, PatchStep};
+use bellwether_store::{ActionRecord, NewEvent, NewTask, TaskRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::auth::{Operator, Viewer};
 use crate::body::JsonBody;
 use crate::error::ApiError;
+use crate::task::{self, Dispatch, DurableTask, Input, Step};
 use crate::{now_ms, AppState};
 
 pub mod proxy;
 use proxy::{BackendPoint, ProxyClient};
+
+/// The task kind, as stored and as it prefixes the events (`patch.rollback.phase1`).
+pub const PATCH: &str = "patch";
 
 /// The routes of this module, as (method, path); docs/api.md and docs/openapi.yaml describe
 /// each (a test checks).
@@ -69,16 +74,9 @@ const AGENT_GRACE_MS: i64 = 60_000;
 /// The timeout of `stop_process`.
 const STOP_TIMEOUT_MS: u64 = 60_000;
 
-enum Msg {
-    /// A result was stored for one of this patch's actions.
-    Result,
-    Abort(String, oneshot::Sender<Result<StatusResponse, ApiError>>),
-}
-
-/// The running patches of this process, and the proxy admin tokens the server may use.
+/// What patches need beside their tasks: the proxy admin tokens the server may use.
 #[derive(Default)]
 pub struct Patches {
-    running: Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
     /// `--proxy-token-file NAME=FILE`: the files that hold the proxies' admin tokens. A patch
     /// names one; the token is read from its file at each use and never stored.
     proxy_tokens: BTreeMap<String, PathBuf>,
@@ -98,18 +96,7 @@ impl std::fmt::Debug for Patches {
 impl Patches {
     /// With the proxy token files a server was started with (`--proxy-token-file`).
     pub fn new(proxy_tokens: BTreeMap<String, PathBuf>) -> Patches {
-        Patches {
-            running: Mutex::default(),
-            proxy_tokens,
-        }
-    }
-}
-
-/// Tells the task of patch `id`, when it runs here, that a result of one of its actions was
-/// stored (the agent API calls it for every stored result).
-pub(crate) async fn result_stored(state: &AppState, id: &str) {
-    if let Some(tx) = state.patches.running.lock().await.get(id) {
-        let _ = tx.send(Msg::Result);
+        Patches { proxy_tokens }
     }
 }
 
@@ -121,6 +108,10 @@ struct Awaiting {
     agent_action: Option<u64>,
     since_ms: i64,
     timeout_ms: u64,
+    /// The started instance is being registered with the proxy (weight 0, ready); this is
+    /// the `Done` detail to feed once that is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    registering: Option<Value>,
 }
 
 /// The last process sample of one PID.
@@ -141,7 +132,7 @@ struct ProcValues {
 
 /// What a backend was last set to, re-applied after a restart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Routing {
+pub(crate) struct Routing {
     weight: Option<u32>,
     admin: Option<String>,
 }
@@ -156,7 +147,6 @@ struct DriverState {
     original_pid: Option<u32>,
     patched_pid: Option<u32>,
     next_action_id: u64,
-    next_seq: i64,
     awaiting: Option<Awaiting>,
     /// The `sample_processes` action in flight.
     sample_action: Option<u64>,
@@ -173,29 +163,63 @@ struct DriverState {
 struct Persisted {
     driver: DriverState,
     report: PatchReport,
+    /// The engine's inputs, in order: replayed on restore.
+    inputs: Vec<Value>,
 }
 
+/// Something the server does on the proxy (or a webhook) after a saved step.
+#[derive(Debug, Clone)]
+pub(crate) struct Effect {
+    admin_url: String,
+    proxy_token: String,
+    /// Set first, in order (after a restart: what the backends were last set to).
+    reapply: Vec<(String, Routing)>,
+    what: EffectWhat,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum EffectWhat {
+    /// Nothing besides the re-applied routing.
+    Nothing,
+    /// An engine action carried out on the proxy: `names` are (original, patched).
+    Engine {
+        action: Action,
+        names: (String, String),
+    },
+    /// Register the started patched instance: weight 0, ready (checked, no traffic).
+    Register { name: String },
+    /// POST this body to the plan's webhook.
+    Webhook { url: String, body: Value },
+}
+
+/// An effect's result.
+#[derive(Debug, Clone)]
+pub(crate) struct EffectDone {
+    what: EffectWhat,
+    ok: bool,
+    detail: Value,
+}
+
+/// A patch as a durable task.
 #[derive(Clone)]
-struct Core {
+pub(crate) struct PatchTask {
+    id: String,
     engine: PatchEngine,
     st: DriverState,
+    inputs: Vec<Value>,
+    /// The previous proxy reading per backend, for rates over the interval (not stored: the
+    /// first interval after a restart has no data).
+    proxy_prev: BTreeMap<String, (i64, BackendPoint)>,
 }
 
-/// The effects of one step, besides the new core.
-#[derive(Default)]
-struct Effects {
-    inputs: Vec<(i64, Value)>,
-    dispatches: Vec<NewAction>,
-    webhooks: Vec<Value>,
-    extra_events: Vec<NewEvent>,
-    observed: Vec<i64>,
+/// An operator's command to a patch.
+pub(crate) enum Command {
+    Abort(String),
 }
 
-fn instance_key(i: Instance) -> &'static str {
-    match i {
-        Instance::Original => "original",
-        Instance::Patched => "patched",
-    }
+/// What a tick reads: the proxy's backends, when the stage samples.
+pub(crate) struct Observed {
+    points: Option<Result<Vec<BackendPoint>, String>>,
 }
 
 /// The stage as one word (`rolling_back`, `baking`…), the form stored and listed.
@@ -207,27 +231,43 @@ pub fn stage_name(s: Stage) -> String {
     }
 }
 
-fn new_uid() -> String {
-    let mut b = [0u8; 16];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
-    hex::encode(b)
+fn instance_key(i: Instance) -> &'static str {
+    match i {
+        Instance::Original => "original",
+        Instance::Patched => "patched",
+    }
 }
 
-impl Core {
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+impl PatchTask {
     fn plan(&self) -> &PatchPlan {
         self.engine.plan()
     }
 
-    fn settled(&self) -> bool {
-        self.engine.stage().is_final() && self.st.awaiting.is_none()
+    fn name(&self, i: Instance) -> String {
+        match i {
+            Instance::Original => self.plan().original.name.clone(),
+            Instance::Patched => self.plan().patched.name.clone(),
+        }
     }
 
-    fn dispatch(&mut self, fx: &mut Effects, spec: Value) -> u64 {
+    fn effect(&self, what: EffectWhat) -> Effect {
+        Effect {
+            admin_url: self.st.admin_url.clone(),
+            proxy_token: self.st.proxy_token.clone(),
+            reapply: Vec::new(),
+            what,
+        }
+    }
+
+    fn dispatch(&mut self, step: &mut Step<Effect>, spec: Value) -> u64 {
         let id = self.st.next_action_id;
         self.st.next_action_id += 1;
-        fx.dispatches.push(NewAction {
+        step.dispatches.push(Dispatch {
             action_id: id,
-            uid: new_uid(),
             host: self.st.host.clone(),
             kind: spec["builtin"].as_str().unwrap_or("patch").to_string(),
             spec,
@@ -236,17 +276,18 @@ impl Core {
     }
 
     /// Feeds one input to the engine, records it, and turns the engine's actions into
-    /// dispatches, an awaited action and webhooks.
-    fn feed(&mut self, fx: &mut Effects, input: Input, now: i64) {
-        let seq = self.st.next_seq;
-        self.st.next_seq += 1;
-        fx.inputs.push((
-            seq,
-            serde_json::to_value(&input).expect("an input serialises"),
-        ));
+    /// dispatches, an awaited action, proxy effects and webhooks.
+    fn feed(&mut self, step: &mut Step<Effect>, input: EngineInput, now: i64) {
+        self.inputs
+            .push(serde_json::to_value(&input).expect("an input serialises"));
         for action in self.engine.step(input) {
             match action {
-                Action::Webhook { body } => fx.webhooks.push(body),
+                Action::Webhook { body } => {
+                    if let Some(url) = self.plan().webhook.clone() {
+                        step.effects
+                            .push(self.effect(EffectWhat::Webhook { url, body }));
+                    }
+                }
                 Action::StartPatched => {
                     let p = &self.plan().patched;
                     let timeout_ms = (self.plan().health.timeout.0.as_millis() as u64)
@@ -255,12 +296,13 @@ impl Core {
                     if let Some(f) = &p.pidfile {
                         spec["pidfile"] = json!(f);
                     }
-                    let id = self.dispatch(fx, spec);
+                    let id = self.dispatch(step, spec);
                     self.st.awaiting = Some(Awaiting {
                         action: Action::StartPatched,
                         agent_action: Some(id),
                         since_ms: now,
                         timeout_ms,
+                        registering: None,
                     });
                 }
                 Action::Stop { instance } => {
@@ -289,12 +331,13 @@ impl Core {
                             }
                         }
                     }
-                    let id = self.dispatch(fx, spec);
+                    let id = self.dispatch(step, spec);
                     self.st.awaiting = Some(Awaiting {
                         action: Action::Stop { instance },
                         agent_action: Some(id),
                         since_ms: now,
                         timeout_ms: STOP_TIMEOUT_MS,
+                        registering: None,
                     });
                 }
                 other => {
@@ -303,47 +346,36 @@ impl Core {
                         | Action::Drain { timeout_ms, .. } => *timeout_ms,
                         _ => 0,
                     };
+                    let names = (self.name(Instance::Original), self.name(Instance::Patched));
+                    step.effects.push(self.effect(EffectWhat::Engine {
+                        action: other.clone(),
+                        names,
+                    }));
                     self.st.awaiting = Some(Awaiting {
                         action: other,
                         agent_action: None,
                         since_ms: now,
                         timeout_ms,
+                        registering: None,
                     });
                 }
             }
         }
     }
 
-    /// The stored record of this core after a step with `fx`.
-    fn record(&self, fx: &Effects) -> PatchStep {
-        let mut st = self.st.clone();
+    /// Moves the report's new events into the step (the event log).
+    fn log_events(&mut self, step: &mut Step<Effect>) {
         let report = self.engine.report();
-        let mut events = fx.extra_events.clone();
-        events.extend(
-            report.events[st.events_logged.min(report.events.len())..]
-                .iter()
-                .map(|e| NewEvent {
-                    ts_ms: e.at_ms,
-                    kind: e.kind.clone(),
-                    host: None,
-                    reason: e.message.clone(),
-                    figures: e.figures.clone(),
-                }),
-        );
-        st.events_logged = report.events.len();
-        PatchStep {
-            stage: stage_name(self.engine.stage()),
-            settled: self.settled(),
-            state: serde_json::to_value(Persisted {
-                driver: st,
-                report: report.clone(),
-            })
-            .expect("a patch state serialises"),
-            inputs: fx.inputs.clone(),
-            events,
-            dispatches: fx.dispatches.clone(),
-            observed_actions: fx.observed.clone(),
-        }
+        let from = self.st.events_logged.min(report.events.len());
+        step.events
+            .extend(report.events[from..].iter().map(|e| NewEvent {
+                ts_ms: e.at_ms,
+                kind: e.kind.clone(),
+                host: Some(self.st.host.clone()),
+                reason: e.message.clone(),
+                figures: e.figures.clone(),
+            }));
+        self.st.events_logged = report.events.len();
     }
 
     fn watches(&self, kinds: &[MetricKind]) -> bool {
@@ -352,107 +384,237 @@ impl Core {
             .iter()
             .any(|m| kinds.contains(&m.metric))
     }
-}
 
-struct Run {
-    state: AppState,
-    id: String,
-    core: Core,
-    proxy: ProxyClient,
-    /// The previous proxy reading per backend, for rates over the interval (not stored: the
-    /// first interval after a restart has no data).
-    proxy_prev: BTreeMap<String, (i64, BackendPoint)>,
-}
-
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
-
-impl Run {
-    /// Steps a copy of the core with `step`, stores it with its effects, and keeps it only
-    /// once the store committed; then wakes agents and posts webhooks. A save that keeps
-    /// failing leaves the core as it was (the same results stay unobserved, an awaited proxy
-    /// action is re-issued on the next round).
-    async fn commit(&mut self, step: impl FnOnce(&mut Core, &mut Effects)) -> Result<(), ApiError> {
-        let mut next = self.core.clone();
-        let mut fx = Effects::default();
-        step(&mut next, &mut fx);
-        let rec = next.record(&fx);
-        let mut delay = Duration::from_millis(100);
-        let mut attempt = 1;
-        loop {
-            match self
-                .state
-                .store
-                .save_patch_step(&self.id, &rec, now_ms())
-                .await
-            {
-                Ok(()) => break,
-                Err(e) if attempt >= 6 => {
-                    tracing::error!(patch = %self.id, error = %e, "Could not save a patch step; it is retried from the same inputs.");
-                    return Err(e.into());
+    /// One sampling interval: the proxy's counters, the last process sample, a tick, a new
+    /// process sample asked for, a pending abort delivered, an overdue agent action failed.
+    fn on_tick(&mut self, step: &mut Step<Effect>, observed: Observed, now: i64) {
+        let stage = self.engine.stage();
+        if let Some(points) = observed.points {
+            let points = points.unwrap_or_else(|e| {
+                tracing::warn!(patch = %self.id, error = %e, "Cannot read the proxy's counters; this interval has no proxy data.");
+                Vec::new()
+            });
+            let mut wanted = vec![Instance::Original];
+            if stage == Stage::Baking {
+                wanted.push(Instance::Patched);
+            }
+            let interval_ms = self.plan().sample_interval.0.as_millis() as i64;
+            for i in wanted {
+                let name = self.name(i);
+                let mut values = BTreeMap::new();
+                let point = points.iter().find(|p| p.name == name);
+                proxy_values(self.proxy_prev.get(&name), point, now, &mut values);
+                match point {
+                    Some(p) => {
+                        self.proxy_prev.insert(name, (now, p.clone()));
+                    }
+                    None => {
+                        self.proxy_prev.remove(&name);
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(patch = %self.id, attempt, error = %e, "Could not save a patch step; retrying.");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                    attempt += 1;
-                }
+                let pv = self
+                    .st
+                    .proc_values
+                    .get(instance_key(i))
+                    .filter(|v| now - v.at_ms <= 3 * interval_ms);
+                values.insert(MetricKind::Cpu, pv.and_then(|v| v.cpu));
+                values.insert(MetricKind::Rss, pv.and_then(|v| v.rss));
+                self.feed(
+                    step,
+                    EngineInput::Sample(Sample {
+                        at_ms: now,
+                        instance: i,
+                        values,
+                    }),
+                    now,
+                );
             }
         }
-        next.st.events_logged = next.engine.report().events.len();
-        self.core = next;
-        if !fx.dispatches.is_empty() {
-            self.state.rollouts.actions.notify_waiters();
+        if self.engine.stage() == Stage::Baseline {
+            self.feed(step, EngineInput::Tick { at_ms: now }, now);
         }
-        if let Some(url) = self.core.plan().webhook.clone() {
-            for body in fx.webhooks {
-                tokio::spawn(post_webhook(url.clone(), body));
+        let overdue = self.st.awaiting.as_ref().is_some_and(|w| {
+            w.agent_action.is_some() && now - w.since_ms > w.timeout_ms as i64 + AGENT_GRACE_MS
+        });
+        if overdue {
+            self.st.awaiting = None;
+            let detail = json!({"error": format!("the agent on {} did not report the action in time", self.st.host)});
+            self.feed(
+                step,
+                EngineInput::Done {
+                    at_ms: now,
+                    ok: false,
+                    detail,
+                },
+                now,
+            );
+        }
+        self.deliver_abort(step, now);
+        let stage = self.engine.stage();
+        if self.watches(&[MetricKind::Cpu, MetricKind::Rss])
+            && matches!(stage, Stage::Baseline | Stage::Baking)
+            && self.st.sample_action.is_none()
+        {
+            let pids: Vec<u32> = [self.st.original_pid, self.st.patched_pid]
+                .into_iter()
+                .flatten()
+                .collect();
+            if !pids.is_empty() {
+                let id = self.dispatch(step, json!({"builtin": "sample_processes", "pids": pids}));
+                self.st.sample_action = Some(id);
             }
         }
-        Ok(())
     }
 
-    /// Runs the awaited proxy action, if any, and feeds its result; repeats while the engine
-    /// asks for more.
-    async fn follow(&mut self) -> Result<(), ApiError> {
-        while let Some(a) = self.core.st.awaiting.clone() {
-            if a.agent_action.is_some() {
-                return Ok(());
+    /// Delivers a pending abort when the engine can take it (nothing awaited, in the baseline
+    /// or baking); drops it once the patch is final.
+    fn deliver_abort(&mut self, step: &mut Step<Effect>, now: i64) {
+        let Some(reason) = self.st.abort.clone() else {
+            return;
+        };
+        let stage = self.engine.stage();
+        if stage.is_final() {
+            self.st.abort = None;
+        } else if self.st.awaiting.is_none() && matches!(stage, Stage::Baseline | Stage::Baking) {
+            self.st.abort = None;
+            self.feed(step, EngineInput::Abort { at_ms: now, reason }, now);
+        }
+    }
+
+    /// An agent's result: a process sample, or the awaited start or stop.
+    fn on_result(&mut self, step: &mut Step<Effect>, a: &ActionRecord, now: i64) {
+        let result = a.result.clone().unwrap_or(Value::Null);
+        let output = result.get("output").cloned().unwrap_or(Value::Null);
+        let ok = result["ok"].as_bool() == Some(true);
+        if self.st.sample_action == Some(a.action_id) {
+            self.st.sample_action = None;
+            if ok {
+                let interval_ms = self.plan().sample_interval.0.as_millis() as i64;
+                let (op, pp) = (self.st.original_pid, self.st.patched_pid);
+                absorb_sample(&mut self.st, &output, op, pp, interval_ms);
             }
-            let (ok, detail) = match self.execute(&a.action).await {
-                Ok(d) => (true, d),
-                Err(e) => {
-                    tracing::warn!(patch = %self.id, action = ?a.action, error = %e, "Patch proxy action failed.");
-                    (false, json!({ "error": e }))
+            return;
+        }
+        let awaited = self
+            .st
+            .awaiting
+            .as_ref()
+            .filter(|w| w.agent_action == Some(a.action_id) && w.registering.is_none())
+            .cloned();
+        // A result nobody waits for any more (a sample from before a restart, an action that
+        // timed out) is consumed, not fed.
+        let Some(w) = awaited else { return };
+        let mut detail = match &output {
+            Value::Object(_) => output.clone(),
+            _ => json!({}),
+        };
+        if !ok {
+            detail["error"] = result["error"].clone();
+            detail["stderr_tail"] = result["stderr_tail"].clone();
+        }
+        if ok && w.action == Action::StartPatched {
+            match output["pid"].as_u64().and_then(|p| u32::try_from(p).ok()) {
+                Some(pid) => {
+                    // Registered with the proxy (checked, without traffic) before the engine
+                    // hears that the instance started.
+                    self.st.patched_pid = Some(pid);
+                    detail["argv"] = json!(self.plan().patched.start);
+                    let name = self.name(Instance::Patched);
+                    step.effects
+                        .push(self.effect(EffectWhat::Register { name }));
+                    if let Some(w) = self.st.awaiting.as_mut() {
+                        w.agent_action = None;
+                        w.registering = Some(detail);
+                    }
+                    return;
                 }
-            };
-            let routing = self.routing_after(&a.action);
-            self.commit(|c, fx| {
-                c.st.awaiting = None;
-                for (name, r) in routing {
-                    c.st.routing.insert(name, r);
+                None => {
+                    self.st.awaiting = None;
+                    let detail = json!({"error": "the agent's result names no pid"});
+                    self.feed(
+                        step,
+                        EngineInput::Done {
+                            at_ms: now,
+                            ok: false,
+                            detail,
+                        },
+                        now,
+                    );
+                    return;
                 }
-                let now = now_ms();
-                c.feed(
-                    fx,
-                    Input::Done {
+            }
+        }
+        self.st.awaiting = None;
+        self.feed(
+            step,
+            EngineInput::Done {
+                at_ms: now,
+                ok,
+                detail,
+            },
+            now,
+        );
+    }
+
+    /// A proxy effect finished: the awaited engine action's `Done`.
+    fn on_effect(&mut self, step: &mut Step<Effect>, done: EffectDone, now: i64) {
+        match done.what {
+            EffectWhat::Nothing | EffectWhat::Webhook { .. } => {}
+            EffectWhat::Register { name } => {
+                let Some(w) = self.st.awaiting.clone() else {
+                    return;
+                };
+                let Some(mut detail) = w.registering else {
+                    return;
+                };
+                self.st.awaiting = None;
+                if done.ok {
+                    self.st.routing.insert(
+                        name,
+                        Routing {
+                            weight: Some(0),
+                            admin: Some("ready".into()),
+                        },
+                    );
+                } else {
+                    detail["error"] = json!(format!(
+                        "started, but the proxy: {}",
+                        done.detail["error"].as_str().unwrap_or("")
+                    ));
+                }
+                self.feed(
+                    step,
+                    EngineInput::Done {
                         at_ms: now,
-                        ok,
+                        ok: done.ok,
                         detail,
                     },
                     now,
                 );
-            })
-            .await?;
-        }
-        Ok(())
-    }
-
-    fn name(&self, i: Instance) -> String {
-        match i {
-            Instance::Original => self.core.plan().original.name.clone(),
-            Instance::Patched => self.core.plan().patched.name.clone(),
+            }
+            EffectWhat::Engine { action, .. } => {
+                let awaited = self
+                    .st
+                    .awaiting
+                    .as_ref()
+                    .is_some_and(|w| w.agent_action.is_none() && w.action == action);
+                if !awaited {
+                    return;
+                }
+                self.st.awaiting = None;
+                for (name, r) in self.routing_after(&action) {
+                    self.st.routing.insert(name, r);
+                }
+                self.feed(
+                    step,
+                    EngineInput::Done {
+                        at_ms: now,
+                        ok: done.ok,
+                        detail: done.detail,
+                    },
+                    now,
+                );
+            }
         }
     }
 
@@ -470,7 +632,6 @@ impl Run {
             .into_iter()
             .map(|(i, w)| {
                 let admin = (w > 0).then_some("ready").or(self
-                    .core
                     .st
                     .routing
                     .get(&self.name(i))
@@ -480,7 +641,6 @@ impl Run {
             .collect(),
             Action::Drain { instance, .. } => {
                 let w = self
-                    .core
                     .st
                     .routing
                     .get(&self.name(*instance))
@@ -501,276 +661,274 @@ impl Run {
         }
     }
 
-    /// Carries out one proxy action; the Done detail, or the error.
-    async fn execute(&mut self, action: &Action) -> Result<Value, String> {
-        match action {
-            Action::WaitPatchedHealthy { timeout_ms } => {
-                let name = self.name(Instance::Patched);
-                let deadline = tokio::time::Instant::now() + Duration::from_millis(*timeout_ms);
-                let mut last = String::from("no check passed");
-                loop {
-                    match self.proxy.backend(&name).await {
-                        Ok(b) if b.healthy => {
-                            return Ok(
-                                json!({ "checks": b.checks, "consecutive_ok": b.consecutive_ok }),
-                            )
-                        }
-                        Ok(b) => {
-                            if let Some(e) = b.last_error {
-                                last = e;
-                            }
-                        }
-                        Err(e) => last = e,
-                    }
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(format!("not healthy after {timeout_ms} ms: {last}"));
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-            Action::Route { original, patched } => {
-                for (i, w) in [
-                    (Instance::Original, *original),
-                    (Instance::Patched, *patched),
-                ] {
-                    let admin = (w > 0).then_some("ready");
-                    self.proxy.set(&self.name(i), Some(w), admin).await?;
-                }
-                Ok(json!({ "original_weight": original, "patched_weight": patched }))
-            }
-            Action::Drain {
-                instance,
-                timeout_ms,
-            } => {
-                let name = self.name(*instance);
-                let mut v = self.proxy.drain(&name, *timeout_ms).await?;
-                if let Ok(b) = self.proxy.backend(&name).await {
-                    v["graceful_closes_total"] = json!(b.metrics.graceful_closes);
-                }
-                Ok(v)
-            }
-            Action::ServeOnly { instance } => {
-                let keep = self.name(*instance);
-                let other = match instance {
-                    Instance::Original => self.name(Instance::Patched),
-                    Instance::Patched => self.name(Instance::Original),
-                };
-                self.proxy.set(&keep, Some(100), Some("ready")).await?;
-                self.proxy.set(&other, Some(0), Some("maintenance")).await?;
-                Ok(json!({ "serving": keep, "out_of_rotation": other }))
-            }
-            // Carried out by the agent or posted after the commit; never awaited here.
-            Action::StartPatched | Action::Stop { .. } | Action::Webhook { .. } => Ok(json!({})),
-        }
-    }
-
-    /// Feeds every stored result this patch has not consumed yet.
-    async fn results(&mut self) -> Result<(), ApiError> {
-        for a in self.state.store.unobserved_results(&self.id).await? {
-            let result = a.result.clone().unwrap_or(Value::Null);
-            let output = result.get("output").cloned().unwrap_or(Value::Null);
-            if self.core.st.sample_action == Some(a.action_id) {
-                let interval_ms = self.core.plan().sample_interval.0.as_millis() as i64;
-                let (op, pp) = (self.core.st.original_pid, self.core.st.patched_pid);
-                self.commit(|c, fx| {
-                    c.st.sample_action = None;
-                    fx.observed.push(a.id);
-                    if result["ok"].as_bool() == Some(true) {
-                        absorb_sample(&mut c.st, &output, op, pp, interval_ms);
-                    }
-                })
-                .await?;
-                continue;
-            }
-            let awaited = self
-                .core
-                .st
-                .awaiting
-                .as_ref()
-                .filter(|w| w.agent_action == Some(a.action_id))
-                .cloned();
-            let Some(w) = awaited else {
-                // A result nobody waits for any more (a sample from before a restart, an
-                // action that timed out): consumed, not fed.
-                self.commit(|_, fx| fx.observed.push(a.id)).await?;
-                continue;
-            };
-            let mut ok = result["ok"].as_bool() == Some(true);
-            let mut detail = match &output {
-                Value::Object(_) => output.clone(),
-                _ => json!({}),
-            };
-            if !ok {
-                detail["error"] = result["error"].clone();
-                detail["stderr_tail"] = result["stderr_tail"].clone();
-            }
-            let mut patched_pid = None;
-            if ok && w.action == Action::StartPatched {
-                match output["pid"].as_u64().and_then(|p| u32::try_from(p).ok()) {
-                    Some(pid) => {
-                        patched_pid = Some(pid);
-                        detail["argv"] = json!(self.core.plan().patched.start);
-                        // Registered with the proxy, checked but without traffic.
-                        let name = self.name(Instance::Patched);
-                        if let Err(e) = self.proxy.set(&name, Some(0), Some("ready")).await {
-                            ok = false;
-                            detail["error"] = json!(format!("started, but the proxy: {e}"));
-                        }
-                    }
-                    None => {
-                        ok = false;
-                        detail["error"] = json!("the agent's result names no pid");
-                    }
-                }
-            }
-            let name = self.name(Instance::Patched);
-            self.commit(|c, fx| {
-                fx.observed.push(a.id);
-                c.st.awaiting = None;
-                if let Some(pid) = patched_pid {
-                    c.st.patched_pid = Some(pid);
-                    c.st.routing.insert(
-                        name,
-                        Routing {
-                            weight: Some(0),
-                            admin: Some("ready".into()),
-                        },
-                    );
-                }
-                let now = now_ms();
-                c.feed(
-                    fx,
-                    Input::Done {
-                        at_ms: now,
-                        ok,
-                        detail,
-                    },
-                    now,
-                );
-            })
-            .await?;
-            self.follow().await?;
-        }
-        Ok(())
-    }
-
-    /// One sampling interval: the proxy's counters, the last process sample, a tick, a new
-    /// process sample asked for, a pending abort delivered, an overdue agent action failed.
-    async fn round(&mut self) -> Result<(), ApiError> {
-        self.follow().await?;
-        let stage = self.core.engine.stage();
-        let now = now_ms();
-        let mut samples = Vec::new();
-        if matches!(stage, Stage::Baseline | Stage::Baking) {
-            let points = match self.proxy.backends().await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(patch = %self.id, error = %e, "Cannot read the proxy's counters; this interval has no proxy data.");
-                    Vec::new()
-                }
-            };
-            let mut wanted = vec![Instance::Original];
-            if stage == Stage::Baking {
-                wanted.push(Instance::Patched);
-            }
-            let interval_ms = self.core.plan().sample_interval.0.as_millis() as i64;
-            for i in wanted {
-                let name = self.name(i);
-                let mut values = BTreeMap::new();
-                let point = points.iter().find(|p| p.name == name);
-                let prev = self.proxy_prev.get(&name);
-                proxy_values(prev, point, now, &mut values);
-                match point {
-                    Some(p) => {
-                        self.proxy_prev.insert(name, (now, p.clone()));
-                    }
-                    None => {
-                        self.proxy_prev.remove(&name);
-                    }
-                }
-                let pv = self
-                    .core
-                    .st
-                    .proc_values
-                    .get(instance_key(i))
-                    .filter(|v| now - v.at_ms <= 3 * interval_ms);
-                values.insert(MetricKind::Cpu, pv.and_then(|v| v.cpu));
-                values.insert(MetricKind::Rss, pv.and_then(|v| v.rss));
-                samples.push(Sample {
-                    at_ms: now,
-                    instance: i,
-                    values,
-                });
-            }
-        }
-        let want_procs = self.core.watches(&[MetricKind::Cpu, MetricKind::Rss])
-            && matches!(stage, Stage::Baseline | Stage::Baking)
-            && self.core.st.sample_action.is_none();
-        let overdue = self.core.st.awaiting.as_ref().is_some_and(|w| {
-            w.agent_action.is_some() && now - w.since_ms > w.timeout_ms as i64 + AGENT_GRACE_MS
-        });
-        let host = self.core.st.host.clone();
-        self.commit(|c, fx| {
-            for s in samples {
-                c.feed(fx, Input::Sample(s), now);
-            }
-            if c.engine.stage() == Stage::Baseline {
-                c.feed(fx, Input::Tick { at_ms: now }, now);
-            }
-            if overdue {
-                c.st.awaiting = None;
-                let detail = json!({"error": format!("the agent on {host} did not report the action in time")});
-                c.feed(fx, Input::Done { at_ms: now, ok: false, detail }, now);
-            }
-            deliver_abort(c, fx, now);
-            if want_procs && !c.engine.stage().is_final() {
-                let pids: Vec<u32> = [c.st.original_pid, c.st.patched_pid]
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                if !pids.is_empty() {
-                    let id = c.dispatch(fx, json!({"builtin": "sample_processes", "pids": pids}));
-                    c.st.sample_action = Some(id);
-                }
-            }
-        })
-        .await?;
-        self.follow().await
-    }
-
-    /// After a restart: the routing last set goes to the proxy again (it may have restarted
-    /// too), then an awaited proxy action is re-issued.
-    async fn reapply(&mut self) {
-        for (name, r) in self.core.st.routing.clone() {
-            if let Err(e) = self.proxy.set(&name, r.weight, r.admin.as_deref()).await {
-                tracing::warn!(patch = %self.id, backend = %name, error = %e, "Could not re-apply the proxy's routing.");
-            }
-        }
-    }
-
-    fn status(&self, rec_created: i64) -> StatusResponse {
-        status_of(
-            &self.id,
-            rec_created,
-            &self.core.st,
-            self.core.engine.report(),
-        )
+    fn status_response(&self, created: i64) -> StatusResponse {
+        status_of(&self.id, created, &self.st, self.engine.report())
     }
 }
 
-/// Delivers a pending abort when the engine can take it (nothing awaited, in the baseline or
-/// baking); drops it once the patch is final.
-fn deliver_abort(c: &mut Core, fx: &mut Effects, now: i64) {
-    let Some(reason) = c.st.abort.clone() else {
-        return;
-    };
-    let stage = c.engine.stage();
-    if stage.is_final() {
-        c.st.abort = None;
-    } else if c.st.awaiting.is_none() && matches!(stage, Stage::Baseline | Stage::Baking) {
-        c.st.abort = None;
-        c.feed(fx, Input::Abort { at_ms: now, reason }, now);
+impl DurableTask for PatchTask {
+    const KIND: &'static str = PATCH;
+    type Command = Command;
+    type Status = StatusResponse;
+    type Observed = Observed;
+    type Effect = Effect;
+    type EffectDone = EffectDone;
+
+    async fn restore(_state: AppState, rec: TaskRecord) -> Result<Self, ApiError> {
+        let p: Persisted = serde_json::from_value(rec.state).map_err(|e| {
+            internal(format!(
+                "stored state of patch {} is not readable: {e}",
+                rec.id
+            ))
+        })?;
+        let plan = PatchPlan::parse(&rec.plan_file, &rec.plan_yaml)
+            .map_err(|e| internal(format!("stored plan of patch {}: {e}", rec.id)))?;
+        let mut engine = PatchEngine::new(&rec.id, plan, p.report.started_ms)
+            .map_err(|e| internal(format!("stored plan of patch {}: {e}", rec.id)))?;
+        // The engine is pure: its stored inputs bring it back to where it was. The actions
+        // it returns now were carried out (or are awaited) when first taken.
+        for (seq, input) in p.inputs.iter().enumerate() {
+            let input: EngineInput = serde_json::from_value(input.clone()).map_err(|e| {
+                internal(format!(
+                    "stored input {seq} of patch {} is not readable: {e}",
+                    rec.id
+                ))
+            })?;
+            let _ = engine.step(input);
+        }
+        if engine.stage() != p.report.stage || engine.report().events.len() != p.report.events.len()
+        {
+            tracing::error!(patch = %rec.id, "The replayed patch differs from its stored report; going on from the replay.");
+        }
+        Ok(PatchTask {
+            id: rec.id,
+            engine,
+            st: p.driver,
+            inputs: p.inputs,
+            proxy_prev: BTreeMap::new(),
+        })
     }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn phase(&self) -> String {
+        stage_name(self.engine.stage())
+    }
+
+    fn is_settled(&self) -> bool {
+        self.engine.stage().is_final() && self.st.awaiting.is_none()
+    }
+
+    fn persist(&self) -> Value {
+        json!({
+            "driver": self.st,
+            "report": self.engine.report(),
+            "inputs": self.inputs,
+        })
+    }
+
+    fn tick_every(&self) -> Duration {
+        self.plan().sample_interval.0
+    }
+
+    async fn observe(&self, state: &AppState) -> Result<Observed, ApiError> {
+        if !matches!(self.engine.stage(), Stage::Baseline | Stage::Baking) {
+            return Ok(Observed { points: None });
+        }
+        let points = match proxy_client(state, &self.st.admin_url, &self.st.proxy_token) {
+            Ok(c) => c.backends().await,
+            Err(e) => Err(e.message),
+        };
+        Ok(Observed {
+            points: Some(points),
+        })
+    }
+
+    fn step(&mut self, input: Input<Self>, now: i64) -> Step<Effect> {
+        let mut step = Step::default();
+        match input {
+            Input::Tick(observed) => self.on_tick(&mut step, observed, now),
+            Input::Result(a) => self.on_result(&mut step, &a, now),
+            Input::Effect(done) => self.on_effect(&mut step, done, now),
+            Input::Command(Command::Abort(reason)) => {
+                step.events.push(NewEvent {
+                    ts_ms: now,
+                    kind: "abort.requested".into(),
+                    host: Some(self.st.host.clone()),
+                    reason: format!("An operator asked to abort: {reason}"),
+                    figures: json!({ "reason": reason }),
+                });
+                if !self.engine.stage().is_final() {
+                    self.st.abort = Some(reason);
+                }
+                self.deliver_abort(&mut step, now);
+            }
+            Input::Hold { reason } => step.events.push(NewEvent {
+                ts_ms: now,
+                kind: "held".into(),
+                host: Some(self.st.host.clone()),
+                reason: format!("The patch was held: {reason}; it goes on now."),
+                figures: json!({ "reason": reason }),
+            }),
+        }
+        self.log_events(&mut step);
+        step
+    }
+
+    fn status(&self) -> StatusResponse {
+        self.status_response(0)
+    }
+
+    fn pending_effects(&self) -> Vec<Effect> {
+        // The routing last set first (the proxy may have restarted too), then the awaited
+        // proxy action, in one effect so they run in this order.
+        let what = match &self.st.awaiting {
+            Some(w) if w.registering.is_some() => EffectWhat::Register {
+                name: self.name(Instance::Patched),
+            },
+            Some(w) if w.agent_action.is_none() => EffectWhat::Engine {
+                action: w.action.clone(),
+                names: (self.name(Instance::Original), self.name(Instance::Patched)),
+            },
+            _ => EffectWhat::Nothing,
+        };
+        let mut e = self.effect(what);
+        e.reapply = self
+            .st
+            .routing
+            .iter()
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
+        vec![e]
+    }
+
+    async fn run_effect(state: AppState, effect: Effect) -> EffectDone {
+        let what = effect.what.clone();
+        if let EffectWhat::Webhook { url, body } = &effect.what {
+            post_webhook(url.clone(), body.clone()).await;
+            return EffectDone {
+                what,
+                ok: true,
+                detail: json!({}),
+            };
+        }
+        let proxy = match proxy_client(&state, &effect.admin_url, &effect.proxy_token) {
+            Ok(p) => p,
+            Err(e) => {
+                return EffectDone {
+                    what,
+                    ok: false,
+                    detail: json!({ "error": e.message }),
+                }
+            }
+        };
+        for (name, r) in &effect.reapply {
+            if let Err(e) = proxy.set(name, r.weight, r.admin.as_deref()).await {
+                tracing::warn!(backend = %name, error = %e, "Could not re-apply the proxy's routing.");
+            }
+        }
+        let r = match &effect.what {
+            EffectWhat::Nothing | EffectWhat::Webhook { .. } => Ok(json!({})),
+            EffectWhat::Register { name } => proxy.set(name, Some(0), Some("ready")).await,
+            EffectWhat::Engine { action, names } => execute(&proxy, action, names).await,
+        };
+        match r {
+            Ok(detail) => EffectDone {
+                what,
+                ok: true,
+                detail,
+            },
+            Err(e) => {
+                tracing::warn!(effect = ?what, error = %e, "Patch proxy action failed.");
+                EffectDone {
+                    what,
+                    ok: false,
+                    detail: json!({ "error": e }),
+                }
+            }
+        }
+    }
+}
+
+/// Carries out one engine action on the proxy; the `Done` detail, or the error.
+async fn execute(
+    proxy: &ProxyClient,
+    action: &Action,
+    (original, patched): &(String, String),
+) -> Result<Value, String> {
+    let name = |i: Instance| match i {
+        Instance::Original => original.clone(),
+        Instance::Patched => patched.clone(),
+    };
+    match action {
+        Action::WaitPatchedHealthy { timeout_ms } => {
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(*timeout_ms);
+            let mut last = String::from("no check passed");
+            loop {
+                match proxy.backend(patched).await {
+                    Ok(b) if b.healthy => {
+                        return Ok(
+                            json!({ "checks": b.checks, "consecutive_ok": b.consecutive_ok }),
+                        )
+                    }
+                    Ok(b) => {
+                        if let Some(e) = b.last_error {
+                            last = e;
+                        }
+                    }
+                    Err(e) => last = e,
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!("not healthy after {timeout_ms} ms: {last}"));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Action::Route {
+            original: wo,
+            patched: wp,
+        } => {
+            for (i, w) in [(Instance::Original, *wo), (Instance::Patched, *wp)] {
+                let admin = (w > 0).then_some("ready");
+                proxy.set(&name(i), Some(w), admin).await?;
+            }
+            Ok(json!({ "original_weight": wo, "patched_weight": wp }))
+        }
+        Action::Drain {
+            instance,
+            timeout_ms,
+        } => {
+            let n = name(*instance);
+            let mut v = proxy.drain(&n, *timeout_ms).await?;
+            if let Ok(b) = proxy.backend(&n).await {
+                v["graceful_closes_total"] = json!(b.metrics.graceful_closes);
+            }
+            Ok(v)
+        }
+        Action::ServeOnly { instance } => {
+            let keep = name(*instance);
+            let other = match instance {
+                Instance::Original => name(Instance::Patched),
+                Instance::Patched => name(Instance::Original),
+            };
+            proxy.set(&keep, Some(100), Some("ready")).await?;
+            proxy.set(&other, Some(0), Some("maintenance")).await?;
+            Ok(json!({ "serving": keep, "out_of_rotation": other }))
+        }
+        // Carried out by the agent or as a webhook effect; never a proxy action.
+        Action::StartPatched | Action::Stop { .. } | Action::Webhook { .. } => Ok(json!({})),
+    }
+}
+
+fn proxy_client(state: &AppState, admin_url: &str, token: &str) -> Result<ProxyClient, ApiError> {
+    let Some(file) = state.patches.proxy_tokens.get(token) else {
+        return Err(ApiError::bad_request(format!(
+            "no proxy token named {token:?}: start the server with --proxy-token-file {token}=FILE"
+        )));
+    };
+    ProxyClient::new(admin_url, file.clone()).map_err(ApiError::bad_request)
 }
 
 /// The proxy-level values of one backend over the interval since `prev`.
@@ -882,131 +1040,6 @@ async fn post_webhook(url: String, body: Value) {
         }
         Err(e) => tracing::warn!(url = %url, error = %e, "Patch webhook failed."),
     }
-}
-
-async fn drive(mut run: Run, mut rx: mpsc::UnboundedReceiver<Msg>, created: i64) {
-    let id = run.id.clone();
-    let mut tick = tokio::time::interval(run.core.plan().sample_interval.0);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Results stored while the server was away.
-    if let Err(e) = run.results().await {
-        tracing::error!(patch = %id, error = %e.message, "Patch step failed; retrying on the next interval.");
-    }
-    while !run.core.settled() {
-        let r = tokio::select! {
-            _ = tick.tick() => match run.results().await {
-                Ok(()) => run.round().await,
-                Err(e) => Err(e),
-            },
-            msg = rx.recv() => match msg {
-                None => break,
-                Some(Msg::Result) => run.results().await,
-                Some(Msg::Abort(reason, reply)) => {
-                    let r = run
-                        .commit(|c, fx| {
-                            fx.extra_events.push(NewEvent {
-                                ts_ms: now_ms(),
-                                kind: "abort.requested".into(),
-                                host: None,
-                                reason: format!("An operator asked to abort: {reason}"),
-                                figures: json!({ "reason": reason }),
-                            });
-                            c.st.abort = Some(reason);
-                            deliver_abort(c, fx, now_ms());
-                        })
-                        .await;
-                    let r = match r {
-                        Ok(()) => run.follow().await,
-                        Err(e) => Err(e),
-                    };
-                    let _ = reply.send(match &r {
-                        Ok(()) => Ok(run.status(created)),
-                        Err(e) => Err(e.clone()),
-                    });
-                    r
-                }
-            },
-        };
-        if let Err(e) = r {
-            tracing::error!(patch = %id, error = %e.message, "Patch step failed; retrying on the next interval.");
-        }
-    }
-    tracing::info!(patch = %id, stage = %stage_name(run.core.engine.stage()), "Patch finished.");
-    run.state.patches.running.lock().await.remove(&id);
-}
-
-async fn spawn(state: &AppState, run: Run, created: i64) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    state
-        .patches
-        .running
-        .lock()
-        .await
-        .insert(run.id.clone(), tx);
-    tokio::spawn(drive(run, rx, created));
-}
-
-fn proxy_client(state: &AppState, st: &DriverState) -> Result<ProxyClient, ApiError> {
-    let Some(file) = state.patches.proxy_tokens.get(&st.proxy_token) else {
-        return Err(ApiError::bad_request(format!(
-            "no proxy token named {:?}: start the server with --proxy-token-file {}=FILE",
-            st.proxy_token, st.proxy_token
-        )));
-    };
-    ProxyClient::new(&st.admin_url, file.clone()).map_err(ApiError::bad_request)
-}
-
-/// Restarts the task of every patch the store holds as unsettled; returns how many. The
-/// engine is rebuilt by replaying its stored inputs.
-pub async fn resume_all(state: &AppState) -> Result<usize, ApiError> {
-    let mut n = 0;
-    for rec in state.store.patches(true).await? {
-        let p: Persisted = serde_json::from_value(rec.state.clone()).map_err(|e| {
-            internal(format!(
-                "stored state of patch {} is not readable: {e}",
-                rec.id
-            ))
-        })?;
-        let plan = PatchPlan::parse(&rec.plan_file, &rec.plan_yaml)
-            .map_err(|e| internal(format!("stored plan of patch {}: {e}", rec.id)))?;
-        let mut engine = PatchEngine::new(&rec.id, plan, p.report.started_ms)
-            .map_err(|e| internal(format!("stored plan of patch {}: {e}", rec.id)))?;
-        for (seq, input) in state.store.patch_inputs(&rec.id).await? {
-            let input: Input = serde_json::from_value(input).map_err(|e| {
-                internal(format!(
-                    "stored input {seq} of patch {} is not readable: {e}",
-                    rec.id
-                ))
-            })?;
-            let _ = engine.step(input);
-        }
-        if engine.stage() != p.report.stage || engine.report().events.len() != p.report.events.len()
-        {
-            tracing::error!(patch = %rec.id, "The replayed patch differs from its stored report; going on from the replay.");
-        }
-        let proxy = match proxy_client(state, &p.driver) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(patch = %rec.id, error = %e.message, "Cannot resume the patch: its proxy is not usable.");
-                continue;
-            }
-        };
-        tracing::info!(patch = %rec.id, stage = %rec.stage, "Resuming a patch from the store.");
-        let mut run = Run {
-            state: state.clone(),
-            id: rec.id.clone(),
-            core: Core {
-                engine,
-                st: p.driver,
-            },
-            proxy,
-            proxy_prev: BTreeMap::new(),
-        };
-        run.reapply().await;
-        spawn(state, run, rec.created_at_ms).await;
-        n += 1;
-    }
-    Ok(n)
 }
 
 /// `POST /api/v1/patches`.
@@ -1141,7 +1174,6 @@ async fn create(
         original_pid,
         patched_pid: None,
         next_action_id: 1,
-        next_seq: 0,
         awaiting: None,
         sample_action: None,
         abort: None,
@@ -1150,7 +1182,7 @@ async fn create(
         proc_values: BTreeMap::new(),
         events_logged: 0,
     };
-    let proxy = proxy_client(&state, &st)?;
+    let proxy = proxy_client(&state, &st.admin_url, &st.proxy_token)?;
     // Both instances must be backends of the proxy: the server moves traffic, never adds one.
     let backends = proxy.backends().await.map_err(|e| {
         ApiError::new(
@@ -1176,56 +1208,57 @@ async fn create(
             .collect();
         format!("p-{clean}-{now}")
     });
-    if state.store.patch(&id).await?.is_some() {
-        return Err(ApiError::conflict(format!("patch {id} exists already")));
+    if state.store.task(&id).await?.is_some() {
+        return Err(ApiError::conflict(format!("a task {id} exists already")));
     }
     let engine =
         PatchEngine::new(&id, plan, now).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let core = Core { engine, st };
-    let first = core.record(&Effects::default());
-    let new = NewPatch {
+    let mut t = PatchTask {
         id: id.clone(),
-        host: host.to_string(),
-        plan_file: file,
-        plan_yaml: req.plan_yaml,
-    };
-    if let Some(other) = state.store.create_patch(&new, &first, now).await? {
-        return Err(ApiError::conflict(format!(
-            "host {host} is already in running patch {other}; wait for it, or abort it"
-        )));
-    }
-    let mut core = core;
-    core.st.events_logged = core.engine.report().events.len();
-    tracing::info!(patch = %id, host = %host, "Started a patch.");
-    let run = Run {
-        state: state.clone(),
-        id: id.clone(),
-        core,
-        proxy,
+        engine,
+        st,
+        inputs: Vec::new(),
         proxy_prev: BTreeMap::new(),
     };
-    let status = run.status(now);
-    spawn(&state, run, now).await;
+    let mut first = Step::default();
+    t.log_events(&mut first);
+    let status = t.status_response(now);
+    let new = NewTask {
+        id: id.clone(),
+        kind: PATCH.into(),
+        model_version: None,
+        plan_file: file,
+        plan_yaml: req.plan_yaml,
+        hosts: vec![(host.to_string(), BTreeMap::new())],
+    };
+    if let Some(busy) = task::create(&state, &new, t, first).await? {
+        return Err(ApiError::conflict(format!(
+            "host {host} is already in running {} {}; wait for it, or abort it",
+            busy.kind, busy.task
+        )));
+    }
+    tracing::info!(patch = %id, host = %host, "Started a patch.");
     Ok((StatusCode::CREATED, Json(status)))
 }
 
-async fn load(state: &AppState, id: &str) -> Result<(i64, bool, Persisted), ApiError> {
-    let Some(rec) = state.store.patch(id).await? else {
+async fn load(state: &AppState, id: &str) -> Result<(i64, Persisted), ApiError> {
+    let rec = state.store.task(id).await?.filter(|r| r.kind == PATCH);
+    let Some(rec) = rec else {
         return Err(ApiError::not_found(format!("unknown patch {id}")));
     };
     let p: Persisted = serde_json::from_value(rec.state)
         .map_err(|e| internal(format!("stored state of patch {id} is not readable: {e}")))?;
-    Ok((rec.created_at_ms, rec.settled, p))
+    Ok((rec.created_at_ms, p))
 }
 
 async fn list(State(state): State<AppState>, _auth: Viewer) -> Result<Json<Vec<Value>>, ApiError> {
     let mut out = Vec::new();
-    for rec in state.store.patches(false).await? {
+    for rec in state.store.tasks(Some(PATCH), false).await? {
         let r = &rec.state["report"];
         out.push(json!({
-            "id": rec.id, "host": rec.host, "plan": r["plan_name"], "stage": rec.stage,
-            "outcome": match rec.stage.as_str() {
-                "rolled_back" | "promoted" | "failed" => rec.stage.as_str(),
+            "id": rec.id, "host": rec.state["driver"]["host"], "plan": r["plan_name"], "stage": rec.phase,
+            "outcome": match rec.phase.as_str() {
+                "rolled_back" | "promoted" | "failed" => rec.phase.as_str(),
                 _ => "running",
             },
             "settled": rec.settled, "last_severity": r["last_severity"],
@@ -1242,7 +1275,7 @@ async fn status(
     _auth: Viewer,
     Path(id): Path<String>,
 ) -> Result<Json<StatusResponse>, ApiError> {
-    let (created, _, p) = load(&state, &id).await?;
+    let (created, p) = load(&state, &id).await?;
     Ok(Json(status_of(&id, created, &p.driver, &p.report)))
 }
 
@@ -1251,7 +1284,7 @@ async fn report(
     _auth: Viewer,
     Path(id): Path<String>,
 ) -> Result<Json<PatchReport>, ApiError> {
-    let (_, _, p) = load(&state, &id).await?;
+    let (_, p) = load(&state, &id).await?;
     Ok(Json(p.report))
 }
 
@@ -1276,24 +1309,18 @@ async fn abort(
     };
     let reason = body.reason.unwrap_or_else(|| "no reason given".into());
     let reason: String = reason.chars().take(200).collect();
-    let (_, _, p) = load(&state, &id).await?;
+    let (_, p) = load(&state, &id).await?;
     if p.report.stage.is_final() {
         return Err(ApiError::conflict(format!(
             "patch {id} is {}; abort applies to a running patch",
             stage_name(p.report.stage)
         )));
     }
-    let tx = state.patches.running.lock().await.get(&id).cloned();
-    let Some(tx) = tx else {
-        return Err(ApiError::conflict(format!(
-            "patch {id} is not running in this server process"
-        )));
-    };
-    let (reply, answer) = oneshot::channel();
-    tx.send(Msg::Abort(reason, reply))
-        .map_err(|_| ApiError::conflict(format!("patch {id} has just finished")))?;
-    let status = answer
-        .await
-        .map_err(|_| ApiError::conflict(format!("patch {id} has just finished")))??;
+    let (created, _) = load(&state, &id).await?;
+    let mut status = state
+        .tasks
+        .command::<PatchTask>(&id, Command::Abort(reason))
+        .await?;
+    status.created_at_ms = created;
     Ok(Json(status))
 }

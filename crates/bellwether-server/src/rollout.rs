@@ -1,58 +1,53 @@
-//! The rollout runner: one task per rollout drives the pure engine
-//! (`bellwether_engine::rollout`) with action results, watch verdicts, ticks and operator
-//! commands, and persists every step before anything leaves the server.
+//! Rollouts as durable tasks: [`RolloutTask`] is the rollout's implementation of
+//! [`DurableTask`] (the pure engine `bellwether_engine::rollout` with each host's watcher), and
+//! this module's routes create, list, show and command rollouts and serve the agents' action
+//! queue (which every kind shares).
 //!
-//! Each engine step is taken on a copy of the state ([`durable::commit`], the one rule for every
-//! engine the server drives): the copy (engine and watcher snapshots), the step's events, its
-//! dispatches (queued as agent actions) and its outcomes are stored in one transaction
-//! ([`bellwether_store::Store::save_rollout_step`]), and only once that commits does the copy
-//! become the runner's state and are agents woken. A save that fails is retried with backoff;
-//! one that keeps failing leaves the state as it was and *holds* the runner: it takes no step
-//! but one, an [`Observation::Hold`] that pauses the rollout with a critical alert, which it
-//! tries to save every interval until the store takes writes again. The rollout then stays
-//! paused until an operator resumes it (a store that filled up once deserves a look first).
+//! The runner is [`crate::task`]'s, the same for every kind: each step is taken on a copy and
+//! stored with its events, dispatches (queued as agent actions) and outcomes in one transaction
+//! before the copy is kept and agents are woken; a save that keeps failing holds the task, and
+//! a held rollout records the hold as an [`Observation::Hold`]: it pauses with a critical alert,
+//! and stays paused until an operator resumes it (a store that filled up once deserves a look
+//! first).
 //!
-//! A runner ends when its rollout is settled ([`Rollout::is_settled`]): final AND every
+//! A rollout's runner ends when it is settled ([`Rollout::is_settled`]): final AND every
 //! dispatched action reported or timed out. An aborted rollout's reverts report after the
-//! phase turned final, and are still fed to the engine. An action
-//! result is stored by the agent API first and fed to the engine afterwards, marked observed
-//! in the same transaction as the step it caused. So a server killed at any point restarts
-//! from the store ([`resume_all`]) with every dispatched action queued exactly once and every
+//! phase turned final, and are still fed to the engine. An action result is stored by the
+//! agent API first and fed to the engine afterwards, marked observed in the same transaction
+//! as the step it caused. So a server killed at any point restarts from the store
+//! ([`crate::task::resume_all`]) with every dispatched action queued exactly once and every
 //! consumed result consumed once: no host is applied twice and none is lost.
 //!
-//! The watch is the engine's pure [`HostWatcher`]: the runner feeds it each host's stored
-//! samples and drift every analysis interval, asks it for a verdict on every applied host
-//! (with the not-updated hosts as controls), and hands the verdicts to the engine.
+//! The watch is the engine's pure [`HostWatcher`]: every analysis interval the task reads each
+//! host's new stored samples and drift ([`DurableTask::observe`]), and its step feeds them to
+//! the watchers, asks for a verdict on every applied host (with the not-updated hosts as
+//! controls), and hands the verdicts to the engine.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use bellwether_engine::rollout::plan::{parse_plan, Plan};
+use bellwether_engine::rollout::plan::parse_plan;
 use bellwether_engine::rollout::watch::{HostWatcher, WatcherSnapshot};
 use bellwether_engine::rollout::{
     ActionResult, Decision, HostInput, HostState, Observation, OperatorCommand, Rollout,
     RolloutReport, RolloutStatus,
 };
-use bellwether_model::{HostName, HostProfile};
+use bellwether_model::{HostName, HostProfile, MetricSample};
 use bellwether_store::{
-    ActionFinish, NewAction, NewEvent, NewOutcome, NewRollout, OutcomeSource, StepRecord,
+    ActionFinish, ActionRecord, NewEvent, NewOutcome, NewTask, OutcomeSource, TaskRecord,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 
 use crate::auth::{Agent, Operator, Viewer};
 use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::model_api::{self, UpdateInfo};
+use crate::task::{self, Dispatch, DurableTask, Input, NoEffect, Step};
 use crate::{now_ms, AppState};
-
-mod durable;
-use durable::SavePolicy;
 
 /// The routes of this module, as (method, path); docs/api.md and docs/openapi.yaml describe
 /// each (a test checks).
@@ -86,30 +81,17 @@ const BASELINE_LOOKBACK_MS: i64 = 5 * 60 * 1000;
 /// The top factors kept per host.
 const FACTORS: usize = 5;
 
-enum Msg {
-    Operator(
-        OperatorCommand,
-        oneshot::Sender<Result<RolloutStatus, ApiError>>,
-    ),
-    /// A result was stored for one of this rollout's actions.
-    Result,
-}
-
-/// The running rollouts of this process and the agents' wake-up bell.
-#[derive(Debug, Default)]
-pub struct Runners {
-    running: Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
-    /// Rung after dispatches are stored, so long-polling agents look again.
-    pub(crate) actions: Notify,
-}
-
-impl std::fmt::Debug for Msg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Msg::Operator(..) => "Operator",
-            Msg::Result => "Result",
-        })
-    }
+/// A rollout as a durable task: the engine, each host's watcher, and what the server derived
+/// for it from the store.
+#[derive(Clone)]
+pub(crate) struct RolloutTask {
+    rollout: Rollout,
+    watchers: BTreeMap<HostName, HostWatcher>,
+    /// The newest sample timestamp fed per host (not stored: a resumed rollout re-reads the
+    /// lookback, which the watchers' windows absorb).
+    fed_until: BTreeMap<HostName, i64>,
+    /// Each target host's feature vector at scoring time, for its outcome.
+    features: BTreeMap<String, BTreeMap<String, Value>>,
 }
 
 /// What is stored as a rollout's state: the engine and each host's watcher snapshot.
@@ -119,17 +101,17 @@ struct Persisted {
     watchers: BTreeMap<HostName, WatcherSnapshot>,
 }
 
-struct Run {
-    state: AppState,
-    rollout: Rollout,
-    /// Set while the store refuses the runner's saves: the error of the last failed save.
-    held: Option<String>,
-    save_policy: SavePolicy,
-    plan: Plan,
-    watchers: BTreeMap<HostName, HostWatcher>,
-    /// The newest sample timestamp fed per host.
-    fed_until: BTreeMap<HostName, i64>,
-    features: BTreeMap<String, BTreeMap<String, Value>>,
+/// [`Persisted`], borrowed, to write it.
+#[derive(Serialize)]
+struct PersistedRef<'a> {
+    engine: &'a Rollout,
+    watchers: BTreeMap<&'a HostName, WatcherSnapshot>,
+}
+
+/// One analysis interval's reads: each host's new samples and current drift.
+pub(crate) struct Observed {
+    samples: BTreeMap<HostName, Vec<MetricSample>>,
+    drift: BTreeMap<HostName, f64>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -158,268 +140,134 @@ fn attributes(p: Option<&HostProfile>) -> BTreeMap<String, String> {
     a
 }
 
-/// What a step stores: the engine state `rollout`, the watchers' snapshots (`changed`, saved
-/// with this step, taking the place of its host's current watcher), and the step's effects.
-fn step_record(
-    rollout: &Rollout,
-    watchers: &BTreeMap<HostName, HostWatcher>,
-    changed: Option<&(HostName, HostWatcher)>,
-    host_features: &BTreeMap<String, BTreeMap<String, Value>>,
-    decisions: &[Decision],
-    observed_action: Option<i64>,
-) -> StepRecord {
-    let mut snapshots: BTreeMap<HostName, WatcherSnapshot> = watchers
-        .iter()
-        .map(|(h, w)| (h.clone(), w.snapshot()))
-        .collect();
-    if let Some((h, w)) = changed {
-        snapshots.insert(h.clone(), w.snapshot());
-    }
-    let mut step = StepRecord {
-        phase: rollout.phase.name().to_string(),
-        settled: rollout.is_settled(),
-        state: serde_json::to_value(Persisted {
-            engine: rollout.clone(),
-            watchers: snapshots,
-        })
-        .expect("the rollout state serialises"),
-        observed_action,
-        ..StepRecord::default()
-    };
-    for d in decisions {
-        match d {
-            Decision::Dispatch {
-                action_id,
-                host,
-                kind,
-                spec,
-            } => step.dispatches.push(NewAction {
-                action_id: *action_id,
-                uid: new_action_uid(),
-                host: host.to_string(),
-                kind: kind.name().to_string(),
-                spec: serde_json::to_value(spec).expect("an action spec serialises"),
-            }),
-            Decision::Event(e) => step.events.push(NewEvent {
-                ts_ms: e.ts_ms,
-                kind: e.kind.clone(),
-                host: e.host.as_ref().map(|h| h.to_string()),
-                reason: e.reason.clone(),
-                figures: e.figures.clone(),
-            }),
-            Decision::Alert {
-                severity,
-                message,
-                figures,
-            } => step.events.push(NewEvent {
-                ts_ms: rollout.now_ms,
-                kind: "alert".into(),
-                host: None,
-                reason: message.clone(),
-                figures: json!({"severity": severity, "figures": figures}),
-            }),
-            Decision::Outcome {
-                host,
-                failed,
-                features,
-            } => {
-                let mut f = host_features
-                    .get(host.as_str())
-                    .cloned()
-                    .unwrap_or_default();
-                // The engine's own figures (wave, predicted probability…) are kept but start
-                // with `_`, so training skips them: they are not known before a deployment.
-                for (k, v) in features {
-                    f.insert(format!("_{k}"), v.clone());
-                }
-                step.outcomes.push(NewOutcome {
-                    source: OutcomeSource::Rollout,
-                    deployment: rollout.id.clone(),
-                    host: host.to_string(),
-                    features: f,
-                    failed: *failed,
-                });
-            }
+/// The engine's result of an action from the agent's stored report.
+fn action_result(report: &Value) -> ActionResult {
+    let ok = report["ok"].as_bool().unwrap_or(false);
+    let error = report["error"].as_str().map(str::to_string);
+    if ok {
+        ActionResult::Ok
+    } else if report["exit_code"].is_null()
+        && error.as_deref().is_some_and(|e| e.starts_with("timed out"))
+    {
+        ActionResult::TimedOut
+    } else {
+        ActionResult::Failed {
+            error: error.unwrap_or_else(|| format!("exit code {}", report["exit_code"])),
         }
     }
-    step
 }
 
-impl Run {
-    /// Steps a copy of the engine with `observe`, saves it (with `changed`, a watcher that
-    /// changed with this step), and keeps both only once the save committed; then wakes the
-    /// agents and maybe retrains. A save that keeps failing holds the runner.
-    async fn commit(
-        &mut self,
-        observe: impl FnOnce(&mut Rollout) -> Vec<Decision>,
-        changed: Option<(HostName, HostWatcher)>,
-        observed_action: Option<i64>,
-    ) -> Result<(), ApiError> {
-        let Run {
-            state,
-            rollout,
-            watchers,
-            features,
-            save_policy,
-            ..
-        } = self;
-        let id = rollout.id.clone();
-        let store = state.store.clone();
-        let saved = durable::commit(
-            rollout,
-            *save_policy,
-            observe,
-            |r, d| step_record(r, watchers, changed.as_ref(), features, d, observed_action),
-            |rec: StepRecord| {
-                let (store, id) = (store.clone(), id.clone());
-                async move {
-                    let saved = store.save_rollout_step(&id, &rec, now_ms()).await;
-                    (rec, saved)
+impl RolloutTask {
+    /// The step's record of the engine's `decisions`.
+    fn effects(&self, decisions: Vec<Decision>) -> Step<NoEffect> {
+        let mut step = Step::default();
+        for d in decisions {
+            match d {
+                Decision::Dispatch {
+                    action_id,
+                    host,
+                    kind,
+                    spec,
+                } => step.dispatches.push(Dispatch::new(
+                    action_id,
+                    host.as_str(),
+                    kind.name(),
+                    &spec,
+                )),
+                Decision::Event(e) => step.events.push(NewEvent {
+                    ts_ms: e.ts_ms,
+                    kind: e.kind,
+                    host: e.host.map(|h| h.to_string()),
+                    reason: e.reason,
+                    figures: e.figures,
+                }),
+                Decision::Alert {
+                    severity,
+                    message,
+                    figures,
+                } => step.events.push(NewEvent {
+                    ts_ms: self.rollout.now_ms,
+                    kind: "alert".into(),
+                    host: None,
+                    reason: message,
+                    figures: json!({"severity": severity, "figures": figures}),
+                }),
+                Decision::Outcome {
+                    host,
+                    failed,
+                    features,
+                } => {
+                    let mut f = self
+                        .features
+                        .get(host.as_str())
+                        .cloned()
+                        .unwrap_or_default();
+                    // The engine's own figures (wave, predicted probability…) are kept but
+                    // start with `_`, so training skips them: they are not known before a
+                    // deployment.
+                    for (k, v) in features {
+                        f.insert(format!("_{k}"), v);
+                    }
+                    step.outcomes.push(NewOutcome {
+                        source: OutcomeSource::Rollout,
+                        deployment: self.rollout.id.clone(),
+                        host: host.to_string(),
+                        features: f,
+                        failed,
+                    });
                 }
-            },
-        )
-        .await;
-        match saved {
-            Ok((_, step)) => {
-                if let Some((h, w)) = changed {
-                    self.watchers.insert(h, w);
-                }
-                if !step.dispatches.is_empty() {
-                    self.state.rollouts.actions.notify_waiters();
-                }
-                if !step.outcomes.is_empty() {
-                    model_api::maybe_retrain(&self.state).await?;
-                }
-                Ok(())
-            }
-            Err(unsaved) => {
-                let error = unsaved.error.to_string();
-                tracing::error!(rollout = %id, attempts = unsaved.attempts, error = %error, "Rollout held: the store did not save its step; it will pause with an alert once the store takes writes again.");
-                self.held = Some(error.clone());
-                Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("rollout {id} is held: the store could not save its step ({error}); it pauses with an alert once the store takes writes again"),
-                ))
             }
         }
+        step
     }
 
-    /// While held: try to store the hold (a pause with a critical alert). Once it commits the
-    /// runner takes steps again, the rollout paused until an operator resumes it.
-    async fn hold(&mut self) -> Result<(), ApiError> {
-        let Some(error) = self.held.clone() else {
-            return Ok(());
-        };
-        let reason = format!("the store could not save a step ({error})");
-        let now = now_ms();
-        // One attempt per interval: the runner is already held.
-        let once = SavePolicy {
-            attempts: 1,
-            ..self.save_policy
-        };
-        let policy = std::mem::replace(&mut self.save_policy, once);
-        let r = self
-            .commit(
-                |r| {
-                    r.step(Observation::Hold {
-                        reason,
-                        now_ms: now,
-                    })
-                },
-                None,
-                None,
-            )
-            .await;
-        self.save_policy = policy;
-        if r.is_ok() {
-            self.held = None;
-            tracing::warn!(rollout = %self.rollout.id, phase = self.rollout.phase.name(), "The store takes writes again; the rollout is paused with an alert until an operator resumes it.");
-            self.feed_results().await?;
-        }
-        r
-    }
-
-    /// Feeds every stored result the engine has not seen yet.
-    async fn feed_results(&mut self) -> Result<(), ApiError> {
-        for a in self
-            .state
-            .store
-            .unobserved_results(&self.rollout.id)
-            .await?
-        {
-            let report = a.result.clone().unwrap_or(Value::Null);
-            let ok = report["ok"].as_bool().unwrap_or(false);
-            let error = report["error"].as_str().map(str::to_string);
-            let result = if ok {
-                ActionResult::Ok
-            } else if report["exit_code"].is_null()
-                && error.as_deref().is_some_and(|e| e.starts_with("timed out"))
-            {
-                ActionResult::TimedOut
-            } else {
-                ActionResult::Failed {
-                    error: error.unwrap_or_else(|| format!("exit code {}", report["exit_code"])),
-                }
-            };
-            let finished = report["finished_ms"]
-                .as_i64()
-                .or(a.finished_at_ms)
-                .unwrap_or_else(now_ms);
-            // The watcher changes on a copy, saved with the step.
-            let mut changed = None;
-            if ok && (a.kind == "apply" || a.kind == "remediate") {
-                if let Ok(host) = HostName::new(a.host.clone()) {
-                    if let Some(w) = self.watchers.get(&host) {
-                        let mut w = w.clone();
-                        if a.kind == "apply" {
-                            w.mark_applied(finished);
-                        } else if let Err(e) = w.restart(finished) {
-                            // The baselines were valid when frozen; a failure here is a bug.
-                            tracing::error!(host = %host, error = %e, "could not restart the watch after a remediation");
-                        }
-                        changed = Some((host, w));
+    /// An action's result: the watcher of an applied or remediated host learns it first.
+    fn on_result(&mut self, a: &ActionRecord, now: i64) -> Vec<Decision> {
+        let report = a.result.clone().unwrap_or(Value::Null);
+        let result = action_result(&report);
+        let finished = report["finished_ms"]
+            .as_i64()
+            .or(a.finished_at_ms)
+            .unwrap_or(now);
+        if result == ActionResult::Ok && (a.kind == "apply" || a.kind == "remediate") {
+            if let Ok(host) = HostName::new(a.host.clone()) {
+                if let Some(w) = self.watchers.get_mut(&host) {
+                    if a.kind == "apply" {
+                        w.mark_applied(finished);
+                    } else if let Err(e) = w.restart(finished) {
+                        // The baselines were valid when frozen; a failure here is a bug.
+                        tracing::error!(host = %host, error = %e, "could not restart the watch after a remediation");
                     }
                 }
             }
-            let obs = Observation::ActionFinished {
-                action_id: a.action_id,
-                result,
-                now_ms: now_ms(),
-            };
-            self.commit(|r| r.step(obs), changed, Some(a.id)).await?;
         }
-        Ok(())
+        self.rollout.step(Observation::ActionFinished {
+            action_id: a.action_id,
+            result,
+            now_ms: now,
+        })
     }
 
     /// One analysis interval: new samples and drift into the watchers, a verdict for every
-    /// updated host, then a tick.
-    async fn tick(&mut self) -> Result<(), ApiError> {
-        let hosts: Vec<HostName> = self.rollout.hosts.keys().cloned().collect();
-        for h in &hosts {
-            let after = self
-                .fed_until
-                .get(h)
-                .copied()
-                .unwrap_or(now_ms() - BASELINE_LOOKBACK_MS);
-            let samples = self
-                .state
-                .store
-                .samples_since(h.as_str(), after, 100_000)
-                .await?;
-            if let Some(w) = self.watchers.get_mut(h) {
+    /// updated host, then a tick. One interval's verdicts and tick are one step: nothing is
+    /// dispatched before the store has it, so batching them loses no crash safety.
+    fn on_tick(&mut self, observed: Observed, now: i64) -> Vec<Decision> {
+        for (h, samples) in observed.samples {
+            if let Some(w) = self.watchers.get_mut(&h) {
                 for s in &samples {
                     // Metrics the plan does not analyse are not the watcher's business.
                     let _ = w.observe(s.ts_ms, &s.name, s.value);
                 }
-                if let Some(d) = self.state.store.drift(h).await? {
-                    w.observe_drift(now_ms(), d.score.overall.get());
-                }
             }
             if let Some(last) = samples.last() {
-                self.fed_until.insert(h.clone(), last.ts_ms);
+                self.fed_until.insert(h, last.ts_ms);
             }
         }
-        let now = now_ms();
+        for (h, d) in observed.drift {
+            if let Some(w) = self.watchers.get_mut(&h) {
+                w.observe_drift(now, d);
+            }
+        }
         let watched: Vec<HostName> = self
             .rollout
             .hosts
@@ -427,8 +275,6 @@ impl Run {
             .filter(|r| r.applied && matches!(r.state, HostState::Baking | HostState::Updated))
             .map(|r| r.name.clone())
             .collect();
-        // One interval's verdicts and tick are stored as one step: nothing is dispatched
-        // before the store has it, so batching them loses no crash safety.
         let mut verdicts = Vec::new();
         for h in watched {
             let Some(w) = self.watchers.get(&h) else {
@@ -449,120 +295,134 @@ impl Run {
                 data_ms: Some(data_ms.unwrap_or(i64::MIN)),
             });
         }
-        self.commit(
-            |r| {
-                let mut decisions = Vec::new();
-                for v in verdicts {
-                    decisions.extend(r.step(v));
-                }
-                decisions.extend(r.step(Observation::Tick { now_ms: now }));
-                decisions
-            },
-            None,
-            None,
-        )
-        .await
-    }
-}
-
-async fn drive(mut run: Run, mut rx: mpsc::UnboundedReceiver<Msg>) {
-    let id = run.rollout.id.clone();
-    let interval = Duration::from_millis(run.plan.analysis.interval_ms().max(100) as u64);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    if let Err(e) = run.feed_results().await {
-        tracing::error!(rollout = %id, error = %e, "Could not feed stored action results.");
-    }
-    // Not when the phase turns final: an aborted rollout's reverts report after that.
-    while !run.rollout.is_settled() {
-        let r = tokio::select! {
-            _ = ticker.tick() => if run.held.is_some() { run.hold().await } else { run.tick().await },
-            msg = rx.recv() => match msg {
-                None => break,
-                // While held, results wait in the store (unobserved) for the hold to end.
-                Some(Msg::Result) if run.held.is_some() => Ok(()),
-                Some(Msg::Result) => run.feed_results().await,
-                Some(Msg::Operator(_, reply)) if run.held.is_some() => {
-                    let _ = reply.send(Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("rollout {id} is held: the store could not save its step ({}); try again once the store takes writes", run.held.clone().unwrap_or_default()),
-                    )));
-                    Ok(())
-                }
-                Some(Msg::Operator(cmd, reply)) => {
-                    let now = now_ms();
-                    let r = run.commit(|r| r.step(Observation::Operator { command: cmd, now_ms: now }), None, None).await;
-                    let answer = r.as_ref().map(|_| run.rollout.status()).map_err(Clone::clone);
-                    let _ = reply.send(answer);
-                    r
-                }
-            },
-        };
-        if let Err(e) = r {
-            tracing::error!(rollout = %id, error = %e, "Rollout step failed; retrying on the next interval.");
+        let mut decisions = Vec::new();
+        for v in verdicts {
+            decisions.extend(self.rollout.step(v));
         }
+        decisions.extend(self.rollout.step(Observation::Tick { now_ms: now }));
+        decisions
     }
-    tracing::info!(rollout = %id, phase = run.rollout.phase.name(), "Rollout finished: its last action has reported.");
-    run.state.rollouts.running.lock().await.remove(&id);
 }
 
-async fn spawn(state: &AppState, run: Run) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    state
-        .rollouts
-        .running
-        .lock()
-        .await
-        .insert(run.rollout.id.clone(), tx);
-    tokio::spawn(drive(run, rx));
-}
+impl DurableTask for RolloutTask {
+    const KIND: &'static str = bellwether_store::ROLLOUT;
+    type Command = OperatorCommand;
+    type Status = RolloutStatus;
+    type Observed = Observed;
+    type Effect = NoEffect;
+    type EffectDone = NoEffect;
 
-/// Restarts the runner of every rollout the store holds as unsettled: running, paused, or final
-/// with an action still in flight (after a restart of the server). Returns how many.
-pub async fn resume_all(state: &AppState) -> Result<usize, ApiError> {
-    let mut n = 0;
-    for rec in state.store.rollouts(true).await? {
-        let persisted: Persisted = serde_json::from_value(rec.state.clone()).map_err(|e| {
+    async fn restore(state: AppState, rec: TaskRecord) -> Result<Self, ApiError> {
+        let persisted: Persisted = serde_json::from_value(rec.state).map_err(|e| {
             internal(format!(
                 "stored state of rollout {} is not readable: {e}",
                 rec.id
             ))
         })?;
-        let plan = persisted.engine.plan.clone();
+        let plan = &persisted.engine.plan;
         let mut watchers = BTreeMap::new();
         for h in persisted.engine.hosts.keys() {
             let w = match persisted.watchers.get(h) {
-                Some(s) => HostWatcher::restore(&plan, s),
-                None => HostWatcher::new(&plan, h.clone()),
+                Some(s) => HostWatcher::restore(plan, s),
+                None => HostWatcher::new(plan, h.clone()),
             }
             .map_err(internal)?;
             watchers.insert(h.clone(), w);
         }
-        let features = state.store.rollout_host_features(&rec.id).await?;
+        let features = state.store.task_host_features(&rec.id).await?;
         let fed_until = persisted
             .engine
             .hosts
             .keys()
             .map(|h| (h.clone(), now_ms() - BASELINE_LOOKBACK_MS))
             .collect();
-        tracing::info!(rollout = %rec.id, phase = %rec.phase, "Resuming a rollout from the store.");
-        spawn(
-            state,
-            Run {
-                state: state.clone(),
-                rollout: persisted.engine,
-                held: None,
-                save_policy: SavePolicy::default(),
-                plan,
-                watchers,
-                fed_until,
-                features,
-            },
-        )
-        .await;
-        n += 1;
+        Ok(RolloutTask {
+            rollout: persisted.engine,
+            watchers,
+            fed_until,
+            features,
+        })
     }
-    Ok(n)
+
+    fn id(&self) -> &str {
+        &self.rollout.id
+    }
+
+    fn phase(&self) -> String {
+        self.rollout.phase.name().to_string()
+    }
+
+    fn is_settled(&self) -> bool {
+        // Not when the phase turns final: an aborted rollout's reverts report after that.
+        self.rollout.is_settled()
+    }
+
+    fn persist(&self) -> Value {
+        serde_json::to_value(PersistedRef {
+            engine: &self.rollout,
+            watchers: self
+                .watchers
+                .iter()
+                .map(|(h, w)| (h, w.snapshot()))
+                .collect(),
+        })
+        .expect("the rollout state serialises")
+    }
+
+    fn tick_every(&self) -> Duration {
+        Duration::from_millis(self.rollout.plan.analysis.interval_ms().max(100) as u64)
+    }
+
+    async fn observe(&self, state: &AppState) -> Result<Observed, ApiError> {
+        let mut observed = Observed {
+            samples: BTreeMap::new(),
+            drift: BTreeMap::new(),
+        };
+        for h in self.rollout.hosts.keys() {
+            let after = self
+                .fed_until
+                .get(h)
+                .copied()
+                .unwrap_or(now_ms() - BASELINE_LOOKBACK_MS);
+            let samples = state
+                .store
+                .samples_since(h.as_str(), after, 100_000)
+                .await?;
+            observed.samples.insert(h.clone(), samples);
+            if let Some(d) = state.store.drift(h).await? {
+                observed.drift.insert(h.clone(), d.score.overall.get());
+            }
+        }
+        Ok(observed)
+    }
+
+    fn step(&mut self, input: Input<Self>, now: i64) -> Step<NoEffect> {
+        let decisions = match input {
+            Input::Tick(observed) => self.on_tick(observed, now),
+            Input::Result(a) => self.on_result(&a, now),
+            Input::Command(command) => self.rollout.step(Observation::Operator {
+                command,
+                now_ms: now,
+            }),
+            // A rollout that could not be saved pauses with a critical alert, and stays
+            // paused until an operator resumes it (a store that filled up once deserves a
+            // look first).
+            Input::Hold { reason } => self.rollout.step(Observation::Hold {
+                reason,
+                now_ms: now,
+            }),
+            Input::Effect(never) => match never {},
+        };
+        self.effects(decisions)
+    }
+
+    fn status(&self) -> RolloutStatus {
+        self.rollout.status()
+    }
+
+    async fn run_effect(_state: AppState, effect: NoEffect) -> NoEffect {
+        match effect {}
+    }
 }
 
 /// `POST /api/v1/rollouts`.
@@ -573,13 +433,6 @@ pub struct CreateRollout {
     /// The plan's file name, for error messages.
     #[serde(default)]
     pub file: Option<String>,
-}
-
-/// A new action's wire id: 128 random bits from the OS as 32 lower-case hex characters.
-fn new_action_uid() -> String {
-    let mut b = [0u8; 16];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
-    hex::encode(b)
 }
 
 fn new_id() -> String {
@@ -676,42 +529,29 @@ async fn create(
     let targets: Vec<String> = rollout.host_names().map(|h| h.to_string()).collect();
     features.retain(|(h, _)| targets.contains(h));
     watchers.retain(|h, _| targets.contains(&h.to_string()));
-    let run = Run {
-        state: state.clone(),
+    let task = RolloutTask {
         features: features.iter().cloned().collect(),
         rollout,
-        held: None,
-        save_policy: SavePolicy::default(),
-        plan,
         watchers,
         fed_until,
     };
-    let first = step_record(
-        &run.rollout,
-        &run.watchers,
-        None,
-        &run.features,
-        &decisions,
-        None,
-    );
-    let new = NewRollout {
+    let first = task.effects(decisions);
+    let new = NewTask {
         id: id.clone(),
-        phase: first.phase.clone(),
+        kind: RolloutTask::KIND.to_string(),
         model_version: Some(model_version),
         plan_file: file.clone(),
         plan_yaml: req.plan_yaml,
-        state: first.state.clone(),
         hosts: features,
     };
-    if let Some((host, other)) = state.store.create_rollout(&new, &first, now).await? {
+    let phase = task.rollout.phase.name();
+    if let Some(busy) = task::create(&state, &new, task, first).await? {
         return Err(ApiError::conflict(format!(
-            "host {host} is already in running rollout {other}; wait for it, or abort it"
+            "host {} is already in running {} {}; wait for it, or abort it",
+            busy.host, busy.kind, busy.task
         )));
     }
-    state.rollouts.actions.notify_waiters();
     tracing::info!(rollout = %id, hosts = targets.len(), model_version, "Started a rollout.");
-    let phase = run.rollout.phase.name();
-    spawn(&state, run).await;
     Ok((
         StatusCode::CREATED,
         Json(
@@ -809,18 +649,7 @@ async fn command(
             r.phase.name()
         )));
     }
-    let tx = state.rollouts.running.lock().await.get(&id).cloned();
-    let Some(tx) = tx else {
-        return Err(ApiError::conflict(format!(
-            "rollout {id} is not running in this server process"
-        )));
-    };
-    let (reply, answer) = oneshot::channel();
-    tx.send(Msg::Operator(cmd, reply))
-        .map_err(|_| ApiError::conflict(format!("rollout {id} has just finished")))?;
-    let status = answer
-        .await
-        .map_err(|_| ApiError::conflict(format!("rollout {id} has just finished")))??;
+    let status = state.tasks.command::<RolloutTask>(&id, cmd).await?;
     Ok(Json(StatusResponse {
         status,
         model_version: rec.model_version,
@@ -840,6 +669,8 @@ struct ActionsQuery {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentAction {
     pub id: String,
+    /// The task that dispatched it, of any kind (a rollout's or a patch's id); named
+    /// `rollout` on the wire, which agents read.
     pub rollout: String,
     pub kind: String,
     pub spec: Value,
@@ -856,7 +687,7 @@ async fn agent_actions(
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         // Listen before looking, so a dispatch stored in between still wakes us.
-        let bell = state.rollouts.actions.notified();
+        let bell = state.tasks.actions.notified();
         tokio::pin!(bell);
         bell.as_mut().enable();
         let open = state
@@ -868,7 +699,7 @@ async fn agent_actions(
                 .into_iter()
                 .map(|a| AgentAction {
                     id: a.uid,
-                    rollout: a.rollout_id,
+                    rollout: a.task_id,
                     kind: a.kind,
                     spec: a.spec,
                 })
@@ -921,14 +752,8 @@ async fn agent_result(
         )));
     };
     if let ActionFinish::Stored(rec) = done {
-        tracing::info!(host = %host, action = id, rollout = %rec.rollout_id, ok = body.ok, "Stored an action result.");
-        if let Some(tx) = state.rollouts.running.lock().await.get(&rec.rollout_id) {
-            let _ = tx.send(Msg::Result);
-        }
-        crate::patch::result_stored(&state, &rec.rollout_id).await;
+        tracing::info!(host = %host, action = id, task = %rec.task_id, ok = body.ok, "Stored an action result.");
+        state.tasks.result_stored(&rec.task_id);
     }
     Ok(StatusCode::NO_CONTENT)
 }
-
-/// Shared handle type for the state.
-pub type SharedRunners = Arc<Runners>;

@@ -376,6 +376,9 @@ pub struct Event {
     pub host: Option<String>,
     pub reason: String,
     pub figures: serde_json::Value,
+    /// The durable task (rollout, patch…) whose step wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
 }
 
 /// A stored drift score and when it was computed.
@@ -1764,60 +1767,22 @@ impl Store {
         kind: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Event>, StoreError> {
-        let mut sql = String::from("SELECT id, ts_ms, kind, host, reason, figures FROM events");
-        let mut n = 0;
-        let mut clause = |col: &str, sql: &mut String| {
-            n += 1;
-            sql.push_str(if n == 1 { " WHERE " } else { " AND " });
-            sql.push_str(&format!("{col} = ${n}"));
+        let filter = EventFilter {
+            host,
+            kind,
+            ..EventFilter::default()
         };
-        if host.is_some() {
-            clause("host", &mut sql);
-        }
-        if kind.is_some() {
-            clause("kind", &mut sql);
-        }
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", n + 1));
-        on_pool!(self, pool => {
-            let mut query = sqlx::query(&sql);
-            if let Some(h) = host {
-                query = query.bind(h.as_str());
-            }
-            if let Some(k) = kind {
-                query = query.bind(k);
-            }
-            let rows = query.bind(limit).fetch_all(pool).await
-            .map_err(q("events"))?;
-            rows.into_iter()
-                .map(|row| {
-                    let figures: String = row.try_get(5).map_err(q("events"))?;
-                    let host: Option<String> = row.try_get(3).map_err(q("events"))?;
-                    Ok(Event {
-                        id: row.try_get(0).map_err(q("events"))?,
-                        ts_ms: row.try_get(1).map_err(q("events"))?,
-                        kind: row.try_get(2).map_err(q("events"))?,
-                        figures: serde_json::from_str(&figures).map_err(|source| StoreError::Corrupt {
-                            what: "event figures",
-                            host: host.clone().unwrap_or_default(),
-                            source,
-                        })?,
-                        host,
-                        reason: row.try_get(4).map_err(q("events"))?,
-                    })
-                })
-                .collect()
-        })
+        self.find_events(&filter, limit).await
     }
 }
 
 // Declared after the macros above, which they use.
 mod outcomes;
-mod patches;
-mod rollouts;
+mod tasks;
 pub use outcomes::{ModelInfo, NewModel, NewOutcome, OutcomeRecord, OutcomeSource};
-pub use patches::{NewPatch, PatchRecord, PatchStep};
-pub use rollouts::{
-    ActionFinish, ActionRecord, NewAction, NewEvent, NewRollout, RolloutRecord, StepRecord,
+pub use tasks::{
+    ActionFinish, ActionRecord, BusyHost, EventFilter, NewAction, NewEvent, NewRollout, NewTask,
+    RolloutRecord, StepRecord, TaskRecord, ROLLOUT,
 };
 
 #[cfg(test)]
@@ -1833,7 +1798,8 @@ mod tests {
             "tokens",
             "samples",
             "events",
-            "rollouts",
+            "tasks",
+            "task_hosts",
             "actions",
         ] {
             assert!(tables.contains(&t), "{t} missing from {tables:?}");

@@ -331,70 +331,44 @@ CREATE INDEX tokens_kind_host ON tokens (kind, host_id)
 "#,
     },
     Migration {
-        version: 7,
-        name: "patches: their state, input log, and actions of any task",
-        // A patch is a durable task beside rollouts; its agent actions share the `actions`
-        // queue, whose `rollout_id` now names the task (a rollout or a patch), so its
-        // foreign key to `rollouts` goes (SQLite: a table rebuild, it cannot drop one).
+        version: 6,
+        name: "durable tasks of every kind",
+        // Rollouts become one kind of durable task (patches, config, mirror and shadow
+        // changes are others): `rollouts` is renamed `tasks` and gains `kind` (every existing
+        // row is a rollout), `rollout_hosts` becomes `task_hosts`, and `actions.rollout_id`
+        // and `task_hosts.rollout_id` become `task_id`; the foreign keys follow the renames on
+        // both backends. `events.task` names the task whose step wrote an event, so one
+        // task's events are one indexed query; a rollout's old events get it from the
+        // `rollout` figure every rollout event carries.
         sqlite: r#"
-CREATE TABLE patches (
-    id TEXT PRIMARY KEY,
-    created_at_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL,
-    stage TEXT NOT NULL,
-    host TEXT NOT NULL,
-    plan_file TEXT NOT NULL,
-    plan_yaml TEXT NOT NULL,
-    state TEXT NOT NULL,
-    settled INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE patch_inputs (
-    patch_id TEXT NOT NULL REFERENCES patches(id) ON DELETE CASCADE,
-    seq INTEGER NOT NULL,
-    input TEXT NOT NULL,
-    PRIMARY KEY (patch_id, seq)
-);
-CREATE TABLE actions_v7 (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    rollout_id TEXT NOT NULL,
-    action_id INTEGER NOT NULL,
-    host TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    created_at_ms INTEGER NOT NULL,
-    delivered_at_ms INTEGER,
-    finished_at_ms INTEGER,
-    result TEXT,
-    observed INTEGER NOT NULL DEFAULT 0,
-    uid TEXT
-);
-INSERT INTO actions_v7 (id, rollout_id, action_id, host, kind, spec, created_at_ms, delivered_at_ms, finished_at_ms, result, observed, uid)
-    SELECT id, rollout_id, action_id, host, kind, spec, created_at_ms, delivered_at_ms, finished_at_ms, result, observed, uid FROM actions;
-DROP TABLE actions;
-ALTER TABLE actions_v7 RENAME TO actions;
-CREATE UNIQUE INDEX actions_rollout_action ON actions (rollout_id, action_id);
-CREATE INDEX actions_host_open ON actions (host, finished_at_ms);
-CREATE UNIQUE INDEX actions_uid ON actions (uid)
+ALTER TABLE rollouts RENAME TO tasks;
+ALTER TABLE tasks ADD COLUMN kind TEXT NOT NULL DEFAULT 'rollout';
+CREATE INDEX tasks_kind_settled ON tasks (kind, settled);
+ALTER TABLE rollout_hosts RENAME TO task_hosts;
+ALTER TABLE task_hosts RENAME COLUMN rollout_id TO task_id;
+DROP INDEX rollout_hosts_host;
+CREATE INDEX task_hosts_host ON task_hosts (host);
+ALTER TABLE actions RENAME COLUMN rollout_id TO task_id;
+DROP INDEX actions_rollout_action;
+CREATE UNIQUE INDEX actions_task_action ON actions (task_id, action_id);
+ALTER TABLE events ADD COLUMN task TEXT;
+CREATE INDEX events_task ON events (task, id);
+UPDATE events SET task = json_extract(figures, '$.rollout') WHERE kind LIKE 'rollout.%' AND json_valid(figures) AND json_type(figures, '$.rollout') = 'text'
 "#,
         postgres: r#"
-CREATE TABLE patches (
-    id TEXT PRIMARY KEY,
-    created_at_ms BIGINT NOT NULL,
-    updated_at_ms BIGINT NOT NULL,
-    stage TEXT NOT NULL,
-    host TEXT NOT NULL,
-    plan_file TEXT NOT NULL,
-    plan_yaml TEXT NOT NULL,
-    state TEXT NOT NULL,
-    settled BIGINT NOT NULL DEFAULT 0
-);
-CREATE TABLE patch_inputs (
-    patch_id TEXT NOT NULL REFERENCES patches(id) ON DELETE CASCADE,
-    seq BIGINT NOT NULL,
-    input TEXT NOT NULL,
-    PRIMARY KEY (patch_id, seq)
-);
-ALTER TABLE actions DROP CONSTRAINT IF EXISTS actions_rollout_id_fkey
+ALTER TABLE rollouts RENAME TO tasks;
+ALTER TABLE tasks ADD COLUMN kind TEXT NOT NULL DEFAULT 'rollout';
+CREATE INDEX tasks_kind_settled ON tasks (kind, settled);
+ALTER TABLE rollout_hosts RENAME TO task_hosts;
+ALTER TABLE task_hosts RENAME COLUMN rollout_id TO task_id;
+DROP INDEX rollout_hosts_host;
+CREATE INDEX task_hosts_host ON task_hosts (host);
+ALTER TABLE actions RENAME COLUMN rollout_id TO task_id;
+DROP INDEX actions_rollout_action;
+CREATE UNIQUE INDEX actions_task_action ON actions (task_id, action_id);
+ALTER TABLE events ADD COLUMN task TEXT;
+CREATE INDEX events_task ON events (task, id);
+UPDATE events SET task = figures::jsonb ->> 'rollout' WHERE kind LIKE 'rollout.%' AND jsonb_typeof(figures::jsonb -> 'rollout') = 'string'
 "#,
     },
 ];

@@ -113,3 +113,21 @@ where
         std::panic::resume_unwind(e.into_panic());
     }
 }
+
+/// Migration 6 (durable tasks of every kind) undone, statement by statement, the same SQL on
+/// both backends: for tests that write what a store before it held.
+pub const UNDO_MIGRATION_6: &[&str] = &[
+    "DROP INDEX events_task",
+    "ALTER TABLE events DROP COLUMN task",
+    "DROP INDEX actions_task_action",
+    "ALTER TABLE actions RENAME COLUMN task_id TO rollout_id",
+    "CREATE UNIQUE INDEX actions_rollout_action ON actions (rollout_id, action_id)",
+    "DROP INDEX task_hosts_host",
+    "ALTER TABLE task_hosts RENAME COLUMN task_id TO rollout_id",
+    "ALTER TABLE task_hosts RENAME TO rollout_hosts",
+    "CREATE INDEX rollout_hosts_host ON rollout_hosts (host)",
+    "DROP INDEX tasks_kind_settled",
+    "ALTER TABLE tasks DROP COLUMN kind",
+    "ALTER TABLE tasks RENAME TO rollouts",
+    "DELETE FROM bw_migrations WHERE version = 6",
+];

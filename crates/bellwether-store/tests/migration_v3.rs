@@ -2,7 +2,7 @@
 //! an aborted rollout that stopped before its reverts reported (no finish time in its engine
 //! state) counts as unsettled, so a server resumes it; a finished one stays settled.
 
-use bellwether_store::{Store, StoreConfig};
+use bellwether_store::{testing, Store, StoreConfig};
 use sqlx::Connection;
 
 #[tokio::test]
@@ -15,7 +15,8 @@ async fn a_version_2_store_gets_action_uids_and_its_stuck_aborted_rollout_back()
     // Take the file back to version 2 and write what a version-2 server left behind.
     let url = format!("sqlite://{}", path.display());
     let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    for statement in [
+    // Back before migration 6 (tasks) first, then before 3.
+    for statement in testing::UNDO_MIGRATION_6.iter().copied().chain([
         "DROP INDEX actions_uid",
         "ALTER TABLE actions DROP COLUMN uid",
         "ALTER TABLE rollouts DROP COLUMN settled",
@@ -26,13 +27,14 @@ async fn a_version_2_store_gets_action_uids_and_its_stuck_aborted_rollout_back()
                   ('r-run', 3, 3, 'running', 'p.yaml', '', '["c"]', '{"engine":{"finished_ms":null}}')"#,
         "INSERT INTO actions (rollout_id, action_id, host, kind, spec, created_at_ms, observed) \
          VALUES ('r-stuck', 1, 'a', 'revert', '{}', 1, 0), ('r-run', 1, 'c', 'apply', '{}', 1, 0)",
-    ] {
+    ]) {
         sqlx::query(statement).execute(&mut c).await.unwrap();
     }
     c.close().await.unwrap();
 
     let store = Store::open(&config).await.unwrap();
-    assert_eq!(store.applied_migrations().await.unwrap(), vec![1, 2, 3, 4, 7]);
+    let applied = store.applied_migrations().await.unwrap();
+    assert!(applied.contains(&3) && applied.contains(&6), "{applied:?}");
     let mut unsettled: Vec<String> = store
         .rollouts(true)
         .await

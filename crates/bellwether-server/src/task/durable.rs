@@ -8,7 +8,7 @@
 //! and the engine takes it again from the same inputs (a result stays unobserved in the store,
 //! the next tick comes, an operator's command is answered with the error). A save is retried
 //! with a capped exponential backoff a bounded number of times; when it still fails the caller
-//! holds the engine (see `rollout::Run::hold`).
+//! holds the task (see `task::Runner::hold`).
 
 use std::future::Future;
 use std::time::Duration;
