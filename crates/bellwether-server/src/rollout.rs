@@ -894,6 +894,9 @@ pub struct ActionResultBody {
     pub stderr_tail: String,
     pub started_ms: i64,
     pub finished_ms: i64,
+    /// A built-in's structured output (the process built-ins'), stored with the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
 }
 
 async fn agent_result(
