@@ -21,7 +21,10 @@ fn spec(json: serde_json::Value) -> ActionSpec {
 fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, a)| a.trim_start().starts_with(['Z', 'X'])))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, a)| a.trim_start().starts_with(['Z', 'X']))
+        })
         .is_some_and(|zombie| !zombie)
 }
 
@@ -73,10 +76,7 @@ async fn start_sample_and_stop_a_process_with_their_outputs() {
             "builtin": "stop_process", "pid": pid, "timeout_ms": 10000,
         })))
         .await;
-    assert_eq!(
-        output(&r),
-        &serde_json::json!({"pid": pid, "exited": true})
-    );
+    assert_eq!(output(&r), &serde_json::json!({"pid": pid, "exited": true}));
     assert!(!alive(pid));
     let r = ex
         .run(&spec(
@@ -127,10 +127,7 @@ async fn a_launcher_with_a_pidfile_and_a_stop_argv() {
             "argv": ["kill", "-TERM", pid.to_string()],
         })))
         .await;
-    assert_eq!(
-        output(&r),
-        &serde_json::json!({"pid": pid, "exited": true})
-    );
+    assert_eq!(output(&r), &serde_json::json!({"pid": pid, "exited": true}));
     assert!(!alive(pid));
 }
 
@@ -153,7 +150,10 @@ async fn a_process_that_ignores_sigterm_is_reported_not_exited() {
         .unwrap_or_default()
         .contains("ready")
     {
-        assert!(std::time::Instant::now() < deadline, "the shell never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shell never started"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let r = ex
@@ -220,7 +220,10 @@ async fn refusals_are_reported_failed_and_nothing_runs() {
         })
         .await;
     assert!(
-        r.error.as_deref().unwrap().starts_with("cannot read pidfile "),
+        r.error
+            .as_deref()
+            .unwrap()
+            .starts_with("cannot read pidfile "),
         "{r:?}"
     );
     // The JSON an agent receives never gets this far: validation refuses it.
@@ -229,7 +232,10 @@ async fn refusals_are_reported_failed_and_nothing_runs() {
         serde_json::json!({"builtin": "start_process", "argv": ["x"], "pidfile": "x.pid"}),
         serde_json::json!({"builtin": "sample_processes", "pids": []}),
     ] {
-        assert!(serde_json::from_value::<ActionSpec>(bad.clone()).is_err(), "{bad}");
+        assert!(
+            serde_json::from_value::<ActionSpec>(bad.clone()).is_err(),
+            "{bad}"
+        );
     }
 }
 

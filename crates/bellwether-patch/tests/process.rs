@@ -66,7 +66,10 @@ async fn sleep_starts_in_its_own_group_and_stops_on_sigterm() {
     .unwrap();
     let pid = started.pid;
     let _g = Group(pid);
-    assert!(started.child.is_some(), "without a pidfile the child is the instance");
+    assert!(
+        started.child.is_some(),
+        "without a pidfile the child is the instance"
+    );
     assert!(process::alive(pid));
     let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32))).unwrap();
     assert_eq!(pgid.as_raw() as u32, pid, "a process group of its own");
@@ -161,7 +164,8 @@ async fn a_launcher_that_fails_or_writes_no_pid_is_an_error() {
     .await
     .unwrap_err();
     assert!(
-        matches!(e, ProcessError::LauncherFailed { .. }) && e.to_string().contains("exit status: 3"),
+        matches!(e, ProcessError::LauncherFailed { .. })
+            && e.to_string().contains("exit status: 3"),
         "{e}"
     );
     let garbage = script(dir.path(), "garbage", "echo nope > \"$1\"\n");
@@ -185,7 +189,8 @@ async fn a_launcher_that_fails_or_writes_no_pid_is_an_error() {
     .await
     .unwrap_err();
     assert!(
-        e.to_string().starts_with("cannot run \"/nonexistent/program\""),
+        e.to_string()
+            .starts_with("cannot run \"/nonexistent/program\""),
         "{e}"
     );
 }
@@ -242,7 +247,12 @@ async fn a_tree_is_sampled_with_its_descendants() {
     let _g = Group(pid);
     let own_ticks = |pid: u32| -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let f: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
         f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
     };
     let hz = process::ticks_per_s();
@@ -265,7 +275,10 @@ async fn a_tree_is_sampled_with_its_descendants() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(u.rss_bytes > root_rss * 4096, "the children's memory counts");
+    assert!(
+        u.rss_bytes > root_rss * 4096,
+        "the children's memory counts"
+    );
     // Another process's tree is not this one's.
     let s = process::sample(&[pid, std::process::id()]);
     assert!(s.processes[&pid].cpu_ticks >= hz / 5);
@@ -303,12 +316,18 @@ async fn refuses_pids_that_are_not_one_process_and_bad_inputs() {
         (u32::MAX, "above the largest PID"),
     ] {
         let e = process::terminate(pid).unwrap_err().to_string();
-        assert!(e.starts_with(&format!("will not signal PID {pid}: ")) && e.contains(why), "{e}");
+        assert!(
+            e.starts_with(&format!("will not signal PID {pid}: ")) && e.contains(why),
+            "{e}"
+        );
         let e = process::stop(pid, Some(&argv(&["true"])), Duration::from_secs(1), None)
             .await
             .unwrap_err()
             .to_string();
-        assert!(e.contains(why), "a stop argv waits on the PID, so it is checked too: {e}");
+        assert!(
+            e.contains(why),
+            "a stop argv waits on the PID, so it is checked too: {e}"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let e = process::start(
@@ -341,7 +360,10 @@ async fn refuses_pids_that_are_not_one_process_and_bad_inputs() {
     let e = process::read_pidfile("/nonexistent/x.pid")
         .unwrap_err()
         .to_string();
-    assert!(e.starts_with("cannot read pidfile /nonexistent/x.pid: "), "{e}");
+    assert!(
+        e.starts_with("cannot read pidfile /nonexistent/x.pid: "),
+        "{e}"
+    );
     // A PID that is gone: SIGTERM fails with the errno.
     let gone = {
         let mut c = std::process::Command::new("true").spawn().unwrap();
@@ -350,7 +372,10 @@ async fn refuses_pids_that_are_not_one_process_and_bad_inputs() {
         pid
     };
     let e = process::terminate(gone).unwrap_err().to_string();
-    assert!(e.contains(&format!("cannot send SIGTERM to PID {gone}")), "{e}");
+    assert!(
+        e.contains(&format!("cannot send SIGTERM to PID {gone}")),
+        "{e}"
+    );
     // A stop argv that fails is an error, with its status.
     let e = process::stop(
         std::process::id(),
