@@ -267,3 +267,108 @@ async fn the_allow_list_names_the_process_builtins() {
         assert_eq!(AllowList::parse(&[kind]).unwrap().to_string(), kind);
     }
 }
+
+/// A server that hands out scripted batches and records the reports.
+#[derive(Clone, Default)]
+struct Scripted(std::sync::Arc<std::sync::Mutex<ScriptedState>>);
+
+#[derive(Default)]
+struct ScriptedState {
+    batches: std::collections::VecDeque<Vec<bellwether_agent::actions::PendingAction>>,
+    reports: Vec<(String, ActionReport)>,
+}
+
+impl bellwether_agent::actions::ActionTransport for Scripted {
+    async fn poll_actions(
+        &mut self,
+        _token: &str,
+        wait: Duration,
+    ) -> Result<Vec<bellwether_agent::actions::PendingAction>, bellwether_agent::SendError> {
+        let batch = self.0.lock().unwrap().batches.pop_front();
+        match batch {
+            Some(b) => Ok(b),
+            None => {
+                tokio::time::sleep(wait).await;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    async fn report_action(
+        &mut self,
+        _token: &str,
+        id: &str,
+        report: &ActionReport,
+    ) -> Result<(), bellwether_agent::SendError> {
+        self.0
+            .lock()
+            .unwrap()
+            .reports
+            .push((id.to_string(), report.clone()));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_resent_start_process_is_answered_from_the_journal_and_starts_nothing() {
+    use bellwether_agent::actions::{ActionLoop, ActionSettings, Journal, PendingAction};
+    let dir = tempfile::tempdir().unwrap();
+    let ex = executor(dir.path());
+    let counter = dir.path().join("starts");
+    // Each start appends a line, so a second start would show.
+    let action = PendingAction {
+        id: format!("{:032x}", 7),
+        rollout: String::new(),
+        kind: "apply".into(),
+        spec: spec(serde_json::json!({
+            "builtin": "start_process",
+            "argv": ["sh", "-c", format!("echo x >> {}; exec sleep 600", counter.display())],
+        })),
+    };
+    let fake = Scripted::default();
+    {
+        let mut s = fake.0.lock().unwrap();
+        s.batches.push_back(vec![action.clone()]);
+        // The server restarted from its store and sends the same action again.
+        s.batches.push_back(vec![action.clone()]);
+    }
+    let journal = Journal::open(&dir.path().join("state")).unwrap();
+    let (_tx, token) = tokio::sync::watch::channel(Some("agent-token".to_string()));
+    let settings = ActionSettings {
+        wait: Duration::from_millis(20),
+        ..ActionSettings::default()
+    };
+    let watched = fake.clone();
+    let two_reports = async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while watched.0.lock().unwrap().reports.len() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "two reports never came"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let stats = ActionLoop::new(settings, fake.clone(), ex, journal, token)
+        .run(two_reports)
+        .await;
+    assert_eq!((stats.ran, stats.replayed), (1, 1), "{stats:?}");
+    let reports = fake.0.lock().unwrap().reports.clone();
+    let pid = output(&reports[0].1)["pid"].as_u64().unwrap();
+    let _k = Kill(pid);
+    assert_eq!(reports[0], reports[1], "the stored result, output included");
+    assert!(alive(pid));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !counter.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the instance never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(&counter).unwrap(),
+        "x\n",
+        "started once"
+    );
+}
