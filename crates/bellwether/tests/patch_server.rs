@@ -7,19 +7,15 @@
 //! transaction, `patch start --wait` follows it across the restart, and every step is in the
 //! event log once.
 //!
-//! The agent here is a small loop over the real agent API (enrol, long-poll actions, post
-//! results with their structured output) that carries out the three process built-ins
-//! `start_process`, `stop_process` and `sample_processes` as specified for the agent.
+//! The agent is the real `bellwether agent`, allowed only the three process built-ins
+//! `start_process`, `stop_process` and `sample_processes`.
 
 #[path = "../../bellwether-proxy/tests/support/mod.rs"]
 mod pgsupport;
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgsupport::{client_bin, free_port, parse_pgbench, PgCluster};
@@ -121,265 +117,46 @@ impl Http {
     }
 }
 
-/// CPU ticks and resident bytes of a process and its descendants, or `None` when it is gone.
-fn tree_usage(root: u32) -> Option<(u64, u64)> {
-    std::fs::metadata(format!("/proc/{root}")).ok()?;
-    let mut parents: Vec<(u32, u32)> = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            if let Some((_, after)) = stat.rsplit_once(')') {
-                if let Some(pp) = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
-                    parents.push((pid, pp));
-                }
-            }
-        }
-    }
-    let mut tree = vec![root];
-    let mut i = 0;
-    while i < tree.len() {
-        let p = tree[i];
-        tree.extend(parents.iter().filter(|&&(_, pp)| pp == p).map(|&(c, _)| c));
-        i += 1;
-    }
-    let (mut ticks, mut rss) = (0, 0);
-    for pid in tree {
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            if let Some((_, after)) = stat.rsplit_once(')') {
-                let f: Vec<&str> = after.split_whitespace().collect();
-                for i in [11, 12] {
-                    ticks += f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                }
-            }
-        }
-        if let Ok(statm) = std::fs::read_to_string(format!("/proc/{pid}/statm")) {
-            rss += statm
-                .split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-                * 4096;
-        }
-    }
-    Some((ticks, rss))
+/// The real agent of host `db1`, allowed the three process built-ins only.
+fn start_agent(url: &str, dir: &Path) -> KillOnDrop {
+    let state = dir.join("agent");
+    spawn_logged(
+        &[
+            "--log",
+            "info",
+            "agent",
+            "--server",
+            url,
+            "--token",
+            ENROL,
+            "--name",
+            "db1",
+            "--state-dir",
+            &state.display().to_string(),
+            "--interval",
+            "5s",
+            "--max-backoff",
+            "500ms",
+            "--allow-action",
+            "start_process",
+            "--allow-action",
+            "stop_process",
+            "--allow-action",
+            "sample_processes",
+        ]
+        .map(String::from),
+        &dir.join("agent.log"),
+    )
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn read_pid(pidfile: &str) -> Result<u32, String> {
-    std::fs::read_to_string(pidfile)
-        .map_err(|e| format!("cannot read {pidfile}: {e}"))?
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .ok_or_else(|| format!("{pidfile} holds no pid"))
-}
-
-/// Carries out one process built-in: the structured output, or the error.
-fn run_builtin(spec: &Value, log_dir: &Path) -> Result<Value, String> {
-    let argv = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let timeout = Duration::from_millis(spec["timeout_ms"].as_u64().unwrap_or(60_000));
-    match spec["builtin"].as_str() {
-        Some("start_process") => {
-            let argv = argv(&spec["argv"]);
-            let log = std::fs::File::create(log_dir.join("start.log")).unwrap();
-            let mut child = Command::new(&argv[0])
-                .args(&argv[1..])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
-            match spec["pidfile"].as_str() {
-                Some(pidfile) => {
-                    let start = Instant::now();
-                    let status = loop {
-                        if let Some(s) = child.try_wait().unwrap() {
-                            break s;
-                        }
-                        if start.elapsed() > timeout {
-                            let _ = child.kill();
-                            return Err("the launcher did not exit in time".into());
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
-                    };
-                    if !status.success() {
-                        return Err(format!("the launcher exited with {status}"));
-                    }
-                    Ok(json!({ "pid": read_pid(pidfile)? }))
-                }
-                None => Ok(json!({ "pid": child.id() })),
-            }
-        }
-        Some("stop_process") => {
-            let pid = match (spec["pid"].as_u64(), spec["pidfile"].as_str()) {
-                (Some(p), _) => Some(p as u32),
-                (None, Some(f)) => Some(read_pid(f)?),
-                _ => None,
-            };
-            let argv = argv(&spec["argv"]);
-            if !argv.is_empty() {
-                let status = Command::new(&argv[0])
-                    .args(&argv[1..])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
-                if !status.success() {
-                    return Err(format!("the stop command exited with {status}"));
-                }
-            } else if let Some(pid) = pid {
-                Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status()
-                    .unwrap();
-            }
-            let start = Instant::now();
-            let mut exited = true;
-            if let Some(pid) = pid {
-                while Path::new(&format!("/proc/{pid}")).exists() {
-                    if start.elapsed() > timeout {
-                        exited = false;
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-            Ok(json!({ "pid": pid, "exited": exited }))
-        }
-        Some("sample_processes") => {
-            let mut processes = serde_json::Map::new();
-            for pid in spec["pids"].as_array().unwrap() {
-                let pid = pid.as_u64().unwrap() as u32;
-                let v = match tree_usage(pid) {
-                    Some((ticks, rss)) => {
-                        json!({"alive": true, "cpu_ticks": ticks, "ticks_per_s": 100, "rss_bytes": rss})
-                    }
-                    None => {
-                        json!({"alive": false, "cpu_ticks": 0, "ticks_per_s": 100, "rss_bytes": 0})
-                    }
-                };
-                processes.insert(pid.to_string(), v);
-            }
-            Ok(json!({ "at_ms": now_ms(), "processes": processes }))
-        }
-        other => Err(format!("not a process built-in: {other:?}")),
-    }
-}
-
-/// The agent of host `name`: enrols, long-polls, runs each action id once (a re-sent id is
-/// answered from its journal), and counts the actions it ran by built-in.
-struct Agent {
-    stop: Arc<AtomicBool>,
-    ran: Arc<Mutex<Vec<(String, Value)>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Agent {
-    fn start(server: String, name: &str, log_dir: PathBuf) -> Agent {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ran = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, ran2, name) = (stop.clone(), ran.clone(), name.to_string());
-        let thread = std::thread::spawn(move || {
-            let http = Http::new();
-            let token = loop {
-                let (s, v) = http.call(
-                    "POST",
-                    &format!("{server}/api/v1/enrol"),
-                    ENROL,
-                    Some(&json!({ "name": name })),
-                );
-                if s == 200 {
-                    break v["agent_token"].as_str().unwrap().to_string();
-                }
-                if stop2.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            };
-            let mut journal: HashMap<String, Value> = HashMap::new();
-            while !stop2.load(Ordering::Relaxed) {
-                let (s, v) = http.call(
-                    "GET",
-                    &format!("{server}/api/v1/agent/actions?wait_ms=1000"),
-                    &token,
-                    None,
-                );
-                if s != 200 {
-                    // The server is away (killed, restarting): poll again shortly.
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-                for a in v["actions"].as_array().cloned().unwrap_or_default() {
-                    let id = a["id"].as_str().unwrap().to_string();
-                    let result = journal
-                        .entry(id.clone())
-                        .or_insert_with(|| {
-                            let started = now_ms();
-                            let r = run_builtin(&a["spec"], &log_dir);
-                            ran2.lock()
-                                .unwrap()
-                                .push((a["kind"].as_str().unwrap_or("").to_string(), a["spec"].clone()));
-                            let (ok, error, output) = match r {
-                                Ok(o) => (true, Value::Null, Some(o)),
-                                Err(e) => (false, json!(e), None),
-                            };
-                            let mut body = json!({"ok": ok, "error": error, "started_ms": started, "finished_ms": now_ms()});
-                            if let Some(o) = output {
-                                body["output"] = o;
-                            }
-                            body
-                        })
-                        .clone();
-                    http.call(
-                        "POST",
-                        &format!("{server}/api/v1/agent/actions/{id}/result"),
-                        &token,
-                        Some(&result),
-                    );
-                }
-            }
-        });
-        Agent {
-            stop,
-            ran,
-            thread: Some(thread),
-        }
-    }
-
-    fn count(&self, kind: &str) -> usize {
-        self.ran
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| k == kind)
-            .count()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// How many actions of built-in `kind` the agent's journal records (each ran once).
+fn journal_count(dir: &Path, kind: &str) -> usize {
+    let text = std::fs::read_to_string(dir.join("agent").join("actions.json")).unwrap_or_default();
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    v["entries"]
+        .as_object()
+        .map(|m| m.values().filter(|e| e["spec"]["builtin"] == kind).count())
+        .unwrap_or(0)
 }
 
 fn server_args(data_dir: &Path, port: u16, token_file: &Path) -> Vec<String> {
@@ -416,7 +193,7 @@ fn wait_listening(port: u16, server: &mut KillOnDrop, log: &Path) {
 /// Everything a server-driven patch needs, on real processes (dropped in reverse order of
 /// creation: agent, server, proxy, then the clusters).
 struct Rig {
-    agent: Agent,
+    _agent: KillOnDrop,
     server: KillOnDrop,
     _proxy: KillOnDrop,
     http: Http,
@@ -508,7 +285,7 @@ health: {{ check: postgres, interval: 200ms, rise: 2, user: postgres, database: 
             &server_log,
         );
         wait_listening(port, &mut server, &server_log);
-        let agent = Agent::start(url.clone(), "db1", d.clone());
+        let agent = start_agent(&url, &d);
         let http = Http::new();
         wait_for("the agent to enrol", Duration::from_secs(30), || {
             http.call("GET", &format!("{url}/api/v1/hosts/db1"), OPERATOR, None)
@@ -562,7 +339,7 @@ severity_threshold: 0.3
         let plan_path = d.join("patch.yaml");
         std::fs::write(&plan_path, &plan).unwrap();
         Rig {
-            agent,
+            _agent: agent,
             server,
             _proxy: proxy,
             http,
@@ -630,11 +407,12 @@ severity_threshold: 0.3
     fn logs(&self) -> String {
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
         format!(
-            "cli:\n{}\n{}\nserver:\n{}\nproxy:\n{}",
+            "cli:\n{}\n{}\nserver:\n{}\nproxy:\n{}\nagent:\n{}",
             read(&self.d().join("cli.out")),
             read(&self.d().join("cli.err")),
             read(&self.server_log),
-            read(&self.proxy_log)
+            read(&self.proxy_log),
+            read(&self.d().join("agent.log"))
         )
     }
 
@@ -808,9 +586,9 @@ fn server_driven_patch_rolls_back_across_a_server_sigkill_without_failed_transac
         report["events"].as_array().unwrap().len(),
         "the event log and the report hold the same events"
     );
-    assert_eq!(rig.agent.count("start_process"), 1);
-    assert_eq!(rig.agent.count("stop_process"), 1);
-    assert!(rig.agent.count("sample_processes") > 2);
+    assert_eq!(journal_count(rig.d(), "start_process"), 1);
+    assert_eq!(journal_count(rig.d(), "stop_process"), 1);
+    assert!(journal_count(rig.d(), "sample_processes") > 2);
     // The proxy serves the original alone again.
     assert_eq!(rig.backend("original")["weight"], 100);
     assert_eq!(rig.backend("original")["admin"], "ready");
