@@ -195,6 +195,7 @@ impl Journal {
                 stderr_tail: String::new(),
                 started_ms: now,
                 finished_ms: now,
+                output: None,
             });
             e.reported = false;
             changed = true;
@@ -460,6 +461,7 @@ impl<T: ActionTransport> ActionLoop<T> {
                         stderr_tail: String::new(),
                         started_ms: now,
                         finished_ms: now,
+                        output: None,
                     };
                     self.transport.report_action(token, &a.id, &report).await?;
                     continue;
@@ -479,6 +481,7 @@ impl<T: ActionTransport> ActionLoop<T> {
                     stderr_tail: String::new(),
                     started_ms: now,
                     finished_ms: now,
+                    output: None,
                 };
                 self.transport.report_action(token, &a.id, &report).await?;
                 continue;

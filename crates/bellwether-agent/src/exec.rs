@@ -13,6 +13,14 @@
 //! - `set_cgroup` writes `cpu.max` and `memory.max` in the cgroup v2 directory given with
 //!   `--cgroup`; the files must exist (a missing file means the controller is not enabled).
 //!
+//! The process built-ins act on the host's processes through [`bellwether_patch::process`]
+//! (a patch's instances): `start_process` starts an argv in a process group of its own (stdin
+//! from `/dev/null`, stdout and stderr appended to `STATE_DIR/processes.log`), or a launcher
+//! and reads the PID from its pidfile; `stop_process` runs a stop argv or sends SIGTERM to one
+//! PID (never a process group, never 0 or 1) and waits for it to exit; `sample_processes`
+//! reads the CPU ticks and resident memory of process trees from `/proc`. Their result carries
+//! a structured `output` (the PID, whether it exited, the samples).
+//!
 //! Every write is a write to a temporary file and a rename, so a host never sees half a file.
 //!
 //! Every path a built-in touches, in the rootfs, in the snapshots and in the cgroup directory,
@@ -53,6 +61,9 @@ pub struct ActionReport {
     pub stderr_tail: String,
     pub started_ms: i64,
     pub finished_ms: i64,
+    /// A built-in's structured output (the process built-ins'); `None` for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
 }
 
 impl ActionReport {
@@ -74,14 +85,20 @@ pub struct Executor {
     snapshots: PathBuf,
     cgroup: Option<PathBuf>,
     allow: AllowList,
+    /// `STATE_DIR/processes.log`: the output of the processes `start_process` and
+    /// `stop_process` run.
+    process_log: PathBuf,
 }
 
 /// The built-in kinds, by the names `--allow-action` and the JSON use.
-pub const BUILTIN_KINDS: [&str; 4] = [
+pub const BUILTIN_KINDS: [&str; 7] = [
     "set_service_version",
     "restore_file",
     "reinstall_package",
     "set_cgroup",
+    "start_process",
+    "stop_process",
+    "sample_processes",
 ];
 
 /// What an agent agrees to run (`--allow-action`, repeatable). Empty, the default, allows
@@ -269,6 +286,7 @@ impl Executor {
             snapshots,
             cgroup,
             allow: AllowList::default(),
+            process_log: state_dir.join("processes.log"),
         })
     }
 
@@ -322,6 +340,25 @@ impl Executor {
         }
         let mut report = match spec {
             ActionSpec::Argv { argv, .. } => self.run_argv(argv, timeout).await,
+            ActionSpec::StartProcess { .. }
+            | ActionSpec::StopProcess { .. }
+            | ActionSpec::SampleProcesses { .. } => {
+                // Each bounds its own waits by the timeout; the outer one is a backstop.
+                let work = self.run_process_builtin(spec, timeout);
+                match tokio::time::timeout(timeout + Duration::from_secs(1), work).await {
+                    Ok(Ok(output)) => {
+                        let mut r = done(true, None, None);
+                        r.output = Some(output);
+                        r
+                    }
+                    Ok(Err(e)) => done(false, None, Some(e)),
+                    Err(_) => done(
+                        false,
+                        None,
+                        Some(format!("timed out after {} ms", timeout.as_millis())),
+                    ),
+                }
+            }
             builtin => {
                 let this = self.clone();
                 let spec = builtin.clone();
@@ -378,6 +415,7 @@ impl Executor {
                     stderr_tail: tail(&out.stderr),
                     started_ms: 0,
                     finished_ms: 0,
+                    output: None,
                 }
             }
             Ok(Err(e)) => done(
@@ -397,9 +435,70 @@ impl Executor {
         }
     }
 
+    /// The log the processes of `start_process` and `stop_process` write to (appended).
+    fn open_process_log(&self) -> Result<std::fs::File, String> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.process_log)
+            .map_err(|e| format!("could not open {}: {e}", self.process_log.display()))
+    }
+
+    /// `start_process`, `stop_process` and `sample_processes`; the `output` on success.
+    async fn run_process_builtin(
+        &self,
+        spec: &ActionSpec,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, String> {
+        use bellwether_patch::process;
+        match spec {
+            ActionSpec::StartProcess { argv, pidfile, .. } => {
+                let log = self.open_process_log()?;
+                let started =
+                    process::start(argv, pidfile.as_deref(), timeout, log, Some(&self.rootfs))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                // Without a pidfile the started process is the instance. It is not waited on
+                // here: the runtime reaps it when it exits, and it outlives this action.
+                drop(started.child);
+                Ok(serde_json::json!({ "pid": started.pid }))
+            }
+            ActionSpec::StopProcess {
+                pid, pidfile, argv, ..
+            } => {
+                let pid = match (pid, pidfile) {
+                    (Some(p), _) => *p,
+                    (None, Some(f)) => process::read_pidfile(f).map_err(|e| e.to_string())?,
+                    (None, None) => return Err("stop_process needs `pid` or `pidfile`".into()),
+                };
+                let log = match argv {
+                    Some(_) => Some(self.open_process_log()?),
+                    None => None,
+                };
+                let stopped = process::stop(pid, argv.as_deref(), timeout, log)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({ "pid": stopped.pid, "exited": stopped.exited }))
+            }
+            ActionSpec::SampleProcesses { pids } => {
+                let pids = pids.clone();
+                let samples = tokio::task::spawn_blocking(move || process::sample(&pids))
+                    .await
+                    .map_err(|e| format!("the sampler panicked: {e}"))?;
+                serde_json::to_value(samples).map_err(|e| e.to_string())
+            }
+            other => Err(format!("{} is not a process built-in", other.describe())),
+        }
+    }
+
     fn run_builtin(&self, spec: &ActionSpec) -> Result<(), String> {
         match spec {
             ActionSpec::Argv { .. } => Err("an argv action is not a built-in".into()),
+            ActionSpec::StartProcess { .. }
+            | ActionSpec::StopProcess { .. }
+            | ActionSpec::SampleProcesses { .. } => {
+                Err("a process built-in runs through run_process_builtin".into())
+            }
             ActionSpec::SetServiceVersion { version, .. } => self
                 .root()?
                 .write_atomic(VERSION_FILE, format!("{version}\n").as_bytes())
@@ -511,6 +610,7 @@ fn done(ok: bool, exit_code: Option<i32>, error: Option<String>) -> ActionReport
         stderr_tail: String::new(),
         started_ms: 0,
         finished_ms: 0,
+        output: None,
     }
 }
 

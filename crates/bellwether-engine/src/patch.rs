@@ -682,12 +682,21 @@ pub enum Input {
         ok: bool,
         detail: serde_json::Value,
     },
+    /// An operator asks to stop the patch: before anything changed (the baseline) it fails
+    /// without acting; while baking it rolls back in the four phases. The IO loop delivers it
+    /// when no action is awaited; in another stage it changes nothing.
+    Abort {
+        at_ms: i64,
+        reason: String,
+    },
 }
 
 impl Input {
     fn at_ms(&self) -> i64 {
         match self {
-            Input::Tick { at_ms } | Input::Done { at_ms, .. } => *at_ms,
+            Input::Tick { at_ms } | Input::Done { at_ms, .. } | Input::Abort { at_ms, .. } => {
+                *at_ms
+            }
             Input::Sample(s) => s.at_ms,
         }
     }
@@ -1062,6 +1071,33 @@ impl PatchEngine {
                 vec![]
             }
             (Stage::Baking, Input::Sample(s)) => self.watch(s),
+            (Stage::Baseline, Input::Abort { reason, .. }) => {
+                let msg = format!("Aborted before anything changed: {reason}");
+                self.fail(
+                    at,
+                    "patch.aborted",
+                    &msg,
+                    json!({ "reason": reason }),
+                    false,
+                )
+            }
+            (Stage::Baking, Input::Abort { reason, .. }) => {
+                let msg = format!("Rolling back: aborted by an operator ({reason}).");
+                self.event(
+                    at,
+                    "rollback.triggered",
+                    msg.clone(),
+                    json!({ "aborted": true, "reason": reason }),
+                );
+                self.set_stage(Stage::RollingBack { phase: 1 }, at);
+                vec![
+                    self.alert("rollback", &msg),
+                    Action::Route {
+                        original: 100,
+                        patched: 0,
+                    },
+                ]
+            }
             (Stage::RollingBack { phase }, Input::Done { ok, detail, .. }) => {
                 self.next_phase(at, phase, ok, detail, true)
             }
@@ -1655,6 +1691,49 @@ severity_threshold: 0.3
             .events
             .iter()
             .any(|ev| ev.kind == "watch.no_data"));
+    }
+
+    /// An operator's abort while baking rolls back in the four phases; in the baseline it
+    /// fails without an action; while an action is awaited it changes nothing.
+    #[test]
+    fn an_abort_rolls_back_while_baking_and_changes_nothing_before() {
+        let mut e = baked_engine();
+        let abort = |at_ms| Input::Abort {
+            at_ms,
+            reason: "operator".into(),
+        };
+        let a = e.step(abort(9500));
+        assert_eq!(e.stage(), Stage::RollingBack { phase: 1 });
+        assert_eq!(
+            a.last(),
+            Some(&Action::Route {
+                original: 100,
+                patched: 0
+            })
+        );
+        for t in 0..4 {
+            e.step(done(9600 + t));
+        }
+        assert_eq!(e.stage(), Stage::RolledBack);
+
+        let plan = PatchPlan::parse("plan.yaml", PLAN).unwrap();
+        let mut e = PatchEngine::new("p2", plan, 0).unwrap();
+        let a = e.step(abort(100));
+        assert_eq!(e.stage(), Stage::Failed);
+        assert!(
+            a.iter().all(|a| matches!(a, Action::Webhook { .. })),
+            "{a:?}"
+        );
+        assert_eq!(e.report().events.last().unwrap().kind, "patch.aborted");
+
+        let plan = PatchPlan::parse("plan.yaml", PLAN).unwrap();
+        let mut e = PatchEngine::new("p3", plan, 0).unwrap();
+        for t in 0..=5 {
+            e.step(sample(t * 1000, Instance::Original, Some(0.002), Some(0.0)));
+        }
+        assert_eq!(e.stage(), Stage::Starting);
+        assert!(e.step(abort(5500)).is_empty());
+        assert_eq!(e.stage(), Stage::Starting);
     }
 
     /// A promotion whose stop of the original failed (a refused or failed signal) says so in

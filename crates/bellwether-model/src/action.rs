@@ -9,9 +9,12 @@
 //! {"builtin": "restore_file", "path": "etc/websvc.conf"}
 //! {"builtin": "reinstall_package", "package": "libssl3"}
 //! {"builtin": "set_cgroup", "cpu_max": "50000 100000", "memory_max": "512M"}
+//! {"builtin": "start_process", "argv": ["/usr/bin/pg_ctl", "-D", "/srv/pg", "-w", "start"], "pidfile": "/srv/pg/postmaster.pid"}
+//! {"builtin": "stop_process", "pid": 4242}
+//! {"builtin": "sample_processes", "pids": [4242, 4300]}
 //! ```
 //!
-//! Every built-in also accepts an optional `timeout_ms`. Deserialisation validates (an action
+//! Every built-in but `sample_processes` also accepts an optional `timeout_ms`. Deserialisation validates (an action
 //! that reaches an agent is always well formed) and unknown fields are rejected, so a typo in a
 //! plan or a request body is an error rather than a silently ignored key. This module never
 //! runs anything: executing an action is the agent's business.
@@ -59,7 +62,36 @@ pub enum ActionSpec {
         memory_max: Option<String>,
         timeout_ms: Option<u64>,
     },
+    /// Start a service instance on the host, detached: `argv` runs directly (no shell). With
+    /// `pidfile` (an absolute host path), `argv` is a launcher that must exit 0 within the
+    /// timeout and the instance's PID is the pidfile's first line; without it, the spawned
+    /// process is the instance. Output: `{"pid": N}`.
+    StartProcess {
+        argv: Vec<String>,
+        pidfile: Option<String>,
+        timeout_ms: Option<u64>,
+    },
+    /// Stop the process named by exactly one of `pid` and `pidfile`: run `argv` if given, else
+    /// SIGTERM to that one PID (never a process group); then wait for it to exit within the
+    /// timeout. Output: `{"pid": N, "exited": true|false}`.
+    StopProcess {
+        pid: Option<u32>,
+        pidfile: Option<String>,
+        argv: Option<Vec<String>>,
+        timeout_ms: Option<u64>,
+    },
+    /// Sample 1 to [`MAX_SAMPLE_PIDS`] processes, each with all its descendants: cumulative
+    /// CPU ticks and resident bytes. Output:
+    /// `{"at_ms": T, "processes": {"PID": {"alive", "cpu_ticks", "ticks_per_s", "rss_bytes"}}}`.
+    SampleProcesses { pids: Vec<u32> },
 }
+
+/// The largest PID Linux hands out (`PID_MAX_LIMIT`, 2^22); the same bound as
+/// `bellwether_engine::patch::PID_MAX`.
+pub const PID_MAX: u32 = 4_194_304;
+
+/// The most PIDs one `sample_processes` may name.
+pub const MAX_SAMPLE_PIDS: usize = 16;
 
 /// Why an action spec is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,7 +108,7 @@ pub enum ActionSpecError {
     Neither,
     #[error("an action has either `argv` or `builtin`, got both")]
     Both,
-    #[error("unknown builtin {name:?}; expected set_service_version, restore_file, reinstall_package or set_cgroup")]
+    #[error("unknown builtin {name:?}; expected set_service_version, restore_file, reinstall_package, set_cgroup, start_process, stop_process or sample_processes")]
     UnknownBuiltin { name: String },
     #[error("builtin {builtin} needs the field `{field}`")]
     MissingField {
@@ -96,6 +128,26 @@ pub enum ActionSpecError {
     },
     #[error("restore_file path {path:?} must be relative to the rootfs: {why}")]
     BadPath { path: String, why: &'static str },
+    #[error("{field} {path:?} must be an absolute host path: {why}")]
+    BadHostPath {
+        field: &'static str,
+        path: String,
+        why: &'static str,
+    },
+    #[error("{field} {pid} is refused: {why}")]
+    BadPid {
+        field: &'static str,
+        pid: u32,
+        why: &'static str,
+    },
+    #[error("{builtin} takes one of `{a}` and `{b}`, not both")]
+    OneOf {
+        builtin: &'static str,
+        a: &'static str,
+        b: &'static str,
+    },
+    #[error("sample_processes takes 1 to {MAX_SAMPLE_PIDS} pids, got {count}")]
+    PidCount { count: usize },
 }
 
 impl ActionSpec {
@@ -107,6 +159,9 @@ impl ActionSpec {
             ActionSpec::RestoreFile { .. } => Some("restore_file"),
             ActionSpec::ReinstallPackage { .. } => Some("reinstall_package"),
             ActionSpec::SetCgroup { .. } => Some("set_cgroup"),
+            ActionSpec::StartProcess { .. } => Some("start_process"),
+            ActionSpec::StopProcess { .. } => Some("stop_process"),
+            ActionSpec::SampleProcesses { .. } => Some("sample_processes"),
         }
     }
 
@@ -117,7 +172,12 @@ impl ActionSpec {
             ActionSpec::SetServiceVersion { timeout_ms, .. }
             | ActionSpec::RestoreFile { timeout_ms, .. }
             | ActionSpec::ReinstallPackage { timeout_ms, .. }
-            | ActionSpec::SetCgroup { timeout_ms, .. } => timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+            | ActionSpec::SetCgroup { timeout_ms, .. }
+            | ActionSpec::StartProcess { timeout_ms, .. }
+            | ActionSpec::StopProcess { timeout_ms, .. } => {
+                timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)
+            }
+            ActionSpec::SampleProcesses { .. } => DEFAULT_TIMEOUT_MS,
         }
     }
 
@@ -145,6 +205,32 @@ impl ActionSpec {
                 }
                 s
             }
+            ActionSpec::StartProcess { argv, pidfile, .. } => {
+                let mut s = format!("start_process [{}]", argv.join(" "));
+                if let Some(p) = pidfile {
+                    s.push_str(&format!(" pidfile {p}"));
+                }
+                s
+            }
+            ActionSpec::StopProcess {
+                pid, pidfile, argv, ..
+            } => {
+                let mut s = String::from("stop_process");
+                if let Some(p) = pid {
+                    s.push_str(&format!(" pid {p}"));
+                }
+                if let Some(p) = pidfile {
+                    s.push_str(&format!(" pidfile {p}"));
+                }
+                if let Some(a) = argv {
+                    s.push_str(&format!(" with [{}]", a.join(" ")));
+                }
+                s
+            }
+            ActionSpec::SampleProcesses { pids } => {
+                let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                format!("sample_processes {}", pids.join(" "))
+            }
         }
     }
 
@@ -155,21 +241,58 @@ impl ActionSpec {
             ActionSpec::SetServiceVersion { timeout_ms, .. }
             | ActionSpec::RestoreFile { timeout_ms, .. }
             | ActionSpec::ReinstallPackage { timeout_ms, .. }
-            | ActionSpec::SetCgroup { timeout_ms, .. } => *timeout_ms,
+            | ActionSpec::SetCgroup { timeout_ms, .. }
+            | ActionSpec::StartProcess { timeout_ms, .. }
+            | ActionSpec::StopProcess { timeout_ms, .. } => *timeout_ms,
+            ActionSpec::SampleProcesses { .. } => None,
         };
         if let Some(t) = timeout {
             check_timeout(t)?;
         }
         match self {
-            ActionSpec::Argv { argv, .. } => {
-                if argv.is_empty() {
-                    return Err(ActionSpecError::EmptyArgv);
+            ActionSpec::Argv { argv, .. } => check_argv(argv)?,
+            ActionSpec::StartProcess { argv, pidfile, .. } => {
+                check_argv(argv)?;
+                if let Some(p) = pidfile {
+                    check_host_path("pidfile", p)?;
                 }
-                if argv[0].is_empty() {
-                    return Err(ActionSpecError::EmptyProgram);
+            }
+            ActionSpec::StopProcess {
+                pid, pidfile, argv, ..
+            } => {
+                match (pid, pidfile) {
+                    (None, None) => {
+                        return Err(ActionSpecError::MissingField {
+                            builtin: "stop_process",
+                            field: "pid or pidfile",
+                        })
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(ActionSpecError::OneOf {
+                            builtin: "stop_process",
+                            a: "pid",
+                            b: "pidfile",
+                        })
+                    }
+                    (Some(p), None) => check_signal_pid(*p)?,
+                    (None, Some(f)) => check_host_path("pidfile", f)?,
                 }
-                if let Some(index) = argv.iter().position(|a| a.contains('\0')) {
-                    return Err(ActionSpecError::NulInArgv { index });
+                if let Some(a) = argv {
+                    check_argv(a)?;
+                }
+            }
+            ActionSpec::SampleProcesses { pids } => {
+                if pids.is_empty() || pids.len() > MAX_SAMPLE_PIDS {
+                    return Err(ActionSpecError::PidCount { count: pids.len() });
+                }
+                for &pid in pids {
+                    if pid == 0 || pid > PID_MAX {
+                        return Err(ActionSpecError::BadPid {
+                            field: "pids",
+                            pid,
+                            why: "a PID is 1 to 4194304",
+                        });
+                    }
                 }
             }
             ActionSpec::SetServiceVersion { version, .. } => check_token("version", version)?,
@@ -196,6 +319,54 @@ impl ActionSpec {
         }
         Ok(())
     }
+}
+
+fn check_argv(argv: &[String]) -> Result<(), ActionSpecError> {
+    if argv.is_empty() {
+        return Err(ActionSpecError::EmptyArgv);
+    }
+    if argv[0].is_empty() {
+        return Err(ActionSpecError::EmptyProgram);
+    }
+    if let Some(index) = argv.iter().position(|a| a.contains('\0')) {
+        return Err(ActionSpecError::NulInArgv { index });
+    }
+    Ok(())
+}
+
+/// A path on the agent's host (a pidfile): absolute, without a NUL byte.
+pub fn check_host_path(field: &'static str, path: &str) -> Result<(), ActionSpecError> {
+    let bad = |why| ActionSpecError::BadHostPath {
+        field,
+        path: path.to_string(),
+        why,
+    };
+    if path.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if path.contains('\0') {
+        return Err(bad("it contains a NUL byte"));
+    }
+    if !path.starts_with('/') {
+        return Err(bad("it is not absolute"));
+    }
+    Ok(())
+}
+
+/// A PID that may be signalled: one process, not init (the rule of
+/// `bellwether_engine::patch::check_pid`).
+fn check_signal_pid(pid: u32) -> Result<(), ActionSpecError> {
+    let why = match pid {
+        0 => "0 is not one process: kill(0) signals the whole process group",
+        1 => "1 is init, which is never stopped",
+        p if p > PID_MAX => "it is above the largest PID, 4194304",
+        _ => return Ok(()),
+    };
+    Err(ActionSpecError::BadPid {
+        field: "pid",
+        pid,
+        why,
+    })
 }
 
 fn check_timeout(t: u64) -> Result<(), ActionSpecError> {
@@ -319,11 +490,45 @@ struct Wire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     memory_max: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pidfile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pids: Option<Vec<u32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     timeout_ms: Option<u64>,
 }
 
 impl Wire {
+    /// The optional fields that are set, by their JSON names (`argv` and `builtin` aside).
+    fn present(&self) -> Vec<&'static str> {
+        [
+            ("version", self.version.is_some()),
+            ("path", self.path.is_some()),
+            ("package", self.package.is_some()),
+            ("cpu_max", self.cpu_max.is_some()),
+            ("memory_max", self.memory_max.is_some()),
+            ("pid", self.pid.is_some()),
+            ("pidfile", self.pidfile.is_some()),
+            ("pids", self.pids.is_some()),
+            ("timeout_ms", self.timeout_ms.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+
     fn into_spec(self) -> Result<ActionSpec, ActionSpecError> {
+        let present = self.present();
+        // Fails on the first set field that `builtin` does not take.
+        let only = |builtin: &'static str, takes: &[&str]| match present
+            .iter()
+            .find(|f| !takes.contains(f))
+        {
+            Some(field) => Err(ActionSpecError::StrayField { builtin, field }),
+            None => Ok(()),
+        };
+        let missing = |builtin, field| ActionSpecError::MissingField { builtin, field };
         let Wire {
             argv,
             builtin,
@@ -332,79 +537,86 @@ impl Wire {
             package,
             cpu_max,
             memory_max,
+            pid,
+            pidfile,
+            pids,
             timeout_ms,
         } = self;
         let spec = match (argv, builtin) {
             (None, None) => return Err(ActionSpecError::Neither),
-            (Some(_), Some(_)) => return Err(ActionSpecError::Both),
             (Some(argv), None) => {
-                let b = "an argv action";
-                stray(b, "version", &version)?;
-                stray(b, "path", &path)?;
-                stray(b, "package", &package)?;
-                stray(b, "cpu_max", &cpu_max)?;
-                stray(b, "memory_max", &memory_max)?;
+                only("an argv action", &["timeout_ms"])?;
                 ActionSpec::Argv {
                     argv,
                     timeout_ms: timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
                 }
             }
-            (None, Some(name)) => match name.as_str() {
-                "set_service_version" => {
-                    let b = "set_service_version";
-                    stray(b, "path", &path)?;
-                    stray(b, "package", &package)?;
-                    stray(b, "cpu_max", &cpu_max)?;
-                    stray(b, "memory_max", &memory_max)?;
-                    let version = version.ok_or(ActionSpecError::MissingField {
-                        builtin: b,
-                        field: "version",
-                    })?;
-                    ActionSpec::SetServiceVersion {
-                        version,
-                        timeout_ms,
+            (argv, Some(name)) => {
+                // Only the process built-ins take an argv beside `builtin`.
+                if argv.is_some() && !matches!(name.as_str(), "start_process" | "stop_process") {
+                    return Err(ActionSpecError::Both);
+                }
+                match name.as_str() {
+                    "set_service_version" => {
+                        let b = "set_service_version";
+                        only(b, &["version", "timeout_ms"])?;
+                        ActionSpec::SetServiceVersion {
+                            version: version.ok_or(missing(b, "version"))?,
+                            timeout_ms,
+                        }
                     }
-                }
-                "restore_file" => {
-                    let b = "restore_file";
-                    stray(b, "version", &version)?;
-                    stray(b, "package", &package)?;
-                    stray(b, "cpu_max", &cpu_max)?;
-                    stray(b, "memory_max", &memory_max)?;
-                    let path = path.ok_or(ActionSpecError::MissingField {
-                        builtin: b,
-                        field: "path",
-                    })?;
-                    ActionSpec::RestoreFile { path, timeout_ms }
-                }
-                "reinstall_package" => {
-                    let b = "reinstall_package";
-                    stray(b, "version", &version)?;
-                    stray(b, "path", &path)?;
-                    stray(b, "cpu_max", &cpu_max)?;
-                    stray(b, "memory_max", &memory_max)?;
-                    let package = package.ok_or(ActionSpecError::MissingField {
-                        builtin: b,
-                        field: "package",
-                    })?;
-                    ActionSpec::ReinstallPackage {
-                        package,
-                        timeout_ms,
+                    "restore_file" => {
+                        let b = "restore_file";
+                        only(b, &["path", "timeout_ms"])?;
+                        ActionSpec::RestoreFile {
+                            path: path.ok_or(missing(b, "path"))?,
+                            timeout_ms,
+                        }
                     }
-                }
-                "set_cgroup" => {
-                    let b = "set_cgroup";
-                    stray(b, "version", &version)?;
-                    stray(b, "path", &path)?;
-                    stray(b, "package", &package)?;
-                    ActionSpec::SetCgroup {
-                        cpu_max,
-                        memory_max,
-                        timeout_ms,
+                    "reinstall_package" => {
+                        let b = "reinstall_package";
+                        only(b, &["package", "timeout_ms"])?;
+                        ActionSpec::ReinstallPackage {
+                            package: package.ok_or(missing(b, "package"))?,
+                            timeout_ms,
+                        }
                     }
+                    "set_cgroup" => {
+                        only("set_cgroup", &["cpu_max", "memory_max", "timeout_ms"])?;
+                        ActionSpec::SetCgroup {
+                            cpu_max,
+                            memory_max,
+                            timeout_ms,
+                        }
+                    }
+                    "start_process" => {
+                        let b = "start_process";
+                        only(b, &["pidfile", "timeout_ms"])?;
+                        ActionSpec::StartProcess {
+                            argv: argv.ok_or(missing(b, "argv"))?,
+                            pidfile,
+                            timeout_ms,
+                        }
+                    }
+                    "stop_process" => {
+                        only("stop_process", &["pid", "pidfile", "timeout_ms"])?;
+                        ActionSpec::StopProcess {
+                            pid,
+                            pidfile,
+                            argv,
+                            timeout_ms,
+                        }
+                    }
+                    "sample_processes" => {
+                        let b = "sample_processes";
+                        only(b, &["pids"])?;
+                        ActionSpec::SampleProcesses {
+                            pids: pids.ok_or(missing(b, "pids"))?,
+                        }
+                    }
+                    _ => return Err(ActionSpecError::UnknownBuiltin { name }),
                 }
-                _ => return Err(ActionSpecError::UnknownBuiltin { name }),
-            },
+            }
         };
         spec.validate()?;
         Ok(spec)
@@ -453,18 +665,36 @@ impl Wire {
                 timeout_ms,
                 ..Wire::default()
             },
+            ActionSpec::StartProcess {
+                argv,
+                pidfile,
+                timeout_ms,
+            } => Wire {
+                builtin,
+                argv: Some(argv),
+                pidfile,
+                timeout_ms,
+                ..Wire::default()
+            },
+            ActionSpec::StopProcess {
+                pid,
+                pidfile,
+                argv,
+                timeout_ms,
+            } => Wire {
+                builtin,
+                pid,
+                pidfile,
+                argv,
+                timeout_ms,
+                ..Wire::default()
+            },
+            ActionSpec::SampleProcesses { pids } => Wire {
+                builtin,
+                pids: Some(pids),
+                ..Wire::default()
+            },
         }
-    }
-}
-
-fn stray(
-    builtin: &'static str,
-    field: &'static str,
-    v: &Option<String>,
-) -> Result<(), ActionSpecError> {
-    match v {
-        Some(_) => Err(ActionSpecError::StrayField { builtin, field }),
-        None => Ok(()),
     }
 }
 
@@ -694,6 +924,178 @@ mod tests {
             (
                 r#"{"argv": ["a"], "timeout": 5}"#,
                 "unknown field `timeout`",
+            ),
+        ];
+        for (json, want) in cases {
+            let err = parse(json).unwrap_err();
+            assert!(err.contains(want), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn parses_and_round_trips_the_process_builtins() {
+        assert_eq!(
+            parse(r#"{"builtin": "start_process", "argv": ["/usr/bin/pg_ctl", "start"], "pidfile": "/srv/pg/postmaster.pid", "timeout_ms": 30000}"#)
+                .unwrap(),
+            ActionSpec::StartProcess {
+                argv: vec!["/usr/bin/pg_ctl".into(), "start".into()],
+                pidfile: Some("/srv/pg/postmaster.pid".into()),
+                timeout_ms: Some(30_000)
+            }
+        );
+        assert_eq!(
+            parse(r#"{"builtin": "stop_process", "pid": 4242}"#).unwrap(),
+            ActionSpec::StopProcess {
+                pid: Some(4242),
+                pidfile: None,
+                argv: None,
+                timeout_ms: None
+            }
+        );
+        assert_eq!(
+            parse(r#"{"builtin": "sample_processes", "pids": [2, 4194304]}"#).unwrap(),
+            ActionSpec::SampleProcesses {
+                pids: vec![2, 4_194_304]
+            }
+        );
+        let specs = [
+            ActionSpec::StartProcess {
+                argv: vec!["sleep".into(), "60".into()],
+                pidfile: None,
+                timeout_ms: None,
+            },
+            ActionSpec::StopProcess {
+                pid: None,
+                pidfile: Some("/run/x.pid".into()),
+                argv: Some(vec!["/usr/bin/pg_ctl".into(), "stop".into()]),
+                timeout_ms: Some(5000),
+            },
+            ActionSpec::SampleProcesses { pids: vec![1, 77] },
+        ];
+        for s in specs {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(parse(&json).unwrap(), s, "{json}");
+        }
+        assert_eq!(
+            serde_json::to_value(ActionSpec::StopProcess {
+                pid: Some(9),
+                pidfile: None,
+                argv: None,
+                timeout_ms: None
+            })
+            .unwrap(),
+            serde_json::json!({"builtin": "stop_process", "pid": 9})
+        );
+        assert_eq!(
+            ActionSpec::SampleProcesses { pids: vec![3] }.timeout_ms(),
+            DEFAULT_TIMEOUT_MS
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_process_builtins() {
+        let cases = [
+            (r#"{"builtin": "start_process"}"#, "needs the field `argv`"),
+            (
+                r#"{"builtin": "start_process", "argv": []}"#,
+                "argv is empty",
+            ),
+            (
+                r#"{"builtin": "start_process", "argv": [""]}"#,
+                "argv[0] is empty",
+            ),
+            (
+                r#"{"builtin": "start_process", "argv": ["a", "b\u0000"]}"#,
+                "argv[1] contains a NUL",
+            ),
+            (
+                r#"{"builtin": "start_process", "argv": "pg_ctl start"}"#,
+                "invalid type",
+            ),
+            (
+                r#"{"builtin": "start_process", "argv": ["a"], "pidfile": "run/x.pid"}"#,
+                "pidfile \"run/x.pid\" must be an absolute host path: it is not absolute",
+            ),
+            (
+                r#"{"builtin": "start_process", "argv": ["a"], "pidfile": "/run/x\u0000.pid"}"#,
+                "it contains a NUL byte",
+            ),
+            (
+                r#"{"builtin": "start_process", "argv": ["a"], "pidfile": ""}"#,
+                "it is empty",
+            ),
+            (
+                r#"{"builtin": "start_process", "argv": ["a"], "pid": 5}"#,
+                "`pid` does not belong to start_process",
+            ),
+            (
+                r#"{"builtin": "start_process", "argv": ["a"], "timeout_ms": 50}"#,
+                "outside",
+            ),
+            (
+                r#"{"builtin": "stop_process"}"#,
+                "needs the field `pid or pidfile`",
+            ),
+            (
+                r#"{"builtin": "stop_process", "pid": 5, "pidfile": "/run/x.pid"}"#,
+                "takes one of `pid` and `pidfile`, not both",
+            ),
+            (
+                r#"{"builtin": "stop_process", "pid": 0}"#,
+                "pid 0 is refused: 0 is not one process",
+            ),
+            (
+                r#"{"builtin": "stop_process", "pid": 1}"#,
+                "pid 1 is refused: 1 is init",
+            ),
+            (
+                r#"{"builtin": "stop_process", "pid": 4194305}"#,
+                "above the largest PID",
+            ),
+            (r#"{"builtin": "stop_process", "pid": -5}"#, "invalid value"),
+            (
+                r#"{"builtin": "stop_process", "pidfile": "x.pid"}"#,
+                "it is not absolute",
+            ),
+            (
+                r#"{"builtin": "stop_process", "pid": 5, "argv": []}"#,
+                "argv is empty",
+            ),
+            (
+                r#"{"builtin": "stop_process", "pid": 5, "pids": [5]}"#,
+                "`pids` does not belong to stop_process",
+            ),
+            (
+                r#"{"builtin": "sample_processes"}"#,
+                "needs the field `pids`",
+            ),
+            (
+                r#"{"builtin": "sample_processes", "pids": []}"#,
+                "takes 1 to 16 pids, got 0",
+            ),
+            (
+                r#"{"builtin": "sample_processes", "pids": [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]}"#,
+                "got 17",
+            ),
+            (
+                r#"{"builtin": "sample_processes", "pids": [5, 0]}"#,
+                "pids 0 is refused",
+            ),
+            (
+                r#"{"builtin": "sample_processes", "pids": [5], "timeout_ms": 1000}"#,
+                "`timeout_ms` does not belong to sample_processes",
+            ),
+            (
+                r#"{"builtin": "sample_processes", "pids": [5], "argv": ["x"]}"#,
+                "got both",
+            ),
+            (
+                r#"{"builtin": "set_service_version", "version": "2", "pidfile": "/x"}"#,
+                "`pidfile` does not belong to set_service_version",
+            ),
+            (
+                r#"{"argv": ["a"], "pid": 5}"#,
+                "`pid` does not belong to an argv action",
             ),
         ];
         for (json, want) in cases {

@@ -25,6 +25,12 @@ fn bounds() -> &'static [f64] {
 
 const N_BUCKETS: usize = 81;
 
+/// The upper bounds of the histogram's buckets in microseconds; the last bucket (index 80) is
+/// everything above 80 s.
+pub fn bucket_bounds_us() -> &'static [f64] {
+    bounds()
+}
+
 /// A fixed-bucket histogram of durations.
 #[derive(Debug)]
 pub struct Histogram {
@@ -57,8 +63,11 @@ impl Histogram {
     }
 }
 
-/// A histogram's counts at one moment.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// A histogram's counts at one moment. The admin API serves it as
+/// `{"counts": [...], "sum_us": N}` (bucket bounds as in [`bucket_bounds_us`]), so a client can
+/// take quantiles over its own window with [`HistSnapshot::since`] and
+/// [`HistSnapshot::quantile`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 pub struct HistSnapshot {
     pub counts: Vec<u64>,
     pub sum_us: u64,
@@ -143,7 +152,9 @@ pub struct MetricsSnapshot {
     pub graceful_closes: u64,
     pub query_p50_seconds: Option<f64>,
     pub query_p99_seconds: Option<f64>,
-    #[serde(skip)]
+    /// The query-latency histogram's cumulative counts: two snapshots give the quantiles of
+    /// the window between them.
+    #[serde(rename = "query_latency_histogram")]
     pub latency: HistSnapshot,
 }
 

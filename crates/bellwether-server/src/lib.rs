@@ -21,6 +21,7 @@ mod error;
 mod listener;
 mod metrics;
 pub mod model_api;
+pub mod patch;
 mod peers;
 pub mod rollout;
 mod task;
@@ -77,6 +78,8 @@ pub struct ServerConfig {
     /// refused: the metric window is anchored on a host's newest sample, so one sample from the
     /// far future would freeze it.
     pub sample_max_ahead: Duration,
+    /// `--proxy-token-file NAME=FILE`: the admin tokens of the proxies patches drive, by name.
+    pub proxy_tokens: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// The default of [`ServerConfig::sample_max_age`]: 24 hours.
@@ -101,6 +104,7 @@ impl ServerConfig {
             retrain_after: model_api::DEFAULT_RETRAIN_AFTER,
             sample_max_age: DEFAULT_SAMPLE_MAX_AGE,
             sample_max_ahead: DEFAULT_SAMPLE_MAX_AHEAD,
+            proxy_tokens: Default::default(),
         }
     }
 }
@@ -142,6 +146,8 @@ pub struct AppState {
     pub(crate) predict: Arc<model_api::Predictor>,
     /// The durable tasks (rollouts, patches…) this process drives.
     pub(crate) tasks: Arc<task::Tasks>,
+    /// What patches need beside their tasks: the proxies' admin token files.
+    pub(crate) patches: Arc<patch::Patches>,
 }
 
 /// An opened server, ready to serve.
@@ -179,6 +185,7 @@ impl Server {
                     as i64,
                 predict: Arc::new(model_api::Predictor::new(config.retrain_after)),
                 tasks: Arc::new(task::Tasks::default()),
+                patches: Arc::new(patch::Patches::new(config.proxy_tokens.clone())),
             },
             body_limit: config.body_limit,
             grace: config.grace,
@@ -216,6 +223,7 @@ impl Server {
         api::routes()
             .merge(model_api::routes())
             .merge(rollout::routes())
+            .merge(patch::routes())
             // Inside the request counter, so refusals are counted too.
             .route_layer(axum::middleware::from_fn_with_state(
                 auth::AuthState::new(self.state.clone()),

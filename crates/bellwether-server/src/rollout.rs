@@ -725,6 +725,9 @@ pub struct ActionResultBody {
     pub stderr_tail: String,
     pub started_ms: i64,
     pub finished_ms: i64,
+    /// A built-in's structured output (`start_process`'s pid, `sample_processes`' figures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
 }
 
 async fn agent_result(

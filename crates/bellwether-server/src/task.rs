@@ -630,7 +630,10 @@ impl Kind {
 /// Every kind this server drives. A new kind adds itself here.
 pub(crate) fn kinds() -> Vec<Kind> {
     #[allow(unused_mut)]
-    let mut kinds = vec![Kind::of::<crate::rollout::RolloutTask>()];
+    let mut kinds = vec![
+        Kind::of::<crate::rollout::RolloutTask>(),
+        Kind::of::<crate::patch::PatchTask>(),
+    ];
     // The runner's own tests drive a counter kind, through the same resume as every kind.
     #[cfg(test)]
     kinds.push(Kind::of::<tests::Counter>());

@@ -167,6 +167,7 @@ fn the_rules_cover_exactly_the_routes_the_server_serves() {
     let served: BTreeSet<(&str, &str)> = bellwether_server::ROUTES
         .iter()
         .chain(bellwether_server::rollout::ROLLOUT_ROUTES)
+        .chain(bellwether_server::patch::PATCH_ROUTES)
         .chain(bellwether_server::model_api::MODEL_ROUTES)
         .copied()
         .collect();

@@ -298,6 +298,12 @@ struct RawAction {
     #[serde(default)]
     memory_max: Option<String>,
     #[serde(default)]
+    pid: Option<u32>,
+    #[serde(default)]
+    pidfile: Option<String>,
+    #[serde(default)]
+    pids: Option<Vec<u32>>,
+    #[serde(default)]
     timeout: Option<Dur>,
     #[serde(default)]
     timeout_ms: Option<u64>,
@@ -322,6 +328,16 @@ impl RawAction {
             if let Some(v) = v {
                 m.insert(k.into(), Value::from(v));
             }
+        }
+        // The process built-ins' fields (`start_process`, `stop_process`, `sample_processes`).
+        if let Some(p) = self.pid {
+            m.insert("pid".into(), Value::from(p));
+        }
+        if let Some(p) = self.pidfile {
+            m.insert("pidfile".into(), Value::from(p));
+        }
+        if let Some(p) = self.pids {
+            m.insert("pids".into(), Value::from(p));
         }
         let timeout = match (self.timeout, self.timeout_ms) {
             (Some(_), Some(_)) => return Err("give `timeout` or `timeout_ms`, not both".into()),

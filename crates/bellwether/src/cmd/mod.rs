@@ -12,6 +12,7 @@ pub mod model;
 pub mod model_server;
 pub mod nab;
 pub mod patch;
+pub mod patch_remote;
 pub mod profile;
 pub mod proxy;
 pub mod quickstart;

@@ -74,6 +74,20 @@ pub struct Args {
     /// (a host's metric window is anchored on its newest sample).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     sample_max_ahead: Duration,
+    /// NAME=FILE: the admin token of a `bellwether proxy` that patches drive, read from FILE
+    /// (mode 0600) at each use; a patch names it (`patch start --proxy-token NAME`), so the
+    /// token is never in the store. Repeat for several proxies.
+    #[arg(long, value_name = "NAME=FILE", value_parser = proxy_token_file)]
+    proxy_token_file: Vec<(String, PathBuf)>,
+}
+
+fn proxy_token_file(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, file) = s
+        .split_once('=')
+        .filter(|(n, f)| !n.is_empty() && !f.is_empty())
+        .ok_or_else(|| format!("{s:?} is not NAME=FILE"))?;
+    bellwether_engine::patch::check_name(name).map_err(|e| format!("NAME: {e}"))?;
+    Ok((name.to_string(), PathBuf::from(file)))
 }
 
 fn store_config(database: Option<&str>, data_dir: &Path) -> anyhow::Result<StoreConfig> {
@@ -173,6 +187,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.retrain_after = args.retrain_after;
     config.sample_max_age = args.sample_max_age;
     config.sample_max_ahead = args.sample_max_ahead;
+    config.proxy_tokens = args.proxy_token_file.iter().cloned().collect();
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async {
         // The store is opened and checked before any token file is written, so a damaged
