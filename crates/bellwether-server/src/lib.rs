@@ -18,6 +18,8 @@ mod body;
 pub mod client;
 mod drift;
 mod error;
+mod forward;
+pub mod leader;
 mod listener;
 mod metrics;
 pub mod model_api;
@@ -39,6 +41,8 @@ pub use api::ROUTES;
 pub use auth::{Access, REFUSALS_LOGGED_PER_MINUTE, RULES};
 pub use body::parse_json;
 pub use error::ApiError;
+pub use forward::{FORWARDED_HEADER, LEADER_HEADER};
+pub use leader::{HaSettings, Role};
 pub use metrics::Metrics;
 pub use tokens::{generate_token, CreateToken, CreatedToken, TokenNotice, TokenSource};
 
@@ -75,6 +79,11 @@ pub struct ServerConfig {
     /// refused: the metric window is anchored on a host's newest sample, so one sample from the
     /// far future would freeze it.
     pub sample_max_ahead: Duration,
+    /// `Some`: this server is one of several replicas sharing a PostgreSQL store; it leads
+    /// (and drives the durable tasks) only while it holds the store's leader lease, and
+    /// forwards writes to the leader otherwise (see `leader` and docs/ha.md). `None`: it owns
+    /// the store alone and always leads.
+    pub ha: Option<HaSettings>,
 }
 
 /// The default of [`ServerConfig::sample_max_age`]: 24 hours.
@@ -99,6 +108,7 @@ impl ServerConfig {
             retrain_after: model_api::DEFAULT_RETRAIN_AFTER,
             sample_max_age: DEFAULT_SAMPLE_MAX_AGE,
             sample_max_ahead: DEFAULT_SAMPLE_MAX_AHEAD,
+            ha: None,
         }
     }
 }
@@ -139,6 +149,9 @@ pub struct AppState {
     pub(crate) sample_max_ahead_ms: i64,
     pub(crate) predict: Arc<model_api::Predictor>,
     pub(crate) rollouts: Arc<rollout::Runners>,
+    /// Whether this replica leads, and the terms its task runners hold.
+    pub(crate) leader: Arc<leader::Leadership>,
+    pub(crate) forward: forward::Forwarder,
 }
 
 /// An opened server, ready to serve.
@@ -147,6 +160,8 @@ pub struct Server {
     body_limit: usize,
     grace: Duration,
     sample_retention: Duration,
+    /// Whether [`Server::start_leadership`] ran.
+    leadership_started: bool,
     /// Where the operator and enrolment tokens come from, for the operator to read.
     pub tokens: Vec<TokenNotice>,
 }
@@ -166,6 +181,15 @@ impl Server {
         }
         let store = Store::open(&config.store).await?;
         let tokens = tokens::bootstrap(&store, &config).await?;
+        let leader = match (&config.ha, &config.store) {
+            (Some(settings), StoreConfig::Postgres { .. }) => {
+                // Fencing on from the start: nothing is saved before this replica leads.
+                store.set_fence(None);
+                leader::Leadership::replicated(settings.clone())
+            }
+            // SQLite is one process's store: always the leader.
+            _ => leader::Leadership::single(),
+        };
         let server = Server {
             state: AppState {
                 store,
@@ -176,22 +200,47 @@ impl Server {
                     as i64,
                 predict: Arc::new(model_api::Predictor::new(config.retrain_after)),
                 rollouts: Arc::new(rollout::Runners::default()),
+                leader: Arc::new(leader),
+                forward: forward::Forwarder::new(),
             },
             body_limit: config.body_limit,
             grace: config.grace,
             sample_retention: config.sample_retention,
+            leadership_started: false,
             tokens,
         };
-        let resumed = rollout::resume_all(&server.state)
-            .await
-            .map_err(|e| ServerError::Resume(e.message))?;
-        if resumed > 0 {
-            tracing::info!(
-                rollouts = resumed,
-                "Resumed running rollouts from the store."
-            );
+        if !server.state.leader.is_replicated() {
+            // One process: it leads from the start. Replicas resume their tasks each time they
+            // gain the lease (`leader::ON_LEAD`).
+            for (kind, resume) in leader::ON_LEAD {
+                let resumed = resume(server.state.clone())
+                    .await
+                    .map_err(|e| ServerError::Resume(e.message))?;
+                if resumed > 0 {
+                    tracing::info!(kind, tasks = resumed, "Resumed durable tasks from the store.");
+                }
+            }
         }
         Ok(server)
+    }
+
+    /// For a replica (`ServerConfig::ha`): the first try at the leader lease, with `url` as the
+    /// address other replicas and clients reach this one at (unless the settings name one).
+    /// Call it once bound and before announcing the address, so a replica alone on its store
+    /// leads before its first request. [`Server::serve`] calls it when it was not called.
+    pub async fn start_leadership(&mut self, url: &str) {
+        if self.state.leader.is_replicated() && !self.leadership_started {
+            self.leadership_started = true;
+            self.state
+                .leader
+                .first_attempt(&self.state, url.to_string())
+                .await;
+        }
+    }
+
+    /// This replica's leadership (always the leader without `ServerConfig::ha`).
+    pub fn leadership(&self) -> Arc<leader::Leadership> {
+        self.state.leader.clone()
     }
 
     /// The store this server uses.
@@ -221,6 +270,12 @@ impl Server {
                 metrics::count_requests,
             ))
             .layer(DefaultBodyLimit::max(self.body_limit))
+            // A follower sends writes and the agents' long-poll to the leader, before its own
+            // routing and authentication: the leader authenticates and audits them.
+            .layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                forward::to_leader,
+            ))
             .layer(axum::middleware::from_fn_with_state(limit, body::reject_oversized))
             .layer(
                 tower_http::trace::TraceLayer::new_for_http().make_span_with(
@@ -235,21 +290,27 @@ impl Server {
     /// Serves plain HTTP on `listener` until `shutdown` completes, then lets in-flight
     /// requests finish for at most the grace period, and closes the store.
     pub async fn serve(
-        self,
+        mut self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        if let Ok(addr) = listener.local_addr() {
+            self.start_leadership(&format!("http://{addr}")).await;
+        }
         self.serve_on(listener, shutdown).await
     }
 
     /// As [`Server::serve`], over TLS with `tls` (see `bellwether_tls::server_config`):
     /// handshakes run concurrently, each bounded in time, before a connection reaches HTTP.
     pub async fn serve_tls(
-        self,
+        mut self,
         listener: tokio::net::TcpListener,
         tls: Arc<rustls::ServerConfig>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        if let Ok(addr) = listener.local_addr() {
+            self.start_leadership(&format!("https://{addr}")).await;
+        }
         let incoming = listener::Tls(
             bellwether_tls::TlsIncoming::new(listener, tls).map_err(ServerError::Serve)?,
         );
@@ -278,6 +339,7 @@ impl Server {
             self.sample_retention,
             stop_tx.subscribe(),
         ));
+        let leadership = tokio::spawn(leader::run(self.state.clone(), stop_tx.subscribe()));
         let result = tokio::select! {
             r = &mut server => r,
             () = shutdown => {
@@ -294,6 +356,8 @@ impl Server {
         };
         let _ = stop_tx.send(true);
         let _ = pruner.await;
+        // A leader releases its lease, so another replica takes over at once.
+        let _ = leadership.await;
         self.state.store.close().await;
         result.map_err(ServerError::Serve)
     }

@@ -265,15 +265,20 @@ impl Run {
         } = self;
         let id = rollout.id.clone();
         let store = state.store.clone();
+        let leader = state.leader.clone();
         let saved = durable::commit(
             rollout,
             *save_policy,
             observe,
             |r, d| step_record(r, watchers, changed.as_ref(), features, d, observed_action),
             |rec: StepRecord| {
-                let (store, id) = (store.clone(), id.clone());
+                let (store, id, leader) = (store.clone(), id.clone(), leader.clone());
                 async move {
                     let saved = store.save_rollout_step(&id, &rec, now_ms()).await;
+                    if let Err(bellwether_store::StoreError::Fenced { .. }) = &saved {
+                        // Another replica leads: this runner stops at once (see `drive`).
+                        leader.fenced();
+                    }
                     (rec, saved)
                 }
             },
@@ -465,7 +470,26 @@ impl Run {
     }
 }
 
-async fn drive(mut run: Run, mut rx: mpsc::UnboundedReceiver<Msg>) {
+/// Drives the rollout for as long as this server leads: the moment its term is lost (another
+/// replica took the lease, or a save was fenced) the runner stops where it is, without a pause
+/// or an alert, and the new leader resumes the rollout from the store.
+async fn drive(run: Run, rx: mpsc::UnboundedReceiver<Msg>) {
+    let id = run.rollout.id.clone();
+    let Some(mut term) = run.state.leader.term() else {
+        tracing::info!(rollout = %id, "Not driving the rollout: this server does not lead; the leader resumes it.");
+        return;
+    };
+    let epoch = term.epoch;
+    tokio::select! {
+        biased;
+        () = term.lost() => {
+            tracing::warn!(rollout = %id, epoch, "Stopped driving the rollout: this server no longer leads; the leader resumes it from the store.");
+        }
+        () = drive_term(run, rx) => {}
+    }
+}
+
+async fn drive_term(mut run: Run, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let id = run.rollout.id.clone();
     let interval = Duration::from_millis(run.plan.analysis.interval_ms().max(100) as u64);
     let mut ticker = tokio::time::interval(interval);

@@ -361,6 +361,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         on_pool!(self, pool => in_tx!(pool, |tx| {
+            self.check_fence(&mut tx).await?;
             let n = sqlx::query("UPDATE rollouts SET state = $1, phase = $2, updated_at_ms = $3, settled = $4 WHERE id = $5")
                 .bind(step.state.to_string())
                 .bind(&step.phase)
