@@ -22,8 +22,8 @@ use serde_json::Value;
 use support::cluster::Cluster;
 use support::*;
 
-const OP: &str = "operator-token-ha";
-const ENROL: &str = "enrol-token-ha";
+const OP: &str = "operator-token-ha-replicas";
+const ENROL: &str = "enrol-token-ha-replicas";
 
 /// websvc version 2, a one-host pilot baking BAKE, then two waves; steady synthetic hosts, so
 /// every host is healthy.
@@ -429,6 +429,10 @@ fn a_paused_leader_cannot_save_after_its_lease_and_steps_down_when_it_wakes() {
     );
     let log0 = fleet.cluster.log(0);
     assert!(!log0.contains("Rollout held"), "{log0}");
+    assert!(log0.contains("Lost the leader lease"), "{log0}");
+    if std::env::var_os("HA_TEST_LOGS").is_some() {
+        eprintln!("{}", fleet.cluster.logs());
+    }
     let terms = elections(&fleet);
     assert_eq!(
         terms.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
