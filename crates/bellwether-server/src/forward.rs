@@ -98,8 +98,7 @@ fn unavailable(leader: Option<&str>, message: String) -> Response {
 /// it to the leader otherwise.
 pub(crate) async fn to_leader(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let lead = &state.leader;
-    if !lead.is_replicated() || !needs_leader(req.method(), req.uri().path()) || lead.leads_now()
-    {
+    if !lead.is_replicated() || !needs_leader(req.method(), req.uri().path()) || lead.leads_now() {
         return next.run(req).await;
     }
     let own = lead.own_url();
@@ -169,7 +168,8 @@ async fn forward(state: &AppState, leader: &str, req: Request) -> Response {
             )
                 .into_response();
             if let Ok(v) = HeaderValue::from_str(leader) {
-                resp.headers_mut().insert(HeaderName::from_static(LEADER_HEADER), v);
+                resp.headers_mut()
+                    .insert(HeaderName::from_static(LEADER_HEADER), v);
             }
             return resp;
         }
@@ -187,7 +187,10 @@ async fn forward(state: &AppState, leader: &str, req: Request) -> Response {
     }
     resp.body(Body::from_stream(answer.bytes_stream()))
         .unwrap_or_else(|e| {
-            unavailable(Some(leader), format!("could not pass on the leader's answer: {e}"))
+            unavailable(
+                Some(leader),
+                format!("could not pass on the leader's answer: {e}"),
+            )
         })
 }
 

@@ -352,7 +352,11 @@ async fn try_acquire(state: &AppState, lead: &Leadership, settings: &HaSettings)
             });
             let reason = format!(
                 "{} leads the replicas under epoch {}",
-                if url.is_empty() { lead.holder.as_str() } else { url.as_str() },
+                if url.is_empty() {
+                    lead.holder.as_str()
+                } else {
+                    url.as_str()
+                },
                 grant.fence.epoch
             );
             if let Err(e) = state
@@ -373,16 +377,15 @@ async fn try_acquire(state: &AppState, lead: &Leadership, settings: &HaSettings)
                         .then(|| rec.holder_url.clone())
                         .flatten()
                         .filter(|u| !u.is_empty());
-                    lead.view
-                        .send_if_modified(|v| {
-                            let next = View::follower(Some(rec.epoch), leader.clone());
-                            if *v != next {
-                                *v = next;
-                                true
-                            } else {
-                                false
-                            }
-                        });
+                    lead.view.send_if_modified(|v| {
+                        let next = View::follower(Some(rec.epoch), leader.clone());
+                        if *v != next {
+                            *v = next;
+                            true
+                        } else {
+                            false
+                        }
+                    });
                 }
                 Err(e) => tracing::warn!(error = %e, "Could not read the leader lease."),
             }
@@ -405,7 +408,11 @@ fn step_down(state: &AppState, lead: &Leadership, why: &str) {
     let fence = lock(&lead.fence).take();
     let epoch = fence.as_ref().map(|f| f.epoch);
     lead.view.send_replace(View::follower(epoch, None));
-    tracing::warn!(epoch, reason = why, "Lost the leader lease; no longer driving durable tasks.");
+    tracing::warn!(
+        epoch,
+        reason = why,
+        "Lost the leader lease; no longer driving durable tasks."
+    );
 }
 
 impl Leadership {
@@ -463,11 +470,20 @@ pub(crate) async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             let now = Instant::now();
             let until = lead.view().valid_until.unwrap_or(now);
             if now >= until {
-                step_down(&state, &lead, "the lease's local deadline passed before a renewal (was this process paused?)");
+                step_down(
+                    &state,
+                    &lead,
+                    "the lease's local deadline passed before a renewal (was this process paused?)",
+                );
                 continue;
             }
             let sent = now;
-            match tokio::time::timeout_at(until, state.store.renew_lease(&fence, settings.lease_ttl)).await {
+            match tokio::time::timeout_at(
+                until,
+                state.store.renew_lease(&fence, settings.lease_ttl),
+            )
+            .await
+            {
                 Ok(Ok(Some(_))) => {
                     let valid_until = sent + settings.lease_ttl - margin(settings.lease_ttl);
                     lead.view.send_modify(|v| {
@@ -476,11 +492,19 @@ pub(crate) async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
                         }
                     });
                 }
-                Ok(Ok(None)) => step_down(&state, &lead, "the store refused the renewal: the lease expired or another replica holds it"),
+                Ok(Ok(None)) => step_down(
+                    &state,
+                    &lead,
+                    "the store refused the renewal: the lease expired or another replica holds it",
+                ),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "Could not renew the leader lease; trying again before it runs out.");
                 }
-                Err(_) => step_down(&state, &lead, "renewing the lease took until its local deadline"),
+                Err(_) => step_down(
+                    &state,
+                    &lead,
+                    "renewing the lease took until its local deadline",
+                ),
             }
         } else {
             if lock(&lead.fence).is_some() {
@@ -509,4 +533,74 @@ pub(crate) fn health(state: &AppState) -> serde_json::Value {
 /// Resolves once `stop` turns true (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leading(lead: &Leadership, epoch: i64, for_: Duration) {
+        lead.view.send_replace(View {
+            role: Role::Leader,
+            epoch: Some(epoch),
+            leader_url: Some("http://me".into()),
+            valid_until: Some(Instant::now() + for_),
+        });
+    }
+
+    /// On tokio's paused clock: the term ends at the local deadline by itself, with no
+    /// renewal and no database call, which is how a replica woken from a pause steps down.
+    #[tokio::test(start_paused = true)]
+    async fn a_term_ends_at_the_local_deadline_without_asking_anyone() {
+        let lead = Leadership::replicated(HaSettings::default());
+        assert!(lead.term().is_none(), "a follower has no term");
+        assert!(!lead.leads_now());
+        leading(&lead, 3, Duration::from_secs(2));
+        assert!(lead.leads_now());
+        let mut term = lead.term().expect("leading");
+        assert_eq!(term.epoch, 3);
+        let started = Instant::now();
+        term.lost().await;
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert!(
+            !lead.leads_now(),
+            "past the deadline it counts itself a follower"
+        );
+        assert!(lead.term().is_none());
+        assert_eq!(lead.health()["role"], "follower");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_extends_the_term_and_a_fenced_save_ends_it_at_once() {
+        let lead = Leadership::replicated(HaSettings::default());
+        leading(&lead, 5, Duration::from_secs(2));
+        let mut term = lead.term().unwrap();
+        // A renewal moves the deadline: the term outlives the first one.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        lead.view
+            .send_modify(|v| v.valid_until = Some(Instant::now() + Duration::from_secs(2)));
+        let lost = tokio::time::timeout(Duration::from_millis(1500), term.lost()).await;
+        assert!(lost.is_err(), "still leading after the first deadline");
+        // A save refused by the store's fence ends it now.
+        lead.fenced();
+        let started = Instant::now();
+        term.lost().await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert!(!lead.leads_now());
+        // Another epoch's term does not count as this one.
+        leading(&lead, 6, Duration::from_secs(2));
+        term.lost().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_single_server_always_leads() {
+        let lead = Leadership::single();
+        assert!(lead.leads_now());
+        let mut term = lead.term().unwrap();
+        assert_eq!(term.epoch, 0);
+        lead.fenced();
+        let lost = tokio::time::timeout(Duration::from_secs(3600), term.lost()).await;
+        assert!(lost.is_err(), "a single server's term never ends");
+        assert_eq!(lead.health()["replicated"], false);
+    }
 }

@@ -217,7 +217,11 @@ impl Server {
                     .await
                     .map_err(|e| ServerError::Resume(e.message))?;
                 if resumed > 0 {
-                    tracing::info!(kind, tasks = resumed, "Resumed durable tasks from the store.");
+                    tracing::info!(
+                        kind,
+                        tasks = resumed,
+                        "Resumed durable tasks from the store."
+                    );
                 }
             }
         }

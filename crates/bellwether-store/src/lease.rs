@@ -321,7 +321,8 @@ impl Store {
         };
         const CHECK: &str = "SELECT epoch FROM leader_lease \
              WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at_ms > NOW";
-        const NOW_ROW: &str = "SELECT holder, epoch, expires_at_ms > NOW FROM leader_lease WHERE name = $1";
+        const NOW_ROW: &str =
+            "SELECT holder, epoch, expires_at_ms > NOW FROM leader_lease WHERE name = $1";
         let (held, now_row) = match tx.into() {
             FenceTx::Sqlite(tx) => {
                 let held: Option<i64> = sqlx::query_scalar(&CHECK.replace("NOW", SQLITE_NOW_MS))

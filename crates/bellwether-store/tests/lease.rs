@@ -6,9 +6,7 @@
 use std::time::{Duration, Instant};
 
 use bellwether_store::testing::with_each_backend;
-use bellwether_store::{
-    Fence, NewAction, NewRollout, Store, StoreConfig, StoreError, StepRecord,
-};
+use bellwether_store::{Fence, NewAction, NewRollout, StepRecord, Store, StoreConfig, StoreError};
 use serde_json::json;
 
 const TTL: Duration = Duration::from_secs(30);
@@ -21,7 +19,10 @@ async fn until_expired(store: &Store) {
         if !rec.is_live() {
             return;
         }
-        assert!(Instant::now() < deadline, "the lease never expired: {rec:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the lease never expired: {rec:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -73,12 +74,26 @@ async fn one_holder_at_a_time_and_every_term_has_a_larger_epoch() {
             .await
             .unwrap()
             .expect("a free lease is taken");
-        assert_eq!(ga.fence, Fence { holder: "replica-a".into(), epoch: 1 });
+        assert_eq!(
+            ga.fence,
+            Fence {
+                holder: "replica-a".into(),
+                epoch: 1
+            }
+        );
         // The expiry is ttl after the database's now.
         assert_eq!(ga.expires_at_ms - ga.db_now_ms, TTL.as_millis() as i64);
         // Nobody else takes a live lease, nor does its holder twice.
-        assert!(b.acquire_lease("replica-b", "http://b:7878", TTL).await.unwrap().is_none());
-        assert!(a.acquire_lease("replica-a", "http://a:7878", TTL).await.unwrap().is_none());
+        assert!(b
+            .acquire_lease("replica-b", "http://b:7878", TTL)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(a
+            .acquire_lease("replica-a", "http://a:7878", TTL)
+            .await
+            .unwrap()
+            .is_none());
         let seen = b.leader_lease().await.unwrap();
         assert!(seen.is_live());
         assert_eq!(seen.holder.as_deref(), Some("replica-a"));
@@ -86,11 +101,21 @@ async fn one_holder_at_a_time_and_every_term_has_a_larger_epoch() {
         assert_eq!(seen.epoch, 1);
 
         // Renewal: only for the same holder and epoch.
-        let renewed = a.renew_lease(&ga.fence, TTL).await.unwrap().expect("renewed");
+        let renewed = a
+            .renew_lease(&ga.fence, TTL)
+            .await
+            .unwrap()
+            .expect("renewed");
         assert!(renewed.expires_at_ms >= ga.expires_at_ms);
-        let wrong_epoch = Fence { holder: "replica-a".into(), epoch: 7 };
+        let wrong_epoch = Fence {
+            holder: "replica-a".into(),
+            epoch: 7,
+        };
         assert!(a.renew_lease(&wrong_epoch, TTL).await.unwrap().is_none());
-        let other = Fence { holder: "replica-b".into(), epoch: 1 };
+        let other = Fence {
+            holder: "replica-b".into(),
+            epoch: 1,
+        };
         assert!(b.renew_lease(&other, TTL).await.unwrap().is_none());
 
         // A release frees it at once; the next term's epoch is still larger.
@@ -106,7 +131,10 @@ async fn one_holder_at_a_time_and_every_term_has_a_larger_epoch() {
         // The old holder's token is worth nothing now.
         assert!(a.renew_lease(&ga.fence, TTL).await.unwrap().is_none());
         assert!(!a.release_lease(&ga.fence).await.unwrap());
-        assert_eq!(b.leader_lease().await.unwrap().holder.as_deref(), Some("replica-b"));
+        assert_eq!(
+            b.leader_lease().await.unwrap().holder.as_deref(),
+            Some("replica-b")
+        );
 
         // Bad ttls are refused by name.
         for bad in [Duration::ZERO, Duration::from_secs(7200)] {
@@ -125,19 +153,40 @@ async fn an_expired_lease_is_lost_even_when_nobody_took_it() {
         let a = Store::open(&config).await.unwrap();
         let b = Store::open(&config).await.unwrap();
         let short = Duration::from_millis(300);
-        let ga = a.acquire_lease("replica-a", "http://a", short).await.unwrap().unwrap();
+        let ga = a
+            .acquire_lease("replica-a", "http://a", short)
+            .await
+            .unwrap()
+            .unwrap();
         until_expired(&b).await;
         // Expired: its holder cannot renew it back to life, and it must acquire again under a
         // new epoch (its runners of epoch 1 stop).
         assert!(a.renew_lease(&ga.fence, short).await.unwrap().is_none());
-        let again = a.acquire_lease("replica-a", "http://a", TTL).await.unwrap().unwrap();
+        let again = a
+            .acquire_lease("replica-a", "http://a", TTL)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(again.fence.epoch, 2);
         // Or another replica takes it after it expired.
         let short_b = b.renew_lease(&again.fence, short).await.unwrap();
-        assert!(short_b.is_some(), "the holder's renewal (through any handle) extends it");
+        assert!(
+            short_b.is_some(),
+            "the holder's renewal (through any handle) extends it"
+        );
         until_expired(&b).await;
-        let gb = b.acquire_lease("replica-b", "http://b", TTL).await.unwrap().unwrap();
-        assert_eq!(gb.fence, Fence { holder: "replica-b".into(), epoch: 3 });
+        let gb = b
+            .acquire_lease("replica-b", "http://b", TTL)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            gb.fence,
+            Fence {
+                holder: "replica-b".into(),
+                epoch: 3
+            }
+        );
         a.close().await;
         b.close().await;
     })
@@ -177,10 +226,19 @@ async fn a_save_is_refused_once_its_fence_is_no_longer_the_lease() {
         assert!(e.to_string().contains("expired"), "{e}");
 
         // B takes over; A, still believing in epoch 1, is refused and says who holds it.
-        let gb = b.acquire_lease("replica-b", "http://b", TTL).await.unwrap().unwrap();
+        let gb = b
+            .acquire_lease("replica-b", "http://b", TTL)
+            .await
+            .unwrap()
+            .unwrap();
         b.set_fence(Some(gb.fence.clone()));
         let e = a.save_rollout_step("r-1", &step(3), 6).await.unwrap_err();
-        let StoreError::Fenced { holder, epoch, reason } = &e else {
+        let StoreError::Fenced {
+            holder,
+            epoch,
+            reason,
+        } = &e
+        else {
             panic!("not fenced: {e}");
         };
         assert_eq!((holder.as_deref(), *epoch), (Some("replica-a"), Some(1)));
@@ -195,11 +253,18 @@ async fn a_save_is_refused_once_its_fence_is_no_longer_the_lease() {
         assert_eq!(rec.state, json!({"step": 2}));
         let actions = b.rollout_actions("r-1").await.unwrap();
         let ids: Vec<u64> = actions.iter().map(|a| a.action_id).collect();
-        assert_eq!(ids, vec![1, 2], "only the saves under a live fence queued actions");
+        assert_eq!(
+            ids,
+            vec![1, 2],
+            "only the saves under a live fence queued actions"
+        );
 
         // The new leader saves.
         b.save_rollout_step("r-1", &step(3), 7).await.unwrap();
-        assert_eq!(b.rollout("r-1").await.unwrap().unwrap().state, json!({"step": 3}));
+        assert_eq!(
+            b.rollout("r-1").await.unwrap().unwrap().state,
+            json!({"step": 3})
+        );
         a.close().await;
         b.close().await;
     })

@@ -32,7 +32,10 @@ async fn a_version_2_store_gets_action_uids_and_its_stuck_aborted_rollout_back()
     c.close().await.unwrap();
 
     let store = Store::open(&config).await.unwrap();
-    assert_eq!(store.applied_migrations().await.unwrap(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        store.applied_migrations().await.unwrap(),
+        vec![1, 2, 3, 4, 5]
+    );
     let mut unsettled: Vec<String> = store
         .rollouts(true)
         .await

@@ -56,7 +56,10 @@ fn sample(ts_ms: i64, name: &str, value: f64) -> MetricSample {
 both_backends!(
     migrations_are_applied_once_and_reopen_is_idempotent,
     |store| {
-        assert_eq!(store.applied_migrations().await.unwrap(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            store.applied_migrations().await.unwrap(),
+            vec![1, 2, 3, 4, 5]
+        );
     }
 );
 
@@ -70,7 +73,10 @@ async fn reopening_keeps_data_and_does_not_rerun_migrations() {
             .unwrap();
         store.close().await;
         let again = Store::open(&config).await.unwrap();
-        assert_eq!(again.applied_migrations().await.unwrap(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            again.applied_migrations().await.unwrap(),
+            vec![1, 2, 3, 4, 5]
+        );
         assert_eq!(
             again.count_hosts().await.unwrap(),
             1,

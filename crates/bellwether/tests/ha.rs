@@ -148,7 +148,14 @@ impl Fleet {
     }
 
     /// Polls replica `at` for the rollout's status until `ok` holds.
-    fn wait_status(&self, at: usize, id: &str, what: &str, secs: u64, ok: impl Fn(&Value) -> bool) -> Value {
+    fn wait_status(
+        &self,
+        at: usize,
+        id: &str,
+        what: &str,
+        secs: u64,
+        ok: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let v = self.status(at, id);
@@ -166,8 +173,13 @@ impl Fleet {
 
     /// The journal entries of `host` whose action is `describe`.
     fn journal_count(&self, host: &str, describe: &str) -> usize {
-        let path = self.dir().join("agent-state").join(host).join("actions.json");
-        let j = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let path = self
+            .dir()
+            .join("agent-state")
+            .join(host)
+            .join("actions.json");
+        let j =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let j: Value = serde_json::from_str(&j).unwrap();
         j["entries"]
             .as_object()
@@ -195,7 +207,11 @@ impl Fleet {
                 .iter()
                 .filter(|a| &a.host == name && a.kind == "apply")
                 .collect();
-            assert_eq!(applies.len(), 1, "{name}'s applies in the store: {applies:?}");
+            assert_eq!(
+                applies.len(),
+                1,
+                "{name}'s applies in the store: {applies:?}"
+            );
             assert!(applies[0].result.is_some(), "{name}'s apply reported");
             assert_eq!(
                 self.journal_count(name, "set_service_version 2"),
@@ -257,7 +273,11 @@ fn train_model(dir: &Path, url: &str) {
     let mut csv = String::from("deployment_id,host,disk_free_pct,outcome\n");
     for i in 0..300 {
         let disk = (i * 7 % 60) as f64;
-        let failed = if disk < 10.0 { i % 10 != 0 } else { i % 17 == 0 };
+        let failed = if disk < 10.0 {
+            i % 10 != 0
+        } else {
+            i % 17 == 0
+        };
         writeln!(csv, "d{},h{i},{disk},{}", i / 10, failed as u8).unwrap();
     }
     let h = dir.join("history.csv");
@@ -316,17 +336,40 @@ fn a_follower_takes_over_when_the_leader_is_killed_mid_rollout() {
     let mut fleet = Fleet::start("ha_kill", 3, 4, 2);
     let h = fleet.cluster.health(2).unwrap();
     assert!(!h.leads, "replica 2 follows: {h:?}");
-    assert_eq!(h.leader.as_deref(), Some(fleet.cluster.replicas[0].url.as_str()));
+    assert_eq!(
+        h.leader.as_deref(),
+        Some(fleet.cluster.replicas[0].url.as_str())
+    );
     let first_epoch = fleet.cluster.health(0).unwrap().epoch.unwrap();
+    // A write to a follower is answered by the leader, through the follower.
+    let (status, headers) = fleet
+        .cluster
+        .post(2, "/api/v1/rollouts/r-nope/pause")
+        .expect("the follower answers");
+    assert_eq!(status, 404, "the leader's answer: no such rollout");
+    assert_eq!(
+        headers["x-bellwether-leader"],
+        fleet.cluster.replicas[0].url.as_str()
+    );
 
     let id = fleet.start_rollout(2, "3s");
     fleet.wait_status(2, &id, "the pilot baking", 60, |v| {
         host_states(v).contains(&"baking".into())
     });
     fleet.cluster.kill(0);
-    let (new_leader, epoch, took) = fleet
+    // Until the dead leader's lease runs out (at least 2 s: it renewed at most 1 s ago), a
+    // follower cannot reach a leader: a write gets 503, Retry-After and the leader it tried.
+    let (status, headers) = fleet
         .cluster
-        .wait_leader(&[0], Duration::from_secs(30));
+        .post(2, "/api/v1/rollouts/r-nope/pause")
+        .expect("the follower answers");
+    assert_eq!(status, 503, "{headers:?}");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(
+        headers["x-bellwether-leader"],
+        fleet.cluster.replicas[0].url.as_str()
+    );
+    let (new_leader, epoch, took) = fleet.cluster.wait_leader(&[0], Duration::from_secs(30));
     eprintln!(
         "takeover after kill -9 of the leader: {} ms (replica {new_leader}, epoch {first_epoch} -> {epoch})",
         took.as_millis()
@@ -342,7 +385,9 @@ fn a_follower_takes_over_when_the_leader_is_killed_mid_rollout() {
     let h = fleet.cluster.health(other).unwrap();
     assert!(!h.leads);
 
-    let done = fleet.wait_status(2, &id, "the rollout to complete", 90, |v| v["state"] != "running");
+    let done = fleet.wait_status(2, &id, "the rollout to complete", 90, |v| {
+        v["state"] != "running"
+    });
     assert_eq!(done["state"], "completed", "{done}");
     fleet.assert_each_host_applied_once(&id);
     let log = fleet.cluster.log(new_leader);
@@ -369,9 +414,7 @@ fn a_paused_leader_cannot_save_after_its_lease_and_steps_down_when_it_wakes() {
     });
     fleet.cluster.pause(0);
     let paused_at = Instant::now();
-    let (new_leader, epoch, took) = fleet
-        .cluster
-        .wait_leader(&[0], Duration::from_secs(30));
+    let (new_leader, epoch, took) = fleet.cluster.wait_leader(&[0], Duration::from_secs(30));
     eprintln!(
         "takeover after SIGSTOP of the leader: {} ms (replica {new_leader}, epoch {first_epoch} -> {epoch})",
         took.as_millis()
@@ -380,7 +423,10 @@ fn a_paused_leader_cannot_save_after_its_lease_and_steps_down_when_it_wakes() {
     assert!(took <= TAKEOVER_LIMIT, "{took:?}\n{}", fleet.cluster.logs());
     // The new leader drives on while the old one is frozen: the first wave is dispatched.
     fleet.wait_status(1, &id, "wave 1", 60, |v| v["wave"].as_u64() >= Some(1));
-    assert!(paused_at.elapsed() > Duration::from_secs(3), "past the 3 s lease");
+    assert!(
+        paused_at.elapsed() > Duration::from_secs(3),
+        "past the 3 s lease"
+    );
 
     // Wake the old leader: its first answer already says it follows (its local deadline
     // passed while it was frozen), and it never leads alongside the new one.
@@ -407,11 +453,16 @@ fn a_paused_leader_cannot_save_after_its_lease_and_steps_down_when_it_wakes() {
         {
             break;
         }
-        assert!(Instant::now() < deadline, "replica 0 did not stop driving: {h:?}\n{log}");
+        assert!(
+            Instant::now() < deadline,
+            "replica 0 did not stop driving: {h:?}\n{log}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let done = fleet.wait_status(1, &id, "the rollout to complete", 90, |v| v["state"] != "running");
+    let done = fleet.wait_status(1, &id, "the rollout to complete", 90, |v| {
+        v["state"] != "running"
+    });
     assert_eq!(done["state"], "completed", "{done}");
     fleet.assert_each_host_applied_once(&id);
     // No pause, hold or alert came from the old leader's stop.
@@ -424,7 +475,9 @@ fn a_paused_leader_cannot_save_after_its_lease_and_steps_down_when_it_wakes() {
         .filter_map(|e| e["kind"].as_str())
         .collect();
     assert!(
-        !kinds.iter().any(|k| k.contains("alert") || k.contains("paused") || k.contains("hold")),
+        !kinds
+            .iter()
+            .any(|k| k.contains("alert") || k.contains("paused") || k.contains("hold")),
         "{kinds:?}"
     );
     let log0 = fleet.cluster.log(0);

@@ -37,7 +37,14 @@ impl Cluster {
     /// Starts `n` replicas on a fresh schema named after `test`: replica 0 first, waited for
     /// until it leads, then the others (followers). `extra` is added to every server's
     /// arguments (such as `--lease-ttl 2s`).
-    pub fn start(dir: &Path, test: &str, n: usize, operator: &str, enrol: &str, extra: &[&str]) -> Cluster {
+    pub fn start(
+        dir: &Path,
+        test: &str,
+        n: usize,
+        operator: &str,
+        enrol: &str,
+        extra: &[&str],
+    ) -> Cluster {
         let schema = match super::Backend::postgres(test) {
             super::Backend::Postgres { schema } => schema,
             super::Backend::Sqlite => unreachable!(),
@@ -63,10 +70,7 @@ impl Cluster {
 
     /// `postgres://…` selecting the cluster's schema.
     pub fn database_url(&self) -> String {
-        format!(
-            "{POSTGRES_URL}?options=-c%20search_path%3D{}",
-            self.schema
-        )
+        format!("{POSTGRES_URL}?options=-c%20search_path%3D{}", self.schema)
     }
 
     /// Starts one more replica and waits for its address; returns its index.
@@ -126,7 +130,9 @@ impl Cluster {
 
     /// Replica `i`'s `/healthz`, `None` when it does not answer within a second.
     pub fn health(&self, i: usize) -> Option<Health> {
-        let v = self.http.get_json(&format!("{}/healthz", self.replicas[i].url))?;
+        let v = self
+            .http
+            .get_json(&format!("{}/healthz", self.replicas[i].url))?;
         Some(Health {
             leads: v["role"] == "leader",
             epoch: v["epoch"].as_i64(),
@@ -149,7 +155,9 @@ impl Cluster {
     /// how long it took. Fails if two say they lead at once.
     pub fn wait_leader(&self, except: &[usize], within: Duration) -> (usize, i64, Duration) {
         let started = Instant::now();
-        let among: Vec<usize> = (0..self.replicas.len()).filter(|i| !except.contains(i)).collect();
+        let among: Vec<usize> = (0..self.replicas.len())
+            .filter(|i| !except.contains(i))
+            .collect();
         loop {
             let leaders = self.leaders(&among);
             assert!(leaders.len() <= 1, "two replicas lead at once: {leaders:?}");
@@ -163,6 +171,14 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// POST `path` on replica `i` with the operator token: status and headers.
+    pub fn post(&self, i: usize, path: &str) -> Option<(u16, reqwest::header::HeaderMap)> {
+        self.http.post(
+            &format!("{}{path}", self.replicas[i].url),
+            &self.operator_token,
+        )
     }
 
     /// SIGKILL replica `i` (and reap it).
@@ -210,7 +226,9 @@ impl Cluster {
     /// can be called from anywhere).
     pub fn with_store<T: Send + 'static>(
         &self,
-        body: impl FnOnce(bellwether_store::Store) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>
+        body: impl FnOnce(
+                bellwether_store::Store,
+            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>
             + Send
             + 'static,
     ) -> T {
@@ -263,6 +281,22 @@ impl Http {
                 .build()
                 .unwrap(),
         }
+    }
+
+    /// POST `url` with `token` and an empty JSON object: the status and the answer's headers
+    /// (`None` when nothing answered).
+    pub fn post(&self, url: &str, token: &str) -> Option<(u16, reqwest::header::HeaderMap)> {
+        self.rt.block_on(async {
+            let r = self
+                .http
+                .post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .ok()?;
+            Some((r.status().as_u16(), r.headers().clone()))
+        })
     }
 
     /// The JSON body of a 2xx answer to GET `url`; `None` on any failure.
