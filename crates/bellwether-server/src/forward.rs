@@ -42,15 +42,21 @@ pub(crate) struct Forwarder {
 }
 
 impl Forwarder {
-    pub(crate) fn new() -> Forwarder {
-        let client = reqwest::Client::builder()
+    /// A client that trusts `tls` (the system roots, or `--replica-ca-file`) for `https://`
+    /// leaders.
+    pub(crate) fn new(tls: &bellwether_tls::ClientTls) -> Result<Forwarder, String> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(FORWARD_TIMEOUT)
             // Answers pass through as they are, redirects included.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        Forwarder { client }
+            .redirect(reqwest::redirect::Policy::none());
+        if !tls.is_default() {
+            builder = builder.use_preconfigured_tls(
+                bellwether_tls::client_config(tls).map_err(|e| e.to_string())?,
+            );
+        }
+        let client = builder.build().map_err(|e| e.to_string())?;
+        Ok(Forwarder { client })
     }
 }
 

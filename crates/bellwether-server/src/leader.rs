@@ -43,6 +43,9 @@ pub struct HaSettings {
     /// The URL other replicas and clients reach this server at (`--advertise-url`); `None`
     /// takes `http(s)://` and the bound address.
     pub advertise_url: Option<String>,
+    /// What a follower trusts when it forwards to an `https://` leader (`--replica-ca-file`;
+    /// the system roots by default).
+    pub tls: bellwether_tls::ClientTls,
 }
 
 impl Default for HaSettings {
@@ -52,6 +55,7 @@ impl Default for HaSettings {
             renew_every: Duration::from_secs(1),
             retry_every: Duration::from_millis(500),
             advertise_url: None,
+            tls: bellwether_tls::ClientTls::system(),
         }
     }
 }

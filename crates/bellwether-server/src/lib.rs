@@ -132,6 +132,8 @@ pub enum ServerError {
         kind: &'static str,
         other: &'static str,
     },
+    #[error("cannot set up forwarding to the leader: {0}")]
+    Forward(String),
     #[error("cannot resume the stored rollouts: {0}")]
     Resume(String),
     #[error("serving HTTP failed: {0}")]
@@ -181,6 +183,14 @@ impl Server {
         }
         let store = Store::open(&config.store).await?;
         let tokens = tokens::bootstrap(&store, &config).await?;
+        let forwarder = forward::Forwarder::new(
+            &config
+                .ha
+                .as_ref()
+                .map(|h| h.tls.clone())
+                .unwrap_or_default(),
+        )
+        .map_err(ServerError::Forward)?;
         let leader = match (&config.ha, &config.store) {
             (Some(settings), StoreConfig::Postgres { .. }) => {
                 // Fencing on from the start: nothing is saved before this replica leads.
@@ -201,7 +211,7 @@ impl Server {
                 predict: Arc::new(model_api::Predictor::new(config.retrain_after)),
                 rollouts: Arc::new(rollout::Runners::default()),
                 leader: Arc::new(leader),
-                forward: forward::Forwarder::new(),
+                forward: forwarder,
             },
             body_limit: config.body_limit,
             grace: config.grace,

@@ -494,3 +494,99 @@ fn a_paused_leader_cannot_save_after_its_lease_and_steps_down_when_it_wakes() {
     );
     drop(fleet.agents.drain(..));
 }
+
+#[test]
+fn the_replica_flags_are_checked_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let d = data.to_str().unwrap();
+    // A SQLite store has one server: no lease to tune.
+    let o = run(&["server", "--data-dir", d, "--lease-ttl", "3s"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("PostgreSQL store"), "{}", text(&o));
+    let o = run(&[
+        "server",
+        "--data-dir",
+        d,
+        "--advertise-url",
+        "http://10.0.0.5:7878",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = run(&["server", "--data-dir", d, "--replica-ca-file", "ca.pem"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let db = "postgres://postgres@127.0.0.1:5432/test";
+    let o = run(&[
+        "server",
+        "--data-dir",
+        d,
+        "--database",
+        db,
+        "--lease-ttl",
+        "10ms",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("--lease-ttl 10ms: must be between 300ms and 1h"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&[
+        "server",
+        "--data-dir",
+        d,
+        "--database",
+        db,
+        "--advertise-url",
+        "10.0.0.5:7878",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("--advertise-url \"10.0.0.5:7878\""),
+        "{}",
+        text(&o)
+    );
+    let o = run(&[
+        "server",
+        "--data-dir",
+        d,
+        "--database",
+        db,
+        "--replica-ca-file",
+        "/nonexistent/ca.pem",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("/nonexistent/ca.pem"), "{}", text(&o));
+    assert!(!data.join("bellwether.db").exists(), "nothing was opened");
+}
+
+#[test]
+fn a_follower_forwards_to_an_https_leader_it_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = bellwether_tls::generate::ca_and_server("ha CA", &["127.0.0.1".to_string()])
+        .unwrap()
+        .write_to(&tmp.path().join("tls"))
+        .unwrap();
+    let cluster = Cluster::start_tls(
+        tmp.path(),
+        "ha_tls",
+        2,
+        OP,
+        ENROL,
+        &[],
+        (&certs.ca_file, &certs.server_cert, &certs.server_key),
+    );
+    assert!(cluster.replicas[0].url.starts_with("https://"));
+    let h = cluster.health(1).unwrap();
+    assert!(!h.leads);
+    assert_eq!(h.leader.as_deref(), Some(cluster.replicas[0].url.as_str()));
+    // The follower forwards the write over TLS, verifying the leader with --replica-ca-file:
+    // the leader's own answer (no such rollout) comes back.
+    let (status, headers) = cluster
+        .post(1, "/api/v1/rollouts/r-nope/pause")
+        .expect("the follower answers");
+    assert_eq!(status, 404, "{headers:?}\n{}", cluster.logs());
+    assert_eq!(
+        headers["x-bellwether-leader"],
+        cluster.replicas[0].url.as_str()
+    );
+}

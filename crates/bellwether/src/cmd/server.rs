@@ -85,6 +85,10 @@ pub struct Args {
     /// http://10.0.0.5:7878; default: the scheme and the bound address. PostgreSQL store only.
     #[arg(long, value_name = "URL")]
     advertise_url: Option<String>,
+    /// Trust this CA (PEM) when forwarding to a leader whose --advertise-url is https://,
+    /// instead of the system roots. PostgreSQL store only.
+    #[arg(long, value_name = "PEM")]
+    replica_ca_file: Option<PathBuf>,
 }
 
 /// The default of --lease-ttl.
@@ -93,9 +97,12 @@ const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
 /// The replica settings of a PostgreSQL store, from --lease-ttl and --advertise-url.
 fn ha_settings(args: &Args) -> anyhow::Result<Option<bellwether_server::HaSettings>> {
     if args.database.is_none() {
-        if args.lease_ttl.is_some() || args.advertise_url.is_some() {
+        if args.lease_ttl.is_some()
+            || args.advertise_url.is_some()
+            || args.replica_ca_file.is_some()
+        {
             return Err(UsageError(
-                "--lease-ttl and --advertise-url apply to servers sharing a PostgreSQL store (--database postgres://…); a SQLite store has one server, which always leads".into(),
+                "--lease-ttl, --advertise-url and --replica-ca-file apply to servers sharing a PostgreSQL store (--database postgres://…); a SQLite store has one server, which always leads".into(),
             )
             .into());
         }
@@ -125,11 +132,19 @@ fn ha_settings(args: &Args) -> anyhow::Result<Option<bellwether_server::HaSettin
             Some(u.trim_end_matches('/').to_string())
         }
     };
+    let tls = bellwether_tls::ClientTls::from_flags(args.replica_ca_file.clone(), &[])
+        .map_err(|e| UsageError(e.to_string()))?;
+    if let Some(ca) = &tls.ca_file {
+        // Read now, so a bad file is a usage error before anything starts.
+        bellwether_tls::client_config(&tls)
+            .map_err(|e| UsageError(format!("--replica-ca-file {}: {e}", ca.display())))?;
+    }
     Ok(Some(bellwether_server::HaSettings {
         lease_ttl: ttl,
         renew_every: ttl / 3,
         retry_every: ttl / 6,
         advertise_url,
+        tls,
     }))
 }
 

@@ -22,6 +22,8 @@ pub struct Cluster {
     pub enrol_token: String,
     dir: PathBuf,
     extra: Vec<String>,
+    /// With TLS: (CA, server certificate, key) every replica serves with and trusts.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
     http: Http,
 }
 
@@ -45,6 +47,37 @@ impl Cluster {
         enrol: &str,
         extra: &[&str],
     ) -> Cluster {
+        Cluster::start_with(dir, test, n, operator, enrol, extra, None)
+    }
+
+    /// As [`Cluster::start`], every replica serving HTTPS with `server_cert`/`server_key` and
+    /// trusting `ca` when it forwards to the leader (`--replica-ca-file`).
+    pub fn start_tls(
+        dir: &Path,
+        test: &str,
+        n: usize,
+        operator: &str,
+        enrol: &str,
+        extra: &[&str],
+        (ca, server_cert, server_key): (&Path, &Path, &Path),
+    ) -> Cluster {
+        let tls = Some((
+            ca.to_path_buf(),
+            server_cert.to_path_buf(),
+            server_key.to_path_buf(),
+        ));
+        Cluster::start_with(dir, test, n, operator, enrol, extra, tls)
+    }
+
+    fn start_with(
+        dir: &Path,
+        test: &str,
+        n: usize,
+        operator: &str,
+        enrol: &str,
+        extra: &[&str],
+        tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    ) -> Cluster {
         let schema = match super::Backend::postgres(test) {
             super::Backend::Postgres { schema } => schema,
             super::Backend::Sqlite => unreachable!(),
@@ -57,7 +90,8 @@ impl Cluster {
             enrol_token: enrol.into(),
             dir: dir.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            http: Http::new(),
+            http: Http::new(tls.as_ref().map(|(ca, _, _)| ca.as_path())),
+            tls,
         };
         for i in 0..n {
             c.add_replica();
@@ -94,6 +128,15 @@ impl Cluster {
             "--database".into(),
             db,
         ];
+        if let Some((ca, cert, key)) = &self.tls {
+            for (flag, path) in [
+                ("--tls-cert", cert),
+                ("--tls-key", key),
+                ("--replica-ca-file", ca),
+            ] {
+                args.extend([flag.to_string(), path.display().to_string()]);
+            }
+        }
         args.extend(self.extra.iter().cloned());
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut guard = Guard::spawn(
@@ -120,9 +163,10 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.replicas.push(Replica {
             guard,
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             dir,
         });
         i
@@ -270,16 +314,19 @@ pub struct Http {
 }
 
 impl Http {
-    pub fn new() -> Http {
+    /// A client trusting the system roots and, when given, the CA in `ca` (PEM).
+    pub fn new(ca: Option<&Path>) -> Http {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(1));
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).unwrap();
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+        }
         Http {
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(1))
-                .build()
-                .unwrap(),
+            http: builder.build().unwrap(),
         }
     }
 
