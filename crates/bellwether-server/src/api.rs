@@ -89,8 +89,9 @@ fn path_host(name: &str) -> Result<HostName, ApiError> {
     HostName::new(name).map_err(|e| ApiError::bad_request(format!("bad host name in path: {e}")))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+/// Liveness, with this replica's role, the leader it knows and the lease epoch.
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(crate::leader::health(&state))
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {

@@ -18,6 +18,8 @@ mod body;
 pub mod client;
 mod drift;
 mod error;
+mod forward;
+pub mod leader;
 mod listener;
 mod metrics;
 pub mod model_api;
@@ -41,6 +43,8 @@ pub use api::ROUTES;
 pub use auth::{Access, REFUSALS_LOGGED_PER_MINUTE, RULES};
 pub use body::parse_json;
 pub use error::ApiError;
+pub use forward::{FORWARDED_HEADER, LEADER_HEADER};
+pub use leader::{HaSettings, Role};
 pub use metrics::Metrics;
 pub use task::Tasks;
 pub use tokens::{generate_token, CreateToken, CreatedToken, TokenNotice, TokenSource};
@@ -80,6 +84,11 @@ pub struct ServerConfig {
     pub sample_max_ahead: Duration,
     /// `--proxy-token-file NAME=FILE`: the admin tokens of the proxies patches drive, by name.
     pub proxy_tokens: std::collections::BTreeMap<String, PathBuf>,
+    /// `Some`: this server is one of several replicas sharing a PostgreSQL store; it leads
+    /// (and drives the durable tasks) only while it holds the store's leader lease, and
+    /// forwards writes to the leader otherwise (see `leader` and docs/ha.md). `None`: it owns
+    /// the store alone and always leads.
+    pub ha: Option<HaSettings>,
 }
 
 /// The default of [`ServerConfig::sample_max_age`]: 24 hours.
@@ -105,6 +114,7 @@ impl ServerConfig {
             sample_max_age: DEFAULT_SAMPLE_MAX_AGE,
             sample_max_ahead: DEFAULT_SAMPLE_MAX_AHEAD,
             proxy_tokens: Default::default(),
+            ha: None,
         }
     }
 }
@@ -128,6 +138,8 @@ pub enum ServerError {
         kind: &'static str,
         other: &'static str,
     },
+    #[error("cannot set up forwarding to the leader: {0}")]
+    Forward(String),
     #[error("cannot resume the stored tasks: {0}")]
     Resume(String),
     #[error("serving HTTP failed: {0}")]
@@ -148,6 +160,9 @@ pub struct AppState {
     pub(crate) tasks: Arc<task::Tasks>,
     /// What patches need beside their tasks: the proxies' admin token files.
     pub(crate) patches: Arc<patch::Patches>,
+    /// Whether this replica leads, and the terms its task runners hold.
+    pub(crate) leader: Arc<leader::Leadership>,
+    pub(crate) forward: forward::Forwarder,
 }
 
 /// An opened server, ready to serve.
@@ -156,6 +171,8 @@ pub struct Server {
     body_limit: usize,
     grace: Duration,
     sample_retention: Duration,
+    /// Whether [`Server::start_leadership`] ran.
+    leadership_started: bool,
     /// Where the operator and enrolment tokens come from, for the operator to read.
     pub tokens: Vec<TokenNotice>,
 }
@@ -175,6 +192,23 @@ impl Server {
         }
         let store = Store::open(&config.store).await?;
         let tokens = tokens::bootstrap(&store, &config).await?;
+        let forwarder = forward::Forwarder::new(
+            &config
+                .ha
+                .as_ref()
+                .map(|h| h.tls.clone())
+                .unwrap_or_default(),
+        )
+        .map_err(ServerError::Forward)?;
+        let leader = match (&config.ha, &config.store) {
+            (Some(settings), StoreConfig::Postgres { .. }) => {
+                // Fencing on from the start: nothing is saved before this replica leads.
+                store.set_fence(None);
+                leader::Leadership::replicated(settings.clone())
+            }
+            // SQLite is one process's store: always the leader.
+            _ => leader::Leadership::single(),
+        };
         let server = Server {
             state: AppState {
                 store,
@@ -186,19 +220,51 @@ impl Server {
                 predict: Arc::new(model_api::Predictor::new(config.retrain_after)),
                 tasks: Arc::new(task::Tasks::default()),
                 patches: Arc::new(patch::Patches::new(config.proxy_tokens.clone())),
+                leader: Arc::new(leader),
+                forward: forwarder,
             },
             body_limit: config.body_limit,
             grace: config.grace,
             sample_retention: config.sample_retention,
+            leadership_started: false,
             tokens,
         };
-        let resumed = task::resume_all(&server.state)
-            .await
-            .map_err(|e| ServerError::Resume(e.message))?;
-        if resumed > 0 {
-            tracing::info!(tasks = resumed, "Resumed unsettled tasks from the store.");
+        if !server.state.leader.is_replicated() {
+            // One process: it leads from the start. Replicas resume their tasks each time they
+            // gain the lease (`leader::ON_LEAD`).
+            for (kind, resume) in leader::ON_LEAD {
+                let resumed = resume(server.state.clone())
+                    .await
+                    .map_err(|e| ServerError::Resume(e.message))?;
+                if resumed > 0 {
+                    tracing::info!(
+                        kind,
+                        tasks = resumed,
+                        "Resumed durable tasks from the store."
+                    );
+                }
+            }
         }
         Ok(server)
+    }
+
+    /// For a replica (`ServerConfig::ha`): the first try at the leader lease, with `url` as the
+    /// address other replicas and clients reach this one at (unless the settings name one).
+    /// Call it once bound and before announcing the address, so a replica alone on its store
+    /// leads before its first request. [`Server::serve`] calls it when it was not called.
+    pub async fn start_leadership(&mut self, url: &str) {
+        if self.state.leader.is_replicated() && !self.leadership_started {
+            self.leadership_started = true;
+            self.state
+                .leader
+                .first_attempt(&self.state, url.to_string())
+                .await;
+        }
+    }
+
+    /// This replica's leadership (always the leader without `ServerConfig::ha`).
+    pub fn leadership(&self) -> Arc<leader::Leadership> {
+        self.state.leader.clone()
     }
 
     /// The store this server uses.
@@ -234,6 +300,12 @@ impl Server {
                 metrics::count_requests,
             ))
             .layer(DefaultBodyLimit::max(self.body_limit))
+            // A follower sends writes and the agents' long-poll to the leader, before its own
+            // routing and authentication: the leader authenticates and audits them.
+            .layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                forward::to_leader,
+            ))
             .layer(axum::middleware::from_fn_with_state(limit, body::reject_oversized))
             .layer(
                 tower_http::trace::TraceLayer::new_for_http().make_span_with(
@@ -248,21 +320,27 @@ impl Server {
     /// Serves plain HTTP on `listener` until `shutdown` completes, then lets in-flight
     /// requests finish for at most the grace period, and closes the store.
     pub async fn serve(
-        self,
+        mut self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        if let Ok(addr) = listener.local_addr() {
+            self.start_leadership(&format!("http://{addr}")).await;
+        }
         self.serve_on(listener, shutdown).await
     }
 
     /// As [`Server::serve`], over TLS with `tls` (see `bellwether_tls::server_config`):
     /// handshakes run concurrently, each bounded in time, before a connection reaches HTTP.
     pub async fn serve_tls(
-        self,
+        mut self,
         listener: tokio::net::TcpListener,
         tls: Arc<rustls::ServerConfig>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        if let Ok(addr) = listener.local_addr() {
+            self.start_leadership(&format!("https://{addr}")).await;
+        }
         let incoming = listener::Tls(
             bellwether_tls::TlsIncoming::new(listener, tls).map_err(ServerError::Serve)?,
         );
@@ -291,6 +369,7 @@ impl Server {
             self.sample_retention,
             stop_tx.subscribe(),
         ));
+        let leadership = tokio::spawn(leader::run(self.state.clone(), stop_tx.subscribe()));
         let result = tokio::select! {
             r = &mut server => r,
             () = shutdown => {
@@ -307,6 +386,8 @@ impl Server {
         };
         let _ = stop_tx.send(true);
         let _ = pruner.await;
+        // A leader releases its lease, so another replica takes over at once.
+        let _ = leadership.await;
         self.state.store.close().await;
         result.map_err(ServerError::Serve)
     }

@@ -364,6 +364,7 @@ impl<T: DurableTask> Runner<T> {
         };
         let id = self.task.id().to_string();
         let store = self.state.store.clone();
+        let leader = self.state.leader.clone();
         let now = now_ms();
         let saved = durable::commit(
             &mut self.task,
@@ -371,9 +372,13 @@ impl<T: DurableTask> Runner<T> {
             |t| t.step(input, now),
             |t, step| step_record(t, step, observed_action),
             |rec: StepRecord| {
-                let (store, id) = (store.clone(), id.clone());
+                let (store, id, leader) = (store.clone(), id.clone(), leader.clone());
                 async move {
                     let saved = store.save_task_step(T::KIND, &id, &rec, now_ms()).await;
+                    if let Err(bellwether_store::StoreError::Fenced { .. }) = &saved {
+                        // Another replica leads: this runner stops at once (its term ends).
+                        leader.fenced();
+                    }
                     (rec, saved)
                 }
             },
@@ -519,6 +524,14 @@ async fn drive<T: DurableTask>(
     let id = run.task.id().to_string();
     let stop = stopped(run.state.tasks.generation.subscribe());
     tokio::pin!(stop);
+    // The leader's term this runner belongs to: it stops the moment the term ends (the lease
+    // lost, or a save refused by the store's fence), leaving the task for the next leader.
+    let Some(mut term) = run.state.leader.term() else {
+        tracing::info!(kind, task = %id, "Not the leader: the task stays in the store for the leader to drive.");
+        run.state.tasks.lock().remove(&id);
+        run.state.tasks.stopped.notify_waiters();
+        return;
+    };
     let mut ticker = tokio::time::interval(run.task.tick_every().max(Duration::from_millis(10)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     run.run_effects(effects);
@@ -529,6 +542,7 @@ async fn drive<T: DurableTask>(
     while !run.task.is_settled() {
         let r = tokio::select! {
             () = &mut stop => break,
+            () = term.lost() => break,
             _ = ticker.tick() => if run.held.is_some() { run.hold().await } else { run.tick().await },
             msg = rx.recv() => match msg {
                 // The runner holds a sender itself: the mailbox never closes while it runs.

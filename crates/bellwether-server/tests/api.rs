@@ -131,7 +131,10 @@ macro_rules! api_test {
 api_test!(healthz_and_metrics_need_no_token, |server, app| {
     let r = get(&app, "/healthz", None).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.json(), json!({"status": "ok"}));
+    assert_eq!(r.json()["status"], json!("ok"));
+    // One process on its store: it always leads.
+    assert_eq!(r.json()["role"], json!("leader"));
+    assert_eq!(r.json()["replicated"], json!(false));
     enrol(&app, "web-01", json!({})).await;
     let r = get(&app, "/metrics", None).await;
     assert_eq!(r.status, StatusCode::OK);

@@ -131,6 +131,19 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
+    /// A durable save refused by its fencing check: this server does not hold the leader lease
+    /// (any more) under the epoch it saves with. Nothing was written; the current leader
+    /// drives the task from the store.
+    #[error(
+        "not saved: this server is fenced off (lease holder {}, epoch {}): {reason}; the current leader drives the task",
+        holder.as_deref().unwrap_or("none"),
+        epoch.map_or_else(|| "none".to_string(), |e| e.to_string())
+    )]
+    Fenced {
+        holder: Option<String>,
+        epoch: Option<i64>,
+        reason: String,
+    },
 }
 
 /// What a failed store call means for whoever asked: how an API should answer it.
@@ -153,6 +166,8 @@ impl StoreError {
             StoreError::Open { source, .. }
             | StoreError::Migrate { source, .. }
             | StoreError::Query { source, .. } => classify(source),
+            // Another replica leads: the request may succeed there, or here later.
+            StoreError::Fenced { .. } => FailureKind::Unavailable,
             _ => FailureKind::Other,
         }
     }
@@ -400,6 +415,8 @@ pub struct Store {
     /// retries with growing pauses, which wastes most of the time under concurrent ingest.
     /// Writers therefore take turns here, in order, before they touch the database.
     sqlite_writer: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
+    /// Whether durable saves check the leader lease, shared by every clone (see `lease`).
+    fence: std::sync::Arc<std::sync::Mutex<lease::FenceState>>,
 }
 
 #[derive(Debug, Clone)]
@@ -760,6 +777,7 @@ impl Store {
                 let store = Store {
                     backend: Backend::Sqlite(pool),
                     sqlite_writer: Some(std::sync::Arc::new(tokio::sync::Mutex::new(()))),
+                    fence: Default::default(),
                 };
                 if let Err(e) = store.quick_check(&location).await {
                     store.close().await;
@@ -780,7 +798,12 @@ impl Store {
                     .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT);
                 // Sessions keep PostgreSQL's durable commits, sample batches included: a 2xx
                 // means stored, so no acknowledged write waits for a later WAL flush.
-                let mut session = String::from("SET application_name TO 'bellwether'");
+                // A transaction here is a few statements sent back to back; one left idle for
+                // seconds belongs to a stalled or frozen process (a paused replica), whose locks
+                // would hold up the others: PostgreSQL ends such a session.
+                let mut session = String::from(
+                    "SET application_name TO 'bellwether'; SET idle_in_transaction_session_timeout TO '10s'",
+                );
                 if let Some(schema) = schema {
                     check_schema_name(schema)?;
                     let mut conn = sqlx::PgConnection::connect_with(&opts)
@@ -807,6 +830,7 @@ impl Store {
                 Store {
                     backend: Backend::Postgres(pool),
                     sqlite_writer: None,
+                    fence: Default::default(),
                 }
             }
         };
@@ -1777,8 +1801,10 @@ impl Store {
 }
 
 // Declared after the macros above, which they use.
+mod lease;
 mod outcomes;
 mod tasks;
+pub use lease::{Fence, LeaseGrant, LeaseRecord};
 pub use outcomes::{ModelInfo, NewModel, NewOutcome, OutcomeRecord, OutcomeSource};
 pub use tasks::{
     ActionFinish, ActionRecord, BusyHost, EventFilter, NewAction, NewEvent, NewRollout, NewTask,

@@ -331,6 +331,35 @@ CREATE INDEX tokens_kind_host ON tokens (kind, host_id)
 "#,
     },
     Migration {
+        version: 5,
+        name: "the leader lease",
+        // One row: which server leads the replicas that share this store, the URL it is
+        // reached at, the epoch of its term (the fencing token, raised on every acquire) and
+        // when the lease runs out, in ms on the database's clock (see lease.rs).
+        sqlite: r#"
+CREATE TABLE leader_lease (
+    name TEXT PRIMARY KEY,
+    holder TEXT,
+    holder_url TEXT,
+    epoch INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    acquired_at_ms INTEGER NOT NULL
+);
+INSERT INTO leader_lease (name, holder, holder_url, epoch, expires_at_ms, acquired_at_ms) VALUES ('leader', NULL, NULL, 0, 0, 0)
+"#,
+        postgres: r#"
+CREATE TABLE leader_lease (
+    name TEXT PRIMARY KEY,
+    holder TEXT,
+    holder_url TEXT,
+    epoch BIGINT NOT NULL,
+    expires_at_ms BIGINT NOT NULL,
+    acquired_at_ms BIGINT NOT NULL
+);
+INSERT INTO leader_lease (name, holder, holder_url, epoch, expires_at_ms, acquired_at_ms) VALUES ('leader', NULL, NULL, 0, 0, 0)
+"#,
+    },
+    Migration {
         version: 6,
         name: "durable tasks of every kind",
         // Rollouts become one kind of durable task (patches, config, mirror and shadow

@@ -359,6 +359,9 @@ impl Store {
         let _turn = self.write_turn().await;
         on_pool!(self, pool => {
             let mut tx = pool.begin().await.map_err(q("begin"))?;
+            // Only the leader of the current term creates tasks: one created by a stale
+            // leader would be driven by nobody until the next change of leader.
+            self.check_fence(&mut tx).await?;
             if let Backend::Postgres(_) = self.backend {
                 // Two tasks created at once check their hosts one after the other.
                 sqlx::query("SELECT pg_advisory_xact_lock(7878002)").execute(&mut *tx).await.map_err(q("lock tasks"))?;
@@ -448,6 +451,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         on_pool!(self, pool => in_tx!(pool, |tx| {
+            self.check_fence(&mut tx).await?;
             let n = sqlx::query("UPDATE tasks SET state = $1, phase = $2, updated_at_ms = $3, settled = $4 WHERE id = $5 AND kind = $6")
                 .bind(step.state.to_string())
                 .bind(&step.phase)

@@ -74,6 +74,21 @@ pub struct Args {
     /// (a host's metric window is anchored on its newest sample).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     sample_max_ahead: Duration,
+    /// With a PostgreSQL store, any number of servers may share it: the one holding the
+    /// store's leader lease drives the rollouts, the others serve reads and forward writes to
+    /// it, and take over within about the lease's length when it dies. The leader renews every
+    /// third of it, the others try to take it every sixth (default 3s: renewed every 1s, tried
+    /// every 500ms). Expiry is measured on the database's clock. See docs/ha.md.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    lease_ttl: Option<Duration>,
+    /// The URL other replicas (and clients sent here) reach this server at, as in
+    /// http://10.0.0.5:7878; default: the scheme and the bound address. PostgreSQL store only.
+    #[arg(long, value_name = "URL")]
+    advertise_url: Option<String>,
+    /// Trust this CA (PEM) when forwarding to a leader whose --advertise-url is https://,
+    /// instead of the system roots. PostgreSQL store only.
+    #[arg(long, value_name = "PEM")]
+    replica_ca_file: Option<PathBuf>,
     /// NAME=FILE: the admin token of a `bellwether proxy` that patches drive, read from FILE
     /// (mode 0600) at each use; a patch names it (`patch start --proxy-token NAME`), so the
     /// token is never in the store. Repeat for several proxies.
@@ -88,6 +103,63 @@ fn proxy_token_file(s: &str) -> Result<(String, PathBuf), String> {
         .ok_or_else(|| format!("{s:?} is not NAME=FILE"))?;
     bellwether_engine::patch::check_name(name).map_err(|e| format!("NAME: {e}"))?;
     Ok((name.to_string(), PathBuf::from(file)))
+}
+
+/// The default of --lease-ttl.
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
+
+/// The replica settings of a PostgreSQL store, from --lease-ttl and --advertise-url.
+fn ha_settings(args: &Args) -> anyhow::Result<Option<bellwether_server::HaSettings>> {
+    if args.database.is_none() {
+        if args.lease_ttl.is_some()
+            || args.advertise_url.is_some()
+            || args.replica_ca_file.is_some()
+        {
+            return Err(UsageError(
+                "--lease-ttl, --advertise-url and --replica-ca-file apply to servers sharing a PostgreSQL store (--database postgres://…); a SQLite store has one server, which always leads".into(),
+            )
+            .into());
+        }
+        return Ok(None);
+    }
+    let ttl = args.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL);
+    if ttl < Duration::from_millis(300) || ttl > Duration::from_secs(3600) {
+        return Err(UsageError(format!(
+            "--lease-ttl {}: must be between 300ms and 1h",
+            humantime::format_duration(ttl)
+        ))
+        .into());
+    }
+    let advertise_url = match &args.advertise_url {
+        None => None,
+        Some(u) => {
+            let rest = u
+                .strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"))
+                .unwrap_or("");
+            if rest.is_empty() || rest.contains(char::is_whitespace) {
+                return Err(UsageError(format!(
+                    "--advertise-url {u:?}: must be an http:// or https:// URL with a host, as in http://10.0.0.5:7878"
+                ))
+                .into());
+            }
+            Some(u.trim_end_matches('/').to_string())
+        }
+    };
+    let tls = bellwether_tls::ClientTls::from_flags(args.replica_ca_file.clone(), &[])
+        .map_err(|e| UsageError(e.to_string()))?;
+    if let Some(ca) = &tls.ca_file {
+        // Read now, so a bad file is a usage error before anything starts.
+        bellwether_tls::client_config(&tls)
+            .map_err(|e| UsageError(format!("--replica-ca-file {}: {e}", ca.display())))?;
+    }
+    Ok(Some(bellwether_server::HaSettings {
+        lease_ttl: ttl,
+        renew_every: ttl / 3,
+        retry_every: ttl / 6,
+        advertise_url,
+        tls,
+    }))
 }
 
 fn store_config(database: Option<&str>, data_dir: &Path) -> anyhow::Result<StoreConfig> {
@@ -171,6 +243,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None
         }
     };
+    let ha = ha_settings(&args)?;
     let store = store_config(args.database.as_deref(), &args.data_dir)?;
     let backend = match &store {
         StoreConfig::Sqlite { path } => format!("sqlite at {}", path.display()),
@@ -188,11 +261,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.sample_max_age = args.sample_max_age;
     config.sample_max_ahead = args.sample_max_ahead;
     config.proxy_tokens = args.proxy_token_file.iter().cloned().collect();
+    config.ha = ha;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async {
         // The store is opened and checked before any token file is written, so a damaged
         // store leaves the token files as they were.
-        let server = Server::open(config).await.map_err(refused_store)?;
+        let mut server = Server::open(config).await.map_err(refused_store)?;
         let stop = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
@@ -201,6 +275,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .local_addr()
             .context("cannot read the bound address")?;
         let scheme = if tls.is_some() { "https" } else { "http" };
+        // A replica alone on its store leads before it announces its address.
+        server
+            .start_leadership(&format!("{scheme}://{addr}"))
+            .await;
         if tls.is_none() && !addr.ip().to_canonical().is_loopback() {
             tracing::warn!(addr = %addr, "Serving plain HTTP off loopback (--insecure-listen): tokens cross the network unencrypted.");
         }

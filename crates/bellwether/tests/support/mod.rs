@@ -555,3 +555,6 @@ pub fn rollout_start(dir: &Path, plan: &Path) -> String {
         .map(|w| w.trim_end_matches('.').to_string())
         .unwrap_or_else(|| panic!("no rollout id in:\n{out}"))
 }
+
+/// Several server replicas on one PostgreSQL store (tests/ha.rs and the mid-patch kill test).
+pub mod cluster;
