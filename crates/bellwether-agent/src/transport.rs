@@ -4,12 +4,17 @@
 //! The trait exists so the loop's timing (backoff, buffering, re-enrolment) is tested with a
 //! fake transport on tokio's paused clock, without a network.
 
-use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bellwether_model::{HostName, HostProfile, MetricSample};
-use serde::{Deserialize, Serialize};
+use bellwether_model::wire::servers::{
+    verdict_for_status, Pass, ServerList, Verdict, LEADER_HEADER,
+};
+use bellwether_model::wire::{ActionResult, ActionsResponse, AgentAction};
+use bellwether_model::HostProfile;
+use serde::Serialize;
 
 /// Why a request did not succeed, sorted by what the agent should do next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,31 +30,7 @@ pub enum SendError {
     Unavailable(String),
 }
 
-/// `POST /api/v1/enrol` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EnrolRequest {
-    pub name: HostName,
-    pub labels: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EnrolResponse {
-    pub host: HostName,
-    pub agent_token: String,
-}
-
-/// `POST /api/v1/agent/samples` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SamplesRequest {
-    pub samples: Vec<MetricSample>,
-    /// Samples dropped while the server was away, since the last successful send.
-    pub dropped: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SamplesResponse {
-    pub accepted: u64,
-}
+pub use bellwether_model::wire::{EnrolRequest, EnrolResponse, SamplesRequest, SamplesResponse};
 
 /// The three calls an agent makes.
 pub trait Transport {
@@ -67,13 +48,28 @@ pub trait Transport {
     ) -> impl Future<Output = Result<(), SendError>>;
 }
 
-/// The real transport: HTTP(S) with rustls, one pooled connection, a per-request timeout.
+/// The real transport: HTTP(S) with rustls, one pooled connection per server, a per-request
+/// timeout, and failover between several server addresses.
+///
+/// A call tries the address that last answered first (shared by every clone, so the sample
+/// loop and the action loop follow each other), then the others, and moves on only when the
+/// request was surely not carried out: the connection failed, or the server answered 503, 421
+/// or 307 (a follower without a leader, or one naming the leader in `X-Bellwether-Leader`; a
+/// named leader is tried next when it is one of the configured addresses). A read (the action
+/// long-poll) also moves on after a timeout or a 502/504. A write that timed out is not sent
+/// elsewhere in the same call, since the server may have taken it: the call fails, the loop
+/// backs off as before, and its retry starts at the next address. One pass starts no new
+/// attempt after the failover budget (the request timeout by default) has passed.
 #[derive(Debug, Clone)]
 pub struct HttpTransport {
     client: reqwest::Client,
-    base: reqwest::Url,
+    servers: ServerList,
+    bases: Vec<reqwest::Url>,
+    /// The index of the address that last answered.
+    current: Arc<AtomicUsize>,
     enrol_token: String,
     timeout: Duration,
+    budget: Duration,
 }
 
 /// The server URL could not be used.
@@ -88,7 +84,8 @@ pub enum TransportError {
 }
 
 impl HttpTransport {
-    /// A transport to `server`; an https server is verified against the system's roots.
+    /// A transport to `server` (one URL or a comma-separated list); an https server is
+    /// verified against the system's roots.
     pub fn new(
         server: &str,
         enrol_token: impl Into<String>,
@@ -102,76 +99,190 @@ impl HttpTransport {
         )
     }
 
-    /// A transport to `server` that verifies an https server with `tls` (`--ca-file`,
-    /// `--pin`); those settings with a plain http URL are refused.
+    /// A transport to `server` (one URL or a comma-separated list) that verifies an https
+    /// server with `tls` (`--ca-file`, `--pin`); those settings with a plain http URL are
+    /// refused.
     pub fn with_tls(
         server: &str,
         enrol_token: impl Into<String>,
         timeout: Duration,
         tls: &bellwether_tls::ClientTls,
     ) -> Result<Self, TransportError> {
-        let bad = |reason: String| TransportError::BadUrl {
+        let servers = ServerList::parse(&[server]).map_err(|e| TransportError::BadUrl {
             url: server.to_owned(),
-            reason,
-        };
-        let mut base = reqwest::Url::parse(server).map_err(|e| bad(e.to_string()))?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(bad(format!(
-                "scheme {:?} is not http or https",
-                base.scheme()
-            )));
-        }
-        if !base.path().ends_with('/') {
-            let path = format!("{}/", base.path());
-            base.set_path(&path);
+            reason: e.to_string(),
+        })?;
+        Self::with_servers(&servers, enrol_token, timeout, tls)
+    }
+
+    /// A transport to every address of `servers`, verifying https ones with `tls`.
+    pub fn with_servers(
+        servers: &ServerList,
+        enrol_token: impl Into<String>,
+        timeout: Duration,
+        tls: &bellwether_tls::ClientTls,
+    ) -> Result<Self, TransportError> {
+        let mut bases = Vec::with_capacity(servers.len());
+        for server in servers.urls() {
+            let bad = |reason: String| TransportError::BadUrl {
+                url: server.to_owned(),
+                reason,
+            };
+            let mut base = reqwest::Url::parse(server).map_err(|e| bad(e.to_string()))?;
+            if !matches!(base.scheme(), "http" | "https") {
+                return Err(bad(format!(
+                    "scheme {:?} is not http or https",
+                    base.scheme()
+                )));
+            }
+            if !base.path().ends_with('/') {
+                let path = format!("{}/", base.path());
+                base.set_path(&path);
+            }
+            if base.scheme() != "https" && !tls.is_default() {
+                return Err(bad(
+                    "--ca-file and --pin verify an https:// server; this URL is plain http".into(),
+                ));
+            }
+            bases.push(base);
         }
         let mut builder = reqwest::Client::builder();
-        if base.scheme() == "https" {
+        if bases.iter().any(|b| b.scheme() == "https") {
             builder = builder.use_preconfigured_tls(bellwether_tls::client_config(tls)?);
-        } else if !tls.is_default() {
-            return Err(bad(
-                "--ca-file and --pin verify an https:// server; this URL is plain http".into(),
-            ));
         }
         let client = builder
             .timeout(timeout)
             .connect_timeout(timeout)
-            // One agent talks to one server: a single idle connection is all it needs.
+            // A 307 names the leader: the transport decides where to go, not reqwest.
+            .redirect(reqwest::redirect::Policy::none())
+            // One agent talks to one server at a time: one idle connection per server.
             .pool_max_idle_per_host(1)
             .user_agent(concat!("bellwether-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(TransportError::Client)?;
         Ok(HttpTransport {
             client,
-            base,
+            servers: servers.clone(),
+            bases,
+            current: Arc::new(AtomicUsize::new(0)),
             enrol_token: enrol_token.into(),
             timeout,
+            budget: timeout,
         })
     }
 
-    /// Checks, once, that an https server's certificate is trusted: `Err` with the reason
-    /// only when the handshake refused the certificate (a server that is down, or any other
-    /// failure, is the send loop's business and gives `Ok`).
-    pub async fn verify_server(&self) -> Result<(), String> {
-        if self.base.scheme() != "https" {
-            return Ok(());
-        }
-        match self.client.get(self.url("healthz")).send().await {
-            Err(e) => match bellwether_tls::certificate_error(&e) {
-                Some(reason) => Err(format!(
-                    "could not verify the server's certificate at {}: {reason}",
-                    self.base
-                )),
-                None => Ok(()),
-            },
-            Ok(_) => Ok(()),
-        }
+    /// One pass over the addresses starts no new attempt after `budget` (default: the
+    /// request timeout).
+    pub fn with_failover_budget(mut self, budget: Duration) -> Self {
+        self.budget = budget;
+        self
     }
 
+    /// The addresses, in the order given.
+    pub fn servers(&self) -> &ServerList {
+        &self.servers
+    }
+
+    /// The address that last answered (the first one a call tries).
+    pub fn current_server(&self) -> &str {
+        &self.servers.urls()[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Checks, once, that every https server's certificate is trusted: `Err` with the reason
+    /// only when a handshake refused the certificate (a server that is down, or any other
+    /// failure, is the send loop's business and gives `Ok`).
+    pub async fn verify_server(&self) -> Result<(), String> {
+        for base in self.bases.iter().filter(|b| b.scheme() == "https") {
+            let url = base.join("healthz").expect("a static path joins");
+            if let Err(e) = self.client.get(url).send().await {
+                if let Some(reason) = bellwether_tls::certificate_error(&e) {
+                    return Err(format!(
+                        "could not verify the server's certificate at {base}: {reason}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
     fn url(&self, path: &str) -> reqwest::Url {
-        self.base
+        self.bases[0]
             .join(path)
             .expect("static api paths join onto an http base url")
+    }
+
+    /// Sends the request `build` makes for an address's URL of `path`, failing over as the
+    /// type's text says. `read` is true for a request that changes nothing.
+    async fn send(
+        &self,
+        path: &str,
+        read: bool,
+        build: impl Fn(reqwest::Url) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, SendError> {
+        let started = tokio::time::Instant::now();
+        let n = self.bases.len();
+        let mut pass = Pass::new(n, self.current.load(Ordering::Relaxed));
+        let mut failures: Vec<(usize, String)> = Vec::new();
+        while let Some(i) = pass.next() {
+            if !failures.is_empty() && started.elapsed() >= self.budget {
+                break;
+            }
+            let url = self.bases[i]
+                .join(path)
+                .expect("api paths join onto an http base url");
+            let resp = match build(url).send().await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    let not_sent =
+                        e.is_connect() || bellwether_tls::certificate_error(&e).is_some();
+                    let err = send_error(e);
+                    if !(not_sent || read) {
+                        // The server may have taken it: no second copy elsewhere now; the
+                        // loop's retry starts at the next address.
+                        self.current.store((i + 1) % n, Ordering::Relaxed);
+                        return Err(self.unavailable(failures, i, err));
+                    }
+                    failures.push((i, message(&err)));
+                    continue;
+                }
+            };
+            let status = resp.status().as_u16();
+            if verdict_for_status(status, read) == Verdict::Next {
+                if let Some(j) = leader_hint(&resp).and_then(|h| self.servers.position(&h)) {
+                    pass.prefer(j);
+                }
+                let err = classify(resp)
+                    .await
+                    .err()
+                    .unwrap_or_else(|| SendError::Unavailable(format!("{status}")));
+                failures.push((i, message(&err)));
+                continue;
+            }
+            self.current.store(i, Ordering::Relaxed);
+            return classify(resp).await;
+        }
+        let last = failures.pop().expect("a pass tries at least one address");
+        Err(self.unavailable(failures, last.0, SendError::Unavailable(last.1)))
+    }
+
+    /// The error of a pass that found no server: the last error, prefixed with the others and
+    /// their addresses when there are several.
+    fn unavailable(&self, earlier: Vec<(usize, String)>, i: usize, last: SendError) -> SendError {
+        if self.bases.len() == 1 {
+            return last;
+        }
+        let mut parts: Vec<String> = earlier
+            .into_iter()
+            .map(|(j, m)| format!("{}: {m}", self.servers.urls()[j]))
+            .collect();
+        match last {
+            SendError::Unavailable(m) => {
+                parts.push(format!("{}: {m}", self.servers.urls()[i]));
+                SendError::Unavailable(parts.join("; "))
+            }
+            other => other,
+        }
     }
 
     async fn post<B: Serialize>(
@@ -180,15 +291,27 @@ impl HttpTransport {
         token: &str,
         body: &B,
     ) -> Result<reqwest::Response, SendError> {
-        let resp = self
-            .client
-            .post(self.url(path))
-            .bearer_auth(token)
-            .json(body)
-            .send()
-            .await
-            .map_err(send_error)?;
-        classify(resp).await
+        self.send(path, false, |url| {
+            self.client.post(url).bearer_auth(token).json(body)
+        })
+        .await
+    }
+}
+
+/// The leader a 421, 503 or 307 names: `X-Bellwether-Leader`, else a 307's `Location`.
+fn leader_hint(resp: &reqwest::Response) -> Option<String> {
+    let h = resp.headers();
+    h.get(LEADER_HEADER)
+        .or_else(|| h.get(reqwest::header::LOCATION))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The text of an [`SendError::Unavailable`] (or any error) for the summary of a pass.
+fn message(e: &SendError) -> String {
+    match e {
+        SendError::Unavailable(m) => m.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -244,9 +367,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl Transport for HttpTransport {
     async fn enrol(&mut self, req: &EnrolRequest) -> Result<String, SendError> {
-        let resp = self
-            .post("api/v1/enrol", &self.enrol_token.clone(), req)
-            .await?;
+        let resp = self.post("api/v1/enrol", &self.enrol_token, req).await?;
         let body: EnrolResponse = resp.json().await.map_err(|e| {
             SendError::Unavailable(format!("bad enrolment answer: {}", error_chain(&e)))
         })?;
@@ -271,21 +392,19 @@ impl crate::actions::ActionTransport for HttpTransport {
         &mut self,
         token: &str,
         wait: Duration,
-    ) -> Result<Vec<crate::actions::PendingAction>, SendError> {
-        let mut url = self.url("api/v1/agent/actions");
-        url.query_pairs_mut()
-            .append_pair("wait_ms", &wait.as_millis().to_string());
+    ) -> Result<Vec<AgentAction>, SendError> {
+        let wait_ms = wait.as_millis().to_string();
         let resp = self
-            .client
-            .get(url)
-            .bearer_auth(token)
-            // The long-poll waits `wait` on purpose: allow it on top of the usual timeout.
-            .timeout(wait + self.timeout)
-            .send()
-            .await
-            .map_err(send_error)?;
-        let resp = classify(resp).await?;
-        let body: crate::actions::ActionsResponse = resp.json().await.map_err(|e| {
+            .send("api/v1/agent/actions", true, |mut url| {
+                url.query_pairs_mut().append_pair("wait_ms", &wait_ms);
+                self.client
+                    .get(url)
+                    .bearer_auth(token)
+                    // The long-poll waits `wait` on purpose: allow it on top of the usual timeout.
+                    .timeout(wait + self.timeout)
+            })
+            .await?;
+        let body: ActionsResponse = resp.json().await.map_err(|e| {
             SendError::Unavailable(format!("bad actions answer: {}", error_chain(&e)))
         })?;
         Ok(body.actions)
@@ -295,7 +414,7 @@ impl crate::actions::ActionTransport for HttpTransport {
         &mut self,
         token: &str,
         id: &str,
-        report: &crate::exec::ActionReport,
+        report: &ActionResult,
     ) -> Result<(), SendError> {
         self.post(&format!("api/v1/agent/actions/{id}/result"), token, report)
             .await
@@ -324,7 +443,7 @@ mod tests {
         let e = HttpTransport::new("ftp://h", "t", Duration::from_secs(1)).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "server url \"ftp://h\" is not valid: scheme \"ftp\" is not http or https"
+            "server url \"ftp://h\" is not valid: server address \"ftp://h\" must start with http:// or https://"
         );
         let e = HttpTransport::new("not a url", "t", Duration::from_secs(1)).unwrap_err();
         assert!(
@@ -370,29 +489,5 @@ mod tests {
                 "{retry}"
             );
         }
-    }
-
-    #[test]
-    fn wire_shapes_match_the_api_contract() {
-        let body = SamplesRequest {
-            samples: vec![MetricSample {
-                ts_ms: 5,
-                name: "load1".into(),
-                value: 0.5,
-            }],
-            dropped: 3,
-        };
-        assert_eq!(
-            serde_json::to_string(&body).unwrap(),
-            r#"{"samples":[{"ts_ms":5,"name":"load1","value":0.5}],"dropped":3}"#
-        );
-        let enrol = EnrolRequest {
-            name: HostName::new("web-01").unwrap(),
-            labels: [("role".to_string(), "web".to_string())].into(),
-        };
-        assert_eq!(
-            serde_json::to_string(&enrol).unwrap(),
-            r#"{"name":"web-01","labels":{"role":"web"}}"#
-        );
     }
 }

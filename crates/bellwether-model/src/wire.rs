@@ -150,11 +150,7 @@ pub struct ActionsResponse {
 /// `{"status": "failed", "exit_code": 3, "error": "…"}`, `{"status": "timed_out",
 /// "after_ms": 30000}`, `{"status": "refused", "reason": "…"}`. Unknown fields are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "status",
-    rename_all = "snake_case",
-    try_from = "RawOutcome"
-)]
+#[serde(tag = "status", rename_all = "snake_case", try_from = "RawOutcome")]
 pub enum ActionOutcome {
     /// It ran and succeeded (an argv action exited 0).
     Ok,
@@ -354,9 +350,7 @@ impl TryFrom<RawResult> for ActionResult {
         }
         let outcome = match (raw.outcome, raw.ok) {
             (Some(_), Some(_)) => {
-                return Err(
-                    "a result has `outcome` or the older `ok`, not both".to_owned(),
-                )
+                return Err("a result has `outcome` or the older `ok`, not both".to_owned())
             }
             (None, None) => return Err("missing field `outcome`".to_owned()),
             (Some(outcome), None) => {

@@ -37,6 +37,7 @@ use bellwether_engine::rollout::{
     ActionResult, Decision, HostInput, HostState, Observation, OperatorCommand, Rollout,
     RolloutReport, RolloutStatus,
 };
+use bellwether_model::wire::{ActionOutcome, ActionResult as AgentResult};
 use bellwether_model::{HostName, HostProfile};
 use bellwether_store::{
     ActionFinish, NewAction, NewEvent, NewOutcome, NewRollout, OutcomeSource, StepRecord,
@@ -347,22 +348,31 @@ impl Run {
             .unobserved_results(&self.rollout.id)
             .await?
         {
-            let report = a.result.clone().unwrap_or(Value::Null);
-            let ok = report["ok"].as_bool().unwrap_or(false);
-            let error = report["error"].as_str().map(str::to_string);
-            let result = if ok {
-                ActionResult::Ok
-            } else if report["exit_code"].is_null()
-                && error.as_deref().is_some_and(|e| e.starts_with("timed out"))
-            {
-                ActionResult::TimedOut
-            } else {
-                ActionResult::Failed {
-                    error: error.unwrap_or_else(|| format!("exit code {}", report["exit_code"])),
-                }
+            // The one wire type reads both the typed outcome and the older flat form.
+            let report: Result<AgentResult, String> = match &a.result {
+                Some(v) => AgentResult::deserialize(v).map_err(|e| e.to_string()),
+                None => Err("no result was stored".to_owned()),
             };
-            let finished = report["finished_ms"]
-                .as_i64()
+            let ok = report.as_ref().is_ok_and(AgentResult::is_ok);
+            let result = match &report {
+                Ok(r) => match &r.outcome {
+                    ActionOutcome::Ok => ActionResult::Ok,
+                    ActionOutcome::TimedOut { .. } => ActionResult::TimedOut,
+                    ActionOutcome::Failed { error, .. } => ActionResult::Failed {
+                        error: error.clone(),
+                    },
+                    ActionOutcome::Refused { reason } => ActionResult::Failed {
+                        error: reason.clone(),
+                    },
+                },
+                Err(e) => ActionResult::Failed {
+                    error: format!("the stored result of the action could not be read: {e}"),
+                },
+            };
+            let finished = report
+                .as_ref()
+                .map(|r| r.finished_ms)
+                .ok()
                 .or(a.finished_at_ms)
                 .unwrap_or_else(now_ms);
             // The watcher changes on a copy, saved with the step.
@@ -834,16 +844,8 @@ struct ActionsQuery {
     wait_ms: Option<u64>,
 }
 
-/// One action for an agent. `id` is the action's wire id: 128 random bits as 32 lower-case hex
-/// characters, unique across stores and time, so an agent's journal never mistakes a new
-/// action for one it ran before.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AgentAction {
-    pub id: String,
-    pub rollout: String,
-    pub kind: String,
-    pub spec: Value,
-}
+/// One action for an agent: the one wire type, shared with the agent.
+pub use bellwether_model::wire::AgentAction;
 
 async fn agent_actions(
     State(state): State<AppState>,
@@ -866,11 +868,14 @@ async fn agent_actions(
         if !open.is_empty() || tokio::time::Instant::now() >= deadline {
             let actions: Vec<AgentAction> = open
                 .into_iter()
-                .map(|a| AgentAction {
-                    id: a.uid,
-                    rollout: a.rollout_id,
-                    kind: a.kind,
-                    spec: a.spec,
+                .filter_map(|a| match serde_json::from_value(a.spec) {
+                    Ok(spec) => Some(AgentAction::new(a.uid, a.rollout_id, a.kind, spec)),
+                    Err(e) => {
+                        // Written by this type, so only a downgrade gets here; the action
+                        // then times out in its engine rather than block the host's others.
+                        tracing::error!(action = %a.uid, error = %e, "A stored action spec cannot be read; not sending it.");
+                        None
+                    }
                 })
                 .collect();
             return Ok(Json(json!({ "actions": actions })));
@@ -879,22 +884,9 @@ async fn agent_actions(
     }
 }
 
-/// `POST /api/v1/agent/actions/{id}/result`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ActionResultBody {
-    pub ok: bool,
-    #[serde(default)]
-    pub exit_code: Option<i32>,
-    #[serde(default)]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub stdout_tail: String,
-    #[serde(default)]
-    pub stderr_tail: String,
-    pub started_ms: i64,
-    pub finished_ms: i64,
-}
+/// `POST /api/v1/agent/actions/{id}/result`: the one wire type, shared with the agent. It
+/// reads the typed outcome and the older flat form; it is stored in the typed form.
+pub use bellwether_model::wire::ActionResult as ActionResultBody;
 
 async fn agent_result(
     State(state): State<AppState>,
@@ -902,7 +894,7 @@ async fn agent_result(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ActionResultBody>,
 ) -> Result<StatusCode, ApiError> {
-    if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if !bellwether_model::wire::is_action_id(&id) {
         return Err(ApiError::bad_request(format!(
             "action id {id:?} is not an action id (32 lower-case hex characters)"
         )));
@@ -918,7 +910,7 @@ async fn agent_result(
         )));
     };
     if let ActionFinish::Stored(rec) = done {
-        tracing::info!(host = %host, action = id, rollout = %rec.rollout_id, ok = body.ok, "Stored an action result.");
+        tracing::info!(host = %host, action = id, rollout = %rec.rollout_id, outcome = body.outcome.status(), "Stored an action result.");
         if let Some(tx) = state.rollouts.running.lock().await.get(&rec.rollout_id) {
             let _ = tx.send(Msg::Result);
         }

@@ -59,15 +59,11 @@ impl ServerList {
                     .find(|p| lower.starts_with(*p))
                     .map(|p| p.len())
                 else {
-                    return Err(ServerListError::Scheme {
-                        url: quoted(piece),
-                    });
+                    return Err(ServerListError::Scheme { url: quoted(piece) });
                 };
                 let rest = piece[scheme_len..].trim_end_matches('/');
                 if rest.is_empty() || rest.starts_with('/') {
-                    return Err(ServerListError::NoHost {
-                        url: quoted(piece),
-                    });
+                    return Err(ServerListError::NoHost { url: quoted(piece) });
                 }
                 let url = &piece[..scheme_len + rest.len()];
                 if !urls.iter().any(|u| same_server(u, url)) {
@@ -122,7 +118,11 @@ fn same_server(a: &str, b: &str) -> bool {
         let (scheme, rest) = u.split_once("://").unwrap_or(("", u));
         let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
         (
-            format!("{}://{}", scheme.to_ascii_lowercase(), host.to_ascii_lowercase()),
+            format!(
+                "{}://{}",
+                scheme.to_ascii_lowercase(),
+                host.to_ascii_lowercase()
+            ),
             path.to_owned(),
         )
     };

@@ -29,13 +29,19 @@ fn a_result_is_written_with_a_typed_outcome() {
         serde_json::to_value(&r).unwrap()["outcome"],
         json!({"status": "timed_out", "after_ms": 5000})
     );
-    assert_eq!(serde_json::to_value(&r).unwrap()["output"], json!({"pid": 42}));
+    assert_eq!(
+        serde_json::to_value(&r).unwrap()["output"],
+        json!({"pid": 42})
+    );
     assert_eq!(
         serde_json::to_value(ActionOutcome::Ok).unwrap(),
         json!({"status": "ok"})
     );
     assert_eq!(
-        serde_json::to_value(ActionOutcome::Refused { reason: "no".into() }).unwrap(),
+        serde_json::to_value(ActionOutcome::Refused {
+            reason: "no".into()
+        })
+        .unwrap(),
         json!({"status": "refused", "reason": "no"})
     );
 }
@@ -43,18 +49,24 @@ fn a_result_is_written_with_a_typed_outcome() {
 /// Results stored by agents before the typed outcome keep their meaning.
 #[test]
 fn results_of_the_older_form_still_parse() {
-    let ok = result(json!({"ok": true, "exit_code": 0, "error": null, "stdout_tail": "hi",
-        "stderr_tail": "", "started_ms": 1, "finished_ms": 2}))
+    let ok = result(
+        json!({"ok": true, "exit_code": 0, "error": null, "stdout_tail": "hi",
+        "stderr_tail": "", "started_ms": 1, "finished_ms": 2}),
+    )
     .unwrap();
     assert_eq!(ok.outcome, ActionOutcome::Ok);
     assert_eq!(ok.stdout_tail, "hi");
     assert_eq!(ok.output, None);
     // The shortest body the server ever took.
-    assert!(result(json!({"ok": true, "started_ms": 1, "finished_ms": 2}))
-        .unwrap()
-        .is_ok());
-    let failed = result(json!({"ok": false, "exit_code": 2, "error": "\"false\" exited with status 2",
-        "stdout_tail": "", "stderr_tail": "", "started_ms": 1, "finished_ms": 2}))
+    assert!(
+        result(json!({"ok": true, "started_ms": 1, "finished_ms": 2}))
+            .unwrap()
+            .is_ok()
+    );
+    let failed = result(
+        json!({"ok": false, "exit_code": 2, "error": "\"false\" exited with status 2",
+        "stdout_tail": "", "stderr_tail": "", "started_ms": 1, "finished_ms": 2}),
+    )
     .unwrap();
     assert_eq!(
         failed.outcome,
@@ -77,12 +89,20 @@ fn results_of_the_older_form_still_parse() {
     .unwrap();
     assert_eq!(timed_out.outcome, ActionOutcome::TimedOut { after_ms: 700 });
     // "timed out" with an exit code was a failure, as the server used to read it.
-    let failed = result(json!({"ok": false, "exit_code": 1, "error": "timed out waiting for x",
-        "started_ms": 1, "finished_ms": 2}))
+    let failed = result(
+        json!({"ok": false, "exit_code": 1, "error": "timed out waiting for x",
+        "started_ms": 1, "finished_ms": 2}),
+    )
     .unwrap();
-    assert!(matches!(failed.outcome, ActionOutcome::Failed { exit_code: Some(1), .. }));
-    let bare = result(json!({"ok": false, "exit_code": 7, "started_ms": 1, "finished_ms": 2}))
-        .unwrap();
+    assert!(matches!(
+        failed.outcome,
+        ActionOutcome::Failed {
+            exit_code: Some(1),
+            ..
+        }
+    ));
+    let bare =
+        result(json!({"ok": false, "exit_code": 7, "started_ms": 1, "finished_ms": 2})).unwrap();
     assert_eq!(
         bare.outcome,
         ActionOutcome::Failed {
@@ -97,12 +117,18 @@ fn bad_results_are_refused_with_the_reason() {
     let bad = |v: Value| result(v).unwrap_err();
     let t = |o: Value| json!({"outcome": o, "started_ms": 1, "finished_ms": 2});
     assert!(bad(json!({"started_ms": 1, "finished_ms": 2})).contains("missing field `outcome`"));
-    assert!(bad(json!({"ok": true, "outcome": {"status": "ok"}, "started_ms": 1, "finished_ms": 2}))
-        .contains("not both"));
-    assert!(bad(json!({"outcome": {"status": "ok"}, "exit_code": 1, "started_ms": 1, "finished_ms": 2}))
-        .contains("`exit_code` belongs to the older form"));
-    assert!(bad(json!({"ok": true, "started_ms": 1, "finished_ms": 2, "extra": 1}))
-        .contains("unknown field `extra`"));
+    assert!(bad(
+        json!({"ok": true, "outcome": {"status": "ok"}, "started_ms": 1, "finished_ms": 2})
+    )
+    .contains("not both"));
+    assert!(bad(
+        json!({"outcome": {"status": "ok"}, "exit_code": 1, "started_ms": 1, "finished_ms": 2})
+    )
+    .contains("`exit_code` belongs to the older form"));
+    assert!(
+        bad(json!({"ok": true, "started_ms": 1, "finished_ms": 2, "extra": 1}))
+            .contains("unknown field `extra`")
+    );
     assert!(bad(json!({"ok": "yes", "started_ms": 1, "finished_ms": 2})).contains("invalid type"));
     assert!(bad(json!({"ok": true, "started_ms": 5, "finished_ms": 2}))
         .contains("finished_ms 2 is before started_ms 5"));
@@ -113,8 +139,10 @@ fn bad_results_are_refused_with_the_reason() {
     assert!(bad(t(json!({"status": "refused"}))).contains("needs the field `reason`"));
     assert!(bad(t(json!({"status": "ok", "error": "x"})))
         .contains("field `error` does not belong to a ok outcome"));
-    assert!(bad(t(json!({"status": "timed_out", "after_ms": 1, "exit_code": 9})))
-        .contains("field `exit_code` does not belong to a timed_out outcome"));
+    assert!(bad(t(
+        json!({"status": "timed_out", "after_ms": 1, "exit_code": 9})
+    ))
+    .contains("field `exit_code` does not belong to a timed_out outcome"));
     assert!(bad(t(json!({"status": "ok", "colour": "red"}))).contains("unknown field `colour`"));
     assert!(bad(t(json!({"status": "timed_out", "after_ms": -1}))).contains("invalid value"));
 }
@@ -123,7 +151,12 @@ fn bad_results_are_refused_with_the_reason() {
 fn actions_carry_a_checked_id_and_the_resolved_timeout() {
     let spec: ActionSpec =
         serde_json::from_value(json!({"builtin": "set_service_version", "version": "2"})).unwrap();
-    let a = AgentAction::new("0123456789abcdef0123456789abcdef", "r-1", "apply", spec.clone());
+    let a = AgentAction::new(
+        "0123456789abcdef0123456789abcdef",
+        "r-1",
+        "apply",
+        spec.clone(),
+    );
     assert_eq!(a.timeout_ms, crate::action::DEFAULT_TIMEOUT_MS);
     let v = serde_json::to_value(&a).unwrap();
     assert_eq!(
@@ -138,16 +171,24 @@ fn actions_carry_a_checked_id_and_the_resolved_timeout() {
          "spec": {"argv": ["true"], "timeout_ms": 1500}}]}))
     .unwrap();
     assert_eq!(old.actions[0].timeout_ms, 1500);
-    let bad = |v: Value| serde_json::from_value::<AgentAction>(v).unwrap_err().to_string();
-    assert!(bad(json!({"id": "1", "spec": {"argv": ["true"], "timeout_ms": 1500}}))
-        .contains("action id \"1\" is not 32 lower-case hex"));
+    let bad = |v: Value| {
+        serde_json::from_value::<AgentAction>(v)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        bad(json!({"id": "1", "spec": {"argv": ["true"], "timeout_ms": 1500}}))
+            .contains("action id \"1\" is not 32 lower-case hex")
+    );
     assert!(bad(json!({"id": "0123456789ABCDEF0123456789ABCDEF", "spec": {"argv": ["true"], "timeout_ms": 1500}}))
         .contains("not 32 lower-case hex"));
     assert!(bad(json!({"id": "0123456789abcdef0123456789abcdef",
         "spec": {"argv": ["true"], "timeout_ms": 1500}, "timeout_ms": 99}))
     .contains("timeout_ms 99 disagrees with its spec's timeout 1500"));
-    assert!(bad(json!({"id": "0123456789abcdef0123456789abcdef", "spec": {"argv": []}}))
-        .contains("argv is empty"));
+    assert!(
+        bad(json!({"id": "0123456789abcdef0123456789abcdef", "spec": {"argv": []}}))
+            .contains("argv is empty")
+    );
 }
 
 #[test]
@@ -155,8 +196,8 @@ fn request_bodies_refuse_unknown_fields() {
     let e = serde_json::from_value::<EnrolRequest>(json!({"name": "web-01", "lables": {}}))
         .unwrap_err();
     assert!(e.to_string().contains("unknown field `lables`"), "{e}");
-    let e = serde_json::from_value::<SamplesRequest>(json!({"samples": [], "droped": 1}))
-        .unwrap_err();
+    let e =
+        serde_json::from_value::<SamplesRequest>(json!({"samples": [], "droped": 1})).unwrap_err();
     assert!(e.to_string().contains("unknown field `droped`"), "{e}");
     let r: SamplesRequest = serde_json::from_value(json!({"samples": []})).unwrap();
     assert_eq!(r.dropped, 0);
