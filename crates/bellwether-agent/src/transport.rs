@@ -491,3 +491,180 @@ mod tests {
         }
     }
 }
+
+/// Failover against real local listeners: down, 503, naming a leader, or dropping a request.
+#[cfg(test)]
+mod failover_tests {
+    use std::sync::atomic::AtomicU32;
+
+    use axum::http::{HeaderMap, HeaderValue, StatusCode};
+    use axum::response::IntoResponse;
+    use bellwether_model::wire::ActionOutcome;
+    use bellwether_model::HostName;
+
+    use super::*;
+    use crate::actions::ActionTransport;
+
+    struct Stub {
+        url: String,
+        hits: Arc<AtomicU32>,
+    }
+
+    impl Stub {
+        fn hits(&self) -> u32 {
+            self.hits.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A server answering every request with `status`, `body` and an optional leader header.
+    async fn stub(status: u16, leader: Option<String>, body: serde_json::Value) -> Stub {
+        let hits = Arc::new(AtomicU32::new(0));
+        let counter = hits.clone();
+        let handler = move || {
+            let (counter, leader, body) = (counter.clone(), leader.clone(), body.clone());
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut h = HeaderMap::new();
+                if let Some(l) = leader {
+                    h.insert("x-bellwether-leader", HeaderValue::from_str(&l).unwrap());
+                }
+                (StatusCode::from_u16(status).unwrap(), h, axum::Json(body)).into_response()
+            }
+        };
+        let app = axum::Router::new().fallback(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Stub { url, hits }
+    }
+
+    async fn dead() -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        drop(l);
+        url
+    }
+
+    /// Reads a request, then closes the connection without an answer.
+    async fn dropper() -> Stub {
+        let hits = Arc::new(AtomicU32::new(0));
+        let counter = hits.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 8192];
+                let _ = tokio::io::AsyncReadExt::read(&mut sock, &mut buf).await;
+            }
+        });
+        Stub { url, hits }
+    }
+
+    fn transport(urls: &[&str]) -> HttpTransport {
+        HttpTransport::new(&urls.join(","), "enrol", Duration::from_secs(5)).unwrap()
+    }
+
+    fn samples() -> SamplesRequest {
+        SamplesRequest {
+            samples: vec![],
+            dropped: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn enrolment_passes_a_dead_server_and_follows_a_named_leader() {
+        let down = dead().await;
+        let leader = stub(
+            200,
+            None,
+            serde_json::json!({"host": "web-01", "agent_token": "agent-t"}),
+        )
+        .await;
+        let other = stub(500, None, serde_json::json!({})).await;
+        let follower = stub(503, Some(leader.url.clone()), serde_json::json!({})).await;
+        let mut t = transport(&[&down, &follower.url, &other.url, &leader.url]);
+        let req = EnrolRequest {
+            name: HostName::new("web-01").unwrap(),
+            labels: Default::default(),
+        };
+        assert_eq!(t.enrol(&req).await.unwrap(), "agent-t");
+        assert_eq!((follower.hits(), other.hits(), leader.hits()), (1, 0, 1));
+        assert_eq!(t.current_server(), leader.url);
+        // A clone (the other loop) starts where this one found the leader.
+        let mut other_loop = t.clone();
+        other_loop
+            .send_samples("agent-t", &samples())
+            .await
+            .unwrap();
+        assert_eq!(leader.hits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_reached_a_server_is_not_repeated_elsewhere_in_the_same_call() {
+        let taken = dropper().await;
+        let good = stub(202, None, serde_json::json!({"accepted": 0})).await;
+        let mut t = transport(&[&taken.url, &good.url]);
+        let e = t.send_samples("a", &samples()).await.unwrap_err();
+        assert!(matches!(e, SendError::Unavailable(_)), "{e:?}");
+        assert_eq!((taken.hits(), good.hits()), (1, 0));
+        // The loop's retry starts at the next address.
+        t.send_samples("a", &samples()).await.unwrap();
+        assert_eq!((taken.hits(), good.hits()), (1, 1));
+        // A result report is a write too.
+        let mut t = transport(&[&taken.url, &good.url]);
+        let r = ActionResult::new(ActionOutcome::Ok, 1, 2);
+        let id = "0123456789abcdef0123456789abcdef";
+        assert!(t.report_action("a", id, &r).await.is_err());
+        assert_eq!((taken.hits(), good.hits()), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn a_poll_moves_on_after_any_failure() {
+        let taken = dropper().await;
+        let unavailable = stub(503, None, serde_json::json!({"error": "no leader"})).await;
+        let good = stub(200, None, serde_json::json!({"actions": []})).await;
+        let mut t = transport(&[&taken.url, &unavailable.url, &good.url]);
+        let got = t
+            .poll_actions("a", Duration::from_millis(10))
+            .await
+            .unwrap();
+        assert!(got.is_empty());
+        assert_eq!((taken.hits(), unavailable.hits(), good.hits()), (1, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn refusals_do_not_fail_over_and_a_whole_failed_pass_names_every_server() {
+        let rejecting = stub(400, None, serde_json::json!({"error": "bad body"})).await;
+        let good = stub(202, None, serde_json::json!({"accepted": 0})).await;
+        let mut t = transport(&[&rejecting.url, &good.url]);
+        let e = t.send_samples("a", &samples()).await.unwrap_err();
+        assert_eq!(
+            e,
+            SendError::Rejected {
+                status: 400,
+                message: "bad body".into()
+            }
+        );
+        assert_eq!(good.hits(), 0);
+        let unauthorized = stub(401, None, serde_json::json!({})).await;
+        let mut t = transport(&[&unauthorized.url, &good.url]);
+        assert_eq!(
+            t.send_samples("a", &samples()).await.unwrap_err(),
+            SendError::Unauthorized
+        );
+        assert_eq!(good.hits(), 0);
+
+        let down = dead().await;
+        let unavailable = stub(503, None, serde_json::json!({"error": "no leader"})).await;
+        let mut t = transport(&[&down, &unavailable.url]);
+        let SendError::Unavailable(m) = t.send_samples("a", &samples()).await.unwrap_err() else {
+            panic!("not unavailable")
+        };
+        assert!(
+            m.starts_with(&format!("{down}: "))
+                && m.contains(&format!("; {}: 503: no leader", unavailable.url)),
+            "{m}"
+        );
+    }
+}
