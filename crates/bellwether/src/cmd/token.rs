@@ -220,14 +220,18 @@ pub fn read_token_file(path: &Path) -> anyhow::Result<Option<String>> {
 /// How an operator command reaches the server.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
-    /// The server's URL.
+    /// The server's URL. Several servers (replicas on one PostgreSQL store): repeat the flag
+    /// or give a comma-separated list; a call tries the one that last answered first and fails
+    /// over to the others when one is down or not the leader (503).
     #[arg(
         long,
         env = "BELLWETHER_SERVER",
         default_value = "http://127.0.0.1:7878",
-        global = true
+        global = true,
+        action = clap::ArgAction::Append,
+        value_name = "URL[,URL...]"
     )]
-    pub server: String,
+    pub server: Vec<String>,
     /// The operator token. When absent, it is read from ./bellwether-data/operator.token
     /// (the file `bellwether server` writes on first start in the current directory).
     #[arg(long, env = "BELLWETHER_TOKEN", hide_env_values = true, global = true)]
@@ -260,7 +264,9 @@ impl ClientArgs {
             }
         };
         let tls = self.tls.tls()?;
-        Ok(Client::with_tls(&self.server, &token, &tls).map_err(|e| UsageError(e.to_string()))?)
+        let servers = bellwether_model::wire::servers::ServerList::parse(&self.server)
+            .map_err(|e| UsageError(format!("--server: {e}")))?;
+        Ok(Client::with_servers(&servers, &token, &tls).map_err(|e| UsageError(e.to_string()))?)
     }
 }
 
@@ -277,6 +283,10 @@ pub fn client_error(err: ClientError) -> anyhow::Error {
              BELLWETHER_TOKEN, or ./bellwether-data/operator.token"
         ),
         ClientError::Untrusted { .. } => Unreachable(err.to_string()).into(),
+        ClientError::NoServer { .. } => Unreachable(format!(
+            "{err}; is a `bellwether server` running at one of them? (--server or BELLWETHER_SERVER)"
+        ))
+        .into(),
         ClientError::Api {
             status: 403,
             message,
@@ -407,7 +417,7 @@ mod tests {
         assert_eq!(crate::cmd::exit_code_for(&err), 1);
         assert!(err.to_string().contains("operator token"), "{err}");
         let err = ClientArgs {
-            server: "127.0.0.1:7878".into(),
+            server: vec!["127.0.0.1:7878".into()],
             token: Some("t".into()),
             tls: Default::default(),
         }
