@@ -447,4 +447,97 @@ mod http {
         assert_eq!(r.stdout_tail, "applied\n");
         assert_eq!(server.waits.lock().unwrap()[0], 200, "wait_ms is passed on");
     }
+
+    /// A server that hands out `queue` once, then answers every result with 503 naming
+    /// `leader` (a follower that lost its leader), as a server on its way out would.
+    async fn follower_then_gone(
+        queue: Vec<PendingAction>,
+        leader: String,
+        results_seen: Arc<Mutex<u32>>,
+    ) -> String {
+        let queue = Arc::new(Mutex::new(queue));
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/agent/actions",
+                axum::routing::get(move || {
+                    let queue = queue.clone();
+                    async move {
+                        let actions = std::mem::take(&mut *queue.lock().unwrap());
+                        Json(ActionsResponse { actions })
+                    }
+                }),
+            )
+            .route(
+                "/api/v1/agent/actions/{id}/result",
+                axum::routing::post(move || {
+                    let (seen, leader) = (results_seen.clone(), leader.clone());
+                    async move {
+                        *seen.lock().unwrap() += 1;
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            [("x-bellwether-leader", leader)],
+                            "no leader",
+                        )
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+
+    /// The result of an action taken from one server goes to the next when the first cannot
+    /// take it; the action runs once and its result is stored once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_result_fails_over_and_nothing_runs_or_reports_twice() {
+        let h = host();
+        let second = Arc::new(Server::default());
+        let app = axum::Router::new()
+            .route("/api/v1/agent/actions", axum::routing::get(actions))
+            .route(
+                "/api/v1/agent/actions/{id}/result",
+                axum::routing::post(result),
+            )
+            .with_state(second.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let second_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let refused = Arc::new(Mutex::new(0));
+        let first_url =
+            follower_then_gone(vec![version(5, "2")], second_url.clone(), refused.clone()).await;
+
+        let transport = crate::HttpTransport::new(
+            &format!("{first_url},{second_url}"),
+            "enrol",
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let ex = Executor::new(h.root.clone(), &h.state, &[], None).unwrap();
+        let (_tx, rx) = watch::channel(Some("agent-token".to_string()));
+        let settings = ActionSettings {
+            wait: Duration::from_millis(100),
+            backoff: BackoffPolicy::default(),
+        };
+        let lp = ActionLoop::new(
+            settings,
+            transport,
+            ex,
+            Journal::open(&h.state).unwrap(),
+            rx,
+        );
+        let stop = second.clone();
+        let stats = lp.run(async move { stop.got.notified().await }).await;
+        assert_eq!(stats.ran, 1);
+        assert_eq!(version_file(&h), "2\n");
+        assert_eq!(
+            *refused.lock().unwrap(),
+            1,
+            "the first server was asked once"
+        );
+        let results = second.results.lock().unwrap();
+        assert_eq!(results.len(), 1, "{results:?}");
+        assert_eq!(results[0].0, uid(5));
+        assert!(results[0].1.is_ok());
+    }
 }
