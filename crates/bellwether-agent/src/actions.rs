@@ -8,8 +8,8 @@
 //!
 //! - a server that re-sends an action the agent already ran (after a restart from its store)
 //!   gets the stored result again, and nothing runs twice;
-//! - an id the journal holds for a different spec is refused (reported failed, naming both
-//!   specs), never answered from the journal and never run;
+//! - an id the journal holds for a different spec is refused (reported with a `refused`
+//!   outcome naming both specs), never answered from the journal and never run;
 //! - an agent that died while an action ran finds it *started* but unfinished after a restart,
 //!   and reports it failed ("the agent stopped while the action ran") rather than run it again;
 //! - a result the server did not acknowledge stays *unreported* and is sent again before the
