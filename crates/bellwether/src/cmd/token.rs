@@ -425,6 +425,43 @@ mod tests {
         .unwrap_err();
         assert_eq!(crate::cmd::exit_code_for(&err), 2);
         assert!(err.to_string().contains("http://"), "{err}");
+        // Several addresses: repeated and comma-separated; a stray comma is named.
+        let args = |server: Vec<&str>| ClientArgs {
+            server: server.into_iter().map(str::to_owned).collect(),
+            token: Some("t".into()),
+            tls: Default::default(),
+        };
+        let c = args(vec!["http://a:1,http://b:2", "http://c:3"])
+            .client()
+            .unwrap();
+        assert_eq!(
+            c.servers().urls(),
+            ["http://a:1", "http://b:2", "http://c:3"]
+        );
+        let err = args(vec!["http://a:1,"]).client().unwrap_err();
+        assert_eq!(crate::cmd::exit_code_for(&err), 2);
+        assert!(
+            err.to_string()
+                .starts_with("--server: server address 2 in \"http://a:1,\" is empty"),
+            "{err}"
+        );
+        // Every address down: exit 3, naming them.
+        let err = client_error(
+            rt.block_on(
+                args(vec!["http://127.0.0.1:1,http://127.0.0.1:2"])
+                    .client()
+                    .unwrap()
+                    .with_failover_budget(std::time::Duration::from_millis(300))
+                    .hosts(),
+            )
+            .unwrap_err(),
+        );
+        assert_eq!(crate::cmd::exit_code_for(&err), 3);
+        assert!(
+            err.to_string().contains("http://127.0.0.1:1")
+                && err.to_string().contains("http://127.0.0.1:2"),
+            "{err}"
+        );
     }
 
     #[test]
