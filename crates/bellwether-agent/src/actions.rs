@@ -8,8 +8,8 @@
 //!
 //! - a server that re-sends an action the agent already ran (after a restart from its store)
 //!   gets the stored result again, and nothing runs twice;
-//! - an id the journal holds for a different spec is refused (reported failed, naming both
-//!   specs), never answered from the journal and never run;
+//! - an id the journal holds for a different spec is refused (reported with a `refused`
+//!   outcome naming both specs), never answered from the journal and never run;
 //! - an agent that died while an action ran finds it *started* but unfinished after a restart,
 //!   and reports it failed ("the agent stopped while the action ran") rather than run it again;
 //! - a result the server did not acknowledge stays *unreported* and is sent again before the
@@ -23,6 +23,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bellwether_model::wire::ActionOutcome;
 use bellwether_model::ActionSpec;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -32,22 +33,8 @@ use crate::backoff::{Backoff, BackoffPolicy};
 use crate::exec::{now_ms, write_atomic, ActionReport, Executor};
 use crate::transport::SendError;
 
-/// One action as the server sends it (`GET /api/v1/agent/actions`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PendingAction {
-    /// The server's wire id: 128 random bits as 32 hex characters.
-    pub id: String,
-    #[serde(default)]
-    pub rollout: String,
-    #[serde(default)]
-    pub kind: String,
-    pub spec: ActionSpec,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ActionsResponse {
-    pub actions: Vec<PendingAction>,
-}
+/// One action as the server sends it (`GET /api/v1/agent/actions`): the wire type.
+pub use bellwether_model::wire::{ActionsResponse, AgentAction as PendingAction};
 
 /// The two calls of the action loop.
 pub trait ActionTransport {
@@ -96,15 +83,19 @@ pub enum JournalError {
         path: String,
         source: std::io::Error,
     },
-    #[error("the action journal {path} has format version {version}; this agent reads version 2")]
+    #[error(
+        "the action journal {path} has format version {version}; this agent reads versions 2 and 3"
+    )]
     Version { path: String, version: u32 },
 }
 
 /// The most entries kept; past it the oldest reported entries are forgotten.
 pub const JOURNAL_CAP: usize = 10_000;
 
-/// The journal's format version, in its `version` field.
-pub const JOURNAL_VERSION: u32 = 2;
+/// The journal's format version, in its `version` field. Version 3 writes results with a typed
+/// outcome; a version 2 journal (results of the older flat form) is read as it is, and written
+/// back as version 3.
+pub const JOURNAL_VERSION: u32 = 3;
 
 /// The file: a version, then id → entry.
 #[derive(Debug, Serialize, Deserialize)]
@@ -145,7 +136,7 @@ impl Journal {
         let shown = path.display().to_string();
         let mut entries: BTreeMap<String, Entry> = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<JournalFile>(&bytes) {
-                Ok(f) if f.version == JOURNAL_VERSION => f.entries,
+                Ok(f) if f.version == JOURNAL_VERSION || f.version == 2 => f.entries,
                 Ok(f) => {
                     return Err(JournalError::Version {
                         path: shown,
@@ -187,16 +178,14 @@ impl Journal {
         for (id, e) in entries.iter_mut().filter(|(_, e)| e.report.is_none()) {
             warn!(action = id, spec = %e.describe, "The agent stopped while this action ran; reporting it failed, not running it again.");
             let now = now_ms();
-            e.report = Some(ActionReport {
-                ok: false,
-                exit_code: None,
-                error: Some("the agent stopped while the action ran; it was not run again".into()),
-                stdout_tail: String::new(),
-                stderr_tail: String::new(),
-                started_ms: now,
-                finished_ms: now,
-                output: None,
-            });
+            e.report = Some(ActionReport::new(
+                ActionOutcome::Failed {
+                    exit_code: None,
+                    error: "the agent stopped while the action ran; it was not run again".into(),
+                },
+                now,
+                now,
+            ));
             e.reported = false;
             changed = true;
         }
@@ -453,16 +442,8 @@ impl<T: ActionTransport> ActionLoop<T> {
                     );
                     error!(action = %a.id, error = %error, "Refused an action whose id the journal holds for another action.");
                     let now = now_ms();
-                    let report = ActionReport {
-                        ok: false,
-                        exit_code: None,
-                        error: Some(error),
-                        stdout_tail: String::new(),
-                        stderr_tail: String::new(),
-                        started_ms: now,
-                        finished_ms: now,
-                        output: None,
-                    };
+                    let report =
+                        ActionReport::new(ActionOutcome::Refused { reason: error }, now, now);
                     self.transport.report_action(token, &a.id, &report).await?;
                     continue;
                 }
@@ -471,25 +452,16 @@ impl<T: ActionTransport> ActionLoop<T> {
                 // Without the journal the action could run twice: refuse it.
                 error!(action = %a.id, error = %e, "Could not record the action; not running it.");
                 let now = now_ms();
-                let report = ActionReport {
-                    ok: false,
-                    exit_code: None,
-                    error: Some(format!(
-                        "the agent could not record the action before running it: {e}"
-                    )),
-                    stdout_tail: String::new(),
-                    stderr_tail: String::new(),
-                    started_ms: now,
-                    finished_ms: now,
-                    output: None,
-                };
+                let reason =
+                    format!("the agent could not record the action before running it: {e}");
+                let report = ActionReport::new(ActionOutcome::Refused { reason }, now, now);
                 self.transport.report_action(token, &a.id, &report).await?;
                 continue;
             }
             info!(action = %a.id, rollout = %a.rollout, kind = %a.kind, spec = %a.spec.describe(), "Running an action.");
             let report = self.executor.run(&a.spec).await;
             self.stats.ran += 1;
-            if report.ok {
+            if report.is_ok() {
                 info!(
                     action = %a.id,
                     ms = report.finished_ms - report.started_ms,
@@ -498,8 +470,8 @@ impl<T: ActionTransport> ActionLoop<T> {
             } else {
                 warn!(
                     action = %a.id,
-                    error = report.error.as_deref().unwrap_or(""),
-                    "The action failed."
+                    outcome = %report.outcome,
+                    "The action did not succeed."
                 );
             }
             if let Err(e) = self.journal.finish(&a.id, report) {

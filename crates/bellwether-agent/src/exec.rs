@@ -39,8 +39,8 @@ use std::time::Duration;
 
 use bellwether_drift::inroot::InRoot;
 use bellwether_model::action::check_relative_path;
+use bellwether_model::wire::ActionOutcome;
 use bellwether_model::ActionSpec;
-use serde::{Deserialize, Serialize};
 
 /// The most bytes of stdout and of stderr kept in a result.
 pub const TAIL_BYTES: usize = 4096;
@@ -50,32 +50,9 @@ pub const VERSION_FILE: &str = "etc/websvc/version";
 /// The dpkg database, relative to the rootfs.
 pub const DPKG_STATUS: &str = "var/lib/dpkg/status";
 
-/// How an action ended, as the agent reports it (`POST /api/v1/agent/actions/{id}/result`).
-/// A timed-out action has `ok: false`, no exit code, and an error starting with `timed out`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ActionReport {
-    pub ok: bool,
-    pub exit_code: Option<i32>,
-    pub error: Option<String>,
-    pub stdout_tail: String,
-    pub stderr_tail: String,
-    pub started_ms: i64,
-    pub finished_ms: i64,
-    /// A built-in's structured output (the process built-ins'); `None` for the others.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<serde_json::Value>,
-}
-
-impl ActionReport {
-    pub fn timed_out(&self) -> bool {
-        !self.ok
-            && self.exit_code.is_none()
-            && self
-                .error
-                .as_deref()
-                .is_some_and(|e| e.starts_with("timed out"))
-    }
-}
+/// How an action ended, as the agent reports it (`POST /api/v1/agent/actions/{id}/result`):
+/// the one wire type, with a typed [`ActionOutcome`].
+pub type ActionReport = bellwether_model::wire::ActionResult;
 
 /// Where the built-ins act and where the agent keeps its snapshots.
 #[derive(Debug, Clone)]
@@ -333,10 +310,7 @@ impl Executor {
         let started_ms = now_ms();
         let timeout = Duration::from_millis(spec.timeout_ms());
         if let Err(reason) = self.allow.check(spec) {
-            let mut report = done(false, None, Some(reason));
-            report.started_ms = started_ms;
-            report.finished_ms = now_ms().max(started_ms);
-            return report;
+            return ActionReport::new(ActionOutcome::Refused { reason }, started_ms, now_ms());
         }
         let mut report = match spec {
             ActionSpec::Argv { argv, .. } => self.run_argv(argv, timeout).await,
@@ -347,16 +321,14 @@ impl Executor {
                 let work = self.run_process_builtin(spec, timeout);
                 match tokio::time::timeout(timeout + Duration::from_secs(1), work).await {
                     Ok(Ok(output)) => {
-                        let mut r = done(true, None, None);
+                        let mut r = done(ActionOutcome::Ok);
                         r.output = Some(output);
                         r
                     }
-                    Ok(Err(e)) => done(false, None, Some(e)),
-                    Err(_) => done(
-                        false,
-                        None,
-                        Some(format!("timed out after {} ms", timeout.as_millis())),
-                    ),
+                    Ok(Err(e)) => done(failed(e)),
+                    Err(_) => done(ActionOutcome::TimedOut {
+                        after_ms: timeout.as_millis() as u64,
+                    }),
                 }
             }
             builtin => {
@@ -364,14 +336,12 @@ impl Executor {
                 let spec = builtin.clone();
                 let job = tokio::task::spawn_blocking(move || this.run_builtin(&spec));
                 match tokio::time::timeout(timeout, job).await {
-                    Ok(Ok(Ok(()))) => done(true, None, None),
-                    Ok(Ok(Err(e))) => done(false, None, Some(e)),
-                    Ok(Err(e)) => done(false, None, Some(format!("the built-in panicked: {e}"))),
-                    Err(_) => done(
-                        false,
-                        None,
-                        Some(format!("timed out after {} ms", timeout.as_millis())),
-                    ),
+                    Ok(Ok(Ok(()))) => done(ActionOutcome::Ok),
+                    Ok(Ok(Err(e))) => done(failed(e)),
+                    Ok(Err(e)) => done(failed(format!("the built-in panicked: {e}"))),
+                    Err(_) => done(ActionOutcome::TimedOut {
+                        after_ms: timeout.as_millis() as u64,
+                    }),
                 }
             }
         };
@@ -390,48 +360,33 @@ impl Executor {
             .kill_on_drop(true);
         let child = match cmd.spawn() {
             Ok(c) => c,
-            Err(e) => {
-                return done(
-                    false,
-                    None,
-                    Some(format!("could not start {:?}: {e}", argv[0])),
-                )
-            }
+            Err(e) => return done(failed(format!("could not start {:?}: {e}", argv[0]))),
         };
         // Dropping the wait on timeout drops the child, which kills it (kill_on_drop).
         match tokio::time::timeout(timeout, child.wait_with_output()).await {
             Ok(Ok(out)) => {
                 let code = out.status.code();
-                let ok = out.status.success();
-                let error = (!ok).then(|| match code {
-                    Some(c) => format!("{:?} exited with status {c}", argv[0]),
-                    None => format!("{:?} was killed by a signal", argv[0]),
-                });
-                ActionReport {
-                    ok,
-                    exit_code: code,
-                    error,
-                    stdout_tail: tail(&out.stdout),
-                    stderr_tail: tail(&out.stderr),
-                    started_ms: 0,
-                    finished_ms: 0,
-                    output: None,
-                }
+                let outcome = if out.status.success() {
+                    ActionOutcome::Ok
+                } else {
+                    ActionOutcome::Failed {
+                        exit_code: code,
+                        error: match code {
+                            Some(c) => format!("{:?} exited with status {c}", argv[0]),
+                            None => format!("{:?} was killed by a signal", argv[0]),
+                        },
+                    }
+                };
+                let mut report = done(outcome);
+                report.stdout_tail = tail(&out.stdout);
+                report.stderr_tail = tail(&out.stderr);
+                report
             }
-            Ok(Err(e)) => done(
-                false,
-                None,
-                Some(format!("could not wait for {:?}: {e}", argv[0])),
-            ),
-            Err(_) => done(
-                false,
-                None,
-                Some(format!(
-                    "timed out after {} ms; {:?} was killed",
-                    timeout.as_millis(),
-                    argv[0]
-                )),
-            ),
+            Ok(Err(e)) => done(failed(format!("could not wait for {:?}: {e}", argv[0]))),
+            // The program was killed when the wait was dropped (kill_on_drop).
+            Err(_) => done(ActionOutcome::TimedOut {
+                after_ms: timeout.as_millis() as u64,
+            }),
         }
     }
 
@@ -601,16 +556,16 @@ impl Executor {
     }
 }
 
-fn done(ok: bool, exit_code: Option<i32>, error: Option<String>) -> ActionReport {
-    ActionReport {
-        ok,
-        exit_code,
+/// A report of `outcome`; `run` fills in the timing.
+fn done(outcome: ActionOutcome) -> ActionReport {
+    ActionReport::new(outcome, 0, 0)
+}
+
+/// A failure without an exit code (a built-in, or a program that did not run to its end).
+fn failed(error: String) -> ActionOutcome {
+    ActionOutcome::Failed {
+        exit_code: None,
         error,
-        stdout_tail: String::new(),
-        stderr_tail: String::new(),
-        started_ms: 0,
-        finished_ms: 0,
-        output: None,
     }
 }
 

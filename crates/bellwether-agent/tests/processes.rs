@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bellwether_agent::exec::{ActionReport, AllowList, Executor};
+use bellwether_model::wire::ActionOutcome;
 use bellwether_model::ActionSpec;
 
 fn executor(dir: &Path) -> Executor {
@@ -28,8 +29,17 @@ fn alive(pid: u64) -> bool {
         .is_some_and(|zombie| !zombie)
 }
 
+/// The error or refusal reason of an outcome that is neither ok nor timed out.
+fn error(r: &ActionReport) -> Option<&str> {
+    match &r.outcome {
+        ActionOutcome::Failed { error, .. } => Some(error),
+        ActionOutcome::Refused { reason } => Some(reason),
+        _ => None,
+    }
+}
+
 fn output(r: &ActionReport) -> &serde_json::Value {
-    assert!(r.ok, "{r:?}");
+    assert!(r.is_ok(), "{r:?}");
     r.output.as_ref().expect("a process built-in has an output")
 }
 
@@ -186,8 +196,8 @@ async fn refusals_are_reported_failed_and_nothing_runs() {
                 timeout_ms: None,
             })
             .await;
-        assert!(!r.ok && r.output.is_none(), "{r:?}");
-        assert!(r.error.as_deref().unwrap().starts_with(why), "{r:?}");
+        assert!(!r.is_ok() && r.output.is_none(), "{r:?}");
+        assert!(error(&r).unwrap().starts_with(why), "{r:?}");
     }
     let marker = dir.path().join("ran");
     let r = ex
@@ -198,7 +208,7 @@ async fn refusals_are_reported_failed_and_nothing_runs() {
         })
         .await;
     assert_eq!(
-        r.error.as_deref(),
+        error(&r),
         Some("pidfile \"relative/x.pid\" is not usable: it is not absolute"),
         "{r:?}"
     );
@@ -209,7 +219,7 @@ async fn refusals_are_reported_failed_and_nothing_runs() {
             timeout_ms: None,
         })
         .await;
-    assert_eq!(r.error.as_deref(), Some("argv[1] contains a NUL byte"));
+    assert_eq!(error(&r), Some("argv[1] contains a NUL byte"));
     assert!(!marker.exists(), "a refused start ran");
     let r = ex
         .run(&ActionSpec::StopProcess {
@@ -220,8 +230,7 @@ async fn refusals_are_reported_failed_and_nothing_runs() {
         })
         .await;
     assert!(
-        r.error
-            .as_deref()
+        error(&r)
             .unwrap()
             .starts_with("cannot read pidfile "),
         "{r:?}"
@@ -257,9 +266,9 @@ async fn the_allow_list_names_the_process_builtins() {
             "argv": ["touch", marker],
         })))
         .await;
-    assert!(!r.ok, "{r:?}");
+    assert!(!r.is_ok(), "{r:?}");
     assert_eq!(
-        r.error.as_deref(),
+        error(&r),
         Some("refused by this agent's --allow-action list: built-in start_process matches none of sample_processes")
     );
     assert!(!marker.exists());
@@ -316,15 +325,15 @@ async fn a_resent_start_process_is_answered_from_the_journal_and_starts_nothing(
     let ex = executor(dir.path());
     let counter = dir.path().join("starts");
     // Each start appends a line, so a second start would show.
-    let action = PendingAction {
-        id: format!("{:032x}", 7),
-        rollout: String::new(),
-        kind: "apply".into(),
-        spec: spec(serde_json::json!({
+    let action = PendingAction::new(
+        format!("{:032x}", 7),
+        String::new(),
+        "apply",
+        spec(serde_json::json!({
             "builtin": "start_process",
             "argv": ["sh", "-c", format!("echo x >> {}; exec sleep 600", counter.display())],
         })),
-    };
+    );
     let fake = Scripted::default();
     {
         let mut s = fake.0.lock().unwrap();

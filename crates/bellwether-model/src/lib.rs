@@ -12,6 +12,7 @@ pub mod ids;
 pub mod profile;
 pub mod sample;
 pub mod text;
+pub mod wire;
 
 pub use action::{ActionSpec, ActionSpecError};
 pub use drift::{DriftCategory, DriftScore, Finding};

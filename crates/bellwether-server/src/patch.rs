@@ -483,9 +483,18 @@ impl PatchTask {
 
     /// An agent's result: a process sample, or the awaited start or stop.
     fn on_result(&mut self, step: &mut Step<Effect>, a: &ActionRecord, now: i64) {
-        let result = a.result.clone().unwrap_or(Value::Null);
-        let output = result.get("output").cloned().unwrap_or(Value::Null);
-        let ok = result["ok"].as_bool() == Some(true);
+        // The one wire type reads both the typed outcome and the older flat form.
+        let result = a
+            .result
+            .as_ref()
+            .map(|v| bellwether_model::wire::ActionResult::deserialize(v).map_err(|e| e.to_string()))
+            .unwrap_or_else(|| Err("no result was stored".to_owned()));
+        let output = result
+            .as_ref()
+            .ok()
+            .and_then(|r| r.output.clone())
+            .unwrap_or(Value::Null);
+        let ok = result.as_ref().is_ok_and(|r| r.is_ok());
         if self.st.sample_action == Some(a.action_id) {
             self.st.sample_action = None;
             if ok {
@@ -509,8 +518,13 @@ impl PatchTask {
             _ => json!({}),
         };
         if !ok {
-            detail["error"] = result["error"].clone();
-            detail["stderr_tail"] = result["stderr_tail"].clone();
+            match &result {
+                Ok(r) => {
+                    detail["error"] = json!(r.error_text());
+                    detail["stderr_tail"] = json!(r.stderr_tail);
+                }
+                Err(e) => detail["error"] = json!(format!("the stored result could not be read: {e}")),
+            }
         }
         if ok && w.action == Action::StartPatched {
             match output["pid"].as_u64().and_then(|p| u32::try_from(p).ok()) {

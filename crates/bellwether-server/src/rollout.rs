@@ -35,6 +35,7 @@ use bellwether_engine::rollout::{
     ActionResult, Decision, HostInput, HostState, Observation, OperatorCommand, Rollout,
     RolloutReport, RolloutStatus,
 };
+use bellwether_model::wire::{ActionOutcome, ActionResult as AgentResult};
 use bellwether_model::{HostName, HostProfile, MetricSample};
 use bellwether_store::{
     ActionFinish, ActionRecord, NewEvent, NewOutcome, NewTask, OutcomeSource, TaskRecord,
@@ -142,18 +143,17 @@ fn attributes(p: Option<&HostProfile>) -> BTreeMap<String, String> {
 
 /// The engine's result of an action from the agent's stored report.
 fn action_result(report: &Value) -> ActionResult {
-    let ok = report["ok"].as_bool().unwrap_or(false);
-    let error = report["error"].as_str().map(str::to_string);
-    if ok {
-        ActionResult::Ok
-    } else if report["exit_code"].is_null()
-        && error.as_deref().is_some_and(|e| e.starts_with("timed out"))
-    {
-        ActionResult::TimedOut
-    } else {
-        ActionResult::Failed {
-            error: error.unwrap_or_else(|| format!("exit code {}", report["exit_code"])),
-        }
+    // The one wire type reads both the typed outcome and the older flat form.
+    match AgentResult::deserialize(report) {
+        Ok(r) => match r.outcome {
+            ActionOutcome::Ok => ActionResult::Ok,
+            ActionOutcome::TimedOut { .. } => ActionResult::TimedOut,
+            ActionOutcome::Failed { error, .. } => ActionResult::Failed { error },
+            ActionOutcome::Refused { reason } => ActionResult::Failed { error: reason },
+        },
+        Err(e) => ActionResult::Failed {
+            error: format!("the stored result of the action could not be read: {e}"),
+        },
     }
 }
 
@@ -663,18 +663,8 @@ struct ActionsQuery {
     wait_ms: Option<u64>,
 }
 
-/// One action for an agent. `id` is the action's wire id: 128 random bits as 32 lower-case hex
-/// characters, unique across stores and time, so an agent's journal never mistakes a new
-/// action for one it ran before.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AgentAction {
-    pub id: String,
-    /// The task that dispatched it, of any kind (a rollout's or a patch's id); named
-    /// `rollout` on the wire, which agents read.
-    pub rollout: String,
-    pub kind: String,
-    pub spec: Value,
-}
+/// One action for an agent: the one wire type, shared with the agent.
+pub use bellwether_model::wire::AgentAction;
 
 async fn agent_actions(
     State(state): State<AppState>,
@@ -697,11 +687,14 @@ async fn agent_actions(
         if !open.is_empty() || tokio::time::Instant::now() >= deadline {
             let actions: Vec<AgentAction> = open
                 .into_iter()
-                .map(|a| AgentAction {
-                    id: a.uid,
-                    rollout: a.task_id,
-                    kind: a.kind,
-                    spec: a.spec,
+                .filter_map(|a| match serde_json::from_value(a.spec) {
+                    Ok(spec) => Some(AgentAction::new(a.uid, a.task_id, a.kind, spec)),
+                    Err(e) => {
+                        // Written by this type, so only a downgrade gets here; the action
+                        // then times out in its engine rather than block the host's others.
+                        tracing::error!(action = %a.uid, error = %e, "A stored action spec cannot be read; not sending it.");
+                        None
+                    }
                 })
                 .collect();
             return Ok(Json(json!({ "actions": actions })));
@@ -710,25 +703,9 @@ async fn agent_actions(
     }
 }
 
-/// `POST /api/v1/agent/actions/{id}/result`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ActionResultBody {
-    pub ok: bool,
-    #[serde(default)]
-    pub exit_code: Option<i32>,
-    #[serde(default)]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub stdout_tail: String,
-    #[serde(default)]
-    pub stderr_tail: String,
-    pub started_ms: i64,
-    pub finished_ms: i64,
-    /// A built-in's structured output (`start_process`'s pid, `sample_processes`' figures).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<Value>,
-}
+/// `POST /api/v1/agent/actions/{id}/result`: the one wire type, shared with the agent. It
+/// reads the typed outcome and the older flat form; it is stored in the typed form.
+pub use bellwether_model::wire::ActionResult as ActionResultBody;
 
 async fn agent_result(
     State(state): State<AppState>,
@@ -736,7 +713,7 @@ async fn agent_result(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ActionResultBody>,
 ) -> Result<StatusCode, ApiError> {
-    if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if !bellwether_model::wire::is_action_id(&id) {
         return Err(ApiError::bad_request(format!(
             "action id {id:?} is not an action id (32 lower-case hex characters)"
         )));
@@ -752,7 +729,7 @@ async fn agent_result(
         )));
     };
     if let ActionFinish::Stored(rec) = done {
-        tracing::info!(host = %host, action = id, task = %rec.task_id, ok = body.ok, "Stored an action result.");
+        tracing::info!(host = %host, action = id, task = %rec.task_id, outcome = body.outcome.status(), "Stored an action result.");
         state.tasks.result_stored(&rec.task_id);
     }
     Ok(StatusCode::NO_CONTENT)

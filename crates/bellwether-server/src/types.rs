@@ -1,40 +1,15 @@
 //! The JSON bodies of the API, shared with the `bellwether` CLI so that both sides agree on
-//! one shape. API.md in the repository's docs is the contract they implement.
+//! one shape. API.md in the repository's docs is the contract they implement. The bodies an
+//! agent sends and receives live in [`bellwether_model::wire`], shared with the agent.
 
 use std::collections::BTreeMap;
 
-use bellwether_model::{DriftScore, HostName, HostProfile, MetricSample};
+use bellwether_model::{DriftScore, HostName, HostProfile};
 use serde::{Deserialize, Serialize};
 
-/// `POST /api/v1/enrol`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnrolRequest {
-    pub name: HostName,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EnrolResponse {
-    pub host: HostName,
-    pub agent_token: String,
-}
-
-/// `POST /api/v1/agent/samples`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SamplesRequest {
-    pub samples: Vec<MetricSample>,
-    /// Samples the agent dropped while the server was away, since its last successful send.
-    #[serde(default)]
-    pub dropped: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SamplesResponse {
-    pub accepted: u64,
-}
+/// The agent's bodies (enrolment, samples) are the one definition in
+/// [`bellwether_model::wire`], shared with the agent.
+pub use bellwether_model::wire::{EnrolRequest, EnrolResponse, SamplesRequest, SamplesResponse};
 
 /// One row of `GET /api/v1/hosts`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,30 @@ use std::rc::Rc;
 
 use super::*;
 
+/// The parts of a report the tests look at.
+trait ReportView {
+    fn error(&self) -> Option<&str>;
+    fn exit_code(&self) -> Option<i32>;
+}
+
+impl ReportView for ActionReport {
+    fn error(&self) -> Option<&str> {
+        match &self.outcome {
+            ActionOutcome::Failed { error, .. } => Some(error),
+            ActionOutcome::Refused { reason } => Some(reason),
+            ActionOutcome::Ok | ActionOutcome::TimedOut { .. } => None,
+        }
+    }
+
+    fn exit_code(&self) -> Option<i32> {
+        match &self.outcome {
+            ActionOutcome::Ok => Some(0),
+            ActionOutcome::Failed { exit_code, .. } => *exit_code,
+            _ => None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Fake {
     /// Batches handed out by successive polls; an empty poll waits `wait`.
@@ -57,15 +81,15 @@ fn uid(n: u64) -> String {
 }
 
 fn version(id: u64, v: &str) -> PendingAction {
-    PendingAction {
-        id: uid(id),
-        rollout: "r-1".into(),
-        kind: "apply".into(),
-        spec: ActionSpec::SetServiceVersion {
+    PendingAction::new(
+        uid(id),
+        "r-1",
+        "apply",
+        ActionSpec::SetServiceVersion {
             version: v.into(),
             timeout_ms: None,
         },
-    }
+    )
 }
 
 struct Host {
@@ -113,7 +137,7 @@ async fn each_action_runs_once_and_a_resent_one_gets_its_stored_result() {
     let reports = &t.0.borrow().reports;
     assert_eq!(reports.len(), 2, "the re-sent action is answered again");
     assert_eq!(reports[0], reports[1], "with the same stored result");
-    assert!(reports[0].1.ok);
+    assert!(reports[0].1.is_ok());
 }
 
 #[tokio::test(start_paused = true)]
@@ -154,7 +178,7 @@ async fn an_action_interrupted_by_an_agent_stop_is_reported_failed_not_rerun() {
     let reports = &t.0.borrow().reports;
     assert_eq!(reports[0].0, uid(3));
     assert_eq!(
-        reports[0].1.error.as_deref(),
+        reports[0].1.error(),
         Some("the agent stopped while the action ran; it was not run again")
     );
 }
@@ -221,8 +245,11 @@ async fn an_id_reused_for_another_action_is_refused_never_answered_from_the_jour
     assert_eq!(version_file(&h), "2\n", "nothing ran");
     let reports = &t.0.borrow().reports;
     assert_eq!(reports.len(), 1, "{reports:?}");
-    assert!(!reports[0].1.ok, "never the stored success: {reports:?}");
-    let error = reports[0].1.error.as_deref().unwrap();
+    assert!(
+        !reports[0].1.is_ok(),
+        "never the stored success: {reports:?}"
+    );
+    let error = reports[0].1.error().unwrap();
     assert!(
         error.contains("already used on this host for a different action (set_service_version 2)")
             && error.contains("refusing set_service_version 3"),
@@ -231,7 +258,7 @@ async fn an_id_reused_for_another_action_is_refused_never_answered_from_the_jour
     // The journal still answers the original action with its own result.
     let j = Journal::open(&h.state).unwrap();
     assert!(
-        matches!(j.lookup(&uid(1), &version(1, "2").spec), Lookup::Same(e) if e.report.as_ref().is_some_and(|r| r.ok))
+        matches!(j.lookup(&uid(1), &version(1, "2").spec), Lookup::Same(e) if e.report.as_ref().is_some_and(|r| r.is_ok()))
     );
 }
 
@@ -257,6 +284,47 @@ fn an_old_format_journal_is_moved_aside_with_a_warning_not_matched() {
     .unwrap();
     let err = Journal::open(&h.state).unwrap_err().to_string();
     assert!(err.contains("actions.json has format version 9"), "{err}");
+}
+
+/// A journal written before the typed outcome (version 2, results in the flat form) is read
+/// as it is: its results keep their meaning, and an unreported one is sent in the typed form.
+#[tokio::test(start_paused = true)]
+async fn a_version_2_journal_keeps_its_results() {
+    let h = host();
+    std::fs::create_dir_all(&h.state).unwrap();
+    let v2 = format!(
+        r#"{{"version":2,"entries":{{
+        "{a}":{{"seq":0,"spec":{{"builtin":"set_service_version","version":"2"}},"describe":"set_service_version 2",
+               "report":{{"ok":true,"exit_code":null,"error":null,"stdout_tail":"","stderr_tail":"","started_ms":1,"finished_ms":2}},"reported":true}},
+        "{b}":{{"seq":1,"spec":{{"argv":["sleep","9"],"timeout_ms":100}},"describe":"argv [sleep 9]",
+               "report":{{"ok":false,"exit_code":null,"error":"timed out after 100 ms; \"sleep\" was killed","stdout_tail":"","stderr_tail":"","started_ms":1,"finished_ms":102}},"reported":false}}}}}}"#,
+        a = uid(1),
+        b = uid(2)
+    );
+    std::fs::write(h.state.join("actions.json"), v2).unwrap();
+    let j = Journal::open(&h.state).unwrap();
+    assert_eq!(j.len(), 2);
+    assert!(j.get(&uid(1)).unwrap().report.as_ref().unwrap().is_ok());
+    let t = FakeTransport::default();
+    // The server re-sends action 1: answered from the journal, never run.
+    t.0.borrow_mut().batches = VecDeque::from([vec![version(1, "2")]]);
+    let stats = run_for(&h, &t, 10).await;
+    assert_eq!((stats.ran, stats.replayed), (0, 1));
+    assert!(!h.root.join(crate::exec::VERSION_FILE).exists());
+    let reports = &t.0.borrow().reports;
+    assert_eq!(reports[0].0, uid(2));
+    assert_eq!(
+        reports[0].1.outcome,
+        ActionOutcome::TimedOut { after_ms: 100 }
+    );
+    assert_eq!(reports[1].0, uid(1));
+    assert!(reports[1].1.is_ok());
+    let text = std::fs::read_to_string(h.state.join("actions.json")).unwrap();
+    assert!(text.starts_with(r#"{"version":3,"#), "{text}");
+    assert!(
+        text.contains(r#""outcome":{"status":"timed_out","after_ms":100}"#),
+        "{text}"
+    );
 }
 
 #[test]
@@ -332,15 +400,15 @@ mod http {
     async fn http_transport_polls_runs_and_reports() {
         let h = host();
         let server = Arc::new(Server::default());
-        server.queue.lock().unwrap().push(PendingAction {
-            id: uid(41),
-            rollout: "r-1".into(),
-            kind: "apply".into(),
-            spec: ActionSpec::Argv {
+        server.queue.lock().unwrap().push(PendingAction::new(
+            uid(41),
+            "r-1",
+            "apply",
+            ActionSpec::Argv {
                 argv: vec!["echo".into(), "applied".into()],
                 timeout_ms: 5_000,
             },
-        });
+        ));
         let app = axum::Router::new()
             .route("/api/v1/agent/actions", axum::routing::get(actions))
             .route(
@@ -375,8 +443,101 @@ mod http {
         assert_eq!(results.len(), 1);
         let (id, r) = &results[0];
         assert_eq!(*id, uid(41));
-        assert!(r.ok && r.exit_code == Some(0), "{r:?}");
+        assert!(r.is_ok() && r.exit_code() == Some(0), "{r:?}");
         assert_eq!(r.stdout_tail, "applied\n");
         assert_eq!(server.waits.lock().unwrap()[0], 200, "wait_ms is passed on");
+    }
+
+    /// A server that hands out `queue` once, then answers every result with 503 naming
+    /// `leader` (a follower that lost its leader), as a server on its way out would.
+    async fn follower_then_gone(
+        queue: Vec<PendingAction>,
+        leader: String,
+        results_seen: Arc<Mutex<u32>>,
+    ) -> String {
+        let queue = Arc::new(Mutex::new(queue));
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/agent/actions",
+                axum::routing::get(move || {
+                    let queue = queue.clone();
+                    async move {
+                        let actions = std::mem::take(&mut *queue.lock().unwrap());
+                        Json(ActionsResponse { actions })
+                    }
+                }),
+            )
+            .route(
+                "/api/v1/agent/actions/{id}/result",
+                axum::routing::post(move || {
+                    let (seen, leader) = (results_seen.clone(), leader.clone());
+                    async move {
+                        *seen.lock().unwrap() += 1;
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            [("x-bellwether-leader", leader)],
+                            "no leader",
+                        )
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+
+    /// The result of an action taken from one server goes to the next when the first cannot
+    /// take it; the action runs once and its result is stored once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_result_fails_over_and_nothing_runs_or_reports_twice() {
+        let h = host();
+        let second = Arc::new(Server::default());
+        let app = axum::Router::new()
+            .route("/api/v1/agent/actions", axum::routing::get(actions))
+            .route(
+                "/api/v1/agent/actions/{id}/result",
+                axum::routing::post(result),
+            )
+            .with_state(second.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let second_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let refused = Arc::new(Mutex::new(0));
+        let first_url =
+            follower_then_gone(vec![version(5, "2")], second_url.clone(), refused.clone()).await;
+
+        let transport = crate::HttpTransport::new(
+            &format!("{first_url},{second_url}"),
+            "enrol",
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let ex = Executor::new(h.root.clone(), &h.state, &[], None).unwrap();
+        let (_tx, rx) = watch::channel(Some("agent-token".to_string()));
+        let settings = ActionSettings {
+            wait: Duration::from_millis(100),
+            backoff: BackoffPolicy::default(),
+        };
+        let lp = ActionLoop::new(
+            settings,
+            transport,
+            ex,
+            Journal::open(&h.state).unwrap(),
+            rx,
+        );
+        let stop = second.clone();
+        let stats = lp.run(async move { stop.got.notified().await }).await;
+        assert_eq!(stats.ran, 1);
+        assert_eq!(version_file(&h), "2\n");
+        assert_eq!(
+            *refused.lock().unwrap(),
+            1,
+            "the first server was asked once"
+        );
+        let results = second.results.lock().unwrap();
+        assert_eq!(results.len(), 1, "{results:?}");
+        assert_eq!(results[0].0, uid(5));
+        assert!(results[0].1.is_ok());
     }
 }

@@ -2,6 +2,35 @@
 
 use super::*;
 
+/// The parts of a report the tests look at.
+trait ReportView {
+    fn error(&self) -> Option<&str>;
+    fn exit_code(&self) -> Option<i32>;
+    fn timed_out(&self) -> bool;
+}
+
+impl ReportView for ActionReport {
+    fn error(&self) -> Option<&str> {
+        match &self.outcome {
+            ActionOutcome::Failed { error, .. } => Some(error),
+            ActionOutcome::Refused { reason } => Some(reason),
+            ActionOutcome::Ok | ActionOutcome::TimedOut { .. } => None,
+        }
+    }
+
+    fn exit_code(&self) -> Option<i32> {
+        match &self.outcome {
+            ActionOutcome::Ok => Some(0),
+            ActionOutcome::Failed { exit_code, .. } => *exit_code,
+            _ => None,
+        }
+    }
+
+    fn timed_out(&self) -> bool {
+        matches!(self.outcome, ActionOutcome::TimedOut { .. })
+    }
+}
+
 struct Fixture {
     _dir: tempfile::TempDir,
     root: PathBuf,
@@ -39,8 +68,8 @@ async fn argv_runs_in_the_rootfs_and_keeps_the_output() {
     let f = fixture();
     let ex = Executor::new(f.root.clone(), &f.state, &[], None).unwrap();
     let r = ex.run(&argv(&["pwd"], 10_000)).await;
-    assert!(r.ok, "{r:?}");
-    assert_eq!(r.exit_code, Some(0));
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(r.exit_code(), Some(0));
     assert_eq!(
         r.stdout_tail.trim(),
         f.root.canonicalize().unwrap().display().to_string()
@@ -48,20 +77,16 @@ async fn argv_runs_in_the_rootfs_and_keeps_the_output() {
     assert!(r.finished_ms >= r.started_ms);
 
     let r = ex.run(&argv(&["ls", "no-such-file"], 10_000)).await;
-    assert!(!r.ok);
-    assert_eq!(r.exit_code, Some(2));
-    assert!(
-        r.error.as_deref().unwrap().contains("exited with status 2"),
-        "{r:?}"
-    );
+    assert!(!r.is_ok());
+    assert_eq!(r.exit_code(), Some(2));
+    assert!(r.error().unwrap().contains("exited with status 2"), "{r:?}");
     assert!(r.stderr_tail.contains("no-such-file"), "{r:?}");
     assert!(!r.timed_out());
 
     let r = ex.run(&argv(&["/nonexistent/program"], 10_000)).await;
-    assert!(!r.ok);
+    assert!(!r.is_ok());
     assert!(
-        r.error
-            .as_deref()
+        r.error()
             .unwrap()
             .starts_with("could not start \"/nonexistent/program\""),
         "{r:?}"
@@ -74,10 +99,10 @@ async fn argv_past_its_timeout_is_killed_and_reported_timed_out() {
     let ex = Executor::new(f.root.clone(), &f.state, &[], None).unwrap();
     let before = tokio::time::Instant::now();
     let r = ex.run(&argv(&["sleep", "600"], 250)).await;
-    assert!(r.timed_out(), "{r:?}");
     assert_eq!(
-        r.error.as_deref(),
-        Some("timed out after 250 ms; \"sleep\" was killed")
+        r.outcome,
+        ActionOutcome::TimedOut { after_ms: 250 },
+        "{r:?}"
     );
     assert_eq!(
         tokio::time::Instant::now() - before,
@@ -104,7 +129,7 @@ async fn set_service_version_writes_the_version_file() {
             timeout_ms: None,
         })
         .await;
-    assert!(r.ok, "{r:?}");
+    assert!(r.is_ok(), "{r:?}");
     assert_eq!(
         std::fs::read_to_string(f.root.join(VERSION_FILE)).unwrap(),
         "2\n"
@@ -125,7 +150,7 @@ async fn restore_file_brings_back_the_start_time_copy_even_after_a_restart() {
             timeout_ms: None,
         })
         .await;
-    assert!(r.ok, "{r:?}");
+    assert!(r.is_ok(), "{r:?}");
     assert_eq!(
         std::fs::read_to_string(f.root.join("etc/websvc.conf")).unwrap(),
         "workers = 4\n"
@@ -138,7 +163,7 @@ async fn restore_file_brings_back_the_start_time_copy_even_after_a_restart() {
         })
         .await;
     assert_eq!(
-        r.error.as_deref(),
+        r.error(),
         Some("etc/other.conf has no snapshot; start the agent with --protect etc/other.conf")
     );
 }
@@ -175,7 +200,7 @@ async fn reinstall_package_restores_its_dpkg_stanza_only() {
             timeout_ms: None,
         })
         .await;
-    assert!(r.ok, "{r:?}");
+    assert!(r.is_ok(), "{r:?}");
     assert_eq!(
         std::fs::read_to_string(f.root.join(DPKG_STATUS)).unwrap(),
         "Package: libssl1.1\nStatus: install ok installed\nVersion: 1.1.1n-0\n\nPackage: zlib1g\nStatus: install ok installed\nVersion: 1:1.2.14\n",
@@ -193,7 +218,7 @@ async fn reinstall_package_restores_its_dpkg_stanza_only() {
             timeout_ms: None,
         })
         .await;
-    assert!(r.ok, "{r:?}");
+    assert!(r.is_ok(), "{r:?}");
     let text = std::fs::read_to_string(f.root.join(DPKG_STATUS)).unwrap();
     assert!(
         text.contains("Package: libssl1.1\nStatus: install ok installed\nVersion: 1.1.1n-0"),
@@ -206,7 +231,7 @@ async fn reinstall_package_restores_its_dpkg_stanza_only() {
         })
         .await;
     assert_eq!(
-        r.error.as_deref(),
+        r.error(),
         Some("package nginx was not installed when the agent started")
     );
 }
@@ -226,7 +251,7 @@ async fn set_cgroup_writes_the_control_files() {
         timeout_ms: None,
     };
     let r = ex.run(&spec).await;
-    assert!(r.ok, "{r:?}");
+    assert!(r.is_ok(), "{r:?}");
     assert_eq!(
         std::fs::read_to_string(cg.join("cpu.max")).unwrap(),
         "50000 100000\n"
@@ -239,7 +264,7 @@ async fn set_cgroup_writes_the_control_files() {
     std::fs::remove_file(cg.join("memory.max")).unwrap();
     let r = ex.run(&spec).await;
     assert!(
-        r.error.as_deref().unwrap().ends_with(
+        r.error().unwrap().ends_with(
             "memory.max does not exist; is the memory controller enabled for this cgroup?"
         ),
         "{r:?}"
@@ -248,7 +273,7 @@ async fn set_cgroup_writes_the_control_files() {
     let no_cgroup = Executor::new(f.root.clone(), &f.state, &[], None).unwrap();
     let r = no_cgroup.run(&spec).await;
     assert_eq!(
-        r.error.as_deref(),
+        r.error(),
         Some("set_cgroup needs the agent started with --cgroup DIR")
     );
 }
@@ -276,8 +301,8 @@ async fn set_service_version_never_writes_through_a_directory_linked_outside() {
             timeout_ms: None,
         })
         .await;
-    assert!(!r.ok, "{r:?}");
-    let err = r.error.unwrap();
+    assert!(!r.is_ok(), "{r:?}");
+    let err = r.error().unwrap().to_owned();
     assert!(
         err.starts_with(&format!(
             "could not write etc/websvc/version in the rootfs {}: ",
@@ -315,7 +340,7 @@ async fn restore_file_never_follows_a_link_planted_at_a_temporary_name() {
             timeout_ms: None,
         })
         .await;
-    assert!(r.ok, "{r:?}");
+    assert!(r.is_ok(), "{r:?}");
     assert_eq!(
         std::fs::read_to_string(f.root.join("etc/websvc.conf")).unwrap(),
         "workers = 4\n"
@@ -358,10 +383,9 @@ async fn a_protected_file_under_a_directory_linked_outside_is_neither_snapshotte
             timeout_ms: None,
         })
         .await;
-    assert!(!r.ok, "{r:?}");
+    assert!(!r.is_ok(), "{r:?}");
     assert!(
-        r.error
-            .as_deref()
+        r.error()
             .unwrap()
             .starts_with("could not write etc/app/websvc.conf in the rootfs "),
         "{r:?}"
@@ -386,12 +410,9 @@ async fn reinstall_package_reads_and_writes_inside_the_root_only() {
             timeout_ms: None,
         })
         .await;
-    assert!(!r.ok, "{r:?}");
+    assert!(!r.is_ok(), "{r:?}");
     assert!(
-        r.error
-            .as_deref()
-            .unwrap()
-            .contains("is a symbolic link to"),
+        r.error().unwrap().contains("is a symbolic link to"),
         "{r:?}"
     );
     assert_eq!(
@@ -469,10 +490,9 @@ async fn a_refused_action_runs_nothing_and_fails_with_the_reason() {
     let r = ex
         .run(&argv(&["touch", marker.to_str().unwrap()], 10_000))
         .await;
-    assert!(!r.ok && !r.timed_out(), "{r:?}");
+    assert!(!r.is_ok() && !r.timed_out(), "{r:?}");
     assert!(
-        r.error
-            .as_deref()
+        r.error()
             .unwrap()
             .starts_with("refused by this agent's --allow-action list: argv [\"touch\""),
         "{r:?}"
@@ -485,7 +505,7 @@ async fn a_refused_action_runs_nothing_and_fails_with_the_reason() {
         })
         .await;
     assert_eq!(
-        r.error.as_deref(),
+        r.error(),
         Some("refused by this agent's --allow-action list: built-in set_service_version matches none of restore_file")
     );
     assert!(!f.root.join(VERSION_FILE).exists());

@@ -2,6 +2,8 @@
 
 use bellwether_store::ModelInfo;
 
+use reqwest::Method;
+
 use super::{Client, ClientError};
 use crate::model_api::{ImportResponse, RiskResponse};
 
@@ -12,27 +14,23 @@ impl Client {
         csv: Vec<u8>,
         label: Option<&str>,
     ) -> Result<ImportResponse, ClientError> {
-        let url = format!("{}/api/v1/history/import", self.base);
-        let mut req = self
-            .http
-            .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, "text/csv")
-            .body(csv);
-        if let Some(l) = label {
-            req = req.query(&[("label", l)]);
-        }
-        self.call(req, url).await
+        self.call(Method::POST, "/api/v1/history/import", |r| {
+            let r = r
+                .header(reqwest::header::CONTENT_TYPE, "text/csv")
+                .body(csv.clone());
+            match label {
+                Some(l) => r.query(&[("label", l)]),
+                None => r,
+            }
+        })
+        .await
     }
 
     /// `POST /api/v1/model/train`: trains from the stored outcomes.
     pub async fn train_model(&self) -> Result<ModelInfo, ClientError> {
-        let url = format!("{}/api/v1/model/train", self.base);
-        self.call(
-            self.http
-                .post(&url)
-                .timeout(std::time::Duration::from_secs(600)),
-            url,
-        )
+        self.call(Method::POST, "/api/v1/model/train", |r| {
+            r.timeout(std::time::Duration::from_secs(600))
+        })
         .await
     }
 
@@ -50,7 +48,6 @@ impl Client {
         update_type: Option<&str>,
         hosts: &[String],
     ) -> Result<RiskResponse, ClientError> {
-        let url = format!("{}/api/v1/risk", self.base);
         let mut q: Vec<(&str, String)> =
             vec![("update", update.into()), ("version", version.into())];
         if let Some(t) = update_type {
@@ -59,7 +56,8 @@ impl Client {
         if !hosts.is_empty() {
             q.push(("hosts", hosts.join(",")));
         }
-        self.call(self.http.get(&url).query(&q), url).await
+        self.call(Method::GET, "/api/v1/risk", |r| r.query(&q))
+            .await
     }
 
     /// `GET` of any operator path, as JSON.
@@ -74,11 +72,10 @@ impl Client {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<serde_json::Value, ClientError> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.http.post(&url);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        self.call(req, url).await
+        self.call(Method::POST, path, |r| match body {
+            Some(b) => r.json(b),
+            None => r,
+        })
+        .await
     }
 }

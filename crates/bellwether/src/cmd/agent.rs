@@ -12,6 +12,7 @@ use bellwether_agent::actions::{ActionLoop, ActionSettings, Journal};
 use bellwether_agent::exec::{AllowList, Executor};
 use bellwether_agent::host::HostCollector;
 use bellwether_agent::{Agent, BackoffPolicy, HttpTransport, Settings};
+use bellwether_model::wire::servers::ServerList;
 use bellwether_model::HostName;
 
 use super::UsageError;
@@ -32,13 +33,19 @@ use super::UsageError;
 /// only: symbolic links resolve as in a chroot of the root, never out of it.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The server's base URL.
+    /// The server's base URL. Several servers (replicas on one PostgreSQL store): repeat the
+    /// flag or give a comma-separated list. Every call tries the server that last answered
+    /// first, and moves to the next when one is down, answers 503 or names another as the
+    /// leader; a write that may have reached a server is not sent to another in the same call
+    /// (the journal keeps every action run and reported once).
     #[arg(
         long,
         env = "BELLWETHER_SERVER",
-        default_value = "http://127.0.0.1:7878"
+        default_value = "http://127.0.0.1:7878",
+        action = clap::ArgAction::Append,
+        value_name = "URL[,URL...]"
     )]
-    server: String,
+    server: Vec<String>,
     #[command(flatten)]
     tls: super::tls::ClientTlsArgs,
     /// The enrolment token (the server writes it to <data-dir>/enrol.token). The agent trades
@@ -128,7 +135,7 @@ pub struct Args {
 
 /// The flags, checked: everything the agent needs, in types that cannot be wrong.
 struct Config {
-    server: String,
+    servers: ServerList,
     tls: bellwether_tls::ClientTls,
     token: String,
     rootfs: PathBuf,
@@ -270,10 +277,12 @@ fn validate(args: Args) -> Result<Config, UsageError> {
         None => None,
     };
     let tls = args.tls.tls()?;
+    let servers =
+        ServerList::parse(&args.server).map_err(|e| UsageError(format!("--server: {e}")))?;
     Ok(Config {
         scrape,
         actions,
-        server: args.server,
+        servers,
         tls,
         token,
         rootfs: args.rootfs,
@@ -305,8 +314,9 @@ async fn shutdown_signal() {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = validate(args)?;
-    let transport = HttpTransport::with_tls(&cfg.server, cfg.token, cfg.request_timeout, &cfg.tls)
-        .map_err(|e| UsageError(e.to_string()))?;
+    let transport =
+        HttpTransport::with_servers(&cfg.servers, cfg.token, cfg.request_timeout, &cfg.tls)
+            .map_err(|e| UsageError(e.to_string()))?;
     let mut collector = HostCollector::new(cfg.rootfs.clone(), cfg.dependencies, cfg.probe_timeout)
         .with_watch_files(cfg.watch_files.clone());
     if let Some(url) = cfg.scrape.clone() {
@@ -340,7 +350,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("could not start the async runtime")?;
-    tracing::info!(host = %cfg.settings.name, server = %cfg.server, rootfs = %cfg.rootfs.display(),
+    tracing::info!(host = %cfg.settings.name, server = %cfg.servers, rootfs = %cfg.rootfs.display(),
         interval_ms = cfg.settings.interval.as_millis() as u64, actions = action_parts.is_some(), "Agent started.");
     // A certificate the agent does not trust will not become trusted by retrying: say so and
     // stop (exit 3). A server that is only down is waited for, as always.

@@ -69,7 +69,7 @@ pub enum Verb {
 pub fn run(args: &RemoteArgs, verb: Verb) -> anyhow::Result<ExitCode> {
     let server = args.server.clone().unwrap_or_default();
     let client = ClientArgs {
-        server,
+        server: vec![server],
         token: args.token.clone(),
         tls: args.tls.clone(),
     }

@@ -220,14 +220,18 @@ pub fn read_token_file(path: &Path) -> anyhow::Result<Option<String>> {
 /// How an operator command reaches the server.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
-    /// The server's URL.
+    /// The server's URL. Several servers (replicas on one PostgreSQL store): repeat the flag
+    /// or give a comma-separated list; a call tries the one that last answered first and fails
+    /// over to the others when one is down or not the leader (503).
     #[arg(
         long,
         env = "BELLWETHER_SERVER",
         default_value = "http://127.0.0.1:7878",
-        global = true
+        global = true,
+        action = clap::ArgAction::Append,
+        value_name = "URL[,URL...]"
     )]
-    pub server: String,
+    pub server: Vec<String>,
     /// The operator token. When absent, it is read from ./bellwether-data/operator.token
     /// (the file `bellwether server` writes on first start in the current directory).
     #[arg(long, env = "BELLWETHER_TOKEN", hide_env_values = true, global = true)]
@@ -260,7 +264,9 @@ impl ClientArgs {
             }
         };
         let tls = self.tls.tls()?;
-        Ok(Client::with_tls(&self.server, &token, &tls).map_err(|e| UsageError(e.to_string()))?)
+        let servers = bellwether_model::wire::servers::ServerList::parse(&self.server)
+            .map_err(|e| UsageError(format!("--server: {e}")))?;
+        Ok(Client::with_servers(&servers, &token, &tls).map_err(|e| UsageError(e.to_string()))?)
     }
 }
 
@@ -277,6 +283,10 @@ pub fn client_error(err: ClientError) -> anyhow::Error {
              BELLWETHER_TOKEN, or ./bellwether-data/operator.token"
         ),
         ClientError::Untrusted { .. } => Unreachable(err.to_string()).into(),
+        ClientError::NoServer { .. } => Unreachable(format!(
+            "{err}; is a `bellwether server` running at one of them? (--server or BELLWETHER_SERVER)"
+        ))
+        .into(),
         ClientError::Api {
             status: 403,
             message,
@@ -407,7 +417,7 @@ mod tests {
         assert_eq!(crate::cmd::exit_code_for(&err), 1);
         assert!(err.to_string().contains("operator token"), "{err}");
         let err = ClientArgs {
-            server: "127.0.0.1:7878".into(),
+            server: vec!["127.0.0.1:7878".into()],
             token: Some("t".into()),
             tls: Default::default(),
         }
@@ -415,6 +425,43 @@ mod tests {
         .unwrap_err();
         assert_eq!(crate::cmd::exit_code_for(&err), 2);
         assert!(err.to_string().contains("http://"), "{err}");
+        // Several addresses: repeated and comma-separated; a stray comma is named.
+        let args = |server: Vec<&str>| ClientArgs {
+            server: server.into_iter().map(str::to_owned).collect(),
+            token: Some("t".into()),
+            tls: Default::default(),
+        };
+        let c = args(vec!["http://a:1,http://b:2", "http://c:3"])
+            .client()
+            .unwrap();
+        assert_eq!(
+            c.servers().urls(),
+            ["http://a:1", "http://b:2", "http://c:3"]
+        );
+        let err = args(vec!["http://a:1,"]).client().unwrap_err();
+        assert_eq!(crate::cmd::exit_code_for(&err), 2);
+        assert!(
+            err.to_string()
+                .starts_with("--server: server address 2 in \"http://a:1,\" is empty"),
+            "{err}"
+        );
+        // Every address down: exit 3, naming them.
+        let err = client_error(
+            rt.block_on(
+                args(vec!["http://127.0.0.1:1,http://127.0.0.1:2"])
+                    .client()
+                    .unwrap()
+                    .with_failover_budget(std::time::Duration::from_millis(300))
+                    .hosts(),
+            )
+            .unwrap_err(),
+        );
+        assert_eq!(crate::cmd::exit_code_for(&err), 3);
+        assert!(
+            err.to_string().contains("http://127.0.0.1:1")
+                && err.to_string().contains("http://127.0.0.1:2"),
+            "{err}"
+        );
     }
 
     #[test]
