@@ -197,7 +197,7 @@ impl fmt::Display for Dur {
         // Nanoseconds, the last unit, divide every value.
         let (name, per) = UNITS
             .into_iter()
-            .find(|(_, per)| nanos % per == 0)
+            .find(|(_, per)| nanos.is_multiple_of(*per))
             .unwrap_or(("ns", 1));
         write!(f, "{}{name}", nanos / per)
     }
