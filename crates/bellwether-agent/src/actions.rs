@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::backoff::{Backoff, BackoffPolicy};
-use crate::exec::{now_ms, write_atomic, ActionReport, Executor};
+use crate::exec::{now_ms, ActionReport, Executor};
 use crate::transport::SendError;
 
 /// One action as the server sends it (`GET /api/v1/agent/actions`): the wire type.
@@ -297,10 +297,15 @@ impl Journal {
             entries: &self.entries,
         })
         .expect("journal entries serialise");
-        write_atomic(&self.path, &bytes).map_err(|source| JournalError::Write {
-            path: self.path.display().to_string(),
-            source,
-        })
+        // A file of the agent's own, outside any host root: the shared atomic write (temporary
+        // file, fsync, rename, directory fsync), not `InRoot`'s.
+        let write = bellwether_fs::AtomicWrite::new().create_parent();
+        write
+            .write(&self.path, &bytes)
+            .map_err(|source| JournalError::Write {
+                path: self.path.display().to_string(),
+                source,
+            })
     }
 }
 

@@ -601,23 +601,5 @@ fn stanza_package(s: &str) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Writes `bytes` to `path` (a file of the agent's own, such as its journal) through a
-/// temporary file created exclusively under a random name in the same directory, and a
-/// rename; the directory is created if missing.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(InRoot::open(dir)?.write_atomic(&name, bytes)?)
-}
-
 #[cfg(test)]
 mod tests;

@@ -328,7 +328,9 @@ impl InRoot {
     /// name in the resolved directory, synced, renamed over the name, and the directory
     /// synced. A file that was there keeps its permissions and (when the agent may set it)
     /// its owner; a new one is created `0644`. Missing directories on the way are created
-    /// (`0755`), never through a link.
+    /// (`0755`), never through a link. Files of Bellwether's own, outside a host root, go
+    /// through `bellwether_fs` instead: this one stays separate because every step here must
+    /// stay inside the root.
     pub fn write_atomic(&self, rel: &str, bytes: &[u8]) -> Result<(), Error> {
         let (parent, name) = split(rel).map_err(|e| self.err(rel, e))?;
         let dir = self.dir_creating(parent).map_err(|e| self.err(rel, e))?;

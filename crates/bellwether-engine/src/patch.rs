@@ -257,23 +257,8 @@ mod field {
     }
 }
 
-/// A duration written as `250ms`, `2s`, `1m` or `1h` (a bare number is seconds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(into = "String")]
-pub struct Dur(pub Duration);
-
-impl From<Dur> for String {
-    fn from(d: Dur) -> String {
-        format!("{}ms", d.0.as_millis())
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // The same syntax and checks as a rollout plan's durations.
-        crate::rollout::plan::Dur::deserialize(d).map(|v| Dur(v.0))
-    }
-}
+/// Durations follow the one grammar of [`bellwether_model::duration`], as in a rollout plan.
+pub use bellwether_model::duration::Dur;
 
 /// A metric the patch is watched on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -8,14 +8,17 @@
 
 pub mod action;
 pub mod drift;
+pub mod duration;
 pub mod ids;
 pub mod profile;
+pub mod rng;
 pub mod sample;
 pub mod text;
 pub mod wire;
 
 pub use action::{ActionSpec, ActionSpecError};
 pub use drift::{DriftCategory, DriftScore, Finding};
+pub use duration::{Dur, DurationError};
 pub use ids::{HostName, HostNameError};
 pub use profile::HostProfile;
 pub use sample::MetricSample;

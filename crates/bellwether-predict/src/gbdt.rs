@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::PredictError;
 use crate::features::{Feature, FeatureKind, Prepared};
 use crate::metrics::{log_loss, sigmoid};
-use crate::rng::Rng;
 
 /// Hyperparameters. The defaults were chosen on the deploy-history training split and on
 /// synthetic histories of several shapes (see BENCHMARKS.md), not on any test file.
@@ -579,7 +578,7 @@ pub fn train(
     let (vx, vy) = valid;
     let n = x.rows();
     let binned = Binned::new(features, x);
-    let mut rng = Rng::new(params.seed);
+    let mut rng = crate::rng::seeded(params.seed);
 
     let rate = (y.iter().filter(|v| **v).count() as f64 / n as f64).clamp(1e-6, 1.0 - 1e-6);
     let init = (rate / (1.0 - rate)).ln();
@@ -600,17 +599,17 @@ pub fn train(
         }
         let rows: Vec<u32> = if params.subsample < 1.0 {
             (0..n as u32)
-                .filter(|_| rng.next_f64() < params.subsample)
+                .filter(|_| rng.unit() < params.subsample)
                 .collect()
         } else {
             (0..n as u32).collect()
         };
         let allowed: Vec<bool> = if params.colsample < 1.0 {
             let mut a: Vec<bool> = (0..features.len())
-                .map(|_| rng.next_f64() < params.colsample)
+                .map(|_| rng.unit() < params.colsample)
                 .collect();
             if !a.iter().any(|v| *v) {
-                a[rng.below(features.len())] = true;
+                a[rng.index(features.len())] = true;
             }
             a
         } else {

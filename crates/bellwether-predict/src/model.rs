@@ -20,7 +20,6 @@ use crate::frame::{FeatureValue, Frame};
 use crate::gbdt::{self, Gbdt, GbdtLog, GbdtParams};
 use crate::logistic::Logistic;
 use crate::metrics::{self, sigmoid, Scores};
-use crate::rng::Rng;
 use crate::shap::{tree_shap_with_depth, ShapBuffer};
 
 /// The `format` field of every model file.
@@ -261,7 +260,7 @@ impl Model {
         let (all, _) = prepare_frame(&features, frame)?;
 
         // A stratified split, so both parts see failures.
-        let mut rng = Rng::new(opts.seed);
+        let mut rng = crate::rng::seeded(opts.seed);
         let mut pos: Vec<usize> = (0..labels.len()).filter(|&i| labels[i]).collect();
         let mut neg: Vec<usize> = (0..labels.len()).filter(|&i| !labels[i]).collect();
         rng.shuffle(&mut pos);

@@ -133,7 +133,7 @@ pub struct Sample {
 impl World {
     /// Draws a world of the given shape from `seed`.
     pub fn new(seed: u64, shape: &Shape) -> World {
-        let mut rng = Rng::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xA5A5);
+        let mut rng = crate::rng::seeded(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xA5A5);
         let mut names: Vec<&str> = NUMERIC_NAMES.to_vec();
         rng.shuffle(&mut names);
         let numeric: Vec<NumericColumn> = (0..shape.numeric)
@@ -141,39 +141,39 @@ impl World {
                 let name = names
                     .get(j)
                     .map_or_else(|| format!("metric_{j}"), |n| n.to_string());
-                let dist = match rng.below(4) {
+                let dist = match rng.index(4) {
                     0 => Dist::Uniform {
                         low: 0.0,
                         high: 100.0,
                     },
                     1 => Dist::Normal {
-                        mean: 10.0 * rng.next_f64(),
-                        sd: 1.0 + 3.0 * rng.next_f64(),
+                        mean: 10.0 * rng.unit(),
+                        sd: 1.0 + 3.0 * rng.unit(),
                     },
                     2 => Dist::LogNormal {
-                        mu: 1.0 + rng.next_f64(),
+                        mu: 1.0 + rng.unit(),
                         sigma: 0.6,
                     },
                     _ => Dist::Count {
-                        mean: 0.5 + 3.0 * rng.next_f64(),
+                        mean: 0.5 + 3.0 * rng.unit(),
                     },
                 };
-                let sign = if rng.next_f64() < 0.5 { -1.0 } else { 1.0 };
-                let effect = match rng.below(6) {
+                let sign = if rng.unit() < 0.5 { -1.0 } else { 1.0 };
+                let effect = match rng.index(6) {
                     0 => Effect::None,
-                    1 => Effect::Linear(sign * (0.3 + 0.5 * rng.next_f64())),
+                    1 => Effect::Linear(sign * (0.3 + 0.5 * rng.unit())),
                     2 | 3 => Effect::Step {
                         at: rng.normal() * 0.7,
-                        weight: sign * (0.8 + 0.8 * rng.next_f64()),
+                        weight: sign * (0.8 + 0.8 * rng.unit()),
                     },
                     4 => Effect::Hinge {
                         at: rng.normal() * 0.5,
-                        weight: 0.6 + 0.6 * rng.next_f64(),
+                        weight: 0.6 + 0.6 * rng.unit(),
                     },
                     _ => Effect::Bump {
                         at: rng.normal() * 0.5,
                         width: 0.5,
-                        weight: sign * (0.8 + 0.6 * rng.next_f64()),
+                        weight: sign * (0.8 + 0.6 * rng.unit()),
                     },
                 };
                 NumericColumn {
@@ -191,11 +191,11 @@ impl World {
                 let name = cnames
                     .get(j)
                     .map_or_else(|| format!("group_{j}"), |n| n.to_string());
-                let k = 3 + rng.below(6);
+                let k = 3 + rng.index(6);
                 let levels = (0..k)
                     .map(|i| format!("{}-{}", &name[..name.len().min(3)], i))
                     .collect();
-                let raw: Vec<f64> = (0..k).map(|_| 0.2 + rng.next_f64()).collect();
+                let raw: Vec<f64> = (0..k).map(|_| 0.2 + rng.unit()).collect();
                 let total: f64 = raw.iter().sum();
                 let shares = raw.iter().map(|r| r / total).collect();
                 let effects = (0..k).map(|_| rng.normal() * 0.7).collect();
@@ -210,7 +210,7 @@ impl World {
             .collect();
         let mut interactions = Vec::new();
         if shape.numeric >= 1 && shape.categorical >= 1 {
-            let level = rng.below(categorical[0].levels.len());
+            let level = rng.index(categorical[0].levels.len());
             interactions.push(Interaction::ByCategory {
                 numeric: 0,
                 category: 0,
@@ -235,7 +235,7 @@ impl World {
             missing_rate: shape.missing_rate,
         };
         // Find the intercept that gives the base rate, on a calibration sample.
-        let mut crng = Rng::new(seed ^ 0x51DE);
+        let mut crng = crate::rng::seeded(seed ^ 0x51DE);
         let logits: Vec<f64> = (0..4000)
             .map(|_| world.draw_row(&mut crng, 0.0).1)
             .collect();
@@ -272,7 +272,7 @@ impl World {
         for (j, c) in self.numeric.iter().enumerate() {
             let (v, zz) = match c.dist {
                 Dist::Uniform { low, high } => {
-                    let u = rng.next_f64();
+                    let u = rng.unit();
                     (low + (high - low) * u, (u - 0.5) / 0.2887)
                 }
                 Dist::Normal { mean, sd } => {
@@ -285,7 +285,7 @@ impl World {
                 }
                 Dist::Count { mean } => {
                     // A Poisson draw by inversion.
-                    let (mut k, mut p, u) = (0u32, (-mean).exp(), rng.next_f64());
+                    let (mut k, mut p, u) = (0u32, (-mean).exp(), rng.unit());
                     let mut cdf = p;
                     while u > cdf && k < 100 {
                         k += 1;
@@ -296,7 +296,7 @@ impl World {
                 }
             };
             z[j] = zz;
-            if rng.next_f64() < self.missing_rate {
+            if rng.unit() < self.missing_rate {
                 present[j] = false;
                 cells.push(FeatureValue::Missing);
                 logit += c.missing_effect;
@@ -316,17 +316,17 @@ impl World {
         }
         let mut level = vec![None; self.categorical.len()];
         for (j, c) in self.categorical.iter().enumerate() {
-            if rng.next_f64() < self.missing_rate {
+            if rng.unit() < self.missing_rate {
                 cells.push(FeatureValue::Missing);
                 logit += c.missing_effect;
-            } else if rng.next_f64() < novel_rate {
+            } else if rng.unit() < novel_rate {
                 cells.push(FeatureValue::Category(format!(
                     "{}-new{}",
                     c.name,
-                    rng.below(3)
+                    rng.index(3)
                 )));
             } else {
-                let u = rng.next_f64();
+                let u = rng.unit();
                 let mut acc = 0.0;
                 let mut k = c.levels.len() - 1;
                 for (i, s) in c.shares.iter().enumerate() {
@@ -372,7 +372,7 @@ impl World {
     /// Draws `rows` rows from `seed`. A share `novel_rate` of categorical cells hold a
     /// category that no sample drawn with `novel_rate = 0` contains (its effect is zero).
     pub fn sample(&self, rows: usize, seed: u64, novel_rate: f64) -> Sample {
-        let mut rng = Rng::new(seed);
+        let mut rng = crate::rng::seeded(seed);
         let names = self.column_names();
         let mut columns: Vec<Vec<FeatureValue>> = vec![Vec::with_capacity(rows); names.len()];
         let mut failed = Vec::with_capacity(rows);
@@ -380,7 +380,7 @@ impl World {
         for r in 0..rows {
             let (cells, logit) = self.draw_row(&mut rng, novel_rate);
             let p = sigmoid(logit + self.intercept);
-            let y = rng.next_f64() < p;
+            let y = rng.unit() < p;
             columns[0].push(FeatureValue::Category(format!("run-{seed}-{r}")));
             for (j, c) in cells.into_iter().enumerate() {
                 columns[j + 1].push(c);

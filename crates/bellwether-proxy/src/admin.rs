@@ -408,7 +408,8 @@ fn error(status: StatusCode, message: String) -> Response {
 /// Parses a drain timeout strictly: a finite, non-negative duration (`30`, `2.5s`, `500ms`,
 /// `1m`) of at most [`MAX_DRAIN_TIMEOUT`].
 pub fn parse_drain_timeout(text: &str) -> Result<Duration, String> {
-    crate::config::parse_duration(text)
+    bellwether_model::duration::parse(text)
+        .ok()
         .filter(|d| *d <= MAX_DRAIN_TIMEOUT)
         .ok_or_else(|| {
             format!(

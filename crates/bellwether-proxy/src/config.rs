@@ -26,65 +26,9 @@ pub enum ConfigError {
     },
 }
 
-/// A duration written as `250ms`, `2s`, `1m` or `1h` (a bare number is seconds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(into = "String")]
-pub struct Dur(pub Duration);
-
-impl From<Dur> for String {
-    fn from(d: Dur) -> String {
-        format!("{}ms", d.0.as_millis())
-    }
-}
-
-/// Parses `250ms`, `1.5s`, `2m`, `1h` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.trim().parse().ok()?;
-    if !v.is_finite() || v < 0.0 || v * mult > 1e9 {
-        return None;
-    }
-    Some(Duration::from_secs_f64(v * mult))
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // The checks run inside the visitor so that the error has the value's location.
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Dur;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a duration such as `2s` or `500ms`")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dur, E> {
-                parse_duration(v).map(Dur).ok_or_else(|| {
-                    E::custom(format!("`{v}` is not a duration such as `2s` or `500ms`"))
-                })
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Dur, E> {
-                self.visit_str(&v.to_string())
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Dur, E> {
-                self.visit_str(&v.to_string())
-            }
-            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Dur, E> {
-                self.visit_str(&v.to_string())
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
+/// Durations (`250ms`, `2s`, `1m30s`, a bare number of seconds) follow the one grammar of
+/// [`bellwether_model::duration`], described in docs/durations.md.
+pub use bellwether_model::duration::Dur;
 
 /// A `host:port` address, checked for a port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -676,12 +620,16 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_duration("-1s"), None);
-        assert_eq!(parse_duration("x"), None);
+    fn durations_follow_the_shared_grammar() {
+        let text = "listeners:\n  - address: 127.0.0.1:1\nbackends:\n  - {name: a, address: 'h:1'}\nhealth: {interval: 1m30s, timeout: 7x}\n";
+        let err = parse_config("p.yaml", text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "p.yaml: line 5, column 36: health.timeout: `7x` is not a duration such as `2s` or `500ms`: unknown unit `x` (use ns, us, ms, s, m, h or d)"
+        );
+        let text = text.replace("7x", "1.5");
+        let cfg = parse_config("p.yaml", &text).unwrap();
+        assert_eq!(cfg.health.interval.0, Duration::from_secs(90));
+        assert_eq!(cfg.health.timeout.0, Duration::from_millis(1500));
     }
 }

@@ -3,7 +3,6 @@
 //! `<data-dir>/<kind>.token` (mode 0600) — and the admin API that makes, lists and revokes
 //! more (`/api/v1/tokens`). Only hashes go into the store.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use axum::extract::{Path as UrlPath, State};
@@ -78,29 +77,17 @@ pub fn generate_token() -> String {
     hex::encode(bytes)
 }
 
-/// Writes `token` to `path` atomically (temporary file, then rename), readable by the owner
-/// only.
+/// Writes `token` to `path` atomically, readable by the owner only from the file's creation
+/// (see `bellwether_fs`).
 fn write_token_file(path: &Path, token: &str) -> Result<(), ServerError> {
-    let err = |source| ServerError::TokenFile {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let tmp = path.with_extension("token.tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(err)?;
-    f.write_all(format!("{token}\n").as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(err)
+    bellwether_fs::AtomicWrite::new()
+        .mode(0o600)
+        .create_parent()
+        .write(path, format!("{token}\n").as_bytes())
+        .map_err(|source| ServerError::TokenFile {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 pub(crate) async fn bootstrap(

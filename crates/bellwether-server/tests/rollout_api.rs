@@ -212,6 +212,27 @@ fn simulate_full(
     })
 }
 
+/// Waits until the store holds at least `n` samples of every host: the pre-change history a
+/// rollout seeds each host's baseline from when it starts (the plan's baseline is two
+/// intervals; five samples are the history the test used to sleep 600 ms for).
+async fn wait_for_samples(server: &Server, agents: &[(String, String)], n: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for (name, _) in agents {
+        let host = bellwether_model::HostName::new(name).unwrap();
+        loop {
+            let have = server.store().count_samples(&host).await.unwrap();
+            if have >= n {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} has {have} samples stored, not {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 async fn wait_phase(app: &Router, id: &str, phase: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -556,7 +577,7 @@ rollout_test!(
                 simulate_with(app.clone(), t.clone(), stop_rx.clone(), name == "web-02")
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        wait_for_samples(&server, &agents, 5).await;
         let body = json!({"plan_yaml": PLAN, "file": "web.yaml"}).to_string();
         let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(body)).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
@@ -628,7 +649,7 @@ rollout_test!(
             .iter()
             .map(|(_, t)| simulate_full(app.clone(), t.clone(), stop_rx.clone(), false, true))
             .collect();
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        wait_for_samples(&server, &agents, 5).await;
         // The bake outlasts the no-data limit (a host silent for less than `no_data.after` still
         // counts as healthy, so a shorter bake could pass first).
         let plan = PLAN

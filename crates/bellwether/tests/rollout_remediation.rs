@@ -17,7 +17,7 @@
 mod support;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 
@@ -86,7 +86,6 @@ struct Drifted {
     dir: PathBuf,
     api: Api,
     rt: tokio::runtime::Runtime,
-    up_at: Instant,
 }
 
 impl Drifted {
@@ -104,7 +103,6 @@ impl Drifted {
             "--dir",
             d,
         ]);
-        let up_at = Instant::now();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -115,13 +113,7 @@ impl Drifted {
             token: String::new(),
         };
         // From here on, dropping `s` (also on a failed assertion) stops the sandbox.
-        let mut s = Drifted {
-            tmp,
-            dir,
-            api,
-            rt,
-            up_at,
-        };
+        let mut s = Drifted { tmp, dir, api, rt };
         assert_ok("sandbox up", &up);
         let (base, token) = sandbox_server_env(&s.dir);
         s.api.base = base;
@@ -343,13 +335,16 @@ fn drifted_hosts_that_fail_the_update_are_remediated_and_recover() {
     let _turn = one_sandbox_at_a_time();
     let s = Drifted::start(SCENARIO_BLIND);
     // The watch judges a host against a baseline of `analysis.baseline` (5 s in the example)
-    // of samples from before its update. No event says when the agents have sent that much,
-    // so wait until it has passed since the sandbox came up (plus two scrape intervals),
-    // rather than have the drifted hosts judged against a baseline still warming up.
-    let warm = Duration::from_secs(7);
-    if let Some(left) = warm.checked_sub(s.up_at.elapsed()) {
-        std::thread::sleep(left);
-    }
+    // of samples from before its update: wait until the server has heard from every host for
+    // that long (plus two scrape intervals), rather than have the drifted hosts judged against
+    // a baseline still warming up.
+    let hosts = [
+        "web-01", "web-02", "web-03", "web-04", "drift-01", "drift-02",
+    ];
+    s.rt.block_on(
+        s.api
+            .wait_for_history(&hosts, Duration::from_secs(7), Duration::from_secs(60)),
+    );
     // The model rates every host alike and low, so all six are pilots; two of them fail
     // before their remediation, and the example pauses at 30 % of a wave failing, which
     // would stop the story there, so this variant pauses at 50 %.

@@ -56,12 +56,16 @@ fn now_ms() -> i64 {
 /// Which (action id, kind) each host was sent.
 type Sent = Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>>;
 
+/// How many sample batches the server accepted from each host.
+type Accepted = Arc<Mutex<BTreeMap<String, usize>>>;
+
 /// A simulated agent thread: enrols, reports a profile, then sends healthy samples and runs
 /// the actions it is sent, against whatever URL `base` holds (it changes on a restart).
 fn agent(
     name: String,
     base: Arc<Mutex<String>>,
     sent: Sent,
+    accepted: Accepted,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -97,12 +101,15 @@ fn agent(
         );
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             let t = now_ms();
-            let _ = rt.block_on(
+            let r = rt.block_on(
                 http.post(url("/api/v1/agent/samples"))
                     .bearer_auth(&token)
                     .json(&serde_json::json!({"samples": [{"ts_ms": t, "name": "svc_error_ratio", "value": 0.001}]}))
                     .send(),
             );
+            if r.is_ok_and(|r| r.status() == reqwest::StatusCode::ACCEPTED) {
+                *accepted.lock().unwrap().entry(name.clone()).or_default() += 1;
+            }
             let Ok(r) = rt.block_on(
                 http.get(url("/api/v1/agent/actions?wait_ms=200"))
                     .bearer_auth(&token)
@@ -179,11 +186,20 @@ fn sigkill_mid_rollout_resumes(backend: Backend) {
     assert!(o.status.success(), "{}", text(&o));
 
     let sent: Sent = Arc::default();
+    let accepted: Accepted = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let names: Vec<String> = (0..4).map(|i| format!("web-{i:02}")).collect();
     let agents: Vec<_> = names
         .iter()
-        .map(|n| agent(n.clone(), base.clone(), sent.clone(), stop.clone()))
+        .map(|n| {
+            agent(
+                n.clone(),
+                base.clone(),
+                sent.clone(),
+                accepted.clone(),
+                stop.clone(),
+            )
+        })
         .collect();
     // Wait until every host has enrolled and sent its profile.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -208,7 +224,20 @@ fn sigkill_mid_rollout_resumes(backend: Backend) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Every host has a pre-change baseline: the server accepted three sample batches from
+    // each (the plan's baseline is two intervals).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let counts = accepted.lock().unwrap().clone();
+        if names.iter().all(|n| counts.get(n).is_some_and(|c| *c >= 3)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no baseline for every host: {counts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let plan = dir.join("plan.yaml");
     std::fs::write(&plan, PLAN).unwrap();

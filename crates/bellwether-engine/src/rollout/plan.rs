@@ -16,63 +16,10 @@ use bellwether_detect::threshold::Direction;
 use bellwether_model::{ActionSpec, DriftCategory, Finding};
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// A duration written as `250ms`, `2s`, `1m` or `1h` (a bare number is seconds). It
-/// serialises as `NNNms`, which parses back to the same value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(into = "String")]
-pub struct Dur(pub Duration);
-
-impl From<Dur> for String {
-    fn from(d: Dur) -> String {
-        format!("{}ms", d.0.as_millis())
-    }
-}
-
-/// Parses `250ms`, `2s`, `1.5m`, `1h` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.trim().parse().ok()?;
-    (v.is_finite() && v >= 0.0 && v * mult < 1e9).then(|| Duration::from_secs_f64(v * mult))
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // The checks run inside the visitor so that the YAML error has the value's location.
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Dur;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a duration such as `2s` or `500ms`")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dur, E> {
-                parse_duration(v).map(Dur).ok_or_else(|| {
-                    E::custom(format!("`{v}` is not a duration such as `2s` or `500ms`"))
-                })
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Dur, E> {
-                self.visit_str(&v.to_string())
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Dur, E> {
-                self.visit_str(&v.to_string())
-            }
-            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Dur, E> {
-                self.visit_str(&v.to_string())
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
+/// Durations (`250ms`, `2s`, `1m30s`, a bare number of seconds) follow the one grammar of
+/// [`bellwether_model::duration`], described in docs/durations.md. A plan serialises them in
+/// the largest exact unit (`30s`), which parses back to the same value.
+pub use bellwether_model::duration::Dur;
 
 /// Why a plan could not be used: always with the file, line and column.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

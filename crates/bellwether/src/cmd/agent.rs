@@ -75,19 +75,19 @@ pub struct Args {
     #[arg(long = "dependency", value_name = "NAME=HOST:PORT")]
     dependencies: Vec<String>,
     /// How often to collect and send samples, such as `5s` or `500ms`.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = bellwether_model::duration::parse)]
     interval: Duration,
     /// How many samples to keep while the server is away; past that the oldest are dropped.
     #[arg(long, default_value_t = 10_000)]
     buffer: usize,
     /// The longest wait between reconnection attempts.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = bellwether_model::duration::parse)]
     max_backoff: Duration,
     /// The longest one request to the server may take.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = bellwether_model::duration::parse)]
     request_timeout: Duration,
     /// The overall deadline for probing all dependencies in one collection.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = bellwether_model::duration::parse)]
     probe_timeout: Duration,
     /// Where the agent keeps its action journal and the start-time snapshots of protected
     /// files. Without it the agent runs no actions (it only reports).
@@ -129,7 +129,7 @@ pub struct Args {
     )]
     allow_actions: Vec<String>,
     /// How long one long-poll for actions waits on the server.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = bellwether_model::duration::parse)]
     action_wait: Duration,
 }
 
@@ -202,7 +202,7 @@ fn validate(args: Args) -> Result<Config, UsageError> {
     if args.interval < Duration::from_millis(50) {
         return Err(UsageError(format!(
             "--interval {}: must be at least 50ms",
-            humantime::format_duration(args.interval)
+            bellwether_model::Dur(args.interval)
         )));
     }
     let buffer = NonZeroUsize::new(args.buffer)
@@ -252,7 +252,7 @@ fn validate(args: Args) -> Result<Config, UsageError> {
     if args.action_wait < Duration::from_millis(100) || args.action_wait > Duration::from_secs(60) {
         return Err(UsageError(format!(
             "--action-wait {}: must be between 100ms and 60s",
-            humantime::format_duration(args.action_wait)
+            bellwether_model::Dur(args.action_wait)
         )));
     }
     let allow = AllowList::parse(&args.allow_actions).map_err(UsageError)?;
@@ -436,10 +436,10 @@ pub struct BenchArgs {
     #[arg(long, default_value = "/")]
     rootfs: PathBuf,
     /// The agent's collection interval.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = bellwether_model::duration::parse)]
     interval: Duration,
     /// How long to watch the agent idle after its first profile arrived.
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = bellwether_model::duration::parse)]
     idle: Duration,
     /// Output format.
     #[arg(long, value_enum, default_value_t = super::OutputFormat::Human)]
@@ -519,7 +519,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     "bench-agent",
                     "--interval",
                 ])
-                .arg(humantime::format_duration(args.interval).to_string())
+                .arg(bellwether_model::Dur(args.interval).to_string())
                 .arg("--rootfs")
                 .arg(&args.rootfs)
                 .stdin(Stdio::null())
@@ -572,8 +572,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "agent resident memory, rootfs {} ({packages} packages), interval {}, idle {}:",
                 args.rootfs.display(),
-                humantime::format_duration(args.interval),
-                humantime::format_duration(args.idle)
+                bellwether_model::Dur(args.interval),
+                bellwether_model::Dur(args.idle)
             );
             println!("  after first profile  {:>6.1} MB", mb(first));
             println!("  idle, last reading   {:>6.1} MB", mb(last));

@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long = "watch-file", value_name = "PATH", value_parser = parse_watch_file)]
     watch_files: Vec<String>,
     /// How long all dependency probes together may take, such as 500ms or 2s.
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_probe_timeout)]
     probe_timeout: Duration,
     /// `human` prints a summary; `json` prints the HostProfile that `bellwether drift` reads.
     #[arg(long, value_enum, default_value_t)]
@@ -61,22 +61,15 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// `250ms`, `2s` or `1.5s`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad =
-        || format!("bad duration {s:?}: expected a number followed by ms or s, such as 500ms");
-    let (num, unit) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else {
-        return Err(bad());
-    };
-    let v: f64 = num.trim().parse().map_err(|_| bad())?;
-    if !v.is_finite() || v < 0.0 || v * unit > 86_400.0 {
-        return Err(bad());
+/// A probe timeout: a duration of the shared grammar (docs/durations.md) of at most a day.
+pub fn parse_probe_timeout(s: &str) -> Result<Duration, String> {
+    let d = bellwether_model::duration::parse(s).map_err(|e| e.to_string())?;
+    if d > Duration::from_secs(86_400) {
+        return Err(format!(
+            "{s:?} is longer than a day, the longest probe timeout"
+        ));
     }
-    Ok(Duration::from_secs_f64(v * unit))
+    Ok(d)
 }
 
 /// The collect options for a root: its declared dependencies, then the flags'.
@@ -414,10 +407,26 @@ mod tests {
 
     #[test]
     fn flag_parsers() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert!(parse_duration("5").unwrap_err().contains("\"5\""));
-        assert!(parse_duration("-1s").is_err());
+        assert_eq!(
+            parse_probe_timeout("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            parse_probe_timeout("1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(parse_probe_timeout("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(
+            parse_probe_timeout("1d").unwrap(),
+            Duration::from_secs(86_400)
+        );
+        assert!(parse_probe_timeout("-1s")
+            .unwrap_err()
+            .contains("a duration cannot be negative"));
+        assert_eq!(
+            parse_probe_timeout("25h").unwrap_err(),
+            "\"25h\" is longer than a day, the longest probe timeout"
+        );
         assert_eq!(
             parse_label("role=web").unwrap(),
             ("role".to_owned(), "web".to_owned())

@@ -52,27 +52,27 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     addr_file: Option<PathBuf>,
     /// How long in-flight requests may finish after SIGINT or SIGTERM.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = bellwether_model::duration::parse)]
     grace: Duration,
     /// Largest request body accepted, in bytes; larger ones get 413 before they are read.
     #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
     body_limit: usize,
     /// Recent samples over this window stand for a host's metrics in baselines and drift.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = bellwether_model::duration::parse)]
     metric_window: Duration,
     /// Samples older than this are deleted (checked once a minute).
-    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "7d", value_parser = bellwether_model::duration::parse)]
     sample_retention: Duration,
     /// Retrain the failure model after this many new deployment outcomes (finished rollout
     /// hosts and imported history rows); 0 retrains only when asked (`bellwether model train`).
     #[arg(long, default_value_t = bellwether_server::model_api::DEFAULT_RETRAIN_AFTER, value_name = "N")]
     retrain_after: u64,
     /// Refuse a sample batch holding a timestamp older than this by the server's clock.
-    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = bellwether_model::duration::parse)]
     sample_max_age: Duration,
     /// Refuse a sample batch holding a timestamp further ahead of the server's clock than this
     /// (a host's metric window is anchored on its newest sample).
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = bellwether_model::duration::parse)]
     sample_max_ahead: Duration,
     /// With a PostgreSQL store, any number of servers may share it: the one holding the
     /// store's leader lease drives the rollouts, the others serve reads and forward writes to
@@ -176,10 +176,8 @@ fn store_config(database: Option<&str>, data_dir: &Path) -> anyhow::Result<Store
 }
 
 fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    bellwether_fs::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The stop signals (SIGINT, SIGTERM), registered when this is called rather than when the

@@ -366,6 +366,28 @@ impl Api {
         }
     }
 
+    /// Waits until the server has heard from each of `hosts` for at least `span`: its latest
+    /// report at least `span` after its enrolment, both by the server's clock. A rollout seeds
+    /// every host's pre-change baseline from the samples stored before it starts, so this is
+    /// the history a baseline of `span` needs.
+    pub async fn wait_for_history(&self, hosts: &[&str], span: Duration, timeout: Duration) {
+        let span_ms = span.as_millis() as i64;
+        for h in hosts {
+            eventually(
+                &format!("{span:?} of reports from {h}"),
+                timeout,
+                || async {
+                    let (status, v) = self.get(&format!("/api/v1/hosts/{h}")).await;
+                    let (enrolled, seen) =
+                        (v["enrolled_at_ms"].as_i64(), v["last_seen_ms"].as_i64());
+                    (status == 200 && seen.zip(enrolled).is_some_and(|(s, e)| s - e >= span_ms))
+                        .then_some(())
+                },
+            )
+            .await;
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         let r = self
             .client

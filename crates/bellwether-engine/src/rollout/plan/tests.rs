@@ -146,6 +146,14 @@ fn a_plan_round_trips_through_json_and_yaml() {
     );
     let json = serde_json::to_string(&w).unwrap();
     assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), w);
+    // Durations of the shared grammar, compound ones too, are written back in the largest
+    // exact unit; the older `NNNms` form of stored plans still parses.
+    let c = parse_plan(&EXAMPLE.replace("bake: 30s", "bake: 1m30s"), "c.yaml").unwrap();
+    assert_eq!(c.bake.0, std::time::Duration::from_secs(90));
+    let json = serde_json::to_value(&c).unwrap();
+    assert_eq!(json["bake"], "90s");
+    let old = parse_plan(&EXAMPLE.replace("bake: 30s", "bake: 90000ms"), "o.yaml").unwrap();
+    assert_eq!(old, c);
 }
 
 /// Replaces `from` (which must occur once) in the example and parses it.
@@ -235,6 +243,18 @@ fn every_bad_input_names_file_line_and_column() {
             "bake: soon",
             line_of(EXAMPLE, "bake:"),
             "`soon` is not a duration",
+        ),
+        (
+            "bake: 30s",
+            "bake: 5x",
+            line_of(EXAMPLE, "bake:"),
+            "`5x` is not a duration such as `2s` or `500ms`: unknown unit `x`",
+        ),
+        (
+            "bake: 30s",
+            "bake: 2000000000s",
+            line_of(EXAMPLE, "bake:"),
+            "`2000000000s` is longer than the longest duration, 1000000000s",
         ),
         (
             "bake: 30s",

@@ -8,28 +8,8 @@ use bellwether_model::HostName;
 use super::{HostWatcher, WatchVerdict};
 use crate::rollout::plan::Plan;
 
-/// A small deterministic generator (xorshift64*), with normal deviates by Box-Muller.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Standard normal.
-    pub fn normal(&mut self) -> f64 {
-        let (u, v) = (self.unit().max(1e-12), self.unit());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-}
+/// The seeded generator of the streams: the one of [`bellwether_model::rng`].
+pub use bellwether_model::rng::SplitMix64 as Rng;
 
 /// What goes wrong on the canary from the onset.
 #[derive(Debug, Clone, Copy, PartialEq)]
