@@ -109,7 +109,10 @@ pub fn inject(dir: &Path, host: &str, req: DriftRequest) -> Result<String> {
             };
             let mut after = before.clone();
             after.apply(&change.to_synth());
-            let what = format!("{name} {old} → {} ({level} upgrade)", after.packages[&name]);
+            let what = format!(
+                "{name} {old} → {} ({level} upgrade)",
+                after.packages.get(&name).map_or("?", String::as_str)
+            );
             (change, what)
         }
         DriftRequest::Load { load1 } => {

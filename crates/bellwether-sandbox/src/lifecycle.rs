@@ -582,7 +582,7 @@ pub fn print_up(state: &State) {
     println!(
         "  bellwether sandbox drift --dir {} --host {} --kind package",
         state.dir.display(),
-        state.hosts[0].name
+        state.hosts.first().map_or("HOST", |h| h.name.as_str())
     );
     println!("  bellwether sandbox down --dir {}", state.dir.display());
 }

@@ -743,7 +743,7 @@ fn print_keep(state: &State) {
     println!("  bellwether sandbox status --dir {dir}");
     println!(
         "  bellwether sandbox drift --dir {dir} --host {} --kind metric",
-        state.hosts[0].name
+        state.hosts.first().map_or("HOST", |h| h.name.as_str())
     );
     println!("Stop it with:");
     println!("  bellwether sandbox down --dir {dir} --purge");
