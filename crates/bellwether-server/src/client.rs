@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use crate::types::{BaselineRequest, BaselineResponse, FleetDrift, HostDetail, HostSummary};
 
 mod rollout_calls;
+pub mod sandbox_calls;
 mod token_calls;
 
 /// Why a call to the server failed.

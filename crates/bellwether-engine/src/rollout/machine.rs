@@ -147,6 +147,124 @@ impl Observation {
     }
 }
 
+/// Why a rollout is paused: typed, so a client decides on the kind of pause (the quickstart
+/// resumes after [`PauseReason::FailuresSpread`] and stops on any other) instead of matching
+/// on text. It serialises as `{"kind": "failures_spread", "failed_total": 3, …}`; its
+/// [`Display`](std::fmt::Display) is the sentence the status and report print, unchanged from
+/// when the reason was a string. A rollout state saved with that string still loads (see
+/// [`PauseReason::from_text`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PauseReason {
+    /// The plan's `rollback.pause_when` limit was reached.
+    FailuresSpread {
+        failed_total: usize,
+        failed_in_wave: usize,
+        wave_size: usize,
+        wave: u32,
+    },
+    /// Every target is high risk: no host may go first.
+    NoEligiblePilot,
+    /// Rolling a failed host back did not work: the host is in an unknown state.
+    RevertFailed { host: HostName },
+    /// A host sent no samples past the plan's no-data time.
+    NoData { host: HostName },
+    /// `bellwether rollout pause`.
+    Operator,
+    /// The server held the rollout because it could not carry out its steps (its store
+    /// refused to save them); `reason` is the server's.
+    Held { reason: String },
+}
+
+impl std::fmt::Display for PauseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PauseReason::FailuresSpread {
+                failed_total,
+                failed_in_wave,
+                wave_size,
+                wave,
+            } => write!(
+                f,
+                "failures spread: {failed_total} hosts failed, {failed_in_wave} of the {wave_size} in wave {wave}"
+            ),
+            PauseReason::NoEligiblePilot => {
+                f.write_str("no host is eligible for the pilot (every target is high risk)")
+            }
+            PauseReason::RevertFailed { host } => write!(f, "the revert of {host} failed"),
+            PauseReason::NoData { host } => write!(f, "no data from {host}"),
+            PauseReason::Operator => f.write_str("paused by the operator"),
+            PauseReason::Held { reason } => f.write_str(reason),
+        }
+    }
+}
+
+impl PauseReason {
+    /// Reads a pause reason saved as text, before it was typed: each sentence the engine
+    /// wrote becomes its variant again. The engine's only free-text pause was the server's
+    /// hold, so any other text is a [`PauseReason::Held`] with that text.
+    pub fn from_text(text: &str) -> PauseReason {
+        let spread = || {
+            let rest = text.strip_prefix("failures spread: ")?;
+            let (total, rest) = rest.split_once(" hosts failed, ")?;
+            let (in_wave, rest) = rest.split_once(" of the ")?;
+            let (size, wave) = rest.split_once(" in wave ")?;
+            Some(PauseReason::FailuresSpread {
+                failed_total: total.parse().ok()?,
+                failed_in_wave: in_wave.parse().ok()?,
+                wave_size: size.parse().ok()?,
+                wave: wave.parse().ok()?,
+            })
+        };
+        let host = |prefix: &str, suffix: &str| {
+            let name = text.strip_prefix(prefix)?.strip_suffix(suffix)?;
+            HostName::new(name.to_string()).ok()
+        };
+        if let Some(r) = spread() {
+            r
+        } else if let Some(host) = host("the revert of ", " failed") {
+            PauseReason::RevertFailed { host }
+        } else if let Some(host) = host("no data from ", "") {
+            PauseReason::NoData { host }
+        } else if text == "paused by the operator" {
+            PauseReason::Operator
+        } else if text == PauseReason::NoEligiblePilot.to_string() {
+            PauseReason::NoEligiblePilot
+        } else {
+            PauseReason::Held {
+                reason: text.to_string(),
+            }
+        }
+    }
+}
+
+/// Adds the typed pause reason to a `rollout.paused` event's figures (an object).
+fn with_pause_reason(figures: &mut Value, why: &PauseReason) {
+    if !figures.is_object() {
+        *figures = json!({});
+    }
+    if let (Some(map), Ok(v)) = (figures.as_object_mut(), serde_json::to_value(why)) {
+        map.insert("pause_reason".into(), v);
+    }
+}
+
+/// Reads [`Rollout::pause_reason`] in its typed form or as the text older versions saved.
+fn pause_reason_typed_or_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<PauseReason>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Typed(PauseReason),
+        Text(String),
+    }
+    Ok(match Option::<Either>::deserialize(d)? {
+        None => None,
+        Some(Either::Typed(r)) => Some(r),
+        Some(Either::Text(t)) => Some(PauseReason::from_text(&t)),
+    })
+}
+
 /// One decision or observation worth keeping, with its reason and figures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutEvent {
@@ -362,7 +480,10 @@ pub struct Rollout {
     pub id: String,
     pub plan: Plan,
     pub phase: Phase,
-    pub pause_reason: Option<String>,
+    /// Why it is paused; `None` unless `phase` is paused. Saved states from before the
+    /// reason was typed hold it as text, which still loads.
+    #[serde(default, deserialize_with = "pause_reason_typed_or_text")]
+    pub pause_reason: Option<PauseReason>,
     pub started_ms: i64,
     pub finished_ms: Option<i64>,
     /// The latest observation time seen.
@@ -423,7 +544,11 @@ pub struct RolloutReport {
     pub version: String,
     /// running, paused, completed or aborted.
     pub state: Phase,
+    /// Why it is paused, as the sentence printed (`failures spread: …`).
     pub pause_reason: Option<String>,
+    /// Why it is paused, typed: what a client decides on.
+    #[serde(default)]
+    pub pause: Option<PauseReason>,
     pub started_ms: i64,
     pub finished_ms: Option<i64>,
     pub wave: u32,
@@ -448,7 +573,11 @@ pub struct RolloutStatus {
     pub id: String,
     pub plan: String,
     pub state: Phase,
+    /// Why it is paused, as the sentence printed (`failures spread: …`).
     pub pause_reason: Option<String>,
+    /// Why it is paused, typed: what a client decides on.
+    #[serde(default)]
+    pub pause: Option<PauseReason>,
     pub wave: u32,
     pub hosts_total: usize,
     pub by_state: BTreeMap<HostState, usize>,
@@ -750,7 +879,7 @@ impl Rollout {
             r.current = Vec::new();
             r.pause(
                 &mut out,
-                "no host is eligible for the pilot (every target is high risk)".into(),
+                PauseReason::NoEligiblePilot,
                 json!({ "high": n_high }),
             );
             return (r, out);
@@ -854,7 +983,8 @@ impl Rollout {
             update: self.plan.update.name.0.clone(),
             version: self.plan.update.version.0.clone(),
             state: self.phase,
-            pause_reason: self.pause_reason.clone(),
+            pause_reason: self.pause_reason.as_ref().map(|r| r.to_string()),
+            pause: self.pause_reason.clone(),
             started_ms: self.started_ms,
             finished_ms: self.finished_ms,
             wave: self.wave,
@@ -874,7 +1004,8 @@ impl Rollout {
             id: self.id.clone(),
             plan: self.plan.name.0.clone(),
             state: self.phase,
-            pause_reason: self.pause_reason.clone(),
+            pause_reason: self.pause_reason.as_ref().map(|r| r.to_string()),
+            pause: self.pause_reason.clone(),
             wave: self.wave,
             hosts_total: self.hosts.len(),
             by_state,
@@ -1107,7 +1238,7 @@ impl Rollout {
                     figures.clone(),
                 );
                 if self.phase == Phase::Running {
-                    self.pause(out, format!("the revert of {h} failed"), figures);
+                    self.pause(out, PauseReason::RevertFailed { host: h.clone() }, figures);
                 }
             }
             (ActionKind::Remediate { rule }, None) => {
@@ -1317,10 +1448,12 @@ impl Rollout {
         {
             self.pause(
                 out,
-                format!(
-                    "failures spread: {} hosts failed, {} of the {} in wave {}",
-                    self.failed_total, self.failed_in_wave, size, self.wave
-                ),
+                PauseReason::FailuresSpread {
+                    failed_total: self.failed_total,
+                    failed_in_wave: self.failed_in_wave,
+                    wave_size: size,
+                    wave: self.wave,
+                },
                 figures,
             );
         } else if !self.slowed
@@ -1344,12 +1477,16 @@ impl Rollout {
         }
     }
 
-    fn pause(&mut self, out: &mut Vec<Decision>, reason: String, figures: Value) {
+    /// Pauses a running rollout; the `rollout.paused` event carries the typed reason in its
+    /// figures, under `pause_reason`.
+    fn pause(&mut self, out: &mut Vec<Decision>, why: PauseReason, mut figures: Value) {
         if self.phase != Phase::Running {
             return;
         }
         self.phase = Phase::Paused;
-        self.pause_reason = Some(reason.clone());
+        let reason = why.to_string();
+        with_pause_reason(&mut figures, &why);
+        self.pause_reason = Some(why);
         self.event(
             out,
             "rollout.paused",
@@ -1536,7 +1673,7 @@ impl Rollout {
             figures.clone(),
         );
         if self.phase == Phase::Running {
-            self.pause(out, format!("no data from {h}"), figures);
+            self.pause(out, PauseReason::NoData { host: h.clone() }, figures);
         } else {
             self.alert(
                 out,
@@ -1558,13 +1695,18 @@ impl Rollout {
         );
         if self.phase == Phase::Running {
             self.phase = Phase::Paused;
-            self.pause_reason = Some(reason.clone());
+            let why = PauseReason::Held {
+                reason: reason.clone(),
+            };
+            let mut paused = figures.clone();
+            with_pause_reason(&mut paused, &why);
+            self.pause_reason = Some(why);
             self.event(
                 out,
                 "rollout.paused",
                 None,
                 format!("Paused: {reason}."),
-                figures.clone(),
+                paused,
             );
         }
         self.alert(
@@ -1593,7 +1735,7 @@ impl Rollout {
         match c {
             OperatorCommand::Pause => {
                 if self.phase == Phase::Running {
-                    self.pause(out, "paused by the operator".into(), fig);
+                    self.pause(out, PauseReason::Operator, fig);
                 }
             }
             OperatorCommand::Resume => {

@@ -479,8 +479,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("could not create {}", work.display()))?;
     let result = (|| -> anyhow::Result<ExitCode> {
         let addr_file = work.join("server.addr");
-        let token = super::sandbox::random_token();
-        let enrol_token = super::sandbox::random_token();
+        let token = bellwether_sandbox::random_token();
+        let enrol_token = bellwether_sandbox::random_token();
         let server = Reaped(
             Command::new(&exe)
                 .args(["server", "--listen", "127.0.0.1:0", "--addr-file"])
@@ -501,7 +501,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 Ok(a) if !a.trim().is_empty() => break a.trim().to_owned(),
                 _ if std::time::Instant::now() >= deadline => anyhow::bail!(
                     "the server did not start; its log ends:\n{}",
-                    super::sandbox::procs::log_tail(&work.join("server.log"), 10)
+                    bellwether_sandbox::procs::log_tail(&work.join("server.log"), 10)
                 ),
                 _ => std::thread::sleep(Duration::from_millis(20)),
             }
@@ -528,18 +528,19 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 .spawn()
                 .context("could not start the agent")?,
         );
-        let api = super::sandbox::api::Api::new(&url, &token, None)?;
-        let rt = super::sandbox::runtime()?;
+        let api = bellwether_server::client::Client::new(&url, &token)?;
+        let rt = super::token::runtime()?;
+        let name = bellwether_model::HostName::new("bench-agent".to_string())?;
         let profile: bellwether_model::HostProfile = rt.block_on(async {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             loop {
-                if let Some(p) = api.get("/api/v1/hosts/bench-agent/profile").await? {
+                if let Some(p) = api.host_profile(&name).await? {
                     return Ok::<_, anyhow::Error>(p);
                 }
                 if tokio::time::Instant::now() >= deadline {
                     anyhow::bail!(
                         "the agent did not report; its log ends:\n{}",
-                        super::sandbox::procs::log_tail(&work.join("agent.log"), 10)
+                        bellwether_sandbox::procs::log_tail(&work.join("agent.log"), 10)
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

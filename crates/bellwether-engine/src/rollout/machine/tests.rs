@@ -375,12 +375,28 @@ fn spreading_failures_slow_down_then_pause() {
     });
     assert_eq!(s.r.phase, Phase::Paused);
     assert!(
-        s.r.pause_reason
-            .as_deref()
-            .unwrap()
-            .contains("3 hosts failed"),
+        matches!(
+            s.r.pause_reason,
+            Some(PauseReason::FailuresSpread {
+                failed_total: 3,
+                ..
+            })
+        ),
         "{:?}",
         s.r.pause_reason
+    );
+    assert!(
+        s.r.status()
+            .pause_reason
+            .unwrap()
+            .starts_with("failures spread: 3 hosts failed, "),
+        "the status still says it in words"
+    );
+    let paused = s.events("rollout.paused");
+    assert_eq!(
+        serde_json::from_value::<PauseReason>(paused[0].figures["pause_reason"].clone()).ok(),
+        s.r.pause_reason,
+        "the event carries the typed reason"
     );
     assert!(s.log.iter().any(|d| matches!(d, Decision::Alert { .. })));
     let wave_now = s.r.wave;
@@ -535,8 +551,14 @@ fn no_data_pauses_and_alerts_and_never_promotes_or_rolls_back() {
     });
     assert_eq!(s.r.phase, Phase::Paused);
     assert_eq!(
-        s.r.pause_reason.as_deref(),
-        Some(format!("no data from {silent}").as_str())
+        s.r.pause_reason,
+        Some(PauseReason::NoData {
+            host: silent.clone()
+        })
+    );
+    assert_eq!(
+        s.r.report().pause_reason,
+        Some(format!("no data from {silent}"))
     );
     assert_eq!(s.r.wave, 0, "the pilot is not promoted on no data");
     assert!(
@@ -801,7 +823,13 @@ fn a_hold_pauses_with_a_critical_alert_until_the_operator_resumes() {
     });
     assert_eq!(s.r.phase, Phase::Paused);
     assert_eq!(
-        s.r.pause_reason.as_deref(),
+        s.r.pause_reason,
+        Some(PauseReason::Held {
+            reason: "the store could not save a step (disk full)".into()
+        })
+    );
+    assert_eq!(
+        s.r.status().pause_reason.as_deref(),
         Some("the store could not save a step (disk full)")
     );
     assert_eq!(s.events("rollout.held").len(), 1);
@@ -1166,4 +1194,86 @@ fn healthy_verdicts_on_data_older_than_the_bake_end_never_promote() {
     });
     s.tick(1_000);
     assert_eq!(s.r.wave, 1, "promoted once the samples cover the bake");
+}
+
+#[test]
+fn a_state_saved_with_the_pause_reason_as_text_still_loads_typed() {
+    let mut s = Sim::new(plan_with(&[]), fleet(40));
+    s.step(Observation::Operator {
+        command: OperatorCommand::Pause,
+        now_ms: 10,
+    });
+    assert_eq!(s.r.pause_reason, Some(PauseReason::Operator));
+    let saved = serde_json::to_value(&s.r).unwrap();
+    assert_eq!(saved["pause_reason"], json!({"kind": "operator"}));
+    let restored: Rollout = serde_json::from_value(saved.clone()).unwrap();
+    assert_eq!(restored, s.r);
+
+    // What versions before the typed reason saved: the sentence itself.
+    let web = hn("web-07");
+    let cases = [
+        (
+            "failures spread: 3 hosts failed, 1 of the 10 in wave 2",
+            PauseReason::FailuresSpread {
+                failed_total: 3,
+                failed_in_wave: 1,
+                wave_size: 10,
+                wave: 2,
+            },
+        ),
+        (
+            "the revert of web-07 failed",
+            PauseReason::RevertFailed { host: web.clone() },
+        ),
+        ("no data from web-07", PauseReason::NoData { host: web }),
+        ("paused by the operator", PauseReason::Operator),
+        (
+            "no host is eligible for the pilot (every target is high risk)",
+            PauseReason::NoEligiblePilot,
+        ),
+        (
+            "the store could not save a step (disk full)",
+            PauseReason::Held {
+                reason: "the store could not save a step (disk full)".into(),
+            },
+        ),
+    ];
+    for (text, typed) in cases {
+        let mut old = saved.clone();
+        old["pause_reason"] = json!(text);
+        let loaded: Rollout = serde_json::from_value(old).unwrap();
+        assert_eq!(loaded.pause_reason.as_ref(), Some(&typed), "{text}");
+        assert_eq!(typed.to_string(), text, "the printed sentence is unchanged");
+        assert_eq!(loaded.status().pause_reason.as_deref(), Some(text));
+        assert_eq!(loaded.report().pause.as_ref(), Some(&typed));
+    }
+    // No reason, saved as null or not at all.
+    for none in [Some(Value::Null), None] {
+        let mut old = saved.clone();
+        match none {
+            Some(v) => old["pause_reason"] = v,
+            None => {
+                old.as_object_mut().unwrap().remove("pause_reason");
+            }
+        }
+        let loaded: Rollout = serde_json::from_value(old).unwrap();
+        assert_eq!(loaded.pause_reason, None);
+    }
+    // A typed reason of an unknown kind is refused, not read as text.
+    let mut bad = saved.clone();
+    bad["pause_reason"] = json!({"kind": "solar_flare"});
+    assert!(serde_json::from_value::<Rollout>(bad).is_err());
+
+    // A rollout loaded from the old text resumes as any other.
+    let mut old = saved;
+    old["pause_reason"] = json!("failures spread: 3 hosts failed, 1 of the 10 in wave 2");
+    s.r = serde_json::from_value(old).unwrap();
+    s.step(Observation::Operator {
+        command: OperatorCommand::Resume,
+        now_ms: 20,
+    });
+    assert_eq!(
+        (s.r.phase, s.r.pause_reason.clone()),
+        (Phase::Running, None)
+    );
 }

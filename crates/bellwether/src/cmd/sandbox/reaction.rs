@@ -99,7 +99,7 @@ fn one_run(args: &BenchArgs, run: usize, work: &std::path::Path) -> anyhow::Resu
         } else {
             "[]".into()
         };
-        std::fs::write(root.join(super::service::FAULTS_FILE), faults)?;
+        std::fs::write(root.join(bellwether_sandbox::service::FAULTS_FILE), faults)?;
         let addr_file = root.join("addr");
         procs.push(Reaped(
             Command::new(&exe)

@@ -4,10 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use bellwether_drift::synth::Drift;
 use bellwether_drift::version::ChangeLevel;
 use serde::{Deserialize, Serialize};
+
+use crate::{Result, SandboxError};
 
 pub const STATE_FILE: &str = "state.json";
 
@@ -103,31 +104,40 @@ impl State {
     }
 
     /// Reads the state of the sandbox in `dir`; `None` when there is none.
-    pub fn load(dir: &Path) -> anyhow::Result<Option<State>> {
+    pub fn load(dir: &Path) -> Result<Option<State>> {
         let path = State::path(dir);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
+            Err(e) => return Err(SandboxError::io("read", path, e)),
         };
-        let state = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a sandbox state file", path.display()))?;
+        let state = serde_json::from_str(&text).map_err(|source| SandboxError::BadFile {
+            path,
+            what: "a sandbox state file",
+            source,
+        })?;
         Ok(Some(state))
     }
 
     /// Writes the state atomically (a temporary file renamed into place).
-    pub fn save(&self) -> anyhow::Result<()> {
+    pub fn save(&self) -> Result<()> {
         let path = State::path(&self.dir);
-        write_atomic(&path, serde_json::to_string_pretty(self)?.as_bytes())
+        let text = serde_json::to_string_pretty(self).map_err(|source| SandboxError::BadFile {
+            path: path.clone(),
+            what: "serialisable",
+            source,
+        })?;
+        write_atomic(&path, text.as_bytes())
     }
 
-    pub fn host(&self, name: &str) -> anyhow::Result<&HostEntry> {
+    /// The host called `name`; a usage error listing the sandbox's hosts when there is none.
+    pub fn host(&self, name: &str) -> Result<&HostEntry> {
         self.hosts.iter().find(|h| h.name == name).ok_or_else(|| {
             let names: Vec<&str> = self.hosts.iter().map(|h| h.name.as_str()).collect();
-            anyhow::Error::new(super::super::UsageError(format!(
+            SandboxError::Usage(format!(
                 "--host {name:?}: no such host in the sandbox (hosts: {})",
                 names.join(", ")
-            )))
+            ))
         })
     }
 
@@ -150,23 +160,22 @@ impl State {
 }
 
 /// As [`write_atomic`], creating the parent directory first.
-pub fn write_atomic_in(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub fn write_atomic_in(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("could not create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| SandboxError::io("create", dir, e))?;
     }
     write_atomic(path, bytes)
 }
 
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("could not write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("could not write {}", path.display()))?;
+    std::fs::write(&tmp, bytes).map_err(|e| SandboxError::io("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| SandboxError::io("write", path, e))?;
     Ok(())
 }
 
 /// Writes a secret readable by its owner only.
-pub fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+pub fn write_secret(path: &Path, secret: &str) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
@@ -175,7 +184,7 @@ pub fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("could not write {}", path.display()))?;
-    writeln!(f, "{secret}").with_context(|| format!("could not write {}", path.display()))?;
+        .map_err(|e| SandboxError::io("write", path, e))?;
+    writeln!(f, "{secret}").map_err(|e| SandboxError::io("write", path, e))?;
     Ok(())
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::fleet::Planned;
-use super::service::Fault;
-use super::state::Injected;
+use crate::fleet::Planned;
+use crate::service::Fault;
+use crate::state::Injected;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,13 +116,41 @@ mod humantime_serde_opt {
     }
 }
 
+/// A scenario that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScenarioError {
+    /// The YAML does not parse, or a field has the wrong type, is unknown or is missing.
+    #[error("{file}:{line}:{column}: {message}")]
+    Syntax {
+        file: String,
+        line: usize,
+        column: usize,
+        /// The field path and what is wrong (`groups[0]: unknown field `colour``).
+        message: String,
+    },
+    /// The YAML parses but a value is not allowed; `message` names the group or fault by
+    /// index and name.
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+}
+
 /// Parses and validates; every error names the file, and the line and column where the YAML
 /// parser knows them (syntax, types, unknown or missing fields); validation errors name the
 /// group or fault by index and name.
-pub fn parse(text: &str, file: &str) -> Result<Scenario, String> {
-    let s: Scenario = bellwether_engine::yaml::from_str(text)
-        .map_err(|e| format!("{file}:{}:{}: {}", e.line, e.column, e.path_and_message()))?;
-    let bad = |what: String| Err(format!("{file}: {what}"));
+pub fn parse(text: &str, file: &str) -> Result<Scenario, ScenarioError> {
+    let s: Scenario =
+        bellwether_engine::yaml::from_str(text).map_err(|e| ScenarioError::Syntax {
+            file: file.to_string(),
+            line: e.line,
+            column: e.column,
+            message: e.path_and_message(),
+        })?;
+    let bad = |what: String| {
+        Err(ScenarioError::Invalid {
+            file: file.to_string(),
+            message: what,
+        })
+    };
     if s.groups.is_empty() {
         return bad("groups: at least one group is needed".into());
     }
@@ -392,7 +420,7 @@ pub fn libssl_of(packages: &BTreeMap<String, String>) -> Option<String> {
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../../../../../examples/scenarios/libssl.yaml");
+    const EXAMPLE: &str = include_str!("../../../examples/scenarios/libssl.yaml");
 
     #[test]
     fn the_example_parses_and_matches_its_rules() {
@@ -467,7 +495,8 @@ mod tests {
             "groups:\n  - name: web\n    count: 2\n    role: web\n    colour: red\n",
             "s.yaml",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.starts_with("s.yaml:5:5: groups[0]: unknown field `colour`"),
             "{e}"
@@ -476,15 +505,28 @@ mod tests {
             "groups:\n  - name: web\n    count: lots\n    role: web\n",
             "s.yaml",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("s.yaml:3:12: "), "{e}");
+        assert!(matches!(
+            parse("groups:\n  - name: web\n    count: lots\n    role: web\n", "s.yaml"),
+            Err(ScenarioError::Syntax { line: 3, column: 12, ref file, .. }) if file == "s.yaml"
+        ));
         let e = parse("groups: []\n", "s.yaml").unwrap_err();
+        assert_eq!(
+            e,
+            ScenarioError::Invalid {
+                file: "s.yaml".into(),
+                message: "groups: at least one group is needed".into()
+            }
+        );
+        let e = e.to_string();
         assert_eq!(e, "s.yaml: groups: at least one group is needed");
         let e = parse(
             "groups:\n  - {name: web, count: 2, role: web}\nfaults:\n  - {name: x, when: {version: '2'}, effect: {error_rate: 3}}\n",
             "s.yaml",
         )
-        .unwrap_err();
+        .unwrap_err().to_string();
         assert_eq!(
             e,
             "s.yaml: faults[0] (x): effect.error_rate 3 is not within [0, 1]"
@@ -493,7 +535,7 @@ mod tests {
             "groups:\n  - {name: web, count: 2, role: web}\nfaults:\n  - {when: {version: '2'}, effect: {error_rate: 0.1}, onset: soon}\n",
             "s.yaml",
         )
-        .unwrap_err();
+        .unwrap_err().to_string();
         assert!(
             e.starts_with("s.yaml:4:") && e.contains("onset \"soon\""),
             "{e}"
@@ -509,7 +551,7 @@ mod tests {
             "groups:\n  - name: web\n    count: 2\n    role: web\n    packages: { libssl3: '3.0', libssl3: '1.1' }\n",
             "s.yaml",
         )
-        .unwrap_err();
+        .unwrap_err().to_string();
         assert_eq!(
             e,
             "s.yaml:5:33: groups[0].packages: duplicate key `libssl3`: a key may appear only once in a mapping"
@@ -518,7 +560,7 @@ mod tests {
             "groups:\n  - name: web\n    count: 2\n    role: web\n    labels:\n      zone: a\n      zone: b\n",
             "s.yaml",
         )
-        .unwrap_err();
+        .unwrap_err().to_string();
         assert!(
             e.starts_with("s.yaml:7:7: groups[0].labels: duplicate key `zone`"),
             "{e}"
@@ -530,21 +572,25 @@ mod tests {
             ),
             "s.yaml",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("s.yaml:5:"), "{e}");
-        let e = parse(&format!("# {}\n", "x".repeat(2 << 20)), "s.yaml").unwrap_err();
+        let e = parse(&format!("# {}\n", "x".repeat(2 << 20)), "s.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("s.yaml:1:1: the text is "), "{e}");
         let e = parse(
             "groups:\n  - name: web\n    count: lots\n    role: web\n",
             "s.yaml",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("s.yaml:3:12: groups[0].count: "), "{e}");
     }
 
     #[test]
     fn the_quickstart_scenario_parses() {
-        let text = include_str!("../../../../../examples/scenarios/quickstart.yaml");
+        let text = include_str!("../../../examples/scenarios/quickstart.yaml");
         parse(text, "quickstart.yaml").unwrap();
     }
 
@@ -564,7 +610,7 @@ mod tests {
 
     #[test]
     fn the_example_plan_parses_and_targets_the_example_fleet() {
-        let text = include_str!("../../../../../examples/plans/web-v2.yaml");
+        let text = include_str!("../../../examples/plans/web-v2.yaml");
         let plan = bellwether_engine::rollout::plan::parse_plan(text, "web-v2.yaml").unwrap();
         assert_eq!(plan.name.0, "web-v2");
         let s = parse(EXAMPLE, "libssl.yaml").unwrap();

@@ -24,12 +24,12 @@
 //! traffic and the metrics have something to say whether or not anyone calls `/`.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
+
+use crate::{Result, SandboxError};
 
 /// Histogram bucket bounds, in seconds.
 pub const BUCKETS: [f64; 11] = [
@@ -39,20 +39,17 @@ pub const BUCKETS: [f64; 11] = [
 const BASE_MS: f64 = 2.0;
 const TAIL_MS: f64 = 1.5;
 
-#[derive(Debug, clap::Args)]
-pub struct ServiceArgs {
-    /// The host root: the version and faults are read from <root>/etc/websvc/.
-    #[arg(long, value_name = "DIR")]
-    root: PathBuf,
-    /// The address to serve on.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: String,
+/// What `sandbox service` is given.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// The host root: the version and faults are read from `<root>/etc/websvc/`.
+    pub root: PathBuf,
+    /// The address to serve on, such as `127.0.0.1:0`.
+    pub listen: String,
     /// Where to write the bound address once listening.
-    #[arg(long, value_name = "FILE")]
-    addr_file: PathBuf,
-    /// Simulated requests per second from the built-in load generator.
-    #[arg(long, default_value_t = 50)]
-    rps: u32,
+    pub addr_file: PathBuf,
+    /// Simulated requests per second from the built-in load generator (1 to 10,000).
+    pub rps: u32,
 }
 
 /// One fault, as `sandbox up` writes it for a host.
@@ -195,14 +192,16 @@ fn read_version(root: &Path) -> String {
         .unwrap_or_else(|| "1".to_string())
 }
 
-pub fn read_faults(root: &Path) -> anyhow::Result<Vec<Fault>> {
+pub fn read_faults(root: &Path) -> Result<Vec<Fault>> {
     let path = root.join(FAULTS_FILE);
     match std::fs::read(&path) {
-        Ok(b) => {
-            serde_json::from_slice(&b).with_context(|| format!("{} is not valid", path.display()))
-        }
+        Ok(b) => serde_json::from_slice(&b).map_err(|source| SandboxError::BadFile {
+            path,
+            what: "valid",
+            source,
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e).with_context(|| format!("could not read {}", path.display())),
+        Err(e) => Err(SandboxError::io("read", path, e)),
     }
 }
 
@@ -312,19 +311,23 @@ impl Service {
     }
 }
 
-pub fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
+/// Serves until the process is stopped. Bad options, and a faults file that is not valid,
+/// are usage errors.
+pub fn serve(args: ServiceOptions) -> Result<()> {
     use axum::http::StatusCode;
     if !args.root.is_dir() {
-        return Err(super::super::UsageError(format!(
+        return Err(SandboxError::Usage(format!(
             "--root {}: not a directory",
             args.root.display()
-        ))
-        .into());
+        )));
     }
     if args.rps == 0 || args.rps > 10_000 {
-        return Err(super::super::UsageError("--rps: must be between 1 and 10000".into()).into());
+        return Err(SandboxError::Usage(
+            "--rps: must be between 1 and 10000".into(),
+        ));
     }
-    let faults = read_faults(&args.root).map_err(|e| super::super::UsageError(format!("{e:#}")))?;
+    let faults =
+        read_faults(&args.root).map_err(|e| SandboxError::Usage(crate::error_chain(&e)))?;
     let (config, problems) = read_config(&args.root);
     if !problems.is_empty() {
         tracing::warn!(problems = ?problems, "The service configuration has problems.");
@@ -339,15 +342,14 @@ pub fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
         root: args.root.clone(),
         counters: Mutex::new(Counters::default()),
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime()?;
     rt.block_on(async move {
+        let bind = |e| SandboxError::Process(format!("could not listen on {}: {e}", args.listen));
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
-            .with_context(|| format!("could not listen on {}", args.listen))?;
-        let addr = listener.local_addr()?.to_string();
-        super::state::write_atomic(&args.addr_file, addr.as_bytes())?;
+            .map_err(bind)?;
+        let addr = listener.local_addr().map_err(bind)?.to_string();
+        crate::state::write_atomic(&args.addr_file, addr.as_bytes())?;
         tracing::info!(addr = %addr, root = %args.root.display(), "Service ready.");
         let watcher = svc.clone();
         tokio::spawn(async move {
@@ -405,10 +407,8 @@ pub fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
             );
         axum::serve(listener, app)
             .await
-            .context("the service stopped")?;
-        Ok::<_, anyhow::Error>(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+            .map_err(|e| SandboxError::Process(format!("the service stopped: {e}")))
+    })
 }
 
 use rand::SeedableRng as _;
@@ -540,7 +540,9 @@ mod tests {
             r#"[{"version": "2", "eror_rate": 0.3}]"#,
         )
         .unwrap();
-        let e = format!("{:#}", read_faults(dir.path()).unwrap_err());
+        let err = read_faults(dir.path()).unwrap_err();
+        assert!(matches!(err, SandboxError::BadFile { .. }), "{err:?}");
+        let e = crate::error_chain(&err);
         assert!(
             e.contains("faults.json is not valid") && e.contains("unknown field `eror_rate`"),
             "{e}"

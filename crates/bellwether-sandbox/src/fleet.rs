@@ -3,7 +3,7 @@
 
 use bellwether_drift::synth::{HostSpec, SplitMix64};
 
-use super::state::{HostEntry, Injected};
+use crate::state::{HostEntry, Injected};
 
 /// Packages per generated host, before the role's own packages.
 pub const PACKAGES_PER_HOST: usize = 200;

@@ -7,9 +7,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
+
+use crate::{Result, SandboxError};
 
 /// Starts `exe args…` in its own process group, with stdin closed and stdout and stderr
 /// appended to `log`.
@@ -18,16 +19,16 @@ pub fn spawn_detached(
     args: &[OsString],
     envs: &[(&str, &str)],
     log: &Path,
-) -> anyhow::Result<Child> {
+) -> Result<Child> {
     use std::os::unix::process::CommandExt as _;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .with_context(|| format!("could not open {}", log.display()))?;
+        .map_err(|e| SandboxError::io("open", log, e))?;
     let err = out
         .try_clone()
-        .with_context(|| format!("could not open {}", log.display()))?;
+        .map_err(|e| SandboxError::io("open", log, e))?;
     let mut cmd = Command::new(exe);
     // Logs go to files: no colour codes in them.
     cmd.args(args)
@@ -39,8 +40,7 @@ pub fn spawn_detached(
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    cmd.spawn()
-        .with_context(|| format!("could not start {}", exe.display()))
+    cmd.spawn().map_err(|e| SandboxError::io("start", exe, e))
 }
 
 /// True when `pid` is a live (not zombie) process whose command line mentions `marker` — the
@@ -88,7 +88,7 @@ pub fn wait_gone(pids: &[u32], marker: &str, timeout: Duration) -> Vec<u32> {
 
 /// SIGTERM, wait up to `grace`, then SIGKILL and wait again. Returns how many needed SIGKILL,
 /// or an error naming the processes that survived even that.
-pub fn stop(pids: &[u32], marker: &str, grace: Duration) -> anyhow::Result<usize> {
+pub fn stop(pids: &[u32], marker: &str, grace: Duration) -> Result<usize> {
     let alive: Vec<u32> = pids
         .iter()
         .copied()
@@ -103,7 +103,9 @@ pub fn stop(pids: &[u32], marker: &str, grace: Duration) -> anyhow::Result<usize
     }
     let left = wait_gone(&stubborn, marker, Duration::from_secs(5));
     if !left.is_empty() {
-        anyhow::bail!("processes {left:?} did not exit after SIGKILL");
+        return Err(SandboxError::Process(format!(
+            "processes {left:?} did not exit after SIGKILL"
+        )));
     }
     Ok(stubborn.len())
 }
