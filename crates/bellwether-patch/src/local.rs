@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::Ordering::Relaxed;
@@ -116,18 +115,10 @@ pub fn proxy_config(plan: &PatchPlan) -> RawConfig {
     raw
 }
 
-/// Writes the report through a temporary file, fsync and a rename, so a reader never sees
-/// half a report and a crash leaves the previous one.
+/// Writes the report whole (`bellwether_fs`: a temporary file, fsync, rename, directory
+/// fsync), so a reader never sees half a report and a crash leaves the previous one.
 fn write_report(dir: &Path, id: &str, bytes: &[u8]) -> std::io::Result<()> {
-    let path = dir.join(format!("{id}.json"));
-    let tmp = dir.join(format!(".{id}.json.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, &path)?;
-    // The rename itself is durable once the directory is synced.
-    std::fs::File::open(dir)?.sync_all()
+    bellwether_fs::write_atomic(&dir.join(format!("{id}.json")), bytes)
 }
 
 /// Process-tree CPU and memory of one instance.

@@ -161,30 +161,21 @@ impl State {
 
 /// As [`write_atomic`], creating the parent directory first.
 pub fn write_atomic_in(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| SandboxError::io("create", dir, e))?;
-    }
-    write_atomic(path, bytes)
+    bellwether_fs::AtomicWrite::new()
+        .create_parent()
+        .write(path, bytes)
+        .map_err(|e| SandboxError::io("write", path, e))
 }
 
+/// Replaces `path` whole (`bellwether_fs`: a temporary file, fsync, rename, directory fsync).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| SandboxError::io("write", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| SandboxError::io("write", path, e))?;
-    Ok(())
+    bellwether_fs::write_atomic(path, bytes).map_err(|e| SandboxError::io("write", path, e))
 }
 
-/// Writes a secret readable by its owner only.
+/// Writes a secret readable by its owner only, atomically (mode 0600 from creation).
 pub fn write_secret(path: &Path, secret: &str) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
+    bellwether_fs::AtomicWrite::new()
         .mode(0o600)
-        .open(path)
-        .map_err(|e| SandboxError::io("write", path, e))?;
-    writeln!(f, "{secret}").map_err(|e| SandboxError::io("write", path, e))?;
-    Ok(())
+        .write(path, format!("{secret}\n").as_bytes())
+        .map_err(|e| SandboxError::io("write", path, e))
 }

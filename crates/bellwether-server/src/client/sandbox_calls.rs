@@ -2,6 +2,7 @@
 //! or drift, `None` until it has), and starting, following and resuming a rollout.
 
 use bellwether_model::{DriftScore, HostName, HostProfile};
+use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
 use super::{Client, ClientError};
@@ -49,12 +50,12 @@ impl Client {
         plan_yaml: &str,
         file: Option<&str>,
     ) -> Result<RolloutCreated, ClientError> {
-        let url = format!("{}/api/v1/rollouts", self.base);
         let body = CreateRollout {
             plan_yaml: plan_yaml.to_string(),
             file: file.map(str::to_string),
         };
-        self.call(self.http.post(&url).json(&body), url).await
+        self.call(Method::POST, "/api/v1/rollouts", |r| r.json(&body))
+            .await
     }
 
     /// `GET /api/v1/rollouts/{id}/report`: every host's story and the events so far.
@@ -64,7 +65,7 @@ impl Client {
 
     /// `POST /api/v1/rollouts/{id}/resume`: the rollout's status after the command.
     pub async fn resume_rollout(&self, id: &str) -> Result<StatusResponse, ClientError> {
-        let url = format!("{}/api/v1/rollouts/{id}/resume", self.base);
-        self.call(self.http.post(&url), url).await
+        self.call(Method::POST, &format!("/api/v1/rollouts/{id}/resume"), |r| r)
+            .await
     }
 }
