@@ -137,7 +137,7 @@ fn wait_addr(
             return Err(SandboxError::Process(format!(
                 "the {what} did not write {} within {}; {} ends:\n{}",
                 file.display(),
-                humantime::format_duration(timeout),
+                bellwether_model::duration::Dur(timeout),
                 log.display(),
                 procs::log_tail(log, 15)
             )));
@@ -333,7 +333,7 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> Result<State> 
     }
 
     // 4. One agent per root.
-    let interval = humantime::format_duration(opts.interval).to_string();
+    let interval = bellwether_model::duration::Dur(opts.interval).to_string();
     let mut agents: BTreeMap<String, Child> = BTreeMap::new();
     for h in &mut hosts {
         // The host's web service first: its agent scrapes it.
@@ -547,7 +547,7 @@ async fn wait_profiles(
                 "{} of {} hosts did not report a profile within {}: {}; see their logs in {}",
                 names.len(),
                 state.hosts.len(),
-                humantime::format_duration(timeout),
+                bellwether_model::duration::Dur(timeout),
                 names.join(", "),
                 state.dir.join("logs").display()
             )));

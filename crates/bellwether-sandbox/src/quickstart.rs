@@ -484,7 +484,7 @@ async fn rollout(
         if t0.elapsed() > timeout {
             return Err(SandboxError::Story(format!(
                 "{label} ({id}) did not finish within {}; it is {}",
-                humantime::format_duration(timeout),
+                bellwether_model::duration::Dur(timeout),
                 wire(&r.report.state)
             )));
         }
@@ -587,7 +587,7 @@ async fn wait_for_drift(
                 .collect();
             return Err(SandboxError::Story(format!(
                 "drift did not show within {} on: {}",
-                humantime::format_duration(timeout),
+                bellwether_model::duration::Dur(timeout),
                 what.join(", ")
             )));
         }

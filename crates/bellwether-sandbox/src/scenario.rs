@@ -56,7 +56,7 @@ pub struct FaultRule {
     pub name: Option<String>,
     pub when: When,
     pub effect: Effect,
-    #[serde(default, with = "humantime_serde_opt")]
+    #[serde(default, with = "duration_opt")]
     pub onset: Option<Duration>,
     /// Whether the generated history shows this fault. `false` makes it a new fault that no
     /// past deployment hit, so the model cannot predict it before a rollout meets it.
@@ -101,7 +101,8 @@ pub struct History {
     pub seed: u64,
 }
 
-mod humantime_serde_opt {
+/// `onset` in the one duration grammar (docs/durations.md).
+mod duration_opt {
     use std::time::Duration;
 
     use serde::Deserialize as _;
@@ -110,7 +111,7 @@ mod humantime_serde_opt {
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
+        bellwether_model::duration::parse(&s)
             .map(Some)
             .map_err(|e| serde::de::Error::custom(format!("onset {s:?}: {e}")))
     }

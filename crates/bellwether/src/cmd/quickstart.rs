@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long)]
     keep: bool,
     /// How long to wait for each stage (agents reporting, drift being recomputed, a rollout).
-    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "180s", value_parser = bellwether_model::duration::parse)]
     timeout: Duration,
     /// Output format: `json` prints one document at the end instead of the story.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]

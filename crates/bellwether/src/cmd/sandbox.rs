@@ -72,10 +72,10 @@ pub struct UpArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "hosts")]
     scenario: Option<PathBuf>,
     /// The agents' collection interval.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = bellwether_model::duration::parse)]
     interval: Duration,
     /// How long to wait for the server and for every agent's first profile.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = bellwether_model::duration::parse)]
     timeout: Duration,
     /// Run the fleet over HTTPS: generate a CA and a server certificate for 127.0.0.1 and
     /// localhost in DIR/tls (ca.pem, server.pem, server.key), serve with them, and start
@@ -103,7 +103,7 @@ pub struct DownArgs {
     #[arg(long)]
     purge: bool,
     /// How long to wait after SIGTERM before SIGKILL.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = bellwether_model::duration::parse)]
     grace: Duration,
 }
 

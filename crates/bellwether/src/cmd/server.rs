@@ -79,7 +79,7 @@ pub struct Args {
     /// it, and take over within about the lease's length when it dies. The leader renews every
     /// third of it, the others try to take it every sixth (default 3s: renewed every 1s, tried
     /// every 500ms). Expiry is measured on the database's clock. See docs/ha.md.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = bellwether_model::duration::parse)]
     lease_ttl: Option<Duration>,
     /// The URL other replicas (and clients sent here) reach this server at, as in
     /// http://10.0.0.5:7878; default: the scheme and the bound address. PostgreSQL store only.
@@ -126,7 +126,7 @@ fn ha_settings(args: &Args) -> anyhow::Result<Option<bellwether_server::HaSettin
     if ttl < Duration::from_millis(300) || ttl > Duration::from_secs(3600) {
         return Err(UsageError(format!(
             "--lease-ttl {}: must be between 300ms and 1h",
-            humantime::format_duration(ttl)
+            bellwether_model::duration::Dur(ttl)
         ))
         .into());
     }
