@@ -19,7 +19,6 @@ use super::{OutputFormat, UsageError};
 pub mod api;
 pub mod fleet;
 pub mod procs;
-pub mod reaction;
 pub mod scenario;
 pub mod service;
 pub mod state;
