@@ -213,8 +213,7 @@ pub fn run(args: &Options) -> Result<Verdict> {
                 StoreConfig::Sqlite { .. } => {
                     return Err(BenchError::Usage(
                         "--database: the SQLite run always happens; give a postgres:// URL".into(),
-                    )
-                    .into())
+                    ))
                 }
             }
         }

@@ -58,6 +58,29 @@ pub enum BenchError {
     Other(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
+impl BenchError {
+    /// Whether this error or one it wraps is bad input ([`BenchError::Usage`]).
+    pub fn is_usage(&self) -> bool {
+        self.any(|e| matches!(e, BenchError::Usage(_)))
+    }
+
+    /// Whether this error or one it wraps is a service that could not be reached.
+    pub fn is_unreachable(&self) -> bool {
+        self.any(|e| matches!(e, BenchError::Unreachable(_)))
+    }
+
+    fn any(&self, f: impl Fn(&BenchError) -> bool) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cur {
+            if e.downcast_ref::<BenchError>().is_some_and(&f) {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
+    }
+}
+
 pub type Result<T, E = BenchError> = std::result::Result<T, E>;
 
 macro_rules! passed_on {
@@ -161,5 +184,16 @@ mod tests {
         assert_eq!(e.to_string(), "could not read the corpus");
         let cause = std::error::Error::source(&e).expect("a cause");
         assert!(cause.to_string().contains("No such file"), "{cause}");
+        assert!(!e.is_usage() && !e.is_unreachable());
+    }
+
+    #[test]
+    fn bad_input_is_found_under_context() {
+        let e: Result<()> = Err(BenchError::Usage("labels: cannot read".into()));
+        let e = e.context("loading NAB from /x").unwrap_err();
+        assert!(e.is_usage() && !e.is_unreachable());
+        let e: Result<()> = Err(BenchError::Unreachable("no PostgreSQL".into()));
+        let e = e.context("opening the store").unwrap_err();
+        assert!(e.is_unreachable() && !e.is_usage());
     }
 }

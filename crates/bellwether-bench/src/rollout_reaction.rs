@@ -92,7 +92,7 @@ fn one_run(args: &Options, run: usize, work: &std::path::Path) -> Result<RunResu
         std::fs::write(root.join(&args.faults_file), faults)?;
         let addr_file = root.join("addr");
         procs.push(Reaped(
-            Command::new(&exe)
+            Command::new(exe)
                 .args(["sandbox", "service", "--root"])
                 .arg(&root)
                 .arg("--addr-file")

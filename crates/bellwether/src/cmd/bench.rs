@@ -412,11 +412,26 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A harness's error with the binary's exit code: bad input 2, unreachable 3, otherwise 1.
+/// A harness's error with the binary's exit code: bad input 2, unreachable 3, otherwise 1
+/// (also when the bad input is wrapped in context, as "loading NAB from DIR: …").
 fn bench_error(e: BenchError) -> anyhow::Error {
-    match e {
-        BenchError::Usage(m) => UsageError(m).into(),
-        BenchError::Unreachable(m) => Unreachable(m).into(),
-        other => other.into(),
+    if e.is_usage() {
+        UsageError(chain(&e)).into()
+    } else if e.is_unreachable() {
+        Unreachable(chain(&e)).into()
+    } else {
+        e.into()
     }
+}
+
+/// An error and its causes as one line, as `{:#}` prints an anyhow error.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

@@ -136,7 +136,7 @@ pub fn human(s: &DriftScore, host: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bellwether_drift::synth::Drift;
+    use bellwether_drift::synth::{profile_of, Drift, HostSpec};
 
     #[test]
     fn human_report_lists_scores_and_findings() {
