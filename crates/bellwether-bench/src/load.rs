@@ -212,14 +212,16 @@ const POLL_EMPTY: &str = "GET /api/v1/agent/actions (empty: past wait_ms)";
 const POLL_ACTIONS: &str = "GET /api/v1/agent/actions (with actions)";
 const RESULT: &str = "POST /api/v1/agent/actions/{id}/result";
 const CREATE: &str = "POST /api/v1/rollouts";
+const BASELINES: &str = "POST /api/v1/baselines";
 const STATUS: &str = "GET /api/v1/rollouts/{id}";
-const ROUTE_ORDER: [&str; 8] = [
+const ROUTE_ORDER: [&str; 9] = [
     SAMPLES,
     POLL_EMPTY,
     POLL_ACTIONS,
     RESULT,
     STATUS,
     CREATE,
+    BASELINES,
     ENROL,
     PROFILE,
 ];
@@ -248,7 +250,7 @@ impl Shared {
 
     /// Records a latency; enrolment and profiles happen before the window and always count.
     fn latency(&self, route: &'static str, ms: f64) {
-        if self.measuring() || route == ENROL || route == PROFILE || route == CREATE {
+        if self.measuring() || [ENROL, PROFILE, CREATE, BASELINES].contains(&route) {
             lock(&self.latencies).entry(route).or_default().push(ms);
         }
     }
@@ -420,6 +422,9 @@ async fn enrol(shared: &Shared, enrol_token: &str, i: usize, packages: usize) ->
         seed: i as u64,
     })
 }
+
+/// How long the operator's fleet-wide calls (baselines, starting the rollout) may take.
+const OPERATOR_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The largest queue of unsent samples an agent keeps (the real agent's buffer is bounded too).
 const MAX_QUEUE: usize = 10_000;
@@ -718,6 +723,19 @@ async fn run_against(
     }
     let enrol_seconds = enrolled_at.elapsed().as_secs_f64();
 
+    // Baselines of every host, captured once from the profiles before samples flow (one
+    // request for the whole fleet; under full ingest on SQLite it queued behind the sample
+    // writes for minutes).
+    let req = shared
+        .client
+        .post(shared.url("/api/v1/baselines"))
+        .bearer_auth(&op)
+        .timeout(OPERATOR_TIMEOUT)
+        .json(&serde_json::json!({"all": true}));
+    let t = Instant::now();
+    let _: serde_json::Value = operator(&shared, BASELINES, req, "capturing baselines").await?;
+    shared.latency(BASELINES, t.elapsed().as_secs_f64() * 1000.0);
+
     // Every agent sends from now on, spread over one interval; long-polls start with them.
     let mut fleet = tokio::task::JoinSet::new();
     let start = Instant::now();
@@ -739,12 +757,6 @@ async fn run_against(
     }
     // The first interval fills the pipes; the window starts after it.
     tokio::time::sleep_until((start + opts.interval).into()).await;
-    let req = shared
-        .client
-        .post(shared.url("/api/v1/baselines"))
-        .bearer_auth(&op)
-        .json(&serde_json::json!({"all": true}));
-    let _: serde_json::Value = operator(&shared, CREATE, req, "capturing baselines").await?;
 
     let window = Instant::now();
     let usage0 = crate::proc::usage(pid)?;
@@ -771,6 +783,7 @@ async fn run_against(
             .client
             .post(shared.url("/api/v1/rollouts"))
             .bearer_auth(&op)
+            .timeout(OPERATOR_TIMEOUT)
             .json(&serde_json::json!({"plan_yaml": plan_yaml(r.bake), "file": "load-plan.yaml"}));
         let t = Instant::now();
         let created: serde_json::Value =
