@@ -786,16 +786,30 @@ async fn run_against(
             .timeout(OPERATOR_TIMEOUT)
             .json(&serde_json::json!({"plan_yaml": plan_yaml(r.bake), "file": "load-plan.yaml"}));
         let t = Instant::now();
-        let created: serde_json::Value =
-            operator(&shared, CREATE, req, "starting the rollout").await?;
+        let created: Result<serde_json::Value> =
+            operator(&shared, CREATE, req, "starting the rollout").await;
         shared.latency(CREATE, t.elapsed().as_secs_f64() * 1000.0);
-        let id = created["id"]
-            .as_str()
-            .with_context(|| format!("the rollout's answer has no id: {created}"))?
-            .to_owned();
-        let hosts = created["hosts"].as_u64().unwrap_or(0);
-        let mut figures = follow_rollout(&shared, &op, id, hosts, r.timeout).await;
-        figures.actions = lock(&shared.actions).clone();
+        // A rollout the server did not start is a figure of the run, not the end of it.
+        let figures = match created {
+            Ok(created) => {
+                let id = created["id"]
+                    .as_str()
+                    .with_context(|| format!("the rollout's answer has no id: {created}"))?
+                    .to_owned();
+                let hosts = created["hosts"].as_u64().unwrap_or(0);
+                let mut figures = follow_rollout(&shared, &op, id, hosts, r.timeout).await;
+                figures.actions = lock(&shared.actions).clone();
+                figures
+            }
+            Err(e) => RolloutFigures {
+                id: String::new(),
+                hosts: 0,
+                state: "not started".into(),
+                pause_reason: Some(e.to_string()),
+                duration_seconds: None,
+                actions: BTreeMap::new(),
+            },
+        };
         rollout = Some(figures);
     }
     tokio::time::sleep_until((window + opts.duration).into()).await;
