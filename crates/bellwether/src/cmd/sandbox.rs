@@ -12,7 +12,7 @@ use bellwether_sandbox::{scenario, DriftRequest, SandboxError, UpOptions};
 
 use super::{OutputFormat, Unreachable, UsageError};
 
-pub mod reaction;
+
 
 /// Start, inspect, change or stop a local sandbox fleet on loopback.
 #[derive(Debug, clap::Args)]

@@ -4,43 +4,28 @@
 //! The scorer is `bellwether_detect::nab` (pure); this module only reads the corpus files.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Context;
 use bellwether_detect::anomaly::{Detector, DetectorKind, RelativeEntropy};
 use bellwether_detect::cad::{Cad, CadConfig, CadRange};
 use bellwether_detect::nab::probation_len;
 use bellwether_detect::nab::{parse_windows, score_verdicts, CorpusFile, Evaluation, LabelledFile};
 use bellwether_detect::series::parse_series_unordered;
 
-use super::{OutputFormat, UsageError};
+use crate::{BenchError, Context as _, Output, Result, Verdict};
 
-#[derive(Debug, clap::Args)]
-#[command(after_help = "\
-Reads DIR/labels/combined_windows.json and DIR/data/<category>/<file>.csv (the layout of
-github.com/numenta/NAB) and scores with NAB v1.1's rules: probation min(15%, 750) rows, scaled
-sigmoid, best detection per window, false positives weighted by the distance from the previous
-window, normalised 100·(S − S_null)/(S_perfect − S_null). Two figures per profile: at the
-detector's own alerts, and at the best corpus-wide threshold on its score (the scoreboard's
-convention).
-
-Example:
-  bellwether bench nab --nab-dir ../shared/data/nab --detector two-scale-entropy")]
-pub struct BenchArgs {
+#[derive(Debug, Clone)]
+pub struct Options {
     /// The NAB checkout (holding `data/` and `labels/`).
-    #[arg(long, value_name = "DIR", default_value = "../shared/data/nab")]
-    nab_dir: PathBuf,
+    pub nab_dir: PathBuf,
     /// The detector to run (see `bellwether detect --help`); `all` runs every detector, and
     /// `nab-relative-entropy` runs the port of NAB's relativeEntropy with NAB's lookahead of each
     /// file's range (to check the scorer against NAB's published 54.6 / 47.6 / 58.8), and
     /// `nab-cad` the CAD OSE port as NAB runs it (each file's range, rest period probation / 5;
     /// published 69.9 / 67.0 / 73.2).
-    #[arg(long, value_name = "NAME", default_value = "two-scale-entropy")]
-    detector: String,
+    pub detector: String,
     /// human (default) or json.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
-    output: OutputFormat,
+    pub output: Output,
 }
 
 /// The NAB scoreboard (NAB README, v1.1): standard, reward low FP, reward low FN.
@@ -53,21 +38,22 @@ const SCOREBOARD: [(&str, f64, f64, f64); 6] = [
     ("Windowed Gaussian", 39.6, 20.9, 47.4),
 ];
 
-fn load(dir: &Path) -> anyhow::Result<Vec<CorpusFile>> {
+fn load(dir: &Path) -> Result<Vec<CorpusFile>> {
     let labels = dir.join("labels").join("combined_windows.json");
     let text = std::fs::read_to_string(&labels)
-        .map_err(|e| UsageError(format!("{}: cannot read: {e}", labels.display())))?;
+        .map_err(|e| BenchError::Usage(format!("{}: cannot read: {e}", labels.display())))?;
     let windows = parse_windows(&labels.display().to_string(), &text)
-        .map_err(|e| UsageError(e.to_string()))?;
+        .map_err(|e| BenchError::Usage(e.to_string()))?;
     let mut corpus = Vec::with_capacity(windows.len());
     for (name, limits) in &windows {
         let path = dir.join("data").join(name);
         let text = std::fs::read_to_string(&path)
-            .map_err(|e| UsageError(format!("{}: cannot read: {e}", path.display())))?;
+            .map_err(|e| BenchError::Usage(format!("{}: cannot read: {e}", path.display())))?;
         let series = parse_series_unordered(&path.display().to_string(), &text)
-            .map_err(|e| UsageError(e.to_string()))?;
+            .map_err(|e| BenchError::Usage(e.to_string()))?;
         let ts: Vec<i64> = series.points.iter().map(|p| p.ts_ms).collect();
-        let labels = LabelledFile::new(name, &ts, limits).map_err(|e| UsageError(e.to_string()))?;
+        let labels =
+            LabelledFile::new(name, &ts, limits).map_err(|e| BenchError::Usage(e.to_string()))?;
         corpus.push(CorpusFile {
             labels,
             points: series.points,
@@ -128,6 +114,17 @@ impl Which {
     }
 }
 
+/// A detector by its name, as `bellwether detect --detector` takes it.
+fn parse_detector(s: &str) -> Result<DetectorKind> {
+    DetectorKind::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = DetectorKind::ALL.iter().map(|k| k.name()).collect();
+        BenchError::Usage(format!(
+            "unknown detector `{s}`; expected one of {}",
+            names.join(", ")
+        ))
+    })
+}
+
 fn run_one(corpus: &[CorpusFile], kind: Which) -> Run {
     let start = Instant::now();
     let mut verdicts = Vec::with_capacity(corpus.len());
@@ -152,7 +149,7 @@ fn run_one(corpus: &[CorpusFile], kind: Which) -> Run {
     }
 }
 
-pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: &Options) -> Result<Verdict> {
     let kinds: Vec<Which> = match args.detector.as_str() {
         "all" => DetectorKind::ALL
             .into_iter()
@@ -161,16 +158,14 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .collect(),
         "nab-relative-entropy" => vec![Which::NabRelativeEntropy],
         "nab-cad" => vec![Which::NabCad],
-        name => vec![Which::Online(
-            super::detect::parse_detector(name).map_err(UsageError)?,
-        )],
+        name => vec![Which::Online(parse_detector(name)?)],
     };
     let corpus = load(&args.nab_dir)
         .with_context(|| format!("loading NAB from {}", args.nab_dir.display()))?;
     let runs: Vec<Run> = kinds.into_iter().map(|k| run_one(&corpus, k)).collect();
-    if args.output == OutputFormat::Json {
+    if args.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&runs)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Verdict::Met);
     }
     let e0 = &runs[0].evaluation;
     println!(
@@ -243,5 +238,5 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Verdict::Met)
 }

@@ -16,51 +16,41 @@
 //! to arrive there) — so the end-to-end figure through the server is this plus at most one
 //! interval.
 
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use bellwether_agent::scrape::{parse, snapshot, Rates};
 use bellwether_engine::rollout::watch::HostWatcher;
 use bellwether_engine::rollout::WatchVerdict;
 use bellwether_model::HostName;
 
-const PLAN: &str = include_str!("../../../../../examples/plans/web-v2.yaml");
+use crate::proc::Reaped;
+use crate::{bail, BenchError, Context as _, Output, Result, Verdict};
 
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
+const PLAN: &str = include_str!("../../../examples/plans/web-v2.yaml");
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The `bellwether` binary whose `sandbox service` runs the services.
+    pub exe: std::path::PathBuf,
+    /// Where a service reads its faults, relative to its root (the sandbox's `FAULTS_FILE`).
+    pub faults_file: String,
     /// Sandbox runs.
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
+    pub runs: usize,
     /// Hosts per run.
-    #[arg(long, default_value_t = 10)]
-    hosts: usize,
+    pub hosts: usize,
     /// Faulty hosts per run (version 2 fails 30 % of their requests).
-    #[arg(long, default_value_t = 2)]
-    faulty: usize,
+    pub faulty: usize,
     /// Time before the apply: the baseline.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    baseline: Duration,
+    pub baseline: Duration,
     /// Time watched after the apply.
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
-    watch: Duration,
+    pub watch: Duration,
     /// Delay from the apply to the fault.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-    onset: Duration,
-    #[arg(long, value_enum, default_value_t = crate::cmd::OutputFormat::Human)]
-    output: crate::cmd::OutputFormat,
+    pub onset: Duration,
+    pub output: Output,
 }
 
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn get(addr: &str, path: &str) -> anyhow::Result<String> {
+fn get(addr: &str, path: &str) -> Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)
         .with_context(|| format!("could not connect to {addr}"))?;
@@ -80,11 +70,11 @@ struct RunResult {
     false_failures: usize,
 }
 
-fn one_run(args: &BenchArgs, run: usize, work: &std::path::Path) -> anyhow::Result<RunResult> {
+fn one_run(args: &Options, run: usize, work: &std::path::Path) -> Result<RunResult> {
     let plan = bellwether_engine::rollout::plan::parse_plan(PLAN, "web-v2.yaml")
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| BenchError::Failed(e.to_string()))?;
     let interval_ms = plan.analysis.interval.0.as_millis() as i64;
-    let exe = std::env::current_exe()?;
+    let exe = &args.exe;
     let mut procs = Vec::new();
     let mut addrs = Vec::new();
     for i in 0..args.hosts {
@@ -99,10 +89,10 @@ fn one_run(args: &BenchArgs, run: usize, work: &std::path::Path) -> anyhow::Resu
         } else {
             "[]".into()
         };
-        std::fs::write(root.join(bellwether_sandbox::service::FAULTS_FILE), faults)?;
+        std::fs::write(root.join(&args.faults_file), faults)?;
         let addr_file = root.join("addr");
         procs.push(Reaped(
-            Command::new(&exe)
+            Command::new(exe)
                 .args(["sandbox", "service", "--root"])
                 .arg(&root)
                 .arg("--addr-file")
@@ -117,7 +107,7 @@ fn one_run(args: &BenchArgs, run: usize, work: &std::path::Path) -> anyhow::Resu
         let addr = loop {
             match std::fs::read_to_string(&addr_file) {
                 Ok(a) if !a.trim().is_empty() => break a.trim().to_string(),
-                _ if Instant::now() > deadline => anyhow::bail!("service {i} did not start"),
+                _ if Instant::now() > deadline => bail!("service {i} did not start"),
                 _ => std::thread::sleep(Duration::from_millis(20)),
             }
         };
@@ -129,7 +119,7 @@ fn one_run(args: &BenchArgs, run: usize, work: &std::path::Path) -> anyhow::Resu
     let mut watchers: Vec<HostWatcher> = (0..args.hosts)
         .map(|i| HostWatcher::new(&plan, HostName::new(format!("h{i}")).expect("valid name")))
         .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| BenchError::Failed(e.to_string()))?;
     let mut rates: Vec<Rates> = (0..args.hosts).map(|_| Rates::default()).collect();
     let t0 = Instant::now();
     let apply_at = args.baseline.as_millis() as i64;
@@ -150,7 +140,7 @@ fn one_run(args: &BenchArgs, run: usize, work: &std::path::Path) -> anyhow::Resu
         }
         for (i, (_, addr)) in addrs.iter().enumerate() {
             let body = get(addr, "/metrics")?;
-            let samples = parse(&body).map_err(|e| anyhow::anyhow!("host {i}: {e}"))?;
+            let samples = parse(&body).map_err(|e| BenchError::Failed(format!("host {i}: {e}")))?;
             let snap = snapshot(&samples, now).context("no websvc counters")?;
             for s in rates[i].push(snap) {
                 let _ = watchers[i].observe(s.ts_ms, &s.name, s.value);
@@ -197,19 +187,18 @@ fn one_run(args: &BenchArgs, run: usize, work: &std::path::Path) -> anyhow::Resu
     })
 }
 
-pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: &Options) -> Result<Verdict> {
     if args.faulty > args.hosts || args.hosts < 3 {
-        return Err(crate::cmd::UsageError(
+        return Err(BenchError::Usage(
             "need at least 3 hosts and no more faulty hosts than hosts".into(),
-        )
-        .into());
+        ));
     }
     let work =
         std::env::temp_dir().join(format!("bellwether-bench-reaction-{}", std::process::id()));
     let mut reactions = Vec::new();
     let (mut canaries, mut false_failures) = (0, 0);
     for run in 0..args.runs {
-        let r = one_run(&args, run, &work);
+        let r = one_run(args, run, &work);
         let r = match r {
             Ok(r) => r,
             Err(e) => {
@@ -226,7 +215,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mean = detected.iter().sum::<u64>() as f64 / detected.len().max(1) as f64;
     let max = detected.iter().max().copied();
     let rate = false_failures as f64 / canaries.max(1) as f64;
-    if args.output == crate::cmd::OutputFormat::Json {
+    if args.output == Output::Json {
         println!(
             "{}",
             serde_json::json!({
@@ -252,5 +241,5 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             rate * 100.0
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Verdict::Met)
 }

@@ -1,10 +1,8 @@
 //! `bellwether bench rollout-engine`: the rollout engine's decision time on a large fleet, and
 //! the rollout watch's reaction time and false failures on synthetic sample streams.
 
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use bellwether_engine::rollout::plan::parse_plan;
 use bellwether_engine::rollout::watch::synthetic::{
     false_failure_rate, scenario, Fault, WATCH_PLAN,
@@ -15,22 +13,18 @@ use bellwether_engine::rollout::{
 use bellwether_model::HostName;
 use serde::Serialize;
 
-use super::{OutputFormat, UsageError};
+use crate::{ensure, BenchError, Context as _, Output, Result, Verdict};
 
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
+#[derive(Debug, Clone)]
+pub struct Options {
     /// Hosts in the simulated rollout whose decision time is measured.
-    #[arg(long, default_value_t = 10_000)]
-    hosts: usize,
+    pub hosts: usize,
     /// Seeded healthy canaries for the false-failure rate (30 s of post-apply samples each).
-    #[arg(long, default_value_t = 1_000)]
-    healthy_runs: u64,
+    pub healthy_runs: u64,
     /// Seeded faulty canaries per fault kind for the reaction time.
-    #[arg(long, default_value_t = 200)]
-    fault_runs: u64,
+    pub fault_runs: u64,
     /// human (default) or json.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
-    output: OutputFormat,
+    pub output: Output,
 }
 
 /// The plan of the decision-time run: fixed waves after a pilot, 10 s bake.
@@ -119,7 +113,7 @@ struct Figures {
     false_failure_pct: f64,
 }
 
-fn engine_run(hosts: usize) -> anyhow::Result<EngineFigures> {
+fn engine_run(hosts: usize) -> Result<EngineFigures> {
     let plan = parse_plan(ENGINE_PLAN, "bench-plan.yaml").context("the bench plan")?;
     let fleet: Vec<HostInput> = (0..hosts)
         .map(|i| HostInput {
@@ -200,7 +194,7 @@ fn engine_run(hosts: usize) -> anyhow::Result<EngineFigures> {
     let t = Instant::now();
     let back: Rollout = serde_json::from_str(&json)?;
     let de = t.elapsed().as_secs_f64() * 1e3;
-    anyhow::ensure!(back == r, "the state did not round-trip");
+    ensure!(back == r, "the state did not round-trip");
     Ok(EngineFigures {
         hosts,
         start_ms,
@@ -229,7 +223,7 @@ fn dispatched(d: &[Decision]) -> Vec<u64> {
         .collect()
 }
 
-fn reaction(runs: u64) -> anyhow::Result<Vec<Reaction>> {
+fn reaction(runs: u64) -> Result<Vec<Reaction>> {
     let plan = parse_plan(WATCH_PLAN, "watch-plan.yaml")?;
     let mut out = Vec::new();
     for (name, fault) in [
@@ -261,9 +255,9 @@ fn reaction(runs: u64) -> anyhow::Result<Vec<Reaction>> {
     Ok(out)
 }
 
-pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: &Options) -> Result<Verdict> {
     if args.hosts == 0 {
-        return Err(UsageError("--hosts must be at least 1".into()).into());
+        return Err(BenchError::Usage("--hosts must be at least 1".into()));
     }
     let engine = engine_run(args.hosts)?;
     let reaction = reaction(args.fault_runs)?;
@@ -277,9 +271,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         healthy_runs,
         false_failure_pct: false_failures as f64 * 100.0 / healthy_runs.max(1) as f64,
     };
-    if args.output == OutputFormat::Json {
+    if args.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Verdict::Met);
     }
     let e = &figures.engine;
     println!(
@@ -318,5 +312,5 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "False failures of healthy canaries: {} of {} ({:.2} %, goal ≤ 1 %)",
         figures.false_failures, figures.healthy_runs, figures.false_failure_pct
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Verdict::Met)
 }
