@@ -230,9 +230,7 @@ async fn refusals_are_reported_failed_and_nothing_runs() {
         })
         .await;
     assert!(
-        error(&r)
-            .unwrap()
-            .starts_with("cannot read pidfile "),
+        error(&r).unwrap().starts_with("cannot read pidfile "),
         "{r:?}"
     );
     // The JSON an agent receives never gets this far: validation refuses it.

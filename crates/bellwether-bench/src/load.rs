@@ -24,11 +24,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 // The agent's wire types, the one definition the server and the agent share.
+use bellwether_drift::synth::{profile_of, HostSpec, SplitMix64};
 use bellwether_model::wire::{
     ActionOutcome, ActionResult as ActionReport, ActionsResponse, EnrolRequest, EnrolResponse,
     SamplesRequest, SamplesResponse,
 };
-use bellwether_drift::synth::{profile_of, HostSpec, SplitMix64};
 use bellwether_model::{HostName, MetricSample};
 use bellwether_store::{Store, StoreConfig};
 use serde::Serialize;

@@ -487,7 +487,9 @@ impl PatchTask {
         let result = a
             .result
             .as_ref()
-            .map(|v| bellwether_model::wire::ActionResult::deserialize(v).map_err(|e| e.to_string()))
+            .map(|v| {
+                bellwether_model::wire::ActionResult::deserialize(v).map_err(|e| e.to_string())
+            })
             .unwrap_or_else(|| Err("no result was stored".to_owned()));
         let output = result
             .as_ref()
@@ -523,7 +525,9 @@ impl PatchTask {
                     detail["error"] = json!(r.error_text());
                     detail["stderr_tail"] = json!(r.stderr_tail);
                 }
-                Err(e) => detail["error"] = json!(format!("the stored result could not be read: {e}")),
+                Err(e) => {
+                    detail["error"] = json!(format!("the stored result could not be read: {e}"))
+                }
             }
         }
         if ok && w.action == Action::StartPatched {

@@ -34,7 +34,10 @@ async fn a_version_2_store_gets_action_uids_and_its_stuck_aborted_rollout_back()
 
     let store = Store::open(&config).await.unwrap();
     let applied = store.applied_migrations().await.unwrap();
-    assert!(applied.contains(&3) && applied.contains(&5) && applied.contains(&6), "{applied:?}");
+    assert!(
+        applied.contains(&3) && applied.contains(&5) && applied.contains(&6),
+        "{applied:?}"
+    );
     let mut unsettled: Vec<String> = store
         .rollouts(true)
         .await

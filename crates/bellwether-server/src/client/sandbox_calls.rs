@@ -65,7 +65,11 @@ impl Client {
 
     /// `POST /api/v1/rollouts/{id}/resume`: the rollout's status after the command.
     pub async fn resume_rollout(&self, id: &str) -> Result<StatusResponse, ClientError> {
-        self.call(Method::POST, &format!("/api/v1/rollouts/{id}/resume"), |r| r)
-            .await
+        self.call(
+            Method::POST,
+            &format!("/api/v1/rollouts/{id}/resume"),
+            |r| r,
+        )
+        .await
     }
 }

@@ -12,8 +12,6 @@ use bellwether_sandbox::{scenario, DriftRequest, SandboxError, UpOptions};
 
 use super::{OutputFormat, Unreachable, UsageError};
 
-
-
 /// Start, inspect, change or stop a local sandbox fleet on loopback.
 #[derive(Debug, clap::Args)]
 pub struct Args {
