@@ -391,7 +391,7 @@ fn a_follower_takes_over_when_the_leader_is_killed_mid_rollout() {
     assert_eq!(done["state"], "completed", "{done}");
     fleet.assert_each_host_applied_once(&id);
     let log = fleet.cluster.log(new_leader);
-    assert!(log.contains("Resuming a rollout from the store"), "{log}");
+    assert!(log.contains("Resuming a task from the store"), "{log}");
     // The event log names each term.
     let terms = elections(&fleet);
     assert_eq!(
@@ -448,7 +448,7 @@ fn a_paused_leader_cannot_save_after_its_lease_and_steps_down_when_it_wakes() {
     loop {
         let log = fleet.cluster.log(0);
         let h = fleet.cluster.health(0).unwrap();
-        if log.contains("Stopped driving the rollout")
+        if log.contains("Task runner stopped")
             && h.leader.as_deref() == Some(fleet.cluster.replicas[new_leader].url.as_str())
         {
             break;
