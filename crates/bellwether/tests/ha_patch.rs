@@ -103,12 +103,16 @@ fn a_follower_resumes_and_rolls_back_a_patch_when_the_leader_is_killed_mid_bake(
     let (new_leader, epoch, took) = cluster.wait_leader(&[leader], Duration::from_secs(30));
     assert!(epoch > first_epoch, "epoch {first_epoch} -> {epoch}");
     // The new leader resumes the patch: its next step (the rollback) is stored.
-    wait_for("the rollback after the takeover", Duration::from_secs(60), || {
-        let (_, v) = status(new_leader);
-        v["report"]["events"]
-            .as_array()
-            .is_some_and(|e| e.iter().any(|e| e["kind"] == "rollback.triggered"))
-    });
+    wait_for(
+        "the rollback after the takeover",
+        Duration::from_secs(60),
+        || {
+            let (_, v) = status(new_leader);
+            v["report"]["events"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["kind"] == "rollback.triggered"))
+        },
+    );
     let resumed = killed.elapsed();
     println!(
         "takeover after kill -9 of the leader mid-patch: {} ms (replica {leader} -> {new_leader}, epoch {first_epoch} -> {epoch}); rollback triggered {} ms after the kill",
@@ -146,7 +150,10 @@ fn a_follower_resumes_and_rolls_back_a_patch_when_the_leader_is_killed_mid_bake(
     // Each patch.* event is stored once, under the task's id, by either leader.
     let (s, events) = pg.http.call(
         "GET",
-        &format!("{}/api/v1/events?task=h1&after=0&limit=10000", urls[new_leader]),
+        &format!(
+            "{}/api/v1/events?task=h1&after=0&limit=10000",
+            urls[new_leader]
+        ),
         OPERATOR,
         None,
     );

@@ -243,12 +243,13 @@ async fn follow(
         let step = async {
             print_new_events(client, id, &mut after, &mut origin, human).await?;
             let v = client.get_json(&format!("/api/v1/patches/{id}")).await?;
-            let report: PatchReport = serde_json::from_value(v["report"].clone())
-                .map_err(|e| bellwether_server::client::ClientError::Api {
+            let report: PatchReport = serde_json::from_value(v["report"].clone()).map_err(|e| {
+                bellwether_server::client::ClientError::Api {
                     url: client.base().to_string(),
                     status: 200,
                     message: format!("not a patch report: {e}"),
-                })?;
+                }
+            })?;
             let settled = report.stage.is_final() && v["awaiting"].is_null();
             if settled {
                 // The events stored before the patch settled, that the last call missed.
@@ -277,7 +278,12 @@ fn retryable(e: &bellwether_server::client::ClientError) -> bool {
     use bellwether_server::client::ClientError as E;
     matches!(
         e,
-        E::Unreachable { .. } | E::NoServer { .. } | E::Api { status: 502..=504, .. }
+        E::Unreachable { .. }
+            | E::NoServer { .. }
+            | E::Api {
+                status: 502..=504,
+                ..
+            }
     )
 }
 

@@ -153,7 +153,6 @@ pub fn journal_count(dir: &Path, kind: &str) -> usize {
         .unwrap_or(0)
 }
 
-
 /// Two clusters, the proxy with both (the patched one takes no traffic) and the plan.
 pub struct PgPair {
     pub proxy: KillOnDrop,
