@@ -102,6 +102,12 @@ fn a_follower_resumes_and_rolls_back_a_patch_when_the_leader_is_killed_mid_bake(
     let killed = Instant::now();
     let (new_leader, epoch, took) = cluster.wait_leader(&[leader], Duration::from_secs(30));
     assert!(epoch > first_epoch, "epoch {first_epoch} -> {epoch}");
+    // As in ha.rs: the 5 s goal plus slack for a loaded machine.
+    assert!(
+        took <= Duration::from_millis(6500),
+        "takeover took {took:?}\n{}",
+        logs(&cluster)
+    );
     // The new leader resumes the patch: its next step (the rollback) is stored.
     wait_for(
         "the rollback after the takeover",
