@@ -1,7 +1,8 @@
 //! `bellwether patch … --server URL`: the patch runs in the server as a durable task; this is
 //! its operator client. `start` posts the plan with the host whose agent runs the instances
-//! and the proxy the server drives; `--wait` follows the patch's events until it is settled
-//! and exits 0 when it was promoted, 1 when it was rolled back or failed. `status`, `report`
+//! and the proxy the server drives; `--wait` follows the patch's events as they are stored
+//! (`GET /api/v1/events?task=ID&after=N`, across a restart or a failover to another replica)
+//! until it is settled and exits 0 when it was promoted, 1 when it was rolled back or failed. `status`, `report`
 //! and `abort` read and steer the server's patches.
 
 use std::path::{Path, PathBuf};
@@ -20,8 +21,9 @@ use super::{OutputFormat, UsageError};
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RemoteArgs {
     /// Run the patch in this Bellwether server (a durable task) instead of here. Without it
-    /// the patch runs in this process (one-machine mode).
-    #[arg(long, global = true, value_name = "URL")]
+    /// the patch runs in this process (one-machine mode). Replicas on one PostgreSQL store: a
+    /// comma-separated list; each call fails over to another when one is down or not leading.
+    #[arg(long, global = true, value_name = "URL[,URL...]")]
     pub server: Option<String>,
     /// The operator token (with --server). When absent, BELLWETHER_TOKEN or
     /// ./bellwether-data/operator.token.
@@ -102,7 +104,8 @@ pub fn run(args: &RemoteArgs, verb: Verb) -> anyhow::Result<ExitCode> {
             }
             let report = rt.block_on(follow(&client, &id, human))?;
             if output == OutputFormat::Json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                // Every line is one JSON value: the events, then the final report.
+                println!("{}", serde_json::to_string(&report)?);
             } else {
                 print_summary(&report);
             }
@@ -223,46 +226,109 @@ fn start_body(args: &RemoteArgs, plan: &Path, id: Option<String>) -> anyhow::Res
     Ok(body)
 }
 
-/// Polls the patch until it is settled (final, no action in flight), printing each new event;
-/// a server that cannot be reached is retried for a minute (a restart, a failover).
+/// Follows the patch's events (`GET /api/v1/events?task=ID&after=N`, oldest first), printing
+/// each one as it is stored (a line of text, or with `--output json` the event as a JSON line),
+/// until the patch is settled (final, no action in flight); then prints what was stored last
+/// and returns the patch's report. A server that cannot be reached, or replicas without a
+/// leader, are retried for a minute (a restart, a failover to another replica).
 async fn follow(
     client: &bellwether_server::client::Client,
     id: &str,
     human: bool,
 ) -> anyhow::Result<PatchReport> {
-    let mut printed = 0;
-    let mut unreachable_since: Option<tokio::time::Instant> = None;
+    let mut after = 0i64;
+    let mut origin: Option<i64> = None;
+    let mut trouble_since: Option<tokio::time::Instant> = None;
     loop {
-        match client.get_json(&format!("/api/v1/patches/{id}")).await {
-            Ok(v) => {
-                unreachable_since = None;
-                let report: PatchReport = serde_json::from_value(v["report"].clone())?;
-                if human {
-                    for e in &report.events[printed.min(report.events.len())..] {
-                        print_event(&report, e);
-                    }
-                    use std::io::Write as _;
-                    let _ = std::io::stdout().flush();
+        let step = async {
+            print_new_events(client, id, &mut after, &mut origin, human).await?;
+            let v = client.get_json(&format!("/api/v1/patches/{id}")).await?;
+            let report: PatchReport = serde_json::from_value(v["report"].clone()).map_err(|e| {
+                bellwether_server::client::ClientError::Api {
+                    url: client.base().to_string(),
+                    status: 200,
+                    message: format!("not a patch report: {e}"),
                 }
-                printed = report.events.len();
-                if report.stage.is_final() && v["awaiting"].is_null() {
-                    return Ok(report);
-                }
+            })?;
+            let settled = report.stage.is_final() && v["awaiting"].is_null();
+            if settled {
+                // The events stored before the patch settled, that the last call missed.
+                print_new_events(client, id, &mut after, &mut origin, human).await?;
             }
-            Err(bellwether_server::client::ClientError::Unreachable { url, source }) => {
-                let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
+            Ok::<_, bellwether_server::client::ClientError>(settled.then_some(report))
+        };
+        match step.await {
+            Ok(Some(report)) => return Ok(report),
+            Ok(None) => trouble_since = None,
+            Err(e) if retryable(&e) => {
+                let since = *trouble_since.get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() > Duration::from_secs(60) {
-                    anyhow::bail!(
-                        "the server at {url} has been unreachable for a minute: {source}"
-                    );
+                    anyhow::bail!("no server has answered for a minute: {e}");
                 }
-                if human {
-                    eprintln!("patch {id}: the server is unreachable ({source}); retrying");
-                }
+                eprintln!("patch {id}: {e}; retrying");
             }
             Err(e) => return Err(api_error(e)),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A failure that a restart or a failover heals: nothing answered, or no replica led.
+fn retryable(e: &bellwether_server::client::ClientError) -> bool {
+    use bellwether_server::client::ClientError as E;
+    matches!(
+        e,
+        E::Unreachable { .. }
+            | E::NoServer { .. }
+            | E::Api {
+                status: 502..=504,
+                ..
+            }
+    )
+}
+
+/// Prints the events of task `id` stored after event `after` (page by page), moving `after`.
+async fn print_new_events(
+    client: &bellwether_server::client::Client,
+    id: &str,
+    after: &mut i64,
+    origin: &mut Option<i64>,
+    human: bool,
+) -> Result<(), bellwether_server::client::ClientError> {
+    use std::io::Write as _;
+    const PAGE: usize = 500;
+    loop {
+        let v = client
+            .get_json(&format!(
+                "/api/v1/events?task={id}&after={after}&limit={PAGE}"
+            ))
+            .await?;
+        let events: Vec<bellwether_store::Event> =
+            serde_json::from_value(v).map_err(|e| bellwether_server::client::ClientError::Api {
+                url: client.base().to_string(),
+                status: 200,
+                message: format!("not a list of events: {e}"),
+            })?;
+        let mut out = std::io::stdout().lock();
+        for e in &events {
+            *after = (*after).max(e.id);
+            if human {
+                let t0 = *origin.get_or_insert(e.ts_ms);
+                let _ = writeln!(
+                    out,
+                    "[{:>7.2}s] {:<24} {}",
+                    (e.ts_ms - t0) as f64 / 1000.0,
+                    Escaped(e.kind.strip_prefix("patch.").unwrap_or(&e.kind)),
+                    Escaped(&e.reason)
+                );
+            } else if let Ok(line) = serde_json::to_string(e) {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        let _ = out.flush();
+        if events.len() < PAGE {
+            return Ok(());
+        }
     }
 }
 
