@@ -279,23 +279,24 @@ impl HostWatcher {
             metric: metric.to_string(),
             source,
         };
+        if let Some(previous_ms) = m.last_ts.filter(|&p| ts_ms <= p) {
+            return Err(threshold(ThresholdError::NonIncreasingTimestamp {
+                ts_ms,
+                previous_ms,
+            }));
+        }
         let before_apply = self.applied_ms.filter(|&a| ts_ms < a);
         if before_apply.is_some() && self.restored {
             // A restored watcher kept the frozen baselines, not the samples behind them: a
             // pre-apply sample can join nothing, and it is no evidence against the update.
-            if let Some(previous_ms) = m.last_ts.filter(|&p| ts_ms <= p) {
-                return Err(threshold(ThresholdError::NonIncreasingTimestamp {
-                    ts_ms,
-                    previous_ms,
-                }));
-            }
         } else if before_apply.is_some() {
             // Learnt after the apply but from before it (timestamps increase, so no sample of
             // this metric from after the apply came yet): it belongs to the baseline, which is
             // frozen again with it, and it is not judged.
             m.watch.unfreeze();
-            m.watch.observe(ts_ms, value).map_err(threshold)?;
+            let joined = m.watch.observe(ts_ms, value);
             m.frozen = m.watch.freeze().is_some();
+            joined.map_err(threshold)?;
         } else {
             m.last = Some(m.watch.observe(ts_ms, value).map_err(threshold)?);
         }
