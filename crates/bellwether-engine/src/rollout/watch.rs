@@ -48,6 +48,37 @@ struct MetricWatch {
     /// Recent samples, for the canary judge (bounded).
     recent: VecDeque<(i64, f64)>,
     last_ts: Option<i64>,
+    /// The baseline was frozen at the apply (false before it, or while it warmed up).
+    frozen: bool,
+}
+
+impl MetricWatch {
+    /// Rebuilds the watch from the kept samples as if the apply at `applied_ms` had been learnt
+    /// in time: the samples before it build the baseline, which is then frozen, and the
+    /// samples from it on are judged against that baseline.
+    fn replay_from(&mut self, applied_ms: i64) {
+        let Ok(mut watch) = ThresholdWatch::new(self.watch.config().clone()) else {
+            // The config was validated when this watch was built.
+            return;
+        };
+        let mut last = None;
+        let mut frozen = None;
+        for &(ts, v) in &self.recent {
+            if ts >= applied_ms && frozen.is_none() {
+                frozen = Some(watch.freeze().is_some());
+            }
+            // Increasing finite samples that this config already accepted once.
+            let Ok(o) = watch.observe(ts, v) else {
+                continue;
+            };
+            if ts >= applied_ms {
+                last = Some(o);
+            }
+        }
+        self.frozen = frozen.unwrap_or_else(|| watch.freeze().is_some());
+        self.watch = watch;
+        self.last = last;
+    }
 }
 
 /// Watches one host against its own pre-apply baseline and against control hosts. `Clone`, so a
@@ -75,6 +106,8 @@ pub struct HostWatcher {
     interval_ms: i64,
     judge: super::plan::JudgeSettings,
     capacity: usize,
+    /// Rebuilt by [`HostWatcher::restore`]: the frozen baselines are not backed by samples.
+    restored: bool,
 }
 
 impl std::fmt::Debug for HostWatcher {
@@ -123,6 +156,7 @@ impl HostWatcher {
     pub fn restore(plan: &Plan, snap: &WatcherSnapshot) -> Result<HostWatcher, WatchError> {
         let mut w = HostWatcher::new(plan, snap.host.clone())?;
         w.drift_before = snap.drift_before;
+        w.restored = true;
         if let Some(applied) = snap.applied_ms {
             w.applied_ms = Some(applied);
             for m in &mut w.metrics {
@@ -133,6 +167,7 @@ impl HostWatcher {
                             metric: m.rule.name.0.clone(),
                             source,
                         })?;
+                    m.frozen = true;
                 } else {
                     w.warming_at_apply.push(m.rule.name.0.clone());
                 }
@@ -171,6 +206,7 @@ impl HostWatcher {
                 last: None,
                 recent: VecDeque::new(),
                 last_ts: None,
+                frozen: false,
             });
         }
         let scorer = SeverityScorer::new(a.metrics.iter().map(|m| (m.name.0.clone(), m.weight)))
@@ -197,6 +233,7 @@ impl HostWatcher {
             interval_ms: interval,
             judge: a.judge.clone(),
             capacity,
+            restored: false,
         })
     }
 
@@ -217,6 +254,10 @@ impl HostWatcher {
     /// Feeds one sample. Samples of metrics the plan does not watch are refused with
     /// [`WatchError::UnknownMetric`] (the caller may ignore that); a non-finite value is
     /// ignored (it is no data); timestamps must increase per metric.
+    ///
+    /// Samples and the apply may be learnt in any order: a sample from before the apply's
+    /// finish time that arrives after [`HostWatcher::mark_applied`] joins the baseline (which
+    /// is frozen again with it) and is not judged, exactly as if it had come first.
     pub fn observe(&mut self, ts_ms: i64, metric: &str, value: f64) -> Result<(), WatchError> {
         let host = &self.host;
         let Some(m) = self.metrics.iter_mut().find(|m| m.rule.name.0 == metric) else {
@@ -233,19 +274,39 @@ impl HostWatcher {
             // From before a restart: it arrived (so it is data), but it is no evidence.
             return Ok(());
         }
-        let o = m
-            .watch
-            .observe(ts_ms, value)
-            .map_err(|source| WatchError::Threshold {
-                host: host.clone(),
-                metric: metric.to_string(),
-                source,
-            })?;
-        m.last = Some(o);
+        let threshold = |source| WatchError::Threshold {
+            host: host.clone(),
+            metric: metric.to_string(),
+            source,
+        };
+        if let Some(previous_ms) = m.last_ts.filter(|&p| ts_ms <= p) {
+            return Err(threshold(ThresholdError::NonIncreasingTimestamp {
+                ts_ms,
+                previous_ms,
+            }));
+        }
+        let before_apply = self.applied_ms.filter(|&a| ts_ms < a);
+        if before_apply.is_some() && self.restored {
+            // A restored watcher kept the frozen baselines, not the samples behind them: a
+            // pre-apply sample can join nothing, and it is no evidence against the update.
+        } else if before_apply.is_some() {
+            // Learnt after the apply but from before it (timestamps increase, so no sample of
+            // this metric from after the apply came yet): it belongs to the baseline, which is
+            // frozen again with it, and it is not judged.
+            m.watch.unfreeze();
+            let joined = m.watch.observe(ts_ms, value);
+            m.frozen = m.watch.freeze().is_some();
+            joined.map_err(threshold)?;
+        } else {
+            m.last = Some(m.watch.observe(ts_ms, value).map_err(threshold)?);
+        }
         m.last_ts = Some(ts_ms);
         m.recent.push_back((ts_ms, value));
         while m.recent.len() > self.capacity {
             m.recent.pop_front();
+        }
+        if before_apply.is_some() {
+            self.warming_at_apply = self.warming();
         }
         Ok(())
     }
@@ -271,20 +332,41 @@ impl HostWatcher {
         };
     }
 
-    /// The update was applied at `ts_ms`: freeze every baseline. Returns the metrics whose
-    /// baseline was still warming up (they are judged once they have one).
+    /// The update was applied (finished) at `ts_ms`: freeze every baseline from the samples
+    /// strictly before `ts_ms`. Returns the metrics whose baseline was still warming up (they
+    /// are judged once they have one).
+    ///
+    /// The caller may learn of the apply late, after samples from `ts_ms` on were fed: those
+    /// are replayed from the kept recent samples ([`HostWatcher::new`] bounds them to the
+    /// baseline window plus two bakes and 16 intervals), so the baseline is built from the
+    /// samples before `ts_ms` and the later ones are judged against it, exactly as if the
+    /// apply had been learnt first. A result later than the kept samples reach back builds the
+    /// baseline from the pre-apply samples still kept.
     pub fn mark_applied(&mut self, ts_ms: i64) -> Vec<String> {
         self.applied_ms = Some(ts_ms);
-        self.warming_at_apply = self
-            .metrics
-            .iter_mut()
-            .filter_map(|m| m.watch.freeze().is_none().then(|| m.rule.name.0.clone()))
-            .collect();
-        // The excursion before the apply is history, not evidence against the update.
         for m in &mut self.metrics {
-            m.last = None;
+            if m.last_ts.is_some_and(|t| t >= ts_ms) {
+                m.replay_from(ts_ms);
+            } else {
+                m.frozen = m.watch.freeze().is_some();
+                // The excursion before the apply is history, not evidence against the update.
+                m.last = None;
+            }
         }
+        self.warming_at_apply = self.warming();
         self.warming_at_apply.clone()
+    }
+
+    /// The metrics that kept a moving baseline through the apply.
+    fn warming(&self) -> Vec<String> {
+        if self.applied_ms.is_none() {
+            return Vec::new();
+        }
+        self.metrics
+            .iter()
+            .filter(|m| !m.frozen)
+            .map(|m| m.rule.name.0.clone())
+            .collect()
     }
 
     /// Starts the watch over after a remediation at `ts_ms` (`rollback.remediate_first`):
@@ -304,6 +386,7 @@ impl HostWatcher {
                         metric: m.rule.name.0.clone(),
                         source,
                     })?;
+                m.frozen = true;
             }
             m.last = None;
         }

@@ -250,3 +250,97 @@ fn a_restart_after_a_remediation_forgets_the_breach_but_keeps_the_baseline() {
         WatchVerdict::Failing { .. }
     ));
 }
+
+/// The host's samples: 40 s healthy, then bad (0.3) from the apply at 40 s until `until` s.
+fn feed_fault(w: &mut HostWatcher, from: i64, until: i64) {
+    for t in from..=until {
+        let err = if t >= 40 { 0.3 } else { 0.01 };
+        w.observe(t * S, "svc_error_ratio", err).unwrap();
+        w.observe(t * S, "svc_latency_p99_ms", 50.0).unwrap();
+    }
+}
+
+#[test]
+fn an_apply_learnt_late_freezes_the_baseline_from_before_it_finished() {
+    // The server learns that the apply finished at 40 s only when it consumes the result,
+    // maybe much later; meanwhile the host's bad samples from 40 s on were fed. They are after
+    // the apply: they must not become the baseline they are judged against.
+    let plan = parse_plan(WATCH_PLAN, "p.yaml").unwrap();
+    let mut w = HostWatcher::new(&plan, hn("late")).unwrap();
+    feed_fault(&mut w, 0, 75);
+    assert!(
+        w.mark_applied(40 * S).is_empty(),
+        "40 s of healthy samples warmed up"
+    );
+    let base = w.snapshot().baselines["svc_error_ratio"];
+    assert!((base - 0.01).abs() < 1e-9, "baseline {base}");
+    let v = w.verdict(75 * S, &[]);
+    let WatchVerdict::Failing { reason, .. } = &v else {
+        panic!("the breach since 40 s is missed: {v:?}")
+    };
+    assert!(reason.contains("svc_error_ratio"), "{reason}");
+    feed_fault(&mut w, 76, 78);
+    assert!(matches!(
+        w.verdict(78 * S, &[]),
+        WatchVerdict::Failing { .. }
+    ));
+}
+
+#[test]
+fn the_verdict_does_not_depend_on_when_the_apply_is_learnt() {
+    // The apply finished at 40 s; the watcher learns it at 38 s (before), 41, 42, 43 or 50 s
+    // (after samples from after it): the same baseline and the same verdict every second.
+    let plan = parse_plan(WATCH_PLAN, "p.yaml").unwrap();
+    let run = |learnt: i64| {
+        let mut w = HostWatcher::new(&plan, hn("h")).unwrap();
+        let mut verdicts = Vec::new();
+        for t in 0..=55 {
+            if t == learnt {
+                w.mark_applied(40 * S);
+            }
+            feed_fault(&mut w, t, t);
+            if t >= learnt.max(40) {
+                verdicts.push((t, w.verdict(t * S, &[])));
+            }
+        }
+        (w.snapshot(), verdicts)
+    };
+    let (in_time, verdicts) = run(40);
+    assert!(matches!(
+        verdicts.last().unwrap().1,
+        WatchVerdict::Failing { .. }
+    ));
+    for learnt in [38, 41, 42, 43, 50] {
+        let (snap, late) = run(learnt);
+        assert_eq!(snap, in_time, "learnt at {learnt} s");
+        let tail: Vec<_> = verdicts
+            .iter()
+            .filter(|(t, _)| *t >= learnt)
+            .cloned()
+            .collect();
+        assert_eq!(late, tail, "learnt at {learnt} s");
+    }
+}
+
+#[test]
+fn a_restored_watcher_ignores_samples_from_before_the_apply() {
+    // It has the frozen baselines, not the samples behind them: a late pre-apply sample joins
+    // nothing and is not judged; the baseline stays the snapshot's.
+    let plan = parse_plan(WATCH_PLAN, "p.yaml").unwrap();
+    let mut w = HostWatcher::new(&plan, hn("h")).unwrap();
+    feed_fault(&mut w, 0, 39);
+    w.mark_applied(40 * S);
+    let snap = w.snapshot();
+    let mut r = HostWatcher::restore(&plan, &snap).unwrap();
+    for t in 30..=39 {
+        r.observe(t * S, "svc_error_ratio", 0.3).unwrap();
+    }
+    assert!(r.observe(39 * S, "svc_error_ratio", 0.3).is_err());
+    assert_eq!(r.snapshot(), snap);
+    assert_eq!(r.verdict(39 * S, &[]), WatchVerdict::Healthy);
+    feed_fault(&mut r, 40, 43);
+    assert!(matches!(
+        r.verdict(43 * S, &[]),
+        WatchVerdict::Failing { .. }
+    ));
+}
