@@ -4,7 +4,7 @@
 //! (`bellwether_store::Store::acquire_lease`) every `retry_every`; the leader renews it every
 //! `renew_every`. The lease lasts `lease_ttl` on the database's clock. Only the leader drives
 //! durable tasks: on gaining the lease it tells the store its fence (holder and epoch, checked
-//! inside every durable save) and runs the [`ON_LEAD`] hooks (each task kind's `resume_all`);
+//! inside every durable save) and resumes every unsettled task (`task::resume_all`);
 //! every task runner holds a [`Term`] and stops the moment [`Term::lost`] resolves.
 //!
 //! The leader also keeps a local deadline: the lease is certainly its own until `lease_ttl`
@@ -17,8 +17,6 @@
 //! On SQLite (one process) there is one [`Leadership::single`]: always the leader, epoch 0, no
 //! lease, no fencing.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +25,6 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::error::ApiError;
 use crate::AppState;
 
 /// The lease and its timing. The defaults give a takeover within `lease_ttl + retry_every`
@@ -98,18 +95,6 @@ impl View {
         self.role == Role::Leader && self.valid_until.is_none_or(|u| now < u)
     }
 }
-
-/// A task kind's "resume every unsettled task of mine from the store" (see [`ON_LEAD`]).
-pub type ResumeHook =
-    fn(AppState) -> Pin<Box<dyn Future<Output = Result<usize, ApiError>> + Send + 'static>>;
-
-/// What runs each time this replica gains the lease (and once at start on SQLite):
-/// `task::resume_all`, which restarts every unsettled task of every kind in `task::kinds()`
-/// (a new kind joins there, not here); every runner holds a [`Term`] from
-/// [`Leadership::term`] and stops when it is lost.
-pub(crate) const ON_LEAD: &[(&str, ResumeHook)] = &[("tasks", |state| {
-    Box::pin(async move { crate::task::resume_all(&state).await })
-})];
 
 /// This replica's leadership: its id, its view, and the terms handed to task runners.
 #[derive(Debug)]
@@ -293,20 +278,18 @@ fn margin(ttl: Duration) -> Duration {
     (ttl / 10).max(Duration::from_millis(50)).min(ttl / 2)
 }
 
-/// Runs the [`ON_LEAD`] hooks for a term that has just begun.
+/// Resumes every unsettled task of every kind (`task::resume_all`, a new kind joins in
+/// `task::kinds()`) for a term that has just begun; every runner holds a [`Term`] from
+/// [`Leadership::term`] and stops when it is lost.
 fn resume_tasks(state: &AppState) {
-    for (kind, hook) in ON_LEAD {
-        let state = state.clone();
-        tokio::spawn(async move {
-            match hook(state).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(kind, tasks = n, "Resumed durable tasks as the leader."),
-                Err(e) => {
-                    tracing::error!(kind, error = %e, "Could not resume durable tasks as the leader.")
-                }
-            }
-        });
-    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        match crate::task::resume_all(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tasks = n, "Resumed durable tasks as the leader."),
+            Err(e) => tracing::error!(error = %e, "Could not resume durable tasks as the leader."),
+        }
+    });
 }
 
 /// One attempt to take the lease; on success this replica leads (fence set, view published,

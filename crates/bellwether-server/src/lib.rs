@@ -231,18 +231,12 @@ impl Server {
         };
         if !server.state.leader.is_replicated() {
             // One process: it leads from the start. Replicas resume their tasks each time they
-            // gain the lease (`leader::ON_LEAD`).
-            for (kind, resume) in leader::ON_LEAD {
-                let resumed = resume(server.state.clone())
-                    .await
-                    .map_err(|e| ServerError::Resume(e.message))?;
-                if resumed > 0 {
-                    tracing::info!(
-                        kind,
-                        tasks = resumed,
-                        "Resumed durable tasks from the store."
-                    );
-                }
+            // gain the lease (`leader`).
+            let resumed = task::resume_all(&server.state)
+                .await
+                .map_err(|e| ServerError::Resume(e.message))?;
+            if resumed > 0 {
+                tracing::info!(tasks = resumed, "Resumed durable tasks from the store.");
             }
         }
         Ok(server)

@@ -323,33 +323,37 @@ impl Store {
              WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at_ms > NOW";
         const NOW_ROW: &str =
             "SELECT holder, epoch, expires_at_ms > NOW FROM leader_lease WHERE name = $1";
-        let (held, now_row) = match tx.into() {
-            FenceTx::Sqlite(tx) => {
-                let held: Option<i64> = sqlx::query_scalar(&CHECK.replace("NOW", SQLITE_NOW_MS))
-                    .bind(LEADER)
-                    .bind(&fence.holder)
-                    .bind(fence.epoch)
-                    .fetch_optional(&mut **tx)
-                    .await
-                    .map_err(q("check fence"))?;
-                let row = if held.is_none() {
-                    let r = sqlx::query(&NOW_ROW.replace("NOW", SQLITE_NOW_MS))
+        // The same two reads on either driver; `$lock` is PostgreSQL's `FOR SHARE`.
+        macro_rules! read_fence {
+            ($tx:expr, $now:expr, $lock:expr) => {{
+                let held: Option<i64> =
+                    sqlx::query_scalar(&format!("{}{}", CHECK.replace("NOW", $now), $lock))
                         .bind(LEADER)
-                        .fetch_one(&mut **tx)
+                        .bind(&fence.holder)
+                        .bind(fence.epoch)
+                        .fetch_optional(&mut **$tx)
                         .await
                         .map_err(q("check fence"))?;
-                    let live: bool = r.try_get(2).map_err(q("check fence"))?;
+                let row = if held.is_none() {
+                    let r = sqlx::query(&NOW_ROW.replace("NOW", $now))
+                        .bind(LEADER)
+                        .fetch_one(&mut **$tx)
+                        .await
+                        .map_err(q("check fence"))?;
                     Some((
                         r.try_get::<Option<String>, _>(0)
                             .map_err(q("check fence"))?,
                         r.try_get::<i64, _>(1).map_err(q("check fence"))?,
-                        live,
+                        r.try_get::<bool, _>(2).map_err(q("check fence"))?,
                     ))
                 } else {
                     None
                 };
                 (held.is_some(), row)
-            }
+            }};
+        }
+        let (held, now_row) = match tx.into() {
+            FenceTx::Sqlite(tx) => read_fence!(tx, SQLITE_NOW_MS, ""),
             FenceTx::Postgres(tx) => {
                 // Bounds how long a save paused in the middle (its process stopped) can hold
                 // the share lock below, and so delay the next leader.
@@ -358,31 +362,7 @@ impl Store {
                     .execute(&mut **tx)
                     .await
                     .map_err(q("check fence"))?;
-                let held: Option<i64> =
-                    sqlx::query_scalar(&format!("{} FOR SHARE", CHECK.replace("NOW", PG_NOW_MS)))
-                        .bind(LEADER)
-                        .bind(&fence.holder)
-                        .bind(fence.epoch)
-                        .fetch_optional(&mut **tx)
-                        .await
-                        .map_err(q("check fence"))?;
-                let row = if held.is_none() {
-                    let r = sqlx::query(&NOW_ROW.replace("NOW", PG_NOW_MS))
-                        .bind(LEADER)
-                        .fetch_one(&mut **tx)
-                        .await
-                        .map_err(q("check fence"))?;
-                    let live: bool = r.try_get(2).map_err(q("check fence"))?;
-                    Some((
-                        r.try_get::<Option<String>, _>(0)
-                            .map_err(q("check fence"))?,
-                        r.try_get::<i64, _>(1).map_err(q("check fence"))?,
-                        live,
-                    ))
-                } else {
-                    None
-                };
-                (held.is_some(), row)
+                read_fence!(tx, PG_NOW_MS, " FOR SHARE")
             }
         };
         if held {
