@@ -454,6 +454,13 @@ impl Executor {
             | ActionSpec::SampleProcesses { .. } => {
                 Err("a process built-in runs through run_process_builtin".into())
             }
+            // OWNER pgio: the PostgreSQL built-ins run through bellwether-pg.
+            ActionSpec::PgReadSettings { .. }
+            | ActionSpec::PgApply { .. }
+            | ActionSpec::PgTrial { .. } => Err(format!(
+                "{} is not supported by this agent yet",
+                spec.describe()
+            )),
             ActionSpec::SetServiceVersion { version, .. } => self
                 .root()?
                 .write_atomic(VERSION_FILE, format!("{version}\n").as_bytes())

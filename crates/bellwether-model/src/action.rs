@@ -84,7 +84,32 @@ pub enum ActionSpec {
     /// CPU ticks and resident bytes. Output:
     /// `{"at_ms": T, "processes": {"PID": {"alive", "cpu_ticks", "ticks_per_s", "rss_bytes"}}}`.
     SampleProcesses { pids: Vec<u32> },
+    /// Read the whole configuration of the PostgreSQL instance the agent knows as `database`
+    /// (its `--database NAME=URL`; the server never sends a connection string). Output: the
+    /// `bellwether_config::setting::Catalog` JSON.
+    PgReadSettings { database: String },
+    /// Set `settings` on the instance `database`, in order, with `ALTER SYSTEM` (`None`
+    /// resets to the default), then reload, or restart with the agent's configured restart
+    /// command when `restart` is set or a setting needs it. Every value is validated first;
+    /// nothing is half-applied. Output: `bellwether_pg::ApplyReport` JSON.
+    PgApply {
+        database: String,
+        settings: Vec<(String, Option<String>)>,
+        restart: bool,
+        timeout_ms: Option<u64>,
+    },
+    /// Trial-start a scratch cluster from the instance's own binaries with the instance's
+    /// configuration plus `settings`; never touches the instance. Output:
+    /// `bellwether_config::simulate::StartTrial` JSON.
+    PgTrial {
+        database: String,
+        settings: Vec<(String, Option<String>)>,
+        timeout_ms: Option<u64>,
+    },
 }
+
+/// The most settings one `pg_apply` or `pg_trial` may carry.
+pub const MAX_PG_SETTINGS: usize = 512;
 
 /// The largest PID Linux hands out (`PID_MAX_LIMIT`, 2^22); the same bound as
 /// `bellwether_engine::patch::PID_MAX`.
@@ -162,6 +187,9 @@ impl ActionSpec {
             ActionSpec::StartProcess { .. } => Some("start_process"),
             ActionSpec::StopProcess { .. } => Some("stop_process"),
             ActionSpec::SampleProcesses { .. } => Some("sample_processes"),
+            ActionSpec::PgReadSettings { .. } => Some("pg_read_settings"),
+            ActionSpec::PgApply { .. } => Some("pg_apply"),
+            ActionSpec::PgTrial { .. } => Some("pg_trial"),
         }
     }
 
@@ -174,10 +202,12 @@ impl ActionSpec {
             | ActionSpec::ReinstallPackage { timeout_ms, .. }
             | ActionSpec::SetCgroup { timeout_ms, .. }
             | ActionSpec::StartProcess { timeout_ms, .. }
-            | ActionSpec::StopProcess { timeout_ms, .. } => {
-                timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)
+            | ActionSpec::StopProcess { timeout_ms, .. }
+            | ActionSpec::PgApply { timeout_ms, .. }
+            | ActionSpec::PgTrial { timeout_ms, .. } => timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+            ActionSpec::SampleProcesses { .. } | ActionSpec::PgReadSettings { .. } => {
+                DEFAULT_TIMEOUT_MS
             }
-            ActionSpec::SampleProcesses { .. } => DEFAULT_TIMEOUT_MS,
         }
     }
 
@@ -231,6 +261,20 @@ impl ActionSpec {
                 let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
                 format!("sample_processes {}", pids.join(" "))
             }
+            ActionSpec::PgReadSettings { database } => format!("pg_read_settings {database}"),
+            ActionSpec::PgApply {
+                database,
+                settings,
+                restart,
+                ..
+            } => format!(
+                "pg_apply {database} {}{}",
+                describe_settings(settings),
+                if *restart { " with restart" } else { "" }
+            ),
+            ActionSpec::PgTrial {
+                database, settings, ..
+            } => format!("pg_trial {database} {}", describe_settings(settings)),
         }
     }
 
@@ -243,8 +287,10 @@ impl ActionSpec {
             | ActionSpec::ReinstallPackage { timeout_ms, .. }
             | ActionSpec::SetCgroup { timeout_ms, .. }
             | ActionSpec::StartProcess { timeout_ms, .. }
-            | ActionSpec::StopProcess { timeout_ms, .. } => *timeout_ms,
-            ActionSpec::SampleProcesses { .. } => None,
+            | ActionSpec::StopProcess { timeout_ms, .. }
+            | ActionSpec::PgApply { timeout_ms, .. }
+            | ActionSpec::PgTrial { timeout_ms, .. } => *timeout_ms,
+            ActionSpec::SampleProcesses { .. } | ActionSpec::PgReadSettings { .. } => None,
         };
         if let Some(t) = timeout {
             check_timeout(t)?;
@@ -295,6 +341,16 @@ impl ActionSpec {
                     }
                 }
             }
+            ActionSpec::PgReadSettings { database } => check_token("database", database)?,
+            ActionSpec::PgApply {
+                database, settings, ..
+            }
+            | ActionSpec::PgTrial {
+                database, settings, ..
+            } => {
+                check_token("database", database)?;
+                check_pg_settings(settings)?;
+            }
             ActionSpec::SetServiceVersion { version, .. } => check_token("version", version)?,
             ActionSpec::RestoreFile { path, .. } => check_relative_path(path)?,
             ActionSpec::ReinstallPackage { package, .. } => check_token("package", package)?,
@@ -319,6 +375,59 @@ impl ActionSpec {
         }
         Ok(())
     }
+}
+
+/// `name = value, …` for events (values quoted, cut).
+fn describe_settings(settings: &[(String, Option<String>)]) -> String {
+    let parts: Vec<String> = settings
+        .iter()
+        .map(|(k, v)| match v {
+            Some(v) => format!("{k}={}", crate::text::quote(v)),
+            None => format!("{k}=DEFAULT"),
+        })
+        .collect();
+    parts.join(" ")
+}
+
+/// 1 to [`MAX_PG_SETTINGS`] settings; names are PostgreSQL identifiers (`[a-z0-9_.]`, a
+/// letter or `_` first, at most 63 bytes); values at most 4096 bytes without NUL. Whether a
+/// value is valid for its setting is the agent's check against `pg_settings`.
+fn check_pg_settings(settings: &[(String, Option<String>)]) -> Result<(), ActionSpecError> {
+    if settings.is_empty() || settings.len() > MAX_PG_SETTINGS {
+        return Err(ActionSpecError::BadValue {
+            field: "settings",
+            value: settings.len().to_string(),
+            why: "expected 1 to 512 settings",
+        });
+    }
+    for (name, value) in settings {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+            && name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+        if !ok {
+            return Err(ActionSpecError::BadValue {
+                field: "settings",
+                value: name.clone(),
+                why: "a setting name is lower-case letters, digits, '_' and '.', at most 63 bytes",
+            });
+        }
+        if let Some(v) = value {
+            if v.len() > 4096 || v.contains('\0') {
+                return Err(ActionSpecError::BadValue {
+                    field: "settings",
+                    value: name.clone(),
+                    why: "a value is at most 4096 bytes without NUL",
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_argv(argv: &[String]) -> Result<(), ActionSpecError> {
@@ -496,6 +605,12 @@ struct Wire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pids: Option<Vec<u32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    database: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    settings: Option<Vec<(String, Option<String>)>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    restart: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     timeout_ms: Option<u64>,
 }
 
@@ -511,6 +626,9 @@ impl Wire {
             ("pid", self.pid.is_some()),
             ("pidfile", self.pidfile.is_some()),
             ("pids", self.pids.is_some()),
+            ("database", self.database.is_some()),
+            ("settings", self.settings.is_some()),
+            ("restart", self.restart.is_some()),
             ("timeout_ms", self.timeout_ms.is_some()),
         ]
         .into_iter()
@@ -540,6 +658,9 @@ impl Wire {
             pid,
             pidfile,
             pids,
+            database,
+            settings,
+            restart,
             timeout_ms,
         } = self;
         let spec = match (argv, builtin) {
@@ -612,6 +733,32 @@ impl Wire {
                         only(b, &["pids"])?;
                         ActionSpec::SampleProcesses {
                             pids: pids.ok_or(missing(b, "pids"))?,
+                        }
+                    }
+                    "pg_read_settings" => {
+                        let b = "pg_read_settings";
+                        only(b, &["database"])?;
+                        ActionSpec::PgReadSettings {
+                            database: database.ok_or(missing(b, "database"))?,
+                        }
+                    }
+                    "pg_apply" => {
+                        let b = "pg_apply";
+                        only(b, &["database", "settings", "restart", "timeout_ms"])?;
+                        ActionSpec::PgApply {
+                            database: database.ok_or(missing(b, "database"))?,
+                            settings: settings.ok_or(missing(b, "settings"))?,
+                            restart: restart.unwrap_or(false),
+                            timeout_ms,
+                        }
+                    }
+                    "pg_trial" => {
+                        let b = "pg_trial";
+                        only(b, &["database", "settings", "timeout_ms"])?;
+                        ActionSpec::PgTrial {
+                            database: database.ok_or(missing(b, "database"))?,
+                            settings: settings.ok_or(missing(b, "settings"))?,
+                            timeout_ms,
                         }
                     }
                     _ => return Err(ActionSpecError::UnknownBuiltin { name }),
@@ -692,6 +839,35 @@ impl Wire {
             ActionSpec::SampleProcesses { pids } => Wire {
                 builtin,
                 pids: Some(pids),
+                ..Wire::default()
+            },
+            ActionSpec::PgReadSettings { database } => Wire {
+                builtin,
+                database: Some(database),
+                ..Wire::default()
+            },
+            ActionSpec::PgApply {
+                database,
+                settings,
+                restart,
+                timeout_ms,
+            } => Wire {
+                builtin,
+                database: Some(database),
+                settings: Some(settings),
+                restart: Some(restart),
+                timeout_ms,
+                ..Wire::default()
+            },
+            ActionSpec::PgTrial {
+                database,
+                settings,
+                timeout_ms,
+            } => Wire {
+                builtin,
+                database: Some(database),
+                settings: Some(settings),
+                timeout_ms,
                 ..Wire::default()
             },
         }

@@ -418,3 +418,46 @@ fn legacy_outcome(
 
 #[cfg(test)]
 mod tests;
+
+/// What kind of configuration source an agent watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigSourceKind {
+    /// A PostgreSQL instance the agent knows as `--database NAME=URL` (source name `NAME`).
+    Postgres,
+    /// A plain config file (`--config-file PATH`; source name `file:PATH`).
+    File,
+}
+
+/// `POST /api/v1/agent/config`: the whole current configuration of one source the agent
+/// watches, sent at start and whenever it changes (the server diffs it against the last one it
+/// stored and records each changed key as a `config.changed` event with source `instance` or
+/// `disk`, unless a config task of its own caused it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigReportRequest {
+    /// `NAME` for a database, `file:PATH` for a file (PATH relative to the agent's rootfs).
+    pub source: String,
+    pub kind: ConfigSourceKind,
+    /// Key → value (`pg_settings.setting` form for PostgreSQL; dotted keys for files).
+    pub values: BTreeMap<String, String>,
+    /// For PostgreSQL, the `bellwether_config::setting::Catalog` JSON (types, units, bounds,
+    /// contexts), which the server's simulator needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<Value>,
+    /// When the agent read it (ms since the epoch).
+    pub at_ms: i64,
+}
+
+/// `POST /api/v1/agent/config/graph`: a dependency graph the agent learned for one PostgreSQL
+/// source by probing scratch clusters (`bellwether_config::graph::Graph` JSON), with what the
+/// probing did (`bellwether_pg::probe::ProbeStats` JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigGraphRequest {
+    pub source: String,
+    pub graph: Value,
+    #[serde(default)]
+    pub stats: Value,
+    pub at_ms: i64,
+}

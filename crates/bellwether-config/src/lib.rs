@@ -1,0 +1,65 @@
+//! bellwether-config: the configuration of a live service as data, and the reasoning over it.
+//!
+//! Pure: no file, socket, process or clock. The IO is in `bellwether-pg` (a PostgreSQL
+//! instance: its `pg_settings`, its files, scratch clusters for probing), the agent (plain
+//! config files on a host) and the server (the change stream, the stored graph).
+//!
+//! - [`setting`]: an instance's settings (`pg_settings` rows as a [`setting::Catalog`]), values
+//!   with units, and validation whose errors name the setting, the value and the allowed range;
+//! - [`pgconf`]: `postgresql.conf` / `postgresql.auto.conf` syntax with `include`,
+//!   `include_if_exists` and `include_dir` resolved through a [`pgconf::ConfSource`];
+//! - [`plain`]: plain config files of other services (key = value, INI, YAML, JSON, TOML) as a
+//!   flat key → value map;
+//! - [`snapshot`]: whole-configuration snapshots, diffs and change records;
+//! - [`graph`]: the dependency graph (settings as nodes; `requires`, `conflicts_with`,
+//!   `influences` edges with confidence and evidence), traversal and export (JSON, GraphML,
+//!   Cypher);
+//! - [`rules`]: checkable constraints (shipped rules and what probing learned);
+//! - [`cochange`]: edges from co-change statistics and metric impact in the change history;
+//! - [`perf`]: the instance's own performance model (throughput, latency from settings);
+//! - [`risk`]: risk scores whose factors add up to their log-odds;
+//! - [`simulate`]: the change simulator (verdict, impacts with graph paths, performance, risk).
+#![forbid(unsafe_code)]
+
+pub mod cochange;
+pub mod graph;
+pub mod perf;
+pub mod pgconf;
+pub mod plain;
+pub mod risk;
+pub mod rules;
+pub mod setting;
+pub mod simulate;
+pub mod snapshot;
+
+/// The metric keys an agent sends for a watched PostgreSQL instance named `database` (its
+/// `--database NAME=URL`): `pg.NAME.METRIC`. The config engine watches these.
+pub fn metric_key(database: &str, metric: &str) -> String {
+    format!("pg.{database}.{metric}")
+}
+
+/// The instance metrics an agent samples (rates over its sampling interval), by name.
+pub mod metrics {
+    /// Committed transactions per second (`pg_stat_database.xact_commit`).
+    pub const TPS: &str = "tps";
+    /// Mean statement latency in the interval, ms (`pg_stat_statements` when installed, else
+    /// busy time per transaction from `pg_stat_database.active_time`).
+    pub const LATENCY_MS: &str = "latency_ms";
+    /// Rolled-back transactions and deadlocks per second.
+    pub const ERRORS_PER_S: &str = "errors_per_s";
+    /// Bytes written to temporary files per second (sorts and hashes that spill).
+    pub const TEMP_BYTES_PER_S: &str = "temp_bytes_per_s";
+    /// Blocks read from disk (not shared buffers) per second.
+    pub const BLKS_READ_PER_S: &str = "blks_read_per_s";
+    /// 1 when the instance answered, 0 when it did not (a failed sample).
+    pub const UP: &str = "up";
+    /// Every metric above.
+    pub const ALL: &[&str] = &[
+        TPS,
+        LATENCY_MS,
+        ERRORS_PER_S,
+        TEMP_BYTES_PER_S,
+        BLKS_READ_PER_S,
+        UP,
+    ];
+}
