@@ -56,6 +56,9 @@ enum Command {
     Proxy(cmd::proxy::Args),
     /// Patch a stateful service beside its original, with phased rollback.
     Patch(cmd::patch::Args),
+    /// Configuration changes on live PostgreSQL: dependency graph, simulator, apply with
+    /// predictive revert, snapshots and the change stream.
+    Config(cmd::config::Args),
     /// Benchmarks whose figures go into BENCHMARKS.md.
     Bench(cmd::bench::Args),
 }
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         Command::Rollout(a) => cmd::rollout::run(a),
         Command::Proxy(a) => cmd::proxy::run(a),
         Command::Patch(a) => cmd::patch::run(a),
+        Command::Config(a) => cmd::config::run(a),
         Command::Bench(a) => cmd::bench::run(a),
     };
     match result {

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod baseline;
 pub mod bench;
+pub mod config;
 pub mod detect;
 pub mod drift;
 pub mod fleet;
