@@ -356,9 +356,9 @@ impl BaseUnit {
     /// How many base units one `size` is, computed as PostgreSQL's conversion tables do
     /// (`1.0 / 8` for kB in 8kB blocks, `1.0 / 60` for s in min), so that rounding matches.
     fn multiplier(self, size: u64) -> f64 {
-        if size >= self.size && size % self.size == 0 {
+        if size >= self.size && size.is_multiple_of(self.size) {
             (size / self.size) as f64
-        } else if size < self.size && self.size % size == 0 {
+        } else if size < self.size && self.size.is_multiple_of(size) {
             1.0 / (self.size / size) as f64
         } else {
             size as f64 / self.size as f64
