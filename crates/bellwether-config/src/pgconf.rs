@@ -550,3 +550,32 @@ impl ConfSource for MapSource {
         }
     }
 }
+
+/// A file entry whose value the instance would refuse: where it is and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{file}:{line}: {error}")]
+pub struct EntryError {
+    pub file: String,
+    pub line: u32,
+    pub error: crate::setting::ValueError,
+}
+
+/// Checks every entry against `catalog` as the server would when it reads the files: the
+/// setting exists (names with a `.` are extension placeholders and pass), can be set, and
+/// its value parses and is in range. Every bad entry is returned, in reading order.
+pub fn check(entries: &[ConfEntry], catalog: &crate::setting::Catalog) -> Vec<EntryError> {
+    entries
+        .iter()
+        .filter(|e| !(e.name.contains('.') && catalog.lookup(&e.name).is_none()))
+        .filter_map(|e| {
+            catalog
+                .validate(&e.name, &e.value)
+                .err()
+                .map(|error| EntryError {
+                    file: e.file.clone(),
+                    line: e.line,
+                    error,
+                })
+        })
+        .collect()
+}

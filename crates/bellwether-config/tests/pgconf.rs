@@ -331,3 +331,25 @@ fn random_bytes_never_panic() {
         let _ = load("/f.conf", &src);
     }
 }
+
+#[test]
+fn entries_are_checked_against_the_catalog_with_file_and_line() {
+    let catalog: bellwether_config::setting::Catalog =
+        serde_json::from_str(include_str!("fixtures/pg15_settings.json")).unwrap();
+    let text = "work_mem = 32kB\nshared_bufers = 1GB\nmax_connections = 100\n\
+                my_ext.knob = anything\nblock_size = 4096\nwal_level = replica\n\
+                fsync = maybe\nDateStyle = 'iso, mdy'\n";
+    let src = MapSource::new([("/pg/postgresql.conf", text)]);
+    let entries = load("/pg/postgresql.conf", &src).unwrap();
+    let errors = bellwether_config::pgconf::check(&entries, &catalog);
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        vec![
+            "/pg/postgresql.conf:1: work_mem = \"32kB\" is out of range: allowed 64 to 2147483647 kB",
+            "/pg/postgresql.conf:2: unknown setting \"shared_bufers\" (did you mean \"shared_buffers\"?)",
+            "/pg/postgresql.conf:5: block_size cannot be changed (context internal)",
+            "/pg/postgresql.conf:7: fsync = \"maybe\": expected a Boolean value (on, off, true, false, yes, no, 1, 0)",
+        ]
+    );
+}
