@@ -309,6 +309,48 @@ mod props {
             }
         }
 
+        /// Inputs built from the pieces of the number grammar (signs, `0x`, `.`, `e`, units,
+        /// spaces) reach every branch of the number parsers; none panics, and whatever is
+        /// accepted is in range.
+        #[test]
+        fn number_shaped_inputs_never_panic(
+            parts in prop::collection::vec(prop::sample::select(vec![
+                "0", "1", "7", "9", "08", "0x", "0X", "f", "+", "-", ".", "e", "E", "p", " ",
+                "\t", "kB", "MB", "GB", "TB", "B", "us", "ms", "s", "min", "h", "d", "inf",
+                "nan", "(", ")", "'", "99999999999999999999", "é"]), 0..8),
+            pick in 0usize..5,
+        ) {
+            let names = ["work_mem", "shared_buffers", "statement_timeout", "log_rotation_age",
+                "vacuum_cost_delay"];
+            let s = setting(names[pick]);
+            let input = parts.concat();
+            match s.parse_value(&input) {
+                Ok(v) => {
+                    let x = v.as_f64().unwrap();
+                    prop_assert!(x.is_finite() && s.min.unwrap() <= x && x <= s.max.unwrap());
+                }
+                Err(e) => prop_assert!(e.to_string().starts_with(names[pick]), "{}", e),
+            }
+        }
+
+        /// Whole multiples of the larger memory units are exact.
+        #[test]
+        fn memory_units_multiply_exactly(n in 1i64..2048, u in 0usize..3) {
+            let (unit, kb) = [("MB", 1024i64), ("GB", 1 << 20), ("TB", 1 << 30)][u];
+            let want = n * kb;
+            let got = setting("work_mem").parse_value(&format!("{n}{unit}"));
+            if want <= i64::from(i32::MAX) {
+                prop_assert_eq!(got, Ok(Value::Int(want)));
+            } else {
+                prop_assert!(matches!(got, Err(ValueError::OutOfRange { .. })), "{:?}", got);
+            }
+            // 8kB blocks: an exact eighth.
+            let got = setting("shared_buffers").parse_value(&format!("{n}{unit}"));
+            if want / 8 <= 1073741823 {
+                prop_assert_eq!(got, Ok(Value::Int(want / 8)));
+            }
+        }
+
         /// Numbers written in the base unit come back unchanged.
         #[test]
         fn base_unit_numbers_round_trip(n in 64i64..=2147483647) {
