@@ -372,20 +372,29 @@ fn flatten(prefix: String, node: Node, out: &mut BTreeMap<String, String>) {
 }
 
 /// INI through rust-ini: `[section]` headers, `key = value` or `key: value`, `;`/`#`
-/// comments, double-quoted values unquoted, backslashes kept as written (Windows paths).
+/// comment lines (a `;` or `#` after a value is part of it, as in Python's configparser),
+/// quoted values unquoted, backslashes kept as written (Windows paths).
 /// Keys before any section are bare; others are `section.key`; a repeated key: the later.
 fn parse_ini(text: &str, file: &str) -> Result<BTreeMap<String, String>, PlainError> {
-    // rust-ini reads an unclosed `[section` to the end of the file and reports the line
-    // there; the line that opened it is the one to fix.
+    // rust-ini reads an unclosed `[section` or a key without a value on to the end of the
+    // file and reports the line there; the line that started it is the one to fix.
     for (i, line) in text.split('\n').enumerate() {
         let t = line.trim();
-        if t.starts_with('[') && !t.contains(']') {
-            return Err(PlainError {
-                file: file.to_string(),
-                line: Some(u32::try_from(i + 1).unwrap_or(u32::MAX)),
-                message: format!("the section header {:?} is not closed with ]", truncate(t)),
-            });
-        }
+        let message = if t.starts_with('[') && !t.contains(']') {
+            format!("the section header {:?} is not closed with ]", truncate(t))
+        } else if !t.is_empty() && !t.starts_with(['[', ';', '#']) && !t.contains(['=', ':']) {
+            format!(
+                "expected KEY = VALUE or KEY: VALUE, found {:?}",
+                truncate(t)
+            )
+        } else {
+            continue;
+        };
+        return Err(PlainError {
+            file: file.to_string(),
+            line: Some(u32::try_from(i + 1).unwrap_or(u32::MAX)),
+            message: bellwether_model::text::escape(&message).into_owned(),
+        });
     }
     let opt = ini::ParseOption {
         enabled_escape: false,

@@ -90,6 +90,15 @@ fn ini_files() {
             ("top", "1"),
         ])
     );
+    assert_eq!(
+        parse("[s]\nport = 8080 ; not a comment\n", Format::Ini, "f").unwrap(),
+        map(&[("s.port", "8080 ; not a comment")])
+    );
+    let e = parse("[s]\na = 1\nlonely\nb = 2\n", Format::Ini, "app.ini").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "app.ini:3: expected KEY = VALUE or KEY: VALUE, found \"lonely\""
+    );
     let e = parse("[ok]\na = 1\n[broken\nb = 2\n", Format::Ini, "app.ini").unwrap_err();
     assert_eq!(e.file, "app.ini");
     assert_eq!(e.line, Some(3), "{e}");
