@@ -398,8 +398,23 @@ fn all_rules(major: u32) -> Vec<Rule> {
             ("archive_command", Pred::Eq(s(""))),
             WAL,
             "archive_command and archive_library cannot both be set: the archiver fails with \
-             \"both archive_command and archive_library set\"",
-            Some(150_000),
+             \"both archive_command and archive_library set\" (PostgreSQL 16 and later)",
+            Some(160_000),
+        ),
+        until(
+            since(
+                inert(
+                    "archive_command_shadowed_by_archive_library",
+                    "archive_command",
+                    "archive_library",
+                    Pred::Eq(s("")),
+                    WAL,
+                    "when archive_library is set, the library archives and archive_command is \
+                     not used (PostgreSQL 15; from 16 setting both is an error)",
+                ),
+                150_000,
+            ),
+            160_000,
         ),
         implies(
             "summarize_wal_needs_wal_level",

@@ -142,7 +142,7 @@ fn hard_cases() -> Vec<Case> {
         ),
         (
             "archive_library_xor_command",
-            PG15,
+            160_000,
             vec![
                 ("archive_library", "basic_archive"),
                 ("archive_command", ""),
