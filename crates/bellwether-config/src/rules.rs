@@ -362,7 +362,7 @@ fn all_rules(major: u32) -> Vec<Rule> {
             max_version: None,
         });
     }
-    // wal_segment_size is in bytes, min_wal_size and max_wal_size in MB.
+    // wal_segment_size is in bytes, min_wal_size and max_wal_size in MB (1048576 bytes).
     for (id, key) in [
         ("min_wal_size_two_segments", "min_wal_size"),
         ("max_wal_size_two_segments", "max_wal_size"),
@@ -374,7 +374,7 @@ fn all_rules(major: u32) -> Vec<Rule> {
             kind: Requires,
             confidence: 1.0,
             condition: Some(Constraint::LinearLe {
-                terms: vec![(s("wal_segment_size"), 2.0 / 1_048_576.0), (s(key), -1.0)],
+                terms: vec![(s("wal_segment_size"), 2.0), (s(key), -1_048_576.0)],
                 max: 0.0,
             }),
             page: WAL,
@@ -1199,6 +1199,54 @@ impl Constraint {
         }
     }
 
+    /// The constraint in words (`if wal_level = minimal then max_wal_senders = 0`).
+    pub fn describe(&self) -> String {
+        match self {
+            Constraint::Implies {
+                if_key,
+                if_pred,
+                then_key,
+                then_pred,
+            } => format!(
+                "if {if_key} {} then {then_key} {}",
+                pred_text(if_pred),
+                pred_text(then_pred)
+            ),
+            Constraint::SumLess { lhs, rhs } => format!("{} < {rhs}", lhs.join(" + ")),
+            Constraint::LinearLe { terms, max } => {
+                let show = |k: &str, c: f64| {
+                    if c == 1.0 {
+                        k.to_string()
+                    } else {
+                        format!("{} × {k}", fmt_num(c))
+                    }
+                };
+                let left: Vec<String> = terms
+                    .iter()
+                    .filter(|(_, c)| *c >= 0.0)
+                    .map(|(k, c)| show(k, *c))
+                    .collect();
+                let mut right: Vec<String> = terms
+                    .iter()
+                    .filter(|(_, c)| *c < 0.0)
+                    .map(|(k, c)| show(k, -c))
+                    .collect();
+                if *max != 0.0 || right.is_empty() {
+                    right.push(fmt_num(*max));
+                }
+                format!("{} <= {}", left.join(" + "), right.join(" + "))
+            }
+            Constraint::NoEffectUnless {
+                key,
+                unless_key,
+                unless_pred,
+            } => format!(
+                "{key} does nothing unless {unless_key} {}",
+                pred_text(unless_pred)
+            ),
+        }
+    }
+
     /// Whether the simulator refuses a change that breaks it (every kind but
     /// `NoEffectUnless`).
     pub fn is_hard(&self) -> bool {
@@ -1276,27 +1324,49 @@ fn violation(
             }
         }
         Constraint::LinearLe { terms, max } => {
-            let mut sum = 0.0;
-            let mut parts = Vec::new();
+            // Positive terms on the left, negative ones moved to the right with `max`.
+            let (mut left, mut right) = (0.0, *max);
+            let (mut lparts, mut rparts) = (Vec::new(), Vec::new());
             for (k, c) in terms {
                 let v = number(k, values.get(k)?, catalog)?;
-                sum += c * v;
-                parts.push(if *c == 1.0 {
-                    format!("{k} ({})", fmt_num(v))
+                let part = |c: f64| {
+                    if c == 1.0 {
+                        format!("{k} ({})", fmt_num(v))
+                    } else {
+                        format!("{} × {k} ({})", fmt_num(c), fmt_num(v))
+                    }
+                };
+                if *c >= 0.0 {
+                    left += c * v;
+                    lparts.push(part(*c));
                 } else {
-                    format!("{} × {k} ({})", fmt_num(*c), fmt_num(v))
-                });
+                    right -= c * v;
+                    rparts.push(part(-c));
+                }
             }
-            let tolerance = 1e-9 * max.abs().max(1.0);
-            if !sum.is_finite() || sum <= max + tolerance {
+            let tolerance = 1e-9 * right.abs().max(1.0);
+            if !(left.is_finite() && right.is_finite()) || left <= right + tolerance {
                 return None;
             }
-            format!(
-                "{} = {} must be at most {}",
-                parts.join(" + "),
-                fmt_num(sum),
-                fmt_num(*max)
-            )
+            if rparts.is_empty() {
+                format!(
+                    "{} = {} must be at most {}",
+                    lparts.join(" + "),
+                    fmt_num(left),
+                    fmt_num(right)
+                )
+            } else {
+                if *max != 0.0 {
+                    rparts.push(fmt_num(*max));
+                }
+                format!(
+                    "{} = {} must be at most {} = {}",
+                    lparts.join(" + "),
+                    fmt_num(left),
+                    rparts.join(" + "),
+                    fmt_num(right)
+                )
+            }
         }
         Constraint::NoEffectUnless { .. } => return None,
     };

@@ -131,7 +131,10 @@ fn hard_cases() -> Vec<Case> {
             PG15,
             vec![("wal_segment_size", "16777216"), ("min_wal_size", "32")],
             vec![("wal_segment_size", "16777216"), ("min_wal_size", "16")],
-            vec!["wal_segment_size (16777216)", "min_wal_size (16)"],
+            vec![
+                "2 × wal_segment_size (16777216) = 33554432 must be at most 1048576 × \
+                 min_wal_size (16) = 16777216",
+            ],
         ),
         (
             "max_wal_size_two_segments",
