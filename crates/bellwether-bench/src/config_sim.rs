@@ -15,10 +15,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use bellwether_config::graph::{metric_node, Edge, EdgeKind, Evidence, EvidenceSource, Graph, Node};
+use bellwether_config::graph::{
+    metric_node, Edge, EdgeKind, Evidence, EvidenceSource, Graph, Node,
+};
 use bellwether_config::rules::{Constraint, Pred};
 use bellwether_config::setting::{Catalog, Context, Setting, VarType};
-use bellwether_config::simulate::{simulate, simulate_with_index, SimInput, Verdict as SimVerdict, IMPACT_DEPTH};
+use bellwether_config::simulate::{
+    simulate, simulate_with_index, SimInput, Verdict as SimVerdict, IMPACT_DEPTH,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -40,7 +44,13 @@ pub struct Options {
 /// The goal: p99 of a stateless `simulate` call.
 pub const GOAL_MS: f64 = 100.0;
 const CATEGORY: usize = 300;
-const METRICS: &[&str] = &["tps", "latency_ms", "errors_per_s", "temp_bytes_per_s", "blks_read_per_s"];
+const METRICS: &[&str] = &[
+    "tps",
+    "latency_ms",
+    "errors_per_s",
+    "temp_bytes_per_s",
+    "blks_read_per_s",
+];
 
 #[derive(Debug, Serialize)]
 pub struct Times {
@@ -91,18 +101,53 @@ pub fn synthetic(n: usize, seed: u64) -> (Catalog, Graph) {
     let mut nodes = Vec::with_capacity(n + METRICS.len());
     for i in 0..n {
         let r: f64 = rng.gen();
-        let (vartype, unit, min, max, value, enumvals): (VarType, Option<&str>, Option<f64>, Option<f64>, String, Vec<String>) = if r < 0.6 {
+        let (vartype, unit, min, max, value, enumvals): (
+            VarType,
+            Option<&str>,
+            Option<f64>,
+            Option<f64>,
+            String,
+            Vec<String>,
+        ) = if r < 0.6 {
             let max = 10f64.powi(rng.gen_range(2..9));
             let v = rng.gen_range(1.0..max / 4.0).round();
             let unit = [None, Some("kB"), Some("8kB"), Some("ms"), Some("s")][rng.gen_range(0..5)];
-            (VarType::Integer, unit, Some(0.0), Some(max), format!("{v}"), vec![])
+            (
+                VarType::Integer,
+                unit,
+                Some(0.0),
+                Some(max),
+                format!("{v}"),
+                vec![],
+            )
         } else if r < 0.8 {
-            (VarType::Real, None, Some(0.0), Some(100.0), format!("{:.2}", rng.gen_range(0.0..50.0)), vec![])
+            (
+                VarType::Real,
+                None,
+                Some(0.0),
+                Some(100.0),
+                format!("{:.2}", rng.gen_range(0.0..50.0)),
+                vec![],
+            )
         } else if r < 0.9 {
-            (VarType::Bool, None, None, None, if rng.gen_bool(0.5) { "on" } else { "off" }.to_string(), vec![])
+            (
+                VarType::Bool,
+                None,
+                None,
+                None,
+                if rng.gen_bool(0.5) { "on" } else { "off" }.to_string(),
+                vec![],
+            )
         } else {
             let vals = vec!["low".to_string(), "medium".to_string(), "high".to_string()];
-            (VarType::Enum, None, None, None, vals[rng.gen_range(0..3)].clone(), vals)
+            (
+                VarType::Enum,
+                None,
+                None,
+                None,
+                vals[rng.gen_range(0..3)].clone(),
+                vals,
+            )
         };
         let context = match rng.gen_range(0..10) {
             0..=3 => Context::User,
@@ -219,7 +264,12 @@ pub fn synthetic(n: usize, seed: u64) -> (Catalog, Graph) {
 }
 
 /// A change of `keys` random numeric settings to valid new values.
-fn proposal(catalog: &Catalog, names: &[&String], keys: usize, rng: &mut StdRng) -> Vec<(String, Option<String>)> {
+fn proposal(
+    catalog: &Catalog,
+    names: &[&String],
+    keys: usize,
+    rng: &mut StdRng,
+) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     while out.len() < keys {
@@ -278,11 +328,18 @@ fn naive_impacts(graph: &Graph, changed: &[String], depth: usize) -> usize {
 pub fn run(args: &Options) -> Result<Verdict> {
     ensure!(args.settings >= 10, "--settings must be at least 10");
     ensure!(args.runs >= 1, "--runs must be at least 1");
-    ensure!(args.keys >= 1 && args.keys <= args.settings / 2, "--keys must be between 1 and half the settings");
+    ensure!(
+        args.keys >= 1 && args.keys <= args.settings / 2,
+        "--keys must be between 1 and half the settings"
+    );
     let t = Instant::now();
     let (catalog, graph) = synthetic(args.settings, args.seed);
     let build_graph_ms = t.elapsed().as_secs_f64() * 1000.0;
-    ensure!(graph.check().is_ok(), "the synthetic graph is not valid: {:?}", graph.check());
+    ensure!(
+        graph.check().is_ok(),
+        "the synthetic graph is not valid: {:?}",
+        graph.check()
+    );
     let numeric: Vec<&String> = catalog
         .settings
         .iter()
@@ -358,7 +415,10 @@ pub fn run(args: &Options) -> Result<Verdict> {
     for (what, t) in [
         ("simulate (index built in the call)", &figures.simulate),
         ("simulate with a kept index", &figures.simulate_warm),
-        ("impact search by full scans (no index)", &figures.naive_impacts),
+        (
+            "impact search by full scans (no index)",
+            &figures.naive_impacts,
+        ),
     ] {
         println!(
             "  {what:<40} p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms",
@@ -367,7 +427,11 @@ pub fn run(args: &Options) -> Result<Verdict> {
     }
     println!(
         "Goal: simulate p99 ≤ {GOAL_MS:.0} ms: {}.",
-        if verdict == Verdict::Met { "met" } else { "MISSED" }
+        if verdict == Verdict::Met {
+            "met"
+        } else {
+            "MISSED"
+        }
     );
     Ok(verdict)
 }
@@ -383,11 +447,17 @@ mod tests {
         assert_eq!(catalog.settings.len(), 2_000);
         assert_eq!(graph.nodes.len(), 2_000 + METRICS.len());
         let per_setting = graph.edges.len() as f64 / 2_000.0;
-        assert!((2.0..4.0).contains(&per_setting), "{per_setting} edges per setting");
+        assert!(
+            (2.0..4.0).contains(&per_setting),
+            "{per_setting} edges per setting"
+        );
         let (_, again) = synthetic(2_000, 7);
         assert_eq!(graph, again);
         // The naive search and the index agree on how many nodes a change reaches.
         let keys = vec!["s000010".to_string(), "s001500".to_string()];
-        assert_eq!(naive_impacts(&graph, &keys, 3), graph.impacts(&keys, 3).len());
+        assert_eq!(
+            naive_impacts(&graph, &keys, 3),
+            graph.impacts(&keys, 3).len()
+        );
     }
 }

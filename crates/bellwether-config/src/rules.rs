@@ -1177,7 +1177,17 @@ pub fn check(
 
 /// Whether `cond` mentions `key`.
 pub fn mentions(cond: &Constraint, key: &str) -> bool {
-    cond.keys().any(|k| k == key)
+    // Without `keys()`'s allocation: the simulator asks this of every conditional edge.
+    match cond {
+        Constraint::Implies {
+            if_key, then_key, ..
+        } => if_key == key || then_key == key,
+        Constraint::SumLess { lhs, rhs } => rhs == key || lhs.iter().any(|k| k == key),
+        Constraint::LinearLe { terms, .. } => terms.iter().any(|(k, _)| k == key),
+        Constraint::NoEffectUnless {
+            key: k, unless_key, ..
+        } => k == key || unless_key == key,
+    }
 }
 
 impl Constraint {

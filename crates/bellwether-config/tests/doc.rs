@@ -57,8 +57,12 @@ fn table() -> String {
 fn the_doc_lists_every_shipped_rule() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/config-graph.md");
     let doc = std::fs::read_to_string(path).expect("docs/config-graph.md exists");
-    let (head, rest) = doc.split_once(BEGIN).expect("docs/config-graph.md has the rules:begin marker");
-    let (_, tail) = rest.split_once(END).expect("docs/config-graph.md has the rules:end marker");
+    let (head, rest) = doc
+        .split_once(BEGIN)
+        .expect("docs/config-graph.md has the rules:begin marker");
+    let (_, tail) = rest
+        .split_once(END)
+        .expect("docs/config-graph.md has the rules:end marker");
     let want = format!("{head}{BEGIN}\n{}{END}{tail}", table());
     if doc != want {
         if std::env::var_os("BELLWETHER_BLESS").is_some() {
@@ -72,7 +76,11 @@ fn the_doc_lists_every_shipped_rule() {
     }
     for v in [150_000, 160_000, 170_000] {
         for r in shipped_rules(v) {
-            assert!(want.contains(&format!("| `{}` |", r.id)), "{} is not in the doc", r.id);
+            assert!(
+                want.contains(&format!("| `{}` |", r.id)),
+                "{} is not in the doc",
+                r.id
+            );
         }
     }
 }

@@ -390,3 +390,97 @@ fn proposed_values_are_normalised() {
     assert!(!v.contains_key("nope"));
     assert_eq!(v.len(), c.settings.len());
 }
+
+/// A real PostgreSQL 15 `pg_settings` (confcore's fixture, from `fixtures/pg15_settings.sh`).
+fn pg15() -> Catalog {
+    serde_json::from_str(include_str!("fixtures/pg15_settings.json")).unwrap()
+}
+
+#[test]
+fn every_setting_a_shipped_rule_names_exists_in_postgresql_15() {
+    let c = pg15();
+    for r in shipped_rules(c.server_version_num) {
+        for key in [&r.edge.from, &r.edge.to] {
+            // Metric nodes, and extension settings that exist only once the library is loaded.
+            if key.starts_with("metric:") || key.contains('.') {
+                continue;
+            }
+            assert!(
+                c.get(key).is_some(),
+                "rule {} names {key}, unknown to PostgreSQL 15",
+                r.id
+            );
+        }
+        if let Some(cond) = &r.edge.condition {
+            for key in cond.keys().filter(|k| !k.contains('.')) {
+                assert!(
+                    c.get(key).is_some(),
+                    "rule {} reads {key}, unknown to PostgreSQL 15",
+                    r.id
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_issues_examples_on_a_real_postgresql_15_catalog() {
+    let c = pg15();
+    let g = {
+        let mut g = Graph::default();
+        g.merge(
+            vec![],
+            shipped_rules(c.server_version_num)
+                .into_iter()
+                .map(|r| r.edge)
+                .collect(),
+        );
+        g
+    };
+    let sim = |pairs: &[(&str, Option<&str>)]| {
+        simulate(
+            &SimInput {
+                catalog: &c,
+                graph: &g,
+                perf: None,
+                history: &[],
+                trial: None,
+            },
+            &set(pairs),
+        )
+    };
+    // wal_level = minimal with the default max_wal_senders (10): the server would not start.
+    let r = sim(&[("wal_level", Some("minimal"))]);
+    assert_eq!(r.verdict, Verdict::Refuse, "{:?}", r.reasons);
+    assert_eq!(r.violations[0].rule, "wal_level_minimal_no_wal_senders");
+    // superuser_reserved_connections must stay below max_connections.
+    let maxc = c.get("max_connections").unwrap().value.clone();
+    let r = sim(&[("superuser_reserved_connections", Some(maxc.as_str()))]);
+    assert_eq!(r.verdict, Verdict::Refuse, "{:?}", r.reasons);
+    // min_wal_size of one segment (16MB): refused before a restart finds out.
+    let r = sim(&[("min_wal_size", Some("16MB"))]);
+    assert_eq!(r.verdict, Verdict::Refuse, "{:?}", r.reasons);
+    assert_eq!(r.violations[0].rule, "min_wal_size_two_segments");
+    assert_eq!(
+        sim(&[("min_wal_size", Some("32MB"))]).verdict,
+        Verdict::Reload
+    );
+    // work_mem of 64kB: allowed, per session, and it reaches the temp-file metric.
+    let r = sim(&[("work_mem", Some("64kB"))]);
+    assert_eq!(r.verdict, Verdict::Session, "{:?}", r.reasons);
+    assert!(r
+        .impacted
+        .iter()
+        .any(|p| p.setting == "metric:temp_bytes_per_s"));
+    let r = sim(&[("random_page_cost", Some("40"))]);
+    assert_eq!(r.verdict, Verdict::Session);
+    assert!(r.impacted.iter().any(|p| p.setting == "metric:latency_ms"));
+    let r = sim(&[("shared_buffers", Some("256MB"))]);
+    assert_eq!(r.verdict, Verdict::Restart);
+    assert!(r.impacted.iter().any(|p| p.setting == "wal_buffers"));
+    // An out-of-range value names the setting, the value and the range.
+    let r = sim(&[("max_connections", Some("0"))]);
+    assert_eq!(r.verdict, Verdict::Refuse);
+    let e = r.changes[0].error.as_deref().unwrap();
+    assert!(e.contains("max_connections") && e.contains("262143"), "{e}");
+}
