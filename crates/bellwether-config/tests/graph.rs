@@ -301,3 +301,155 @@ fn graphml_is_escaped_xml() {
     assert!(xml.contains("<edge id=\"e0\""));
     assert!(xml.contains("a&apos;b&quot;c\\d&lt;e&gt;&amp;f&#10;g\u{FFFD}h"));
 }
+
+mod properties {
+    use std::collections::HashMap;
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every simple path of at most `depth` edges from the changed keys, by brute force: the
+    /// best confidence per reached node.
+    fn brute(g: &Graph, changed: &[String], depth: usize) -> HashMap<String, f64> {
+        fn walk(
+            g: &Graph,
+            path: &mut Vec<String>,
+            conf: f64,
+            depth: usize,
+            starts: &[String],
+            best: &mut HashMap<String, f64>,
+        ) {
+            if path.len() > depth {
+                return;
+            }
+            let here = path.last().unwrap().clone();
+            for e in &g.edges {
+                let next = if e.from == here {
+                    Some(&e.to)
+                } else if e.to == here && e.kind != EdgeKind::Influences {
+                    Some(&e.from)
+                } else {
+                    None
+                };
+                let Some(next) = next else { continue };
+                if path.contains(next) || starts.contains(next) {
+                    continue;
+                }
+                let c = conf * e.confidence;
+                let b = best.entry(next.clone()).or_insert(c);
+                if c > *b {
+                    *b = c;
+                }
+                path.push(next.clone());
+                walk(g, path, c, depth, starts, best);
+                path.pop();
+            }
+        }
+        let mut best = HashMap::new();
+        for s in changed {
+            walk(g, &mut vec![s.clone()], 1.0, depth, changed, &mut best);
+        }
+        best
+    }
+
+    fn graphs() -> impl Strategy<Value = Graph> {
+        prop::collection::vec((0..7u8, 0..7u8, 0..3u8, 0.0f64..=1.0), 0..16).prop_map(|es| {
+            let mut g = Graph::default();
+            for (a, b, k, c) in es {
+                if a == b {
+                    continue;
+                }
+                let kind = [
+                    EdgeKind::Influences,
+                    EdgeKind::Requires,
+                    EdgeKind::ConflictsWith,
+                ][k as usize];
+                g.add_edge(edge(&format!("n{a}"), &format!("n{b}"), kind, c, "p"));
+            }
+            g
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn impacts_match_brute_force(g in graphs(), starts in prop::collection::vec(0..7u8, 1..3), depth in 0usize..5) {
+            let changed: Vec<String> = starts.iter().map(|s| format!("n{s}")).collect();
+            let mut changed_unique = changed.clone();
+            changed_unique.sort();
+            changed_unique.dedup();
+            let want = brute(&g, &changed_unique, depth);
+            let got = g.impacts(&changed, depth);
+            prop_assert_eq!(got.len(), want.len(), "{:?} vs {:?}", got, want);
+            for p in &got {
+                let w = want[&p.setting];
+                prop_assert!((p.confidence - w).abs() < 1e-12, "{}: {} vs {}", p.setting, p.confidence, w);
+                prop_assert!(p.path.len() - 1 <= depth && p.kinds.len() == p.path.len() - 1);
+                prop_assert_eq!(p.path.last().unwrap(), &p.setting);
+                // The path exists, with these kinds, and its product is the confidence.
+                let mut prod = 1.0;
+                for (i, kind) in p.kinds.iter().enumerate() {
+                    let (a, b) = (&p.path[i], &p.path[i + 1]);
+                    // Two edges of one kind may join a and b (one each way): the best is used.
+                    let c = g
+                        .edges
+                        .iter()
+                        .filter(|e| e.kind == *kind && ((&e.from == a && &e.to == b) || (*kind != EdgeKind::Influences && &e.from == b && &e.to == a)))
+                        .map(|e| e.confidence)
+                        .fold(None, |m: Option<f64>, c| Some(m.map_or(c, |m| m.max(c))));
+                    prop_assert!(c.is_some(), "no {:?} edge between {} and {}", kind, a, b);
+                    prod *= c.unwrap();
+                }
+                prop_assert!((prod - p.confidence).abs() < 1e-12);
+            }
+        }
+
+        #[test]
+        fn cypher_strings_read_back(s in any::<String>()) {
+            let lit = cypher_string(&s);
+            prop_assert!(lit.starts_with('\'') && lit.ends_with('\'') && lit.len() >= 2);
+            // Neo4j's unescaping.
+            let body: Vec<char> = lit[1..lit.len() - 1].chars().collect();
+            let mut out = String::new();
+            let mut i = 0;
+            while i < body.len() {
+                let c = body[i];
+                prop_assert!(c != '\'', "an unescaped quote");
+                prop_assert!(c >= ' ' && c != '\u{7f}', "a raw control character");
+                if c == '\\' {
+                    i += 1;
+                    match body[i] {
+                        'n' => out.push('\n'),
+                        'r' => out.push('\r'),
+                        't' => out.push('\t'),
+                        'b' => out.push('\u{8}'),
+                        'f' => out.push('\u{c}'),
+                        'u' => {
+                            let hex: String = body[i + 1..i + 5].iter().collect();
+                            out.push(char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap());
+                            i += 4;
+                        }
+                        other => out.push(other),
+                    }
+                } else {
+                    out.push(c);
+                }
+                i += 1;
+            }
+            prop_assert_eq!(out, s);
+        }
+
+        #[test]
+        fn xml_text_reads_back(s in any::<String>()) {
+            let esc = xml_escape(&s);
+            prop_assert!(!esc.contains('<') && !esc.contains('>') && !esc.contains('"'));
+            let back = esc
+                .replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"")
+                .replace("&apos;", "'").replace("&#9;", "\t").replace("&#10;", "\n")
+                .replace("&#13;", "\r").replace("&amp;", "&");
+            let want: String = s.chars().map(|c| {
+                if ((c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r')) || c == '\u{FFFE}' || c == '\u{FFFF}' { '\u{FFFD}' } else { c }
+            }).collect();
+            prop_assert_eq!(back, want);
+        }
+    }
+}

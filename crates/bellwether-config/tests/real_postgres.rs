@@ -221,7 +221,7 @@ fn the_server_refuses_what_the_hard_rules_refuse() {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         assert_eq!(
-            check(&[rule.edge.clone()], &values, &catalog).len(),
+            check(std::slice::from_ref(&rule.edge), &values, &catalog).len(),
             1,
             "{id}"
         );
