@@ -12,9 +12,10 @@
 //!   flat key → value map;
 //! - [`snapshot`]: whole-configuration snapshots, diffs and change records;
 //! - [`graph`]: the dependency graph (settings as nodes; `requires`, `conflicts_with`,
-//!   `influences` edges with confidence and evidence), traversal and export (JSON, GraphML,
-//!   Cypher);
-//! - [`rules`]: checkable constraints (shipped rules and what probing learned);
+//!   `influences` edges with confidence and evidence), traversal through a borrowed
+//!   [`graph::GraphIndex`], and export (JSON, GraphML, Cypher); see docs/config-graph.md;
+//! - [`rules`]: checkable constraints (shipped rules and what probing learned): hard
+//!   constraints the simulator refuses to break, "does nothing unless" links it notes;
 //! - [`cochange`]: edges from co-change statistics and metric impact in the change history;
 //! - [`perf`]: the instance's own performance model (throughput, latency from settings);
 //! - [`risk`]: risk scores whose factors add up to their log-odds;

@@ -40,6 +40,8 @@ enum Which {
     /// Simulated agents against a real server: sustained ingest, API latency per route, the
     /// server's CPU and memory, and a rollout across the fleet.
     Load(LoadArgs),
+    /// Configuration change simulator on a synthetic graph of 100,000 settings: latency p50/p99 (goal ≤ 100 ms).
+    ConfigSimulate(ConfigSimulateArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -114,6 +116,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             output: output(a.output),
         }),
         Which::Load(a) => return load(a),
+        Which::ConfigSimulate(a) => b::config_sim::run(&b::config_sim::Options {
+            settings: a.settings,
+            runs: a.runs,
+            keys: a.keys,
+            seed: a.seed,
+            output: output(a.output),
+        }),
     };
     match verdict.map_err(bench_error)? {
         Verdict::Met => Ok(ExitCode::SUCCESS),
@@ -303,6 +312,24 @@ pub struct NabArgs {
     /// published 69.9 / 67.0 / 73.2).
     #[arg(long, value_name = "NAME", default_value = "two-scale-entropy")]
     detector: String,
+    /// human (default) or json.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigSimulateArgs {
+    /// Settings in the synthetic catalog and graph.
+    #[arg(long, default_value_t = 100_000)]
+    settings: usize,
+    /// Simulations timed.
+    #[arg(long, default_value_t = 200)]
+    runs: usize,
+    /// Settings changed per simulation.
+    #[arg(long, default_value_t = 3)]
+    keys: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// human (default) or json.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     output: OutputFormat,
