@@ -79,6 +79,7 @@ pub(crate) fn run(argv: &[String], what: &str) -> Result<String, PgError> {
 
 /// A free TCP port on the loopback (the OS picks it; another process may take it before the
 /// server binds, which the caller sees as a failed start).
+#[cfg(feature = "testing")]
 pub(crate) fn free_port() -> Result<u16, PgError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| PgError::Io {
         what: "finding a free port".to_string(),
