@@ -96,11 +96,12 @@ pub fn parse_restart(value: &str) -> Result<(String, Vec<String>), String> {
     };
     let name = name.trim();
     check_name(name, "--database-restart", value)?;
-    let argv = shlex::split(cmd).ok_or_else(|| {
-        format!("--database-restart {value:?}: unbalanced quotes in the command")
-    })?;
+    let argv = shlex::split(cmd)
+        .ok_or_else(|| format!("--database-restart {value:?}: unbalanced quotes in the command"))?;
     if argv.is_empty() {
-        return Err(format!("--database-restart {value:?}: the command is empty"));
+        return Err(format!(
+            "--database-restart {value:?}: the command is empty"
+        ));
     }
     Ok((name.to_string(), argv))
 }
@@ -178,7 +179,9 @@ impl PgDatabases {
     /// The instance's catalog.
     pub async fn catalog(&self, name: &str) -> Result<bellwether_config::setting::Catalog, String> {
         let db = self.get(name)?;
-        let inst = bellwether_pg::connect(&db.url).await.map_err(|e| e.to_string())?;
+        let inst = bellwether_pg::connect(&db.url)
+            .await
+            .map_err(|e| e.to_string())?;
         bellwether_pg::read_settings(&inst)
             .await
             .map_err(|e| e.to_string())
@@ -210,7 +213,11 @@ impl PgDatabases {
     }
 
     /// Carries out a pg built-in; its structured output.
-    pub async fn run(&self, spec: &ActionSpec, timeout: Duration) -> Result<serde_json::Value, String> {
+    pub async fn run(
+        &self,
+        spec: &ActionSpec,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, String> {
         match spec {
             ActionSpec::PgReadSettings { database } => {
                 let cat = self.catalog(database).await?;
@@ -327,7 +334,10 @@ impl<C> PgCollector<C> {
                 Some(inst) => entry.1.sample(inst, now_ms).await.unwrap_or_default(),
                 None => BTreeMap::new(),
             };
-            let up = rates.get(bellwether_config::metrics::UP).copied().unwrap_or(0.0);
+            let up = rates
+                .get(bellwether_config::metrics::UP)
+                .copied()
+                .unwrap_or(0.0);
             if up == 0.0 {
                 entry.0 = None;
             }
@@ -381,7 +391,9 @@ pub async fn read_reports(
                 catalog: serde_json::to_value(&cat).ok(),
                 at_ms: crate::exec::now_ms(),
             }),
-            Err(e) => tracing::warn!(database = %name, error = %e, "Cannot read the database's settings."),
+            Err(e) => {
+                tracing::warn!(database = %name, error = %e, "Cannot read the database's settings.")
+            }
         }
     }
     for (path, format) in files {
@@ -394,10 +406,16 @@ pub async fn read_reports(
 }
 
 /// One plain config file inside the rootfs (symbolic links resolved as in a chroot).
-pub fn read_file_report(rootfs: &Path, path: &str, format: Format) -> Result<ConfigReportRequest, String> {
+pub fn read_file_report(
+    rootfs: &Path,
+    path: &str,
+    format: Format,
+) -> Result<ConfigReportRequest, String> {
     let root = bellwether_drift::inroot::InRoot::open(rootfs)
         .map_err(|e| format!("the rootfs {}: {e}", rootfs.display()))?;
-    let bytes = root.read(path).map_err(|e| format!("{path}: {}", e.cause()))?;
+    let bytes = root
+        .read(path)
+        .map_err(|e| format!("{path}: {}", e.cause()))?;
     let text = String::from_utf8(bytes).map_err(|_| format!("{path}: not UTF-8 text"))?;
     let values = bellwether_config::plain::parse(&text, format, path).map_err(|e| e.to_string())?;
     Ok(ConfigReportRequest {
@@ -502,7 +520,9 @@ pub async fn config_loop<T: ConfigTransport>(
                     tracing::info!(source = %r.source, keys = r.values.len(), "Configuration report sent.");
                     sent.insert(r.source.clone(), r.values.clone());
                 }
-                Err(e) => tracing::warn!(source = %r.source, error = %e, "Sending the configuration report failed; will retry."),
+                Err(e) => {
+                    tracing::warn!(source = %r.source, error = %e, "Sending the configuration report failed; will retry.")
+                }
             }
         }
         for (name, pending) in graphs.iter_mut() {
@@ -512,7 +532,9 @@ pub async fn config_loop<T: ConfigTransport>(
                         tracing::info!(database = %name, "Learned graph sent.");
                         *pending = None;
                     }
-                    Err(e) => tracing::warn!(database = %name, error = %e, "Sending the learned graph failed; will retry."),
+                    Err(e) => {
+                        tracing::warn!(database = %name, error = %e, "Sending the learned graph failed; will retry.")
+                    }
                 }
             }
         }

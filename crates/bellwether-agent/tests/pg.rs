@@ -17,10 +17,15 @@ use bellwether_pg::testing::{TestCluster, TestClusterOptions};
 fn executor(dbs: PgDatabases, allow: &[&str]) -> (Executor, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("root")).unwrap();
-    let ex = Executor::new(dir.path().join("root"), &dir.path().join("state"), &[], None)
-        .unwrap()
-        .with_allow_list(AllowList::parse(allow).unwrap())
-        .with_databases(dbs);
+    let ex = Executor::new(
+        dir.path().join("root"),
+        &dir.path().join("state"),
+        &[],
+        None,
+    )
+    .unwrap()
+    .with_allow_list(AllowList::parse(allow).unwrap())
+    .with_databases(dbs);
     (ex, dir)
 }
 
@@ -55,7 +60,10 @@ async fn the_pg_builtins_read_apply_and_trial_on_a_real_instance() {
     let trial = r.output.unwrap();
     assert_eq!(trial["started"], false, "{trial}");
     assert!(
-        trial["message"].as_str().unwrap().contains("max_wal_senders"),
+        trial["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_wal_senders"),
         "{trial}"
     );
 
@@ -109,8 +117,11 @@ async fn the_pg_builtins_read_apply_and_trial_on_a_real_instance() {
 
 #[tokio::test]
 async fn the_allow_list_names_the_pg_builtins() {
-    let dbs = PgDatabases::new(vec![("main".into(), "postgres://u@127.0.0.1:1/db".into())], vec![])
-        .unwrap();
+    let dbs = PgDatabases::new(
+        vec![("main".into(), "postgres://u@127.0.0.1:1/db".into())],
+        vec![],
+    )
+    .unwrap();
     let (ex, _dir) = executor(dbs, &["pg_read_settings"]);
     let r = ex
         .run(&ActionSpec::PgApply {
@@ -150,7 +161,12 @@ async fn metrics_are_added_as_pg_samples_and_down_is_zero() {
     );
     let second = col.sample(2_000).await;
     let names: Vec<&str> = second.iter().map(|s| s.name.as_str()).collect();
-    for m in ["pg.main.up", "pg.main.tps", "pg.main.errors_per_s", "pg.main.temp_bytes_per_s"] {
+    for m in [
+        "pg.main.up",
+        "pg.main.tps",
+        "pg.main.errors_per_s",
+        "pg.main.temp_bytes_per_s",
+    ] {
         assert!(names.contains(&m), "{names:?}");
     }
     c.stop().unwrap();
@@ -253,15 +269,24 @@ fn bad_flags_are_named_and_passwords_never_repeated() {
         parse_restart("main=systemctl restart 'postgresql@15-main'").unwrap(),
         (
             "main".into(),
-            vec!["systemctl".into(), "restart".into(), "postgresql@15-main".into()]
+            vec![
+                "systemctl".into(),
+                "restart".into(),
+                "postgresql@15-main".into()
+            ]
         )
     );
-    assert!(parse_restart("main=pg_ctl 'restart").unwrap_err().contains("quotes"));
+    assert!(parse_restart("main=pg_ctl 'restart")
+        .unwrap_err()
+        .contains("quotes"));
     assert!(parse_restart("main=").unwrap_err().contains("empty"));
     let e = PgDatabases::new(vec![], vec![("x".into(), vec!["true".into()])]).unwrap_err();
     assert!(e.contains("--database-restart x"), "{e}");
     let e = PgDatabases::new(
-        vec![("a".into(), "postgres://h/db".into()), ("a".into(), "postgres://h/db".into())],
+        vec![
+            ("a".into(), "postgres://h/db".into()),
+            ("a".into(), "postgres://h/db".into()),
+        ],
         vec![],
     )
     .unwrap_err();

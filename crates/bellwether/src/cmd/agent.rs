@@ -462,8 +462,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         };
         let work = async {
-            let (s, a, ()) =
-                tokio::join!(agent.run(stopped(stop_rx.clone())), actions, config);
+            let (s, a, ()) = tokio::join!(agent.run(stopped(stop_rx.clone())), actions, config);
             (s, a)
         };
         tokio::pin!(work);
