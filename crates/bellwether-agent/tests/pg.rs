@@ -233,7 +233,11 @@ async fn reports_are_sent_at_start_retried_and_sent_again_on_change() {
     assert!(first.catalog.is_some());
     let inst = bellwether_pg::connect(&c.url()).await.unwrap();
     inst.client
-        .batch_execute("ALTER SYSTEM SET work_mem = '7MB'; SELECT pg_reload_conf()")
+        .batch_execute("ALTER SYSTEM SET work_mem = '7MB'")
+        .await
+        .unwrap();
+    inst.client
+        .batch_execute("SELECT pg_reload_conf()")
         .await
         .unwrap();
     wait_for(2).await;
