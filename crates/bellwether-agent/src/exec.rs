@@ -30,6 +30,12 @@
 //! temporary name is never opened. A write that cannot stay inside fails with the path and
 //! the link in its reason.
 //!
+//! The PostgreSQL built-ins act on the instances of `--database NAME=URL` through
+//! [`crate::pg`]: `pg_read_settings` returns the catalog, `pg_apply` runs
+//! `bellwether_pg::apply` (validated first, `ALTER SYSTEM`, reload or the
+//! `--database-restart` command), `pg_trial` starts a scratch cluster with the instance's
+//! configuration plus the proposed settings. Their result's `output` is that JSON.
+//!
 //! Before anything runs, the action is checked against the agent's [`AllowList`]
 //! (`--allow-action`); a refused one is reported failed with the reason, and nothing runs.
 
@@ -65,10 +71,12 @@ pub struct Executor {
     /// `STATE_DIR/processes.log`: the output of the processes `start_process` and
     /// `stop_process` run.
     process_log: PathBuf,
+    /// The PostgreSQL instances of `--database` (the pg built-ins).
+    pg: crate::pg::PgDatabases,
 }
 
 /// The built-in kinds, by the names `--allow-action` and the JSON use.
-pub const BUILTIN_KINDS: [&str; 7] = [
+pub const BUILTIN_KINDS: [&str; 10] = [
     "set_service_version",
     "restore_file",
     "reinstall_package",
@@ -76,6 +84,9 @@ pub const BUILTIN_KINDS: [&str; 7] = [
     "start_process",
     "stop_process",
     "sample_processes",
+    "pg_read_settings",
+    "pg_apply",
+    "pg_trial",
 ];
 
 /// What an agent agrees to run (`--allow-action`, repeatable). Empty, the default, allows
@@ -264,12 +275,19 @@ impl Executor {
             cgroup,
             allow: AllowList::default(),
             process_log: state_dir.join("processes.log"),
+            pg: crate::pg::PgDatabases::default(),
         })
     }
 
     /// Runs only what `allow` allows (the default allows everything).
     pub fn with_allow_list(mut self, allow: AllowList) -> Self {
         self.allow = allow;
+        self
+    }
+
+    /// The PostgreSQL instances the pg built-ins act on (`--database`).
+    pub fn with_databases(mut self, pg: crate::pg::PgDatabases) -> Self {
+        self.pg = pg;
         self
     }
 
@@ -319,6 +337,24 @@ impl Executor {
             | ActionSpec::SampleProcesses { .. } => {
                 // Each bounds its own waits by the timeout; the outer one is a backstop.
                 let work = self.run_process_builtin(spec, timeout);
+                match tokio::time::timeout(timeout + Duration::from_secs(1), work).await {
+                    Ok(Ok(output)) => {
+                        let mut r = done(ActionOutcome::Ok);
+                        r.output = Some(output);
+                        r
+                    }
+                    Ok(Err(e)) => done(failed(e)),
+                    Err(_) => done(ActionOutcome::TimedOut {
+                        after_ms: timeout.as_millis() as u64,
+                    }),
+                }
+            }
+            ActionSpec::PgReadSettings { .. }
+            | ActionSpec::PgApply { .. }
+            | ActionSpec::PgTrial { .. } => {
+                // bellwether_pg::apply bounds its own restart wait by the timeout; the outer
+                // one is a backstop.
+                let work = self.pg.run(spec, timeout);
                 match tokio::time::timeout(timeout + Duration::from_secs(1), work).await {
                     Ok(Ok(output)) => {
                         let mut r = done(ActionOutcome::Ok);
@@ -454,13 +490,11 @@ impl Executor {
             | ActionSpec::SampleProcesses { .. } => {
                 Err("a process built-in runs through run_process_builtin".into())
             }
-            // OWNER pgio: the PostgreSQL built-ins run through bellwether-pg.
             ActionSpec::PgReadSettings { .. }
             | ActionSpec::PgApply { .. }
-            | ActionSpec::PgTrial { .. } => Err(format!(
-                "{} is not supported by this agent yet",
-                spec.describe()
-            )),
+            | ActionSpec::PgTrial { .. } => {
+                Err("a pg built-in runs through crate::pg::PgDatabases::run".into())
+            }
             ActionSpec::SetServiceVersion { version, .. } => self
                 .root()?
                 .write_atomic(VERSION_FILE, format!("{version}\n").as_bytes())

@@ -20,6 +20,7 @@ pub mod buffer;
 pub mod change;
 pub mod exec;
 pub mod host;
+pub mod pg;
 pub mod scrape;
 pub mod transport;
 

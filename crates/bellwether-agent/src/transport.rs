@@ -387,6 +387,26 @@ impl Transport for HttpTransport {
     }
 }
 
+impl crate::pg::ConfigTransport for HttpTransport {
+    async fn send_config(
+        &self,
+        token: &str,
+        req: &bellwether_model::wire::ConfigReportRequest,
+    ) -> Result<(), SendError> {
+        self.post("api/v1/agent/config", token, req).await.map(drop)
+    }
+
+    async fn send_graph(
+        &self,
+        token: &str,
+        req: &bellwether_model::wire::ConfigGraphRequest,
+    ) -> Result<(), SendError> {
+        self.post("api/v1/agent/config/graph", token, req)
+            .await
+            .map(drop)
+    }
+}
+
 impl crate::actions::ActionTransport for HttpTransport {
     async fn poll_actions(
         &mut self,

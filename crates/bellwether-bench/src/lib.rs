@@ -8,6 +8,7 @@
 
 pub mod agent_memory;
 pub mod config_sim;
+pub mod config_learn;
 pub mod drift;
 pub mod ingest;
 pub mod load;

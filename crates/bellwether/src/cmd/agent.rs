@@ -131,6 +131,35 @@ pub struct Args {
     /// How long one long-poll for actions waits on the server.
     #[arg(long, default_value = "5s", value_parser = bellwether_model::duration::parse)]
     action_wait: Duration,
+    /// A PostgreSQL instance on this host to watch, as NAME=URL
+    /// (postgres://user@host:port/db) or NAME=@FILE (the URL on the file's first line, which
+    /// keeps a password out of the process list); repeat for more. The agent sends its
+    /// metrics as pg.NAME.tps, pg.NAME.latency_ms…, reports its settings to the server at start
+    /// and on change, learns its dependency graph on scratch clusters, and carries out the
+    /// pg_read_settings, pg_apply and pg_trial actions naming NAME.
+    #[arg(long = "database", value_name = "NAME=URL|NAME=@FILE")]
+    databases: Vec<String>,
+    /// The command that restarts the instance NAME, such as
+    /// `NAME=systemctl restart postgresql@15-main`; split into argv with shell-word rules and
+    /// run without a shell. Without it, a change that needs a restart is refused before
+    /// anything is changed.
+    #[arg(long = "database-restart", value_name = "NAME=COMMAND")]
+    database_restarts: Vec<String>,
+    /// A plain config file of another service (relative to --rootfs) to report to the server
+    /// at start and on change, as PATH or PATH:FORMAT (kv, ini, yaml, json, toml; else from
+    /// the extension); repeat for more.
+    #[arg(long = "config-file", value_name = "PATH[:FORMAT]")]
+    config_files: Vec<String>,
+    /// How often the --database settings and --config-file files are read again (a report is
+    /// sent only when something changed).
+    #[arg(long, default_value = "30s", value_parser = bellwether_model::duration::parse)]
+    config_interval: Duration,
+    /// Learn each --database's dependency graph at start, in the background, by trial starts
+    /// of a scratch cluster made with the instance's own binaries (one at a time; a few
+    /// minutes of one core), and send it to the server. On by default; --learn-graph=false
+    /// turns it off.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    learn_graph: bool,
 }
 
 /// The flags, checked: everything the agent needs, in types that cannot be wrong.
@@ -147,6 +176,8 @@ struct Config {
     probe_timeout: Duration,
     actions: Option<ActionConfig>,
     scrape: Option<reqwest::Url>,
+    pg: bellwether_agent::pg::PgDatabases,
+    config_loop: bellwether_agent::pg::ConfigLoopSettings,
 }
 
 struct ActionConfig {
@@ -276,6 +307,40 @@ fn validate(args: Args) -> Result<Config, UsageError> {
         }
         None => None,
     };
+    let pg = {
+        use bellwether_agent::pg::{parse_database, parse_restart, PgDatabases};
+        let dbs = args
+            .databases
+            .iter()
+            .map(|d| parse_database(d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(UsageError)?;
+        let restarts = args
+            .database_restarts
+            .iter()
+            .map(|d| parse_restart(d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(UsageError)?;
+        PgDatabases::new(dbs, restarts).map_err(UsageError)?
+    };
+    let files = args
+        .config_files
+        .iter()
+        .map(|f| bellwether_agent::pg::parse_config_file(f))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(UsageError)?;
+    if args.config_interval < Duration::from_secs(1) {
+        return Err(UsageError(format!(
+            "--config-interval {}: must be at least 1s",
+            bellwether_model::Dur(args.config_interval)
+        )));
+    }
+    let config_loop = bellwether_agent::pg::ConfigLoopSettings {
+        files,
+        rootfs: args.rootfs.clone(),
+        interval: args.config_interval,
+        learn_graph: args.learn_graph,
+    };
     let tls = args.tls.tls()?;
     let servers =
         ServerList::parse(&args.server).map_err(|e| UsageError(format!("--server: {e}")))?;
@@ -291,6 +356,8 @@ fn validate(args: Args) -> Result<Config, UsageError> {
         watch_files,
         request_timeout: args.request_timeout,
         probe_timeout: args.probe_timeout,
+        pg,
+        config_loop,
     })
 }
 
@@ -333,7 +400,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 a.cgroup.clone(),
             )
             .map_err(|e| UsageError(e.to_string()))?
-            .with_allow_list(a.allow.clone());
+            .with_allow_list(a.allow.clone())
+            .with_databases(cfg.pg.clone());
             tracing::info!(allowed = %a.allow, "Actions this agent runs.");
             let journal = Journal::open(&a.state_dir).map_err(|e| UsageError(e.to_string()))?;
             let settings = ActionSettings {
@@ -357,8 +425,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     rt.block_on(transport.verify_server())
         .map_err(super::Unreachable)?;
     let name = cfg.settings.name.clone();
+    let collector = bellwether_agent::pg::PgCollector::new(collector, cfg.pg.clone());
     let agent = Agent::new(cfg.settings, transport.clone(), collector);
     let token = agent.token_watch();
+    let config_token = agent.token_watch();
+    let config_transport = transport.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -378,7 +449,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 None => None,
             }
         };
-        let work = async { tokio::join!(agent.run(stopped(stop_rx.clone())), actions) };
+        let config = async {
+            if !cfg.pg.is_empty() || !cfg.config_loop.files.is_empty() {
+                bellwether_agent::pg::config_loop(
+                    config_transport,
+                    config_token,
+                    cfg.pg.clone(),
+                    cfg.config_loop.clone(),
+                    stopped(stop_rx.clone()),
+                )
+                .await;
+            }
+        };
+        let work = async {
+            let (s, a, ()) = tokio::join!(agent.run(stopped(stop_rx.clone())), actions, config);
+            (s, a)
+        };
         tokio::pin!(work);
         tokio::select! {
             r = &mut work => r,

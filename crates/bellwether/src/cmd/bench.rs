@@ -42,6 +42,38 @@ enum Which {
     Load(LoadArgs),
     /// Configuration change simulator on a synthetic graph of 100,000 settings: latency p50/p99 (goal ≤ 100 ms).
     ConfigSimulate(ConfigSimulateArgs),
+    /// PostgreSQL configuration graph learned by probing scratch clusters: time for every
+    /// setting (goal ≤ 15 min on 2 cores) and the recall of the edges a server start verifies.
+    ConfigLearn(ConfigLearnArgs),
+    /// PostgreSQL performance model: leave-one-configuration-out relative error of predicted
+    /// pgbench throughput over a grid of work_mem, random_page_cost and shared_buffers.
+    ConfigPerf(ConfigPerfArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigLearnArgs {
+    /// Trial starts at a time.
+    #[arg(long, default_value_t = 2)]
+    parallel: usize,
+    /// Probe only this setting; repeat for more (default: every changeable setting).
+    #[arg(long = "key")]
+    keys: Vec<String>,
+    /// human (default) or json.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigPerfArgs {
+    /// Seconds of pgbench per run.
+    #[arg(long, default_value_t = 3)]
+    seconds: u32,
+    /// Runs per configuration.
+    #[arg(long, default_value_t = 1)]
+    reps: usize,
+    /// human (default) or json.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -121,6 +153,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             runs: a.runs,
             keys: a.keys,
             seed: a.seed,
+            output: output(a.output),
+        }),
+        Which::ConfigLearn(a) => b::config_learn::run_learn(&b::config_learn::LearnOptions {
+            parallel: a.parallel,
+            keys: a.keys,
+            output: output(a.output),
+        }),
+        Which::ConfigPerf(a) => b::config_learn::run_perf(&b::config_learn::PerfOptions {
+            seconds: a.seconds,
+            reps: a.reps,
             output: output(a.output),
         }),
     };
