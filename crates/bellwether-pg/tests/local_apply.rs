@@ -1,0 +1,249 @@
+//! The one-machine runner on real clusters with pgbench running: a harmful change is detected,
+//! traced and reverted; a harmless one is kept; a change that would stop the server is refused
+//! by the trial and never reaches the instance; a restart-context change is applied and
+//! reverted with a restart. Each test starts its own cluster (initdb/pg_ctl from
+//! /usr/lib/postgresql/*/bin, as `postgres` when run as root).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bellwether_engine::config::{Phase, WatchSpec};
+use bellwether_pg::local::{run, LocalOptions, LocalReport};
+use bellwether_pg::testing::{TestCluster, TestClusterOptions};
+
+/// pgbench kept running: restarted whenever it exits (a server restart ends its sessions).
+struct Bench {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Bench {
+    fn start(argv: Vec<String>) -> Bench {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let child: std::io::Result<Child> = Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn();
+                let Ok(mut child) = child else { return };
+                // Poll the child so a stop request ends it promptly.
+                loop {
+                    if s.load(Ordering::SeqCst) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return;
+                    }
+                    match child.try_wait() {
+                        Ok(Some(_)) | Err(_) => break,
+                        Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+                // The server is restarting: try again shortly.
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Bench {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn psql(c: &TestCluster, sql: &str) -> String {
+    let out = Command::new(c.bindir.join("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &c.port.to_string(),
+            "-U",
+            "postgres",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+            "postgres",
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A sort- and hash-heavy workload: each transaction de-duplicates 20,000 rows (about 3 MB of
+/// hash table or sort, inside the default 4 MB work_mem, far outside 64 kB: it spills to
+/// temporary files and runs about three times slower).
+fn sort_workload(c: &TestCluster) -> (tempfile::TempDir, Bench) {
+    psql(
+        c,
+        "CREATE TABLE sortme AS SELECT (random()*1e6)::int AS k, md5(i::text) AS v \
+         FROM generate_series(1, 20000) i; ANALYZE sortme;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("sort.sql");
+    std::fs::write(
+        &script,
+        "SELECT count(*) FROM (SELECT DISTINCT v FROM sortme) s;\n",
+    )
+    .unwrap();
+    let script = script.display().to_string();
+    let bench = Bench::start(c.pgbench_argv(&[
+        "-n", "-c", "2", "-j", "2", "-T", "600", "-f", &script, "postgres",
+    ]));
+    (dir, bench)
+}
+
+fn watch() -> WatchSpec {
+    // Shorter than the defaults so each test stays under ~40 s; the defaults are what the
+    // corpus bench runs with.
+    let mut w = WatchSpec::defaults();
+    w.baseline_ms = 6_000;
+    w.min_baseline_samples = 4;
+    w.bake_ms = 12_000;
+    w.confirm_ms = 4_000;
+    w.confirm_timeout_ms = 30_000;
+    w
+}
+
+fn opts(set: &[(&str, Option<&str>)], desc: &str) -> LocalOptions {
+    let mut o = LocalOptions::new(
+        set.iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect(),
+        desc,
+    );
+    o.watch = watch();
+    o.max_duration = Duration::from_secs(90);
+    o
+}
+
+fn names(r: &LocalReport) -> Vec<String> {
+    r.events
+        .iter()
+        .map(|e| format!("{}: {}", e.name, e.reason))
+        .collect()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_harmful_work_mem_is_traced_and_reverted() {
+    let c = TestCluster::start(TestClusterOptions::default());
+    let (_dir, _bench) = sort_workload(&c);
+    let o = opts(&[("work_mem", Some("64kB"))], "work_mem 64kB");
+    let r = rt()
+        .block_on(run(&c.url(), &o, Some(&c.restart_argv())))
+        .unwrap();
+    assert_eq!(r.phase, Phase::RolledBack, "{:#?}", names(&r));
+    let traced = r.event("traced").expect("traced");
+    assert_eq!(traced.figures["decision"], "revert");
+    assert!(r.event("reverted").is_some());
+    assert!(r.event("recovered").is_some(), "{:#?}", names(&r));
+    assert_eq!(psql(&c, "SHOW work_mem"), "4MB");
+    // The revert reset it: nothing of the change is left in postgresql.auto.conf.
+    assert_eq!(
+        psql(&c, "SELECT count(*) FROM pg_file_settings WHERE name = 'work_mem' AND sourcefile LIKE '%auto.conf'"),
+        "0"
+    );
+}
+
+#[test]
+fn a_harmless_change_is_kept() {
+    let c = TestCluster::start(TestClusterOptions::default());
+    let (_dir, _bench) = sort_workload(&c);
+    let o = opts(
+        &[("log_min_duration_statement", Some("10s"))],
+        "log slow statements",
+    );
+    let r = rt()
+        .block_on(run(&c.url(), &o, Some(&c.restart_argv())))
+        .unwrap();
+    assert_eq!(r.phase, Phase::Completed, "{:#?}", names(&r));
+    assert!(r.event("promoted").is_some());
+    assert!(r.event("reverted").is_none());
+    assert_eq!(psql(&c, "SHOW log_min_duration_statement"), "10s");
+}
+
+#[test]
+fn a_change_that_would_not_start_is_refused_and_the_instance_untouched() {
+    let c = TestCluster::start(TestClusterOptions::default());
+    let before = psql(
+        &c,
+        "SELECT string_agg(name || '=' || setting, ',' ORDER BY name) FROM pg_settings",
+    );
+    let o = opts(&[("wal_level", Some("minimal"))], "wal_level minimal");
+    let r = rt()
+        .block_on(run(&c.url(), &o, Some(&c.restart_argv())))
+        .unwrap();
+    assert_eq!(r.phase, Phase::Refused, "{:#?}", names(&r));
+    let refused = r.event("trial_refused").expect("trial_refused");
+    assert!(
+        refused.reason.contains("max_wal_senders") || refused.reason.contains("wal_level"),
+        "{}",
+        refused.reason
+    );
+    assert!(r.event("applied").is_none());
+    assert!(r.event("snapshot").is_none());
+    let after = psql(
+        &c,
+        "SELECT string_agg(name || '=' || setting, ',' ORDER BY name) FROM pg_settings",
+    );
+    assert_eq!(before, after);
+    assert_eq!(
+        psql(
+            &c,
+            "SELECT count(*) FROM pg_file_settings WHERE sourcefile LIKE '%auto.conf'"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn a_restart_context_change_is_applied_and_reverted_with_a_restart() {
+    let c = TestCluster::start(TestClusterOptions::default());
+    let (_dir, _bench) = sort_workload(&c);
+    let sb = psql(&c, "SHOW shared_buffers");
+    let o = opts(
+        &[("shared_buffers", Some("1MB")), ("work_mem", Some("64kB"))],
+        "tiny shared_buffers and work_mem",
+    );
+    let r = rt()
+        .block_on(run(&c.url(), &o, Some(&c.restart_argv())))
+        .unwrap();
+    assert_eq!(r.phase, Phase::RolledBack, "{:#?}", names(&r));
+    let applied = r.event("applied").expect("applied");
+    assert_eq!(applied.figures["report"]["restarted"], true, "{applied:?}");
+    let reverted = r.event("reverted").expect("reverted");
+    assert_eq!(reverted.figures["restart"], true);
+    assert_eq!(
+        reverted.figures["report"]["restarted"], true,
+        "{reverted:?}"
+    );
+    assert_eq!(psql(&c, "SHOW shared_buffers"), sb);
+    assert_eq!(psql(&c, "SHOW work_mem"), "4MB");
+}
