@@ -20,11 +20,14 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use bellwether_config::setting::Catalog;
+use bellwether_config::setting::{Catalog, Context, Setting, VarType};
 
 pub mod local;
 pub mod probe;
+pub(crate) mod proc;
 pub mod scratch;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 /// Every failure, with what was being done; never a connection string with a password.
 #[derive(Debug, thiserror::Error)]
@@ -53,15 +56,174 @@ pub struct Instance {
 }
 
 /// Connects (`postgres://user@host:port/db` or a key=value conninfo).
+///
+/// No TLS: the agent talks to its instance on the same host (unix socket or loopback). A
+/// connect timeout of 10 s applies unless the URL sets one.
 pub async fn connect(url: &str) -> Result<Instance, PgError> {
-    let _ = url;
-    todo!("pgio")
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| PgError::Connect {
+        target: "(unparsable connection string)".to_string(),
+        message: format!("not a valid connection URL or conninfo: {e}"),
+    })?;
+    let target = describe_target(&config);
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    let (client, connection) =
+        config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| PgError::Connect {
+                target: target.clone(),
+                message: error_text(&e),
+            })?;
+    let task_target = target.clone();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(target = %task_target, error = %e, "PostgreSQL connection ended.");
+        }
+    });
+    Ok(Instance { client, target })
+}
+
+/// `user@host:port/db`, never the password.
+fn describe_target(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("(default user)");
+    let db = config.get_dbname().unwrap_or(user);
+    format!("{user}@{host}:{port}/{db}")
+}
+
+/// The error with the server's message and detail when there is one (tokio-postgres's own
+/// `Display` says only "db error").
+fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{}: {}", db.severity(), db.message());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!(" ({d})"));
+            }
+            s
+        }
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(&format!(": {inner}"));
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+/// A query error: a permission problem gets its own variant (the role lacks rights).
+fn query_error(what: &str, e: &tokio_postgres::Error) -> PgError {
+    if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+        PgError::Permission {
+            what: what.to_string(),
+            message: error_text(e),
+        }
+    } else {
+        PgError::Query {
+            what: what.to_string(),
+            message: error_text(e),
+        }
+    }
+}
+
+const SETTINGS_SQL: &str = "SELECT name, setting, unit, vartype, context, min_val, max_val, \
+     enumvals, boot_val, reset_val, source, sourcefile, sourceline, pending_restart, category, \
+     short_desc FROM pg_settings";
+
+fn setting_from_row(row: &tokio_postgres::Row) -> Result<Setting, PgError> {
+    let name: String = row.get(0);
+    let bad = |m: String| PgError::Query {
+        what: format!("pg_settings row {name}"),
+        message: m,
+    };
+    let vartype = match row.get::<_, String>(3).as_str() {
+        "bool" => VarType::Bool,
+        "integer" => VarType::Integer,
+        "real" => VarType::Real,
+        "string" => VarType::String,
+        "enum" => VarType::Enum,
+        other => return Err(bad(format!("unknown vartype {other:?}"))),
+    };
+    let context_text: String = row.get(4);
+    let context = Context::parse(&context_text)
+        .ok_or_else(|| bad(format!("unknown context {context_text:?}")))?;
+    let num = |i: usize| -> Option<f64> {
+        row.get::<_, Option<String>>(i)
+            .and_then(|s| s.trim().parse::<f64>().ok())
+    };
+    Ok(Setting {
+        value: row.get::<_, Option<String>>(1).unwrap_or_default(),
+        unit: row.get(2),
+        vartype,
+        context,
+        min: num(5),
+        max: num(6),
+        enumvals: row.get::<_, Option<Vec<String>>>(7).unwrap_or_default(),
+        boot_val: row.get(8),
+        reset_val: row.get(9),
+        source: row.get::<_, Option<String>>(10).unwrap_or_default(),
+        sourcefile: row.get(11),
+        sourceline: row.get(12),
+        pending_restart: row.get(13),
+        category: row.get::<_, Option<String>>(14).unwrap_or_default(),
+        short_desc: row.get::<_, Option<String>>(15).unwrap_or_default(),
+        name,
+    })
 }
 
 /// `pg_settings` into a catalog (with `server_version_num`).
 pub async fn read_settings(inst: &Instance) -> Result<Catalog, PgError> {
-    let _ = inst;
-    todo!("pgio")
+    let what = format!("reading pg_settings of {}", inst.target);
+    let rows = inst
+        .client
+        .query(SETTINGS_SQL, &[])
+        .await
+        .map_err(|e| query_error(&what, &e))?;
+    let mut settings = BTreeMap::new();
+    for row in &rows {
+        let s = setting_from_row(row)?;
+        settings.insert(s.name.clone(), s);
+    }
+    let server_version_num = settings
+        .get("server_version_num")
+        .and_then(|s| s.value.parse::<u32>().ok())
+        .ok_or_else(|| PgError::Query {
+            what: what.clone(),
+            message: "pg_settings has no numeric server_version_num".to_string(),
+        })?;
+    Ok(Catalog {
+        server_version_num,
+        settings,
+    })
+}
+
+/// Configuration files read from this host's disk.
+struct DiskSource;
+
+impl bellwether_config::pgconf::ConfSource for DiskSource {
+    fn read(&self, path: &str) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+    fn list_dir(&self, path: &str) -> std::io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".conf") && !name.starts_with('.') {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The instance's configuration files, parsed: `config_file` with its includes, then
@@ -70,8 +232,105 @@ pub async fn read_settings(inst: &Instance) -> Result<Catalog, PgError> {
 pub async fn read_conf_files(
     inst: &Instance,
 ) -> Result<Vec<bellwether_config::pgconf::ConfEntry>, PgError> {
-    let _ = inst;
-    todo!("pgio")
+    let what = format!("reading config_file and data_directory of {}", inst.target);
+    let row = inst
+        .client
+        .query_one(
+            "SELECT current_setting('config_file'), current_setting('data_directory')",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error(&what, &e))?;
+    let config_file: String = row.get(0);
+    let data_dir: String = row.get(1);
+    let mut entries = bellwether_config::pgconf::load(&config_file, &DiskSource)?;
+    let auto = std::path::Path::new(&data_dir).join("postgresql.auto.conf");
+    if auto.exists() {
+        entries.extend(bellwether_config::pgconf::load(
+            &auto.to_string_lossy(),
+            &DiskSource,
+        )?);
+    }
+    Ok(entries)
+}
+
+/// A setting name as an SQL identifier: only names the catalog holds reach here, and each
+/// dot-separated part is double-quoted (`"pg_stat_statements"."max"`).
+fn quote_name(name: &str) -> Result<String, PgError> {
+    let ok = !name.is_empty()
+        && name
+            .split('.')
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    if !ok {
+        return Err(PgError::Value(
+            bellwether_config::setting::ValueError::UnknownSetting {
+                name: name.to_string(),
+                suggestion: None,
+            },
+        ));
+    }
+    Ok(name
+        .split('.')
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join("."))
+}
+
+/// A value as an SQL string literal: `E'...'` with `\\` and `''` escaped, so it means the same
+/// whatever `standard_conforming_strings` says.
+fn quote_literal(value: &str) -> String {
+    let mut s = String::with_capacity(value.len() + 4);
+    s.push_str("E'");
+    for c in value.chars() {
+        match c {
+            '\'' => s.push_str("''"),
+            '\\' => s.push_str("\\\\"),
+            c => s.push(c),
+        }
+    }
+    s.push('\'');
+    s
+}
+
+/// The `ALTER SYSTEM` statement for one setting (`None` = reset).
+fn alter_system_sql(name: &str, value: Option<&str>) -> Result<String, PgError> {
+    let ident = quote_name(name)?;
+    Ok(match value {
+        Some(v) => format!("ALTER SYSTEM SET {ident} = {}", quote_literal(v)),
+        None => format!("ALTER SYSTEM RESET {ident}"),
+    })
+}
+
+/// The catalog's spelling of `name` (`timezone` → `TimeZone`), or the validation error that
+/// names it (unknown, with a suggestion).
+fn resolve_name(catalog: &Catalog, name: &str) -> Result<String, PgError> {
+    if catalog.settings.contains_key(name) {
+        return Ok(name.to_string());
+    }
+    if let Some(k) = catalog
+        .settings
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case(name))
+    {
+        return Ok(k.clone());
+    }
+    // The catalog's own error carries the suggestion.
+    match catalog.validate(name, "") {
+        Err(e) => Err(PgError::Value(e)),
+        Ok(_) => Err(PgError::Value(
+            bellwether_config::setting::ValueError::UnknownSetting {
+                name: name.to_string(),
+                suggestion: None,
+            },
+        )),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// What [`apply`] did.
@@ -100,8 +359,255 @@ pub async fn apply(
     restart_argv: Option<&[String]>,
     timeout: std::time::Duration,
 ) -> Result<ApplyReport, PgError> {
-    let _ = (url, settings, restart, restart_argv, timeout);
-    todo!("pgio")
+    let inst = connect(url).await?;
+    let catalog = read_settings(&inst).await?;
+
+    // Everything is checked before the first ALTER SYSTEM.
+    let mut plan: Vec<(String, Option<String>)> = Vec::with_capacity(settings.len());
+    let mut needs_restart = restart;
+    let mut restart_keys = Vec::new();
+    for (name, value) in settings {
+        let name = resolve_name(&catalog, name)?;
+        let setting = &catalog.settings[&name];
+        if setting.context == Context::Internal {
+            return Err(PgError::Value(
+                bellwether_config::setting::ValueError::Internal { name },
+            ));
+        }
+        if let Some(v) = value {
+            catalog.validate(&name, v)?;
+        }
+        if setting.context == Context::Postmaster {
+            needs_restart = true;
+            restart_keys.push(name.clone());
+        }
+        quote_name(&name)?;
+        plan.push((name, value.clone()));
+    }
+    let restart_argv = match restart_argv {
+        Some(argv) if !argv.is_empty() => Some(argv),
+        _ => None,
+    };
+    if needs_restart && restart_argv.is_none() {
+        let why = if restart_keys.is_empty() {
+            "a restart was asked for".to_string()
+        } else {
+            format!(
+                "{} need a restart (context postmaster)",
+                restart_keys.join(", ")
+            )
+        };
+        return Err(PgError::Restart(format!(
+            "{why} but no restart command is configured for {}; nothing was changed",
+            inst.target
+        )));
+    }
+
+    // What postgresql.auto.conf says now, to put back if a later statement fails.
+    let previous = auto_conf_values(&inst).await?;
+
+    for (i, (name, value)) in plan.iter().enumerate() {
+        let sql = alter_system_sql(name, value.as_deref())?;
+        if let Err(e) = inst.client.batch_execute(&sql).await {
+            let err = query_error(&format!("ALTER SYSTEM for {name} on {}", inst.target), &e);
+            let mut undo_failures = Vec::new();
+            for (done, _) in plan[..i].iter().rev() {
+                let prev = previous
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(done))
+                    .map(|(_, v)| v.as_str());
+                let undo = alter_system_sql(done, prev)?;
+                if let Err(ue) = inst.client.batch_execute(&undo).await {
+                    undo_failures.push(format!("{done}: {}", error_text(&ue)));
+                }
+            }
+            if undo_failures.is_empty() {
+                tracing::warn!(target = %inst.target, setting = %name, "ALTER SYSTEM failed; the earlier settings were put back.");
+                return Err(err);
+            }
+            return Err(PgError::Query {
+                what: format!("ALTER SYSTEM for {name} on {}", inst.target),
+                message: format!(
+                    "{err}; putting back the earlier settings failed too: {}",
+                    undo_failures.join("; ")
+                ),
+            });
+        }
+    }
+
+    let (inst, reloaded, restarted) = if needs_restart {
+        let argv = restart_argv.unwrap_or_default();
+        drop(inst);
+        let inst = run_restart(url, argv, timeout).await?;
+        (inst, false, true)
+    } else {
+        reload_and_wait(&inst, timeout).await?;
+        (inst, true, false)
+    };
+    let applied_at_ms = now_ms();
+
+    let names: Vec<String> = plan.iter().map(|(n, _)| n.clone()).collect();
+    let rows = inst
+        .client
+        .query(
+            "SELECT name, setting, pending_restart FROM pg_settings WHERE name = ANY($1)",
+            &[&names],
+        )
+        .await
+        .map_err(|e| query_error(&format!("verifying pg_settings on {}", inst.target), &e))?;
+    let mut values = BTreeMap::new();
+    let mut pending_restart = Vec::new();
+    for row in rows {
+        let name: String = row.get(0);
+        let value: Option<String> = row.get(1);
+        if row.get::<_, bool>(2) {
+            pending_restart.push(name.clone());
+        }
+        values.insert(name, value.unwrap_or_default());
+    }
+    for (name, value) in &plan {
+        let Some(v) = value else { continue };
+        let want = catalog
+            .validate(name, v)
+            .map(|x| x.to_setting_string())
+            .unwrap_or_else(|_| v.clone());
+        if values.get(name).map(String::as_str) != Some(want.as_str()) {
+            tracing::warn!(target = %inst.target, setting = %name, want = %want, got = ?values.get(name), "A setting does not show the applied value.");
+        }
+    }
+    Ok(ApplyReport {
+        applied: plan,
+        reloaded,
+        restarted,
+        pending_restart,
+        values,
+        applied_at_ms,
+    })
+}
+
+/// `postgresql.auto.conf`'s entries as `pg_file_settings` reads them now, in file order.
+async fn auto_conf_values(inst: &Instance) -> Result<Vec<(String, String)>, PgError> {
+    let rows = inst
+        .client
+        .query(
+            "SELECT name, setting FROM pg_file_settings \
+             WHERE sourcefile LIKE '%/postgresql.auto.conf' ORDER BY seqno",
+            &[],
+        )
+        .await
+        .map_err(|e| {
+            query_error(
+                &format!(
+                    "reading postgresql.auto.conf of {} (pg_file_settings)",
+                    inst.target
+                ),
+                &e,
+            )
+        })?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                r.get::<_, Option<String>>(1).unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+/// `pg_reload_conf()`, then waits until this session has re-read the files
+/// (`pg_conf_load_time()` moves), up to `timeout`.
+async fn reload_and_wait(inst: &Instance, timeout: std::time::Duration) -> Result<(), PgError> {
+    let what = format!("reloading {}", inst.target);
+    let before: String = inst
+        .client
+        .query_one("SELECT pg_conf_load_time()::text", &[])
+        .await
+        .map_err(|e| query_error(&what, &e))?
+        .get(0);
+    inst.client
+        .query_one("SELECT pg_reload_conf()", &[])
+        .await
+        .map_err(|e| query_error(&what, &e))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let now: String = inst
+            .client
+            .query_one("SELECT pg_conf_load_time()::text", &[])
+            .await
+            .map_err(|e| query_error(&what, &e))?
+            .get(0);
+        if now != before {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(PgError::Query {
+                what,
+                message: format!("the server did not re-read its configuration within {timeout:?}"),
+            });
+        }
+        // The backend takes the reload signal at its next command; ask again shortly.
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs the restart command (argv, no shell), then reconnects until `timeout`.
+async fn run_restart(
+    url: &str,
+    argv: &[String],
+    timeout: std::time::Duration,
+) -> Result<Instance, PgError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout_at(deadline, cmd.output())
+        .await
+        .map_err(|_| {
+            PgError::Restart(format!(
+                "the restart command {:?} did not finish within {timeout:?}",
+                argv[0]
+            ))
+        })?
+        .map_err(|e| PgError::Restart(format!("cannot run {:?}: {e}", argv[0])))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        return Err(PgError::Restart(format!(
+            "{:?} exited with {}: {}",
+            argv[0],
+            out.status,
+            tail(&format!("{stdout}{stderr}"), 800)
+        )));
+    }
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        match connect(url).await {
+            Ok(inst) => return Ok(inst),
+            Err(e) => last = Some(e),
+        }
+        // The server is coming up; retry the connection with a short pause.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Err(PgError::Restart(format!(
+        "the server did not accept connections within {timeout:?} after the restart{}",
+        last.map(|e| format!(": {e}")).unwrap_or_default()
+    )))
+}
+
+/// The last `max` bytes of `s` (on a character boundary), trimmed.
+pub(crate) fn tail(s: &str, max: usize) -> String {
+    let s = s.trim();
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &s[start..])
 }
 
 /// Cumulative counters of one read.
@@ -127,22 +633,175 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// One read; returns the rates since the previous read (empty on the first), keyed by the
-    /// metric names of `bellwether_config::metrics`.
+    /// One read; returns the rates since the previous read, keyed by the metric names of
+    /// `bellwether_config::metrics`. The first read gives only `up` = 1 (no interval yet); a
+    /// failed read gives `up` = 0 and forgets the previous counters (the next read starts a new
+    /// interval). Counters are `pg_stat_database`'s row of the connection's current database;
+    /// `pg_stat_statements` is summed over the whole instance when the extension is installed
+    /// in that database.
     pub async fn sample(
         &mut self,
         inst: &Instance,
         now_ms: i64,
     ) -> Result<BTreeMap<String, f64>, PgError> {
-        let _ = (inst, now_ms);
-        todo!("pgio")
+        use bellwether_config::metrics;
+        let mut out = BTreeMap::new();
+        let c = match read_counters(inst, now_ms).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(target = %inst.target, error = %e, "Reading PostgreSQL statistics failed.");
+                self.last = None;
+                out.insert(metrics::UP.to_string(), 0.0);
+                return Ok(out);
+            }
+        };
+        out.insert(metrics::UP.to_string(), 1.0);
+        if let Some(prev) = self.last.replace(c.clone()) {
+            let dt = (c.at_ms - prev.at_ms) as f64 / 1000.0;
+            let d_commit = c.xact_commit - prev.xact_commit;
+            let d_rollback = c.xact_rollback - prev.xact_rollback;
+            // A statistics reset makes counters go back: no rates for that interval.
+            if dt > 0.0 && d_commit >= 0 && d_rollback >= 0 {
+                let rate = |d: i64| d.max(0) as f64 / dt;
+                out.insert(metrics::TPS.to_string(), rate(d_commit));
+                out.insert(
+                    metrics::ERRORS_PER_S.to_string(),
+                    rate(d_rollback + (c.deadlocks - prev.deadlocks).max(0)),
+                );
+                out.insert(
+                    metrics::TEMP_BYTES_PER_S.to_string(),
+                    rate(c.temp_bytes - prev.temp_bytes),
+                );
+                out.insert(
+                    metrics::BLKS_READ_PER_S.to_string(),
+                    rate(c.blks_read - prev.blks_read),
+                );
+                let statements = match (c.calls, prev.calls, c.exec_time_ms, prev.exec_time_ms) {
+                    (Some(c1), Some(c0), Some(t1), Some(t0)) if c1 > c0 && t1 >= t0 => {
+                        Some((t1 - t0) / (c1 - c0) as f64)
+                    }
+                    _ => None,
+                };
+                let busy = match (c.active_time_ms, prev.active_time_ms) {
+                    (Some(a1), Some(a0)) if a1 >= a0 && d_commit + d_rollback > 0 => {
+                        Some((a1 - a0) / (d_commit + d_rollback) as f64)
+                    }
+                    _ => None,
+                };
+                if let Some(l) = statements.or(busy) {
+                    out.insert(metrics::LATENCY_MS.to_string(), l);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
+async fn read_counters(inst: &Instance, now_ms: i64) -> Result<Counters, PgError> {
+    let what = format!("reading pg_stat_database of {}", inst.target);
+    let row = inst
+        .client
+        .query_one(
+            "SELECT xact_commit, xact_rollback, deadlocks, temp_bytes, blks_read, \
+             active_time::float8, \
+             EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements') \
+             FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error(&what, &e))?;
+    let mut c = Counters {
+        at_ms: now_ms,
+        xact_commit: row.get(0),
+        xact_rollback: row.get(1),
+        deadlocks: row.get(2),
+        temp_bytes: row.get(3),
+        blks_read: row.get(4),
+        active_time_ms: row.get(5),
+        ..Counters::default()
+    };
+    if row.get::<_, bool>(6) {
+        let what = format!("reading pg_stat_statements of {}", inst.target);
+        let row = inst
+            .client
+            .query_one(
+                "SELECT coalesce(sum(calls), 0)::int8, coalesce(sum(total_exec_time), 0)::float8 \
+                 FROM pg_stat_statements",
+                &[],
+            )
+            .await
+            .map_err(|e| query_error(&what, &e))?;
+        c.calls = Some(row.get(0));
+        c.exec_time_ms = Some(row.get(1));
+    }
+    Ok(c)
+}
+
 /// The directory of the instance's own binaries (`initdb`, `pg_ctl`, `postgres`), found from
-/// its major version (`/usr/lib/postgresql/MAJOR/bin`, `pg_config --bindir`, `$PATH`) unless
-/// given.
+/// its major version (`/usr/lib/postgresql/MAJOR/bin`, `/usr/pgsql-MAJOR/bin`,
+/// `pg_config --bindir`, `$PATH`) unless given. A candidate counts when its `postgres
+/// --version` has the same major version.
 pub fn find_bindir(server_version_num: u32, given: Option<PathBuf>) -> Result<PathBuf, PgError> {
-    let _ = (server_version_num, given);
-    todo!("pgio")
+    let has_tools =
+        |d: &std::path::Path| d.join("postgres").is_file() && d.join("initdb").is_file();
+    if let Some(dir) = given {
+        if has_tools(&dir) {
+            return Ok(dir);
+        }
+        return Err(PgError::Io {
+            what: format!("PostgreSQL binaries in {}", dir.display()),
+            message: "no postgres and initdb there".to_string(),
+        });
+    }
+    // 150019 is 15; before 10 the major had two parts (90624 is 9.6).
+    let major = if server_version_num >= 100_000 {
+        (server_version_num / 10_000).to_string()
+    } else {
+        format!(
+            "{}.{}",
+            server_version_num / 10_000,
+            (server_version_num / 100) % 100
+        )
+    };
+    let mut candidates = vec![
+        PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")),
+        PathBuf::from(format!("/usr/pgsql-{major}/bin")),
+    ];
+    if let Ok(out) = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+    {
+        if out.status.success() {
+            candidates.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path));
+    }
+    for dir in candidates {
+        if has_tools(&dir) && binary_major(&dir).as_deref() == Some(major.as_str()) {
+            return Ok(dir);
+        }
+    }
+    Err(PgError::Io {
+        what: format!("PostgreSQL {major} binaries"),
+        message: "not found in /usr/lib/postgresql/MAJOR/bin, /usr/pgsql-MAJOR/bin, pg_config --bindir or $PATH; pass the directory".to_string(),
+    })
+}
+
+/// The major version `postgres --version` reports (`postgres (PostgreSQL) 15.19 (…)`).
+pub(crate) fn binary_major(dir: &std::path::Path) -> Option<String> {
+    let out = std::process::Command::new(dir.join("postgres"))
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().nth(2)?;
+    let mut parts = version.split(|c: char| !c.is_ascii_digit());
+    let first: u32 = parts.next()?.parse().ok()?;
+    if first >= 10 {
+        Some(first.to_string())
+    } else {
+        Some(format!("{first}.{}", parts.next()?))
+    }
 }

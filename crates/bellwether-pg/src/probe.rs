@@ -1,14 +1,28 @@
 //! Learning the dependency graph by probing: candidate values for each setting (bounds, enum
-//! values, extremes) tried on a scratch cluster; a refused start names the settings involved,
-//! which become `requires`/`conflicts_with` edges with the server's message as evidence and a
-//! checkable condition where the pair's values say it.
+//! values, boolean flips) tried on a scratch cluster; a refused start names the settings
+//! involved, which become `requires`/`conflicts_with` edges with the server's message as
+//! evidence and a checkable condition where the pair's values say it.
+//!
+//! How a refusal becomes an edge: the trial sets one setting `K = V` on top of the scratch
+//! cluster's defaults. When the server refuses and its error lines name another setting `O`
+//! (as a word in a `FATAL`/`LOG`/`DETAIL`/`HINT` line), `K` and `O` are linked: `requires`
+//! when the message says "X requires" / "X … must be" of the other, else `conflicts_with`.
+//! The condition comes from messages of the form "A (n) must be less than B (m)" (a
+//! `SumLess`), or from follow-up trials: `K = V` with each candidate of `O`; the values of `O`
+//! that start give `K = V ⇒ O ∈ {…}` (an `Implies`). A refusal that names no other setting
+//! (a value the machine cannot give, such as a huge `shared_buffers`) is counted, not linked.
 //!
 //! OWNER: helper `pgio`.
 
-use bellwether_config::graph::Graph;
-use bellwether_config::setting::Catalog;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
-use crate::scratch::Scratch;
+use bellwether_config::graph::{Edge, EdgeKind, Evidence, EvidenceSource, Graph, Node};
+use bellwether_config::rules::{shipped_rules, Constraint, Pred};
+use bellwether_config::setting::{Catalog, Context, Setting, VarType};
+
+use crate::scratch::{Scratch, FORCED};
 use crate::PgError;
 
 /// What to probe.
@@ -29,6 +43,184 @@ pub struct ProbeStats {
     pub elapsed_ms: u64,
 }
 
+/// One trial: a setting and a candidate value.
+#[derive(Debug, Clone)]
+struct Candidate {
+    key: String,
+    value: String,
+}
+
+/// The candidate values of one setting: its bounds, `0` and `1` when in range, each enum
+/// value, the other boolean; never the current value. Strings are not guessed.
+pub fn candidates(s: &Setting) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    match s.vartype {
+        VarType::Bool => out.extend(["on", "off"].map(String::from)),
+        VarType::Enum => out.extend(s.enumvals.iter().cloned()),
+        VarType::Integer | VarType::Real => {
+            let fmt = |x: f64| {
+                if s.vartype == VarType::Integer {
+                    format!("{}", x as i64)
+                } else {
+                    format!("{x}")
+                }
+            };
+            if let (Some(min), Some(max)) = (s.min, s.max) {
+                out.push(fmt(min));
+                out.push(fmt(max));
+                for x in [0.0, 1.0] {
+                    if x > min && x < max {
+                        out.push(fmt(x));
+                    }
+                }
+            }
+        }
+        VarType::String => {}
+    }
+    let current = s.value.to_ascii_lowercase();
+    let mut seen = BTreeSet::new();
+    out.retain(|v| v.to_ascii_lowercase() != current && seen.insert(v.clone()));
+    out
+}
+
+/// The settings probing changes: every one a trial can set (not `internal`, not the ones a
+/// trial forces), or `keys` when given.
+pub fn probed_keys(catalog: &Catalog, keys: &[String]) -> Vec<String> {
+    catalog
+        .settings
+        .values()
+        .filter(|s| s.context != Context::Internal && !FORCED.contains(&s.name.as_str()))
+        .filter(|s| keys.is_empty() || keys.iter().any(|k| k.eq_ignore_ascii_case(&s.name)))
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+/// Runs `trials` on `scratch`, `parallel` at a time, in order of the input.
+fn run_trials(
+    scratch: &Scratch,
+    trials: &[BTreeMap<String, String>],
+    parallel: usize,
+) -> Result<Vec<bellwether_config::simulate::StartTrial>, PgError> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<bellwether_config::simulate::StartTrial, PgError>>>> =
+        Mutex::new((0..trials.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..parallel.max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= trials.len() {
+                    break;
+                }
+                let r = scratch.try_start(&trials[i]);
+                results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(PgError::Io {
+                    what: "a trial start".into(),
+                    message: "no result".into(),
+                })
+            })
+        })
+        .collect()
+}
+
+/// The lines of a refusal that carry its reason (not the start-up chatter).
+fn reason_lines(message: &str) -> Vec<&str> {
+    message
+        .lines()
+        .filter(|l| {
+            ["FATAL:", "PANIC:", "ERROR:", "DETAIL:", "HINT:"]
+                .iter()
+                .any(|m| l.contains(m))
+                // Plain lines the postmaster writes before logging starts
+                // (`postgres: superuser_reserved_connections (3) must be less than …`).
+                || !["LOG:", "WARNING:", "NOTICE:", "INFO:", "DEBUG"]
+                    .iter()
+                    .any(|m| l.contains(m))
+                || (l.contains("LOG:")
+                    && ["invalid", "must", "requires", "cannot", "outside", "out of range", "not supported"]
+                        .iter()
+                        .any(|w| l.contains(w)))
+        })
+        .collect()
+}
+
+/// The settings a refusal names (words of its reason lines that are setting names).
+pub fn named_settings(message: &str, catalog: &Catalog) -> BTreeSet<String> {
+    let lower: BTreeMap<String, &String> = catalog
+        .settings
+        .keys()
+        .map(|k| (k.to_ascii_lowercase(), k))
+        .collect();
+    let mut out = BTreeSet::new();
+    for line in reason_lines(message) {
+        // The text after the severity, so the log prefix's words do not count.
+        let text = line.split_once(':').map(|(_, rest)| rest).unwrap_or(line);
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.')) {
+            let word = word.trim_matches('.');
+            if word.len() < 4 || !word.contains('_') && !lower.contains_key(word) {
+                continue;
+            }
+            if let Some(k) = lower.get(&word.to_ascii_lowercase()) {
+                out.insert((*k).clone());
+            }
+        }
+    }
+    out
+}
+
+/// `A (n) must be less than B (m)` or `A (n) plus C (k) must be less than B (m)` → a `SumLess`.
+pub fn sum_less_from(message: &str, catalog: &Catalog) -> Option<Constraint> {
+    for line in reason_lines(message) {
+        let Some((lhs, rhs)) = line.split_once(" must be less than ") else {
+            continue;
+        };
+        let name_before_paren = |s: &str| -> Option<String> {
+            let head = s.split('(').next()?.trim();
+            let word = head
+                .rsplit(|c: char| c.is_whitespace() || c == ':')
+                .next()?;
+            catalog.get(word).map(|s| s.name.clone())
+        };
+        let lhs_names: Vec<String> = lhs.split(" plus ").filter_map(name_before_paren).collect();
+        let rhs_name = name_before_paren(rhs)?;
+        if !lhs_names.is_empty() {
+            return Some(Constraint::SumLess {
+                lhs: lhs_names,
+                rhs: rhs_name,
+            });
+        }
+    }
+    None
+}
+
+/// Whether the refusal says `from` requires the other (`X requires`, `X … must be`).
+fn says_requires(message: &str, from: &str) -> bool {
+    reason_lines(message).iter().any(|l| {
+        l.find(from).is_some_and(|at| {
+            let rest = &l[at..];
+            rest.contains("requires")
+                || rest.contains(" must be set")
+                || rest.contains("must be enabled")
+        })
+    })
+}
+
+/// A refused trial and what it named.
+#[derive(Debug, Clone)]
+struct Refusal {
+    cand: Candidate,
+    message: String,
+    others: BTreeSet<String>,
+}
+
 /// Learns the graph of `catalog`'s instance: the shipped rules
 /// (`bellwether_config::rules::shipped_rules`) plus every edge probing found.
 pub fn learn(
@@ -36,6 +228,156 @@ pub fn learn(
     catalog: &Catalog,
     opts: &ProbeOptions,
 ) -> Result<(Graph, ProbeStats), PgError> {
-    let _ = (scratch, catalog, opts);
-    todo!("pgio")
+    let started = std::time::Instant::now();
+    let keys = probed_keys(catalog, &opts.keys);
+    let mut cands = Vec::new();
+    for k in &keys {
+        for v in candidates(&catalog.settings[k]) {
+            cands.push(Candidate {
+                key: k.clone(),
+                value: v,
+            });
+        }
+    }
+    let trials: Vec<BTreeMap<String, String>> = cands
+        .iter()
+        .map(|c| BTreeMap::from([(c.key.clone(), c.value.clone())]))
+        .collect();
+    let results = run_trials(scratch, &trials, opts.parallel)?;
+    let mut stats = ProbeStats {
+        settings: keys.len(),
+        trials: trials.len(),
+        ..ProbeStats::default()
+    };
+    let mut refusals = Vec::new();
+    for (cand, r) in cands.iter().zip(&results) {
+        if r.started {
+            continue;
+        }
+        stats.refused += 1;
+        let mut others = named_settings(&r.message, catalog);
+        others.remove(&cand.key);
+        others.retain(|o| !FORCED.contains(&o.as_str()));
+        tracing::debug!(setting = %cand.key, value = %cand.value, names = ?others, "Trial start refused.");
+        if !others.is_empty() {
+            refusals.push(Refusal {
+                cand: cand.clone(),
+                message: r.message.clone(),
+                others,
+            });
+        }
+    }
+
+    // Follow-up trials: the refused value with each candidate of the other setting.
+    let mut follow: Vec<(usize, String, String)> = Vec::new();
+    for (i, r) in refusals.iter().enumerate() {
+        for o in &r.others {
+            let Some(os) = catalog.get(o) else { continue };
+            if os.context == Context::Internal {
+                continue;
+            }
+            for v in candidates(os) {
+                follow.push((i, o.clone(), v));
+            }
+        }
+    }
+    let follow_trials: Vec<BTreeMap<String, String>> = follow
+        .iter()
+        .map(|(i, o, v)| {
+            let c = &refusals[*i].cand;
+            BTreeMap::from([(c.key.clone(), c.value.clone()), (o.clone(), v.clone())])
+        })
+        .collect();
+    let follow_results = run_trials(scratch, &follow_trials, opts.parallel)?;
+    stats.trials += follow_trials.len();
+    stats.refused += follow_results.iter().filter(|r| !r.started).count();
+    let mut starts_with: BTreeMap<(usize, String), Vec<String>> = BTreeMap::new();
+    for ((i, o, v), r) in follow.iter().zip(&follow_results) {
+        let entry = starts_with.entry((*i, o.clone())).or_default();
+        if r.started {
+            entry.push(v.clone());
+        }
+    }
+
+    let mut edges = Vec::new();
+    for (i, r) in refusals.iter().enumerate() {
+        for o in &r.others {
+            let ok_values = starts_with
+                .get(&(i, o.clone()))
+                .cloned()
+                .unwrap_or_default();
+            let condition = sum_less_from(&r.message, catalog)
+                .filter(|c| {
+                    bellwether_config::rules::mentions(c, o)
+                        && bellwether_config::rules::mentions(c, &r.cand.key)
+                })
+                .or_else(|| {
+                    (!ok_values.is_empty()).then(|| Constraint::Implies {
+                        if_key: r.cand.key.clone(),
+                        if_pred: Pred::Eq(r.cand.value.clone()),
+                        then_key: o.clone(),
+                        then_pred: if ok_values.len() == 1 {
+                            Pred::Eq(ok_values[0].clone())
+                        } else {
+                            Pred::In(ok_values.clone())
+                        },
+                    })
+                });
+            let (from, to, kind) = if says_requires(&r.message, o) {
+                (o.clone(), r.cand.key.clone(), EdgeKind::Requires)
+            } else if says_requires(&r.message, &r.cand.key) {
+                (r.cand.key.clone(), o.clone(), EdgeKind::Requires)
+            } else {
+                (r.cand.key.clone(), o.clone(), EdgeKind::ConflictsWith)
+            };
+            let reason = reason_lines(&r.message)
+                .iter()
+                .map(|l| l.split_once("] ").map(|(_, rest)| rest).unwrap_or(l).trim())
+                .collect::<Vec<_>>()
+                .join(" / ");
+            let mut detail = format!(
+                "trial start with {} = {} (other settings at the scratch defaults) refused: {}",
+                r.cand.key,
+                r.cand.value,
+                crate::tail(&reason, 600)
+            );
+            if !ok_values.is_empty() {
+                detail.push_str(&format!(
+                    "; it starts with {o} = {}",
+                    ok_values.join(" or ")
+                ));
+            }
+            edges.push(Edge {
+                from,
+                to,
+                kind,
+                confidence: if condition.is_some() { 0.95 } else { 0.8 },
+                evidence: vec![Evidence {
+                    source: EvidenceSource::Probe,
+                    detail,
+                }],
+                condition,
+            });
+        }
+    }
+
+    let mut graph = Graph::default();
+    let nodes: Vec<Node> = catalog
+        .settings
+        .values()
+        .map(|s| Node {
+            name: s.name.clone(),
+            value: Some(s.value.clone()),
+            time_ms: None,
+            author: None,
+            context: Some(s.context),
+        })
+        .collect();
+    let rule_edges: Vec<Edge> = shipped_rules(catalog.server_version_num)
+        .into_iter()
+        .map(|r| r.edge)
+        .collect();
+    graph.merge(nodes, rule_edges.into_iter().chain(edges).collect());
+    stats.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok((graph, stats))
 }
