@@ -9,11 +9,13 @@
 //! PostgreSQL, `disk` for a file), in the transaction that stores the report. The first report
 //! of a source is its starting point and records no change.
 //!
-//! **Attribution rule.** While an unsettled config task targets the same host and database, a
-//! changed key that the task's plan sets is *not* recorded from the report: the task records
-//! that change itself (`config.changed` with source `apply` or `revert` and the task's id).
-//! Keys the task does not set are recorded as `instance` changes as usual (someone else
-//! changed them meanwhile).
+//! **Attribution rule.** A config task records its own changes (`config.changed` with source
+//! `apply` or `revert` and the task's id). A changed key in a report is therefore *not*
+//! recorded again when (a) an unsettled config task targets the same host and database and
+//! its plan sets that key (the task is changing it now), or (b) the newest recorded change of
+//! that key is a task's and set the value the report shows (the report shows the task's
+//! change, arriving after the task finished). Every other changed key is recorded as an
+//! `instance` (or `disk`) change: someone else changed it.
 //!
 //! Snapshots are `config.snapshot` events (figures `{"snapshot": Snapshot}`): on demand from
 //! the latest report, or a task's own. Listing changes and snapshots queries those events.
@@ -251,6 +253,37 @@ async fn keys_of_running_tasks(
     Ok(keys)
 }
 
+/// The value each key was last set to by a config task's own change on (host, source): a
+/// report that shows that value again shows the task's change, already recorded.
+async fn task_changes(
+    state: &AppState,
+    host: &str,
+    source: &str,
+) -> Result<BTreeMap<String, Option<String>>, ApiError> {
+    let filter = ConfigEventFilter {
+        host: Some(host),
+        source: Some(source),
+        kinds: &["config.changed"],
+        ..ConfigEventFilter::default()
+    };
+    let mut out = BTreeMap::new();
+    // Newest first: the first event of a key is its latest change.
+    for e in state.store.config_events(&filter, 1_000).await? {
+        let Ok(c) = serde_json::from_value::<ConfigChange>(e.figures) else {
+            continue;
+        };
+        if out.contains_key(&c.key) {
+            continue;
+        }
+        // The newest change of a key decides: by a task, or seen by an agent.
+        out.insert(c.key, e.task.map(|_| c.new));
+    }
+    Ok(out
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|new| (k, new)))
+        .collect())
+}
+
 async fn agent_config(
     State(state): State<AppState>,
     Agent(host): Agent,
@@ -296,7 +329,11 @@ async fn agent_config(
         )));
     }
     let host_s = host.to_string();
-    let skip = keys_of_running_tasks(&state, &host_s, &req.source).await?;
+    let running = keys_of_running_tasks(&state, &host_s, &req.source).await?;
+    let by_tasks = task_changes(&state, &host_s, &req.source).await?;
+    let skip = |d: &bellwether_config::snapshot::KeyDiff| {
+        running.contains(&d.key) || by_tasks.get(&d.key).is_some_and(|new| *new == d.new)
+    };
     let source = if kind == "postgres" {
         ChangeSource::Instance
     } else {
@@ -320,7 +357,7 @@ async fn agent_config(
             };
             let mut events = Vec::new();
             for d in bellwether_config::snapshot::diff(&prev.values, &req.values) {
-                if skip.contains(&d.key) {
+                if skip(&d) {
                     counted.1 += 1;
                     continue;
                 }
