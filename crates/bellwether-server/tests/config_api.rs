@@ -282,8 +282,8 @@ config_test!(bad_input_on_every_config_handler_is_refused_naming_what_is_wrong, 
 
     // Tasks.
     let tasks: Vec<(Value, StatusCode, &str)> = vec![
-        (json!({"plan": "targets: [\n  {host: db-01, database: main}\nset: {work_mem: 64kB\n"}), StatusCode::BAD_REQUEST, "line"),
-        (json!({"plan": "targets: [{host: db-01, database: main}]\nset: {work_mem: 64kB}\nrisk_threshold: 7\n", "file": "change.yaml"}), StatusCode::BAD_REQUEST, "risk_threshold"),
+        (json!({"plan": "targets: [\n  {host: db-01, database: main}\nset: {work_mem: 64kB\n"}), StatusCode::BAD_REQUEST, "config.yaml:3:"),
+        (json!({"plan": "description: d\nauthor: a\ntargets: [{host: db-01, database: main}]\nset: {work_mem: 64kB}\nrisk_threshold: 7\n", "file": "change.yaml"}), StatusCode::BAD_REQUEST, "risk_threshold"),
         (json!({"targets": [{"host": "db-01", "database": "main"}], "set": [["wrok_mem", "64kB"]]}), StatusCode::BAD_REQUEST, "wrok_mem"),
         (json!({"targets": [{"host": "db-01", "database": "main"}], "set": [["work_mem", "1kB"]]}), StatusCode::BAD_REQUEST, "work_mem"),
         (json!({"targets": [{"host": "db-99", "database": "main"}], "set": [["work_mem", "64kB"]]}), StatusCode::NOT_FOUND, "db-99"),
