@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 
 use crate::types::{BaselineRequest, BaselineResponse, FleetDrift, HostDetail, HostSummary};
 
+mod config_calls;
 mod rollout_calls;
 pub mod sandbox_calls;
 mod token_calls;

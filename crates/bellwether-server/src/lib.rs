@@ -16,6 +16,7 @@ mod api;
 mod auth;
 mod body;
 pub mod client;
+pub mod config;
 mod drift;
 mod error;
 mod forward;
@@ -284,6 +285,7 @@ impl Server {
             .merge(model_api::routes())
             .merge(rollout::routes())
             .merge(patch::routes())
+            .merge(config::routes())
             // Inside the request counter, so refusals are counted too.
             .route_layer(axum::middleware::from_fn_with_state(
                 auth::AuthState::new(self.state.clone()),

@@ -647,6 +647,7 @@ pub(crate) fn kinds() -> Vec<Kind> {
     let mut kinds = vec![
         Kind::of::<crate::rollout::RolloutTask>(),
         Kind::of::<crate::patch::PatchTask>(),
+        Kind::of::<crate::config::task::ConfigTask>(),
     ];
     // The runner's own tests drive a counter kind, through the same resume as every kind.
     #[cfg(test)]

@@ -509,7 +509,8 @@ fn every_model_and_rollout_route_is_documented_in_api_md_and_openapi_yaml() {
     let routes = bellwether_server::model_api::MODEL_ROUTES
         .iter()
         .chain(bellwether_server::rollout::ROLLOUT_ROUTES)
-        .chain(bellwether_server::patch::PATCH_ROUTES);
+        .chain(bellwether_server::patch::PATCH_ROUTES)
+        .chain(bellwether_server::config::CONFIG_ROUTES);
     for (method, path) in routes {
         let heading = format!("### `{method} {path}");
         assert!(

@@ -169,6 +169,7 @@ fn the_rules_cover_exactly_the_routes_the_server_serves() {
         .chain(bellwether_server::rollout::ROLLOUT_ROUTES)
         .chain(bellwether_server::patch::PATCH_ROUTES)
         .chain(bellwether_server::model_api::MODEL_ROUTES)
+        .chain(bellwether_server::config::CONFIG_ROUTES)
         .copied()
         .collect();
     let ruled: BTreeSet<(&str, &str)> = RULES.iter().map(|(m, p, _)| (*m, *p)).collect();
@@ -189,7 +190,8 @@ fn the_rules_cover_exactly_the_routes_the_server_serves() {
         if *a == Access::Public {
             assert!(["/healthz", "/metrics"].contains(p), "{m} {p} is public");
         }
-        if *m != "GET" && p.starts_with("/api/v1/") && !p.starts_with("/api/v1/agent/") {
+        let read_only = bellwether_server::config::READ_ONLY_POSTS.contains(p);
+        if *m != "GET" && p.starts_with("/api/v1/") && !p.starts_with("/api/v1/agent/") && !read_only {
             assert!(
                 [Access::Operator, Access::Admin, Access::Enrol].contains(a),
                 "{m} {p} changes state but needs only {a:?}"

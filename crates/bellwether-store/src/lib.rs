@@ -1801,9 +1801,14 @@ impl Store {
 }
 
 // Declared after the macros above, which they use.
+mod config;
 mod lease;
 mod outcomes;
 mod tasks;
+pub use config::{
+    ConfigEventFilter, ConfigGraphRecord, ConfigReport, ConfigReportRecord, ConfigSourceRecord,
+    MAX_REPORT_KEYS, MAX_SOURCE_LEN,
+};
 pub use lease::{Fence, LeaseGrant, LeaseRecord};
 pub use outcomes::{ModelInfo, NewModel, NewOutcome, OutcomeRecord, OutcomeSource};
 pub use tasks::{

@@ -400,4 +400,58 @@ CREATE INDEX events_task ON events (task, id);
 UPDATE events SET task = figures::jsonb ->> 'rollout' WHERE kind LIKE 'rollout.%' AND jsonb_typeof(figures::jsonb -> 'rollout') = 'string'
 "#,
     },
+    Migration {
+        version: 7,
+        name: "configuration sources and their graphs",
+        // The latest configuration report of each (host, source) an agent watches (a
+        // PostgreSQL instance or a plain config file): its key → value map and, for
+        // PostgreSQL, the catalog of settings; and the dependency graphs learned for each
+        // source, one row per version (raised on every store). Hosts are named as in
+        // `task_hosts`; the store checks that they are enrolled. `events_kind` lets the
+        // change stream and the snapshot lists read `config.*` events by kind range.
+        sqlite: r#"
+CREATE TABLE config_reports (
+    host TEXT NOT NULL,
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    catalog TEXT,
+    at_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (host, source)
+);
+CREATE TABLE config_graphs (
+    host TEXT NOT NULL,
+    source TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    graph TEXT NOT NULL,
+    stats TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (host, source, version)
+);
+CREATE INDEX events_kind ON events (kind, id)
+"#,
+        postgres: r#"
+CREATE TABLE config_reports (
+    host TEXT NOT NULL,
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    catalog TEXT,
+    at_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (host, source)
+);
+CREATE TABLE config_graphs (
+    host TEXT NOT NULL,
+    source TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    graph TEXT NOT NULL,
+    stats TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (host, source, version)
+);
+CREATE INDEX events_kind ON events (kind, id)
+"#,
+    },
 ];
