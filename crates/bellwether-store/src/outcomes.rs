@@ -256,7 +256,10 @@ impl Store {
             .into_iter()
             .filter(|o| {
                 o.features.get("update").and_then(value_text).as_deref() == Some(update)
-                    && o.features.get("update_version").and_then(value_text).as_deref()
+                    && o.features
+                        .get("update_version")
+                        .and_then(value_text)
+                        .as_deref()
                         == Some(version)
             })
             .collect())

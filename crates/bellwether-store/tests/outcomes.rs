@@ -66,9 +66,8 @@ both_backends!(outcomes_of_one_update_and_version_are_found, |store| {
         )
         .await
         .unwrap();
-    let hosts = |v: Vec<bellwether_store::OutcomeRecord>| {
-        v.into_iter().map(|o| o.host).collect::<Vec<_>>()
-    };
+    let hosts =
+        |v: Vec<bellwether_store::OutcomeRecord>| v.into_iter().map(|o| o.host).collect::<Vec<_>>();
     // A version stored as the number 2 (an imported history's cell) is version "2".
     assert_eq!(
         hosts(store.outcomes_of_update("websvc", "2").await.unwrap()),
@@ -79,8 +78,16 @@ both_backends!(outcomes_of_one_update_and_version_are_found, |store| {
         hosts(store.outcomes_of_update("web%", "2").await.unwrap()),
         ["c"]
     );
-    assert!(store.outcomes_of_update("web_svc", "2").await.unwrap().is_empty());
-    assert!(store.outcomes_of_update("websvc", "9").await.unwrap().is_empty());
+    assert!(store
+        .outcomes_of_update("web_svc", "2")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .outcomes_of_update("websvc", "9")
+        .await
+        .unwrap()
+        .is_empty());
 });
 
 both_backends!(outcomes_are_recorded_replaced_and_counted, |store| {

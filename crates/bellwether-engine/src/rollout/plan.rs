@@ -346,8 +346,7 @@ impl PackageName {
         let ok = !s.is_empty()
             && s.len() <= 128
             && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && s
-                .chars()
+            && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.' | '_'));
         if ok {
             Ok(PackageName(s.to_string()))

@@ -784,10 +784,18 @@ fn update_depends_on_lists_package_names_once_each() {
         .is_empty());
     let text = with("[libc6, libc6]");
     let e = parse_plan(&text, "plan.yaml").unwrap_err();
-    expect(&e, line_of(&text, "depends_on"), "package libc6 is listed twice");
+    expect(
+        &e,
+        line_of(&text, "depends_on"),
+        "package libc6 is listed twice",
+    );
     let text = with("[\"lib c6\"]");
     let e = parse_plan(&text, "plan.yaml").unwrap_err();
-    expect(&e, line_of(&text, "depends_on"), "package name \"lib c6\" is not");
+    expect(
+        &e,
+        line_of(&text, "depends_on"),
+        "package name \"lib c6\" is not",
+    );
     let text = with("[\"\"]");
     let e = parse_plan(&text, "plan.yaml").unwrap_err();
     expect(&e, line_of(&text, "depends_on"), "update.depends_on");
