@@ -82,7 +82,10 @@ struct ForgiveArgs {
 
 fn forgive(a: ForgiveArgs) -> anyhow::Result<ExitCode> {
     if a.reason.trim().is_empty() {
-        anyhow::bail!("--reason must not be empty: say why the evidence no longer holds");
+        return Err(super::UsageError(
+            "--reason must not be empty: say why the evidence no longer holds".into(),
+        )
+        .into());
     }
     let client = a.client.client()?;
     let req = bellwether_server::model_api::ForgiveRequest {
@@ -114,7 +117,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         return forgive(f);
     }
     let (Some(update), Some(version)) = (a.update, a.version) else {
-        anyhow::bail!("--update and --version are required");
+        return Err(super::UsageError("--update and --version are required".into()).into());
     };
     let client = a.client.client()?;
     let t = a.update_type.map(|t| match t {
