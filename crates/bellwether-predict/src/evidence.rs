@@ -9,9 +9,10 @@
 //!   [`EvidenceParams::prior_strength`] pseudo-outcomes: Beta(`s·p₀`, `s·(1−p₀)`);
 //! - the host's **own** outcomes for the same update and version each add
 //!   [`EvidenceParams::own_weight`] to the failures or successes;
-//! - its **peers'** outcomes (other hosts sharing one label or dependency-package value with it)
-//!   each add [`EvidenceParams::peer_weight`]. Of the keys the host has, the one that best
-//!   separates failures from successes among every outcome of this version (information gain)
+//! - its **peers'** live outcomes (other hosts sharing one label or dependency-package value
+//!   with it) each add [`EvidenceParams::peer_weight`]; imported history rows are the model's
+//!   own training data and never peers. Of the keys the host has, the one that best
+//!   separates failures from successes among the peers' outcomes of this version (information gain)
 //!   names the peer group, so a fault keyed on `group=edge` is read through `group`, not through
 //!   a label every host shares;
 //! - every outcome's weight decays with its age (half-life [`EvidenceParams::half_life_ms`]),
@@ -44,7 +45,8 @@ pub struct EvidenceParams {
     /// The weight of one live outcome of a peer. 1: three of three peers failing give
     /// (0.1 + 3) / 5 = 0.62 from p₀ = 0.05.
     pub peer_weight: f64,
-    /// The weight of an imported history row relative to a live outcome. 0.25.
+    /// The weight of an imported history row of the host itself relative to a live outcome.
+    /// 0.25. (Imported rows of other hosts are not peer evidence at all.)
     pub import_weight: f64,
     /// The age at which an outcome weighs half as much. 14 days.
     pub half_life_ms: i64,
@@ -222,10 +224,13 @@ pub fn update(
     }
 
     // The peer group: of the subject's keys, the one that best separates the other hosts'
-    // outcomes (the subject's own are left out, so they never move its peer group).
+    // live outcomes (the subject's own are left out, so they never move its peer group).
+    // Imported rows are never peers: they are the model's own training data, which it already
+    // reads through features a label cannot see (a peer group `role=web` of a thousand
+    // imported successes would otherwise outvote what the model learnt about libssl).
     let mut by_key: BTreeMap<&str, BTreeMap<&str, (f64, f64)>> = BTreeMap::new();
     let (mut all_f, mut all_s) = (0.0, 0.0);
-    for o in kept.iter().filter(|o| o.host != subject.host) {
+    for o in kept.iter().filter(|o| o.live && o.host != subject.host) {
         let w = weight(o);
         if o.failed {
             all_f += w;
@@ -266,7 +271,9 @@ pub fn update(
         let group: Vec<&Outcome> = kept
             .iter()
             .copied()
-            .filter(|o| o.host != subject.host && o.groups.get(k).map(String::as_str) == Some(v))
+            .filter(|o| {
+                o.live && o.host != subject.host && o.groups.get(k).map(String::as_str) == Some(v)
+            })
             .collect();
         if group.iter().any(|o| weight(o) > 0.0) {
             peers = Some((k, v, group));
@@ -550,6 +557,16 @@ mod tests {
         let again = update(logit(0.025), subject, &later, &forgiven, NOW + 1, &p);
         assert_eq!(again.factors.len(), 1);
         assert!(again.probability.get() >= 0.5);
+    }
+
+    #[test]
+    fn imported_rows_of_other_hosts_are_never_peers() {
+        let history: Vec<Outcome> = (0..1000)
+            .map(|i| outcome(&format!("line-{i}"), "edge", false, 0, false))
+            .collect();
+        let post = posterior(0.7, "edge-9", "edge", &history);
+        assert!(post.factors.is_empty(), "{post:?}");
+        assert!((post.probability.get() - 0.7).abs() < 1e-12);
     }
 
     #[test]

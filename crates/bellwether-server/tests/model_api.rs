@@ -199,32 +199,32 @@ async fn enrol_in_group(app: &Router, name: &str, group: &str, glibc: &str) {
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
 }
 
-/// The history of `history()` plus version 2 of websvc on hosts `edge-01..03` (failed) and
-/// `core-01..03` (succeeded), with their group labels.
-fn history_with_version_2() -> String {
-    let mut csv = String::new();
-    for line in history(400, 5).lines() {
-        csv.push_str(line);
-        csv.push_str(if csv.len() == line.len() {
-            ",update,update_version,label:group\n"
-        } else {
-            ",websvc,1,core\n"
-        });
-    }
-    for (host, failed) in [
-        ("edge-01", 1),
-        ("edge-02", 1),
-        ("edge-03", 1),
-        ("core-01", 0),
-        ("core-02", 0),
-        ("core-03", 0),
-    ] {
-        let group = &host[..4];
-        csv.push_str(&format!(
-            "v2,{host},debian-12,40,0.1,major,{failed},websvc,2,{group}\n"
-        ));
-    }
-    csv
+/// The outcomes a rollout of websvc 2 would have recorded: `edge-01..03` failed,
+/// `core-01..03` did not.
+fn rollout_outcomes() -> Vec<bellwether_store::NewOutcome> {
+    [
+        ("edge-01", true),
+        ("edge-02", true),
+        ("edge-03", true),
+        ("core-01", false),
+        ("core-02", false),
+        ("core-03", false),
+    ]
+    .into_iter()
+    .map(|(host, failed)| bellwether_store::NewOutcome {
+        source: bellwether_store::OutcomeSource::Rollout,
+        deployment: "r-test".into(),
+        host: host.into(),
+        features: BTreeMap::from([
+            ("update".to_string(), json!("websvc")),
+            ("update_version".to_string(), json!("2")),
+            ("label:group".to_string(), json!(&host[..4])),
+            ("label:role".to_string(), json!("web")),
+            ("disk_free_pct".to_string(), json!(40.0)),
+        ]),
+        failed,
+    })
+    .collect()
 }
 
 macro_rules! model_test {
@@ -598,8 +598,19 @@ model_test!(
     risk_reads_the_direct_evidence_of_the_same_version_and_forgive_clears_it,
     0,
     |server, app| {
-        let r = import(&app, history_with_version_2()).await;
+        let r = import(&app, history(400, 5)).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        server
+            .store()
+            .record_outcomes(
+                &rollout_outcomes(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64,
+            )
+            .await
+            .unwrap();
         let r = send(&app, Method::POST, "/api/v1/model/train", Some(OP), None).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
         enrol_in_group(&app, "edge-01", "edge", "2.36-9").await;
@@ -629,7 +640,7 @@ model_test!(
         assert!(own["contribution"].as_f64().unwrap() > 0.0, "{own}");
         let text = own["explanation"].as_str().unwrap();
         assert!(
-            text.starts_with("failed version 2 on ") && text.contains("imported deployment v2"),
+            text.starts_with("failed version 2 on ") && text.contains("(rollout r-test)"),
             "{text}"
         );
         // Peers: read through `group`, the label that separates version 2's outcomes.
