@@ -10,6 +10,7 @@
 
 pub mod calibrate;
 pub mod error;
+pub mod evidence;
 pub mod features;
 pub mod frame;
 pub mod gbdt;

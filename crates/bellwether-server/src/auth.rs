@@ -138,6 +138,7 @@ pub const RULES: &[(&str, &str, Access)] = &[
     ("POST", "/api/v1/config/tasks/{id}/revert", Access::Operator),
     ("POST", "/api/v1/history/import", Access::Operator),
     ("POST", "/api/v1/model/train", Access::Operator),
+    ("POST", "/api/v1/risk/forgive", Access::Operator),
     ("GET", "/api/v1/tokens", Access::Admin),
     ("POST", "/api/v1/tokens", Access::Admin),
     ("DELETE", "/api/v1/tokens/{id}", Access::Admin),

@@ -14,6 +14,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use bellwether_model::{DriftScore, HostName, HostProfile};
+use bellwether_predict::evidence::{self, EvidenceFactor};
 use bellwether_predict::{FeatureValue, Frame, Model, PredictError, TrainOptions, TrainingRow};
 use bellwether_store::{ModelInfo, NewModel, NewOutcome, OutcomeSource};
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,7 @@ pub const MODEL_ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/model/train"),
     ("GET", "/api/v1/models"),
     ("GET", "/api/v1/risk"),
+    ("POST", "/api/v1/risk/forgive"),
 ];
 
 pub(crate) fn routes() -> axum::Router<AppState> {
@@ -39,6 +41,7 @@ pub(crate) fn routes() -> axum::Router<AppState> {
         .route("/api/v1/model/train", post(train))
         .route("/api/v1/models", get(list_models))
         .route("/api/v1/risk", get(risk))
+        .route("/api/v1/risk/forgive", post(forgive))
 }
 
 /// The default number of new outcomes after which the server retrains.
@@ -86,6 +89,10 @@ pub struct UpdateInfo {
     /// `major`, `minor` or `patch`, when known.
     #[serde(default, rename = "type")]
     pub update_type: Option<String>,
+    /// The packages the updated software depends on (a plan's `update.depends_on`): each
+    /// becomes the feature `pkg:NAME`, the host's installed `major.minor` of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 /// `major.minor` of a version string: the epoch (`1:`) dropped, cut at the second dot and
@@ -105,8 +112,10 @@ fn major_minor(version: &str) -> Option<String> {
 }
 
 /// The feature vector of a host for an update: profile attributes, drift scores by category,
-/// the update's details, and the host's failures over the last 30 days. Values are JSON
-/// numbers, strings or null (unknown). docs/api.md lists the names.
+/// the update's details, the host's versions of the packages the update depends on
+/// (`pkg:NAME`: `major.minor`, null when the host lacks it or its package list is unknown) and the host's failures over the last 30 days. Values are JSON numbers,
+/// strings or null (unknown). docs/api.md lists the names. Training rows (a rollout's
+/// outcomes) and scoring both come from here.
 pub fn feature_vector(
     profile: Option<&HostProfile>,
     labels: &BTreeMap<String, String>,
@@ -141,6 +150,14 @@ pub fn feature_vector(
             .and_then(|(_, v)| major_minor(v))
     });
     f.insert("libssl".into(), json!(libssl));
+    for dep in &update.depends_on {
+        // Absent reads as unknown (null), never as a word: a feature the model learnt as a
+        // number must not meet a category when it scores.
+        let v = packages
+            .and_then(|pk| pk.get(dep))
+            .and_then(|v| major_minor(v));
+        f.insert(format!("pkg:{dep}"), json!(v));
+    }
     let hw = profile.and_then(|p| p.hardware.as_ref());
     f.insert("cpu_cores".into(), json!(hw.and_then(|h| h.cpu_count)));
     f.insert(
@@ -385,8 +402,10 @@ pub(crate) async fn train_from_store(
 }
 
 /// Starts a training in the background when `retrain_after` outcomes arrived since the latest
-/// model (or since the start, when there is none) and no training is running.
-pub(crate) async fn maybe_retrain(state: &AppState) -> Result<(), ApiError> {
+/// model (or since the start, when there is none) and no training is running. When a rollout
+/// has just finished (`finished`), any new outcome is enough: its outcomes are the freshest
+/// lesson there is, and waiting for a count would score the next rollout without them.
+pub(crate) async fn maybe_retrain(state: &AppState, finished: bool) -> Result<(), ApiError> {
     let every = state.predict.retrain_after;
     if every == 0 {
         return Ok(());
@@ -398,7 +417,7 @@ pub(crate) async fn maybe_retrain(state: &AppState) -> Result<(), ApiError> {
         .first()
         .map_or(0, |m| m.last_outcome_id);
     let (new, _) = state.store.outcomes_since(since).await?;
-    if (new as u64) < every {
+    if new == 0 || (!finished && (new as u64) < every) {
         return Ok(());
     }
     if state.predict.training.try_lock().is_err() {
@@ -480,7 +499,7 @@ async fn import_history(
         )
         .await?;
     tracing::info!(imported, failures, "Imported a deployment history.");
-    maybe_retrain(&state).await?;
+    maybe_retrain(&state, false).await?;
     Ok((
         StatusCode::CREATED,
         Json(ImportResponse {
@@ -570,6 +589,8 @@ struct RiskQuery {
     update_type: Option<String>,
     /// Comma-separated host names; every host when absent.
     hosts: Option<String>,
+    /// Comma-separated names of the packages the update depends on.
+    depends_on: Option<String>,
 }
 
 /// One factor of a host's risk.
@@ -578,8 +599,13 @@ pub struct Factor {
     pub feature: String,
     /// Contribution to the calibrated log-odds; positive pushes toward failure.
     pub contribution: f64,
-    /// The host's value of the feature (null when unknown).
+    /// The host's value of the feature (null when unknown); for an evidence factor, the
+    /// weighted failures and successes behind it.
     pub value: Value,
+    /// What an evidence factor stands for ("failed version 2 on 2026-12-05 (rollout r-…)";
+    /// "3 of 3 hosts with group=edge failed version 2 of websvc").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<String>,
 }
 
 /// One host's risk.
@@ -587,6 +613,10 @@ pub struct Factor {
 pub struct HostRisk {
     pub host: HostName,
     pub probability: f64,
+    /// The log-odds when nothing is known about the host; with every factor (the top ones
+    /// are listed) it adds up to the log-odds of `probability`.
+    #[serde(default)]
+    pub base_value: f64,
     pub contributing_factors: Vec<Factor>,
 }
 
@@ -597,6 +627,39 @@ pub struct RiskResponse {
     pub update: UpdateInfo,
     /// Highest probability first.
     pub hosts: Vec<HostRisk>,
+}
+
+/// A scored host as the API shows it: the top factors, and every evidence factor even when
+/// it is not among them, each with its explanation.
+pub(crate) fn host_risk(s: HostScore) -> HostRisk {
+    let evidence_of = |name: &str| s.evidence.iter().find(|e| e.feature == name);
+    let contributing_factors = s
+        .prediction
+        .contributing_factors
+        .iter()
+        .enumerate()
+        .filter(|(i, (name, _))| *i < RISK_FACTORS || evidence_of(name).is_some())
+        .map(|(_, (feature, c))| match evidence_of(feature) {
+            Some(e) => Factor {
+                feature: feature.clone(),
+                contribution: *c,
+                value: json!({"failures": e.failures, "successes": e.successes}),
+                explanation: Some(e.explanation.clone()),
+            },
+            None => Factor {
+                feature: feature.clone(),
+                contribution: *c,
+                value: s.features.get(feature).cloned().unwrap_or(Value::Null),
+                explanation: None,
+            },
+        })
+        .collect();
+    HostRisk {
+        host: s.host,
+        probability: s.prediction.probability.get(),
+        base_value: s.prediction.base_value,
+        contributing_factors,
+    }
 }
 
 /// Validates `type`: `major`, `minor` or `patch`.
@@ -610,39 +673,151 @@ pub(crate) fn check_update_type(t: Option<String>) -> Result<Option<String>, Api
     }
 }
 
-/// Scores `hosts` (name, labels) for `update` with `model`: each host's probability and all its
-/// factors, largest toward failure first, with the feature vectors used.
+/// One host's score: its feature vector, the model's prediction updated by the direct
+/// evidence (its probability and every factor, the evidence terms among them, most toward
+/// failure first), and the evidence terms with their explanations.
+#[derive(Debug, Clone)]
+pub(crate) struct HostScore {
+    pub host: HostName,
+    pub features: BTreeMap<String, Value>,
+    pub prediction: bellwether_predict::Prediction,
+    pub evidence: Vec<EvidenceFactor>,
+}
+
+/// The kind of the event that records an operator's forgiveness of a host's evidence.
+pub const FORGIVEN_EVENT: &str = "evidence_forgiven";
+
+/// The keys that make hosts peers: labels and the packages the update depends on, with
+/// their values as text (unknown values make no peer).
+fn peer_keys(features: &BTreeMap<String, Value>) -> BTreeMap<String, String> {
+    features
+        .iter()
+        .filter(|(k, _)| k.starts_with("label:") || k.starts_with("pkg:"))
+        .filter_map(|(k, v)| {
+            let text = match v {
+                Value::String(s) if !s.is_empty() => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            Some((k.clone(), text))
+        })
+        .collect()
+}
+
+/// The direct evidence of `update`: every stored outcome of its name and version, and the
+/// operators' forgiveness of hosts for it.
+pub(crate) async fn evidence_of(
+    state: &AppState,
+    update: &UpdateInfo,
+) -> Result<(Vec<evidence::Outcome>, Vec<evidence::Forgiven>), ApiError> {
+    let outcomes = state
+        .store
+        .outcomes_of_update(&update.name, &update.version)
+        .await?
+        .into_iter()
+        .map(|o| evidence::Outcome {
+            groups: peer_keys(&o.features),
+            host: o.host,
+            deployment: o.deployment,
+            at_ms: o.recorded_at_ms,
+            failed: o.failed,
+            live: o.source == OutcomeSource::Rollout.as_str(),
+        })
+        .collect();
+    let forgiven = state
+        .store
+        .events_where(None, Some(FORGIVEN_EVENT), 100_000)
+        .await?
+        .into_iter()
+        .filter(|e| {
+            e.figures["update"].as_str() == Some(update.name.as_str())
+                && e.figures["version"].as_str() == Some(update.version.as_str())
+        })
+        .filter_map(|e| {
+            Some(evidence::Forgiven {
+                host: e.host?,
+                at_ms: e.ts_ms,
+            })
+        })
+        .collect();
+    Ok((outcomes, forgiven))
+}
+
+/// The model's prediction for one row, updated by the direct evidence. Pure: training-free
+/// scoring, `GET /api/v1/risk` and rollouts all come through here.
+pub(crate) fn predict_with_evidence(
+    model: &Model,
+    host: &HostName,
+    features: &BTreeMap<String, Value>,
+    update: &UpdateInfo,
+    outcomes: &[evidence::Outcome],
+    forgiven: &[evidence::Forgiven],
+    now_ms: i64,
+) -> Result<(bellwether_predict::Prediction, Vec<EvidenceFactor>), PredictError> {
+    let row: HashMap<String, FeatureValue> = features
+        .iter()
+        .map(|(k, v)| (k.clone(), to_feature_value(v)))
+        .collect();
+    let mut p = model.predict_row(&row)?;
+    let z0 = p.base_value + p.contributing_factors.iter().map(|(_, c)| c).sum::<f64>();
+    let groups = peer_keys(features);
+    let post = evidence::update(
+        z0,
+        evidence::Subject {
+            host: host.as_str(),
+            update: &update.name,
+            version: &update.version,
+            groups: &groups,
+        },
+        outcomes,
+        forgiven,
+        now_ms,
+        &evidence::EvidenceParams::default(),
+    );
+    if !post.factors.is_empty() {
+        p.probability = post.probability;
+        p.contributing_factors.extend(
+            post.factors
+                .iter()
+                .map(|f| (f.feature.clone(), f.contribution)),
+        );
+        p.contributing_factors
+            .sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    }
+    Ok((p, post.factors))
+}
+
+/// Scores `hosts` (name, labels) for `update` with `model` and the direct evidence: each
+/// host's probability and all its factors, largest toward failure first, with the feature
+/// vectors used.
 pub(crate) async fn score_hosts(
     state: &AppState,
     model: Arc<Model>,
     hosts: Vec<(HostName, BTreeMap<String, String>)>,
     update: &UpdateInfo,
-) -> Result<
-    Vec<(
-        HostName,
-        BTreeMap<String, Value>,
-        bellwether_predict::Prediction,
-    )>,
-    ApiError,
-> {
+) -> Result<Vec<HostScore>, ApiError> {
     let now = now_ms();
     let mut vectors = Vec::with_capacity(hosts.len());
     for (name, labels) in hosts {
         let f = host_features(state, &name, &labels, update, now).await?;
         vectors.push((name, f));
     }
+    let (outcomes, forgiven) = evidence_of(state, update).await?;
+    let update = update.clone();
     tokio::task::spawn_blocking(move || {
         vectors
             .into_iter()
-            .map(|(name, f)| {
-                let row: HashMap<String, FeatureValue> = f
-                    .iter()
-                    .map(|(k, v)| (k.clone(), to_feature_value(v)))
-                    .collect();
-                let p = model
-                    .predict_row(&row)
-                    .map_err(|e| ApiError::bad_request(format!("host {name}: {e}")))?;
-                Ok((name, f, p))
+            .map(|(host, features)| {
+                let (prediction, evidence) = predict_with_evidence(
+                    &model, &host, &features, &update, &outcomes, &forgiven, now,
+                )
+                .map_err(|e| ApiError::bad_request(format!("host {host}: {e}")))?;
+                Ok(HostScore {
+                    host,
+                    features,
+                    prediction,
+                    evidence,
+                })
             })
             .collect::<Result<Vec<_>, ApiError>>()
     })
@@ -670,10 +845,26 @@ async fn risk(
     let version = q.version.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
         ApiError::bad_request("version is required: the version of the proposed update")
     })?;
+    let mut depends_on: Vec<String> = Vec::new();
+    for n in q
+        .depends_on
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let p = bellwether_engine::rollout::plan::PackageName::parse(n)
+            .map_err(|e| ApiError::bad_request(format!("depends_on: {e}")))?;
+        if !depends_on.contains(&p.0) {
+            depends_on.push(p.0);
+        }
+    }
     let update = UpdateInfo {
         name,
         version,
         update_type: check_update_type(q.update_type)?,
+        depends_on,
     };
     let all = state.store.list_hosts().await?;
     let hosts: Vec<(HostName, BTreeMap<String, String>)> =
@@ -697,23 +888,7 @@ async fn risk(
         return Err(no_model_error());
     };
     let scored = score_hosts(&state, model, hosts, &update).await?;
-    let mut out: Vec<HostRisk> = scored
-        .into_iter()
-        .map(|(host, f, p)| HostRisk {
-            host,
-            probability: p.probability.get(),
-            contributing_factors: p
-                .contributing_factors
-                .iter()
-                .take(RISK_FACTORS)
-                .map(|(feature, c)| Factor {
-                    feature: feature.clone(),
-                    contribution: *c,
-                    value: f.get(feature).cloned().unwrap_or(Value::Null),
-                })
-                .collect(),
-        })
-        .collect();
+    let mut out: Vec<HostRisk> = scored.into_iter().map(host_risk).collect();
     out.sort_by(|a, b| {
         b.probability
             .total_cmp(&a.probability)
@@ -724,6 +899,99 @@ async fn risk(
         update,
         hosts: out,
     }))
+}
+
+/// `POST /api/v1/risk/forgive`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgiveRequest {
+    pub host: String,
+    pub update: String,
+    pub version: String,
+    /// Why the evidence no longer holds (the host was repaired, the failure was elsewhere…).
+    pub reason: String,
+}
+
+/// `POST /api/v1/risk/forgive`'s answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForgiveResponse {
+    pub host: HostName,
+    pub update: String,
+    pub version: String,
+    pub reason: String,
+    pub forgiven_at_ms: i64,
+    /// The host's outcomes of this update and version that no longer count.
+    pub outcomes: usize,
+}
+
+/// The longest reason, update name or version the forgive route takes, in bytes.
+const FORGIVE_TEXT_MAX: usize = 1024;
+
+/// Clears a host's direct evidence for one update and version: its outcomes recorded until
+/// now count neither for it nor for its peers, and it is no longer judged by its peers'
+/// earlier outcomes. Recorded as an `evidence_forgiven` event, which is where scoring reads
+/// it back (the event log is the truth). Later outcomes count again.
+async fn forgive(
+    State(state): State<AppState>,
+    _auth: Operator,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
+    crate::body::JsonBody(req): crate::body::JsonBody<ForgiveRequest>,
+) -> Result<(StatusCode, Json<ForgiveResponse>), ApiError> {
+    let text = |field: &str, v: &str| -> Result<String, ApiError> {
+        let v = v.trim();
+        if v.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "{field} is required and must not be empty"
+            )));
+        }
+        if v.len() > FORGIVE_TEXT_MAX {
+            return Err(ApiError::bad_request(format!(
+                "{field} has {} bytes; at most {FORGIVE_TEXT_MAX}",
+                v.len()
+            )));
+        }
+        Ok(v.to_string())
+    };
+    let update = text("update", &req.update)?;
+    let version = text("version", &req.version)?;
+    let reason = text("reason", &req.reason)?;
+    let host = HostName::new(req.host.trim())
+        .map_err(|e| ApiError::bad_request(format!("host: bad host name {:?}: {e}", req.host)))?;
+    if state.store.get_host(&host).await?.is_none() {
+        return Err(ApiError::not_found(format!("unknown host {host}")));
+    }
+    let outcomes = state
+        .store
+        .outcomes_of_update(&update, &version)
+        .await?
+        .into_iter()
+        .filter(|o| o.host == host.as_str())
+        .count();
+    let now = now_ms();
+    let token_id = principal.map(|axum::Extension(p)| p.token_id);
+    state
+        .store
+        .record_named_event(
+            FORGIVEN_EVENT,
+            Some(host.as_str()),
+            &format!("evidence of {update} {version} on {host} forgiven: {reason}"),
+            &json!({"update": update, "version": version, "reason": reason,
+                    "outcomes": outcomes, "token_id": token_id}),
+            now,
+        )
+        .await?;
+    tracing::info!(host = %host, update = %update, version = %version, outcomes, "Forgave a host's evidence.");
+    Ok((
+        StatusCode::CREATED,
+        Json(ForgiveResponse {
+            host,
+            update,
+            version,
+            reason,
+            forgiven_at_ms: now,
+            outcomes,
+        }),
+    ))
 }
 
 #[cfg(test)]
@@ -765,6 +1033,7 @@ mod tests {
             name: "websvc".into(),
             version: "2".into(),
             update_type: Some("major".into()),
+            depends_on: Vec::new(),
         };
         let labels = BTreeMap::from([("role".to_string(), "web".to_string())]);
         let f = feature_vector(Some(&profile), &labels, None, &update, 2);
@@ -789,6 +1058,92 @@ mod tests {
         let empty = feature_vector(None, &BTreeMap::new(), None, &update, 0);
         assert_eq!(empty["os"], Value::Null);
         assert_eq!(empty["update"], json!("websvc"));
+    }
+
+    /// The invariant of every prediction holds with the evidence terms among the factors:
+    /// `base_value + Σ factors = logit(probability)`, to 1e-9.
+    #[test]
+    fn evidence_factors_keep_the_factors_adding_up_to_the_log_odds() {
+        let update = UpdateInfo {
+            name: "websvc".into(),
+            version: "2".into(),
+            update_type: None,
+            depends_on: vec!["glibc".into()],
+        };
+        let vector = |group: &str, glibc: &str, disk: f64| {
+            let profile = HostProfile {
+                packages: Some(BTreeMap::from([("glibc".to_string(), glibc.to_string())])),
+                metrics: BTreeMap::from([("disk_free_pct".to_string(), disk)]),
+                ..HostProfile::default()
+            };
+            let labels = BTreeMap::from([("group".to_string(), group.to_string())]);
+            feature_vector(Some(&profile), &labels, None, &update, 0)
+        };
+        let rows: Vec<TrainingRow> = (0..300)
+            .map(|i| {
+                let disk = (i % 50) as f64;
+                let f = vector(if i % 3 == 0 { "edge" } else { "core" }, "2.31-1", disk);
+                TrainingRow {
+                    features: f
+                        .iter()
+                        .map(|(k, v)| (k.clone(), to_feature_value(v)))
+                        .collect(),
+                    failed: disk < 8.0 || i % 17 == 0,
+                }
+            })
+            .collect();
+        let model = Model::train_rows(&rows, &TrainOptions::default()).unwrap();
+        assert_eq!(vector("edge", "2.36-9", 40.0)["pkg:glibc"], json!("2.36"));
+        let outcome = |host: &str, group: &str, glibc: &str, failed: bool| evidence::Outcome {
+            host: host.into(),
+            deployment: "r-1".into(),
+            at_ms: 1_000,
+            failed,
+            live: true,
+            groups: peer_keys(&vector(group, glibc, 40.0)),
+        };
+        let outcomes = vec![
+            outcome("a", "edge", "2.36-9", true),
+            outcome("b", "edge", "2.36-9", true),
+            outcome("c", "core", "2.36-9", true),
+            outcome("d", "core", "2.31-1", false),
+        ];
+        for (host, group, glibc, disk) in [
+            ("a", "edge", "2.36-9", 40.0),
+            ("c", "core", "2.36-9", 3.0),
+            ("d", "core", "2.31-1", 40.0),
+            ("e", "core", "2.36-9", 20.0),
+            ("f", "edge", "2.31-1", 1.0),
+        ] {
+            let f = vector(group, glibc, disk);
+            let name = HostName::new(host).unwrap();
+            let (p, ev) =
+                predict_with_evidence(&model, &name, &f, &update, &outcomes, &[], 2_000).unwrap();
+            assert!(!ev.is_empty(), "{host}");
+            let sum = p.base_value + p.contributing_factors.iter().map(|(_, c)| c).sum::<f64>();
+            let q = p.probability.get();
+            assert!(((q / (1.0 - q)).ln() - sum).abs() < 1e-9, "{host}: {p:?}");
+            for e in &ev {
+                assert!(p
+                    .contributing_factors
+                    .iter()
+                    .any(|(n, c)| *n == e.feature && *c == e.contribution));
+            }
+        }
+        // The failed hosts' own evidence makes them high risk; the peer group of `e` is
+        // `glibc=2.36` (it separates the outcomes; `group` does not).
+        let f = vector("core", "2.36-9", 40.0);
+        let (_, ev) = predict_with_evidence(
+            &model,
+            &HostName::new("e").unwrap(),
+            &f,
+            &update,
+            &outcomes,
+            &[],
+            2_000,
+        )
+        .unwrap();
+        assert_eq!(ev[0].feature, "evidence:peers:pkg:glibc=2.36");
     }
 
     #[test]

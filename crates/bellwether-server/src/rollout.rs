@@ -464,6 +464,7 @@ async fn create(
         name: plan.update.name.0.clone(),
         version: plan.update.version.0.clone(),
         update_type: None,
+        depends_on: plan.update.depends_on.iter().map(|p| p.0.clone()).collect(),
     };
     let mut hosts = Vec::new();
     let mut profiles = BTreeMap::new();
@@ -487,7 +488,39 @@ async fn create(
     let mut features = Vec::new();
     let mut watchers = BTreeMap::new();
     let mut fed_until = BTreeMap::new();
-    for (name, f, p) in scored {
+    let mut evidence_events = Vec::new();
+    for model_api::HostScore {
+        host: name,
+        features: f,
+        prediction: p,
+        evidence,
+    } in scored
+    {
+        // The direct evidence behind a host's risk goes into the log with the rollout, so a
+        // held-back host's report says which failures hold it back.
+        if !evidence.is_empty() {
+            evidence_events.push(NewEvent {
+                ts_ms: now,
+                kind: "host.evidence".into(),
+                host: Some(name.to_string()),
+                reason: format!(
+                    "Direct evidence: {}.",
+                    evidence
+                        .iter()
+                        .map(|e| e.explanation.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                figures: json!({
+                    "probability": p.probability.get(),
+                    "evidence": evidence.iter().map(|e| json!({
+                        "factor": e.feature, "contribution": e.contribution,
+                        "failures": e.failures, "successes": e.successes,
+                        "explanation": e.explanation,
+                    })).collect::<Vec<_>>(),
+                }),
+            });
+        }
         let (labels, profile) = profiles.remove(&name).unwrap_or_default();
         let drift = state.store.drift(&name).await?.map(|d| d.score);
         let mut w = HostWatcher::new(&plan, name.clone())
@@ -535,7 +568,9 @@ async fn create(
         watchers,
         fed_until,
     };
-    let first = task.effects(decisions);
+    let mut first = task.effects(decisions);
+    evidence_events.retain(|e| e.host.as_ref().is_some_and(|h| targets.contains(h)));
+    first.events.splice(0..0, evidence_events);
     let new = NewTask {
         id: id.clone(),
         kind: RolloutTask::KIND.to_string(),

@@ -390,8 +390,10 @@ impl<T: DurableTask> Runner<T> {
                     self.state.tasks.actions.notify_waiters();
                 }
                 self.run_effects(step.effects);
-                if !rec.outcomes.is_empty() {
-                    model_api::maybe_retrain(&self.state).await?;
+                if !rec.outcomes.is_empty() || rec.settled {
+                    // A settled task retrains on any new outcome, without waiting for
+                    // `--retrain-after` of them.
+                    model_api::maybe_retrain(&self.state, rec.settled).await?;
                 }
                 Ok(())
             }

@@ -18,11 +18,13 @@ use tower::ServiceExt;
 
 const OP: &str = "operator-token-for-tests-0001";
 const ENROL: &str = "enrol-token-for-tests-000001";
+const ADMIN: &str = "admin-token-for-tests-0000001";
 
 fn config(store: StoreConfig, retrain_after: u64) -> ServerConfig {
     let mut c = ServerConfig::new(store, None);
     c.operator_token = Some(OP.into());
     c.enrol_token = Some(ENROL.into());
+    c.admin_token = Some(ADMIN.into());
     c.body_limit = 256 * 1024;
     c.retrain_after = retrain_after;
     c
@@ -164,6 +166,65 @@ async fn enrol_with_profile(app: &Router, name: &str, disk: f64) {
     )
     .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+}
+
+/// Enrols `name` with the labels `role=web` and `group=GROUP`, and a profile with `glibc`.
+async fn enrol_in_group(app: &Router, name: &str, group: &str, glibc: &str) {
+    let r = send(
+        app,
+        Method::POST,
+        "/api/v1/enrol",
+        Some(ENROL),
+        Some((
+            "application/json",
+            json!({"name": name, "labels": {"role": "web", "group": group}}).to_string(),
+        )),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let agent = r.json()["agent_token"].as_str().unwrap().to_string();
+    let profile = HostProfile {
+        packages: Some(BTreeMap::from([("glibc".to_string(), glibc.to_string())])),
+        metrics: BTreeMap::from([("disk_free_pct".to_string(), 40.0)]),
+        ..HostProfile::default()
+    };
+    let r = send(
+        app,
+        Method::POST,
+        "/api/v1/agent/profile",
+        Some(&agent),
+        Some(("application/json", serde_json::to_string(&profile).unwrap())),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+}
+
+/// The outcomes a rollout of websvc 2 would have recorded: `edge-01..03` failed,
+/// `core-01..03` did not.
+fn rollout_outcomes() -> Vec<bellwether_store::NewOutcome> {
+    [
+        ("edge-01", true),
+        ("edge-02", true),
+        ("edge-03", true),
+        ("core-01", false),
+        ("core-02", false),
+        ("core-03", false),
+    ]
+    .into_iter()
+    .map(|(host, failed)| bellwether_store::NewOutcome {
+        source: bellwether_store::OutcomeSource::Rollout,
+        deployment: "r-test".into(),
+        host: host.into(),
+        features: BTreeMap::from([
+            ("update".to_string(), json!("websvc")),
+            ("update_version".to_string(), json!("2")),
+            ("label:group".to_string(), json!(&host[..4])),
+            ("label:role".to_string(), json!("web")),
+            ("disk_free_pct".to_string(), json!(40.0)),
+        ]),
+        failed,
+    })
+    .collect()
 }
 
 macro_rules! model_test {
@@ -525,3 +586,194 @@ fn every_model_and_rollout_route_is_documented_in_api_md_and_openapi_yaml() {
         );
     }
 }
+
+fn factor<'a>(host: &'a Value, feature: &str) -> Option<&'a Value> {
+    host["contributing_factors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["feature"] == feature)
+}
+
+model_test!(
+    risk_reads_the_direct_evidence_of_the_same_version_and_forgive_clears_it,
+    0,
+    |server, app| {
+        let r = import(&app, history(400, 5)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        server
+            .store()
+            .record_outcomes(
+                &rollout_outcomes(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64,
+            )
+            .await
+            .unwrap();
+        let r = send(&app, Method::POST, "/api/v1/model/train", Some(OP), None).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        enrol_in_group(&app, "edge-01", "edge", "2.36-9").await;
+        enrol_in_group(&app, "edge-09", "edge", "2.36-9").await;
+        enrol_in_group(&app, "core-01", "core", "2.31-13").await;
+        let risk = |app: Router| async move {
+            let r = get(
+                &app,
+                "/api/v1/risk?update=websvc&version=2&depends_on=glibc",
+                Some(OP),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            let v = r.json();
+            let by: BTreeMap<String, Value> = v["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| (h["host"].as_str().unwrap().to_string(), h.clone()))
+                .collect();
+            (v, by)
+        };
+        let (v, by) = risk(app.clone()).await;
+        assert_eq!(v["update"]["depends_on"], json!(["glibc"]));
+        // The host's own failure, named with its date and deployment.
+        let own = factor(&by["edge-01"], "evidence:host").expect("own evidence");
+        assert!(own["contribution"].as_f64().unwrap() > 0.0, "{own}");
+        let text = own["explanation"].as_str().unwrap();
+        assert!(
+            text.starts_with("failed version 2 on ") && text.contains("(rollout r-test)"),
+            "{text}"
+        );
+        // Peers: read through `group`, the label that separates version 2's outcomes.
+        let peers = factor(&by["edge-09"], "evidence:peers:group=edge").expect("peer evidence");
+        assert_eq!(
+            peers["explanation"],
+            "3 of 3 hosts with group=edge failed version 2 of websvc"
+        );
+        let core = factor(&by["core-01"], "evidence:host").expect("core-01's own success");
+        assert!(core["contribution"].as_f64().unwrap() < 0.0, "{core}");
+        let p = |h: &str| by[h]["probability"].as_f64().unwrap();
+        assert!(p("edge-01") > p("edge-09"), "{v}");
+        assert!(p("edge-09") > p("core-01"), "{v}");
+
+        // Forgive edge-01: its evidence no longer counts, for it or its peers.
+        let forgive = |token: Option<&str>, body: Value| {
+            let app = app.clone();
+            let token = token.map(str::to_string);
+            async move {
+                send(
+                    &app,
+                    Method::POST,
+                    "/api/v1/risk/forgive",
+                    token.as_deref(),
+                    Some(("application/json", body.to_string())),
+                )
+                .await
+            }
+        };
+        let ok = json!({"host": "edge-01", "update": "websvc", "version": "2", "reason": "disk replaced"});
+        let r = forgive(None, ok.clone()).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+        let r = forgive(Some(ENROL), ok.clone()).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+        let r = send(
+            &app,
+            Method::POST,
+            "/api/v1/tokens",
+            Some(ADMIN),
+            Some((
+                "application/json",
+                json!({"role": "viewer", "name": "dash"}).to_string(),
+            )),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        let viewer = r.json()["token"].as_str().unwrap().to_string();
+        let r = forgive(Some(&viewer), ok.clone()).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+        // A viewer reads the risk, evidence and all.
+        let r = get(&app, "/api/v1/risk?update=websvc&version=2", Some(&viewer)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        for (body, status, want) in [
+            (
+                json!({"host": "edge-77", "update": "websvc", "version": "2", "reason": "x"}),
+                StatusCode::NOT_FOUND,
+                "unknown host edge-77",
+            ),
+            (
+                json!({"host": "edge-01", "update": "websvc", "version": "2", "reason": "  "}),
+                StatusCode::BAD_REQUEST,
+                "reason is required",
+            ),
+            (
+                json!({"host": "edge-01", "update": "", "version": "2", "reason": "x"}),
+                StatusCode::BAD_REQUEST,
+                "update is required",
+            ),
+            (
+                json!({"host": "edge-01", "update": "websvc", "version": "2"}),
+                StatusCode::BAD_REQUEST,
+                "reason",
+            ),
+            (
+                json!({"host": "edge 01", "update": "websvc", "version": "2", "reason": "x"}),
+                StatusCode::BAD_REQUEST,
+                "host: bad host name",
+            ),
+            (
+                json!({"host": "edge-01", "update": "websvc", "version": "2", "reason": "x", "why": 1}),
+                StatusCode::BAD_REQUEST,
+                "why",
+            ),
+            (
+                json!({"host": "edge-01", "update": "websvc", "version": "2", "reason": "x".repeat(1025)}),
+                StatusCode::BAD_REQUEST,
+                "at most 1024",
+            ),
+        ] {
+            let r = forgive(Some(OP), body.clone()).await;
+            assert_eq!(r.status, status, "{body}: {}", r.text);
+            assert!(r.error().contains(want), "{body}: {}", r.text);
+        }
+        let bad = get(
+            &app,
+            "/api/v1/risk?update=websvc&version=2&depends_on=lib%20c",
+            Some(OP),
+        )
+        .await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+        assert!(
+            bad.error().contains("depends_on: package name"),
+            "{}",
+            bad.text
+        );
+        let r = forgive(Some(OP), ok).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert_eq!(r.json()["outcomes"], 1);
+        let (_, after) = risk(app.clone()).await;
+        assert!(
+            factor(&after["edge-01"], "evidence:host").is_none(),
+            "{}",
+            after["edge-01"]
+        );
+        assert!(factor(&after["edge-01"], "evidence:peers:group=edge").is_none());
+        assert_eq!(
+            factor(&after["edge-09"], "evidence:peers:group=edge").unwrap()["explanation"],
+            "2 of 2 hosts with group=edge failed version 2 of websvc"
+        );
+        // The forgiveness is an event with its reason.
+        let events = server
+            .store()
+            .events_where(None, Some("evidence_forgiven"), 10)
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].host.as_deref(), Some("edge-01"));
+        assert!(
+            events[0].reason.ends_with("forgiven: disk replaced"),
+            "{}",
+            events[0].reason
+        );
+        assert_eq!(events[0].figures["update"], "websvc");
+    }
+);

@@ -123,6 +123,39 @@ fn parse_features(id: i64, s: &str) -> Result<BTreeMap<String, serde_json::Value
     })
 }
 
+/// A feature value as text: a string as it is, a whole number without `.0`.
+fn value_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(match n.as_f64() {
+            Some(x) if x.fract() == 0.0 && x.abs() < 1e15 => format!("{}", x as i64),
+            _ => n.to_string(),
+        }),
+        _ => None,
+    }
+}
+
+fn outcome_record<R>(row: &R, what: &'static str) -> Result<OutcomeRecord, StoreError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let id: i64 = row.try_get(0).map_err(q(what))?;
+    let features: String = row.try_get(5).map_err(q(what))?;
+    let failed: i64 = row.try_get(6).map_err(q(what))?;
+    Ok(OutcomeRecord {
+        id,
+        recorded_at_ms: row.try_get(1).map_err(q(what))?,
+        source: row.try_get(2).map_err(q(what))?,
+        deployment: row.try_get(3).map_err(q(what))?,
+        host: row.try_get(4).map_err(q(what))?,
+        features: parse_features(id, &features)?,
+        failed: failed != 0,
+    })
+}
+
 fn parse_metrics(version: i64, s: &str) -> Result<serde_json::Value, StoreError> {
     serde_json::from_str(s).map_err(|source| StoreError::Corrupt {
         what: "model metrics",
@@ -181,23 +214,55 @@ impl Store {
             .fetch_all(pool)
             .await
             .map_err(q("outcomes"))?;
-            rows.into_iter()
-                .map(|row| {
-                    let id: i64 = row.try_get(0).map_err(q("outcomes"))?;
-                    let features: String = row.try_get(5).map_err(q("outcomes"))?;
-                    let failed: i64 = row.try_get(6).map_err(q("outcomes"))?;
-                    Ok(OutcomeRecord {
-                        id,
-                        recorded_at_ms: row.try_get(1).map_err(q("outcomes"))?,
-                        source: row.try_get(2).map_err(q("outcomes"))?,
-                        deployment: row.try_get(3).map_err(q("outcomes"))?,
-                        host: row.try_get(4).map_err(q("outcomes"))?,
-                        features: parse_features(id, &features)?,
-                        failed: failed != 0,
-                    })
-                })
-                .collect()
+            rows.iter().map(|row| outcome_record(row, "outcomes")).collect()
         })
+    }
+
+    /// Every outcome of one update and version (the features `update` and `update_version`,
+    /// a version stored as a number read as its text), oldest first: the direct evidence of
+    /// the risk of that update. The features' JSON text narrows the rows in SQL; each is
+    /// then checked on its parsed features.
+    pub async fn outcomes_of_update(
+        &self,
+        update: &str,
+        version: &str,
+    ) -> Result<Vec<OutcomeRecord>, StoreError> {
+        let needle = format!(
+            "\"update\":{}",
+            serde_json::to_string(update).expect("a string always serialises")
+        );
+        let mut pattern = String::from("%");
+        for c in needle.chars() {
+            if matches!(c, '%' | '_' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('%');
+        let all: Vec<OutcomeRecord> = on_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT id, recorded_at_ms, source, deployment, host, features, failed FROM outcomes \
+                 WHERE features LIKE $1 ESCAPE '\\' ORDER BY id",
+            )
+            .bind(&pattern)
+            .fetch_all(pool)
+            .await
+            .map_err(q("outcomes of an update"))?;
+            rows.iter()
+                .map(|row| outcome_record(row, "outcomes of an update"))
+                .collect::<Result<Vec<_>, StoreError>>()
+        })?;
+        Ok(all
+            .into_iter()
+            .filter(|o| {
+                o.features.get("update").and_then(value_text).as_deref() == Some(update)
+                    && o.features
+                        .get("update_version")
+                        .and_then(value_text)
+                        .as_deref()
+                        == Some(version)
+            })
+            .collect())
     }
 
     /// How many outcomes have an id above `after_id` (arrived after a model trained on

@@ -38,6 +38,58 @@ fn outcome(deployment: &str, host: &str, failed: bool, disk: f64) -> NewOutcome 
     }
 }
 
+fn of_update(deployment: &str, host: &str, update: &str, version: serde_json::Value) -> NewOutcome {
+    NewOutcome {
+        source: OutcomeSource::Rollout,
+        deployment: deployment.into(),
+        host: host.into(),
+        features: BTreeMap::from([
+            ("update".to_string(), json!(update)),
+            ("update_version".to_string(), version),
+        ]),
+        failed: true,
+    }
+}
+
+both_backends!(outcomes_of_one_update_and_version_are_found, |store| {
+    store
+        .record_outcomes(
+            &[
+                of_update("r1", "a", "websvc", json!("2")),
+                of_update("r1", "b", "websvc", json!("3")),
+                of_update("r1", "c", "web%", json!("2")),
+                of_update("r2", "d", "websvc", json!(2)),
+                of_update("r2", "e", "websvc_x", json!("2")),
+                outcome("d9", "f", true, 1.0),
+            ],
+            1_000,
+        )
+        .await
+        .unwrap();
+    let hosts =
+        |v: Vec<bellwether_store::OutcomeRecord>| v.into_iter().map(|o| o.host).collect::<Vec<_>>();
+    // A version stored as the number 2 (an imported history's cell) is version "2".
+    assert_eq!(
+        hosts(store.outcomes_of_update("websvc", "2").await.unwrap()),
+        ["a", "d"]
+    );
+    // LIKE's wildcards in a name match only themselves.
+    assert_eq!(
+        hosts(store.outcomes_of_update("web%", "2").await.unwrap()),
+        ["c"]
+    );
+    assert!(store
+        .outcomes_of_update("web_svc", "2")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .outcomes_of_update("websvc", "9")
+        .await
+        .unwrap()
+        .is_empty());
+});
+
 both_backends!(outcomes_are_recorded_replaced_and_counted, |store| {
     assert_eq!(store.outcomes_since(0).await.unwrap(), (0, 0));
     let n = store

@@ -173,6 +173,75 @@ fn model_commands_work_against_a_real_server(backend: Backend) {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("unknown host nope"), "{}", text(&o));
+
+    // `risk forgive`: bad input is refused with what is wrong, a good one is recorded.
+    let forgive = |host: &str, reason: &str| {
+        with(&[
+            "risk",
+            "forgive",
+            host,
+            "--update",
+            "websvc",
+            "--version",
+            "2",
+            "--reason",
+            reason,
+        ])
+    };
+    let o = forgive("nope", "repaired");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("unknown host nope"), "{}", text(&o));
+    let o = forgive("full", " ");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("--reason must not be empty"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&[
+        "risk",
+        "forgive",
+        "full",
+        "--update",
+        "websvc",
+        "--version",
+        "2",
+        "--reason",
+        "x",
+        "--server",
+        &server.url,
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let o = run(&[
+        "risk",
+        "forgive",
+        "full",
+        "--update",
+        "websvc",
+        "--version",
+        "2",
+        "--reason",
+        "x",
+        "--server",
+        &server.url,
+        "--token",
+        "wrong-token-0123456789",
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("401") || text(&o).to_lowercase().contains("token"),
+        "{}",
+        text(&o)
+    );
+    let o = forgive("full", "disk replaced");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(
+            "Forgave full for websvc 2: 0 of its outcomes no longer count (disk replaced)."
+        ),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]

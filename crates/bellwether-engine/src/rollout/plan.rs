@@ -325,6 +325,65 @@ pub struct Update {
     pub apply: ActionSpec,
     #[serde(deserialize_with = "plan_action")]
     pub revert: ActionSpec,
+    /// The packages the updated software depends on (`[libc6, python3]`): the risk model
+    /// reads each host's version of each as a feature, and hosts sharing one are peers in the
+    /// direct evidence. Names of installed packages as dpkg or rpm list them, each once.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "package_names"
+    )]
+    pub depends_on: Vec<PackageName>,
+}
+
+/// A package name: 1 to 128 letters, digits and `+ - . _`, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct PackageName(pub String);
+
+impl PackageName {
+    pub fn parse(s: &str) -> Result<PackageName, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.' | '_'));
+        if ok {
+            Ok(PackageName(s.to_string()))
+        } else {
+            Err(format!(
+                "package name {s:?} is not 1 to 128 letters, digits and `+ - . _` starting with a letter or digit"
+            ))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PackageName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        PackageName::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// At most 64 package names, none twice.
+fn package_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PackageName>, D::Error> {
+    let v = Vec::<PackageName>::deserialize(d)?;
+    if v.len() > 64 {
+        return Err(serde::de::Error::custom(format!(
+            "{} packages: at most 64",
+            v.len()
+        )));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &v {
+        if !seen.insert(p) {
+            return Err(serde::de::Error::custom(format!(
+                "package {} is listed twice",
+                p.0
+            )));
+        }
+    }
+    Ok(v)
 }
 
 /// Which hosts a rollout covers: every label must match and every predicate hold.

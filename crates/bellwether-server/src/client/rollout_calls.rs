@@ -5,7 +5,7 @@ use bellwether_store::ModelInfo;
 use reqwest::Method;
 
 use super::{Client, ClientError};
-use crate::model_api::{ImportResponse, RiskResponse};
+use crate::model_api::{ForgiveRequest, ForgiveResponse, ImportResponse, RiskResponse};
 
 impl Client {
     /// `POST /api/v1/history/import` with a history CSV; `label` names the outcome column.
@@ -47,6 +47,7 @@ impl Client {
         version: &str,
         update_type: Option<&str>,
         hosts: &[String],
+        depends_on: &[String],
     ) -> Result<RiskResponse, ClientError> {
         let mut q: Vec<(&str, String)> =
             vec![("update", update.into()), ("version", version.into())];
@@ -56,7 +57,17 @@ impl Client {
         if !hosts.is_empty() {
             q.push(("hosts", hosts.join(",")));
         }
+        if !depends_on.is_empty() {
+            q.push(("depends_on", depends_on.join(",")));
+        }
         self.call(Method::GET, "/api/v1/risk", |r| r.query(&q))
+            .await
+    }
+
+    /// `POST /api/v1/risk/forgive`: clears a host's direct evidence for one update and
+    /// version, with a reason.
+    pub async fn forgive(&self, req: &ForgiveRequest) -> Result<ForgiveResponse, ClientError> {
+        self.call(Method::POST, "/api/v1/risk/forgive", |r| r.json(req))
             .await
     }
 

@@ -764,3 +764,42 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn update_depends_on_lists_package_names_once_each() {
+    let with = |list: &str| {
+        EXAMPLE.replacen(
+            "  revert: { builtin: set_service_version, version: \"1\" }\n",
+            &format!("  revert: {{ builtin: set_service_version, version: \"1\" }}\n  depends_on: {list}\n"),
+            1,
+        )
+    };
+    let p = parse_plan(&with("[libc6, python3, libssl1.1]"), "plan.yaml").unwrap();
+    let names: Vec<&str> = p.update.depends_on.iter().map(|n| n.0.as_str()).collect();
+    assert_eq!(names, ["libc6", "python3", "libssl1.1"]);
+    assert!(parse_plan(EXAMPLE, "plan.yaml")
+        .unwrap()
+        .update
+        .depends_on
+        .is_empty());
+    let text = with("[libc6, libc6]");
+    let e = parse_plan(&text, "plan.yaml").unwrap_err();
+    expect(
+        &e,
+        line_of(&text, "depends_on"),
+        "package libc6 is listed twice",
+    );
+    let text = with("[\"lib c6\"]");
+    let e = parse_plan(&text, "plan.yaml").unwrap_err();
+    expect(
+        &e,
+        line_of(&text, "depends_on"),
+        "package name \"lib c6\" is not",
+    );
+    let text = with("[\"\"]");
+    let e = parse_plan(&text, "plan.yaml").unwrap_err();
+    expect(&e, line_of(&text, "depends_on"), "update.depends_on");
+    let text = with("libc6");
+    let e = parse_plan(&text, "plan.yaml").unwrap_err();
+    expect(&e, line_of(&text, "depends_on"), "update.depends_on");
+}
