@@ -57,8 +57,9 @@ impl Verdict {
 
 /// A streaming detector over one series.
 pub trait Detector: Send {
-    /// Judges the next point. Timestamps are milliseconds since the Unix epoch and must
-    /// increase; the caller (for example [`crate::series::parse_series`]) checks that.
+    /// Judges the next point. Timestamps are milliseconds since the Unix epoch in the order
+    /// the samples came; equal timestamps and a few going back (a clock change) are judged as
+    /// they come ([`crate::series::parse_series`] warns on the ones going back).
     fn observe(&mut self, ts_ms: i64, value: f64) -> Verdict;
     /// Approximate heap and inline bytes this detector holds (bounded, independent of the
     /// series length).
@@ -202,12 +203,14 @@ pub enum DetectorKind {
     TwoScaleEntropy,
     WindowedGaussian,
     Cad,
+    SeasonalCusum,
 }
 
 impl DetectorKind {
     /// Every detector, default first.
-    pub const ALL: [DetectorKind; 9] = [
+    pub const ALL: [DetectorKind; 10] = [
         DetectorKind::TwoScaleEntropy,
+        DetectorKind::SeasonalCusum,
         DetectorKind::RelativeEntropy,
         DetectorKind::Seasonal,
         DetectorKind::Bellwether,
@@ -230,6 +233,7 @@ impl DetectorKind {
             DetectorKind::Seasonal => "seasonal",
             DetectorKind::WindowedGaussian => "windowed-gaussian",
             DetectorKind::Cad => "cad",
+            DetectorKind::SeasonalCusum => "seasonal-cusum",
         }
     }
 
@@ -263,6 +267,7 @@ impl DetectorKind {
                 crate::cad::CadConfig::default(),
                 crate::cad::CAD_ONLINE_RANGE,
             )),
+            DetectorKind::SeasonalCusum => Box::new(crate::changepoint::SeasonalCusum::default()),
         }
     }
 }
