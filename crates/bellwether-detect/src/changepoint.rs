@@ -343,3 +343,176 @@ impl Detector for SeasonalCusum {
         std::mem::size_of::<Self>() + BINS * (8 + 2)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::anomaly::{DetectorKind, Graded, Suppressed, TwoScaleEntropy, RE_SUPPRESS_POINTS};
+    use crate::faults::{generate, FaultKind, Split};
+    use bellwether_model::rng::SplitMix64;
+
+    /// Five-minute samples over `days` days: level 100, a daily swing of 20, white noise of 2.
+    fn healthy(days: usize, seed: u64) -> Vec<(i64, f64)> {
+        let mut rng = SplitMix64::new(seed);
+        (0..days * 288)
+            .map(|i| {
+                let day = i as f64 / 288.0 * std::f64::consts::TAU;
+                let t = 1_700_000_000_000 + i as i64 * 300_000;
+                (t, 100.0 + 20.0 * day.sin() + 2.0 * rng.normal())
+            })
+            .collect()
+    }
+
+    fn alerts(series: &[(i64, f64)]) -> Vec<usize> {
+        let mut d = DetectorKind::SeasonalCusum.build();
+        series
+            .iter()
+            .enumerate()
+            .filter(|&(_, &(t, x))| d.observe(t, x).alert)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    #[test]
+    fn quiet_on_a_healthy_seasonal_series() {
+        // 20 days, 5,760 points, with a daily swing ten times the noise.
+        for seed in 0..3 {
+            let a = alerts(&healthy(20, seed));
+            assert!(a.iter().all(|&i| i < 288), "seed {seed}: {a:?}");
+        }
+    }
+
+    #[test]
+    fn each_kind_is_caught_within_a_few_points() {
+        let at = 3 * 288 + 100;
+        let cases: [(&str, Box<dyn Fn(usize, f64, f64) -> f64>); 5] = [
+            (
+                "level shift of 4 sd",
+                Box::new(|i, x, _| if i >= at { x + 8.0 } else { x }),
+            ),
+            (
+                "spike of 8 sd",
+                Box::new(|i, x, _| if i == at { x + 16.0 } else { x }),
+            ),
+            ("outage", Box::new(|i, x, _| if i >= at { 0.0 } else { x })),
+            (
+                "stuck",
+                Box::new(|i, x, stuck| if i >= at { stuck } else { x }),
+            ),
+            (
+                "noise four times larger",
+                Box::new(|i, x, clean| {
+                    if i >= at {
+                        clean + (x - clean) * 4.0
+                    } else {
+                        x
+                    }
+                }),
+            ),
+        ];
+        let base = healthy(5, 9);
+        let clean: Vec<f64> = (0..base.len())
+            .map(|i| 100.0 + 20.0 * (i as f64 / 288.0 * std::f64::consts::TAU).sin())
+            .collect();
+        for (name, f) in cases {
+            let s: Vec<(i64, f64)> = base
+                .iter()
+                .enumerate()
+                .map(|(i, &(t, x))| {
+                    let other = if name == "stuck" {
+                        base[at - 1].1
+                    } else {
+                        clean[i]
+                    };
+                    (t, f(i, x, other))
+                })
+                .collect();
+            let a = alerts(&s);
+            let first = a.iter().find(|&&i| i >= at).copied();
+            assert!(
+                first.is_some_and(|i| i - at <= 5),
+                "{name}: first alert {first:?} after {at}; all {a:?}"
+            );
+            assert!(a.iter().all(|&i| i < 288 || i >= at), "{name}: {a:?}");
+        }
+    }
+
+    #[test]
+    fn memory_is_fixed_and_nan_changes_nothing() {
+        let s = healthy(10, 4);
+        let mut a = SeasonalCusum::default();
+        let mut b = SeasonalCusum::default();
+        let m0 = a.memory_bytes();
+        for &(t, x) in &s {
+            assert_eq!(b.observe(t, f64::NAN).score, 0.0);
+            assert_eq!(a.observe(t, x), b.observe(t, x));
+        }
+        assert_eq!(a.memory_bytes(), m0);
+        assert!(m0 <= 8 * 1024, "{m0}");
+    }
+
+    #[test]
+    fn constant_and_hostile_input_stays_in_range() {
+        let mut d = SeasonalCusum::default();
+        for i in 0..3000 {
+            let v = d.observe(i * 60_000, 42.0);
+            assert!(!v.alert && v.score == 0.0, "row {i}: {v:?}");
+        }
+        // A constant series that changes: infinitely many scales away, still a score of 1.
+        let v = d.observe(3000 * 60_000, 43.0);
+        assert!(v.alert && (0.0..=1.0).contains(&v.score), "{v:?}");
+        for (i, x) in [1e300, -1e300, f64::MAX, f64::MIN, 0.0, 1e-300]
+            .into_iter()
+            .enumerate()
+        {
+            let v = d.observe(4_000 * 60_000 + i as i64, x);
+            assert!((0.0..=1.0).contains(&v.score), "{x}: {v:?}");
+        }
+        // Time going back or standing still is judged as it comes.
+        for t in [10, 10, 5, -86_400_000_000] {
+            assert!((0.0..=1.0).contains(&d.observe(t, 42.0).score));
+        }
+    }
+
+    /// The score column is a score: grading keeps every alert decision of the graded detector
+    /// and only moves its scores.
+    #[test]
+    fn grading_keeps_the_alerts() {
+        for s in generate(Split::Dev, 24) {
+            let mut plain = Suppressed::new(TwoScaleEntropy::new(), RE_SUPPRESS_POINTS);
+            let mut graded = Graded::new(
+                Suppressed::new(TwoScaleEntropy::new(), RE_SUPPRESS_POINTS),
+                SeasonalCusum::default(),
+            );
+            for (&t, &x) in s.ts_ms.iter().zip(&s.values) {
+                let (p, g) = (plain.observe(t, x), graded.observe(t, x));
+                assert_eq!(p.alert, g.alert);
+                assert!(
+                    if g.alert {
+                        g.score >= 0.5
+                    } else {
+                        g.score <= 0.25
+                    },
+                    "{g:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_generated_faults_are_mostly_caught() {
+        // A small fixed sample of the development split, as a regression guard: the full figures
+        // come from `bellwether bench detect-faults`.
+        let corpus = generate(Split::Dev, 96);
+        let r = crate::faults::evaluate(&corpus, || DetectorKind::SeasonalCusum.build());
+        assert!(r.overall.recall >= 0.9, "{r:?}");
+        assert!(r.overall.median_delay.is_some_and(|d| d <= 5.0), "{r:?}");
+        assert!(r.false_alarms_per_10k <= 1.0, "{r:?}");
+        let stuck = r
+            .by_kind
+            .iter()
+            .find(|k| k.kind == FaultKind::Stuck.name())
+            .unwrap();
+        assert_eq!(stuck.recall, 1.0, "{stuck:?}");
+    }
+}
