@@ -363,6 +363,9 @@ mod tests {
             .collect()
     }
 
+    /// Changes row `i` of value `x`, given the clean value (or the value to stick at).
+    type Inject = Box<dyn Fn(usize, f64, f64) -> f64>;
+
     fn alerts(series: &[(i64, f64)]) -> Vec<usize> {
         let mut d = DetectorKind::SeasonalCusum.build();
         series
@@ -384,25 +387,26 @@ mod tests {
 
     #[test]
     fn each_kind_is_caught_within_a_few_points() {
-        let at = 3 * 288 + 100;
-        let cases: [(&str, Box<dyn Fn(usize, f64, f64) -> f64>); 5] = [
+        const AT: usize = 3 * 288 + 100;
+        let at = AT;
+        let cases: [(&str, Inject); 5] = [
             (
                 "level shift of 4 sd",
-                Box::new(|i, x, _| if i >= at { x + 8.0 } else { x }),
+                Box::new(|i, x, _| if i >= AT { x + 8.0 } else { x }),
             ),
             (
                 "spike of 8 sd",
-                Box::new(|i, x, _| if i == at { x + 16.0 } else { x }),
+                Box::new(|i, x, _| if i == AT { x + 16.0 } else { x }),
             ),
-            ("outage", Box::new(|i, x, _| if i >= at { 0.0 } else { x })),
+            ("outage", Box::new(|i, x, _| if i >= AT { 0.0 } else { x })),
             (
                 "stuck",
-                Box::new(|i, x, stuck| if i >= at { stuck } else { x }),
+                Box::new(|i, x, stuck| if i >= AT { stuck } else { x }),
             ),
             (
                 "noise four times larger",
                 Box::new(|i, x, clean| {
-                    if i >= at {
+                    if i >= AT {
                         clean + (x - clean) * 4.0
                     } else {
                         x

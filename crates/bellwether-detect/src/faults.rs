@@ -360,8 +360,7 @@ fn kind_report(
     let mut delays: Vec<usize> = Vec::new();
     let mut faults = 0;
     for (k, o) in outcomes {
-        if let Some(k) = k.filter(|&k| pick(k)) {
-            let _ = k;
+        if k.is_some_and(&pick) {
             faults += 1;
             delays.extend(o.delay);
         }
