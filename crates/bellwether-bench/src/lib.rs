@@ -9,6 +9,7 @@
 pub mod agent_memory;
 pub mod config_sim;
 pub mod config_learn;
+pub mod detect_faults;
 pub mod drift;
 pub mod ingest;
 pub mod load;

@@ -10,7 +10,7 @@ use bellwether_detect::anomaly::{Detector, DetectorKind, RelativeEntropy};
 use bellwether_detect::cad::{Cad, CadConfig, CadRange};
 use bellwether_detect::nab::probation_len;
 use bellwether_detect::nab::{parse_windows, score_verdicts, CorpusFile, Evaluation, LabelledFile};
-use bellwether_detect::series::parse_series_unordered;
+use bellwether_detect::series::parse_series;
 
 use crate::{BenchError, Context as _, Output, Result, Verdict};
 
@@ -49,8 +49,13 @@ fn load(dir: &Path) -> Result<Vec<CorpusFile>> {
         let path = dir.join("data").join(name);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| BenchError::Usage(format!("{}: cannot read: {e}", path.display())))?;
-        let series = parse_series_unordered(&path.display().to_string(), &text)
+        // The parser `bellwether detect` uses: NAB's files repeat timestamps at clock changes
+        // and a few step back; such rows are kept in order (NAB scores by row), with warnings.
+        let series = parse_series(&path.display().to_string(), &text)
             .map_err(|e| BenchError::Usage(e.to_string()))?;
+        for w in &series.warnings {
+            tracing::debug!(warning = %w, "A timestamp goes back.");
+        }
         let ts: Vec<i64> = series.points.iter().map(|p| p.ts_ms).collect();
         let labels =
             LabelledFile::new(name, &ts, limits).map_err(|e| BenchError::Usage(e.to_string()))?;

@@ -21,6 +21,8 @@
 
 pub mod anomaly;
 pub mod cad;
+pub mod changepoint;
+pub mod faults;
 pub mod judge;
 pub mod nab;
 pub mod series;

@@ -36,14 +36,6 @@ pub enum SeriesError {
         text: String,
         what: &'static str,
     },
-    #[error(
-        "{source_name}: line {line}: timestamp `{text}` is not after the previous row's timestamp"
-    )]
-    NotIncreasing {
-        source_name: String,
-        line: usize,
-        text: String,
-    },
     #[error("{source_name}: the file has a header but no rows")]
     NoRows { source_name: String },
     #[error("{source_name}: line {line}, column `{column}`: a quoted field is never closed (a `\"` opens it and the row, or the file, ends first)")]
@@ -74,6 +66,24 @@ pub struct Point {
 pub struct Series {
     pub points: Vec<Point>,
     pub timestamp_text: Vec<String>,
+    /// Rows whose timestamp is before the previous row's (the first [`MAX_WARNINGS`]).
+    pub warnings: Vec<SeriesWarning>,
+    /// How many rows went back in time, all of them.
+    pub backwards: usize,
+}
+
+/// Rows going back in time that a [`Series`] keeps a warning for; the rest are only counted.
+pub const MAX_WARNINGS: usize = 20;
+
+/// A row whose timestamp is before the previous row's. The row is kept, in file order: a clock
+/// change or a collector's retry does this in real files, and NAB scores such files by row.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{source_name}: line {line}: timestamp `{text}` is before the previous row's `{previous}`; the row is kept in file order")]
+pub struct SeriesWarning {
+    pub source_name: String,
+    pub line: usize,
+    pub text: String,
+    pub previous: String,
 }
 
 /// Parses a timestamp: `YYYY-MM-DD HH:MM:SS[.fff]`, the same with `T` and an optional `Z`, or a
@@ -301,23 +311,12 @@ fn unparseable(
 }
 
 /// Parses a `timestamp,value` CSV (a header row naming both columns, other columns ignored).
-/// Timestamps must increase strictly.
+///
+/// This one parser serves `bellwether detect` and `bellwether bench nab`: the user's file is the
+/// specification. Rows keep their file order. Equal timestamps are accepted silently (a
+/// CloudWatch export repeats `2014-03-09 03:00:00` at the daylight-saving change); a timestamp
+/// before the previous row's is accepted with a [`SeriesWarning`].
 pub fn parse_series(source_name: &str, text: &str) -> Result<Series, SeriesError> {
-    parse_series_ordered(source_name, text, false)
-}
-
-/// As [`parse_series`], but timestamps need not increase. NAB's own files repeat or step back a
-/// few timestamps around clock changes and NAB scores rows by position; the benchmark reads them
-/// with this. Nothing else should.
-pub fn parse_series_unordered(source_name: &str, text: &str) -> Result<Series, SeriesError> {
-    parse_series_ordered(source_name, text, true)
-}
-
-fn parse_series_ordered(
-    source_name: &str,
-    text: &str,
-    unordered: bool,
-) -> Result<Series, SeriesError> {
     let (cols, rows) = read_csv(source_name, text)?;
     let ti = column(source_name, &cols, "timestamp")?;
     let vi = column(source_name, &cols, "value")?;
@@ -330,13 +329,17 @@ fn parse_series_ordered(
         })?;
         let value = parse_value(v_text)
             .ok_or_else(|| unparseable(source_name, row.line, "value", v_text, "a number"))?;
-        if let Some(prev) = out.points.last() {
-            if ts_ms <= prev.ts_ms && !unordered {
-                return Err(SeriesError::NotIncreasing {
-                    source_name: source_name.into(),
-                    line: row.line,
-                    text: quote(ts_text),
-                });
+        if let (Some(prev), Some(prev_text)) = (out.points.last(), out.timestamp_text.last()) {
+            if ts_ms < prev.ts_ms {
+                out.backwards += 1;
+                if out.warnings.len() < MAX_WARNINGS {
+                    out.warnings.push(SeriesWarning {
+                        source_name: source_name.into(),
+                        line: row.line,
+                        text: quote(ts_text),
+                        previous: quote(prev_text),
+                    });
+                }
             }
         }
         out.points.push(Point { ts_ms, value });
@@ -524,17 +527,55 @@ mod tests {
             "s.csv: line 3, column `value`: cannot parse `x` as a number"
         );
         assert_eq!(
-            e("timestamp,value\n2,2\n2,3\n"),
-            "s.csv: line 3: timestamp `2` is not after the previous row's timestamp"
-        );
-        assert!(parse_series_unordered("s.csv", "timestamp,value\n2,2\n2,3\n1,3\n").is_ok());
-        assert_eq!(
             e("timestamp,value\n1\n"),
             "s.csv: line 2: expected 2 fields, found 1"
         );
         assert_eq!(
             e("timestamp,value\nnoon,1\n"),
             "s.csv: line 2, column `timestamp`: cannot parse `noon` as a timestamp"
+        );
+    }
+
+    /// Issue 10: `detect` refused a real NAB file (ec2_cpu_utilization_ac20cd repeats
+    /// `2014-03-09 03:00:00` at the daylight-saving change) that `bench nab` accepted.
+    #[test]
+    fn equal_timestamps_are_kept_and_going_back_is_a_warning() {
+        let dst = "timestamp,value\n2014-03-09 02:55:00,1\n2014-03-09 03:00:00,2\n2014-03-09 03:00:00,3\n2014-03-09 03:05:00,4\n";
+        let s = parse_series("ec2.csv", dst).unwrap();
+        assert_eq!(s.points.len(), 4);
+        assert_eq!(s.points[1].ts_ms, s.points[2].ts_ms);
+        assert_eq!(
+            s.points.iter().map(|p| p.value).collect::<Vec<_>>(),
+            [1.0, 2.0, 3.0, 4.0]
+        );
+        assert!(s.warnings.is_empty() && s.backwards == 0);
+
+        let back = parse_series("b.csv", "timestamp,value\n100,1\n200,2\n150,3\n300,4\n").unwrap();
+        assert_eq!(
+            back.points.iter().map(|p| p.ts_ms).collect::<Vec<_>>(),
+            [100_000, 200_000, 150_000, 300_000],
+            "rows keep file order"
+        );
+        assert_eq!(back.backwards, 1);
+        assert_eq!(
+            back.warnings[0].to_string(),
+            "b.csv: line 4: timestamp `150` is before the previous row's `200`; the row is kept in file order"
+        );
+        // Many rows going back: every one is counted, the first MAX_WARNINGS are kept.
+        let mut t = String::from("timestamp,value\n");
+        for i in 0..100 {
+            t.push_str(&format!("{},1\n", 1000 - i));
+        }
+        let many = parse_series("m.csv", &t).unwrap();
+        assert_eq!(many.backwards, 99);
+        assert_eq!(many.warnings.len(), MAX_WARNINGS);
+        assert_eq!(many.warnings[0].line, 3);
+        // Bad rows after a backward one are still errors with file, line and column.
+        assert_eq!(
+            parse_series("b.csv", "timestamp,value\n200,1\n100,2\n300,zz\n")
+                .unwrap_err()
+                .to_string(),
+            "b.csv: line 4, column `value`: cannot parse `zz` as a number"
         );
     }
 
