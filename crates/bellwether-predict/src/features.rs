@@ -5,6 +5,12 @@
 //! histogram training. A categorical feature maps each frequent category to a small integer
 //! code; code 0 is "missing" and code 1 is "other", which also takes categories never seen in
 //! training. Both estimators and the explanations work on these "prepared" rows.
+//!
+//! A value training had (almost) no rows of has no learnt meaning: a category never seen (when
+//! training pooled no rare categories into "other"), a missing categorical cell when training
+//! had none, a missing number when training had none. [`Feature::is_unknown`] names them; the
+//! model treats such a feature as unknown for that row (averaged over the training rows) instead
+//! of sending it down whichever branch the trees happened to give the empty code.
 
 use std::collections::HashMap;
 
@@ -80,6 +86,11 @@ pub enum FeatureKind {
     Categorical {
         /// The categories with their own code; category `i` has code `i + 2`.
         categories: Vec<String>,
+        /// The codes among "missing" (0) and "other" (1) that training had fewer than the
+        /// rows a category needs of: their cells are unknown at prediction time. `None` in
+        /// model files written before this field existed (their codes route as trained).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unlearnt: Option<Vec<u32>>,
         #[serde(skip)]
         lookup: HashMap<String, u32>,
     },
@@ -88,7 +99,10 @@ pub enum FeatureKind {
 impl Feature {
     /// Rebuilds lookup tables after deserialisation.
     pub(crate) fn rebuild(&mut self) {
-        if let FeatureKind::Categorical { categories, lookup } = &mut self.kind {
+        if let FeatureKind::Categorical {
+            categories, lookup, ..
+        } = &mut self.kind
+        {
             *lookup = categories
                 .iter()
                 .enumerate()
@@ -99,6 +113,29 @@ impl Feature {
 
     pub fn is_categorical(&self) -> bool {
         matches!(self.kind, FeatureKind::Categorical { .. })
+    }
+
+    /// Whether a prepared value is one training had too few rows of to learn from: a missing
+    /// number when training saw no missing cells, or a categorical code listed as unlearnt
+    /// (a category never seen, or a missing cell, when training had too few such rows).
+    #[inline]
+    pub fn is_unknown(&self, prepared: f64) -> bool {
+        match &self.kind {
+            FeatureKind::Numeric { missing_seen, .. } => prepared.is_nan() && !missing_seen,
+            FeatureKind::Categorical { unlearnt, .. } => unlearnt
+                .as_ref()
+                .is_some_and(|u| u.iter().any(|&c| c as f64 == prepared)),
+        }
+    }
+
+    /// Whether any value of this feature can be unknown (see [`Feature::is_unknown`]).
+    pub fn can_be_unknown(&self) -> bool {
+        match &self.kind {
+            FeatureKind::Numeric { missing_seen, .. } => !missing_seen,
+            FeatureKind::Categorical { unlearnt, .. } => {
+                unlearnt.as_ref().is_some_and(|u| !u.is_empty())
+            }
+        }
     }
 
     /// The number of histogram bins this feature uses (bin 0 is missing).
@@ -277,11 +314,20 @@ fn fit_feature(
     // Most frequent first, then by name, so that the codes do not depend on hash order.
     frequent.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     frequent.truncate(MAX_BINS - 2);
+    let coded: usize = frequent.iter().map(|(_, n)| n).sum();
+    let missing_rows = cells.len() - present.len();
+    let other_rows = present.len() - coded;
+    let unlearnt: Vec<u32> = [(CAT_MISSING, missing_rows), (CAT_OTHER, other_rows)]
+        .into_iter()
+        .filter(|&(_, n)| n < min_category_rows.max(1))
+        .map(|(c, _)| c)
+        .collect();
     let categories: Vec<String> = frequent.into_iter().map(|(c, _)| c).collect();
     let mut f = Feature {
         name: name.to_string(),
         kind: FeatureKind::Categorical {
             categories,
+            unlearnt: Some(unlearnt),
             lookup: HashMap::new(),
         },
     };
@@ -474,6 +520,50 @@ mod tests {
             Ok(CAT_OTHER as f64)
         );
         assert_eq!(os.prepare(&FeatureValue::Missing), Ok(CAT_MISSING as f64));
+    }
+
+    #[test]
+    fn codes_training_had_too_few_rows_of_are_unknown() {
+        let o = SchemaOptions {
+            min_category_rows: 10,
+            ..opts()
+        };
+        // Two frequent categories, no missing cells, no rare ones: "other" and "missing" are
+        // unlearnt, so an unseen category and a missing cell are unknown.
+        let csv = String::from("os,n,outcome\n") + &"a,1,1\nb,2,0\n".repeat(10);
+        let (f, _) = infer_features(&frame(&csv), &o).unwrap();
+        let cat = FeatureValue::Category("zzz".into());
+        assert!(f[0].is_unknown(f[0].prepare(&cat).unwrap()));
+        assert!(f[0].is_unknown(f[0].prepare(&FeatureValue::Missing).unwrap()));
+        assert!(!f[0].is_unknown(f[0].prepare(&FeatureValue::Category("a".into())).unwrap()));
+        assert!(f[0].can_be_unknown());
+        // The numeric column had no missing cells: a missing number is unknown.
+        assert!(f[1].is_unknown(f[1].prepare(&FeatureValue::Missing).unwrap()));
+        assert!(!f[1].is_unknown(f[1].prepare(&FeatureValue::Number(7.0)).unwrap()));
+        // Ten rare categories pooled into "other" and ten missing cells: both learnt.
+        let mut csv = String::from("os,n,outcome\n") + &"a,1,1\nb,2,0\n".repeat(10);
+        for i in 0..10 {
+            csv.push_str(&format!("rare{i},,{}\n,3,{}\n", i % 2, (i + 1) % 2));
+        }
+        let (f, _) = infer_features(&frame(&csv), &o).unwrap();
+        assert!(!f[0].is_unknown(f[0].prepare(&cat).unwrap()));
+        assert!(!f[0].is_unknown(f[0].prepare(&FeatureValue::Missing).unwrap()));
+        assert!(!f[0].can_be_unknown());
+        assert!(!f[1].is_unknown(f[1].prepare(&FeatureValue::Missing).unwrap()));
+    }
+
+    #[test]
+    fn a_model_file_without_unlearnt_codes_routes_them_as_trained() {
+        let json = r#"{"name":"os","kind":{"type":"categorical","categories":["a","b"]}}"#;
+        let mut f: Feature = serde_json::from_str(json).unwrap();
+        f.rebuild();
+        let v = f.prepare(&FeatureValue::Category("zzz".into())).unwrap();
+        assert_eq!(v, CAT_OTHER as f64);
+        assert!(!f.is_unknown(v) && !f.can_be_unknown());
+        // And a new file keeps the list through JSON.
+        let (g, _) = infer_features(&frame("os,outcome\na,1\nb,0\na,0\n"), &opts()).unwrap();
+        let back: Feature = serde_json::from_str(&serde_json::to_string(&g[0]).unwrap()).unwrap();
+        assert!(back.is_unknown(CAT_OTHER as f64));
     }
 
     #[test]

@@ -27,6 +27,6 @@ pub use frame::{FeatureValue, Frame};
 pub use gbdt::GbdtParams;
 pub use metrics::Scores;
 pub use model::{
-    format_factors, Evaluation, FramePredictions, Method, MethodScore, Model, Prediction,
-    TrainOptions, TrainSummary, TrainingRow,
+    format_factors, Evaluation, FramePredictions, Method, MethodScore, Model, PartScores,
+    Prediction, TrainOptions, TrainSummary, TrainingRow, UnseenSplit,
 };

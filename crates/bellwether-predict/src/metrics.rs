@@ -83,7 +83,11 @@ pub struct ReliabilityBin {
     pub observed_rate: f64,
 }
 
-/// Ten equal-width bins of predicted probability; empty bins are left out.
+/// The number of bins of the reliability table and of the ECE in [`score`].
+pub const ECE_BINS: usize = 10;
+
+/// `bins` equal-width bins of predicted probability: bin `k` holds the rows with
+/// `k/bins <= p < (k+1)/bins`, and the last bin also holds `p = 1`. Empty bins are left out.
 pub fn reliability(p: &[f64], y: &[bool], bins: usize) -> Vec<ReliabilityBin> {
     let mut acc = vec![(0usize, 0.0f64, 0usize); bins];
     for (&p, &y) in p.iter().zip(y) {
@@ -105,7 +109,10 @@ pub fn reliability(p: &[f64], y: &[bool], bins: usize) -> Vec<ReliabilityBin> {
         .collect()
 }
 
-/// Expected calibration error: the row-weighted mean gap between predicted and observed.
+/// Expected calibration error of a reliability table: over its bins, the gap between the mean
+/// predicted probability and the observed failure rate, weighted by the bin's share of rows,
+/// `Σ_k (n_k / n) · |mean p_k − rate_k|`. With [`score`] the bins are [`ECE_BINS`] equal-width
+/// bins of predicted probability (see [`reliability`]). 0 for an empty table.
 pub fn calibration_error(table: &[ReliabilityBin]) -> f64 {
     let n: usize = table.iter().map(|b| b.rows).sum();
     table
@@ -128,7 +135,7 @@ pub struct Scores {
 }
 
 pub fn score(p: &[f64], y: &[bool]) -> Scores {
-    let reliability = reliability(p, y, 10);
+    let reliability = reliability(p, y, ECE_BINS);
     Scores {
         rows: p.len(),
         failures: y.iter().filter(|v| **v).count(),
@@ -164,6 +171,26 @@ mod tests {
         let y = [true, false, true, false];
         assert!((brier(&p, &y) - 0.25).abs() < 1e-12);
         assert!((log_loss(&p, &y) - std::f64::consts::LN_2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ece_is_the_row_weighted_gap_of_equal_width_bins() {
+        // Bin [0.1, 0.2): rows 0.1 and 0.1, one failure: mean 0.1, rate 0.5, gap 0.4.
+        // Bin [0.9, 1.0]: rows 0.9 and 1.0, both failures: mean 0.95, rate 1, gap 0.05.
+        let p = [0.1, 0.1, 0.9, 1.0];
+        let y = [true, false, true, true];
+        let t = reliability(&p, &y, ECE_BINS);
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].low, t[0].high, t[0].rows), (0.1, 0.2, 2));
+        assert_eq!((t[1].low, t[1].high, t[1].rows), (0.9, 1.0, 2));
+        let ece = calibration_error(&t);
+        assert!((ece - (0.5 * 0.4 + 0.5 * 0.05)).abs() < 1e-12, "{ece}");
+        assert!((score(&p, &y).calibration_error - ece).abs() < 1e-15);
+        // Calibrated within each bin: zero; no rows: zero, not NaN.
+        let p = [0.25, 0.25, 0.25, 0.25];
+        let y = [true, false, false, false];
+        assert!(calibration_error(&reliability(&p, &y, ECE_BINS)).abs() < 1e-12);
+        assert_eq!(calibration_error(&[]), 0.0);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::features::{
     infer_features, prepare_frame, prepare_row, Feature, Prepared, SchemaOptions, SkippedColumn,
 };
 use crate::frame::{FeatureValue, Frame};
-use crate::gbdt::{self, Gbdt, GbdtLog, GbdtParams};
+use crate::gbdt::{self, Gbdt, GbdtLog, GbdtParams, Node, Tree};
 use crate::logistic::Logistic;
 use crate::metrics::{self, sigmoid, Scores};
 use crate::shap::{tree_shap_with_depth, ShapBuffer};
@@ -96,6 +96,66 @@ impl Estimator {
         }
     }
 
+    /// The margin with the features in `unknown` averaged over the training rows: at a split
+    /// on such a feature the trees take both branches, weighted by their cover (the rows
+    /// training sent each way); the logistic baseline drops their contributions, which puts
+    /// them at their training mean.
+    fn margin_marginal(&self, x: &[f64], unknown: &[bool]) -> f64 {
+        match self {
+            Estimator::Gbdt(g) => {
+                g.init
+                    + g.trees
+                        .iter()
+                        .map(|t| marginal_value(t, 0, x, unknown))
+                        .sum::<f64>()
+            }
+            Estimator::Logistic(l) => {
+                let mut phi = vec![0.0; x.len()];
+                l.contributions(x, &mut phi);
+                l.margin(x)
+                    - phi
+                        .iter()
+                        .zip(unknown)
+                        .filter(|(_, u)| **u)
+                        .map(|(p, _)| p)
+                        .sum::<f64>()
+            }
+        }
+    }
+
+    /// Contributions with the features in `unknown` averaged over the training rows: they get
+    /// zero, and the others are the exact Shapley values of the averaged model (the trees are
+    /// rewritten without their splits on unknown features; see [`split_unknown`]).
+    fn contributions_marginal(
+        &self,
+        x: &[f64],
+        unknown: &[bool],
+        phi: &mut [f64],
+        buf: &mut ShapBuffer,
+    ) {
+        phi.iter_mut().for_each(|p| *p = 0.0);
+        match self {
+            Estimator::Gbdt(g) => {
+                let mut parts = Vec::new();
+                for t in &g.trees {
+                    parts.clear();
+                    split_unknown(t, unknown, 1.0, &mut parts);
+                    for p in &parts {
+                        tree_shap_with_depth(p, p.depth(), x, phi, buf);
+                    }
+                }
+            }
+            Estimator::Logistic(l) => {
+                l.contributions(x, phi);
+                for (p, u) in phi.iter_mut().zip(unknown) {
+                    if *u {
+                        *p = 0.0;
+                    }
+                }
+            }
+        }
+    }
+
     fn expected_margin(&self) -> f64 {
         match self {
             Estimator::Gbdt(g) => g.expected_margin(),
@@ -155,6 +215,10 @@ pub struct Model {
     estimator: Estimator,
     calibration: Platt,
     summary: TrainSummary,
+    /// Whether values training never learnt are averaged over the training rows (the default)
+    /// or routed as the trees happened to route their empty codes (the behaviour before; kept
+    /// for `bellwether bench model` to measure the difference).
+    average_unknown: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -199,6 +263,31 @@ pub struct Evaluation {
     /// The model's Brier score over the oracle's.
     pub brier_ratio: Option<f64>,
     pub absent_columns: Vec<String>,
+    /// The rows split by whether they hold a value training never saw (a new category, a
+    /// missing cell where training had none): scores on each part, so that calibration on
+    /// unseen categories is visible apart from the rest. Absent in output of older builds.
+    #[serde(default)]
+    pub unseen_split: Option<UnseenSplit>,
+}
+
+/// Scores on the rows holding a value training never saw, and on the others.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnseenSplit {
+    /// Rows with at least one such value (for example a category that is not in the model).
+    pub unseen: Option<PartScores>,
+    /// The other rows.
+    pub seen: Option<PartScores>,
+    /// For each feature with such values, how many rows hold one.
+    pub unseen_by_feature: Vec<(String, usize)>,
+}
+
+/// Scores on a part of the rows; `None` parts had no rows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartScores {
+    pub model: Scores,
+    pub oracle: Option<Scores>,
+    /// The model's Brier score over the oracle's on these rows.
+    pub brier_ratio: Option<f64>,
 }
 
 /// A row for training from memory: feature values by column name, and whether it failed.
@@ -307,7 +396,15 @@ impl Model {
                     Estimator::Logistic(Logistic::fit(&features, &fx, &fy, opts.logistic_l2))
                 }
             };
-            let margins: Vec<f64> = (0..hx.rows()).map(|i| est.margin(hx.row(i))).collect();
+            let margins: Vec<f64> = (0..hx.rows())
+                .map(|i| {
+                    let x = hx.row(i);
+                    match unknown_in(&features, x) {
+                        None => est.margin(x),
+                        Some(u) => est.margin_marginal(x, &u),
+                    }
+                })
+                .collect();
             let platt = Platt::fit(&margins, &hy);
             let probs: Vec<f64> = margins.iter().map(|m| platt.probability(*m)).collect();
             let s = metrics::score(&probs, &hy);
@@ -342,6 +439,7 @@ impl Model {
             estimator,
             calibration,
             summary,
+            average_unknown: true,
         })
     }
 
@@ -365,21 +463,44 @@ impl Model {
         self.calibration
     }
 
-    /// The raw (uncalibrated) log-odds for a prepared row.
+    /// Which features of a prepared row hold a value training never learnt (see
+    /// [`Feature::is_unknown`]); `None` when there is none, the common case.
+    pub fn unknown_features(&self, x: &[f64]) -> Option<Vec<bool>> {
+        if !self.average_unknown {
+            return None;
+        }
+        unknown_in(&self.features, x)
+    }
+
+    /// Turns the averaging of values training never learnt on (the default) or off (route
+    /// them down the branch the trees gave their empty code, as models did before). For
+    /// measuring the difference; predictions should keep the default.
+    pub fn set_average_unknown(&mut self, on: bool) {
+        self.average_unknown = on;
+    }
+
+    /// The raw (uncalibrated) log-odds for a prepared row. Features holding a value training
+    /// never learnt are averaged over the training rows.
     pub fn margin_prepared(&self, x: &[f64]) -> f64 {
-        self.estimator.margin(x)
+        match self.unknown_features(x) {
+            None => self.estimator.margin(x),
+            Some(u) => self.estimator.margin_marginal(x, &u),
+        }
     }
 
     /// The calibrated probability for a prepared row.
     #[inline]
     pub fn probability_prepared(&self, x: &[f64]) -> f64 {
-        self.calibration.probability(self.estimator.margin(x))
+        self.calibration.probability(self.margin_prepared(x))
     }
 
     /// Raw contributions (log-odds, before calibration) and the raw base value, for a prepared
     /// row. Their sum is [`Model::margin_prepared`].
     pub fn raw_contributions(&self, x: &[f64], phi: &mut [f64], buf: &mut ShapBuffer) -> f64 {
-        self.estimator.contributions(x, phi, buf);
+        match self.unknown_features(x) {
+            None => self.estimator.contributions(x, phi, buf),
+            Some(u) => self.estimator.contributions_marginal(x, &u, phi, buf),
+        }
         self.estimator.expected_margin()
     }
 
@@ -390,7 +511,16 @@ impl Model {
         phi: &mut [f64],
         buf: &mut ShapBuffer,
     ) -> Prediction {
-        self.estimator.contributions(x, phi, buf);
+        let margin = match self.unknown_features(x) {
+            None => {
+                self.estimator.contributions(x, phi, buf);
+                self.estimator.margin(x)
+            }
+            Some(u) => {
+                self.estimator.contributions_marginal(x, &u, phi, buf);
+                self.estimator.margin_marginal(x, &u)
+            }
+        };
         let slope = self.calibration.slope;
         let mut factors: Vec<(String, f64)> = self
             .features
@@ -400,7 +530,7 @@ impl Model {
             .collect();
         factors.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         Prediction {
-            probability: Unit::saturating(self.probability_prepared(x)),
+            probability: Unit::saturating(self.calibration.probability(margin)),
             base_value: self.calibration.logit(base),
             contributing_factors: factors,
         }
@@ -443,6 +573,13 @@ impl Model {
                 .enumerate()
                 .for_each(|(i, m)| *m = l.margin(x.row(i))),
         }
+        if self.average_unknown && self.features.iter().any(Feature::can_be_unknown) {
+            for (i, m) in out.iter_mut().enumerate() {
+                if let Some(u) = self.unknown_features(x.row(i)) {
+                    *m = self.estimator.margin_marginal(x.row(i), &u);
+                }
+            }
+        }
         out.iter_mut()
             .for_each(|m| *m = self.calibration.probability(*m));
         out
@@ -466,7 +603,8 @@ impl Model {
     /// Scores the model on a frame with the label column (and, if present, `_p`).
     pub fn evaluate(&self, frame: &Frame) -> Result<Evaluation, PredictError> {
         let y = frame.labels(&self.label)?;
-        let (p, absent_columns) = self.probabilities(frame)?;
+        let (x, absent_columns) = self.prepare(frame)?;
+        let p = self.probabilities_prepared(&x);
         let model = metrics::score(&p, &y);
         let oracle_p: Option<Vec<f64>> = frame.column("_p").and_then(|c| {
             c.iter()
@@ -476,7 +614,7 @@ impl Model {
                 })
                 .collect()
         });
-        let oracle = oracle_p.map(|op| metrics::score(&op, &y));
+        let oracle = oracle_p.as_ref().map(|op| metrics::score(op, &y));
         let auc_ratio = match (&oracle, model.roc_auc) {
             (Some(o), Some(a)) => o
                 .roc_auc
@@ -495,7 +633,64 @@ impl Model {
             auc_ratio,
             brier_ratio,
             absent_columns,
+            unseen_split: Some(self.unseen_split(&x, &p, &y, oracle_p.as_deref())),
         })
+    }
+
+    /// Scores the rows holding a value training never saw apart from the others.
+    fn unseen_split(
+        &self,
+        x: &Prepared,
+        p: &[f64],
+        y: &[bool],
+        oracle: Option<&[f64]>,
+    ) -> UnseenSplit {
+        let mut by_feature = vec![0usize; self.features.len()];
+        let mut unseen_rows = Vec::new();
+        let mut seen_rows = Vec::new();
+        for i in 0..x.rows() {
+            let mut any = false;
+            for (j, (f, &v)) in self.features.iter().zip(x.row(i)).enumerate() {
+                if f.is_unknown(v) {
+                    by_feature[j] += 1;
+                    any = true;
+                }
+            }
+            if any {
+                unseen_rows.push(i);
+            } else {
+                seen_rows.push(i);
+            }
+        }
+        let part = |rows: &[usize]| -> Option<PartScores> {
+            if rows.is_empty() {
+                return None;
+            }
+            let take = |v: &[f64]| rows.iter().map(|&i| v[i]).collect::<Vec<f64>>();
+            let ys: Vec<bool> = rows.iter().map(|&i| y[i]).collect();
+            let model = metrics::score(&take(p), &ys);
+            let oracle = oracle.map(|o| metrics::score(&take(o), &ys));
+            let brier_ratio = oracle
+                .as_ref()
+                .filter(|o| o.brier > 0.0)
+                .map(|o| model.brier / o.brier);
+            Some(PartScores {
+                model,
+                oracle,
+                brier_ratio,
+            })
+        };
+        UnseenSplit {
+            unseen: part(&unseen_rows),
+            seen: part(&seen_rows),
+            unseen_by_feature: self
+                .features
+                .iter()
+                .zip(by_feature)
+                .filter(|(_, n)| *n > 0)
+                .map(|(f, n)| (f.name.clone(), n))
+                .collect(),
+        }
     }
 
     /// Writes the model as JSON.
@@ -585,8 +780,146 @@ impl Model {
             estimator: file.estimator,
             calibration: file.calibration,
             summary: file.summary,
+            average_unknown: true,
         })
     }
+}
+
+fn unknown_in(features: &[Feature], x: &[f64]) -> Option<Vec<bool>> {
+    let any = features.iter().zip(x).any(|(f, &v)| f.is_unknown(v));
+    any.then(|| {
+        features
+            .iter()
+            .zip(x)
+            .map(|(f, &v)| f.is_unknown(v))
+            .collect()
+    })
+}
+
+/// A tree's output with the features in `unknown` averaged over the training rows: at a split
+/// on an unknown feature, both children weighted by their cover.
+fn marginal_value(t: &Tree, i: usize, x: &[f64], unknown: &[bool]) -> f64 {
+    match &t.nodes[i] {
+        Node::Leaf { value, .. } => *value,
+        Node::Split {
+            feature,
+            rule,
+            left,
+            right,
+            cover,
+        } => {
+            let f = *feature as usize;
+            let (l, r) = (*left as usize, *right as usize);
+            if unknown[f] {
+                (t.nodes[l].cover() * marginal_value(t, l, x, unknown)
+                    + t.nodes[r].cover() * marginal_value(t, r, x, unknown))
+                    / cover
+            } else if rule.goes_left(x[f]) {
+                marginal_value(t, l, x, unknown)
+            } else {
+                marginal_value(t, r, x, unknown)
+            }
+        }
+    }
+}
+
+/// Rewrites `t` (its leaves scaled by `scale`) as a sum of trees without splits on the
+/// features in `unknown`, pushed to `out`. A split on an unknown feature is replaced by its
+/// left child in one copy and by its right child in another, each copy's leaves scaled by the
+/// child's share of the split's cover, and the kept child's covers scaled up to the split's,
+/// so every cover-weighted average above it is unchanged. The sum of the copies equals
+/// [`marginal_value`] on every row, and their expected values sum to the tree's, so TreeSHAP on
+/// the copies gives exact contributions of the averaged tree (zero for unknown features).
+fn split_unknown(t: &Tree, unknown: &[bool], scale: f64, out: &mut Vec<Tree>) {
+    let at = t
+        .nodes
+        .iter()
+        .position(|n| matches!(n, Node::Split { feature, .. } if unknown[*feature as usize]));
+    let Some(n) = at else {
+        let mut t = t.clone();
+        if scale != 1.0 {
+            for node in &mut t.nodes {
+                if let Node::Leaf { value, .. } = node {
+                    *value *= scale;
+                }
+            }
+        }
+        out.push(t);
+        return;
+    };
+    let Node::Split {
+        left, right, cover, ..
+    } = t.nodes[n]
+    else {
+        unreachable!("position found a split")
+    };
+    for child in [left as usize, right as usize] {
+        let share = t.nodes[child].cover() / cover;
+        if share > 0.0 {
+            let mut nodes = vec![Node::Leaf {
+                value: 0.0,
+                cover: 0.0,
+            }];
+            copy_replacing(
+                t,
+                0,
+                0,
+                n,
+                child,
+                cover / t.nodes[child].cover(),
+                false,
+                &mut nodes,
+            );
+            split_unknown(&Tree { nodes }, unknown, scale * share, out);
+        }
+    }
+}
+
+/// Copies the subtree of `t` at `i` into slot `at` of `nodes`, with node `n` replaced by its
+/// child `child`, whose covers are multiplied by `grow`.
+#[allow(clippy::too_many_arguments)]
+fn copy_replacing(
+    t: &Tree,
+    i: usize,
+    at: usize,
+    n: usize,
+    child: usize,
+    grow: f64,
+    inside: bool,
+    nodes: &mut Vec<Node>,
+) {
+    let (i, inside) = if i == n { (child, true) } else { (i, inside) };
+    let k = if inside { grow } else { 1.0 };
+    nodes[at] = match &t.nodes[i] {
+        Node::Leaf { value, cover } => Node::Leaf {
+            value: *value,
+            cover: cover * k,
+        },
+        Node::Split {
+            feature,
+            rule,
+            left,
+            right,
+            cover,
+        } => {
+            let slot = nodes.len();
+            let blank = Node::Leaf {
+                value: 0.0,
+                cover: 0.0,
+            };
+            nodes.push(blank.clone());
+            nodes.push(blank);
+            copy_replacing(t, *left as usize, slot, n, child, grow, inside, nodes);
+            copy_replacing(t, *right as usize, slot + 1, n, child, grow, inside, nodes);
+            Node::Split {
+                feature: *feature,
+                rule: rule.clone(),
+                left: slot as u32,
+                right: slot as u32 + 1,
+                cover: cover * k,
+            }
+        }
+    };
 }
 
 /// Formats the top `n` factors as `column=contribution` pairs joined by `;`.
@@ -607,4 +940,159 @@ pub fn log_odds(p: f64) -> f64 {
 /// `sigmoid(base + Σ contributions)`, which equals the prediction's probability.
 pub fn probability_from_factors(p: &Prediction) -> f64 {
     sigmoid(p.base_value + p.contributing_factors.iter().map(|(_, v)| v).sum::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shap::tree_shap;
+    use crate::synth::{Shape, World};
+
+    /// A model of one categorical feature (`os`: debian, rhel) and one tree: debian left
+    /// (cover 30, −1), rhel right (cover 10, +1). "other" has no training rows; the tree's
+    /// set sends it left, as training sends empty codes to the heavier side.
+    fn tiny() -> Model {
+        let csv = "os,outcome\n".to_string() + &"debian,0\n".repeat(30) + &"rhel,1\n".repeat(10);
+        let frame = Frame::from_csv(csv.as_bytes(), "t.csv").unwrap();
+        let schema = SchemaOptions {
+            label: "outcome".into(),
+            ignore: vec![],
+            min_category_rows: 10,
+        };
+        let (features, _) = infer_features(&frame, &schema).unwrap();
+        let debian = features[0]
+            .prepare(&FeatureValue::Category("debian".into()))
+            .unwrap();
+        let mut left = [0u64; 4];
+        left[0] = 1 << crate::features::CAT_OTHER | 1 << (debian as u64);
+        let tree = Tree {
+            nodes: vec![
+                Node::Split {
+                    feature: 0,
+                    rule: crate::gbdt::Rule::Categorical { left },
+                    left: 1,
+                    right: 2,
+                    cover: 40.0,
+                },
+                Node::Leaf {
+                    value: -1.0,
+                    cover: 30.0,
+                },
+                Node::Leaf {
+                    value: 1.0,
+                    cover: 10.0,
+                },
+            ],
+        };
+        let summary = TrainSummary {
+            source: "t.csv".into(),
+            rows: 40,
+            failures: 10,
+            train_rows: 40,
+            holdout_rows: 0,
+            skipped: vec![],
+            chosen: Method::Gbdt,
+            candidates: vec![],
+            gbdt: None,
+        };
+        Model {
+            label: "outcome".into(),
+            features,
+            estimator: Estimator::Gbdt(Gbdt::new(0.5, vec![tree])),
+            calibration: Platt {
+                slope: 2.0,
+                intercept: -0.25,
+            },
+            summary,
+            average_unknown: true,
+        }
+    }
+
+    fn os(v: &str) -> HashMap<String, FeatureValue> {
+        HashMap::from([("os".to_string(), FeatureValue::parse(v))])
+    }
+
+    #[test]
+    fn an_unseen_category_takes_the_cover_weighted_average_not_a_branch() {
+        let mut m = tiny();
+        let known = m.predict_row(&os("rhel")).unwrap();
+        assert!((log_odds(known.probability.get()) - (2.0 * 1.5 - 0.25)).abs() < 1e-12);
+        // Unseen: 0.5 + (30·(−1) + 10·1)/40 = 0.0 raw, −0.25 calibrated; its factor is 0 and
+        // the base is the calibrated expected margin.
+        let p = m.predict_row(&os("windows")).unwrap();
+        assert!(
+            (log_odds(p.probability.get()) - (-0.25)).abs() < 1e-12,
+            "{p:?}"
+        );
+        assert_eq!(p.contributing_factors, vec![("os".to_string(), 0.0)]);
+        assert!((p.base_value - (-0.25)).abs() < 1e-12);
+        // A missing cell, which training never had, is unknown too.
+        let empty = m.predict_row(&HashMap::new()).unwrap();
+        assert_eq!(empty.probability, p.probability);
+        // The fast path agrees with the explained one.
+        let frame = Frame::from_csv("os\nwindows\nrhel\n".as_bytes(), "x.csv").unwrap();
+        let (probs, _) = m.probabilities(&frame).unwrap();
+        assert!((probs[0] - p.probability.get()).abs() < 1e-15);
+        // Before: the unseen code followed the heavier branch, as debian.
+        m.set_average_unknown(false);
+        let routed = m.predict_row(&os("windows")).unwrap();
+        assert!((log_odds(routed.probability.get()) - (2.0 * -0.5 - 0.25)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn trees_without_unknown_splits_add_up_to_the_averaged_tree_and_explain_it_exactly() {
+        let world = World::new(
+            6,
+            &Shape {
+                numeric: 4,
+                categorical: 3,
+                missing_rate: 0.1,
+                base_rate: 0.2,
+            },
+        );
+        let s = world.sample(3000, 1, 0.0);
+        let opts = TrainOptions {
+            method: Some(Method::Gbdt),
+            ..TrainOptions::default()
+        };
+        let model = Model::train(&s.frame, &opts).unwrap();
+        let Estimator::Gbdt(g) = &model.estimator else {
+            panic!("trees were asked for")
+        };
+        let (x, _) = model.prepare(&s.frame).unwrap();
+        let nf = model.features.len();
+        let mut rng = crate::rng::seeded(9);
+        let mut buf = ShapBuffer::default();
+        let mut checked = 0;
+        for i in 0..200 {
+            let row = x.row(i);
+            let unknown: Vec<bool> = (0..nf).map(|_| rng.unit() < 0.3).collect();
+            for t in &g.trees {
+                let mut parts = Vec::new();
+                split_unknown(t, &unknown, 1.0, &mut parts);
+                let sum: f64 = parts.iter().map(|p| p.predict(row)).sum();
+                let want = marginal_value(t, 0, row, &unknown);
+                assert!((sum - want).abs() < 1e-12, "{sum} vs {want}");
+                let e: f64 = parts.iter().map(Tree::expected_value).sum();
+                assert!((e - t.expected_value()).abs() < 1e-12);
+                for p in &parts {
+                    p.check(nf).unwrap();
+                    assert!(p.nodes.iter().all(|n| !matches!(n,
+                        Node::Split { feature, .. } if unknown[*feature as usize])));
+                }
+                let mut phi = vec![0.0; nf];
+                for p in &parts {
+                    tree_shap(p, row, &mut phi, &mut buf);
+                }
+                assert!((phi.iter().sum::<f64>() + t.expected_value() - want).abs() < 1e-9);
+                for (j, u) in unknown.iter().enumerate() {
+                    if *u {
+                        assert_eq!(phi[j], 0.0);
+                    }
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 200);
+    }
 }
