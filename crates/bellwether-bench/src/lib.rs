@@ -7,8 +7,8 @@
 //! harness runs inside it.
 
 pub mod agent_memory;
-pub mod config_sim;
 pub mod config_learn;
+pub mod config_sim;
 pub mod detect_faults;
 pub mod drift;
 pub mod ingest;

@@ -239,10 +239,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 let (host, source) = server_instance(&instance)?;
                 let client = args.client.client()?;
-                let mut q = format!("/api/v1/config/graph?host={}&depth={depth}", enc(&host));
-                if let Some(s) = &source {
-                    q.push_str(&format!("&source={}", enc(s)));
-                }
+                let source = rt.block_on(resolve_source(&client, &host, source))?;
+                let mut q = format!(
+                    "/api/v1/config/graph?host={}&source={}&depth={depth}",
+                    enc(&host),
+                    enc(&source)
+                );
                 if let Some(k) = &around {
                     q.push_str(&format!("&around={}", enc(k)));
                 }
@@ -277,6 +279,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 let (host, source) = server_instance(&instance)?;
                 let client = args.client.client()?;
+                let source = rt.block_on(resolve_source(&client, &host, source))?;
                 let body = json!({"host": host, "source": source, "set": proposed});
                 let v = rt
                     .block_on(client.post_json("/api/v1/config/simulate", Some(&body)))
@@ -314,7 +317,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                     let yaml = std::fs::read_to_string(&path)
                         .map_err(|e| UsageError(format!("{}: cannot read: {e}", path.display())))?;
-                    json!({"plan_yaml": yaml, "file": path.display().to_string()})
+                    json!({"plan": yaml, "file": path.display().to_string()})
                 }
                 None => {
                     if hosts.is_empty() {
@@ -370,12 +373,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                                     vec![
                                         text(&t["id"]),
                                         text(&t["phase"]),
-                                        text(&t["created_ms"]),
+                                        text(&t["created_at_ms"]),
                                         text(&t["description"]),
                                     ]
                                 })
                                 .collect();
-                            print_table(&["ID", "PHASE", "CREATED_MS", "DESCRIPTION"], &rows);
+                            print_table(&["ID", "PHASE", "CREATED_AT_MS", "DESCRIPTION"], &rows);
                         }
                     }
                 }
@@ -719,6 +722,41 @@ fn read_url(arg: &str) -> anyhow::Result<String> {
     }
 }
 
+/// The source named, or the host's only PostgreSQL source.
+async fn resolve_source(
+    client: &bellwether_server::client::Client,
+    host: &str,
+    source: Option<String>,
+) -> anyhow::Result<String> {
+    if let Some(s) = source {
+        return Ok(s);
+    }
+    let v = client
+        .get_json("/api/v1/config/sources")
+        .await
+        .map_err(api_error)?;
+    let names: Vec<String> = list(&v)
+        .iter()
+        .filter(|s| s["host"] == host && s["kind"] == "postgres")
+        .filter_map(|s| s["source"].as_str().map(str::to_string))
+        .collect();
+    match names.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(UsageError(format!(
+            "host {} reports no PostgreSQL instance; start its agent with --database NAME=URL \
+             (see `bellwether config sources`)",
+            Escaped(host)
+        ))
+        .into()),
+        many => Err(UsageError(format!(
+            "host {} reports several instances ({}); name one with --source",
+            Escaped(host),
+            many.join(", ")
+        ))
+        .into()),
+    }
+}
+
 fn server_instance(i: &InstanceArgs) -> Result<(String, Option<String>), UsageError> {
     match &i.host {
         Some(h) => Ok((h.clone(), i.source.clone())),
@@ -890,16 +928,25 @@ fn print_task(v: &Value) {
     if let Some(targets) = report["targets"].as_array() {
         for t in targets {
             println!(
-                "  {} {}: {}{}",
+                "  {}{} {}: {}{}",
                 text(&t["host"]),
+                if t["canary"] == Value::Bool(true) {
+                    " (canary)"
+                } else {
+                    ""
+                },
                 text(&t["database"]),
-                text(&t["state"]),
-                t["reason"]
+                text(&t["stage"]),
+                t["note"]
                     .as_str()
+                    .or(t["revert_cause"].as_str())
                     .map(|r| format!(" — {}", Escaped(r)))
                     .unwrap_or_default()
             );
         }
+    }
+    if let Some(r) = report["reason"].as_str() {
+        println!("  {}", Escaped(r));
     }
     if let Some(rc) = report.get("root_cause").filter(|r| !r.is_null()) {
         println!("  root cause: {}", Escaped(&rc.to_string()));
@@ -909,6 +956,30 @@ fn print_task(v: &Value) {
 /// Local mode: the instance is reached from here; nothing goes through a server.
 mod local {
     use super::*;
+
+    /// What a scratch trial starts with: the instance's own configuration (as the agent's
+    /// `pg_trial` takes it) with the proposed values on top (`None` back to the default).
+    fn trial_values(
+        cat: &bellwether_config::setting::Catalog,
+        proposed: &[(String, Option<String>)],
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut values = bellwether_agent::pg::trial_values(cat);
+        for (k, v) in proposed {
+            let name = cat
+                .lookup(k)
+                .map(|s| s.name.clone())
+                .unwrap_or_else(|| k.clone());
+            match v {
+                Some(v) => {
+                    values.insert(name, v.clone());
+                }
+                None => {
+                    values.remove(&name);
+                }
+            }
+        }
+        values
+    }
 
     /// Connects, reads the catalog, and learns the graph: shipped rules, plus probing when
     /// asked (scratch clusters from the instance's own binaries).
@@ -1009,7 +1080,7 @@ mod local {
                         parallel: 1,
                     },
                 )?;
-                let values = bellwether_pg::trial_values(&cat, &prop);
+                let values = trial_values(&cat, &prop);
                 let t = scratch.try_start(&values)?;
                 Ok::<_, bellwether_pg::PgError>((g, t))
             })
