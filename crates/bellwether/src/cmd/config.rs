@@ -438,8 +438,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     let rows: Vec<Vec<String>> = list(&v)
                         .iter()
                         .map(|c| {
-                            let c = if c["change"].is_object() {
-                                &c["change"]
+                            // An event: the change is its figures.
+                            let c = if c["figures"].is_object() {
+                                &c["figures"]
                             } else {
                                 c
                             };
@@ -487,21 +488,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     let rows: Vec<Vec<String>> = list(&v)
                         .iter()
                         .map(|s| {
-                            let s = if s["snapshot"].is_object() {
-                                &s["snapshot"]
-                            } else {
-                                s
-                            };
                             vec![
                                 text(&s["id"]),
                                 text(&s["host"]),
-                                text(&s["source_name"]),
+                                text(&s["source"]),
                                 text(&s["taken_at_ms"]),
-                                s["values"]
-                                    .as_object()
-                                    .map(|m| m.len().to_string())
-                                    .unwrap_or_else(|| "-".into()),
-                                text(&s["reason"]),
+                                text(&s["keys"]),
+                                if s["whole"] == Value::Bool(false) {
+                                    "DAMAGED".to_string()
+                                } else {
+                                    text(&s["reason"])
+                                },
                             ]
                         })
                         .collect();
@@ -525,12 +522,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     Some(&json!({"host": host, "source": source, "reason": reason})),
                 ))
                 .map_err(api_error)?;
-            let s = if v["snapshot"].is_object() {
-                &v["snapshot"]
-            } else {
-                &v
-            };
-            println!("{}", text(&s["id"]));
+            println!("{}", text(&v["id"]));
             Ok(ExitCode::SUCCESS)
         }
         Verb::Restore {
