@@ -93,6 +93,16 @@ pub struct Figures {
     pub goal_ms: f64,
 }
 
+/// A synthetic setting's type, unit, bounds, value and enum values.
+type Shape = (
+    VarType,
+    Option<&'static str>,
+    Option<f64>,
+    Option<f64>,
+    String,
+    Vec<String>,
+);
+
 /// A synthetic catalog and graph of `n` settings (seeded).
 pub fn synthetic(n: usize, seed: u64) -> (Catalog, Graph) {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -101,14 +111,7 @@ pub fn synthetic(n: usize, seed: u64) -> (Catalog, Graph) {
     let mut nodes = Vec::with_capacity(n + METRICS.len());
     for i in 0..n {
         let r: f64 = rng.gen();
-        let (vartype, unit, min, max, value, enumvals): (
-            VarType,
-            Option<&str>,
-            Option<f64>,
-            Option<f64>,
-            String,
-            Vec<String>,
-        ) = if r < 0.6 {
+        let (vartype, unit, min, max, value, enumvals): Shape = if r < 0.6 {
             let max = 10f64.powi(rng.gen_range(2..9));
             let v = rng.gen_range(1.0..max / 4.0).round();
             let unit = [None, Some("kB"), Some("8kB"), Some("ms"), Some("s")][rng.gen_range(0..5)];
