@@ -7,6 +7,7 @@
 //! harness runs inside it.
 
 pub mod agent_memory;
+pub mod config_corpus;
 pub mod drift;
 pub mod ingest;
 pub mod load;

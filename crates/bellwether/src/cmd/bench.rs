@@ -40,6 +40,10 @@ enum Which {
     /// Simulated agents against a real server: sustained ingest, API latency per route, the
     /// server's CPU and memory, and a rollout across the fleet.
     Load(LoadArgs),
+    /// Configuration changes (harmful, harmless, would-not-start) on real PostgreSQL clusters
+    /// with pgbench, through the local runner: caught %, harmless reverted %, refused %, and
+    /// bad change to recovered (goals ≥ 95 %, ≤ 2 %, 100 %, ≤ 30 s).
+    ConfigCorpus(ConfigCorpusArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -114,6 +118,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             output: output(a.output),
         }),
         Which::Load(a) => return load(a),
+        Which::ConfigCorpus(a) => b::config_corpus::run(&b::config_corpus::Options {
+            changes: a.changes,
+            workers: a.workers,
+            output: output(a.output),
+        }),
     };
     match verdict.map_err(bench_error)? {
         Verdict::Met => Ok(ExitCode::SUCCESS),
@@ -319,6 +328,19 @@ pub struct RolloutEngineArgs {
     /// Seeded faulty canaries per fault kind for the reaction time.
     #[arg(long, default_value_t = 200)]
     fault_runs: u64,
+    /// human (default) or json.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigCorpusArgs {
+    /// Run only the first N changes of the corpus (it interleaves the three kinds).
+    #[arg(long)]
+    changes: Option<usize>,
+    /// PostgreSQL clusters run side by side.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
     /// human (default) or json.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     output: OutputFormat,
