@@ -7,6 +7,7 @@
 //! harness runs inside it.
 
 pub mod agent_memory;
+pub mod config_corpus;
 pub mod config_learn;
 pub mod config_sim;
 pub mod detect_faults;

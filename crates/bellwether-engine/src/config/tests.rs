@@ -868,3 +868,57 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// From the bake on (so anomalies, traces and reverts happen), arbitrary inputs: no
+    /// panic, no second apply or revert of a target, traced risks add up, and every revert
+    /// follows a traced decision to revert or an operator's command.
+    #[test]
+    fn from_the_bake_arbitrary_inputs_keep_the_invariants(ops in proptest::collection::vec(op(), 0..150)) {
+        let mut p = plan(2, &[("random_page_cost", None)]);
+        p.risk_threshold = 0.2;
+        let mut r = Rig::new(p, Graph::default());
+        r.bring_to_bake(0, 2);
+        let mut now = r.now;
+        let mut reverts = BTreeMap::new();
+        let mut revert_allowed = false;
+        for op in &ops {
+            let input = match op {
+                Op::Tick(dt) => { now += i64::from(*dt); Input::Tick }
+                Op::Sample { target, dt, kind } => {
+                    now += 1000;
+                    Input::Sample { target: usize::from(*target), at_ms: now + i64::from(*dt), metrics: sample_of(*kind) }
+                }
+                Op::Done { pick, outcome, output } => {
+                    let pending = r.e.pending();
+                    if pending.is_empty() { continue; }
+                    let a = &pending[usize::from(*pick) % pending.len()];
+                    Input::Done { action_id: a.id, outcome: outcome_of(*outcome), output: output_of(a.kind, *output, now) }
+                }
+                Op::Unknown(id) => Input::Done { action_id: *id | (1 << 40), outcome: ActionOutcome::Ok, output: None },
+                Op::Abort => Input::Command(Command::Abort { reason: "p".into() }),
+                Op::Revert => { revert_allowed = true; Input::Command(Command::Revert { reason: "p".into() }) }
+            };
+            let out = r.e.step(input, now);
+            for ev in &out.events {
+                if ev.name == "traced" {
+                    let risk: bellwether_config::risk::Risk = serde_json::from_value(ev.figures["risk"].clone()).unwrap();
+                    prop_assert!(risk.residual().abs() < 1e-9);
+                    let sum: f64 = risk.base + risk.factors.iter().map(|f| f.log_odds).sum::<f64>();
+                    prop_assert!(((1.0 / (1.0 + (-sum).exp())) - risk.score).abs() < 1e-9);
+                    if ev.figures["decision"] == "revert" { revert_allowed = true; }
+                }
+            }
+            for a in &out.actions {
+                prop_assert!(a.kind != ActionKind::Apply || a.target != 0, "second apply on the canary");
+                if a.kind == ActionKind::RevertSnapshot {
+                    prop_assert!(revert_allowed, "a revert without a traced decision or command");
+                    *reverts.entry(a.target).or_insert(0) += 1;
+                    prop_assert_eq!(reverts[&a.target], 1);
+                }
+            }
+        }
+    }
+}

@@ -51,6 +51,10 @@ enum Which {
     /// PostgreSQL performance model: leave-one-configuration-out relative error of predicted
     /// pgbench throughput over a grid of work_mem, random_page_cost and shared_buffers.
     ConfigPerf(ConfigPerfArgs),
+    /// Configuration changes (harmful, harmless, would-not-start) on real PostgreSQL clusters
+    /// with pgbench, through the local runner: caught %, harmless reverted %, refused %, and
+    /// bad change to recovered (goals ≥ 95 %, ≤ 2 %, 100 %, ≤ 30 s).
+    ConfigCorpus(ConfigCorpusArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -172,6 +176,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Which::ConfigPerf(a) => b::config_learn::run_perf(&b::config_learn::PerfOptions {
             seconds: a.seconds,
             reps: a.reps,
+            output: output(a.output),
+        }),
+        Which::ConfigCorpus(a) => b::config_corpus::run(&b::config_corpus::Options {
+            changes: a.changes,
+            workers: a.workers,
             output: output(a.output),
         }),
     };
@@ -427,6 +436,19 @@ pub struct RolloutEngineArgs {
     /// Seeded faulty canaries per fault kind for the reaction time.
     #[arg(long, default_value_t = 200)]
     fault_runs: u64,
+    /// human (default) or json.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigCorpusArgs {
+    /// Run only the first N changes of the corpus (it interleaves the three kinds).
+    #[arg(long)]
+    changes: Option<usize>,
+    /// PostgreSQL clusters run side by side.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
     /// human (default) or json.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     output: OutputFormat,
