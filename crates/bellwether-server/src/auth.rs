@@ -132,7 +132,11 @@ pub const RULES: &[(&str, &str, Access)] = &[
     ("POST", "/api/v1/patches", Access::Operator),
     ("POST", "/api/v1/patches/{id}/abort", Access::Operator),
     ("POST", "/api/v1/config/snapshots", Access::Operator),
-    ("POST", "/api/v1/config/snapshots/{id}/restore", Access::Operator),
+    (
+        "POST",
+        "/api/v1/config/snapshots/{id}/restore",
+        Access::Operator,
+    ),
     ("POST", "/api/v1/config/tasks", Access::Operator),
     ("POST", "/api/v1/config/tasks/{id}/abort", Access::Operator),
     ("POST", "/api/v1/config/tasks/{id}/revert", Access::Operator),

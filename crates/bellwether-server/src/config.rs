@@ -119,8 +119,7 @@ fn check_host(field: &str, host: &str) -> Result<HostName, ApiError> {
 }
 
 fn check_source(field: &str, source: &str) -> Result<(), ApiError> {
-    if source.is_empty() || source.len() > MAX_SOURCE_LEN || source.chars().any(char::is_control)
-    {
+    if source.is_empty() || source.len() > MAX_SOURCE_LEN || source.chars().any(char::is_control) {
         return Err(ApiError::bad_request(format!(
             "{field}: {} is not a source name: use the agent's database name (--database NAME=URL) or file:PATH, 1 to {MAX_SOURCE_LEN} bytes without control characters",
             bellwether_model::text::quote(source)
@@ -207,9 +206,7 @@ fn check_set(
     let mut seen = BTreeSet::new();
     for (i, (k, v)) in set.iter().enumerate() {
         if !seen.insert(k) {
-            return Err(ApiError::bad_request(format!(
-                "set[{i}]: {k} is set twice"
-            )));
+            return Err(ApiError::bad_request(format!("set[{i}]: {k} is set twice")));
         }
         let probe = v.as_deref().unwrap_or("");
         if catalog.get(k).is_none() {
@@ -217,7 +214,9 @@ fn check_set(
                 Err(e @ ValueError::UnknownSetting { .. }) => e.to_string(),
                 _ => format!("unknown setting {k:?}"),
             };
-            return Err(ApiError::bad_request(format!("set[{i}]: {msg} on {where_}")));
+            return Err(ApiError::bad_request(format!(
+                "set[{i}]: {msg} on {where_}"
+            )));
         }
         if let (true, Some(v)) = (values, v) {
             catalog
@@ -318,7 +317,10 @@ async fn agent_config(
     };
     if let Some(c) = &req.catalog {
         serde_json::from_value::<Catalog>(c.clone()).map_err(|e| {
-            ApiError::bad_request(format!("catalog: not a catalog of settings for {}: {e}", req.source))
+            ApiError::bad_request(format!(
+                "catalog: not a catalog of settings for {}: {e}",
+                req.source
+            ))
         })?;
     }
     let now = now_ms();
@@ -513,7 +515,9 @@ async fn changes(
     _auth: Viewer,
     q: QueryResult<ListQuery>,
 ) -> Result<Json<Vec<bellwether_store::Event>>, ApiError> {
-    Ok(Json(list_events(&state, query(q)?, "config.changed").await?))
+    Ok(Json(
+        list_events(&state, query(q)?, "config.changed").await?,
+    ))
 }
 
 fn snapshot_of(e: &bellwether_store::Event) -> Option<Snapshot> {
@@ -559,8 +563,11 @@ async fn find_snapshot(
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::not_found(format!("unknown snapshot {id}")))?;
-    let s = snapshot_of(&e)
-        .ok_or_else(|| internal(format!("the event of snapshot {id} holds no readable snapshot")))?;
+    let s = snapshot_of(&e).ok_or_else(|| {
+        internal(format!(
+            "the event of snapshot {id} holds no readable snapshot"
+        ))
+    })?;
     Ok((s, e))
 }
 
@@ -643,9 +650,9 @@ async fn restore(
         bellwether_config::snapshot::diff(&report.values, &snap.values)
             .into_iter()
             .filter(|d| {
-                catalog.get(&d.key).is_some_and(|s| {
-                    s.context != bellwether_config::setting::Context::Internal
-                })
+                catalog
+                    .get(&d.key)
+                    .is_some_and(|s| s.context != bellwether_config::setting::Context::Internal)
             })
             .map(|d| (d.key, d.new))
             .collect();
@@ -703,9 +710,7 @@ async fn graph(
     }
     let depth = q.depth.unwrap_or(2);
     if depth > 10 {
-        return Err(ApiError::bad_request(format!(
-            "depth: {depth} is above 10"
-        )));
+        return Err(ApiError::bad_request(format!("depth: {depth} is above 10")));
     }
     let report = report_of(&state, &q.host, &q.source).await?;
     let mut graph = context::served_graph(&state, &report).await?;
@@ -724,7 +729,10 @@ async fn graph(
     }
     Ok(match format {
         "graphml" => (
-            [(header::CONTENT_TYPE, "application/graphml+xml; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/graphml+xml; charset=utf-8",
+            )],
             graph.to_graphml(),
         )
             .into_response(),
@@ -748,7 +756,8 @@ async fn simulate(
     // Unknown settings are bad input; a bad value is the simulator's to refuse.
     check_set(&catalog, &where_, &req.set, false)?;
     let graph = context::served_graph(&state, &report).await?;
-    let history = context::outcome_history(&state, &[(req.host.clone(), req.source.clone())]).await?;
+    let history =
+        context::outcome_history(&state, &[(req.host.clone(), req.source.clone())]).await?;
     let perf = context::perf_model(&state, &report).await?;
     let (catalog2, set) = (catalog.clone(), req.set.clone());
     let (graph2, perf2, history2) = (graph.clone(), perf.clone(), history.clone());
@@ -815,7 +824,12 @@ async fn start_task(
             .await
             .map_err(|e| ApiError::new(e.status, format!("targets[{i}]: {}", e.message)))?;
         let catalog = pg_catalog(&report)?;
-        check_set(&catalog, &format!("{} on {}", t.database, t.host), &plan.set, true)?;
+        check_set(
+            &catalog,
+            &format!("{} on {}", t.database, t.host),
+            &plan.set,
+            true,
+        )?;
     }
     let now = now_ms();
     let id = match id {
@@ -926,7 +940,14 @@ async fn create_task(
 async fn load_task(
     state: &AppState,
     id: &str,
-) -> Result<(bellwether_store::TaskRecord, ConfigChangeEngine, task::Driver), ApiError> {
+) -> Result<
+    (
+        bellwether_store::TaskRecord,
+        ConfigChangeEngine,
+        task::Driver,
+    ),
+    ApiError,
+> {
     check_id("task", id)?;
     let rec = state
         .store
@@ -992,10 +1013,7 @@ async fn command(
         )));
     }
     Ok(Json(
-        state
-            .tasks
-            .command::<ConfigTask>(id, make(reason))
-            .await?,
+        state.tasks.command::<ConfigTask>(id, make(reason)).await?,
     ))
 }
 

@@ -191,7 +191,11 @@ fn the_rules_cover_exactly_the_routes_the_server_serves() {
             assert!(["/healthz", "/metrics"].contains(p), "{m} {p} is public");
         }
         let read_only = bellwether_server::config::READ_ONLY_POSTS.contains(p);
-        if *m != "GET" && p.starts_with("/api/v1/") && !p.starts_with("/api/v1/agent/") && !read_only {
+        if *m != "GET"
+            && p.starts_with("/api/v1/")
+            && !p.starts_with("/api/v1/agent/")
+            && !read_only
+        {
             assert!(
                 [Access::Operator, Access::Admin, Access::Enrol].contains(a),
                 "{m} {p} changes state but needs only {a:?}"

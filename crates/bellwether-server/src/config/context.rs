@@ -77,11 +77,11 @@ pub(crate) async fn outcome_history(
         let Ok((engine, driver)) = load(&rec) else {
             continue;
         };
-        let touches = engine
-            .plan
-            .targets
-            .iter()
-            .any(|t| targets.iter().any(|(h, d)| *h == t.host && *d == t.database));
+        let touches = engine.plan.targets.iter().any(|t| {
+            targets
+                .iter()
+                .any(|(h, d)| *h == t.host && *d == t.database)
+        });
         let finished = matches!(
             engine.phase,
             bellwether_engine::config::Phase::Completed
@@ -114,7 +114,10 @@ pub(crate) async fn served_graph(
         Some(g) => serde_json::from_value::<Graph>(g.graph.clone()).map_err(|e| {
             ApiError::new(
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                format!("stored graph version {} of {source} on {host} is not readable: {e}", g.version),
+                format!(
+                    "stored graph version {} of {source} on {host} is not readable: {e}",
+                    g.version
+                ),
             )
         })?,
         None => Graph::default(),
@@ -133,8 +136,7 @@ pub(crate) async fn served_graph(
     for e in cochange::metric_impact_edges(&outcomes) {
         graph.add_edge(e);
     }
-    let last: BTreeMap<&str, &ConfigChange> =
-        history.iter().map(|c| (c.key.as_str(), c)).collect();
+    let last: BTreeMap<&str, &ConfigChange> = history.iter().map(|c| (c.key.as_str(), c)).collect();
     for node in &mut graph.nodes {
         if let Some(v) = report.values.get(&node.name) {
             node.value = Some(v.clone());
@@ -182,7 +184,10 @@ pub(crate) async fn perf_model(
     }
     for (start, stop) in bounds.into_iter().rev() {
         let (mut tps, mut lat) = (Vec::new(), Vec::new());
-        for s in samples.iter().filter(|s| s.ts_ms >= start && s.ts_ms < stop) {
+        for s in samples
+            .iter()
+            .filter(|s| s.ts_ms >= start && s.ts_ms < stop)
+        {
             if s.name == tps_key {
                 tps.push(s.value);
             } else if s.name == lat_key {

@@ -190,7 +190,10 @@ pub(crate) fn load(rec: &TaskRecord) -> Result<(ConfigChangeEngine, Driver), Api
     let p: Persisted = serde_json::from_value(rec.state.clone()).map_err(|e| {
         ApiError::new(
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            format!("stored state of config task {} is not readable: {e}", rec.id),
+            format!(
+                "stored state of config task {} is not readable: {e}",
+                rec.id
+            ),
         )
     })?;
     Ok((p.engine, p.driver))
@@ -301,16 +304,10 @@ impl DurableTask for ConfigTask {
             }
             Input::Command(c) => {
                 let (name, reason, command) = match c {
-                    Command::Abort(r) => (
-                        "abort",
-                        r.clone(),
-                        EngineCommand::Abort { reason: r },
-                    ),
-                    Command::Revert(r) => (
-                        "revert",
-                        r.clone(),
-                        EngineCommand::Revert { reason: r },
-                    ),
+                    Command::Abort(r) => ("abort", r.clone(), EngineCommand::Abort { reason: r }),
+                    Command::Revert(r) => {
+                        ("revert", r.clone(), EngineCommand::Revert { reason: r })
+                    }
                 };
                 step.events.push(NewEvent {
                     ts_ms: now,
