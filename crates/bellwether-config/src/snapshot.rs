@@ -96,6 +96,74 @@ pub struct KeyDiff {
 
 /// The keys whose value differs between `old` and `new` (added, removed or changed), sorted.
 pub fn diff(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Vec<KeyDiff> {
-    let _ = (old, new);
-    todo!("confcore")
+    // Both maps iterate in key order; one merge pass yields the result sorted.
+    let mut out = Vec::new();
+    let mut a = old.iter().peekable();
+    let mut b = new.iter().peekable();
+    loop {
+        let step = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        match step {
+            std::cmp::Ordering::Less => {
+                let (k, v) = a.next().expect("peeked");
+                out.push(KeyDiff {
+                    key: k.clone(),
+                    old: Some(v.clone()),
+                    new: None,
+                });
+            }
+            std::cmp::Ordering::Greater => {
+                let (k, v) = b.next().expect("peeked");
+                out.push(KeyDiff {
+                    key: k.clone(),
+                    old: None,
+                    new: Some(v.clone()),
+                });
+            }
+            std::cmp::Ordering::Equal => {
+                let (k, va) = a.next().expect("peeked");
+                let (_, vb) = b.next().expect("peeked");
+                if va != vb {
+                    out.push(KeyDiff {
+                        key: k.clone(),
+                        old: Some(va.clone()),
+                        new: Some(vb.clone()),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+impl KeyDiff {
+    /// `key: old → new`, with `(absent)` for a missing side.
+    pub fn describe(&self) -> String {
+        let side = |v: &Option<String>| {
+            v.as_ref()
+                .map_or("(absent)".to_string(), |v| format!("{v:?}"))
+        };
+        format!("{}: {} → {}", self.key, side(&self.old), side(&self.new))
+    }
+}
+
+/// Applies `diffs` (as [`diff`] returns them) to `values`: `diff(a, &apply(a, &diff(a, b))) `
+/// is empty. Keys whose `new` is `None` are removed.
+pub fn apply(values: &BTreeMap<String, String>, diffs: &[KeyDiff]) -> BTreeMap<String, String> {
+    let mut out = values.clone();
+    for d in diffs {
+        match &d.new {
+            Some(v) => {
+                out.insert(d.key.clone(), v.clone());
+            }
+            None => {
+                out.remove(&d.key);
+            }
+        }
+    }
+    out
 }
