@@ -645,6 +645,16 @@ config_test!(two_reports_make_the_change_stream, |store| {
         "{}",
         r.text
     );
+    let r = send(
+        &app,
+        Method::POST,
+        "/api/v1/config/snapshots",
+        OP,
+        Some(json!({"host": "db-01", "source": "main"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let before = r.json["id"].as_str().unwrap().to_string();
     values.insert("work_mem".into(), "65536".into());
     values.insert("random_page_cost".into(), "1.1".into());
     let r = report(&app, &db1, &values, t0 + 1_000).await;
@@ -768,7 +778,11 @@ config_test!(two_reports_make_the_change_stream, |store| {
     )
     .await
     .json;
-    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        2,
+        "the one before the change and this one"
+    );
     assert_eq!(
         (
             list[0]["id"].clone(),
@@ -791,6 +805,51 @@ config_test!(two_reports_make_the_change_stream, |store| {
         .await
         .json;
     assert_eq!(sources.as_array().unwrap().len(), 2);
+    // Restoring the snapshot from before the change is a config task that sets the two old
+    // values; an abort reaches its runner.
+    let r = send(
+        &app,
+        Method::POST,
+        &format!("/api/v1/config/snapshots/{before}/restore"),
+        OP,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(
+        r.json["set"],
+        json!([["random_page_cost", "4"], ["work_mem", "4096"]]),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.json["description"], format!("restore snapshot {before}"));
+    let id = r.json["id"].as_str().unwrap().to_string();
+    let r = send(
+        &app,
+        Method::POST,
+        &format!("/api/v1/config/tasks/{id}/abort"),
+        OP,
+        Some(json!({"reason": "not now"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = send(
+        &app,
+        Method::GET,
+        &format!("/api/v1/events?task={id}&after=0"),
+        OP,
+        None,
+    )
+    .await;
+    assert!(
+        r.json
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "config.abort.requested"),
+        "{}",
+        r.text
+    );
     server.store().close().await;
 });
 
