@@ -1,5 +1,7 @@
 //! `bellwether bench model`: training time, prediction throughput and, with --quality, how
-//! close the model comes to the true probability on synthetic histories of several shapes.
+//! close the model comes to the true probability on synthetic histories of several shapes, and
+//! on histories whose test rows hold categories training never saw (several worlds, with and
+//! without the averaging of unseen values, so the difference is measured in one run).
 
 use std::time::Instant;
 
@@ -44,6 +46,43 @@ struct QualityRow {
     logistic_brier_ratio: Option<f64>,
 }
 
+/// One world of the shift table: trained on rows without new categories, scored on rows with
+/// them (`shift`) and on rows without (`clean`), with unseen values averaged (`after`) and
+/// routed as the trees routed their empty codes (`before`).
+#[derive(Debug, serde::Serialize)]
+struct ShiftRow {
+    world: u64,
+    chosen: Method,
+    unseen_rows: usize,
+    oracle_auc: Option<f64>,
+    auc_ratio_after: Option<f64>,
+    brier_ratio_after: Option<f64>,
+    unseen_brier_ratio_after: Option<f64>,
+    ece_after: f64,
+    unseen_ece_after: Option<f64>,
+    auc_ratio_before: Option<f64>,
+    brier_ratio_before: Option<f64>,
+    unseen_brier_ratio_before: Option<f64>,
+    ece_before: f64,
+    unseen_ece_before: Option<f64>,
+    clean_brier_ratio_after: Option<f64>,
+    clean_brier_ratio_before: Option<f64>,
+    clean_auc_ratio: Option<f64>,
+}
+
+/// The shape of the shift worlds: 8 numeric columns (some without effect: noise), 3
+/// categorical ones, 20 % missing cells; the test rows hold new categories in 10 % of their
+/// categorical cells (as world 4 of the quality table).
+const SHIFT_SHAPE: Shape = Shape {
+    numeric: 8,
+    categorical: 3,
+    missing_rate: 0.20,
+    base_rate: 0.15,
+};
+const SHIFT_NOVEL: f64 = 0.10;
+/// The worlds of the shift table: every seed from 1 to this.
+const SHIFT_WORLDS: u64 = 10;
+
 pub fn run(a: &Options) -> Result<Verdict> {
     if a.rows < 100 {
         return Err(BenchError::Usage("--rows must be at least 100".into()));
@@ -85,11 +124,12 @@ pub fn run(a: &Options) -> Result<Verdict> {
     let predict_seconds = predict_cpu.unwrap_or(predict_wall);
     let explain_seconds = explain_cpu.unwrap_or(explain_wall);
 
-    let quality = if a.quality {
-        quality_table()?
+    let (quality, shift) = if a.quality {
+        (quality_table()?, shift_table()?)
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
+    let shift_summary = summarise_shift(&shift);
     let trees = gbdt_only
         .summary()
         .gbdt
@@ -111,6 +151,12 @@ pub fn run(a: &Options) -> Result<Verdict> {
         "explain_rows_per_second": explained.predictions.len() as f64 / explain_seconds,
         "mean_probability": checksum / predicted,
         "quality": quality,
+        "shift": {
+            "shape": format!("{} numeric, {} categorical, {} % missing cells; test rows with new categories in {} % of categorical cells; 20,000 training and 5,000 test rows",
+                SHIFT_SHAPE.numeric, SHIFT_SHAPE.categorical, SHIFT_SHAPE.missing_rate * 100.0, SHIFT_NOVEL * 100.0),
+            "worlds": shift,
+            "summary": shift_summary,
+        },
     });
     match a.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -166,9 +212,134 @@ pub fn run(a: &Options) -> Result<Verdict> {
                     );
                 }
             }
+            if !shift.is_empty() {
+                println!(
+                    "Shift: {} worlds of {} numeric, {} categorical columns, {:.0} % missing cells; test rows with new categories in {:.0} % of categorical cells. Brier ratios to _p (after = unseen values averaged; before = routed as trained).",
+                    shift.len(),
+                    SHIFT_SHAPE.numeric,
+                    SHIFT_SHAPE.categorical,
+                    SHIFT_SHAPE.missing_rate * 100.0,
+                    SHIFT_NOVEL * 100.0
+                );
+                println!(
+                    "{:<6} {:>7} {:>7} {:>8} {:>8} {:>9} {:>9} {:>7} {:>7} {:>8} {:>8}",
+                    "world",
+                    "unseen",
+                    "AUC r",
+                    "Br after",
+                    "Br befor",
+                    "new after",
+                    "new befor",
+                    "ECE aft",
+                    "ECE bef",
+                    "clean aft",
+                    "clean bef"
+                );
+                let f = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.4}"));
+                for r in &shift {
+                    println!(
+                        "{:<6} {:>7} {:>7} {:>8} {:>8} {:>9} {:>9} {:>7.4} {:>7.4} {:>8} {:>8}",
+                        r.world,
+                        r.unseen_rows,
+                        f(r.auc_ratio_after),
+                        f(r.brier_ratio_after),
+                        f(r.brier_ratio_before),
+                        f(r.unseen_brier_ratio_after),
+                        f(r.unseen_brier_ratio_before),
+                        r.ece_after,
+                        r.ece_before,
+                        f(r.clean_brier_ratio_after),
+                        f(r.clean_brier_ratio_before)
+                    );
+                }
+                for (name, v) in shift_summary.as_object().into_iter().flatten() {
+                    println!("  {name}: {v}");
+                }
+            }
         }
     }
     Ok(Verdict::Met)
+}
+
+fn shift_table() -> Result<Vec<ShiftRow>> {
+    let mut rows = Vec::new();
+    for w in 1..=SHIFT_WORLDS {
+        let world = World::new(w, &SHIFT_SHAPE);
+        let train = world.sample(20_000, 100 + w, 0.0);
+        let shift = world.sample(5_000, 200 + w, SHIFT_NOVEL);
+        let clean = world.sample(5_000, 300 + w, 0.0);
+        let after = Model::train(&train.frame, &TrainOptions::default()).map_err(usage)?;
+        let mut before = after.clone();
+        before.set_average_unknown(false);
+        let sa = after.evaluate(&shift.frame).map_err(usage)?;
+        let sb = before.evaluate(&shift.frame).map_err(usage)?;
+        let ca = after.evaluate(&clean.frame).map_err(usage)?;
+        let cb = before.evaluate(&clean.frame).map_err(usage)?;
+        let unseen = |e: &bellwether_predict::Evaluation| {
+            e.unseen_split
+                .as_ref()
+                .and_then(|s| s.unseen.as_ref())
+                .map(|u| (u.model.rows, u.brier_ratio, u.model.calibration_error))
+        };
+        let (ua, ub) = (unseen(&sa), unseen(&sb));
+        rows.push(ShiftRow {
+            world: w,
+            chosen: after.method(),
+            unseen_rows: ua.map_or(0, |u| u.0),
+            oracle_auc: sa.oracle.as_ref().and_then(|o| o.roc_auc),
+            auc_ratio_after: sa.auc_ratio,
+            brier_ratio_after: sa.brier_ratio,
+            unseen_brier_ratio_after: ua.and_then(|u| u.1),
+            ece_after: sa.model.calibration_error,
+            unseen_ece_after: ua.map(|u| u.2),
+            auc_ratio_before: sb.auc_ratio,
+            brier_ratio_before: sb.brier_ratio,
+            unseen_brier_ratio_before: ub.and_then(|u| u.1),
+            ece_before: sb.model.calibration_error,
+            unseen_ece_before: ub.map(|u| u.2),
+            clean_brier_ratio_after: ca.brier_ratio,
+            clean_brier_ratio_before: cb.brier_ratio,
+            clean_auc_ratio: ca.auc_ratio,
+        });
+    }
+    Ok(rows)
+}
+
+/// Mean, median and worst of each ratio over the shift worlds.
+fn summarise_shift(rows: &[ShiftRow]) -> serde_json::Value {
+    let stats = |get: &dyn Fn(&ShiftRow) -> Option<f64>, higher_is_worse: bool| {
+        let mut v: Vec<f64> = rows.iter().filter_map(get).collect();
+        if v.is_empty() {
+            return serde_json::Value::Null;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        let worst = if higher_is_worse { v[n - 1] } else { v[0] };
+        let r = |x: f64| (x * 10_000.0).round() / 10_000.0;
+        serde_json::json!({
+            "mean": r(v.iter().sum::<f64>() / n as f64),
+            "median": r(median),
+            "worst": r(worst),
+        })
+    };
+    serde_json::json!({
+        "worlds": rows.len(),
+        "brier_ratio_after": stats(&|r| r.brier_ratio_after, true),
+        "brier_ratio_before": stats(&|r| r.brier_ratio_before, true),
+        "unseen_rows_brier_ratio_after": stats(&|r| r.unseen_brier_ratio_after, true),
+        "unseen_rows_brier_ratio_before": stats(&|r| r.unseen_brier_ratio_before, true),
+        "ece_after": stats(&|r| Some(r.ece_after), true),
+        "ece_before": stats(&|r| Some(r.ece_before), true),
+        "auc_ratio_after": stats(&|r| r.auc_ratio_after, false),
+        "auc_ratio_before": stats(&|r| r.auc_ratio_before, false),
+        "clean_brier_ratio_after": stats(&|r| r.clean_brier_ratio_after, true),
+        "clean_brier_ratio_before": stats(&|r| r.clean_brier_ratio_before, true),
+    })
 }
 
 fn quality_table() -> Result<Vec<QualityRow>> {

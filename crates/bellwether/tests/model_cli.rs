@@ -117,6 +117,19 @@ fn synth_train_predict_evaluate() {
     assert!(v["model"]["reliability"]
         .as_array()
         .is_some_and(|r| !r.is_empty()));
+    // --novel 0.05 put new categories in the test file: their rows are scored apart.
+    let unseen = &v["unseen_split"]["unseen"];
+    assert!(
+        unseen["model"]["rows"].as_u64().is_some_and(|n| n > 0),
+        "{v}"
+    );
+    assert!(unseen["model"]["calibration_error"].is_number(), "{v}");
+    assert!(unseen["model"]["brier"].is_number(), "{v}");
+    assert!(unseen["brier_ratio"].is_number(), "{v}");
+    assert!(
+        v["unseen_split"]["seen"]["model"]["brier"].is_number(),
+        "{v}"
+    );
     let human = ok(&bellwether(
         &[
             "model", "evaluate", "--model", "m.json", "--input", "test.csv",
@@ -125,6 +138,12 @@ fn synth_train_predict_evaluate() {
     ));
     assert!(human.contains("AUC ratio to the oracle"), "{human}");
     assert!(human.contains("Reliability"), "{human}");
+    assert!(
+        human.contains("Rows holding values training never saw"),
+        "{human}"
+    );
+    assert!(human.lines().any(|l| l.starts_with("unseen ")), "{human}");
+    assert!(human.lines().any(|l| l.starts_with("seen ")), "{human}");
 }
 
 #[test]

@@ -36,7 +36,8 @@ enum Verb {
     Train(TrainArgs),
     /// Write the failure probability and its top factors for every row of a CSV.
     Predict(PredictArgs),
-    /// Score a model on a labelled CSV: ROC AUC, Brier score, log loss, reliability.
+    /// Score a model on a labelled CSV: ROC AUC, Brier score, log loss, ECE, reliability; and
+    /// the same on the rows holding categories training never saw, apart from the others.
     Evaluate(EvaluateArgs),
     /// Write a synthetic deployment history with a known failure probability `_p`.
     Synth(SynthArgs),
@@ -361,6 +362,41 @@ fn render_evaluation(ev: &Evaluation, method: Method) -> String {
     }
     if let Some(r) = ev.brier_ratio {
         s.push_str(&format!("Brier ratio to the oracle: {r:.4}\n"));
+    }
+    if let Some(split) = &ev.unseen_split {
+        let parts: Vec<String> = split
+            .unseen_by_feature
+            .iter()
+            .map(|(f, n)| format!("{} in {n}", Escaped(f)))
+            .collect();
+        s.push_str(&format!(
+            "Rows holding values training never saw (new categories, or missing cells where training had none): {}{}.\n",
+            split.unseen.as_ref().map_or(0, |u| u.model.rows),
+            if parts.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", parts.join(", "))
+            }
+        ));
+        s.push_str(&format!(
+            "{:<10} {:>7} {:>8} {:>8} {:>9} {:>8} {:>12}\n",
+            "rows", "count", "ROC AUC", "Brier", "log loss", "ECE", "Brier/oracle"
+        ));
+        for (name, part) in [("unseen", &split.unseen), ("seen", &split.seen)] {
+            if let Some(p) = part {
+                s.push_str(&format!(
+                    "{:<10} {:>7} {:>8} {:>8.4} {:>9.4} {:>8.4} {:>12}\n",
+                    name,
+                    p.model.rows,
+                    auc(&p.model),
+                    p.model.brier,
+                    p.model.log_loss,
+                    p.model.calibration_error,
+                    p.brier_ratio
+                        .map_or("n/a".to_string(), |r| format!("{r:.4}"))
+                ));
+            }
+        }
     }
     s.push_str("Reliability (predicted probability bins):\n");
     s.push_str(&format!(
