@@ -199,7 +199,12 @@ pub fn named_settings(message: &str, catalog: &Catalog) -> BTreeSet<String> {
         .map(|k| (k.to_ascii_lowercase(), k))
         .collect();
     let mut out = BTreeSet::new();
-    for line in reason_lines(message) {
+    // A HINT names what could be changed (`reducing shared_buffers or max_connections`), not
+    // what conflicts: its settings are not linked.
+    for line in reason_lines(message)
+        .into_iter()
+        .filter(|l| !l.contains("HINT:"))
+    {
         // The text after the severity, so the log prefix's words do not count.
         let text = line.split_once(':').map(|(_, rest)| rest).unwrap_or(line);
         for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.')) {
@@ -303,6 +308,12 @@ pub fn learn(
         ..ProbeStats::default()
     };
     let mut refusals = Vec::new();
+    let refused_alone: BTreeSet<(String, String)> = cands
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.as_ref().is_some_and(|r| !r.started))
+        .map(|(c, _)| (c.key.clone(), c.value.clone()))
+        .collect();
     for (cand, r) in cands.iter().zip(&results) {
         let Some(r) = r else { continue };
         if r.started {
@@ -442,6 +453,10 @@ pub fn learn(
                     continue;
                 }
                 for v in candidates(s) {
+                    // A value that refuses on its own says nothing about the base.
+                    if refused_alone.contains(&(s.name.clone(), v.clone())) {
+                        continue;
+                    }
                     second.push((
                         base.clone(),
                         r.cand.key.clone(),
