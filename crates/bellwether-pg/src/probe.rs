@@ -434,7 +434,9 @@ pub fn learn(
     // which every restart-context setting's candidates are tried again, so constraints between
     // two non-default values show (`wal_level = minimal` with `archive_mode = on` refuses only
     // once `max_wal_senders = 0` lets `wal_level = minimal` start at all).
-    let mut second: Vec<(BTreeMap<String, String>, String, String, String, String)> = Vec::new();
+    // (base, base key, its value, setting tried, its value)
+    type Second = (BTreeMap<String, String>, String, String, String, String);
+    let mut second: Vec<Second> = Vec::new();
     for (i, r) in refusals.iter().enumerate() {
         for o in &r.others {
             let Some(ok) = starts_with.get(&(i, o.clone())).and_then(|v| v.first()) else {
@@ -481,8 +483,8 @@ pub fn learn(
     stats.skipped += second_results.iter().filter(|r| r.is_none()).count();
     // (base key, its value, setting) → (refused values with a message naming the base key,
     // values that started).
-    let mut second_seen: BTreeMap<(String, String, String), (Vec<(String, String)>, Vec<String>)> =
-        BTreeMap::new();
+    type Seen = (Vec<(String, String)>, Vec<String>);
+    let mut second_seen: BTreeMap<(String, String, String), Seen> = BTreeMap::new();
     for ((base, k, kv, s, v), r) in second.iter().zip(&second_results) {
         let Some(r) = r else { continue };
         let entry = second_seen
