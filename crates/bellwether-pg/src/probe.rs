@@ -22,6 +22,8 @@ use bellwether_config::graph::{Edge, EdgeKind, Evidence, EvidenceSource, Graph, 
 use bellwether_config::rules::{shipped_rules, Constraint, Pred};
 use bellwether_config::setting::{Catalog, Context, Setting, VarType};
 
+use bellwether_config::simulate::StartTrial;
+
 use crate::scratch::{Scratch, FORCED};
 use crate::PgError;
 
@@ -41,7 +43,16 @@ pub struct ProbeStats {
     pub trials: usize,
     pub refused: usize,
     pub elapsed_ms: u64,
+    /// Candidates not started because the server would ask for more shared memory than
+    /// [`SHARED_MEMORY_CAP_MB`].
+    #[serde(default)]
+    pub skipped: usize,
 }
+
+/// A trial start that would ask for more shared memory than this (MB, as `postgres -C
+/// shared_memory_size` computes it without allocating, PostgreSQL 15+) is not made: a maximum
+/// `max_connections` would otherwise take gigabytes of the host's memory for a probe.
+pub const SHARED_MEMORY_CAP_MB: f64 = 1024.0;
 
 /// One trial: a setting and a candidate value.
 #[derive(Debug, Clone)]
@@ -95,15 +106,43 @@ pub fn probed_keys(catalog: &Catalog, keys: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Runs `trials` on `scratch`, `parallel` at a time, in order of the input.
+/// Runs `trials` on `scratch`, `parallel` at a time, in order of the input. `None` for a trial
+/// not made (over the memory cap). With `precheck`, numbers are first given to `postgres -C
+/// shared_memory_size`: a refusal there is the trial's refusal (no start needed), a size over
+/// the cap skips the start.
 fn run_trials(
     scratch: &Scratch,
     trials: &[BTreeMap<String, String>],
     parallel: usize,
-) -> Result<Vec<bellwether_config::simulate::StartTrial>, PgError> {
+    precheck: &(dyn Fn(&BTreeMap<String, String>) -> bool + Sync),
+) -> Result<Vec<Option<StartTrial>>, PgError> {
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<bellwether_config::simulate::StartTrial, PgError>>>> =
-        Mutex::new((0..trials.len()).map(|_| None).collect());
+    type Slot = Option<Result<Option<StartTrial>, PgError>>;
+    let results: Mutex<Vec<Slot>> = Mutex::new((0..trials.len()).map(|_| None).collect());
+    let one = |values: &BTreeMap<String, String>| -> Result<Option<StartTrial>, PgError> {
+        if precheck(values) {
+            let t0 = std::time::Instant::now();
+            match scratch.show("shared_memory_size", values)? {
+                Ok(mb) => {
+                    if mb
+                        .trim()
+                        .parse::<f64>()
+                        .is_ok_and(|mb| mb > SHARED_MEMORY_CAP_MB)
+                    {
+                        return Ok(None);
+                    }
+                }
+                Err(message) => {
+                    return Ok(Some(StartTrial {
+                        started: false,
+                        message,
+                        ms: t0.elapsed().as_millis() as u64,
+                    }))
+                }
+            }
+        }
+        scratch.try_start(values).map(Some)
+    };
     std::thread::scope(|scope| {
         for _ in 0..parallel.max(1) {
             scope.spawn(|| loop {
@@ -111,7 +150,7 @@ fn run_trials(
                 if i >= trials.len() {
                     break;
                 }
-                let r = scratch.try_start(&trials[i]);
+                let r = one(&trials[i]);
                 results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
             });
         }
@@ -160,7 +199,12 @@ pub fn named_settings(message: &str, catalog: &Catalog) -> BTreeSet<String> {
         .map(|k| (k.to_ascii_lowercase(), k))
         .collect();
     let mut out = BTreeSet::new();
-    for line in reason_lines(message) {
+    // A HINT names what could be changed (`reducing shared_buffers or max_connections`), not
+    // what conflicts: its settings are not linked.
+    for line in reason_lines(message)
+        .into_iter()
+        .filter(|l| !l.contains("HINT:"))
+    {
         // The text after the severity, so the log prefix's words do not count.
         let text = line.split_once(':').map(|(_, rest)| rest).unwrap_or(line);
         for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.')) {
@@ -243,14 +287,35 @@ pub fn learn(
         .iter()
         .map(|c| BTreeMap::from([(c.key.clone(), c.value.clone())]))
         .collect();
-    let results = run_trials(scratch, &trials, opts.parallel)?;
+    // `postgres -C shared_memory_size` (PostgreSQL 15+) prices a start without making it.
+    let can_price = matches!(
+        scratch.show("shared_memory_size", &BTreeMap::new()),
+        Ok(Ok(_))
+    );
+    let numeric = |values: &BTreeMap<String, String>| {
+        can_price
+            && values.keys().any(|k| {
+                catalog
+                    .get(k)
+                    .is_some_and(|s| matches!(s.vartype, VarType::Integer | VarType::Real))
+            })
+    };
+    let results = run_trials(scratch, &trials, opts.parallel, &numeric)?;
     let mut stats = ProbeStats {
         settings: keys.len(),
-        trials: trials.len(),
+        trials: results.iter().filter(|r| r.is_some()).count(),
+        skipped: results.iter().filter(|r| r.is_none()).count(),
         ..ProbeStats::default()
     };
     let mut refusals = Vec::new();
+    let refused_alone: BTreeSet<(String, String)> = cands
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.as_ref().is_some_and(|r| !r.started))
+        .map(|(c, _)| (c.key.clone(), c.value.clone()))
+        .collect();
     for (cand, r) in cands.iter().zip(&results) {
+        let Some(r) = r else { continue };
         if r.started {
             continue;
         }
@@ -288,13 +353,17 @@ pub fn learn(
             BTreeMap::from([(c.key.clone(), c.value.clone()), (o.clone(), v.clone())])
         })
         .collect();
-    let follow_results = run_trials(scratch, &follow_trials, opts.parallel)?;
-    stats.trials += follow_trials.len();
-    stats.refused += follow_results.iter().filter(|r| !r.started).count();
+    let follow_results = run_trials(scratch, &follow_trials, opts.parallel, &numeric)?;
+    stats.trials += follow_results.iter().filter(|r| r.is_some()).count();
+    stats.skipped += follow_results.iter().filter(|r| r.is_none()).count();
+    stats.refused += follow_results
+        .iter()
+        .filter(|r| r.as_ref().is_some_and(|r| !r.started))
+        .count();
     let mut starts_with: BTreeMap<(usize, String), Vec<String>> = BTreeMap::new();
     for ((i, o, v), r) in follow.iter().zip(&follow_results) {
         let entry = starts_with.entry((*i, o.clone())).or_default();
-        if r.started {
+        if r.as_ref().is_some_and(|r| r.started) {
             entry.push(v.clone());
         }
     }
@@ -359,6 +428,118 @@ pub fn learn(
                 condition,
             });
         }
+    }
+
+    // Second order: a refused value made to start by another setting's value is a new base on
+    // which every restart-context setting's candidates are tried again, so constraints between
+    // two non-default values show (`wal_level = minimal` with `archive_mode = on` refuses only
+    // once `max_wal_senders = 0` lets `wal_level = minimal` start at all).
+    // (base, base key, its value, setting tried, its value)
+    type Second = (BTreeMap<String, String>, String, String, String, String);
+    let mut second: Vec<Second> = Vec::new();
+    for (i, r) in refusals.iter().enumerate() {
+        for o in &r.others {
+            let Some(ok) = starts_with.get(&(i, o.clone())).and_then(|v| v.first()) else {
+                continue;
+            };
+            let base = BTreeMap::from([
+                (r.cand.key.clone(), r.cand.value.clone()),
+                (o.clone(), ok.clone()),
+            ]);
+            for s in catalog.settings.values() {
+                if s.context != Context::Postmaster
+                    || base.contains_key(&s.name)
+                    || FORCED.contains(&s.name.as_str())
+                    || !matches!(s.vartype, VarType::Bool | VarType::Enum)
+                {
+                    continue;
+                }
+                for v in candidates(s) {
+                    // A value that refuses on its own says nothing about the base.
+                    if refused_alone.contains(&(s.name.clone(), v.clone())) {
+                        continue;
+                    }
+                    second.push((
+                        base.clone(),
+                        r.cand.key.clone(),
+                        r.cand.value.clone(),
+                        s.name.clone(),
+                        v,
+                    ));
+                }
+            }
+        }
+    }
+    let second_trials: Vec<BTreeMap<String, String>> = second
+        .iter()
+        .map(|(base, _, _, s, v)| {
+            let mut t = base.clone();
+            t.insert(s.clone(), v.clone());
+            t
+        })
+        .collect();
+    let second_results = run_trials(scratch, &second_trials, opts.parallel, &numeric)?;
+    stats.trials += second_results.iter().filter(|r| r.is_some()).count();
+    stats.skipped += second_results.iter().filter(|r| r.is_none()).count();
+    // (base key, its value, setting) → (refused values with a message naming the base key,
+    // values that started).
+    type Seen = (Vec<(String, String)>, Vec<String>);
+    let mut second_seen: BTreeMap<(String, String, String), Seen> = BTreeMap::new();
+    for ((base, k, kv, s, v), r) in second.iter().zip(&second_results) {
+        let Some(r) = r else { continue };
+        let entry = second_seen
+            .entry((k.clone(), kv.clone(), s.clone()))
+            .or_default();
+        if r.started {
+            entry.1.push(v.clone());
+            continue;
+        }
+        stats.refused += 1;
+        let named = named_settings(&r.message, catalog);
+        if named.contains(k) || named.contains(s) {
+            let _ = base;
+            entry.0.push((v.clone(), r.message.clone()));
+        }
+    }
+    for ((k, kv, s), (refused, started)) in second_seen {
+        let Some((v, message)) = refused.first() else {
+            continue;
+        };
+        let current = catalog.settings[&s].value.clone();
+        let mut allowed: Vec<String> = std::iter::once(current).chain(started).collect();
+        allowed.dedup();
+        let reason = reason_lines(message)
+            .iter()
+            .map(|l| l.split_once("] ").map(|(_, rest)| rest).unwrap_or(l).trim())
+            .collect::<Vec<_>>()
+            .join(" / ");
+        edges.push(Edge {
+            from: s.clone(),
+            to: k.clone(),
+            kind: if says_requires(message, &s) {
+                EdgeKind::Requires
+            } else {
+                EdgeKind::ConflictsWith
+            },
+            confidence: 0.9,
+            evidence: vec![Evidence {
+                source: EvidenceSource::Probe,
+                detail: format!(
+                    "trial start with {k} = {kv} (made to start by the settings it needs) and {s} = {v} refused: {}",
+                    crate::tail(&reason, 600)
+                ),
+            }],
+            condition: Some(Constraint::Implies {
+                if_key: k.clone(),
+                if_pred: Pred::Eq(kv.clone()),
+                then_key: s.clone(),
+                then_pred: if allowed.len() == 1 {
+                    Pred::Eq(allowed[0].clone())
+                } else {
+                    Pred::In(allowed)
+                },
+            }),
+        });
     }
 
     let mut graph = Graph::default();

@@ -331,18 +331,35 @@ fn pid_file_ready(pid_file: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Fast shutdown (SIGINT to the postmaster named in `postmaster.pid`); if that file is not
-/// there, the child (the postmaster or `runuser`) gets it.
+/// Stops a trial server: fast shutdown (SIGINT to the postmaster named in `postmaster.pid`,
+/// else to the child), then immediate shutdown (SIGQUIT) if it is still there after 3 s (a
+/// trial value can make a backend sleep through a fast shutdown, `post_auth_delay`), then
+/// SIGKILL after 5 s more. Returns when the child has exited.
 fn stop_trial(pid_file: &Path, child: &mut std::process::Child) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let pid = std::fs::read_to_string(pid_file)
         .ok()
         .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
-    let target = pid.unwrap_or(child.id() as i32);
-    if kill(Pid::from_raw(target), Signal::SIGINT).is_err() {
-        let _ = child.kill();
+    let target = Pid::from_raw(pid.unwrap_or(child.id() as i32));
+    for (signal, grace) in [
+        (Signal::SIGINT, Duration::from_secs(3)),
+        (Signal::SIGQUIT, Duration::from_secs(5)),
+    ] {
+        if kill(target, signal).is_err() {
+            break;
+        }
+        let until = Instant::now() + grace;
+        while Instant::now() < until {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            // The child's exit has no event to wait on with a deadline; look again shortly.
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
+    let _ = kill(target, Signal::SIGKILL);
+    let _ = child.kill();
 }
 
 /// The server's lines when it refused (its `LOG` lines name a refused value, its `FATAL` the

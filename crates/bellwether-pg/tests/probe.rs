@@ -72,6 +72,21 @@ async fn probing_finds_the_wal_level_and_connection_constraints_with_conditions(
         })
         .unwrap_or_else(|| panic!("no max_connections edge in {probed:#?}"));
     assert!(conn.condition.is_some(), "{conn:?}");
+    // Second order: once max_wal_senders = 0 lets wal_level = minimal start, archive_mode
+    // = on is tried on top and refused.
+    let arch = probed
+        .iter()
+        .find(|e| e.from == "archive_mode" && e.to == "wal_level")
+        .unwrap_or_else(|| panic!("no archive_mode edge in {probed:#?}"));
+    assert_eq!(
+        arch.condition,
+        Some(Constraint::Implies {
+            if_key: "wal_level".into(),
+            if_pred: Pred::Eq("minimal".into()),
+            then_key: "archive_mode".into(),
+            then_pred: Pred::Eq("off".into()),
+        })
+    );
     // The graph holds every setting as a node and the shipped rules too.
     assert!(graph.nodes.len() > 300);
     assert!(graph.edges.len() > probed.len());
