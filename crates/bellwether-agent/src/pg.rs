@@ -245,23 +245,7 @@ impl PgDatabases {
                 database, settings, ..
             } => {
                 let cat = self.catalog(database).await?;
-                let mut values = trial_values(&cat);
-                for (k, v) in settings {
-                    let name = cat
-                        .settings
-                        .keys()
-                        .find(|n| n.eq_ignore_ascii_case(k))
-                        .cloned()
-                        .unwrap_or_else(|| k.clone());
-                    match v {
-                        Some(v) => {
-                            values.insert(name, v.clone());
-                        }
-                        None => {
-                            values.remove(&name);
-                        }
-                    }
-                }
+                let values = bellwether_pg::trial_values(&cat, settings);
                 let scratch = self.scratch(database, cat.server_version_num).await?;
                 let trial = tokio::task::spawn_blocking(move || scratch.try_start(&values))
                     .await
@@ -272,31 +256,6 @@ impl PgDatabases {
             other => Err(format!("{} is not a pg built-in", other.describe())),
         }
     }
-}
-
-/// The settings that must never reach a scratch cluster from the instance: they would run
-/// the instance's archive or restore commands, or connect to its primary.
-pub const NOT_IN_TRIALS: &[&str] = &[
-    "archive_command",
-    "archive_library",
-    "restore_command",
-    "archive_cleanup_command",
-    "recovery_end_command",
-    "primary_conninfo",
-    "primary_slot_name",
-];
-
-/// The instance's configuration a trial starts from: every setting its files or command line
-/// set, but the ones a trial forces or must not carry.
-pub fn trial_values(cat: &bellwether_config::setting::Catalog) -> BTreeMap<String, String> {
-    cat.settings
-        .values()
-        .filter(|s| s.source == "configuration file" || s.source == "command line")
-        .filter(|s| s.context != bellwether_config::setting::Context::Internal)
-        .filter(|s| !bellwether_pg::scratch::FORCED.contains(&s.name.as_str()))
-        .filter(|s| !NOT_IN_TRIALS.contains(&s.name.as_str()))
-        .map(|s| (s.name.clone(), s.value.clone()))
-        .collect()
 }
 
 /// A collector that adds each database's metrics to another collector's samples.

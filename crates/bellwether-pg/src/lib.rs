@@ -805,3 +805,43 @@ pub(crate) fn binary_major(dir: &std::path::Path) -> Option<String> {
         Some(format!("{first}.{}", parts.next()?))
     }
 }
+
+/// The configuration a scratch trial starts with: the instance's own settings that its
+/// configuration files, `ALTER SYSTEM` or its command line set (numbers, booleans and enums;
+/// not strings, which name the live instance's files, libraries, directories and commands; not
+/// `internal` settings; not the settings a trial forces, [`scratch::FORCED`]), with `set` on
+/// top (`None` leaves the key at its default). Names in `set` are matched as PostgreSQL matches
+/// them (case-insensitively). The agent's `pg_trial`, the local runner and the CLI's
+/// `config simulate --database` all use it.
+pub fn trial_values(
+    catalog: &Catalog,
+    set: &[(String, Option<String>)],
+) -> BTreeMap<String, String> {
+    use bellwether_config::setting::{Context, VarType};
+    let mut values: BTreeMap<String, String> = catalog
+        .settings
+        .values()
+        .filter(|s| {
+            (s.source == "configuration file" || s.source == "command line")
+                && s.context != Context::Internal
+                && s.vartype != VarType::String
+                && !scratch::FORCED.contains(&s.name.as_str())
+        })
+        .map(|s| (s.name.clone(), s.value.clone()))
+        .collect();
+    for (k, v) in set {
+        let name = catalog
+            .lookup(k)
+            .map(|s| s.name.clone())
+            .unwrap_or_else(|| k.clone());
+        match v {
+            Some(v) => {
+                values.insert(name, v.clone());
+            }
+            None => {
+                values.remove(&name);
+            }
+        }
+    }
+    values
+}

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bellwether_config::cochange::ChangeOutcome;
 use bellwether_config::graph::Graph;
-use bellwether_config::setting::{Catalog, Context, VarType};
+use bellwether_config::setting::Catalog;
 use bellwether_engine::config::{
     Action, ActionKind, Command, ConfigChangeEngine, ConfigPlan, EngineContext, Event, Input,
     Phase, Target, WatchSpec,
@@ -31,7 +31,7 @@ use bellwether_model::ActionSpec;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::scratch::{Scratch, FORCED};
+use crate::scratch::Scratch;
 use crate::{PgError, Sampler};
 
 /// What to change and how to watch it.
@@ -307,37 +307,7 @@ fn join_error(e: tokio::task::JoinError) -> PgError {
     }
 }
 
-/// The configuration a trial starts with: the instance's own settings that a configuration
-/// file or `ALTER SYSTEM` set (numbers, booleans and enums; not strings, which name files,
-/// libraries and directories of the live instance; not the settings a trial forces), with
-/// `set` on top (`None` leaves the key at its default).
-pub fn trial_values(
-    catalog: &Catalog,
-    set: &[(String, Option<String>)],
-) -> BTreeMap<String, String> {
-    let mut values: BTreeMap<String, String> = catalog
-        .settings
-        .values()
-        .filter(|s| {
-            s.source == "configuration file"
-                && s.context != Context::Internal
-                && s.vartype != VarType::String
-                && !FORCED.contains(&s.name.as_str())
-        })
-        .map(|s| (s.name.clone(), s.value.clone()))
-        .collect();
-    for (k, v) in set {
-        match v {
-            Some(v) => {
-                values.insert(k.clone(), v.clone());
-            }
-            None => {
-                values.remove(k);
-            }
-        }
-    }
-    values
-}
+pub use crate::trial_values;
 
 /// Carries out the engine's actions with this crate.
 struct Exec {

@@ -200,6 +200,7 @@ fn config_changes_through_the_server_on_a_real_instance() {
         .join(" ");
     let root = dir.path().join("root");
     std::fs::create_dir_all(&root).unwrap();
+    let state = dir.path().join("agent-state");
     let database = format!("main={}", pg.url());
     let restart_flag = format!("main={restart}");
     let mut agent = Guard::spawn(
@@ -225,6 +226,14 @@ fn config_changes_through_the_server_on_a_real_instance() {
             "--database-restart",
             &restart_flag,
             "--learn-graph=false",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--allow-action",
+            "pg_read_settings",
+            "--allow-action",
+            "pg_apply",
+            "--allow-action",
+            "pg_trial",
         ],
         &[],
         &dir.path().join("agent.log"),

@@ -287,6 +287,14 @@ fn validate(args: Args) -> Result<Config, UsageError> {
         )));
     }
     let allow = AllowList::parse(&args.allow_actions).map_err(UsageError)?;
+    if args.state_dir.is_none() && !args.databases.is_empty() {
+        // Reports and samples work without it; configuration changes do not.
+        eprintln!(
+            "warning: --database without --state-dir: the agent reports the instance's settings \
+             and metrics but carries out no actions, so `bellwether config apply` on this host \
+             will wait for it; add --state-dir DIR to run them"
+        );
+    }
     let actions = args.state_dir.map(|state_dir| ActionConfig {
         state_dir,
         protect: args.protect,

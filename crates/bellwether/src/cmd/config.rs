@@ -949,30 +949,6 @@ fn print_task(v: &Value) {
 mod local {
     use super::*;
 
-    /// What a scratch trial starts with: the instance's own configuration (as the agent's
-    /// `pg_trial` takes it) with the proposed values on top (`None` back to the default).
-    fn trial_values(
-        cat: &bellwether_config::setting::Catalog,
-        proposed: &[(String, Option<String>)],
-    ) -> std::collections::BTreeMap<String, String> {
-        let mut values = bellwether_agent::pg::trial_values(cat);
-        for (k, v) in proposed {
-            let name = cat
-                .lookup(k)
-                .map(|s| s.name.clone())
-                .unwrap_or_else(|| k.clone());
-            match v {
-                Some(v) => {
-                    values.insert(name, v.clone());
-                }
-                None => {
-                    values.remove(&name);
-                }
-            }
-        }
-        values
-    }
-
     /// Connects, reads the catalog, and learns the graph: shipped rules, plus probing when
     /// asked (scratch clusters from the instance's own binaries).
     pub async fn learn_graph(
@@ -1072,7 +1048,7 @@ mod local {
                         parallel: 1,
                     },
                 )?;
-                let values = trial_values(&cat, &prop);
+                let values = bellwether_pg::trial_values(&cat, &prop);
                 let t = scratch.try_start(&values)?;
                 Ok::<_, bellwether_pg::PgError>((g, t))
             })
