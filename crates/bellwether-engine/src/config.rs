@@ -382,7 +382,7 @@ struct Judgement {
     /// `up` = 0 without a break since this time (the instance does not answer).
     down_since: Option<i64>,
     down_last: Option<i64>,
-    /// First sample time of the current run of all-in-band data samples (confirm).
+    /// First sample time of the current run of data samples with no metric breached (confirm).
     in_band_since: Option<i64>,
     in_band_last: Option<i64>,
 }
@@ -1412,10 +1412,13 @@ impl ConfigChangeEngine {
                 j.in_band_since = None;
                 continue;
             }
+            // Recovered is the mirror of failed: no metric out of its band for its `for`
+            // duration. A blip shorter than that (Pending) neither fails a bake nor resets the
+            // confirm window.
             let mut all_normal = true;
             for (m, v) in &s.metrics {
                 if let Some(Ok(o)) = mw.observe(m, s.at_ms, *v) {
-                    if !matches!(o.state, WatchState::Normal) {
+                    if o.state.is_breached() {
                         all_normal = false;
                     }
                     last_states.insert(m.clone(), o.state);
@@ -1647,7 +1650,7 @@ impl ConfigChangeEngine {
                 t.recovered_at_ms = Some(last);
                 let after = t.applied_at_ms.map(|a| last - a);
                 self.event(out, now_ms, "recovered", Some(i),
-                    format!("{} back in every band for {:.1}s after the revert{}", self.database(i),
+                    format!("{} back in its bands (no breach) for {:.1}s after the revert{}", self.database(i),
                         (last - since) as f64 / 1000.0,
                         after.map(|a| format!("; {:.1}s from the apply", a as f64 / 1000.0)).unwrap_or_default()),
                     json!({ "recovered_at_ms": last, "reverted_at_ms": reverted, "applied_at_ms": t.applied_at_ms,
