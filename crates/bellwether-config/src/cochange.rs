@@ -1,7 +1,5 @@
 //! Edges from the change history: settings changed together (co-change statistics) and
 //! metrics that moved after a setting changed (metric impact).
-//!
-//! OWNER: helper `confgraph`.
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,6 @@
 //! The dependency graph of an instance's settings.
 //!
-//! OWNER: helper `confgraph`. The serialised shape is the contract:
+//! The serialised shape is the contract:
 //! `{"nodes": [...], "edges": [{"from", "to", "kind", "confidence", "evidence"}]}` (plus the
 //! optional `condition` and the graph's `version`).
 //!

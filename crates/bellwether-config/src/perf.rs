@@ -1,8 +1,6 @@
 //! A lightweight performance model of one instance, trained on its own measured history:
 //! throughput and latency as a function of its settings.
 //!
-//! OWNER: helper `confgraph`.
-//!
 //! The model: ridge regression of `ln(tps)` and `ln(latency_ms)` on the numeric settings that
 //! vary among the observations, each scaled as `sign(x) · ln(1 + |x|)` (memory and cost
 //! settings act multiplicatively) and standardised, plus an intercept. The penalty is chosen

@@ -1,7 +1,5 @@
 //! `postgresql.conf` and `postgresql.auto.conf`: PostgreSQL's configuration-file syntax, with
 //! `include`, `include_if_exists` and `include_dir` resolved through a [`ConfSource`].
-//!
-//! OWNER: helper `confcore`.
 
 use serde::{Deserialize, Serialize};
 

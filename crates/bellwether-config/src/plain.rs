@@ -1,8 +1,6 @@
 //! Plain configuration files of other services (key = value, INI, YAML, JSON, TOML) as one
 //! flat map of dotted keys (`server.port`, `section.key`, `list.0`) to their string values, so
 //! that any format's change is a list of `key: old → new`.
-//!
-//! OWNER: helper `confcore`.
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,5 @@
 //! Risk scores whose factors add up to their log-odds (the same invariant as
 //! `bellwether-predict`'s explanations): `logit(score) = base + Σ factors[i].log_odds`.
-//!
-//! OWNER: helper `confgraph`.
 
 use serde::{Deserialize, Serialize};
 

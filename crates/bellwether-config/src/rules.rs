@@ -1,8 +1,6 @@
 //! Checkable constraints between settings: the shipped rules (documented constraints and
 //! "does nothing unless"), and the constraints probing learned.
 //!
-//! OWNER: helper `confgraph`.
-//!
 //! Three kinds of rule: hard constraints (PostgreSQL refuses to start, or refuses the value;
 //! the simulator refuses a change that breaks one), "does nothing unless" links (a setting has
 //! no effect unless another holds a value; the simulator says so but does not refuse), and

@@ -1,7 +1,6 @@
 //! An instance's settings as `pg_settings` shows them, and values with units.
 //!
-//! OWNER: helper `confcore`. The types are the contract other crates code against; change
-//! them only additively and say so in the report.
+//! The agent, the server, the engine and the CLI all read settings through these types.
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,5 @@
 //! The change simulator: a proposed change applied to a copy of the graph (and, when the
 //! caller ran one, the result of a scratch cluster's trial start), never the live instance.
-//!
-//! OWNER: helper `confgraph`.
 
 use std::collections::{BTreeMap, HashSet};
 

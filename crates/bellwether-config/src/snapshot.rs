@@ -1,6 +1,4 @@
 //! Snapshots of a whole configuration, their differences, and change records.
-//!
-//! OWNER: helper `confcore`.
 
 use std::collections::BTreeMap;
 

@@ -2,9 +2,7 @@
 //! PostgreSQL instances of a role, canary first, each watched against its own baseline and
 //! reverted to its last good snapshot when an anomaly is traced to the change.
 //!
-//! OWNER: helper `confengine`. The types and signatures here are the contract the server's
-//! `config` task (helper `confserver`) and the local runner code against; change them only
-//! additively and say so in the report.
+//! The server's `config` task and the local runner (`bellwether_pg::local`) both step it.
 //!
 //! Per target, in order: `trial` (a scratch cluster's trial start with the instance's
 //! configuration plus the change; a refusal ends the task before anything touches an instance)

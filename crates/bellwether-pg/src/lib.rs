@@ -1,7 +1,7 @@
 //! bellwether-pg: the IO side of configuration changes on a live PostgreSQL instance.
 //!
-//! OWNER: helper `pgio`. The signatures below are the contract the agent, the CLI and the
-//! server code against; change them only additively and say so in the report.
+//! The agent (the PostgreSQL built-ins and samples), the local runner, the CLI and the benches
+//! use it.
 //!
 //! - [`read_settings`]: `pg_settings` over a real connection into a
 //!   [`bellwether_config::setting::Catalog`]; [`read_conf_files`]: the instance's

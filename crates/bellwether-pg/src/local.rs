@@ -3,8 +3,6 @@
 //! carrying out its actions directly with this crate (trial, snapshot, apply, revert) and
 //! feeding it this crate's [`crate::Sampler`] rates. No second engine.
 //!
-//! OWNER: helper `confengine`.
-//!
 //! The loop: every `interval` one [`crate::Sampler`] read (a failed read, or no connection,
 //! is a sample with `up` = 0; the sampler's connection is re-opened after a failure, so a
 //! restart does not leave it dead) and a tick; each action the engine asks for runs in its own

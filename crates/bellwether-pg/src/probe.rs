@@ -11,8 +11,6 @@
 //! `SumLess`), or from follow-up trials: `K = V` with each candidate of `O`; the values of `O`
 //! that start give `K = V ⇒ O ∈ {…}` (an `Implies`). A refusal that names no other setting
 //! (a value the machine cannot give, such as a huge `shared_buffers`) is counted, not linked.
-//!
-//! OWNER: helper `pgio`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};

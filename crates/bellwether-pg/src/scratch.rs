@@ -7,8 +7,6 @@
 //! pool (a new copy is made the first time all are busy) and gives it back after. A trial's
 //! server listens on no TCP port (`listen_addresses=''`) and keeps its socket in its own
 //! directory, so trials never collide over ports.
-//!
-//! OWNER: helper `pgio`.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;

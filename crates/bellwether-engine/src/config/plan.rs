@@ -2,8 +2,6 @@
 //! built from flags. Every field checked inside the YAML deserialiser (file, line, column and
 //! field path in errors), like the rollout and patch plans (`crate::yaml`).
 //!
-//! OWNER: helper `confengine`.
-//!
 //! The YAML form (every field but `targets` and `set` optional; docs/config-apply.md):
 //!
 //! ```yaml
