@@ -16,14 +16,13 @@
 //! change, stops the workload, and puts the cluster back (`ALTER SYSTEM RESET ALL` and a
 //! restart) for the next.
 
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bellwether_engine::config::Phase;
 use bellwether_pg::local::{run as run_local, LocalOptions};
-use bellwether_pg::testing::{TestCluster, TestClusterOptions};
+use bellwether_pg::testing::{KeepRunning, TestCluster, TestClusterOptions};
 use serde::Serialize;
 use serde_json::json;
 
@@ -444,55 +443,6 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
-/// pgbench kept running: restarted whenever it exits (a server restart ends its sessions).
-struct Pgbench {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Pgbench {
-    fn start(argv: Vec<String>) -> Pgbench {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                let child: std::io::Result<Child> = Command::new(&argv[0])
-                    .args(&argv[1..])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn();
-                let Ok(mut child) = child else { return };
-                loop {
-                    if s.load(Ordering::SeqCst) {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return;
-                    }
-                    match child.try_wait() {
-                        Ok(Some(_)) | Err(_) => break,
-                        Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                    }
-                }
-                // The server is restarting: try again shortly.
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        });
-        Pgbench {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Pgbench {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 fn failed(what: &str, e: impl std::fmt::Display) -> BenchError {
     BenchError::Failed(format!("{what}: {e}"))
 }
@@ -547,7 +497,7 @@ impl Worker {
         Ok(Worker { cluster, script })
     }
 
-    fn workload(&self, w: Workload) -> Pgbench {
+    fn workload(&self, w: Workload) -> KeepRunning {
         let script = self.script.path().join("dedup.sql").display().to_string();
         let args: Vec<&str> = match w {
             Workload::Lookup => vec!["-n", "-S", "-c", "2", "-j", "2", "-T", "3600", "postgres"],
@@ -555,7 +505,7 @@ impl Worker {
                 "-n", "-c", "2", "-j", "2", "-T", "3600", "-f", &script, "postgres",
             ],
         };
-        Pgbench::start(self.cluster.pgbench_argv(&args))
+        KeepRunning::start(self.cluster.pgbench_argv(&args))
     }
 
     /// Waits until the instance commits transactions in two consecutive one-second samples.

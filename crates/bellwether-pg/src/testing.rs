@@ -233,3 +233,59 @@ fn pg_ctl_argv(bindir: &Path, data_dir: &Path, log_file: &Path, action: &str) ->
     }
     pg_argv(&bindir.join("pg_ctl"), &args)
 }
+
+/// A command kept running until dropped: started again whenever it exits (pgbench, whose
+/// sessions a server restart ends). Its output is discarded.
+pub struct KeepRunning {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KeepRunning {
+    pub fn start(argv: Vec<String>) -> KeepRunning {
+        use std::process::{Command, Stdio};
+        use std::sync::atomic::Ordering;
+        use std::time::Duration;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let Ok(mut child) = Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                else {
+                    return;
+                };
+                // Polled so that a drop ends it promptly.
+                loop {
+                    if s.load(Ordering::SeqCst) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return;
+                    }
+                    match child.try_wait() {
+                        Ok(Some(_)) | Err(_) => break,
+                        Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+                // The server is restarting: try again shortly.
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        KeepRunning {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for KeepRunning {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

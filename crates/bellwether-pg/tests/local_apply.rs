@@ -4,64 +4,12 @@
 //! reverted with a restart. Each test starts its own cluster (initdb/pg_ctl from
 //! /usr/lib/postgresql/*/bin, as `postgres` when run as root).
 
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::process::Command;
 use std::time::Duration;
 
 use bellwether_engine::config::{Phase, WatchSpec};
 use bellwether_pg::local::{run, LocalOptions, LocalReport};
-use bellwether_pg::testing::{TestCluster, TestClusterOptions};
-
-/// pgbench kept running: restarted whenever it exits (a server restart ends its sessions).
-struct Bench {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Bench {
-    fn start(argv: Vec<String>) -> Bench {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                let child: std::io::Result<Child> = Command::new(&argv[0])
-                    .args(&argv[1..])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn();
-                let Ok(mut child) = child else { return };
-                // Poll the child so a stop request ends it promptly.
-                loop {
-                    if s.load(Ordering::SeqCst) {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return;
-                    }
-                    match child.try_wait() {
-                        Ok(Some(_)) | Err(_) => break,
-                        Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                    }
-                }
-                // The server is restarting: try again shortly.
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        });
-        Bench {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+use bellwether_pg::testing::{KeepRunning, TestCluster, TestClusterOptions};
 
 fn psql(c: &TestCluster, sql: &str) -> String {
     let out = Command::new(c.bindir.join("psql"))
@@ -92,7 +40,7 @@ fn psql(c: &TestCluster, sql: &str) -> String {
 /// A sort- and hash-heavy workload: each transaction de-duplicates 20,000 rows (about 3 MB of
 /// hash table or sort, inside the default 4 MB work_mem, far outside 64 kB: it spills to
 /// temporary files and runs about three times slower).
-fn sort_workload(c: &TestCluster) -> (tempfile::TempDir, Bench) {
+fn sort_workload(c: &TestCluster) -> (tempfile::TempDir, KeepRunning) {
     psql(
         c,
         "CREATE TABLE sortme AS SELECT (random()*1e6)::int AS k, md5(i::text) AS v \
@@ -106,7 +54,7 @@ fn sort_workload(c: &TestCluster) -> (tempfile::TempDir, Bench) {
     )
     .unwrap();
     let script = script.display().to_string();
-    let bench = Bench::start(c.pgbench_argv(&[
+    let bench = KeepRunning::start(c.pgbench_argv(&[
         "-n", "-c", "2", "-j", "2", "-T", "600", "-f", &script, "postgres",
     ]));
     (dir, bench)

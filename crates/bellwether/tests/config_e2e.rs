@@ -16,65 +16,15 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bellwether_pg::testing::{TestCluster, TestClusterOptions};
+use bellwether_pg::testing::{KeepRunning, TestCluster, TestClusterOptions};
 use serde_json::Value;
 use support::{Backend, Guard, Server, EXE};
 
 const OPERATOR: &str = "config-e2e-operator-token-0123456789";
 const ENROL: &str = "config-e2e-enrol-token-0123456789abc";
-
-/// pgbench kept running (started again when a server restart ends its sessions).
-struct Bench {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Bench {
-    fn start(argv: Vec<String>) -> Bench {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                let child: std::io::Result<Child> = Command::new(&argv[0])
-                    .args(&argv[1..])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn();
-                let Ok(mut child) = child else { return };
-                loop {
-                    if s.load(Ordering::SeqCst) {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return;
-                    }
-                    match child.try_wait() {
-                        Ok(Some(_)) | Err(_) => break,
-                        Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        });
-        Bench {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 fn psql(c: &TestCluster, sql: &str) -> String {
     let out = Command::new(c.bindir.join("psql"))
@@ -297,7 +247,7 @@ fn config_changes_through_the_server_on_a_real_instance() {
         "SELECT count(*) FROM (SELECT DISTINCT v FROM sortme) s;\n",
     )
     .unwrap();
-    let _bench = Bench::start(pg.pgbench_argv(&[
+    let _bench = KeepRunning::start(pg.pgbench_argv(&[
         "-n",
         "-c",
         "2",
