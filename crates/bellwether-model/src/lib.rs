@@ -10,6 +10,7 @@ pub mod action;
 pub mod drift;
 pub mod duration;
 pub mod ids;
+pub mod mirror;
 pub mod profile;
 pub mod rng;
 pub mod sample;
