@@ -47,7 +47,8 @@ pub struct StartTrial {
 pub struct ProposedChange {
     pub key: String,
     pub old: Option<String>,
-    /// `None` resets to the default (`ALTER SYSTEM RESET`).
+    /// The normalised new value; `None` resets to the default (`ALTER SYSTEM RESET`). When the
+    /// change is refused (`error` is set), the value as it was given.
     pub new: Option<String>,
     /// What it takes; `None` when refused.
     pub apply: Option<ApplyKind>,
@@ -123,6 +124,7 @@ pub fn simulate_with_index(
             error: None,
         };
         if !seen.insert(key.as_str()) {
+            change.new = new.clone();
             change.error = Some(format!("{key} is set twice in this change"));
             changes.push(change);
             continue;
@@ -143,7 +145,10 @@ pub fn simulate_with_index(
             },
         };
         match normalised {
-            Err(e) => change.error = Some(e.to_string()),
+            Err(e) => {
+                change.new = new.clone();
+                change.error = Some(e.to_string());
+            }
             Ok(value) => {
                 let Some(setting) = setting else {
                     // validate accepted a setting the catalog does not hold: treat as unknown.

@@ -275,6 +275,8 @@ fn bad_values_are_refused_naming_setting_value_and_range() {
         e.contains("work_mem") && e.contains("1kB") && e.contains("64"),
         "{e}"
     );
+    // A refused value is reported as given, not as a reset to the default.
+    assert_eq!(r.changes[0].new.as_deref(), Some("1kB"));
     let r = run(&[("wrok_mem", Some("4MB"))], None, None);
     assert_eq!(r.verdict, Verdict::Refuse);
     assert!(r.changes[0].error.as_deref().unwrap().contains("wrok_mem"));
