@@ -31,6 +31,8 @@ use crate::{BenchError, Output, Verdict};
 pub struct Options {
     /// Run only the first N changes of the corpus (it interleaves the three kinds).
     pub changes: Option<usize>,
+    /// Run only the changes whose name contains this text (applied before `changes`).
+    pub only: Option<String>,
     /// Clusters run side by side.
     pub workers: usize,
     pub output: Output,
@@ -688,6 +690,14 @@ pub fn figures(outcomes: Vec<Outcome>, elapsed_s: f64) -> Figures {
 
 pub fn run(opts: &Options) -> Result<Verdict, BenchError> {
     let mut all = corpus();
+    if let Some(only) = &opts.only {
+        all.retain(|c| c.name.contains(only.as_str()));
+        if all.is_empty() {
+            return Err(BenchError::Usage(format!(
+                "--only {only:?} matches no change of the corpus"
+            )));
+        }
+    }
     if let Some(n) = opts.changes {
         if n == 0 {
             return Err(BenchError::Usage("--changes must be at least 1".into()));

@@ -7,7 +7,10 @@
 //! is a sample with `up` = 0; the sampler's connection is re-opened after a failure, so a
 //! restart does not leave it dead) and a tick; each action the engine asks for runs in its own
 //! task, so sampling goes on while an apply restarts the server; its result is fed back as
-//! [`Input::Done`]. The graph is the shipped rules plus, with [`LocalOptions::probe`], what
+//! [`Input::Done`]. When an apply or a revert finishes, the connection is re-opened and a new
+//! sampling interval starts at once, so no later rate mixes time before and after the change
+//! (or the revert) took effect, and the first one comes a full interval after it rather than
+//! after a read that only re-opens a connection. The graph is the shipped rules plus, with [`LocalOptions::probe`], what
 //! probing the changed keys on a scratch cluster from the instance's own binaries learns
 //! ([`crate::probe::learn`]). The run ends when the engine is settled, or after
 //! [`LocalOptions::max_duration`] with an abort (what is in flight is still finished).
@@ -170,7 +173,7 @@ pub async fn run_with(
     };
     let (mut engine, out) = ConfigChangeEngine::start(plan, context, now_ms());
     let mut events = Vec::new();
-    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, ActionOutcome, Option<Value>)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Done>();
     let exec = Exec {
         url: url.to_string(),
         restart_argv: restart_argv.map(<[String]>::to_vec),
@@ -197,9 +200,22 @@ pub async fn run_with(
     let mut aborted = false;
     while !engine.is_settled() {
         tokio::select! {
-            Some((id, outcome, output)) = rx.recv() => {
+            Some((id, kind, outcome, output)) = rx.recv() => {
                 let out = engine.step(Input::Done { action_id: id, outcome, output }, now_ms());
                 handle(&engine, out);
+                if matches!(kind, ActionKind::Apply | ActionKind::Revert) {
+                    // A new sampling interval starts now, on a fresh connection (a restart
+                    // ended the old one): every later rate covers only time after the change
+                    // or the revert took effect, and the first one comes a full interval
+                    // after it instead of up to two (a read that only re-opens the connection
+                    // gives no rate).
+                    conn = None;
+                    let metrics = sample(&mut conn, &mut sampler, url).await;
+                    let at = now_ms();
+                    let out = engine.step(Input::Sample { target: 0, at_ms: at, metrics }, at);
+                    handle(&engine, out);
+                    ticker.reset();
+                }
             }
             _ = ticker.tick() => {
                 let metrics = sample(&mut conn, &mut sampler, url).await;
@@ -316,7 +332,8 @@ struct Exec {
     set: Vec<(String, Option<String>)>,
 }
 
-type Done = (u64, ActionOutcome, Option<Value>);
+/// An action's id and kind, and its result.
+type Done = (u64, ActionKind, ActionOutcome, Option<Value>);
 
 fn failed(e: impl std::fmt::Display) -> ActionOutcome {
     ActionOutcome::Failed {
@@ -368,7 +385,7 @@ impl Exec {
                     None,
                 ),
             };
-            let _ = tx.send((a.id, outcome, output));
+            let _ = tx.send((a.id, a.kind, outcome, output));
         });
     }
 }

@@ -202,6 +202,30 @@ fn a_restart_context_change_is_applied_and_reverted_with_a_restart() {
         reverted.figures["report"]["restarted"], true,
         "{reverted:?}"
     );
+    let recovered = r.event("recovered").expect("recovered");
+    // Where the time went, from the apply's restart to the end of the confirm window
+    // (`-- --nocapture` prints it; docs/config-apply.md has the breakdown).
+    let applied_at = applied.figures["applied_at_ms"]
+        .as_i64()
+        .expect("applied_at_ms");
+    for e in r
+        .events
+        .iter()
+        .filter(|e| e.name != "changed" && e.name != "snapshot")
+    {
+        eprintln!(
+            "{:>7.2} s {:<12} {}",
+            (e.at_ms - applied_at) as f64 / 1000.0,
+            e.name,
+            e.reason
+        );
+    }
+    assert!(
+        recovered.figures["bad_change_to_recovered_ms"]
+            .as_i64()
+            .is_some_and(|ms| ms > 0),
+        "{recovered:?}"
+    );
     assert_eq!(psql(&c, "SHOW shared_buffers"), sb);
     assert_eq!(psql(&c, "SHOW work_mem"), "4MB");
 }

@@ -180,6 +180,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }),
         Which::ConfigCorpus(a) => b::config_corpus::run(&b::config_corpus::Options {
             changes: a.changes,
+            only: a.only,
             workers: a.workers,
             output: output(a.output),
         }),
@@ -446,6 +447,9 @@ pub struct ConfigCorpusArgs {
     /// Run only the first N changes of the corpus (it interleaves the three kinds).
     #[arg(long)]
     changes: Option<usize>,
+    /// Run only the changes whose name contains this text, e.g. "(restart)".
+    #[arg(long)]
+    only: Option<String>,
     /// PostgreSQL clusters run side by side.
     #[arg(long, default_value_t = 2)]
     workers: usize,
