@@ -57,17 +57,6 @@ pub(crate) fn config(
     Ok(cfg)
 }
 
-/// `HOST:PORT` of a URL or endpoint (for naming a standby's primary).
-pub(crate) fn host_port(cfg: &tokio_postgres::Config) -> Option<String> {
-    let host = match cfg.get_hosts().first()? {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        #[allow(unreachable_patterns)]
-        _ => return None,
-    };
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    Some(Endpoint { host, port }.to_string())
-}
-
 pub(crate) async fn connect(
     endpoint: &str,
     cfg: &tokio_postgres::Config,
