@@ -254,6 +254,10 @@ impl LocalProcess {
                 "stream".into(),
                 "-c".into(),
                 "fast".into(),
+                // The standby's own start syncs its whole data directory (it starts from a
+                // backup label, not a clean shutdown), so syncing here too only doubles the
+                // cost (3.4 s of 4 s for 31 MB on the test machine).
+                "--no-sync".into(),
             ],
         );
         run(
