@@ -445,7 +445,7 @@ impl Provisioner for LocalProcess {
             return Err(MirrorError::WrongRole {
                 endpoint: req.primary.clone(),
                 expected: "primary",
-                actual: "a replica".to_string(),
+                actual: "replica".to_string(),
             });
         }
         std::fs::create_dir_all(&self.base_dir).map_err(|e| io("creating", &self.base_dir, e))?;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bellwether_mirror::resp::{info_fields, Conn, Value};
 use bellwether_mirror::testing::TestRedis;
 use bellwether_mirror::{
-    fence, primary_position, probe, promote, DepKind, LocalProcess, MirrorError, ProvisionRequest,
-    Provisioner, Role,
+    fence, primary_position, probe, promote, unfence, DepKind, LocalProcess, MirrorError,
+    ProvisionRequest, Provisioner, Role,
 };
 
 const T: Duration = Duration::from_secs(5);
@@ -176,7 +176,11 @@ async fn a_promoted_mirror_holds_every_acknowledged_write_after_the_primary_is_k
     let e = promote(DepKind::Redis, &inst.endpoint, None, T)
         .await
         .unwrap_err();
-    assert!(matches!(e, MirrorError::WrongRole { .. }), "{e}");
+    // The server's task matches `actual == "primary"` to tell a repeated promote.
+    assert!(
+        matches!(&e, MirrorError::WrongRole { actual, .. } if actual == "primary"),
+        "{e}"
+    );
 
     driver.retire(&inst).await.unwrap();
 }
@@ -255,6 +259,9 @@ async fn fencing_turns_the_old_primary_into_a_replica_or_refuses_its_writes() {
         v => panic!("a fenced instance took a write: {v:?}"),
     }
     assert_eq!(c.cmd(&["GET", "a"]).await.unwrap(), Value::Bulk(None));
+    // Unfenced, it takes writes again.
+    unfence(DepKind::Redis, &lone.endpoint(), T).await.unwrap();
+    c.cmd_ok(&["SET", "a", "1"]).await.unwrap();
 
     // An instance that is down cannot be fenced: the error says so (fence it when back).
     let mut gone = TestRedis::start();
