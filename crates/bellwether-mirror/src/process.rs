@@ -398,7 +398,7 @@ impl LocalProcess {
                 if let Some(pid) = pid {
                     // The pid of a process that exited may belong to another by now: only
                     // a process started in this directory is signalled.
-                    if alive(pid) && cmdline_mentions(pid, "redis") {
+                    if alive(pid) && runs_in(pid, dir) {
                         terminate(pid).await;
                     }
                 }
@@ -565,10 +565,15 @@ fn alive(pid: u32) -> bool {
     )
 }
 
-fn cmdline_mentions(pid: u32, word: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).contains(word))
-        .unwrap_or(false)
+/// Whether `pid`'s working directory is `dir` (redis-server changes into its `--dir`).
+fn runs_in(pid: u32, dir: &Path) -> bool {
+    match (
+        std::fs::read_link(format!("/proc/{pid}/cwd")),
+        dir.canonicalize(),
+    ) {
+        (Ok(cwd), Ok(dir)) => cwd == dir,
+        _ => false,
+    }
 }
 
 /// SIGTERM, then SIGKILL after [`STOP_GRACE`]; returns once the process is gone.
