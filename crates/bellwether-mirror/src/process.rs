@@ -565,15 +565,19 @@ fn alive(pid: u32) -> bool {
     )
 }
 
-/// Whether `pid`'s working directory is `dir` (redis-server changes into its `--dir`).
+/// Whether `pid`'s working directory is `dir` (redis-server changes into its `--dir`), also
+/// when the directory was removed under it (the kernel then shows `DIR (deleted)`).
 fn runs_in(pid: u32, dir: &Path) -> bool {
-    match (
-        std::fs::read_link(format!("/proc/{pid}/cwd")),
-        dir.canonicalize(),
-    ) {
-        (Ok(cwd), Ok(dir)) => cwd == dir,
-        _ => false,
-    }
+    let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
+        return false;
+    };
+    let want = dir
+        .canonicalize()
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_path_buf());
+    let cwd = cwd.to_string_lossy();
+    let want = want.to_string_lossy();
+    cwd == want || cwd.strip_suffix(" (deleted)") == Some(&*want)
 }
 
 /// SIGTERM, then SIGKILL after [`STOP_GRACE`]; returns once the process is gone.

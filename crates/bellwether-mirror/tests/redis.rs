@@ -296,6 +296,18 @@ async fn retire_stops_the_process_and_removes_its_directory() {
     // Retiring what is gone is fine (an agent may be asked twice).
     driver.retire(&inst).await.unwrap();
     assert!(driver.list().unwrap().is_empty());
+
+    // A mirror whose directory someone removed is still stopped by retire.
+    let inst = driver
+        .provision(&request(&primary.endpoint(), "r2"))
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(inst.dir.as_ref().unwrap()).unwrap();
+    driver.retire(&inst).await.unwrap();
+    assert!(
+        !alive(inst.pid.unwrap()),
+        "a mirror without its directory still runs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
