@@ -10,8 +10,9 @@
 //!
 //! Each worker starts its own cluster (`bellwether_pg::testing::TestCluster`: initdb/pg_ctl
 //! from the newest /usr/lib/postgresql/*/bin, as `postgres` when run as root), loads two
-//! workloads (pgbench's select-only lookups on scale 2; a hash/sort-heavy de-duplication of
-//! 20,000 rows that fits the default 4 MB work_mem and spills below it), and for each change:
+//! workloads (pgbench's select-only lookups on scale 2; 100-row index range scans of the same
+//! table; a hash/sort-heavy de-duplication of 20,000 rows that fits the default 4 MB work_mem
+//! and spills below it), and for each change:
 //! starts the change's workload, waits until the instance commits transactions, runs the
 //! change, stops the workload, and puts the cluster back (`ALTER SYSTEM RESET ALL` and a
 //! restart) for the next.
@@ -53,6 +54,9 @@ pub enum Workload {
     Lookup,
     /// SELECT count(*) FROM (SELECT DISTINCT v FROM sortme): hash or sort of 20,000 rows.
     Dedup,
+    /// SELECT sum(abalance) FROM pgbench_accounts WHERE aid BETWEEN :a AND :a + 99: a 100-row
+    /// index range scan.
+    Range,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,7 +81,7 @@ fn c(
     }
 }
 
-/// The corpus: 20 harmful, 20 harmless, 12 that would not start, interleaved.
+/// The corpus: 20 harmful, 21 harmless, 12 that would not start, interleaved.
 pub fn corpus() -> Vec<Change> {
     use Kind::*;
     use Workload::*;
@@ -197,14 +201,16 @@ pub fn corpus() -> Vec<Change> {
             Lookup,
             &[("shared_buffers", "128kB"), ("random_page_cost", "5000")],
         ),
+        // On pgbench's point lookups this change does nothing: EXPLAIN prices the one-row
+        // index scan at 1,200 against ~5,500 for a sequential scan of the 200,000 rows, so
+        // the plan stays an index scan (it was labelled harmful there until 2026-12-05; it is
+        // now the harmless case below). A 100-row range scan is priced at ~100,000 and becomes
+        // a parallel sequential scan, about 150 times slower per query.
         c(
-            "cpu_index_tuple_cost 1000",
+            "cpu_index_tuple_cost 1000: range scans become seq scans",
             Harmful,
-            Lookup,
-            &[
-                ("cpu_index_tuple_cost", "1000"),
-                ("random_page_cost", "100"),
-            ],
+            Range,
+            &[("cpu_index_tuple_cost", "1000")],
         ),
     ];
     let harmless = vec![
@@ -312,6 +318,13 @@ pub fn corpus() -> Vec<Change> {
             Harmless,
             Lookup,
             &[("max_wal_senders", "5")],
+        ),
+        // See the harmful range-scan case: point lookups keep their index scan.
+        c(
+            "cpu_index_tuple_cost 1000 on point lookups (plan unchanged)",
+            Harmless,
+            Lookup,
+            &[("cpu_index_tuple_cost", "1000")],
         ),
     ];
     let would_not_start = vec![
@@ -442,6 +455,8 @@ pub struct Outcome {
     pub recovered_after_ms: Option<i64>,
     pub elapsed_ms: u64,
     pub reason: String,
+    /// Every `traced` event's reason (the risk with its factors and the decision).
+    pub traced: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -496,15 +511,26 @@ impl Worker {
             "SELECT count(*) FROM (SELECT DISTINCT v FROM sortme) s;\n",
         )
         .map_err(|e| failed("the pgbench script", e))?;
+        // Scale 2 holds 200,000 accounts (a custom script's :scale is 1 unless -s is given).
+        std::fs::write(
+            script.path().join("range.sql"),
+            "\\set aid random(1, 199901)\n\
+             SELECT sum(abalance) FROM pgbench_accounts WHERE aid BETWEEN :aid AND :aid + 99;\n",
+        )
+        .map_err(|e| failed("the pgbench script", e))?;
         Ok(Worker { cluster, script })
     }
 
     fn workload(&self, w: Workload) -> KeepRunning {
-        let script = self.script.path().join("dedup.sql").display().to_string();
+        let script = |name: &str| self.script.path().join(name).display().to_string();
+        let (dedup, range) = (script("dedup.sql"), script("range.sql"));
         let args: Vec<&str> = match w {
             Workload::Lookup => vec!["-n", "-S", "-c", "2", "-j", "2", "-T", "3600", "postgres"],
             Workload::Dedup => vec![
-                "-n", "-c", "2", "-j", "2", "-T", "3600", "-f", &script, "postgres",
+                "-n", "-c", "2", "-j", "2", "-T", "3600", "-f", &dedup, "postgres",
+            ],
+            Workload::Range => vec![
+                "-n", "-c", "2", "-j", "2", "-T", "3600", "-f", &range, "postgres",
             ],
         };
         KeepRunning::start(self.cluster.pgbench_argv(&args))
@@ -568,6 +594,7 @@ impl Worker {
             recovered_after_ms: None,
             elapsed_ms: 0,
             reason: String::new(),
+            traced: Vec::new(),
             error: None,
         };
         let bench = self.workload(ch.workload);
@@ -598,6 +625,12 @@ impl Worker {
                 o.recovered_after_ms = r
                     .event("recovered")
                     .and_then(|e| e.figures["bad_change_to_recovered_ms"].as_i64());
+                o.traced = r
+                    .events
+                    .iter()
+                    .filter(|e| e.name == "traced")
+                    .map(|e| e.reason.clone())
+                    .collect();
                 o.reason = r
                     .events
                     .iter()
@@ -845,6 +878,7 @@ mod tests {
             recovered_after_ms: rec,
             elapsed_ms: 0,
             reason: String::new(),
+            traced: Vec::new(),
             error: None,
         };
         let f = figures(

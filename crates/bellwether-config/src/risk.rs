@@ -27,7 +27,8 @@ pub struct Risk {
 /// What the risk of an observed anomaly after a change is made of.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnomalyEvidence<'a> {
-    /// The watch's severity in [0, 1] (`bellwether_detect::threshold::MultiWatch`).
+    /// The watch's severity in [0, 1] (`bellwether_detect::threshold::MultiWatch`). Used by the
+    /// score only when `breaches` is empty (a caller that knows no more than this).
     pub severity: f64,
     /// The changed keys.
     pub changed: &'a [String],
@@ -35,6 +36,56 @@ pub struct AnomalyEvidence<'a> {
     pub impacted: &'a [ImpactPath],
     /// Outcomes of earlier changes on this instance (and its role).
     pub history: &'a [ChangeOutcome],
+    /// The breached metrics, one each (the watch's reasons). Empty: not known, and the
+    /// combined `severity` stands in for their magnitude and number.
+    pub breaches: &'a [Breach],
+    /// When the anomaly was seen relative to the apply. `None`: not known (no timing factor).
+    pub timing: Option<Timing>,
+}
+
+/// One breached metric, as the watch reports it (`bellwether_detect::threshold::Reason`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Breach {
+    pub metric: String,
+    /// This metric's own severity in [0.5, 1]: 0.5 just past its band's edge, 1 at twice the
+    /// edge's distance from the baseline or beyond.
+    pub severity: f64,
+    /// How long the metric has been out of its band, in milliseconds.
+    pub for_ms: i64,
+    /// The rule's weight; a metric of weight 0 is shown but counts for nothing.
+    pub weight: f64,
+}
+
+impl Breach {
+    /// From one reason as the engine records it in its `anomaly` event (`metric`,
+    /// `severity`, `for_ms`, `weight`). A missing severity counts as 1 and a missing weight as
+    /// 1 (the engine's `up` = 0 reason has neither); `None` without a metric name.
+    pub fn from_reason(v: &serde_json::Value) -> Option<Breach> {
+        Some(Breach {
+            metric: v.get("metric")?.as_str()?.to_string(),
+            severity: v.get("severity").and_then(|x| x.as_f64()).unwrap_or(1.0),
+            for_ms: v.get("for_ms").and_then(|x| x.as_i64()).unwrap_or(0),
+            weight: v.get("weight").and_then(|x| x.as_f64()).unwrap_or(1.0),
+        })
+    }
+}
+
+/// When an anomaly was seen relative to the change, in sample time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// From the apply to the newest sample judged; the anomaly began `max(for_ms)` of its
+    /// breaches before that.
+    pub since_apply_ms: i64,
+    /// The bake: the window after the apply in which the anomaly was looked for.
+    pub bake_ms: i64,
+    /// How finely an onset can be dated: the shortest rule `for` (a breach is known only once
+    /// it has lasted that long).
+    pub resolution_ms: i64,
+    /// Other configuration changes on the instance since the baseline; `None`: not known (the
+    /// pre-apply baseline in its bands is then the only sign the instance was quiet).
+    pub other_changes: Option<usize>,
+    /// The apply restarted the server.
+    pub restarted: bool,
 }
 
 /// The prior share of changes that turn out harmful, before any evidence (log-odds `base`).
@@ -101,34 +152,168 @@ pub fn history_factor(changed: &[String], history: &[ChangeOutcome]) -> RiskFact
     }
 }
 
+/// The magnitude factor's centre: a breach whose own severity is this (a quarter of the way
+/// from its band's edge to twice the edge's distance) is as likely noise as harm.
+pub const MAGNITUDE_CENTRE: f64 = 0.625;
+/// Log-odds per unit of a breach's own severity (so from −0.5 at the band's edge to +1.5 at
+/// twice its distance).
+pub const MAGNITUDE_SCALE: f64 = 4.0;
+/// Log-odds per breached metric beyond the first, and their cap.
+pub const BREADTH_PER_METRIC: f64 = 1.0;
+pub const BREADTH_CAP: f64 = 2.0;
+/// The share of a harmless change's anomalies that are the apply's own transient after a
+/// reload (every backend re-reads its configuration, the runner reads `pg_settings` at the
+/// apply): as likely as an unrelated disturbance anywhere in the bake. After a restart the
+/// share is 1.
+pub const APPLY_TRANSIENT_SHARE: f64 = 0.5;
+/// The onset factor's cap, ln 20: a coincidence rarer than 1 in 20 would lean on disturbances
+/// being spread evenly over a long bake (load has its own cycles). The `other_changes` factor
+/// is kept within the same bound: other changes can take away at most what the coincidence
+/// gave.
+pub const ONSET_CAP: f64 = 2.995_732_273_553_991;
+/// The `edge_confidence` factor when no path links the changed keys to anything: the shipped
+/// graph's metric edges are incomplete, so the absence of a path is weak evidence.
+pub const NO_PATH: f64 = -0.5;
+
 /// The risk that an anomaly seen after a change is that change's fault and will not pass.
 ///
-/// Factors (log-odds, added to `base = logit(PRIOR)`):
-/// - `severity`: `4 × (severity − 0.5)`, from −2 (barely anomalous) to +2;
+/// Factors (log-odds, added to `base = logit(PRIOR)`; docs/config-apply.md has the
+/// arithmetic):
+/// - `magnitude`: `4 × (s − 0.625)` with `s` the worst breached metric's own severity (0.5 at
+///   its band's edge, 1 at twice the edge's distance): from −0.5 to +1.5. Without `breaches`,
+///   `severity` instead: `4 × (severity − 0.5)` of the combined score, from −2 to +2;
+/// - `breadth`: +1 per breached metric beyond the first, at most +2 (throughput and latency
+///   move together under closed-loop clients, so a second symptom corroborates, it does not
+///   multiply the evidence);
+/// - `onset`: with `timing`, `−ln(ρ + (1 − ρ) × min(max(onset, resolution) / bake, 1))`: how
+///   unlikely a harmless change's anomaly is to begin that soon after the apply, with `ρ` the
+///   share that is the apply's own transient ([`APPLY_TRANSIENT_SHARE`] after a reload, 1
+///   after a restart); from 0 to `−ln 0.6` = 0.51 with the default watch (see
+///   `onset_factor`). `other_changes = Some(k)` adds `other_changes`: `−ln(1 + k)` (the
+///   coincidence is shared among k + 1 candidate causes; at most [`ONSET_CAP`]);
 /// - `history`: see [`history_factor`];
 /// - `edge_confidence`: when the graph links a changed setting to a metric node, `+2 × c`
 ///   with `c` the best such path's confidence; when it links it only to other settings,
-///   `+c`; when it links it to nothing, `−1` (the anomaly may have another cause).
+///   `+c`; when it links it to nothing, [`NO_PATH`] (the graph's metric edges are incomplete,
+///   so a missing link is weak evidence, not a veto).
 pub fn anomaly_risk(evidence: &AnomalyEvidence<'_>) -> Risk {
     let base = logit(PRIOR);
     let mut factors = Vec::new();
-    let severity = if evidence.severity.is_finite() {
-        evidence.severity.clamp(0.0, 1.0)
-    } else {
-        0.5
-    };
-    factors.push(RiskFactor {
-        name: "severity".to_string(),
-        log_odds: 4.0 * (severity - 0.5),
-        detail: if evidence.severity.is_finite() {
-            format!("the watch's severity is {severity:.2} (0 to 1)")
+    let counted: Vec<&Breach> = evidence
+        .breaches
+        .iter()
+        .filter(|b| b.weight.is_finite() && b.weight > 0.0)
+        .collect();
+    if counted.is_empty() {
+        let severity = if evidence.severity.is_finite() {
+            evidence.severity.clamp(0.0, 1.0)
         } else {
-            "the watch's severity is unknown; counted as 0.5".to_string()
-        },
-    });
+            0.5
+        };
+        factors.push(RiskFactor {
+            name: "severity".to_string(),
+            log_odds: 4.0 * (severity - 0.5),
+            detail: if evidence.severity.is_finite() {
+                format!("the watch's severity is {severity:.2} (0 to 1)")
+            } else {
+                "the watch's severity is unknown; counted as 0.5".to_string()
+            },
+        });
+    } else {
+        let own = |b: &Breach| {
+            if b.severity.is_finite() {
+                b.severity.clamp(0.5, 1.0)
+            } else {
+                0.5
+            }
+        };
+        let worst = counted
+            .iter()
+            .copied()
+            .max_by(|a, b| own(a).total_cmp(&own(b)))
+            .expect("counted is not empty");
+        factors.push(RiskFactor {
+            name: "magnitude".to_string(),
+            log_odds: MAGNITUDE_SCALE * (own(worst) - MAGNITUDE_CENTRE),
+            detail: format!(
+                "the worst breached metric, {}, has severity {:.2} (0.5 at its band's edge, 1 at \
+                 twice the edge's distance)",
+                worst.metric,
+                own(worst)
+            ),
+        });
+        let n = counted.len();
+        let names: Vec<&str> = counted.iter().map(|b| b.metric.as_str()).collect();
+        factors.push(RiskFactor {
+            name: "breadth".to_string(),
+            log_odds: (BREADTH_PER_METRIC * (n - 1) as f64).min(BREADTH_CAP),
+            detail: format!("{n} metric(s) breached: {}", names.join(", ")),
+        });
+    }
+    if let Some(t) = evidence.timing {
+        factors.push(onset_factor(&t, evidence.breaches));
+        if let Some(k) = t.other_changes {
+            factors.push(RiskFactor {
+                name: "other_changes".to_string(),
+                log_odds: -(k as f64).ln_1p().min(ONSET_CAP),
+                detail: if k == 0 {
+                    "no other configuration change on the instance since the baseline".to_string()
+                } else {
+                    format!(
+                        "{k} other configuration change(s) on the instance since the baseline \
+                         share the coincidence"
+                    )
+                },
+            });
+        }
+    }
     factors.push(history_factor(evidence.changed, evidence.history));
     factors.push(path_factor(evidence.impacted));
     from_factors(base, factors)
+}
+
+/// The onset factor: `−ln(P(onset this early | the change is harmless))`, within
+/// `[0, ONSET_CAP]`. With `t = max(onset, resolution)` and `onset = since_apply − max(for_ms)`
+/// (the anomaly's start after the apply), a harmless change's anomaly is either the apply's
+/// own transient, which begins at the apply (share [`APPLY_TRANSIENT_SHARE`] after a reload,
+/// all of it after a restart), or an unrelated disturbance that is as likely to begin anywhere
+/// in the bake: `P = ρ + (1 − ρ) × min(t / bake, 1)`. A harmful change's anomaly begins at the
+/// apply (`P ≈ 1`), so this is the log-likelihood ratio of the onset.
+fn onset_factor(t: &Timing, breaches: &[Breach]) -> RiskFactor {
+    let longest = breaches.iter().map(|b| b.for_ms.max(0)).max().unwrap_or(0);
+    let onset = t.since_apply_ms.saturating_sub(longest).max(0);
+    let resolution = t.resolution_ms.max(1);
+    let share = if t.restarted {
+        1.0
+    } else {
+        APPLY_TRANSIENT_SHARE
+    };
+    let within = if t.bake_ms <= 0 {
+        1.0
+    } else {
+        (onset.max(resolution) as f64 / t.bake_ms as f64).min(1.0)
+    };
+    let p_null = share + (1.0 - share) * within;
+    let log_odds = (-p_null.ln()).clamp(0.0, ONSET_CAP);
+    let detail = format!(
+        "the anomaly began {:.1}s after the apply, in a bake of {:.1}s (dated to within {:.1}s); \
+         a harmless change's anomaly would begin that early with probability {:.2}{}",
+        onset as f64 / 1000.0,
+        t.bake_ms as f64 / 1000.0,
+        resolution as f64 / 1000.0,
+        p_null,
+        if t.restarted {
+            " (the apply restarted the server, itself a disturbance at the apply: the onset \
+             cannot tell the setting from the restart)"
+        } else {
+            ""
+        }
+    );
+    RiskFactor {
+        name: "onset".to_string(),
+        log_odds,
+        detail,
+    }
 }
 
 fn path_factor(impacted: &[ImpactPath]) -> RiskFactor {
@@ -165,9 +350,9 @@ fn path_factor(impacted: &[ImpactPath]) -> RiskFactor {
             ),
         ),
         (None, None) => (
-            -1.0,
-            "no path in the graph links the changed settings to anything: the anomaly may \
-             have another cause"
+            NO_PATH,
+            "no path in the graph links the changed settings to anything (its metric edges are \
+             incomplete; the other factors decide)"
                 .to_string(),
         ),
     };

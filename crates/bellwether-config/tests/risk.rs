@@ -3,7 +3,9 @@
 use bellwether_config::cochange::ChangeOutcome;
 use bellwether_config::graph::{EdgeKind, ImpactPath};
 use bellwether_config::perf::PerfPrediction;
-use bellwether_config::risk::{anomaly_risk, change_risk, AnomalyEvidence, ChangeEvidence, Risk};
+use bellwether_config::risk::{
+    anomaly_risk, change_risk, AnomalyEvidence, Breach, ChangeEvidence, Risk, Timing, NO_PATH,
+};
 use bellwether_config::setting::ApplyKind;
 use proptest::prelude::*;
 
@@ -38,6 +40,8 @@ fn anomaly_risk_factors_move_the_right_way() {
         changed: &changed,
         impacted: &metric,
         history: &[],
+        breaches: &[],
+        timing: None,
     };
     let r = anomaly_risk(&base);
     assert!(r.residual().abs() < 1e-9);
@@ -55,7 +59,7 @@ fn anomaly_risk_factors_move_the_right_way() {
         ..base.clone()
     });
     assert!(none.score < some.score && some.score < r.score);
-    assert_eq!(factor(&none, "edge_confidence"), -1.0);
+    assert_eq!(factor(&none, "edge_confidence"), NO_PATH);
     // A history of reverts of the same key raises it; of other keys leaves it.
     let bad_history: Vec<_> = (0..6).map(|_| outcome(&["work_mem"], true)).collect();
     let other_history: Vec<_> = (0..6).map(|_| outcome(&["shared_buffers"], true)).collect();
@@ -156,6 +160,10 @@ proptest! {
         tps_change in -10.0f64..10.0,
         lat_change in -10.0f64..10.0,
         err in 0.0f64..2.0,
+        own in prop::collection::vec(
+            (prop::num::f64::ANY, any::<i64>(), prop::num::f64::ANY), 0..4),
+        timing in prop::option::of((any::<i64>(), any::<i64>(), any::<i64>(),
+            prop::option::of(any::<usize>()))),
     ) {
         let changed = vec!["k".to_string()];
         let impacted: Vec<_> = confs
@@ -164,7 +172,18 @@ proptest! {
             .map(|(i, c)| path(&if metric { format!("metric:m{i}") } else { format!("s{i}") }, *c))
             .collect();
         let history: Vec<_> = reverts.iter().map(|r| outcome(&["k"], *r)).collect();
-        let r = anomaly_risk(&AnomalyEvidence { severity, changed: &changed, impacted: &impacted, history: &history });
+        let breaches: Vec<_> = own
+            .iter()
+            .enumerate()
+            .map(|(i, (s, f, w))| Breach { metric: format!("m{i}"), severity: *s, for_ms: *f, weight: *w })
+            .collect();
+        let timing = timing.map(|(since_apply_ms, bake_ms, resolution_ms, other)| Timing {
+            since_apply_ms, bake_ms, resolution_ms, other_changes: other, restarted: since_apply_ms % 2 == 0,
+        });
+        let r = anomaly_risk(&AnomalyEvidence {
+            severity, changed: &changed, impacted: &impacted, history: &history,
+            breaches: &breaches, timing,
+        });
         prop_assert!(r.score > 0.0 && r.score < 1.0);
         prop_assert!(r.residual().abs() < 1e-9, "residual {}", r.residual());
         let perf = PerfPrediction {
@@ -178,4 +197,166 @@ proptest! {
         prop_assert!(c.score > 0.0 && c.score < 1.0);
         prop_assert!(c.residual().abs() < 1e-9, "residual {}", c.residual());
     }
+}
+
+fn breach(metric: &str, severity: f64, for_ms: i64) -> Breach {
+    Breach {
+        metric: metric.to_string(),
+        severity,
+        for_ms,
+        weight: 1.0,
+    }
+}
+
+/// The default watch: a 20 s bake, breaches dated by a 4 s `for`, nothing else changed.
+fn timing(since_apply_ms: i64) -> Timing {
+    Timing {
+        since_apply_ms,
+        bake_ms: 20_000,
+        resolution_ms: 4_000,
+        other_changes: None,
+        restarted: false,
+    }
+}
+
+/// The decision at the default threshold, for a change with no history.
+fn reverts(impacted: &[ImpactPath], breaches: &[Breach], t: Option<Timing>) -> (bool, Risk) {
+    let changed = vec!["some_setting".to_string()];
+    let r = anomaly_risk(&AnomalyEvidence {
+        severity: 0.0,
+        changed: &changed,
+        impacted,
+        history: &[],
+        breaches,
+        timing: t,
+    });
+    assert!(r.residual().abs() < 1e-9, "{r:?}");
+    (r.score >= 0.5, r)
+}
+
+#[test]
+fn a_severe_sustained_single_metric_anomaly_right_after_an_unlinked_change_reverts() {
+    // tps at twice its band's distance (severity 1), out of its band since the first sample
+    // after the apply: the graph knows nothing of the setting, and it still reverts.
+    let b = [breach("tps", 1.0, 5_000)];
+    let (revert, r) = reverts(&[], &b, Some(timing(6_000)));
+    assert!(revert, "{r:?}");
+    assert_eq!(factor(&r, "edge_confidence"), NO_PATH);
+    assert!((factor(&r, "onset") + 0.6f64.ln()).abs() < 1e-12, "{r:?}");
+    // After a restart the onset tells nothing: the restart disturbs every workload.
+    let (_, rr) = reverts(
+        &[],
+        &b,
+        Some(Timing {
+            restarted: true,
+            ..timing(6_000)
+        }),
+    );
+    assert_eq!(factor(&rr, "onset"), 0.0);
+    // The old model's reading of the same anomaly (combined severity 1/3, no link) was far
+    // below the threshold; without timing the new one keeps that reading.
+    let (old, _) = reverts(&[], &[], None);
+    assert!(!old);
+}
+
+#[test]
+fn a_mild_blip_does_not_revert() {
+    // One metric just past its band's edge, even right after the apply and on a setting the
+    // graph links to nothing.
+    let b = [breach("latency_ms", 0.5, 4_000)];
+    let (revert, r) = reverts(&[], &b, Some(timing(5_000)));
+    assert!(!revert, "{r:?}");
+    // The same blip late in the bake on a linked setting: a coincidence is as likely.
+    let linked = [path("metric:latency_ms", 0.5)];
+    let (revert, r) = reverts(&linked, &b, Some(timing(20_000)));
+    assert!(!revert, "{r:?}");
+}
+
+#[test]
+fn harmless_changes_keep_when_the_evidence_points_elsewhere() {
+    let b = [breach("tps", 0.6, 4_000)];
+    let linked = [path("metric:tps", 0.6)];
+    // An anomaly that began 14 s into the bake, not at the apply.
+    let (late, r) = reverts(&[], &b, Some(timing(18_000)));
+    assert!(!late, "{r:?}");
+    // Other changes on the instance share the coincidence.
+    let busy = Timing {
+        other_changes: Some(3),
+        ..timing(5_000)
+    };
+    let (_, quiet) = reverts(&linked, &b, Some(timing(5_000)));
+    let (_, shared) = reverts(&linked, &b, Some(busy));
+    assert!(shared.score < quiet.score);
+    assert!((factor(&shared, "other_changes") + 4f64.ln()).abs() < 1e-12);
+    // Without timing, a single moderate breach on a linked setting stays below.
+    let (unknown, r) = reverts(&linked, &b, None);
+    assert!(!unknown, "{r:?}");
+}
+
+#[test]
+fn each_new_factor_moves_the_right_way() {
+    let one = [breach("tps", 0.75, 4_000)];
+    let two = [breach("tps", 0.75, 4_000), breach("latency_ms", 0.6, 4_000)];
+    let three = [
+        breach("tps", 0.75, 4_000),
+        breach("latency_ms", 0.6, 4_000),
+        breach("errors_per_s", 0.5, 4_000),
+    ];
+    let t = Some(timing(10_000));
+    let (_, r1) = reverts(&[], &one, t);
+    let (_, r2) = reverts(&[], &two, t);
+    let (_, r3) = reverts(&[], &three, t);
+    assert!(r1.score < r2.score && r2.score < r3.score);
+    assert_eq!(factor(&r3, "breadth"), 2.0);
+    // Magnitude: the worst metric's own severity, from −0.5 at the edge to +1.5.
+    assert!((factor(&r1, "magnitude") - 0.5).abs() < 1e-12);
+    let (_, edge) = reverts(&[], &[breach("tps", 0.5, 4_000)], t);
+    let (_, far) = reverts(&[], &[breach("tps", 1.0, 4_000)], t);
+    assert!((factor(&edge, "magnitude") + 0.5).abs() < 1e-12);
+    assert!((factor(&far, "magnitude") - 1.5).abs() < 1e-12);
+    // Onset: the earlier the anomaly began after the apply, the higher; never below 0.
+    let onset = |since, for_ms| {
+        let (_, r) = reverts(&[], &[breach("tps", 0.75, for_ms)], Some(timing(since)));
+        factor(&r, "onset")
+    };
+    assert!(onset(6_000, 6_000) > onset(12_000, 4_000));
+    assert!(onset(12_000, 4_000) > onset(20_000, 4_000));
+    assert_eq!(onset(20_000, 0), 0.0);
+    assert_eq!(onset(60_000, 4_000), 0.0, "after the bake");
+    assert!((onset(12_000, 4_000) + 0.7f64.ln()).abs() < 1e-12);
+    // A breach that has lasted since the apply dates the onset at the apply.
+    assert!((onset(16_000, 16_000) + 0.6f64.ln()).abs() < 1e-12);
+    // A graph link raises it; a weight-0 metric counts for nothing.
+    let linked = [path("metric:tps", 0.5)];
+    let (_, rl) = reverts(&linked, &one, t);
+    assert!(rl.score > r1.score);
+    let ignored = [Breach {
+        weight: 0.0,
+        ..breach("errors_per_s", 1.0, 4_000)
+    }];
+    let (_, rw) = reverts(&[], &[one[0].clone(), ignored[0].clone()], t);
+    assert_eq!(rw.score, r1.score);
+}
+
+#[test]
+fn breaches_read_from_the_engines_reasons() {
+    let v = serde_json::json!({"metric": "tps", "severity": 0.8, "for_ms": 5000, "weight": 2.0,
+                               "text": "tps is -40% off"});
+    assert_eq!(
+        Breach::from_reason(&v),
+        Some(Breach {
+            metric: "tps".into(),
+            severity: 0.8,
+            for_ms: 5000,
+            weight: 2.0
+        })
+    );
+    let up = serde_json::json!({"metric": "up", "value": 0.0, "for_ms": 4000});
+    assert_eq!(Breach::from_reason(&up).unwrap().severity, 1.0);
+    assert_eq!(Breach::from_reason(&serde_json::json!({"value": 1})), None);
+}
+
+#[test]
+fn onset_cap_is_ln_20() {
+    assert!((bellwether_config::risk::ONSET_CAP - 20f64.ln()).abs() < 1e-15);
 }

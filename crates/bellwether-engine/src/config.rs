@@ -63,7 +63,7 @@ use std::time::Duration;
 
 use bellwether_config::cochange::ChangeOutcome;
 use bellwether_config::graph::{EdgeKind, Graph};
-use bellwether_config::risk::{anomaly_risk, AnomalyEvidence};
+use bellwether_config::risk::{anomaly_risk, AnomalyEvidence, Breach, Timing};
 use bellwether_config::setting::{ApplyKind, Catalog, Context};
 use bellwether_config::simulate::StartTrial;
 use bellwether_config::snapshot::{ChangeSource, ConfigChange, Snapshot};
@@ -1570,11 +1570,30 @@ impl ConfigChangeEngine {
     ) -> Value {
         let changed = self.plan.keys();
         let impacted = self.context.graph.impacts(&changed, TRACE_DEPTH);
+        let breaches: Vec<Breach> = reasons.iter().filter_map(Breach::from_reason).collect();
+        let t = &st.targets[i];
+        let newest = t.samples.iter().map(|s| s.at_ms).max();
+        let timing = t.applied_at_ms.zip(newest).map(|(a, n)| Timing {
+            since_apply_ms: n - a,
+            bake_ms: self.plan.watch.bake_ms as i64,
+            resolution_ms: self
+                .plan
+                .watch
+                .rules
+                .iter()
+                .map(|r| r.for_ms)
+                .min()
+                .unwrap_or(0) as i64,
+            other_changes: None,
+            restarted: !t.restart_keys.is_empty(),
+        });
         let risk = anomaly_risk(&AnomalyEvidence {
             severity: severity.clamp(0.0, 1.0),
             changed: &changed,
             impacted: &impacted,
             history: &self.context.history,
+            breaches: &breaches,
+            timing,
         });
         let revert = forced || risk.score >= self.plan.risk_threshold;
         let decision = if revert { "revert" } else { "keep_watching" };
