@@ -379,7 +379,10 @@ impl Model {
         let folds = opts.folds.clamp(1, pos.len().min(neg.len()).max(1));
         let holds: Vec<Vec<usize>> = if folds == 1 {
             let take = |v: &[usize]| {
-                ((v.len() as f64 * opts.holdout).round() as usize).clamp(1, v.len() - 1)
+                // At least one row of each class on each side when there are two.
+                ((v.len() as f64 * opts.holdout).round() as usize)
+                    .max(1)
+                    .min(v.len() - 1)
             };
             let (hp, hn) = (take(&pos), take(&neg));
             vec![pos[..hp].iter().chain(&neg[..hn]).copied().collect()]
@@ -1195,6 +1198,16 @@ mod tests {
         );
         assert!(b.model.calibration_error < 0.03, "{:?}", b.model);
         assert!(b.auc_ratio.unwrap() > a.auc_ratio.unwrap() - 0.02);
+    }
+
+    #[test]
+    fn one_failure_in_the_history_trains() {
+        let csv = "os,outcome\n".to_string() + &"debian,0\n".repeat(30) + "rhel,1\n";
+        let frame = Frame::from_csv(csv.as_bytes(), "t.csv").unwrap();
+        let model = Model::train(&frame, &TrainOptions::default()).unwrap();
+        assert_eq!(model.summary.folds, 1);
+        let p = model.predict_row(&os("debian")).unwrap();
+        assert!(p.probability.get() < 0.5, "{p:?}");
     }
 
     #[test]
