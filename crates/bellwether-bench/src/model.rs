@@ -135,6 +135,7 @@ pub fn run(a: &Options) -> Result<Verdict> {
         .gbdt
         .as_ref()
         .map_or(0, |g| g.best_rounds);
+    let folds = gbdt_only.summary().folds;
     let report = serde_json::json!({
         "source": "synthetic world 1",
         "rows": frame.rows(),
@@ -146,6 +147,7 @@ pub fn run(a: &Options) -> Result<Verdict> {
         "train_seconds_gbdt_only": gbdt_seconds,
         "train_wall_seconds_gbdt_only": gbdt_wall,
         "trees": trees,
+        "tree_models": folds,
         "predict_rows_per_second": predicted / predict_seconds,
         "predict_rows_per_second_wall": predicted / predict_wall,
         "explain_rows_per_second": explained.predictions.len() as f64 / explain_seconds,
@@ -168,7 +170,7 @@ pub fn run(a: &Options) -> Result<Verdict> {
                 report["time_basis"].as_str().unwrap_or("")
             );
             println!(
-                "Training (trees and logistic baseline, calibration, choice): {train_seconds:.2} s [{train_wall:.2} s]; trees only: {gbdt_seconds:.2} s [{gbdt_wall:.2} s] ({trees} trees)."
+                "Training (trees and logistic baseline, calibration, choice): {train_seconds:.2} s [{train_wall:.2} s]; trees only: {gbdt_seconds:.2} s [{gbdt_wall:.2} s] ({trees} trees in {folds} averaged models)."
             );
             println!(
                 "Prediction: {:.0} rows/s [{:.0}] (probabilities).",

@@ -53,7 +53,7 @@ impl Default for GbdtParams {
             l2: 2.0,
             subsample: 0.8,
             colsample: 0.9,
-            early_stopping_rounds: 60,
+            early_stopping_rounds: 30,
             cat_smooth: 10.0,
             seed: 7,
         }
@@ -118,8 +118,9 @@ impl Rule {
     }
 }
 
-/// A tree node. `cover` is the hessian sum of the training rows that reached the node; it
-/// weighs the branches when explaining a prediction.
+/// A tree node. `cover` is the number of training rows that reached the node (the hessian sum
+/// in files of builds before issue 10 part 3); it weighs the branches when explaining a
+/// prediction and when averaging over a feature whose value training never learnt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "node", rename_all = "snake_case")]
 pub enum Node {
@@ -170,6 +171,15 @@ impl Tree {
                         *right as usize
                     };
                 }
+            }
+        }
+    }
+
+    /// Multiplies every leaf value by `k`.
+    pub fn scale_leaves(&mut self, k: f64) {
+        for n in &mut self.nodes {
+            if let Node::Leaf { value, .. } = n {
+                *value *= k;
             }
         }
     }
@@ -444,11 +454,15 @@ impl Flat {
     }
 }
 
-/// What happened during training.
+/// What happened during training. For a model averaged over several fits (see
+/// `TrainOptions::folds`), rounds and trees are summed over the fits and the log loss is
+/// their held-out rows' mean.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GbdtLog {
     pub rounds_trained: usize,
+    /// Trees kept.
     pub best_rounds: usize,
+    /// Log loss of the raw margins on the held-out rows.
     pub valid_log_loss: f64,
 }
 
@@ -578,6 +592,8 @@ pub fn train(
     let (vx, vy) = valid;
     let n = x.rows();
     let binned = Binned::new(features, x);
+    // The held-out rows as bins too: the trees are walked on bins while training.
+    let vbins = Binned::new(features, vx).bins;
     let mut rng = crate::rng::seeded(params.seed);
 
     let rate = (y.iter().filter(|v| **v).count() as f64 / n as f64).clamp(1e-6, 1.0 - 1e-6);
@@ -590,13 +606,9 @@ pub fn train(
     let mut best_rounds = 0;
     let mut rounds_trained = 0;
     let mut vprob = vec![0.0; vx.rows()];
+    let mut done = vec![false; n];
 
     for round in 0..params.max_rounds {
-        for i in 0..n {
-            let p = sigmoid(margin[i]);
-            let t = if y[i] { 1.0 } else { 0.0 };
-            gh[i] = (p - t, (p * (1.0 - p)).max(1e-16));
-        }
         let rows: Vec<u32> = if params.subsample < 1.0 {
             (0..n as u32)
                 .filter(|_| rng.unit() < params.subsample)
@@ -604,6 +616,13 @@ pub fn train(
         } else {
             (0..n as u32).collect()
         };
+        // Only the rows this tree sees need their gradients.
+        for &r in &rows {
+            let i = r as usize;
+            let p = sigmoid(margin[i]);
+            let t = if y[i] { 1.0 } else { 0.0 };
+            gh[i] = (p - t, (p * (1.0 - p)).max(1e-16));
+        }
         let allowed: Vec<bool> = if params.colsample < 1.0 {
             let mut a: Vec<bool> = (0..features.len())
                 .map(|_| rng.unit() < params.colsample)
@@ -615,23 +634,22 @@ pub fn train(
         } else {
             vec![true; features.len()]
         };
-        let (tree, leaves) = grow(&binned, rows, &gh, &allowed, params);
-        let mut flat = Flat::default();
-        flat.push(&tree);
-        let mut done = vec![false; n];
+        let (tree, splits, leaves) = grow(&binned, rows, &gh, &allowed, params);
+        done.iter_mut().for_each(|d| *d = false);
         for (rows, value) in &leaves {
             for &r in rows {
                 margin[r as usize] += value;
                 done[r as usize] = true;
             }
         }
+        let nf = binned.nf;
         for (i, m) in margin.iter_mut().enumerate() {
             if !done[i] {
-                *m += flat.predict(0, x.row(i));
+                *m += predict_bins(&tree, &splits, &binned.bins[i * nf..(i + 1) * nf]);
             }
         }
         for (i, m) in vmargin.iter_mut().enumerate() {
-            *m += flat.predict(0, vx.row(i));
+            *m += predict_bins(&tree, &splits, &vbins[i * nf..(i + 1) * nf]);
         }
         trees.push(tree);
         rounds_trained = round + 1;
@@ -665,18 +683,42 @@ fn score(g: f64, h: f64, l2: f64) -> f64 {
     g * g / (h + l2)
 }
 
-/// Grows one tree; also returns each leaf's rows and value, to update the margins cheaply.
+/// A grown tree's splits on bins (`None` at leaves), to walk binned rows during training.
+type BinSplits = Vec<Option<(usize, BinRule)>>;
+
+/// The value of a grown tree for a binned row; equal to [`Tree::predict`] on the row, since
+/// `v <= edges[b - 1]` exactly when the bin of `v` is at most `b`.
+fn predict_bins(tree: &Tree, splits: &BinSplits, row: &[u8]) -> f64 {
+    let mut i = 0usize;
+    loop {
+        match &tree.nodes[i] {
+            Node::Leaf { value, .. } => return *value,
+            Node::Split { left, right, .. } => {
+                let (f, rule) = splits[i].as_ref().expect("every split has its bin rule");
+                i = if rule.goes_left(row[*f]) {
+                    *left as usize
+                } else {
+                    *right as usize
+                };
+            }
+        }
+    }
+}
+
+/// Grows one tree; also returns its splits on bins and each leaf's rows and value, to update
+/// the margins cheaply.
 fn grow(
     b: &Binned,
     mut rows: Vec<u32>,
     gh: &[(f64, f64)],
     allowed: &[bool],
     params: &GbdtParams,
-) -> (Tree, Vec<(Vec<u32>, f64)>) {
+) -> (Tree, BinSplits, Vec<(Vec<u32>, f64)>) {
     let mut nodes: Vec<Node> = vec![Node::Leaf {
         value: 0.0,
         cover: 0.0,
     }];
+    let mut splits: BinSplits = vec![None];
     let mut hist = vec![Stat::default(); b.total_bins];
     b.build_hist(&rows, gh, &mut hist);
     let mut total = Stat::default();
@@ -730,13 +772,16 @@ fn grow(
             value: 0.0,
             cover: 0.0,
         });
+        splits.push(None);
+        splits.push(None);
+        splits[parent.node] = Some((cand.feature, cand.rule.clone()));
         let rule = to_rule(&b.features[cand.feature], &cand.rule);
         nodes[parent.node] = Node::Split {
             feature: cand.feature as u32,
             rule,
             left: left_id as u32,
             right: left_id as u32 + 1,
-            cover: parent.total.h,
+            cover: parent.total.n,
         };
         let mut small = vec![Stat::default(); b.total_bins];
         let left_smaller = le - ls <= re - rs;
@@ -784,7 +829,7 @@ fn grow(
         let value = leaf_value(&o.total, params);
         nodes[o.node] = Node::Leaf {
             value,
-            cover: o.total.h,
+            cover: o.total.n,
         };
         leaf_rows.push((rows[o.start..o.end].to_vec(), value));
     }
@@ -797,7 +842,7 @@ fn grow(
             }
         }
     }
-    (Tree { nodes }, leaf_rows)
+    (Tree { nodes }, splits, leaf_rows)
 }
 
 fn to_rule(f: &Feature, r: &BinRule) -> Rule {
@@ -923,4 +968,51 @@ fn best_split(b: &Binned, o: &Open, allowed: &[bool], params: &GbdtParams) -> Op
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::{infer_features, prepare_frame, SchemaOptions};
+    use crate::synth::{Shape, World};
+
+    #[test]
+    fn walking_bins_gives_the_trees_values_and_covers_count_rows() {
+        let world = World::new(4, &Shape::default());
+        let s = world.sample(3000, 2, 0.0);
+        let schema = SchemaOptions {
+            label: "outcome".into(),
+            ignore: vec!["run_id".into(), "_p".into()],
+            min_category_rows: 10,
+        };
+        let (features, _) = infer_features(&s.frame, &schema).unwrap();
+        let (x, _) = prepare_frame(&features, &s.frame).unwrap();
+        let binned = Binned::new(&features, &x);
+        let params = GbdtParams::default();
+        let rate = s.failed.iter().filter(|v| **v).count() as f64 / s.failed.len() as f64;
+        let gh: Vec<(f64, f64)> = s
+            .failed
+            .iter()
+            .map(|&y| (rate - y as u8 as f64, rate * (1.0 - rate)))
+            .collect();
+        let rows: Vec<u32> = (0..x.rows() as u32).filter(|r| r % 5 != 0).collect();
+        let seen = rows.len() as f64;
+        let (tree, splits, leaves) = grow(&binned, rows, &gh, &vec![true; features.len()], &params);
+        assert!(tree.nodes.len() > 1, "the tree split");
+        let nf = features.len();
+        for i in 0..x.rows() {
+            let b = predict_bins(&tree, &splits, &binned.bins[i * nf..(i + 1) * nf]);
+            assert_eq!(b, tree.predict(x.row(i)), "row {i}");
+        }
+        // A node's cover is the number of rows the tree saw there.
+        assert_eq!(tree.nodes[0].cover(), seen);
+        for (rows, value) in &leaves {
+            let at = tree
+                .nodes
+                .iter()
+                .position(|n| matches!(n, Node::Leaf { value: v, .. } if v == value))
+                .unwrap();
+            assert_eq!(tree.nodes[at].cover(), rows.len() as f64);
+        }
+    }
 }

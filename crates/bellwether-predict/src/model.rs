@@ -1,9 +1,10 @@
 //! The model: features, a fitted estimator, a calibration, and how it was chosen.
 //!
-//! Training fits both estimators (boosted trees and the logistic baseline) on the same rows,
-//! calibrates each on a held-out share of the history, and keeps the one with the lower
-//! held-out log loss. The model file is JSON with a format name and a version; anything else
-//! is refused.
+//! Training fits both estimators (boosted trees and the logistic baseline), calibrates each on
+//! margins of rows it did not train on, and keeps the one with the lower held-out log loss. The
+//! trees are fitted once per part of the history ([`TrainOptions::folds`]), each stopped early
+//! on its own held-out part, and averaged. The model file is JSON with a format name and a
+//! version; anything else is refused.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -28,6 +29,13 @@ pub const FORMAT: &str = "bellwether-predict-model";
 pub const VERSION: u32 = 1;
 /// Fewer rows than this cannot be split into training and held-out parts usefully.
 pub const MIN_TRAINING_ROWS: usize = 20;
+
+/// Tree models fitted by default (see [`TrainOptions::folds`]).
+pub const FOLDS: usize = 3;
+
+fn one() -> usize {
+    1
+}
 
 /// Which estimator to fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +68,10 @@ pub struct TrainOptions {
     pub logistic_l2: f64,
     /// Share of rows held out for early stopping, calibration and the choice of method.
     pub holdout: f64,
+    /// Tree models to fit, each holding out its own part (1/`folds`) of the rows for early
+    /// stopping; their mean is the model and the calibration is fitted on every row's margin
+    /// from the model that did not train on it. With 1, one model holds out `holdout`.
+    pub folds: usize,
     /// A category needs this many rows to get its own code.
     pub min_category_rows: usize,
     pub seed: u64,
@@ -74,6 +86,7 @@ impl Default for TrainOptions {
             gbdt: GbdtParams::default(),
             logistic_l2: 1.0,
             holdout: 0.2,
+            folds: FOLDS,
             min_category_rows: 10,
             seed: 7,
         }
@@ -199,8 +212,15 @@ pub struct TrainSummary {
     pub source: String,
     pub rows: usize,
     pub failures: usize,
+    /// Rows the first tree model (and the logistic baseline) was fitted on.
     pub train_rows: usize,
+    /// Rows the first tree model held out (and the methods were compared on); with more than
+    /// one fold, each model fitted on `train_rows` rows and held out the rest.
     pub holdout_rows: usize,
+    /// How many tree models were fitted, each holding out its own part of the rows; the
+    /// model is their mean. Files of older builds had one.
+    #[serde(default = "one")]
+    pub folds: usize,
     pub skipped: Vec<SkippedColumn>,
     pub chosen: Method,
     pub candidates: Vec<MethodScore>,
@@ -348,19 +368,39 @@ impl Model {
         let (features, skipped) = infer_features(frame, &schema)?;
         let (all, _) = prepare_frame(&features, frame)?;
 
-        // A stratified split, so both parts see failures.
+        // Stratified parts, so every part sees failures. With one fold, `hold` is a share
+        // `holdout` of the rows; with k folds, the rows are dealt into k parts and each part
+        // is held out by one of k tree models.
         let mut rng = crate::rng::seeded(opts.seed);
         let mut pos: Vec<usize> = (0..labels.len()).filter(|&i| labels[i]).collect();
         let mut neg: Vec<usize> = (0..labels.len()).filter(|&i| !labels[i]).collect();
         rng.shuffle(&mut pos);
         rng.shuffle(&mut neg);
-        let take =
-            |v: &[usize]| ((v.len() as f64 * opts.holdout).round() as usize).clamp(1, v.len() - 1);
-        let (hp, hn) = (take(&pos), take(&neg));
-        let mut hold: Vec<usize> = pos[..hp].iter().chain(&neg[..hn]).copied().collect();
-        let mut fit: Vec<usize> = pos[hp..].iter().chain(&neg[hn..]).copied().collect();
-        hold.sort_unstable();
-        fit.sort_unstable();
+        let folds = opts.folds.clamp(1, pos.len().min(neg.len()).max(1));
+        let holds: Vec<Vec<usize>> = if folds == 1 {
+            let take = |v: &[usize]| {
+                // At least one row of each class on each side when there are two.
+                ((v.len() as f64 * opts.holdout).round() as usize)
+                    .max(1)
+                    .min(v.len() - 1)
+            };
+            let (hp, hn) = (take(&pos), take(&neg));
+            vec![pos[..hp].iter().chain(&neg[..hn]).copied().collect()]
+        } else {
+            let mut parts = vec![Vec::new(); folds];
+            for (i, &r) in pos.iter().chain(&neg).enumerate() {
+                parts[i % folds].push(r);
+            }
+            parts
+        };
+        let split = |hold: &[usize]| {
+            let mut held = vec![false; labels.len()];
+            hold.iter().for_each(|&r| held[r] = true);
+            let fit: Vec<usize> = (0..labels.len()).filter(|&r| !held[r]).collect();
+            let mut hold = hold.to_vec();
+            hold.sort_unstable();
+            (fit, hold)
+        };
         let pick = |rows: &[usize]| {
             let nf = all.features;
             let mut values = Vec::with_capacity(rows.len() * nf);
@@ -375,8 +415,20 @@ impl Model {
                 rows.iter().map(|&r| labels[r]).collect::<Vec<bool>>(),
             )
         };
-        let (fx, fy) = pick(&fit);
-        let (hx, hy) = pick(&hold);
+        let held_margins = |est: &Estimator, hx: &Prepared| -> Vec<f64> {
+            (0..hx.rows())
+                .map(|i| {
+                    let x = hx.row(i);
+                    match unknown_in(&features, x) {
+                        None => est.margin(x),
+                        Some(u) => est.margin_marginal(x, &u),
+                    }
+                })
+                .collect()
+        };
+        // Methods are compared on the first part's held-out rows.
+        let (fit0, hold0) = split(&holds[0]);
+        let hy0: Vec<bool> = hold0.iter().map(|&r| labels[r]).collect();
 
         let mut candidates = Vec::new();
         let mut gbdt_log = None;
@@ -386,28 +438,72 @@ impl Model {
             None => vec![Method::Gbdt, Method::Logistic],
         };
         for method in methods {
-            let est = match method {
+            // Margins of rows the model that scores them did not train on, with calibration
+            // fitted on them; `first` holds those of the first part.
+            let (est, platt, first) = match method {
                 Method::Gbdt => {
-                    let (g, log) = gbdt::train(&features, (&fx, &fy), (&hx, &hy), &opts.gbdt)?;
+                    let mut init = 0.0;
+                    let mut trees = Vec::new();
+                    let mut margins = Vec::with_capacity(labels.len());
+                    let mut ys = Vec::with_capacity(labels.len());
+                    let mut first = Vec::new();
+                    let mut log = GbdtLog {
+                        rounds_trained: 0,
+                        best_rounds: 0,
+                        valid_log_loss: 0.0,
+                    };
+                    for (k, hold) in holds.iter().enumerate() {
+                        let (fit, hold) = split(hold);
+                        let (fx, fy) = pick(&fit);
+                        let (hx, hy) = pick(&hold);
+                        let params = GbdtParams {
+                            seed: opts.gbdt.seed.wrapping_add(k as u64),
+                            ..opts.gbdt.clone()
+                        };
+                        let (g, l) = gbdt::train(&features, (&fx, &fy), (&hx, &hy), &params)?;
+                        let est = Estimator::Gbdt(g);
+                        let m = held_margins(&est, &hx);
+                        if k == 0 {
+                            first = m.clone();
+                        }
+                        margins.extend(m);
+                        ys.extend(hy);
+                        log.rounds_trained += l.rounds_trained;
+                        log.best_rounds += l.best_rounds;
+                        log.valid_log_loss += l.valid_log_loss * hold.len() as f64;
+                        let Estimator::Gbdt(g) = est else {
+                            unreachable!("a tree model was fitted")
+                        };
+                        init += g.init;
+                        trees.extend(g.trees);
+                    }
+                    // The model is the mean of the parts' models: a sum of their trees, each
+                    // leaf divided by the number of parts, so explanations stay exact.
+                    let scale = 1.0 / holds.len() as f64;
+                    for t in &mut trees {
+                        t.scale_leaves(scale);
+                    }
+                    log.valid_log_loss /= ys.len() as f64;
                     gbdt_log = Some(log);
-                    Estimator::Gbdt(g)
+                    let platt = Platt::fit(&margins, &ys);
+                    (
+                        Estimator::Gbdt(Gbdt::new(init * scale, trees)),
+                        platt,
+                        first,
+                    )
                 }
                 Method::Logistic => {
-                    Estimator::Logistic(Logistic::fit(&features, &fx, &fy, opts.logistic_l2))
+                    let (fx, fy) = pick(&fit0);
+                    let (hx, hy) = pick(&hold0);
+                    let est =
+                        Estimator::Logistic(Logistic::fit(&features, &fx, &fy, opts.logistic_l2));
+                    let m = held_margins(&est, &hx);
+                    let platt = Platt::fit(&m, &hy);
+                    (est, platt, m)
                 }
             };
-            let margins: Vec<f64> = (0..hx.rows())
-                .map(|i| {
-                    let x = hx.row(i);
-                    match unknown_in(&features, x) {
-                        None => est.margin(x),
-                        Some(u) => est.margin_marginal(x, &u),
-                    }
-                })
-                .collect();
-            let platt = Platt::fit(&margins, &hy);
-            let probs: Vec<f64> = margins.iter().map(|m| platt.probability(*m)).collect();
-            let s = metrics::score(&probs, &hy);
+            let probs: Vec<f64> = first.iter().map(|m| platt.probability(*m)).collect();
+            let s = metrics::score(&probs, &hy0);
             let score = MethodScore {
                 method,
                 roc_auc: s.roc_auc,
@@ -426,8 +522,9 @@ impl Model {
             source: frame.source().to_string(),
             rows: labels.len(),
             failures,
-            train_rows: fit.len(),
-            holdout_rows: hold.len(),
+            train_rows: fit0.len(),
+            holdout_rows: hold0.len(),
+            folds: holds.len(),
             skipped,
             chosen: estimator.method(),
             candidates,
@@ -990,6 +1087,7 @@ mod tests {
             failures: 10,
             train_rows: 40,
             holdout_rows: 0,
+            folds: 1,
             skipped: vec![],
             chosen: Method::Gbdt,
             candidates: vec![],
@@ -1037,6 +1135,79 @@ mod tests {
         m.set_average_unknown(false);
         let routed = m.predict_row(&os("windows")).unwrap();
         assert!((log_odds(routed.probability.get()) - (2.0 * -0.5 - 0.25)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_trees_are_the_mean_of_one_fit_per_part_and_one_fold_is_the_single_split() {
+        let world = World::new(
+            2,
+            &Shape {
+                numeric: 4,
+                categorical: 2,
+                missing_rate: 0.1,
+                base_rate: 0.2,
+            },
+        );
+        let s = world.sample(3000, 1, 0.0);
+        let train = |folds| {
+            let opts = TrainOptions {
+                method: Some(Method::Gbdt),
+                folds,
+                ..TrainOptions::default()
+            };
+            Model::train(&s.frame, &opts).unwrap()
+        };
+        let one = train(1);
+        assert_eq!(one.summary.folds, 1);
+        assert!((599..=601).contains(&one.summary.holdout_rows));
+        assert_eq!(one.summary.train_rows + one.summary.holdout_rows, 3000);
+        let three = train(3);
+        assert_eq!(three.summary.folds, 3);
+        assert_eq!(three.summary.holdout_rows, 1000);
+        assert_eq!(three.summary.train_rows, 2000);
+        let Estimator::Gbdt(g) = &three.estimator else {
+            panic!("trees were asked for")
+        };
+        let log = three.summary.gbdt.as_ref().unwrap();
+        assert_eq!(g.trees.len(), log.best_rounds);
+        // Three fits of about the same size: the leaves are a third of a single fit's.
+        let biggest = |g: &Gbdt| {
+            g.trees
+                .iter()
+                .flat_map(|t| &t.nodes)
+                .filter_map(|n| match n {
+                    Node::Leaf { value, .. } => Some(value.abs()),
+                    Node::Split { .. } => None,
+                })
+                .fold(0.0, f64::max)
+        };
+        let Estimator::Gbdt(g1) = &one.estimator else {
+            panic!("trees were asked for")
+        };
+        assert!(
+            biggest(g) < 0.6 * biggest(g1),
+            "{} vs {}",
+            biggest(g),
+            biggest(g1)
+        );
+        // Both are calibrated and rank alike on new rows of the same world.
+        let test = world.sample(3000, 2, 0.0);
+        let (a, b) = (
+            one.evaluate(&test.frame).unwrap(),
+            three.evaluate(&test.frame).unwrap(),
+        );
+        assert!(b.model.calibration_error < 0.03, "{:?}", b.model);
+        assert!(b.auc_ratio.unwrap() > a.auc_ratio.unwrap() - 0.02);
+    }
+
+    #[test]
+    fn one_failure_in_the_history_trains() {
+        let csv = "os,outcome\n".to_string() + &"debian,0\n".repeat(30) + "rhel,1\n";
+        let frame = Frame::from_csv(csv.as_bytes(), "t.csv").unwrap();
+        let model = Model::train(&frame, &TrainOptions::default()).unwrap();
+        assert_eq!(model.summary.folds, 1);
+        let p = model.predict_row(&os("debian")).unwrap();
+        assert!(p.probability.get() < 0.5, "{p:?}");
     }
 
     #[test]
