@@ -24,7 +24,7 @@
 //! evidence, 0.5 at its bar), so both agreeing scores highest; a point without an alert scores
 //! half the larger of the two detectors' scores (below 0.5). Nothing is learnt from labels; the
 //! settings were chosen on the development split of [`crate::faults`], with NAB as the check.
-//! Memory is the two detectors' (about 6 to 10 KiB).
+//! Memory is the two detectors' (about 6 to 7.5 KiB).
 
 use crate::anomaly::{Detector, TwoScaleEntropy, Verdict, GRADE_DECAY};
 use crate::changepoint::{CusumConfig, SeasonalCusum};
