@@ -26,6 +26,10 @@
 //!   shown so far (a slowly decaying record), so that "unusual" is learnt per series online.
 //! - `bellwether`: an ensemble of `robust-z` and `seasonal` (the larger deviation counts).
 //! - `cad`: CAD OSE ([`crate::cad`]), with its value range learnt from the first 750 points.
+//! - `seasonal-cusum`: a seasonal baseline with CUSUMs on its residual
+//!   ([`crate::changepoint`]), built for deployment faults.
+//! - `seasonal-entropy`: `seasonal-cusum` and `two-scale-entropy` with one decision
+//!   ([`crate::watch`]).
 //!
 //! Every z-based detector alerts when its deviation reaches [`Z_ALERT`]
 //! standard units and then stays quiet for [`SUPPRESS_POINTS`] points (scores halved), so that
@@ -204,12 +208,14 @@ pub enum DetectorKind {
     WindowedGaussian,
     Cad,
     SeasonalCusum,
+    SeasonalEntropy,
 }
 
 impl DetectorKind {
     /// Every detector, default first.
-    pub const ALL: [DetectorKind; 10] = [
+    pub const ALL: [DetectorKind; 11] = [
         DetectorKind::TwoScaleEntropy,
+        DetectorKind::SeasonalEntropy,
         DetectorKind::SeasonalCusum,
         DetectorKind::RelativeEntropy,
         DetectorKind::Seasonal,
@@ -234,6 +240,7 @@ impl DetectorKind {
             DetectorKind::WindowedGaussian => "windowed-gaussian",
             DetectorKind::Cad => "cad",
             DetectorKind::SeasonalCusum => "seasonal-cusum",
+            DetectorKind::SeasonalEntropy => "seasonal-entropy",
         }
     }
 
@@ -269,6 +276,7 @@ impl DetectorKind {
                 crate::cad::CAD_ONLINE_RANGE,
             )),
             DetectorKind::SeasonalCusum => Box::new(crate::changepoint::SeasonalCusum::default()),
+            DetectorKind::SeasonalEntropy => Box::new(crate::watch::SeasonalEntropy::default()),
         }
     }
 }

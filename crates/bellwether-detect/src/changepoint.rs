@@ -120,6 +120,10 @@ pub struct SeasonalCusum {
     repeat_run: u32,
     quiet_for: u32,
     record: f64,
+    /// Per-point decay of the record (from `record_half_life`, computed once).
+    record_decay: f64,
+    /// The last residual `x − level − profile` (before the baseline learnt the point).
+    last_r: f64,
 }
 
 /// √(π/2): a normal's standard deviation over its mean absolute deviation.
@@ -150,7 +154,15 @@ impl SeasonalCusum {
             repeat_run: 0,
             quiet_for: 0,
             record: 0.0,
+            record_decay: 0.5f64.powf(1.0 / cfg.record_half_life.max(1.0)),
+            last_r: 0.0,
         }
+    }
+
+    /// The residual of the last point: its value less the level and the time-of-day profile
+    /// the baseline held before it learnt the point (0 before the second point).
+    pub fn residual(&self) -> f64 {
+        self.last_r
     }
 
     fn bin(ts_ms: i64) -> usize {
@@ -176,10 +188,6 @@ impl SeasonalCusum {
         } else {
             0.0
         }
-    }
-
-    fn record_decay(&self) -> f64 {
-        0.5f64.powf(1.0 / self.cfg.record_half_life.max(1.0))
     }
 
     fn phi(&self) -> f64 {
@@ -225,6 +233,7 @@ impl Detector for SeasonalCusum {
         let b = Self::bin(ts_ms);
         let s = self.profile(b);
         let r = x - self.level - s;
+        self.last_r = r;
         let phi = self.phi();
         let u = r - phi * self.prev_r;
         let floor = self.floor();
@@ -304,7 +313,7 @@ impl Detector for SeasonalCusum {
         // Alarms re-anchor what they found, so a lasting change is one alarm.
         let bar = (cfg.record_margin * self.record).max(1.0);
         let fired = stat >= bar;
-        self.record = (self.record * self.record_decay()).max(stat.min(cfg.record_cap));
+        self.record = (self.record * self.record_decay).max(stat.min(cfg.record_cap));
         let stat = stat / bar;
         if self.pos >= cfg.cusum_h || self.neg >= cfg.cusum_h {
             let (sum, n, sign) = if self.pos >= self.neg {

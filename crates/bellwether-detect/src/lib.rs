@@ -10,6 +10,8 @@
 //!   a configured time, and the combined severity score with its reasons.
 //! - [`anomaly`]: online single-series detectors (score in [0, 1] and an alert decision per
 //!   point, bounded memory); `two-scale-entropy` is the default, chosen on NAB.
+//! - [`changepoint`]: `seasonal-cusum`, built for deployment faults; [`faults`] generates and
+//!   scores them; [`watch`] is `seasonal-entropy`, the two families with one decision.
 //! - [`judge`]: the Kayenta-style canary judge (Mann-Whitney with a confidence interval for the
 //!   shift, effect sizes, limits, weighted score out of 100).
 //! - [`nab`]: the Numenta Anomaly Benchmark scorer used to choose and measure the detectors.
@@ -28,3 +30,4 @@ pub mod nab;
 pub mod series;
 pub mod stats;
 pub mod threshold;
+pub mod watch;

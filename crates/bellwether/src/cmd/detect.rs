@@ -35,7 +35,8 @@ pub struct Args {
     #[arg(long, value_name = "OUT.csv")]
     output: PathBuf,
     /// The detector: two-scale-entropy (default; best on NAB), seasonal-cusum (best on
-    /// deployment faults: recall, delay and false alarms; weaker on NAB), relative-entropy, seasonal,
+    /// deployment faults: recall, delay and false alarms; weaker on NAB), seasonal-entropy (the
+    /// two together; see docs/detect.md), relative-entropy, seasonal,
     /// bellwether, robust-z, ewma, record, windowed-gaussian (NAB's baseline: scores only, never
     /// alerts), or cad (CAD OSE with its range learnt from the first 750 points; slow and
     /// memory-hungry).
