@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use bellwether_model::mirror::DepKind;
 
+pub mod local;
 mod pg;
 pub mod process;
 pub mod provision;

@@ -14,22 +14,18 @@ use super::*;
 
 const INTERVAL: i64 = 250;
 
+/// A critical dependency (JSON, so that fields added to the record with defaults do not break
+/// the tests).
 fn spec(kind: DepKind) -> DependencySpec {
-    DependencySpec {
-        name: "cache".into(),
-        kind,
-        primary: "127.0.0.1:6379".into(),
-        host: None,
-        tier: Tier::Critical,
-        impact: 0.9,
-        mirror_cost: 0.1,
-        policy: MirrorPolicy {
-            min_mirrors: 1,
-            max_mirrors: 3,
-            mode: ModeSetting::ActivePassive,
-            ..MirrorPolicy::default()
-        },
-    }
+    let mut s: DependencySpec = serde_json::from_value(json!({
+        "name": "cache", "kind": kind, "primary": "127.0.0.1:6379", "tier": "critical",
+        "impact": 0.9, "mirror_cost": 0.1,
+        "policy": {"min_mirrors": 1, "max_mirrors": 3, "mode": "active-passive"}
+    }))
+    .unwrap();
+    s.validate().unwrap();
+    s.policy.mode = ModeSetting::ActivePassive;
+    s
 }
 
 #[derive(Debug, Clone)]
@@ -901,12 +897,7 @@ fn bad_policy_is_refused() {
     assert_eq!(r.len(), 1);
     assert!(r[0].reason.contains("min_mirrors"));
     assert_eq!(s.e.spec().policy.max_mirrors, 3);
-    assert!(MirrorEngine::new(
-        DependencySpec {
-            impact: 7.0,
-            ..spec(DepKind::Redis)
-        },
-        0
-    )
-    .is_err());
+    let mut bad = spec(DepKind::Redis);
+    bad.impact = 7.0;
+    assert!(MirrorEngine::new(bad, 0).is_err());
 }
