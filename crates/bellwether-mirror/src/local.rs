@@ -38,8 +38,11 @@ pub trait Router: Send + Sync {
     /// Routes writes (everything, in active-passive) to `primary`, reads also to `readers`;
     /// atomic at the proxy.
     async fn route(&self, primary: &Backend, readers: &[Backend]) -> Result<(), String>;
-    /// Per-backend figures since the previous call.
-    async fn figures(&self) -> BTreeMap<String, BackendFigures>;
+    /// Per-backend figures since the previous call, for every backend the proxy has. An
+    /// instance the proxy does not have holds no session there: the runner reports 0 sessions
+    /// for it (so a standby mirror can be retired). `None` when the proxy could not be read
+    /// (then nothing is reported about sessions: no data is not zero).
+    async fn figures(&self) -> Option<BTreeMap<String, BackendFigures>>;
 }
 
 /// Now, in milliseconds since the Unix epoch.
@@ -311,7 +314,13 @@ async fn probe_loop(
                 )),
             };
             let Some(st) = st else { continue };
-            let f = figures.get(&id).cloned().unwrap_or_default();
+            let f = match &figures {
+                Some(all) => all.get(&id).cloned().unwrap_or(BackendFigures {
+                    sessions: Some(0),
+                    ..BackendFigures::default()
+                }),
+                None => BackendFigures::default(),
+            };
             obs.push(Observation {
                 instance: id,
                 check: if st.reachable { Check::Ok } else { Check::Down },

@@ -80,7 +80,10 @@ impl Inst {
         self.role == Role::Mirror
             && matches!(
                 self.state,
-                InstanceState::Provisioning | InstanceState::Syncing | InstanceState::Ready
+                InstanceState::Provisioning
+                    | InstanceState::Syncing
+                    | InstanceState::Ready
+                    | InstanceState::Fencing
             )
     }
 
@@ -1022,6 +1025,34 @@ impl MirrorEngine {
             i.healthy_since_ms = None;
             i.set(InstanceState::Fencing, at);
         }
+        // The other mirrors replicated from the old primary: point them at the new one (a
+        // fence of a replica with `new_primary` is a repoint). One that cannot follow is
+        // retired and replaced.
+        let others: Vec<String> = self
+            .st
+            .instances
+            .iter()
+            .filter(|(id, i)| {
+                **id != to
+                    && **id != sw.from
+                    && i.role == Role::Mirror
+                    && matches!(i.state, InstanceState::Syncing | InstanceState::Ready)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in others {
+            let (Some(b), Some(np)) = (self.backend(&id), self.backend(&to)) else {
+                continue;
+            };
+            self.dispatch(out, |action_id| Action::Fence {
+                action_id,
+                instance: b,
+                new_primary: Some(np),
+            });
+            if let Some(i) = self.st.instances.get_mut(&id) {
+                i.set(InstanceState::Fencing, at);
+            }
+        }
     }
 
     // ---- action results -----------------------------------------------------------------
@@ -1273,6 +1304,50 @@ impl MirrorEngine {
         let Some(i) = self.st.instances.get_mut(&id) else {
             return;
         };
+        if i.role == Role::Mirror {
+            // A repoint of a mirror after a switch.
+            let mirror = ok && output.get("mirror").and_then(|m| m.as_bool()) == Some(true);
+            if mirror {
+                i.set(InstanceState::Syncing, now);
+                ev(
+                    out,
+                    now,
+                    "repointed",
+                    format!("The mirror {id} now replicates from the new primary."),
+                    json!({"instance": id, "output": output}),
+                    false,
+                );
+            } else {
+                let provisioned = i.provisioned;
+                if provisioned {
+                    i.set(InstanceState::Draining, now);
+                } else {
+                    i.role = Role::Fenced;
+                    i.set(InstanceState::Fenced, now);
+                }
+                ev(
+                    out,
+                    now,
+                    "repoint_failed",
+                    format!(
+                        "The mirror {id} cannot replicate from the new primary ({}); {}.",
+                        if ok {
+                            "the driver cannot repoint it".to_string()
+                        } else {
+                            err
+                        },
+                        if provisioned {
+                            "it is retired and replaced"
+                        } else {
+                            "it is left fenced"
+                        }
+                    ),
+                    json!({"instance": id, "output": output}),
+                    false,
+                );
+            }
+            return;
+        }
         if ok {
             let mirror = output.get("mirror").and_then(|m| m.as_bool()) == Some(true);
             if mirror {

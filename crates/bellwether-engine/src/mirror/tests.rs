@@ -78,6 +78,9 @@ struct Sim {
     provision_fails: Option<bool>,
     promote_fails: BTreeSet<String>,
     route_fails: u32,
+    /// A fence with a new primary makes the instance replicate from it (Redis `REPLICAOF`);
+    /// false is PostgreSQL's local driver (read-only, no repoint).
+    fence_repoints: bool,
     /// Instances left out of the observations (no data).
     hidden: BTreeSet<String>,
     rps: f64,
@@ -106,6 +109,7 @@ impl Sim {
             provision_fails: None,
             promote_fails: BTreeSet::new(),
             route_fails: 0,
+            fence_repoints: true,
             hidden: BTreeSet::new(),
             rps: 0.0,
         };
@@ -256,7 +260,10 @@ impl Sim {
                 }
                 i.paused = true;
                 let mut out = json!({"offset": i.offset});
-                if new_primary.is_some() {
+                if new_primary.is_some() && !self.fence_repoints {
+                    i.replicating = false;
+                    out["mirror"] = json!(false);
+                } else if new_primary.is_some() {
                     i.role = ObservedRole::Replica;
                     i.replicating = true;
                     i.paused = false;
@@ -547,7 +554,11 @@ fn a_mirror_that_cannot_catch_up_is_never_promoted_the_next_is_tried() {
     assert_eq!(st.primary, "cache-m2");
     assert_eq!(s.events_named("promote_failed").len(), 1);
     assert_eq!(st.history[0].figures["tried"][0]["instance"], "cache-m1");
-    // cache-m1 is still a ready mirror (its promotion did not happen).
+    // cache-m1 is still a mirror (its promotion did not happen); it follows the new primary.
+    let m1 = st.instances.iter().find(|i| i.id == "cache-m1").unwrap();
+    assert_eq!(m1.role, Role::Mirror);
+    s.run(2);
+    let st = s.e.status();
     let m1 = st.instances.iter().find(|i| i.id == "cache-m1").unwrap();
     assert_eq!(m1.state, InstanceState::Ready);
 }
@@ -900,4 +911,27 @@ fn bad_policy_is_refused() {
     let mut bad = spec(DepKind::Redis);
     bad.impact = 7.0;
     assert!(MirrorEngine::new(bad, 0).is_err());
+}
+
+#[test]
+fn other_mirrors_follow_the_new_primary_or_are_replaced() {
+    let mut s = Sim::with_mirrors(DepKind::Redis, 2);
+    s.set(PRIMARY_ID, |i| i.up = false);
+    s.run(8);
+    assert_eq!(s.e.status().primary, "cache-m1");
+    assert_eq!(s.events_named("repointed").len(), 1);
+    // cache-m2 follows the new primary and is ready again; no replacement was needed for it.
+    let st = s.e.status();
+    let m2 = st.instances.iter().find(|i| i.id == "cache-m2").unwrap();
+    assert_eq!(m2.state, InstanceState::Ready);
+    assert_eq!(s.ready_mirrors(), 2, "{st:#?}");
+
+    let mut s = Sim::with_mirrors(DepKind::Postgres, 2);
+    s.fence_repoints = false;
+    s.set(PRIMARY_ID, |i| i.up = false);
+    s.run(12);
+    assert_eq!(s.e.status().primary, "cache-m1");
+    assert_eq!(s.events_named("repoint_failed").len(), 1);
+    assert!(!s.w.contains_key("cache-m2"), "cache-m2 was not retired");
+    assert_eq!(s.ready_mirrors(), 2, "{:#?}", s.e.status());
 }
