@@ -18,7 +18,7 @@ use bellwether_engine::mirror::{
 };
 use bellwether_model::mirror::DependencySpec;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::{DepKind, Instance, MirrorError, ProvisionRequest, Provisioner, Role};
@@ -72,6 +72,7 @@ struct Shared {
     events: Vec<Event>,
     made: BTreeMap<String, Instance>,
     endpoints: BTreeMap<String, String>,
+    watch: Option<watch::Sender<Option<Status>>>,
 }
 
 /// A running engine. Drop it only after [`LocalRunner::stop`].
@@ -81,6 +82,7 @@ pub struct LocalRunner {
     main: Option<JoinHandle<MirrorEngine>>,
     prober: JoinHandle<()>,
     provisioner: Arc<dyn Provisioner>,
+    status_rx: watch::Receiver<Option<Status>>,
 }
 
 /// Settings of the IO around the engine.
@@ -117,7 +119,11 @@ impl LocalRunner {
     ) -> Result<LocalRunner, bellwether_model::mirror::MirrorSpecError> {
         let (engine, first) = MirrorEngine::new(spec.clone(), now_ms())?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let (status_tx, status_rx) = watch::channel(None);
+        let shared = Arc::new(Mutex::new(Shared {
+            watch: Some(status_tx),
+            ..Shared::default()
+        }));
         let io = Io {
             kind: spec.kind,
             dependency: spec.name.clone(),
@@ -141,7 +147,22 @@ impl LocalRunner {
             main: Some(main),
             prober,
             provisioner,
+            status_rx,
         })
+    }
+
+    /// Waits until the status satisfies `pred` (checked after every engine step), at most
+    /// `limit`; the last status either way, and whether it was satisfied.
+    pub async fn wait_for(
+        &self,
+        limit: Duration,
+        mut pred: impl FnMut(&Status) -> bool,
+    ) -> (Option<Status>, bool) {
+        let mut rx = self.status_rx.clone();
+        let r =
+            tokio::time::timeout(limit, rx.wait_for(|s| s.as_ref().is_some_and(&mut pred))).await;
+        let ok = matches!(r, Ok(Ok(_)));
+        (self.status(), ok)
     }
 
     /// The engine's status after its last step.
@@ -251,6 +272,9 @@ fn handle_output(
         }
         s.events.extend(out.events);
         s.status = Some(engine.status());
+        if let Some(w) = &s.watch {
+            w.send_replace(s.status.clone());
+        }
         s.endpoints = engine.endpoints();
         // Retired and failed instances are not probed.
         let st = s.status.clone();
