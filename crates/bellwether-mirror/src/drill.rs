@@ -242,12 +242,20 @@ impl Primary {
     }
 }
 
-/// Runs the drill. The proxy is started by `start_proxy` (given the primary's endpoint); it
-/// must listen at `opts.listen` and route by the [`Router`] it returns.
-pub async fn run<P, F>(opts: DrillOptions, start_proxy: P) -> Result<DrillReport, DrillError>
+/// The proxy the drill serves through: its router, the address it listens at (the bound one
+/// when `listen` had port 0) and how to stop it.
+pub struct DrillProxy {
+    pub router: Arc<dyn Router>,
+    pub listen: String,
+    pub guard: ProxyGuard,
+}
+
+/// Runs the drill. The proxy is started by `start_proxy` (given the kind, `opts.listen` and the
+/// primary's endpoint, which it serves from the start).
+pub async fn run<P, F>(mut opts: DrillOptions, start_proxy: P) -> Result<DrillReport, DrillError>
 where
     P: FnOnce(DepKind, String, String) -> F,
-    F: std::future::Future<Output = Result<(Arc<dyn Router>, ProxyGuard), DrillError>>,
+    F: std::future::Future<Output = Result<DrillProxy, DrillError>>,
 {
     if opts.seconds < 3 {
         return Err(DrillError::Options(format!(
@@ -260,7 +268,12 @@ where
     }
     let primary = Primary::start(opts.kind).await?;
     let endpoint = primary.endpoint();
-    let (router, proxy) = start_proxy(opts.kind, opts.listen.clone(), endpoint.clone()).await?;
+    let DrillProxy {
+        router,
+        listen,
+        guard: proxy,
+    } = start_proxy(opts.kind, opts.listen.clone(), endpoint.clone()).await?;
+    opts.listen = listen;
     let work = tempfile::Builder::new()
         .prefix("bw-drill-")
         .tempdir()

@@ -935,3 +935,14 @@ fn other_mirrors_follow_the_new_primary_or_are_replaced() {
     assert!(!s.w.contains_key("cache-m2"), "cache-m2 was not retired");
     assert_eq!(s.ready_mirrors(), 2, "{:#?}", s.e.status());
 }
+
+#[test]
+fn a_dead_mirror_is_replaced_but_not_while_everything_is_down() {
+    let mut s = Sim::with_mirrors(DepKind::Redis, 2);
+    s.set("cache-m2", |i| i.up = false);
+    s.run(super::machine::DEAD_AFTER_INTERVALS as usize + 4);
+    assert_eq!(s.events_named("mirror_dead").len(), 1);
+    assert!(!s.w.contains_key("cache-m2"));
+    assert_eq!(s.ready_mirrors(), 2, "{:#?}", s.e.status());
+    assert_eq!(s.count("provision"), 3);
+}
