@@ -13,7 +13,10 @@
 //! Load: `clients` connections through the proxy, each alternating a write (Redis `SET
 //! drill:C:N N`; PostgreSQL `INSERT INTO bellwether_drill VALUES (C, N)`, autocommit) and an
 //! idempotent read of its last acknowledged write. A write counts as acknowledged when its
-//! reply is `OK` (the commit returned). A client whose connection fails reconnects at once.
+//! reply is `OK` (the commit returned). Redis replication is asynchronous, so a Redis client
+//! also sends `WAIT 1 1000` after each acknowledged `SET`: the writes a mirror confirmed are
+//! counted apart (`replicated_writes`); a write the primary acknowledged but had not yet sent
+//! to any mirror when it was killed can be lost, as with any asynchronous Redis replica. A client whose connection fails reconnects at once.
 //! At the end every acknowledged write is looked up on the final primary.
 //!
 //! Faults: `kill` (SIGKILL to the server's processes), `stop` (SIGSTOP: frozen, connections
@@ -124,6 +127,11 @@ pub struct DrillReport {
     pub last_error_after_fault_ms: Option<i64>,
     /// Acknowledged writes missing on the final primary.
     pub acknowledged_writes_lost: u64,
+    /// Writes acknowledged and confirmed on a mirror before the client counted them (Redis:
+    /// `WAIT 1 1000` answered ≥ 1 after the `SET`; PostgreSQL: every acknowledged commit).
+    pub replicated_writes: u64,
+    /// Of those, missing on the final primary.
+    pub replicated_writes_lost: u64,
     pub lost_examples: Vec<String>,
     pub history: Vec<SwitchRecord>,
     pub status: Option<Status>,
@@ -140,6 +148,9 @@ struct Load {
     error_times: Mutex<(Option<i64>, Option<i64>)>,
     /// Acknowledged (client, seq).
     acked: Mutex<Vec<(u32, u64)>>,
+    /// Acknowledged and confirmed on a mirror (Redis `WAIT 1` ≥ 1; PostgreSQL: every commit,
+    /// which waits for the synchronous standby).
+    replicated: Mutex<Vec<(u32, u64)>>,
     stop: AtomicBool,
 }
 
@@ -445,6 +456,16 @@ async fn drive(
         .and_then(|i| i.endpoint.clone())
         .unwrap_or_else(|| endpoint.to_string());
     let acked: Vec<(u32, u64)> = load.acked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let replicated: BTreeSet<(u32, u64)> = match opts.kind {
+        DepKind::Redis => load
+            .replicated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect(),
+        _ => acked.iter().copied().collect(),
+    };
     let lost = match opts.kind {
         DepKind::Redis => redis_missing(&new_primary, &acked).await?,
         _ => pg_missing(&new_primary, &acked).await?,
@@ -471,7 +492,19 @@ async fn drive(
         first_error_after_fault_ms: first_err.map(|t| t - fault_at),
         last_error_after_fault_ms: last_err.map(|t| t - fault_at),
         acknowledged_writes_lost: lost.len() as u64,
-        lost_examples: lost.into_iter().take(10).collect(),
+        replicated_writes: replicated.len() as u64,
+        replicated_writes_lost: lost
+            .iter()
+            .filter(|(c, s)| replicated.contains(&(*c, *s)))
+            .count() as u64,
+        lost_examples: lost
+            .iter()
+            .take(10)
+            .map(|(c, s)| match opts.kind {
+                DepKind::Redis => format!("drill:{c}:{s}"),
+                _ => format!("({c}, {s})"),
+            })
+            .collect(),
         history,
         status: None,
         events: Vec::new(),
@@ -507,6 +540,20 @@ async fn redis_client(c: u32, listen: &str, load: &Load) {
                     .unwrap_or_else(|p| p.into_inner())
                     .push((c, seq));
                 last_acked = Some(seq);
+                match cn.cmd_within(&["WAIT", "1", "1000"], CLIENT_TIMEOUT).await {
+                    Ok(crate::resp::Value::Int(n)) if n >= 1 => load
+                        .replicated
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((c, seq)),
+                    Ok(crate::resp::Value::Int(_)) => {}
+                    Ok(_) => load.error(true),
+                    Err(_) => {
+                        load.error(true);
+                        conn = None;
+                        continue;
+                    }
+                }
             }
             Ok(_) => load.error(true),
             Err(_) => {
@@ -613,7 +660,10 @@ async fn pg_client(c: u32, listen: &str, load: &Load) {
 }
 
 /// The acknowledged keys missing on the primary at `endpoint`.
-async fn redis_missing(endpoint: &str, acked: &[(u32, u64)]) -> Result<Vec<String>, DrillError> {
+async fn redis_missing(
+    endpoint: &str,
+    acked: &[(u32, u64)],
+) -> Result<Vec<(u32, u64)>, DrillError> {
     let mut c = crate::resp::Conn::connect(endpoint, CLIENT_TIMEOUT)
         .await
         .map_err(|e| DrillError::Other(format!("checking the writes on {endpoint}: {e}")))?;
@@ -630,16 +680,16 @@ async fn redis_missing(endpoint: &str, acked: &[(u32, u64)]) -> Result<Vec<Strin
                 "MGET on {endpoint} answered {v:?}"
             )));
         };
-        for (k, item) in args[1..].iter().zip(items) {
+        for (k, item) in chunk.iter().zip(items) {
             if matches!(item, crate::resp::Value::Bulk(None)) {
-                missing.push(k.clone());
+                missing.push(*k);
             }
         }
     }
     Ok(missing)
 }
 
-async fn pg_missing(endpoint: &str, acked: &[(u32, u64)]) -> Result<Vec<String>, DrillError> {
+async fn pg_missing(endpoint: &str, acked: &[(u32, u64)]) -> Result<Vec<(u32, u64)>, DrillError> {
     let c = pg_connect(endpoint).await.map_err(DrillError::Other)?;
     let rows = c
         .query("SELECT client, seq FROM bellwether_drill", &[])
@@ -649,6 +699,6 @@ async fn pg_missing(endpoint: &str, acked: &[(u32, u64)]) -> Result<Vec<String>,
     Ok(acked
         .iter()
         .filter(|(c, s)| !have.contains(&(*c as i32, *s as i64)))
-        .map(|(c, s)| format!("({c}, {s})"))
+        .copied()
         .collect())
 }

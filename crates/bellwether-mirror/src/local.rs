@@ -38,6 +38,9 @@ pub trait Router: Send + Sync {
     /// Routes writes (everything, in active-passive) to `primary`, reads also to `readers`;
     /// atomic at the proxy.
     async fn route(&self, primary: &Backend, readers: &[Backend]) -> Result<(), String>;
+    /// Leaves no primary: new commands wait in the proxy (bounded) until the next
+    /// [`Router::route`]; returns once nothing is in flight on the primary it had.
+    async fn hold(&self) -> Result<(), String>;
     /// Per-backend figures since the previous call, for every backend the proxy has. An
     /// instance the proxy does not have holds no session there: the runner reports 0 sessions
     /// for it (so a standby mirror can be retired). `None` when the proxy could not be read
@@ -330,8 +333,13 @@ async fn probe_loop(
             let Ok((id, r)) = r else { continue };
             let st = match r {
                 Ok(Ok(st)) => Some(st),
-                // A bad endpoint is not an observation of the instance.
-                Ok(Err(_)) => None,
+                // A bad endpoint is not an observation of the instance; any other failure
+                // (a reset mid-reply, an error answer) is a failed check.
+                Ok(Err(MirrorError::BadEndpoint { .. })) => None,
+                Ok(Err(e)) => Some(crate::InstanceStatus::unreachable(
+                    timeout.as_secs_f64() * 1000.0,
+                    e.to_string(),
+                )),
                 Err(_) => Some(crate::InstanceStatus::unreachable(
                     timeout.as_secs_f64() * 1000.0,
                     "probe timed out".into(),
@@ -449,6 +457,13 @@ impl Io {
             } => {
                 let t = self.opts.fence_timeout;
                 let np = new_primary.as_ref().map(|b| b.endpoint.as_str());
+                if new_primary.is_none() {
+                    // Ahead of a promotion: writes wait in the proxy rather than fail on the
+                    // fenced primary, and none is in flight there when its offset is read.
+                    if let Err(e) = self.router.hold().await {
+                        tracing::warn!(error = %e, "Could not hold the proxy's commands before the fence.");
+                    }
+                }
                 match crate::fence(self.kind, &instance.endpoint, np, t).await {
                     Ok(r) => {
                         let offset = if new_primary.is_none() {

@@ -990,6 +990,9 @@ impl MirrorEngine {
             json!({"from": sw.from, "tried": sw.tried, "cause": sw.cause}),
             true,
         );
+        // The IO side may have held the proxy's commands for the switch: the route to the
+        // primary that stays is sent again once the switch is over.
+        self.st.routed = None;
         if sw.fenced_first {
             sw.step = Step::Unfencing;
             sw.to = None;

@@ -359,9 +359,9 @@ fn health_formula() {
     };
     assert_eq!(h(false, Some(0.1), Some(0.1), Some(0.0), None), 0.0);
     assert_eq!(h(true, None, None, None, None), 1.0);
-    // Latency within twice the baseline (floored at 1 ms) costs nothing; 8× costs 3/4.
-    assert_eq!(h(true, Some(1.9), Some(0.2), None, None), 1.0);
-    assert!((h(true, Some(16.0), Some(2.0), None, None) - 0.25).abs() < 1e-9);
+    // Latency within twice the baseline (floored at 5 ms) costs nothing; 8× costs 3/4.
+    assert_eq!(h(true, Some(9.9), Some(0.2), None, None), 1.0);
+    assert!((h(true, Some(80.0), Some(10.0), None, None) - 0.25).abs() < 1e-9);
     // 12.5 % errors halve the score; 25 % zero it.
     assert!((h(true, None, None, Some(0.125), None) - 0.5).abs() < 1e-9);
     assert_eq!(h(true, None, None, Some(0.3), None), 0.0);
@@ -370,7 +370,7 @@ fn health_formula() {
     assert!((h(true, None, None, None, Some(500 + 2500)) - 0.5).abs() < 1e-9);
     assert_eq!(h(true, None, None, None, Some(60_000)), 0.0);
     // The factors multiply.
-    assert!((h(true, Some(4.0), Some(1.0), Some(0.125), None) - 0.25).abs() < 1e-9);
+    assert!((h(true, Some(20.0), Some(1.0), Some(0.125), None) - 0.25).abs() < 1e-9);
 }
 
 #[test]
@@ -521,8 +521,8 @@ fn down_primary_switches_within_switch_after_to_the_caught_up_healthiest() {
 #[test]
 fn unhealthy_primary_is_fenced_first_and_its_final_offset_is_waited_for() {
     let mut s = Sim::with_mirrors(DepKind::Redis, 1);
-    // Slow: 40× its baseline.
-    s.set(PRIMARY_ID, |i| i.latency = 20.0);
+    // Slow: 200 ms, 20× the floored baseline.
+    s.set(PRIMARY_ID, |i| i.latency = 200.0);
     s.run(2);
     let st = s.e.status();
     assert_eq!(st.primary, "cache-m1", "{:#?}", s.events);
@@ -578,6 +578,10 @@ fn every_promotion_failing_pauses_with_an_alert_and_undoes_the_fence() {
     assert_eq!(failed.len(), 1);
     assert!(failed[0].alert);
     assert_eq!(s.count("unfence"), 1);
+    // The route to the primary that stays is sent again (the proxy may have held commands).
+    assert!(
+        matches!(s.actions.last(), Some(Action::Route { primary, .. }) if primary.instance == PRIMARY_ID)
+    );
     assert!(!s.w[PRIMARY_ID].paused);
     assert_eq!(s.routed.as_ref().unwrap().0, PRIMARY_ID);
     // Paused: nothing more is decided while it stays bad.
