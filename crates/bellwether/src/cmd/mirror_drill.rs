@@ -292,8 +292,15 @@ mod proxy {
                 pool.set(&b.name, None, Some(admin))
                     .map_err(|e| e.to_string())?;
             }
+            // The engine routes away from a primary that is down (its commands in flight will
+            // not be answered: they are closed now rather than at a timeout), or after a hold
+            // that already waited for them.
             if let Some(prev) = change.previous.filter(|p| *p != primary.instance) {
-                self.wait_idle(&prev).await;
+                for e in self.shared.registry.on_backend(&prev) {
+                    if e.busy.load(std::sync::atomic::Ordering::SeqCst) {
+                        e.kill.cancel();
+                    }
+                }
             }
             Ok(())
         }
