@@ -408,10 +408,12 @@ async fn drive(
         Fault::Kill => signal(&pids, nix::sys::signal::Signal::SIGKILL),
         Fault::Stop => signal(&pids, nix::sys::signal::Signal::SIGSTOP),
         Fault::Slow => {
-            let pids = pids.clone();
+            let root = primary.pid().unwrap_or_default();
             let on = throttle.clone();
             throttler = Some(tokio::spawn(async move {
                 while on.load(Ordering::Relaxed) {
+                    // Every round: PostgreSQL forks a process per new connection.
+                    let pids = processes(root);
                     signal(&pids, nix::sys::signal::Signal::SIGSTOP);
                     tokio::time::sleep(Duration::from_millis(45)).await;
                     signal(&pids, nix::sys::signal::Signal::SIGCONT);
@@ -431,7 +433,9 @@ async fn drive(
         let _ = t.await;
     }
     if opts.fault != Fault::Kill {
-        signal(&pids, nix::sys::signal::Signal::SIGCONT);
+        if let Some(root) = primary.pid() {
+            signal(&processes(root), nix::sys::signal::Signal::SIGCONT);
+        }
     }
     let status = runner.status();
     let events = runner.events();
@@ -480,7 +484,16 @@ async fn drive(
         mirrors: opts.mirrors,
         primary: endpoint.to_string(),
         fault_at_ms: fault_at - started,
-        detected_after_ms: after("primary_unhealthy"),
+        // The first failed check of the run of failed checks that led to the switch (0 when
+        // the checks were already failing at the fault); without a switch, the first
+        // `primary_unhealthy` after the fault.
+        detected_after_ms: switched
+            .and_then(|h| {
+                h.figures["detect_ms"]
+                    .as_i64()
+                    .map(|d| (h.at_ms - d - fault_at).max(0))
+            })
+            .or_else(|| after("primary_unhealthy")),
         decided_after_ms: after("switch_started"),
         switched_after_ms: switched.map(|h| h.routed_ms - fault_at),
         new_primary,

@@ -39,8 +39,10 @@ pub trait Router: Send + Sync {
     /// atomic at the proxy.
     async fn route(&self, primary: &Backend, readers: &[Backend]) -> Result<(), String>;
     /// Leaves no primary: new commands wait in the proxy (bounded) until the next
-    /// [`Router::route`]; returns once nothing is in flight on the primary it had.
-    async fn hold(&self) -> Result<(), String>;
+    /// [`Router::route`]. Waits up to `wait` for the commands in flight on the primary it had,
+    /// then closes the sessions still busy there (their replies never reach a client, so
+    /// nothing unconfirmed is acknowledged).
+    async fn hold(&self, wait: Duration) -> Result<(), String>;
     /// Per-backend figures since the previous call, for every backend the proxy has. An
     /// instance the proxy does not have holds no session there: the runner reports 0 sessions
     /// for it (so a standby mirror can be retired). `None` when the proxy could not be read
@@ -319,11 +321,25 @@ async fn probe_loop(
     loop {
         tick.tick().await;
         let at = now_ms();
-        let endpoints = lock(&shared).endpoints.clone();
+        let (endpoints, primary) = {
+            let s = lock(&shared);
+            (
+                s.endpoints.clone(),
+                s.status.as_ref().map(|st| st.primary.clone()),
+            )
+        };
         let mut set = tokio::task::JoinSet::new();
         for (id, ep) in endpoints {
+            // A replica's probe also asks the primary it names (for its lag), with the probe's
+            // timeout: half each for the others, so that a frozen primary does not make its
+            // replicas look down; the primary's own probe has it all.
+            let inner = if primary.as_deref() == Some(id.as_str()) {
+                timeout
+            } else {
+                timeout / 2
+            };
             set.spawn(async move {
-                let r = tokio::time::timeout(timeout, crate::probe(kind, &ep, timeout)).await;
+                let r = tokio::time::timeout(timeout, crate::probe(kind, &ep, inner)).await;
                 (id, r)
             });
         }
@@ -426,10 +442,46 @@ impl Io {
                 instance,
                 catch_up_to,
                 timeout_ms,
+                old_primary,
                 ..
             } => {
-                let t = Duration::from_millis(timeout_ms);
-                match crate::promote(self.kind, &instance.endpoint, catch_up_to, t).await {
+                // No write passes the proxy while the primary changes (a primary judged down
+                // may still be acknowledging writes: slow, or cut off from the checks only).
+                // A PostgreSQL session the proxy cannot move yet keeps its server connection;
+                // a fence (read-only, sessions ended) makes sure the old primary acknowledges
+                // nothing more. Best effort and short, beside the hold: it is down, or only
+                // looks so.
+                let fence_pg = async {
+                    if self.kind == DepKind::Postgres {
+                        let t = self.opts.probe_timeout * 2;
+                        let _ = tokio::time::timeout(
+                            t,
+                            crate::fence(self.kind, &old_primary.endpoint, None, t),
+                        )
+                        .await;
+                    }
+                };
+                let (held, ()) = tokio::join!(self.router.hold(self.opts.probe_timeout), fence_pg);
+                if let Err(e) = held {
+                    tracing::warn!(error = %e, "Could not hold the proxy's commands before the promotion.");
+                }
+                let mut t = Duration::from_millis(timeout_ms);
+                let mut target = catch_up_to;
+                if let Some(want) = catch_up_to {
+                    // A mirror may hold writes the engine never saw on the primary (a
+                    // synchronous standby acknowledged them after the last check): the promoted
+                    // one must reach the furthest mirror too. When another is ahead, this one
+                    // gets a short wait and the engine tries the next.
+                    let ahead = self
+                        .furthest_peer(&[&instance.instance, &old_primary.instance])
+                        .await;
+                    if let Some((peer, o)) = ahead.filter(|(_, o)| *o > want) {
+                        tracing::info!(peer = %peer, offset = o, "A mirror is ahead of the primary's last known offset.");
+                        target = Some(o);
+                        t = t.min(self.opts.probe_timeout * 4);
+                    }
+                }
+                match crate::promote(self.kind, &instance.endpoint, target, t).await {
                     Ok(r) => {
                         // A former primary fenced with min-replicas-to-write keeps that
                         // setting through REPLICAOF; as primary again it must take writes.
@@ -460,7 +512,7 @@ impl Io {
                 if new_primary.is_none() {
                     // Ahead of a promotion: writes wait in the proxy rather than fail on the
                     // fenced primary, and none is in flight there when its offset is read.
-                    if let Err(e) = self.router.hold().await {
+                    if let Err(e) = self.router.hold(self.opts.fence_timeout).await {
                         tracing::warn!(error = %e, "Could not hold the proxy's commands before the fence.");
                     }
                 }
@@ -503,6 +555,30 @@ impl Io {
                 Err(e) => err_out(e),
             },
         }
+    }
+}
+
+impl Io {
+    /// The replica (other than `except`) with the highest replication offset now.
+    async fn furthest_peer(&self, except: &[&str]) -> Option<(String, u64)> {
+        let peers: Vec<(String, String)> = lock(&self.shared)
+            .endpoints
+            .iter()
+            .filter(|(id, _)| !except.contains(&id.as_str()))
+            .map(|(id, e)| (id.clone(), e.clone()))
+            .collect();
+        let t = self.opts.probe_timeout;
+        let mut best: Option<(String, u64)> = None;
+        for (id, ep) in peers {
+            if let Ok(Ok(st)) = tokio::time::timeout(t, crate::probe(self.kind, &ep, t / 2)).await {
+                if let (true, Some(Role::Replica), Some(o)) = (st.reachable, st.role, st.offset) {
+                    if best.as_ref().is_none_or(|(_, b)| o > *b) {
+                        best = Some((id, o));
+                    }
+                }
+            }
+        }
+        best
     }
 }
 

@@ -235,8 +235,8 @@ mod proxy {
         }
 
         /// Waits until no session is busy on `backend` (the proxy's own switch does the same),
-        /// at most [`SWITCH_WAIT`]; closes those still busy then.
-        async fn wait_idle(&self, backend: &str) {
+        /// at most `wait` (and [`SWITCH_WAIT`]); closes those still busy then.
+        async fn wait_idle(&self, backend: &str, wait: Duration) {
             std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let reg = &self.shared.registry;
             let busy = || {
@@ -245,7 +245,7 @@ mod proxy {
                     .filter(|e| e.busy.load(std::sync::atomic::Ordering::SeqCst))
                     .collect::<Vec<_>>()
             };
-            let deadline = tokio::time::Instant::now() + SWITCH_WAIT;
+            let deadline = tokio::time::Instant::now() + wait.min(SWITCH_WAIT);
             loop {
                 let changed = reg.changed.notified();
                 let left = busy();
@@ -305,14 +305,14 @@ mod proxy {
             Ok(())
         }
 
-        async fn hold(&self) -> Result<(), String> {
+        async fn hold(&self, wait: Duration) -> Result<(), String> {
             let change = self
                 .shared
                 .pool
                 .set_primary(None, false)
                 .map_err(|e| e.to_string())?;
             if let Some(prev) = change.previous {
-                self.wait_idle(&prev).await;
+                self.wait_idle(&prev, wait).await;
             }
             Ok(())
         }
