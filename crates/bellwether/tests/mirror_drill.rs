@@ -85,3 +85,11 @@ fn postgres_kill_loses_no_acknowledged_commit() {
     check_switched(&r);
     assert_eq!(r["acknowledged_writes_lost"], 0, "{}", r["lost_examples"]);
 }
+
+#[test]
+fn postgres_frozen_primary_is_switched_without_losing_a_commit() {
+    let r = drill("postgres", "stop", "9");
+    check_switched(&r);
+    assert_eq!(r["history"][0]["trigger"], "down");
+    assert_eq!(r["acknowledged_writes_lost"], 0, "{}", r["lost_examples"]);
+}
