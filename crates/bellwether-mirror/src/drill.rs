@@ -20,8 +20,8 @@
 //! At the end every acknowledged write is looked up on the final primary.
 //!
 //! Faults: `kill` (SIGKILL to the server's processes), `stop` (SIGSTOP: frozen, connections
-//! hang; SIGCONT at the end), `slow` (the processes are stopped for 45 ms of every 50 ms: a
-//! throttled server that still answers, ten times slower or worse).
+//! hang; SIGCONT at the end), `slow` (the processes are stopped for 47 ms of every 53 ms: a
+//! throttled server that still answers, about ten times slower).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -415,9 +415,9 @@ async fn drive(
                     // Every round: PostgreSQL forks a process per new connection.
                     let pids = processes(root);
                     signal(&pids, nix::sys::signal::Signal::SIGSTOP);
-                    tokio::time::sleep(Duration::from_millis(45)).await;
+                    tokio::time::sleep(SLOW_STOPPED).await;
                     signal(&pids, nix::sys::signal::Signal::SIGCONT);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::time::sleep(SLOW_RUNNING).await;
                 }
             }));
         }
@@ -523,6 +523,11 @@ async fn drive(
         events: Vec::new(),
     })
 }
+
+/// The `slow` fault's cycle: stopped, then running. Its period (53 ms) divides no health
+/// interval a user is likely to choose, so checks do not lock onto one phase of it.
+const SLOW_STOPPED: Duration = Duration::from_millis(47);
+const SLOW_RUNNING: Duration = Duration::from_millis(6);
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -518,10 +518,21 @@ impl Io {
                 }
                 match crate::fence(self.kind, &instance.endpoint, np, t).await {
                     Ok(r) => {
+                        // Its final position: the furthest of what it acknowledged
+                        // (`primary_position`) and what it wrote (its probe's offset: a
+                        // PostgreSQL primary's local flush LSN, which a synchronous standby may
+                        // confirm, and a client see acknowledged, just after the first is read).
+                        // It still streams to its mirrors, so they can reach it.
                         let offset = if new_primary.is_none() {
-                            crate::primary_position(self.kind, &instance.endpoint, t)
+                            let acked = crate::primary_position(self.kind, &instance.endpoint, t)
+                                .await
+                                .ok();
+                            let written = crate::probe(self.kind, &instance.endpoint, t)
                                 .await
                                 .ok()
+                                .filter(|st| st.reachable && st.role == Some(Role::Primary))
+                                .and_then(|st| st.offset);
+                            acked.max(written)
                         } else {
                             None
                         };

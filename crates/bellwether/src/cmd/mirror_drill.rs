@@ -24,7 +24,7 @@ pub enum FaultArg {
     Kill,
     /// SIGSTOP: the primary freezes (SIGCONT at the end).
     Stop,
-    /// The primary's processes run 5 ms of every 50 ms: a throttled, slow primary.
+    /// The primary's processes run 6 ms of every 53 ms: a throttled, slow primary.
     Slow,
 }
 
