@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod mirror;
 pub mod patch;
 pub mod rollout;
 pub mod yaml;
