@@ -650,6 +650,7 @@ pub(crate) fn kinds() -> Vec<Kind> {
         Kind::of::<crate::rollout::RolloutTask>(),
         Kind::of::<crate::patch::PatchTask>(),
         Kind::of::<crate::config::task::ConfigTask>(),
+        Kind::of::<crate::mirror::task::MirrorTask>(),
     ];
     // The runner's own tests drive a counter kind, through the same resume as every kind.
     #[cfg(test)]
