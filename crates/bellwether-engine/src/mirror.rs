@@ -324,6 +324,10 @@ pub struct SwitchRecord {
 pub struct Status {
     pub name: String,
     pub phase: Phase,
+    /// Why it is paused (the operator, a switch that failed).
+    pub pause_reason: Option<String>,
+    /// Why provisioning is stopped (an impossible provisioning), if it is.
+    pub provision_blocked: Option<String>,
     /// In [0, 1]; see [`score::weight`].
     pub weight: f64,
     /// The primary's last health score.

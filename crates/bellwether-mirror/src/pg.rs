@@ -57,15 +57,26 @@ pub(crate) fn config(
     Ok(cfg)
 }
 
-/// `HOST:PORT` of a URL or endpoint (for naming a standby's primary).
-pub(crate) fn host_port(cfg: &tokio_postgres::Config) -> Option<String> {
-    let host = match cfg.get_hosts().first()? {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        #[allow(unreachable_patterns)]
-        _ => return None,
-    };
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    Some(Endpoint { host, port }.to_string())
+/// The settings of `cfg` (role, password, database) at another address.
+fn same_role_at(
+    cfg: &tokio_postgres::Config,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.host(host).port(port).connect_timeout(timeout);
+    c.application_name("bellwether-mirror");
+    if let Some(u) = cfg.get_user() {
+        c.user(u);
+    }
+    if let Some(p) = cfg.get_password() {
+        c.password(p);
+    }
+    if let Some(d) = cfg.get_dbname() {
+        c.dbname(d);
+    }
+    c
 }
 
 pub(crate) async fn connect(
@@ -184,8 +195,7 @@ pub(crate) async fn probe(
                     };
                     status.replica_of = Some(primary.to_string());
                     // Measured with the same role and database, at the sender's address.
-                    let mut pcfg = cfg.clone();
-                    pcfg.host(&h).port(p as u16);
+                    let pcfg = same_role_at(&cfg, &h, p as u16, timeout);
                     if let Ok(pc) = connect(&primary.to_string(), &pcfg, timeout).await {
                         if let Ok((Role::Primary, pos)) =
                             role_and_offset(&pc, &primary.to_string(), timeout).await

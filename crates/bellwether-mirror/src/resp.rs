@@ -126,7 +126,12 @@ impl Conn {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<Value>> + Send + '_>> {
         Box::pin(async move {
             let line = self.read_line().await?;
-            let (tag, rest) = line.split_at(line.is_empty().then_some(0).unwrap_or(1));
+            // The type byte is ASCII in RESP; anything else is refused below.
+            let (tag, rest) = if line.as_bytes().first().is_some_and(u8::is_ascii) {
+                line.split_at(1)
+            } else {
+                ("", line.as_str())
+            };
             match tag {
                 "+" => Ok(Value::Simple(rest.to_string())),
                 "-" => Ok(Value::Error(rest.to_string())),
@@ -229,6 +234,7 @@ mod tests {
     async fn refuses_what_is_not_resp() {
         for reply in [
             &b"HTTP/1.1 400 Bad Request\r\n"[..],
+            "\u{e9}t\u{e9}\r\n".as_bytes(),
             b"$999999999999\r\n",
             b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n",
             b":abc\r\n",

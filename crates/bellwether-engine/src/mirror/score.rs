@@ -57,19 +57,19 @@ pub fn traffic(rps: Option<f64>) -> f64 {
 
 /// The weight (criticality) in [0, 1]:
 ///
-/// `weight = tier_factor × (0.5 + 0.5 × impact) × (0.5 + 0.5 × traffic(rps))`
+/// `weight = tier_factor × (0.5 + 0.5 × impact) × (0.25 + 0.75 × traffic(rps))`
 ///
 /// with the tier factor of [`bellwether_model::mirror::Tier::factor`] (critical 1, high 0.7,
 /// medium 0.4, low 0.15), the declared impact in [0, 1] and the smoothed request rate the
-/// proxy measures. Each of impact and traffic can halve the weight, neither can zero it: a
-/// critical dependency without traffic yet still weighs 0.25 to 0.5.
+/// proxy measures. The impact can halve the weight and the traffic quarter it; neither can
+/// zero it: a critical dependency without traffic (yet) still weighs 0.125 to 0.25.
 pub fn weight(spec: &DependencySpec, rps: Option<f64>) -> f64 {
     let impact = if spec.impact.is_finite() {
         spec.impact.clamp(0.0, 1.0)
     } else {
         0.5
     };
-    (spec.tier.factor() * (0.5 + 0.5 * impact) * (0.5 + 0.5 * traffic(rps))).clamp(0.0, 1.0)
+    (spec.tier.factor() * (0.5 + 0.5 * impact) * (0.25 + 0.75 * traffic(rps))).clamp(0.0, 1.0)
 }
 
 /// The figures the health score of one instance is made of.
@@ -138,16 +138,19 @@ pub fn target_raw(spec: &DependencySpec, weight: f64, health: f64) -> f64 {
     p.min_mirrors as f64 + (p.max_mirrors as f64 - p.min_mirrors as f64) * demand
 }
 
-/// The mirror count after the hysteresis `h`, from the current count `n` and the raw target:
-/// up to `ceil(raw − h)` when `raw > n + h`, down to `ceil(raw + h)` when `raw ≤ n − 1 − h`,
-/// else `n`; always within the bounds. (The engine also holds a fall for `failback_after`.)
+/// The mirror count after the hysteresis `h`, from the current count `n` and the raw target.
+/// The count follows `round(raw)`, but only once `raw` has passed the rounding midpoint by
+/// `h / 2`: up to `floor(raw + 0.5 − h/2)` when `raw ≥ n + 0.5 + h/2`, down to
+/// `ceil(raw − 0.5 + h/2)` when `raw ≤ n − 0.5 − h/2`, else `n`; always within the bounds.
+/// A target oscillating inside a dead band of width `h` around a midpoint never moves the
+/// count. (The engine also holds a fall for `failback_after`.)
 pub fn target_mirrors(n: u32, raw: f64, policy: &MirrorPolicy) -> u32 {
-    let h = policy.hysteresis.max(0.0);
+    let half = policy.hysteresis.max(0.0) / 2.0;
     let nf = n as f64;
-    let next = if raw > nf + h {
-        (raw - h).ceil()
-    } else if raw <= nf - 1.0 - h {
-        (raw + h).ceil()
+    let next = if raw >= nf + 0.5 + half {
+        (raw + 0.5 - half).floor()
+    } else if raw <= nf - 0.5 - half {
+        (raw - 0.5 + half).ceil()
     } else {
         nf
     };
