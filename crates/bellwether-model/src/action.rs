@@ -12,6 +12,10 @@
 //! {"builtin": "start_process", "argv": ["/usr/bin/pg_ctl", "-D", "/srv/pg", "-w", "start"], "pidfile": "/srv/pg/postmaster.pid"}
 //! {"builtin": "stop_process", "pid": 4242}
 //! {"builtin": "sample_processes", "pids": [4242, 4300]}
+//! {"builtin": "mirror_provision", "dependency": "cache", "kind": "redis", "primary": "127.0.0.1:6379", "instance": "cache-1"}
+//! {"builtin": "mirror_retire", "instance": "cache-1"}
+//! {"builtin": "mirror_promote", "kind": "redis", "endpoint": "127.0.0.1:40001", "catch_up_to": 123456}
+//! {"builtin": "mirror_fence", "kind": "redis", "endpoint": "127.0.0.1:6379", "new_primary": "127.0.0.1:40001"}
 //! ```
 //!
 //! Every built-in but `sample_processes` also accepts an optional `timeout_ms`. Deserialisation validates (an action
@@ -20,6 +24,8 @@
 //! runs anything: executing an action is the agent's business.
 
 use serde::{Deserialize, Serialize};
+
+use crate::mirror::DepKind;
 
 /// The shortest timeout an action may have, in milliseconds.
 pub const MIN_TIMEOUT_MS: u64 = 100;
@@ -106,6 +112,42 @@ pub enum ActionSpec {
         settings: Vec<(String, Option<String>)>,
         timeout_ms: Option<u64>,
     },
+    /// Make a mirror (a replica) of the `redis` or `postgres` dependency `dependency` whose
+    /// primary is `primary` (`HOST:PORT`), as a local process under the agent's state
+    /// directory (`mirrors/INSTANCE/`), on `port` or a free one. Returns once the mirror
+    /// serves with its replication link up; a failure leaves nothing behind. Output: the
+    /// `bellwether_mirror::Instance` JSON (`endpoint`, `pid`, `dir`, `provision_ms`).
+    MirrorProvision {
+        dependency: String,
+        kind: DepKind,
+        primary: String,
+        instance: String,
+        port: Option<u16>,
+        timeout_ms: Option<u64>,
+    },
+    /// Stop the mirror `instance` this agent made and remove its directory; one already gone
+    /// is fine. Output: `{"instance": ID, "retired": true}`.
+    MirrorRetire {
+        instance: String,
+        timeout_ms: Option<u64>,
+    },
+    /// Promote the mirror at `endpoint` (the agent's mirrors listen on its loopback) once its
+    /// replication position reached `catch_up_to`, refusing if it does not within the timeout.
+    /// Output: `bellwether_mirror::PromoteReport` JSON.
+    MirrorPromote {
+        kind: DepKind,
+        endpoint: String,
+        catch_up_to: Option<u64>,
+        timeout_ms: Option<u64>,
+    },
+    /// Fence the old primary at `endpoint`: it becomes a replica of `new_primary` (Redis) or
+    /// refuses writes. Output: `bellwether_mirror::FenceReport` JSON.
+    MirrorFence {
+        kind: DepKind,
+        endpoint: String,
+        new_primary: Option<String>,
+        timeout_ms: Option<u64>,
+    },
 }
 
 /// The most settings one `pg_apply` or `pg_trial` may carry.
@@ -133,7 +175,7 @@ pub enum ActionSpecError {
     Neither,
     #[error("an action has either `argv` or `builtin`, got both")]
     Both,
-    #[error("unknown builtin {name:?}; expected set_service_version, restore_file, reinstall_package, set_cgroup, start_process, stop_process or sample_processes")]
+    #[error("unknown builtin {name:?}; expected set_service_version, restore_file, reinstall_package, set_cgroup, start_process, stop_process, sample_processes, pg_read_settings, pg_apply, pg_trial, mirror_provision, mirror_retire, mirror_promote or mirror_fence")]
     UnknownBuiltin { name: String },
     #[error("builtin {builtin} needs the field `{field}`")]
     MissingField {
@@ -190,6 +232,10 @@ impl ActionSpec {
             ActionSpec::PgReadSettings { .. } => Some("pg_read_settings"),
             ActionSpec::PgApply { .. } => Some("pg_apply"),
             ActionSpec::PgTrial { .. } => Some("pg_trial"),
+            ActionSpec::MirrorProvision { .. } => Some("mirror_provision"),
+            ActionSpec::MirrorRetire { .. } => Some("mirror_retire"),
+            ActionSpec::MirrorPromote { .. } => Some("mirror_promote"),
+            ActionSpec::MirrorFence { .. } => Some("mirror_fence"),
         }
     }
 
@@ -204,7 +250,13 @@ impl ActionSpec {
             | ActionSpec::StartProcess { timeout_ms, .. }
             | ActionSpec::StopProcess { timeout_ms, .. }
             | ActionSpec::PgApply { timeout_ms, .. }
-            | ActionSpec::PgTrial { timeout_ms, .. } => timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+            | ActionSpec::PgTrial { timeout_ms, .. }
+            | ActionSpec::MirrorProvision { timeout_ms, .. }
+            | ActionSpec::MirrorRetire { timeout_ms, .. }
+            | ActionSpec::MirrorPromote { timeout_ms, .. }
+            | ActionSpec::MirrorFence { timeout_ms, .. } => {
+                timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)
+            }
             ActionSpec::SampleProcesses { .. } | ActionSpec::PgReadSettings { .. } => {
                 DEFAULT_TIMEOUT_MS
             }
@@ -275,6 +327,35 @@ impl ActionSpec {
             ActionSpec::PgTrial {
                 database, settings, ..
             } => format!("pg_trial {database} {}", describe_settings(settings)),
+            ActionSpec::MirrorProvision {
+                dependency,
+                kind,
+                primary,
+                instance,
+                ..
+            } => format!(
+                "mirror_provision {instance} of {} {dependency} at {primary}",
+                kind.as_str()
+            ),
+            ActionSpec::MirrorRetire { instance, .. } => format!("mirror_retire {instance}"),
+            ActionSpec::MirrorPromote {
+                kind,
+                endpoint,
+                catch_up_to,
+                ..
+            } => match catch_up_to {
+                Some(c) => format!("mirror_promote {} {endpoint} at {c}", kind.as_str()),
+                None => format!("mirror_promote {} {endpoint}", kind.as_str()),
+            },
+            ActionSpec::MirrorFence {
+                kind,
+                endpoint,
+                new_primary,
+                ..
+            } => match new_primary {
+                Some(n) => format!("mirror_fence {} {endpoint} to {n}", kind.as_str()),
+                None => format!("mirror_fence {} {endpoint}", kind.as_str()),
+            },
         }
     }
 
@@ -289,7 +370,11 @@ impl ActionSpec {
             | ActionSpec::StartProcess { timeout_ms, .. }
             | ActionSpec::StopProcess { timeout_ms, .. }
             | ActionSpec::PgApply { timeout_ms, .. }
-            | ActionSpec::PgTrial { timeout_ms, .. } => *timeout_ms,
+            | ActionSpec::PgTrial { timeout_ms, .. }
+            | ActionSpec::MirrorProvision { timeout_ms, .. }
+            | ActionSpec::MirrorRetire { timeout_ms, .. }
+            | ActionSpec::MirrorPromote { timeout_ms, .. }
+            | ActionSpec::MirrorFence { timeout_ms, .. } => *timeout_ms,
             ActionSpec::SampleProcesses { .. } | ActionSpec::PgReadSettings { .. } => None,
         };
         if let Some(t) = timeout {
@@ -350,6 +435,43 @@ impl ActionSpec {
             } => {
                 check_token("database", database)?;
                 check_pg_settings(settings)?;
+            }
+            ActionSpec::MirrorProvision {
+                dependency,
+                kind,
+                primary,
+                instance,
+                port,
+                ..
+            } => {
+                check_dependency_name(dependency)?;
+                check_mirror_kind(*kind)?;
+                check_endpoint("primary", primary)?;
+                check_instance(instance)?;
+                if *port == Some(0) {
+                    return Err(ActionSpecError::BadValue {
+                        field: "port",
+                        value: "0".into(),
+                        why: "a port is 1 to 65535; leave it out for a free one",
+                    });
+                }
+            }
+            ActionSpec::MirrorRetire { instance, .. } => check_instance(instance)?,
+            ActionSpec::MirrorPromote { kind, endpoint, .. } => {
+                check_mirror_kind(*kind)?;
+                check_endpoint("endpoint", endpoint)?;
+            }
+            ActionSpec::MirrorFence {
+                kind,
+                endpoint,
+                new_primary,
+                ..
+            } => {
+                check_mirror_kind(*kind)?;
+                check_endpoint("endpoint", endpoint)?;
+                if let Some(n) = new_primary {
+                    check_endpoint("new_primary", n)?;
+                }
             }
             ActionSpec::SetServiceVersion { version, .. } => check_token("version", version)?,
             ActionSpec::RestoreFile { path, .. } => check_relative_path(path)?,
@@ -428,6 +550,65 @@ fn check_pg_settings(settings: &[(String, Option<String>)]) -> Result<(), Action
         }
     }
     Ok(())
+}
+
+/// A dependency name, the rule of [`crate::mirror::DependencySpec::validate`].
+fn check_dependency_name(v: &str) -> Result<(), ActionSpecError> {
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !v.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ActionSpecError::BadValue {
+            field: "dependency",
+            value: v.to_string(),
+            why: "a dependency name is lower-case letters, digits and '-', 1 to 63 characters, starting with a letter or digit",
+        })
+    }
+}
+
+/// Only `redis` and `postgres` have mirrors an agent can make, promote or fence.
+fn check_mirror_kind(kind: DepKind) -> Result<(), ActionSpecError> {
+    if kind == DepKind::Tcp {
+        return Err(ActionSpecError::BadValue {
+            field: "kind",
+            value: "tcp".into(),
+            why:
+                "a tcp dependency has no replication an agent can drive; expected redis or postgres",
+        });
+    }
+    Ok(())
+}
+
+/// `HOST:PORT`, the rule of [`crate::mirror::check_endpoint`].
+fn check_endpoint(field: &'static str, v: &str) -> Result<(), ActionSpecError> {
+    crate::mirror::check_endpoint(v).map_err(|_| ActionSpecError::BadValue {
+        field,
+        value: v.to_string(),
+        why: "expected HOST:PORT (an IPv6 host in brackets)",
+    })
+}
+
+/// A mirror instance id: it names a directory under the agent's state directory.
+fn check_instance(v: &str) -> Result<(), ActionSpecError> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && !v.starts_with('.')
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ActionSpecError::BadValue {
+            field: "instance",
+            value: v.to_string(),
+            why:
+                "an instance id is 1 to 64 letters, digits, '-', '_' and '.', not starting with '.'",
+        })
+    }
 }
 
 fn check_argv(argv: &[String]) -> Result<(), ActionSpecError> {
@@ -611,6 +792,22 @@ struct Wire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     restart: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    dependency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<DepKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    primary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instance: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    catch_up_to: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    new_primary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     timeout_ms: Option<u64>,
 }
 
@@ -629,6 +826,14 @@ impl Wire {
             ("database", self.database.is_some()),
             ("settings", self.settings.is_some()),
             ("restart", self.restart.is_some()),
+            ("dependency", self.dependency.is_some()),
+            ("kind", self.kind.is_some()),
+            ("primary", self.primary.is_some()),
+            ("instance", self.instance.is_some()),
+            ("port", self.port.is_some()),
+            ("endpoint", self.endpoint.is_some()),
+            ("catch_up_to", self.catch_up_to.is_some()),
+            ("new_primary", self.new_primary.is_some()),
             ("timeout_ms", self.timeout_ms.is_some()),
         ]
         .into_iter()
@@ -661,6 +866,14 @@ impl Wire {
             database,
             settings,
             restart,
+            dependency,
+            kind,
+            primary,
+            instance,
+            port,
+            endpoint,
+            catch_up_to,
+            new_primary,
             timeout_ms,
         } = self;
         let spec = match (argv, builtin) {
@@ -758,6 +971,56 @@ impl Wire {
                         ActionSpec::PgTrial {
                             database: database.ok_or(missing(b, "database"))?,
                             settings: settings.ok_or(missing(b, "settings"))?,
+                            timeout_ms,
+                        }
+                    }
+                    "mirror_provision" => {
+                        let b = "mirror_provision";
+                        only(
+                            b,
+                            &[
+                                "dependency",
+                                "kind",
+                                "primary",
+                                "instance",
+                                "port",
+                                "timeout_ms",
+                            ],
+                        )?;
+                        ActionSpec::MirrorProvision {
+                            dependency: dependency.ok_or(missing(b, "dependency"))?,
+                            kind: kind.ok_or(missing(b, "kind"))?,
+                            primary: primary.ok_or(missing(b, "primary"))?,
+                            instance: instance.ok_or(missing(b, "instance"))?,
+                            port,
+                            timeout_ms,
+                        }
+                    }
+                    "mirror_retire" => {
+                        let b = "mirror_retire";
+                        only(b, &["instance", "timeout_ms"])?;
+                        ActionSpec::MirrorRetire {
+                            instance: instance.ok_or(missing(b, "instance"))?,
+                            timeout_ms,
+                        }
+                    }
+                    "mirror_promote" => {
+                        let b = "mirror_promote";
+                        only(b, &["kind", "endpoint", "catch_up_to", "timeout_ms"])?;
+                        ActionSpec::MirrorPromote {
+                            kind: kind.ok_or(missing(b, "kind"))?,
+                            endpoint: endpoint.ok_or(missing(b, "endpoint"))?,
+                            catch_up_to,
+                            timeout_ms,
+                        }
+                    }
+                    "mirror_fence" => {
+                        let b = "mirror_fence";
+                        only(b, &["kind", "endpoint", "new_primary", "timeout_ms"])?;
+                        ActionSpec::MirrorFence {
+                            kind: kind.ok_or(missing(b, "kind"))?,
+                            endpoint: endpoint.ok_or(missing(b, "endpoint"))?,
+                            new_primary,
                             timeout_ms,
                         }
                     }
@@ -867,6 +1130,58 @@ impl Wire {
                 builtin,
                 database: Some(database),
                 settings: Some(settings),
+                timeout_ms,
+                ..Wire::default()
+            },
+            ActionSpec::MirrorProvision {
+                dependency,
+                kind,
+                primary,
+                instance,
+                port,
+                timeout_ms,
+            } => Wire {
+                builtin,
+                dependency: Some(dependency),
+                kind: Some(kind),
+                primary: Some(primary),
+                instance: Some(instance),
+                port,
+                timeout_ms,
+                ..Wire::default()
+            },
+            ActionSpec::MirrorRetire {
+                instance,
+                timeout_ms,
+            } => Wire {
+                builtin,
+                instance: Some(instance),
+                timeout_ms,
+                ..Wire::default()
+            },
+            ActionSpec::MirrorPromote {
+                kind,
+                endpoint,
+                catch_up_to,
+                timeout_ms,
+            } => Wire {
+                builtin,
+                kind: Some(kind),
+                endpoint: Some(endpoint),
+                catch_up_to,
+                timeout_ms,
+                ..Wire::default()
+            },
+            ActionSpec::MirrorFence {
+                kind,
+                endpoint,
+                new_primary,
+                timeout_ms,
+            } => Wire {
+                builtin,
+                kind: Some(kind),
+                endpoint: Some(endpoint),
+                new_primary,
                 timeout_ms,
                 ..Wire::default()
             },
@@ -1276,6 +1591,166 @@ mod tests {
         ];
         for (json, want) in cases {
             let err = parse(json).unwrap_err();
+            assert!(err.contains(want), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn parses_and_round_trips_the_mirror_builtins() {
+        let provision = parse(
+            r#"{"builtin": "mirror_provision", "dependency": "cache", "kind": "redis", "primary": "127.0.0.1:6379", "instance": "cache-1"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            provision,
+            ActionSpec::MirrorProvision {
+                dependency: "cache".into(),
+                kind: DepKind::Redis,
+                primary: "127.0.0.1:6379".into(),
+                instance: "cache-1".into(),
+                port: None,
+                timeout_ms: None,
+            }
+        );
+        assert_eq!(
+            provision.describe(),
+            "mirror_provision cache-1 of redis cache at 127.0.0.1:6379"
+        );
+        let specs = [
+            provision,
+            ActionSpec::MirrorProvision {
+                dependency: "db".into(),
+                kind: DepKind::Postgres,
+                primary: "[::1]:5432".into(),
+                instance: "db.2".into(),
+                port: Some(40000),
+                timeout_ms: Some(120_000),
+            },
+            ActionSpec::MirrorRetire {
+                instance: "cache-1".into(),
+                timeout_ms: None,
+            },
+            ActionSpec::MirrorPromote {
+                kind: DepKind::Redis,
+                endpoint: "127.0.0.1:40001".into(),
+                catch_up_to: Some(123_456),
+                timeout_ms: Some(5000),
+            },
+            ActionSpec::MirrorFence {
+                kind: DepKind::Postgres,
+                endpoint: "127.0.0.1:5432".into(),
+                new_primary: None,
+                timeout_ms: None,
+            },
+            ActionSpec::MirrorFence {
+                kind: DepKind::Redis,
+                endpoint: "127.0.0.1:6379".into(),
+                new_primary: Some("127.0.0.1:40001".into()),
+                timeout_ms: None,
+            },
+        ];
+        for s in specs {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(parse(&json).unwrap(), s, "{json}");
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_mirror_builtins() {
+        let p = |extra: &str| {
+            format!(
+                r#"{{"builtin": "mirror_provision", "dependency": "cache", "kind": "redis", "primary": "127.0.0.1:6379", "instance": "c1"{extra}}}"#
+            )
+        };
+        let cases = [
+            (
+                r#"{"builtin": "mirror_provision", "kind": "redis", "primary": "h:1", "instance": "c"}"#.to_string(),
+                "mirror_provision needs the field `dependency`",
+            ),
+            (
+                r#"{"builtin": "mirror_provision", "dependency": "c", "primary": "h:1", "instance": "c"}"#.to_string(),
+                "needs the field `kind`",
+            ),
+            (
+                r#"{"builtin": "mirror_provision", "dependency": "c", "kind": "redis", "instance": "c"}"#.to_string(),
+                "needs the field `primary`",
+            ),
+            (
+                r#"{"builtin": "mirror_provision", "dependency": "c", "kind": "redis", "primary": "h:1"}"#.to_string(),
+                "needs the field `instance`",
+            ),
+            (
+                p("").replace("\"redis\"", "\"tcp\""),
+                "kind \"tcp\" is not valid",
+            ),
+            (p("").replace("\"redis\"", "\"mysql\""), "unknown variant `mysql`"),
+            (
+                p("").replace("127.0.0.1:6379", "localhost"),
+                "primary \"localhost\" is not valid: expected HOST:PORT",
+            ),
+            (
+                p("").replace("127.0.0.1:6379", "h:0"),
+                "primary \"h:0\"",
+            ),
+            (
+                p("").replace("\"c1\"", "\"../etc\""),
+                "instance \"../etc\" is not valid",
+            ),
+            (p("").replace("\"c1\"", "\"\""), "instance \"\" is not valid"),
+            (
+                p("").replace("\"cache\"", "\"Cache DB\""),
+                "dependency \"Cache DB\" is not valid",
+            ),
+            (p(r#", "port": 0"#), "port \"0\" is not valid"),
+            (p(r#", "port": 70000"#), "invalid value"),
+            (
+                p(r#", "endpoint": "h:1""#),
+                "`endpoint` does not belong to mirror_provision",
+            ),
+            (p(r#", "timeout_ms": 5"#), "timeout_ms 5 is outside"),
+            (
+                r#"{"builtin": "mirror_retire"}"#.to_string(),
+                "mirror_retire needs the field `instance`",
+            ),
+            (
+                r#"{"builtin": "mirror_retire", "instance": "a/b"}"#.to_string(),
+                "instance \"a/b\" is not valid",
+            ),
+            (
+                r#"{"builtin": "mirror_retire", "instance": "a", "kind": "redis"}"#.to_string(),
+                "`kind` does not belong to mirror_retire",
+            ),
+            (
+                r#"{"builtin": "mirror_promote", "kind": "redis"}"#.to_string(),
+                "mirror_promote needs the field `endpoint`",
+            ),
+            (
+                r#"{"builtin": "mirror_promote", "kind": "redis", "endpoint": "h:1", "catch_up_to": -1}"#.to_string(),
+                "invalid value",
+            ),
+            (
+                r#"{"builtin": "mirror_promote", "kind": "tcp", "endpoint": "h:1"}"#.to_string(),
+                "kind \"tcp\"",
+            ),
+            (
+                r#"{"builtin": "mirror_fence", "kind": "redis", "endpoint": "h:1", "new_primary": "nope"}"#.to_string(),
+                "new_primary \"nope\" is not valid",
+            ),
+            (
+                r#"{"builtin": "mirror_fence", "kind": "redis", "endpoint": "h:1", "catch_up_to": 5}"#.to_string(),
+                "`catch_up_to` does not belong to mirror_fence",
+            ),
+            (
+                r#"{"builtin": "mirror_fence", "endpoint": "h:1"}"#.to_string(),
+                "mirror_fence needs the field `kind`",
+            ),
+            (
+                r#"{"builtin": "mirror_frobnicate"}"#.to_string(),
+                "mirror_provision, mirror_retire, mirror_promote or mirror_fence",
+            ),
+        ];
+        for (json, want) in cases {
+            let err = parse(&json).unwrap_err();
             assert!(err.contains(want), "{json}: {err}");
         }
     }
