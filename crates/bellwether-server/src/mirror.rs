@@ -257,8 +257,12 @@ async fn create(
             )));
         }
     }
+    // A live name is refused before the primary is probed; a removed one is decided by the
+    // store (free once its task settled).
     if let Some(existing) = state.store.dependency(&spec.name).await? {
-        return Err(exists(&existing));
+        if !existing.is_removed() {
+            return Err(exists(&existing));
+        }
     }
     if let Err(why) = reach::check(spec.kind, &spec.primary, reach::REACH_TIMEOUT).await {
         return Err(unprocessable(format!(

@@ -108,27 +108,40 @@ pub(crate) struct EffectDone {
     error: Option<String>,
 }
 
-/// The agent action that carries a provision or retire, or why none can.
-///
-/// The `mirror_provision` and `mirror_retire` agent actions (helper mirror-io's
-/// `ActionSpec` variants) are not in this build yet: until they are, a provisioning is
-/// answered as a permanent failure naming why, and the engine records it (no mirror is ever
-/// routed to without one).
+/// The agent action that carries a provision or retire (`mirror_provision`,
+/// `mirror_retire` on the dependency's host), or why none can: no host, or a spec the agent
+/// would refuse (a `tcp` dependency has no mirrors Bellwether can make).
 pub(crate) fn agent_action(
-    host: Option<&str>,
+    spec: &bellwether_model::mirror::DependencySpec,
     action: &Action,
 ) -> Result<(String, bellwether_model::ActionSpec), String> {
-    let Some(host) = host else {
+    use bellwether_model::ActionSpec;
+    let Some(host) = spec.host.as_deref() else {
         return Err(format!(
-            "the dependency names no agent host to {} mirrors on (set `host`)",
+            "dependency {} names no agent host to {} mirrors on (set `host`)",
+            spec.name,
             action.kind()
         ));
     };
-    Err(format!(
-        "this server has no agent action to {} a mirror on {host}: the mirror_provision and \
-         mirror_retire actions are not in this build",
-        action.kind()
-    ))
+    let agent_spec = match action {
+        Action::Provision { instance, of, .. } => ActionSpec::MirrorProvision {
+            dependency: spec.name.clone(),
+            kind: spec.kind,
+            primary: of.endpoint.clone(),
+            instance: instance.clone(),
+            port: None,
+            timeout_ms: None,
+        },
+        Action::Retire { instance, .. } => ActionSpec::MirrorRetire {
+            instance: instance.instance.clone(),
+            timeout_ms: None,
+        },
+        other => return Err(format!("{} is not an agent action", other.kind())),
+    };
+    agent_spec
+        .validate()
+        .map_err(|e| format!("the {} action for {host} is refused: {e}", action.kind()))?;
+    Ok((host.to_string(), agent_spec))
 }
 
 pub(crate) fn phase_name(p: Phase) -> String {
@@ -233,26 +246,24 @@ impl MirrorTask {
     fn carry(&mut self, action: Action, step: &mut Step<Effect>) -> Option<EngineInput> {
         let spec = self.engine.spec();
         match &action {
-            Action::Provision { .. } | Action::Retire { .. } => {
-                match agent_action(spec.host.as_deref(), &action) {
-                    Ok((host, agent_spec)) => {
-                        self.driver.dispatched.insert(action.id());
-                        step.dispatches.push(Dispatch::new(
-                            action.id(),
-                            &host,
-                            &format!("mirror_{}", action.kind()),
-                            &agent_spec,
-                        ));
-                        None
-                    }
-                    Err(why) => Some(EngineInput::ActionDone {
-                        action_id: action.id(),
-                        ok: false,
-                        output: json!({ "permanent": true }),
-                        error: Some(why),
-                    }),
+            Action::Provision { .. } | Action::Retire { .. } => match agent_action(spec, &action) {
+                Ok((host, agent_spec)) => {
+                    self.driver.dispatched.insert(action.id());
+                    step.dispatches.push(Dispatch::new(
+                        action.id(),
+                        &host,
+                        &format!("mirror_{}", action.kind()),
+                        &agent_spec,
+                    ));
+                    None
                 }
-            }
+                Err(why) => Some(EngineInput::ActionDone {
+                    action_id: action.id(),
+                    ok: false,
+                    output: json!({ "permanent": true }),
+                    error: Some(why),
+                }),
+            },
             Action::Route {
                 action_id, primary, ..
             } if spec.proxy.is_none() => Some(EngineInput::ActionDone {
