@@ -33,6 +33,8 @@ use crate::backoff::{Backoff, BackoffPolicy};
 use crate::exec::{now_ms, ActionReport, Executor};
 use crate::transport::SendError;
 
+pub mod mirror;
+
 /// One action as the server sends it (`GET /api/v1/agent/actions`): the wire type.
 pub use bellwether_model::wire::{ActionsResponse, AgentAction as PendingAction};
 

@@ -73,10 +73,12 @@ pub struct Executor {
     process_log: PathBuf,
     /// The PostgreSQL instances of `--database` (the pg built-ins).
     pg: crate::pg::PgDatabases,
+    /// `STATE_DIR/mirrors`: the mirror built-ins' instances.
+    mirrors: crate::actions::mirror::Mirrors,
 }
 
 /// The built-in kinds, by the names `--allow-action` and the JSON use.
-pub const BUILTIN_KINDS: [&str; 10] = [
+pub const BUILTIN_KINDS: [&str; 14] = [
     "set_service_version",
     "restore_file",
     "reinstall_package",
@@ -87,6 +89,10 @@ pub const BUILTIN_KINDS: [&str; 10] = [
     "pg_read_settings",
     "pg_apply",
     "pg_trial",
+    "mirror_provision",
+    "mirror_retire",
+    "mirror_promote",
+    "mirror_fence",
 ];
 
 /// What an agent agrees to run (`--allow-action`, repeatable). Empty, the default, allows
@@ -276,6 +282,7 @@ impl Executor {
             allow: AllowList::default(),
             process_log: state_dir.join("processes.log"),
             pg: crate::pg::PgDatabases::default(),
+            mirrors: crate::actions::mirror::Mirrors::new(state_dir),
         })
     }
 
@@ -356,6 +363,24 @@ impl Executor {
                 // one is a backstop.
                 let work = self.pg.run(spec, timeout);
                 match tokio::time::timeout(timeout + Duration::from_secs(1), work).await {
+                    Ok(Ok(output)) => {
+                        let mut r = done(ActionOutcome::Ok);
+                        r.output = Some(output);
+                        r
+                    }
+                    Ok(Err(e)) => done(failed(e)),
+                    Err(_) => done(ActionOutcome::TimedOut {
+                        after_ms: timeout.as_millis() as u64,
+                    }),
+                }
+            }
+            ActionSpec::MirrorProvision { .. }
+            | ActionSpec::MirrorRetire { .. }
+            | ActionSpec::MirrorPromote { .. }
+            | ActionSpec::MirrorFence { .. } => {
+                // Each bounds its own waits by the timeout; the outer one is a backstop.
+                let work = self.mirrors.run(spec, timeout);
+                match tokio::time::timeout(timeout + Duration::from_secs(5), work).await {
                     Ok(Ok(output)) => {
                         let mut r = done(ActionOutcome::Ok);
                         r.output = Some(output);
@@ -494,6 +519,12 @@ impl Executor {
             | ActionSpec::PgApply { .. }
             | ActionSpec::PgTrial { .. } => {
                 Err("a pg built-in runs through crate::pg::PgDatabases::run".into())
+            }
+            ActionSpec::MirrorProvision { .. }
+            | ActionSpec::MirrorRetire { .. }
+            | ActionSpec::MirrorPromote { .. }
+            | ActionSpec::MirrorFence { .. } => {
+                Err("a mirror built-in runs through crate::actions::mirror::Mirrors::run".into())
             }
             ActionSpec::SetServiceVersion { version, .. } => self
                 .root()?

@@ -71,8 +71,9 @@ pub enum MirrorError {
         reached: u64,
         waited_ms: u64,
     },
-    /// The instance is not in the role the call needs (promoting a primary, for instance).
-    #[error("{endpoint} is {actual}, expected {expected}")]
+    /// The instance is not in the role the call needs (promoting a primary, for instance);
+    /// `actual` is `primary` or `replica`.
+    #[error("{endpoint} is a {actual}, expected a {expected}")]
     WrongRole {
         endpoint: String,
         expected: &'static str,
@@ -243,6 +244,25 @@ pub async fn fence(
         DepKind::Postgres => pg::fence(endpoint, timeout).await,
         DepKind::Tcp => Err(MirrorError::Unsupported {
             operation: "fence",
+            kind: "tcp",
+        }),
+    }
+}
+
+/// Undoes a [`fence`] made without a new primary: Redis `min-replicas-to-write` back to 0
+/// (its default) and `CLIENT UNPAUSE`; PostgreSQL `default_transaction_read_only` reset and
+/// reloaded. An instance fenced into a replica of a new primary stays one: making it a primary
+/// again is a [`promote`].
+pub async fn unfence(
+    kind: DepKind,
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<FenceReport, MirrorError> {
+    match kind {
+        DepKind::Redis => redis::unfence(endpoint, timeout).await,
+        DepKind::Postgres => pg::unfence(endpoint, timeout).await,
+        DepKind::Tcp => Err(MirrorError::Unsupported {
+            operation: "unfence",
             kind: "tcp",
         }),
     }

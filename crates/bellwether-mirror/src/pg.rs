@@ -222,7 +222,7 @@ pub(crate) async fn primary_position(
         return Err(MirrorError::WrongRole {
             endpoint: endpoint.to_string(),
             expected: "primary",
-            actual: "a standby".to_string(),
+            actual: "replica".to_string(),
         });
     }
     // With synchronous standbys a commit is acknowledged only once one of them flushed it:
@@ -254,7 +254,7 @@ pub(crate) async fn promote(
         return Err(MirrorError::WrongRole {
             endpoint: endpoint.to_string(),
             expected: "replica",
-            actual: "a primary".to_string(),
+            actual: "primary".to_string(),
         });
     }
     if let Some(target) = catch_up_to {
@@ -314,5 +314,20 @@ pub(crate) async fn fence(endpoint: &str, timeout: Duration) -> Result<FenceRepo
     tracing::info!(endpoint, "Fenced a PostgreSQL instance (read-only).");
     Ok(FenceReport {
         method: "read-only (default_transaction_read_only)".to_string(),
+    })
+}
+
+pub(crate) async fn unfence(endpoint: &str, timeout: Duration) -> Result<FenceReport, MirrorError> {
+    let cfg = config(endpoint, timeout)?;
+    let c = connect(endpoint, &cfg, timeout).await?;
+    for sql in [
+        "ALTER SYSTEM RESET default_transaction_read_only",
+        "SELECT pg_reload_conf()",
+    ] {
+        query(&c, endpoint, sql, timeout).await?;
+    }
+    tracing::info!(endpoint, "Unfenced a PostgreSQL instance.");
+    Ok(FenceReport {
+        method: "writable (default_transaction_read_only reset)".to_string(),
     })
 }

@@ -254,6 +254,10 @@ impl LocalProcess {
                 "stream".into(),
                 "-c".into(),
                 "fast".into(),
+                // The standby's own start syncs its whole data directory (it starts from a
+                // backup label, not a clean shutdown), so syncing here too only doubles the
+                // cost (3.4 s of 4 s for 31 MB on the test machine).
+                "--no-sync".into(),
             ],
         );
         run(
@@ -394,7 +398,7 @@ impl LocalProcess {
                 if let Some(pid) = pid {
                     // The pid of a process that exited may belong to another by now: only
                     // a process started in this directory is signalled.
-                    if alive(pid) && cmdline_mentions(pid, "redis") {
+                    if alive(pid) && runs_in(pid, dir) {
                         terminate(pid).await;
                     }
                 }
@@ -441,7 +445,7 @@ impl Provisioner for LocalProcess {
             return Err(MirrorError::WrongRole {
                 endpoint: req.primary.clone(),
                 expected: "primary",
-                actual: "a replica".to_string(),
+                actual: "replica".to_string(),
             });
         }
         std::fs::create_dir_all(&self.base_dir).map_err(|e| io("creating", &self.base_dir, e))?;
@@ -561,10 +565,19 @@ fn alive(pid: u32) -> bool {
     )
 }
 
-fn cmdline_mentions(pid: u32, word: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).contains(word))
-        .unwrap_or(false)
+/// Whether `pid`'s working directory is `dir` (redis-server changes into its `--dir`), also
+/// when the directory was removed under it (the kernel then shows `DIR (deleted)`).
+fn runs_in(pid: u32, dir: &Path) -> bool {
+    let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
+        return false;
+    };
+    let want = dir
+        .canonicalize()
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_path_buf());
+    let cwd = cwd.to_string_lossy();
+    let want = want.to_string_lossy();
+    cwd == want || cwd.strip_suffix(" (deleted)") == Some(&*want)
 }
 
 /// SIGTERM, then SIGKILL after [`STOP_GRACE`]; returns once the process is gone.

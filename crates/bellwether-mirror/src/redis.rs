@@ -179,7 +179,7 @@ pub(crate) async fn primary_position(
         return Err(MirrorError::WrongRole {
             endpoint: endpoint.to_string(),
             expected: "primary",
-            actual: format!("a replica of {}", rep.master.unwrap_or_default()),
+            actual: "replica".to_string(),
         });
     }
     Ok(rep.offset)
@@ -197,7 +197,7 @@ pub(crate) async fn promote(
         return Err(MirrorError::WrongRole {
             endpoint: endpoint.to_string(),
             expected: "replica",
-            actual: "a primary".to_string(),
+            actual: "primary".to_string(),
         });
     }
     if let Some(target) = catch_up_to {
@@ -259,4 +259,15 @@ pub(crate) async fn fence(
     r.cmd(&["CLIENT", "UNPAUSE"]).await?;
     tracing::info!(endpoint, method = %method, "Fenced a Redis instance.");
     Ok(FenceReport { method })
+}
+
+pub(crate) async fn unfence(endpoint: &str, timeout: Duration) -> Result<FenceReport, MirrorError> {
+    let mut r = Redis::connect(endpoint, timeout).await?;
+    r.cmd(&["CONFIG", "SET", "min-replicas-to-write", "0"])
+        .await?;
+    r.cmd(&["CLIENT", "UNPAUSE"]).await?;
+    tracing::info!(endpoint, "Unfenced a Redis instance.");
+    Ok(FenceReport {
+        method: "writes accepted (min-replicas-to-write 0)".to_string(),
+    })
 }

@@ -244,6 +244,12 @@ async fn a_standby_behind_its_target_is_not_promoted_and_fencing_makes_a_primary
         e.as_db_error().unwrap().message().contains("read-only"),
         "{e}"
     );
+    bellwether_mirror::unfence(DepKind::Postgres, &ep, T)
+        .await
+        .unwrap();
+    // The reload reaches a new session at once.
+    let c = client(&ep).await;
+    c.execute("INSERT INTO f VALUES (1)", &[]).await.unwrap();
     driver.retire(&inst).await.unwrap();
 }
 

@@ -117,7 +117,8 @@ pub struct Args {
     scrape: Option<String>,
     /// Run only the actions this allows; repeat for more. KIND is a built-in
     /// (set_service_version, restore_file, reinstall_package, set_cgroup, start_process,
-    /// stop_process, sample_processes, pg_read_settings, pg_apply, pg_trial);
+    /// stop_process, sample_processes, pg_read_settings, pg_apply, pg_trial, mirror_provision,
+    /// mirror_retire, mirror_promote, mirror_fence);
     /// exec:PROGRAM[,ARG...] allows an argv action whose argv starts with exactly these
     /// strings (`exec:/usr/bin/systemctl,restart,websvc`). Without this flag every action the
     /// server sends runs: an operator token can run any argv as the agent's user. A refused
