@@ -498,10 +498,12 @@ pub fn run(args: &Options) -> Result<Verdict> {
         weight: 100,
         admin: AdminState::Ready,
         password: None,
+        role: None,
     };
     let listener = |protocol| RawListener {
         address: "127.0.0.1:0".into(),
         protocol,
+        mode: Default::default(),
     };
     let worker_counts: Vec<Option<usize>> = if args.workers.is_empty() {
         vec![None]

@@ -165,7 +165,14 @@ pub enum Action {
     /// new_primary`; PostgreSQL stop or read-only). Sent before the promotion when the old
     /// primary still answers (so its last offset is final; output `{"offset": N}`), and after
     /// the route when it was down. Output `"mirror": true` when it now replicates from
-    /// `new_primary` (it becomes a mirror again, the failback candidate).
+    /// `new_primary` (it becomes a mirror again, the failback candidate). Sent to the other
+    /// mirrors after a switch, it repoints them at `new_primary` (`"mirror": true` when they
+    /// follow it).
+    ///
+    /// Before a fence without `new_primary` (the fence ahead of a promotion) the IO side may
+    /// hold the proxy's commands (no primary: they wait instead of failing); the engine always
+    /// follows it with a `Route`: to the new primary, or back to the old one when the switch
+    /// failed.
     Fence {
         action_id: u64,
         instance: Backend,

@@ -30,6 +30,9 @@ use serde::{Deserialize, Serialize};
 
 pub use bellwether_model::mirror::DepKind;
 
+#[cfg(feature = "drill")]
+pub mod drill;
+pub mod local;
 mod pg;
 pub mod process;
 pub mod provision;

@@ -92,6 +92,7 @@ pub fn proxy_config(plan: &PatchPlan) -> RawConfig {
         vec![RawListener {
             address: plan.proxy.listen.clone(),
             protocol,
+            mode: Default::default(),
         }],
         vec![RawBackend {
             name: plan.original.name.clone(),
@@ -99,6 +100,7 @@ pub fn proxy_config(plan: &PatchPlan) -> RawConfig {
             weight: 100,
             admin: AdminState::Ready,
             password: plan.original.password.clone(),
+            role: None,
         }],
     );
     raw.admin = plan.proxy.admin.clone();
@@ -318,6 +320,7 @@ impl<O: Observer> Runner<'_, O> {
                     weight: 0,
                     admin: AdminState::Ready,
                     password: self.plan.patched.password.clone(),
+                    role: None,
                 };
                 self.proxy.pool().add(&raw)?;
                 self.proxy.pool().mark_down(&raw.name)?;

@@ -21,6 +21,7 @@ fn main() {
         vec![RawListener {
             address: a[1].clone(),
             protocol,
+            mode: Default::default(),
         }],
         vec![RawBackend {
             name: "b".into(),
@@ -28,6 +29,7 @@ fn main() {
             weight: 100,
             admin: AdminState::Ready,
             password: None,
+            role: None,
         }],
     );
     cfg.health.check = CheckKind::Tcp;

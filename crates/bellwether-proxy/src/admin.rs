@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AdminSecurity, AdminState};
+use crate::config::{AdminSecurity, AdminState, HostPort, RawBackend, RedisMode, Role};
 use crate::metrics::{render_prometheus, PromBackend};
 use crate::Shared;
 
@@ -203,7 +203,12 @@ pub struct Guard {
 pub fn router(shared: Arc<Shared>, guard: Arc<Guard>) -> Router {
     let private = Router::new()
         .route("/backends", get(backends))
-        .route("/backends/{name}", get(backend).post(change))
+        .route(
+            "/backends/{name}",
+            get(backend).post(change).put(add).delete(remove),
+        )
+        .route("/primary", get(primary).post(set_primary))
+        .route("/mode", post(set_mode))
         .route("/backends/{name}/drain", post(drain))
         .route("/connections", get(connections))
         .route_layer(middleware::from_fn_with_state(guard.clone(), authorize));
@@ -437,6 +442,8 @@ async fn backend(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Resp
 pub struct Change {
     pub weight: Option<u32>,
     pub admin: Option<String>,
+    /// `primary` (the previous primary becomes a replica, unfenced) or `replica`.
+    pub role: Option<String>,
 }
 
 async fn change(
@@ -457,10 +464,168 @@ async fn change(
         Ok(a) => a,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("admin: {e}")),
     };
+    let role = match change.role.as_deref().map(str::parse::<Role>).transpose() {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("role: {e}")),
+    };
+    if s.pool.get(&name).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no backend named `{name}`"));
+    }
+    if let Some(r) = role {
+        if let Err(e) = s.pool.set_role(&name, r) {
+            return error(StatusCode::NOT_FOUND, e.to_string());
+        }
+    }
     match crate::set_backend(&s, &name, change.weight, admin) {
         Ok(()) => backend(State(s), Path(name)).await,
         Err(e) => error(StatusCode::NOT_FOUND, e.to_string()),
     }
+}
+
+/// The body of `PUT /backends/{name}`: a backend added at run time (a new mirror).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewBackend {
+    pub address: String,
+    pub weight: Option<u32>,
+    pub admin: Option<String>,
+    pub role: Option<String>,
+    pub password: Option<String>,
+}
+
+async fn add(
+    State(s): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let nb: NewBackend = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "name: `{}` must be letters, digits, `-`, `_` or `.`",
+                quote(&name)
+            ),
+        );
+    }
+    let address = match HostPort::parse(&nb.address) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("address: {}", quote(&e))),
+    };
+    let mut raw = RawBackend::new(&name, address);
+    if let Some(w) = nb.weight {
+        raw.weight = w;
+    }
+    match nb
+        .admin
+        .as_deref()
+        .map(str::parse::<AdminState>)
+        .transpose()
+    {
+        Ok(a) => raw.admin = a.unwrap_or_default(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("admin: {e}")),
+    }
+    match nb.role.as_deref().map(str::parse::<Role>).transpose() {
+        Ok(r) => raw.role = r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("role: {e}")),
+    }
+    raw.password = nb.password;
+    match s.pool.add(&raw) {
+        Ok(_) => (StatusCode::CREATED, backend(State(s), Path(name)).await).into_response(),
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+async fn remove(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    match s.pool.remove(&name) {
+        Ok(()) => Json(serde_json::json!({
+            "removed": name,
+            "sessions_left": s.registry.on_backend(&name).len(),
+        }))
+        .into_response(),
+        Err(e) => error(StatusCode::NOT_FOUND, e.to_string()),
+    }
+}
+
+/// The body of `POST /primary`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrimaryRequest {
+    /// The new primary; null for none (Redis commands wait for one).
+    pub backend: Option<String>,
+    /// Set the previous primary's admin state to `maintenance`.
+    #[serde(default)]
+    pub fence: bool,
+    /// How long to wait for the sessions busy on the previous primary (a reply outstanding,
+    /// a transaction, MULTI, a blocking command) to finish; those still busy then are closed.
+    /// A duration; default the configured `switch_grace`; `0` returns at once.
+    pub wait: Option<String>,
+}
+
+async fn primary(State(s): State<Arc<Shared>>) -> Response {
+    Json(serde_json::json!({
+        "primary": s.pool.primary().map(|b| b.name.clone()),
+        "roles": s.pool.has_roles(),
+    }))
+    .into_response()
+}
+
+async fn set_primary(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let req: PrimaryRequest = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    let wait = match req.wait.as_deref().map(parse_drain_timeout).transpose() {
+        Ok(t) => t.unwrap_or(s.config.switch_grace),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.replacen("timeout:", "wait:", 1)),
+    };
+    let change = match s.pool.set_primary(req.backend.as_deref(), req.fence) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::NOT_FOUND, e.to_string()),
+    };
+    let settled = match &change.previous {
+        Some(p) if change.primary.as_deref() != Some(p.as_str()) => {
+            Some(crate::wait_idle(&s, p, wait).await)
+        }
+        _ => None,
+    };
+    Json(serde_json::json!({
+        "primary": change.primary,
+        "previous": change.previous,
+        "fenced": change.fenced,
+        "previous_sessions": settled,
+    }))
+    .into_response()
+}
+
+/// The body of `POST /mode`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModeRequest {
+    /// `active-passive` or `active-active`, for every Redis listener; null returns each
+    /// listener to its configured mode.
+    pub mode: Option<String>,
+}
+
+async fn set_mode(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let req: ModeRequest = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    let mode = match req.mode.as_deref().map(str::parse::<RedisMode>).transpose() {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("mode: {e}")),
+    };
+    s.set_mode_override(mode);
+    Json(serde_json::json!({ "mode": mode })).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -498,7 +663,7 @@ async fn connections(State(s): State<Arc<Shared>>) -> Response {
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     let list = s.pool.backends();
     let now = tokio::time::Instant::now();
-    let states: Vec<(bool, bool, String, u32)> = list
+    let states: Vec<(bool, bool, String, u32, String)> = list
         .iter()
         .map(|b| {
             let h = b.health();
@@ -507,18 +672,22 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
                 h.ejected_until.is_some_and(|t| t > now),
                 b.admin().to_string(),
                 b.weight(),
+                b.role()
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "none".into()),
             )
         })
         .collect();
     let prom: Vec<PromBackend<'_>> = list
         .iter()
         .zip(&states)
-        .map(|(b, (up, ejected, admin, weight))| PromBackend {
+        .map(|(b, (up, ejected, admin, weight, role))| PromBackend {
             name: &b.name,
             weight: *weight,
             healthy: *up,
             ejected: *ejected,
             admin,
+            role,
             metrics: &b.metrics,
         })
         .collect();

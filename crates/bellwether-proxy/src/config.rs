@@ -109,6 +109,74 @@ pub enum Protocol {
     Tcp,
     /// PostgreSQL-aware: transaction status, query timing, re-homing at boundaries.
     Postgres,
+    /// Redis-aware (RESP2): request/reply pairing, sessions bound to the primary and moved to
+    /// a new one at a command boundary, reads retried when their backend dies.
+    Redis,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Postgres => "postgres",
+            Protocol::Redis => "redis",
+        }
+    }
+}
+
+/// A backend's replication role, set in the configuration or by the mirror engine through
+/// the admin API (`POST /primary`). When any backend has a role, new connections on every
+/// listener go to the primary, and PostgreSQL and Redis sessions on any other backend move to
+/// it at their next boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "primary" => Ok(Role::Primary),
+            "replica" => Ok(Role::Replica),
+            _ => Err(format!("`{s}` is not a role (primary, replica)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        })
+    }
+}
+
+/// Where a Redis listener sends read-only commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedisMode {
+    /// Every command goes to the primary; replicas stand by.
+    #[default]
+    ActivePassive,
+    /// Read-only commands may go to healthy replicas (which may lag the primary).
+    ActiveActive,
+}
+
+impl std::str::FromStr for RedisMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "active-passive" => Ok(RedisMode::ActivePassive),
+            "active-active" => Ok(RedisMode::ActiveActive),
+            _ => Err(format!(
+                "`{s}` is not a mode (active-passive, active-active)"
+            )),
+        }
+    }
 }
 
 /// The active health check.
@@ -121,6 +189,9 @@ pub enum CheckKind {
     /// A PostgreSQL startup packet, answered by an authentication request, ReadyForQuery or an
     /// error other than "the database system is starting up".
     Postgres,
+    /// Redis: `AUTH` (when the backend has a password), `PING` answered `+PONG`, and `ROLE`,
+    /// which must say `master` for the backend whose role is primary.
+    Redis,
     /// No active check.
     None,
 }
@@ -131,6 +202,19 @@ pub struct RawListener {
     pub address: String,
     #[serde(default)]
     pub protocol: Protocol,
+    /// Redis listeners: whether read-only commands may go to replicas.
+    #[serde(default)]
+    pub mode: RedisMode,
+}
+
+impl RawListener {
+    pub fn new(address: &str, protocol: Protocol) -> RawListener {
+        RawListener {
+            address: address.to_string(),
+            protocol,
+            mode: RedisMode::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -143,9 +227,27 @@ pub struct RawBackend {
     #[serde(default)]
     pub admin: AdminState,
     /// The password the proxy uses to open server connections when it re-homes a session to
-    /// this backend (MD5 or cleartext authentication). Trust needs none.
+    /// this backend (MD5 or cleartext authentication). Trust needs none. Redis: the password
+    /// the `redis` health check sends with `AUTH`.
     #[serde(default)]
     pub password: Option<String>,
+    /// `primary` or `replica`; absent means no role (plain weighted routing).
+    #[serde(default)]
+    pub role: Option<Role>,
+}
+
+impl RawBackend {
+    /// A ready backend of weight 100 without role or password.
+    pub fn new(name: &str, address: HostPort) -> RawBackend {
+        RawBackend {
+            name: name.to_string(),
+            address,
+            weight: default_weight(),
+            admin: AdminState::Ready,
+            password: None,
+            role: None,
+        }
+    }
 }
 
 fn default_weight() -> u32 {
@@ -243,6 +345,26 @@ pub struct RawConfig {
     /// Data-plane threads, each with its own event loop; absent means [`default_workers`].
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Redis listeners: how long a command waits for a primary when none is available.
+    #[serde(default = "default_primary_wait")]
+    pub primary_wait: Dur,
+    /// How long a session pinned to the old primary at a switch (inside MULTI, WATCH or a
+    /// blocking command) may take to finish before it is closed.
+    #[serde(default = "default_switch_grace")]
+    pub switch_grace: Dur,
+    /// Redis listeners: the largest request (one command with its arguments) in bytes.
+    #[serde(default = "default_max_request")]
+    pub max_request_bytes: usize,
+}
+
+fn default_primary_wait() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_switch_grace() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_max_request() -> usize {
+    16 << 20
 }
 
 fn default_max_connections() -> usize {
@@ -274,6 +396,7 @@ pub fn default_workers() -> usize {
 pub struct ListenerConfig {
     pub address: SocketAddr,
     pub protocol: Protocol,
+    pub mode: RedisMode,
 }
 
 /// The validated configuration.
@@ -291,6 +414,9 @@ pub struct ProxyConfig {
     pub buffer_size: usize,
     /// Data-plane threads; each connection lives on one of them for its whole life.
     pub workers: usize,
+    pub primary_wait: Duration,
+    pub switch_grace: Duration,
+    pub max_request_bytes: usize,
 }
 
 impl RawConfig {
@@ -312,6 +438,9 @@ impl RawConfig {
             shutdown_grace: default_grace(),
             buffer_size: default_buffer(),
             workers: None,
+            primary_wait: default_primary_wait(),
+            switch_grace: default_switch_grace(),
+            max_request_bytes: default_max_request(),
         }
     }
 
@@ -339,6 +468,7 @@ impl RawConfig {
             listeners.push(ListenerConfig {
                 address,
                 protocol: l.protocol,
+                mode: l.mode,
             });
         }
         if self.backends.is_empty() {
@@ -365,6 +495,32 @@ impl RawConfig {
                     format!("`{}` is named twice", b.name),
                 ));
             }
+        }
+        let primaries: Vec<&str> = self
+            .backends
+            .iter()
+            .filter(|b| b.role == Some(Role::Primary))
+            .map(|b| b.name.as_str())
+            .collect();
+        if primaries.len() > 1 {
+            let i = self
+                .backends
+                .iter()
+                .rposition(|b| b.role == Some(Role::Primary))
+                .unwrap_or(0);
+            return Err(invalid(
+                format!("backends[{i}].role"),
+                format!(
+                    "only one backend may be primary ({} are)",
+                    primaries.join(", ")
+                ),
+            ));
+        }
+        if !(1024..=512 << 20).contains(&self.max_request_bytes) {
+            return Err(invalid(
+                "max_request_bytes".into(),
+                "must be between 1 KiB and 512 MiB".into(),
+            ));
         }
         let admin = match &self.admin {
             None => None,
@@ -423,6 +579,9 @@ impl RawConfig {
             shutdown_grace: self.shutdown_grace.0,
             buffer_size: self.buffer_size,
             workers,
+            primary_wait: self.primary_wait.0,
+            switch_grace: self.switch_grace.0,
+            max_request_bytes: self.max_request_bytes,
         })
     }
 }

@@ -23,6 +23,32 @@ use crate::Shared;
 /// How long a client may take to send its startup packet.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Opens a server connection for a new session. With roles, that is the primary, and when
+/// none is available the session waits for one up to `primary_wait` (a switch in progress).
+async fn connect_new(shared: &Shared) -> Option<(Arc<Backend>, TcpStream)> {
+    let deadline = Instant::now() + shared.config.primary_wait;
+    let mut gen = shared.pool.subscribe();
+    loop {
+        gen.borrow_and_update();
+        if let Some(found) = connect_any(shared, &[]).await {
+            return Some(found);
+        }
+        if !shared.pool.has_roles() {
+            return None;
+        }
+        // Woken by a change of the pool (a new primary, health), or a short retry for a
+        // primary that is marked up but refused the connection.
+        let retry = Instant::now() + Duration::from_millis(100);
+        tokio::select! {
+            _ = gen.changed() => {}
+            _ = tokio::time::sleep_until(retry.min(deadline)) => {}
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+    }
+}
+
 /// Opens a server connection to the first backend that accepts one, trying others on error.
 async fn connect_any(shared: &Shared, except: &[String]) -> Option<(Arc<Backend>, TcpStream)> {
     let mut tried: Vec<String> = except.to_vec();
@@ -38,7 +64,7 @@ async fn connect_any(shared: &Shared, except: &[String]) -> Option<(Arc<Backend>
     None
 }
 
-async fn connect_backend(shared: &Shared, b: &Backend) -> Result<TcpStream, String> {
+pub(crate) async fn connect_backend(shared: &Shared, b: &Backend) -> Result<TcpStream, String> {
     let started = Instant::now();
     let r = match timeout(
         shared.config.connect_timeout,
@@ -179,7 +205,7 @@ pub(crate) async fn serve_tcp(
     listener: SocketAddr,
 ) {
     let _ = client.set_nodelay(true);
-    let Some((backend, server)) = connect_any(&shared, &[]).await else {
+    let Some((backend, server)) = connect_new(&shared).await else {
         shared.pool.rejected.fetch_add(1, Relaxed);
         tracing::warn!(client = %peer, "No backend available; connection refused.");
         return;
@@ -397,7 +423,12 @@ impl PgConn {
     fn handle_seen(&mut self) {
         for s in self.seen.drain(..) {
             match s {
-                Seen::CycleStarted => self.starts.push_back(Instant::now()),
+                Seen::CycleStarted => {
+                    self.entry
+                        .busy
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.starts.push_back(Instant::now())
+                }
                 Seen::CycleEnded { status, error } => {
                     if let Some(t) = self.starts.pop_front() {
                         self.backend.metrics.query_latency.record(t.elapsed());
@@ -407,6 +438,9 @@ impl PgConn {
                         }
                     }
                     self.entry.in_transaction.store(status != b'I', Relaxed);
+                    self.entry
+                        .busy
+                        .store(status != b'I' || !self.starts.is_empty(), Relaxed);
                 }
                 Seen::BecameStateful(reason) => {
                     tracing::debug!(reason = %reason, "Session holds state.");
@@ -579,7 +613,7 @@ pub(crate) async fn serve_postgres(
             return;
         }
     };
-    let Some((backend, mut server)) = connect_any(&shared, &[]).await else {
+    let Some((backend, mut server)) = connect_new(&shared).await else {
         shared.pool.rejected.fetch_add(1, Relaxed);
         tracing::warn!(client = %peer, "No backend available; session refused.");
         let _ = client
@@ -625,9 +659,8 @@ async fn run_session(shared: &Shared, c: &mut PgConn, params: &[(String, String)
     let mut key_published = false;
     loop {
         let g = *gen.borrow_and_update();
-        let leaving = shared.closing.load(Relaxed)
-            || c.backend.should_leave(Instant::now())
-            || shared.pool.get(&c.backend.name).is_none();
+        let leaving =
+            shared.closing.load(Relaxed) || shared.pool.should_move(&c.backend, Instant::now());
         let want = leaving && blocked_at != Some(g);
         if !key_published && c.session.ready {
             key_published = true;
@@ -698,6 +731,8 @@ async fn run_session(shared: &Shared, c: &mut PgConn, params: &[(String, String)
                     Err(e) => {
                         tracing::warn!(backend = %c.backend.name, error = %e, "Session could not move; it stays until the pool changes.");
                         blocked_at = Some(g);
+                        // Idle at a boundary: a switch waiting for busy sessions may go on.
+                        shared.registry.touch();
                     }
                 }
             }

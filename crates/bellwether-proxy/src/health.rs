@@ -1,4 +1,5 @@
-//! Active health checks: a TCP connect, or a PostgreSQL startup packet answered by the server.
+//! Active health checks: a TCP connect, a PostgreSQL startup packet answered by the server,
+//! or Redis's `PING` and `ROLE`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,18 +10,109 @@ use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AdminState, CheckKind, HealthConfig};
-use crate::pg;
+use crate::config::{AdminState, CheckKind, HealthConfig, Role};
+use crate::pool::Observed;
 use crate::Shared;
+use crate::{pg, redis};
 
 /// Runs one check against an address.
 pub async fn check(kind: CheckKind, address: &str, cfg: &HealthConfig) -> Result<(), String> {
+    check_backend(kind, address, None, None, cfg)
+        .await
+        .map(|_| ())
+}
+
+/// Sends one command and reads its whole reply.
+async fn redis_call(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    argv: &[&str],
+) -> Result<redis::Value, String> {
+    s.write_all(&redis::encode_command(argv))
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    loop {
+        if let Some((v, n)) =
+            redis::parse_value(buf).map_err(|e| format!("{} reply: {e}", argv[0]))?
+        {
+            buf.drain(..n);
+            return Ok(v);
+        }
+        if buf.len() > 1 << 20 {
+            return Err(format!("{} reply larger than 1 MiB", argv[0]));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err(format!(
+                "the server closed the connection after {}",
+                argv[0]
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The Redis check: `AUTH` with the backend's password (if any), `PING` answered `+PONG`,
+/// then `ROLE`, whose role must be `master` when the backend is meant to be primary.
+async fn check_redis(
+    s: &mut TcpStream,
+    password: Option<&str>,
+    role: Option<Role>,
+) -> Result<Observed, String> {
+    let mut buf = Vec::new();
+    if let Some(p) = password {
+        if let redis::Value::Error(e) = redis_call(s, &mut buf, &["AUTH", p]).await? {
+            return Err(format!("AUTH refused: {e}"));
+        }
+    }
+    match redis_call(s, &mut buf, &["PING"]).await? {
+        redis::Value::Simple(p) if p == "PONG" => {}
+        other => return Err(format!("PING answered {other:?}, not PONG")),
+    }
+    let observed = match redis_call(s, &mut buf, &["ROLE"]).await? {
+        redis::Value::Array(Some(items)) => {
+            let role = match items.first() {
+                Some(redis::Value::Bulk(Some(r))) => String::from_utf8_lossy(r).into_owned(),
+                other => return Err(format!("ROLE answered {other:?} first")),
+            };
+            let offset = match (role.as_str(), items.get(1), items.get(4)) {
+                ("master", Some(redis::Value::Int(o)), _) => Some(*o),
+                ("slave", _, Some(redis::Value::Int(o))) => Some(*o),
+                _ => None,
+            };
+            Observed { role, offset }
+        }
+        redis::Value::Error(e) => return Err(format!("ROLE refused: {e}")),
+        other => return Err(format!("ROLE answered {other:?}")),
+    };
+    let _ = s.write_all(&redis::encode_command(&["QUIT"])).await;
+    if role == Some(Role::Primary) && observed.role != "master" {
+        return Err(format!(
+            "meant to be primary, but ROLE says `{}`",
+            observed.role
+        ));
+    }
+    Ok(observed)
+}
+
+/// Runs one check against a backend: what the Redis check observed, if it ran.
+pub async fn check_backend(
+    kind: CheckKind,
+    address: &str,
+    password: Option<&str>,
+    role: Option<Role>,
+    cfg: &HealthConfig,
+) -> Result<Option<Observed>, String> {
     let work = async {
         let mut s = TcpStream::connect(address)
             .await
             .map_err(|e| format!("connect: {e}"))?;
+        if kind == CheckKind::Redis {
+            return check_redis(&mut s, password, role).await.map(Some);
+        }
         if kind != CheckKind::Postgres {
-            return Ok(());
+            return Ok(None);
         }
         let params = vec![
             ("user".to_string(), cfg.user.clone()),
@@ -46,7 +138,7 @@ pub async fn check(kind: CheckKind, address: &str, cfg: &HealthConfig) -> Result
             .map_err(|e| format!("short answer: {e}"))?;
         let _ = s.write_all(&pg::encode_message(b'X', &[])).await;
         match tag {
-            b'R' | b'Z' | b'S' | b'K' | b'N' => Ok(()),
+            b'R' | b'Z' | b'S' | b'K' | b'N' => Ok(None),
             b'E' => {
                 // Authentication or database errors show a live server; "starting up",
                 // "shutting down" and "too many connections" do not take sessions.
@@ -57,7 +149,7 @@ pub async fn check(kind: CheckKind, address: &str, cfg: &HealthConfig) -> Result
                         pg::error_field(&body, b'M').unwrap_or_default()
                     ))
                 } else {
-                    Ok(())
+                    Ok(None)
                 }
             }
             t => Err(format!(
@@ -91,11 +183,17 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             }
             let cfg = cfg.clone();
             set.spawn(async move {
-                let r = check(cfg.check, &b.address, &cfg).await;
+                let r = check_backend(cfg.check, &b.address, b.password.as_deref(), b.role(), &cfg)
+                    .await;
                 (b, r)
             });
         }
         while let Some(Ok((b, r))) = set.join_next().await {
+            let r = r.map(|observed| {
+                if observed.is_some() {
+                    shared.pool.record_observed(&b, observed);
+                }
+            });
             shared.pool.record_check(&b, r, cfg.rise, cfg.fall);
         }
     }

@@ -19,6 +19,8 @@ pub mod health;
 pub mod metrics;
 pub mod pg;
 pub mod pool;
+pub mod redis;
+mod redis_conn;
 pub mod registry;
 pub mod scram;
 
@@ -35,7 +37,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use config::{AdminState, ProxyConfig};
+pub use config::{AdminState, ProxyConfig, RedisMode, Role};
 pub use pool::{BackendView, Pool};
 pub use registry::Registry;
 
@@ -61,6 +63,31 @@ pub struct Shared {
     pub registry: Registry,
     /// Set when shutdown begins: sessions close at their next boundary.
     pub closing: AtomicBool,
+    /// The Redis mode set through the admin API (`POST /mode`), over every listener's own:
+    /// 0 none, 1 active-passive, 2 active-active.
+    mode_override: std::sync::atomic::AtomicU8,
+}
+
+impl Shared {
+    /// Overrides every Redis listener's mode (`None`: back to each one's configured mode).
+    pub fn set_mode_override(&self, mode: Option<RedisMode>) {
+        let v = match mode {
+            None => 0,
+            Some(RedisMode::ActivePassive) => 1,
+            Some(RedisMode::ActiveActive) => 2,
+        };
+        self.mode_override.store(v, Relaxed);
+        self.pool.bump();
+    }
+
+    /// The mode in force for a listener configured with `configured`.
+    pub fn mode(&self, configured: RedisMode) -> RedisMode {
+        match self.mode_override.load(Relaxed) {
+            1 => RedisMode::ActivePassive,
+            2 => RedisMode::ActiveActive,
+            _ => configured,
+        }
+    }
 }
 
 /// A running proxy.
@@ -152,6 +179,7 @@ impl ProxyHandle {
             pool: Pool::new(&config.backends, config.ejection.clone()),
             registry: Registry::default(),
             closing: AtomicBool::new(false),
+            mode_override: std::sync::atomic::AtomicU8::new(0),
             config,
         });
         let workers = Arc::new(Workers::start(shared.config.workers).map_err(ProxyError::Workers)?);
@@ -177,7 +205,7 @@ impl ProxyHandle {
                 shared.clone(),
                 listener,
                 local,
-                l.protocol,
+                l.clone(),
                 limit.clone(),
                 workers.clone(),
                 stop_accepting.clone(),
@@ -220,6 +248,7 @@ impl ProxyHandle {
             None => None,
         };
         tasks.spawn(health::run(shared.clone(), stop_accepting.clone()));
+        tasks.spawn(metrics::sample_loop(shared.clone(), stop_accepting.clone()));
         Ok(ProxyHandle {
             shared,
             listen,
@@ -333,6 +362,76 @@ pub(crate) fn set_backend(
     Ok(())
 }
 
+/// How a wait for the sessions busy on a backend ended (see [`wait_idle`]).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct IdleOutcome {
+    pub backend: String,
+    /// Sessions busy there when the wait began: a Redis reply outstanding, MULTI or WATCH, a
+    /// blocking command, subscriber mode; a PostgreSQL transaction.
+    pub busy_at_start: usize,
+    /// Sessions still busy at the timeout, closed by force.
+    pub forced: usize,
+    /// Idle sessions still registered there (they move when a primary is available).
+    pub idle_left: usize,
+    pub took_ms: u64,
+}
+
+fn busy_on(shared: &Shared, backend: &str) -> Vec<Arc<registry::ConnEntry>> {
+    shared
+        .registry
+        .on_backend(backend)
+        .into_iter()
+        .filter(|e| e.busy.load(std::sync::atomic::Ordering::SeqCst))
+        .collect()
+}
+
+/// Waits until no session on `backend` is busy, or `limit` passes; then closes those that
+/// still are. Sessions set themselves busy before they look where to send a request, so once
+/// this returns no request reaches `backend` through the proxy unless the pool points there.
+pub(crate) async fn wait_idle(shared: &Shared, backend: &str, limit: Duration) -> IdleOutcome {
+    // Pairs with the fence a session passes between marking itself busy and reading the pool.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    let started = Instant::now();
+    let deadline = started + limit;
+    let busy_at_start = busy_on(shared, backend).len();
+    let mut forced = 0;
+    loop {
+        let notified = shared.registry.changed.notified();
+        if busy_on(shared, backend).is_empty() {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            let left = busy_on(shared, backend);
+            forced = left.len();
+            if forced > 0 {
+                tracing::warn!(
+                    backend,
+                    sessions = forced,
+                    "Sessions still busy on the previous primary; closing them."
+                );
+            }
+            for e in &left {
+                e.kill.cancel();
+            }
+            while !busy_on(shared, backend).is_empty() {
+                let n = shared.registry.changed.notified();
+                if busy_on(shared, backend).is_empty() {
+                    break;
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), n).await;
+            }
+            break;
+        }
+    }
+    IdleOutcome {
+        backend: backend.to_string(),
+        busy_at_start,
+        forced,
+        idle_left: shared.registry.on_backend(backend).len(),
+        took_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
 pub(crate) async fn wait_drained(shared: &Shared, backend: &str, limit: Duration) -> DrainOutcome {
     let started = Instant::now();
     let deadline = started + limit;
@@ -378,7 +477,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     local: SocketAddr,
-    protocol: config::Protocol,
+    listener_config: config::ListenerConfig,
     limit: Arc<Semaphore>,
     workers: Arc<Workers>,
     stop: CancellationToken,
@@ -402,6 +501,8 @@ async fn accept_loop(
             _ = stop.cancelled() => return,
         };
         let shared = shared.clone();
+        let protocol = listener_config.protocol;
+        let mode = listener_config.mode;
         let span = tracing::info_span!("conn", client = %peer, listener = %local);
         // The socket moves to a worker's event loop: out of this runtime's reactor here, into
         // the worker's inside the task.
@@ -419,6 +520,9 @@ async fn accept_loop(
                         config::Protocol::Tcp => conn::serve_tcp(shared, sock, peer, local).await,
                         config::Protocol::Postgres => {
                             conn::serve_postgres(shared, sock, peer, local).await
+                        }
+                        config::Protocol::Redis => {
+                            redis_conn::serve_redis(shared, sock, peer, local, mode).await
                         }
                     },
                     Err(e) => tracing::warn!(error = %e, "Cannot register the connection."),

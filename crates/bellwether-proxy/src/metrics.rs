@@ -134,6 +134,38 @@ pub struct BackendMetrics {
     pub rehomed_in: AtomicU64,
     pub rehomed_out: AtomicU64,
     pub graceful_closes: AtomicU64,
+    /// Requests (Redis commands) sent to this backend whose reply has not come back yet.
+    pub in_flight: AtomicU64,
+    /// Redis read-only commands retried on another backend after this one died under them.
+    pub retried: AtomicU64,
+    /// Redis writes answered with an error because this backend died before replying.
+    pub lost_in_flight: AtomicU64,
+    /// Samples for [`BackendMetrics::window`], one a second, the last [`WINDOW`] kept.
+    samples: std::sync::Mutex<std::collections::VecDeque<Sample>>,
+}
+
+/// How far back [`BackendMetrics::window`] looks.
+pub const WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+struct Sample {
+    at: tokio::time::Instant,
+    queries: u64,
+    errors: u64,
+    latency: HistSnapshot,
+}
+
+/// A backend's recent figures: over the last [`WINDOW`] (or since the proxy started, when
+/// that is shorter). These are the mirror engine's health inputs.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct WindowView {
+    /// The window's length.
+    pub seconds: f64,
+    pub requests_per_second: f64,
+    /// Errors over requests in the window; null without requests.
+    pub error_rate: Option<f64>,
+    pub p50_seconds: Option<f64>,
+    pub p99_seconds: Option<f64>,
 }
 
 /// A backend's measurements at one moment, as served by the admin API.
@@ -150,6 +182,9 @@ pub struct MetricsSnapshot {
     pub rehomed_in: u64,
     pub rehomed_out: u64,
     pub graceful_closes: u64,
+    pub in_flight: u64,
+    pub retried: u64,
+    pub lost_in_flight: u64,
     pub query_p50_seconds: Option<f64>,
     pub query_p99_seconds: Option<f64>,
     /// The query-latency histogram's cumulative counts: two snapshots give the quantiles of
@@ -159,6 +194,54 @@ pub struct MetricsSnapshot {
 }
 
 impl BackendMetrics {
+    fn sample_now(&self) -> Sample {
+        Sample {
+            at: tokio::time::Instant::now(),
+            queries: self.queries.load(Relaxed),
+            errors: self.query_errors.load(Relaxed),
+            latency: self.query_latency.snapshot(),
+        }
+    }
+
+    /// Takes a sample for the window (called once a second), dropping those older than it.
+    pub fn sample(&self) {
+        let now = self.sample_now();
+        let mut v = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        while v
+            .front()
+            .is_some_and(|s| now.at.duration_since(s.at) > WINDOW)
+        {
+            v.pop_front();
+        }
+        v.push_back(now);
+    }
+
+    /// Requests per second, error rate and latency quantiles between the oldest kept sample
+    /// and now.
+    pub fn window(&self) -> WindowView {
+        let now = self.sample_now();
+        let oldest = self
+            .samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .front()
+            .cloned();
+        let Some(old) = oldest else {
+            return WindowView::default();
+        };
+        let secs = now.at.duration_since(old.at).as_secs_f64();
+        let n = now.queries.saturating_sub(old.queries);
+        let errors = now.errors.saturating_sub(old.errors);
+        let lat = now.latency.since(&old.latency);
+        WindowView {
+            seconds: secs,
+            requests_per_second: if secs > 0.0 { n as f64 / secs } else { 0.0 },
+            error_rate: (n > 0).then(|| errors as f64 / n as f64),
+            p50_seconds: lat.quantile(0.5),
+            p99_seconds: lat.quantile(0.99),
+        }
+    }
+
     pub fn snapshot(&self) -> MetricsSnapshot {
         let latency = self.query_latency.snapshot();
         MetricsSnapshot {
@@ -173,9 +256,30 @@ impl BackendMetrics {
             rehomed_in: self.rehomed_in.load(Relaxed),
             rehomed_out: self.rehomed_out.load(Relaxed),
             graceful_closes: self.graceful_closes.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
+            retried: self.retried.load(Relaxed),
+            lost_in_flight: self.lost_in_flight.load(Relaxed),
             query_p50_seconds: latency.quantile(0.5),
             query_p99_seconds: latency.quantile(0.99),
             latency,
+        }
+    }
+}
+
+/// Samples every backend's counters once a second for [`BackendMetrics::window`].
+pub(crate) async fn sample_loop(
+    shared: std::sync::Arc<crate::Shared>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        for b in shared.pool.backends() {
+            b.metrics.sample();
         }
     }
 }
@@ -216,6 +320,8 @@ pub struct PromBackend<'a> {
     pub healthy: bool,
     pub ejected: bool,
     pub admin: &'a str,
+    /// `primary`, `replica` or `none`.
+    pub role: &'a str,
     pub metrics: &'a BackendMetrics,
 }
 
@@ -223,7 +329,7 @@ pub struct PromBackend<'a> {
 pub fn render_prometheus(backends: &[PromBackend<'_>], rejected_connections: u64) -> String {
     let mut out = String::new();
     type Read = fn(&BackendMetrics) -> u64;
-    let counters: [(&str, &str, Read); 9] = [
+    let counters: [(&str, &str, Read); 12] = [
         (
             "bellwether_proxy_queries_total",
             "Queries (Query or Sync to ReadyForQuery) completed.",
@@ -263,6 +369,21 @@ pub fn render_prometheus(backends: &[PromBackend<'_>], rejected_connections: u64
             "bellwether_proxy_graceful_closes_total",
             "Stateful sessions closed at a transaction boundary.",
             |m| m.graceful_closes.load(Relaxed),
+        ),
+        (
+            "bellwether_proxy_retried_total",
+            "Redis read-only commands retried on another backend after this one died.",
+            |m| m.retried.load(Relaxed),
+        ),
+        (
+            "bellwether_proxy_lost_in_flight_total",
+            "Redis writes answered with an error because this backend died before replying.",
+            |m| m.lost_in_flight.load(Relaxed),
+        ),
+        (
+            "bellwether_proxy_in_flight_requests",
+            "Redis commands sent to this backend and not answered yet.",
+            |m| m.in_flight.load(Relaxed),
         ),
         (
             "bellwether_proxy_active_connections",
@@ -324,6 +445,17 @@ pub fn render_prometheus(backends: &[PromBackend<'_>], rejected_connections: u64
             );
         }
     }
+    let _ = writeln!(out, "# HELP bellwether_proxy_backend_role The backend's role (1 for the current one).\n# TYPE bellwether_proxy_backend_role gauge");
+    for b in backends {
+        for r in ["primary", "replica", "none"] {
+            let _ = writeln!(
+                out,
+                "bellwether_proxy_backend_role{{backend=\"{}\",role=\"{r}\"}} {}",
+                b.name,
+                u8::from(b.role == r)
+            );
+        }
+    }
     for (name, help, pick) in [
         (
             "bellwether_proxy_query_duration_seconds",
@@ -375,6 +507,33 @@ mod tests {
         assert_eq!(HistSnapshot::default().quantile(0.5), None);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_window_gives_rates_over_the_last_seconds() {
+        let m = BackendMetrics::default();
+        assert_eq!(m.window(), WindowView::default());
+        m.sample();
+        for _ in 0..20 {
+            m.queries.fetch_add(1, Relaxed);
+            m.query_latency.record(Duration::from_millis(1));
+        }
+        m.query_errors.fetch_add(2, Relaxed);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let w = m.window();
+        assert_eq!(w.seconds, 2.0);
+        assert_eq!(w.requests_per_second, 10.0);
+        assert_eq!(w.error_rate, Some(0.1));
+        assert!(w.p99_seconds.unwrap() <= 0.001, "{w:?}");
+        // Samples older than the window are dropped: the next window starts after them.
+        for _ in 0..12 {
+            m.sample();
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        let w = m.window();
+        assert!(w.seconds <= WINDOW.as_secs_f64() + 1.0, "{w:?}");
+        assert_eq!(w.requests_per_second, 0.0);
+        assert_eq!(w.error_rate, None);
+    }
+
     #[test]
     fn prometheus_text_has_every_family() {
         let m = BackendMetrics::default();
@@ -387,6 +546,7 @@ mod tests {
                 healthy: true,
                 ejected: false,
                 admin: "ready",
+                role: "primary",
                 metrics: &m,
             }],
             0,
@@ -401,5 +561,6 @@ mod tests {
         assert!(
             text.contains("bellwether_proxy_backend_admin_state{backend=\"a\",state=\"ready\"} 1")
         );
+        assert!(text.contains("bellwether_proxy_backend_role{backend=\"a\",role=\"primary\"} 1"));
     }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::{AdminState, EjectionConfig, RawBackend};
+use crate::config::{AdminState, EjectionConfig, RawBackend, Role};
 use crate::metrics::{BackendMetrics, MetricsSnapshot};
 
 /// What the checks and the passive observations measured.
@@ -28,6 +28,19 @@ pub struct Health {
     pub ejected_until: Option<Instant>,
     pub ejections: u32,
     pub consecutive_connect_errors: u32,
+    /// What the last `redis` check read from `ROLE`: the server's own role and replication
+    /// offset.
+    pub observed: Option<Observed>,
+}
+
+/// A server's replication state as its last check reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Observed {
+    /// `master`, `slave` or `sentinel` (Redis's words).
+    pub role: String,
+    /// The replication offset: `master_repl_offset` on a master, the processed offset on a
+    /// replica.
+    pub offset: Option<i64>,
 }
 
 impl Default for Health {
@@ -41,6 +54,7 @@ impl Default for Health {
             ejected_until: None,
             ejections: 0,
             consecutive_connect_errors: 0,
+            observed: None,
         }
     }
 }
@@ -59,6 +73,7 @@ pub struct Backend {
 pub(crate) struct BackendState {
     pub weight: u32,
     pub admin: AdminState,
+    pub role: Option<Role>,
     pub health: Health,
     /// Smooth weighted round-robin's running score.
     current: i64,
@@ -75,6 +90,18 @@ impl Backend {
 
     pub fn weight(&self) -> u32 {
         self.state().weight
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        self.state().role
+    }
+
+    /// Ready (admin), up and not ejected: may take a session as primary or replica.
+    pub fn serving(&self, now: Instant) -> bool {
+        let s = self.state();
+        s.admin == AdminState::Ready
+            && s.health.up
+            && s.health.ejected_until.is_none_or(|t| t <= now)
     }
 
     pub fn health(&self) -> Health {
@@ -105,6 +132,8 @@ pub struct BackendView {
     pub address: String,
     pub weight: u32,
     pub admin: AdminState,
+    /// `primary`, `replica`, or null (no role).
+    pub role: Option<Role>,
     pub healthy: bool,
     pub ejected: bool,
     pub ejected_for_seconds: Option<f64>,
@@ -113,7 +142,11 @@ pub struct BackendView {
     pub consecutive_fail: u32,
     pub checks: u64,
     pub last_error: Option<String>,
+    /// The role and offset the last `redis` check read (`ROLE`).
+    pub observed: Option<Observed>,
     pub metrics: MetricsSnapshot,
+    /// Rates and latency over the last few seconds (the mirror engine's health inputs).
+    pub window: crate::metrics::WindowView,
 }
 
 /// Why a change to the pool was refused.
@@ -123,6 +156,21 @@ pub enum PoolError {
     Unknown(String),
     #[error("a backend named `{0}` exists already")]
     Exists(String),
+    #[error(
+        "`{0}` cannot be added as primary: there is one already (use POST /primary to change it)"
+    )]
+    TwoPrimaries(String),
+}
+
+/// The outcome of [`Pool::set_primary`].
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PrimaryChange {
+    /// The new primary (null: none; commands wait for one).
+    pub primary: Option<String>,
+    /// The backend that was primary before, now a replica.
+    pub previous: Option<String>,
+    /// Whether the previous primary was fenced (admin state `maintenance`).
+    pub fenced: bool,
 }
 
 /// The set of backends, shared by listeners, health checks and the admin API.
@@ -134,8 +182,17 @@ pub struct Pool {
     /// whether they should move.
     generation: watch::Sender<u64>,
     pub rejected: AtomicU64,
-    /// Serialises the smooth weighted round-robin.
+    /// Serialises the smooth weighted round-robin and role changes.
     pick_lock: Mutex<()>,
+}
+
+/// Which backends a pick may choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Without roles: any ready backend by weight. With roles: the primary only.
+    Writer,
+    /// Replicas (role `replica`) by weight.
+    Replica,
 }
 
 impl Pool {
@@ -184,6 +241,9 @@ impl Pool {
         if list.iter().any(|o| o.name == b.name) {
             return Err(PoolError::Exists(b.name.clone()));
         }
+        if b.role == Some(Role::Primary) && list.iter().any(|o| o.role() == Some(Role::Primary)) {
+            return Err(PoolError::TwoPrimaries(b.name.clone()));
+        }
         let backend = Arc::new(Backend {
             name: b.name.clone(),
             address: b.address.0.clone(),
@@ -191,6 +251,7 @@ impl Pool {
             state: Mutex::new(BackendState {
                 weight: b.weight,
                 admin: b.admin,
+                role: b.role,
                 health: Health::default(),
                 current: 0,
             }),
@@ -214,6 +275,65 @@ impl Pool {
             .retain(|o| o.name != name);
         self.bump();
         Ok(())
+    }
+
+    /// Makes `name` the primary (or, with `None`, leaves no primary: Redis commands wait for
+    /// one, bounded by `primary_wait`), in one step: the previous primary becomes a replica,
+    /// and with `fence` its admin state becomes `maintenance` (its sessions leave at their
+    /// next boundary; the caller closes what is left). The new primary's admin state becomes
+    /// `ready`. Every other backend without a role becomes a replica.
+    pub fn set_primary(&self, name: Option<&str>, fence: bool) -> Result<PrimaryChange, PoolError> {
+        let new = match name {
+            Some(n) => Some(self.get(n).ok_or_else(|| PoolError::Unknown(n.into()))?),
+            None => None,
+        };
+        let _g = self.pick_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let list = self.list();
+        let previous = list
+            .iter()
+            .find(|b| b.role() == Some(Role::Primary))
+            .cloned();
+        let same = matches!((&previous, &new), (Some(p), Some(n)) if p.name == n.name);
+        let mut fenced = false;
+        for b in &list {
+            let mut s = b.state();
+            if new.as_ref().is_some_and(|n| n.name == b.name) {
+                s.role = Some(Role::Primary);
+                s.admin = AdminState::Ready;
+            } else {
+                if s.role == Some(Role::Primary) && fence && !same {
+                    s.admin = AdminState::Maintenance;
+                    fenced = true;
+                }
+                s.role = Some(Role::Replica);
+            }
+        }
+        drop(_g);
+        let change = PrimaryChange {
+            primary: new.map(|n| n.name.clone()),
+            previous: previous.map(|p| p.name.clone()),
+            fenced,
+        };
+        tracing::info!(primary = ?change.primary, previous = ?change.previous, fenced, "Primary changed.");
+        self.bump();
+        Ok(change)
+    }
+
+    /// Sets a backend's role. Making one primary demotes the previous one to replica, as
+    /// [`Pool::set_primary`] without fencing does.
+    pub fn set_role(&self, name: &str, role: Role) -> Result<(), PoolError> {
+        match role {
+            Role::Primary => self.set_primary(Some(name), false).map(|_| ()),
+            Role::Replica => {
+                let b = self
+                    .get(name)
+                    .ok_or_else(|| PoolError::Unknown(name.into()))?;
+                b.state().role = Some(Role::Replica);
+                tracing::info!(backend = %name, "Backend is now a replica.");
+                self.bump();
+                Ok(())
+            }
+        }
     }
 
     /// Sets a weight and/or admin state.
@@ -242,10 +362,47 @@ impl Pool {
 
     /// Chooses a backend for a new connection by smooth weighted round-robin among those that
     /// are ready, weighted above zero, up and not ejected; `except` are skipped (already tried).
+    ///
+    /// When any backend has a role, this picks the primary only (see [`Pool::pick_for`]).
     pub fn pick(&self, except: &[String]) -> Option<Arc<Backend>> {
+        self.pick_for(Target::Writer, except)
+    }
+
+    /// Whether any backend has a role: then writes and new sessions go to the primary.
+    pub fn has_roles(&self) -> bool {
+        self.list().iter().any(|b| b.role().is_some())
+    }
+
+    /// The backend whose role is primary, whatever its state.
+    pub fn primary(&self) -> Option<Arc<Backend>> {
+        self.list()
+            .into_iter()
+            .find(|b| b.role() == Some(Role::Primary))
+    }
+
+    /// Whether a session now on `backend` should be elsewhere: it should leave its backend
+    /// (admin state, health, removed), or roles are in use and it is not the primary.
+    pub fn should_move(&self, backend: &Backend, now: Instant) -> bool {
+        backend.should_leave(now)
+            || self.get(&backend.name).is_none()
+            || (self.has_roles() && backend.role() != Some(Role::Primary))
+    }
+
+    /// Chooses a backend of the given kind by smooth weighted round-robin; see
+    /// [`Target`]. The primary is chosen whatever its weight.
+    pub fn pick_for(&self, target: Target, except: &[String]) -> Option<Arc<Backend>> {
         let now = Instant::now();
         let _g = self.pick_lock.lock().unwrap_or_else(|p| p.into_inner());
         let list = self.list();
+        let roles = list.iter().any(|b| b.role().is_some());
+        if roles && target == Target::Writer {
+            return list
+                .iter()
+                .find(|b| {
+                    b.role() == Some(Role::Primary) && !except.contains(&b.name) && b.serving(now)
+                })
+                .cloned();
+        }
         let mut total = 0i64;
         let mut best: Option<(usize, i64)> = None;
         for (i, b) in list.iter().enumerate() {
@@ -254,6 +411,9 @@ impl Pool {
             }
             let mut s = b.state();
             if s.admin != AdminState::Ready || s.weight == 0 {
+                continue;
+            }
+            if target == Target::Replica && s.role != Some(Role::Replica) {
                 continue;
             }
             s.current += i64::from(s.weight);
@@ -361,6 +521,11 @@ impl Pool {
         }
     }
 
+    /// Records what a Redis check read from `ROLE`.
+    pub fn record_observed(&self, backend: &Backend, observed: Option<Observed>) {
+        backend.state().health.observed = observed;
+    }
+
     /// Marks a backend down until `rise` checks pass (used for a freshly started instance).
     pub fn mark_down(&self, name: &str) -> Result<(), PoolError> {
         let b = self
@@ -391,6 +556,7 @@ impl Pool {
                     address: b.address.clone(),
                     weight: s.weight,
                     admin: s.admin,
+                    role: s.role,
                     healthy: s.health.up,
                     ejected: ejected_for.is_some(),
                     ejected_for_seconds: ejected_for,
@@ -399,7 +565,9 @@ impl Pool {
                     consecutive_fail: s.health.consecutive_fail,
                     checks: s.health.checks,
                     last_error: s.health.last_error.clone(),
+                    observed: s.health.observed.clone(),
                     metrics: b.metrics.snapshot(),
+                    window: b.metrics.window(),
                 }
             })
             .collect()
@@ -418,6 +586,7 @@ mod tests {
             weight,
             admin: AdminState::Ready,
             password: None,
+            role: None,
         }
     }
 

@@ -23,6 +23,9 @@ pub struct ConnEntry {
     pub bytes_to_backend: AtomicU64,
     pub bytes_to_client: AtomicU64,
     pub in_transaction: AtomicBool,
+    /// Work outstanding on the backend: a Redis reply, MULTI or WATCH, a blocking command or
+    /// subscriber mode; a PostgreSQL query or transaction. A switch of primary waits for it.
+    pub busy: AtomicBool,
     pub stateful: Mutex<Option<String>>,
     pub rehomes: AtomicU64,
     /// The BackendKeyData the client was given, and the server's current address and key: a
@@ -44,6 +47,7 @@ pub struct ConnView {
     pub bytes_to_backend: u64,
     pub bytes_to_client: u64,
     pub in_transaction: bool,
+    pub busy: bool,
     pub stateful: Option<String>,
     pub rehomes: u64,
 }
@@ -83,6 +87,7 @@ impl Registry {
             bytes_to_backend: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
             in_transaction: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
             stateful: Mutex::new(None),
             rehomes: AtomicU64::new(0),
             cancel: Mutex::new(None),
@@ -156,6 +161,7 @@ impl Registry {
                 bytes_to_backend: e.bytes_to_backend.load(Relaxed),
                 bytes_to_client: e.bytes_to_client.load(Relaxed),
                 in_transaction: e.in_transaction.load(Relaxed),
+                busy: e.busy.load(Relaxed),
                 stateful: e.stateful.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                 rehomes: e.rehomes.load(Relaxed),
             })

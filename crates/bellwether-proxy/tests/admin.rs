@@ -19,6 +19,7 @@ fn config(redis_port: u16) -> RawConfig {
         vec![RawListener {
             address: "127.0.0.1:0".into(),
             protocol: Protocol::Tcp,
+            mode: Default::default(),
         }],
         vec![RawBackend {
             name: "r".into(),
@@ -26,6 +27,7 @@ fn config(redis_port: u16) -> RawConfig {
             weight: 100,
             admin: AdminState::Ready,
             password: None,
+            role: None,
         }],
     );
     raw.admin = Some("127.0.0.1:0".into());

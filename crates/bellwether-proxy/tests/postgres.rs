@@ -21,6 +21,7 @@ fn backend(name: &str, addr: &str, admin: AdminState) -> RawBackend {
         weight: 100,
         admin,
         password: None,
+        role: None,
     }
 }
 
@@ -29,6 +30,7 @@ fn start_proxy(rt: &tokio::runtime::Runtime, a: &PgCluster, b: &PgCluster) -> Pr
         vec![RawListener {
             address: "127.0.0.1:0".into(),
             protocol: Protocol::Postgres,
+            mode: Default::default(),
         }],
         vec![
             backend("a", &a.addr(), AdminState::Ready),
@@ -263,6 +265,7 @@ fn unreachable_backend_is_reported_and_skipped() {
         vec![RawListener {
             address: "127.0.0.1:0".into(),
             protocol: Protocol::Postgres,
+            mode: Default::default(),
         }],
         vec![
             backend("dead", &dead, AdminState::Ready),
@@ -319,6 +322,7 @@ fn sessions_re_home_to_a_scram_server_with_the_configured_password() {
         vec![RawListener {
             address: "127.0.0.1:0".into(),
             protocol: Protocol::Postgres,
+            mode: Default::default(),
         }],
         vec![ra, rb],
     );

@@ -20,6 +20,7 @@ fn backend(name: &str, port: u16) -> RawBackend {
         weight: 100,
         admin: AdminState::Ready,
         password: None,
+        role: None,
     }
 }
 
@@ -28,6 +29,7 @@ fn config(backends: Vec<RawBackend>) -> RawConfig {
         vec![RawListener {
             address: "127.0.0.1:0".into(),
             protocol: Protocol::Tcp,
+            mode: Default::default(),
         }],
         backends,
     );

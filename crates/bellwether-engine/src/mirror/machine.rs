@@ -16,6 +16,11 @@ pub const MAX_PROVISION_BACKOFF_MS: i64 = 300_000;
 /// After this many failed provisionings in a row, provisioning stops with an alert until the
 /// policy changes or the engine is resumed.
 pub const MAX_PROVISION_FAILURES: u32 = 5;
+/// Observation times past this (ms since the epoch, about the year 285,000) are not times.
+pub const MAX_TIME_MS: i64 = 1 << 53;
+/// A mirror down in every observation for this many intervals is dead: it no longer counts,
+/// and one Bellwether made is retired and replaced.
+pub const DEAD_AFTER_INTERVALS: i64 = 20;
 /// A failed route during a switch is re-sent this many times before the engine pauses.
 pub const MAX_ROUTE_ATTEMPTS: u32 = 3;
 
@@ -41,6 +46,9 @@ pub(super) struct Inst {
     pub lag_ms: Option<i64>,
     /// Health at or above `failback_above` in every observation since.
     pub healthy_since_ms: Option<i64>,
+    /// Down in every observation since.
+    #[serde(default)]
+    pub down_since_ms: Option<i64>,
     /// Retry time of a failed retire.
     pub retry_at_ms: Option<i64>,
 }
@@ -66,6 +74,7 @@ impl Inst {
             health: None,
             lag_ms: None,
             healthy_since_ms: None,
+            down_since_ms: None,
             retry_at_ms: None,
         }
     }
@@ -80,7 +89,10 @@ impl Inst {
         self.role == Role::Mirror
             && matches!(
                 self.state,
-                InstanceState::Provisioning | InstanceState::Syncing | InstanceState::Ready
+                InstanceState::Provisioning
+                    | InstanceState::Syncing
+                    | InstanceState::Ready
+                    | InstanceState::Fencing
             )
     }
 
@@ -339,7 +351,7 @@ impl MirrorEngine {
     fn on_observe(&mut self, at: i64, observations: Vec<Observation>, out: &mut Output) {
         let policy = self.spec.policy.clone();
         let dt = self.st.last_obs_ms.map(|t| at - t).unwrap_or(0);
-        if self.st.last_obs_ms.is_some_and(|t| at < t) {
+        if !(0..=MAX_TIME_MS).contains(&at) || self.st.last_obs_ms.is_some_and(|t| at < t) {
             ev(
                 out,
                 at,
@@ -395,6 +407,11 @@ impl MirrorEngine {
             let finite = |v: Option<f64>| v.filter(|x| x.is_finite() && *x >= 0.0);
             inst.obs_ms = Some(at);
             inst.up = Some(up);
+            if up {
+                inst.down_since_ms = None;
+            } else {
+                inst.down_since_ms.get_or_insert(at);
+            }
             inst.latency_ms = finite(o.latency_ms);
             inst.error_rate = finite(o.error_rate).map(|e| e.min(1.0));
             inst.rps = finite(o.requests_per_s);
@@ -692,6 +709,40 @@ impl MirrorEngine {
                 _ => {}
             }
         }
+        // A mirror down for DEAD_AFTER_INTERVALS is replaced, once the primary is up to make
+        // its replacement from (while everything is down, nothing is retired).
+        let dead_before = at - DEAD_AFTER_INTERVALS * self.interval_ms();
+        let primary_up = self.st.instances[&self.st.primary].up == Some(true);
+        if primary_up && self.st.phase == Phase::Running && self.st.switch.is_none() {
+            let dead: Vec<String> = self
+                .st
+                .instances
+                .iter()
+                .filter(|(_, i)| {
+                    i.provisioned
+                        && i.role == Role::Mirror
+                        && matches!(i.state, InstanceState::Syncing | InstanceState::Ready)
+                        && i.down_since_ms.is_some_and(|d| d <= dead_before)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in dead {
+                let since = self.st.instances[&id].down_since_ms.unwrap_or(at);
+                ev(
+                    out,
+                    at,
+                    "mirror_dead",
+                    format!(
+                        "The mirror {id} has not answered for {} ms: it is retired and replaced.",
+                        at - since
+                    ),
+                    json!({"instance": id, "down_ms": at - since}),
+                    false,
+                );
+                let i = self.st.instances.get_mut(&id).expect("listed");
+                i.set(InstanceState::Draining, at);
+            }
+        }
         if primaries.len() > 1 {
             if self.open("split_brain") {
                 ev(
@@ -939,6 +990,9 @@ impl MirrorEngine {
             json!({"from": sw.from, "tried": sw.tried, "cause": sw.cause}),
             true,
         );
+        // The IO side may have held the proxy's commands for the switch: the route to the
+        // primary that stays is sent again once the switch is over.
+        self.st.routed = None;
         if sw.fenced_first {
             sw.step = Step::Unfencing;
             sw.to = None;
@@ -1021,6 +1075,34 @@ impl MirrorEngine {
             i.role = Role::Fenced;
             i.healthy_since_ms = None;
             i.set(InstanceState::Fencing, at);
+        }
+        // The other mirrors replicated from the old primary: point them at the new one (a
+        // fence of a replica with `new_primary` is a repoint). One that cannot follow is
+        // retired and replaced.
+        let others: Vec<String> = self
+            .st
+            .instances
+            .iter()
+            .filter(|(id, i)| {
+                **id != to
+                    && **id != sw.from
+                    && i.role == Role::Mirror
+                    && matches!(i.state, InstanceState::Syncing | InstanceState::Ready)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in others {
+            let (Some(b), Some(np)) = (self.backend(&id), self.backend(&to)) else {
+                continue;
+            };
+            self.dispatch(out, |action_id| Action::Fence {
+                action_id,
+                instance: b,
+                new_primary: Some(np),
+            });
+            if let Some(i) = self.st.instances.get_mut(&id) {
+                i.set(InstanceState::Fencing, at);
+            }
         }
     }
 
@@ -1273,6 +1355,50 @@ impl MirrorEngine {
         let Some(i) = self.st.instances.get_mut(&id) else {
             return;
         };
+        if i.role == Role::Mirror {
+            // A repoint of a mirror after a switch.
+            let mirror = ok && output.get("mirror").and_then(|m| m.as_bool()) == Some(true);
+            if mirror {
+                i.set(InstanceState::Syncing, now);
+                ev(
+                    out,
+                    now,
+                    "repointed",
+                    format!("The mirror {id} now replicates from the new primary."),
+                    json!({"instance": id, "output": output}),
+                    false,
+                );
+            } else {
+                let provisioned = i.provisioned;
+                if provisioned {
+                    i.set(InstanceState::Draining, now);
+                } else {
+                    i.role = Role::Fenced;
+                    i.set(InstanceState::Fenced, now);
+                }
+                ev(
+                    out,
+                    now,
+                    "repoint_failed",
+                    format!(
+                        "The mirror {id} cannot replicate from the new primary ({}); {}.",
+                        if ok {
+                            "the driver cannot repoint it".to_string()
+                        } else {
+                            err
+                        },
+                        if provisioned {
+                            "it is retired and replaced"
+                        } else {
+                            "it is left fenced"
+                        }
+                    ),
+                    json!({"instance": id, "output": output}),
+                    false,
+                );
+            }
+            return;
+        }
         if ok {
             let mirror = output.get("mirror").and_then(|m| m.as_bool()) == Some(true);
             if mirror {
@@ -1577,11 +1703,23 @@ impl MirrorEngine {
 
     // ---- the steady state ---------------------------------------------------------------
 
+    /// Mirrors that count toward the replication factor: live, and not down for
+    /// [`DEAD_AFTER_INTERVALS`] (a dead mirror Bellwether did not make is not retired, but a
+    /// replacement is made beside it).
     fn live_mirrors(&self) -> u32 {
+        let Some(last) = self.st.last_obs_ms else {
+            return self
+                .st
+                .instances
+                .values()
+                .filter(|i| i.live_mirror())
+                .count() as u32;
+        };
+        let dead_before = last - DEAD_AFTER_INTERVALS * self.interval_ms();
         self.st
             .instances
             .values()
-            .filter(|i| i.live_mirror())
+            .filter(|i| i.live_mirror() && i.down_since_ms.is_none_or(|d| d > dead_before))
             .count() as u32
     }
 

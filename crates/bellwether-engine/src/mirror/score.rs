@@ -19,9 +19,10 @@ pub const HEALTH_TAU_MS: f64 = 30_000.0;
 /// A latency up to this many times the instance's baseline costs no health.
 pub const LATENCY_TOLERANCE: f64 = 2.0;
 
-/// Baselines below this (ms) count as this: sub-millisecond noise on a local instance is not
-/// a slowdown.
-pub const LATENCY_FLOOR_MS: f64 = 1.0;
+/// Baselines below this (ms) count as this, so a latency under `LATENCY_TOLERANCE ×` 5 ms =
+/// 10 ms never costs health: below that a check's round trip varies with the host's load (a
+/// mirror being copied, a busy scheduler) more than with the dependency's health.
+pub const LATENCY_FLOOR_MS: f64 = 5.0;
 
 /// Weight of the latency baseline's newest normal sample (an exponential moving average over
 /// samples within [`LATENCY_TOLERANCE`] of the baseline only, so a slowdown does not become

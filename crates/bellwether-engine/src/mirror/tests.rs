@@ -14,22 +14,18 @@ use super::*;
 
 const INTERVAL: i64 = 250;
 
+/// A critical dependency (JSON, so that fields added to the record with defaults do not break
+/// the tests).
 fn spec(kind: DepKind) -> DependencySpec {
-    DependencySpec {
-        name: "cache".into(),
-        kind,
-        primary: "127.0.0.1:6379".into(),
-        host: None,
-        tier: Tier::Critical,
-        impact: 0.9,
-        mirror_cost: 0.1,
-        policy: MirrorPolicy {
-            min_mirrors: 1,
-            max_mirrors: 3,
-            mode: ModeSetting::ActivePassive,
-            ..MirrorPolicy::default()
-        },
-    }
+    let mut s: DependencySpec = serde_json::from_value(json!({
+        "name": "cache", "kind": kind, "primary": "127.0.0.1:6379", "tier": "critical",
+        "impact": 0.9, "mirror_cost": 0.1,
+        "policy": {"min_mirrors": 1, "max_mirrors": 3, "mode": "active-passive"}
+    }))
+    .unwrap();
+    s.validate().unwrap();
+    s.policy.mode = ModeSetting::ActivePassive;
+    s
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +78,9 @@ struct Sim {
     provision_fails: Option<bool>,
     promote_fails: BTreeSet<String>,
     route_fails: u32,
+    /// A fence with a new primary makes the instance replicate from it (Redis `REPLICAOF`);
+    /// false is PostgreSQL's local driver (read-only, no repoint).
+    fence_repoints: bool,
     /// Instances left out of the observations (no data).
     hidden: BTreeSet<String>,
     rps: f64,
@@ -110,6 +109,7 @@ impl Sim {
             provision_fails: None,
             promote_fails: BTreeSet::new(),
             route_fails: 0,
+            fence_repoints: true,
             hidden: BTreeSet::new(),
             rps: 0.0,
         };
@@ -260,7 +260,10 @@ impl Sim {
                 }
                 i.paused = true;
                 let mut out = json!({"offset": i.offset});
-                if new_primary.is_some() {
+                if new_primary.is_some() && !self.fence_repoints {
+                    i.replicating = false;
+                    out["mirror"] = json!(false);
+                } else if new_primary.is_some() {
                     i.role = ObservedRole::Replica;
                     i.replicating = true;
                     i.paused = false;
@@ -356,9 +359,9 @@ fn health_formula() {
     };
     assert_eq!(h(false, Some(0.1), Some(0.1), Some(0.0), None), 0.0);
     assert_eq!(h(true, None, None, None, None), 1.0);
-    // Latency within twice the baseline (floored at 1 ms) costs nothing; 8× costs 3/4.
-    assert_eq!(h(true, Some(1.9), Some(0.2), None, None), 1.0);
-    assert!((h(true, Some(16.0), Some(2.0), None, None) - 0.25).abs() < 1e-9);
+    // Latency within twice the baseline (floored at 5 ms) costs nothing; 8× costs 3/4.
+    assert_eq!(h(true, Some(9.9), Some(0.2), None, None), 1.0);
+    assert!((h(true, Some(80.0), Some(10.0), None, None) - 0.25).abs() < 1e-9);
     // 12.5 % errors halve the score; 25 % zero it.
     assert!((h(true, None, None, Some(0.125), None) - 0.5).abs() < 1e-9);
     assert_eq!(h(true, None, None, Some(0.3), None), 0.0);
@@ -367,7 +370,7 @@ fn health_formula() {
     assert!((h(true, None, None, None, Some(500 + 2500)) - 0.5).abs() < 1e-9);
     assert_eq!(h(true, None, None, None, Some(60_000)), 0.0);
     // The factors multiply.
-    assert!((h(true, Some(4.0), Some(1.0), Some(0.125), None) - 0.25).abs() < 1e-9);
+    assert!((h(true, Some(20.0), Some(1.0), Some(0.125), None) - 0.25).abs() < 1e-9);
 }
 
 #[test]
@@ -518,8 +521,8 @@ fn down_primary_switches_within_switch_after_to_the_caught_up_healthiest() {
 #[test]
 fn unhealthy_primary_is_fenced_first_and_its_final_offset_is_waited_for() {
     let mut s = Sim::with_mirrors(DepKind::Redis, 1);
-    // Slow: 40× its baseline.
-    s.set(PRIMARY_ID, |i| i.latency = 20.0);
+    // Slow: 200 ms, 20× the floored baseline.
+    s.set(PRIMARY_ID, |i| i.latency = 200.0);
     s.run(2);
     let st = s.e.status();
     assert_eq!(st.primary, "cache-m1", "{:#?}", s.events);
@@ -551,7 +554,11 @@ fn a_mirror_that_cannot_catch_up_is_never_promoted_the_next_is_tried() {
     assert_eq!(st.primary, "cache-m2");
     assert_eq!(s.events_named("promote_failed").len(), 1);
     assert_eq!(st.history[0].figures["tried"][0]["instance"], "cache-m1");
-    // cache-m1 is still a ready mirror (its promotion did not happen).
+    // cache-m1 is still a mirror (its promotion did not happen); it follows the new primary.
+    let m1 = st.instances.iter().find(|i| i.id == "cache-m1").unwrap();
+    assert_eq!(m1.role, Role::Mirror);
+    s.run(2);
+    let st = s.e.status();
     let m1 = st.instances.iter().find(|i| i.id == "cache-m1").unwrap();
     assert_eq!(m1.state, InstanceState::Ready);
 }
@@ -571,6 +578,10 @@ fn every_promotion_failing_pauses_with_an_alert_and_undoes_the_fence() {
     assert_eq!(failed.len(), 1);
     assert!(failed[0].alert);
     assert_eq!(s.count("unfence"), 1);
+    // The route to the primary that stays is sent again (the proxy may have held commands).
+    assert!(
+        matches!(s.actions.last(), Some(Action::Route { primary, .. }) if primary.instance == PRIMARY_ID)
+    );
     assert!(!s.w[PRIMARY_ID].paused);
     assert_eq!(s.routed.as_ref().unwrap().0, PRIMARY_ID);
     // Paused: nothing more is decided while it stays bad.
@@ -901,12 +912,41 @@ fn bad_policy_is_refused() {
     assert_eq!(r.len(), 1);
     assert!(r[0].reason.contains("min_mirrors"));
     assert_eq!(s.e.spec().policy.max_mirrors, 3);
-    assert!(MirrorEngine::new(
-        DependencySpec {
-            impact: 7.0,
-            ..spec(DepKind::Redis)
-        },
-        0
-    )
-    .is_err());
+    let mut bad = spec(DepKind::Redis);
+    bad.impact = 7.0;
+    assert!(MirrorEngine::new(bad, 0).is_err());
+}
+
+#[test]
+fn other_mirrors_follow_the_new_primary_or_are_replaced() {
+    let mut s = Sim::with_mirrors(DepKind::Redis, 2);
+    s.set(PRIMARY_ID, |i| i.up = false);
+    s.run(8);
+    assert_eq!(s.e.status().primary, "cache-m1");
+    assert_eq!(s.events_named("repointed").len(), 1);
+    // cache-m2 follows the new primary and is ready again; no replacement was needed for it.
+    let st = s.e.status();
+    let m2 = st.instances.iter().find(|i| i.id == "cache-m2").unwrap();
+    assert_eq!(m2.state, InstanceState::Ready);
+    assert_eq!(s.ready_mirrors(), 2, "{st:#?}");
+
+    let mut s = Sim::with_mirrors(DepKind::Postgres, 2);
+    s.fence_repoints = false;
+    s.set(PRIMARY_ID, |i| i.up = false);
+    s.run(12);
+    assert_eq!(s.e.status().primary, "cache-m1");
+    assert_eq!(s.events_named("repoint_failed").len(), 1);
+    assert!(!s.w.contains_key("cache-m2"), "cache-m2 was not retired");
+    assert_eq!(s.ready_mirrors(), 2, "{:#?}", s.e.status());
+}
+
+#[test]
+fn a_dead_mirror_is_replaced_but_not_while_everything_is_down() {
+    let mut s = Sim::with_mirrors(DepKind::Redis, 2);
+    s.set("cache-m2", |i| i.up = false);
+    s.run(super::machine::DEAD_AFTER_INTERVALS as usize + 4);
+    assert_eq!(s.events_named("mirror_dead").len(), 1);
+    assert!(!s.w.contains_key("cache-m2"));
+    assert_eq!(s.ready_mirrors(), 2, "{:#?}", s.e.status());
+    assert_eq!(s.count("provision"), 3);
 }

@@ -1,85 +1,82 @@
-//! The dependency's `bellwether proxy`, as the mirror task uses it: its per-backend counters
-//! (the health inputs: requests, errors, latency, sessions) and the route that points its
-//! writes at the primary.
+//! The dependency's `bellwether proxy`, as the mirror task uses it (its admin API,
+//! docs/proxy.md "Roles and switching the primary"): the per-backend figures of the last 10
+//! seconds (requests/s, error rate, p50 latency, sessions: the health inputs), and the route
+//! that makes an instance the primary and its readers the replicas that serve reads.
 //!
 //! The admin token is read from its file (`--proxy-token-file NAME=FILE`, the same files
 //! patches use) at every call; the stored state only ever holds the file's name. A backend
-//! is matched to an instance by its address (`HOST:PORT`, the instance's endpoint).
+//! is matched to an instance by its name (the instance id, for the mirrors the route adds) or
+//! by its address (the instance's endpoint, for the primary the operator configured).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bellwether_engine::mirror::Backend;
 use bellwether_model::mirror::ProxyRef;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::patch::proxy::read_token_file;
 use crate::AppState;
 
-/// The admin route that sets the primary and the readers atomically (helper mirror-proxy's
-/// contract: `POST /roles` with `{"primary": ADDRESS, "readers": [ADDRESS...]}`).
-pub const ROLES_PATH: &str = "/roles";
+/// How long a switch waits for the sessions busy on the previous primary.
+const SWITCH_WAIT: &str = "5s";
 
-/// One backend's cumulative counters at one reading.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One backend's figures over the proxy's window.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ProxyPoint {
-    pub at_ms: i64,
-    pub queries: u64,
-    pub errors: u64,
-    /// Sum of the query latencies, microseconds (the histogram's `sum_us`).
-    pub latency_sum_us: u64,
-    /// How many queries the histogram counted.
-    pub latency_count: u64,
+    pub requests_per_s: Option<f64>,
+    pub error_rate: Option<f64>,
+    pub latency_ms: Option<f64>,
     /// Client sessions on it now.
     pub sessions: Option<u32>,
 }
 
 #[derive(Deserialize)]
 struct BackendView {
+    name: String,
     address: String,
-    metrics: MetricsView,
+    #[serde(default)]
+    window: Option<Window>,
+    #[serde(default)]
+    metrics: Option<MetricsView>,
+}
+
+#[derive(Deserialize)]
+struct Window {
+    seconds: f64,
+    requests_per_second: f64,
+    #[serde(default)]
+    error_rate: Option<f64>,
+    #[serde(default)]
+    p50_seconds: Option<f64>,
 }
 
 #[derive(Deserialize)]
 struct MetricsView {
-    queries: u64,
-    query_errors: u64,
     #[serde(default)]
     active_connections: Option<u64>,
-    #[serde(default)]
-    query_latency_histogram: Option<Hist>,
 }
 
-#[derive(Deserialize)]
-struct Hist {
-    counts: Vec<u64>,
-    sum_us: u64,
-}
-
-/// Requests per second, error share and mean latency (ms) between two readings; `None`
-/// where the interval holds no data (no time passed, no request, or counters that went
-/// back: a restarted proxy).
-pub(crate) fn rates(
-    prev: &ProxyPoint,
-    now: &ProxyPoint,
-) -> (Option<f64>, Option<f64>, Option<f64>) {
-    let dt = (now.at_ms - prev.at_ms) as f64 / 1000.0;
-    if dt <= 0.0 || now.queries < prev.queries || now.errors < prev.errors {
-        return (None, None, None);
+fn point(b: &BackendView) -> ProxyPoint {
+    let w = b.window.as_ref().filter(|w| w.seconds > 0.0);
+    ProxyPoint {
+        requests_per_s: w.map(|w| w.requests_per_second),
+        error_rate: w.and_then(|w| w.error_rate),
+        latency_ms: w.and_then(|w| w.p50_seconds).map(|s| s * 1000.0),
+        sessions: b
+            .metrics
+            .as_ref()
+            .and_then(|m| m.active_connections)
+            .map(|n| n.min(u32::MAX as u64) as u32),
     }
-    let q = (now.queries - prev.queries) as f64;
-    let e = (now.errors - prev.errors) as f64;
-    let rps = Some(q / dt);
-    let err = (q > 0.0).then(|| (e / q).clamp(0.0, 1.0));
-    let lat = match (
-        now.latency_count.checked_sub(prev.latency_count),
-        now.latency_sum_us.checked_sub(prev.latency_sum_us),
-    ) {
-        (Some(n), Some(s)) if n > 0 => Some(s as f64 / n as f64 / 1000.0),
-        _ => None,
-    };
-    (rps, err, lat)
+}
+
+fn find<'a>(views: &'a [BackendView], b: &Backend) -> Option<&'a BackendView> {
+    views
+        .iter()
+        .find(|v| v.name == b.instance)
+        .or_else(|| views.iter().find(|v| v.address == b.endpoint))
 }
 
 struct Client {
@@ -129,48 +126,49 @@ impl Client {
     }
 }
 
-/// The proxy's counters of each instance (by id) whose endpoint is one of its backends.
+impl Client {
+    async fn views(&self, timeout: Duration) -> Result<Vec<BackendView>, String> {
+        let v = self
+            .call(self.http.get(format!("{}/backends", self.base)), timeout)
+            .await?;
+        serde_json::from_value(v).map_err(|e| format!("the proxy's backends: {e}"))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
+        self.call(
+            self.http.post(format!("{}{path}", self.base)).json(&body),
+            Duration::from_secs(15),
+        )
+        .await
+    }
+}
+
+/// The proxy's figures of each instance (by id) that is one of its backends.
 pub(crate) async fn backends(
     state: &AppState,
     p: &ProxyRef,
-    endpoints: &BTreeMap<String, String>,
+    instances: &BTreeMap<String, String>,
     timeout: Duration,
 ) -> Result<BTreeMap<String, ProxyPoint>, String> {
     let c = client(state, p)?;
-    let v = c
-        .call(c.http.get(format!("{}/backends", c.base)), timeout)
-        .await?;
-    let at_ms = crate::now_ms();
-    let views: Vec<BackendView> =
-        serde_json::from_value(v).map_err(|e| format!("the proxy's backends: {e}"))?;
+    let views = c.views(timeout).await?;
     let mut out = BTreeMap::new();
-    for (id, endpoint) in endpoints {
-        if let Some(b) = views.iter().find(|b| &b.address == endpoint) {
-            let (sum, count) = b
-                .metrics
-                .query_latency_histogram
-                .as_ref()
-                .map_or((0, 0), |h| (h.sum_us, h.counts.iter().sum()));
-            out.insert(
-                id.clone(),
-                ProxyPoint {
-                    at_ms,
-                    queries: b.metrics.queries,
-                    errors: b.metrics.query_errors,
-                    latency_sum_us: sum,
-                    latency_count: count,
-                    sessions: b
-                        .metrics
-                        .active_connections
-                        .map(|n| n.min(u32::MAX as u64) as u32),
-                },
-            );
+    for (id, endpoint) in instances {
+        let b = Backend {
+            instance: id.clone(),
+            endpoint: endpoint.clone(),
+        };
+        if let Some(v) = find(&views, &b) {
+            out.insert(id.clone(), point(v));
         }
     }
     Ok(out)
 }
 
-/// Points the proxy's writes at `primary` and, in active-active, reads also at `readers`.
+/// Makes `primary` the proxy's primary (the previous one fenced at the proxy: no traffic) and
+/// `readers` its ready replicas (active-active when there are any); an instance the proxy
+/// does not have yet is added under its id. The proxy's switch waits for the sessions busy
+/// on the previous primary (bounded), so no command is cut in the middle.
 pub(crate) async fn route(
     state: &AppState,
     p: &ProxyRef,
@@ -178,49 +176,58 @@ pub(crate) async fn route(
     readers: &[Backend],
 ) -> Result<Value, String> {
     let c = client(state, p)?;
-    let body = json!({
-        "primary": primary.endpoint,
-        "readers": readers.iter().map(|r| r.endpoint.clone()).collect::<Vec<_>>(),
-    });
-    let answer = c
-        .call(
-            c.http.post(format!("{}{ROLES_PATH}", c.base)).json(&body),
-            Duration::from_secs(10),
-        )
-        .await?;
-    Ok(json!({ "routed": true, "primary": primary.endpoint, "proxy": answer }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn point(at_ms: i64, queries: u64, errors: u64, sum: u64, count: u64) -> ProxyPoint {
-        ProxyPoint {
-            at_ms,
-            queries,
-            errors,
-            latency_sum_us: sum,
-            latency_count: count,
-            sessions: None,
+    let mut views = c.views(Duration::from_secs(5)).await?;
+    let mut added = Vec::new();
+    for b in std::iter::once(primary).chain(readers) {
+        if find(&views, b).is_none() {
+            c.call(
+                c.http
+                    .put(format!("{}/backends/{}", c.base, b.instance))
+                    .json(&json!({ "address": b.endpoint, "role": "replica" })),
+                Duration::from_secs(5),
+            )
+            .await?;
+            added.push(b.instance.clone());
         }
     }
-
-    #[test]
-    fn rates_are_over_the_interval_and_none_without_data() {
-        let a = point(1_000, 100, 1, 50_000, 100);
-        let b = point(3_000, 300, 11, 450_000, 300);
-        let (rps, err, lat) = rates(&a, &b);
-        assert_eq!(rps, Some(100.0));
-        assert_eq!(err, Some(0.05));
-        assert_eq!(lat, Some(2.0));
-        // No request in the interval: a rate of 0, but no error share and no latency.
-        assert_eq!(
-            rates(&b, &point(4_000, 300, 11, 450_000, 300)),
-            (Some(0.0), None, None)
-        );
-        // A restarted proxy (counters back to 0) and no time passed: no data.
-        assert_eq!(rates(&b, &point(5_000, 3, 0, 10, 3)), (None, None, None));
-        assert_eq!(rates(&b, &b), (None, None, None));
+    if !added.is_empty() {
+        views = c.views(Duration::from_secs(5)).await?;
     }
+    let name = |b: &Backend| find(&views, b).map(|v| v.name.clone());
+    let primary_name =
+        name(primary).ok_or_else(|| format!("the proxy has no backend at {}", primary.endpoint))?;
+    let reader_names: Vec<String> = readers.iter().filter_map(name).collect();
+    let switched = c
+        .post(
+            "/primary",
+            json!({ "backend": primary_name, "fence": true, "wait": SWITCH_WAIT }),
+        )
+        .await?;
+    let previous = switched["previous"].as_str().map(str::to_string);
+    for v in &views {
+        if v.name == primary_name || previous.as_deref() == Some(v.name.as_str()) {
+            continue;
+        }
+        let admin = if reader_names.contains(&v.name) {
+            "ready"
+        } else {
+            "maintenance"
+        };
+        c.post(&format!("/backends/{}", v.name), json!({ "admin": admin }))
+            .await?;
+    }
+    let mode = if reader_names.is_empty() {
+        "active-passive"
+    } else {
+        "active-active"
+    };
+    c.post("/mode", json!({ "mode": mode })).await?;
+    Ok(json!({
+        "routed": true,
+        "primary": primary_name,
+        "readers": reader_names,
+        "added": added,
+        "mode": mode,
+        "proxy": switched,
+    }))
 }

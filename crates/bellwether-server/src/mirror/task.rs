@@ -8,9 +8,9 @@
 //! feeds the engine one `Input::Observe`. The engine's actions are carried out as:
 //!
 //! - `promote`, `fence`, `unfence`: effects, run by the server itself against the instance
-//!   (`bellwether_mirror::promote`/`fence`; unfence is Redis `CONFIG SET
-//!   min-replicas-to-write 0`, the inverse of the fence without a new primary);
-//! - `route`: an effect on the dependency's proxy (its admin API), or, without a proxy,
+//!   (`bellwether_mirror::promote`/`fence`/`unfence`);
+//! - `route`: an effect on the dependency's proxy (its admin API: `POST /primary`, the
+//!   readers' admin states, `POST /mode`; a new mirror added with `PUT /backends/{id}`), or, without a proxy,
 //!   answered at once (`routed: false`: clients must be pointed at the new primary by other
 //!   means; the event says so);
 //! - `provision`, `retire`: agent actions on the dependency's host
@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::proxy::{self, ProxyPoint};
+
 use crate::error::ApiError;
 use crate::task::{Dispatch, DurableTask, Input, Step};
 use crate::AppState;
@@ -61,9 +62,6 @@ pub(crate) struct Driver {
     pub removal_sent: bool,
     /// Engine actions carried by agent actions (answered by the agent's result).
     pub dispatched: BTreeSet<u64>,
-    /// Per instance, the proxy's cumulative counters at the previous observation.
-    #[serde(default)]
-    pub proxy_prev: BTreeMap<String, ProxyPoint>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -182,7 +180,6 @@ impl MirrorTask {
                 spec_seen_ms: now,
                 removal_sent: false,
                 dispatched: BTreeSet::new(),
-                proxy_prev: BTreeMap::new(),
             },
             engine,
         }
@@ -287,8 +284,7 @@ impl MirrorTask {
         }
     }
 
-    /// The observations of one tick, with the proxy's rates over the interval since the
-    /// previous one.
+    /// The observations of one tick: the probes, with the proxy's figures of its window.
     fn observations(&mut self, o: Observed) -> Vec<Observation> {
         let proxy = match o.proxy {
             Some(Ok(points)) => Some(points),
@@ -298,33 +294,28 @@ impl MirrorTask {
         for (id, probe) in o.probes {
             let Some(p) = probe else { continue };
             let point = proxy.as_ref().and_then(|m| m.get(&id));
-            let prev = self.driver.proxy_prev.get(&id);
-            let (requests_per_s, error_rate, latency) = match (point, prev) {
-                (Some(now), Some(prev)) => proxy::rates(prev, now),
-                _ => (None, None, None),
-            };
             out.push(Observation {
                 instance: id.clone(),
                 check: if p.reachable { Check::Ok } else { Check::Down },
                 latency_ms: if p.reachable {
-                    latency.or(Some(p.latency_ms))
+                    point.and_then(|x| x.latency_ms).or(Some(p.latency_ms))
                 } else {
                     None
                 },
-                error_rate,
-                requests_per_s,
+                error_rate: point.and_then(|x| x.error_rate),
+                requests_per_s: point.and_then(|x| x.requests_per_s),
                 offset: p.offset,
-                sessions: point.and_then(|x| x.sessions),
+                // An instance the proxy does not have holds no session there; without the
+                // proxy's answer, nothing is known.
+                sessions: proxy
+                    .as_ref()
+                    .map(|_| point.and_then(|x| x.sessions).unwrap_or(0)),
                 role: p.role.map(|r| match r {
                     bellwether_mirror::Role::Primary => ObservedRole::Primary,
                     bellwether_mirror::Role::Replica => ObservedRole::Replica,
                 }),
             });
         }
-        if let Some(points) = proxy {
-            self.driver.proxy_prev = points;
-        }
-        let _ = o.at_ms;
         out
     }
 
@@ -446,19 +437,20 @@ impl DurableTask for MirrorTask {
         match input {
             Input::Tick(observed) => {
                 match &observed.dependency {
-                    Some(dep) if !dep.is_removed() => {
-                        if dep.updated_at_ms > self.driver.spec_seen_ms {
-                            self.driver.spec_seen_ms = dep.updated_at_ms;
-                            if dep.spec.policy != self.engine.spec().policy {
-                                let policy = dep.spec.policy.clone();
-                                self.feed(
-                                    &mut step,
-                                    EngineInput::Command(Command::SetPolicy { policy }),
-                                    now,
-                                );
-                            }
+                    Some(dep)
+                        if !dep.is_removed() && dep.updated_at_ms > self.driver.spec_seen_ms =>
+                    {
+                        self.driver.spec_seen_ms = dep.updated_at_ms;
+                        if dep.spec.policy != self.engine.spec().policy {
+                            let policy = dep.spec.policy.clone();
+                            self.feed(
+                                &mut step,
+                                EngineInput::Command(Command::SetPolicy { policy }),
+                                now,
+                            );
                         }
                     }
+                    Some(dep) if !dep.is_removed() => {}
                     // Removed by the operator (or its row is gone): retire and settle.
                     _ if !self.driver.removal_sent => {
                         self.driver.removal_sent = true;
@@ -552,9 +544,9 @@ impl DurableTask for MirrorTask {
 }
 
 /// Runs futures concurrently and collects their outputs in order.
-async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futs.map(tokio::spawn).collect();
@@ -664,27 +656,10 @@ async fn run(state: &AppState, effect: Effect) -> EffectDone {
     }
 }
 
-/// Undoes a fence made without a new primary: Redis takes writes again.
+/// Undoes a fence: the old primary takes writes again (`bellwether_mirror::unfence`).
 async fn unfence(kind: DepKind, endpoint: &str) -> Result<Value, String> {
-    match kind {
-        DepKind::Redis => {
-            let mut c = bellwether_mirror::resp::Conn::connect(endpoint, FENCE_TIMEOUT)
-                .await
-                .map_err(|e| format!("redis {endpoint}: {e}"))?;
-            for cmd in [
-                &["CONFIG", "SET", "min-replicas-to-write", "0"][..],
-                &["CLIENT", "UNPAUSE"][..],
-            ] {
-                tokio::time::timeout(FENCE_TIMEOUT, c.cmd_ok(cmd))
-                    .await
-                    .map_err(|_| format!("redis {endpoint}: no reply to {}", cmd.join(" ")))?
-                    .map_err(|e| format!("redis {endpoint}: {}: {e}", cmd.join(" ")))?;
-            }
-            Ok(json!({ "method": "min-replicas-to-write 0" }))
-        }
-        other => Err(format!(
-            "unfence is not supported for {} dependencies: set the old primary writable by hand",
-            other.as_str()
-        )),
-    }
+    bellwether_mirror::unfence(kind, endpoint, FENCE_TIMEOUT)
+        .await
+        .map(|r| json!({ "method": r.method }))
+        .map_err(|e| e.to_string())
 }

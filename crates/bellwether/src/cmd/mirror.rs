@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use bellwether_model::mirror::{DepKind, DependencySpec, ModeSetting, ProxyRef, Tier};
 use bellwether_model::text::Escaped;
-use bellwether_server::client::{Client, ClientError};
+use bellwether_server::client::ClientError;
 use bellwether_server::mirror::{DependencyDetail, DependencySummary, FailoverRequest};
 use serde_json::{json, Map, Value};
 
@@ -29,6 +29,7 @@ Examples:
   bellwether mirror failover cache --reason 'primary disk failing'
   bellwether mirror history cache
   bellwether mirror remove cache
+  bellwether mirror drill --kind redis --fault kill
 
 See docs/mirror.md for the concepts (weight, health, replication factor, mode, switchover).")]
 pub struct Args {
@@ -250,9 +251,11 @@ enum Verb {
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
     },
-    // The `drill` verb (a local failover drill on real instances) is helper mirror-engine's:
-    // `Drill(super::mirror_drill::DrillArgs)`, in crates/bellwether/src/cmd/mirror_drill.rs,
-    // dispatched from `run` below without a server client.
+    /// A failover drill on this machine, without a server: a real primary and its mirrors
+    /// behind the proxy, under load, with a fault injected; prints the detection and switch
+    /// times and the acknowledged writes lost (helper mirror-engine's
+    /// crates/bellwether/src/cmd/mirror_drill.rs).
+    Drill(super::mirror_drill::Args),
 }
 
 /// 422 (a value out of range, an unreachable primary) is bad input: exit 2 like a 400.
@@ -333,6 +336,9 @@ fn with_policy(spec: DependencySpec, fields: Map<String, Value>) -> anyhow::Resu
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Verb::Drill(a) = args.verb {
+        return super::mirror_drill::run(a);
+    }
     let rt = runtime()?;
     let client = || args.client.client();
     match args.verb {
@@ -453,6 +459,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Verb::Drill(_) => unreachable!("run above"),
         Verb::Remove { name, output } => {
             let d = rt
                 .block_on(client()?.mirror_remove(&name))

@@ -109,16 +109,18 @@ impl AdminArgs {
 enum ProtocolArg {
     Tcp,
     Postgres,
+    Redis,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum CheckArg {
     Tcp,
     Postgres,
+    Redis,
     None,
 }
 
-/// Parses `NAME=HOST:PORT[,weight=N][,admin=STATE][,password=P]`.
+/// Parses `NAME=HOST:PORT[,weight=N][,admin=STATE][,password=P][,role=ROLE]`.
 fn parse_backend(s: &str) -> Result<RawBackend, String> {
     let mut parts = s.split(',');
     let first = parts.next().unwrap_or_default();
@@ -132,6 +134,7 @@ fn parse_backend(s: &str) -> Result<RawBackend, String> {
         weight: 100,
         admin: AdminState::Ready,
         password: None,
+        role: None,
     };
     for opt in parts {
         match opt.split_once('=') {
@@ -144,9 +147,12 @@ fn parse_backend(s: &str) -> Result<RawBackend, String> {
                 b.admin = a.parse().map_err(|e| format!("--backend `{s}`: {e}"))?
             }
             Some(("password", p)) => b.password = Some(p.to_string()),
+            Some(("role", r)) => {
+                b.role = Some(r.parse().map_err(|e| format!("--backend `{s}`: {e}"))?)
+            }
             _ => {
                 return Err(format!(
-                    "--backend `{s}`: unknown option `{opt}` (weight=, admin=, password=)"
+                    "--backend `{s}`: unknown option `{opt}` (weight=, admin=, password=, role=)"
                 ))
             }
         }
@@ -167,11 +173,13 @@ pub fn build_config(args: &Args) -> anyhow::Result<config::ProxyConfig> {
     let protocol = match args.protocol {
         ProtocolArg::Tcp => Protocol::Tcp,
         ProtocolArg::Postgres => Protocol::Postgres,
+        ProtocolArg::Redis => Protocol::Redis,
     };
     for l in &args.listen {
         raw.listeners.push(RawListener {
             address: l.clone(),
             protocol,
+            mode: Default::default(),
         });
     }
     for b in &args.backend {
@@ -188,10 +196,13 @@ pub fn build_config(args: &Args) -> anyhow::Result<config::ProxyConfig> {
         raw.health.check = match c {
             CheckArg::Tcp => CheckKind::Tcp,
             CheckArg::Postgres => CheckKind::Postgres,
+            CheckArg::Redis => CheckKind::Redis,
             CheckArg::None => CheckKind::None,
         };
     } else if args.config.is_none() && protocol == Protocol::Postgres {
         raw.health.check = CheckKind::Postgres;
+    } else if args.config.is_none() && protocol == Protocol::Redis {
+        raw.health.check = CheckKind::Redis;
     }
     let source = args
         .config
@@ -225,10 +236,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .iter()
             .zip(handle.listen_addrs())
         {
-            let protocol = match l.protocol {
-                Protocol::Tcp => "tcp",
-                Protocol::Postgres => "postgres",
-            };
+            let protocol = l.protocol.as_str();
             let _ = writeln!(out, "listening on {a} ({protocol})");
         }
         if let (Some(url), Some(token)) = (handle.admin_url(), handle.admin_token()) {
