@@ -715,7 +715,7 @@ fn openapi_security_matches_the_rules() {
         if let Some(p) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')) {
             path = format!("/{p}");
         } else if let Some(m) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')) {
-            if ["get", "post", "delete"].contains(&m) {
+            if ["get", "post", "patch", "delete"].contains(&m) {
                 method = m.to_uppercase();
                 declared.insert((method.clone(), path.clone()), None);
             }
