@@ -473,6 +473,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A value as its JSON word (`critical`, `active-passive`).
+fn word<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        _ => "?".into(),
+    }
+}
+
 fn score(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |s| format!("{s:.2}"))
 }
@@ -505,7 +513,19 @@ fn print_list(list: &[DependencySummary]) {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|d| {
-            let mirrors = d.instances.iter().filter(|i| i.id != d.primary).count();
+            // Mirrors that exist now (not failed, retired or a fenced old primary).
+            let mirrors = d
+                .instances
+                .iter()
+                .filter(|i| {
+                    i.role == bellwether_engine::mirror::Role::Mirror
+                        && !matches!(
+                            i.state,
+                            bellwether_engine::mirror::InstanceState::Failed
+                                | bellwether_engine::mirror::InstanceState::Retired
+                        )
+                })
+                .count();
             vec![
                 d.name.clone(),
                 d.kind.as_str().into(),
@@ -577,10 +597,10 @@ fn print_detail(
         println!("{}: {what}.", Escaped(&s.name));
     }
     println!(
-        "{} ({}, tier {:?}), task {}, phase {}{}",
+        "{} ({}, tier {}), task {}, phase {}{}",
         Escaped(&s.name),
         s.kind.as_str(),
-        s.tier,
+        word(&s.tier),
         Escaped(&s.task),
         s.phase,
         s.switching
@@ -598,10 +618,10 @@ fn print_detail(
     );
     let p = &d.spec.policy;
     println!(
-        "  policy: {}..{} mirrors, mode {:?}, switch below {} for {} x {}, failback above {} for {}",
+        "  policy: {}..{} mirrors, mode {}, switch below {} for {} x {}, failback above {} for {}",
         p.min_mirrors,
         p.max_mirrors,
-        p.mode,
+        word(&p.mode),
         p.switch_below,
         p.switch_after,
         p.health_interval,
@@ -615,8 +635,8 @@ fn print_detail(
             vec![
                 i.id.clone(),
                 i.endpoint.clone().unwrap_or_else(|| "-".into()),
-                format!("{:?}", i.role).to_lowercase(),
-                format!("{:?}", i.state).to_lowercase(),
+                word(&i.role),
+                word(&i.state),
                 score(i.health),
                 i.lag_ms.map_or_else(|| "-".into(), |l| format!("{l} ms")),
                 i.sessions.map_or_else(|| "-".into(), |n| n.to_string()),
