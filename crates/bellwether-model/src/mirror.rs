@@ -175,6 +175,22 @@ pub struct DependencySpec {
     pub mirror_cost: f64,
     #[serde(default)]
     pub policy: MirrorPolicy,
+    /// The `bellwether proxy` that carries the dependency's traffic, whose routing a switch
+    /// moves and whose per-backend figures feed the health. `None`: no proxy (a switch
+    /// promotes and fences, and clients must be pointed at the new primary by other means).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyRef>,
+}
+
+/// How the server reaches the proxy of a dependency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyRef {
+    /// The proxy's admin API, `http://HOST:PORT` or `https://HOST:PORT`.
+    pub admin_url: String,
+    /// The name of the server's token file for it (`--proxy-token-file NAME=FILE`); never
+    /// the token itself.
+    pub token: String,
 }
 
 fn default_impact() -> f64 {
@@ -203,6 +219,8 @@ pub enum MirrorSpecError {
     Bounds { min: u32, max: u32 },
     #[error("failback_above {failback} must be above switch_below {switch}: a primary must be healthier to get traffic back than it was when it lost it")]
     Thresholds { switch: f64, failback: f64 },
+    #[error("{field}: {reason}")]
+    Proxy { field: &'static str, reason: String },
     #[error("{field} {value} is outside [{min}, {max}]")]
     Duration {
         field: &'static str,
@@ -320,6 +338,27 @@ impl DependencySpec {
         check_endpoint(&self.primary)?;
         range("impact", self.impact, 0.0, 1.0)?;
         range("mirror_cost", self.mirror_cost, 0.0, 1e6)?;
+        if let Some(p) = &self.proxy {
+            let rest = p
+                .admin_url
+                .strip_prefix("http://")
+                .or_else(|| p.admin_url.strip_prefix("https://"));
+            if !rest.is_some_and(|r| !r.is_empty() && !r.chars().any(char::is_whitespace)) {
+                return Err(MirrorSpecError::Proxy {
+                    field: "proxy.admin_url",
+                    reason: format!("{:?} is not an http:// or https:// URL", p.admin_url),
+                });
+            }
+            let t = &p.token;
+            if t.is_empty() || t.len() > 64 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(MirrorSpecError::Proxy {
+                    field: "proxy.token",
+                    reason: format!(
+                        "{t:?} is not the name of a proxy token file (--proxy-token-file NAME=FILE)"
+                    ),
+                });
+            }
+        }
         self.policy.validate()
     }
 }

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use crate::types::{BaselineRequest, BaselineResponse, FleetDrift, HostDetail, HostSummary};
 
 mod config_calls;
+mod mirror_calls;
 mod rollout_calls;
 pub mod sandbox_calls;
 mod token_calls;

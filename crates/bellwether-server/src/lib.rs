@@ -23,6 +23,7 @@ mod forward;
 pub mod leader;
 mod listener;
 mod metrics;
+pub mod mirror;
 pub mod model_api;
 pub mod patch;
 mod peers;
@@ -286,6 +287,7 @@ impl Server {
             .merge(rollout::routes())
             .merge(patch::routes())
             .merge(config::routes())
+            .merge(mirror::routes())
             // Inside the request counter, so refusals are counted too.
             .route_layer(axum::middleware::from_fn_with_state(
                 auth::AuthState::new(self.state.clone()),

@@ -98,6 +98,11 @@ impl Patches {
     pub fn new(proxy_tokens: BTreeMap<String, PathBuf>) -> Patches {
         Patches { proxy_tokens }
     }
+
+    /// The file of the proxy token named `name` (the mirror kind's proxies use them too).
+    pub(crate) fn proxy_token_file(&self, name: &str) -> Option<PathBuf> {
+        self.proxy_tokens.get(name).cloned()
+    }
 }
 
 /// An engine action the driver waits for.

@@ -502,9 +502,13 @@ impl<T: DurableTask> Runner<T> {
     }
 }
 
-/// Completes once [`Tasks::stop_all`] was called after `generation` was taken.
-async fn stopped(mut generation: watch::Receiver<u64>) {
-    let mine = *generation.borrow_and_update();
+/// Completes once [`Tasks::stop_all`] was called after generation `mine` was read (when the
+/// runner was spawned, not when this is first polled: a stop that comes between the two
+/// must still stop it).
+async fn stopped(mut generation: watch::Receiver<u64>, mine: u64) {
+    if *generation.borrow_and_update() != mine {
+        return;
+    }
     loop {
         if generation.changed().await.is_err() {
             // The registry is gone with the server: nothing will stop this runner but that.
@@ -521,10 +525,11 @@ async fn drive<T: DurableTask>(
     mut run: Runner<T>,
     mut rx: mpsc::UnboundedReceiver<Msg<T>>,
     effects: Vec<T::Effect>,
+    (generation, mine): (watch::Receiver<u64>, u64),
 ) {
     let kind = T::KIND;
     let id = run.task.id().to_string();
-    let stop = stopped(run.state.tasks.generation.subscribe());
+    let stop = stopped(generation, mine);
     tokio::pin!(stop);
     // The leader's term this runner belongs to: it stops the moment the term ends (the lease
     // lost, or a save refused by the store's fence), leaving the task for the next leader.
@@ -585,7 +590,9 @@ pub(crate) fn spawn<T: DurableTask>(
         deferred: Vec::new(),
         tx,
     };
-    tokio::spawn(drive(run, rx, effects))
+    let generation = state.tasks.generation.subscribe();
+    let mine = *generation.borrow();
+    tokio::spawn(drive(run, rx, effects, (generation, mine)))
 }
 
 /// Stores a new task with its first step (taken by the caller: `task` is the state after it)
@@ -650,6 +657,7 @@ pub(crate) fn kinds() -> Vec<Kind> {
         Kind::of::<crate::rollout::RolloutTask>(),
         Kind::of::<crate::patch::PatchTask>(),
         Kind::of::<crate::config::task::ConfigTask>(),
+        Kind::of::<crate::mirror::task::MirrorTask>(),
     ];
     // The runner's own tests drive a counter kind, through the same resume as every kind.
     #[cfg(test)]

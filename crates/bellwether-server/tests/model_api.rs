@@ -571,7 +571,8 @@ fn every_model_and_rollout_route_is_documented_in_api_md_and_openapi_yaml() {
         .iter()
         .chain(bellwether_server::rollout::ROLLOUT_ROUTES)
         .chain(bellwether_server::patch::PATCH_ROUTES)
-        .chain(bellwether_server::config::CONFIG_ROUTES);
+        .chain(bellwether_server::config::CONFIG_ROUTES)
+        .chain(bellwether_server::mirror::MIRROR_ROUTES);
     for (method, path) in routes {
         let heading = format!("### `{method} {path}");
         assert!(

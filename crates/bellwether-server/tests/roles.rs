@@ -170,6 +170,7 @@ fn the_rules_cover_exactly_the_routes_the_server_serves() {
         .chain(bellwether_server::patch::PATCH_ROUTES)
         .chain(bellwether_server::model_api::MODEL_ROUTES)
         .chain(bellwether_server::config::CONFIG_ROUTES)
+        .chain(bellwether_server::mirror::MIRROR_ROUTES)
         .copied()
         .collect();
     let ruled: BTreeSet<(&str, &str)> = RULES.iter().map(|(m, p, _)| (*m, *p)).collect();
@@ -714,7 +715,7 @@ fn openapi_security_matches_the_rules() {
         if let Some(p) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')) {
             path = format!("/{p}");
         } else if let Some(m) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')) {
-            if ["get", "post", "delete"].contains(&m) {
+            if ["get", "post", "patch", "delete"].contains(&m) {
                 method = m.to_uppercase();
                 declared.insert((method.clone(), path.clone()), None);
             }

@@ -1803,6 +1803,7 @@ impl Store {
 // Declared after the macros above, which they use.
 mod config;
 mod lease;
+mod mirror;
 mod outcomes;
 mod tasks;
 pub use config::{
@@ -1810,6 +1811,7 @@ pub use config::{
     MAX_REPORT_KEYS, MAX_SOURCE_LEN,
 };
 pub use lease::{Fence, LeaseGrant, LeaseRecord};
+pub use mirror::{DependencyCreated, DependencyRecord, DependencyRemoved, MIRROR};
 pub use outcomes::{ModelInfo, NewModel, NewOutcome, OutcomeRecord, OutcomeSource};
 pub use tasks::{
     ActionFinish, ActionRecord, BusyHost, EventFilter, NewAction, NewEvent, NewRollout, NewTask,

@@ -454,4 +454,35 @@ CREATE TABLE config_graphs (
 CREATE INDEX events_kind ON events (kind, id)
 "#,
     },
+    Migration {
+        version: 8,
+        name: "mirrored dependencies",
+        // One row per dependency the operator declared (mirroring, the fourth kind): its name,
+        // its `DependencySpec` JSON (with the policy the operator may change), the id of the
+        // long-lived `mirror` task that keeps it mirrored, and when it was created, last
+        // changed and removed. A removed row stays until its task has retired its mirrors and
+        // settled; only then may the name be declared again (which replaces the row).
+        sqlite: r#"
+CREATE TABLE dependencies (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    removed_at_ms INTEGER
+)
+"#,
+        postgres: r#"
+CREATE TABLE dependencies (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL,
+    removed_at_ms BIGINT
+)
+"#,
+    },
 ];

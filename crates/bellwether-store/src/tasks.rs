@@ -320,6 +320,8 @@ macro_rules! insert_step_effects {
         Ok::<(), StoreError>(())
     }};
 }
+// The mirror module creates a task in its dependency's transaction.
+pub(crate) use insert_step_effects;
 
 impl Store {
     /// Appends an event of a kind outside [`crate::EventKind`] (the model and task events,

@@ -59,6 +59,9 @@ enum Command {
     /// Configuration changes on live PostgreSQL: dependency graph, simulator, apply with
     /// predictive revert, snapshots and the change stream.
     Config(cmd::config::Args),
+    /// Dependency mirroring: declare critical dependencies (Redis, PostgreSQL, TCP), keep
+    /// them mirrored by weight and health, switch their traffic when the primary fails.
+    Mirror(cmd::mirror::Args),
     /// Benchmarks whose figures go into BENCHMARKS.md.
     Bench(cmd::bench::Args),
     /// Dependency mirroring drill (temporary top-level name until `bellwether mirror` exists:
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Command::Proxy(a) => cmd::proxy::run(a),
         Command::Patch(a) => cmd::patch::run(a),
         Command::Config(a) => cmd::config::run(a),
+        Command::Mirror(a) => cmd::mirror::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::MirrorDrill(a) => cmd::mirror_drill::run(a),
     };

@@ -9,6 +9,7 @@ pub mod drift;
 pub mod fleet;
 pub mod hosts;
 pub mod judge;
+pub mod mirror;
 pub mod mirror_drill;
 pub mod model;
 pub mod model_server;

@@ -1,0 +1,665 @@
+//! The `mirror` durable task: one per dependency, long-lived, stepping the pure engine
+//! `bellwether_engine::mirror::MirrorEngine`.
+//!
+//! The stored state is the engine (wholly serde) and the driver's few notes beside it. Every
+//! `health_interval` the task reads its dependency's row (a changed policy becomes
+//! `Command::SetPolicy`, a removal `Command::Remove`), probes each instance that has an
+//! endpoint (`bellwether_mirror::probe`) and reads the proxy's per-backend counters, and
+//! feeds the engine one `Input::Observe`. The engine's actions are carried out as:
+//!
+//! - `promote`, `fence`, `unfence`: effects, run by the server itself against the instance
+//!   (`bellwether_mirror::promote`/`fence`/`unfence`);
+//! - `route`: an effect on the dependency's proxy (its admin API: `POST /primary`, the
+//!   readers' admin states, `POST /mode`; a new mirror added with `PUT /backends/{id}`), or, without a proxy,
+//!   answered at once (`routed: false`: clients must be pointed at the new primary by other
+//!   means; the event says so);
+//! - `provision`, `retire`: agent actions on the dependency's host
+//!   ([`agent_action`] says which `ActionSpec` carries them).
+//!
+//! Every answer comes back to the engine as `Input::ActionDone` under the engine's action id
+//! (dispatches use the engine's ids, so the store queues each once). Effects are not durable:
+//! a resumed task issues again what the engine still waits on ([`MirrorTask::pending_effects`]);
+//! each is idempotent (a promote of an instance that already is the primary answers ok).
+//!
+//! The task settles once the engine is `removed` with nothing in flight.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bellwether_engine::mirror::{
+    Action, Check, Command, Input as EngineInput, MirrorEngine, Observation, ObservedRole, Output,
+    Phase, Status,
+};
+use bellwether_model::mirror::{DepKind, ProxyRef};
+use bellwether_model::wire::{ActionOutcome, ActionResult};
+use bellwether_store::{ActionRecord, DependencyRecord, NewEvent, TaskRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::proxy::{self, ProxyPoint};
+
+use crate::error::ApiError;
+use crate::task::{Dispatch, DurableTask, Input, Step};
+use crate::AppState;
+
+pub use bellwether_store::MIRROR;
+
+/// The longest a probe of one instance may take, whatever the health interval.
+const MAX_PROBE: Duration = Duration::from_secs(2);
+/// How long a fence or unfence may take.
+const FENCE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The most immediate answers fed back within one step (a guard against a loop).
+const MAX_IMMEDIATE: usize = 64;
+
+/// The driver's notes beside the engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Driver {
+    pub name: String,
+    pub created_ms: i64,
+    /// The dependency row's `updated_at_ms` last taken in (its policy).
+    pub spec_seen_ms: i64,
+    /// The removal was handed to the engine.
+    pub removal_sent: bool,
+    /// Engine actions carried by agent actions (answered by the agent's result).
+    pub dispatched: BTreeSet<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Persisted {
+    engine: MirrorEngine,
+    driver: Driver,
+}
+
+/// A dependency's mirroring as a durable task.
+#[derive(Clone)]
+pub(crate) struct MirrorTask {
+    pub id: String,
+    pub engine: MirrorEngine,
+    pub driver: Driver,
+}
+
+/// What a tick read.
+pub(crate) struct Observed {
+    at_ms: i64,
+    /// The dependency's row; `None` when it is gone from the store.
+    dependency: Option<DependencyRecord>,
+    /// Per instance id, what its probe saw; `None` for a probe that could not be made.
+    probes: Vec<(String, Option<bellwether_mirror::InstanceStatus>)>,
+    /// The proxy's backends by instance id, when the dependency has a proxy and it answered.
+    proxy: Option<Result<BTreeMap<String, ProxyPoint>, String>>,
+}
+
+/// Something the server does itself after a saved step.
+#[derive(Debug, Clone)]
+pub(crate) struct Effect {
+    kind: DepKind,
+    proxy: Option<ProxyRef>,
+    action: Action,
+}
+
+/// An effect's answer, for the engine.
+#[derive(Debug, Clone)]
+pub(crate) struct EffectDone {
+    action_id: u64,
+    ok: bool,
+    output: Value,
+    error: Option<String>,
+}
+
+/// The agent action that carries a provision or retire (`mirror_provision`,
+/// `mirror_retire` on the dependency's host), or why none can: no host, or a spec the agent
+/// would refuse (a `tcp` dependency has no mirrors Bellwether can make).
+pub(crate) fn agent_action(
+    spec: &bellwether_model::mirror::DependencySpec,
+    action: &Action,
+) -> Result<(String, bellwether_model::ActionSpec), String> {
+    use bellwether_model::ActionSpec;
+    let Some(host) = spec.host.as_deref() else {
+        return Err(format!(
+            "dependency {} names no agent host to {} mirrors on (set `host`)",
+            spec.name,
+            action.kind()
+        ));
+    };
+    let agent_spec = match action {
+        Action::Provision { instance, of, .. } => ActionSpec::MirrorProvision {
+            dependency: spec.name.clone(),
+            kind: spec.kind,
+            primary: of.endpoint.clone(),
+            instance: instance.clone(),
+            port: None,
+            timeout_ms: None,
+        },
+        Action::Retire { instance, .. } => ActionSpec::MirrorRetire {
+            instance: instance.instance.clone(),
+            timeout_ms: None,
+        },
+        other => return Err(format!("{} is not an agent action", other.kind())),
+    };
+    agent_spec
+        .validate()
+        .map_err(|e| format!("the {} action for {host} is refused: {e}", action.kind()))?;
+    Ok((host.to_string(), agent_spec))
+}
+
+pub(crate) fn phase_name(p: Phase) -> String {
+    match serde_json::to_value(p) {
+        Ok(Value::String(s)) => s,
+        _ => format!("{p:?}").to_lowercase(),
+    }
+}
+
+/// The first step of a new dependency's task: what `MirrorEngine::new` returned, with the
+/// answers it needs at once.
+pub(crate) fn first_step(task: &mut MirrorTask, out: Output, now: i64) -> Step<Effect> {
+    let mut step = Step::default();
+    step.events.push(NewEvent {
+        ts_ms: now,
+        kind: "declared".into(),
+        host: None,
+        reason: format!(
+            "Dependency {} ({}, primary {}) is mirrored from now on.",
+            task.driver.name,
+            task.engine.spec().kind.as_str(),
+            task.engine.spec().primary
+        ),
+        figures: json!({ "dependency": task.driver.name, "spec": task.engine.spec() }),
+    });
+    task.take(out, &mut step, now);
+    step
+}
+
+impl MirrorTask {
+    /// A new task for a dependency declared now.
+    pub(crate) fn new(id: String, engine: MirrorEngine, now: i64) -> MirrorTask {
+        MirrorTask {
+            id,
+            driver: Driver {
+                name: engine.spec().name.clone(),
+                created_ms: now,
+                spec_seen_ms: now,
+                removal_sent: false,
+                dispatched: BTreeSet::new(),
+            },
+            engine,
+        }
+    }
+
+    /// Feeds `input` and takes in what the engine answered.
+    fn feed(&mut self, step: &mut Step<Effect>, input: EngineInput, now: i64) {
+        let out = self.engine.step(input, now);
+        self.take(out, step, now);
+    }
+
+    /// Records the engine's events and carries out its actions: agent dispatches, effects,
+    /// or answers given at once (fed back, bounded).
+    fn take(&mut self, out: Output, step: &mut Step<Effect>, now: i64) {
+        let mut queue = vec![out];
+        let mut immediate = 0;
+        while let Some(out) = queue.pop() {
+            self.log(&out, step);
+            for action in out.actions {
+                if let Some(answer) = self.carry(action, step) {
+                    immediate += 1;
+                    if immediate > MAX_IMMEDIATE {
+                        step.events.push(NewEvent {
+                            ts_ms: now,
+                            kind: "driver_loop".into(),
+                            host: None,
+                            reason: "The engine kept asking for actions answered at once; the rest wait for the next interval.".into(),
+                            figures: json!({ "dependency": self.driver.name, "alert": true }),
+                        });
+                        return;
+                    }
+                    queue.push(self.engine.step(answer, now));
+                }
+            }
+        }
+    }
+
+    fn log(&self, out: &Output, step: &mut Step<Effect>) {
+        for e in &out.events {
+            let mut figures = e.figures.clone();
+            if !figures.is_object() {
+                figures = json!({ "value": figures });
+            }
+            if let Value::Object(m) = &mut figures {
+                m.insert("dependency".into(), json!(self.driver.name));
+                if e.alert {
+                    m.insert("alert".into(), json!(true));
+                }
+            }
+            step.events.push(NewEvent {
+                ts_ms: e.at_ms,
+                kind: e.name.clone(),
+                host: None,
+                reason: e.reason.clone(),
+                figures,
+            });
+        }
+    }
+
+    /// Carries out one action; `Some` is its answer, known now.
+    fn carry(&mut self, action: Action, step: &mut Step<Effect>) -> Option<EngineInput> {
+        let spec = self.engine.spec();
+        match &action {
+            Action::Provision { .. } | Action::Retire { .. } => match agent_action(spec, &action) {
+                Ok((host, agent_spec)) => {
+                    self.driver.dispatched.insert(action.id());
+                    step.dispatches.push(Dispatch::new(
+                        action.id(),
+                        &host,
+                        &format!("mirror_{}", action.kind()),
+                        &agent_spec,
+                    ));
+                    None
+                }
+                Err(why) => Some(EngineInput::ActionDone {
+                    action_id: action.id(),
+                    ok: false,
+                    output: json!({ "permanent": true }),
+                    error: Some(why),
+                }),
+            },
+            Action::Route {
+                action_id, primary, ..
+            } if spec.proxy.is_none() => Some(EngineInput::ActionDone {
+                action_id: *action_id,
+                ok: true,
+                output: json!({
+                    "routed": false,
+                    "primary": primary.endpoint,
+                    "reason": "the dependency has no proxy: clients must be pointed at the new primary by other means",
+                }),
+                error: None,
+            }),
+            _ => {
+                step.effects.push(Effect {
+                    kind: spec.kind,
+                    proxy: spec.proxy.clone(),
+                    action,
+                });
+                None
+            }
+        }
+    }
+
+    /// The observations of one tick: the probes, with the proxy's figures of its window.
+    fn observations(&mut self, o: Observed) -> Vec<Observation> {
+        let proxy = match o.proxy {
+            Some(Ok(points)) => Some(points),
+            _ => None,
+        };
+        let mut out = Vec::new();
+        for (id, probe) in o.probes {
+            let Some(p) = probe else { continue };
+            let point = proxy.as_ref().and_then(|m| m.get(&id));
+            out.push(Observation {
+                instance: id.clone(),
+                check: if p.reachable { Check::Ok } else { Check::Down },
+                latency_ms: if p.reachable {
+                    point.and_then(|x| x.latency_ms).or(Some(p.latency_ms))
+                } else {
+                    None
+                },
+                error_rate: point.and_then(|x| x.error_rate),
+                requests_per_s: point.and_then(|x| x.requests_per_s),
+                offset: p.offset,
+                // An instance the proxy does not have holds no session there; without the
+                // proxy's answer, nothing is known.
+                sessions: proxy
+                    .as_ref()
+                    .map(|_| point.and_then(|x| x.sessions).unwrap_or(0)),
+                role: p.role.map(|r| match r {
+                    bellwether_mirror::Role::Primary => ObservedRole::Primary,
+                    bellwether_mirror::Role::Replica => ObservedRole::Replica,
+                }),
+            });
+        }
+        out
+    }
+
+    pub(crate) fn status_of(&self) -> Status {
+        self.engine.status()
+    }
+}
+
+/// A stored mirror task's engine and driver state.
+pub(crate) fn load(rec: &TaskRecord) -> Result<(MirrorEngine, Driver), ApiError> {
+    let p: Persisted = serde_json::from_value(rec.state.clone()).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "stored state of mirror task {} is not readable: {e}",
+                rec.id
+            ),
+        )
+    })?;
+    Ok((p.engine, p.driver))
+}
+
+/// An agent's stored result as the engine's `ActionDone`.
+fn done_input(a: &ActionRecord) -> EngineInput {
+    let r = a.result.as_ref().map(ActionResult::deserialize);
+    let (ok, output, error) = match r {
+        Some(Ok(r)) => {
+            let output = r.output.unwrap_or(Value::Null);
+            match r.outcome {
+                ActionOutcome::Ok => (true, output, None),
+                other => (false, output, Some(format!("{other:?}"))),
+            }
+        }
+        Some(Err(e)) => (
+            false,
+            Value::Null,
+            Some(format!("the stored result could not be read: {e}")),
+        ),
+        None => (false, Value::Null, Some("no result was stored".into())),
+    };
+    EngineInput::ActionDone {
+        action_id: a.action_id,
+        ok,
+        output,
+        error,
+    }
+}
+
+impl DurableTask for MirrorTask {
+    const KIND: &'static str = MIRROR;
+    type Command = Command;
+    type Status = Status;
+    type Observed = Observed;
+    type Effect = Effect;
+    type EffectDone = EffectDone;
+
+    async fn restore(_state: AppState, rec: TaskRecord) -> Result<Self, ApiError> {
+        let (engine, driver) = load(&rec)?;
+        Ok(MirrorTask {
+            id: rec.id,
+            engine,
+            driver,
+        })
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn phase(&self) -> String {
+        phase_name(self.engine.phase())
+    }
+
+    fn is_settled(&self) -> bool {
+        self.engine.phase() == Phase::Removed && self.engine.pending().is_empty()
+    }
+
+    fn persist(&self) -> Value {
+        json!({ "engine": self.engine, "driver": self.driver })
+    }
+
+    fn tick_every(&self) -> Duration {
+        self.engine.spec().policy.health_interval.get()
+    }
+
+    async fn observe(&self, state: &AppState) -> Result<Observed, ApiError> {
+        let dependency = state.store.dependency(&self.driver.name).await?;
+        // The row may carry a newer policy than the engine's: probe with the one in force.
+        let spec = self.engine.spec();
+        let timeout = spec.policy.health_interval.get().min(MAX_PROBE);
+        let kind = spec.kind;
+        let probes = futures_join(self.engine.endpoints().into_iter().map(
+            |(id, endpoint)| async move {
+                let p = bellwether_mirror::probe(kind, &endpoint, timeout)
+                    .await
+                    .ok();
+                (id, p)
+            },
+        ))
+        .await;
+        let proxy = match &spec.proxy {
+            Some(p) => Some(
+                proxy::backends(state, p, &self.engine.endpoints(), timeout)
+                    .await
+                    .map_err(|e| e.to_string()),
+            ),
+            None => None,
+        };
+        Ok(Observed {
+            at_ms: crate::now_ms(),
+            dependency,
+            probes,
+            proxy,
+        })
+    }
+
+    fn step(&mut self, input: Input<Self>, now: i64) -> Step<Effect> {
+        let mut step = Step::default();
+        match input {
+            Input::Tick(observed) => {
+                match &observed.dependency {
+                    Some(dep)
+                        if !dep.is_removed() && dep.updated_at_ms > self.driver.spec_seen_ms =>
+                    {
+                        self.driver.spec_seen_ms = dep.updated_at_ms;
+                        if dep.spec.policy != self.engine.spec().policy {
+                            let policy = dep.spec.policy.clone();
+                            self.feed(
+                                &mut step,
+                                EngineInput::Command(Command::SetPolicy { policy }),
+                                now,
+                            );
+                        }
+                    }
+                    Some(dep) if !dep.is_removed() => {}
+                    // Removed by the operator (or its row is gone): retire and settle.
+                    _ if !self.driver.removal_sent => {
+                        self.driver.removal_sent = true;
+                        self.feed(
+                            &mut step,
+                            EngineInput::Command(Command::Remove {
+                                reason: "the dependency was removed".into(),
+                            }),
+                            now,
+                        );
+                    }
+                    _ => {}
+                }
+                if let Some(Err(e)) = &observed.proxy {
+                    step.events.push(NewEvent {
+                        ts_ms: now,
+                        kind: "proxy_unreachable".into(),
+                        host: None,
+                        reason: format!("The dependency's proxy did not answer: {e}; health is measured by the probes alone this interval."),
+                        figures: json!({ "dependency": self.driver.name, "error": e }),
+                    });
+                }
+                let at_ms = observed.at_ms;
+                let observations = self.observations(observed);
+                self.feed(
+                    &mut step,
+                    EngineInput::Observe {
+                        at_ms,
+                        observations,
+                    },
+                    now,
+                );
+            }
+            Input::Result(a) => {
+                if self.driver.dispatched.remove(&a.action_id) {
+                    let input = done_input(&a);
+                    self.feed(&mut step, input, now);
+                }
+            }
+            Input::Command(c) => {
+                if let Command::Remove { .. } = &c {
+                    self.driver.removal_sent = true;
+                }
+                self.feed(&mut step, EngineInput::Command(c), now);
+            }
+            Input::Effect(d) => self.feed(
+                &mut step,
+                EngineInput::ActionDone {
+                    action_id: d.action_id,
+                    ok: d.ok,
+                    output: d.output,
+                    error: d.error,
+                },
+                now,
+            ),
+            Input::Hold { reason } => step.events.push(NewEvent {
+                ts_ms: now,
+                kind: "held".into(),
+                host: None,
+                reason: format!("The mirror task was held: {reason}; it goes on now."),
+                figures: json!({ "dependency": self.driver.name, "reason": reason }),
+            }),
+        }
+        step
+    }
+
+    fn status(&self) -> Status {
+        self.status_of()
+    }
+
+    fn pending_effects(&self) -> Vec<Effect> {
+        let spec = self.engine.spec();
+        self.engine
+            .pending()
+            .into_iter()
+            .filter(|a| {
+                !matches!(a, Action::Provision { .. } | Action::Retire { .. })
+                    && !self.driver.dispatched.contains(&a.id())
+            })
+            .map(|action| Effect {
+                kind: spec.kind,
+                proxy: spec.proxy.clone(),
+                action,
+            })
+            .collect()
+    }
+
+    async fn run_effect(state: AppState, effect: Effect) -> EffectDone {
+        run(&state, effect).await
+    }
+}
+
+/// Runs futures concurrently and collects their outputs in order.
+async fn futures_join<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn done(action_id: u64, r: Result<Value, String>) -> EffectDone {
+    match r {
+        Ok(output) => EffectDone {
+            action_id,
+            ok: true,
+            output,
+            error: None,
+        },
+        Err(e) => EffectDone {
+            action_id,
+            ok: false,
+            output: Value::Null,
+            error: Some(e),
+        },
+    }
+}
+
+/// Carries out one effect against the instance or the proxy.
+async fn run(state: &AppState, effect: Effect) -> EffectDone {
+    let kind = effect.kind;
+    let id = effect.action.id();
+    match effect.action {
+        Action::Promote {
+            instance,
+            catch_up_to,
+            timeout_ms,
+            ..
+        } => {
+            let r = bellwether_mirror::promote(
+                kind,
+                &instance.endpoint,
+                catch_up_to,
+                Duration::from_millis(timeout_ms),
+            )
+            .await;
+            done(
+                id,
+                match r {
+                    Ok(rep) => Ok(json!({
+                        "offset": rep.reached_offset,
+                        "waited_ms": rep.waited_ms,
+                        "promote_ms": rep.promote_ms,
+                    })),
+                    // A resumed task may promote again what it promoted before it stopped.
+                    Err(bellwether_mirror::MirrorError::WrongRole { actual, .. })
+                        if actual == "primary" =>
+                    {
+                        Ok(json!({ "already_primary": true }))
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+            )
+        }
+        Action::Fence {
+            instance,
+            new_primary,
+            ..
+        } => {
+            let new = new_primary.as_ref().map(|b| b.endpoint.as_str());
+            let r = bellwether_mirror::fence(kind, &instance.endpoint, new, FENCE_TIMEOUT).await;
+            done(
+                id,
+                match r {
+                    Ok(rep) => {
+                        // Its last position, final now that it takes no writes.
+                        let offset = bellwether_mirror::probe(kind, &instance.endpoint, MAX_PROBE)
+                            .await
+                            .ok()
+                            .and_then(|p| p.offset);
+                        Ok(json!({
+                            "method": rep.method,
+                            "offset": offset,
+                            "mirror": new.is_some() && kind == DepKind::Redis,
+                        }))
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+            )
+        }
+        Action::Unfence { instance, .. } => done(id, unfence(kind, &instance.endpoint).await),
+        Action::Route {
+            primary, readers, ..
+        } => {
+            let r = match &effect.proxy {
+                Some(p) => proxy::route(state, p, &primary, &readers).await,
+                None => Ok(json!({ "routed": false })),
+            };
+            done(id, r)
+        }
+        // Agent actions never become effects.
+        Action::Provision { .. } | Action::Retire { .. } => done(
+            id,
+            Err("a provision or retire is an agent action, not the server's".into()),
+        ),
+    }
+}
+
+/// Undoes a fence: the old primary takes writes again (`bellwether_mirror::unfence`).
+async fn unfence(kind: DepKind, endpoint: &str) -> Result<Value, String> {
+    bellwether_mirror::unfence(kind, endpoint, FENCE_TIMEOUT)
+        .await
+        .map(|r| json!({ "method": r.method }))
+        .map_err(|e| e.to_string())
+}
