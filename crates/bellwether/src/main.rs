@@ -64,10 +64,6 @@ enum Command {
     Mirror(cmd::mirror::Args),
     /// Benchmarks whose figures go into BENCHMARKS.md.
     Bench(cmd::bench::Args),
-    /// Dependency mirroring drill (temporary top-level name until `bellwether mirror` exists:
-    /// `bellwether mirror-drill` = `bellwether mirror drill`).
-    #[command(name = "mirror-drill")]
-    MirrorDrill(cmd::mirror_drill::Args),
 }
 
 fn main() -> ExitCode {
@@ -99,7 +95,6 @@ fn main() -> ExitCode {
         Command::Config(a) => cmd::config::run(a),
         Command::Mirror(a) => cmd::mirror::run(a),
         Command::Bench(a) => cmd::bench::run(a),
-        Command::MirrorDrill(a) => cmd::mirror_drill::run(a),
     };
     match result {
         Ok(code) => code,

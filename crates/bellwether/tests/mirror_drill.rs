@@ -1,4 +1,4 @@
-//! `bellwether mirror-drill` end to end on real servers: a real primary (redis-server, or a
+//! `bellwether mirror drill` end to end on real servers: a real primary (redis-server, or a
 //! PostgreSQL cluster from `/usr/lib/postgresql/*/bin`), two mirrors made by the local process
 //! driver, the proxy, load through it, and a fault. The timing bounds here are loose (a shared
 //! two-core machine runs other builds); the figures for the benchmark come from the same
@@ -14,7 +14,7 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn drill(kind: &str, fault: &str, seconds: &str) -> Value {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let out = Command::new(env!("CARGO_BIN_EXE_bellwether"))
-        .args(["mirror-drill", "--kind", kind, "--fault", fault])
+        .args(["mirror", "drill", "--kind", kind, "--fault", fault])
         .args(["--listen", "127.0.0.1:0", "--seconds", seconds])
         .args(["--output", "json"])
         .output()
