@@ -184,6 +184,9 @@ pub struct Pool {
     pub rejected: AtomicU64,
     /// Serialises the smooth weighted round-robin and role changes.
     pick_lock: Mutex<()>,
+    /// The last backend that was primary, kept when the primary is cleared (a hold), so the
+    /// next [`Pool::set_primary`] can fence it.
+    last_primary: Mutex<Option<String>>,
 }
 
 /// Which backends a pick may choose.
@@ -204,6 +207,7 @@ impl Pool {
             generation,
             rejected: AtomicU64::new(0),
             pick_lock: Mutex::new(()),
+            last_primary: Mutex::new(None),
         };
         for b in backends {
             // Names are unique after validation.
@@ -278,7 +282,8 @@ impl Pool {
     }
 
     /// Makes `name` the primary (or, with `None`, leaves no primary: Redis commands wait for
-    /// one, bounded by `primary_wait`), in one step: the previous primary becomes a replica,
+    /// one, bounded by `primary_wait`), in one step: the previous primary (the current one,
+    /// or after a `None` the one before it) becomes a replica,
     /// and with `fence` its admin state becomes `maintenance` (its sessions leave at their
     /// next boundary; the caller closes what is left). The new primary's admin state becomes
     /// `ready`. Every other backend without a role becomes a replica.
@@ -289,9 +294,14 @@ impl Pool {
         };
         let _g = self.pick_lock.lock().unwrap_or_else(|p| p.into_inner());
         let list = self.list();
+        let mut last = self.last_primary.lock().unwrap_or_else(|p| p.into_inner());
         let previous = list
             .iter()
             .find(|b| b.role() == Some(Role::Primary))
+            .or_else(|| {
+                list.iter()
+                    .find(|b| last.as_deref() == Some(b.name.as_str()))
+            })
             .cloned();
         let same = matches!((&previous, &new), (Some(p), Some(n)) if p.name == n.name);
         let mut fenced = false;
@@ -301,13 +311,16 @@ impl Pool {
                 s.role = Some(Role::Primary);
                 s.admin = AdminState::Ready;
             } else {
-                if s.role == Some(Role::Primary) && fence && !same {
+                let was_previous = previous.as_ref().is_some_and(|p| p.name == b.name);
+                if was_previous && fence && !same {
                     s.admin = AdminState::Maintenance;
                     fenced = true;
                 }
                 s.role = Some(Role::Replica);
             }
         }
+        *last = new.as_ref().or(previous.as_ref()).map(|b| b.name.clone());
+        drop(last);
         drop(_g);
         let change = PrimaryChange {
             primary: new.map(|n| n.name.clone()),

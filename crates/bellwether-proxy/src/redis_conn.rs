@@ -317,6 +317,10 @@ impl Session {
                 Ok(w) => w,
                 Err(e) => return e,
             };
+            // The proxy's own answers that dispatch put at the front go out now.
+            if let Err(e) = self.flush_synthetic().await {
+                return e;
+            }
             let server_pending = self.has_server_pending();
             self.set_busy(server_pending || self.multi || self.watch || self.stream);
             if self.queued.is_empty() && self.pending.is_empty() {
