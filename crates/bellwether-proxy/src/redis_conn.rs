@@ -748,6 +748,13 @@ impl Session {
         if out.is_empty() {
             return Ok(());
         }
+        let n = out.len() as u64;
+        self.conns[i]
+            .backend
+            .metrics
+            .bytes_to_backend
+            .fetch_add(n, Relaxed);
+        self.entry.bytes_to_backend.fetch_add(n, Relaxed);
         let r = self.conns[i].wr.write_all(out).await;
         out.clear();
         if r.is_err() {
