@@ -626,6 +626,70 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn roles_route_to_the_primary_and_switch_atomically() {
+        let role = |name: &str, r: Role| RawBackend {
+            role: Some(r),
+            ..raw(name, 1)
+        };
+        let pool = Pool::new(
+            &[
+                role("a", Role::Primary),
+                role("b", Role::Replica),
+                raw("c", 100),
+            ],
+            EjectionConfig::default(),
+        );
+        assert!(pool.has_roles());
+        // Writers: the primary only, whatever the weights; replicas by weight.
+        assert!((0..5).all(|_| pool.pick(&[]).unwrap().name == "a"));
+        assert!((0..5).all(|_| pool.pick_for(Target::Replica, &[]).unwrap().name == "b"));
+        let (a, b, c) = (
+            pool.get("a").unwrap(),
+            pool.get("b").unwrap(),
+            pool.get("c").unwrap(),
+        );
+        let now = Instant::now();
+        assert!(!pool.should_move(&a, now));
+        assert!(pool.should_move(&b, now) && pool.should_move(&c, now));
+        // A second primary cannot be added.
+        assert!(matches!(
+            pool.add(&role("d", Role::Primary)),
+            Err(PoolError::TwoPrimaries(_))
+        ));
+        // Hold: no primary; nothing to write to.
+        let hold = pool.set_primary(None, false).unwrap();
+        assert_eq!(hold.previous.as_deref(), Some("a"));
+        assert!(pool.pick(&[]).is_none());
+        assert!(pool.should_move(&a, now));
+        // Route to b and fence the primary of before the hold.
+        let routed = pool.set_primary(Some("b"), true).unwrap();
+        assert_eq!(
+            routed,
+            PrimaryChange {
+                primary: Some("b".into()),
+                previous: Some("a".into()),
+                fenced: true
+            }
+        );
+        assert_eq!(a.admin(), AdminState::Maintenance);
+        assert_eq!(a.role(), Some(Role::Replica));
+        assert_eq!(c.role(), Some(Role::Replica));
+        assert_eq!(pool.primary().unwrap().name, "b");
+        assert!(!pool.should_move(&b, now));
+        // A primary that is down is not picked: writes wait rather than go elsewhere.
+        for _ in 0..3 {
+            pool.record_check(&b, Err("down".into()), 2, 3);
+        }
+        assert!(pool.pick(&[]).is_none());
+        assert!(pool.set_primary(Some("zz"), false).is_err());
+        assert_eq!(
+            pool.primary().unwrap().name,
+            "b",
+            "a refused change changes nothing"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn ejection_grows_and_respects_the_share() {
         let ej = EjectionConfig {
             consecutive_errors: 1,
