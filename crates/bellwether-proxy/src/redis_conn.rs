@@ -387,6 +387,7 @@ impl Session {
                 self.cbuf.reserve(self.shared.config.buffer_size);
             }
             let kill = self.entry.kill.clone();
+            let entry = self.entry.clone();
             tokio::select! {
                 r = self.cin.read_buf(&mut self.cbuf), if can_read_client => {
                     match r {
@@ -422,6 +423,15 @@ impl Session {
                 }
                 _ = kill.cancelled() => {
                     return End::Close("closed by the proxy");
+                }
+                _ = entry.abandon.notified() => {
+                    // A switch waited long enough for this session's server to answer.
+                    if let Some(i) = self.reading_from() {
+                        tracing::info!(backend = %self.conns[i].backend.name, "Giving up the commands outstanding on the previous primary.");
+                        if let Err(e) = self.lost(i) {
+                            return e;
+                        }
+                    }
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or(far)), if wake.is_some() => {
                     let now = Instant::now();
@@ -689,7 +699,9 @@ impl Session {
             self.queued_bytes -= q.bytes.len();
             out.extend_from_slice(&q.bytes);
             let backend = self.conns[idx].backend.clone();
-            self.pending_on = Some(backend.name.clone());
+            if self.pending_on.as_deref() != Some(backend.name.as_str()) {
+                self.pending_on = Some(backend.name.clone());
+            }
             backend.metrics.in_flight.fetch_add(1, Relaxed);
             match q.kind {
                 Kind::Multi => {

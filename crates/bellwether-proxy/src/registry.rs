@@ -33,6 +33,9 @@ pub struct ConnEntry {
     pub cancel: Mutex<Option<CancelRoute>>,
     /// Cancelled to close the connection now (maintenance, drain timeout, shutdown).
     pub kill: CancellationToken,
+    /// Tells a Redis session to give up the commands outstanding on its server (a switch
+    /// that waited long enough): reads are re-sent elsewhere, the others answered "lost".
+    pub abandon: tokio::sync::Notify,
 }
 
 /// A connection as the admin API shows it.
@@ -92,6 +95,7 @@ impl Registry {
             rehomes: AtomicU64::new(0),
             cancel: Mutex::new(None),
             kill: CancellationToken::new(),
+            abandon: tokio::sync::Notify::new(),
         });
         self.lock().insert(id, e.clone());
         e

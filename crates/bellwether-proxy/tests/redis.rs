@@ -17,6 +17,8 @@ use bellwether_proxy::redis::{encode_command, parse_value, Value};
 use bellwether_proxy::ProxyHandle;
 use support::{admin_http, Redis};
 
+const LOST: &str = "ERR bellwether: backend lost mid-request; not applied or unknown";
+
 /// A blocking RESP2 client.
 struct Client {
     s: TcpStream,
@@ -408,6 +410,49 @@ fn sigkill_primary_retries_reads_in_flight_and_fails_the_write_clearly() {
     assert_eq!(a["metrics"]["lost_in_flight"], 1, "{a}");
 }
 
+/// The primary freezes (SIGSTOP) with commands in flight: the switch waits `wait`, then the
+/// sessions give them up: the reads are answered by the new primary, the write is answered
+/// "not applied or unknown", and the session goes on.
+#[test]
+fn a_frozen_primary_is_given_up_after_the_wait() {
+    let st = Setup::new(RedisMode::ActivePassive, |_| {});
+    let mut c = Client::connect(st.listen());
+    assert!(ok(&c.cmd(&["SET", "k", "v"])));
+    caught_up(&st.a, &st.b);
+    st.a.signal("STOP");
+    c.send(&["GET", "k"]);
+    c.send(&["INCR", "n"]);
+    let t = Instant::now();
+    while st.backend_view("a")["metrics"]["in_flight"] != 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "commands never reached the primary"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(ok(&Client::to(&st.b.addr()).cmd(&[
+        "REPLICAOF",
+        "NO",
+        "ONE"
+    ])));
+    let (s, v) = st.admin(
+        "POST",
+        "/primary",
+        r#"{"backend": "b", "fence": true, "wait": "300ms"}"#,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["previous_sessions"]["busy_at_start"], 1, "{v}");
+    assert_eq!(v["previous_sessions"]["forced"], 1, "{v}");
+    assert_eq!(bulk(&c.read().unwrap()).as_deref(), Some("v"));
+    assert_eq!(c.read(), Some(Value::Error(LOST.into())));
+    assert_eq!(
+        c.cmd(&["INCR", "n"]),
+        Value::Int(1),
+        "the session goes on, on b"
+    );
+    st.a.signal("CONT");
+}
+
 /// A session inside MULTI at a switch: it finishes on the old primary if it can (the hold
 /// waits for it), and is closed, never EXECed, if it does not finish in time.
 #[test]
@@ -433,6 +478,9 @@ fn multi_finishes_before_the_switch_or_closes_gracefully() {
         assert!(t.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(5));
     }
+    // The hold does not return while the transaction is open (a negative: give it time).
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!hold.is_finished(), "the hold returned with a MULTI open");
     let Value::Array(Some(r)) = c.cmd(&["EXEC"]) else {
         panic!("EXEC")
     };
