@@ -249,7 +249,7 @@ impl Session {
             // or this session sees the new pool.
             std::sync::atomic::fence(SeqCst);
         } else {
-            self.shared.registry.touch();
+            self.shared.registry.touch_if_watched();
         }
     }
 

@@ -69,6 +69,20 @@ pub struct Registry {
     conns: Mutex<HashMap<u64, Arc<ConnEntry>>>,
     /// Signalled whenever a connection leaves, so drains can wait for an empty backend.
     pub changed: tokio::sync::Notify,
+    /// Switches waiting for busy sessions to become idle; sessions signal `changed` on
+    /// becoming idle only while there is one.
+    watchers: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a waiter for idle sessions while it lives.
+pub struct Watching<'a>(&'a Registry);
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.0
+            .watchers
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Registry {
@@ -113,6 +127,21 @@ impl Registry {
     /// Tells waiters that a connection changed backend or closed.
     pub fn touch(&self) {
         self.changed.notify_waiters();
+    }
+
+    /// Registers a waiter for sessions becoming idle (see [`Registry::touch_if_watched`]).
+    pub fn watch(&self) -> Watching<'_> {
+        self.watchers
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Watching(self)
+    }
+
+    /// Tells waiters that a session became idle, if any waits: a session becomes idle after
+    /// every reply, and most of the time nobody is waiting.
+    pub fn touch_if_watched(&self) {
+        if self.watchers.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.touch();
+        }
     }
 
     pub fn len(&self) -> usize {
