@@ -698,3 +698,50 @@ fn the_redis_check_confirms_the_primary() {
     drop(proxy);
     drop(rt);
 }
+
+/// A blocking command on the old primary at a switch: it has `switch_grace` to be answered;
+/// then it is answered with an error that says to retry, and the connection closes.
+#[test]
+fn a_blocked_command_ends_with_a_clear_error_after_the_grace() {
+    let st = Setup::new(RedisMode::ActivePassive, |raw| {
+        raw.switch_grace = Dur(Duration::from_millis(300));
+    });
+    let mut c = Client::connect(st.listen());
+    c.send(&["BLPOP", "queue", "0"]);
+    let t = Instant::now();
+    while st.backend_view("a")["metrics"]["in_flight"] != 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "BLPOP never reached the primary"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(ok(&Client::to(&st.b.addr()).cmd(&[
+        "REPLICAOF",
+        "NO",
+        "ONE"
+    ])));
+    let (s, v) = st.admin("POST", "/primary", r#"{"backend": "b", "wait": "0"}"#);
+    assert_eq!(s, 200, "{v}");
+    let t = Instant::now();
+    assert_eq!(
+        c.read(),
+        Some(Value::Error(
+            "ERR bellwether: the primary changed during a blocking command; retry it".into()
+        ))
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(c.read(), None);
+    // A new connection blocks on the new primary and is served there.
+    let mut c = Client::connect(st.listen());
+    c.send(&["BLPOP", "queue", "5"]);
+    Client::to(&st.b.addr()).cmd(&["RPUSH", "queue", "x"]);
+    let Value::Array(Some(v)) = c.read().unwrap() else {
+        panic!("BLPOP")
+    };
+    assert_eq!(bulk(&v[1]).as_deref(), Some("x"));
+}
