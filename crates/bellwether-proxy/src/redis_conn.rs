@@ -321,6 +321,9 @@ impl Session {
             if let Err(e) = self.flush_synthetic().await {
                 return e;
             }
+            if waiting == Waiting::Again {
+                continue;
+            }
             let server_pending = self.has_server_pending();
             self.set_busy(server_pending || self.multi || self.watch || self.stream);
             if self.queued.is_empty() && self.pending.is_empty() {
@@ -660,7 +663,9 @@ impl Session {
             }
             let kind = q.kind;
             let Some(target) = self.target(kind) else {
-                self.send(&mut out, to).await?;
+                if self.send(&mut out, to).await? {
+                    return Ok(Waiting::Again);
+                }
                 return Ok(if self.retry_at.is_some() {
                     Waiting::Retry
                 } else {
@@ -669,13 +674,17 @@ impl Session {
             };
             // One server at a time: replies come back in order.
             if self.has_server_pending() && self.pending_on.as_deref() != Some(&target.name) {
-                self.send(&mut out, to).await?;
+                if self.send(&mut out, to).await? {
+                    return Ok(Waiting::Again);
+                }
                 return Ok(Waiting::Replies);
             }
             let idx = match self.conn_index(&target.name) {
                 Some(i) => i,
                 None => {
-                    self.send(&mut out, to).await?;
+                    if self.send(&mut out, to).await? {
+                        return Ok(Waiting::Again);
+                    }
                     to = None;
                     match self.open(&target).await {
                         Ok(i) => i,
@@ -691,8 +700,8 @@ impl Session {
                     }
                 }
             };
-            if to.is_some_and(|t| t != idx) {
-                self.send(&mut out, to).await?;
+            if to.is_some_and(|t| t != idx) && self.send(&mut out, to).await? {
+                return Ok(Waiting::Again);
             }
             to = Some(idx);
             let q = self.queued.pop_front().expect("front checked");
@@ -747,18 +756,21 @@ impl Session {
                 }
             }
         }
-        self.send(&mut out, to).await?;
+        if self.send(&mut out, to).await? {
+            return Ok(Waiting::Again);
+        }
         Ok(Waiting::Nothing)
     }
 
-    /// Writes the batch to its connection; a failed write is a lost server.
-    async fn send(&mut self, out: &mut Vec<u8>, to: Option<usize>) -> Result<(), End> {
+    /// Writes the batch to its connection; a failed write is a lost server (then true: the
+    /// connections and the queue changed, dispatch starts over).
+    async fn send(&mut self, out: &mut Vec<u8>, to: Option<usize>) -> Result<bool, End> {
         let Some(i) = to else {
             out.clear();
-            return Ok(());
+            return Ok(false);
         };
         if out.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let n = out.len() as u64;
         self.conns[i]
@@ -771,8 +783,9 @@ impl Session {
         out.clear();
         if r.is_err() {
             self.lost(i)?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Opens a connection to `b` and replays the session's state there.
@@ -1020,4 +1033,6 @@ enum Waiting {
     ForServer,
     /// The chosen server refused a connection: try again shortly.
     Retry,
+    /// A server was lost while sending: dispatch again at once.
+    Again,
 }
