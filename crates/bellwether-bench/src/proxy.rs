@@ -1,5 +1,6 @@
 //! `bellwether bench proxy`: pgbench and redis-benchmark direct, through Bellwether's proxy
-//! (plain TCP and PostgreSQL-aware) and through HAProxy in TCP mode, side by side in one run.
+//! (plain TCP, PostgreSQL-aware and Redis-aware) and through HAProxy in TCP mode, side by side
+//! in one run.
 
 use bellwether_proxy::config::{
     AdminState, CheckKind, HostPort, Protocol, RawBackend, RawConfig, RawListener,
@@ -529,8 +530,11 @@ pub fn run(args: &Options) -> Result<Verdict> {
         };
         pg_proxies.push((suffix.clone(), rt.block_on(ProxyHandle::start(cfg))?));
         if let Some((port, _)) = &redis {
-            let mut cfg =
-                RawConfig::new(vec![listener(Protocol::Tcp)], vec![backend("redis", *port)]);
+            // A plain TCP listener and a Redis-aware one (RESP parsing, request/reply pairing).
+            let mut cfg = RawConfig::new(
+                vec![listener(Protocol::Tcp), listener(Protocol::Redis)],
+                vec![backend("redis", *port)],
+            );
             cfg.workers = *w;
             redis_proxies.push((
                 suffix,
@@ -598,6 +602,11 @@ pub fn run(args: &Options) -> Result<Verdict> {
             targets.push(target(
                 format!("bellwether tcp{suffix}"),
                 p.listen_addrs()[0].port(),
+                CpuOf::This,
+            ));
+            targets.push(target(
+                format!("bellwether redis{suffix}"),
+                p.listen_addrs()[1].port(),
                 CpuOf::This,
             ));
         }

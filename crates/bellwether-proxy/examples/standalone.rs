@@ -1,5 +1,5 @@
 //! A proxy from the library alone, for profiling the data plane without the CLI:
-//! `standalone LISTEN tcp|postgres BACKEND_HOST:PORT WORKERS`.
+//! `standalone LISTEN tcp|postgres|redis BACKEND_HOST:PORT WORKERS`.
 
 use bellwether_proxy::config::{
     AdminState, CheckKind, HostPort, Protocol, RawBackend, RawConfig, RawListener,
@@ -9,13 +9,13 @@ use bellwether_proxy::ProxyHandle;
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     if a.len() != 5 {
-        eprintln!("usage: standalone LISTEN tcp|postgres BACKEND_HOST:PORT WORKERS");
+        eprintln!("usage: standalone LISTEN tcp|postgres|redis BACKEND_HOST:PORT WORKERS");
         std::process::exit(2);
     }
-    let protocol = if a[2] == "postgres" {
-        Protocol::Postgres
-    } else {
-        Protocol::Tcp
+    let protocol = match a[2].as_str() {
+        "postgres" => Protocol::Postgres,
+        "redis" => Protocol::Redis,
+        _ => Protocol::Tcp,
     };
     let mut cfg = RawConfig::new(
         vec![RawListener {

@@ -779,6 +779,25 @@ mod tests {
     }
 
     #[test]
+    fn roles_and_redis_options() {
+        let text = "listeners:\n  - {address: '127.0.0.1:1', protocol: redis, mode: active-active}\nbackends:\n  - {name: a, address: 'h:1', role: primary}\n  - {name: b, address: 'h:2', role: replica}\nhealth: {check: redis}\nprimary_wait: 2s\nswitch_grace: 1s\n";
+        let c = parse_config("p.yaml", text).unwrap();
+        assert_eq!(c.listeners[0].protocol, Protocol::Redis);
+        assert_eq!(c.listeners[0].mode, RedisMode::ActiveActive);
+        assert_eq!(c.backends[0].role, Some(Role::Primary));
+        assert_eq!(c.health.check, CheckKind::Redis);
+        assert_eq!(c.primary_wait, Duration::from_secs(2));
+        let two = text.replace("role: replica", "role: primary");
+        assert_eq!(
+            parse_config("p.yaml", &two).unwrap_err().to_string(),
+            "p.yaml: backends[1].role: only one backend may be primary (a, b are)"
+        );
+        let bad = text.replace("role: replica", "role: leader");
+        let err = parse_config("p.yaml", &bad).unwrap_err().to_string();
+        assert!(err.contains("line 5") && err.contains("leader"), "{err}");
+    }
+
+    #[test]
     fn durations_follow_the_shared_grammar() {
         let text = "listeners:\n  - address: 127.0.0.1:1\nbackends:\n  - {name: a, address: 'h:1'}\nhealth: {interval: 1m30s, timeout: 7x}\n";
         let err = parse_config("p.yaml", text).unwrap_err().to_string();

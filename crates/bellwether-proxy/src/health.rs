@@ -17,9 +17,7 @@ use crate::{pg, redis};
 
 /// Runs one check against an address.
 pub async fn check(kind: CheckKind, address: &str, cfg: &HealthConfig) -> Result<(), String> {
-    check_backend(kind, address, None, None, cfg)
-        .await
-        .map(|_| ())
+    check_backend(kind, address, None, None, cfg).await.1
 }
 
 /// Sends one command and reads its whole reply.
@@ -59,7 +57,8 @@ async fn check_redis(
     s: &mut TcpStream,
     password: Option<&str>,
     role: Option<Role>,
-) -> Result<Observed, String> {
+    observed_out: &mut Option<Observed>,
+) -> Result<(), String> {
     let mut buf = Vec::new();
     if let Some(p) = password {
         if let redis::Value::Error(e) = redis_call(s, &mut buf, &["AUTH", p]).await? {
@@ -87,32 +86,34 @@ async fn check_redis(
         other => return Err(format!("ROLE answered {other:?}")),
     };
     let _ = s.write_all(&redis::encode_command(&["QUIT"])).await;
-    if role == Some(Role::Primary) && observed.role != "master" {
-        return Err(format!(
-            "meant to be primary, but ROLE says `{}`",
-            observed.role
-        ));
+    let is_master = observed.role == "master";
+    let said = observed.role.clone();
+    *observed_out = Some(observed);
+    if role == Some(Role::Primary) && !is_master {
+        return Err(format!("meant to be primary, but ROLE says `{said}`"));
     }
-    Ok(observed)
+    Ok(())
 }
 
-/// Runs one check against a backend: what the Redis check observed, if it ran.
+/// Runs one check against a backend: what the Redis check read from `ROLE` (even when the
+/// check fails for it), and the verdict.
 pub async fn check_backend(
     kind: CheckKind,
     address: &str,
     password: Option<&str>,
     role: Option<Role>,
     cfg: &HealthConfig,
-) -> Result<Option<Observed>, String> {
+) -> (Option<Observed>, Result<(), String>) {
+    let mut observed = None;
     let work = async {
         let mut s = TcpStream::connect(address)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         if kind == CheckKind::Redis {
-            return check_redis(&mut s, password, role).await.map(Some);
+            return check_redis(&mut s, password, role, &mut observed).await;
         }
         if kind != CheckKind::Postgres {
-            return Ok(None);
+            return Ok(());
         }
         let params = vec![
             ("user".to_string(), cfg.user.clone()),
@@ -138,7 +139,7 @@ pub async fn check_backend(
             .map_err(|e| format!("short answer: {e}"))?;
         let _ = s.write_all(&pg::encode_message(b'X', &[])).await;
         match tag {
-            b'R' | b'Z' | b'S' | b'K' | b'N' => Ok(None),
+            b'R' | b'Z' | b'S' | b'K' | b'N' => Ok(()),
             b'E' => {
                 // Authentication or database errors show a live server; "starting up",
                 // "shutting down" and "too many connections" do not take sessions.
@@ -149,7 +150,7 @@ pub async fn check_backend(
                         pg::error_field(&body, b'M').unwrap_or_default()
                     ))
                 } else {
-                    Ok(None)
+                    Ok(())
                 }
             }
             t => Err(format!(
@@ -158,9 +159,11 @@ pub async fn check_backend(
             )),
         }
     };
-    timeout(cfg.timeout.0, work)
+    let r = timeout(cfg.timeout.0, work)
         .await
-        .map_err(|_| format!("no answer within {:?}", cfg.timeout.0))?
+        .map_err(|_| format!("no answer within {:?}", cfg.timeout.0))
+        .and_then(|r| r);
+    (observed, r)
 }
 
 /// Checks every backend once per interval until `stop`.
@@ -188,12 +191,10 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 (b, r)
             });
         }
-        while let Some(Ok((b, r))) = set.join_next().await {
-            let r = r.map(|observed| {
-                if observed.is_some() {
-                    shared.pool.record_observed(&b, observed);
-                }
-            });
+        while let Some(Ok((b, (observed, r)))) = set.join_next().await {
+            if cfg.check == CheckKind::Redis {
+                shared.pool.record_observed(&b, observed);
+            }
             shared.pool.record_check(&b, r, cfg.rise, cfg.fall);
         }
     }

@@ -369,7 +369,9 @@ pub struct IdleOutcome {
     /// Sessions busy there when the wait began: a Redis reply outstanding, MULTI or WATCH, a
     /// blocking command, subscriber mode; a PostgreSQL transaction.
     pub busy_at_start: usize,
-    /// Sessions still busy at the timeout, closed by force.
+    /// Sessions still busy at the timeout: closed, or for Redis sessions not bound by MULTI,
+    /// WATCH or subscriber mode, cut loose from the server (reads re-sent, other commands
+    /// answered "backend lost").
     pub forced: usize,
     /// Idle sessions still registered there (they move when a primary is available).
     pub idle_left: usize,
@@ -389,13 +391,14 @@ fn busy_on(shared: &Shared, backend: &str) -> Vec<Arc<registry::ConnEntry>> {
 /// still are. Sessions set themselves busy before they look where to send a request, so once
 /// this returns no request reaches `backend` through the proxy unless the pool points there.
 pub(crate) async fn wait_idle(shared: &Shared, backend: &str, limit: Duration) -> IdleOutcome {
+    let _watching = shared.registry.watch();
     // Pairs with the fence a session passes between marking itself busy and reading the pool.
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     let started = Instant::now();
     let deadline = started + limit;
     let busy_at_start = busy_on(shared, backend).len();
     let mut forced = 0;
-    loop {
+    while !limit.is_zero() {
         let notified = shared.registry.changed.notified();
         if busy_on(shared, backend).is_empty() {
             break;
@@ -411,7 +414,13 @@ pub(crate) async fn wait_idle(shared: &Shared, backend: &str, limit: Duration) -
                 );
             }
             for e in &left {
-                e.kill.cancel();
+                // A Redis session gives up what is outstanding there (reads re-sent to the
+                // new primary, writes answered "lost"); others are closed.
+                if e.protocol == "redis" {
+                    e.abandon.notify_one();
+                } else {
+                    e.kill.cancel();
+                }
             }
             while !busy_on(shared, backend).is_empty() {
                 let n = shared.registry.changed.notified();

@@ -184,6 +184,9 @@ pub struct Pool {
     pub rejected: AtomicU64,
     /// Serialises the smooth weighted round-robin and role changes.
     pick_lock: Mutex<()>,
+    /// The last backend that was primary, kept when the primary is cleared (a hold), so the
+    /// next [`Pool::set_primary`] can fence it.
+    last_primary: Mutex<Option<String>>,
 }
 
 /// Which backends a pick may choose.
@@ -204,6 +207,7 @@ impl Pool {
             generation,
             rejected: AtomicU64::new(0),
             pick_lock: Mutex::new(()),
+            last_primary: Mutex::new(None),
         };
         for b in backends {
             // Names are unique after validation.
@@ -278,7 +282,8 @@ impl Pool {
     }
 
     /// Makes `name` the primary (or, with `None`, leaves no primary: Redis commands wait for
-    /// one, bounded by `primary_wait`), in one step: the previous primary becomes a replica,
+    /// one, bounded by `primary_wait`), in one step: the previous primary (the current one,
+    /// or after a `None` the one before it) becomes a replica,
     /// and with `fence` its admin state becomes `maintenance` (its sessions leave at their
     /// next boundary; the caller closes what is left). The new primary's admin state becomes
     /// `ready`. Every other backend without a role becomes a replica.
@@ -289,9 +294,14 @@ impl Pool {
         };
         let _g = self.pick_lock.lock().unwrap_or_else(|p| p.into_inner());
         let list = self.list();
+        let mut last = self.last_primary.lock().unwrap_or_else(|p| p.into_inner());
         let previous = list
             .iter()
             .find(|b| b.role() == Some(Role::Primary))
+            .or_else(|| {
+                list.iter()
+                    .find(|b| last.as_deref() == Some(b.name.as_str()))
+            })
             .cloned();
         let same = matches!((&previous, &new), (Some(p), Some(n)) if p.name == n.name);
         let mut fenced = false;
@@ -301,13 +311,16 @@ impl Pool {
                 s.role = Some(Role::Primary);
                 s.admin = AdminState::Ready;
             } else {
-                if s.role == Some(Role::Primary) && fence && !same {
+                let was_previous = previous.as_ref().is_some_and(|p| p.name == b.name);
+                if was_previous && fence && !same {
                     s.admin = AdminState::Maintenance;
                     fenced = true;
                 }
                 s.role = Some(Role::Replica);
             }
         }
+        *last = new.as_ref().or(previous.as_ref()).map(|b| b.name.clone());
+        drop(last);
         drop(_g);
         let change = PrimaryChange {
             primary: new.map(|n| n.name.clone()),
@@ -610,6 +623,70 @@ mod tests {
         assert!(pool.pick(&[]).is_none(), "one success is below rise");
         pool.record_check(&b, Ok(()), 2, 3);
         assert_eq!(pool.pick(&[]).unwrap().name, "b");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn roles_route_to_the_primary_and_switch_atomically() {
+        let role = |name: &str, r: Role| RawBackend {
+            role: Some(r),
+            ..raw(name, 1)
+        };
+        let pool = Pool::new(
+            &[
+                role("a", Role::Primary),
+                role("b", Role::Replica),
+                raw("c", 100),
+            ],
+            EjectionConfig::default(),
+        );
+        assert!(pool.has_roles());
+        // Writers: the primary only, whatever the weights; replicas by weight.
+        assert!((0..5).all(|_| pool.pick(&[]).unwrap().name == "a"));
+        assert!((0..5).all(|_| pool.pick_for(Target::Replica, &[]).unwrap().name == "b"));
+        let (a, b, c) = (
+            pool.get("a").unwrap(),
+            pool.get("b").unwrap(),
+            pool.get("c").unwrap(),
+        );
+        let now = Instant::now();
+        assert!(!pool.should_move(&a, now));
+        assert!(pool.should_move(&b, now) && pool.should_move(&c, now));
+        // A second primary cannot be added.
+        assert!(matches!(
+            pool.add(&role("d", Role::Primary)),
+            Err(PoolError::TwoPrimaries(_))
+        ));
+        // Hold: no primary; nothing to write to.
+        let hold = pool.set_primary(None, false).unwrap();
+        assert_eq!(hold.previous.as_deref(), Some("a"));
+        assert!(pool.pick(&[]).is_none());
+        assert!(pool.should_move(&a, now));
+        // Route to b and fence the primary of before the hold.
+        let routed = pool.set_primary(Some("b"), true).unwrap();
+        assert_eq!(
+            routed,
+            PrimaryChange {
+                primary: Some("b".into()),
+                previous: Some("a".into()),
+                fenced: true
+            }
+        );
+        assert_eq!(a.admin(), AdminState::Maintenance);
+        assert_eq!(a.role(), Some(Role::Replica));
+        assert_eq!(c.role(), Some(Role::Replica));
+        assert_eq!(pool.primary().unwrap().name, "b");
+        assert!(!pool.should_move(&b, now));
+        // A primary that is down is not picked: writes wait rather than go elsewhere.
+        for _ in 0..3 {
+            pool.record_check(&b, Err("down".into()), 2, 3);
+        }
+        assert!(pool.pick(&[]).is_none());
+        assert!(pool.set_primary(Some("zz"), false).is_err());
+        assert_eq!(
+            pool.primary().unwrap().name,
+            "b",
+            "a refused change changes nothing"
+        );
     }
 
     #[tokio::test(start_paused = true)]

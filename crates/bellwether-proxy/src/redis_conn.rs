@@ -249,7 +249,7 @@ impl Session {
             // or this session sees the new pool.
             std::sync::atomic::fence(SeqCst);
         } else {
-            self.shared.registry.touch();
+            self.shared.registry.touch_if_watched();
         }
     }
 
@@ -317,6 +317,13 @@ impl Session {
                 Ok(w) => w,
                 Err(e) => return e,
             };
+            // The proxy's own answers that dispatch put at the front go out now.
+            if let Err(e) = self.flush_synthetic().await {
+                return e;
+            }
+            if waiting == Waiting::Again {
+                continue;
+            }
             let server_pending = self.has_server_pending();
             self.set_busy(server_pending || self.multi || self.watch || self.stream);
             if self.queued.is_empty() && self.pending.is_empty() {
@@ -383,6 +390,7 @@ impl Session {
                 self.cbuf.reserve(self.shared.config.buffer_size);
             }
             let kill = self.entry.kill.clone();
+            let entry = self.entry.clone();
             tokio::select! {
                 r = self.cin.read_buf(&mut self.cbuf), if can_read_client => {
                     match r {
@@ -418,6 +426,15 @@ impl Session {
                 }
                 _ = kill.cancelled() => {
                     return End::Close("closed by the proxy");
+                }
+                _ = entry.abandon.notified() => {
+                    // A switch waited long enough for this session's server to answer.
+                    if let Some(i) = self.reading_from() {
+                        tracing::info!(backend = %self.conns[i].backend.name, "Giving up the commands outstanding on the previous primary.");
+                        if let Err(e) = self.lost(i) {
+                            return e;
+                        }
+                    }
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or(far)), if wake.is_some() => {
                     let now = Instant::now();
@@ -646,7 +663,9 @@ impl Session {
             }
             let kind = q.kind;
             let Some(target) = self.target(kind) else {
-                self.send(&mut out, to).await?;
+                if self.send(&mut out, to).await? {
+                    return Ok(Waiting::Again);
+                }
                 return Ok(if self.retry_at.is_some() {
                     Waiting::Retry
                 } else {
@@ -655,13 +674,17 @@ impl Session {
             };
             // One server at a time: replies come back in order.
             if self.has_server_pending() && self.pending_on.as_deref() != Some(&target.name) {
-                self.send(&mut out, to).await?;
+                if self.send(&mut out, to).await? {
+                    return Ok(Waiting::Again);
+                }
                 return Ok(Waiting::Replies);
             }
             let idx = match self.conn_index(&target.name) {
                 Some(i) => i,
                 None => {
-                    self.send(&mut out, to).await?;
+                    if self.send(&mut out, to).await? {
+                        return Ok(Waiting::Again);
+                    }
                     to = None;
                     match self.open(&target).await {
                         Ok(i) => i,
@@ -677,15 +700,17 @@ impl Session {
                     }
                 }
             };
-            if to.is_some_and(|t| t != idx) {
-                self.send(&mut out, to).await?;
+            if to.is_some_and(|t| t != idx) && self.send(&mut out, to).await? {
+                return Ok(Waiting::Again);
             }
             to = Some(idx);
             let q = self.queued.pop_front().expect("front checked");
             self.queued_bytes -= q.bytes.len();
             out.extend_from_slice(&q.bytes);
             let backend = self.conns[idx].backend.clone();
-            self.pending_on = Some(backend.name.clone());
+            if self.pending_on.as_deref() != Some(backend.name.as_str()) {
+                self.pending_on = Some(backend.name.clone());
+            }
             backend.metrics.in_flight.fetch_add(1, Relaxed);
             match q.kind {
                 Kind::Multi => {
@@ -731,25 +756,36 @@ impl Session {
                 }
             }
         }
-        self.send(&mut out, to).await?;
+        if self.send(&mut out, to).await? {
+            return Ok(Waiting::Again);
+        }
         Ok(Waiting::Nothing)
     }
 
-    /// Writes the batch to its connection; a failed write is a lost server.
-    async fn send(&mut self, out: &mut Vec<u8>, to: Option<usize>) -> Result<(), End> {
+    /// Writes the batch to its connection; a failed write is a lost server (then true: the
+    /// connections and the queue changed, dispatch starts over).
+    async fn send(&mut self, out: &mut Vec<u8>, to: Option<usize>) -> Result<bool, End> {
         let Some(i) = to else {
             out.clear();
-            return Ok(());
+            return Ok(false);
         };
         if out.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
+        let n = out.len() as u64;
+        self.conns[i]
+            .backend
+            .metrics
+            .bytes_to_backend
+            .fetch_add(n, Relaxed);
+        self.entry.bytes_to_backend.fetch_add(n, Relaxed);
         let r = self.conns[i].wr.write_all(out).await;
         out.clear();
         if r.is_err() {
             self.lost(i)?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Opens a connection to `b` and replays the session's state there.
@@ -997,4 +1033,6 @@ enum Waiting {
     ForServer,
     /// The chosen server refused a connection: try again shortly.
     Retry,
+    /// A server was lost while sending: dispatch again at once.
+    Again,
 }

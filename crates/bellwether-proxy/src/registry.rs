@@ -33,6 +33,9 @@ pub struct ConnEntry {
     pub cancel: Mutex<Option<CancelRoute>>,
     /// Cancelled to close the connection now (maintenance, drain timeout, shutdown).
     pub kill: CancellationToken,
+    /// Tells a Redis session to give up the commands outstanding on its server (a switch
+    /// that waited long enough): reads are re-sent elsewhere, the others answered "lost".
+    pub abandon: tokio::sync::Notify,
 }
 
 /// A connection as the admin API shows it.
@@ -66,6 +69,20 @@ pub struct Registry {
     conns: Mutex<HashMap<u64, Arc<ConnEntry>>>,
     /// Signalled whenever a connection leaves, so drains can wait for an empty backend.
     pub changed: tokio::sync::Notify,
+    /// Switches waiting for busy sessions to become idle; sessions signal `changed` on
+    /// becoming idle only while there is one.
+    watchers: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a waiter for idle sessions while it lives.
+pub struct Watching<'a>(&'a Registry);
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.0
+            .watchers
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Registry {
@@ -92,6 +109,7 @@ impl Registry {
             rehomes: AtomicU64::new(0),
             cancel: Mutex::new(None),
             kill: CancellationToken::new(),
+            abandon: tokio::sync::Notify::new(),
         });
         self.lock().insert(id, e.clone());
         e
@@ -109,6 +127,21 @@ impl Registry {
     /// Tells waiters that a connection changed backend or closed.
     pub fn touch(&self) {
         self.changed.notify_waiters();
+    }
+
+    /// Registers a waiter for sessions becoming idle (see [`Registry::touch_if_watched`]).
+    pub fn watch(&self) -> Watching<'_> {
+        self.watchers
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Watching(self)
+    }
+
+    /// Tells waiters that a session became idle, if any waits: a session becomes idle after
+    /// every reply, and most of the time nobody is waiting.
+    pub fn touch_if_watched(&self) {
+        if self.watchers.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.touch();
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -479,3 +479,77 @@ fn a_client_that_half_closes_after_its_query_gets_the_whole_response() {
     );
     rt.block_on(proxy.shutdown());
 }
+
+/// Roles on PostgreSQL backends: new sessions go to the primary; when the primary changes
+/// (`POST /primary`), an idle session re-homes to the new one at once, and one inside a
+/// transaction finishes it on the old primary first (the switch waits for it).
+#[test]
+fn sessions_follow_the_primary_role_at_transaction_boundaries() {
+    let a = PgCluster::start(&[]);
+    let b = PgCluster::start(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut pa = backend("a", &a.addr(), AdminState::Ready);
+    pa.role = Some(bellwether_proxy::Role::Replica);
+    let mut pb = backend("b", &b.addr(), AdminState::Ready);
+    pb.role = Some(bellwether_proxy::Role::Primary);
+    let mut raw = RawConfig::new(
+        vec![RawListener::new("127.0.0.1:0", Protocol::Postgres)],
+        vec![pa, pb],
+    );
+    raw.health.check = CheckKind::Postgres;
+    raw.admin = Some("127.0.0.1:0".into());
+    let proxy = rt
+        .block_on(ProxyHandle::start(raw.validate("test").unwrap()))
+        .unwrap();
+    let addr = proxy.listen_addrs()[0].to_string();
+    let port = |c: &mut MiniClient| c.query("SELECT current_setting('port')").unwrap()[0].clone();
+    // Every new session goes to the primary, b, whatever the weights.
+    let mut idle = MiniClient::connect(&addr);
+    let mut in_tx = MiniClient::connect(&addr);
+    for c in [&mut idle, &mut in_tx] {
+        assert_eq!(port(c), b.port.to_string());
+    }
+    in_tx.query("BEGIN").unwrap();
+    assert_eq!(port(&mut in_tx), b.port.to_string());
+    let token = proxy.admin_token().unwrap().token().to_string();
+    let admin = proxy.admin_addr().unwrap();
+    let switch = std::thread::spawn(move || {
+        support::admin_http(
+            admin,
+            Some(&token),
+            "POST",
+            "/primary",
+            r#"{"backend": "a", "wait": "10s"}"#,
+        )
+    });
+    wait_for("the idle session on a", Duration::from_secs(10), || {
+        proxy.registry().on_backend("a").len() == 1
+    });
+    assert_eq!(port(&mut idle), a.port.to_string());
+    // The transaction is still on b until it ends.
+    assert_eq!(port(&mut in_tx), b.port.to_string());
+    in_tx.query("COMMIT").unwrap();
+    let (status, body) = switch.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["previous"], "b", "{v}");
+    assert_eq!(v["previous_sessions"]["busy_at_start"], 1, "{v}");
+    assert_eq!(v["previous_sessions"]["forced"], 0, "{v}");
+    assert_eq!(port(&mut in_tx), a.port.to_string());
+    let view = proxy.pool().view();
+    assert_eq!(view[0].role, Some(bellwether_proxy::Role::Primary));
+    assert_eq!(view[1].role, Some(bellwether_proxy::Role::Replica));
+    assert_eq!(view[0].metrics.rehomed_in, 2);
+    // A bad request changes nothing.
+    let token = proxy.admin_token().unwrap().token().to_string();
+    for (body, want) in [
+        (r#"{"backend": "nope"}"#, 404),
+        (r#"{"backend": "b", "wait": "-1"}"#, 400),
+        (r#"{"backend": "b", "fence": "yes"}"#, 400),
+        (r#"{"primary": "b"}"#, 400),
+    ] {
+        let (s, text) = support::admin_http(admin, Some(&token), "POST", "/primary", body);
+        assert_eq!(s, want, "{body}: {text}");
+    }
+    assert_eq!(proxy.pool().primary().unwrap().name, "a");
+}

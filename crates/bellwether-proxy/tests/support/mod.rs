@@ -332,6 +332,33 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// A replica of the server on `primary_port`.
+    pub fn replica_of(primary_port: u16) -> Redis {
+        Redis::start_with(&["--replicaof", "127.0.0.1", &primary_port.to_string()])
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Sends a signal (`KILL`, `STOP`, `CONT`) to the server.
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -{sig} failed");
+    }
+
+    /// Starts a server with extra arguments.
+    pub fn start_with(extra: &[&str]) -> Redis {
         let bin = which("redis-server").unwrap_or_else(|| {
             panic!("`redis-server` is not installed: install the Debian package `redis-server`")
         });
@@ -347,6 +374,7 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
