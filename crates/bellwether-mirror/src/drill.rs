@@ -602,7 +602,7 @@ fn pg_url(endpoint: &str) -> String {
 async fn pg_connect(endpoint: &str) -> Result<tokio_postgres::Client, String> {
     let (client, connection) = tokio_postgres::connect(&pg_url(endpoint), tokio_postgres::NoTls)
         .await
-        .map_err(|e| format!("{endpoint}: {e}"))?;
+        .map_err(|e| format!("{endpoint}: {}", crate::pg::db_message(&e)))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -615,7 +615,12 @@ async fn setup_pg(endpoint: &str) -> Result<(), DrillError> {
         "CREATE TABLE IF NOT EXISTS bellwether_drill (client int, seq bigint, PRIMARY KEY (client, seq))",
     )
     .await
-    .map_err(|e| DrillError::Other(format!("creating the drill's table on {endpoint}: {e}")))
+    .map_err(|e| {
+        DrillError::Other(format!(
+            "creating the drill's table on {endpoint}: {}",
+            crate::pg::db_message(&e)
+        ))
+    })
 }
 
 async fn pg_client(c: u32, listen: &str, load: &Load) {

@@ -44,7 +44,7 @@ fn main() {
     };
     let opts = TrainOptions {
         gbdt,
-        folds: env("FOLDS", 3),
+        folds: env("FOLDS", bellwether_predict::model::FOLDS),
         holdout: env("HOLD", 0.2),
         ..TrainOptions::default()
     };

@@ -3,7 +3,7 @@
 //!
 //!     cargo run --release -p bellwether-predict --example train_speed
 //!
-//! Variables: ROWS, REPS, FOLDS, LR, SUB, ESR. Linux only (/proc/thread-self/schedstat).
+//! Prints training CPU time and prediction rows/s per core. Variables: ROWS, REPS, FOLDS, LR, SUB, ESR. Linux only (/proc/thread-self/schedstat).
 use bellwether_predict::synth::{Shape, World};
 use bellwether_predict::{GbdtParams, Model, TrainOptions};
 
@@ -30,16 +30,26 @@ fn main() {
     };
     let opts = TrainOptions {
         gbdt,
-        folds: env("FOLDS", 3),
+        folds: env("FOLDS", bellwether_predict::model::FOLDS),
         ..TrainOptions::default()
     };
     for _ in 0..env("REPS", 2) {
         let t = cpu();
         let m = Model::train(&frame, &opts).unwrap();
+        let train = cpu() - t;
+        // Prediction as `bellwether bench model` measures it: probabilities of every row of
+        // the in-memory frame, five passes, one thread.
+        let t = cpu();
+        let mut sum = 0.0;
+        for _ in 0..5 {
+            sum += m.probabilities(&frame).unwrap().0.iter().sum::<f64>();
+        }
+        let predict = cpu() - t;
         println!(
-            "train cpu {:.2} s, trees {:?}",
-            cpu() - t,
-            m.summary().gbdt.as_ref().map(|g| g.best_rounds)
+            "train cpu {train:.2} s, trees {:?}, predict {:.0} rows/s (cpu; mean p {:.4})",
+            m.summary().gbdt.as_ref().map(|g| g.best_rounds),
+            (5 * rows) as f64 / predict,
+            sum / (5 * rows) as f64
         );
     }
 }

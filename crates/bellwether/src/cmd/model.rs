@@ -73,6 +73,12 @@ struct TrainArgs {
     /// Seed of the held-out split and of the trees' row sampling.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Tree models to fit and average, each holding out its own 1/N of the rows (N ≥ 2 also
+    /// fits the calibration on every row's out-of-fold margin). 3 calibrates better where
+    /// categories are new at prediction time (docs/predict.md) but trains and predicts about
+    /// three times slower; 1 (the default) holds out a fifth once.
+    #[arg(long, default_value_t = bellwether_predict::model::FOLDS as u64, value_parser = clap::value_parser!(u64).range(1..=10))]
+    folds: u64,
     /// Print the summary as human text or JSON.
     #[arg(long, value_enum, default_value_t)]
     output: OutputFormat,
@@ -197,6 +203,7 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             MethodArg::Logistic => Method::Logistic,
         }),
         seed: a.seed,
+        folds: a.folds as usize,
         ..TrainOptions::default()
     };
     let model = Model::train(&frame, &opts).map_err(usage)?;
