@@ -86,6 +86,10 @@ pub struct Timing {
     pub other_changes: Option<usize>,
     /// The apply restarted the server.
     pub restarted: bool,
+    /// After a restart, the warm-up at the start of the bake whose samples were not judged
+    /// (the restart's own transient); 0 when there was none. The onset is counted from its
+    /// end.
+    pub warmup_ms: i64,
 }
 
 /// The prior share of changes that turn out harmful, before any evidence (log-odds `base`).
@@ -163,8 +167,10 @@ pub const BREADTH_PER_METRIC: f64 = 1.0;
 pub const BREADTH_CAP: f64 = 2.0;
 /// The share of a harmless change's anomalies that are the apply's own transient after a
 /// reload (every backend re-reads its configuration, the runner reads `pg_settings` at the
-/// apply): as likely as an unrelated disturbance anywhere in the bake. After a restart the
-/// share is 1.
+/// apply): as likely as an unrelated disturbance anywhere in the bake. After a restart whose
+/// warm-up was left out of the watch, the same (what is left of the restart's transient
+/// begins where the watch begins, like a reload's); after a restart judged from its first
+/// sample, 1 (the restart is itself a disturbance at the apply).
 pub const APPLY_TRANSIENT_SHARE: f64 = 0.5;
 /// The onset factor's cap, ln 20: a coincidence rarer than 1 in 20 would lean on disturbances
 /// being spread evenly over a long bake (load has its own cycles). The `other_changes` factor
@@ -186,10 +192,10 @@ pub const NO_PATH: f64 = -0.5;
 ///   move together under closed-loop clients, so a second symptom corroborates, it does not
 ///   multiply the evidence);
 /// - `onset`: with `timing`, `−ln(ρ + (1 − ρ) × min(max(onset, resolution) / bake, 1))`: how
-///   unlikely a harmless change's anomaly is to begin that soon after the apply, with `ρ` the
-///   share that is the apply's own transient ([`APPLY_TRANSIENT_SHARE`] after a reload, 1
-///   after a restart); from 0 to `−ln 0.6` = 0.51 with the default watch (see
-///   `onset_factor`). `other_changes = Some(k)` adds `other_changes`: `−ln(1 + k)` (the
+///   unlikely a harmless change's anomaly is to begin that soon after the apply (after a
+///   restart's warm-up: from its end), with `ρ` the share that is the apply's own transient
+///   ([`APPLY_TRANSIENT_SHARE`] after a reload or a restart with a warm-up, 1 after a restart
+///   without one); from 0 to `−ln 0.6` = 0.51 with the default watch (see `onset_factor`). `other_changes = Some(k)` adds `other_changes`: `−ln(1 + k)` (the
 ///   coincidence is shared among k + 1 candidate causes; at most [`ONSET_CAP`]);
 /// - `history`: see [`history_factor`];
 /// - `edge_confidence`: when the graph links a changed setting to a metric node, `+2 × c`
@@ -273,17 +279,24 @@ pub fn anomaly_risk(evidence: &AnomalyEvidence<'_>) -> Risk {
 }
 
 /// The onset factor: `−ln(P(onset this early | the change is harmless))`, within
-/// `[0, ONSET_CAP]`. With `t = max(onset, resolution)` and `onset = since_apply − max(for_ms)`
-/// (the anomaly's start after the apply), a harmless change's anomaly is either the apply's
-/// own transient, which begins at the apply (share [`APPLY_TRANSIENT_SHARE`] after a reload,
-/// all of it after a restart), or an unrelated disturbance that is as likely to begin anywhere
-/// in the bake: `P = ρ + (1 − ρ) × min(t / bake, 1)`. A harmful change's anomaly begins at the
-/// apply (`P ≈ 1`), so this is the log-likelihood ratio of the onset.
+/// `[0, ONSET_CAP]`. With `t = max(onset, resolution)` and `onset = since_apply − warmup −
+/// max(for_ms)` (the anomaly's start after the apply, or after a restart's warm-up), a
+/// harmless change's anomaly is either the apply's own transient, which begins where the watch
+/// begins (share [`APPLY_TRANSIENT_SHARE`] after a reload or a restart whose warm-up was left
+/// out, all of it after a restart judged from its first sample), or an unrelated disturbance
+/// that is as likely to begin anywhere in the bake: `P = ρ + (1 − ρ) × min(t / bake, 1)`. A
+/// harmful change's anomaly begins where the watch begins (`P ≈ 1`), so this is the
+/// log-likelihood ratio of the onset.
 fn onset_factor(t: &Timing, breaches: &[Breach]) -> RiskFactor {
     let longest = breaches.iter().map(|b| b.for_ms.max(0)).max().unwrap_or(0);
-    let onset = t.since_apply_ms.saturating_sub(longest).max(0);
+    let warmup = if t.restarted { t.warmup_ms.max(0) } else { 0 };
+    let onset = t
+        .since_apply_ms
+        .saturating_sub(warmup)
+        .saturating_sub(longest)
+        .max(0);
     let resolution = t.resolution_ms.max(1);
-    let share = if t.restarted {
+    let share = if t.restarted && warmup == 0 {
         1.0
     } else {
         APPLY_TRANSIENT_SHARE
@@ -296,13 +309,18 @@ fn onset_factor(t: &Timing, breaches: &[Breach]) -> RiskFactor {
     let p_null = share + (1.0 - share) * within;
     let log_odds = (-p_null.ln()).clamp(0.0, ONSET_CAP);
     let detail = format!(
-        "the anomaly began {:.1}s after the apply, in a bake of {:.1}s (dated to within {:.1}s); \
+        "the anomaly began {:.1}s after the {}, in a bake of {:.1}s (dated to within {:.1}s); \
          a harmless change's anomaly would begin that early with probability {:.2}{}",
         onset as f64 / 1000.0,
+        if warmup > 0 {
+            "restart's warm-up"
+        } else {
+            "apply"
+        },
         t.bake_ms as f64 / 1000.0,
         resolution as f64 / 1000.0,
         p_null,
-        if t.restarted {
+        if t.restarted && warmup == 0 {
             " (the apply restarted the server, itself a disturbance at the apply: the onset \
              cannot tell the setting from the restart)"
         } else {
@@ -452,5 +470,44 @@ impl Risk {
     pub fn residual(&self) -> f64 {
         let l = (self.score / (1.0 - self.score)).ln();
         l - (self.base + self.factors.iter().map(|f| f.log_odds).sum::<f64>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing(since_apply_ms: i64, restarted: bool, warmup_ms: i64) -> Timing {
+        Timing {
+            since_apply_ms,
+            bake_ms: 20_000,
+            resolution_ms: 4_000,
+            other_changes: None,
+            restarted,
+            warmup_ms,
+        }
+    }
+
+    /// After a restart whose warm-up was left out of the watch, the onset is dated from the
+    /// warm-up's end and weighs as after a reload; without a warm-up a restart's onset tells
+    /// nothing.
+    #[test]
+    fn a_restart_with_a_warm_up_dates_the_onset_from_its_end() {
+        let b = [Breach {
+            metric: "tps".into(),
+            severity: 1.0,
+            for_ms: 5_000,
+            weight: 1.0,
+        }];
+        let reload = onset_factor(&timing(6_000, false, 0), &b);
+        let warm = onset_factor(&timing(9_000, true, 3_000), &b);
+        let cold = onset_factor(&timing(6_000, true, 0), &b);
+        assert!((reload.log_odds + 0.6f64.ln()).abs() < 1e-12, "{reload:?}");
+        assert!((warm.log_odds - reload.log_odds).abs() < 1e-12, "{warm:?}");
+        assert!(warm.detail.contains("warm-up"), "{warm:?}");
+        assert_eq!(cold.log_odds, 0.0);
+        // The warm-up is ignored when the apply did not restart.
+        let no_restart = onset_factor(&timing(6_000, false, 3_000), &b);
+        assert_eq!(no_restart.log_odds, reload.log_odds);
     }
 }

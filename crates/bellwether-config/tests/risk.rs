@@ -178,7 +178,7 @@ proptest! {
             .map(|(i, (s, f, w))| Breach { metric: format!("m{i}"), severity: *s, for_ms: *f, weight: *w })
             .collect();
         let timing = timing.map(|(since_apply_ms, bake_ms, resolution_ms, other)| Timing {
-            since_apply_ms, bake_ms, resolution_ms, other_changes: other, restarted: since_apply_ms % 2 == 0,
+            since_apply_ms, bake_ms, resolution_ms, other_changes: other, restarted: since_apply_ms % 2 == 0, warmup_ms: 0,
         });
         let r = anomaly_risk(&AnomalyEvidence {
             severity, changed: &changed, impacted: &impacted, history: &history,
@@ -216,6 +216,7 @@ fn timing(since_apply_ms: i64) -> Timing {
         resolution_ms: 4_000,
         other_changes: None,
         restarted: false,
+        warmup_ms: 0,
     }
 }
 

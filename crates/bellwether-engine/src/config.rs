@@ -630,9 +630,10 @@ impl ConfigChangeEngine {
                     let removed: Vec<Kept> =
                         t.samples.drain(first_post..first_post + drop).collect();
                     if let Some(applied) = t.applied_at_ms {
-                        let mut prev = t.dropped_last_ms.unwrap_or(applied);
+                        let warm = self.bake_start(t).unwrap_or(applied);
+                        let mut prev = t.dropped_last_ms.unwrap_or(applied).max(warm);
                         for s in &removed {
-                            if self.is_data(s) {
+                            if self.is_data(s) && s.at_ms >= warm {
                                 t.baked_dropped_ms += self.gap(prev, s.at_ms);
                                 prev = s.at_ms;
                             }
@@ -655,6 +656,17 @@ impl ConfigChangeEngine {
         } else {
             0
         }
+    }
+
+    /// When the bake's judging starts: the apply's time, or the end of the restart warm-up
+    /// (`restart_warmup_ms` after it) when the apply restarted the server.
+    fn bake_start(&self, t: &TargetState) -> Option<i64> {
+        let applied = t.applied_at_ms?;
+        Some(if t.restart_keys.is_empty() {
+            applied
+        } else {
+            applied.saturating_add(self.plan.watch.restart_warmup_ms as i64)
+        })
     }
 
     /// A sample with every rule metric and an instance that answered.
@@ -930,6 +942,9 @@ impl ConfigChangeEngine {
             .unwrap_or_default();
         let mut figures =
             json!({ "applied_at_ms": applied_at, "restart": !t.restart_keys.is_empty() });
+        if !t.restart_keys.is_empty() {
+            figures["restart_warmup_ms"] = json!(self.plan.watch.restart_warmup_ms);
+        }
         if let Some(r) = &report {
             figures["report"] = r.raw.clone();
         }
@@ -1353,7 +1368,9 @@ impl ConfigChangeEngine {
 
     /// Replays the target's samples through `bellwether_detect`: the baseline from the data
     /// samples up to `baseline_last_ms` and strictly before `applied_at_ms`, frozen, then the
-    /// samples from `from_ms` on judged against it.
+    /// samples from `from_ms` on judged against it. In the bake (`from_ms` = the apply) after
+    /// a restart, the samples of the restart warm-up are not judged and add no bake time; an
+    /// instance that does not answer is down in it all the same.
     fn judge(&self, t: &TargetState, from_ms: i64) -> Judgement {
         let w = &self.plan.watch;
         let mut j = Judgement::default();
@@ -1394,10 +1411,16 @@ impl ConfigChangeEngine {
             return j;
         }
         let mut last_states: BTreeMap<String, WatchState> = BTreeMap::new();
+        let warm_until = if from_ms == applied {
+            self.bake_start(t).unwrap_or(applied)
+        } else {
+            from_ms
+        };
         let mut prev_data = t
             .dropped_last_ms
             .filter(|_| from_ms == applied)
-            .unwrap_or(from_ms);
+            .unwrap_or(from_ms)
+            .max(warm_until);
         let mut baked = if from_ms == applied {
             t.baked_dropped_ms
         } else {
@@ -1408,6 +1431,15 @@ impl ConfigChangeEngine {
                 j.down_since.get_or_insert(s.at_ms);
                 j.down_last = Some(s.at_ms);
                 j.in_band_since = None;
+                continue;
+            }
+            if s.at_ms < warm_until {
+                // The restart's warm-up: the instance answers, but what it shows is the
+                // restart's transient (cold caches, clients reconnecting), not the change.
+                if self.is_data(s) {
+                    j.down_since = None;
+                    j.last_data_ms = Some(s.at_ms);
+                }
                 continue;
             }
             // Recovered is the mirror of failed: no metric out of its band for its `for`
@@ -1586,6 +1618,11 @@ impl ConfigChangeEngine {
                 .unwrap_or(0) as i64,
             other_changes: None,
             restarted: !t.restart_keys.is_empty(),
+            warmup_ms: if t.restart_keys.is_empty() {
+                0
+            } else {
+                self.plan.watch.restart_warmup_ms as i64
+            },
         });
         let risk = anomaly_risk(&AnomalyEvidence {
             severity: severity.clamp(0.0, 1.0),

@@ -55,10 +55,83 @@ pub struct Instance {
     pub target: String,
 }
 
+/// The session settings every connection Bellwether opens sets for itself in its startup
+/// packet (`options`), so they hold from the first statement whatever the instance's
+/// configuration, `ALTER DATABASE … SET` or `ALTER ROLE … SET` say (a client's startup
+/// options take precedence over all of them): a change Bellwether applied must never lock
+/// Bellwether out of reading the instance or undoing the change.
+///
+/// - `statement_timeout=0`: `statement_timeout = 5ms` on the instance would time out the
+///   `pg_settings` read, the `ALTER SYSTEM` and the reload of the revert itself;
+/// - `lock_timeout=10s`: bounded, so a session never waits forever behind a lock (`ALTER
+///   SYSTEM` takes no table lock; the catalog reads take share locks), and long enough that a
+///   tiny instance-wide `lock_timeout` cannot make them fail;
+/// - `idle_in_transaction_session_timeout=0`: the instance's value cannot end the session;
+/// - `default_transaction_read_only=off`: `default_transaction_read_only = on` would make
+///   every later write of this session fail;
+/// - `search_path=pg_catalog`: the session's queries name catalog objects unqualified (and
+///   `pg_stat_statements` by its schema), so a changed `search_path` cannot shadow them;
+/// - `client_min_messages=warning`: a `debug5` on the instance would flood the session.
+pub const SESSION_SETTINGS: &[(&str, &str)] = &[
+    ("statement_timeout", "0"),
+    ("lock_timeout", "10s"),
+    ("idle_in_transaction_session_timeout", "0"),
+    ("default_transaction_read_only", "off"),
+    ("search_path", "pg_catalog"),
+    ("client_min_messages", "warning"),
+];
+
+/// Session settings that not every supported major version knows; a server that refuses one
+/// as an unrecognized parameter is asked again without it (remembered per target):
+/// `idle_session_timeout` (14+; the sampler's connection is idle between reads),
+/// `transaction_timeout` (17+), and `jit=off` (11+; `jit_above_cost = 0` on the instance would
+/// compile every statement of the session).
+pub const OPTIONAL_SESSION_SETTINGS: &[(&str, &str)] = &[
+    ("idle_session_timeout", "0"),
+    ("transaction_timeout", "0"),
+    ("jit", "off"),
+];
+
+/// The optional session settings each target's server did not recognize.
+static UNRECOGNIZED: std::sync::Mutex<BTreeMap<String, Vec<String>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// The `options` startup parameter: the URL's own options first, then Bellwether's session
+/// settings (a later `-c` wins), minus those in `skip`.
+fn session_options(own: Option<&str>, skip: &[String]) -> String {
+    let mut parts: Vec<String> = own
+        .filter(|o| !o.trim().is_empty())
+        .map(|o| vec![o.trim().to_string()])
+        .unwrap_or_default();
+    for (k, v) in SESSION_SETTINGS.iter().chain(OPTIONAL_SESSION_SETTINGS) {
+        if !skip.iter().any(|s| s == k) {
+            // No value here holds a space or a backslash, which `options` would need escaped.
+            parts.push(format!("-c {k}={v}"));
+        }
+    }
+    parts.join(" ")
+}
+
+/// The parameter a connection error says the server does not recognize, when it is one of
+/// [`OPTIONAL_SESSION_SETTINGS`].
+fn unrecognized_optional(e: &tokio_postgres::Error) -> Option<String> {
+    let db = e.as_db_error()?;
+    if db.code() != &tokio_postgres::error::SqlState::UNDEFINED_OBJECT {
+        return None;
+    }
+    let name = db.message().split('"').nth(1)?;
+    OPTIONAL_SESSION_SETTINGS
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(k, _)| k.to_string())
+}
+
 /// Connects (`postgres://user@host:port/db` or a key=value conninfo).
 ///
 /// No TLS: the agent talks to its instance on the same host (unix socket or loopback). A
-/// connect timeout of 10 s applies unless the URL sets one.
+/// connect timeout of 10 s applies unless the URL sets one. The session sets
+/// [`SESSION_SETTINGS`] (and what the server knows of [`OPTIONAL_SESSION_SETTINGS`]) for
+/// itself at startup, and `application_name` = `bellwether` unless the URL names one.
 pub async fn connect(url: &str) -> Result<Instance, PgError> {
     let mut config: tokio_postgres::Config = url.parse().map_err(|e| PgError::Connect {
         target: "(unparsable connection string)".to_string(),
@@ -68,14 +141,37 @@ pub async fn connect(url: &str) -> Result<Instance, PgError> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(std::time::Duration::from_secs(10));
     }
-    let (client, connection) =
-        config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| PgError::Connect {
-                target: target.clone(),
-                message: error_text(&e),
-            })?;
+    if config.get_application_name().is_none() {
+        config.application_name("bellwether");
+    }
+    let own_options = config.get_options().map(str::to_string);
+    let mut skip = UNRECOGNIZED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&target)
+        .cloned()
+        .unwrap_or_default();
+    let (client, connection) = loop {
+        config.options(session_options(own_options.as_deref(), &skip));
+        match config.connect(tokio_postgres::NoTls).await {
+            Ok(c) => break c,
+            Err(e) => match unrecognized_optional(&e) {
+                Some(name) if !skip.contains(&name) => {
+                    skip.push(name);
+                    UNRECOGNIZED
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(target.clone(), skip.clone());
+                }
+                _ => {
+                    return Err(PgError::Connect {
+                        target: target.clone(),
+                        message: error_text(&e),
+                    })
+                }
+            },
+        }
+    };
     let task_target = target.clone();
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -201,10 +297,98 @@ pub async fn read_settings(inst: &Instance) -> Result<Catalog, PgError> {
             what: what.clone(),
             message: "pg_settings has no numeric server_version_num".to_string(),
         })?;
-    Ok(Catalog {
+    let mut catalog = Catalog {
         server_version_num,
         settings,
-    })
+    };
+    instance_values_of_session_settings(inst, &mut catalog).await?;
+    Ok(catalog)
+}
+
+/// Whether this session sets `name` for itself at startup ([`SESSION_SETTINGS`],
+/// [`OPTIONAL_SESSION_SETTINGS`], `application_name`): its `pg_settings` row then shows the
+/// session's value (source `client`), not the instance's.
+fn session_sets(name: &str) -> bool {
+    name.eq_ignore_ascii_case("application_name")
+        || SESSION_SETTINGS
+            .iter()
+            .chain(OPTIONAL_SESSION_SETTINGS)
+            .any(|(k, _)| k.eq_ignore_ascii_case(name))
+}
+
+/// The instance's own value of each setting the session sets for itself: the last entry of
+/// the configuration files that applies (`pg_file_settings`, which reads the files as they
+/// are now: the value in force after the last reload), else the built-in default. A value set
+/// on the server's command line is not seen (it is shown as the default).
+async fn instance_values_of_session_settings(
+    inst: &Instance,
+    catalog: &mut Catalog,
+) -> Result<(), PgError> {
+    let names: Vec<String> = catalog
+        .settings
+        .keys()
+        .filter(|k| session_sets(k))
+        .cloned()
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let rows = inst
+        .client
+        .query(
+            "SELECT name, setting, sourcefile, sourceline FROM pg_file_settings \
+             WHERE name = ANY($1) AND error IS NULL AND applied ORDER BY seqno",
+            &[&names],
+        )
+        .await
+        .map_err(|e| {
+            query_error(
+                &format!(
+                    "reading the instance's own values of the session's settings of {} \
+                     (pg_file_settings)",
+                    inst.target
+                ),
+                &e,
+            )
+        })?;
+    let mut from_files: BTreeMap<String, (String, Option<String>, Option<i32>)> = BTreeMap::new();
+    for r in &rows {
+        from_files.insert(
+            r.get(0),
+            (
+                r.get::<_, Option<String>>(1).unwrap_or_default(),
+                r.get(2),
+                r.get(3),
+            ),
+        );
+    }
+    for name in names {
+        let normalized = |raw: &str| {
+            catalog
+                .validate(&name, raw)
+                .map(|v| v.to_setting_string())
+                .unwrap_or_else(|_| raw.to_string())
+        };
+        let (value, source, file, line) = match from_files.get(&name) {
+            Some((raw, file, line)) => (
+                normalized(raw),
+                "configuration file".to_string(),
+                file.clone(),
+                *line,
+            ),
+            None => {
+                let boot = catalog.settings[&name].boot_val.clone().unwrap_or_default();
+                (boot, "default".to_string(), None, None)
+            }
+        };
+        if let Some(s) = catalog.settings.get_mut(&name) {
+            s.value = value;
+            s.source = source;
+            s.sourcefile = file;
+            s.sourceline = line;
+        }
+    }
+    Ok(())
 }
 
 /// Configuration files read from this host's disk.
@@ -466,6 +650,16 @@ pub async fn apply(
         }
         values.insert(name, value.unwrap_or_default());
     }
+    // This session's own settings show the session's value: the instance's comes from its
+    // files.
+    if plan.iter().any(|(n, _)| session_sets(n)) {
+        let now = read_settings(&inst).await?;
+        for (name, _) in plan.iter().filter(|(n, _)| session_sets(n)) {
+            if let Some(s) = now.settings.get(name) {
+                values.insert(name.clone(), s.value.clone());
+            }
+        }
+    }
     for (name, value) in &plan {
         let Some(v) = value else { continue };
         let want = catalog
@@ -704,7 +898,9 @@ async fn read_counters(inst: &Instance, now_ms: i64) -> Result<Counters, PgError
         .query_one(
             "SELECT xact_commit, xact_rollback, deadlocks, temp_bytes, blks_read, \
              active_time::float8, \
-             EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements') \
+             (SELECT n.nspname::text FROM pg_extension e \
+              JOIN pg_namespace n ON n.oid = e.extnamespace \
+              WHERE e.extname = 'pg_stat_statements') \
              FROM pg_stat_database WHERE datname = current_database()",
             &[],
         )
@@ -720,15 +916,17 @@ async fn read_counters(inst: &Instance, now_ms: i64) -> Result<Counters, PgError
         active_time_ms: row.get(5),
         ..Counters::default()
     };
-    if row.get::<_, bool>(6) {
+    // By its schema: the session's search_path is pg_catalog alone.
+    if let Some(schema) = row.get::<_, Option<String>>(6) {
         let what = format!("reading pg_stat_statements of {}", inst.target);
+        let sql = format!(
+            "SELECT coalesce(sum(calls), 0)::int8, coalesce(sum(total_exec_time), 0)::float8 \
+             FROM \"{}\".pg_stat_statements",
+            schema.replace('"', "\"\"")
+        );
         let row = inst
             .client
-            .query_one(
-                "SELECT coalesce(sum(calls), 0)::int8, coalesce(sum(total_exec_time), 0)::float8 \
-                 FROM pg_stat_statements",
-                &[],
-            )
+            .query_one(&sql, &[])
             .await
             .map_err(|e| query_error(&what, &e))?;
         c.calls = Some(row.get(0));

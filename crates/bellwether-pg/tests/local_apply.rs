@@ -229,3 +229,106 @@ fn a_restart_context_change_is_applied_and_reverted_with_a_restart() {
     assert_eq!(psql(&c, "SHOW shared_buffers"), sb);
     assert_eq!(psql(&c, "SHOW work_mem"), "4MB");
 }
+
+/// A change that sets session limits on the whole instance (`statement_timeout = 5ms`,
+/// `default_transaction_read_only = on`, a tiny `lock_timeout` and `idle_session_timeout`, a
+/// `search_path` that names nothing) must not lock Bellwether out: its own sessions set their
+/// own values at startup, so reading the instance, applying and reverting still work, and the
+/// snapshot shows the instance's values, not the session's.
+#[test]
+fn the_instance_s_session_limits_do_not_lock_bellwether_out() {
+    let c = TestCluster::start(TestClusterOptions::default());
+    for sql in [
+        "ALTER SYSTEM SET statement_timeout = '5ms'",
+        "ALTER SYSTEM SET default_transaction_read_only = on",
+        "ALTER SYSTEM SET lock_timeout = '1ms'",
+        "ALTER SYSTEM SET idle_session_timeout = '50ms'",
+        "ALTER SYSTEM SET search_path = 'nowhere'",
+    ] {
+        psql(&c, sql);
+    }
+    psql(&c, "SELECT pg_reload_conf()");
+    // The trap is set for an ordinary session.
+    assert_eq!(psql(&c, "SHOW statement_timeout"), "5ms");
+    assert_eq!(psql(&c, "SHOW default_transaction_read_only"), "on");
+    let url = c.url();
+    rt().block_on(async {
+        let inst = bellwether_pg::connect(&url).await.unwrap();
+        // Longer than the instance's statement_timeout, idle longer than its
+        // idle_session_timeout, then a write: the session's own settings hold.
+        inst.client
+            .batch_execute("SELECT pg_sleep(0.1)")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        inst.client
+            .batch_execute("CREATE TEMP TABLE bellwether_probe (x int)")
+            .await
+            .unwrap();
+        // The snapshot shows the instance's values, where they came from.
+        let cat = bellwether_pg::read_settings(&inst).await.unwrap();
+        let st = &cat.settings["statement_timeout"];
+        assert_eq!(st.value, "5");
+        assert_eq!(st.source, "configuration file");
+        assert!(st
+            .sourcefile
+            .as_deref()
+            .is_some_and(|f| f.ends_with("postgresql.auto.conf")));
+        assert_eq!(cat.settings["default_transaction_read_only"].value, "on");
+        let mut sampler = bellwether_pg::Sampler::default();
+        sampler.sample(&inst, 1_000).await.unwrap();
+        let m = sampler.sample(&inst, 2_000).await.unwrap();
+        assert_eq!(m.get("up"), Some(&1.0));
+        assert!(m.contains_key("tps"), "{m:?}");
+
+        // An apply under the trap, then the revert of the trap itself.
+        let timeout = Duration::from_secs(30);
+        let applied = bellwether_pg::apply(
+            &url,
+            &[("work_mem".into(), Some("1MB".into()))],
+            false,
+            None,
+            timeout,
+        )
+        .await
+        .unwrap();
+        assert!(applied.reloaded);
+        assert_eq!(applied.values["work_mem"], "1024");
+        let reverted = bellwether_pg::apply(
+            &url,
+            &[
+                ("statement_timeout".into(), None),
+                ("default_transaction_read_only".into(), None),
+                ("lock_timeout".into(), None),
+                ("idle_session_timeout".into(), None),
+                ("search_path".into(), None),
+            ],
+            false,
+            None,
+            timeout,
+        )
+        .await
+        .unwrap();
+        // The instance's values after the revert, not this session's.
+        assert_eq!(reverted.values["statement_timeout"], "0");
+        assert_eq!(reverted.values["default_transaction_read_only"], "off");
+        assert_eq!(reverted.values["search_path"], "\"$user\", public");
+        // A session-limit change applied with a restart works too (the reconnect after the
+        // restart sets its own values again).
+        psql(&c, "ALTER SYSTEM SET statement_timeout = '5ms'");
+        let restarted = bellwether_pg::apply(
+            &url,
+            &[("statement_timeout".into(), None)],
+            true,
+            Some(&c.restart_argv()),
+            timeout,
+        )
+        .await
+        .unwrap();
+        assert!(restarted.restarted);
+        assert_eq!(restarted.values["statement_timeout"], "0");
+    });
+    assert_eq!(psql(&c, "SHOW statement_timeout"), "0");
+    assert_eq!(psql(&c, "SHOW default_transaction_read_only"), "off");
+    assert_eq!(psql(&c, "SHOW search_path"), "\"$user\", public");
+}

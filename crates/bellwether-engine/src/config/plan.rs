@@ -19,6 +19,7 @@
 //!   bake: 20s
 //!   confirm: 5s
 //!   confirm_timeout: 60s
+//!   restart_warmup: 3s
 //!   rules:
 //!     - {metric: tps, direction: decrease, percent: 25, for: 4s, weight: 1}
 //! risk_threshold: 0.5
@@ -73,7 +74,21 @@ pub struct WatchSpec {
     /// (given up after `confirm_timeout_ms`).
     pub confirm_ms: u64,
     pub confirm_timeout_ms: u64,
+    /// After an apply that restarted the server, the samples of this first window are not
+    /// judged (a restart empties the caches and drops every connection: its transient is not
+    /// the change's effect) and the bake starts after it; an instance that does not answer is
+    /// still reverted at once. 0 turns it off. Absent from state saved before it existed:
+    /// the default.
+    #[serde(default = "default_restart_warmup_ms")]
+    pub restart_warmup_ms: u64,
     pub rules: Vec<MetricRule>,
+}
+
+/// The default restart warm-up (see [`WatchSpec::defaults`]).
+pub const DEFAULT_RESTART_WARMUP_MS: u64 = 3_000;
+
+fn default_restart_warmup_ms() -> u64 {
+    DEFAULT_RESTART_WARMUP_MS
 }
 
 /// A configuration change.
@@ -124,7 +139,15 @@ impl WatchSpec {
     ///   lasting rise of rollbacks or deadlocks after a configuration change is a symptom;
     /// - confirm 5 s within 60 s: after a revert, five seconds back in every band is five
     ///   consecutive in-band 1-s samples; a reload takes effect at once and a restart is back
-    ///   within seconds, so a minute is ample before the revert is declared not recovered.
+    ///   within seconds, so a minute is ample before the revert is declared not recovered;
+    /// - restart warm-up 3 s: after a restart the clients reconnect (a pool's retry is
+    ///   typically well under a second) and the backends refill `shared_buffers` and their
+    ///   catalog caches; for a small instance whose hot data is in the OS page cache
+    ///   (the 128 MB default `shared_buffers` is re-read at memory speed) that is over in one
+    ///   to two seconds, so three 1-s rates cover it with a margin. A transient must now
+    ///   outlast the warm-up plus a rule's `for` (7 s) to count, while a restart-context bad
+    ///   change is recovered at most 3 s later (about 17 s, well inside the 30 s goal). A
+    ///   large instance that warms from disk needs its own, longer value.
     pub fn defaults() -> WatchSpec {
         let rule = |metric: &str, direction, percent| MetricRule {
             metric: metric.to_string(),
@@ -139,6 +162,7 @@ impl WatchSpec {
             bake_ms: 20_000,
             confirm_ms: 5_000,
             confirm_timeout_ms: 60_000,
+            restart_warmup_ms: DEFAULT_RESTART_WARMUP_MS,
             rules: vec![
                 rule(bellwether_config::metrics::TPS, Direction::Decrease, 25.0),
                 rule(
@@ -179,6 +203,12 @@ impl WatchSpec {
         dur("bake", self.bake_ms)?;
         dur("confirm", self.confirm_ms)?;
         dur("confirm_timeout", self.confirm_timeout_ms)?;
+        if self.restart_warmup_ms > MAX_WATCH_MS {
+            return Err(format!(
+                "restart_warmup: {} ms must be at most a day ({MAX_WATCH_MS} ms)",
+                self.restart_warmup_ms
+            ));
+        }
         if self.min_baseline_samples == 0 || self.min_baseline_samples > 4096 {
             return Err(format!(
                 "min_baseline_samples: {} must be 1 to 4096",
@@ -517,6 +547,7 @@ struct RawWatch {
     bake: Option<Dur>,
     confirm: Option<Dur>,
     confirm_timeout: Option<Dur>,
+    restart_warmup: Option<Dur>,
     rules: Option<Vec<YamlRule>>,
 }
 
@@ -536,6 +567,9 @@ impl TryFrom<RawWatch> for YamlWatch {
             confirm_timeout_ms: r
                 .confirm_timeout
                 .map_or(d.confirm_timeout_ms, |v| dur_ms(v.0)),
+            restart_warmup_ms: r
+                .restart_warmup
+                .map_or(d.restart_warmup_ms, |v| dur_ms(v.0)),
             rules: r
                 .rules
                 .map_or(d.rules, |rs| rs.into_iter().map(|r| r.0).collect()),

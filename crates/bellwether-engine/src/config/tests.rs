@@ -424,6 +424,88 @@ fn an_instance_down_after_the_apply_is_reverted_whatever_the_risk() {
     ));
 }
 
+/// Runs a one-target change of `key` (risk threshold 0.01: any traced anomaly reverts) with
+/// the given restart warm-up: `dip` seconds of a throughput collapse right after the apply,
+/// then healthy samples until the bake ends. Gives the rig.
+fn after_a_dip(key: &str, warmup_ms: u64, dip: usize) -> Rig {
+    let mut p = plan(1, &[(key, None)]);
+    p.risk_threshold = 0.01;
+    p.watch.restart_warmup_ms = warmup_ms;
+    let mut r = Rig::new(p, Graph::default());
+    r.bring_to_bake(0, 1);
+    r.samples(0, dip, &metrics(300.0, 17.0));
+    if !r.e.stages()[0].eq(&Stage::RevertSnapshot) {
+        r.samples(0, 30, &healthy());
+    }
+    r
+}
+
+/// A restart empties caches and drops connections: a dip in the warm-up after it is the
+/// restart's transient, not the change's effect, while a dip that outlasts the warm-up by a
+/// rule's `for` is judged like any other; a reload has no warm-up; a down instance is reverted
+/// within the warm-up (`an_instance_down_after_the_apply_is_reverted_whatever_the_risk`).
+#[test]
+fn a_restart_transient_in_the_warm_up_is_not_the_change() {
+    let d = WatchSpec::defaults();
+    assert_eq!(d.restart_warmup_ms, 3_000);
+    // Five 1-s samples out of band right after a restart: long enough to breach (for = 4 s)
+    // without a warm-up, inside warm-up + for with the default one.
+    let kept = after_a_dip("max_wal_senders", d.restart_warmup_ms, 5);
+    assert_eq!(kept.count("anomaly"), 0, "{:?}", kept.names());
+    assert_eq!(kept.e.stages()[0], Stage::Promoted, "{:?}", kept.names());
+    let applied = kept.events.iter().find(|e| e.name == "applied").unwrap();
+    assert_eq!(applied.figures["restart_warmup_ms"], 3_000);
+    // The warm-up adds no bake time: promoted only after the bake's 20 s of judged samples.
+    let promoted = kept.events.iter().find(|e| e.name == "promoted").unwrap();
+    let applied_at = applied.figures["applied_at_ms"].as_i64().unwrap();
+    assert!(promoted.at_ms - applied_at >= 23_000, "{promoted:?}");
+    // The same dip without a warm-up reverts.
+    let cold = after_a_dip("max_wal_senders", 0, 5);
+    assert_eq!(
+        cold.e.stages()[0],
+        Stage::RevertSnapshot,
+        "{:?}",
+        cold.names()
+    );
+    // After a reload there is no warm-up: the same dip reverts.
+    let reload = after_a_dip("random_page_cost", d.restart_warmup_ms, 5);
+    assert_eq!(
+        reload.e.stages()[0],
+        Stage::RevertSnapshot,
+        "{:?}",
+        reload.names()
+    );
+    // A dip that goes on past the warm-up is the change's: reverted once it has lasted its
+    // `for` after the warm-up (samples at 3..7 s), and the onset is dated from the warm-up's
+    // end.
+    let sustained = after_a_dip("max_wal_senders", d.restart_warmup_ms, 10);
+    assert_eq!(sustained.e.stages()[0], Stage::RevertSnapshot);
+    let anomaly = sustained
+        .events
+        .iter()
+        .find(|e| e.name == "anomaly")
+        .unwrap();
+    let applied_at = sustained
+        .events
+        .iter()
+        .find(|e| e.name == "applied")
+        .unwrap()
+        .figures["applied_at_ms"]
+        .as_i64()
+        .unwrap();
+    assert!(anomaly.at_ms - applied_at <= 8_000, "{anomaly:?}");
+    let traced = sustained
+        .events
+        .iter()
+        .find(|e| e.name == "traced")
+        .unwrap();
+    let risk: bellwether_config::risk::Risk =
+        serde_json::from_value(traced.figures["risk"].clone()).unwrap();
+    let onset = risk.factors.iter().find(|f| f.name == "onset").unwrap();
+    assert!(onset.detail.contains("warm-up"), "{onset:?}");
+    assert!(onset.log_odds > 0.0, "{onset:?}");
+}
+
 #[test]
 fn a_failed_apply_is_reverted_and_a_refused_one_is_not() {
     let mut r = Rig::new(plan(1, &[("random_page_cost", None)]), Graph::default());
