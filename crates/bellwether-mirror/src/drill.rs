@@ -610,17 +610,28 @@ async fn pg_connect(endpoint: &str) -> Result<tokio_postgres::Client, String> {
 }
 
 async fn setup_pg(endpoint: &str) -> Result<(), DrillError> {
-    let c = pg_connect(endpoint).await.map_err(DrillError::Other)?;
-    c.batch_execute(
-        "CREATE TABLE IF NOT EXISTS bellwether_drill (client int, seq bigint, PRIMARY KEY (client, seq))",
-    )
-    .await
-    .map_err(|e| {
-        DrillError::Other(format!(
-            "creating the drill's table on {endpoint}: {}",
-            crate::pg::db_message(&e)
-        ))
-    })
+    // The primary has just started: a connection refused or a server still starting up is
+    // retried for a few seconds; the last error is the one reported.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = async {
+            let c = pg_connect(endpoint).await?;
+            c.batch_execute(
+                "CREATE TABLE IF NOT EXISTS bellwether_drill (client int, seq bigint, PRIMARY KEY (client, seq))",
+            )
+            .await
+            .map_err(|e| crate::pg::db_message(&e))
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(DrillError::Other(format!(
+                    "creating the drill's table on {endpoint}: {e}"
+                )))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 async fn pg_client(c: u32, listen: &str, load: &Load) {
