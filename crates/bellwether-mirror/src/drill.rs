@@ -306,12 +306,17 @@ where
     }))
     .map_err(|e| DrillError::Options(e.to_string()))?;
     let ropts = RunnerOptions::for_spec(&spec);
-    let runner = LocalRunner::start(spec, provisioner, router, ropts)
+    let runner = LocalRunner::start(spec, provisioner.clone(), router, ropts)
         .map_err(|e| DrillError::Options(e.to_string()))?;
     let result = drive(&opts, &primary, &endpoint, &runner).await;
     let status = runner.status();
     let events = runner.events();
     runner.stop(true).await;
+    // A mirror whose provisioning was still in flight when the runner stopped is not among
+    // the runner's; its record in the drill's directory is, so nothing outlives the drill.
+    for inst in provisioner.list().unwrap_or_default() {
+        let _ = crate::Provisioner::retire(provisioner.as_ref(), &inst).await;
+    }
     proxy.stop().await;
     drop(primary);
     drop(work);
