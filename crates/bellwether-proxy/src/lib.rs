@@ -390,7 +390,7 @@ fn busy_on(shared: &Shared, backend: &str) -> Vec<Arc<registry::ConnEntry>> {
 /// Waits until no session on `backend` is busy, or `limit` passes; then closes those that
 /// still are. Sessions set themselves busy before they look where to send a request, so once
 /// this returns no request reaches `backend` through the proxy unless the pool points there.
-pub(crate) async fn wait_idle(shared: &Shared, backend: &str, limit: Duration) -> IdleOutcome {
+pub async fn wait_idle(shared: &Shared, backend: &str, limit: Duration) -> IdleOutcome {
     let _watching = shared.registry.watch();
     // Pairs with the fence a session passes between marking itself busy and reading the pool.
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);

@@ -234,38 +234,10 @@ mod proxy {
             Ok(())
         }
 
-        /// Waits until no session is busy on `backend` (the proxy's own switch does the same),
-        /// at most `wait` (and [`SWITCH_WAIT`]); closes those still busy then.
+        /// Waits until no session is busy on `backend`, at most `wait` (and [`SWITCH_WAIT`]),
+        /// as the proxy's own switch does (`bellwether_proxy::wait_idle`).
         async fn wait_idle(&self, backend: &str, wait: Duration) {
-            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-            let reg = &self.shared.registry;
-            let busy = || {
-                reg.on_backend(backend)
-                    .into_iter()
-                    .filter(|e| e.busy.load(std::sync::atomic::Ordering::SeqCst))
-                    .collect::<Vec<_>>()
-            };
-            let deadline = tokio::time::Instant::now() + wait.min(SWITCH_WAIT);
-            loop {
-                let changed = reg.changed.notified();
-                let left = busy();
-                if left.is_empty() {
-                    return;
-                }
-                // A session leaving signals `changed`; one finishing a command only clears its
-                // flag, so the wait is also bounded to a few milliseconds per round.
-                let round = tokio::time::Instant::now() + Duration::from_millis(5);
-                if tokio::time::timeout_at(round.min(deadline), changed)
-                    .await
-                    .is_err()
-                    && tokio::time::Instant::now() >= deadline
-                {
-                    for e in &left {
-                        e.kill.cancel();
-                    }
-                    return;
-                }
-            }
+            bellwether_proxy::wait_idle(&self.shared, backend, wait.min(SWITCH_WAIT)).await;
         }
     }
 
