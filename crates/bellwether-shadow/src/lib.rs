@@ -12,6 +12,7 @@
 //! - [`pg`]: PostgreSQL shadows (base backup plus WAL streamed with `pg_receivewal`).
 
 pub mod dir;
+pub mod drill;
 pub mod pg;
 pub mod point;
 pub mod sqlite;
