@@ -13,6 +13,7 @@
 //! the live directory when a restore fails.
 
 pub mod chunk;
+pub mod resource;
 pub mod restore;
 pub mod tree;
 pub mod walk;
@@ -22,6 +23,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use resource::{Dir, DirShadow};
 pub use restore::{restore_tree, RestoreReport, Swap};
 pub use tree::Tree;
 pub use walk::{walk, WalkStats};

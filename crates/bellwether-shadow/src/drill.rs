@@ -27,7 +27,13 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::dir::{self, FsObjects, Tree};
+use std::sync::Arc;
+
+use crate::dir;
+use crate::point::{
+    self, Control, Reason, Resource, ResourceKind, RestoreRequest, Retention, RunEvent,
+    ShadowError, ShadowOptions, ShadowType, Source, Target, Timestamp,
+};
 use check::{check_dir, check_sqlite, Verdict, WriterLog};
 use rng::{noise, Rng};
 pub use writer::WriterKind;
@@ -47,31 +53,128 @@ impl Fault {
     pub const ALL: [Fault; 3] = [Fault::Corrupt, Fault::KillWriter, Fault::DiskFull];
 }
 
-/// A point's reason, as the drill asks for it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum DrillReason {
-    Schedule,
-    /// A failure predicted at `expected_failure_ns` with this probability.
-    Predicted {
-        expected_failure_ns: i64,
-        probability: f64,
-    },
-}
-
-/// A point as the shadow took it: its id and, when the shadow knows better than the time of
-/// the call (a replica that lags), the window its consistent state lies in.
+/// A point as the shadow took it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TakenPoint {
     pub id: String,
-    pub consistent_window_ns: Option<(i64, i64)>,
+}
+
+/// What a restore brought back: the point, and the window the restored state lies in (every
+/// transaction committed before its start is in it, none begun after its end), in ns since
+/// the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub point: String,
+    pub window_ns: (i64, i64),
 }
 
 /// The shadow under test, one kind behind one trait.
 pub trait DrillShadow {
-    fn take_point(&mut self, reason: DrillReason) -> Result<TakenPoint, String>;
-    /// Restores the live data to the latest point consistent at or before `t_ns`; returns
-    /// the point's id.
-    fn restore_to(&mut self, t_ns: i64) -> Result<String, String>;
+    fn take_point(&mut self, reason: Reason) -> Result<TakenPoint, String>;
+    /// Restores the live data to the latest consistent state at or before `t_ns`.
+    fn restore_to(&mut self, t_ns: i64) -> Result<Restored, String>;
+}
+
+/// A shadow started through its kind's [`Resource`] and driven by [`point::run`] in a
+/// thread of its own, as `bellwether shadow start` drives it; points are asked of it through
+/// its [`Control`], restores go through the kind's [`Resource::restore`].
+pub struct LiveShadow {
+    resource: &'static dyn Resource,
+    dir: PathBuf,
+    dest: PathBuf,
+    ctl: Arc<Control>,
+    events: mpsc::Receiver<RunEvent>,
+    thread: Option<std::thread::JoinHandle<Result<(), ShadowError>>>,
+    /// Failures the shadow's loop reported that did not stop it (retention).
+    pub warnings: Vec<String>,
+}
+
+impl LiveShadow {
+    pub fn start(
+        kind: ResourceKind,
+        source: &Path,
+        dir: &Path,
+        shadow_type: ShadowType,
+    ) -> Result<LiveShadow, String> {
+        let resource =
+            crate::resource(kind).ok_or_else(|| format!("this build has no {kind} shadow"))?;
+        let mut shadow = resource
+            .start(&ShadowOptions {
+                dir: dir.to_path_buf(),
+                source: Source::Path(source.to_path_buf()),
+                shadow_type,
+                points_every: None,
+                retention: Retention::default(),
+                poll: None,
+            })
+            .map_err(|e| e.to_string())?;
+        let ctl = Arc::new(Control::new());
+        let (tx, rx) = mpsc::channel();
+        let c = ctl.clone();
+        let thread = std::thread::spawn(move || {
+            point::run(&mut *shadow, None, &c, &mut |ev: &RunEvent| {
+                let _ = tx.send(ev.clone());
+            })
+        });
+        Ok(LiveShadow {
+            resource,
+            dir: dir.to_path_buf(),
+            dest: source.to_path_buf(),
+            ctl,
+            events: rx,
+            thread: Some(thread),
+            warnings: Vec::new(),
+        })
+    }
+}
+
+impl DrillShadow for LiveShadow {
+    fn take_point(&mut self, reason: Reason) -> Result<TakenPoint, String> {
+        self.ctl.request_point(reason);
+        loop {
+            match self.events.recv_timeout(WRITER_STALL) {
+                Ok(RunEvent::Point(m)) => {
+                    return Ok(TakenPoint {
+                        id: m.id().to_string(),
+                    })
+                }
+                // Retention runs after each point; its failure does not fail the next point
+                // (the loop goes on), but the drill keeps it.
+                Ok(RunEvent::Failed(e)) if e.starts_with("retention:") => self.warnings.push(e),
+                Ok(RunEvent::Failed(e)) => return Err(e),
+                Ok(_) => {}
+                Err(_) => return Err(format!("the shadow took no point in {WRITER_STALL:?}")),
+            }
+        }
+    }
+
+    fn restore_to(&mut self, t_ns: i64) -> Result<Restored, String> {
+        let r = self
+            .resource
+            .restore(&RestoreRequest {
+                dir: self.dir.clone(),
+                target: Target::Time(Timestamp::from_micros(t_ns.div_euclid(1000))),
+                dest: self.dest.clone(),
+                elsewhere: false,
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Restored {
+            point: r.point.to_string(),
+            window_ns: (
+                r.point_taken_at.as_micros() * 1000,
+                r.restored_to.as_micros() * 1000 + 999,
+            ),
+        })
+    }
+}
+
+impl Drop for LiveShadow {
+    fn drop(&mut self) {
+        self.ctl.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The options of [`run`].
@@ -110,6 +213,9 @@ pub struct RunReport {
     pub live_untouched_after_failed_restore: Option<bool>,
     pub restore_ms: Option<f64>,
     pub verdict: Option<Verdict>,
+    /// What the shadow's loop reported without stopping (retention failures).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shadow_warnings: Vec<String>,
     /// A run that could not be carried out (not a verdict on the shadow).
     pub error: Option<String>,
 }
@@ -351,73 +457,6 @@ pub fn digest_tree(root: &Path) -> String {
     hex::encode(h.finalize())
 }
 
-/// The directory kind's shadow for the drill: points as [`Tree`]s over an object directory.
-pub struct DirDrillShadow {
-    live: PathBuf,
-    objects: FsObjects,
-    differential: bool,
-    points: Vec<(String, (i64, i64), Tree)>,
-}
-
-impl DirDrillShadow {
-    pub fn new(
-        live: &Path,
-        shadow_dir: &Path,
-        differential: bool,
-    ) -> Result<DirDrillShadow, String> {
-        dir::check_shadow_outside(live, shadow_dir).map_err(|e| e.to_string())?;
-        Ok(DirDrillShadow {
-            live: live.to_path_buf(),
-            objects: FsObjects::new(shadow_dir.join("objects")),
-            differential,
-            points: Vec::new(),
-        })
-    }
-}
-
-impl DrillShadow for DirDrillShadow {
-    fn take_point(&mut self, _reason: DrillReason) -> Result<TakenPoint, String> {
-        let start = dir::now_ns();
-        let prev = if self.differential {
-            self.points.last().map(|p| &p.2)
-        } else {
-            None
-        };
-        let (tree, _) = dir::walk(&self.live, prev, &self.objects).map_err(|e| e.to_string())?;
-        let end = dir::now_ns();
-        let id = format!("p{}", self.points.len() + 1);
-        self.points.push((id.clone(), (start, end), tree));
-        Ok(TakenPoint {
-            id,
-            consistent_window_ns: Some((start, end)),
-        })
-    }
-
-    fn restore_to(&mut self, t_ns: i64) -> Result<String, String> {
-        let (id, _, tree) = self
-            .points
-            .iter()
-            .rev()
-            .find(|p| p.1 .1 <= t_ns)
-            .ok_or_else(|| "no point before the target time".to_string())?;
-        dir::restore_tree(tree, &self.objects, &self.live).map_err(|e| e.to_string())?;
-        Ok(id.clone())
-    }
-}
-
-/// The shadow for a kind; the SQLite one comes from [`crate::sqlite`].
-fn open_shadow(
-    kind: WriterKind,
-    live: &Path,
-    shadow_dir: &Path,
-    differential: bool,
-) -> Result<Box<dyn DrillShadow>, String> {
-    match kind {
-        WriterKind::Dir => Ok(Box::new(DirDrillShadow::new(live, shadow_dir, differential)?)),
-        WriterKind::Sqlite => Err("the SQLite shadow is not in this build yet (bellwether_shadow::sqlite); drill --kind dir".into()),
-    }
-}
-
 const TMPFS_BYTES: u64 = 48 << 20;
 
 fn one_run(opts: &DrillOptions, i: u32, seed: u64, kind: WriterKind, fault: Fault) -> RunReport {
@@ -437,6 +476,7 @@ fn one_run(opts: &DrillOptions, i: u32, seed: u64, kind: WriterKind, fault: Faul
         live_untouched_after_failed_restore: None,
         restore_ms: None,
         verdict: None,
+        shadow_warnings: Vec::new(),
         error: None,
     };
     let work = opts
@@ -487,31 +527,36 @@ fn run_in(
             w.ended
         ));
     }
-    let mut shadow = open_shadow(kind, &live, &shadow_dir, differential)?;
-    let mut windows: Vec<(String, (i64, i64))> = Vec::new();
-    let mut take = |shadow: &mut Box<dyn DrillShadow>,
-                    reason: DrillReason,
-                    report: &mut RunReport|
+    let (rkind, source) = match kind {
+        WriterKind::Sqlite => (ResourceKind::Sqlite, target.clone()),
+        WriterKind::Dir => (ResourceKind::Dir, live.clone()),
+    };
+    let stype = if differential {
+        ShadowType::Differential
+    } else {
+        ShadowType::Full
+    };
+    let mut shadow = LiveShadow::start(rkind, &source, &shadow_dir, stype)?;
+    let take = |shadow: &mut LiveShadow,
+                reason: Reason,
+                report: &mut RunReport|
      -> Result<String, String> {
-        let start = dir::now_ns();
         let p = shadow.take_point(reason)?;
-        let end = dir::now_ns();
         report.points_taken += 1;
-        windows.push((p.id.clone(), p.consistent_window_ns.unwrap_or((start, end))));
         Ok(p.id)
     };
     for _ in 0..rng.range(1, 3) {
-        take(&mut shadow, DrillReason::Schedule, report)?;
+        take(&mut shadow, Reason::Schedule, report)?;
         if !w.commits(rng.range(5, 25))? {
             return Err(format!("the writer ended before the fault: {:?}", w.ended));
         }
     }
     // The prediction: a failure expected a little later; a point is taken now for it.
-    let lead_ns = 200_000_000;
     let predicted = take(
         &mut shadow,
-        DrillReason::Predicted {
-            expected_failure_ns: dir::now_ns() + lead_ns,
+        Reason::Predicted {
+            source: "drill".into(),
+            failure_at: Timestamp::now().plus(Duration::from_millis(200)),
             probability: 0.9,
         },
         report,
@@ -548,16 +593,18 @@ fn run_in(
     report.writer_ended = w.ended.clone();
     w.kill();
     // A point after the failure: the restore must not choose it.
-    take(&mut shadow, DrillReason::Schedule, report)?;
+    take(&mut shadow, Reason::Schedule, report)?;
 
+    let mut window = None;
     if let Some(b) = &ballast {
         let before = digest_tree(&live);
         let started = Instant::now();
         match shadow.restore_to(fault_at) {
-            Ok(id) => {
-                report.restore_on_full_disk = Some(format!("succeeded (point {id})"));
-                report.restored_point = Some(id);
+            Ok(r) => {
+                report.restore_on_full_disk = Some(format!("succeeded (point {})", r.point));
+                report.restored_point = Some(r.point);
                 report.restore_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+                window = Some(r.window_ns);
             }
             Err(e) => {
                 report.restore_on_full_disk = Some(format!("failed: {e}"));
@@ -566,31 +613,29 @@ fn run_in(
         }
         fs::remove_file(b).map_err(|e| format!("{}: {e}", b.display()))?;
     }
-    if report.restored_point.is_none() {
-        let started = Instant::now();
-        let id = shadow.restore_to(fault_at)?;
-        report.restore_ms = Some(started.elapsed().as_secs_f64() * 1e3);
-        report.restored_point = Some(id);
-    }
+    let window = match window {
+        Some(w) => w,
+        None => {
+            let started = Instant::now();
+            let r = shadow.restore_to(fault_at)?;
+            report.restore_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+            report.restored_point = Some(r.point);
+            r.window_ns
+        }
+    };
     let restored = report.restored_point.clone().unwrap_or_default();
-    let window = windows
-        .iter()
-        .find(|(id, _)| *id == restored)
-        .map(|(_, w)| *w)
-        .ok_or_else(|| {
-            format!("the shadow restored {restored:?}, a point the drill did not take")
-        })?;
     let wlog = WriterLog::read(&log)?;
     let mut verdict = match kind {
         WriterKind::Sqlite => check_sqlite(&target, &wlog, seed, window),
         WriterKind::Dir => check_dir(&live, &wlog, seed, window),
     };
-    if window.1 > fault_at {
+    if window.1 > fault_at + 999 {
         verdict
             .corrupt
             .push(format!("restored point {restored} ends after the fault"));
     }
     report.verdict = Some(verdict);
+    report.shadow_warnings = std::mem::take(&mut shadow.warnings);
     Ok(())
 }
 

@@ -163,7 +163,7 @@ fn a_differential_point_reads_only_changed_files_and_stores_only_new_chunks() {
             .iter()
             .map(|e| {
                 let sha = match &e.node {
-                    Node::File { sha256, .. } => Some(sha256.clone()),
+                    Node::File { sha256, .. } => sha256.clone(),
                     _ => None,
                 };
                 (e.path.to_string(), sha)

@@ -4,14 +4,14 @@
 //!
 //! What is atomic: the name. At every instant the live path names either the old tree or the
 //! restored one, never a mix and never nothing; a crash before the exchange leaves the live
-//! tree as it was (and a `.NAME.restore-*` directory beside it), a crash after leaves the
+//! tree as it was (and a `.NAME.bellwether-restore.PID` directory beside it), a crash after leaves the
 //! restored tree in place. What is not: a process that holds a descriptor or its working
 //! directory inside the old tree keeps seeing the old tree (it moved, it was not changed), and
 //! the writes of a process in the middle of writing through the live path land in whichever
 //! tree the name pointed at when it opened the file; so stop or pause the writers first (the
-//! drill kills its writer before it restores). A file system without `RENAME_EXCHANGE` gets
-//! two renames, old tree aside then new tree in, with a short window in which the live path
-//! does not exist; the report says which was used.
+//! drill kills its writer before it restores). A file system without `RENAME_EXCHANGE`
+//! refuses the swap, and the live tree stays as it was. Nor is the removal of the old tree
+//! after the swap atomic: a crash then leaves it beside the live one, under the hidden name.
 //!
 //! On any error before the exchange the staging tree is removed and the live directory has not
 //! been touched at all.
@@ -23,13 +23,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{self as rfs, AtFlags, RenameFlags, Timespec, Timestamps, CWD};
-use rustix::io::Errno;
+use rustix::fs::{self as rfs, AtFlags, Timespec, Timestamps, CWD};
 use sha2::{Digest, Sha256};
 
 use super::chunk::sha256_hex;
 use super::tree::{Node, Tree};
-use super::{now_ns, DirError, ObjectStore};
+use super::{DirError, ObjectStore};
 
 /// How the restored tree took the live directory's place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -37,10 +36,8 @@ use super::{now_ns, DirError, ObjectStore};
 pub enum Swap {
     /// One `renameat2(RENAME_EXCHANGE)`: atomic.
     Exchanged,
-    /// The live directory did not exist: one `renameat2(RENAME_NOREPLACE)`: atomic.
+    /// The live directory did not exist: one `rename`: atomic.
     Created,
-    /// Two renames (the file system has no `RENAME_EXCHANGE`): not atomic.
-    TwoRenames,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -52,8 +49,6 @@ pub struct RestoreReport {
     pub bytes: u64,
     pub chunks_verified: u64,
     pub swap: Swap,
-    /// Where the replaced tree was left when it could not be removed.
-    pub old_tree_left_at: Option<PathBuf>,
 }
 
 fn io_err(path: &Path, op: &'static str, source: std::io::Error) -> DirError {
@@ -101,6 +96,7 @@ pub(crate) fn split_dest(dest: &Path) -> Result<(PathBuf, &OsStr, bool), DirErro
 }
 
 /// Restores `tree` (objects from `store`) at `dest`; see the module docs for what is atomic.
+/// The swap is [`crate::point::replace_beside`], the one every kind of shadow uses.
 pub fn restore_tree(
     tree: &Tree,
     store: &dyn ObjectStore,
@@ -108,7 +104,7 @@ pub fn restore_tree(
 ) -> Result<RestoreReport, DirError> {
     tree.validate()
         .map_err(|detail| DirError::BadTree { detail })?;
-    let (parent, name, exists) = split_dest(dest)?;
+    let (_, _, exists) = split_dest(dest)?;
     // Every chunk must be there before anything is written.
     for e in &tree.entries {
         if let Node::File { chunks, .. } = &e.node {
@@ -125,68 +121,49 @@ pub fn restore_tree(
             }
         }
     }
-    let mut staging_name = std::ffi::OsString::from(".");
-    staging_name.push(name);
-    staging_name.push(format!(".restore-{}-{}", std::process::id(), now_ns()));
-    let staging = parent.join(&staging_name);
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&staging)
-        .map_err(|e| io_err(&staging, "create", e))?;
-    let built = build(tree, store, &staging);
-    let mut report = match built {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = fs::remove_dir_all(&staging);
-            return Err(e);
+    let mut failed: Option<DirError> = None;
+    let mut built = None;
+    let swapped = crate::point::replace_beside(dest, |staging| {
+        let r = fs::DirBuilder::new()
+            .mode(0o700)
+            .create(staging)
+            .map_err(|e| io_err(staging, "create", e))
+            .and_then(|()| build(tree, store, staging));
+        match r {
+            Ok(r) => {
+                built = Some(r);
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                failed = Some(e);
+                Err(crate::point::ShadowError::Unsupported(msg))
+            }
         }
-    };
-    report.dest = dest.to_path_buf();
-    let flags = if exists {
-        RenameFlags::EXCHANGE
-    } else {
-        RenameFlags::NOREPLACE
-    };
-    match rfs::renameat_with(CWD, &staging, CWD, dest, flags) {
-        Ok(()) => {
-            report.swap = if exists {
+    });
+    match (swapped, failed, built) {
+        (Ok(()), _, Some(mut r)) => {
+            r.dest = dest.to_path_buf();
+            r.swap = if exists {
                 Swap::Exchanged
             } else {
                 Swap::Created
-            }
+            };
+            Ok(r)
         }
-        Err(Errno::INVAL | Errno::NOSYS) if exists => {
-            let mut aside_name = staging_name.clone();
-            aside_name.push(".old");
-            let aside = parent.join(aside_name);
-            if let Err(e) = fs::rename(dest, &aside) {
-                let _ = fs::remove_dir_all(&staging);
-                return Err(io_err(dest, "move aside", e));
-            }
-            if let Err(e) = fs::rename(&staging, dest) {
-                // Put the live tree back: the restore failed, nothing may change.
-                let _ = fs::rename(&aside, dest);
-                let _ = fs::remove_dir_all(&staging);
-                return Err(io_err(dest, "rename into place", e));
-            }
-            fs::rename(&aside, &staging).map_err(|e| io_err(&aside, "rename", e))?;
-            report.swap = Swap::TwoRenames;
-        }
-        Err(e) => {
-            let _ = fs::remove_dir_all(&staging);
-            return Err(io_err(dest, "swap", e.into()));
-        }
+        (_, Some(e), _) => Err(e),
+        (Err(crate::point::ShadowError::Io { path, source }), None, _) => Err(DirError::Io {
+            path,
+            op: "swap",
+            source,
+        }),
+        (Err(e), None, _) => Err(io_err(dest, "swap", std::io::Error::other(e.to_string()))),
+        (Ok(()), None, None) => Err(io_err(
+            dest,
+            "restore",
+            std::io::Error::other("the build did not run"),
+        )),
     }
-    if let Ok(d) = File::open(&parent) {
-        let _ = d.sync_all();
-    }
-    if exists {
-        // The old tree now sits at the staging name.
-        if fs::remove_dir_all(&staging).is_err() {
-            report.old_tree_left_at = Some(staging);
-        }
-    }
-    Ok(report)
 }
 
 fn build(tree: &Tree, store: &dyn ObjectStore, staging: &Path) -> Result<RestoreReport, DirError> {
@@ -198,7 +175,6 @@ fn build(tree: &Tree, store: &dyn ObjectStore, staging: &Path) -> Result<Restore
         bytes: 0,
         chunks_verified: 0,
         swap: Swap::Exchanged,
-        old_tree_left_at: None,
     };
     for e in &tree.entries {
         let p = staging.join(OsStr::from_bytes(e.path.as_bytes()));
@@ -256,10 +232,10 @@ fn build(tree: &Tree, store: &dyn ObjectStore, staging: &Path) -> Result<Restore
                         .map_err(|err| io_err(&p, "write", err))?;
                 }
                 let got = hex::encode(whole.finalize());
-                if &got != sha256 {
+                if let Some(expected) = sha256.as_ref().filter(|s| **s != got) {
                     return Err(DirError::FileDamaged {
                         file: e.path.to_string(),
-                        expected: sha256.clone(),
+                        expected: expected.clone(),
                         got,
                     });
                 }

@@ -143,10 +143,16 @@ pub enum Node {
         mode: u32,
         mtime_ns: i64,
         size: u64,
-        sha256: String,
+        /// The whole file's SHA-256 when the walk computed it (a tree read back from a
+        /// point's manifest has only the chunks', which prove the file whole as well).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
         chunks: Vec<ChunkRef>,
-        stamp: Stamp,
-        /// When this content was read (ns since the Unix epoch).
+        /// The walk's stamp, for change detection (not in a point's manifest).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stamp: Option<Stamp>,
+        /// When this content was read (ns since the Unix epoch; 0 when unknown).
+        #[serde(default)]
         read_at_ns: i64,
     },
     Symlink {

@@ -247,7 +247,7 @@ impl Walker<'_> {
                 read_at_ns,
                 mode: m,
                 ..
-            } if s == stamp
+            } if s.as_ref() == Some(stamp)
                 && *m == mode
                 && stamp.mtime_ns.max(stamp.ctime_ns) < read_at_ns - RACY_NS =>
             {
@@ -294,7 +294,10 @@ impl Walker<'_> {
             let (mut new_chunks, mut new_bytes) = (0u64, 0u64);
             let store = self.store;
             let (sha256, len) = chunk_stream(&file, ChunkSizes::DEFAULT, |c| {
-                if store.put(&c.sha256, &c.data)? {
+                let new = store.put(&c.sha256, &c.data).map_err(|e| {
+                    io::Error::new(e.kind(), format!("storing a chunk in the shadow: {e}"))
+                })?;
+                if new {
                     new_chunks += 1;
                     new_bytes += c.data.len() as u64;
                 }
@@ -322,9 +325,9 @@ impl Walker<'_> {
                     mode,
                     mtime_ns: stamp.mtime_ns,
                     size: len,
-                    sha256,
+                    sha256: Some(sha256),
                     chunks,
-                    stamp,
+                    stamp: Some(stamp),
                     read_at_ns: read_at,
                 },
             });
