@@ -518,8 +518,13 @@ fn run_in(
     let log = work.join("writer.log");
     let shadow_dir = work.join("shadow");
     fs::create_dir_all(&shadow_dir).map_err(|e| format!("{}: {e}", shadow_dir.display()))?;
-    let differential = rng.below(2) == 1;
-    report.shadow_type = if differential { "differential" } else { "full" }.into();
+    // Directories: full or differential; SQLite also transactional (every commit logged).
+    let stype = match (kind, rng.below(3)) {
+        (_, 0) => ShadowType::Full,
+        (WriterKind::Sqlite, 2) => ShadowType::Transactional,
+        _ => ShadowType::Differential,
+    };
+    report.shadow_type = stype.to_string();
     let mut w = WriterProc::spawn(opts, kind, &target, &log, seed, &work.join("writer.err"))?;
     if !w.commits(rng.range(3, 12))? {
         return Err(format!(
@@ -530,11 +535,6 @@ fn run_in(
     let (rkind, source) = match kind {
         WriterKind::Sqlite => (ResourceKind::Sqlite, target.clone()),
         WriterKind::Dir => (ResourceKind::Dir, live.clone()),
-    };
-    let stype = if differential {
-        ShadowType::Differential
-    } else {
-        ShadowType::Full
     };
     let mut shadow = LiveShadow::start(rkind, &source, &shadow_dir, stype)?;
     let take = |shadow: &mut LiveShadow,
@@ -582,10 +582,11 @@ fn run_in(
             let b = base.join("ballast");
             fill(&b)?;
             ballast = Some(b);
-            // The writer runs into the full disk at its next write (a directory delete needs
-            // no space, so allow it a few).
+            // The writer runs into the full disk at its next write that needs a new block (a
+            // directory delete needs none).
+            // A SQLite writer may go on for a while in the WAL's already allocated pages.
             w.drain();
-            let _ = w.commits(50)?;
+            let _ = w.commits(20_000)?;
             report.writer_hit_full_disk =
                 Some(w.ended.as_deref().is_some_and(|e| e.contains("full")));
         }

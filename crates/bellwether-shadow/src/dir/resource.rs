@@ -126,10 +126,12 @@ impl DirShadow {
         let differential = match opts.shadow_type {
             ShadowType::Full => false,
             ShadowType::Differential => true,
-            ShadowType::Transactional => return Err(ShadowError::Unsupported(format!(
+            ShadowType::Transactional => {
+                return Err(ShadowError::Unsupported(format!(
                 "{}: a plain directory has no commits to follow; use --type full or differential",
                 src.display()
-            ))),
+            )))
+            }
         };
         // The walk refuses a link or a file as the root; say so before creating anything.
         let fd = super::walk::open_root(src).map_err(|e| source_error(src, e))?;

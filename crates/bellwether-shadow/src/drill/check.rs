@@ -239,3 +239,138 @@ pub fn check_dir(root: &Path, log: &WriterLog, seed: u64, window: (i64, i64)) ->
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drill::writer::{dir_content, dir_op, slot_path, sqlite_payload};
+
+    fn log_of(txs: &[(u64, i64, Option<i64>)]) -> WriterLog {
+        WriterLog {
+            txs: txs
+                .iter()
+                .map(|(k, b, c)| {
+                    (
+                        *k,
+                        Tx {
+                            begun_ns: *b,
+                            committed_ns: *c,
+                        },
+                    )
+                })
+                .collect(),
+            ended_by: None,
+        }
+    }
+
+    fn sqlite_db(path: &Path, seed: u64, n: u64) {
+        let c = rusqlite::Connection::open(path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE drill_tx (id INTEGER PRIMARY KEY, at_ns INTEGER NOT NULL, payload BLOB NOT NULL);
+             CREATE TABLE drill_state (one INTEGER PRIMARY KEY, last_id INTEGER NOT NULL, total_bytes INTEGER NOT NULL);",
+        )
+        .unwrap();
+        let mut total = 0;
+        for k in 1..=n {
+            let p = sqlite_payload(seed, k);
+            total += p.len() as i64;
+            c.execute(
+                "INSERT INTO drill_tx VALUES (?1, 0, ?2)",
+                rusqlite::params![k as i64, p],
+            )
+            .unwrap();
+        }
+        c.execute(
+            "INSERT INTO drill_state VALUES (1, ?1, ?2)",
+            rusqlite::params![n as i64, total],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_sqlite_check_sees_loss_later_transactions_and_damage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("db");
+        sqlite_db(&db, 9, 5);
+        // Transactions k began at 10k and committed at 10k + 5.
+        let txs: Vec<_> = (1..=7)
+            .map(|k| (k, 10 * k as i64, Some(10 * k as i64 + 5)))
+            .collect();
+        let log = log_of(&txs);
+        let ok = check_sqlite(&db, &log, 9, (56, 58));
+        assert_eq!(
+            (ok.lost, ok.after_point, ok.committed_before_point),
+            (0, 0, 5)
+        );
+        assert!(ok.corrupt.is_empty(), "{ok:?}");
+        // A point said to start after transaction 6 committed: 6 is lost.
+        let lost = check_sqlite(&db, &log, 9, (70, 72));
+        assert_eq!(lost.lost, 1);
+        // A point said to end before transaction 5 began: 5 came after it.
+        let after = check_sqlite(&db, &log, 9, (30, 45));
+        assert_eq!(after.after_point, 1);
+        // Another seed's payloads: every row is damage.
+        let bad = check_sqlite(&db, &log, 10, (56, 58));
+        assert!(!bad.corrupt.is_empty());
+        // A transaction applied in part.
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute("UPDATE drill_state SET last_id = 4", [])
+            .unwrap();
+        let part = check_sqlite(&db, &log, 9, (56, 58));
+        assert!(
+            part.corrupt.iter().any(|c| c.contains("in part")),
+            "{part:?}"
+        );
+    }
+
+    #[test]
+    fn the_dir_check_sees_an_old_version_a_later_one_and_damage() {
+        let seed = 4;
+        // Find two transactions that write the same slot.
+        let ks: Vec<u64> = (1..200).filter(|k| dir_op(seed, *k).1).collect();
+        let (a, b) = ks
+            .iter()
+            .find_map(|a| {
+                ks.iter()
+                    .find(|b| *b > a && dir_op(seed, **b).0 == dir_op(seed, *a).0)
+                    .map(|b| (*a, *b))
+            })
+            .unwrap();
+        let slot = dir_op(seed, a).0;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join(format!("d{}", slot % 4))).unwrap();
+        let log = log_of(&[(a, 10, Some(15)), (b, 20, Some(25))]);
+        std::fs::write(root.join(slot_path(slot)), dir_content(seed, b, slot)).unwrap();
+        let ok = check_dir(root, &log, seed, (30, 31));
+        assert_eq!((ok.lost, ok.after_point, ok.restored), (0, 0, 1), "{ok:?}");
+        assert!(ok.corrupt.is_empty(), "{ok:?}");
+        // The point began after b committed but holds a's version: lost.
+        std::fs::write(root.join(slot_path(slot)), dir_content(seed, a, slot)).unwrap();
+        assert_eq!(check_dir(root, &log, seed, (30, 31)).lost, 1);
+        // The point ended before b began but holds b's version: after the point.
+        std::fs::write(root.join(slot_path(slot)), dir_content(seed, b, slot)).unwrap();
+        assert_eq!(check_dir(root, &log, seed, (16, 18)).after_point, 1);
+        // One byte changed: damage; a stray file: damage.
+        let mut bytes = dir_content(seed, b, slot);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(root.join(slot_path(slot)), &bytes).unwrap();
+        assert_eq!(check_dir(root, &log, seed, (30, 31)).corrupt.len(), 1);
+        std::fs::write(root.join("stray"), b"x").unwrap();
+        assert_eq!(check_dir(root, &log, seed, (30, 31)).corrupt.len(), 2);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored_and_a_bad_middle_line_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("log");
+        std::fs::write(&p, "B 1 10\nC 1 15\nB 2").unwrap();
+        let log = WriterLog::read(&p).unwrap();
+        assert_eq!(log.txs.len(), 1);
+        std::fs::write(&p, "B 1 10\nX\nC 1 15\n").unwrap();
+        let err = WriterLog::read(&p).unwrap_err();
+        assert!(err.contains(":2: bad line"), "{err}");
+    }
+}
