@@ -17,10 +17,10 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use bellwether_shadow::dir::Dir;
+use bellwether_shadow::dir::DirShadow;
 use bellwether_shadow::drill::rng::{noise, Rng};
 use bellwether_shadow::point::{Retention, Source};
-use bellwether_shadow::{Reason, Resource, ShadowOptions, ShadowType};
+use bellwether_shadow::{Reason, Shadow, ShadowOptions, ShadowType};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -87,16 +87,15 @@ fn bench(
 ) {
     let shadow = work.join(format!("shadow-{stype}"));
     let t = Instant::now();
-    let mut sh = Dir
-        .start(&ShadowOptions {
-            dir: shadow.clone(),
-            source: Source::Path(data.to_path_buf()),
-            shadow_type: stype,
-            points_every: None,
-            retention: Retention::default(),
-            poll: None,
-        })
-        .expect("start");
+    let mut sh = DirShadow::start(&ShadowOptions {
+        dir: shadow.clone(),
+        source: Source::Path(data.to_path_buf()),
+        shadow_type: stype,
+        points_every: None,
+        retention: Retention::default(),
+        poll: None,
+    })
+    .expect("start");
     let base_s = t.elapsed().as_secs_f64();
     let data_bytes: u64 = files.iter().map(|f| f.1).sum();
     let base_usage = sh.store().disk_usage().expect("usage");
@@ -106,11 +105,12 @@ fn bench(
         data_bytes as f64 / 1e6 / base_s,
         base_usage as f64 / 1048576.0
     );
-    println!("hour  changed_MiB  point_ms  new_MiB  shadow/data");
+    println!("hour  changed_MiB  point_ms  files_read  read_MiB  new_MiB  shadow/data");
     let mut changed_total = 0u64;
     let mut new_total = 0u64;
     let mut point_s = Vec::new();
     let mut logical = 0u64;
+    let mut read_total = 0u64;
     for h in 1..=hours {
         let target = (data_bytes as f64 * churn_pct / 100.0) as u64;
         let changed = churn(files, target, mix, rng);
@@ -123,10 +123,14 @@ fn bench(
         new_total += m.new_bytes;
         point_s.push(dt);
         logical += m.bytes;
+        let walk = sh.last_walk.clone().unwrap_or_default();
+        read_total += walk.bytes_read;
         println!(
-            "{h:>4}  {:>11.1}  {:>8.0}  {:>7.1}  {:>11.3}",
+            "{h:>4}  {:>11.1}  {:>8.0}  {:>10}  {:>8.1}  {:>7.1}  {:>11.3}",
             changed as f64 / 1048576.0,
             dt * 1e3,
+            walk.files_read,
+            walk.bytes_read as f64 / 1048576.0,
             m.new_bytes as f64 / 1048576.0,
             usage as f64 / now_data as f64
         );
@@ -135,13 +139,13 @@ fn bench(
     let now_data: u64 = files.iter().map(|f| f.1).sum();
     point_s.sort_by(f64::total_cmp);
     let median = point_s[point_s.len() / 2];
-    let gb_changed = changed_total as f64 / 1e9 / hours as f64;
     println!(
-        "{stype} summary: point median {:.0} ms for {:.1} MiB changed = {:.1} s per GB changed; new bytes stored {:.2} GB per GB changed; \
+        "{stype} summary: point median {:.0} ms, max {:.0} ms, for {:.1} MiB changed and {:.1} MiB read per point; new bytes stored {:.2} GB per GB changed; \
          after {hours} points the shadow is {:.3} × the data ({:.1} MiB for {:.1} MiB); dedup ratio (logical bytes of the {hours} points / bytes stored) {:.1}",
         median * 1e3,
+        point_s.last().copied().unwrap_or(0.0) * 1e3,
         changed_total as f64 / 1048576.0 / hours as f64,
-        median / gb_changed,
+        read_total as f64 / 1048576.0 / hours as f64,
         new_total as f64 / changed_total as f64,
         usage as f64 / now_data as f64,
         usage as f64 / 1048576.0,
