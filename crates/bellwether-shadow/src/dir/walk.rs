@@ -148,6 +148,14 @@ fn stamp_of(m: &std::fs::Metadata) -> Stamp {
     }
 }
 
+/// Whether the content read through one descriptor is one version: same file, same size,
+/// same modification time. The status-change time is left out here: it moves when the file
+/// is renamed over or unlinked by a writer that replaces files (the version read stays
+/// whole), and a write always moves the modification time.
+fn same_content(a: &Stamp, b: &Stamp) -> bool {
+    (a.dev, a.ino, a.size, a.mtime_ns) == (b.dev, b.ino, b.size, b.mtime_ns)
+}
+
 impl Walker<'_> {
     fn abs(&self, rel: &[u8]) -> PathBuf {
         self.root.join(std::ffi::OsStr::from_bytes(rel))
@@ -312,7 +320,7 @@ impl Walker<'_> {
             self.stats.new_chunks += new_chunks;
             self.stats.new_bytes += new_bytes;
             let after = file.metadata().map_err(|e| io_err(&path, "stat", e))?;
-            if stamp_of(&after) != stamp || len != stamp.size {
+            if !same_content(&stamp_of(&after), &stamp) || len != stamp.size {
                 self.stats.reread += 1;
                 continue;
             }
