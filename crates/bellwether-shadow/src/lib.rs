@@ -17,6 +17,7 @@
 //! verified restore, or remove anything a restore in progress holds.
 
 pub mod dir;
+pub mod drill;
 pub mod pg;
 pub mod point;
 pub mod sqlite;
@@ -32,9 +33,10 @@ pub use point::{
 pub fn resource(kind: ResourceKind) -> Option<&'static dyn Resource> {
     match kind {
         ResourceKind::Sqlite => Some(&sqlite::Sqlite),
-        // Wired when `dir::Dir` and `pg::Postgres` land (branches shadow-dir, shadow-pg):
-        // `ResourceKind::Dir => Some(&dir::Dir)`, `ResourceKind::Postgres => Some(&pg::Postgres)`.
-        ResourceKind::Dir | ResourceKind::Postgres => None,
+        ResourceKind::Dir => Some(&dir::Dir),
+        // Wired when `pg::Postgres` lands (branch shadow-pg):
+        // `ResourceKind::Postgres => Some(&pg::Postgres)`.
+        ResourceKind::Postgres => None,
     }
 }
 
