@@ -32,9 +32,10 @@ pub use point::{
 pub fn resource(kind: ResourceKind) -> Option<&'static dyn Resource> {
     match kind {
         ResourceKind::Sqlite => Some(&sqlite::Sqlite),
+        ResourceKind::Postgres => Some(&pg::Postgres),
         // Wired when `dir::Dir` and `pg::Postgres` land (branches shadow-dir, shadow-pg):
         // `ResourceKind::Dir => Some(&dir::Dir)`, `ResourceKind::Postgres => Some(&pg::Postgres)`.
-        ResourceKind::Dir | ResourceKind::Postgres => None,
+        ResourceKind::Dir => None,
     }
 }
 

@@ -2,7 +2,7 @@
 //! shadow directory, and restores to a point or a time built beside the live data directory
 //! (base backup + WAL replayed up to the target), verified by starting them, then swapped in.
 //!
-//! The three types ([`PgShadowType`]):
+//! The three types ([`ShadowType`]):
 //! - **full**: every point is a complete base backup; a restore brings back one of them.
 //! - **differential**: one base backup, then at every point the WAL since the last one is
 //!   fetched through a replication slot (`pg_receivewal --endpos`); a restore replays it.
@@ -23,10 +23,13 @@
 //! empty and reset when the shadow stops. It never touches the live data directory except in
 //! a restore's swap, after the restored copy started and reached its target.
 //!
-//! Layout under the shadow directory: `pg/shadow-pg.json` (the database it shadows: system
-//! identifier, version, names), `pg/base/ID/` (plain base backups with their `backup_manifest`)
-//! and `pg/base/ID.json` (their WAL range; a base without it is unfinished and never used),
-//! `pg/wal/` (`pg_receivewal`'s directory), `pg/points.json`.
+//! Layout: the shadow directory is a point store ([`crate::point`]): each point's manifest
+//! lists the data directory's files (the latest base backup) and the WAL segments from that
+//! backup's start to the point (as `bw_restore_wal/SEGMENT`), all as content-addressed
+//! objects, so a point restores on its own and points share what did not change. Besides
+//! it, `pg/shadow-pg.json` names the database (system identifier, version, the shadow's
+//! name) and `pg/wal/` is `pg_receivewal`'s directory: the WAL after the latest point
+//! (transactional), which restores to a time after that point or to `latest` read too.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,11 +39,16 @@ use serde::{Deserialize, Serialize};
 mod base;
 pub mod lsn;
 mod proc;
-mod receive;
 mod restore;
+mod shadow;
 
 pub use lsn::Lsn;
-pub use restore::{restore, RestoreMode, RestoreOptions, RestoreReport};
+pub use restore::{restore, restore_with, RestoreMode};
+pub use shadow::PgShadow;
+
+use crate::point::{
+    ResourceKind, RestoreReport, RestoreRequest, Shadow, ShadowError, ShadowOptions, ShadowType,
+};
 
 /// Every failure, with what was being done and where; never a password.
 #[derive(Debug, thiserror::Error)]
@@ -83,23 +91,16 @@ pub enum PgShadowError {
         theirs: String,
         ours: String,
     },
-    /// The target lies before the first consistent state the shadow holds.
-    #[error("nothing in {dir} restores to {target}: the first consistent state is {first}")]
-    BeforeFirstPoint {
-        dir: PathBuf,
-        target: String,
-        first: String,
-    },
     /// A WAL segment the restore needs is not in the shadow.
-    #[error("WAL segment {segment} is missing from {dir} (needed to replay from base backup {base} to {target}); restore to a point before it, or from a later base backup")]
+    #[error("WAL segment {segment} is missing from {dir} (needed to replay from point {point} to {target}); restore to that point or to a time before the segment")]
     MissingWal {
         dir: PathBuf,
         segment: String,
-        base: String,
+        point: String,
         target: String,
     },
     /// A base backup failed `pg_verifybackup` (damaged or incomplete).
-    #[error("base backup {base} in {dir} is damaged: {message}")]
+    #[error("the base backup of point {base} in {dir} is damaged: {message}")]
     DamagedBase {
         dir: PathBuf,
         base: String,
@@ -108,9 +109,6 @@ pub enum PgShadowError {
     /// The restored copy did not reach the target (the server's own words in `log`).
     #[error("the restored copy did not reach {target}: {log}")]
     TargetNotReached { target: String, log: String },
-    /// A point named in a restore is not one of this shadow's.
-    #[error("no point {name:?} in {dir}")]
-    NoSuchPoint { dir: PathBuf, name: String },
     /// The shadow directory is not a PostgreSQL shadow or its files are damaged.
     #[error("{path}: {message}")]
     BadShadow { path: PathBuf, message: String },
@@ -136,25 +134,6 @@ impl PgShadowError {
     }
 }
 
-/// `full` | `differential` | `transactional` (see the module's documentation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PgShadowType {
-    Full,
-    Differential,
-    Transactional,
-}
-
-impl PgShadowType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PgShadowType::Full => "full",
-            PgShadowType::Differential => "differential",
-            PgShadowType::Transactional => "transactional",
-        }
-    }
-}
-
 /// How a transactional shadow becomes a synchronous standby of the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -171,15 +150,13 @@ pub enum SyncSetup {
     Off,
 }
 
-/// What a PostgreSQL shadow starts with.
+/// What a PostgreSQL shadow starts with, beyond [`ShadowOptions`].
 #[derive(Debug, Clone)]
-pub struct PgShadowOptions {
+pub struct PgOptions {
     /// The primary, `postgres://user[:password]@host:port/db` or a key=value conninfo. The
     /// role needs `REPLICATION` (or superuser) and a `replication` line in `pg_hba.conf`.
     pub url: String,
-    /// The shadow directory (created when missing).
-    pub dir: PathBuf,
-    pub kind: PgShadowType,
+    pub kind: ShadowType,
     /// Transactional shadows only; ignored for the others.
     pub sync: SyncSetup,
     /// PostgreSQL's client programs; found from the primary's version when `None`.
@@ -189,15 +166,18 @@ pub struct PgShadowOptions {
     pub name: Option<String>,
     /// How long one step (a base backup, a catch-up, a sync registration) may take.
     pub step_timeout: Duration,
+    /// A differential or transactional shadow takes a new base backup at a scheduled point
+    /// once the WAL since the last one exceeds this share of the base's size (so a restore
+    /// replays at most about that much); 0 never.
+    pub rebase_ratio: f64,
 }
 
-impl PgShadowOptions {
-    pub fn new(url: impl Into<String>, dir: impl Into<PathBuf>, kind: PgShadowType) -> Self {
-        PgShadowOptions {
+impl PgOptions {
+    pub fn new(url: impl Into<String>, kind: ShadowType) -> Self {
+        PgOptions {
             url: url.into(),
-            dir: dir.into(),
             kind,
-            sync: if kind == PgShadowType::Transactional {
+            sync: if kind == ShadowType::Transactional {
                 SyncSetup::Configure
             } else {
                 SyncSetup::Off
@@ -205,6 +185,68 @@ impl PgShadowOptions {
             bindir: None,
             name: None,
             step_timeout: Duration::from_secs(600),
+            rebase_ratio: 1.0,
+        }
+    }
+}
+
+/// The PostgreSQL entry points ([`crate::point::Resource`]): `start` follows the primary
+/// at [`ShadowOptions::source`] (a URL) with the defaults of [`PgOptions::new`]; `restore`
+/// replaces the data directory `dest` (stopping and starting its server with `pg_ctl`) or,
+/// when `dest` does not exist, leaves the restored data directory there.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Postgres;
+
+impl crate::point::Resource for Postgres {
+    fn kind(&self) -> ResourceKind {
+        ResourceKind::Postgres
+    }
+
+    fn start(&self, opts: &ShadowOptions) -> Result<Box<dyn Shadow>, ShadowError> {
+        let url = match &opts.source {
+            crate::point::Source::Url(u) => u.clone(),
+            crate::point::Source::Path(p) => {
+                return Err(ShadowError::Unsupported(format!(
+                    "a PostgreSQL shadow follows a database URL (--database postgres://…), not the path {}",
+                    p.display()
+                )))
+            }
+        };
+        let pg = PgOptions::new(url, opts.shadow_type);
+        Ok(Box::new(PgShadow::start(opts, &pg)?))
+    }
+
+    fn restore(&self, req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
+        restore(req)
+    }
+}
+
+impl From<PgShadowError> for ShadowError {
+    fn from(e: PgShadowError) -> ShadowError {
+        match e {
+            PgShadowError::OtherDatabase { dir, theirs, ours } => ShadowError::OtherResource {
+                dir,
+                shadows: theirs,
+                asked: ours,
+            },
+            PgShadowError::DamagedBase { dir, base, message } => ShadowError::Verify {
+                dest: dir,
+                check: "pg_verifybackup".into(),
+                reason: format!("base backup of {base}: {message}"),
+            },
+            PgShadowError::TargetNotReached { target, log } => ShadowError::Verify {
+                dest: PathBuf::from("(restored copy)"),
+                check: "recovery".into(),
+                reason: format!("did not reach {target}: {log}"),
+            },
+            PgShadowError::BadShadow { path, message } => ShadowError::BadFile {
+                path,
+                reason: message,
+            },
+            other => ShadowError::Source {
+                source_name: "postgres".into(),
+                reason: other.to_string(),
+            },
         }
     }
 }
@@ -221,61 +263,10 @@ pub struct PgShadowInfo {
     pub name: String,
     /// `user@host:port/db`, no password.
     pub source: String,
-    pub kind: PgShadowType,
+    pub kind: ShadowType,
     /// The value of `synchronous_standby_names` before Bellwether set it (while it is set).
     #[serde(default)]
     pub sync_original: Option<String>,
-}
-
-/// A finished base backup (`pg/base/ID.json`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PgBase {
-    pub id: String,
-    pub timeline: u32,
-    /// The WAL the backup needs to be consistent: from `start_lsn` to `end_lsn`.
-    pub start_lsn: Lsn,
-    pub end_lsn: Lsn,
-    /// When `pg_basebackup` started and finished (microseconds since the Unix epoch).
-    pub started_at_us: i64,
-    pub finished_at_us: i64,
-    pub bytes: u64,
-}
-
-/// A rollback point of a PostgreSQL shadow.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PgPoint {
-    /// The point's id (its restore point is `bw-ID`).
-    pub id: String,
-    /// The restore point's (or the current) LSN on the primary.
-    pub lsn: Lsn,
-    pub timeline: u32,
-    /// The primary's clock when the point was taken (microseconds since the Unix epoch).
-    pub at_us: i64,
-    /// The restore point's name, when one was created.
-    pub restore_point: Option<String>,
-    /// The base backup a restore to this point starts from.
-    pub base: String,
-}
-
-/// What a restore brings back.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PgTarget {
-    /// A point of this shadow, by id.
-    Point(String),
-    /// The last commit at or before this time (microseconds since the Unix epoch).
-    Time(i64),
-    /// Everything the shadow holds (after a crash of the primary).
-    Latest,
-}
-
-impl std::fmt::Display for PgTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PgTarget::Point(id) => write!(f, "point {id}"),
-            PgTarget::Time(us) => write!(f, "time {}", lsn::pg_timestamp(*us)),
-            PgTarget::Latest => write!(f, "the end of the shadowed WAL"),
-        }
-    }
 }
 
 pub(crate) fn now_us() -> i64 {
@@ -315,18 +306,3 @@ pub fn read_info(dir: &Path) -> Result<Option<PgShadowInfo>, PgShadowError> {
     read_json(&path).map(Some)
 }
 
-/// The shadow's finished base backups, oldest first.
-pub fn list_bases(dir: &Path) -> Result<Vec<PgBase>, PgShadowError> {
-    base::list(&pg_dir(dir).join("base"))
-}
-
-/// The shadow's points, oldest first.
-pub fn list_points(dir: &Path) -> Result<Vec<PgPoint>, PgShadowError> {
-    let path = pg_dir(dir).join("points.json");
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    read_json(&path)
-}
-
-pub use receive::PgShadow;

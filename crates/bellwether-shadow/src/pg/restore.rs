@@ -1,116 +1,55 @@
-//! Restores: a new data directory beside the live one, built from a verified base backup plus
-//! the shadow's WAL up to the target, started once to prove it reaches the target (recovery
-//! with `recovery_target_action = 'promote'`), stopped, then either left where the caller
-//! asked or swapped in for the live cluster's data directory (stop the live cluster, exchange
-//! the two directories with one `renameat2(RENAME_EXCHANGE)`, start). On any error before the
+//! Restores: a new data directory beside the live one, built from a point (its base backup
+//! and WAL, every object's hash checked as it is read; for `latest` or a time after the last
+//! point also the WAL streamed since), checked by `pg_verifybackup`, started once to prove
+//! it reaches the target (recovery with `recovery_target_action = 'promote'`), stopped, then
+//! either left where the caller asked (a `dest` that does not exist) or swapped in for the
+//! live cluster's data directory (stop the live cluster with `pg_ctl`, exchange the two
+//! directories with one `renameat2(RENAME_EXCHANGE)`, start). On any error before the
 //! exchange the live data directory is untouched; a restored cluster that fails to start
 //! after it is exchanged back and the previous one started again.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::lsn::{pg_timestamp, SegmentName};
-use super::proc::{as_user, chown_tree, is_root, owner_of, run, tail};
-use super::receive::base_for_lsn;
-use super::{
-    base, list_bases, list_points, now_us, pg_dir, read_info, Lsn, PgBase, PgShadowError,
-    PgShadowInfo, PgShadowType, PgTarget,
+use crate::point::{
+    Manifest, PointStore, Position, ResourceKind, RestoreReport, RestoreRequest, ShadowError,
+    ShadowType, Target, Timestamp,
 };
 
+use super::base;
+use super::lsn::{pg_timestamp, SegmentName};
+use super::proc::{as_user, chown_tree, is_root, owner_of, run, tail};
+use super::shadow::{block, WAL_PREFIX};
+use super::{now_us, pg_dir, read_info, Lsn, PgShadowError, PgShadowInfo};
+
 /// Where the restored data directory goes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RestoreMode {
-    /// Leave it at `dest` (which must not exist) for a server the caller runs: point the
-    /// server's `-D` / `data_directory` at it. `owner` is the OS user the server runs as
-    /// (`postgres` when this process is root and none is given).
-    Beside {
-        dest: PathBuf,
-        owner: Option<String>,
-    },
+    /// Leave it at `dest` (which does not exist) for a server the caller runs: point the
+    /// server's `-D` / `data_directory` at it. It runs as `owner` (`postgres` when this
+    /// process is root and none is given).
+    Beside { dest: PathBuf, owner: Option<String> },
     /// Swap it in for the cluster whose data directory is `data_dir` (its configuration must
     /// live inside it): stop with `pg_ctl stop -m fast`, exchange, start with `pg_ctl start
-    /// -l log_file` (`data_dir/log/bellwether-restore.log` when `None`), as the directory's
-    /// owner. The previous directory stays beside it as `NAME.before-restore-TIME`.
-    Swap {
-        data_dir: PathBuf,
-        log_file: Option<PathBuf>,
-    },
+    /// -l log_file`, as the directory's owner. The previous directory stays beside it as
+    /// `NAME.before-restore-TIME`.
+    Swap { data_dir: PathBuf, log_file: PathBuf },
 }
 
-#[derive(Debug, Clone)]
-pub struct RestoreOptions {
-    pub shadow_dir: PathBuf,
-    pub target: PgTarget,
-    pub mode: RestoreMode,
-    /// PostgreSQL's programs; found from the shadowed server's version when `None`.
-    pub bindir: Option<PathBuf>,
-    /// How long the verification start may take to reach the target.
-    pub timeout: Duration,
-}
-
-impl RestoreOptions {
-    pub fn new(shadow_dir: impl Into<PathBuf>, target: PgTarget, mode: RestoreMode) -> Self {
-        RestoreOptions {
-            shadow_dir: shadow_dir.into(),
-            target,
-            mode,
-            bindir: None,
-            timeout: Duration::from_secs(600),
-        }
-    }
-}
-
-/// What a restore did.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RestoreReport {
-    /// The data directory now holding the restored cluster.
-    pub data_dir: PathBuf,
-    /// The previous data directory, kept beside it (swap).
-    pub previous: Option<PathBuf>,
-    pub base: String,
-    /// The recovery target as PostgreSQL was given it.
-    pub recovery_target: String,
-    pub wal_segments: usize,
-    /// A time target past the last commit in the shadow: everything shadowed was replayed
-    /// (every commit in it is at or before the time).
-    pub replayed_to_end: bool,
-    pub build_ms: u64,
-    pub verify_ms: u64,
-    pub swap_ms: u64,
-    /// How to start the restored cluster (beside) or how it was started (swap).
-    pub how_to_start: String,
-}
-
-/// What PostgreSQL is told to stop at.
-#[derive(Debug, Clone, PartialEq)]
-enum Recovery {
-    /// `recovery_target = 'immediate'`: the base backup's consistent end.
-    Immediate,
-    Name(String),
-    Lsn(Lsn),
-    Time(i64),
-    /// No target: replay every shadowed WAL record.
-    End,
-}
-
-impl Recovery {
-    fn conf(&self) -> String {
-        match self {
-            Recovery::Immediate => "recovery_target = 'immediate'\n".into(),
-            Recovery::Name(n) => format!("recovery_target_name = '{}'\n", n.replace('\'', "''")),
-            Recovery::Lsn(l) => format!("recovery_target_lsn = '{l}'\n"),
-            Recovery::Time(t) => format!("recovery_target_time = '{}'\n", pg_timestamp(*t)),
-            Recovery::End => String::new(),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Recovery::Immediate => "immediate (the base backup's end)".into(),
-            Recovery::Name(n) => format!("restore point {n}"),
-            Recovery::Lsn(l) => format!("LSN {l}"),
-            Recovery::Time(t) => format!("time {}", pg_timestamp(*t)),
-            Recovery::End => "end of the shadowed WAL".into(),
+impl RestoreMode {
+    /// A `dest` that exists is the live data directory to swap (its server's log in
+    /// `dest/log/bellwether-restore.log`); one that does not is where to leave the copy.
+    pub fn for_dest(dest: &Path) -> RestoreMode {
+        if dest.exists() {
+            RestoreMode::Swap {
+                data_dir: dest.to_path_buf(),
+                log_file: dest.join("log").join("bellwether-restore.log"),
+            }
+        } else {
+            RestoreMode::Beside {
+                dest: dest.to_path_buf(),
+                owner: None,
+            }
         }
     }
 }
@@ -119,27 +58,52 @@ const MARK: &str = "\n# bellwether restore (removed once the restored copy reach
 const STAGE: &str = "bw_restore_wal";
 const LOG: &str = "bw_restore.log";
 
-/// Restores the shadow in `opts.shadow_dir` to `opts.target` (see the module's documentation).
-pub async fn restore(opts: &RestoreOptions) -> Result<RestoreReport, PgShadowError> {
-    let info = read_info(&opts.shadow_dir)?.ok_or_else(|| PgShadowError::BadShadow {
-        path: opts.shadow_dir.clone(),
-        message: "not a PostgreSQL shadow (no pg/shadow-pg.json)".into(),
-    })?;
-    let bindir = match &opts.bindir {
-        Some(b) => b.clone(),
-        None => bellwether_pg::find_bindir(info.server_version_num, None)?,
-    };
-    let bases = list_bases(&opts.shadow_dir)?;
-    let (base, recovery, upper) = resolve(opts, &info, &bases)?;
+/// Restores a PostgreSQL shadow over `req.dest` ([`crate::point::Resource::restore`]),
+/// with the programs of the shadowed version and a 10-minute limit on the recovery.
+pub fn restore(req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
+    restore_with(req, &RestoreMode::for_dest(&req.dest), None, Duration::from_secs(600))
+}
 
-    // Where the restored copy is built, and as whom the server runs.
-    let (live, owner) = match &opts.mode {
+/// [`restore`] with the mode, the programs' directory and the recovery's time limit given.
+pub fn restore_with(
+    req: &RestoreRequest,
+    mode: &RestoreMode,
+    bindir: Option<PathBuf>,
+    timeout: Duration,
+) -> Result<RestoreReport, ShadowError> {
+    let started = Instant::now();
+    let store = PointStore::open(&req.dir)?;
+    if store.meta().kind != ResourceKind::Postgres {
+        return Err(ShadowError::OtherResource {
+            dir: req.dir.clone(),
+            shadows: format!("{} {}", store.meta().kind, store.meta().source),
+            asked: format!("the PostgreSQL data directory {}", req.dest.display()),
+        });
+    }
+    let info = read_info(&req.dir)?.ok_or_else(|| ShadowError::BadFile {
+        path: pg_dir(&req.dir).join("shadow-pg.json"),
+        reason: "missing: this PostgreSQL shadow never started".into(),
+    })?;
+    let bindir = match bindir {
+        Some(b) => b,
+        None => bellwether_pg::find_bindir(info.server_version_num, None).map_err(PgShadowError::from)?,
+    };
+    let plan = resolve(&store, &req.target)?;
+    let _leases = plan
+        .leased
+        .iter()
+        .map(|id| store.lease(*id))
+        .collect::<Result<Vec<_>, _>>()?;
+    store.verify_point(&plan.point)?;
+
+    let (live, owner) = match mode {
         RestoreMode::Beside { dest, owner } => {
             if dest.exists() {
                 return Err(PgShadowError::BadDestination {
                     path: dest.clone(),
                     message: "exists already; a restore beside writes a new directory".into(),
-                });
+                }
+                .into());
             }
             let owner = match owner {
                 Some(o) => Some(o.clone()),
@@ -150,14 +114,12 @@ pub async fn restore(opts: &RestoreOptions) -> Result<RestoreReport, PgShadowErr
         }
         RestoreMode::Swap { data_dir, .. } => {
             check_live(&bindir, data_dir, &info)?;
-            if !base::path_of(&pg_dir(&opts.shadow_dir).join("base"), &base.id)
-                .join("postgresql.conf")
-                .is_file()
-            {
+            if !plan.point.entries.iter().any(|e| e.path == "postgresql.conf") {
                 return Err(PgShadowError::BadDestination {
                     path: data_dir.clone(),
-                    message: "the shadowed server keeps its configuration outside its data directory; restore beside it and point the server at the restored directory".into(),
-                });
+                    message: "the shadowed server keeps its configuration outside its data directory; restore to a new directory and point the server at it".into(),
+                }
+                .into());
             }
             (data_dir.clone(), Some(owner_of(data_dir)?))
         }
@@ -165,195 +127,352 @@ pub async fn restore(opts: &RestoreOptions) -> Result<RestoreReport, PgShadowErr
     let parent = live
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
     let name = live
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "data".into());
     let stamp = now_us();
     let work = parent.join(format!(".{name}.bw-restore-{stamp}"));
-
-    let started = Instant::now();
-    verify_base(&bindir, &opts.shadow_dir, &base)?;
-    let mut attempt = build(
-        opts,
-        &info,
-        &base,
-        &recovery,
-        upper,
-        &work,
-        owner.as_deref(),
-    );
-    let mut build_ms = started.elapsed().as_millis() as u64;
-    let mut verify_ms = 0;
-    let mut replayed_to_end = false;
-    let mut used = recovery.clone();
-    let wal_segments = match attempt {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&work);
-            return Err(e);
-        }
+    let cleanup = |e: ShadowError| {
+        let _ = std::fs::remove_dir_all(&work);
+        e
     };
-    let v = Instant::now();
-    let mut verified = verify(&bindir, &work, owner.as_deref(), &used, opts.timeout).await;
-    if let (Err(PgShadowError::TargetNotReached { .. }), Recovery::Time(_)) = (&verified, &recovery)
+
+    let rt = super::shadow::runtime()?;
+    let mut used = plan.recovery.clone();
+    let mut replayed_to_end = false;
+    let mut bytes = build(&store, &info, &bindir, &plan, &used, &work, owner.as_deref()).map_err(cleanup)?;
+    let mut verified = block(&rt, verify(&bindir, &work, owner.as_deref(), &used, timeout));
+    if matches!(verified, Err(PgShadowError::TargetNotReached { .. }))
+        && matches!(used, Recovery::Time(_) | Recovery::Lsn(_))
     {
-        // No commit after the time was shadowed: every commit the shadow holds is at or
-        // before it, so the whole shadowed WAL is the answer.
+        // The shadowed WAL ends before any record past the target: every record it holds is
+        // before the target, so all of it is the answer.
         let _ = std::fs::remove_dir_all(&work);
         used = Recovery::End;
         replayed_to_end = true;
-        let b = Instant::now();
-        attempt = build(opts, &info, &base, &used, None, &work, owner.as_deref());
-        build_ms += b.elapsed().as_millis() as u64;
-        if let Err(e) = attempt {
-            let _ = std::fs::remove_dir_all(&work);
-            return Err(e);
-        }
-        verified = verify(&bindir, &work, owner.as_deref(), &used, opts.timeout).await;
+        bytes = build(&store, &info, &bindir, &plan, &used, &work, owner.as_deref()).map_err(cleanup)?;
+        verified = block(&rt, verify(&bindir, &work, owner.as_deref(), &used, timeout));
     }
-    verify_ms += v.elapsed().as_millis() as u64;
-    if let Err(e) = verified.and_then(|_| finish(&work, &info, &opts.shadow_dir, stamp)) {
-        let _ = std::fs::remove_dir_all(&work);
-        return Err(e);
-    }
+    let last_commit = verified.map_err(|e| cleanup(e.into()))?;
+    finish(&work, &info, &req.dir, stamp).map_err(|e| cleanup(e.into()))?;
 
-    let s = Instant::now();
-    let (data_dir, previous, how_to_start) = match &opts.mode {
+    match mode {
         RestoreMode::Beside { dest, .. } => {
-            std::fs::rename(&work, dest).map_err(|e| PgShadowError::io("renaming", &work, e))?;
-            let how = format!(
-                "pg_ctl start -D {} (as {}), or set data_directory = '{}' in the server's configuration; it keeps the shadowed server's port and settings, so stop that server first or change the port",
-                dest.display(),
-                owner.clone().unwrap_or_else(|| "the server's user".into()),
-                dest.display()
-            );
-            (dest.clone(), None, how)
+            std::fs::rename(&work, dest).map_err(|e| cleanup(ShadowError::io(dest)(e)))?;
         }
         RestoreMode::Swap { data_dir, log_file } => {
-            let log = match log_file {
-                Some(l) => l.clone(),
-                None => data_dir.join("log").join("bellwether-restore.log"),
-            };
             let previous = parent.join(format!("{name}.before-restore-{stamp}"));
-            swap(
-                &bindir,
-                data_dir,
-                &work,
-                &previous,
-                &log,
-                owner.as_deref(),
-                opts.timeout,
-            )
-            .await?;
-            let how = format!(
-                "started with pg_ctl start -D {} -l {}",
-                data_dir.display(),
-                log.display()
-            );
-            (data_dir.clone(), Some(previous), how)
+            block(
+                &rt,
+                swap(&bindir, data_dir, &work, &previous, log_file, owner.as_deref(), timeout),
+            )?;
+            tracing::info!(data_dir = %data_dir.display(), previous = %previous.display(), "Restored data directory swapped in; the previous one is kept beside it.");
         }
+    }
+    rt.shutdown_background();
+    let restored_to = match (&plan.recovery, replayed_to_end) {
+        (Recovery::Time(t), false) => Timestamp::from_micros(*t),
+        _ => last_commit.unwrap_or(plan.point.consistent_at),
     };
     Ok(RestoreReport {
-        data_dir,
-        previous,
-        base: base.id.clone(),
-        recovery_target: used.describe(),
-        wal_segments,
-        replayed_to_end,
-        build_ms,
-        verify_ms,
-        swap_ms: s.elapsed().as_millis() as u64,
-        how_to_start,
+        dest: req.dest.clone(),
+        point: plan.point.id(),
+        point_taken_at: plan.point.taken_at,
+        restored_to,
+        commits_replayed: 0,
+        bytes,
+        checks: vec![
+            "checksums".into(),
+            "pg_verifybackup".into(),
+            format!("recovery reached {}", used.describe()),
+        ],
+        elapsed_ms: started.elapsed().as_millis() as u64,
     })
 }
 
-/// The base to start from, what to tell recovery, and the highest LSN the WAL must reach
-/// (when known).
-fn resolve(
-    opts: &RestoreOptions,
-    info: &PgShadowInfo,
-    bases: &[PgBase],
-) -> Result<(PgBase, Recovery, Option<Lsn>), PgShadowError> {
-    let first = bases
-        .first()
-        .ok_or_else(|| PgShadowError::BeforeFirstPoint {
-            dir: opts.shadow_dir.clone(),
-            target: opts.target.to_string(),
-            first: "none (the shadow holds no finished base backup)".into(),
-        })?;
-    let full = info.kind == PgShadowType::Full;
-    match &opts.target {
-        PgTarget::Point(id) => {
-            let points = list_points(&opts.shadow_dir)?;
-            let p =
-                points
-                    .iter()
-                    .find(|p| &p.id == id)
-                    .ok_or_else(|| PgShadowError::NoSuchPoint {
-                        dir: opts.shadow_dir.clone(),
-                        name: id.clone(),
-                    })?;
-            let base =
-                bases
-                    .iter()
-                    .find(|b| b.id == p.base)
-                    .ok_or_else(|| PgShadowError::BadShadow {
-                        path: pg_dir(&opts.shadow_dir)
-                            .join("base")
-                            .join(format!("{}.json", p.base)),
-                        message: format!(
-                            "point {id} starts from base backup {} which is missing",
-                            p.base
-                        ),
-                    })?;
-            // A later base backup at or before the point replays less WAL.
-            let base = if full {
-                base
-            } else {
-                base_for_lsn(bases, p.lsn).unwrap_or(base)
-            };
-            let recovery = if base.id == p.id || base.end_lsn == p.lsn {
-                Recovery::Immediate
-            } else if let Some(n) = &p.restore_point {
-                Recovery::Name(n.clone())
-            } else {
-                Recovery::Lsn(p.lsn)
-            };
-            Ok((base.clone(), recovery, Some(p.lsn)))
+/// What a restore reads and what recovery is told.
+struct Plan {
+    /// The point whose files (base and WAL) are materialized.
+    point: Manifest,
+    /// Points held against retention while the restore runs.
+    leased: Vec<crate::point::PointId>,
+    recovery: Recovery,
+    /// Also stage the WAL streamed after the point (`pg/wal`).
+    live_wal: bool,
+    target: String,
+}
+
+fn has_wal(m: &Manifest) -> bool {
+    m.entries.iter().any(|e| e.path.starts_with(WAL_PREFIX))
+}
+
+fn base_label(m: &Manifest) -> Option<&crate::point::ObjectRef> {
+    m.entries
+        .iter()
+        .find(|e| e.path == "backup_label")
+        .and_then(|e| e.objects.first())
+}
+
+fn resolve(store: &PointStore, target: &Target) -> Result<Plan, ShadowError> {
+    let full = store.meta().shadow_type == ShadowType::Full;
+    let transactional = store.meta().shadow_type == ShadowType::Transactional;
+    let lsn_of = |m: &Manifest| match m.position {
+        Position::Postgres { lsn, .. } => Lsn(lsn),
+        _ => Lsn(0),
+    };
+    match target {
+        Target::Point(_) => {
+            let m = store.find(target)?;
+            let recovery = if has_wal(&m) { Recovery::Lsn(lsn_of(&m)) } else { Recovery::Immediate };
+            Ok(Plan {
+                leased: vec![m.id()],
+                point: m,
+                recovery,
+                live_wal: false,
+                target: target.to_string(),
+            })
         }
-        PgTarget::Time(t) => {
-            let base = bases
-                .iter()
-                .rev()
-                .find(|b| b.finished_at_us <= *t)
-                .ok_or_else(|| PgShadowError::BeforeFirstPoint {
-                    dir: opts.shadow_dir.clone(),
-                    target: opts.target.to_string(),
-                    first: format!(
-                        "base backup {} finished at {}",
-                        first.id,
-                        pg_timestamp(first.finished_at_us)
-                    ),
-                })?;
-            let recovery = if full {
-                Recovery::Immediate
-            } else {
-                Recovery::Time(*t)
-            };
-            Ok((base.clone(), recovery, None))
+        Target::Latest => {
+            let m = store.find(target)?;
+            let recovery = if full { Recovery::Immediate } else { Recovery::End };
+            Ok(Plan {
+                leased: vec![m.id()],
+                point: m,
+                recovery,
+                live_wal: transactional,
+                target: target.to_string(),
+            })
         }
-        PgTarget::Latest => {
-            let base = bases.last().unwrap_or(first);
-            let recovery = if full {
-                Recovery::Immediate
-            } else {
-                Recovery::End
-            };
-            Ok((base.clone(), recovery, None))
+        Target::Time(t) => {
+            let k = store.find(target)?;
+            if full {
+                return Ok(Plan {
+                    leased: vec![k.id()],
+                    point: k,
+                    recovery: Recovery::Immediate,
+                    live_wal: false,
+                    target: target.to_string(),
+                });
+            }
+            // The next point on the same base holds the WAL through the time.
+            let next = store
+                .points()?
+                .into_iter()
+                .find(|m| m.seq > k.seq && base_label(m).is_some() && base_label(m) == base_label(&k));
+            match next {
+                Some(n) => Ok(Plan {
+                    leased: vec![k.id(), n.id()],
+                    point: n,
+                    recovery: Recovery::Time(t.as_micros()),
+                    live_wal: false,
+                    target: target.to_string(),
+                }),
+                None => {
+                    let latest = store.find(&Target::Latest)?;
+                    Ok(Plan {
+                        leased: vec![k.id()],
+                        live_wal: transactional && latest.seq == k.seq,
+                        point: k,
+                        recovery: Recovery::Time(t.as_micros()),
+                        target: target.to_string(),
+                    })
+                }
+            }
         }
     }
+}
+
+/// What PostgreSQL is told to stop at.
+#[derive(Debug, Clone, PartialEq)]
+enum Recovery {
+    /// `recovery_target = 'immediate'`: the base backup's consistent end.
+    Immediate,
+    Lsn(Lsn),
+    Time(i64),
+    /// No target: replay every shadowed WAL record.
+    End,
+}
+
+impl Recovery {
+    fn conf(&self) -> String {
+        match self {
+            Recovery::Immediate => "recovery_target = 'immediate'\n".into(),
+            // Stop before the first record at or after the point's LSN: every record before it
+            // (the restore point's own included) is replayed, none after.
+            Recovery::Lsn(l) => {
+                format!("recovery_target_lsn = '{l}'\nrecovery_target_inclusive = off\n")
+            }
+            Recovery::Time(t) => format!("recovery_target_time = '{}'\n", pg_timestamp(*t)),
+            Recovery::End => String::new(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Recovery::Immediate => "immediate (the base backup's end)".into(),
+            Recovery::Lsn(l) => format!("LSN {l}"),
+            Recovery::Time(t) => format!("time {}", pg_timestamp(*t)),
+            Recovery::End => "end of the shadowed WAL".into(),
+        }
+    }
+}
+
+/// Writes the point's files into `work`, adds the WAL streamed since (when the plan says so),
+/// checks that no segment is missing and that `pg_verifybackup` accepts the copy, and writes
+/// the recovery settings. Returns the bytes written.
+fn build(
+    store: &PointStore,
+    info: &PgShadowInfo,
+    bindir: &Path,
+    plan: &Plan,
+    recovery: &Recovery,
+    work: &Path,
+    owner: Option<&str>,
+) -> Result<u64, ShadowError> {
+    let mut bytes = base::materialize(store, plan.point.id(), &plan.point.entries, work)?;
+    let stage = work.join(STAGE);
+    if !stage.is_dir() {
+        std::fs::create_dir(&stage).map_err(ShadowError::io(&stage))?;
+    }
+    if *recovery != Recovery::Immediate {
+        bytes += stage_wal(store.dir(), info, plan, work)?;
+    }
+    let out = std::process::Command::new(bindir.join("pg_verifybackup"))
+        .arg("-q")
+        .arg("-i")
+        .arg(STAGE)
+        .arg(work)
+        .output()
+        .map_err(|e| PgShadowError::Program {
+            program: "pg_verifybackup".into(),
+            what: format!("checking {}", work.display()),
+            output: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(PgShadowError::DamagedBase {
+            dir: store.dir().to_path_buf(),
+            base: plan.point.id().to_string(),
+            message: tail(
+                &format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                800,
+            ),
+        }
+        .into());
+    }
+    let manifest = work.join("backup_manifest");
+    std::fs::remove_file(&manifest).map_err(ShadowError::io(&manifest))?;
+    let auto = work.join("postgresql.auto.conf");
+    let original = match std::fs::read_to_string(&auto) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(ShadowError::io(&auto)(e)),
+    };
+    let conf = format!(
+        "{original}{MARK}restore_command = 'cp {STAGE}/%f \"%p\"'\nrecovery_target_action = 'promote'\nrecovery_target_timeline = 'current'\n{}\
+         listen_addresses = ''\nunix_socket_directories = '.'\narchive_mode = off\nsynchronous_standby_names = ''\nhot_standby = on\n",
+        recovery.conf()
+    );
+    std::fs::write(&auto, conf).map_err(ShadowError::io(&auto))?;
+    let signal = work.join("recovery.signal");
+    std::fs::write(&signal, b"").map_err(ShadowError::io(&signal))?;
+    if let Some(o) = owner {
+        chown_tree(work, o)?;
+    }
+    Ok(bytes)
+}
+
+/// Adds the segments `pg_receivewal` wrote after the point (the one it is writing is kept as
+/// `NAME.partial` and copied under its own name) and checks that the staged WAL runs without
+/// a gap from the base backup's start. Returns the bytes added.
+fn stage_wal(shadow: &Path, info: &PgShadowInfo, plan: &Plan, work: &Path) -> Result<u64, ShadowError> {
+    let seg = info.wal_segment_size;
+    let stage = work.join(STAGE);
+    let timeline = match plan.point.position {
+        Position::Postgres { timeline, .. } => timeline,
+        _ => 1,
+    };
+    let mut bytes = 0;
+    let wal = pg_dir(shadow).join("wal");
+    if plan.live_wal {
+        let first_needed = plan
+            .point
+            .entries
+            .iter()
+            .filter_map(|e| e.path.strip_prefix(WAL_PREFIX))
+            .filter_map(|n| SegmentName::parse(n, seg))
+            .map(|s| s.segno)
+            .max();
+        let rd = std::fs::read_dir(&wal).map_err(ShadowError::io(&wal))?;
+        let mut complete = std::collections::BTreeMap::new();
+        let mut partial = std::collections::BTreeMap::new();
+        for e in rd {
+            let e = e.map_err(ShadowError::io(&wal))?;
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(s) = n.strip_suffix(".partial").and_then(|s| SegmentName::parse(s, seg)) {
+                partial.insert(s, e.path());
+            } else if let Some(s) = SegmentName::parse(&n, seg) {
+                complete.insert(s, e.path());
+            }
+        }
+        let mut names: Vec<SegmentName> = complete.keys().chain(partial.keys()).copied().collect();
+        names.sort();
+        names.dedup();
+        for s in names {
+            if s.timeline != timeline || first_needed.is_some_and(|f| s.segno < f) {
+                continue;
+            }
+            // A complete segment wins over a partial copy of the same one.
+            let src = complete.get(&s).or_else(|| partial.get(&s)).cloned();
+            if let Some(src) = src {
+                let dst = stage.join(s.file_name(seg));
+                if dst.exists() {
+                    std::fs::remove_file(&dst).map_err(ShadowError::io(&dst))?;
+                }
+                bytes += std::fs::copy(&src, &dst).map_err(ShadowError::io(&src))?;
+            }
+        }
+    }
+    // No gap from the base backup's start to the last staged segment.
+    let label = std::fs::read_to_string(work.join("backup_label")).map_err(ShadowError::io(work.join("backup_label")))?;
+    let start = label
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(Lsn::parse)
+        .ok_or_else(|| ShadowError::BadFile {
+            path: work.join("backup_label"),
+            reason: "no START WAL LOCATION".into(),
+        })?;
+    let mut present = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(&stage).map_err(ShadowError::io(&stage))? {
+        let e = e.map_err(ShadowError::io(&stage))?;
+        if let Some(s) = SegmentName::parse(&e.file_name().to_string_lossy(), seg) {
+            if s.timeline == timeline {
+                present.insert(s.segno);
+            }
+        }
+    }
+    let first = start.segment(seg);
+    let last = present.iter().next_back().copied().unwrap_or(first);
+    for segno in first..=last {
+        if !present.contains(&segno) {
+            return Err(PgShadowError::MissingWal {
+                dir: if plan.live_wal { wal } else { shadow.to_path_buf() },
+                segment: SegmentName { timeline, segno }.file_name(seg),
+                point: plan.point.id().to_string(),
+                target: plan.target.clone(),
+            }
+            .into());
+        }
+    }
+    Ok(bytes)
 }
 
 /// The live data directory must be the shadowed cluster's (same system identifier).
@@ -406,171 +525,6 @@ fn control_field(text: &str, key: &str) -> Option<String> {
     })
 }
 
-/// `pg_verifybackup` of the base (every file's SHA-256 against its manifest, and its WAL).
-fn verify_base(bindir: &Path, shadow: &Path, base: &PgBase) -> Result<(), PgShadowError> {
-    let path = base::path_of(&pg_dir(shadow).join("base"), &base.id);
-    let out = std::process::Command::new(bindir.join("pg_verifybackup"))
-        .arg("-q")
-        .arg(&path)
-        .output()
-        .map_err(|e| PgShadowError::Program {
-            program: "pg_verifybackup".into(),
-            what: format!("checking {}", path.display()),
-            output: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(PgShadowError::DamagedBase {
-            dir: shadow.to_path_buf(),
-            base: base.id.clone(),
-            message: tail(
-                &format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-                800,
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Copies the base into `work`, stages the WAL it needs and writes the recovery settings.
-/// Returns the number of WAL segments staged.
-fn build(
-    opts: &RestoreOptions,
-    info: &PgShadowInfo,
-    base: &PgBase,
-    recovery: &Recovery,
-    upper: Option<Lsn>,
-    work: &Path,
-    owner: Option<&str>,
-) -> Result<usize, PgShadowError> {
-    let from = base::path_of(&pg_dir(&opts.shadow_dir).join("base"), &base.id);
-    base::copy_tree(&from, work)?;
-    let manifest = work.join("backup_manifest");
-    if manifest.exists() {
-        std::fs::remove_file(&manifest).map_err(|e| PgShadowError::io("removing", &manifest, e))?;
-    }
-    let stage = work.join(STAGE);
-    std::fs::create_dir(&stage).map_err(|e| PgShadowError::io("creating", &stage, e))?;
-    let segments = if *recovery == Recovery::Immediate {
-        0
-    } else {
-        stage_wal(
-            &opts.shadow_dir,
-            info,
-            base,
-            upper,
-            &opts.target.to_string(),
-            &stage,
-        )?
-    };
-    let auto = work.join("postgresql.auto.conf");
-    let original = match std::fs::read_to_string(&auto) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(PgShadowError::io("reading", &auto, e)),
-    };
-    let conf = format!(
-        "{original}{MARK}restore_command = 'cp {STAGE}/%f \"%p\"'\nrecovery_target_action = 'promote'\nrecovery_target_timeline = 'current'\n{}\
-         listen_addresses = ''\nunix_socket_directories = '.'\narchive_mode = off\nsynchronous_standby_names = ''\nhot_standby = on\n",
-        recovery.conf()
-    );
-    std::fs::write(&auto, conf).map_err(|e| PgShadowError::io("writing", &auto, e))?;
-    let signal = work.join("recovery.signal");
-    std::fs::write(&signal, b"").map_err(|e| PgShadowError::io("writing", &signal, e))?;
-    if let Some(o) = owner {
-        chown_tree(work, o)?;
-    }
-    Ok(segments)
-}
-
-/// Links (complete segments) or copies (the segment `pg_receivewal` is still writing, kept
-/// as `NAME.partial`) the shadow's WAL of the base's timeline into `stage`; checks that no
-/// segment is missing from the base's start to `upper` (or to the last one).
-fn stage_wal(
-    shadow: &Path,
-    info: &PgShadowInfo,
-    base: &PgBase,
-    upper: Option<Lsn>,
-    target: &str,
-    stage: &Path,
-) -> Result<usize, PgShadowError> {
-    let wal = pg_dir(shadow).join("wal");
-    let seg = info.wal_segment_size;
-    let mut full = std::collections::BTreeMap::new();
-    let mut partial = std::collections::BTreeMap::new();
-    let mut history = Vec::new();
-    for e in std::fs::read_dir(&wal).map_err(|e| PgShadowError::io("listing", &wal, e))? {
-        let e = e.map_err(|e| PgShadowError::io("listing", &wal, e))?;
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n.ends_with(".history") {
-            history.push(e.path());
-        } else if let Some(s) = n
-            .strip_suffix(".partial")
-            .and_then(|s| SegmentName::parse(s, seg))
-        {
-            if s.timeline == base.timeline {
-                partial.insert(s.segno, e.path());
-            }
-        } else if let Some(s) = SegmentName::parse(&n, seg) {
-            if s.timeline == base.timeline {
-                full.insert(s.segno, e.path());
-            }
-        }
-    }
-    let start = base.start_lsn.segment(seg);
-    let last = full
-        .keys()
-        .chain(partial.keys())
-        .copied()
-        .max()
-        .unwrap_or(start);
-    let need = upper.map(|u| u.segment(seg)).unwrap_or(last);
-    for segno in start..=need.max(start) {
-        if !full.contains_key(&segno) && !partial.contains_key(&segno) {
-            return Err(PgShadowError::MissingWal {
-                dir: wal.clone(),
-                segment: SegmentName {
-                    timeline: base.timeline,
-                    segno,
-                }
-                .file_name(seg),
-                base: base.id.clone(),
-                target: target.to_string(),
-            });
-        }
-    }
-    let mut count = 0;
-    for segno in start..=last {
-        let name = SegmentName {
-            timeline: base.timeline,
-            segno,
-        }
-        .file_name(seg);
-        let dst = stage.join(&name);
-        if let Some(src) = full.get(&segno) {
-            if std::fs::hard_link(src, &dst).is_err() {
-                std::fs::copy(src, &dst).map_err(|e| PgShadowError::io("copying", src, e))?;
-            }
-            count += 1;
-        } else if let Some(src) = partial.get(&segno) {
-            // Copied, not linked: pg_receivewal goes on writing it in place.
-            std::fs::copy(src, &dst).map_err(|e| PgShadowError::io("copying", src, e))?;
-            count += 1;
-        } else {
-            break;
-        }
-    }
-    for h in history {
-        if let Some(n) = h.file_name() {
-            std::fs::copy(&h, stage.join(n)).map_err(|e| PgShadowError::io("copying", &h, e))?;
-        }
-    }
-    Ok(count)
-}
-
 fn pg_ctl(bindir: &Path, owner: Option<&str>, args: &[&str]) -> Vec<String> {
     as_user(
         owner,
@@ -587,7 +541,7 @@ async fn verify(
     owner: Option<&str>,
     recovery: &Recovery,
     timeout: Duration,
-) -> Result<(), PgShadowError> {
+) -> Result<Option<Timestamp>, PgShadowError> {
     let d = work.display().to_string();
     let log = work.join(LOG).display().to_string();
     let secs = timeout.as_secs().max(1).to_string();
@@ -621,7 +575,7 @@ async fn verify(
     .await;
     let log_text = std::fs::read_to_string(work.join(LOG)).unwrap_or_default();
     match result {
-        Ok(()) => stopped.map(|_| ()),
+        Ok(()) => stopped.map(|_| last_commit(&log_text)),
         Err(e) => {
             if log_text.contains("recovery ended before configured recovery target was reached")
                 || log_text.contains("before consistent recovery point")
@@ -693,6 +647,20 @@ async fn wait_promoted(
         // The server's state is in its control file; there is no event to await.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The time of the last transaction recovery replayed, from the server's log (`last
+/// completed transaction was at log time 2026-12-05 18:00:00.123456+00`).
+fn last_commit(log: &str) -> Option<Timestamp> {
+    let key = "last completed transaction was at log time ";
+    let text = log.lines().rev().find_map(|l| l.split(key).nth(1))?.trim();
+    // `YYYY-MM-DD HH:MM:SS.ffffff+00` into RFC 3339.
+    let (date_time, zone) = match text.rfind(['+', '-']) {
+        Some(i) if i > 10 => (&text[..i], &text[i..]),
+        _ => (text, "+00"),
+    };
+    let zone = if zone.len() == 3 { format!("{zone}:00") } else { zone.to_string() };
+    Timestamp::parse(&format!("{}{zone}", date_time.replacen(' ', "T", 1))).ok()
 }
 
 /// Removes the restore's settings and staging from the verified copy and keeps its log in
@@ -847,4 +815,24 @@ fn exchange(a: &Path, b: &Path) -> Result<(), PgShadowError> {
         what: format!("exchanging {} and {}", a.display(), b.display()),
         message: format!("{e} (the filesystem must support renameat2 RENAME_EXCHANGE)"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_commit_time_is_read_from_the_log() {
+        let log = "2026-12-05 18:00:01.000 UTC [1] LOG:  recovery stopping before commit of transaction 750\n\
+                   2026-12-05 18:00:01.000 UTC [1] LOG:  last completed transaction was at log time 2026-12-05 17:54:49.123456+00\n";
+        assert_eq!(last_commit(log), Some(Timestamp::from_micros(1_796_493_289_123_456)));
+        assert_eq!(last_commit("nothing"), None);
+    }
+
+    #[test]
+    fn control_fields_are_read() {
+        let text = "pg_control version number:            1300\nDatabase system identifier:           7434100000000000001\nDatabase cluster state:               in production\n";
+        assert_eq!(control_field(text, "Database system identifier").as_deref(), Some("7434100000000000001"));
+        assert_eq!(control_field(text, "Database cluster state").as_deref(), Some("in production"));
+    }
 }

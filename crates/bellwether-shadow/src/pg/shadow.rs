@@ -1,32 +1,93 @@
 //! A running PostgreSQL shadow: the checks and set-up on the primary (slot, synchronous
 //! standby name), the `pg_receivewal` supervisor of a transactional shadow, base backups and
-//! points.
+//! points taken into the point store.
+//!
+//! The point store's interface is synchronous; the primary's client is tokio-postgres, so a
+//! shadow owns a one-worker runtime that also drives the `pg_receivewal` supervisor between
+//! calls.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
-use super::proc::{run, tail};
-use super::{
-    base, list_bases, list_points, now_us, pg_dir, read_info, write_json, Lsn, PgBase, PgPoint,
-    PgShadowError, PgShadowInfo, PgShadowOptions, PgShadowType, SyncSetup,
+use crate::point::{
+    Entry, Manifest, ObjectRef, PointDraft, PointStore, Position, Reason, ResourceKind, Shadow,
+    ShadowError, ShadowMeta, ShadowOptions, ShadowType, SyncReport, Timestamp, FORMAT,
 };
+
+use super::base::{self, BaseInfo};
+use super::lsn::SegmentName;
+use super::proc::{run, tail};
+use super::{pg_dir, read_info, write_json, Lsn, PgOptions, PgShadowError, PgShadowInfo, SyncSetup};
 
 /// How often the primary's replication view is read while waiting for the shadow (a state of
 /// another process: there is no event to await).
 const POLL: Duration = Duration::from_millis(10);
 /// The longest pause between two starts of a `pg_receivewal` that keeps exiting.
 const RESTART_CAP: Duration = Duration::from_secs(10);
+/// Where a point's WAL segments go in its manifest (and in a restored copy).
+pub(crate) const WAL_PREFIX: &str = "bw_restore_wal/";
 
-/// A started shadow. Drop without [`PgShadow::stop`] leaves the slot and the synchronous
-/// standby name on the primary (a crash does too): the next start with the same directory
-/// picks them up again.
+/// Runs `f` on `rt` from synchronous code, also when called from inside another runtime
+/// (the CLI's): then on a scoped thread, since a runtime cannot block inside another.
+pub(crate) fn block<F>(rt: &tokio::runtime::Runtime, f: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| match s.spawn(|| rt.block_on(f)).join() {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        })
+    } else {
+        rt.block_on(f)
+    }
+}
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ShadowError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| ShadowError::Source {
+            source_name: "postgres".into(),
+            reason: format!("cannot start the shadow's runtime: {e}"),
+        })
+}
+
+/// The latest base backup: its WAL range and its files in the store.
+#[derive(Debug, Clone)]
+struct CurrentBase {
+    info: BaseInfo,
+    entries: Vec<Entry>,
+    bytes: u64,
+}
+
+/// A started shadow ([`Shadow`]). Dropping it (the end of [`crate::point::run`]) takes the
+/// shadow out of `synchronous_standby_names` first (or the primary would wait for it
+/// forever), stops the stream and drops the slot (or the primary would keep WAL for it
+/// forever). A crash leaves both: the primary then waits, as for any synchronous standby,
+/// until the shadow is started again with the same directory (see docs/shadow-postgres.md).
 pub struct PgShadow {
-    opts: PgShadowOptions,
+    store: PointStore,
+    rt: Option<tokio::runtime::Runtime>,
+    inner: Inner,
+    base: Option<CurrentBase>,
+    /// Objects of complete WAL segments already stored (a complete segment never changes).
+    wal_cache: HashMap<String, Vec<ObjectRef>>,
+}
+
+struct Inner {
+    opts: PgOptions,
+    dir: PathBuf,
     info: PgShadowInfo,
     bindir: PathBuf,
     conn: bellwether_pg::Instance,
@@ -36,20 +97,232 @@ pub struct PgShadow {
 }
 
 impl PgShadow {
-    /// Checks the primary, records (or checks) which database the directory shadows, sets up
-    /// the slot (differential, transactional), starts `pg_receivewal --synchronous` and
-    /// registers it as a synchronous standby (transactional), and takes the first base backup
-    /// (the first point, `id`).
-    pub async fn start(
-        opts: PgShadowOptions,
-        first_point: &str,
-    ) -> Result<(PgShadow, PgPoint), PgShadowError> {
+    /// Checks the primary, opens (or creates) the shadow directory and checks it shadows this
+    /// database, sets up the slot (differential, transactional), starts `pg_receivewal
+    /// --synchronous` and registers it as a synchronous standby (transactional), and takes
+    /// a base backup as the base point.
+    pub fn start(opts: &ShadowOptions, pg: &PgOptions) -> Result<PgShadow, ShadowError> {
+        let rt = runtime()?;
+        let mut inner = block(&rt, Inner::connect(pg.clone(), opts.dir.clone()))?;
+        let meta = ShadowMeta {
+            format: FORMAT,
+            kind: ResourceKind::Postgres,
+            source: inner.conn.target.clone(),
+            shadow_type: pg.kind,
+            created_at: Timestamp::now(),
+            retention: opts.retention,
+        };
+        let mut store = PointStore::create(&opts.dir, meta)?;
+        store.lock_writer()?;
+        inner.load_info()?;
+        let mut shadow = PgShadow {
+            store,
+            rt: Some(rt),
+            inner,
+            base: None,
+            wal_cache: HashMap::new(),
+        };
+        shadow.on(|i| Box::pin(i.set_up()))?;
+        shadow.take_base_point(Reason::Base)?;
+        Ok(shadow)
+    }
+
+    pub fn info(&self) -> &PgShadowInfo {
+        &self.inner.info
+    }
+
+    /// The last error `pg_receivewal` printed (transactional).
+    pub fn receiver_error(&self) -> Option<String> {
+        self.inner.receiver_error()
+    }
+
+    fn on<T: Send>(
+        &mut self,
+        f: impl for<'a> FnOnce(&'a mut Inner) -> std::pin::Pin<Box<dyn Future<Output = Result<T, PgShadowError>> + Send + 'a>>
+            + Send,
+    ) -> Result<T, ShadowError> {
+        let rt = self.rt.as_ref().ok_or_else(|| ShadowError::Unsupported("the shadow was stopped".into()))?;
+        let inner = &mut self.inner;
+        block(rt, f(inner)).map_err(ShadowError::from)
+    }
+
+    /// A base backup as a point.
+    fn take_base_point(&mut self, reason: Reason) -> Result<Manifest, ShadowError> {
+        let taken_at = Timestamp::now();
+        let tmp = self.store.temp_path();
+        let bindir = self.inner.bindir.clone();
+        let url = self.inner.opts.url.clone();
+        let limit = self.inner.opts.step_timeout;
+        let t = tmp.clone();
+        let info = self.on(move |_| Box::pin(async move { base::take(&bindir, &url, &t, limit).await }));
+        let info = match info {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        let stored = base::store_tree(&self.store, &tmp, true);
+        let _ = std::fs::remove_dir_all(&tmp);
+        let (entries, new_bytes) = stored?;
+        let bytes = entries.iter().map(|e| e.size).sum();
+        let m = self.store.commit_point(PointDraft {
+            taken_at,
+            consistent_at: Timestamp::from_micros(info.finished_us),
+            reason,
+            position: Position::Postgres {
+                timeline: info.timeline,
+                lsn: info.end_lsn.0,
+            },
+            entries: entries.clone(),
+            new_bytes,
+        })?;
+        self.base = Some(CurrentBase { info, entries, bytes });
+        self.prune_wal();
+        Ok(m)
+    }
+
+    /// A point on the current base: a restore point on the primary, the WAL up to it in the
+    /// shadow (waited for, or fetched), and the segments from the base's start to it stored.
+    fn take_wal_point(&mut self, reason: Reason) -> Result<Manifest, ShadowError> {
+        let Some(base) = self.base.clone() else {
+            return self.take_base_point(reason);
+        };
+        let taken_at = Timestamp::now();
+        let name = format!("bw-{}", taken_at.as_micros());
+        let (lsn, timeline) = self.on(move |i| Box::pin(i.mark(name)))?;
+        let kind = self.inner.opts.kind;
+        self.on(move |i| {
+            Box::pin(async move {
+                match kind {
+                    ShadowType::Transactional => i.wait_flushed(lsn).await,
+                    _ => i.fetch_until(lsn).await,
+                }
+            })
+        })?;
+        let consistent_at = Timestamp::now();
+        let seg = self.inner.info.wal_segment_size;
+        let wal = pg_dir(self.store.dir()).join("wal");
+        let mut entries = base.entries.clone();
+        let mut new_bytes = 0;
+        let first = base.info.start_lsn.segment(seg);
+        let last = Lsn(lsn.0.saturating_sub(1)).segment(seg).max(first);
+        for segno in first..=last {
+            let name = SegmentName { timeline, segno }.file_name(seg);
+            let complete = wal.join(&name);
+            let partial = wal.join(format!("{name}.partial"));
+            let rel = format!("{WAL_PREFIX}{name}");
+            if let Some(objects) = self.wal_cache.get(&name) {
+                let size = objects.iter().map(|o| o.len).sum();
+                entries.push(Entry {
+                    path: rel,
+                    kind: crate::point::EntryKind::File,
+                    mode: 0o600,
+                    size,
+                    mtime: None,
+                    objects: objects.clone(),
+                });
+            } else if complete.is_file() {
+                let (e, n) = base::store_file(&self.store, &complete, rel, 0o600, false)?;
+                new_bytes += n;
+                self.wal_cache.insert(name, e.objects.clone());
+                entries.push(e);
+            } else if partial.is_file() {
+                let (e, n) = base::store_file(&self.store, &partial, rel, 0o600, false)?;
+                new_bytes += n;
+                entries.push(e);
+            } else {
+                return Err(PgShadowError::MissingWal {
+                    dir: wal,
+                    segment: name,
+                    point: "(being taken)".into(),
+                    target: format!("LSN {lsn}"),
+                }
+                .into());
+            }
+        }
+        let _ = base.bytes;
+        self.store.commit_point(PointDraft {
+            taken_at,
+            consistent_at,
+            reason,
+            position: Position::Postgres { timeline, lsn: lsn.0 },
+            entries,
+            new_bytes,
+        })
+    }
+
+    /// Removes complete segments before the current base's start from `pg/wal` (every point
+    /// that needs them holds them as objects).
+    fn prune_wal(&mut self) {
+        let Some(base) = &self.base else { return };
+        let seg = self.inner.info.wal_segment_size;
+        let start = base.info.start_lsn.segment(seg);
+        let wal = pg_dir(self.store.dir()).join("wal");
+        let Ok(rd) = std::fs::read_dir(&wal) else { return };
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(s) = SegmentName::parse(&n, seg) {
+                if s.segno < start {
+                    let _ = std::fs::remove_file(e.path());
+                    self.wal_cache.remove(&n);
+                }
+            }
+        }
+    }
+}
+
+impl Shadow for PgShadow {
+    fn store(&self) -> &PointStore {
+        &self.store
+    }
+
+    /// The stream runs by itself; a sync reports its failure (a `pg_receivewal` that keeps
+    /// exiting), so that the loop's event log shows it.
+    fn sync(&mut self) -> Result<SyncReport, ShadowError> {
+        if let Some(r) = &self.inner.receiver {
+            if !r.running.load(Ordering::SeqCst) {
+                return Err(ShadowError::Source {
+                    source_name: self.inner.conn.target.clone(),
+                    reason: format!(
+                        "pg_receivewal is not running (it is started again with a pause): {}",
+                        self.inner.receiver_error().unwrap_or_default()
+                    ),
+                });
+            }
+        }
+        Ok(SyncReport::default())
+    }
+
+    fn take_point(&mut self, reason: Reason) -> Result<Manifest, ShadowError> {
+        if self.inner.opts.kind == ShadowType::Full {
+            self.take_base_point(reason)
+        } else {
+            self.take_wal_point(reason)
+        }
+    }
+
+    fn poll_interval(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+impl Drop for PgShadow {
+    fn drop(&mut self) {
+        let Some(rt) = self.rt.take() else { return };
+        let inner = &mut self.inner;
+        let result = block(&rt, inner.release());
+        if let Err(e) = result {
+            tracing::warn!(shadow = %inner.info.name, error = %e, "Releasing the primary from the shadow failed.");
+        }
+        rt.shutdown_background();
+    }
+}
+
+impl Inner {
+    async fn connect(opts: PgOptions, dir: PathBuf) -> Result<Inner, PgShadowError> {
         let conn = bellwether_pg::connect(&opts.url).await?;
         let target = conn.target.clone();
-        let q = |what: &'static str| {
-            let target = target.clone();
-            move |e: tokio_postgres::Error| query_err(&target, what, e)
-        };
         let row = conn
             .client
             .query_one(
@@ -64,7 +337,7 @@ impl PgShadow {
                 &[],
             )
             .await
-            .map_err(q("reading the primary's identity"))?;
+            .map_err(|e| query_err(&target, "reading the primary's identity", e))?;
         let system_identifier: String = row.get(0);
         let version: i32 = row.get(1);
         let seg_size: i64 = row.get(2);
@@ -99,172 +372,87 @@ impl PgShadow {
             Some(b) => b.clone(),
             None => bellwether_pg::find_bindir(version as u32, None)?,
         };
-        let pg = pg_dir(&opts.dir);
-        std::fs::create_dir_all(pg.join("wal"))
-            .map_err(|e| PgShadowError::io("creating", &pg, e))?;
-        let info = match read_info(&opts.dir)? {
-            Some(existing) => {
-                if existing.system_identifier != system_identifier {
-                    return Err(PgShadowError::OtherDatabase {
-                        dir: opts.dir.clone(),
-                        theirs: format!(
-                            "{} (system identifier {})",
-                            existing.source, existing.system_identifier
-                        ),
-                        ours: format!("{target} (system identifier {system_identifier})"),
-                    });
-                }
-                if existing.kind != opts.kind {
-                    return Err(PgShadowError::BadShadow {
-                        path: pg.join("shadow-pg.json"),
-                        message: format!(
-                            "it is a {} shadow, not {}",
-                            existing.kind.as_str(),
-                            opts.kind.as_str()
-                        ),
-                    });
-                }
-                existing
-            }
-            None => {
-                let name = match &opts.name {
-                    Some(n) => n.clone(),
-                    None => format!(
-                        "bw_shadow_{:x}",
-                        now_us() ^ ((std::process::id() as i64) << 40)
-                    ),
-                };
-                let info = PgShadowInfo {
-                    system_identifier,
-                    server_version_num: version as u32,
-                    wal_segment_size: seg_size as u64,
-                    name,
-                    source: target.clone(),
-                    kind: opts.kind,
-                    sync_original: None,
-                };
-                write_json(&pg.join("shadow-pg.json"), &info)?;
-                info
-            }
-        };
-        if info.name.is_empty()
-            || info.name.len() > 63
-            || !info
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            return Err(PgShadowError::BadShadow {
-                path: pg.join("shadow-pg.json"),
-                message: format!("shadow name {:?} must be 1 to 63 of [a-z0-9_]", info.name),
-            });
-        }
-        let mut shadow = PgShadow {
+        let name = opts.name.clone().unwrap_or_else(|| {
+            format!("bw_shadow_{:x}", super::now_us() ^ ((std::process::id() as i64) << 40))
+        });
+        Ok(Inner {
+            info: PgShadowInfo {
+                system_identifier,
+                server_version_num: version as u32,
+                wal_segment_size: seg_size as u64,
+                name,
+                source: target,
+                kind: opts.kind,
+                sync_original: None,
+            },
             opts,
-            info,
+            dir,
             bindir,
             conn,
             role,
             receiver: None,
             may_create_restore_points: superuser,
-        };
-        if shadow.opts.kind != PgShadowType::Full {
-            shadow.ensure_slot().await?;
+        })
+    }
+
+    /// Reads (or writes, for a new shadow) `pg/shadow-pg.json`: an existing one of another
+    /// database is refused.
+    fn load_info(&mut self) -> Result<(), PgShadowError> {
+        let pg = pg_dir(&self.dir);
+        std::fs::create_dir_all(pg.join("wal")).map_err(|e| PgShadowError::io("creating", &pg, e))?;
+        match read_info(&self.dir)? {
+            Some(existing) => {
+                if existing.system_identifier != self.info.system_identifier {
+                    return Err(PgShadowError::OtherDatabase {
+                        dir: self.dir.clone(),
+                        theirs: format!("{} (system identifier {})", existing.source, existing.system_identifier),
+                        ours: format!("{} (system identifier {})", self.info.source, self.info.system_identifier),
+                    });
+                }
+                self.info = existing;
+            }
+            None => write_json(&pg.join("shadow-pg.json"), &self.info)?,
         }
-        if shadow.opts.kind == PgShadowType::Transactional {
-            let r = Receiver::spawn(
-                &shadow.bindir,
-                &shadow.opts.url,
-                &pg.join("wal"),
-                &shadow.info.name,
-            );
-            shadow.receiver = Some(r);
-            if let Err(e) = shadow.wait_streaming().await {
-                shadow.stop_receiver().await;
+        if self.info.name.is_empty()
+            || self.info.name.len() > 63
+            || !self.info.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(PgShadowError::BadShadow {
+                path: pg.join("shadow-pg.json"),
+                message: format!("shadow name {:?} must be 1 to 63 of [a-z0-9_]", self.info.name),
+            });
+        }
+        Ok(())
+    }
+
+    /// Slot, stream and synchronous registration, as the type asks.
+    async fn set_up(&mut self) -> Result<(), PgShadowError> {
+        if self.opts.kind == ShadowType::Full {
+            return Ok(());
+        }
+        self.ensure_slot().await?;
+        if self.opts.kind == ShadowType::Transactional {
+            let wal = pg_dir(&self.dir).join("wal");
+            self.receiver = Some(Receiver::spawn(&self.bindir, &self.opts.url, &wal, &self.info.name));
+            if let Err(e) = self.wait_streaming().await {
+                let _ = self.release().await;
                 return Err(e);
             }
-            if let Err(e) = shadow.register_sync().await {
-                shadow.stop_receiver().await;
+            if let Err(e) = self.register_sync().await {
+                let _ = self.release().await;
                 return Err(e);
             }
         }
-        let point = match shadow.take_base_point(first_point).await {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = shadow.unregister_sync().await;
-                shadow.stop_receiver().await;
-                return Err(e);
-            }
-        };
-        Ok((shadow, point))
+        Ok(())
     }
 
-    pub fn info(&self) -> &PgShadowInfo {
-        &self.info
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.opts.dir
-    }
-
-    /// Takes a point named `id`: a base backup (full), or a restore point on the primary that
-    /// the shadow is then waited for (transactional) or fetched up to (differential).
-    pub async fn take_point(&mut self, id: &str) -> Result<PgPoint, PgShadowError> {
-        if self.opts.kind == PgShadowType::Full {
-            return self.take_base_point(id).await;
-        }
-        let base = list_bases(&self.opts.dir)?
-            .pop()
-            .ok_or_else(|| PgShadowError::BadShadow {
-                path: pg_dir(&self.opts.dir).join("base"),
-                message: "no finished base backup (the shadow's start takes one)".into(),
-            })?;
-        let (lsn, timeline, at_us, restore_point) = self.mark(id).await?;
-        match self.opts.kind {
-            PgShadowType::Transactional => self.wait_flushed(lsn).await?,
-            _ => self.fetch_until(lsn).await?,
-        }
-        let point = PgPoint {
-            id: id.to_string(),
-            lsn,
-            timeline,
-            at_us,
-            restore_point,
-            base: base.id,
-        };
-        self.record(&point)?;
-        Ok(point)
-    }
-
-    /// A new base backup as point `id` (restores after it replay less WAL).
-    pub async fn take_base_point(&mut self, id: &str) -> Result<PgPoint, PgShadowError> {
-        let base = base::take(
-            &self.bindir,
-            &self.opts.url,
-            &pg_dir(&self.opts.dir).join("base"),
-            id,
-            self.opts.step_timeout,
-        )
-        .await?;
-        let point = PgPoint {
-            id: id.to_string(),
-            lsn: base.end_lsn,
-            timeline: base.timeline,
-            at_us: base.finished_at_us,
-            restore_point: None,
-            base: base.id.clone(),
-        };
-        self.record(&point)?;
-        Ok(point)
-    }
-
-    /// Stops the stream, takes the shadow out of `synchronous_standby_names` first (or the
-    /// primary would wait for it forever), and drops the slot (or the primary would keep WAL
-    /// for it forever). The shadow directory stays whole: its points remain restorable.
-    pub async fn stop(mut self) -> Result<(), PgShadowError> {
+    /// Undoes what [`Inner::set_up`] did on the primary, the synchronous name first.
+    async fn release(&mut self) -> Result<(), PgShadowError> {
         let unreg = self.unregister_sync().await;
-        self.stop_receiver().await;
-        let drop = if self.opts.kind != PgShadowType::Full {
+        if let Some(r) = self.receiver.take() {
+            r.stop().await;
+        }
+        let dropped = if self.opts.kind != ShadowType::Full {
             self.conn
                 .client
                 .execute(
@@ -278,14 +466,11 @@ impl PgShadow {
             Ok(())
         };
         unreg?;
-        drop
+        dropped
     }
 
-    /// The last error `pg_receivewal` printed, if it exited (transactional).
-    pub fn receiver_error(&self) -> Option<String> {
-        self.receiver
-            .as_ref()
-            .and_then(|r| r.last_error.lock().ok().and_then(|g| g.clone()))
+    fn receiver_error(&self) -> Option<String> {
+        self.receiver.as_ref().and_then(|r| r.last_error.lock().ok().and_then(|g| g.clone()))
     }
 
     async fn ensure_slot(&self) -> Result<(), PgShadowError> {
@@ -369,7 +554,7 @@ impl PgShadow {
                     }
                     // Saved before the change, so a crash between the two still restores it.
                     self.info.sync_original = Some(current.clone());
-                    write_json(&pg_dir(&self.opts.dir).join("shadow-pg.json"), &self.info)?;
+                    write_json(&pg_dir(&self.dir).join("shadow-pg.json"), &self.info)?;
                     let sql = format!(
                         "ALTER SYSTEM SET synchronous_standby_names = '{}'",
                         self.info.name
@@ -381,7 +566,7 @@ impl PgShadow {
                     );
                     if let Err(e) = self.conn.client.batch_execute(&sql).await {
                         self.info.sync_original = None;
-                        write_json(&pg_dir(&self.opts.dir).join("shadow-pg.json"), &self.info)?;
+                        write_json(&pg_dir(&self.dir).join("shadow-pg.json"), &self.info)?;
                         return Err(permission_or_query(
                             &target,
                             &self.role,
@@ -465,26 +650,17 @@ impl PgShadow {
             .await
             .map_err(|e| query_err(&target, "reloading the configuration", e))?;
         self.info.sync_original = None;
-        write_json(&pg_dir(&self.opts.dir).join("shadow-pg.json"), &self.info)
+        write_json(&pg_dir(&self.dir).join("shadow-pg.json"), &self.info)
     }
 
-    async fn stop_receiver(&mut self) {
-        if let Some(r) = self.receiver.take() {
-            r.stop().await;
-        }
-    }
-
-    /// A restore point `bw-ID` (or the current LSN when the role may not create one) and the
-    /// primary's clock.
-    async fn mark(&mut self, id: &str) -> Result<(Lsn, u32, i64, Option<String>), PgShadowError> {
+    /// A restore point `name` (or, when the role may not create one, the current insert
+    /// position): every record before the returned LSN is in the point, none after.
+    async fn mark(&mut self, name: String) -> Result<(Lsn, u32), PgShadowError> {
         let target = self.conn.target.clone();
-        let name = format!("bw-{id}");
         let sql = if self.may_create_restore_points {
-            "SELECT pg_create_restore_point($1)::text, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint, \
-             (SELECT timeline_id FROM pg_control_checkpoint())"
+            "SELECT pg_create_restore_point($1)::text, (SELECT timeline_id FROM pg_control_checkpoint())"
         } else {
-            "SELECT pg_current_wal_lsn()::text, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint, \
-             (SELECT timeline_id FROM pg_control_checkpoint()), $1::text"
+            "SELECT pg_current_wal_insert_lsn()::text, (SELECT timeline_id FROM pg_control_checkpoint()), $1::text"
         };
         let row = self
             .conn
@@ -497,14 +673,8 @@ impl PgShadow {
             what: format!("{target}: marking the point"),
             message: format!("not an LSN: {lsn_text:?}"),
         })?;
-        let at: i64 = row.get(1);
-        let tl: i32 = row.get(2);
-        Ok((
-            lsn,
-            tl as u32,
-            at,
-            self.may_create_restore_points.then_some(name),
-        ))
+        let tl: i32 = row.get(1);
+        Ok((lsn, tl as u32))
     }
 
     /// Waits until the primary reports the shadow flushed `lsn` (transactional).
@@ -546,7 +716,7 @@ impl PgShadow {
 
     /// Fetches the WAL through the slot up to `lsn` (differential): `pg_receivewal --endpos`.
     async fn fetch_until(&self, lsn: Lsn) -> Result<(), PgShadowError> {
-        let wal = pg_dir(&self.opts.dir).join("wal");
+        let wal = pg_dir(&self.dir).join("wal");
         let argv = vec![
             self.bindir.join("pg_receivewal").display().to_string(),
             "-d".into(),
@@ -568,18 +738,6 @@ impl PgShadow {
         )
         .await
         .map(|_| ())
-    }
-
-    fn record(&self, point: &PgPoint) -> Result<(), PgShadowError> {
-        let mut points = list_points(&self.opts.dir)?;
-        if points.iter().any(|p| p.id == point.id) {
-            return Err(PgShadowError::BadShadow {
-                path: pg_dir(&self.opts.dir).join("points.json"),
-                message: format!("a point {:?} exists already", point.id),
-            });
-        }
-        points.push(point.clone());
-        write_json(&pg_dir(&self.opts.dir).join("points.json"), &points)
     }
 }
 
@@ -631,12 +789,16 @@ struct Receiver {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     last_error: Arc<Mutex<Option<String>>>,
+    /// Whether a `pg_receivewal` process is running now.
+    running: Arc<AtomicBool>,
 }
 
 impl Receiver {
     fn spawn(bindir: &Path, url: &str, wal: &Path, name: &str) -> Receiver {
         let (stop, mut stopped) = watch::channel(false);
         let last_error = Arc::new(Mutex::new(None));
+        let running = Arc::new(AtomicBool::new(false));
+        let up = running.clone();
         let argv = vec![
             bindir.join("pg_receivewal").display().to_string(),
             "-d".into(),
@@ -669,6 +831,7 @@ impl Receiver {
                         return;
                     }
                 };
+                up.store(true, Ordering::SeqCst);
                 let stderr = child.stderr.take();
                 let errs = errors.clone();
                 let reader = tokio::spawn(async move {
@@ -687,6 +850,7 @@ impl Receiver {
                 });
                 tokio::select! {
                     status = child.wait() => {
+                        up.store(false, Ordering::SeqCst);
                         let _ = reader.await;
                         let msg = errors.lock().ok().and_then(|g| g.clone()).unwrap_or_default();
                         tracing::warn!(slot = %name, status = ?status.ok(), error = %msg, "The shadow's pg_receivewal exited; starting it again.");
@@ -714,6 +878,7 @@ impl Receiver {
             stop,
             task,
             last_error,
+            running,
         }
     }
 
@@ -721,12 +886,6 @@ impl Receiver {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
-}
-
-/// The bases of a shadow directory and which one a restore to `lsn` starts from: the latest
-/// whose consistent end lies at or before it.
-pub(crate) fn base_for_lsn(bases: &[PgBase], lsn: Lsn) -> Option<&PgBase> {
-    bases.iter().rev().find(|b| b.end_lsn <= lsn)
 }
 
 #[cfg(test)]
