@@ -263,7 +263,6 @@ impl fmt::Display for Target {
 /// One file, directory or link a point holds, with the objects that make its content in
 /// order (a file's bytes are the concatenation of its objects).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Entry {
     /// Relative to the resource's root, `/`-separated (a SQLite shadow has one entry, the
     /// database's file name).
