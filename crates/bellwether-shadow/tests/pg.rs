@@ -37,7 +37,7 @@ fn exec(url: &str, text: &str) {
 }
 
 fn ids(url: &str) -> Vec<i64> {
-    sql(url, "SELECT id FROM t ORDER BY id").iter().map(|r| r.get(0)).collect()
+    sql(url, "SELECT id FROM public.t ORDER BY id").iter().map(|r| r.get(0)).collect()
 }
 
 fn options(dir: &Path, url: &str, t: ShadowType) -> (ShadowOptions, PgOptions) {
@@ -75,7 +75,7 @@ impl Writer {
                 let c = bellwether_pg::connect(&url).await.expect("writer connects");
                 while !s.load(Ordering::SeqCst) {
                     let id = n.fetch_add(1, Ordering::SeqCst) as i64;
-                    match c.client.execute("INSERT INTO t VALUES ($1)", &[&id]).await {
+                    match c.client.execute("INSERT INTO public.t VALUES ($1)", &[&id]).await {
                         Ok(_) => a.lock().unwrap().push(id),
                         // The primary went away (the crash test): stop writing.
                         Err(_) => return,
@@ -133,7 +133,7 @@ fn shadow_dir() -> tempfile::TempDir {
 fn transactional_shadow_restores_to_a_point_with_every_commit_before_it_and_none_after() {
     let cluster = TestCluster::start(TestClusterOptions::default());
     let url = cluster.url();
-    exec(&url, "CREATE TABLE t (id bigint PRIMARY KEY)");
+    exec(&url, "CREATE TABLE public.t (id bigint PRIMARY KEY)");
     let sd = shadow_dir();
     let (opts, pg) = options(sd.path(), &url, ShadowType::Transactional);
     let mut shadow = PgShadow::start(&opts, &pg).expect("the shadow starts");
@@ -175,7 +175,7 @@ fn transactional_shadow_restores_to_a_point_with_every_commit_before_it_and_none
     let extra: Vec<_> = restored.iter().filter(|i| **i >= issued_after).collect();
     assert!(extra.is_empty(), "issued after the point but restored: {extra:?}");
     // The restored cluster is the primary again (promoted) and takes writes.
-    exec(&url, "INSERT INTO t VALUES (-1)");
+    exec(&url, "INSERT INTO public.t VALUES (-1)");
     let previous: Vec<PathBuf> = std::fs::read_dir(cluster.data_dir.parent().unwrap())
         .unwrap()
         .flatten()
@@ -189,7 +189,7 @@ fn transactional_shadow_restores_to_a_point_with_every_commit_before_it_and_none
 fn a_crashed_primary_restores_to_the_end_of_the_shadow_without_losing_an_acknowledged_commit() {
     let mut cluster = TestCluster::start(TestClusterOptions::default());
     let url = cluster.url();
-    exec(&url, "CREATE TABLE t (id bigint PRIMARY KEY)");
+    exec(&url, "CREATE TABLE public.t (id bigint PRIMARY KEY)");
     let sd = shadow_dir();
     let (opts, pg) = options(sd.path(), &url, ShadowType::Transactional);
     let shadow = PgShadow::start(&opts, &pg).expect("the shadow starts");
@@ -233,8 +233,8 @@ fn a_crashed_primary_restores_to_the_end_of_the_shadow_without_losing_an_acknowl
 fn bad_input_gets_a_clear_error_and_leaves_the_live_data_alone() {
     let a = TestCluster::start(TestClusterOptions::default());
     let b = TestCluster::start(TestClusterOptions::default());
-    exec(&a.url(), "CREATE TABLE t (id bigint PRIMARY KEY); INSERT INTO t VALUES (1)");
-    exec(&b.url(), "CREATE TABLE t (id bigint PRIMARY KEY); INSERT INTO t VALUES (2)");
+    exec(&a.url(), "CREATE TABLE public.t (id bigint PRIMARY KEY); INSERT INTO public.t VALUES (1)");
+    exec(&b.url(), "CREATE TABLE public.t (id bigint PRIMARY KEY); INSERT INTO public.t VALUES (2)");
     let sd = shadow_dir();
     let (opts, pg) = options(sd.path(), &a.url(), ShadowType::Transactional);
     let mut shadow = PgShadow::start(&opts, &pg).expect("the shadow starts");
@@ -266,7 +266,7 @@ fn bad_input_gets_a_clear_error_and_leaves_the_live_data_alone() {
     // A WAL segment missing from the stream after the latest point.
     shadow.take_point(Reason::OnDemand).expect("a point");
     for i in 10..14 {
-        exec(&a.url(), &format!("INSERT INTO t VALUES ({i}); SELECT pg_switch_wal()"));
+        exec(&a.url(), &format!("INSERT INTO public.t VALUES ({i}); SELECT pg_switch_wal()"));
     }
     // The switches' segments are complete once the shadow flushed past them.
     let last = sql(&a.url(), "SELECT pg_walfile_name(pg_current_wal_lsn())")[0].get::<_, String>(0);
