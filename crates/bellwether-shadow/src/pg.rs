@@ -305,4 +305,3 @@ pub fn read_info(dir: &Path) -> Result<Option<PgShadowInfo>, PgShadowError> {
     }
     read_json(&path).map(Some)
 }
-

@@ -25,19 +25,28 @@ fn rt() -> tokio::runtime::Runtime {
 fn sql(url: &str, text: &str) -> Vec<tokio_postgres::Row> {
     rt().block_on(async {
         let c = bellwether_pg::connect(url).await.expect("connect");
-        c.client.query(text, &[]).await.unwrap_or_else(|e| panic!("{text}: {e:?}"))
+        c.client
+            .query(text, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{text}: {e:?}"))
     })
 }
 
 fn exec(url: &str, text: &str) {
     rt().block_on(async {
         let c = bellwether_pg::connect(url).await.expect("connect");
-        c.client.batch_execute(text).await.unwrap_or_else(|e| panic!("{text}: {e:?}"))
+        c.client
+            .batch_execute(text)
+            .await
+            .unwrap_or_else(|e| panic!("{text}: {e:?}"))
     })
 }
 
 fn ids(url: &str) -> Vec<i64> {
-    sql(url, "SELECT id FROM public.t ORDER BY id").iter().map(|r| r.get(0)).collect()
+    sql(url, "SELECT id FROM public.t ORDER BY id")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 fn options(dir: &Path, url: &str, t: ShadowType) -> (ShadowOptions, PgOptions) {
@@ -75,7 +84,11 @@ impl Writer {
                 let c = bellwether_pg::connect(&url).await.expect("writer connects");
                 while !s.load(Ordering::SeqCst) {
                     let id = n.fetch_add(1, Ordering::SeqCst) as i64;
-                    match c.client.execute("INSERT INTO public.t VALUES ($1)", &[&id]).await {
+                    match c
+                        .client
+                        .execute("INSERT INTO public.t VALUES ($1)", &[&id])
+                        .await
+                    {
                         Ok(_) => a.lock().unwrap().push(id),
                         // The primary went away (the crash test): stop writing.
                         Err(_) => return,
@@ -83,7 +96,12 @@ impl Writer {
                 }
             })
         });
-        Writer { stop, next, acked, thread: Some(thread) }
+        Writer {
+            stop,
+            next,
+            acked,
+            thread: Some(thread),
+        }
     }
 
     fn acked(&self) -> Vec<i64> {
@@ -93,7 +111,9 @@ impl Writer {
     /// Waits until at least `n` more commits were acknowledged (the workload's own pace).
     fn wait_for(&self, n: usize) {
         let start = self.acked().len();
-        while self.acked().len() < start + n && !self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+        while self.acked().len() < start + n
+            && !self.thread.as_ref().is_some_and(|t| t.is_finished())
+        {
             std::thread::yield_now();
         }
     }
@@ -122,11 +142,16 @@ fn pg_ctl(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
 }
 
 fn nix_is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
 
 fn shadow_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("bw-pg-shadow-").tempdir().expect("tempdir")
+    tempfile::Builder::new()
+        .prefix("bw-pg-shadow-")
+        .tempdir()
+        .expect("tempdir")
 }
 
 #[test]
@@ -141,7 +166,10 @@ fn transactional_shadow_restores_to_a_point_with_every_commit_before_it_and_none
     // The primary now waits for the shadow on every commit.
     let rows = sql(&url, "SELECT current_setting('synchronous_standby_names')");
     assert_eq!(rows[0].get::<_, String>(0), name);
-    let rows = sql(&url, &format!("SELECT sync_state FROM pg_stat_replication WHERE application_name = '{name}'"));
+    let rows = sql(
+        &url,
+        &format!("SELECT sync_state FROM pg_stat_replication WHERE application_name = '{name}'"),
+    );
     assert_eq!(rows[0].get::<_, String>(0), "sync");
 
     let writer = Writer::start(&url);
@@ -166,14 +194,28 @@ fn transactional_shadow_restores_to_a_point_with_every_commit_before_it_and_none
         dest: cluster.data_dir.clone(),
         elsewhere: false,
     };
-    let report = restore_with(&req, &RestoreMode::for_dest(&cluster.data_dir), None, Duration::from_secs(300))
-        .unwrap_or_else(|e| panic!("restore: {e}\n{}", cluster.log()));
+    let report = restore_with(
+        &req,
+        &RestoreMode::for_dest(&cluster.data_dir),
+        None,
+        Duration::from_secs(300),
+    )
+    .unwrap_or_else(|e| panic!("restore: {e}\n{}", cluster.log()));
     assert_eq!(report.point, point.id());
     let restored = ids(&url);
-    let missing: Vec<_> = acked_before.iter().filter(|i| !restored.contains(i)).collect();
-    assert!(missing.is_empty(), "acknowledged before the point but not restored: {missing:?}");
+    let missing: Vec<_> = acked_before
+        .iter()
+        .filter(|i| !restored.contains(i))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged before the point but not restored: {missing:?}"
+    );
     let extra: Vec<_> = restored.iter().filter(|i| **i >= issued_after).collect();
-    assert!(extra.is_empty(), "issued after the point but restored: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "issued after the point but restored: {extra:?}"
+    );
     // The restored cluster is the primary again (promoted) and takes writes.
     exec(&url, "INSERT INTO public.t VALUES (-1)");
     let previous: Vec<PathBuf> = std::fs::read_dir(cluster.data_dir.parent().unwrap())
@@ -182,7 +224,11 @@ fn transactional_shadow_restores_to_a_point_with_every_commit_before_it_and_none
         .map(|e| e.path())
         .filter(|p| p.to_string_lossy().contains(".before-restore-"))
         .collect();
-    assert_eq!(previous.len(), 1, "the previous data directory is kept beside");
+    assert_eq!(
+        previous.len(),
+        1,
+        "the previous data directory is kept beside"
+    );
 }
 
 #[test]
@@ -209,7 +255,13 @@ fn a_crashed_primary_restores_to_the_end_of_the_shadow_without_losing_an_acknowl
         dest: beside.clone(),
         elsewhere: true,
     };
-    let r = restore_with(&req, &RestoreMode::for_dest(&beside), None, Duration::from_secs(300)).expect("restore to a time");
+    let r = restore_with(
+        &req,
+        &RestoreMode::for_dest(&beside),
+        None,
+        Duration::from_secs(300),
+    )
+    .expect("restore to a time");
     assert!(beside.join("PG_VERSION").is_file() && r.restored_to <= before_crash);
 
     let req = RestoreRequest {
@@ -218,23 +270,52 @@ fn a_crashed_primary_restores_to_the_end_of_the_shadow_without_losing_an_acknowl
         dest: cluster.data_dir.clone(),
         elsewhere: false,
     };
-    let result = restore_with(&req, &RestoreMode::for_dest(&cluster.data_dir), None, Duration::from_secs(300));
+    let result = restore_with(
+        &req,
+        &RestoreMode::for_dest(&cluster.data_dir),
+        None,
+        Duration::from_secs(300),
+    );
     let restored = result.as_ref().ok().map(|_| ids(&url));
-    let stop = pg_ctl(&cluster, &["stop", "-w", "-m", "immediate", "-D", &cluster.data_dir.display().to_string()]);
+    let stop = pg_ctl(
+        &cluster,
+        &[
+            "stop",
+            "-w",
+            "-m",
+            "immediate",
+            "-D",
+            &cluster.data_dir.display().to_string(),
+        ],
+    );
     result.unwrap_or_else(|e| panic!("restore: {e}"));
-    assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
     let restored = restored.unwrap_or_default();
     let lost: Vec<_> = acked.iter().filter(|i| !restored.contains(i)).collect();
     assert!(acked.len() >= 300);
-    assert!(lost.is_empty(), "{} acknowledged commits lost: {lost:?}", lost.len());
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged commits lost: {lost:?}",
+        lost.len()
+    );
 }
 
 #[test]
 fn bad_input_gets_a_clear_error_and_leaves_the_live_data_alone() {
     let a = TestCluster::start(TestClusterOptions::default());
     let b = TestCluster::start(TestClusterOptions::default());
-    exec(&a.url(), "CREATE TABLE public.t (id bigint PRIMARY KEY); INSERT INTO public.t VALUES (1)");
-    exec(&b.url(), "CREATE TABLE public.t (id bigint PRIMARY KEY); INSERT INTO public.t VALUES (2)");
+    exec(
+        &a.url(),
+        "CREATE TABLE public.t (id bigint PRIMARY KEY); INSERT INTO public.t VALUES (1)",
+    );
+    exec(
+        &b.url(),
+        "CREATE TABLE public.t (id bigint PRIMARY KEY); INSERT INTO public.t VALUES (2)",
+    );
     let sd = shadow_dir();
     let (opts, pg) = options(sd.path(), &a.url(), ShadowType::Transactional);
     let mut shadow = PgShadow::start(&opts, &pg).expect("the shadow starts");
@@ -243,11 +324,19 @@ fn bad_input_gets_a_clear_error_and_leaves_the_live_data_alone() {
     // A time before the first point.
     let early = RestoreRequest {
         dir: sd.path().to_path_buf(),
-        target: Target::Time(Timestamp::from_micros(first.consistent_at.as_micros() - 60_000_000)),
+        target: Target::Time(Timestamp::from_micros(
+            first.consistent_at.as_micros() - 60_000_000,
+        )),
         dest: a.data_dir.clone(),
         elsewhere: false,
     };
-    let e = restore_with(&early, &RestoreMode::for_dest(&a.data_dir), None, Duration::from_secs(60)).unwrap_err();
+    let e = restore_with(
+        &early,
+        &RestoreMode::for_dest(&a.data_dir),
+        None,
+        Duration::from_secs(60),
+    )
+    .unwrap_err();
     assert!(matches!(e, ShadowError::BeforeFirstPoint { .. }), "{e}");
     assert!(e.to_string().contains("before the first point"), "{e}");
 
@@ -258,7 +347,13 @@ fn bad_input_gets_a_clear_error_and_leaves_the_live_data_alone() {
         dest: b.data_dir.clone(),
         elsewhere: false,
     };
-    let e = restore_with(&other, &RestoreMode::for_dest(&b.data_dir), None, Duration::from_secs(60)).unwrap_err();
+    let e = restore_with(
+        &other,
+        &RestoreMode::for_dest(&b.data_dir),
+        None,
+        Duration::from_secs(60),
+    )
+    .unwrap_err();
     assert!(matches!(e, ShadowError::OtherResource { .. }), "{e}");
     assert!(e.to_string().contains("system identifier"), "{e}");
     assert_eq!(ids(&b.url()), vec![2]);
@@ -266,7 +361,10 @@ fn bad_input_gets_a_clear_error_and_leaves_the_live_data_alone() {
     // A WAL segment missing from the stream after the latest point.
     shadow.take_point(Reason::OnDemand).expect("a point");
     for i in 10..14 {
-        exec(&a.url(), &format!("INSERT INTO public.t VALUES ({i}); SELECT pg_switch_wal()"));
+        exec(
+            &a.url(),
+            &format!("INSERT INTO public.t VALUES ({i}); SELECT pg_switch_wal()"),
+        );
     }
     // The switches' segments are complete once the shadow flushed past them.
     let last = sql(&a.url(), "SELECT pg_walfile_name(pg_current_wal_lsn())")[0].get::<_, String>(0);
@@ -291,10 +389,26 @@ fn bad_input_gets_a_clear_error_and_leaves_the_live_data_alone() {
         dest: dest.clone(),
         elsewhere: true,
     };
-    let e = restore_with(&latest, &RestoreMode::for_dest(&dest), None, Duration::from_secs(120)).unwrap_err();
-    assert!(e.to_string().contains(&format!("WAL segment {gone} is missing")), "{e}");
-    assert!(!dest.exists(), "nothing is left where the restore would have gone");
-    assert!(std::fs::read_dir(a.dir()).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().contains("bw-restore")));
+    let e = restore_with(
+        &latest,
+        &RestoreMode::for_dest(&dest),
+        None,
+        Duration::from_secs(120),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("WAL segment {gone} is missing")),
+        "{e}"
+    );
+    assert!(
+        !dest.exists(),
+        "nothing is left where the restore would have gone"
+    );
+    assert!(std::fs::read_dir(a.dir())
+        .unwrap()
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().contains("bw-restore")));
     drop(shadow);
     assert_eq!(ids(&a.url()), vec![1, 10, 11, 12, 13]);
 
@@ -306,8 +420,16 @@ fn bad_input_gets_a_clear_error_and_leaves_the_live_data_alone() {
     pg.sync = SyncSetup::Configure;
     let e = PgShadow::start(&opts, &pg).err().expect("refused");
     let text = e.to_string();
-    assert!(text.contains("cannot set synchronous_standby_names") && text.contains("GRANT ALTER SYSTEM ON PARAMETER"), "{text}");
+    assert!(
+        text.contains("cannot set synchronous_standby_names")
+            && text.contains("GRANT ALTER SYSTEM ON PARAMETER"),
+        "{text}"
+    );
     let rows = sql(&a.url(), "SELECT current_setting('synchronous_standby_names'), (SELECT count(*) FROM pg_replication_slots)");
-    assert_eq!(rows[0].get::<_, String>(0), "", "the primary is left as it was");
+    assert_eq!(
+        rows[0].get::<_, String>(0),
+        "",
+        "the primary is left as it was"
+    );
     assert_eq!(rows[0].get::<_, i64>(1), 0, "the slot is dropped again");
 }

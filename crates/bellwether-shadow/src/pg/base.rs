@@ -61,9 +61,10 @@ pub(crate) async fn take(
     )
     .await?;
     let finished_us = now_us();
-    let (timeline, start_lsn, end_lsn) = manifest_range(&std::fs::read(dir.join("backup_manifest")).map_err(|e| {
-        PgShadowError::io("reading", &dir.join("backup_manifest"), e)
-    })?)
+    let (timeline, start_lsn, end_lsn) = manifest_range(
+        &std::fs::read(dir.join("backup_manifest"))
+            .map_err(|e| PgShadowError::io("reading", &dir.join("backup_manifest"), e))?,
+    )
     .map_err(|m| PgShadowError::Io {
         what: format!("reading {}", dir.join("backup_manifest").display()),
         message: m,
@@ -127,7 +128,11 @@ pub(crate) fn store_tree(
             for e in std::fs::read_dir(&path).map_err(ShadowError::io(&path))? {
                 let e = e.map_err(ShadowError::io(&path))?;
                 let name = e.file_name().to_string_lossy().into_owned();
-                let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+                let child = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
                 stack.push((e.path(), child));
             }
         } else if md.file_type().is_symlink() {
@@ -160,7 +165,9 @@ pub(crate) fn store_file(
     mode: u32,
     adopt: bool,
 ) -> Result<(Entry, u64), ShadowError> {
-    let size = std::fs::metadata(path).map_err(ShadowError::io(path))?.len();
+    let size = std::fs::metadata(path)
+        .map_err(ShadowError::io(path))?
+        .len();
     let mut objects = Vec::new();
     let mut new_bytes = 0;
     if size as usize <= CHUNK {
@@ -228,10 +235,14 @@ pub(crate) fn materialize(
     dest: &Path,
 ) -> Result<u64, ShadowError> {
     std::fs::create_dir(dest).map_err(ShadowError::io(dest))?;
-    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700)).map_err(ShadowError::io(dest))?;
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700))
+        .map_err(ShadowError::io(dest))?;
     let mut bytes = 0;
     for e in entries {
-        if e.path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        if e.path
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
             return Err(ShadowError::DamagedPoint {
                 dir: store.dir().to_path_buf(),
                 id: point,
@@ -266,7 +277,8 @@ pub(crate) fn materialize(
                 bytes += e.size;
             }
         }
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode)).map_err(ShadowError::io(&path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode))
+            .map_err(ShadowError::io(&path))?;
     }
     Ok(bytes)
 }

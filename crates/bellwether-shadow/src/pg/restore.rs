@@ -28,12 +28,18 @@ pub enum RestoreMode {
     /// Leave it at `dest` (which does not exist) for a server the caller runs: point the
     /// server's `-D` / `data_directory` at it. It runs as `owner` (`postgres` when this
     /// process is root and none is given).
-    Beside { dest: PathBuf, owner: Option<String> },
+    Beside {
+        dest: PathBuf,
+        owner: Option<String>,
+    },
     /// Swap it in for the cluster whose data directory is `data_dir` (its configuration must
     /// live inside it): stop with `pg_ctl stop -m fast`, exchange, start with `pg_ctl start
     /// -l log_file`, as the directory's owner. The previous directory stays beside it as
     /// `NAME.before-restore-TIME`.
-    Swap { data_dir: PathBuf, log_file: PathBuf },
+    Swap {
+        data_dir: PathBuf,
+        log_file: PathBuf,
+    },
 }
 
 impl RestoreMode {
@@ -61,7 +67,12 @@ const LOG: &str = "bw_restore.log";
 /// Restores a PostgreSQL shadow over `req.dest` ([`crate::point::Resource::restore`]),
 /// with the programs of the shadowed version and a 10-minute limit on the recovery.
 pub fn restore(req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
-    restore_with(req, &RestoreMode::for_dest(&req.dest), None, Duration::from_secs(600))
+    restore_with(
+        req,
+        &RestoreMode::for_dest(&req.dest),
+        None,
+        Duration::from_secs(600),
+    )
 }
 
 /// [`restore`] with the mode, the programs' directory and the recovery's time limit given.
@@ -86,7 +97,8 @@ pub fn restore_with(
     })?;
     let bindir = match bindir {
         Some(b) => b,
-        None => bellwether_pg::find_bindir(info.server_version_num, None).map_err(PgShadowError::from)?,
+        None => bellwether_pg::find_bindir(info.server_version_num, None)
+            .map_err(PgShadowError::from)?,
     };
     let plan = resolve(&store, &req.target)?;
     let _leases = plan
@@ -114,7 +126,12 @@ pub fn restore_with(
         }
         RestoreMode::Swap { data_dir, .. } => {
             check_live(&bindir, data_dir, &info)?;
-            if !plan.point.entries.iter().any(|e| e.path == "postgresql.conf") {
+            if !plan
+                .point
+                .entries
+                .iter()
+                .any(|e| e.path == "postgresql.conf")
+            {
                 return Err(PgShadowError::BadDestination {
                     path: data_dir.clone(),
                     message: "the shadowed server keeps its configuration outside its data directory; restore to a new directory and point the server at it".into(),
@@ -143,8 +160,20 @@ pub fn restore_with(
     let rt = super::shadow::runtime()?;
     let mut used = plan.recovery.clone();
     let mut replayed_to_end = false;
-    let mut bytes = build(&store, &info, &bindir, &plan, &used, &work, owner.as_deref()).map_err(cleanup)?;
-    let mut verified = block(&rt, verify(&bindir, &work, owner.as_deref(), &used, timeout));
+    let mut bytes = build(
+        &store,
+        &info,
+        &bindir,
+        &plan,
+        &used,
+        &work,
+        owner.as_deref(),
+    )
+    .map_err(cleanup)?;
+    let mut verified = block(
+        &rt,
+        verify(&bindir, &work, owner.as_deref(), &used, timeout),
+    );
     if matches!(verified, Err(PgShadowError::TargetNotReached { .. }))
         && matches!(used, Recovery::Time(_) | Recovery::Lsn(_))
     {
@@ -153,8 +182,20 @@ pub fn restore_with(
         let _ = std::fs::remove_dir_all(&work);
         used = Recovery::End;
         replayed_to_end = true;
-        bytes = build(&store, &info, &bindir, &plan, &used, &work, owner.as_deref()).map_err(cleanup)?;
-        verified = block(&rt, verify(&bindir, &work, owner.as_deref(), &used, timeout));
+        bytes = build(
+            &store,
+            &info,
+            &bindir,
+            &plan,
+            &used,
+            &work,
+            owner.as_deref(),
+        )
+        .map_err(cleanup)?;
+        verified = block(
+            &rt,
+            verify(&bindir, &work, owner.as_deref(), &used, timeout),
+        );
     }
     let last_commit = verified.map_err(|e| cleanup(e.into()))?;
     finish(&work, &info, &req.dir, stamp).map_err(|e| cleanup(e.into()))?;
@@ -167,7 +208,15 @@ pub fn restore_with(
             let previous = parent.join(format!("{name}.before-restore-{stamp}"));
             block(
                 &rt,
-                swap(&bindir, data_dir, &work, &previous, log_file, owner.as_deref(), timeout),
+                swap(
+                    &bindir,
+                    data_dir,
+                    &work,
+                    &previous,
+                    log_file,
+                    owner.as_deref(),
+                    timeout,
+                ),
             )?;
             tracing::info!(data_dir = %data_dir.display(), previous = %previous.display(), "Restored data directory swapped in; the previous one is kept beside it.");
         }
@@ -226,7 +275,11 @@ fn resolve(store: &PointStore, target: &Target) -> Result<Plan, ShadowError> {
     match target {
         Target::Point(_) => {
             let m = store.find(target)?;
-            let recovery = if has_wal(&m) { Recovery::Lsn(lsn_of(&m)) } else { Recovery::Immediate };
+            let recovery = if has_wal(&m) {
+                Recovery::Lsn(lsn_of(&m))
+            } else {
+                Recovery::Immediate
+            };
             Ok(Plan {
                 leased: vec![m.id()],
                 point: m,
@@ -237,7 +290,11 @@ fn resolve(store: &PointStore, target: &Target) -> Result<Plan, ShadowError> {
         }
         Target::Latest => {
             let m = store.find(target)?;
-            let recovery = if full { Recovery::Immediate } else { Recovery::End };
+            let recovery = if full {
+                Recovery::Immediate
+            } else {
+                Recovery::End
+            };
             Ok(Plan {
                 leased: vec![m.id()],
                 point: m,
@@ -258,10 +315,9 @@ fn resolve(store: &PointStore, target: &Target) -> Result<Plan, ShadowError> {
                 });
             }
             // The next point on the same base holds the WAL through the time.
-            let next = store
-                .points()?
-                .into_iter()
-                .find(|m| m.seq > k.seq && base_label(m).is_some() && base_label(m) == base_label(&k));
+            let next = store.points()?.into_iter().find(|m| {
+                m.seq > k.seq && base_label(m).is_some() && base_label(m) == base_label(&k)
+            });
             match next {
                 Some(n) => Ok(Plan {
                     leased: vec![k.id(), n.id()],
@@ -391,7 +447,12 @@ fn build(
 /// Adds the segments `pg_receivewal` wrote after the point (the one it is writing is kept as
 /// `NAME.partial` and copied under its own name) and checks that the staged WAL runs without
 /// a gap from the base backup's start. Returns the bytes added.
-fn stage_wal(shadow: &Path, info: &PgShadowInfo, plan: &Plan, work: &Path) -> Result<u64, ShadowError> {
+fn stage_wal(
+    shadow: &Path,
+    info: &PgShadowInfo,
+    plan: &Plan,
+    work: &Path,
+) -> Result<u64, ShadowError> {
     let seg = info.wal_segment_size;
     let stage = work.join(STAGE);
     let timeline = match plan.point.position {
@@ -415,7 +476,10 @@ fn stage_wal(shadow: &Path, info: &PgShadowInfo, plan: &Plan, work: &Path) -> Re
         for e in rd {
             let e = e.map_err(ShadowError::io(&wal))?;
             let n = e.file_name().to_string_lossy().into_owned();
-            if let Some(s) = n.strip_suffix(".partial").and_then(|s| SegmentName::parse(s, seg)) {
+            if let Some(s) = n
+                .strip_suffix(".partial")
+                .and_then(|s| SegmentName::parse(s, seg))
+            {
                 partial.insert(s, e.path());
             } else if let Some(s) = SegmentName::parse(&n, seg) {
                 complete.insert(s, e.path());
@@ -440,7 +504,8 @@ fn stage_wal(shadow: &Path, info: &PgShadowInfo, plan: &Plan, work: &Path) -> Re
         }
     }
     // No gap from the base backup's start to the last staged segment.
-    let label = std::fs::read_to_string(work.join("backup_label")).map_err(ShadowError::io(work.join("backup_label")))?;
+    let label = std::fs::read_to_string(work.join("backup_label"))
+        .map_err(ShadowError::io(work.join("backup_label")))?;
     let start = label
         .lines()
         .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
@@ -464,7 +529,11 @@ fn stage_wal(shadow: &Path, info: &PgShadowInfo, plan: &Plan, work: &Path) -> Re
     for segno in first..=last {
         if !present.contains(&segno) {
             return Err(PgShadowError::MissingWal {
-                dir: if plan.live_wal { wal } else { shadow.to_path_buf() },
+                dir: if plan.live_wal {
+                    wal
+                } else {
+                    shadow.to_path_buf()
+                },
                 segment: SegmentName { timeline, segno }.file_name(seg),
                 point: plan.point.id().to_string(),
                 target: plan.target.clone(),
@@ -659,7 +728,11 @@ fn last_commit(log: &str) -> Option<Timestamp> {
         Some(i) if i > 10 => (&text[..i], &text[i..]),
         _ => (text, "+00"),
     };
-    let zone = if zone.len() == 3 { format!("{zone}:00") } else { zone.to_string() };
+    let zone = if zone.len() == 3 {
+        format!("{zone}:00")
+    } else {
+        zone.to_string()
+    };
     Timestamp::parse(&format!("{}{zone}", date_time.replacen(' ', "T", 1))).ok()
 }
 
@@ -825,14 +898,23 @@ mod tests {
     fn last_commit_time_is_read_from_the_log() {
         let log = "2026-12-05 18:00:01.000 UTC [1] LOG:  recovery stopping before commit of transaction 750\n\
                    2026-12-05 18:00:01.000 UTC [1] LOG:  last completed transaction was at log time 2026-12-05 17:54:49.123456+00\n";
-        assert_eq!(last_commit(log), Some(Timestamp::from_micros(1_796_493_289_123_456)));
+        assert_eq!(
+            last_commit(log),
+            Some(Timestamp::from_micros(1_796_493_289_123_456))
+        );
         assert_eq!(last_commit("nothing"), None);
     }
 
     #[test]
     fn control_fields_are_read() {
         let text = "pg_control version number:            1300\nDatabase system identifier:           7434100000000000001\nDatabase cluster state:               in production\n";
-        assert_eq!(control_field(text, "Database system identifier").as_deref(), Some("7434100000000000001"));
-        assert_eq!(control_field(text, "Database cluster state").as_deref(), Some("in production"));
+        assert_eq!(
+            control_field(text, "Database system identifier").as_deref(),
+            Some("7434100000000000001")
+        );
+        assert_eq!(
+            control_field(text, "Database cluster state").as_deref(),
+            Some("in production")
+        );
     }
 }

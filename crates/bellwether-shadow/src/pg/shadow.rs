@@ -25,7 +25,9 @@ use crate::point::{
 use super::base::{self, BaseInfo};
 use super::lsn::SegmentName;
 use super::proc::{run, tail};
-use super::{pg_dir, read_info, write_json, Lsn, PgOptions, PgShadowError, PgShadowInfo, SyncSetup};
+use super::{
+    pg_dir, read_info, write_json, Lsn, PgOptions, PgShadowError, PgShadowInfo, SyncSetup,
+};
 
 /// How often the primary's replication view is read while waiting for the shadow (a state of
 /// another process: there is no event to await).
@@ -138,10 +140,16 @@ impl PgShadow {
 
     fn on<T: Send>(
         &mut self,
-        f: impl for<'a> FnOnce(&'a mut Inner) -> std::pin::Pin<Box<dyn Future<Output = Result<T, PgShadowError>> + Send + 'a>>
-            + Send,
+        f: impl for<'a> FnOnce(
+                &'a mut Inner,
+            ) -> std::pin::Pin<
+                Box<dyn Future<Output = Result<T, PgShadowError>> + Send + 'a>,
+            > + Send,
     ) -> Result<T, ShadowError> {
-        let rt = self.rt.as_ref().ok_or_else(|| ShadowError::Unsupported("the shadow was stopped".into()))?;
+        let rt = self
+            .rt
+            .as_ref()
+            .ok_or_else(|| ShadowError::Unsupported("the shadow was stopped".into()))?;
         let inner = &mut self.inner;
         block(rt, f(inner)).map_err(ShadowError::from)
     }
@@ -154,7 +162,8 @@ impl PgShadow {
         let url = self.inner.opts.url.clone();
         let limit = self.inner.opts.step_timeout;
         let t = tmp.clone();
-        let info = self.on(move |_| Box::pin(async move { base::take(&bindir, &url, &t, limit).await }));
+        let info =
+            self.on(move |_| Box::pin(async move { base::take(&bindir, &url, &t, limit).await }));
         let info = match info {
             Ok(i) => i,
             Err(e) => {
@@ -177,7 +186,11 @@ impl PgShadow {
             entries: entries.clone(),
             new_bytes,
         })?;
-        self.base = Some(CurrentBase { info, entries, bytes });
+        self.base = Some(CurrentBase {
+            info,
+            entries,
+            bytes,
+        });
         self.prune_wal();
         Ok(m)
     }
@@ -246,7 +259,10 @@ impl PgShadow {
             taken_at,
             consistent_at,
             reason,
-            position: Position::Postgres { timeline, lsn: lsn.0 },
+            position: Position::Postgres {
+                timeline,
+                lsn: lsn.0,
+            },
             entries,
             new_bytes,
         })
@@ -259,7 +275,9 @@ impl PgShadow {
         let seg = self.inner.info.wal_segment_size;
         let start = base.info.start_lsn.segment(seg);
         let wal = pg_dir(self.store.dir()).join("wal");
-        let Ok(rd) = std::fs::read_dir(&wal) else { return };
+        let Ok(rd) = std::fs::read_dir(&wal) else {
+            return;
+        };
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
             if let Some(s) = SegmentName::parse(&n, seg) {
@@ -373,7 +391,10 @@ impl Inner {
             None => bellwether_pg::find_bindir(version as u32, None)?,
         };
         let name = opts.name.clone().unwrap_or_else(|| {
-            format!("bw_shadow_{:x}", super::now_us() ^ ((std::process::id() as i64) << 40))
+            format!(
+                "bw_shadow_{:x}",
+                super::now_us() ^ ((std::process::id() as i64) << 40)
+            )
         });
         Ok(Inner {
             info: PgShadowInfo {
@@ -399,14 +420,21 @@ impl Inner {
     /// database is refused.
     fn load_info(&mut self) -> Result<(), PgShadowError> {
         let pg = pg_dir(&self.dir);
-        std::fs::create_dir_all(pg.join("wal")).map_err(|e| PgShadowError::io("creating", &pg, e))?;
+        std::fs::create_dir_all(pg.join("wal"))
+            .map_err(|e| PgShadowError::io("creating", &pg, e))?;
         match read_info(&self.dir)? {
             Some(existing) => {
                 if existing.system_identifier != self.info.system_identifier {
                     return Err(PgShadowError::OtherDatabase {
                         dir: self.dir.clone(),
-                        theirs: format!("{} (system identifier {})", existing.source, existing.system_identifier),
-                        ours: format!("{} (system identifier {})", self.info.source, self.info.system_identifier),
+                        theirs: format!(
+                            "{} (system identifier {})",
+                            existing.source, existing.system_identifier
+                        ),
+                        ours: format!(
+                            "{} (system identifier {})",
+                            self.info.source, self.info.system_identifier
+                        ),
                     });
                 }
                 self.info = existing;
@@ -415,11 +443,18 @@ impl Inner {
         }
         if self.info.name.is_empty()
             || self.info.name.len() > 63
-            || !self.info.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            || !self
+                .info
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         {
             return Err(PgShadowError::BadShadow {
                 path: pg.join("shadow-pg.json"),
-                message: format!("shadow name {:?} must be 1 to 63 of [a-z0-9_]", self.info.name),
+                message: format!(
+                    "shadow name {:?} must be 1 to 63 of [a-z0-9_]",
+                    self.info.name
+                ),
             });
         }
         Ok(())
@@ -433,7 +468,12 @@ impl Inner {
         self.ensure_slot().await?;
         if self.opts.kind == ShadowType::Transactional {
             let wal = pg_dir(&self.dir).join("wal");
-            self.receiver = Some(Receiver::spawn(&self.bindir, &self.opts.url, &wal, &self.info.name));
+            self.receiver = Some(Receiver::spawn(
+                &self.bindir,
+                &self.opts.url,
+                &wal,
+                &self.info.name,
+            ));
             if let Err(e) = self.wait_streaming().await {
                 let _ = self.release().await;
                 return Err(e);
@@ -470,7 +510,9 @@ impl Inner {
     }
 
     fn receiver_error(&self) -> Option<String> {
-        self.receiver.as_ref().and_then(|r| r.last_error.lock().ok().and_then(|g| g.clone()))
+        self.receiver
+            .as_ref()
+            .and_then(|r| r.last_error.lock().ok().and_then(|g| g.clone()))
     }
 
     async fn ensure_slot(&self) -> Result<(), PgShadowError> {
@@ -492,7 +534,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Waits until the primary reports the shadow's stream.
+    /// Waits until the shadow's slot is in use (`pg_replication_slots` is readable by any
+    /// role, unlike `pg_stat_replication`'s details).
     async fn wait_streaming(&self) -> Result<(), PgShadowError> {
         let deadline =
             tokio::time::Instant::now() + self.opts.step_timeout.min(Duration::from_secs(60));
@@ -501,11 +544,11 @@ impl Inner {
                 .conn
                 .client
                 .query_opt(
-                    "SELECT state FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming'",
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1 AND active",
                     &[&self.info.name],
                 )
                 .await
-                .map_err(|e| query_err(&self.conn.target, "reading pg_stat_replication", e))?;
+                .map_err(|e| query_err(&self.conn.target, "reading pg_replication_slots", e))?;
             if row.is_some() {
                 return Ok(());
             }
@@ -540,6 +583,18 @@ impl Inner {
             .await
             .map_err(|e| query_err(&target, "reading synchronous_commit", e))?
             .get(0);
+        if self.opts.sync == SyncSetup::Off {
+            return Ok(());
+        }
+        if commit == "remote_apply" {
+            return Err(PgShadowError::Unsuitable {
+                target,
+                message: "synchronous_commit is remote_apply: every commit would wait for an apply that pg_receivewal never reports; use on (or remote_write) for a synchronous shadow".into(),
+            });
+        }
+        if matches!(commit.as_str(), "off" | "local") {
+            tracing::warn!(target = %target, synchronous_commit = %commit, "synchronous_commit does not wait for the shadow: commits are acknowledged before the shadow has them.");
+        }
         match self.opts.sync {
             SyncSetup::Off => return Ok(()),
             SyncSetup::Expect => {}
@@ -594,22 +649,31 @@ impl Inner {
                 }
             }
         }
-        if matches!(commit.as_str(), "off" | "local" | "remote_apply") {
-            tracing::warn!(target = %target, synchronous_commit = %commit, "synchronous_commit does not wait for the shadow's flush: local and off acknowledge before it, remote_apply waits for an apply pg_receivewal never reports.");
-        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let row = self
                 .conn
                 .client
                 .query_opt(
-                    "SELECT sync_state FROM pg_stat_replication WHERE application_name = $1 AND sync_state = 'sync'",
+                    "SELECT sync_state FROM pg_stat_replication WHERE application_name = $1",
                     &[&self.info.name],
                 )
                 .await
                 .map_err(|e| query_err(&target, "reading pg_stat_replication", e))?;
-            if row.is_some() {
-                return Ok(());
+            match row.map(|r| r.get::<_, Option<String>>(0)) {
+                Some(Some(state)) if state == "sync" => return Ok(()),
+                // Without pg_read_all_stats a role sees the row but not its details.
+                Some(None) => {
+                    let _ = self.unregister_sync().await;
+                    return Err(PgShadowError::Permission {
+                        target,
+                        role: self.role.clone(),
+                        what: "see whether the shadow is a synchronous standby".into(),
+                        message: "pg_stat_replication shows it no details".into(),
+                        fix: format!("GRANT pg_read_all_stats TO {}", self.role),
+                    });
+                }
+                _ => {}
             }
             if tokio::time::Instant::now() > deadline {
                 let _ = self.unregister_sync().await;
@@ -677,7 +741,8 @@ impl Inner {
         Ok((lsn, tl as u32))
     }
 
-    /// Waits until the primary reports the shadow flushed `lsn` (transactional).
+    /// Waits until the primary reports the shadow flushed `lsn` (transactional): a physical
+    /// slot's `restart_lsn` is the flush position its stream last confirmed.
     async fn wait_flushed(&self, lsn: Lsn) -> Result<(), PgShadowError> {
         let deadline = tokio::time::Instant::now() + self.opts.step_timeout;
         loop {
@@ -685,11 +750,11 @@ impl Inner {
                 .conn
                 .client
                 .query_opt(
-                    "SELECT flush_lsn::text FROM pg_stat_replication WHERE application_name = $1",
+                    "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
                     &[&self.info.name],
                 )
                 .await
-                .map_err(|e| query_err(&self.conn.target, "reading pg_stat_replication", e))?;
+                .map_err(|e| query_err(&self.conn.target, "reading pg_replication_slots", e))?;
             let flushed = row
                 .and_then(|r| r.get::<_, Option<String>>(0))
                 .and_then(|t| Lsn::parse(&t));
