@@ -166,10 +166,6 @@ pub struct PgOptions {
     pub name: Option<String>,
     /// How long one step (a base backup, a catch-up, a sync registration) may take.
     pub step_timeout: Duration,
-    /// A differential or transactional shadow takes a new base backup at a scheduled point
-    /// once the WAL since the last one exceeds this share of the base's size (so a restore
-    /// replays at most about that much); 0 never.
-    pub rebase_ratio: f64,
 }
 
 impl PgOptions {
@@ -185,7 +181,6 @@ impl PgOptions {
             bindir: None,
             name: None,
             step_timeout: Duration::from_secs(600),
-            rebase_ratio: 1.0,
         }
     }
 }

@@ -70,7 +70,6 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ShadowError> {
 struct CurrentBase {
     info: BaseInfo,
     entries: Vec<Entry>,
-    bytes: u64,
 }
 
 /// A started shadow ([`Shadow`]). Dropping it (the end of [`crate::point::run`]) takes the
@@ -174,7 +173,6 @@ impl PgShadow {
         let stored = base::store_tree(&self.store, &tmp, true);
         let _ = std::fs::remove_dir_all(&tmp);
         let (entries, new_bytes) = stored?;
-        let bytes = entries.iter().map(|e| e.size).sum();
         let m = self.store.commit_point(PointDraft {
             taken_at,
             consistent_at: Timestamp::from_micros(info.finished_us),
@@ -186,11 +184,7 @@ impl PgShadow {
             entries: entries.clone(),
             new_bytes,
         })?;
-        self.base = Some(CurrentBase {
-            info,
-            entries,
-            bytes,
-        });
+        self.base = Some(CurrentBase { info, entries });
         self.prune_wal();
         Ok(m)
     }
@@ -254,7 +248,6 @@ impl PgShadow {
                 .into());
             }
         }
-        let _ = base.bytes;
         self.store.commit_point(PointDraft {
             taken_at,
             consistent_at,
