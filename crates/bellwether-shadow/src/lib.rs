@@ -34,9 +34,7 @@ pub fn resource(kind: ResourceKind) -> Option<&'static dyn Resource> {
     match kind {
         ResourceKind::Sqlite => Some(&sqlite::Sqlite),
         ResourceKind::Dir => Some(&dir::Dir),
-        // Wired when `pg::Postgres` lands (branch shadow-pg):
-        // `ResourceKind::Postgres => Some(&pg::Postgres)`.
-        ResourceKind::Postgres => None,
+        ResourceKind::Postgres => Some(&pg::Postgres),
     }
 }
 

@@ -1,0 +1,264 @@
+//! Figures for PostgreSQL shadows (BENCHMARKS.md, "Data shadows (issue 13)"), on real
+//! clusters started here (initdb/pg_ctl from /usr/lib/postgresql/*/bin):
+//!
+//! 1. `rpo`: pgbench (TPC-B) and a client recording acknowledged ids run against a primary
+//!    with a transactional shadow (synchronous); the primary is crashed (`pg_ctl stop -m
+//!    immediate`) mid-run; the shadow is restored to `latest` and swapped in. Lost =
+//!    transactions pgbench reported processed minus `pgbench_history` rows restored, and ids
+//!    acknowledged but not restored. Also pgbench's tps without and with the shadow.
+//! 2. `restore`: a pgbench database of `--scale` (68 is about 1 GiB), a transactional shadow
+//!    (its base point timed), points under pgbench churn (time and new bytes each), then a
+//!    restore of the database to a point, swapped in (timed).
+//!
+//! `cargo run --release -p bellwether-shadow --example pg_shadow_bench -- [rpo|restore|all]
+//! [--scale N] [--seconds S] [--points N]`
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bellwether_pg::testing::{TestCluster, TestClusterOptions};
+use bellwether_shadow::pg::{restore_with, PgOptions, PgShadow, RestoreMode};
+use bellwether_shadow::point::{Reason, Retention, Shadow, ShadowOptions, Source};
+use bellwether_shadow::{RestoreRequest, ShadowType, Target};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+fn query_i64(url: &str, sql: &str) -> i64 {
+    rt().block_on(async {
+        let c = bellwether_pg::connect(url).await.expect("connect");
+        c.client.query_one(sql, &[]).await.expect(sql).get(0)
+    })
+}
+
+fn exec(url: &str, sql: &str) {
+    rt().block_on(async {
+        let c = bellwether_pg::connect(url).await.expect("connect");
+        c.client.batch_execute(sql).await.expect(sql)
+    })
+}
+
+fn pgbench(c: &TestCluster, args: &[&str]) -> Command {
+    let argv = c.pgbench_argv(args);
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+/// pgbench's "number of transactions actually processed: N" and "tps = X".
+fn pgbench_figures(out: &str) -> (i64, f64) {
+    let processed = out
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(-1);
+    let tps = out
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(f64::NAN);
+    (processed, tps)
+}
+
+fn options(dir: &Path, url: &str) -> (ShadowOptions, PgOptions) {
+    (
+        ShadowOptions {
+            dir: dir.to_path_buf(),
+            source: Source::Url(url.to_string()),
+            shadow_type: ShadowType::Transactional,
+            points_every: None,
+            retention: Retention::default(),
+            poll: None,
+        },
+        PgOptions::new(url, ShadowType::Transactional),
+    )
+}
+
+fn rpo(seconds: u64) {
+    let mut cluster = TestCluster::start(TestClusterOptions::default());
+    let url = cluster.url();
+    let init = pgbench(&cluster, &["-i", "-s", "1", "-q"]).output().expect("pgbench -i");
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    exec(&url, "CREATE TABLE public.acked (id bigint PRIMARY KEY)");
+    let t = seconds.to_string();
+    let plain = pgbench(&cluster, &["-n", "-c", "4", "-j", "2", "-T", &t]).output().expect("pgbench");
+    let (_, tps_plain) = pgbench_figures(&String::from_utf8_lossy(&plain.stdout));
+
+    let sd = tempfile::Builder::new().prefix("bw-pg-bench-").tempdir().expect("tempdir");
+    let (o, p) = options(sd.path(), &url);
+    let shadow = PgShadow::start(&o, &p).expect("shadow");
+    let synced = pgbench(&cluster, &["-n", "-c", "4", "-j", "2", "-T", &t]).output().expect("pgbench");
+    let (_, tps_sync) = pgbench_figures(&String::from_utf8_lossy(&synced.stdout));
+
+    // The crash run: pgbench plus a client recording acknowledged ids.
+    let history_before = query_i64(&url, "SELECT count(*) FROM public.pgbench_history");
+    let long = (seconds * 4).to_string();
+    let bench = pgbench(&cluster, &["-n", "-c", "4", "-j", "2", "-T", &long]).spawn().expect("pgbench");
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let (s, a, u) = (stop.clone(), acked.clone(), url.clone());
+    let writer = std::thread::spawn(move || {
+        rt().block_on(async move {
+            let c = bellwether_pg::connect(&u).await.expect("connect");
+            let mut id = 0i64;
+            while !s.load(Ordering::SeqCst) {
+                id += 1;
+                if c.client.execute("INSERT INTO public.acked VALUES ($1)", &[&id]).await.is_err() {
+                    return;
+                }
+                a.lock().unwrap().push(id);
+            }
+        })
+    });
+    // The crash comes after `seconds` of load (a timer is the point of this step).
+    std::thread::sleep(Duration::from_secs(seconds));
+    cluster.stop().expect("crash");
+    let out = bench.wait_with_output().expect("pgbench ends");
+    stop.store(true, Ordering::SeqCst);
+    let _ = writer.join();
+    drop(shadow);
+    let (processed, _) = pgbench_figures(&String::from_utf8_lossy(&out.stdout));
+    let acked = acked.lock().unwrap().clone();
+
+    let started = Instant::now();
+    let req = RestoreRequest {
+        dir: sd.path().to_path_buf(),
+        target: Target::Latest,
+        dest: cluster.data_dir.clone(),
+        elsewhere: false,
+    };
+    let report = restore_with(&req, &RestoreMode::for_dest(&cluster.data_dir), None, Duration::from_secs(600)).expect("restore");
+    let restore_s = started.elapsed().as_secs_f64();
+    let history = query_i64(&url, "SELECT count(*) FROM public.pgbench_history") - history_before;
+    let restored_ids = query_i64(&url, "SELECT count(*) FROM public.acked");
+    let max_id = query_i64(&url, "SELECT coalesce(max(id), 0) FROM public.acked");
+    let lost_ids = acked.iter().filter(|i| **i > max_id).count() as i64 + (acked.len() as i64 - restored_ids).max(0);
+    let d = cluster.data_dir.display().to_string();
+    let argv = {
+        let bin = cluster.bindir.join("pg_ctl").display().to_string();
+        let mut v = Vec::new();
+        if std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false) {
+            v.extend(["runuser", "-u", "postgres", "--"].map(String::from));
+        }
+        v.push(bin);
+        v.extend(["stop", "-m", "immediate", "-D", &d].map(String::from));
+        v
+    };
+    let _ = Command::new(&argv[0]).args(&argv[1..]).output();
+    println!("rpo: pgbench tps without shadow {tps_plain:.0}, with synchronous shadow {tps_sync:.0}");
+    println!(
+        "rpo: crash after {seconds} s: pgbench processed {processed}, restored {history} history rows, lost {}; client acknowledged {} ids, restored {restored_ids}, lost {lost_ids}; restore to latest {restore_s:.1} s ({} bytes)",
+        (processed - history).max(0),
+        acked.len(),
+        report.bytes
+    );
+}
+
+fn restore(scale: u32, points: usize) {
+    let cluster = TestCluster::start(TestClusterOptions {
+        conf: vec![("max_wal_size".into(), "'4GB'".into()), ("checkpoint_timeout".into(), "'30min'".into())],
+    });
+    let url = cluster.url();
+    let t = Instant::now();
+    let s = scale.to_string();
+    let init = pgbench(&cluster, &["-i", "-s", &s, "-q"]).output().expect("pgbench -i");
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let size = query_i64(&url, "SELECT pg_database_size(current_database())");
+    println!("restore: pgbench -i -s {scale}: {:.2} GiB in {:.0} s", size as f64 / (1u64 << 30) as f64, t.elapsed().as_secs_f64());
+
+    let sd = tempfile::Builder::new().prefix("bw-pg-bench-").tempdir().expect("tempdir");
+    let (o, p) = options(sd.path(), &url);
+    let t = Instant::now();
+    let mut shadow = PgShadow::start(&o, &p).expect("shadow");
+    println!("restore: shadow start with its base point {:.1} s", t.elapsed().as_secs_f64());
+    // Churn at a fixed rate while points are taken.
+    let mut churn = pgbench(&cluster, &["-n", "-c", "2", "-R", "200", "-T", "3600"]).spawn().expect("pgbench");
+    let mut times = Vec::new();
+    let mut news = Vec::new();
+    let mut target = None;
+    for i in 0..points {
+        std::thread::sleep(Duration::from_secs(2));
+        let t = Instant::now();
+        let m = shadow.take_point(Reason::Schedule).expect("point");
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        news.push(m.new_bytes);
+        if i == points / 2 {
+            target = Some(m.id());
+        }
+    }
+    let _ = churn.kill();
+    let _ = churn.wait();
+    drop(shadow);
+    times.sort_by(|a, b| a.total_cmp(b));
+    let mut sorted = news.clone();
+    sorted.sort();
+    println!(
+        "restore: {points} points under pgbench -R 200: time p50 {:.0} ms, max {:.0} ms; new bytes p50 {:.1} MiB, max {:.1} MiB",
+        times[times.len() / 2],
+        times[times.len() - 1],
+        sorted[sorted.len() / 2] as f64 / (1u64 << 20) as f64,
+        sorted[sorted.len() - 1] as f64 / (1u64 << 20) as f64
+    );
+    let disk: u64 = dir_size(sd.path());
+    println!("restore: shadow directory {:.2} GiB for a {:.2} GiB database and {points} points", disk as f64 / (1u64 << 30) as f64, size as f64 / (1u64 << 30) as f64);
+
+    let target = target.expect("a point");
+    let t = Instant::now();
+    let req = RestoreRequest {
+        dir: sd.path().to_path_buf(),
+        target: Target::Point(target),
+        dest: cluster.data_dir.clone(),
+        elsewhere: false,
+    };
+    let report = restore_with(&req, &RestoreMode::for_dest(&cluster.data_dir), None, Duration::from_secs(1800)).expect("restore");
+    println!(
+        "restore: to point {target} of the {:.2} GiB database, swapped in and started: {:.1} s ({} bytes written, {})",
+        size as f64 / (1u64 << 30) as f64,
+        t.elapsed().as_secs_f64(),
+        report.bytes,
+        report.checks.join(", ")
+    );
+    let history = query_i64(&url, "SELECT count(*) FROM public.pgbench_history");
+    println!("restore: the restored cluster answers (pgbench_history {history} rows)");
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str, default: u64| -> u64 {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let what = args.first().map(String::as_str).unwrap_or("all");
+    let seconds = flag("--seconds", 10);
+    let scale = flag("--scale", 68) as u32;
+    let points = flag("--points", 10) as usize;
+    if matches!(what, "rpo" | "all") {
+        rpo(seconds);
+    }
+    if matches!(what, "restore" | "all") {
+        restore(scale, points);
+    }
+}

@@ -1,0 +1,284 @@
+//! Base backups and how files go into and out of the point store.
+//!
+//! A base backup is `pg_basebackup` in plain format with its WAL streamed alongside (`-X
+//! stream`), so each is consistent on its own, and a `backup_manifest` (SHA-256 per file)
+//! that `pg_verifybackup` checks on the restored copy. It is written into the store's `tmp/`
+//! and then taken into the store: a file of at most [`CHUNK`] bytes as one object (moved, not
+//! copied), a larger one as fixed [`CHUNK`]-byte objects, so that relation files that changed
+//! in a few pages, WAL segments that grew, and the zeros of a segment `pg_receivewal` has not
+//! filled yet are stored once across points.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::point::{Entry, EntryKind, PointId, PointStore, ShadowError};
+
+use super::proc::run;
+use super::{now_us, Lsn, PgShadowError};
+
+/// Objects are at most this long (1 MiB: 128 pages of 8 kB, 1/16 of a WAL segment).
+pub(crate) const CHUNK: usize = 1 << 20;
+
+/// What a finished base backup needs: the WAL from `start_lsn` to `end_lsn` on `timeline`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct BaseInfo {
+    pub timeline: u32,
+    pub start_lsn: Lsn,
+    pub end_lsn: Lsn,
+    pub started_us: i64,
+    pub finished_us: i64,
+}
+
+/// Takes a base backup of `url` into `dir` (which must not exist).
+pub(crate) async fn take(
+    bindir: &Path,
+    url: &str,
+    dir: &Path,
+    limit: Duration,
+) -> Result<BaseInfo, PgShadowError> {
+    let started_us = now_us();
+    let argv = vec![
+        bindir.join("pg_basebackup").display().to_string(),
+        "-d".into(),
+        url.to_string(),
+        "-D".into(),
+        dir.display().to_string(),
+        "-F".into(),
+        "p".into(),
+        "-X".into(),
+        "stream".into(),
+        "-c".into(),
+        "fast".into(),
+        "--manifest-checksums=SHA256".into(),
+    ];
+    run(
+        &argv,
+        &[("PGAPPNAME", "bellwether_base_backup")],
+        "base backup of the primary",
+        limit,
+    )
+    .await?;
+    let finished_us = now_us();
+    let (timeline, start_lsn, end_lsn) = manifest_range(
+        &std::fs::read(dir.join("backup_manifest"))
+            .map_err(|e| PgShadowError::io("reading", &dir.join("backup_manifest"), e))?,
+    )
+    .map_err(|m| PgShadowError::Io {
+        what: format!("reading {}", dir.join("backup_manifest").display()),
+        message: m,
+    })?;
+    Ok(BaseInfo {
+        timeline,
+        start_lsn,
+        end_lsn,
+        started_us,
+        finished_us,
+    })
+}
+
+/// The timeline and WAL range a base needs, from its `backup_manifest` (`WAL-Ranges`).
+pub(crate) fn manifest_range(bytes: &[u8]) -> Result<(u32, Lsn, Lsn), String> {
+    #[derive(serde::Deserialize)]
+    struct Range {
+        #[serde(rename = "Timeline")]
+        timeline: u32,
+        #[serde(rename = "Start-LSN")]
+        start: Lsn,
+        #[serde(rename = "End-LSN")]
+        end: Lsn,
+    }
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        #[serde(rename = "WAL-Ranges")]
+        wal_ranges: Vec<Range>,
+    }
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let first = m.wal_ranges.first().ok_or("no WAL-Ranges entry")?;
+    let last = m.wal_ranges.last().unwrap_or(first);
+    Ok((last.timeline, first.start, last.end))
+}
+
+/// Takes the tree under `root` into the store as entries under `prefix` (`""` for the data
+/// directory's root). Files are moved in when `adopt` (the tree is the store's temporary),
+/// read otherwise. Returns the entries (sorted by path) and the bytes newly stored.
+pub(crate) fn store_tree(
+    store: &PointStore,
+    root: &Path,
+    adopt: bool,
+) -> Result<(Vec<Entry>, u64), ShadowError> {
+    let mut entries = Vec::new();
+    let mut new_bytes = 0;
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((path, rel)) = stack.pop() {
+        let md = std::fs::symlink_metadata(&path).map_err(ShadowError::io(&path))?;
+        let mode = md.permissions().mode() & 0o7777;
+        if md.is_dir() {
+            if !rel.is_empty() {
+                entries.push(Entry {
+                    path: rel.clone(),
+                    kind: EntryKind::Dir,
+                    mode,
+                    size: 0,
+                    mtime: None,
+                    objects: Vec::new(),
+                });
+            }
+            for e in std::fs::read_dir(&path).map_err(ShadowError::io(&path))? {
+                let e = e.map_err(ShadowError::io(&path))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let child = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                stack.push((e.path(), child));
+            }
+        } else if md.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).map_err(ShadowError::io(&path))?;
+            entries.push(Entry {
+                path: rel,
+                kind: EntryKind::Symlink {
+                    target: target.to_string_lossy().into_owned(),
+                },
+                mode,
+                size: 0,
+                mtime: None,
+                objects: Vec::new(),
+            });
+        } else {
+            let (entry, n) = store_file(store, &path, rel, mode, adopt)?;
+            new_bytes += n;
+            entries.push(entry);
+        }
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((entries, new_bytes))
+}
+
+/// One file into the store as the entry `rel`.
+pub(crate) fn store_file(
+    store: &PointStore,
+    path: &Path,
+    rel: String,
+    mode: u32,
+    adopt: bool,
+) -> Result<(Entry, u64), ShadowError> {
+    let size = std::fs::metadata(path)
+        .map_err(ShadowError::io(path))?
+        .len();
+    let mut objects = Vec::new();
+    let mut new_bytes = 0;
+    if size as usize <= CHUNK {
+        let (r, new) = if adopt {
+            store.adopt_file(path)?
+        } else {
+            store.put_file(path)?
+        };
+        if new {
+            new_bytes += r.len;
+        }
+        objects.push(r);
+    } else {
+        let mut f = std::fs::File::open(path).map_err(ShadowError::io(path))?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = read_full(&mut f, &mut buf).map_err(ShadowError::io(path))?;
+            if n == 0 {
+                break;
+            }
+            let (r, new) = store.put_object(&buf[..n])?;
+            if new {
+                new_bytes += r.len;
+            }
+            objects.push(r);
+            if n < CHUNK {
+                break;
+            }
+        }
+        if adopt {
+            std::fs::remove_file(path).map_err(ShadowError::io(path))?;
+        }
+    }
+    let size = objects.iter().map(|o| o.len).sum();
+    Ok((
+        Entry {
+            path: rel,
+            kind: EntryKind::File,
+            mode,
+            size,
+            mtime: None,
+            objects,
+        },
+        new_bytes,
+    ))
+}
+
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Writes `entries` of point `point` under `dest` (which must not exist), every object's
+/// hash checked as it is read.
+pub(crate) fn materialize(
+    store: &PointStore,
+    point: PointId,
+    entries: &[Entry],
+    dest: &Path,
+) -> Result<u64, ShadowError> {
+    std::fs::create_dir(dest).map_err(ShadowError::io(dest))?;
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700))
+        .map_err(ShadowError::io(dest))?;
+    let mut bytes = 0;
+    for e in entries {
+        if e.path
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(ShadowError::DamagedPoint {
+                dir: store.dir().to_path_buf(),
+                id: point,
+                reason: format!("entry path {:?} leaves the data directory", e.path),
+            });
+        }
+        let path = dest.join(&e.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(ShadowError::io(parent))?;
+        }
+        match &e.kind {
+            EntryKind::Dir => {
+                if !path.is_dir() {
+                    std::fs::create_dir(&path).map_err(ShadowError::io(&path))?;
+                }
+            }
+            EntryKind::Symlink { target } => {
+                std::os::unix::fs::symlink(target, &path).map_err(ShadowError::io(&path))?;
+                continue;
+            }
+            EntryKind::File => {
+                if e.objects.len() == 1 {
+                    store.clone_object_into(point, &e.objects[0], &path)?;
+                } else {
+                    use std::io::Write;
+                    let mut out = std::fs::File::create(&path).map_err(ShadowError::io(&path))?;
+                    for r in &e.objects {
+                        let b = store.read_object(point, r)?;
+                        out.write_all(&b).map_err(ShadowError::io(&path))?;
+                    }
+                }
+                bytes += e.size;
+            }
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode))
+            .map_err(ShadowError::io(&path))?;
+    }
+    Ok(bytes)
+}

@@ -1,0 +1,962 @@
+//! A running PostgreSQL shadow: the checks and set-up on the primary (slot, synchronous
+//! standby name), the `pg_receivewal` supervisor of a transactional shadow, base backups and
+//! points taken into the point store.
+//!
+//! The point store's interface is synchronous; the primary's client is tokio-postgres, so a
+//! shadow owns a one-worker runtime that also drives the `pg_receivewal` supervisor between
+//! calls.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::watch;
+
+use crate::point::{
+    Entry, Manifest, ObjectRef, PointDraft, PointStore, Position, Reason, ResourceKind, Shadow,
+    ShadowError, ShadowMeta, ShadowOptions, ShadowType, SyncReport, Timestamp, FORMAT,
+};
+
+use super::base::{self, BaseInfo};
+use super::lsn::SegmentName;
+use super::proc::{run, tail};
+use super::{
+    pg_dir, read_info, write_json, Lsn, PgOptions, PgShadowError, PgShadowInfo, SyncSetup,
+};
+
+/// How often the primary's replication view is read while waiting for the shadow (a state of
+/// another process: there is no event to await).
+const POLL: Duration = Duration::from_millis(10);
+/// The longest pause between two starts of a `pg_receivewal` that keeps exiting.
+const RESTART_CAP: Duration = Duration::from_secs(10);
+/// Where a point's WAL segments go in its manifest (and in a restored copy).
+pub(crate) const WAL_PREFIX: &str = "bw_restore_wal/";
+
+/// Runs `f` on `rt` from synchronous code, also when called from inside another runtime
+/// (the CLI's): then on a scoped thread, since a runtime cannot block inside another.
+pub(crate) fn block<F>(rt: &tokio::runtime::Runtime, f: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| match s.spawn(|| rt.block_on(f)).join() {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        })
+    } else {
+        rt.block_on(f)
+    }
+}
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ShadowError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| ShadowError::Source {
+            source_name: "postgres".into(),
+            reason: format!("cannot start the shadow's runtime: {e}"),
+        })
+}
+
+/// The latest base backup: its WAL range and its files in the store.
+#[derive(Debug, Clone)]
+struct CurrentBase {
+    info: BaseInfo,
+    entries: Vec<Entry>,
+}
+
+/// A started shadow ([`Shadow`]). Dropping it (the end of [`crate::point::run`]) takes the
+/// shadow out of `synchronous_standby_names` first (or the primary would wait for it
+/// forever), stops the stream and drops the slot (or the primary would keep WAL for it
+/// forever). A crash leaves both: the primary then waits, as for any synchronous standby,
+/// until the shadow is started again with the same directory (see docs/shadow-postgres.md).
+pub struct PgShadow {
+    store: PointStore,
+    rt: Option<tokio::runtime::Runtime>,
+    inner: Inner,
+    base: Option<CurrentBase>,
+    /// Objects of complete WAL segments already stored (a complete segment never changes).
+    wal_cache: HashMap<String, Vec<ObjectRef>>,
+}
+
+struct Inner {
+    opts: PgOptions,
+    dir: PathBuf,
+    info: PgShadowInfo,
+    bindir: PathBuf,
+    conn: bellwether_pg::Instance,
+    role: String,
+    receiver: Option<Receiver>,
+    may_create_restore_points: bool,
+}
+
+impl PgShadow {
+    /// Checks the primary, opens (or creates) the shadow directory and checks it shadows this
+    /// database, sets up the slot (differential, transactional), starts `pg_receivewal
+    /// --synchronous` and registers it as a synchronous standby (transactional), and takes
+    /// a base backup as the base point.
+    pub fn start(opts: &ShadowOptions, pg: &PgOptions) -> Result<PgShadow, ShadowError> {
+        let rt = runtime()?;
+        let mut inner = block(&rt, Inner::connect(pg.clone(), opts.dir.clone()))?;
+        let meta = ShadowMeta {
+            format: FORMAT,
+            kind: ResourceKind::Postgres,
+            source: inner.conn.target.clone(),
+            shadow_type: pg.kind,
+            created_at: Timestamp::now(),
+            retention: opts.retention,
+        };
+        let mut store = PointStore::create(&opts.dir, meta)?;
+        store.lock_writer()?;
+        inner.load_info()?;
+        let mut shadow = PgShadow {
+            store,
+            rt: Some(rt),
+            inner,
+            base: None,
+            wal_cache: HashMap::new(),
+        };
+        shadow.on(|i| Box::pin(i.set_up()))?;
+        shadow.take_base_point(Reason::Base)?;
+        Ok(shadow)
+    }
+
+    pub fn info(&self) -> &PgShadowInfo {
+        &self.inner.info
+    }
+
+    /// The last error `pg_receivewal` printed (transactional).
+    pub fn receiver_error(&self) -> Option<String> {
+        self.inner.receiver_error()
+    }
+
+    fn on<T: Send>(
+        &mut self,
+        f: impl for<'a> FnOnce(
+                &'a mut Inner,
+            ) -> std::pin::Pin<
+                Box<dyn Future<Output = Result<T, PgShadowError>> + Send + 'a>,
+            > + Send,
+    ) -> Result<T, ShadowError> {
+        let rt = self
+            .rt
+            .as_ref()
+            .ok_or_else(|| ShadowError::Unsupported("the shadow was stopped".into()))?;
+        let inner = &mut self.inner;
+        block(rt, f(inner)).map_err(ShadowError::from)
+    }
+
+    /// A base backup as a point.
+    fn take_base_point(&mut self, reason: Reason) -> Result<Manifest, ShadowError> {
+        let taken_at = Timestamp::now();
+        let tmp = self.store.temp_path();
+        let bindir = self.inner.bindir.clone();
+        let url = self.inner.opts.url.clone();
+        let limit = self.inner.opts.step_timeout;
+        let t = tmp.clone();
+        let info =
+            self.on(move |_| Box::pin(async move { base::take(&bindir, &url, &t, limit).await }));
+        let info = match info {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        let stored = base::store_tree(&self.store, &tmp, true);
+        let _ = std::fs::remove_dir_all(&tmp);
+        let (entries, new_bytes) = stored?;
+        let m = self.store.commit_point(PointDraft {
+            taken_at,
+            consistent_at: Timestamp::from_micros(info.finished_us),
+            reason,
+            position: Position::Postgres {
+                timeline: info.timeline,
+                lsn: info.end_lsn.0,
+            },
+            entries: entries.clone(),
+            new_bytes,
+        })?;
+        self.base = Some(CurrentBase { info, entries });
+        self.prune_wal();
+        Ok(m)
+    }
+
+    /// A point on the current base: a restore point on the primary, the WAL up to it in the
+    /// shadow (waited for, or fetched), and the segments from the base's start to it stored.
+    fn take_wal_point(&mut self, reason: Reason) -> Result<Manifest, ShadowError> {
+        let Some(base) = self.base.clone() else {
+            return self.take_base_point(reason);
+        };
+        let taken_at = Timestamp::now();
+        let name = format!("bw-{}", taken_at.as_micros());
+        let (lsn, timeline) = self.on(move |i| Box::pin(i.mark(name)))?;
+        let kind = self.inner.opts.kind;
+        self.on(move |i| {
+            Box::pin(async move {
+                match kind {
+                    ShadowType::Transactional => i.wait_flushed(lsn).await,
+                    _ => i.fetch_until(lsn).await,
+                }
+            })
+        })?;
+        let consistent_at = Timestamp::now();
+        let seg = self.inner.info.wal_segment_size;
+        let wal = pg_dir(self.store.dir()).join("wal");
+        let mut entries = base.entries.clone();
+        let mut new_bytes = 0;
+        let first = base.info.start_lsn.segment(seg);
+        let last = Lsn(lsn.0.saturating_sub(1)).segment(seg).max(first);
+        for segno in first..=last {
+            let name = SegmentName { timeline, segno }.file_name(seg);
+            let complete = wal.join(&name);
+            let partial = wal.join(format!("{name}.partial"));
+            let rel = format!("{WAL_PREFIX}{name}");
+            if let Some(objects) = self.wal_cache.get(&name) {
+                let size = objects.iter().map(|o| o.len).sum();
+                entries.push(Entry {
+                    path: rel,
+                    kind: crate::point::EntryKind::File,
+                    mode: 0o600,
+                    size,
+                    mtime: None,
+                    objects: objects.clone(),
+                });
+            } else if complete.is_file() {
+                let (e, n) = base::store_file(&self.store, &complete, rel, 0o600, false)?;
+                new_bytes += n;
+                self.wal_cache.insert(name, e.objects.clone());
+                entries.push(e);
+            } else if partial.is_file() {
+                let (e, n) = base::store_file(&self.store, &partial, rel, 0o600, false)?;
+                new_bytes += n;
+                entries.push(e);
+            } else {
+                return Err(PgShadowError::MissingWal {
+                    dir: wal,
+                    segment: name,
+                    point: "(being taken)".into(),
+                    target: format!("LSN {lsn}"),
+                }
+                .into());
+            }
+        }
+        self.store.commit_point(PointDraft {
+            taken_at,
+            consistent_at,
+            reason,
+            position: Position::Postgres {
+                timeline,
+                lsn: lsn.0,
+            },
+            entries,
+            new_bytes,
+        })
+    }
+
+    /// Removes complete segments before the current base's start from `pg/wal` (every point
+    /// that needs them holds them as objects).
+    fn prune_wal(&mut self) {
+        let Some(base) = &self.base else { return };
+        let seg = self.inner.info.wal_segment_size;
+        let start = base.info.start_lsn.segment(seg);
+        let wal = pg_dir(self.store.dir()).join("wal");
+        let Ok(rd) = std::fs::read_dir(&wal) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(s) = SegmentName::parse(&n, seg) {
+                if s.segno < start {
+                    let _ = std::fs::remove_file(e.path());
+                    self.wal_cache.remove(&n);
+                }
+            }
+        }
+    }
+}
+
+impl Shadow for PgShadow {
+    fn store(&self) -> &PointStore {
+        &self.store
+    }
+
+    /// The stream runs by itself; a sync reports its failure (a `pg_receivewal` that keeps
+    /// exiting), so that the loop's event log shows it.
+    fn sync(&mut self) -> Result<SyncReport, ShadowError> {
+        if let Some(r) = &self.inner.receiver {
+            if !r.running.load(Ordering::SeqCst) {
+                return Err(ShadowError::Source {
+                    source_name: self.inner.conn.target.clone(),
+                    reason: format!(
+                        "pg_receivewal is not running (it is started again with a pause): {}",
+                        self.inner.receiver_error().unwrap_or_default()
+                    ),
+                });
+            }
+        }
+        Ok(SyncReport::default())
+    }
+
+    fn take_point(&mut self, reason: Reason) -> Result<Manifest, ShadowError> {
+        if self.inner.opts.kind == ShadowType::Full {
+            self.take_base_point(reason)
+        } else {
+            self.take_wal_point(reason)
+        }
+    }
+
+    fn poll_interval(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+impl Drop for PgShadow {
+    fn drop(&mut self) {
+        let Some(rt) = self.rt.take() else { return };
+        let inner = &mut self.inner;
+        let result = block(&rt, inner.release());
+        if let Err(e) = result {
+            tracing::warn!(shadow = %inner.info.name, error = %e, "Releasing the primary from the shadow failed.");
+        }
+        rt.shutdown_background();
+    }
+}
+
+impl Inner {
+    async fn connect(opts: PgOptions, dir: PathBuf) -> Result<Inner, PgShadowError> {
+        let conn = bellwether_pg::connect(&opts.url).await?;
+        let target = conn.target.clone();
+        let row = conn
+            .client
+            .query_one(
+                "SELECT (SELECT system_identifier::text FROM pg_control_system()), \
+                 current_setting('server_version_num')::int, \
+                 (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), \
+                 current_setting('wal_level'), current_setting('max_wal_senders')::int, \
+                 current_user::text, \
+                 (SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user), \
+                 (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), \
+                 (SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global'))",
+                &[],
+            )
+            .await
+            .map_err(|e| query_err(&target, "reading the primary's identity", e))?;
+        let system_identifier: String = row.get(0);
+        let version: i32 = row.get(1);
+        let seg_size: i64 = row.get(2);
+        let wal_level: String = row.get(3);
+        let senders: i32 = row.get(4);
+        let role: String = row.get(5);
+        let may_replicate: bool = row.get::<_, Option<bool>>(6).unwrap_or(false);
+        let superuser: bool = row.get::<_, Option<bool>>(7).unwrap_or(false);
+        let tablespaces: i64 = row.get(8);
+        if !may_replicate {
+            return Err(PgShadowError::Permission {
+                target,
+                role: role.clone(),
+                what: "stream WAL or take base backups".into(),
+                message: "it has neither REPLICATION nor SUPERUSER".into(),
+                fix: format!("ALTER ROLE {role} REPLICATION, and allow it a `replication` line in pg_hba.conf"),
+            });
+        }
+        if wal_level == "minimal" || senders < 2 {
+            return Err(PgShadowError::Unsuitable {
+                target,
+                message: format!("wal_level is {wal_level} and max_wal_senders {senders}; a shadow needs wal_level = replica (or logical) and max_wal_senders >= 2 (its stream and a base backup's), which take a restart"),
+            });
+        }
+        if tablespaces > 0 {
+            return Err(PgShadowError::Unsuitable {
+                target,
+                message: format!("it has {tablespaces} tablespace(s) outside the data directory; PostgreSQL shadows copy the data directory only and do not handle tablespaces yet"),
+            });
+        }
+        let bindir = match &opts.bindir {
+            Some(b) => b.clone(),
+            None => bellwether_pg::find_bindir(version as u32, None)?,
+        };
+        let name = opts.name.clone().unwrap_or_else(|| {
+            format!(
+                "bw_shadow_{:x}",
+                super::now_us() ^ ((std::process::id() as i64) << 40)
+            )
+        });
+        Ok(Inner {
+            info: PgShadowInfo {
+                system_identifier,
+                server_version_num: version as u32,
+                wal_segment_size: seg_size as u64,
+                name,
+                source: target,
+                kind: opts.kind,
+                sync_original: None,
+            },
+            opts,
+            dir,
+            bindir,
+            conn,
+            role,
+            receiver: None,
+            may_create_restore_points: superuser,
+        })
+    }
+
+    /// Reads (or writes, for a new shadow) `pg/shadow-pg.json`: an existing one of another
+    /// database is refused.
+    fn load_info(&mut self) -> Result<(), PgShadowError> {
+        let pg = pg_dir(&self.dir);
+        std::fs::create_dir_all(pg.join("wal"))
+            .map_err(|e| PgShadowError::io("creating", &pg, e))?;
+        match read_info(&self.dir)? {
+            Some(existing) => {
+                if existing.system_identifier != self.info.system_identifier {
+                    return Err(PgShadowError::OtherDatabase {
+                        dir: self.dir.clone(),
+                        theirs: format!(
+                            "{} (system identifier {})",
+                            existing.source, existing.system_identifier
+                        ),
+                        ours: format!(
+                            "{} (system identifier {})",
+                            self.info.source, self.info.system_identifier
+                        ),
+                    });
+                }
+                self.info = existing;
+            }
+            None => write_json(&pg.join("shadow-pg.json"), &self.info)?,
+        }
+        if self.info.name.is_empty()
+            || self.info.name.len() > 63
+            || !self
+                .info
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(PgShadowError::BadShadow {
+                path: pg.join("shadow-pg.json"),
+                message: format!(
+                    "shadow name {:?} must be 1 to 63 of [a-z0-9_]",
+                    self.info.name
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Slot, stream and synchronous registration, as the type asks.
+    async fn set_up(&mut self) -> Result<(), PgShadowError> {
+        if self.opts.kind == ShadowType::Full {
+            return Ok(());
+        }
+        self.ensure_slot().await?;
+        if self.opts.kind == ShadowType::Transactional {
+            let wal = pg_dir(&self.dir).join("wal");
+            self.receiver = Some(Receiver::spawn(
+                &self.bindir,
+                &self.opts.url,
+                &wal,
+                &self.info.name,
+            ));
+            if let Err(e) = self.wait_streaming().await {
+                let _ = self.release().await;
+                return Err(e);
+            }
+            if let Err(e) = self.register_sync().await {
+                let _ = self.release().await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes what [`Inner::set_up`] did on the primary, the synchronous name first.
+    async fn release(&mut self) -> Result<(), PgShadowError> {
+        let unreg = self.unregister_sync().await;
+        if let Some(r) = self.receiver.take() {
+            r.stop().await;
+        }
+        let dropped = if self.opts.kind != ShadowType::Full {
+            self.conn
+                .client
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&self.info.name],
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| query_err(&self.conn.target, "dropping the shadow's replication slot", e))
+        } else {
+            Ok(())
+        };
+        unreg?;
+        dropped
+    }
+
+    fn receiver_error(&self) -> Option<String> {
+        self.receiver
+            .as_ref()
+            .and_then(|r| r.last_error.lock().ok().and_then(|g| g.clone()))
+    }
+
+    async fn ensure_slot(&self) -> Result<(), PgShadowError> {
+        self.conn
+            .client
+            .execute(
+                "SELECT pg_create_physical_replication_slot($1, true) \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                &[&self.info.name],
+            )
+            .await
+            .map_err(|e| {
+                query_err(
+                    &self.conn.target,
+                    "creating the shadow's replication slot",
+                    e,
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Waits until the shadow's slot is in use (`pg_replication_slots` is readable by any
+    /// role, unlike `pg_stat_replication`'s details).
+    async fn wait_streaming(&self) -> Result<(), PgShadowError> {
+        let deadline =
+            tokio::time::Instant::now() + self.opts.step_timeout.min(Duration::from_secs(60));
+        loop {
+            let row = self
+                .conn
+                .client
+                .query_opt(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    &[&self.info.name],
+                )
+                .await
+                .map_err(|e| query_err(&self.conn.target, "reading pg_replication_slots", e))?;
+            if row.is_some() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(PgShadowError::Program {
+                    program: "pg_receivewal".into(),
+                    what: "streaming the primary's WAL".into(),
+                    output: self
+                        .receiver_error()
+                        .unwrap_or_else(|| "the primary shows no stream for the shadow".into()),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Makes the shadow a synchronous standby (see [`SyncSetup`]) and waits until the primary
+    /// reports it as `sync`.
+    async fn register_sync(&mut self) -> Result<(), PgShadowError> {
+        let target = self.conn.target.clone();
+        let current: String = self
+            .conn
+            .client
+            .query_one("SELECT current_setting('synchronous_standby_names')", &[])
+            .await
+            .map_err(|e| query_err(&target, "reading synchronous_standby_names", e))?
+            .get(0);
+        let commit: String = self
+            .conn
+            .client
+            .query_one("SELECT current_setting('synchronous_commit')", &[])
+            .await
+            .map_err(|e| query_err(&target, "reading synchronous_commit", e))?
+            .get(0);
+        if self.opts.sync == SyncSetup::Off {
+            return Ok(());
+        }
+        if commit == "remote_apply" {
+            return Err(PgShadowError::Unsuitable {
+                target,
+                message: "synchronous_commit is remote_apply: every commit would wait for an apply that pg_receivewal never reports; use on (or remote_write) for a synchronous shadow".into(),
+            });
+        }
+        if matches!(commit.as_str(), "off" | "local") {
+            tracing::warn!(target = %target, synchronous_commit = %commit, "synchronous_commit does not wait for the shadow: commits are acknowledged before the shadow has them.");
+        }
+        match self.opts.sync {
+            SyncSetup::Off => return Ok(()),
+            SyncSetup::Expect => {}
+            SyncSetup::Configure => {
+                if !names_include(&current, &self.info.name) {
+                    if !current.trim().is_empty() {
+                        return Err(PgShadowError::SyncNamesInUse {
+                            target,
+                            current,
+                            name: self.info.name.clone(),
+                        });
+                    }
+                    // Saved before the change, so a crash between the two still restores it.
+                    self.info.sync_original = Some(current.clone());
+                    write_json(&pg_dir(&self.dir).join("shadow-pg.json"), &self.info)?;
+                    let sql = format!(
+                        "ALTER SYSTEM SET synchronous_standby_names = '{}'",
+                        self.info.name
+                    );
+                    let fix = format!(
+                        "run the shadow as a superuser; or GRANT ALTER SYSTEM ON PARAMETER synchronous_standby_names TO {role} and GRANT EXECUTE ON FUNCTION pg_reload_conf() TO {role}; or set synchronous_standby_names = '{name}' yourself, reload, and use sync = expect",
+                        role = self.role,
+                        name = self.info.name
+                    );
+                    if let Err(e) = self.conn.client.batch_execute(&sql).await {
+                        self.info.sync_original = None;
+                        write_json(&pg_dir(&self.dir).join("shadow-pg.json"), &self.info)?;
+                        return Err(permission_or_query(
+                            &target,
+                            &self.role,
+                            "set synchronous_standby_names (ALTER SYSTEM)",
+                            &fix,
+                            e,
+                        ));
+                    }
+                    if let Err(e) = self
+                        .conn
+                        .client
+                        .batch_execute("SELECT pg_reload_conf()")
+                        .await
+                    {
+                        let err = permission_or_query(
+                            &target,
+                            &self.role,
+                            "reload the configuration (pg_reload_conf)",
+                            &fix,
+                            e,
+                        );
+                        let _ = self.unregister_sync().await;
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let row = self
+                .conn
+                .client
+                .query_opt(
+                    "SELECT sync_state FROM pg_stat_replication WHERE application_name = $1",
+                    &[&self.info.name],
+                )
+                .await
+                .map_err(|e| query_err(&target, "reading pg_stat_replication", e))?;
+            match row.map(|r| r.get::<_, Option<String>>(0)) {
+                Some(Some(state)) if state == "sync" => return Ok(()),
+                // Without pg_read_all_stats a role sees the row but not its details.
+                Some(None) => {
+                    let _ = self.unregister_sync().await;
+                    return Err(PgShadowError::Permission {
+                        target,
+                        role: self.role.clone(),
+                        what: "see whether the shadow is a synchronous standby".into(),
+                        message: "pg_stat_replication shows it no details".into(),
+                        fix: format!("GRANT pg_read_all_stats TO {}", self.role),
+                    });
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = self.unregister_sync().await;
+                return Err(PgShadowError::Unsuitable {
+                    target,
+                    message: format!(
+                        "the primary does not report the shadow {} as a synchronous standby within 30 s (synchronous_standby_names is {current:?}); it must name {0}",
+                        self.info.name
+                    ),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Puts `synchronous_standby_names` back to what it was, when Bellwether set it.
+    async fn unregister_sync(&mut self) -> Result<(), PgShadowError> {
+        let Some(original) = self.info.sync_original.clone() else {
+            return Ok(());
+        };
+        let sql = if original.is_empty() {
+            "ALTER SYSTEM RESET synchronous_standby_names".to_string()
+        } else {
+            format!(
+                "ALTER SYSTEM SET synchronous_standby_names = '{}'",
+                original.replace('\'', "''")
+            )
+        };
+        let target = self.conn.target.clone();
+        self.conn
+            .client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| query_err(&target, "resetting synchronous_standby_names", e))?;
+        self.conn
+            .client
+            .batch_execute("SELECT pg_reload_conf()")
+            .await
+            .map_err(|e| query_err(&target, "reloading the configuration", e))?;
+        self.info.sync_original = None;
+        write_json(&pg_dir(&self.dir).join("shadow-pg.json"), &self.info)
+    }
+
+    /// A restore point `name` (or, when the role may not create one, the current insert
+    /// position): every record before the returned LSN is in the point, none after.
+    async fn mark(&mut self, name: String) -> Result<(Lsn, u32), PgShadowError> {
+        let target = self.conn.target.clone();
+        let sql = if self.may_create_restore_points {
+            "SELECT pg_create_restore_point($1)::text, (SELECT timeline_id FROM pg_control_checkpoint())"
+        } else {
+            "SELECT pg_current_wal_insert_lsn()::text, (SELECT timeline_id FROM pg_control_checkpoint()), $1::text"
+        };
+        let row = self
+            .conn
+            .client
+            .query_one(sql, &[&name])
+            .await
+            .map_err(|e| query_err(&target, "marking the point on the primary", e))?;
+        let lsn_text: String = row.get(0);
+        let lsn = Lsn::parse(&lsn_text).ok_or_else(|| PgShadowError::Io {
+            what: format!("{target}: marking the point"),
+            message: format!("not an LSN: {lsn_text:?}"),
+        })?;
+        let tl: i32 = row.get(1);
+        Ok((lsn, tl as u32))
+    }
+
+    /// Waits until the primary reports the shadow flushed `lsn` (transactional): a physical
+    /// slot's `restart_lsn` is the flush position its stream last confirmed.
+    async fn wait_flushed(&self, lsn: Lsn) -> Result<(), PgShadowError> {
+        let deadline = tokio::time::Instant::now() + self.opts.step_timeout;
+        loop {
+            let row = self
+                .conn
+                .client
+                .query_opt(
+                    "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&self.info.name],
+                )
+                .await
+                .map_err(|e| query_err(&self.conn.target, "reading pg_replication_slots", e))?;
+            let flushed = row
+                .and_then(|r| r.get::<_, Option<String>>(0))
+                .and_then(|t| Lsn::parse(&t));
+            if flushed.is_some_and(|f| f >= lsn) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(PgShadowError::Program {
+                    program: "pg_receivewal".into(),
+                    what: format!("flushing the WAL up to {lsn}"),
+                    output: format!(
+                        "the shadow flushed {} after {} s; {}",
+                        flushed
+                            .map(|f| f.to_string())
+                            .unwrap_or_else(|| "nothing".into()),
+                        self.opts.step_timeout.as_secs(),
+                        self.receiver_error().unwrap_or_default()
+                    ),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Fetches the WAL through the slot up to `lsn` (differential): `pg_receivewal --endpos`.
+    async fn fetch_until(&self, lsn: Lsn) -> Result<(), PgShadowError> {
+        let wal = pg_dir(&self.dir).join("wal");
+        let argv = vec![
+            self.bindir.join("pg_receivewal").display().to_string(),
+            "-d".into(),
+            self.opts.url.clone(),
+            "-D".into(),
+            wal.display().to_string(),
+            "--slot".into(),
+            self.info.name.clone(),
+            "--endpos".into(),
+            lsn.to_string(),
+            "--no-loop".into(),
+            "--synchronous".into(),
+        ];
+        run(
+            &argv,
+            &[("PGAPPNAME", self.info.name.as_str())],
+            &format!("fetching the WAL up to {lsn}"),
+            self.opts.step_timeout,
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// Whether `synchronous_standby_names` names `name` (as a plain or quoted member).
+fn names_include(value: &str, name: &str) -> bool {
+    value
+        .split(|c: char| c == ',' || c == '(' || c == ')' || c.is_whitespace())
+        .map(|t| t.trim_matches('"'))
+        .any(|t| t == name || t == "*")
+}
+
+fn query_err(target: &str, what: &str, e: tokio_postgres::Error) -> PgShadowError {
+    PgShadowError::Pg(bellwether_pg::PgError::Query {
+        what: format!("{target}: {what}"),
+        message: db_text(&e),
+    })
+}
+
+fn db_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+fn permission_or_query(
+    target: &str,
+    role: &str,
+    what: &str,
+    fix: &str,
+    e: tokio_postgres::Error,
+) -> PgShadowError {
+    if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+        PgShadowError::Permission {
+            target: target.to_string(),
+            role: role.to_string(),
+            what: what.to_string(),
+            message: db_text(&e),
+            fix: fix.to_string(),
+        }
+    } else {
+        query_err(target, what, e)
+    }
+}
+
+/// `pg_receivewal --synchronous` kept running: started again (backing off up to
+/// [`RESTART_CAP`]) whenever it exits, until stopped.
+struct Receiver {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    last_error: Arc<Mutex<Option<String>>>,
+    /// Whether a `pg_receivewal` process is running now.
+    running: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    fn spawn(bindir: &Path, url: &str, wal: &Path, name: &str) -> Receiver {
+        let (stop, mut stopped) = watch::channel(false);
+        let last_error = Arc::new(Mutex::new(None));
+        let running = Arc::new(AtomicBool::new(false));
+        let up = running.clone();
+        let argv = vec![
+            bindir.join("pg_receivewal").display().to_string(),
+            "-d".into(),
+            url.to_string(),
+            "-D".into(),
+            wal.display().to_string(),
+            "--slot".into(),
+            name.to_string(),
+            "--synchronous".into(),
+            "--no-loop".into(),
+        ];
+        let name = name.to_string();
+        let errors = last_error.clone();
+        let task = tokio::spawn(async move {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                let mut cmd = tokio::process::Command::new(&argv[0]);
+                cmd.args(&argv[1..])
+                    .env("PGAPPNAME", &name)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .kill_on_drop(true);
+                let mut child = match cmd.spawn() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if let Ok(mut g) = errors.lock() {
+                            *g = Some(format!("cannot run {}: {e}", argv[0]));
+                        }
+                        return;
+                    }
+                };
+                up.store(true, Ordering::SeqCst);
+                let stderr = child.stderr.take();
+                let errs = errors.clone();
+                let reader = tokio::spawn(async move {
+                    let Some(stderr) = stderr else { return };
+                    let mut lines = tokio::io::BufReader::new(stderr).lines();
+                    let mut text = String::new();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        text.push_str(&line);
+                        text.push('\n');
+                        text = tail(&text, 2000);
+                        text.push('\n');
+                        if let Ok(mut g) = errs.lock() {
+                            *g = Some(text.trim().to_string());
+                        }
+                    }
+                });
+                tokio::select! {
+                    status = child.wait() => {
+                        up.store(false, Ordering::SeqCst);
+                        let _ = reader.await;
+                        let msg = errors.lock().ok().and_then(|g| g.clone()).unwrap_or_default();
+                        tracing::warn!(slot = %name, status = ?status.ok(), error = %msg, "The shadow's pg_receivewal exited; starting it again.");
+                    }
+                    _ = stopped.changed() => {
+                        if let Some(pid) = child.id() {
+                            // SIGINT: pg_receivewal flushes and closes its segment, then exits.
+                            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT);
+                        }
+                        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                            let _ = child.kill().await;
+                        }
+                        reader.abort();
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stopped.changed() => return,
+                }
+                pause = (pause * 2).min(RESTART_CAP);
+            }
+        });
+        Receiver {
+            stop,
+            task,
+            last_error,
+            running,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standby_names_are_matched_as_members() {
+        assert!(names_include("bw_shadow_1", "bw_shadow_1"));
+        assert!(names_include("FIRST 1 (a, \"bw_shadow_1\")", "bw_shadow_1"));
+        assert!(names_include("ANY 2 (x,bw_shadow_1,y)", "bw_shadow_1"));
+        assert!(names_include("*", "bw_shadow_1"));
+        assert!(!names_include("bw_shadow_10", "bw_shadow_1"));
+        assert!(!names_include("", "bw_shadow_1"));
+    }
+}

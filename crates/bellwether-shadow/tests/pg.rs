@@ -1,0 +1,496 @@
+//! PostgreSQL shadows on real clusters (initdb/pg_ctl from /usr/lib/postgresql/*/bin, as the
+//! `postgres` user when root): a transactional shadow under a write workload restored to a
+//! point (every commit acknowledged before the point back, none issued after it), a crash of
+//! the primary restored to the end of the shadow (no acknowledged commit lost), and bad input
+//! (a time before the first point, another cluster's data directory, a missing WAL segment,
+//! a role that may not register the synchronous standby): clear errors, live data untouched.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bellwether_pg::testing::{TestCluster, TestClusterOptions};
+use bellwether_shadow::pg::{restore_with, PgOptions, PgShadow, RestoreMode, SyncSetup};
+use bellwether_shadow::point::{Reason, Retention, Shadow, ShadowOptions, Source};
+use bellwether_shadow::{RestoreRequest, ShadowError, ShadowType, Target, Timestamp};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn sql(url: &str, text: &str) -> Vec<tokio_postgres::Row> {
+    rt().block_on(async {
+        let c = bellwether_pg::connect(url).await.expect("connect");
+        c.client
+            .query(text, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{text}: {e:?}"))
+    })
+}
+
+fn exec(url: &str, text: &str) {
+    rt().block_on(async {
+        let c = bellwether_pg::connect(url).await.expect("connect");
+        c.client
+            .batch_execute(text)
+            .await
+            .unwrap_or_else(|e| panic!("{text}: {e:?}"))
+    })
+}
+
+fn ids(url: &str) -> Vec<i64> {
+    sql(url, "SELECT id FROM public.t ORDER BY id")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn options(dir: &Path, url: &str, t: ShadowType) -> (ShadowOptions, PgOptions) {
+    (
+        ShadowOptions {
+            dir: dir.to_path_buf(),
+            source: Source::Url(url.to_string()),
+            shadow_type: t,
+            points_every: None,
+            retention: Retention::default(),
+            poll: None,
+        },
+        PgOptions::new(url, t),
+    )
+}
+
+/// A client inserting ids 1, 2, … one transaction each, recording which were acknowledged
+/// and which it had begun to issue.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    /// The next id to be issued (every id below it was issued).
+    next: Arc<AtomicU64>,
+    acked: Arc<Mutex<Vec<i64>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(url: &str) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicU64::new(1));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let (s, n, a, url) = (stop.clone(), next.clone(), acked.clone(), url.to_string());
+        let thread = std::thread::spawn(move || {
+            rt().block_on(async move {
+                let c = bellwether_pg::connect(&url).await.expect("writer connects");
+                while !s.load(Ordering::SeqCst) {
+                    let id = n.fetch_add(1, Ordering::SeqCst) as i64;
+                    match c
+                        .client
+                        .execute("INSERT INTO public.t VALUES ($1)", &[&id])
+                        .await
+                    {
+                        Ok(_) => a.lock().unwrap().push(id),
+                        // The primary went away (the crash test): stop writing.
+                        Err(_) => return,
+                    }
+                }
+            })
+        });
+        Writer {
+            stop,
+            next,
+            acked,
+            thread: Some(thread),
+        }
+    }
+
+    fn acked(&self) -> Vec<i64> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` more commits were acknowledged (the workload's own pace).
+    fn wait_for(&self, n: usize) {
+        let start = self.acked().len();
+        while self.acked().len() < start + n
+            && !self.thread.as_ref().is_some_and(|t| t.is_finished())
+        {
+            std::thread::yield_now();
+        }
+    }
+
+    fn stop(mut self) -> Vec<i64> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("writer thread");
+        }
+        self.acked()
+    }
+}
+
+/// `pg_ctl ACTION -D DIR` as the server's user (the restored cluster, which the test
+/// cluster's own handle no longer stops after a crash).
+fn pg_ctl(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
+    let bin = cluster.bindir.join("pg_ctl");
+    let mut cmd = if nix_is_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&bin);
+        c
+    } else {
+        std::process::Command::new(&bin)
+    };
+    cmd.args(args).output().expect("pg_ctl runs")
+}
+
+fn nix_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+fn shadow_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("bw-pg-shadow-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+#[test]
+fn transactional_shadow_restores_to_a_point_with_every_commit_before_it_and_none_after() {
+    let cluster = TestCluster::start(TestClusterOptions::default());
+    let url = cluster.url();
+    exec(&url, "CREATE TABLE public.t (id bigint PRIMARY KEY)");
+    let sd = shadow_dir();
+    let (opts, pg) = options(sd.path(), &url, ShadowType::Transactional);
+    let mut shadow = PgShadow::start(&opts, &pg).expect("the shadow starts");
+    let name = shadow.info().name.clone();
+    // The primary now waits for the shadow on every commit.
+    let rows = sql(&url, "SELECT current_setting('synchronous_standby_names')");
+    assert_eq!(rows[0].get::<_, String>(0), name);
+    let rows = sql(
+        &url,
+        &format!("SELECT sync_state FROM pg_stat_replication WHERE application_name = '{name}'"),
+    );
+    assert_eq!(rows[0].get::<_, String>(0), "sync");
+
+    let writer = Writer::start(&url);
+    writer.wait_for(200);
+    let acked_before: Vec<i64> = writer.acked();
+    let point = shadow.take_point(Reason::OnDemand).expect("a point");
+    let issued_after = writer.next.load(Ordering::SeqCst) as i64;
+    writer.wait_for(200);
+    let later = shadow.take_point(Reason::Schedule).expect("a later point");
+    writer.wait_for(100);
+    let all_acked = writer.stop();
+    assert!(all_acked.len() >= 500 && later.seq > point.seq);
+    drop(shadow);
+    // Dropping the shadow released the primary.
+    let rows = sql(&url, "SELECT current_setting('synchronous_standby_names'), (SELECT count(*) FROM pg_replication_slots)");
+    assert_eq!(rows[0].get::<_, String>(0), "");
+    assert_eq!(rows[0].get::<_, i64>(1), 0);
+
+    let req = RestoreRequest {
+        dir: sd.path().to_path_buf(),
+        target: Target::Point(point.id()),
+        dest: cluster.data_dir.clone(),
+        elsewhere: false,
+    };
+    let report = restore_with(
+        &req,
+        &RestoreMode::for_dest(&cluster.data_dir),
+        None,
+        Duration::from_secs(300),
+    )
+    .unwrap_or_else(|e| panic!("restore: {e}\n{}", cluster.log()));
+    assert_eq!(report.point, point.id());
+    let restored = ids(&url);
+    let missing: Vec<_> = acked_before
+        .iter()
+        .filter(|i| !restored.contains(i))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged before the point but not restored: {missing:?}"
+    );
+    let extra: Vec<_> = restored.iter().filter(|i| **i >= issued_after).collect();
+    assert!(
+        extra.is_empty(),
+        "issued after the point but restored: {extra:?}"
+    );
+    // The restored cluster is the primary again (promoted) and takes writes.
+    exec(&url, "INSERT INTO public.t VALUES (-1)");
+    let previous: Vec<PathBuf> = std::fs::read_dir(cluster.data_dir.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains(".before-restore-"))
+        .collect();
+    assert_eq!(
+        previous.len(),
+        1,
+        "the previous data directory is kept beside"
+    );
+}
+
+#[test]
+fn a_crashed_primary_restores_to_the_end_of_the_shadow_without_losing_an_acknowledged_commit() {
+    let mut cluster = TestCluster::start(TestClusterOptions::default());
+    let url = cluster.url();
+    exec(&url, "CREATE TABLE public.t (id bigint PRIMARY KEY)");
+    let sd = shadow_dir();
+    let (opts, pg) = options(sd.path(), &url, ShadowType::Transactional);
+    let shadow = PgShadow::start(&opts, &pg).expect("the shadow starts");
+    let writer = Writer::start(&url);
+    writer.wait_for(300);
+    let before_crash = Timestamp::now();
+    // Crash: every server process stopped at once (`pg_ctl stop -m immediate`).
+    cluster.stop().expect("immediate stop");
+    let acked = writer.stop();
+    drop(shadow);
+
+    // A time before the crash (a restore to a time, beside) and the end of the shadow (swap).
+    let beside = cluster.dir().join("restored-at-time");
+    let req = RestoreRequest {
+        dir: sd.path().to_path_buf(),
+        target: Target::Time(before_crash),
+        dest: beside.clone(),
+        elsewhere: true,
+    };
+    let r = restore_with(
+        &req,
+        &RestoreMode::for_dest(&beside),
+        None,
+        Duration::from_secs(300),
+    )
+    .expect("restore to a time");
+    assert!(beside.join("PG_VERSION").is_file() && r.restored_to <= before_crash);
+
+    let req = RestoreRequest {
+        dir: sd.path().to_path_buf(),
+        target: Target::Latest,
+        dest: cluster.data_dir.clone(),
+        elsewhere: false,
+    };
+    let result = restore_with(
+        &req,
+        &RestoreMode::for_dest(&cluster.data_dir),
+        None,
+        Duration::from_secs(300),
+    );
+    let restored = result.as_ref().ok().map(|_| ids(&url));
+    let stop = pg_ctl(
+        &cluster,
+        &[
+            "stop",
+            "-w",
+            "-m",
+            "immediate",
+            "-D",
+            &cluster.data_dir.display().to_string(),
+        ],
+    );
+    result.unwrap_or_else(|e| panic!("restore: {e}"));
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    let restored = restored.unwrap_or_default();
+    let lost: Vec<_> = acked.iter().filter(|i| !restored.contains(i)).collect();
+    assert!(acked.len() >= 300);
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged commits lost: {lost:?}",
+        lost.len()
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_leaves_the_live_data_alone() {
+    let a = TestCluster::start(TestClusterOptions::default());
+    let b = TestCluster::start(TestClusterOptions::default());
+    exec(
+        &a.url(),
+        "CREATE TABLE public.t (id bigint PRIMARY KEY); INSERT INTO public.t VALUES (1)",
+    );
+    exec(
+        &b.url(),
+        "CREATE TABLE public.t (id bigint PRIMARY KEY); INSERT INTO public.t VALUES (2)",
+    );
+    let sd = shadow_dir();
+    let (opts, pg) = options(sd.path(), &a.url(), ShadowType::Transactional);
+    let mut shadow = PgShadow::start(&opts, &pg).expect("the shadow starts");
+    let first = shadow.store().points().unwrap()[0].clone();
+
+    // A time before the first point.
+    let early = RestoreRequest {
+        dir: sd.path().to_path_buf(),
+        target: Target::Time(Timestamp::from_micros(
+            first.consistent_at.as_micros() - 60_000_000,
+        )),
+        dest: a.data_dir.clone(),
+        elsewhere: false,
+    };
+    let e = restore_with(
+        &early,
+        &RestoreMode::for_dest(&a.data_dir),
+        None,
+        Duration::from_secs(60),
+    )
+    .unwrap_err();
+    assert!(matches!(e, ShadowError::BeforeFirstPoint { .. }), "{e}");
+    assert!(e.to_string().contains("before the first point"), "{e}");
+
+    // Another cluster's data directory: refused before anything is stopped or moved.
+    let other = RestoreRequest {
+        dir: sd.path().to_path_buf(),
+        target: Target::Latest,
+        dest: b.data_dir.clone(),
+        elsewhere: false,
+    };
+    let e = restore_with(
+        &other,
+        &RestoreMode::for_dest(&b.data_dir),
+        None,
+        Duration::from_secs(60),
+    )
+    .unwrap_err();
+    assert!(matches!(e, ShadowError::OtherResource { .. }), "{e}");
+    assert!(e.to_string().contains("system identifier"), "{e}");
+    assert_eq!(ids(&b.url()), vec![2]);
+
+    // A WAL segment missing from the stream after the latest point.
+    shadow.take_point(Reason::OnDemand).expect("a point");
+    for i in 10..14 {
+        exec(
+            &a.url(),
+            &format!("INSERT INTO public.t VALUES ({i}); SELECT pg_switch_wal()"),
+        );
+    }
+    // The switches' segments are complete once the shadow flushed past them.
+    let last = sql(&a.url(), "SELECT pg_walfile_name(pg_current_wal_lsn())")[0].get::<_, String>(0);
+    let wal = sd.path().join("pg").join("wal");
+    let mut segments: Vec<String> = Vec::new();
+    while !wal.join(&last).exists() && !wal.join(format!("{last}.partial")).exists() {
+        std::thread::yield_now();
+    }
+    for e in std::fs::read_dir(&wal).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.len() == 24 {
+            segments.push(n);
+        }
+    }
+    segments.sort();
+    let gone = segments[segments.len() - 2].clone();
+    std::fs::remove_file(wal.join(&gone)).unwrap();
+    let dest = a.dir().join("restored");
+    let latest = RestoreRequest {
+        dir: sd.path().to_path_buf(),
+        target: Target::Latest,
+        dest: dest.clone(),
+        elsewhere: true,
+    };
+    let e = restore_with(
+        &latest,
+        &RestoreMode::for_dest(&dest),
+        None,
+        Duration::from_secs(120),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("WAL segment {gone} is missing")),
+        "{e}"
+    );
+    assert!(
+        !dest.exists(),
+        "nothing is left where the restore would have gone"
+    );
+    assert!(std::fs::read_dir(a.dir())
+        .unwrap()
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().contains("bw-restore")));
+    drop(shadow);
+    assert_eq!(ids(&a.url()), vec![1, 10, 11, 12, 13]);
+
+    // A role that may stream but not change synchronous_standby_names.
+    exec(&a.url(), "CREATE ROLE shadow_norights LOGIN REPLICATION");
+    let url = a.url_for("shadow_norights", "postgres");
+    let sd2 = shadow_dir();
+    let (opts, mut pg) = options(sd2.path(), &url, ShadowType::Transactional);
+    pg.sync = SyncSetup::Configure;
+    let e = PgShadow::start(&opts, &pg).err().expect("refused");
+    let text = e.to_string();
+    assert!(
+        text.contains("cannot set synchronous_standby_names")
+            && text.contains("GRANT ALTER SYSTEM ON PARAMETER"),
+        "{text}"
+    );
+    let rows = sql(&a.url(), "SELECT current_setting('synchronous_standby_names'), (SELECT count(*) FROM pg_replication_slots)");
+    assert_eq!(
+        rows[0].get::<_, String>(0),
+        "",
+        "the primary is left as it was"
+    );
+    assert_eq!(rows[0].get::<_, i64>(1), 0, "the slot is dropped again");
+}
+
+/// Starts a restored copy left beside (a restore to a new directory) on a free port, runs
+/// `f` with its URL, and stops it.
+fn with_copy<T>(cluster: &TestCluster, dir: &Path, f: impl FnOnce(&str) -> T) -> T {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let auto = dir.join("postgresql.auto.conf");
+    let mut conf = std::fs::read_to_string(&auto).unwrap_or_default();
+    conf.push_str(&format!("port = {port}\nunix_socket_directories = ''\n"));
+    std::fs::write(&auto, conf).unwrap();
+    let d = dir.display().to_string();
+    let log = dir.join("copy.log").display().to_string();
+    let out = pg_ctl(cluster, &["start", "-w", "-D", &d, "-l", &log]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stderr), std::fs::read_to_string(&log).unwrap_or_default());
+    let result = f(&format!("postgres://postgres@127.0.0.1:{port}/postgres"));
+    let out = pg_ctl(cluster, &["stop", "-w", "-m", "fast", "-D", &d]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    result
+}
+
+#[test]
+fn differential_and_full_shadows_restore_their_points() {
+    let cluster = TestCluster::start(TestClusterOptions::default());
+    let url = cluster.url();
+    exec(&url, "CREATE TABLE public.t (id bigint PRIMARY KEY)");
+    let (dd, fd) = (shadow_dir(), shadow_dir());
+    let (o, p) = options(dd.path(), &url, ShadowType::Differential);
+    let mut diff = PgShadow::start(&o, &p).expect("a differential shadow starts");
+    let (o, p) = options(fd.path(), &url, ShadowType::Full);
+    let mut full = PgShadow::start(&o, &p).expect("a full shadow starts");
+    exec(&url, "INSERT INTO public.t SELECT generate_series(1, 100)");
+    let d1 = diff.take_point(Reason::OnDemand).expect("differential point");
+    let f1 = full.take_point(Reason::OnDemand).expect("full point");
+    exec(&url, "INSERT INTO public.t SELECT generate_series(101, 200)");
+    let d2 = diff.take_point(Reason::Schedule).expect("differential point");
+    let f2 = full.take_point(Reason::Schedule).expect("full point");
+    exec(&url, "INSERT INTO public.t SELECT generate_series(201, 300)");
+    // A later point stores only what changed (objects are shared): the differential one its
+    // new WAL, the full one the chunks of the relation files that changed.
+    for m in [&d2, &f2] {
+        assert!(m.new_bytes * 4 < m.bytes, "{}: {} new of {} bytes", m.id(), m.new_bytes, m.bytes);
+    }
+    drop(diff);
+    drop(full);
+
+    let restore_to = |dir: &Path, target: Target, name: &str| -> Vec<i64> {
+        let dest = cluster.dir().join(name);
+        let req = RestoreRequest { dir: dir.to_path_buf(), target, dest: dest.clone(), elsewhere: true };
+        restore_with(&req, &RestoreMode::for_dest(&dest), None, Duration::from_secs(300))
+            .unwrap_or_else(|e| panic!("restore {name}: {e}"));
+        with_copy(&cluster, &dest, |u| ids(u))
+    };
+    let expect = |n: i64| (1..=n).collect::<Vec<_>>();
+    assert_eq!(restore_to(dd.path(), Target::Point(d1.id()), "diff-1"), expect(100));
+    assert_eq!(restore_to(dd.path(), Target::Point(d2.id()), "diff-2"), expect(200));
+    assert_eq!(restore_to(fd.path(), Target::Point(f1.id()), "full-1"), expect(100));
+    // A time between the full points: the latest full point at or before it.
+    let between = Timestamp::from_micros((f1.consistent_at.as_micros() + f2.taken_at.as_micros()) / 2);
+    assert_eq!(restore_to(fd.path(), Target::Time(between), "full-t"), expect(100));
+    // The live cluster was never touched.
+    assert_eq!(ids(&url), expect(300));
+}
