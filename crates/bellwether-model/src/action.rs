@@ -155,7 +155,7 @@ pub enum ActionSpec {
     /// the agent's root. Output: the agent's `bellwether_agent::actions::shadow` report.
     Shadow {
         op: ShadowOp,
-        shadow: ShadowCall,
+        shadow: Box<ShadowCall>,
         timeout_ms: Option<u64>,
     },
 }
@@ -1059,7 +1059,7 @@ impl Wire {
                             only(b, &["shadow", "timeout_ms"])?;
                             ActionSpec::Shadow {
                                 op,
-                                shadow: shadow.ok_or(missing(b, "shadow"))?,
+                                shadow: Box::new(shadow.ok_or(missing(b, "shadow"))?),
                                 timeout_ms,
                             }
                         }
@@ -1229,7 +1229,7 @@ impl Wire {
                 shadow, timeout_ms, ..
             } => Wire {
                 builtin,
-                shadow: Some(shadow),
+                shadow: Some(*shadow),
                 timeout_ms,
                 ..Wire::default()
             },

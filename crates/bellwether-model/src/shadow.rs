@@ -885,7 +885,8 @@ mod tests {
 
     #[test]
     fn bad_input_names_the_field() {
-        let cases: Vec<(Box<dyn Fn(&mut ShadowSpec)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut ShadowSpec)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|s| s.name = "Orders".into()), "name"),
             (Box::new(|s| s.host = "bad host".into()), "host"),
             (Box::new(|s| s.dir = "/abs".into()), "dir"),
