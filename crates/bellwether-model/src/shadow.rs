@@ -1014,4 +1014,31 @@ mod tests {
             Some(ShadowOp::Route)
         );
     }
+
+    #[test]
+    fn a_shadow_action_round_trips_on_the_wire_and_is_checked() {
+        let mut call = ShadowCall::of(&spec());
+        call.reason = Some(PointReason::Predicted {
+            source: "detector".into(),
+            expected_failure_ms: 5,
+            probability: 0.7,
+        });
+        let a = crate::ActionSpec::Shadow {
+            op: ShadowOp::Point,
+            shadow: Box::new(call),
+            timeout_ms: None,
+        };
+        let v = serde_json::to_value(&a).unwrap();
+        assert_eq!(v["builtin"], "shadow_point");
+        let back: crate::ActionSpec = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(back, a);
+        let mut bad = v.clone();
+        bad["shadow"]["dir"] = serde_json::json!("../../etc");
+        let e = serde_json::from_value::<crate::ActionSpec>(bad).unwrap_err();
+        assert!(e.to_string().contains("shadow.dir"), "{e}");
+        let mut bad = v;
+        bad["builtin"] = serde_json::json!("shadow_restore");
+        let e = serde_json::from_value::<crate::ActionSpec>(bad).unwrap_err();
+        assert!(e.to_string().contains("shadow.location"), "{e}");
+    }
 }
