@@ -1,1 +1,793 @@
-//! (being written: see docs/shadow.md)
+//! SQLite shadows of a database file that another process writes, in WAL mode (or, for full
+//! and differential shadows, with a rollback journal).
+//!
+//! **Consistent images.** A point is the database file with the WAL's committed frames laid
+//! over it, read while the shadow holds a read transaction on its own connection. SQLite's
+//! checkpointer never copies frames past the oldest reader's snapshot into the database file
+//! and never restarts the WAL while a reader uses it, so the file plus every valid frame up
+//! to the last commit frame is one consistent state, whatever the writer does meanwhile.
+//! (With a rollback journal, the read transaction's shared lock keeps writers out.)
+//!
+//! **Following commits** (transactional). The shadow keeps a read transaction open, reads
+//! the WAL frames that appear after its cursor (format: <https://sqlite.org/fileformat2.html#walformat>),
+//! and logs each commit (the pages it wrote and the database size) with the time it was seen
+//! in the point's commit log, synced before the next poll. It then moves its read
+//! transaction forward (a second connection begins one before the first ends, so the WAL is
+//! never unguarded). A read transaction pins the WAL: it cannot restart, so it would grow
+//! without end. When it passes [`WAL_LIMIT`], the shadow takes the write lock for an instant
+//! (no commit can happen), reads the last frames, checkpoints, and lets go: the writer's next
+//! commit restarts the WAL, and the shadow follows the new generation from its start.
+//!
+//! **Restore** builds the file beside the live one (objects hashed as they are read, commits
+//! replayed), runs `PRAGMA integrity_check` on it, moves the live file's WAL aside (a WAL left
+//! beside a new database would be replayed into it) and renames the result over the live
+//! file. Writers must be stopped first; a failed check leaves everything as it was.
+//!
+//! What this module must never do: write to the live database (the shadow only reads, and
+//! checkpoints, which any reader may do), or rename a restored file in place before it
+//! passed its checks.
+
+mod wal;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::point::{
+    replace_beside, Entry, EntryKind, LogWriter, Manifest, PointDraft, Position, Reason, Resource,
+    ResourceKind, RestoreReport, RestoreRequest, Shadow, ShadowError, ShadowMeta, ShadowOptions,
+    ShadowType, Source, SyncReport, Target, Timestamp, FORMAT,
+};
+use crate::PointStore;
+
+/// Chunk size of differential and transactional points: points share every 64 KiB chunk
+/// that did not change.
+pub const CHUNK: usize = 64 * 1024;
+/// The WAL size past which a transactional shadow checkpoints (see the module docs).
+pub const WAL_LIMIT: u64 = 4 * 1024 * 1024;
+/// The default poll interval of a transactional shadow.
+pub const DEFAULT_POLL: Duration = Duration::from_millis(10);
+
+/// The SQLite entry points ([`Resource`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sqlite;
+
+impl Resource for Sqlite {
+    fn kind(&self) -> ResourceKind {
+        ResourceKind::Sqlite
+    }
+
+    fn start(&self, opts: &ShadowOptions) -> Result<Box<dyn Shadow>, ShadowError> {
+        Ok(Box::new(SqliteShadow::start(opts)?))
+    }
+
+    fn restore(&self, req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
+        restore(req)
+    }
+}
+
+/// The absolute form of `p` (its parent resolved when `p` itself is missing), as kept in
+/// `shadow.json` and compared on restore.
+pub fn canonical(p: &Path) -> Result<PathBuf, ShadowError> {
+    if let Ok(c) = p.canonicalize() {
+        return Ok(c);
+    }
+    let name = p
+        .file_name()
+        .ok_or_else(|| ShadowError::Unsupported(format!("{} names no file", p.display())))?;
+    let parent = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Ok(parent
+        .canonicalize()
+        .map_err(ShadowError::io(parent))?
+        .join(name))
+}
+
+fn sql_err(db: &Path) -> impl Fn(rusqlite::Error) -> ShadowError + '_ {
+    move |e| ShadowError::Source {
+        source_name: db.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn wal_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+fn shm_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-shm");
+    PathBuf::from(s)
+}
+
+/// A connection that reads the live database and never checkpoints it on close.
+fn open_reader(db: &Path) -> Result<Connection, ShadowError> {
+    if !db.is_file() {
+        return Err(ShadowError::Source {
+            source_name: db.display().to_string(),
+            reason: "no such SQLite database file".into(),
+        });
+    }
+    let c = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql_err(db))?;
+    c.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .map_err(sql_err(db))?;
+    c.busy_timeout(Duration::from_secs(5))
+        .map_err(sql_err(db))?;
+    // Fails here, with SQLite's own message, when the file is no database.
+    c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(sql_err(db))?;
+    Ok(c)
+}
+
+fn begin_read(c: &Connection, db: &Path) -> Result<(), ShadowError> {
+    c.execute_batch("BEGIN DEFERRED").map_err(sql_err(db))?;
+    c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|_| ())
+    .map_err(|e| {
+        let _ = c.execute_batch("ROLLBACK");
+        sql_err(db)(e)
+    })
+}
+
+fn end_read(c: &Connection, db: &Path) -> Result<(), ShadowError> {
+    if c.is_autocommit() {
+        return Ok(());
+    }
+    c.execute_batch("COMMIT").map_err(sql_err(db))
+}
+
+/// A consistent copy of the database in the store's `tmp/`.
+struct Image {
+    path: PathBuf,
+    page_size: u32,
+    pages: u32,
+    change_counter: u32,
+}
+
+fn page_size_of(header: &[u8]) -> u32 {
+    match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65536,
+        n => u32::from(n),
+    }
+}
+
+/// Copies the database file and lays the WAL's committed frames over it: all of them, or,
+/// with `limit`, those up to the cursor (when the WAL is still that generation). The caller
+/// holds a read transaction (see the module docs).
+///
+/// `src` is the database file opened once for the shadow's life: closing any descriptor of
+/// the file would drop every POSIX lock this process holds on it, SQLite's included.
+fn build_image(
+    db: &Path,
+    src: &File,
+    out: &Path,
+    limit: Option<&wal::Cursor>,
+) -> Result<Image, ShadowError> {
+    let result = (|| {
+        let mut dst = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(out)
+            .map_err(ShadowError::io(out))?;
+        copy_whole(src, &dst).map_err(ShadowError::io(out))?;
+        let mut header = [0u8; 100];
+        let file_len = dst.metadata().map_err(ShadowError::io(out))?.len();
+        let mut page_size = 0;
+        if file_len >= 100 {
+            dst.read_exact_at(&mut header, 0)
+                .map_err(ShadowError::io(out))?;
+            page_size = page_size_of(&header);
+        }
+        let mut db_pages = None;
+        let wp = wal_path(db);
+        if let Ok(wf) = File::open(&wp) {
+            if let Some(h) = wal::read_header(&wf).map_err(ShadowError::io(&wp))? {
+                let same_generation = limit.is_none_or(|c| c.header.salt == h.salt);
+                if same_generation {
+                    let mut cur = wal::Cursor::start(h);
+                    let commits = cur
+                        .read_commits(&wf, None, limit.map(|c| c.offset))
+                        .map_err(ShadowError::io(&wp))?;
+                    for c in &commits {
+                        for (pgno, page) in &c.pages {
+                            dst.write_all_at(page, u64::from(pgno - 1) * u64::from(h.page_size))
+                                .map_err(ShadowError::io(out))?;
+                        }
+                        db_pages = Some(c.db_pages);
+                    }
+                    if !commits.is_empty() {
+                        page_size = h.page_size;
+                    }
+                }
+            }
+        }
+        if page_size == 0 {
+            return Err(ShadowError::Source {
+                source_name: db.display().to_string(),
+                reason: "the file has no SQLite header (empty or not a database)".into(),
+            });
+        }
+        let pages = match db_pages {
+            Some(n) => n,
+            None => (file_len / u64::from(page_size)) as u32,
+        };
+        dst.set_len(u64::from(pages) * u64::from(page_size))
+            .map_err(ShadowError::io(out))?;
+        dst.read_exact_at(&mut header, 0)
+            .map_err(ShadowError::io(out))?;
+        dst.flush().map_err(ShadowError::io(out))?;
+        Ok(Image {
+            path: out.to_owned(),
+            page_size,
+            pages,
+            change_counter: u32::from_be_bytes([header[24], header[25], header[26], header[27]]),
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    result
+}
+
+/// Copies all of `src` into the empty `dst` by offsets (`src`'s position is not used, so
+/// the descriptor can be shared), in the kernel where it can.
+fn copy_whole(src: &File, dst: &File) -> io::Result<()> {
+    let len = src.metadata()?.len();
+    let mut off_in = 0u64;
+    let mut off_out = 0u64;
+    while off_in < len {
+        let want = (len - off_in).min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => {
+                // No copy_file_range here (an old kernel, another file system): pread/pwrite.
+                let mut buf = vec![0u8; 1 << 20];
+                while off_in < len {
+                    let n = src.read_at(&mut buf, off_in)?;
+                    if n == 0 {
+                        break;
+                    }
+                    dst.write_all_at(&buf[..n], off_out)?;
+                    off_in += n as u64;
+                    off_out += n as u64;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A running shadow of one SQLite file.
+pub struct SqliteShadow {
+    store: PointStore,
+    db: PathBuf,
+    ty: ShadowType,
+    poll: Duration,
+    /// Two reader connections; `conns[active]` holds the read transaction (transactional).
+    conns: [Connection; 2],
+    active: usize,
+    cursor: Option<wal::Cursor>,
+    log: Option<LogWriter>,
+    last_point: Option<Manifest>,
+    commits: u64,
+    last_at: Timestamp,
+    /// Declared after `conns` so it is closed after them (see [`build_image`]).
+    db_file: File,
+}
+
+impl std::fmt::Debug for SqliteShadow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteShadow")
+            .field("db", &self.db)
+            .field("type", &self.ty)
+            .field("commits", &self.commits)
+            .finish()
+    }
+}
+
+impl SqliteShadow {
+    /// Opens or creates the shadow of `opts.source` (a path) at `opts.dir`, takes its writer
+    /// lock and its base point (transactional shadows take one at every start: commits made
+    /// while no shadow followed were not logged).
+    pub fn start(opts: &ShadowOptions) -> Result<SqliteShadow, ShadowError> {
+        let Source::Path(path) = &opts.source else {
+            return Err(ShadowError::Unsupported(
+                "a SQLite shadow follows a file (--path), not a URL".into(),
+            ));
+        };
+        let db = canonical(path)?;
+        let conns = [open_reader(&db)?, open_reader(&db)?];
+        let db_file = File::open(&db).map_err(ShadowError::io(&db))?;
+        if opts.shadow_type == ShadowType::Transactional {
+            let mode: String = conns[0]
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .map_err(sql_err(&db))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(ShadowError::Source {
+                    source_name: db.display().to_string(),
+                    reason: format!(
+                        "a transactional shadow follows the WAL, but the database's journal mode is {mode} (the writer sets PRAGMA journal_mode=WAL)"
+                    ),
+                });
+            }
+        }
+        let mut store = PointStore::create(
+            &opts.dir,
+            ShadowMeta {
+                format: FORMAT,
+                kind: ResourceKind::Sqlite,
+                source: db.display().to_string(),
+                shadow_type: opts.shadow_type,
+                created_at: Timestamp::now(),
+                retention: opts.retention,
+            },
+        )?;
+        store.lock_writer()?;
+        let last_point = store.points()?.pop();
+        let mut s = SqliteShadow {
+            store,
+            db,
+            ty: opts.shadow_type,
+            poll: opts.poll.map_or(DEFAULT_POLL, |d| d.get()),
+            conns,
+            active: 0,
+            cursor: None,
+            log: None,
+            last_point,
+            commits: 0,
+            last_at: Timestamp(0),
+            db_file,
+        };
+        if s.ty == ShadowType::Transactional || s.last_point.is_none() {
+            s.take_point(Reason::Base)?;
+        }
+        Ok(s)
+    }
+
+    pub fn db(&self) -> &Path {
+        &self.db
+    }
+
+    /// Commits logged since this shadow started.
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
+
+    fn now(&mut self) -> Timestamp {
+        let t = Timestamp::now().max(self.last_at);
+        self.last_at = t;
+        t
+    }
+
+    /// Reads and logs the commits after the cursor (transactional), syncing the log.
+    fn read_new(&mut self) -> Result<SyncReport, ShadowError> {
+        let mut report = SyncReport::default();
+        let Some(cursor) = self.cursor.as_mut() else {
+            return Ok(report);
+        };
+        let wp = wal_path(&self.db);
+        let wf = match File::open(&wp) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
+            Err(e) => return Err(ShadowError::io(wp)(e)),
+        };
+        let Some(h) = wal::read_header(&wf).map_err(ShadowError::io(&wp))? else {
+            return Ok(report);
+        };
+        if h.salt != cursor.header.salt {
+            // A new generation: the previous one was read to its end (a held read
+            // transaction keeps the WAL from restarting before that; see the module docs).
+            *cursor = wal::Cursor::start(h);
+        }
+        let commits = cursor
+            .read_commits(&wf, None, None)
+            .map_err(ShadowError::io(&wp))?;
+        if commits.is_empty() {
+            return Ok(report);
+        }
+        let at = self.now();
+        let ps = h.page_size;
+        // Before the base point there is no log: those commits are in the base image.
+        let Some(log) = self.log.as_mut() else {
+            return Ok(report);
+        };
+        for c in &commits {
+            let payload = wal::encode(ps, c);
+            report.bytes += payload.len() as u64;
+            log.append(at, &payload);
+        }
+        log.flush()?;
+        self.commits += commits.len() as u64;
+        report.commits = commits.len() as u64;
+        report.latest_commit_at = Some(at);
+        Ok(report)
+    }
+
+    /// Moves the read transaction forward: the other connection begins one, then the held
+    /// one ends.
+    fn roll(&mut self) -> Result<(), ShadowError> {
+        let next = 1 - self.active;
+        begin_read(&self.conns[next], &self.db)?;
+        end_read(&self.conns[self.active], &self.db)?;
+        self.active = next;
+        Ok(())
+    }
+
+    /// Lets the WAL restart (see the module docs): under the write lock, read the last
+    /// frames, checkpoint, then hold a fresh read transaction before letting writers in.
+    fn checkpoint(&mut self) -> Result<SyncReport, ShadowError> {
+        let other = 1 - self.active;
+        let locker = &self.conns[other];
+        locker
+            .busy_timeout(Duration::from_millis(200))
+            .map_err(sql_err(&self.db))?;
+        let got = locker.execute_batch("BEGIN IMMEDIATE");
+        let _ = locker.busy_timeout(Duration::from_secs(5));
+        if got.is_err() {
+            // A long write transaction: try again at the next poll.
+            return Ok(SyncReport::default());
+        }
+        let result = (|| {
+            let report = self.read_new()?;
+            let held = &self.conns[self.active];
+            end_read(held, &self.db)?;
+            let _: (i64, i64, i64) = held
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(sql_err(&self.db))?;
+            begin_read(held, &self.db)?;
+            Ok(report)
+        })();
+        let _ = self.conns[other].execute_batch("ROLLBACK");
+        result
+    }
+
+    fn image(&mut self) -> Result<(Image, Timestamp, Timestamp), ShadowError> {
+        let taken_at = self.now();
+        let out = self.store.temp_path();
+        let image = if self.ty == ShadowType::Transactional {
+            // A fresh read transaction, then every commit up to the WAL's end: the image is
+            // the file plus exactly the frames the log holds (see the module docs).
+            self.roll()?;
+            self.read_new()?;
+            build_image(&self.db, &self.db_file, &out, self.cursor.as_ref())?
+        } else {
+            let c = &self.conns[self.active];
+            begin_read(c, &self.db)?;
+            let r = build_image(&self.db, &self.db_file, &out, None);
+            end_read(c, &self.db)?;
+            r?
+        };
+        let consistent_at = self.now();
+        Ok((image, taken_at, consistent_at))
+    }
+}
+
+impl Shadow for SqliteShadow {
+    fn store(&self) -> &PointStore {
+        &self.store
+    }
+
+    fn sync(&mut self) -> Result<SyncReport, ShadowError> {
+        if self.ty != ShadowType::Transactional {
+            return Ok(SyncReport::default());
+        }
+        let wal_len = std::fs::metadata(wal_path(&self.db))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let report = if wal_len > WAL_LIMIT {
+            self.checkpoint()?
+        } else {
+            let r = self.read_new()?;
+            if r.commits > 0 {
+                self.roll()?;
+            }
+            r
+        };
+        Ok(report)
+    }
+
+    fn take_point(&mut self, reason: Reason) -> Result<Manifest, ShadowError> {
+        if self.ty == ShadowType::Transactional && self.cursor.is_none() {
+            // The first point: begin following here.
+            begin_read(&self.conns[self.active], &self.db)?;
+            let wp = wal_path(&self.db);
+            if let Ok(wf) = File::open(&wp) {
+                if let Some(h) = wal::read_header(&wf).map_err(ShadowError::io(&wp))? {
+                    self.cursor = Some(wal::Cursor::start(h));
+                }
+            }
+            if self.cursor.is_none() {
+                // No WAL yet: follow the first generation that appears.
+                self.cursor = Some(wal::Cursor::empty());
+            }
+        }
+        let (image, taken_at, consistent_at) = self.image()?;
+        let result = (|| {
+            let name = self
+                .db
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "db".into());
+            let mode = std::fs::metadata(&self.db)
+                .map(|m| m.permissions().mode() & 0o7777)
+                .unwrap_or(0o644);
+            let size = u64::from(image.pages) * u64::from(image.page_size);
+            let mut new_bytes = 0;
+            let objects = if self.ty == ShadowType::Full {
+                let (r, new) = self.store.adopt_file(&image.path)?;
+                if new {
+                    new_bytes += r.len;
+                }
+                vec![r]
+            } else {
+                let mut f = File::open(&image.path).map_err(ShadowError::io(&image.path))?;
+                let mut buf = vec![0u8; CHUNK];
+                let mut out = Vec::new();
+                loop {
+                    let n = read_full(&mut f, &mut buf).map_err(ShadowError::io(&image.path))?;
+                    if n == 0 {
+                        break;
+                    }
+                    let (r, new) = self.store.put_object(&buf[..n])?;
+                    if new {
+                        new_bytes += r.len;
+                    }
+                    out.push(r);
+                }
+                out
+            };
+            let position = Position::Sqlite {
+                change_counter: image.change_counter,
+                wal_salt: self.cursor.map_or([0, 0], |c| c.header.salt),
+                wal_frames: self.cursor.map_or(0, |c| c.frames),
+                commits: self.commits,
+                page_size: image.page_size,
+                pages: image.pages,
+            };
+            self.store.commit_point(PointDraft {
+                taken_at,
+                consistent_at,
+                reason,
+                position,
+                entries: vec![Entry {
+                    path: name,
+                    kind: EntryKind::File,
+                    mode,
+                    size,
+                    mtime: None,
+                    objects,
+                }],
+                new_bytes,
+            })
+        })();
+        let _ = std::fs::remove_file(&image.path);
+        let m = result?;
+        if self.ty == ShadowType::Transactional {
+            self.log = Some(self.store.log_writer(m.id())?);
+        }
+        self.last_point = Some(m.clone());
+        Ok(m)
+    }
+
+    fn poll_interval(&self) -> Duration {
+        if self.ty == ShadowType::Transactional {
+            self.poll
+        } else {
+            // Nothing to follow between points: wake for requests and the schedule only.
+            Duration::from_millis(250)
+        }
+    }
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// `file:PATH?immutable=1`: SQLite reads the file alone (no locks, no WAL, no `-shm`).
+fn immutable_uri(p: &Path) -> String {
+    let mut s = String::from("file:");
+    for c in p.display().to_string().chars() {
+        match c {
+            '%' => s.push_str("%25"),
+            '?' => s.push_str("%3f"),
+            '#' => s.push_str("%23"),
+            c => s.push(c),
+        }
+    }
+    s.push_str("?immutable=1");
+    s
+}
+
+/// Runs `PRAGMA integrity_check` on a database file no one else uses.
+pub fn integrity_check(path: &Path) -> Result<(), String> {
+    let c = Connection::open_with_flags(
+        immutable_uri(path),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut stmt = c
+        .prepare("PRAGMA integrity_check")
+        .map_err(|e| e.to_string())?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| e.to_string())?;
+    if rows == ["ok"] {
+        Ok(())
+    } else {
+        Err(rows.into_iter().take(5).collect::<Vec<_>>().join("; "))
+    }
+}
+
+/// Restores a SQLite shadow over `req.dest` (see [`Resource::restore`] and the module docs).
+pub fn restore(req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
+    let start = Instant::now();
+    let dest = canonical(&req.dest)?;
+    let store = if req.elsewhere {
+        let s = PointStore::open(&req.dir)?;
+        if s.meta().kind != ResourceKind::Sqlite {
+            return Err(ShadowError::OtherResource {
+                dir: req.dir.clone(),
+                shadows: format!("{} {}", s.meta().kind, s.meta().source),
+                asked: format!("sqlite {}", dest.display()),
+            });
+        }
+        s
+    } else {
+        PointStore::open_for(&req.dir, ResourceKind::Sqlite, &dest.display().to_string())?
+    };
+    let transactional = store.meta().shadow_type == ShadowType::Transactional;
+    let found = store.find(&req.target)?;
+    let lease = store.lease(found.id())?;
+    let m = store.point(lease.point)?;
+    store.verify_point(&m)?;
+    let until = match req.target {
+        Target::Point(_) => None,
+        Target::Latest => Some(None),
+        Target::Time(t) => Some(Some(t)),
+    };
+    let records = match (transactional, until) {
+        (true, Some(until)) => store.log_records(m.id(), until)?,
+        _ => Vec::new(),
+    };
+    let [entry] = m.entries.as_slice() else {
+        return Err(ShadowError::DamagedPoint {
+            dir: req.dir.clone(),
+            id: m.id(),
+            reason: format!(
+                "a SQLite point holds one file, this one {}",
+                m.entries.len()
+            ),
+        });
+    };
+    let wal = wal_path(&dest);
+    let wal_aside = dest.with_file_name(format!(
+        ".{}-wal.bellwether-replaced.{}",
+        dest.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let mut moved_wal = false;
+    let mut bytes = 0;
+    let built = replace_beside(&dest, |tmp| {
+        bytes = write_point(&store, &m, entry, &records, tmp)?;
+        integrity_check(tmp).map_err(|reason| ShadowError::Verify {
+            dest: dest.clone(),
+            check: "PRAGMA integrity_check".into(),
+            reason,
+        })?;
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(entry.mode & 0o7777))
+            .map_err(ShadowError::io(tmp))?;
+        // Last step before the rename: the live file's WAL belongs to the live file.
+        if wal.exists() {
+            std::fs::rename(&wal, &wal_aside).map_err(ShadowError::io(&wal))?;
+            moved_wal = true;
+        }
+        Ok(())
+    });
+    match built {
+        Ok(()) => {
+            let _ = std::fs::remove_file(shm_path(&dest));
+            if moved_wal {
+                let _ = std::fs::remove_file(&wal_aside);
+            }
+        }
+        Err(e) => {
+            if moved_wal {
+                let _ = std::fs::rename(&wal_aside, &wal);
+            }
+            return Err(e);
+        }
+    }
+    drop(lease);
+    let restored_to = records.last().map_or(m.consistent_at, |r| r.at);
+    Ok(RestoreReport {
+        dest,
+        point: m.id(),
+        point_taken_at: m.taken_at,
+        restored_to,
+        commits_replayed: records.len() as u64,
+        bytes,
+        checks: vec![
+            "checksums".into(),
+            "commit log chain".into(),
+            "PRAGMA integrity_check".into(),
+        ],
+        elapsed_ms: start.elapsed().as_millis() as u64,
+    })
+}
+
+/// Writes the point's file to `tmp` (every object hashed as it is read) and replays the
+/// commits over it. Returns the file's size.
+fn write_point(
+    store: &PointStore,
+    m: &Manifest,
+    entry: &Entry,
+    records: &[crate::point::LogRecord],
+    tmp: &Path,
+) -> Result<u64, ShadowError> {
+    if let ([one], true) = (entry.objects.as_slice(), records.is_empty()) {
+        store.clone_object_into(m.id(), one, tmp)?;
+    } else {
+        let mut f = File::create(tmp).map_err(ShadowError::io(tmp))?;
+        for r in &entry.objects {
+            let bytes = store.read_object(m.id(), r)?;
+            f.write_all(&bytes).map_err(ShadowError::io(tmp))?;
+        }
+    }
+    let f = OpenOptions::new()
+        .write(true)
+        .open(tmp)
+        .map_err(ShadowError::io(tmp))?;
+    let mut size = f.metadata().map_err(ShadowError::io(tmp))?.len();
+    let log_path = store.dir().join("log").join(format!("{:010}.log", m.seq));
+    for rec in records {
+        let (ps, c) = wal::decode(&rec.payload).map_err(|reason| ShadowError::DamagedLog {
+            path: log_path.clone(),
+            offset: rec.offset,
+            reason,
+        })?;
+        for (pgno, page) in &c.pages {
+            f.write_all_at(page, u64::from(pgno - 1) * u64::from(ps))
+                .map_err(ShadowError::io(tmp))?;
+        }
+        size = u64::from(c.db_pages) * u64::from(ps);
+        f.set_len(size).map_err(ShadowError::io(tmp))?;
+    }
+    f.sync_all().map_err(ShadowError::io(tmp))?;
+    Ok(size)
+}

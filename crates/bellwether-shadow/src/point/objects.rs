@@ -1,0 +1,214 @@
+//! Content-addressed objects: `objects/ab/cdef…`, named by the SHA-256 of their bytes, each
+//! written once (a second write of the same content is a no-op: deduplication).
+//!
+//! An object is written to `tmp/` and renamed into place, so a reader never sees half of
+//! one. Objects are not synced one by one (thousands of `fsync`s would make a point take
+//! seconds): [`super::PointStore::commit_point`] calls `syncfs` once before it writes the
+//! manifest that references them, which is the moment they must be durable.
+//!
+//! Copy-on-write: a whole file is cloned into the store with `FICLONE` (btrfs, XFS, bcachefs
+//! share the blocks; ext4 refuses and the bytes are copied), and an object is cloned out the
+//! same way on restore. Hard links are not used: a restored file is written to afterwards,
+//! and a link would let that write change the object.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+/// The SHA-256 of an object's content.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectId(pub [u8; 32]);
+
+impl ObjectId {
+    pub fn of(bytes: &[u8]) -> ObjectId {
+        ObjectId(Sha256::digest(bytes).into())
+    }
+
+    pub fn hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+
+    /// `objects/ab/cdef…` under a shadow directory.
+    pub fn path_in(&self, dir: &Path) -> PathBuf {
+        let hex = self.hex();
+        dir.join("objects").join(&hex[..2]).join(&hex[2..])
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectId({})", self.hex())
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl FromStr for ObjectId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let b = s.as_bytes();
+        if b.len() != 64 {
+            return Err(format!("`{s}` is not a SHA-256 (64 hex digits)"));
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in b.chunks(2).enumerate() {
+            let hi = (pair[0] as char).to_digit(16);
+            let lo = (pair[1] as char).to_digit(16);
+            match (hi, lo) {
+                (Some(h), Some(l)) if !pair.iter().any(u8::is_ascii_uppercase) => {
+                    out[i] = (h * 16 + l) as u8
+                }
+                _ => return Err(format!("`{s}` is not a SHA-256 (lower-case hex digits)")),
+            }
+        }
+        Ok(ObjectId(out))
+    }
+}
+
+impl Serialize for ObjectId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for ObjectId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An object as a point references it: its id and its length in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectRef {
+    pub id: ObjectId,
+    pub len: u64,
+}
+
+/// Writes `bytes` as an object of the store at `dir` unless it is there already. Returns the
+/// reference and whether it was new.
+pub(crate) fn put(dir: &Path, tmp: &Path, bytes: &[u8]) -> io::Result<(ObjectRef, bool)> {
+    let id = ObjectId::of(bytes);
+    let r = ObjectRef {
+        id,
+        len: bytes.len() as u64,
+    };
+    let path = id.path_in(dir);
+    if path.exists() {
+        return Ok((r, false));
+    }
+    let t = temp_name(tmp);
+    let written = File::create(&t).and_then(|mut f| f.write_all(bytes));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&t);
+        return Err(e);
+    }
+    install(&t, &path)?;
+    Ok((r, true))
+}
+
+/// Stores a whole file as one object: cloned (copy-on-write) when the file system can,
+/// copied otherwise, then hashed from the store's copy (so a source that changes meanwhile
+/// cannot make the name and the content disagree).
+pub(crate) fn put_file(dir: &Path, tmp: &Path, src: &Path) -> io::Result<(ObjectRef, bool)> {
+    let t = temp_name(tmp);
+    let result = (|| {
+        let from = File::open(src)?;
+        let to = File::create(&t)?;
+        clone_or_copy(&from, &to)?;
+        let (id, len) = hash_file(&t)?;
+        Ok::<_, io::Error>((ObjectRef { id, len }, id.path_in(dir)))
+    })();
+    match result {
+        Ok((r, path)) if path.exists() => {
+            let _ = std::fs::remove_file(&t);
+            Ok((r, false))
+        }
+        Ok((r, path)) => {
+            install(&t, &path)?;
+            Ok((r, true))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&t);
+            Err(e)
+        }
+    }
+}
+
+/// Moves a finished file (already written in `tmp/`) into the store under its hash.
+pub(crate) fn adopt(dir: &Path, file: &Path) -> io::Result<(ObjectRef, bool)> {
+    let (id, len) = hash_file(file)?;
+    let path = id.path_in(dir);
+    if path.exists() {
+        std::fs::remove_file(file)?;
+        return Ok((ObjectRef { id, len }, false));
+    }
+    install(file, &path)?;
+    Ok((ObjectRef { id, len }, true))
+}
+
+fn install(tmp: &Path, path: &Path) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    // Objects are immutable: read-only for everyone, so a stray writer is refused.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o444))?;
+    }
+    std::fs::rename(tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(tmp);
+    })
+}
+
+pub(crate) fn temp_name(tmp: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    tmp.join(format!("{}.{n}.part", std::process::id()))
+}
+
+/// The SHA-256 and length of a file's content.
+pub(crate) fn hash_file(path: &Path) -> io::Result<(ObjectId, u64)> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((ObjectId(h.finalize().into()), len))
+}
+
+/// Makes `to` a copy of `from`: one `FICLONE` where the file system shares blocks, a byte
+/// copy elsewhere. `to` must be empty.
+pub(crate) fn clone_or_copy(from: &File, to: &File) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if rustix::fs::ioctl_ficlone(to, from).is_ok() {
+        return Ok(());
+    }
+    let mut r = from;
+    let mut w = to;
+    io::copy(&mut r, &mut w)?;
+    Ok(())
+}

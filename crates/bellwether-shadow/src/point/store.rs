@@ -1,0 +1,1142 @@
+//! [`PointStore`]: one shadow directory on disk (layout in the parent module's docs).
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bellwether_model::Dur;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::log::{self, LogRecord, LogWriter};
+use super::objects::{self, ObjectId, ObjectRef};
+use super::retention::{thin_plan, Retention};
+use super::{
+    Control, Manifest, PointDraft, PointId, Reason, ResourceKind, RunEvent, Shadow, ShadowError,
+    ShadowMeta, Target, Timestamp, FORMAT,
+};
+
+/// An open shadow directory. Reading (points, verify, restore) needs no lock; writing points
+/// and retention need the writer lock ([`PointStore::lock_writer`]), which one process holds
+/// while it follows the source.
+#[derive(Debug)]
+pub struct PointStore {
+    dir: PathBuf,
+    meta: ShadowMeta,
+    writer: Option<File>,
+}
+
+/// `points/HEAD`: the latest point, so that losing it (or the last few) is detected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Head {
+    seq: u64,
+    checksum: String,
+}
+
+/// `points/NNNNNNNNNN.thinned`: what retention keeps of a removed point, so the chain of
+/// checksums stays verifiable across it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tombstone {
+    seq: u64,
+    taken_at: Timestamp,
+    prev_checksum: Option<String>,
+    checksum: String,
+    thinned_at: Timestamp,
+}
+
+/// `leases/PID-N.json`: a restore in progress holds this point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseFile {
+    seq: u64,
+    pid: u32,
+    created_at: Timestamp,
+}
+
+/// A point held by a restore in progress: retention neither removes it, nor its commit log,
+/// nor its objects, until the lease is dropped (or its process is gone).
+#[derive(Debug)]
+pub struct Lease {
+    path: PathBuf,
+    pub point: PointId,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// What [`PointStore::verify`] checked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub points: u64,
+    pub thinned: u64,
+    pub objects: u64,
+    pub bytes: u64,
+    pub log_records: u64,
+}
+
+/// What retention removed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ThinReport {
+    pub removed: Vec<PointId>,
+    /// Points the policy would remove but a restore holds.
+    pub leased: Vec<PointId>,
+    pub gc: GcReport,
+}
+
+/// What garbage collection removed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GcReport {
+    pub objects_removed: u64,
+    pub bytes_removed: u64,
+    pub objects_kept: u64,
+}
+
+fn seq_name(seq: u64) -> String {
+    format!("{seq:010}")
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ShadowError> {
+    let bytes = std::fs::read(path).map_err(ShadowError::io(path))?;
+    serde_json::from_slice(&bytes).map_err(|e| ShadowError::BadFile {
+        path: path.to_owned(),
+        reason: format!("not valid: {e}"),
+    })
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ShadowError> {
+    let mut bytes = serde_json::to_vec_pretty(v).map_err(|e| ShadowError::BadFile {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    bytes.push(b'\n');
+    bellwether_fs::AtomicWrite::new()
+        .create_parent()
+        .write(path, &bytes)
+        .map_err(ShadowError::io(path))
+}
+
+/// The checksum of a manifest: SHA-256 of its compact JSON with `checksum` empty.
+pub(crate) fn manifest_checksum(m: &Manifest) -> String {
+    let mut copy = m.clone();
+    copy.checksum = String::new();
+    let bytes = serde_json::to_vec(&copy).unwrap_or_default();
+    let sum: [u8; 32] = Sha256::digest(&bytes).into();
+    ObjectId(sum).hex()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
+}
+
+impl PointStore {
+    /// Opens the shadow at `dir`, creating it with `meta` when it has no `shadow.json`.
+    /// An existing shadow of another resource (kind or source) or of another type is refused
+    /// ([`ShadowError::OtherResource`]) and left as it is.
+    pub fn create(dir: &Path, meta: ShadowMeta) -> Result<PointStore, ShadowError> {
+        let path = dir.join("shadow.json");
+        if path.exists() {
+            let store = PointStore::open(dir)?;
+            let m = &store.meta;
+            if m.kind != meta.kind || m.source != meta.source || m.shadow_type != meta.shadow_type {
+                return Err(ShadowError::OtherResource {
+                    dir: dir.to_owned(),
+                    shadows: format!("{} {} ({})", m.kind, m.source, m.shadow_type),
+                    asked: format!("{} {} ({})", meta.kind, meta.source, meta.shadow_type),
+                });
+            }
+            return Ok(store);
+        }
+        for sub in ["objects", "points", "log", "leases", "requests", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(ShadowError::io(dir.join(sub)))?;
+        }
+        write_json(&path, &meta)?;
+        Ok(PointStore {
+            dir: dir.to_owned(),
+            meta,
+            writer: None,
+        })
+    }
+
+    /// Opens an existing shadow directory.
+    pub fn open(dir: &Path) -> Result<PointStore, ShadowError> {
+        let path = dir.join("shadow.json");
+        if !path.exists() {
+            return Err(ShadowError::NotAShadow {
+                dir: dir.to_owned(),
+            });
+        }
+        let meta: ShadowMeta = read_json(&path)?;
+        if meta.format != FORMAT {
+            return Err(ShadowError::BadFile {
+                path,
+                reason: format!(
+                    "format {} is not the format this Bellwether reads ({FORMAT})",
+                    meta.format
+                ),
+            });
+        }
+        Ok(PointStore {
+            dir: dir.to_owned(),
+            meta,
+            writer: None,
+        })
+    }
+
+    /// Opens an existing shadow directory and checks it shadows `kind` at `source`.
+    pub fn open_for(
+        dir: &Path,
+        kind: ResourceKind,
+        source: &str,
+    ) -> Result<PointStore, ShadowError> {
+        let store = PointStore::open(dir)?;
+        if store.meta.kind != kind || store.meta.source != source {
+            return Err(ShadowError::OtherResource {
+                dir: dir.to_owned(),
+                shadows: format!("{} {}", store.meta.kind, store.meta.source),
+                asked: format!("{kind} {source}"),
+            });
+        }
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn meta(&self) -> &ShadowMeta {
+        &self.meta
+    }
+
+    /// Takes the writer lock (only one follower per shadow directory); refused with
+    /// [`ShadowError::Busy`] when another process holds it. Held until the store is dropped.
+    pub fn lock_writer(&mut self) -> Result<(), ShadowError> {
+        if self.writer.is_some() {
+            return Ok(());
+        }
+        let path = self.dir.join("writer.lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(ShadowError::io(&path))?;
+        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(ShadowError::Busy {
+                    dir: self.dir.clone(),
+                    holder: format!("pid {}", holder.trim()),
+                });
+            }
+            Err(e) => return Err(ShadowError::io(&path)(e.into())),
+        }
+        let _ = f.set_len(0);
+        let _ = (&f).write_all_at_start(std::process::id().to_string().as_bytes());
+        self.writer = Some(f);
+        Ok(())
+    }
+
+    /// Whether some process (this one included) holds the writer lock.
+    pub fn writer_running(&self) -> bool {
+        if self.writer.is_some() {
+            return true;
+        }
+        let path = self.dir.join("writer.lock");
+        let Ok(f) = File::open(&path) else {
+            return false;
+        };
+        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared) {
+            Ok(()) => {
+                let _ = rustix::fs::flock(&f, rustix::fs::FlockOperation::Unlock);
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
+    fn require_writer(&self) -> Result<(), ShadowError> {
+        if self.writer.is_none() {
+            return Err(ShadowError::Unsupported(format!(
+                "{}: writing needs the shadow's writer lock (PointStore::lock_writer)",
+                self.dir.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The short lock that orders leases against retention.
+    fn short_lock(&self) -> Result<File, ShadowError> {
+        let path = self.dir.join("shadow.lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(ShadowError::io(&path))?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| ShadowError::io(&path)(e.into()))?;
+        Ok(f)
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    // ----- objects -----
+
+    /// Stores `bytes` as an object (once: the same content is stored once). Returns its
+    /// reference and whether it was new. Durable once a point referencing it is committed.
+    pub fn put_object(&self, bytes: &[u8]) -> Result<(ObjectRef, bool), ShadowError> {
+        self.require_writer()?;
+        objects::put(&self.dir, &self.tmp(), bytes).map_err(ShadowError::io(self.tmp()))
+    }
+
+    /// Stores a whole file as one object, cloned copy-on-write where the file system can.
+    pub fn put_file(&self, path: &Path) -> Result<(ObjectRef, bool), ShadowError> {
+        self.require_writer()?;
+        objects::put_file(&self.dir, &self.tmp(), path).map_err(ShadowError::io(path))
+    }
+
+    /// Moves a file the caller wrote under [`PointStore::temp_path`] into the store as one
+    /// object (no copy).
+    pub fn adopt_file(&self, path: &Path) -> Result<(ObjectRef, bool), ShadowError> {
+        self.require_writer()?;
+        objects::adopt(&self.dir, path).map_err(ShadowError::io(path))
+    }
+
+    /// A fresh path in the store's `tmp/` (same file system as the objects).
+    pub fn temp_path(&self) -> PathBuf {
+        objects::temp_name(&self.tmp())
+    }
+
+    pub fn object_path(&self, id: &ObjectId) -> PathBuf {
+        id.path_in(&self.dir)
+    }
+
+    pub fn has_object(&self, id: &ObjectId) -> bool {
+        self.object_path(id).exists()
+    }
+
+    /// Reads an object, checking its length and hash against `r`.
+    pub fn read_object(&self, point: PointId, r: &ObjectRef) -> Result<Vec<u8>, ShadowError> {
+        let path = self.object_path(&r.id);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(self.bad_object(point, r, "missing".into()))
+            }
+            Err(e) => return Err(ShadowError::io(path)(e)),
+        };
+        let got = ObjectId::of(&bytes);
+        if got != r.id || bytes.len() as u64 != r.len {
+            return Err(self.bad_object(
+                point,
+                r,
+                format!(
+                    "damaged (its content hashes to {got}, {} bytes)",
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Copies an object into `to` (an empty file): cloned where the file system can, then
+    /// hashed from `to` to prove the copy whole.
+    pub fn clone_object_into(
+        &self,
+        point: PointId,
+        r: &ObjectRef,
+        to: &Path,
+    ) -> Result<(), ShadowError> {
+        let path = self.object_path(&r.id);
+        let from = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(self.bad_object(point, r, "missing".into()))
+            }
+            Err(e) => return Err(ShadowError::io(path)(e)),
+        };
+        let out = File::create(to).map_err(ShadowError::io(to))?;
+        objects::clone_or_copy(&from, &out).map_err(ShadowError::io(to))?;
+        let (got, len) = objects::hash_file(to).map_err(ShadowError::io(to))?;
+        if got != r.id || len != r.len {
+            return Err(self.bad_object(
+                point,
+                r,
+                format!("damaged (its content hashes to {got}, {len} bytes)"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn bad_object(&self, point: PointId, r: &ObjectRef, what: String) -> ShadowError {
+        ShadowError::BadObject {
+            dir: self.dir.clone(),
+            point,
+            object: r.id,
+            what,
+        }
+    }
+
+    // ----- points -----
+
+    /// Makes a point durable: syncs the objects written since the last point, writes the
+    /// manifest (sequence number and checksums assigned here, chained to the previous
+    /// point), then `points/HEAD`. A transactional shadow's commit log continues in a new
+    /// segment after this point ([`PointStore::log_writer`]).
+    pub fn commit_point(&self, draft: PointDraft) -> Result<Manifest, ShadowError> {
+        self.require_writer()?;
+        let head = self.head()?;
+        let seq = head.as_ref().map_or(1, |h| h.seq + 1);
+        let bytes = draft.entries.iter().map(|e| e.size).sum();
+        let mut m = Manifest {
+            format: FORMAT,
+            seq,
+            kind: self.meta.kind,
+            source: self.meta.source.clone(),
+            shadow_type: self.meta.shadow_type,
+            taken_at: draft.taken_at,
+            consistent_at: draft.consistent_at,
+            reason: draft.reason,
+            position: draft.position,
+            bytes,
+            new_bytes: draft.new_bytes,
+            entries: draft.entries,
+            prev_checksum: head.map(|h| h.checksum),
+            checksum: String::new(),
+        };
+        m.checksum = manifest_checksum(&m);
+        // Every object the manifest references must be on disk before the manifest is.
+        let objects_dir = self.dir.join("objects");
+        let d = File::open(&objects_dir).map_err(ShadowError::io(&objects_dir))?;
+        rustix::fs::syncfs(&d).map_err(|e| ShadowError::io(&objects_dir)(e.into()))?;
+        write_json(&self.manifest_path(seq), &m)?;
+        write_json(
+            &self.dir.join("points").join("HEAD"),
+            &Head {
+                seq,
+                checksum: m.checksum.clone(),
+            },
+        )?;
+        Ok(m)
+    }
+
+    fn manifest_path(&self, seq: u64) -> PathBuf {
+        self.dir
+            .join("points")
+            .join(format!("{}.json", seq_name(seq)))
+    }
+
+    fn tombstone_path(&self, seq: u64) -> PathBuf {
+        self.dir
+            .join("points")
+            .join(format!("{}.thinned", seq_name(seq)))
+    }
+
+    fn head(&self) -> Result<Option<Head>, ShadowError> {
+        let path = self.dir.join("points").join("HEAD");
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_json(&path).map(Some)
+    }
+
+    /// The sequence numbers of the manifests and tombstones present.
+    fn scan_points(&self) -> Result<(Vec<u64>, Vec<u64>), ShadowError> {
+        let pdir = self.dir.join("points");
+        let mut manifests = Vec::new();
+        let mut tombstones = Vec::new();
+        for e in std::fs::read_dir(&pdir).map_err(ShadowError::io(&pdir))? {
+            let e = e.map_err(ShadowError::io(&pdir))?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if let Some(n) = name
+                .strip_suffix(".json")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                manifests.push(n);
+            } else if let Some(n) = name
+                .strip_suffix(".thinned")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                tombstones.push(n);
+            }
+        }
+        manifests.sort_unstable();
+        tombstones.sort_unstable();
+        Ok((manifests, tombstones))
+    }
+
+    /// Reads one manifest and checks its own checksum.
+    pub fn point(&self, id: PointId) -> Result<Manifest, ShadowError> {
+        let path = self.manifest_path(id.0);
+        if !path.exists() {
+            return Err(ShadowError::NoSuchPoint {
+                dir: self.dir.clone(),
+                id,
+                thinned: self.tombstone_path(id.0).exists(),
+            });
+        }
+        let m: Manifest = read_json(&path).map_err(|e| ShadowError::DamagedPoint {
+            dir: self.dir.clone(),
+            id,
+            reason: e.to_string(),
+        })?;
+        let damaged = |reason: String| ShadowError::DamagedPoint {
+            dir: self.dir.clone(),
+            id,
+            reason,
+        };
+        if m.seq != id.0 {
+            return Err(damaged(format!("its manifest says it is p{}", m.seq)));
+        }
+        let sum = manifest_checksum(&m);
+        if sum != m.checksum {
+            return Err(damaged(format!(
+                "its manifest's checksum is {} but its content hashes to {sum}",
+                m.checksum
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Every point present, oldest first, each checked against its own checksum (the chain
+    /// is checked by [`PointStore::verify`]).
+    pub fn points(&self) -> Result<Vec<Manifest>, ShadowError> {
+        let (seqs, _) = self.scan_points()?;
+        seqs.into_iter().map(|s| self.point(PointId(s))).collect()
+    }
+
+    /// The point a restore to `target` starts from: for a time, the latest point whose
+    /// consistent time is at or before it.
+    pub fn find(&self, target: &Target) -> Result<Manifest, ShadowError> {
+        match target {
+            Target::Point(id) => self.point(*id),
+            Target::Latest => {
+                let (seqs, _) = self.scan_points()?;
+                let last = seqs.last().ok_or_else(|| ShadowError::NoPoints {
+                    dir: self.dir.clone(),
+                })?;
+                self.point(PointId(*last))
+            }
+            Target::Time(t) => {
+                let (seqs, _) = self.scan_points()?;
+                if seqs.is_empty() {
+                    return Err(ShadowError::NoPoints {
+                        dir: self.dir.clone(),
+                    });
+                }
+                let mut first = None;
+                for s in seqs.iter().rev() {
+                    let m = self.point(PointId(*s))?;
+                    if m.consistent_at <= *t {
+                        return Ok(m);
+                    }
+                    first = Some(m.consistent_at);
+                }
+                Err(ShadowError::BeforeFirstPoint {
+                    dir: self.dir.clone(),
+                    target: *t,
+                    first: first.unwrap_or(*t),
+                })
+            }
+        }
+    }
+
+    /// Checks the whole shadow: every manifest's checksum, the chain from the first point to
+    /// `points/HEAD` (across thinned points), the commit log of every point, and, with
+    /// `deep`, every object's content (otherwise only that it exists with its length). The
+    /// first problem is the error, naming the point, object or segment.
+    pub fn verify(&self, deep: bool) -> Result<VerifyReport, ShadowError> {
+        let (manifests, tombstones) = self.scan_points()?;
+        let head = self.head()?;
+        let mut report = VerifyReport::default();
+        let Some(head) = head else {
+            if let Some(s) = manifests.first() {
+                return Err(ShadowError::DamagedPoint {
+                    dir: self.dir.clone(),
+                    id: PointId(*s),
+                    reason: "points/HEAD is missing".into(),
+                });
+            }
+            return Ok(report);
+        };
+        let present: HashSet<u64> = manifests.iter().copied().collect();
+        let thinned: HashSet<u64> = tombstones.iter().copied().collect();
+        let mut prev: Option<String> = None;
+        let mut seen_objects = HashSet::new();
+        for seq in 1..=head.seq {
+            let id = PointId(seq);
+            let (checksum, prev_checksum) = if present.contains(&seq) {
+                let m = self.point(id)?;
+                for r in m.objects() {
+                    if !seen_objects.insert(r.id) {
+                        continue;
+                    }
+                    report.objects += 1;
+                    report.bytes += r.len;
+                    if deep {
+                        self.read_object(id, r)?;
+                    } else {
+                        match std::fs::metadata(self.object_path(&r.id)) {
+                            Ok(md) if md.len() == r.len => {}
+                            Ok(md) => {
+                                return Err(self.bad_object(
+                                    id,
+                                    r,
+                                    format!("damaged ({} bytes, not {})", md.len(), r.len),
+                                ))
+                            }
+                            Err(_) => return Err(self.bad_object(id, r, "missing".into())),
+                        }
+                    }
+                }
+                let (records, _, _) = log::scan(&self.log_path(id), seq == head.seq)?;
+                report.log_records += records.len() as u64;
+                report.points += 1;
+                (m.checksum, m.prev_checksum)
+            } else if thinned.contains(&seq) {
+                let t: Tombstone = read_json(&self.tombstone_path(seq))?;
+                report.thinned += 1;
+                (t.checksum, t.prev_checksum)
+            } else {
+                return Err(ShadowError::MissingPoint {
+                    dir: self.dir.clone(),
+                    id,
+                    reason: format!(
+                        "points/{}.json is gone and retention did not remove it",
+                        seq_name(seq)
+                    ),
+                });
+            };
+            if prev_checksum != prev {
+                return Err(ShadowError::DamagedPoint {
+                    dir: self.dir.clone(),
+                    id,
+                    reason: format!(
+                        "the chain is broken: it follows a point with checksum {}, but the previous point's is {}",
+                        prev_checksum.as_deref().unwrap_or("(none)"),
+                        prev.as_deref().unwrap_or("(none)")
+                    ),
+                });
+            }
+            prev = Some(checksum);
+        }
+        if prev.as_deref() != Some(head.checksum.as_str()) {
+            return Err(ShadowError::DamagedPoint {
+                dir: self.dir.clone(),
+                id: PointId(head.seq),
+                reason: "its checksum is not the one points/HEAD records".into(),
+            });
+        }
+        if let Some(extra) = manifests.iter().find(|s| **s > head.seq) {
+            return Err(ShadowError::DamagedPoint {
+                dir: self.dir.clone(),
+                id: PointId(*extra),
+                reason: format!("it is newer than points/HEAD (p{})", head.seq),
+            });
+        }
+        Ok(report)
+    }
+
+    /// Checks one point before a restore: its manifest, its link to the previous point and
+    /// every object (exists, with its length; the content is hashed as it is restored).
+    pub fn verify_point(&self, m: &Manifest) -> Result<(), ShadowError> {
+        if m.seq > 1 {
+            let prev_seq = m.seq - 1;
+            let prev = if self.manifest_path(prev_seq).exists() {
+                Some(self.point(PointId(prev_seq))?.checksum)
+            } else if self.tombstone_path(prev_seq).exists() {
+                Some(read_json::<Tombstone>(&self.tombstone_path(prev_seq))?.checksum)
+            } else {
+                None
+            };
+            if let Some(prev) = prev {
+                if m.prev_checksum.as_deref() != Some(prev.as_str()) {
+                    return Err(ShadowError::DamagedPoint {
+                        dir: self.dir.clone(),
+                        id: m.id(),
+                        reason: "its link to the previous point does not match".into(),
+                    });
+                }
+            }
+        }
+        for r in m.objects() {
+            match std::fs::metadata(self.object_path(&r.id)) {
+                Ok(md) if md.len() == r.len => {}
+                Ok(md) => {
+                    return Err(self.bad_object(
+                        m.id(),
+                        r,
+                        format!("damaged ({} bytes, not {})", md.len(), r.len),
+                    ))
+                }
+                Err(_) => return Err(self.bad_object(m.id(), r, "missing".into())),
+            }
+        }
+        Ok(())
+    }
+
+    // ----- commit log -----
+
+    fn log_path(&self, after: PointId) -> PathBuf {
+        self.dir
+            .join("log")
+            .join(format!("{}.log", seq_name(after.0)))
+    }
+
+    /// The commit log segment for commits after point `after` (opened for appending; a torn
+    /// tail left by a crash is cut).
+    pub fn log_writer(&self, after: PointId) -> Result<LogWriter, ShadowError> {
+        self.require_writer()?;
+        LogWriter::open(&self.log_path(after))
+    }
+
+    /// The commits logged after point `after`, up to and including `until` (all when
+    /// `None`), oldest first. A torn tail (the follower died while appending) is ignored.
+    pub fn log_records(
+        &self,
+        after: PointId,
+        until: Option<Timestamp>,
+    ) -> Result<Vec<LogRecord>, ShadowError> {
+        let (mut records, _, _) = log::scan(&self.log_path(after), true)?;
+        if let Some(t) = until {
+            let keep = records.iter().take_while(|r| r.at <= t).count();
+            records.truncate(keep);
+        }
+        Ok(records)
+    }
+
+    // ----- leases and retention -----
+
+    /// Holds point `id` for a restore: checked and recorded under the shadow's lock, so
+    /// retention (which takes the same lock) cannot remove it meanwhile.
+    pub fn lease(&self, id: PointId) -> Result<Lease, ShadowError> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let _lock = self.short_lock()?;
+        if !self.manifest_path(id.0).exists() {
+            return Err(ShadowError::NoSuchPoint {
+                dir: self.dir.clone(),
+                id,
+                thinned: self.tombstone_path(id.0).exists(),
+            });
+        }
+        let path = self.dir.join("leases").join(format!(
+            "{}-{}.json",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        write_json(
+            &path,
+            &LeaseFile {
+                seq: id.0,
+                pid: std::process::id(),
+                created_at: Timestamp::now(),
+            },
+        )?;
+        Ok(Lease { path, point: id })
+    }
+
+    /// Points held by live leases; leases of processes that are gone are removed.
+    fn leased(&self) -> Result<HashSet<u64>, ShadowError> {
+        let ldir = self.dir.join("leases");
+        let mut out = HashSet::new();
+        let entries = match std::fs::read_dir(&ldir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(ShadowError::io(ldir)(e)),
+        };
+        for e in entries {
+            let path = e.map_err(ShadowError::io(&ldir))?.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            match read_json::<LeaseFile>(&path) {
+                Ok(l) if pid_alive(l.pid) => {
+                    out.insert(l.seq);
+                }
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                // A lease being written (or damaged) holds nothing known; keep it and err on
+                // the side of keeping everything this round.
+                Err(_) => {
+                    return Err(ShadowError::Busy {
+                        dir: self.dir.clone(),
+                        holder: format!("an unreadable lease {}", path.display()),
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies `policy` at `now`: removes the points it thins (leaving a tombstone with
+    /// their checksums, and removing their commit log), except points a restore holds, then
+    /// collects unreferenced objects. Needs the writer lock.
+    pub fn thin(&self, policy: &Retention, now: Timestamp) -> Result<ThinReport, ShadowError> {
+        self.require_writer()?;
+        let _lock = self.short_lock()?;
+        let leased = self.leased()?;
+        let points = self.points()?;
+        let times: Vec<(PointId, Timestamp)> =
+            points.iter().map(|m| (m.id(), m.consistent_at)).collect();
+        let mut report = ThinReport::default();
+        for id in thin_plan(&times, policy, now) {
+            if leased.contains(&id.0) {
+                report.leased.push(id);
+                continue;
+            }
+            let Some(m) = points.iter().find(|m| m.id() == id) else {
+                continue;
+            };
+            write_json(
+                &self.tombstone_path(id.0),
+                &Tombstone {
+                    seq: id.0,
+                    taken_at: m.taken_at,
+                    prev_checksum: m.prev_checksum.clone(),
+                    checksum: m.checksum.clone(),
+                    thinned_at: now,
+                },
+            )?;
+            let mp = self.manifest_path(id.0);
+            std::fs::remove_file(&mp).map_err(ShadowError::io(mp))?;
+            let lp = self.log_path(id);
+            match std::fs::remove_file(&lp) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ShadowError::io(lp)(e)),
+            }
+            report.removed.push(id);
+        }
+        report.gc = self.gc_locked()?;
+        Ok(report)
+    }
+
+    /// Removes objects no point references (and stale temporaries). Needs the writer lock;
+    /// takes the shadow's lock.
+    pub fn gc(&self) -> Result<GcReport, ShadowError> {
+        self.require_writer()?;
+        let _lock = self.short_lock()?;
+        self.gc_locked()
+    }
+
+    fn gc_locked(&self) -> Result<GcReport, ShadowError> {
+        let mut referenced = HashSet::new();
+        for m in self.points()? {
+            referenced.extend(m.objects().map(|r| r.id));
+        }
+        let mut report = GcReport::default();
+        let odir = self.dir.join("objects");
+        for fan in std::fs::read_dir(&odir).map_err(ShadowError::io(&odir))? {
+            let fan = fan.map_err(ShadowError::io(&odir))?.path();
+            let Some(prefix) = fan.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            let Ok(entries) = std::fs::read_dir(&fan) else {
+                continue;
+            };
+            for e in entries {
+                let e = e.map_err(ShadowError::io(&fan))?;
+                let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+                let Ok(id) = name.parse::<ObjectId>() else {
+                    continue;
+                };
+                if referenced.contains(&id) {
+                    report.objects_kept += 1;
+                    continue;
+                }
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                std::fs::remove_file(e.path()).map_err(ShadowError::io(e.path()))?;
+                report.objects_removed += 1;
+                report.bytes_removed += len;
+            }
+        }
+        // Temporaries of this process are in use; others' are left from a crash.
+        let mine = format!("{}.", std::process::id());
+        if let Ok(entries) = std::fs::read_dir(self.tmp()) {
+            for e in entries.flatten() {
+                if !e.file_name().to_string_lossy().starts_with(&mine) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Bytes the shadow directory holds on disk (objects, manifests, logs).
+    pub fn disk_usage(&self) -> Result<u64, ShadowError> {
+        fn walk(p: &Path) -> io::Result<u64> {
+            let mut total = 0;
+            for e in std::fs::read_dir(p)? {
+                let e = e?;
+                let md = e.metadata()?;
+                total += if md.is_dir() {
+                    walk(&e.path())?
+                } else {
+                    md.len()
+                };
+            }
+            Ok(total)
+        }
+        walk(&self.dir).map_err(ShadowError::io(&self.dir))
+    }
+
+    // ----- requests from other processes -----
+
+    /// Asks the process following this shadow for a point (`bellwether shadow point`):
+    /// writes `requests/NAME.json`; the follower answers in `requests/NAME.done.json` with
+    /// the point's manifest (or `requests/NAME.failed` with the error). Returns NAME's path.
+    pub fn request_point(&self, reason: &Reason) -> Result<PathBuf, ShadowError> {
+        let name = format!(
+            "{}-{}",
+            Timestamp::now().0,
+            objects::temp_name(Path::new(""))
+                .to_string_lossy()
+                .replace('.', "-")
+        );
+        let path = self.dir.join("requests").join(format!("{name}.json"));
+        write_json(&path, reason)?;
+        Ok(path)
+    }
+
+    /// Waits up to `timeout` for the answer to a request made by
+    /// [`PointStore::request_point`].
+    pub fn await_request(
+        &self,
+        request: &Path,
+        timeout: Duration,
+    ) -> Result<Option<Manifest>, ShadowError> {
+        let stem = request.with_extension("");
+        let done = stem.with_extension("done.json");
+        let failed = stem.with_extension("failed");
+        let start = Instant::now();
+        loop {
+            if done.exists() {
+                let m: Manifest = read_json(&done)?;
+                let _ = std::fs::remove_file(&done);
+                return Ok(Some(m));
+            }
+            if failed.exists() {
+                let reason = std::fs::read_to_string(&failed).unwrap_or_default();
+                let _ = std::fs::remove_file(&failed);
+                return Err(ShadowError::Source {
+                    source_name: self.meta.source.clone(),
+                    reason: format!("the follower could not take the point: {}", reason.trim()),
+                });
+            }
+            if start.elapsed() >= timeout {
+                let _ = std::fs::remove_file(request);
+                return Ok(None);
+            }
+            // The answer is a file another process writes; there is no event to wait on
+            // short of inotify, so poll (the command is interactive, at most `timeout`).
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Requests waiting for the follower, oldest first: their paths and reasons.
+    fn pending_requests(&self) -> Vec<(PathBuf, Result<Reason, String>)> {
+        let rdir = self.dir.join("requests");
+        let Ok(entries) = std::fs::read_dir(&rdir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(PathBuf, Result<Reason, String>)> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.ends_with(".json") && !n.ends_with(".done.json") && !n.starts_with('.')
+                })
+            })
+            .map(|p| {
+                let r = read_json::<Reason>(&p).map_err(|e| e.to_string());
+                (p, r)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+trait WriteAtStart {
+    fn write_all_at_start(self, bytes: &[u8]) -> io::Result<()>;
+}
+
+impl WriteAtStart for &File {
+    fn write_all_at_start(self, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.write_all_at(bytes, 0)
+    }
+}
+
+/// How many failed steps in a row stop [`super::run`].
+const MAX_FAILURES: u32 = 20;
+
+pub(crate) fn run_loop(
+    shadow: &mut dyn Shadow,
+    points_every: Option<Dur>,
+    ctl: &Control,
+    on_event: &mut dyn FnMut(&RunEvent),
+) -> Result<(), ShadowError> {
+    let retention = shadow.store().meta().retention;
+    let mut next_point = points_every.map(|d| Instant::now() + d.get());
+    let mut failures = 0u32;
+    let fail = |failures: &mut u32, e: ShadowError, on_event: &mut dyn FnMut(&RunEvent)| {
+        *failures += 1;
+        on_event(&RunEvent::Failed(e.to_string()));
+        if *failures >= MAX_FAILURES {
+            Err(e)
+        } else {
+            Ok(())
+        }
+    };
+    let take = |shadow: &mut dyn Shadow,
+                reason: Reason,
+                on_event: &mut dyn FnMut(&RunEvent)|
+     -> Result<Manifest, ShadowError> {
+        let m = shadow.take_point(reason)?;
+        on_event(&RunEvent::Point(m.clone()));
+        match shadow.store().thin(&retention, Timestamp::now()) {
+            Ok(t) if !t.removed.is_empty() || t.gc.objects_removed > 0 => {
+                on_event(&RunEvent::Thinned(t))
+            }
+            Ok(_) => {}
+            Err(e) => on_event(&RunEvent::Failed(format!("retention: {e}"))),
+        }
+        Ok(m)
+    };
+    while !ctl.is_stopped() {
+        match shadow.sync() {
+            Ok(r) => {
+                failures = 0;
+                if r.commits > 0 || r.bytes > 0 {
+                    on_event(&RunEvent::Synced(r));
+                }
+            }
+            Err(e) => fail(&mut failures, e, on_event)?,
+        }
+        let mut asked: Vec<(Option<PathBuf>, Reason)> =
+            ctl.take_requests().into_iter().map(|r| (None, r)).collect();
+        for (path, reason) in shadow.store().pending_requests() {
+            match reason {
+                Ok(r) => asked.push((Some(path), r)),
+                Err(e) => {
+                    let _ =
+                        bellwether_fs::write_atomic(&path.with_extension("failed"), e.as_bytes());
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let due = next_point.is_some_and(|t| Instant::now() >= t);
+        if due {
+            asked.push((None, Reason::Schedule));
+            next_point = points_every.map(|d| Instant::now() + d.get());
+        }
+        for (path, reason) in asked {
+            let result = take(shadow, reason, on_event);
+            if let Some(path) = path {
+                let stem = path.with_extension("");
+                match &result {
+                    Ok(m) => {
+                        let _ = write_json(&stem.with_extension("done.json"), m);
+                    }
+                    Err(e) => {
+                        let _ = bellwether_fs::write_atomic(
+                            &stem.with_extension("failed"),
+                            e.to_string().as_bytes(),
+                        );
+                    }
+                }
+                let _ = std::fs::remove_file(&path);
+            }
+            if let Err(e) = result {
+                fail(&mut failures, e, on_event)?;
+            }
+        }
+        let mut wait = shadow.poll_interval();
+        if let Some(t) = next_point {
+            wait = wait.min(t.saturating_duration_since(Instant::now()));
+        }
+        ctl.wait(wait);
+    }
+    Ok(())
+}
+
+/// See [`super::replace_beside`].
+pub(crate) fn replace_beside(
+    dest: &Path,
+    build: impl FnOnce(&Path) -> Result<(), ShadowError>,
+) -> Result<(), ShadowError> {
+    let name = dest
+        .file_name()
+        .ok_or_else(|| ShadowError::Unsupported(format!("{} names no file", dest.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = parent.join(format!(".{name}.bellwether-restore.{}", std::process::id()));
+    remove_any(&tmp);
+    let cleanup = |e: ShadowError| {
+        remove_any(&tmp);
+        e
+    };
+    build(&tmp).map_err(cleanup)?;
+    let md = std::fs::symlink_metadata(&tmp).map_err(|e| cleanup(ShadowError::io(&tmp)(e)))?;
+    if md.is_dir() {
+        if dest.exists() {
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &tmp,
+                rustix::fs::CWD,
+                dest,
+                rustix::fs::RenameFlags::EXCHANGE,
+            )
+            .map_err(|e| cleanup(ShadowError::io(dest)(e.into())))?;
+            // `tmp` now holds the old tree.
+            remove_any(&tmp);
+        } else {
+            std::fs::rename(&tmp, dest).map_err(|e| cleanup(ShadowError::io(dest)(e)))?;
+        }
+    } else {
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| cleanup(ShadowError::io(&tmp)(e)))?;
+        std::fs::rename(&tmp, dest).map_err(|e| cleanup(ShadowError::io(dest)(e)))?;
+    }
+    File::open(&parent)
+        .and_then(|f| f.sync_all())
+        .map_err(ShadowError::io(&parent))?;
+    Ok(())
+}
+
+fn remove_any(p: &Path) {
+    match std::fs::symlink_metadata(p) {
+        Ok(md) if md.is_dir() => {
+            let _ = std::fs::remove_dir_all(p);
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(p);
+        }
+        Err(_) => {}
+    }
+}

@@ -1,0 +1,486 @@
+//! SQLite shadows of a database another process writes: the writer is Python's `sqlite3`
+//! module (not Bellwether, not rusqlite), in WAL mode, journaling each transaction's
+//! begin and end times so restores are checked against what was committed when.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use bellwether_model::Dur;
+use rusqlite::Connection;
+
+use super::*;
+use crate::point::{run, Control, PointId, Retention, RunEvent};
+
+/// The foreign writer: one row per transaction (id = the transaction's number), every
+/// seventh transaction also updates an older row, and a journal line before `BEGIN` and
+/// after `COMMIT` with the time in microseconds.
+const WRITER: &str = r#"
+import sqlite3, sys, time, random
+db, journal, start, count, payload, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+c = sqlite3.connect(db, isolation_level=None, timeout=30)
+c.execute("PRAGMA journal_mode=WAL")
+c.execute("PRAGMA synchronous=NORMAL")
+c.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, body BLOB, note TEXT)")
+j = open(journal, "a", buffering=1)
+i = start
+while count < 0 or i < start + count:
+    j.write("begin %d %d\n" % (i, time.time_ns() // 1000))
+    c.execute("BEGIN IMMEDIATE")
+    c.execute("INSERT INTO t(id, body) VALUES (?, randomblob(?))", (i, payload))
+    if i % 7 == 0:
+        c.execute("UPDATE t SET note = ? WHERE id = ?", (str(i), random.randint(1, i)))
+    c.execute("COMMIT")
+    j.write("end %d %d\n" % (i, time.time_ns() // 1000))
+    i += 1
+    if pause > 0:
+        time.sleep(pause)
+print("done", flush=True)
+"#;
+
+fn python() -> Command {
+    let ok = Command::new("python3")
+        .args(["-c", "import sqlite3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "these tests drive a foreign SQLite writer with python3 and its sqlite3 module: install python3 (apt-get install python3)"
+    );
+    Command::new("python3")
+}
+
+fn writer(db: &Path, journal: &Path, start: u64, count: i64, payload: u32, pause: f64) -> Child {
+    python()
+        .arg("-c")
+        .arg(WRITER)
+        .arg(db)
+        .arg(journal)
+        .arg(start.to_string())
+        .arg(count.to_string())
+        .arg(payload.to_string())
+        .arg(pause.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 starts")
+}
+
+fn write_batch(db: &Path, journal: &Path, start: u64, count: i64, payload: u32) {
+    let out = writer(db, journal, start, count, payload, 0.0)
+        .wait_with_output()
+        .expect("writer runs");
+    assert!(out.status.success(), "writer failed: {out:?}");
+}
+
+/// The writer's journal: each transaction's begin time and, if it saw its commit, end time.
+fn journal(path: &Path) -> BTreeMap<u64, (i64, Option<i64>)> {
+    let mut out = BTreeMap::new();
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let (Ok(i), Ok(t)) = (f[1].parse::<u64>(), f.get(2).unwrap_or(&"").parse::<i64>()) else {
+            continue; // a line cut by the kill
+        };
+        match f[0] {
+            "begin" => {
+                out.insert(i, (t, None));
+            }
+            "end" => {
+                if let Some(e) = out.get_mut(&i) {
+                    e.1 = Some(t);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The row ids of a database file, checking they are 1..=k without a gap.
+fn prefix_rows(db: &Path) -> u64 {
+    let c = Connection::open(db).unwrap();
+    let ids: Vec<u64> = c
+        .prepare("SELECT id FROM t ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(*id, n as u64 + 1, "rows are a prefix of the transactions");
+    }
+    ids.len() as u64
+}
+
+fn opts(dir: &Path, db: &Path, ty: ShadowType) -> ShadowOptions {
+    ShadowOptions {
+        dir: dir.to_owned(),
+        source: Source::Path(db.to_owned()),
+        shadow_type: ty,
+        points_every: None,
+        retention: Retention::default(),
+        poll: None,
+    }
+}
+
+/// Syncs until a sync finds nothing new (the writer has stopped).
+fn catch_up(s: &mut SqliteShadow) {
+    while s.sync().unwrap().commits > 0 {}
+}
+
+fn req(dir: &Path, db: &Path, target: Target) -> RestoreRequest {
+    RestoreRequest {
+        dir: dir.to_owned(),
+        target,
+        dest: db.to_owned(),
+        elsewhere: false,
+    }
+}
+
+/// Overwrites a stretch of the live file with garbage, as a failing disk or a stray write
+/// would: SQLite then reports it malformed.
+fn corrupt(db: &Path) {
+    let f = OpenOptions::new().write(true).open(db).unwrap();
+    f.write_all_at(&[0xA5; 8192], 4096).unwrap();
+    f.sync_all().unwrap();
+    let _ = std::fs::remove_file(wal_path(db));
+    let _ = std::fs::remove_file(shm_path(db));
+    assert!(integrity_check(db).is_err(), "the corruption is seen");
+}
+
+fn tmpdirs() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let db = t.path().join("app.db");
+    let journal = t.path().join("journal");
+    let dir = t.path().join("shadow");
+    (t, db, journal, dir)
+}
+
+#[test]
+fn transactional_restore_to_a_time_brings_back_exactly_the_commits_before_it() {
+    let (_t, db, jp, dir) = tmpdirs();
+    write_batch(&db, &jp, 1, 50, 300);
+    let mut s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Transactional)).unwrap();
+    write_batch(&db, &jp, 51, 250, 300);
+    catch_up(&mut s);
+    let t = Timestamp::now();
+    // Large rows: the WAL passes WAL_LIMIT, so the shadow checkpoints and follows the
+    // writer into the WAL's next generation.
+    write_batch(&db, &jp, 301, 1500, 4000);
+    catch_up(&mut s);
+    assert!(s.commits() >= 1750, "every commit logged: {}", s.commits());
+    drop(s);
+    corrupt(&db);
+
+    let r = restore(&req(&dir, &db, Target::Time(t))).unwrap();
+    assert_eq!(
+        prefix_rows(&db),
+        300,
+        "exactly the commits before {t}: {r:?}"
+    );
+    assert_eq!(r.commits_replayed, 250);
+    integrity_check(&db).unwrap();
+
+    let r = restore(&req(&dir, &db, Target::Latest)).unwrap();
+    assert_eq!(prefix_rows(&db), 1800, "{r:?}");
+    assert!(r.restored_to > t);
+
+    let r = restore(&req(&dir, &db, Target::Point(PointId(1)))).unwrap();
+    assert_eq!(prefix_rows(&db), 50, "the base point alone: {r:?}");
+    assert_eq!(r.commits_replayed, 0);
+    // The whole shadow checks out.
+    let v = PointStore::open(&dir).unwrap().verify(true).unwrap();
+    assert_eq!(v.points, 1);
+    assert_eq!(v.log_records, 1750);
+}
+
+#[test]
+fn continuous_writer_killed_and_file_corrupted_restores_every_commit_before_the_point() {
+    let (_t, db, jp, dir) = tmpdirs();
+    write_batch(&db, &jp, 1, 20, 500);
+    let mut w = writer(&db, &jp, 21, -1, 500, 0.001);
+    let shadow = Resource::start(
+        &Sqlite,
+        &ShadowOptions {
+            points_every: Some(Dur::from_millis(400)),
+            ..opts(&dir, &db, ShadowType::Transactional)
+        },
+    )
+    .unwrap();
+    let ctl = Arc::new(Control::new());
+    let (tx, rx) = mpsc::channel();
+    let runner = {
+        let ctl = ctl.clone();
+        std::thread::spawn(move || {
+            let mut shadow = shadow;
+            run(
+                shadow.as_mut(),
+                Some(Dur::from_millis(400)),
+                &ctl,
+                &mut |e| {
+                    let _ = tx.send(e.clone());
+                },
+            )
+        })
+    };
+    // Three scheduled points and one predicted, under the running writer.
+    let mut points = Vec::new();
+    let mut predicted = false;
+    while points.len() < 4 {
+        if let RunEvent::Point(m) = rx.recv().unwrap() {
+            points.push(m);
+            if !predicted {
+                ctl.request_point(Reason::Predicted {
+                    source: "test".into(),
+                    failure_at: Timestamp::now(),
+                    probability: 0.9,
+                });
+                predicted = true;
+            }
+        }
+    }
+    // Kill -9 the writer wherever it is (often inside a transaction).
+    w.kill().unwrap();
+    w.wait().unwrap();
+    // A point after the kill holds every commit the writer made.
+    ctl.request_point(Reason::OnDemand);
+    let last = loop {
+        if let RunEvent::Point(m) = rx.recv().unwrap() {
+            break m;
+        }
+    };
+    ctl.stop();
+    runner.join().unwrap().unwrap();
+    let live_rows = prefix_rows(&db);
+    corrupt(&db);
+    let j = journal(&jp);
+
+    assert!(points
+        .iter()
+        .any(|m| matches!(m.reason, Reason::Predicted { .. })));
+    for m in &points {
+        let r = restore(&req(&dir, &db, Target::Point(m.id()))).unwrap();
+        let k = prefix_rows(&db);
+        for (i, (begin, end)) in &j {
+            if end.is_some_and(|e| e < m.taken_at.0) {
+                assert!(
+                    *i <= k,
+                    "{} misses transaction {i} committed before it",
+                    m.id()
+                );
+            }
+            if *begin > m.consistent_at.0 {
+                assert!(*i > k, "{} holds transaction {i} begun after it", m.id());
+            }
+        }
+        assert_eq!(r.commits_replayed, 0);
+    }
+    // A time between points: the point before it plus the commits logged up to it.
+    let t = Timestamp((points[1].consistent_at.0 + points[3].consistent_at.0) / 2);
+    let r = restore(&req(&dir, &db, Target::Time(t))).unwrap();
+    let k = prefix_rows(&db);
+    for (i, (begin, _)) in &j {
+        if *begin > t.0 {
+            assert!(
+                *i > k,
+                "restore to {t} holds transaction {i} begun after it"
+            );
+        }
+    }
+    assert!(r.point < last.id());
+    // Each transaction is one commit: the rows are the point's plus the replayed commits.
+    let point_rows = {
+        restore(&req(&dir, &db, Target::Point(r.point))).unwrap();
+        prefix_rows(&db)
+    };
+    assert_eq!(k, point_rows + r.commits_replayed, "{r:?}");
+    // The latest state is everything the writer committed before it was killed.
+    restore(&req(&dir, &db, Target::Point(last.id()))).unwrap();
+    assert_eq!(
+        prefix_rows(&db),
+        live_rows,
+        "every commit the live file had"
+    );
+    restore(&req(&dir, &db, Target::Latest)).unwrap();
+    assert_eq!(prefix_rows(&db), live_rows);
+    PointStore::open(&dir).unwrap().verify(true).unwrap();
+}
+
+#[test]
+fn full_and_differential_points_restore_and_share_what_did_not_change() {
+    for ty in [ShadowType::Full, ShadowType::Differential] {
+        let (_t, db, jp, dir) = tmpdirs();
+        write_batch(&db, &jp, 1, 2000, 1000);
+        let mut s = SqliteShadow::start(&opts(&dir, &db, ty)).unwrap();
+        write_batch(&db, &jp, 2001, 20, 1000);
+        let p2 = s.take_point(Reason::OnDemand).unwrap();
+        assert_eq!(s.sync().unwrap(), SyncReport::default());
+        drop(s);
+        if ty == ShadowType::Differential {
+            assert!(
+                p2.new_bytes * 4 < p2.bytes,
+                "a differential point stores only what changed: {} of {}",
+                p2.new_bytes,
+                p2.bytes
+            );
+        } else {
+            assert_eq!(p2.entries[0].objects.len(), 1);
+        }
+        corrupt(&db);
+        restore(&req(&dir, &db, Target::Point(PointId(1)))).unwrap();
+        assert_eq!(prefix_rows(&db), 2000, "{ty}");
+        restore(&req(&dir, &db, Target::Time(p2.consistent_at))).unwrap();
+        assert_eq!(prefix_rows(&db), 2020, "{ty}");
+    }
+}
+
+fn digest(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+#[test]
+fn bad_restores_are_refused_and_leave_the_live_file_alone() {
+    let (t, db, jp, dir) = tmpdirs();
+    write_batch(&db, &jp, 1, 100, 1000);
+    let s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Differential)).unwrap();
+    let p1 = s.store().points().unwrap().remove(0);
+    drop(s);
+    let before = digest(&db);
+
+    // Before the first point.
+    let e = restore(&req(
+        &dir,
+        &db,
+        Target::Time(Timestamp(p1.consistent_at.0 - 1)),
+    ))
+    .unwrap_err();
+    assert!(matches!(e, ShadowError::BeforeFirstPoint { .. }), "{e}");
+    assert!(e.to_string().contains("before the first point"), "{e}");
+    // No such point.
+    let e = restore(&req(&dir, &db, Target::Point(PointId(9)))).unwrap_err();
+    assert!(e.to_string().contains("has no point p9"), "{e}");
+    // Another resource.
+    let other = t.path().join("other.db");
+    write_batch(&other, &jp, 1, 5, 10);
+    let other_before = digest(&other);
+    let e = restore(&req(&dir, &other, Target::Latest)).unwrap_err();
+    assert!(matches!(e, ShadowError::OtherResource { .. }), "{e}");
+    assert!(e.to_string().contains("nothing was changed"), "{e}");
+    assert_eq!(digest(&other), other_before);
+    // Not a shadow directory.
+    let e = restore(&req(t.path(), &db, Target::Latest)).unwrap_err();
+    assert!(matches!(e, ShadowError::NotAShadow { .. }), "{e}");
+    assert_eq!(digest(&db), before);
+
+    // A damaged object: named with its point.
+    let store = PointStore::open(&dir).unwrap();
+    let obj = store.object_path(&p1.entries[0].objects[1].id);
+    let mut bytes = std::fs::read(&obj).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::set_permissions(&obj, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&obj, &bytes).unwrap();
+    let e = restore(&req(&dir, &db, Target::Latest)).unwrap_err();
+    assert!(matches!(e, ShadowError::BadObject { .. }), "{e}");
+    assert!(e.to_string().contains("of point p1"), "{e}");
+    assert!(
+        e.to_string().contains(&p1.entries[0].objects[1].id.hex()),
+        "{e}"
+    );
+    assert_eq!(digest(&db), before);
+    assert!(store.verify(true).is_err());
+    // A missing object.
+    std::fs::remove_file(&obj).unwrap();
+    let e = restore(&req(&dir, &db, Target::Latest)).unwrap_err();
+    assert!(e.to_string().contains("is missing"), "{e}");
+    assert_eq!(digest(&db), before);
+
+    // A damaged manifest.
+    let mp = dir.join("points").join("0000000001.json");
+    let text = std::fs::read_to_string(&mp).unwrap();
+    std::fs::write(
+        &mp,
+        text.replace("\"on_demand\"", "\"schedule\"")
+            .replace("\"base\"", "\"schedule\""),
+    )
+    .unwrap();
+    let e = restore(&req(&dir, &db, Target::Latest)).unwrap_err();
+    assert!(matches!(e, ShadowError::DamagedPoint { .. }), "{e}");
+    assert!(e.to_string().contains("point p1"), "{e}");
+    assert_eq!(digest(&db), before);
+    // No temporary left beside the live file.
+    let leftovers: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .contains("bellwether-restore")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_transactional_shadow_needs_wal_mode_and_a_shadow_dir_keeps_its_resource() {
+    let (t, db, _jp, dir) = tmpdirs();
+    let c = Connection::open(&db).unwrap();
+    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .unwrap();
+    drop(c);
+    let e = SqliteShadow::start(&opts(&dir, &db, ShadowType::Transactional)).unwrap_err();
+    assert!(e.to_string().contains("journal mode is delete"), "{e}");
+    // A rollback-journal database can have a differential shadow.
+    let s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Differential)).unwrap();
+    // A second follower of the same shadow is refused while the first runs.
+    let e = SqliteShadow::start(&opts(&dir, &db, ShadowType::Differential)).unwrap_err();
+    assert!(matches!(e, ShadowError::Busy { .. }), "{e}");
+    drop(s);
+    // The same directory for another file is refused.
+    let other = t.path().join("b.db");
+    std::fs::copy(&db, &other).unwrap();
+    let e = SqliteShadow::start(&opts(&dir, &other, ShadowType::Differential)).unwrap_err();
+    assert!(matches!(e, ShadowError::OtherResource { .. }), "{e}");
+    let e = SqliteShadow::start(&opts(&dir, &t.path().join("missing.db"), ShadowType::Full))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("no such SQLite database file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn retention_thins_points_but_never_one_a_restore_holds() {
+    let (_t, db, jp, dir) = tmpdirs();
+    write_batch(&db, &jp, 1, 50, 2000);
+    let mut s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Differential)).unwrap();
+    for n in 0..3 {
+        write_batch(&db, &jp, 51 + n * 50, 50, 2000);
+        s.take_point(Reason::Schedule).unwrap();
+    }
+    let policy = Retention {
+        keep_all_for: Dur::ZERO,
+        hourly_for: Dur::ZERO,
+        daily_for: Dur::ZERO,
+    };
+    let later = Timestamp::now().plus(Duration::from_secs(3600));
+    let lease = s.store().lease(PointId(2)).unwrap();
+    let r = s.store().thin(&policy, later).unwrap();
+    assert_eq!(r.removed, vec![PointId(1), PointId(3)]);
+    assert_eq!(r.leased, vec![PointId(2)]);
+    assert!(r.gc.objects_removed > 0, "{r:?}");
+    restore(&req(&dir, &db, Target::Point(PointId(2)))).unwrap();
+    assert_eq!(prefix_rows(&db), 100);
+    drop(lease);
+    let r = s.store().thin(&policy, later).unwrap();
+    assert_eq!(r.removed, vec![PointId(2)]);
+    let e = restore(&req(&dir, &db, Target::Point(PointId(2)))).unwrap_err();
+    assert!(e.to_string().contains("retention removed it"), "{e}");
+    restore(&req(&dir, &db, Target::Latest)).unwrap();
+    assert_eq!(prefix_rows(&db), 200);
+    let v = s.store().verify(true).unwrap();
+    assert_eq!((v.points, v.thinned), (1, 3));
+}
