@@ -34,6 +34,7 @@ use crate::exec::{now_ms, ActionReport, Executor};
 use crate::transport::SendError;
 
 pub mod mirror;
+pub mod shadow;
 
 /// One action as the server sends it (`GET /api/v1/agent/actions`): the wire type.
 pub use bellwether_model::wire::{ActionsResponse, AgentAction as PendingAction};

@@ -75,10 +75,12 @@ pub struct Executor {
     pg: crate::pg::PgDatabases,
     /// `STATE_DIR/mirrors`: the mirror built-ins' instances.
     mirrors: crate::actions::mirror::Mirrors,
+    /// The shadow built-ins' followers, of paths inside the rootfs.
+    shadows: crate::actions::shadow::Shadows,
 }
 
 /// The built-in kinds, by the names `--allow-action` and the JSON use.
-pub const BUILTIN_KINDS: [&str; 14] = [
+pub const BUILTIN_KINDS: [&str; 19] = [
     "set_service_version",
     "restore_file",
     "reinstall_package",
@@ -93,6 +95,11 @@ pub const BUILTIN_KINDS: [&str; 14] = [
     "mirror_retire",
     "mirror_promote",
     "mirror_fence",
+    "shadow_start",
+    "shadow_stop",
+    "shadow_point",
+    "shadow_restore",
+    "shadow_route",
 ];
 
 /// What an agent agrees to run (`--allow-action`, repeatable). Empty, the default, allows
@@ -276,13 +283,14 @@ impl Executor {
             }
         }
         Ok(Executor {
-            rootfs,
             snapshots,
             cgroup,
             allow: AllowList::default(),
             process_log: state_dir.join("processes.log"),
             pg: crate::pg::PgDatabases::default(),
             mirrors: crate::actions::mirror::Mirrors::new(state_dir),
+            shadows: crate::actions::shadow::Shadows::new(&rootfs),
+            rootfs,
         })
     }
 
@@ -387,6 +395,25 @@ impl Executor {
                         r
                     }
                     Ok(Err(e)) => done(failed(e)),
+                    Err(_) => done(ActionOutcome::TimedOut {
+                        after_ms: timeout.as_millis() as u64,
+                    }),
+                }
+            }
+            ActionSpec::Shadow { op, shadow, .. } => {
+                // The built-in bounds its own waits by the timeout; the outer one is a backstop.
+                let work = self.shadows.run(*op, shadow, timeout);
+                match tokio::time::timeout(timeout + Duration::from_secs(5), work).await {
+                    Ok(Ok(output)) => {
+                        let mut r = done(ActionOutcome::Ok);
+                        r.output = Some(output);
+                        r
+                    }
+                    Ok(Err((e, output))) => {
+                        let mut r = done(failed(e));
+                        r.output = Some(output);
+                        r
+                    }
                     Err(_) => done(ActionOutcome::TimedOut {
                         after_ms: timeout.as_millis() as u64,
                     }),
@@ -525,6 +552,9 @@ impl Executor {
             | ActionSpec::MirrorPromote { .. }
             | ActionSpec::MirrorFence { .. } => {
                 Err("a mirror built-in runs through crate::actions::mirror::Mirrors::run".into())
+            }
+            ActionSpec::Shadow { .. } => {
+                Err("a shadow built-in runs through crate::actions::shadow::Shadows::run".into())
             }
             ActionSpec::SetServiceVersion { version, .. } => self
                 .root()?

@@ -10,4 +10,5 @@ pub mod config;
 pub mod mirror;
 pub mod patch;
 pub mod rollout;
+pub mod shadow;
 pub mod yaml;

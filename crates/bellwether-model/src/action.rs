@@ -16,6 +16,7 @@
 //! {"builtin": "mirror_retire", "instance": "cache-1"}
 //! {"builtin": "mirror_promote", "kind": "redis", "endpoint": "127.0.0.1:40001", "catch_up_to": 123456}
 //! {"builtin": "mirror_fence", "kind": "redis", "endpoint": "127.0.0.1:6379", "new_primary": "127.0.0.1:40001"}
+//! {"builtin": "shadow_point", "shadow": {"name": "orders", "resource": {"kind": "sqlite", "path": "srv/orders.db"}, "type": "full", "dir": "var/shadow/orders", "reason": {"reason": "schedule"}}}
 //! ```
 //!
 //! Every built-in but `sample_processes` also accepts an optional `timeout_ms`. Deserialisation validates (an action
@@ -26,6 +27,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::mirror::DepKind;
+use crate::shadow::{ShadowCall, ShadowOp};
 
 /// The shortest timeout an action may have, in milliseconds.
 pub const MIN_TIMEOUT_MS: u64 = 100;
@@ -148,6 +150,14 @@ pub enum ActionSpec {
         new_primary: Option<String>,
         timeout_ms: Option<u64>,
     },
+    /// A shadow built-in (`shadow_start`, `shadow_stop`, `shadow_point`, `shadow_restore`,
+    /// `shadow_route`) on the shadow `shadow` (see `crate::shadow`); every path stays inside
+    /// the agent's root. Output: the agent's `bellwether_agent::actions::shadow` report.
+    Shadow {
+        op: ShadowOp,
+        shadow: Box<ShadowCall>,
+        timeout_ms: Option<u64>,
+    },
 }
 
 /// The most settings one `pg_apply` or `pg_trial` may carry.
@@ -163,6 +173,8 @@ pub const MAX_SAMPLE_PIDS: usize = 16;
 /// Why an action spec is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ActionSpecError {
+    #[error("shadow: {0}")]
+    Shadow(String),
     #[error("argv is empty; an argv action needs at least the program")]
     EmptyArgv,
     #[error("argv[{index}] contains a NUL byte")]
@@ -236,6 +248,7 @@ impl ActionSpec {
             ActionSpec::MirrorRetire { .. } => Some("mirror_retire"),
             ActionSpec::MirrorPromote { .. } => Some("mirror_promote"),
             ActionSpec::MirrorFence { .. } => Some("mirror_fence"),
+            ActionSpec::Shadow { op, .. } => Some(op.builtin()),
         }
     }
 
@@ -254,9 +267,8 @@ impl ActionSpec {
             | ActionSpec::MirrorProvision { timeout_ms, .. }
             | ActionSpec::MirrorRetire { timeout_ms, .. }
             | ActionSpec::MirrorPromote { timeout_ms, .. }
-            | ActionSpec::MirrorFence { timeout_ms, .. } => {
-                timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)
-            }
+            | ActionSpec::MirrorFence { timeout_ms, .. }
+            | ActionSpec::Shadow { timeout_ms, .. } => timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
             ActionSpec::SampleProcesses { .. } | ActionSpec::PgReadSettings { .. } => {
                 DEFAULT_TIMEOUT_MS
             }
@@ -356,6 +368,13 @@ impl ActionSpec {
                 Some(n) => format!("mirror_fence {} {endpoint} to {n}", kind.as_str()),
                 None => format!("mirror_fence {} {endpoint}", kind.as_str()),
             },
+            ActionSpec::Shadow { op, shadow, .. } => match (&shadow.location, &shadow.to) {
+                (Some(l), Some(to)) => {
+                    format!("{} {} into {l} to {to:?}", op.builtin(), shadow.name)
+                }
+                (Some(l), None) => format!("{} {} to {l}", op.builtin(), shadow.name),
+                _ => format!("{} {}", op.builtin(), shadow.name),
+            },
         }
     }
 
@@ -374,7 +393,8 @@ impl ActionSpec {
             | ActionSpec::MirrorProvision { timeout_ms, .. }
             | ActionSpec::MirrorRetire { timeout_ms, .. }
             | ActionSpec::MirrorPromote { timeout_ms, .. }
-            | ActionSpec::MirrorFence { timeout_ms, .. } => *timeout_ms,
+            | ActionSpec::MirrorFence { timeout_ms, .. }
+            | ActionSpec::Shadow { timeout_ms, .. } => *timeout_ms,
             ActionSpec::SampleProcesses { .. } | ActionSpec::PgReadSettings { .. } => None,
         };
         if let Some(t) = timeout {
@@ -472,6 +492,11 @@ impl ActionSpec {
                 if let Some(n) = new_primary {
                     check_endpoint("new_primary", n)?;
                 }
+            }
+            ActionSpec::Shadow { op, shadow, .. } => {
+                shadow
+                    .validate(*op)
+                    .map_err(|e| ActionSpecError::Shadow(e.to_string()))?;
             }
             ActionSpec::SetServiceVersion { version, .. } => check_token("version", version)?,
             ActionSpec::RestoreFile { path, .. } => check_relative_path(path)?,
@@ -806,6 +831,8 @@ struct Wire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     catch_up_to: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    shadow: Option<ShadowCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     new_primary: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     timeout_ms: Option<u64>,
@@ -834,6 +861,7 @@ impl Wire {
             ("endpoint", self.endpoint.is_some()),
             ("catch_up_to", self.catch_up_to.is_some()),
             ("new_primary", self.new_primary.is_some()),
+            ("shadow", self.shadow.is_some()),
             ("timeout_ms", self.timeout_ms.is_some()),
         ]
         .into_iter()
@@ -874,6 +902,7 @@ impl Wire {
             endpoint,
             catch_up_to,
             new_primary,
+            shadow,
             timeout_ms,
         } = self;
         let spec = match (argv, builtin) {
@@ -1024,7 +1053,18 @@ impl Wire {
                             timeout_ms,
                         }
                     }
-                    _ => return Err(ActionSpecError::UnknownBuiltin { name }),
+                    other => match ShadowOp::from_builtin(other) {
+                        Some(op) => {
+                            let b = op.builtin();
+                            only(b, &["shadow", "timeout_ms"])?;
+                            ActionSpec::Shadow {
+                                op,
+                                shadow: Box::new(shadow.ok_or(missing(b, "shadow"))?),
+                                timeout_ms,
+                            }
+                        }
+                        None => return Err(ActionSpecError::UnknownBuiltin { name }),
+                    },
                 }
             }
         };
@@ -1182,6 +1222,14 @@ impl Wire {
                 kind: Some(kind),
                 endpoint: Some(endpoint),
                 new_primary,
+                timeout_ms,
+                ..Wire::default()
+            },
+            ActionSpec::Shadow {
+                shadow, timeout_ms, ..
+            } => Wire {
+                builtin,
+                shadow: Some(*shadow),
                 timeout_ms,
                 ..Wire::default()
             },

@@ -14,6 +14,7 @@ pub mod mirror;
 pub mod profile;
 pub mod rng;
 pub mod sample;
+pub mod shadow;
 pub mod text;
 pub mod wire;
 

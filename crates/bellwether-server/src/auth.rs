@@ -133,6 +133,18 @@ pub const RULES: &[(&str, &str, Access)] = &[
         "/api/v1/mirror/dependencies/{name}/history",
         Access::Viewer,
     ),
+    ("GET", "/api/v1/shadow/shadows", Access::Viewer),
+    ("GET", "/api/v1/shadow/shadows/{name}", Access::Viewer),
+    (
+        "GET",
+        "/api/v1/shadow/shadows/{name}/points",
+        Access::Viewer,
+    ),
+    (
+        "GET",
+        "/api/v1/shadow/shadows/{name}/history",
+        Access::Viewer,
+    ),
     ("POST", "/api/v1/baselines", Access::Operator),
     ("POST", "/api/v1/rollouts", Access::Operator),
     ("POST", "/api/v1/rollouts/{id}/{command}", Access::Operator),
@@ -161,6 +173,28 @@ pub const RULES: &[(&str, &str, Access)] = &[
     (
         "POST",
         "/api/v1/mirror/dependencies/{name}/failover",
+        Access::Operator,
+    ),
+    ("POST", "/api/v1/shadow/shadows", Access::Operator),
+    ("DELETE", "/api/v1/shadow/shadows/{name}", Access::Operator),
+    (
+        "POST",
+        "/api/v1/shadow/shadows/{name}/points",
+        Access::Operator,
+    ),
+    (
+        "POST",
+        "/api/v1/shadow/shadows/{name}/rollback",
+        Access::Operator,
+    ),
+    (
+        "POST",
+        "/api/v1/shadow/shadows/{name}/predict",
+        Access::Operator,
+    ),
+    (
+        "POST",
+        "/api/v1/shadow/shadows/{name}/failure",
         Access::Operator,
     ),
     ("POST", "/api/v1/history/import", Access::Operator),

@@ -28,6 +28,7 @@ pub mod model_api;
 pub mod patch;
 mod peers;
 pub mod rollout;
+pub mod shadow;
 mod task;
 mod tokens;
 pub mod types;
@@ -288,6 +289,7 @@ impl Server {
             .merge(patch::routes())
             .merge(config::routes())
             .merge(mirror::routes())
+            .merge(shadow::routes())
             // Inside the request counter, so refusals are counted too.
             .route_layer(axum::middleware::from_fn_with_state(
                 auth::AuthState::new(self.state.clone()),

@@ -658,6 +658,7 @@ pub(crate) fn kinds() -> Vec<Kind> {
         Kind::of::<crate::patch::PatchTask>(),
         Kind::of::<crate::config::task::ConfigTask>(),
         Kind::of::<crate::mirror::task::MirrorTask>(),
+        Kind::of::<crate::shadow::task::ShadowTask>(),
     ];
     // The runner's own tests drive a counter kind, through the same resume as every kind.
     #[cfg(test)]

@@ -1805,6 +1805,7 @@ mod config;
 mod lease;
 mod mirror;
 mod outcomes;
+mod shadow;
 mod tasks;
 pub use config::{
     ConfigEventFilter, ConfigGraphRecord, ConfigReport, ConfigReportRecord, ConfigSourceRecord,
@@ -1813,6 +1814,7 @@ pub use config::{
 pub use lease::{Fence, LeaseGrant, LeaseRecord};
 pub use mirror::{DependencyCreated, DependencyRecord, DependencyRemoved, MIRROR};
 pub use outcomes::{ModelInfo, NewModel, NewOutcome, OutcomeRecord, OutcomeSource};
+pub use shadow::{ShadowCreated, ShadowRecord, ShadowRemoved, SHADOW};
 pub use tasks::{
     ActionFinish, ActionRecord, BusyHost, EventFilter, NewAction, NewEvent, NewRollout, NewTask,
     RolloutRecord, StepRecord, TaskRecord, ROLLOUT,

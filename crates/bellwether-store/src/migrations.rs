@@ -485,4 +485,35 @@ CREATE TABLE dependencies (
 )
 "#,
     },
+    Migration {
+        version: 9,
+        name: "data shadows",
+        // One row per shadow the operator declared (data shadows, the fifth kind): its name,
+        // its resource kind, its `ShadowSpec` JSON, the id of the long-lived `shadow` task that
+        // keeps its points and rolls it back, and when it was created, last changed and
+        // removed. A removed row stays until its task has stopped the shadow and settled; only
+        // then may the name be declared again (which replaces the row).
+        sqlite: r#"
+CREATE TABLE shadows (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    removed_at_ms INTEGER
+)
+"#,
+        postgres: r#"
+CREATE TABLE shadows (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL,
+    removed_at_ms BIGINT
+)
+"#,
+    },
 ];
