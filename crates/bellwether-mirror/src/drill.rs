@@ -415,14 +415,16 @@ async fn drive(
         Fault::Slow => {
             let root = primary.pid().unwrap_or_default();
             let on = throttle.clone();
-            throttler = Some(tokio::spawn(async move {
+            // A thread of its own, not a task: the duty cycle must not stretch when the
+            // runtime is busy with the load (a stretched running phase is a milder fault).
+            throttler = Some(std::thread::spawn(move || {
                 while on.load(Ordering::Relaxed) {
                     // Every round: PostgreSQL forks a process per new connection.
                     let pids = processes(root);
                     signal(&pids, nix::sys::signal::Signal::SIGSTOP);
-                    tokio::time::sleep(SLOW_STOPPED).await;
+                    std::thread::sleep(SLOW_STOPPED);
                     signal(&pids, nix::sys::signal::Signal::SIGCONT);
-                    tokio::time::sleep(SLOW_RUNNING).await;
+                    std::thread::sleep(SLOW_RUNNING);
                 }
             }));
         }
@@ -435,7 +437,7 @@ async fn drive(
     }
     throttle.store(false, Ordering::Relaxed);
     if let Some(t) = throttler {
-        let _ = t.await;
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     if opts.fault != Fault::Kill {
         if let Some(root) = primary.pid() {
@@ -665,7 +667,7 @@ async fn pg_client(c: u32, listen: &str, load: &Load) {
             }
             Ok(Err(e)) => {
                 load.error(true);
-                if e.is_closed() {
+                if connection_gone(&e) {
                     conn = None;
                 }
                 continue;
@@ -685,7 +687,7 @@ async fn pg_client(c: u32, listen: &str, load: &Load) {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     load.error(false);
-                    if e.is_closed() {
+                    if connection_gone(&e) {
                         conn = None;
                     }
                 }
@@ -696,6 +698,14 @@ async fn pg_client(c: u32, listen: &str, load: &Load) {
             }
         }
     }
+}
+
+/// The connection cannot be used again: closed, or the server ended the session (a FATAL
+/// error, as a connection pool would discard it) rather than failing one statement.
+fn connection_gone(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || e.as_db_error()
+            .is_some_and(|d| matches!(d.severity(), "FATAL" | "PANIC"))
 }
 
 /// The acknowledged keys missing on the primary at `endpoint`.
