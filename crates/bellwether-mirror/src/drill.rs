@@ -116,6 +116,15 @@ pub struct DrillReport {
     pub decided_after_ms: Option<i64>,
     /// Fault → the proxy routed to the new primary.
     pub switched_after_ms: Option<i64>,
+    /// Fault → the first write acknowledged after the route (PostgreSQL: a commit waits for a
+    /// synchronous standby of the new primary).
+    pub first_ack_after_switch_ms: Option<i64>,
+    /// The longest time without an acknowledged write from the fault to the end (ms).
+    pub longest_ack_gap_ms: Option<i64>,
+    /// What the promotion took, from the engine's `promoted` event: the IO side's preparation
+    /// (hold, repointing the other standbys), the wait for the target position and the
+    /// promotion itself.
+    pub promotion: Option<serde_json::Value>,
     pub new_primary: String,
     pub writes: u64,
     pub acknowledged_writes: u64,
@@ -148,6 +157,8 @@ struct Load {
     error_times: Mutex<(Option<i64>, Option<i64>)>,
     /// Acknowledged (client, seq).
     acked: Mutex<Vec<(u32, u64)>>,
+    /// When each write was acknowledged (ms since the epoch).
+    ack_times: Mutex<Vec<i64>>,
     /// Acknowledged and confirmed on a mirror (Redis `WAIT 1` ≥ 1; PostgreSQL: every commit,
     /// which waits for the synchronous standby).
     replicated: Mutex<Vec<(u32, u64)>>,
@@ -155,6 +166,17 @@ struct Load {
 }
 
 impl Load {
+    fn ack(&self, c: u32, seq: u64) {
+        self.acked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((c, seq));
+        self.ack_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(now_ms());
+    }
+
     fn error(&self, write: bool) {
         if write {
             self.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -482,6 +504,30 @@ async fn drive(
         _ => pg_missing(&new_primary, &acked).await?,
     };
     let (first_err, last_err) = *load.error_times.lock().unwrap_or_else(|p| p.into_inner());
+    let mut ack_times = load
+        .ack_times
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    ack_times.sort_unstable();
+    let first_ack_after_switch_ms = switched.and_then(|h| {
+        ack_times
+            .iter()
+            .find(|t| **t >= h.routed_ms)
+            .map(|t| t - fault_at)
+    });
+    let mut longest_ack_gap_ms = None;
+    let mut prev = fault_at;
+    for t in ack_times.iter().filter(|t| **t >= fault_at) {
+        longest_ack_gap_ms = longest_ack_gap_ms.max(Some(t - prev));
+        prev = *t;
+    }
+    let promotion = switched.and_then(|h| {
+        events
+            .iter()
+            .find(|e| e.name == "promoted" && e.at_ms >= h.at_ms && e.figures["instance"] == h.to)
+            .map(|e| e.figures["output"].clone())
+    });
     Ok(DrillReport {
         kind: opts.kind.as_str(),
         fault: opts.fault,
@@ -503,6 +549,9 @@ async fn drive(
             .or_else(|| after("primary_unhealthy")),
         decided_after_ms: after("switch_started"),
         switched_after_ms: switched.map(|h| h.routed_ms - fault_at),
+        first_ack_after_switch_ms,
+        longest_ack_gap_ms,
+        promotion,
         new_primary,
         writes: load.writes.load(Ordering::Relaxed),
         acknowledged_writes: acked.len() as u64,
@@ -560,10 +609,7 @@ async fn redis_client(c: u32, listen: &str, load: &Load) {
         load.writes.fetch_add(1, Ordering::Relaxed);
         match cn.cmd_within(&["SET", &key, &v], CLIENT_TIMEOUT).await {
             Ok(crate::resp::Value::Simple(s)) if s == "OK" => {
-                load.acked
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((c, seq));
+                load.ack(c, seq);
                 last_acked = Some(seq);
                 match cn.cmd_within(&["WAIT", "1", "1000"], CLIENT_TIMEOUT).await {
                     Ok(crate::resp::Value::Int(n)) if n >= 1 => load
@@ -659,12 +705,7 @@ async fn pg_client(c: u32, listen: &str, load: &Load) {
         load.writes.fetch_add(1, Ordering::Relaxed);
         let sql = format!("INSERT INTO bellwether_drill VALUES ({c}, {seq})");
         match tokio::time::timeout(CLIENT_TIMEOUT * 4, cn.batch_execute(&sql)).await {
-            Ok(Ok(())) => {
-                load.acked
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((c, seq));
-            }
+            Ok(Ok(())) => load.ack(c, seq),
             Ok(Err(e)) => {
                 load.error(true);
                 if connection_gone(&e) {

@@ -339,13 +339,16 @@ impl PingConn {
     pub async fn ping(&mut self) -> Result<(), MirrorError> {
         match &mut self.0 {
             PingInner::Redis(r) => r.cmd(&["PING"]).await.map(|_| ()),
-            PingInner::Postgres(c) => c.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| {
-                MirrorError::Unreachable {
-                    kind: "postgres",
-                    endpoint: String::new(),
-                    reason: pg::db_message(&e),
-                }
-            }),
+            PingInner::Postgres(c) => {
+                c.simple_query("SELECT 1")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| MirrorError::Unreachable {
+                        kind: "postgres",
+                        endpoint: String::new(),
+                        reason: pg::db_message(&e),
+                    })
+            }
         }
     }
 }

@@ -382,12 +382,20 @@ impl Jitter {
 /// periodic stall is seen in proportion to the time it takes. A round trip unanswered for two
 /// intervals drops the connection and opens another; a failed connection is retried every
 /// interval (the probe reports the instance down meanwhile).
-async fn sample_loop(kind: DepKind, endpoint: String, interval: Duration, buf: Arc<Mutex<SampleBuf>>) {
+async fn sample_loop(
+    kind: DepKind,
+    endpoint: String,
+    interval: Duration,
+    buf: Arc<Mutex<SampleBuf>>,
+) {
     let mean_gap = interval / SAMPLES_PER_INTERVAL;
     let mut jitter = Jitter::new(&endpoint);
     loop {
-        let opened =
-            tokio::time::timeout(interval, crate::PingConn::open(kind, &endpoint, interval * 2)).await;
+        let opened = tokio::time::timeout(
+            interval,
+            crate::PingConn::open(kind, &endpoint, interval * 2),
+        )
+        .await;
         let Ok(Ok(mut conn)) = opened else {
             tokio::time::sleep(interval).await;
             continue;
@@ -758,7 +766,8 @@ impl Io {
                 t = t.min(self.opts.probe_timeout * 4);
             }
         }
-        let details = json!({"hold_ms": hold_ms, "prepare_ms": started.elapsed().as_millis() as u64});
+        let details =
+            json!({"hold_ms": hold_ms, "prepare_ms": started.elapsed().as_millis() as u64});
         (target, t, details)
     }
 
@@ -802,8 +811,10 @@ impl Io {
             let mut done = Vec::new();
             while let Some(r) = set.join_next().await {
                 let Ok((id, r, took)) = r else { continue };
-                done.push(json!({"instance": id, "ok": r.is_ok(), "ms": took.as_millis() as u64,
-                                 "position": r.as_ref().ok()}));
+                done.push(
+                    json!({"instance": id, "ok": r.is_ok(), "ms": took.as_millis() as u64,
+                                 "position": r.as_ref().ok()}),
+                );
                 match r {
                     Ok(pos) => furthest = furthest.max(Some(pos)),
                     // A standby that cannot be reached confirms nothing we could count on; one
@@ -826,7 +837,10 @@ impl Io {
         let mut t = timeout;
         let target = match (catch_up_to, furthest) {
             (Some(a), Some(b)) if b > a => {
-                tracing::info!(offset = b, "A standby had received more than the primary's last known position.");
+                tracing::info!(
+                    offset = b,
+                    "A standby had received more than the primary's last known position."
+                );
                 // When another standby is ahead, this one gets a short wait and the engine
                 // tries the next.
                 t = t.min(self.opts.probe_timeout * 4);
@@ -918,4 +932,35 @@ async fn pg_unfence(endpoint: &str) -> Result<(), String> {
             .map_err(|e| format!("{endpoint}: {q}: {e}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quantile_is_the_nearest_rank() {
+        assert_eq!(quantile(&[], 0.75), None);
+        assert_eq!(quantile(&[3.0], 0.75), Some(3.0));
+        // 13 samples: the 10th smallest.
+        let v: Vec<f64> = (1..=13).rev().map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.75), Some(10.0));
+        assert_eq!(quantile(&[1.0, f64::NAN, 2.0], 1.0), Some(2.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_sample_counts_as_its_wait_so_far() {
+        let b = Mutex::new(SampleBuf::default());
+        lock_buf(&b).done.extend([1.0, 2.0]);
+        lock_buf(&b).outstanding_since = Some(tokio::time::Instant::now());
+        tokio::time::advance(Duration::from_millis(40)).await;
+        let v = take_samples(&b);
+        assert_eq!(v.len(), 3);
+        assert!((v[2] - 40.0).abs() < 1.0, "{v:?}");
+        // Taken: only the outstanding one is left, still counting.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let v = take_samples(&b);
+        assert_eq!(v.len(), 1);
+        assert!((v[0] - 50.0).abs() < 1.0, "{v:?}");
+    }
 }

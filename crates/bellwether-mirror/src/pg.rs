@@ -351,7 +351,13 @@ pub(crate) async fn repoint(
             actual: "primary".to_string(),
         });
     }
-    let rows = query(&c, endpoint, "SELECT current_setting('primary_conninfo')", timeout).await?;
+    let rows = query(
+        &c,
+        endpoint,
+        "SELECT current_setting('primary_conninfo')",
+        timeout,
+    )
+    .await?;
     let current: String = rows.first().map(|r| r.get(0)).unwrap_or_default();
     let next = conninfo_at(&current, &up.host, up.port);
     let started = Instant::now();
@@ -365,7 +371,8 @@ pub(crate) async fn repoint(
     let sql = "SELECT sender_host, sender_port FROM pg_stat_wal_receiver";
     loop {
         let rows = query(&c, endpoint, sql, timeout).await?;
-        let from: Option<(Option<String>, Option<i32>)> = rows.first().map(|r| (r.get(0), r.get(1)));
+        let from: Option<(Option<String>, Option<i32>)> =
+            rows.first().map(|r| (r.get(0), r.get(1)));
         let elsewhere = match &from {
             None => false,
             Some((Some(h), Some(p))) => !(*h == up.host && *p == i32::from(up.port)),
@@ -388,7 +395,12 @@ pub(crate) async fn repoint(
         tokio::time::sleep(CATCH_UP_POLL).await;
     }
     let pos = received(&c, endpoint, timeout).await?;
-    tracing::info!(endpoint, upstream, position = pos, "Repointed a PostgreSQL standby.");
+    tracing::info!(
+        endpoint,
+        upstream,
+        position = pos,
+        "Repointed a PostgreSQL standby."
+    );
     Ok(pos)
 }
 
@@ -517,4 +529,28 @@ pub(crate) async fn unfence(endpoint: &str, timeout: Duration) -> Result<FenceRe
         method: "writable (default_transaction_read_only reset)".to_string(),
         replicates: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conninfo_at;
+
+    #[test]
+    fn conninfo_gets_the_new_host_and_port_and_keeps_the_rest() {
+        // As pg_basebackup -R writes it.
+        let c = "user=postgres passfile='/var/lib/postgresql/.pgpass' channel_binding=prefer \
+                 host=127.0.0.1 port=5432 sslmode=prefer application_name='a b\\'c'";
+        let n = conninfo_at(c, "127.0.0.1", 40001);
+        assert_eq!(
+            n,
+            "user='postgres' passfile='/var/lib/postgresql/.pgpass' channel_binding='prefer' \
+             sslmode='prefer' application_name='a b\\'c' host='127.0.0.1' port='40001'"
+        );
+        // A hostaddr would win over host: it goes too. Spaces around '=' are allowed.
+        assert_eq!(
+            conninfo_at("hostaddr=10.0.0.1 port = 1 user=x", "::1", 2),
+            "user='x' host='::1' port='2'"
+        );
+        assert_eq!(conninfo_at("", "h", 3), "host='h' port='3'");
+    }
 }
