@@ -325,6 +325,8 @@ struct SampleBuf {
     /// A round trip sent and not answered yet: at a health check it counts as the time it has
     /// waited so far (a frozen instance's samples are not missing, they are long).
     outstanding_since: Option<tokio::time::Instant>,
+    /// When the last round trip was answered.
+    last_answer: Option<tokio::time::Instant>,
 }
 
 fn lock_buf(b: &Mutex<SampleBuf>) -> std::sync::MutexGuard<'_, SampleBuf> {
@@ -415,6 +417,7 @@ async fn sample_loop(
                 g.done.remove(0);
             }
             g.done.push(sent.elapsed().as_secs_f64() * 1000.0);
+            g.last_answer = Some(tokio::time::Instant::now());
         }
     }
 }
@@ -446,6 +449,14 @@ impl Samplers {
                 self.by_id.insert(id.clone(), (ep.clone(), buf, h));
             }
         }
+    }
+
+    /// Whether the instance answered a round trip after `t`.
+    fn answered_since(&self, id: &str, t: tokio::time::Instant) -> bool {
+        self.by_id
+            .get(id)
+            .and_then(|(_, b, _)| lock_buf(b).last_answer)
+            .is_some_and(|a| a > t)
     }
 
     fn take(&self, id: &str) -> Vec<f64> {
@@ -497,14 +508,18 @@ async fn probe_loop(
                 timeout / 2
             };
             set.spawn(async move {
+                let started = tokio::time::Instant::now();
                 let r = tokio::time::timeout(timeout, crate::probe(kind, &ep, inner)).await;
-                (id, r)
+                (id, r, started, inner)
             });
         }
         let figures = router.figures().await;
         let mut obs = Vec::new();
         while let Some(r) = set.join_next().await {
-            let Ok((id, r)) = r else { continue };
+            let Ok((id, r, started, inner)) = r else {
+                continue;
+            };
+            let took = started.elapsed();
             let st = match r {
                 Ok(Ok(st)) => Some(st),
                 // A bad endpoint is not an observation of the instance; any other failure
@@ -519,7 +534,28 @@ async fn probe_loop(
                     "probe timed out".into(),
                 )),
             };
-            let Some(st) = st else { continue };
+            let Some(mut st) = st else { continue };
+            // The primary's probe ran out of time, but its kept connection answered while the
+            // probe waited: it is slow (a starved host, a lost packet, a connection slow to
+            // open), not down. Down means no answer at all; slow is judged by its latency
+            // (the wait counts as a sample), where `min_switch_gap` applies. A refused
+            // connection or a frozen instance answers nothing and stays down.
+            if !st.reachable
+                && primary.as_deref() == Some(id.as_str())
+                && took >= inner.mul_f64(0.9)
+                && samplers.answered_since(&id, started)
+            {
+                st = crate::InstanceStatus {
+                    reachable: true,
+                    role: None,
+                    offset: None,
+                    replica_of: None,
+                    link_up: None,
+                    latency_ms: took.as_secs_f64() * 1000.0,
+                    lag: None,
+                    error: st.error,
+                };
+            }
             let f = match &figures {
                 Some(all) => all.get(&id).cloned().unwrap_or(BackendFigures {
                     sessions: Some(0),
