@@ -116,6 +116,15 @@ pub struct DrillReport {
     pub decided_after_ms: Option<i64>,
     /// Fault → the proxy routed to the new primary.
     pub switched_after_ms: Option<i64>,
+    /// Fault → the first write acknowledged after the route (PostgreSQL: a commit waits for a
+    /// synchronous standby of the new primary).
+    pub first_ack_after_switch_ms: Option<i64>,
+    /// The longest time without an acknowledged write from the fault to the end (ms).
+    pub longest_ack_gap_ms: Option<i64>,
+    /// What the promotion took, from the engine's `promoted` event: the IO side's preparation
+    /// (hold, repointing the other standbys), the wait for the target position and the
+    /// promotion itself.
+    pub promotion: Option<serde_json::Value>,
     pub new_primary: String,
     pub writes: u64,
     pub acknowledged_writes: u64,
@@ -148,6 +157,8 @@ struct Load {
     error_times: Mutex<(Option<i64>, Option<i64>)>,
     /// Acknowledged (client, seq).
     acked: Mutex<Vec<(u32, u64)>>,
+    /// When each write was acknowledged (ms since the epoch).
+    ack_times: Mutex<Vec<i64>>,
     /// Acknowledged and confirmed on a mirror (Redis `WAIT 1` ≥ 1; PostgreSQL: every commit,
     /// which waits for the synchronous standby).
     replicated: Mutex<Vec<(u32, u64)>>,
@@ -155,6 +166,17 @@ struct Load {
 }
 
 impl Load {
+    fn ack(&self, c: u32, seq: u64) {
+        self.acked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((c, seq));
+        self.ack_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(now_ms());
+    }
+
     fn error(&self, write: bool) {
         if write {
             self.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -415,14 +437,16 @@ async fn drive(
         Fault::Slow => {
             let root = primary.pid().unwrap_or_default();
             let on = throttle.clone();
-            throttler = Some(tokio::spawn(async move {
+            // A thread of its own, not a task: the duty cycle must not stretch when the
+            // runtime is busy with the load (a stretched running phase is a milder fault).
+            throttler = Some(std::thread::spawn(move || {
                 while on.load(Ordering::Relaxed) {
                     // Every round: PostgreSQL forks a process per new connection.
                     let pids = processes(root);
                     signal(&pids, nix::sys::signal::Signal::SIGSTOP);
-                    tokio::time::sleep(SLOW_STOPPED).await;
+                    std::thread::sleep(SLOW_STOPPED);
                     signal(&pids, nix::sys::signal::Signal::SIGCONT);
-                    tokio::time::sleep(SLOW_RUNNING).await;
+                    std::thread::sleep(SLOW_RUNNING);
                 }
             }));
         }
@@ -435,7 +459,7 @@ async fn drive(
     }
     throttle.store(false, Ordering::Relaxed);
     if let Some(t) = throttler {
-        let _ = t.await;
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     if opts.fault != Fault::Kill {
         if let Some(root) = primary.pid() {
@@ -480,6 +504,30 @@ async fn drive(
         _ => pg_missing(&new_primary, &acked).await?,
     };
     let (first_err, last_err) = *load.error_times.lock().unwrap_or_else(|p| p.into_inner());
+    let mut ack_times = load
+        .ack_times
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    ack_times.sort_unstable();
+    let first_ack_after_switch_ms = switched.and_then(|h| {
+        ack_times
+            .iter()
+            .find(|t| **t >= h.routed_ms)
+            .map(|t| t - fault_at)
+    });
+    let mut longest_ack_gap_ms = None;
+    let mut prev = fault_at;
+    for t in ack_times.iter().filter(|t| **t >= fault_at) {
+        longest_ack_gap_ms = longest_ack_gap_ms.max(Some(t - prev));
+        prev = *t;
+    }
+    let promotion = switched.and_then(|h| {
+        events
+            .iter()
+            .find(|e| e.name == "promoted" && e.at_ms >= h.at_ms && e.figures["instance"] == h.to)
+            .map(|e| e.figures["output"].clone())
+    });
     Ok(DrillReport {
         kind: opts.kind.as_str(),
         fault: opts.fault,
@@ -501,6 +549,9 @@ async fn drive(
             .or_else(|| after("primary_unhealthy")),
         decided_after_ms: after("switch_started"),
         switched_after_ms: switched.map(|h| h.routed_ms - fault_at),
+        first_ack_after_switch_ms,
+        longest_ack_gap_ms,
+        promotion,
         new_primary,
         writes: load.writes.load(Ordering::Relaxed),
         acknowledged_writes: acked.len() as u64,
@@ -558,10 +609,7 @@ async fn redis_client(c: u32, listen: &str, load: &Load) {
         load.writes.fetch_add(1, Ordering::Relaxed);
         match cn.cmd_within(&["SET", &key, &v], CLIENT_TIMEOUT).await {
             Ok(crate::resp::Value::Simple(s)) if s == "OK" => {
-                load.acked
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((c, seq));
+                load.ack(c, seq);
                 last_acked = Some(seq);
                 match cn.cmd_within(&["WAIT", "1", "1000"], CLIENT_TIMEOUT).await {
                     Ok(crate::resp::Value::Int(n)) if n >= 1 => load
@@ -657,15 +705,10 @@ async fn pg_client(c: u32, listen: &str, load: &Load) {
         load.writes.fetch_add(1, Ordering::Relaxed);
         let sql = format!("INSERT INTO bellwether_drill VALUES ({c}, {seq})");
         match tokio::time::timeout(CLIENT_TIMEOUT * 4, cn.batch_execute(&sql)).await {
-            Ok(Ok(())) => {
-                load.acked
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((c, seq));
-            }
+            Ok(Ok(())) => load.ack(c, seq),
             Ok(Err(e)) => {
                 load.error(true);
-                if e.is_closed() {
+                if connection_gone(&e) {
                     conn = None;
                 }
                 continue;
@@ -685,7 +728,7 @@ async fn pg_client(c: u32, listen: &str, load: &Load) {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     load.error(false);
-                    if e.is_closed() {
+                    if connection_gone(&e) {
                         conn = None;
                     }
                 }
@@ -696,6 +739,14 @@ async fn pg_client(c: u32, listen: &str, load: &Load) {
             }
         }
     }
+}
+
+/// The connection cannot be used again: closed, or the server ended the session (a FATAL
+/// error, as a connection pool would discard it) rather than failing one statement.
+fn connection_gone(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || e.as_db_error()
+            .is_some_and(|d| matches!(d.severity(), "FATAL" | "PANIC"))
 }
 
 /// The acknowledged keys missing on the primary at `endpoint`.

@@ -174,6 +174,10 @@ pub struct PromoteReport {
 pub struct FenceReport {
     /// What was done, for events: `replicaof 10.0.0.2:6379`, `writes refused`, `read-only`.
     pub method: String,
+    /// The instance now replicates from the new primary (a Redis `REPLICAOF`, a PostgreSQL
+    /// standby whose `primary_conninfo` now names it): it stays a mirror.
+    #[serde(default)]
+    pub replicates: bool,
 }
 
 /// Asks the instance its role, replication position and latency. An unreachable instance is
@@ -244,9 +248,34 @@ pub async fn fence(
 ) -> Result<FenceReport, MirrorError> {
     match kind {
         DepKind::Redis => redis::fence(endpoint, new_primary, timeout).await,
-        DepKind::Postgres => pg::fence(endpoint, timeout).await,
+        DepKind::Postgres => pg::fence(endpoint, new_primary, timeout).await,
         DepKind::Tcp => Err(MirrorError::Unsupported {
             operation: "fence",
+            kind: "tcp",
+        }),
+    }
+}
+
+/// Points a PostgreSQL standby at `upstream` (`primary_conninfo`, reloaded) and waits until it
+/// no longer streams from anywhere else; returns the position it had received by then. Before
+/// a promotion every other standby is pointed at the one being promoted (cascading): the old
+/// primary then has no standby left that could confirm a commit except the one promoted, so
+/// every commit it acknowledges is in the promoted one, frozen or not. Redis and tcp:
+/// [`MirrorError::Unsupported`].
+pub async fn repoint(
+    kind: DepKind,
+    endpoint: &str,
+    upstream: &str,
+    timeout: Duration,
+) -> Result<u64, MirrorError> {
+    match kind {
+        DepKind::Postgres => pg::repoint(endpoint, upstream, timeout).await,
+        DepKind::Redis => Err(MirrorError::Unsupported {
+            operation: "repoint",
+            kind: "redis",
+        }),
+        DepKind::Tcp => Err(MirrorError::Unsupported {
+            operation: "repoint",
             kind: "tcp",
         }),
     }
@@ -268,6 +297,59 @@ pub async fn unfence(
             operation: "unfence",
             kind: "tcp",
         }),
+    }
+}
+
+/// A kept connection for latency samples (the local runner's sampler): one cheap round trip
+/// per [`PingConn::ping`] (Redis `PING`, PostgreSQL `SELECT 1`), with no connection set-up in
+/// the measured time. A `tcp` dependency has nothing to ping on an open connection.
+pub struct PingConn(PingInner);
+
+enum PingInner {
+    Redis(redis::Redis),
+    Postgres(tokio_postgres::Client),
+}
+
+impl PingConn {
+    /// Opens one within `timeout`; `Unsupported` for `tcp`.
+    pub async fn open(
+        kind: DepKind,
+        endpoint: &str,
+        timeout: Duration,
+    ) -> Result<PingConn, MirrorError> {
+        match kind {
+            DepKind::Redis => Ok(PingConn(PingInner::Redis(
+                redis::Redis::connect(endpoint, timeout).await?,
+            ))),
+            DepKind::Postgres => {
+                let cfg = pg::config(endpoint, timeout)?;
+                Ok(PingConn(PingInner::Postgres(
+                    pg::connect(endpoint, &cfg, timeout).await?,
+                )))
+            }
+            DepKind::Tcp => Err(MirrorError::Unsupported {
+                operation: "ping",
+                kind: "tcp",
+            }),
+        }
+    }
+
+    /// One round trip, bounded by the `timeout` it was opened with (Redis); the caller bounds a
+    /// PostgreSQL one.
+    pub async fn ping(&mut self) -> Result<(), MirrorError> {
+        match &mut self.0 {
+            PingInner::Redis(r) => r.cmd(&["PING"]).await.map(|_| ()),
+            PingInner::Postgres(c) => {
+                c.simple_query("SELECT 1")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| MirrorError::Unreachable {
+                        kind: "postgres",
+                        endpoint: String::new(),
+                        reason: pg::db_message(&e),
+                    })
+            }
+        }
     }
 }
 

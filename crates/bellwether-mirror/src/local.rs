@@ -308,6 +308,173 @@ fn handle_output(
     }
 }
 
+/// Latency samples per health interval, besides the probe's own round trip.
+pub const SAMPLES_PER_INTERVAL: u32 = 12;
+
+/// The quantile of an interval's latency samples the engine is given as the instance's
+/// latency: a primary that stalls more than a quarter of the time (a CPU-throttled process, a
+/// duty cycle of pauses) shows it, while fewer stalls than that (a busy host's scheduler, a
+/// retransmitted packet) do not.
+pub const LATENCY_QUANTILE: f64 = 0.75;
+
+/// One instance's latency samples since the last health check.
+#[derive(Default)]
+struct SampleBuf {
+    /// Round trips (ms) that completed.
+    done: Vec<f64>,
+    /// A round trip sent and not answered yet: at a health check it counts as the time it has
+    /// waited so far (a frozen instance's samples are not missing, they are long).
+    outstanding_since: Option<tokio::time::Instant>,
+    /// When the last round trip was answered.
+    last_answer: Option<tokio::time::Instant>,
+}
+
+fn lock_buf(b: &Mutex<SampleBuf>) -> std::sync::MutexGuard<'_, SampleBuf> {
+    b.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes the samples gathered since the last call (an outstanding round trip counts, and stays
+/// outstanding).
+fn take_samples(b: &Mutex<SampleBuf>) -> Vec<f64> {
+    let mut g = lock_buf(b);
+    let mut v = std::mem::take(&mut g.done);
+    if let Some(s) = g.outstanding_since {
+        v.push(s.elapsed().as_secs_f64() * 1000.0);
+    }
+    v
+}
+
+/// The `q`-quantile (nearest rank) of `v`; `None` when empty.
+pub fn quantile(v: &[f64], q: f64) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((q.clamp(0.0, 1.0) * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
+
+/// A small xorshift generator for the samples' random spacing (no need for a crate: it only
+/// keeps the samples from locking onto one phase of a periodic stall).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(seed: &str) -> Jitter {
+        let mut x = now_ms() as u64 ^ 0x9E37_79B9_7F4A_7C15;
+        for b in seed.bytes() {
+            x = (x ^ u64::from(b)).wrapping_mul(0x100_0000_01B3);
+        }
+        Jitter(x | 1)
+    }
+
+    /// Uniform in [0, 1).
+    fn next(&mut self) -> f64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Samples one instance's latency on a kept connection, [`SAMPLES_PER_INTERVAL`] round trips
+/// per health interval at random moments (gaps uniform in [0.5, 1.5] × the mean), so that a
+/// periodic stall is seen in proportion to the time it takes. A round trip unanswered for two
+/// intervals drops the connection and opens another; a failed connection is retried every
+/// interval (the probe reports the instance down meanwhile).
+async fn sample_loop(
+    kind: DepKind,
+    endpoint: String,
+    interval: Duration,
+    buf: Arc<Mutex<SampleBuf>>,
+) {
+    let mean_gap = interval / SAMPLES_PER_INTERVAL;
+    let mut jitter = Jitter::new(&endpoint);
+    loop {
+        let opened = tokio::time::timeout(
+            interval,
+            crate::PingConn::open(kind, &endpoint, interval * 2),
+        )
+        .await;
+        let Ok(Ok(mut conn)) = opened else {
+            tokio::time::sleep(interval).await;
+            continue;
+        };
+        loop {
+            tokio::time::sleep(mean_gap.mul_f64(0.5 + jitter.next())).await;
+            let sent = tokio::time::Instant::now();
+            lock_buf(&buf).outstanding_since = Some(sent);
+            let r = tokio::time::timeout(interval * 2, conn.ping()).await;
+            let mut g = lock_buf(&buf);
+            g.outstanding_since = None;
+            if !matches!(r, Ok(Ok(()))) {
+                break;
+            }
+            // Nobody collects (the runner stopped probing): keep the newest.
+            if g.done.len() >= 4 * SAMPLES_PER_INTERVAL as usize {
+                g.done.remove(0);
+            }
+            g.done.push(sent.elapsed().as_secs_f64() * 1000.0);
+            g.last_answer = Some(tokio::time::Instant::now());
+        }
+    }
+}
+
+/// The samplers of the instances being probed, by instance id.
+#[derive(Default)]
+struct Samplers {
+    by_id: BTreeMap<String, (String, Arc<Mutex<SampleBuf>>, JoinHandle<()>)>,
+}
+
+impl Samplers {
+    /// Starts a sampler for each new endpoint and stops those of instances no longer probed
+    /// (or whose endpoint changed).
+    fn sync(&mut self, kind: DepKind, interval: Duration, endpoints: &BTreeMap<String, String>) {
+        self.by_id.retain(|id, (ep, _, h)| {
+            let keep = endpoints.get(id) == Some(ep);
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+        if kind == DepKind::Tcp {
+            return;
+        }
+        for (id, ep) in endpoints {
+            if !self.by_id.contains_key(id) {
+                let buf = Arc::new(Mutex::new(SampleBuf::default()));
+                let h = tokio::spawn(sample_loop(kind, ep.clone(), interval, buf.clone()));
+                self.by_id.insert(id.clone(), (ep.clone(), buf, h));
+            }
+        }
+    }
+
+    /// Whether the instance answered a round trip after `t`.
+    fn answered_since(&self, id: &str, t: tokio::time::Instant) -> bool {
+        self.by_id
+            .get(id)
+            .and_then(|(_, b, _)| lock_buf(b).last_answer)
+            .is_some_and(|a| a > t)
+    }
+
+    fn take(&self, id: &str) -> Vec<f64> {
+        self.by_id
+            .get(id)
+            .map(|(_, b, _)| take_samples(b))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Samplers {
+    fn drop(&mut self) {
+        for (_, _, h) in self.by_id.values() {
+            h.abort();
+        }
+    }
+}
+
 async fn probe_loop(
     kind: DepKind,
     interval: Duration,
@@ -318,6 +485,7 @@ async fn probe_loop(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut samplers = Samplers::default();
     loop {
         tick.tick().await;
         let at = now_ms();
@@ -328,6 +496,7 @@ async fn probe_loop(
                 s.status.as_ref().map(|st| st.primary.clone()),
             )
         };
+        samplers.sync(kind, interval, &endpoints);
         let mut set = tokio::task::JoinSet::new();
         for (id, ep) in endpoints {
             // A replica's probe also asks the primary it names (for its lag), with the probe's
@@ -339,14 +508,18 @@ async fn probe_loop(
                 timeout / 2
             };
             set.spawn(async move {
+                let started = tokio::time::Instant::now();
                 let r = tokio::time::timeout(timeout, crate::probe(kind, &ep, inner)).await;
-                (id, r)
+                (id, r, started, inner)
             });
         }
         let figures = router.figures().await;
         let mut obs = Vec::new();
         while let Some(r) = set.join_next().await {
-            let Ok((id, r)) = r else { continue };
+            let Ok((id, r, started, inner)) = r else {
+                continue;
+            };
+            let took = started.elapsed();
             let st = match r {
                 Ok(Ok(st)) => Some(st),
                 // A bad endpoint is not an observation of the instance; any other failure
@@ -361,7 +534,28 @@ async fn probe_loop(
                     "probe timed out".into(),
                 )),
             };
-            let Some(st) = st else { continue };
+            let Some(mut st) = st else { continue };
+            // The primary's probe ran out of time, but its kept connection answered while the
+            // probe waited: it is slow (a starved host, a lost packet, a connection slow to
+            // open), not down. Down means no answer at all; slow is judged by its latency
+            // (the wait counts as a sample), where `min_switch_gap` applies. A refused
+            // connection or a frozen instance answers nothing and stays down.
+            if !st.reachable
+                && primary.as_deref() == Some(id.as_str())
+                && took >= inner.mul_f64(0.9)
+                && samplers.answered_since(&id, started)
+            {
+                st = crate::InstanceStatus {
+                    reachable: true,
+                    role: None,
+                    offset: None,
+                    replica_of: None,
+                    link_up: None,
+                    latency_ms: took.as_secs_f64() * 1000.0,
+                    lag: None,
+                    error: st.error,
+                };
+            }
             let f = match &figures {
                 Some(all) => all.get(&id).cloned().unwrap_or(BackendFigures {
                     sessions: Some(0),
@@ -369,10 +563,22 @@ async fn probe_loop(
                 }),
                 None => BackendFigures::default(),
             };
+            // The interval's latency: a quantile of the sampler's round trips and the probe's.
+            let mut samples = samplers.take(&id);
+            samples.push(st.latency_ms);
+            let latency_ms = quantile(&samples, LATENCY_QUANTILE).unwrap_or(st.latency_ms);
+            tracing::debug!(
+                instance = %id,
+                reachable = st.reachable,
+                probe_ms = st.latency_ms,
+                latency_ms,
+                samples = samples.len(),
+                "latency sample"
+            );
             obs.push(Observation {
                 instance: id,
                 check: if st.reachable { Check::Ok } else { Check::Down },
-                latency_ms: st.reachable.then_some(st.latency_ms),
+                latency_ms: st.reachable.then_some(latency_ms),
                 error_rate: f.error_rate,
                 requests_per_s: f.requests_per_s,
                 offset: st.offset,
@@ -445,42 +651,17 @@ impl Io {
                 old_primary,
                 ..
             } => {
-                // No write passes the proxy while the primary changes (a primary judged down
-                // may still be acknowledging writes: slow, or cut off from the checks only).
-                // A PostgreSQL session the proxy cannot move yet keeps its server connection;
-                // a fence (read-only, sessions ended) makes sure the old primary acknowledges
-                // nothing more. Best effort and short, beside the hold: it is down, or only
-                // looks so.
-                let fence_pg = async {
-                    if self.kind == DepKind::Postgres {
-                        let t = self.opts.probe_timeout * 2;
-                        let _ = tokio::time::timeout(
-                            t,
-                            crate::fence(self.kind, &old_primary.endpoint, None, t),
-                        )
-                        .await;
+                let t = Duration::from_millis(timeout_ms);
+                let (target, t, prepared) = match self.kind {
+                    DepKind::Postgres => {
+                        self.before_pg_promotion(&instance, &old_primary, catch_up_to, t)
+                            .await
+                    }
+                    _ => {
+                        self.before_promotion(&instance, &old_primary, catch_up_to, t)
+                            .await
                     }
                 };
-                let (held, ()) = tokio::join!(self.router.hold(self.opts.probe_timeout), fence_pg);
-                if let Err(e) = held {
-                    tracing::warn!(error = %e, "Could not hold the proxy's commands before the promotion.");
-                }
-                let mut t = Duration::from_millis(timeout_ms);
-                let mut target = catch_up_to;
-                if let Some(want) = catch_up_to {
-                    // A mirror may hold writes the engine never saw on the primary (a
-                    // synchronous standby acknowledged them after the last check): the promoted
-                    // one must reach the furthest mirror too. When another is ahead, this one
-                    // gets a short wait and the engine tries the next.
-                    let ahead = self
-                        .furthest_peer(&[&instance.instance, &old_primary.instance])
-                        .await;
-                    if let Some((peer, o)) = ahead.filter(|(_, o)| *o > want) {
-                        tracing::info!(peer = %peer, offset = o, "A mirror is ahead of the primary's last known offset.");
-                        target = Some(o);
-                        t = t.min(self.opts.probe_timeout * 4);
-                    }
-                }
                 match crate::promote(self.kind, &instance.endpoint, target, t).await {
                     Ok(r) => {
                         // A former primary fenced with min-replicas-to-write keeps that
@@ -495,7 +676,8 @@ impl Io {
                         (
                             true,
                             json!({"offset": r.reached_offset, "waited_ms": r.waited_ms,
-                                   "promote_ms": r.promote_ms}),
+                                   "promote_ms": r.promote_ms, "catch_up_to": target,
+                                   "prepared": prepared}),
                             None,
                         )
                     }
@@ -509,6 +691,26 @@ impl Io {
             } => {
                 let t = self.opts.fence_timeout;
                 let np = new_primary.as_ref().map(|b| b.endpoint.as_str());
+                if new_primary.is_none()
+                    && self.kind == DepKind::Postgres
+                    && pg_commits_wait_for_standbys(&instance.endpoint, self.opts.probe_timeout)
+                        .await
+                {
+                    // Its commits are acknowledged only once a standby flushed them: the
+                    // promotion cuts every other standby off it (see `before_pg_promotion`), so
+                    // whatever it acknowledges until then is in the promoted one, and nothing
+                    // after. Talking to a slow primary (fence, final position) is not needed
+                    // for that; it is made read-only once the switch is routed.
+                    if let Err(e) = self.router.hold(Duration::ZERO).await {
+                        tracing::warn!(error = %e, "Could not hold the proxy's commands before the promotion.");
+                    }
+                    return (
+                        true,
+                        json!({"method": "held at the proxy; its commits wait for standbys, which are repointed away from it at the promotion",
+                               "offset": Value::Null, "mirror": false}),
+                        None,
+                    );
+                }
                 if new_primary.is_none() {
                     // Ahead of a promotion: writes wait in the proxy rather than fail on the
                     // fenced primary, and none is in flight there when its offset is read.
@@ -536,7 +738,7 @@ impl Io {
                         } else {
                             None
                         };
-                        let mirror = new_primary.is_some() && self.kind == DepKind::Redis;
+                        let mirror = new_primary.is_some() && r.replicates;
                         (
                             true,
                             json!({"method": r.method, "offset": offset, "mirror": mirror}),
@@ -570,6 +772,123 @@ impl Io {
 }
 
 impl Io {
+    /// Before a Redis promotion: holds the proxy's commands (no primary; they wait instead of
+    /// failing, and nothing is in flight on the old primary when the target is read), then
+    /// raises the target to the furthest other mirror. The target and the wait for it.
+    async fn before_promotion(
+        &self,
+        instance: &Backend,
+        old_primary: &Backend,
+        catch_up_to: Option<u64>,
+        timeout: Duration,
+    ) -> (Option<u64>, Duration, Value) {
+        let started = tokio::time::Instant::now();
+        if let Err(e) = self.router.hold(self.opts.probe_timeout).await {
+            tracing::warn!(error = %e, "Could not hold the proxy's commands before the promotion.");
+        }
+        let hold_ms = started.elapsed().as_millis() as u64;
+        let mut t = timeout;
+        let mut target = catch_up_to;
+        if let Some(want) = catch_up_to {
+            // A mirror may hold writes the engine never saw on the primary: the promoted one
+            // must reach the furthest mirror too. When another is ahead, this one gets a short
+            // wait and the engine tries the next.
+            let ahead = self
+                .furthest_peer(&[&instance.instance, &old_primary.instance])
+                .await;
+            if let Some((peer, o)) = ahead.filter(|(_, o)| *o > want) {
+                tracing::info!(peer = %peer, offset = o, "A mirror is ahead of the primary's last known offset.");
+                target = Some(o);
+                t = t.min(self.opts.probe_timeout * 4);
+            }
+        }
+        let details =
+            json!({"hold_ms": hold_ms, "prepare_ms": started.elapsed().as_millis() as u64});
+        (target, t, details)
+    }
+
+    /// Before a PostgreSQL promotion, without waiting on the old primary (frozen, slow or
+    /// dead: it is never asked anything here). The proxy holds at once (new connections and
+    /// commands wait for the new primary; a session the proxy cannot move yet keeps its server
+    /// connection, so a statement may still reach the old primary), and every other standby is
+    /// pointed at the one being promoted (cascading replication). From then on the only
+    /// standby that can confirm a commit of the old primary is the one being promoted, so any
+    /// commit it acknowledges, now or when it thaws, is in the promoted one; after the
+    /// promotion none can be acknowledged (its commits wait for a standby that never comes).
+    /// The target is the furthest of `catch_up_to` and what the other standbys had received
+    /// when they were cut off: the promoted one must hold it (a promotion replays everything
+    /// it received). The other standbys then follow the new timeline with no copy.
+    async fn before_pg_promotion(
+        &self,
+        instance: &Backend,
+        old_primary: &Backend,
+        catch_up_to: Option<u64>,
+        timeout: Duration,
+    ) -> (Option<u64>, Duration, Value) {
+        let started = tokio::time::Instant::now();
+        let others: Vec<(String, String)> = lock(&self.shared)
+            .endpoints
+            .iter()
+            .filter(|(id, _)| **id != instance.instance && **id != old_primary.instance)
+            .map(|(id, e)| (id.clone(), e.clone()))
+            .collect();
+        let t = self.opts.fence_timeout;
+        let cut = async {
+            let mut set = tokio::task::JoinSet::new();
+            for (id, ep) in others {
+                let up = instance.endpoint.clone();
+                set.spawn(async move {
+                    let s = tokio::time::Instant::now();
+                    let r = crate::repoint(DepKind::Postgres, &ep, &up, t).await;
+                    (id, r, s.elapsed())
+                });
+            }
+            let mut furthest: Option<u64> = None;
+            let mut done = Vec::new();
+            while let Some(r) = set.join_next().await {
+                let Ok((id, r, took)) = r else { continue };
+                done.push(
+                    json!({"instance": id, "ok": r.is_ok(), "ms": took.as_millis() as u64,
+                                 "position": r.as_ref().ok()}),
+                );
+                match r {
+                    Ok(pos) => furthest = furthest.max(Some(pos)),
+                    // A standby that cannot be reached confirms nothing we could count on; one
+                    // that refused (it is a primary) is not a standby of the old primary.
+                    Err(e) => {
+                        tracing::warn!(instance = %id, error = %e, "Could not point a standby at the mirror being promoted.")
+                    }
+                }
+            }
+            (furthest, done)
+        };
+        let hold = async {
+            let s = tokio::time::Instant::now();
+            (self.router.hold(Duration::ZERO).await, s.elapsed())
+        };
+        let ((held, hold_took), (furthest, repointed)) = tokio::join!(hold, cut);
+        if let Err(e) = held {
+            tracing::warn!(error = %e, "Could not hold the proxy's commands before the promotion.");
+        }
+        let mut t = timeout;
+        let target = match (catch_up_to, furthest) {
+            (Some(a), Some(b)) if b > a => {
+                tracing::info!(
+                    offset = b,
+                    "A standby had received more than the primary's last known position."
+                );
+                // When another standby is ahead, this one gets a short wait and the engine
+                // tries the next.
+                t = t.min(self.opts.probe_timeout * 4);
+                Some(b)
+            }
+            (a, b) => a.or(b),
+        };
+        let details = json!({"hold_ms": hold_took.as_millis() as u64, "repointed": repointed,
+                             "prepare_ms": started.elapsed().as_millis() as u64});
+        (target, t, details)
+    }
+
     /// The replica (other than `except`) with the highest replication offset now.
     async fn furthest_peer(&self, except: &[&str]) -> Option<(String, u64)> {
         let peers: Vec<(String, String)> = lock(&self.shared)
@@ -591,6 +910,31 @@ impl Io {
         }
         best
     }
+}
+
+/// Whether the PostgreSQL primary at `endpoint` acknowledges commits only once a standby
+/// flushed them (`synchronous_standby_names` set, `synchronous_commit` `on` or `remote_apply`); false
+/// when it cannot tell within `timeout`.
+async fn pg_commits_wait_for_standbys(endpoint: &str, timeout: Duration) -> bool {
+    let ask = async {
+        let url = if endpoint.starts_with("postgres://") {
+            endpoint.to_string()
+        } else {
+            format!("postgres://postgres@{endpoint}/postgres")
+        };
+        let inst = bellwether_pg::connect(&url).await.ok()?;
+        let row = inst
+            .client
+            .query_one(
+                "SELECT current_setting('synchronous_standby_names') <> '' \
+                 AND current_setting('synchronous_commit') IN ('on', 'remote_apply')",
+                &[],
+            )
+            .await
+            .ok()?;
+        row.try_get::<_, bool>(0).ok()
+    };
+    matches!(tokio::time::timeout(timeout, ask).await, Ok(Some(true)))
 }
 
 /// `CONFIG SET min-replicas-to-write 0`: undoes [`crate::fence`]'s write refusal.
@@ -624,4 +968,35 @@ async fn pg_unfence(endpoint: &str) -> Result<(), String> {
             .map_err(|e| format!("{endpoint}: {q}: {e}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quantile_is_the_nearest_rank() {
+        assert_eq!(quantile(&[], 0.75), None);
+        assert_eq!(quantile(&[3.0], 0.75), Some(3.0));
+        // 13 samples: the 10th smallest.
+        let v: Vec<f64> = (1..=13).rev().map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.75), Some(10.0));
+        assert_eq!(quantile(&[1.0, f64::NAN, 2.0], 1.0), Some(2.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_sample_counts_as_its_wait_so_far() {
+        let b = Mutex::new(SampleBuf::default());
+        lock_buf(&b).done.extend([1.0, 2.0]);
+        lock_buf(&b).outstanding_since = Some(tokio::time::Instant::now());
+        tokio::time::advance(Duration::from_millis(40)).await;
+        let v = take_samples(&b);
+        assert_eq!(v.len(), 3);
+        assert!((v[2] - 40.0).abs() < 1.0, "{v:?}");
+        // Taken: only the outstanding one is left, still counting.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let v = take_samples(&b);
+        assert_eq!(v.len(), 1);
+        assert!((v[0] - 50.0).abs() < 1.0, "{v:?}");
+    }
 }

@@ -241,6 +241,169 @@ pub(crate) async fn primary_position(
     })
 }
 
+/// A standby's furthest position that a promotion keeps: what it received and flushed
+/// (`pg_last_wal_receive_lsn`) or replayed, whichever is further. A promotion replays every
+/// WAL record already in the standby's `pg_wal` before it ends recovery ("before failover, any
+/// WAL immediately available in the archive or in pg_wal will be restored"), and a synchronous
+/// commit is acknowledged once a standby *flushed* it, so this, not the replay position, is
+/// what must reach the acknowledged commits.
+async fn received(
+    c: &tokio_postgres::Client,
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<u64, MirrorError> {
+    let sql = "SELECT greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())";
+    let rows = query(c, endpoint, sql, timeout).await?;
+    let pos: Option<PgLsn> = rows.first().and_then(|r| r.get(0));
+    Ok(lsn(pos))
+}
+
+/// `conninfo` (libpq `key=value` pairs, values optionally single-quoted with `\` escapes) with
+/// `host` and `port` set to `host`/`port` and every other pair kept as it was.
+pub(crate) fn conninfo_at(conninfo: &str, host: &str, port: u16) -> String {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut chars = conninfo.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if key.is_empty() {
+            break;
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek() == Some(&'=') {
+            chars.next();
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            value.push(n);
+                        }
+                    }
+                    '\'' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        pairs.push((key, value));
+    }
+    pairs.retain(|(k, _)| k != "host" && k != "port" && k != "hostaddr");
+    pairs.push(("host".into(), host.to_string()));
+    pairs.push(("port".into(), port.to_string()));
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let v = v.replace('\\', "\\\\").replace('\'', "\\'");
+            format!("{k}='{v}'")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A SQL string literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Points the standby at `endpoint` to stream from `upstream` (`primary_conninfo` with the new
+/// host and port, reloaded: the WAL receiver restarts on it), then waits until its WAL receiver
+/// no longer streams from anywhere else. Returns the position it had received by then: it can
+/// confirm no commit of its former upstream past it. `upstream` may itself be a standby
+/// (cascading replication): once that one is promoted, this one follows its new timeline.
+pub(crate) async fn repoint(
+    endpoint: &str,
+    upstream: &str,
+    timeout: Duration,
+) -> Result<u64, MirrorError> {
+    let up = Endpoint::parse(upstream)?;
+    let cfg = config(endpoint, timeout)?;
+    let c = connect(endpoint, &cfg, timeout).await?;
+    let (role, _) = role_and_offset(&c, endpoint, timeout).await?;
+    if role != Role::Replica {
+        return Err(MirrorError::WrongRole {
+            endpoint: endpoint.to_string(),
+            expected: "replica",
+            actual: "primary".to_string(),
+        });
+    }
+    let rows = query(
+        &c,
+        endpoint,
+        "SELECT current_setting('primary_conninfo')",
+        timeout,
+    )
+    .await?;
+    let current: String = rows.first().map(|r| r.get(0)).unwrap_or_default();
+    let next = conninfo_at(&current, &up.host, up.port);
+    let started = Instant::now();
+    if next != current {
+        let set = format!("ALTER SYSTEM SET primary_conninfo = {}", literal(&next));
+        query(&c, endpoint, &set, timeout).await?;
+        query(&c, endpoint, "SELECT pg_reload_conf()", timeout).await?;
+    }
+    // The WAL receiver restarts on the new setting once the startup process sees the reload:
+    // until then it may still confirm its former upstream's commits.
+    let sql = "SELECT sender_host, sender_port FROM pg_stat_wal_receiver";
+    loop {
+        let rows = query(&c, endpoint, sql, timeout).await?;
+        let from: Option<(Option<String>, Option<i32>)> =
+            rows.first().map(|r| (r.get(0), r.get(1)));
+        let elsewhere = match &from {
+            None => false,
+            Some((Some(h), Some(p))) => !(*h == up.host && *p == i32::from(up.port)),
+            Some(_) => false,
+        };
+        if !elsewhere {
+            break;
+        }
+        if started.elapsed() + CATCH_UP_POLL > timeout {
+            return Err(protocol(
+                endpoint,
+                sql,
+                format!(
+                    "its WAL receiver still streams from {:?} {} ms after primary_conninfo was changed",
+                    from,
+                    ms(started.elapsed())
+                ),
+            ));
+        }
+        tokio::time::sleep(CATCH_UP_POLL).await;
+    }
+    let pos = received(&c, endpoint, timeout).await?;
+    tracing::info!(
+        endpoint,
+        upstream,
+        position = pos,
+        "Repointed a PostgreSQL standby."
+    );
+    Ok(pos)
+}
+
 pub(crate) async fn promote(
     endpoint: &str,
     catch_up_to: Option<u64>,
@@ -249,7 +412,7 @@ pub(crate) async fn promote(
     let started = Instant::now();
     let cfg = config(endpoint, timeout)?;
     let c = connect(endpoint, &cfg, timeout).await?;
-    let (role, mut offset) = role_and_offset(&c, endpoint, timeout).await?;
+    let (role, _) = role_and_offset(&c, endpoint, timeout).await?;
     if role != Role::Replica {
         return Err(MirrorError::WrongRole {
             endpoint: endpoint.to_string(),
@@ -257,6 +420,7 @@ pub(crate) async fn promote(
             actual: "primary".to_string(),
         });
     }
+    let mut offset = received(&c, endpoint, timeout).await?;
     if let Some(target) = catch_up_to {
         let deadline = started + timeout;
         while offset < target {
@@ -269,21 +433,37 @@ pub(crate) async fn promote(
                 });
             }
             tokio::time::sleep(CATCH_UP_POLL).await;
-            offset = role_and_offset(&c, endpoint, timeout).await?.1;
+            offset = received(&c, endpoint, timeout).await?;
         }
     }
     let waited_ms = ms(started.elapsed());
     let promoting = Instant::now();
-    let secs = timeout.as_secs().clamp(1, i32::MAX as u64).to_string();
-    let sql = format!("SELECT pg_promote(true, {secs})");
-    let rows = query(&c, endpoint, &sql, timeout + Duration::from_secs(1)).await?;
-    let done: bool = rows.first().map(|r| r.get(0)).unwrap_or(false);
-    if !done {
-        return Err(protocol(
-            endpoint,
-            &sql,
-            format!("the standby did not finish its promotion within {secs} s"),
-        ));
+    // `pg_promote(true)` checks for the end of recovery every 100 ms; asking without waiting
+    // and polling `pg_is_in_recovery()` every 5 ms answers as soon as it is a primary.
+    let sql = "SELECT pg_promote(false)";
+    let rows = query(&c, endpoint, sql, timeout).await?;
+    let signalled: bool = rows.first().map(|r| r.get(0)).unwrap_or(false);
+    if !signalled {
+        return Err(protocol(endpoint, sql, "the standby refused to promote"));
+    }
+    let deadline = promoting + timeout.max(Duration::from_secs(1));
+    loop {
+        let rows = query(&c, endpoint, "SELECT pg_is_in_recovery()", timeout).await?;
+        let recovering: bool = rows.first().map(|r| r.get(0)).unwrap_or(true);
+        if !recovering {
+            break;
+        }
+        if Instant::now() + CATCH_UP_POLL > deadline {
+            return Err(protocol(
+                endpoint,
+                sql,
+                format!(
+                    "the standby did not finish its promotion within {} ms",
+                    ms(promoting.elapsed())
+                ),
+            ));
+        }
+        tokio::time::sleep(CATCH_UP_POLL).await;
     }
     let promote_ms = ms(promoting.elapsed());
     tracing::info!(
@@ -299,9 +479,26 @@ pub(crate) async fn promote(
     })
 }
 
-pub(crate) async fn fence(endpoint: &str, timeout: Duration) -> Result<FenceReport, MirrorError> {
+pub(crate) async fn fence(
+    endpoint: &str,
+    new_primary: Option<&str>,
+    timeout: Duration,
+) -> Result<FenceReport, MirrorError> {
     let cfg = config(endpoint, timeout)?;
     let c = connect(endpoint, &cfg, timeout).await?;
+    if let Some(np) = new_primary {
+        // A standby follows the new primary (it is not ahead of it: the promoted mirror had
+        // reached every other mirror's position); a former primary cannot without pg_rewind
+        // and is made read-only below.
+        if role_and_offset(&c, endpoint, timeout).await?.0 == Role::Replica {
+            drop(c);
+            repoint(endpoint, np, timeout).await?;
+            return Ok(FenceReport {
+                method: format!("replicates from {np} (primary_conninfo)"),
+                replicates: true,
+            });
+        }
+    }
     for sql in [
         "ALTER SYSTEM SET default_transaction_read_only = on",
         "SELECT pg_reload_conf()",
@@ -314,6 +511,7 @@ pub(crate) async fn fence(endpoint: &str, timeout: Duration) -> Result<FenceRepo
     tracing::info!(endpoint, "Fenced a PostgreSQL instance (read-only).");
     Ok(FenceReport {
         method: "read-only (default_transaction_read_only)".to_string(),
+        replicates: false,
     })
 }
 
@@ -329,5 +527,30 @@ pub(crate) async fn unfence(endpoint: &str, timeout: Duration) -> Result<FenceRe
     tracing::info!(endpoint, "Unfenced a PostgreSQL instance.");
     Ok(FenceReport {
         method: "writable (default_transaction_read_only reset)".to_string(),
+        replicates: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conninfo_at;
+
+    #[test]
+    fn conninfo_gets_the_new_host_and_port_and_keeps_the_rest() {
+        // As pg_basebackup -R writes it.
+        let c = "user=postgres passfile='/var/lib/postgresql/.pgpass' channel_binding=prefer \
+                 host=127.0.0.1 port=5432 sslmode=prefer application_name='a b\\'c'";
+        let n = conninfo_at(c, "127.0.0.1", 40001);
+        assert_eq!(
+            n,
+            "user='postgres' passfile='/var/lib/postgresql/.pgpass' channel_binding='prefer' \
+             sslmode='prefer' application_name='a b\\'c' host='127.0.0.1' port='40001'"
+        );
+        // A hostaddr would win over host: it goes too. Spaces around '=' are allowed.
+        assert_eq!(
+            conninfo_at("hostaddr=10.0.0.1 port = 1 user=x", "::1", 2),
+            "user='x' host='::1' port='2'"
+        );
+        assert_eq!(conninfo_at("", "h", 3), "host='h' port='3'");
+    }
 }

@@ -258,7 +258,10 @@ pub(crate) async fn fence(
     };
     r.cmd(&["CLIENT", "UNPAUSE"]).await?;
     tracing::info!(endpoint, method = %method, "Fenced a Redis instance.");
-    Ok(FenceReport { method })
+    Ok(FenceReport {
+        replicates: new.is_some(),
+        method,
+    })
 }
 
 pub(crate) async fn unfence(endpoint: &str, timeout: Duration) -> Result<FenceReport, MirrorError> {
@@ -269,5 +272,6 @@ pub(crate) async fn unfence(endpoint: &str, timeout: Duration) -> Result<FenceRe
     tracing::info!(endpoint, "Unfenced a Redis instance.");
     Ok(FenceReport {
         method: "writes accepted (min-replicas-to-write 0)".to_string(),
+        replicates: false,
     })
 }

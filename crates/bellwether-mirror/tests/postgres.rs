@@ -8,10 +8,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use bellwether_mirror::{
-    fence, primary_position, probe, promote, DepKind, LocalProcess, MirrorError, ProvisionRequest,
-    Provisioner, Role,
+    fence, primary_position, probe, promote, repoint, DepKind, LocalProcess, MirrorError,
+    ProvisionRequest, Provisioner, Role,
 };
 use bellwether_pg::testing::{TestCluster, TestClusterOptions};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 const T: Duration = Duration::from_secs(5);
 
@@ -79,8 +81,6 @@ fn server_pids(data: &Path) -> Vec<i32> {
 /// A crash: every server process frozen at once (so none acts on another's death), then
 /// killed.
 fn crash(data: &Path) {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
     let pids = server_pids(data);
     for &p in &pids {
         let _ = kill(Pid::from_raw(p), Signal::SIGSTOP);
@@ -314,4 +314,112 @@ async fn a_failed_standby_provisioning_is_a_clear_error_and_leaves_nothing_behin
         assert!(e.contains("chmod o+x"), "{e}");
         assert!(empty(&closed.path().join("m")));
     }
+}
+
+/// The PostgreSQL switch of the local runner, on real servers: a frozen primary is never asked
+/// anything. Its other standby is pointed at the one to promote (cascading), which cuts the
+/// old primary off every standby but that one; the promoted one holds every acknowledged
+/// commit; the thawed old primary has no standby left to confirm a commit; the repointed
+/// standby follows the new timeline and is the new primary's synchronous standby at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_is_cut_off_by_repointing_its_standbys() {
+    let primary = TestCluster::start(TestClusterOptions {
+        conf: vec![("synchronous_standby_names".into(), "'*'".into())],
+    });
+    let ep = format!("127.0.0.1:{}", primary.port);
+    let base = base_dir();
+    let driver = LocalProcess::new(base.path().join("mirrors"));
+    // Commits wait for a standby from here on: the table first, then the standbys.
+    let setup = async {
+        let c = client(&ep).await;
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await
+    };
+    let req1 = request(&ep, "db-1");
+    let (created, s1) = tokio::join!(setup, driver.provision(&req1));
+    let s1 = s1.unwrap_or_else(|e| panic!("provision db-1: {e}; log: {}", primary.log()));
+    created.unwrap();
+    let s2 = driver
+        .provision(&request(&ep, "db-2"))
+        .await
+        .unwrap_or_else(|e| panic!("provision db-2: {e}; log: {}", primary.log()));
+
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i32>::new()));
+    let (n_tx, n_rx) = tokio::sync::watch::channel(0usize);
+    let writer = {
+        let (ep, acked) = (ep.clone(), acked.clone());
+        tokio::spawn(async move {
+            let w = client(&ep).await;
+            for i in 0..i32::MAX {
+                if w.execute("INSERT INTO t VALUES ($1)", &[&i]).await.is_err() {
+                    break;
+                }
+                let mut a = acked.lock().unwrap();
+                a.push(i);
+                let _ = n_tx.send(a.len());
+            }
+        })
+    };
+    let mut last_position = 0;
+    while *n_rx.borrow() < 200 {
+        last_position = primary_position(DepKind::Postgres, &ep, T).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pids = server_pids(&primary.data_dir);
+    for p in &pids {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGSTOP);
+    }
+
+    let cut = repoint(DepKind::Postgres, &s2.endpoint, &s1.endpoint, T)
+        .await
+        .unwrap();
+    let report = promote(
+        DepKind::Postgres,
+        &s1.endpoint,
+        Some(last_position.max(cut)),
+        T,
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "cut db-2 at {cut}, promoted db-1 (catch-up wait {} ms, promotion {} ms)",
+        report.waited_ms, report.promote_ms
+    );
+    for p in &pids {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGCONT);
+    }
+    // Thawed, the old primary loses its last standby connections: from then on no commit of
+    // it can be confirmed. (A confirmation db-1 sent before its promotion may still arrive:
+    // it covers only what db-1 flushed, which the check below finds.)
+    let old = client(&ep).await;
+    loop {
+        let n: i64 = old
+            .query_one("SELECT count(*) FROM pg_stat_replication", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    writer.abort();
+    let acked = acked.lock().unwrap().clone();
+    let m = client(&s1.endpoint).await;
+    let found: i64 = m
+        .query_one("SELECT count(*) FROM t WHERE id = ANY($1)", &[&acked])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(found as usize, acked.len(), "acknowledged commits lost");
+    // A commit on the new primary waits for a synchronous standby: db-2, which followed.
+    m.execute("INSERT INTO t VALUES (-1)", &[]).await.unwrap();
+    let st = probe(DepKind::Postgres, &s2.endpoint, T).await.unwrap();
+    assert_eq!(st.role, Some(Role::Replica));
+    assert_eq!(st.replica_of.as_deref(), Some(s1.endpoint.as_str()));
+    let f = fence(DepKind::Postgres, &s2.endpoint, Some(&s1.endpoint), T)
+        .await
+        .unwrap();
+    assert!(f.replicates, "{f:?}");
+    driver.retire(&s2).await.unwrap();
+    driver.retire(&s1).await.unwrap();
 }

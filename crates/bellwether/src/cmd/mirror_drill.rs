@@ -24,7 +24,8 @@ pub enum FaultArg {
     Kill,
     /// SIGSTOP: the primary freezes (SIGCONT at the end).
     Stop,
-    /// The primary's processes run 6 ms of every 53 ms: a throttled, slow primary.
+    /// The primary's processes run 6 ms of every 53 ms (stopped 47 ms, from a thread of the
+    /// drill's own): a throttled, slow primary.
     Slow,
 }
 
@@ -118,6 +119,14 @@ fn print_human(r: &DrillReport) {
         ms(r.decided_after_ms),
         ms(r.switched_after_ms)
     );
+    println!(
+        "  first write acknowledged after the switch: {} after the fault; longest time without an acknowledged write: {}",
+        ms(r.first_ack_after_switch_ms),
+        ms(r.longest_ack_gap_ms)
+    );
+    if let Some(p) = &r.promotion {
+        println!("  promotion: {p}");
+    }
     println!("  new primary: {}", r.new_primary);
     println!(
         "  writes {} (acknowledged {}, errors {}), reads {} (errors {})",
