@@ -7,12 +7,15 @@
 //! (`bellwether_mirror::local::LocalRunner`, 250 ms health interval, `switch_after` 2), under
 //! load (`CLIENTS` connections per dependency, default 4: Redis `SET` then `GET` of it,
 //! PostgreSQL `INSERT` then `SELECT` of it, autocommit). After `BEFORE_S` seconds (default 4)
-//! every primary's processes get SIGKILL in one loop; the load goes on until `AFTER_S` seconds
+//! every dependency's current primary (its processes) gets SIGKILL in one loop; the load goes on until `AFTER_S` seconds
 //! (default 8) after the kill. `RUNS` runs (default 3).
 //!
 //! Counted per dependency, by the load itself:
-//! - **in flight at the kill**: requests sent before the last SIGKILL and not answered when
-//!   the first was sent (every request's start and end are recorded);
+//! - **in flight at the kill**: requests sent before its primary's first kill(2) and not
+//!   answered then (every request's start and end are recorded), the strict count the goal
+//!   is checked against; and, looser, those in flight at any moment of the kill(2) calls of
+//!   that primary (a few µs for Redis, up to tens of ms for PostgreSQL's processes on a
+//!   loaded machine);
 //! - the proxy's own `in_flight` metric summed over the Redis backends, read just before the
 //!   kill (the PostgreSQL listener does not count it);
 //! - **failed requests**: an error reply, a lost connection or a timeout (5 s Redis, 20 s
@@ -260,15 +263,39 @@ async fn run_once(run: u64, redis: u64, pg: u64, clients: u64) -> Result<serde_j
         }
     }
     tokio::time::sleep(Duration::from_secs(env("BEFORE_S", 4))).await;
-    // Every pid first, so that the kill itself is one loop of kill(2).
-    let pids: Vec<Vec<i32>> = deps.iter().map(|d| d.primary.pids()).collect();
-    let proxy_in_flight: Vec<u64> = deps.iter().map(|d| d.proxy.router.in_flight()).collect();
-    let t0 = clock.us();
-    let kill_ms = now_ms();
-    for p in &pids {
-        support::sigkill(p);
+    // Every dependency's current primary (a mirror, if a switch came before the kill), every
+    // pid first, so that the kill itself is one loop of kill(2).
+    let mut pids: Vec<Vec<i32>> = Vec::new();
+    let mut primaries = Vec::new();
+    let mut switches_before = Vec::new();
+    for d in &deps {
+        let st = d.runner.status().ok_or("no status")?;
+        switches_before.push(st.history.len());
+        let p = if st.primary == bellwether_engine::mirror::PRIMARY_ID {
+            d.primary.pids()
+        } else {
+            let inst = d
+                .runner
+                .made()
+                .into_iter()
+                .find(|i| i.id == st.primary)
+                .ok_or_else(|| format!("{}: the primary {} is unknown", d.name, st.primary))?;
+            let pid = inst.pid.ok_or("a mirror without a pid")?;
+            support::processes(pid)
+        };
+        primaries.push(st.primary.clone());
+        pids.push(p);
     }
-    let t1 = clock.us();
+    let proxy_in_flight: Vec<u64> = deps.iter().map(|d| d.proxy.router.in_flight()).collect();
+    let kill_ms = now_ms();
+    // Per dependency: just before and just after its primary's kill(2) calls.
+    let mut windows = Vec::new();
+    for p in &pids {
+        let a = clock.us();
+        support::sigkill(p);
+        windows.push((a, clock.us()));
+    }
+    let (t0, t1) = (windows[0].0, windows[windows.len() - 1].1);
     tokio::time::sleep(Duration::from_secs(env("AFTER_S", 8))).await;
     for d in &deps {
         d.load.stop.store(true, Ordering::Relaxed);
@@ -280,9 +307,13 @@ async fn run_once(run: u64, redis: u64, pg: u64, clients: u64) -> Result<serde_j
     let (mut tot_in_flight, mut tot_failed) = (0u64, 0u64);
     for (i, d) in deps.iter().enumerate() {
         let reqs = d.load.reqs.lock().unwrap().clone();
-        let in_flight = reqs.iter().filter(|r| r.start <= t1 && r.end >= t0).count() as u64;
-        let failed_before = reqs.iter().filter(|r| !r.ok && r.start <= t1).count() as u64;
-        let failed_after = reqs.iter().filter(|r| !r.ok && r.start > t1).count() as u64;
+        // Sent before its primary's kill returned and not answered before the kill began.
+        let (a, b) = windows[i];
+        let in_window = reqs.iter().filter(|r| r.start <= b && r.end >= a).count() as u64;
+        // The strict count: in flight at the instant its kill began.
+        let in_flight = reqs.iter().filter(|r| r.start <= a && r.end >= a).count() as u64;
+        let failed_before = reqs.iter().filter(|r| !r.ok && r.start <= b).count() as u64;
+        let failed_after = reqs.iter().filter(|r| !r.ok && r.start > b).count() as u64;
         let status = d.runner.status();
         let switched = status
             .as_ref()
@@ -296,8 +327,12 @@ async fn run_once(run: u64, redis: u64, pg: u64, clients: u64) -> Result<serde_j
         tot_failed += failed_before + failed_after;
         out.push(serde_json::json!({
             "dependency": d.name, "kind": d.kind.as_str(),
+            "primary_at_kill": primaries[i],
+            "switches_before_kill": switches_before[i],
+            "kill_window_us": b - a,
             "requests": reqs.len(),
             "in_flight_at_kill": in_flight,
+            "in_flight_during_kill_window": in_window,
             "proxy_in_flight_metric_before_kill": proxy_in_flight[i],
             "proxy_lost_in_flight": d.proxy.router.lost_in_flight(),
             "failed_sent_before_kill": failed_before,
