@@ -1,0 +1,319 @@
+//! End-to-end: the server's `mirror` task with a real agent and a real proxy. The real
+//! `bellwether` binary as server, agent (`--state-dir`: it carries out `mirror_provision` with
+//! the local process driver) and `bellwether proxy` (Redis listener, admin API), in front of a
+//! real `redis-server` primary. The dependency is declared through the API naming the agent's
+//! host and the proxy; the agent makes a real replica; the primary is SIGKILLed; the task
+//! promotes the replica and moves the proxy's routing, and a write acknowledged by the replica
+//! before the kill is read back through the proxy from the new primary.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bellwether_drift::synth::{write_host_root, HostSpec};
+use bellwether_mirror::testing::TestRedis;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// `bellwether proxy` for Redis with the admin API; killed on drop.
+struct Proxy {
+    child: Child,
+    listen: String,
+    admin: String,
+    token_file: String,
+}
+
+impl Proxy {
+    fn start(primary: &str) -> Proxy {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bellwether"))
+            .args(["proxy", "--listen", "127.0.0.1:0", "--protocol", "redis"])
+            .args(["--admin", "127.0.0.1:0", "--health-check", "none", "--backend"])
+            .arg(format!("cache-primary={primary},role=primary"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("bellwether proxy starts");
+        let mut out = BufReader::new(child.stdout.take().expect("its stdout"));
+        let mut line = String::new();
+        let mut next = |prefix: &str| {
+            line.clear();
+            out.read_line(&mut line).expect("a line from the proxy");
+            line.trim()
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("{prefix:?} expected, the proxy said {line:?}"))
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let listen = next("listening on ");
+        let admin = next("admin api on ");
+        let token_file = next("admin token in ");
+        // The proxy keeps logging to stdout: drain it so it never blocks.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = out.read_to_end(&mut sink);
+        });
+        Proxy {
+            child,
+            listen,
+            admin,
+            token_file,
+        }
+    }
+
+    fn backends(&self) -> serde_json::Value {
+        let token = std::fs::read_to_string(&self.token_file).expect("the admin token");
+        let host = self.admin.trim_start_matches("http://");
+        let mut s = TcpStream::connect(host).expect("the admin API");
+        write!(
+            s,
+            "GET /backends HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            token.trim()
+        )
+        .expect("a request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("a reply");
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("GET /backends: {e}: {text}"))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kills the mirrors the agent made (they outlive the agent, in their own process group) if
+/// the test ends before the task retired them.
+struct Mirrors(PathBuf);
+
+impl Drop for Mirrors {
+    fn drop(&mut self) {
+        let Ok(rd) = std::fs::read_dir(self.0.join("mirrors")) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let rec: serde_json::Value = std::fs::read_to_string(e.path().join("instance.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            if let Some(pid) = rec["pid"].as_i64() {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+/// One RESP command over a fresh connection; the reply's first line.
+fn redis(addr: &str, args: &[&str]) -> Result<String, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(|e| e.to_string())?;
+    if let Some(n) = line.trim().strip_prefix('$').and_then(|n| n.parse::<i64>().ok()) {
+        if n < 0 {
+            return Ok("(nil)".into());
+        }
+        let mut v = String::new();
+        r.read_line(&mut v).map_err(|e| e.to_string())?;
+        return Ok(v.trim().to_string());
+    }
+    Ok(line.trim().to_string())
+}
+
+fn start_server(dir: &Path, proxy_token_file: &str) -> Server {
+    let data_dir = dir.join("server");
+    std::fs::create_dir_all(&data_dir).expect("the server's directory");
+    let addr_file = dir.join("server.addr");
+    let args = [
+        "--log".to_string(),
+        "info".into(),
+        "server".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--addr-file".into(),
+        addr_file.display().to_string(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--proxy-token-file".into(),
+        format!("edge={proxy_token_file}"),
+    ];
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (op, enrol) = ("operator-token-mirror-e2e", "enrol-token-mirror-e2e");
+    let mut guard = Guard::spawn(
+        "server",
+        &argv,
+        &[
+            ("BELLWETHER_OPERATOR_TOKEN", op),
+            ("BELLWETHER_ENROL_TOKEN", enrol),
+        ],
+        &dir.join("server.log"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        if let Ok(a) = std::fs::read_to_string(&addr_file) {
+            if !a.trim().is_empty() {
+                break a.trim().to_owned();
+            }
+        }
+        guard.assert_running();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not write its address; log:\n{}",
+            guard.log_text()
+        );
+        // The address file is the server's only readiness signal.
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Server {
+        guard,
+        url: format!("http://{addr}"),
+        addr,
+        operator_token: op.into(),
+        enrol_token: enrol.into(),
+        data_dir,
+        backend: Backend::Sqlite,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_task_provisions_through_the_agent_and_switches_the_proxy() {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir = tmp.path();
+    let mut primary = TestRedis::start();
+    let primary_ep = primary.endpoint();
+    let proxy = Proxy::start(&primary_ep);
+    let server = start_server(dir, &proxy.token_file);
+    let api = server.api();
+
+    let root = dir.join("hosts").join("db-1");
+    write_host_root(&root, &HostSpec::generate(7, "db-1", 60)).expect("a host root");
+    let state = dir.join("agent-state");
+    std::fs::create_dir_all(&state).expect("the agent's state directory");
+    let _mirrors = Mirrors(state.clone());
+    let state_arg = state.display().to_string();
+    let mut agent = start_agent(
+        dir,
+        &server,
+        "db-1",
+        &root,
+        "300ms",
+        &["--state-dir", &state_arg],
+    );
+
+    let (status, body) = api
+        .post(
+            "/api/v1/mirror/dependencies",
+            serde_json::json!({
+                "name": "cache", "kind": "redis", "primary": primary_ep, "host": "db-1",
+                "tier": "critical", "impact": 1.0,
+                "proxy": {"admin_url": proxy.admin, "token": "edge"},
+                "policy": {"min_mirrors": 1, "max_mirrors": 1, "mode": "active-passive",
+                           "health_interval": "250ms", "failback_after": "1d"}
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    // The agent makes a real replica of the primary.
+    let show = "/api/v1/mirror/dependencies/cache";
+    let api = &api;
+    let mirror = eventually("a ready mirror made by the agent", WAIT, || async move {
+        let (_, d) = api.get(show).await;
+        d["instances"]
+            .as_array()?
+            .iter()
+            .find(|i| i["role"] == "mirror" && i["state"] == "ready")
+            .cloned()
+    })
+    .await;
+    let mirror_ep = mirror["endpoint"]
+        .as_str()
+        .expect("a ready mirror's endpoint")
+        .to_string();
+    let mirror_id = mirror["id"].as_str().expect("its id").to_string();
+    agent.assert_running();
+    let (mirror_ep, mirror_id) = (mirror_ep.as_str(), mirror_id.as_str());
+    assert!(
+        state.join("mirrors").join(mirror_id).join("instance.json").exists(),
+        "the agent's driver keeps its record under its state directory"
+    );
+    assert_eq!(
+        redis(mirror_ep, &["ROLE"]).ok().as_deref(),
+        Some("*5"),
+        "a replica's ROLE has five fields"
+    );
+
+    // A write through the proxy, confirmed by the replica.
+    assert_eq!(
+        redis(&proxy.listen, &["SET", "e2e:before", "kept"]).as_deref(),
+        Ok("+OK")
+    );
+    eventually("the write on the replica", WAIT, || async move {
+        (redis(mirror_ep, &["GET", "e2e:before"]).ok()? == "kept").then_some(())
+    })
+    .await;
+
+    // The primary dies: the task promotes the replica and moves the proxy's routing.
+    primary.kill();
+    let switched = eventually("a switch in the history", WAIT, || async move {
+        let (_, d) = api.get(show).await;
+        d["history"]
+            .as_array()?
+            .iter()
+            .find(|h| h["to"] == mirror_id)
+            .cloned()
+    })
+    .await;
+    assert_eq!(switched["from"], "primary", "{switched}");
+    assert_eq!(switched["trigger"], "down", "{switched}");
+    let proxy = &proxy;
+    let backends = eventually("the proxy's primary moved", WAIT, || async move {
+        let b = proxy.backends();
+        let list = b["backends"].as_array().or_else(|| b.as_array())?.clone();
+        list.iter()
+            .any(|v| v["address"] == mirror_ep && v["role"] == "primary")
+            .then_some(b)
+    })
+    .await;
+    assert!(
+        backends.to_string().contains(mirror_ep),
+        "{backends}"
+    );
+    assert_eq!(
+        redis(mirror_ep, &["ROLE"]).ok().as_deref(),
+        Some("*3"),
+        "the promoted mirror is a primary (ROLE has three fields)"
+    );
+    // Through the proxy: the write from before the kill, and a new one.
+    let read = eventually("a read through the proxy after the switch", WAIT, || async move {
+        redis(&proxy.listen, &["GET", "e2e:before"]).ok()
+    })
+    .await;
+    assert_eq!(read, "kept");
+    assert_eq!(
+        redis(&proxy.listen, &["SET", "e2e:after", "new"]).as_deref(),
+        Ok("+OK")
+    );
+    assert_eq!(
+        redis(mirror_ep, &["GET", "e2e:after"]).as_deref(),
+        Ok("new")
+    );
+
+    agent.kill();
+}
