@@ -403,6 +403,8 @@ struct Judgement {
     in_band_last: Option<i64>,
     /// The control (`ref_latency_ms`) over the baseline and over the breach's window.
     control: Option<Control>,
+    /// Confirm samples out of band while the control said the host was disturbed (skipped).
+    host_skipped: usize,
 }
 
 fn is_down(s: &Kept) -> bool {
@@ -1419,6 +1421,28 @@ impl ConfigChangeEngine {
         }
         let warming = mw.freeze_all();
         j.baseline_ready = warming.is_empty();
+        let ctl = bellwether_config::metrics::REF_LATENCY_MS;
+        let ctl_base: Vec<f64> = t
+            .samples
+            .iter()
+            .filter(|s| s.at_ms > base_from && s.at_ms <= cut && !is_down(s))
+            .filter_map(|s| s.metrics.get(ctl).copied())
+            .collect();
+        let ctl_base_mean = (ctl_base.len() >= bellwether_config::risk::CONTROL_MIN_SAMPLES)
+            .then(|| ctl_base.iter().sum::<f64>() / ctl_base.len() as f64)
+            .filter(|m| *m > 0.0);
+        // In the confirm (after a revert), a sample whose control says the host is disturbed
+        // is no evidence either way: a breach on it does not end the run of in-band samples,
+        // and it does not add to it.
+        let confirming = from_ms != applied;
+        let host_disturbed = |s: &Kept| {
+            confirming
+                && ctl_base_mean.is_some_and(|b| {
+                    s.metrics
+                        .get(ctl)
+                        .is_some_and(|v| *v > b * (1.0 + bellwether_config::risk::CONTROL_MARGIN))
+                })
+        };
         for r in &w.rules {
             if let Some(b) = mw.watch(&r.metric).and_then(|x| x.baseline()) {
                 j.baselines.insert(r.metric.clone(), b);
@@ -1479,6 +1503,8 @@ impl ConfigChangeEngine {
                 if all_normal {
                     j.in_band_since.get_or_insert(s.at_ms);
                     j.in_band_last = Some(s.at_ms);
+                } else if host_disturbed(s) {
+                    j.host_skipped += 1;
                 } else {
                     j.in_band_since = None;
                 }
@@ -1502,15 +1528,8 @@ impl ConfigChangeEngine {
         // a host that was disturbed earlier in a long breach no longer excuses it).
         let window = w.rules.iter().map(|r| r.for_ms).min().unwrap_or(0) as i64;
         if let (false, Some(last)) = (sev.reasons.is_empty(), j.last_data_ms) {
-            let ctl = bellwether_config::metrics::REF_LATENCY_MS;
             let mean = |xs: Vec<f64>| (xs.iter().sum::<f64>() / xs.len().max(1) as f64, xs.len());
-            let (baseline, baseline_samples) = mean(
-                t.samples
-                    .iter()
-                    .filter(|s| s.at_ms > base_from && s.at_ms <= cut && !is_down(s))
-                    .filter_map(|s| s.metrics.get(ctl).copied())
-                    .collect(),
-            );
+            let (baseline, baseline_samples) = mean(ctl_base);
             let (during, during_samples) = mean(
                 t.samples
                     .iter()
@@ -1824,7 +1843,8 @@ impl ConfigChangeEngine {
                         (last - since) as f64 / 1000.0,
                         after.map(|a| format!("; {:.1}s from the apply", a as f64 / 1000.0)).unwrap_or_default()),
                     json!({ "recovered_at_ms": last, "reverted_at_ms": reverted, "applied_at_ms": t.applied_at_ms,
-                            "bad_change_to_recovered_ms": after, "baselines": j.baselines }));
+                            "bad_change_to_recovered_ms": after, "baselines": j.baselines,
+                            "host_disturbed_samples": j.host_skipped }));
                 return;
             }
         }

@@ -1128,3 +1128,57 @@ fn a_quiet_control_takes_nothing_away() {
         0.0
     );
 }
+
+/// After the revert, a breach while the control says the host is disturbed neither ends the
+/// run of in-band samples nor adds to it; the same breach on a quiet host ends it.
+#[test]
+fn a_disturbed_host_does_not_restart_the_confirm_window() {
+    let run = |disturbed_ref_ms: f64| -> (Rig, i64) {
+        let mut p = plan(1, &[("random_page_cost", None)]);
+        p.risk_threshold = 0.01;
+        let mut r = Rig::new(p, Graph::default());
+        r.trial_ok();
+        r.done(ActionKind::Snapshot, json!(catalog()));
+        r.samples(0, 12, &with_control(healthy(), 0.2));
+        r.now += 300;
+        let report = r.apply_report(&[("random_page_cost", "40")]);
+        r.done(ActionKind::Apply, report);
+        r.samples(0, 5, &with_control(metrics(300.0, 17.0), 0.2));
+        r.done(ActionKind::RevertSnapshot, json!(catalog()));
+        r.now += 300;
+        let report = r.apply_report(&[("random_page_cost", "4")]);
+        r.done(ActionKind::Revert, report);
+        let reverted = r.now;
+        // One in-band sample, an 8-s slump of throughput (a breach from its fifth second),
+        // then in band again.
+        r.samples(0, 1, &with_control(healthy(), 0.2));
+        r.samples(0, 8, &with_control(metrics(300.0, 5.0), disturbed_ref_ms));
+        assert_eq!(r.e.stages()[0], Stage::Confirm, "{:?}", r.names());
+        for _ in 0..10 {
+            if r.e.stages()[0] == Stage::Recovered {
+                break;
+            }
+            r.samples(0, 1, &with_control(healthy(), 0.2));
+        }
+        assert_eq!(r.e.stages()[0], Stage::Recovered, "{:?}", r.names());
+        let at = r.e.report()["targets"][0]["recovered_at_ms"]
+            .as_i64()
+            .unwrap();
+        (r, at - reverted)
+    };
+    let (host, host_after) = run(2.0);
+    let (quiet, quiet_after) = run(0.2);
+    let skipped = |r: &Rig| {
+        r.events
+            .iter()
+            .find(|e| e.name == "recovered")
+            .unwrap()
+            .figures["host_disturbed_samples"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(skipped(&host) >= 1, "{:?}", host.events.last());
+    assert_eq!(skipped(&quiet), 0);
+    // On the quiet host the slump's breach restarted the window: recovered later.
+    assert!(host_after < quiet_after, "{host_after} vs {quiet_after}");
+}
