@@ -34,7 +34,13 @@ pub struct PgDatabase {
 pub struct PgDatabases {
     dbs: Arc<BTreeMap<String, PgDatabase>>,
     scratch: Arc<Mutex<HashMap<String, Arc<Scratch>>>>,
+    /// Sampling intervals started when a `pg_apply` finished (a fresh connection and its
+    /// first counter read), for [`PgCollector`] to take over on its next round.
+    fresh: Arc<Mutex<HashMap<String, Fresh>>>,
 }
+
+/// A connection and the sampler whose interval began on it.
+type Fresh = (bellwether_pg::Instance, bellwether_pg::Sampler);
 
 impl std::fmt::Debug for PgDatabases {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -152,6 +158,7 @@ impl PgDatabases {
         Ok(PgDatabases {
             dbs: Arc::new(map),
             scratch: Arc::default(),
+            fresh: Arc::default(),
         })
     }
 
@@ -212,6 +219,26 @@ impl PgDatabases {
         Ok(s)
     }
 
+    /// After an apply (or a revert): a new sampling interval on a fresh connection (a restart
+    /// ended the collector's), so the collector's next rate covers only time after the change
+    /// took effect and comes one interval after it, not after a round that only re-opens the
+    /// connection. Nothing when the instance does not answer (the collector reconnects).
+    async fn start_interval(&self, name: &str, url: &str) {
+        let connected =
+            tokio::time::timeout(Duration::from_secs(2), bellwether_pg::connect(url)).await;
+        let Ok(Ok(inst)) = connected else {
+            return;
+        };
+        let mut sampler = bellwether_pg::Sampler::default();
+        let now = crate::exec::now_ms();
+        if sampler.sample(&inst, now).await.is_ok() && sampler.last.is_some() {
+            self.fresh
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.to_string(), (inst, sampler));
+        }
+    }
+
     /// Carries out a pg built-in; its structured output.
     pub async fn run(
         &self,
@@ -237,8 +264,9 @@ impl PgDatabases {
                     db.restart.as_deref(),
                     timeout,
                 )
-                .await
-                .map_err(|e| format!("{database}: {e}"))?;
+                .await;
+                self.start_interval(database, &db.url).await;
+                let report = report.map_err(|e| format!("{database}: {e}"))?;
                 serde_json::to_value(report).map_err(|e| e.to_string())
             }
             ActionSpec::PgTrial {
@@ -280,6 +308,16 @@ impl<C> PgCollector<C> {
         let mut out = Vec::new();
         for (name, db) in self.dbs.dbs.iter() {
             let entry = self.conns.entry(name.clone()).or_default();
+            let fresh = self
+                .dbs
+                .fresh
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(name);
+            if let Some((inst, sampler)) = fresh {
+                // An apply just finished: its interval replaces this one.
+                *entry = (Some(inst), sampler);
+            }
             if entry.0.is_none() {
                 match bellwether_pg::connect(&db.url).await {
                     Ok(inst) => entry.0 = Some(inst),

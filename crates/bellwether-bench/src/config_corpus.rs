@@ -465,6 +465,9 @@ pub struct Outcome {
     pub reason: String,
     /// Every `traced` event's reason (the risk with its factors and the decision).
     pub traced: Vec<String>,
+    /// Every event after the apply (`+S.SSs name: reason`, from the apply), for finding out
+    /// where a change's time went and why it was (or was not) reverted.
+    pub timeline: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -612,6 +615,7 @@ impl Worker {
             elapsed_ms: 0,
             reason: String::new(),
             traced: Vec::new(),
+            timeline: Vec::new(),
             error: None,
         };
         let bench = self.workload(ch.workload);
@@ -647,6 +651,23 @@ impl Worker {
                     .iter()
                     .filter(|e| e.name == "traced")
                     .map(|e| e.reason.clone())
+                    .collect();
+                let applied_at = r.event("applied").map(|e| e.at_ms);
+                o.timeline = r
+                    .events
+                    .iter()
+                    .filter(|e| !matches!(e.name.as_str(), "snapshot" | "changed"))
+                    .filter_map(|e| {
+                        let from = applied_at?;
+                        (e.at_ms >= from).then(|| {
+                            format!(
+                                "+{:.2}s {}: {}",
+                                (e.at_ms - from) as f64 / 1000.0,
+                                e.name,
+                                e.reason
+                            )
+                        })
+                    })
                     .collect();
                 o.reason = r
                     .events
@@ -896,6 +917,7 @@ mod tests {
             elapsed_ms: 0,
             reason: String::new(),
             traced: Vec::new(),
+            timeline: Vec::new(),
             error: None,
         };
         let f = figures(

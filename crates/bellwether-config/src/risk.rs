@@ -41,6 +41,27 @@ pub struct AnomalyEvidence<'a> {
     pub breaches: &'a [Breach],
     /// When the anomaly was seen relative to the apply. `None`: not known (no timing factor).
     pub timing: Option<Timing>,
+    /// A control measurement the change cannot move, in the baseline and while the anomaly
+    /// lasted. `None`: not measured (no `host` factor).
+    pub control: Option<Control>,
+}
+
+/// A control: a measurement of the instance's host that no setting of the watched workload
+/// changes (`bellwether_config::metrics::REF_LATENCY_MS`, the round trip of a reference query
+/// on the sampler's own connection). It moves with the host — CPU contention from other
+/// processes, steal, the network — so a deviation the watched metrics share with it is the
+/// host's, not the change's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Control {
+    pub metric: String,
+    /// Its mean over the baseline (before the apply).
+    pub baseline: f64,
+    /// Its mean over the anomaly's window (the samples of the longest breach).
+    pub during: f64,
+    /// How many samples each mean has (fewer than [`CONTROL_MIN_SAMPLES`] in either: no
+    /// factor).
+    pub baseline_samples: usize,
+    pub during_samples: usize,
 }
 
 /// One breached metric, as the watch reports it (`bellwether_detect::threshold::Reason`).
@@ -181,6 +202,52 @@ pub const ONSET_CAP: f64 = 2.995_732_273_553_991;
 /// graph's metric edges are incomplete, so the absence of a path is weak evidence.
 pub const NO_PATH: f64 = -0.5;
 
+/// How much a control's mean may rise over its baseline and still be the host's ordinary
+/// jitter (a round trip of well under a millisecond wanders by tens of percent from second
+/// to second even on a quiet host): the `host` factor counts only the rise beyond it.
+pub const CONTROL_MARGIN: f64 = 0.5;
+/// Log-odds taken away per unit of `ln(during / (baseline × (1 + CONTROL_MARGIN)))`: a
+/// control at three times its baseline (twice the margin's edge) takes away `2 ln 2` = 1.39,
+/// as much as the prior gives; at most [`ONSET_CAP`].
+pub const CONTROL_SCALE: f64 = 2.0;
+/// Samples each of the control's means needs to count.
+pub const CONTROL_MIN_SAMPLES: usize = 2;
+
+/// The `host` factor: `−min(ONSET_CAP, CONTROL_SCALE × max(0, ln(r / (1 + CONTROL_MARGIN))))`
+/// with `r` the control's mean while the anomaly lasted over its baseline mean. A disturbance
+/// of the whole host (another process taking the CPUs) slows the watched workload and the
+/// reference query alike; a harmful setting slows the workload and leaves the reference
+/// query alone. `None` when the control was not measured well enough to say.
+pub fn host_factor(c: &Control) -> Option<RiskFactor> {
+    if c.baseline_samples < CONTROL_MIN_SAMPLES
+        || c.during_samples < CONTROL_MIN_SAMPLES
+        || !(c.baseline.is_finite() && c.baseline > 0.0 && c.during.is_finite() && c.during >= 0.0)
+    {
+        return None;
+    }
+    let r = c.during / c.baseline;
+    let excess = (r / (1.0 + CONTROL_MARGIN)).ln().max(0.0);
+    let log_odds = -(CONTROL_SCALE * excess).min(ONSET_CAP);
+    Some(RiskFactor {
+        name: "host".to_string(),
+        log_odds,
+        detail: format!(
+            "the control {} (unmoved by any setting) averaged {:.3} while the anomaly lasted \
+             against {:.3} before the apply ({:.2}×; up to {:.2}× is the host's own jitter){}",
+            c.metric,
+            c.during,
+            c.baseline,
+            r,
+            1.0 + CONTROL_MARGIN,
+            if log_odds < 0.0 {
+                ": the host itself was disturbed, which explains at least part of the anomaly"
+            } else {
+                ""
+            }
+        ),
+    })
+}
+
 /// The risk that an anomaly seen after a change is that change's fault and will not pass.
 ///
 /// Factors (log-odds, added to `base = logit(PRIOR)`; docs/config-apply.md has the
@@ -197,6 +264,8 @@ pub const NO_PATH: f64 = -0.5;
 ///   ([`APPLY_TRANSIENT_SHARE`] after a reload or a restart with a warm-up, 1 after a restart
 ///   without one); from 0 to `−ln 0.6` = 0.51 with the default watch (see `onset_factor`). `other_changes = Some(k)` adds `other_changes`: `−ln(1 + k)` (the
 ///   coincidence is shared among k + 1 candidate causes; at most [`ONSET_CAP`]);
+/// - `host`: with `control`, see [`host_factor`] (0 when the control stayed within its
+///   margin, down to −[`ONSET_CAP`] when the whole host was disturbed);
 /// - `history`: see [`history_factor`];
 /// - `edge_confidence`: when the graph links a changed setting to a metric node, `+2 × c`
 ///   with `c` the best such path's confidence; when it links it only to other settings,
@@ -272,6 +341,9 @@ pub fn anomaly_risk(evidence: &AnomalyEvidence<'_>) -> Risk {
                 },
             });
         }
+    }
+    if let Some(f) = evidence.control.as_ref().and_then(host_factor) {
+        factors.push(f);
     }
     factors.push(history_factor(evidence.changed, evidence.history));
     factors.push(path_factor(evidence.impacted));
@@ -509,5 +581,38 @@ mod tests {
         // The warm-up is ignored when the apply did not restart.
         let no_restart = onset_factor(&timing(6_000, false, 3_000), &b);
         assert_eq!(no_restart.log_odds, reload.log_odds);
+    }
+
+    fn control(baseline: f64, during: f64) -> Control {
+        Control {
+            metric: "ref_latency_ms".into(),
+            baseline,
+            during,
+            baseline_samples: 8,
+            during_samples: 4,
+        }
+    }
+
+    /// The host factor takes away only what rises beyond the control's margin, grows with
+    /// the rise, is capped, and says nothing without enough samples.
+    #[test]
+    fn the_host_factor_discounts_a_disturbance_of_the_whole_host() {
+        let quiet = host_factor(&control(0.2, 0.2 * (1.0 + CONTROL_MARGIN))).unwrap();
+        assert_eq!(quiet.log_odds, 0.0, "{quiet:?}");
+        let faster = host_factor(&control(0.2, 0.05)).unwrap();
+        assert_eq!(faster.log_odds, 0.0, "a quicker control is no excuse");
+        let triple = host_factor(&control(0.2, 0.6)).unwrap();
+        assert!(
+            (triple.log_odds + 2.0 * 2f64.ln()).abs() < 1e-12,
+            "{triple:?}"
+        );
+        assert!(triple.detail.contains("disturbed"), "{triple:?}");
+        let huge = host_factor(&control(0.2, 200.0)).unwrap();
+        assert_eq!(huge.log_odds, -ONSET_CAP);
+        let mut few = control(0.2, 2.0);
+        few.during_samples = 1;
+        assert!(host_factor(&few).is_none());
+        assert!(host_factor(&control(0.0, 2.0)).is_none());
+        assert!(host_factor(&control(f64::NAN, 2.0)).is_none());
     }
 }

@@ -42,6 +42,7 @@ fn anomaly_risk_factors_move_the_right_way() {
         history: &[],
         breaches: &[],
         timing: None,
+        control: None,
     };
     let r = anomaly_risk(&base);
     assert!(r.residual().abs() < 1e-9);
@@ -182,7 +183,7 @@ proptest! {
         });
         let r = anomaly_risk(&AnomalyEvidence {
             severity, changed: &changed, impacted: &impacted, history: &history,
-            breaches: &breaches, timing,
+            breaches: &breaches, timing, control: None,
         });
         prop_assert!(r.score > 0.0 && r.score < 1.0);
         prop_assert!(r.residual().abs() < 1e-9, "residual {}", r.residual());
@@ -230,6 +231,7 @@ fn reverts(impacted: &[ImpactPath], breaches: &[Breach], t: Option<Timing>) -> (
         history: &[],
         breaches,
         timing: t,
+        control: None,
     });
     assert!(r.residual().abs() < 1e-9, "{r:?}");
     (r.score >= 0.5, r)

@@ -63,7 +63,9 @@ use std::time::Duration;
 
 use bellwether_config::cochange::ChangeOutcome;
 use bellwether_config::graph::{EdgeKind, Graph};
-use bellwether_config::risk::{anomaly_risk, AnomalyEvidence, Breach, Timing};
+use bellwether_config::risk::{
+    anomaly_risk, host_factor, AnomalyEvidence, Breach, Control, Timing,
+};
 use bellwether_config::setting::{ApplyKind, Catalog, Context};
 use bellwether_config::simulate::StartTrial;
 use bellwether_config::snapshot::{ChangeSource, ConfigChange, Snapshot};
@@ -212,6 +214,8 @@ pub const TRACE_DEPTH: usize = 3;
 /// A traced anomaly is traced again only when the breached metrics change or its severity
 /// rises by at least this much.
 const RETRACE_SEVERITY_STEP: f64 = 0.1;
+/// ... or when the `host` factor (the control's verdict on the host) moved by this much.
+const RETRACE_HOST_STEP: f64 = 0.25;
 
 /// Where one target stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -294,6 +298,17 @@ struct TargetState {
     recovered_at_ms: Option<i64>,
     promoted_at_ms: Option<i64>,
     note: Option<String>,
+    /// The `host` factor's log-odds at the last trace.
+    #[serde(default)]
+    traced_host: f64,
+    /// A single-metric anomaly scored at or above the threshold waits for its second
+    /// reading: the newest data sample's time when it was traced.
+    #[serde(default)]
+    confirming: Option<i64>,
+    /// The current single-metric breach outlasted its second reading (reset when every
+    /// metric is back in its band).
+    #[serde(default)]
+    confirmed: bool,
 }
 
 impl TargetState {
@@ -321,6 +336,9 @@ impl TargetState {
             recovered_at_ms: None,
             promoted_at_ms: None,
             note: None,
+            traced_host: 0.0,
+            confirming: None,
+            confirmed: false,
         }
     }
 
@@ -383,6 +401,10 @@ struct Judgement {
     /// First sample time of the current run of data samples with no metric breached (confirm).
     in_band_since: Option<i64>,
     in_band_last: Option<i64>,
+    /// The control (`ref_latency_ms`) over the baseline and over the breach's window.
+    control: Option<Control>,
+    /// Confirm samples out of band while the control said the host was disturbed (skipped).
+    host_skipped: usize,
 }
 
 fn is_down(s: &Kept) -> bool {
@@ -593,6 +615,7 @@ impl ConfigChangeEngine {
             .filter(|(k, v)| {
                 v.is_finite()
                     && (k == bellwether_config::metrics::UP
+                        || k == bellwether_config::metrics::REF_LATENCY_MS
                         || self.plan.watch.rules.iter().any(|r| &r.metric == k))
             })
             .collect();
@@ -926,9 +949,7 @@ impl ConfigChangeEngine {
             let cause = self.trace(
                 st,
                 i,
-                1.0,
-                vec![json!({ "cause": "apply_failed", "text": reason })],
-                true,
+                Trace::forced(vec![json!({ "cause": "apply_failed", "text": reason })]),
                 now_ms,
                 out,
             );
@@ -997,9 +1018,7 @@ impl ConfigChangeEngine {
             let cause = self.trace(
                 st,
                 i,
-                1.0,
-                vec![json!({ "cause": "pending_restart", "text": reason })],
-                true,
+                Trace::forced(vec![json!({ "cause": "pending_restart", "text": reason })]),
                 now_ms,
                 out,
             );
@@ -1402,6 +1421,28 @@ impl ConfigChangeEngine {
         }
         let warming = mw.freeze_all();
         j.baseline_ready = warming.is_empty();
+        let ctl = bellwether_config::metrics::REF_LATENCY_MS;
+        let ctl_base: Vec<f64> = t
+            .samples
+            .iter()
+            .filter(|s| s.at_ms > base_from && s.at_ms <= cut && !is_down(s))
+            .filter_map(|s| s.metrics.get(ctl).copied())
+            .collect();
+        let ctl_base_mean = (ctl_base.len() >= bellwether_config::risk::CONTROL_MIN_SAMPLES)
+            .then(|| ctl_base.iter().sum::<f64>() / ctl_base.len() as f64)
+            .filter(|m| *m > 0.0);
+        // In the confirm (after a revert), a sample whose control says the host is disturbed
+        // is no evidence either way: a breach on it does not end the run of in-band samples,
+        // and it does not add to it.
+        let confirming = from_ms != applied;
+        let host_disturbed = |s: &Kept| {
+            confirming
+                && ctl_base_mean.is_some_and(|b| {
+                    s.metrics
+                        .get(ctl)
+                        .is_some_and(|v| *v > b * (1.0 + bellwether_config::risk::CONTROL_MARGIN))
+                })
+        };
         for r in &w.rules {
             if let Some(b) = mw.watch(&r.metric).and_then(|x| x.baseline()) {
                 j.baselines.insert(r.metric.clone(), b);
@@ -1462,6 +1503,8 @@ impl ConfigChangeEngine {
                 if all_normal {
                     j.in_band_since.get_or_insert(s.at_ms);
                     j.in_band_last = Some(s.at_ms);
+                } else if host_disturbed(s) {
+                    j.host_skipped += 1;
                 } else {
                     j.in_band_since = None;
                 }
@@ -1480,6 +1523,31 @@ impl ConfigChangeEngine {
         j.pending = last_states
             .values()
             .any(|s| matches!(s, WatchState::Pending { .. }));
+        // The control over the baseline and over the breach's latest stretch (the shortest
+        // rule's `for`: what the host was doing while the metric is out of its band now, so
+        // a host that was disturbed earlier in a long breach no longer excuses it).
+        let window = w.rules.iter().map(|r| r.for_ms).min().unwrap_or(0) as i64;
+        if let (false, Some(last)) = (sev.reasons.is_empty(), j.last_data_ms) {
+            let mean = |xs: Vec<f64>| (xs.iter().sum::<f64>() / xs.len().max(1) as f64, xs.len());
+            let (baseline, baseline_samples) = mean(ctl_base);
+            let (during, during_samples) = mean(
+                t.samples
+                    .iter()
+                    .filter(|s| {
+                        s.at_ms >= warm_until && s.at_ms >= last - window && s.at_ms <= last
+                    })
+                    .filter(|s| !is_down(s))
+                    .filter_map(|s| s.metrics.get(ctl).copied())
+                    .collect(),
+            );
+            j.control = Some(Control {
+                metric: ctl.to_string(),
+                baseline,
+                during,
+                baseline_samples,
+                during_samples,
+            });
+        }
         j
     }
 
@@ -1505,7 +1573,7 @@ impl ConfigChangeEngine {
                 );
                 self.event(out, now_ms, "anomaly", Some(i), reason.clone(),
                     json!({ "severity": 1.0, "cause": "down", "down_since_ms": since, "applied_at_ms": applied }));
-                let cause = self.trace(st, i, 1.0, vec![json!({ "metric": "up", "value": 0.0, "for_ms": last - since, "text": reason })], true, now_ms, out);
+                let cause = self.trace(st, i, Trace::forced(vec![json!({ "metric": "up", "value": 0.0, "for_ms": last - since, "text": reason })]), now_ms, out);
                 self.begin_revert(st, i, cause, now_ms, out);
                 return;
             }
@@ -1529,13 +1597,51 @@ impl ConfigChangeEngine {
             }
             return;
         }
-        if !j.breached.is_empty() {
+        let host = j
+            .control
+            .as_ref()
+            .and_then(host_factor)
+            .map_or(0.0, |f| f.log_odds);
+        if j.breached.is_empty() {
+            let t = &mut st.targets[i];
+            t.confirmed = false;
+            if let (Some(c), Some(last)) = (t.confirming, j.last_data_ms) {
+                if last > c {
+                    // The second reading is back in its band: the breach did not outlast it.
+                    t.confirming = None;
+                    t.traced = None;
+                    t.traced_host = 0.0;
+                    self.event(out, now_ms, "unconfirmed", Some(i),
+                        format!("the second reading of {} after the anomaly is back in its band: kept, and watching on",
+                            self.database(i)),
+                        json!({ "traced_at_sample_ms": c, "sample_ms": last, "baselines": j.baselines, "control": control_json(j.control.as_ref()) }));
+                }
+            }
+        } else {
             let t = &st.targets[i];
-            let retrace = match &t.traced {
-                None => true,
-                Some((b, s)) => *b != j.breached || j.severity >= s + RETRACE_SEVERITY_STEP,
+            let retrace = match (&t.traced, t.confirming) {
+                // Waiting for the second reading: retraced once it came.
+                (_, Some(c)) => j.last_data_ms.is_some_and(|l| l > c),
+                (None, None) => true,
+                (Some((b, s)), None) => {
+                    *b != j.breached
+                        || j.severity >= s + RETRACE_SEVERITY_STEP
+                        || (host - t.traced_host).abs() >= RETRACE_HOST_STEP
+                }
             };
             if retrace {
+                let counted = j
+                    .reasons
+                    .iter()
+                    .filter(|r| r["weight"].as_f64().is_none_or(|w| w > 0.0))
+                    .count();
+                let t = &mut st.targets[i];
+                if t.confirming.is_some() {
+                    // Its second reading is still out of its band.
+                    t.confirmed = true;
+                    t.confirming = None;
+                }
+                let confirm_first = counted <= 1 && !t.confirmed;
                 let text: Vec<&str> = j
                     .reasons
                     .iter()
@@ -1544,9 +1650,25 @@ impl ConfigChangeEngine {
                 let reason = format!("severity {:.2}: {}", j.severity, text.join("; "));
                 self.event(out, now_ms, "anomaly", Some(i), reason,
                     json!({ "severity": j.severity, "reasons": j.reasons, "baselines": j.baselines, "applied_at_ms": applied }));
-                let cause = self.trace(st, i, j.severity, j.reasons.clone(), false, now_ms, out);
-                st.targets[i].traced = Some((j.breached.clone(), j.severity));
-                if cause["decision"] == "revert" {
+                let cause = self.trace(
+                    st,
+                    i,
+                    Trace {
+                        severity: j.severity,
+                        reasons: j.reasons.clone(),
+                        forced: false,
+                        control: j.control.clone(),
+                        confirm_first,
+                    },
+                    now_ms,
+                    out,
+                );
+                let t = &mut st.targets[i];
+                t.traced = Some((j.breached.clone(), j.severity));
+                t.traced_host = host;
+                if cause["decision"] == "confirm" {
+                    t.confirming = j.last_data_ms;
+                } else if cause["decision"] == "revert" {
                     self.begin_revert(st, i, cause, now_ms, out);
                     return;
                 }
@@ -1570,7 +1692,7 @@ impl ConfigChangeEngine {
             return;
         }
         t.no_data_open = false;
-        if j.baked_ms >= w.bake_ms as i64 && !j.pending {
+        if j.baked_ms >= w.bake_ms as i64 && !j.pending && t.confirming.is_none() {
             t.set_stage(Stage::Promoted, now_ms);
             t.promoted_at_ms = Some(now_ms);
             let note = if j.breached.is_empty() {
@@ -1589,17 +1711,14 @@ impl ConfigChangeEngine {
 
     /// Traces the anomaly through the graph and scores its risk; records the `traced` event
     /// and, when it decides to revert, the root cause. Returns the cause (with `decision`).
-    #[allow(clippy::too_many_arguments)]
-    fn trace(
-        &self,
-        st: &mut State,
-        i: usize,
-        severity: f64,
-        reasons: Vec<Value>,
-        forced: bool,
-        now_ms: i64,
-        out: &mut Output,
-    ) -> Value {
+    fn trace(&self, st: &mut State, i: usize, tr: Trace, now_ms: i64, out: &mut Output) -> Value {
+        let Trace {
+            severity,
+            reasons,
+            forced,
+            control,
+            confirm_first,
+        } = tr;
         let changed = self.plan.keys();
         let impacted = self.context.graph.impacts(&changed, TRACE_DEPTH);
         let breaches: Vec<Breach> = reasons.iter().filter_map(Breach::from_reason).collect();
@@ -1631,9 +1750,18 @@ impl ConfigChangeEngine {
             history: &self.context.history,
             breaches: &breaches,
             timing,
+            control: control.clone(),
         });
-        let revert = forced || risk.score >= self.plan.risk_threshold;
-        let decision = if revert { "revert" } else { "keep_watching" };
+        let above = risk.score >= self.plan.risk_threshold;
+        let confirm = !forced && above && confirm_first;
+        let revert = forced || (above && !confirm);
+        let decision = if revert {
+            "revert"
+        } else if confirm {
+            "confirm"
+        } else {
+            "keep_watching"
+        };
         let factors: Vec<String> = risk
             .factors
             .iter()
@@ -1654,7 +1782,13 @@ impl ConfigChangeEngine {
             } else {
                 ""
             },
-            if revert { "revert" } else { "keep watching" }
+            if revert {
+                "revert"
+            } else if confirm {
+                "one metric alone: its second reading decides"
+            } else {
+                "keep watching"
+            }
         );
         let cause = json!({
             "target": i,
@@ -1669,6 +1803,7 @@ impl ConfigChangeEngine {
             "risk": risk,
             "threshold": self.plan.risk_threshold,
             "forced": forced,
+            "control": control_json(control.as_ref()),
             "decision": decision,
         });
         self.event(out, now_ms, "traced", Some(i), reason, cause.clone());
@@ -1708,7 +1843,8 @@ impl ConfigChangeEngine {
                         (last - since) as f64 / 1000.0,
                         after.map(|a| format!("; {:.1}s from the apply", a as f64 / 1000.0)).unwrap_or_default()),
                     json!({ "recovered_at_ms": last, "reverted_at_ms": reverted, "applied_at_ms": t.applied_at_ms,
-                            "bad_change_to_recovered_ms": after, "baselines": j.baselines }));
+                            "bad_change_to_recovered_ms": after, "baselines": j.baselines,
+                            "host_disturbed_samples": j.host_skipped }));
                 return;
             }
         }
@@ -1793,6 +1929,38 @@ impl ConfigChangeEngine {
                 json!({ "phase": phase, "targets": summary, "root_cause": st.root_cause }),
             );
         }
+    }
+}
+
+/// What one trace weighs.
+struct Trace {
+    severity: f64,
+    reasons: Vec<Value>,
+    /// Reverted whatever the risk (the instance is down, the apply failed).
+    forced: bool,
+    control: Option<Control>,
+    /// At or above the threshold, wait for the breach's second reading before reverting
+    /// (one metric alone, not yet confirmed).
+    confirm_first: bool,
+}
+
+impl Trace {
+    fn forced(reasons: Vec<Value>) -> Trace {
+        Trace {
+            severity: 1.0,
+            reasons,
+            forced: true,
+            control: None,
+            confirm_first: false,
+        }
+    }
+}
+
+fn control_json(c: Option<&Control>) -> Value {
+    match c {
+        None => Value::Null,
+        Some(c) => json!({ "metric": c.metric, "baseline": c.baseline, "during": c.during,
+                           "baseline_samples": c.baseline_samples, "during_samples": c.during_samples }),
     }
 }
 

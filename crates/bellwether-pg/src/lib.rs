@@ -11,7 +11,8 @@
 //!   `pg_settings` afterwards; nothing half-applied (a refused value stops before any
 //!   `ALTER SYSTEM`, every value is validated first);
 //! - [`Sampler`]: `pg_stat_database` (and `pg_stat_statements` when installed) counters into
-//!   the rates of `bellwether_config::metrics`;
+//!   the rates of `bellwether_config::metrics`, with the control `ref_latency_ms` (the
+//!   round trip of a reference query);
 //! - [`scratch::Scratch`]: a scratch cluster from the instance's own binaries (`initdb` once,
 //!   then `postgres -C` and trial starts with candidate values), and [`probe`]: the graph
 //!   learned from trial starts.
@@ -850,6 +851,9 @@ impl Sampler {
             }
         };
         out.insert(metrics::UP.to_string(), 1.0);
+        if let Some(rtt) = reference_round_trip_ms(inst).await {
+            out.insert(metrics::REF_LATENCY_MS.to_string(), rtt);
+        }
         if let Some(prev) = self.last.replace(c.clone()) {
             let dt = (c.at_ms - prev.at_ms) as f64 / 1000.0;
             let d_commit = c.xact_commit - prev.xact_commit;
@@ -889,6 +893,22 @@ impl Sampler {
         }
         Ok(out)
     }
+}
+
+/// The control `ref_latency_ms`: the median round trip of three `SELECT 1` (simple
+/// protocol, one round trip each) on the sampler's connection. Nothing a setting changes is
+/// in it (no table, no plan, no sort; the session's own limits are Bellwether's), so it moves
+/// with the host: the CPUs' run queue, steal, the network. `None` when a query fails (the
+/// counters were read, so the instance answers; the control is then just not known).
+async fn reference_round_trip_ms(inst: &Instance) -> Option<f64> {
+    let mut rtts = [0.0f64; 3];
+    for r in &mut rtts {
+        let t = std::time::Instant::now();
+        inst.client.simple_query("SELECT 1").await.ok()?;
+        *r = t.elapsed().as_secs_f64() * 1000.0;
+    }
+    rtts.sort_by(f64::total_cmp);
+    Some(rtts[1])
 }
 
 async fn read_counters(inst: &Instance, now_ms: i64) -> Result<Counters, PgError> {

@@ -116,9 +116,41 @@ fn a_harmful_work_mem_is_traced_and_reverted() {
     assert!(
         traces[..traces.len() - 1]
             .iter()
-            .all(|t| t.figures["decision"] == "keep_watching"),
+            .all(|t| t.figures["decision"] == "keep_watching"
+                || t.figures["decision"] == "confirm"),
         "only the last trace reverts: {:#?}",
         names(&r)
+    );
+    // A trace of one metric alone waits for its second reading: the revert came on a newer
+    // sample than the trace that asked for it.
+    if traces.len() >= 2 && traces[traces.len() - 2].figures["decision"] == "confirm" {
+        assert!(
+            last.at_ms > traces[traces.len() - 2].at_ms,
+            "{:#?}",
+            names(&r)
+        );
+    }
+    // The control was measured on the real instance, before the apply and during the
+    // anomaly, and it is in the trace with the risk's `host` factor.
+    let control = &last.figures["control"];
+    assert_eq!(control["metric"], "ref_latency_ms", "{:#?}", last.figures);
+    assert!(control["baseline"].as_f64().unwrap() > 0.0, "{control}");
+    assert!(
+        control["baseline_samples"].as_u64().unwrap() >= 2,
+        "{control}"
+    );
+    assert!(
+        control["during_samples"].as_u64().unwrap() >= 2,
+        "{control}"
+    );
+    assert!(
+        last.figures["risk"]["factors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == "host"),
+        "{:#?}",
+        last.figures["risk"]
     );
     assert!(r.event("reverted").is_some());
     assert!(r.event("recovered").is_some(), "{:#?}", names(&r));

@@ -315,6 +315,11 @@ async fn the_sampler_turns_counters_into_rates_and_reports_down() {
     assert!(rates["errors_per_s"] >= 1.0, "{rates:?}");
     assert!(rates.contains_key("temp_bytes_per_s"), "{rates:?}");
     assert!(rates.contains_key("blks_read_per_s"), "{rates:?}");
+    // The control: a reference query's round trip, on every read that reached the instance.
+    for m in [&first, &rates] {
+        let rtt = m["ref_latency_ms"];
+        assert!(rtt.is_finite() && rtt > 0.0, "{m:?}");
+    }
     c.stop().unwrap();
     let down = s.sample(&inst, 3_000).await.unwrap();
     assert_eq!(down.get("up"), Some(&0.0));

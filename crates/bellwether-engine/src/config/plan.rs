@@ -249,12 +249,13 @@ impl WatchSpec {
 
 /// The metrics a rule may watch: every `bellwether_config::metrics` name but `up`, which the
 /// engine always watches itself (an instance that is down after the apply is an anomaly of
-/// maximal severity).
+/// maximal severity), and the control `ref_latency_ms`, which is evidence about the host,
+/// not about the change.
 pub fn rule_metrics() -> Vec<&'static str> {
-    bellwether_config::metrics::ALL
-        .iter()
+    use bellwether_config::metrics::{ALL, REF_LATENCY_MS, UP};
+    ALL.iter()
         .copied()
-        .filter(|m| *m != bellwether_config::metrics::UP)
+        .filter(|m| *m != UP && *m != REF_LATENCY_MS)
         .collect()
 }
 

@@ -1004,3 +1004,181 @@ proptest! {
         }
     }
 }
+
+fn with_control(mut m: BTreeMap<String, f64>, ref_ms: f64) -> BTreeMap<String, f64> {
+    m.insert(
+        bellwether_config::metrics::REF_LATENCY_MS.to_string(),
+        ref_ms,
+    );
+    m
+}
+
+fn decisions(r: &Rig) -> Vec<String> {
+    r.events
+        .iter()
+        .filter(|e| e.name == "traced")
+        .map(|e| e.figures["decision"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// One metric out of its band for its `for` is not reverted on that reading alone: the next
+/// sample (a new interval) is its second reading. A breach that does not outlast it is kept
+/// (`unconfirmed`) and the change is promoted; one that does is reverted on it.
+#[test]
+fn a_single_metric_breach_waits_for_its_second_reading() {
+    let mut p = plan(1, &[("random_page_cost", None)]);
+    p.risk_threshold = 0.01;
+    let mut r = Rig::new(p.clone(), Graph::default());
+    r.bring_to_bake(0, 1);
+    // tps alone at half its baseline: out of its band for 4 s after five samples.
+    r.samples(0, 5, &metrics(500.0, 5.0));
+    assert_eq!(decisions(&r), ["confirm"], "{:?}", r.names());
+    assert_eq!(r.e.stages()[0], Stage::Bake);
+    let traced = r.events.iter().find(|e| e.name == "traced").unwrap();
+    assert!(
+        traced.reason.contains("second reading"),
+        "{}",
+        traced.reason
+    );
+    // The second reading is back in the band: kept.
+    r.samples(0, 1, &healthy());
+    assert_eq!(r.count("unconfirmed"), 1, "{:?}", r.names());
+    assert_eq!(r.count("reverted"), 0);
+    assert_eq!(r.count("revert_snapshot"), 0);
+    r.samples(0, 25, &healthy());
+    assert_eq!(r.e.phase, Phase::Completed, "{:?}", r.names());
+
+    // The same breach that outlasts its second reading is reverted on it.
+    let mut r = Rig::new(p, Graph::default());
+    r.bring_to_bake(0, 1);
+    r.samples(0, 5, &metrics(500.0, 5.0));
+    assert_eq!(decisions(&r), ["confirm"]);
+    r.samples(0, 1, &metrics(500.0, 5.0));
+    assert_eq!(decisions(&r), ["confirm", "revert"], "{:?}", r.names());
+    assert_eq!(r.e.stages()[0], Stage::RevertSnapshot);
+    assert_eq!(r.count("unconfirmed"), 0);
+}
+
+/// Two metrics out of their bands corroborate each other: reverted on the first reading.
+#[test]
+fn a_breach_of_two_metrics_needs_no_second_reading() {
+    let mut p = plan(1, &[("random_page_cost", None)]);
+    p.risk_threshold = 0.01;
+    let mut r = Rig::new(p, Graph::default());
+    r.bring_to_bake(0, 1);
+    r.samples(0, 5, &metrics(500.0, 10.0));
+    assert_eq!(decisions(&r), ["revert"], "{:?}", r.names());
+}
+
+/// The control (`ref_latency_ms`, a reference query's round trip) rose with the metric: the
+/// host was disturbed, and the `host` factor takes the risk below the threshold. When the
+/// host is quiet again and the metric is still out of its band, it is traced again and
+/// reverted: a disturbance of the host delays a harmful change's revert, it does not hide it.
+#[test]
+fn a_breach_the_control_shares_is_discounted_until_the_host_is_quiet() {
+    let p = plan(1, &[("random_page_cost", None)]);
+    assert_eq!(p.risk_threshold, plan::DEFAULT_RISK_THRESHOLD);
+    let mut r = Rig::new(p, Graph::default());
+    r.trial_ok();
+    r.done(ActionKind::Snapshot, json!(catalog()));
+    r.samples(0, 12, &with_control(healthy(), 0.2));
+    r.now += 300;
+    let report = r.apply_report(&[("random_page_cost", "4")]);
+    r.done(ActionKind::Apply, report);
+    // tps at a third of its baseline (severity 1): without the control it would be reverted
+    // (−1.39 + 1.5 + 0.51 − 0.5 > 0); the reference query is ten times slower as well.
+    r.samples(0, 5, &with_control(metrics(330.0, 5.0), 2.0));
+    assert_eq!(decisions(&r), ["keep_watching"], "{:?}", r.names());
+    let traced = r.events.iter().find(|e| e.name == "traced").unwrap();
+    let risk: bellwether_config::risk::Risk =
+        serde_json::from_value(traced.figures["risk"].clone()).unwrap();
+    let host = risk.factors.iter().find(|f| f.name == "host").unwrap();
+    assert!(host.log_odds < -2.0, "{host:?}");
+    assert!(risk.residual().abs() < 1e-9);
+    assert_eq!(traced.figures["control"]["baseline"], 0.2);
+    // The host is quiet again; the throughput is not.
+    r.samples(0, 6, &with_control(metrics(330.0, 5.0), 0.2));
+    let d = decisions(&r);
+    assert_eq!(d.last().map(String::as_str), Some("revert"), "{d:?}");
+    assert_eq!(r.e.stages()[0], Stage::RevertSnapshot);
+}
+
+/// The same anomaly with a control that stayed within its margin is reverted as before (after
+/// its second reading): the control discounts only what the host shares.
+#[test]
+fn a_quiet_control_takes_nothing_away() {
+    let mut r = Rig::new(plan(1, &[("random_page_cost", None)]), Graph::default());
+    r.trial_ok();
+    r.done(ActionKind::Snapshot, json!(catalog()));
+    r.samples(0, 12, &with_control(healthy(), 0.2));
+    r.now += 300;
+    let report = r.apply_report(&[("random_page_cost", "4")]);
+    r.done(ActionKind::Apply, report);
+    r.samples(0, 6, &with_control(metrics(330.0, 5.0), 0.25));
+    assert_eq!(decisions(&r), ["confirm", "revert"], "{:?}", r.names());
+    let traced = r.events.iter().rfind(|e| e.name == "traced").unwrap();
+    let risk: bellwether_config::risk::Risk =
+        serde_json::from_value(traced.figures["risk"].clone()).unwrap();
+    assert_eq!(
+        risk.factors
+            .iter()
+            .find(|f| f.name == "host")
+            .unwrap()
+            .log_odds,
+        0.0
+    );
+}
+
+/// After the revert, a breach while the control says the host is disturbed neither ends the
+/// run of in-band samples nor adds to it; the same breach on a quiet host ends it.
+#[test]
+fn a_disturbed_host_does_not_restart_the_confirm_window() {
+    let run = |disturbed_ref_ms: f64| -> (Rig, i64) {
+        let mut p = plan(1, &[("random_page_cost", None)]);
+        p.risk_threshold = 0.01;
+        let mut r = Rig::new(p, Graph::default());
+        r.trial_ok();
+        r.done(ActionKind::Snapshot, json!(catalog()));
+        r.samples(0, 12, &with_control(healthy(), 0.2));
+        r.now += 300;
+        let report = r.apply_report(&[("random_page_cost", "40")]);
+        r.done(ActionKind::Apply, report);
+        r.samples(0, 5, &with_control(metrics(300.0, 17.0), 0.2));
+        r.done(ActionKind::RevertSnapshot, json!(catalog()));
+        r.now += 300;
+        let report = r.apply_report(&[("random_page_cost", "4")]);
+        r.done(ActionKind::Revert, report);
+        let reverted = r.now;
+        // One in-band sample, an 8-s slump of throughput (a breach from its fifth second),
+        // then in band again.
+        r.samples(0, 1, &with_control(healthy(), 0.2));
+        r.samples(0, 8, &with_control(metrics(300.0, 5.0), disturbed_ref_ms));
+        assert_eq!(r.e.stages()[0], Stage::Confirm, "{:?}", r.names());
+        for _ in 0..10 {
+            if r.e.stages()[0] == Stage::Recovered {
+                break;
+            }
+            r.samples(0, 1, &with_control(healthy(), 0.2));
+        }
+        assert_eq!(r.e.stages()[0], Stage::Recovered, "{:?}", r.names());
+        let at = r.e.report()["targets"][0]["recovered_at_ms"]
+            .as_i64()
+            .unwrap();
+        (r, at - reverted)
+    };
+    let (host, host_after) = run(2.0);
+    let (quiet, quiet_after) = run(0.2);
+    let skipped = |r: &Rig| {
+        r.events
+            .iter()
+            .find(|e| e.name == "recovered")
+            .unwrap()
+            .figures["host_disturbed_samples"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(skipped(&host) >= 1, "{:?}", host.events.last());
+    assert_eq!(skipped(&quiet), 0);
+    // On the quiet host the slump's breach restarted the window: recovered later.
+    assert!(host_after < quiet_after, "{host_after} vs {quiet_after}");
+}
