@@ -783,7 +783,11 @@ impl Io {
         timeout: Duration,
     ) -> (Option<u64>, Duration, Value) {
         let started = tokio::time::Instant::now();
-        if let Err(e) = self.router.hold(self.opts.probe_timeout).await {
+        // A primary that answered was held (and waited for) by the fence before this; one
+        // that is down or frozen will not answer what is in flight there: those commands give
+        // up at once (reads are re-sent to the new primary, writes answered "lost"), so no
+        // reply of the old primary reaches a client after the target is read.
+        if let Err(e) = self.router.hold(PROMOTION_HOLD_WAIT).await {
             tracing::warn!(error = %e, "Could not hold the proxy's commands before the promotion.");
         }
         let hold_ms = started.elapsed().as_millis() as u64;
@@ -898,19 +902,32 @@ impl Io {
             .map(|(id, e)| (id.clone(), e.clone()))
             .collect();
         let t = self.opts.probe_timeout;
-        let mut best: Option<(String, u64)> = None;
+        // Their own offsets only, all at once: a full probe would also ask the primary each
+        // names, which is the one that failed.
+        let mut set = tokio::task::JoinSet::new();
         for (id, ep) in peers {
-            if let Ok(Ok(st)) = tokio::time::timeout(t, crate::probe(self.kind, &ep, t / 2)).await {
-                if let (true, Some(Role::Replica), Some(o)) = (st.reachable, st.role, st.offset) {
-                    if best.as_ref().is_none_or(|(_, b)| o > *b) {
-                        best = Some((id, o));
-                    }
-                }
+            set.spawn(async move {
+                let read = async {
+                    let mut r = crate::redis::Redis::connect(&ep, t).await.ok()?;
+                    r.info_replication().await.ok()
+                };
+                (id, tokio::time::timeout(t, read).await.ok().flatten())
+            });
+        }
+        let mut best: Option<(String, u64)> = None;
+        while let Some(r) = set.join_next().await {
+            let Ok((id, Some(rep))) = r else { continue };
+            if rep.role == Role::Replica && best.as_ref().is_none_or(|(_, b)| rep.offset > *b) {
+                best = Some((id, rep.offset));
             }
         }
         best
     }
 }
+
+/// How long a Redis promotion's hold waits for the commands in flight on the old primary
+/// before they give up (a reply already on its way gets through).
+const PROMOTION_HOLD_WAIT: Duration = Duration::from_millis(10);
 
 /// Whether the PostgreSQL primary at `endpoint` acknowledges commits only once a standby
 /// flushed them (`synchronous_standby_names` set, `synchronous_commit` `on` or `remote_apply`); false
