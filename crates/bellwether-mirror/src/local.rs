@@ -78,7 +78,14 @@ struct Shared {
     made: BTreeMap<String, Instance>,
     endpoints: BTreeMap<String, String>,
     watch: Option<watch::Sender<Option<Status>>>,
+    /// PostgreSQL: whether the server at an endpoint acknowledges commits only once a standby
+    /// flushed them, as its sampler last read it (at most [`SYNC_REREAD`] round trips ago).
+    pg_sync: BTreeMap<String, bool>,
 }
+
+/// How many round trips a PostgreSQL sampler makes between two reads of whether its server's
+/// commits wait for standbys (about every 2 s at the default interval).
+const SYNC_REREAD: u32 = 100;
 
 /// A running engine. Drop it only after [`LocalRunner::stop`].
 pub struct LocalRunner {
@@ -389,6 +396,7 @@ async fn sample_loop(
     endpoint: String,
     interval: Duration,
     buf: Arc<Mutex<SampleBuf>>,
+    shared: Arc<Mutex<Shared>>,
 ) {
     let mean_gap = interval / SAMPLES_PER_INTERVAL;
     let mut jitter = Jitter::new(&endpoint);
@@ -402,7 +410,21 @@ async fn sample_loop(
             tokio::time::sleep(interval).await;
             continue;
         };
+        let mut n: u32 = 0;
         loop {
+            if kind == DepKind::Postgres && n % SYNC_REREAD == 0 {
+                let sync = tokio::time::timeout(interval, conn.commits_wait_for_standbys()).await;
+                let mut g = lock(&shared);
+                match sync {
+                    Ok(Some(v)) => {
+                        g.pg_sync.insert(endpoint.clone(), v);
+                    }
+                    _ => {
+                        g.pg_sync.remove(&endpoint);
+                    }
+                }
+            }
+            n = n.wrapping_add(1);
             tokio::time::sleep(mean_gap.mul_f64(0.5 + jitter.next())).await;
             let sent = tokio::time::Instant::now();
             lock_buf(&buf).outstanding_since = Some(sent);
@@ -431,7 +453,13 @@ struct Samplers {
 impl Samplers {
     /// Starts a sampler for each new endpoint and stops those of instances no longer probed
     /// (or whose endpoint changed).
-    fn sync(&mut self, kind: DepKind, interval: Duration, endpoints: &BTreeMap<String, String>) {
+    fn sync(
+        &mut self,
+        kind: DepKind,
+        interval: Duration,
+        endpoints: &BTreeMap<String, String>,
+        shared: &Arc<Mutex<Shared>>,
+    ) {
         self.by_id.retain(|id, (ep, _, h)| {
             let keep = endpoints.get(id) == Some(ep);
             if !keep {
@@ -445,7 +473,13 @@ impl Samplers {
         for (id, ep) in endpoints {
             if !self.by_id.contains_key(id) {
                 let buf = Arc::new(Mutex::new(SampleBuf::default()));
-                let h = tokio::spawn(sample_loop(kind, ep.clone(), interval, buf.clone()));
+                let h = tokio::spawn(sample_loop(
+                    kind,
+                    ep.clone(),
+                    interval,
+                    buf.clone(),
+                    shared.clone(),
+                ));
                 self.by_id.insert(id.clone(), (ep.clone(), buf, h));
             }
         }
@@ -496,7 +530,7 @@ async fn probe_loop(
                 s.status.as_ref().map(|st| st.primary.clone()),
             )
         };
-        samplers.sync(kind, interval, &endpoints);
+        samplers.sync(kind, interval, &endpoints, &shared);
         let mut set = tokio::task::JoinSet::new();
         for (id, ep) in endpoints {
             // A replica's probe also asks the primary it names (for its lag), with the probe's
@@ -691,11 +725,24 @@ impl Io {
             } => {
                 let t = self.opts.fence_timeout;
                 let np = new_primary.as_ref().map(|b| b.endpoint.as_str());
-                if new_primary.is_none()
-                    && self.kind == DepKind::Postgres
-                    && pg_commits_wait_for_standbys(&instance.endpoint, self.opts.probe_timeout)
-                        .await
-                {
+                let sync = if new_primary.is_none() && self.kind == DepKind::Postgres {
+                    // As the sampler read it while the primary answered (a throttled primary
+                    // may not answer a new question in time); asked now only when unknown.
+                    let known = lock(&self.shared).pg_sync.get(&instance.endpoint).copied();
+                    match known {
+                        Some(v) => v,
+                        None => {
+                            pg_commits_wait_for_standbys(
+                                &instance.endpoint,
+                                self.opts.probe_timeout,
+                            )
+                            .await
+                        }
+                    }
+                } else {
+                    false
+                };
+                if sync {
                     // Its commits are acknowledged only once a standby flushed them: the
                     // promotion cuts every other standby off it (see `before_pg_promotion`), so
                     // whatever it acknowledges until then is in the promoted one, and nothing
@@ -942,11 +989,7 @@ async fn pg_commits_wait_for_standbys(endpoint: &str, timeout: Duration) -> bool
         let inst = bellwether_pg::connect(&url).await.ok()?;
         let row = inst
             .client
-            .query_one(
-                "SELECT current_setting('synchronous_standby_names') <> '' \
-                 AND current_setting('synchronous_commit') IN ('on', 'remote_apply')",
-                &[],
-            )
+            .query_one(crate::SYNC_COMMITS_SQL, &[])
             .await
             .ok()?;
         row.try_get::<_, bool>(0).ok()
