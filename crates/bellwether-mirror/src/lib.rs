@@ -302,7 +302,8 @@ pub async fn unfence(
 }
 
 /// Whether a PostgreSQL server's commits wait for a standby's flush (one boolean).
-pub(crate) const SYNC_COMMITS_SQL: &str = "SELECT current_setting('synchronous_standby_names') <> '' \
+pub(crate) const SYNC_COMMITS_SQL: &str =
+    "SELECT current_setting('synchronous_standby_names') <> '' \
      AND current_setting('synchronous_commit') IN ('on', 'remote_apply')";
 
 /// A kept connection for latency samples (the local runner's sampler): one cheap round trip

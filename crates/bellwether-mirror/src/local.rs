@@ -412,7 +412,7 @@ async fn sample_loop(
         };
         let mut n: u32 = 0;
         loop {
-            if kind == DepKind::Postgres && n % SYNC_REREAD == 0 {
+            if kind == DepKind::Postgres && n.is_multiple_of(SYNC_REREAD) {
                 let sync = tokio::time::timeout(interval, conn.commits_wait_for_standbys()).await;
                 let mut g = lock(&shared);
                 match sync {
@@ -444,10 +444,13 @@ async fn sample_loop(
     }
 }
 
+/// One instance's sampler: the endpoint it samples, its samples, its task.
+type Sampler = (String, Arc<Mutex<SampleBuf>>, JoinHandle<()>);
+
 /// The samplers of the instances being probed, by instance id.
 #[derive(Default)]
 struct Samplers {
-    by_id: BTreeMap<String, (String, Arc<Mutex<SampleBuf>>, JoinHandle<()>)>,
+    by_id: BTreeMap<String, Sampler>,
 }
 
 impl Samplers {
