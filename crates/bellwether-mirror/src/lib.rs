@@ -235,7 +235,8 @@ pub async fn promote(
 /// Stops the old primary at `endpoint` from taking writes. Redis: `CLIENT PAUSE WRITE` (so no
 /// write lands in between), then `REPLICAOF new_primary` when given (it becomes a read-only
 /// replica of the new one), else `min-replicas-to-write` set out of reach (every write is
-/// refused with `NOREPLICAS`), then `CLIENT UNPAUSE`. PostgreSQL: `default_transaction_read_only`
+/// refused with `NOREPLICAS`), then `CLIENT UNPAUSE`. PostgreSQL: a standby given a `new_primary`
+/// is [`repoint`]ed to it (`replicates: true`); a primary gets `default_transaction_read_only`
 /// on, reloaded, and the other client sessions ended so they reconnect read-only (a client
 /// that sets `transaction_read_only = off` itself is not stopped: stopping the instance is the
 /// full fence). An unreachable instance is [`MirrorError::Unreachable`]: fence it when it is
@@ -300,6 +301,11 @@ pub async fn unfence(
     }
 }
 
+/// Whether a PostgreSQL server's commits wait for a standby's flush (one boolean).
+pub(crate) const SYNC_COMMITS_SQL: &str =
+    "SELECT current_setting('synchronous_standby_names') <> '' \
+     AND current_setting('synchronous_commit') IN ('on', 'remote_apply')";
+
 /// A kept connection for latency samples (the local runner's sampler): one cheap round trip
 /// per [`PingConn::ping`] (Redis `PING`, PostgreSQL `SELECT 1`), with no connection set-up in
 /// the measured time. A `tcp` dependency has nothing to ping on an open connection.
@@ -331,6 +337,20 @@ impl PingConn {
                 operation: "ping",
                 kind: "tcp",
             }),
+        }
+    }
+
+    /// PostgreSQL: whether the server acknowledges commits only once a standby flushed them
+    /// (`synchronous_standby_names` set, `synchronous_commit` `on` or `remote_apply`); `None`
+    /// for Redis or when it could not be read.
+    pub async fn commits_wait_for_standbys(&mut self) -> Option<bool> {
+        match &mut self.0 {
+            PingInner::Redis(_) => None,
+            PingInner::Postgres(c) => c
+                .query_one(SYNC_COMMITS_SQL, &[])
+                .await
+                .ok()
+                .and_then(|r| r.try_get::<_, bool>(0).ok()),
         }
     }
 

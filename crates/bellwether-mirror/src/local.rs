@@ -78,7 +78,14 @@ struct Shared {
     made: BTreeMap<String, Instance>,
     endpoints: BTreeMap<String, String>,
     watch: Option<watch::Sender<Option<Status>>>,
+    /// PostgreSQL: whether the server at an endpoint acknowledges commits only once a standby
+    /// flushed them, as its sampler last read it (at most [`SYNC_REREAD`] round trips ago).
+    pg_sync: BTreeMap<String, bool>,
 }
+
+/// How many round trips a PostgreSQL sampler makes between two reads of whether its server's
+/// commits wait for standbys (about every 2 s at the default interval).
+const SYNC_REREAD: u32 = 100;
 
 /// A running engine. Drop it only after [`LocalRunner::stop`].
 pub struct LocalRunner {
@@ -389,6 +396,7 @@ async fn sample_loop(
     endpoint: String,
     interval: Duration,
     buf: Arc<Mutex<SampleBuf>>,
+    shared: Arc<Mutex<Shared>>,
 ) {
     let mean_gap = interval / SAMPLES_PER_INTERVAL;
     let mut jitter = Jitter::new(&endpoint);
@@ -402,7 +410,21 @@ async fn sample_loop(
             tokio::time::sleep(interval).await;
             continue;
         };
+        let mut n: u32 = 0;
         loop {
+            if kind == DepKind::Postgres && n.is_multiple_of(SYNC_REREAD) {
+                let sync = tokio::time::timeout(interval, conn.commits_wait_for_standbys()).await;
+                let mut g = lock(&shared);
+                match sync {
+                    Ok(Some(v)) => {
+                        g.pg_sync.insert(endpoint.clone(), v);
+                    }
+                    _ => {
+                        g.pg_sync.remove(&endpoint);
+                    }
+                }
+            }
+            n = n.wrapping_add(1);
             tokio::time::sleep(mean_gap.mul_f64(0.5 + jitter.next())).await;
             let sent = tokio::time::Instant::now();
             lock_buf(&buf).outstanding_since = Some(sent);
@@ -422,16 +444,25 @@ async fn sample_loop(
     }
 }
 
+/// One instance's sampler: the endpoint it samples, its samples, its task.
+type Sampler = (String, Arc<Mutex<SampleBuf>>, JoinHandle<()>);
+
 /// The samplers of the instances being probed, by instance id.
 #[derive(Default)]
 struct Samplers {
-    by_id: BTreeMap<String, (String, Arc<Mutex<SampleBuf>>, JoinHandle<()>)>,
+    by_id: BTreeMap<String, Sampler>,
 }
 
 impl Samplers {
     /// Starts a sampler for each new endpoint and stops those of instances no longer probed
     /// (or whose endpoint changed).
-    fn sync(&mut self, kind: DepKind, interval: Duration, endpoints: &BTreeMap<String, String>) {
+    fn sync(
+        &mut self,
+        kind: DepKind,
+        interval: Duration,
+        endpoints: &BTreeMap<String, String>,
+        shared: &Arc<Mutex<Shared>>,
+    ) {
         self.by_id.retain(|id, (ep, _, h)| {
             let keep = endpoints.get(id) == Some(ep);
             if !keep {
@@ -445,7 +476,13 @@ impl Samplers {
         for (id, ep) in endpoints {
             if !self.by_id.contains_key(id) {
                 let buf = Arc::new(Mutex::new(SampleBuf::default()));
-                let h = tokio::spawn(sample_loop(kind, ep.clone(), interval, buf.clone()));
+                let h = tokio::spawn(sample_loop(
+                    kind,
+                    ep.clone(),
+                    interval,
+                    buf.clone(),
+                    shared.clone(),
+                ));
                 self.by_id.insert(id.clone(), (ep.clone(), buf, h));
             }
         }
@@ -496,7 +533,7 @@ async fn probe_loop(
                 s.status.as_ref().map(|st| st.primary.clone()),
             )
         };
-        samplers.sync(kind, interval, &endpoints);
+        samplers.sync(kind, interval, &endpoints, &shared);
         let mut set = tokio::task::JoinSet::new();
         for (id, ep) in endpoints {
             // A replica's probe also asks the primary it names (for its lag), with the probe's
@@ -691,11 +728,24 @@ impl Io {
             } => {
                 let t = self.opts.fence_timeout;
                 let np = new_primary.as_ref().map(|b| b.endpoint.as_str());
-                if new_primary.is_none()
-                    && self.kind == DepKind::Postgres
-                    && pg_commits_wait_for_standbys(&instance.endpoint, self.opts.probe_timeout)
-                        .await
-                {
+                let sync = if new_primary.is_none() && self.kind == DepKind::Postgres {
+                    // As the sampler read it while the primary answered (a throttled primary
+                    // may not answer a new question in time); asked now only when unknown.
+                    let known = lock(&self.shared).pg_sync.get(&instance.endpoint).copied();
+                    match known {
+                        Some(v) => v,
+                        None => {
+                            pg_commits_wait_for_standbys(
+                                &instance.endpoint,
+                                self.opts.probe_timeout,
+                            )
+                            .await
+                        }
+                    }
+                } else {
+                    false
+                };
+                if sync {
                     // Its commits are acknowledged only once a standby flushed them: the
                     // promotion cuts every other standby off it (see `before_pg_promotion`), so
                     // whatever it acknowledges until then is in the promoted one, and nothing
@@ -783,7 +833,11 @@ impl Io {
         timeout: Duration,
     ) -> (Option<u64>, Duration, Value) {
         let started = tokio::time::Instant::now();
-        if let Err(e) = self.router.hold(self.opts.probe_timeout).await {
+        // A primary that answered was held (and waited for) by the fence before this; one
+        // that is down or frozen will not answer what is in flight there: those commands give
+        // up at once (reads are re-sent to the new primary, writes answered "lost"), so no
+        // reply of the old primary reaches a client after the target is read.
+        if let Err(e) = self.router.hold(PROMOTION_HOLD_WAIT).await {
             tracing::warn!(error = %e, "Could not hold the proxy's commands before the promotion.");
         }
         let hold_ms = started.elapsed().as_millis() as u64;
@@ -898,19 +952,32 @@ impl Io {
             .map(|(id, e)| (id.clone(), e.clone()))
             .collect();
         let t = self.opts.probe_timeout;
-        let mut best: Option<(String, u64)> = None;
+        // Their own offsets only, all at once: a full probe would also ask the primary each
+        // names, which is the one that failed.
+        let mut set = tokio::task::JoinSet::new();
         for (id, ep) in peers {
-            if let Ok(Ok(st)) = tokio::time::timeout(t, crate::probe(self.kind, &ep, t / 2)).await {
-                if let (true, Some(Role::Replica), Some(o)) = (st.reachable, st.role, st.offset) {
-                    if best.as_ref().is_none_or(|(_, b)| o > *b) {
-                        best = Some((id, o));
-                    }
-                }
+            set.spawn(async move {
+                let read = async {
+                    let mut r = crate::redis::Redis::connect(&ep, t).await.ok()?;
+                    r.info_replication().await.ok()
+                };
+                (id, tokio::time::timeout(t, read).await.ok().flatten())
+            });
+        }
+        let mut best: Option<(String, u64)> = None;
+        while let Some(r) = set.join_next().await {
+            let Ok((id, Some(rep))) = r else { continue };
+            if rep.role == Role::Replica && best.as_ref().is_none_or(|(_, b)| rep.offset > *b) {
+                best = Some((id, rep.offset));
             }
         }
         best
     }
 }
+
+/// How long a Redis promotion's hold waits for the commands in flight on the old primary
+/// before they give up (a reply already on its way gets through).
+const PROMOTION_HOLD_WAIT: Duration = Duration::from_millis(10);
 
 /// Whether the PostgreSQL primary at `endpoint` acknowledges commits only once a standby
 /// flushed them (`synchronous_standby_names` set, `synchronous_commit` `on` or `remote_apply`); false
@@ -925,11 +992,7 @@ async fn pg_commits_wait_for_standbys(endpoint: &str, timeout: Duration) -> bool
         let inst = bellwether_pg::connect(&url).await.ok()?;
         let row = inst
             .client
-            .query_one(
-                "SELECT current_setting('synchronous_standby_names') <> '' \
-                 AND current_setting('synchronous_commit') IN ('on', 'remote_apply')",
-                &[],
-            )
+            .query_one(crate::SYNC_COMMITS_SQL, &[])
             .await
             .ok()?;
         row.try_get::<_, bool>(0).ok()

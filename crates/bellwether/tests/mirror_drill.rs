@@ -78,11 +78,37 @@ fn redis_slow_primary_is_switched_by_health() {
     assert_eq!(r["acknowledged_writes_lost"], 0, "{}", r["lost_examples"]);
 }
 
+/// After a PostgreSQL switch the other standby follows the new primary (it was pointed at
+/// the promoted one before the promotion) instead of being retired and copied again.
+fn check_other_standby_followed(r: &Value) {
+    let names: Vec<&str> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"repointed"), "{names:?}");
+    assert!(
+        r["first_ack_after_switch_ms"].as_i64().is_some(),
+        "no commit acknowledged after the switch"
+    );
+}
+
 #[test]
 fn postgres_kill_loses_no_acknowledged_commit() {
     let r = drill("postgres", "kill", "9");
     check_switched(&r);
     assert_eq!(r["acknowledged_writes_lost"], 0, "{}", r["lost_examples"]);
+    check_other_standby_followed(&r);
+}
+
+#[test]
+fn postgres_slow_primary_is_switched_without_losing_a_commit() {
+    let r = drill("postgres", "slow", "9");
+    check_switched(&r);
+    assert_eq!(r["history"][0]["trigger"], "unhealthy");
+    assert_eq!(r["acknowledged_writes_lost"], 0, "{}", r["lost_examples"]);
+    check_other_standby_followed(&r);
 }
 
 #[test]
@@ -91,4 +117,5 @@ fn postgres_frozen_primary_is_switched_without_losing_a_commit() {
     check_switched(&r);
     assert_eq!(r["history"][0]["trigger"], "down");
     assert_eq!(r["acknowledged_writes_lost"], 0, "{}", r["lost_examples"]);
+    check_other_standby_followed(&r);
 }
