@@ -77,19 +77,29 @@ fn verify_names_the_missing_or_damaged_point() {
     let saved = std::fs::read(&p2).unwrap();
     std::fs::remove_file(&p2).unwrap();
     let e = s.verify(false).unwrap_err();
-    assert!(matches!(e, ShadowError::MissingPoint { id: PointId(2), .. }), "{e}");
+    assert!(
+        matches!(e, ShadowError::MissingPoint { id: PointId(2), .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains("point p2"), "{e}");
 
     // A manifest whose content no longer matches its checksum.
     let text = String::from_utf8(saved.clone()).unwrap();
     std::fs::write(&p2, text.replace("\"mode\": 420", "\"mode\": 511")).unwrap();
     let e = s.verify(false).unwrap_err();
-    assert!(matches!(e, ShadowError::DamagedPoint { id: PointId(2), .. }), "{e}");
+    assert!(
+        matches!(e, ShadowError::DamagedPoint { id: PointId(2), .. }),
+        "{e}"
+    );
 
     // A consistent manifest swapped for another: the chain breaks at the next point.
     std::fs::write(&p2, &saved).unwrap();
     s.verify(false).unwrap();
-    std::fs::copy(t.path().join("points/0000000001.json"), t.path().join("points/0000000003.json")).unwrap();
+    std::fs::copy(
+        t.path().join("points/0000000001.json"),
+        t.path().join("points/0000000003.json"),
+    )
+    .unwrap();
     let e = s.verify(false).unwrap_err();
     assert!(e.to_string().contains("p3"), "{e}");
 }
@@ -102,7 +112,10 @@ fn losing_the_latest_point_is_detected() {
     point(&s, 200, b"b");
     std::fs::remove_file(t.path().join("points/0000000002.json")).unwrap();
     let e = s.verify(false).unwrap_err();
-    assert!(matches!(e, ShadowError::MissingPoint { id: PointId(2), .. }), "{e}");
+    assert!(
+        matches!(e, ShadowError::MissingPoint { id: PointId(2), .. }),
+        "{e}"
+    );
 }
 
 #[test]
@@ -140,7 +153,10 @@ fn the_commit_log_ignores_a_torn_tail_but_names_damage() {
     bytes[second + 50] ^= 1;
     std::fs::write(&path, &bytes).unwrap();
     let e = s.log_records(p.id(), None).unwrap_err();
-    assert!(matches!(e, ShadowError::DamagedLog { offset, .. } if offset == r[1].offset), "{e}");
+    assert!(
+        matches!(e, ShadowError::DamagedLog { offset, .. } if offset == r[1].offset),
+        "{e}"
+    );
     assert!(e.to_string().contains("0000000001.log"), "{e}");
 }
 
