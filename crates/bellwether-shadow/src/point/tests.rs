@@ -1,1 +1,272 @@
+//! The point store alone: points of made-up content (the kinds' tests cover real data).
 
+use std::path::Path;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn meta(source: &str) -> ShadowMeta {
+    ShadowMeta {
+        format: FORMAT,
+        kind: ResourceKind::Dir,
+        source: source.into(),
+        shadow_type: ShadowType::Transactional,
+        created_at: Timestamp(0),
+        retention: Retention::default(),
+    }
+}
+
+fn store(dir: &Path) -> PointStore {
+    let mut s = PointStore::create(dir, meta("/data")).unwrap();
+    s.lock_writer().unwrap();
+    s
+}
+
+fn point(s: &PointStore, at: i64, content: &[u8]) -> Manifest {
+    let (r, new) = s.put_object(content).unwrap();
+    s.commit_point(PointDraft {
+        taken_at: Timestamp(at),
+        consistent_at: Timestamp(at + 1),
+        reason: Reason::Schedule,
+        position: Position::Dir {
+            files: 1,
+            bytes: content.len() as u64,
+        },
+        entries: vec![Entry {
+            path: "f".into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            size: content.len() as u64,
+            mtime: None,
+            objects: vec![r],
+        }],
+        new_bytes: if new { r.len } else { 0 },
+    })
+    .unwrap()
+}
+
+#[test]
+fn points_chain_and_deduplicate() {
+    let t = tempfile::tempdir().unwrap();
+    let s = store(t.path());
+    let p1 = point(&s, 100, b"one");
+    let p2 = point(&s, 200, b"one");
+    let p3 = point(&s, 300, b"three");
+    assert_eq!((p1.seq, p2.seq, p3.seq), (1, 2, 3));
+    assert_eq!(p2.prev_checksum.as_deref(), Some(p1.checksum.as_str()));
+    assert_eq!(p2.new_bytes, 0, "the same content is stored once");
+    assert_eq!(s.find(&Target::Time(Timestamp(250))).unwrap().seq, 2);
+    assert_eq!(s.find(&Target::Time(Timestamp(301))).unwrap().seq, 3);
+    assert_eq!(s.find(&Target::Latest).unwrap().seq, 3);
+    let e = s.find(&Target::Time(Timestamp(100))).unwrap_err();
+    assert!(matches!(e, ShadowError::BeforeFirstPoint { .. }), "{e}");
+    let v = s.verify(true).unwrap();
+    assert_eq!((v.points, v.objects), (3, 2));
+}
+
+#[test]
+fn verify_names_the_missing_or_damaged_point() {
+    let t = tempfile::tempdir().unwrap();
+    let s = store(t.path());
+    for i in 1..=4 {
+        point(&s, i * 100, format!("c{i}").as_bytes());
+    }
+    let p2 = t.path().join("points/0000000002.json");
+    let saved = std::fs::read(&p2).unwrap();
+    std::fs::remove_file(&p2).unwrap();
+    let e = s.verify(false).unwrap_err();
+    assert!(
+        matches!(e, ShadowError::MissingPoint { id: PointId(2), .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("point p2"), "{e}");
+
+    // A manifest whose content no longer matches its checksum.
+    let text = String::from_utf8(saved.clone()).unwrap();
+    std::fs::write(&p2, text.replace("\"mode\": 420", "\"mode\": 511")).unwrap();
+    let e = s.verify(false).unwrap_err();
+    assert!(
+        matches!(e, ShadowError::DamagedPoint { id: PointId(2), .. }),
+        "{e}"
+    );
+
+    // A consistent manifest swapped for another: the chain breaks at the next point.
+    std::fs::write(&p2, &saved).unwrap();
+    s.verify(false).unwrap();
+    std::fs::copy(
+        t.path().join("points/0000000001.json"),
+        t.path().join("points/0000000003.json"),
+    )
+    .unwrap();
+    let e = s.verify(false).unwrap_err();
+    assert!(e.to_string().contains("p3"), "{e}");
+}
+
+#[test]
+fn losing_the_latest_point_is_detected() {
+    let t = tempfile::tempdir().unwrap();
+    let s = store(t.path());
+    point(&s, 100, b"a");
+    point(&s, 200, b"b");
+    std::fs::remove_file(t.path().join("points/0000000002.json")).unwrap();
+    let e = s.verify(false).unwrap_err();
+    assert!(
+        matches!(e, ShadowError::MissingPoint { id: PointId(2), .. }),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_commit_log_ignores_a_torn_tail_but_names_damage() {
+    let t = tempfile::tempdir().unwrap();
+    let s = store(t.path());
+    let p = point(&s, 100, b"a");
+    let mut w = s.log_writer(p.id()).unwrap();
+    for i in 0..5 {
+        w.append(Timestamp(200 + i), format!("commit {i}").as_bytes());
+    }
+    w.flush().unwrap();
+    let path = w.path().to_owned();
+    drop(w);
+    assert_eq!(s.log_records(p.id(), None).unwrap().len(), 5);
+    assert_eq!(
+        s.log_records(p.id(), Some(Timestamp(202))).unwrap().len(),
+        3
+    );
+    // A record cut short at the end: the follower died while appending.
+    let full = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &full[..full.len() - 3]).unwrap();
+    assert_eq!(s.log_records(p.id(), None).unwrap().len(), 4);
+    // Reopening for appending cuts the torn record and continues the chain.
+    let mut w = s.log_writer(p.id()).unwrap();
+    w.append(Timestamp(300), b"after");
+    w.flush().unwrap();
+    drop(w);
+    let r = s.log_records(p.id(), None).unwrap();
+    assert_eq!(r.len(), 5);
+    assert_eq!(r[4].payload, b"after");
+    // A flipped byte inside: named with its segment and offset.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let second = r[1].offset as usize;
+    bytes[second + 50] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = s.log_records(p.id(), None).unwrap_err();
+    assert!(
+        matches!(e, ShadowError::DamagedLog { offset, .. } if offset == r[1].offset),
+        "{e}"
+    );
+    assert!(e.to_string().contains("0000000001.log"), "{e}");
+}
+
+#[test]
+fn writing_needs_the_writer_lock_and_one_follower_holds_it() {
+    let t = tempfile::tempdir().unwrap();
+    let s = store(t.path());
+    let mut other = PointStore::open(t.path()).unwrap();
+    assert!(other.put_object(b"x").is_err());
+    let e = other.lock_writer().unwrap_err();
+    assert!(matches!(e, ShadowError::Busy { .. }), "{e}");
+    assert!(other.writer_running());
+    drop(s);
+    other.lock_writer().unwrap();
+    // Another resource in the same directory is refused.
+    let e = PointStore::create(t.path(), meta("/elsewhere")).unwrap_err();
+    assert!(matches!(e, ShadowError::OtherResource { .. }), "{e}");
+}
+
+#[test]
+fn thinning_keeps_the_chain_verifiable() {
+    let t = tempfile::tempdir().unwrap();
+    let s = store(t.path());
+    let h = 3_600_000_000i64;
+    for i in 0..6 {
+        point(&s, i * h / 2, format!("c{i}").as_bytes());
+    }
+    let policy = Retention {
+        keep_all_for: bellwether_model::Dur::from_secs(3600),
+        hourly_for: bellwether_model::Dur::from_secs(10 * 3600),
+        daily_for: bellwether_model::Dur::ZERO,
+    };
+    let r = s.thin(&policy, Timestamp(3 * h)).unwrap();
+    assert!(!r.removed.is_empty(), "{r:?}");
+    assert_eq!(r.gc.objects_removed as usize, r.removed.len());
+    let v = s.verify(true).unwrap();
+    assert_eq!(v.thinned as usize, r.removed.len());
+    let e = s.point(r.removed[0]).unwrap_err();
+    assert!(e.to_string().contains("retention removed it"), "{e}");
+}
+
+#[test]
+fn control_wakes_the_loop_at_once() {
+    let ctl = std::sync::Arc::new(Control::new());
+    let c2 = ctl.clone();
+    let waiter = std::thread::spawn(move || c2.wait(Duration::from_secs(3600)));
+    ctl.request_point(Reason::OnDemand);
+    waiter.join().unwrap();
+    assert_eq!(ctl.take_requests(), vec![Reason::OnDemand]);
+    ctl.stop();
+    ctl.wait(Duration::from_secs(3600));
+    assert!(ctl.is_stopped());
+}
+
+#[test]
+fn targets_parse() {
+    assert_eq!(Target::parse("p7"), Ok(Target::Point(PointId(7))));
+    assert_eq!(Target::parse("latest"), Ok(Target::Latest));
+    assert_eq!(
+        Target::parse("1796493600.5"),
+        Ok(Target::Time(Timestamp(1_796_493_600_500_000)))
+    );
+    for bad in ["p", "p0", "px", "tomorrow", ""] {
+        let e = Target::parse(bad).unwrap_err();
+        assert!(e.contains(&format!("`{bad}`")), "{bad}: {e}");
+    }
+}
+
+fn any_reason() -> impl Strategy<Value = Reason> {
+    prop_oneof![
+        Just(Reason::Schedule),
+        Just(Reason::OnDemand),
+        Just(Reason::BeforeRestore),
+        Just(Reason::Base),
+        ("[a-z]{1,8}", any::<i64>(), 0.0f64..=1.0).prop_map(|(source, t, p)| Reason::Predicted {
+            source,
+            failure_at: Timestamp(t),
+            probability: p,
+        }),
+    ]
+}
+
+proptest! {
+    /// A manifest read back from its JSON is the manifest written, with the same checksum;
+    /// any text at all is either a manifest or an error, never a panic.
+    #[test]
+    fn manifests_round_trip(seq in 1u64..1_000_000, at in any::<i64>(), reason in any_reason(),
+                            sizes in proptest::collection::vec(0u64..1 << 40, 0..5)) {
+        let entries = sizes.iter().enumerate().map(|(i, n)| Entry {
+            path: format!("d/{i}"),
+            kind: EntryKind::File,
+            mode: 0o600,
+            size: *n,
+            mtime: Some(Timestamp(at)),
+            objects: vec![ObjectRef { id: ObjectId::of(&n.to_le_bytes()), len: *n }],
+        }).collect();
+        let mut m = Manifest {
+            format: FORMAT, seq, kind: ResourceKind::Sqlite, source: "/x".into(),
+            shadow_type: ShadowType::Full, taken_at: Timestamp(at), consistent_at: Timestamp(at),
+            reason, position: Position::Postgres { timeline: 1, lsn: seq }, bytes: 0, new_bytes: 0,
+            entries, prev_checksum: None, checksum: String::new(),
+        };
+        m.checksum = store::manifest_checksum(&m);
+        let back: Manifest = serde_json::from_str(&serde_json::to_string_pretty(&m).unwrap()).unwrap();
+        prop_assert_eq!(store::manifest_checksum(&back), m.checksum.clone());
+        prop_assert_eq!(back, m);
+    }
+
+    #[test]
+    fn manifest_parser_never_panics(s in "\\PC{0,200}") {
+        let _ = serde_json::from_str::<Manifest>(&s);
+    }
+}

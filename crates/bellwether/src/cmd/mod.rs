@@ -22,9 +22,7 @@ pub mod risk;
 pub mod rollout;
 pub mod sandbox;
 pub mod server;
-// `bellwether shadow drill`, dispatched by cmd/shadow.rs as `Verb::Drill(shadow_drill::Args)`;
-// the allow goes when that arm is merged (branch shadow-core owns cmd/shadow.rs).
-#[allow(dead_code)]
+pub mod shadow;
 pub mod shadow_drill;
 pub mod tls;
 pub mod token;
