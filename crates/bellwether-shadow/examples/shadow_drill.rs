@@ -95,7 +95,8 @@ fn main() -> ExitCode {
             v.map_or(0, |v| v.lost),
             v.map_or(0, |v| v.after_point),
             v.map(|v| &v.corrupt),
-            r.error.as_ref().map_or(String::new(), |e| format!(" ERROR {e}")),
+            r.error.as_ref().map_or(String::new(), |e| format!(" ERROR {e}"))
+                + &r.point_after_fault_failed.as_ref().map_or(String::new(), |e| format!(" (no point after the fault: {e})")),
         );
     });
     if json {
@@ -104,8 +105,13 @@ fn main() -> ExitCode {
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     }
+    let predicted = report
+        .runs_detail
+        .iter()
+        .filter(|r| r.restored_point.is_some() && r.restored_point == r.predicted_point)
+        .count();
     println!(
-        "runs {} (seed {}): corrupt restores {}, lost commits {} of {} committed before the points, after the point {}, runs that could not run {}; by fault {:?}; by kind {:?}; restore median {:.0} ms, max {:.0} ms; {}",
+        "runs {} (seed {}): restored the predicted point in {predicted}; corrupt restores {}, lost commits {} of {} committed before the points, after the point {}, runs that could not run {}; by fault {:?}; by kind {:?}; restore median {:.0} ms, max {:.0} ms; {}",
         report.runs,
         report.seed,
         report.corrupt_restores,

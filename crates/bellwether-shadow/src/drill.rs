@@ -213,6 +213,9 @@ pub struct RunReport {
     pub live_untouched_after_failed_restore: Option<bool>,
     pub restore_ms: Option<f64>,
     pub verdict: Option<Verdict>,
+    /// Why the point after the fault could not be taken, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub point_after_fault_failed: Option<String>,
     /// What the shadow's loop reported without stopping (retention failures).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shadow_warnings: Vec<String>,
@@ -477,6 +480,7 @@ fn one_run(opts: &DrillOptions, i: u32, seed: u64, kind: WriterKind, fault: Faul
         restore_ms: None,
         verdict: None,
         shadow_warnings: Vec::new(),
+        point_after_fault_failed: None,
         error: None,
     };
     let work = opts
@@ -593,8 +597,11 @@ fn run_in(
     }
     report.writer_ended = w.ended.clone();
     w.kill();
-    // A point after the failure: the restore must not choose it.
-    take(&mut shadow, Reason::Schedule, report)?;
+    // A point after the failure: the restore must not choose it. Taking it may fail (a SQLite
+    // shadow cannot read a database whose disk is full); the run goes on without it.
+    if let Err(e) = take(&mut shadow, Reason::Schedule, report) {
+        report.point_after_fault_failed = Some(e);
+    }
 
     let mut window = None;
     if let Some(b) = &ballast {

@@ -161,6 +161,9 @@ enum Verb {
         #[arg(long, value_enum, default_value = "human")]
         output: OutputFormat,
     },
+    /// Chaos drill: a real writer, a shadow, a fault (corrupt, kill-writer, disk-full), a
+    /// restore to the point before it, checked against the writer's log (docs/shadow-drill.md).
+    Drill(super::shadow_drill::Args),
 }
 
 fn parse_time(s: &str) -> Result<Timestamp, String> {
@@ -283,6 +286,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Verb::Drill(a) => super::shadow_drill::run(a),
         Verb::Verify { dir, deep, output } => {
             let store = PointStore::open(&dir).map_err(shadow_err)?;
             let report = store.verify(deep).map_err(shadow_err)?;
