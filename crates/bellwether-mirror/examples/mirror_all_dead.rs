@@ -224,7 +224,12 @@ fn ready_mirrors(s: &bellwether_engine::mirror::Status) -> usize {
         .count()
 }
 
-async fn run_once(run: u64, redis: u64, pg: u64, clients: u64) -> Result<serde_json::Value, String> {
+async fn run_once(
+    run: u64,
+    redis: u64,
+    pg: u64,
+    clients: u64,
+) -> Result<serde_json::Value, String> {
     let work = tempfile::Builder::new()
         .prefix("bw-all-dead-")
         .tempdir()
@@ -246,9 +251,11 @@ async fn run_once(run: u64, redis: u64, pg: u64, clients: u64) -> Result<serde_j
         }
         if d.kind == DepKind::Postgres {
             let c = support::pg_connect(&d.primary.endpoint()).await?;
-            c.batch_execute("CREATE TABLE bench (client int, seq bigint, PRIMARY KEY (client, seq))")
-                .await
-                .map_err(|e| format!("{}: creating the table: {e}", d.name))?;
+            c.batch_execute(
+                "CREATE TABLE bench (client int, seq bigint, PRIMARY KEY (client, seq))",
+            )
+            .await
+            .map_err(|e| format!("{}: creating the table: {e}", d.name))?;
         }
     }
     let clock = Arc::new(Clock(Instant::now()));
