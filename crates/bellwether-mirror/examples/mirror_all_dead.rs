@@ -234,6 +234,7 @@ async fn run_once(
         .prefix("bw-all-dead-")
         .tempdir()
         .map_err(|e| e.to_string())?;
+    let _cleanup = support::KillUnder(work.path().to_path_buf());
     let mut deps = Vec::new();
     for i in 0..redis {
         deps.push(start_dep(&format!("cache{i}"), DepKind::Redis, work.path()).await?);

@@ -261,6 +261,7 @@ async fn bench() -> Result<serde_json::Value, String> {
         .prefix("bw-loss-mirrors-")
         .tempdir()
         .map_err(|e| e.to_string())?;
+    let _cleanup = support::KillUnder(work.path().to_path_buf());
     let proxy = support::start_proxy(DepKind::Redis, &primary.endpoint).await?;
     let spec = support::spec(
         "lossy",

@@ -140,6 +140,7 @@ async fn redis(rounds: u64, mib: u64) -> Result<serde_json::Value, String> {
         .prefix("bw-prov-redis-")
         .tempdir()
         .map_err(|e| e.to_string())?;
+    let _cleanup = support::KillUnder(work.path().to_path_buf());
     let p =
         LocalProcess::new(work.path().join("mirrors")).with_ready_timeout(Duration::from_secs(600));
     let mut driver = Vec::new();
@@ -263,6 +264,7 @@ async fn postgres(rounds: u64, mib: u64) -> Result<serde_json::Value, String> {
         .prefix("bw-prov-pg-")
         .tempdir()
         .map_err(|e| e.to_string())?;
+    let _cleanup = support::KillUnder(work.path().to_path_buf());
     chown_pg(work.path())?;
     let p =
         LocalProcess::new(work.path().join("mirrors")).with_ready_timeout(Duration::from_secs(600));

@@ -65,6 +65,8 @@ async fn mirrors_are_provisioned_as_the_weight_rises_and_retired_as_it_falls() {
         }))
         .expect("a valid spec");
     let work = tempfile::tempdir().expect("a temporary directory");
+    // Dropped before `work`: no mirror outlives the test, even a failing one.
+    let _cleanup = support::KillUnder(work.path().to_path_buf());
     let provisioner = Arc::new(LocalProcess::new(work.path().join("mirrors")));
     let runner = LocalRunner::start(
         spec.clone(),

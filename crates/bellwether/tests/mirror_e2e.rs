@@ -103,16 +103,20 @@ struct Mirrors(PathBuf);
 
 impl Drop for Mirrors {
     fn drop(&mut self) {
-        let Ok(rd) = std::fs::read_dir(self.0.join("mirrors")) else {
+        // Every process working under the state directory: the mirrors, including one whose
+        // provisioning was cut off before its record was written.
+        let Ok(rd) = std::fs::read_dir("/proc") else {
             return;
         };
         for e in rd.flatten() {
-            let rec: serde_json::Value = std::fs::read_to_string(e.path().join("instance.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or_default();
-            if let Some(pid) = rec["pid"].as_i64() {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.parse::<u32>().is_err() {
+                continue;
+            }
+            if let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) {
+                if cwd.starts_with(&self.0) {
+                    let _ = Command::new("kill").args(["-9", &name]).status();
+                }
             }
         }
     }
