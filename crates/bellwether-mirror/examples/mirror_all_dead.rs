@@ -224,11 +224,17 @@ fn ready_mirrors(s: &bellwether_engine::mirror::Status) -> usize {
         .count()
 }
 
-async fn run_once(run: u64, redis: u64, pg: u64, clients: u64) -> Result<serde_json::Value, String> {
+async fn run_once(
+    run: u64,
+    redis: u64,
+    pg: u64,
+    clients: u64,
+) -> Result<serde_json::Value, String> {
     let work = tempfile::Builder::new()
         .prefix("bw-all-dead-")
         .tempdir()
         .map_err(|e| e.to_string())?;
+    let _cleanup = support::KillUnder(work.path().to_path_buf());
     let mut deps = Vec::new();
     for i in 0..redis {
         deps.push(start_dep(&format!("cache{i}"), DepKind::Redis, work.path()).await?);
@@ -246,9 +252,11 @@ async fn run_once(run: u64, redis: u64, pg: u64, clients: u64) -> Result<serde_j
         }
         if d.kind == DepKind::Postgres {
             let c = support::pg_connect(&d.primary.endpoint()).await?;
-            c.batch_execute("CREATE TABLE bench (client int, seq bigint, PRIMARY KEY (client, seq))")
-                .await
-                .map_err(|e| format!("{}: creating the table: {e}", d.name))?;
+            c.batch_execute(
+                "CREATE TABLE bench (client int, seq bigint, PRIMARY KEY (client, seq))",
+            )
+            .await
+            .map_err(|e| format!("{}: creating the table: {e}", d.name))?;
         }
     }
     let clock = Arc::new(Clock(Instant::now()));

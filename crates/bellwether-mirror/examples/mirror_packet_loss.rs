@@ -93,7 +93,14 @@ impl LossyPrimary {
             "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
         ])?;
         run(&["ip", "link", "set", &ns_if, "netns", &ns])?;
-        run(&["ip", "addr", "add", &format!("{HOST_IP}/24"), "dev", &host_if])?;
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{HOST_IP}/24"),
+            "dev",
+            &host_if,
+        ])?;
         run(&["ip", "link", "set", &host_if, "up"])?;
         run(&[
             "ip",
@@ -145,7 +152,9 @@ impl LossyPrimary {
             count.push("counter");
             self.nft(&count)?;
             let mut drop = rule.to_vec();
-            drop.extend(["numgen", "random", "mod", "100", "<", &pct, "counter", "drop"]);
+            drop.extend([
+                "numgen", "random", "mod", "100", "<", &pct, "counter", "drop",
+            ]);
             self.nft(&drop)?;
         }
         Ok(())
@@ -240,7 +249,10 @@ async fn bench() -> Result<serde_json::Value, String> {
         {
             Ok(st) if st.reachable => break,
             _ if tokio::time::Instant::now() > deadline => {
-                return Err(format!("the primary at {} did not answer", primary.endpoint))
+                return Err(format!(
+                    "the primary at {} did not answer",
+                    primary.endpoint
+                ))
             }
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
@@ -249,6 +261,7 @@ async fn bench() -> Result<serde_json::Value, String> {
         .prefix("bw-loss-mirrors-")
         .tempdir()
         .map_err(|e| e.to_string())?;
+    let _cleanup = support::KillUnder(work.path().to_path_buf());
     let proxy = support::start_proxy(DepKind::Redis, &primary.endpoint).await?;
     let spec = support::spec(
         "lossy",
@@ -343,7 +356,12 @@ async fn bench() -> Result<serde_json::Value, String> {
         .collect();
     let max_in_5min = times
         .iter()
-        .map(|t| times.iter().filter(|u| **u >= *t && **u < t + 300_000).count())
+        .map(|t| {
+            times
+                .iter()
+                .filter(|u| **u >= *t && **u < t + 300_000)
+                .count()
+        })
         .max()
         .unwrap_or(0);
     Ok(serde_json::json!({
@@ -368,10 +386,7 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     match rt.block_on(bench()) {
-        Ok(r) => println!(
-            "{}",
-            serde_json::to_string_pretty(&r).unwrap_or_default()
-        ),
+        Ok(r) => println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default()),
         Err(e) => {
             eprintln!("the benchmark failed: {e}");
             std::process::exit(1);

@@ -114,11 +114,10 @@ async fn plain_redis_replica(primary_port: u16, dir: &Path) -> Result<f64, Strin
 }
 
 async fn redis(rounds: u64, mib: u64) -> Result<serde_json::Value, String> {
-    let primary = tokio::task::spawn_blocking(|| {
-        TestRedis::try_start(&["--enable-debug-command", "yes"])
-    })
-    .await
-    .map_err(|e| e.to_string())??;
+    let primary =
+        tokio::task::spawn_blocking(|| TestRedis::try_start(&["--enable-debug-command", "yes"]))
+            .await
+            .map_err(|e| e.to_string())??;
     let ep = primary.endpoint();
     let keys = mib * 1024;
     let t = Instant::now();
@@ -141,7 +140,9 @@ async fn redis(rounds: u64, mib: u64) -> Result<serde_json::Value, String> {
         .prefix("bw-prov-redis-")
         .tempdir()
         .map_err(|e| e.to_string())?;
-    let p = LocalProcess::new(work.path().join("mirrors")).with_ready_timeout(Duration::from_secs(600));
+    let _cleanup = support::KillUnder(work.path().to_path_buf());
+    let p =
+        LocalProcess::new(work.path().join("mirrors")).with_ready_timeout(Duration::from_secs(600));
     let mut driver = Vec::new();
     let mut plain = Vec::new();
     for r in 0..rounds {
@@ -252,7 +253,10 @@ async fn postgres(rounds: u64, mib: u64) -> Result<serde_json::Value, String> {
     .map_err(|e| format!("filling the primary: {e}"))?;
     let fill_s = t.elapsed().as_secs_f64();
     let size: i64 = c
-        .query_one("SELECT sum(pg_database_size(datname))::bigint FROM pg_database", &[])
+        .query_one(
+            "SELECT sum(pg_database_size(datname))::bigint FROM pg_database",
+            &[],
+        )
         .await
         .map_err(|e| e.to_string())?
         .get(0);
@@ -260,8 +264,10 @@ async fn postgres(rounds: u64, mib: u64) -> Result<serde_json::Value, String> {
         .prefix("bw-prov-pg-")
         .tempdir()
         .map_err(|e| e.to_string())?;
+    let _cleanup = support::KillUnder(work.path().to_path_buf());
     chown_pg(work.path())?;
-    let p = LocalProcess::new(work.path().join("mirrors")).with_ready_timeout(Duration::from_secs(600));
+    let p =
+        LocalProcess::new(work.path().join("mirrors")).with_ready_timeout(Duration::from_secs(600));
     let (mut driver, mut plain, mut plain_nosync) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
         let id = format!("m{r}");

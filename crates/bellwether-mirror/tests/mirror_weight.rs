@@ -49,17 +49,24 @@ async fn mirrors_are_provisioned_as_the_weight_rises_and_retired_as_it_falls() {
     let proxy = support::start_proxy(DepKind::Redis, &endpoint)
         .await
         .expect("the proxy starts");
-    let spec: bellwether_model::mirror::DependencySpec = serde_json::from_value(serde_json::json!({
-        "name": "weighted", "kind": "redis", "primary": endpoint,
-        "tier": "critical", "impact": 1.0, "mirror_cost": 0.0,
-        "policy": {
-            "min_mirrors": 0, "max_mirrors": 1, "hysteresis": 0.2,
-            "mode": "active-passive", "health_interval": "250ms",
-            "failback_after": "2s",
-        }
-    }))
-    .expect("a valid spec");
+    let spec: bellwether_model::mirror::DependencySpec =
+        serde_json::from_value(serde_json::json!({
+            "name": "weighted", "kind": "redis", "primary": endpoint,
+            "tier": "critical", "impact": 1.0, "mirror_cost": 0.0,
+            "policy": {
+                "min_mirrors": 0, "max_mirrors": 1, "hysteresis": 0.2,
+                "mode": "active-passive", "health_interval": "1s",
+                "failback_after": "2s",
+                // This test is about the count of mirrors, not switches: on a loaded
+                // machine a check of 20 ms against a 1 ms baseline halves the health
+                // (docs/mirror-engine.md), which the default threshold (0.5) switches on.
+                "switch_below": 0.05, "min_switch_gap": "1d",
+            }
+        }))
+        .expect("a valid spec");
     let work = tempfile::tempdir().expect("a temporary directory");
+    // Dropped before `work`: no mirror outlives the test, even a failing one.
+    let _cleanup = support::KillUnder(work.path().to_path_buf());
     let provisioner = Arc::new(LocalProcess::new(work.path().join("mirrors")));
     let runner = LocalRunner::start(
         spec.clone(),
@@ -74,7 +81,11 @@ async fn mirrors_are_provisioned_as_the_weight_rises_and_retired_as_it_falls() {
         .wait_for(Duration::from_secs(60), |s| s.health.is_some())
         .await;
     let st = st.expect("a status");
-    assert!(ok, "no observation within 60 s: {}", describe(&runner.events()));
+    assert!(
+        ok,
+        "no observation within 60 s: {}",
+        describe(&runner.events())
+    );
     assert_eq!(st.target_mirrors, 0, "{st:?}");
     assert!(st.target_raw < 0.6, "{st:?}");
     assert!(live_mirrors(&st).is_empty(), "{st:?}");
@@ -114,7 +125,10 @@ async fn mirrors_are_provisioned_as_the_weight_rises_and_retired_as_it_falls() {
     );
     assert_eq!(st.target_mirrors, 1, "{st:?}");
     let mirror = live_mirrors(&st)[0].clone();
-    let mirror_ep = mirror.endpoint.clone().expect("a ready mirror has an endpoint");
+    let mirror_ep = mirror
+        .endpoint
+        .clone()
+        .expect("a ready mirror has an endpoint");
     let probed = bellwether_mirror::probe(DepKind::Redis, &mirror_ep, Duration::from_secs(2))
         .await
         .expect("the mirror answers");
@@ -130,7 +144,10 @@ async fn mirrors_are_provisioned_as_the_weight_rises_and_retired_as_it_falls() {
     })
     .unwrap_or_else(|| panic!("no rise of the target: {}", describe(&events)));
     assert!(
-        events[rose].figures["requests_per_s"].as_f64().unwrap_or(0.0) > 20.0,
+        events[rose].figures["requests_per_s"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 20.0,
         "the rise came from the measured traffic: {:?}",
         events[rose]
     );
@@ -145,10 +162,12 @@ async fn mirrors_are_provisioned_as_the_weight_rises_and_retired_as_it_falls() {
     }
     let (st, ok) = runner
         .wait_for(Duration::from_secs(600), |s| {
-            // Retired (or, if the engine forgets retired instances, gone).
-            s.instances
-                .iter()
-                .all(|i| i.id != mirror.id || i.state == InstanceState::Retired)
+            // Retired (or, if the engine forgets retired instances, gone), and no other
+            // mirror in its place.
+            s.target_mirrors == 0
+                && s.instances
+                    .iter()
+                    .all(|i| i.role != Role::Mirror || i.state == InstanceState::Retired)
         })
         .await;
     let st = st.expect("a status");
@@ -157,7 +176,7 @@ async fn mirrors_are_provisioned_as_the_weight_rises_and_retired_as_it_falls() {
         "the mirror was not retired within 600 s of the load stopping: {st:?}\n{}",
         describe(&runner.events())
     );
-    assert_eq!(st.target_mirrors, 0, "{st:?}");
+    assert!(st.history.is_empty(), "no switch: {:?}", st.history);
     let events = runner.events();
     let fell = position(&events, |e| {
         e.name == "target_changed" && e.figures["from"] == 1 && e.figures["to"] == 0
@@ -167,7 +186,11 @@ async fn mirrors_are_provisioned_as_the_weight_rises_and_retired_as_it_falls() {
         .unwrap_or_else(|| panic!("no retirement: {}", describe(&events)));
     let retired = position(&events, |e| e.name == "retired")
         .unwrap_or_else(|| panic!("no retirement: {}", describe(&events)));
-    assert!(requested < fell && fell < retire && retire < retired, "{}", describe(&events));
+    assert!(
+        requested < fell && fell < retire && retire < retired,
+        "{}",
+        describe(&events)
+    );
     assert!(
         events[fell].figures["weight"].as_f64().unwrap_or(1.0)
             < events[rose].figures["weight"].as_f64().unwrap_or(0.0),

@@ -32,7 +32,13 @@ impl Proxy {
     fn start(primary: &str) -> Proxy {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bellwether"))
             .args(["proxy", "--listen", "127.0.0.1:0", "--protocol", "redis"])
-            .args(["--admin", "127.0.0.1:0", "--health-check", "none", "--backend"])
+            .args([
+                "--admin",
+                "127.0.0.1:0",
+                "--health-check",
+                "none",
+                "--backend",
+            ])
             .arg(format!("cache-primary={primary},role=primary"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -97,16 +103,20 @@ struct Mirrors(PathBuf);
 
 impl Drop for Mirrors {
     fn drop(&mut self) {
-        let Ok(rd) = std::fs::read_dir(self.0.join("mirrors")) else {
+        // Every process working under the state directory: the mirrors, including one whose
+        // provisioning was cut off before its record was written.
+        let Ok(rd) = std::fs::read_dir("/proc") else {
             return;
         };
         for e in rd.flatten() {
-            let rec: serde_json::Value = std::fs::read_to_string(e.path().join("instance.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or_default();
-            if let Some(pid) = rec["pid"].as_i64() {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.parse::<u32>().is_err() {
+                continue;
+            }
+            if let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) {
+                if cwd.starts_with(&self.0) {
+                    let _ = Command::new("kill").args(["-9", &name]).status();
+                }
             }
         }
     }
@@ -125,7 +135,11 @@ fn redis(addr: &str, args: &[&str]) -> Result<String, String> {
     let mut r = BufReader::new(s);
     let mut line = String::new();
     r.read_line(&mut line).map_err(|e| e.to_string())?;
-    if let Some(n) = line.trim().strip_prefix('$').and_then(|n| n.parse::<i64>().ok()) {
+    if let Some(n) = line
+        .trim()
+        .strip_prefix('$')
+        .and_then(|n| n.parse::<i64>().ok())
+    {
         if n < 0 {
             return Ok("(nil)".into());
         }
@@ -250,7 +264,11 @@ async fn the_mirror_task_provisions_through_the_agent_and_switches_the_proxy() {
     agent.assert_running();
     let (mirror_ep, mirror_id) = (mirror_ep.as_str(), mirror_id.as_str());
     assert!(
-        state.join("mirrors").join(mirror_id).join("instance.json").exists(),
+        state
+            .join("mirrors")
+            .join(mirror_id)
+            .join("instance.json")
+            .exists(),
         "the agent's driver keeps its record under its state directory"
     );
     assert_eq!(
@@ -291,19 +309,18 @@ async fn the_mirror_task_provisions_through_the_agent_and_switches_the_proxy() {
             .then_some(b)
     })
     .await;
-    assert!(
-        backends.to_string().contains(mirror_ep),
-        "{backends}"
-    );
+    assert!(backends.to_string().contains(mirror_ep), "{backends}");
     assert_eq!(
         redis(mirror_ep, &["ROLE"]).ok().as_deref(),
         Some("*3"),
         "the promoted mirror is a primary (ROLE has three fields)"
     );
     // Through the proxy: the write from before the kill, and a new one.
-    let read = eventually("a read through the proxy after the switch", WAIT, || async move {
-        redis(&proxy.listen, &["GET", "e2e:before"]).ok()
-    })
+    let read = eventually(
+        "a read through the proxy after the switch",
+        WAIT,
+        || async move { redis(&proxy.listen, &["GET", "e2e:before"]).ok() },
+    )
     .await;
     assert_eq!(read, "kept");
     assert_eq!(

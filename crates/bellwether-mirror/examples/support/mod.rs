@@ -261,3 +261,33 @@ pub fn spec(
     }))
     .unwrap_or_else(|e| panic!("the benchmark's spec: {e}"))
 }
+
+/// Kills every process whose working directory is under `dir`: the mirrors a driver started
+/// there (`redis-server --dir D` and a PostgreSQL standby work in their directory), including
+/// one whose provisioning was cut off before its record was written, so that a benchmark or a
+/// test that fails leaves none behind.
+pub fn kill_processes_under(dir: &std::path::Path) {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else {
+            continue;
+        };
+        if cwd.starts_with(dir) && pid != std::process::id() as i32 {
+            sigkill(&[pid]);
+        }
+    }
+}
+
+/// Calls [`kill_processes_under`] on drop.
+pub struct KillUnder(pub std::path::PathBuf);
+
+impl Drop for KillUnder {
+    fn drop(&mut self) {
+        kill_processes_under(&self.0);
+    }
+}
