@@ -283,14 +283,21 @@ async fn bad_input_on_every_handler_is_refused_and_named() {
         let r = send(&app, Method::POST, &format!("{base}/rollback"), &viewer, Some(json!({"reason": "x"}))).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
 
-        // Good commands reach the running task: a failure with no observation of any
-        // location rolls nothing back (never acting on no data) and says so.
+        // Good commands reach the running task. The agent never answered the start: a
+        // failure rolls nothing back on its own (the shadow is not running), and the
+        // operator's rollback, with no observation of any location, restores nothing either
+        // (never acting on no data); the events say both.
         let r = send(&app, Method::POST, &format!("{base}/failure"), OP, Some(json!({"reason": "disk I/O error"}))).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let r = send(&app, Method::POST, &format!("{base}/rollback"), OP, Some(json!({"reason": "drill", "to": "2026-12-05T18:00:00Z"}))).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
         let r = send(&app, Method::GET, &format!("{base}/history"), OP, None).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
         let kinds: Vec<&str> = r.json["events"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+        assert!(kinds.contains(&"shadow.rollback.held"), "{kinds:?}");
         assert!(kinds.contains(&"shadow.rollback.no_data"), "{kinds:?}");
+        assert_eq!(r.json["rollbacks"][0]["ok"], false, "{}", r.text);
+        assert!(server.store().task_actions(&task).await.unwrap().iter().all(|a| a.kind != "shadow_restore"));
         let r = send(&app, Method::GET, &format!("{base}/points"), OP, None).await;
         assert_eq!(r.json["points"], json!([]), "{}", r.text);
         let r = send(&app, Method::GET, SHADOWS, OP, None).await;
@@ -305,7 +312,9 @@ async fn bad_input_on_every_handler_is_refused_and_named() {
             StatusCode::CONFLICT,
             "was removed",
         );
-        server.shutdown().await;
+        server.tasks().stop_all();
+        server.tasks().wait_idle().await;
+        server.store().close().await;
     })
     .await;
 }
