@@ -532,8 +532,7 @@ async fn predict(
                 probability: req.probability,
                 expected_failure_ms: expected,
                 location: req.location.clone(),
-            })
-            .into(),
+            }),
         )
         .await?;
     Ok(Json(detail(&rec, status)))
@@ -572,8 +571,7 @@ async fn failure(
                 failed_at_ms: failed_at,
                 location: req.location.clone(),
                 reason,
-            }
-            .into(),
+            },
         )
         .await?;
     Ok(Json(detail(&rec, status)))
