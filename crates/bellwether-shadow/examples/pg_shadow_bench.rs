@@ -43,7 +43,9 @@ fn exec(url: &str, sql: &str) {
 }
 
 fn pgbench(c: &TestCluster, args: &[&str]) -> Command {
-    let argv = c.pgbench_argv(args);
+    let mut args = args.to_vec();
+    args.push("postgres");
+    let argv = c.pgbench_argv(&args);
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd

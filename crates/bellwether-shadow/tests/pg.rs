@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bellwether_pg::testing::{TestCluster, TestClusterOptions};
@@ -69,15 +69,22 @@ struct Writer {
     stop: Arc<AtomicBool>,
     /// The next id to be issued (every id below it was issued).
     next: Arc<AtomicU64>,
-    acked: Arc<Mutex<Vec<i64>>>,
+    /// The acknowledged ids, and a signal for each new one (or the writer's end).
+    acked: Arc<(Mutex<Acked>, Condvar)>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Acked {
+    ids: Vec<i64>,
+    done: bool,
 }
 
 impl Writer {
     fn start(url: &str) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let next = Arc::new(AtomicU64::new(1));
-        let acked = Arc::new(Mutex::new(Vec::new()));
+        let acked = Arc::new((Mutex::new(Acked::default()), Condvar::new()));
         let (s, n, a, url) = (stop.clone(), next.clone(), acked.clone(), url.to_string());
         let thread = std::thread::spawn(move || {
             rt().block_on(async move {
@@ -89,11 +96,14 @@ impl Writer {
                         .execute("INSERT INTO public.t VALUES ($1)", &[&id])
                         .await
                     {
-                        Ok(_) => a.lock().unwrap().push(id),
+                        Ok(_) => a.0.lock().unwrap().ids.push(id),
                         // The primary went away (the crash test): stop writing.
-                        Err(_) => return,
+                        Err(_) => break,
                     }
+                    a.1.notify_all();
                 }
+                a.0.lock().unwrap().done = true;
+                a.1.notify_all();
             })
         });
         Writer {
@@ -105,16 +115,17 @@ impl Writer {
     }
 
     fn acked(&self) -> Vec<i64> {
-        self.acked.lock().unwrap().clone()
+        self.acked.0.lock().unwrap().ids.clone()
     }
 
-    /// Waits until at least `n` more commits were acknowledged (the workload's own pace).
+    /// Waits until at least `n` more commits were acknowledged (the workload's own pace), or
+    /// the writer ended.
     fn wait_for(&self, n: usize) {
-        let start = self.acked().len();
-        while self.acked().len() < start + n
-            && !self.thread.as_ref().is_some_and(|t| t.is_finished())
-        {
-            std::thread::yield_now();
+        let (lock, cv) = &*self.acked;
+        let mut g = lock.lock().unwrap();
+        let want = g.ids.len() + n;
+        while g.ids.len() < want && !g.done {
+            g = cv.wait(g).unwrap();
         }
     }
 
@@ -370,8 +381,9 @@ fn bad_input_gets_a_clear_error_and_leaves_the_live_data_alone() {
     let last = sql(&a.url(), "SELECT pg_walfile_name(pg_current_wal_lsn())")[0].get::<_, String>(0);
     let wal = sd.path().join("pg").join("wal");
     let mut segments: Vec<String> = Vec::new();
+    // pg_receivewal's files are another process's state: polled.
     while !wal.join(&last).exists() && !wal.join(format!("{last}.partial")).exists() {
-        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(10));
     }
     for e in std::fs::read_dir(&wal).unwrap().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
