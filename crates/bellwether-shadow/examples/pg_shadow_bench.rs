@@ -25,7 +25,10 @@ use bellwether_shadow::point::{Reason, Retention, Shadow, ShadowOptions, Source}
 use bellwether_shadow::{RestoreRequest, ShadowType, Target};
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 fn query_i64(url: &str, sql: &str) -> i64 {
@@ -43,9 +46,14 @@ fn exec(url: &str, sql: &str) {
 }
 
 fn pgbench(c: &TestCluster, args: &[&str]) -> Command {
-    let argv = c.pgbench_argv(args);
+    let mut args = args.to_vec();
+    args.push("postgres");
+    let argv = c.pgbench_argv(&args);
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     cmd
 }
 
@@ -83,23 +91,38 @@ fn options(dir: &Path, url: &str) -> (ShadowOptions, PgOptions) {
 fn rpo(seconds: u64) {
     let mut cluster = TestCluster::start(TestClusterOptions::default());
     let url = cluster.url();
-    let init = pgbench(&cluster, &["-i", "-s", "1", "-q"]).output().expect("pgbench -i");
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let init = pgbench(&cluster, &["-i", "-s", "1", "-q"])
+        .output()
+        .expect("pgbench -i");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     exec(&url, "CREATE TABLE public.acked (id bigint PRIMARY KEY)");
     let t = seconds.to_string();
-    let plain = pgbench(&cluster, &["-n", "-c", "4", "-j", "2", "-T", &t]).output().expect("pgbench");
+    let plain = pgbench(&cluster, &["-n", "-c", "4", "-j", "2", "-T", &t])
+        .output()
+        .expect("pgbench");
     let (_, tps_plain) = pgbench_figures(&String::from_utf8_lossy(&plain.stdout));
 
-    let sd = tempfile::Builder::new().prefix("bw-pg-bench-").tempdir().expect("tempdir");
+    let sd = tempfile::Builder::new()
+        .prefix("bw-pg-bench-")
+        .tempdir()
+        .expect("tempdir");
     let (o, p) = options(sd.path(), &url);
     let shadow = PgShadow::start(&o, &p).expect("shadow");
-    let synced = pgbench(&cluster, &["-n", "-c", "4", "-j", "2", "-T", &t]).output().expect("pgbench");
+    let synced = pgbench(&cluster, &["-n", "-c", "4", "-j", "2", "-T", &t])
+        .output()
+        .expect("pgbench");
     let (_, tps_sync) = pgbench_figures(&String::from_utf8_lossy(&synced.stdout));
 
     // The crash run: pgbench plus a client recording acknowledged ids.
     let history_before = query_i64(&url, "SELECT count(*) FROM public.pgbench_history");
     let long = (seconds * 4).to_string();
-    let bench = pgbench(&cluster, &["-n", "-c", "4", "-j", "2", "-T", &long]).spawn().expect("pgbench");
+    let bench = pgbench(&cluster, &["-n", "-c", "4", "-j", "2", "-T", &long])
+        .spawn()
+        .expect("pgbench");
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::<i64>::new()));
     let (s, a, u) = (stop.clone(), acked.clone(), url.clone());
@@ -109,7 +132,11 @@ fn rpo(seconds: u64) {
             let mut id = 0i64;
             while !s.load(Ordering::SeqCst) {
                 id += 1;
-                if c.client.execute("INSERT INTO public.acked VALUES ($1)", &[&id]).await.is_err() {
+                if c.client
+                    .execute("INSERT INTO public.acked VALUES ($1)", &[&id])
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 a.lock().unwrap().push(id);
@@ -133,17 +160,27 @@ fn rpo(seconds: u64) {
         dest: cluster.data_dir.clone(),
         elsewhere: false,
     };
-    let report = restore_with(&req, &RestoreMode::for_dest(&cluster.data_dir), None, Duration::from_secs(600)).expect("restore");
+    let report = restore_with(
+        &req,
+        &RestoreMode::for_dest(&cluster.data_dir),
+        None,
+        Duration::from_secs(600),
+    )
+    .expect("restore");
     let restore_s = started.elapsed().as_secs_f64();
     let history = query_i64(&url, "SELECT count(*) FROM public.pgbench_history") - history_before;
     let restored_ids = query_i64(&url, "SELECT count(*) FROM public.acked");
     let max_id = query_i64(&url, "SELECT coalesce(max(id), 0) FROM public.acked");
-    let lost_ids = acked.iter().filter(|i| **i > max_id).count() as i64 + (acked.len() as i64 - restored_ids).max(0);
+    let lost_ids = acked.iter().filter(|i| **i > max_id).count() as i64
+        + (acked.len() as i64 - restored_ids).max(0);
     let d = cluster.data_dir.display().to_string();
     let argv = {
         let bin = cluster.bindir.join("pg_ctl").display().to_string();
         let mut v = Vec::new();
-        if std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false) {
+        if std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+            .unwrap_or(false)
+        {
             v.extend(["runuser", "-u", "postgres", "--"].map(String::from));
         }
         v.push(bin);
@@ -151,7 +188,9 @@ fn rpo(seconds: u64) {
         v
     };
     let _ = Command::new(&argv[0]).args(&argv[1..]).output();
-    println!("rpo: pgbench tps without shadow {tps_plain:.0}, with synchronous shadow {tps_sync:.0}");
+    println!(
+        "rpo: pgbench tps without shadow {tps_plain:.0}, with synchronous shadow {tps_sync:.0}"
+    );
     println!(
         "rpo: crash after {seconds} s: pgbench processed {processed}, restored {history} history rows, lost {}; client acknowledged {} ids, restored {restored_ids}, lost {lost_ids}; restore to latest {restore_s:.1} s ({} bytes)",
         (processed - history).max(0),
@@ -162,23 +201,44 @@ fn rpo(seconds: u64) {
 
 fn restore(scale: u32, points: usize) {
     let cluster = TestCluster::start(TestClusterOptions {
-        conf: vec![("max_wal_size".into(), "'4GB'".into()), ("checkpoint_timeout".into(), "'30min'".into())],
+        conf: vec![
+            ("max_wal_size".into(), "'4GB'".into()),
+            ("checkpoint_timeout".into(), "'30min'".into()),
+        ],
     });
     let url = cluster.url();
     let t = Instant::now();
     let s = scale.to_string();
-    let init = pgbench(&cluster, &["-i", "-s", &s, "-q"]).output().expect("pgbench -i");
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let init = pgbench(&cluster, &["-i", "-s", &s, "-q"])
+        .output()
+        .expect("pgbench -i");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     let size = query_i64(&url, "SELECT pg_database_size(current_database())");
-    println!("restore: pgbench -i -s {scale}: {:.2} GiB in {:.0} s", size as f64 / (1u64 << 30) as f64, t.elapsed().as_secs_f64());
+    println!(
+        "restore: pgbench -i -s {scale}: {:.2} GiB in {:.0} s",
+        size as f64 / (1u64 << 30) as f64,
+        t.elapsed().as_secs_f64()
+    );
 
-    let sd = tempfile::Builder::new().prefix("bw-pg-bench-").tempdir().expect("tempdir");
+    let sd = tempfile::Builder::new()
+        .prefix("bw-pg-bench-")
+        .tempdir()
+        .expect("tempdir");
     let (o, p) = options(sd.path(), &url);
     let t = Instant::now();
     let mut shadow = PgShadow::start(&o, &p).expect("shadow");
-    println!("restore: shadow start with its base point {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "restore: shadow start with its base point {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     // Churn at a fixed rate while points are taken.
-    let mut churn = pgbench(&cluster, &["-n", "-c", "2", "-R", "200", "-T", "3600"]).spawn().expect("pgbench");
+    let mut churn = pgbench(&cluster, &["-n", "-c", "2", "-R", "200", "-T", "3600"])
+        .spawn()
+        .expect("pgbench");
     let mut times = Vec::new();
     let mut news = Vec::new();
     let mut target = None;
@@ -206,7 +266,11 @@ fn restore(scale: u32, points: usize) {
         sorted[sorted.len() - 1] as f64 / (1u64 << 20) as f64
     );
     let disk: u64 = dir_size(sd.path());
-    println!("restore: shadow directory {:.2} GiB for a {:.2} GiB database and {points} points", disk as f64 / (1u64 << 30) as f64, size as f64 / (1u64 << 30) as f64);
+    println!(
+        "restore: shadow directory {:.2} GiB for a {:.2} GiB database and {points} points",
+        disk as f64 / (1u64 << 30) as f64,
+        size as f64 / (1u64 << 30) as f64
+    );
 
     let target = target.expect("a point");
     let t = Instant::now();
@@ -216,7 +280,13 @@ fn restore(scale: u32, points: usize) {
         dest: cluster.data_dir.clone(),
         elsewhere: false,
     };
-    let report = restore_with(&req, &RestoreMode::for_dest(&cluster.data_dir), None, Duration::from_secs(1800)).expect("restore");
+    let report = restore_with(
+        &req,
+        &RestoreMode::for_dest(&cluster.data_dir),
+        None,
+        Duration::from_secs(1800),
+    )
+    .expect("restore");
     println!(
         "restore: to point {target} of the {:.2} GiB database, swapped in and started: {:.1} s ({} bytes written, {})",
         size as f64 / (1u64 << 30) as f64,

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bellwether_pg::testing::{TestCluster, TestClusterOptions};
@@ -69,15 +69,22 @@ struct Writer {
     stop: Arc<AtomicBool>,
     /// The next id to be issued (every id below it was issued).
     next: Arc<AtomicU64>,
-    acked: Arc<Mutex<Vec<i64>>>,
+    /// The acknowledged ids, and a signal for each new one (or the writer's end).
+    acked: Arc<(Mutex<Acked>, Condvar)>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Acked {
+    ids: Vec<i64>,
+    done: bool,
 }
 
 impl Writer {
     fn start(url: &str) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let next = Arc::new(AtomicU64::new(1));
-        let acked = Arc::new(Mutex::new(Vec::new()));
+        let acked = Arc::new((Mutex::new(Acked::default()), Condvar::new()));
         let (s, n, a, url) = (stop.clone(), next.clone(), acked.clone(), url.to_string());
         let thread = std::thread::spawn(move || {
             rt().block_on(async move {
@@ -89,11 +96,14 @@ impl Writer {
                         .execute("INSERT INTO public.t VALUES ($1)", &[&id])
                         .await
                     {
-                        Ok(_) => a.lock().unwrap().push(id),
+                        Ok(_) => a.0.lock().unwrap().ids.push(id),
                         // The primary went away (the crash test): stop writing.
-                        Err(_) => return,
+                        Err(_) => break,
                     }
+                    a.1.notify_all();
                 }
+                a.0.lock().unwrap().done = true;
+                a.1.notify_all();
             })
         });
         Writer {
@@ -105,16 +115,17 @@ impl Writer {
     }
 
     fn acked(&self) -> Vec<i64> {
-        self.acked.lock().unwrap().clone()
+        self.acked.0.lock().unwrap().ids.clone()
     }
 
-    /// Waits until at least `n` more commits were acknowledged (the workload's own pace).
+    /// Waits until at least `n` more commits were acknowledged (the workload's own pace), or
+    /// the writer ended.
     fn wait_for(&self, n: usize) {
-        let start = self.acked().len();
-        while self.acked().len() < start + n
-            && !self.thread.as_ref().is_some_and(|t| t.is_finished())
-        {
-            std::thread::yield_now();
+        let (lock, cv) = &*self.acked;
+        let mut g = lock.lock().unwrap();
+        let want = g.ids.len() + n;
+        while g.ids.len() < want && !g.done {
+            g = cv.wait(g).unwrap();
         }
     }
 
@@ -370,8 +381,9 @@ fn bad_input_gets_a_clear_error_and_leaves_the_live_data_alone() {
     let last = sql(&a.url(), "SELECT pg_walfile_name(pg_current_wal_lsn())")[0].get::<_, String>(0);
     let wal = sd.path().join("pg").join("wal");
     let mut segments: Vec<String> = Vec::new();
+    // pg_receivewal's files are another process's state: polled.
     while !wal.join(&last).exists() && !wal.join(format!("{last}.partial")).exists() {
-        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(10));
     }
     for e in std::fs::read_dir(&wal).unwrap().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
@@ -437,7 +449,11 @@ fn bad_input_gets_a_clear_error_and_leaves_the_live_data_alone() {
 /// Starts a restored copy left beside (a restore to a new directory) on a free port, runs
 /// `f` with its URL, and stops it.
 fn with_copy<T>(cluster: &TestCluster, dir: &Path, f: impl FnOnce(&str) -> T) -> T {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let auto = dir.join("postgresql.auto.conf");
     let mut conf = std::fs::read_to_string(&auto).unwrap_or_default();
     conf.push_str(&format!("port = {port}\nunix_socket_directories = ''\n"));
@@ -445,10 +461,19 @@ fn with_copy<T>(cluster: &TestCluster, dir: &Path, f: impl FnOnce(&str) -> T) ->
     let d = dir.display().to_string();
     let log = dir.join("copy.log").display().to_string();
     let out = pg_ctl(cluster, &["start", "-w", "-D", &d, "-l", &log]);
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stderr), std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     let result = f(&format!("postgres://postgres@127.0.0.1:{port}/postgres"));
     let out = pg_ctl(cluster, &["stop", "-w", "-m", "fast", "-D", &d]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     result
 }
 
@@ -463,34 +488,73 @@ fn differential_and_full_shadows_restore_their_points() {
     let (o, p) = options(fd.path(), &url, ShadowType::Full);
     let mut full = PgShadow::start(&o, &p).expect("a full shadow starts");
     exec(&url, "INSERT INTO public.t SELECT generate_series(1, 100)");
-    let d1 = diff.take_point(Reason::OnDemand).expect("differential point");
+    let d1 = diff
+        .take_point(Reason::OnDemand)
+        .expect("differential point");
     let f1 = full.take_point(Reason::OnDemand).expect("full point");
-    exec(&url, "INSERT INTO public.t SELECT generate_series(101, 200)");
-    let d2 = diff.take_point(Reason::Schedule).expect("differential point");
+    exec(
+        &url,
+        "INSERT INTO public.t SELECT generate_series(101, 200)",
+    );
+    let d2 = diff
+        .take_point(Reason::Schedule)
+        .expect("differential point");
     let f2 = full.take_point(Reason::Schedule).expect("full point");
-    exec(&url, "INSERT INTO public.t SELECT generate_series(201, 300)");
+    exec(
+        &url,
+        "INSERT INTO public.t SELECT generate_series(201, 300)",
+    );
     // A later point stores only what changed (objects are shared): the differential one its
     // new WAL, the full one the chunks of the relation files that changed.
     for m in [&d2, &f2] {
-        assert!(m.new_bytes * 4 < m.bytes, "{}: {} new of {} bytes", m.id(), m.new_bytes, m.bytes);
+        assert!(
+            m.new_bytes * 4 < m.bytes,
+            "{}: {} new of {} bytes",
+            m.id(),
+            m.new_bytes,
+            m.bytes
+        );
     }
     drop(diff);
     drop(full);
 
     let restore_to = |dir: &Path, target: Target, name: &str| -> Vec<i64> {
         let dest = cluster.dir().join(name);
-        let req = RestoreRequest { dir: dir.to_path_buf(), target, dest: dest.clone(), elsewhere: true };
-        restore_with(&req, &RestoreMode::for_dest(&dest), None, Duration::from_secs(300))
-            .unwrap_or_else(|e| panic!("restore {name}: {e}"));
-        with_copy(&cluster, &dest, |u| ids(u))
+        let req = RestoreRequest {
+            dir: dir.to_path_buf(),
+            target,
+            dest: dest.clone(),
+            elsewhere: true,
+        };
+        restore_with(
+            &req,
+            &RestoreMode::for_dest(&dest),
+            None,
+            Duration::from_secs(300),
+        )
+        .unwrap_or_else(|e| panic!("restore {name}: {e}"));
+        with_copy(&cluster, &dest, ids)
     };
     let expect = |n: i64| (1..=n).collect::<Vec<_>>();
-    assert_eq!(restore_to(dd.path(), Target::Point(d1.id()), "diff-1"), expect(100));
-    assert_eq!(restore_to(dd.path(), Target::Point(d2.id()), "diff-2"), expect(200));
-    assert_eq!(restore_to(fd.path(), Target::Point(f1.id()), "full-1"), expect(100));
+    assert_eq!(
+        restore_to(dd.path(), Target::Point(d1.id()), "diff-1"),
+        expect(100)
+    );
+    assert_eq!(
+        restore_to(dd.path(), Target::Point(d2.id()), "diff-2"),
+        expect(200)
+    );
+    assert_eq!(
+        restore_to(fd.path(), Target::Point(f1.id()), "full-1"),
+        expect(100)
+    );
     // A time between the full points: the latest full point at or before it.
-    let between = Timestamp::from_micros((f1.consistent_at.as_micros() + f2.taken_at.as_micros()) / 2);
-    assert_eq!(restore_to(fd.path(), Target::Time(between), "full-t"), expect(100));
+    let between =
+        Timestamp::from_micros((f1.consistent_at.as_micros() + f2.taken_at.as_micros()) / 2);
+    assert_eq!(
+        restore_to(fd.path(), Target::Time(between), "full-t"),
+        expect(100)
+    );
     // The live cluster was never touched.
     assert_eq!(ids(&url), expect(300));
 }

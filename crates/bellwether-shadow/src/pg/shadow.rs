@@ -54,6 +54,47 @@ where
     }
 }
 
+/// The primary's connection string without its password (and other options): a
+/// `postgres://user@host:port/db` URL, or a `host=/socket/dir port=… user=… dbname=…`
+/// conninfo for a unix socket. It names the resource in `shadow.json` and lets `bellwether
+/// shadow point` start the shadow again (the password then comes from `~/.pgpass`).
+pub(crate) fn public_source(url: &str) -> String {
+    let Ok(c) = url.parse::<tokio_postgres::Config>() else {
+        return "(unparsable connection string)".into();
+    };
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    let user = c.get_user().unwrap_or("postgres");
+    let db = c.get_dbname().unwrap_or(user);
+    match c.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Unix(dir)) => {
+            format!("host={} port={port} user={user} dbname={db}", dir.display())
+        }
+        Some(tokio_postgres::config::Host::Tcp(h)) if h.contains(':') => {
+            format!("postgres://{user}@[{h}]:{port}/{db}")
+        }
+        Some(tokio_postgres::config::Host::Tcp(h)) => format!("postgres://{user}@{h}:{port}/{db}"),
+        None => format!("postgres://{user}@localhost:{port}/{db}"),
+    }
+}
+
+/// A runtime shut down without waiting when dropped, which is allowed inside another
+/// runtime (a plain drop there panics).
+pub(crate) struct OwnedRuntime(pub Option<tokio::runtime::Runtime>);
+
+impl OwnedRuntime {
+    pub(crate) fn get(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ShadowError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -108,7 +149,7 @@ impl PgShadow {
         let meta = ShadowMeta {
             format: FORMAT,
             kind: ResourceKind::Postgres,
-            source: inner.conn.target.clone(),
+            source: public_source(&pg.url),
             shadow_type: pg.kind,
             created_at: Timestamp::now(),
             retention: opts.retention,
@@ -949,6 +990,19 @@ impl Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_source_has_no_password() {
+        assert_eq!(
+            public_source("postgres://app:secret@db1:6432/orders?sslmode=disable"),
+            "postgres://app@db1:6432/orders"
+        );
+        assert_eq!(
+            public_source("host=/run/postgresql user=postgres password=x"),
+            "host=/run/postgresql port=5432 user=postgres dbname=postgres"
+        );
+        assert!(!public_source("postgres://u:pw@[::1]:5432/d").contains("pw"));
+    }
 
     #[test]
     fn standby_names_are_matched_as_members() {
