@@ -152,13 +152,13 @@ async fn metrics_are_added_as_pg_samples_and_down_is_zero() {
     let dbs = PgDatabases::new(vec![("main".into(), c.url())], vec![]).unwrap();
     let mut col = PgCollector::new((), dbs);
     let first = col.sample(1_000).await;
+    // No interval yet: no rates, only `up` and the control (the reference query's time).
     assert_eq!(
-        first
-            .iter()
-            .map(|s| (s.name.as_str(), s.value))
-            .collect::<Vec<_>>(),
-        vec![("pg.main.up", 1.0)]
+        first.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        vec!["pg.main.up", "pg.main.ref_latency_ms"]
     );
+    assert_eq!(first[0].value, 1.0);
+    assert!(first[1].value > 0.0, "{first:?}");
     let second = col.sample(2_000).await;
     let names: Vec<&str> = second.iter().map(|s| s.name.as_str()).collect();
     for m in [
@@ -295,4 +295,39 @@ fn bad_flags_are_named_and_passwords_never_repeated() {
     )
     .unwrap_err();
     assert!(e.contains("twice"), "{e}");
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A `pg_apply` with a restart ends the collector's connection; the agent starts a new
+/// sampling interval on a fresh connection when the apply finishes, so the collector's first
+/// round after it already has rates (without it: `up` 0, then a round with no rates).
+#[tokio::test(flavor = "multi_thread")]
+async fn after_an_apply_the_next_round_has_an_interval_begun_at_its_end() {
+    let c = TestCluster::start(TestClusterOptions::default());
+    let dbs = PgDatabases::new(
+        vec![("main".into(), c.url())],
+        vec![("main".into(), c.restart_argv())],
+    )
+    .unwrap();
+    let mut col = PgCollector::new((), dbs.clone());
+    col.sample(wall_ms()).await;
+    let spec = ActionSpec::PgApply {
+        database: "main".into(),
+        settings: vec![("max_wal_senders".into(), Some("5".into()))],
+        restart: true,
+        timeout_ms: None,
+    };
+    let report = dbs.run(&spec, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(report["restarted"], true, "{report}");
+    let after = col.sample(wall_ms()).await;
+    let names: Vec<&str> = after.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"pg.main.tps"), "{after:?}");
+    assert_eq!(after[0].name, "pg.main.up");
+    assert_eq!(after[0].value, 1.0, "{after:?}");
 }

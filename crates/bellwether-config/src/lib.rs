@@ -54,11 +54,12 @@ pub mod metrics {
     pub const BLKS_READ_PER_S: &str = "blks_read_per_s";
     /// 1 when the instance answered, 0 when it did not (a failed sample).
     pub const UP: &str = "up";
-    /// The round trip of a reference query (`SELECT 1`, the median of three on the
-    /// sampler's own connection), ms: a control no setting of the watched workload changes.
-    /// It moves with the host (CPU contention, steal, the network), so the config engine
-    /// discounts an anomaly that it shares (`bellwether_config::risk::host_factor`). Not a
-    /// rule metric: never a breach by itself.
+    /// The time of a fixed reference query (a few milliseconds of one backend's CPU with no
+    /// table, plan or memory setting in it; the median of three on the sampler's own
+    /// connection), ms: a control no setting of the watched workload changes. It moves with
+    /// the host (CPU contention, steal, the network), so the config engine discounts an
+    /// anomaly that it shares (`bellwether_config::risk::host_factor`). Not a rule metric:
+    /// never a breach by itself.
     pub const REF_LATENCY_MS: &str = "ref_latency_ms";
     /// Every metric above.
     pub const ALL: &[&str] = &[

@@ -47,8 +47,8 @@ pub struct AnomalyEvidence<'a> {
 }
 
 /// A control: a measurement of the instance's host that no setting of the watched workload
-/// changes (`bellwether_config::metrics::REF_LATENCY_MS`, the round trip of a reference query
-/// on the sampler's own connection). It moves with the host — CPU contention from other
+/// changes (`bellwether_config::metrics::REF_LATENCY_MS`, the time of a fixed CPU-bound
+/// reference query on the sampler's own connection). It moves with the host — CPU contention from other
 /// processes, steal, the network — so a deviation the watched metrics share with it is the
 /// host's, not the change's.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,8 +203,8 @@ pub const ONSET_CAP: f64 = 2.995_732_273_553_991;
 pub const NO_PATH: f64 = -0.5;
 
 /// How much a control's mean may rise over its baseline and still be the host's ordinary
-/// jitter (a round trip of well under a millisecond wanders by tens of percent from second
-/// to second even on a quiet host): the `host` factor counts only the rise beyond it.
+/// jitter (a query of a few milliseconds wanders by tens of percent from second to second
+/// on a busy host): the `host` factor counts only the rise beyond it.
 pub const CONTROL_MARGIN: f64 = 0.5;
 /// Log-odds taken away per unit of `ln(during / (baseline × (1 + CONTROL_MARGIN)))`: a
 /// control at three times its baseline (twice the margin's edge) takes away `2 ln 2` = 1.39,

@@ -12,7 +12,7 @@
 //!   `ALTER SYSTEM`, every value is validated first);
 //! - [`Sampler`]: `pg_stat_database` (and `pg_stat_statements` when installed) counters into
 //!   the rates of `bellwether_config::metrics`, with the control `ref_latency_ms` (the
-//!   round trip of a reference query);
+//!   time of a fixed reference query);
 //! - [`scratch::Scratch`]: a scratch cluster from the instance's own binaries (`initdb` once,
 //!   then `postgres -C` and trial starts with candidate values), and [`probe`]: the graph
 //!   learned from trial starts.
@@ -895,20 +895,28 @@ impl Sampler {
     }
 }
 
-/// The control `ref_latency_ms`: the median round trip of three `SELECT 1` (simple
-/// protocol, one round trip each) on the sampler's connection. Nothing a setting changes is
-/// in it (no table, no plan, no sort; the session's own limits are Bellwether's), so it moves
-/// with the host: the CPUs' run queue, steal, the network. `None` when a query fails (the
-/// counters were read, so the instance answers; the control is then just not known).
+/// The work unit of the control `ref_latency_ms`: the MD5 of 1 MB, a few milliseconds of
+/// one backend's CPU and nothing else (no table, no plan choice, no sort or hash, no
+/// `work_mem`; `jit` is off in Bellwether's sessions).
+const REFERENCE_QUERY: &str = "SELECT length(md5(repeat('x', 1000000)))";
+
+/// The control `ref_latency_ms`: the median time of three runs of [`REFERENCE_QUERY`] (simple
+/// protocol, one round trip each) on the sampler's connection. No setting of the watched
+/// workload changes its cost, so its time is the CPU share a backend gets on the host: it
+/// rises when other processes take the CPUs (and with steal, or a slow network). A bare
+/// `SELECT 1` would not do: it is a sleeper that the scheduler wakes at once even on a
+/// saturated host, while the workload's CPU-bound backends wait their turn. `None` when a
+/// run fails (the counters were read, so the instance answers; the control is then just not
+/// known).
 async fn reference_round_trip_ms(inst: &Instance) -> Option<f64> {
-    let mut rtts = [0.0f64; 3];
-    for r in &mut rtts {
+    let mut times = [0.0f64; 3];
+    for r in &mut times {
         let t = std::time::Instant::now();
-        inst.client.simple_query("SELECT 1").await.ok()?;
+        inst.client.simple_query(REFERENCE_QUERY).await.ok()?;
         *r = t.elapsed().as_secs_f64() * 1000.0;
     }
-    rtts.sort_by(f64::total_cmp);
-    Some(rtts[1])
+    times.sort_by(f64::total_cmp);
+    Some(times[1])
 }
 
 async fn read_counters(inst: &Instance, now_ms: i64) -> Result<Counters, PgError> {

@@ -315,7 +315,7 @@ async fn the_sampler_turns_counters_into_rates_and_reports_down() {
     assert!(rates["errors_per_s"] >= 1.0, "{rates:?}");
     assert!(rates.contains_key("temp_bytes_per_s"), "{rates:?}");
     assert!(rates.contains_key("blks_read_per_s"), "{rates:?}");
-    // The control: a reference query's round trip, on every read that reached the instance.
+    // The control: the reference query's time, on every read that reached the instance.
     for m in [&first, &rates] {
         let rtt = m["ref_latency_ms"];
         assert!(rtt.is_finite() && rtt > 0.0, "{m:?}");
