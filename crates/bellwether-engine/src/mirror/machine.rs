@@ -767,9 +767,8 @@ impl MirrorEngine {
     // ---- switching ----------------------------------------------------------------------
 
     /// Mirrors that may be promoted, best first: caught up first, then healthiest, then
-    /// furthest along.
-    fn candidates(&self, catch_up_to: Option<u64>) -> Vec<String> {
-        let policy = &self.spec.policy;
+    /// furthest along. A mirror's health must be at least `min_health`.
+    fn candidates(&self, catch_up_to: Option<u64>, min_health: f64) -> Vec<String> {
         let free = (score::LAG_FREE_INTERVALS * self.interval_ms() as f64) as i64;
         let mut c: Vec<(bool, f64, u64, String)> = self
             .st
@@ -781,7 +780,7 @@ impl MirrorEngine {
                     && i.state == InstanceState::Ready
                     && i.endpoint.is_some()
                     && i.up == Some(true)
-                    && i.health.is_some_and(|h| h >= policy.switch_below)
+                    && i.health.is_some_and(|h| h >= min_health)
                     && (!self.has_offsets() || i.offset.is_some())
             })
             .map(|(id, i)| {
@@ -858,7 +857,16 @@ impl MirrorEngine {
         } else {
             None
         };
-        let mut candidates = self.candidates(catch_up_to);
+        // Away from a primary that is degraded but answers, only to a mirror that is healthy
+        // by the failback standard: trading one slow instance for another (a loaded host
+        // slows every instance on it) buys nothing and costs a failover. Away from a primary
+        // that is down, or at an operator's word, any mirror above `switch_below` will do.
+        let min_health = if trigger == "unhealthy" {
+            policy.failback_above
+        } else {
+            policy.switch_below
+        };
+        let mut candidates = self.candidates(catch_up_to, min_health);
         if let Some(t) = &to {
             if !candidates.contains(t) {
                 if trigger != "operator" {
@@ -887,9 +895,9 @@ impl MirrorEngine {
                     at,
                     "no_healthy_mirror",
                     format!(
-                        "{cause}, but no mirror is ready and healthy: routing stays on {from}."
+                        "{cause}, but no mirror is ready, caught up and healthy (health at least {min_health}): routing stays on {from}."
                     ),
-                    json!({"primary": from, "trigger": trigger,
+                    json!({"primary": from, "trigger": trigger, "min_health": min_health,
                            "mirrors": self.st.instances.iter()
                                .filter(|(id, _)| **id != from)
                                .map(|(id, _)| self.health_figures(id))

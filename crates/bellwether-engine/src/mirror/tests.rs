@@ -950,3 +950,36 @@ fn a_dead_mirror_is_replaced_but_not_while_everything_is_down() {
     assert_eq!(s.ready_mirrors(), 2, "{:#?}", s.e.status());
     assert_eq!(s.count("provision"), 3);
 }
+
+#[test]
+fn a_degraded_primary_is_left_only_for_a_mirror_healthy_by_the_failback_standard() {
+    let mut s = Sim::with_mirrors(DepKind::Redis, 1);
+    // The whole host is slow: the primary at 40 ms (health 0.25, below switch_below), the
+    // mirror at 15 ms (health 0.67: above switch_below, below failback_above 0.9).
+    s.set(PRIMARY_ID, |i| i.latency = 40.0);
+    s.set("cache-m1", |i| i.latency = 15.0);
+    s.run(6);
+    let st = s.e.status();
+    assert_eq!(st.primary, PRIMARY_ID, "{:#?}", s.events);
+    assert!(st.history.is_empty());
+    let held = s.events_named("no_healthy_mirror");
+    assert_eq!(held.len(), 1, "one alert while it lasts");
+    assert_eq!(held[0].figures["min_health"], json!(0.9));
+    // The mirror recovers: now the degraded primary is left.
+    s.set("cache-m1", |i| i.latency = 0.5);
+    s.run(3);
+    let st = s.e.status();
+    assert_eq!(st.primary, "cache-m1");
+    assert_eq!(st.history[0].trigger, "unhealthy");
+}
+
+#[test]
+fn a_down_primary_is_left_for_any_mirror_above_switch_below() {
+    let mut s = Sim::with_mirrors(DepKind::Redis, 1);
+    s.set("cache-m1", |i| i.latency = 15.0);
+    s.set(PRIMARY_ID, |i| i.up = false);
+    s.run(3);
+    let st = s.e.status();
+    assert_eq!(st.primary, "cache-m1", "{:#?}", s.events);
+    assert_eq!(st.history[0].trigger, "down");
+}
