@@ -295,6 +295,8 @@ pub struct SqliteShadow {
     last_point: Option<Manifest>,
     commits: u64,
     last_at: Timestamp,
+    /// The WAL generation and offset of the last checkpoint tried.
+    last_checkpoint: Option<([u32; 2], u64)>,
     /// Declared after `conns` so it is closed after them (see [`build_image`]).
     db_file: File,
 }
@@ -360,6 +362,7 @@ impl SqliteShadow {
             last_point,
             commits: 0,
             last_at: Timestamp(0),
+            last_checkpoint: None,
             db_file,
         };
         if s.ty == ShadowType::Transactional || s.last_point.is_none() {
@@ -497,18 +500,24 @@ impl Shadow for SqliteShadow {
         if self.ty != ShadowType::Transactional {
             return Ok(SyncReport::default());
         }
-        let wal_len = std::fs::metadata(wal_path(&self.db))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let report = if wal_len > WAL_LIMIT {
-            self.checkpoint()?
-        } else {
-            let r = self.read_new()?;
-            if r.commits > 0 {
-                self.roll()?;
+        let mut report = self.read_new()?;
+        if report.commits > 0 {
+            self.roll()?;
+        }
+        if let Some(c) = self.cursor {
+            // Past WAL_LIMIT in this generation, and not tried in the last WAL_LIMIT bytes.
+            let due = c.offset > WAL_LIMIT
+                && self
+                    .last_checkpoint
+                    .is_none_or(|(salt, at)| salt != c.header.salt || c.offset > at + WAL_LIMIT);
+            if due {
+                self.last_checkpoint = Some((c.header.salt, c.offset));
+                let more = self.checkpoint()?;
+                report.commits += more.commits;
+                report.bytes += more.bytes;
+                report.latest_commit_at = more.latest_commit_at.or(report.latest_commit_at);
             }
-            r
-        };
+        }
         Ok(report)
     }
 

@@ -62,6 +62,9 @@ enum Command {
     /// Dependency mirroring: declare critical dependencies (Redis, PostgreSQL, TCP), keep
     /// them mirrored by weight and health, switch their traffic when the primary fails.
     Mirror(cmd::mirror::Args),
+    /// Data shadows: follow a SQLite file, a directory or a PostgreSQL cluster, take
+    /// rollback points, and restore to just before a failure.
+    Shadow(cmd::shadow::Args),
     /// Benchmarks whose figures go into BENCHMARKS.md.
     Bench(cmd::bench::Args),
 }
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Command::Patch(a) => cmd::patch::run(a),
         Command::Config(a) => cmd::config::run(a),
         Command::Mirror(a) => cmd::mirror::run(a),
+        Command::Shadow(a) => cmd::shadow::run(a),
         Command::Bench(a) => cmd::bench::run(a),
     };
     match result {

@@ -707,6 +707,13 @@ impl PointStore {
         LogWriter::open(&self.log_path(after))
     }
 
+    /// Bytes of the commit log after point `after` (0 when it has none).
+    pub fn log_len(&self, after: PointId) -> u64 {
+        std::fs::metadata(self.log_path(after))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
     /// The commits logged after point `after`, up to and including `until` (all when
     /// `None`), oldest first. A torn tail (the follower died while appending) is ignored.
     pub fn log_records(

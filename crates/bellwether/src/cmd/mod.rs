@@ -22,6 +22,7 @@ pub mod risk;
 pub mod rollout;
 pub mod sandbox;
 pub mod server;
+pub mod shadow;
 pub mod tls;
 pub mod token;
 

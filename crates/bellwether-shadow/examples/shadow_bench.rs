@@ -1,0 +1,256 @@
+//! Figures for BENCHMARKS.md, "Data shadows (issue 13)": SQLite shadows on this machine.
+//!
+//! ```text
+//! cargo run --release -p bellwether-shadow --example shadow_bench -- rpo
+//! cargo run --release -p bellwether-shadow --example shadow_bench -- points [MIB]
+//! cargo run --release -p bellwether-shadow --example shadow_bench -- restore [MIB]
+//! ```
+//!
+//! - `rpo`: a writer commits one row every 2 ms (its own connection, WAL mode) while a
+//!   transactional shadow follows; for each commit, the time from `COMMIT` returning to the
+//!   commit being durable in the shadow's commit log (p50, p99, max).
+//! - `points`: a database of MIB (default 256) MiB; 24 rounds of 1 % churn, each followed by
+//!   a differential point: the time of a point, the bytes it stored, and the shadow's size
+//!   against the data's after 24 points. Churn is measured twice: rows updated in one
+//!   contiguous range (time-ordered data) and rows updated at random.
+//! - `restore`: a database of MIB (default 1024) MiB, one point (full and differential),
+//!   the live file corrupted, then a restore to the point: total time, and the
+//!   `integrity_check` part of it.
+//!
+//! The data lives under `$TMPDIR` (the same disk as the repository here).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bellwether_shadow::point::{run, Control, Retention, RunEvent};
+use bellwether_shadow::sqlite::SqliteShadow;
+use bellwether_shadow::{
+    PointStore, Reason, RestoreRequest, Shadow, ShadowOptions, ShadowType, Source, Target,
+    Timestamp,
+};
+use rusqlite::Connection;
+
+fn opts(dir: &Path, db: &Path, ty: ShadowType) -> ShadowOptions {
+    ShadowOptions {
+        dir: dir.to_owned(),
+        source: Source::Path(db.to_owned()),
+        shadow_type: ty,
+        points_every: None,
+        retention: Retention::default(),
+        poll: None,
+    }
+}
+
+fn writer(db: &Path) -> Connection {
+    let c = Connection::open(db).unwrap();
+    c.busy_timeout(Duration::from_secs(30)).unwrap();
+    c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        .unwrap();
+    c.execute_batch("PRAGMA synchronous=NORMAL; CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, body BLOB)")
+        .unwrap();
+    c
+}
+
+/// A database of about `mib` MiB: rows of 1000 random bytes.
+fn fill(db: &Path, mib: u64) -> u64 {
+    let c = writer(db);
+    let rows = mib * 1024 * 1024 / 1100;
+    c.execute_batch("BEGIN").unwrap();
+    {
+        let mut st = c
+            .prepare("INSERT INTO t(id, body) VALUES (?1, randomblob(1000))")
+            .unwrap();
+        for i in 1..=rows {
+            st.execute([i]).unwrap();
+        }
+    }
+    c.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    rows
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn rpo(base: &Path) {
+    let db = base.join("rpo.db");
+    let dir = base.join("rpo-shadow");
+    fill(&db, 8);
+    let mut shadow = SqliteShadow::start(&opts(&dir, &db, ShadowType::Transactional)).unwrap();
+    let ctl = Arc::new(Control::new());
+    let (tx, rx) = mpsc::channel::<(u64, Timestamp)>();
+    let runner = {
+        let ctl = ctl.clone();
+        std::thread::spawn(move || {
+            let mut total = 0;
+            run(&mut shadow, None, &ctl, &mut |e| {
+                if let RunEvent::Synced(s) = e {
+                    total += s.commits;
+                    let _ = tx.send((total, Timestamp::now()));
+                }
+            })
+            .unwrap();
+        })
+    };
+    let n = 3000u64;
+    let c = writer(&db);
+    let mut ends = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        c.execute(
+            "INSERT INTO t(id, body) VALUES (?1, randomblob(200))",
+            [10_000_000 + i],
+        )
+        .unwrap();
+        ends.push(Timestamp::now());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Durable times per commit number.
+    let mut durable = Vec::with_capacity(n as usize);
+    while (durable.len() as u64) < n {
+        let (total, at) = rx.recv().unwrap();
+        while (durable.len() as u64) < total.min(n) {
+            durable.push(at);
+        }
+    }
+    ctl.stop();
+    runner.join().unwrap();
+    drop(c);
+    let mut lat: Vec<f64> = ends
+        .iter()
+        .zip(&durable)
+        .map(|(e, d)| (d.0 - e.0) as f64 / 1000.0)
+        .collect();
+    println!(
+        "rpo: {n} commits, one every ~2 ms, poll 10 ms: commit -> durable in the shadow's log p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99),
+        pct(&mut lat, 1.0)
+    );
+}
+
+fn dir_size(p: &Path) -> u64 {
+    PointStore::open(p).unwrap().disk_usage().unwrap()
+}
+
+fn points(base: &Path, mib: u64) {
+    for clustered in [true, false] {
+        let label = if clustered { "contiguous" } else { "random" };
+        let db = base.join(format!("points-{label}.db"));
+        let dir = base.join(format!("points-{label}-shadow"));
+        let rows = fill(&db, mib);
+        let data = std::fs::metadata(&db).unwrap().len();
+        let t = Instant::now();
+        let mut shadow = SqliteShadow::start(&opts(&dir, &db, ShadowType::Differential)).unwrap();
+        let base_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let c = writer(&db);
+        let churn = rows / 100;
+        let mut times = Vec::new();
+        let mut stored = Vec::new();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..24u64 {
+            c.execute_batch("BEGIN").unwrap();
+            {
+                let mut st = c
+                    .prepare("UPDATE t SET body = randomblob(1000) WHERE id = ?1")
+                    .unwrap();
+                for k in 0..churn {
+                    let id = if clustered {
+                        (round * churn + k) % rows + 1
+                    } else {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        seed % rows + 1
+                    };
+                    st.execute([id]).unwrap();
+                }
+            }
+            c.execute_batch("COMMIT").unwrap();
+            let t = Instant::now();
+            let m = shadow.take_point(Reason::Schedule).unwrap();
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            stored.push(m.new_bytes as f64 / (1024.0 * 1024.0));
+        }
+        drop(c);
+        let size = dir_size(&dir);
+        drop(shadow);
+        println!(
+            "points ({label} 1% churn, {mib} MiB data, {} rows changed per round): base point {:.0} ms; a point: p50 {:.0} ms, max {:.0} ms, stores p50 {:.1} MiB; 24 points: shadow {:.2} x the data ({} MiB for {} MiB)",
+            churn,
+            base_ms,
+            pct(&mut times.clone(), 0.5),
+            pct(&mut times, 1.0),
+            pct(&mut stored, 0.5),
+            size as f64 / data as f64,
+            size / (1024 * 1024),
+            data / (1024 * 1024)
+        );
+    }
+}
+
+fn restore(base: &Path, mib: u64) {
+    let db = base.join("restore.db");
+    fill(&db, mib);
+    let data = std::fs::metadata(&db).unwrap().len();
+    for ty in [ShadowType::Full, ShadowType::Differential] {
+        let dir = base.join(format!("restore-{ty}-shadow"));
+        let t = Instant::now();
+        let shadow = SqliteShadow::start(&opts(&dir, &db, ty)).unwrap();
+        let point_ms = t.elapsed().as_millis();
+        drop(shadow);
+        // Corrupt the live file.
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+            f.write_all_at(&vec![0xA5; 1 << 20], 4096).unwrap();
+        }
+        let t = Instant::now();
+        let r = bellwether_shadow::restore(&RestoreRequest {
+            dir: dir.clone(),
+            target: Target::Point(bellwether_shadow::PointId(1)),
+            dest: db.clone(),
+            elsewhere: false,
+        })
+        .unwrap();
+        let total = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        bellwether_shadow::sqlite::integrity_check(&db).unwrap();
+        let check = t.elapsed().as_secs_f64();
+        println!(
+            "restore ({ty}, {} MiB): point {} ms; restore to the point {:.2} s (of which PRAGMA integrity_check about {:.2} s), {} bytes",
+            data / (1024 * 1024),
+            point_ms,
+            total,
+            check,
+            r.bytes
+        );
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let what = args.next().unwrap_or_else(|| "all".into());
+    let mib: Option<u64> = args.next().map(|s| s.parse().expect("MIB is a number"));
+    let base: PathBuf = tempfile::tempdir().unwrap().keep();
+    println!(
+        "shadow_bench on {} cores; data in {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        base.display()
+    );
+    match what.as_str() {
+        "rpo" => rpo(&base),
+        "points" => points(&base, mib.unwrap_or(256)),
+        "restore" => restore(&base, mib.unwrap_or(1024)),
+        "all" => {
+            rpo(&base);
+            points(&base, mib.unwrap_or(256));
+            restore(&base, mib.unwrap_or(1024));
+        }
+        other => panic!("unknown benchmark {other}: rpo, points, restore or all"),
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
