@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::point::{Entry, EntryKind, PointId, PointStore, ShadowError};
+use crate::point::{Entry, EntryKind, ObjectId, ObjectRef, PointId, PointStore, ShadowError};
 
 use super::proc::run;
 use super::{now_us, Lsn, PgShadowError};
@@ -188,7 +188,7 @@ pub(crate) fn store_file(
             if n == 0 {
                 break;
             }
-            let (r, new) = store.put_object(&buf[..n])?;
+            let (r, new) = put_chunk(store, &buf[..n])?;
             if new {
                 new_bytes += r.len;
             }
@@ -213,6 +213,25 @@ pub(crate) fn store_file(
         },
         new_bytes,
     ))
+}
+
+/// Stores one chunk. A chunk of zeros (most of a WAL segment `pg_receivewal` has just
+/// begun) is not hashed again once its object exists: its SHA-256 is computed once.
+fn put_chunk(store: &PointStore, chunk: &[u8]) -> Result<(ObjectRef, bool), ShadowError> {
+    static ZEROS: std::sync::OnceLock<ObjectId> = std::sync::OnceLock::new();
+    if chunk.len() == CHUNK && chunk.iter().all(|b| *b == 0) {
+        let id = *ZEROS.get_or_init(|| ObjectId::of(&vec![0u8; CHUNK]));
+        if store.has_object(&id) {
+            return Ok((
+                ObjectRef {
+                    id,
+                    len: CHUNK as u64,
+                },
+                false,
+            ));
+        }
+    }
+    store.put_object(chunk)
 }
 
 fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
