@@ -597,7 +597,7 @@ mod tests {
     /// the rise, is capped, and says nothing without enough samples.
     #[test]
     fn the_host_factor_discounts_a_disturbance_of_the_whole_host() {
-        let quiet = host_factor(&control(0.2, 0.2 * (1.0 + CONTROL_MARGIN))).unwrap();
+        let quiet = host_factor(&control(0.2, 0.29)).unwrap();
         assert_eq!(quiet.log_odds, 0.0, "{quiet:?}");
         let faster = host_factor(&control(0.2, 0.05)).unwrap();
         assert_eq!(faster.log_odds, 0.0, "a quicker control is no excuse");
