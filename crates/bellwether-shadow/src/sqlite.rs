@@ -18,8 +18,11 @@
 //! (no commit can happen), reads the last frames, checkpoints, and lets go: the writer's next
 //! commit restarts the WAL, and the shadow follows the new generation from its start.
 //!
-//! **Restore** builds the file beside the live one (objects hashed as they are read, commits
-//! replayed), runs `PRAGMA integrity_check` on it, moves the live file's WAL aside (a WAL left
+//! **Points** of differential and transactional shadows are a base plus page deltas (see
+//! [`pages`]).
+//!
+//! **Restore** builds the file beside the live one (base, page deltas, then commits replayed;
+//! objects hashed as they are read), runs `PRAGMA integrity_check` on it, moves the live file's WAL aside (a WAL left
 //! beside a new database would be replayed into it) and renames the result over the live
 //! file. Writers must be stopped first; a failed check leaves everything as it was.
 //!
@@ -42,10 +45,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::point::{
-    replace_beside, Entry, EntryKind, LogWriter, Manifest, PointDraft, Position, Reason, Resource,
-    ResourceKind, RestoreReport, RestoreRequest, Shadow, ShadowError, ShadowMeta, ShadowOptions,
-    ShadowType, Source, SyncReport, Target, Timestamp, FORMAT,
-    ObjectRef,
+    replace_beside, Entry, EntryKind, LogWriter, Manifest, ObjectRef, PointDraft, Position, Reason,
+    Resource, ResourceKind, RestoreReport, RestoreRequest, Shadow, ShadowError, ShadowMeta,
+    ShadowOptions, ShadowType, Source, SyncReport, Target, Timestamp, FORMAT,
 };
 use crate::PointStore;
 

@@ -154,8 +154,7 @@ pub fn decode(b: &[u8]) -> Result<Delta<'_>, String> {
     if b.get(..8) != Some(MAGIC.as_slice()) {
         return Err("not a page delta (bad magic)".into());
     }
-    let (Some(page_size), Some(db_pages), Some(count)) = (u32_at(8), u32_at(12), u32_at(16))
-    else {
+    let (Some(page_size), Some(db_pages), Some(count)) = (u32_at(8), u32_at(12), u32_at(16)) else {
         return Err("page delta header cut short".into());
     };
     if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {

@@ -510,8 +510,10 @@ fn retention_thins_points_but_never_one_a_restore_holds() {
 /// concurrency tests).
 fn local_writer(db: &Path, journal_mode: &str) -> Connection {
     let c = Connection::open(db).unwrap();
-    c.query_row(&format!("PRAGMA journal_mode={journal_mode}"), [], |_| Ok(()))
-        .unwrap();
+    c.query_row(&format!("PRAGMA journal_mode={journal_mode}"), [], |_| {
+        Ok(())
+    })
+    .unwrap();
     c.execute_batch("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, body BLOB)")
         .unwrap();
     c
@@ -520,11 +522,8 @@ fn local_writer(db: &Path, journal_mode: &str) -> Connection {
 fn insert_rows(c: &Connection, from: u64, to: u64) {
     c.execute_batch("BEGIN").unwrap();
     for i in from..=to {
-        c.execute(
-            "INSERT INTO t(id, body) VALUES (?1, randomblob(1000))",
-            [i],
-        )
-        .unwrap();
+        c.execute("INSERT INTO t(id, body) VALUES (?1, randomblob(1000))", [i])
+            .unwrap();
     }
     c.execute_batch("COMMIT").unwrap();
 }
@@ -596,7 +595,10 @@ fn random_scattered_changes_store_only_the_changed_pages() {
             );
             assert_eq!(m.entries.len(), 2, "{ty} round {round}: a delta point");
             assert_eq!(m.entries[1].objects.len(), round + 1, "one delta per point");
-            assert_eq!(m.entries[0].objects, base.entries[0].objects, "the base is shared");
+            assert_eq!(
+                m.entries[0].objects, base.entries[0].objects,
+                "the base is shared"
+            );
             expect.push((m, table_digest(&db)));
         }
         drop(s);
@@ -627,13 +629,23 @@ fn a_page_size_change_by_vacuum_takes_a_new_base() {
     expect.push((p2, table_digest(&db)));
     c.execute_batch("PRAGMA page_size=8192; VACUUM").unwrap();
     let p3 = s.take_point(Reason::OnDemand).unwrap();
-    assert!(matches!(p3.position, Position::Sqlite { page_size: 8192, .. }));
+    assert!(matches!(
+        p3.position,
+        Position::Sqlite {
+            page_size: 8192,
+            ..
+        }
+    ));
     assert_eq!(p3.entries.len(), 1, "a new page size needs a new base");
     expect.push((p3, table_digest(&db)));
     c.execute("UPDATE t SET body = randomblob(1000) WHERE id = 300", [])
         .unwrap();
     let p4 = s.take_point(Reason::OnDemand).unwrap();
-    assert_eq!(p4.entries.len(), 2, "deltas of 8 KiB pages after the new base");
+    assert_eq!(
+        p4.entries.len(),
+        2,
+        "deltas of 8 KiB pages after the new base"
+    );
     assert!(p4.new_bytes < 8 * 8192, "{}", p4.new_bytes);
     expect.push((p4, table_digest(&db)));
     drop(s);
@@ -710,7 +722,9 @@ fn page_delta_decoding_refuses_bad_objects() {
     b.extend_from_slice(&1u32.to_be_bytes());
     b.extend_from_slice(&3u32.to_be_bytes());
     b.extend_from_slice(&[0u8; 4096]);
-    assert!(pages::decode(&b).unwrap_err().contains("page 3 of a 2-page"));
+    assert!(pages::decode(&b)
+        .unwrap_err()
+        .contains("page 3 of a 2-page"));
     b[20..24].copy_from_slice(&2u32.to_be_bytes());
     let d = pages::decode(&b).unwrap();
     assert_eq!((d.page_size, d.db_pages, d.pages.len()), (4096, 2, 1));
