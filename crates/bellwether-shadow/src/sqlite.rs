@@ -18,8 +18,11 @@
 //! (no commit can happen), reads the last frames, checkpoints, and lets go: the writer's next
 //! commit restarts the WAL, and the shadow follows the new generation from its start.
 //!
-//! **Restore** builds the file beside the live one (objects hashed as they are read, commits
-//! replayed), runs `PRAGMA integrity_check` on it, moves the live file's WAL aside (a WAL left
+//! **Points** of differential and transactional shadows are a base plus page deltas (see
+//! [`pages`]).
+//!
+//! **Restore** builds the file beside the live one (base, page deltas, then commits replayed;
+//! objects hashed as they are read), runs `PRAGMA integrity_check` on it, moves the live file's WAL aside (a WAL left
 //! beside a new database would be replayed into it) and renames the result over the live
 //! file. Writers must be stopped first; a failed check leaves everything as it was.
 //!
@@ -27,6 +30,7 @@
 //! checkpoints, which any reader may do), or rename a restored file in place before it
 //! passed its checks.
 
+mod pages;
 mod wal;
 
 #[cfg(test)]
@@ -41,14 +45,15 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::point::{
-    replace_beside, Entry, EntryKind, LogWriter, Manifest, PointDraft, Position, Reason, Resource,
-    ResourceKind, RestoreReport, RestoreRequest, Shadow, ShadowError, ShadowMeta, ShadowOptions,
-    ShadowType, Source, SyncReport, Target, Timestamp, FORMAT,
+    replace_beside, Entry, EntryKind, LogWriter, Manifest, ObjectRef, PointDraft, Position, Reason,
+    Resource, ResourceKind, RestoreReport, RestoreRequest, Shadow, ShadowError, ShadowMeta,
+    ShadowOptions, ShadowType, Source, SyncReport, Target, Timestamp, FORMAT,
 };
 use crate::PointStore;
 
-/// Chunk size of differential and transactional points: points share every 64 KiB chunk
-/// that did not change.
+/// Chunk size of the base of differential and transactional points: bases share every
+/// 64 KiB chunk that did not change; the points between bases store page deltas (see
+/// [`pages`]).
 pub const CHUNK: usize = 64 * 1024;
 /// The WAL size past which a transactional shadow checkpoints (see the module docs).
 pub const WAL_LIMIT: u64 = 4 * 1024 * 1024;
@@ -293,6 +298,9 @@ pub struct SqliteShadow {
     cursor: Option<wal::Cursor>,
     log: Option<LogWriter>,
     last_point: Option<Manifest>,
+    /// The page hashes of `last_point`'s image, when this shadow took it (differential and
+    /// transactional).
+    page_map: Option<pages::PageMap>,
     commits: u64,
     last_at: Timestamp,
     /// The WAL generation and offset of the last checkpoint tried.
@@ -360,6 +368,7 @@ impl SqliteShadow {
             cursor: None,
             log: None,
             last_point,
+            page_map: None,
             commits: 0,
             last_at: Timestamp(0),
             last_checkpoint: None,
@@ -548,29 +557,55 @@ impl Shadow for SqliteShadow {
                 .unwrap_or(0o644);
             let size = u64::from(image.pages) * u64::from(image.page_size);
             let mut new_bytes = 0;
-            let objects = if self.ty == ShadowType::Full {
+            let mut entries = Vec::new();
+            let mut page_map = None;
+            if self.ty == ShadowType::Full {
                 let (r, new) = self.store.adopt_file(&image.path)?;
                 if new {
                     new_bytes += r.len;
                 }
-                vec![r]
+                entries.push(file_entry(name.clone(), mode, size, vec![r]));
             } else {
-                let mut f = File::open(&image.path).map_err(ShadowError::io(&image.path))?;
-                let mut buf = vec![0u8; CHUNK];
-                let mut out = Vec::new();
-                loop {
-                    let n = read_full(&mut f, &mut buf).map_err(ShadowError::io(&image.path))?;
-                    if n == 0 {
-                        break;
+                let f = File::open(&image.path).map_err(ShadowError::io(&image.path))?;
+                let map = pages::hash_pages(&f, image.page_size, image.pages)
+                    .map_err(ShadowError::io(&image.path))?;
+                let chain = self.delta_chain(&map, size);
+                if let Some((prev, changed, base, mut deltas)) = chain {
+                    if !changed.is_empty() || prev.hashes.len() != map.hashes.len() {
+                        let (more, new) =
+                            pages::put_deltas(&self.store, &f, &image.path, &map, &changed)?;
+                        new_bytes += new;
+                        deltas.extend(more);
                     }
-                    let (r, new) = self.store.put_object(&buf[..n])?;
-                    if new {
-                        new_bytes += r.len;
+                    entries.push(file_entry(name.clone(), mode, size, base));
+                    if !deltas.is_empty() {
+                        entries.push(file_entry(
+                            format!("{name}{}", pages::DELTAS_SUFFIX),
+                            0o444,
+                            0,
+                            deltas,
+                        ));
                     }
-                    out.push(r);
+                } else {
+                    let mut f = f;
+                    let mut buf = vec![0u8; CHUNK];
+                    let mut out = Vec::new();
+                    loop {
+                        let n =
+                            read_full(&mut f, &mut buf).map_err(ShadowError::io(&image.path))?;
+                        if n == 0 {
+                            break;
+                        }
+                        let (r, new) = self.store.put_object(&buf[..n])?;
+                        if new {
+                            new_bytes += r.len;
+                        }
+                        out.push(r);
+                    }
+                    entries.push(file_entry(name.clone(), mode, size, out));
                 }
-                out
-            };
+                page_map = Some(map);
+            }
             let position = Position::Sqlite {
                 change_counter: image.change_counter,
                 wal_salt: self.cursor.map_or([0, 0], |c| c.header.salt),
@@ -579,24 +614,21 @@ impl Shadow for SqliteShadow {
                 page_size: image.page_size,
                 pages: image.pages,
             };
-            self.store.commit_point(PointDraft {
+            let m = self.store.commit_point(PointDraft {
                 taken_at,
                 consistent_at,
                 reason,
                 position,
-                entries: vec![Entry {
-                    path: name,
-                    kind: EntryKind::File,
-                    mode,
-                    size,
-                    mtime: None,
-                    objects,
-                }],
+                entries,
                 new_bytes,
-            })
+            })?;
+            Ok((m, page_map))
         })();
         let _ = std::fs::remove_file(&image.path);
-        let m = result?;
+        // Until a point is committed with it, no page map matches the last point.
+        self.page_map = None;
+        let (m, page_map) = result?;
+        self.page_map = page_map;
         if self.ty == ShadowType::Transactional {
             self.log = Some(self.store.log_writer(m.id())?);
         }
@@ -611,6 +643,59 @@ impl Shadow for SqliteShadow {
             // Nothing to follow between points: wake for requests and the schedule only.
             Duration::from_millis(250)
         }
+    }
+}
+
+impl SqliteShadow {
+    /// When the next point can be a page delta against the last one: the last point's page
+    /// map (same page size), the changed pages, the last point's base chunks and its chain of
+    /// deltas. `None` asks for a new base (see [`pages`]).
+    #[allow(clippy::type_complexity)]
+    fn delta_chain(
+        &self,
+        map: &pages::PageMap,
+        size: u64,
+    ) -> Option<(&pages::PageMap, Vec<u32>, Vec<ObjectRef>, Vec<ObjectRef>)> {
+        let prev = self.page_map.as_ref()?;
+        let last = self.last_point.as_ref()?;
+        if prev.page_size != map.page_size {
+            return None;
+        }
+        let (base, deltas) = split_entries(&last.entries)?;
+        let changed = pages::changed(prev, map);
+        let chain_bytes: u64 = deltas.iter().map(|r| r.len).sum();
+        let delta_bytes = changed.len() as u64 * u64::from(map.page_size);
+        if pages::rebase_due(deltas.len(), chain_bytes, delta_bytes, size) {
+            return None;
+        }
+        Some((prev, changed, base.objects.clone(), deltas.to_vec()))
+    }
+}
+
+fn file_entry(path: String, mode: u32, size: u64, objects: Vec<ObjectRef>) -> Entry {
+    Entry {
+        path,
+        kind: EntryKind::File,
+        mode,
+        size,
+        mtime: None,
+        objects,
+    }
+}
+
+/// A SQLite point's file entry and its page deltas (empty for a base), or `None` when the
+/// entries are not one file and, optionally, its `#page-deltas`.
+fn split_entries(entries: &[Entry]) -> Option<(&Entry, &[ObjectRef])> {
+    match entries {
+        [file] if file.kind == EntryKind::File => Some((file, &[])),
+        [file, deltas]
+            if file.kind == EntryKind::File
+                && deltas.kind == EntryKind::File
+                && deltas.path == format!("{}{}", file.path, pages::DELTAS_SUFFIX) =>
+        {
+            Some((file, &deltas.objects))
+        }
+        _ => None,
     }
 }
 
@@ -692,13 +777,18 @@ pub fn restore(req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
         (true, Some(until)) => store.log_records(m.id(), until)?,
         _ => Vec::new(),
     };
-    let [entry] = m.entries.as_slice() else {
+    let Some((entry, deltas)) = split_entries(&m.entries) else {
         return Err(ShadowError::DamagedPoint {
             dir: req.dir.clone(),
             id: m.id(),
             reason: format!(
-                "a SQLite point holds one file, this one {}",
-                m.entries.len()
+                "a SQLite point holds one file and its page deltas, this one {} entries ({})",
+                m.entries.len(),
+                m.entries
+                    .iter()
+                    .map(|e| e.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         });
     };
@@ -713,7 +803,7 @@ pub fn restore(req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
     let mut moved_wal = false;
     let mut bytes = 0;
     let built = replace_beside(&dest, |tmp| {
-        bytes = write_point(&store, &m, entry, &records, tmp)?;
+        bytes = write_point(&store, &m, entry, deltas, &records, tmp)?;
         integrity_check(tmp).map_err(|reason| ShadowError::Verify {
             dest: dest.clone(),
             check: "PRAGMA integrity_check".into(),
@@ -760,16 +850,21 @@ pub fn restore(req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
     })
 }
 
-/// Writes the point's file to `tmp` (every object hashed as it is read) and replays the
-/// commits over it. Returns the file's size.
+/// Writes the point's file to `tmp` (every object hashed as it is read): its base, its page
+/// deltas, then the commits replayed over it. Returns the file's size.
 fn write_point(
     store: &PointStore,
     m: &Manifest,
     entry: &Entry,
+    deltas: &[ObjectRef],
     records: &[crate::point::LogRecord],
     tmp: &Path,
 ) -> Result<u64, ShadowError> {
-    if let ([one], true) = (entry.objects.as_slice(), records.is_empty()) {
+    if let ([one], true, true) = (
+        entry.objects.as_slice(),
+        records.is_empty(),
+        deltas.is_empty(),
+    ) {
         store.clone_object_into(m.id(), one, tmp)?;
     } else {
         let mut f = File::create(tmp).map_err(ShadowError::io(tmp))?;
@@ -783,6 +878,31 @@ fn write_point(
         .open(tmp)
         .map_err(ShadowError::io(tmp))?;
     let mut size = f.metadata().map_err(ShadowError::io(tmp))?.len();
+    for r in deltas {
+        let bytes = store.read_object(m.id(), r)?;
+        let d = pages::decode(&bytes).map_err(|reason| ShadowError::BadObject {
+            dir: store.dir().to_owned(),
+            point: m.id(),
+            object: r.id,
+            what: reason,
+        })?;
+        for (pgno, page) in &d.pages {
+            f.write_all_at(page, u64::from(pgno - 1) * u64::from(d.page_size))
+                .map_err(ShadowError::io(tmp))?;
+        }
+        size = u64::from(d.db_pages) * u64::from(d.page_size);
+        f.set_len(size).map_err(ShadowError::io(tmp))?;
+    }
+    if size != entry.size {
+        return Err(ShadowError::DamagedPoint {
+            dir: store.dir().to_owned(),
+            id: m.id(),
+            reason: format!(
+                "its base and page deltas make {size} bytes, the point says {}",
+                entry.size
+            ),
+        });
+    }
     let log_path = store.dir().join("log").join(format!("{:010}.log", m.seq));
     for rec in records {
         let (ps, c) = wal::decode(&rec.payload).map_err(|reason| ShadowError::DamagedLog {

@@ -212,3 +212,40 @@ pub(crate) fn clone_or_copy(from: &File, to: &File) -> io::Result<()> {
     io::copy(&mut r, &mut w)?;
     Ok(())
 }
+
+/// Makes `to` (empty) a copy of `from` and returns the SHA-256 and length of what it wrote:
+/// cloned then hashed from `to` where the file system shares blocks (reading shared blocks
+/// is the only pass), otherwise copied and hashed in the same pass.
+pub(crate) fn copy_hashing(from: &File, to: &File) -> io::Result<(ObjectId, u64)> {
+    #[cfg(target_os = "linux")]
+    if rustix::fs::ioctl_ficlone(to, from).is_ok() {
+        let mut h = Sha256::new();
+        let mut r = to;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut len = 0u64;
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            len += n as u64;
+        }
+        return Ok((ObjectId(h.finalize().into()), len));
+    }
+    let mut r = from;
+    let mut w = to;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        w.write_all(&buf[..n])?;
+        len += n as u64;
+    }
+    Ok((ObjectId(h.finalize().into()), len))
+}

@@ -355,8 +355,8 @@ impl PointStore {
         Ok(bytes)
     }
 
-    /// Copies an object into `to` (an empty file): cloned where the file system can, then
-    /// hashed from `to` to prove the copy whole.
+    /// Copies an object into `to` (an empty file): cloned where the file system can (then
+    /// hashed from `to`), otherwise copied and hashed in one pass, to prove the copy whole.
     pub fn clone_object_into(
         &self,
         point: PointId,
@@ -372,8 +372,7 @@ impl PointStore {
             Err(e) => return Err(ShadowError::io(path)(e)),
         };
         let out = File::create(to).map_err(ShadowError::io(to))?;
-        objects::clone_or_copy(&from, &out).map_err(ShadowError::io(to))?;
-        let (got, len) = objects::hash_file(to).map_err(ShadowError::io(to))?;
+        let (got, len) = objects::copy_hashing(&from, &out).map_err(ShadowError::io(to))?;
         if got != r.id || len != r.len {
             return Err(self.bad_object(
                 point,

@@ -471,6 +471,13 @@ fn retention_thins_points_but_never_one_a_restore_holds() {
     let mut s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Differential)).unwrap();
     for n in 0..3 {
         write_batch(&db, &jp, 51 + n * 50, 50, 2000);
+        if n == 2 {
+            // A restarted shadow takes a new base, so the chain of page deltas before it is
+            // referenced only by the points that retention may thin (a newer point in the
+            // same chain would keep every delta of the chain).
+            drop(s);
+            s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Differential)).unwrap();
+        }
         s.take_point(Reason::Schedule).unwrap();
     }
     let policy = Retention {
@@ -495,4 +502,232 @@ fn retention_thins_points_but_never_one_a_restore_holds() {
     assert_eq!(prefix_rows(&db), 200);
     let v = s.store().verify(true).unwrap();
     assert_eq!((v.points, v.thinned), (1, 3));
+}
+
+// ----- page deltas (see `pages`) -----
+
+/// A writer connection of this process (a real SQLite; the foreign writer above is for the
+/// concurrency tests).
+fn local_writer(db: &Path, journal_mode: &str) -> Connection {
+    let c = Connection::open(db).unwrap();
+    c.query_row(&format!("PRAGMA journal_mode={journal_mode}"), [], |_| {
+        Ok(())
+    })
+    .unwrap();
+    c.execute_batch("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, body BLOB)")
+        .unwrap();
+    c
+}
+
+fn insert_rows(c: &Connection, from: u64, to: u64) {
+    c.execute_batch("BEGIN").unwrap();
+    for i in from..=to {
+        c.execute("INSERT INTO t(id, body) VALUES (?1, randomblob(1000))", [i])
+            .unwrap();
+    }
+    c.execute_batch("COMMIT").unwrap();
+}
+
+/// Every row of `t` in id order, hashed, and the row count.
+fn table_digest(db: &Path) -> (u64, [u8; 32]) {
+    use sha2::{Digest, Sha256};
+    let c = Connection::open(db).unwrap();
+    let mut h = Sha256::new();
+    let mut n = 0;
+    let mut st = c.prepare("SELECT id, body FROM t ORDER BY id").unwrap();
+    let mut rows = st.query([]).unwrap();
+    while let Some(r) = rows.next().unwrap() {
+        h.update(r.get::<_, i64>(0).unwrap().to_be_bytes());
+        h.update(r.get::<_, Vec<u8>>(1).unwrap());
+        n += 1;
+    }
+    (n, h.finalize().into())
+}
+
+/// Restores every point in `expect` (point → digest of the table then) over the live file
+/// and checks the table and the file's size.
+fn restore_each(dir: &Path, db: &Path, expect: &[(Manifest, (u64, [u8; 32]))]) {
+    for (m, want) in expect {
+        let r = restore(&req(dir, db, Target::Point(m.id()))).unwrap();
+        assert_eq!(table_digest(db), *want, "point {}", m.id());
+        assert_eq!(std::fs::metadata(db).unwrap().len(), m.entries[0].size);
+        assert_eq!(r.bytes, m.entries[0].size);
+        integrity_check(db).unwrap();
+    }
+}
+
+fn xorshift(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+#[test]
+fn random_scattered_changes_store_only_the_changed_pages() {
+    for ty in [ShadowType::Differential, ShadowType::Transactional] {
+        let (_t, db, _jp, dir) = tmpdirs();
+        let c = local_writer(&db, "wal");
+        insert_rows(&c, 1, 4000);
+        let mut s = SqliteShadow::start(&opts(&dir, &db, ty)).unwrap();
+        let base = s.store().points().unwrap().pop().unwrap();
+        assert_eq!(base.entries.len(), 1, "the first point is a base");
+        let mut expect = vec![(base.clone(), table_digest(&db))];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..6 {
+            c.execute_batch("BEGIN").unwrap();
+            for _ in 0..40 {
+                let id = xorshift(&mut seed) % 4000 + 1;
+                c.execute("UPDATE t SET body = randomblob(1000) WHERE id = ?1", [id])
+                    .unwrap();
+            }
+            c.execute_batch("COMMIT").unwrap();
+            catch_up(&mut s);
+            let m = s.take_point(Reason::OnDemand).unwrap();
+            let Position::Sqlite { page_size, .. } = m.position else {
+                panic!("a SQLite position");
+            };
+            // 40 rows touch at most 40 leaf pages, plus page 1 and interior pages.
+            assert!(
+                m.new_bytes <= 60 * u64::from(page_size) + 1024,
+                "{ty} round {round}: a point stores the changed pages only, not {} bytes",
+                m.new_bytes
+            );
+            assert_eq!(m.entries.len(), 2, "{ty} round {round}: a delta point");
+            assert_eq!(m.entries[1].objects.len(), round + 1, "one delta per point");
+            assert_eq!(
+                m.entries[0].objects, base.entries[0].objects,
+                "the base is shared"
+            );
+            expect.push((m, table_digest(&db)));
+        }
+        drop(s);
+        s_verify_deep(&dir);
+        drop(c);
+        corrupt(&db);
+        restore_each(&dir, &db, &expect);
+    }
+}
+
+fn s_verify_deep(dir: &Path) {
+    let r = PointStore::open(dir).unwrap().verify(true).unwrap();
+    assert!(r.objects > 0);
+}
+
+#[test]
+fn a_page_size_change_by_vacuum_takes_a_new_base() {
+    let (_t, db, _jp, dir) = tmpdirs();
+    let c = local_writer(&db, "delete");
+    insert_rows(&c, 1, 500);
+    let mut s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Differential)).unwrap();
+    let p1 = s.store().points().unwrap().pop().unwrap();
+    let mut expect = vec![(p1, table_digest(&db))];
+    c.execute("UPDATE t SET body = randomblob(1000) WHERE id = 7", [])
+        .unwrap();
+    let p2 = s.take_point(Reason::OnDemand).unwrap();
+    assert_eq!(p2.entries.len(), 2, "a delta point");
+    expect.push((p2, table_digest(&db)));
+    c.execute_batch("PRAGMA page_size=8192; VACUUM").unwrap();
+    let p3 = s.take_point(Reason::OnDemand).unwrap();
+    assert!(matches!(
+        p3.position,
+        Position::Sqlite {
+            page_size: 8192,
+            ..
+        }
+    ));
+    assert_eq!(p3.entries.len(), 1, "a new page size needs a new base");
+    expect.push((p3, table_digest(&db)));
+    c.execute("UPDATE t SET body = randomblob(1000) WHERE id = 300", [])
+        .unwrap();
+    let p4 = s.take_point(Reason::OnDemand).unwrap();
+    assert_eq!(
+        p4.entries.len(),
+        2,
+        "deltas of 8 KiB pages after the new base"
+    );
+    assert!(p4.new_bytes < 8 * 8192, "{}", p4.new_bytes);
+    expect.push((p4, table_digest(&db)));
+    drop(s);
+    drop(c);
+    restore_each(&dir, &db, &expect);
+}
+
+#[test]
+fn a_file_that_shrinks_and_grows_is_restored_to_each_size() {
+    let (_t, db, _jp, dir) = tmpdirs();
+    {
+        let c = Connection::open(&db).unwrap();
+        // Set before the first table: every commit then truncates the freed pages.
+        c.execute_batch("PRAGMA auto_vacuum=FULL").unwrap();
+    }
+    let c = local_writer(&db, "wal");
+    insert_rows(&c, 1, 1500);
+    let mut s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Differential)).unwrap();
+    let p1 = s.store().points().unwrap().pop().unwrap();
+    let mut expect = vec![(p1.clone(), table_digest(&db))];
+    c.execute("DELETE FROM t WHERE id > 1200", []).unwrap();
+    let p2 = s.take_point(Reason::OnDemand).unwrap();
+    assert!(
+        p2.entries[0].size < p1.entries[0].size,
+        "the file shrank: {} then {}",
+        p1.entries[0].size,
+        p2.entries[0].size
+    );
+    assert_eq!(p2.entries.len(), 2, "a delta point");
+    expect.push((p2.clone(), table_digest(&db)));
+    insert_rows(&c, 1201, 2500);
+    let p3 = s.take_point(Reason::OnDemand).unwrap();
+    assert!(p3.entries[0].size > p1.entries[0].size, "the file grew");
+    assert_eq!(p3.entries.len(), 2, "a delta point");
+    expect.push((p3, table_digest(&db)));
+    drop(s);
+    drop(c);
+    restore_each(&dir, &db, &expect);
+}
+
+#[test]
+fn a_damaged_page_delta_fails_the_restore_and_leaves_the_live_file() {
+    let (_t, db, _jp, dir) = tmpdirs();
+    let c = local_writer(&db, "wal");
+    insert_rows(&c, 1, 300);
+    let mut s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Differential)).unwrap();
+    c.execute("UPDATE t SET body = randomblob(1000) WHERE id = 5", [])
+        .unwrap();
+    let p2 = s.take_point(Reason::OnDemand).unwrap();
+    drop(s);
+    drop(c);
+    let live = table_digest(&db);
+    let delta = p2.entries[1].objects[0];
+    let path = PointStore::open(&dir).unwrap().object_path(&delta.id);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let e = restore(&req(&dir, &db, Target::Point(p2.id()))).unwrap_err();
+    assert!(
+        matches!(e, ShadowError::BadObject { object, .. } if object == delta.id),
+        "{e}"
+    );
+    assert_eq!(table_digest(&db), live, "the live file is untouched");
+}
+
+#[test]
+fn page_delta_decoding_refuses_bad_objects() {
+    assert!(pages::decode(b"nonsense").unwrap_err().contains("magic"));
+    let mut b = b"BWPGDLT1".to_vec();
+    b.extend_from_slice(&4096u32.to_be_bytes());
+    b.extend_from_slice(&2u32.to_be_bytes());
+    b.extend_from_slice(&1u32.to_be_bytes());
+    b.extend_from_slice(&3u32.to_be_bytes());
+    b.extend_from_slice(&[0u8; 4096]);
+    assert!(pages::decode(&b)
+        .unwrap_err()
+        .contains("page 3 of a 2-page"));
+    b[20..24].copy_from_slice(&2u32.to_be_bytes());
+    let d = pages::decode(&b).unwrap();
+    assert_eq!((d.page_size, d.db_pages, d.pages.len()), (4096, 2, 1));
+    b.pop();
+    assert!(pages::decode(&b).unwrap_err().contains("expected"));
 }
