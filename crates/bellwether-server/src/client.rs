@@ -20,6 +20,7 @@ use crate::types::{BaselineRequest, BaselineResponse, FleetDrift, HostDetail, Ho
 mod config_calls;
 mod mirror_calls;
 mod rollout_calls;
+mod shadow_calls;
 pub mod sandbox_calls;
 mod token_calls;
 

@@ -38,12 +38,16 @@ Exit codes: 0 done, 1 failed (a damaged shadow, a failed check), 2 bad input (a 
 the first point, a shadow of another resource), 3 the source could not be read.
 See docs/shadow.md for the concepts (types, points, the shadow directory, retention).")]
 pub struct Args {
+    // `--server` and `--token`, for the server-managed verbs (add, list, show, rollback,
+    // predict, remove, and start --host).
+    #[command(flatten)]
+    client: super::token::ClientArgs,
     #[command(subcommand)]
     verb: Verb,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum TypeArg {
+pub(crate) enum TypeArg {
     /// A complete copy per point.
     Full,
     /// Per point, only what changed since the previous one.
@@ -71,7 +75,20 @@ enum Verb {
     /// a PostgreSQL cluster (--database URL) as a base backup plus its WAL. The first start
     /// writes DIR/shadow.json naming the resource; a later start must name the same one.
     /// Retention thins points as they age and never removes one a restore holds.
+    ///
+    /// With --host HOST (and --name), the shadow is declared on the server instead and kept
+    /// by HOST's agent (`bellwether shadow add`): paths are then relative to the agent's root.
     Start {
+        /// Declare a server-managed shadow on this enrolled agent host instead of running
+        /// here (see `bellwether shadow add --help`).
+        #[arg(long, value_name = "HOST", requires = "name", conflicts_with = "poll")]
+        host: Option<String>,
+        /// With --host: the shadow's name on the server.
+        #[arg(long, requires = "host")]
+        name: Option<String>,
+        /// With --host and --path: what the path is on the host (sqlite, the default, or dir).
+        #[arg(long, value_enum, requires = "host")]
+        kind: Option<super::shadow_server::PathKind>,
         /// The SQLite database file or the directory to shadow.
         #[arg(
             long,
@@ -164,6 +181,26 @@ enum Verb {
     /// Chaos drill: a real writer, a shadow, a fault (corrupt, kill-writer, disk-full), a
     /// restore to the point before it, checked against the writer's log (docs/shadow-drill.md).
     Drill(super::shadow_drill::Args),
+    /// Declare a server-managed shadow: the server starts it on HOST's agent, takes points
+    /// on schedule and when a failure is predicted, and rolls back on its own.
+    ///
+    /// Paths are relative to the agent's root. The resource itself is location `primary`;
+    /// --location adds cells the data may be restored into and served from, and --link (files)
+    /// or --proxy-admin (PostgreSQL) is what a rollback switches. The whole shadow can also
+    /// come from a YAML or JSON file (--file; docs/shadow.md shows the shape).
+    Add(super::shadow_server::AddArgs),
+    /// Every server-managed shadow: host, phase, routed location, points, last rollback.
+    List(super::shadow_server::ListArgs),
+    /// One server-managed shadow: spec, locations with their merit, predictions, rollbacks.
+    Show(super::shadow_server::NameArgs),
+    /// Roll a server-managed shadow back now: restore the latest consistent state at or
+    /// before --to into the best location by merit (or --location), then switch routing.
+    Rollback(super::shadow_server::RollbackArgs),
+    /// Tell a server-managed shadow a failure is predicted: at or above the policy's
+    /// point_above a point is taken at once; at or above rollback_above it rolls back.
+    Predict(super::shadow_server::PredictArgs),
+    /// Stop a server-managed shadow: its task stops it on the agent; the points stay there.
+    Remove(super::shadow_server::NameArgs),
 }
 
 fn parse_time(s: &str) -> Result<Timestamp, String> {
@@ -187,7 +224,47 @@ fn resource(kind: ResourceKind) -> anyhow::Result<&'static dyn bellwether_shadow
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    use super::shadow_server::{self as server, ServerVerb};
+    let client = &args.client;
     match args.verb {
+        Verb::Add(a) => server::run(client, ServerVerb::Add(a)),
+        Verb::List(a) => server::run(client, ServerVerb::List(a)),
+        Verb::Show(a) => server::run(client, ServerVerb::Show(a)),
+        Verb::Rollback(a) => server::run(client, ServerVerb::Rollback(a)),
+        Verb::Predict(a) => server::run(client, ServerVerb::Predict(a)),
+        Verb::Remove(a) => server::run(client, ServerVerb::Remove(a)),
+        Verb::Start {
+            host: Some(host),
+            name,
+            kind,
+            path,
+            database,
+            shadow_type,
+            dir,
+            points_every,
+            keep_all_for,
+            hourly_for,
+            daily_for,
+            ..
+        } => {
+            let spec = server::spec_from_flags(
+                name.as_deref().unwrap_or_default(),
+                &server::SpecArgs {
+                    host: Some(host),
+                    path: path.map(|p| p.display().to_string()),
+                    kind,
+                    database,
+                    shadow_type: Some(shadow_type),
+                    dir: Some(dir.display().to_string()),
+                    points_every,
+                    keep_all: Some(keep_all_for),
+                    hourly: Some(hourly_for),
+                    daily: Some(daily_for),
+                    ..Default::default()
+                },
+            )?;
+            server::declare(client, &spec, OutputFormat::Human)
+        }
         Verb::Start {
             path,
             database,
@@ -198,6 +275,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             keep_all_for,
             hourly_for,
             daily_for,
+            ..
         } => {
             let (kind, source) = match (path, database) {
                 (Some(p), _) if p.is_dir() => (ResourceKind::Dir, Source::Path(p)),
