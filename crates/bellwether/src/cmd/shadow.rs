@@ -47,7 +47,7 @@ pub struct Args {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum TypeArg {
+pub enum TypeArg {
     /// A complete copy per point.
     Full,
     /// Per point, only what changed since the previous one.
