@@ -32,10 +32,21 @@ Examples:
   bellwether shadow restore --dir /backup/app --path /srv/app.db --to p42
   bellwether shadow verify --dir /backup/app --deep
 
+Server-managed (kept by an enrolled agent host; paths relative to its root; --server, --token):
+  bellwether shadow add orders --host db-1 --path srv/orders.db --type transactional --dir var/shadow/orders \
+      --location cell-b=srv/b/orders.db --link srv/current.db
+  bellwether shadow start --host db-1 --name uploads --path srv/uploads --kind dir --type differential --dir var/shadow/uploads
+  bellwether shadow list
+  bellwether shadow show orders
+  bellwether shadow predict orders --probability 0.8 --failure-at 2026-12-05T18:30:00Z --source detector
+  bellwether shadow rollback orders --to 2026-12-05T18:14:59Z --reason 'bad migration'
+  bellwether shadow remove orders
+
 Times are RFC 3339 (2026-12-05T18:00:00Z, 2026-12-05T19:00:00.25+01:00) or Unix seconds with
 a fraction (1796493600.25); a point is p42; `latest` is the newest state the shadow holds.
 Exit codes: 0 done, 1 failed (a damaged shadow, a failed check), 2 bad input (a time before
-the first point, a shadow of another resource), 3 the source could not be read.
+the first point, a shadow of another resource; an unknown shadow, a field out of range), 3 the
+source (or the server) could not be reached.
 See docs/shadow.md for the concepts (types, points, the shadow directory, retention).")]
 pub struct Args {
     // `--server` and `--token`, for the server-managed verbs (add, list, show, rollback,
