@@ -575,3 +575,84 @@ fn print_detail(d: &ShadowDetail, output: OutputFormat, what: &str) -> anyhow::R
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite() -> SpecArgs {
+        SpecArgs {
+            host: Some("db-1".into()),
+            path: Some("srv/app.db".into()),
+            shadow_type: Some(TypeArg::Full),
+            dir: Some("var/shadow/app".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flags_make_a_spec_and_mistakes_are_named_before_sending() {
+        let mut a = sqlite();
+        a.locations = vec!["cell-b=srv/b/app.db".into()];
+        a.link = Some("srv/current.db".into());
+        a.no_auto_rollback = true;
+        a.daily = Some(Dur::from_secs(86_400));
+        let spec = spec_from_flags("app", &a).unwrap();
+        assert_eq!(spec.locations.len(), 2);
+        assert_eq!(spec.locations[0].path.as_deref(), Some("srv/app.db"));
+        assert_eq!(spec.locations[1].id, "cell-b");
+        assert!(!spec.policy.auto_rollback);
+        assert_eq!(spec.retention.daily, Dur::from_secs(86_400));
+
+        // Two locations and no link: named.
+        a.link = None;
+        let err = spec_from_flags("app", &a).unwrap_err().to_string();
+        assert!(err.contains("routing.link"), "{err}");
+
+        // PostgreSQL needs the proxy backend of the cluster itself.
+        let pg = SpecArgs {
+            path: None,
+            database: Some("postgres://app@127.0.0.1:5432/app".into()),
+            ..sqlite()
+        };
+        let err = spec_from_flags("pg", &pg).unwrap_err().to_string();
+        assert!(err.contains("--backend"), "{err}");
+        let spec = spec_from_flags(
+            "pg",
+            &SpecArgs {
+                backend: Some("pg-a".into()),
+                ..pg
+            },
+        )
+        .unwrap();
+        assert_eq!(spec.locations[0].backend.as_deref(), Some("pg-a"));
+
+        let err = spec_from_flags("App", &sqlite()).unwrap_err().to_string();
+        assert!(err.contains("not a shadow name"), "{err}");
+        let bad = SpecArgs {
+            point_above: Some(0.95),
+            ..sqlite()
+        };
+        let err = spec_from_flags("app", &bad).unwrap_err().to_string();
+        assert!(err.contains("policy.rollback_above"), "{err}");
+    }
+
+    #[test]
+    fn a_file_names_the_mistake() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("app.yaml");
+        std::fs::write(
+            &f,
+            "name: app\nhost: db-1\nresource: {kind: sqlite, path: srv/app.db}\ntype: full\ndir: var/s\nlocations: [{id: primary, path: srv/app.db}]\npolcy: {}\n",
+        )
+        .unwrap();
+        let err = spec_from_file(&f).unwrap_err().to_string();
+        assert!(err.contains("polcy") && err.contains("app.yaml"), "{err}");
+        std::fs::write(
+            &f,
+            "name: app\nhost: db-1\nresource: {kind: sqlite, path: srv/app.db}\ntype: full\ndir: var/s\nlocations: [{id: primary, path: srv/app.db}]\n",
+        )
+        .unwrap();
+        assert_eq!(spec_from_file(&f).unwrap().name, "app");
+    }
+}
