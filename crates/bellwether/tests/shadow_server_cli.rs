@@ -186,7 +186,7 @@ fn server_managed_shadows_through_the_cli() {
         &with(&[
             "rollback", "orders", "--reason", "bad deploy", "--location", "cell-z",
         ]),
-        "no location \"cell-z\"",
+        "has no location cell-z",
     );
     refused(
         &with(&[
