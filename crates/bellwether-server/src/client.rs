@@ -20,8 +20,8 @@ use crate::types::{BaselineRequest, BaselineResponse, FleetDrift, HostDetail, Ho
 mod config_calls;
 mod mirror_calls;
 mod rollout_calls;
-mod shadow_calls;
 pub mod sandbox_calls;
+mod shadow_calls;
 mod token_calls;
 
 /// Why a call to the server failed.

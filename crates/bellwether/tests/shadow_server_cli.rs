@@ -127,12 +127,19 @@ fn server_managed_shadows_through_the_cli() {
     assert_eq!(names, ["orders", "uploads"]);
     assert_eq!(list[1]["kind"], "dir");
     let o = with(&["list"]);
-    assert!(text(&o).contains("orders") && text(&o).contains("differential"), "{}", text(&o));
+    assert!(
+        text(&o).contains("orders") && text(&o).contains("differential"),
+        "{}",
+        text(&o)
+    );
 
     let o = with(&["show", "orders"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let t = text(&o);
-    assert!(t.contains("sqlite srv/orders.db, transactional shadow) on db-1"), "{t}");
+    assert!(
+        t.contains("sqlite srv/orders.db, transactional shadow) on db-1"),
+        "{t}"
+    );
     assert!(t.contains("cell-b"), "{t}");
 
     // A prediction reaches the task and is shown.
@@ -162,14 +169,26 @@ fn server_managed_shadows_through_the_cli() {
     refused(&with(&["show", "nope"]), "no shadow named nope");
     refused(
         &with(&[
-            "predict", "orders", "--probability", "1.5", "--failure-at", "1893456000",
-            "--source", "external",
+            "predict",
+            "orders",
+            "--probability",
+            "1.5",
+            "--failure-at",
+            "1893456000",
+            "--source",
+            "external",
         ]),
         "--probability 1.5 is outside [0, 1]",
     );
     refused(
         &with(&[
-            "predict", "orders", "--probability", "0.5", "--failure-at", "soon", "--source",
+            "predict",
+            "orders",
+            "--probability",
+            "0.5",
+            "--failure-at",
+            "soon",
+            "--source",
             "external",
         ]),
         "soon",
@@ -184,28 +203,61 @@ fn server_managed_shadows_through_the_cli() {
     );
     refused(
         &with(&[
-            "rollback", "orders", "--reason", "bad deploy", "--location", "cell-z",
+            "rollback",
+            "orders",
+            "--reason",
+            "bad deploy",
+            "--location",
+            "cell-z",
         ]),
         "has no location cell-z",
     );
     refused(
         &with(&[
-            "add", "web", "--host", "db-9", "--path", "srv/web.db", "--type", "full", "--dir",
+            "add",
+            "web",
+            "--host",
+            "db-9",
+            "--path",
+            "srv/web.db",
+            "--type",
+            "full",
+            "--dir",
             "var/shadow/web",
         ]),
         "db-9 has never enrolled",
     );
     refused(
         &with(&[
-            "add", "web", "--host", "db-1", "--path", "srv/web", "--kind", "dir", "--type",
-            "full", "--dir", "srv/web/shadow",
+            "add",
+            "web",
+            "--host",
+            "db-1",
+            "--path",
+            "srv/web",
+            "--kind",
+            "dir",
+            "--type",
+            "full",
+            "--dir",
+            "srv/web/shadow",
         ]),
         "overlaps the resource",
     );
     refused(
         &with(&[
-            "add", "web", "--host", "db-1", "--path", "srv/web.db", "--type", "full", "--dir",
-            "var/shadow/web", "--location", "cell-b",
+            "add",
+            "web",
+            "--host",
+            "db-1",
+            "--path",
+            "srv/web.db",
+            "--type",
+            "full",
+            "--dir",
+            "var/shadow/web",
+            "--location",
+            "cell-b",
         ]),
         "--location cell-b: give ID=PATH",
     );

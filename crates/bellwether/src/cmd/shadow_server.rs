@@ -20,8 +20,8 @@ use bellwether_server::shadow::{PredictRequest, RollbackRequest, ShadowDetail, S
 use serde_json::{json, Value};
 
 use super::model_server::api_error;
-use super::token::{age, print_table, runtime, ClientArgs};
 use super::shadow::TypeArg;
+use super::token::{age, print_table, runtime, ClientArgs};
 use super::{finite_f64, OutputFormat, UsageError};
 
 /// What a `--path` holds on the agent's host (the server cannot look).
@@ -89,7 +89,12 @@ pub struct SpecArgs {
     #[arg(long, value_name = "URL")]
     pub database: Option<String>,
     /// full, differential or transactional (every commit a restore target).
-    #[arg(long = "type", value_enum, value_name = "TYPE", required_unless_present = "file")]
+    #[arg(
+        long = "type",
+        value_enum,
+        value_name = "TYPE",
+        required_unless_present = "file"
+    )]
     pub shadow_type: Option<TypeArg>,
     /// The shadow directory (point store) on the host, relative to the agent's root.
     #[arg(long, value_name = "SHADOW_DIR", required_unless_present = "file")]
@@ -309,7 +314,11 @@ pub fn spec_from_flags(name: &str, a: &SpecArgs) -> anyhow::Result<ShadowSpec> {
     if a.no_auto_rollback {
         v["policy"]["auto_rollback"] = json!(false);
     }
-    for (k, d) in [("keep_all", a.keep_all), ("hourly", a.hourly), ("daily", a.daily)] {
+    for (k, d) in [
+        ("keep_all", a.keep_all),
+        ("hourly", a.hourly),
+        ("daily", a.daily),
+    ] {
         if let Some(d) = d {
             v["retention"][k] = json!(d);
         }
@@ -323,7 +332,11 @@ pub fn spec_from_flags(name: &str, a: &SpecArgs) -> anyhow::Result<ShadowSpec> {
 }
 
 /// Declares `spec` on the server and prints what it answers.
-pub fn declare(client: &ClientArgs, spec: &ShadowSpec, output: OutputFormat) -> anyhow::Result<ExitCode> {
+pub fn declare(
+    client: &ClientArgs,
+    spec: &ShadowSpec,
+    output: OutputFormat,
+) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let d = rt
         .block_on(client.client()?.shadow_add(spec))
@@ -429,7 +442,10 @@ fn rollback_text(r: &bellwether_engine::shadow::RollbackRecord) -> String {
         word(&r.trigger),
         Escaped(&r.cause),
         Escaped(&r.from),
-        r.location.as_deref().map(Escaped).map_or_else(|| "-".into(), |l| l.to_string()),
+        r.location
+            .as_deref()
+            .map(Escaped)
+            .map_or_else(|| "-".into(), |l| l.to_string()),
         r.point.as_ref().map_or("-", |p| p.id.as_str()),
         r.error
             .as_deref()
