@@ -238,7 +238,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     use super::shadow_server::{self as server, ServerVerb};
     let client = &args.client;
     match args.verb {
-        Verb::Add(a) => server::run(client, ServerVerb::Add(a)),
+        Verb::Add(a) => server::run(client, ServerVerb::Add(Box::new(a))),
         Verb::List(a) => server::run(client, ServerVerb::List(a)),
         Verb::Show(a) => server::run(client, ServerVerb::Show(a)),
         Verb::Rollback(a) => server::run(client, ServerVerb::Rollback(a)),

@@ -199,7 +199,7 @@ pub struct ListArgs {
 
 /// The server verbs, as `cmd::shadow` hands them over.
 pub enum ServerVerb {
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     List(ListArgs),
     Show(NameArgs),
     Rollback(RollbackArgs),
