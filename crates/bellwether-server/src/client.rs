@@ -21,6 +21,7 @@ mod config_calls;
 mod mirror_calls;
 mod rollout_calls;
 pub mod sandbox_calls;
+mod shadow_calls;
 mod token_calls;
 
 /// Why a call to the server failed.

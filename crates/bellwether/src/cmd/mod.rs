@@ -24,6 +24,7 @@ pub mod sandbox;
 pub mod server;
 pub mod shadow;
 pub mod shadow_drill;
+pub mod shadow_server;
 pub mod tls;
 pub mod token;
 

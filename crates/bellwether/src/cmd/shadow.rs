@@ -32,18 +32,33 @@ Examples:
   bellwether shadow restore --dir /backup/app --path /srv/app.db --to p42
   bellwether shadow verify --dir /backup/app --deep
 
+Server-managed (kept by an enrolled agent host; paths relative to its root; --server, --token):
+  bellwether shadow add orders --host db-1 --path srv/orders.db --type transactional --dir var/shadow/orders \
+      --location cell-b=srv/b/orders.db --link srv/current.db
+  bellwether shadow start --host db-1 --name uploads --path srv/uploads --kind dir --type differential --dir var/shadow/uploads
+  bellwether shadow list
+  bellwether shadow show orders
+  bellwether shadow predict orders --probability 0.8 --failure-at 2026-12-05T18:30:00Z --source detector
+  bellwether shadow rollback orders --to 2026-12-05T18:14:59Z --reason 'bad migration'
+  bellwether shadow remove orders
+
 Times are RFC 3339 (2026-12-05T18:00:00Z, 2026-12-05T19:00:00.25+01:00) or Unix seconds with
 a fraction (1796493600.25); a point is p42; `latest` is the newest state the shadow holds.
 Exit codes: 0 done, 1 failed (a damaged shadow, a failed check), 2 bad input (a time before
-the first point, a shadow of another resource), 3 the source could not be read.
+the first point, a shadow of another resource; an unknown shadow, a field out of range), 3 the
+source (or the server) could not be reached.
 See docs/shadow.md for the concepts (types, points, the shadow directory, retention).")]
 pub struct Args {
+    // `--server` and `--token`, for the server-managed verbs (add, list, show, rollback,
+    // predict, remove, and start --host).
+    #[command(flatten)]
+    client: super::token::ClientArgs,
     #[command(subcommand)]
     verb: Verb,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum TypeArg {
+pub enum TypeArg {
     /// A complete copy per point.
     Full,
     /// Per point, only what changed since the previous one.
@@ -71,7 +86,20 @@ enum Verb {
     /// a PostgreSQL cluster (--database URL) as a base backup plus its WAL. The first start
     /// writes DIR/shadow.json naming the resource; a later start must name the same one.
     /// Retention thins points as they age and never removes one a restore holds.
+    ///
+    /// With --host HOST (and --name), the shadow is declared on the server instead and kept
+    /// by HOST's agent (`bellwether shadow add`): paths are then relative to the agent's root.
     Start {
+        /// Declare a server-managed shadow on this enrolled agent host instead of running
+        /// here (see `bellwether shadow add --help`).
+        #[arg(long, value_name = "HOST", requires = "name", conflicts_with = "poll")]
+        host: Option<String>,
+        /// With --host: the shadow's name on the server.
+        #[arg(long, requires = "host")]
+        name: Option<String>,
+        /// With --host and --path: what the path is on the host (sqlite, the default, or dir).
+        #[arg(long, value_enum, requires = "host")]
+        kind: Option<super::shadow_server::PathKind>,
         /// The SQLite database file or the directory to shadow.
         #[arg(
             long,
@@ -164,6 +192,26 @@ enum Verb {
     /// Chaos drill: a real writer, a shadow, a fault (corrupt, kill-writer, disk-full), a
     /// restore to the point before it, checked against the writer's log (docs/shadow-drill.md).
     Drill(super::shadow_drill::Args),
+    /// Declare a server-managed shadow: the server starts it on HOST's agent, takes points
+    /// on schedule and when a failure is predicted, and rolls back on its own.
+    ///
+    /// Paths are relative to the agent's root. The resource itself is location `primary`;
+    /// --location adds cells the data may be restored into and served from, and --link (files)
+    /// or --proxy-admin (PostgreSQL) is what a rollback switches. The whole shadow can also
+    /// come from a YAML or JSON file (--file; docs/shadow.md shows the shape).
+    Add(super::shadow_server::AddArgs),
+    /// Every server-managed shadow: host, phase, routed location, points, last rollback.
+    List(super::shadow_server::ListArgs),
+    /// One server-managed shadow: spec, locations with their merit, predictions, rollbacks.
+    Show(super::shadow_server::NameArgs),
+    /// Roll a server-managed shadow back now: restore the latest consistent state at or
+    /// before --to into the best location by merit (or --location), then switch routing.
+    Rollback(super::shadow_server::RollbackArgs),
+    /// Tell a server-managed shadow a failure is predicted: at or above the policy's
+    /// point_above a point is taken at once; at or above rollback_above it rolls back.
+    Predict(super::shadow_server::PredictArgs),
+    /// Stop a server-managed shadow: its task stops it on the agent; the points stay there.
+    Remove(super::shadow_server::NameArgs),
 }
 
 fn parse_time(s: &str) -> Result<Timestamp, String> {
@@ -187,7 +235,47 @@ fn resource(kind: ResourceKind) -> anyhow::Result<&'static dyn bellwether_shadow
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    use super::shadow_server::{self as server, ServerVerb};
+    let client = &args.client;
     match args.verb {
+        Verb::Add(a) => server::run(client, ServerVerb::Add(Box::new(a))),
+        Verb::List(a) => server::run(client, ServerVerb::List(a)),
+        Verb::Show(a) => server::run(client, ServerVerb::Show(a)),
+        Verb::Rollback(a) => server::run(client, ServerVerb::Rollback(a)),
+        Verb::Predict(a) => server::run(client, ServerVerb::Predict(a)),
+        Verb::Remove(a) => server::run(client, ServerVerb::Remove(a)),
+        Verb::Start {
+            host: Some(host),
+            name,
+            kind,
+            path,
+            database,
+            shadow_type,
+            dir,
+            points_every,
+            keep_all_for,
+            hourly_for,
+            daily_for,
+            ..
+        } => {
+            let spec = server::spec_from_flags(
+                name.as_deref().unwrap_or_default(),
+                &server::SpecArgs {
+                    host: Some(host),
+                    path: path.map(|p| p.display().to_string()),
+                    kind,
+                    database,
+                    shadow_type: Some(shadow_type),
+                    dir: Some(dir.display().to_string()),
+                    points_every,
+                    keep_all: Some(keep_all_for),
+                    hourly: Some(hourly_for),
+                    daily: Some(daily_for),
+                    ..Default::default()
+                },
+            )?;
+            server::declare(client, &spec, OutputFormat::Human)
+        }
         Verb::Start {
             path,
             database,
@@ -198,6 +286,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             keep_all_for,
             hourly_for,
             daily_for,
+            ..
         } => {
             let (kind, source) = match (path, database) {
                 (Some(p), _) if p.is_dir() => (ResourceKind::Dir, Source::Path(p)),
