@@ -546,7 +546,7 @@ impl Shadow for SqliteShadow {
             }
         }
         let (image, taken_at, consistent_at) = self.image()?;
-        let result = (|| {
+        let result: Result<_, ShadowError> = (|| {
             let name = self
                 .db
                 .file_name()
