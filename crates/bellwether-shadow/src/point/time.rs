@@ -80,6 +80,11 @@ impl Timestamp {
         {
             return parse_unix(s).map_err(|r| err(&r));
         }
+        if !s.as_bytes()[0].is_ascii_digit() {
+            return Err(err(
+                "expected an RFC 3339 time such as 2026-12-05T18:00:00Z or Unix seconds such as 1796500000.25",
+            ));
+        }
         parse_rfc3339(s).map_err(|r| err(&r))
     }
 }
@@ -278,7 +283,9 @@ mod tests {
             ("2026-12-05T18:00:00Zjunk", "unexpected text"),
             ("12.", "followed by digits"),
             ("1.2.3", "Unix seconds"),
-            ("yesterday", "year"),
+            ("yesterday", "expected an RFC 3339 time"),
+            ("soon", "or Unix seconds"),
+            ("x2026-12-05T18:00:00Z", "RFC 3339"),
             ("99999999999999999999", "out of range"),
         ] {
             let e = Timestamp::parse(bad).unwrap_err().to_string();
