@@ -2,12 +2,14 @@
 //! options from the environment, for choosing defaults on seeds other than the bench's 1–10:
 //!
 //!     cargo run --release -p bellwether-predict --example shift_sweep            # seeds 101–110
-//!     LO=201 HI=210 FOLDS=1 ESR=60 cargo run --release -p bellwether-predict --example shift_sweep
+//!     LO=201 HI=210 FOLDS=1 cargo run --release -p bellwether-predict --example shift_sweep
 //!
 //! Per world: Brier ratio to `_p` on all test rows, on the rows with new categories and on a
 //! sample without them; `xs`/`xc` are the model's mean squared distance to `_p` over `_p`'s
 //! Brier score (the ratio minus one without the outcomes' noise) on those samples. Variables:
-//! LO, HI, FOLDS, HOLD, LR, DEPTH, LEAVES, MSL, MCW, L2, SUB, COL, CATS, ESR.
+//! LO, HI, FOLDS, HOLD, LR, DEPTH, LEAVES, MSL, MCW, L2, SUB, COL, CATS, ESR (the tree parameters
+//! default to those that go with FOLDS, `GbdtParams::for_folds`). With HIST=DIR it
+//! instead trains on DIR/train.csv and scores DIR/test.csv (the deploy history of issue 4).
 use bellwether_predict::synth::{Shape, World};
 use bellwether_predict::{GbdtParams, Model, TrainOptions};
 use std::time::Instant;
@@ -28,7 +30,8 @@ fn main() {
     };
     let lo: u64 = env("LO", 101);
     let hi: u64 = env("HI", 110);
-    let d = GbdtParams::default();
+    let folds: usize = env("FOLDS", bellwether_predict::model::FOLDS);
+    let d = GbdtParams::for_folds(folds);
     let gbdt = GbdtParams {
         learning_rate: env("LR", d.learning_rate),
         max_depth: env("DEPTH", d.max_depth),
@@ -44,10 +47,29 @@ fn main() {
     };
     let opts = TrainOptions {
         gbdt,
-        folds: env("FOLDS", bellwether_predict::model::FOLDS),
+        folds,
         holdout: env("HOLD", 0.2),
         ..TrainOptions::default()
     };
+    if let Ok(dir) = std::env::var("HIST") {
+        let read = |name: &str| {
+            let path = std::path::Path::new(&dir).join(name);
+            let file =
+                std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            bellwether_predict::Frame::from_csv(file, &path.display().to_string()).unwrap()
+        };
+        let m = Model::train(&read("train.csv"), &opts).unwrap();
+        let e = m.evaluate(&read("test.csv")).unwrap();
+        println!(
+            "HIST {:?} brier ratio {:.4} auc ratio {:.4} ece {:.4} trees {:?}",
+            m.method(),
+            e.brier_ratio.unwrap_or(f64::NAN),
+            e.auc_ratio.unwrap_or(f64::NAN),
+            e.model.calibration_error,
+            m.summary().gbdt.as_ref().map(|g| g.best_rounds)
+        );
+        return;
+    }
     let (mut xs, mut xcs) = (vec![], vec![]);
     let (mut sa, mut su, mut sc, mut sauc, mut se, mut st) =
         (vec![], vec![], vec![], vec![], vec![], 0.0);

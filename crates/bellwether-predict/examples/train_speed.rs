@@ -3,7 +3,8 @@
 //!
 //!     cargo run --release -p bellwether-predict --example train_speed
 //!
-//! Prints training CPU time and prediction rows/s per core. Variables: ROWS, REPS, FOLDS, LR, SUB, ESR. Linux only (/proc/thread-self/schedstat).
+//! Prints training CPU time and prediction rows/s per core. Variables: ROWS, REPS, FOLDS, LR,
+//! SUB, ESR, DEPTH, LEAVES. Linux only (/proc/thread-self/schedstat).
 use bellwether_predict::synth::{Shape, World};
 use bellwether_predict::{GbdtParams, Model, TrainOptions};
 
@@ -21,16 +22,19 @@ fn env<T: std::str::FromStr>(k: &str, d: T) -> T {
 fn main() {
     let rows: usize = env("ROWS", 100_000);
     let frame = World::new(1, &Shape::default()).sample(rows, 1, 0.0).frame;
-    let d = GbdtParams::default();
+    let folds: usize = env("FOLDS", bellwether_predict::model::FOLDS);
+    let d = GbdtParams::for_folds(folds);
     let gbdt = GbdtParams {
         learning_rate: env("LR", d.learning_rate),
         subsample: env("SUB", d.subsample),
         early_stopping_rounds: env("ESR", d.early_stopping_rounds),
+        max_depth: env("DEPTH", d.max_depth),
+        max_leaves: env("LEAVES", d.max_leaves),
         ..d
     };
     let opts = TrainOptions {
         gbdt,
-        folds: env("FOLDS", bellwether_predict::model::FOLDS),
+        folds,
         ..TrainOptions::default()
     };
     for _ in 0..env("REPS", 2) {

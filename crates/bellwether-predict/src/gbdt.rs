@@ -17,7 +17,9 @@ use crate::features::{Feature, FeatureKind, Prepared};
 use crate::metrics::{log_loss, sigmoid};
 
 /// Hyperparameters. The defaults were chosen on the deploy-history training split and on
-/// synthetic histories of several shapes (see BENCHMARKS.md), not on any test file.
+/// synthetic histories of several shapes (see BENCHMARKS.md), not on any test file. The
+/// learning rate and the tree size go with the number of averaged fits
+/// ([`GbdtParams::for_folds`]); the default is that of the default four fits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GbdtParams {
     pub learning_rate: f64,
@@ -43,11 +45,27 @@ pub struct GbdtParams {
 
 impl Default for GbdtParams {
     fn default() -> Self {
+        GbdtParams::for_folds(crate::model::FOLDS)
+    }
+}
+
+impl GbdtParams {
+    /// The defaults for a model that is the mean of `folds` fits (`TrainOptions::folds`). One
+    /// fit: learning rate 0.1 and trees of at most 8 leaves. Several: trees of at most 4 leaves
+    /// and a learning rate of 0.125 per fit (0.5 for the default four, at most 1), so each fit
+    /// stops after about 1/`folds` of the trees and the mean costs about what one fit does to
+    /// train and to predict, with less of one fit's estimation noise (BENCHMARKS.md, issue 10).
+    pub fn for_folds(folds: usize) -> GbdtParams {
+        let (learning_rate, max_leaves) = if folds <= 1 {
+            (0.1, 8)
+        } else {
+            ((0.125 * folds as f64).min(1.0), 4)
+        };
         GbdtParams {
-            learning_rate: 0.1,
+            learning_rate,
             max_rounds: 2000,
             max_depth: 4,
-            max_leaves: 8,
+            max_leaves,
             min_child_weight: 2.0,
             min_samples_leaf: 20,
             l2: 2.0,
@@ -58,9 +76,7 @@ impl Default for GbdtParams {
             seed: 7,
         }
     }
-}
 
-impl GbdtParams {
     pub fn validate(&self) -> Result<(), PredictError> {
         let bad = |m: &str| Err(PredictError::BadParameter(m.to_string()));
         if !(self.learning_rate > 0.0 && self.learning_rate <= 1.0) {

@@ -30,11 +30,14 @@ pub const VERSION: u32 = 1;
 /// Fewer rows than this cannot be split into training and held-out parts usefully.
 pub const MIN_TRAINING_ROWS: usize = 20;
 
-/// Tree models fitted by default (see [`TrainOptions::folds`]): one. Three calibrate better
-/// on rows with new categories (docs/predict.md) but hold three times the trees, so training
-/// and prediction take about three times as long, which would miss the speed goals of the
-/// failure model (BENCHMARKS.md, issue 4); `model train --folds 3` asks for them.
-pub const FOLDS: usize = 1;
+/// Tree models fitted by default (see [`TrainOptions::folds`]): four, each on three quarters of
+/// the history and stopped early on the last quarter, averaged, and calibrated on every row's
+/// out-of-fold margin. With their learning rate of 0.5 and trees of 4 leaves
+/// ([`GbdtParams::for_folds`]), the four hold a few more, shallower trees than one fit at 0.1
+/// with 8 leaves, so they train and predict within the failure model's speed goals
+/// (BENCHMARKS.md, issue 4), and their mean is closer to the true probability, on rows with new
+/// categories too (issue 10).
+pub const FOLDS: usize = 4;
 
 fn one() -> usize {
     1
@@ -78,6 +81,18 @@ pub struct TrainOptions {
     /// A category needs this many rows to get its own code.
     pub min_category_rows: usize,
     pub seed: u64,
+}
+
+impl TrainOptions {
+    /// The default options for a model that is the mean of `folds` fits, with the tree
+    /// parameters that go with that many ([`GbdtParams::for_folds`]).
+    pub fn with_folds(folds: usize) -> TrainOptions {
+        TrainOptions {
+            gbdt: GbdtParams::for_folds(folds),
+            folds,
+            ..TrainOptions::default()
+        }
+    }
 }
 
 impl Default for TrainOptions {
@@ -1111,6 +1126,27 @@ mod tests {
 
     fn os(v: &str) -> HashMap<String, FeatureValue> {
         HashMap::from([("os".to_string(), FeatureValue::parse(v))])
+    }
+
+    #[test]
+    fn tree_parameters_go_with_the_number_of_fits() {
+        let d = TrainOptions::default();
+        assert_eq!(d.folds, FOLDS);
+        assert_eq!(
+            (d.gbdt.learning_rate, d.gbdt.max_leaves),
+            (0.125 * FOLDS as f64, 4)
+        );
+        let one = TrainOptions::with_folds(1);
+        assert_eq!(one.folds, 1);
+        assert_eq!((one.gbdt.learning_rate, one.gbdt.max_leaves), (0.1, 8));
+        let three = TrainOptions::with_folds(3);
+        assert_eq!((three.folds, three.gbdt.learning_rate), (3, 0.375));
+        // The rate never leaves the range the learner accepts.
+        let ten = TrainOptions::with_folds(10);
+        assert_eq!(ten.gbdt.learning_rate, 1.0);
+        for k in 1..=10 {
+            TrainOptions::with_folds(k).gbdt.validate().unwrap();
+        }
     }
 
     #[test]
