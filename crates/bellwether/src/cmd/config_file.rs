@@ -249,11 +249,16 @@ fn settings(
                 Some(ValueSource::CommandLine | ValueSource::EnvVariable)
             )
         };
-        if explicit(id)
-            || sub
-                .get_arg_conflicts_with(arg)
+        let conflicts = |a: &Arg, b: &Arg| {
+            sub.get_arg_conflicts_with(a)
                 .iter()
-                .any(|c| explicit(c.get_id().as_str()))
+                .any(|c| c.get_id() == b.get_id())
+        };
+        if explicit(id)
+            || sub.get_arguments().any(|other| {
+                explicit(other.get_id().as_str())
+                    && (conflicts(arg, other) || conflicts(other, arg))
+            })
         {
             continue;
         }
