@@ -72,13 +72,22 @@ fn server_reads_a_good_file_and_starts_with_it() {
     let out = bw(&["server", "--config", &f, "--print-config"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let printed = stdout(&out);
-    assert_eq!(setting(&printed, "grace"), format!("grace = \"3s\"  # file {f}:3"));
-    assert_eq!(setting(&printed, "body_limit"), format!("body_limit = \"1000\"  # file {f}:4"));
+    assert_eq!(
+        setting(&printed, "grace"),
+        format!("grace = \"3s\"  # file {f}:3")
+    );
+    assert_eq!(
+        setting(&printed, "body_limit"),
+        format!("body_limit = \"1000\"  # file {f}:4")
+    );
     assert_eq!(
         setting(&printed, "proxy_token_file"),
         format!("proxy_token_file = [\"pg=/etc/pg.token\"]  # file {f}:6")
     );
-    assert_eq!(setting(&printed, "log"), format!("log = \"info\"  # file {f}:7"));
+    assert_eq!(
+        setting(&printed, "log"),
+        format!("log = \"info\"  # file {f}:7")
+    );
     assert_eq!(
         setting(&printed, "sample_retention"),
         "sample_retention = \"7d\"  # default"
@@ -99,14 +108,24 @@ fn server_reads_a_good_file_and_starts_with_it() {
         .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(first.starts_with("listening on http://127.0.0.1:"), "{first}");
-    assert!(data.join("operator.token").exists(), "the file's data_dir is used");
+    assert!(
+        first.starts_with("listening on http://127.0.0.1:"),
+        "{first}"
+    );
+    assert!(
+        data.join("operator.token").exists(),
+        "the file's data_dir is used"
+    );
 }
 
 #[test]
 fn server_refuses_an_unknown_key_naming_file_line_and_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let f = write(tmp.path(), "s.toml", "listen = \"127.0.0.1:0\"\n\ngrase = \"3s\"\n");
+    let f = write(
+        tmp.path(),
+        "s.toml",
+        "listen = \"127.0.0.1:0\"\n\ngrase = \"3s\"\n",
+    );
     let out = bw(&["server", "--config", &f], &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
@@ -124,28 +143,59 @@ fn server_refuses_an_unknown_key_naming_file_line_and_key() {
     // A table is not a flag.
     let f = write(tmp.path(), "t.toml", "[server]\nlisten = \"x\"\n");
     let err = stderr(&bw(&["server", "--config", &f], &[]));
-    assert!(err.contains(&format!("{f}:1: unknown key `server`")), "{err}");
+    assert!(
+        err.contains(&format!("{f}:1: unknown key `server`")),
+        "{err}"
+    );
     // Not TOML at all: toml's own line and column.
     let f = write(tmp.path(), "n.toml", "listen = \n");
     let out = bw(&["server", "--config", &f], &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains(&format!("{f}: TOML parse error at line 1")), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{f}: TOML parse error at line 1")),
+        "{}",
+        stderr(&out)
+    );
     // A missing file.
     let out = bw(&["server", "--config", "/nonexistent/bw.toml"], &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("cannot read --config /nonexistent/bw.toml"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read --config /nonexistent/bw.toml"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn server_refuses_a_bad_value_naming_file_line_and_key() {
     let tmp = tempfile::tempdir().unwrap();
     for (text, line, key, why) in [
-        ("listen = \"127.0.0.1:0\"\ngrace = \"soon\"\n", 2, "grace", "soon"),
+        (
+            "listen = \"127.0.0.1:0\"\ngrace = \"soon\"\n",
+            2,
+            "grace",
+            "soon",
+        ),
         ("body_limit = \"lots\"\n", 1, "body_limit", "lots"),
         ("body_limit = -1\n", 1, "body_limit", "-1"),
-        ("insecure_listen = \"yes\"\n", 1, "insecure_listen", "expected true or false"),
-        ("listen = [\"a\", \"b\"]\n", 1, "listen", "takes one value, not a list"),
-        ("proxy_token_file = [\"no-equals\"]\n", 1, "proxy_token_file", "NAME=FILE"),
+        (
+            "insecure_listen = \"yes\"\n",
+            1,
+            "insecure_listen",
+            "expected true or false",
+        ),
+        (
+            "listen = [\"a\", \"b\"]\n",
+            1,
+            "listen",
+            "takes one value, not a list",
+        ),
+        (
+            "proxy_token_file = [\"no-equals\"]\n",
+            1,
+            "proxy_token_file",
+            "NAME=FILE",
+        ),
     ] {
         let f = write(tmp.path(), "bad.toml", text);
         let out = bw(&["server", "--config", &f, "--print-config"], &[]);
@@ -184,7 +234,10 @@ fn server_precedence_is_flag_then_env_then_file_then_default() {
         setting(&printed, "metric_window"),
         format!("metric_window = \"30s\"  # file {f}:3")
     );
-    assert_eq!(setting(&printed, "sample_max_ahead"), "sample_max_ahead = \"5m\"  # default");
+    assert_eq!(
+        setting(&printed, "sample_max_ahead"),
+        "sample_max_ahead = \"5m\"  # default"
+    );
     // Secrets are never printed, wherever they came from.
     assert_eq!(
         setting(&printed, "operator_token"),
@@ -214,37 +267,66 @@ fn agent_reads_a_good_file() {
         setting(&printed, "label"),
         format!("label = [\"role=web\", \"zone=a\"]  # file {f}:3")
     );
-    assert_eq!(setting(&printed, "learn_graph"), format!("learn_graph = \"false\"  # file {f}:4"));
+    assert_eq!(
+        setting(&printed, "learn_graph"),
+        format!("learn_graph = \"false\"  # file {f}:4")
+    );
     assert_eq!(setting(&printed, "buffer"), "buffer = \"10000\"  # default");
 }
 
 #[test]
 fn agent_refuses_a_bad_key_and_a_bad_value() {
     let tmp = tempfile::tempdir().unwrap();
-    let f = write(tmp.path(), "a.toml", "token = \"t\"\nlabels = [\"role=web\"]\n");
-    let out = bw(&["agent", "--config", &f], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr(&out);
-    assert!(err.contains(&format!("{f}:2: unknown key `labels`")) && err.contains("label,"), "{err}");
-
-    let f = write(tmp.path(), "v.toml", "token = \"t\"\ninterval = \"fast\"\n");
-    let out = bw(&["agent", "--config", &f], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains(&format!("{f}:2: interval: ")), "{}", stderr(&out));
-
-    let f = write(tmp.path(), "b.toml", "token = \"t\"\nlearn_graph = \"maybe\"\n");
-    let out = bw(&["agent", "--config", &f], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains(&format!("{f}:2: learn_graph: ")), "{}", stderr(&out));
-
-    // The flags' own rules hold for keys: protect needs state_dir, and the error says which
-    // settings came from the file.
-    let f = write(tmp.path(), "r.toml", "token = \"t\"\nprotect = [\"etc/a\"]\n");
+    let f = write(
+        tmp.path(),
+        "a.toml",
+        "token = \"t\"\nlabels = [\"role=web\"]\n",
+    );
     let out = bw(&["agent", "--config", &f], &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(
-        err.contains("--state-dir") && err.contains(&format!("with these settings from {f}: protect (line 2), token (line 1)")),
+        err.contains(&format!("{f}:2: unknown key `labels`")) && err.contains("label,"),
+        "{err}"
+    );
+
+    let f = write(tmp.path(), "v.toml", "token = \"t\"\ninterval = \"fast\"\n");
+    let out = bw(&["agent", "--config", &f], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(&format!("{f}:2: interval: ")),
+        "{}",
+        stderr(&out)
+    );
+
+    let f = write(
+        tmp.path(),
+        "b.toml",
+        "token = \"t\"\nlearn_graph = \"maybe\"\n",
+    );
+    let out = bw(&["agent", "--config", &f], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(&format!("{f}:2: learn_graph: ")),
+        "{}",
+        stderr(&out)
+    );
+
+    // The flags' own rules hold for keys: protect needs state_dir, and the error says which
+    // settings came from the file.
+    let f = write(
+        tmp.path(),
+        "r.toml",
+        "token = \"t\"\nprotect = [\"etc/a\"]\n",
+    );
+    let out = bw(&["agent", "--config", &f], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("--state-dir")
+            && err.contains(&format!(
+                "with these settings from {f}: protect (line 2), token (line 1)"
+            )),
         "{err}"
     );
 }
@@ -258,7 +340,16 @@ fn agent_precedence_is_flag_then_env_then_file_then_default() {
         "server = [\"http://file:7878\"]\ninterval = \"2s\"\nbuffer = 5\ntoken = \"file-token\"\n",
     );
     let out = bw(
-        &["agent", "--config", &f, "--interval", "3s", "--token-file", "/flag/token", "--print-config"],
+        &[
+            "agent",
+            "--config",
+            &f,
+            "--interval",
+            "3s",
+            "--token-file",
+            "/flag/token",
+            "--print-config",
+        ],
         &[("BELLWETHER_SERVER", "http://env:7878")],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -268,10 +359,19 @@ fn agent_precedence_is_flag_then_env_then_file_then_default() {
         setting(&printed, "server"),
         "server = [\"http://env:7878\"]  # env BELLWETHER_SERVER"
     );
-    assert_eq!(setting(&printed, "buffer"), format!("buffer = \"5\"  # file {f}:3"));
-    assert_eq!(setting(&printed, "max_backoff"), "max_backoff = \"30s\"  # default");
+    assert_eq!(
+        setting(&printed, "buffer"),
+        format!("buffer = \"5\"  # file {f}:3")
+    );
+    assert_eq!(
+        setting(&printed, "max_backoff"),
+        "max_backoff = \"30s\"  # default"
+    );
     // --token-file on the command line wins over the file's token, which conflicts with it.
-    assert_eq!(setting(&printed, "token_file"), "token_file = \"/flag/token\"  # flag");
+    assert_eq!(
+        setting(&printed, "token_file"),
+        "token_file = \"/flag/token\"  # flag"
+    );
     assert_eq!(setting(&printed, "token"), "# token (not set)");
 }
 
@@ -314,7 +414,11 @@ fn every_flag_of_server_and_agent_has_a_key_in_the_example_file() {
         let p = path.display().to_string();
         let out = bw(&[sub, "--config", &p, "--print-config"], &[]);
         assert_eq!(out.status.code(), Some(0), "{p}: {}", stderr(&out));
-        assert!(stdout(&out).contains(&format!("# file {p}:")), "{}", stdout(&out));
+        assert!(
+            stdout(&out).contains(&format!("# file {p}:")),
+            "{}",
+            stdout(&out)
+        );
     }
 }
 
@@ -328,7 +432,11 @@ fn every_flag_of_proxy_is_mapped_in_the_example_file() {
         .split_whitespace()
         .filter(|w| w.starts_with("--") && w.len() > 2)
         .map(|w| w.trim_end_matches([',', '.', ')', ';']))
-        .filter(|w| w.chars().skip(2).all(|c| c.is_ascii_lowercase() || c == '-'))
+        .filter(|w| {
+            w.chars()
+                .skip(2)
+                .all(|c| c.is_ascii_lowercase() || c == '-')
+        })
         .collect();
     flags.sort();
     flags.dedup();
@@ -355,7 +463,10 @@ fn proxy_reads_toml_and_names_a_bad_key_or_value() {
     let out = bw(&["proxy", "--config", &f], &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains(&f) && err.contains("line 2") && err.contains("admin_tok"), "{err}");
+    assert!(
+        err.contains(&f) && err.contains("line 2") && err.contains("admin_tok"),
+        "{err}"
+    );
 
     let f = write(
         tmp.path(),
@@ -365,7 +476,10 @@ fn proxy_reads_toml_and_names_a_bad_key_or_value() {
     let out = bw(&["proxy", "--config", &f], &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains(&f) && err.contains("line 3") && err.contains("http"), "{err}");
+    assert!(
+        err.contains(&f) && err.contains("line 3") && err.contains("http"),
+        "{err}"
+    );
 }
 
 /// A good TOML file runs, and the flags win over it: --admin moves the admin API the file
@@ -384,7 +498,15 @@ fn proxy_runs_from_toml_with_flags_winning() {
         ),
     );
     let mut child = Command::new(EXE)
-        .args(["proxy", "--config", &f, "--admin", "127.0.0.1:0", "--workers", "1"])
+        .args([
+            "proxy",
+            "--config",
+            &f,
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -404,8 +526,14 @@ fn proxy_runs_from_toml_with_flags_winning() {
     child.wait().unwrap();
     let text = got.join("\n");
     assert!(text.contains("listening on 127.0.0.1:"), "{text}");
-    assert!(text.contains("admin api on http://127.0.0.1:") && !text.contains("127.0.0.1:1\n"), "{text}");
-    assert!(text.contains(&format!("admin token in {}", token.display())), "{text}");
+    assert!(
+        text.contains("admin api on http://127.0.0.1:") && !text.contains("127.0.0.1:1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("admin token in {}", token.display())),
+        "{text}"
+    );
     assert!(text.ends_with("1 worker threads"), "{text}");
 }
 
@@ -430,7 +558,11 @@ fn systemd_units_verify_and_their_command_lines_parse() {
             .find_map(|l| l.strip_prefix("ExecStart="))
             .unwrap_or_else(|| panic!("{unit} has no ExecStart"));
         let argv: Vec<&str> = exec.split_whitespace().collect();
-        assert_eq!(&argv[..2], &["/usr/local/bin/bellwether", sub], "{unit}: {exec}");
+        assert_eq!(
+            &argv[..2],
+            &["/usr/local/bin/bellwether", sub],
+            "{unit}: {exec}"
+        );
         // The config it names is the example of that name, read through the real parser.
         let (i, conf) = argv
             .iter()
@@ -447,7 +579,10 @@ fn systemd_units_verify_and_their_command_lines_parse() {
             let help = stdout(&bw(&["proxy", "--help"], &[]));
             for a in &args {
                 if a.starts_with("--") {
-                    assert!(help.contains(a.as_str()), "{unit}: {a} is not a flag of proxy");
+                    assert!(
+                        help.contains(a.as_str()),
+                        "{unit}: {a} is not a flag of proxy"
+                    );
                 }
             }
             None

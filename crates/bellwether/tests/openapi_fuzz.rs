@@ -77,8 +77,9 @@ fn routes_in_code() -> BTreeSet<(String, String)> {
             for m in methods {
                 let lower = m.to_lowercase();
                 let called = handlers.match_indices(&format!("{lower}(")).any(|(k, _)| {
-                    k == 0 || !handlers.as_bytes()[k - 1].is_ascii_alphanumeric()
-                        && handlers.as_bytes()[k - 1] != b'_'
+                    k == 0
+                        || !handlers.as_bytes()[k - 1].is_ascii_alphanumeric()
+                            && handlers.as_bytes()[k - 1] != b'_'
                 });
                 if called {
                     out.insert((m.to_string(), path.to_string()));
@@ -118,7 +119,10 @@ fn every_route_in_the_code_is_described_in_openapi_yaml() {
         };
         let responses = op["responses"].as_object();
         let codes: Vec<&String> = responses.map(|r| r.keys().collect()).unwrap_or_default();
-        if !codes.iter().any(|c| c.starts_with('2') || c.starts_with('3')) {
+        if !codes
+            .iter()
+            .any(|c| c.starts_with('2') || c.starts_with('3'))
+        {
             problems.push(format!("{m} {p}: no success response in docs/openapi.yaml"));
         }
         let open = op
@@ -252,7 +256,10 @@ fn the_running_server_answers_as_openapi_yaml_says() {
             .await
             .unwrap()
     });
-    let agent = agent["agent_token"].as_str().expect("agent_token").to_string();
+    let agent = agent["agent_token"]
+        .as_str()
+        .expect("agent_token")
+        .to_string();
 
     let spec = spec();
     let mut skip: Vec<String> = Vec::new();
@@ -275,10 +282,7 @@ fn the_running_server_answers_as_openapi_yaml_says() {
             &st,
             &server.url,
             OP,
-            &with(&[
-                "--exclude-path-regex",
-                "^/api/v1/(agent/|enrol$|tokens)",
-            ]),
+            &with(&["--exclude-path-regex", "^/api/v1/(agent/|enrol$|tokens)"]),
             dir,
             "operator",
         ),
@@ -325,6 +329,9 @@ fn the_running_server_answers_as_openapi_yaml_says() {
         "the server panicked under schemathesis:\n{log}"
     );
     for (what, text) in &summaries {
-        eprintln!("schemathesis ({what}):\n{}", text.lines().rev().take(8).collect::<Vec<_>>().join("\n"));
+        eprintln!(
+            "schemathesis ({what}):\n{}",
+            text.lines().rev().take(8).collect::<Vec<_>>().join("\n")
+        );
     }
 }

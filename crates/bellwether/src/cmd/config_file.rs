@@ -144,7 +144,10 @@ pub fn parse_from<P: CommandFactory + FromArgMatches>(argv: Vec<OsString>) -> Re
                     .collect();
                 Failure::File(format!(
                     "{}\nwith these settings from {}: {}",
-                    e.render().to_string().trim_start_matches("error: ").trim_end(),
+                    e.render()
+                        .to_string()
+                        .trim_start_matches("error: ")
+                        .trim_end(),
                     file.display(),
                     from.join(", ")
                 ))
@@ -181,8 +184,7 @@ fn subcommand_index(root: &Command, argv: &[OsString], name: &str) -> usize {
             return i;
         }
         let takes_value = root.get_arguments().any(|a| {
-            a.get_long().is_some_and(|l| t == format!("--{l}"))
-                && a.get_action().takes_values()
+            a.get_long().is_some_and(|l| t == format!("--{l}")) && a.get_action().takes_values()
         });
         i += if takes_value { 2 } else { 1 };
     }
@@ -226,7 +228,10 @@ fn settings(
         let k = key.get_ref().as_str();
         let Some((_, arg)) = keys.iter().find(|(name, _)| name == k) else {
             let hint = if keys.iter().any(|(name, _)| *name == k.replace('-', "_")) {
-                format!(" (keys use _ where the flag has -: {})", k.replace('-', "_"))
+                format!(
+                    " (keys use _ where the flag has -: {})",
+                    k.replace('-', "_")
+                )
             } else {
                 String::new()
             };
@@ -397,10 +402,7 @@ fn render_effective(
             .unwrap_or_default();
         let value = if arg.is_hide_env_values_set() {
             "\"(hidden)\"".to_string()
-        } else if matches!(
-            arg.get_action(),
-            ArgAction::SetTrue | ArgAction::SetFalse
-        ) {
+        } else if matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse) {
             m.get_flag(id).to_string()
         } else if matches!(arg.get_action(), ArgAction::Append) {
             let items: Vec<String> = raw.iter().map(|v| toml_str(v)).collect();

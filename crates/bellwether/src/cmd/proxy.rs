@@ -311,7 +311,10 @@ mod tests {
         assert_eq!(c.listeners[0].protocol, Protocol::Postgres);
         assert_eq!(c.backends.len(), 2);
         assert_eq!(c.health.check, CheckKind::Postgres);
-        assert_eq!(c.admin.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9901"));
+        assert_eq!(
+            c.admin.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9901")
+        );
         let c = build_config(&args(&[
             "--config",
             file,
@@ -323,7 +326,10 @@ mod tests {
             "tcp",
         ]))
         .unwrap();
-        assert_eq!(c.admin.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9999"));
+        assert_eq!(
+            c.admin.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9999")
+        );
         assert_eq!(c.workers, 3);
         assert_eq!(c.health.check, CheckKind::Tcp);
     }
@@ -331,7 +337,10 @@ mod tests {
     #[test]
     fn a_bad_toml_key_or_value_names_the_line() {
         let e = parse_toml("p.toml", "admin = \"127.0.0.1:1\"\nadmn = 1\n").unwrap_err();
-        assert!(e.0.starts_with("p.toml: ") && e.0.contains("line 2") && e.0.contains("admn"), "{e}");
+        assert!(
+            e.0.starts_with("p.toml: ") && e.0.contains("line 2") && e.0.contains("admn"),
+            "{e}"
+        );
         let e = parse_toml(
             "p.toml",
             "listeners = []\nbackends = []\n[health]\ninterval = \"soon\"\n",
