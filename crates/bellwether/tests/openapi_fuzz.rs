@@ -210,7 +210,8 @@ fn fuzz(st: &Path, url: &str, token: &str, filter: &[&str], dir: &Path, what: &s
         // Bounded: a few examples of each operation, one worker, a fixed seed.
         .args(["--max-examples", "12", "--workers", "1", "--seed", "15"])
         .args(["--phases", "examples,coverage,fuzzing"])
-        .args(["--request-timeout", "20", "--no-shrink"])
+        // A guard against a request that never ends, not a speed check.
+        .args(["--request-timeout", "60", "--no-shrink"])
         .args(["--suppress-health-check", "all"])
         .args(["--warnings", "off"])
         .args(["--report", "junit"])
