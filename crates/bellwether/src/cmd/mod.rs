@@ -4,6 +4,7 @@ pub mod agent;
 pub mod baseline;
 pub mod bench;
 pub mod config;
+pub mod config_file;
 pub mod detect;
 pub mod drift;
 pub mod fleet;

@@ -13,8 +13,9 @@ use super::UsageError;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A YAML configuration file (see docs/proxy.md). Flags given beside it add listeners and
-    /// backends and override the admin address.
+    /// The configuration file (see docs/proxy.md): YAML, or TOML when its name ends in .toml
+    /// (the same keys; packaging/etc/bellwether/proxy.toml). Flags given beside it add
+    /// listeners and backends and override the admin address.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to accept clients on, as IP:PORT (port 0 picks a free one). Repeatable.
@@ -165,8 +166,12 @@ pub fn build_config(args: &Args) -> anyhow::Result<config::ProxyConfig> {
     let mut raw = match &args.config {
         Some(path) => {
             let text = config::read_config_text(path).map_err(|e| UsageError(e.to_string()))?;
-            config::parse_raw(&path.display().to_string(), &text)
-                .map_err(|e| UsageError(e.to_string()))?
+            if path.extension().is_some_and(|e| e == "toml") {
+                parse_toml(&path.display().to_string(), &text)?
+            } else {
+                config::parse_raw(&path.display().to_string(), &text)
+                    .map_err(|e| UsageError(e.to_string()))?
+            }
         }
         None => RawConfig::new(Vec::new(), Vec::new()),
     };
@@ -211,6 +216,12 @@ pub fn build_config(args: &Args) -> anyhow::Result<config::ProxyConfig> {
         .unwrap_or_else(|| "flags".into());
     raw.validate(&source)
         .map_err(|e| UsageError(e.to_string()).into())
+}
+
+/// The TOML form of the configuration file: the same keys as the YAML one. toml's error names
+/// the line, the column and the key (an unknown key, a bad value).
+fn parse_toml(source: &str, text: &str) -> Result<RawConfig, UsageError> {
+    toml::from_str(text).map_err(|e| UsageError(format!("{source}: {}", e.to_string().trim_end())))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -275,6 +286,68 @@ pub async fn wait_for_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn args(argv: &[&str]) -> Args {
+        use clap::Parser as _;
+        Cli::parse_from(std::iter::once("proxy").chain(argv.iter().copied())).args
+    }
+
+    /// packaging/etc/bellwether/proxy.toml, through the parser `--config` uses; flags beside
+    /// it win.
+    #[test]
+    fn the_example_toml_loads_and_flags_win() {
+        let file = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../packaging/etc/bellwether/proxy.toml"
+        );
+        let c = build_config(&args(&["--config", file])).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].protocol, Protocol::Postgres);
+        assert_eq!(c.backends.len(), 2);
+        assert_eq!(c.health.check, CheckKind::Postgres);
+        assert_eq!(
+            c.admin.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9901")
+        );
+        let c = build_config(&args(&[
+            "--config",
+            file,
+            "--admin",
+            "127.0.0.1:9999",
+            "--workers",
+            "3",
+            "--health-check",
+            "tcp",
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.admin.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9999")
+        );
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.health.check, CheckKind::Tcp);
+    }
+
+    #[test]
+    fn a_bad_toml_key_or_value_names_the_line() {
+        let e = parse_toml("p.toml", "admin = \"127.0.0.1:1\"\nadmn = 1\n").unwrap_err();
+        assert!(
+            e.0.starts_with("p.toml: ") && e.0.contains("line 2") && e.0.contains("admn"),
+            "{e}"
+        );
+        let e = parse_toml(
+            "p.toml",
+            "listeners = []\nbackends = []\n[health]\ninterval = \"soon\"\n",
+        )
+        .unwrap_err();
+        assert!(e.0.contains("line 4") && e.0.contains("soon"), "{e}");
+    }
 
     #[test]
     fn backend_flags() {
