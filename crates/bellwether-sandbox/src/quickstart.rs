@@ -458,6 +458,8 @@ async fn rollout(
     );
     let t0 = tokio::time::Instant::now();
     let mut shown = 0usize;
+    // On a terminal, where the rollout stands between its events (quiet when piped).
+    let progress = bellwether_stdout::Progress::spinner(format!("{label}: starting"));
     loop {
         let r = api
             .rollout_report(&id)
@@ -475,6 +477,17 @@ async fn rollout(
             }
         }
         shown = r.report.events.len();
+        let waiting = r
+            .report
+            .hosts
+            .iter()
+            .filter(|h| h.state == bellwether_engine::rollout::HostState::Waiting)
+            .count();
+        progress.set_message(format!(
+            "{label}: {}; {waiting} of {} waiting for their wave",
+            wire(&r.report.state),
+            count(r.report.hosts.len(), "host")
+        ));
         match (r.report.state, &r.report.pause) {
             (Phase::Completed | Phase::Aborted, _) => return Ok(r),
             (Phase::Paused, Some(PauseReason::FailuresSpread { .. })) => {

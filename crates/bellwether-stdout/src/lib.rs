@@ -18,11 +18,21 @@
 //!
 //! [`is_broken_pipe`] is the same rule for an error that came back through `?` (a `writeln!`
 //! to a locked stdout): the binary's `main` checks it before printing the error.
+//!
+//! Long work shows a [`Progress`] spinner on stderr when stderr is a terminal, and nothing when
+//! it is not (piped, redirected, a test). While one is shown, [`print`] lifts it off the screen
+//! for each write, so that the report lines and the spinner never garble each other.
 
 #![forbid(unsafe_code)]
 
+use std::borrow::Cow;
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal as _, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The spinner on screen, if any: [`print`] suspends it around each write.
+static ACTIVE: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
 
 /// The exit code of a command whose reader closed its standard output.
 pub const CLOSED_PIPE_EXIT: i32 = 0;
@@ -30,10 +40,67 @@ pub const CLOSED_PIPE_EXIT: i32 = 0;
 /// Writes `args` to standard output. A closed pipe ends the process quietly (exit code
 /// [`CLOSED_PIPE_EXIT`]); another write error ends it with exit code 1 and a line on stderr.
 pub fn print(args: fmt::Arguments<'_>) {
-    let mut out = io::stdout().lock();
-    if let Err(e) = out.write_fmt(args) {
-        drop(out);
+    let write = || {
+        let mut out = io::stdout().lock();
+        out.write_fmt(args).and_then(|()| out.flush())
+    };
+    let bar = ACTIVE.lock().ok().and_then(|g| g.clone());
+    let written = match bar {
+        Some(b) if !b.is_hidden() => b.suspend(write),
+        _ => write(),
+    };
+    if let Err(e) = written {
         exit_on_write_error(&e);
+    }
+}
+
+/// A spinner with the elapsed time on stderr, for long work: drawn only when stderr is a
+/// terminal, never when it is piped or redirected. Cleared when dropped.
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    /// Starts the spinner with `message` (`training the model`), shown as
+    /// `⠋ training the model (12s)`.
+    pub fn spinner(message: impl Into<Cow<'static, str>>) -> Progress {
+        let bar = if io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new_spinner();
+            let style = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+            bar.set_style(style);
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_message(message);
+        if let Ok(mut g) = ACTIVE.lock() {
+            *g = Some(bar.clone());
+        }
+        Progress { bar }
+    }
+
+    /// Whether it is drawn (stderr is a terminal).
+    pub fn is_shown(&self) -> bool {
+        !self.bar.is_hidden()
+    }
+
+    /// Changes the message beside the spinner.
+    pub fn set_message(&self, message: impl Into<Cow<'static, str>>) {
+        self.bar.set_message(message);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+        if let Ok(mut g) = ACTIVE.lock() {
+            // Only this spinner: a newer one (nested work) stays.
+            if g.as_ref().is_some_and(|b| b.is_finished()) {
+                *g = None;
+            }
+        }
     }
 }
 
@@ -76,6 +143,17 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             Some(&self.0)
         }
+    }
+
+    /// Tests run with stderr captured, not a terminal: the spinner is never drawn, and a
+    /// print while it is active still writes.
+    #[test]
+    fn a_spinner_is_hidden_off_a_terminal() {
+        let p = Progress::spinner("working");
+        assert_eq!(p.is_shown(), io::stderr().is_terminal());
+        print(format_args!(""));
+        drop(p);
+        assert!(ACTIVE.lock().unwrap().is_none());
     }
 
     #[test]

@@ -83,8 +83,34 @@ pub struct ConfigPerfArgs {
     output: OutputFormat,
 }
 
+impl Which {
+    /// The subcommand's name, for the progress line.
+    fn name(&self) -> &'static str {
+        match self {
+            Which::Profile(_) => "profile",
+            Which::Proxy(_) => "proxy",
+            Which::Drift(_) => "drift",
+            Which::AgentMemory(_) => "agent-memory",
+            Which::Ingest(_) => "ingest",
+            Which::Model(_) => "model",
+            Which::Nab(_) => "nab",
+            Which::DetectFaults(_) => "detect-faults",
+            Which::RolloutEngine(_) => "rollout-engine",
+            Which::RolloutReaction(_) => "rollout-reaction",
+            Which::Load(_) => "load",
+            Which::ConfigSimulate(_) => "config-simulate",
+            Which::ConfigLearn(_) => "config-learn",
+            Which::ConfigPerf(_) => "config-perf",
+            Which::ConfigCorpus(_) => "config-corpus",
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     use bellwether_bench as b;
+    // A spinner with the elapsed time on a terminal (benches run for minutes); the figures
+    // print around it.
+    let _progress = bellwether_stdout::Progress::spinner(format!("bench {}", args.which.name()));
     let verdict = match args.which {
         Which::Profile(a) => b::profile::run(&b::profile::Options {
             rootfs: a.rootfs,

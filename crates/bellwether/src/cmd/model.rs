@@ -206,7 +206,13 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         folds: a.folds as usize,
         ..TrainOptions::default()
     };
+    let progress = bellwether_stdout::Progress::spinner(format!(
+        "training on {} rows of {}",
+        frame.rows(),
+        history.display()
+    ));
     let model = Model::train(&frame, &opts).map_err(usage)?;
+    drop(progress);
     let seconds = started.elapsed().as_secs_f64();
     let file = File::create(&out).with_context(|| format!("{}: cannot create", out.display()))?;
     let mut w = BufWriter::new(file);
