@@ -113,9 +113,9 @@ pub fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
     match a.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
         OutputFormat::Human => println!(
-            "Imported {} outcomes ({} failures) from {}; the server now holds {}.",
-            r.imported,
-            r.failures,
+            "Imported {} ({}) from {}; the server now holds {}.",
+            bellwether_model::text::count(r.imported as usize, "outcome"),
+            bellwether_model::text::count(r.failures as usize, "failure"),
             a.history.display(),
             r.outcomes
         ),

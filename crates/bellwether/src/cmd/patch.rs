@@ -432,3 +432,34 @@ fn report(args: ReportArgs, state_dir: &Path) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15: the walkthrough printed `patch walkthrough: rolled_back (RolledBack)`, the
+    /// outcome and then the same stage in Rust's debug form.
+    #[test]
+    fn the_summary_names_the_stage_once_in_words() {
+        let mut r = PatchReport {
+            id: "walkthrough".into(),
+            plan_name: "pg-config-patch".into(),
+            stage: Stage::RolledBack,
+            started_ms: 0,
+            finished_ms: Some(1),
+            baselines: Default::default(),
+            trigger: None,
+            phases: vec![],
+            last_severity: 0.5,
+            baked_ms: 0,
+            events: vec![],
+        };
+        assert_eq!(stage_text(&r), "rolled_back");
+        r.stage = Stage::Promoted;
+        assert_eq!(stage_text(&r), "promoted");
+        r.stage = Stage::Baking;
+        assert_eq!(stage_text(&r), "running (baking)");
+        r.stage = Stage::RollingBack { phase: 2 };
+        assert_eq!(stage_text(&r), "running (rolling back, phase 2 of 4)");
+    }
+}
