@@ -79,10 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!(
                 "Started rollout {} over {} (scored by model version {}).",
                 Escaped(&id),
-                bellwether_model::text::count(
-                    v["hosts"].as_u64().unwrap_or(0) as usize,
-                    "host"
-                ),
+                bellwether_model::text::count(v["hosts"].as_u64().unwrap_or(0) as usize, "host"),
                 v["model_version"]
             );
             if !wait {
