@@ -191,7 +191,8 @@ r = json.load(open(sys.argv[1]))
 print("stage:", r["stage"])
 if r.get("trigger"):
     t = r["trigger"]
-    print("trigger:", t["metric"], "against", t["against"], "value", t["value"], "baseline", t["baseline"])
+    # Six significant digits, as `patch status` prints them (the JSON keeps every digit).
+    print(f'trigger: {t["metric"]} against the {t["against"]}: value {t["value"]:.6g}, baseline {t["baseline"]:.6g}')
 for p in r.get("phases", []):
     print(f'{p["kind"]} phase {p["phase"]}: {p["name"]}: {p["took_ms"]} ms')
 PY

@@ -6,6 +6,17 @@
 //! (its path is an option), so the server's CPU and memory are its own and nothing of the
 //! harness runs inside it.
 
+// Every `print!` and `println!` of this crate goes through `bellwether_stdout`: a reader that
+// closes the pipe (`… | head`) ends the command quietly instead of with a panic. These macros
+// shadow std's; they must stay above the `mod` lines to be seen in every module.
+macro_rules! print {
+    ($($t:tt)*) => { ::bellwether_stdout::print(format_args!($($t)*)) };
+}
+macro_rules! println {
+    () => { ::bellwether_stdout::print(format_args!("\n")) };
+    ($($t:tt)*) => { ::bellwether_stdout::print(format_args!("{}\n", format_args!($($t)*))) };
+}
+
 pub mod agent_memory;
 pub mod config_corpus;
 pub mod config_learn;

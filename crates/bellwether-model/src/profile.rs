@@ -120,10 +120,11 @@ pub struct DependencyStatus {
 #[serde(deny_unknown_fields)]
 pub struct WatchedFile {
     /// SHA-256 of the file's bytes, 64 lower-case hex digits (what `sha256sum` prints).
-    #[serde(default)]
+    /// Absent from the JSON (not `null`) when the file is missing, as docs/drift.md says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
-    /// The file's size in bytes.
-    #[serde(default)]
+    /// The file's size in bytes; absent with the hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
 }
 
@@ -140,5 +141,30 @@ impl WatchedFile {
             (Some(h), None) => format!("sha256 {}…", &h[..h.len().min(12)]),
             (None, _) => "absent".to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/drift.md: a watched file that is missing "is recorded with neither field (absent)".
+    /// It used to be `{"sha256": null, "size": null}`.
+    #[test]
+    fn a_missing_watched_file_has_neither_field() {
+        let missing = serde_json::to_value(WatchedFile::default()).unwrap();
+        assert_eq!(missing, serde_json::json!({}));
+        let back: WatchedFile = serde_json::from_value(missing).unwrap();
+        assert!(!back.present());
+        // What older agents sent still reads.
+        let old: WatchedFile = serde_json::from_str(r#"{"sha256": null, "size": null}"#).unwrap();
+        assert_eq!(old, WatchedFile::default());
+        let present = WatchedFile {
+            sha256: Some("ab".repeat(32)),
+            size: Some(31),
+        };
+        let v = serde_json::to_value(&present).unwrap();
+        assert_eq!(v["size"], 31);
+        assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
     }
 }

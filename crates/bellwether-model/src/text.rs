@@ -86,10 +86,34 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
+/// `n` and a noun that agrees with it, for human output: `count(1, "host")` is `1 host`,
+/// `count(3, "host")` is `3 hosts` (the plural adds `s`; see [`count_as`] for others).
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// `n` with `one` when it is 1 and `many` otherwise: `count_as(2, "was", "were")`.
+pub fn count_as(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn counts_agree_with_their_noun() {
+        assert_eq!(count(0, "host"), "0 hosts");
+        assert_eq!(count(1, "host"), "1 host");
+        assert_eq!(count(20, "peer"), "20 peers");
+        assert_eq!(count_as(1, "process", "processes"), "1 process");
+        assert_eq!(count_as(2, "process", "processes"), "2 processes");
+    }
 
     #[test]
     fn clip_cuts_at_a_character_boundary() {

@@ -16,6 +16,18 @@ use std::path::PathBuf;
 
 use bellwether_server::client::ClientError;
 
+// Every `print!` and `println!` of this crate goes through `bellwether_stdout`: a reader that
+// closes the pipe (`… | head`) ends the command quietly instead of with a panic. These macros
+// shadow std's; they must stay above the `mod` lines to be seen in every module.
+#[allow(unused_macros)]
+macro_rules! print {
+    ($($t:tt)*) => { ::bellwether_stdout::print(format_args!($($t)*)) };
+}
+macro_rules! println {
+    () => { ::bellwether_stdout::print(format_args!("\n")) };
+    ($($t:tt)*) => { ::bellwether_stdout::print(format_args!("{}\n", format_args!($($t)*))) };
+}
+
 pub mod drift;
 pub mod fleet;
 mod lifecycle;
@@ -27,8 +39,8 @@ pub mod state;
 
 pub use drift::{inject, DriftRequest, DRIFTED_CONFIG};
 pub use lifecycle::{
-    ca_env, down, listen, print_up, random_token, runtime, status, up, DownReport, UpOptions,
-    TLS_DIR,
+    ca_env, command_name, down, listen, print_up, random_token, runtime, status, up, DownReport,
+    UpOptions, TLS_DIR,
 };
 pub use scenario::ScenarioError;
 

@@ -269,6 +269,7 @@ fn up_in(dir: &Path, opts: &UpOptions, started: &mut Vec<u32>) -> Result<State> 
             seed: p.seed,
             packages_seed: p.packages_seed,
             root,
+            built: p.drifts.len(),
             drifts: p.drifts,
         });
     }
@@ -558,10 +559,11 @@ async fn wait_profiles(
 
 /// What `sandbox up` prints once the fleet is up: where things are and what to try.
 pub fn print_up(state: &State) {
+    let bw = command_name();
     println!(
-        "sandbox up in {}: {} hosts reporting",
+        "sandbox up in {}: {} reporting",
         state.dir.display(),
-        state.hosts.len()
+        bellwether_model::text::count(state.hosts.len(), "host")
     );
     println!("  server      {}", state.server_url);
     if let Some(ca) = &state.ca_file {
@@ -574,17 +576,55 @@ pub fn print_up(state: &State) {
     println!("  logs        {}", state.dir.join("logs").display());
     println!();
     println!(
-        "  BELLWETHER_SERVER={}{} BELLWETHER_TOKEN=$(cat {}) bellwether hosts",
+        "  BELLWETHER_SERVER={}{} BELLWETHER_TOKEN=$(cat {}) {bw} hosts",
         state.server_url,
         ca_env(state),
         state.operator_token_file.display()
     );
     println!(
-        "  bellwether sandbox drift --dir {} --host {} --kind package",
+        "  {bw} sandbox drift --dir {} --host {} --kind package",
         state.dir.display(),
         state.hosts.first().map_or("HOST", |h| h.name.as_str())
     );
-    println!("  bellwether sandbox down --dir {}", state.dir.display());
+    println!("  {bw} sandbox down --dir {}", state.dir.display());
+}
+
+/// How to run this executable again from a shell, for the commands printed as hints:
+/// `bellwether` when that name on `PATH` is this executable, else its absolute path (a fresh
+/// clone run with `cargo run` has no `bellwether` on `PATH`; the README gives `cargo install
+/// --path crates/bellwether`), quoted for the shell when it needs to be.
+pub fn command_name() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "bellwether".into();
+    };
+    let same = |p: &Path| {
+        let a = p.canonicalize().ok();
+        a.is_some() && a == exe.canonicalize().ok()
+    };
+    // The shell runs the first `bellwether` on PATH; only that one counts.
+    let first_on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .filter(|d| d.is_absolute())
+            .map(|d| d.join("bellwether"))
+            .find(|p| p.is_file())
+    });
+    if first_on_path.is_some_and(|p| same(&p)) {
+        return "bellwether".into();
+    }
+    shell_word(&exe.display().to_string())
+}
+
+/// `s` as one shell word: as it is when it holds only characters no shell treats specially,
+/// else in single quotes.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:@,%=".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// ` BELLWETHER_CA_FILE=…` for a sandbox over TLS, else nothing.
@@ -676,7 +716,7 @@ pub fn status(dir: &Path, output: Output) -> Result<()> {
                     "agent_running": procs::is_ours(h.agent.pid, &m),
                     "service_addr": h.service.as_ref().and_then(|p| p.addr.clone()),
                     "service_running": h.service.as_ref().is_some_and(|p| procs::is_ours(p.pid, &m)),
-                    "root": h.root, "drifts": h.drifts,
+                    "root": h.root, "drifts": h.drifts, "injected": h.injected(),
                     "last_seen_ms": s.and_then(|s| s.last_seen_ms),
                     "has_baseline": s.map(|s| s.has_baseline),
                     "overall_drift": s.and_then(|s| s.overall_drift),
@@ -714,8 +754,15 @@ pub fn status(dir: &Path, output: Output) -> Result<()> {
     );
     println!("  token     {}", state.operator_token_file.display());
     println!();
+    let w = state
+        .hosts
+        .iter()
+        .map(|h| h.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(10);
     println!(
-        "{:<10} {:<6} {:>7} {:<8} {:>10} {:>8}  DRIFT INJECTED",
+        "{:<w$} {:<6} {:>7} {:<8} {:>10} {:>8}  DRIFT INJECTED",
         "HOST", "ROLE", "PID", "AGENT", "LAST SEEN", "OVERALL"
     );
     for h in &state.hosts {
@@ -728,9 +775,11 @@ pub fn status(dir: &Path, output: Output) -> Result<()> {
             .and_then(|s| s.overall_drift)
             .map(|d| format!("{d:.3}"))
             .unwrap_or_else(|| "-".into());
-        let injected: Vec<String> = h.drifts.iter().map(describe_kind).collect();
+        // Only what was injected after `up`: the scenario's own packages are the host as
+        // built, part of its baseline, not drift.
+        let injected: Vec<String> = h.injected().iter().map(describe_kind).collect();
         println!(
-            "{:<10} {:<6} {:>7} {:<8} {:>10} {:>8}  {}",
+            "{:<w$} {:<6} {:>7} {:<8} {:>10} {:>8}  {}",
             h.name,
             h.role,
             h.agent.pid,
@@ -811,6 +860,19 @@ pub fn listen(addr_file: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hints_name_a_command_the_shell_can_run() {
+        assert_eq!(
+            shell_word("/usr/local/bin/bellwether"),
+            "/usr/local/bin/bellwether"
+        );
+        assert_eq!(shell_word("/home/a b/bellwether"), "'/home/a b/bellwether'");
+        assert_eq!(shell_word("/x/it's/bw"), "'/x/it'\\''s/bw'");
+        // A test binary is not `bellwether` on PATH: its absolute path is printed.
+        let name = command_name();
+        assert!(name.starts_with('/') || name.starts_with("'/"), "{name}");
+    }
 
     #[test]
     fn a_directory_that_is_not_a_sandbox_is_refused() {

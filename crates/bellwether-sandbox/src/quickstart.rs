@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bellwether_drift::version::ChangeLevel;
 use bellwether_engine::rollout::{HostAction, PauseReason, Phase, RolloutEvent};
-use bellwether_model::text::escape;
+use bellwether_model::text::{count, escape};
 use bellwether_model::{DriftCategory, DriftScore};
 use bellwether_server::client::Client;
 use bellwether_server::rollout::ReportResponse;
@@ -195,17 +195,17 @@ fn story(state: &State, args: &Options, plan: &str, t0: Instant, progress: bool)
     say(
         out,
         format!(
-            "Bellwether quickstart: a sandbox fleet of {} hosts on SQLite",
-            state.hosts.len(),
+            "Bellwether quickstart: a sandbox fleet of {} on SQLite",
+            count(state.hosts.len(), "host"),
         ),
     );
     say(out, "");
     say(
         out,
         format!(
-            "1. Fleet up in {:.1}s: {} agents reported their profiles (web ×{}, db ×{}, cache ×{}) to {}.",
+            "1. Fleet up in {:.1}s: {} reported their profiles (web ×{}, db ×{}, cache ×{}) to {}.",
             t0.elapsed().as_secs_f64(),
-            state.hosts.len(),
+            count(state.hosts.len(), "agent"),
             roles("web"),
             roles("db"),
             roles("cache"),
@@ -226,17 +226,21 @@ fn story(state: &State, args: &Options, plan: &str, t0: Instant, progress: bool)
             .map(|s| format!("{} ({})", s.host, s.reason))
             .collect();
         return Err(SandboxError::Story(format!(
-            "baselines were captured for {} of {} hosts; skipped: {}",
+            "baselines were captured for {} of {}; skipped: {}",
             captured.captured.len(),
-            state.hosts.len(),
+            count(state.hosts.len(), "host"),
             skipped.join(", ")
         )));
     }
     say(
         out,
         format!(
-            "2. Known-good baselines captured for all {} hosts.",
-            captured.captured.len()
+            "2. Known-good baselines captured for {}.",
+            if captured.captured.len() == 1 {
+                "the one host".to_string()
+            } else {
+                format!("all {} hosts", captured.captured.len())
+            }
         ),
     );
 
@@ -246,7 +250,7 @@ fn story(state: &State, args: &Options, plan: &str, t0: Instant, progress: bool)
     }
     say(
         out,
-        format!("3. Drift injected on {} hosts:", injections.len()),
+        format!("3. Drift injected on {}:", count(injections.len(), "host")),
     );
     for inj in &injections {
         say(
@@ -295,8 +299,8 @@ fn story(state: &State, args: &Options, plan: &str, t0: Instant, progress: bool)
     say(
         out,
         format!(
-            "5. The server recorded each host's outcome as training history and retrained: model version {} from {} rows ({} failures).",
-            model.version, model.rows, model.failures
+            "5. The server recorded each host's outcome as training history and retrained: model version {} from {} ({}).",
+            model.version, count(model.rows as usize, "row"), count(model.failures as usize, "failure")
         ),
     );
     say(out, "");
@@ -339,12 +343,18 @@ fn story(state: &State, args: &Options, plan: &str, t0: Instant, progress: bool)
             })
             .count();
         println!(
-            "   {learnt} of them were not held back in rollout 1: the model learnt that from rollout 1's outcomes."
+            "   {} not held back in rollout 1: the model learnt that from rollout 1's outcomes.",
+            if learnt == 1 {
+                "1 of them was".to_string()
+            } else {
+                format!("{learnt} of them were")
+            }
         );
         println!();
         println!(
-            "Done in {:.0}s. Reports: `bellwether rollout report {}` and `… {}` (with --keep).",
+            "Done in {:.0}s. Reports: `{} rollout report {}` and `… {}` (with --keep).",
             t0.elapsed().as_secs_f64(),
+            crate::command_name(),
             first.report.id,
             second.report.id
         );
@@ -385,13 +395,21 @@ fn tell(e: &RolloutEvent) -> Option<String> {
         "pilot.selected" => format!("pilot: {}", hosts_of(&e.figures["hosts"])),
         "host.held_back" => format!("{host} held back: {}", e.reason),
         "wave.started" => format!(
-            "wave {} starts: {} hosts",
-            e.figures["wave"], e.figures["size"]
+            "wave {} starts: {}",
+            e.figures["wave"],
+            count(
+                e.figures["size"].as_u64().unwrap_or(0) as usize,
+                "host"
+            )
         ),
-        "wave.passed" => format!("wave {} passed: {}", e.figures["wave"], e.reason),
+        // The engine's own words: "Wave 1 passed its 10s bake: 3 hosts updated." or "Wave 1
+        // finished its 10s bake: 0 of 3 hosts updated, 3 failed."
+        "wave.passed" => e.reason.clone(),
         "host.failed" => format!("{host} FAILED: {}", e.reason),
         "host.rolled_back" => format!("{host} rolled back alone: {}", e.reason),
-        "rollout.slowed_down" => format!("slowing down: {}", e.reason),
+        // "2 hosts failed: the next wave is halved." (or, while paused, "once the rollout is
+        // resumed, its next wave is halved").
+        "rollout.slowed_down" => e.reason.clone(),
         "rollout.paused" => e.reason.clone(),
         "rollout.resumed" => {
             "resumed by the operator (quickstart): the failed hosts are back on the old version, the rest go on".to_string()
@@ -440,6 +458,8 @@ async fn rollout(
     );
     let t0 = tokio::time::Instant::now();
     let mut shown = 0usize;
+    // On a terminal, where the rollout stands between its events (quiet when piped).
+    let progress = bellwether_stdout::Progress::spinner(format!("{label}: starting"));
     loop {
         let r = api
             .rollout_report(&id)
@@ -457,6 +477,17 @@ async fn rollout(
             }
         }
         shown = r.report.events.len();
+        let waiting = r
+            .report
+            .hosts
+            .iter()
+            .filter(|h| h.state == bellwether_engine::rollout::HostState::Waiting)
+            .count();
+        progress.set_message(format!(
+            "{label}: {}; {waiting} of {} waiting for their wave",
+            wire(&r.report.state),
+            count(r.report.hosts.len(), "host")
+        ));
         match (r.report.state, &r.report.pause) {
             (Phase::Completed | Phase::Aborted, _) => return Ok(r),
             (Phase::Paused, Some(PauseReason::FailuresSpread { .. })) => {
@@ -608,7 +639,7 @@ fn print_report(fleet: &FleetDrift) {
     );
     println!();
     println!(
-        "  {:<10} {:<6} {:>7} {:>7} {:>7} {:>7}  TOP FINDINGS",
+        "  {:<12} {:<6} {:>7} {:>7} {:>7} {:>7}  TOP FINDINGS",
         "HOST", "ROLE", "OVERALL", "CONFIG", "PERF", "DEP"
     );
     let mut quiet = 0;
@@ -631,7 +662,7 @@ fn print_report(fleet: &FleetDrift) {
             escape(&line).into_owned()
         });
         let lead = format!(
-            "  {:<10} {:<6} {:>7} {:>7} {:>7} {:>7}  ",
+            "  {:<12} {:<6} {:>7} {:>7} {:>7} {:>7}  ",
             h.name.as_str(),
             role,
             s.overall.to_string(),
@@ -645,7 +676,10 @@ fn print_report(fleet: &FleetDrift) {
         }
     }
     if quiet > 0 {
-        println!("  … and {quiet} hosts with no drift from their baselines.");
+        println!(
+            "  … and {} with no drift from their baselines.",
+            count(quiet, "host")
+        );
     }
     println!();
     println!("Peer outliers: hosts that differ from others with the same role");
@@ -726,6 +760,7 @@ fn peer_lines(values: &[serde_json::Value]) -> Vec<String> {
 
 fn print_keep(state: &State) {
     let dir = state.dir.display();
+    let bw = crate::command_name();
     println!();
     println!("The sandbox is still running. To look around:");
     println!("  export BELLWETHER_SERVER={}", state.server_url);
@@ -736,17 +771,17 @@ fn print_keep(state: &State) {
         "  export BELLWETHER_TOKEN=$(cat {})",
         state.operator_token_file.display()
     );
-    println!("  bellwether rollout list");
-    println!("  bellwether rollout report ID");
-    println!("  bellwether drift fleet");
-    println!("  bellwether hosts");
-    println!("  bellwether sandbox status --dir {dir}");
+    println!("  {bw} rollout list");
+    println!("  {bw} rollout report ID");
+    println!("  {bw} drift fleet");
+    println!("  {bw} hosts");
+    println!("  {bw} sandbox status --dir {dir}");
     println!(
-        "  bellwether sandbox drift --dir {dir} --host {} --kind metric",
+        "  {bw} sandbox drift --dir {dir} --host {} --kind metric",
         state.hosts.first().map_or("HOST", |h| h.name.as_str())
     );
     println!("Stop it with:");
-    println!("  bellwether sandbox down --dir {dir} --purge");
+    println!("  {bw} sandbox down --dir {dir} --purge");
 }
 
 #[cfg(test)]

@@ -59,6 +59,18 @@ pub struct HostEntry {
     /// Every change made to the host since generation, in order: those made by `sandbox up`
     /// (before baselines) and those injected later.
     pub drifts: Vec<Injected>,
+    /// How many of `drifts`, from the start, `sandbox up` made: part of the host as built (a
+    /// scenario's packages, the fleet's odd tool), before its baseline. The rest were
+    /// injected afterwards (`sandbox drift`). A state written before this field reads as 0.
+    #[serde(default)]
+    pub built: usize,
+}
+
+impl HostEntry {
+    /// The changes injected after `sandbox up` built the host (`sandbox drift`, quickstart).
+    pub fn injected(&self) -> &[Injected] {
+        &self.drifts[self.built.min(self.drifts.len())..]
+    }
 }
 
 /// A change made to a host root, in a form that survives a trip through JSON.
@@ -178,4 +190,46 @@ pub fn write_secret(path: &Path, secret: &str) -> Result<()> {
         .mode(0o600)
         .write(path, format!("{secret}\n").as_bytes())
         .map_err(|e| SandboxError::io("write", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15: `sandbox status` showed the scenario's own packages (set by `up`, before the
+    /// baselines) as injected drift right after `up`.
+    #[test]
+    fn only_changes_after_up_count_as_injected() {
+        let built = Injected::SetPackage {
+            name: "libssl1.1".into(),
+            version: "1.1.1n-0+deb11u5".into(),
+        };
+        let mut host = HostEntry {
+            name: "web-old-01".into(),
+            role: "web".into(),
+            seed: 1,
+            packages_seed: 1,
+            root: "hosts/web-old-01".into(),
+            agent: Proc {
+                pid: 0,
+                addr: None,
+                log: "logs/agent-web-old-01.log".into(),
+            },
+            service: None,
+            labels: Default::default(),
+            drifts: vec![built.clone()],
+            built: 1,
+        };
+        assert!(host.injected().is_empty(), "{:?}", host.injected());
+        let load = Injected::Load {
+            load: [12.0, 3.0, 1.0],
+        };
+        host.drifts.push(load.clone());
+        assert_eq!(host.injected(), std::slice::from_ref(&load));
+        // A state written before the field existed counts every change as injected.
+        let mut old = serde_json::to_value(&host).unwrap();
+        old.as_object_mut().unwrap().remove("built");
+        let old: HostEntry = serde_json::from_value(old).unwrap();
+        assert_eq!(old.injected(), [built, load]);
+    }
 }

@@ -167,7 +167,7 @@ async fn the_cli_and_an_agent_carry_on_through_the_second_server_when_the_first_
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("Captured 1 baseline(s)."), "{}", text(&o));
+    assert!(text(&o).contains("Captured 1 baseline."), "{}", text(&o));
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "a refused connection fails over at once: {:?}",

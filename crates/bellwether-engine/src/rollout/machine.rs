@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use bellwether_model::text::count;
 use bellwether_model::{ActionSpec, DriftScore, HostName};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -186,7 +187,8 @@ impl std::fmt::Display for PauseReason {
                 wave,
             } => write!(
                 f,
-                "failures spread: {failed_total} hosts failed, {failed_in_wave} of the {wave_size} in wave {wave}"
+                "failures spread: {} failed, {failed_in_wave} of the {wave_size} in wave {wave}",
+                count(*failed_total, "host")
             ),
             PauseReason::NoEligiblePilot => {
                 f.write_str("no host is eligible for the pilot (every target is high risk)")
@@ -783,8 +785,8 @@ impl Rollout {
             "rollout.started",
             None,
             format!(
-                "Rolling out {} {} to {} of {} hosts ({} low, {} moderate, {} high risk).",
-                r.plan.update.name, r.plan.update.version, r.hosts.len(), total, n_low, n_mod, n_high
+                "Rolling out {} {} to {} of {} ({} low, {} moderate, {} high risk).",
+                r.plan.update.name, r.plan.update.version, r.hosts.len(), bellwether_model::text::count(total, "host"), n_low, n_mod, n_high
             ),
             json!({ "targets": r.hosts.len(), "hosts_seen": total, "low": n_low, "moderate": n_mod, "high": n_high,
                     "low_below": r.plan.risk.low, "high_from": r.plan.risk.high }),
@@ -795,8 +797,8 @@ impl Rollout {
             "pilot.selected",
             None,
             format!(
-                "Pilot of {} hosts ({} low, {} moderate risk): the scores' spread {:.3} asks for {}, the judge for at least {}.",
-                pilot.hosts.len(), pilot.from_low, pilot.from_moderate, pilot.spread, pilot.size_for_spread,
+                "Pilot of {} ({} low, {} moderate risk): the scores' spread {:.3} asks for {}, the judge for at least {}.",
+                bellwether_model::text::count(pilot.hosts.len(), "host"), pilot.from_low, pilot.from_moderate, pilot.spread, pilot.size_for_spread,
                 if r.plan.analysis.judge.enabled { r.plan.analysis.judge.min_canaries } else { 0 }
             ),
             json!({ "hosts": pilot.hosts, "spread": round4(pilot.spread), "size_for_spread": pilot.size_for_spread,
@@ -1464,14 +1466,18 @@ impl Rollout {
             )
         {
             self.slowed = true;
+            // Reached while paused (the failure that paused the rollout may already have
+            // passed both limits): the halving waits for the resume, and says so.
+            let when = if self.phase == Phase::Paused {
+                "once the rollout is resumed, its next wave is halved"
+            } else {
+                "the next wave is halved"
+            };
             self.event(
                 out,
                 "rollout.slowed_down",
                 None,
-                format!(
-                    "{} hosts failed: the next wave is halved.",
-                    self.failed_total
-                ),
+                format!("{} failed: {when}.", count(self.failed_total, "host")),
                 figures,
             );
         }
@@ -1882,16 +1888,33 @@ impl Rollout {
         }
         let failed = wave_hosts.iter().filter(|h| self.hosts[*h].failed).count();
         let figures = json!({ "wave": self.wave, "hosts": wave_hosts.len(), "updated": baking, "failed": failed, "bake_ms": bake, "forced_by_operator": forced });
-        let reason = if forced {
-            format!(
-                "Wave {} promoted by the operator: {} hosts updated, {} failed.",
-                self.wave, baking, failed
-            )
-        } else {
-            format!(
-                "Wave {} passed its {}ms bake: {} hosts updated, {} failed.",
-                self.wave, bake, baking, failed
-            )
+        let bake_text = bellwether_model::Dur(std::time::Duration::from_millis(
+            u64::try_from(bake).unwrap_or(0),
+        ));
+        let n = wave_hosts.len();
+        let reason = match (forced, failed) {
+            (true, 0) => format!(
+                "Wave {} promoted by the operator: {} updated.",
+                self.wave,
+                count(baking, "host")
+            ),
+            (true, _) => format!(
+                "Wave {} promoted by the operator: {baking} of {} updated, {failed} failed.",
+                self.wave,
+                count(n, "host")
+            ),
+            (false, 0) => format!(
+                "Wave {} passed its {bake_text} bake: {} updated.",
+                self.wave,
+                count(baking, "host")
+            ),
+            // Not "passed" when hosts failed in it: the wave's bake is over, the rollout
+            // goes on with the hosts that did not fail.
+            (false, _) => format!(
+                "Wave {} finished its {bake_text} bake: {baking} of {} updated, {failed} failed.",
+                self.wave,
+                count(n, "host")
+            ),
         };
         self.event(out, "wave.passed", None, reason, figures);
         self.next_wave(out);
@@ -1900,11 +1923,22 @@ impl Rollout {
     fn next_wave(&mut self, out: &mut Vec<Decision>) {
         if self.queue.is_empty() && self.last.is_empty() {
             self.current.clear();
-            let reason = format!(
-                "Completed: {} hosts, {} failed.",
-                self.hosts.len(),
-                self.failed_total
-            );
+            let in_state = |s: HostState| self.hosts.values().filter(|h| h.state == s).count();
+            let mut parts = vec![format!(
+                "{} of {} updated",
+                in_state(HostState::Updated),
+                count(self.hosts.len(), "host")
+            )];
+            let held = in_state(HostState::HeldBack);
+            if held > 0 {
+                parts.push(format!("{held} held back"));
+            }
+            let skipped = in_state(HostState::Skipped);
+            if skipped > 0 {
+                parts.push(format!("{skipped} skipped"));
+            }
+            parts.push(format!("{} failed", self.failed_total));
+            let reason = format!("Completed: {}.", parts.join(", "));
             self.finish(out, Phase::Completed, reason);
             return;
         }
@@ -1947,9 +1981,9 @@ impl Rollout {
             "wave.started",
             None,
             format!(
-                "Wave {} starts on {} hosts ({rule}{}).",
+                "Wave {} starts on {} ({rule}{}).",
                 self.wave,
-                hosts.len(),
+                count(hosts.len(), "host"),
                 if slowed {
                     ", halved after failures"
                 } else {
@@ -1992,7 +2026,9 @@ impl Rollout {
             "rollout.finished",
             None,
             format!(
-                "{what} rollout settled: its last action has reported; {rolled} hosts rolled back, {failed} reverts failed."
+                "{what} rollout settled: its last action has reported; {} rolled back, {} failed.",
+                count(rolled, "host"),
+                count(failed, "revert")
             ),
             json!({ "rolled_back": rolled, "revert_failed": failed, "phase": self.phase }),
         );

@@ -57,7 +57,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if a.output == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&resp)?);
     } else {
-        println!("Captured {} baseline(s).", resp.captured.len());
+        println!(
+            "Captured {}.",
+            bellwether_model::text::count(resp.captured.len(), "baseline")
+        );
         for h in &resp.captured {
             println!("  captured  {h}");
         }

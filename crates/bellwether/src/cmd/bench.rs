@@ -83,8 +83,34 @@ pub struct ConfigPerfArgs {
     output: OutputFormat,
 }
 
+impl Which {
+    /// The subcommand's name, for the progress line.
+    fn name(&self) -> &'static str {
+        match self {
+            Which::Profile(_) => "profile",
+            Which::Proxy(_) => "proxy",
+            Which::Drift(_) => "drift",
+            Which::AgentMemory(_) => "agent-memory",
+            Which::Ingest(_) => "ingest",
+            Which::Model(_) => "model",
+            Which::Nab(_) => "nab",
+            Which::DetectFaults(_) => "detect-faults",
+            Which::RolloutEngine(_) => "rollout-engine",
+            Which::RolloutReaction(_) => "rollout-reaction",
+            Which::Load(_) => "load",
+            Which::ConfigSimulate(_) => "config-simulate",
+            Which::ConfigLearn(_) => "config-learn",
+            Which::ConfigPerf(_) => "config-perf",
+            Which::ConfigCorpus(_) => "config-corpus",
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     use bellwether_bench as b;
+    // A spinner with the elapsed time on a terminal (benches run for minutes); the figures
+    // print around it.
+    let _progress = bellwether_stdout::Progress::spinner(format!("bench {}", args.which.name()));
     let verdict = match args.which {
         Which::Profile(a) => b::profile::run(&b::profile::Options {
             rootfs: a.rootfs,
@@ -360,11 +386,17 @@ window, normalised 100·(S − S_null)/(S_perfect − S_null). Two figures per p
 detector's own alerts, and at the best corpus-wide threshold on its score (the scoreboard's
 convention).
 
-Example:
-  bellwether bench nab --nab-dir ../shared/data/nab --detector two-scale-entropy")]
+The corpus: `git clone --depth 1 https://github.com/numenta/NAB.git nab` (58 files, the
+figures of docs/detect.md). A clone of Bellwether carries a two-file sample in the same layout,
+examples/nab (see its README.md), enough to check that the scorer runs.
+
+Examples:
+  bellwether bench nab --nab-dir nab --detector two-scale-entropy
+  bellwether bench nab --nab-dir examples/nab")]
 pub struct NabArgs {
-    /// The NAB checkout (holding `data/` and `labels/`).
-    #[arg(long, value_name = "DIR", default_value = "../shared/data/nab")]
+    /// The NAB checkout, or any directory in its layout (`labels/combined_windows.json` and
+    /// the `data/<category>/<file>.csv` it names).
+    #[arg(long, value_name = "DIR")]
     nab_dir: PathBuf,
     /// The detector to run (see `bellwether detect --help`); `all` runs every detector, and
     /// `nab-relative-entropy` runs the port of NAB's relativeEntropy with NAB's lookahead of each

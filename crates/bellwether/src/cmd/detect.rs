@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use bellwether_detect::anomaly::DetectorKind;
 use bellwether_detect::series::parse_series;
+use bellwether_model::text::{count, Escaped};
 
 use super::UsageError;
 
@@ -25,8 +26,12 @@ recent range outside it score 1 and alert, but are never learnt (docs/detect.md)
 Output: one row per input row, `timestamp,value,score,alert`; `score` is in [0, 1] and `alert`
 is the detector's own decision (0 or 1).
 
-Example:
-  bellwether detect --input ../shared/data/nab/data/realKnownCause/nyc_taxi.csv --output taxi.csv")]
+On success it prints a summary (rows, alerts, detector) on stderr, or on stdout when
+the scores go to a file.
+
+Example (from a clone: examples/nab holds two series of the NAB corpus, github.com/numenta/NAB):
+  bellwether detect --input examples/nab/data/realKnownCause/ec2_request_latency_system_failure.csv \
+    --output latency.csv")]
 pub struct Args {
     /// The series to score (CSV with `timestamp,value`).
     #[arg(long, value_name = "SERIES.csv")]
@@ -42,6 +47,23 @@ pub struct Args {
     /// memory-hungry).
     #[arg(long, value_name = "NAME", default_value = "two-scale-entropy", value_parser = parse_detector)]
     detector: DetectorKind,
+}
+
+/// `Scored 4032 rows of latency.csv with two-scale-entropy: 12 alerts; wrote scores.csv.`
+fn summary(
+    input: &str,
+    rows: usize,
+    alerts: usize,
+    detector: &str,
+    wrote: Option<&std::path::Path>,
+) -> String {
+    let wrote = wrote.map_or(String::new(), |p| format!("; wrote {}", p.display()));
+    format!(
+        "Scored {} of {} with {detector}: {}{wrote}.",
+        count(rows, "row"),
+        Escaped(input),
+        count(alerts, "alert"),
+    )
 }
 
 pub(crate) fn parse_detector(s: &str) -> Result<DetectorKind, String> {
@@ -84,11 +106,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         let _ = writeln!(out, "{ts},{value},{:.6},{}", v.score, u8::from(v.alert));
     }
-    if args.output.as_os_str() == "-" {
+    let to_stdout = args.output.as_os_str() == "-";
+    if to_stdout {
         print!("{out}");
     } else {
         std::fs::write(&args.output, out)
             .with_context(|| format!("{}: cannot write", args.output.display()))?;
+    }
+    let summary = summary(
+        &name,
+        series.points.len(),
+        alerts,
+        args.detector.name(),
+        (!to_stdout).then_some(args.output.as_path()),
+    );
+    // Beside the scores on stdout the summary goes to stderr, so that the CSV stays clean.
+    if to_stdout {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
     }
     tracing::info!(
         input = %name,

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use bellwether_model::text::{escape, Escaped};
+use bellwether_model::text::{count, escape, Escaped};
 use bellwether_model::{DriftCategory, Finding};
 
 use std::fmt::Write;
@@ -122,24 +122,26 @@ pub fn render(fleet: &FleetDrift, peer_label: &str, server: &str) -> String {
             Escaped(peer_label)
         );
         for o in &fleet.peer_outliers {
+            // `peers` and `compared` count the host itself (the API's group size); its peers
+            // are the others.
             let _ = writeln!(
                 out,
-                "{} ({}={}, {} peers): {} difference(s)",
+                "{} ({}={}, {}): {}",
                 Escaped(&o.host),
                 Escaped(&o.label),
                 Escaped(&o.value),
-                o.peers,
-                o.differences.len()
+                count(o.peers.saturating_sub(1), "peer"),
+                count(o.differences.len(), "difference")
             );
             for d in o.differences.iter().take(5) {
                 let _ = writeln!(
                     out,
-                    "  {}: {} here, {} on {} of {} peers",
+                    "  {}: {} here, {} on {} of {}",
                     Escaped(&d.attribute),
                     Escaped(d.host.as_deref().unwrap_or("absent")),
                     Escaped(d.majority.as_deref().unwrap_or("absent")),
                     d.majority_hosts,
-                    d.compared
+                    count(d.compared.saturating_sub(1), "peer")
                 );
             }
             if o.differences.len() > 5 {
@@ -231,8 +233,8 @@ web-02 (overall 0.350)
   configuration package:openssl  3.0.11 -> 3.1.4  (weight 0.350)
 
 Hosts that differ from their peers (grouped by label `role`):
-web-02 (role=web, 3 peers): 1 difference(s)
-  package:openssl: 3.1.4 here, 3.0.11 on 2 of 3 peers
+web-02 (role=web, 2 peers): 1 difference
+  package:openssl: 3.1.4 here, 3.0.11 on 2 of 2 peers
 ";
         assert_eq!(text, expected);
         let empty = FleetDrift {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use bellwether_model::text::Escaped;
+use bellwether_model::text::{count, Escaped};
 use bellwether_predict::metrics::Scores;
 use bellwether_predict::synth::{Shape, World};
 use bellwether_predict::{
@@ -205,7 +205,13 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         seed: a.seed,
         ..TrainOptions::with_folds(a.folds as usize)
     };
+    let progress = bellwether_stdout::Progress::spinner(format!(
+        "training on {} rows of {}",
+        frame.rows(),
+        history.display()
+    ));
     let model = Model::train(&frame, &opts).map_err(usage)?;
+    drop(progress);
     let seconds = started.elapsed().as_secs_f64();
     let file = File::create(&out).with_context(|| format!("{}: cannot create", out.display()))?;
     let mut w = BufWriter::new(file);
@@ -229,10 +235,10 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         }
         OutputFormat::Human => {
             println!(
-                "Trained on {} rows of {} ({} failures, {:.1}%): {} for fitting, {} held out.",
-                s.rows,
+                "Trained on {} of {} ({}, {:.1}%): {} for fitting, {} held out.",
+                count(s.rows, "row"),
                 s.source,
-                s.failures,
+                count(s.failures, "failure"),
                 100.0 * s.failures as f64 / s.rows as f64,
                 s.train_rows,
                 s.holdout_rows
@@ -267,15 +273,23 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             }
             if let Some(g) = &s.gbdt {
                 println!(
-                    "Trees: {} kept (early stopping after {} rounds).",
-                    g.best_rounds, g.rounds_trained
+                    "Trees: {} kept (early stopping after {}).",
+                    g.best_rounds,
+                    count(g.rounds_trained, "round")
                 );
             }
             let cal = model.calibration();
-            let why = if s.candidates.len() > 1 {
-                "chose"
-            } else {
-                "fitted only (--method)"
+            let why = match s.candidates.iter().find(|c| c.method != s.chosen) {
+                Some(other) => format!(
+                    "chosen over {}: lower held-out log loss, {:.4} against {:.4}",
+                    other.method,
+                    s.candidates
+                        .iter()
+                        .find(|c| c.method == s.chosen)
+                        .map_or(f64::NAN, |c| c.log_loss),
+                    other.log_loss
+                ),
+                None => "the only method fitted (--method)".to_string(),
             };
             println!(
                 "Model: {} ({why}); Platt calibration slope {:.3}, intercept {:+.3}.",
@@ -312,8 +326,8 @@ fn predict(a: PredictArgs) -> anyhow::Result<ExitCode> {
     w.flush()
         .with_context(|| format!("{}: write failed", a.output.display()))?;
     eprintln!(
-        "Wrote {} predictions to {}.",
-        out.predictions.len(),
+        "Wrote {} to {}.",
+        count(out.predictions.len(), "prediction"),
         a.output.display()
     );
     Ok(ExitCode::SUCCESS)
@@ -334,8 +348,10 @@ fn render_evaluation(ev: &Evaluation, method: Method) -> String {
     let mut s = String::new();
     let auc = |sc: &Scores| sc.roc_auc.map_or("n/a".to_string(), |v| format!("{v:.4}"));
     s.push_str(&format!(
-        "{}: {} rows, {} failures; model: {method}.\n",
-        ev.source, ev.model.rows, ev.model.failures
+        "{}: {}, {}; model: {method}.\n",
+        ev.source,
+        count(ev.model.rows, "row"),
+        count(ev.model.failures, "failure")
     ));
     if !ev.absent_columns.is_empty() {
         s.push_str(&format!(
@@ -439,6 +455,6 @@ fn synth(a: SynthArgs) -> anyhow::Result<ExitCode> {
         File::create(&a.out).with_context(|| format!("{}: cannot create", a.out.display()))?;
     bellwether_predict::synth::write_csv(&sample.frame, BufWriter::new(file))
         .with_context(|| format!("{}: write failed", a.out.display()))?;
-    eprintln!("Wrote {} rows to {}.", a.rows, a.out.display());
+    eprintln!("Wrote {} to {}.", count(a.rows, "row"), a.out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -59,11 +59,11 @@ fn metric(m: &ModelInfo, key: &str) -> String {
 
 fn print_model(m: &ModelInfo) {
     println!(
-        "Model version {} trained ({}) on {} outcomes ({} failures) with {}: held-out ROC AUC {}, Brier {}, log loss {}.",
+        "Model version {} trained ({}) on {} ({}) with {}: held-out ROC AUC {}, Brier {}, log loss {}.",
         m.version,
         bellwether_model::text::Escaped(&m.cause),
-        m.rows,
-        m.failures,
+        bellwether_model::text::count(m.rows as usize, "outcome"),
+        bellwether_model::text::count(m.failures as usize, "failure"),
         m.metrics["method"].as_str().unwrap_or("?").replace('_', " "),
         metric(m, "roc_auc"),
         metric(m, "brier"),
@@ -85,9 +85,11 @@ pub fn train(
         .into());
     }
     let client = client.client()?;
+    let progress = bellwether_stdout::Progress::spinner("the server is training a model");
     let m = runtime()?
         .block_on(client.train_model())
         .map_err(api_error)?;
+    drop(progress);
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&m)?),
         OutputFormat::Human => print_model(&m),
@@ -111,9 +113,9 @@ pub fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
     match a.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
         OutputFormat::Human => println!(
-            "Imported {} outcomes ({} failures) from {}; the server now holds {}.",
-            r.imported,
-            r.failures,
+            "Imported {} ({}) from {}; the server now holds {}.",
+            bellwether_model::text::count(r.imported as usize, "outcome"),
+            bellwether_model::text::count(r.failures as usize, "failure"),
             a.history.display(),
             r.outcomes
         ),

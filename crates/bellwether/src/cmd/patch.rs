@@ -318,13 +318,25 @@ async fn run_local(
         .map_err(|e| UsageError(e.to_string()).into())
 }
 
+/// Where a patch stands, in the words of its report: `rolled_back`, `promoted` or `failed`
+/// once final (as `outcome` in `--output json`), else `running (baking)` and the like.
+pub(crate) fn stage_text(report: &PatchReport) -> String {
+    let running = match report.stage {
+        Stage::RolledBack | Stage::Promoted | Stage::Failed => return report.outcome().to_string(),
+        Stage::Baseline => "collecting the baseline".to_string(),
+        Stage::Starting => "starting the patched instance".to_string(),
+        Stage::WaitingHealthy => "waiting for the patched instance to be healthy".to_string(),
+        Stage::Shifting => "shifting new connections".to_string(),
+        Stage::ShiftDraining => "moving the sessions".to_string(),
+        Stage::Baking => "baking".to_string(),
+        Stage::RollingBack { phase } => format!("rolling back, phase {phase} of 4"),
+        Stage::Promoting { phase } => format!("promoting, phase {phase} of 4"),
+    };
+    format!("{} ({running})", report.outcome())
+}
+
 fn print_summary(report: &PatchReport) {
-    println!(
-        "patch {}: {} ({:?})",
-        Escaped(&report.id),
-        report.outcome(),
-        report.stage
-    );
+    println!("patch {}: {}", Escaped(&report.id), stage_text(report));
     if let Some(t) = &report.trigger {
         println!(
             "  triggered by {} against the {}: value {:.6} vs baseline {:.6} ({:+.0}%), for {:.1}s, severity {:.2}",
@@ -419,4 +431,35 @@ fn report(args: ReportArgs, state_dir: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15: the walkthrough printed `patch walkthrough: rolled_back (RolledBack)`, the
+    /// outcome and then the same stage in Rust's debug form.
+    #[test]
+    fn the_summary_names_the_stage_once_in_words() {
+        let mut r = PatchReport {
+            id: "walkthrough".into(),
+            plan_name: "pg-config-patch".into(),
+            stage: Stage::RolledBack,
+            started_ms: 0,
+            finished_ms: Some(1),
+            baselines: Default::default(),
+            trigger: None,
+            phases: vec![],
+            last_severity: 0.5,
+            baked_ms: 0,
+            events: vec![],
+        };
+        assert_eq!(stage_text(&r), "rolled_back");
+        r.stage = Stage::Promoted;
+        assert_eq!(stage_text(&r), "promoted");
+        r.stage = Stage::Baking;
+        assert_eq!(stage_text(&r), "running (baking)");
+        r.stage = Stage::RollingBack { phase: 2 };
+        assert_eq!(stage_text(&r), "running (rolling back, phase 2 of 4)");
+    }
 }

@@ -343,10 +343,9 @@ fn print_event(r: &PatchReport, e: &bellwether_engine::patch::Event) {
 
 fn print_summary(report: &PatchReport) {
     println!(
-        "patch {}: {} ({:?})",
+        "patch {}: {}",
         Escaped(&report.id),
-        report.outcome(),
-        report.stage
+        super::patch::stage_text(report)
     );
     if let Some(t) = &report.trigger {
         println!(

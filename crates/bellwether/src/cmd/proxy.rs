@@ -25,8 +25,9 @@ pub struct Args {
     /// protocol (transaction boundaries, query timing, re-homing).
     #[arg(long, value_enum, default_value = "tcp")]
     protocol: ProtocolArg,
-    /// A backend as NAME=HOST:PORT, optionally followed by `,weight=N` and `,admin=drain`.
-    /// Repeatable.
+    /// A backend as NAME=HOST:PORT, optionally followed by `,weight=N` (default 100),
+    /// `,admin=ready|drain|maintenance`, `,password=P` (used when re-homing a session to it,
+    /// and by the redis check's AUTH) and `,role=primary|replica`. Repeatable.
     #[arg(long, value_name = "NAME=HOST:PORT")]
     backend: Vec<String>,
     /// Address of the admin HTTP API (backends, connections, /metrics), as IP:PORT. Plain

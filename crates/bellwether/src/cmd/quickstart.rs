@@ -12,9 +12,7 @@ use bellwether_sandbox::Output;
 use super::sandbox::sandbox_error;
 use super::OutputFormat;
 
-/// Bring up a sandbox fleet and tell the whole story: baselines, drift, risk scores, a
-/// pilot, a fault on a few hosts, targeted rollbacks, a pause, the report, and a second
-/// rollout that has learnt from the first. About two minutes once built.
+/// The flags of `bellwether quickstart`; the story is told in main.rs's help text.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A scenario file instead of the built-in one (docs/scenario.md). It needs web hosts

@@ -77,9 +77,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .map_err(api_error)?;
             let id = v["id"].as_str().unwrap_or_default().to_string();
             println!(
-                "Started rollout {} over {} hosts (scored by model version {}).",
+                "Started rollout {} over {} (scored by model version {}).",
                 Escaped(&id),
-                v["hosts"],
+                bellwether_model::text::count(v["hosts"].as_u64().unwrap_or(0) as usize, "host"),
                 v["model_version"]
             );
             if !wait {

@@ -232,8 +232,8 @@ fn run_verb(verb: Verb) -> Result<(), SandboxError> {
         Verb::Down(a) => {
             match bellwether_sandbox::down(&a.dir, a.grace, a.purge)? {
                 Some(r) => println!(
-                    "stopped {} processes{}{}",
-                    r.stopped,
+                    "stopped {}{}{}",
+                    bellwether_model::text::count_as(r.stopped, "process", "processes"),
                     if r.killed > 0 {
                         format!(" ({} needed SIGKILL)", r.killed)
                     } else {

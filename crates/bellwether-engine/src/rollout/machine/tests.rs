@@ -1277,3 +1277,116 @@ fn a_state_saved_with_the_pause_reason_as_text_still_loads_typed() {
         (Phase::Running, None)
     );
 }
+
+/// Issue 15: "Completed: 16 hosts, 0 failed." with 9 of them held back never said so, and
+/// "Wave 1 passed …: 0 hosts updated, 3 failed." called a wave passed whose hosts all failed.
+#[test]
+fn the_messages_count_held_back_hosts_and_do_not_call_a_failed_wave_passed() {
+    let mut s = Sim::new(plan_with(&[]), fleet(40));
+    s.run(200, |_| Some(WatchVerdict::Healthy));
+    assert_eq!(s.r.phase, Phase::Completed);
+    let held =
+        s.r.hosts
+            .values()
+            .filter(|h| h.state == HostState::HeldBack)
+            .count();
+    let updated =
+        s.r.hosts
+            .values()
+            .filter(|h| h.state == HostState::Updated)
+            .count();
+    assert!(held > 0, "the fleet has high-risk hosts");
+    let done = &s.events("rollout.completed")[0];
+    assert_eq!(
+        done.reason,
+        format!("Completed: {updated} of 40 hosts updated, {held} held back, 0 failed.")
+    );
+    // A healthy wave passed, with every host updated.
+    let first = &s.events("wave.passed")[0];
+    assert!(
+        first.reason.starts_with("Wave 0 passed its 10s bake: ")
+            && first.reason.ends_with(" updated."),
+        "{}",
+        first.reason
+    );
+
+    // A pilot of two where both fail: the wave is over, not passed.
+    let plan = plan_with(&[
+        ("pilot: { min: 2, max: 5 }", "pilot: { min: 2, max: 2 }"),
+        (
+            "pause_when: { hosts: 3, wave_pct: 50 }",
+            "pause_when: { hosts: 30 }",
+        ),
+    ]);
+    let mut s = Sim::new(
+        plan,
+        vec![
+            host("web-a", 0.01),
+            host("web-b", 0.02),
+            host("web-c", 0.03),
+        ],
+    );
+    let pilot: BTreeSet<HostName> = s.r.current.iter().cloned().collect();
+    assert_eq!(pilot.len(), 2);
+    s.run(30, move |h| {
+        Some(if pilot.contains(h) {
+            failing("errors")
+        } else {
+            WatchVerdict::Healthy
+        })
+    });
+    let wave0 = &s.events("wave.passed")[0];
+    assert_eq!(
+        wave0.reason,
+        "Wave 0 finished its 10s bake: 0 of 2 hosts updated, 2 failed."
+    );
+    // One host in the next wave: singular.
+    let started = &s.events("wave.started")[0];
+    assert!(
+        started.reason.starts_with("Wave 1 starts on 1 host ("),
+        "{}",
+        started.reason
+    );
+}
+
+/// Issue 15: quickstart printed "slowing down" right after "Paused": a failure that came
+/// while the rollout was paused reached the slow-down limit. The halving waits for the resume,
+/// and the message says so.
+#[test]
+fn a_slow_down_reached_while_paused_says_it_waits_for_the_resume() {
+    let plan = plan_with(&[
+        ("pilot: { min: 2, max: 5 }", "pilot: { min: 5, max: 5 }"),
+        (
+            "pause_when: { hosts: 3, wave_pct: 50 }",
+            "pause_when: { hosts: 1 }",
+        ),
+    ]);
+    let mut s = Sim::new(plan, fleet(40));
+    let pilot = s.r.current.clone();
+    let first = pilot[0].clone();
+    let f = first.clone();
+    s.run(4, move |h| {
+        Some(if *h == f {
+            failing("errors")
+        } else {
+            WatchVerdict::Healthy
+        })
+    });
+    assert_eq!(s.r.phase, Phase::Paused);
+    assert!(s.events("rollout.slowed_down").is_empty());
+    let second = pilot[1].clone();
+    let g = second.clone();
+    s.run(4, move |h| {
+        Some(if *h == g {
+            failing("errors")
+        } else {
+            WatchVerdict::Healthy
+        })
+    });
+    let slowed = s.events("rollout.slowed_down");
+    assert_eq!(slowed.len(), 1);
+    assert_eq!(
+        slowed[0].reason,
+        "2 hosts failed: once the rollout is resumed, its next wave is halved."
+    );
+}
