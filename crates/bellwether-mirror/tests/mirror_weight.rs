@@ -8,7 +8,9 @@
 //! 1, no mirror cost, hysteresis 0.2, so the engine wants a mirror once the smoothed rate
 //! passes about 63 requests/s and lets it go below about 22 (docs/mirror-engine.md: weight =
 //! 0.25 + 0.75 × (1 − exp(−rps/100)) for a critical dependency of impact 1). The rate is
-//! smoothed with a 60 s time constant, so the fall takes a minute or two after the load stops.
+//! smoothed with the policy's `rate_smoothing`, 5 s here instead of the default 60 s (five
+//! health intervals: still a smoothed rate, the same rise and fall on a shorter time scale), so
+//! the fall takes some 30 s after the load stops rather than five minutes.
 
 #[path = "../examples/support/mod.rs"]
 mod support;
@@ -61,6 +63,7 @@ async fn mirrors_are_provisioned_as_the_weight_rises_and_retired_as_it_falls() {
                 // machine a check of 20 ms against a 1 ms baseline halves the health
                 // (docs/mirror-engine.md), which the default threshold (0.5) switches on.
                 "switch_below": 0.05, "min_switch_gap": "1d",
+                "rate_smoothing": "5s",
             }
         }))
         .expect("a valid spec");

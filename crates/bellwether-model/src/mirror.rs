@@ -20,7 +20,7 @@
 //!  "policy": {"min_mirrors": 1, "max_mirrors": 3, "mode": "auto",
 //!             "health_interval": "250ms", "switch_below": 0.5, "switch_after": 2,
 //!             "failback_above": 0.9, "failback_after": "5m", "min_switch_gap": "5m",
-//!             "hysteresis": 0.5, "catch_up_timeout": "5s"}}
+//!             "hysteresis": 0.5, "catch_up_timeout": "5s", "rate_smoothing": "60s"}}
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -129,6 +129,9 @@ pub struct MirrorPolicy {
     /// How long a promotion waits for the mirror to reach the primary's last acknowledged
     /// write before it gives up on that mirror (and tries the next, or pauses with an alert).
     pub catch_up_timeout: Dur,
+    /// Time constant of the smoothed request rate the weight uses (1s to 1h): a burst shorter
+    /// than this moves the weight little, a change that lasts a few times this moves it fully.
+    pub rate_smoothing: Dur,
 }
 
 impl Default for MirrorPolicy {
@@ -145,6 +148,7 @@ impl Default for MirrorPolicy {
             min_switch_gap: Dur::from_secs(300),
             hysteresis: 0.5,
             catch_up_timeout: Dur::from_secs(5),
+            rate_smoothing: Dur::from_secs(60),
         }
     }
 }
@@ -319,6 +323,12 @@ impl MirrorPolicy {
             Dur::from_millis(10),
             Dur::from_secs(600),
         )?;
+        dur(
+            "policy.rate_smoothing",
+            self.rate_smoothing,
+            Dur::from_secs(1),
+            Dur::from_secs(3600),
+        )?;
         Ok(())
     }
 }
@@ -410,6 +420,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("health_interval"));
+        for bad in [Dur::from_millis(999), Dur::from_secs(3601)] {
+            let mut s = spec();
+            s.policy.rate_smoothing = bad;
+            assert!(s
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("policy.rate_smoothing"));
+        }
+        let mut s = spec();
+        s.policy.rate_smoothing = Dur::from_secs(1);
+        s.validate().unwrap();
         for bad in ["x", "h:0", ":80", "h:99999", "a b:1", "::1:5"] {
             let mut s = spec();
             s.primary = bad.into();

@@ -257,6 +257,12 @@ impl MirrorEngine {
         (self.spec.policy.health_interval.get().as_millis() as i64).max(1)
     }
 
+    /// The request rate's smoothing time constant (`policy.rate_smoothing`, by default
+    /// [`score::RATE_TAU_MS`]).
+    fn rate_tau_ms(&self) -> f64 {
+        (self.spec.policy.rate_smoothing.get().as_millis() as f64).max(1.0)
+    }
+
     fn has_offsets(&self) -> bool {
         self.spec.kind != DepKind::Tcp
     }
@@ -453,7 +459,7 @@ impl MirrorEngine {
         if let Some(r) = total_rps {
             self.st.rps_smooth = Some(match self.st.rps_smooth {
                 None => r,
-                Some(s) => s + score::alpha(dt, score::RATE_TAU_MS) * (r - s),
+                Some(s) => s + score::alpha(dt, self.rate_tau_ms()) * (r - s),
             });
         }
         self.judge_primary(at, by_id.get(&primary), out);

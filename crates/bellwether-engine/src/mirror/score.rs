@@ -8,8 +8,9 @@ use bellwether_model::mirror::{DepKind, DependencySpec, MirrorPolicy, Mode, Mode
 /// without traffic; one at several hundred req/s has a traffic term near 1.
 pub const RATE_SCALE: f64 = 100.0;
 
-/// Time constant of the smoothed request rate the weight uses (ms): a burst moves the weight
-/// little, a lasting change moves it fully within a few minutes.
+/// Default time constant of the smoothed request rate the weight uses (ms): a burst moves the
+/// weight little, a lasting change moves it fully within a few minutes. A dependency's
+/// `policy.rate_smoothing` sets its own (the engine uses that; this is its default).
 pub const RATE_TAU_MS: f64 = 60_000.0;
 
 /// Time constant of the smoothed primary health the replication factor uses (ms), so that a

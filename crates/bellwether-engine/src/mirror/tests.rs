@@ -730,6 +730,38 @@ fn mirror_count_follows_weight_with_hysteresis_and_does_not_flap() {
 }
 
 #[test]
+fn request_rate_smoothing_follows_the_policy_time_constant() {
+    // The same step of traffic, smoothed with the default 60 s and with a 6 s time constant:
+    // after 24 s (four short time constants) the short one has (nearly) the full weight, the
+    // default is still at 1 − e^−0.4 of the rate; after 5 more minutes both have it.
+    let full = |sp: &DependencySpec| score::weight(sp, Some(100.0));
+    let mut short_spec = spec(DepKind::Redis);
+    short_spec.policy.rate_smoothing = Dur::from_secs(6);
+    let default_spec = spec(DepKind::Redis);
+    assert_eq!(
+        default_spec.policy.rate_smoothing,
+        Dur::from_millis(score::RATE_TAU_MS as u64)
+    );
+    let (mut short, mut default) = (Sim::new(short_spec.clone()), Sim::new(default_spec.clone()));
+    for s in [&mut short, &mut default] {
+        s.run(4);
+        s.rps = 100.0;
+        s.run((24_000 / INTERVAL) as usize);
+    }
+    let (ws, wd) = (short.e.status().weight, default.e.status().weight);
+    let partial = score::weight(&default_spec, Some(100.0 * (1.0 - (-0.4f64).exp())));
+    assert!(
+        (ws - full(&short_spec)).abs() < 0.02,
+        "{ws} against {}",
+        full(&short_spec)
+    );
+    assert!((wd - partial).abs() < 0.02, "{wd} against {partial}");
+    default.run((300_000 / INTERVAL) as usize);
+    let wd = default.e.status().weight;
+    assert!((wd - full(&default_spec)).abs() < 0.02, "{wd}");
+}
+
+#[test]
 fn failed_provisioning_is_never_routed_backs_off_and_becomes_impossible() {
     let mut sp = spec(DepKind::Redis);
     sp.policy.mode = ModeSetting::ActiveActive;
