@@ -459,6 +459,29 @@ impl HostWatcher {
     /// critical metric failed the judgement). Otherwise `Healthy`. Before the apply the host
     /// is not judged and is `Healthy` unless silent.
     pub fn verdict(&self, now_ms: i64, controls: &[&HostWatcher]) -> WatchVerdict {
+        if let Some(applied) = self.applied_ms {
+            // A metric read from Prometheus is no data on its own: the agents' samples of other
+            // metrics do not stand in for it. Checked first, so that a host without any value
+            // says which query gave none.
+            for m in self.metrics.iter().filter(|m| m.rule.query.is_some()) {
+                let since = m.last_ts.map_or(applied, |t| t.max(applied));
+                if now_ms - since > self.no_data_after_ms {
+                    let missing = m.missing.clone().unwrap_or_else(|| MissingData {
+                        metric: m.rule.name.0.clone(),
+                        query: m
+                            .rule
+                            .query
+                            .as_ref()
+                            .map_or_else(String::new, |q| q.as_str().to_string()),
+                        problem: "no value was read".into(),
+                    });
+                    return WatchVerdict::NoData {
+                        since_ms: since,
+                        missing: Some(missing),
+                    };
+                }
+            }
+        }
         let since = match (self.last_sample_ms, self.applied_ms) {
             (Some(s), Some(a)) => s.max(a),
             (Some(s), None) => s,
@@ -474,26 +497,6 @@ impl HostWatcher {
         let Some(applied) = self.applied_ms else {
             return WatchVerdict::Healthy;
         };
-        // A metric read from Prometheus is no data on its own: the agents' samples of other
-        // metrics do not stand in for it.
-        for m in self.metrics.iter().filter(|m| m.rule.query.is_some()) {
-            let since = m.last_ts.map_or(applied, |t| t.max(applied));
-            if now_ms - since > self.no_data_after_ms {
-                let missing = m.missing.clone().unwrap_or_else(|| MissingData {
-                    metric: m.rule.name.0.clone(),
-                    query: m
-                        .rule
-                        .query
-                        .as_ref()
-                        .map_or_else(String::new, |q| q.as_str().to_string()),
-                    problem: "no value was read".into(),
-                });
-                return WatchVerdict::NoData {
-                    since_ms: since,
-                    missing: Some(missing),
-                };
-            }
-        }
         let latest: Vec<(&str, &Observation)> = self
             .metrics
             .iter()

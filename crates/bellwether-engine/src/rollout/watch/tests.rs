@@ -434,3 +434,31 @@ fn a_prometheus_metric_that_never_had_a_value_is_no_data_after_the_apply() {
     assert_eq!(m.query, r#"sum(rate(errors{host="{{host}}"}[5s]))"#);
     assert_eq!(m.problem, "no value was read");
 }
+
+#[test]
+fn a_host_with_only_prometheus_metrics_and_no_values_names_the_query() {
+    // Only the Prometheus metric: no agent sample counts, so every check sees silence; the
+    // verdict still says which query gave nothing and why.
+    let plan = parse_plan(
+        &PROM_PLAN.replace("    - { name: svc_latency_p50_ms, threshold_pct: 100 }\n", ""),
+        "p.yaml",
+    )
+    .unwrap();
+    assert_eq!(plan.analysis.metrics.len(), 1);
+    let mut w = HostWatcher::new(&plan, hn("web-01")).unwrap();
+    w.mark_applied(0);
+    w.observe_missing("error_ratio", "q1", "Prometheus at http://p did not answer")
+        .unwrap();
+    let WatchVerdict::NoData { since_ms, missing } = w.verdict(4 * S, &[]) else {
+        panic!("not no data")
+    };
+    assert_eq!(since_ms, 0);
+    assert_eq!(
+        missing,
+        Some(MissingData {
+            metric: "error_ratio".into(),
+            query: "q1".into(),
+            problem: "Prometheus at http://p did not answer".into(),
+        })
+    );
+}
