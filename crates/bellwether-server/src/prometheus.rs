@@ -48,7 +48,10 @@ pub enum QueryData {
     /// A range query's series, several points each.
     Matrix(Vec<Series>),
     Scalar(Point),
-    String { ts_ms: i64, value: String },
+    String {
+        ts_ms: i64,
+        value: String,
+    },
 }
 
 /// One series: its labels and its points in time order.
@@ -204,8 +207,8 @@ pub fn parse(body: &[u8]) -> Result<Answer, ParseError> {
                 .map(|(i, s)| {
                     let mut points = Vec::with_capacity(s.values.len());
                     for (j, p) in s.values.into_iter().enumerate() {
-                        let p =
-                            point(p).map_err(|m| at(&format!("data.result[{i}].values[{j}]"), m))?;
+                        let p = point(p)
+                            .map_err(|m| at(&format!("data.result[{i}].values[{j}]"), m))?;
                         if points.last().is_some_and(|q: &Point| q.ts_ms >= p.ts_ms) {
                             return Err(at(
                                 &format!("data.result[{i}].values[{j}]"),
@@ -268,7 +271,8 @@ pub fn host_points(data: QueryData) -> Result<Vec<Point>, String> {
                 .iter()
                 .take(2)
                 .map(|s| {
-                    let l: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+                    let l: Vec<String> =
+                        s.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
                     format!("{{{}}}", l.join(", "))
                 })
                 .collect();
@@ -308,8 +312,11 @@ impl Client {
 
     /// An instant query at `at_ms`.
     pub async fn query(&self, query: &str, at_ms: i64) -> Result<QueryData, PromError> {
-        self.get("/api/v1/query", &[("query", query.to_string()), ("time", secs(at_ms))])
-            .await
+        self.get(
+            "/api/v1/query",
+            &[("query", query.to_string()), ("time", secs(at_ms))],
+        )
+        .await
     }
 
     /// A range query over `[start_ms, end_ms]` every `step_ms`.

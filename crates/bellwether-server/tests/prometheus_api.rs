@@ -103,7 +103,11 @@ async fn fleet(app: &Router, n: usize) -> Vec<(String, String)> {
     let mut csv = String::from("deployment_id,host,disk_free_pct,outcome\n");
     for i in 0..200 {
         let disk = (i * 7 % 60) as f64;
-        let failed = if disk < 10.0 { i % 10 != 0 } else { i % 17 == 0 };
+        let failed = if disk < 10.0 {
+            i % 10 != 0
+        } else {
+            i % 17 == 0
+        };
         csv.push_str(&format!("d{},h{i},{disk},{}\n", i / 10, failed as u8));
     }
     let req = Request::builder()
@@ -273,13 +277,27 @@ async fn an_unreachable_prometheus_is_no_data_and_pauses_naming_host_and_query()
             .map(|(_, t)| agent(app.clone(), t.clone(), stop.clone()))
             .collect();
         let q = r#"sum(rate(errors{instance="{{host}}"}[1s]))"#;
-        let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, start_body(&plan(None, q))).await;
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            "/api/v1/rollouts",
+            OP,
+            start_body(&plan(None, q)),
+        )
+        .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         let id = v["id"].as_str().unwrap().to_string();
         // Wait for the pause (an event, polled through the API).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let status = loop {
-            let (s, v) = send(&app, Method::GET, &format!("/api/v1/rollouts/{id}"), OP, None).await;
+            let (s, v) = send(
+                &app,
+                Method::GET,
+                &format!("/api/v1/rollouts/{id}"),
+                OP,
+                None,
+            )
+            .await;
             assert_eq!(s, StatusCode::OK, "{v}");
             if v["state"] == "paused" {
                 break v;
@@ -301,7 +319,14 @@ async fn an_unreachable_prometheus_is_no_data_and_pauses_naming_host_and_query()
             "{problem}"
         );
         assert_eq!(status["wave"], 0, "nothing promoted: {status}");
-        let (_, r) = send(&app, Method::GET, &format!("/api/v1/rollouts/{id}/report"), OP, None).await;
+        let (_, r) = send(
+            &app,
+            Method::GET,
+            &format!("/api/v1/rollouts/{id}/report"),
+            OP,
+            None,
+        )
+        .await;
         let kinds: Vec<&str> = r["events"]
             .as_array()
             .unwrap()
@@ -309,7 +334,10 @@ async fn an_unreachable_prometheus_is_no_data_and_pauses_naming_host_and_query()
             .map(|e| e["kind"].as_str().unwrap())
             .collect();
         assert!(!kinds.contains(&"wave.passed"), "{kinds:?}");
-        assert!(!kinds.contains(&"host.failed"), "no data fails no host: {kinds:?}");
+        assert!(
+            !kinds.contains(&"host.failed"),
+            "no data fails no host: {kinds:?}"
+        );
         assert!(!kinds.contains(&"host.rolling_back"), "{kinds:?}");
         let ev = r["events"]
             .as_array()
@@ -320,7 +348,14 @@ async fn an_unreachable_prometheus_is_no_data_and_pauses_naming_host_and_query()
         assert_eq!(ev["host"], host);
         assert_eq!(ev["figures"]["source"], "prometheus");
         assert!(ev["reason"].as_str().unwrap().contains(host), "{ev}");
-        let (s, _) = send(&app, Method::POST, &format!("/api/v1/rollouts/{id}/abort"), OP, None).await;
+        let (s, _) = send(
+            &app,
+            Method::POST,
+            &format!("/api/v1/rollouts/{id}/abort"),
+            OP,
+            None,
+        )
+        .await;
         assert_eq!(s, StatusCode::OK);
         stop_tx.send(true).unwrap();
         for s in sims {

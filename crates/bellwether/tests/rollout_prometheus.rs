@@ -240,13 +240,17 @@ fn rollouts_judge_hosts_on_promql_metrics_and_pause_on_no_data() {
     // a value (the query parses and matches nothing)…
     let t = QueryTemplate::parse(r#"up{job="websvc", host="{{labels.evil}}"}"#).unwrap();
     let evil = r#"web-01"} or vector(1) or up{host=""#;
-    let labels = [("evil".to_string(), evil.to_string())].into_iter().collect();
+    let labels = [("evil".to_string(), evil.to_string())]
+        .into_iter()
+        .collect();
     let q = t.render("web-01", &labels, 1000).unwrap();
     let a = rt.block_on(prom.query(&http, &q));
     assert_eq!(a["status"], "success", "{q}: {a}");
     assert_eq!(a["data"]["result"], serde_json::json!([]), "{q}: {a}");
     // …the same query with the real name matches the host's one series…
-    let labels = [("evil".to_string(), "web-01".to_string())].into_iter().collect();
+    let labels = [("evil".to_string(), "web-01".to_string())]
+        .into_iter()
+        .collect();
     let a = rt.block_on(prom.query(&http, &t.render("web-01", &labels, 1000).unwrap()));
     assert_eq!(a["data"]["result"].as_array().unwrap().len(), 1, "{a}");
     // …and after =~ a host name is a literal: `web.01` does not match `web-01`, as the
@@ -263,7 +267,11 @@ fn rollouts_judge_hosts_on_promql_metrics_and_pause_on_no_data() {
     let path = tmp.path().join("v2.yaml");
     std::fs::write(&path, plan("2", &prom.url, ERROR_RATIO)).unwrap();
     let (_, r) = rollout_to_report(&dir, &path);
-    assert_eq!(r["state"], "completed", "paused for {}\n{r}", r["pause_reason"]);
+    assert_eq!(
+        r["state"], "completed",
+        "paused for {}\n{r}",
+        r["pause_reason"]
+    );
     for h in r["hosts"].as_array().unwrap() {
         let name = h["host"].as_str().unwrap();
         let version =
@@ -309,17 +317,22 @@ fn rollouts_judge_hosts_on_promql_metrics_and_pause_on_no_data() {
     assert_eq!(pause["missing"]["metric"], "error_ratio");
     assert_eq!(pause["missing"]["problem"], "the query returned no series");
     let reason = r["pause_reason"].as_str().unwrap();
-    assert!(
-        reason.contains(host) && reason.contains(query),
-        "{reason}"
-    );
+    assert!(reason.contains(host) && reason.contains(query), "{reason}");
     let no_data = events_of(&r, "host.no_data");
     assert!(
-        no_data.iter().any(|e| e["host"] == host && e["figures"]["query"] == query),
+        no_data
+            .iter()
+            .any(|e| e["host"] == host && e["figures"]["query"] == query),
         "{no_data:?}"
     );
-    assert!(events_of(&r, "wave.passed").is_empty(), "no wave is promoted on no data: {r}");
-    assert!(events_of(&r, "host.failed").is_empty(), "no data fails no host: {r}");
+    assert!(
+        events_of(&r, "wave.passed").is_empty(),
+        "no wave is promoted on no data: {r}"
+    );
+    assert!(
+        events_of(&r, "host.failed").is_empty(),
+        "no data fails no host: {r}"
+    );
     // Still nothing promoted a while later: the pause holds (its hosts keep having no data).
     let status = sandbox_cli(&dir, &["rollout", "status", &id, "--output", "json"]);
     assert_ok("rollout status", &status);

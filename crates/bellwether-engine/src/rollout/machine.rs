@@ -1722,7 +1722,13 @@ impl Rollout {
                 )
             }
         };
-        self.event(out, "host.no_data", Some(h.clone()), reason, figures.clone());
+        self.event(
+            out,
+            "host.no_data",
+            Some(h.clone()),
+            reason,
+            figures.clone(),
+        );
         if self.phase == Phase::Running {
             self.pause(
                 out,

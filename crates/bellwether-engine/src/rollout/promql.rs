@@ -31,7 +31,11 @@ pub struct QueryTemplate {
 #[derive(Debug, Clone, PartialEq)]
 enum Part {
     Text(String),
-    Var { var: Var, quote: Option<char>, regex: bool },
+    Var {
+        var: Var,
+        quote: Option<char>,
+        regex: bool,
+    },
 }
 
 /// What a placeholder stands for.
@@ -88,7 +92,9 @@ impl QueryTemplate {
             if c == '{' && text[i..].starts_with("{{") {
                 let rest = &text[i + 2..];
                 let Some(end) = rest.find("}}") else {
-                    return Err(format!("a placeholder at byte {i} is not closed with `}}}}`"));
+                    return Err(format!(
+                        "a placeholder at byte {i} is not closed with `}}}}`"
+                    ));
                 };
                 let name = rest[..end].trim();
                 let var = match name {

@@ -13,8 +13,10 @@ fn err(body: &str) -> String {
 
 #[test]
 fn parses_the_result_types() {
-    let v = ok(r#"{"status":"success","data":{"resultType":"vector","result":[
-        {"metric":{"__name__":"up","instance":"web-01"},"value":[1712345678.123,"1"]}]}}"#);
+    let v = ok(
+        r#"{"status":"success","data":{"resultType":"vector","result":[
+        {"metric":{"__name__":"up","instance":"web-01"},"value":[1712345678.123,"1"]}]}}"#,
+    );
     assert_eq!(
         v,
         QueryData::Vector(vec![Series {
@@ -28,9 +30,11 @@ fn parses_the_result_types() {
             }],
         }])
     );
-    let m = ok(r#"{"status":"success","data":{"resultType":"matrix","result":[
+    let m = ok(
+        r#"{"status":"success","data":{"resultType":"matrix","result":[
         {"metric":{},"values":[[10,"0.5"],[11,"NaN"],[12,"+Inf"],[13,"-Inf"],[14,"1e-3"]]}]},
-        "warnings":["a warning"]}"#);
+        "warnings":["a warning"]}"#,
+    );
     let QueryData::Matrix(s) = m else { panic!() };
     let vals: Vec<f64> = s[0].points.iter().map(|p| p.value).collect();
     assert_eq!(vals[0], 0.5);
@@ -64,8 +68,10 @@ fn parses_the_result_types() {
 #[test]
 fn an_error_answer_keeps_its_type_and_message() {
     assert_eq!(
-        parse(br#"{"status":"error","errorType":"bad_data","error":"1:5: parse error: unexpected"}"#)
-            .unwrap(),
+        parse(
+            br#"{"status":"error","errorType":"bad_data","error":"1:5: parse error: unexpected"}"#
+        )
+        .unwrap(),
         Answer::Error {
             error_type: "bad_data".into(),
             error: "1:5: parse error: unexpected".into()
@@ -196,7 +202,11 @@ async fn an_unreachable_prometheus_is_an_error_naming_it() {
     let c = Client::new(reqwest::Client::new(), &addr, Duration::from_secs(2));
     let e = c.query("up", 0).await.unwrap_err();
     assert!(matches!(e, PromError::Unreachable { .. }), "{e}");
-    assert!(e.to_string().starts_with(&format!("Prometheus at {addr} did not answer: ")), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("Prometheus at {addr} did not answer: ")),
+        "{e}"
+    );
 }
 
 proptest::proptest! {
@@ -230,15 +240,27 @@ fn arb_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
         Just(serde_json::Value::Null),
         any::<bool>().prop_map(serde_json::Value::from),
         any::<f64>().prop_map(|f| serde_json::json!(f)),
-        proptest::sample::select(vec!["success", "error", "vector", "matrix", "scalar", "NaN", "1", "x"])
-            .prop_map(serde_json::Value::from),
+        proptest::sample::select(vec![
+            "success", "error", "vector", "matrix", "scalar", "NaN", "1", "x"
+        ])
+        .prop_map(serde_json::Value::from),
     ];
     leaf.prop_recursive(4, 32, 4, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
             proptest::collection::btree_map(
-                proptest::sample::select(vec!["status", "data", "resultType", "result", "metric", "value", "values", "errorType", "error"])
-                    .prop_map(String::from),
+                proptest::sample::select(vec![
+                    "status",
+                    "data",
+                    "resultType",
+                    "result",
+                    "metric",
+                    "value",
+                    "values",
+                    "errorType",
+                    "error"
+                ])
+                .prop_map(String::from),
                 inner,
                 0..4
             )

@@ -578,7 +578,10 @@ fn no_data_pauses_and_alerts_and_never_promotes_or_rolls_back() {
     let sl = silent.clone();
     s.run(30, move |h| {
         if *h == sl {
-            Some(WatchVerdict::NoData { since_ms: 0, missing: None })
+            Some(WatchVerdict::NoData {
+                since_ms: 0,
+                missing: None,
+            })
         } else {
             Some(WatchVerdict::Healthy)
         }
@@ -640,7 +643,10 @@ fn no_data_from_prometheus_pauses_naming_the_host_and_the_query() {
     assert_eq!(ev[0].figures["metric"], "error_ratio");
     let paused = s.events("rollout.paused");
     assert_eq!(paused[0].figures["pause_reason"]["kind"], "no_data");
-    assert_eq!(paused[0].figures["pause_reason"]["missing"]["query"], missing.query.as_str());
+    assert_eq!(
+        paused[0].figures["pause_reason"]["missing"]["query"],
+        missing.query.as_str()
+    );
     // The typed reason survives the state's round trip.
     let back: Rollout = serde_json::from_value(serde_json::to_value(&s.r).unwrap()).unwrap();
     assert_eq!(back.pause_reason, s.r.pause_reason);
@@ -1277,7 +1283,13 @@ fn a_state_saved_with_the_pause_reason_as_text_still_loads_typed() {
             "the revert of web-07 failed",
             PauseReason::RevertFailed { host: web.clone() },
         ),
-        ("no data from web-07", PauseReason::NoData { host: web, missing: None }),
+        (
+            "no data from web-07",
+            PauseReason::NoData {
+                host: web,
+                missing: None,
+            },
+        ),
         ("paused by the operator", PauseReason::Operator),
         (
             "no host is eligible for the pilot (every target is high risk)",

@@ -58,7 +58,11 @@ fn values_cannot_leave_their_string() {
     );
     // Control characters cannot break the line.
     assert_eq!(
-        render(r#"up{zone="{{labels.zone}}"}"#, "h", &[("zone", "a\nb\u{1}c\t")]),
+        render(
+            r#"up{zone="{{labels.zone}}"}"#,
+            "h",
+            &[("zone", "a\nb\u{1}c\t")]
+        ),
         r#"up{zone="a\nb\x01c\t"}"#
     );
     // After =~ the value is a literal, not a pattern: web.1 does not match web-1.
@@ -79,7 +83,9 @@ fn values_cannot_leave_their_string() {
 #[test]
 fn a_missing_label_is_an_error_naming_host_and_label() {
     let t = QueryTemplate::parse(r#"up{zone="{{labels.zone}}"}"#).unwrap();
-    let e = t.render("web-01", &labels(&[("role", "web")]), 1000).unwrap_err();
+    let e = t
+        .render("web-01", &labels(&[("role", "web")]), 1000)
+        .unwrap_err();
     assert_eq!(
         e.to_string(),
         "host web-01 has no label `zone`, which the query's {{labels.zone}} needs"
@@ -104,13 +110,21 @@ fn bad_templates_are_refused_with_the_reason() {
         assert_eq!(QueryTemplate::parse(t).unwrap_err(), want, "{t:?}");
     }
     let long = format!("up{}", " ".repeat(MAX_QUERY_BYTES));
-    assert!(QueryTemplate::parse(&long).unwrap_err().contains("at most 4096"));
+    assert!(QueryTemplate::parse(&long)
+        .unwrap_err()
+        .contains("at most 4096"));
 }
 
 #[test]
 fn addresses() {
-    assert_eq!(check_address("http://127.0.0.1:9090/").unwrap(), "http://127.0.0.1:9090");
-    assert_eq!(check_address("https://prom.example/prefix").unwrap(), "https://prom.example/prefix");
+    assert_eq!(
+        check_address("http://127.0.0.1:9090/").unwrap(),
+        "http://127.0.0.1:9090"
+    );
+    assert_eq!(
+        check_address("https://prom.example/prefix").unwrap(),
+        "https://prom.example/prefix"
+    );
     for (a, want) in [
         ("127.0.0.1:9090", "must start with http:// or https://"),
         ("http://", "has no host"),

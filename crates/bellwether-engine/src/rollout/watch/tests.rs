@@ -70,13 +70,22 @@ fn silence_is_no_data_and_never_failing() {
     assert_eq!(run.verdict(45 * S), WatchVerdict::Healthy);
     assert_eq!(
         run.verdict(47 * S),
-        WatchVerdict::NoData { since_ms: 41 * S, missing: None }
+        WatchVerdict::NoData {
+            since_ms: 41 * S,
+            missing: None
+        }
     );
     // A host that sent nothing since its apply.
     let mut w = HostWatcher::new(&plan, hn("quiet")).unwrap();
     w.mark_applied(0);
     assert_eq!(w.verdict(5 * S, &[]), WatchVerdict::Healthy);
-    assert_eq!(w.verdict(6 * S, &[]), WatchVerdict::NoData { since_ms: 0, missing: None });
+    assert_eq!(
+        w.verdict(6 * S, &[]),
+        WatchVerdict::NoData {
+            since_ms: 0,
+            missing: None
+        }
+    );
 }
 
 #[test]
@@ -440,7 +449,10 @@ fn a_host_with_only_prometheus_metrics_and_no_values_names_the_query() {
     // Only the Prometheus metric: no agent sample counts, so every check sees silence; the
     // verdict still says which query gave nothing and why.
     let plan = parse_plan(
-        &PROM_PLAN.replace("    - { name: svc_latency_p50_ms, threshold_pct: 100 }\n", ""),
+        &PROM_PLAN.replace(
+            "    - { name: svc_latency_p50_ms, threshold_pct: 100 }\n",
+            "",
+        ),
         "p.yaml",
     )
     .unwrap();
