@@ -27,6 +27,7 @@ pub mod mirror;
 pub mod model_api;
 pub mod patch;
 mod peers;
+pub mod prometheus;
 pub mod rollout;
 pub mod shadow;
 mod task;
@@ -92,6 +93,9 @@ pub struct ServerConfig {
     /// forwards writes to the leader otherwise (see `leader` and docs/ha.md). `None`: it owns
     /// the store alone and always leads.
     pub ha: Option<HaSettings>,
+    /// `--prometheus-url`: the Prometheus server a plan's `source: prometheus` metrics are
+    /// read from when the plan names none (`analysis.prometheus.address`).
+    pub prometheus_url: Option<String>,
 }
 
 /// The default of [`ServerConfig::sample_max_age`]: 24 hours.
@@ -118,6 +122,7 @@ impl ServerConfig {
             sample_max_ahead: DEFAULT_SAMPLE_MAX_AHEAD,
             proxy_tokens: Default::default(),
             ha: None,
+            prometheus_url: None,
         }
     }
 }
@@ -147,6 +152,8 @@ pub enum ServerError {
     Resume(String),
     #[error("serving HTTP failed: {0}")]
     Serve(std::io::Error),
+    #[error("--prometheus-url: {0}")]
+    PrometheusUrl(String),
 }
 
 /// What handlers share.
@@ -166,6 +173,15 @@ pub struct AppState {
     /// Whether this replica leads, and the terms its task runners hold.
     pub(crate) leader: Arc<leader::Leadership>,
     pub(crate) forward: forward::Forwarder,
+    /// The default Prometheus of rollouts' `source: prometheus` metrics, and the client
+    /// their queries share.
+    pub(crate) prometheus: Arc<PrometheusDefault>,
+}
+
+/// `--prometheus-url` (checked) and the HTTP client of every Prometheus query.
+pub(crate) struct PrometheusDefault {
+    pub(crate) url: Option<String>,
+    pub(crate) http: reqwest::Client,
 }
 
 /// An opened server, ready to serve.
@@ -193,6 +209,12 @@ impl Server {
                 return Err(ServerError::SameTokens);
             }
         }
+        let prometheus_url = config
+            .prometheus_url
+            .as_deref()
+            .map(bellwether_engine::rollout::promql::check_address)
+            .transpose()
+            .map_err(ServerError::PrometheusUrl)?;
         let store = Store::open(&config.store).await?;
         let tokens = tokens::bootstrap(&store, &config).await?;
         let forwarder = forward::Forwarder::new(
@@ -225,6 +247,10 @@ impl Server {
                 patches: Arc::new(patch::Patches::new(config.proxy_tokens.clone())),
                 leader: Arc::new(leader),
                 forward: forwarder,
+                prometheus: Arc::new(PrometheusDefault {
+                    url: prometheus_url,
+                    http: reqwest::Client::new(),
+                }),
             },
             body_limit: config.body_limit,
             grace: config.grace,

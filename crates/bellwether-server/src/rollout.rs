@@ -22,6 +22,12 @@
 //! host's new stored samples and drift ([`DurableTask::observe`]), and its step feeds them to
 //! the watchers, asks for a verdict on every applied host (with the not-updated hosts as
 //! controls), and hands the verdicts to the engine.
+//!
+//! A plan's `source: prometheus` metrics are read in the same observation: each host's query
+//! (the template filled with the host) as a range query from the last value read to now, one
+//! point per analysis interval, fed to the same watcher. An empty result, an error or an
+//! unreachable Prometheus is no data for that metric (`HostWatcher::observe_missing`): the
+//! watcher then says `NoData` with the query and the reason, and the engine pauses.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -48,7 +54,7 @@ use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::model_api::{self, UpdateInfo};
 use crate::task::{self, Dispatch, DurableTask, Input, NoEffect, Step};
-use crate::{now_ms, AppState};
+use crate::{now_ms, prometheus, AppState};
 
 /// The routes of this module, as (method, path); docs/api.md and docs/openapi.yaml describe
 /// each (a test checks).
@@ -93,6 +99,9 @@ pub(crate) struct RolloutTask {
     fed_until: BTreeMap<HostName, i64>,
     /// Each target host's feature vector at scoring time, for its outcome.
     features: BTreeMap<String, BTreeMap<String, Value>>,
+    /// The time of the newest value read from Prometheus per host and metric (not stored,
+    /// like `fed_until`).
+    prom_fed: BTreeMap<(HostName, String), i64>,
 }
 
 /// What is stored as a rollout's state: the engine and each host's watcher snapshot.
@@ -109,10 +118,45 @@ struct PersistedRef<'a> {
     watchers: BTreeMap<&'a HostName, WatcherSnapshot>,
 }
 
-/// One analysis interval's reads: each host's new samples and current drift.
+/// One analysis interval's reads: each host's new samples and current drift, and the
+/// values of the plan's Prometheus metrics.
 pub(crate) struct Observed {
     samples: BTreeMap<HostName, Vec<MetricSample>>,
     drift: BTreeMap<HostName, f64>,
+    prom: Vec<PromRead>,
+}
+
+/// One host's read of one Prometheus metric: its points, or why there are none.
+pub(crate) struct PromRead {
+    host: HostName,
+    metric: String,
+    /// The query as sent (the template filled for the host).
+    query: String,
+    result: Result<Vec<prometheus::Point>, String>,
+}
+
+/// At most this many Prometheus queries in flight per rollout.
+const PROM_CONCURRENCY: usize = 8;
+
+/// The Prometheus client of a plan: its `analysis.prometheus.address`, else the server's
+/// `--prometheus-url`.
+fn prom_client(
+    plan: &bellwether_engine::rollout::plan::Plan,
+    state: &AppState,
+) -> Result<prometheus::Client, String> {
+    let settings = plan.analysis.prometheus.as_ref();
+    let address = match settings.and_then(|p| p.address.as_deref()) {
+        Some(a) => bellwether_engine::rollout::promql::check_address(a)?,
+        None => state.prometheus.url.clone().ok_or_else(|| {
+            "no Prometheus to read from: the plan has no analysis.prometheus.address and the server no --prometheus-url".to_string()
+        })?,
+    };
+    let timeout = settings.map_or(Duration::from_secs(3), |p| p.timeout.0);
+    Ok(prometheus::Client::new(
+        state.prometheus.http.clone(),
+        &address,
+        timeout,
+    ))
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -268,6 +312,25 @@ impl RolloutTask {
                 w.observe_drift(now, d);
             }
         }
+        for r in observed.prom {
+            let Some(w) = self.watchers.get_mut(&r.host) else {
+                continue;
+            };
+            match r.result {
+                Ok(points) => {
+                    for p in &points {
+                        // Points already fed (a step that was not kept) are refused; fine.
+                        let _ = w.observe(p.ts_ms, &r.metric, p.value);
+                    }
+                    if let Some(last) = points.last() {
+                        self.prom_fed.insert((r.host, r.metric), last.ts_ms);
+                    }
+                }
+                Err(problem) => {
+                    let _ = w.observe_missing(&r.metric, &r.query, &problem);
+                }
+            }
+        }
         let watched: Vec<HostName> = self
             .rollout
             .hosts
@@ -286,7 +349,8 @@ impl RolloutTask {
                 .filter(|c| c.applied_ms().is_none())
                 .collect();
             let verdict = w.verdict(now, &controls);
-            let data_ms = w.last_sample_ms();
+            // The newest sample's time, but no later than any Prometheus metric's newest.
+            let data_ms = w.data_ms();
             verdicts.push(Observation::HostWatch {
                 host: h,
                 verdict,
@@ -301,6 +365,85 @@ impl RolloutTask {
         }
         decisions.extend(self.rollout.step(Observation::Tick { now_ms: now }));
         decisions
+    }
+}
+
+impl RolloutTask {
+    /// Every host's values of the plan's Prometheus metrics since the last read, one point
+    /// per analysis interval (steps aligned to it), up to now.
+    async fn read_prometheus(&self, state: &AppState) -> Vec<PromRead> {
+        let plan = &self.rollout.plan;
+        let metrics: Vec<_> = plan.analysis.prometheus_metrics().collect();
+        if metrics.is_empty() || self.rollout.is_settled() {
+            return Vec::new();
+        }
+        let client = prom_client(plan, state);
+        let step = plan.analysis.interval_ms().max(1);
+        let now = now_ms();
+        let end = now - now.rem_euclid(step);
+        let mut reads = Vec::new();
+        let mut queries = tokio::task::JoinSet::new();
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(PROM_CONCURRENCY));
+        for (h, rec) in &self.rollout.hosts {
+            for (rule, template) in &metrics {
+                let metric = rule.name.0.clone();
+                let fed = self
+                    .prom_fed
+                    .get(&(h.clone(), metric.clone()))
+                    .copied()
+                    .unwrap_or(now - BASELINE_LOOKBACK_MS);
+                let start = (fed.div_euclid(step) + 1) * step;
+                if start > end {
+                    continue;
+                }
+                let query = match template.render(h.as_str(), &rec.labels, step) {
+                    Ok(q) => q,
+                    Err(e) => {
+                        reads.push(PromRead {
+                            host: h.clone(),
+                            metric,
+                            query: template.as_str().to_string(),
+                            result: Err(e.to_string()),
+                        });
+                        continue;
+                    }
+                };
+                let client = match &client {
+                    Ok(c) => c.clone(),
+                    Err(e) => {
+                        reads.push(PromRead {
+                            host: h.clone(),
+                            metric,
+                            query,
+                            result: Err(e.clone()),
+                        });
+                        continue;
+                    }
+                };
+                let (host, permits) = (h.clone(), permits.clone());
+                queries.spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    let result = client
+                        .query_range(&query, start, end, step)
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(prometheus::host_points);
+                    PromRead {
+                        host,
+                        metric,
+                        query,
+                        result,
+                    }
+                });
+            }
+        }
+        while let Some(r) = queries.join_next().await {
+            match r {
+                Ok(read) => reads.push(read),
+                Err(e) => tracing::error!(error = %e, "a Prometheus query task failed"),
+            }
+        }
+        reads
     }
 }
 
@@ -341,6 +484,7 @@ impl DurableTask for RolloutTask {
             watchers,
             fed_until,
             features,
+            prom_fed: BTreeMap::new(),
         })
     }
 
@@ -377,6 +521,7 @@ impl DurableTask for RolloutTask {
         let mut observed = Observed {
             samples: BTreeMap::new(),
             drift: BTreeMap::new(),
+            prom: self.read_prometheus(state).await,
         };
         for h in self.rollout.hosts.keys() {
             let after = self
@@ -454,6 +599,14 @@ async fn create(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some((rule, _)) = plan.analysis.prometheus_metrics().next() {
+        prom_client(&plan, &state).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{file}: analysis.metrics: {} reads Prometheus, but there is {e}",
+                rule.name
+            ))
+        })?;
+    }
     let Some((model_version, model)) = model_api::latest_model(&state).await? else {
         return Err(ApiError::conflict(format!(
             "cannot score the hosts of {file}: {}",
@@ -473,6 +626,16 @@ async fn create(
         let mut labels = p.as_ref().map(|p| p.labels.clone()).unwrap_or_default();
         labels.extend(h.labels.clone());
         if plan.targets.matches(&labels, &attributes(p.as_ref())) {
+            // Every query must fill in for every target (a label it names is missing).
+            for (rule, q) in plan.analysis.prometheus_metrics() {
+                q.render(h.name.as_str(), &labels, plan.analysis.interval_ms())
+                    .map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "{file}: analysis.metrics: {}: {e}",
+                            rule.name
+                        ))
+                    })?;
+            }
             hosts.push((h.name.clone(), labels.clone()));
             profiles.insert(h.name.clone(), (labels, p));
         }
@@ -567,6 +730,7 @@ async fn create(
         rollout,
         watchers,
         fed_until,
+        prom_fed: BTreeMap::new(),
     };
     let mut first = task.effects(decisions);
     evidence_events.retain(|e| e.host.as_ref().is_some_and(|h| targets.contains(h)));

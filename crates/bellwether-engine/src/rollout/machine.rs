@@ -81,10 +81,33 @@ pub enum WatchVerdict {
         reason: String,
         figures: Value,
     },
-    /// No samples since `since_ms`: never a reason to promote or roll back.
+    /// No samples since `since_ms`: never a reason to promote or roll back. `missing` names
+    /// the metric read from Prometheus that has no data, its query and why.
     NoData {
         since_ms: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        missing: Option<MissingData>,
     },
+}
+
+/// A metric read from Prometheus that gave no value: which, the query as sent for the host,
+/// and why (an empty result, an error, Prometheus unreachable).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MissingData {
+    pub metric: String,
+    pub query: String,
+    pub problem: String,
+}
+
+impl std::fmt::Display for MissingData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (Prometheus query `{}`): {}",
+            self.metric, self.query, self.problem
+        )
+    }
 }
 
 /// An operator's command.
@@ -168,8 +191,13 @@ pub enum PauseReason {
     NoEligiblePilot,
     /// Rolling a failed host back did not work: the host is in an unknown state.
     RevertFailed { host: HostName },
-    /// A host sent no samples past the plan's no-data time.
-    NoData { host: HostName },
+    /// A host sent no samples past the plan's no-data time; `missing` when it is a metric
+    /// read from Prometheus.
+    NoData {
+        host: HostName,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        missing: Option<MissingData>,
+    },
     /// `bellwether rollout pause`.
     Operator,
     /// The server held the rollout because it could not carry out its steps (its store
@@ -194,7 +222,14 @@ impl std::fmt::Display for PauseReason {
                 f.write_str("no host is eligible for the pilot (every target is high risk)")
             }
             PauseReason::RevertFailed { host } => write!(f, "the revert of {host} failed"),
-            PauseReason::NoData { host } => write!(f, "no data from {host}"),
+            PauseReason::NoData {
+                host,
+                missing: None,
+            } => write!(f, "no data from {host}"),
+            PauseReason::NoData {
+                host,
+                missing: Some(m),
+            } => write!(f, "no data from {host}: {m}"),
             PauseReason::Operator => f.write_str("paused by the operator"),
             PauseReason::Held { reason } => f.write_str(reason),
         }
@@ -227,7 +262,10 @@ impl PauseReason {
         } else if let Some(host) = host("the revert of ", " failed") {
             PauseReason::RevertFailed { host }
         } else if let Some(host) = host("no data from ", "") {
-            PauseReason::NoData { host }
+            PauseReason::NoData {
+                host,
+                missing: None,
+            }
         } else if text == "paused by the operator" {
             PauseReason::Operator
         } else if text == PauseReason::NoEligiblePilot.to_string() {
@@ -1614,10 +1652,10 @@ impl Rollout {
                     );
                 }
             }
-            WatchVerdict::NoData { since_ms } => {
+            WatchVerdict::NoData { since_ms, missing } => {
                 rec.last_verdict = Some(VerdictKind::NoData);
                 if !was_no_data {
-                    self.no_data(out, h, since_ms);
+                    self.no_data(out, h, since_ms, missing);
                 }
             }
             WatchVerdict::Critical { reason, figures } => {
@@ -1666,20 +1704,46 @@ impl Rollout {
         );
     }
 
-    fn no_data(&mut self, out: &mut Vec<Decision>, h: &HostName, since_ms: i64) {
-        let figures = json!({ "since_ms": since_ms, "silent_ms": self.now_ms - since_ms, "after_ms": self.plan.no_data.after_ms() });
+    fn no_data(
+        &mut self,
+        out: &mut Vec<Decision>,
+        h: &HostName,
+        since_ms: i64,
+        missing: Option<MissingData>,
+    ) {
+        let mut figures = json!({ "since_ms": since_ms, "silent_ms": self.now_ms - since_ms, "after_ms": self.plan.no_data.after_ms() });
+        let reason = match &missing {
+            None => format!(
+                "No samples for {}ms: neither promoting nor rolling back on no data.",
+                self.now_ms - since_ms
+            ),
+            Some(m) => {
+                figures["metric"] = json!(m.metric);
+                figures["query"] = json!(m.query);
+                figures["problem"] = json!(m.problem);
+                figures["source"] = json!("prometheus");
+                format!(
+                    "No data from Prometheus for {}ms: {m}. Neither promoting nor rolling back on no data.",
+                    self.now_ms - since_ms
+                )
+            }
+        };
         self.event(
             out,
             "host.no_data",
             Some(h.clone()),
-            format!(
-                "No samples for {}ms: neither promoting nor rolling back on no data.",
-                self.now_ms - since_ms
-            ),
+            reason,
             figures.clone(),
         );
         if self.phase == Phase::Running {
-            self.pause(out, PauseReason::NoData { host: h.clone() }, figures);
+            self.pause(
+                out,
+                PauseReason::NoData {
+                    host: h.clone(),
+                    missing,
+                },
+                figures,
+            );
         } else {
             self.alert(
                 out,
@@ -1830,7 +1894,7 @@ impl Rollout {
             .collect();
         for (h, since) in silent {
             self.rec(&h).last_verdict = Some(VerdictKind::NoData);
-            self.no_data(out, &h, since);
+            self.no_data(out, &h, since, None);
         }
     }
 

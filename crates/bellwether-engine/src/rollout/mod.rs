@@ -15,6 +15,7 @@
 //! [`watch`] turns metric samples into the [`WatchVerdict`]s this machine consumes.
 
 pub mod plan;
+pub mod promql;
 pub mod watch;
 
 mod machine;

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use bellwether_detect::threshold::Direction;
 use bellwether_model::{ActionSpec, DriftCategory, Finding};
+
+use super::promql::{check_address, QueryTemplate};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Durations (`250ms`, `2s`, `1m30s`, a bare number of seconds) follow the one grammar of
@@ -778,6 +780,30 @@ checked! {
         /// The band's least half-width in the metric's units. Default 0.
         #[serde(default)]
         pub floor: f64,
+        /// Where the values come from: the agents' samples (default) or a PromQL query.
+        #[serde(default, skip_serializing_if = "MetricSource::is_agent")]
+        pub source: MetricSource,
+        /// The PromQL query of a `source: prometheus` metric, templated with the host
+        /// (docs/prometheus.md).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub query: Option<QueryTemplate>,
+    }
+}
+
+/// Where a watched metric's values come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricSource {
+    /// The samples the host's agent pushes (`/api/v1/agent/samples`), by the metric's name.
+    #[default]
+    Agent,
+    /// The metric's `query`, run against Prometheus for each host.
+    Prometheus,
+}
+
+impl MetricSource {
+    fn is_agent(&self) -> bool {
+        *self == MetricSource::Agent
     }
 }
 
@@ -802,7 +828,17 @@ impl MetricRule {
         if !(self.floor.is_finite() && self.floor >= 0.0) {
             return Err(format!("floor {} must be a number ≥ 0", self.floor));
         }
-        Ok(())
+        match (self.source, &self.query) {
+            (MetricSource::Prometheus, None) => Err(format!(
+                "{} reads Prometheus: give its PromQL `query`",
+                self.name
+            )),
+            (MetricSource::Agent, Some(_)) => Err(format!(
+                "{} has a `query` but reads the agents' samples: add `source: prometheus`",
+                self.name
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -906,6 +942,42 @@ checked! {
         /// Severity score at or above which a host fails. Default 0.3.
         #[serde(default = "d_severity_fail")]
         pub severity_fail: f64,
+        /// Where `source: prometheus` metrics are read; the server's `--prometheus-url` when
+        /// absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub prometheus: Option<PrometheusSettings>,
+    }
+}
+
+checked! {
+    /// The Prometheus server a plan's `source: prometheus` metrics are read from.
+    pub struct PrometheusSettings via RawPrometheusSettings = "RawPrometheusSettings" {
+        /// Its base URL (`http://127.0.0.1:9090`); the server's `--prometheus-url` when
+        /// absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub address: Option<String>,
+        /// How long one query may take. Default 3s.
+        #[serde(default = "d_prometheus_timeout")]
+        pub timeout: Dur,
+    }
+}
+
+fn d_prometheus_timeout() -> Dur {
+    Dur(Duration::from_secs(3))
+}
+
+impl PrometheusSettings {
+    fn check(&self) -> Result<(), String> {
+        if let Some(a) = &self.address {
+            check_address(a)?;
+        }
+        if self.timeout.0 < Duration::from_millis(10) || self.timeout.0 > Duration::from_secs(300) {
+            return Err(format!(
+                "timeout {}ms is not between 10ms and 300s",
+                self.timeout.0.as_millis()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -954,6 +1026,13 @@ impl Analysis {
 
     pub fn interval_ms(&self) -> i64 {
         ms(self.interval.0)
+    }
+
+    /// The metrics read from Prometheus.
+    pub fn prometheus_metrics(&self) -> impl Iterator<Item = (&MetricRule, &QueryTemplate)> {
+        self.metrics
+            .iter()
+            .filter_map(|m| m.query.as_ref().map(|q| (m, q)))
     }
 }
 

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::plan::{ms, MetricRule, Plan};
-use super::WatchVerdict;
+use super::{MissingData, WatchVerdict};
 
 pub mod synthetic;
 
@@ -50,6 +50,8 @@ struct MetricWatch {
     last_ts: Option<i64>,
     /// The baseline was frozen at the apply (false before it, or while it warmed up).
     frozen: bool,
+    /// For a metric read from Prometheus: why its last read gave no value, until one comes.
+    missing: Option<MissingData>,
 }
 
 impl MetricWatch {
@@ -207,6 +209,7 @@ impl HostWatcher {
                 recent: VecDeque::new(),
                 last_ts: None,
                 frozen: false,
+                missing: None,
             });
         }
         let scorer = SeverityScorer::new(a.metrics.iter().map(|m| (m.name.0.clone(), m.weight)))
@@ -269,6 +272,7 @@ impl HostWatcher {
         if !value.is_finite() {
             return Ok(());
         }
+        m.missing = None;
         self.last_sample_ms = Some(self.last_sample_ms.map_or(ts_ms, |t| t.max(ts_ms)));
         if self.watch_from_ms.is_some_and(|from| ts_ms < from) {
             // From before a restart: it arrived (so it is data), but it is no evidence.
@@ -309,6 +313,41 @@ impl HostWatcher {
             self.warming_at_apply = self.warming();
         }
         Ok(())
+    }
+
+    /// A read of a metric from Prometheus gave no value: `query` is the query as sent for
+    /// this host and `problem` why (an empty result, an error, Prometheus unreachable). It is
+    /// kept for the [`WatchVerdict::NoData`] the metric gives once it has been without a
+    /// value for `no_data.after`; a value clears it.
+    pub fn observe_missing(
+        &mut self,
+        metric: &str,
+        query: &str,
+        problem: &str,
+    ) -> Result<(), WatchError> {
+        let Some(m) = self.metrics.iter_mut().find(|m| m.rule.name.0 == metric) else {
+            return Err(WatchError::UnknownMetric {
+                host: self.host.clone(),
+                metric: metric.to_string(),
+            });
+        };
+        m.missing = Some(MissingData {
+            metric: metric.to_string(),
+            query: query.to_string(),
+            problem: problem.to_string(),
+        });
+        Ok(())
+    }
+
+    /// The time the host's data reaches: the newest sample's, but no later than the newest
+    /// value of any metric read from Prometheus (each such metric must reach the end of a
+    /// bake on its own, or the host is not promoted). `None` before every one has a value.
+    pub fn data_ms(&self) -> Option<i64> {
+        let mut d = self.last_sample_ms?;
+        for m in self.metrics.iter().filter(|m| m.rule.query.is_some()) {
+            d = d.min(m.last_ts?);
+        }
+        Some(d)
     }
 
     /// The host's overall drift score at `now_ms` (before the apply it is the reference).
@@ -420,6 +459,29 @@ impl HostWatcher {
     /// critical metric failed the judgement). Otherwise `Healthy`. Before the apply the host
     /// is not judged and is `Healthy` unless silent.
     pub fn verdict(&self, now_ms: i64, controls: &[&HostWatcher]) -> WatchVerdict {
+        if let Some(applied) = self.applied_ms {
+            // A metric read from Prometheus is no data on its own: the agents' samples of other
+            // metrics do not stand in for it. Checked first, so that a host without any value
+            // says which query gave none.
+            for m in self.metrics.iter().filter(|m| m.rule.query.is_some()) {
+                let since = m.last_ts.map_or(applied, |t| t.max(applied));
+                if now_ms - since > self.no_data_after_ms {
+                    let missing = m.missing.clone().unwrap_or_else(|| MissingData {
+                        metric: m.rule.name.0.clone(),
+                        query: m
+                            .rule
+                            .query
+                            .as_ref()
+                            .map_or_else(String::new, |q| q.as_str().to_string()),
+                        problem: "no value was read".into(),
+                    });
+                    return WatchVerdict::NoData {
+                        since_ms: since,
+                        missing: Some(missing),
+                    };
+                }
+            }
+        }
         let since = match (self.last_sample_ms, self.applied_ms) {
             (Some(s), Some(a)) => s.max(a),
             (Some(s), None) => s,
@@ -427,7 +489,10 @@ impl HostWatcher {
             (None, None) => return WatchVerdict::Healthy,
         };
         if now_ms - since > self.no_data_after_ms {
-            return WatchVerdict::NoData { since_ms: since };
+            return WatchVerdict::NoData {
+                since_ms: since,
+                missing: None,
+            };
         }
         let Some(applied) = self.applied_ms else {
             return WatchVerdict::Healthy;

@@ -72,6 +72,11 @@ pub struct Args {
     /// (a host's metric window is anchored on its newest sample).
     #[arg(long, default_value = "5m", value_parser = bellwether_model::duration::parse)]
     sample_max_ahead: Duration,
+    /// The Prometheus server (`http://127.0.0.1:9090`) that rollouts' `source: prometheus`
+    /// metrics are read from when their plan names none (`analysis.prometheus.address`). See
+    /// docs/prometheus.md.
+    #[arg(long, value_name = "URL", value_parser = parse_prometheus_url)]
+    prometheus_url: Option<String>,
     /// With a PostgreSQL store, any number of servers may share it: the one holding the
     /// store's leader lease drives the rollouts, the others serve reads and forward writes to
     /// it, and take over within about the lease's length when it dies. The leader renews every
@@ -258,6 +263,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.sample_max_ahead = args.sample_max_ahead;
     config.proxy_tokens = args.proxy_token_file.iter().cloned().collect();
     config.ha = ha;
+    config.prometheus_url = args.prometheus_url.clone();
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async {
         // The store is opened and checked before any token file is written, so a damaged
@@ -298,4 +304,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--prometheus-url`: `http://` or `https://` with a host, no query.
+fn parse_prometheus_url(s: &str) -> Result<String, String> {
+    bellwether_engine::rollout::promql::check_address(s)
 }

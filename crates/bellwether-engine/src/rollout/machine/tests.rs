@@ -553,7 +553,8 @@ fn no_data_pauses_and_alerts_and_never_promotes_or_rolls_back() {
     assert_eq!(
         s.r.pause_reason,
         Some(PauseReason::NoData {
-            host: silent.clone()
+            host: silent.clone(),
+            missing: None,
         })
     );
     assert_eq!(
@@ -577,7 +578,10 @@ fn no_data_pauses_and_alerts_and_never_promotes_or_rolls_back() {
     let sl = silent.clone();
     s.run(30, move |h| {
         if *h == sl {
-            Some(WatchVerdict::NoData { since_ms: 0 })
+            Some(WatchVerdict::NoData {
+                since_ms: 0,
+                missing: None,
+            })
         } else {
             Some(WatchVerdict::Healthy)
         }
@@ -592,6 +596,60 @@ fn no_data_pauses_and_alerts_and_never_promotes_or_rolls_back() {
     s.run(300, |_| Some(WatchVerdict::Healthy));
     assert_eq!(s.r.phase, Phase::Completed);
     assert!(!s.events("host.data_back").is_empty());
+}
+
+#[test]
+fn no_data_from_prometheus_pauses_naming_the_host_and_the_query() {
+    let mut s = Sim::new(plan_with(&[]), fleet(40));
+    let silent = s.r.current[0].clone();
+    let missing = MissingData {
+        metric: "error_ratio".into(),
+        query: format!("sum(rate(errors{{host=\"{silent}\"}}[5s]))"),
+        problem: "the query returned no series".into(),
+    };
+    let (sl, m) = (silent.clone(), missing.clone());
+    s.run(30, move |h| {
+        Some(if *h == sl {
+            WatchVerdict::NoData {
+                since_ms: 0,
+                missing: Some(m.clone()),
+            }
+        } else {
+            WatchVerdict::Healthy
+        })
+    });
+    assert_eq!(s.r.phase, Phase::Paused);
+    assert_eq!(
+        s.r.pause_reason,
+        Some(PauseReason::NoData {
+            host: silent.clone(),
+            missing: Some(missing.clone()),
+        })
+    );
+    assert_eq!(
+        s.r.report().pause_reason,
+        Some(format!(
+            "no data from {silent}: error_ratio (Prometheus query `{}`): the query returned no series",
+            missing.query
+        ))
+    );
+    assert_eq!(s.r.wave, 0, "the pilot is not promoted on no data");
+    assert!(s.dispatches(ActionKind::Revert).is_empty());
+    let ev = s.events("host.no_data");
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].host.as_ref(), Some(&silent));
+    assert!(ev[0].reason.contains(&missing.query), "{}", ev[0].reason);
+    assert_eq!(ev[0].figures["query"], missing.query.as_str());
+    assert_eq!(ev[0].figures["metric"], "error_ratio");
+    let paused = s.events("rollout.paused");
+    assert_eq!(paused[0].figures["pause_reason"]["kind"], "no_data");
+    assert_eq!(
+        paused[0].figures["pause_reason"]["missing"]["query"],
+        missing.query.as_str()
+    );
+    // The typed reason survives the state's round trip.
+    let back: Rollout = serde_json::from_value(serde_json::to_value(&s.r).unwrap()).unwrap();
+    assert_eq!(back.pause_reason, s.r.pause_reason);
 }
 
 #[test]
@@ -1027,7 +1085,7 @@ proptest::proptest! {
                     let h = names[pick % names.len()].clone();
                     let verdict = match v {
                         0 => failing("x"),
-                        1 => WatchVerdict::NoData { since_ms: now - 1 },
+                        1 => WatchVerdict::NoData { since_ms: now - 1, missing: None },
                         2 => WatchVerdict::Critical { reason: "c".into(), figures: json!({}) },
                         _ => WatchVerdict::Healthy,
                     };
@@ -1225,7 +1283,13 @@ fn a_state_saved_with_the_pause_reason_as_text_still_loads_typed() {
             "the revert of web-07 failed",
             PauseReason::RevertFailed { host: web.clone() },
         ),
-        ("no data from web-07", PauseReason::NoData { host: web }),
+        (
+            "no data from web-07",
+            PauseReason::NoData {
+                host: web,
+                missing: None,
+            },
+        ),
         ("paused by the operator", PauseReason::Operator),
         (
             "no host is eligible for the pilot (every target is high risk)",

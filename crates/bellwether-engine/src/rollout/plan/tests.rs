@@ -803,3 +803,123 @@ fn update_depends_on_lists_package_names_once_each() {
     let e = parse_plan(&text, "plan.yaml").unwrap_err();
     expect(&e, line_of(&text, "depends_on"), "update.depends_on");
 }
+
+const PROM: &str = r#"name: p
+update: { name: websvc, version: 2, apply: { argv: [/bin/true] }, revert: { argv: [/bin/true] } }
+analysis:
+  prometheus: { address: "http://127.0.0.1:9090/", timeout: 2s }
+  metrics:
+    - { name: svc_error_ratio, threshold_pct: 50 }
+    - name: http_5xx
+      source: prometheus
+      query: 'sum(rate(http_requests_total{instance="{{host}}",code=~"5.."}[1m]))'
+      threshold_pct: 50
+      floor: 0.01
+"#;
+
+#[test]
+fn prometheus_metrics_parse_and_round_trip() {
+    let p = parse_plan(PROM, "p.yaml").unwrap();
+    let m = &p.analysis.metrics[1];
+    assert_eq!(m.source, MetricSource::Prometheus);
+    assert_eq!(
+        m.query.as_ref().unwrap().as_str(),
+        r#"sum(rate(http_requests_total{instance="{{host}}",code=~"5.."}[1m]))"#
+    );
+    assert_eq!(p.analysis.metrics[0].source, MetricSource::Agent);
+    let prom = p.analysis.prometheus.as_ref().unwrap();
+    assert_eq!(prom.address.as_deref(), Some("http://127.0.0.1:9090/"));
+    assert_eq!(prom.timeout.0, Duration::from_secs(2));
+    assert_eq!(
+        p.analysis
+            .prometheus_metrics()
+            .map(|(m, _)| m.name.0.as_str())
+            .collect::<Vec<_>>(),
+        ["http_5xx"]
+    );
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(json["analysis"]["metrics"][1]["source"], "prometheus");
+    assert!(json["analysis"]["metrics"][0].get("source").is_none());
+    assert_eq!(serde_json::from_value::<Plan>(json).unwrap(), p);
+    let yaml = serde_saphyr::to_string(&p).unwrap();
+    assert_eq!(parse_plan(&yaml, "again.yaml").unwrap(), p, "{yaml}");
+    // The default timeout, and no address (the server's --prometheus-url then).
+    let d = parse_plan(
+        &PROM.replace(
+            r#"  prometheus: { address: "http://127.0.0.1:9090/", timeout: 2s }
+"#,
+            "",
+        ),
+        "d.yaml",
+    )
+    .unwrap();
+    assert!(d.analysis.prometheus.is_none());
+}
+
+#[test]
+fn bad_prometheus_settings_name_their_place() {
+    let line = |needle: &str| line_of(PROM, needle);
+    let cases: Vec<(&str, &str, usize, &str)> = vec![
+        (
+            "      source: prometheus\n",
+            "",
+            line("name: http_5xx"),
+            "http_5xx has a `query` but reads the agents' samples: add `source: prometheus`",
+        ),
+        (
+            "      query: 'sum(rate(http_requests_total{instance=\"{{host}}\",code=~\"5..\"}[1m]))'\n",
+            "",
+            line("name: http_5xx"),
+            "http_5xx reads Prometheus: give its PromQL `query`",
+        ),
+        (
+            "instance=\"{{host}}\"",
+            "instance={{host}}",
+            line("query:"),
+            "analysis.metrics[1].query: {{host}} must be inside a quoted string",
+        ),
+        (
+            "{{host}}",
+            "{{hostname}}",
+            line("query:"),
+            "unknown placeholder {{hostname}}",
+        ),
+        (
+            "source: prometheus",
+            "source: graphite",
+            line("source:"),
+            "unknown variant `graphite`, expected `agent` or `prometheus`",
+        ),
+        (
+            "address: \"http://127.0.0.1:9090/\"",
+            "address: \"127.0.0.1:9090\"",
+            line("prometheus:"),
+            "analysis.prometheus: address \"127.0.0.1:9090\" must start with http:// or https://",
+        ),
+        (
+            "timeout: 2s",
+            "timeout: 1ms",
+            line("prometheus:"),
+            "timeout 1ms is not between 10ms and 300s",
+        ),
+        (
+            "timeout: 2s",
+            "timeout: 2s, token: x",
+            line("prometheus:"),
+            "unknown field `token`",
+        ),
+    ];
+    for (from, to, line, want) in cases {
+        assert_eq!(PROM.matches(from).count(), 1, "{from}");
+        let e = parse_plan(&PROM.replacen(from, to, 1), "plan.yaml").unwrap_err();
+        expect(&e, line, want);
+    }
+}
+
+#[test]
+fn the_prometheus_example_plan_parses() {
+    let text = include_str!("../../../../../examples/plans/web-v2-prometheus.yaml");
+    let p = parse_plan(text, "web-v2-prometheus.yaml").unwrap();
+    assert_eq!(p.analysis.prometheus_metrics().count(), 1);
+    assert_eq!(p.analysis.metrics.len(), 2);
+}

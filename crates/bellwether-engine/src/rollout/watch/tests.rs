@@ -70,13 +70,22 @@ fn silence_is_no_data_and_never_failing() {
     assert_eq!(run.verdict(45 * S), WatchVerdict::Healthy);
     assert_eq!(
         run.verdict(47 * S),
-        WatchVerdict::NoData { since_ms: 41 * S }
+        WatchVerdict::NoData {
+            since_ms: 41 * S,
+            missing: None
+        }
     );
     // A host that sent nothing since its apply.
     let mut w = HostWatcher::new(&plan, hn("quiet")).unwrap();
     w.mark_applied(0);
     assert_eq!(w.verdict(5 * S, &[]), WatchVerdict::Healthy);
-    assert_eq!(w.verdict(6 * S, &[]), WatchVerdict::NoData { since_ms: 0 });
+    assert_eq!(
+        w.verdict(6 * S, &[]),
+        WatchVerdict::NoData {
+            since_ms: 0,
+            missing: None
+        }
+    );
 }
 
 #[test]
@@ -343,4 +352,125 @@ fn a_restored_watcher_ignores_samples_from_before_the_apply() {
         r.verdict(43 * S, &[]),
         WatchVerdict::Failing { .. }
     ));
+}
+
+const PROM_PLAN: &str = r#"name: p
+update: { name: websvc, version: 2, apply: { argv: [/bin/true] }, revert: { argv: [/bin/true] } }
+analysis:
+  interval: 1s
+  baseline: 4s
+  judge: { enabled: false }
+  metrics:
+    - { name: svc_latency_p50_ms, threshold_pct: 100 }
+    - name: error_ratio
+      source: prometheus
+      query: 'sum(rate(errors{host="{{host}}"}[5s]))'
+      threshold_pct: 50
+      floor: 0.02
+      for: 2s
+no_data: { after: 3s }
+"#;
+
+#[test]
+fn a_prometheus_metric_without_values_is_no_data_even_while_the_agent_reports() {
+    let plan = parse_plan(PROM_PLAN, "p.yaml").unwrap();
+    let mut w = HostWatcher::new(&plan, hn("web-01")).unwrap();
+    for t in 0..6 {
+        w.observe(t * S, "svc_latency_p50_ms", 3.0).unwrap();
+        w.observe(t * S, "error_ratio", 0.0).unwrap();
+    }
+    w.mark_applied(6 * S);
+    assert_eq!(w.data_ms(), Some(5 * S));
+    // The agent keeps reporting; Prometheus gives nothing from the apply on.
+    let q = r#"sum(rate(errors{host="web-01"}[5s]))"#;
+    for t in 6..12 {
+        w.observe(t * S, "svc_latency_p50_ms", 3.0).unwrap();
+        w.observe_missing("error_ratio", q, "the query returned no series")
+            .unwrap();
+        if t <= 9 {
+            assert_eq!(w.verdict(t * S, &[]), WatchVerdict::Healthy, "t={t}");
+        }
+    }
+    // The host's data stops at the Prometheus metric's last value: no bake end is reached.
+    assert_eq!(w.data_ms(), Some(5 * S));
+    assert_eq!(
+        w.verdict(11 * S, &[]),
+        WatchVerdict::NoData {
+            since_ms: 6 * S,
+            missing: Some(MissingData {
+                metric: "error_ratio".into(),
+                query: q.into(),
+                problem: "the query returned no series".into(),
+            }),
+        }
+    );
+    // A value clears the problem; its breach is judged like an agent's sample.
+    for t in 12..16 {
+        w.observe(t * S, "svc_latency_p50_ms", 3.0).unwrap();
+        w.observe(t * S, "error_ratio", 0.5).unwrap();
+    }
+    assert_eq!(w.data_ms(), Some(15 * S));
+    let v = w.verdict(15 * S, &[]);
+    let WatchVerdict::Failing { reason, .. } = &v else {
+        panic!("{v:?}")
+    };
+    assert!(reason.contains("error_ratio"), "{reason}");
+    assert!(w
+        .observe_missing("nope", q, "x")
+        .unwrap_err()
+        .to_string()
+        .contains("not in the plan's analysis"));
+}
+
+#[test]
+fn a_prometheus_metric_that_never_had_a_value_is_no_data_after_the_apply() {
+    let plan = parse_plan(PROM_PLAN, "p.yaml").unwrap();
+    let mut w = HostWatcher::new(&plan, hn("web-01")).unwrap();
+    for t in 0..6 {
+        w.observe(t * S, "svc_latency_p50_ms", 3.0).unwrap();
+    }
+    assert_eq!(w.data_ms(), None, "no Prometheus value yet");
+    w.mark_applied(6 * S);
+    for t in 6..10 {
+        w.observe(t * S, "svc_latency_p50_ms", 3.0).unwrap();
+    }
+    let WatchVerdict::NoData { since_ms, missing } = w.verdict(10 * S, &[]) else {
+        panic!("not no data")
+    };
+    assert_eq!(since_ms, 6 * S);
+    let m = missing.unwrap();
+    assert_eq!(m.metric, "error_ratio");
+    assert_eq!(m.query, r#"sum(rate(errors{host="{{host}}"}[5s]))"#);
+    assert_eq!(m.problem, "no value was read");
+}
+
+#[test]
+fn a_host_with_only_prometheus_metrics_and_no_values_names_the_query() {
+    // Only the Prometheus metric: no agent sample counts, so every check sees silence; the
+    // verdict still says which query gave nothing and why.
+    let plan = parse_plan(
+        &PROM_PLAN.replace(
+            "    - { name: svc_latency_p50_ms, threshold_pct: 100 }\n",
+            "",
+        ),
+        "p.yaml",
+    )
+    .unwrap();
+    assert_eq!(plan.analysis.metrics.len(), 1);
+    let mut w = HostWatcher::new(&plan, hn("web-01")).unwrap();
+    w.mark_applied(0);
+    w.observe_missing("error_ratio", "q1", "Prometheus at http://p did not answer")
+        .unwrap();
+    let WatchVerdict::NoData { since_ms, missing } = w.verdict(4 * S, &[]) else {
+        panic!("not no data")
+    };
+    assert_eq!(since_ms, 0);
+    assert_eq!(
+        missing,
+        Some(MissingData {
+            metric: "error_ratio".into(),
+            query: "q1".into(),
+            problem: "Prometheus at http://p did not answer".into(),
+        })
+    );
 }
