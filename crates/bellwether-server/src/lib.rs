@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 mod api;
 mod auth;
 mod body;
@@ -92,6 +93,8 @@ pub struct ServerConfig {
     /// forwards writes to the leader otherwise (see `leader` and docs/ha.md). `None`: it owns
     /// the store alone and always leads.
     pub ha: Option<HaSettings>,
+    /// The retry policy of alert deliveries (docs/alerts.md).
+    pub alerts: alerts::AlertPolicy,
 }
 
 /// The default of [`ServerConfig::sample_max_age`]: 24 hours.
@@ -118,6 +121,7 @@ impl ServerConfig {
             sample_max_ahead: DEFAULT_SAMPLE_MAX_AHEAD,
             proxy_tokens: Default::default(),
             ha: None,
+            alerts: alerts::AlertPolicy::default(),
         }
     }
 }
@@ -166,6 +170,8 @@ pub struct AppState {
     /// Whether this replica leads, and the terms its task runners hold.
     pub(crate) leader: Arc<leader::Leadership>,
     pub(crate) forward: forward::Forwarder,
+    /// The retry policy of alert deliveries.
+    pub(crate) alerts: Arc<alerts::AlertPolicy>,
 }
 
 /// An opened server, ready to serve.
@@ -225,6 +231,7 @@ impl Server {
                 patches: Arc::new(patch::Patches::new(config.proxy_tokens.clone())),
                 leader: Arc::new(leader),
                 forward: forwarder,
+                alerts: Arc::new(config.alerts.clone()),
             },
             body_limit: config.body_limit,
             grace: config.grace,
@@ -290,6 +297,7 @@ impl Server {
             .merge(config::routes())
             .merge(mirror::routes())
             .merge(shadow::routes())
+            .merge(alerts::routes())
             // Inside the request counter, so refusals are counted too.
             .route_layer(axum::middleware::from_fn_with_state(
                 auth::AuthState::new(self.state.clone()),
@@ -370,6 +378,8 @@ impl Server {
             stop_tx.subscribe(),
         ));
         let leadership = tokio::spawn(leader::run(self.state.clone(), stop_tx.subscribe()));
+        // Alerts are sent by the leader only; the dispatcher waits for a term.
+        let alerts = tokio::spawn(alerts::run(self.state.clone(), stop_tx.subscribe()));
         let result = tokio::select! {
             r = &mut server => r,
             () = shutdown => {
@@ -386,6 +396,7 @@ impl Server {
         };
         let _ = stop_tx.send(true);
         let _ = pruner.await;
+        let _ = alerts.await;
         // A leader releases its lease, so another replica takes over at once.
         let _ = leadership.await;
         self.state.store.close().await;
