@@ -268,7 +268,7 @@ async fn a_rollouts_events_reach_a_server_rule_and_its_plans_rules_through_a_ser
         let bad = plan("ftp://h/x");
         let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", Some(json!({"plan_yaml": bad, "file": "web.yaml"}).to_string())).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-        assert!(v["error"].as_str().unwrap().starts_with("web.yaml:21:"), "{v}");
+        assert!(v["error"].as_str().unwrap().starts_with("web.yaml:19:5: alerts[0]: url: ftp://…"), "{v}");
 
         let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", Some(json!({"plan_yaml": plan(&format!("{}/plan", rx.url)), "file": "web.yaml"}).to_string())).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
