@@ -104,13 +104,7 @@ fn generic() -> String {
 impl TryFrom<RawAlertRule> for AlertRule {
     type Error = String;
     fn try_from(r: RawAlertRule) -> Result<AlertRule, String> {
-        AlertRule::new(
-            &r.name,
-            &r.url,
-            &r.format,
-            r.events,
-            r.hosts,
-        )
+        AlertRule::new(&r.name, &r.url, &r.format, r.events, r.hosts)
     }
 }
 
@@ -146,7 +140,9 @@ impl AlertRule {
         }
         if let Some(hosts) = &hosts {
             if hosts.is_empty() {
-                return Err("hosts: leave it out to alert on every host, or name at least one".into());
+                return Err(
+                    "hosts: leave it out to alert on every host, or name at least one".into(),
+                );
             }
             if hosts.len() > MAX_GLOBS {
                 return Err(format!("hosts: at most {MAX_GLOBS} globs"));
@@ -286,7 +282,10 @@ pub fn check_url(url: &str) -> Result<(), String> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '_' | '%'))
     {
-        return Err(format!("{}: the host is not a host name or address", redact_url(url)));
+        return Err(format!(
+            "{}: the host is not a host name or address",
+            redact_url(url)
+        ));
     }
     if let Some(port) = port {
         if port.parse::<u16>().map_or(true, |p| p == 0) {
@@ -349,10 +348,9 @@ pub fn check_event_glob(glob: &str) -> Result<(), String> {
     if glob.is_empty() || glob.len() > 128 {
         return Err(format!("{shown}: an event glob is 1 to 128 characters"));
     }
-    if let Some(c) = glob
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '*' | '?')))
-    {
+    if let Some(c) = glob.chars().find(|c| {
+        !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '*' | '?'))
+    }) {
         return Err(format!(
             "{shown}: `{}` is not allowed; event kinds are lower-case a-z, 0-9, '_' and '.', globs add '*' and '?'",
             c.escape_default()
@@ -425,7 +423,12 @@ pub fn glob_match(glob: &str, text: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn rule(url: &str, format: &str, events: &[&str], hosts: Option<&[&str]>) -> Result<AlertRule, String> {
+    fn rule(
+        url: &str,
+        format: &str,
+        events: &[&str],
+        hosts: Option<&[&str]>,
+    ) -> Result<AlertRule, String> {
         AlertRule::new(
             "ops",
             url,
@@ -439,9 +442,18 @@ mod tests {
     fn globs_match_kinds_across_dots() {
         assert!(glob_match("rollout.*", "rollout.host.rolled_back"));
         assert!(glob_match("*.rolled_back", "rollout.host.rolled_back"));
-        assert!(glob_match("rollout.host.rolled_back", "rollout.host.rolled_back"));
-        assert!(!glob_match("rollout.host.rolled_back", "rollout.host.rolled_back_x"));
-        assert!(glob_match("rollout.host.?olled_back", "rollout.host.rolled_back"));
+        assert!(glob_match(
+            "rollout.host.rolled_back",
+            "rollout.host.rolled_back"
+        ));
+        assert!(!glob_match(
+            "rollout.host.rolled_back",
+            "rollout.host.rolled_back_x"
+        ));
+        assert!(glob_match(
+            "rollout.host.?olled_back",
+            "rollout.host.rolled_back"
+        ));
         assert!(!glob_match("patch.*", "rollout.patch.x"));
         assert!(glob_match("*", "enrolled"));
         assert!(glob_match("web-*", "web-01"));
@@ -452,7 +464,13 @@ mod tests {
 
     #[test]
     fn a_rule_matches_its_events_and_hosts() {
-        let r = rule("http://h/x", "generic", &["rollout.host.*"], Some(&["web-*"])).unwrap();
+        let r = rule(
+            "http://h/x",
+            "generic",
+            &["rollout.host.*"],
+            Some(&["web-*"]),
+        )
+        .unwrap();
         assert!(r.matches("rollout.host.rolled_back", Some("web-01")));
         assert!(!r.matches("rollout.host.rolled_back", Some("db-01")));
         assert!(!r.matches("rollout.rollout.paused", None));
@@ -465,24 +483,88 @@ mod tests {
     #[test]
     fn bad_rules_are_refused_naming_the_field() {
         let cases: &[(&str, &str, &[&str], Option<&[&str]>, &str)] = &[
-            ("ftp://h/x", "generic", &["rollout.*"], None, "url: ftp://… is not an http:// or https:// URL"),
-            ("file:///etc/passwd", "generic", &["rollout.*"], None, "url: file://… is not an http"),
+            (
+                "ftp://h/x",
+                "generic",
+                &["rollout.*"],
+                None,
+                "url: ftp://… is not an http:// or https:// URL",
+            ),
+            (
+                "file:///etc/passwd",
+                "generic",
+                &["rollout.*"],
+                None,
+                "url: file://… is not an http",
+            ),
             ("http://", "generic", &["rollout.*"], None, "has no host"),
-            ("http://h:99999/", "generic", &["rollout.*"], None, "url: http://h:99999/: the port"),
+            (
+                "http://h:99999/",
+                "generic",
+                &["rollout.*"],
+                None,
+                "url: http://h:99999/: the port",
+            ),
             ("http://h x/", "generic", &["rollout.*"], None, "whitespace"),
-            ("http://h/", "teams", &["rollout.*"], None, "format: unknown format teams"),
-            ("http://h/", "generic", &[], None, "events: name at least one"),
-            ("http://h/", "generic", &["Rollout.*"], None, "events[0]: Rollout.*: `R` is not allowed"),
-            ("http://h/", "generic", &["rolout.*"], None, "events[0]: rolout.* matches no event kind"),
-            ("http://h/", "generic", &["rollout..x"], None, "events[0]: rollout..x: an empty part"),
-            ("http://h/", "generic", &["rollout.*"], Some(&[]), "hosts: leave it out"),
-            ("http://h/", "generic", &["rollout.*"], Some(&["web 1"]), "hosts[0]: web 1 is not a host"),
+            (
+                "http://h/",
+                "teams",
+                &["rollout.*"],
+                None,
+                "format: unknown format teams",
+            ),
+            (
+                "http://h/",
+                "generic",
+                &[],
+                None,
+                "events: name at least one",
+            ),
+            (
+                "http://h/",
+                "generic",
+                &["Rollout.*"],
+                None,
+                "events[0]: Rollout.*: `R` is not allowed",
+            ),
+            (
+                "http://h/",
+                "generic",
+                &["rolout.*"],
+                None,
+                "events[0]: rolout.* matches no event kind",
+            ),
+            (
+                "http://h/",
+                "generic",
+                &["rollout..x"],
+                None,
+                "events[0]: rollout..x: an empty part",
+            ),
+            (
+                "http://h/",
+                "generic",
+                &["rollout.*"],
+                Some(&[]),
+                "hosts: leave it out",
+            ),
+            (
+                "http://h/",
+                "generic",
+                &["rollout.*"],
+                Some(&["web 1"]),
+                "hosts[0]: web 1 is not a host",
+            ),
         ];
         for (url, format, events, hosts, want) in cases {
             let err = rule(url, format, events, *hosts).unwrap_err();
-            assert!(err.contains(want), "{url} {format} {events:?}: {err} lacks {want}");
+            assert!(
+                err.contains(want),
+                "{url} {format} {events:?}: {err} lacks {want}"
+            );
         }
-        let err = AlertRule::new("", "http://h", "generic", vec!["rollout.*".into()], None).unwrap_err();
+        let err =
+            AlertRule::new("", "http://h", "generic", vec!["rollout.*".into()], None).unwrap_err();
         assert!(err.starts_with("name: "), "{err}");
     }
 
@@ -515,7 +597,10 @@ analysis:
         .unwrap();
         assert_eq!(back, plan);
         for (bad, want) in [
-            ("url: \"ftp://x/y\"", "web.yaml:13:5: alerts[0]: url: ftp://…"),
+            (
+                "url: \"ftp://x/y\"",
+                "web.yaml:13:5: alerts[0]: url: ftp://…",
+            ),
             ("format: teams", "unknown format teams"),
             ("events: [\"rolout.*\"]", "rolout.* matches no event kind"),
             ("unknown: 1", "unknown"),
@@ -525,14 +610,18 @@ analysis:
             fields.retain(|f| !f.starts_with(key));
             fields.push(bad);
             let text = format!("{PLAN}alerts:\n  - {{ {} }}\n", fields.join(", "));
-            let err = crate::rollout::plan::parse_plan(&text, "web.yaml").unwrap_err().to_string();
+            let err = crate::rollout::plan::parse_plan(&text, "web.yaml")
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{bad}: {err}");
             assert!(err.starts_with("web.yaml:"), "{err}");
         }
         let twice = format!(
             "{PLAN}alerts:\n  - {{ name: a, url: \"http://h/\", events: [\"rollout.*\"] }}\n  - {{ name: a, url: \"http://h/\", events: [\"rollout.*\"] }}\n"
         );
-        let err = crate::rollout::plan::parse_plan(&twice, "web.yaml").unwrap_err().to_string();
+        let err = crate::rollout::plan::parse_plan(&twice, "web.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("the name a is used twice"), "{err}");
     }
 
@@ -542,7 +631,10 @@ analysis:
             redact_url("https://user:pw@hooks.slack.com/services/T0/B0/XXXX?token=abc"),
             "https://…@hooks.slack.com/services/…?…"
         );
-        assert_eq!(redact_url("http://127.0.0.1:8080/hook"), "http://127.0.0.1:8080/hook");
+        assert_eq!(
+            redact_url("http://127.0.0.1:8080/hook"),
+            "http://127.0.0.1:8080/hook"
+        );
         assert_eq!(redact_url("http://h"), "http://h/");
         assert_eq!(redact_url("ftp://secret@x/y"), "ftp://…");
         assert_eq!(redact_url("no url at all"), "?://…");

@@ -543,7 +543,11 @@ pub struct PatchPlan {
     pub webhook: Option<String>,
     /// Webhooks that receive this patch's events from the server, with retries and a
     /// delivery log (docs/alerts.md); `webhook` is the engine's own single POST.
-    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "field::alerts")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "field::alerts"
+    )]
     pub alerts: Vec<crate::alerts::AlertRule>,
 }
 

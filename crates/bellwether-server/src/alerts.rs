@@ -61,7 +61,10 @@ pub(crate) fn routes() -> axum::Router<AppState> {
     use axum::routing::{get, post};
     axum::Router::new()
         .route("/api/v1/alerts/rules", get(list_rules).post(add_rule))
-        .route("/api/v1/alerts/rules/{id}", get(show_rule).delete(remove_rule))
+        .route(
+            "/api/v1/alerts/rules/{id}",
+            get(show_rule).delete(remove_rule),
+        )
         .route("/api/v1/alerts/rules/{id}/test", post(test_rule))
         .route("/api/v1/alerts/deliveries", get(deliveries))
 }
@@ -191,8 +194,7 @@ pub fn render(format: AlertFormat, rule: &str, ev: &Event) -> Value {
             if let Some(h) = &ev.host {
                 head.push_str(&format!(" on `{}`", slack_escape(h)));
             }
-            let reason =
-                bellwether_model::text::quote_message(ev.reason.trim(), MAX_REASON);
+            let reason = bellwether_model::text::quote_message(ev.reason.trim(), MAX_REASON);
             let mut context = vec![format!("event {}", ev.id)];
             if let Some(t) = &ev.task {
                 context.push(format!("task `{}`", slack_escape(t)));
@@ -250,8 +252,7 @@ pub(crate) fn parse_retry_after(v: &str, now_ms: i64) -> Option<i64> {
     if let Ok(secs) = v.parse::<u64>() {
         return Some((secs.min(u64::MAX / 1000) * 1000).min(MAX_RETRY_AFTER_MS as u64) as i64);
     }
-    let at = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822)
-        .ok()?;
+    let at = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
     let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
     Some(at_ms.saturating_sub(now_ms).clamp(0, MAX_RETRY_AFTER_MS))
 }
@@ -343,7 +344,12 @@ pub(crate) async fn post_once(
 }
 
 /// What to log for attempt number `attempt` (1-based) that gave `tried`, at `now_ms`.
-pub(crate) fn next_step(policy: &AlertPolicy, attempt: i64, tried: &Tried, now_ms: i64) -> NewAttempt {
+pub(crate) fn next_step(
+    policy: &AlertPolicy,
+    attempt: i64,
+    tried: &Tried,
+    now_ms: i64,
+) -> NewAttempt {
     let (outcome, next, error) = match tried.verdict() {
         Verdict::Delivered => (AttemptOutcome::Delivered, None, None),
         Verdict::Permanent => (
@@ -364,7 +370,10 @@ pub(crate) fn next_step(policy: &AlertPolicy, attempt: i64, tried: &Tried, now_m
         ),
         Verdict::Retry => {
             let wait = tried.retry_after_ms.unwrap_or_else(|| {
-                policy.backoff(attempt as u32).as_millis().min(i64::MAX as u128) as i64
+                policy
+                    .backoff(attempt as u32)
+                    .as_millis()
+                    .min(i64::MAX as u128) as i64
             });
             (
                 AttemptOutcome::Retry,
@@ -529,7 +538,11 @@ impl Dispatcher {
                 } else {
                     let first_seen = *self.gaps.entry(next + 1).or_insert(now);
                     if now - first_seen >= GAP_GRACE_MS {
-                        tracing::debug!(from = next + 1, to = ev.id - 1, "Event ids never committed; moving on.");
+                        tracing::debug!(
+                            from = next + 1,
+                            to = ev.id - 1,
+                            "Event ids never committed; moving on."
+                        );
                         next = ev.id;
                     } else {
                         held = true;
@@ -779,7 +792,10 @@ async fn find_rule(state: &AppState, id: &str) -> Result<AlertRuleRecord, ApiErr
     })
 }
 
-async fn list_rules(_: Viewer, State(state): State<AppState>) -> Result<Json<Vec<RuleView>>, ApiError> {
+async fn list_rules(
+    _: Viewer,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<RuleView>>, ApiError> {
     let rules = state.store.alert_rules().await?;
     Ok(Json(rules.iter().map(view).collect::<Result<_, _>>()?))
 }
@@ -885,7 +901,10 @@ async fn test_rule(
     )
     .await?;
     let step = step.ok_or_else(|| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the test attempt was not logged")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the test attempt was not logged",
+        )
     })?;
     Ok(Json(TestResult {
         rule: rule.name,

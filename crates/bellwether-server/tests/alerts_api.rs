@@ -88,7 +88,12 @@ impl Receiver {
     }
 }
 
-async fn send(app: &Router, method: Method, uri: &str, body: Option<String>) -> (StatusCode, Value) {
+async fn send(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    body: Option<String>,
+) -> (StatusCode, Value) {
     let mut req = Request::builder()
         .method(method)
         .uri(uri)
@@ -103,7 +108,10 @@ async fn send(app: &Router, method: Method, uri: &str, body: Option<String>) -> 
     let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 /// A trained model and `n` enrolled web hosts with profiles, as a rollout needs.
@@ -111,7 +119,11 @@ async fn fleet(app: &Router, n: usize) {
     let mut csv = String::from("deployment_id,host,disk_free_pct,outcome\n");
     for i in 0..400 {
         let disk = (i * 7 % 60) as f64;
-        let failed = if disk < 10.0 { i % 10 != 0 } else { i % 17 == 0 };
+        let failed = if disk < 10.0 {
+            i % 10 != 0
+        } else {
+            i % 17 == 0
+        };
         csv.push_str(&format!("d{},h{i},{disk},{}\n", i / 10, failed as u8));
     }
     let req = Request::builder()
@@ -120,7 +132,10 @@ async fn fleet(app: &Router, n: usize) {
         .header(header::AUTHORIZATION, format!("Bearer {OP}"))
         .body(Body::from(csv))
         .unwrap();
-    assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(
+        app.clone().oneshot(req).await.unwrap().status(),
+        StatusCode::CREATED
+    );
     let (s, v) = send(app, Method::POST, "/api/v1/model/train", None).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     for i in 0..n {
@@ -129,7 +144,9 @@ async fn fleet(app: &Router, n: usize) {
             .uri("/api/v1/enrol")
             .header(header::AUTHORIZATION, format!("Bearer {ENROL}"))
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(json!({"name": format!("web-{i:02}"), "labels": {"role": "web"}}).to_string()))
+            .body(Body::from(
+                json!({"name": format!("web-{i:02}"), "labels": {"role": "web"}}).to_string(),
+            ))
             .unwrap();
         let resp = app.clone().oneshot(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
@@ -141,9 +158,14 @@ async fn fleet(app: &Router, n: usize) {
             .uri("/api/v1/agent/profile")
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(json!({"metrics": {"disk_free_pct": 40.0 + i as f64}}).to_string()))
+            .body(Body::from(
+                json!({"metrics": {"disk_free_pct": 40.0 + i as f64}}).to_string(),
+            ))
             .unwrap();
-        assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            app.clone().oneshot(req).await.unwrap().status(),
+            StatusCode::NO_CONTENT
+        );
     }
 }
 
@@ -176,7 +198,9 @@ alerts:
 
 fn api_error(e: ClientError) -> (u16, String) {
     match e {
-        ClientError::Api { status, message, .. } => (status, message),
+        ClientError::Api {
+            status, message, ..
+        } => (status, message),
         other => panic!("not an API error: {other}"),
     }
 }
@@ -215,20 +239,59 @@ async fn a_rollouts_events_reach_a_server_rule_and_its_plans_rules_through_a_ser
             hosts: None,
         };
         for (bad, status, want) in [
-            (rule("x", "ftp://h/x", "generic", &["rollout.*"]), 422, "url: ftp://… is not an http:// or https:// URL"),
-            (rule("x", "http://h/", "teams", &["rollout.*"]), 422, "format: unknown format teams"),
-            (rule("x", "http://h/", "generic", &["rolout.*"]), 422, "events[0]: rolout.* matches no event kind"),
-            (rule("x", "http://h/", "generic", &[]), 422, "events: name at least one"),
-            (rule("12", "http://h/", "generic", &["rollout.*"]), 422, "must not be a number"),
-            (rule("a b", "http://h/", "generic", &["rollout.*"]), 422, "name: "),
+            (
+                rule("x", "ftp://h/x", "generic", &["rollout.*"]),
+                422,
+                "url: ftp://… is not an http:// or https:// URL",
+            ),
+            (
+                rule("x", "http://h/", "teams", &["rollout.*"]),
+                422,
+                "format: unknown format teams",
+            ),
+            (
+                rule("x", "http://h/", "generic", &["rolout.*"]),
+                422,
+                "events[0]: rolout.* matches no event kind",
+            ),
+            (
+                rule("x", "http://h/", "generic", &[]),
+                422,
+                "events: name at least one",
+            ),
+            (
+                rule("12", "http://h/", "generic", &["rollout.*"]),
+                422,
+                "must not be a number",
+            ),
+            (
+                rule("a b", "http://h/", "generic", &["rollout.*"]),
+                422,
+                "name: ",
+            ),
         ] {
             let (s, m) = api_error(client.alert_add(&bad).await.unwrap_err());
             assert_eq!(s, status, "{m}");
             assert!(m.contains(want), "{m} lacks {want}");
         }
-        let (s, v) = send(&app, Method::POST, "/api/v1/alerts/rules", Some(json!({"name": "x", "url": "http://h/", "events": ["rollout.*"], "retries": 3}).to_string())).await;
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            "/api/v1/alerts/rules",
+            Some(
+                json!({"name": "x", "url": "http://h/", "events": ["rollout.*"], "retries": 3})
+                    .to_string(),
+            ),
+        )
+        .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-        assert!(v["error"].as_str().unwrap().contains("unknown field `retries`"), "{v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("unknown field `retries`"),
+            "{v}"
+        );
         let (s, v) = send(&app, Method::POST, "/api/v1/alerts/rules", Some("{".into())).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
         for (m, path) in [
@@ -238,7 +301,13 @@ async fn a_rollouts_events_reach_a_server_rule_and_its_plans_rules_through_a_ser
         ] {
             let (s, v) = send(&app, m.clone(), path, None).await;
             assert_eq!(s, StatusCode::NOT_FOUND, "{m} {path}: {v}");
-            assert!(v["error"].as_str().unwrap().starts_with("unknown alert rule"), "{v}");
+            assert!(
+                v["error"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("unknown alert rule"),
+                "{v}"
+            );
         }
         for (q, want) in [
             ("limit=0", "limit must be from 1 to 10000"),
@@ -246,7 +315,13 @@ async fn a_rollouts_events_reach_a_server_rule_and_its_plans_rules_through_a_ser
             ("rule=a%20b", "rule: "),
             ("colour=red", "unknown field `colour`"),
         ] {
-            let (s, v) = send(&app, Method::GET, &format!("/api/v1/alerts/deliveries?{q}"), None).await;
+            let (s, v) = send(
+                &app,
+                Method::GET,
+                &format!("/api/v1/alerts/deliveries?{q}"),
+                None,
+            )
+            .await;
             assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
             assert!(v["error"].as_str().unwrap().contains(want), "{q}: {v}");
         }
@@ -255,69 +330,135 @@ async fn a_rollouts_events_reach_a_server_rule_and_its_plans_rules_through_a_ser
         // A server-wide Slack rule for the rollout's start; its receiver fails once.
         let secret_url = format!("{}/ops/T0/B0/SECRET", rx.url);
         let added = client
-            .alert_add(&rule("ops", &secret_url, "slack", &["rollout.rollout.started"]))
+            .alert_add(&rule(
+                "ops",
+                &secret_url,
+                "slack",
+                &["rollout.rollout.started"],
+            ))
             .await
             .unwrap();
         assert_eq!(added.url, format!("{}/ops/…", rx.url));
-        let (s, m) = api_error(client.alert_add(&rule("ops", &secret_url, "slack", &["rollout.*"])).await.unwrap_err());
+        let (s, m) = api_error(
+            client
+                .alert_add(&rule("ops", &secret_url, "slack", &["rollout.*"]))
+                .await
+                .unwrap_err(),
+        );
         assert_eq!(s, 409, "{m}");
         rx.script.lock().unwrap().push_back(500);
 
         // A plan whose own rule is bad is refused with its place.
         fleet(&app, 4).await;
         let bad = plan("ftp://h/x");
-        let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", Some(json!({"plan_yaml": bad, "file": "web.yaml"}).to_string())).await;
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({"plan_yaml": bad, "file": "web.yaml"}).to_string()),
+        )
+        .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-        assert!(v["error"].as_str().unwrap().starts_with("web.yaml:19:5: alerts[0]: url: ftp://…"), "{v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("web.yaml:19:5: alerts[0]: url: ftp://…"),
+            "{v}"
+        );
 
-        let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", Some(json!({"plan_yaml": plan(&format!("{}/plan", rx.url)), "file": "web.yaml"}).to_string())).await;
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(
+                json!({"plan_yaml": plan(&format!("{}/plan", rx.url)), "file": "web.yaml"})
+                    .to_string(),
+            ),
+        )
+        .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         let id = v["id"].as_str().unwrap().to_string();
 
         // The plan's rule: the start and the pilot, generic JSON.
         let got = rx.wait_for("/plan", 2).await;
-        let kinds: Vec<&str> = got.iter().map(|b| b["event"]["kind"].as_str().unwrap()).collect();
-        assert!(kinds.contains(&"rollout.rollout.started") && kinds.contains(&"rollout.pilot.selected"), "{kinds:?}");
+        let kinds: Vec<&str> = got
+            .iter()
+            .map(|b| b["event"]["kind"].as_str().unwrap())
+            .collect();
+        assert!(
+            kinds.contains(&"rollout.rollout.started") && kinds.contains(&"rollout.pilot.selected"),
+            "{kinds:?}"
+        );
         for b in &got {
             assert_eq!(b["rule"], "plan-hook");
             assert_eq!(b["event"]["task"], id.as_str());
             assert_eq!(b["links"]["task"], format!("/api/v1/rollouts/{id}"));
-            assert!(b["summary"].as_str().unwrap().contains(&format!("(task {id})")));
+            assert!(b["summary"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("(task {id})")));
         }
         // The server rule: a 500, then delivered; Slack's shape.
         let ops = rx.wait_for("/ops/T0/B0/SECRET", 2).await;
         assert_eq!(ops[0], ops[1]);
-        assert!(ops[0]["text"].as_str().unwrap().starts_with("rollout.rollout.started (task "), "{}", ops[0]);
+        assert!(
+            ops[0]["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("rollout.rollout.started (task "),
+            "{}",
+            ops[0]
+        );
         assert_eq!(ops[0]["blocks"][0]["type"], "section");
 
         // The delivery log, once the second attempt is logged.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let log = loop {
-            let log = client.alert_deliveries(Some("ops"), None, 100).await.unwrap();
+            let log = client
+                .alert_deliveries(Some("ops"), None, 100)
+                .await
+                .unwrap();
             if log.attempts.iter().any(|a| a.outcome == "delivered") {
                 break log;
             }
             assert!(tokio::time::Instant::now() < deadline, "{log:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let a: Vec<(i64, Option<u16>, &str)> = log.attempts.iter().map(|a| (a.attempt, a.status, a.outcome.as_str())).collect();
-        assert_eq!(a, vec![(2, Some(200), "delivered"), (1, Some(500), "retry")]);
+        let a: Vec<(i64, Option<u16>, &str)> = log
+            .attempts
+            .iter()
+            .map(|a| (a.attempt, a.status, a.outcome.as_str()))
+            .collect();
+        assert_eq!(
+            a,
+            vec![(2, Some(200), "delivered"), (1, Some(500), "retry")]
+        );
         assert!(log.attempts[1].next_attempt_ms.unwrap() > log.attempts[1].at_ms);
         let text = serde_json::to_string(&log).unwrap();
         assert!(!text.contains("SECRET"), "{text}");
         let all = client.alert_deliveries(None, None, 100).await.unwrap();
-        assert!(all.attempts.iter().any(|a| a.rule == "plan-hook" && a.task.as_deref() == Some(id.as_str())));
+        assert!(all
+            .attempts
+            .iter()
+            .any(|a| a.rule == "plan-hook" && a.task.as_deref() == Some(id.as_str())));
 
         // `test` posts now, once, and logs it.
         let t = client.alert_test("ops").await.unwrap();
         assert!(t.delivered, "{t:?}");
         assert_eq!(t.status, Some(200));
         let last = rx.at("/ops/T0/B0/SECRET").pop().unwrap();
-        assert!(last["text"].as_str().unwrap().starts_with("alert.test"), "{last}");
+        assert!(
+            last["text"].as_str().unwrap().starts_with("alert.test"),
+            "{last}"
+        );
         rx.script.lock().unwrap().push_back(410);
         let t = client.alert_test(&added.id.to_string()).await.unwrap();
         assert!(!t.delivered);
-        assert_eq!(t.error.as_deref(), Some("HTTP 410 (not retried: the receiver refused the alert)"));
+        assert_eq!(
+            t.error.as_deref(),
+            Some("HTTP 410 (not retried: the receiver refused the alert)")
+        );
 
         let removed = client.alert_remove("ops").await.unwrap();
         assert_eq!(removed.id, added.id);

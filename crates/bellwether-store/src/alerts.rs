@@ -252,7 +252,10 @@ impl Store {
     }
 
     /// The rule with this id, or else this name.
-    pub async fn alert_rule(&self, id_or_name: &str) -> Result<Option<AlertRuleRecord>, StoreError> {
+    pub async fn alert_rule(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<AlertRuleRecord>, StoreError> {
         let id: Option<i64> = id_or_name.parse().ok();
         on_pool!(self, pool => {
             let row = sqlx::query("SELECT id, name, spec, created_at_ms FROM alert_rules WHERE id = $1 OR name = $2 ORDER BY (id = $1) DESC LIMIT 1")
@@ -405,7 +408,11 @@ impl Store {
     }
 
     /// Pending deliveries due at `now_ms`, the longest-waiting first, at most `limit`.
-    pub async fn due_alerts(&self, now_ms: i64, limit: i64) -> Result<Vec<DeliveryRecord>, StoreError> {
+    pub async fn due_alerts(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
         on_pool!(self, pool => {
             let rows = sqlx::query(&format!(
                 "SELECT {DELIVERY_COLUMNS} FROM alert_deliveries WHERE state = 'pending' AND next_attempt_ms <= $1 ORDER BY next_attempt_ms, id LIMIT $2"
