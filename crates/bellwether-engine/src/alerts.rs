@@ -482,7 +482,15 @@ mod tests {
 
     #[test]
     fn bad_rules_are_refused_naming_the_field() {
-        let cases: &[(&str, &str, &[&str], Option<&[&str]>, &str)] = &[
+        /// (url, format, events, hosts, the error's text)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a [&'a str],
+            Option<&'a [&'a str]>,
+            &'a str,
+        );
+        let cases: &[Case] = &[
             (
                 "ftp://h/x",
                 "generic",

@@ -65,7 +65,7 @@ enum Command {
     /// Data shadows: follow a SQLite file, a directory or a PostgreSQL cluster, take
     /// rollback points, and restore to just before a failure.
     Shadow(cmd::shadow::Args),
-    /// Alert webhooks (generic JSON or Slack), with retries and a delivery log.
+    // The help is cmd::alerts::Args's own (a doc comment here would replace it).
     Alerts(cmd::alerts::Args),
     /// Benchmarks whose figures go into BENCHMARKS.md.
     Bench(cmd::bench::Args),
