@@ -6,6 +6,7 @@
 //! the actions out live in the binary and the proxy.
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod config;
 pub mod mirror;
 pub mod patch;

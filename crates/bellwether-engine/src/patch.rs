@@ -239,6 +239,14 @@ mod field {
         .map(Some)
     }
 
+    pub fn alerts<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<crate::alerts::AlertRule>, D::Error> {
+        check::<D, _>(Vec::<crate::alerts::AlertRule>::deserialize(d)?, |rules| {
+            crate::alerts::check_rules(rules)
+        })
+    }
+
     pub fn metrics<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<MetricSpec>, D::Error> {
         check::<D, _>(Vec::<MetricSpec>::deserialize(d)?, |ms| {
             if ms.is_empty() {
@@ -533,6 +541,14 @@ pub struct PatchPlan {
     /// An `http://` URL that receives JSON alerts and the final report.
     #[serde(default, deserialize_with = "field::webhook")]
     pub webhook: Option<String>,
+    /// Webhooks that receive this patch's events from the server, with retries and a
+    /// delivery log (docs/alerts.md); `webhook` is the engine's own single POST.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "field::alerts"
+    )]
+    pub alerts: Vec<crate::alerts::AlertRule>,
 }
 
 impl PatchPlan {

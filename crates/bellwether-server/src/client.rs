@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 
 use crate::types::{BaselineRequest, BaselineResponse, FleetDrift, HostDetail, HostSummary};
 
+mod alert_calls;
 mod config_calls;
 mod mirror_calls;
 mod rollout_calls;

@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 mod api;
 mod auth;
 mod body;
@@ -96,6 +97,8 @@ pub struct ServerConfig {
     /// `--prometheus-url`: the Prometheus server a plan's `source: prometheus` metrics are
     /// read from when the plan names none (`analysis.prometheus.address`).
     pub prometheus_url: Option<String>,
+    /// The retry policy of alert deliveries (docs/alerts.md).
+    pub alerts: alerts::AlertPolicy,
 }
 
 /// The default of [`ServerConfig::sample_max_age`]: 24 hours.
@@ -123,6 +126,7 @@ impl ServerConfig {
             proxy_tokens: Default::default(),
             ha: None,
             prometheus_url: None,
+            alerts: alerts::AlertPolicy::default(),
         }
     }
 }
@@ -173,6 +177,8 @@ pub struct AppState {
     /// Whether this replica leads, and the terms its task runners hold.
     pub(crate) leader: Arc<leader::Leadership>,
     pub(crate) forward: forward::Forwarder,
+    /// The retry policy of alert deliveries.
+    pub(crate) alerts: Arc<alerts::AlertPolicy>,
     /// The default Prometheus of rollouts' `source: prometheus` metrics, and the client
     /// their queries share.
     pub(crate) prometheus: Arc<PrometheusDefault>,
@@ -251,6 +257,7 @@ impl Server {
                     url: prometheus_url,
                     http: reqwest::Client::new(),
                 }),
+                alerts: Arc::new(config.alerts.clone()),
             },
             body_limit: config.body_limit,
             grace: config.grace,
@@ -316,6 +323,7 @@ impl Server {
             .merge(config::routes())
             .merge(mirror::routes())
             .merge(shadow::routes())
+            .merge(alerts::routes())
             // Inside the request counter, so refusals are counted too.
             .route_layer(axum::middleware::from_fn_with_state(
                 auth::AuthState::new(self.state.clone()),
@@ -396,6 +404,8 @@ impl Server {
             stop_tx.subscribe(),
         ));
         let leadership = tokio::spawn(leader::run(self.state.clone(), stop_tx.subscribe()));
+        // Alerts are sent by the leader only; the dispatcher waits for a term.
+        let alerts = tokio::spawn(alerts::run(self.state.clone(), stop_tx.subscribe()));
         let result = tokio::select! {
             r = &mut server => r,
             () = shutdown => {
@@ -412,6 +422,7 @@ impl Server {
         };
         let _ = stop_tx.send(true);
         let _ = pruner.await;
+        let _ = alerts.await;
         // A leader releases its lease, so another replica takes over at once.
         let _ = leadership.await;
         self.state.store.close().await;

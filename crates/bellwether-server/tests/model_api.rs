@@ -573,7 +573,8 @@ fn every_model_and_rollout_route_is_documented_in_api_md_and_openapi_yaml() {
         .chain(bellwether_server::patch::PATCH_ROUTES)
         .chain(bellwether_server::config::CONFIG_ROUTES)
         .chain(bellwether_server::mirror::MIRROR_ROUTES)
-        .chain(bellwether_server::shadow::SHADOW_ROUTES);
+        .chain(bellwether_server::shadow::SHADOW_ROUTES)
+        .chain(bellwether_server::alerts::ALERT_ROUTES);
     for (method, path) in routes {
         let heading = format!("### `{method} {path}");
         assert!(

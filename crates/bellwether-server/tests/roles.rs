@@ -172,6 +172,7 @@ fn the_rules_cover_exactly_the_routes_the_server_serves() {
         .chain(bellwether_server::config::CONFIG_ROUTES)
         .chain(bellwether_server::mirror::MIRROR_ROUTES)
         .chain(bellwether_server::shadow::SHADOW_ROUTES)
+        .chain(bellwether_server::alerts::ALERT_ROUTES)
         .copied()
         .collect();
     let ruled: BTreeSet<(&str, &str)> = RULES.iter().map(|(m, p, _)| (*m, *p)).collect();

@@ -1801,12 +1801,17 @@ impl Store {
 }
 
 // Declared after the macros above, which they use.
+mod alerts;
 mod config;
 mod lease;
 mod mirror;
 mod outcomes;
 mod shadow;
 mod tasks;
+pub use alerts::{
+    AlertRuleCreated, AlertRuleRecord, AttemptFilter, AttemptOutcome, AttemptRecord,
+    DeliveryRecord, NewAttempt, NewDelivery,
+};
 pub use config::{
     ConfigEventFilter, ConfigGraphRecord, ConfigReport, ConfigReportRecord, ConfigSourceRecord,
     MAX_REPORT_KEYS, MAX_SOURCE_LEN,

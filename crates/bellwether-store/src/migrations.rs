@@ -516,4 +516,101 @@ CREATE TABLE shadows (
 )
 "#,
     },
+    Migration {
+        version: 10,
+        name: "alert rules, deliveries and the dispatcher's place in the event log",
+        // Server-wide alert rules (`alert_rules`: a name and the rule's JSON; a plan's rules
+        // live in its plan); one row per (rule, event) to deliver (`alert_deliveries`: the
+        // rendered body, the full URL in `target`, never answered or logged, and the URL
+        // without its secrets in `url`; unique per `rule_key` and event, so a dispatcher that
+        // reads an event twice queues it once) with every attempt in `alert_attempts`; and
+        // `alert_cursor`, the last event id the dispatcher has queued, which starts at the
+        // newest event so an upgraded store does not alert on its whole history.
+        sqlite: r#"
+CREATE TABLE alert_rules (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE alert_deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    rule_key TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    task TEXT,
+    event_id INTEGER,
+    event_kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    url TEXT NOT NULL,
+    format TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX alert_deliveries_rule_event ON alert_deliveries (rule_key, event_id);
+CREATE INDEX alert_deliveries_due ON alert_deliveries (state, next_attempt_ms);
+CREATE TABLE alert_attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id INTEGER NOT NULL REFERENCES alert_deliveries(id) ON DELETE CASCADE,
+    attempt INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    status INTEGER,
+    error TEXT,
+    outcome TEXT NOT NULL CHECK (outcome IN ('delivered', 'retry', 'failed')),
+    next_attempt_ms INTEGER
+);
+CREATE INDEX alert_attempts_delivery ON alert_attempts (delivery_id, id);
+CREATE TABLE alert_cursor (
+    name TEXT PRIMARY KEY,
+    last_event_id INTEGER NOT NULL
+);
+INSERT INTO alert_cursor (name, last_event_id) SELECT 'events', COALESCE(MAX(id), 0) FROM events
+"#,
+        postgres: r#"
+CREATE TABLE alert_rules (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE alert_deliveries (
+    id BIGSERIAL PRIMARY KEY,
+    rule_key TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    task TEXT,
+    event_id BIGINT,
+    event_kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    url TEXT NOT NULL,
+    format TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts BIGINT NOT NULL DEFAULT 0,
+    next_attempt_ms BIGINT,
+    created_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX alert_deliveries_rule_event ON alert_deliveries (rule_key, event_id);
+CREATE INDEX alert_deliveries_due ON alert_deliveries (state, next_attempt_ms);
+CREATE TABLE alert_attempts (
+    id BIGSERIAL PRIMARY KEY,
+    delivery_id BIGINT NOT NULL REFERENCES alert_deliveries(id) ON DELETE CASCADE,
+    attempt BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    status BIGINT,
+    error TEXT,
+    outcome TEXT NOT NULL CHECK (outcome IN ('delivered', 'retry', 'failed')),
+    next_attempt_ms BIGINT
+);
+CREATE INDEX alert_attempts_delivery ON alert_attempts (delivery_id, id);
+CREATE TABLE alert_cursor (
+    name TEXT PRIMARY KEY,
+    last_event_id BIGINT NOT NULL
+);
+INSERT INTO alert_cursor (name, last_event_id) SELECT 'events', COALESCE(MAX(id), 0) FROM events
+"#,
+    },
 ];

@@ -86,6 +86,8 @@ enum Command {
     /// Data shadows: follow a SQLite file, a directory or a PostgreSQL cluster, take
     /// rollback points, and restore to just before a failure.
     Shadow(cmd::shadow::Args),
+    // The help is cmd::alerts::Args's own (a doc comment here would replace it).
+    Alerts(cmd::alerts::Args),
     /// Benchmarks whose figures go into BENCHMARKS.md.
     Bench(cmd::bench::Args),
 }
@@ -119,6 +121,7 @@ fn main() -> ExitCode {
         Command::Config(a) => cmd::config::run(a),
         Command::Mirror(a) => cmd::mirror::run(a),
         Command::Shadow(a) => cmd::shadow::run(a),
+        Command::Alerts(a) => cmd::alerts::run(a),
         Command::Bench(a) => cmd::bench::run(a),
     };
     match result {

@@ -172,11 +172,15 @@ checked! {
         pub remediation: Vec<RemediationRule>,
         #[serde(default)]
         pub no_data: NoDataRule,
+        /// Webhooks that receive this rollout's events (docs/alerts.md).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub alerts: Vec<crate::alerts::AlertRule>,
     }
 }
 
 impl Plan {
     fn check(&self) -> Result<(), String> {
+        crate::alerts::check_rules(&self.alerts)?;
         if self.no_data.after.0 < self.analysis.interval.0 {
             return Err(format!(
                 "no_data.after ({}ms) must be at least analysis.interval ({}ms)",

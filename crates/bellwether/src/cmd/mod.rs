@@ -1,6 +1,7 @@
 //! One module per subcommand. Shared flags and exit-code mapping live here.
 
 pub mod agent;
+pub mod alerts;
 pub mod baseline;
 pub mod bench;
 pub mod config;
