@@ -127,6 +127,7 @@ export const fmt = {
   /** A ratio as a percentage: `41%`, `3.5%`, `0.12%`. */
   ratio(x) {
     if (x === null || x === undefined || Number.isNaN(x)) return '—';
+    if (x === 0) return '0%';
     const p = x * 100;
     const digits = Math.abs(p) >= 10 ? 0 : Math.abs(p) >= 1 ? 1 : 2;
     return `${p.toFixed(digits)}%`;

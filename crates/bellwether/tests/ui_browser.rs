@@ -58,10 +58,10 @@ risk:
 waves: { fixed: [100] }
 bake: 120s
 analysis:
-  interval: 300ms
-  baseline: 2s
+  interval: 1s
+  baseline: 6s
   metrics:
-    - { name: svc_error_ratio, direction: increase, threshold_pct: 50, for: 1s, floor: 0.02 }
+    - { name: svc_error_ratio, direction: increase, threshold_pct: 50, for: 2s, floor: 0.02 }
   judge: { enabled: false }
 no_data: { after: 20s }
 "#;
@@ -153,7 +153,44 @@ async fn the_dashboard_shows_the_fleet_and_a_live_rollout_and_only_an_operator_a
             .css(&format!("[data-test=host-row][data-host=\"{h}\"]"))
             .await;
     }
+    // Baselines for every host, then drift on one: its row gets the finding live (the page
+    // refreshes on the drift_recomputed event, no reload).
+    let captured = reqwest::Client::new()
+        .post(format!("{url}/api/v1/baselines"))
+        .bearer_auth(&op)
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(captured.status(), 200);
+    let drift = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || {
+            run(&[
+                "sandbox",
+                "drift",
+                "--dir",
+                dir.to_str().unwrap(),
+                "--host",
+                "web-03",
+                "--kind",
+                "package",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert_ok("sandbox drift", &drift);
+    browser
+        .text(
+            "[data-test=host-row][data-host=\"web-03\"] [data-test=findings]",
+            "configuration: package:nginx",
+        )
+        .await;
     // The label filter narrows the table to the hosts with that label.
+    browser
+        .css("[data-test=label-filter] option[value=\"role=db\"]")
+        .await;
     browser
         .css("[data-test=label-filter]")
         .await
@@ -216,7 +253,7 @@ async fn the_dashboard_shows_the_fleet_and_a_live_rollout_and_only_an_operator_a
         .unwrap();
     assert!(shown.ends_with('%') && shown != "—", "{shown}");
     // One host's drift over time, from its drift_recomputed events.
-    let first = &hosts[0];
+    let first = "web-03";
     browser
         .css(&format!("[data-test=host-row][data-host=\"{first}\"] a"))
         .await
@@ -306,13 +343,18 @@ async fn the_dashboard_shows_the_fleet_and_a_live_rollout_and_only_an_operator_a
         .click()
         .await
         .unwrap();
-    browser.text("[data-test=rollout-state]", "running").await;
+    browser
+        .css("[data-test=timeline-event][data-kind=\"rollout.rollout.resumed\"]")
+        .await;
     browser
         .css("[data-test=promote]")
         .await
         .click()
         .await
         .unwrap();
+    browser
+        .css("[data-test=timeline-event][data-kind=\"rollout.rollout.promote_requested\"]")
+        .await;
     browser.text("[data-test=failure]", "web-full").await;
     browser
         .text(

@@ -5,7 +5,7 @@ import { register, api, onEvent, h, fmt, errorBox, table, ApiError } from '../ap
 import { histogram, lineBand } from '../lib/chart.js';
 
 const CATEGORIES = ['configuration', 'performance', 'dependency'];
-const DRIFT_KINDS = new Set(['drift_recomputed', 'enrolled', 'baseline_captured', 'profile_changed']);
+const DRIFT_KINDS = new Set(['drift_recomputed', 'enrolled', 'baseline_captured']);
 
 // What the page keeps between renders (a chosen update stays chosen across navigation).
 const remembered = { label: '', risk: null, host: null };
@@ -82,8 +82,13 @@ function render(el) {
     const hosts = state.fleet.hosts;
     // The label filter: every key=value any host has.
     const pairs = [...new Set(hosts.flatMap((x) => Object.entries(x.labels || {}).map(([k, v]) => `${k}=${v}`)))].sort();
-    filter.replaceChildren(h('option', { value: '' }, `all hosts (${hosts.length})`),
-      pairs.map((p) => h('option', { value: p }, p)));
+    // Rebuilt only when the set of labels changes, so a refresh never disturbs a choice.
+    const key = `${hosts.length}|${pairs.join(',')}`;
+    if (filter.dataset.key !== key) {
+      filter.dataset.key = key;
+      filter.replaceChildren(h('option', { value: '' }, `all hosts (${hosts.length})`),
+        pairs.map((p) => h('option', { value: p }, p)));
+    }
     filter.value = pairs.includes(remembered.label) ? remembered.label : '';
     const [fk, fv] = filter.value ? filter.value.split('=') : [null, null];
     const shown = hosts.filter((x) => !fk || (x.labels || {})[fk] === fv);
@@ -166,6 +171,8 @@ function render(el) {
   let pending = null;
   const off = onEvent((e) => {
     if (!DRIFT_KINDS.has(e.kind)) return;
+    // Drift is recomputed on every batch of samples; only a changed score redraws.
+    if (e.kind === 'drift_recomputed' && e.figures && e.figures.overall === e.figures.previous_overall) return;
     if (pending) return;
     pending = setTimeout(async () => {
       pending = null;

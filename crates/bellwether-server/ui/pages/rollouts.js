@@ -96,7 +96,7 @@ function renderOne(el, id) {
       h('p', null, `${report.update} ${report.version} · plan ${status.plan} · model ${status.model_version ? `v${status.model_version}` : '—'} · started ${fmt.time(report.started_ms)}`,
         report.finished_ms ? ` · finished ${fmt.time(report.finished_ms)}` : '',
         ` · wave ${status.wave} · ${fmt.count(status.hosts_total, 'host')}, ${status.failed_total} failed, ${fmt.count(status.pending_actions, 'action')} in flight`),
-      status.pause_reason ? h('div', { class: 'error refused', dataset: { test: 'pause-reason' } }, h('strong', null, 'Paused: '), status.pause_reason) : null);
+      ...(status.pause_reason ? [h('div', { class: 'error refused', dataset: { test: 'pause-reason' } }, h('strong', null, 'Paused: '), status.pause_reason)] : []));
     const byHost = new Map(report.hosts.map((x) => [x.host, x]));
     // Waves: 0 is the pilot; hosts never scheduled are listed apart.
     const waves = new Map();
@@ -128,7 +128,7 @@ function renderOne(el, id) {
       h('h2', null, 'Failures'),
       failures.length
         ? h('div', { dataset: { test: 'failures' } }, failures.map((x) => h('div', { class: 'card', dataset: { test: 'failure', host: x.host } },
-          h('h3', null, `${x.host} `, pill(x.action), ' ', pill(x.state)),
+          h('h3', null, `${x.host} `, pill(x.action), x.state === x.action ? null : [' ', pill(x.state)]),
           h('p', null, x.reason || x.error || ''),
           reasonsTable(x.figures),
           metricPictures(x),
