@@ -87,7 +87,7 @@ function render(el) {
     if (filter.dataset.key !== key) {
       filter.dataset.key = key;
       filter.replaceChildren(h('option', { value: '' }, `all hosts (${hosts.length})`),
-        pairs.map((p) => h('option', { value: p }, p)));
+        ...pairs.map((p) => h('option', { value: p }, p)));
     }
     filter.value = pairs.includes(remembered.label) ? remembered.label : '';
     const [fk, fv] = filter.value ? filter.value.split('=') : [null, null];
