@@ -97,7 +97,6 @@ fn assert_png(path: &Path) {
 async fn the_dashboard_shows_the_fleet_and_a_live_rollout_and_only_an_operator_acts() {
     // The browser first: a machine without chromedriver fails here, saying how to install it.
     let browser = Browser::start().await;
-    let _one = one_sandbox_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sbx");
     let _down = Down(&dir);
