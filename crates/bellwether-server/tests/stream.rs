@@ -191,9 +191,10 @@ async fn the_stream_sends_each_new_event_as_it_is_written_and_resumes_after_last
         assert!(listed.contains(&first), "{listed:?}");
 
         // Shutting the server down ends every open stream (so the shutdown does not wait on it).
+        // (What was written before the shutdown still comes first.)
         let _ = stop.send(());
-        assert!(live.next().await.is_none());
-        assert!(again.next().await.is_none());
+        while live.next().await.is_some() {}
+        while again.next().await.is_some() {}
         task.await.unwrap();
     })
     .await;
