@@ -31,9 +31,11 @@ mod peers;
 pub mod prometheus;
 pub mod rollout;
 pub mod shadow;
+mod stream;
 mod task;
 mod tokens;
 pub mod types;
+mod ui;
 
 use std::future::{Future, IntoFuture};
 use std::path::PathBuf;
@@ -177,6 +179,8 @@ pub struct AppState {
     /// Whether this replica leads, and the terms its task runners hold.
     pub(crate) leader: Arc<leader::Leadership>,
     pub(crate) forward: forward::Forwarder,
+    /// Turns true when the server shuts down, so long-lived answers (the event stream) end.
+    pub(crate) stop: Arc<tokio::sync::watch::Sender<bool>>,
     /// The retry policy of alert deliveries.
     pub(crate) alerts: Arc<alerts::AlertPolicy>,
     /// The default Prometheus of rollouts' `source: prometheus` metrics, and the client
@@ -258,6 +262,7 @@ impl Server {
                     http: reqwest::Client::new(),
                 }),
                 alerts: Arc::new(config.alerts.clone()),
+                stop: Arc::new(tokio::sync::watch::channel(false).0),
             },
             body_limit: config.body_limit,
             grace: config.grace,
@@ -333,6 +338,9 @@ impl Server {
                 self.state.metrics.clone(),
                 metrics::count_requests,
             ))
+            // The dashboard's page and assets need no token (the page asks for one, and every
+            // API call it makes carries it).
+            .merge(ui::routes())
             .layer(DefaultBodyLimit::max(self.body_limit))
             // A follower sends writes and the agents' long-poll to the leader, before its own
             // routing and authentication: the leader authenticates and audits them.
@@ -391,7 +399,8 @@ impl Server {
         L::Addr: std::fmt::Debug,
     {
         let app = self.router();
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let stop_tx = self.state.stop.clone();
+        let mut stop_rx = stop_tx.subscribe();
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
@@ -410,7 +419,7 @@ impl Server {
             r = &mut server => r,
             () = shutdown => {
                 tracing::info!(grace_ms = self.grace.as_millis() as u64, "Shutting down; draining in-flight requests.");
-                let _ = stop_tx.send(true);
+                stop_tx.send_replace(true);
                 match tokio::time::timeout(self.grace, &mut server).await {
                     Ok(r) => r,
                     Err(_) => {
@@ -420,7 +429,7 @@ impl Server {
                 }
             }
         };
-        let _ = stop_tx.send(true);
+        stop_tx.send_replace(true);
         let _ = pruner.await;
         let _ = alerts.await;
         // A leader releases its lease, so another replica takes over at once.
