@@ -1,0 +1,625 @@
+//! The dashboard's per-kind pages (patches, the proxy's connection registry, the config graph,
+//! dependencies, shadows) in a real headless Chromium, against real processes: `bellwether
+//! server`, two PostgreSQL clusters with a long-running `bellwether proxy` in front of them, the
+//! real agent of the database host (process built-ins, `--database` reporting `pg_settings`)
+//! and a second real agent holding a directory shadow. Every record is made the way an
+//! operator makes it (the API, psql on the instance); the browser only reads and clicks.
+//!
+//! Each page renders the real records, changes without a reload when an event concerns it (a
+//! setting changed with `ALTER SYSTEM`, a dependency declared, a point taken, the patch moving
+//! through its stages), an operator's action takes effect and a viewer's is refused with the
+//! API's 403 shown on the page.
+//!
+//! With `BELLWETHER_SCREENSHOTS=DIR` the test also saves the pages as PNG files there (the
+//! pictures in docs/dashboard.md are made that way).
+
+mod patch_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use patch_support::pgsupport::free_port;
+use patch_support::*;
+use serde_json::{json, Value};
+
+/// How long any one thing the page should show may take to show.
+const PAGE_WAIT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------
+// The browser: chromedriver started on a free port, one headless Chromium per session.
+
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_driver(dir: &Path) -> Driver {
+    let bin = Path::new("/usr/bin/chromedriver");
+    assert!(
+        bin.exists() && Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromedriver or /usr/bin/chromium is missing; install them: \
+         apt-get install -y --no-install-recommends chromium chromium-driver"
+    );
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("chromedriver.log")).unwrap();
+    let child = Command::new(bin)
+        .arg(format!("--port={port}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start chromedriver");
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for("chromedriver to listen", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    Driver { child, url }
+}
+
+async fn browser(driver: &Driver, profile: &Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1280,900",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    ClientBuilder::rustls()
+        .expect("a rustls WebDriver client")
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start a Chromium session through chromedriver: {e}"))
+}
+
+/// A logged-in page of the dashboard.
+struct Page {
+    c: Client,
+    base: String,
+}
+
+impl Page {
+    /// Opens the dashboard and logs in with `token` through its login form.
+    async fn login(c: Client, base: &str, token: &str) -> Page {
+        c.goto(&format!("{base}/ui/")).await.unwrap();
+        let p = Page {
+            c,
+            base: base.to_string(),
+        };
+        let field = p.wait_css("[data-test=login-token]").await;
+        field.send_keys(token).await.unwrap();
+        p.click("[data-test=login-submit]").await;
+        p.wait_css("[data-test=role]").await;
+        p
+    }
+
+    async fn goto(&self, hash: &str) {
+        self.c
+            .goto(&format!("{}/ui/{hash}", self.base))
+            .await
+            .unwrap();
+    }
+
+    /// Navigates inside the app (no reload): what a click on a link does.
+    async fn route(&self, hash: &str) {
+        self.c
+            .execute(
+                "location.hash = arguments[0]; return true;",
+                vec![json!(hash)],
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn wait_css(&self, css: &str) -> fantoccini::elements::Element {
+        self.c
+            .wait()
+            .at_most(PAGE_WAIT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no element {css} on the page: {e}"))
+    }
+
+    /// Waits until the text of the first element matching `css` satisfies `ok`; that text.
+    async fn wait_text(&self, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        let mut last = String::new();
+        loop {
+            if let Ok(e) = self.c.find(Locator::Css(css)).await {
+                if let Ok(t) = e.text().await {
+                    if ok(&t) {
+                        return t;
+                    }
+                    last = t;
+                }
+            }
+            assert!(
+                start.elapsed() < PAGE_WAIT,
+                "{css} never showed {what}; it shows {last:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `css` matches at least `n` elements; their count.
+    async fn wait_count(&self, css: &str, n: usize) -> usize {
+        let start = Instant::now();
+        loop {
+            let found = self.c.find_all(Locator::Css(css)).await.unwrap().len();
+            if found >= n {
+                return found;
+            }
+            assert!(
+                start.elapsed() < PAGE_WAIT,
+                "{css} matched {found} elements, never {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn click(&self, css: &str) {
+        self.wait_css(css).await.click().await.unwrap();
+    }
+
+    /// Marks the document; [`Page::not_reloaded`] checks the mark is still there (the page
+    /// changed in place, it was not loaded again).
+    async fn mark(&self) {
+        self.c
+            .execute("window.__kindsMark = 42; return true;", vec![])
+            .await
+            .unwrap();
+    }
+
+    async fn not_reloaded(&self) {
+        let v = self
+            .c
+            .execute("return window.__kindsMark || null;", vec![])
+            .await
+            .unwrap();
+        assert_eq!(v, json!(42), "the page was reloaded");
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let Ok(dir) = std::env::var("BELLWETHER_SCREENSHOTS") else {
+            return;
+        };
+        let png = self.c.screenshot().await.unwrap();
+        std::fs::write(PathBuf::from(dir).join(name), png).unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The API, as an operator or a viewer.
+
+async fn call(method: &str, url: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    let c = reqwest::Client::new();
+    let mut req = match method {
+        "GET" => c.get(url),
+        "DELETE" => c.delete(url),
+        _ => c.post(url),
+    }
+    .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn eventually<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn agent_db1(url: &str, d: &Path, database: &str) -> KillOnDrop {
+    let state = d.join("agent-db1");
+    spawn_logged(
+        &[
+            "--log",
+            "info",
+            "agent",
+            "--server",
+            url,
+            "--token",
+            ENROL,
+            "--name",
+            "db1",
+            "--state-dir",
+            &state.display().to_string(),
+            "--interval",
+            "1s",
+            "--max-backoff",
+            "500ms",
+            "--database",
+            database,
+            "--learn-graph=false",
+            "--allow-action",
+            "start_process",
+            "--allow-action",
+            "stop_process",
+            "--allow-action",
+            "sample_processes",
+        ]
+        .map(String::from),
+        &d.join("agent-db1.log"),
+    )
+}
+
+fn agent_files(url: &str, d: &Path, root: &Path) -> KillOnDrop {
+    let state = d.join("agent-files");
+    spawn_logged(
+        &[
+            "--log",
+            "info",
+            "agent",
+            "--server",
+            url,
+            "--token",
+            ENROL,
+            "--name",
+            "files-1",
+            "--rootfs",
+            &root.display().to_string(),
+            "--state-dir",
+            &state.display().to_string(),
+            "--interval",
+            "1s",
+            "--max-backoff",
+            "500ms",
+        ]
+        .map(String::from),
+        &d.join("agent-files.log"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_kind_pages_in_a_real_browser() {
+    // The database side: two clusters and the proxy (patched instance with weight 0).
+    let pg = PgPair::start(false, "10m");
+    let d = pg.d().to_path_buf();
+
+    // The server, told where the proxy's admin token is.
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let data_dir = d.join("server");
+    let server_log = d.join("server.log");
+    let _server = spawn_logged(
+        &[
+            "--log".into(),
+            "info".into(),
+            "server".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--proxy-token-file".into(),
+            format!("main={}", pg.token_file.display()),
+        ],
+        &server_log,
+    );
+    wait_for("the server to listen", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let logs = || {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!(
+            "server:\n{}\nagent db1:\n{}\nagent files-1:\n{}",
+            read(&server_log),
+            read(&d.join("agent-db1.log")),
+            read(&d.join("agent-files.log"))
+        )
+    };
+    let admin = std::fs::read_to_string(data_dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (s, v) = call(
+        "POST",
+        &format!("{url}/api/v1/tokens"),
+        &admin,
+        Some(json!({"role": "viewer", "name": "ui-kinds-viewer"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let viewer = v["token"].as_str().unwrap().to_string();
+
+    // The agents: db1 reports the original cluster's settings and runs the patch's process
+    // built-ins; files-1 holds a directory with a shadow.
+    let database = format!(
+        "main=postgres://postgres@127.0.0.1:{}/postgres",
+        pg.original.port
+    );
+    let _agent_db1 = agent_db1(&url, &d, &database);
+    let root = d.join("files-root");
+    std::fs::create_dir_all(root.join("srv/uploads")).unwrap();
+    std::fs::write(root.join("srv/uploads/a.txt"), "first\n").unwrap();
+    let _agent_files = agent_files(&url, &d, &root);
+    for h in ["db1", "files-1"] {
+        eventually(&format!("{h} to enrol"), Duration::from_secs(60), async || {
+            let (s, _) = call("GET", &format!("{url}/api/v1/hosts/{h}"), OPERATOR, None).await;
+            (s == 200).then_some(())
+        })
+        .await;
+    }
+    eventually(
+        "db1's report of main",
+        Duration::from_secs(60),
+        async || {
+            let (_, v) = call("GET", &format!("{url}/api/v1/config/sources"), OPERATOR, None).await;
+            v.as_array()?
+                .iter()
+                .any(|s| s["host"] == "db1" && s["source"] == "main")
+                .then_some(())
+        },
+    )
+    .await;
+
+    let driver = start_driver(&d);
+    let op = Page::login(browser(&driver, &d.join("chrome-op")).await, &url, OPERATOR).await;
+    let vw = Page::login(browser(&driver, &d.join("chrome-viewer")).await, &url, &viewer).await;
+
+    // ---- The config graph ------------------------------------------------------------
+    op.goto("#/config").await;
+    op.wait_css("[data-test=config-source][data-host=db1][data-source=main]")
+        .await;
+    op.click("[data-test=config-source][data-host=db1] [data-test=config-source-link]")
+        .await;
+    // Centred on a setting with shipped rules around it: autovacuum requires track_counts.
+    op.route("#/config/db1,main,autovacuum").await;
+    op.wait_text("[data-test=graph-center]", "autovacuum", |t| t == "autovacuum")
+        .await;
+    op.wait_css("[data-test=graph-edge][data-kind=requires][data-from=autovacuum][data-to=track_counts]")
+        .await;
+    let edges = op.wait_count("[data-test=graph-edge]", 2).await;
+    assert!(edges >= 2, "{edges} edges");
+    op.mark().await;
+    // A click on a node centres the graph on it.
+    op.click("[data-test=graph-node][data-name=track_counts]").await;
+    op.wait_text("[data-test=graph-center]", "track_counts", |t| t == "track_counts")
+        .await;
+    op.wait_css("[data-test=graph-node][data-name=track_counts][data-center=true]")
+        .await;
+    op.screenshot("dashboard-config.png").await;
+
+    // A live change: ALTER SYSTEM on the instance; the agent reports it, the server records
+    // a config.changed event, the page shows it without a reload.
+    op.route("#/config/db1,main,log_min_duration_statement").await;
+    op.wait_text("[data-test=graph-center]", "the setting", |t| {
+        t == "log_min_duration_statement"
+    })
+    .await;
+    op.mark().await;
+    pg.original
+        .psql("ALTER SYSTEM SET log_min_duration_statement = 250; SELECT pg_reload_conf();");
+    op.wait_css("[data-test=config-change][data-key=log_min_duration_statement]")
+        .await;
+    op.not_reloaded().await;
+
+    // A snapshot: the viewer is refused with the API's 403, the operator's is taken.
+    vw.goto("#/config/db1,main,log_min_duration_statement").await;
+    vw.click("[data-test=config-snapshot-take]").await;
+    let refusal = vw
+        .wait_text("[data-test=action-result]", "a refusal", |t| {
+            t.contains("403")
+        })
+        .await;
+    assert!(refusal.contains("viewer"), "{refusal}");
+    op.click("[data-test=config-snapshot-take]").await;
+    op.wait_css("[data-test=config-snapshot]").await;
+    op.not_reloaded().await;
+    let (_, snaps) = call(
+        "GET",
+        &format!("{url}/api/v1/config/snapshots?host=db1&source=main"),
+        OPERATOR,
+        None,
+    )
+    .await;
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+
+    // ---- Dependencies ------------------------------------------------------------------
+    op.goto("#/mirrors").await;
+    op.wait_css("[data-test=mirrors-empty]").await;
+    op.mark().await;
+    let (s, v) = call(
+        "POST",
+        &format!("{url}/api/v1/mirror/dependencies"),
+        OPERATOR,
+        Some(json!({"name": "orders-db", "kind": "tcp", "primary": pg.original.addr(),
+                    "tier": "high", "impact": 0.8})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}\n{}", logs());
+    op.wait_css("[data-test=mirror-row][data-name=orders-db]").await;
+    op.not_reloaded().await;
+    op.click("[data-test=mirror-row][data-name=orders-db] [data-test=mirror-link]")
+        .await;
+    op.wait_css("[data-test=mirror-instance][data-role=primary]").await;
+    op.wait_count("[data-test=mirror-event]", 1).await;
+    vw.goto("#/mirrors/orders-db").await;
+    vw.click("[data-test=mirror-failover]").await;
+    vw.wait_text("[data-test=action-result]", "a refusal", |t| t.contains("403"))
+        .await;
+    let before = op
+        .c
+        .find_all(Locator::Css("[data-test=mirror-event]"))
+        .await
+        .unwrap()
+        .len();
+    op.mark().await;
+    op.click("[data-test=mirror-failover]").await;
+    op.wait_text("[data-test=action-result]", "the answer", |t| {
+        t.contains("failover asked")
+    })
+    .await;
+    // The failover's own event arrives on the page (no mirror can take over here).
+    op.wait_count("[data-test=mirror-event]", before + 1).await;
+    op.not_reloaded().await;
+    op.screenshot("dashboard-mirrors.png").await;
+
+    // ---- Shadows -----------------------------------------------------------------------
+    let (s, v) = call(
+        "POST",
+        &format!("{url}/api/v1/shadow/shadows"),
+        OPERATOR,
+        Some(json!({"name": "uploads", "host": "files-1",
+                    "resource": {"kind": "dir", "path": "srv/uploads"},
+                    "type": "full", "dir": "var/shadow/uploads", "points_every": "1h",
+                    "locations": [{"id": "main", "path": "srv/uploads"},
+                                  {"id": "cell-b", "path": "srv/uploads-b"}]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}\n{}", logs());
+    op.goto("#/shadows").await;
+    op.wait_css("[data-test=shadow-row][data-name=uploads]").await;
+    op.goto("#/shadows/uploads").await;
+    op.wait_text("[data-test=shadow-phase]", "running", |t| t.starts_with("running"))
+        .await;
+    op.mark().await;
+    // The operator takes a point: it appears without a reload.
+    let points_before = op
+        .c
+        .find_all(Locator::Css("[data-test=shadow-point]"))
+        .await
+        .unwrap()
+        .len();
+    op.click("[data-test=shadow-take-point]").await;
+    op.wait_count("[data-test=shadow-point]", points_before + 1)
+        .await;
+    op.not_reloaded().await;
+    // The viewer's rollback is refused; the operator's rolls back to the point.
+    vw.goto("#/shadows/uploads").await;
+    vw.click("[data-test=shadow-rollback]").await;
+    vw.wait_text("[data-test=action-result]", "a refusal", |t| t.contains("403"))
+        .await;
+    std::fs::write(root.join("srv/uploads/a.txt"), "broken\n").unwrap();
+    op.click("[data-test=shadow-rollback-to-point]").await;
+    op.wait_css("[data-test=shadow-rollback-row]").await;
+    op.not_reloaded().await;
+    op.screenshot("dashboard-shadows.png").await;
+    let (_, hist) = call(
+        "GET",
+        &format!("{url}/api/v1/shadow/shadows/uploads/history"),
+        OPERATOR,
+        None,
+    )
+    .await;
+    assert_eq!(hist["rollbacks"].as_array().unwrap().len(), 1, "{hist}");
+
+    // ---- Patches and the proxy's registry -----------------------------------------------
+    let mut load = pg.pgbench(600);
+    let (s, v) = call(
+        "POST",
+        &format!("{url}/api/v1/patches"),
+        OPERATOR,
+        Some(json!({"plan_yaml": pg.plan, "file": "patch.yaml", "host": "db1",
+                    "proxy": {"token": "main"}, "id": "pg-ui-1"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}\n{}", logs());
+    op.goto("#/patches").await;
+    op.wait_css("[data-test=patch-row][data-id=pg-ui-1]").await;
+    op.goto("#/patches/pg-ui-1").await;
+    op.mark().await;
+    // The patch moves through its stages on the page as its events arrive.
+    op.wait_text("[data-test=patch-stage]", "baking", |t| t == "baking")
+        .await;
+    op.not_reloaded().await;
+
+    // The proxy's registry: pgbench's sessions through the proxy.
+    op.goto("#/proxy/pg-ui-1").await;
+    op.wait_css("[data-test=proxy-backend][data-name=original]").await;
+    op.wait_css("[data-test=proxy-backend][data-name=patched]").await;
+    op.wait_count("[data-test=proxy-connection]", 1).await;
+    op.screenshot("dashboard-proxy.png").await;
+
+    // The viewer may read the registry (the server holds the proxy's token) but not abort.
+    vw.goto("#/proxy/pg-ui-1").await;
+    vw.wait_count("[data-test=proxy-connection]", 1).await;
+    vw.goto("#/patches/pg-ui-1").await;
+    vw.click("[data-test=patch-abort]").await;
+    vw.wait_text("[data-test=action-result]", "a refusal", |t| t.contains("403"))
+        .await;
+
+    // The operator aborts while it bakes: the patch rolls back in its four phases, and the
+    // page shows each with its timing as it happens.
+    op.goto("#/patches/pg-ui-1").await;
+    op.wait_text("[data-test=patch-stage]", "baking", |t| t == "baking")
+        .await;
+    op.mark().await;
+    op.click("[data-test=patch-abort]").await;
+    op.wait_text("[data-test=patch-stage]", "rolled_back", |t| t == "rolled_back")
+        .await;
+    op.wait_count("[data-test=patch-phase]", 4).await;
+    op.wait_css("[data-test=patch-phase-chart]").await;
+    op.not_reloaded().await;
+    op.screenshot("dashboard-patches.png").await;
+    let _ = load.kill();
+    let _ = load.wait();
+
+    op.c.close().await.unwrap();
+    vw.c.close().await.unwrap();
+}
+
+/// The server route behind the proxy page refuses what it should: no token, an unknown patch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_route_refuses_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let log = dir.path().join("server.log");
+    let _server = spawn_logged(
+        &[
+            "server".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+        ],
+        &log,
+    );
+    wait_for("the server to listen", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let r = reqwest::get(format!("{url}/api/v1/patches/p-1/connections"))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let (s, v) = call(
+        "GET",
+        &format!("{url}/api/v1/patches/nope/connections"),
+        OPERATOR,
+        None,
+    )
+    .await;
+    assert_eq!(s, 404, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("unknown patch nope"),
+        "{v}"
+    );
+}
