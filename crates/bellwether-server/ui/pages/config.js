@@ -2,19 +2,25 @@
 // its settings around one setting (click a node to re-centre on it), the change stream and
 // the snapshots, with "take a snapshot" and "restore" for operators.
 //
-// Route: #/config, or #/config/HOST,SOURCE[,KEY] (each part URI-encoded).
-import { register, api, onEvent, h } from '../app.js';
+// Route: #/config, or #/config/HOST,SOURCE[,KEY[,DEPTH]] (each part URI-encoded; the router
+// decodes the whole argument once).
+import { register, api, onEvent, h, fmt, errorBox } from '../app.js';
 import { renderGraph, legend } from '../lib/graph.js';
 
-const when = (ms) => (ms ? new Date(ms).toISOString().replace('T', ' ').slice(0, 19) : '—');
+const when = fmt.time;
 const q = encodeURIComponent;
 const route = (host, source, key) => `#/config/${[host, source, key].filter((x) => x != null).map(q).join(',')}`;
 
-let lastResult = { key: null, text: '', cls: '' };
+let lastResult = { key: null, text: '', err: null };
 function kept(key) {
-  const p = h('p', { 'data-test': 'action-result' });
-  if (lastResult.key === key) { p.textContent = lastResult.text; p.className = lastResult.cls; }
-  p.set = (text, cls = '') => { lastResult = { key, text, cls }; p.textContent = text; p.className = cls; };
+  const p = h('div', { 'data-test': 'action-result', class: 'action-out' });
+  const show = () => {
+    if (lastResult.err) p.replaceChildren(errorBox(lastResult.err));
+    else p.replaceChildren(h('span', { class: 'ok', 'data-test': 'action-ok' }, lastResult.text));
+  };
+  if (lastResult.key === key) show();
+  p.set = (text) => { lastResult = { key, text, err: null }; show(); };
+  p.fail = (err) => { lastResult = { key, text: '', err }; show(); };
   return p;
 }
 
@@ -86,7 +92,7 @@ async function renderSource(el, host, source, key, depth) {
       const r = await api(path, { method: 'POST', body });
       result.set(`${what}: ${r.id || ''}${r.phase ? ' (' + r.phase + ')' : ''}`);
     } catch (e) {
-      result.set(`refused (${e.status}): ${e.message}`, 'error');
+      result.fail(e);
     }
   };
   const snapBtn = h('button', { 'data-test': 'config-snapshot-take' }, 'Take a snapshot');
@@ -149,7 +155,7 @@ async function renderSource(el, host, source, key, depth) {
 register('config', {
   title: 'Configuration',
   render(el, ctx) {
-    const parts = ctx && ctx.arg ? String(ctx.arg).split(',').map(decodeURIComponent) : [];
+    const parts = ctx && ctx.arg ? String(ctx.arg).split(',') : [];
     const [host, source, key] = parts;
     const depth = Math.min(4, Math.max(1, Number(parts[3]) || 2));
     let busy = false, again = false;
@@ -159,7 +165,7 @@ register('config', {
       try {
         await (host && source ? renderSource(el, host, source, key || null, depth) : renderSources(el));
       } catch (e) {
-        el.replaceChildren(h('p', { class: 'error', 'data-test': 'load-error' }, `${e.status ? e.status + ': ' : ''}${e.message}`));
+        el.replaceChildren(errorBox(e));
       } finally {
         busy = false;
         if (again) { again = false; load(); }

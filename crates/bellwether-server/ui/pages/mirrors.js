@@ -1,17 +1,22 @@
 // Dependencies (mirroring): each dependency with its weight, health, mode and mirrors; one
 // dependency's instances, policy, switch history and events; the operator's failover.
-import { register, api, onEvent, h } from '../app.js';
+import { register, api, onEvent, h, fmt, errorBox } from '../app.js';
 
-const when = (ms) => (ms ? new Date(ms).toISOString().replace('T', ' ').slice(0, 19) : '—');
-const dur = (ms) => (ms == null ? '—' : ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`);
+const when = fmt.time;
+const dur = fmt.ms;
 const ratio = (v) => (v == null ? 'no data' : v.toFixed(2));
 
 // The outcome of the last action stays on the page across reloads (its own event reloads it).
-let lastResult = { key: null, text: '', cls: '' };
+let lastResult = { key: null, text: '', err: null };
 function kept(key) {
-  const p = h('p', { 'data-test': 'action-result' });
-  if (lastResult.key === key) { p.textContent = lastResult.text; p.className = lastResult.cls; }
-  p.set = (text, cls = '') => { lastResult = { key, text, cls }; p.textContent = text; p.className = cls; };
+  const p = h('div', { 'data-test': 'action-result', class: 'action-out' });
+  const show = () => {
+    if (lastResult.err) p.replaceChildren(errorBox(lastResult.err));
+    else p.replaceChildren(h('span', { class: 'ok', 'data-test': 'action-ok' }, lastResult.text));
+  };
+  if (lastResult.key === key) show();
+  p.set = (text) => { lastResult = { key, text, err: null }; show(); };
+  p.fail = (err) => { lastResult = { key, text: '', err }; show(); };
   return p;
 }
 
@@ -74,7 +79,7 @@ async function renderOne(el, name) {
       const r = await api(`/api/v1/mirror/dependencies/${enc}/failover`, { method: 'POST', body });
       result.set(`failover asked; primary ${r.primary}${r.switching ? ', switching: ' + JSON.stringify(r.switching) : ''} (the events below say what happened)`);
     } catch (e) {
-      result.set(`refused (${e.status}): ${e.message}`, 'error');
+      result.fail(e);
     }
   });
   const switches = (hist.switches || d.history || []).slice().reverse();
@@ -116,7 +121,7 @@ async function renderOne(el, name) {
 register('mirrors', {
   title: 'Dependencies',
   render(el, ctx) {
-    const name = ctx && ctx.arg ? decodeURIComponent(ctx.arg) : null;
+    const name = ctx && ctx.arg ? ctx.arg : null;
     let busy = false, again = false;
     const load = async () => {
       if (busy) { again = true; return; }
@@ -124,7 +129,7 @@ register('mirrors', {
       try {
         await (name ? renderOne(el, name) : renderList(el));
       } catch (e) {
-        el.replaceChildren(h('p', { class: 'error', 'data-test': 'load-error' }, `${e.status ? e.status + ': ' : ''}${e.message}`));
+        el.replaceChildren(errorBox(e));
       } finally {
         busy = false;
         if (again) { again = false; load(); }

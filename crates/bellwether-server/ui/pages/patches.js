@@ -1,18 +1,23 @@
 // Patches: every patch with its stage and outcome; one patch's phases with their timings
 // (a bar per phase), its baselines, trigger and events; abort for operators.
-import { register, api, onEvent, h } from '../app.js';
+import { register, api, onEvent, h, fmt, errorBox } from '../app.js';
 
-const when = (ms) => (ms ? new Date(ms).toISOString().replace('T', ' ').slice(0, 19) : '—');
-const dur = (ms) => (ms == null ? '—' : ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`);
+const when = fmt.time;
+const dur = fmt.ms;
 const num = (v) => (v == null ? '—' : typeof v === 'number' ? (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3)) : String(v));
 const concerns = (ev, id) => ev.kind && ev.kind.startsWith('patch.') && (!id || ev.task === id || (ev.figures && ev.figures.patch === id));
 
 // The outcome of the last action stays on the page across reloads (its own event reloads it).
-let lastResult = { key: null, text: '', cls: '' };
+let lastResult = { key: null, text: '', err: null };
 function kept(key) {
-  const p = h('p', { 'data-test': 'action-result' });
-  if (lastResult.key === key) { p.textContent = lastResult.text; p.className = lastResult.cls; }
-  p.set = (text, cls = '') => { lastResult = { key, text, cls }; p.textContent = text; p.className = cls; };
+  const p = h('div', { 'data-test': 'action-result', class: 'action-out' });
+  const show = () => {
+    if (lastResult.err) p.replaceChildren(errorBox(lastResult.err));
+    else p.replaceChildren(h('span', { class: 'ok', 'data-test': 'action-ok' }, lastResult.text));
+  };
+  if (lastResult.key === key) show();
+  p.set = (text) => { lastResult = { key, text, err: null }; show(); };
+  p.fail = (err) => { lastResult = { key, text: '', err }; show(); };
   return p;
 }
 
@@ -20,10 +25,6 @@ function table(test, headers, rows) {
   return h('table', { 'data-test': test, class: 'kinds-table' },
     h('thead', {}, h('tr', {}, ...headers.map((x) => h('th', {}, x)))),
     h('tbody', {}, ...rows));
-}
-
-function failure(e) {
-  return h('p', { class: 'error', 'data-test': 'load-error' }, `${e.status ? e.status + ': ' : ''}${e.message}`);
 }
 
 async function renderList(el) {
@@ -87,7 +88,7 @@ async function renderOne(el, id) {
       const s = await api(`/api/v1/patches/${encodeURIComponent(id)}/abort`, { method: 'POST', body: { reason: reason.value } });
       result.set(`abort requested; stage ${s.stage}`);
     } catch (e) {
-      result.set(`refused (${e.status}): ${e.message}`, 'error');
+      result.fail(e);
     }
   });
   const trig = r.trigger;
@@ -126,7 +127,7 @@ async function renderOne(el, id) {
 register('patches', {
   title: 'Patches',
   render(el, ctx) {
-    const id = ctx && ctx.arg ? decodeURIComponent(ctx.arg) : null;
+    const id = ctx && ctx.arg ? ctx.arg : null;
     let busy = false, again = false;
     const load = async () => {
       if (busy) { again = true; return; }
@@ -134,7 +135,7 @@ register('patches', {
       try {
         await (id ? renderOne(el, id) : renderList(el));
       } catch (e) {
-        el.replaceChildren(failure(e));
+        el.replaceChildren(errorBox(e));
       } finally {
         busy = false;
         if (again) { again = false; load(); }

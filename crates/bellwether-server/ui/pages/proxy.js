@@ -4,9 +4,9 @@
 // lists the proxies the stored patches name, and shows one patch's proxy: its backends and
 // every client connection. It reloads on that patch's events and on the Refresh button
 // (connections come and go without events; nothing polls).
-import { register, api, onEvent, h } from '../app.js';
+import { register, api, onEvent, h, fmt, errorBox } from '../app.js';
 
-const when = (ms) => (ms ? new Date(ms).toISOString().replace('T', ' ').slice(0, 19) : '—');
+const when = fmt.time;
 const bytes = (n) => (n == null ? '—' : n < 1024 ? `${n} B` : n < 1 << 20 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / (1 << 20)).toFixed(1)} MiB`);
 const yes = (b) => (b == null ? '—' : b ? 'yes' : 'no');
 
@@ -74,7 +74,7 @@ async function renderOne(el, id, reload) {
 register('proxy', {
   title: 'Proxy',
   render(el, ctx) {
-    const id = ctx && ctx.arg ? decodeURIComponent(ctx.arg) : null;
+    const id = ctx && ctx.arg ? ctx.arg : null;
     let busy = false, again = false;
     const load = async () => {
       if (busy) { again = true; return; }
@@ -82,7 +82,7 @@ register('proxy', {
       try {
         await (id ? renderOne(el, id, load) : renderList(el));
       } catch (e) {
-        el.replaceChildren(h('p', { class: 'error', 'data-test': 'load-error' }, `${e.status ? e.status + ': ' : ''}${e.message}`));
+        el.replaceChildren(errorBox(e));
       } finally {
         busy = false;
         if (again) { again = false; load(); }

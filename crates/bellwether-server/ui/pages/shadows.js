@@ -1,17 +1,22 @@
 // Shadows: every data shadow with its phase, routed location and rollback points; one shadow's
 // locations (merit), its points on a time line, rollbacks and events; operators take a point
 // and roll back (to a point, the latest state or a time).
-import { register, api, onEvent, h } from '../app.js';
+import { register, api, onEvent, h, fmt, errorBox } from '../app.js';
 
-const when = (ms) => (ms ? new Date(ms).toISOString().replace('T', ' ').slice(0, 19) : '—');
-const dur = (ms) => (ms == null ? '—' : ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`);
+const when = fmt.time;
+const dur = fmt.ms;
 const ratio = (v) => (v == null ? 'no data' : v.toFixed(2));
 
-let lastResult = { key: null, text: '', cls: '' };
+let lastResult = { key: null, text: '', err: null };
 function kept(key) {
-  const p = h('p', { 'data-test': 'action-result' });
-  if (lastResult.key === key) { p.textContent = lastResult.text; p.className = lastResult.cls; }
-  p.set = (text, cls = '') => { lastResult = { key, text, cls }; p.textContent = text; p.className = cls; };
+  const p = h('div', { 'data-test': 'action-result', class: 'action-out' });
+  const show = () => {
+    if (lastResult.err) p.replaceChildren(errorBox(lastResult.err));
+    else p.replaceChildren(h('span', { class: 'ok', 'data-test': 'action-ok' }, lastResult.text));
+  };
+  if (lastResult.key === key) show();
+  p.set = (text) => { lastResult = { key, text, err: null }; show(); };
+  p.fail = (err) => { lastResult = { key, text: '', err }; show(); };
   return p;
 }
 
@@ -82,7 +87,7 @@ async function renderOne(el, name) {
       await api(`/api/v1/shadow/shadows/${enc}/${path}`, { method: 'POST', body });
       result.set(`${what} asked (the events below say what happened)`);
     } catch (e) {
-      result.set(`refused (${e.status}): ${e.message}`, 'error');
+      result.fail(e);
     }
   };
   const reason = h('input', { 'data-test': 'shadow-rollback-reason', placeholder: 'reason (required)', value: 'rollback from the dashboard' });
@@ -139,7 +144,7 @@ async function renderOne(el, name) {
 register('shadows', {
   title: 'Shadows',
   render(el, ctx) {
-    const name = ctx && ctx.arg ? decodeURIComponent(ctx.arg) : null;
+    const name = ctx && ctx.arg ? ctx.arg : null;
     let busy = false, again = false;
     const load = async () => {
       if (busy) { again = true; return; }
@@ -147,7 +152,7 @@ register('shadows', {
       try {
         await (name ? renderOne(el, name) : renderList(el));
       } catch (e) {
-        el.replaceChildren(h('p', { class: 'error', 'data-test': 'load-error' }, `${e.status ? e.status + ': ' : ''}${e.message}`));
+        el.replaceChildren(errorBox(e));
       } finally {
         busy = false;
         if (again) { again = false; load(); }
