@@ -14,193 +14,94 @@
 //! pictures in docs/dashboard.md are made that way).
 
 mod patch_support;
+mod ui_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Locator;
 use patch_support::pgsupport::free_port;
 use patch_support::*;
 use serde_json::{json, Value};
-
-/// How long any one thing the page should show may take to show.
-const PAGE_WAIT: Duration = Duration::from_secs(60);
+use ui_support::{css_to_xpath, Browser, WAIT};
 
 // ---------------------------------------------------------------------------------------
-// The browser: chromedriver started on a free port, one headless Chromium per session.
+// The browser: ui-core's harness (tests/ui_support), one headless Chromium per role.
 
-struct Driver {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_driver(dir: &Path) -> Driver {
-    let bin = Path::new("/usr/bin/chromedriver");
-    assert!(
-        bin.exists() && Path::new("/usr/bin/chromium").exists(),
-        "/usr/bin/chromedriver or /usr/bin/chromium is missing; install them: \
-         apt-get install -y --no-install-recommends chromium chromium-driver"
-    );
-    let port = free_port();
-    let log = std::fs::File::create(dir.join("chromedriver.log")).unwrap();
-    let child = Command::new(bin)
-        .arg(format!("--port={port}"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start chromedriver");
-    let url = format!("http://127.0.0.1:{port}");
-    wait_for("chromedriver to listen", Duration::from_secs(30), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    Driver { child, url }
-}
-
-async fn browser(driver: &Driver, profile: &Path) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": "/usr/bin/chromium",
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1280,900",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        }),
-    );
-    ClientBuilder::rustls()
-        .expect("a rustls WebDriver client")
-        .capabilities(caps)
-        .connect(&driver.url)
-        .await
-        .unwrap_or_else(|e| panic!("cannot start a Chromium session through chromedriver: {e}"))
-}
-
-/// A logged-in page of the dashboard.
+/// A signed-in dashboard.
 struct Page {
-    c: Client,
-    base: String,
+    b: Browser,
 }
 
 impl Page {
-    /// Opens the dashboard and logs in with `token` through its login form.
-    async fn login(c: Client, base: &str, token: &str) -> Page {
-        c.goto(&format!("{base}/ui/")).await.unwrap();
-        let p = Page {
-            c,
-            base: base.to_string(),
-        };
-        let field = p.wait_css("[data-test=login-token]").await;
-        field.send_keys(token).await.unwrap();
-        p.click("[data-test=login-submit]").await;
-        p.wait_css("[data-test=role]").await;
-        p
+    async fn sign_in(base: &str, token: &str, role: &str) -> Page {
+        let b = Browser::start().await;
+        b.sign_in(base, token, role).await;
+        Page { b }
     }
 
-    async fn goto(&self, hash: &str) {
-        self.c
-            .goto(&format!("{}/ui/{hash}", self.base))
-            .await
-            .unwrap();
-    }
-
-    /// Navigates inside the app (no reload): what a click on a link does.
+    /// Navigates inside the app (no reload), as a click on a link does.
     async fn route(&self, hash: &str) {
-        self.c
-            .execute(
-                "location.hash = arguments[0]; return true;",
-                vec![json!(hash)],
-            )
-            .await
-            .unwrap();
+        self.b.route(hash).await;
     }
 
     async fn wait_css(&self, css: &str) -> fantoccini::elements::Element {
-        self.c
+        self.b.css(css).await
+    }
+
+    /// Waits for an element matching `css` whose text contains `text`.
+    async fn wait_text(&self, css: &str, text: &str) -> String {
+        self.b.text(css, text).await
+    }
+
+    /// Waits until `css` matches at least `n` elements (a WebDriver wait on the n-th).
+    async fn wait_count(&self, css: &str, n: usize) {
+        let xpath = format!("({})[{n}]", css_to_xpath(css));
+        if let Err(e) = self
+            .b
+            .client
             .wait()
-            .at_most(PAGE_WAIT)
-            .for_element(Locator::Css(css))
+            .at_most(WAIT)
+            .for_element(Locator::XPath(&xpath))
             .await
-            .unwrap_or_else(|e| panic!("no element {css} on the page: {e}"))
-    }
-
-    /// Waits until the text of the first element matching `css` satisfies `ok`; that text.
-    async fn wait_text(&self, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
-        let start = Instant::now();
-        let mut last = String::new();
-        loop {
-            if let Ok(e) = self.c.find(Locator::Css(css)).await {
-                if let Ok(t) = e.text().await {
-                    if ok(&t) {
-                        return t;
-                    }
-                    last = t;
-                }
-            }
-            assert!(
-                start.elapsed() < PAGE_WAIT,
-                "{css} never showed {what}; it shows {last:?}"
+        {
+            panic!(
+                "{css} never matched {n} elements ({e}); the page shows:\n{}",
+                self.b.page_text().await
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    /// Waits until `css` matches at least `n` elements; their count.
-    async fn wait_count(&self, css: &str, n: usize) -> usize {
-        let start = Instant::now();
-        loop {
-            let found = self.c.find_all(Locator::Css(css)).await.unwrap().len();
-            if found >= n {
-                return found;
-            }
-            assert!(
-                start.elapsed() < PAGE_WAIT,
-                "{css} matched {found} elements, never {n}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    async fn count(&self, css: &str) -> usize {
+        self.b.all(css).await.len()
     }
 
     async fn click(&self, css: &str) {
-        self.wait_css(css).await.click().await.unwrap();
+        self.b.css(css).await.click().await.unwrap();
     }
 
     /// Marks the document; [`Page::not_reloaded`] checks the mark is still there (the page
     /// changed in place, it was not loaded again).
     async fn mark(&self) {
-        self.c
-            .execute("window.__kindsMark = 42; return true;", vec![])
-            .await
-            .unwrap();
+        self.b.js("window.__kindsMark = 42; return true;").await;
     }
 
     async fn not_reloaded(&self) {
-        let v = self
-            .c
-            .execute("return window.__kindsMark || null;", vec![])
-            .await
-            .unwrap();
+        let v = self.b.js("return window.__kindsMark || null;").await;
         assert_eq!(v, json!(42), "the page was reloaded");
     }
 
     async fn screenshot(&self, name: &str) {
-        let Ok(dir) = std::env::var("BELLWETHER_SCREENSHOTS") else {
-            return;
-        };
-        let png = self.c.screenshot().await.unwrap();
-        std::fs::write(PathBuf::from(dir).join(name), png).unwrap();
+        if let Ok(dir) = std::env::var("BELLWETHER_SCREENSHOTS") {
+            self.b.screenshot(&PathBuf::from(dir).join(name)).await;
+        }
+    }
+
+    /// A refusal of the API shown on the page (the shell's errorBox for a 403).
+    async fn refused(&self) -> String {
+        self.b
+            .text("[data-test=action-result] [data-test=refused]", "403")
+            .await
     }
 }
 
@@ -380,40 +281,43 @@ async fn per_kind_pages_in_a_real_browser() {
     )
     .await;
 
-    let driver = start_driver(&d);
-    let op = Page::login(browser(&driver, &d.join("chrome-op")).await, &url, OPERATOR).await;
-    let vw = Page::login(browser(&driver, &d.join("chrome-viewer")).await, &url, &viewer).await;
+    let op = Page::sign_in(&url, OPERATOR, "operator").await;
+    let vw = Page::sign_in(&url, &viewer, "viewer").await;
 
     // ---- The config graph ------------------------------------------------------------
-    op.goto("#/config").await;
+    op.route("#/config").await;
     op.wait_css("[data-test=config-source][data-host=db1][data-source=main]")
         .await;
     op.click("[data-test=config-source][data-host=db1] [data-test=config-source-link]")
         .await;
-    // Centred on a setting with shipped rules around it: autovacuum requires track_counts.
+    // The source's page centres on a setting by itself; then on autovacuum, which the
+    // shipped rules say requires track_counts.
+    op.wait_css("[data-test=config-graph]").await;
     op.route("#/config/db1,main,autovacuum").await;
-    op.wait_text("[data-test=graph-center]", "autovacuum", |t| t == "autovacuum")
-        .await;
-    op.wait_css("[data-test=graph-edge][data-kind=requires][data-from=autovacuum][data-to=track_counts]")
-        .await;
-    let edges = op.wait_count("[data-test=graph-edge]", 2).await;
-    assert!(edges >= 2, "{edges} edges");
+    op.wait_text("[data-test=graph-center]", "autovacuum").await;
+    op.wait_css(
+        "[data-test=graph-edge][data-kind=requires][data-from=autovacuum][data-to=track_counts]",
+    )
+    .await;
+    op.wait_count("[data-test=graph-node]", 3).await;
     op.mark().await;
     // A click on a node centres the graph on it.
-    op.click("[data-test=graph-node][data-name=track_counts]").await;
-    op.wait_text("[data-test=graph-center]", "track_counts", |t| t == "track_counts")
+    op.click("[data-test=graph-node][data-name=track_counts]")
         .await;
     op.wait_css("[data-test=graph-node][data-name=track_counts][data-center=true]")
+        .await;
+    op.wait_text("[data-test=graph-center]", "track_counts").await;
+    op.not_reloaded().await;
+    op.route("#/config/db1,main,autovacuum").await;
+    op.wait_css("[data-test=graph-node][data-name=autovacuum][data-center=true]")
         .await;
     op.screenshot("dashboard-config.png").await;
 
     // A live change: ALTER SYSTEM on the instance; the agent reports it, the server records
-    // a config.changed event, the page shows it without a reload.
+    // a config.changed event, and the page shows it without a reload.
     op.route("#/config/db1,main,log_min_duration_statement").await;
-    op.wait_text("[data-test=graph-center]", "the setting", |t| {
-        t == "log_min_duration_statement"
-    })
-    .await;
+    op.wait_css("[data-test=graph-node][data-name=log_min_duration_statement][data-center=true]")
+        .await;
     op.mark().await;
     pg.original
         .psql("ALTER SYSTEM SET log_min_duration_statement = 250; SELECT pg_reload_conf();");
@@ -421,14 +325,10 @@ async fn per_kind_pages_in_a_real_browser() {
         .await;
     op.not_reloaded().await;
 
-    // A snapshot: the viewer is refused with the API's 403, the operator's is taken.
-    vw.goto("#/config/db1,main,log_min_duration_statement").await;
+    // A snapshot: the viewer is refused with the API's 403; the operator's is taken.
+    vw.route("#/config/db1,main,log_min_duration_statement").await;
     vw.click("[data-test=config-snapshot-take]").await;
-    let refusal = vw
-        .wait_text("[data-test=action-result]", "a refusal", |t| {
-            t.contains("403")
-        })
-        .await;
+    let refusal = vw.refused().await;
     assert!(refusal.contains("viewer"), "{refusal}");
     op.click("[data-test=config-snapshot-take]").await;
     op.wait_css("[data-test=config-snapshot]").await;
@@ -443,7 +343,7 @@ async fn per_kind_pages_in_a_real_browser() {
     assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
 
     // ---- Dependencies ------------------------------------------------------------------
-    op.goto("#/mirrors").await;
+    op.route("#/mirrors").await;
     op.wait_css("[data-test=mirrors-empty]").await;
     op.mark().await;
     let (s, v) = call(
@@ -459,30 +359,26 @@ async fn per_kind_pages_in_a_real_browser() {
     op.not_reloaded().await;
     op.click("[data-test=mirror-row][data-name=orders-db] [data-test=mirror-link]")
         .await;
-    op.wait_css("[data-test=mirror-instance][data-role=primary]").await;
-    op.wait_count("[data-test=mirror-event]", 1).await;
-    vw.goto("#/mirrors/orders-db").await;
-    vw.click("[data-test=mirror-failover]").await;
-    vw.wait_text("[data-test=action-result]", "a refusal", |t| t.contains("403"))
+    op.wait_css("[data-test=mirror-instance][data-role=primary]")
         .await;
-    let before = op
-        .c
-        .find_all(Locator::Css("[data-test=mirror-event]"))
-        .await
-        .unwrap()
-        .len();
+    op.wait_count("[data-test=mirror-event]", 1).await;
+    vw.route("#/mirrors/orders-db").await;
+    vw.click("[data-test=mirror-failover]").await;
+    vw.refused().await;
+    let before = op.count("[data-test=mirror-event]").await;
     op.mark().await;
     op.click("[data-test=mirror-failover]").await;
-    op.wait_text("[data-test=action-result]", "the answer", |t| {
-        t.contains("failover asked")
-    })
-    .await;
+    op.wait_text("[data-test=action-result]", "failover asked")
+        .await;
     // The failover's own event arrives on the page (no mirror can take over here).
     op.wait_count("[data-test=mirror-event]", before + 1).await;
     op.not_reloaded().await;
     op.screenshot("dashboard-mirrors.png").await;
 
     // ---- Shadows -----------------------------------------------------------------------
+    op.route("#/shadows").await;
+    op.wait_css("[data-test=shadows-empty]").await;
+    op.mark().await;
     let (s, v) = call(
         "POST",
         &format!("{url}/api/v1/shadow/shadows"),
@@ -494,28 +390,22 @@ async fn per_kind_pages_in_a_real_browser() {
     )
     .await;
     assert_eq!(s, 201, "{v}\n{}", logs());
-    op.goto("#/shadows").await;
     op.wait_css("[data-test=shadow-row][data-name=uploads]").await;
-    op.goto("#/shadows/uploads").await;
-    op.wait_text("[data-test=shadow-phase]", "running", |t| t.starts_with("running"))
+    op.not_reloaded().await;
+    op.click("[data-test=shadow-row][data-name=uploads] [data-test=shadow-link]")
         .await;
+    op.wait_text("[data-test=shadow-phase]", "running").await;
     op.mark().await;
     // The operator takes a point: it appears without a reload.
-    let points_before = op
-        .c
-        .find_all(Locator::Css("[data-test=shadow-point]"))
-        .await
-        .unwrap()
-        .len();
+    let points_before = op.count("[data-test=shadow-point]").await;
     op.click("[data-test=shadow-take-point]").await;
     op.wait_count("[data-test=shadow-point]", points_before + 1)
         .await;
     op.not_reloaded().await;
     // The viewer's rollback is refused; the operator's rolls back to the point.
-    vw.goto("#/shadows/uploads").await;
+    vw.route("#/shadows/uploads").await;
     vw.click("[data-test=shadow-rollback]").await;
-    vw.wait_text("[data-test=action-result]", "a refusal", |t| t.contains("403"))
-        .await;
+    vw.refused().await;
     std::fs::write(root.join("srv/uploads/a.txt"), "broken\n").unwrap();
     op.click("[data-test=shadow-rollback-to-point]").await;
     op.wait_css("[data-test=shadow-rollback-row]").await;
@@ -532,6 +422,9 @@ async fn per_kind_pages_in_a_real_browser() {
 
     // ---- Patches and the proxy's registry -----------------------------------------------
     let mut load = pg.pgbench(600);
+    op.route("#/patches").await;
+    op.wait_css("[data-test=patches-empty]").await;
+    op.mark().await;
     let (s, v) = call(
         "POST",
         &format!("{url}/api/v1/patches"),
@@ -541,48 +434,46 @@ async fn per_kind_pages_in_a_real_browser() {
     )
     .await;
     assert_eq!(s, 201, "{v}\n{}", logs());
-    op.goto("#/patches").await;
     op.wait_css("[data-test=patch-row][data-id=pg-ui-1]").await;
-    op.goto("#/patches/pg-ui-1").await;
-    op.mark().await;
-    // The patch moves through its stages on the page as its events arrive.
-    op.wait_text("[data-test=patch-stage]", "baking", |t| t == "baking")
+    op.click("[data-test=patch-row][data-id=pg-ui-1] [data-test=patch-link]")
         .await;
+    // The patch moves through its stages on the page as its events arrive.
+    op.wait_text("[data-test=patch-stage]", "baking").await;
     op.not_reloaded().await;
 
     // The proxy's registry: pgbench's sessions through the proxy.
-    op.goto("#/proxy/pg-ui-1").await;
-    op.wait_css("[data-test=proxy-backend][data-name=original]").await;
-    op.wait_css("[data-test=proxy-backend][data-name=patched]").await;
+    op.route("#/proxy/pg-ui-1").await;
+    op.wait_css("[data-test=proxy-backend][data-name=original]")
+        .await;
+    op.wait_css("[data-test=proxy-backend][data-name=patched]")
+        .await;
     op.wait_count("[data-test=proxy-connection]", 1).await;
     op.screenshot("dashboard-proxy.png").await;
 
     // The viewer may read the registry (the server holds the proxy's token) but not abort.
-    vw.goto("#/proxy/pg-ui-1").await;
+    vw.route("#/proxy/pg-ui-1").await;
     vw.wait_count("[data-test=proxy-connection]", 1).await;
-    vw.goto("#/patches/pg-ui-1").await;
+    vw.route("#/patches/pg-ui-1").await;
     vw.click("[data-test=patch-abort]").await;
-    vw.wait_text("[data-test=action-result]", "a refusal", |t| t.contains("403"))
-        .await;
+    vw.refused().await;
 
     // The operator aborts while it bakes: the patch rolls back in its four phases, and the
     // page shows each with its timing as it happens.
-    op.goto("#/patches/pg-ui-1").await;
-    op.wait_text("[data-test=patch-stage]", "baking", |t| t == "baking")
-        .await;
-    op.mark().await;
+    op.route("#/patches/pg-ui-1").await;
+    op.wait_text("[data-test=patch-stage]", "baking").await;
     op.click("[data-test=patch-abort]").await;
-    op.wait_text("[data-test=patch-stage]", "rolled_back", |t| t == "rolled_back")
-        .await;
+    op.wait_text("[data-test=patch-stage]", "rolled_back").await;
     op.wait_count("[data-test=patch-phase]", 4).await;
     op.wait_css("[data-test=patch-phase-chart]").await;
     op.not_reloaded().await;
     op.screenshot("dashboard-patches.png").await;
     let _ = load.kill();
     let _ = load.wait();
+    let (_, st) = call("GET", &format!("{url}/api/v1/patches/pg-ui-1"), OPERATOR, None).await;
+    assert_eq!(st["outcome"], "rolled_back", "{st}");
 
-    op.c.close().await.unwrap();
-    vw.c.close().await.unwrap();
+    op.b.close().await;
+    vw.b.close().await;
 }
 
 /// The server route behind the proxy page refuses what it should: no token, an unknown patch.
