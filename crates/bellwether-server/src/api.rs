@@ -34,9 +34,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/hosts/{name}/profile"),
     ("GET", "/api/v1/hosts/{name}/baseline"),
     ("GET", "/api/v1/hosts/{name}/drift"),
+    ("GET", "/api/v1/hosts/{name}/samples"),
     ("POST", "/api/v1/baselines"),
     ("GET", "/api/v1/fleet/drift"),
     ("GET", "/api/v1/events"),
+    ("GET", "/api/v1/events/stream"),
+    ("GET", "/api/v1/whoami"),
     ("GET", "/api/v1/tokens"),
     ("POST", "/api/v1/tokens"),
     ("DELETE", "/api/v1/tokens/{id}"),
@@ -56,9 +59,12 @@ pub fn routes() -> Router<AppState> {
             ("GET", "/api/v1/hosts/{name}/profile") => get(host_profile),
             ("GET", "/api/v1/hosts/{name}/baseline") => get(host_baseline),
             ("GET", "/api/v1/hosts/{name}/drift") => get(host_drift),
+            ("GET", "/api/v1/hosts/{name}/samples") => get(host_samples),
             ("POST", "/api/v1/baselines") => post(capture_baselines),
             ("GET", "/api/v1/fleet/drift") => get(fleet_drift),
             ("GET", "/api/v1/events") => get(events),
+            ("GET", "/api/v1/events/stream") => get(crate::stream::events_stream),
+            ("GET", "/api/v1/whoami") => get(whoami),
             ("GET", "/api/v1/tokens") => get(crate::tokens::list),
             ("POST", "/api/v1/tokens") => post(crate::tokens::create),
             ("DELETE", "/api/v1/tokens/{id}") => delete(crate::tokens::revoke),
@@ -312,6 +318,73 @@ async fn host_drift(
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SamplesQuery {
+    metric: Option<String>,
+    /// Only samples after this time (ms since the epoch, agent time).
+    after_ms: Option<i64>,
+    /// Only samples at or before this time.
+    before_ms: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// The default and the largest `limit` of `GET /api/v1/hosts/{name}/samples`.
+const SAMPLES_DEFAULT_LIMIT: i64 = 2_000;
+const SAMPLES_MAX_LIMIT: i64 = 10_000;
+
+/// One metric's samples of a host in a time range, oldest first: what the dashboard draws
+/// against a failed host's band.
+async fn host_samples(
+    State(state): State<AppState>,
+    _auth: Viewer,
+    Path(name): Path<String>,
+    q: Result<Query<SamplesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = path_host(&name)?;
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+    let Some(metric) = q.metric else {
+        return Err(ApiError::bad_request(
+            "give `metric`, the name of one metric (such as `svc_error_ratio`)",
+        ));
+    };
+    let ok = !metric.is_empty()
+        && metric.len() <= 128
+        && metric
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+    if !ok {
+        return Err(ApiError::bad_request(format!(
+            "bad metric {metric:?}: a metric name is 1 to 128 of A-Z, a-z, 0-9, `_`, `.`, `:` and `-`"
+        )));
+    }
+    let limit = q.limit.unwrap_or(SAMPLES_DEFAULT_LIMIT);
+    if !(1..=SAMPLES_MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit {limit} is outside 1..={SAMPLES_MAX_LIMIT}"
+        )));
+    }
+    let after = q.after_ms.unwrap_or(i64::MIN);
+    let before = q.before_ms.unwrap_or(i64::MAX);
+    if after >= before {
+        return Err(ApiError::bad_request(format!(
+            "after_ms {after} is not before before_ms {before}"
+        )));
+    }
+    let samples = state
+        .store
+        .metric_samples(&name, &metric, after, before, limit)
+        .await?;
+    let points: Vec<serde_json::Value> = samples
+        .into_iter()
+        .map(|(t, v)| serde_json::json!({"ts_ms": t, "value": v}))
+        .collect();
+    Ok(Json(
+        serde_json::json!({"host": name, "metric": metric, "samples": points}),
+    ))
+}
+
 async fn capture_baselines(
     State(state): State<AppState>,
     _auth: Operator,
@@ -426,6 +499,22 @@ async fn fleet_drift(
         hosts: out,
         peer_outliers,
     }))
+}
+
+/// The role and id of the token the request carries (the dashboard shows them).
+async fn whoami(
+    _auth: Viewer,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(axum::Extension(p)) = principal else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "GET /api/v1/whoami was served without its token check (a server bug)",
+        ));
+    };
+    Ok(Json(
+        serde_json::json!({"token_id": p.token_id, "role": p.kind.as_str()}),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,9 +29,11 @@ pub mod patch;
 mod peers;
 pub mod rollout;
 pub mod shadow;
+mod stream;
 mod task;
 mod tokens;
 pub mod types;
+mod ui;
 
 use std::future::{Future, IntoFuture};
 use std::path::PathBuf;
@@ -166,6 +168,8 @@ pub struct AppState {
     /// Whether this replica leads, and the terms its task runners hold.
     pub(crate) leader: Arc<leader::Leadership>,
     pub(crate) forward: forward::Forwarder,
+    /// Turns true when the server shuts down, so long-lived answers (the event stream) end.
+    pub(crate) stop: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// An opened server, ready to serve.
@@ -225,6 +229,7 @@ impl Server {
                 patches: Arc::new(patch::Patches::new(config.proxy_tokens.clone())),
                 leader: Arc::new(leader),
                 forward: forwarder,
+                stop: Arc::new(tokio::sync::watch::channel(false).0),
             },
             body_limit: config.body_limit,
             grace: config.grace,
@@ -299,6 +304,9 @@ impl Server {
                 self.state.metrics.clone(),
                 metrics::count_requests,
             ))
+            // The dashboard's page and assets need no token (the page asks for one, and every
+            // API call it makes carries it).
+            .merge(ui::routes())
             .layer(DefaultBodyLimit::max(self.body_limit))
             // A follower sends writes and the agents' long-poll to the leader, before its own
             // routing and authentication: the leader authenticates and audits them.
@@ -357,7 +365,8 @@ impl Server {
         L::Addr: std::fmt::Debug,
     {
         let app = self.router();
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let stop_tx = self.state.stop.clone();
+        let mut stop_rx = stop_tx.subscribe();
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
@@ -374,7 +383,7 @@ impl Server {
             r = &mut server => r,
             () = shutdown => {
                 tracing::info!(grace_ms = self.grace.as_millis() as u64, "Shutting down; draining in-flight requests.");
-                let _ = stop_tx.send(true);
+                stop_tx.send_replace(true);
                 match tokio::time::timeout(self.grace, &mut server).await {
                     Ok(r) => r,
                     Err(_) => {
@@ -384,7 +393,7 @@ impl Server {
                 }
             }
         };
-        let _ = stop_tx.send(true);
+        stop_tx.send_replace(true);
         let _ = pruner.await;
         // A leader releases its lease, so another replica takes over at once.
         let _ = leadership.await;

@@ -56,6 +56,13 @@ async fn send(
     };
     let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
     let status = resp.status();
+    if status == StatusCode::OK && uri.starts_with("/api/v1/events/stream") {
+        // The event stream never ends by itself: its status is the answer.
+        return Resp {
+            status,
+            json: Value::Null,
+        };
+    }
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     let json = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));

@@ -417,6 +417,22 @@ pub struct Store {
     sqlite_writer: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
     /// Whether durable saves check the leader lease, shared by every clone (see `lease`).
     fence: std::sync::Arc<std::sync::Mutex<lease::FenceState>>,
+    /// Counts the writes this process has finished (see [`Store::follow_writes`]), shared by
+    /// every clone.
+    writes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+/// A write's turn (see [`Store::write_turn`]): SQLite's writer lock, and on drop (after the
+/// write committed or failed) one more finished write for [`Store::follow_writes`].
+struct WriteTurn<'a> {
+    _lock: Option<tokio::sync::MutexGuard<'a, ()>>,
+    writes: &'a tokio::sync::watch::Sender<u64>,
+}
+
+impl Drop for WriteTurn<'_> {
+    fn drop(&mut self) {
+        self.writes.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -778,6 +794,7 @@ impl Store {
                     backend: Backend::Sqlite(pool),
                     sqlite_writer: Some(std::sync::Arc::new(tokio::sync::Mutex::new(()))),
                     fence: Default::default(),
+                    writes: Default::default(),
                 };
                 if let Err(e) = store.quick_check(&location).await {
                     store.close().await;
@@ -831,6 +848,7 @@ impl Store {
                     backend: Backend::Postgres(pool),
                     sqlite_writer: None,
                     fence: Default::default(),
+                    writes: Default::default(),
                 }
             }
         };
@@ -966,11 +984,25 @@ impl Store {
 
     /// Waits for this connection's turn to write (SQLite only; PostgreSQL takes concurrent
     /// writers itself).
-    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match &self.sqlite_writer {
+    /// Every write takes its turn here and holds it until it has committed (or failed), so the
+    /// turn's end also tells [`Store::follow_writes`] that the event log may have grown.
+    async fn write_turn(&self) -> WriteTurn<'_> {
+        let lock = match &self.sqlite_writer {
             Some(m) => Some(m.lock().await),
             None => None,
+        };
+        WriteTurn {
+            _lock: lock,
+            writes: &self.writes,
         }
+    }
+
+    /// Changes after each write this process's store has finished (committed or failed), so a
+    /// reader that follows the event log (the server's event stream) awaits a change and then
+    /// reads the events after the last id it sent, instead of polling. Writes made by another
+    /// process on the same database (another replica) do not show here.
+    pub fn follow_writes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.writes.subscribe()
     }
 
     /// `sqlite` or `postgres`.
@@ -1646,6 +1678,41 @@ impl Store {
                     let n: String = row.try_get(0).map_err(q("metric means"))?;
                     let v: f64 = row.try_get(1).map_err(q("metric means"))?;
                     Ok((n, v))
+                })
+                .collect()
+        })
+    }
+
+    /// The samples of one metric of a host with `after_ms < ts_ms <= before_ms` (agent time),
+    /// oldest first, at most `limit`, as `(ts_ms, value)`. An unknown host is
+    /// [`StoreError::UnknownHost`].
+    pub async fn metric_samples(
+        &self,
+        name: &HostName,
+        metric: &str,
+        after_ms: i64,
+        before_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, f64)>, StoreError> {
+        let id = self.host_id(name).await?;
+        on_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT ts_ms, value FROM samples WHERE host_id = $1 AND name = $2 AND ts_ms > $3 \
+                 AND ts_ms <= $4 ORDER BY ts_ms LIMIT $5",
+            )
+            .bind(id)
+            .bind(metric)
+            .bind(after_ms)
+            .bind(before_ms)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(q("metric samples"))?;
+            rows.into_iter()
+                .map(|row| {
+                    let t: i64 = row.try_get(0).map_err(q("metric samples"))?;
+                    let v: f64 = row.try_get(1).map_err(q("metric samples"))?;
+                    Ok((t, v))
                 })
                 .collect()
         })

@@ -443,11 +443,25 @@ impl HostWatcher {
         for r in &mut severity.reasons {
             r.for_ms += self.interval_ms;
         }
+        // Each reason carries its metric's band (`lower`/`upper`, null on a side that is not
+        // bad), so a reader can draw the metric against it.
+        let band = |metric: &str| {
+            self.metrics
+                .iter()
+                .find(|m| m.rule.name.0 == metric)
+                .and_then(|m| m.last.as_ref())
+                .map(|o| (o.lower, o.upper))
+                .unwrap_or((f64::NEG_INFINITY, f64::INFINITY))
+        };
         let reasons: Vec<Value> = severity
             .reasons
             .iter()
-            .map(|r| json!({ "metric": r.metric, "value": r.value, "baseline": r.baseline, "deviation": r.deviation,
-                             "for_ms": r.for_ms, "severity": r.severity, "weight": r.weight }))
+            .map(|r| {
+                let (lower, upper) = band(&r.metric);
+                json!({ "metric": r.metric, "value": r.value, "baseline": r.baseline, "deviation": r.deviation,
+                        "for_ms": r.for_ms, "severity": r.severity, "weight": r.weight,
+                        "lower": lower.is_finite().then_some(lower), "upper": upper.is_finite().then_some(upper) })
+            })
             .collect();
         let critical: Vec<&str> = self
             .metrics

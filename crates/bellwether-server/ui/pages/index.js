@@ -1,0 +1,4 @@
+// Every page of the dashboard, in the order of the navigation bar. A page module calls
+// `register` from ../app.js when imported.
+import './fleet.js';
+import './rollouts.js';
