@@ -10,7 +10,7 @@
 //! through its stages), an operator's action takes effect and a viewer's is refused with the
 //! API's 403 shown on the page.
 //!
-//! With `BELLWETHER_SCREENSHOTS=DIR` the test also saves the pages as PNG files there (the
+//! With `BELLWETHER_UI_SCREENSHOTS=DIR` the test also saves the pages as PNG files there (the
 //! pictures in docs/dashboard.md are made that way).
 
 mod patch_support;
@@ -92,7 +92,7 @@ impl Page {
     }
 
     async fn screenshot(&self, name: &str) {
-        if let Ok(dir) = std::env::var("BELLWETHER_SCREENSHOTS") {
+        if let Ok(dir) = std::env::var("BELLWETHER_UI_SCREENSHOTS") {
             self.b.screenshot(&PathBuf::from(dir).join(name)).await;
         }
     }

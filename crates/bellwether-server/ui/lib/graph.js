@@ -206,3 +206,25 @@ export function legend() {
   div.append(n);
   return div;
 }
+
+/// The few rules the per-kind pages need beside the shell's style.css, added once.
+export function useKindsStyles() {
+  if (document.getElementById('kinds-styles')) return;
+  const s = document.createElement('style');
+  s.id = 'kinds-styles';
+  s.textContent = `
+.kinds-facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; margin: 8px 0; }
+.kinds-facts dt { color: var(--muted, #666); }
+.kinds-facts dd { margin: 0; }
+.kinds-actions { display: flex; flex-wrap: wrap; gap: 8px; align-items: center; margin: 10px 0; }
+.kinds-actions .action-out { flex-basis: 100%; }
+.kinds-table { margin-bottom: 12px; }
+tr.alert td { background: #fff4e0; }
+.kinds-graph { background: #fff; border: 1px solid var(--line, #ddd); border-radius: 4px; max-height: 620px; }
+.kinds-graph-node:focus { outline: none; }
+.kinds-graph-node.selected circle { stroke: #2563eb; }
+.kinds-legend { font-size: 12px; margin: 4px 0; }
+.kinds-node-detail h4 { margin: 8px 0 2px; }
+`;
+  document.head.append(s);
+}

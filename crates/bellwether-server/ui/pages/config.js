@@ -5,7 +5,7 @@
 // Route: #/config, or #/config/HOST,SOURCE[,KEY[,DEPTH]] (each part URI-encoded; the router
 // decodes the whole argument once).
 import { register, api, onEvent, h, fmt, errorBox } from '../app.js';
-import { renderGraph, legend } from '../lib/graph.js';
+import { renderGraph, legend, useKindsStyles } from '../lib/graph.js';
 
 const when = fmt.time;
 const q = encodeURIComponent;
@@ -155,6 +155,7 @@ async function renderSource(el, host, source, key, depth) {
 register('config', {
   title: 'Configuration',
   render(el, ctx) {
+    useKindsStyles();
     const parts = ctx && ctx.arg ? String(ctx.arg).split(',') : [];
     const [host, source, key] = parts;
     const depth = Math.min(4, Math.max(1, Number(parts[3]) || 2));

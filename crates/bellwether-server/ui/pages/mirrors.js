@@ -1,6 +1,7 @@
 // Dependencies (mirroring): each dependency with its weight, health, mode and mirrors; one
 // dependency's instances, policy, switch history and events; the operator's failover.
 import { register, api, onEvent, h, fmt, errorBox } from '../app.js';
+import { useKindsStyles } from '../lib/graph.js';
 
 const when = fmt.time;
 const dur = fmt.ms;
@@ -121,6 +122,7 @@ async function renderOne(el, name) {
 register('mirrors', {
   title: 'Dependencies',
   render(el, ctx) {
+    useKindsStyles();
     const name = ctx && ctx.arg ? ctx.arg : null;
     let busy = false, again = false;
     const load = async () => {

@@ -1,6 +1,7 @@
 // Patches: every patch with its stage and outcome; one patch's phases with their timings
 // (a bar per phase), its baselines, trigger and events; abort for operators.
 import { register, api, onEvent, h, fmt, errorBox } from '../app.js';
+import { useKindsStyles } from '../lib/graph.js';
 
 const when = fmt.time;
 const dur = fmt.ms;
@@ -127,6 +128,7 @@ async function renderOne(el, id) {
 register('patches', {
   title: 'Patches',
   render(el, ctx) {
+    useKindsStyles();
     const id = ctx && ctx.arg ? ctx.arg : null;
     let busy = false, again = false;
     const load = async () => {

@@ -5,6 +5,7 @@
 // every client connection. It reloads on that patch's events and on the Refresh button
 // (connections come and go without events; nothing polls).
 import { register, api, onEvent, h, fmt, errorBox } from '../app.js';
+import { useKindsStyles } from '../lib/graph.js';
 
 const when = fmt.time;
 const bytes = (n) => (n == null ? '—' : n < 1024 ? `${n} B` : n < 1 << 20 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / (1 << 20)).toFixed(1)} MiB`);
@@ -74,6 +75,7 @@ async function renderOne(el, id, reload) {
 register('proxy', {
   title: 'Proxy',
   render(el, ctx) {
+    useKindsStyles();
     const id = ctx && ctx.arg ? ctx.arg : null;
     let busy = false, again = false;
     const load = async () => {

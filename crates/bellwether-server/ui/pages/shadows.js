@@ -2,6 +2,7 @@
 // locations (merit), its points on a time line, rollbacks and events; operators take a point
 // and roll back (to a point, the latest state or a time).
 import { register, api, onEvent, h, fmt, errorBox } from '../app.js';
+import { useKindsStyles } from '../lib/graph.js';
 
 const when = fmt.time;
 const dur = fmt.ms;
@@ -144,6 +145,7 @@ async function renderOne(el, name) {
 register('shadows', {
   title: 'Shadows',
   render(el, ctx) {
+    useKindsStyles();
     const name = ctx && ctx.arg ? ctx.arg : null;
     let busy = false, again = false;
     const load = async () => {
