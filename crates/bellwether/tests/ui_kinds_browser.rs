@@ -262,17 +262,27 @@ async fn per_kind_pages_in_a_real_browser() {
     std::fs::write(root.join("srv/uploads/a.txt"), "first\n").unwrap();
     let _agent_files = agent_files(&url, &d, &root);
     for h in ["db1", "files-1"] {
-        eventually(&format!("{h} to enrol"), Duration::from_secs(60), async || {
-            let (s, _) = call("GET", &format!("{url}/api/v1/hosts/{h}"), OPERATOR, None).await;
-            (s == 200).then_some(())
-        })
+        eventually(
+            &format!("{h} to enrol"),
+            Duration::from_secs(60),
+            async || {
+                let (s, _) = call("GET", &format!("{url}/api/v1/hosts/{h}"), OPERATOR, None).await;
+                (s == 200).then_some(())
+            },
+        )
         .await;
     }
     eventually(
         "db1's report of main",
         Duration::from_secs(60),
         async || {
-            let (_, v) = call("GET", &format!("{url}/api/v1/config/sources"), OPERATOR, None).await;
+            let (_, v) = call(
+                "GET",
+                &format!("{url}/api/v1/config/sources"),
+                OPERATOR,
+                None,
+            )
+            .await;
             v.as_array()?
                 .iter()
                 .any(|s| s["host"] == "db1" && s["source"] == "main")
@@ -306,7 +316,8 @@ async fn per_kind_pages_in_a_real_browser() {
         .await;
     op.wait_css("[data-test=graph-node][data-name=track_counts][data-center=true]")
         .await;
-    op.wait_text("[data-test=graph-center]", "track_counts").await;
+    op.wait_text("[data-test=graph-center]", "track_counts")
+        .await;
     op.not_reloaded().await;
     op.route("#/config/db1,main,autovacuum").await;
     op.wait_css("[data-test=graph-node][data-name=autovacuum][data-center=true]")
@@ -315,7 +326,8 @@ async fn per_kind_pages_in_a_real_browser() {
 
     // A live change: ALTER SYSTEM on the instance; the agent reports it, the server records
     // a config.changed event, and the page shows it without a reload.
-    op.route("#/config/db1,main,log_min_duration_statement").await;
+    op.route("#/config/db1,main,log_min_duration_statement")
+        .await;
     op.wait_css("[data-test=graph-node][data-name=log_min_duration_statement][data-center=true]")
         .await;
     op.mark().await;
@@ -326,7 +338,8 @@ async fn per_kind_pages_in_a_real_browser() {
     op.not_reloaded().await;
 
     // A snapshot: the viewer is refused with the API's 403; the operator's is taken.
-    vw.route("#/config/db1,main,log_min_duration_statement").await;
+    vw.route("#/config/db1,main,log_min_duration_statement")
+        .await;
     vw.click("[data-test=config-snapshot-take]").await;
     let refusal = vw.refused().await;
     assert!(refusal.contains("viewer"), "{refusal}");
@@ -350,12 +363,15 @@ async fn per_kind_pages_in_a_real_browser() {
         "POST",
         &format!("{url}/api/v1/mirror/dependencies"),
         OPERATOR,
-        Some(json!({"name": "orders-db", "kind": "tcp", "primary": pg.original.addr(),
-                    "tier": "high", "impact": 0.8})),
+        Some(
+            json!({"name": "orders-db", "kind": "tcp", "primary": pg.original.addr(),
+                    "tier": "high", "impact": 0.8}),
+        ),
     )
     .await;
     assert_eq!(s, 201, "{v}\n{}", logs());
-    op.wait_css("[data-test=mirror-row][data-name=orders-db]").await;
+    op.wait_css("[data-test=mirror-row][data-name=orders-db]")
+        .await;
     op.not_reloaded().await;
     op.click("[data-test=mirror-row][data-name=orders-db] [data-test=mirror-link]")
         .await;
@@ -390,7 +406,8 @@ async fn per_kind_pages_in_a_real_browser() {
     )
     .await;
     assert_eq!(s, 201, "{v}\n{}", logs());
-    op.wait_css("[data-test=shadow-row][data-name=uploads]").await;
+    op.wait_css("[data-test=shadow-row][data-name=uploads]")
+        .await;
     op.not_reloaded().await;
     op.click("[data-test=shadow-row][data-name=uploads] [data-test=shadow-link]")
         .await;
@@ -429,8 +446,10 @@ async fn per_kind_pages_in_a_real_browser() {
         "POST",
         &format!("{url}/api/v1/patches"),
         OPERATOR,
-        Some(json!({"plan_yaml": pg.plan, "file": "patch.yaml", "host": "db1",
-                    "proxy": {"token": "main"}, "id": "pg-ui-1"})),
+        Some(
+            json!({"plan_yaml": pg.plan, "file": "patch.yaml", "host": "db1",
+                    "proxy": {"token": "main"}, "id": "pg-ui-1"}),
+        ),
     )
     .await;
     assert_eq!(s, 201, "{v}\n{}", logs());
@@ -469,7 +488,13 @@ async fn per_kind_pages_in_a_real_browser() {
     op.screenshot("dashboard-patches.png").await;
     let _ = load.kill();
     let _ = load.wait();
-    let (_, st) = call("GET", &format!("{url}/api/v1/patches/pg-ui-1"), OPERATOR, None).await;
+    let (_, st) = call(
+        "GET",
+        &format!("{url}/api/v1/patches/pg-ui-1"),
+        OPERATOR,
+        None,
+    )
+    .await;
     assert_eq!(st["outcome"], "rolled_back", "{st}");
 
     op.b.close().await;
