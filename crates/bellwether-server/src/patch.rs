@@ -1325,7 +1325,8 @@ async fn connections(
 ) -> Result<Json<Value>, ApiError> {
     let (_, p) = load(&state, &id).await?;
     let proxy = proxy_client(&state, &p.driver.admin_url, &p.driver.proxy_token)?;
-    let bad_gateway = |e: String| ApiError::new(StatusCode::BAD_GATEWAY, format!("patch {id}: {e}"));
+    let bad_gateway =
+        |e: String| ApiError::new(StatusCode::BAD_GATEWAY, format!("patch {id}: {e}"));
     let backends = proxy.backends_raw().await.map_err(bad_gateway)?;
     let connections = proxy.connections().await.map_err(bad_gateway)?;
     Ok(Json(json!({
