@@ -312,7 +312,7 @@ async fn per_kind_pages_in_a_real_browser() {
     op.wait_count("[data-test=graph-node]", 3).await;
     op.mark().await;
     // A click on a node centres the graph on it.
-    op.click("[data-test=graph-node][data-name=track_counts]")
+    op.click("[data-test=graph-node][data-name=track_counts] circle")
         .await;
     op.wait_css("[data-test=graph-node][data-name=track_counts][data-center=true]")
         .await;
@@ -326,20 +326,18 @@ async fn per_kind_pages_in_a_real_browser() {
 
     // A live change: ALTER SYSTEM on the instance; the agent reports it, the server records
     // a config.changed event, and the page shows it without a reload.
-    op.route("#/config/db1,main,log_min_duration_statement")
-        .await;
-    op.wait_css("[data-test=graph-node][data-name=log_min_duration_statement][data-center=true]")
+    op.route("#/config/db1,main,autovacuum_naptime").await;
+    op.wait_css("[data-test=graph-node][data-name=autovacuum_naptime][data-center=true]")
         .await;
     op.mark().await;
     pg.original
-        .psql("ALTER SYSTEM SET log_min_duration_statement = 250; SELECT pg_reload_conf();");
-    op.wait_css("[data-test=config-change][data-key=log_min_duration_statement]")
+        .psql("ALTER SYSTEM SET autovacuum_naptime = '42s'; SELECT pg_reload_conf();");
+    op.wait_css("[data-test=config-change][data-key=autovacuum_naptime]")
         .await;
     op.not_reloaded().await;
 
     // A snapshot: the viewer is refused with the API's 403; the operator's is taken.
-    vw.route("#/config/db1,main,log_min_duration_statement")
-        .await;
+    vw.route("#/config/db1,main,autovacuum_naptime").await;
     vw.click("[data-test=config-snapshot-take]").await;
     let refusal = vw.refused().await;
     assert!(refusal.contains("viewer"), "{refusal}");

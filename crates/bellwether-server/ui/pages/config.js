@@ -109,7 +109,7 @@ async function renderSource(el, host, source, key, depth) {
   if (graphError) {
     graphPart = h('p', { class: 'error', 'data-test': 'graph-error' }, `The graph cannot be shown (${graphError.status}): ${graphError.message}`);
   } else if (!graph || graph.nodes.length === 0) {
-    graphPart = h('p', { 'data-test': 'graph-empty' }, 'This source has no graph yet.');
+    graphPart = h('p', { 'data-test': 'graph-empty' }, center ? `${center} has no edge in this source's graph.` : 'This source has no graph yet.');
   } else {
     const detail = h('div', { class: 'kinds-node-detail', 'data-test': 'graph-detail' });
     const showNode = (name) => {
