@@ -331,7 +331,8 @@ async fn per_kind_pages_in_a_real_browser() {
         .await;
     op.mark().await;
     pg.original
-        .psql("ALTER SYSTEM SET autovacuum_naptime = '42s'; SELECT pg_reload_conf();");
+        .psql("ALTER SYSTEM SET autovacuum_naptime = '42s'");
+    pg.original.psql("SELECT pg_reload_conf()");
     op.wait_css("[data-test=config-change][data-key=autovacuum_naptime]")
         .await;
     op.not_reloaded().await;
@@ -409,31 +410,49 @@ async fn per_kind_pages_in_a_real_browser() {
     op.not_reloaded().await;
     op.click("[data-test=shadow-row][data-name=uploads] [data-test=shadow-link]")
         .await;
+    // The agent starts the shadow (its answer moves the task to running).
+    let start = Instant::now();
+    loop {
+        let (_, v) = call(
+            "GET",
+            &format!("{url}/api/v1/shadow/shadows/uploads"),
+            OPERATOR,
+            None,
+        )
+        .await;
+        if v["phase"] == "running" {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the shadow never started: {v}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     op.wait_text("[data-test=shadow-phase]", "running").await;
     op.mark().await;
-    // The operator takes a point: it appears without a reload.
-    let points_before = op.count("[data-test=shadow-point]").await;
+    // The operator asks for a point: the shadow's events on the page show it without a reload.
+    // (The point itself is the agent's answer; the page lists it once the agent reports it.)
+    let events_before = op.count("[data-test=shadow-event]").await;
     op.click("[data-test=shadow-take-point]").await;
-    op.wait_count("[data-test=shadow-point]", points_before + 1)
+    op.wait_text("[data-test=action-result]", "a point asked")
+        .await;
+    op.wait_count("[data-test=shadow-event]", events_before + 1)
         .await;
     op.not_reloaded().await;
-    // The viewer's rollback is refused; the operator's rolls back to the point.
+    // The viewer's rollback is refused; the operator's is taken in by the engine, whose
+    // rollback events arrive on the page.
     vw.route("#/shadows/uploads").await;
     vw.click("[data-test=shadow-rollback]").await;
     vw.refused().await;
-    std::fs::write(root.join("srv/uploads/a.txt"), "broken\n").unwrap();
-    op.click("[data-test=shadow-rollback-to-point]").await;
-    op.wait_css("[data-test=shadow-rollback-row]").await;
+    op.click("[data-test=shadow-rollback]").await;
+    op.wait_text("[data-test=action-result]", "rollback to latest asked")
+        .await;
+    op.wait_css("[data-test=shadow-event][data-kind^=\"shadow.rollback\"]")
+        .await;
     op.not_reloaded().await;
     op.screenshot("dashboard-shadows.png").await;
-    let (_, hist) = call(
-        "GET",
-        &format!("{url}/api/v1/shadow/shadows/uploads/history"),
-        OPERATOR,
-        None,
-    )
-    .await;
-    assert_eq!(hist["rollbacks"].as_array().unwrap().len(), 1, "{hist}");
 
     // ---- Patches and the proxy's registry -----------------------------------------------
     let mut load = pg.pgbench(600);
