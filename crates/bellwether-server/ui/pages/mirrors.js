@@ -45,7 +45,10 @@ function bar(v, test) {
   return h('span', { class: 'kinds-bar' }, svg, ' ', ratio(v));
 }
 
-const concerns = (ev, name) => ev.kind && ev.kind.startsWith('mirror.') && (!name || (ev.figures && ev.figures.dependency === name));
+// The task of the one shown (its events carry it even when their figures do not name it).
+let shownTask = null;
+const concerns = (ev, name) => ev.kind && ev.kind.startsWith('mirror.') &&
+  (!name || (ev.figures && ev.figures.dependency === name) || (shownTask && ev.task === shownTask));
 
 async function renderList(el) {
   const deps = await api('/api/v1/mirror/dependencies');
@@ -67,6 +70,7 @@ async function renderList(el) {
 async function renderOne(el, name) {
   const enc = encodeURIComponent(name);
   const [d, hist] = await Promise.all([api(`/api/v1/mirror/dependencies/${enc}`), api(`/api/v1/mirror/dependencies/${enc}/history?limit=50`)]);
+  shownTask = d.task || null;
   const result = kept(name);
   const reason = h('input', { 'data-test': 'mirror-failover-reason', placeholder: 'reason (required)', value: 'failover from the dashboard' });
   const to = h('select', { 'data-test': 'mirror-failover-to' }, h('option', { value: '' }, 'best caught-up mirror'),

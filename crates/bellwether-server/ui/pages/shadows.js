@@ -27,7 +27,10 @@ function table(test, headers, rows) {
     h('tbody', {}, ...rows));
 }
 
-const concerns = (ev, name) => ev.kind && ev.kind.startsWith('shadow.') && (!name || (ev.figures && ev.figures.shadow === name));
+// The task of the one shown (its events carry it even when their figures do not name it).
+let shownTask = null;
+const concerns = (ev, name) => ev.kind && ev.kind.startsWith('shadow.') &&
+  (!name || (ev.figures && ev.figures.shadow === name) || (shownTask && ev.task === shownTask));
 
 async function renderList(el) {
   const shadows = await api('/api/v1/shadow/shadows');
@@ -81,6 +84,7 @@ async function renderOne(el, name) {
     api(`/api/v1/shadow/shadows/${enc}/points`),
     api(`/api/v1/shadow/shadows/${enc}/history?limit=50`),
   ]);
+  shownTask = d.task || null;
   const result = kept(name);
   const act = async (what, path, body) => {
     result.set('asking…');
