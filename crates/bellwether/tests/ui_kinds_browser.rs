@@ -443,25 +443,29 @@ async fn per_kind_pages_in_a_real_browser() {
     }
     op.wait_text("[data-test=shadow-phase]", "running").await;
     op.mark().await;
-    // The operator asks for a point: the server takes it in (the page shows the point in
-    // flight; the point itself is the agent's answer, listed once the agent reports it).
+    // The first (scheduled) point arrives on the page when the agent reports it; then the
+    // operator's point on demand.
+    op.wait_count("[data-test=shadow-point]", 1).await;
     op.click("[data-test=shadow-take-point]").await;
-    op.wait_text("[data-test=action-result]", "a point asked")
-        .await;
-    op.wait_text("[data-test=shadow-points]", "in flight").await;
+    op.wait_count("[data-test=shadow-point]", 2).await;
     op.not_reloaded().await;
-    // The viewer's rollback is refused; the operator's is taken in by the engine, whose
-    // rollback events arrive on the page.
+    // The viewer's rollback is refused; the operator's rolls back to a point.
     vw.route("#/shadows/uploads").await;
     vw.click("[data-test=shadow-rollback]").await;
     vw.refused().await;
-    op.click("[data-test=shadow-rollback]").await;
-    op.wait_text("[data-test=action-result]", "rollback to latest asked")
-        .await;
-    op.wait_css("[data-test=shadow-event][data-kind^=\"shadow.rollback\"]")
-        .await;
+    std::fs::write(root.join("srv/uploads/a.txt"), "broken\n").unwrap();
+    op.click("[data-test=shadow-rollback-to-point]").await;
+    op.wait_css("[data-test=shadow-rollback-row]").await;
     op.not_reloaded().await;
     op.screenshot("dashboard-shadows.png").await;
+    let (_, hist) = call(
+        "GET",
+        &format!("{url}/api/v1/shadow/shadows/uploads/history"),
+        OPERATOR,
+        None,
+    )
+    .await;
+    assert_eq!(hist["rollbacks"].as_array().unwrap().len(), 1, "{hist}");
 
     // ---- Patches and the proxy's registry -----------------------------------------------
     let mut load = pg.pgbench(600);
