@@ -478,7 +478,8 @@ async fn per_kind_pages_in_a_real_browser() {
         OPERATOR,
         Some(
             json!({"plan_yaml": pg.plan, "file": "patch.yaml", "host": "db1",
-                    "proxy": {"token": "main"}, "id": "pg-ui-1"}),
+                    "proxy": {"token": "main"}, "id": "pg-ui-1",
+                    "original_pid": pg.original.pid()}),
         ),
     )
     .await;
