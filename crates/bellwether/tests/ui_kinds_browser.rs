@@ -210,10 +210,20 @@ fn agent_files(url: &str, d: &Path, root: &Path) -> KillOnDrop {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_kind_pages_in_a_real_browser() {
-    // The database side: two clusters and the proxy (patched instance with weight 0).
+#[test]
+fn per_kind_pages_in_a_real_browser() {
+    // The database side: two clusters and the proxy (patched instance with weight 0). Made
+    // and dropped outside the async runtime (its HTTP client has a runtime of its own).
     let pg = PgPair::start(false, "10m");
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(pages(&pg));
+}
+
+async fn pages(pg: &PgPair) {
     let d = pg.d().to_path_buf();
 
     // The server, told where the proxy's admin token is.
