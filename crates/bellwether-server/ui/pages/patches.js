@@ -52,10 +52,11 @@ function phaseChart(phases) {
   const t0 = Math.min(...timed.map((p) => p.started_ms));
   const t1 = Math.max(...timed.map((p) => p.started_ms + (p.took_ms || 0)));
   const span = Math.max(1, t1 - t0);
-  const W = 640, row = 22, left = 190;
+  const W = 900, row = 22, left = 330;
   const svg = document.createElementNS(NS, 'svg');
   svg.setAttribute('viewBox', `0 0 ${W} ${row * timed.length + 24}`);
-  svg.setAttribute('width', '100%');
+  svg.setAttribute('width', W);
+  svg.setAttribute('height', row * timed.length + 24);
   svg.setAttribute('data-test', 'patch-phase-chart');
   timed.forEach((p, i) => {
     const y = i * row + 4;
@@ -87,7 +88,7 @@ async function renderOne(el, id) {
     result.set('asking…');
     try {
       const s = await api(`/api/v1/patches/${encodeURIComponent(id)}/abort`, { method: 'POST', body: { reason: reason.value } });
-      result.set(`abort requested; stage ${s.stage}`);
+      result.set('abort requested (the phases below follow it)');
     } catch (e) {
       result.fail(e);
     }

@@ -56,7 +56,7 @@ function timeline(points, rollbacks) {
   const t0 = Math.min(...times), t1 = Math.max(...times, t0 + 1000);
   const W = 640, x = (t) => 20 + ((t - t0) / (t1 - t0)) * (W - 40);
   const svg = document.createElementNS(NS, 'svg');
-  svg.setAttribute('viewBox', `0 0 ${W} 60`); svg.setAttribute('width', '100%'); svg.setAttribute('data-test', 'shadow-timeline');
+  svg.setAttribute('viewBox', `0 0 ${W} 60`); svg.setAttribute('width', W); svg.setAttribute('height', 60); svg.setAttribute('data-test', 'shadow-timeline');
   const add = (tag, attrs, text) => {
     const e = document.createElementNS(NS, tag);
     for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
