@@ -87,7 +87,7 @@ async function renderOne(el, id) {
   abortBtn.addEventListener('click', async () => {
     result.set('asking…');
     try {
-      const s = await api(`/api/v1/patches/${encodeURIComponent(id)}/abort`, { method: 'POST', body: { reason: reason.value } });
+      await api(`/api/v1/patches/${encodeURIComponent(id)}/abort`, { method: 'POST', body: { reason: reason.value } });
       result.set('abort requested (the phases below follow it)');
     } catch (e) {
       result.fail(e);
