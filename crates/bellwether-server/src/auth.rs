@@ -119,6 +119,7 @@ pub const RULES: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/patches", Access::Viewer),
     ("GET", "/api/v1/patches/{id}", Access::Viewer),
     ("GET", "/api/v1/patches/{id}/report", Access::Viewer),
+    ("GET", "/api/v1/patches/{id}/connections", Access::Viewer),
     ("GET", "/api/v1/models", Access::Viewer),
     ("GET", "/api/v1/config/sources", Access::Viewer),
     ("GET", "/api/v1/config/changes", Access::Viewer),

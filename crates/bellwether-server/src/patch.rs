@@ -56,6 +56,7 @@ pub const PATCH_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/patches"),
     ("GET", "/api/v1/patches/{id}"),
     ("GET", "/api/v1/patches/{id}/report"),
+    ("GET", "/api/v1/patches/{id}/connections"),
     ("POST", "/api/v1/patches/{id}/abort"),
 ];
 
@@ -65,6 +66,7 @@ pub(crate) fn routes() -> axum::Router<AppState> {
         .route("/api/v1/patches", post(create).get(list))
         .route("/api/v1/patches/{id}", get(status))
         .route("/api/v1/patches/{id}/report", get(report))
+        .route("/api/v1/patches/{id}/connections", get(connections))
         .route("/api/v1/patches/{id}/abort", post(abort))
 }
 
@@ -1309,6 +1311,28 @@ async fn report(
 ) -> Result<Json<PatchReport>, ApiError> {
     let (_, p) = load(&state, &id).await?;
     Ok(Json(p.report))
+}
+
+/// `GET /api/v1/patches/{id}/connections`: what the patch's proxy holds now, read from its
+/// admin API with the token the server keeps (a viewer never sees the token, and the server
+/// only ever calls the proxy a stored patch names): `{"patch", "admin_url", "backends",
+/// "connections"}`, both lists as the proxy answers `GET /backends` and `GET /connections`.
+/// 502 when the proxy cannot be reached or refuses the token.
+async fn connections(
+    State(state): State<AppState>,
+    _auth: Viewer,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, p) = load(&state, &id).await?;
+    let proxy = proxy_client(&state, &p.driver.admin_url, &p.driver.proxy_token)?;
+    let bad_gateway =
+        |e: String| ApiError::new(StatusCode::BAD_GATEWAY, format!("patch {id}: {e}"));
+    let backends = proxy.backends_raw().await.map_err(bad_gateway)?;
+    let connections = proxy.connections().await.map_err(bad_gateway)?;
+    Ok(Json(json!({
+        "patch": id, "admin_url": p.driver.admin_url,
+        "backends": backends, "connections": connections,
+    })))
 }
 
 /// `POST /api/v1/patches/{id}/abort` (the body is optional).

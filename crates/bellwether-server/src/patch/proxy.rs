@@ -126,6 +126,24 @@ impl ProxyClient {
         serde_json::from_value(v).map_err(|e| format!("the proxy's backends: {e}"))
     }
 
+    /// `GET /backends` as the proxy answers it, every field kept (the dashboard shows it).
+    pub async fn backends_raw(&self) -> Result<Value, String> {
+        self.call(
+            self.http.get(format!("{}/backends", self.base)),
+            Duration::from_secs(5),
+        )
+        .await
+    }
+
+    /// `GET /connections`: the proxy's connection registry, as it answers it.
+    pub async fn connections(&self) -> Result<Value, String> {
+        self.call(
+            self.http.get(format!("{}/connections", self.base)),
+            Duration::from_secs(5),
+        )
+        .await
+    }
+
     /// `GET /backends/{name}`.
     pub async fn backend(&self, name: &str) -> Result<BackendPoint, String> {
         let v = self

@@ -2,3 +2,8 @@
 // `register` from ../app.js when imported.
 import './fleet.js';
 import './rollouts.js';
+import './patches.js';
+import './proxy.js';
+import './config.js';
+import './mirrors.js';
+import './shadows.js';
