@@ -158,6 +158,11 @@ pub const RULES: &[(&str, &str, Access)] = &[
     ("POST", "/api/v1/alerts/rules/{id}/test", Access::Operator),
     ("POST", "/api/v1/rollouts", Access::Operator),
     ("POST", "/api/v1/rollouts/{id}/{command}", Access::Operator),
+    (
+        "POST",
+        "/api/v1/rollouts/{id}/hosts/{host}/rollback",
+        Access::Operator,
+    ),
     ("POST", "/api/v1/patches", Access::Operator),
     ("POST", "/api/v1/patches/{id}/abort", Access::Operator),
     ("POST", "/api/v1/config/snapshots", Access::Operator),

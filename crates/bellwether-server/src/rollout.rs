@@ -64,6 +64,7 @@ pub const ROLLOUT_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/rollouts/{id}"),
     ("GET", "/api/v1/rollouts/{id}/report"),
     ("POST", "/api/v1/rollouts/{id}/{command}"),
+    ("POST", "/api/v1/rollouts/{id}/hosts/{host}/rollback"),
     ("GET", "/api/v1/agent/actions"),
     ("POST", "/api/v1/agent/actions/{id}/result"),
 ];
@@ -75,6 +76,10 @@ pub(crate) fn routes() -> axum::Router<AppState> {
         .route("/api/v1/rollouts/{id}", get(status))
         .route("/api/v1/rollouts/{id}/report", get(report))
         .route("/api/v1/rollouts/{id}/{command}", post(command))
+        .route(
+            "/api/v1/rollouts/{id}/hosts/{host}/rollback",
+            post(roll_back_host),
+        )
         .route("/api/v1/agent/actions", get(agent_actions))
         .route("/api/v1/agent/actions/{id}/result", post(agent_result))
 }
@@ -849,6 +854,36 @@ async fn command(
         )));
     }
     let status = state.tasks.command::<RolloutTask>(&id, cmd).await?;
+    Ok(Json(StatusResponse {
+        status,
+        model_version: rec.model_version,
+        created_at_ms: rec.created_at_ms,
+    }))
+}
+
+/// Roll back one updated host of a running or paused rollout now (the operator saw what the
+/// metrics did not): it fails the host as a failing verdict would.
+async fn roll_back_host(
+    State(state): State<AppState>,
+    _auth: Operator,
+    Path((id, host)): Path<(String, String)>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    let host = HostName::new(&host)
+        .map_err(|e| ApiError::bad_request(format!("bad host name in path: {e}")))?;
+    let (rec, r) = load(&state, &id).await?;
+    if let Err(why) = r.can_roll_back(&host) {
+        return Err(
+            if r.host_names().any(|h| *h == host) || r.phase.is_final() {
+                ApiError::conflict(why)
+            } else {
+                ApiError::not_found(why)
+            },
+        );
+    }
+    let status = state
+        .tasks
+        .command::<RolloutTask>(&id, OperatorCommand::RollBack { host })
+        .await?;
     Ok(Json(StatusResponse {
         status,
         model_version: rec.model_version,

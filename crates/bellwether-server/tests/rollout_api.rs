@@ -700,3 +700,131 @@ rollout_test!(
         server.store().close().await;
     }
 );
+
+rollout_test!(
+    an_operator_rolls_back_one_updated_host_and_is_refused_for_the_others,
+    |store| {
+        let server = Server::open(config(store)).await.unwrap();
+        let app = server.router();
+        let agents = fleet(&app, 4).await;
+        let body = json!({"plan_yaml": PLAN, "file": "web.yaml"}).to_string();
+        let (s, v) = send(&app, Method::POST, "/api/v1/rollouts", OP, Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        // Paused at once: the pilot's applies still finish, no later wave starts.
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            &format!("/api/v1/rollouts/{id}/pause"),
+            OP,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let sims: Vec<_> = agents
+            .iter()
+            .map(|(_, t)| simulate(app.clone(), t.clone(), stop_rx.clone()))
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let (updated, waiting) = loop {
+            let (_, v) = send(
+                &app,
+                Method::GET,
+                &format!("/api/v1/rollouts/{id}"),
+                OP,
+                None,
+            )
+            .await;
+            let hosts = v["hosts"].as_array().unwrap().clone();
+            let pick = |states: &[&str]| {
+                hosts
+                    .iter()
+                    .find(|h| states.contains(&h["state"].as_str().unwrap_or("")))
+                    .map(|h| h["host"].as_str().unwrap().to_string())
+            };
+            if let (Some(u), Some(w)) = (pick(&["baking", "updated"]), pick(&["waiting"])) {
+                break (u, w);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no pilot host was updated: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let url = |h: &str| format!("/api/v1/rollouts/{id}/hosts/{h}/rollback");
+        // Refusals: a host still waiting (409), a host not in the rollout (404), a bad name
+        // (400), an unknown rollout (404), a token that may not act (403).
+        let (s, v) = send(&app, Method::POST, &url(&waiting), OP, None).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("waiting"), "{v}");
+        let (s, v) = send(&app, Method::POST, &url("web-nope"), OP, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+        let (s, v) = send(&app, Method::POST, &url("bad%20name"), OP, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            &format!("/api/v1/rollouts/r-nope/hosts/{updated}/rollback"),
+            OP,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+        let (s, v) = send(&app, Method::POST, &url(&updated), ENROL, None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+
+        let (s, v) = send(&app, Method::POST, &url(&updated), OP, None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let line = v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == json!(updated))
+            .cloned()
+            .unwrap();
+        assert!(
+            ["rolling_back", "rolled_back"].contains(&line["state"].as_str().unwrap()),
+            "{v}"
+        );
+        // The revert runs on the agent; the report then says why.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, r) = send(
+                &app,
+                Method::GET,
+                &format!("/api/v1/rollouts/{id}/report"),
+                OP,
+                None,
+            )
+            .await;
+            let h = r["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h["host"] == json!(updated))
+                .cloned()
+                .unwrap();
+            if h["state"] == "rolled_back" {
+                assert!(
+                    h["reason"].as_str().unwrap().contains("by the operator"),
+                    "{h}"
+                );
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{updated} was never rolled back: {h}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Once rolled back it cannot be rolled back again.
+        let (s, v) = send(&app, Method::POST, &url(&updated), OP, None).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{v}");
+        stop_tx.send(true).unwrap();
+        for s in sims {
+            s.await.unwrap();
+        }
+        server.store().close().await;
+    }
+);

@@ -367,8 +367,10 @@ fn assert_abort_settled(fleet: &Fleet, id: &str) -> Value {
                 assert_eq!(fleet.version(name), "1\n", "the revert ran on {name}");
                 assert_eq!(h["action"], "rolled_back");
                 let reason = h["reason"].as_str().unwrap();
+                // Reverted by the abort, or by the operator's own roll back before it.
                 assert!(
-                    reason.starts_with("Rolled back") && reason.contains("aborted"),
+                    reason.starts_with("Rolled back")
+                        && (reason.contains("aborted") || reason.contains("by the operator")),
                     "{h}"
                 );
             }
@@ -447,12 +449,42 @@ fn every_command_at_every_phase_and_an_abort_that_settles() {
     }
     fleet.commands_refused(&id, "aborted");
 
-    // Rollout 2: abort while paused at the pilot; the waiting hosts are skipped.
+    // Rollout 2: the operator rolls the pilot back by hand while paused, then aborts; the
+    // waiting hosts are skipped.
     let id = fleet.start("2", "60s");
-    fleet.wait_status(&id, "the pilot baking", 30, |v| {
+    let v = fleet.wait_status(&id, "the pilot baking", 30, |v| {
         host_states(v).contains(&"baking".into())
     });
     fleet.command_ok("pause", &id, "paused");
+    let in_state = |v: &Value, state: &str| -> Option<String> {
+        v["hosts"]
+            .as_array()?
+            .iter()
+            .find(|h| h["state"] == state)
+            .map(|h| h["host"].as_str().unwrap().to_string())
+    };
+    let pilot = in_state(&v, "baking").unwrap();
+    let waiting = in_state(&fleet.status(&id), "waiting").unwrap();
+    let o = fleet.cli(&["rollback", &id, &waiting]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("only an updated or baking host can be rolled back"),
+        "{}",
+        text(&o)
+    );
+    let o = fleet.cli(&["rollback", &id, "not a host"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = fleet.cli(&["rollback", &id, &pilot]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("rolling back {pilot}")),
+        "{}",
+        text(&o)
+    );
+    fleet.wait_status(&id, "the pilot rolled back by hand", 30, |v| {
+        in_state(v, "rolled_back").as_deref() == Some(pilot.as_str())
+    });
+    assert_eq!(fleet.version(&pilot), "1\n", "the revert ran on {pilot}");
     fleet.command_ok("abort", &id, "aborted");
     let r = assert_abort_settled(&fleet, &id);
     assert_eq!(r["counts"]["rolled_back"], 1, "{r}");

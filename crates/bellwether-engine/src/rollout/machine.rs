@@ -110,8 +110,9 @@ impl std::fmt::Display for MissingData {
     }
 }
 
-/// An operator's command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// An operator's command. The unit commands serialize as their names (`"pause"`), as they
+/// always have; `RollBack` as `{"roll_back": {"host": …}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OperatorCommand {
     /// Start no new wave and promote nothing until resumed; failing hosts are still rolled
@@ -122,6 +123,26 @@ pub enum OperatorCommand {
     Abort,
     /// End the current wave's bake now (in-flight actions are still awaited) and go on.
     Promote,
+    /// Revert one updated host (baking or updated) now, as if its watch had failed it: the
+    /// operator saw what the metrics did not. It counts as a failure of its wave and is
+    /// learnt from as one; with `rollback.targeted: false` it aborts the rollout, as any
+    /// failure does.
+    RollBack {
+        host: HostName,
+    },
+}
+
+impl OperatorCommand {
+    /// The command's name in the API and the CLI.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OperatorCommand::Pause => "pause",
+            OperatorCommand::Resume => "resume",
+            OperatorCommand::Abort => "abort",
+            OperatorCommand::Promote => "promote",
+            OperatorCommand::RollBack { .. } => "roll back",
+        }
+    }
 }
 
 /// What the engine is told. Each carries the time it happened, in milliseconds.
@@ -379,6 +400,14 @@ impl Phase {
             Phase::Aborted => "aborted",
         }
     }
+}
+
+/// A host state's name as the API writes it (`rolling_back`).
+fn state_name(s: HostState) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{s:?}"))
 }
 
 /// Where one host stands.
@@ -1797,7 +1826,11 @@ impl Rollout {
                 out,
                 "operator.ignored",
                 None,
-                format!("Ignored {c:?}: the rollout is {}.", self.phase.name()),
+                format!(
+                    "Ignored {}: the rollout is {}.",
+                    c.name(),
+                    self.phase.name()
+                ),
                 fig,
             );
             return;
@@ -1843,6 +1876,54 @@ impl Rollout {
                     fig,
                 );
             }
+            OperatorCommand::RollBack { host } => {
+                let state = self.hosts.get(&host).map(|h| h.state);
+                match state {
+                    Some(HostState::Baking | HostState::Updated) => {
+                        self.rec(&host).last_verdict = Some(VerdictKind::Failing);
+                        self.host_failed(
+                            out,
+                            &host,
+                            "Rolled back by the operator.".into(),
+                            json!({ "command": "roll_back", "wave": self.wave }),
+                            false,
+                        );
+                    }
+                    other => {
+                        let why = match other {
+                            None => "it is not in this rollout".to_string(),
+                            Some(s) => format!("it is {}, not updated or baking", state_name(s)),
+                        };
+                        self.event(
+                            out,
+                            "operator.ignored",
+                            Some(host.clone()),
+                            format!("Ignored roll back of {host}: {why}."),
+                            json!({ "command": "roll_back", "host": host, "state": other }),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether `host` is one an operator may roll back now: in this rollout, which is not
+    /// over, and updated or baking. `Err` says why not, for the API's 409.
+    pub fn can_roll_back(&self, host: &HostName) -> Result<(), String> {
+        if self.phase.is_final() {
+            return Err(format!(
+                "rollout {} is {}; a host is rolled back by hand only while it runs or is paused",
+                self.id,
+                self.phase.name()
+            ));
+        }
+        match self.hosts.get(host).map(|h| h.state) {
+            None => Err(format!("{host} is not in rollout {}", self.id)),
+            Some(HostState::Baking | HostState::Updated) => Ok(()),
+            Some(s) => Err(format!(
+                "{host} is {}; only an updated or baking host can be rolled back",
+                state_name(s)
+            )),
         }
     }
 

@@ -58,9 +58,19 @@ function renderOne(el, id) {
       actionButton('Resume', 'resume', () => command('resume'), { out: actionsOut }),
       actionButton('Promote', 'promote', () => command('promote'), { out: actionsOut }),
       actionButton('Abort', 'abort', () => command('abort'), { out: actionsOut, confirm: `Abort rollout ${id} and revert every host it updated?` }),
-      h('span', { class: 'muted' }, 'Rolling back one host by hand is not in the API: the rollout rolls back each failing host itself, and Abort reverts every host it updated.')),
+      h('span', { class: 'muted' }, 'The rollout rolls back each failing host itself; roll back one more by hand from its row under Hosts, or Abort to revert every host it updated.')),
     actionsOut, statusBox,
     h('div', { class: 'card' }, h('h2', null, 'Timeline'), timeline));
+
+  /** Whether the operator may roll host line `x` back now: updated or baking, rollout not over. */
+  function canRollBack(status, x) {
+    return !['completed', 'aborted'].includes(status.state) && ['baking', 'updated'].includes(x.state);
+  }
+
+  async function rollBack(host) {
+    await api(`/api/v1/rollouts/${encodeURIComponent(id)}/hosts/${encodeURIComponent(host)}/rollback`, { method: 'POST' });
+    await load();
+  }
 
   async function command(cmd) {
     await api(`/api/v1/rollouts/${encodeURIComponent(id)}/${cmd}`, { method: 'POST' });
@@ -135,10 +145,13 @@ function renderOne(el, id) {
           h('div', { class: 'figures' }, figuresText(x.figures)))))
         : h('p', { class: 'muted', dataset: { test: 'failures' } }, 'No host has failed.'),
       h('h2', null, 'Hosts'),
-      table(['host', 'wave', 'band', 'risk', 'state', 'action', 'applied', 'reason'], report.hosts.map((x) => h('tr', { dataset: { test: 'report-host', host: x.host } },
+      table(['host', 'wave', 'band', 'risk', 'state', 'action', 'applied', 'reason', ''], report.hosts.map((x) => h('tr', { dataset: { test: 'report-host', host: x.host } },
         h('td', null, x.host), h('td', null, x.wave ?? '—'), h('td', null, x.band),
         h('td', { class: 'num' }, fmt.ratio(x.probability)), h('td', null, pill(x.state)), h('td', null, pill(x.action)),
-        h('td', null, fmt.clock(x.applied_ms)), h('td', null, x.reason)))));
+        h('td', null, fmt.clock(x.applied_ms)), h('td', null, x.reason),
+        h('td', null, canRollBack(status, x)
+          ? actionButton('Roll back', 'rollback-host', () => rollBack(x.host), { out: actionsOut, confirm: `Roll back ${x.host} now? It counts as a failure of its wave.` })
+          : null)))));
   }
 
   // The samples behind a failed metric, fetched once per host, metric and end of the host.

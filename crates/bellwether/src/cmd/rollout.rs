@@ -55,6 +55,11 @@ enum Verb {
     Abort { id: String },
     /// End the current wave's bake now and go on to the next wave.
     Promote { id: String },
+    /// Roll back one host that this rollout updated (baking or updated), now: for what you
+    /// saw and the metrics did not. It counts as a failure of its wave, is learnt from as one,
+    /// and the rollout goes on with the other hosts (or aborts, with `rollback.targeted:
+    /// false`).
+    Rollback { id: String, host: String },
     /// The report: final state, and per host the failure probability and its top factors, the
     /// risk band, the wave (0 is the pilot), the action, timestamps and the reason.
     Report {
@@ -131,6 +136,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Verb::Resume { id } => command(&rt, &client, &id, "resume"),
         Verb::Abort { id } => command(&rt, &client, &id, "abort"),
         Verb::Promote { id } => command(&rt, &client, &id, "promote"),
+        Verb::Rollback { id, host } => {
+            let host = bellwether_model::HostName::new(&host)
+                .map_err(|e| UsageError(format!("bad host name {host:?}: {e}")))?;
+            let v = rt
+                .block_on(client.post_json(
+                    &format!("/api/v1/rollouts/{id}/hosts/{host}/rollback"),
+                    None,
+                ))
+                .map_err(api_error)?;
+            println!(
+                "Rollout {id}: rolling back {host}; the rollout is {}.",
+                text(&v["state"])
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Verb::Report { id, output } => {
             let v = rt
                 .block_on(client.get_json(&format!("/api/v1/rollouts/{id}/report")))

@@ -186,18 +186,27 @@ impl Browser {
             css_to_xpath(css),
             xpath_literal(text)
         );
-        match self
-            .client
-            .wait()
-            .at_most(WAIT)
-            .for_element(Locator::XPath(&xpath))
-            .await
-        {
-            Ok(e) => e.text().await.unwrap(),
-            Err(e) => panic!(
-                "no {css} containing {text:?} appeared ({e}); the page shows:\n{}",
-                self.page_text().await
-            ),
+        // A page re-renders on live events, so the element found may be replaced before its
+        // text is read (a stale element): find it again until the wait's time is up.
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            match self
+                .client
+                .wait()
+                .at_most(deadline.saturating_duration_since(std::time::Instant::now()))
+                .for_element(Locator::XPath(&xpath))
+                .await
+            {
+                Ok(e) => match e.text().await {
+                    Ok(t) => return t,
+                    Err(_) if std::time::Instant::now() < deadline => continue,
+                    Err(err) => panic!("{css} containing {text:?} could not be read: {err}"),
+                },
+                Err(e) => panic!(
+                    "no {css} containing {text:?} appeared ({e}); the page shows:\n{}",
+                    self.page_text().await
+                ),
+            }
         }
     }
 

@@ -1076,8 +1076,11 @@ proptest::proptest! {
                     // Abort rarely, so most runs also explore the waves.
                     let command = if pick % 16 == 0 {
                         OperatorCommand::Abort
+                    } else if pick % 16 == 1 {
+                        // A host rolled back by hand, whatever its state.
+                        OperatorCommand::RollBack { host: names[(pick / 16) % names.len()].clone() }
                     } else {
-                        [OperatorCommand::Pause, OperatorCommand::Resume, OperatorCommand::Promote][pick % 3]
+                        [OperatorCommand::Pause, OperatorCommand::Resume, OperatorCommand::Promote][pick % 3].clone()
                     };
                     Observation::Operator { command, now_ms: now }
                 }
@@ -1453,4 +1456,70 @@ fn a_slow_down_reached_while_paused_says_it_waits_for_the_resume() {
         slowed[0].reason,
         "2 hosts failed: once the rollout is resumed, its next wave is halved."
     );
+}
+
+#[test]
+fn an_operator_rolls_back_one_baking_host_and_only_an_updated_one() {
+    let mut s = Sim::new(plan_with(&[]), fleet(40));
+    s.answer(|_, _| ActionResult::Ok);
+    let pilot = s.r.current.clone();
+    let target = pilot[0].clone();
+    assert_eq!(s.r.hosts[&target].state, HostState::Baking);
+    assert_eq!(s.r.can_roll_back(&target), Ok(()));
+    // A host still waiting for its wave, and one the rollout does not hold, are refused with
+    // a reason, and the engine ignores the command if it comes anyway.
+    let waiting =
+        s.r.hosts
+            .values()
+            .find(|h| h.state == HostState::Waiting)
+            .map(|h| h.name.clone())
+            .expect("a waiting host");
+    let why = s.r.can_roll_back(&waiting).unwrap_err();
+    assert!(why.contains("waiting"), "{why}");
+    let stranger = HostName::new("not-in-it").unwrap();
+    let why = s.r.can_roll_back(&stranger).unwrap_err();
+    assert!(why.contains("not in rollout r-1"), "{why}");
+    s.step(Observation::Operator {
+        command: OperatorCommand::RollBack {
+            host: waiting.clone(),
+        },
+        now_ms: 500,
+    });
+    assert_eq!(s.r.hosts[&waiting].state, HostState::Waiting);
+    assert_eq!(s.events("operator.ignored").len(), 1);
+
+    s.step(Observation::Operator {
+        command: OperatorCommand::RollBack {
+            host: target.clone(),
+        },
+        now_ms: 1000,
+    });
+    assert_eq!(s.r.hosts[&target].state, HostState::RollingBack);
+    assert_eq!(s.dispatches(ActionKind::Revert), vec![target.clone()]);
+    let failed = s.events("host.failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].host.as_ref(), Some(&target));
+    assert!(failed[0].reason.contains("by the operator"));
+    // The other pilot hosts go on baking.
+    for h in pilot.iter().skip(1) {
+        assert_eq!(s.r.hosts[h].state, HostState::Baking);
+    }
+    s.answer(|_, _| ActionResult::Ok);
+    assert_eq!(s.r.hosts[&target].state, HostState::RolledBack);
+    let why = s.r.can_roll_back(&target).unwrap_err();
+    assert!(why.contains("rolled_back"), "{why}");
+}
+
+#[test]
+fn operator_commands_keep_their_wire_names() {
+    assert_eq!(
+        serde_json::to_value(OperatorCommand::Pause).unwrap(),
+        json!("pause")
+    );
+    let rb = OperatorCommand::RollBack {
+        host: HostName::new("web-01").unwrap(),
+    };
+    let v = serde_json::to_value(&rb).unwrap();
+    assert_eq!(v, json!({"roll_back": {"host": "web-01"}}));
+    assert_eq!(serde_json::from_value::<OperatorCommand>(v).unwrap(), rb);
 }
