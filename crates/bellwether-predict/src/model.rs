@@ -30,14 +30,14 @@ pub const VERSION: u32 = 1;
 /// Fewer rows than this cannot be split into training and held-out parts usefully.
 pub const MIN_TRAINING_ROWS: usize = 20;
 
-/// Tree models fitted by default (see [`TrainOptions::folds`]): four, each on three quarters of
-/// the history and stopped early on the last quarter, averaged, and calibrated on every row's
-/// out-of-fold margin. With their learning rate of 0.5 and trees of 4 leaves
-/// ([`GbdtParams::for_folds`]), the four hold a few more, shallower trees than one fit at 0.1
-/// with 8 leaves, so they train and predict within the failure model's speed goals
-/// (BENCHMARKS.md, issue 4), and their mean is closer to the true probability, on rows with new
-/// categories too (issue 10).
-pub const FOLDS: usize = 4;
+/// Tree models fitted by default (see [`TrainOptions::folds`]): one, at 0.1 with trees of 8
+/// leaves. Four (`--folds 4`: each on three quarters of the history, learning at 0.5 with trees
+/// of 4 leaves, [`GbdtParams::for_folds`], averaged and calibrated on every row's out-of-fold
+/// margin) are closer to the true probability on rows with new categories and cost about the
+/// same (issue 10, BENCHMARKS.md), but as the default they put a host the history marks as
+/// risky at p 0.499, below the quickstart's `high: 0.5`, after the retrain on rollout 1's
+/// outcomes (`rollout_e2e::quickstart_tells_the_whole_story`), so they are not the default yet.
+pub const FOLDS: usize = 1;
 
 fn one() -> usize {
     1
@@ -1132,10 +1132,9 @@ mod tests {
     fn tree_parameters_go_with_the_number_of_fits() {
         let d = TrainOptions::default();
         assert_eq!(d.folds, FOLDS);
-        assert_eq!(
-            (d.gbdt.learning_rate, d.gbdt.max_leaves),
-            (0.125 * FOLDS as f64, 4)
-        );
+        assert_eq!((d.gbdt.learning_rate, d.gbdt.max_leaves), (0.1, 8));
+        let four = TrainOptions::with_folds(4);
+        assert_eq!((four.gbdt.learning_rate, four.gbdt.max_leaves), (0.5, 4));
         let one = TrainOptions::with_folds(1);
         assert_eq!(one.folds, 1);
         assert_eq!((one.gbdt.learning_rate, one.gbdt.max_leaves), (0.1, 8));
