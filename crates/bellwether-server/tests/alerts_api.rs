@@ -23,20 +23,21 @@ use tower::ServiceExt;
 const OP: &str = "operator-token-for-tests-0001";
 const ENROL: &str = "enrol-token-for-tests-000001";
 
-/// A webhook receiver on a free port: records (path, JSON body) and answers from a script
-/// (200 once the script is empty).
+/// A webhook receiver on a free port: records (path, JSON body) and answers from a script of
+/// (path, status) pairs, each used once by the first request to that path (200 otherwise), so
+/// deliveries to other rules, which run concurrently, cannot take another rule's answer.
 #[derive(Clone)]
 struct Receiver {
     url: String,
     got: Arc<Mutex<Vec<(String, Value)>>>,
-    script: Arc<Mutex<VecDeque<u16>>>,
+    script: Arc<Mutex<VecDeque<(String, u16)>>>,
     arrived: Arc<tokio::sync::Notify>,
 }
 
 impl Receiver {
     async fn start() -> Receiver {
         let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
-        let script: Arc<Mutex<VecDeque<u16>>> = Arc::default();
+        let script: Arc<Mutex<VecDeque<(String, u16)>>> = Arc::default();
         let arrived = Arc::new(tokio::sync::Notify::new());
         let (g, s, a) = (got.clone(), script.clone(), arrived.clone());
         let app = Router::new().fallback(move |uri: axum::http::Uri, body: axum::body::Bytes| {
@@ -45,7 +46,13 @@ impl Receiver {
                 let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 g.lock().unwrap().push((uri.path().to_string(), json));
                 a.notify_waiters();
-                let code = s.lock().unwrap().pop_front().unwrap_or(200);
+                let code = {
+                    let mut script = s.lock().unwrap();
+                    match script.iter().position(|(p, _)| p == uri.path()) {
+                        Some(i) => script.remove(i).map_or(200, |(_, c)| c),
+                        None => 200,
+                    }
+                };
                 StatusCode::from_u16(code).unwrap()
             }
         });
@@ -346,7 +353,10 @@ async fn a_rollouts_events_reach_a_server_rule_and_its_plans_rules_through_a_ser
                 .unwrap_err(),
         );
         assert_eq!(s, 409, "{m}");
-        rx.script.lock().unwrap().push_back(500);
+        rx.script
+            .lock()
+            .unwrap()
+            .push_back(("/ops/T0/B0/SECRET".into(), 500));
 
         // A plan whose own rule is bad is refused with its place.
         fleet(&app, 4).await;
@@ -452,7 +462,10 @@ async fn a_rollouts_events_reach_a_server_rule_and_its_plans_rules_through_a_ser
             last["text"].as_str().unwrap().starts_with("alert.test"),
             "{last}"
         );
-        rx.script.lock().unwrap().push_back(410);
+        rx.script
+            .lock()
+            .unwrap()
+            .push_back(("/ops/T0/B0/SECRET".into(), 410));
         let t = client.alert_test(&added.id.to_string()).await.unwrap();
         assert!(!t.delivered);
         assert_eq!(
