@@ -585,20 +585,54 @@ pub fn cypher_string(s: &str) -> String {
 /// per node. Borrowed, so it always matches the graph it was built from.
 pub struct GraphIndex<'g> {
     graph: &'g Graph,
-    ids: HashMap<&'g str, u32>,
+    ids: rustc_hash::FxHashMap<&'g str, u32>,
     names: Vec<&'g str>,
     /// Per node: (edge index, other end) of edges leaving it.
-    out: Vec<Vec<(u32, u32)>>,
+    out: Adjacency,
     /// Per node: (edge index, other end) of edges arriving at it.
-    inc: Vec<Vec<(u32, u32)>>,
+    inc: Adjacency,
+}
+
+/// Each node's (edge index, other end) pairs, in edge order, in one flat array (compressed
+/// rows): two allocations for the whole graph instead of two per node, which is most of what
+/// an index of 100,000 settings cost to build.
+struct Adjacency {
+    /// Node `i`'s pairs are `items[start[i]..start[i + 1]]`.
+    start: Vec<u32>,
+    items: Vec<(u32, u32)>,
+}
+
+impl Adjacency {
+    /// From each edge's (key node, other end), in edge order.
+    fn build(n: usize, pairs: impl Iterator<Item = (u32, u32)> + Clone) -> Adjacency {
+        let mut start = vec![0u32; n + 1];
+        for (k, _) in pairs.clone() {
+            start[k as usize + 1] += 1;
+        }
+        for i in 0..n {
+            start[i + 1] += start[i];
+        }
+        let mut next: Vec<u32> = start[..n].to_vec();
+        let mut items = vec![(0u32, 0u32); start[n] as usize];
+        for (i, (k, other)) in pairs.enumerate() {
+            let slot = &mut next[k as usize];
+            items[*slot as usize] = (i as u32, other);
+            *slot += 1;
+        }
+        Adjacency { start, items }
+    }
+
+    fn of(&self, node: usize) -> &[(u32, u32)] {
+        &self.items[self.start[node] as usize..self.start[node + 1] as usize]
+    }
 }
 
 impl<'g> GraphIndex<'g> {
     pub fn new(graph: &'g Graph) -> GraphIndex<'g> {
-        let mut ids: HashMap<&'g str, u32> =
-            HashMap::with_capacity(graph.nodes.len() + graph.edges.len() / 8);
+        let mut ids: rustc_hash::FxHashMap<&'g str, u32> = rustc_hash::FxHashMap::default();
+        ids.reserve(graph.nodes.len() + graph.edges.len() / 8);
         let mut names: Vec<&'g str> = Vec::with_capacity(graph.nodes.len());
-        let mut id_of = |name: &'g str, ids: &mut HashMap<&'g str, u32>| -> u32 {
+        let mut id_of = |name: &'g str, ids: &mut rustc_hash::FxHashMap<&'g str, u32>| -> u32 {
             *ids.entry(name).or_insert_with(|| {
                 names.push(name);
                 (names.len() - 1) as u32
@@ -614,12 +648,8 @@ impl<'g> GraphIndex<'g> {
             ends.push((a, b));
         }
         let n = names.len();
-        let mut out: Vec<Vec<(u32, u32)>> = vec![Vec::new(); n];
-        let mut inc: Vec<Vec<(u32, u32)>> = vec![Vec::new(); n];
-        for (i, &(a, b)) in ends.iter().enumerate() {
-            out[a as usize].push((i as u32, b));
-            inc[b as usize].push((i as u32, a));
-        }
+        let out = Adjacency::build(n, ends.iter().map(|&(a, b)| (a, b)));
+        let inc = Adjacency::build(n, ends.iter().map(|&(a, b)| (b, a)));
         GraphIndex {
             graph,
             ids,
@@ -639,9 +669,11 @@ impl<'g> GraphIndex<'g> {
             return Vec::new();
         };
         let id = id as usize;
-        let mut v: Vec<usize> = self.out[id]
+        let mut v: Vec<usize> = self
+            .out
+            .of(id)
             .iter()
-            .chain(&self.inc[id])
+            .chain(self.inc.of(id))
             .map(|&(e, _)| e as usize)
             .collect();
         v.sort_unstable();
@@ -664,7 +696,12 @@ impl<'g> GraphIndex<'g> {
         for _ in 0..depth.min(MAX_DEPTH) {
             let mut next = Vec::new();
             for &u in &frontier {
-                for &(_, v) in self.out[u as usize].iter().chain(&self.inc[u as usize]) {
+                for &(_, v) in self
+                    .out
+                    .of(u as usize)
+                    .iter()
+                    .chain(self.inc.of(u as usize))
+                {
                     if seen.insert(v) {
                         next.push(v);
                     }
@@ -715,10 +752,12 @@ impl<'g> GraphIndex<'g> {
         for _ in 0..max_depth.min(MAX_DEPTH) {
             let mut improved: Vec<u32> = Vec::new();
             for (u, conf, path, kinds) in &frontier {
-                let steps = self.out[*u as usize]
+                let steps = self
+                    .out
+                    .of(*u as usize)
                     .iter()
                     .map(|s| (s, true))
-                    .chain(self.inc[*u as usize].iter().map(|s| (s, false)));
+                    .chain(self.inc.of(*u as usize).iter().map(|s| (s, false)));
                 for (&(ei, v), outgoing) in steps {
                     let e = &self.graph.edges[ei as usize];
                     if !outgoing && e.kind == EdgeKind::Influences {

@@ -471,15 +471,40 @@ pub struct Reason {
 
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let seconds = self.for_ms as f64 / 1000.0;
+        if self.baseline == 0.0 {
+            // A percentage of nothing says nothing: name the value against the zero baseline.
+            return write!(
+                f,
+                "{} is {} against a baseline of 0 for {seconds:.1}s",
+                self.metric,
+                significant(self.value)
+            );
+        }
         write!(
             f,
-            "{} is {:+.1}% off its baseline {:.4} (value {:.4}) for {:.1}s",
+            "{} is {:+.1}% off its baseline {} (value {}) for {seconds:.1}s",
             self.metric,
             self.deviation * 100.0,
-            self.baseline,
-            self.value,
-            self.for_ms as f64 / 1000.0
+            significant(self.baseline),
+            significant(self.value),
         )
+    }
+}
+
+/// `v` with four significant digits and no trailing zeros (`3.387`, `12.12`, `100`, `0.01`):
+/// what a person reads in a reason, not the 17 digits of an `f64`.
+fn significant(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let magnitude = v.abs().log10().floor() as i32;
+    let decimals = (3 - magnitude).clamp(0, 6) as usize;
+    let text = format!("{v:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
     }
 }
 
@@ -839,6 +864,40 @@ mod tests {
     }
 
     #[test]
+    fn a_reason_reads_as_a_person_would_write_it() {
+        let reason = |baseline: f64, value: f64| Reason {
+            metric: "error_ratio".into(),
+            value,
+            baseline,
+            deviation: if baseline == 0.0 {
+                value / 0.05
+            } else {
+                (value - baseline) / baseline
+            },
+            for_ms: 3_000,
+            severity: 1.0,
+            weight: 1.0,
+        };
+        // A zero baseline has no percentage: the value is named against it.
+        assert_eq!(
+            reason(0.0, 0.2344).to_string(),
+            "error_ratio is 0.2344 against a baseline of 0 for 3.0s"
+        );
+        // Four significant digits, no trailing zeros, whatever the scale.
+        assert_eq!(
+            reason(3.3872, 12.1154).to_string(),
+            "error_ratio is +257.7% off its baseline 3.387 (value 12.12) for 3.0s"
+        );
+        assert_eq!(
+            reason(0.01, 0.3).to_string(),
+            "error_ratio is +2900.0% off its baseline 0.01 (value 0.3) for 3.0s"
+        );
+        assert_eq!(significant(123_456.7), "123457");
+        assert_eq!(significant(-0.000_012_34), "-0.000012");
+        assert_eq!(significant(f64::NAN), "NaN");
+    }
+
+    #[test]
     fn severity_combines_weights_with_reasons() {
         let c = |pct| {
             ThresholdConfig::new(Duration::from_secs(60), pct, Direction::Increase)
@@ -871,7 +930,7 @@ mod tests {
         assert!((r.deviation - 0.6).abs() < 1e-12);
         assert_eq!(
             r.to_string(),
-            "latency_ms is +60.0% off its baseline 100.0000 (value 160.0000) for 6.0s"
+            "latency_ms is +60.0% off its baseline 100 (value 160) for 6.0s"
         );
     }
 

@@ -64,7 +64,7 @@ use std::time::Duration;
 use bellwether_config::cochange::ChangeOutcome;
 use bellwether_config::graph::{EdgeKind, Graph};
 use bellwether_config::risk::{
-    anomaly_risk, host_factor, AnomalyEvidence, Breach, Control, Timing,
+    anomaly_risk, from_factors, host_factor, AnomalyEvidence, Breach, Control, RiskFactor, Timing,
 };
 use bellwether_config::setting::{ApplyKind, Catalog, Context};
 use bellwether_config::simulate::StartTrial;
@@ -98,6 +98,14 @@ pub enum Input {
     /// value) at `at_ms`; an absent metric is no data.
     Sample {
         target: usize,
+        at_ms: i64,
+        metrics: BTreeMap<String, f64>,
+    },
+    /// One sample of control `control`'s metrics (`plan.controls[control]`: an untouched peer
+    /// sampled over the same intervals as the targets), the same names as [`Input::Sample`].
+    /// An index outside the plan's controls is ignored.
+    ControlSample {
+        control: usize,
         at_ms: i64,
         metrics: BTreeMap<String, f64>,
     },
@@ -216,6 +224,8 @@ pub const TRACE_DEPTH: usize = 3;
 const RETRACE_SEVERITY_STEP: f64 = 0.1;
 /// ... or when the `host` factor (the control's verdict on the host) moved by this much.
 const RETRACE_HOST_STEP: f64 = 0.25;
+/// The most samples kept per contemporaneous control (the oldest are dropped).
+pub const MAX_CONTROL_SAMPLES: usize = 2 * MAX_SAMPLES;
 
 /// Where one target stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,6 +319,9 @@ struct TargetState {
     /// metric is back in its band).
     #[serde(default)]
     confirmed: bool,
+    /// The `peer` factor's log-odds at the last trace (the contemporaneous control's verdict).
+    #[serde(default)]
+    traced_peer: f64,
 }
 
 impl TargetState {
@@ -339,6 +352,7 @@ impl TargetState {
             traced_host: 0.0,
             confirming: None,
             confirmed: false,
+            traced_peer: 0.0,
         }
     }
 
@@ -346,6 +360,20 @@ impl TargetState {
         self.stage = stage;
         self.since_ms = now_ms;
         self.no_data_open = false;
+    }
+
+    /// Nothing more will be judged on this target.
+    fn stage_is_final(&self) -> bool {
+        matches!(
+            self.stage,
+            Stage::Promoted
+                | Stage::Recovered
+                | Stage::NotRecovered
+                | Stage::Refused
+                | Stage::Failed
+                | Stage::Skipped
+                | Stage::Aborted
+        )
     }
 
     fn reverting(&self) -> bool {
@@ -377,6 +405,16 @@ struct State {
     started_ms: i64,
     finished_ms: Option<i64>,
     final_reason: Option<String>,
+    /// Per contemporaneous control (`plan.controls`, by index), its samples. Absent from
+    /// state saved before controls existed: none.
+    #[serde(default)]
+    controls: Vec<ControlSeries>,
+}
+
+/// One contemporaneous control's samples (only finite values of rule metrics and `up`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct ControlSeries {
+    samples: Vec<Kept>,
 }
 
 /// What the watch saw in one target's samples.
@@ -429,6 +467,7 @@ impl ConfigChangeEngine {
             started_ms: now_ms,
             finished_ms: None,
             final_reason: None,
+            controls: vec![ControlSeries::default(); plan.controls.len()],
         };
         let mut e = ConfigChangeEngine {
             plan,
@@ -466,6 +505,11 @@ impl ConfigChangeEngine {
                 at_ms,
                 metrics,
             } => self.on_sample(&mut st, target, at_ms, metrics),
+            Input::ControlSample {
+                control,
+                at_ms,
+                metrics,
+            } => self.on_control_sample(&mut st, control, at_ms, metrics),
             Input::Done {
                 action_id,
                 outcome,
@@ -629,6 +673,144 @@ impl ConfigChangeEngine {
             Err(pos) => t.samples.insert(pos, Kept { at_ms, metrics }),
         }
         self.prune(t);
+    }
+
+    /// A contemporaneous control's sample: kept (rule metrics and `up`, finite values only)
+    /// for the `peer` comparison; never acted on.
+    fn on_control_sample(
+        &self,
+        st: &mut State,
+        control: usize,
+        at_ms: i64,
+        metrics: BTreeMap<String, f64>,
+    ) {
+        if control >= self.plan.controls.len() {
+            return;
+        }
+        if st.controls.len() < self.plan.controls.len() {
+            st.controls
+                .resize(self.plan.controls.len(), ControlSeries::default());
+        }
+        let metrics: BTreeMap<String, f64> = metrics
+            .into_iter()
+            .filter(|(k, v)| {
+                v.is_finite()
+                    && (k == bellwether_config::metrics::UP
+                        || self.plan.watch.rules.iter().any(|r| &r.metric == k))
+            })
+            .collect();
+        // What the targets still need: their oldest kept sample, and a baseline's worth
+        // before the newest sample for a target whose baseline is still to come.
+        let newest = st
+            .controls
+            .iter()
+            .flat_map(|c| c.samples.last().map(|s| s.at_ms))
+            .chain(std::iter::once(at_ms))
+            .max()
+            .unwrap_or(at_ms);
+        let keep_from = st
+            .targets
+            .iter()
+            .filter(|t| !t.stage_is_final())
+            .filter_map(|t| t.samples.first().map(|s| s.at_ms))
+            .chain(std::iter::once(
+                newest.saturating_sub(2 * self.plan.watch.baseline_ms as i64),
+            ))
+            .min()
+            .unwrap_or(i64::MIN);
+        let c = &mut st.controls[control];
+        if at_ms < keep_from {
+            return;
+        }
+        match c.samples.binary_search_by_key(&at_ms, |s| s.at_ms) {
+            Ok(_) => return,
+            Err(pos) => c.samples.insert(pos, Kept { at_ms, metrics }),
+        }
+        c.samples.retain(|s| s.at_ms >= keep_from);
+        if c.samples.len() > MAX_CONTROL_SAMPLES {
+            let drop = c.samples.len() - MAX_CONTROL_SAMPLES;
+            c.samples.drain(..drop);
+        }
+    }
+
+    /// The contemporaneous control's verdict on target `i`'s breach (`j`): for each counted
+    /// breached metric, its mean over the rule's `for` up to the newest sample judged against
+    /// its baseline (the treated ratio), the same for every control over the same window and
+    /// the same baseline window (the median over the controls with data: the control ratio),
+    /// and the residual, treated / control: the change's own effect once what the peers saw
+    /// at the same time is taken out. A metric is explained when the controls were out of
+    /// the same band in the same direction over that window and the residual is back inside
+    /// it. `None` without controls in the plan.
+    fn peer(&self, st: &State, i: usize, j: &Judgement) -> Option<PeerVerdict> {
+        if self.plan.controls.is_empty() {
+            return None;
+        }
+        let w = &self.plan.watch;
+        let t = &st.targets[i];
+        let applied = t.applied_at_ms?;
+        let last = j.last_data_ms?;
+        let cut = baseline_cut(t).unwrap_or(applied - 1);
+        let base_from = cut - w.baseline_ms as i64;
+        let warm_until = self.bake_start(t).unwrap_or(applied);
+        let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+        let mut metrics = Vec::new();
+        for reason in &j.reasons {
+            let Some(m) = reason["metric"].as_str() else {
+                continue;
+            };
+            let Some(rule) = w.rules.iter().find(|r| r.metric == m) else {
+                continue;
+            };
+            if rule.weight <= 0.0 {
+                continue;
+            }
+            let from = (last - rule.for_ms as i64).max(warm_until);
+            let in_window = |s: &&Kept| s.at_ms >= from && s.at_ms <= last && !is_down(s);
+            let treated: Vec<f64> = t
+                .samples
+                .iter()
+                .filter(in_window)
+                .filter_map(|s| s.metrics.get(m).copied())
+                .collect();
+            let treated_baseline = j.baselines.get(m).copied().unwrap_or(f64::NAN);
+            let treated_ratio = mean(&treated) / treated_baseline;
+            let mut ratios = Vec::new();
+            for c in st.controls.iter().take(self.plan.controls.len()) {
+                let base: Vec<f64> = c
+                    .samples
+                    .iter()
+                    .filter(|s| s.at_ms > base_from && s.at_ms <= cut && !is_down(s))
+                    .filter_map(|s| s.metrics.get(m).copied())
+                    .collect();
+                let during: Vec<f64> = c
+                    .samples
+                    .iter()
+                    .filter(in_window)
+                    .filter_map(|s| s.metrics.get(m).copied())
+                    .collect();
+                let b = mean(&base);
+                if base.len() >= w.min_baseline_samples
+                    && during.len() >= bellwether_config::risk::CONTROL_MIN_SAMPLES
+                    && b.is_finite()
+                    && b > 0.0
+                {
+                    ratios.push(mean(&during) / b);
+                }
+            }
+            metrics.push(PeerMetric::judge(
+                rule,
+                from,
+                last,
+                treated_ratio,
+                median(&mut ratios),
+                ratios.len(),
+                self.plan.controls.len(),
+            ));
+        }
+        if metrics.is_empty() {
+            return None;
+        }
+        Some(PeerVerdict { metrics })
     }
 
     /// Drops what can no longer matter: before the apply, samples older than twice the
@@ -1602,6 +1784,12 @@ impl ConfigChangeEngine {
             .as_ref()
             .and_then(host_factor)
             .map_or(0.0, |f| f.log_odds);
+        let peer = if j.breached.is_empty() {
+            None
+        } else {
+            self.peer(st, i, &j)
+        };
+        let peer_log_odds = peer.as_ref().map_or(0.0, |p| p.factor(&j.reasons).log_odds);
         if j.breached.is_empty() {
             let t = &mut st.targets[i];
             t.confirmed = false;
@@ -1611,6 +1799,7 @@ impl ConfigChangeEngine {
                     t.confirming = None;
                     t.traced = None;
                     t.traced_host = 0.0;
+                    t.traced_peer = 0.0;
                     self.event(out, now_ms, "unconfirmed", Some(i),
                         format!("the second reading of {} after the anomaly is back in its band: kept, and watching on",
                             self.database(i)),
@@ -1627,6 +1816,7 @@ impl ConfigChangeEngine {
                     *b != j.breached
                         || j.severity >= s + RETRACE_SEVERITY_STEP
                         || (host - t.traced_host).abs() >= RETRACE_HOST_STEP
+                        || (peer_log_odds - t.traced_peer).abs() >= RETRACE_HOST_STEP
                 }
             };
             if retrace {
@@ -1659,6 +1849,7 @@ impl ConfigChangeEngine {
                         forced: false,
                         control: j.control.clone(),
                         confirm_first,
+                        peer,
                     },
                     now_ms,
                     out,
@@ -1666,6 +1857,7 @@ impl ConfigChangeEngine {
                 let t = &mut st.targets[i];
                 t.traced = Some((j.breached.clone(), j.severity));
                 t.traced_host = host;
+                t.traced_peer = peer_log_odds;
                 if cause["decision"] == "confirm" {
                     t.confirming = j.last_data_ms;
                 } else if cause["decision"] == "revert" {
@@ -1718,6 +1910,7 @@ impl ConfigChangeEngine {
             forced,
             control,
             confirm_first,
+            peer,
         } = tr;
         let changed = self.plan.keys();
         let impacted = self.context.graph.impacts(&changed, TRACE_DEPTH);
@@ -1743,7 +1936,7 @@ impl ConfigChangeEngine {
                 self.plan.watch.restart_warmup_ms as i64
             },
         });
-        let risk = anomaly_risk(&AnomalyEvidence {
+        let mut risk = anomaly_risk(&AnomalyEvidence {
             severity: severity.clamp(0.0, 1.0),
             changed: &changed,
             impacted: &impacted,
@@ -1752,13 +1945,23 @@ impl ConfigChangeEngine {
             timing,
             control: control.clone(),
         });
+        if let Some(p) = &peer {
+            let mut factors = risk.factors.clone();
+            factors.push(p.factor(&reasons));
+            risk = from_factors(risk.base, factors);
+        }
+        // Every breached metric seen on the untouched peers at the same time, with what is
+        // left for the change inside its band: no anomaly is left to blame on the change.
+        let explained = !forced && peer.as_ref().is_some_and(PeerVerdict::all_explained);
         let above = risk.score >= self.plan.risk_threshold;
-        let confirm = !forced && above && confirm_first;
-        let revert = forced || (above && !confirm);
+        let confirm = !forced && !explained && above && confirm_first;
+        let revert = forced || (above && !confirm && !explained);
         let decision = if revert {
             "revert"
         } else if confirm {
             "confirm"
+        } else if explained {
+            "explained"
         } else {
             "keep_watching"
         };
@@ -1767,8 +1970,27 @@ impl ConfigChangeEngine {
             .iter()
             .map(|f| format!("{} {:+.2}", f.name, f.log_odds))
             .collect();
+        // The peers' comparison in one line (the figures have it in full).
+        let peer_line = peer.as_ref().map_or(String::new(), |p| {
+            let each: Vec<String> = p
+                .metrics
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{} {:.2}× vs the controls' {} ({}/{} with data)",
+                        m.metric,
+                        m.treated_ratio,
+                        m.control_ratio
+                            .map_or("unknown".to_string(), |c| format!("{c:.2}×")),
+                        m.controls_with_data,
+                        m.controls
+                    )
+                })
+                .collect();
+            format!(" [peer: {}]", each.join("; "))
+        });
         let reason = format!(
-            "risk {:.2} {} threshold {:.2} ({}){}: {}",
+            "risk {:.2} {} threshold {:.2} ({}){}{peer_line}: {}",
             risk.score,
             if risk.score >= self.plan.risk_threshold {
                 "≥"
@@ -1786,6 +2008,9 @@ impl ConfigChangeEngine {
                 "revert"
             } else if confirm {
                 "one metric alone: its second reading decides"
+            } else if explained {
+                "the contemporaneous control(s) show the same breach at the same time: not \
+                 the change's; keep watching"
             } else {
                 "keep watching"
             }
@@ -1804,6 +2029,7 @@ impl ConfigChangeEngine {
             "threshold": self.plan.risk_threshold,
             "forced": forced,
             "control": control_json(control.as_ref()),
+            "peer": peer,
             "decision": decision,
         });
         self.event(out, now_ms, "traced", Some(i), reason, cause.clone());
@@ -1942,6 +2168,8 @@ struct Trace {
     /// At or above the threshold, wait for the breach's second reading before reverting
     /// (one metric alone, not yet confirmed).
     confirm_first: bool,
+    /// The contemporaneous controls' verdict (`None`: the plan has none).
+    peer: Option<PeerVerdict>,
 }
 
 impl Trace {
@@ -1952,8 +2180,226 @@ impl Trace {
             forced: true,
             control: None,
             confirm_first: false,
+            peer: None,
         }
     }
+}
+
+/// The contemporaneous control's verdict on one breached metric (see
+/// [`ConfigChangeEngine::peer`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct PeerMetric {
+    metric: String,
+    /// The window compared: the rule's `for` up to the newest sample judged.
+    from_ms: i64,
+    to_ms: i64,
+    /// The treated instance's mean over the window / its baseline.
+    treated_ratio: f64,
+    /// The same for the controls (the median over those with data); `None`: no control had
+    /// enough samples in the baseline window and in this one.
+    control_ratio: Option<f64>,
+    controls_with_data: usize,
+    controls: usize,
+    /// treated / control: the change's own effect once the peers' is taken out, if the
+    /// disturbance scaled the metric.
+    residual: Option<f64>,
+    /// 1 + treated − control: the same if the disturbance took a fixed amount away (in units
+    /// of the baseline). A lock that stalls the workload leaves each instance its background
+    /// (the sampler's own queries, autovacuum), so both ratios are near 0 and their quotient
+    /// is noise (0.04 / 0.07) while their difference is not (0.03 of the baseline).
+    residual_absolute: Option<f64>,
+    /// The controls were out of the same band in the same direction, and either residual is
+    /// back inside it.
+    explained: bool,
+    why: String,
+}
+
+impl PeerMetric {
+    fn judge(
+        rule: &MetricRule,
+        from_ms: i64,
+        to_ms: i64,
+        treated_ratio: f64,
+        control_ratio: Option<f64>,
+        controls_with_data: usize,
+        controls: usize,
+    ) -> PeerMetric {
+        use bellwether_detect::threshold::Direction;
+        let band = rule.percent / 100.0;
+        let (lo, hi) = match rule.direction {
+            Direction::Decrease => (1.0 - band, f64::INFINITY),
+            Direction::Increase => (f64::NEG_INFINITY, 1.0 + band),
+            Direction::Either => (1.0 - band, 1.0 + band),
+        };
+        let inside = |r: f64| r >= lo && r <= hi;
+        let residual = control_ratio.and_then(|c| {
+            if !treated_ratio.is_finite() {
+                None
+            } else if c > 0.0 {
+                Some(treated_ratio / c)
+            } else if treated_ratio == 0.0 {
+                // Both stopped altogether: nothing is left for the change.
+                Some(1.0)
+            } else {
+                None
+            }
+        });
+        let residual_absolute = control_ratio
+            .filter(|_| treated_ratio.is_finite())
+            .map(|c| 1.0 + treated_ratio - c);
+        // The reading closer to 1 (inside the band when either is): the one that fits how
+        // this disturbance acted.
+        let (residual_closer, how) = match (residual, residual_absolute) {
+            (Some(r), Some(a)) if (a - 1.0).abs() < (r - 1.0).abs() => {
+                (Some(a), " (1 + treated − controls)")
+            }
+            (Some(r), _) => (Some(r), ""),
+            (None, a) => (a, " (1 + treated − controls)"),
+        };
+        let same_way = |c: f64| (c < lo && treated_ratio < 1.0) || (c > hi && treated_ratio > 1.0);
+        let (explained, why) = match (control_ratio, residual_closer) {
+            (None, _) => (
+                false,
+                format!(
+                    "no control had enough samples of {} (a baseline of {} and 2 in the window): \
+                     nothing is taken away",
+                    rule.metric, controls
+                ),
+            ),
+            (Some(c), _) if !same_way(c) => (
+                false,
+                format!(
+                    "the controls' {} stayed at {:.2}× their baseline while the treated was at \
+                     {:.2}×: the drop is the treated instance's alone",
+                    rule.metric, c, treated_ratio
+                ),
+            ),
+            (Some(c), Some(r)) if inside(r) => (
+                true,
+                format!(
+                    "the controls' {} moved the same way at the same time ({:.2}× their \
+                     baseline, the treated {:.2}×): what is left for the change, {:.2}×{}, \
+                     is inside the band",
+                    rule.metric, c, treated_ratio, r, how
+                ),
+            ),
+            (Some(c), r) => (
+                false,
+                format!(
+                    "the controls' {} moved too ({:.2}× their baseline, the treated {:.2}×) \
+                     but what is left for the change, {}{}, is still out of the band",
+                    rule.metric,
+                    c,
+                    treated_ratio,
+                    r.map_or("unknown".to_string(), |r| format!("{r:.2}×")),
+                    how
+                ),
+            ),
+        };
+        PeerMetric {
+            metric: rule.metric.clone(),
+            from_ms,
+            to_ms,
+            treated_ratio,
+            control_ratio,
+            controls_with_data,
+            controls,
+            residual,
+            residual_absolute,
+            explained,
+            why,
+        }
+    }
+}
+
+/// The contemporaneous control's verdict on one breach: one entry per counted breached metric.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct PeerVerdict {
+    metrics: Vec<PeerMetric>,
+}
+
+impl PeerVerdict {
+    fn explained(&self) -> usize {
+        self.metrics.iter().filter(|m| m.explained).count()
+    }
+
+    /// Every breached metric is explained by the controls.
+    fn all_explained(&self) -> bool {
+        !self.metrics.is_empty() && self.explained() == self.metrics.len()
+    }
+
+    /// The `peer` factor. Every breached metric explained: `−ONSET_CAP` (and the decision is
+    /// `explained` whatever the score). None: 0. Some: the breach is weighed as if the
+    /// explained metrics were in their bands, i.e. the `magnitude` and `breadth` evidence of
+    /// the unexplained breaches minus that of all of them (`reasons`: the watch's, with each
+    /// metric's own severity).
+    fn factor(&self, reasons: &[Value]) -> RiskFactor {
+        use bellwether_config::risk::{
+            BREADTH_CAP, BREADTH_PER_METRIC, MAGNITUDE_CENTRE, MAGNITUDE_SCALE, ONSET_CAP,
+        };
+        let evidence = |keep: &dyn Fn(&str) -> bool| -> f64 {
+            let own: Vec<f64> = reasons
+                .iter()
+                .filter_map(Breach::from_reason)
+                .filter(|b| b.weight.is_finite() && b.weight > 0.0 && keep(&b.metric))
+                .map(|b| {
+                    if b.severity.is_finite() {
+                        b.severity.clamp(0.5, 1.0)
+                    } else {
+                        0.5
+                    }
+                })
+                .collect();
+            match own.iter().copied().reduce(f64::max) {
+                None => 0.0,
+                Some(worst) => {
+                    MAGNITUDE_SCALE * (worst - MAGNITUDE_CENTRE)
+                        + (BREADTH_PER_METRIC * (own.len() - 1) as f64).min(BREADTH_CAP)
+                }
+            }
+        };
+        let explained: Vec<&str> = self
+            .metrics
+            .iter()
+            .filter(|m| m.explained)
+            .map(|m| m.metric.as_str())
+            .collect();
+        let log_odds = if self.all_explained() {
+            -ONSET_CAP
+        } else if explained.is_empty() {
+            0.0
+        } else {
+            (evidence(&|m| !explained.contains(&m)) - evidence(&|_| true)).min(0.0)
+        };
+        RiskFactor {
+            name: "peer".to_string(),
+            log_odds,
+            detail: format!(
+                "{} of {} breached metric(s) seen on the contemporaneous control(s) at the same \
+                 time: {}",
+                self.explained(),
+                self.metrics.len(),
+                self.metrics
+                    .iter()
+                    .map(|m| m.why.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        }
+    }
+}
+
+fn median(xs: &mut [f64]) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    })
 }
 
 fn control_json(c: Option<&Control>) -> Value {

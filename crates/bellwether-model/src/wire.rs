@@ -30,6 +30,53 @@ pub struct EnrolRequest {
     pub name: HostName,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The host's address as other systems know it (an IP address or a DNS name, no port),
+    /// declared with the agent's `--address`: a rollout's PromQL templates read it as
+    /// `{{address}}`. Left out when not declared ([`check_host_address`] checks it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// Checks a host's declared address: an IPv4 address, an IPv6 address (bare or in brackets)
+/// or a DNS name (letters, digits, `-`, `_` and dots, 1 to 253 bytes); no port, no scheme.
+pub fn check_host_address(a: &str) -> Result<(), String> {
+    let quoted = crate::text::quote(a);
+    if a.is_empty() || a.len() > 253 {
+        return Err(format!(
+            "address \"{quoted}\" must be 1 to 253 bytes: an IP address or a DNS name"
+        ));
+    }
+    let inner = a
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(a);
+    if inner.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if a.parse::<std::net::SocketAddr>().is_ok()
+        || a.rsplit_once(':').is_some_and(|(h, p)| {
+            !h.contains(':') && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
+        })
+    {
+        return Err(format!(
+            "address \"{quoted}\" has a port: give the host alone (an IP address or a DNS name) and write the port in the query, as in instance=\"{{{{address}}}}:9100\""
+        ));
+    }
+    let ok = a.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "address \"{quoted}\" is neither an IP address nor a DNS name (letters, digits, `-`, `_` and dots)"
+        ))
+    }
 }
 
 /// The answer to [`EnrolRequest`]: the agent's own token.

@@ -303,7 +303,8 @@ impl<O: Observer> Runner<'_, O> {
         match action {
             Action::StartPatched => {
                 let argv = self.plan.patched.start.clone();
-                let log = std::fs::File::create(self.state_dir.join("patched-start.log"))?;
+                let log_path = self.state_dir.join("patched-start.log");
+                let log = std::fs::File::create(&log_path)?;
                 let started = process::start(
                     &argv,
                     self.plan.patched.pidfile.as_deref(),
@@ -311,7 +312,8 @@ impl<O: Observer> Runner<'_, O> {
                     log,
                     None,
                 )
-                .await?;
+                .await
+                .map_err(|e| Failed(process::explain_start_failure(&e, &log_path, 0)))?;
                 self.patched_child = started.child;
                 self.patched_pid = Some(started.pid);
                 let raw = RawBackend {

@@ -189,6 +189,39 @@ pub async fn start(
     }
 }
 
+/// What `log` gained after byte `from` (its length before a launcher ran), the last
+/// `max` bytes of it, trimmed: the launcher's own words when it failed (`pg_ctl` says "could
+/// not start server" there, and the server's log path). Empty when the log cannot be read.
+pub fn output_since(log: &Path, from: u64, max: usize) -> String {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(log) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = from.max(len.saturating_sub(max as u64));
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_err() || f.read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    String::from_utf8_lossy(&buf).trim().to_string()
+}
+
+/// `e`, with what the launcher printed after byte `from` of `log` when the launcher failed or
+/// the process exited at once; `e` alone otherwise, or when it printed nothing.
+pub fn explain_start_failure(e: &ProcessError, log: &Path, from: u64) -> String {
+    let output = match e {
+        ProcessError::LauncherFailed { .. } | ProcessError::ExitedAtOnce => {
+            output_since(log, from, 1000)
+        }
+        _ => String::new(),
+    };
+    if output.is_empty() {
+        e.to_string()
+    } else {
+        format!("{e}; it printed: {output}")
+    }
+}
+
 /// Runs a stop argv to its end (within `timeout` if given; then it is killed) and fails unless
 /// it exits 0.
 pub async fn run_stop_argv(

@@ -1,7 +1,6 @@
 //! `bellwether_patch::process` on real processes: `sleep`, a launcher script that writes a
 //! pidfile, a process tree that burns CPU, zombies, and the refusals.
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -19,10 +18,20 @@ impl Drop for Group {
     }
 }
 
+/// An executable shell script. `install` writes it in a process of its own: written here, the
+/// open file could be inherited by another test's fork in that instant, and running it then
+/// fails with "Text file busy".
 fn script(dir: &Path, name: &str, body: &str) -> String {
     let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = dir.join(format!("{name}.src"));
+    std::fs::write(&src, format!("#!/bin/sh\n{body}")).unwrap();
+    let st = std::process::Command::new("install")
+        .args(["-m", "0755"])
+        .arg(&src)
+        .arg(&p)
+        .status()
+        .unwrap();
+    assert!(st.success(), "install {} failed", p.display());
     p.display().to_string()
 }
 
@@ -32,6 +41,15 @@ fn log(dir: &Path) -> std::fs::File {
         .append(true)
         .open(dir.join("processes.log"))
         .unwrap()
+}
+
+/// `argv` started as a launcher that writes `pidfile`, with 10 s to do it and `dir`'s log.
+async fn launch(
+    dir: &Path,
+    argv: &[String],
+    pidfile: &str,
+) -> Result<process::Started, ProcessError> {
+    process::start(argv, Some(pidfile), Duration::from_secs(10), log(dir), None).await
 }
 
 fn argv(v: &[&str]) -> Vec<String> {
@@ -78,6 +96,11 @@ async fn sleep_starts_in_its_own_group_and_stops_on_sigterm() {
         pgid,
         "not the test's group"
     );
+    // Spawned is not yet exec'd: until `sleep` runs, the child has no memory of its own.
+    until("sleep to have memory of its own", || {
+        process::sample(&[pid]).processes[&pid].rss_bytes > 0
+    })
+    .await;
     let s = process::sample(&[pid]);
     let me = s.processes[&pid];
     assert!(me.alive && me.rss_bytes > 0 && me.ticks_per_s > 0, "{s:?}");
@@ -117,15 +140,9 @@ async fn a_launcher_writes_a_pidfile_and_a_stop_argv_stops_the_instance() {
         "sleep 600 </dev/null >/dev/null 2>&1 &\necho $! > \"$1\"\necho launched\n",
     );
     let stopper = script(dir.path(), "stop", "kill \"$(head -n1 \"$1\")\"\n");
-    let started = process::start(
-        &[launcher, pidfile.clone()],
-        Some(&pidfile),
-        Duration::from_secs(10),
-        log(dir.path()),
-        None,
-    )
-    .await
-    .unwrap();
+    let started = launch(dir.path(), &[launcher, pidfile.clone()], &pidfile)
+        .await
+        .unwrap();
     let pid = started.pid;
     let _g = Group(pid);
     assert!(started.child.is_none(), "the launcher is not the instance");
@@ -150,34 +167,53 @@ async fn a_launcher_writes_a_pidfile_and_a_stop_argv_stops_the_instance() {
 }
 
 #[tokio::test]
+async fn a_failed_launcher_is_explained_by_what_it_printed_after_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("processes.log");
+    std::fs::write(&log_path, "an earlier process's words\n").unwrap();
+    let from = std::fs::metadata(&log_path).unwrap().len();
+    let pidfile = dir.path().join("x.pid").display().to_string();
+    let failing = script(
+        dir.path(),
+        "fail",
+        "echo 'pg_ctl: could not start server' >&2\nexit 1\n",
+    );
+    let e = launch(dir.path(), &[failing], &pidfile).await.unwrap_err();
+    let msg = process::explain_start_failure(&e, &log_path, from);
+    assert_eq!(
+        msg,
+        "start command exited with exit status: 1; it printed: pg_ctl: could not start server"
+    );
+    // Another error is itself, and a silent launcher adds nothing.
+    let silent = script(dir.path(), "silent", "exit 2\n");
+    let from = std::fs::metadata(&log_path).unwrap().len();
+    let e = launch(dir.path(), &[silent], &pidfile).await.unwrap_err();
+    assert_eq!(
+        process::explain_start_failure(&e, &log_path, from),
+        "start command exited with exit status: 2"
+    );
+    let e = ProcessError::EmptyArgv;
+    assert_eq!(
+        process::explain_start_failure(&e, &log_path, 0),
+        "argv is empty"
+    );
+}
+
+#[tokio::test]
 async fn a_launcher_that_fails_or_writes_no_pid_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("x.pid").display().to_string();
     let failing = script(dir.path(), "fail", "exit 3\n");
-    let e = process::start(
-        &[failing],
-        Some(&pidfile),
-        Duration::from_secs(10),
-        log(dir.path()),
-        None,
-    )
-    .await
-    .unwrap_err();
+    let e = launch(dir.path(), &[failing], &pidfile).await.unwrap_err();
     assert!(
         matches!(e, ProcessError::LauncherFailed { .. })
             && e.to_string().contains("exit status: 3"),
         "{e}"
     );
     let garbage = script(dir.path(), "garbage", "echo nope > \"$1\"\n");
-    let e = process::start(
-        &[garbage, pidfile.clone()],
-        Some(&pidfile),
-        Duration::from_secs(10),
-        log(dir.path()),
-        None,
-    )
-    .await
-    .unwrap_err();
+    let e = launch(dir.path(), &[garbage, pidfile.clone()], &pidfile)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("does not start with a PID"), "{e}");
     let e = process::start(
         &argv(&["/nonexistent/program"]),
@@ -218,9 +254,10 @@ async fn a_launcher_still_running_at_the_timeout_is_killed() {
         matches!(e, ProcessError::LauncherTimeout { ms: 30_000 }),
         "{e}"
     );
-    // The launcher was killed and reaped before the error (if it got as far as its marker).
-    if let Ok(text) = std::fs::read_to_string(&marker) {
-        let pid: u32 = text.trim().parse().unwrap();
+    // The launcher was killed and reaped before the error (if it got as far as writing its
+    // marker: killed between the shell's open and its write, the marker is empty).
+    let marked = std::fs::read_to_string(&marker).ok();
+    if let Some(pid) = marked.and_then(|t| t.trim().parse::<u32>().ok()) {
         assert!(!process::alive(pid), "the launcher {pid} still runs");
     }
 }

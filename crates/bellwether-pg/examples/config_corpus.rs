@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p bellwether-pg --example config_corpus -- [--workers N] [--only TEXT]
-//!     [--changes N] [--output human|json]
+//!     [--changes N] [--no-control] [--output human|json]
 //! ```
 //!
 //! Exit 0 when every goal is met, 1 when one is missed, 2 on bad arguments, 3 when PostgreSQL
@@ -44,6 +44,7 @@ fn parse(args: &[String]) -> Result<config_corpus::Options, String> {
         changes: None,
         only: None,
         workers: 2,
+        control: true,
         output: Output::Human,
     };
     let mut it = args.iter();
@@ -68,6 +69,7 @@ fn parse(args: &[String]) -> Result<config_corpus::Options, String> {
                 );
             }
             "--only" => o.only = Some(value()?),
+            "--no-control" => o.control = false,
             "--output" => {
                 o.output = match value()?.as_str() {
                     "human" => Output::Human,

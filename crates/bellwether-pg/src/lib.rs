@@ -30,6 +30,45 @@ pub mod scratch;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// A free TCP port on the loopback for a server to listen on, chosen below the kernel's
+/// ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`).
+///
+/// The OS's own pick (`bind` to port 0) comes from the ephemeral range, the range it also
+/// hands out as the local port of outgoing connections. A server stopped and started again on
+/// its port (a patched instance, a restart, a mirror brought back) then finds the port taken
+/// by some client's connection and fails with "address in use". Below the range only another
+/// listener can take it; the port is tried with a bind, and another is drawn at random when it
+/// is taken.
+pub fn listen_port() -> std::io::Result<u16> {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    // Half the ports below the range, and never the well-known ones.
+    let (from, to) = ((low / 2).max(1024), low.max(2048));
+    let mut last = None;
+    for attempt in 0u32..200 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(attempt);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.write_u32(std::process::id());
+        let port = from + (h.finish() % u64::from(to - from)) as u32;
+        match std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            Ok(_) => return Ok(port as u16),
+            Err(e) => last = Some(e),
+        }
+    }
+    // The range below is full: the OS's pick is better than nothing.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| last.unwrap_or(e))?;
+    Ok(l.local_addr()?.port())
+}
+
 /// Every failure, with what was being done; never a connection string with a password.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {

@@ -14,6 +14,14 @@
 //! probing the changed keys on a scratch cluster from the instance's own binaries learns
 //! ([`crate::probe::learn`]). The run ends when the engine is settled, or after
 //! [`LocalOptions::max_duration`] with an abort (what is in flight is still finished).
+//!
+//! With [`LocalOptions::controls`] (untouched peers of the same role, under the same
+//! workload), each tick reads every control at the same moment as the instance, on its own
+//! connection, and feeds it as [`Input::ControlSample`] before the instance's sample, so the
+//! engine compares each breach with what the peers did over the same seconds (the `peer`
+//! factor). After an apply or a revert the controls are read at the same moment as the
+//! instance's fresh interval starts, so their intervals stay aligned. Nothing is ever done
+//! to a control but reading its statistics.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -61,6 +69,9 @@ pub struct LocalOptions {
     pub max_duration: Duration,
     /// Earlier changes of this instance, for the risk's history factor.
     pub history: Vec<ChangeOutcome>,
+    /// Connection URLs of contemporaneous controls: untouched instances of the same role
+    /// under the same workload, only ever sampled (`plan.controls`, named `control0`, …).
+    pub controls: Vec<String>,
 }
 
 impl LocalOptions {
@@ -81,7 +92,13 @@ impl LocalOptions {
             apply_timeout: Duration::from_secs(60),
             max_duration: Duration::from_secs(600),
             history: Vec::new(),
+            controls: Vec::new(),
         }
+    }
+
+    /// The name control `i` goes by in the plan (its host is [`LocalOptions::host`]).
+    pub fn control_name(i: usize) -> String {
+        format!("control{i}")
     }
 
     /// The plan the engine runs (one target).
@@ -97,6 +114,13 @@ impl LocalOptions {
             watch: self.watch.clone(),
             risk_threshold: self.risk_threshold,
             trial: self.trial,
+            controls: (0..self.controls.len())
+                .map(|i| Target {
+                    host: self.host.clone(),
+                    database: Self::control_name(i),
+                })
+                .collect(),
+            alerts: Vec::new(),
         }
     }
 }
@@ -195,6 +219,7 @@ pub async fn run_with(
 
     let mut sampler = Sampler::default();
     let mut conn: Option<crate::Instance> = None;
+    let mut controls: Vec<Probe> = opts.controls.iter().map(|u| Probe::new(u)).collect();
     let mut ticker = tokio::time::interval(opts.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut aborted = false;
@@ -210,16 +235,28 @@ pub async fn run_with(
                     // after it instead of up to two (a read that only re-opens the connection
                     // gives no rate).
                     conn = None;
-                    let metrics = sample(&mut conn, &mut sampler, url).await;
+                    let (metrics, peers) =
+                        sample_with_controls(&mut conn, &mut sampler, url, &mut controls).await;
                     let at = now_ms();
+                    for (c, m) in peers.into_iter().enumerate() {
+                        let out = engine.step(Input::ControlSample { control: c, at_ms: at, metrics: m }, at);
+                        handle(&engine, out);
+                    }
                     let out = engine.step(Input::Sample { target: 0, at_ms: at, metrics }, at);
                     handle(&engine, out);
                     ticker.reset();
                 }
             }
             _ = ticker.tick() => {
-                let metrics = sample(&mut conn, &mut sampler, url).await;
+                let (metrics, peers) =
+                    sample_with_controls(&mut conn, &mut sampler, url, &mut controls).await;
                 let at = now_ms();
+                // The controls first: the instance's sample is judged with the peers' sample
+                // of the same moment already in.
+                for (c, m) in peers.into_iter().enumerate() {
+                    let out = engine.step(Input::ControlSample { control: c, at_ms: at, metrics: m }, at);
+                    handle(&engine, out);
+                }
                 let out = engine.step(Input::Sample { target: 0, at_ms: at, metrics }, at);
                 handle(&engine, out);
                 let out = engine.step(Input::Tick, now_ms());
@@ -246,6 +283,56 @@ pub async fn run_with(
         graph,
         elapsed_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// A contemporaneous control: its URL, connection and sampler.
+struct Probe {
+    url: String,
+    conn: Option<crate::Instance>,
+    sampler: Sampler,
+}
+
+impl Probe {
+    fn new(url: &str) -> Probe {
+        Probe {
+            url: url.to_string(),
+            conn: None,
+            sampler: Sampler::default(),
+        }
+    }
+}
+
+/// The instance's sample and every control's, read at the same moment (each control on its
+/// own task, the instance on this one). A control whose task failed gives no data (and a
+/// fresh probe next time).
+async fn sample_with_controls(
+    conn: &mut Option<crate::Instance>,
+    sampler: &mut Sampler,
+    url: &str,
+    controls: &mut [Probe],
+) -> (BTreeMap<String, f64>, Vec<BTreeMap<String, f64>>) {
+    let handles: Vec<_> = controls
+        .iter_mut()
+        .map(|p| {
+            let mut p = std::mem::replace(p, Probe::new(&p.url));
+            tokio::spawn(async move {
+                let m = sample(&mut p.conn, &mut p.sampler, &p.url).await;
+                (p, m)
+            })
+        })
+        .collect();
+    let metrics = sample(conn, sampler, url).await;
+    let mut peers = Vec::with_capacity(handles.len());
+    for (slot, h) in controls.iter_mut().zip(handles) {
+        match h.await {
+            Ok((p, m)) => {
+                *slot = p;
+                peers.push(m);
+            }
+            Err(_) => peers.push(BTreeMap::new()),
+        }
+    }
+    (metrics, peers)
 }
 
 /// One sample: the sampler's rates (with `up`), or `up` = 0 when the instance cannot be

@@ -77,15 +77,10 @@ pub(crate) fn run(argv: &[String], what: &str) -> Result<String, PgError> {
     Ok(stdout)
 }
 
-/// A free TCP port on the loopback (the OS picks it; another process may take it before the
-/// server binds, which the caller sees as a failed start).
+/// A free TCP port on the loopback for a test server.
 #[cfg(feature = "testing")]
 pub(crate) fn free_port() -> Result<u16, PgError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| PgError::Io {
-        what: "finding a free port".to_string(),
-        message: e.to_string(),
-    })?;
-    l.local_addr().map(|a| a.port()).map_err(|e| PgError::Io {
+    crate::listen_port().map_err(|e| PgError::Io {
         what: "finding a free port".to_string(),
         message: e.to_string(),
     })

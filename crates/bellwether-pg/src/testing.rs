@@ -289,3 +289,54 @@ impl Drop for KeepRunning {
         }
     }
 }
+
+/// Runs `sql` through `psql -At` as `postgres` on `c` and returns its output, trimmed; panics
+/// with psql's stderr when it fails (tests only).
+pub fn psql(c: &TestCluster, sql: &str) -> String {
+    let out = std::process::Command::new(c.bindir.join("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &c.port.to_string(),
+            "-U",
+            "postgres",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+            "postgres",
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A sort- and hash-heavy workload (for `tests/local_apply.rs` and `tests/control.rs`): each transaction de-duplicates 20,000 rows (about 3 MB of
+/// hash table or sort, inside the default 4 MB work_mem, far outside 64 kB: it spills to
+/// temporary files and runs about three times slower).
+pub fn sort_workload(c: &TestCluster) -> (tempfile::TempDir, KeepRunning) {
+    psql(
+        c,
+        "CREATE TABLE sortme AS SELECT (random()*1e6)::int AS k, md5(i::text) AS v \
+         FROM generate_series(1, 20000) i; ANALYZE sortme;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("sort.sql");
+    std::fs::write(
+        &script,
+        "SELECT count(*) FROM (SELECT DISTINCT v FROM sortme) s;\n",
+    )
+    .unwrap();
+    let script = script.display().to_string();
+    let bench = KeepRunning::start(c.pgbench_argv(&[
+        "-n", "-c", "2", "-j", "2", "-T", "600", "-f", &script, "postgres",
+    ]));
+    (dir, bench)
+}

@@ -4,61 +4,11 @@
 //! reverted with a restart. Each test starts its own cluster (initdb/pg_ctl from
 //! /usr/lib/postgresql/*/bin, as `postgres` when run as root).
 
-use std::process::Command;
 use std::time::Duration;
 
 use bellwether_engine::config::{Phase, WatchSpec};
 use bellwether_pg::local::{run, LocalOptions, LocalReport};
-use bellwether_pg::testing::{KeepRunning, TestCluster, TestClusterOptions};
-
-fn psql(c: &TestCluster, sql: &str) -> String {
-    let out = Command::new(c.bindir.join("psql"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &c.port.to_string(),
-            "-U",
-            "postgres",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            sql,
-            "postgres",
-        ])
-        .output()
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A sort- and hash-heavy workload: each transaction de-duplicates 20,000 rows (about 3 MB of
-/// hash table or sort, inside the default 4 MB work_mem, far outside 64 kB: it spills to
-/// temporary files and runs about three times slower).
-fn sort_workload(c: &TestCluster) -> (tempfile::TempDir, KeepRunning) {
-    psql(
-        c,
-        "CREATE TABLE sortme AS SELECT (random()*1e6)::int AS k, md5(i::text) AS v \
-         FROM generate_series(1, 20000) i; ANALYZE sortme;",
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("sort.sql");
-    std::fs::write(
-        &script,
-        "SELECT count(*) FROM (SELECT DISTINCT v FROM sortme) s;\n",
-    )
-    .unwrap();
-    let script = script.display().to_string();
-    let bench = KeepRunning::start(c.pgbench_argv(&[
-        "-n", "-c", "2", "-j", "2", "-T", "600", "-f", &script, "postgres",
-    ]));
-    (dir, bench)
-}
+use bellwether_pg::testing::{psql, sort_workload, TestCluster, TestClusterOptions};
 
 fn watch() -> WatchSpec {
     // Shorter than the defaults so each test stays under ~40 s; the defaults are what the

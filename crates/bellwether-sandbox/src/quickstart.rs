@@ -508,8 +508,13 @@ async fn rollout(
                 }
             }
             // Any other pause (no data, a failed revert, an operator, a hold) needs a human:
-            // the story stops there and shows the report.
-            (Phase::Paused, _) => return Ok(r),
+            // the story cannot go on (the next rollout would find these hosts still taken).
+            (Phase::Paused, _) => {
+                if out == Output::Human {
+                    print_hosts(&r);
+                }
+                return Err(SandboxError::Story(needs_a_human(label, &r)));
+            }
             _ => {}
         }
         if t0.elapsed() > timeout {
@@ -521,6 +526,28 @@ async fn rollout(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Why the story stops at a rollout paused for a reason quickstart does not resume from, and
+/// what a person does next.
+fn needs_a_human(label: &str, r: &ReportResponse) -> String {
+    let id = &r.report.id;
+    let why = r
+        .report
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.kind == "rollout.paused")
+        .map(|e| e.reason.trim_end_matches('.').to_string())
+        .unwrap_or_else(|| "Paused".to_string());
+    let cmd = crate::command_name();
+    format!(
+        "{label} ({id}) stopped: {why}. Quickstart resumes only a pause on failures that were \
+         rolled back; this one needs a person. With --keep the sandbox stays up: read \
+         `{cmd} rollout report {id}`, then `{cmd} rollout resume {id}` or `{cmd} rollout abort \
+         {id}`. On a loaded machine an agent's samples can arrive late; running quickstart \
+         again usually gets through."
+    )
 }
 
 /// A value's name on the wire (`rolled_back`, `high`, `completed`).

@@ -10,6 +10,8 @@
 //! targets:                      # targets[0] is the canary
 //!   - {host: db1, database: main}
 //!   - {host: db2, database: main}
+//! controls:                     # untouched peers of the same role, sampled alongside
+//!   - {host: db3, database: main}
 //! set:                          # in this order; null resets to the default
 //!   work_mem: 64kB
 //!   random_page_cost: null
@@ -24,6 +26,8 @@
 //!     - {metric: tps, direction: decrease, percent: 25, for: 4s, weight: 1}
 //! risk_threshold: 0.5
 //! trial: true
+//! alerts:                       # webhooks for this change's events (docs/alerts.md)
+//!   - {name: dba, url: "https://hooks.example.com/dba", events: ["config.*"]}
 //! ```
 //!
 //! The typed [`ConfigPlan`] serialises with serde's derived JSON form (durations in ms), which
@@ -105,6 +109,17 @@ pub struct ConfigPlan {
     pub risk_threshold: f64,
     /// Run a scratch trial start on each target's host before touching it (default true).
     pub trial: bool,
+    /// Contemporaneous controls: untouched instances of the same role and workload, sampled
+    /// over the same intervals as the targets and never acted on. A breach that the
+    /// controls show at the same time is not blamed on the change (the `peer` factor,
+    /// docs/config-apply.md "A contemporaneous control"). Empty: judged as before, against
+    /// the target's own past only. Absent from state saved before it existed: empty.
+    #[serde(default)]
+    pub controls: Vec<Target>,
+    /// Webhooks that receive this change's events (`config.*`; docs/alerts.md), like a
+    /// rollout's or a patch's `alerts:`. Absent from state saved before it existed: empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<crate::alerts::AlertRule>,
 }
 
 /// A plan that is not valid: `file:line:column: field: message`.
@@ -346,6 +361,8 @@ impl ConfigPlan {
             watch: WatchSpec::defaults(),
             risk_threshold: DEFAULT_RISK_THRESHOLD,
             trial: true,
+            controls: Vec::new(),
+            alerts: Vec::new(),
         }
     }
 
@@ -388,7 +405,31 @@ impl ConfigPlan {
                 ));
             }
         }
+        if self.controls.len() > MAX_TARGETS {
+            return Err(format!(
+                "controls: {} controls; at most {MAX_TARGETS}",
+                self.controls.len()
+            ));
+        }
+        let mut seen_controls = BTreeSet::new();
+        for (i, c) in self.controls.iter().enumerate() {
+            check_target(c).map_err(|e| format!("controls[{i}].{e}"))?;
+            if seen.contains(&(c.host.as_str(), c.database.as_str())) {
+                return Err(format!(
+                    "controls[{i}]: host {} database {} is also a target; a control must be \
+                     an instance the change does not touch",
+                    c.host, c.database
+                ));
+            }
+            if !seen_controls.insert((c.host.as_str(), c.database.as_str())) {
+                return Err(format!(
+                    "controls[{i}]: host {} database {} is listed twice",
+                    c.host, c.database
+                ));
+            }
+        }
         check_set(&self.set)?;
+        crate::alerts::check_rules(&self.alerts)?;
         self.watch.check().map_err(|e| format!("watch.{e}"))?;
         if !(self.risk_threshold > 0.0 && self.risk_threshold < 1.0) {
             return Err(format!(
@@ -430,10 +471,12 @@ struct RawPlan {
     description: Text,
     author: Option<Text>,
     targets: Vec<YamlTarget>,
+    controls: Option<Vec<YamlTarget>>,
     set: SetList,
     watch: Option<YamlWatch>,
     risk_threshold: Option<f64>,
     trial: Option<bool>,
+    alerts: Option<Vec<crate::alerts::AlertRule>>,
 }
 
 impl TryFrom<RawPlan> for YamlPlan {
@@ -447,6 +490,11 @@ impl TryFrom<RawPlan> for YamlPlan {
             watch: r.watch.map_or_else(WatchSpec::defaults, |w| w.0),
             risk_threshold: r.risk_threshold.unwrap_or(DEFAULT_RISK_THRESHOLD),
             trial: r.trial.unwrap_or(true),
+            controls: r
+                .controls
+                .map(|cs| cs.into_iter().map(|t| t.0).collect())
+                .unwrap_or_default(),
+            alerts: r.alerts.unwrap_or_default(),
         };
         plan.check()?;
         Ok(YamlPlan(plan))

@@ -1182,3 +1182,287 @@ fn a_disturbed_host_does_not_restart_the_confirm_window() {
     // On the quiet host the slump's breach restarted the window: recovered later.
     assert!(host_after < quiet_after, "{host_after} vs {quiet_after}");
 }
+
+// ---- the contemporaneous control (`plan.controls`) ------------------------------------------
+
+fn plan_with_control() -> ConfigPlan {
+    let mut p = plan(1, &[("random_page_cost", None)]);
+    p.controls = vec![target("peer0")];
+    p
+}
+
+impl Rig {
+    /// One sample per second for `secs` seconds on target 0 and, when given, control 0 at
+    /// the same times.
+    fn both(
+        &mut self,
+        secs: usize,
+        treated: &BTreeMap<String, f64>,
+        control: Option<&BTreeMap<String, f64>>,
+    ) {
+        for _ in 0..secs {
+            self.now += 1000;
+            self.step_persisted(Input::Sample {
+                target: 0,
+                at_ms: self.now,
+                metrics: treated.clone(),
+            });
+            if let Some(c) = control {
+                self.step_persisted(Input::ControlSample {
+                    control: 0,
+                    at_ms: self.now,
+                    metrics: c.clone(),
+                });
+            }
+        }
+    }
+
+    /// Trial, snapshot, a 12-s baseline on the target (and the control when `control`), apply.
+    fn apply_with_control(&mut self, control: bool) {
+        self.trial_ok();
+        self.done(ActionKind::Snapshot, json!(catalog()));
+        self.both(12, &healthy(), control.then(healthy).as_ref());
+        self.now += 300;
+        let report = self.apply_report(&[("random_page_cost", "4")]);
+        self.done(ActionKind::Apply, report);
+        assert_eq!(self.e.stages()[0], Stage::Bake);
+    }
+
+    fn last_traced(&self) -> &Event {
+        self.events.iter().rfind(|e| e.name == "traced").unwrap()
+    }
+}
+
+fn peer_factor(e: &Event) -> Option<f64> {
+    let risk: bellwether_config::risk::Risk =
+        serde_json::from_value(e.figures["risk"].clone()).unwrap();
+    assert!(risk.residual().abs() < 1e-9, "{risk:?}");
+    risk.factors
+        .iter()
+        .find(|f| f.name == "peer")
+        .map(|f| f.log_odds)
+}
+
+/// A drop of throughput that the untouched peer shows over the same seconds is not blamed on
+/// the change (decision `explained`, the `peer` factor at its cap), and the change is kept.
+/// The same samples without a control are reverted, as before controls existed.
+#[test]
+fn a_breach_the_peer_shows_at_the_same_time_is_not_the_change() {
+    let mut r = Rig::new(plan_with_control(), Graph::default());
+    r.apply_with_control(true);
+    // Both at a third of their baseline for 5 s (a disturbance of the machine).
+    r.both(5, &metrics(330.0, 5.0), Some(&metrics(340.0, 5.0)));
+    assert_eq!(decisions(&r), ["explained"], "{:?}", r.names());
+    let traced = r.last_traced();
+    let peer = &traced.figures["peer"]["metrics"][0];
+    assert_eq!(peer["metric"], "tps");
+    assert_eq!(peer["explained"], true);
+    let residual = peer["residual"].as_f64().unwrap();
+    assert!((residual - 330.0 / 340.0).abs() < 1e-9, "{peer}");
+    assert!(
+        (peer_factor(traced).unwrap() + bellwether_config::risk::ONSET_CAP).abs() < 1e-9,
+        "{traced:?}"
+    );
+    assert!(traced.reason.contains("peer -3.00"), "{}", traced.reason);
+    // Still a third for two more seconds on both: nothing new to trace, no revert.
+    r.both(2, &metrics(330.0, 5.0), Some(&metrics(340.0, 5.0)));
+    assert_eq!(decisions(&r), ["explained"]);
+    r.both(25, &healthy(), Some(&healthy()));
+    assert_eq!(r.e.phase, Phase::Completed, "{:?}", r.names());
+    assert_eq!(r.count("reverted"), 0);
+
+    // Without a control: the same treated samples are reverted after their second reading.
+    let mut r = Rig::new(plan(1, &[("random_page_cost", None)]), Graph::default());
+    r.apply_with_control(false);
+    r.both(6, &metrics(330.0, 5.0), None);
+    assert_eq!(decisions(&r), ["confirm", "revert"], "{:?}", r.names());
+    assert_eq!(peer_factor(r.last_traced()), None);
+    assert_eq!(r.last_traced().figures["peer"], Value::Null);
+}
+
+/// A stall both show (a lock on their workload) leaves each instance only its background, a
+/// few percent of its baseline that differs between them: 4 % on the treated, 7 % on the
+/// control. Their quotient (0.57×) is noise; what the change could have taken is their
+/// difference, 3 % of the baseline (`residual_absolute` 0.97×), so the breach is explained.
+/// Over a real pair of clusters this is `bellwether-pg`'s `tests/control.rs`.
+#[test]
+fn a_stall_both_show_near_zero_is_judged_by_the_difference_not_the_quotient() {
+    let mut r = Rig::new(plan_with_control(), Graph::default());
+    r.apply_with_control(true);
+    let (t, c) = (0.04 * 1000.0, 0.07 * 1000.0);
+    r.both(5, &metrics(t, 5.0), Some(&metrics(c, 5.0)));
+    assert_eq!(decisions(&r), ["explained"], "{:?}", r.names());
+    let peer = &r.last_traced().figures["peer"]["metrics"][0];
+    assert_eq!(peer["explained"], true, "{peer}");
+    assert!(
+        (peer["residual"].as_f64().unwrap() - t / c).abs() < 1e-9,
+        "{peer}"
+    );
+    let a = peer["residual_absolute"].as_f64().unwrap();
+    assert!((a - (1.0 + (t - c) / 1000.0)).abs() < 1e-9, "{peer}");
+    assert!(
+        peer["why"].as_str().unwrap().contains("1 + treated"),
+        "{peer}"
+    );
+    // The treated stalled, the control kept 30 % of its throughput: what is left for the
+    // change is 0.70× by the difference (0 by the quotient), out of the band either way.
+    let mut r = Rig::new(plan_with_control(), Graph::default());
+    r.apply_with_control(true);
+    r.both(6, &metrics(0.0, 5.0), Some(&metrics(300.0, 5.0)));
+    assert_eq!(decisions(&r), ["confirm", "revert"], "{:?}", r.names());
+}
+
+/// A harmful drop on the treated instance alone (the peer steady) is reverted as without a
+/// control: the `peer` factor is 0 and says why.
+#[test]
+fn a_drop_only_on_the_treated_instance_is_still_reverted() {
+    let mut r = Rig::new(plan_with_control(), Graph::default());
+    r.apply_with_control(true);
+    r.both(6, &metrics(330.0, 5.0), Some(&metrics(990.0, 5.0)));
+    assert_eq!(decisions(&r), ["confirm", "revert"], "{:?}", r.names());
+    let traced = r.last_traced();
+    assert_eq!(peer_factor(traced), Some(0.0));
+    let peer = &traced.figures["peer"]["metrics"][0];
+    assert_eq!(peer["explained"], false);
+    assert!(peer["why"].as_str().unwrap().contains("alone"), "{peer}");
+    assert_eq!(r.e.stages()[0], Stage::RevertSnapshot);
+
+    // Two metrics breached, only one of them on the peer: the other (latency 2.4×) is the
+    // change's. The factor takes away what the explained metric added (the breadth of a
+    // second metric, +1), and what is left is reverted.
+    let mut r = Rig::new(plan_with_control(), Graph::default());
+    r.apply_with_control(true);
+    r.both(5, &metrics(330.0, 12.0), Some(&metrics(340.0, 5.0)));
+    assert_eq!(decisions(&r), ["revert"], "{:?}", r.names());
+    let f = peer_factor(r.last_traced()).unwrap();
+    assert!(
+        (f + bellwether_config::risk::BREADTH_PER_METRIC).abs() < 1e-9,
+        "{f}"
+    );
+
+    // The peer dropped too, but far less: what is left for the change is still out of its
+    // band (0.33 / 0.70 = 0.47×), so nothing is taken away.
+    let mut r = Rig::new(plan_with_control(), Graph::default());
+    r.apply_with_control(true);
+    r.both(6, &metrics(330.0, 5.0), Some(&metrics(700.0, 5.0)));
+    assert_eq!(decisions(&r), ["confirm", "revert"], "{:?}", r.names());
+    let peer = &r.last_traced().figures["peer"]["metrics"][0];
+    assert_eq!(peer["explained"], false);
+    assert!(
+        peer["why"]
+            .as_str()
+            .unwrap()
+            .contains("still out of the band"),
+        "{peer}"
+    );
+}
+
+/// A control without the data to compare takes nothing away: no baseline of its own (its
+/// samples began after the apply), down over the breach's window, or without the metric.
+#[test]
+fn a_control_without_data_takes_nothing_away() {
+    let cases: Vec<(&str, BTreeMap<String, f64>, bool)> = vec![
+        ("no baseline", metrics(340.0, 5.0), false),
+        ("down", down(), true),
+        (
+            "no tps",
+            BTreeMap::from([("up".to_string(), 1.0), ("latency_ms".to_string(), 5.0)]),
+            true,
+        ),
+    ];
+    for (name, during, with_baseline) in cases {
+        let mut r = Rig::new(plan_with_control(), Graph::default());
+        r.apply_with_control(with_baseline);
+        r.both(6, &metrics(330.0, 5.0), Some(&during));
+        assert_eq!(
+            decisions(&r),
+            ["confirm", "revert"],
+            "{name}: {:?}",
+            r.names()
+        );
+        let traced = r.last_traced();
+        assert_eq!(peer_factor(traced), Some(0.0), "{name}");
+        let peer = &traced.figures["peer"]["metrics"][0];
+        assert_eq!(peer["control_ratio"], Value::Null, "{name}: {peer}");
+        assert_eq!(peer["controls_with_data"], 0, "{name}");
+    }
+    // No control samples at all: the same.
+    let mut r = Rig::new(plan_with_control(), Graph::default());
+    r.apply_with_control(false);
+    r.both(6, &metrics(330.0, 5.0), None);
+    assert_eq!(decisions(&r), ["confirm", "revert"], "{:?}", r.names());
+}
+
+/// A disturbance of the peers delays a harmful change's revert, it does not hide it: when the
+/// peer is back in its band and the treated is not, the breach is traced again and reverted.
+#[test]
+fn a_peer_disturbance_that_ends_while_the_treated_stays_down_is_reverted() {
+    let mut r = Rig::new(plan_with_control(), Graph::default());
+    r.apply_with_control(true);
+    r.both(5, &metrics(330.0, 5.0), Some(&metrics(330.0, 5.0)));
+    assert_eq!(decisions(&r), ["explained"]);
+    r.both(8, &metrics(330.0, 5.0), Some(&healthy()));
+    assert_eq!(
+        decisions(&r),
+        ["explained", "confirm", "revert"],
+        "{:?}",
+        r.names()
+    );
+    assert_eq!(r.e.stages()[0], Stage::RevertSnapshot);
+}
+
+/// The control is only ever observed: every action goes to a target, whatever the samples;
+/// a control sample with an index the plan does not have is ignored; and a state saved
+/// before controls existed still loads and runs.
+#[test]
+fn controls_are_never_acted_on_and_old_state_loads() {
+    let mut p = plan(2, &[("random_page_cost", None)]);
+    p.controls = vec![target("peer0"), target("peer1")];
+    let mut r = Rig::new(p, Graph::default());
+    r.trial_ok();
+    r.trial_ok();
+    r.done(ActionKind::Snapshot, json!(catalog()));
+    for _ in 0..12 {
+        r.now += 1000;
+        r.step(Input::Sample {
+            target: 0,
+            at_ms: r.now,
+            metrics: healthy(),
+        });
+        for c in 0..3 {
+            r.step(Input::ControlSample {
+                control: c,
+                at_ms: r.now,
+                metrics: healthy(),
+            });
+        }
+    }
+    r.now += 300;
+    let report = r.apply_report(&[("random_page_cost", "4")]);
+    r.done(ActionKind::Apply, report);
+    r.both(6, &metrics(330.0, 5.0), Some(&healthy()));
+    assert_eq!(decisions(&r), ["confirm", "revert"], "{:?}", r.names());
+    assert!(!r.actions.is_empty());
+    for a in &r.actions {
+        assert!(a.host == "db0" || a.host == "db1", "{a:?}");
+    }
+    // A state written before controls existed: no `controls` in the plan or the state.
+    let mut v = serde_json::to_value(&r.e).unwrap();
+    v["plan"].as_object_mut().unwrap().remove("controls");
+    v["state"].as_object_mut().unwrap().remove("controls");
+    for t in v["state"]["targets"].as_array_mut().unwrap() {
+        t.as_object_mut().unwrap().remove("traced_peer");
+    }
+    let mut e: ConfigChangeEngine = serde_json::from_value(v).unwrap();
+    assert!(e.plan.controls.is_empty());
+    let out = e.step(
+        Input::ControlSample {
+            control: 0,
+            at_ms: r.now + 1000,
+            metrics: healthy(),
+        },
+        r.now + 1000,
+    );
+    assert!(out.actions.is_empty());
+    assert_eq!(e.stages()[0], Stage::RevertSnapshot);
+}

@@ -650,7 +650,12 @@ impl MirrorEngine {
             if i.obs_ms != Some(at) {
                 continue;
             }
-            if i.up == Some(true) && i.observed_role == Some(ObservedRole::Primary) {
+            // A former primary whose fence was confirmed (a PostgreSQL primary made read-only,
+            // which cannot follow the new one without pg_rewind; a Redis primary refusing
+            // writes) still calls itself primary but takes no writes: not a split brain. One
+            // whose fence failed (`lost`) and answers again is one until it is fenced.
+            let fenced = i.role == Role::Fenced && i.state == InstanceState::Fenced;
+            if i.up == Some(true) && i.observed_role == Some(ObservedRole::Primary) && !fenced {
                 primaries.push(id.clone());
             }
             match (i.role, i.state) {
@@ -772,11 +777,18 @@ impl MirrorEngine {
 
     // ---- switching ----------------------------------------------------------------------
 
-    /// Mirrors that may be promoted, best first: caught up first, then healthiest, then
-    /// furthest along. A mirror's health must be at least `min_health`.
+    /// Mirrors that may be promoted, best first: caught up first, then healthiest by tenths
+    /// of health, then furthest along, then healthiest. A mirror's health must be at least
+    /// `min_health`.
+    ///
+    /// Health is compared in tenths before the offset (1.0 counts as 0.9…): two mirrors of
+    /// health 0.99 and 0.98 are equally fit, and promoting the one that received less costs a
+    /// wait (the IO side raises the target to the furthest position any other mirror holds,
+    /// which the one behind can only reach from the one ahead) and, should it time out, the
+    /// next candidate.
     fn candidates(&self, catch_up_to: Option<u64>, min_health: f64) -> Vec<String> {
         let free = (score::LAG_FREE_INTERVALS * self.interval_ms() as f64) as i64;
-        let mut c: Vec<(bool, f64, u64, String)> = self
+        let mut c: Vec<(bool, i64, u64, f64, String)> = self
             .st
             .instances
             .iter()
@@ -794,21 +806,24 @@ impl MirrorEngine {
                     (Some(t), Some(o)) => o >= t || i.lag_ms.is_some_and(|l| l <= free),
                     _ => true,
                 };
+                let health = i.health.unwrap_or(0.0);
                 (
                     caught,
-                    i.health.unwrap_or(0.0),
+                    ((health * 10.0).floor() as i64).min(9),
                     i.offset.unwrap_or(0),
+                    health,
                     id.clone(),
                 )
             })
             .collect();
         c.sort_by(|a, b| {
             b.0.cmp(&a.0)
-                .then(b.1.total_cmp(&a.1))
+                .then(b.1.cmp(&a.1))
                 .then(b.2.cmp(&a.2))
-                .then(a.3.cmp(&b.3))
+                .then(b.3.total_cmp(&a.3))
+                .then(a.4.cmp(&b.4))
         });
-        c.into_iter().map(|x| x.3).collect()
+        c.into_iter().map(|x| x.4).collect()
     }
 
     fn try_switch(
@@ -1051,14 +1066,24 @@ impl MirrorEngine {
             out,
             at,
             "switched",
-            format!(
-                "{} → {}: {} (decided in {} ms after the first bad check, routed {} ms later).",
-                sw.from,
-                to,
-                sw.cause,
-                detect_ms.map_or("?".into(), |d| d.to_string()),
-                at - sw.decided_ms
-            ),
+            match detect_ms {
+                Some(d) => format!(
+                    "{} → {}: {} (decided {d} ms after the first bad check, routed {} ms later).",
+                    sw.from,
+                    to,
+                    sw.cause,
+                    at - sw.decided_ms
+                ),
+                // No bad check came before it (an operator's failover, say): only the routing
+                // time is known.
+                None => format!(
+                    "{} → {}: {} (routed {} ms after the decision).",
+                    sw.from,
+                    to,
+                    sw.cause,
+                    at - sw.decided_ms
+                ),
+            },
             serde_json::to_value(&rec).unwrap_or(Value::Null),
             false,
         );

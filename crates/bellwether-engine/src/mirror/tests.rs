@@ -519,6 +519,45 @@ fn down_primary_switches_within_switch_after_to_the_caught_up_healthiest() {
 }
 
 #[test]
+fn of_two_equally_fit_mirrors_the_one_that_received_more_is_promoted() {
+    let mut s = Sim::with_mirrors(DepKind::Redis, 2);
+    // cache-m1 fails a hair less often; cache-m2 has received more of the primary's writes
+    // (sent after the primary's last check). Promoting cache-m1 would cost a wait for data it
+    // can only get from cache-m2.
+    s.set("cache-m2", |i| i.error_rate = 0.005);
+    s.run(4);
+    let h = |s: &Sim, id: &str| {
+        s.e.status()
+            .instances
+            .iter()
+            .find(|i| i.id == id)
+            .and_then(|i| i.health)
+            .unwrap()
+    };
+    let (h1, h2) = (h(&s, "cache-m1"), h(&s, "cache-m2"));
+    assert!(
+        h1 > h2 && (h1 * 10.0).floor().min(9.0) == (h2 * 10.0).floor().min(9.0),
+        "healthier by a hair, in the same tenth: {h1} {h2}"
+    );
+    s.set("cache-m2", |i| {
+        i.replicating = false;
+        i.offset += 50;
+    });
+    s.set(PRIMARY_ID, |i| i.up = false);
+    s.run(3);
+    let switch = s.events_named("switch_started");
+    assert_eq!(switch.len(), 1);
+    assert!(
+        switch[0]
+            .reason
+            .contains("Candidates in order: cache-m2, cache-m1"),
+        "{}",
+        switch[0].reason
+    );
+    assert_eq!(s.e.status().primary, "cache-m2");
+}
+
+#[test]
 fn unhealthy_primary_is_fenced_first_and_its_final_offset_is_waited_for() {
     let mut s = Sim::with_mirrors(DepKind::Redis, 1);
     // Slow: 200 ms, 20× the floored baseline.
@@ -876,6 +915,24 @@ fn operator_failover_to_a_named_mirror_and_refusals() {
     assert_eq!(st.primary, "cache-m2");
     assert_eq!(st.history[0].trigger, "operator");
     assert!(st.history[0].cause.contains("maintenance"));
+    // No bad check came before an operator's switch: its reason gives the routing time only.
+    let switched = s.events_named("switched");
+    let reason = &switched[0].reason;
+    assert!(reason.contains("ms after the decision"), "{reason}");
+    assert!(!reason.contains('?'), "{reason}");
+}
+
+#[test]
+fn a_switch_on_a_dead_primary_says_how_long_the_decision_took() {
+    let mut s = Sim::with_mirrors(DepKind::Redis, 1);
+    s.set(PRIMARY_ID, |i| i.up = false);
+    s.run(2);
+    let switched = s.events_named("switched");
+    let reason = &switched[0].reason;
+    assert!(
+        reason.contains("ms after the first bad check, routed"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -1014,4 +1071,39 @@ fn a_down_primary_is_left_for_any_mirror_above_switch_below() {
     let st = s.e.status();
     assert_eq!(st.primary, "cache-m1", "{:#?}", s.events);
     assert_eq!(st.history[0].trigger, "down");
+}
+
+#[test]
+fn a_fenced_postgres_primary_that_still_calls_itself_primary_is_no_split_brain() {
+    // Slow but answering: fenced first (read-only), and it stays a primary by its own account.
+    let mut s = Sim::with_mirrors(DepKind::Postgres, 2);
+    s.fence_repoints = false;
+    s.set(PRIMARY_ID, |i| i.latency = 200.0);
+    s.run(2);
+    let st = s.e.status();
+    assert_eq!(st.primary, "cache-m1", "{:#?}", s.events);
+    let old = st.instances.iter().find(|i| i.id == PRIMARY_ID).unwrap();
+    assert_eq!((old.role, old.state), (Role::Fenced, InstanceState::Fenced));
+    assert_eq!(s.w[PRIMARY_ID].role, ObservedRole::Primary);
+    s.run(6);
+    assert!(
+        s.events_named("split_brain").is_empty(),
+        "{:#?}",
+        s.events_named("split_brain")
+    );
+
+    // A former primary whose fence failed (it was down) and that answers again as a primary
+    // is one.
+    let mut s = Sim::with_mirrors(DepKind::Postgres, 2);
+    s.fence_repoints = false;
+    s.set(PRIMARY_ID, |i| i.up = false);
+    s.run(4);
+    assert_eq!(s.e.status().primary, "cache-m1");
+    let old = s.e.status();
+    let old = old.instances.iter().find(|i| i.id == PRIMARY_ID).unwrap();
+    assert_eq!(old.state, InstanceState::Lost, "{old:?}");
+    s.hold.insert("fence");
+    s.set(PRIMARY_ID, |i| i.up = true);
+    s.run(1);
+    assert_eq!(s.events_named("split_brain").len(), 1, "{:#?}", s.events);
 }

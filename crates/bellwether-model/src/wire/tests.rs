@@ -226,6 +226,7 @@ fn wire_shapes_match_the_api_contract() {
     let enrol = EnrolRequest {
         name: HostName::new("web-01").unwrap(),
         labels: [("role".to_string(), "web".to_string())].into(),
+        address: None,
     };
     assert_eq!(
         serde_json::to_string(&enrol).unwrap(),
@@ -304,4 +305,38 @@ proptest! {
             prop_assert!(r.finished_ms >= r.started_ms);
         }
     }
+}
+
+#[test]
+fn a_host_address_is_an_ip_or_a_dns_name_without_a_port() {
+    for ok in [
+        "10.0.0.5",
+        "::1",
+        "[2001:db8::1]",
+        "web-01.example.com",
+        "web_1",
+        "localhost",
+    ] {
+        assert_eq!(check_host_address(ok), Ok(()), "{ok}");
+    }
+    let cases = [
+        ("", "must be 1 to 253 bytes"),
+        ("10.0.0.5:9100", "has a port: give the host alone"),
+        ("web-01:9100", "has a port"),
+        ("[::1]:9100", "has a port"),
+        ("http://web-01", "is neither an IP address nor a DNS name"),
+        ("web 01", "is neither"),
+        ("a\"} or vector(1)", "is neither"),
+        ("-web", "is neither"),
+        ("web..01", "is neither"),
+    ];
+    for (bad, want) in cases {
+        let e = check_host_address(bad).unwrap_err();
+        assert!(e.contains(want), "{bad:?}: {e}");
+    }
+    assert!(check_host_address(&"a".repeat(254)).is_err());
+    // Declared, it goes on the wire; not declared, the field is left out (older servers).
+    let enrol: EnrolRequest =
+        serde_json::from_str(r#"{"name":"web-01","address":"10.0.0.5"}"#).unwrap();
+    assert_eq!(enrol.address.as_deref(), Some("10.0.0.5"));
 }

@@ -222,3 +222,100 @@ fn numbers_and_booleans_are_taken_as_their_text() {
     assert_eq!(p.set[1].1.as_deref(), Some("1.5"));
     assert_eq!(p.set[2].1.as_deref(), Some("true"));
 }
+
+#[test]
+fn controls_parse_and_a_control_must_be_untouched() {
+    let p = parse_plan(
+        "description: d\ntargets: [{host: db1, database: main}]\n\
+         controls: [{host: db2, database: main}, {host: db3, database: main}]\n\
+         set: {work_mem: 8MB}\n",
+        "p",
+    )
+    .unwrap();
+    assert_eq!(p.controls.len(), 2);
+    assert_eq!(p.controls[1].host, "db3");
+    // The JSON form round-trips; a plan stored before controls existed reads as none.
+    let back: ConfigPlan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+    assert_eq!(back, p);
+    let mut old = serde_json::to_value(&p).unwrap();
+    old.as_object_mut().unwrap().remove("controls");
+    let old: ConfigPlan = serde_json::from_value(old).unwrap();
+    assert!(old.controls.is_empty());
+    // Without `controls:` there are none.
+    let p = parse_plan(&format!("{HEAD}set: {{x: 1}}\n"), "p").unwrap();
+    assert!(p.controls.is_empty());
+    let cases = [
+        ("controls: [{host: h, database: db}]\n", "is also a target"),
+        (
+            "controls: [{host: c, database: db}, {host: c, database: db}]\n",
+            "listed twice",
+        ),
+        ("controls: [{host: 'a b', database: db}]\n", "host"),
+        ("controls: [{host: c}]\n", "database"),
+        ("controls: {host: c, database: db}\n", "expected a list"),
+    ];
+    for (extra, want) in cases {
+        let text = format!("{HEAD}set: {{x: 1}}\n{extra}");
+        let e = err(&text);
+        assert!(e.starts_with("bad.yaml:"), "{e}");
+        assert!(e.contains(want), "{text:?}: {e} lacks {want:?}");
+    }
+    let mut bad = ConfigPlan::new(
+        "d",
+        "a",
+        vec![Target {
+            host: "h".into(),
+            database: "db".into(),
+        }],
+        vec![("work_mem".into(), Some("4MB".into()))],
+    );
+    bad.controls = bad.targets.clone();
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .0
+        .contains("controls[0]: host h database db is also a target"));
+}
+
+#[test]
+fn a_config_plan_carries_its_alerts_and_refuses_bad_ones_with_their_place() {
+    let with = |alerts: &str| format!("{FULL}alerts:\n{alerts}");
+    let p = parse_plan(
+        &with("  - {name: dba, url: \"https://hooks.example.com/dba\", format: slack, events: [\"config.*\"]}\n"),
+        "plan.yaml",
+    )
+    .unwrap();
+    assert_eq!(p.alerts.len(), 1);
+    assert!(p.alerts[0].matches("config.applied", Some("db1")));
+    assert!(!p.alerts[0].matches("rollout.rollout.started", None));
+    // The JSON form (state, API bodies) keeps them and checks them the same way.
+    let json = serde_json::to_string(&p).unwrap();
+    let back: ConfigPlan = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, p);
+    back.validate().unwrap();
+    // A plan without alerts has none, and its JSON form does not name the field.
+    let none = parse_plan(FULL, "plan.yaml").unwrap();
+    assert!(none.alerts.is_empty());
+    assert!(!serde_json::to_string(&none).unwrap().contains("alerts"));
+    // Bad rules are refused with the file, line and field.
+    let e = parse_plan(
+        &with("  - {name: dba, url: \"ftp://hooks.example.com/x\", events: [\"config.*\"]}\n"),
+        "plan.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("plan.yaml:"), "{e}");
+    assert!(e.contains("ftp://"), "{e}");
+    let twice = "  - {name: a, url: \"http://h/\", events: [\"config.*\"]}\n  - {name: a, url: \"http://h/\", events: [\"config.*\"]}\n";
+    let e = parse_plan(&with(twice), "plan.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the name a is used twice"), "{e}");
+    let mut bad = p.clone();
+    bad.alerts.push(bad.alerts[0].clone());
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("used twice"));
+}

@@ -885,6 +885,12 @@ fn bad_prometheus_settings_name_their_place() {
             "unknown placeholder {{hostname}}",
         ),
         (
+            "instance=\"{{host}}\"",
+            "instance=\"{{address}}:{{port}}\"",
+            line("query:"),
+            "unknown placeholder {{port}}: use {{host}}, {{address}}, {{labels.NAME}} or {{interval}} (the host record has no port",
+        ),
+        (
             "source: prometheus",
             "source: graphite",
             line("source:"),

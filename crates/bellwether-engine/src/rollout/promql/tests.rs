@@ -99,9 +99,14 @@ fn bad_templates_are_refused_with_the_reason() {
         ("  ", "query must not be empty"),
         (r#"up{instance={{host}}}"#, "{{host}} must be inside a quoted string, as in instance=\"{{host}}\", so that the value is escaped"),
         ("up{instance=`{{host}}`}", "{{host}} cannot go in a raw (backtick) string, where nothing can be escaped; use double quotes"),
-        (r#"up{a="{{hostname}}"}"#, "unknown placeholder {{hostname}}: use {{host}}, {{labels.NAME}} or {{interval}}"),
-        (r#"up{a="{{labels.}}"}"#, "unknown placeholder {{labels.}}: use {{host}}, {{labels.NAME}} or {{interval}}"),
-        (r#"up{a="{{labels.a-b}}"}"#, "unknown placeholder {{labels.a-b}}: use {{host}}, {{labels.NAME}} or {{interval}}"),
+        (r#"up{a="{{hostname}}"}"#, "unknown placeholder {{hostname}}: use {{host}}, {{address}}, {{labels.NAME}} or {{interval}} (did you mean {{host}}?)"),
+        (r#"up{a="{{labels.}}"}"#, "unknown placeholder {{labels.}}: use {{host}}, {{address}}, {{labels.NAME}} or {{interval}}"),
+        (r#"up{a="{{labels.a-b}}"}"#, "unknown placeholder {{labels.a-b}}: use {{host}}, {{address}}, {{labels.NAME}} or {{interval}}"),
+        (r#"up{instance="{{ip}}:9100"}"#, "unknown placeholder {{ip}}: use {{host}}, {{address}}, {{labels.NAME}} or {{interval}} (did you mean {{address}}?)"),
+        (r#"up{instance="{{address}}:{{port}}"}"#, "unknown placeholder {{port}}: use {{host}}, {{address}}, {{labels.NAME}} or {{interval}} (the host record has no port: write it in the query, as in instance=\"{{address}}:9100\")"),
+        (r#"up{instance="{{args.host}}"}"#, "unknown placeholder {{args.host}}: use {{host}}, {{address}}, {{labels.NAME}} or {{interval}} (did you mean {{host}}?)"),
+        (r#"up{instance={{address}}}"#, "{{address}} must be inside a quoted string, as in instance=\"{{address}}\", so that the value is escaped"),
+        ("up{instance=`{{address}}:9100`}", "{{address}} cannot go in a raw (backtick) string, where nothing can be escaped; use double quotes"),
         (r#"up{a="{{host"}"#, "a placeholder at byte 6 is not closed with `}}`"),
         (r#"up{a="{{host}}}"#, "a string opened with \" is not closed"),
         (r#"rate(x["{{interval}}"])"#, "{{interval}} is a duration and goes outside quotes, as in rate(x[{{interval}}])"),
@@ -202,4 +207,49 @@ proptest::proptest! {
             let _ = q.render("h", &labels(&[("a", "\"\\")]), 1000);
         }
     }
+}
+
+#[test]
+fn the_address_fills_in_escaped_and_its_absence_is_named() {
+    let l = labels(&[("role", "web")]);
+    let vars = |address| HostVars {
+        name: "web-01",
+        labels: &l,
+        address,
+    };
+    let t =
+        QueryTemplate::parse(r#"up{instance="{{address}}:9100", role="{{labels.role}}"}"#).unwrap();
+    assert_eq!(
+        t.render_for(&vars(Some("10.0.0.5")), 1000).unwrap(),
+        r#"up{instance="10.0.0.5:9100", role="web"}"#
+    );
+    // After =~ the address is a literal: the dots of an IP address match only dots.
+    let r = QueryTemplate::parse(r#"up{instance=~"{{address}}:.*"}"#).unwrap();
+    assert_eq!(
+        r.render_for(&vars(Some("10.0.0.5")), 1000).unwrap(),
+        r#"up{instance=~"10\\.0\\.0\\.5:.*"}"#
+    );
+    // An address is data: a quote in it cannot end the string.
+    assert_eq!(
+        t.render_for(&vars(Some("a\"} or vector(1)")), 1000)
+            .unwrap(),
+        r#"up{instance="a\"} or vector(1):9100", role="web"}"#
+    );
+    let e = t.render_for(&vars(None), 1000).unwrap_err();
+    assert_eq!(
+        e,
+        RenderError::MissingAddress {
+            host: "web-01".into()
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        "host web-01 has no address, which the query's {{address}} needs: start its agent with --address (the host's IP address or DNS name)"
+    );
+    // The name-and-labels form has no address.
+    assert!(t.render("web-01", &l, 1000).is_err());
+    assert_eq!(
+        t.vars().collect::<Vec<_>>(),
+        vec![&Var::Address, &Var::Label("role".into())]
+    );
 }
