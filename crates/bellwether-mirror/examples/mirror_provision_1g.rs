@@ -37,8 +37,7 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+    bellwether_pg::listen_port().map_err(|e| e.to_string())
 }
 
 async fn info(endpoint: &str, section: &str) -> Result<String, String> {

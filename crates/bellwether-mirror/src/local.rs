@@ -18,7 +18,7 @@ use bellwether_engine::mirror::{
 };
 use bellwether_model::mirror::DependencySpec;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::{DepKind, Instance, MirrorError, ProvisionRequest, Provisioner, Role};
@@ -59,7 +59,9 @@ pub fn now_ms() -> i64 {
 }
 
 enum Msg {
-    Observe(i64, Vec<Observation>),
+    /// One check's observations, and where to send the primary's health score once the engine
+    /// has judged them (`None` before it has one).
+    Observe(i64, Vec<Observation>, oneshot::Sender<Option<f64>>),
     Done {
         action_id: u64,
         ok: bool,
@@ -148,6 +150,7 @@ impl LocalRunner {
         let prober = tokio::spawn(probe_loop(
             spec.kind,
             spec.policy.health_interval.get(),
+            spec.policy.switch_below,
             opts.probe_timeout,
             router,
             shared.clone(),
@@ -240,13 +243,16 @@ async fn main_loop(
     let mut last_obs = i64::MIN;
     handle_output(&engine, first, &tx, &io);
     while let Some(msg) = rx.recv().await {
+        // Where an observation's verdict goes (the prober's recheck waits for it).
+        let mut reply = None;
         let input = match msg {
             Msg::Stop => break,
-            Msg::Observe(at, obs) => {
+            Msg::Observe(at, obs, r) => {
                 if at <= last_obs {
                     continue;
                 }
                 last_obs = at;
+                reply = Some(r);
                 Input::Observe {
                     at_ms: at,
                     observations: obs,
@@ -267,6 +273,10 @@ async fn main_loop(
         };
         let out = engine.step(input, now_ms().max(last_obs));
         handle_output(&engine, out, &tx, &io);
+        if let Some(r) = reply {
+            let st = engine.status();
+            let _ = r.send(st.health.filter(|_| st.switching.is_none()));
+        }
     }
     engine
 }
@@ -334,6 +344,48 @@ struct SampleBuf {
     outstanding_since: Option<tokio::time::Instant>,
     /// When the last round trip was answered.
     last_answer: Option<tokio::time::Instant>,
+    /// The last [`RECENT`] answered round trips (ms), kept across health checks: the
+    /// instance's usual round trip, against which a long wait is judged.
+    recent: std::collections::VecDeque<f64>,
+    /// When the kept connection last failed (a round trip answered by an error or a closed
+    /// connection, or a connection that could not be opened).
+    failed: Option<tokio::time::Instant>,
+    /// Until then the sampler's gaps between round trips are [`RECHECK_FRACTION`] of the
+    /// usual (see [`RECHECK_FRACTION`]).
+    hasten_until: Option<tokio::time::Instant>,
+}
+
+/// The recheck: after a check that judged the primary unhealthy while it answered (slow, not
+/// down), the next check comes this fraction of an interval after that one began, and the
+/// primary's sampler's gaps between round trips shrink by the same fraction until then, so the
+/// recheck judges as many samples as a whole interval's in half the time. The same evidence,
+/// gathered faster, as Envoy's `unhealthy_edge_interval` checks again sooner after a failed
+/// check: a throttled primary is switched about 1.5 intervals after its first bad interval
+/// began instead of 2, and a slowdown must still hold for two checks in a row.
+pub const RECHECK_FRACTION: f64 = 0.5;
+
+/// How many answered round trips [`SampleBuf::recent`] keeps.
+const RECENT: usize = 64;
+
+/// The passive signal (see [`Samplers::suspect`]): a round trip to the primary on its kept
+/// connection still unanswered after this many times its usual round trip (the p90 of the
+/// last [`RECENT`]) ...
+pub const SUSPECT_FACTOR: f64 = 10.0;
+/// ... and at least this long (a busy host's scheduler stalls a healthy server for some ms) ...
+pub const SUSPECT_MIN: Duration = Duration::from_millis(50);
+/// ... makes the runner check at once instead of at the next tick.
+const SUSPECT_POLL: Duration = Duration::from_millis(5);
+
+/// An instance's usual round trip (ms; the p90 of the last [`RECENT`]) and the wait past which
+/// a round trip is suspect: [`SUSPECT_FACTOR`] × the usual, at least [`SUSPECT_MIN`], at most
+/// `cap`. `None` before any round trip was answered.
+fn suspect_limit(g: &SampleBuf, cap: Duration) -> Option<(f64, Duration)> {
+    let recent: Vec<f64> = g.recent.iter().copied().collect();
+    let usual = quantile(&recent, 0.9)?;
+    let limit = Duration::from_secs_f64(usual * SUSPECT_FACTOR / 1000.0)
+        .max(SUSPECT_MIN)
+        .min(cap);
+    Some((usual, limit))
 }
 
 fn lock_buf(b: &Mutex<SampleBuf>) -> std::sync::MutexGuard<'_, SampleBuf> {
@@ -407,6 +459,7 @@ async fn sample_loop(
         )
         .await;
         let Ok(Ok(mut conn)) = opened else {
+            lock_buf(&buf).failed = Some(tokio::time::Instant::now());
             tokio::time::sleep(interval).await;
             continue;
         };
@@ -425,20 +478,34 @@ async fn sample_loop(
                 }
             }
             n = n.wrapping_add(1);
-            tokio::time::sleep(mean_gap.mul_f64(0.5 + jitter.next())).await;
+            let hasten = lock_buf(&buf)
+                .hasten_until
+                .is_some_and(|t| t > tokio::time::Instant::now());
+            let gap = if hasten {
+                mean_gap.mul_f64(RECHECK_FRACTION)
+            } else {
+                mean_gap
+            };
+            tokio::time::sleep(gap.mul_f64(0.5 + jitter.next())).await;
             let sent = tokio::time::Instant::now();
             lock_buf(&buf).outstanding_since = Some(sent);
             let r = tokio::time::timeout(interval * 2, conn.ping()).await;
             let mut g = lock_buf(&buf);
             g.outstanding_since = None;
             if !matches!(r, Ok(Ok(()))) {
+                g.failed = Some(tokio::time::Instant::now());
                 break;
             }
             // Nobody collects (the runner stopped probing): keep the newest.
             if g.done.len() >= 4 * SAMPLES_PER_INTERVAL as usize {
                 g.done.remove(0);
             }
-            g.done.push(sent.elapsed().as_secs_f64() * 1000.0);
+            let ms = sent.elapsed().as_secs_f64() * 1000.0;
+            g.done.push(ms);
+            if g.recent.len() >= RECENT {
+                g.recent.pop_front();
+            }
+            g.recent.push_back(ms);
             g.last_answer = Some(tokio::time::Instant::now());
         }
     }
@@ -496,6 +563,48 @@ impl Samplers {
             .is_some_and(|a| a > t)
     }
 
+    /// The passive signal on `id`'s kept connection that began after `since` (the start of
+    /// the last check): its connection failed, or a round trip has waited longer than
+    /// [`SUSPECT_FACTOR`] × its usual round trip (at least [`SUSPECT_MIN`], at most `cap`).
+    /// `None` without one, or before any round trip was answered (no usual to judge by).
+    fn suspect(&self, id: &str, since: tokio::time::Instant, cap: Duration) -> Option<String> {
+        let (_, b, _) = self.by_id.get(id)?;
+        let g = lock_buf(b);
+        if let Some(f) = g.failed.filter(|f| *f > since) {
+            return Some(format!(
+                "its kept connection failed {} ms ago",
+                f.elapsed().as_millis()
+            ));
+        }
+        let sent = g.outstanding_since.filter(|s| *s > since)?;
+        let (usual, limit) = suspect_limit(&g, cap)?;
+        let waited = sent.elapsed();
+        (waited > limit).then(|| {
+            format!(
+                "a round trip on its kept connection has waited {} ms (usual {:.1} ms)",
+                waited.as_millis(),
+                usual
+            )
+        })
+    }
+
+    /// The probe timeout of a check that confirms a silent primary: [`SUSPECT_FACTOR`] × its
+    /// usual round trip, at least [`SUSPECT_MIN`], at most `cap`; `cap` when there is no usual
+    /// round trip to judge by.
+    fn confirm_timeout(&self, id: &str, cap: Duration) -> Duration {
+        self.by_id
+            .get(id)
+            .and_then(|(_, b, _)| suspect_limit(&lock_buf(b), cap))
+            .map_or(cap, |(_, limit)| limit)
+    }
+
+    /// Shrinks `id`'s sampler's gaps to [`RECHECK_FRACTION`] of the usual until `until`.
+    fn hasten(&self, id: &str, until: tokio::time::Instant) {
+        if let Some((_, b, _)) = self.by_id.get(id) {
+            lock_buf(b).hasten_until = Some(until);
+        }
+    }
+
     fn take(&self, id: &str) -> Vec<f64> {
         self.by_id
             .get(id)
@@ -515,6 +624,7 @@ impl Drop for Samplers {
 async fn probe_loop(
     kind: DepKind,
     interval: Duration,
+    switch_below: f64,
     timeout: Duration,
     router: Arc<dyn Router>,
     shared: Arc<Mutex<Shared>>,
@@ -523,8 +633,39 @@ async fn probe_loop(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut samplers = Samplers::default();
+    // The start of the last check, and whether it found the primary answering within its usual
+    // time: only then may the passive signal bring the next check forward.
+    let mut last_check = tokio::time::Instant::now();
+    let mut primary_ok = false;
+    // At most one early check per interval (each probes every instance).
+    let mut last_early: Option<tokio::time::Instant> = None;
+    // The start of the last check that found the primary answering nothing (None once a
+    // check finds it answering, or after a switch).
+    let mut primary_down_since: Option<(String, tokio::time::Instant)> = None;
     loop {
-        tick.tick().await;
+        let watched = lock(&shared).status.as_ref().map(|st| st.primary.clone());
+        let early = tokio::select! {
+            _ = tick.tick() => None,
+            why = async {
+                let allowed = primary_ok && last_early.is_none_or(|t| t.elapsed() >= interval);
+                let Some(id) = watched.as_deref().filter(|_| allowed) else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    tokio::time::sleep(SUSPECT_POLL).await;
+                    if let Some(why) = samplers.suspect(id, last_check, timeout) {
+                        return why;
+                    }
+                }
+            } => Some(why),
+        };
+        if let Some(why) = &early {
+            // An early check follows a good one only, and is reported only when the primary
+            // answers nothing (see below).
+            tracing::debug!(instance = ?watched, reason = %why, "Primary suspect: checked at once.");
+            last_early = Some(tokio::time::Instant::now());
+        }
+        last_check = tokio::time::Instant::now();
         let at = now_ms();
         let (endpoints, primary) = {
             let s = lock(&shared);
@@ -534,29 +675,74 @@ async fn probe_loop(
             )
         };
         samplers.sync(kind, interval, &endpoints, &shared);
+        // A check that confirms a silent primary: the last check found it answering nothing,
+        // and nothing has answered on its kept connection since that check began (a whole
+        // interval ago, at least). Such a primary is given the passive signal's wait (10 × its
+        // usual round trip, at least 50 ms) instead of the whole probe timeout: a frozen
+        // primary is then confirmed down about an interval after it was first found so, not
+        // an interval and a probe timeout. One that answers within that wait is up; one whose
+        // kept connection answers meanwhile is slow, not down (below).
+        let confirming = primary_down_since.as_ref().and_then(|(id, since)| {
+            (primary.as_deref() == Some(id.as_str()) && !samplers.answered_since(id, *since))
+                .then(|| samplers.confirm_timeout(id, timeout))
+        });
         let mut set = tokio::task::JoinSet::new();
         for (id, ep) in endpoints {
             // A replica's probe also asks the primary it names (for its lag), with the probe's
             // timeout: half each for the others, so that a frozen primary does not make its
             // replicas look down; the primary's own probe has it all.
-            let inner = if primary.as_deref() == Some(id.as_str()) {
-                timeout
+            let (outer, inner) = if primary.as_deref() == Some(id.as_str()) {
+                let t = confirming.unwrap_or(timeout);
+                (t, t)
             } else {
-                timeout / 2
+                (timeout, timeout / 2)
             };
             set.spawn(async move {
                 let started = tokio::time::Instant::now();
-                let r = tokio::time::timeout(timeout, crate::probe(kind, &ep, inner)).await;
+                let r = tokio::time::timeout(outer, crate::probe(kind, &ep, inner)).await;
                 (id, r, started, inner)
             });
         }
+        // Each probe's outcome, with how long it took (measured as it ends).
+        let mut checked = Vec::new();
+        while let Some(r) = set.join_next().await {
+            if let Ok((id, r, started, inner)) = r {
+                checked.push((id, r, started, inner, started.elapsed()));
+            }
+        }
+        if early.is_some() {
+            // The early check is for a primary that answers nothing (killed, frozen): when it
+            // answered (or its kept connection did while the probe waited), nothing is
+            // reported and its samples stay for the regular check, which judges its latency
+            // over a whole interval.
+            let primary_down = checked.iter().any(|(id, r, started, inner, took)| {
+                if primary.as_deref() != Some(id.as_str()) {
+                    return false;
+                }
+                let answered = match r {
+                    Ok(Ok(st)) => st.reachable,
+                    // Not an observation of the instance at all.
+                    Ok(Err(MirrorError::BadEndpoint { .. })) => true,
+                    _ => false,
+                };
+                let kept_answered =
+                    *took >= inner.mul_f64(0.9) && samplers.answered_since(id, *started);
+                !answered && !kept_answered
+            });
+            if !primary_down {
+                tracing::debug!(instance = ?primary, "The suspect primary answered: no early check reported.");
+                continue;
+            }
+            // Reported: the next regular check comes one interval after this one began, so
+            // two checks that judge the primary bad are never closer than an interval (start
+            // to start), and the confirming check does not wait out this one's probe timeout
+            // on top of the interval.
+            tick.reset_at(last_check + interval);
+        }
         let figures = router.figures().await;
         let mut obs = Vec::new();
-        while let Some(r) = set.join_next().await {
-            let Ok((id, r, started, inner)) = r else {
-                continue;
-            };
-            let took = started.elapsed();
+        let mut primary_answered = false;
+        for (id, r, started, inner, took) in checked {
             let st = match r {
                 Ok(Ok(st)) => Some(st),
                 // A bad endpoint is not an observation of the instance; any other failure
@@ -610,8 +796,14 @@ async fn probe_loop(
                 probe_ms = st.latency_ms,
                 latency_ms,
                 samples = samples.len(),
+                early = early.is_some(),
                 "latency sample"
             );
+            if primary.as_deref() == Some(id.as_str()) {
+                primary_ok = st.reachable && latency_ms <= SUSPECT_MIN.as_secs_f64() * 1000.0;
+                primary_down_since = (!st.reachable).then(|| (id.clone(), last_check));
+                primary_answered = st.reachable;
+            }
             obs.push(Observation {
                 instance: id,
                 check: if st.reachable { Check::Ok } else { Check::Down },
@@ -627,8 +819,21 @@ async fn probe_loop(
             });
         }
         obs.sort_by(|a, b| a.instance.cmp(&b.instance));
-        if tx.send(Msg::Observe(at, obs)).is_err() {
+        let (reply, verdict) = oneshot::channel();
+        if tx.send(Msg::Observe(at, obs, reply)).is_err() {
             return;
+        }
+        // The recheck (see [`RECHECK_FRACTION`]): the primary answered but was judged
+        // unhealthy, and no switch is under way. A primary that answered nothing has the
+        // confirming check instead (above), an interval after this one began.
+        let health = verdict.await.ok().flatten();
+        if let Some(p) = primary.as_deref().filter(|_| {
+            primary_answered && early.is_none() && health.is_some_and(|h| h < switch_below)
+        }) {
+            let at = last_check + interval.mul_f64(RECHECK_FRACTION);
+            tracing::debug!(instance = %p, health = ?health, "The primary was judged unhealthy: checked again sooner.");
+            samplers.hasten(p, at);
+            tick.reset_at(at);
         }
     }
 }
@@ -1061,5 +1266,57 @@ mod tests {
         let v = take_samples(&b);
         assert_eq!(v.len(), 1);
         assert!((v[0] - 50.0).abs() < 1.0, "{v:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_is_suspect_after_a_long_wait_or_a_failed_connection_since_the_last_check() {
+        let buf = Arc::new(Mutex::new(SampleBuf::default()));
+        let mut samplers = Samplers::default();
+        samplers.by_id.insert(
+            "p".into(),
+            ("127.0.0.1:1".into(), buf.clone(), tokio::spawn(async {})),
+        );
+        let cap = Duration::from_millis(200);
+        let checked = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        // No usual round trip yet: nothing to judge a wait by.
+        lock_buf(&buf).outstanding_since = Some(tokio::time::Instant::now());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(samplers.suspect("p", checked, cap), None);
+        assert_eq!(samplers.suspect("other", checked, cap), None);
+        // Usual 2 ms: suspect once a round trip waited past 50 ms (10 × 2 ms is below the floor).
+        lock_buf(&buf).recent.extend([1.0, 2.0, 2.0, 1.5]);
+        lock_buf(&buf).outstanding_since = Some(tokio::time::Instant::now());
+        tokio::time::advance(Duration::from_millis(40)).await;
+        assert_eq!(samplers.suspect("p", checked, cap), None);
+        tokio::time::advance(Duration::from_millis(20)).await;
+        let why = samplers
+            .suspect("p", checked, cap)
+            .expect("suspect at 60 ms");
+        assert!(why.contains("waited 60 ms"), "{why}");
+        // A round trip sent before the last check is not a new signal.
+        assert_eq!(
+            samplers.suspect("p", tokio::time::Instant::now(), cap),
+            None
+        );
+        // Usual 30 ms: 10 × is 300 ms, capped at the probe's 200 ms.
+        lock_buf(&buf).recent.extend([30.0; RECENT]);
+        lock_buf(&buf).outstanding_since = Some(tokio::time::Instant::now());
+        tokio::time::advance(Duration::from_millis(150)).await;
+        assert_eq!(samplers.suspect("p", checked, cap), None);
+        tokio::time::advance(Duration::from_millis(60)).await;
+        assert!(samplers.suspect("p", checked, cap).is_some());
+        // A failed connection is suspect at once, but only when it failed after the check.
+        lock_buf(&buf).outstanding_since = None;
+        lock_buf(&buf).failed = Some(tokio::time::Instant::now());
+        let why = samplers
+            .suspect("p", checked, cap)
+            .expect("a failed connection");
+        assert!(why.contains("failed"), "{why}");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            samplers.suspect("p", tokio::time::Instant::now(), cap),
+            None
+        );
     }
 }

@@ -254,6 +254,16 @@ impl LocalProcess {
                 "stream".into(),
                 "-c".into(),
                 "fast".into(),
+                // Without a replication slot pg_basebackup's WAL stream reports no flush
+                // position, so it is never a synchronous standby. With its default temporary
+                // slot it is one under `synchronous_standby_names = '*'` (or any pattern its
+                // name matches), and when it is chosen (the real standby reconnecting after a
+                // promotion, say) every commit waits for it, that is for the end of the copy:
+                // 9.3–9.6 s for a commit during a throttled copy, 0.19–0.21 s with this flag
+                // (`examples/pg_basebackup_sync.sh`). The cost: a checkpoint during the copy
+                // may recycle WAL the stream has not read yet; the copy then fails with a
+                // clear error and the engine provisions again.
+                "--no-slot".into(),
                 // The standby's own start syncs its whole data directory (it starts from a
                 // backup label, not a clean shutdown), so syncing here too only doubles the
                 // cost (3.4 s of 4 s for 31 MB on the test machine).
@@ -514,12 +524,10 @@ fn provision_err(what: &str, message: impl std::fmt::Display) -> MirrorError {
     }
 }
 
-/// A free TCP port on the loopback: bound, read, released.
+/// A free TCP port on the loopback for a mirror to listen on, below the ephemeral range so
+/// that no client connection holds it when the mirror starts again ([`bellwether_pg::listen_port`]).
 pub(crate) fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("binding 127.0.0.1:0: {e}"))
+    bellwether_pg::listen_port().map_err(|e| format!("finding a port to listen on: {e}"))
 }
 
 /// `program` as a path: as given when it has a `/`, else the first in `$PATH`.

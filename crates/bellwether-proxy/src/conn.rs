@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
+use crate::config::Role;
 use crate::pg::{self, ProtocolError, Seen, Session, Startup};
 use crate::pool::Backend;
 use crate::registry::{CancelRoute, ConnEntry};
@@ -25,12 +26,12 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Opens a server connection for a new session. With roles, that is the primary, and when
 /// none is available the session waits for one up to `primary_wait` (a switch in progress).
-async fn connect_new(shared: &Shared) -> Option<(Arc<Backend>, TcpStream)> {
+async fn connect_new(shared: &Shared, except: &[String]) -> Option<(Arc<Backend>, TcpStream)> {
     let deadline = Instant::now() + shared.config.primary_wait;
     let mut gen = shared.pool.subscribe();
     loop {
         gen.borrow_and_update();
-        if let Some(found) = connect_any(shared, &[]).await {
+        if let Some(found) = connect_any(shared, except).await {
             return Some(found);
         }
         if !shared.pool.has_roles() {
@@ -205,7 +206,7 @@ pub(crate) async fn serve_tcp(
     listener: SocketAddr,
 ) {
     let _ = client.set_nodelay(true);
-    let Some((backend, server)) = connect_new(&shared).await else {
+    let Some((backend, server)) = connect_new(&shared, &[]).await else {
         shared.pool.rejected.fetch_add(1, Relaxed);
         tracing::warn!(client = %peer, "No backend available; connection refused.");
         return;
@@ -394,6 +395,16 @@ enum Exit {
     ClientEof,
     /// The server closed; everything it sent has reached the client.
     ServerEof,
+    /// Reading from or writing to the server failed (a reset connection).
+    ServerIo(io::Error),
+    /// The server ended the session with a FATAL error of class 57P (operator intervention:
+    /// its postmaster died, it shuts down, it crashed) while the session was idle or a
+    /// retryable read waited: the message (held here, not forwarded) is the server's death,
+    /// not an answer.
+    ServerGone(Vec<u8>),
+    /// The server is down or no longer the primary while a retryable read waits for its
+    /// answer (`Session::retry`): it is given up there and sent again elsewhere.
+    Abandon,
     Boundary,
     Protocol(ProtocolError),
     ServerProtocol(ProtocolError),
@@ -411,6 +422,10 @@ struct PgConn {
     entry: Arc<ConnEntry>,
     starts: VecDeque<Instant>,
     seen: Vec<Seen>,
+    /// A FATAL of class 57P that ended what the server last sent, held back until what came
+    /// before it has reached the client: then it is the server's death (the session moves,
+    /// or its read is sent again) or, for a session that cannot move, forwarded.
+    held: Option<Vec<u8>>,
     /// The client has half-closed (sent EOF). As on a direct connection, the EOF is passed on
     /// to the server once what the client sent is out, and the server's answer still flows
     /// to the client until the server closes.
@@ -458,7 +473,7 @@ impl PgConn {
     /// Moves bytes both ways until an end, an error, or (when `want_boundary`) a transaction
     /// boundary with nothing in flight. Holds no state of its own, so it can be dropped and
     /// called again at any await point.
-    fn pump(&mut self, cx: &mut Context<'_>, want_boundary: bool) -> Poll<Exit> {
+    fn pump(&mut self, cx: &mut Context<'_>, want_boundary: bool, abandon: bool) -> Poll<Exit> {
         loop {
             let mut progress = false;
             if self.up.is_empty() && !self.client_eof {
@@ -499,7 +514,7 @@ impl PgConn {
                         self.up.start += n;
                         progress = true;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Exit::Io(e)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Exit::ServerIo(e)),
                     Poll::Pending => {}
                 }
             }
@@ -513,12 +528,40 @@ impl PgConn {
                 }
             }
             if self.down.is_empty() {
+                if let Some(h) = self.held.take() {
+                    // What came before it is out: the server is going away.
+                    if self.retryable() || self.idle_and_movable() || h.len() > self.down.buf.len()
+                    {
+                        return Poll::Ready(Exit::ServerGone(h));
+                    }
+                    // A session that cannot move is told, as without a proxy.
+                    self.down.buf[..h.len()].copy_from_slice(&h);
+                    if let Err(e) = self.session.feed_backend(&h, &mut self.seen) {
+                        return Poll::Ready(Exit::ServerProtocol(e));
+                    }
+                    self.handle_seen();
+                    self.down.start = 0;
+                    self.down.end = h.len();
+                    progress = true;
+                }
+            }
+            if self.down.is_empty() && self.held.is_none() {
                 let mut rb = ReadBuf::new(&mut self.down.buf);
                 match Pin::new(&mut self.server).poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
+                        let mut n = rb.filled().len();
                         if n == 0 {
                             return Poll::Ready(Exit::ServerEof);
+                        }
+                        if self.session.backend.at_boundary() {
+                            if let Some(cut) = pg::trailing_shutdown_fatal(&self.down.buf[..n]) {
+                                self.held = Some(self.down.buf[cut..n].to_vec());
+                                n = cut;
+                                if n == 0 {
+                                    // Nothing before it: judged at once, above.
+                                    continue;
+                                }
+                            }
                         }
                         if let Err(e) = self
                             .session
@@ -536,7 +579,7 @@ impl PgConn {
                             .fetch_add(n as u64, Relaxed);
                         progress = true;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Exit::Io(e)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Exit::ServerIo(e)),
                     Poll::Pending => {}
                 }
             }
@@ -553,6 +596,9 @@ impl PgConn {
                     Poll::Pending => {}
                 }
             }
+            if abandon && self.retryable() {
+                return Poll::Ready(Exit::Abandon);
+            }
             // A half-closed session is not moved: its server has been told the client is done.
             if want_boundary
                 && !self.client_eof
@@ -567,6 +613,45 @@ impl PgConn {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// Whether the read in flight may be sent to another server now: it is whole on its way
+    /// (nothing of the client's is buffered) and no byte of an answer has come.
+    fn retryable(&self) -> bool {
+        self.session.retry.is_some()
+            && self.up.is_empty()
+            && self.down.is_empty()
+            && !self.client_eof
+    }
+
+    /// Takes the session off its (failed) backend in the registry while it waits for another:
+    /// closing what is left on that backend (a fence, a drain that times out) is not meant
+    /// for a session already leaving it.
+    fn detach(&self, shared: &Shared) {
+        *self.entry.backend.lock().unwrap_or_else(|p| p.into_inner()) = String::new();
+        shared.registry.touch();
+    }
+
+    /// Whether the session may take another server as it stands: it sits idle at a boundary
+    /// with nothing buffered either way, holds no state, and its server said nothing the
+    /// client has seen since its last ReadyForQuery (a shutdown FATAL is held back, not seen;
+    /// anything else forwarded has told the client).
+    fn idle_and_movable(&self) -> bool {
+        self.session.ready
+            && !self.session.spoke
+            && self.session.at_boundary()
+            && self.session.stateful.is_none()
+            && self.up.is_empty()
+            && self.down.is_empty()
+            && !self.client_eof
+    }
+
+    /// Ends the session for the client with a FATAL `08006` (connection failure) saying why.
+    async fn fail(&mut self, message: &str) {
+        let _ = self
+            .client
+            .write_all(&pg::encode_error(true, "08006", message))
+            .await;
     }
 
     /// Tells the client the session ends, at a point where no message is half-sent to it.
@@ -613,7 +698,7 @@ pub(crate) async fn serve_postgres(
             return;
         }
     };
-    let Some((backend, mut server)) = connect_new(&shared).await else {
+    let Some((backend, mut server)) = connect_new(&shared, &[]).await else {
         shared.pool.rejected.fetch_add(1, Relaxed);
         tracing::warn!(client = %peer, "No backend available; session refused.");
         let _ = client
@@ -644,6 +729,7 @@ pub(crate) async fn serve_postgres(
         entry: entry.clone(),
         starts: VecDeque::new(),
         seen: Vec::new(),
+        held: None,
         client_eof: false,
         server_shut: false,
     };
@@ -659,9 +745,15 @@ async fn run_session(shared: &Shared, c: &mut PgConn, params: &[(String, String)
     let mut key_published = false;
     loop {
         let g = *gen.borrow_and_update();
-        let leaving =
-            shared.closing.load(Relaxed) || shared.pool.should_move(&c.backend, Instant::now());
+        let now = Instant::now();
+        let leaving = shared.closing.load(Relaxed) || shared.pool.should_move(&c.backend, now);
         let want = leaving && blocked_at != Some(g);
+        // Down, or no longer the primary (a switch): a read in flight there is sent again to
+        // the new primary rather than waited for (a frozen server may never answer). A
+        // backend drained by an operator answers what it has: its reads are not abandoned.
+        let abandon = !shared.closing.load(Relaxed)
+            && (!c.backend.available(now)
+                || (shared.pool.has_roles() && c.backend.role() != Some(Role::Primary)));
         if !key_published && c.session.ready {
             key_published = true;
             if let Some(k) = c.session.backend_key {
@@ -674,7 +766,7 @@ async fn run_session(shared: &Shared, c: &mut PgConn, params: &[(String, String)
         }
         let kill = c.entry.kill.clone();
         let exit = tokio::select! {
-            e = poll_fn(|cx| c.pump(cx, want)) => e,
+            e = poll_fn(|cx| c.pump(cx, want, abandon)) => e,
             r = gen.changed() => {
                 if r.is_err() {
                     return;
@@ -688,7 +780,95 @@ async fn run_session(shared: &Shared, c: &mut PgConn, params: &[(String, String)
             }
         };
         match exit {
-            Exit::ClientEof | Exit::ServerEof => return,
+            // The server went away before it said a word (a dying server's listener still
+            // accepted): the session starts again on another, from its startup packet.
+            Exit::ServerEof | Exit::ServerIo(_)
+                if !c.session.ready
+                    && c.entry.bytes_to_client.load(Relaxed) == 0
+                    && c.up.is_empty()
+                    && !c.client_eof =>
+            {
+                let dead = c.backend.name.clone();
+                c.detach(shared);
+                let Some((backend, mut server)) = connect_new(shared, &[dead]).await else {
+                    c.fail("bellwether: no backend is available").await;
+                    return;
+                };
+                if let Err(e) = server.write_all(&pg::encode_startup(params)).await {
+                    tracing::warn!(backend = %backend.name, error = %e, "Backend closed during startup.");
+                    return;
+                }
+                tracing::info!(from = %c.backend.name, to = %backend.name, "A server died before the session's startup was answered; it starts again on another.");
+                adopt(shared, c, backend, server, None);
+                continue;
+            }
+            Exit::ServerEof | Exit::ServerIo(_) | Exit::ServerGone(_) | Exit::Abandon
+                if c.retryable() =>
+            {
+                let why = match &exit {
+                    Exit::ServerEof => "the server closed the connection".to_string(),
+                    Exit::ServerIo(e) => e.to_string(),
+                    Exit::ServerGone(m) => pg::error_field(&m[5..], b'M')
+                        .unwrap_or_else(|| "a FATAL error".to_string()),
+                    _ => "the server is down or no longer the primary".to_string(),
+                };
+                match retry_read(shared, c, params).await {
+                    Ok(()) => {
+                        tracing::info!(backend = %c.backend.name, why = %why, "A read in flight was sent again to another server.");
+                        blocked_at = None;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(why = %why, error = %e, "A read in flight could not be sent again.");
+                        c.fail(&format!("bellwether: the server died during a read that could not be retried: {e}")).await;
+                        return;
+                    }
+                }
+            }
+            // The server died while the session sat idle between transactions, without
+            // state: it goes on with a new server, and the client does not notice (what it
+            // sends meanwhile waits in its socket).
+            Exit::ServerEof | Exit::ServerIo(_) | Exit::ServerGone(_) if c.idle_and_movable() => {
+                c.detach(shared);
+                match open_elsewhere(shared, params, &c.backend.name).await {
+                    Ok((target, server, key)) => {
+                        tracing::info!(from = %c.backend.name, to = %target.name, "An idle session's server died; it moved to another.");
+                        adopt(shared, c, target, server, key);
+                        blocked_at = None;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(backend = %c.backend.name, error = %e, "An idle session's server died and no other took it.");
+                        c.fail(&format!(
+                            "bellwether: the server closed the connection: {e}"
+                        ))
+                        .await;
+                        return;
+                    }
+                }
+            }
+            Exit::Abandon => continue,
+            Exit::ServerGone(m) => {
+                // Not reached (it is only returned for a session that can move); the client is
+                // told as it would have been.
+                let _ = c.client.write_all(&m).await;
+                return;
+            }
+            Exit::ServerEof => {
+                tracing::debug!(
+                    backend = %c.backend.name,
+                    in_transaction = c.session.in_transaction(),
+                    pending = c.session.pending,
+                    stateful = c.session.stateful.is_some(),
+                    "The server closed the session's connection."
+                );
+                return;
+            }
+            Exit::ClientEof => return,
+            Exit::ServerIo(e) => {
+                tracing::debug!(error = %e, "Session ended with a server error.");
+                return;
+            }
             Exit::Io(e) => {
                 tracing::debug!(error = %e, "Session ended with an error.");
                 return;
@@ -756,27 +936,9 @@ async fn rehome(
         tried.push(target.name.clone());
         match open_session(shared, &target, params).await {
             Ok((server, key)) => {
-                let old = std::mem::replace(&mut c.server, server);
-                let mut old = old;
-                let _ = old.write_all(&pg::encode_message(b'X', &[])).await;
-                drop(old);
-                c.backend.metrics.active.fetch_sub(1, Relaxed);
-                c.backend.metrics.rehomed_out.fetch_add(1, Relaxed);
-                target.metrics.active.fetch_add(1, Relaxed);
-                target.metrics.rehomed_in.fetch_add(1, Relaxed);
+                let _ = c.server.write_all(&pg::encode_message(b'X', &[])).await;
                 tracing::info!(from = %c.backend.name, to = %target.name, "Session re-homed at a transaction boundary.");
-                *c.entry.backend.lock().unwrap_or_else(|p| p.into_inner()) = target.name.clone();
-                c.entry.rehomes.fetch_add(1, Relaxed);
-                shared.registry.touch();
-                if let Some(k) = key {
-                    let mut route = c.entry.cancel.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(r) = route.as_mut() {
-                        r.server_address = target.address.clone();
-                        r.server_key = k;
-                    }
-                }
-                c.backend = target;
-                c.session.backend = pg::Framer::new(pg::Side::Backend);
+                adopt(shared, c, target, server, key);
                 return Ok(());
             }
             Err(e) => {
@@ -784,6 +946,163 @@ async fn rehome(
             }
         }
     }
+}
+
+/// Sends the read in flight (`Session::retry`) again, on a new session with another server,
+/// after its server died or stopped being the primary before answering any of it. Waits for a
+/// server as a new session does (a switch in progress: up to `primary_wait`). The read runs
+/// under `default_transaction_read_only`, set before and reset after, neither of which the
+/// client sees: a "read" that writes after all fails instead of running twice. Its answer is
+/// the client's; the session then goes on there.
+async fn retry_read(
+    shared: &Shared,
+    c: &mut PgConn,
+    params: &[(String, String)],
+) -> Result<(), String> {
+    let query = c.session.retry.take().ok_or("nothing to retry")?;
+    c.detach(shared);
+    let (target, server, key) = open_elsewhere(shared, params, &c.backend.name).await?;
+    let name = target.name.clone();
+    let at = |e: String| format!("{name}: {e}");
+    // Counted on the server that died; the old connection is dropped unanswered (a frozen
+    // server that thaws finds it closed, and runs the read for nobody).
+    c.backend.metrics.retried.fetch_add(1, Relaxed);
+    adopt(shared, c, target, server, key);
+    let limit = shared.config.connect_timeout;
+    quiet_query(
+        &mut c.server,
+        "SET default_transaction_read_only = on",
+        limit,
+    )
+    .await
+    .map_err(at)?;
+    c.server
+        .write_all(&query)
+        .await
+        .map_err(|e| at(e.to_string()))?;
+    // The answer, message by message, to the client, through the session's observer (the
+    // cycle the first server left open ends here).
+    loop {
+        let msg = read_message(&mut c.server).await.map_err(at)?;
+        c.session
+            .feed_backend(&msg, &mut c.seen)
+            .map_err(|e| at(e.to_string()))?;
+        c.handle_seen();
+        c.client.write_all(&msg).await.map_err(|e| e.to_string())?;
+        c.entry.bytes_to_client.fetch_add(msg.len() as u64, Relaxed);
+        if msg[0] == b'Z' {
+            break;
+        }
+    }
+    quiet_query(&mut c.server, "RESET default_transaction_read_only", limit)
+        .await
+        .map_err(at)
+}
+
+/// A new server session for `params` on a backend other than `except` (one that died or left
+/// the pool), waiting for one as a new session does (a switch in progress: up to
+/// `primary_wait`).
+async fn open_elsewhere(
+    shared: &Shared,
+    params: &[(String, String)],
+    except: &str,
+) -> Result<(Arc<Backend>, TcpStream, Option<(i32, i32)>), String> {
+    let deadline = Instant::now() + shared.config.primary_wait;
+    let mut gen = shared.pool.subscribe();
+    loop {
+        gen.borrow_and_update();
+        let mut tried = vec![except.to_string()];
+        while let Some(b) = shared.pool.pick(&tried) {
+            tried.push(b.name.clone());
+            match open_session(shared, &b, params).await {
+                Ok((s, key)) => return Ok((b, s, key)),
+                Err(e) => {
+                    tracing::warn!(backend = %b.name, error = %e, "A backend refused a session moved off a failed one.")
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "no other server within {} ms",
+                shared.config.primary_wait.as_millis()
+            ));
+        }
+        let retry = Instant::now() + Duration::from_millis(100);
+        tokio::select! {
+            _ = gen.changed() => {}
+            _ = tokio::time::sleep_until(retry.min(deadline)) => {}
+        }
+    }
+}
+
+/// Makes `server` (a session on `target`) the session's server, in place of the one it had.
+fn adopt(
+    shared: &Shared,
+    c: &mut PgConn,
+    target: Arc<Backend>,
+    server: TcpStream,
+    key: Option<(i32, i32)>,
+) {
+    c.backend.metrics.active.fetch_sub(1, Relaxed);
+    c.backend.metrics.rehomed_out.fetch_add(1, Relaxed);
+    target.metrics.active.fetch_add(1, Relaxed);
+    target.metrics.rehomed_in.fetch_add(1, Relaxed);
+    *c.entry.backend.lock().unwrap_or_else(|p| p.into_inner()) = target.name.clone();
+    c.entry.rehomes.fetch_add(1, Relaxed);
+    shared.registry.touch();
+    if let Some(k) = key {
+        let mut route = c.entry.cancel.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = route.as_mut() {
+            r.server_address = target.address.clone();
+            r.server_key = k;
+        }
+    }
+    c.server = server;
+    c.backend = target;
+    c.session.backend = pg::Framer::new(pg::Side::Backend);
+}
+
+/// One whole backend message (tag, length, body).
+async fn read_message(s: &mut TcpStream) -> Result<Vec<u8>, String> {
+    let tag = s.read_u8().await.map_err(|e| e.to_string())?;
+    let len = s.read_i32().await.map_err(|e| e.to_string())?;
+    if !(4..=1 << 30).contains(&len) {
+        return Err(format!("server sent a message of length {len}"));
+    }
+    let mut msg = Vec::with_capacity(len as usize + 1);
+    msg.push(tag);
+    msg.extend_from_slice(&len.to_be_bytes());
+    msg.resize(len as usize + 1, 0);
+    s.read_exact(&mut msg[5..])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(msg)
+}
+
+/// Runs a statement of the proxy's own on a server session and swallows its answer up to
+/// ReadyForQuery, within `limit`; an error answer is an error.
+async fn quiet_query(s: &mut TcpStream, sql: &str, limit: Duration) -> Result<(), String> {
+    let run = async {
+        s.write_all(&pg::encode_query(sql))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut failed = None;
+        loop {
+            let msg = read_message(s).await?;
+            match msg[0] {
+                b'E' => {
+                    failed = Some(
+                        pg::error_field(&msg[5..], b'M').unwrap_or_else(|| "an error".to_string()),
+                    )
+                }
+                b'Z' => return failed.map_or(Ok(()), |e| Err(format!("`{sql}` failed: {e}"))),
+                _ => {}
+            }
+        }
+    };
+    timeout(limit, run)
+        .await
+        .map_err(|_| format!("`{sql}` timed out"))?
 }
 
 async fn forward_cancel(shared: &Shared, key: (i32, i32)) {

@@ -136,7 +136,8 @@ pub struct BackendMetrics {
     pub graceful_closes: AtomicU64,
     /// Requests (Redis commands) sent to this backend whose reply has not come back yet.
     pub in_flight: AtomicU64,
-    /// Redis read-only commands retried on another backend after this one died under them.
+    /// Reads retried on another backend after this one died under them (Redis read-only
+    /// commands, PostgreSQL plain reads of an idle session).
     pub retried: AtomicU64,
     /// Redis writes answered with an error because this backend died before replying.
     pub lost_in_flight: AtomicU64,
@@ -372,7 +373,7 @@ pub fn render_prometheus(backends: &[PromBackend<'_>], rejected_connections: u64
         ),
         (
             "bellwether_proxy_retried_total",
-            "Redis read-only commands retried on another backend after this one died.",
+            "Reads (Redis read-only commands, PostgreSQL plain reads) retried on another backend after this one died.",
             |m| m.retried.load(Relaxed),
         ),
         (

@@ -407,6 +407,14 @@ pub struct Session {
     pub ready: bool,
     /// The server's BackendKeyData (process id and secret key), for cancel requests.
     pub backend_key: Option<(i32, i32)>,
+    /// The Query message in flight, whole, while it may be sent again to another server: a
+    /// plain read ([`plain_read`]) sent by an idle session with nothing else in flight, and
+    /// no byte of an answer read yet. Cleared by the first byte the server sends, or any other
+    /// message of the client.
+    pub retry: Option<Vec<u8>>,
+    /// The server sent something since its last ReadyForQuery (a FATAL error before it closed,
+    /// a notice): it did not die silently.
+    pub spoke: bool,
     error_in_cycle: bool,
 }
 
@@ -426,6 +434,8 @@ impl Session {
             stateful: None,
             ready: false,
             backend_key: None,
+            retry: None,
+            spoke: false,
             error_in_cycle: false,
         }
     }
@@ -452,12 +462,25 @@ impl Session {
         let Session {
             frontend,
             pending,
+            status,
             stateful,
+            ready,
+            retry,
             error_in_cycle,
             ..
         } = self;
         frontend.feed(chunk, |f| match f.tag {
             b'Q' => {
+                // Retryable: the only cycle in flight, begun outside a transaction, a plain
+                // read of a session without state.
+                *retry = match f.body {
+                    Some(body) if *ready && *pending == 0 && *status == b'I' => {
+                        let end = body.iter().position(|&c| c == 0).unwrap_or(body.len());
+                        (stateful.is_none() && plain_read(&body[..end]))
+                            .then(|| encode_message(b'Q', body))
+                    }
+                    _ => None,
+                };
                 *pending += 1;
                 *error_in_cycle = false;
                 out.push(Seen::CycleStarted);
@@ -476,17 +499,20 @@ impl Session {
                 }
             }
             b'S' => {
+                *retry = None;
                 *pending += 1;
                 *error_in_cycle = false;
                 out.push(Seen::CycleStarted);
             }
             b'F' => {
+                *retry = None;
                 *pending += 1;
                 *error_in_cycle = false;
                 out.push(Seen::CycleStarted);
                 mark(stateful, out, || "function call message".into());
             }
             b'P' => {
+                *retry = None;
                 let named = f.body.is_none_or(|b| b.first().is_some_and(|&c| c != 0));
                 if named {
                     mark(stateful, out, || "named prepared statement".into());
@@ -495,15 +521,23 @@ impl Session {
                 }
             }
             b'B' | b'E' | b'D' | b'C' | b'H' => {
+                *retry = None;
                 mark(stateful, out, || "extended query protocol".into());
             }
-            b'X' => out.push(Seen::Terminate),
-            _ => {}
+            b'X' => {
+                *retry = None;
+                out.push(Seen::Terminate)
+            }
+            _ => *retry = None,
         })
     }
 
     /// Feeds bytes the server sent.
     pub fn feed_backend(&mut self, chunk: &[u8], out: &mut Vec<Seen>) -> Result<(), ProtocolError> {
+        if !chunk.is_empty() {
+            // An answer has begun: what the client is told now comes from this server.
+            self.retry = None;
+        }
         let Session {
             backend,
             pending,
@@ -512,34 +546,40 @@ impl Session {
             ready,
             backend_key,
             error_in_cycle,
+            spoke,
             ..
         } = self;
-        backend.feed(chunk, |f| match f.tag {
-            b'Z' => {
-                let s = f.body.and_then(|b| b.first().copied()).unwrap_or(b'E');
-                *status = if b"ITE".contains(&s) { s } else { b'E' };
-                if *ready {
-                    *pending = pending.saturating_sub(1);
+        backend.feed(chunk, |f| {
+            *spoke = f.tag != b'Z';
+            match f.tag {
+                b'Z' => {
+                    let s = f.body.and_then(|b| b.first().copied()).unwrap_or(b'E');
+                    *status = if b"ITE".contains(&s) { s } else { b'E' };
+                    if *ready {
+                        *pending = pending.saturating_sub(1);
+                    }
+                    *ready = true;
+                    out.push(Seen::CycleEnded {
+                        status: *status,
+                        error: *error_in_cycle,
+                    });
+                    *error_in_cycle = false;
                 }
-                *ready = true;
-                out.push(Seen::CycleEnded {
-                    status: *status,
-                    error: *error_in_cycle,
-                });
-                *error_in_cycle = false;
-            }
-            b'E' => *error_in_cycle = true,
-            // A ParameterStatus after startup means a reported setting changed (SET).
-            b'S' if *ready => mark(stateful, out, || "server reported a changed setting".into()),
-            b'A' => mark(stateful, out, || "LISTEN notification".into()),
-            b'K' => {
-                if let Some(b) = f.body.filter(|b| b.len() == 8) {
-                    let pid = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-                    let key = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
-                    *backend_key = Some((pid, key));
+                b'E' => *error_in_cycle = true,
+                // A ParameterStatus after startup means a reported setting changed (SET).
+                b'S' if *ready => {
+                    mark(stateful, out, || "server reported a changed setting".into())
                 }
+                b'A' => mark(stateful, out, || "LISTEN notification".into()),
+                b'K' => {
+                    if let Some(b) = f.body.filter(|b| b.len() == 8) {
+                        let pid = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                        let key = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+                        *backend_key = Some((pid, key));
+                    }
+                }
+                _ => {}
             }
-            _ => {}
         })
     }
 }
@@ -667,6 +707,153 @@ pub fn session_effect_bytes(sql: &[u8]) -> Option<String> {
     None
 }
 
+/// Whether `chunk` is exactly one whole ErrorResponse of severity FATAL with a SQLSTATE of
+/// class 57P (operator intervention: `57P01` admin shutdown, which is also what a backend
+/// whose postmaster died says, `57P02` crash shutdown, `57P03` cannot connect now): how a
+/// server says it is going away rather than answering.
+pub fn is_shutdown_fatal(chunk: &[u8]) -> bool {
+    if chunk.len() < 5 || chunk[0] != b'E' {
+        return false;
+    }
+    let len = i32::from_be_bytes([chunk[1], chunk[2], chunk[3], chunk[4]]);
+    if len < 4 || len as usize + 1 != chunk.len() {
+        return false;
+    }
+    let body = &chunk[5..];
+    error_field(body, b'V').as_deref() == Some("FATAL")
+        && error_code(body).is_some_and(|c| c.starts_with("57P"))
+}
+
+/// Where the last message of `chunk` begins, when `chunk` holds whole messages only (it
+/// starts at a message boundary) and the last one is a shutdown FATAL ([`is_shutdown_fatal`]):
+/// a backend that answered and then saw its postmaster die sends both in one write.
+pub fn trailing_shutdown_fatal(chunk: &[u8]) -> Option<usize> {
+    let mut pos = 0;
+    while pos + 5 <= chunk.len() {
+        let len = i32::from_be_bytes([
+            chunk[pos + 1],
+            chunk[pos + 2],
+            chunk[pos + 3],
+            chunk[pos + 4],
+        ]);
+        if len < 4 {
+            return None;
+        }
+        let end = pos.checked_add(1 + len as usize)?;
+        if end == chunk.len() {
+            return is_shutdown_fatal(&chunk[pos..]).then_some(pos);
+        }
+        pos = end;
+    }
+    None
+}
+
+/// Leading keywords of a statement that only reads.
+const READ_STARTS: &[&str] = &["select", "values", "table", "show", "with"];
+
+/// Words that make a statement more than a read, or whose effect is not known: writes
+/// (including a data-modifying `WITH`), row locks (`FOR UPDATE`, `FOR SHARE`, `FOR KEY SHARE`),
+/// sequences, `EXPLAIN ANALYZE` (it runs the statement), calls and anything else that is not a
+/// plain query. Quotes are not understood, so a listed word in a string literal counts too,
+/// which errs on the safe side.
+const NOT_READ_WORDS: &[&str] = &[
+    "insert",
+    "update",
+    "delete",
+    "merge",
+    "into",
+    "share",
+    "lock",
+    "nextval",
+    "setval",
+    "copy",
+    "call",
+    "do",
+    "execute",
+    "notify",
+    "listen",
+    "vacuum",
+    "analyze",
+    "refresh",
+    "truncate",
+    "grant",
+    "revoke",
+    "create",
+    "drop",
+    "alter",
+    "comment",
+    "prepare",
+    "pg_advisory_lock",
+    "pg_advisory_xact_lock",
+    "pg_try_advisory_lock",
+    "set_config",
+    "dblink",
+    "dblink_exec",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_switch_wal",
+    "pg_notify",
+];
+
+/// Whether a simple-protocol query is a plain read that may be sent again when its server
+/// died before answering: one statement (a trailing `;` allowed), opening with a read keyword
+/// ([`READ_STARTS`]), with none of [`NOT_READ_WORDS`] and no session effect
+/// ([`session_effect_bytes`]). Conservative by design; the proxy also sends the retry inside
+/// `default_transaction_read_only`, so a read that writes after all (a function with side
+/// effects) fails instead of running twice.
+pub fn plain_read(sql: &[u8]) -> bool {
+    if sql.len() > 64 * 1024 || session_effect_bytes(sql).is_some() {
+        return false;
+    }
+    let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let (n, mut i, mut first) = (sql.len(), 0, true);
+    let mut ended = false;
+    while i < n {
+        let c = sql[i];
+        if c == b'-' && sql.get(i + 1) == Some(&b'-') {
+            i = sql[i..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(n, |p| i + p + 1);
+        } else if c == b'/' && sql.get(i + 1) == Some(&b'*') {
+            i = sql[i + 2..]
+                .windows(2)
+                .position(|w| w == b"*/")
+                .map_or(n, |p| i + 2 + p + 2);
+        } else if c == b';' {
+            ended = true;
+            i += 1;
+        } else if ended && !c.is_ascii_whitespace() {
+            // A second statement.
+            return false;
+        } else if is_word(c) {
+            let start = i;
+            while i < n && is_word(sql[i]) {
+                i += 1;
+            }
+            let word = &sql[start..i];
+            if first {
+                if !READ_STARTS
+                    .iter()
+                    .any(|k| word.eq_ignore_ascii_case(k.as_bytes()))
+                {
+                    return false;
+                }
+                first = false;
+            } else if NOT_READ_WORDS
+                .iter()
+                .any(|k| word.eq_ignore_ascii_case(k.as_bytes()))
+            {
+                return false;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    !first
+}
+
 /// The reason a word makes its statement stateful, if it does. `first` is the statement's
 /// leading keyword: `INSERT INTO` is plain; `SELECT … INTO` creates a table.
 fn stateful_word(word: &[u8], first: &[u8]) -> Option<String> {
@@ -694,6 +881,146 @@ pub fn md5_password(user: &str, password: &str, salt: [u8; 4]) -> Vec<u8> {
     let mut body = format!("md5{:x}", h.finalize()).into_bytes();
     body.push(0);
     encode_message(b'p', &body)
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[test]
+    fn a_shutdown_fatal_is_told_from_other_errors() {
+        let fatal = |code: &str| encode_error(true, code, "bye");
+        assert!(is_shutdown_fatal(&fatal("57P01")));
+        assert!(is_shutdown_fatal(&fatal("57P02")));
+        assert!(!is_shutdown_fatal(&fatal("28P01")));
+        assert!(!is_shutdown_fatal(&encode_error(
+            false,
+            "57P01",
+            "not fatal"
+        )));
+        // Not exactly one whole message.
+        let f = fatal("57P01");
+        assert!(!is_shutdown_fatal(&f[..f.len() - 1]));
+        let mut two = f.clone();
+        two.extend_from_slice(&encode_message(b'Z', b"I"));
+        assert!(!is_shutdown_fatal(&two));
+        assert!(!is_shutdown_fatal(b""));
+        // At the end of an answer: found where it begins; not when anything follows it, when
+        // it is cut, or when the chunk does not start at a message.
+        let mut answered = encode_message(b'C', b"SELECT 1\0");
+        answered.extend_from_slice(&encode_message(b'Z', b"I"));
+        let at = answered.len();
+        answered.extend_from_slice(&f);
+        assert_eq!(trailing_shutdown_fatal(&answered), Some(at));
+        assert_eq!(trailing_shutdown_fatal(&f), Some(0));
+        assert_eq!(trailing_shutdown_fatal(&two), None);
+        assert_eq!(
+            trailing_shutdown_fatal(&answered[..answered.len() - 1]),
+            None
+        );
+        assert_eq!(trailing_shutdown_fatal(&answered[1..]), None);
+        assert_eq!(trailing_shutdown_fatal(&encode_message(b'Z', b"I")), None);
+    }
+
+    #[test]
+    fn plain_reads_are_told_from_everything_else() {
+        for q in [
+            "SELECT 1",
+            "select seq from t where client = 3 and seq = 7;",
+            "  -- a comment\n/* another */ SELECT * FROM t;  ",
+            "WITH a AS (SELECT 1) SELECT * FROM a",
+            "VALUES (1), (2)",
+            "TABLE t",
+            "SHOW work_mem",
+            "SELECT pg_sleep(0.1), 1",
+        ] {
+            assert!(plain_read(q.as_bytes()), "{q}");
+        }
+        for q in [
+            "",
+            ";",
+            "INSERT INTO t VALUES (1)",
+            "UPDATE t SET a = 1",
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+            "SELECT * FROM t FOR UPDATE",
+            "SELECT * FROM t FOR KEY SHARE",
+            "SELECT nextval('s')",
+            "SELECT 1; SELECT 2",
+            "SELECT 1; DELETE FROM t",
+            "SELECT * INTO t2 FROM t",
+            "EXPLAIN ANALYZE SELECT 1",
+            "SET work_mem = '1MB'",
+            "BEGIN",
+            "COMMIT",
+            "SELECT set_config('a.b', '1', false)",
+            "SELECT pg_advisory_lock(1)",
+            "(SELECT 1)",
+            "CALL p()",
+        ] {
+            assert!(!plain_read(q.as_bytes()), "{q}");
+        }
+    }
+
+    fn ready(s: &mut Session, status: u8) {
+        s.feed_backend(&encode_message(b'Z', &[status]), &mut Vec::new())
+            .unwrap();
+    }
+
+    #[test]
+    fn only_a_lone_read_of_an_idle_session_with_no_answer_yet_is_retryable() {
+        let mut out = Vec::new();
+        let mut s = Session::new();
+        ready(&mut s, b'I');
+        let q = encode_query("SELECT 1");
+        s.feed_frontend(&q, &mut out).unwrap();
+        assert_eq!(s.retry.as_deref(), Some(&q[..]));
+        // The first byte of an answer ends it.
+        s.feed_backend(b"T", &mut out).unwrap();
+        assert_eq!(s.retry, None);
+
+        // A write is not retryable; neither is a read inside a transaction, a second query
+        // pipelined behind the first, a read of a session with state, or a query followed by
+        // any other message.
+        // Each case: the status the session is idle in, then what each side sends in order
+        // (`true`: the client).
+        let (q, z) = (encode_query, |st: &[u8]| encode_message(b'Z', st));
+        type Sent = Vec<(bool, Vec<u8>)>;
+        let cases: [(&str, u8, Sent); 5] = [
+            ("a write", b'I', vec![(true, q("DELETE FROM t"))]),
+            ("in a transaction", b'T', vec![(true, q("SELECT 1"))]),
+            (
+                "pipelined",
+                b'I',
+                vec![(true, q("SELECT 1")), (true, q("SELECT 2"))],
+            ),
+            (
+                "with state",
+                b'I',
+                vec![
+                    (true, q("SET work_mem = '1MB'")),
+                    (false, z(b"I")),
+                    (true, q("SELECT 1")),
+                ],
+            ),
+            (
+                "then Terminate",
+                b'I',
+                vec![(true, q("SELECT 1")), (true, encode_message(b'X', &[]))],
+            ),
+        ];
+        for (name, status, msgs) in cases {
+            let mut s = Session::new();
+            ready(&mut s, status);
+            for (client, m) in &msgs {
+                if *client {
+                    s.feed_frontend(m, &mut out).unwrap();
+                } else {
+                    s.feed_backend(m, &mut out).unwrap();
+                }
+            }
+            assert_eq!(s.retry, None, "{name}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub struct ConnEntry {
     pub listener: SocketAddr,
     pub protocol: &'static str,
     pub since: SystemTime,
+    /// The backend it is on; empty while it waits for another after its own failed.
     pub backend: Mutex<String>,
     pub bytes_to_backend: AtomicU64,
     pub bytes_to_client: AtomicU64,

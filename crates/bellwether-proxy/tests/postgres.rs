@@ -43,6 +43,33 @@ fn start_proxy(rt: &tokio::runtime::Runtime, a: &PgCluster, b: &PgCluster) -> Pr
         .unwrap()
 }
 
+/// A proxy with roles in front of `a` (with `a_role`) and `b` (the other role), both ready,
+/// PostgreSQL health checks and an admin API.
+fn start_with_roles(
+    rt: &tokio::runtime::Runtime,
+    a: &PgCluster,
+    b: &PgCluster,
+    a_role: bellwether_proxy::Role,
+) -> ProxyHandle {
+    use bellwether_proxy::Role;
+    let b_role = match a_role {
+        Role::Primary => Role::Replica,
+        Role::Replica => Role::Primary,
+    };
+    let mut pa = backend("a", &a.addr(), AdminState::Ready);
+    pa.role = Some(a_role);
+    let mut pb = backend("b", &b.addr(), AdminState::Ready);
+    pb.role = Some(b_role);
+    let mut raw = RawConfig::new(
+        vec![RawListener::new("127.0.0.1:0", Protocol::Postgres)],
+        vec![pa, pb],
+    );
+    raw.health.check = CheckKind::Postgres;
+    raw.admin = Some("127.0.0.1:0".into());
+    rt.block_on(ProxyHandle::start(raw.validate("test").unwrap()))
+        .unwrap()
+}
+
 /// Waits for a condition the proxy reaches on its own; fails after `limit`.
 fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -139,8 +166,8 @@ fn pgbench_sees_no_failure_across_a_planned_switchover() {
         pb.metrics.queries.load(Relaxed) > before,
         "b served the rest"
     );
-    assert_eq!(pa.metrics.rehomed_out.load(Relaxed), 4);
-    assert_eq!(pb.metrics.rehomed_in.load(Relaxed), 4);
+    assert_eq!(pa.metrics.rehomed_out.load(Relaxed), 4, "{dbg}");
+    assert_eq!(pb.metrics.rehomed_in.load(Relaxed), 4, "{dbg}");
     assert_eq!(pa.metrics.graceful_closes.load(Relaxed), 0);
     assert_eq!(
         pa.metrics.query_errors.load(Relaxed) + pb.metrics.query_errors.load(Relaxed),
@@ -488,19 +515,7 @@ fn sessions_follow_the_primary_role_at_transaction_boundaries() {
     let a = PgCluster::start(&[]);
     let b = PgCluster::start(&[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut pa = backend("a", &a.addr(), AdminState::Ready);
-    pa.role = Some(bellwether_proxy::Role::Replica);
-    let mut pb = backend("b", &b.addr(), AdminState::Ready);
-    pb.role = Some(bellwether_proxy::Role::Primary);
-    let mut raw = RawConfig::new(
-        vec![RawListener::new("127.0.0.1:0", Protocol::Postgres)],
-        vec![pa, pb],
-    );
-    raw.health.check = CheckKind::Postgres;
-    raw.admin = Some("127.0.0.1:0".into());
-    let proxy = rt
-        .block_on(ProxyHandle::start(raw.validate("test").unwrap()))
-        .unwrap();
+    let proxy = start_with_roles(&rt, &a, &b, bellwether_proxy::Role::Replica);
     let addr = proxy.listen_addrs()[0].to_string();
     let port = |c: &mut MiniClient| c.query("SELECT current_setting('port')").unwrap()[0].clone();
     // Every new session goes to the primary, b, whatever the weights.
@@ -552,4 +567,98 @@ fn sessions_follow_the_primary_role_at_transaction_boundaries() {
         assert_eq!(s, want, "{body}: {text}");
     }
     assert_eq!(proxy.pool().primary().unwrap().name, "a");
+}
+
+/// The primary's postmaster dies (SIGKILL) under four sessions, and the proxy is then pointed
+/// at the other server, as the mirroring engine does after a switch. What each client sees:
+/// - a plain read in flight is sent again to the new primary and answered from there (its
+///   server said "terminating connection due to unexpected postmaster exit", or nothing);
+/// - an idle session without state moves and its next query runs on the new primary;
+/// - a write in flight is not sent again (its outcome is unknown): the client gets an error;
+/// - an idle session that holds state (a `SET`) is not moved: it is closed.
+#[test]
+fn a_read_in_flight_and_idle_sessions_outlive_a_dead_primary() {
+    let a = PgCluster::start(&[]);
+    let b = PgCluster::start(&[]);
+    a.psql("CREATE TABLE w (x int)");
+    b.psql("CREATE TABLE w (x int)");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let proxy = start_with_roles(&rt, &a, &b, bellwether_proxy::Role::Primary);
+    let addr = proxy.listen_addrs()[0].to_string();
+    let port = |c: &mut MiniClient| c.query("SELECT current_setting('port')").unwrap()[0].clone();
+    let mut idle = MiniClient::connect(&addr);
+    let mut reader = MiniClient::connect(&addr);
+    let mut writer = MiniClient::connect(&addr);
+    let mut stateful = MiniClient::connect(&addr);
+    for c in [&mut idle, &mut reader, &mut writer, &mut stateful] {
+        assert_eq!(port(c), a.port.to_string());
+    }
+    stateful.query("SET work_mem = '1MB'").unwrap();
+    // The read and the write are sent and left waiting on a.
+    let send = |c: &mut MiniClient, sql: &str| {
+        use std::io::Write;
+        c.s.write_all(&bellwether_proxy::pg::encode_query(sql))
+            .unwrap()
+    };
+    // Long on a, at once anywhere else.
+    let sleep = format!(
+        "pg_sleep(CASE current_setting('port') WHEN '{}' THEN 30 ELSE 0 END)",
+        a.port
+    );
+    send(
+        &mut reader,
+        &format!("SELECT current_setting('port') FROM {sleep}"),
+    );
+    send(&mut writer, &format!("INSERT INTO w SELECT 1 FROM {sleep}"));
+    wait_for(
+        "both statements running on a",
+        Duration::from_secs(30),
+        || a.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%THEN 30 ELSE%'") == "3",
+    );
+    let pid = a.pid();
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // The engine's switch, once it has judged a down: b becomes the primary.
+    let (status, body) = support::admin_http(
+        proxy.admin_addr().unwrap(),
+        Some(proxy.admin_token().unwrap().token()),
+        "POST",
+        "/primary",
+        r#"{"backend": "b", "wait": "0s"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    // The read is answered by b, as if nothing had happened (its sleep ran again there).
+    let msgs = reader.read_until_ready().expect("the read is answered");
+    assert!(
+        !msgs.iter().any(|m| m.tag == b'E'),
+        "{:?}",
+        msgs.iter()
+            .filter(|m| m.tag == b'E')
+            .map(|m| bellwether_proxy::pg::error_field(&m.body, b'M'))
+            .collect::<Vec<_>>()
+    );
+    let row = msgs.iter().find(|m| m.tag == b'D').expect("a row");
+    assert!(
+        String::from_utf8_lossy(&row.body).ends_with(&b.port.to_string()),
+        "{row:?}"
+    );
+    assert_eq!(port(&mut reader), b.port.to_string());
+    assert_eq!(port(&mut idle), b.port.to_string());
+    // The write's outcome is unknown: the client is told, not answered from b.
+    let w = writer.read_until_ready();
+    assert!(
+        w.as_ref().map_or(true, |m| m.iter().any(|m| m.tag == b'E')),
+        "{w:?}"
+    );
+    assert_eq!(b.psql("SELECT count(*) FROM w"), "0");
+    // The session with state is closed rather than moved without it.
+    assert!(stateful.query("SHOW work_mem").is_err());
+    let view = proxy.pool().view();
+    assert_eq!(view[0].name, "a");
+    assert_eq!(view[0].metrics.retried, 1, "{:?}", view[0].metrics);
+    assert_eq!(proxy.registry().on_backend("b").len(), 2);
+    a.stop();
 }

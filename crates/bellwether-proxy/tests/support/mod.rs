@@ -6,20 +6,18 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use bellwether_proxy::pg;
 
-/// A free TCP port on loopback (bound and released; good enough for tests).
+/// A free TCP port on loopback, below the ephemeral range: a cluster stopped and started
+/// again on its port would otherwise find it taken by some client's connection
+/// ([`bellwether_pg::listen_port`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    bellwether_pg::listen_port().expect("finding a free port on 127.0.0.1")
 }
 
 fn is_root() -> bool {
