@@ -36,6 +36,9 @@ pub trait Collector {
 pub struct Settings {
     pub name: HostName,
     pub labels: BTreeMap<String, String>,
+    /// The host's address, declared at enrolment (checked with
+    /// `bellwether_model::wire::check_host_address`).
+    pub address: Option<String>,
     /// How often to collect and send samples.
     pub interval: Duration,
     /// How many samples to hold while the server is away.
@@ -52,6 +55,7 @@ impl Settings {
         Settings {
             name,
             labels: BTreeMap::new(),
+            address: None,
             interval: Duration::from_secs(5),
             buffer: NonZeroUsize::new(10_000).expect("non-zero"),
             batch: NonZeroUsize::new(2_000).expect("non-zero"),
@@ -247,6 +251,7 @@ impl<T: Transport, C: Collector> Agent<T, C> {
                 let req = EnrolRequest {
                     name: self.settings.name.clone(),
                     labels: self.settings.labels.clone(),
+                    address: self.settings.address.clone(),
                 };
                 let t = self.transport.enrol(&req).await?;
                 self.stats.enrolments += 1;

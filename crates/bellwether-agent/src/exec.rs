@@ -497,10 +497,11 @@ impl Executor {
         match spec {
             ActionSpec::StartProcess { argv, pidfile, .. } => {
                 let log = self.open_process_log()?;
+                let from = log.metadata().map(|m| m.len()).unwrap_or(0);
                 let started =
                     process::start(argv, pidfile.as_deref(), timeout, log, Some(&self.rootfs))
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| process::explain_start_failure(&e, &self.process_log, from))?;
                 // Without a pidfile the started process is the instance. It is not waited on
                 // here: the runtime reaps it when it exits, and it outlives this action.
                 drop(started.child);

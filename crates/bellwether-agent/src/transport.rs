@@ -607,6 +607,7 @@ mod failover_tests {
         let req = EnrolRequest {
             name: HostName::new("web-01").unwrap(),
             labels: Default::default(),
+            address: None,
         };
         assert_eq!(t.enrol(&req).await.unwrap(), "agent-t");
         assert_eq!((follower.hits(), other.hits(), leader.hits()), (1, 0, 1));

@@ -70,6 +70,17 @@ async fn start_sample_and_stop_a_process_with_their_outputs() {
     let _k = Kill(pid);
     assert_eq!(output(&r).as_object().unwrap().len(), 1, "{r:?}");
     assert!(alive(pid));
+    // Started is not yet exec'd: until `sleep` runs (the shell execs it), the child has no
+    // memory of its own to sample (a loaded CI machine sampled RSS 0 here).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::read(format!("/proc/{pid}/cmdline")).map_or(true, |c| !c.starts_with(b"sleep\0"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sleep did not start within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let r = ex
         .run(&spec(
             serde_json::json!({"builtin": "sample_processes", "pids": [pid]}),

@@ -271,3 +271,491 @@ async fn the_server_task_takes_points_and_rolls_back_through_a_real_agent() {
     let _ = stop_server.send(());
     server.await.unwrap().unwrap();
 }
+
+/// Starts a real agent action loop for `name` on `root` (enrolled with the server at `base`).
+async fn agent_loop(
+    base: &str,
+    name: &str,
+    root: &Path,
+    state: &Path,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let enrolled: Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/enrol"))
+        .bearer_auth(ENROL)
+        .json(&json!({"name": name, "labels": {"role": "app"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = enrolled["agent_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("enrolment of {name}: {enrolled}"))
+        .to_string();
+    let executor = Executor::new(root.to_path_buf(), state, &[], None).unwrap();
+    let journal = Journal::open(state).unwrap();
+    let transport = HttpTransport::new(base, ENROL, Duration::from_secs(10)).unwrap();
+    let (_tx, rx) = tokio::sync::watch::channel(Some(token.clone()));
+    let settings = ActionSettings {
+        wait: Duration::from_millis(300),
+        ..ActionSettings::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        let _tx = _tx;
+        ActionLoop::new(settings, transport, executor, journal, rx)
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    (token, stop, handle)
+}
+
+/// The webhook receiver: every POSTed body, in order.
+async fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let keep = got.clone();
+    let app = axum::Router::new().fallback(axum::routing::post(
+        move |axum::Json(body): axum::Json<Value>| {
+            let keep = keep.clone();
+            async move {
+                keep.lock().unwrap().push(body);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        },
+    ));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (url, got)
+}
+
+/// A SQLite writer process (not Bellwether): one row per transaction, in WAL mode, each
+/// holding its id and the time it was written, until killed.
+struct Writer(std::process::Child);
+
+impl Writer {
+    fn start(db: &Path) -> Writer {
+        let script = "import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('PRAGMA journal_mode=WAL')\nc.execute('create table if not exists w (id integer primary key, ts_ms integer not null)')\nwhile True:\n    c.execute('begin')\n    c.execute('insert into w (ts_ms) values (?)', (int(time.time() * 1000),))\n    c.execute('commit')\n    time.sleep(0.02)\n";
+        let child = Command::new("python3")
+            .args(["-c", script])
+            .arg(db)
+            .spawn()
+            .expect("this test writes SQLite with python3 and its sqlite3 module: install python3 (apt-get install python3)");
+        Writer(child)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// How many rows the writer has committed (0 before its table exists).
+fn rows_if_any(db: &Path) -> usize {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\ntry:\n    print(sqlite3.connect(sys.argv[1]).execute('select count(*) from w').fetchone()[0])\nexcept sqlite3.OperationalError:\n    print(0)",
+        ])
+        .arg(db)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The writer's rows in `db`: (id, ts_ms), by id.
+fn rows(db: &Path) -> Vec<(i64, i64)> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\nfor r in sqlite3.connect(sys.argv[1]).execute('select id, ts_ms from w order by id'): print(r[0], r[1])",
+        ])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect()
+}
+
+const RISKY_PLAN: &str = r#"name: app-v2
+update:
+  name: appsvc
+  version: "2"
+  apply:  { argv: [sh, -c, "test ! -e srv/app.db"], timeout_ms: 10000 }
+  revert: { argv: ["true"], timeout_ms: 10000 }
+targets:
+  labels: { role: app }
+risk:
+  low: 0.3
+  high: 0.7
+  moderate_share: 0.25
+  pilot: { min: 1, max: 1 }
+  high_risk: include_last
+waves: { fixed: [100] }
+bake: 1h
+analysis:
+  interval: 200ms
+  baseline: 400ms
+  metrics:
+    - { name: svc_error_ratio, threshold_pct: 50, for: 1s, floor: 0.01 }
+  judge: { enabled: false }
+no_data: { after: 1h }
+"#;
+
+/// Issue 13's automatic rollback on prediction, end to end: the shadow's task watches the
+/// server's own risk sources for its host. A rollout scores the database's host high (the
+/// failure model), so the task takes a `predicted` point while the host waits for its wave;
+/// the update then fails on that host, and the task rolls back by itself: to the latest
+/// point before the change reached the host, into the other cell, routed there, with the
+/// webhook and a server-wide alert rule told. A python3 process writes the database all
+/// along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollouts_risk_takes_a_point_and_its_failure_rolls_the_data_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("data")).unwrap();
+    let mut config = ServerConfig::new(StoreConfig::sqlite_in(&tmp.path().join("data")), None);
+    config.operator_token = Some(OP.into());
+    config.enrol_token = Some(ENROL.into());
+    config.retrain_after = 0;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bellwether_server::serve(config, listener, async {
+        let _ = server_stopped.await;
+    }));
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: base.clone(),
+    };
+    let (hook, received) = receiver().await;
+
+    // The failure model: a history where hosts with little free disk fail.
+    let mut csv = String::from("deployment_id,host,disk_free_pct,outcome\n");
+    for i in 0..400 {
+        let disk = (i * 7 % 60) as f64;
+        let failed = if disk < 10.0 {
+            i % 10 != 0
+        } else {
+            i % 17 == 0
+        };
+        csv.push_str(&format!("d{},h{i},{disk},{}\n", i / 10, failed as u8));
+    }
+    let r = api
+        .http
+        .post(format!("{base}/api/v1/history/import"))
+        .bearer_auth(OP)
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+    let (s, v) = api
+        .call(reqwest::Method::POST, "/api/v1/model/train", None)
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    // Two hosts with real agents: db-1 holds the database (and little free disk), web-1 not.
+    let mut agents = Vec::new();
+    let mut tokens = Vec::new();
+    for (name, disk) in [("db-1", 3.0), ("web-1", 45.0)] {
+        let root = tmp.path().join(name).join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let (token, stop, handle) =
+            agent_loop(&base, name, &root, &tmp.path().join(name).join("state")).await;
+        let r = api
+            .http
+            .post(format!("{base}/api/v1/agent/profile"))
+            .bearer_auth(&token)
+            .json(&json!({"metrics": {"disk_free_pct": disk}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 204);
+        tokens.push(token);
+        agents.push((stop, handle));
+    }
+    // Both hosts report healthy samples, as agents do, for the rollout's watch.
+    let (stop_samples, samples_stopped) = tokio::sync::watch::channel(false);
+    let sampler = {
+        let (http, base, tokens) = (api.http.clone(), base.clone(), tokens.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while !*samples_stopped.borrow() {
+                tick.tick().await;
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64;
+                for token in &tokens {
+                    let r = http
+                        .post(format!("{base}/api/v1/agent/samples"))
+                        .bearer_auth(token)
+                        .json(&json!({"samples": [{"ts_ms": t, "name": "svc_error_ratio", "value": 0.001}]}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status().as_u16(), 202);
+                }
+            }
+        })
+    };
+
+    // A server-wide alert rule for the shadows' rollbacks.
+    let (s, v) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/alerts/rules",
+            Some(json!({"name": "oncall", "url": hook, "format": "generic", "events": ["shadow.rollback.*"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    // The database, written by another process all along; the second cell's directory.
+    let root = tmp.path().join("db-1/root");
+    std::fs::create_dir_all(root.join("srv/b")).unwrap();
+    let db = root.join("srv/app.db");
+    let writer = Writer::start(&db);
+    // The writer has made its table and committed (its process starts in its own time).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !db.exists() || rows_if_any(&db) < 2 {
+        assert!(Instant::now() < deadline, "the writer did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, v) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/shadow/shadows",
+            Some(json!({
+                "name": "app", "host": "db-1",
+                "resource": {"kind": "sqlite", "path": "srv/app.db"},
+                "type": "full", "dir": "var/shadow/app", "points_every": "1h",
+                "locations": [{"id": "primary", "path": "srv/app.db"}, {"id": "cell-b", "path": "srv/b/app.db"}],
+                "routing": {"link": "srv/current.db"},
+                "policy": {"point_above": 0.5, "rollback_above": 1.0},
+                "webhook": hook,
+            })),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let shadow = "/api/v1/shadow/shadows/app";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v) = api
+            .call(reqwest::Method::GET, &format!("{shadow}/points"), None)
+            .await;
+        if v["points"].as_array().is_some_and(|p| !p.is_empty()) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let h = api
+                .call(reqwest::Method::GET, &format!("{shadow}/history"), None)
+                .await
+                .1;
+            panic!("no first point: {h:#}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    api.until("the running phase", shadow, |v| v["phase"] == "running")
+        .await;
+
+    // The rollout: web-1 is its pilot, db-1 is high risk and waits for the last wave (the
+    // pilot's bake is an hour: the test promotes it once the shadow has reacted).
+    let (s, v) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({"plan_yaml": RISKY_PLAN, "file": "app.yaml"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let rollout = v["id"].as_str().unwrap().to_string();
+    let status = api
+        .until(
+            "the pilot's apply",
+            &format!("/api/v1/rollouts/{rollout}"),
+            |v| {
+                v["hosts"].as_array().is_some_and(|hs| {
+                    hs.iter()
+                        .any(|h| h["host"] == "web-1" && h["state"] == "baking")
+                })
+            },
+        )
+        .await;
+    let db_host = status["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == "db-1")
+        .unwrap()
+        .clone();
+    assert_eq!(db_host["state"], "waiting", "{status}");
+    assert_eq!(
+        db_host["band"], "high",
+        "the model scores db-1 high: {status}"
+    );
+
+    // The shadow's task sees the rollout's risk for its host and takes a predicted point.
+    let pts = api
+        .until("the predicted point", &format!("{shadow}/points"), |v| {
+            v["points"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p["reason"] == "predicted"))
+        })
+        .await;
+    let predicted = pts["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["reason"] == "predicted")
+        .unwrap()
+        .clone();
+    let h = api
+        .call(reqwest::Method::GET, &format!("{shadow}/history"), None)
+        .await
+        .1;
+    let received_from: Vec<String> = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "shadow.prediction.received")
+        .filter_map(|e| e["figures"]["source"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        received_from.iter().any(|s| s == "rollout"),
+        "the rollout's risk was received: {received_from:?} in {h}"
+    );
+
+    // The pilot passes; db-1's wave starts and the update fails there.
+    let (s, v) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/rollouts/{rollout}/promote"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let h = api
+        .until(
+            "the automatic rollback",
+            &format!("{shadow}/history"),
+            |v| {
+                v["rollbacks"]
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty() && r[0]["ok"].is_boolean())
+            },
+        )
+        .await;
+    let rb = &h["rollbacks"][0];
+    assert_eq!(rb["ok"], true, "{h}");
+    assert_eq!(rb["trigger"], "failure", "{rb}");
+    assert_eq!(rb["location"], "cell-b", "{rb}");
+    assert_eq!(rb["point"]["id"], predicted["id"], "{rb}");
+
+    let status = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/rollouts/{rollout}"),
+            None,
+        )
+        .await
+        .1;
+    let db_host = status["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == "db-1")
+        .unwrap()
+        .clone();
+    assert!(
+        db_host["state"] == "rolling_back" || db_host["state"] == "rolled_back",
+        "the update failed on db-1: {db_host}"
+    );
+    let point_at = predicted["consistent_at_ms"].as_i64().unwrap();
+
+    // The service now opens cell-b, restored to the predicted point: a prefix of the
+    // writer's commits, none after the point, while the writer goes on in the primary.
+    assert_eq!(
+        std::fs::read_link(root.join("srv/current.db")).unwrap(),
+        Path::new("../srv/b/app.db")
+    );
+    let restored = rows(&root.join("srv/current.db"));
+    assert!(!restored.is_empty());
+    for (i, (id, ts)) in restored.iter().enumerate() {
+        assert_eq!(*id, i as i64 + 1, "the restored commits are a prefix");
+        assert!(
+            *ts <= point_at,
+            "row {id} at {ts} is after the point {point_at}"
+        );
+    }
+    drop(writer);
+    let live = rows(&db);
+    assert!(live.len() > restored.len(), "the writer went on");
+    assert_eq!(&live[..restored.len()], &restored[..]);
+    // Every commit written well before the point is there (the writer's gap between a
+    // row's time and its commit is far below a second).
+    let before = live.iter().filter(|(_, ts)| *ts < point_at - 1000).count();
+    assert!(restored.len() >= before, "{} < {before}", restored.len());
+
+    // Told: the shadow's webhook, and the server-wide rule through the alert dispatcher.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = received.lock().unwrap().clone();
+        let webhook = got
+            .iter()
+            .any(|b| b["shadow"] == "app" && b["event"] == "rollback.completed");
+        let alert = got
+            .iter()
+            .any(|b| b["event"]["kind"] == "shadow.rollback.completed");
+        if webhook && alert {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not told: {got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kinds: Vec<String> = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str().map(str::to_string))
+        .collect();
+    for k in [
+        "shadow.point.requested",
+        "shadow.rollback.started",
+        "shadow.rollback.restoring",
+        "shadow.routed",
+        "shadow.rollback.completed",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k} not in {kinds:?}");
+    }
+
+    let _ = stop_samples.send(true);
+    sampler.await.unwrap();
+    for (stop, handle) in agents {
+        let _ = stop.send(());
+        handle.await.unwrap();
+    }
+    let _ = stop_server.send(());
+    server.await.unwrap().unwrap();
+}

@@ -20,7 +20,7 @@ use std::time::Instant;
 use bellwether_shadow::dir::DirShadow;
 use bellwether_shadow::drill::rng::{noise, Rng};
 use bellwether_shadow::point::{Retention, Source};
-use bellwether_shadow::{Reason, Shadow, ShadowOptions, ShadowType};
+use bellwether_shadow::{Reason, RestoreRequest, Shadow, ShadowOptions, ShadowType, Target};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -152,6 +152,29 @@ fn bench(
         now_data as f64 / 1048576.0,
         logical as f64 / usage as f64,
     );
+    if stype == ShadowType::Differential {
+        // Restores: the base point, then the last one (its chunks patched up to CHUNK_CHAIN
+        // deep), which leaves the data as it is now for the next run.
+        let points = sh.store().points().expect("points");
+        drop(sh);
+        for (label, m) in [("base", points.first()), ("last", points.last())] {
+            let m = m.expect("a point");
+            let t = Instant::now();
+            let r = bellwether_shadow::restore(&RestoreRequest {
+                dir: shadow.clone(),
+                target: Target::Point(m.id()),
+                dest: data.to_path_buf(),
+                elsewhere: false,
+            })
+            .expect("restore");
+            println!(
+                "restore of the {label} point (p{}): {:.2} s for {:.1} MiB",
+                m.seq,
+                t.elapsed().as_secs_f64(),
+                r.bytes as f64 / 1048576.0
+            );
+        }
+    }
 }
 
 /// Changes about `target` bytes; returns the bytes changed.

@@ -11,7 +11,14 @@
 //!    restore of the database to a point, swapped in (timed).
 //!
 //! `cargo run --release -p bellwether-shadow --example pg_shadow_bench -- [rpo|restore|all]
-//! [--scale N] [--seconds S] [--points N]`
+//! [--scale N] [--seconds S] [--points N] [--on LIST] [--image-gib N]`
+//!
+//! `--on /var/tmp,btrfs,xfs` runs the benchmarks once per place, one after the other: a
+//! directory is used as it is, `btrfs` / `xfs` is a loop mount of a sparse image of
+//! `--image-gib` GiB (default 8) the bench makes under `$TMPDIR` and removes (root). The
+//! cluster, the shadow and the restore all live there (`$TMPDIR` is set to it). Where the
+//! file system clones, a restore assembles the data files from reflinks of the objects
+//! (still hashing each); the points are not clones (see docs/shadow-postgres.md).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -21,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use bellwether_pg::testing::{TestCluster, TestClusterOptions};
 use bellwether_shadow::pg::{restore_with, PgOptions, PgShadow, RestoreMode};
+use bellwether_shadow::point::loopfs::{CowFs, LoopFs};
 use bellwether_shadow::point::{Reason, Retention, Shadow, ShadowOptions, Source};
 use bellwether_shadow::{RestoreRequest, ShadowType, Target};
 
@@ -325,10 +333,64 @@ fn main() {
     let seconds = flag("--seconds", 10);
     let scale = flag("--scale", 68) as u32;
     let points = flag("--points", 10) as usize;
-    if matches!(what, "rpo" | "all") {
-        rpo(seconds);
+    let image_gib = flag("--image-gib", 8);
+    let on: Vec<String> = match args.iter().position(|a| a == "--on") {
+        Some(i) => args
+            .get(i + 1)
+            .expect("--on LIST")
+            .split(',')
+            .map(str::to_string)
+            .collect(),
+        None => vec![std::env::temp_dir().display().to_string()],
+    };
+    let outer = std::env::temp_dir();
+    for place in on {
+        let (mount, root) = match place.parse::<CowFs>() {
+            Ok(fs) => {
+                let work = tempfile::tempdir_in(&outer).unwrap().keep();
+                let m = LoopFs::mount(fs, &work.join("fs.img"), &work.join("mnt"), image_gib << 30)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let root = m.path().to_owned();
+                (Some((m, work)), root)
+            }
+            Err(_) => (None, std::path::PathBuf::from(place)),
+        };
+        // The cluster (initdb as the PostgreSQL user) and the shadow live under TMPDIR.
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).ok();
+        std::env::set_var("TMPDIR", &root);
+        println!(
+            "pg_shadow_bench in {} [{}, {}, load {}]",
+            root.display(),
+            fs_type(&root),
+            if bellwether_shadow::point::cow_supported(&root) {
+                "clones"
+            } else {
+                "no clones"
+            },
+            std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|l| l.split(' ').next().map(str::to_string))
+                .unwrap_or_default()
+        );
+        if matches!(what, "rpo" | "all") {
+            rpo(seconds);
+        }
+        if matches!(what, "restore" | "all") {
+            restore(scale, points);
+        }
+        std::env::set_var("TMPDIR", &outer);
+        if let Some((m, work)) = mount {
+            drop(m);
+            let _ = std::fs::remove_dir_all(work);
+        }
     }
-    if matches!(what, "restore" | "all") {
-        restore(scale, points);
-    }
+}
+
+fn fs_type(p: &Path) -> String {
+    Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(p)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }

@@ -4,6 +4,9 @@
 //! cargo run --release -p bellwether-shadow --example shadow_bench -- rpo
 //! cargo run --release -p bellwether-shadow --example shadow_bench -- points [MIB]
 //! cargo run --release -p bellwether-shadow --example shadow_bench -- restore [MIB]
+//! # the same on several file systems, one after the other in one run (btrfs and xfs are
+//! # loop mounts the bench makes and removes, which needs root; a path is used as it is):
+//! cargo run --release -p bellwether-shadow --example shadow_bench -- restore 1024 --on /var/tmp,btrfs,xfs
 //! ```
 //!
 //! - `rpo`: a writer commits one row every 2 ms (its own connection, WAL mode) while a
@@ -17,13 +20,20 @@
 //!   the live file corrupted, then a restore to the point: total time, and the
 //!   `integrity_check` part of it.
 //!
-//! The data lives under `$TMPDIR` (the same disk as the repository here).
+//! The data lives under `$TMPDIR` (the same disk as the repository here), or on each place
+//! `--on` names: a directory, or `btrfs` / `xfs` for a loop mount of a sparse image made
+//! under `$TMPDIR` (`--image-gib`, default 8). Each result line names the file system and
+//! the load average when it started. Where the file system can clone (btrfs, XFS), points
+//! are clones sealed after they are durable: `points` also reports the time to seal, and
+//! the space as the file system counts it (blocks in use), since shared blocks are counted
+//! once there and not in the logical sizes.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bellwether_shadow::point::loopfs::{CowFs, LoopFs};
 use bellwether_shadow::point::{run, Control, Retention, RunEvent};
 use bellwether_shadow::sqlite::SqliteShadow;
 use bellwether_shadow::{
@@ -136,6 +146,32 @@ fn dir_size(p: &Path) -> u64 {
     PointStore::open(p).unwrap().disk_usage().unwrap()
 }
 
+/// Bytes in use on the file system holding `p` (blocks, shared ones once).
+fn fs_used(p: &Path) -> u64 {
+    let s = rustix::fs::statvfs(p).unwrap();
+    (s.f_blocks - s.f_bfree) * s.f_frsize
+}
+
+/// The file system type of `p` and the 1-minute load average, for each result line.
+fn label(p: &Path) -> String {
+    let fs = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(p)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split(' ').next().map(str::to_string))
+        .unwrap_or_default();
+    let cow = if bellwether_shadow::point::cow_supported(p) {
+        "clones"
+    } else {
+        "no clones"
+    };
+    format!("[{fs}, {cow}, load {load}]")
+}
+
 fn points(base: &Path, mib: u64) {
     for clustered in [true, false] {
         let label = if clustered { "contiguous" } else { "random" };
@@ -149,7 +185,10 @@ fn points(base: &Path, mib: u64) {
         let c = writer(&db);
         let churn = rows / 100;
         let mut times = Vec::new();
+        let mut seals = Vec::new();
         let mut stored = Vec::new();
+        shadow.store().wait_sealed();
+        let used_before = fs_used(base);
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         for round in 0..24u64 {
             c.execute_batch("BEGIN").unwrap();
@@ -173,13 +212,52 @@ fn points(base: &Path, mib: u64) {
             let t = Instant::now();
             let m = shadow.take_point(Reason::Schedule).unwrap();
             times.push(t.elapsed().as_secs_f64() * 1000.0);
+            if !m.clones.is_empty() {
+                shadow.store().wait_sealed();
+                seals.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
             stored.push(m.new_bytes as f64 / (1024.0 * 1024.0));
         }
         drop(c);
         let size = dir_size(&dir);
         drop(shadow);
+        // The restore of the base point and of the last one (base + 24 page deltas).
+        let mut restore_s = Vec::new();
+        for id in [1, 25] {
+            let t = Instant::now();
+            bellwether_shadow::restore(&RestoreRequest {
+                dir: dir.clone(),
+                target: Target::Point(bellwether_shadow::PointId(id)),
+                dest: db.clone(),
+                elsewhere: false,
+            })
+            .unwrap();
+            restore_s.push(t.elapsed().as_secs_f64());
+        }
+        let last = PointStore::open(&dir)
+            .unwrap()
+            .point(bellwether_shadow::PointId(25))
+            .unwrap();
         println!(
-            "points ({label} 1% churn, {mib} MiB data, {} rows changed per round): base point {:.0} ms; a point: p50 {:.0} ms, max {:.0} ms, stores p50 {:.1} MiB; 24 points: shadow {:.2} x the data ({} MiB for {} MiB)",
+            "restore ({label}): the base point {:.2} s, the last point (base + {} page-delta objects) {:.2} s",
+            restore_s[0],
+            last.entries.get(1).map_or(0, |e| e.objects.len()),
+            restore_s[1]
+        );
+        if !seals.is_empty() {
+            let used = fs_used(base).saturating_sub(used_before);
+            println!(
+                "  {} clone points: sealed (hashed) p50 {:.0} ms, max {:.0} ms after the point began; file system blocks used by 24 points and the churn: {} MiB ({:.2} x the data, the data itself not counted)",
+                seals.len(),
+                pct(&mut seals.clone(), 0.5),
+                pct(&mut seals, 1.0),
+                used / (1024 * 1024),
+                used as f64 / data as f64,
+            );
+        }
+        println!(
+            "points {} ({label} 1% churn, {mib} MiB data, {} rows changed per round): base point {:.0} ms; a point: p50 {:.1} ms, max {:.1} ms, stores p50 {:.1} MiB; 24 points: shadow {:.2} x the data ({} MiB for {} MiB, logical sizes)",
+            label_of(base),
             churn,
             base_ms,
             pct(&mut times.clone(), 0.5),
@@ -201,6 +279,10 @@ fn restore(base: &Path, mib: u64) {
         let t = Instant::now();
         let shadow = SqliteShadow::start(&opts(&dir, &db, ty)).unwrap();
         let point_ms = t.elapsed().as_millis();
+        // Sealed before the restore, so the restore checks the clone's hash.
+        let t = Instant::now();
+        shadow.store().wait_sealed();
+        let seal_ms = t.elapsed().as_millis();
         drop(shadow);
         // Corrupt the live file.
         {
@@ -221,36 +303,84 @@ fn restore(base: &Path, mib: u64) {
         bellwether_shadow::sqlite::integrity_check(&db).unwrap();
         let check = t.elapsed().as_secs_f64();
         println!(
-            "restore ({ty}, {} MiB): point {} ms; restore to the point {:.2} s (of which PRAGMA integrity_check about {:.2} s), {} bytes",
+            "restore {} ({ty}, {} MiB): point {} ms (then sealed in {} ms); restore to the point {:.2} s (of which PRAGMA integrity_check about {:.2} s), {} bytes, checks {:?}",
+            label_of(base),
             data / (1024 * 1024),
             point_ms,
+            seal_ms,
             total,
             check,
-            r.bytes
+            r.bytes,
+            r.checks
         );
     }
 }
 
+fn label_of(p: &Path) -> String {
+    label(p)
+}
+
 fn main() {
+    let mut pos = Vec::new();
+    let mut on: Vec<String> = Vec::new();
+    let mut image_gib = 8u64;
     let mut args = std::env::args().skip(1);
-    let what = args.next().unwrap_or_else(|| "all".into());
-    let mib: Option<u64> = args.next().map(|s| s.parse().expect("MIB is a number"));
-    let base: PathBuf = tempfile::tempdir().unwrap().keep();
-    println!(
-        "shadow_bench on {} cores; data in {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        base.display()
-    );
-    match what.as_str() {
-        "rpo" => rpo(&base),
-        "points" => points(&base, mib.unwrap_or(256)),
-        "restore" => restore(&base, mib.unwrap_or(1024)),
-        "all" => {
-            rpo(&base);
-            points(&base, mib.unwrap_or(256));
-            restore(&base, mib.unwrap_or(1024));
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--on" => on.extend(
+                args.next()
+                    .expect("--on LIST")
+                    .split(',')
+                    .map(str::to_string),
+            ),
+            "--image-gib" => {
+                image_gib = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .expect("--image-gib N")
+            }
+            _ => pos.push(a),
         }
-        other => panic!("unknown benchmark {other}: rpo, points, restore or all"),
     }
-    let _ = std::fs::remove_dir_all(&base);
+    let what = pos.first().cloned().unwrap_or_else(|| "all".into());
+    let mib: Option<u64> = pos.get(1).map(|s| s.parse().expect("MIB is a number"));
+    if on.is_empty() {
+        on.push(std::env::temp_dir().display().to_string());
+    }
+    for place in on {
+        // A loop mount made here, or a directory used as it is.
+        let (_mount, root) = match place.parse::<CowFs>() {
+            Ok(fs) => {
+                let work = tempfile::tempdir().unwrap().keep();
+                let m = LoopFs::mount(fs, &work.join("fs.img"), &work.join("mnt"), image_gib << 30)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let root = m.path().to_owned();
+                (Some((m, work)), root)
+            }
+            Err(_) => (None, PathBuf::from(place)),
+        };
+        let base: PathBuf = tempfile::tempdir_in(&root).unwrap().keep();
+        println!(
+            "shadow_bench on {} cores; data in {} {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            base.display(),
+            label(&base)
+        );
+        match what.as_str() {
+            "rpo" => rpo(&base),
+            "points" => points(&base, mib.unwrap_or(256)),
+            "restore" => restore(&base, mib.unwrap_or(1024)),
+            "all" => {
+                rpo(&base);
+                points(&base, mib.unwrap_or(256));
+                restore(&base, mib.unwrap_or(1024));
+            }
+            other => panic!("unknown benchmark {other}: rpo, points, restore or all"),
+        }
+        let _ = std::fs::remove_dir_all(&base);
+        if let Some((m, work)) = _mount {
+            drop(m);
+            let _ = std::fs::remove_dir_all(work);
+        }
+    }
 }

@@ -80,6 +80,23 @@ pub enum DirError {
 pub trait ObjectStore {
     fn contains(&self, id: &str) -> io::Result<bool>;
     fn put(&self, id: &str, bytes: &[u8]) -> io::Result<bool>;
+    /// Like [`ObjectStore::put`], with the chunk of the file's previous version that overlaps
+    /// the new one most (`near`, and the new chunk's offset minus its), which a store may keep
+    /// the new chunk as a patch against ([`crate::delta`]). Returns the bytes written (0 when
+    /// the store had the chunk). The default stores it whole.
+    fn put_near(
+        &self,
+        id: &str,
+        bytes: &[u8],
+        near: Option<(&tree::ChunkRef, i64)>,
+    ) -> io::Result<u64> {
+        let _ = near;
+        Ok(if self.put(id, bytes)? {
+            bytes.len() as u64
+        } else {
+            0
+        })
+    }
     /// The object's bytes as stored (the caller verifies them); `NotFound` when absent.
     fn get(&self, id: &str) -> io::Result<Vec<u8>>;
 }

@@ -11,11 +11,14 @@
 //! - [`sqlite`]: SQLite shadows (full, differential, transactional) of a file another process
 //!   writes in WAL mode;
 //! - [`dir`]: directory shadows as content-defined chunks (FastCDC) in a content-addressed store;
+//! - [`delta`]: patches of changed SQLite pages and directory chunks against their previous
+//!   versions (byte ranges), and how a chunk stored as a patch is read, checked and kept;
 //! - [`pg`]: PostgreSQL shadows (base backup plus WAL streamed with `pg_receivewal`).
 //!
 //! What this crate must never do: change the live data except by the final rename of a
 //! verified restore, or remove anything a restore in progress holds.
 
+pub mod delta;
 pub mod dir;
 pub mod drill;
 pub mod pg;

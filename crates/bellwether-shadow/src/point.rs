@@ -14,6 +14,8 @@
 //!   leases/PID-N.json           one per restore in progress: retention keeps its point
 //!   requests/…                  points asked for by another process (`bellwether shadow point`)
 //!   shadow.lock, writer.lock    short lock for leases and retention; held by the follower
+//!   clones/0000000007-0         copy-on-write points: a reflink clone per entry (btrfs, XFS)
+//!   points/0000000007.seal      the SHA-256 of point 7's clones, computed after it was durable
 //!   tmp/                        objects and images being written
 //! ```
 //!
@@ -33,8 +35,10 @@
 
 pub mod time;
 
+mod clone;
 mod log;
-mod objects;
+pub mod loopfs;
+pub(crate) mod objects;
 mod retention;
 mod store;
 
@@ -51,6 +55,8 @@ use std::time::Duration;
 use bellwether_model::Dur;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use clone::ficlone;
+pub use clone::{cow_supported, Seal, SealedObject};
 pub use log::{LogRecord, LogWriter};
 pub use objects::{ObjectId, ObjectRef};
 pub use retention::{thin_plan, Retention};
@@ -322,6 +328,10 @@ pub struct Manifest {
     pub bytes: u64,
     pub new_bytes: u64,
     pub entries: Vec<Entry>,
+    /// Copy-on-write points: entries whose content is a block-sharing clone under
+    /// `clones/` instead of objects (see [`PointStore::commit_clone_point`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clones: Vec<ClonedFile>,
     /// The previous point's checksum (`None` for the first point).
     pub prev_checksum: Option<String>,
     /// SHA-256 (hex) of this manifest's canonical JSON with this field empty.
@@ -337,6 +347,19 @@ impl Manifest {
     pub fn objects(&self) -> impl Iterator<Item = &ObjectRef> {
         self.entries.iter().flat_map(|e| e.objects.iter())
     }
+}
+
+/// An entry of a copy-on-write point: its content is the file `clones/NAME` of the shadow
+/// directory, a reflink clone (`FICLONE`) taken while the source was consistent. Its SHA-256
+/// is computed after the point is durable and recorded in `points/NNNNNNNNNN.seal`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClonedFile {
+    /// The entry (its `path`) this clone is the content of.
+    pub entry: String,
+    /// The clone's file name under `clones/`.
+    pub file: String,
+    pub len: u64,
 }
 
 /// What the shadow is asked to follow: a path (SQLite file, directory) or a URL (PostgreSQL).

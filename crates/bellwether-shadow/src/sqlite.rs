@@ -169,6 +169,8 @@ struct Image {
     page_size: u32,
     pages: u32,
     change_counter: u32,
+    /// The file was cloned (copy-on-write): it shares the source's blocks.
+    cloned: bool,
 }
 
 fn page_size_of(header: &[u8]) -> u32 {
@@ -197,7 +199,10 @@ fn build_image(
             .write(true)
             .open(out)
             .map_err(ShadowError::io(out))?;
-        copy_whole(src, &dst).map_err(ShadowError::io(out))?;
+        let cloned = crate::point::ficlone(src, &dst);
+        if !cloned {
+            copy_whole(src, &dst).map_err(ShadowError::io(out))?;
+        }
         let mut header = [0u8; 100];
         let file_len = dst.metadata().map_err(ShadowError::io(out))?.len();
         let mut page_size = 0;
@@ -249,6 +254,7 @@ fn build_image(
             page_size,
             pages,
             change_counter: u32::from_be_bytes([header[24], header[25], header[26], header[27]]),
+            cloned,
         })
     })();
     if result.is_err() {
@@ -559,6 +565,30 @@ impl Shadow for SqliteShadow {
             let mut new_bytes = 0;
             let mut entries = Vec::new();
             let mut page_map = None;
+            let position = Position::Sqlite {
+                change_counter: image.change_counter,
+                wal_salt: self.cursor.map_or([0, 0], |c| c.header.salt),
+                wal_frames: self.cursor.map_or(0, |c| c.frames),
+                commits: self.commits,
+                page_size: image.page_size,
+                pages: image.pages,
+            };
+            if image.cloned {
+                // Copy-on-write: the clone is the point, whatever the type (the file system
+                // shares every block that did not change); hashed after it is durable.
+                let m = self.store.commit_clone_point(
+                    PointDraft {
+                        taken_at,
+                        consistent_at,
+                        reason,
+                        position,
+                        entries: vec![file_entry(name.clone(), mode, size, Vec::new())],
+                        new_bytes,
+                    },
+                    vec![(name, image.path.clone())],
+                )?;
+                return Ok((m, None));
+            }
             if self.ty == ShadowType::Full {
                 let (r, new) = self.store.adopt_file(&image.path)?;
                 if new {
@@ -567,13 +597,19 @@ impl Shadow for SqliteShadow {
                 entries.push(file_entry(name.clone(), mode, size, vec![r]));
             } else {
                 let f = File::open(&image.path).map_err(ShadowError::io(&image.path))?;
-                let map = pages::hash_pages(&f, image.page_size, image.pages)
+                let mut map = pages::hash_pages(&f, image.page_size, image.pages)
                     .map_err(ShadowError::io(&image.path))?;
                 let chain = self.delta_chain(&map, size);
                 if let Some((prev, changed, base, mut deltas)) = chain {
                     if !changed.is_empty() || prev.hashes.len() != map.hashes.len() {
-                        let (more, new) =
-                            pages::put_deltas(&self.store, &f, &image.path, &map, &changed)?;
+                        let (more, new) = pages::put_deltas(
+                            &self.store,
+                            &f,
+                            &image.path,
+                            (prev, &base),
+                            &mut map,
+                            &changed,
+                        )?;
                         new_bytes += new;
                         deltas.extend(more);
                     }
@@ -606,14 +642,6 @@ impl Shadow for SqliteShadow {
                 }
                 page_map = Some(map);
             }
-            let position = Position::Sqlite {
-                change_counter: image.change_counter,
-                wal_salt: self.cursor.map_or([0, 0], |c| c.header.salt),
-                wal_frames: self.cursor.map_or(0, |c| c.frames),
-                commits: self.commits,
-                page_size: image.page_size,
-                pages: image.pages,
-            };
             let m = self.store.commit_point(PointDraft {
                 taken_at,
                 consistent_at,
@@ -665,7 +693,15 @@ impl SqliteShadow {
         let changed = pages::changed(prev, map);
         let chain_bytes: u64 = deltas.iter().map(|r| r.len).sum();
         let delta_bytes = changed.len() as u64 * u64::from(map.page_size);
-        if pages::rebase_due(deltas.len(), chain_bytes, delta_bytes, size) {
+        let pages_written = (prev.index.chain_pages, changed.len() as u64);
+        if pages::rebase_due(
+            deltas.len(),
+            chain_bytes,
+            delta_bytes,
+            pages_written,
+            size,
+            map.page_size,
+        ) {
             return None;
         }
         Some((prev, changed, base.objects.clone(), deltas.to_vec()))
@@ -777,7 +813,10 @@ pub fn restore(req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
         (true, Some(until)) => store.log_records(m.id(), until)?,
         _ => Vec::new(),
     };
-    let Some((entry, deltas)) = split_entries(&m.entries) else {
+    let split = split_entries(&m.entries).filter(|(e, _)| {
+        m.clones.is_empty() || (m.clones.len() == 1 && m.clones[0].entry == e.path)
+    });
+    let Some((entry, deltas)) = split else {
         return Err(ShadowError::DamagedPoint {
             dir: req.dir.clone(),
             id: m.id(),
@@ -802,8 +841,9 @@ pub fn restore(req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
     ));
     let mut moved_wal = false;
     let mut bytes = 0;
+    let mut hashed = true;
     let built = replace_beside(&dest, |tmp| {
-        bytes = write_point(&store, &m, entry, deltas, &records, tmp)?;
+        (bytes, hashed) = write_point(&store, &m, entry, deltas, &records, tmp)?;
         integrity_check(tmp).map_err(|reason| ShadowError::Verify {
             dest: dest.clone(),
             check: "PRAGMA integrity_check".into(),
@@ -841,17 +881,28 @@ pub fn restore(req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
         restored_to,
         commits_replayed: records.len() as u64,
         bytes,
-        checks: vec![
-            "checksums".into(),
-            "commit log chain".into(),
-            "PRAGMA integrity_check".into(),
-        ],
+        checks: if hashed {
+            vec![
+                "checksums".into(),
+                "commit log chain".into(),
+                "PRAGMA integrity_check".into(),
+            ]
+        } else {
+            // A copy-on-write point not sealed yet: its chain and length, not its hash.
+            vec![
+                "manifest checksums".into(),
+                "clone length (not sealed yet: content hash not checked)".into(),
+                "commit log chain".into(),
+                "PRAGMA integrity_check".into(),
+            ]
+        },
         elapsed_ms: start.elapsed().as_millis() as u64,
     })
 }
 
 /// Writes the point's file to `tmp` (every object hashed as it is read): its base, its page
-/// deltas, then the commits replayed over it. Returns the file's size.
+/// deltas, then the commits replayed over it; a copy-on-write point's clone is cloned (and
+/// hashed when sealed). Returns the file's size and whether its content hash was checked.
 fn write_point(
     store: &PointStore,
     m: &Manifest,
@@ -859,8 +910,11 @@ fn write_point(
     deltas: &[ObjectRef],
     records: &[crate::point::LogRecord],
     tmp: &Path,
-) -> Result<u64, ShadowError> {
-    if let ([one], true, true) = (
+) -> Result<(u64, bool), ShadowError> {
+    let mut hashed = true;
+    if let Some(c) = m.clones.first() {
+        hashed = store.clone_file_into(m, c, tmp)?;
+    } else if let ([one], true, true) = (
         entry.objects.as_slice(),
         records.is_empty(),
         deltas.is_empty(),
@@ -874,6 +928,7 @@ fn write_point(
         }
     }
     let f = OpenOptions::new()
+        .read(true)
         .write(true)
         .open(tmp)
         .map_err(ShadowError::io(tmp))?;
@@ -886,10 +941,15 @@ fn write_point(
             object: r.id,
             what: reason,
         })?;
-        for (pgno, page) in &d.pages {
-            f.write_all_at(page, u64::from(pgno - 1) * u64::from(d.page_size))
-                .map_err(ShadowError::io(tmp))?;
-        }
+        pages::apply(&f, &d).map_err(|e| match e {
+            pages::ApplyError::Io(e) => ShadowError::io(tmp)(e),
+            pages::ApplyError::Bad(reason) => ShadowError::BadObject {
+                dir: store.dir().to_owned(),
+                point: m.id(),
+                object: r.id,
+                what: reason,
+            },
+        })?;
         size = u64::from(d.db_pages) * u64::from(d.page_size);
         f.set_len(size).map_err(ShadowError::io(tmp))?;
     }
@@ -918,5 +978,5 @@ fn write_point(
         f.set_len(size).map_err(ShadowError::io(tmp))?;
     }
     f.sync_all().map_err(ShadowError::io(tmp))?;
-    Ok(size)
+    Ok((size, hashed))
 }

@@ -509,6 +509,66 @@ impl Store {
         })
     }
 
+    /// Prunes the delivery log: deletes settled deliveries (delivered or failed), with their
+    /// attempts, that were last updated before `before_ms` or are not among the newest
+    /// `keep_last` settled ones; at most `batch` per call, the oldest first. Answers how many
+    /// deliveries were deleted.
+    ///
+    /// A pending delivery (due later, or being attempted right now) is never deleted: an
+    /// attempt only ever moves a pending delivery ([`Store::record_alert_attempt`]), so pruning
+    /// and sending never touch the same row. Nor is one whose event is after the dispatcher's
+    /// cursor: the dispatcher may read that event again (it waits at a gap in the event ids)
+    /// and, finding no delivery, would queue and send it a second time.
+    pub async fn prune_alert_deliveries(
+        &self,
+        before_ms: i64,
+        keep_last: i64,
+        batch: i64,
+    ) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await;
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(q("begin"))?;
+            self.check_fence(&mut tx).await?;
+            // The oldest id among the newest `keep_last` settled deliveries: older ones go.
+            let keep_from: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM alert_deliveries WHERE state IN ('delivered', 'failed') ORDER BY id DESC LIMIT 1 OFFSET $1",
+            )
+            .bind(keep_last.max(1) - 1)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(q("alert log size"))?;
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM alert_deliveries WHERE state IN ('delivered', 'failed') \
+                 AND (event_id IS NULL OR event_id <= (SELECT last_event_id FROM alert_cursor WHERE name = 'events')) \
+                 AND (updated_at_ms < $1 OR id < $2) ORDER BY id LIMIT $3",
+            )
+            .bind(before_ms)
+            .bind(keep_from.unwrap_or(i64::MIN))
+            .bind(batch.max(1))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(q("prunable alerts"))?;
+            let mut deleted = 0;
+            for chunk in ids.chunks(100) {
+                let list = chunk.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+                sqlx::query(&format!("DELETE FROM alert_attempts WHERE delivery_id IN ({list})"))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("prune alert attempts"))?;
+                // Settled still (nothing makes a settled delivery pending again; checked anyway).
+                deleted += sqlx::query(&format!(
+                    "DELETE FROM alert_deliveries WHERE id IN ({list}) AND state IN ('delivered', 'failed')"
+                ))
+                .execute(&mut *tx)
+                .await
+                .map_err(q("prune alert deliveries"))?
+                .rows_affected();
+            }
+            tx.commit().await.map_err(q("commit alert pruning"))?;
+            Ok(deleted)
+        })
+    }
+
     /// The delivery log: attempts with their delivery's rule, event and URL, newest first, at
     /// most `limit`.
     pub async fn alert_attempts(

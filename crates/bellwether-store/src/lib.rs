@@ -336,6 +336,9 @@ pub struct HostRecord {
     pub baseline_at_ms: Option<i64>,
     /// The host's latest overall drift, when it has a baseline and a score was computed.
     pub overall_drift: Option<f64>,
+    /// The address its agent declared at enrolment (`--address`), for PromQL's
+    /// `{{address}}`.
+    pub address: Option<String>,
 }
 
 impl HostRecord {
@@ -1343,6 +1346,29 @@ impl Store {
         })
     }
 
+    /// Sets (or, with `None`, clears) the address the host's agent declared at enrolment.
+    /// The caller checks it (`bellwether_model::wire::check_host_address`).
+    pub async fn set_host_address(
+        &self,
+        name: &HostName,
+        address: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        on_pool!(self, pool => {
+            let n = sqlx::query("UPDATE hosts SET address = $1 WHERE name = $2")
+                .bind(address)
+                .bind(name.as_str())
+                .execute(pool)
+                .await
+                .map_err(q("set host address"))?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::UnknownHost(name.clone()));
+            }
+            Ok(())
+        })
+    }
+
     /// Every host, sorted by name.
     pub async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         self.hosts_where(None).await
@@ -1354,7 +1380,7 @@ impl Store {
     }
 
     async fn hosts_where(&self, name: Option<&HostName>) -> Result<Vec<HostRecord>, StoreError> {
-        const BASE: &str = "SELECT h.name, h.labels, h.enrolled_at_ms, h.last_seen_ms, b.captured_at_ms, d.overall \
+        const BASE: &str = "SELECT h.name, h.labels, h.enrolled_at_ms, h.last_seen_ms, b.captured_at_ms, d.overall, h.address \
             FROM hosts h LEFT JOIN baselines b ON b.host_id = h.id LEFT JOIN drift d ON d.host_id = h.id";
         on_pool!(self, pool => {
             let rows = match name {
@@ -1375,6 +1401,7 @@ impl Store {
                     last_seen_ms: row.try_get(3).map_err(q("list hosts"))?,
                     baseline_at_ms: row.try_get(4).map_err(q("list hosts"))?,
                     overall_drift: row.try_get(5).map_err(q("list hosts"))?,
+                    address: row.try_get(6).map_err(q("list hosts"))?,
                     name: host_name(name)?,
                 });
             }
@@ -1674,13 +1701,13 @@ impl Store {
     ) -> Result<BTreeMap<String, f64>, StoreError> {
         let id = self.host_id(name).await?;
         on_pool!(self, pool => {
-            let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(ts_ms) FROM samples WHERE host_id = $1")
+            let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(ts_ms) FROM samples WHERE host_id = $1 AND source = 'agent'")
                 .bind(id)
                 .fetch_one(pool)
                 .await
                 .map_err(q("newest sample"))?;
             let Some(newest) = newest else { return Ok(BTreeMap::new()) };
-            let rows = sqlx::query("SELECT name, AVG(value) FROM samples WHERE host_id = $1 AND ts_ms > $2 GROUP BY name")
+            let rows = sqlx::query("SELECT name, AVG(value) FROM samples WHERE host_id = $1 AND ts_ms > $2 AND source = 'agent' GROUP BY name")
                 .bind(id)
                 .bind(newest.saturating_sub(window_ms))
                 .fetch_all(pool)
@@ -1697,8 +1724,8 @@ impl Store {
     }
 
     /// The samples of one metric of a host with `after_ms < ts_ms <= before_ms` (agent time),
-    /// oldest first, at most `limit`, as `(ts_ms, value)`. An unknown host is
-    /// [`StoreError::UnknownHost`].
+    /// oldest first, at most `limit`, as `(ts_ms, value, source)`: every source (`agent`,
+    /// `prometheus`), or only `source`. An unknown host is [`StoreError::UnknownHost`].
     pub async fn metric_samples(
         &self,
         name: &HostName,
@@ -1706,18 +1733,20 @@ impl Store {
         after_ms: i64,
         before_ms: i64,
         limit: i64,
-    ) -> Result<Vec<(i64, f64)>, StoreError> {
+        source: Option<&str>,
+    ) -> Result<Vec<(i64, f64, String)>, StoreError> {
         let id = self.host_id(name).await?;
         on_pool!(self, pool => {
             let rows = sqlx::query(
-                "SELECT ts_ms, value FROM samples WHERE host_id = $1 AND name = $2 AND ts_ms > $3 \
-                 AND ts_ms <= $4 ORDER BY ts_ms LIMIT $5",
+                "SELECT ts_ms, value, source FROM samples WHERE host_id = $1 AND name = $2 AND ts_ms > $3 \
+                 AND ts_ms <= $4 AND ($6 IS NULL OR source = $6) ORDER BY ts_ms, source LIMIT $5",
             )
             .bind(id)
             .bind(metric)
             .bind(after_ms)
             .bind(before_ms)
             .bind(limit)
+            .bind(source)
             .fetch_all(pool)
             .await
             .map_err(q("metric samples"))?;
@@ -1725,9 +1754,54 @@ impl Store {
                 .map(|row| {
                     let t: i64 = row.try_get(0).map_err(q("metric samples"))?;
                     let v: f64 = row.try_get(1).map_err(q("metric samples"))?;
-                    Ok((t, v))
+                    let s: String = row.try_get(2).map_err(q("metric samples"))?;
+                    Ok((t, v, s))
                 })
                 .collect()
+        })
+    }
+
+    /// Stores values of a host's metrics that the server read from another source than the
+    /// agent (`prometheus`: a rollout's analysis), marked with it. A value the store already
+    /// has for its host, source, metric and time is skipped (a restarted rollout reads its
+    /// lookback again). Does not mark the host seen: that is its agent's doing. Answers how
+    /// many were new.
+    pub async fn insert_read_samples(
+        &self,
+        name: &HostName,
+        source: &str,
+        samples: &[MetricSample],
+    ) -> Result<u64, StoreError> {
+        if source == "agent" || source.is_empty() || source.len() > 32 {
+            return Err(StoreError::BadInput {
+                field: "source".into(),
+                reason: format!(
+                    "a read sample's source must be 1 to 32 bytes and not `agent`, not {source:?}"
+                ),
+            });
+        }
+        check_samples(samples)?;
+        let id = self.host_id(name).await?;
+        let _turn = self.write_turn().await;
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(q("begin"))?;
+            let mut added = 0;
+            for s in samples {
+                added += sqlx::query(
+                    "INSERT INTO samples (host_id, ts_ms, name, value, source) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                )
+                .bind(id)
+                .bind(s.ts_ms)
+                .bind(s.name.as_str())
+                .bind(s.value)
+                .bind(source)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("insert read samples"))?
+                .rows_affected();
+            }
+            tx.commit().await.map_err(q("commit read samples"))?;
+            Ok(added)
         })
     }
 

@@ -613,4 +613,22 @@ CREATE TABLE alert_cursor (
 INSERT INTO alert_cursor (name, last_event_id) SELECT 'events', COALESCE(MAX(id), 0) FROM events
 "#,
     },
+    Migration {
+        version: 11,
+        name: "host addresses, and samples read from other sources than the agent",
+        // `hosts.address`: the address an agent declares at enrolment (`--address`), for
+        // PromQL templates' {{address}}. `samples.source`: `agent` for what an agent sent,
+        // `prometheus` for the values a rollout's analysis read from Prometheus; a value read
+        // twice (a restarted rollout reads its lookback again) is stored once.
+        sqlite: r#"
+ALTER TABLE hosts ADD COLUMN address TEXT;
+ALTER TABLE samples ADD COLUMN source TEXT NOT NULL DEFAULT 'agent';
+CREATE UNIQUE INDEX samples_read_once ON samples (host_id, source, name, ts_ms) WHERE source <> 'agent'
+"#,
+        postgres: r#"
+ALTER TABLE hosts ADD COLUMN address TEXT;
+ALTER TABLE samples ADD COLUMN source TEXT NOT NULL DEFAULT 'agent';
+CREATE UNIQUE INDEX samples_read_once ON samples (host_id, source, name, ts_ms) WHERE source <> 'agent'
+"#,
+    },
 ];

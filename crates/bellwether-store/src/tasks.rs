@@ -666,8 +666,9 @@ impl Store {
         })
     }
 
-    /// The samples of `host` with a timestamp above `after_ts_ms`, oldest first, at most
-    /// `limit`; empty for an unknown host.
+    /// The samples `host`'s agent sent with a timestamp above `after_ts_ms`, oldest first, at
+    /// most `limit`; empty for an unknown host. Values the server read elsewhere (Prometheus)
+    /// are not among them.
     pub async fn samples_since(
         &self,
         host: &str,
@@ -677,7 +678,7 @@ impl Store {
         on_pool!(self, pool => {
             let rows = sqlx::query(
                 "SELECT s.ts_ms, s.name, s.value FROM samples s JOIN hosts h ON h.id = s.host_id \
-                 WHERE h.name = $1 AND s.ts_ms > $2 ORDER BY s.ts_ms LIMIT $3",
+                 WHERE h.name = $1 AND s.ts_ms > $2 AND s.source = 'agent' ORDER BY s.ts_ms LIMIT $3",
             )
             .bind(host)
             .bind(after_ts_ms)

@@ -58,7 +58,7 @@ both_backends!(
     |store| {
         assert_eq!(
             store.applied_migrations().await.unwrap(),
-            vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+            vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
         );
     }
 );
@@ -75,7 +75,7 @@ async fn reopening_keeps_data_and_does_not_rerun_migrations() {
         let again = Store::open(&config).await.unwrap();
         assert_eq!(
             again.applied_migrations().await.unwrap(),
-            vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+            vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
         );
         assert_eq!(
             again.count_hosts().await.unwrap(),

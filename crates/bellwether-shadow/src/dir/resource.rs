@@ -59,10 +59,75 @@ impl ObjectStore for PointStore {
         Ok(new)
     }
 
-    fn get(&self, id: &str) -> io::Result<Vec<u8>> {
-        let id: ObjectId = id.parse().map_err(io::Error::other)?;
-        std::fs::read(self.object_path(&id))
+    fn put_near(&self, id: &str, bytes: &[u8], near: Option<(&ChunkRef, i64)>) -> io::Result<u64> {
+        let oid: ObjectId = id.parse().map_err(io::Error::other)?;
+        if self.has_object(&oid) {
+            return Ok(0);
+        }
+        if let Some(stored) = near.and_then(|(n, shift)| patch_against(self, n, shift, bytes)) {
+            let r = ObjectRef {
+                id: oid,
+                len: bytes.len() as u64,
+            };
+            debug_assert_eq!(
+                crate::delta::chunk_bytes(self.dir(), &r, stored.clone())
+                    .ok()
+                    .as_deref(),
+                Some(bytes)
+            );
+            let t = self.temp_path();
+            std::fs::write(&t, &stored)
+                .and_then(|()| crate::point::objects::install(&t, &self.object_path(&oid)))
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(&t);
+                })?;
+            return Ok(stored.len() as u64);
+        }
+        Ok(if self.put(id, bytes)? {
+            bytes.len() as u64
+        } else {
+            0
+        })
     }
+
+    fn get(&self, id: &str) -> io::Result<Vec<u8>> {
+        let oid: ObjectId = id.parse().map_err(io::Error::other)?;
+        let stored = std::fs::read(self.object_path(&oid))?;
+        if crate::delta::chunk_patch(&stored).is_none_or(|_| ObjectId::of(&stored) == oid) {
+            return Ok(stored);
+        }
+        // A patched chunk: its length is not in the object, but the patch says it.
+        let len = crate::delta::patched_len(&stored[crate::delta::CHUNK_HEADER..])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let r = ObjectRef { id: oid, len };
+        crate::delta::chunk_bytes(self.dir(), &r, stored).map_err(|why| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("stored as a patch: {why}"),
+            )
+        })
+    }
+}
+
+/// The bytes of a new chunk stored as a patch against `near` (the chunk of the file's previous
+/// version that overlaps it most, `shift` bytes before it), when that is worth it and keeps the chain within
+/// [`crate::delta::CHUNK_CHAIN`]; `None` stores it whole.
+fn patch_against(store: &PointStore, near: &ChunkRef, shift: i64, bytes: &[u8]) -> Option<Vec<u8>> {
+    let base = ObjectRef {
+        id: near.id.parse().ok()?,
+        len: u64::from(near.len),
+    };
+    let depth = crate::delta::stored_depth(store.dir(), &base)?;
+    if depth >= crate::delta::CHUNK_CHAIN {
+        return None;
+    }
+    let old = store.get(&near.id).ok()?;
+    if old.len() as u64 != base.len || ObjectId::of(&old) != base.id {
+        return None;
+    }
+    let patch = crate::delta::diff(&crate::delta::aligned(&old, shift, bytes.len()), bytes);
+    crate::delta::worth_a_patch(patch.len(), bytes.len())
+        .then(|| crate::delta::chunk_object(&base, depth, shift, &patch))
 }
 
 /// `dir-index.json`: the last point's walk, for change detection.

@@ -47,7 +47,8 @@ pub struct WalkStats {
     /// Reads repeated because the file changed while it was read.
     pub reread: u64,
     pub chunks: u64,
-    /// Chunks the store did not have yet, and their bytes.
+    /// Chunks the store did not have yet, and the bytes stored for them (a chunk stored as a
+    /// patch counts the patch).
     pub new_chunks: u64,
     pub new_bytes: u64,
 }
@@ -301,13 +302,41 @@ impl Walker<'_> {
             let mut chunks = Vec::new();
             let (mut new_chunks, mut new_bytes) = (0u64, 0u64);
             let store = self.store;
+            // The previous version's chunks by offset: a new chunk may be stored as a patch
+            // against the one at its offset (an edit in place; crate::delta).
+            let old: Vec<(u64, &ChunkRef)> = match self.prev.get(rel.as_slice()).map(|e| &e.node) {
+                Some(Node::File { chunks, .. }) => chunks
+                    .iter()
+                    .scan(0u64, |at, c| {
+                        let start = *at;
+                        *at += u64::from(c.len);
+                        Some((start, c))
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let mut at = 0u64;
             let (sha256, len) = chunk_stream(&file, ChunkSizes::DEFAULT, |c| {
-                let new = store.put(&c.sha256, &c.data).map_err(|e| {
+                let end = at + c.data.len() as u64;
+                // The old chunk overlapping [at, end) most: among those starting before `end`,
+                // the last few (chunks are at least 16 KiB, at most 256 KiB long).
+                let upto = old.partition_point(|(start, _)| *start < end);
+                let near = old[upto.saturating_sub(17)..upto]
+                    .iter()
+                    .map(|(start, o)| {
+                        let stop = start + u64::from(o.len);
+                        (stop.min(end).saturating_sub((*start).max(at)), *start, *o)
+                    })
+                    .filter(|(overlap, _, o)| *overlap > 0 && o.id != c.sha256)
+                    .max_by_key(|(overlap, _, _)| *overlap)
+                    .map(|(_, start, o)| (o, at as i64 - start as i64));
+                at = end;
+                let stored = store.put_near(&c.sha256, &c.data, near).map_err(|e| {
                     io::Error::new(e.kind(), format!("storing a chunk in the shadow: {e}"))
                 })?;
-                if new {
+                if stored > 0 {
                     new_chunks += 1;
-                    new_bytes += c.data.len() as u64;
+                    new_bytes += stored;
                 }
                 chunks.push(ChunkRef {
                     id: c.sha256,

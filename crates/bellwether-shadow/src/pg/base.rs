@@ -257,6 +257,9 @@ pub(crate) fn materialize(
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700))
         .map_err(ShadowError::io(dest))?;
     let mut bytes = 0;
+    // Where the store and `dest` share a file system that clones, multi-object files are
+    // assembled from reflinks of their objects instead of being written byte by byte.
+    let clones = store.clones_into(dest);
     for e in entries {
         if e.path
             .split('/')
@@ -285,6 +288,8 @@ pub(crate) fn materialize(
             EntryKind::File => {
                 if e.objects.len() == 1 {
                     store.clone_object_into(point, &e.objects[0], &path)?;
+                } else if clones {
+                    store.clone_objects_into(point, &e.objects, &path)?;
                 } else {
                     use std::io::Write;
                     let mut out = std::fs::File::create(&path).map_err(ShadowError::io(&path))?;

@@ -161,7 +161,7 @@ pub(crate) fn adopt(dir: &Path, file: &Path) -> io::Result<(ObjectRef, bool)> {
     Ok((ObjectRef { id, len }, true))
 }
 
-fn install(tmp: &Path, path: &Path) -> io::Result<()> {
+pub(crate) fn install(tmp: &Path, path: &Path) -> io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -248,4 +248,40 @@ pub(crate) fn copy_hashing(from: &File, to: &File) -> io::Result<(ObjectId, u64)
         len += n as u64;
     }
     Ok((ObjectId(h.finalize().into()), len))
+}
+
+/// Appends `len` bytes of `from` (from its start) to `to` at `at` with `copy_file_range`,
+/// which shares the blocks where the file system can (btrfs, XFS: a reflink of the range)
+/// and copies in the kernel elsewhere; then hashes what `to` holds at that range. Returns
+/// the SHA-256 and the bytes appended.
+pub(crate) fn append_hashing(
+    from: &File,
+    to: &File,
+    at: u64,
+    len: u64,
+) -> io::Result<(ObjectId, u64)> {
+    use std::os::unix::fs::FileExt;
+    let mut off_in = 0u64;
+    let mut off_out = at;
+    while off_in < len {
+        let want = (len - off_in).min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), want) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < off_in {
+        let want = (off_in - done).min(buf.len() as u64) as usize;
+        let n = to.read_at(&mut buf[..want], at + done)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        done += n as u64;
+    }
+    Ok((ObjectId(h.finalize().into()), done))
 }

@@ -5,6 +5,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bellwether_model::Dur;
@@ -27,6 +29,14 @@ pub struct PointStore {
     dir: PathBuf,
     meta: ShadowMeta,
     writer: Option<File>,
+    /// Threads sealing copy-on-write points (see [`super::clone`]); joined on drop.
+    sealing: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for PointStore {
+    fn drop(&mut self) {
+        self.wait_sealed();
+    }
 }
 
 /// `points/HEAD`: the latest point, so that losing it (or the last few) is detected.
@@ -99,7 +109,7 @@ pub struct GcReport {
     pub objects_kept: u64,
 }
 
-fn seq_name(seq: u64) -> String {
+pub(super) fn seq_name(seq: u64) -> String {
     format!("{seq:010}")
 }
 
@@ -111,7 +121,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ShadowError
     })
 }
 
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ShadowError> {
+pub(super) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ShadowError> {
     let mut bytes = serde_json::to_vec_pretty(v).map_err(|e| ShadowError::BadFile {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -166,6 +176,7 @@ impl PointStore {
             dir: dir.to_owned(),
             meta,
             writer: None,
+            sealing: Mutex::new(Vec::new()),
         })
     }
 
@@ -191,6 +202,7 @@ impl PointStore {
             dir: dir.to_owned(),
             meta,
             writer: None,
+            sealing: Mutex::new(Vec::new()),
         })
     }
 
@@ -247,6 +259,10 @@ impl PointStore {
         let _ = f.set_len(0);
         let _ = (&f).write_all_at_start(std::process::id().to_string().as_bytes());
         self.writer = Some(f);
+        if self.clones_dir().exists() {
+            // Copy-on-write points a follower committed but did not live to seal.
+            self.seal_in_background(Vec::new());
+        }
         Ok(())
     }
 
@@ -279,7 +295,7 @@ impl PointStore {
     }
 
     /// The short lock that orders leases against retention.
-    fn short_lock(&self) -> Result<File, ShadowError> {
+    pub(super) fn short_lock(&self) -> Result<File, ShadowError> {
         let path = self.dir.join("shadow.lock");
         let f = OpenOptions::new()
             .create(true)
@@ -341,6 +357,9 @@ impl PointStore {
             }
             Err(e) => return Err(ShadowError::io(path)(e)),
         };
+        // A directory chunk may be stored as a patch (crate::delta): rebuilt, then checked.
+        let bytes = crate::delta::chunk_bytes(&self.dir, r, bytes)
+            .map_err(|why| self.bad_object(point, r, format!("damaged ({why})")))?;
         let got = ObjectId::of(&bytes);
         if got != r.id || bytes.len() as u64 != r.len {
             return Err(self.bad_object(
@@ -371,7 +390,14 @@ impl PointStore {
             }
             Err(e) => return Err(ShadowError::io(path)(e)),
         };
-        let out = File::create(to).map_err(ShadowError::io(to))?;
+        // Read and write: a clone is hashed from `to` itself.
+        let out = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(to)
+            .map_err(ShadowError::io(to))?;
         let (got, len) = objects::copy_hashing(&from, &out).map_err(ShadowError::io(to))?;
         if got != r.id || len != r.len {
             return Err(self.bad_object(
@@ -381,6 +407,57 @@ impl PointStore {
             ));
         }
         Ok(())
+    }
+
+    /// Whether objects can be cloned from this store into `dir` (same file system, which
+    /// shares blocks): then [`PointStore::clone_objects_into`] is the cheap way to restore.
+    pub fn clones_into(&self, dir: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let same = match (std::fs::metadata(&self.dir), std::fs::metadata(dir)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev(),
+            _ => false,
+        };
+        same && super::cow_supported(&self.tmp())
+    }
+
+    /// Makes `to` (a new file) the concatenation of `objects`: each appended with
+    /// `copy_file_range` (a reflink of the object's blocks where the file system shares
+    /// them), then hashed from `to` and checked against its reference.
+    pub fn clone_objects_into(
+        &self,
+        point: PointId,
+        objects: &[ObjectRef],
+        to: &Path,
+    ) -> Result<u64, ShadowError> {
+        let out = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(to)
+            .map_err(ShadowError::io(to))?;
+        let mut at = 0u64;
+        for r in objects {
+            let path = self.object_path(&r.id);
+            let from = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(self.bad_object(point, r, "missing".into()))
+                }
+                Err(e) => return Err(ShadowError::io(path)(e)),
+            };
+            let (got, len) =
+                objects::append_hashing(&from, &out, at, r.len).map_err(ShadowError::io(to))?;
+            if got != r.id || len != r.len {
+                return Err(self.bad_object(
+                    point,
+                    r,
+                    format!("damaged (its content hashes to {got}, {len} bytes)"),
+                ));
+            }
+            at += len;
+        }
+        Ok(at)
     }
 
     fn bad_object(&self, point: PointId, r: &ObjectRef, what: String) -> ShadowError {
@@ -399,9 +476,40 @@ impl PointStore {
     /// point), then `points/HEAD`. A transactional shadow's commit log continues in a new
     /// segment after this point ([`PointStore::log_writer`]).
     pub fn commit_point(&self, draft: PointDraft) -> Result<Manifest, ShadowError> {
+        let seq = self.next_seq()?;
+        self.commit_manifest(seq, draft, Vec::new(), true)
+    }
+
+    pub(super) fn sealing(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.sealing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The next point's number (needs the writer lock).
+    pub(super) fn next_seq(&self) -> Result<u64, ShadowError> {
+        self.require_writer()?;
+        Ok(self.head()?.map_or(1, |h| h.seq + 1))
+    }
+
+    /// Writes point `seq`'s manifest, then `points/HEAD`; with `sync_objects`, first syncs
+    /// the file system of the objects it references (copy-on-write points sync their
+    /// clones themselves).
+    pub(super) fn commit_manifest(
+        &self,
+        seq: u64,
+        draft: PointDraft,
+        clones: Vec<super::ClonedFile>,
+        sync_objects: bool,
+    ) -> Result<Manifest, ShadowError> {
         self.require_writer()?;
         let head = self.head()?;
-        let seq = head.as_ref().map_or(1, |h| h.seq + 1);
+        if head.as_ref().map_or(1, |h| h.seq + 1) != seq {
+            return Err(ShadowError::Unsupported(format!(
+                "{}: point {seq} is not the next point (another writer?)",
+                self.dir.display()
+            )));
+        }
         let bytes = draft.entries.iter().map(|e| e.size).sum();
         let mut m = Manifest {
             format: FORMAT,
@@ -416,14 +524,17 @@ impl PointStore {
             bytes,
             new_bytes: draft.new_bytes,
             entries: draft.entries,
+            clones,
             prev_checksum: head.map(|h| h.checksum),
             checksum: String::new(),
         };
         m.checksum = manifest_checksum(&m);
         // Every object the manifest references must be on disk before the manifest is.
-        let objects_dir = self.dir.join("objects");
-        let d = File::open(&objects_dir).map_err(ShadowError::io(&objects_dir))?;
-        rustix::fs::syncfs(&d).map_err(|e| ShadowError::io(&objects_dir)(e.into()))?;
+        if sync_objects {
+            let objects_dir = self.dir.join("objects");
+            let d = File::open(&objects_dir).map_err(ShadowError::io(&objects_dir))?;
+            rustix::fs::syncfs(&d).map_err(|e| ShadowError::io(&objects_dir)(e.into()))?;
+        }
         write_json(&self.manifest_path(seq), &m)?;
         write_json(
             &self.dir.join("points").join("HEAD"),
@@ -593,7 +704,13 @@ impl PointStore {
                         self.read_object(id, r)?;
                     } else {
                         match std::fs::metadata(self.object_path(&r.id)) {
-                            Ok(md) if md.len() == r.len => {}
+                            Ok(md)
+                                if md.len() == r.len
+                                    || crate::delta::patched_chunk_present(
+                                        &self.dir,
+                                        r,
+                                        md.len(),
+                                    ) => {}
                             Ok(md) => {
                                 return Err(self.bad_object(
                                     id,
@@ -605,6 +722,13 @@ impl PointStore {
                         }
                     }
                 }
+                if deep {
+                    let (bytes, _) = self.verify_clones_deep(&m)?;
+                    report.bytes += bytes;
+                } else {
+                    self.verify_clones(&m)?;
+                }
+                report.objects += m.clones.len() as u64;
                 let (records, _, _) = log::scan(&self.log_path(id), seq == head.seq)?;
                 report.log_records += records.len() as u64;
                 report.points += 1;
@@ -677,7 +801,9 @@ impl PointStore {
         }
         for r in m.objects() {
             match std::fs::metadata(self.object_path(&r.id)) {
-                Ok(md) if md.len() == r.len => {}
+                Ok(md)
+                    if md.len() == r.len
+                        || crate::delta::patched_chunk_present(&self.dir, r, md.len()) => {}
                 Ok(md) => {
                     return Err(self.bad_object(
                         m.id(),
@@ -688,6 +814,7 @@ impl PointStore {
                 Err(_) => return Err(self.bad_object(m.id(), r, "missing".into())),
             }
         }
+        self.verify_clones(m)?;
         Ok(())
     }
 
@@ -823,6 +950,7 @@ impl PointStore {
             )?;
             let mp = self.manifest_path(id.0);
             std::fs::remove_file(&mp).map_err(ShadowError::io(mp))?;
+            self.remove_clones(m)?;
             let lp = self.log_path(id);
             match std::fs::remove_file(&lp) {
                 Ok(()) => {}
@@ -845,10 +973,19 @@ impl PointStore {
 
     fn gc_locked(&self) -> Result<GcReport, ShadowError> {
         let mut referenced = HashSet::new();
+        let mut refs = HashSet::new();
+        let mut present = HashSet::new();
         for m in self.points()? {
             referenced.extend(m.objects().map(|r| r.id));
+            refs.extend(m.objects().copied());
+            present.insert(m.seq);
         }
+        // And what a patched directory chunk is rebuilt from (crate::delta).
+        crate::delta::add_bases(&self.dir, refs.iter(), &mut referenced);
         let mut report = GcReport::default();
+        let (n, bytes) = self.gc_clones(&present);
+        report.objects_removed += n;
+        report.bytes_removed += bytes;
         let odir = self.dir.join("objects");
         for fan in std::fs::read_dir(&odir).map_err(ShadowError::io(&odir))? {
             let fan = fan.map_err(ShadowError::io(&odir))?.path();

@@ -731,3 +731,357 @@ fn page_delta_decoding_refuses_bad_objects() {
     b.pop();
     assert!(pages::decode(&b).unwrap_err().contains("expected"));
 }
+
+// ----- patched pages (see `pages` and `crate::delta`) -----
+
+/// A foreign writer updating rows in place: each transaction rewrites three random rows with
+/// fresh bytes, their SHA-256 and its number, then journals `end NUMBER ROW ROW ROW`.
+const UPDATER: &str = r#"
+import sqlite3, sys, os, hashlib, random
+db, journal, rows, count, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+c = sqlite3.connect(db, isolation_level=None, timeout=30)
+c.execute("PRAGMA journal_mode=WAL")
+c.execute("PRAGMA synchronous=NORMAL")
+rnd = random.Random(seed)
+j = open(journal, "a", buffering=1)
+for i in range(1, count + 1):
+    c.execute("BEGIN IMMEDIATE")
+    ids = [rnd.randint(1, rows) for _ in range(3)]
+    for r in ids:
+        b = os.urandom(1000)
+        c.execute("UPDATE t SET body = ?, h = ?, ver = ? WHERE id = ?", (b, hashlib.sha256(b).digest(), i, r))
+    c.execute("COMMIT")
+    j.write("end %d %s\n" % (i, " ".join(map(str, ids))))
+print("done", flush=True)
+"#;
+
+/// A table of `rows` rows of 1000 pseudo-random bytes, each with its SHA-256 and version 0.
+fn hashed_rows(db: &Path, rows: u64) {
+    use sha2::{Digest, Sha256};
+    let c = Connection::open(db).unwrap();
+    c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        .unwrap();
+    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB, h BLOB, ver INTEGER)")
+        .unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    c.execute_batch("BEGIN").unwrap();
+    for i in 1..=rows {
+        let body: Vec<u8> = (0..1000).map(|_| xorshift(&mut seed) as u8).collect();
+        let h = Sha256::digest(&body).to_vec();
+        c.execute(
+            "INSERT INTO t(id, body, h, ver) VALUES (?1, ?2, ?3, 0)",
+            rusqlite::params![i, body, h],
+        )
+        .unwrap();
+    }
+    c.execute_batch("COMMIT").unwrap();
+}
+
+/// Checks a restored database of the updater: whole (`integrity_check`), every body matches
+/// its hash, and the transactions present are a prefix 1..=k (each row of a transaction up to
+/// k has that version or a later one, none is past k). Returns k.
+fn check_updates(db: &Path, rows_of: &BTreeMap<u64, Vec<u64>>) -> u64 {
+    use sha2::{Digest, Sha256};
+    integrity_check(db).unwrap();
+    let c = Connection::open(db).unwrap();
+    let mut ver = BTreeMap::new();
+    let mut st = c.prepare("SELECT id, body, h, ver FROM t").unwrap();
+    let mut rows = st.query([]).unwrap();
+    while let Some(r) = rows.next().unwrap() {
+        let id: u64 = r.get(0).unwrap();
+        let body: Vec<u8> = r.get(1).unwrap();
+        let h: Vec<u8> = r.get(2).unwrap();
+        assert_eq!(
+            Sha256::digest(&body).to_vec(),
+            h,
+            "row {id}'s body is exact"
+        );
+        ver.insert(id, r.get::<_, u64>(3).unwrap());
+    }
+    let k = ver.values().copied().max().unwrap_or(0);
+    for (i, ids) in rows_of.iter().take_while(|(i, _)| **i <= k) {
+        for id in ids {
+            assert!(
+                ver[id] >= *i,
+                "transaction {i} (row {id}) is in a point of {k}"
+            );
+        }
+    }
+    k
+}
+
+fn updater_journal(path: &Path) -> BTreeMap<u64, Vec<u64>> {
+    let mut out = BTreeMap::new();
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let f: Vec<u64> = line
+            .split(' ')
+            .skip(1)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        out.insert(f[0], f[1..].to_vec());
+    }
+    out
+}
+
+/// Counts the pages stored whole and patched in a point's page deltas.
+fn page_kinds(store: &PointStore, m: &Manifest) -> Vec<Vec<(u32, bool)>> {
+    m.entries
+        .get(1)
+        .map(|e| {
+            e.objects
+                .iter()
+                .map(|r| {
+                    let b = store.read_object(m.id(), r).unwrap();
+                    pages::decode(&b)
+                        .unwrap()
+                        .pages
+                        .iter()
+                        .map(|(p, body)| (*p, matches!(body, pages::PageBody::Patch { .. })))
+                        .collect()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn patched_pages_restore_exactly_while_a_foreign_writer_updates_rows() {
+    let (t, db, _jp, dir) = tmpdirs();
+    let journal = t.path().join("updates");
+    hashed_rows(&db, 3000);
+    let mut s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Differential)).unwrap();
+    let mut child = python()
+        .arg("-c")
+        .arg(UPDATER)
+        .args([&db, &journal])
+        .args(["3000", "1500", "7"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 starts");
+    let mut points = Vec::new();
+    while child.try_wait().unwrap().is_none() && points.len() < 40 {
+        points.push(s.take_point(Reason::OnDemand).unwrap());
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "updater failed: {out:?}");
+    let last = s.take_point(Reason::OnDemand).unwrap();
+    let live = table_digest(&db);
+    points.push(last.clone());
+    drop(s);
+    let rows_of = updater_journal(&journal);
+    assert_eq!(rows_of.len(), 1500);
+
+    let store = PointStore::open(&dir).unwrap();
+    // Each point's own delta (a point may also be a new base: a writer this fast changes
+    // more than CHAIN_PAGES times the file's pages within a few points).
+    let (mut whole, mut patched) = (0, 0);
+    for m in &points {
+        for obj in page_kinds(&store, m).last().into_iter().flatten() {
+            if obj.1 {
+                patched += 1;
+            } else {
+                whole += 1;
+            }
+        }
+    }
+    assert!(
+        patched > whole,
+        "rows rewritten in place are stored as patches: {patched} patched, {whole} whole"
+    );
+    s_verify_deep(&dir);
+
+    let mut prev = 0;
+    for m in &points {
+        restore(&req(&dir, &db, Target::Point(m.id()))).unwrap();
+        let k = check_updates(&db, &rows_of);
+        assert!(
+            k >= prev,
+            "point {} holds {k} transactions, an earlier one {prev}",
+            m.id()
+        );
+        prev = k;
+    }
+    assert_eq!(prev, 1500, "the last point holds every transaction");
+    assert_eq!(table_digest(&db), live, "the last point is the live table");
+}
+
+#[test]
+fn a_page_is_stored_whole_again_after_page_chain_patches() {
+    let (_t, db, _jp, dir) = tmpdirs();
+    let c = local_writer(&db, "wal");
+    insert_rows(&c, 1, 200);
+    let mut s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Differential)).unwrap();
+    let mut expect = Vec::new();
+    for round in 0..(2 * pages::PAGE_CHAIN + 3) {
+        c.execute(
+            "UPDATE t SET body = randomblob(1000) WHERE id = ?1",
+            [100 + round as i64 % 2],
+        )
+        .unwrap();
+        let m = s.take_point(Reason::OnDemand).unwrap();
+        expect.push((m, table_digest(&db)));
+    }
+    drop(s);
+    let store = PointStore::open(&dir).unwrap();
+    // Per page, the kinds in point order: never more than PAGE_CHAIN patches in a row.
+    let mut runs: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut longest = 0;
+    let mut wholes_after_a_full_run = 0;
+    for (m, _) in &expect {
+        for (pgno, patched) in page_kinds(&store, m)
+            .into_iter()
+            .last()
+            .into_iter()
+            .flatten()
+        {
+            let run = runs.entry(pgno).or_default();
+            if patched {
+                *run += 1;
+                assert!(
+                    *run <= pages::PAGE_CHAIN,
+                    "page {pgno}: {run} patches in a row"
+                );
+                longest = longest.max(*run);
+            } else {
+                if *run == pages::PAGE_CHAIN {
+                    wholes_after_a_full_run += 1;
+                }
+                *run = 0;
+            }
+        }
+    }
+    assert_eq!(longest, pages::PAGE_CHAIN, "pages reach the bound");
+    assert!(wholes_after_a_full_run > 0, "then are stored whole");
+    drop(c);
+    corrupt(&db);
+    restore_each(&dir, &db, &expect);
+}
+
+#[test]
+fn the_chain_is_rebased_when_it_would_write_chain_pages_times_the_file() {
+    let ps = 4096;
+    let file = 100 * u64::from(ps);
+    // Bytes alone: the old rule.
+    assert!(!pages::rebase_due(3, 1000, 1000, (10, 10), file, ps));
+    assert!(pages::rebase_due(3, file - 10, 11, (10, 10), file, ps));
+    // Pages written on a restore: at most CHAIN_PAGES × the file's pages.
+    let limit = pages::CHAIN_PAGES * 100;
+    assert!(!pages::rebase_due(
+        3,
+        1000,
+        1000,
+        (limit - 10, 10),
+        file,
+        ps
+    ));
+    assert!(pages::rebase_due(3, 1000, 1000, (limit - 10, 11), file, ps));
+    // Points.
+    assert!(pages::rebase_due(pages::MAX_CHAIN, 0, 0, (0, 0), file, ps));
+}
+
+#[test]
+fn small_patches_to_every_page_rebase_by_pages_written_not_by_bytes() {
+    let (_t, db, _jp, dir) = tmpdirs();
+    let c = local_writer(&db, "wal");
+    c.execute_batch(
+        "CREATE TABLE u(id INTEGER PRIMARY KEY, n INTEGER, pad BLOB);
+         WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 400)
+         INSERT INTO u SELECT i, 1000000, randomblob(1000) FROM k;",
+    )
+    .unwrap();
+    let mut s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Differential)).unwrap();
+    let base = s.store().points().unwrap().pop().unwrap();
+    let size = base.entries[0].size;
+    let sum = |db: &Path| -> i64 {
+        Connection::open(db)
+            .unwrap()
+            .query_row("SELECT sum(n) FROM u", [], |r| r.get(0))
+            .unwrap()
+    };
+    let mut expect = vec![(base, sum(&db))];
+    let mut rebased = false;
+    for _ in 0..(2 * pages::CHAIN_PAGES + 2) {
+        // A counter of the same width in every row: every leaf page changes by a few bytes.
+        c.execute("UPDATE u SET n = n + 1", []).unwrap();
+        let m = s.take_point(Reason::OnDemand).unwrap();
+        if let Some(d) = m.entries.get(1) {
+            let chain_bytes: u64 = d.objects.iter().map(|r| r.len).sum();
+            assert!(
+                chain_bytes * 10 < size,
+                "patches of a few bytes a page: {chain_bytes} bytes for a {size}-byte file"
+            );
+        } else {
+            rebased = true;
+        }
+        expect.push((m, sum(&db)));
+    }
+    assert!(
+        rebased,
+        "a chain writing every page at every point is rebased within {} points",
+        2 * pages::CHAIN_PAGES + 2
+    );
+    drop(s);
+    drop(c);
+    for (m, want) in &expect {
+        restore(&req(&dir, &db, Target::Point(m.id()))).unwrap();
+        integrity_check(&db).unwrap();
+        assert_eq!(sum(&db), *want, "point {}", m.id());
+    }
+}
+
+#[test]
+fn a_patch_that_does_not_rebuild_its_page_is_refused_and_bad_v2_objects_too() {
+    use sha2::{Digest, Sha256};
+    let t = tempfile::tempdir().unwrap();
+    let path = t.path().join("f");
+    let old = vec![3u8; 1024];
+    std::fs::write(&path, &old).unwrap();
+    let mut new_page = old[..512].to_vec();
+    new_page[100..140].fill(9);
+    let patch = crate::delta::diff(&old[..512], &new_page);
+    let obj = |check: &[u8], kind: u8, len: u32, body: &[u8]| {
+        let mut b = b"BWPGDLT2".to_vec();
+        for v in [512u32, 2, 1, 1] {
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+        b.push(kind);
+        b.extend_from_slice(&len.to_be_bytes());
+        b.extend_from_slice(check);
+        b.extend_from_slice(body);
+        b
+    };
+    let len = 8 + patch.len() as u32;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    // A check that is not the new page's.
+    let bad = obj(&[0u8; 8], 1, len, &patch);
+    let d = pages::decode(&bad).unwrap();
+    match pages::apply(&f, &d) {
+        Err(pages::ApplyError::Bad(why)) => assert!(why.contains("page 1"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), old, "nothing written");
+    // The right one.
+    let good = obj(&Sha256::digest(&new_page)[..8], 1, len, &patch);
+    pages::apply(&f, &pages::decode(&good).unwrap()).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap()[..512], new_page[..]);
+    // Malformed entries.
+    assert!(pages::decode(&obj(&[0u8; 8], 2, len, &patch))
+        .unwrap_err()
+        .contains("kind 2"));
+    assert!(pages::decode(&obj(&[0u8; 8], 1, 600, &patch))
+        .unwrap_err()
+        .contains("600 bytes"));
+    assert!(pages::decode(&obj(&[0u8; 8], 1, len + 1, &patch))
+        .unwrap_err()
+        .contains("more expected"));
+    let mut long = good.clone();
+    long.push(0);
+    assert!(pages::decode(&long).unwrap_err().contains("expected"));
+    let mut huge = good.clone();
+    huge[16..20].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert!(pages::decode(&huge).unwrap_err().contains("cannot list"));
+}
