@@ -16,6 +16,13 @@
 //! starts the change's workload, waits until the instance commits transactions, runs the
 //! change, stops the workload, and puts the cluster back (`ALTER SYSTEM RESET ALL` and a
 //! restart) for the next.
+//!
+//! With `control` (the default), each worker also runs an untouched control cluster, loaded
+//! the same way, under the same workload as the changed one for each change but lighter (one
+//! pgbench client instead of two, to spare the two cores), and the runner samples it over the
+//! same intervals (`LocalOptions::controls`): a disturbance of the machine that the control
+//! shows at the same time is not blamed on the change. The control is never changed, reset
+//! or restarted.
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -36,6 +43,8 @@ pub struct Options {
     pub only: Option<String>,
     /// Clusters run side by side.
     pub workers: usize,
+    /// Each worker runs an untouched control cluster beside its changed one.
+    pub control: bool,
     pub output: Output,
 }
 
@@ -497,25 +506,38 @@ fn psql(c: &TestCluster, sql: &str) -> Result<String, BenchError> {
 
 struct Worker {
     cluster: TestCluster,
+    /// The untouched control cluster (with `Options::control`).
+    control: Option<TestCluster>,
     script: tempfile::TempDir,
 }
 
+/// A cluster with the corpus's tables: pgbench's at scale 2 and `sortme`.
+fn loaded_cluster() -> Result<TestCluster, BenchError> {
+    let cluster = TestCluster::try_start(TestClusterOptions::default())
+        .map_err(|e| BenchError::Unreachable(format!("a PostgreSQL test cluster: {e}")))?;
+    let init = Command::new(&cluster.pgbench_argv(&[])[0])
+        .args(&cluster.pgbench_argv(&["-i", "-s", "2", "-q", "postgres"])[1..])
+        .output()
+        .map_err(|e| failed("pgbench -i", e))?;
+    if !init.status.success() {
+        return Err(failed("pgbench -i", String::from_utf8_lossy(&init.stderr)));
+    }
+    psql(
+        &cluster,
+        "CREATE TABLE sortme AS SELECT (random()*1e6)::int AS k, md5(i::text) AS v \
+         FROM generate_series(1, 20000) i; ANALYZE;",
+    )?;
+    Ok(cluster)
+}
+
 impl Worker {
-    fn start() -> Result<Worker, BenchError> {
-        let cluster = TestCluster::try_start(TestClusterOptions::default())
-            .map_err(|e| BenchError::Unreachable(format!("a PostgreSQL test cluster: {e}")))?;
-        let init = Command::new(&cluster.pgbench_argv(&[])[0])
-            .args(&cluster.pgbench_argv(&["-i", "-s", "2", "-q", "postgres"])[1..])
-            .output()
-            .map_err(|e| failed("pgbench -i", e))?;
-        if !init.status.success() {
-            return Err(failed("pgbench -i", String::from_utf8_lossy(&init.stderr)));
-        }
-        psql(
-            &cluster,
-            "CREATE TABLE sortme AS SELECT (random()*1e6)::int AS k, md5(i::text) AS v \
-             FROM generate_series(1, 20000) i; ANALYZE;",
-        )?;
+    fn start(control: bool) -> Result<Worker, BenchError> {
+        let cluster = loaded_cluster()?;
+        let control = if control {
+            Some(loaded_cluster()?)
+        } else {
+            None
+        };
         let script = tempfile::tempdir().map_err(|e| failed("a temporary directory", e))?;
         std::fs::write(
             script.path().join("dedup.sql"),
@@ -535,30 +557,32 @@ impl Worker {
              SELECT aid, abalance FROM pgbench_accounts WHERE aid > :aid ORDER BY aid LIMIT 20;\n",
         )
         .map_err(|e| failed("the pgbench script", e))?;
-        Ok(Worker { cluster, script })
+        Ok(Worker {
+            cluster,
+            control,
+            script,
+        })
     }
 
-    fn workload(&self, w: Workload) -> KeepRunning {
+    /// pgbench with `clients` clients (and as many threads) running workload `w` on `on`.
+    fn workload(&self, on: &TestCluster, w: Workload, clients: &str) -> KeepRunning {
         let script = |name: &str| self.script.path().join(name).display().to_string();
         let (dedup, range, page) = (script("dedup.sql"), script("range.sql"), script("page.sql"));
-        let args: Vec<&str> = match w {
-            Workload::Lookup => vec!["-n", "-S", "-c", "2", "-j", "2", "-T", "3600", "postgres"],
-            Workload::Dedup => vec![
-                "-n", "-c", "2", "-j", "2", "-T", "3600", "-f", &dedup, "postgres",
-            ],
-            Workload::Range => vec![
-                "-n", "-c", "2", "-j", "2", "-T", "3600", "-f", &range, "postgres",
-            ],
-            Workload::Page => vec![
-                "-n", "-c", "2", "-j", "2", "-T", "3600", "-f", &page, "postgres",
-            ],
-        };
-        KeepRunning::start(self.cluster.pgbench_argv(&args))
+        let c = ["-n", "-c", clients, "-j", clients, "-T", "3600"];
+        let mut args: Vec<&str> = c.to_vec();
+        match w {
+            Workload::Lookup => args.push("-S"),
+            Workload::Dedup => args.extend(["-f", dedup.as_str()]),
+            Workload::Range => args.extend(["-f", range.as_str()]),
+            Workload::Page => args.extend(["-f", page.as_str()]),
+        }
+        args.push("postgres");
+        KeepRunning::start(on.pgbench_argv(&args))
     }
 
     /// Waits until the instance commits transactions in two consecutive one-second samples.
-    async fn warm(&self) -> Result<(), BenchError> {
-        let inst = bellwether_pg::connect(&self.cluster.url())
+    async fn warm(&self, on: &TestCluster) -> Result<(), BenchError> {
+        let inst = bellwether_pg::connect(&on.url())
             .await
             .map_err(|e| failed("connect", e))?;
         let mut sampler = bellwether_pg::Sampler::default();
@@ -618,9 +642,19 @@ impl Worker {
             timeline: Vec::new(),
             error: None,
         };
-        let bench = self.workload(ch.workload);
+        let bench = self.workload(&self.cluster, ch.workload, "2");
+        // The control runs the same workload, lighter: it must see the machine's
+        // disturbances, not match the changed cluster's throughput (each is judged against
+        // its own baseline).
+        let control_bench = self
+            .control
+            .as_ref()
+            .map(|c| self.workload(c, ch.workload, "1"));
         let result = rt.block_on(async {
-            self.warm().await?;
+            self.warm(&self.cluster).await?;
+            if let Some(c) = &self.control {
+                self.warm(c).await?;
+            }
             let mut opts = LocalOptions::new(
                 ch.set
                     .iter()
@@ -629,6 +663,7 @@ impl Worker {
                 ch.name,
             );
             opts.max_duration = Duration::from_secs(180);
+            opts.controls = self.control.iter().map(TestCluster::url).collect();
             run_local(
                 &self.cluster.url(),
                 &opts,
@@ -638,6 +673,7 @@ impl Worker {
             .map_err(|e| failed("the local run", e))
         });
         drop(bench);
+        drop(control_bench);
         match result {
             Ok(r) => {
                 o.phase = Some(r.phase);
@@ -704,6 +740,8 @@ impl Worker {
 #[derive(Debug, Serialize)]
 pub struct Figures {
     pub changes: usize,
+    /// Judged with an untouched control cluster per worker.
+    pub control: bool,
     pub harmful: usize,
     pub harmful_caught: usize,
     pub harmful_caught_pct: f64,
@@ -727,7 +765,7 @@ fn pct(a: usize, b: usize) -> f64 {
     }
 }
 
-pub fn figures(outcomes: Vec<Outcome>, elapsed_s: f64) -> Figures {
+pub fn figures(outcomes: Vec<Outcome>, elapsed_s: f64, control: bool) -> Figures {
     let of = |k: Kind| outcomes.iter().filter(move |o| o.kind == k);
     let harmful = of(Kind::Harmful).count();
     let harmful_caught = of(Kind::Harmful).filter(|o| o.reverted).count();
@@ -742,6 +780,7 @@ pub fn figures(outcomes: Vec<Outcome>, elapsed_s: f64) -> Figures {
         .collect();
     Figures {
         changes: outcomes.len(),
+        control,
         harmful,
         harmful_caught,
         harmful_caught_pct: pct(harmful_caught, harmful),
@@ -783,11 +822,12 @@ pub fn run(opts: &Options) -> Result<Verdict, BenchError> {
     let results = Arc::new(Mutex::new(Vec::new()));
     let human = opts.output == Output::Human;
     let mut handles = Vec::new();
+    let control = opts.control;
     for _ in 0..opts.workers {
         let queue = queue.clone();
         let results = results.clone();
         handles.push(std::thread::spawn(move || -> Result<(), BenchError> {
-            let w = Worker::start()?;
+            let w = Worker::start(control)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -837,6 +877,7 @@ pub fn run(opts: &Options) -> Result<Verdict, BenchError> {
     let f = figures(
         results.into_iter().map(|(_, o)| o).collect(),
         started.elapsed().as_secs_f64(),
+        opts.control,
     );
     let met = f.harmful_caught_pct >= 95.0
         && f.harmless_reverted_pct <= 2.0
@@ -845,7 +886,15 @@ pub fn run(opts: &Options) -> Result<Verdict, BenchError> {
     match opts.output {
         Output::Json => println!("{}", json!(f)),
         Output::Human => {
-            println!("changes run:                        {}", f.changes);
+            println!(
+                "changes run:                        {} ({})",
+                f.changes,
+                if f.control {
+                    "each worker with an untouched control cluster"
+                } else {
+                    "without control clusters"
+                }
+            );
             println!(
                 "harmful caught (reverted):          {}/{} = {:.1} % (goal ≥ 95 %)",
                 f.harmful_caught, f.harmful, f.harmful_caught_pct
@@ -929,6 +978,7 @@ mod tests {
                 o(Kind::WouldNotStart, Phase::Completed, true, false, None),
             ],
             1.0,
+            true,
         );
         assert_eq!(f.harmful_caught_pct, 50.0);
         assert_eq!(f.harmless_reverted_pct, 0.0);

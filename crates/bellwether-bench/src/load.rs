@@ -380,6 +380,7 @@ async fn enrol(shared: &Shared, enrol_token: &str, i: usize, packages: usize) ->
     let body = EnrolRequest {
         name: name.clone(),
         labels: [("role".to_string(), "web".to_string())].into(),
+        address: None,
     };
     let mut token = None;
     for attempt in 0..10u32 {

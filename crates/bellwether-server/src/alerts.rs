@@ -73,8 +73,8 @@ pub(crate) fn routes() -> axum::Router<AppState> {
 pub const GAP_GRACE_MS: i64 = 10_000;
 /// The most events one pass of the dispatcher reads.
 const EVENT_BATCH: i64 = 500;
-/// The most deliveries in flight at once.
-const MAX_IN_FLIGHT: usize = 16;
+/// The most settled deliveries one pruning pass deletes (it goes on at the next pass).
+const PRUNE_BATCH: i64 = 1_000;
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER_MS: i64 = 3_600_000;
 /// The longest reason quoted in a summary.
@@ -109,6 +109,25 @@ impl Default for AlertPolicy {
 }
 
 impl AlertPolicy {
+    /// Checks every setting against its range, naming the server flag (and config key) of a
+    /// bad one.
+    pub fn check(&self) -> Result<(), String> {
+        check_range("attempts", u64::from(self.attempts), 1, MAX_ATTEMPTS)?;
+        check_span("backoff", self.base, MIN_BACKOFF, MAX_BACKOFF)?;
+        check_span("backoff-max", self.max, MIN_BACKOFF, MAX_BACKOFF)?;
+        check_span("timeout", self.timeout, MIN_TIMEOUT, MAX_TIMEOUT)?;
+        check_span("poll", self.poll, MIN_POLL, MAX_POLL)?;
+        if self.base > self.max {
+            return Err(format!(
+                "--alert-backoff (config key alert_backoff) is {}, longer than --alert-backoff-max \
+                 (alert_backoff_max) {}: the first wait cannot exceed the longest",
+                span(self.base),
+                span(self.max)
+            ));
+        }
+        Ok(())
+    }
+
     /// The un-jittered wait after the `failures`-th failed attempt (1-based):
     /// `min(max, base · 2^(failures-1))`.
     pub fn ceiling(&self, failures: u32) -> Duration {
@@ -427,6 +446,106 @@ pub(crate) async fn attempt_delivery(
         .then_some(step))
 }
 
+/// The most attempts a delivery may be given.
+pub const MAX_ATTEMPTS: u64 = 100;
+/// The range of `--alert-backoff` and `--alert-backoff-max`.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(10);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
+/// The range of `--alert-timeout`.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
+/// The range of `--alert-poll`.
+pub const MIN_POLL: Duration = Duration::from_millis(10);
+pub const MAX_POLL: Duration = Duration::from_secs(60);
+/// The most deliveries that may be in flight at once.
+pub const MAX_CONCURRENCY: u64 = 256;
+/// The range of `--alert-log-keep-for`.
+pub const MIN_KEEP_FOR: Duration = Duration::from_secs(60);
+pub const MAX_KEEP_FOR: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+/// The most settled deliveries `--alert-log-keep-last` may keep.
+pub const MAX_KEEP_LAST: u64 = 100_000_000;
+
+/// How many deliveries the dispatcher runs at once, and how much of the delivery log it keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertLimits {
+    /// The most deliveries in flight at once (default 16).
+    pub concurrency: usize,
+    /// Settled deliveries (delivered or failed) last updated longer ago than this are deleted
+    /// with their attempts (default 30 days).
+    pub keep_for: Duration,
+    /// At most this many settled deliveries are kept, the newest (default 10 000).
+    pub keep_last: u64,
+    /// How often the dispatcher prunes the log (default 1 min).
+    pub prune_every: Duration,
+}
+
+impl Default for AlertLimits {
+    fn default() -> Self {
+        AlertLimits {
+            concurrency: 16,
+            keep_for: Duration::from_secs(30 * 24 * 3600),
+            keep_last: 10_000,
+            prune_every: Duration::from_secs(60),
+        }
+    }
+}
+
+impl AlertLimits {
+    /// Checks every setting against its range, naming the server flag (and config key).
+    pub fn check(&self) -> Result<(), String> {
+        check_range("concurrency", self.concurrency as u64, 1, MAX_CONCURRENCY)?;
+        check_span("log-keep-for", self.keep_for, MIN_KEEP_FOR, MAX_KEEP_FOR)?;
+        check_range("log-keep-last", self.keep_last, 1, MAX_KEEP_LAST)?;
+        if self.prune_every.is_zero() {
+            return Err("the alert log's pruning interval must be longer than 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// `--alert-NAME`'s number within [lo, hi].
+fn check_range(name: &str, v: u64, lo: u64, hi: u64) -> Result<(), String> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "--alert-{name} (config key alert_{}) is {v}; it must be {lo} to {hi}",
+            name.replace('-', "_")
+        ))
+    }
+}
+
+/// `--alert-NAME`'s duration within [lo, hi].
+fn check_span(name: &str, v: Duration, lo: Duration, hi: Duration) -> Result<(), String> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "--alert-{name} (config key alert_{}) is {}; it must be {} to {}",
+            name.replace('-', "_"),
+            span(v),
+            span(lo),
+            span(hi)
+        ))
+    }
+}
+
+/// A duration as the flags take it (`1500ms`, `2s`, `5m`, `30d`).
+pub fn span(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, n) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= n && ms.is_multiple_of(n) {
+            return format!("{}{unit}", ms / n);
+        }
+    }
+    format!("{ms}ms")
+}
+
 // ---- the dispatcher ---------------------------------------------------------------------
 
 /// The dispatcher's clock, in Unix ms: the system's, or a test's.
@@ -467,6 +586,9 @@ pub struct Dispatcher {
     plan_rules: HashMap<String, Arc<Vec<AlertRule>>>,
     in_flight: HashSet<i64>,
     running: tokio::task::JoinSet<i64>,
+    limits: AlertLimits,
+    /// When the log was last pruned, on the dispatcher's clock.
+    pruned_at_ms: Option<i64>,
 }
 
 impl Dispatcher {
@@ -480,7 +602,54 @@ impl Dispatcher {
             plan_rules: HashMap::new(),
             in_flight: HashSet::new(),
             running: tokio::task::JoinSet::new(),
+            limits: AlertLimits::default(),
+            pruned_at_ms: None,
         }
+    }
+
+    /// The same dispatcher with these limits (concurrency, the delivery log's retention).
+    pub fn with_limits(mut self, limits: AlertLimits) -> Dispatcher {
+        self.limits = limits;
+        self
+    }
+
+    /// Deletes the settled deliveries the log keeps no longer (older than `keep_for`, or
+    /// beyond the newest `keep_last`), in batches, until none is left; answers how many. Pending
+    /// deliveries, the ones in flight among them, are never deleted (see
+    /// `Store::prune_alert_deliveries`).
+    pub async fn prune(&mut self) -> Result<u64, StoreError> {
+        let now = self.clock.now_ms();
+        let keep_for = i64::try_from(self.limits.keep_for.as_millis()).unwrap_or(i64::MAX);
+        let before = now.saturating_sub(keep_for);
+        let keep_last = i64::try_from(self.limits.keep_last).unwrap_or(i64::MAX);
+        let mut total = 0;
+        loop {
+            let n = self
+                .store
+                .prune_alert_deliveries(before, keep_last, PRUNE_BATCH)
+                .await?;
+            total += n;
+            if n < PRUNE_BATCH as u64 {
+                break;
+            }
+        }
+        self.pruned_at_ms = Some(now);
+        if total > 0 {
+            tracing::info!(deleted = total, "Pruned the alert delivery log.");
+        }
+        Ok(total)
+    }
+
+    /// Prunes when the last pruning is `prune_every` old (or there was none in this term).
+    async fn prune_if_due(&mut self) -> Result<(), StoreError> {
+        let every = i64::try_from(self.limits.prune_every.as_millis()).unwrap_or(i64::MAX);
+        let due = self
+            .pruned_at_ms
+            .is_none_or(|t| self.clock.now_ms().saturating_sub(t) >= every);
+        if due {
+            self.prune().await?;
+        }
+        Ok(())
     }
 
     async fn rules_of_task(&mut self, task: &str) -> Arc<Vec<AlertRule>> {
@@ -580,7 +749,7 @@ impl Dispatcher {
         self.store.enqueue_alerts(&queue, moved, now).await
     }
 
-    /// Starts the due deliveries not already in flight (at most [`MAX_IN_FLIGHT`] at once);
+    /// Starts the due deliveries not already in flight (at most `limits.concurrency` at once);
     /// answers how many started.
     pub async fn start_due(&mut self) -> Result<usize, StoreError> {
         while let Some(done) = self.running.try_join_next() {
@@ -588,16 +757,17 @@ impl Dispatcher {
                 self.in_flight.remove(&id);
             }
         }
-        if self.running.len() >= MAX_IN_FLIGHT {
+        let max = self.limits.concurrency.max(1);
+        if self.running.len() >= max {
             return Ok(0);
         }
         let due = self
             .store
-            .due_alerts(self.clock.now_ms(), (MAX_IN_FLIGHT * 2) as i64)
+            .due_alerts(self.clock.now_ms(), (max * 2) as i64)
             .await?;
         let mut started = 0;
         for d in due {
-            if self.running.len() >= MAX_IN_FLIGHT || self.in_flight.contains(&d.id) {
+            if self.running.len() >= max || self.in_flight.contains(&d.id) {
                 continue;
             }
             self.in_flight.insert(d.id);
@@ -653,6 +823,16 @@ impl Dispatcher {
             if let Err(e) = self.start_due().await {
                 tracing::warn!(error = %e, "Cannot read the due alerts; trying again.");
             }
+            match self.prune_if_due().await {
+                Err(StoreError::Fenced { .. }) => {
+                    leader.fenced();
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot prune the alert delivery log; trying again.")
+                }
+                Ok(()) => {}
+            }
         }
     }
 }
@@ -665,6 +845,15 @@ fn plan_alerts(kind: &str, file: &str, yaml: &str) -> Vec<AlertRule> {
             .unwrap_or_default(),
         crate::patch::PATCH => bellwether_engine::patch::PatchPlan::parse(file, yaml)
             .map(|p| p.alerts)
+            .unwrap_or_default(),
+        // A configuration change keeps its YAML, or the JSON form of a plan built from flags,
+        // a JSON body or a snapshot restore.
+        crate::config::task::CONFIG => bellwether_engine::config::plan::parse_plan(yaml, file)
+            .map(|p| p.alerts)
+            .or_else(|_| {
+                serde_json::from_str::<bellwether_engine::config::plan::ConfigPlan>(yaml)
+                    .map(|p| p.alerts)
+            })
             .unwrap_or_default(),
         _ => Vec::new(),
     }
@@ -696,7 +885,8 @@ pub(crate) async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<
                 state.store.clone(),
                 (*state.alerts).clone(),
                 Clock::system(),
-            );
+            )
+            .with_limits((*state.alert_limits).clone());
             tokio::select! {
                 () = term.lost() => {}
                 _ = stop.wait_for(|s| *s) => return,

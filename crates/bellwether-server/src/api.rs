@@ -117,10 +117,18 @@ async fn enrol(
     _auth: Enroller,
     JsonBody(req): JsonBody<EnrolRequest>,
 ) -> Result<Json<EnrolResponse>, ApiError> {
+    if let Some(a) = &req.address {
+        bellwether_model::wire::check_host_address(a).map_err(ApiError::bad_request)?;
+    }
     let token = generate_token();
     let outcome = state
         .store
         .enrol(&req.name, &req.labels, &token, now_ms())
+        .await?;
+    // The address as the agent declares it now: one restarted without --address has none.
+    state
+        .store
+        .set_host_address(&req.name, req.address.as_deref())
         .await?;
     Metrics::add(&state.metrics.enrolments, 1);
     tracing::info!(host = %req.name, renewed = (outcome == Enrolment::Renewed), "Enrolled a host.");
@@ -327,6 +335,9 @@ struct SamplesQuery {
     /// Only samples at or before this time.
     before_ms: Option<i64>,
     limit: Option<i64>,
+    /// Only samples from this source: `agent` (what the host's agent sent) or `prometheus`
+    /// (what a rollout's analysis read from Prometheus); default both.
+    source: Option<String>,
 }
 
 /// The default and the largest `limit` of `GET /api/v1/hosts/{name}/samples`.
@@ -372,13 +383,21 @@ async fn host_samples(
             "after_ms {after} is not before before_ms {before}"
         )));
     }
+    if let Some(s) = q.source.as_deref() {
+        if !matches!(s, "agent" | "prometheus") {
+            return Err(ApiError::bad_request(format!(
+                "bad source {}: give `agent` or `prometheus`",
+                bellwether_model::text::quote(s)
+            )));
+        }
+    }
     let samples = state
         .store
-        .metric_samples(&name, &metric, after, before, limit)
+        .metric_samples(&name, &metric, after, before, limit, q.source.as_deref())
         .await?;
     let points: Vec<serde_json::Value> = samples
         .into_iter()
-        .map(|(t, v)| serde_json::json!({"ts_ms": t, "value": v}))
+        .map(|(t, v, source)| serde_json::json!({"ts_ms": t, "value": v, "source": source}))
         .collect();
     Ok(Json(
         serde_json::json!({"host": name, "metric": metric, "samples": points}),

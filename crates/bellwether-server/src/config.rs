@@ -675,6 +675,8 @@ async fn restore(
         watch: WatchSpec::defaults(),
         risk_threshold: DEFAULT_RISK_THRESHOLD,
         trial: true,
+        controls: Vec::new(),
+        alerts: Vec::new(),
     };
     plan.validate()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -846,6 +848,7 @@ async fn start_task(
     let hosts: BTreeSet<String> = plan.targets.iter().map(|t| t.host.clone()).collect();
     let baseline_from = now - plan.watch.baseline_ms as i64;
     let targets = plan.targets.len();
+    let controls = plan.controls.len();
     let (engine, out) = ConfigChangeEngine::start(plan, ctx, now);
     let t = ConfigTask {
         id: id.clone(),
@@ -854,6 +857,7 @@ async fn start_task(
             created_ms: now,
             // The baseline is the samples of the window before the apply: feed from there.
             fed_until_ms: vec![baseline_from; targets],
+            control_fed_until_ms: vec![baseline_from; controls],
         },
     };
     let first = task::first_step(&out);
@@ -922,6 +926,9 @@ async fn create_task(
                 watch: WatchSpec::defaults(),
                 risk_threshold: req.risk_threshold.unwrap_or(DEFAULT_RISK_THRESHOLD),
                 trial: req.trial.unwrap_or(true),
+                // Contemporaneous controls come with a YAML plan's `controls:`.
+                controls: Vec::new(),
+                alerts: Vec::new(),
             };
             for (i, t) in plan.targets.iter().enumerate() {
                 check_host(&format!("targets[{i}].host"), &t.host)?;

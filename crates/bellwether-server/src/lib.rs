@@ -101,6 +101,9 @@ pub struct ServerConfig {
     pub prometheus_url: Option<String>,
     /// The retry policy of alert deliveries (docs/alerts.md).
     pub alerts: alerts::AlertPolicy,
+    /// How many alert deliveries run at once and how long the delivery log keeps settled
+    /// ones (docs/alerts.md).
+    pub alert_limits: alerts::AlertLimits,
 }
 
 /// The default of [`ServerConfig::sample_max_age`]: 24 hours.
@@ -129,6 +132,7 @@ impl ServerConfig {
             ha: None,
             prometheus_url: None,
             alerts: alerts::AlertPolicy::default(),
+            alert_limits: alerts::AlertLimits::default(),
         }
     }
 }
@@ -160,6 +164,8 @@ pub enum ServerError {
     Serve(std::io::Error),
     #[error("--prometheus-url: {0}")]
     PrometheusUrl(String),
+    #[error("{0}")]
+    AlertSettings(String),
 }
 
 /// What handlers share.
@@ -183,6 +189,8 @@ pub struct AppState {
     pub(crate) stop: Arc<tokio::sync::watch::Sender<bool>>,
     /// The retry policy of alert deliveries.
     pub(crate) alerts: Arc<alerts::AlertPolicy>,
+    /// The dispatcher's concurrency and the delivery log's retention.
+    pub(crate) alert_limits: Arc<alerts::AlertLimits>,
     /// The default Prometheus of rollouts' `source: prometheus` metrics, and the client
     /// their queries share.
     pub(crate) prometheus: Arc<PrometheusDefault>,
@@ -219,6 +227,11 @@ impl Server {
                 return Err(ServerError::SameTokens);
             }
         }
+        config.alerts.check().map_err(ServerError::AlertSettings)?;
+        config
+            .alert_limits
+            .check()
+            .map_err(ServerError::AlertSettings)?;
         let prometheus_url = config
             .prometheus_url
             .as_deref()
@@ -262,6 +275,7 @@ impl Server {
                     http: reqwest::Client::new(),
                 }),
                 alerts: Arc::new(config.alerts.clone()),
+                alert_limits: Arc::new(config.alert_limits.clone()),
                 stop: Arc::new(tokio::sync::watch::channel(false).0),
             },
             body_limit: config.body_limit,

@@ -36,6 +36,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use bellwether_engine::rollout::plan::parse_plan;
+use bellwether_engine::rollout::promql::HostVars;
 use bellwether_engine::rollout::watch::{HostWatcher, WatcherSnapshot};
 use bellwether_engine::rollout::{
     ActionResult, Decision, HostInput, HostState, Observation, OperatorCommand, Rollout,
@@ -107,6 +108,9 @@ pub(crate) struct RolloutTask {
     /// The time of the newest value read from Prometheus per host and metric (not stored,
     /// like `fed_until`).
     prom_fed: BTreeMap<(HostName, String), i64>,
+    /// Each target host's declared address (`{{address}}`), as the store had it when the
+    /// rollout started or was resumed.
+    addresses: BTreeMap<HostName, String>,
 }
 
 /// What is stored as a rollout's state: the engine and each host's watcher snapshot.
@@ -138,6 +142,50 @@ pub(crate) struct PromRead {
     /// The query as sent (the template filled for the host).
     query: String,
     result: Result<Vec<prometheus::Point>, String>,
+}
+
+/// The `source` of the samples a rollout's analysis read from Prometheus, in the store and in
+/// `GET /api/v1/hosts/{name}/samples`.
+pub const PROMETHEUS_SOURCE: &str = "prometheus";
+
+/// Stores the values read from Prometheus as the hosts' samples (source `prometheus`), so the
+/// samples API, the dashboard's chart of a failed metric and a later look at a rollout's
+/// figures see what the analysis saw. A value the store has already is skipped. A failure to
+/// store is logged, not fatal: the analysis has the values either way.
+async fn store_prometheus_reads(state: &AppState, rollout: &str, reads: &[PromRead]) {
+    let mut by_host: BTreeMap<&HostName, Vec<MetricSample>> = BTreeMap::new();
+    for r in reads {
+        if let Ok(points) = &r.result {
+            by_host
+                .entry(&r.host)
+                .or_default()
+                .extend(points.iter().map(|p| MetricSample {
+                    ts_ms: p.ts_ms,
+                    name: r.metric.clone(),
+                    value: p.value,
+                }));
+        }
+    }
+    for (host, samples) in by_host {
+        if let Err(e) = state
+            .store
+            .insert_read_samples(host, PROMETHEUS_SOURCE, &samples)
+            .await
+        {
+            tracing::warn!(rollout, host = %host, error = %e, "Cannot store the values read from Prometheus.");
+        }
+    }
+}
+
+/// Every host's declared address.
+async fn host_addresses(state: &AppState) -> Result<BTreeMap<HostName, String>, ApiError> {
+    Ok(state
+        .store
+        .list_hosts()
+        .await?
+        .into_iter()
+        .filter_map(|h| Some((h.name, h.address?)))
+        .collect())
 }
 
 /// At most this many Prometheus queries in flight per rollout.
@@ -401,7 +449,12 @@ impl RolloutTask {
                 if start > end {
                     continue;
                 }
-                let query = match template.render(h.as_str(), &rec.labels, step) {
+                let vars = HostVars {
+                    name: h.as_str(),
+                    labels: &rec.labels,
+                    address: self.addresses.get(h).map(String::as_str),
+                };
+                let query = match template.render_for(&vars, step) {
                     Ok(q) => q,
                     Err(e) => {
                         reads.push(PromRead {
@@ -478,6 +531,7 @@ impl DurableTask for RolloutTask {
             watchers.insert(h.clone(), w);
         }
         let features = state.store.task_host_features(&rec.id).await?;
+        let addresses = host_addresses(&state).await?;
         let fed_until = persisted
             .engine
             .hosts
@@ -490,6 +544,7 @@ impl DurableTask for RolloutTask {
             fed_until,
             features,
             prom_fed: BTreeMap::new(),
+            addresses,
         })
     }
 
@@ -528,6 +583,7 @@ impl DurableTask for RolloutTask {
             drift: BTreeMap::new(),
             prom: self.read_prometheus(state).await,
         };
+        store_prometheus_reads(state, &self.rollout.id, &observed.prom).await;
         for h in self.rollout.hosts.keys() {
             let after = self
                 .fed_until
@@ -626,6 +682,7 @@ async fn create(
     };
     let mut hosts = Vec::new();
     let mut profiles = BTreeMap::new();
+    let mut addresses = BTreeMap::new();
     for h in state.store.list_hosts().await? {
         let p = state.store.current_profile(&h.name).await?;
         let mut labels = p.as_ref().map(|p| p.labels.clone()).unwrap_or_default();
@@ -633,13 +690,21 @@ async fn create(
         if plan.targets.matches(&labels, &attributes(p.as_ref())) {
             // Every query must fill in for every target (a label it names is missing).
             for (rule, q) in plan.analysis.prometheus_metrics() {
-                q.render(h.name.as_str(), &labels, plan.analysis.interval_ms())
+                let vars = HostVars {
+                    name: h.name.as_str(),
+                    labels: &labels,
+                    address: h.address.as_deref(),
+                };
+                q.render_for(&vars, plan.analysis.interval_ms())
                     .map_err(|e| {
                         ApiError::bad_request(format!(
                             "{file}: analysis.metrics: {}: {e}",
                             rule.name
                         ))
                     })?;
+            }
+            if let Some(a) = &h.address {
+                addresses.insert(h.name.clone(), a.clone());
             }
             hosts.push((h.name.clone(), labels.clone()));
             profiles.insert(h.name.clone(), (labels, p));
@@ -736,6 +801,10 @@ async fn create(
         watchers,
         fed_until,
         prom_fed: BTreeMap::new(),
+        addresses: addresses
+            .into_iter()
+            .filter(|(h, _)| targets.contains(&h.to_string()))
+            .collect(),
     };
     let mut first = task.effects(decisions);
     evidence_events.retain(|e| e.host.as_ref().is_some_and(|h| targets.contains(h)));

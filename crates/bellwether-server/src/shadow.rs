@@ -32,6 +32,7 @@ use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::{now_ms, AppState};
 
+pub(crate) mod risk;
 pub(crate) mod task;
 
 use task::ShadowTask;

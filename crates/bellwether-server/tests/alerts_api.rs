@@ -4,24 +4,21 @@
 //! URL's secrets, `test` posts at once, and every handler refuses bad input with a message
 //! that names the field.
 
+mod support;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::Router;
 use bellwether_server::alerts::{AlertPolicy, NewRule};
 use bellwether_server::client::{Client, ClientError};
-use bellwether_server::{Server, ServerConfig};
+use bellwether_server::Server;
 use bellwether_store::testing::with_each_backend;
 use bellwether_store::StoreConfig;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tower::ServiceExt;
-
-const OP: &str = "operator-token-for-tests-0001";
-const ENROL: &str = "enrol-token-for-tests-000001";
+use support::OP;
 
 /// A webhook receiver on a free port: records (path, JSON body) and answers from a script of
 /// (path, status) pairs, each used once by the first request to that path (200 otherwise), so
@@ -95,85 +92,19 @@ impl Receiver {
     }
 }
 
+/// A request with the operator token.
 async fn send(
     app: &Router,
     method: Method,
     uri: &str,
     body: Option<String>,
 ) -> (StatusCode, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::AUTHORIZATION, format!("Bearer {OP}"));
-    let body = match body {
-        Some(b) => {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-            Body::from(b)
-        }
-        None => Body::empty(),
-    };
-    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    support::send(app, method, uri, OP, body).await
 }
 
 /// A trained model and `n` enrolled web hosts with profiles, as a rollout needs.
 async fn fleet(app: &Router, n: usize) {
-    let mut csv = String::from("deployment_id,host,disk_free_pct,outcome\n");
-    for i in 0..400 {
-        let disk = (i * 7 % 60) as f64;
-        let failed = if disk < 10.0 {
-            i % 10 != 0
-        } else {
-            i % 17 == 0
-        };
-        csv.push_str(&format!("d{},h{i},{disk},{}\n", i / 10, failed as u8));
-    }
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri("/api/v1/history/import")
-        .header(header::AUTHORIZATION, format!("Bearer {OP}"))
-        .body(Body::from(csv))
-        .unwrap();
-    assert_eq!(
-        app.clone().oneshot(req).await.unwrap().status(),
-        StatusCode::CREATED
-    );
-    let (s, v) = send(app, Method::POST, "/api/v1/model/train", None).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    for i in 0..n {
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri("/api/v1/enrol")
-            .header(header::AUTHORIZATION, format!("Bearer {ENROL}"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(
-                json!({"name": format!("web-{i:02}"), "labels": {"role": "web"}}).to_string(),
-            ))
-            .unwrap();
-        let resp = app.clone().oneshot(req).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let v: Value = serde_json::from_slice(&bytes).unwrap();
-        let token = v["agent_token"].as_str().unwrap();
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri("/api/v1/agent/profile")
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(
-                json!({"metrics": {"disk_free_pct": 40.0 + i as f64}}).to_string(),
-            ))
-            .unwrap();
-        assert_eq!(
-            app.clone().oneshot(req).await.unwrap().status(),
-            StatusCode::NO_CONTENT
-        );
-    }
+    support::fleet(app, n).await;
 }
 
 fn plan(hook: &str) -> String {
@@ -216,10 +147,7 @@ fn api_error(e: ClientError) -> (u16, String) {
 async fn a_rollouts_events_reach_a_server_rule_and_its_plans_rules_through_a_served_server() {
     with_each_backend(|store: StoreConfig| async move {
         let rx = Receiver::start().await;
-        let mut config = ServerConfig::new(store, None);
-        config.operator_token = Some(OP.into());
-        config.enrol_token = Some(ENROL.into());
-        config.retrain_after = 0;
+        let mut config = support::config(store);
         config.alerts = AlertPolicy {
             attempts: 3,
             base: Duration::from_millis(50),

@@ -4,20 +4,17 @@
 //! the query, and never promotes. (A real Prometheus scraping a real fleet is
 //! crates/bellwether/tests/rollout_prometheus.rs.)
 
+mod support;
+
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::Router;
 use bellwether_server::{Server, ServerConfig, ServerError};
 use bellwether_store::testing::with_each_backend;
 use bellwether_store::StoreConfig;
-use http_body_util::BodyExt;
-use serde_json::{json, Value};
-use tower::ServiceExt;
-
-const OP: &str = "operator-token-for-tests-0001";
-const ENROL: &str = "enrol-token-for-tests-000001";
+use serde_json::json;
+use support::{now_ms, send, OP};
 
 /// `ADDRESS` and `QUERY` are replaced by each test.
 const PLAN: &str = r#"name: web-v2
@@ -55,98 +52,16 @@ fn plan(address: Option<&str>, query: &str) -> String {
 }
 
 fn config(store: StoreConfig, prometheus_url: Option<&str>) -> ServerConfig {
-    let mut c = ServerConfig::new(store, None);
-    c.operator_token = Some(OP.into());
-    c.enrol_token = Some(ENROL.into());
-    c.retrain_after = 0;
+    let mut c = support::config(store);
     c.prometheus_url = prometheus_url.map(str::to_string);
     c
-}
-
-async fn send(
-    app: &Router,
-    method: Method,
-    uri: &str,
-    token: &str,
-    body: Option<String>,
-) -> (StatusCode, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"));
-    let body = match body {
-        Some(b) => {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-            Body::from(b)
-        }
-        None => Body::empty(),
-    };
-    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// Enrols `n` web hosts (label `role=web`, no `zone`) and trains a model; returns their agent
 /// tokens.
 async fn fleet(app: &Router, n: usize) -> Vec<(String, String)> {
-    let mut csv = String::from("deployment_id,host,disk_free_pct,outcome\n");
-    for i in 0..200 {
-        let disk = (i * 7 % 60) as f64;
-        let failed = if disk < 10.0 {
-            i % 10 != 0
-        } else {
-            i % 17 == 0
-        };
-        csv.push_str(&format!("d{},h{i},{disk},{}\n", i / 10, failed as u8));
-    }
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri("/api/v1/history/import")
-        .header(header::AUTHORIZATION, format!("Bearer {OP}"))
-        .body(Body::from(csv))
-        .unwrap();
-    assert_eq!(
-        app.clone().oneshot(req).await.unwrap().status(),
-        StatusCode::CREATED
-    );
-    let (s, v) = send(app, Method::POST, "/api/v1/model/train", OP, None).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let mut agents = Vec::new();
-    for i in 0..n {
-        let name = format!("web-{i:02}");
-        let (s, v) = send(
-            app,
-            Method::POST,
-            "/api/v1/enrol",
-            ENROL,
-            Some(json!({"name": name, "labels": {"role": "web"}}).to_string()),
-        )
-        .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        let token = v["agent_token"].as_str().unwrap().to_string();
-        let (s, _) = send(
-            app,
-            Method::POST,
-            "/api/v1/agent/profile",
-            &token,
-            Some(json!({"metrics": {"disk_free_pct": 40.0}}).to_string()),
-        )
-        .await;
-        assert_eq!(s, StatusCode::NO_CONTENT);
-        agents.push((name, token));
-    }
-    agents
+    support::train(app, 200).await;
+    support::enrol_web(app, n, |_| 40.0).await
 }
 
 /// A simulated agent that runs every action it is sent, until `stop`.

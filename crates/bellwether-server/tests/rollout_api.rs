@@ -1,20 +1,17 @@
 //! The rollout runner and the agent action API, driven in-process with simulated agents, every
 //! test body run against SQLite and PostgreSQL.
 
+mod support;
+
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::Router;
-use bellwether_server::{Server, ServerConfig};
+use bellwether_server::Server;
 use bellwether_store::testing::with_each_backend;
 use bellwether_store::StoreConfig;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tower::ServiceExt;
-
-const OP: &str = "operator-token-for-tests-0001";
-const ENROL: &str = "enrol-token-for-tests-000001";
+use support::{config, fleet, now_ms, send, ENROL, OP};
 
 const PLAN: &str = r#"name: web-v2
 update:
@@ -40,100 +37,6 @@ analysis:
   judge: { enabled: false }
 no_data: { after: 3s }
 "#;
-
-fn config(store: StoreConfig) -> ServerConfig {
-    let mut c = ServerConfig::new(store, None);
-    c.operator_token = Some(OP.into());
-    c.enrol_token = Some(ENROL.into());
-    c.retrain_after = 0;
-    c
-}
-
-async fn send(
-    app: &Router,
-    method: Method,
-    uri: &str,
-    token: &str,
-    body: Option<String>,
-) -> (StatusCode, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"));
-    let body = match body {
-        Some(b) => {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-            Body::from(b)
-        }
-        None => Body::empty(),
-    };
-    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// Enrols `n` web hosts with profiles and a model trained on a history where a full disk
-/// fails; returns their agent tokens.
-async fn fleet(app: &Router, n: usize) -> Vec<(String, String)> {
-    let mut csv = String::from("deployment_id,host,disk_free_pct,outcome\n");
-    for i in 0..400 {
-        let disk = (i * 7 % 60) as f64;
-        let failed = if disk < 10.0 {
-            i % 10 != 0
-        } else {
-            i % 17 == 0
-        };
-        csv.push_str(&format!("d{},h{i},{disk},{}\n", i / 10, failed as u8));
-    }
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri("/api/v1/history/import")
-        .header(header::AUTHORIZATION, format!("Bearer {OP}"))
-        .body(Body::from(csv))
-        .unwrap();
-    assert_eq!(
-        app.clone().oneshot(req).await.unwrap().status(),
-        StatusCode::CREATED
-    );
-    let (s, v) = send(app, Method::POST, "/api/v1/model/train", OP, None).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let mut agents = Vec::new();
-    for i in 0..n {
-        let name = format!("web-{i:02}");
-        let (s, v) = send(
-            app,
-            Method::POST,
-            "/api/v1/enrol",
-            ENROL,
-            Some(json!({"name": name, "labels": {"role": "web"}}).to_string()),
-        )
-        .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        let token = v["agent_token"].as_str().unwrap().to_string();
-        let (s, _) = send(
-            app,
-            Method::POST,
-            "/api/v1/agent/profile",
-            &token,
-            Some(json!({"metrics": {"disk_free_pct": 40.0 + i as f64}}).to_string()),
-        )
-        .await;
-        assert_eq!(s, StatusCode::NO_CONTENT);
-        agents.push((name, token));
-    }
-    agents
-}
 
 /// A simulated agent: reports healthy samples and runs every action it is sent (each id once),
 /// until `stop`.

@@ -1,24 +1,15 @@
 //! `GET /api/v1/events/stream` (server-sent events) and the dashboard's files under `/ui`,
 //! against a real server on a socket and both stores.
 
-use bellwether_server::{Server, ServerConfig};
+mod support;
+
 use bellwether_store::testing::with_each_backend;
 use bellwether_store::StoreConfig;
 use serde_json::{json, Value};
+use support::{ADMIN, ENROL, OP};
 
-const ADMIN: &str = "admin-token-for-stream-00001";
-const OP: &str = "operator-token-for-stream-001";
-const ENROL: &str = "enrol-token-for-stream-00001";
-
-fn config(store: StoreConfig) -> ServerConfig {
-    let mut c = ServerConfig::new(store, None);
-    c.admin_token = Some(ADMIN.into());
-    c.operator_token = Some(OP.into());
-    c.enrol_token = Some(ENROL.into());
-    c
-}
-
-/// A server on a free port; answers its URL, a client, and the sender that shuts it down.
+/// A server with an admin token on a free port; answers its URL, a client, and the sender
+/// that shuts it down.
 async fn start(
     store: StoreConfig,
 ) -> (
@@ -27,19 +18,9 @@ async fn start(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
-    let server = Server::open(config(store)).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .serve(listener, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    (url, reqwest::Client::new(), tx, task)
+    let mut config = support::config(store);
+    config.admin_token = Some(ADMIN.into());
+    support::serve(config).await
 }
 
 /// Reads SSE messages from a streaming response, one `(id, data)` at a time.

@@ -184,6 +184,74 @@ export function actionButton(label, test, act, { out, done, confirm: ask } = {})
   return out ? btn : h('span', { class: 'action' }, btn, line);
 }
 
+/**
+ * Shows what `draw(reload)` (async; it fills the page) draws, now and again whenever an event
+ * of the live stream `concerns(event)`. Loads never overlap: events that arrive during a load
+ * ask for one more load after it (however many arrive), so the page ends showing the newest
+ * state without a load per event and without a timer. A failed load shows its `errorBox` in
+ * `el`. `draw` gets `reload` (for a Refresh button). Answers the page's cleanup: it
+ * unsubscribes, and a load still in flight is not followed by another.
+ */
+export function liveLoad(el, draw, concerns) {
+  let busy = false;
+  let again = false;
+  let stopped = false;
+  const reload = async () => {
+    if (stopped) return;
+    if (busy) {
+      again = true;
+      return;
+    }
+    busy = true;
+    try {
+      await draw(reload);
+    } catch (e) {
+      if (!stopped) el.replaceChildren(errorBox(e));
+    } finally {
+      busy = false;
+      if (again && !stopped) {
+        again = false;
+        reload();
+      }
+    }
+  };
+  const off = onEvent((ev) => {
+    if (concerns(ev)) reload();
+  });
+  reload();
+  return () => {
+    stopped = true;
+    off();
+  };
+}
+
+// The outcome of the last action of a page, kept across the page's reloads (its own event
+// reloads it) and dropped when another page's action replaces it.
+let lastResult = { key: null, text: '', err: null };
+
+/**
+ * The line (data-test="action-result") where a page shows the outcome of its last action,
+ * kept across reloads of the same `key` (e.g. `mirrors:cache`): `line.set(text)` shows a
+ * success, `line.fail(err)` its `errorBox`.
+ */
+export function keptResult(key) {
+  const line = h('div', { class: 'action-out', dataset: { test: 'action-result' } });
+  const show = () => {
+    if (lastResult.err) line.replaceChildren(errorBox(lastResult.err));
+    else line.replaceChildren(h('span', { class: 'ok', dataset: { test: 'action-ok' } }, lastResult.text));
+  };
+  if (lastResult.key === key) show();
+  line.set = (text) => {
+    lastResult = { key, text, err: null };
+    show();
+  };
+  line.fail = (err) => {
+    lastResult = { key, text: '', err };
+    show();
+  };
+  return line;
+}
+
 /** `<table>` from column heads and rows of cells. */
 export function table(heads, rows, attrs = {}) {
   return h('table', attrs,
@@ -378,7 +446,16 @@ function route() {
   if (!role) return;
   const [id, ...rest] = location.hash.replace(/^#\/?/, '').split('/');
   const page = pages.get(id) ?? pages.get(firstPage());
-  const arg = rest.length ? decodeURIComponent(rest.join('/')) : null;
+  // `rawArg` is the argument as written (still percent-encoded), for a page whose argument
+  // has parts of its own (config's `HOST,SOURCE,KEY`: each part is encoded, so a comma inside
+  // one is `%2C` and does not split it); `arg` is it decoded once.
+  const rawArg = rest.length ? rest.join('/') : null;
+  let arg = null;
+  try {
+    arg = rawArg === null ? null : decodeURIComponent(rawArg);
+  } catch {
+    arg = rawArg;
+  }
   if (cleanup) {
     try { cleanup(); } catch (e) { console.error(e); }
   }
@@ -388,7 +465,7 @@ function route() {
   document.getElementById('page').replaceChildren(el);
   document.title = `${page.title} · Bellwether`;
   try {
-    const c = page.render(el, { arg, role, api, onEvent, navigate });
+    const c = page.render(el, { arg, rawArg, role, api, onEvent, navigate });
     if (typeof c === 'function') cleanup = c;
     else if (c && typeof c.then === 'function') {
       c.then((f) => { if (typeof f === 'function') cleanup = f; }, (e) => el.replaceChildren(errorBox(e)));

@@ -5,6 +5,11 @@
 //! host and the proxy; the agent makes a real replica; the primary is SIGKILLed; the task
 //! promotes the replica and moves the proxy's routing, and a write acknowledged by the replica
 //! before the kill is read back through the proxy from the new primary.
+//!
+//! The same for PostgreSQL with two standbys made by the agent and a primary whose commits
+//! wait for one (`synchronous_standby_names = '*'`): after the primary is SIGKILLed, the other
+//! standby is pointed at the promoted one (not retired), is its synchronous standby, commits
+//! through the proxy are acknowledged, and no split brain is reported.
 
 mod support;
 
@@ -29,9 +34,10 @@ struct Proxy {
 }
 
 impl Proxy {
-    fn start(primary: &str) -> Proxy {
+    /// A `redis` or `postgres` listener in front of `primary`, named `name`.
+    fn start(protocol: &str, name: &str, primary: &str) -> Proxy {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bellwether"))
-            .args(["proxy", "--listen", "127.0.0.1:0", "--protocol", "redis"])
+            .args(["proxy", "--listen", "127.0.0.1:0", "--protocol", protocol])
             .args([
                 "--admin",
                 "127.0.0.1:0",
@@ -39,7 +45,7 @@ impl Proxy {
                 "none",
                 "--backend",
             ])
-            .arg(format!("cache-primary={primary},role=primary"))
+            .arg(format!("{name}={primary},role=primary"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -211,7 +217,7 @@ async fn the_mirror_task_provisions_through_the_agent_and_switches_the_proxy() {
     let dir = tmp.path();
     let mut primary = TestRedis::start();
     let primary_ep = primary.endpoint();
-    let proxy = Proxy::start(&primary_ep);
+    let proxy = Proxy::start("redis", "cache-primary", &primary_ep);
     let server = start_server(dir, &proxy.token_file);
     let api = server.api();
 
@@ -333,4 +339,257 @@ async fn the_mirror_task_provisions_through_the_agent_and_switches_the_proxy() {
     );
 
     agent.kill();
+}
+
+/// One statement on a fresh connection to `addr` (`HOST:PORT`, user `postgres`, trust);
+/// the first column of each row, which must be text.
+async fn pg(addr: &str, sql: &str) -> Result<Vec<String>, String> {
+    let url = format!("postgres://postgres@{addr}/postgres?connect_timeout=5");
+    let inst = bellwether_pg::connect(&url)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let rows = tokio::time::timeout(Duration::from_secs(10), inst.client.query(sql, &[]))
+        .await
+        .map_err(|_| format!("{addr}: {sql}: no answer in 10 s"))?
+        .map_err(|e| format!("{addr}: {sql}: {e:?}"))?;
+    rows.iter()
+        .map(|r| {
+            r.try_get::<usize, String>(0)
+                .map_err(|e| format!("{addr}: {sql}: {e}"))
+        })
+        .collect()
+}
+
+/// SIGKILL to a PostgreSQL server: its postmaster (the first line of `postmaster.pid`) and
+/// every process it started.
+fn kill_postgres(data_dir: &Path) {
+    let pidfile = data_dir.join("postmaster.pid");
+    let text =
+        std::fs::read_to_string(&pidfile).unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()));
+    let root: i32 = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{} names no pid: {text:?}", pidfile.display()));
+    let mut pids = vec![root];
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(root) {
+            pids.push(pid);
+        }
+    }
+    for p in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+fn port_of(endpoint: &str) -> String {
+    endpoint
+        .rsplit_once(':')
+        .map(|(_, p)| p.to_string())
+        .unwrap_or_else(|| panic!("{endpoint} has no port"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_switch_repoints_the_other_standby_and_keeps_it_synchronous() {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir = tmp.path();
+    // Commits wait for one standby: the test writes only once the agent made them.
+    let mut primary =
+        bellwether_pg::testing::TestCluster::start(bellwether_pg::testing::TestClusterOptions {
+            conf: vec![
+                ("synchronous_standby_names".into(), "'*'".into()),
+                ("wal_level".into(), "replica".into()),
+            ],
+        });
+    let primary_ep = format!("127.0.0.1:{}", primary.port);
+    let proxy = Proxy::start("postgres", "db-primary", &primary_ep);
+    let server = start_server(dir, &proxy.token_file);
+    let api = server.api();
+
+    let root = dir.join("hosts").join("db-1");
+    write_host_root(&root, &HostSpec::generate(7, "db-1", 60)).expect("a host root");
+    let state = dir.join("agent-state");
+    std::fs::create_dir_all(&state).expect("the agent's state directory");
+    let _mirrors = Mirrors(state.clone());
+    let state_arg = state.display().to_string();
+    let mut agent = start_agent(
+        dir,
+        &server,
+        "db-1",
+        &root,
+        "300ms",
+        &["--state-dir", &state_arg],
+    );
+
+    let (status, body) = api
+        .post(
+            "/api/v1/mirror/dependencies",
+            serde_json::json!({
+                "name": "db", "kind": "postgres", "primary": primary_ep, "host": "db-1",
+                "tier": "critical", "impact": 1.0,
+                "proxy": {"admin_url": proxy.admin, "token": "edge"},
+                "policy": {"min_mirrors": 2, "max_mirrors": 2, "mode": "active-passive",
+                           "health_interval": "250ms", "failback_after": "1d"}
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    let show = "/api/v1/mirror/dependencies/db";
+    let api = &api;
+    let ready = eventually(
+        "two ready standbys made by the agent",
+        WAIT,
+        || async move {
+            let (_, d) = api.get(show).await;
+            let ready: Vec<serde_json::Value> = d["instances"]
+                .as_array()?
+                .iter()
+                .filter(|i| i["role"] == "mirror" && i["state"] == "ready")
+                .cloned()
+                .collect();
+            (ready.len() == 2).then_some(ready)
+        },
+    )
+    .await;
+    agent.assert_running();
+    for m in &ready {
+        let ep = m["endpoint"].as_str().expect("a ready mirror's endpoint");
+        assert_eq!(
+            pg(ep, "SELECT pg_is_in_recovery()::text").await,
+            Ok(vec!["true".to_string()]),
+            "{ep} is a standby"
+        );
+    }
+
+    // A commit through the proxy: acknowledged once a standby flushed it.
+    let proxy = &proxy;
+    pg(&proxy.listen, "CREATE TABLE public.e2e (v text)")
+        .await
+        .expect("a table through the proxy");
+    pg(&proxy.listen, "INSERT INTO public.e2e VALUES ('before')")
+        .await
+        .expect("a commit through the proxy");
+
+    kill_postgres(&primary.data_dir);
+    let switched = eventually("a switch in the history", WAIT, || async move {
+        let (_, d) = api.get(show).await;
+        d["history"].as_array()?.first().cloned()
+    })
+    .await;
+    assert_eq!(switched["from"], "primary", "{switched}");
+    assert_eq!(switched["trigger"], "down", "{switched}");
+    let promoted_id = switched["to"]
+        .as_str()
+        .expect("the promoted mirror")
+        .to_string();
+    let promoted = ready
+        .iter()
+        .find(|m| m["id"] == promoted_id.as_str())
+        .unwrap_or_else(|| panic!("{promoted_id} is one of the ready standbys: {ready:?}"));
+    let other = ready
+        .iter()
+        .find(|m| m["id"] != promoted_id.as_str())
+        .expect("the other standby");
+    let promoted_ep = promoted["endpoint"].as_str().expect("an endpoint");
+    let (other_id, other_ep) = (
+        other["id"].as_str().expect("an id"),
+        other["endpoint"].as_str().expect("an endpoint"),
+    );
+
+    // The other standby follows the promoted one and is its synchronous standby.
+    let sender = eventually(
+        "the other standby streaming from the promoted one",
+        WAIT,
+        || async move {
+            let r = pg(
+                other_ep,
+                "SELECT sender_port::text FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+            )
+            .await
+            .ok()?;
+            r.into_iter().next()
+        },
+    )
+    .await;
+    assert_eq!(sender, port_of(promoted_ep));
+    // Its configuration came with the copy: the new primary's commits wait for a standby, and
+    // the repointed one is there to confirm them from the start.
+    eventually(
+        "the promoted one naming a synchronous standby",
+        WAIT,
+        || async move {
+            let r = pg(
+                promoted_ep,
+                "SELECT count(*)::text FROM pg_stat_replication WHERE sync_state = 'sync'",
+            )
+            .await
+            .ok()?;
+            (r == ["1"]).then_some(())
+        },
+    )
+    .await;
+
+    // The task kept it as a mirror: never retired, and it becomes ready again.
+    let kept = eventually("the other standby ready again", WAIT, || async move {
+        let (_, d) = api.get(show).await;
+        d["instances"]
+            .as_array()?
+            .iter()
+            .find(|i| i["id"] == other_id && i["role"] == "mirror" && i["state"] == "ready")
+            .cloned()
+    })
+    .await;
+    assert_eq!(kept["endpoint"], other_ep, "{kept}");
+
+    // Commits through the proxy are acknowledged by the new primary and its standby; the
+    // commit from before the kill is there.
+    pg(&proxy.listen, "INSERT INTO public.e2e VALUES ('after')")
+        .await
+        .expect("a commit through the proxy after the switch");
+    let rows = pg(&proxy.listen, "SELECT v FROM public.e2e ORDER BY v")
+        .await
+        .expect("a read through the proxy");
+    assert_eq!(rows, vec!["after".to_string(), "before".to_string()]);
+    eventually(
+        "both commits on the repointed standby",
+        WAIT,
+        || async move {
+            let r = pg(other_ep, "SELECT count(*)::text FROM public.e2e")
+                .await
+                .ok()?;
+            (r == ["2"]).then_some(())
+        },
+    )
+    .await;
+
+    let (_, h) = api.get(&format!("{show}/history?limit=1000")).await;
+    let events = h["events"].as_array().expect("the task's events");
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    for bad in ["split_brain", "repoint_failed"] {
+        assert!(
+            !kinds.iter().any(|k| k.ends_with(bad)),
+            "no {bad} after the switch: {kinds:?}"
+        );
+    }
+    assert!(
+        kinds.iter().any(|k| k.ends_with("repointed")),
+        "the other standby's repoint is in the history: {kinds:?}"
+    );
+
+    agent.kill();
+    drop(primary.stop());
 }

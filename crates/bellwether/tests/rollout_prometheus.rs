@@ -84,11 +84,7 @@ impl Drop for Prometheus {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    bellwether_pg::listen_port().expect("finding a free port on 127.0.0.1")
 }
 
 /// Starts Prometheus scraping each `(host, service address)` every second, with the host's

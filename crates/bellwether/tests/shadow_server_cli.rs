@@ -1,7 +1,8 @@
-//! `bellwether shadow add|start --host|list|show|predict|rollback|remove` against a real
-//! server process (SQLite store): declared shadows are read back through the CLI, and bad
-//! input (an unknown shadow, a bad probability, a bad time, a host that never enrolled, a
-//! shadow directory over the data) is refused with an error naming it and exit code 2.
+//! `bellwether shadow add|start --host|list|show|predict|rollback|failure|points|history|remove`
+//! against a real server process (SQLite store): declared shadows are read back through the
+//! CLI, and bad input (an unknown shadow, a bad probability, a bad time, a failure in the
+//! future, a host that never enrolled, a shadow directory over the data, a bad limit) is
+//! refused with an error naming it and exit code 2.
 
 mod support;
 
@@ -261,6 +262,99 @@ fn server_managed_shadows_through_the_cli() {
         ]),
         "--location cell-b: give ID=PATH",
     );
+
+    // The server's points, failure and history verbs. No agent runs here: no point yet.
+    let p = json(&with(&["points", "orders", "--output", "json"]));
+    assert_eq!(p["name"], "orders", "{p}");
+    assert_eq!(p["points"], serde_json::json!([]), "{p}");
+    let o = with(&["points", "orders"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("orders has no point yet"), "{}", text(&o));
+
+    let d = json(&with(&[
+        "failure",
+        "orders",
+        "--reason",
+        "checksum errors",
+        "--failed-at",
+        "2026-12-05T18:20:00Z",
+        "--location",
+        "primary",
+        "--output",
+        "json",
+    ]));
+    assert_eq!(d["name"], "orders", "{d}");
+    let h = json(&with(&[
+        "history", "orders", "--limit", "50", "--output", "json",
+    ]));
+    assert_eq!(h["name"], "orders", "{h}");
+    let kinds: Vec<&str> = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    // The failure reached the task: without a point there is nothing to restore, said so.
+    assert!(
+        kinds.iter().any(|k| k.starts_with("shadow.rollback.")),
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&"shadow.declared"), "{kinds:?}");
+    let one = json(&with(&[
+        "history", "orders", "--limit", "1", "--output", "json",
+    ]));
+    assert_eq!(one["events"].as_array().unwrap().len(), 1, "{one}");
+    let o = with(&["history", "orders"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("Events, newest first") && text(&o).contains("shadow.declared"),
+        "{}",
+        text(&o)
+    );
+
+    // Their bad input, each named, exit 2.
+    refused(
+        &with(&["failure", "nope", "--reason", "disk gone"]),
+        "no shadow named nope",
+    );
+    refused(
+        &with(&["failure", "orders", "--reason", "x", "--failed-at", "soon"]),
+        "soon",
+    );
+    refused(
+        &with(&[
+            "failure",
+            "orders",
+            "--reason",
+            "x",
+            "--failed-at",
+            "2999-01-01T00:00:00Z",
+        ]),
+        "in the future",
+    );
+    refused(
+        &with(&["failure", "orders", "--reason", "x", "--location", "cell-z"]),
+        "has no location cell-z",
+    );
+    refused(&with(&["failure", "orders", "--reason", " "]), "reason");
+    refused(&with(&["failure", "orders"]), "--reason");
+    refused(&with(&["history", "orders", "--limit", "0"]), "--limit");
+    refused(&with(&["history", "nope"]), "no shadow named nope");
+    refused(&with(&["points", "nope"]), "no shadow named nope");
+    refused(&with(&["points", "Bad!"]), "not a shadow name");
+    refused(&with(&["points"]), "<NAME>");
+    refused(&with(&["points", "orders", "--dir", "var/x"]), "--dir");
+
+    // --help teaches each verb.
+    for (verb, needle) in [
+        ("failure", "latest point at or before --failed-at"),
+        ("history", "newest first"),
+        ("points", "server-managed shadow"),
+    ] {
+        let o = run(&["shadow", verb, "--help"]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(text(&o).contains(needle), "{verb}: {}", text(&o));
+    }
 
     // Remove: the shadow is marked and its task stops it.
     let d = json(&with(&["remove", "uploads", "--output", "json"]));

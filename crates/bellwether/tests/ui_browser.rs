@@ -15,7 +15,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 use support::*;
-use ui_support::Browser;
+use ui_support::{viewer_refused_operator_acts, Act, Browser};
 
 /// Four web hosts and a database: version 2 of the web service breaks on a nearly full disk,
 /// which the history has never seen (so that host is not held back and fails in its wave), and
@@ -190,19 +190,9 @@ async fn the_dashboard_shows_the_fleet_and_a_live_rollout_and_only_an_operator_a
     browser
         .css("[data-test=label-filter] option[value=\"role=db\"]")
         .await;
-    browser
-        .css("[data-test=label-filter]")
-        .await
-        .select_by_value("role=db")
-        .await
-        .unwrap();
+    browser.select("[data-test=label-filter]", "role=db").await;
     browser.text("h2", "Hosts (1)").await;
-    browser
-        .css("[data-test=label-filter]")
-        .await
-        .select_by_value("")
-        .await
-        .unwrap();
+    browser.select("[data-test=label-filter]", "").await;
     browser
         .text("h2", &format!("Hosts ({})", hosts.len()))
         .await;
@@ -219,12 +209,7 @@ async fn the_dashboard_shows_the_fleet_and_a_live_rollout_and_only_an_operator_a
         .send_keys("2")
         .await
         .unwrap();
-    browser
-        .css("[data-test=risk-submit]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("[data-test=risk-submit]").await;
     browser.css("svg[data-test=risk-histogram]").await;
     let counted = browser
         .js("return [...document.querySelectorAll('[data-test=risk-histogram] rect')].reduce((n, r) => n + Number(r.dataset.count), 0);")
@@ -242,23 +227,20 @@ async fn the_dashboard_shows_the_fleet_and_a_live_rollout_and_only_an_operator_a
         .find(|h| h["host"].as_str().unwrap().starts_with("web-old"))
         .unwrap();
     let shown = browser
-        .css(&format!(
-            "[data-test=host-row][data-host=\"{}\"] [data-test=host-risk]",
-            old["host"].as_str().unwrap()
-        ))
-        .await
-        .text()
-        .await
-        .unwrap();
+        .text(
+            &format!(
+                "[data-test=host-row][data-host=\"{}\"] [data-test=host-risk]",
+                old["host"].as_str().unwrap()
+            ),
+            "%",
+        )
+        .await;
     assert!(shown.ends_with('%') && shown != "—", "{shown}");
     // One host's drift over time, from its drift_recomputed events.
     let first = "web-03";
     browser
-        .css(&format!("[data-test=host-row][data-host=\"{first}\"] a"))
-        .await
-        .click()
-        .await
-        .unwrap();
+        .click(&format!("[data-test=host-row][data-host=\"{first}\"] a"))
+        .await;
     browser
         .text("[data-test=host-card]", &format!("{first}: drift"))
         .await;
@@ -285,11 +267,8 @@ async fn the_dashboard_shows_the_fleet_and_a_live_rollout_and_only_an_operator_a
         .css(&format!("[data-test=rollout-row][data-id=\"{id}\"]"))
         .await;
     browser
-        .css(&format!("[data-test=rollout-row][data-id=\"{id}\"] a"))
-        .await
-        .click()
-        .await
-        .unwrap();
+        .click(&format!("[data-test=rollout-row][data-id=\"{id}\"] a"))
+        .await;
     browser.text("[data-test=rollout-state]", "running").await;
     browser
         .css("[data-test=timeline-event][data-kind=\"rollout.pilot.selected\"]")
@@ -298,12 +277,7 @@ async fn the_dashboard_shows_the_fleet_and_a_live_rollout_and_only_an_operator_a
     browser.css("[data-test=pilot] .figures").await;
 
     // The operator pauses: the page and the API say paused.
-    browser
-        .css("[data-test=pause]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("[data-test=pause]").await;
     browser.text("[data-test=rollout-state]", "paused").await;
     let status = get(&url, &op, &format!("/api/v1/rollouts/{id}")).await;
     assert_eq!(status["state"], "paused", "{status}");
@@ -315,12 +289,7 @@ async fn the_dashboard_shows_the_fleet_and_a_live_rollout_and_only_an_operator_a
     browser.sign_out().await;
     browser.sign_in_here(&viewer, "viewer").await;
     browser.text("[data-test=rollout-state]", "paused").await;
-    browser
-        .css("[data-test=resume]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("[data-test=resume]").await;
     let refused = browser.text("[data-test=refused]", "403").await;
     assert!(
         refused.contains("a viewer token may not POST /api/v1/rollouts/{id}/{command}"),
@@ -336,21 +305,11 @@ async fn the_dashboard_shows_the_fleet_and_a_live_rollout_and_only_an_operator_a
     // up live with its reason and figures.
     browser.sign_out().await;
     browser.sign_in_here(&op, "operator").await;
-    browser
-        .css("[data-test=resume]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("[data-test=resume]").await;
     browser
         .css("[data-test=timeline-event][data-kind=\"rollout.rollout.resumed\"]")
         .await;
-    browser
-        .css("[data-test=promote]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("[data-test=promote]").await;
     browser
         .css("[data-test=timeline-event][data-kind=\"rollout.rollout.promote_requested\"]")
         .await;
@@ -379,6 +338,84 @@ async fn the_dashboard_shows_the_fleet_and_a_live_rollout_and_only_an_operator_a
         "the page shows the report's reason {}: {failure}",
         failed["reason"]
     );
+
+    // ---- one host rolled back by hand ---------------------------------------------------
+    // A host the rollout updated and has not failed: its row has Roll back, which asks for a
+    // confirmation. A viewer (in a browser of its own) accepts it and sees the API's refusal,
+    // and the host is untouched; the operator's rolls the host back, live on the page and in
+    // the API.
+    let status = get(&url, &op, &format!("/api/v1/rollouts/{id}")).await;
+    let state_of = |status: &Value, host: &str| {
+        status["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == host)
+            .map(|h| h["state"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let host = ["baking", "updated"]
+        .iter()
+        .find_map(|want| {
+            status["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h["state"] == *want)
+        })
+        .unwrap_or_else(|| panic!("no host to roll back: {status}"))["host"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = state_of(&status, &host);
+    let button = format!("[data-test=report-host][data-host=\"{host}\"] [data-test=rollback-host]");
+    let rollout_route = format!("#/rollouts/{id}");
+    let viewing = Browser::start().await;
+    viewing.sign_in(&url, &viewer, "viewer").await;
+    let acted = viewer_refused_operator_acts(
+        &viewing,
+        &browser,
+        &Act {
+            route: &rollout_route,
+            button: &button,
+            confirm: true,
+            refused: "POST /api/v1/rollouts/{id}/hosts/{host}/rollback",
+        },
+        async |_| {
+            let status = get(&url, &op, &format!("/api/v1/rollouts/{id}")).await;
+            assert_eq!(
+                state_of(&status, &host),
+                before,
+                "the viewer's rollback changed {host}: {status}"
+            );
+        },
+    )
+    .await;
+    for dialog in [&acted.viewer_dialog, &acted.operator_dialog] {
+        assert!(
+            dialog.contains(&format!("Roll back {host} now?")),
+            "the confirmation names the host: {dialog}"
+        );
+    }
+    browser
+        .css(&format!(
+            "[data-test=host-state][data-host=\"{host}\"][data-state=rolled_back]"
+        ))
+        .await;
+    browser
+        .text(
+            &format!("[data-test=report-host][data-host=\"{host}\"]"),
+            "rolled back",
+        )
+        .await;
+    let status = get(&url, &op, &format!("/api/v1/rollouts/{id}")).await;
+    assert_eq!(state_of(&status, &host), "rolled_back", "{status}");
+    assert!(
+        browser.all(&button).await.is_empty(),
+        "a rolled-back host has no Roll back button"
+    );
+    viewing.close().await;
+
     assert_eq!(
         browser.js("return window.__sameDocument;").await,
         json!("yes"),

@@ -19,11 +19,12 @@ mod ui_support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bellwether_mirror::testing::TestRedis;
 use fantoccini::Locator;
 use patch_support::pgsupport::free_port;
 use patch_support::*;
 use serde_json::{json, Value};
-use ui_support::{css_to_xpath, Browser, WAIT};
+use ui_support::{css_to_xpath, viewer_refused_operator_acts, Act, Browser, WAIT};
 
 // ---------------------------------------------------------------------------------------
 // The browser: ui-core's harness (tests/ui_support), one headless Chromium per role.
@@ -72,23 +73,9 @@ impl Page {
         }
     }
 
-    async fn count(&self, css: &str) -> usize {
-        self.b.all(css).await.len()
-    }
-
-    /// Clicks the element matching `css`. A page reloads what it shows when an event
-    /// concerns it, so the element found may be replaced before the click lands: then it is
-    /// found again (a few times at most).
+    /// Clicks the element matching `css` (found again if a reload replaced it).
     async fn click(&self, css: &str) {
-        for _ in 0..5 {
-            match self.b.css(css).await.click().await {
-                Ok(()) => return,
-                Err(fantoccini::error::CmdError::Standard(e))
-                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
-                Err(e) => panic!("clicking {css}: {e}"),
-            }
-        }
-        panic!("{css} was replaced under every click");
+        self.b.click(css).await;
     }
 
     /// Marks the document; [`Page::not_reloaded`] checks the mark is still there (the page
@@ -106,13 +93,6 @@ impl Page {
         if let Ok(dir) = std::env::var("BELLWETHER_UI_SCREENSHOTS") {
             self.b.screenshot(&PathBuf::from(dir).join(name)).await;
         }
-    }
-
-    /// A refusal of the API shown on the page (the shell's errorBox for a 403).
-    async fn refused(&self) -> String {
-        self.b
-            .text("[data-test=action-result] [data-test=refused]", "403")
-            .await
     }
 }
 
@@ -177,10 +157,40 @@ fn agent_db1(url: &str, d: &Path, database: &str) -> KillOnDrop {
             "stop_process",
             "--allow-action",
             "sample_processes",
+            "--allow-action",
+            "mirror_provision",
+            "--allow-action",
+            "mirror_retire",
         ]
         .map(String::from),
         &d.join("agent-db1.log"),
     )
+}
+
+/// Stops the mirrors the db1 agent made (they outlive the agent, in their own process group)
+/// when the test ends: every process whose working directory is under the agent's state
+/// directory, each by its id.
+struct MirrorsUnder(PathBuf);
+
+impl Drop for MirrorsUnder {
+    fn drop(&mut self) {
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.parse::<u32>().is_err() {
+                continue;
+            }
+            if let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) {
+                if cwd.starts_with(&self.0) {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", &name])
+                        .status();
+                }
+            }
+        }
+    }
 }
 
 fn agent_files(url: &str, d: &Path, root: &Path) -> KillOnDrop {
@@ -277,6 +287,8 @@ async fn pages(pg: &PgPair) {
         "main=postgres://postgres@127.0.0.1:{}/postgres",
         pg.original.port
     );
+    // Declared before the agent, so it is dropped after it: then nothing makes mirrors.
+    let _mirrors = MirrorsUnder(d.join("agent-db1"));
     let _agent_db1 = agent_db1(&url, &d, &database);
     let root = d.join("files-root");
     std::fs::create_dir_all(root.join("srv/uploads")).unwrap();
@@ -359,21 +371,80 @@ async fn pages(pg: &PgPair) {
     op.not_reloaded().await;
 
     // A snapshot: the viewer is refused with the API's 403; the operator's is taken.
-    vw.route("#/config/db1,main,autovacuum_naptime").await;
-    vw.click("[data-test=config-snapshot-take]").await;
-    let refusal = vw.refused().await;
-    assert!(refusal.contains("viewer"), "{refusal}");
-    op.click("[data-test=config-snapshot-take]").await;
-    op.wait_css("[data-test=config-snapshot]").await;
-    op.not_reloaded().await;
-    let (_, snaps) = call(
-        "GET",
-        &format!("{url}/api/v1/config/snapshots?host=db1&source=main"),
-        OPERATOR,
-        None,
+    let snapshots = format!("{url}/api/v1/config/snapshots?host=db1&source=main");
+    viewer_refused_operator_acts(
+        &vw.b,
+        &op.b,
+        &Act {
+            route: "#/config/db1,main,autovacuum_naptime",
+            button: "[data-test=config-snapshot-take]",
+            confirm: false,
+            refused: "POST /api/v1/config/snapshots",
+        },
+        async |_| {
+            let (_, snaps) = call("GET", &snapshots, OPERATOR, None).await;
+            assert_eq!(snaps, json!([]), "the viewer's snapshot was not taken");
+        },
     )
     .await;
+    op.wait_css("[data-test=config-snapshot]").await;
+    op.not_reloaded().await;
+    let (_, snaps) = call("GET", &snapshots, OPERATOR, None).await;
     assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+
+    // A setting's name with commas and other reserved characters survives the address: each
+    // part of `#/config/HOST,SOURCE,SETTING,DEPTH` is encoded on its own, so a comma inside
+    // the name is not a separator and `%2C` typed in a name stays as typed. No PostgreSQL
+    // setting has such a name, so the API's 400 names exactly the setting it was asked for.
+    const ODD: &str = "work_mem, shared_buffers/x?y=1&z=#%2C é";
+    op.route("#/config/db1,main,autovacuum").await;
+    op.wait_css("[data-test=graph-node][data-name=autovacuum][data-center=true]")
+        .await;
+    op.mark().await;
+    let around = op.wait_css("[data-test=graph-around]").await;
+    around.clear().await.unwrap();
+    around.send_keys(ODD).await.unwrap();
+    op.wait_css("[data-test=graph-depth]")
+        .await
+        .select_by_value("3")
+        .await
+        .unwrap();
+    op.click("[data-test=graph-go]").await;
+    let shown = op
+        .wait_text("[data-test=graph-error]", &format!("has no setting {ODD}"))
+        .await;
+    assert!(shown.contains("400"), "{shown}");
+    op.not_reloaded().await;
+    let odd_route = async || {
+        op.b.js("const parts = location.hash.split(','); \
+             return {parts: parts.length, key: decodeURIComponent(parts[2]), depth: parts[3], \
+                     around: document.querySelector('[data-test=graph-around]').value, \
+                     selected: document.querySelector('[data-test=graph-depth]').value};")
+            .await
+    };
+    let expected = json!({"parts": 4, "key": ODD, "depth": "3", "around": ODD, "selected": "3"});
+    assert_eq!(
+        odd_route().await,
+        expected,
+        "the address and the page hold the setting"
+    );
+    // The address is a bookmark: loaded again, the page asks for the same setting.
+    op.b.client.refresh().await.unwrap();
+    op.wait_text("[data-test=role]", "operator").await;
+    op.wait_text("[data-test=graph-error]", &format!("has no setting {ODD}"))
+        .await;
+    assert_eq!(
+        odd_route().await,
+        expected,
+        "the bookmark holds the setting"
+    );
+    // And from there, a real setting by name centres the graph again.
+    let around = op.wait_css("[data-test=graph-around]").await;
+    around.clear().await.unwrap();
+    around.send_keys("track_counts").await.unwrap();
+    op.click("[data-test=graph-go]").await;
+    op.wait_css("[data-test=graph-node][data-name=track_counts][data-center=true]")
+        .await;
 
     // ---- Dependencies ------------------------------------------------------------------
     op.route("#/mirrors").await;
@@ -393,23 +464,89 @@ async fn pages(pg: &PgPair) {
     op.wait_css("[data-test=mirror-row][data-name=orders-db]")
         .await;
     op.not_reloaded().await;
-    op.click("[data-test=mirror-row][data-name=orders-db] [data-test=mirror-link]")
+    // A Redis dependency whose mirror the db1 agent makes (a real `redis-server --replicaof`
+    // under its state directory): its page shows the mirror once it is ready, the viewer's
+    // failover is refused, the operator's switches to the mirror, and the switch arrives in
+    // the history as its event does, without a reload.
+    let redis = TestRedis::start();
+    let (s, v) = call(
+        "POST",
+        &format!("{url}/api/v1/mirror/dependencies"),
+        OPERATOR,
+        Some(
+            json!({"name": "cache", "kind": "redis", "primary": redis.endpoint(),
+                    "host": "db1", "tier": "critical", "impact": 1.0,
+                    "policy": {"min_mirrors": 1, "max_mirrors": 1, "mode": "active-passive",
+                               "health_interval": "250ms", "failback_after": "1d"}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}\n{}", logs());
+    op.wait_css("[data-test=mirror-row][data-name=cache]").await;
+    op.not_reloaded().await;
+    op.click("[data-test=mirror-row][data-name=cache] [data-test=mirror-link]")
         .await;
     op.wait_css("[data-test=mirror-instance][data-role=primary]")
         .await;
-    op.wait_count("[data-test=mirror-event]", 1).await;
-    vw.route("#/mirrors/orders-db").await;
-    vw.click("[data-test=mirror-failover]").await;
-    vw.refused().await;
-    let before = op.count("[data-test=mirror-event]").await;
+    op.wait_css("[data-test=mirror-no-switches]").await;
+    op.wait_text("[data-test=mirror-instance][data-role=mirror]", "ready")
+        .await;
+    let mirror_id = op
+        .wait_css("[data-test=mirror-instance][data-role=mirror]")
+        .await
+        .attr("data-id")
+        .await
+        .unwrap()
+        .expect("a mirror row names its instance");
+    let dependency = format!("{url}/api/v1/mirror/dependencies/cache");
     op.mark().await;
-    op.click("[data-test=mirror-failover]").await;
+    viewer_refused_operator_acts(
+        &vw.b,
+        &op.b,
+        &Act {
+            route: "#/mirrors/cache",
+            button: "[data-test=mirror-failover]",
+            confirm: false,
+            refused: "POST /api/v1/mirror/dependencies/{name}/failover",
+        },
+        async |_| {
+            let (_, d) = call("GET", &dependency, OPERATOR, None).await;
+            assert_eq!(
+                d["history"],
+                json!([]),
+                "the viewer's failover switched: {d}"
+            );
+        },
+    )
+    .await;
     op.wait_text("[data-test=action-result]", "failover asked")
         .await;
-    // The failover's own event arrives on the page (no mirror can take over here).
-    op.wait_count("[data-test=mirror-event]", before + 1).await;
+    let row = op
+        .wait_text(
+            &format!("[data-test=mirror-switch][data-from=primary][data-to=\"{mirror_id}\"]"),
+            "the operator asked",
+        )
+        .await;
+    op.wait_text("[data-test=mirror-primary]", &mirror_id).await;
     op.not_reloaded().await;
+    let (_, d) = call("GET", &dependency, OPERATOR, None).await;
+    let switches = d["history"].as_array().expect("a switch history");
+    assert_eq!(switches.len(), 1, "{d}");
+    let switch = &switches[0];
+    assert_eq!(switch["from"], "primary", "{switch}");
+    assert_eq!(switch["to"], mirror_id.as_str(), "{switch}");
+    assert!(
+        row.contains(switch["trigger"].as_str().unwrap()),
+        "the row shows the API's switch {switch}: {row}"
+    );
     op.screenshot("dashboard-mirrors.png").await;
+    // The list's last switch, too.
+    op.route("#/mirrors").await;
+    op.wait_text(
+        "[data-test=mirror-row][data-name=cache]",
+        &format!("primary → {mirror_id}"),
+    )
+    .await;
 
     // ---- Shadows -----------------------------------------------------------------------
     op.route("#/shadows").await;
@@ -460,21 +597,31 @@ async fn pages(pg: &PgPair) {
     op.wait_count("[data-test=shadow-point]", 2).await;
     op.not_reloaded().await;
     // The viewer's rollback is refused; the operator's rolls back to a point.
-    vw.route("#/shadows/uploads").await;
-    vw.click("[data-test=shadow-rollback]").await;
-    vw.refused().await;
     std::fs::write(root.join("srv/uploads/a.txt"), "broken\n").unwrap();
-    op.click("[data-test=shadow-rollback-to-point]").await;
+    let history = format!("{url}/api/v1/shadow/shadows/uploads/history");
+    viewer_refused_operator_acts(
+        &vw.b,
+        &op.b,
+        &Act {
+            route: "#/shadows/uploads",
+            button: "[data-test=shadow-rollback-to-point]",
+            confirm: false,
+            refused: "POST /api/v1/shadow/shadows/{name}/rollback",
+        },
+        async |_| {
+            let (_, hist) = call("GET", &history, OPERATOR, None).await;
+            assert_eq!(
+                hist["rollbacks"],
+                json!([]),
+                "the viewer rolled back: {hist}"
+            );
+        },
+    )
+    .await;
     op.wait_css("[data-test=shadow-rollback-row]").await;
     op.not_reloaded().await;
     op.screenshot("dashboard-shadows.png").await;
-    let (_, hist) = call(
-        "GET",
-        &format!("{url}/api/v1/shadow/shadows/uploads/history"),
-        OPERATOR,
-        None,
-    )
-    .await;
+    let (_, hist) = call("GET", &history, OPERATOR, None).await;
     assert_eq!(hist["rollbacks"].as_array().unwrap().len(), 1, "{hist}");
 
     // ---- Patches and the proxy's registry -----------------------------------------------
@@ -513,15 +660,26 @@ async fn pages(pg: &PgPair) {
     // The viewer may read the registry (the server holds the proxy's token) but not abort.
     vw.route("#/proxy/pg-ui-1").await;
     vw.wait_count("[data-test=proxy-connection]", 1).await;
-    vw.route("#/patches/pg-ui-1").await;
-    vw.click("[data-test=patch-abort]").await;
-    vw.refused().await;
-
     // The operator aborts while it bakes: the patch rolls back in its four phases, and the
     // page shows each with its timing as it happens.
     op.route("#/patches/pg-ui-1").await;
     op.wait_text("[data-test=patch-stage]", "baking").await;
-    op.click("[data-test=patch-abort]").await;
+    let patch = format!("{url}/api/v1/patches/pg-ui-1");
+    viewer_refused_operator_acts(
+        &vw.b,
+        &op.b,
+        &Act {
+            route: "#/patches/pg-ui-1",
+            button: "[data-test=patch-abort]",
+            confirm: false,
+            refused: "POST /api/v1/patches/{id}/abort",
+        },
+        async |_| {
+            let (_, st) = call("GET", &patch, OPERATOR, None).await;
+            assert_eq!(st["outcome"], "running", "the viewer aborted: {st}");
+        },
+    )
+    .await;
     op.wait_text("[data-test=patch-stage]", "rolled_back").await;
     op.wait_count("[data-test=patch-phase]", 4).await;
     op.wait_css("[data-test=patch-phase-chart]").await;
@@ -529,13 +687,7 @@ async fn pages(pg: &PgPair) {
     op.screenshot("dashboard-patches.png").await;
     let _ = load.kill();
     let _ = load.wait();
-    let (_, st) = call(
-        "GET",
-        &format!("{url}/api/v1/patches/pg-ui-1"),
-        OPERATOR,
-        None,
-    )
-    .await;
+    let (_, st) = call("GET", &patch, OPERATOR, None).await;
     assert_eq!(st["outcome"], "rolled_back", "{st}");
 
     op.b.close().await;

@@ -495,3 +495,23 @@ fn slack_text_is_escaped_and_the_generic_shape_links_the_task() {
     assert_eq!(g["links"]["task_events"], "/api/v1/events?task=r-1");
     assert_eq!(g["event"]["figures"]["rollout"], "r-1");
 }
+
+#[test]
+fn a_configuration_change_alerts_from_its_yaml_or_its_json_form() {
+    let yaml = "description: lower work_mem\ntargets:\n  - {host: db1, database: main}\nset:\n  work_mem: 8MB\nalerts:\n  - {name: dba, url: \"http://127.0.0.1:9/hook\", events: [\"config.*\"]}\n";
+    let rules = plan_alerts(crate::config::task::CONFIG, "change.yaml", yaml);
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].name, "dba");
+    assert!(rules[0].matches("config.reverted", Some("db1")));
+    // A plan built from flags or a JSON body is kept in its JSON form.
+    let plan = bellwether_engine::config::plan::parse_plan(yaml, "change.yaml").unwrap();
+    let json = serde_json::to_string_pretty(&plan).unwrap();
+    assert_eq!(
+        plan_alerts(crate::config::task::CONFIG, "request.json", &json),
+        rules
+    );
+    // Without alerts, or unreadable, a change has no rules of its own (the server's apply).
+    let without = yaml.split("alerts:").next().unwrap();
+    assert!(plan_alerts(crate::config::task::CONFIG, "change.yaml", without).is_empty());
+    assert!(plan_alerts(crate::config::task::CONFIG, "x.yaml", "{not a plan").is_empty());
+}

@@ -1,11 +1,13 @@
-//! Client calls of the shadow API (`bellwether shadow add|list|show|rollback|predict|remove`).
+//! Client calls of the shadow API (`bellwether shadow
+//! add|list|show|rollback|predict|failure|points|history|remove`).
 
 use bellwether_model::shadow::ShadowSpec;
 use reqwest::Method;
 
 use super::{Client, ClientError};
 use crate::shadow::{
-    PredictRequest, RollbackRequest, ShadowDetail, ShadowHistory, ShadowPoints, ShadowSummary,
+    FailureRequest, PredictRequest, RollbackRequest, ShadowDetail, ShadowHistory, ShadowPoints,
+    ShadowSummary,
 };
 
 /// The path of shadow `name` (names are `[a-z0-9-]`; anything else is percent-encoded and the
@@ -77,6 +79,16 @@ impl Client {
         req: &PredictRequest,
     ) -> Result<ShadowDetail, ClientError> {
         self.call(Method::POST, &path(name, "/predict"), |r| r.json(req))
+            .await
+    }
+
+    /// `POST /api/v1/shadow/shadows/{name}/failure`.
+    pub async fn shadow_failure(
+        &self,
+        name: &str,
+        req: &FailureRequest,
+    ) -> Result<ShadowDetail, ClientError> {
+        self.call(Method::POST, &path(name, "/failure"), |r| r.json(req))
             .await
     }
 

@@ -8,6 +8,13 @@
 //! with the typed outcome and the built-in's output; an operator's abort or revert is
 //! `Input::Command`. The engine's actions become dispatches under its own action ids (so the
 //! store queues each once) and its events `config.NAME` events with the task's id.
+//!
+//! The plan's contemporaneous controls (`controls:`, untouched peers whose agents sample
+//! them as `--database NAME=URL` like any instance) are read the same way and fed as
+//! `Input::ControlSample` before the targets' samples of the tick, so a target's breach is
+//! judged with the peers' samples of the same seconds that have arrived. A control's samples
+//! that arrive later than the target's (another agent's flush) are not waited for: the
+//! comparison then has fewer control samples, and without enough it takes nothing away.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -42,6 +49,10 @@ pub(crate) struct Driver {
     pub created_ms: i64,
     /// Per target (by index), the timestamp of the newest sample fed to the engine.
     pub fed_until_ms: Vec<i64>,
+    /// The same per contemporaneous control (`plan.controls`); absent from state saved
+    /// before controls existed.
+    #[serde(default)]
+    pub control_fed_until_ms: Vec<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +81,9 @@ pub(crate) struct Observed {
     samples: Vec<(usize, i64, BTreeMap<String, f64>)>,
     /// Per target, the newest timestamp read (unchanged when nothing was read).
     until: Vec<i64>,
+    /// The same for the contemporaneous controls.
+    control_samples: Vec<(usize, i64, BTreeMap<String, f64>)>,
+    control_until: Vec<i64>,
 }
 
 pub(crate) fn phase_name(p: Phase) -> String {
@@ -150,6 +164,39 @@ pub(crate) fn group_samples(
         }
     }
     by_ts.into_iter().collect()
+}
+
+/// Each instance's samples stored since `until[i]` (its newest already fed), grouped by
+/// timestamp; `until` is moved to the newest read.
+async fn read_samples(
+    state: &AppState,
+    instances: &[bellwether_engine::config::Target],
+    until: &mut [i64],
+) -> Result<Vec<(usize, i64, BTreeMap<String, f64>)>, ApiError> {
+    let mut samples = Vec::new();
+    for (i, t) in instances.iter().enumerate() {
+        let after = until.get(i).copied().unwrap_or(0);
+        let mut page = state
+            .store
+            .samples_since(&t.host, after, SAMPLES_PER_TICK)
+            .await?;
+        // A full page may end inside one timestamp's samples: leave that timestamp for the
+        // next tick (unless the page is that one timestamp).
+        if page.len() as i64 == SAMPLES_PER_TICK {
+            let last = page.last().map(|s| s.ts_ms).unwrap_or(after);
+            if page.first().map(|s| s.ts_ms) != Some(last) {
+                page.retain(|s| s.ts_ms < last);
+            }
+        }
+        let newest = page.iter().map(|s| s.ts_ms).max();
+        for (at, metrics) in group_samples(&t.database, &page) {
+            samples.push((i, at, metrics));
+        }
+        if let (Some(n), Some(u)) = (newest, until.get_mut(i)) {
+            *u = n;
+        }
+    }
+    Ok(samples)
 }
 
 impl ConfigTask {
@@ -237,40 +284,56 @@ impl DurableTask for ConfigTask {
     }
 
     async fn observe(&self, state: &AppState) -> Result<Observed, ApiError> {
-        let mut samples = Vec::new();
         let mut until = self.driver.fed_until_ms.clone();
+        let mut control_until = self.driver.control_fed_until_ms.clone();
+        control_until.resize(self.engine.plan.controls.len(), 0);
         if self.engine.phase.is_final() {
-            return Ok(Observed { samples, until });
+            return Ok(Observed {
+                samples: Vec::new(),
+                until,
+                control_samples: Vec::new(),
+                control_until,
+            });
         }
-        for (i, t) in self.engine.plan.targets.iter().enumerate() {
-            let after = until.get(i).copied().unwrap_or(0);
-            let mut page = state
-                .store
-                .samples_since(&t.host, after, SAMPLES_PER_TICK)
-                .await?;
-            // A full page may end inside one timestamp's samples: leave that timestamp for the
-            // next tick (unless the page is that one timestamp).
-            if page.len() as i64 == SAMPLES_PER_TICK {
-                let last = page.last().map(|s| s.ts_ms).unwrap_or(after);
-                if page.first().map(|s| s.ts_ms) != Some(last) {
-                    page.retain(|s| s.ts_ms < last);
-                }
-            }
-            let newest = page.iter().map(|s| s.ts_ms).max();
-            for (at, metrics) in group_samples(&t.database, &page) {
-                samples.push((i, at, metrics));
-            }
-            if let (Some(n), Some(u)) = (newest, until.get_mut(i)) {
-                *u = n;
-            }
-        }
-        Ok(Observed { samples, until })
+        let samples = read_samples(state, &self.engine.plan.targets, &mut until).await?;
+        let control_samples =
+            read_samples(state, &self.engine.plan.controls, &mut control_until).await?;
+        Ok(Observed {
+            samples,
+            until,
+            control_samples,
+            control_until,
+        })
     }
 
     fn step(&mut self, input: Input<Self>, now: i64) -> Step<NoEffect> {
         let mut step = Step::default();
         match input {
             Input::Tick(observed) => {
+                // The controls first: a target's sample is judged with the peers' samples of
+                // the same seconds already in.
+                let fed = &mut self.driver.control_fed_until_ms;
+                fed.resize(self.engine.plan.controls.len(), 0);
+                let control_fed = fed.clone();
+                for (control, at_ms, metrics) in observed.control_samples {
+                    if control_fed.get(control).is_some_and(|&f| at_ms <= f) {
+                        continue;
+                    }
+                    self.feed(
+                        &mut step,
+                        EngineInput::ControlSample {
+                            control,
+                            at_ms,
+                            metrics,
+                        },
+                        now,
+                    );
+                }
+                for (i, u) in observed.control_until.into_iter().enumerate() {
+                    if let Some(f) = self.driver.control_fed_until_ms.get_mut(i) {
+                        *f = (*f).max(u);
+                    }
+                }
                 for (target, at_ms, metrics) in observed.samples {
                     // Samples read before a restart were fed already.
                     if self

@@ -95,6 +95,48 @@ pub(crate) struct Effect {
     kind: DepKind,
     proxy: Option<ProxyRef>,
     action: Action,
+    /// For a PostgreSQL promotion: the other standbys (id, endpoint), pointed at the one
+    /// being promoted before it is (see [`before_pg_promotion`]).
+    standbys: Vec<(String, String)>,
+}
+
+impl MirrorTask {
+    /// The effect that carries `action` out.
+    fn effect(&self, action: Action) -> Effect {
+        let spec = self.engine.spec();
+        let standbys = match &action {
+            Action::Promote {
+                instance,
+                old_primary,
+                ..
+            } if spec.kind == DepKind::Postgres => other_standbys(
+                &self.engine.status(),
+                &[&instance.instance, &old_primary.instance],
+            ),
+            _ => Vec::new(),
+        };
+        Effect {
+            kind: spec.kind,
+            proxy: spec.proxy.clone(),
+            action,
+            standbys,
+        }
+    }
+}
+
+/// The instances that may stream from a PostgreSQL primary of this dependency (every one with
+/// an endpoint that is not being made, retired or failed, nor the primary it serves as), except
+/// `except`: before a promotion each is pointed at the one being promoted.
+fn other_standbys(status: &Status, except: &[&str]) -> Vec<(String, String)> {
+    use bellwether_engine::mirror::{InstanceState as S, Role as R};
+    status
+        .instances
+        .iter()
+        .filter(|i| !except.contains(&i.id.as_str()))
+        .filter(|i| i.role == R::Mirror)
+        .filter(|i| !matches!(i.state, S::Provisioning | S::Retired | S::Failed))
+        .filter_map(|i| i.endpoint.clone().map(|e| (i.id.clone(), e)))
+        .collect()
 }
 
 /// An effect's answer, for the engine.
@@ -274,11 +316,8 @@ impl MirrorTask {
                 error: None,
             }),
             _ => {
-                step.effects.push(Effect {
-                    kind: spec.kind,
-                    proxy: spec.proxy.clone(),
-                    action,
-                });
+                let effect = self.effect(action);
+                step.effects.push(effect);
                 None
             }
         }
@@ -522,7 +561,6 @@ impl DurableTask for MirrorTask {
     }
 
     fn pending_effects(&self) -> Vec<Effect> {
-        let spec = self.engine.spec();
         self.engine
             .pending()
             .into_iter()
@@ -530,11 +568,7 @@ impl DurableTask for MirrorTask {
                 !matches!(a, Action::Provision { .. } | Action::Retire { .. })
                     && !self.driver.dispatched.contains(&a.id())
             })
-            .map(|action| Effect {
-                kind: spec.kind,
-                proxy: spec.proxy.clone(),
-                action,
-            })
+            .map(|action| self.effect(action))
             .collect()
     }
 
@@ -587,13 +621,18 @@ async fn run(state: &AppState, effect: Effect) -> EffectDone {
             timeout_ms,
             ..
         } => {
-            let r = bellwether_mirror::promote(
-                kind,
-                &instance.endpoint,
-                catch_up_to,
-                Duration::from_millis(timeout_ms),
-            )
-            .await;
+            let mut timeout = Duration::from_millis(timeout_ms);
+            let (target, prepared) = if kind == DepKind::Postgres {
+                let (target, short, prepared) =
+                    before_pg_promotion(&instance.endpoint, &effect.standbys, catch_up_to).await;
+                if short {
+                    timeout = timeout.min(AHEAD_WAIT);
+                }
+                (target, prepared)
+            } else {
+                (catch_up_to, Value::Null)
+            };
+            let r = bellwether_mirror::promote(kind, &instance.endpoint, target, timeout).await;
             done(
                 id,
                 match r {
@@ -601,6 +640,8 @@ async fn run(state: &AppState, effect: Effect) -> EffectDone {
                         "offset": rep.reached_offset,
                         "waited_ms": rep.waited_ms,
                         "promote_ms": rep.promote_ms,
+                        "catch_up_to": target,
+                        "prepared": prepared,
                     })),
                     // A resumed task may promote again what it promoted before it stopped.
                     Err(bellwether_mirror::MirrorError::WrongRole { actual, .. })
@@ -631,7 +672,10 @@ async fn run(state: &AppState, effect: Effect) -> EffectDone {
                         Ok(json!({
                             "method": rep.method,
                             "offset": offset,
-                            "mirror": new.is_some() && kind == DepKind::Redis,
+                            // A Redis instance given a new primary replicates from it; a
+                            // PostgreSQL standby was repointed at it; a former PostgreSQL
+                            // primary is read-only and does not (it would need pg_rewind).
+                            "mirror": new.is_some() && rep.replicates,
                         }))
                     }
                     Err(e) => Err(e.to_string()),
@@ -654,6 +698,64 @@ async fn run(state: &AppState, effect: Effect) -> EffectDone {
             Err("a provision or retire is an agent action, not the server's".into()),
         ),
     }
+}
+
+/// How long a promotion waits for its target when another standby had received more than the
+/// primary's last known position (the engine then tries the next mirror).
+const AHEAD_WAIT: Duration = Duration::from_secs(1);
+
+/// Before a PostgreSQL promotion, without asking the old primary anything (it may be dead,
+/// frozen or slow): every other standby is pointed at the one being promoted (cascading
+/// replication). From then on the only standby that can confirm a commit of the old primary
+/// is the one being promoted, so a commit it acknowledged (now, or when it thaws) is in the
+/// promoted one; after the promotion the others follow the new timeline with no copy, and the
+/// first of them is the new primary's synchronous standby at once (its configuration came
+/// with the copy). The target is the furthest of `catch_up_to` and what the others had
+/// received when they were cut off; `true` when that is past `catch_up_to` (a short wait).
+/// The same as the drill's runner (`bellwether_mirror::local`), which also holds its proxy.
+async fn before_pg_promotion(
+    promoted: &str,
+    standbys: &[(String, String)],
+    catch_up_to: Option<u64>,
+) -> (Option<u64>, bool, Value) {
+    let started = std::time::Instant::now();
+    let results = futures_join(standbys.iter().cloned().map(|(id, ep)| {
+        let up = promoted.to_string();
+        async move {
+            let s = std::time::Instant::now();
+            let r = bellwether_mirror::repoint(DepKind::Postgres, &ep, &up, FENCE_TIMEOUT).await;
+            (id, r.map_err(|e| e.to_string()), s.elapsed())
+        }
+    }))
+    .await;
+    let mut furthest: Option<u64> = None;
+    let mut repointed = Vec::new();
+    for (id, r, took) in results {
+        repointed.push(json!({
+            "instance": id,
+            "ok": r.is_ok(),
+            "ms": took.as_millis() as u64,
+            "position": r.as_ref().ok(),
+            "error": r.as_ref().err(),
+        }));
+        match r {
+            Ok(pos) => furthest = furthest.max(Some(pos)),
+            // Unreachable: it confirms nothing we could count on. Refused (a primary): it is
+            // no standby of the old primary.
+            Err(e) => {
+                tracing::warn!(instance = %id, error = %e, "Could not point a standby at the mirror being promoted.")
+            }
+        }
+    }
+    let (target, short) = match (catch_up_to, furthest) {
+        (Some(a), Some(b)) if b > a => (Some(b), true),
+        (a, b) => (a.or(b), false),
+    };
+    let prepared = json!({
+        "repointed": repointed,
+        "prepare_ms": started.elapsed().as_millis() as u64,
+    });
+    (target, short, prepared)
 }
 
 /// Undoes a fence: the old primary takes writes again (`bellwether_mirror::unfence`).

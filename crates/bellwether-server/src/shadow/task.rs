@@ -14,9 +14,11 @@
 //! - `route` of a network service: an effect on the proxy (`POST /primary`, the way the mirror
 //!   task moves it); `notify`: an effect that POSTs the webhook.
 //!
-//! Predictions and failures come as commands (`POST …/predict`, `POST …/failure`), from a
-//! detector, the failure model or any other system. The task settles once the engine is
-//! `removed` with nothing in flight.
+//! Predictions and failures come from the server's own risk sources, read each tick for the
+//! shadow's host ([`super::risk`]: a rollout's score of the host, the failure model scored
+//! again with the evidence stored since, the rollout's failed-host verdicts of its watch),
+//! and as commands (`POST …/predict`, `POST …/failure`) from any other system or a person.
+//! The task settles once the engine is `removed` with nothing in flight.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -33,6 +35,7 @@ use bellwether_store::{ActionRecord, NewEvent, ShadowRecord, TaskRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::risk::{self, RiskMemory, Signal};
 use crate::error::ApiError;
 use crate::task::{Dispatch, DurableTask, Input, Step};
 use crate::AppState;
@@ -58,6 +61,9 @@ pub(crate) struct Driver {
     pub removal_sent: bool,
     /// Engine actions carried by agent actions (answered by the agent's result).
     pub dispatched: BTreeSet<u64>,
+    /// What the risk sources said that was fed (`risk`).
+    #[serde(default)]
+    pub risk: RiskMemory,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +105,8 @@ pub(crate) struct Observed {
     shadow: Option<ShadowRecord>,
     /// The proxy's figures per location, when the shadow routes through a proxy.
     proxy: Option<Result<Vec<LocationObservation>, String>>,
+    /// What the risk sources say about the shadow's host (`None` once it is removed).
+    risk: Option<Result<Vec<Signal>, String>>,
 }
 
 /// Something the server does itself after a saved step.
@@ -193,8 +201,76 @@ impl ShadowTask {
                 created_ms: now,
                 removal_sent: false,
                 dispatched: BTreeSet::new(),
+                risk: RiskMemory::default(),
             },
             engine,
+        }
+    }
+
+    /// Feeds what the risk sources said (each once) to the engine.
+    fn risk(
+        &mut self,
+        step: &mut Step<Effect>,
+        read: Result<Vec<Signal>, String>,
+        at_ms: i64,
+        now: i64,
+    ) {
+        let signals = match read {
+            Ok(s) => {
+                self.driver.risk.unreadable = false;
+                s
+            }
+            Err(e) => {
+                if !self.driver.risk.unreadable {
+                    self.driver.risk.unreadable = true;
+                    step.events.push(NewEvent {
+                        ts_ms: now,
+                        kind: "risk_unreadable".into(),
+                        host: Some(self.engine.spec().host.clone()),
+                        reason: format!("The risk sources of the shadow's host could not be read: {e}; points and rollbacks on prediction wait until they can."),
+                        figures: json!({ "shadow": self.driver.name, "error": e, "alert": true }),
+                    });
+                }
+                return;
+            }
+        };
+        for s in signals {
+            match s {
+                Signal::Rollout {
+                    rollout,
+                    prediction,
+                } => {
+                    self.driver.risk.remember_prediction(&rollout);
+                    self.feed(step, EngineInput::Predict { at_ms, prediction }, now);
+                }
+                Signal::Rescored {
+                    rollout,
+                    prediction,
+                } => {
+                    self.driver
+                        .risk
+                        .remember_rescore(&rollout, prediction.probability);
+                    self.feed(step, EngineInput::Predict { at_ms, prediction }, now);
+                }
+                Signal::Failure {
+                    event_id,
+                    failed_at_ms,
+                    reason,
+                    source,
+                } => {
+                    self.driver.risk.remember_failure(event_id);
+                    self.feed(
+                        step,
+                        EngineInput::Failure {
+                            at_ms,
+                            failed_at_ms,
+                            location: None,
+                            reason: format!("{}: {reason}", source.as_str()),
+                        },
+                        now,
+                    );
+                }
+            }
         }
     }
 
@@ -406,10 +482,29 @@ impl DurableTask for ShadowTask {
             }
             None => None,
         };
+        let at_ms = crate::now_ms();
+        let live = shadow.as_ref().is_some_and(|s| !s.is_removed())
+            && self.engine.phase() != Phase::Removed;
+        let risk = if live {
+            Some(
+                risk::read(
+                    state,
+                    &spec.host,
+                    self.driver.created_ms,
+                    &self.driver.risk,
+                    at_ms,
+                )
+                .await
+                .map_err(|e| e.message),
+            )
+        } else {
+            None
+        };
         Ok(Observed {
-            at_ms: crate::now_ms(),
+            at_ms,
             shadow,
             proxy,
+            risk,
         })
     }
 
@@ -429,6 +524,9 @@ impl DurableTask for ShadowTask {
                     );
                 }
                 let at_ms = observed.at_ms;
+                if let Some(risk) = observed.risk {
+                    self.risk(&mut step, risk, at_ms, now);
+                }
                 match observed.proxy {
                     Some(Ok(observations)) => self.feed(
                         &mut step,

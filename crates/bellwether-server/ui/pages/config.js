@@ -2,27 +2,36 @@
 // its settings around one setting (click a node to re-centre on it), the change stream and
 // the snapshots, with "take a snapshot" and "restore" for operators.
 //
-// Route: #/config, or #/config/HOST,SOURCE[,KEY[,DEPTH]] (each part URI-encoded; the router
-// decodes the whole argument once).
-import { register, api, onEvent, h, fmt, errorBox } from '../app.js';
+// Route: #/config, or #/config/HOST,SOURCE[,KEY[,DEPTH]]: each part percent-encoded on its
+// own (a comma, slash, `#`, `%`… inside a setting's name is encoded), so the page splits the
+// argument as written (the router's `rawArg`) on its commas before it decodes each part.
+import { register, api, h, fmt, keptResult, liveLoad } from '../app.js';
 import { renderGraph, legend, useKindsStyles } from '../lib/graph.js';
 
 const when = fmt.time;
 const q = encodeURIComponent;
-const route = (host, source, key) => `#/config/${[host, source, key].filter((x) => x != null).map(q).join(',')}`;
 
-let lastResult = { key: null, text: '', err: null };
-function kept(key) {
-  const p = h('div', { 'data-test': 'action-result', class: 'action-out' });
-  const show = () => {
-    if (lastResult.err) p.replaceChildren(errorBox(lastResult.err));
-    else p.replaceChildren(h('span', { class: 'ok', 'data-test': 'action-ok' }, lastResult.text));
-  };
-  if (lastResult.key === key) show();
-  p.set = (text) => { lastResult = { key, text, err: null }; show(); };
-  p.fail = (err) => { lastResult = { key, text: '', err }; show(); };
-  return p;
+/** The address of a source's page centred on `key` (optional) at `depth` (optional, 2 if absent). */
+export function configRoute(host, source, key, depth) {
+  const parts = [host, source];
+  if (key || depth) parts.push(key || '');
+  if (depth) parts.push(String(depth));
+  return `#/config/${parts.map(q).join(',')}`;
 }
+
+/** The parts of a `configRoute` argument as written: `[host, source, key, depth]`, decoded. */
+export function configParts(rawArg) {
+  if (!rawArg) return [];
+  return rawArg.split(',').map((p) => {
+    try {
+      return decodeURIComponent(p);
+    } catch {
+      return p; // not valid percent-encoding: taken as typed
+    }
+  });
+}
+
+const route = (host, source, key) => configRoute(host, source, key);
 
 function table(test, headers, rows) {
   return h('table', { 'data-test': test, class: 'kinds-table' },
@@ -85,7 +94,7 @@ async function renderSource(el, host, source, key, depth) {
   } catch (e) {
     graphError = e;
   }
-  const result = kept(`${host},${source}`);
+  const result = keptResult(`config:${host},${source}`);
   const act = async (what, path, body) => {
     result.set('asking…');
     try {
@@ -101,7 +110,10 @@ async function renderSource(el, host, source, key, depth) {
   const around = h('input', { 'data-test': 'graph-around', value: center || '', placeholder: 'setting' });
   const depthSel = h('select', { 'data-test': 'graph-depth' }, ...[1, 2, 3, 4].map((d) => h('option', { value: d, selected: d === depth ? '' : null }, `depth ${d}`)));
   const go = h('button', { 'data-test': 'graph-go' }, 'Centre');
-  const goTo = (k) => { location.hash = route(host, source, k) + (Number(depthSel.value) !== 2 ? `,${depthSel.value}` : ''); };
+  const goTo = (k) => {
+    const d = Number(depthSel.value);
+    location.hash = configRoute(host, source, k || null, d !== 2 ? d : null);
+  };
   go.addEventListener('click', () => goTo(around.value.trim()));
   around.addEventListener('keydown', (e) => { if (e.key === 'Enter') goTo(around.value.trim()); });
 
@@ -156,28 +168,14 @@ register('config', {
   title: 'Configuration',
   render(el, ctx) {
     useKindsStyles();
-    const parts = ctx && ctx.arg ? String(ctx.arg).split(',') : [];
+    const parts = configParts(ctx && ctx.rawArg);
     const [host, source, key] = parts;
     const depth = Math.min(4, Math.max(1, Number(parts[3]) || 2));
-    let busy = false, again = false;
-    const load = async () => {
-      if (busy) { again = true; return; }
-      busy = true;
-      try {
-        await (host && source ? renderSource(el, host, source, key || null, depth) : renderSources(el));
-      } catch (e) {
-        el.replaceChildren(errorBox(e));
-      } finally {
-        busy = false;
-        if (again) { again = false; load(); }
-      }
-    };
-    load();
-    return onEvent((ev) => {
-      if (!ev.kind || !ev.kind.startsWith('config.')) return;
+    return liveLoad(el, () => (host && source ? renderSource(el, host, source, key || null, depth) : renderSources(el)), (ev) => {
+      if (!ev.kind || !ev.kind.startsWith('config.')) return false;
       const f = ev.figures || {};
       const snapHost = f.snapshot && f.snapshot.host;
-      if (!host || ev.host === host || f.host === host || snapHost === host) load();
+      return !host || ev.host === host || f.host === host || snapHost === host;
     });
   },
 });

@@ -1,25 +1,11 @@
 // Dependencies (mirroring): each dependency with its weight, health, mode and mirrors; one
 // dependency's instances, policy, switch history and events; the operator's failover.
-import { register, api, onEvent, h, fmt, errorBox } from '../app.js';
+import { register, api, h, fmt, keptResult, liveLoad } from '../app.js';
 import { useKindsStyles } from '../lib/graph.js';
 
 const when = fmt.time;
 const dur = fmt.ms;
 const ratio = (v) => (v == null ? 'no data' : v.toFixed(2));
-
-// The outcome of the last action stays on the page across reloads (its own event reloads it).
-let lastResult = { key: null, text: '', err: null };
-function kept(key) {
-  const p = h('div', { 'data-test': 'action-result', class: 'action-out' });
-  const show = () => {
-    if (lastResult.err) p.replaceChildren(errorBox(lastResult.err));
-    else p.replaceChildren(h('span', { class: 'ok', 'data-test': 'action-ok' }, lastResult.text));
-  };
-  if (lastResult.key === key) show();
-  p.set = (text) => { lastResult = { key, text, err: null }; show(); };
-  p.fail = (err) => { lastResult = { key, text: '', err }; show(); };
-  return p;
-}
 
 function table(test, headers, rows) {
   return h('table', { 'data-test': test, class: 'kinds-table' },
@@ -71,7 +57,7 @@ async function renderOne(el, name) {
   const enc = encodeURIComponent(name);
   const [d, hist] = await Promise.all([api(`/api/v1/mirror/dependencies/${enc}`), api(`/api/v1/mirror/dependencies/${enc}/history?limit=50`)]);
   shownTask = d.task || null;
-  const result = kept(name);
+  const result = keptResult(`mirrors:${name}`);
   const reason = h('input', { 'data-test': 'mirror-failover-reason', placeholder: 'reason (required)', value: 'failover from the dashboard' });
   const to = h('select', { 'data-test': 'mirror-failover-to' }, h('option', { value: '' }, 'best caught-up mirror'),
     ...(d.instances || []).filter((i) => i.role === 'mirror').map((i) => h('option', { value: i.id }, i.id)));
@@ -112,7 +98,7 @@ async function renderOne(el, name) {
         h('td', {}, i.provisioned ? 'yes' : 'no'), h('td', {}, when(i.since_ms))))),
     h('h3', {}, 'Switch history'),
     switches.length === 0 ? h('p', { 'data-test': 'mirror-no-switches' }, 'No switch yet.')
-      : table('mirror-switches', ['at', 'from', 'to', 'trigger', 'cause', 'detect', 'switch', 'routed'], switches.map((s) => h('tr', { 'data-test': 'mirror-switch' },
+      : table('mirror-switches', ['at', 'from', 'to', 'trigger', 'cause', 'detect', 'switch', 'routed'], switches.map((s) => h('tr', { 'data-test': 'mirror-switch', 'data-from': s.from, 'data-to': s.to, 'data-trigger': s.trigger },
         h('td', {}, when(s.at_ms)), h('td', {}, s.from), h('td', {}, s.to), h('td', {}, s.trigger), h('td', {}, s.cause || ''),
         h('td', {}, dur(s.figures && s.figures.detect_ms)), h('td', {}, dur(s.figures && s.figures.switch_ms)), h('td', {}, when(s.routed_ms))))),
     h('h3', {}, 'Policy'),
@@ -128,20 +114,6 @@ register('mirrors', {
   render(el, ctx) {
     useKindsStyles();
     const name = ctx && ctx.arg ? ctx.arg : null;
-    let busy = false, again = false;
-    const load = async () => {
-      if (busy) { again = true; return; }
-      busy = true;
-      try {
-        await (name ? renderOne(el, name) : renderList(el));
-      } catch (e) {
-        el.replaceChildren(errorBox(e));
-      } finally {
-        busy = false;
-        if (again) { again = false; load(); }
-      }
-    };
-    load();
-    return onEvent((ev) => { if (concerns(ev, name)) load(); });
+    return liveLoad(el, () => (name ? renderOne(el, name) : renderList(el)), (ev) => concerns(ev, name));
   },
 });

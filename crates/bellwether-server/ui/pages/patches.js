@@ -1,26 +1,12 @@
 // Patches: every patch with its stage and outcome; one patch's phases with their timings
 // (a bar per phase), its baselines, trigger and events; abort for operators.
-import { register, api, onEvent, h, fmt, errorBox } from '../app.js';
+import { register, api, h, fmt, keptResult, liveLoad } from '../app.js';
 import { useKindsStyles } from '../lib/graph.js';
 
 const when = fmt.time;
 const dur = fmt.ms;
 const num = (v) => (v == null ? '—' : typeof v === 'number' ? (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3)) : String(v));
 const concerns = (ev, id) => ev.kind && ev.kind.startsWith('patch.') && (!id || ev.task === id || (ev.figures && ev.figures.patch === id));
-
-// The outcome of the last action stays on the page across reloads (its own event reloads it).
-let lastResult = { key: null, text: '', err: null };
-function kept(key) {
-  const p = h('div', { 'data-test': 'action-result', class: 'action-out' });
-  const show = () => {
-    if (lastResult.err) p.replaceChildren(errorBox(lastResult.err));
-    else p.replaceChildren(h('span', { class: 'ok', 'data-test': 'action-ok' }, lastResult.text));
-  };
-  if (lastResult.key === key) show();
-  p.set = (text) => { lastResult = { key, text, err: null }; show(); };
-  p.fail = (err) => { lastResult = { key, text: '', err }; show(); };
-  return p;
-}
 
 function table(test, headers, rows) {
   return h('table', { 'data-test': test, class: 'kinds-table' },
@@ -81,7 +67,7 @@ async function renderOne(el, id) {
   const r = st.report || {};
   const phases = r.phases || [];
   const events = (r.events || []).slice().reverse();
-  const result = kept(id);
+  const result = keptResult(`patches:${id}`);
   const reason = h('input', { 'data-test': 'patch-abort-reason', placeholder: 'reason', value: 'aborted from the dashboard' });
   const abortBtn = h('button', { 'data-test': 'patch-abort', disabled: st.outcome !== 'running' ? '' : null }, 'Abort (rolls back)');
   abortBtn.addEventListener('click', async () => {
@@ -131,20 +117,6 @@ register('patches', {
   render(el, ctx) {
     useKindsStyles();
     const id = ctx && ctx.arg ? ctx.arg : null;
-    let busy = false, again = false;
-    const load = async () => {
-      if (busy) { again = true; return; }
-      busy = true;
-      try {
-        await (id ? renderOne(el, id) : renderList(el));
-      } catch (e) {
-        el.replaceChildren(errorBox(e));
-      } finally {
-        busy = false;
-        if (again) { again = false; load(); }
-      }
-    };
-    load();
-    return onEvent((ev) => { if (concerns(ev, id)) load(); });
+    return liveLoad(el, () => (id ? renderOne(el, id) : renderList(el)), (ev) => concerns(ev, id));
   },
 });

@@ -4,7 +4,7 @@
 // lists the proxies the stored patches name, and shows one patch's proxy: its backends and
 // every client connection. It reloads on that patch's events and on the Refresh button
 // (connections come and go without events; nothing polls).
-import { register, api, onEvent, h, fmt, errorBox } from '../app.js';
+import { register, api, h, fmt, liveLoad } from '../app.js';
 import { useKindsStyles } from '../lib/graph.js';
 
 const when = fmt.time;
@@ -77,22 +77,7 @@ register('proxy', {
   render(el, ctx) {
     useKindsStyles();
     const id = ctx && ctx.arg ? ctx.arg : null;
-    let busy = false, again = false;
-    const load = async () => {
-      if (busy) { again = true; return; }
-      busy = true;
-      try {
-        await (id ? renderOne(el, id, load) : renderList(el));
-      } catch (e) {
-        el.replaceChildren(errorBox(e));
-      } finally {
-        busy = false;
-        if (again) { again = false; load(); }
-      }
-    };
-    load();
-    return onEvent((ev) => {
-      if (ev.kind && ev.kind.startsWith('patch.') && (!id || ev.task === id)) load();
-    });
+    return liveLoad(el, (reload) => (id ? renderOne(el, id, reload) : renderList(el)),
+      (ev) => ev.kind && ev.kind.startsWith('patch.') && (!id || ev.task === id));
   },
 });

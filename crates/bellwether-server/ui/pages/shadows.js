@@ -1,25 +1,12 @@
 // Shadows: every data shadow with its phase, routed location and rollback points; one shadow's
 // locations (merit), its points on a time line, rollbacks and events; operators take a point
 // and roll back (to a point, the latest state or a time).
-import { register, api, onEvent, h, fmt, errorBox } from '../app.js';
+import { register, api, h, fmt, keptResult, liveLoad } from '../app.js';
 import { useKindsStyles } from '../lib/graph.js';
 
 const when = fmt.time;
 const dur = fmt.ms;
 const ratio = (v) => (v == null ? 'no data' : v.toFixed(2));
-
-let lastResult = { key: null, text: '', err: null };
-function kept(key) {
-  const p = h('div', { 'data-test': 'action-result', class: 'action-out' });
-  const show = () => {
-    if (lastResult.err) p.replaceChildren(errorBox(lastResult.err));
-    else p.replaceChildren(h('span', { class: 'ok', 'data-test': 'action-ok' }, lastResult.text));
-  };
-  if (lastResult.key === key) show();
-  p.set = (text) => { lastResult = { key, text, err: null }; show(); };
-  p.fail = (err) => { lastResult = { key, text: '', err }; show(); };
-  return p;
-}
 
 function table(test, headers, rows) {
   return h('table', { 'data-test': test, class: 'kinds-table' },
@@ -85,7 +72,7 @@ async function renderOne(el, name) {
     api(`/api/v1/shadow/shadows/${enc}/history?limit=50`),
   ]);
   shownTask = d.task || null;
-  const result = kept(name);
+  const result = keptResult(`shadows:${name}`);
   const act = async (what, path, body) => {
     result.set('asking…');
     try {
@@ -151,20 +138,6 @@ register('shadows', {
   render(el, ctx) {
     useKindsStyles();
     const name = ctx && ctx.arg ? ctx.arg : null;
-    let busy = false, again = false;
-    const load = async () => {
-      if (busy) { again = true; return; }
-      busy = true;
-      try {
-        await (name ? renderOne(el, name) : renderList(el));
-      } catch (e) {
-        el.replaceChildren(errorBox(e));
-      } finally {
-        busy = false;
-        if (again) { again = false; load(); }
-      }
-    };
-    load();
-    return onEvent((ev) => { if (concerns(ev, name)) load(); });
+    return liveLoad(el, () => (name ? renderOne(el, name) : renderList(el)), (ev) => concerns(ev, name));
   },
 });

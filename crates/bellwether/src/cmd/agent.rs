@@ -70,6 +70,11 @@ pub struct Args {
     /// a label.
     #[arg(long = "label", value_name = "K=V")]
     labels: Vec<String>,
+    /// The host's address as Prometheus knows it (an IP address or a DNS name, no port),
+    /// declared at enrolment: a rollout's PromQL queries read it as {{address}}, as in
+    /// instance="{{address}}:9100". See docs/prometheus.md.
+    #[arg(long, value_name = "HOST", value_parser = host_address)]
+    address: Option<String>,
     /// A dependency to probe with a TCP connect every interval; repeat for more. Adds to (and
     /// overrides by name) the root's etc/bellwether/dependencies, which is re-read every time.
     #[arg(long = "dependency", value_name = "NAME=HOST:PORT")]
@@ -189,6 +194,12 @@ struct ActionConfig {
     wait: Duration,
 }
 
+/// `--address`: an IP address or a DNS name, no port.
+fn host_address(s: &str) -> Result<String, String> {
+    bellwether_model::wire::check_host_address(s)?;
+    Ok(s.to_string())
+}
+
 fn parse_label(value: &str) -> Result<(String, String), UsageError> {
     let (k, v) = value
         .split_once('=')
@@ -275,6 +286,7 @@ fn validate(args: Args) -> Result<Config, UsageError> {
     let name = host_name(args.name.as_deref(), &args.rootfs)?;
     let mut settings = Settings::new(name);
     settings.labels = labels;
+    settings.address = args.address.clone();
     settings.interval = args.interval;
     settings.buffer = buffer;
     settings.backoff = BackoffPolicy {

@@ -208,6 +208,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             changes: a.changes,
             only: a.only,
             workers: a.workers,
+            control: !a.no_control,
             output: output(a.output),
         }),
     };
@@ -485,6 +486,9 @@ pub struct ConfigCorpusArgs {
     /// PostgreSQL clusters run side by side.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Judge without the untouched control cluster each worker runs beside its changed one.
+    #[arg(long)]
+    no_control: bool,
     /// human (default) or json.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     output: OutputFormat,

@@ -97,6 +97,125 @@ pub struct Args {
     /// token is never in the store. Repeat for several proxies.
     #[arg(long, value_name = "NAME=FILE", value_parser = proxy_token_file)]
     proxy_token_file: Vec<(String, PathBuf)>,
+    /// Attempts in all at each alert delivery, the first included (1 to 100); a webhook that
+    /// fails with 408, 429, 5xx, a timeout or a refused connection is tried again until then.
+    /// See docs/alerts.md.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = alert_attempts)]
+    alert_attempts: u32,
+    /// The wait after an alert delivery's first failed attempt, before jitter; it doubles
+    /// with each failure up to --alert-backoff-max (10ms to 24h).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = alert_backoff)]
+    alert_backoff: Duration,
+    /// The longest wait between two attempts at an alert delivery (10ms to 24h; at least
+    /// --alert-backoff). A receiver's Retry-After is honoured up to an hour.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = alert_backoff)]
+    alert_backoff_max: Duration,
+    /// How long one alert POST may take, connecting included (100ms to 10m).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = alert_timeout)]
+    alert_timeout: Duration,
+    /// How often the alert dispatcher reads the event log and the due deliveries (10ms to 1m).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = alert_poll)]
+    alert_poll: Duration,
+    /// The most alert deliveries in flight at once (1 to 256).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = alert_concurrency)]
+    alert_concurrency: usize,
+    /// Delete settled alert deliveries (delivered or failed) and their attempts from the
+    /// delivery log once they are this old (1m to 10 years). Pending ones are never deleted.
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = alert_keep_for)]
+    alert_log_keep_for: Duration,
+    /// Keep at most this many settled alert deliveries in the delivery log, the newest
+    /// (1 to 100000000).
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = alert_keep_last)]
+    alert_log_keep_last: u64,
+}
+
+/// A number within [lo, hi], for the `--alert-…` flags (clap names the flag; the config file
+/// names its key and line).
+fn number_in(s: &str, lo: u64, hi: u64) -> Result<u64, String> {
+    let v: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number"))?;
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is out of range: it must be {lo} to {hi}"))
+    }
+}
+
+/// A duration within [lo, hi].
+fn span_in(s: &str, lo: Duration, hi: Duration) -> Result<Duration, String> {
+    let d = bellwether_model::duration::parse(s).map_err(|e| e.to_string())?;
+    if (lo..=hi).contains(&d) {
+        Ok(d)
+    } else {
+        use bellwether_server::alerts::span;
+        Err(format!(
+            "{s} is out of range: it must be {} to {}",
+            span(lo),
+            span(hi)
+        ))
+    }
+}
+
+fn alert_attempts(s: &str) -> Result<u32, String> {
+    number_in(s, 1, bellwether_server::alerts::MAX_ATTEMPTS).map(|v| v as u32)
+}
+
+fn alert_concurrency(s: &str) -> Result<usize, String> {
+    number_in(s, 1, bellwether_server::alerts::MAX_CONCURRENCY).map(|v| v as usize)
+}
+
+fn alert_keep_last(s: &str) -> Result<u64, String> {
+    number_in(s, 1, bellwether_server::alerts::MAX_KEEP_LAST)
+}
+
+fn alert_backoff(s: &str) -> Result<Duration, String> {
+    use bellwether_server::alerts::{MAX_BACKOFF, MIN_BACKOFF};
+    span_in(s, MIN_BACKOFF, MAX_BACKOFF)
+}
+
+fn alert_timeout(s: &str) -> Result<Duration, String> {
+    use bellwether_server::alerts::{MAX_TIMEOUT, MIN_TIMEOUT};
+    span_in(s, MIN_TIMEOUT, MAX_TIMEOUT)
+}
+
+fn alert_poll(s: &str) -> Result<Duration, String> {
+    use bellwether_server::alerts::{MAX_POLL, MIN_POLL};
+    span_in(s, MIN_POLL, MAX_POLL)
+}
+
+fn alert_keep_for(s: &str) -> Result<Duration, String> {
+    use bellwether_server::alerts::{MAX_KEEP_FOR, MIN_KEEP_FOR};
+    span_in(s, MIN_KEEP_FOR, MAX_KEEP_FOR)
+}
+
+/// The alert settings of the flags, checked together (a first wait longer than the longest).
+fn alert_settings(
+    args: &Args,
+) -> Result<
+    (
+        bellwether_server::alerts::AlertPolicy,
+        bellwether_server::alerts::AlertLimits,
+    ),
+    UsageError,
+> {
+    let policy = bellwether_server::alerts::AlertPolicy {
+        attempts: args.alert_attempts,
+        base: args.alert_backoff,
+        max: args.alert_backoff_max,
+        timeout: args.alert_timeout,
+        poll: args.alert_poll,
+    };
+    let limits = bellwether_server::alerts::AlertLimits {
+        concurrency: args.alert_concurrency,
+        keep_for: args.alert_log_keep_for,
+        keep_last: args.alert_log_keep_last,
+        ..Default::default()
+    };
+    policy.check().map_err(UsageError)?;
+    limits.check().map_err(UsageError)?;
+    Ok((policy, limits))
 }
 
 fn proxy_token_file(s: &str) -> Result<(String, PathBuf), String> {
@@ -245,6 +364,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let ha = ha_settings(&args)?;
+    let (alert_policy, alert_limits) = alert_settings(&args)?;
     let store = store_config(args.database.as_deref(), &args.data_dir)?;
     let backend = match &store {
         StoreConfig::Sqlite { path } => format!("sqlite at {}", path.display()),
@@ -264,6 +384,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.proxy_tokens = args.proxy_token_file.iter().cloned().collect();
     config.ha = ha;
     config.prometheus_url = args.prometheus_url.clone();
+    config.alerts = alert_policy;
+    config.alert_limits = alert_limits;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async {
         // The store is opened and checked before any token file is written, so a damaged

@@ -40,6 +40,9 @@ Server-managed (kept by an enrolled agent host; paths relative to its root; --se
   bellwether shadow show orders
   bellwether shadow predict orders --probability 0.8 --failure-at 2026-12-05T18:30:00Z --source detector
   bellwether shadow rollback orders --to 2026-12-05T18:14:59Z --reason 'bad migration'
+  bellwether shadow failure orders --reason 'checksum errors' --failed-at 2026-12-05T18:20:00Z
+  bellwether shadow points orders --output json
+  bellwether shadow history orders --limit 20
   bellwether shadow remove orders
 
 Times are RFC 3339 (2026-12-05T18:00:00Z, 2026-12-05T19:00:00.25+01:00) or Unix seconds with
@@ -50,7 +53,7 @@ source (or the server) could not be reached.
 See docs/shadow.md for the concepts (types, points, the shadow directory, retention).")]
 pub struct Args {
     // `--server` and `--token`, for the server-managed verbs (add, list, show, rollback,
-    // predict, remove, and start --host).
+    // predict, failure, history, points NAME, remove, and start --host).
     #[command(flatten)]
     client: super::token::ClientArgs,
     #[command(subcommand)]
@@ -153,10 +156,14 @@ enum Verb {
         #[arg(long, value_enum, default_value = "human")]
         output: OutputFormat,
     },
-    /// List a shadow's points, oldest first.
+    /// List a shadow's points, oldest first: those in a shadow directory here (--dir), or
+    /// those a server-managed shadow's agent reported (NAME, from the server).
     Points {
+        /// A server-managed shadow's name (asks the server; see `bellwether shadow list`).
+        #[arg(conflicts_with = "dir", required_unless_present = "dir")]
+        name: Option<String>,
         #[arg(long, value_name = "SHADOW_DIR")]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "human")]
         output: OutputFormat,
     },
@@ -210,6 +217,14 @@ enum Verb {
     /// Tell a server-managed shadow a failure is predicted: at or above the policy's
     /// point_above a point is taken at once; at or above rollback_above it rolls back.
     Predict(super::shadow_server::PredictArgs),
+    /// Report a failure of a server-managed shadow's data: its task rolls back on its own
+    /// (policy permitting) to the latest point at or before --failed-at, into the best other
+    /// location by merit, then switches routing. Repeating it while a rollback runs changes
+    /// nothing (it is counted).
+    Failure(super::shadow_server::FailureArgs),
+    /// A server-managed shadow's rollbacks (oldest first) and its task's events (newest
+    /// first): points taken, predictions received, rollbacks started, restored, routed.
+    History(super::shadow_server::HistoryArgs),
     /// Stop a server-managed shadow: its task stops it on the agent; the points stay there.
     Remove(super::shadow_server::NameArgs),
 }
@@ -244,6 +259,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Verb::Rollback(a) => server::run(client, ServerVerb::Rollback(a)),
         Verb::Predict(a) => server::run(client, ServerVerb::Predict(a)),
         Verb::Remove(a) => server::run(client, ServerVerb::Remove(a)),
+        Verb::Failure(a) => server::run(client, ServerVerb::Failure(a)),
+        Verb::History(a) => server::run(client, ServerVerb::History(a)),
+        Verb::Points {
+            name: Some(name),
+            output,
+            ..
+        } => server::run(
+            client,
+            ServerVerb::Points(server::NameArgs { name, output }),
+        ),
         Verb::Start {
             host: Some(host),
             name,
@@ -339,7 +364,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             point(&dir, reason, timeout, output)
         }
-        Verb::Points { dir, output } => points(&dir, output),
+        Verb::Points { dir, output, .. } => match dir {
+            Some(dir) => points(&dir, output),
+            None => Err(UsageError(
+                "give NAME (a server-managed shadow) or --dir SHADOW_DIR".into(),
+            )
+            .into()),
+        },
         Verb::Restore {
             dir,
             path,

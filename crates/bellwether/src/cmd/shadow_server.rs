@@ -1,4 +1,5 @@
-//! `bellwether shadow add|list|show|rollback|predict|remove` (and `shadow start --host`):
+//! `bellwether shadow add|list|show|rollback|predict|failure|points NAME|history|remove` (and
+//! `shadow start --host`):
 //! server-managed shadows (docs/shadow.md, "Server-managed shadows").
 //!
 //! A shadow declared on the server lives on an enrolled agent host: the server's `shadow`
@@ -16,7 +17,10 @@ use bellwether_model::shadow::ShadowSpec;
 use bellwether_model::text::Escaped;
 use bellwether_model::Dur;
 use bellwether_server::client::ClientError;
-use bellwether_server::shadow::{PredictRequest, RollbackRequest, ShadowDetail, ShadowSummary};
+use bellwether_server::shadow::{
+    FailureRequest, PredictRequest, RollbackRequest, ShadowDetail, ShadowHistory, ShadowPoints,
+    ShadowSummary,
+};
 use serde_json::{json, Value};
 
 use super::model_server::api_error;
@@ -183,6 +187,35 @@ pub struct PredictArgs {
     pub output: OutputFormat,
 }
 
+/// `bellwether shadow failure`.
+#[derive(Debug, clap::Args)]
+pub struct FailureArgs {
+    pub name: String,
+    /// What failed: recorded with the rollback it starts.
+    #[arg(long)]
+    pub reason: String,
+    /// When it failed (RFC 3339 or Unix seconds); now when absent. The rollback goes to
+    /// the latest point at or before it.
+    #[arg(long, value_name = "TIME", value_parser = check_time)]
+    pub failed_at: Option<String>,
+    /// The location that failed (the routed one when absent); the rollback goes elsewhere.
+    #[arg(long, value_name = "ID")]
+    pub location: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// `bellwether shadow history`.
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    pub name: String,
+    /// The newest events to show, 1 to 10000 (default 100).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub limit: Option<i64>,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
 /// `bellwether shadow list|show|remove`: a name (show, remove) and the output.
 #[derive(Debug, clap::Args)]
 pub struct NameArgs {
@@ -204,6 +237,9 @@ pub enum ServerVerb {
     Show(NameArgs),
     Rollback(RollbackArgs),
     Predict(PredictArgs),
+    Failure(FailureArgs),
+    Points(NameArgs),
+    History(HistoryArgs),
     Remove(NameArgs),
 }
 
@@ -406,6 +442,37 @@ pub fn run(client: &ClientArgs, verb: ServerVerb) -> anyhow::Result<ExitCode> {
                 .map_err(shadow_error)?;
             print_detail(&d, a.output, "prediction handed to its task")
         }
+        ServerVerb::Failure(a) => {
+            let req = FailureRequest {
+                failed_at: a.failed_at,
+                reason: a.reason,
+                location: a.location,
+            };
+            let d = rt
+                .block_on(client.client()?.shadow_failure(&a.name, &req))
+                .map_err(shadow_error)?;
+            print_detail(&d, a.output, "failure handed to its task")
+        }
+        ServerVerb::Points(a) => {
+            let p = rt
+                .block_on(client.client()?.shadow_points(&a.name))
+                .map_err(shadow_error)?;
+            match a.output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&p)?),
+                OutputFormat::Human => print_points(&p),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ServerVerb::History(a) => {
+            let h = rt
+                .block_on(client.client()?.shadow_history(&a.name, a.limit))
+                .map_err(shadow_error)?;
+            match a.output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&h)?),
+                OutputFormat::Human => print_history(&h),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         ServerVerb::Remove(a) => {
             let d = rt
                 .block_on(client.client()?.shadow_remove(&a.name))
@@ -452,6 +519,76 @@ fn rollback_text(r: &bellwether_engine::shadow::RollbackRecord) -> String {
             .map(|e| format!(": {}", Escaped(e)))
             .unwrap_or_default()
     )
+}
+
+fn when(ms: i64) -> String {
+    bellwether_shadow::Timestamp::from_micros(ms.saturating_mul(1000)).to_string()
+}
+
+fn print_points(p: &ShadowPoints) {
+    if p.points.is_empty() {
+        println!(
+            "{} has no point yet{}.",
+            Escaped(&p.name),
+            if p.point_in_flight {
+                " (the first is being taken)"
+            } else {
+                ""
+            }
+        );
+        return;
+    }
+    let rows: Vec<Vec<String>> = p
+        .points
+        .iter()
+        .map(|x| {
+            vec![
+                x.id.clone(),
+                when(x.consistent_at_ms),
+                age(Some(x.consistent_at_ms)),
+                Escaped(&x.reason).to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["POINT", "CONSISTENT AT", "AGE", "REASON"], &rows);
+    if p.point_in_flight {
+        println!("One more is being taken.");
+    }
+}
+
+fn print_history(h: &ShadowHistory) {
+    if h.rollbacks.is_empty() {
+        println!(
+            "{} (task {}): no rollback yet.",
+            Escaped(&h.name),
+            Escaped(&h.task)
+        );
+    } else {
+        println!(
+            "{} (task {}): rollbacks, oldest first:",
+            Escaped(&h.name),
+            Escaped(&h.task)
+        );
+        for r in &h.rollbacks {
+            println!("  {}", rollback_text(r));
+        }
+    }
+    if h.events.is_empty() {
+        return;
+    }
+    println!("Events, newest first:");
+    let rows: Vec<Vec<String>> = h
+        .events
+        .iter()
+        .map(|e| {
+            vec![
+                when(e.ts_ms),
+                Escaped(&e.kind).to_string(),
+                Escaped(&e.reason).to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["AT", "EVENT", "REASON"], &rows);
 }
 
 fn print_list(list: &[ShadowSummary]) {

@@ -210,6 +210,53 @@ impl Browser {
         }
     }
 
+    /// Clicks the element matching `css`. A page reloads what it shows when an event
+    /// concerns it, so the element found may be replaced before the click lands: then it is
+    /// found again (a few times at most).
+    pub async fn click(&self, css: &str) {
+        for _ in 0..5 {
+            match self.css(css).await.click().await {
+                Ok(()) => return,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+                Err(e) => panic!("clicking {css}: {e}"),
+            }
+        }
+        panic!("{css} was replaced under every click");
+    }
+
+    /// Chooses `value` in the `<select>` matching `css` (found again if a reload replaced it).
+    pub async fn select(&self, css: &str, value: &str) {
+        for _ in 0..5 {
+            match self.css(css).await.select_by_value(value).await {
+                Ok(()) => return,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+                Err(e) => panic!("choosing {value:?} in {css}: {e}"),
+            }
+        }
+        panic!("{css} was replaced under every choice");
+    }
+
+    /// Clicks `css`, whose handler asks for a confirmation (`window.confirm`), and accepts the
+    /// dialog; returns the dialog's text. The dialog opens in the click's own handler, before
+    /// the click command answers, so it is there to accept (WebDriver's user prompt).
+    pub async fn click_and_confirm(&self, css: &str) -> String {
+        self.click(css).await;
+        let text = match self.client.get_alert_text().await {
+            Ok(t) => t,
+            Err(e) => panic!(
+                "clicking {css} opened no confirmation dialog ({e}); the page shows:\n{}",
+                self.page_text().await
+            ),
+        };
+        self.client
+            .accept_alert()
+            .await
+            .unwrap_or_else(|e| panic!("accepting the dialog of {css}: {e}"));
+        text
+    }
+
     /// Every element matching `css` now.
     pub async fn all(&self, css: &str) -> Vec<Element> {
         self.client.find_all(Locator::Css(css)).await.unwrap()
@@ -286,5 +333,65 @@ pub fn xpath_literal(s: &str) -> String {
     } else {
         let parts: Vec<String> = s.split('\'').map(|p| format!("'{p}'")).collect();
         format!("concat({})", parts.join(", \"'\", "))
+    }
+}
+
+/// One action button of a page, as both roles press it: see [`viewer_refused_operator_acts`].
+pub struct Act<'a> {
+    /// The route both open first (`#/patches/p-1`); the same route again changes nothing.
+    pub route: &'a str,
+    /// The button (CSS).
+    pub button: &'a str,
+    /// Whether the button asks for a confirmation (the dialog is accepted, its text returned).
+    pub confirm: bool,
+    /// What the viewer's refusal must say besides `403` and the viewer role: the route the
+    /// API refused (`/api/v1/patches/{id}/abort`).
+    pub refused: &'a str,
+}
+
+/// What [`viewer_refused_operator_acts`] saw.
+pub struct Acted {
+    /// The refusal the viewer's page shows (the API's 403 and message).
+    pub refusal: String,
+    /// The confirmation dialog's text each saw (empty without one).
+    pub viewer_dialog: String,
+    pub operator_dialog: String,
+}
+
+/// The viewer opens `act.route` and presses `act.button`: the page shows the API's refusal
+/// (403, the viewer role, the route). `after_refusal` then runs (to check through the API that
+/// nothing changed, or to set the scene for the operator). Then the operator, on the same
+/// route, presses the same button; what the action changes is the caller's to await (on the
+/// page and through the API). Each role is signed in in its own browser.
+pub async fn viewer_refused_operator_acts(
+    viewer: &Browser,
+    operator: &Browser,
+    act: &Act<'_>,
+    after_refusal: impl AsyncFnOnce(&str),
+) -> Acted {
+    viewer.route(act.route).await;
+    let viewer_dialog = press(viewer, act).await;
+    let refusal = viewer.text("[data-test=refused]", act.refused).await;
+    assert!(
+        refusal.contains("403") && refusal.contains("viewer"),
+        "the viewer's refusal names the status and the role: {refusal}"
+    );
+    after_refusal(&refusal).await;
+    operator.route(act.route).await;
+    let operator_dialog = press(operator, act).await;
+    Acted {
+        refusal,
+        viewer_dialog,
+        operator_dialog,
+    }
+}
+
+/// Presses `act.button` in `b`, accepting its confirmation when it asks one.
+async fn press(b: &Browser, act: &Act<'_>) -> String {
+    if act.confirm {
+        b.click_and_confirm(act.button).await
+    } else {
+        b.click(act.button).await;
+        String::new()
     }
 }
