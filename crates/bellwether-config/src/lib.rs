@@ -61,6 +61,20 @@ pub mod metrics {
     /// anomaly that it shares (`bellwether_config::risk::host_factor`). Not a rule metric:
     /// never a breach by itself.
     pub const REF_LATENCY_MS: &str = "ref_latency_ms";
+    /// A rule's default absolute floor for `metric`, in its own units: the band around the
+    /// baseline is at least this wide, so that a relative move of a near-zero metric is not a
+    /// breach unless it is also a material change. The same floors as the patch engine's
+    /// (`bellwether_engine::patch`): half a millisecond of statement latency (below that a
+    /// statement's mean moves with the host's scheduler: one time slice of another process
+    /// is longer), one transaction per second, and for the other metrics none (any lasting
+    /// rise of rollbacks, spills or disk reads from nothing is kept a breach).
+    pub fn default_floor(metric: &str) -> f64 {
+        match metric {
+            LATENCY_MS => 0.5,
+            TPS => 1.0,
+            _ => 0.0,
+        }
+    }
     /// Every metric above.
     pub const ALL: &[&str] = &[
         TPS,

@@ -1584,6 +1584,7 @@ impl ConfigChangeEngine {
                 r.metric.clone(),
                 ThresholdConfig::new(Duration::from_millis(w.baseline_ms), r.percent, r.direction)
                     .with_min_duration(Duration::from_millis(r.for_ms))
+                    .with_abs_floor(r.floor())
                     .with_min_baseline_samples(w.min_baseline_samples),
                 r.weight,
             )

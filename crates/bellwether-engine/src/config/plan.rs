@@ -55,7 +55,8 @@ pub struct Target {
 
 /// One metric's band (`bellwether_detect::threshold`): the metric name
 /// (`bellwether_config::metrics`), the bad direction, the percentage band around the baseline,
-/// how long a breach must last, and its weight in the severity.
+/// how long a breach must last, its weight in the severity, and the band's least half-width in
+/// the metric's own units (`floor`; absent: `bellwether_config::metrics::default_floor`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricRule {
     pub metric: String,
@@ -63,6 +64,10 @@ pub struct MetricRule {
     pub percent: f64,
     pub for_ms: u64,
     pub weight: f64,
+    /// The band is at least this wide in absolute units (ms for `latency_ms`, transactions per
+    /// second for `tps`). Absent from state saved before it existed: the metric's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<f64>,
 }
 
 /// How a target is watched.
@@ -150,6 +155,9 @@ impl WatchSpec {
     /// - `latency_ms` increase 40 % for 4 s: per-statement latency is noisier than
     ///   throughput (a checkpoint moves it by 20–30 % for a second or two), so its band is
     ///   wider;
+    /// - every rule's `floor` is `bellwether_config::metrics::default_floor`: the band is at
+    ///   least 0.5 ms of latency and 1 tps wide, so a relative move of a sub-millisecond
+    ///   latency or a near-idle instance's rate is not a breach by itself;
     /// - `errors_per_s` increase 100 % for 4 s: a healthy baseline is usually zero, and any
     ///   lasting rise of rollbacks or deadlocks after a configuration change is a symptom;
     /// - confirm 5 s within 60 s: after a revert, five seconds back in every band is five
@@ -170,6 +178,7 @@ impl WatchSpec {
             percent,
             for_ms: 4_000,
             weight: 1.0,
+            floor: None,
         };
         WatchSpec {
             baseline_ms: 10_000,
@@ -275,6 +284,12 @@ pub fn rule_metrics() -> Vec<&'static str> {
 }
 
 impl MetricRule {
+    /// The floor in force: the rule's own, else the metric's default.
+    pub fn floor(&self) -> f64 {
+        self.floor
+            .unwrap_or_else(|| bellwether_config::metrics::default_floor(&self.metric))
+    }
+
     fn check(&self) -> Result<(), String> {
         if !rule_metrics().contains(&self.metric.as_str()) {
             return Err(format!(
@@ -297,6 +312,13 @@ impl MetricRule {
                 "weight: {} must be a number from 0 to 1000",
                 self.weight
             ));
+        }
+        if let Some(f) = self.floor {
+            if !(f.is_finite() && f >= 0.0) {
+                return Err(format!(
+                    "floor: {f} must be a number of 0 or more (in the metric's own units)"
+                ));
+            }
         }
         Ok(())
     }
@@ -645,6 +667,7 @@ struct RawRule {
     #[serde(rename = "for")]
     for_: Option<Dur>,
     weight: Option<f64>,
+    floor: Option<f64>,
 }
 
 impl TryFrom<RawRule> for YamlRule {
@@ -656,6 +679,7 @@ impl TryFrom<RawRule> for YamlRule {
             percent: r.percent,
             for_ms: r.for_.map_or(4_000, |d| dur_ms(d.0)),
             weight: r.weight.unwrap_or(1.0),
+            floor: r.floor,
         };
         rule.check()?;
         Ok(YamlRule(rule))

@@ -190,12 +190,17 @@ impl Rig {
 
     /// Trials, snapshot, baseline and apply of target `i` (trials of all targets first).
     fn bring_to_bake(&mut self, i: usize, trials: usize) {
+        self.bring_to_bake_from(i, trials, &healthy());
+    }
+
+    /// As `bring_to_bake`, with `baseline` as the samples before the apply.
+    fn bring_to_bake_from(&mut self, i: usize, trials: usize, baseline: &BTreeMap<String, f64>) {
         for _ in 0..trials {
             self.trial_ok();
         }
         self.done(ActionKind::Snapshot, json!(catalog()));
         assert_eq!(self.e.stages()[i], Stage::Baseline);
-        self.samples(i, 12, &healthy());
+        self.samples(i, 12, baseline);
         let apply = self.pending(ActionKind::Apply);
         assert_eq!(apply.target, i);
         self.now += 300;
@@ -1057,6 +1062,46 @@ fn a_single_metric_breach_waits_for_its_second_reading() {
     assert_eq!(decisions(&r), ["confirm", "revert"], "{:?}", r.names());
     assert_eq!(r.e.stages()[0], Stage::RevertSnapshot);
     assert_eq!(r.count("unconfirmed"), 0);
+}
+
+/// A statement latency of tens of microseconds doubles with the host's scheduler, not with a
+/// setting: a relative breach counts only once the rise is also above the rule's floor (0.5 ms
+/// by default for `latency_ms`), and `floor: 0` gives the purely relative band back.
+#[test]
+fn a_sub_millisecond_latency_rise_under_the_floor_is_not_a_breach() {
+    let quick = metrics(1000.0, 0.05);
+    let mut p = plan(1, &[("random_page_cost", None)]);
+    p.risk_threshold = 0.01;
+
+    // 0.05 → 0.11 ms (+120 %, +0.06 ms) for the whole bake: no anomaly, promoted.
+    let mut r = Rig::new(p.clone(), Graph::default());
+    r.bring_to_bake_from(0, 1, &quick);
+    r.samples(0, 25, &metrics(1000.0, 0.11));
+    assert_eq!(r.count("anomaly"), 0, "{:?}", r.names());
+    assert_eq!(r.e.phase, Phase::Completed, "{:?}", r.names());
+
+    // 0.05 → 0.8 ms (+0.75 ms, above the floor): a breach, traced and reverted.
+    let mut r = Rig::new(p.clone(), Graph::default());
+    r.bring_to_bake_from(0, 1, &quick);
+    r.samples(0, 7, &metrics(1000.0, 0.8));
+    assert!(r.count("anomaly") >= 1, "{:?}", r.names());
+    assert_eq!(decisions(&r), ["confirm", "revert"], "{:?}", r.names());
+
+    // The rule's own floor of 0: the same +0.06 ms is a breach again.
+    let lat = bellwether_config::metrics::LATENCY_MS;
+    let rule = p.watch.rules.iter_mut().find(|r| r.metric == lat).unwrap();
+    rule.floor = Some(0.0);
+    p.validate().unwrap();
+    let mut r = Rig::new(p.clone(), Graph::default());
+    r.bring_to_bake_from(0, 1, &quick);
+    r.samples(0, 7, &metrics(1000.0, 0.11));
+    assert!(r.count("anomaly") >= 1, "{:?}", r.names());
+
+    // A floor that is not a number of 0 or more is refused, naming the rule.
+    let rule = p.watch.rules.iter_mut().find(|r| r.metric == lat).unwrap();
+    rule.floor = Some(-1.0);
+    let e = p.validate().unwrap_err().to_string();
+    assert!(e.contains("rules[1].floor"), "{e}");
 }
 
 /// Two metrics out of their bands corroborate each other: reverted on the first reading.

@@ -19,7 +19,7 @@ watch:
   confirm_timeout: 90s
   rules:
     - {metric: tps, direction: decrease, percent: 30, for: 5s, weight: 2}
-    - {metric: latency_ms, direction: increase, percent: 50}
+    - {metric: latency_ms, direction: increase, percent: 50, floor: 2}
 risk_threshold: 0.4
 trial: false
 ";
@@ -51,6 +51,10 @@ fn a_full_plan_parses_in_order() {
     assert_eq!(p.watch.rules[0].weight, 2.0);
     assert_eq!(p.watch.rules[1].for_ms, 4_000);
     assert_eq!(p.watch.rules[1].weight, 1.0);
+    // The floor: the rule's own where given, else the metric's default.
+    assert_eq!(p.watch.rules[1].floor(), 2.0);
+    assert_eq!(p.watch.rules[0].floor, None);
+    assert_eq!(p.watch.rules[0].floor(), 1.0);
     assert_eq!(p.risk_threshold, 0.4);
     assert!(!p.trial);
     p.validate().unwrap();
@@ -136,6 +140,14 @@ fn bad_plans_are_refused_with_file_line_column_and_field() {
         (
             format!("{HEAD}set: {{x: 1}}\nwatch: {{rules: [{{metric: tps, direction: decrease, percent: 10, weight: 0}}]}}\n"),
             "weight above 0",
+        ),
+        (
+            format!("{HEAD}set: {{x: 1}}\nwatch: {{rules: [{{metric: latency_ms, direction: increase, percent: 10, floor: -0.5}}]}}\n"),
+            "floor: -0.5 must be a number of 0 or more",
+        ),
+        (
+            format!("{HEAD}set: {{x: 1}}\nwatch: {{rules: [{{metric: latency_ms, direction: increase, percent: 10, floor: fast}}]}}\n"),
+            "floor",
         ),
         (
             format!("{HEAD}set: {{x: 1}}\nwatch: {{bake: 5s, rules: [{{metric: tps, direction: decrease, percent: 10, for: 6s}}]}}\n"),
