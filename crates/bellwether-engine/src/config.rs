@@ -775,6 +775,8 @@ impl ConfigChangeEngine {
             let treated_baseline = j.baselines.get(m).copied().unwrap_or(f64::NAN);
             let treated_ratio = mean(&treated) / treated_baseline;
             let mut ratios = Vec::new();
+            // The controls with a baseline and data in the window, with their baseline mean.
+            let mut with_data: Vec<(&ControlSeries, f64)> = Vec::new();
             for c in st.controls.iter().take(self.plan.controls.len()) {
                 let base: Vec<f64> = c
                     .samples
@@ -795,9 +797,10 @@ impl ConfigChangeEngine {
                     && b > 0.0
                 {
                     ratios.push(mean(&during) / b);
+                    with_data.push((c, b));
                 }
             }
-            metrics.push(PeerMetric::judge(
+            let mut verdict = PeerMetric::judge(
                 rule,
                 from,
                 last,
@@ -805,7 +808,62 @@ impl ConfigChangeEngine {
                 median(&mut ratios),
                 ratios.len(),
                 self.plan.controls.len(),
-            ));
+            );
+            if !verdict.explained && !with_data.is_empty() {
+                // A disturbance the hosts share does not end at the same sample on each: a
+                // lock is released, a neighbour's burst ends, a second apart. What is left for
+                // the change is a breach like any other only once it has lasted the rule's
+                // `for` by itself. So a sample of this window at which the controls showed the
+                // same breach and the residual was inside the band (judged sample by sample,
+                // each control's sample nearest in time, within the sampling interval)
+                // explains this reading too; the change's own part is judged once the window
+                // has moved past it.
+                let near = w.expected_interval_ms() as i64;
+                let shared = t
+                    .samples
+                    .iter()
+                    .filter(in_window)
+                    .filter_map(|s| Some((s.at_ms, s.metrics.get(m).copied()?)))
+                    .filter_map(|(at, v)| {
+                        let mut cs: Vec<f64> = with_data
+                            .iter()
+                            .filter_map(|(c, b)| {
+                                c.samples
+                                    .iter()
+                                    .filter(|x| (x.at_ms - at).abs() <= near && !is_down(x))
+                                    .filter_map(|x| Some(((x.at_ms - at).abs(), x.metrics.get(m)?)))
+                                    .min_by_key(|(d, _)| *d)
+                                    .map(|(_, x)| x / b)
+                            })
+                            .collect();
+                        let n = cs.len();
+                        let one = PeerMetric::judge(
+                            rule,
+                            at,
+                            at,
+                            v / treated_baseline,
+                            median(&mut cs),
+                            n,
+                            self.plan.controls.len(),
+                        );
+                        one.explained.then_some((at, one))
+                    })
+                    .last();
+                if let Some((at, one)) = shared {
+                    verdict.explained = true;
+                    verdict.shared_until_ms = Some(at);
+                    verdict.why = format!(
+                        "{}; but {} ms before this window's end the controls still showed the \
+                         same breach ({}): the change's own part has not yet lasted the rule's \
+                         `for` ({} ms) by itself",
+                        verdict.why,
+                        last - at,
+                        one.why,
+                        rule.for_ms
+                    );
+                }
+            }
+            metrics.push(verdict);
         }
         if metrics.is_empty() {
             return None;
@@ -2210,8 +2268,13 @@ struct PeerMetric {
     /// is noise (0.04 / 0.07) while their difference is not (0.03 of the baseline).
     residual_absolute: Option<f64>,
     /// The controls were out of the same band in the same direction, and either residual is
-    /// back inside it.
+    /// back inside it: over the window, or at one of its samples (`shared_until_ms`).
     explained: bool,
+    /// When the window's means leave the change a breach but at a sample of the window the
+    /// controls still shared it: the newest such sample. The change's own part has not lasted
+    /// the rule's `for` yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_until_ms: Option<i64>,
     why: String,
 }
 
@@ -2308,6 +2371,7 @@ impl PeerMetric {
             residual,
             residual_absolute,
             explained,
+            shared_until_ms: None,
             why,
         }
     }
