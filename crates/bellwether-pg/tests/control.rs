@@ -5,7 +5,6 @@
 //! Each test starts its own two clusters (initdb/pg_ctl from /usr/lib/postgresql/*/bin, as
 //! `postgres` when run as root).
 
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,6 +63,51 @@ fn decisions(r: &LocalReport) -> Vec<String> {
         .collect()
 }
 
+/// Takes an ACCESS EXCLUSIVE lock on `sortme` in every cluster, all at once, holds them for
+/// `hold` from the moment the last was granted, and lets them all go at the same instant: a
+/// stall the clusters share and that ends together, as a machine-wide one would. (Two `psql`
+/// processes each sleeping 9 s from their own grant released a second or two apart, which is
+/// the engine's to tolerate, `config::tests::a_shared_stall_that_ends_a_little_later_on_the_
+/// treated_is_not_the_change`, not this test's subject.)
+fn shared_stall(urls: Vec<String>, hold: Duration) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut clients = Vec::new();
+            for url in &urls {
+                let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+                tokio::spawn(conn);
+                clients.push(c);
+            }
+            let lock = "BEGIN; LOCK TABLE sortme IN ACCESS EXCLUSIVE MODE";
+            let mut grants = tokio::task::JoinSet::new();
+            let mut release = tokio::task::JoinSet::new();
+            for c in clients {
+                grants.spawn(async move {
+                    c.batch_execute(lock).await.expect("lock sortme");
+                    c
+                });
+            }
+            let mut held = Vec::new();
+            while let Some(g) = grants.join_next().await {
+                held.push(g.unwrap());
+            }
+            tokio::time::sleep(hold).await;
+            for c in held {
+                release.spawn(async move { c.batch_execute("COMMIT").await.expect("commit") });
+            }
+            while let Some(r) = release.join_next().await {
+                r.unwrap();
+            }
+        })
+    })
+}
+
 /// A harmless change, and right after its apply both clusters' workload stalls for 9 s on a
 /// lock of its table (a disturbance the two share, as a machine-wide one would be): the
 /// changed cluster's throughput breaches its band, the control's does too over the same
@@ -76,29 +120,13 @@ fn a_stall_both_clusters_show_is_not_blamed_on_the_change() {
     let (_d2, _b2) = sort_workload(&control);
     let o = opts(&[("log_lock_waits", "on")], "log lock waits", &control);
     let stalls: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>> = Arc::default();
-    let lock = |c: &TestCluster| {
-        let (bindir, port) = (c.bindir.clone(), c.port);
-        std::thread::spawn(move || {
-            let out = Command::new(bindir.join("psql"))
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-                .args(["-v", "ON_ERROR_STOP=1", "-c"])
-                .arg("BEGIN; LOCK TABLE sortme IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(9); COMMIT;")
-                .arg("postgres")
-                .output()
-                .expect("psql runs");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        })
-    };
+    let urls = vec![treated.url(), control.url()];
     let s = stalls.clone();
     let mut on_event = |e: &bellwether_engine::config::Event| {
         if e.name == "applied" {
-            let mut s = s.lock().unwrap();
-            s.push(lock(&treated));
-            s.push(lock(&control));
+            s.lock()
+                .unwrap()
+                .push(shared_stall(urls.clone(), Duration::from_secs(9)));
         }
     };
     let r = rt()
