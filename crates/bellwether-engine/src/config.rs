@@ -848,7 +848,7 @@ impl ConfigChangeEngine {
                         );
                         one.explained.then_some((at, one))
                     })
-                    .last();
+                    .next_back();
                 if let Some((at, one)) = shared {
                     verdict.explained = true;
                     verdict.shared_until_ms = Some(at);
