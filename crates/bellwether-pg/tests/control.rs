@@ -47,6 +47,18 @@ fn names(r: &LocalReport) -> Vec<String> {
         .collect()
 }
 
+/// One test of this file at a time. Each runs a workload on its own cluster and judges the
+/// change by that workload's throughput and latency against its baseline: a sibling test's
+/// clusters starting, restarting or finishing on the same cores in the middle of that would
+/// move the figures as much as the change does (a harmful restart-context change was once
+/// promoted in CI because the siblings' load ended during its bake).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -114,6 +126,7 @@ fn shared_stall(urls: Vec<String>, hold: Duration) -> std::thread::JoinHandle<()
 /// seconds, so the breach is `explained` and the change kept.
 #[test]
 fn a_stall_both_clusters_show_is_not_blamed_on_the_change() {
+    let _serial = one_at_a_time();
     let treated = TestCluster::start(TestClusterOptions::default());
     let control = TestCluster::start(TestClusterOptions::default());
     let (_d1, _b1) = sort_workload(&treated);
@@ -169,6 +182,7 @@ fn a_stall_both_clusters_show_is_not_blamed_on_the_change() {
 /// property of that change, not of the control this test is about.)
 #[test]
 fn a_harmful_drop_only_on_the_changed_cluster_is_reverted() {
+    let _serial = one_at_a_time();
     let treated = TestCluster::start(TestClusterOptions::default());
     let control = TestCluster::start(TestClusterOptions::default());
     let (_d1, _b1) = sort_workload(&treated);

@@ -41,6 +41,18 @@ fn names(r: &LocalReport) -> Vec<String> {
         .collect()
 }
 
+/// One test of this file at a time. Each runs a workload on its own cluster and judges the
+/// change by that workload's throughput and latency against its baseline: a sibling test's
+/// clusters starting, restarting or finishing on the same cores in the middle of that would
+/// move the figures as much as the change does (a harmful restart-context change was once
+/// promoted in CI because the siblings' load ended during its bake).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -51,6 +63,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 #[test]
 fn a_harmful_work_mem_is_traced_and_reverted() {
+    let _serial = one_at_a_time();
     let c = TestCluster::start(TestClusterOptions::default());
     let (_dir, _bench) = sort_workload(&c);
     let o = opts(&[("work_mem", Some("64kB"))], "work_mem 64kB");
@@ -114,6 +127,7 @@ fn a_harmful_work_mem_is_traced_and_reverted() {
 
 #[test]
 fn a_harmless_change_is_kept() {
+    let _serial = one_at_a_time();
     let c = TestCluster::start(TestClusterOptions::default());
     let (_dir, _bench) = sort_workload(&c);
     let o = opts(
@@ -131,6 +145,7 @@ fn a_harmless_change_is_kept() {
 
 #[test]
 fn a_change_that_would_not_start_is_refused_and_the_instance_untouched() {
+    let _serial = one_at_a_time();
     let c = TestCluster::start(TestClusterOptions::default());
     let before = psql(
         &c,
@@ -165,6 +180,7 @@ fn a_change_that_would_not_start_is_refused_and_the_instance_untouched() {
 
 #[test]
 fn a_restart_context_change_is_applied_and_reverted_with_a_restart() {
+    let _serial = one_at_a_time();
     let c = TestCluster::start(TestClusterOptions::default());
     let (_dir, _bench) = sort_workload(&c);
     let sb = psql(&c, "SHOW shared_buffers");
@@ -219,6 +235,7 @@ fn a_restart_context_change_is_applied_and_reverted_with_a_restart() {
 /// snapshot shows the instance's values, not the session's.
 #[test]
 fn the_instance_s_session_limits_do_not_lock_bellwether_out() {
+    let _serial = one_at_a_time();
     let c = TestCluster::start(TestClusterOptions::default());
     for sql in [
         "ALTER SYSTEM SET statement_timeout = '5ms'",
