@@ -8,9 +8,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod support;
+
 use bellwether_engine::config::{Phase, WatchSpec};
 use bellwether_pg::local::{run, run_with, LocalOptions, LocalReport};
 use bellwether_pg::testing::{psql, sort_workload, TestCluster, TestClusterOptions};
+use support::{names, one_at_a_time, rt};
 
 /// Shorter than the defaults (as in `local_apply.rs`), throughput alone: a workload stalled
 /// on a lock commits nothing and its latency is not measured, so the stall is a throughput
@@ -38,33 +41,6 @@ fn opts(set: &[(&str, &str)], desc: &str, control: &TestCluster) -> LocalOptions
     o.max_duration = Duration::from_secs(90);
     o.controls = vec![control.url()];
     o
-}
-
-fn names(r: &LocalReport) -> Vec<String> {
-    r.events
-        .iter()
-        .map(|e| format!("{}: {}", e.name, e.reason))
-        .collect()
-}
-
-/// One test of this file at a time. Each runs a workload on its own cluster and judges the
-/// change by that workload's throughput and latency against its baseline: a sibling test's
-/// clusters starting, restarting or finishing on the same cores in the middle of that would
-/// move the figures as much as the change does (a harmful restart-context change was once
-/// promoted in CI because the siblings' load ended during its bake).
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn decisions(r: &LocalReport) -> Vec<String> {
