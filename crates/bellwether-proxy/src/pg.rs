@@ -638,6 +638,28 @@ pub fn session_effect(sql: &str) -> Option<String> {
     session_effect_bytes(sql.as_bytes())
 }
 
+/// Where a comment that starts at `sql[i]` ends (the index after it; the end of `sql` for
+/// one left open), or `None` when no comment starts there: `-- …` to the end of the line,
+/// `/* … */`.
+fn comment_end(sql: &[u8], i: usize) -> Option<usize> {
+    let n = sql.len();
+    match (sql.get(i), sql.get(i + 1)) {
+        (Some(b'-'), Some(b'-')) => Some(
+            sql[i..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(n, |p| i + p + 1),
+        ),
+        (Some(b'/'), Some(b'*')) => Some(
+            sql[i + 2..]
+                .windows(2)
+                .position(|w| w == b"*/")
+                .map_or(n, |p| i + 2 + p + 2),
+        ),
+        _ => None,
+    }
+}
+
 /// [`session_effect`] over the raw bytes of a Query message, in one pass and without
 /// allocating unless it finds a reason. It runs on every query of a PostgreSQL listener.
 /// Comments are skipped; quotes are not understood, so a keyword inside a string literal
@@ -650,16 +672,8 @@ pub fn session_effect_bytes(sql: &[u8]) -> Option<String> {
     let mut first: Option<&[u8]> = None;
     while i < n {
         let c = sql[i];
-        if c == b'-' && sql.get(i + 1) == Some(&b'-') {
-            i = sql[i..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(n, |p| i + p + 1);
-        } else if c == b'/' && sql.get(i + 1) == Some(&b'*') {
-            i = sql[i + 2..]
-                .windows(2)
-                .position(|w| w == b"*/")
-                .map_or(n, |p| i + 2 + p + 2);
+        if let Some(after) = comment_end(sql, i) {
+            i = after;
         } else if c == b';' {
             first = None;
             i += 1;
@@ -811,16 +825,8 @@ pub fn plain_read(sql: &[u8]) -> bool {
     let mut ended = false;
     while i < n {
         let c = sql[i];
-        if c == b'-' && sql.get(i + 1) == Some(&b'-') {
-            i = sql[i..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(n, |p| i + p + 1);
-        } else if c == b'/' && sql.get(i + 1) == Some(&b'*') {
-            i = sql[i + 2..]
-                .windows(2)
-                .position(|w| w == b"*/")
-                .map_or(n, |p| i + 2 + p + 2);
+        if let Some(after) = comment_end(sql, i) {
+            i = after;
         } else if c == b';' {
             ended = true;
             i += 1;
