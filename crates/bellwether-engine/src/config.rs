@@ -827,14 +827,7 @@ impl ConfigChangeEngine {
                     .filter_map(|(at, v)| {
                         let mut cs: Vec<f64> = with_data
                             .iter()
-                            .filter_map(|(c, b)| {
-                                c.samples
-                                    .iter()
-                                    .filter(|x| (x.at_ms - at).abs() <= near && !is_down(x))
-                                    .filter_map(|x| Some(((x.at_ms - at).abs(), x.metrics.get(m)?)))
-                                    .min_by_key(|(d, _)| *d)
-                                    .map(|(_, x)| x / b)
-                            })
+                            .filter_map(|(c, b)| Some(c.nearest(m, at, near)? / b))
                             .collect();
                         let n = cs.len();
                         let one = PeerMetric::judge(
@@ -2241,6 +2234,18 @@ impl Trace {
             confirm_first: false,
             peer: None,
         }
+    }
+}
+
+impl ControlSeries {
+    /// `metric` in the sample nearest to `at_ms`, within `near` ms either side, not down.
+    fn nearest(&self, metric: &str, at_ms: i64, near: i64) -> Option<f64> {
+        self.samples
+            .iter()
+            .filter(|x| (x.at_ms - at_ms).abs() <= near && !is_down(x))
+            .filter_map(|x| Some(((x.at_ms - at_ms).abs(), *x.metrics.get(metric)?)))
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, v)| v)
     }
 }
 
