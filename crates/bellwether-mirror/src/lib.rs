@@ -34,6 +34,7 @@ pub use bellwether_model::mirror::DepKind;
 pub mod drill;
 pub mod local;
 mod pg;
+pub mod prober;
 pub mod process;
 pub mod provision;
 mod redis;

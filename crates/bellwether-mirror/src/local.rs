@@ -1,7 +1,8 @@
-//! The one-machine runner: drives a [`MirrorEngine`] with real IO on this host. Every health
-//! interval it probes each instance ([`crate::probe`]) and reads the proxy's per-backend
-//! figures (a [`Router`]), gives the engine one observation, and carries out the engine's
-//! actions concurrently (provisioning through a [`Provisioner`], promote and fence through
+//! The one-machine runner: drives a [`MirrorEngine`] with real IO on this host. Its prober
+//! ([`crate::prober::run`], the server's `mirror` task runs the same) checks each instance and
+//! reads the proxy's per-backend figures (a [`Router`]) every health interval, sooner when the
+//! primary looks silent or unhealthy, and gives the engine one observation each time; the
+//! runner carries out the engine's actions concurrently (provisioning through a [`Provisioner`], promote and fence through
 //! this crate, routing through the [`Router`]), each answered back to the engine. It is what
 //! `bellwether mirror drill` runs; the server's `mirror` task steps the same engine with the
 //! agent doing the IO.
@@ -14,13 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bellwether_engine::mirror::{
-    Action, Backend, Check, Command, Event, Input, MirrorEngine, Observation, ObservedRole, Status,
+    Action, Backend, Command, Event, Input, MirrorEngine, Observation, Status,
 };
 use bellwether_model::mirror::DependencySpec;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::prober::{Checks, Gone, PgSync, ProbeSettings};
 use crate::{DepKind, Instance, MirrorError, ProvisionRequest, Provisioner, Role};
 
 /// What the proxy measured for one backend over the last interval.
@@ -80,14 +82,10 @@ struct Shared {
     made: BTreeMap<String, Instance>,
     endpoints: BTreeMap<String, String>,
     watch: Option<watch::Sender<Option<Status>>>,
-    /// PostgreSQL: whether the server at an endpoint acknowledges commits only once a standby
-    /// flushed them, as its sampler last read it (at most [`SYNC_REREAD`] round trips ago).
-    pg_sync: BTreeMap<String, bool>,
+    /// PostgreSQL: whether each server's commits wait for standbys, as the prober's samplers
+    /// read it.
+    pg_sync: PgSync,
 }
-
-/// How many round trips a PostgreSQL sampler makes between two reads of whether its server's
-/// commits wait for standbys (about every 2 s at the default interval).
-const SYNC_REREAD: u32 = 100;
 
 /// A running engine. Drop it only after [`LocalRunner::stop`].
 pub struct LocalRunner {
@@ -147,15 +145,19 @@ impl LocalRunner {
             opts: opts.clone(),
         };
         let main = tokio::spawn(main_loop(engine, first, rx, tx.clone(), io));
-        let prober = tokio::spawn(probe_loop(
-            spec.kind,
-            spec.policy.health_interval.get(),
-            spec.policy.switch_below,
-            opts.probe_timeout,
+        let checks = LocalChecks {
+            settings: ProbeSettings {
+                kind: spec.kind,
+                interval: spec.policy.health_interval.get(),
+                switch_below: spec.policy.switch_below,
+                timeout: opts.probe_timeout,
+            },
             router,
-            shared.clone(),
-            tx.clone(),
-        ));
+            shared: shared.clone(),
+            tx: tx.clone(),
+        };
+        let pg_sync = lock(&shared).pg_sync.clone();
+        let prober = tokio::spawn(crate::prober::run(Arc::new(checks), pg_sync));
         Ok(LocalRunner {
             tx,
             shared,
@@ -219,6 +221,43 @@ impl LocalRunner {
             lock(&self.shared).made.clear();
         }
         engine
+    }
+}
+
+/// The prober's view of the runner: the status its main loop shares, the router's figures,
+/// and the main loop's mailbox.
+struct LocalChecks {
+    settings: ProbeSettings,
+    router: Arc<dyn Router>,
+    shared: Arc<Mutex<Shared>>,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+#[async_trait::async_trait]
+impl Checks for LocalChecks {
+    fn status(&self) -> Option<Status> {
+        lock(&self.shared).status.clone()
+    }
+
+    fn settings(&self) -> ProbeSettings {
+        self.settings
+    }
+
+    async fn figures(&self) -> Option<BTreeMap<String, BackendFigures>> {
+        self.router.figures().await
+    }
+
+    async fn observe(
+        &self,
+        at_ms: i64,
+        observations: Vec<Observation>,
+    ) -> Result<Option<f64>, Gone> {
+        let (reply, verdict) = oneshot::channel();
+        self.tx
+            .send(Msg::Observe(at_ms, observations, reply))
+            .map_err(|_| Gone)?;
+        // A verdict dropped unanswered (an observation older than the last) is no verdict.
+        Ok(verdict.await.ok().flatten())
     }
 }
 
@@ -297,17 +336,12 @@ fn handle_output(
         if let Some(w) = &s.watch {
             w.send_replace(s.status.clone());
         }
-        s.endpoints = engine.endpoints();
-        // Retired and failed instances are not probed.
-        let st = s.status.clone();
-        if let Some(st) = st {
-            for i in &st.instances {
-                use bellwether_engine::mirror::InstanceState as S;
-                if matches!(i.state, S::Retired | S::Failed | S::Provisioning) {
-                    s.endpoints.remove(&i.id);
-                }
-            }
-        }
+        // Retired, failed and half-made instances are not probed.
+        s.endpoints = s
+            .status
+            .as_ref()
+            .map(crate::prober::probed)
+            .unwrap_or_default();
     }
     for a in out.actions {
         let io = io.clone();
@@ -322,519 +356,6 @@ fn handle_output(
                 error,
             });
         });
-    }
-}
-
-/// Latency samples per health interval, besides the probe's own round trip.
-pub const SAMPLES_PER_INTERVAL: u32 = 12;
-
-/// The quantile of an interval's latency samples the engine is given as the instance's
-/// latency: a primary that stalls more than a quarter of the time (a CPU-throttled process, a
-/// duty cycle of pauses) shows it, while fewer stalls than that (a busy host's scheduler, a
-/// retransmitted packet) do not.
-pub const LATENCY_QUANTILE: f64 = 0.75;
-
-/// One instance's latency samples since the last health check.
-#[derive(Default)]
-struct SampleBuf {
-    /// Round trips (ms) that completed.
-    done: Vec<f64>,
-    /// A round trip sent and not answered yet: at a health check it counts as the time it has
-    /// waited so far (a frozen instance's samples are not missing, they are long).
-    outstanding_since: Option<tokio::time::Instant>,
-    /// When the last round trip was answered.
-    last_answer: Option<tokio::time::Instant>,
-    /// The last [`RECENT`] answered round trips (ms), kept across health checks: the
-    /// instance's usual round trip, against which a long wait is judged.
-    recent: std::collections::VecDeque<f64>,
-    /// When the kept connection last failed (a round trip answered by an error or a closed
-    /// connection, or a connection that could not be opened).
-    failed: Option<tokio::time::Instant>,
-    /// Until then the sampler's gaps between round trips are [`RECHECK_FRACTION`] of the
-    /// usual (see [`RECHECK_FRACTION`]).
-    hasten_until: Option<tokio::time::Instant>,
-}
-
-/// The recheck: after a check that judged the primary unhealthy while it answered (slow, not
-/// down), the next check comes this fraction of an interval after that one began, and the
-/// primary's sampler's gaps between round trips shrink by the same fraction until then, so the
-/// recheck judges as many samples as a whole interval's in half the time. The same evidence,
-/// gathered faster, as Envoy's `unhealthy_edge_interval` checks again sooner after a failed
-/// check: a throttled primary is switched about 1.5 intervals after its first bad interval
-/// began instead of 2, and a slowdown must still hold for two checks in a row.
-pub const RECHECK_FRACTION: f64 = 0.5;
-
-/// How many answered round trips [`SampleBuf::recent`] keeps.
-const RECENT: usize = 64;
-
-/// The passive signal (see [`Samplers::suspect`]): a round trip to the primary on its kept
-/// connection still unanswered after this many times its usual round trip (the p90 of the
-/// last [`RECENT`]) ...
-pub const SUSPECT_FACTOR: f64 = 10.0;
-/// ... and at least this long (a busy host's scheduler stalls a healthy server for some ms) ...
-pub const SUSPECT_MIN: Duration = Duration::from_millis(50);
-/// ... makes the runner check at once instead of at the next tick.
-const SUSPECT_POLL: Duration = Duration::from_millis(5);
-
-/// An instance's usual round trip (ms; the p90 of the last [`RECENT`]) and the wait past which
-/// a round trip is suspect: [`SUSPECT_FACTOR`] × the usual, at least [`SUSPECT_MIN`], at most
-/// `cap`. `None` before any round trip was answered.
-fn suspect_limit(g: &SampleBuf, cap: Duration) -> Option<(f64, Duration)> {
-    let recent: Vec<f64> = g.recent.iter().copied().collect();
-    let usual = quantile(&recent, 0.9)?;
-    let limit = Duration::from_secs_f64(usual * SUSPECT_FACTOR / 1000.0)
-        .max(SUSPECT_MIN)
-        .min(cap);
-    Some((usual, limit))
-}
-
-fn lock_buf(b: &Mutex<SampleBuf>) -> std::sync::MutexGuard<'_, SampleBuf> {
-    b.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Takes the samples gathered since the last call (an outstanding round trip counts, and stays
-/// outstanding).
-fn take_samples(b: &Mutex<SampleBuf>) -> Vec<f64> {
-    let mut g = lock_buf(b);
-    let mut v = std::mem::take(&mut g.done);
-    if let Some(s) = g.outstanding_since {
-        v.push(s.elapsed().as_secs_f64() * 1000.0);
-    }
-    v
-}
-
-/// The `q`-quantile (nearest rank) of `v`; `None` when empty.
-pub fn quantile(v: &[f64], q: f64) -> Option<f64> {
-    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let rank = ((q.clamp(0.0, 1.0) * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    Some(v[rank - 1])
-}
-
-/// A small xorshift generator for the samples' random spacing (no need for a crate: it only
-/// keeps the samples from locking onto one phase of a periodic stall).
-struct Jitter(u64);
-
-impl Jitter {
-    fn new(seed: &str) -> Jitter {
-        let mut x = now_ms() as u64 ^ 0x9E37_79B9_7F4A_7C15;
-        for b in seed.bytes() {
-            x = (x ^ u64::from(b)).wrapping_mul(0x100_0000_01B3);
-        }
-        Jitter(x | 1)
-    }
-
-    /// Uniform in [0, 1).
-    fn next(&mut self) -> f64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// Samples one instance's latency on a kept connection, [`SAMPLES_PER_INTERVAL`] round trips
-/// per health interval at random moments (gaps uniform in [0.5, 1.5] × the mean), so that a
-/// periodic stall is seen in proportion to the time it takes. A round trip unanswered for two
-/// intervals drops the connection and opens another; a failed connection is retried every
-/// interval (the probe reports the instance down meanwhile).
-async fn sample_loop(
-    kind: DepKind,
-    endpoint: String,
-    interval: Duration,
-    buf: Arc<Mutex<SampleBuf>>,
-    shared: Arc<Mutex<Shared>>,
-) {
-    let mean_gap = interval / SAMPLES_PER_INTERVAL;
-    let mut jitter = Jitter::new(&endpoint);
-    loop {
-        let opened = tokio::time::timeout(
-            interval,
-            crate::PingConn::open(kind, &endpoint, interval * 2),
-        )
-        .await;
-        let Ok(Ok(mut conn)) = opened else {
-            lock_buf(&buf).failed = Some(tokio::time::Instant::now());
-            tokio::time::sleep(interval).await;
-            continue;
-        };
-        let mut n: u32 = 0;
-        loop {
-            if kind == DepKind::Postgres && n.is_multiple_of(SYNC_REREAD) {
-                let sync = tokio::time::timeout(interval, conn.commits_wait_for_standbys()).await;
-                let mut g = lock(&shared);
-                match sync {
-                    Ok(Some(v)) => {
-                        g.pg_sync.insert(endpoint.clone(), v);
-                    }
-                    _ => {
-                        g.pg_sync.remove(&endpoint);
-                    }
-                }
-            }
-            n = n.wrapping_add(1);
-            let hasten = lock_buf(&buf)
-                .hasten_until
-                .is_some_and(|t| t > tokio::time::Instant::now());
-            let gap = if hasten {
-                mean_gap.mul_f64(RECHECK_FRACTION)
-            } else {
-                mean_gap
-            };
-            tokio::time::sleep(gap.mul_f64(0.5 + jitter.next())).await;
-            let sent = tokio::time::Instant::now();
-            lock_buf(&buf).outstanding_since = Some(sent);
-            let r = tokio::time::timeout(interval * 2, conn.ping()).await;
-            let mut g = lock_buf(&buf);
-            g.outstanding_since = None;
-            if !matches!(r, Ok(Ok(()))) {
-                g.failed = Some(tokio::time::Instant::now());
-                break;
-            }
-            // Nobody collects (the runner stopped probing): keep the newest.
-            if g.done.len() >= 4 * SAMPLES_PER_INTERVAL as usize {
-                g.done.remove(0);
-            }
-            let ms = sent.elapsed().as_secs_f64() * 1000.0;
-            g.done.push(ms);
-            if g.recent.len() >= RECENT {
-                g.recent.pop_front();
-            }
-            g.recent.push_back(ms);
-            g.last_answer = Some(tokio::time::Instant::now());
-        }
-    }
-}
-
-/// One instance's sampler: the endpoint it samples, its samples, its task.
-type Sampler = (String, Arc<Mutex<SampleBuf>>, JoinHandle<()>);
-
-/// The samplers of the instances being probed, by instance id.
-#[derive(Default)]
-struct Samplers {
-    by_id: BTreeMap<String, Sampler>,
-}
-
-impl Samplers {
-    /// Starts a sampler for each new endpoint and stops those of instances no longer probed
-    /// (or whose endpoint changed).
-    fn sync(
-        &mut self,
-        kind: DepKind,
-        interval: Duration,
-        endpoints: &BTreeMap<String, String>,
-        shared: &Arc<Mutex<Shared>>,
-    ) {
-        self.by_id.retain(|id, (ep, _, h)| {
-            let keep = endpoints.get(id) == Some(ep);
-            if !keep {
-                h.abort();
-            }
-            keep
-        });
-        if kind == DepKind::Tcp {
-            return;
-        }
-        for (id, ep) in endpoints {
-            if !self.by_id.contains_key(id) {
-                let buf = Arc::new(Mutex::new(SampleBuf::default()));
-                let h = tokio::spawn(sample_loop(
-                    kind,
-                    ep.clone(),
-                    interval,
-                    buf.clone(),
-                    shared.clone(),
-                ));
-                self.by_id.insert(id.clone(), (ep.clone(), buf, h));
-            }
-        }
-    }
-
-    /// Whether the instance answered a round trip after `t`.
-    fn answered_since(&self, id: &str, t: tokio::time::Instant) -> bool {
-        self.by_id
-            .get(id)
-            .and_then(|(_, b, _)| lock_buf(b).last_answer)
-            .is_some_and(|a| a > t)
-    }
-
-    /// The passive signal on `id`'s kept connection that began after `since` (the start of
-    /// the last check): its connection failed, or a round trip has waited longer than
-    /// [`SUSPECT_FACTOR`] × its usual round trip (at least [`SUSPECT_MIN`], at most `cap`).
-    /// `None` without one, or before any round trip was answered (no usual to judge by).
-    fn suspect(&self, id: &str, since: tokio::time::Instant, cap: Duration) -> Option<String> {
-        let (_, b, _) = self.by_id.get(id)?;
-        let g = lock_buf(b);
-        if let Some(f) = g.failed.filter(|f| *f > since) {
-            return Some(format!(
-                "its kept connection failed {} ms ago",
-                f.elapsed().as_millis()
-            ));
-        }
-        let sent = g.outstanding_since.filter(|s| *s > since)?;
-        let (usual, limit) = suspect_limit(&g, cap)?;
-        let waited = sent.elapsed();
-        (waited > limit).then(|| {
-            format!(
-                "a round trip on its kept connection has waited {} ms (usual {:.1} ms)",
-                waited.as_millis(),
-                usual
-            )
-        })
-    }
-
-    /// The probe timeout of a check that confirms a silent primary: [`SUSPECT_FACTOR`] × its
-    /// usual round trip, at least [`SUSPECT_MIN`], at most `cap`; `cap` when there is no usual
-    /// round trip to judge by.
-    fn confirm_timeout(&self, id: &str, cap: Duration) -> Duration {
-        self.by_id
-            .get(id)
-            .and_then(|(_, b, _)| suspect_limit(&lock_buf(b), cap))
-            .map_or(cap, |(_, limit)| limit)
-    }
-
-    /// Shrinks `id`'s sampler's gaps to [`RECHECK_FRACTION`] of the usual until `until`.
-    fn hasten(&self, id: &str, until: tokio::time::Instant) {
-        if let Some((_, b, _)) = self.by_id.get(id) {
-            lock_buf(b).hasten_until = Some(until);
-        }
-    }
-
-    fn take(&self, id: &str) -> Vec<f64> {
-        self.by_id
-            .get(id)
-            .map(|(_, b, _)| take_samples(b))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Samplers {
-    fn drop(&mut self) {
-        for (_, _, h) in self.by_id.values() {
-            h.abort();
-        }
-    }
-}
-
-async fn probe_loop(
-    kind: DepKind,
-    interval: Duration,
-    switch_below: f64,
-    timeout: Duration,
-    router: Arc<dyn Router>,
-    shared: Arc<Mutex<Shared>>,
-    tx: mpsc::UnboundedSender<Msg>,
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut samplers = Samplers::default();
-    // The start of the last check, and whether it found the primary answering within its usual
-    // time: only then may the passive signal bring the next check forward.
-    let mut last_check = tokio::time::Instant::now();
-    let mut primary_ok = false;
-    // At most one early check per interval (each probes every instance).
-    let mut last_early: Option<tokio::time::Instant> = None;
-    // The start of the last check that found the primary answering nothing (None once a
-    // check finds it answering, or after a switch).
-    let mut primary_down_since: Option<(String, tokio::time::Instant)> = None;
-    loop {
-        let watched = lock(&shared).status.as_ref().map(|st| st.primary.clone());
-        let early = tokio::select! {
-            _ = tick.tick() => None,
-            why = async {
-                let allowed = primary_ok && last_early.is_none_or(|t| t.elapsed() >= interval);
-                let Some(id) = watched.as_deref().filter(|_| allowed) else {
-                    return std::future::pending().await;
-                };
-                loop {
-                    tokio::time::sleep(SUSPECT_POLL).await;
-                    if let Some(why) = samplers.suspect(id, last_check, timeout) {
-                        return why;
-                    }
-                }
-            } => Some(why),
-        };
-        if let Some(why) = &early {
-            // An early check follows a good one only, and is reported only when the primary
-            // answers nothing (see below).
-            tracing::debug!(instance = ?watched, reason = %why, "Primary suspect: checked at once.");
-            last_early = Some(tokio::time::Instant::now());
-        }
-        last_check = tokio::time::Instant::now();
-        let at = now_ms();
-        let (endpoints, primary) = {
-            let s = lock(&shared);
-            (
-                s.endpoints.clone(),
-                s.status.as_ref().map(|st| st.primary.clone()),
-            )
-        };
-        samplers.sync(kind, interval, &endpoints, &shared);
-        // A check that confirms a silent primary: the last check found it answering nothing,
-        // and nothing has answered on its kept connection since that check began (a whole
-        // interval ago, at least). Such a primary is given the passive signal's wait (10 × its
-        // usual round trip, at least 50 ms) instead of the whole probe timeout: a frozen
-        // primary is then confirmed down about an interval after it was first found so, not
-        // an interval and a probe timeout. One that answers within that wait is up; one whose
-        // kept connection answers meanwhile is slow, not down (below).
-        let confirming = primary_down_since.as_ref().and_then(|(id, since)| {
-            (primary.as_deref() == Some(id.as_str()) && !samplers.answered_since(id, *since))
-                .then(|| samplers.confirm_timeout(id, timeout))
-        });
-        let mut set = tokio::task::JoinSet::new();
-        for (id, ep) in endpoints {
-            // A replica's probe also asks the primary it names (for its lag), with the probe's
-            // timeout: half each for the others, so that a frozen primary does not make its
-            // replicas look down; the primary's own probe has it all.
-            let (outer, inner) = if primary.as_deref() == Some(id.as_str()) {
-                let t = confirming.unwrap_or(timeout);
-                (t, t)
-            } else {
-                (timeout, timeout / 2)
-            };
-            set.spawn(async move {
-                let started = tokio::time::Instant::now();
-                let r = tokio::time::timeout(outer, crate::probe(kind, &ep, inner)).await;
-                (id, r, started, inner)
-            });
-        }
-        // Each probe's outcome, with how long it took (measured as it ends).
-        let mut checked = Vec::new();
-        while let Some(r) = set.join_next().await {
-            if let Ok((id, r, started, inner)) = r {
-                checked.push((id, r, started, inner, started.elapsed()));
-            }
-        }
-        if early.is_some() {
-            // The early check is for a primary that answers nothing (killed, frozen): when it
-            // answered (or its kept connection did while the probe waited), nothing is
-            // reported and its samples stay for the regular check, which judges its latency
-            // over a whole interval.
-            let primary_down = checked.iter().any(|(id, r, started, inner, took)| {
-                if primary.as_deref() != Some(id.as_str()) {
-                    return false;
-                }
-                let answered = match r {
-                    Ok(Ok(st)) => st.reachable,
-                    // Not an observation of the instance at all.
-                    Ok(Err(MirrorError::BadEndpoint { .. })) => true,
-                    _ => false,
-                };
-                let kept_answered =
-                    *took >= inner.mul_f64(0.9) && samplers.answered_since(id, *started);
-                !answered && !kept_answered
-            });
-            if !primary_down {
-                tracing::debug!(instance = ?primary, "The suspect primary answered: no early check reported.");
-                continue;
-            }
-            // Reported: the next regular check comes one interval after this one began, so
-            // two checks that judge the primary bad are never closer than an interval (start
-            // to start), and the confirming check does not wait out this one's probe timeout
-            // on top of the interval.
-            tick.reset_at(last_check + interval);
-        }
-        let figures = router.figures().await;
-        let mut obs = Vec::new();
-        let mut primary_answered = false;
-        for (id, r, started, inner, took) in checked {
-            let st = match r {
-                Ok(Ok(st)) => Some(st),
-                // A bad endpoint is not an observation of the instance; any other failure
-                // (a reset mid-reply, an error answer) is a failed check.
-                Ok(Err(MirrorError::BadEndpoint { .. })) => None,
-                Ok(Err(e)) => Some(crate::InstanceStatus::unreachable(
-                    timeout.as_secs_f64() * 1000.0,
-                    e.to_string(),
-                )),
-                Err(_) => Some(crate::InstanceStatus::unreachable(
-                    timeout.as_secs_f64() * 1000.0,
-                    "probe timed out".into(),
-                )),
-            };
-            let Some(mut st) = st else { continue };
-            // The primary's probe ran out of time, but its kept connection answered while the
-            // probe waited: it is slow (a starved host, a lost packet, a connection slow to
-            // open), not down. Down means no answer at all; slow is judged by its latency
-            // (the wait counts as a sample), where `min_switch_gap` applies. A refused
-            // connection or a frozen instance answers nothing and stays down.
-            if !st.reachable
-                && primary.as_deref() == Some(id.as_str())
-                && took >= inner.mul_f64(0.9)
-                && samplers.answered_since(&id, started)
-            {
-                st = crate::InstanceStatus {
-                    reachable: true,
-                    role: None,
-                    offset: None,
-                    replica_of: None,
-                    link_up: None,
-                    latency_ms: took.as_secs_f64() * 1000.0,
-                    lag: None,
-                    error: st.error,
-                };
-            }
-            let f = match &figures {
-                Some(all) => all.get(&id).cloned().unwrap_or(BackendFigures {
-                    sessions: Some(0),
-                    ..BackendFigures::default()
-                }),
-                None => BackendFigures::default(),
-            };
-            // The interval's latency: a quantile of the sampler's round trips and the probe's.
-            let mut samples = samplers.take(&id);
-            samples.push(st.latency_ms);
-            let latency_ms = quantile(&samples, LATENCY_QUANTILE).unwrap_or(st.latency_ms);
-            tracing::debug!(
-                instance = %id,
-                reachable = st.reachable,
-                probe_ms = st.latency_ms,
-                latency_ms,
-                samples = samples.len(),
-                early = early.is_some(),
-                "latency sample"
-            );
-            if primary.as_deref() == Some(id.as_str()) {
-                primary_ok = st.reachable && latency_ms <= SUSPECT_MIN.as_secs_f64() * 1000.0;
-                primary_down_since = (!st.reachable).then(|| (id.clone(), last_check));
-                primary_answered = st.reachable;
-            }
-            obs.push(Observation {
-                instance: id,
-                check: if st.reachable { Check::Ok } else { Check::Down },
-                latency_ms: st.reachable.then_some(latency_ms),
-                error_rate: f.error_rate,
-                requests_per_s: f.requests_per_s,
-                offset: st.offset,
-                sessions: f.sessions,
-                role: st.role.map(|r| match r {
-                    Role::Primary => ObservedRole::Primary,
-                    Role::Replica => ObservedRole::Replica,
-                }),
-            });
-        }
-        obs.sort_by(|a, b| a.instance.cmp(&b.instance));
-        let (reply, verdict) = oneshot::channel();
-        if tx.send(Msg::Observe(at, obs, reply)).is_err() {
-            return;
-        }
-        // The recheck (see [`RECHECK_FRACTION`]): the primary answered but was judged
-        // unhealthy, and no switch is under way. A primary that answered nothing has the
-        // confirming check instead (above), an interval after this one began.
-        let health = verdict.await.ok().flatten();
-        if let Some(p) = primary.as_deref().filter(|_| {
-            primary_answered && early.is_none() && health.is_some_and(|h| h < switch_below)
-        }) {
-            let at = last_check + interval.mul_f64(RECHECK_FRACTION);
-            tracing::debug!(instance = %p, health = ?health, "The primary was judged unhealthy: checked again sooner.");
-            samplers.hasten(p, at);
-            tick.reset_at(at);
-        }
     }
 }
 
@@ -936,7 +457,12 @@ impl Io {
                 let sync = if new_primary.is_none() && self.kind == DepKind::Postgres {
                     // As the sampler read it while the primary answered (a throttled primary
                     // may not answer a new question in time); asked now only when unknown.
-                    let known = lock(&self.shared).pg_sync.get(&instance.endpoint).copied();
+                    let pg_sync = lock(&self.shared).pg_sync.clone();
+                    let known = pg_sync
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&instance.endpoint)
+                        .copied();
                     match known {
                         Some(v) => v,
                         None => {
@@ -1236,87 +762,4 @@ async fn pg_unfence(endpoint: &str) -> Result<(), String> {
             .map_err(|e| format!("{endpoint}: {q}: {e}"))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_quantile_is_the_nearest_rank() {
-        assert_eq!(quantile(&[], 0.75), None);
-        assert_eq!(quantile(&[3.0], 0.75), Some(3.0));
-        // 13 samples: the 10th smallest.
-        let v: Vec<f64> = (1..=13).rev().map(f64::from).collect();
-        assert_eq!(quantile(&v, 0.75), Some(10.0));
-        assert_eq!(quantile(&[1.0, f64::NAN, 2.0], 1.0), Some(2.0));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_unanswered_sample_counts_as_its_wait_so_far() {
-        let b = Mutex::new(SampleBuf::default());
-        lock_buf(&b).done.extend([1.0, 2.0]);
-        lock_buf(&b).outstanding_since = Some(tokio::time::Instant::now());
-        tokio::time::advance(Duration::from_millis(40)).await;
-        let v = take_samples(&b);
-        assert_eq!(v.len(), 3);
-        assert!((v[2] - 40.0).abs() < 1.0, "{v:?}");
-        // Taken: only the outstanding one is left, still counting.
-        tokio::time::advance(Duration::from_millis(10)).await;
-        let v = take_samples(&b);
-        assert_eq!(v.len(), 1);
-        assert!((v[0] - 50.0).abs() < 1.0, "{v:?}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_primary_is_suspect_after_a_long_wait_or_a_failed_connection_since_the_last_check() {
-        let buf = Arc::new(Mutex::new(SampleBuf::default()));
-        let mut samplers = Samplers::default();
-        samplers.by_id.insert(
-            "p".into(),
-            ("127.0.0.1:1".into(), buf.clone(), tokio::spawn(async {})),
-        );
-        let cap = Duration::from_millis(200);
-        let checked = tokio::time::Instant::now();
-        tokio::time::advance(Duration::from_millis(1)).await;
-        // No usual round trip yet: nothing to judge a wait by.
-        lock_buf(&buf).outstanding_since = Some(tokio::time::Instant::now());
-        tokio::time::advance(Duration::from_millis(100)).await;
-        assert_eq!(samplers.suspect("p", checked, cap), None);
-        assert_eq!(samplers.suspect("other", checked, cap), None);
-        // Usual 2 ms: suspect once a round trip waited past 50 ms (10 × 2 ms is below the floor).
-        lock_buf(&buf).recent.extend([1.0, 2.0, 2.0, 1.5]);
-        lock_buf(&buf).outstanding_since = Some(tokio::time::Instant::now());
-        tokio::time::advance(Duration::from_millis(40)).await;
-        assert_eq!(samplers.suspect("p", checked, cap), None);
-        tokio::time::advance(Duration::from_millis(20)).await;
-        let why = samplers
-            .suspect("p", checked, cap)
-            .expect("suspect at 60 ms");
-        assert!(why.contains("waited 60 ms"), "{why}");
-        // A round trip sent before the last check is not a new signal.
-        assert_eq!(
-            samplers.suspect("p", tokio::time::Instant::now(), cap),
-            None
-        );
-        // Usual 30 ms: 10 × is 300 ms, capped at the probe's 200 ms.
-        lock_buf(&buf).recent.extend([30.0; RECENT]);
-        lock_buf(&buf).outstanding_since = Some(tokio::time::Instant::now());
-        tokio::time::advance(Duration::from_millis(150)).await;
-        assert_eq!(samplers.suspect("p", checked, cap), None);
-        tokio::time::advance(Duration::from_millis(60)).await;
-        assert!(samplers.suspect("p", checked, cap).is_some());
-        // A failed connection is suspect at once, but only when it failed after the check.
-        lock_buf(&buf).outstanding_since = None;
-        lock_buf(&buf).failed = Some(tokio::time::Instant::now());
-        let why = samplers
-            .suspect("p", checked, cap)
-            .expect("a failed connection");
-        assert!(why.contains("failed"), "{why}");
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(
-            samplers.suspect("p", tokio::time::Instant::now(), cap),
-            None
-        );
-    }
 }
