@@ -83,13 +83,39 @@ pub(crate) trait DurableTask: Clone + Send + Sync + Sized + 'static {
     fn is_settled(&self) -> bool;
     /// The state to store; [`DurableTask::restore`] reads it back.
     fn persist(&self) -> serde_json::Value;
-    /// How often the task ticks.
+    /// How often the task ticks (with an [`DurableTask::observer`]: how often a held task
+    /// tries to record its hold).
     fn tick_every(&self) -> Duration;
-    /// Reads what the next tick needs (IO is allowed here, changing the task is not).
+    /// Reads what the next tick needs (IO is allowed here, changing the task is not). Not
+    /// called for a kind with an [`DurableTask::observer`].
     fn observe<'a>(
         &'a self,
-        state: &'a AppState,
-    ) -> impl Future<Output = Result<Self::Observed, ApiError>> + Send + 'a;
+        _state: &'a AppState,
+    ) -> impl Future<Output = Result<Self::Observed, ApiError>> + Send + 'a {
+        async {
+            Err(internal(format!(
+                "a {} task observes through its own observer, not by ticks",
+                Self::KIND
+            )))
+        }
+    }
+    /// A kind that observes on its own schedule (the mirror task's prober checks sooner than
+    /// its interval when a primary looks silent) returns the loop that does: it sends each
+    /// reading through `observe` and is answered once the step is saved. The runner starts it
+    /// with itself, ends it with itself, and then takes no ticks of its own but a held task's
+    /// retries. `None` (the default): the runner ticks every [`DurableTask::tick_every`] with
+    /// what [`DurableTask::observe`] read.
+    fn observer(
+        &self,
+        _state: &AppState,
+        _observe: Observe<Self>,
+    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>> {
+        None
+    }
+    /// Called on the kept state after each saved step, and once when the runner starts: a kind
+    /// with an observer tells it here what it needs to know between readings (the mirror
+    /// task's prober: which instance is the primary now).
+    fn saved(&self) {}
     /// Takes one step (on the runner's copy). Pure: no IO, no clock but `now_ms`.
     fn step(&mut self, input: Input<Self>, now_ms: i64) -> Step<Self::Effect>;
     /// The answer to an operator's command.
@@ -213,9 +239,37 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 
 enum Msg<T: DurableTask> {
     Command(T::Command, oneshot::Sender<Result<T::Status, ApiError>>),
+    /// A reading of the kind's own observer, taken as a tick; answered with the status after
+    /// the saved step (`None`: not saved).
+    Observed(T::Observed, oneshot::Sender<Option<T::Status>>),
     /// A result was stored for one of this task's actions.
     Result,
     Effect(T::EffectDone),
+}
+
+/// The runner gave no answer: it has stopped (the task settled, or the leadership was lost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RunnerGone;
+
+/// How a kind's [`DurableTask::observer`] hands its readings to the runner.
+pub(crate) struct Observe<T: DurableTask> {
+    tx: mpsc::UnboundedSender<Msg<T>>,
+}
+
+impl<T: DurableTask> Observe<T> {
+    /// Steps the task with `observed`, as a tick, and waits until the step is saved: the
+    /// status after it, or `None` when it was not saved (the store refused it; the task is
+    /// held and readings are dropped until it takes writes again).
+    pub(crate) async fn send(
+        &self,
+        observed: T::Observed,
+    ) -> Result<Option<T::Status>, RunnerGone> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Observed(observed, reply))
+            .map_err(|_| RunnerGone)?;
+        answer.await.map_err(|_| RunnerGone)
+    }
 }
 
 /// What the registry keeps of a running task: its mailbox, without its kind's types.
@@ -386,6 +440,7 @@ impl<T: DurableTask> Runner<T> {
         .await;
         match saved {
             Ok((step, rec)) => {
+                self.task.saved();
                 if !rec.dispatches.is_empty() {
                     self.state.tasks.actions.notify_waiters();
                 }
@@ -484,6 +539,15 @@ impl<T: DurableTask> Runner<T> {
                 }
                 r
             }
+            Msg::Observed(_, reply) if self.held.is_some() => {
+                let _ = reply.send(None);
+                Ok(())
+            }
+            Msg::Observed(observed, reply) => {
+                let r = self.commit(Input::Tick(observed)).await;
+                let _ = reply.send(r.is_ok().then(|| self.task.status()));
+                r
+            }
             Msg::Command(_, reply) if self.held.is_some() => {
                 let id = self.task.id();
                 let _ = reply.send(Err(ApiError::new(
@@ -521,6 +585,15 @@ async fn stopped(mut generation: watch::Receiver<u64>, mine: u64) {
     }
 }
 
+/// A spawned task that ends when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn drive<T: DurableTask>(
     mut run: Runner<T>,
     mut rx: mpsc::UnboundedReceiver<Msg<T>>,
@@ -541,6 +614,12 @@ async fn drive<T: DurableTask>(
     };
     let mut ticker = tokio::time::interval(run.task.tick_every().max(Duration::from_millis(10)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    run.task.saved();
+    // Aborted when this runner ends, whichever way.
+    let observer = run
+        .task
+        .observer(&run.state, Observe { tx: run.tx.clone() })
+        .map(|f| AbortOnDrop(tokio::spawn(f)));
     run.run_effects(effects);
     if let Err(e) = run.feed_results().await {
         tracing::error!(kind, task = %id, error = %e, "Could not feed stored action results.");
@@ -550,7 +629,13 @@ async fn drive<T: DurableTask>(
         let r = tokio::select! {
             () = &mut stop => break,
             () = term.lost() => break,
-            _ = ticker.tick() => if run.held.is_some() { run.hold().await } else { run.tick().await },
+            _ = ticker.tick() => if run.held.is_some() {
+                run.hold().await
+            } else if observer.is_some() {
+                Ok(())
+            } else {
+                run.tick().await
+            },
             msg = rx.recv() => match msg {
                 // The runner holds a sender itself: the mailbox never closes while it runs.
                 None => break,
@@ -566,6 +651,7 @@ async fn drive<T: DurableTask>(
     } else {
         tracing::info!(kind, task = %id, phase = %run.task.phase(), "Task runner stopped; the task stays in the store for the next leader.");
     }
+    drop(observer);
     run.state.tasks.lock().remove(&id);
     run.state.tasks.stopped.notify_waiters();
 }

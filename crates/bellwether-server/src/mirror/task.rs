@@ -1,11 +1,15 @@
 //! The `mirror` durable task: one per dependency, long-lived, stepping the pure engine
 //! `bellwether_engine::mirror::MirrorEngine`.
 //!
-//! The stored state is the engine (wholly serde) and the driver's few notes beside it. Every
-//! `health_interval` the task reads its dependency's row (a changed policy becomes
-//! `Command::SetPolicy`, a removal `Command::Remove`), probes each instance that has an
-//! endpoint (`bellwether_mirror::probe`) and reads the proxy's per-backend counters, and
-//! feeds the engine one `Input::Observe`. The engine's actions are carried out as:
+//! The stored state is the engine (wholly serde) and the driver's few notes beside it. The
+//! task observes through its own observer ([`DurableTask::observer`]): the prober the
+//! one-machine runner uses too (`bellwether_mirror::prober::run`: a sampler per instance, the
+//! passive signal that checks a silent primary at once, the confirming check, the recheck).
+//! At each check it reads the dependency's row (a changed policy becomes
+//! `Command::SetPolicy`, a removal `Command::Remove`) and the proxy's per-backend counters,
+//! and the engine is fed one `Input::Observe`, saved before the prober is answered. The
+//! prober learns the primary and the instances to probe from the status published after
+//! every saved step ([`DurableTask::saved`]). The engine's actions are carried out as:
 //!
 //! - `promote`, `fence`, `unfence`: effects, run by the server itself against the instance
 //!   (`bellwether_mirror::promote`/`fence`/`unfence`);
@@ -24,27 +28,33 @@
 //! The task settles once the engine is `removed` with nothing in flight.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bellwether_engine::mirror::{
-    Action, Check, Command, Input as EngineInput, MirrorEngine, Observation, ObservedRole, Output,
-    Phase, Status,
+    Action, Command, Input as EngineInput, MirrorEngine, Observation, Output, Phase, Status,
 };
+use bellwether_mirror::local::BackendFigures;
+use bellwether_mirror::prober::{Checks, Gone, ProbeSettings};
 use bellwether_model::mirror::{DepKind, ProxyRef};
 use bellwether_model::wire::{ActionOutcome, ActionResult};
 use bellwether_store::{ActionRecord, DependencyRecord, NewEvent, TaskRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tokio::sync::watch;
 
-use super::proxy::{self, ProxyPoint};
+use super::proxy;
 
 use crate::error::ApiError;
-use crate::task::{Dispatch, DurableTask, Input, Step};
+use crate::task::{Dispatch, DurableTask, Input, Observe, Step};
 use crate::AppState;
 
 pub use bellwether_store::MIRROR;
 
-/// The longest a probe of one instance may take, whatever the health interval.
+/// The longest a probe of one instance may take, whatever the health interval (otherwise
+/// 80 % of it, as the one-machine runner).
 const MAX_PROBE: Duration = Duration::from_secs(2);
 /// How long a fence or unfence may take.
 const FENCE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -76,17 +86,20 @@ pub(crate) struct MirrorTask {
     pub id: String,
     pub engine: MirrorEngine,
     pub driver: Driver,
+    /// What the prober reads between checks: the status and probe settings after the last
+    /// saved step (shared by the runner's copies; not stored).
+    published: Arc<watch::Sender<Option<(Status, ProbeSettings)>>>,
 }
 
-/// What a tick read.
+/// What one check of the prober read.
 pub(crate) struct Observed {
     at_ms: i64,
-    /// The dependency's row; `None` when it is gone from the store.
-    dependency: Option<DependencyRecord>,
-    /// Per instance id, what its probe saw; `None` for a probe that could not be made.
-    probes: Vec<(String, Option<bellwether_mirror::InstanceStatus>)>,
-    /// The proxy's backends by instance id, when the dependency has a proxy and it answered.
-    proxy: Option<Result<BTreeMap<String, ProxyPoint>, String>>,
+    /// The dependency's row (`None` when it is gone from the store), or why it could not be
+    /// read (the policy and removal are then looked at again at the next check).
+    dependency: Result<Option<DependencyRecord>, String>,
+    observations: Vec<Observation>,
+    /// Why the dependency's proxy did not answer, when it has one and it did not.
+    proxy_error: Option<String>,
 }
 
 /// Something the server does itself after a saved step.
@@ -216,6 +229,7 @@ impl MirrorTask {
     pub(crate) fn new(id: String, engine: MirrorEngine, now: i64) -> MirrorTask {
         MirrorTask {
             id,
+            published: Arc::default(),
             driver: Driver {
                 name: engine.spec().name.clone(),
                 created_ms: now,
@@ -323,39 +337,16 @@ impl MirrorTask {
         }
     }
 
-    /// The observations of one tick: the probes, with the proxy's figures of its window.
-    fn observations(&mut self, o: Observed) -> Vec<Observation> {
-        let proxy = match o.proxy {
-            Some(Ok(points)) => Some(points),
-            _ => None,
-        };
-        let mut out = Vec::new();
-        for (id, probe) in o.probes {
-            let Some(p) = probe else { continue };
-            let point = proxy.as_ref().and_then(|m| m.get(&id));
-            out.push(Observation {
-                instance: id.clone(),
-                check: if p.reachable { Check::Ok } else { Check::Down },
-                latency_ms: if p.reachable {
-                    point.and_then(|x| x.latency_ms).or(Some(p.latency_ms))
-                } else {
-                    None
-                },
-                error_rate: point.and_then(|x| x.error_rate),
-                requests_per_s: point.and_then(|x| x.requests_per_s),
-                offset: p.offset,
-                // An instance the proxy does not have holds no session there; without the
-                // proxy's answer, nothing is known.
-                sessions: proxy
-                    .as_ref()
-                    .map(|_| point.and_then(|x| x.sessions).unwrap_or(0)),
-                role: p.role.map(|r| match r {
-                    bellwether_mirror::Role::Primary => ObservedRole::Primary,
-                    bellwether_mirror::Role::Replica => ObservedRole::Replica,
-                }),
-            });
+    /// The prober's settings under the engine's policy.
+    fn probe_settings(&self) -> ProbeSettings {
+        let spec = self.engine.spec();
+        let interval = spec.policy.health_interval.get();
+        ProbeSettings {
+            kind: spec.kind,
+            interval,
+            switch_below: spec.policy.switch_below,
+            timeout: interval.mul_f64(0.8).min(MAX_PROBE),
         }
-        out
     }
 
     pub(crate) fn status_of(&self) -> Status {
@@ -417,6 +408,7 @@ impl DurableTask for MirrorTask {
             id: rec.id,
             engine,
             driver,
+            published: Arc::default(),
         })
     }
 
@@ -440,35 +432,28 @@ impl DurableTask for MirrorTask {
         self.engine.spec().policy.health_interval.get()
     }
 
-    async fn observe(&self, state: &AppState) -> Result<Observed, ApiError> {
-        let dependency = state.store.dependency(&self.driver.name).await?;
-        // The row may carry a newer policy than the engine's: probe with the one in force.
-        let spec = self.engine.spec();
-        let timeout = spec.policy.health_interval.get().min(MAX_PROBE);
-        let kind = spec.kind;
-        let probes = futures_join(self.engine.endpoints().into_iter().map(
-            |(id, endpoint)| async move {
-                let p = bellwether_mirror::probe(kind, &endpoint, timeout)
-                    .await
-                    .ok();
-                (id, p)
-            },
-        ))
-        .await;
-        let proxy = match &spec.proxy {
-            Some(p) => Some(
-                proxy::backends(state, p, &self.engine.endpoints(), timeout)
-                    .await
-                    .map_err(|e| e.to_string()),
-            ),
-            None => None,
+    fn observer(
+        &self,
+        state: &AppState,
+        observe: Observe<Self>,
+    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>> {
+        let checks = ServerChecks {
+            state: state.clone(),
+            name: self.driver.name.clone(),
+            proxy: self.engine.spec().proxy.clone(),
+            published: self.published.subscribe(),
+            proxy_error: Mutex::new(None),
+            observe,
         };
-        Ok(Observed {
-            at_ms: crate::now_ms(),
-            dependency,
-            probes,
-            proxy,
-        })
+        Some(Box::pin(bellwether_mirror::prober::run(
+            Arc::new(checks),
+            Arc::default(),
+        )))
+    }
+
+    fn saved(&self) {
+        self.published
+            .send_replace(Some((self.status_of(), self.probe_settings())));
     }
 
     fn step(&mut self, input: Input<Self>, now: i64) -> Step<Effect> {
@@ -476,7 +461,9 @@ impl DurableTask for MirrorTask {
         match input {
             Input::Tick(observed) => {
                 match &observed.dependency {
-                    Some(dep)
+                    // Not read this time: looked at again at the next check.
+                    Err(_) => {}
+                    Ok(Some(dep))
                         if !dep.is_removed() && dep.updated_at_ms > self.driver.spec_seen_ms =>
                     {
                         self.driver.spec_seen_ms = dep.updated_at_ms;
@@ -489,7 +476,7 @@ impl DurableTask for MirrorTask {
                             );
                         }
                     }
-                    Some(dep) if !dep.is_removed() => {}
+                    Ok(Some(dep)) if !dep.is_removed() => {}
                     // Removed by the operator (or its row is gone): retire and settle.
                     _ if !self.driver.removal_sent => {
                         self.driver.removal_sent = true;
@@ -503,7 +490,7 @@ impl DurableTask for MirrorTask {
                     }
                     _ => {}
                 }
-                if let Some(Err(e)) = &observed.proxy {
+                if let Some(e) = &observed.proxy_error {
                     step.events.push(NewEvent {
                         ts_ms: now,
                         kind: "proxy_unreachable".into(),
@@ -512,13 +499,11 @@ impl DurableTask for MirrorTask {
                         figures: json!({ "dependency": self.driver.name, "error": e }),
                     });
                 }
-                let at_ms = observed.at_ms;
-                let observations = self.observations(observed);
                 self.feed(
                     &mut step,
                     EngineInput::Observe {
-                        at_ms,
-                        observations,
+                        at_ms: observed.at_ms,
+                        observations: observed.observations,
                     },
                     now,
                 );
@@ -574,6 +559,89 @@ impl DurableTask for MirrorTask {
 
     async fn run_effect(state: AppState, effect: Effect) -> EffectDone {
         run(&state, effect).await
+    }
+}
+
+/// The prober's view of the task: the status published after its last saved step, the
+/// proxy's figures, and the runner, which saves each check's step before answering.
+struct ServerChecks {
+    state: AppState,
+    name: String,
+    proxy: Option<ProxyRef>,
+    published: watch::Receiver<Option<(Status, ProbeSettings)>>,
+    /// Why the proxy did not answer at this check's [`Checks::figures`], for its observation.
+    proxy_error: Mutex<Option<String>>,
+    observe: Observe<MirrorTask>,
+}
+
+#[async_trait::async_trait]
+impl Checks for ServerChecks {
+    fn status(&self) -> Option<Status> {
+        self.published.borrow().as_ref().map(|(s, _)| s.clone())
+    }
+
+    fn settings(&self) -> ProbeSettings {
+        self.published
+            .borrow()
+            .as_ref()
+            .map(|(_, p)| *p)
+            .expect("the runner publishes before it starts the observer")
+    }
+
+    async fn figures(&self) -> Option<BTreeMap<String, BackendFigures>> {
+        let p = self.proxy.as_ref()?;
+        let status = self.status()?;
+        let endpoints = status
+            .instances
+            .iter()
+            .filter_map(|i| i.endpoint.clone().map(|e| (i.id.clone(), e)))
+            .collect();
+        let timeout = self.settings().timeout;
+        match proxy::backends(&self.state, p, &endpoints, timeout).await {
+            Ok(points) => Some(
+                points
+                    .into_iter()
+                    .map(|(id, x)| {
+                        let f = BackendFigures {
+                            requests_per_s: x.requests_per_s,
+                            error_rate: x.error_rate,
+                            sessions: x.sessions,
+                        };
+                        (id, f)
+                    })
+                    .collect(),
+            ),
+            Err(e) => {
+                *self.proxy_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                None
+            }
+        }
+    }
+
+    async fn observe(
+        &self,
+        at_ms: i64,
+        observations: Vec<Observation>,
+    ) -> Result<Option<f64>, Gone> {
+        let dependency = self
+            .state
+            .store
+            .dependency(&self.name)
+            .await
+            .map_err(|e| e.to_string());
+        let proxy_error = self
+            .proxy_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let observed = Observed {
+            at_ms,
+            dependency,
+            observations,
+            proxy_error,
+        };
+        let status = self.observe.send(observed).await.map_err(|_| Gone)?;
+        Ok(status.and_then(|st| st.health.filter(|_| st.switching.is_none())))
     }
 }
 
