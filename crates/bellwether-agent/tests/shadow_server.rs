@@ -245,6 +245,22 @@ async fn the_server_task_takes_points_and_rolls_back_through_a_real_agent() {
         std::fs::read_link(root.join("srv/current.db")).unwrap(),
         Path::new("../srv/app.db")
     );
+    // The switch of routing, from the route sent to the agent's answer saved, for both
+    // rollbacks: printed for BENCHMARKS.md ("Switch of routing"), not asserted as a time.
+    for rb in h["rollbacks"].as_array().unwrap() {
+        let f = &rb["figures"];
+        let route_ms = f["route_ms"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("a routed rollback has route_ms: {f}"));
+        assert!(
+            (0..=f["decide_to_done_ms"].as_i64().unwrap_or(0)).contains(&route_ms),
+            "{f}"
+        );
+        eprintln!(
+            "figures: link switch through the agent: route {route_ms} ms, decided to done {} ms ({})",
+            f["decide_to_done_ms"], rb["trigger"]
+        );
+    }
     let kinds: Vec<&str> = h["events"]
         .as_array()
         .unwrap()

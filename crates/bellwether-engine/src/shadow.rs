@@ -331,6 +331,10 @@ pub struct Rollback {
     pub excluded: Option<String>,
     pub tried: Vec<String>,
     pub route_attempts: u32,
+    /// When its first route was sent (the restored location was ready): `route_ms` in the
+    /// figures is the switch of routing, from then to routed.
+    #[serde(default)]
+    pub routing_since_ms: Option<i64>,
     /// Triggers that came while it ran.
     pub repeats: u32,
     pub merits: Value,
@@ -351,7 +355,8 @@ pub struct RollbackRecord {
     pub point: Option<PointInfo>,
     pub to: Option<RestoreTo>,
     pub error: Option<String>,
-    /// `decide_to_done_ms`, the merits, the points tried, the repeats.
+    /// `decide_to_done_ms`, `route_ms` (the switch of routing, when it routed), the merits,
+    /// the points tried, the repeats.
     pub figures: Value,
 }
 
@@ -1047,6 +1052,7 @@ impl ShadowEngine {
             excluded,
             tried: Vec::new(),
             route_attempts: 0,
+            routing_since_ms: None,
             repeats: 0,
             merits: json!(self.merits()),
         };
@@ -1207,6 +1213,7 @@ impl ShadowEngine {
         if let Some(r) = &mut self.st.rollback {
             r.step = RollbackStep::Routing;
             r.route_attempts += 1;
+            r.routing_since_ms.get_or_insert(at_ms);
         }
         self.event(
             out,
@@ -1229,6 +1236,7 @@ impl ShadowEngine {
         let figures = json!({
             "rollback": rb.id, "trigger": rb.trigger, "failure_ms": rb.failure_ms,
             "decide_to_done_ms": at_ms - rb.decided_ms, "from": rb.from,
+            "route_ms": rb.routing_since_ms.map(|t| at_ms - t),
             "location": rb.location, "point": rb.point, "to": rb.to,
             "tried": rb.tried, "repeats": rb.repeats, "merits": rb.merits,
             "error": if ok { Value::Null } else { json!(error) }, "kind": kind,
