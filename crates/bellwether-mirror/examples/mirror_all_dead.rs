@@ -276,9 +276,17 @@ async fn run_once(
     let mut pids: Vec<Vec<i32>> = Vec::new();
     let mut primaries = Vec::new();
     let mut switches_before = Vec::new();
+    let mut before_detail = Vec::new();
     for d in &deps {
         let st = d.runner.status().ok_or("no status")?;
         switches_before.push(st.history.len());
+        // A switch before the kill leaves a mirror as the primary that is killed: why it came.
+        before_detail.push(
+            st.history
+                .iter()
+                .map(|h| format!("{} -> {} [{}]: {}", h.from, h.to, h.trigger, h.cause))
+                .collect::<Vec<_>>(),
+        );
         let p = if st.primary == bellwether_engine::mirror::PRIMARY_ID {
             d.primary.pids()
         } else {
@@ -333,10 +341,23 @@ async fn run_once(
             .max();
         tot_in_flight += in_flight;
         tot_failed += failed_before + failed_after;
+        // Why a dependency was not switched: the engine's events since the kill.
+        let why_not: Vec<String> = if switched.is_none() {
+            d.runner
+                .events()
+                .iter()
+                .filter(|e| e.at_ms >= kill_ms)
+                .take(12)
+                .map(|e| format!("+{} ms {}: {}", e.at_ms - kill_ms, e.name, e.reason))
+                .collect()
+        } else {
+            Vec::new()
+        };
         out.push(serde_json::json!({
             "dependency": d.name, "kind": d.kind.as_str(),
             "primary_at_kill": primaries[i],
             "switches_before_kill": switches_before[i],
+            "switches_before_kill_detail": before_detail[i],
             "kill_window_us": b - a,
             "requests": reqs.len(),
             "in_flight_at_kill": in_flight,
@@ -349,6 +370,7 @@ async fn run_once(
             "last_failure_after_kill_ms": last_fail_ms,
             "switched_after_kill_ms": switched.as_ref().map(|h| h.routed_ms - kill_ms),
             "switch": switched.as_ref().map(|h| format!("{} -> {} [{}]", h.from, h.to, h.trigger)),
+            "events_without_a_switch": why_not,
         }));
     }
     for d in deps {
