@@ -331,9 +331,12 @@ async fn run_once(
         let failed_before = reqs.iter().filter(|r| !r.ok && r.start <= b).count() as u64;
         let failed_after = reqs.iter().filter(|r| !r.ok && r.start > b).count() as u64;
         let status = d.runner.status();
+        // The first switch not in the history at the kill. Not "decided after the kill": a
+        // switch is stamped with the start of the check that decided it, which can begin
+        // before the kill and end after it.
         let switched = status
             .as_ref()
-            .and_then(|s| s.history.iter().find(|h| h.at_ms >= kill_ms).cloned());
+            .and_then(|s| s.history.get(switches_before[i]).cloned());
         let last_fail_ms = reqs
             .iter()
             .filter(|r| !r.ok)

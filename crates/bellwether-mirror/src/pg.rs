@@ -169,6 +169,18 @@ pub(crate) async fn probe(
         Err(e) => return Ok(InstanceStatus::unreachable(since(started), e.to_string())),
     };
     let latency_ms = since(first);
+    // A primary's offset is its last acknowledged position: what a switch's promotion must
+    // reach (`catch_up_to`) so that no acknowledged commit is lost. Its own flush position
+    // would make a mirror wait, after a crash, for WAL that was never sent to it, and the
+    // promotion time out.
+    let offset = if role == Role::Primary {
+        match acknowledged(&c, endpoint, offset, timeout).await {
+            Ok(o) => o,
+            Err(e) => return Ok(InstanceStatus::unreachable(since(started), e.to_string())),
+        }
+    } else {
+        offset
+    };
     let mut status = InstanceStatus {
         reachable: true,
         role: Some(role),
@@ -225,11 +237,23 @@ pub(crate) async fn primary_position(
             actual: "replica".to_string(),
         });
     }
-    // With synchronous standbys a commit is acknowledged only once one of them flushed it:
-    // the furthest flush they confirmed bounds every acknowledged commit.
+    acknowledged(&c, endpoint, flush, timeout).await
+}
+
+/// A primary's last acknowledged commit position, given its own flush position `flush`.
+/// With synchronous standbys a commit is acknowledged only once one of them flushed it: the
+/// furthest flush they confirmed bounds every acknowledged commit, while the primary's own
+/// flush may hold more (commits waiting for a standby, WAL not sent yet), which a standby may
+/// never receive if the primary dies now. Without them, or with none connected, its own flush.
+async fn acknowledged(
+    c: &tokio_postgres::Client,
+    endpoint: &str,
+    flush: u64,
+    timeout: Duration,
+) -> Result<u64, MirrorError> {
     let sql = "SELECT current_setting('synchronous_standby_names') <> '', \
                (SELECT max(flush_lsn) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum'))";
-    let rows = query(&c, endpoint, sql, timeout).await?;
+    let rows = query(c, endpoint, sql, timeout).await?;
     let row = rows
         .first()
         .ok_or_else(|| protocol(endpoint, sql, "no row"))?;
