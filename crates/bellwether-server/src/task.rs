@@ -105,11 +105,7 @@ pub(crate) trait DurableTask: Clone + Send + Sync + Sized + 'static {
     /// with itself, ends it with itself, and then takes no ticks of its own but a held task's
     /// retries. `None` (the default): the runner ticks every [`DurableTask::tick_every`] with
     /// what [`DurableTask::observe`] read.
-    fn observer(
-        &self,
-        _state: &AppState,
-        _observe: Observe<Self>,
-    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>> {
+    fn observer(&self, _state: &AppState, _observe: Observe<Self>) -> Option<ObserverLoop> {
         None
     }
     /// Called on the kept state after each saved step, and once when the runner starts: a kind
@@ -130,6 +126,9 @@ pub(crate) trait DurableTask: Clone + Send + Sync + Sized + 'static {
         effect: Self::Effect,
     ) -> impl Future<Output = Self::EffectDone> + Send + 'static;
 }
+
+/// The loop a kind's [`DurableTask::observer`] runs beside its runner.
+pub(crate) type ObserverLoop = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// The effect type of a kind that has none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,8 +28,6 @@
 //! The task settles once the engine is `removed` with nothing in flight.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,7 +46,7 @@ use tokio::sync::watch;
 use super::proxy;
 
 use crate::error::ApiError;
-use crate::task::{Dispatch, DurableTask, Input, Observe, Step};
+use crate::task::{Dispatch, DurableTask, Input, Observe, ObserverLoop, Step};
 use crate::AppState;
 
 pub use bellwether_store::MIRROR;
@@ -432,11 +430,7 @@ impl DurableTask for MirrorTask {
         self.engine.spec().policy.health_interval.get()
     }
 
-    fn observer(
-        &self,
-        state: &AppState,
-        observe: Observe<Self>,
-    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>> {
+    fn observer(&self, state: &AppState, observe: Observe<Self>) -> Option<ObserverLoop> {
         let checks = ServerChecks {
             state: state.clone(),
             name: self.driver.name.clone(),

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Mutex as StdMutex, OnceLock};
+use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 
 use bellwether_store::{ActionFinish, EventFilter, StoreConfig};
 use serde::{Deserialize, Serialize};
@@ -483,5 +483,141 @@ async fn a_task_is_held_while_the_store_refuses_its_steps() {
     assert_eq!(
         action_ids(&state.store.task_actions(id).await.unwrap()),
         [1, 2]
+    );
+}
+
+/// A kind that observes on its own schedule: its observer sends readings 1, 2, 3… until the
+/// runner stops answering, and records each answer; `saved` publishes the count it stored.
+#[derive(Clone)]
+struct Watcher {
+    id: String,
+    readings: Vec<u64>,
+    settle_after: usize,
+    /// What `saved` published: the readings stored so far (shared by the runner's copies).
+    published: Arc<watch::Sender<usize>>,
+    /// Each answer the observer got, with what was published when it got it.
+    answers: Answers,
+}
+
+/// Each answer a watcher's observer got, with what `saved` had published by then.
+type Answers = Arc<StdMutex<Vec<(Option<usize>, usize)>>>;
+
+impl DurableTask for Watcher {
+    const KIND: &'static str = "watcher";
+    type Command = ();
+    type Status = usize;
+    type Observed = u64;
+    type Effect = NoEffect;
+    type EffectDone = ();
+
+    async fn restore(_state: AppState, _rec: TaskRecord) -> Result<Self, ApiError> {
+        Err(internal("a watcher is never resumed"))
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn phase(&self) -> String {
+        "watching".into()
+    }
+
+    fn is_settled(&self) -> bool {
+        self.readings.len() >= self.settle_after
+    }
+
+    fn persist(&self) -> serde_json::Value {
+        json!({ "readings": self.readings })
+    }
+
+    /// Short: a runner that ticked a kind with an observer would step it with reading 0.
+    fn tick_every(&self) -> Duration {
+        Duration::from_millis(5)
+    }
+
+    async fn observe(&self, _state: &AppState) -> Result<u64, ApiError> {
+        Ok(0)
+    }
+
+    fn observer(&self, _state: &AppState, observe: Observe<Self>) -> Option<ObserverLoop> {
+        let (published, answers) = (self.published.subscribe(), self.answers.clone());
+        Some(Box::pin(async move {
+            for reading in 1.. {
+                let Ok(status) = observe.send(reading).await else {
+                    return;
+                };
+                let seen = *published.borrow();
+                answers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((status, seen));
+            }
+        }))
+    }
+
+    fn saved(&self) {
+        self.published.send_replace(self.readings.len());
+    }
+
+    fn step(&mut self, input: Input<Self>, _now: i64) -> Step<NoEffect> {
+        if let Input::Tick(reading) = input {
+            self.readings.push(reading);
+        }
+        Step::default()
+    }
+
+    fn status(&self) -> usize {
+        self.readings.len()
+    }
+
+    async fn run_effect(_state: AppState, effect: NoEffect) {
+        match effect {}
+    }
+}
+
+#[tokio::test]
+async fn a_kind_with_an_observer_is_stepped_by_its_readings_not_by_ticks() {
+    let dir = std::env::temp_dir().join(format!("bw-task-observer-{}", std::process::id()));
+    let _rm = RemoveOnDrop(dir.clone());
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = open(&dir).await;
+    let task = Watcher {
+        id: "w-1".into(),
+        readings: Vec::new(),
+        settle_after: 5,
+        published: Arc::new(watch::Sender::new(usize::MAX)),
+        answers: Arc::default(),
+    };
+    let answers = task.answers.clone();
+    let new = NewTask {
+        id: task.id.clone(),
+        kind: Watcher::KIND.into(),
+        model_version: None,
+        plan_file: "watcher".into(),
+        plan_yaml: String::new(),
+        hosts: Vec::new(),
+    };
+    let busy = create(&state, &new, task, Step::default()).await.unwrap();
+    assert_eq!(busy, None);
+    tokio::time::timeout(Duration::from_secs(30), state.tasks.wait_stopped("w-1"))
+        .await
+        .expect("the watcher settles within 30 s");
+
+    // Every reading was one saved step, in order, and no tick stepped it (its reading is 0).
+    let rec = state.store.task("w-1").await.unwrap().unwrap();
+    assert!(rec.settled, "{rec:?}");
+    assert_eq!(rec.state["readings"], json!([1, 2, 3, 4, 5]));
+    // Each answer is the status after that reading's saved step, and `saved` had published
+    // it by then. The observer sends a reading only once the last was answered, so it holds
+    // at least the first four answers; the fifth may be cut off, as the runner that settles
+    // ends its observer.
+    let answers = answers.lock().unwrap().clone();
+    assert!(answers.len() >= 4, "{answers:?}");
+    assert_eq!(
+        answers,
+        (1..=answers.len())
+            .map(|n| (Some(n), n))
+            .collect::<Vec<_>>(),
+        "the observer's answers"
     );
 }
