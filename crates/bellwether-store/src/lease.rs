@@ -12,7 +12,7 @@
 //! - [`Store::release_lease`] gives it up at once (a clean shutdown), keeping the epoch, so the
 //!   next holder's epoch is still larger.
 //!
-//! Expiry is measured on the **database's clock** (PostgreSQL's `clock_timestamp()`, SQLite's
+//! Expiry is measured on the **database's clock** (PostgreSQL's `statement_timestamp()`, SQLite's
 //! `julianday('now')`), never on the callers' clocks: replicas on machines whose clocks
 //! disagree still agree on when a lease ran out. The store otherwise never reads a clock; this
 //! is the one place where the time is the database's own.
@@ -35,8 +35,12 @@ use crate::{q, Backend, Store, StoreError};
 /// The lease row's name.
 const LEADER: &str = "leader";
 
-/// The database's clock in milliseconds since the Unix epoch, per backend.
-const PG_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+/// The database's clock in milliseconds since the Unix epoch, per backend: one instant per
+/// statement, however often a statement names it. PostgreSQL's `statement_timestamp()` is the
+/// start of the statement (`clock_timestamp()` moved between the two uses in
+/// `expires_at_ms = NOW + ttl, acquired_at_ms = NOW`, so a grant's expiry could be ttl − 1 ms
+/// after the now it reported); SQLite's `'now'` is the same within one statement's step.
+const PG_NOW_MS: &str = "(extract(epoch from statement_timestamp()) * 1000)::bigint";
 const SQLITE_NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
 /// The longest lease accepted: one hour.
