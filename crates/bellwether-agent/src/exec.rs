@@ -289,7 +289,7 @@ impl Executor {
             process_log: state_dir.join("processes.log"),
             pg: crate::pg::PgDatabases::default(),
             mirrors: crate::actions::mirror::Mirrors::new(state_dir),
-            shadows: crate::actions::shadow::Shadows::new(&rootfs),
+            shadows: crate::actions::shadow::Shadows::new(&rootfs, state_dir),
             rootfs,
         })
     }
@@ -298,6 +298,31 @@ impl Executor {
     pub fn with_allow_list(mut self, allow: AllowList) -> Self {
         self.allow = allow;
         self
+    }
+
+    /// What starts again the shadows this agent followed before it stopped (recorded in the
+    /// state directory by `shadow_start`), each only if the allow-list still lets
+    /// `shadow_start` run. Blocking: a start may take a base point, so run it on a thread of
+    /// its own.
+    pub fn shadow_resumer(
+        &self,
+    ) -> impl FnOnce() -> Vec<crate::actions::shadow::Resumed> + Send + 'static {
+        let shadows = self.shadows.clone();
+        let allow = self.allow.clone();
+        move || {
+            shadows.resume(|call| {
+                allow.check(&ActionSpec::Shadow {
+                    op: bellwether_model::shadow::ShadowOp::Start,
+                    shadow: Box::new(call.clone()),
+                    timeout_ms: None,
+                })
+            })
+        }
+    }
+
+    /// This executor's shadows (a handle: clones share the followers).
+    pub fn shadows(&self) -> crate::actions::shadow::Shadows {
+        self.shadows.clone()
     }
 
     /// The PostgreSQL instances the pg built-ins act on (`--database`).

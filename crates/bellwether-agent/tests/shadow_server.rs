@@ -775,3 +775,211 @@ async fn a_rollouts_risk_takes_a_point_and_its_failure_rolls_the_data_back() {
     let _ = stop_server.send(());
     server.await.unwrap().unwrap();
 }
+
+/// A real agent action loop with the agent token `token` and its executor's shadows (a
+/// handle, to play the process's end: `stop_all`). With `resume`, the shadows recorded in
+/// `state` are followed again first, as `bellwether agent` does at its start.
+async fn agent_with_token(
+    base: &str,
+    token: &str,
+    root: &Path,
+    state: &Path,
+    resume: bool,
+) -> (
+    bellwether_agent::actions::shadow::Shadows,
+    Vec<bellwether_agent::actions::shadow::Resumed>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let executor = Executor::new(root.to_path_buf(), state, &[], None).unwrap();
+    let shadows = executor.shadows();
+    let resumed = if resume {
+        let r = executor.shadow_resumer();
+        tokio::task::spawn_blocking(r).await.unwrap()
+    } else {
+        Vec::new()
+    };
+    let journal = Journal::open(state).unwrap();
+    let transport = HttpTransport::new(base, ENROL, Duration::from_secs(10)).unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(Some(token.to_string()));
+    let settings = ActionSettings {
+        wait: Duration::from_millis(300),
+        ..ActionSettings::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        let _tx = tx;
+        ActionLoop::new(settings, transport, executor, journal, rx)
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    (shadows, resumed, stop, handle)
+}
+
+/// The rows of `t` a restore of the shadow in `dir` to now gives back, once the follower
+/// has logged `want` of them (a transactional shadow logs a commit within a poll): bounded
+/// by a deadline, never a timing assertion.
+fn restored_rows_reach(dir: &Path, scratch: &Path, want: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let dest = scratch.join("check.db");
+        let _ = std::fs::remove_file(&dest);
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64;
+        bellwether_shadow::restore(&bellwether_shadow::RestoreRequest {
+            dir: dir.to_path_buf(),
+            target: bellwether_shadow::Target::Time(bellwether_shadow::Timestamp::from_micros(
+                now_us,
+            )),
+            dest: dest.clone(),
+            elsewhere: true,
+        })
+        .unwrap();
+        let n = count(&dest);
+        if n >= want || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn followed(dir: &Path) -> bool {
+    bellwether_shadow::point::PointStore::open(dir)
+        .map(|s| s.writer_running())
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_follows_its_shadows_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("data")).unwrap();
+    let mut config = ServerConfig::new(StoreConfig::sqlite_in(&tmp.path().join("data")), None);
+    config.operator_token = Some(OP.into());
+    config.enrol_token = Some(ENROL.into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bellwether_server::serve(config, listener, async {
+        let _ = server_stopped.await;
+    }));
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: base.clone(),
+    };
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join("srv/b")).unwrap();
+    let db = root.join("srv/app.db");
+    sql(&db, "create table t (id integer primary key, v text); insert into t (v) values ('a'), ('b'), ('c');");
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let dir = root.join("var/shadow/app");
+    let record = tmp.path().join("state/shadows/app.json");
+    let state = tmp.path().join("state");
+
+    let enrolled: Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/enrol"))
+        .bearer_auth(ENROL)
+        .json(&json!({"name": "db-1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = enrolled["agent_token"].as_str().unwrap().to_string();
+    let (shadows, _, stop, handle) = agent_with_token(&base, &token, &root, &state, true).await;
+
+    let (s, v) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/shadow/shadows",
+            Some(json!({
+                "name": "app", "host": "db-1",
+                "resource": {"kind": "sqlite", "path": "srv/app.db"},
+                "type": "transactional", "dir": "var/shadow/app", "points_every": "1h",
+                "locations": [{"id": "primary", "path": "srv/app.db"}, {"id": "cell-b", "path": "srv/b/app.db"}],
+                "routing": {"link": "srv/current.db"}
+            })),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let shadow = "/api/v1/shadow/shadows/app";
+    api.until("the first point", &format!("{shadow}/points"), |v| {
+        v["points"].as_array().is_some_and(|p| !p.is_empty())
+    })
+    .await;
+    assert!(record.is_file(), "a started shadow is recorded");
+    assert!(followed(&dir));
+
+    // The agent's process ends (its followers with it) and starts again on its state.
+    let _ = stop.send(());
+    handle.await.unwrap();
+    shadows.stop_all();
+    assert!(!followed(&dir), "nobody follows while the agent is down");
+    sql(&db, "insert into t (v) values ('while down');");
+    let (shadows, resumed, stop, handle) =
+        agent_with_token(&base, &token, &root, &state, true).await;
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
+    assert_eq!(resumed[0].name, "app");
+    assert!(resumed[0].result.is_ok(), "{resumed:?}");
+    assert!(
+        followed(&dir),
+        "followed again before the server said anything"
+    );
+    // A commit after the restart is logged: a restore to now brings it back without a point.
+    sql(&db, "insert into t (v) values ('after the restart');");
+    assert_eq!(restored_rows_reach(&dir, &scratch, 5), 5);
+
+    // The record is lost with the state directory: the next point, taken by the agent
+    // itself, says nobody follows, and the server's task starts the shadow again.
+    let _ = stop.send(());
+    handle.await.unwrap();
+    shadows.stop_all();
+    std::fs::remove_file(&record).unwrap();
+    let (shadows, resumed, stop, handle) =
+        agent_with_token(&base, &token, &root, &state, true).await;
+    assert!(resumed.is_empty(), "{resumed:?}");
+    assert!(!followed(&dir));
+    let (s, v) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("{shadow}/points"),
+            Some(json!({"reason": "after the agent lost its state"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let h = api
+        .until("the lost follower", &format!("{shadow}/history"), |v| {
+            v["events"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["kind"] == "shadow.follower.lost"))
+        })
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(followed(&dir) && record.is_file()) {
+        assert!(
+            Instant::now() < deadline,
+            "the server's start did not make the agent follow again: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sql(&db, "insert into t (v) values ('after the start');");
+    assert_eq!(restored_rows_reach(&dir, &scratch, 6), 6);
+
+    // Removal stops the follower and forgets the record: nothing resumes it.
+    let (s, _) = api.call(reqwest::Method::DELETE, shadow, None).await;
+    assert_eq!(s, 202);
+    api.until("the removal", shadow, |v| v["phase"] == "removed")
+        .await;
+    assert!(!record.exists(), "a stopped shadow is not resumed");
+    assert!(!followed(&dir));
+    let _ = stop.send(());
+    handle.await.unwrap();
+    shadows.stop_all();
+    let _ = stop_server.send(());
+    server.await.unwrap().unwrap();
+}

@@ -1411,6 +1411,31 @@ impl ShadowEngine {
                         format!("A point of {} failed: {}.", self.spec.name, quote(&error)),
                         json!({ "error": error, "reason": reason }), true),
                 }
+                // The agent took the point itself: nobody follows the shadow there (it
+                // restarted and lost its record of it). Start it again: a transactional
+                // shadow logs no commit while nobody follows it.
+                if ok
+                    && output.get("following") == Some(&Value::Bool(false))
+                    && matches!(self.st.phase, Phase::Running | Phase::Paused)
+                    && !self
+                        .st
+                        .pending
+                        .values()
+                        .any(|a| matches!(a, Action::Start { .. }))
+                {
+                    self.act(out, |id| Action::Start { action_id: id });
+                    self.event(
+                        out,
+                        now_ms,
+                        "follower.lost",
+                        format!(
+                            "Nobody follows shadow {} on {} (the agent restarted without it); it is started again.",
+                            self.spec.name, self.spec.host
+                        ),
+                        json!({}),
+                        true,
+                    );
+                }
                 if self
                     .st
                     .rollback

@@ -13,8 +13,12 @@
 //!
 //! A started shadow is followed by a thread of this process (`bellwether_shadow::point::run`)
 //! until `shadow_stop`; a point is asked of that follower through the shadow directory (or
-//! taken directly when no follower runs). A restarted agent follows nothing until the server
-//! starts the shadow again; its points are in the shadow directory all the same.
+//! taken directly when no follower runs, and the point's answer then says `"following":
+//! false`). Each started shadow's call is recorded in the agent's state directory
+//! (`STATE_DIR/shadows/NAME.json`, removed by `shadow_stop`), so a restarted agent follows
+//! its shadows again at once ([`Shadows::resume`]), before the server has said anything; the
+//! server's task, told by a point that nobody follows, starts the shadow again too (a state
+//! directory lost with the host).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -47,7 +51,21 @@ struct Running {
 #[derive(Clone)]
 pub struct Shadows {
     root: PathBuf,
+    /// `STATE_DIR/shadows`: one record per started shadow (its call), for [`Shadows::resume`].
+    records: PathBuf,
     running: Arc<Mutex<HashMap<String, Running>>>,
+    /// Held through a whole start: a resume and the server's `shadow_start` of one shadow
+    /// never start two followers.
+    starting: Arc<Mutex<()>>,
+}
+
+/// What [`Shadows::resume`] did with one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    /// The shadow's name, or the record's file name when it could not be read.
+    pub name: String,
+    /// `Ok` with the start's output, or why it was not resumed (the record is kept).
+    pub result: Result<Value, String>,
 }
 
 impl std::fmt::Debug for Shadows {
@@ -186,12 +204,102 @@ fn fail(e: impl std::fmt::Display) -> Failure {
 }
 
 impl Shadows {
-    /// Shadows of paths inside `root`.
-    pub fn new(root: &Path) -> Shadows {
+    /// Shadows of paths inside `root`; started shadows are recorded under `state_dir`.
+    pub fn new(root: &Path, state_dir: &Path) -> Shadows {
         Shadows {
             root: root.to_path_buf(),
+            records: state_dir.join("shadows"),
             running: Arc::new(Mutex::new(HashMap::new())),
+            starting: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// Starts again every shadow recorded as started (an agent that restarted), each as the
+    /// server's `shadow_start` would, once `allowed` says the agent may still run
+    /// `shadow_start` for it. A record that cannot be read, or a shadow that cannot start, is
+    /// reported and kept: the server's next call decides (a `shadow_stop` removes it).
+    pub fn resume(&self, allowed: impl Fn(&ShadowCall) -> Result<(), String>) -> Vec<Resumed> {
+        let mut entries: Vec<PathBuf> = match std::fs::read_dir(&self.records) {
+            Ok(rd) => rd
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return vec![Resumed {
+                    name: self.records.display().to_string(),
+                    result: Err(format!("{}: {e}", self.records.display())),
+                }]
+            }
+        };
+        entries.sort();
+        let mut out = Vec::new();
+        for path in entries {
+            let file = path.display().to_string();
+            let call = std::fs::read(&path)
+                .map_err(|e| format!("{file}: {e}"))
+                .and_then(|b| {
+                    serde_json::from_slice::<ShadowCall>(&b).map_err(|e| format!("{file}: {e}"))
+                })
+                .and_then(|c| {
+                    c.validate(ShadowOp::Start)
+                        .map_err(|e| format!("{file}: {e}"))?;
+                    Ok(c)
+                });
+            let call = match call {
+                Ok(c) => c,
+                Err(e) => {
+                    out.push(Resumed {
+                        name: file,
+                        result: Err(e),
+                    });
+                    continue;
+                }
+            };
+            let result = allowed(&call).and_then(|()| self.start(&call).map_err(|(e, _)| e));
+            out.push(Resumed {
+                name: call.name.clone(),
+                result,
+            });
+        }
+        out
+    }
+
+    /// Stops every follower this process runs (an agent shutting down, or a test that
+    /// plays one); the records stay, so the next start resumes them.
+    pub fn stop_all(&self) {
+        let all: Vec<Running> = self.lock().drain().map(|(_, r)| r).collect();
+        for r in &all {
+            r.ctl.stop();
+        }
+        for r in all {
+            let _ = r.thread.join();
+        }
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.records.join(format!("{name}.json"))
+    }
+
+    /// Writes the started shadow's call (without the per-call fields), atomically.
+    fn record(&self, call: &ShadowCall) -> Result<(), String> {
+        let mut kept = call.clone();
+        kept.reason = None;
+        kept.to = None;
+        kept.location = None;
+        let bytes = serde_json::to_vec_pretty(&kept).map_err(|e| e.to_string())?;
+        let path = self.record_path(&call.name);
+        let tmp = self.records.join(format!(".{}.json.tmp", call.name));
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&self.records)?;
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&self.records)?.sync_all()
+        };
+        write().map_err(|e| format!("{}: {e}", path.display()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
@@ -268,10 +376,14 @@ impl Shadows {
     }
 
     fn start(&self, call: &ShadowCall) -> Result<Value, Failure> {
+        let _one_start = self.starting.lock().unwrap_or_else(|e| e.into_inner());
         {
             let mut running = self.lock();
             if let Some(r) = running.get(&call.name) {
                 if !r.thread.is_finished() {
+                    drop(running);
+                    // Recorded again: a record lost while it ran is written back.
+                    self.record(call).map_err(fail)?;
                     return Ok(json!({ "running": true, "already": true }));
                 }
                 running.remove(&call.name);
@@ -295,10 +407,27 @@ impl Shadows {
             .map_err(fail)?;
         self.lock()
             .insert(call.name.clone(), Running { ctl, thread });
-        Ok(json!({ "running": true, "points": points }))
+        if let Err(e) = self.record(call) {
+            // Followed now, but not after a restart until the server starts it again.
+            tracing::warn!(shadow = %call.name, error = %e, "Could not record the started shadow; a restarted agent will wait for the server to start it.");
+            return Ok(
+                json!({ "running": true, "points": points, "recorded": false, "record_error": e }),
+            );
+        }
+        Ok(json!({ "running": true, "points": points, "recorded": true }))
     }
 
     fn stop(&self, call: &ShadowCall) -> Result<Value, Failure> {
+        match std::fs::remove_file(self.record_path(&call.name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(fail(format!(
+                    "{}: {e} (the shadow would resume after a restart; nothing was stopped)",
+                    self.record_path(&call.name).display()
+                )))
+            }
+        }
         let Some(r) = self.lock().remove(&call.name) else {
             return Ok(json!({ "stopped": false, "running": false }));
         };
@@ -330,6 +459,9 @@ impl Shadows {
         };
         let locations = self.check_locations(call, &m);
         Ok(json!({
+            // A started shadow nobody follows (the agent restarted without its record): the
+            // server's task starts it again.
+            "following": following,
             "point": point_json(&m),
             "bytes": m.bytes,
             "new_bytes": m.new_bytes,
@@ -500,6 +632,42 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_or_refused_record_is_named_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(root.join("srv")).unwrap();
+        std::fs::create_dir_all(state.join("shadows")).unwrap();
+        let bad = state.join("shadows/broken.json");
+        std::fs::write(&bad, b"{\"name\": \"broken\", \"resource\": ").unwrap();
+        let spec: bellwether_model::shadow::ShadowSpec = serde_json::from_value(json!({
+            "name": "app", "host": "h", "type": "full", "dir": "var/shadow",
+            "resource": {"kind": "dir", "path": "srv"},
+            "locations": [{"id": "a", "path": "srv"}]
+        }))
+        .unwrap();
+        let good = state.join("shadows/app.json");
+        std::fs::write(&good, serde_json::to_vec(&ShadowCall::of(&spec)).unwrap()).unwrap();
+        let shadows = Shadows::new(&root, &state);
+        let got = shadows.resume(|c| Err(format!("{} is not allowed here", c.name)));
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].name, "app");
+        assert_eq!(got[0].result, Err("app is not allowed here".into()));
+        let e = got[1].result.as_ref().unwrap_err();
+        assert!(e.contains("broken.json"), "{e}");
+        // Nothing is deleted and nothing runs: the server's next call decides.
+        assert!(bad.is_file() && good.is_file());
+        assert!(shadows.lock().is_empty());
+        // Allowed, it runs and stays recorded; a stop forgets it.
+        let got = shadows.resume(|_| Ok(()));
+        assert!(got[0].result.is_ok(), "{got:?}");
+        assert!(shadows.lock().contains_key("app"));
+        shadows.stop(&ShadowCall::of(&spec)).unwrap();
+        assert!(!good.exists());
+        assert!(shadows.resume(|_| Ok(())).iter().all(|r| r.name != "app"));
+    }
+
+    #[test]
     fn a_route_swaps_the_link_and_never_replaces_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
@@ -507,7 +675,7 @@ mod tests {
         std::fs::create_dir_all(root.join("srv/b")).unwrap();
         std::fs::write(root.join("srv/a/app.db"), b"a").unwrap();
         std::fs::write(root.join("srv/b/app.db"), b"b").unwrap();
-        let shadows = Shadows::new(root);
+        let shadows = Shadows::new(root, &root.join("state"));
         let spec: bellwether_model::shadow::ShadowSpec = serde_json::from_value(json!({
             "name": "app", "host": "h", "type": "full", "dir": "var/shadow",
             "resource": {"kind": "sqlite", "path": "srv/a/app.db"},

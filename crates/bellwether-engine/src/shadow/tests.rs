@@ -136,6 +136,49 @@ fn points_follow_the_schedule_and_one_is_in_flight_at_a_time() {
 }
 
 #[test]
+fn a_point_nobody_followed_starts_the_shadow_again_once() {
+    let mut h = running("transactional");
+    // An agent that follows the shadow says so, or says nothing (older agents): no start.
+    for answer in [json!(true), Value::Null] {
+        h.now += MIN;
+        let out = h.step(Input::Tick { at_ms: h.now });
+        let p = only(&out, "point").clone();
+        let mut body = json!({"point": {"id": format!("f{}", h.now), "seq": 100 + h.now, "consistent_at_ms": h.now, "reason": "schedule"}});
+        if !answer.is_null() {
+            body["following"] = answer;
+        }
+        let out = h.ok(&p, body);
+        assert!(out.actions.is_empty(), "{:?}", out.actions);
+    }
+    // The agent restarted without its record: the point was taken, and nobody follows.
+    let not_followed = |h: &mut H, id: &str| {
+        h.now += MIN;
+        let out = h.step(Input::Tick { at_ms: h.now });
+        let p = only(&out, "point").clone();
+        h.ok(
+            &p,
+            json!({"following": false, "point": {"id": id, "seq": 200 + h.now, "consistent_at_ms": h.now, "reason": "schedule"}}),
+        )
+    };
+    let out = not_followed(&mut h, "lost-1");
+    let start = only(&out, "start").clone();
+    assert!(h.names().contains(&"follower.lost"), "{:?}", h.names());
+    assert!(
+        h.e.points().any(|p| p.id == "lost-1"),
+        "the point still counts"
+    );
+    // Another such answer while the start is in flight asks for no second start.
+    let out = not_followed(&mut h, "lost-2");
+    assert!(out.actions.is_empty(), "{:?}", out.actions);
+    // Started: the shadow runs and points go on as before.
+    h.ok(&start, json!({"running": true}));
+    assert_eq!(h.e.phase(), Phase::Running);
+    h.now += MIN;
+    let out = h.step(Input::Tick { at_ms: h.now });
+    only(&out, "point");
+}
+
+#[test]
 fn a_prediction_takes_a_point_once_per_interval() {
     let mut h = running("full");
     h.now = 3 * MIN + 10_000;

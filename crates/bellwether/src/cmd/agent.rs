@@ -424,6 +424,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_allow_list(a.allow.clone())
             .with_databases(cfg.pg.clone());
             tracing::info!(allowed = %a.allow, "Actions this agent runs.");
+            // The shadows this agent followed before it stopped: followed again at once, on a
+            // thread of their own (a start may take a base point), not after the server's
+            // next call.
+            let resume = executor.shadow_resumer();
+            std::thread::Builder::new()
+                .name("shadow-resume".into())
+                .spawn(move || {
+                    for r in resume() {
+                        match r.result {
+                            Ok(out) => tracing::info!(shadow = %r.name, output = %out, "Shadow followed again after the agent's restart."),
+                            Err(e) => tracing::warn!(shadow = %r.name, error = %e, "Shadow not resumed; the server's task will start it again if it still keeps it."),
+                        }
+                    }
+                })
+                .context("could not start the shadow-resume thread")?;
             let journal = Journal::open(&a.state_dir).map_err(|e| UsageError(e.to_string()))?;
             let settings = ActionSettings {
                 wait: a.wait,
