@@ -109,7 +109,11 @@ pub struct Location {
     /// `[a-z0-9][a-z0-9-]{0,31}`; the first location is the resource itself.
     pub id: String,
     /// File-based data: where this location's copy lives, relative to the agent's root. A
-    /// restore into it is built beside it and renamed over it.
+    /// restore into it is built beside it and renamed over it. PostgreSQL (optional): the
+    /// data directory of the instance behind `backend`, on the shadow's host, relative to the
+    /// agent's root; a restore into the location is built beside it and swapped in (the
+    /// instance stopped and started again). Without it the location can be routed to but
+    /// not restored into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// Network services: the proxy backend id that serves this location.
@@ -562,11 +566,14 @@ impl ShadowSpec {
                         format!("{} is not a backend id", crate::text::quote(b)),
                     ));
                 }
-                if l.path.is_some() {
-                    return Err(field(
-                        at("path"),
-                        "a network service's location is a proxy backend, not a path",
-                    ));
+                // Optional: the data directory of the instance behind the backend, on the
+                // shadow's host, which a restore into this location replaces.
+                if let Some(p) = &l.path {
+                    check_rel_path(&at("path"), p)?;
+                    if paths.contains(&p.as_str()) {
+                        return Err(field(at("path"), format!("{p} is another location's path")));
+                    }
+                    paths.push(p);
                 }
             }
             if l.dependencies > 10_000 {
@@ -821,6 +828,15 @@ impl ShadowCall {
                 if self.resource.kind.is_file_based() && loc.path.is_none() {
                     return Err(field("shadow.location", "the location has no path"));
                 }
+                if op == ShadowOp::Restore && loc.path.is_none() {
+                    return Err(field(
+                        "shadow.location",
+                        format!(
+                            "location {} names no data directory (`path`) to restore into; give the location the data directory of the instance behind its backend",
+                            loc.id
+                        ),
+                    ));
+                }
             }
         }
         if let Some(l) = &self.link {
@@ -980,6 +996,25 @@ mod tests {
             }),
         };
         s.validate().unwrap();
+        // A location may name its instance's data directory (restorable), once per path.
+        s.locations[1].path = Some("srv/pg-b/data".into());
+        s.validate().unwrap();
+        let mut call = ShadowCall::of(&s);
+        call.to = Some(RestoreTo::Time(1_000));
+        call.location = Some("b".into());
+        call.validate(ShadowOp::Restore).unwrap();
+        call.location = Some("primary".into());
+        let e = call.validate(ShadowOp::Restore).unwrap_err().to_string();
+        assert!(e.contains("names no data directory"), "{e}");
+        s.locations[0].path = Some("srv/pg-b/data".into());
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("locations[0].path") || e.contains("another location"),
+            "{e}"
+        );
+        s.locations[0].path = Some("/var/lib/postgresql/data".into());
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("locations[0].path"), "{e}");
     }
 
     #[test]

@@ -13,95 +13,18 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use bellwether_drift::synth::{write_host_root, HostSpec};
 use bellwether_mirror::testing::TestRedis;
+use support::proxy::*;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// `bellwether proxy` for Redis with the admin API; killed on drop.
-struct Proxy {
-    child: Child,
-    listen: String,
-    admin: String,
-    token_file: String,
-}
-
-impl Proxy {
-    /// A `redis` or `postgres` listener in front of `primary`, named `name`.
-    fn start(protocol: &str, name: &str, primary: &str) -> Proxy {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bellwether"))
-            .args(["proxy", "--listen", "127.0.0.1:0", "--protocol", protocol])
-            .args([
-                "--admin",
-                "127.0.0.1:0",
-                "--health-check",
-                "none",
-                "--backend",
-            ])
-            .arg(format!("{name}={primary},role=primary"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("bellwether proxy starts");
-        let mut out = BufReader::new(child.stdout.take().expect("its stdout"));
-        let mut line = String::new();
-        let mut next = |prefix: &str| {
-            line.clear();
-            out.read_line(&mut line).expect("a line from the proxy");
-            line.trim()
-                .strip_prefix(prefix)
-                .unwrap_or_else(|| panic!("{prefix:?} expected, the proxy said {line:?}"))
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        };
-        let listen = next("listening on ");
-        let admin = next("admin api on ");
-        let token_file = next("admin token in ");
-        // The proxy keeps logging to stdout: drain it so it never blocks.
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = out.read_to_end(&mut sink);
-        });
-        Proxy {
-            child,
-            listen,
-            admin,
-            token_file,
-        }
-    }
-
-    fn backends(&self) -> serde_json::Value {
-        let token = std::fs::read_to_string(&self.token_file).expect("the admin token");
-        let host = self.admin.trim_start_matches("http://");
-        let mut s = TcpStream::connect(host).expect("the admin API");
-        write!(
-            s,
-            "GET /backends HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-            token.trim()
-        )
-        .expect("a request");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("a reply");
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("GET /backends: {e}: {text}"))
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Kills the mirrors the agent made (they outlive the agent, in their own process group) if
 /// the test ends before the task retired them.
@@ -156,61 +79,6 @@ fn redis(addr: &str, args: &[&str]) -> Result<String, String> {
     Ok(line.trim().to_string())
 }
 
-fn start_server(dir: &Path, proxy_token_file: &str) -> Server {
-    let data_dir = dir.join("server");
-    std::fs::create_dir_all(&data_dir).expect("the server's directory");
-    let addr_file = dir.join("server.addr");
-    let args = [
-        "--log".to_string(),
-        "info".into(),
-        "server".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--addr-file".into(),
-        addr_file.display().to_string(),
-        "--data-dir".into(),
-        data_dir.display().to_string(),
-        "--proxy-token-file".into(),
-        format!("edge={proxy_token_file}"),
-    ];
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (op, enrol) = ("operator-token-mirror-e2e", "enrol-token-mirror-e2e");
-    let mut guard = Guard::spawn(
-        "server",
-        &argv,
-        &[
-            ("BELLWETHER_OPERATOR_TOKEN", op),
-            ("BELLWETHER_ENROL_TOKEN", enrol),
-        ],
-        &dir.join("server.log"),
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let addr = loop {
-        if let Ok(a) = std::fs::read_to_string(&addr_file) {
-            if !a.trim().is_empty() {
-                break a.trim().to_owned();
-            }
-        }
-        guard.assert_running();
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server did not write its address; log:\n{}",
-            guard.log_text()
-        );
-        // The address file is the server's only readiness signal.
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Server {
-        guard,
-        url: format!("http://{addr}"),
-        addr,
-        operator_token: op.into(),
-        enrol_token: enrol.into(),
-        data_dir,
-        backend: Backend::Sqlite,
-    }
-}
-
 /// What is done to the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
@@ -256,8 +124,11 @@ async fn redis_failover(fault: Fault) {
     let dir = tmp.path();
     let mut primary = TestRedis::start();
     let primary_ep = primary.endpoint();
-    let proxy = Proxy::start("redis", "cache-primary", &primary_ep);
-    let server = start_server(dir, &proxy.token_file);
+    let proxy = Proxy::start(
+        "redis",
+        &[&format!("cache-primary={primary_ep},role=primary")],
+    );
+    let server = start_server_with_proxy(dir, &proxy.token_file, "mirror-e2e");
     let api = server.api();
 
     let root = dir.join("hosts").join("db-1");
@@ -472,8 +343,11 @@ async fn a_postgres_switch_repoints_the_other_standby_and_keeps_it_synchronous()
             ],
         });
     let primary_ep = format!("127.0.0.1:{}", primary.port);
-    let proxy = Proxy::start("postgres", "db-primary", &primary_ep);
-    let server = start_server(dir, &proxy.token_file);
+    let proxy = Proxy::start(
+        "postgres",
+        &[&format!("db-primary={primary_ep},role=primary")],
+    );
+    let server = start_server_with_proxy(dir, &proxy.token_file, "mirror-e2e");
     let api = server.api();
 
     let root = dir.join("hosts").join("db-1");

@@ -194,6 +194,21 @@ pub fn restore_with(
     }
     let last_commit = verified.map_err(|e| cleanup(e.into()))?;
     finish(&work, &info, &req.dir, stamp).map_err(|e| cleanup(e.into()))?;
+    let mut checks = vec![
+        "checksums".to_string(),
+        "pg_verifybackup".into(),
+        format!("recovery reached {}", used.describe()),
+    ];
+    if let RestoreMode::Swap { data_dir, .. } = mode {
+        let kept = keep_configuration(data_dir, &work, &info, owner.as_deref())
+            .map_err(|e| cleanup(e.into()))?;
+        if !kept.is_empty() {
+            checks.push(format!(
+                "configuration kept from the live data directory: {}",
+                kept.join(", ")
+            ));
+        }
+    }
 
     match mode {
         RestoreMode::Beside { dest, .. } => {
@@ -227,11 +242,7 @@ pub fn restore_with(
         restored_to,
         commits_replayed: 0,
         bytes,
-        checks: vec![
-            "checksums".into(),
-            "pg_verifybackup".into(),
-            format!("recovery reached {}", used.describe()),
-        ],
+        checks,
         elapsed_ms: started.elapsed().as_millis() as u64,
     })
 }
@@ -736,6 +747,60 @@ fn last_commit(log: &str) -> Option<Timestamp> {
 
 /// Removes the restore's settings and staging from the verified copy and keeps its log in
 /// the shadow directory.
+/// The configuration files a restore swapped in keeps from the live data directory: a data
+/// rollback does not roll back the server's configuration (a change of its own kind), and a
+/// restore into another instance of the cluster (a standby in another cell) keeps that
+/// instance's port, listen addresses and access rules.
+const CONFIG_FILES: [&str; 4] = [
+    "postgresql.conf",
+    "postgresql.auto.conf",
+    "pg_hba.conf",
+    "pg_ident.conf",
+];
+
+/// The base backup carries the shadow's own synchronous standby name; a cluster with it
+/// would wait for a stream that is not there.
+fn without_own_sync_name(text: &str, info: &PgShadowInfo) -> String {
+    text.lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            !(t.starts_with("synchronous_standby_names") && t.contains(&info.name))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Copies [`CONFIG_FILES`] from `live` over the restored copy in `work` (the shadow's own
+/// synchronous standby name left out), owned by `owner`; the names it copied.
+fn keep_configuration(
+    live: &Path,
+    work: &Path,
+    info: &PgShadowInfo,
+    owner: Option<&str>,
+) -> Result<Vec<String>, PgShadowError> {
+    let mut kept = Vec::new();
+    for name in CONFIG_FILES {
+        let from = live.join(name);
+        let text = match std::fs::read_to_string(&from) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(PgShadowError::io("reading", &from, e)),
+        };
+        let text = if name == "postgresql.auto.conf" {
+            without_own_sync_name(&text, info)
+        } else {
+            text
+        };
+        let to = work.join(name);
+        std::fs::write(&to, text).map_err(|e| PgShadowError::io("writing", &to, e))?;
+        if let Some(o) = owner {
+            chown_tree(&to, o)?;
+        }
+        kept.push(name.to_string());
+    }
+    Ok(kept)
+}
+
 fn finish(
     work: &Path,
     info: &PgShadowInfo,
@@ -746,16 +811,7 @@ fn finish(
     let text =
         std::fs::read_to_string(&auto).map_err(|e| PgShadowError::io("reading", &auto, e))?;
     let original = text.split(MARK).next().unwrap_or_default();
-    // The base backup carries the shadow's own synchronous standby name: a restored cluster
-    // with it would wait for a stream that is not there.
-    let kept: String = original
-        .lines()
-        .filter(|l| {
-            let t = l.trim_start();
-            !(t.starts_with("synchronous_standby_names") && t.contains(&info.name))
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let kept = without_own_sync_name(original, info);
     std::fs::write(&auto, kept).map_err(|e| PgShadowError::io("writing", &auto, e))?;
     let stage = work.join(STAGE);
     std::fs::remove_dir_all(&stage).map_err(|e| PgShadowError::io("removing", &stage, e))?;

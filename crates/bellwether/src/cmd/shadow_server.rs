@@ -107,16 +107,19 @@ pub struct SpecArgs {
     #[arg(long, value_name = "DURATION")]
     pub points_every: Option<Dur>,
     /// Another location the data may be served from: ID=PATH for a file or directory
-    /// (relative to the agent's root), ID=BACKEND for PostgreSQL (a proxy backend id).
-    /// Repeat for several; the resource itself is the first location, `primary`.
-    #[arg(long = "location", value_name = "ID=PATH|BACKEND")]
+    /// (relative to the agent's root), ID=BACKEND[:DATA_DIR] for PostgreSQL (a proxy backend
+    /// id, and the data directory of the instance behind it, relative to the agent's root:
+    /// without it the location is routed to but never restored into). Repeat for several;
+    /// the resource itself is the first location, `primary`.
+    #[arg(long = "location", value_name = "ID=PATH|BACKEND[:DATA_DIR]")]
     pub locations: Vec<String>,
     /// File-based data with several locations: the path the service opens, a link switched
     /// atomically between the locations.
     #[arg(long, value_name = "PATH")]
     pub link: Option<String>,
-    /// PostgreSQL: the proxy backend id of the resource itself (location `primary`).
-    #[arg(long, value_name = "BACKEND", requires = "database")]
+    /// PostgreSQL: the proxy backend id of the resource itself (location `primary`), and
+    /// optionally its data directory (relative to the agent's root) to restore it in place.
+    #[arg(long, value_name = "BACKEND[:DATA_DIR]", requires = "database")]
     pub backend: Option<String>,
     /// PostgreSQL with several locations: the admin API of the `bellwether proxy` in front.
     #[arg(long, value_name = "URL", requires = "proxy_token")]
@@ -277,6 +280,14 @@ fn spec_from_file(path: &Path) -> anyhow::Result<ShadowSpec> {
     Ok(spec)
 }
 
+/// A PostgreSQL location from `BACKEND[:DATA_DIR]` (a backend id holds no `:`).
+fn pg_location(id: &str, at: &str) -> serde_json::Value {
+    match at.split_once(':') {
+        Some((backend, data)) => json!({"id": id, "backend": backend, "path": data}),
+        None => json!({"id": id, "backend": at}),
+    }
+}
+
 /// The spec the flags describe, validated here so a mistake is named before anything is sent.
 pub fn spec_from_flags(name: &str, a: &SpecArgs) -> anyhow::Result<ShadowSpec> {
     let missing = |f: &str| UsageError(format!("--{f} is required without --file"));
@@ -307,7 +318,7 @@ pub fn spec_from_flags(name: &str, a: &SpecArgs) -> anyhow::Result<ShadowSpec> {
             })?;
             (
                 json!({"kind": "postgres", "url": url}),
-                json!({"id": "primary", "backend": backend}),
+                pg_location("primary", &backend),
             )
         }
         _ => return Err(UsageError("give --path FILE|DIR or --database URL".into()).into()),
@@ -321,8 +332,11 @@ pub fn spec_from_flags(name: &str, a: &SpecArgs) -> anyhow::Result<ShadowSpec> {
             ))
             .into());
         };
-        let key = if file_based { "path" } else { "backend" };
-        locations.push(json!({"id": id, key: at}));
+        if file_based {
+            locations.push(json!({"id": id, "path": at}));
+        } else {
+            locations.push(pg_location(id, at));
+        }
     }
     let mut v = json!({
         "name": name,
@@ -774,11 +788,37 @@ mod tests {
             "pg",
             &SpecArgs {
                 backend: Some("pg-a".into()),
-                ..pg
+                ..pg.clone()
             },
         )
         .unwrap();
         assert_eq!(spec.locations[0].backend.as_deref(), Some("pg-a"));
+        assert_eq!(spec.locations[0].path, None);
+        // With the instances' data directories: restorable locations.
+        let spec = spec_from_flags(
+            "pg",
+            &SpecArgs {
+                backend: Some("pg-a:srv/pg-a/data".into()),
+                locations: vec!["cell-b=pg-b:srv/pg-b/data".into()],
+                proxy_admin: Some("http://127.0.0.1:9901".into()),
+                proxy_token: Some("edge".into()),
+                ..pg.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(spec.locations[0].path.as_deref(), Some("srv/pg-a/data"));
+        assert_eq!(spec.locations[1].backend.as_deref(), Some("pg-b"));
+        assert_eq!(spec.locations[1].path.as_deref(), Some("srv/pg-b/data"));
+        let err = spec_from_flags(
+            "pg",
+            &SpecArgs {
+                backend: Some("pg-a:/var/lib/postgresql/data".into()),
+                ..pg.clone()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("locations[0].path"), "{err}");
 
         let err = spec_from_flags("App", &sqlite()).unwrap_err().to_string();
         assert!(err.contains("not a shadow name"), "{err}");

@@ -580,3 +580,4 @@ pub fn rollout_start(dir: &Path, plan: &Path) -> String {
 
 /// Several server replicas on one PostgreSQL store (tests/ha.rs and the mid-patch kill test).
 pub mod cluster;
+pub mod proxy;
