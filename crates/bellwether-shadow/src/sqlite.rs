@@ -182,17 +182,33 @@ fn page_size_of(header: &[u8]) -> u32 {
 
 /// Copies the database file and lays the WAL's committed frames over it: all of them, or,
 /// with `limit`, those up to the cursor (when the WAL is still that generation). The caller
-/// holds a read transaction (see the module docs).
+/// holds a read transaction (see the module docs). Frames a checkpoint already copied into
+/// the file (the wal-index's `nBackfill`, read before the copy: [`wal::backfilled`]) are
+/// not written again: after a checkpoint a point writes only what came since, which on a
+/// copy-on-write file system is what its clone costs beyond metadata.
 ///
 /// `src` is the database file opened once for the shadow's life: closing any descriptor of
-/// the file would drop every POSIX lock this process holds on it, SQLite's included.
+/// the file would drop every POSIX lock this process holds on it, SQLite's included (the
+/// same for `shm`, the wal-index).
 fn build_image(
     db: &Path,
     src: &File,
+    shm: Option<&File>,
     out: &Path,
     limit: Option<&wal::Cursor>,
 ) -> Result<Image, ShadowError> {
     let result = (|| {
+        let wp = wal_path(db);
+        let wal_file = File::open(&wp).ok();
+        let wal_header = match &wal_file {
+            Some(wf) => wal::read_header(wf).map_err(ShadowError::io(&wp))?,
+            None => None,
+        };
+        // Before the copy: every frame up to it is in the file the copy reads.
+        let backfilled = match (shm, &wal_header) {
+            (Some(shm), Some(h)) => wal::backfilled(shm, h.salt),
+            _ => 0,
+        };
         let mut dst = OpenOptions::new()
             .create_new(true)
             .read(true)
@@ -212,14 +228,13 @@ fn build_image(
             page_size = page_size_of(&header);
         }
         let mut db_pages = None;
-        let wp = wal_path(db);
-        if let Ok(wf) = File::open(&wp) {
-            if let Some(h) = wal::read_header(&wf).map_err(ShadowError::io(&wp))? {
+        if let (Some(wf), Some(h)) = (&wal_file, wal_header) {
+            {
                 let same_generation = limit.is_none_or(|c| c.header.salt == h.salt);
                 if same_generation {
                     let mut cur = wal::Cursor::start(h);
                     let commits = cur
-                        .read_commits(&wf, None, limit.map(|c| c.offset))
+                        .read_commits_after(wf, None, limit.map(|c| c.offset), backfilled)
                         .map_err(ShadowError::io(&wp))?;
                     for c in &commits {
                         for (pgno, page) in &c.pages {
@@ -313,6 +328,10 @@ pub struct SqliteShadow {
     last_checkpoint: Option<([u32; 2], u64)>,
     /// Declared after `conns` so it is closed after them (see [`build_image`]).
     db_file: File,
+    /// The wal-index (`-shm`), opened the first time it exists and then kept for the
+    /// shadow's life: closing a descriptor of it would drop this process's locks on it,
+    /// SQLite's read locks included. Never replaced once set.
+    shm_file: Option<File>,
 }
 
 impl std::fmt::Debug for SqliteShadow {
@@ -379,6 +398,7 @@ impl SqliteShadow {
             last_at: Timestamp(0),
             last_checkpoint: None,
             db_file,
+            shm_file: None,
         };
         if s.ty == ShadowType::Transactional || s.last_point.is_none() {
             s.take_point(Reason::Base)?;
@@ -488,16 +508,25 @@ impl SqliteShadow {
     fn image(&mut self) -> Result<(Image, Timestamp, Timestamp), ShadowError> {
         let taken_at = self.now();
         let out = self.store.temp_path();
+        if self.shm_file.is_none() {
+            self.shm_file = File::open(shm_path(&self.db)).ok();
+        }
         let image = if self.ty == ShadowType::Transactional {
             // A fresh read transaction, then every commit up to the WAL's end: the image is
             // the file plus exactly the frames the log holds (see the module docs).
             self.roll()?;
             self.read_new()?;
-            build_image(&self.db, &self.db_file, &out, self.cursor.as_ref())?
+            build_image(
+                &self.db,
+                &self.db_file,
+                self.shm_file.as_ref(),
+                &out,
+                self.cursor.as_ref(),
+            )?
         } else {
             let c = &self.conns[self.active];
             begin_read(c, &self.db)?;
-            let r = build_image(&self.db, &self.db_file, &out, None);
+            let r = build_image(&self.db, &self.db_file, self.shm_file.as_ref(), &out, None);
             end_read(c, &self.db)?;
             r?
         };

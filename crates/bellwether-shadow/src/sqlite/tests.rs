@@ -609,6 +609,77 @@ fn random_scattered_changes_store_only_the_changed_pages() {
     }
 }
 
+#[test]
+fn frames_a_checkpoint_copied_are_not_laid_again_and_every_point_restores_exactly() {
+    for ty in [
+        ShadowType::Full,
+        ShadowType::Differential,
+        ShadowType::Transactional,
+    ] {
+        let (_t, db, _jp, dir) = tmpdirs();
+        let c = local_writer(&db, "wal");
+        // No automatic checkpoint: this test says when one runs.
+        c.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
+        insert_rows(&c, 1, 2000);
+        let mut s = SqliteShadow::start(&opts(&dir, &db, ty)).unwrap();
+        let mut expect = vec![(
+            s.store().points().unwrap().pop().unwrap(),
+            table_digest(&db),
+        )];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..4 {
+            let update = |seed: &mut u64, n: usize| {
+                c.execute_batch("BEGIN").unwrap();
+                for _ in 0..n {
+                    let id = xorshift(seed) % 2000 + 1;
+                    c.execute("UPDATE t SET body = randomblob(1000) WHERE id = ?1", [id])
+                        .unwrap();
+                }
+                c.execute_batch("COMMIT").unwrap();
+            };
+            update(&mut seed, 60);
+            if ty == ShadowType::Transactional {
+                // The follower's read transaction holds the checkpoint back: let it see
+                // the commits and move on first, as it does between polls.
+                catch_up(&mut s);
+            }
+            // A checkpoint copies those frames into the file; later frames change some of
+            // the same pages again, so both kinds of frame meet in one point.
+            let (busy, log, done): (i64, i64, i64) = c
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .unwrap();
+            assert_eq!(busy, 0, "{ty} round {round}");
+            let shm = File::open(shm_path(&db)).unwrap();
+            let h = wal::read_header(&File::open(wal_path(&db)).unwrap())
+                .unwrap()
+                .unwrap();
+            if ty != ShadowType::Transactional {
+                assert!(
+                    done > 0 && done == log,
+                    "{ty}: checkpointed {done} of {log}"
+                );
+                assert_eq!(
+                    wal::backfilled(&shm, h.salt),
+                    done as u32,
+                    "{ty}: the wal-index's nBackfill is the checkpoint's count"
+                );
+            }
+            // Another generation's salts read as nothing copied.
+            assert_eq!(wal::backfilled(&shm, [h.salt[0] ^ 1, h.salt[1]]), 0);
+            update(&mut seed, 30);
+            catch_up(&mut s);
+            let m = s.take_point(Reason::OnDemand).unwrap();
+            expect.push((m, table_digest(&db)));
+        }
+        drop(s);
+        drop(c);
+        corrupt(&db);
+        restore_each(&dir, &db, &expect);
+    }
+}
+
 fn s_verify_deep(dir: &Path) {
     let r = PointStore::open(dir).unwrap().verify(true).unwrap();
     assert!(r.objects > 0);

@@ -100,6 +100,30 @@ pub fn read_header(f: &File) -> io::Result<Option<WalHeader>> {
     }))
 }
 
+/// How many of the generation `salt`'s first frames a checkpoint has copied into the
+/// database file, as the wal-index (`-shm`) says (`nBackfill`, format:
+/// <https://sqlite.org/walformat.html#the_wal_index_file_format>): 0 when the index is
+/// missing, short, of another generation, or its two header copies differ (a writer was
+/// changing it). A checkpointer sets `nBackfill` only after it wrote (and synced) those
+/// pages into the database file, and never past a reader's snapshot, so under a read
+/// transaction every frame up to the value read is in the file, and reading an older
+/// (smaller) value only means laying more frames over the copy than needed.
+pub fn backfilled(shm: &File, salt: [u32; 2]) -> u32 {
+    let mut b = [0u8; 100];
+    if shm.read_exact_at(&mut b, 0).is_err() {
+        return 0;
+    }
+    // Native byte order: the wal-index is shared memory of this machine.
+    let ne = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    // Two copies of the 48-byte header; isInit at byte 12; aSalt at byte 32 of each, the
+    // WAL header's bytes as they are (big-endian), the rest in native order.
+    if b[0..48] != b[48..96] || b[12] != 1 || [be32(&b[32..36]), be32(&b[36..40])] != salt {
+        return 0;
+    }
+    let mx_frame = ne(16);
+    ne(96).min(mx_frame)
+}
+
 impl Cursor {
     /// A cursor at the start of the generation `header` begins.
     pub fn start(header: WalHeader) -> Cursor {
@@ -137,6 +161,19 @@ impl Cursor {
         limit: Option<usize>,
         max_offset: Option<u64>,
     ) -> io::Result<Vec<Commit>> {
+        self.read_commits_after(f, limit, max_offset, 0)
+    }
+
+    /// [`Cursor::read_commits`], leaving out of the commits' pages every page whose last
+    /// version in the commits read is in one of the generation's first `backfilled` frames
+    /// (already checkpointed into the database file; every frame is still read and checked).
+    pub fn read_commits_after(
+        &mut self,
+        f: &File,
+        limit: Option<usize>,
+        max_offset: Option<u64>,
+        backfilled: u32,
+    ) -> io::Result<Vec<Commit>> {
         let len = f.metadata()?.len().min(max_offset.unwrap_or(u64::MAX));
         let ps = u64::from(self.header.page_size);
         let frame_len = FRAME_HEADER + ps;
@@ -166,10 +203,14 @@ impl Cursor {
             sum = s;
             at += frame_len;
             frames += 1;
-            let page = buf[FRAME_HEADER as usize..].to_vec();
-            match pending.iter_mut().find(|(p, _)| *p == pgno) {
-                Some(slot) => slot.1 = page,
-                None => pending.push((pgno, page)),
+            // This frame's number in the generation (1-based). Frames come in order, so a
+            // backfilled frame's page has no kept version before it.
+            if self.frames + frames > backfilled {
+                let page = buf[FRAME_HEADER as usize..].to_vec();
+                match pending.iter_mut().find(|(p, _)| *p == pgno) {
+                    Some(slot) => slot.1 = page,
+                    None => pending.push((pgno, page)),
+                }
             }
             if db_pages != 0 {
                 out.push(Commit {
