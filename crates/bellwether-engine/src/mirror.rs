@@ -351,6 +351,14 @@ pub struct Status {
     pub history: Vec<SwitchRecord>,
 }
 
+impl Status {
+    /// What the prober's recheck judges by: the primary's health, unless a switch is under
+    /// way (then the primary is about to change and its score says nothing of the next).
+    pub fn verdict(&self) -> Option<f64> {
+        self.health.filter(|_| self.switching.is_none())
+    }
+}
+
 /// The id of the dependency's original primary (the instance the operator declared).
 pub const PRIMARY_ID: &str = "primary";
 

@@ -146,12 +146,7 @@ impl LocalRunner {
         };
         let main = tokio::spawn(main_loop(engine, first, rx, tx.clone(), io));
         let checks = LocalChecks {
-            settings: ProbeSettings {
-                kind: spec.kind,
-                interval: spec.policy.health_interval.get(),
-                switch_below: spec.policy.switch_below,
-                timeout: opts.probe_timeout,
-            },
+            settings: ProbeSettings::for_spec(&spec, opts.probe_timeout),
             router,
             shared: shared.clone(),
             tx: tx.clone(),
@@ -314,7 +309,7 @@ async fn main_loop(
         handle_output(&engine, out, &tx, &io);
         if let Some(r) = reply {
             let st = engine.status();
-            let _ = r.send(st.health.filter(|_| st.switching.is_none()));
+            let _ = r.send(st.verdict());
         }
     }
     engine

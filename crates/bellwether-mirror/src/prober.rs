@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::local::{now_ms, BackendFigures};
 use crate::{DepKind, MirrorError, Role};
+use bellwether_model::mirror::DependencySpec;
 
 /// How a prober checks.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,6 +35,19 @@ pub struct ProbeSettings {
     pub switch_below: f64,
     /// How long a probe may take (a probe that takes longer is a `down` check).
     pub timeout: Duration,
+}
+
+impl ProbeSettings {
+    /// The settings `spec`'s policy gives (its kind, health interval and `switch_below`),
+    /// with probes bounded by `timeout`: the one place both drivers build them.
+    pub fn for_spec(spec: &DependencySpec, timeout: Duration) -> ProbeSettings {
+        ProbeSettings {
+            kind: spec.kind,
+            interval: spec.policy.health_interval.get(),
+            switch_below: spec.policy.switch_below,
+            timeout,
+        }
+    }
 }
 
 /// The engine is gone: the prober ends.

@@ -339,12 +339,7 @@ impl MirrorTask {
     fn probe_settings(&self) -> ProbeSettings {
         let spec = self.engine.spec();
         let interval = spec.policy.health_interval.get();
-        ProbeSettings {
-            kind: spec.kind,
-            interval,
-            switch_below: spec.policy.switch_below,
-            timeout: interval.mul_f64(0.8).min(MAX_PROBE),
-        }
+        ProbeSettings::for_spec(spec, interval.mul_f64(0.8).min(MAX_PROBE))
     }
 
     pub(crate) fn status_of(&self) -> Status {
@@ -456,7 +451,9 @@ impl DurableTask for MirrorTask {
             Input::Tick(observed) => {
                 match &observed.dependency {
                     // Not read this time: looked at again at the next check.
-                    Err(_) => {}
+                    Err(e) => {
+                        tracing::warn!(dependency = %self.engine.spec().name, error = %e, "Could not read the dependency's record; its policy and removal are looked at again at the next check.");
+                    }
                     Ok(Some(dep))
                         if !dep.is_removed() && dep.updated_at_ms > self.driver.spec_seen_ms =>
                     {
@@ -635,7 +632,7 @@ impl Checks for ServerChecks {
             proxy_error,
         };
         let status = self.observe.send(observed).await.map_err(|_| Gone)?;
-        Ok(status.and_then(|st| st.health.filter(|_| st.switching.is_none())))
+        Ok(status.and_then(|st| st.verdict()))
     }
 }
 
