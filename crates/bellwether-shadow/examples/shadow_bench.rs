@@ -321,6 +321,13 @@ fn label_of(p: &Path) -> String {
 }
 
 fn main() {
+    // RUST_LOG=bellwether_shadow=debug prints what each point cost, by part.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut pos = Vec::new();
     let mut on: Vec<String> = Vec::new();
     let mut image_gib = 8u64;

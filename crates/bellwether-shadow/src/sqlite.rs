@@ -215,7 +215,9 @@ fn build_image(
             .write(true)
             .open(out)
             .map_err(ShadowError::io(out))?;
+        let started = std::time::Instant::now();
         let cloned = crate::point::ficlone(src, &dst);
+        let clone_ms = started.elapsed().as_secs_f64() * 1000.0;
         if !cloned {
             copy_whole(src, &dst).map_err(ShadowError::io(out))?;
         }
@@ -264,6 +266,15 @@ fn build_image(
         dst.read_exact_at(&mut header, 0)
             .map_err(ShadowError::io(out))?;
         dst.flush().map_err(ShadowError::io(out))?;
+        // What a point's image cost, by part (`--log debug`; the benches print it with
+        // RUST_LOG=bellwether_shadow=debug).
+        tracing::debug!(
+            cloned,
+            copy_ms = clone_ms,
+            frames_ms = started.elapsed().as_secs_f64() * 1000.0 - clone_ms,
+            backfilled,
+            "Point image built."
+        );
         Ok(Image {
             path: out.to_owned(),
             page_size,

@@ -110,6 +110,7 @@ impl PointStore {
         let cdir = self.clones_dir();
         std::fs::create_dir_all(&cdir).map_err(ShadowError::io(&cdir))?;
         let mut cloned = Vec::with_capacity(clones.len());
+        let started = std::time::Instant::now();
         for (i, (entry, tmp)) in clones.into_iter().enumerate() {
             let f = File::open(&tmp).map_err(ShadowError::io(&tmp))?;
             let len = f.metadata().map_err(ShadowError::io(&tmp))?.len();
@@ -125,8 +126,15 @@ impl PointStore {
             std::fs::rename(&tmp, &to).map_err(ShadowError::io(&to))?;
             cloned.push(ClonedFile { entry, file, len });
         }
+        let synced_ms = started.elapsed().as_secs_f64() * 1000.0;
         sync_dir(&cdir)?;
         let m = self.commit_manifest(seq, draft, cloned, false)?;
+        tracing::debug!(
+            seq,
+            sync_clones_ms = synced_ms,
+            manifest_ms = started.elapsed().as_secs_f64() * 1000.0 - synced_ms,
+            "Clone point committed."
+        );
         self.seal_in_background(vec![seq]);
         Ok(m)
     }
