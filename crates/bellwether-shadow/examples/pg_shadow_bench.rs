@@ -321,6 +321,13 @@ fn dir_size(p: &Path) -> u64 {
 }
 
 fn main() {
+    // RUST_LOG=bellwether_shadow=debug prints what each point cost, by part.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str, default: u64| -> u64 {
         args.iter()

@@ -158,6 +158,51 @@ pub(crate) fn store_tree(
 }
 
 /// One file into the store as the entry `rel`.
+/// Stores a WAL segment `pg_receivewal` is still writing, in [`CHUNK`]s, taking the first
+/// `known.len()` chunks as they are (the caller knows them final: wholly before a position
+/// the stream had flushed when they were stored) and reading the rest.
+pub(crate) fn store_segment_after(
+    store: &PointStore,
+    path: &Path,
+    rel: String,
+    mode: u32,
+    known: &[ObjectRef],
+) -> Result<(Entry, u64), ShadowError> {
+    use std::io::{Seek, SeekFrom};
+    let mut objects: Vec<ObjectRef> = known.to_vec();
+    let mut new_bytes = 0;
+    let mut f = std::fs::File::open(path).map_err(ShadowError::io(path))?;
+    f.seek(SeekFrom::Start((known.len() * CHUNK) as u64))
+        .map_err(ShadowError::io(path))?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = read_full(&mut f, &mut buf).map_err(ShadowError::io(path))?;
+        if n == 0 {
+            break;
+        }
+        let (r, new) = put_chunk(store, &buf[..n])?;
+        if new {
+            new_bytes += r.len;
+        }
+        objects.push(r);
+        if n < CHUNK {
+            break;
+        }
+    }
+    let size = objects.iter().map(|o| o.len).sum();
+    Ok((
+        Entry {
+            path: rel,
+            kind: EntryKind::File,
+            mode,
+            size,
+            mtime: None,
+            objects,
+        },
+        new_bytes,
+    ))
+}
+
 pub(crate) fn store_file(
     store: &PointStore,
     path: &Path,
