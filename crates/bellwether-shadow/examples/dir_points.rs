@@ -153,8 +153,8 @@ fn bench(
         logical as f64 / usage as f64,
     );
     if stype == ShadowType::Differential {
-        // Restores: the base point, then the last one (its chunks patched up to CHUNK_CHAIN
-        // deep), which leaves the data as it is now for the next run.
+        // Restores: the base point, then the last one (each of its chunks rebuilt from up to
+        // CHUNK_CHAIN other objects), which leaves the data as it is now for the next run.
         let points = sh.store().points().expect("points");
         drop(sh);
         for (label, m) in [("base", points.first()), ("last", points.last())] {

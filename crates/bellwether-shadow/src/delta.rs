@@ -19,8 +19,8 @@
 //! the benchmarks' `randomblob`), which no general compressor shrinks; what makes a changed
 //! page or chunk small is leaving out the bytes that did not change, which is all a patch
 //! does. Chains of patches are bounded by the callers: [`crate::sqlite::pages`] stores a page
-//! whole after [`crate::sqlite::pages::PAGE_CHAIN`] patches, [`crate::dir::resource`] a chunk
-//! whole after [`CHUNK_CHAIN`] patches.
+//! whole after [`crate::sqlite::pages::PAGE_CHAIN`] patches, [`crate::dir::resource`] keeps
+//! the objects a chunk's rebuild reads within [`CHUNK_CHAIN`].
 
 use std::collections::HashSet;
 use std::io::{self, Read};
@@ -32,10 +32,15 @@ use crate::point::{ObjectId, ObjectRef};
 
 /// Differing ranges this close together are stored as one range.
 pub const MERGE_GAP: usize = 4;
-/// The longest chain of chunk patches (a patch against a patch against …) a directory shadow
-/// stores before it stores a chunk whole: a restore reads at most this many objects plus one
-/// for a chunk.
-pub const CHUNK_CHAIN: u8 = 4;
+/// The most objects besides its own a rebuild of a directory chunk stored as a patch reads
+/// (its bases, their bases, and so on, each once): a restore reads at most this many objects
+/// plus one for a chunk. A writer past it patches against older chunks or stores the chunk
+/// whole. Why 16: a chunk of a file edited every point reaches the bound every few points
+/// (sooner with several bases per patch) and then stores about a whole chunk again; with 16
+/// the 1 GiB `edits` bench stores 1.296 × the data after 24 points, with 8 1.335 ×; the
+/// restore of its last point took 1.4–1.8 × the base point's with either (BENCHMARKS.md,
+/// "Data shadows (issue 13)").
+pub const CHUNK_CHAIN: u8 = 16;
 
 /// What is wrong with a patch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,56 +175,109 @@ pub fn apply(old: &[u8], patch: &[u8], limit: usize) -> Result<Vec<u8>, PatchErr
 //
 // A directory chunk keeps its name (the SHA-256 of its bytes: every manifest, deduplication
 // and restore uses it) whatever its object file holds: the chunk's bytes, or a patch against
-// another chunk of the store, as git keeps objects named by their content in delta form:
+// other chunks of the store, as git keeps objects named by their content in delta form. Two
+// formats; both are read, the second is the one written:
 //
 //     "BWCHDLT1"  depth: u8  base: SHA-256 (32 bytes)  base_len: u32 BE  shift: i64 BE
 //     then the patch, against the base shifted by `shift` bytes (`aligned`)
 //
-// The base is the chunk of the file's previous version that overlaps the new chunk most, and
-// `shift` the new chunk's offset in the file minus the base's: an edit that moved a chunk
-// boundary still lines the unchanged bytes up.
+//     "BWCHDLT2"  depth: u8  n: u8
+//     then n times { base: SHA-256 (32 bytes)  base_len: u32 BE  shift: i64 BE  from: u32 BE  to: u32 BE }
+//     then the patch, against the chunk's reference (`reference`): zeros, over which bytes
+//     from..to are bytes from + shift .. to + shift of that base (where the base reaches)
 //
-// `depth` is 1 for a patch against a whole chunk, and one more than the base's otherwise, at
-// most CHUNK_CHAIN. A patch is kept only when it is at most 3/4 of the chunk (see
-// `worth_a_patch`), so such an object is always shorter than its chunk: the point store tells
-// the two apart by length (a chunk stored whole has its chunk's length) and checks, reads and
-// collects a patched chunk through the functions below.
+// Format 1 (shadow-delta) patched a new chunk against the one chunk of the file's previous
+// version that overlapped it most. Format 2 patches it against every chunk of the previous
+// version it overlaps, each over the range it overlaps, so the reference is the old file's
+// bytes at the new chunk's place: an edit that moved a chunk boundary (two old chunks merged
+// into one new chunk, or a new chunk straddling the old boundary) still patches to about the
+// bytes it changed. A base range may also point into an older chunk than the previous
+// version's (see `ChunkBase`), which is how a writer keeps within the bound below.
+//
+// `depth` is how many other objects a rebuild reads: its bases, their bases and so on, each
+// object once (a chunk stored whole has depth 0); for a chain of format 1 patches that is the
+// chain's length. It is at most CHUNK_CHAIN, so a restore reads at most CHUNK_CHAIN + 1
+// objects for a chunk; a rebuild reads each object once, counts them and refuses a patch that
+// reads more than its depth says. A patch is kept only when its object is at most 3/4 of the chunk
+// (see `worth_a_patch`), so such an object is always shorter than its chunk: the point store
+// tells the two apart by length (a chunk stored whole has its chunk's length) and checks,
+// reads and collects a patched chunk through the functions below.
 
 const CHUNK_MAGIC: &[u8; 8] = b"BWCHDLT1";
+const CHUNK_MAGIC2: &[u8; 8] = b"BWCHDLT2";
+/// The length of a format 1 header.
 pub const CHUNK_HEADER: usize = 8 + 1 + 32 + 4 + 8;
+/// The length of one base in a format 2 header, and of the header before the bases.
+const BASE_ENTRY: usize = 32 + 4 + 8 + 4 + 4;
+const HEADER2: usize = 8 + 1 + 1;
+/// The most bases a patched chunk has (one object may be the base of several ranges, at
+/// different shifts).
+pub const MAX_BASES: usize = 2 * CHUNK_CHAIN as usize;
+/// The longest header of either format.
+const MAX_HEADER: usize = HEADER2 + MAX_BASES * BASE_ENTRY;
 
-/// A patched chunk's header.
+/// One base of a patched chunk: bytes `from..to` of the chunk's reference are bytes
+/// `from + shift .. to + shift` of `base` (zeros where it does not reach).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkPatch {
-    pub depth: u8,
+pub struct ChunkBase {
     pub base: ObjectRef,
     pub shift: i64,
+    pub from: u32,
+    pub to: u32,
+}
+
+/// A patched chunk's header: its depth (the other objects its rebuild reads), its bases in
+/// order, and where the patch starts in the object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkPatch {
+    pub depth: u8,
+    pub bases: Vec<ChunkBase>,
+    pub body: usize,
 }
 
 /// `len` bytes of `base` as seen from a chunk starting `shift` bytes after it (zeros where
-/// the base does not reach).
+/// the base does not reach): the reference of a format 1 patch.
 pub fn aligned(base: &[u8], shift: i64, len: usize) -> Vec<u8> {
+    let whole = ChunkBase {
+        base: ObjectRef {
+            id: ObjectId([0; 32]),
+            len: base.len() as u64,
+        },
+        shift,
+        from: 0,
+        to: u32::MAX,
+    };
+    reference(len, &[(whole, base)])
+}
+
+/// The `len`-byte reference a patch with these bases (and their bytes) applies to.
+pub fn reference(len: usize, bases: &[(ChunkBase, &[u8])]) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    for (i, b) in out.iter_mut().enumerate() {
-        if let Some(v) = (i as i64)
-            .checked_add(shift)
-            .and_then(|j| usize::try_from(j).ok())
-            .and_then(|j| base.get(j))
-        {
-            *b = *v;
+    for (b, bytes) in bases {
+        // i in from..to with i + shift in 0..bytes.len().
+        let lo = (i64::from(b.from)).max(b.shift.checked_neg().unwrap_or(i64::MAX));
+        let hi = (i64::from(b.to))
+            .min(len as i64)
+            .min((bytes.len() as i64).saturating_sub(b.shift));
+        if lo < hi {
+            let (lo, hi) = (lo as usize, hi as usize);
+            let at = (lo as i64 + b.shift) as usize;
+            out[lo..hi].copy_from_slice(&bytes[at..at + (hi - lo)]);
         }
     }
     out
 }
 
-/// Whether a patch of `patch_len` bytes is worth storing instead of a `chunk_len`-byte chunk:
-/// at most 3/4 of it (a patched chunk costs a restore one more read, of its base).
-pub fn worth_a_patch(patch_len: usize, chunk_len: usize) -> bool {
-    (CHUNK_HEADER + patch_len) * 4 <= chunk_len * 3
+/// Whether a patched chunk's object of `object_len` bytes (header included) is worth storing
+/// instead of the `chunk_len`-byte chunk: at most 3/4 of it (a patched chunk costs a restore
+/// more reads, of its bases).
+pub fn worth_a_patch(object_len: usize, chunk_len: usize) -> bool {
+    object_len * 4 <= chunk_len * 3
 }
 
-/// The object bytes of a chunk stored as `patch` against `base` (of depth `base_depth`)
-/// shifted by `shift`.
+/// The object bytes of a chunk stored in format 1, as `patch` against `base` (of depth
+/// `base_depth`) shifted by `shift`. New chunks are written in format 2 ([`chunk_object2`]);
+/// this stays for the tests of old shadows.
 pub fn chunk_object(base: &ObjectRef, base_depth: u8, shift: i64, patch: &[u8]) -> Vec<u8> {
     let mut b = Vec::with_capacity(CHUNK_HEADER + patch.len());
     b.extend_from_slice(CHUNK_MAGIC);
@@ -231,42 +289,107 @@ pub fn chunk_object(base: &ObjectRef, base_depth: u8, shift: i64, patch: &[u8]) 
     b
 }
 
-/// The header of a patched chunk's object, or `None` when `b` is not one.
+/// The object bytes of a chunk stored in format 2, as `patch` against the reference of
+/// `bases` (1 to [`MAX_BASES`] of them); `depth` is the other objects its rebuild reads.
+pub fn chunk_object2(depth: u8, bases: &[ChunkBase], patch: &[u8]) -> Vec<u8> {
+    debug_assert!((1..=MAX_BASES).contains(&bases.len()));
+    let mut b = Vec::with_capacity(HEADER2 + bases.len() * BASE_ENTRY + patch.len());
+    b.extend_from_slice(CHUNK_MAGIC2);
+    b.push(depth);
+    b.push(bases.len() as u8);
+    for e in bases {
+        b.extend_from_slice(&e.base.id.0);
+        b.extend_from_slice(&(e.base.len as u32).to_be_bytes());
+        b.extend_from_slice(&e.shift.to_be_bytes());
+        b.extend_from_slice(&e.from.to_be_bytes());
+        b.extend_from_slice(&e.to.to_be_bytes());
+    }
+    b.extend_from_slice(patch);
+    b
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn be_i64(b: &[u8]) -> i64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[..8]);
+    i64::from_be_bytes(v)
+}
+
+fn object_ref(b: &[u8]) -> ObjectRef {
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&b[..32]);
+    ObjectRef {
+        id: ObjectId(id),
+        len: u64::from(be_u32(&b[32..36])),
+    }
+}
+
+/// The header of a patched chunk's object (either format), or `None` when `b` is not one.
 pub fn chunk_patch(b: &[u8]) -> Option<ChunkPatch> {
-    if b.len() < CHUNK_HEADER || &b[..8] != CHUNK_MAGIC {
+    if b.len() >= CHUNK_HEADER && &b[..8] == CHUNK_MAGIC {
+        let depth = b[8];
+        return (1..=CHUNK_CHAIN).contains(&depth).then(|| ChunkPatch {
+            depth,
+            bases: vec![ChunkBase {
+                base: object_ref(&b[9..45]),
+                shift: be_i64(&b[45..53]),
+                from: 0,
+                to: u32::MAX,
+            }],
+            body: CHUNK_HEADER,
+        });
+    }
+    if b.len() < HEADER2 || &b[..8] != CHUNK_MAGIC2 {
         return None;
     }
-    let mut id = [0u8; 32];
-    id.copy_from_slice(&b[9..41]);
-    let depth = b[8];
-    let mut shift = [0u8; 8];
-    shift.copy_from_slice(&b[45..53]);
-    (1..=CHUNK_CHAIN).contains(&depth).then_some(ChunkPatch {
-        depth,
-        base: ObjectRef {
-            id: ObjectId(id),
-            len: u64::from(u32::from_be_bytes([b[41], b[42], b[43], b[44]])),
-        },
-        shift: i64::from_be_bytes(shift),
-    })
+    let (depth, n) = (b[8], usize::from(b[9]));
+    if !(1..=CHUNK_CHAIN).contains(&depth) || n == 0 || n > MAX_BASES {
+        return None;
+    }
+    let body = HEADER2 + n * BASE_ENTRY;
+    if b.len() < body {
+        return None;
+    }
+    let bases = b[HEADER2..body]
+        .chunks_exact(BASE_ENTRY)
+        .map(|e| ChunkBase {
+            base: object_ref(&e[..36]),
+            shift: be_i64(&e[36..44]),
+            from: be_u32(&e[44..48]),
+            to: be_u32(&e[48..52]),
+        })
+        .collect::<Vec<_>>();
+    bases
+        .iter()
+        .all(|e| e.from <= e.to)
+        .then_some(ChunkPatch { depth, bases, body })
 }
 
 fn read_header(dir: &Path, id: &ObjectId) -> io::Result<(u64, Vec<u8>)> {
     let f = std::fs::File::open(id.path_in(dir))?;
     let len = f.metadata()?.len();
-    let mut head = Vec::with_capacity(CHUNK_HEADER);
-    f.take(CHUNK_HEADER as u64).read_to_end(&mut head)?;
+    let mut head = Vec::with_capacity(MAX_HEADER);
+    f.take(MAX_HEADER as u64).read_to_end(&mut head)?;
     Ok((len, head))
 }
 
-/// The depth of the chunk `r` as stored: 0 whole, 1.. patched (and `None` when it is
-/// missing or neither).
-pub fn stored_depth(dir: &Path, r: &ObjectRef) -> Option<u8> {
+/// The header of the chunk `r` as stored: `Some(None)` when it is stored whole,
+/// `Some(Some(header))` when patched, `None` when it is missing or neither.
+pub fn stored_patch(dir: &Path, r: &ObjectRef) -> Option<Option<ChunkPatch>> {
     let (len, head) = read_header(dir, &r.id).ok()?;
     if len == r.len {
-        return Some(0);
+        return Some(None);
     }
-    chunk_patch(&head).filter(|_| len < r.len).map(|p| p.depth)
+    chunk_patch(&head).filter(|_| len < r.len).map(Some)
+}
+
+/// The depth of the chunk `r` as stored (the other objects its rebuild reads): 0 whole,
+/// 1.. patched (and `None` when it is missing or neither).
+pub fn stored_depth(dir: &Path, r: &ObjectRef) -> Option<u8> {
+    stored_patch(dir, r).map(|p| p.map_or(0, |p| p.depth))
 }
 
 /// Whether an object of `stored_len` bytes named by `r` is a patched chunk whose bases are all
@@ -279,14 +402,49 @@ pub fn patched_chunk_present(dir: &Path, r: &ObjectRef, stored_len: u64) -> bool
     let Ok((_, head)) = read_header(dir, &r.id) else {
         return false;
     };
-    match chunk_patch(&head) {
-        Some(p) if p.depth == 1 => {
-            std::fs::metadata(p.base.id.path_in(dir)).is_ok_and(|m| m.len() == p.base.len)
+    let Some(p) = chunk_patch(&head) else {
+        return false;
+    };
+    let mut seen = HashSet::from([r.id]);
+    let mut todo: Vec<ObjectRef> = p.bases.iter().map(|b| b.base).collect();
+    let mut read = 0;
+    while let Some(b) = todo.pop() {
+        if !seen.insert(b.id) {
+            continue;
         }
-        Some(p) => std::fs::metadata(p.base.id.path_in(dir))
-            .is_ok_and(|m| m.len() == p.base.len || patched_chunk_present(dir, &p.base, m.len())),
-        None => false,
+        read += 1;
+        if read > p.depth {
+            return false;
+        }
+        match std::fs::metadata(b.id.path_in(dir)) {
+            Ok(m) if m.len() == b.len => {}
+            Ok(m) if m.len() < b.len => {
+                match read_header(dir, &b.id).ok().and_then(|h| chunk_patch(&h.1)) {
+                    Some(bp) => todo.extend(bp.bases.iter().map(|x| x.base)),
+                    None => return false,
+                }
+            }
+            _ => return false,
+        }
     }
+    true
+}
+
+/// The objects a rebuild of the patched chunk `p` reads besides its own (its bases, their
+/// bases, …), as far as they are present: what a writer counts against [`CHUNK_CHAIN`]. Stops
+/// once more than `limit` are found.
+pub fn objects_read(dir: &Path, p: &ChunkPatch, limit: usize) -> HashSet<ObjectId> {
+    let mut seen = HashSet::new();
+    let mut todo: Vec<ObjectRef> = p.bases.iter().map(|b| b.base).collect();
+    while let Some(b) = todo.pop() {
+        if seen.len() > limit || !seen.insert(b.id) {
+            continue;
+        }
+        if let Some(Some(bp)) = stored_patch(dir, &b) {
+            todo.extend(bp.bases.iter().map(|x| x.base));
+        }
+    }
+    seen
 }
 
 /// Adds to `keep` the bases (and their bases) of every patched chunk among `refs`, so
@@ -310,8 +468,10 @@ pub fn add_bases<'a>(
             continue;
         };
         if let Some(p) = chunk_patch(&head) {
-            keep.insert(p.base.id);
-            todo.push(p.base);
+            for b in p.bases {
+                keep.insert(b.base.id);
+                todo.push(b.base);
+            }
         }
     }
 }
@@ -326,25 +486,63 @@ pub fn chunk_bytes(dir: &Path, r: &ObjectRef, stored: Vec<u8>) -> Result<Vec<u8>
     let Some(p) = chunk_patch(&stored).filter(|_| (stored.len() as u64) < r.len) else {
         return Ok(stored);
     };
-    let base_stored = std::fs::read(p.base.id.path_in(dir))
-        .map_err(|e| format!("its base chunk {} cannot be read: {e}", p.base.id))?;
-    let base_depth = chunk_patch(&base_stored)
-        .filter(|_| (base_stored.len() as u64) < p.base.len)
-        .map_or(0, |b| b.depth);
-    if base_depth >= p.depth {
-        return Err(format!(
-            "a patch of depth {} against a chunk of depth {base_depth}",
-            p.depth
-        ));
+    let mut done = Rebuilt {
+        read: HashSet::from([r.id]),
+        bytes: std::collections::HashMap::new(),
+    };
+    rebuild(dir, r, &stored, &p, usize::from(p.depth) + 1, &mut done)
+}
+
+/// The objects a rebuild read (the chunk's own included) and the bases it rebuilt.
+struct Rebuilt {
+    read: HashSet<ObjectId>,
+    bytes: std::collections::HashMap<ObjectId, Vec<u8>>,
+}
+
+/// Rebuilds a patched chunk; every base is read once (`done`), and at most `limit` objects in
+/// all.
+fn rebuild(
+    dir: &Path,
+    r: &ObjectRef,
+    stored: &[u8],
+    p: &ChunkPatch,
+    limit: usize,
+    done: &mut Rebuilt,
+) -> Result<Vec<u8>, String> {
+    for b in &p.bases {
+        if done.bytes.contains_key(&b.base.id) {
+            continue;
+        }
+        if !done.read.insert(b.base.id) {
+            return Err(format!("its base chunk {} is its own base", b.base.id));
+        }
+        if done.read.len() > limit {
+            return Err(format!(
+                "a patch of depth {} reads more objects than that",
+                limit - 1
+            ));
+        }
+        let base_stored = std::fs::read(b.base.id.path_in(dir))
+            .map_err(|e| format!("its base chunk {} cannot be read: {e}", b.base.id))?;
+        let base =
+            match chunk_patch(&base_stored).filter(|_| (base_stored.len() as u64) < b.base.len) {
+                Some(bp) => rebuild(dir, &b.base, &base_stored, &bp, limit, done)
+                    .map_err(|e| format!("its base chunk {}: {e}", b.base.id))?,
+                None => base_stored,
+            };
+        if base.len() as u64 != b.base.len || ObjectId::of(&base) != b.base.id {
+            return Err(format!("its base chunk {} is damaged", b.base.id));
+        }
+        done.bytes.insert(b.base.id, base);
     }
-    let base = chunk_bytes(dir, &p.base, base_stored)
-        .map_err(|e| format!("its base chunk {}: {e}", p.base.id))?;
-    if base.len() as u64 != p.base.len || ObjectId::of(&base) != p.base.id {
-        return Err(format!("its base chunk {} is damaged", p.base.id));
-    }
+    let layers: Vec<(ChunkBase, &[u8])> = p
+        .bases
+        .iter()
+        .map(|b| (*b, &done.bytes[&b.base.id][..]))
+        .collect();
     let out = apply(
-        &aligned(&base, p.shift, r.len as usize),
-        &stored[CHUNK_HEADER..],
+        &reference(r.len as usize, &layers),
+        &stored[p.body..],
         r.len as usize,
     )
     .map_err(|e| format!("its patch is damaged: {e}"))?;
@@ -478,12 +676,77 @@ mod tests {
             let obj = chunk_object(&base, depth, shift, &patch);
             let r = ObjectRef { id: ObjectId::of(&new), len: new.len() as u64 };
             let header = chunk_patch(&obj).unwrap();
-            prop_assert_eq!(header, ChunkPatch { depth: depth + 1, base, shift });
+            prop_assert_eq!(header, ChunkPatch {
+                depth: depth + 1,
+                bases: vec![ChunkBase { base, shift, from: 0, to: u32::MAX }],
+                body: CHUNK_HEADER,
+            });
             if (obj.len() as u64) < r.len {
                 // As the store reads it: rebuilt from its base and checked.
                 prop_assert_eq!(chunk_bytes(t.path(), &r, obj.clone()).unwrap(), new.clone());
                 // A damaged base is named, never returned as the chunk.
                 std::fs::write(base.id.path_in(t.path()), [&old[..old.len() - 1], &[old[old.len() - 1] ^ 1]].concat()).unwrap();
+                let e = chunk_bytes(t.path(), &r, obj).unwrap_err();
+                prop_assert!(e.contains("base chunk"), "{}", e);
+            }
+        }
+
+        #[test]
+        fn any_chunk_patched_against_several_bases_rebuilds_exactly(
+            olds in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..2000), 1..=usize::from(CHUNK_CHAIN)),
+            new in block(),
+            cuts in proptest::collection::vec((0u32..700, -3000i64..3000), usize::from(CHUNK_CHAIN)),
+        ) {
+            let t = tempfile::tempdir().unwrap();
+            let put = |bytes: &[u8]| {
+                let id = ObjectId::of(bytes);
+                let p = id.path_in(t.path());
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(&p, bytes).unwrap();
+                ObjectRef { id, len: bytes.len() as u64 }
+            };
+            // Bases over consecutive ranges of the new chunk, at any shift.
+            let mut from = 0u32;
+            let bases: Vec<ChunkBase> = olds.iter().zip(&cuts).map(|(old, (w, shift))| {
+                let b = ChunkBase { base: put(old), shift: *shift, from, to: from + w };
+                from += w;
+                b
+            }).collect();
+            let layers: Vec<(ChunkBase, &[u8])> = bases.iter().zip(&olds).map(|(b, o)| (*b, &o[..])).collect();
+            let refr = reference(new.len(), &layers);
+            for (i, byte) in refr.iter().enumerate() {
+                let want = bases.iter().rev()
+                    .find(|b| (b.from as usize..b.to as usize).contains(&i))
+                    .and_then(|b| usize::try_from(i as i64 + b.shift).ok().and_then(|j| olds[bases.iter().position(|x| x == b).unwrap()].get(j)))
+                    .copied()
+                    .unwrap_or(0);
+                prop_assert_eq!(*byte, want, "reference byte {}", i);
+            }
+            let patch = diff(&refr, &new);
+            let depth = bases.iter().map(|b| b.base.id).collect::<HashSet<_>>().len() as u8;
+            let obj = chunk_object2(depth, &bases, &patch);
+            let header = chunk_patch(&obj).unwrap();
+            prop_assert_eq!(&header.bases, &bases);
+            prop_assert_eq!(header.depth, depth);
+            let r = ObjectRef { id: ObjectId::of(&new), len: new.len() as u64 };
+            if (obj.len() as u64) < r.len {
+                prop_assert_eq!(chunk_bytes(t.path(), &r, obj.clone()).unwrap(), new.clone());
+                let at = r.id.path_in(t.path());
+                std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+                std::fs::write(&at, &obj).unwrap();
+                prop_assert!(patched_chunk_present(t.path(), &r, obj.len() as u64));
+                let mut keep = HashSet::new();
+                add_bases(t.path(), [r].iter(), &mut keep);
+                prop_assert_eq!(keep.len(), bases.iter().map(|b| b.base.id).collect::<HashSet<_>>().len());
+                // A depth that understates the reads is refused.
+                if depth > 1 {
+                    let mut lying = obj.clone();
+                    lying[8] = depth - 1;
+                    prop_assert!(chunk_bytes(t.path(), &r, lying).is_err());
+                }
+                // A damaged base is named, never returned as the chunk.
+                let last = &olds[olds.len() - 1];
+                std::fs::write(bases[bases.len() - 1].base.id.path_in(t.path()), [&last[..last.len() - 1], &[last[last.len() - 1] ^ 1]].concat()).unwrap();
                 let e = chunk_bytes(t.path(), &r, obj).unwrap_err();
                 prop_assert!(e.contains("base chunk"), "{}", e);
             }

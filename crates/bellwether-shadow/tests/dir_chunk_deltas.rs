@@ -148,9 +148,11 @@ fn every_point_of_a_chain_of_patches_restores_exactly() {
     let f = fixture();
     let mut sh = Dir.start(&opts(&f)).unwrap();
     let mut expect = Vec::new();
-    // The same chunk edited again and again: a chain, bounded by CHUNK_CHAIN.
+    // The same chunk edited again and again: a chain, bounded by CHUNK_CHAIN (the objects a
+    // rebuild reads besides the chunk's own).
     let rounds = 3 * usize::from(CHUNK_CHAIN) + 1;
     let mut depths = Vec::new();
+    let mut stored_bytes = Vec::new();
     for round in 0..rounds {
         edit(
             &f.live.join("small.bin"),
@@ -162,16 +164,24 @@ fn every_point_of_a_chain_of_patches_restores_exactly() {
         let deepest = d.iter().map(|(_, d)| *d).max().unwrap();
         assert!(deepest <= CHUNK_CHAIN, "round {round}: depth {deepest}");
         depths.push(deepest);
+        stored_bytes.push(m.new_bytes);
         expect.push((m, fs::read(f.live.join("small.bin")).unwrap()));
     }
     assert!(
         depths.contains(&CHUNK_CHAIN),
         "the chain reaches its bound: {depths:?}"
     );
+    // Past the bound the chunk is patched against an older version (its base's base, which
+    // keeps the reads within the bound) rather than stored whole: these edits overlap, so
+    // the patch against the older version stays small.
     let max_at = depths.iter().position(|d| *d == CHUNK_CHAIN).unwrap();
     assert!(
-        depths[max_at + 1] <= 1,
-        "then the chunk is stored whole and a new chain starts: {depths:?}"
+        depths[max_at + 1..].iter().all(|d| *d >= 1),
+        "past the bound the chunk is still a patch: {depths:?}"
+    );
+    assert!(
+        stored_bytes.iter().all(|b| *b < 10_000),
+        "each point stores about its 2000-byte edit: {stored_bytes:?}"
     );
     drop(sh);
     for (m, want) in &expect {
@@ -202,7 +212,7 @@ fn a_damaged_patch_or_base_is_named_and_the_live_directory_is_untouched() {
         base.entries
             .iter()
             .flat_map(|e| &e.objects)
-            .any(|r| *r == header.base),
+            .any(|r| *r == header.bases[0].base),
         "the patch is against a chunk of the previous point"
     );
     fs::write(f.live.join("small.bin"), b"live now").unwrap();
@@ -232,14 +242,162 @@ fn a_damaged_patch_or_base_is_named_and_the_live_directory_is_untouched() {
     fs::write(f.live.join("small.bin"), b"live now").unwrap();
 
     // Its base.
-    flip(&header.base.id, false);
+    flip(&header.bases[0].base.id, false);
     let e = restore(&f, &m).unwrap_err();
     assert!(e.to_string().contains("base chunk"), "{e}");
     assert_eq!(fs::read(f.live.join("small.bin")).unwrap(), b"live now");
 
     // Its base gone: the check before the restore says so.
-    fs::remove_file(store.object_path(&header.base.id)).unwrap();
+    fs::remove_file(store.object_path(&header.bases[0].base.id)).unwrap();
     let e = restore(&f, &m).unwrap_err();
     assert!(matches!(e, ShadowError::BadObject { .. }), "{e}");
     assert_eq!(fs::read(f.live.join("small.bin")).unwrap(), b"live now");
+}
+
+/// Where each chunk of `file` after the first starts, in a point.
+fn boundaries(m: &Manifest, file: &str) -> Vec<u64> {
+    let e = m.entries.iter().find(|e| e.path == file).unwrap();
+    e.objects
+        .iter()
+        .scan(0u64, |at, r| {
+            *at += r.len;
+            Some(*at)
+        })
+        .collect()
+}
+
+/// The header of a chunk stored as a patch (`None` when it is stored whole).
+fn header(store: &Path, r: &ObjectRef) -> Option<delta::ChunkPatch> {
+    delta::stored_patch(store, r).expect("stored")
+}
+
+fn writable(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+#[test]
+fn an_edit_across_a_chunk_boundary_is_patched_against_every_chunk_it_overlaps() {
+    let f = fixture();
+    let mut sh = Dir.start(&opts(&f)).unwrap();
+    let big = f.live.join("big.bin");
+    let mut m = sh.store().points().unwrap().remove(0);
+    let mut expect = Vec::new();
+    let mut several = Vec::new();
+    for round in 0..4usize {
+        // New bytes over a chunk boundary (a different one each round): the boundary was cut
+        // where the rolling hash of the bytes before it matched, so it moves, and a new chunk
+        // overlaps the two old chunks on either side.
+        let len = 6144u64;
+        let at = boundaries(&m, "big.bin")[3 * round] - len / 2;
+        edit(&big, at, &noise(700 + round as u64, len as usize));
+        m = sh.take_point(Reason::OnDemand).unwrap();
+        assert!(
+            m.new_bytes <= len + 2048,
+            "round {round}: {} bytes stored for a {len}-byte edit",
+            m.new_bytes
+        );
+        let e = m.entries.iter().find(|e| e.path == "big.bin").unwrap();
+        several.extend(
+            e.objects
+                .iter()
+                .filter(|r| header(&f.shadow, r).is_some_and(|h| h.bases.len() >= 2))
+                .copied(),
+        );
+        expect.push((m.clone(), fs::read(&big).unwrap()));
+    }
+    assert!(
+        !several.is_empty(),
+        "some new chunk is patched against several old ones"
+    );
+    sh.store().verify(true).unwrap();
+    drop(sh);
+    for (m, want) in &expect {
+        restore(&f, m).unwrap();
+        assert!(fs::read(&big).unwrap() == *want, "point {}", m.id());
+    }
+
+    // A damaged base of such a chunk, any of them, is named and nothing is restored.
+    let store = PointStore::open(&f.shadow).unwrap();
+    let (last, want) = expect.last().unwrap();
+    let r = several
+        .iter()
+        .find(|r| last.objects().any(|o| o == *r))
+        .copied()
+        .unwrap_or(several[several.len() - 1]);
+    let h = header(&f.shadow, &r).unwrap();
+    let second = h.bases[1].base;
+    let p = store.object_path(&second.id);
+    let good = fs::read(&p).unwrap();
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 0x55;
+    writable(&p);
+    fs::write(&p, &bad).unwrap();
+    fs::write(f.live.join("small.bin"), b"live now").unwrap();
+    let point = expect
+        .iter()
+        .map(|(m, _)| m)
+        .find(|m| m.objects().any(|o| *o == r))
+        .unwrap();
+    let e = restore(&f, point).unwrap_err();
+    assert!(matches!(e, ShadowError::BadObject { .. }), "{e}");
+    assert!(e.to_string().contains("base chunk"), "{e}");
+    assert!(e.to_string().contains(&second.id.hex()), "{e}");
+    assert_eq!(fs::read(f.live.join("small.bin")).unwrap(), b"live now");
+    fs::write(&p, &good).unwrap();
+
+    // Retention down to the last point keeps every base of its patches.
+    let mut store = store;
+    store.lock_writer().unwrap();
+    let zero = Retention {
+        keep_all_for: Dur::from_secs(0),
+        hourly_for: Dur::from_secs(0),
+        daily_for: Dur::from_secs(0),
+    };
+    store
+        .thin(
+            &zero,
+            Timestamp::from_micros(Timestamp::now().as_micros() + 1_000_000),
+        )
+        .unwrap();
+    store.verify(true).unwrap();
+    restore(&f, last).unwrap();
+    assert!(fs::read(&big).unwrap() == *want, "the last point");
+}
+
+#[test]
+fn chunks_patched_in_the_first_format_still_restore() {
+    // A chunk as a shadow written before several bases kept it: a format 1 patch against one
+    // chunk of the previous version.
+    let f = fixture();
+    let mut sh = Dir.start(&opts(&f)).unwrap();
+    edit(&f.live.join("big.bin"), 70_000, &noise(9, 5000));
+    let m = sh.take_point(Reason::OnDemand).unwrap();
+    drop(sh);
+    let want = fs::read(f.live.join("big.bin")).unwrap();
+    let store = PointStore::open(&f.shadow).unwrap();
+    let mut rewritten = 0;
+    for (r, depth) in stored(&f.shadow, &m, "big.bin") {
+        if depth == 0 {
+            continue;
+        }
+        let bytes = store.read_object(m.id(), &r).unwrap();
+        let h = header(&f.shadow, &r).unwrap();
+        let b = h.bases.iter().max_by_key(|b| b.to - b.from).unwrap();
+        let old = store.read_object(m.id(), &b.base).unwrap();
+        let patch = delta::diff(&delta::aligned(&old, b.shift, bytes.len()), &bytes);
+        let v1 = delta::chunk_object(&b.base, 0, b.shift, &patch);
+        assert!(v1.len() < bytes.len());
+        let p = store.object_path(&r.id);
+        writable(&p);
+        fs::write(&p, &v1).unwrap();
+        let h1 = header(&f.shadow, &r).unwrap();
+        assert_eq!((h1.bases.len(), h1.body), (1, delta::CHUNK_HEADER));
+        rewritten += 1;
+    }
+    assert!(rewritten >= 1);
+    store.verify(true).unwrap();
+    fs::write(f.live.join("big.bin"), b"overwritten").unwrap();
+    restore(&f, &m).unwrap();
+    assert!(fs::read(f.live.join("big.bin")).unwrap() == want);
 }

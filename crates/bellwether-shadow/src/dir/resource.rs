@@ -22,7 +22,8 @@ use crate::point::{
 };
 
 use super::tree::{ChunkRef, Entry, LinkTarget, Node, RelPath, Tree, TREE_FORMAT};
-use super::{check_shadow_outside, restore_tree, walk, DirError, ObjectStore, WalkStats};
+use super::walk::{walk_overlapping, OverlapStore};
+use super::{check_shadow_outside, restore_tree, DirError, ObjectStore, WalkStats};
 
 /// The directory entry points.
 #[derive(Debug, Clone, Copy, Default)]
@@ -60,11 +61,37 @@ impl ObjectStore for PointStore {
     }
 
     fn put_near(&self, id: &str, bytes: &[u8], near: Option<(&ChunkRef, i64)>) -> io::Result<u64> {
+        let old: Vec<(&ChunkRef, i64)> = near.into_iter().collect();
+        self.put_over(id, bytes, &old)
+    }
+
+    fn get(&self, id: &str) -> io::Result<Vec<u8>> {
+        let oid: ObjectId = id.parse().map_err(io::Error::other)?;
+        let stored = std::fs::read(self.object_path(&oid))?;
+        if crate::delta::chunk_patch(&stored).is_none_or(|_| ObjectId::of(&stored) == oid) {
+            return Ok(stored);
+        }
+        // A patched chunk: its length is not in the object, but the patch says it.
+        let body = crate::delta::chunk_patch(&stored).map_or(stored.len(), |p| p.body);
+        let len = crate::delta::patched_len(&stored[body..])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let r = ObjectRef { id: oid, len };
+        crate::delta::chunk_bytes(self.dir(), &r, stored).map_err(|why| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("stored as a patch: {why}"),
+            )
+        })
+    }
+}
+
+impl OverlapStore for PointStore {
+    fn put_over(&self, id: &str, bytes: &[u8], old: &[(&ChunkRef, i64)]) -> io::Result<u64> {
         let oid: ObjectId = id.parse().map_err(io::Error::other)?;
         if self.has_object(&oid) {
             return Ok(0);
         }
-        if let Some(stored) = near.and_then(|(n, shift)| patch_against(self, n, shift, bytes)) {
+        if let Some(stored) = patch_over(self, old, bytes) {
             let r = ObjectRef {
                 id: oid,
                 len: bytes.len() as u64,
@@ -89,45 +116,151 @@ impl ObjectStore for PointStore {
             0
         })
     }
-
-    fn get(&self, id: &str) -> io::Result<Vec<u8>> {
-        let oid: ObjectId = id.parse().map_err(io::Error::other)?;
-        let stored = std::fs::read(self.object_path(&oid))?;
-        if crate::delta::chunk_patch(&stored).is_none_or(|_| ObjectId::of(&stored) == oid) {
-            return Ok(stored);
-        }
-        // A patched chunk: its length is not in the object, but the patch says it.
-        let len = crate::delta::patched_len(&stored[crate::delta::CHUNK_HEADER..])
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        let r = ObjectRef { id: oid, len };
-        crate::delta::chunk_bytes(self.dir(), &r, stored).map_err(|why| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("stored as a patch: {why}"),
-            )
-        })
-    }
 }
 
-/// The bytes of a new chunk stored as a patch against `near` (the chunk of the file's previous
-/// version that overlaps it most, `shift` bytes before it), when that is worth it and keeps the chain within
-/// [`crate::delta::CHUNK_CHAIN`]; `None` stores it whole.
-fn patch_against(store: &PointStore, near: &ChunkRef, shift: i64, bytes: &[u8]) -> Option<Vec<u8>> {
-    let base = ObjectRef {
-        id: near.id.parse().ok()?,
-        len: u64::from(near.len),
+/// The object of a new chunk stored as a patch (format 2 of [`crate::delta`]) against the
+/// chunks of the file's previous version it overlaps (`old`: each with the new chunk's offset
+/// in the file minus its own), when that is worth it; `None` stores it whole.
+///
+/// Each old chunk is a base over the range of the new chunk it overlaps, so the reference is
+/// the old file's bytes at the new chunk's place. The bases' reads must stay within
+/// [`crate::delta::CHUNK_CHAIN`] (the objects a rebuild reads, each counted once): while they
+/// do not, the base that reads most is replaced by its own bases over the same range (the
+/// patch then also carries what that base changed there), and when every base is a whole
+/// chunk and there are still too many, the narrowest is left out (its bytes go into the
+/// patch).
+fn patch_over(store: &PointStore, old: &[(&ChunkRef, i64)], bytes: &[u8]) -> Option<Vec<u8>> {
+    use crate::delta::{ChunkBase, ChunkPatch, CHUNK_CHAIN};
+    use std::collections::{HashMap, HashSet};
+    let len = bytes.len() as i64;
+    let mut bases: Vec<ChunkBase> = old
+        .iter()
+        .filter_map(|(c, shift)| {
+            let from = shift.checked_neg()?.clamp(0, len);
+            let to = i64::from(c.len).checked_sub(*shift)?.clamp(0, len);
+            (from < to).then_some(ChunkBase {
+                base: ObjectRef {
+                    id: c.id.parse().ok()?,
+                    len: u64::from(c.len),
+                },
+                shift: *shift,
+                from: from as u32,
+                to: to as u32,
+            })
+        })
+        .collect();
+    // How each base is stored (None: missing, so left out), and the other objects its
+    // rebuild reads.
+    type Stored = Option<(Option<ChunkPatch>, HashSet<ObjectId>)>;
+    let mut headers: HashMap<ObjectId, Stored> = HashMap::new();
+    let limit = usize::from(CHUNK_CHAIN);
+    let mut header = |r: &ObjectRef| -> Stored {
+        headers
+            .entry(r.id)
+            .or_insert_with(|| {
+                let p = crate::delta::stored_patch(store.dir(), r)?;
+                let reads = p
+                    .as_ref()
+                    .map(|p| crate::delta::objects_read(store.dir(), p, limit))
+                    .unwrap_or_default();
+                Some((p, reads))
+            })
+            .clone()
     };
-    let depth = crate::delta::stored_depth(store.dir(), &base)?;
-    if depth >= crate::delta::CHUNK_CHAIN {
+    let mut rounds = 0;
+    let depth = loop {
+        // Each round moves a base down its chain or leaves one out; a damaged store whose
+        // patches form a loop must not keep this going.
+        rounds += 1;
+        if rounds > 64 {
+            return None;
+        }
+        bases.retain(|b| header(&b.base).is_some());
+        // Neighbouring ranges of one base at one shift are one range.
+        bases.dedup_by(|b, a| {
+            let one = a.base == b.base && a.shift == b.shift && a.to == b.from;
+            if one {
+                a.to = b.to;
+            }
+            one
+        });
+        // The objects a rebuild reads: every base and what it reads, each once.
+        let mut reads = HashSet::new();
+        let mut own = Vec::with_capacity(bases.len());
+        for b in &bases {
+            let (_, r) = header(&b.base).unwrap_or_default();
+            reads.insert(b.base.id);
+            own.push(r.len());
+            reads.extend(r);
+        }
+        if reads.len() <= limit && bases.len() <= crate::delta::MAX_BASES {
+            break reads.len();
+        }
+        // The base that reads most is replaced by its own bases.
+        let deepest = (0..bases.len())
+            .filter(|i| own[*i] > 0)
+            .max_by_key(|i| (own[*i], std::cmp::Reverse(*i)));
+        match deepest {
+            Some(i) => {
+                let b = bases.remove(i);
+                let Some((Some(p), _)) = header(&b.base) else {
+                    return None;
+                };
+                // Byte i of the new chunk is byte i + b.shift of the base, whose reference
+                // byte k is byte k + sub.shift of the sub-base.
+                let subs = p.bases.iter().filter_map(|sub| {
+                    let from = i64::from(b.from).max(i64::from(sub.from) - b.shift);
+                    let to = i64::from(b.to).min(i64::from(sub.to) - b.shift);
+                    (from < to).then_some(ChunkBase {
+                        base: sub.base,
+                        shift: b.shift.checked_add(sub.shift)?,
+                        from: from as u32,
+                        to: to as u32,
+                    })
+                });
+                let subs: Vec<ChunkBase> = subs.collect();
+                bases.splice(i..i, subs);
+            }
+            None => {
+                let narrowest = (0..bases.len()).min_by_key(|i| bases[*i].to - bases[*i].from)?;
+                bases.remove(narrowest);
+            }
+        }
+    };
+    if bases.is_empty() {
         return None;
     }
-    let old = store.get(&near.id).ok()?;
-    if old.len() as u64 != base.len || ObjectId::of(&old) != base.id {
-        return None;
+    let mut loaded = HashMap::new();
+    let patch = patch_from(store, &mut loaded, &bases, bytes)?;
+    let object = crate::delta::chunk_object2(u8::try_from(depth).ok()?, &bases, &patch);
+    crate::delta::worth_a_patch(object.len(), bytes.len()).then_some(object)
+}
+
+/// The patch of `bytes` against the reference of `bases` (their bytes read once, `loaded`).
+fn patch_from(
+    store: &PointStore,
+    loaded: &mut std::collections::HashMap<ObjectId, Vec<u8>>,
+    bases: &[crate::delta::ChunkBase],
+    bytes: &[u8],
+) -> Option<Vec<u8>> {
+    for b in bases {
+        if loaded.contains_key(&b.base.id) {
+            continue;
+        }
+        let v = store.get(&b.base.id.hex()).ok()?;
+        if v.len() as u64 != b.base.len || ObjectId::of(&v) != b.base.id {
+            return None;
+        }
+        loaded.insert(b.base.id, v);
     }
-    let patch = crate::delta::diff(&crate::delta::aligned(&old, shift, bytes.len()), bytes);
-    crate::delta::worth_a_patch(patch.len(), bytes.len())
-        .then(|| crate::delta::chunk_object(&base, depth, shift, &patch))
+    let layers: Vec<(crate::delta::ChunkBase, &[u8])> = bases
+        .iter()
+        .map(|b| (*b, &loaded[&b.base.id][..]))
+        .collect();
+    Some(crate::delta::diff(
+        &crate::delta::reference(bytes.len(), &layers),
+        bytes,
+    ))
 }
 
 /// `dir-index.json`: the last point's walk, for change detection.
@@ -259,8 +392,8 @@ impl Shadow for DirShadow {
         } else {
             None
         };
-        let (tree, stats) =
-            walk(&self.root, prev, &self.store).map_err(|e| source_error(&self.root, e))?;
+        let (tree, stats) = walk_overlapping(&self.root, prev, &self.store)
+            .map_err(|e| source_error(&self.root, e))?;
         let consistent_at = Timestamp::now();
         let entries = tree_to_entries(&tree).map_err(|reason| ShadowError::Source {
             source_name: self.root.display().to_string(),
