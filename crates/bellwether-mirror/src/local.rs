@@ -152,7 +152,7 @@ impl LocalRunner {
             tx: tx.clone(),
         };
         let pg_sync = lock(&shared).pg_sync.clone();
-        let prober = tokio::spawn(crate::prober::run(Arc::new(checks), pg_sync));
+        let prober = tokio::spawn(crate::prober::run(Arc::new(checks), Some(pg_sync)));
         Ok(LocalRunner {
             tx,
             shared,

@@ -224,7 +224,7 @@ async fn sample_loop(
     endpoint: String,
     interval: Duration,
     buf: Arc<Mutex<SampleBuf>>,
-    pg_sync: PgSync,
+    pg_sync: Option<PgSync>,
 ) {
     let mean_gap = interval / SAMPLES_PER_INTERVAL;
     let mut jitter = Jitter::new(&endpoint);
@@ -241,7 +241,10 @@ async fn sample_loop(
         };
         let mut n: u32 = 0;
         loop {
-            if kind == DepKind::Postgres && n.is_multiple_of(SYNC_REREAD) {
+            if let Some(pg_sync) = pg_sync
+                .as_ref()
+                .filter(|_| kind == DepKind::Postgres && n.is_multiple_of(SYNC_REREAD))
+            {
                 let sync = tokio::time::timeout(interval, conn.commits_wait_for_standbys()).await;
                 let mut g = pg_sync.lock().unwrap_or_else(|p| p.into_inner());
                 match sync {
@@ -304,7 +307,7 @@ impl Samplers {
         kind: DepKind,
         interval: Duration,
         endpoints: &BTreeMap<String, String>,
-        pg_sync: &PgSync,
+        pg_sync: Option<&PgSync>,
     ) {
         self.by_id.retain(|id, (ep, _, h)| {
             let keep = endpoints.get(id) == Some(ep);
@@ -324,7 +327,7 @@ impl Samplers {
                     ep.clone(),
                     interval,
                     buf.clone(),
-                    pg_sync.clone(),
+                    pg_sync.cloned(),
                 ));
                 self.by_id.insert(id.clone(), (ep.clone(), buf, h));
             }
@@ -398,8 +401,11 @@ impl Drop for Samplers {
 }
 
 /// Checks the dependency's instances until the engine is gone ([`Checks::observe`] answers
-/// [`Gone`]): one check per interval, sooner on the passive signal or for a recheck.
-pub async fn run(checks: Arc<dyn Checks>, pg_sync: PgSync) {
+/// [`Gone`]): one check per interval, sooner on the passive signal or for a recheck. With
+/// `pg_sync`, PostgreSQL samplers also report, every `SYNC_REREAD` round trips, whether
+/// each instance's commits wait for a synchronous standby (the local runner's promotions
+/// read it; the server's task does not need it and passes `None`).
+pub async fn run(checks: Arc<dyn Checks>, pg_sync: Option<PgSync>) {
     let mut settings = checks.settings();
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -467,7 +473,7 @@ pub async fn run(checks: Arc<dyn Checks>, pg_sync: PgSync) {
         let status = checks.status();
         let endpoints = status.as_ref().map(probed).unwrap_or_default();
         let primary = status.map(|st| st.primary);
-        samplers.sync(kind, interval, &endpoints, &pg_sync);
+        samplers.sync(kind, interval, &endpoints, pg_sync.as_ref());
         // A check that confirms a silent primary: the last check found it answering nothing,
         // and nothing has answered on its kept connection since that check began (a whole
         // interval ago, at least). Such a primary is given the passive signal's wait (10 × its

@@ -436,7 +436,7 @@ impl DurableTask for MirrorTask {
         };
         Some(Box::pin(bellwether_mirror::prober::run(
             Arc::new(checks),
-            Arc::default(),
+            None,
         )))
     }
 
