@@ -80,17 +80,13 @@ pub enum DirError {
 pub trait ObjectStore {
     fn contains(&self, id: &str) -> io::Result<bool>;
     fn put(&self, id: &str, bytes: &[u8]) -> io::Result<bool>;
-    /// Like [`ObjectStore::put`], with the chunk of the file's previous version that overlaps
-    /// the new one most (`near`, and the new chunk's offset minus its), which a store may keep
-    /// the new chunk as a patch against ([`crate::delta`]). Returns the bytes written (0 when
-    /// the store had the chunk). The default stores it whole.
-    fn put_near(
-        &self,
-        id: &str,
-        bytes: &[u8],
-        near: Option<(&tree::ChunkRef, i64)>,
-    ) -> io::Result<u64> {
-        let _ = near;
+    /// Like [`ObjectStore::put`], with every chunk of the file's previous version that the
+    /// new one overlaps, in file order, each with the new chunk's offset in the file minus its
+    /// own, which a store may keep the new chunk as a patch against ([`crate::delta`],
+    /// format 2; the point store does). Returns the bytes written (0 when the store had the
+    /// chunk). The default stores it whole.
+    fn put_over(&self, id: &str, bytes: &[u8], old: &[(&tree::ChunkRef, i64)]) -> io::Result<u64> {
+        let _ = old;
         Ok(if self.put(id, bytes)? {
             bytes.len() as u64
         } else {

@@ -22,7 +22,7 @@ use crate::point::{
 };
 
 use super::tree::{ChunkRef, Entry, LinkTarget, Node, RelPath, Tree, TREE_FORMAT};
-use super::walk::{walk_overlapping, OverlapStore};
+use super::walk::walk;
 use super::{check_shadow_outside, restore_tree, DirError, ObjectStore, WalkStats};
 
 /// The directory entry points.
@@ -60,11 +60,6 @@ impl ObjectStore for PointStore {
         Ok(new)
     }
 
-    fn put_near(&self, id: &str, bytes: &[u8], near: Option<(&ChunkRef, i64)>) -> io::Result<u64> {
-        let old: Vec<(&ChunkRef, i64)> = near.into_iter().collect();
-        self.put_over(id, bytes, &old)
-    }
-
     fn get(&self, id: &str) -> io::Result<Vec<u8>> {
         let oid: ObjectId = id.parse().map_err(io::Error::other)?;
         let stored = std::fs::read(self.object_path(&oid))?;
@@ -83,9 +78,7 @@ impl ObjectStore for PointStore {
             )
         })
     }
-}
 
-impl OverlapStore for PointStore {
     fn put_over(&self, id: &str, bytes: &[u8], old: &[(&ChunkRef, i64)]) -> io::Result<u64> {
         let oid: ObjectId = id.parse().map_err(io::Error::other)?;
         if self.has_object(&oid) {
@@ -392,8 +385,8 @@ impl Shadow for DirShadow {
         } else {
             None
         };
-        let (tree, stats) = walk_overlapping(&self.root, prev, &self.store)
-            .map_err(|e| source_error(&self.root, e))?;
+        let (tree, stats) =
+            walk(&self.root, prev, &self.store).map_err(|e| source_error(&self.root, e))?;
         let consistent_at = Timestamp::now();
         let entries = tree_to_entries(&tree).map_err(|reason| ShadowError::Source {
             source_name: self.root.display().to_string(),

@@ -53,43 +53,15 @@ pub struct WalkStats {
     pub new_bytes: u64,
 }
 
-/// A store that may keep a new chunk as a patch against every chunk of the file's previous
-/// version it overlaps ([`crate::delta`], format 2), the point store's way.
-pub trait OverlapStore: ObjectStore {
-    /// Like [`ObjectStore::put_near`], with every chunk of the file's previous version that
-    /// the new one overlaps, in file order, each with the new chunk's offset in the file minus
-    /// its own. Returns the bytes written (0 when the store had the chunk).
-    fn put_over(&self, id: &str, bytes: &[u8], old: &[(&ChunkRef, i64)]) -> io::Result<u64>;
-}
-
 /// Walks `root` into a [`Tree`], storing every chunk in `store`. With `previous` (a
 /// differential point), a file whose stamp is unchanged keeps the previous chunk list without
 /// being read; without it (a full point) every file is read. A new chunk of a file read again
-/// is handed to the store with the previous version's chunk that overlaps it most
-/// ([`ObjectStore::put_near`]).
+/// is handed to the store with every chunk of the previous version it overlaps
+/// ([`ObjectStore::put_over`]).
 pub fn walk(
     root: &Path,
     previous: Option<&Tree>,
     store: &dyn ObjectStore,
-) -> Result<(Tree, WalkStats), DirError> {
-    walk_into(root, previous, store, None)
-}
-
-/// [`walk`], handing each new chunk of a file read again to the store with every chunk of the
-/// previous version it overlaps ([`OverlapStore::put_over`]).
-pub fn walk_overlapping<S: OverlapStore>(
-    root: &Path,
-    previous: Option<&Tree>,
-    store: &S,
-) -> Result<(Tree, WalkStats), DirError> {
-    walk_into(root, previous, store, Some(store))
-}
-
-fn walk_into(
-    root: &Path,
-    previous: Option<&Tree>,
-    store: &dyn ObjectStore,
-    over: Option<&dyn OverlapStore>,
 ) -> Result<(Tree, WalkStats), DirError> {
     let fd = open_root(root)?;
     let meta = File::from(fd.try_clone().map_err(|e| io_err(root, "open", e))?)
@@ -102,7 +74,6 @@ fn walk_into(
         root,
         prev,
         store,
-        over,
         entries: Vec::new(),
         stats: WalkStats::default(),
     };
@@ -139,7 +110,6 @@ struct Walker<'a> {
     root: &'a Path,
     prev: HashMap<&'a [u8], &'a Entry>,
     store: &'a dyn ObjectStore,
-    over: Option<&'a dyn OverlapStore>,
     entries: Vec<Entry>,
     stats: WalkStats,
 }
@@ -333,7 +303,7 @@ impl Walker<'_> {
             let read_at = now_ns();
             let mut chunks = Vec::new();
             let (mut new_chunks, mut new_bytes) = (0u64, 0u64);
-            let (store, over) = (self.store, self.over);
+            let store = self.store;
             // The previous version's chunks by offset: a new chunk may be stored as a patch
             // against those at its place (an edit in place; crate::delta).
             let old: Vec<(u64, &ChunkRef)> = match self.prev.get(rel.as_slice()).map(|e| &e.node) {
@@ -354,36 +324,16 @@ impl Walker<'_> {
                 // last few (chunks are at least 16 KiB, at most 256 KiB long), in file order,
                 // each with the new chunk's offset minus its own.
                 let upto = old.partition_point(|(start, _)| *start < end);
-                let overlapping: Vec<(u64, &ChunkRef, i64)> = old[upto.saturating_sub(17)..upto]
+                let bases: Vec<(&ChunkRef, i64)> = old[upto.saturating_sub(17)..upto]
                     .iter()
-                    .filter_map(|(start, o)| {
+                    .filter(|(start, o)| {
                         let stop = start + u64::from(o.len);
-                        let overlap = stop.min(end).saturating_sub((*start).max(at));
-                        (overlap > 0 && o.id != c.sha256).then_some((
-                            overlap,
-                            *o,
-                            at as i64 - *start as i64,
-                        ))
+                        stop.min(end) > (*start).max(at) && o.id != c.sha256
                     })
+                    .map(|(start, o)| (*o, at as i64 - *start as i64))
                     .collect();
                 at = end;
-                let stored = match over {
-                    Some(over) => {
-                        let bases: Vec<(&ChunkRef, i64)> = overlapping
-                            .iter()
-                            .map(|(_, o, shift)| (*o, *shift))
-                            .collect();
-                        over.put_over(&c.sha256, &c.data, &bases)
-                    }
-                    None => {
-                        let near = overlapping
-                            .iter()
-                            .max_by_key(|(overlap, _, _)| *overlap)
-                            .map(|(_, o, shift)| (*o, *shift));
-                        store.put_near(&c.sha256, &c.data, near)
-                    }
-                }
-                .map_err(|e| {
+                let stored = store.put_over(&c.sha256, &c.data, &bases).map_err(|e| {
                     io::Error::new(e.kind(), format!("storing a chunk in the shadow: {e}"))
                 })?;
                 if stored > 0 {
