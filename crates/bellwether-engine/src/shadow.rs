@@ -52,6 +52,10 @@ pub const MAX_POINT_TRIES: u32 = 3;
 pub const MAX_ROUTE_ATTEMPTS: u32 = 3;
 /// A failed start is retried after `points_every × 2^failures`, at most this long (ms).
 pub const MAX_START_BACKOFF_MS: i64 = 300_000;
+/// A removal whose stop on the agent failed retries it (with the start's backoff) this long
+/// after the removal began, then settles as removed all the same (ms): an agent that comes
+/// back within it is told to stop following, and forgets its record of the shadow.
+pub const STOP_RETRY_FOR_MS: i64 = 24 * 3_600_000;
 /// Times past this (ms since the epoch) are not times.
 pub const MAX_TIME_MS: i64 = 1 << 53;
 
@@ -412,6 +416,13 @@ struct State {
     pending: BTreeMap<u64, Action>,
     start_failures: u32,
     start_retry_at_ms: Option<i64>,
+    /// Removing: when it began, the stops that failed, and when the next is sent.
+    #[serde(default)]
+    removing_since_ms: Option<i64>,
+    #[serde(default)]
+    stop_failures: u32,
+    #[serde(default)]
+    stop_retry_at_ms: Option<i64>,
     locs: BTreeMap<String, Loc>,
     routed: String,
     /// Oldest first.
@@ -480,6 +491,9 @@ impl ShadowEngine {
                 pending: BTreeMap::new(),
                 start_failures: 0,
                 start_retry_at_ms: None,
+                removing_since_ms: None,
+                stop_failures: 0,
+                stop_retry_at_ms: None,
                 locs,
                 routed,
                 points: VecDeque::new(),
@@ -703,6 +717,25 @@ impl ShadowEngine {
 
     fn tick(&mut self, at_ms: i64, out: &mut Output) {
         if !valid_time(at_ms) {
+            return;
+        }
+        if self.st.phase == Phase::Removing && self.st.stop_retry_at_ms.is_some_and(|t| at_ms >= t)
+        {
+            self.st.stop_retry_at_ms = None;
+            self.event(
+                out,
+                at_ms,
+                "stop.retried",
+                format!(
+                    "Stopping shadow {} on {} again (attempt {}).",
+                    self.spec.name,
+                    self.spec.host,
+                    self.st.stop_failures + 1
+                ),
+                json!({ "failures": self.st.stop_failures }),
+                false,
+            );
+            self.maybe_stop(at_ms, out);
             return;
         }
         if self.st.phase == Phase::Starting
@@ -1356,20 +1389,39 @@ impl ShadowEngine {
                 }
             }
             Action::Stop { .. } => {
+                let since = self.st.removing_since_ms.unwrap_or(now_ms);
+                if !ok && now_ms.saturating_sub(since) < STOP_RETRY_FOR_MS {
+                    // The agent may be away: its record would make it follow the shadow
+                    // again when it comes back. Tell it again, later.
+                    self.st.stop_failures += 1;
+                    let every = self.spec.points_every.get().as_millis() as i64;
+                    let wait = every
+                        .saturating_mul(1i64 << self.st.stop_failures.min(20))
+                        .min(MAX_START_BACKOFF_MS);
+                    self.st.stop_retry_at_ms = Some(now_ms.saturating_add(wait));
+                    self.event(out, now_ms, "stop.failed",
+                        format!("Shadow {} did not stop on {}: {}; retried in {wait} ms (until {} h after the removal began).", self.spec.name, self.spec.host, quote(&error), STOP_RETRY_FOR_MS / 3_600_000),
+                        json!({ "error": error, "failures": self.st.stop_failures, "retry_in_ms": wait }), true);
+                    return;
+                }
                 if !ok {
                     self.event(
                         out,
                         now_ms,
                         "stop.failed",
                         format!(
-                            "Shadow {} did not stop cleanly: {}; it is removed all the same.",
+                            "Shadow {} did not stop on {}: {}; it is removed all the same after {} tries (its agent, if it comes back, may follow it until its record STATE_DIR/shadows/{}.json is deleted).",
                             self.spec.name,
-                            quote(&error)
+                            self.spec.host,
+                            quote(&error),
+                            self.st.stop_failures + 1,
+                            self.spec.name
                         ),
-                        json!({ "error": error }),
+                        json!({ "error": error, "failures": self.st.stop_failures + 1 }),
                         true,
                     );
                 }
+                self.st.stop_retry_at_ms = None;
                 self.st.phase = Phase::Removed;
                 self.event(
                     out,
@@ -1629,6 +1681,7 @@ impl ShadowEngine {
                     return;
                 }
                 self.st.phase = Phase::Removing;
+                self.st.removing_since_ms = Some(now_ms);
                 self.event(
                     out,
                     now_ms,
@@ -1643,8 +1696,12 @@ impl ShadowEngine {
     }
 
     /// Removing: once nothing else is in flight, stop the shadow on the agent.
-    fn maybe_stop(&mut self, _now_ms: i64, out: &mut Output) {
+    fn maybe_stop(&mut self, now_ms: i64, out: &mut Output) {
         if self.st.phase != Phase::Removing || self.st.rollback.is_some() {
+            return;
+        }
+        // A failed stop waits for its retry (sent by `tick`).
+        if self.st.stop_retry_at_ms.is_some_and(|t| now_ms < t) {
             return;
         }
         if self

@@ -497,6 +497,73 @@ fn remove_stops_after_the_rollback_and_settles() {
 }
 
 #[test]
+fn a_stop_the_agent_did_not_take_is_retried_until_the_window_ends() {
+    let mut h = running("transactional");
+    h.now = 4 * MIN;
+    let out = h.step(Input::Command(Command::Remove {
+        reason: "decommissioned".into(),
+    }));
+    let stop = only(&out, "stop").clone();
+    // The host's agent is away: the stop fails, the shadow stays removing, and nothing is
+    // sent again before the backoff (points every minute: 2 minutes after one failure).
+    let out = h.fail(&stop, Value::Null);
+    assert!(out.actions.is_empty(), "{:?}", out.actions);
+    assert_eq!(h.e.phase(), Phase::Removing);
+    h.now += MIN;
+    let out = h.step(Input::Tick { at_ms: h.now });
+    assert!(out.actions.is_empty(), "{:?}", out.actions);
+    h.now += MIN;
+    let out = h.step(Input::Tick { at_ms: h.now });
+    let stop = only(&out, "stop").clone();
+    assert!(h.names().contains(&"stop.retried"), "{:?}", h.names());
+    // The state round-trips with a retry pending.
+    let back = ShadowEngine::restore(h.e.state()).unwrap();
+    assert_eq!(back, h.e);
+    // The agent is back: the stop is taken and the removal settles.
+    h.ok(&stop, json!({"stopped": true}));
+    assert_eq!(h.e.phase(), Phase::Removed);
+
+    // Past the window, a failed stop settles as removed all the same, saying what remains.
+    let mut h = running("full");
+    h.now = 4 * MIN;
+    let out = h.step(Input::Command(Command::Remove {
+        reason: "gone".into(),
+    }));
+    let mut stop = only(&out, "stop").clone();
+    loop {
+        h.now += 6 * MIN;
+        h.fail(&stop, Value::Null);
+        if h.e.phase() == Phase::Removed {
+            break;
+        }
+        assert!(
+            h.now < 4 * MIN + STOP_RETRY_FOR_MS + 12 * MIN,
+            "never settled"
+        );
+        h.now += MAX_START_BACKOFF_MS;
+        let out = h.step(Input::Tick { at_ms: h.now });
+        stop = only(&out, "stop").clone();
+    }
+    assert!(h.now >= 4 * MIN + STOP_RETRY_FOR_MS);
+    let last = h
+        .log
+        .iter()
+        .rev()
+        .find(|e| e.name == "stop.failed")
+        .unwrap();
+    assert!(
+        last.reason.contains("removed all the same"),
+        "{}",
+        last.reason
+    );
+    assert!(
+        last.reason.contains("STATE_DIR/shadows/orders.json"),
+        "{}",
+        last.reason
+    );
+}
+
+#[test]
 fn the_state_round_trips_mid_rollback() {
     let mut h = running("full");
     h.now = 4 * MIN;
