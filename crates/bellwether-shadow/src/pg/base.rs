@@ -158,9 +158,10 @@ pub(crate) fn store_tree(
 }
 
 /// One file into the store as the entry `rel`.
-/// Stores a WAL segment `pg_receivewal` is still writing, in [`CHUNK`]s, taking the first
-/// `known.len()` chunks as they are (the caller knows them final: wholly before a position
-/// the stream had flushed when they were stored) and reading the rest.
+/// Stores a file in [`CHUNK`]s, taking the first `known.len()` chunks as they are and reading
+/// the rest: for a WAL segment `pg_receivewal` is still writing, the caller knows those final
+/// (wholly before a position the stream had flushed when they were stored); [`store_file`]
+/// passes none.
 pub(crate) fn store_segment_after(
     store: &PointStore,
     path: &Path,
@@ -226,22 +227,9 @@ pub(crate) fn store_file(
         }
         objects.push(r);
     } else {
-        let mut f = std::fs::File::open(path).map_err(ShadowError::io(path))?;
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = read_full(&mut f, &mut buf).map_err(ShadowError::io(path))?;
-            if n == 0 {
-                break;
-            }
-            let (r, new) = put_chunk(store, &buf[..n])?;
-            if new {
-                new_bytes += r.len;
-            }
-            objects.push(r);
-            if n < CHUNK {
-                break;
-            }
-        }
+        let (e, n) = store_segment_after(store, path, String::new(), mode, &[])?;
+        objects = e.objects;
+        new_bytes += n;
         if adopt {
             std::fs::remove_file(path).map_err(ShadowError::io(path))?;
         }
