@@ -620,6 +620,18 @@ mod tests {
         );
     }
 
+    /// Writes `bytes` as an object of a store at `dir`.
+    fn put_in(dir: &std::path::Path, bytes: &[u8]) -> ObjectRef {
+        let id = ObjectId::of(bytes);
+        let p = id.path_in(dir);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+        ObjectRef {
+            id,
+            len: bytes.len() as u64,
+        }
+    }
+
     fn block() -> impl Strategy<Value = Vec<u8>> {
         // Small alphabets make equal bytes common, so runs and gaps of every length show up.
         (1u8..=255, proptest::collection::vec(any::<u8>(), 0..600))
@@ -664,13 +676,7 @@ mod tests {
             depth in 0u8..CHUNK_CHAIN,
         ) {
             let t = tempfile::tempdir().unwrap();
-            let put = |bytes: &[u8]| {
-                let id = ObjectId::of(bytes);
-                let p = id.path_in(t.path());
-                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-                std::fs::write(&p, bytes).unwrap();
-                ObjectRef { id, len: bytes.len() as u64 }
-            };
+            let put = |bytes: &[u8]| put_in(t.path(), bytes);
             let base = put(&old);
             let patch = diff(&aligned(&old, shift, new.len()), &new);
             let obj = chunk_object(&base, depth, shift, &patch);
@@ -698,13 +704,7 @@ mod tests {
             cuts in proptest::collection::vec((0u32..700, -3000i64..3000), usize::from(CHUNK_CHAIN)),
         ) {
             let t = tempfile::tempdir().unwrap();
-            let put = |bytes: &[u8]| {
-                let id = ObjectId::of(bytes);
-                let p = id.path_in(t.path());
-                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-                std::fs::write(&p, bytes).unwrap();
-                ObjectRef { id, len: bytes.len() as u64 }
-            };
+            let put = |bytes: &[u8]| put_in(t.path(), bytes);
             // Bases over consecutive ranges of the new chunk, at any shift.
             let mut from = 0u32;
             let bases: Vec<ChunkBase> = olds.iter().zip(&cuts).map(|(old, (w, shift))| {
