@@ -269,25 +269,6 @@ async fn redis_failover(fault: Fault) {
     agent.kill();
 }
 
-/// One statement on a fresh connection to `addr` (`HOST:PORT`, user `postgres`, trust);
-/// the first column of each row, which must be text.
-async fn pg(addr: &str, sql: &str) -> Result<Vec<String>, String> {
-    let url = format!("postgres://postgres@{addr}/postgres?connect_timeout=5");
-    let inst = bellwether_pg::connect(&url)
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let rows = tokio::time::timeout(Duration::from_secs(10), inst.client.query(sql, &[]))
-        .await
-        .map_err(|_| format!("{addr}: {sql}: no answer in 10 s"))?
-        .map_err(|e| format!("{addr}: {sql}: {e:?}"))?;
-    rows.iter()
-        .map(|r| {
-            r.try_get::<usize, String>(0)
-                .map_err(|e| format!("{addr}: {sql}: {e}"))
-        })
-        .collect()
-}
-
 /// SIGKILL to a PostgreSQL server: its postmaster (the first line of `postmaster.pid`) and
 /// every process it started.
 fn kill_postgres(data_dir: &Path) {

@@ -74,25 +74,6 @@ impl Drop for StopServer {
     }
 }
 
-/// One statement on a fresh connection to `addr` (`HOST:PORT`, user `postgres`, trust);
-/// the first column of each row, as text.
-async fn pg(addr: &str, sql: &str) -> Result<Vec<String>, String> {
-    let url = format!("postgres://postgres@{addr}/postgres?connect_timeout=5");
-    let inst = bellwether_pg::connect(&url)
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let rows = tokio::time::timeout(Duration::from_secs(20), inst.client.query(sql, &[]))
-        .await
-        .map_err(|_| format!("{addr}: {sql}: no answer in 20 s"))?
-        .map_err(|e| format!("{addr}: {sql}: {e:?}"))?;
-    rows.iter()
-        .map(|r| {
-            r.try_get::<usize, String>(0)
-                .map_err(|e| format!("{addr}: {sql}: {e}"))
-        })
-        .collect()
-}
-
 /// The first value named `key` anywhere in `v`.
 fn find_key(v: &serde_json::Value, key: &str) -> serde_json::Value {
     match v {

@@ -203,6 +203,18 @@ impl Server {
         operator_token: &str,
         enrol_token: &str,
     ) -> Server {
+        Server::start_with(dir, backend, listen, operator_token, enrol_token, &[])
+    }
+
+    /// [`Server::start`] with more `server` flags (e.g. `--proxy-token-file NAME=FILE`).
+    pub fn start_with(
+        dir: &Path,
+        backend: &Backend,
+        listen: &str,
+        operator_token: &str,
+        enrol_token: &str,
+        extra: &[&str],
+    ) -> Server {
         let data_dir = dir.join("server");
         std::fs::create_dir_all(&data_dir).unwrap();
         // Drops the test's schema if the server fails to start (once it has started, the
@@ -234,6 +246,7 @@ impl Server {
                 ])
             }
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let log = dir.join("server.log");
         let mut guard = Guard::spawn(

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{Backend, Guard, Server};
+use super::{Backend, Server};
 
 /// `bellwether proxy` with the admin API (token file named `edge` to the server); killed on drop.
 pub struct Proxy {
@@ -85,59 +85,32 @@ impl Drop for Proxy {
 /// A server (SQLite store) that knows the proxy's admin token file as `edge`; its tokens are
 /// `operator-token-TAG` and `enrol-token-TAG`.
 pub fn start_server_with_proxy(dir: &Path, proxy_token_file: &str, tag: &str) -> Server {
-    let data_dir = dir.join("server");
-    std::fs::create_dir_all(&data_dir).expect("the server's directory");
-    let addr_file = dir.join("server.addr");
-    let args = [
-        "--log".to_string(),
-        "info".into(),
-        "server".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--addr-file".into(),
-        addr_file.display().to_string(),
-        "--data-dir".into(),
-        data_dir.display().to_string(),
-        "--proxy-token-file".into(),
-        format!("edge={proxy_token_file}"),
-    ];
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (op, enrol) = (
-        format!("operator-token-{tag}"),
-        format!("enrol-token-{tag}"),
-    );
-    let mut guard = Guard::spawn(
-        "server",
-        &argv,
-        &[
-            ("BELLWETHER_OPERATOR_TOKEN", op.as_str()),
-            ("BELLWETHER_ENROL_TOKEN", enrol.as_str()),
-        ],
-        &dir.join("server.log"),
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let addr = loop {
-        if let Ok(a) = std::fs::read_to_string(&addr_file) {
-            if !a.trim().is_empty() {
-                break a.trim().to_owned();
-            }
-        }
-        guard.assert_running();
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server did not write its address; log:\n{}",
-            guard.log_text()
-        );
-        // The address file is the server's only readiness signal.
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Server {
-        guard,
-        url: format!("http://{addr}"),
-        addr,
-        operator_token: op,
-        enrol_token: enrol,
-        data_dir,
-        backend: Backend::Sqlite,
-    }
+    let token_file = format!("edge={proxy_token_file}");
+    Server::start_with(
+        dir,
+        &Backend::Sqlite,
+        "127.0.0.1:0",
+        &format!("operator-token-{tag}"),
+        &format!("enrol-token-{tag}"),
+        &["--proxy-token-file", &token_file],
+    )
+}
+
+/// One statement on a fresh connection to `addr` (`HOST:PORT`, user `postgres`, trust);
+/// the first column of each row, which must be text.
+pub async fn pg(addr: &str, sql: &str) -> Result<Vec<String>, String> {
+    let url = format!("postgres://postgres@{addr}/postgres?connect_timeout=5");
+    let inst = bellwether_pg::connect(&url)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let rows = tokio::time::timeout(Duration::from_secs(20), inst.client.query(sql, &[]))
+        .await
+        .map_err(|_| format!("{addr}: {sql}: no answer in 20 s"))?
+        .map_err(|e| format!("{addr}: {sql}: {e:?}"))?;
+    rows.iter()
+        .map(|r| {
+            r.try_get::<usize, String>(0)
+                .map_err(|e| format!("{addr}: {sql}: {e}"))
+        })
+        .collect()
 }
