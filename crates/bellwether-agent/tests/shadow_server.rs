@@ -91,20 +91,8 @@ impl Api {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_task_takes_points_and_rolls_back_through_a_real_agent() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(tmp.path().join("data")).unwrap();
-    let mut config = ServerConfig::new(StoreConfig::sqlite_in(&tmp.path().join("data")), None);
-    config.operator_token = Some(OP.into());
-    config.enrol_token = Some(ENROL.into());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bellwether_server::serve(config, listener, async {
-        let _ = server_stopped.await;
-    }));
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: base.clone(),
-    };
+    let (api, stop_server, server) = serve(tmp.path(), |_| {}).await;
+    let base = api.base.clone();
 
     // The host's data: a SQLite file another process writes, three rows.
     let root = tmp.path().join("root");
@@ -113,17 +101,7 @@ async fn the_server_task_takes_points_and_rolls_back_through_a_real_agent() {
     sql(&db, "create table t (id integer primary key, v text); insert into t (v) values ('a'), ('b'), ('c');");
 
     // The agent: enrolled, then its action loop against the server.
-    let enrolled: Value = reqwest::Client::new()
-        .post(format!("{base}/api/v1/enrol"))
-        .bearer_auth(ENROL)
-        .json(&json!({"name": "db-1"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let agent_token = enrolled["agent_token"].as_str().unwrap().to_string();
+    let agent_token = enrol(&base, json!({"name": "db-1"})).await;
     let state = tmp.path().join("state");
     let executor = Executor::new(root.clone(), &state, &[], None).unwrap();
     let journal = Journal::open(&state).unwrap();
@@ -288,6 +266,52 @@ async fn the_server_task_takes_points_and_rolls_back_through_a_real_agent() {
     server.await.unwrap().unwrap();
 }
 
+/// A real server on SQLite in `dir`, with the test's tokens and `config` applied, on a
+/// loopback port: its API, its stop and its task.
+async fn serve(
+    dir: &Path,
+    config: impl FnOnce(&mut ServerConfig),
+) -> (
+    Api,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), bellwether_server::ServerError>>,
+) {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let mut c = ServerConfig::new(StoreConfig::sqlite_in(&dir.join("data")), None);
+    c.operator_token = Some(OP.into());
+    c.enrol_token = Some(ENROL.into());
+    config(&mut c);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bellwether_server::serve(c, listener, async {
+        let _ = stopped.await;
+    }));
+    let api = Api {
+        http: reqwest::Client::new(),
+        base,
+    };
+    (api, stop, server)
+}
+
+/// Enrols a host (`body`: its name and labels) with the enrolment token; its agent token.
+async fn enrol(base: &str, body: Value) -> String {
+    let enrolled: Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/enrol"))
+        .bearer_auth(ENROL)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    enrolled["agent_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("enrolment of {body}: {enrolled}"))
+        .to_string()
+}
+
 /// Starts a real agent action loop for `name` on `root` (enrolled with the server at `base`).
 async fn agent_loop(
     base: &str,
@@ -299,37 +323,8 @@ async fn agent_loop(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
-    let enrolled: Value = reqwest::Client::new()
-        .post(format!("{base}/api/v1/enrol"))
-        .bearer_auth(ENROL)
-        .json(&json!({"name": name, "labels": {"role": "app"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = enrolled["agent_token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("enrolment of {name}: {enrolled}"))
-        .to_string();
-    let executor = Executor::new(root.to_path_buf(), state, &[], None).unwrap();
-    let journal = Journal::open(state).unwrap();
-    let transport = HttpTransport::new(base, ENROL, Duration::from_secs(10)).unwrap();
-    let (_tx, rx) = tokio::sync::watch::channel(Some(token.clone()));
-    let settings = ActionSettings {
-        wait: Duration::from_millis(300),
-        ..ActionSettings::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        let _tx = _tx;
-        ActionLoop::new(settings, transport, executor, journal, rx)
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
+    let token = enrol(base, json!({"name": name, "labels": {"role": "app"}})).await;
+    let (_, _, stop, handle) = agent_with_token(base, &token, root, state, false).await;
     (token, stop, handle)
 }
 
@@ -450,21 +445,8 @@ no_data: { after: 1h }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollouts_risk_takes_a_point_and_its_failure_rolls_the_data_back() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(tmp.path().join("data")).unwrap();
-    let mut config = ServerConfig::new(StoreConfig::sqlite_in(&tmp.path().join("data")), None);
-    config.operator_token = Some(OP.into());
-    config.enrol_token = Some(ENROL.into());
-    config.retrain_after = 0;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bellwether_server::serve(config, listener, async {
-        let _ = server_stopped.await;
-    }));
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: base.clone(),
-    };
+    let (api, stop_server, server) = serve(tmp.path(), |c| c.retrain_after = 0).await;
+    let base = api.base.clone();
     let (hook, received) = receiver().await;
 
     // The failure model: a history where hosts with little free disk fail.
@@ -856,20 +838,8 @@ fn followed(dir: &Path) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_follows_its_shadows_again() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(tmp.path().join("data")).unwrap();
-    let mut config = ServerConfig::new(StoreConfig::sqlite_in(&tmp.path().join("data")), None);
-    config.operator_token = Some(OP.into());
-    config.enrol_token = Some(ENROL.into());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bellwether_server::serve(config, listener, async {
-        let _ = server_stopped.await;
-    }));
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: base.clone(),
-    };
+    let (api, stop_server, server) = serve(tmp.path(), |_| {}).await;
+    let base = api.base.clone();
     let root = tmp.path().join("root");
     std::fs::create_dir_all(root.join("srv/b")).unwrap();
     let db = root.join("srv/app.db");
@@ -880,17 +850,7 @@ async fn a_restarted_agent_follows_its_shadows_again() {
     let record = tmp.path().join("state/shadows/app.json");
     let state = tmp.path().join("state");
 
-    let enrolled: Value = reqwest::Client::new()
-        .post(format!("{base}/api/v1/enrol"))
-        .bearer_auth(ENROL)
-        .json(&json!({"name": "db-1"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = enrolled["agent_token"].as_str().unwrap().to_string();
+    let token = enrol(&base, json!({"name": "db-1"})).await;
     let (shadows, _, stop, handle) = agent_with_token(&base, &token, &root, &state, true).await;
 
     let (s, v) = api
