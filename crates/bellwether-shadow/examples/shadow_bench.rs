@@ -14,7 +14,10 @@
 //!   commit being durable in the shadow's commit log (p50, p99, max).
 //! - `points`: a database of MIB (default 256) MiB; 24 rounds of 1 % churn, each followed by
 //!   a differential point: the time of a point, the bytes it stored, and the shadow's size
-//!   against the data's after 24 points. Churn is measured twice: rows updated in one
+//!   against the data's after 24 points. With `--type transactional`, a transactional
+//!   shadow logs each round's commit (timed apart: the follower does it as commits come),
+//!   then takes the point, twice: points from the commit log where it can, then the same
+//!   with every point an image (the comparison, in the same run). Churn is measured twice: rows updated in one
 //!   contiguous range (time-ordered data) and rows updated at random.
 //! - `restore`: a database of MIB (default 1024) MiB, one point (full and differential),
 //!   the live file corrupted, then a restore to the point: total time, and the
@@ -148,6 +151,9 @@ fn dir_size(p: &Path) -> u64 {
 
 /// Bytes in use on the file system holding `p` (blocks, shared ones once).
 fn fs_used(p: &Path) -> u64 {
+    // Delayed allocation and btrfs's lazy accounting: write everything out first.
+    let d = std::fs::File::open(p).unwrap();
+    rustix::fs::syncfs(&d).unwrap();
     let s = rustix::fs::statvfs(p).unwrap();
     (s.f_blocks - s.f_bfree) * s.f_frsize
 }
@@ -172,16 +178,49 @@ fn label(p: &Path) -> String {
     format!("[{fs}, {cow}, load {load}]")
 }
 
-fn points(base: &Path, mib: u64) {
+/// How `points` takes its points: a differential shadow's images, or a transactional
+/// shadow's, from its commit log where it can (`log`) or always as images (`images`: the
+/// same shadow with [`SqliteShadow::set_log_point_limit`] at 0, the comparison).
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Differential,
+    Log,
+    Images,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Differential => "differential",
+            Mode::Log => "transactional, points from the log",
+            Mode::Images => "transactional, every point an image",
+        }
+    }
+}
+
+fn points(base: &Path, mib: u64, mode: Mode) {
     for clustered in [true, false] {
         let label = if clustered { "contiguous" } else { "random" };
         let db = base.join(format!("points-{label}.db"));
         let dir = base.join(format!("points-{label}-shadow"));
+        let _ = std::fs::remove_file(&db);
+        let _ = std::fs::remove_dir_all(&dir);
         let rows = fill(&db, mib);
         let data = std::fs::metadata(&db).unwrap().len();
         let t = Instant::now();
-        let mut shadow = SqliteShadow::start(&opts(&dir, &db, ShadowType::Differential)).unwrap();
+        let ty = if mode == Mode::Differential {
+            ShadowType::Differential
+        } else {
+            ShadowType::Transactional
+        };
+        let mut shadow = SqliteShadow::start(&opts(&dir, &db, ty)).unwrap();
+        if mode == Mode::Images {
+            shadow.set_log_point_limit(0);
+        }
         let base_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let mut follow = Vec::new();
+        let mut refresh = Vec::new();
+        let mut from_log = 0;
         let c = writer(&db);
         let churn = rows / 100;
         let mut times = Vec::new();
@@ -209,9 +248,25 @@ fn points(base: &Path, mib: u64) {
                 }
             }
             c.execute_batch("COMMIT").unwrap();
+            if ty == ShadowType::Transactional {
+                // What the follower does every 10 ms between points: log the commit.
+                let t = Instant::now();
+                while shadow.sync().unwrap().commits > 0 {}
+                follow.push(t.elapsed().as_secs_f64() * 1000.0);
+                if shadow.image_due() {
+                    // What the run loop does when the log since the last image passed the
+                    // bound and no point is asked for: a new image.
+                    let t = Instant::now();
+                    shadow.take_point(Reason::Base).unwrap();
+                    refresh.push(t.elapsed().as_secs_f64() * 1000.0);
+                    tracing::debug!(round, ms = refresh[refresh.len() - 1], "image");
+                }
+            }
             let t = Instant::now();
             let m = shadow.take_point(Reason::Schedule).unwrap();
             times.push(t.elapsed().as_secs_f64() * 1000.0);
+            tracing::debug!(round, ms = times[times.len() - 1], "point");
+            from_log += usize::from(m.from_log.is_some());
             if !m.clones.is_empty() {
                 shadow.store().wait_sealed();
                 seals.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -220,10 +275,11 @@ fn points(base: &Path, mib: u64) {
         }
         drop(c);
         let size = dir_size(&dir);
+        let last_seq = shadow.store().points().unwrap().last().unwrap().seq;
         drop(shadow);
         // The restore of the base point and of the last one (base + 24 page deltas).
         let mut restore_s = Vec::new();
-        for id in [1, 25] {
+        for id in [1, last_seq] {
             let t = Instant::now();
             bellwether_shadow::restore(&RestoreRequest {
                 dir: dir.clone(),
@@ -236,28 +292,60 @@ fn points(base: &Path, mib: u64) {
         }
         let last = PointStore::open(&dir)
             .unwrap()
-            .point(bellwether_shadow::PointId(25))
+            .point(bellwether_shadow::PointId(last_seq))
             .unwrap();
         println!(
-            "restore ({label}): the base point {:.2} s, the last point (base + {} page-delta objects) {:.2} s",
+            "restore ({label}, {}): the base point {:.2} s, the last point ({}) {:.2} s",
+            mode.name(),
             restore_s[0],
-            last.entries.get(1).map_or(0, |e| e.objects.len()),
+            match &last.from_log {
+                Some(f) => format!(
+                    "from the log: p{}'s image + {:.1} MiB of commits",
+                    f.image,
+                    f.log_bytes as f64 / (1024.0 * 1024.0)
+                ),
+                None => format!(
+                    "base + {} page-delta objects",
+                    last.entries.get(1).map_or(0, |e| e.objects.len())
+                ),
+            },
             restore_s[1]
         );
-        if !seals.is_empty() {
-            let used = fs_used(base).saturating_sub(used_before);
+        if !follow.is_empty() {
             println!(
-                "  {} clone points: sealed (hashed) p50 {:.0} ms, max {:.0} ms after the point began; file system blocks used by 24 points and the churn: {} MiB ({:.2} x the data, the data itself not counted)",
+                "  following ({label}): logging a round's commit p50 {:.1} ms, max {:.1} ms; {from_log} of 24 points taken from the log; {} images the run loop took by itself{}",
+                pct(&mut follow.clone(), 0.5),
+                pct(&mut follow, 1.0),
+                refresh.len(),
+                if refresh.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (p50 {:.1} ms, max {:.1} ms)",
+                        pct(&mut refresh.clone(), 0.5),
+                        pct(&mut refresh, 1.0)
+                    )
+                }
+            );
+        }
+        let used = fs_used(base).saturating_sub(used_before);
+        if !seals.is_empty() {
+            println!(
+                "  {} clone points: sealed (hashed) p50 {:.0} ms, max {:.0} ms after the point began",
                 seals.len(),
                 pct(&mut seals.clone(), 0.5),
                 pct(&mut seals, 1.0),
-                used / (1024 * 1024),
-                used as f64 / data as f64,
             );
         }
         println!(
-            "points {} ({label} 1% churn, {mib} MiB data, {} rows changed per round): base point {:.0} ms; a point: p50 {:.1} ms, max {:.1} ms, stores p50 {:.1} MiB; 24 points: shadow {:.2} x the data ({} MiB for {} MiB, logical sizes)",
+            "  file system blocks used by the points, their log and the churn: {} MiB ({:.2} x the data, the data itself not counted)",
+            used / (1024 * 1024),
+            used as f64 / data as f64,
+        );
+        println!(
+            "points {} [{}] ({label} 1% churn, {mib} MiB data, {} rows changed per round): base point {:.0} ms; a point: p50 {:.1} ms, max {:.1} ms, stores p50 {:.1} MiB; 24 points: shadow {:.2} x the data ({} MiB for {} MiB, logical sizes)",
             label_of(base),
+            mode.name(),
             churn,
             base_ms,
             pct(&mut times.clone(), 0.5),
@@ -331,6 +419,7 @@ fn main() {
     let mut pos = Vec::new();
     let mut on: Vec<String> = Vec::new();
     let mut image_gib = 8u64;
+    let mut modes = vec![Mode::Differential];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -340,6 +429,13 @@ fn main() {
                     .split(',')
                     .map(str::to_string),
             ),
+            "--type" => {
+                modes = match args.next().as_deref() {
+                    Some("differential") => vec![Mode::Differential],
+                    Some("transactional") => vec![Mode::Log, Mode::Images],
+                    other => panic!("--type differential|transactional, not {other:?}"),
+                }
+            }
             "--image-gib" => {
                 image_gib = args
                     .next()
@@ -375,11 +471,17 @@ fn main() {
         );
         match what.as_str() {
             "rpo" => rpo(&base),
-            "points" => points(&base, mib.unwrap_or(256)),
+            "points" => {
+                for &mode in &modes {
+                    points(&base, mib.unwrap_or(256), mode);
+                }
+            }
             "restore" => restore(&base, mib.unwrap_or(1024)),
             "all" => {
                 rpo(&base);
-                points(&base, mib.unwrap_or(256));
+                for &mode in &modes {
+                    points(&base, mib.unwrap_or(256), mode);
+                }
                 restore(&base, mib.unwrap_or(1024));
             }
             other => panic!("unknown benchmark {other}: rpo, points, restore or all"),

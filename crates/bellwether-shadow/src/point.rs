@@ -160,7 +160,8 @@ pub enum Reason {
     /// Taken of the live data just before a restore replaces it.
     BeforeRestore,
     /// The first point of a shadow (or the first after its source could not be followed,
-    /// such as a SQLite WAL reset the shadow did not see).
+    /// such as a SQLite WAL reset the shadow did not see), or an image a transactional
+    /// shadow refreshes by itself ([`Shadow::image_due`]).
     Base,
 }
 
@@ -332,6 +333,11 @@ pub struct Manifest {
     /// `clones/` instead of objects (see [`PointStore::commit_clone_point`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clones: Vec<ClonedFile>,
+    /// A point taken from the commit log (transactional SQLite shadows): it has no image of
+    /// its own; its state is the previous point's plus every commit of the previous point's
+    /// log segment (see [`FromLog`]). Its one entry has no objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_log: Option<FromLog>,
     /// The previous point's checksum (`None` for the first point).
     pub prev_checksum: Option<String>,
     /// SHA-256 (hex) of this manifest's canonical JSON with this field empty.
@@ -360,6 +366,24 @@ pub struct ClonedFile {
     /// The clone's file name under `clones/`.
     pub file: String,
     pub len: u64,
+}
+
+/// How a point taken from the commit log is rebuilt: the image of point `image` (the nearest
+/// earlier point with one), then every commit logged after each point from `image` up to
+/// this one's predecessor. Each such point checks its predecessor's segment: `records`
+/// commits ending with the record whose chained SHA-256 is `last`, so a segment cut short,
+/// altered or swapped is named before anything is restored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FromLog {
+    /// The point whose image this point is rebuilt from.
+    pub image: u64,
+    /// The commits of the previous point's log segment that lead to this point.
+    pub records: u64,
+    /// The chained SHA-256 (hex) of the last of them (zeros when there are none).
+    pub last: String,
+    /// Bytes of commit log from the image to this point (what a restore replays).
+    pub log_bytes: u64,
 }
 
 /// What the shadow is asked to follow: a path (SQLite file, directory) or a URL (PostgreSQL).
@@ -449,6 +473,14 @@ pub trait Shadow: Send {
 
     /// How long [`run`] waits between syncs.
     fn poll_interval(&self) -> Duration;
+
+    /// Whether the shadow wants a new image: a transactional SQLite shadow takes its points
+    /// from the commit log until the log since its last image passes a bound, and then [`run`]
+    /// takes a [`Reason::Base`] point (an image) by itself, after the points asked for, so a
+    /// point asked for does not wait for an image.
+    fn image_due(&self) -> bool {
+        false
+    }
 }
 
 /// Stops [`run`] and hands it points asked for in this process, waking it at once.

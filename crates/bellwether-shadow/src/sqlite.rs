@@ -19,7 +19,12 @@
 //! commit restarts the WAL, and the shadow follows the new generation from its start.
 //!
 //! **Points** of differential and transactional shadows are a base plus page deltas (see
-//! [`pages`]).
+//! [`pages`]). A transactional shadow's point after its first is taken **from the commit
+//! log** while the log since the last image is short ([`log_point_limit`]): every commit up
+//! to now is already logged and synced, so the point is a manifest naming the last logged
+//! commit ([`crate::point::FromLog`]), whatever the file system and however scattered the
+//! churn. A restore lays the image's commits over it. Past the limit, the next point is an
+//! image again, so a restore never replays more than the limit.
 //!
 //! **Restore** builds the file beside the live one (base, page deltas, then commits replayed;
 //! objects hashed as they are read), runs `PRAGMA integrity_check` on it, moves the live file's WAL aside (a WAL left
@@ -45,9 +50,10 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::point::{
-    replace_beside, Entry, EntryKind, LogWriter, Manifest, ObjectRef, PointDraft, Position, Reason,
-    Resource, ResourceKind, RestoreReport, RestoreRequest, Shadow, ShadowError, ShadowMeta,
-    ShadowOptions, ShadowType, Source, SyncReport, Target, Timestamp, FORMAT,
+    replace_beside, Entry, EntryKind, FromLog, LogRecord, LogWriter, Manifest, ObjectRef,
+    PointDraft, PointId, Position, Reason, Resource, ResourceKind, RestoreReport, RestoreRequest,
+    Shadow, ShadowError, ShadowMeta, ShadowOptions, ShadowType, Source, SyncReport, Target,
+    Timestamp, FORMAT,
 };
 use crate::PointStore;
 
@@ -59,6 +65,19 @@ pub const CHUNK: usize = 64 * 1024;
 pub const WAL_LIMIT: u64 = 4 * 1024 * 1024;
 /// The default poll interval of a transactional shadow.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(10);
+/// A transactional shadow takes a point from its commit log while the log since the last
+/// image is at most a quarter of the database ([`LOG_POINT_SHARE`]), within
+/// [[`LOG_POINT_MIN`], [`LOG_POINT_MAX`]]: a restore of such a point replays at most that
+/// much over the image, and holds it in memory while it does.
+pub const LOG_POINT_SHARE: u64 = 4;
+pub const LOG_POINT_MIN: u64 = 16 * 1024 * 1024;
+pub const LOG_POINT_MAX: u64 = 256 * 1024 * 1024;
+
+/// The log a transactional shadow of a `db_bytes` database may hold since its last image and
+/// still take a point from it.
+pub fn log_point_limit(db_bytes: u64) -> u64 {
+    (db_bytes / LOG_POINT_SHARE).clamp(LOG_POINT_MIN, LOG_POINT_MAX)
+}
 
 /// The SQLite entry points ([`Resource`]).
 #[derive(Debug, Clone, Copy, Default)]
@@ -330,7 +349,20 @@ pub struct SqliteShadow {
     cursor: Option<wal::Cursor>,
     log: Option<LogWriter>,
     last_point: Option<Manifest>,
-    /// The page hashes of `last_point`'s image, when this shadow took it (differential and
+    /// The last point with an image this shadow took (the last point, or the one the points
+    /// from the commit log since are rebuilt from).
+    last_image: Option<Manifest>,
+    /// Bytes logged since `last_image` (transactional).
+    log_since_image: u64,
+    /// The log a point may be taken from (see [`log_point_limit`]); `Some(0)` takes every
+    /// point as an image.
+    log_point_limit: Option<u64>,
+    /// The database's page size, size in pages and change counter after the last commit
+    /// logged (transactional: what a point from the log records).
+    page_size: u32,
+    db_pages: u32,
+    change_counter: u32,
+    /// The page hashes of `last_image`'s image, when this shadow took it (differential and
     /// transactional).
     page_map: Option<pages::PageMap>,
     commits: u64,
@@ -404,6 +436,12 @@ impl SqliteShadow {
             cursor: None,
             log: None,
             last_point,
+            last_image: None,
+            log_since_image: 0,
+            log_point_limit: None,
+            page_size: 0,
+            db_pages: 0,
+            change_counter: 0,
             page_map: None,
             commits: 0,
             last_at: Timestamp(0),
@@ -424,6 +462,13 @@ impl SqliteShadow {
     /// Commits logged since this shadow started.
     pub fn commits(&self) -> u64 {
         self.commits
+    }
+
+    /// Sets the log a point may be taken from (bytes since the last image); 0 takes every
+    /// point as an image (and no image by itself). The default is [`log_point_limit`] of the
+    /// database's size.
+    pub fn set_log_point_limit(&mut self, bytes: u64) {
+        self.log_point_limit = Some(bytes);
     }
 
     fn now(&mut self) -> Timestamp {
@@ -468,8 +513,17 @@ impl SqliteShadow {
             let payload = wal::encode(ps, c);
             report.bytes += payload.len() as u64;
             log.append(at, &payload);
+            self.db_pages = c.db_pages;
+            if let Some((_, page)) = c.pages.iter().find(|(pgno, _)| *pgno == 1) {
+                if page.len() >= 28 {
+                    self.change_counter =
+                        u32::from_be_bytes([page[24], page[25], page[26], page[27]]);
+                }
+            }
         }
         log.flush()?;
+        self.page_size = ps;
+        self.log_since_image += report.bytes;
         self.commits += commits.len() as u64;
         report.commits = commits.len() as u64;
         report.latest_commit_at = Some(at);
@@ -591,16 +645,15 @@ impl Shadow for SqliteShadow {
                 self.cursor = Some(wal::Cursor::empty());
             }
         }
+        if reason != Reason::Base {
+            if let Some(m) = self.log_point(&reason)? {
+                return Ok(m);
+            }
+        }
         let (image, taken_at, consistent_at) = self.image()?;
         let result: Result<_, ShadowError> = (|| {
-            let name = self
-                .db
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "db".into());
-            let mode = std::fs::metadata(&self.db)
-                .map(|m| m.permissions().mode() & 0o7777)
-                .unwrap_or(0o644);
+            let name = self.entry_name();
+            let mode = self.mode();
             let size = u64::from(image.pages) * u64::from(image.page_size);
             let mut new_bytes = 0;
             let mut entries = Vec::new();
@@ -701,7 +754,20 @@ impl Shadow for SqliteShadow {
             self.log = Some(self.store.log_writer(m.id())?);
         }
         self.last_point = Some(m.clone());
+        self.last_image = Some(m.clone());
+        self.log_since_image = 0;
+        self.page_size = image.page_size;
+        self.db_pages = image.pages;
+        self.change_counter = image.change_counter;
         Ok(m)
+    }
+
+    fn image_due(&self) -> bool {
+        self.ty == ShadowType::Transactional
+            && self.log.is_some()
+            && self.last_image.is_some()
+            && self.current_log_limit() > 0
+            && self.log_since_image > self.current_log_limit()
     }
 
     fn poll_interval(&self) -> Duration {
@@ -715,6 +781,95 @@ impl Shadow for SqliteShadow {
 }
 
 impl SqliteShadow {
+    /// The log since the last image a point may be taken from.
+    fn current_log_limit(&self) -> u64 {
+        self.log_point_limit.unwrap_or_else(|| {
+            log_point_limit(u64::from(self.db_pages) * u64::from(self.page_size))
+        })
+    }
+
+    fn entry_name(&self) -> String {
+        self.db
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "db".into())
+    }
+
+    fn mode(&self) -> u32 {
+        std::fs::metadata(&self.db)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0o644)
+    }
+
+    /// A point from the commit log (see the module docs), when this shadow can take one:
+    /// transactional, following since an image it took, and the log since that image
+    /// within the limit once every commit up to now is logged. `None` asks for an image.
+    fn log_point(&mut self, reason: &Reason) -> Result<Option<Manifest>, ShadowError> {
+        if self.ty != ShadowType::Transactional || self.log.is_none() {
+            return Ok(None);
+        }
+        let Some(image) = self.last_image.clone() else {
+            return Ok(None);
+        };
+        let taken_at = self.now();
+        let started = Instant::now();
+        // Every commit finished before `taken_at` is in the WAL: log it (synced).
+        let read = self.read_new()?;
+        if read.commits > 0 {
+            self.roll()?;
+        }
+        let consistent_at = self.now();
+        let size = u64::from(self.db_pages) * u64::from(self.page_size);
+        let limit = self.current_log_limit();
+        let Some(log) = self.log.as_ref() else {
+            return Ok(None);
+        };
+        // Past the limit (a commit larger than it, or no `run` loop to refresh the image
+        // meanwhile): an image now.
+        if limit == 0 || self.log_since_image > limit || self.page_size == 0 {
+            return Ok(None);
+        }
+        let from = FromLog {
+            image: image.seq,
+            records: log.records(),
+            last: hex::encode(log.last_sum()),
+            log_bytes: self.log_since_image,
+        };
+        let position = Position::Sqlite {
+            change_counter: self.change_counter,
+            wal_salt: self.cursor.map_or([0, 0], |c| c.header.salt),
+            wal_frames: self.cursor.map_or(0, |c| c.frames),
+            commits: self.commits,
+            page_size: self.page_size,
+            pages: self.db_pages,
+        };
+        let read_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let m = self.store.commit_log_point(
+            PointDraft {
+                taken_at,
+                consistent_at,
+                reason: reason.clone(),
+                position,
+                entries: vec![file_entry(self.entry_name(), self.mode(), size, Vec::new())],
+                // What this point keeps: the segment it is rebuilt from.
+                new_bytes: log.len(),
+            },
+            from,
+        )?;
+        let commit_ms = started.elapsed().as_secs_f64() * 1000.0 - read_ms;
+        self.log = Some(self.store.log_writer(m.id())?);
+        self.last_point = Some(m.clone());
+        // What the point cost, by part (`--log debug`; the bench prints it with RUST_LOG).
+        tracing::debug!(
+            read_ms,
+            commits = read.commits,
+            commit_ms,
+            segment_ms = started.elapsed().as_secs_f64() * 1000.0 - read_ms - commit_ms,
+            "SQLite point taken from the commit log."
+        );
+        Ok(Some(m))
+    }
+
     /// When the next point can be a page delta against the last one: the last point's page
     /// map (same page size), the changed pages, the last point's base chunks and its chain of
     /// deltas. `None` asks for a new base (see [`pages`]).
@@ -725,7 +880,7 @@ impl SqliteShadow {
         size: u64,
     ) -> Option<(&pages::PageMap, Vec<u32>, Vec<ObjectRef>, Vec<ObjectRef>)> {
         let prev = self.page_map.as_ref()?;
-        let last = self.last_point.as_ref()?;
+        let last = self.last_image.as_ref()?;
         if prev.page_size != map.page_size {
             return None;
         }
@@ -844,26 +999,39 @@ pub fn restore(req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
     let lease = store.lease(found.id())?;
     let m = store.point(lease.point)?;
     store.verify_point(&m)?;
+    // A point from the commit log: the point holding its image and the commits between (the
+    // lease on `m` keeps them too: retention spares what a held point is rebuilt from).
+    let (image, chain) = store.log_chain(&m)?;
+    if image.seq != m.seq {
+        store.verify_point(&image)?;
+    }
     let until = match req.target {
         Target::Point(_) => None,
         Target::Latest => Some(None),
         Target::Time(t) => Some(Some(t)),
     };
-    let records = match (transactional, until) {
+    let own = match (transactional, until) {
         (true, Some(until)) => store.log_records(m.id(), until)?,
         _ => Vec::new(),
     };
-    let split = split_entries(&m.entries).filter(|(e, _)| {
-        m.clones.is_empty() || (m.clones.len() == 1 && m.clones[0].entry == e.path)
+    let replay = Replay {
+        chain: &chain,
+        size: m.entries.first().map_or(0, |e| e.size),
+        own: &own,
+        point: m.id(),
+    };
+    let split = split_entries(&image.entries).filter(|(e, _)| {
+        image.clones.is_empty() || (image.clones.len() == 1 && image.clones[0].entry == e.path)
     });
     let Some((entry, deltas)) = split else {
         return Err(ShadowError::DamagedPoint {
             dir: req.dir.clone(),
-            id: m.id(),
+            id: image.id(),
             reason: format!(
                 "a SQLite point holds one file and its page deltas, this one {} entries ({})",
-                m.entries.len(),
-                m.entries
+                image.entries.len(),
+                image
+                    .entries
                     .iter()
                     .map(|e| e.path.as_str())
                     .collect::<Vec<_>>()
@@ -883,7 +1051,7 @@ pub fn restore(req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
     let mut bytes = 0;
     let mut hashed = true;
     let built = replace_beside(&dest, |tmp| {
-        (bytes, hashed) = write_point(&store, &m, entry, deltas, &records, tmp)?;
+        (bytes, hashed) = write_point(&store, &image, entry, deltas, &replay, tmp)?;
         integrity_check(tmp).map_err(|reason| ShadowError::Verify {
             dest: dest.clone(),
             check: "PRAGMA integrity_check".into(),
@@ -913,13 +1081,13 @@ pub fn restore(req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
         }
     }
     drop(lease);
-    let restored_to = records.last().map_or(m.consistent_at, |r| r.at);
+    let restored_to = own.last().map_or(m.consistent_at, |r| r.at);
     Ok(RestoreReport {
         dest,
         point: m.id(),
         point_taken_at: m.taken_at,
         restored_to,
-        commits_replayed: records.len() as u64,
+        commits_replayed: (chain.len() + own.len()) as u64,
         bytes,
         checks: if hashed {
             vec![
@@ -940,15 +1108,26 @@ pub fn restore(req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
     })
 }
 
-/// Writes the point's file to `tmp` (every object hashed as it is read): its base, its page
-/// deltas, then the commits replayed over it; a copy-on-write point's clone is cloned (and
-/// hashed when sealed). Returns the file's size and whether its content hash was checked.
+/// The commits a restore lays over a point's image: those from the image to the point
+/// (a point from the commit log), which must make the point's `size`, then those after the
+/// point up to the target.
+struct Replay<'a> {
+    chain: &'a [(PointId, LogRecord)],
+    size: u64,
+    own: &'a [LogRecord],
+    point: PointId,
+}
+
+/// Writes the point's file to `tmp` (every object hashed as it is read): its image's base,
+/// page deltas, then the commits replayed over it; a copy-on-write point's clone is cloned
+/// (and hashed when sealed). Returns the file's size and whether its content hash was
+/// checked.
 fn write_point(
     store: &PointStore,
     m: &Manifest,
     entry: &Entry,
     deltas: &[ObjectRef],
-    records: &[crate::point::LogRecord],
+    replay: &Replay<'_>,
     tmp: &Path,
 ) -> Result<(u64, bool), ShadowError> {
     let mut hashed = true;
@@ -956,7 +1135,7 @@ fn write_point(
         hashed = store.clone_file_into(m, c, tmp)?;
     } else if let ([one], true, true) = (
         entry.objects.as_slice(),
-        records.is_empty(),
+        replay.chain.is_empty() && replay.own.is_empty(),
         deltas.is_empty(),
     ) {
         store.clone_object_into(m.id(), one, tmp)?;
@@ -1003,10 +1182,9 @@ fn write_point(
             ),
         });
     }
-    let log_path = store.dir().join("log").join(format!("{:010}.log", m.seq));
-    for rec in records {
+    let replay_one = |after: PointId, rec: &LogRecord| -> Result<u64, ShadowError> {
         let (ps, c) = wal::decode(&rec.payload).map_err(|reason| ShadowError::DamagedLog {
-            path: log_path.clone(),
+            path: store.dir().join("log").join(format!("{:010}.log", after.0)),
             offset: rec.offset,
             reason,
         })?;
@@ -1014,8 +1192,25 @@ fn write_point(
             f.write_all_at(page, u64::from(pgno - 1) * u64::from(ps))
                 .map_err(ShadowError::io(tmp))?;
         }
-        size = u64::from(c.db_pages) * u64::from(ps);
+        let size = u64::from(c.db_pages) * u64::from(ps);
         f.set_len(size).map_err(ShadowError::io(tmp))?;
+        Ok(size)
+    };
+    for (after, rec) in replay.chain {
+        size = replay_one(*after, rec)?;
+    }
+    if !replay.chain.is_empty() && size != replay.size {
+        return Err(ShadowError::DamagedPoint {
+            dir: store.dir().to_owned(),
+            id: replay.point,
+            reason: format!(
+                "p{}'s image and the commits logged since make {size} bytes, the point says {}",
+                m.seq, replay.size
+            ),
+        });
+    }
+    for rec in replay.own {
+        size = replay_one(replay.point, rec)?;
     }
     f.sync_all().map_err(ShadowError::io(tmp))?;
     Ok((size, hashed))

@@ -100,6 +100,9 @@ fn points_are_clones_sealed_after(fs: CowFs) {
             .unwrap();
         insert(&w, 0, 500);
         let mut s = SqliteShadow::start(&opts(&dir, &db, ty)).unwrap();
+        // Every point an image: this test is about clones (a transactional shadow would
+        // take p2 from its commit log; those points are tested in the crate's sqlite tests).
+        s.set_log_point_limit(0);
         insert(&w, 500, 700);
         let p2 = s.take_point(Reason::OnDemand).unwrap();
         insert(&w, 700, 750);
@@ -309,4 +312,41 @@ fn btrfs_drill_kill_writer_and_corrupt() {
 fn xfs_drill_kill_writer_and_corrupt() {
     drill_on(CowFs::Xfs, Fault::KillWriter, 33);
     drill_on(CowFs::Xfs, Fault::Corrupt, 34);
+}
+
+/// A transactional shadow's points after a clone are taken from its commit log: no clone of
+/// their own; a restore clones the image and replays the commits since, each point exactly.
+#[test]
+fn btrfs_points_from_the_log_build_on_a_clone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = mount(CowFs::Btrfs, tmp.path());
+    let db = m.path().join("app.db");
+    let dir = m.path().join("shadow");
+    let w = Connection::open(&db).unwrap();
+    w.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        .unwrap();
+    w.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB)")
+        .unwrap();
+    insert(&w, 0, 300);
+    let mut s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Transactional)).unwrap();
+    let mut points = Vec::new();
+    for n in 1..=3 {
+        insert(&w, 300 * n, 300 * n + 100);
+        while s.sync().unwrap().commits > 0 {}
+        let p = s.take_point(Reason::OnDemand).unwrap();
+        assert!(p.clones.is_empty(), "{p:?}");
+        assert_eq!(p.from_log.as_ref().map(|f| f.image), Some(1), "{p:?}");
+        points.push((p.id(), rows(&db)));
+    }
+    s.store().wait_sealed();
+    drop(s);
+    drop(w);
+    let image = PointStore::open(&dir).unwrap().point(PointId(1)).unwrap();
+    assert!(!image.clones.is_empty(), "the base is a clone: {image:?}");
+    corrupt(&db);
+    for (id, want) in points {
+        let r = restore(&req(&dir, &db, Target::Point(id))).unwrap();
+        assert_eq!(rows(&db), want, "{r:?}");
+        assert!(r.checks.contains(&"checksums".to_string()), "{r:?}");
+    }
 }

@@ -128,7 +128,7 @@ impl PointStore {
         }
         let synced_ms = started.elapsed().as_secs_f64() * 1000.0;
         sync_dir(&cdir)?;
-        let m = self.commit_manifest(seq, draft, cloned, false)?;
+        let m = self.commit_manifest(seq, draft, cloned, None)?;
         tracing::debug!(
             seq,
             sync_clones_ms = synced_ms,

@@ -81,6 +81,21 @@ impl LogWriter {
         self.records
     }
 
+    /// Bytes of the segment (flushed or not).
+    pub fn len(&self) -> u64 {
+        self.len + self.pending.len() as u64
+    }
+
+    /// Whether the segment holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// The chained SHA-256 of the last record appended (zeros when there is none).
+    pub fn last_sum(&self) -> [u8; 32] {
+        self.prev
+    }
+
     /// Adds a commit with its time; durable after the next [`LogWriter::flush`].
     pub fn append(&mut self, at: Timestamp, payload: &[u8]) {
         let sum = chain(&self.prev, at, payload);

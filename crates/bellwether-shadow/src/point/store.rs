@@ -17,8 +17,8 @@ use super::log::{self, LogRecord, LogWriter};
 use super::objects::{self, ObjectId, ObjectRef};
 use super::retention::{thin_plan, Retention};
 use super::{
-    Control, Manifest, PointDraft, PointId, Reason, ResourceKind, RunEvent, Shadow, ShadowError,
-    ShadowMeta, Target, Timestamp, FORMAT,
+    Control, FromLog, Manifest, PointDraft, PointId, Reason, ResourceKind, RunEvent, Shadow,
+    ShadowError, ShadowMeta, Target, Timestamp, FORMAT,
 };
 
 /// An open shadow directory. Reading (points, verify, restore) needs no lock; writing points
@@ -98,6 +98,10 @@ pub struct ThinReport {
     pub removed: Vec<PointId>,
     /// Points the policy would remove but a restore holds.
     pub leased: Vec<PointId>,
+    /// Points the policy would remove but a kept point taken from the commit log is rebuilt
+    /// from (its image and the points between).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rebuilt_from: Vec<PointId>,
     pub gc: GcReport,
 }
 
@@ -477,7 +481,26 @@ impl PointStore {
     /// segment after this point ([`PointStore::log_writer`]).
     pub fn commit_point(&self, draft: PointDraft) -> Result<Manifest, ShadowError> {
         let seq = self.next_seq()?;
-        self.commit_manifest(seq, draft, Vec::new(), true)
+        self.commit_manifest(seq, draft, Vec::new(), None)
+    }
+
+    /// Commits a point taken from the commit log (see [`FromLog`]): no objects of its own,
+    /// so nothing to sync but its manifest (the log it relies on was synced as it was
+    /// written).
+    pub fn commit_log_point(
+        &self,
+        draft: PointDraft,
+        from_log: FromLog,
+    ) -> Result<Manifest, ShadowError> {
+        let seq = self.next_seq()?;
+        if from_log.image >= seq {
+            return Err(ShadowError::Unsupported(format!(
+                "{}: point {seq} cannot be rebuilt from point {} (not an earlier point)",
+                self.dir.display(),
+                from_log.image
+            )));
+        }
+        self.commit_manifest(seq, draft, Vec::new(), Some(from_log))
     }
 
     pub(super) fn sealing(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
@@ -492,16 +515,17 @@ impl PointStore {
         Ok(self.head()?.map_or(1, |h| h.seq + 1))
     }
 
-    /// Writes point `seq`'s manifest, then `points/HEAD`; with `sync_objects`, first syncs
+    /// Writes point `seq`'s manifest, then `points/HEAD`; a point with objects first syncs
     /// the file system of the objects it references (copy-on-write points sync their
-    /// clones themselves).
+    /// clones themselves, points from the commit log have none).
     pub(super) fn commit_manifest(
         &self,
         seq: u64,
         draft: PointDraft,
         clones: Vec<super::ClonedFile>,
-        sync_objects: bool,
+        from_log: Option<FromLog>,
     ) -> Result<Manifest, ShadowError> {
+        let sync_objects = clones.is_empty() && from_log.is_none();
         self.require_writer()?;
         let head = self.head()?;
         if head.as_ref().map_or(1, |h| h.seq + 1) != seq {
@@ -525,6 +549,7 @@ impl PointStore {
             new_bytes: draft.new_bytes,
             entries: draft.entries,
             clones,
+            from_log,
             prev_checksum: head.map(|h| h.checksum),
             checksum: String::new(),
         };
@@ -729,6 +754,9 @@ impl PointStore {
                     self.verify_clones(&m)?;
                 }
                 report.objects += m.clones.len() as u64;
+                if let Some(from) = &m.from_log {
+                    self.log_link(&m, from)?;
+                }
                 let (records, _, _) = log::scan(&self.log_path(id), seq == head.seq)?;
                 report.log_records += records.len() as u64;
                 report.points += 1;
@@ -855,6 +883,97 @@ impl PointStore {
         Ok(records)
     }
 
+    /// The commits of `m`'s predecessor's segment that lead to `m`, a point taken from the
+    /// commit log, checked against what `m` recorded of them; with the predecessor.
+    fn log_link(
+        &self,
+        m: &Manifest,
+        from: &FromLog,
+    ) -> Result<(Manifest, Vec<LogRecord>), ShadowError> {
+        let damaged = |reason: String| ShadowError::DamagedPoint {
+            dir: self.dir.clone(),
+            id: m.id(),
+            reason,
+        };
+        let prev_id = PointId(m.seq.saturating_sub(1));
+        if prev_id.0 < from.image || !self.manifest_path(prev_id.0).exists() {
+            return Err(damaged(format!(
+                "it is rebuilt from p{} and the commits logged after it, and p{} is gone{}",
+                prev_id.0,
+                prev_id.0,
+                if self.tombstone_path(prev_id.0).exists() {
+                    " (thinned)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let prev = self.point(prev_id)?;
+        let (records, last, _) = log::scan(&self.log_path(prev_id), true)?;
+        if records.len() as u64 != from.records || hex::encode(last) != from.last {
+            return Err(damaged(format!(
+                "it follows {} commits logged after p{} (the last with checksum {}), and log/{}.log holds {}{}",
+                from.records,
+                prev_id.0,
+                from.last,
+                seq_name(prev_id.0),
+                records.len(),
+                if records.len() as u64 == from.records {
+                    " with another last checksum"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok((prev, records))
+    }
+
+    /// For a point taken from the commit log: the point holding its image and every commit
+    /// to replay over it, oldest first, each with the point whose segment holds it (every
+    /// link checked, see [`FromLog`]). For any other point: itself and nothing to replay.
+    pub fn log_chain(
+        &self,
+        m: &Manifest,
+    ) -> Result<(Manifest, Vec<(PointId, LogRecord)>), ShadowError> {
+        let mut segments = Vec::new();
+        let mut cur = m.clone();
+        while let Some(from) = cur.from_log.clone() {
+            if from.image != m.from_log.as_ref().map_or(0, |f| f.image) {
+                return Err(ShadowError::DamagedPoint {
+                    dir: self.dir.clone(),
+                    id: cur.id(),
+                    reason: format!(
+                        "it is rebuilt from p{}, but p{} from p{}",
+                        from.image,
+                        m.seq,
+                        m.from_log.as_ref().map_or(0, |f| f.image)
+                    ),
+                });
+            }
+            let (prev, records) = self.log_link(&cur, &from)?;
+            segments.push((prev.id(), records));
+            cur = prev;
+        }
+        if let Some(from) = &m.from_log {
+            if cur.seq != from.image {
+                return Err(ShadowError::DamagedPoint {
+                    dir: self.dir.clone(),
+                    id: m.id(),
+                    reason: format!(
+                        "it is rebuilt from p{}'s image, but the points before it lead to p{}",
+                        from.image, cur.seq
+                    ),
+                });
+            }
+        }
+        segments.reverse();
+        let replay = segments
+            .into_iter()
+            .flat_map(|(id, rs)| rs.into_iter().map(move |r| (id, r)))
+            .collect();
+        Ok((cur, replay))
+    }
+
     // ----- leases and retention -----
 
     /// Holds point `id` for a restore: checked and recorded under the shadow's lock, so
@@ -929,10 +1048,25 @@ impl PointStore {
         let points = self.points()?;
         let times: Vec<(PointId, Timestamp)> =
             points.iter().map(|m| (m.id(), m.consistent_at)).collect();
+        let plan = thin_plan(&times, policy, now);
+        let planned: HashSet<PointId> = plan.iter().copied().collect();
+        // A point taken from the commit log that stays needs its image and every point
+        // between (their segments are what it replays).
+        let mut rebuilt_from = HashSet::new();
+        for m in &points {
+            let stays = !planned.contains(&m.id()) || leased.contains(&m.seq);
+            if let (true, Some(from)) = (stays, &m.from_log) {
+                rebuilt_from.extend(from.image..m.seq);
+            }
+        }
         let mut report = ThinReport::default();
-        for id in thin_plan(&times, policy, now) {
+        for id in plan {
             if leased.contains(&id.0) {
                 report.leased.push(id);
+                continue;
+            }
+            if rebuilt_from.contains(&id.0) {
+                report.rebuilt_from.push(id);
                 continue;
             }
             let Some(m) = points.iter().find(|m| m.id() == id) else {
@@ -1192,6 +1326,11 @@ pub(crate) fn run_loop(
         if due {
             asked.push((None, Reason::Schedule));
             next_point = points_every.map(|d| Instant::now() + d.get());
+        }
+        // The image the points from the commit log build on, refreshed after the points
+        // asked for (docs/shadow.md, "Points from the commit log").
+        if shadow.image_due() {
+            asked.push((None, Reason::Base));
         }
         for (path, reason) in asked {
             let result = take(shadow, reason, on_event);

@@ -257,7 +257,7 @@ proptest! {
             format: FORMAT, seq, kind: ResourceKind::Sqlite, source: "/x".into(),
             shadow_type: ShadowType::Full, taken_at: Timestamp(at), consistent_at: Timestamp(at),
             reason, position: Position::Postgres { timeline: 1, lsn: seq }, bytes: 0, new_bytes: 0,
-            entries, clones: Vec::new(), prev_checksum: None, checksum: String::new(),
+            entries, clones: Vec::new(), from_log: None, prev_checksum: None, checksum: String::new(),
         };
         m.checksum = store::manifest_checksum(&m);
         let back: Manifest = serde_json::from_str(&serde_json::to_string_pretty(&m).unwrap()).unwrap();

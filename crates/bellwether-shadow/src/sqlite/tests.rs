@@ -289,7 +289,15 @@ fn continuous_writer_killed_and_file_corrupted_restores_every_commit_before_the_
                 assert!(*i > k, "{} holds transaction {i} begun after it", m.id());
             }
         }
-        assert_eq!(r.commits_replayed, 0);
+        // A point from the commit log replays the commits since its image, no more.
+        let chain = m.from_log.as_ref().map_or(0, |f| f.records);
+        assert!(
+            r.commits_replayed >= chain && (m.from_log.is_some() || r.commits_replayed == 0),
+            "{}: {} commits replayed ({:?})",
+            m.id(),
+            r.commits_replayed,
+            m.from_log
+        );
     }
     // A time between points: the point before it plus the commits logged up to it.
     let t = Timestamp((points[1].consistent_at.0 + points[3].consistent_at.0) / 2);
@@ -304,12 +312,13 @@ fn continuous_writer_killed_and_file_corrupted_restores_every_commit_before_the_
         }
     }
     assert!(r.point < last.id());
-    // Each transaction is one commit: the rows are the point's plus the replayed commits.
-    let point_rows = {
-        restore(&req(&dir, &db, Target::Point(r.point))).unwrap();
-        prefix_rows(&db)
+    // Each transaction is one commit: the rows are the point's plus the commits replayed
+    // after it (a point from the commit log replays those since its image as well).
+    let (point_rows, to_point) = {
+        let r = restore(&req(&dir, &db, Target::Point(r.point))).unwrap();
+        (prefix_rows(&db), r.commits_replayed)
     };
-    assert_eq!(k, point_rows + r.commits_replayed, "{r:?}");
+    assert_eq!(k, point_rows + r.commits_replayed - to_point, "{r:?}");
     // The latest state is everything the writer committed before it was killed.
     restore(&req(&dir, &db, Target::Point(last.id()))).unwrap();
     assert_eq!(
@@ -570,6 +579,8 @@ fn random_scattered_changes_store_only_the_changed_pages() {
         let c = local_writer(&db, "wal");
         insert_rows(&c, 1, 4000);
         let mut s = SqliteShadow::start(&opts(&dir, &db, ty)).unwrap();
+        // Every point an image (a transactional shadow takes them from its log otherwise).
+        s.set_log_point_limit(0);
         let base = s.store().points().unwrap().pop().unwrap();
         assert_eq!(base.entries.len(), 1, "the first point is a base");
         let mut expect = vec![(base.clone(), table_digest(&db))];
@@ -1155,4 +1166,188 @@ fn a_patch_that_does_not_rebuild_its_page_is_refused_and_bad_v2_objects_too() {
     let mut huge = good.clone();
     huge[16..20].copy_from_slice(&u32::MAX.to_be_bytes());
     assert!(pages::decode(&huge).unwrap_err().contains("cannot list"));
+}
+
+#[test]
+fn points_from_the_commit_log_restore_exactly_and_keep_what_they_are_rebuilt_from() {
+    let (_t, db, _jp, dir) = tmpdirs();
+    let c = local_writer(&db, "wal");
+    insert_rows(&c, 1, 2000);
+    let mut s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Transactional)).unwrap();
+    let base = s.store().points().unwrap().pop().unwrap();
+    assert!(base.from_log.is_none(), "the base is an image");
+    let mut expect = vec![(base.clone(), table_digest(&db))];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut churn = |c: &Connection, round: u64| {
+        c.execute_batch("BEGIN").unwrap();
+        for _ in 0..30 {
+            let id = xorshift(&mut seed) % 2000 + 1;
+            c.execute("UPDATE t SET body = randomblob(1000) WHERE id = ?1", [id])
+                .unwrap();
+        }
+        // The file grows at some rounds and shrinks at others.
+        if round.is_multiple_of(2) {
+            insert_rows_in_tx(c, 10_000 + round * 100, 10_000 + round * 100 + 49);
+        } else {
+            c.execute("DELETE FROM t WHERE id > 10000", []).unwrap();
+        }
+        c.execute_batch("COMMIT").unwrap();
+    };
+    for round in 0..4 {
+        churn(&c, round);
+        catch_up(&mut s);
+        let m = s.take_point(Reason::OnDemand).unwrap();
+        let from = m.from_log.clone().expect("a point from the commit log");
+        assert_eq!(from.image, base.seq, "round {round}");
+        assert!(from.records >= 1 && from.log_bytes > 0, "{from:?}");
+        assert!(m.entries[0].objects.is_empty(), "no image of its own");
+        expect.push((m, table_digest(&db)));
+    }
+    // Past the limit the next point is an image, and the points after it build on it.
+    s.set_log_point_limit(1);
+    churn(&c, 4);
+    catch_up(&mut s);
+    let image = s.take_point(Reason::Schedule).unwrap();
+    assert!(image.from_log.is_none(), "past the limit: an image");
+    expect.push((image.clone(), table_digest(&db)));
+    s.set_log_point_limit(u64::MAX);
+    for round in 5..7 {
+        churn(&c, round);
+        catch_up(&mut s);
+        let m = s.take_point(Reason::OnDemand).unwrap();
+        assert_eq!(m.from_log.as_ref().map(|f| f.image), Some(image.seq));
+        expect.push((m, table_digest(&db)));
+    }
+    // Commits after the last point, restorable by time.
+    churn(&c, 7);
+    catch_up(&mut s);
+    let after = (Timestamp::now(), table_digest(&db));
+    s_verify_deep(&dir);
+    restore_each(&dir, &db, &expect);
+    let r = restore(&req(&dir, &db, Target::Time(after.0))).unwrap();
+    assert_eq!(
+        table_digest(&db),
+        after.1,
+        "the commits after the last point"
+    );
+    assert!(r.commits_replayed >= 1, "{r:?}");
+
+    // Retention keeps what a kept point is rebuilt from, and nothing older.
+    let policy = Retention {
+        keep_all_for: Dur::ZERO,
+        hourly_for: Dur::ZERO,
+        daily_for: Dur::ZERO,
+    };
+    let last = expect.last().unwrap().0.clone();
+    let later = Timestamp::now().plus(Duration::from_secs(3600));
+    let t = s.store().thin(&policy, later).unwrap();
+    assert_eq!(
+        t.removed,
+        (1..image.seq).map(PointId).collect::<Vec<_>>(),
+        "{t:?}"
+    );
+    assert_eq!(
+        t.rebuilt_from,
+        (image.seq..last.seq).map(PointId).collect::<Vec<_>>()
+    );
+    s.store().verify(true).unwrap();
+    restore(&req(&dir, &db, Target::Point(last.id()))).unwrap();
+    assert_eq!(table_digest(&db), expect.last().unwrap().1);
+
+    // The point before it missing: named, and the live file left alone.
+    drop(s);
+    let before = digest(&db);
+    let prev_manifest = dir
+        .join("points")
+        .join(format!("{:010}.json", last.seq - 1));
+    let aside = dir.join("aside.json");
+    std::fs::rename(&prev_manifest, &aside).unwrap();
+    let e = restore(&req(&dir, &db, Target::Point(last.id()))).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("p{} is gone", last.seq - 1)),
+        "{e}"
+    );
+    assert_eq!(digest(&db), before, "the live file is untouched");
+    std::fs::rename(&aside, &prev_manifest).unwrap();
+    // A segment a point is rebuilt from, cut short: named, and the live file left alone.
+    let seg = dir.join("log").join(format!("{:010}.log", last.seq - 1));
+    let len = std::fs::metadata(&seg).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    let before = digest(&db);
+    let e = restore(&req(&dir, &db, Target::Point(last.id()))).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("logged after p{}", last.seq - 1)),
+        "{e}"
+    );
+    assert_eq!(digest(&db), before, "the live file is untouched");
+    let e = PointStore::open(&dir).unwrap().verify(false).unwrap_err();
+    assert!(
+        e.to_string().contains(&format!("{:010}.log", last.seq - 1)),
+        "{e}"
+    );
+}
+
+fn insert_rows_in_tx(c: &Connection, from: u64, to: u64) {
+    for i in from..=to {
+        c.execute("INSERT INTO t(id, body) VALUES (?1, randomblob(1000))", [i])
+            .unwrap();
+    }
+}
+
+#[test]
+fn the_run_loop_refreshes_the_image_by_itself_once_the_log_passes_the_limit() {
+    let (_t, db, _jp, dir) = tmpdirs();
+    let c = local_writer(&db, "wal");
+    insert_rows(&c, 1, 200);
+    let mut s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Transactional)).unwrap();
+    s.set_log_point_limit(64 * 1024);
+    let ctl = Arc::new(Control::new());
+    let (tx, rx) = mpsc::channel();
+    let runner = {
+        let ctl = ctl.clone();
+        std::thread::spawn(move || {
+            run(&mut s, None, &ctl, &mut |e| {
+                let _ = tx.send(e.clone());
+            })
+        })
+    };
+    let next_point = || loop {
+        if let RunEvent::Point(m) = rx.recv().unwrap() {
+            break m;
+        }
+    };
+    // Within the limit: the point asked for comes from the log.
+    insert_rows(&c, 201, 220);
+    ctl.request_point(Reason::OnDemand);
+    let p2 = next_point();
+    assert_eq!(p2.from_log.as_ref().map(|f| f.image), Some(1), "{p2:?}");
+    // 200 rows of 1 KB pass 64 KiB of log: the loop takes an image with nobody asking.
+    insert_rows(&c, 221, 420);
+    let refreshed = next_point();
+    assert_eq!(refreshed.reason, Reason::Base);
+    assert!(refreshed.from_log.is_none(), "{refreshed:?}");
+    let want_refreshed = table_digest(&db);
+    insert_rows(&c, 421, 430);
+    ctl.request_point(Reason::OnDemand);
+    let p4 = next_point();
+    assert_eq!(
+        p4.from_log.as_ref().map(|f| f.image),
+        Some(refreshed.seq),
+        "{p4:?}"
+    );
+    let want_p4 = table_digest(&db);
+    ctl.stop();
+    runner.join().unwrap().unwrap();
+    drop(c);
+    restore(&req(&dir, &db, Target::Point(refreshed.id()))).unwrap();
+    assert_eq!(table_digest(&db), want_refreshed);
+    restore(&req(&dir, &db, Target::Point(p4.id()))).unwrap();
+    assert_eq!(table_digest(&db), want_p4);
 }

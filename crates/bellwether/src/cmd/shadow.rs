@@ -500,13 +500,25 @@ fn start(kind: ResourceKind, opts: &ShadowOptions) -> anyhow::Result<ExitCode> {
 
 fn print_point_line(m: &Manifest) {
     println!(
-        "point {} taken {} ({}): {} bytes, {} new",
+        "point {} taken {} ({}): {} bytes, {} new, held as {}",
         m.id(),
         m.taken_at,
         m.reason,
         m.bytes,
-        m.new_bytes
+        m.new_bytes,
+        held_as(m)
     );
+}
+
+/// How a point's state is held: `objects` (content-addressed, with page deltas), `clone`
+/// (copy-on-write), or `log of pN` (taken from the commit log: point N's image and the
+/// commits logged since, docs/shadow.md).
+fn held_as(m: &Manifest) -> String {
+    match &m.from_log {
+        Some(f) => format!("log of p{}", f.image),
+        None if !m.clones.is_empty() => "clone".into(),
+        None => "objects".into(),
+    }
 }
 
 fn point(
@@ -565,6 +577,12 @@ fn point_json(m: &Manifest, log_bytes: u64) -> Value {
         "bytes": m.bytes,
         "new_bytes": m.new_bytes,
         "log_bytes": log_bytes,
+        "held_as": match &m.from_log {
+            Some(_) => "log",
+            None if !m.clones.is_empty() => "clone",
+            None => "objects",
+        },
+        "from_log": m.from_log,
         "checksum": m.checksum,
     })
 }
@@ -608,11 +626,20 @@ fn points(dir: &std::path::Path, output: OutputFormat) -> anyhow::Result<ExitCod
                         m.bytes.to_string(),
                         m.new_bytes.to_string(),
                         store.log_len(m.id()).to_string(),
+                        held_as(m),
                     ]
                 })
                 .collect();
             print_table(
-                &["POINT", "TAKEN", "REASON", "BYTES", "NEW", "LOG BYTES"],
+                &[
+                    "POINT",
+                    "TAKEN",
+                    "REASON",
+                    "BYTES",
+                    "NEW",
+                    "LOG BYTES",
+                    "HELD AS",
+                ],
                 &rows,
             );
         }
