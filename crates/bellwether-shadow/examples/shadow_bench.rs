@@ -19,6 +19,9 @@
 //!   then takes the point, twice: points from the commit log where it can, then the same
 //!   with every point an image (the comparison, in the same run). Churn is measured twice: rows updated in one
 //!   contiguous range (time-ordered data) and rows updated at random.
+//! - `restore-log`: a transactional shadow of MIB (default 1024) MiB whose log since its
+//!   image is churned up to the bound past which it takes an image, a point from that log,
+//!   and the restore to it (the image and the whole log replayed).
 //! - `restore`: a database of MIB (default 1024) MiB, one point (full and differential),
 //!   the live file corrupted, then a restore to the point: total time, and the
 //!   `integrity_check` part of it.
@@ -274,6 +277,17 @@ fn points(base: &Path, mib: u64, mode: Mode) {
             stored.push(m.new_bytes as f64 / (1024.0 * 1024.0));
         }
         drop(c);
+        shadow.store().wait_sealed();
+        // Before the restores below replace the live file (a restored clone shares blocks).
+        let used = fs_used(base).saturating_sub(used_before);
+        let log_bytes: u64 = std::fs::read_dir(dir.join("log"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
         let size = dir_size(&dir);
         let last_seq = shadow.store().points().unwrap().last().unwrap().seq;
         drop(shadow);
@@ -328,7 +342,6 @@ fn points(base: &Path, mib: u64, mode: Mode) {
                 }
             );
         }
-        let used = fs_used(base).saturating_sub(used_before);
         if !seals.is_empty() {
             println!(
                 "  {} clone points: sealed (hashed) p50 {:.0} ms, max {:.0} ms after the point began",
@@ -338,9 +351,10 @@ fn points(base: &Path, mib: u64, mode: Mode) {
             );
         }
         println!(
-            "  file system blocks used by the points, their log and the churn: {} MiB ({:.2} x the data, the data itself not counted)",
+            "  file system blocks used by the points, their log and the churn: {} MiB ({:.2} x the data, the data itself not counted); the commit log: {} MiB",
             used / (1024 * 1024),
             used as f64 / data as f64,
+            log_bytes / (1024 * 1024),
         );
         println!(
             "points {} [{}] ({label} 1% churn, {mib} MiB data, {} rows changed per round): base point {:.0} ms; a point: p50 {:.1} ms, max {:.1} ms, stores p50 {:.1} MiB; 24 points: shadow {:.2} x the data ({} MiB for {} MiB, logical sizes)",
@@ -402,6 +416,77 @@ fn restore(base: &Path, mib: u64) {
             r.checks
         );
     }
+}
+
+/// A transactional shadow of MIB MiB; rounds of 1 % of rows updated at random, each logged,
+/// until the log since the base image is within one round of the bound past which the
+/// shadow takes an image; then a point (from the log), the live file corrupted, and a restore
+/// to it: the image and that whole log replayed, the deepest restore such a point needs.
+fn restore_log(base: &Path, mib: u64) {
+    let db = base.join("restore-log.db");
+    let dir = base.join("restore-log-shadow");
+    let _ = std::fs::remove_file(&db);
+    let _ = std::fs::remove_dir_all(&dir);
+    let rows = fill(&db, mib);
+    let data = std::fs::metadata(&db).unwrap().len();
+    let mut shadow = SqliteShadow::start(&opts(&dir, &db, ShadowType::Transactional)).unwrap();
+    let c = writer(&db);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut round_bytes = 0;
+    let mut rounds = 0;
+    while shadow.log_since_image() + round_bytes <= shadow.log_limit() {
+        let before = shadow.log_since_image();
+        c.execute_batch("BEGIN").unwrap();
+        {
+            let mut st = c
+                .prepare("UPDATE t SET body = randomblob(1000) WHERE id = ?1")
+                .unwrap();
+            for _ in 0..rows / 100 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                st.execute([seed % rows + 1]).unwrap();
+            }
+        }
+        c.execute_batch("COMMIT").unwrap();
+        while shadow.sync().unwrap().commits > 0 {}
+        round_bytes = shadow.log_since_image() - before;
+        rounds += 1;
+    }
+    drop(c);
+    let t = Instant::now();
+    let m = shadow.take_point(Reason::OnDemand).unwrap();
+    let point_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let from = m.from_log.clone().expect("a point from the log");
+    shadow.store().wait_sealed();
+    drop(shadow);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        f.write_all_at(&vec![0xA5; 1 << 20], 4096).unwrap();
+    }
+    let t = Instant::now();
+    let r = bellwether_shadow::restore(&RestoreRequest {
+        dir: dir.clone(),
+        target: Target::Point(m.id()),
+        dest: db.clone(),
+        elsewhere: false,
+    })
+    .unwrap();
+    let total = t.elapsed().as_secs_f64();
+    println!(
+        "restore-log {} ({} MiB, {rounds} rounds of 1 % churn): point {:.1} ms, from the log: p{}'s image + {} commits, {:.1} MiB (bound {:.0} MiB); restore to it {:.2} s, {} commits replayed, checks {:?}",
+        label_of(base),
+        data / (1024 * 1024),
+        point_ms,
+        from.image,
+        from.records,
+        from.log_bytes as f64 / (1024.0 * 1024.0),
+        bellwether_shadow::sqlite::log_point_limit(data) as f64 / (1024.0 * 1024.0),
+        total,
+        r.commits_replayed,
+        r.checks
+    );
 }
 
 fn label_of(p: &Path) -> String {
@@ -477,6 +562,7 @@ fn main() {
                 }
             }
             "restore" => restore(&base, mib.unwrap_or(1024)),
+            "restore-log" => restore_log(&base, mib.unwrap_or(1024)),
             "all" => {
                 rpo(&base);
                 for &mode in &modes {

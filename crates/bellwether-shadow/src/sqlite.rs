@@ -464,6 +464,16 @@ impl SqliteShadow {
         self.commits
     }
 
+    /// Bytes of commit log since the last image (transactional).
+    pub fn log_since_image(&self) -> u64 {
+        self.log_since_image
+    }
+
+    /// The log since the last image a point may be taken from (see [`log_point_limit`]).
+    pub fn log_limit(&self) -> u64 {
+        self.current_log_limit()
+    }
+
     /// Sets the log a point may be taken from (bytes since the last image); 0 takes every
     /// point as an image (and no image by itself). The default is [`log_point_limit`] of the
     /// database's size.
@@ -1108,6 +1118,52 @@ pub fn restore(req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
     })
 }
 
+/// Commits folded for a restore: each page at its last version and the database's size
+/// after them, so a restore writes each page once, in file order, however many commits
+/// wrote it (on a copy-on-write file system every write into a clone unshares a block, so
+/// scattered writes, repeated, cost most of such a restore). Exactly what replaying the
+/// commits one by one leaves: a page past a commit's size is dropped there, and the file is
+/// cut to the smallest size any commit had before the pages are written (a page the
+/// database dropped and did not write again reads as zeros, as it would).
+#[derive(Default)]
+struct Folded {
+    pages: std::collections::BTreeMap<u32, Vec<u8>>,
+    page_size: u32,
+    db_pages: Option<u32>,
+    fewest: Option<u32>,
+}
+
+impl Folded {
+    fn add(&mut self, (page_size, c): (u32, wal::Commit)) {
+        if self.db_pages.is_some_and(|n| c.db_pages < n) {
+            self.pages.split_off(&(c.db_pages + 1));
+        }
+        for (pgno, page) in c.pages {
+            self.pages.insert(pgno, page);
+        }
+        self.page_size = page_size;
+        self.db_pages = Some(c.db_pages);
+        self.fewest = Some(self.fewest.map_or(c.db_pages, |n| n.min(c.db_pages)));
+    }
+
+    /// Writes the folded commits over `f` (of `size` bytes); returns the size after them.
+    fn write(self, f: &File, size: u64) -> io::Result<u64> {
+        let (Some(db_pages), Some(fewest)) = (self.db_pages, self.fewest) else {
+            return Ok(size);
+        };
+        let ps = u64::from(self.page_size);
+        if u64::from(fewest) * ps < size {
+            f.set_len(u64::from(fewest) * ps)?;
+        }
+        for (pgno, page) in &self.pages {
+            f.write_all_at(page, u64::from(pgno - 1) * ps)?;
+        }
+        let size = u64::from(db_pages) * ps;
+        f.set_len(size)?;
+        Ok(size)
+    }
+}
+
 /// The commits a restore lays over a point's image: those from the image to the point
 /// (a point from the commit log), which must make the point's `size`, then those after the
 /// point up to the target.
@@ -1182,36 +1238,35 @@ fn write_point(
             ),
         });
     }
-    let replay_one = |after: PointId, rec: &LogRecord| -> Result<u64, ShadowError> {
-        let (ps, c) = wal::decode(&rec.payload).map_err(|reason| ShadowError::DamagedLog {
+    let decode = |after: PointId, rec: &LogRecord| {
+        wal::decode(&rec.payload).map_err(|reason| ShadowError::DamagedLog {
             path: store.dir().join("log").join(format!("{:010}.log", after.0)),
             offset: rec.offset,
             reason,
-        })?;
-        for (pgno, page) in &c.pages {
-            f.write_all_at(page, u64::from(pgno - 1) * u64::from(ps))
-                .map_err(ShadowError::io(tmp))?;
-        }
-        let size = u64::from(c.db_pages) * u64::from(ps);
-        f.set_len(size).map_err(ShadowError::io(tmp))?;
-        Ok(size)
+        })
     };
-    for (after, rec) in replay.chain {
-        size = replay_one(*after, rec)?;
+    if !replay.chain.is_empty() {
+        let mut folded = Folded::default();
+        for (after, rec) in replay.chain {
+            folded.add(decode(*after, rec)?);
+        }
+        size = folded.write(&f, size).map_err(ShadowError::io(tmp))?;
+        if size != replay.size {
+            return Err(ShadowError::DamagedPoint {
+                dir: store.dir().to_owned(),
+                id: replay.point,
+                reason: format!(
+                    "p{}'s image and the commits logged since make {size} bytes, the point says {}",
+                    m.seq, replay.size
+                ),
+            });
+        }
     }
-    if !replay.chain.is_empty() && size != replay.size {
-        return Err(ShadowError::DamagedPoint {
-            dir: store.dir().to_owned(),
-            id: replay.point,
-            reason: format!(
-                "p{}'s image and the commits logged since make {size} bytes, the point says {}",
-                m.seq, replay.size
-            ),
-        });
-    }
+    let mut folded = Folded::default();
     for rec in replay.own {
-        size = replay_one(replay.point, rec)?;
+        folded.add(decode(replay.point, rec)?);
     }
+    size = folded.write(&f, size).map_err(ShadowError::io(tmp))?;
     f.sync_all().map_err(ShadowError::io(tmp))?;
     Ok((size, hashed))
 }

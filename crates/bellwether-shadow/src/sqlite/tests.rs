@@ -1351,3 +1351,53 @@ fn the_run_loop_refreshes_the_image_by_itself_once_the_log_passes_the_limit() {
     restore(&req(&dir, &db, Target::Point(p4.id()))).unwrap();
     assert_eq!(table_digest(&db), want_p4);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Folding commits (each page once, in file order) leaves exactly the file replaying them
+    /// one by one leaves, through shrinks and growths.
+    #[test]
+    fn folded_commits_leave_what_replaying_them_leaves(
+        image_pages in 1u32..24,
+        commits in proptest::collection::vec(
+            (1u32..24, proptest::collection::vec((1u32..24, proptest::prelude::any::<u8>()), 0..8)),
+            1..12,
+        ),
+    ) {
+        const PS: u32 = 512;
+        let t = tempfile::tempdir().unwrap();
+        let image: Vec<u8> = (0..image_pages * PS).map(|i| (i % 251) as u8).collect();
+        let seq = t.path().join("seq");
+        let fold = t.path().join("fold");
+        std::fs::write(&seq, &image).unwrap();
+        std::fs::write(&fold, &image).unwrap();
+        let commits: Vec<wal::Commit> = commits
+            .into_iter()
+            .map(|(db_pages, pages)| wal::Commit {
+                db_pages,
+                pages: pages
+                    .into_iter()
+                    .filter(|(pgno, _)| *pgno <= db_pages)
+                    .map(|(pgno, b)| (pgno, vec![b; PS as usize]))
+                    .collect(),
+            })
+            .collect();
+        // One by one, as a restore did before folding.
+        let f = OpenOptions::new().write(true).open(&seq).unwrap();
+        for c in &commits {
+            for (pgno, page) in &c.pages {
+                f.write_all_at(page, u64::from(pgno - 1) * u64::from(PS)).unwrap();
+            }
+            f.set_len(u64::from(c.db_pages) * u64::from(PS)).unwrap();
+        }
+        let mut folded = Folded::default();
+        for c in commits.clone() {
+            folded.add((PS, c));
+        }
+        let f = OpenOptions::new().write(true).open(&fold).unwrap();
+        let size = folded.write(&f, u64::from(image_pages * PS)).unwrap();
+        proptest::prop_assert_eq!(size, u64::from(commits.last().unwrap().db_pages * PS));
+        proptest::prop_assert_eq!(std::fs::read(&fold).unwrap(), std::fs::read(&seq).unwrap());
+    }
+}
