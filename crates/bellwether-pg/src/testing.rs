@@ -9,6 +9,13 @@ use std::path::{Path, PathBuf};
 use crate::proc::{chown_to_pg_user, free_port, pg_argv, run};
 use crate::PgError;
 
+/// Runs a PostgreSQL program to its end as the server's user (through `runuser` when this
+/// process is root, as the server refuses root), no shell; its output, whatever its status.
+pub fn run_as_pg_user(bin: &Path, args: &[&str]) -> std::io::Result<std::process::Output> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    crate::proc::command(&pg_argv(bin, &args)).output()
+}
+
 /// What the cluster starts with.
 #[derive(Debug, Clone, Default)]
 pub struct TestClusterOptions {

@@ -17,7 +17,9 @@
 //!   against the data's after 24 points. With `--type transactional`, a transactional
 //!   shadow logs each round's commit (timed apart: the follower does it as commits come),
 //!   then takes the point, twice: points from the commit log where it can, then the same
-//!   with every point an image (the comparison, in the same run). Churn is measured twice: rows updated in one
+//!   with every point an image (the comparison, in the same run). `SEAL_WAIT=1` waits for
+//!   each image's seal before the next round (a diagnostic: it takes the sealing thread's
+//!   reads out of the next points' cost). Churn is measured twice: rows updated in one
 //!   contiguous range (time-ordered data) and rows updated at random.
 //! - `restore-log`: a transactional shadow of MIB (default 1024) MiB whose log since its
 //!   image is churned up to the bound past which it takes an image, a point from that log,
@@ -263,6 +265,9 @@ fn points(base: &Path, mib: u64, mode: Mode) {
                     shadow.take_point(Reason::Base).unwrap();
                     refresh.push(t.elapsed().as_secs_f64() * 1000.0);
                     tracing::debug!(round, ms = refresh[refresh.len() - 1], "image");
+                    if std::env::var_os("SEAL_WAIT").is_some() {
+                        shadow.store().wait_sealed();
+                    }
                 }
             }
             let t = Instant::now();

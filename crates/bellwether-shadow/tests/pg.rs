@@ -141,21 +141,8 @@ impl Writer {
 /// `pg_ctl ACTION -D DIR` as the server's user (the restored cluster, which the test
 /// cluster's own handle no longer stops after a crash).
 fn pg_ctl(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
-    let bin = cluster.bindir.join("pg_ctl");
-    let mut cmd = if nix_is_root() {
-        let mut c = std::process::Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(&bin);
-        c
-    } else {
-        std::process::Command::new(&bin)
-    };
-    cmd.args(args).output().expect("pg_ctl runs")
-}
-
-fn nix_is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
+    bellwether_pg::testing::run_as_pg_user(&cluster.bindir.join("pg_ctl"), args)
+        .expect("pg_ctl runs")
 }
 
 fn shadow_dir() -> tempfile::TempDir {

@@ -12,7 +12,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use bellwether_drift::synth::{write_host_root, HostSpec};
@@ -22,24 +21,9 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(240);
 
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
-}
-
 /// A PostgreSQL program run as the `postgres` user when this process is root.
 fn as_postgres(bin: &Path, args: &[&str]) -> std::process::Output {
-    let mut cmd = if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin);
-        c
-    } else {
-        Command::new(bin)
-    };
-    let out = cmd
-        .args(args)
-        .output()
+    let out = bellwether_pg::testing::run_as_pg_user(bin, args)
         .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
     assert!(
         out.status.success(),
@@ -61,16 +45,10 @@ struct StopServer {
 impl Drop for StopServer {
     fn drop(&mut self) {
         let d = self.data.display().to_string();
-        let mut cmd = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&self.pg_ctl);
-            c
-        } else {
-            Command::new(&self.pg_ctl)
-        };
-        let _ = cmd
-            .args(["stop", "-w", "-m", "immediate", "-D", &d])
-            .output();
+        let _ = bellwether_pg::testing::run_as_pg_user(
+            &self.pg_ctl,
+            &["stop", "-w", "-m", "immediate", "-D", &d],
+        );
     }
 }
 

@@ -157,12 +157,11 @@ pub(crate) fn store_tree(
     Ok((entries, new_bytes))
 }
 
-/// One file into the store as the entry `rel`.
-/// Stores a file in [`CHUNK`]s, taking the first `known.len()` chunks as they are and reading
+/// Stores a file in [`CHUNK`]s as the entry `rel`, taking the first `known.len()` chunks as they are and reading
 /// the rest: for a WAL segment `pg_receivewal` is still writing, the caller knows those final
 /// (wholly before a position the stream had flushed when they were stored); [`store_file`]
 /// passes none.
-pub(crate) fn store_segment_after(
+pub(crate) fn store_chunks_after(
     store: &PointStore,
     path: &Path,
     rel: String,
@@ -227,7 +226,7 @@ pub(crate) fn store_file(
         }
         objects.push(r);
     } else {
-        let (e, n) = store_segment_after(store, path, String::new(), mode, &[])?;
+        let (e, n) = store_chunks_after(store, path, String::new(), mode, &[])?;
         objects = e.objects;
         new_bytes += n;
         if adopt {

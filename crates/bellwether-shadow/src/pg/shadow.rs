@@ -288,7 +288,7 @@ impl PgShadow {
                     Some((n, objects)) if *n == name => objects.clone(),
                     _ => Vec::new(),
                 };
-                let (e, n) = base::store_segment_after(&self.store, &partial, rel, 0o600, &known)?;
+                let (e, n) = base::store_chunks_after(&self.store, &partial, rel, 0o600, &known)?;
                 new_bytes += n;
                 // Chunks wholly before this point's LSN are final (flushed, waited for).
                 let flushed = lsn.0.saturating_sub(segno.saturating_mul(seg)).min(seg);
