@@ -51,13 +51,14 @@ impl Default for GbdtParams {
 
 impl GbdtParams {
     /// The defaults for a model that is the mean of `folds` fits (`TrainOptions::folds`). One
-    /// fit: learning rate 0.1 and trees of at most 8 leaves. Several: trees of at most 4 leaves
+    /// fit: learning rate 0.12 and trees of at most 4 leaves (shallower trees calibrate
+    /// better on categories training never saw; BENCHMARKS.md, issue 10). Several: trees of at most 4 leaves
     /// and a learning rate of 0.125 per fit (0.5 for four, at most 1), so each fit
     /// stops after about 1/`folds` of the trees and the mean costs about what one fit does to
     /// train and to predict, with less of one fit's estimation noise (BENCHMARKS.md, issue 10).
     pub fn for_folds(folds: usize) -> GbdtParams {
         let (learning_rate, max_leaves) = if folds <= 1 {
-            (0.1, 8)
+            (0.12, 4)
         } else {
             ((0.125 * folds as f64).min(1.0), 4)
         };

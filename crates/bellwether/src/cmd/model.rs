@@ -76,7 +76,7 @@ struct TrainArgs {
     /// Tree models to fit and average, each holding out its own 1/N of the rows (N ≥ 2 also
     /// fits the calibration on every row's out-of-fold margin). Each of N fits learns at
     /// 0.125·N with trees of 4 leaves, so the mean costs about one fit (docs/predict.md); 1
-    /// holds out a fifth once and learns at 0.1 with trees of 8 leaves.
+    /// holds out a fifth once and learns at 0.12 with trees of 4 leaves.
     #[arg(long, default_value_t = bellwether_predict::model::FOLDS as u64, value_parser = clap::value_parser!(u64).range(1..=10))]
     folds: u64,
     /// Print the summary as human text or JSON.
