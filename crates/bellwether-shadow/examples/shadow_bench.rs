@@ -299,15 +299,7 @@ fn points(base: &Path, mib: u64, mode: Mode) {
         // The restore of the base point and of the last one (base + 24 page deltas).
         let mut restore_s = Vec::new();
         for id in [1, last_seq] {
-            let t = Instant::now();
-            bellwether_shadow::restore(&RestoreRequest {
-                dir: dir.clone(),
-                target: Target::Point(bellwether_shadow::PointId(id)),
-                dest: db.clone(),
-                elsewhere: false,
-            })
-            .unwrap();
-            restore_s.push(t.elapsed().as_secs_f64());
+            restore_s.push(restore_to(&dir, &db, bellwether_shadow::PointId(id)).1);
         }
         let last = PointStore::open(&dir)
             .unwrap()
@@ -377,6 +369,30 @@ fn points(base: &Path, mib: u64, mode: Mode) {
     }
 }
 
+/// Overwrites 1 MiB of the live file, as a failing disk would.
+fn corrupt(db: &Path) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(db).unwrap();
+    f.write_all_at(&vec![0xA5; 1 << 20], 4096).unwrap();
+}
+
+/// Restores `dir`'s point `id` over `db`: the report and the seconds it took.
+fn restore_to(
+    dir: &Path,
+    db: &Path,
+    id: bellwether_shadow::PointId,
+) -> (bellwether_shadow::RestoreReport, f64) {
+    let t = Instant::now();
+    let r = bellwether_shadow::restore(&RestoreRequest {
+        dir: dir.to_owned(),
+        target: Target::Point(id),
+        dest: db.to_owned(),
+        elsewhere: false,
+    })
+    .unwrap();
+    (r, t.elapsed().as_secs_f64())
+}
+
 fn restore(base: &Path, mib: u64) {
     let db = base.join("restore.db");
     fill(&db, mib);
@@ -391,21 +407,8 @@ fn restore(base: &Path, mib: u64) {
         shadow.store().wait_sealed();
         let seal_ms = t.elapsed().as_millis();
         drop(shadow);
-        // Corrupt the live file.
-        {
-            use std::os::unix::fs::FileExt;
-            let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
-            f.write_all_at(&vec![0xA5; 1 << 20], 4096).unwrap();
-        }
-        let t = Instant::now();
-        let r = bellwether_shadow::restore(&RestoreRequest {
-            dir: dir.clone(),
-            target: Target::Point(bellwether_shadow::PointId(1)),
-            dest: db.clone(),
-            elsewhere: false,
-        })
-        .unwrap();
-        let total = t.elapsed().as_secs_f64();
+        corrupt(&db);
+        let (r, total) = restore_to(&dir, &db, bellwether_shadow::PointId(1));
         let t = Instant::now();
         bellwether_shadow::sqlite::integrity_check(&db).unwrap();
         let check = t.elapsed().as_secs_f64();
@@ -465,20 +468,8 @@ fn restore_log(base: &Path, mib: u64) {
     let from = m.from_log.clone().expect("a point from the log");
     shadow.store().wait_sealed();
     drop(shadow);
-    {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
-        f.write_all_at(&vec![0xA5; 1 << 20], 4096).unwrap();
-    }
-    let t = Instant::now();
-    let r = bellwether_shadow::restore(&RestoreRequest {
-        dir: dir.clone(),
-        target: Target::Point(m.id()),
-        dest: db.clone(),
-        elsewhere: false,
-    })
-    .unwrap();
-    let total = t.elapsed().as_secs_f64();
+    corrupt(&db);
+    let (r, total) = restore_to(&dir, &db, m.id());
     println!(
         "restore-log {} ({} MiB, {rounds} rounds of 1 % churn): point {:.1} ms, from the log: p{}'s image + {} commits, {:.1} MiB (bound {:.0} MiB); restore to it {:.2} s, {} commits replayed, checks {:?}",
         label_of(base),

@@ -668,14 +668,7 @@ impl Shadow for SqliteShadow {
             let mut new_bytes = 0;
             let mut entries = Vec::new();
             let mut page_map = None;
-            let position = Position::Sqlite {
-                change_counter: image.change_counter,
-                wal_salt: self.cursor.map_or([0, 0], |c| c.header.salt),
-                wal_frames: self.cursor.map_or(0, |c| c.frames),
-                commits: self.commits,
-                page_size: image.page_size,
-                pages: image.pages,
-            };
+            let position = self.position(image.change_counter, image.page_size, image.pages);
             if image.cloned {
                 // Copy-on-write: the clone is the point, whatever the type (the file system
                 // shares every block that did not change); hashed after it is durable.
@@ -798,6 +791,19 @@ impl SqliteShadow {
         })
     }
 
+    /// Where the shadow is: the database's header fields given, and the WAL and commits
+    /// followed so far.
+    fn position(&self, change_counter: u32, page_size: u32, pages: u32) -> Position {
+        Position::Sqlite {
+            change_counter,
+            wal_salt: self.cursor.map_or([0, 0], |c| c.header.salt),
+            wal_frames: self.cursor.map_or(0, |c| c.frames),
+            commits: self.commits,
+            page_size,
+            pages,
+        }
+    }
+
     fn entry_name(&self) -> String {
         self.db
             .file_name()
@@ -845,14 +851,7 @@ impl SqliteShadow {
             last: hex::encode(log.last_sum()),
             log_bytes: self.log_since_image,
         };
-        let position = Position::Sqlite {
-            change_counter: self.change_counter,
-            wal_salt: self.cursor.map_or([0, 0], |c| c.header.salt),
-            wal_frames: self.cursor.map_or(0, |c| c.frames),
-            commits: self.commits,
-            page_size: self.page_size,
-            pages: self.db_pages,
-        };
+        let position = self.position(self.change_counter, self.page_size, self.db_pages);
         let read_ms = started.elapsed().as_secs_f64() * 1000.0;
         let m = self.store.commit_log_point(
             PointDraft {

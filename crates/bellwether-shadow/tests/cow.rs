@@ -61,6 +61,16 @@ fn rows(db: &Path) -> i64 {
         .unwrap()
 }
 
+/// A writer's connection to a new database in WAL mode, with the table the tests fill.
+fn wal_writer(db: &Path) -> Connection {
+    let w = Connection::open(db).unwrap();
+    w.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        .unwrap();
+    w.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB)")
+        .unwrap();
+    w
+}
+
 fn insert(c: &Connection, from: i64, to: i64) {
     c.execute_batch("BEGIN").unwrap();
     for i in from..to {
@@ -93,11 +103,7 @@ fn points_are_clones_sealed_after(fs: CowFs) {
         let dir = work.join("shadow");
         // The writer holds its connection open in WAL mode all along, its commits partly
         // in the WAL when points are taken.
-        let w = Connection::open(&db).unwrap();
-        w.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-            .unwrap();
-        w.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB)")
-            .unwrap();
+        let w = wal_writer(&db);
         insert(&w, 0, 500);
         let mut s = SqliteShadow::start(&opts(&dir, &db, ty)).unwrap();
         // Every point an image: this test is about clones (a transactional shadow would
@@ -172,11 +178,7 @@ fn retention_removes_clones(fs: CowFs) {
     let m = mount(fs, tmp.path());
     let db = m.path().join("app.db");
     let dir = m.path().join("shadow");
-    let w = Connection::open(&db).unwrap();
-    w.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-        .unwrap();
-    w.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB)")
-        .unwrap();
+    let w = wal_writer(&db);
     insert(&w, 0, 100);
     let mut s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Differential)).unwrap();
     insert(&w, 100, 200);
@@ -322,11 +324,7 @@ fn btrfs_points_from_the_log_build_on_a_clone() {
     let m = mount(CowFs::Btrfs, tmp.path());
     let db = m.path().join("app.db");
     let dir = m.path().join("shadow");
-    let w = Connection::open(&db).unwrap();
-    w.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-        .unwrap();
-    w.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB)")
-        .unwrap();
+    let w = wal_writer(&db);
     insert(&w, 0, 300);
     let mut s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Transactional)).unwrap();
     let mut points = Vec::new();
