@@ -1378,10 +1378,7 @@ impl ShadowEngine {
                     self.tick(now_ms, out);
                 } else {
                     self.st.start_failures += 1;
-                    let every = self.spec.points_every.get().as_millis() as i64;
-                    let wait = every
-                        .saturating_mul(1i64 << self.st.start_failures.min(20))
-                        .min(MAX_START_BACKOFF_MS);
+                    let wait = self.backoff_ms(self.st.start_failures);
                     self.st.start_retry_at_ms = Some(now_ms.saturating_add(wait));
                     self.event(out, now_ms, "start.failed",
                         format!("Shadow {} could not start on {}: {}; retried in {wait} ms.", self.spec.name, self.spec.host, quote(&error)),
@@ -1394,10 +1391,7 @@ impl ShadowEngine {
                     // The agent may be away: its record would make it follow the shadow
                     // again when it comes back. Tell it again, later.
                     self.st.stop_failures += 1;
-                    let every = self.spec.points_every.get().as_millis() as i64;
-                    let wait = every
-                        .saturating_mul(1i64 << self.st.stop_failures.min(20))
-                        .min(MAX_START_BACKOFF_MS);
+                    let wait = self.backoff_ms(self.st.stop_failures);
                     self.st.stop_retry_at_ms = Some(now_ms.saturating_add(wait));
                     self.event(out, now_ms, "stop.failed",
                         format!("Shadow {} did not stop on {}: {}; retried in {wait} ms (until {} h after the removal began).", self.spec.name, self.spec.host, quote(&error), STOP_RETRY_FOR_MS / 3_600_000),
@@ -1693,6 +1687,15 @@ impl ShadowEngine {
                 self.maybe_stop(now_ms, out);
             }
         }
+    }
+
+    /// How long to wait before sending a start or a stop again after `failures` in a row:
+    /// `points_every × 2^failures`, at most [`MAX_START_BACKOFF_MS`].
+    fn backoff_ms(&self, failures: u32) -> i64 {
+        let every = self.spec.points_every.get().as_millis() as i64;
+        every
+            .saturating_mul(1i64 << failures.min(20))
+            .min(MAX_START_BACKOFF_MS)
     }
 
     /// Removing: once nothing else is in flight, stop the shadow on the agent.
