@@ -348,9 +348,9 @@ pub struct SqliteShadow {
     active: usize,
     cursor: Option<wal::Cursor>,
     log: Option<LogWriter>,
-    last_point: Option<Manifest>,
     /// The last point with an image this shadow took (the last point, or the one the points
-    /// from the commit log since are rebuilt from).
+    /// from the commit log since are rebuilt from); the next image's page deltas are taken
+    /// against it.
     last_image: Option<Manifest>,
     /// Bytes logged since `last_image` (transactional).
     log_since_image: u64,
@@ -425,7 +425,7 @@ impl SqliteShadow {
             },
         )?;
         store.lock_writer()?;
-        let last_point = store.points()?.pop();
+        let has_points = !store.points()?.is_empty();
         let mut s = SqliteShadow {
             store,
             db,
@@ -435,7 +435,6 @@ impl SqliteShadow {
             active: 0,
             cursor: None,
             log: None,
-            last_point,
             last_image: None,
             log_since_image: 0,
             log_point_limit: None,
@@ -449,7 +448,7 @@ impl SqliteShadow {
             db_file,
             shm_file: None,
         };
-        if s.ty == ShadowType::Transactional || s.last_point.is_none() {
+        if s.ty == ShadowType::Transactional || !has_points {
             s.take_point(Reason::Base)?;
         }
         Ok(s)
@@ -756,7 +755,6 @@ impl Shadow for SqliteShadow {
         if self.ty == ShadowType::Transactional {
             self.log = Some(self.store.log_writer(m.id())?);
         }
-        self.last_point = Some(m.clone());
         self.last_image = Some(m.clone());
         self.log_since_image = 0;
         self.page_size = image.page_size;
@@ -824,7 +822,7 @@ impl SqliteShadow {
         if self.ty != ShadowType::Transactional || self.log.is_none() {
             return Ok(None);
         }
-        let Some(image) = self.last_image.clone() else {
+        let Some(image) = self.last_image.as_ref().map(|m| m.seq) else {
             return Ok(None);
         };
         let taken_at = self.now();
@@ -846,7 +844,7 @@ impl SqliteShadow {
             return Ok(None);
         }
         let from = FromLog {
-            image: image.seq,
+            image,
             records: log.records(),
             last: hex::encode(log.last_sum()),
             log_bytes: self.log_since_image,
@@ -867,7 +865,6 @@ impl SqliteShadow {
         )?;
         let commit_ms = started.elapsed().as_secs_f64() * 1000.0 - read_ms;
         self.log = Some(self.store.log_writer(m.id())?);
-        self.last_point = Some(m.clone());
         // What the point cost, by part (`--log debug`; the bench prints it with RUST_LOG).
         tracing::debug!(
             read_ms,
