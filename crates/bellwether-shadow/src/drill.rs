@@ -133,9 +133,6 @@ impl DrillShadow for LiveShadow {
         self.ctl.request_point(reason);
         loop {
             match self.events.recv_timeout(WRITER_STALL) {
-                // An image the loop took by itself (a transactional shadow's refresh, see
-                // `Shadow::image_due`) is not the point asked for.
-                Ok(RunEvent::Point(m)) if m.reason == Reason::Base => {}
                 Ok(RunEvent::Point(m)) => {
                     return Ok(TakenPoint {
                         id: m.id().to_string(),

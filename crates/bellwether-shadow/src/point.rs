@@ -541,7 +541,11 @@ impl Control {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunEvent {
     Synced(SyncReport),
+    /// A point asked for: by `ctl`, by a request file or by the schedule.
     Point(Manifest),
+    /// An image the loop took by itself ([`Shadow::image_due`]): a point in the store, but
+    /// not one anybody asked for, so it never answers a request.
+    Image(Manifest),
     Thinned(ThinReport),
     /// A step failed; the loop goes on (a source briefly unreadable) unless it stops.
     Failed(String),

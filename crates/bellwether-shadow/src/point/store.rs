@@ -715,6 +715,9 @@ impl PointStore {
         let thinned: HashSet<u64> = tombstones.iter().copied().collect();
         let mut prev: Option<String> = None;
         let mut seen_objects = HashSet::new();
+        // The last segment read: its point, its commits and their last chained SHA-256 (a
+        // point taken from the commit log is checked against its predecessor's).
+        let mut last_segment: Option<(u64, usize, [u8; 32])> = None;
         for seq in 1..=head.seq {
             let id = PointId(seq);
             let (checksum, prev_checksum) = if present.contains(&seq) {
@@ -755,10 +758,19 @@ impl PointStore {
                 }
                 report.objects += m.clones.len() as u64;
                 if let Some(from) = &m.from_log {
-                    self.log_link(&m, from)?;
+                    match last_segment {
+                        Some((s, n, last)) if s + 1 == seq => {
+                            self.check_link(&m, from, n, &last)?
+                        }
+                        // Its predecessor is gone: named by the full check.
+                        _ => {
+                            self.log_link(&m, from)?;
+                        }
+                    }
                 }
-                let (records, _, _) = log::scan(&self.log_path(id), seq == head.seq)?;
+                let (records, last, _) = log::scan(&self.log_path(id), seq == head.seq)?;
                 report.log_records += records.len() as u64;
+                last_segment = Some((seq, records.len(), last));
                 report.points += 1;
                 (m.checksum, m.prev_checksum)
             } else if thinned.contains(&seq) {
@@ -910,22 +922,38 @@ impl PointStore {
         }
         let prev = self.point(prev_id)?;
         let (records, last, _) = log::scan(&self.log_path(prev_id), true)?;
-        if records.len() as u64 != from.records || hex::encode(last) != from.last {
-            return Err(damaged(format!(
-                "it follows {} commits logged after p{} (the last with checksum {}), and log/{}.log holds {}{}",
+        self.check_link(m, from, records.len(), &last)?;
+        Ok((prev, records))
+    }
+
+    /// Whether the predecessor's segment, read as `records` commits ending with the chained
+    /// SHA-256 `last`, is the one `m` (a point taken from the commit log) recorded.
+    fn check_link(
+        &self,
+        m: &Manifest,
+        from: &FromLog,
+        records: usize,
+        last: &[u8; 32],
+    ) -> Result<(), ShadowError> {
+        if records as u64 == from.records && hex::encode(last) == from.last {
+            return Ok(());
+        }
+        let prev = m.seq.saturating_sub(1);
+        Err(ShadowError::DamagedPoint {
+            dir: self.dir.clone(),
+            id: m.id(),
+            reason: format!(
+                "it follows {} commits logged after p{prev} (the last with checksum {}), and log/{}.log holds {records}{}",
                 from.records,
-                prev_id.0,
                 from.last,
-                seq_name(prev_id.0),
-                records.len(),
-                if records.len() as u64 == from.records {
+                seq_name(prev),
+                if records as u64 == from.records {
                     " with another last checksum"
                 } else {
                     ""
                 }
-            )));
-        }
-        Ok((prev, records))
+            ),
+        })
     }
 
     /// For a point taken from the commit log: the point holding its image and every commit
@@ -1285,12 +1313,18 @@ pub(crate) fn run_loop(
             Ok(())
         }
     };
+    // `asked`: a point asked for (a `Point` event), or the loop's own image (an `Image`).
     let take = |shadow: &mut dyn Shadow,
                 reason: Reason,
+                asked: bool,
                 on_event: &mut dyn FnMut(&RunEvent)|
      -> Result<Manifest, ShadowError> {
         let m = shadow.take_point(reason)?;
-        on_event(&RunEvent::Point(m.clone()));
+        on_event(&if asked {
+            RunEvent::Point(m.clone())
+        } else {
+            RunEvent::Image(m.clone())
+        });
         match shadow.store().thin(&retention, Timestamp::now()) {
             Ok(t) if !t.removed.is_empty() || t.gc.objects_removed > 0 => {
                 on_event(&RunEvent::Thinned(t))
@@ -1327,13 +1361,8 @@ pub(crate) fn run_loop(
             asked.push((None, Reason::Schedule));
             next_point = points_every.map(|d| Instant::now() + d.get());
         }
-        // The image the points from the commit log build on, refreshed after the points
-        // asked for (docs/shadow.md, "Points from the commit log").
-        if shadow.image_due() {
-            asked.push((None, Reason::Base));
-        }
         for (path, reason) in asked {
-            let result = take(shadow, reason, on_event);
+            let result = take(shadow, reason, true, on_event);
             if let Some(path) = path {
                 let stem = path.with_extension("");
                 match &result {
@@ -1350,6 +1379,13 @@ pub(crate) fn run_loop(
                 let _ = std::fs::remove_file(&path);
             }
             if let Err(e) = result {
+                fail(&mut failures, e, on_event)?;
+            }
+        }
+        // The image the points from the commit log build on, refreshed after the points
+        // asked for (docs/shadow.md, "Points from the commit log").
+        if shadow.image_due() {
+            if let Err(e) = take(shadow, Reason::Base, false, on_event) {
                 fail(&mut failures, e, on_event)?;
             }
         }

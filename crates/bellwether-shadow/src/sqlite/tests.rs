@@ -1330,7 +1330,13 @@ fn the_run_loop_refreshes_the_image_by_itself_once_the_log_passes_the_limit() {
     assert_eq!(p2.from_log.as_ref().map(|f| f.image), Some(1), "{p2:?}");
     // 200 rows of 1 KB pass 64 KiB of log: the loop takes an image with nobody asking.
     insert_rows(&c, 221, 420);
-    let refreshed = next_point();
+    let refreshed = loop {
+        match rx.recv().unwrap() {
+            RunEvent::Image(m) => break m,
+            RunEvent::Point(m) => panic!("a point nobody asked for: {m:?}"),
+            _ => {}
+        }
+    };
     assert_eq!(refreshed.reason, Reason::Base);
     assert!(refreshed.from_log.is_none(), "{refreshed:?}");
     let want_refreshed = table_digest(&db);

@@ -467,7 +467,7 @@ fn start(kind: ResourceKind, opts: &ShadowOptions) -> anyhow::Result<ExitCode> {
         let ctl = ctl.clone();
         std::thread::spawn(move || {
             bellwether_shadow::point::run(shadow.as_mut(), points_every, &ctl, &mut |e| match e {
-                RunEvent::Point(m) => print_point_line(m),
+                RunEvent::Point(m) | RunEvent::Image(m) => print_point_line(m),
                 RunEvent::Thinned(t) => tracing::info!(
                     removed = t.removed.len(),
                     leased = t.leased.len(),
