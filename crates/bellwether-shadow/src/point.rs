@@ -56,7 +56,7 @@ use bellwether_model::Dur;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use clone::ficlone;
-pub use clone::{cow_supported, Seal, SealedObject};
+pub use clone::{cow_supported, Seal, SealPause, SealedObject};
 pub use log::{LogRecord, LogWriter};
 pub use objects::{ObjectId, ObjectRef};
 pub use retention::{thin_plan, Retention};

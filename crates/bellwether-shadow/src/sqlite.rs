@@ -640,6 +640,8 @@ impl Shadow for SqliteShadow {
     }
 
     fn take_point(&mut self, reason: Reason) -> Result<Manifest, ShadowError> {
+        // The sealing thread of an earlier clone waits until this point is taken.
+        let _pause = self.store.pause_seals();
         if self.ty == ShadowType::Transactional && self.cursor.is_none() {
             // The first point: begin following here.
             begin_read(&self.conns[self.active], &self.db)?;
@@ -753,7 +755,7 @@ impl Shadow for SqliteShadow {
         let (m, page_map) = result?;
         self.page_map = page_map;
         if self.ty == ShadowType::Transactional {
-            self.log = Some(self.store.log_writer(m.id())?);
+            self.log = Some(self.store.new_log_writer(m.id())?);
         }
         self.last_image = Some(m.clone());
         self.log_since_image = 0;
@@ -864,7 +866,7 @@ impl SqliteShadow {
             from,
         )?;
         let commit_ms = started.elapsed().as_secs_f64() * 1000.0 - read_ms;
-        self.log = Some(self.store.log_writer(m.id())?);
+        self.log = Some(self.store.new_log_writer(m.id())?);
         // What the point cost, by part (`--log debug`; the bench prints it with RUST_LOG).
         tracing::debug!(
             read_ms,

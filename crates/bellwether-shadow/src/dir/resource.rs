@@ -101,6 +101,7 @@ impl ObjectStore for PointStore {
                 .inspect_err(|_| {
                     let _ = std::fs::remove_file(&t);
                 })?;
+            self.written(&oid, true);
             return Ok(stored.len() as u64);
         }
         Ok(if self.put(id, bytes)? {

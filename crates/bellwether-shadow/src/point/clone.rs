@@ -18,10 +18,15 @@
 //! file system copies a block only when the live file changes it, so a point costs the
 //! blocks that changed since, as the file system counts them (`du`, `btrfs filesystem du`,
 //! not the logical sizes [`super::PointStore::disk_usage`] adds up).
+//!
+//! Points come before seals: a shadow taking a point holds a [`SealPause`], and the sealing
+//! thread waits between its reads (1 MiB each) while any is held, so the seal's reads of a
+//! large clone do not queue in front of the point's syncs.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +51,96 @@ pub struct SealedObject {
     pub file: String,
     pub id: ObjectId,
     pub len: u64,
+}
+
+/// What the points of a store and its sealing threads share: how many points are being
+/// taken, which the sealing threads wait out between reads.
+#[derive(Debug, Default)]
+pub(crate) struct SealGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// Points being taken now.
+    points: u32,
+    /// How many times a sealing thread found a point being taken and waited for it.
+    waits: u64,
+}
+
+impl SealGate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits while a point is being taken (the sealing thread, before each read).
+    fn wait_clear(&self) {
+        let mut s = self.lock();
+        if s.points == 0 {
+            return;
+        }
+        s.waits += 1;
+        self.changed.notify_all();
+        while s.points > 0 {
+            s = self
+                .changed
+                .wait(s)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    /// Waits until sealing threads have waited for points `n` times in all.
+    #[cfg(test)]
+    pub(crate) fn wait_for_waits(&self, n: u64) {
+        let mut s = self.lock();
+        while s.waits < n {
+            s = self
+                .changed
+                .wait(s)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
+/// Held while a point is taken ([`PointStore::pause_seals`]): the store's sealing threads
+/// wait before their next read until every pause is dropped.
+#[derive(Debug)]
+#[must_use = "seals wait only while the pause is held"]
+pub struct SealPause(Arc<SealGate>);
+
+impl Drop for SealPause {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.points -= 1;
+        if s.points == 0 {
+            self.0.changed.notify_all();
+        }
+    }
+}
+
+/// The SHA-256 and length of a file's content, read 1 MiB at a time, each read after any
+/// point being taken is done.
+fn hash_file_after_points(path: &Path, gate: &SealGate) -> io::Result<(ObjectId, u64)> {
+    use sha2::{Digest, Sha256};
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        gate.wait_clear();
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((ObjectId(h.finalize().into()), len))
 }
 
 /// One `FICLONE` of all of `from` into the empty `to`; `false` where the file system cannot
@@ -85,6 +180,14 @@ fn sync_dir(dir: &Path) -> Result<(), ShadowError> {
 }
 
 impl PointStore {
+    /// Makes this store's sealing threads wait between reads until the pause is dropped:
+    /// held while a point is taken, so a seal's reads of a large clone never queue in front
+    /// of the point's own writes and syncs.
+    pub fn pause_seals(&self) -> SealPause {
+        self.gate.lock().points += 1;
+        SealPause(Arc::clone(&self.gate))
+    }
+
     pub(crate) fn clones_dir(&self) -> PathBuf {
         self.dir().join("clones")
     }
@@ -189,7 +292,7 @@ impl PointStore {
         let mut sealed = Vec::with_capacity(m.clones.len());
         for c in &m.clones {
             let path = self.clones_dir().join(&c.file);
-            let (id, len) = match objects::hash_file(&path) {
+            let (id, len) = match hash_file_after_points(&path, &self.gate) {
                 Ok(x) => x,
                 // Retention removed the point while it was being sealed.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -244,11 +347,15 @@ impl PointStore {
 
     pub(crate) fn seal_in_background(&self, seqs: Vec<u64>) {
         let dir = self.dir().to_owned();
+        let gate = Arc::clone(&self.gate);
         let spawned = std::thread::Builder::new()
             .name("shadow-seal".into())
             .spawn(move || {
                 let store = match PointStore::open(&dir) {
-                    Ok(s) => s,
+                    Ok(mut s) => {
+                        s.gate = gate;
+                        s
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "sealing copy-on-write points");
                         return;
@@ -421,5 +528,37 @@ fn remove_if_there(path: &Path) -> Result<(), ShadowError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(ShadowError::io(path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seal_reads_nothing_more_while_a_point_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clone");
+        let data: Vec<u8> = (0..(3 << 20) + 17).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let gate = Arc::new(SealGate::default());
+        gate.lock().points += 1;
+        let pause = SealPause(Arc::clone(&gate));
+        let sealing = {
+            let (gate, path) = (Arc::clone(&gate), path.clone());
+            std::thread::spawn(move || hash_file_after_points(&path, &gate))
+        };
+        // The sealing thread counts its wait under the gate's lock, then waits for the
+        // pause to go: it cannot finish while the pause is held.
+        gate.wait_for_waits(1);
+        assert!(!sealing.is_finished());
+        drop(pause);
+        let sealed = sealing.join().unwrap().unwrap();
+        assert_eq!(sealed, objects::hash_file(&path).unwrap());
+        assert_eq!(sealed.1, data.len() as u64);
+        // With no point being taken it never waits.
+        let again = hash_file_after_points(&path, &gate).unwrap();
+        assert_eq!(again, sealed);
+        assert_eq!(gate.lock().waits, 1);
     }
 }

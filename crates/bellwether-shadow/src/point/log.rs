@@ -41,7 +41,8 @@ pub struct LogRecord {
 #[derive(Debug)]
 pub struct LogWriter {
     path: PathBuf,
-    file: File,
+    /// `None` until the first flush of a segment made by [`LogWriter::fresh`].
+    file: Option<File>,
     prev: [u8; 32],
     len: u64,
     pending: Vec<u8>,
@@ -64,12 +65,26 @@ impl LogWriter {
         }
         Ok(LogWriter {
             path: path.to_owned(),
-            file,
+            file: Some(file),
             prev,
             len: good_len,
             pending: Vec::new(),
             records: records.len() as u64,
         })
+    }
+
+    /// A writer of a segment that holds nothing yet (the point it follows was just
+    /// committed): the file is made by the first flush, replacing whatever a crashed
+    /// follower may have left under that name (no point can have logged there).
+    pub(crate) fn fresh(path: &Path) -> LogWriter {
+        LogWriter {
+            path: path.to_owned(),
+            file: None,
+            prev: [0; 32],
+            len: 0,
+            pending: Vec::new(),
+            records: 0,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -114,9 +129,19 @@ impl LogWriter {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.file
-            .write_all(&self.pending)
-            .and_then(|()| self.file.sync_data())
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(
+                OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true)
+                    .open(&self.path)
+                    .map_err(ShadowError::io(&self.path))?,
+            ),
+        };
+        file.write_all(&self.pending)
+            .and_then(|()| file.sync_data())
             .map_err(ShadowError::io(&self.path))?;
         self.len += self.pending.len() as u64;
         self.pending.clear();

@@ -2,9 +2,13 @@
 //! written once (a second write of the same content is a no-op: deduplication).
 //!
 //! An object is written to `tmp/` and renamed into place, so a reader never sees half of
-//! one. Objects are not synced one by one (thousands of `fsync`s would make a point take
-//! seconds): [`super::PointStore::commit_point`] calls `syncfs` once before it writes the
-//! manifest that references them, which is the moment they must be durable.
+//! one. Objects are not synced as they are written: [`super::PointStore::commit_point`]
+//! makes them durable before it writes the manifest that references them, which is the
+//! moment they must be. A point's few new objects (at most 256) are synced one by one with
+//! their directories, which leaves alone whatever else is dirty on the file system (the
+//! database's own pages, when the shadow shares its disk); more (a base's thousands of
+//! chunks, where thousands of `fsync`s would take seconds), or objects a store just opened
+//! may reuse from a process that never synced them, take one `syncfs`.
 //!
 //! Copy-on-write: a whole file is cloned into the store with `FICLONE` (btrfs, XFS, bcachefs
 //! share the blocks; ext4 refuses and the bytes are copied), and an object is cloned out the

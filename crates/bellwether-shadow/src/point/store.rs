@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,37 @@ pub struct PointStore {
     writer: Option<File>,
     /// Threads sealing copy-on-write points (see [`super::clone`]); joined on drop.
     sealing: Mutex<Vec<JoinHandle<()>>>,
+    /// Points being taken, which the sealing threads wait out ([`PointStore::pause_seals`]).
+    pub(super) gate: Arc<super::clone::SealGate>,
+    /// The objects this store wrote since its last point, which that point syncs.
+    unsynced: Mutex<Unsynced>,
 }
+
+/// The objects written since the last point ([`PointStore::commit_point`] makes them
+/// durable before the manifest that references them).
+#[derive(Debug)]
+struct Unsynced {
+    /// Each new object's path, while there are at most [`SYNC_EACH_MAX`].
+    objects: Vec<PathBuf>,
+    /// More than that, or not known (a store just opened: a process before it may have
+    /// left objects it never synced, which a point here could reuse): one `syncfs`.
+    whole_fs: bool,
+}
+
+impl Default for Unsynced {
+    fn default() -> Self {
+        Unsynced {
+            objects: Vec::new(),
+            whole_fs: true,
+        }
+    }
+}
+
+/// Up to this many new objects a point syncs one by one (with their directories); past it,
+/// the file system at once (`syncfs`, one call for a base's thousands of chunks). One by one
+/// does not flush what else is dirty on the file system: a database's own pages, when the
+/// shadow shares its disk.
+pub(crate) const SYNC_EACH_MAX: usize = 256;
 
 impl Drop for PointStore {
     fn drop(&mut self) {
@@ -126,15 +156,20 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ShadowError
 }
 
 pub(super) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ShadowError> {
+    write_json_with(path, v, bellwether_fs::AtomicWrite::new().create_parent())
+}
+
+fn write_json_with<T: Serialize>(
+    path: &Path,
+    v: &T,
+    how: bellwether_fs::AtomicWrite,
+) -> Result<(), ShadowError> {
     let mut bytes = serde_json::to_vec_pretty(v).map_err(|e| ShadowError::BadFile {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
     bytes.push(b'\n');
-    bellwether_fs::AtomicWrite::new()
-        .create_parent()
-        .write(path, &bytes)
-        .map_err(ShadowError::io(path))
+    how.write(path, &bytes).map_err(ShadowError::io(path))
 }
 
 /// The checksum of a manifest: SHA-256 of its compact JSON with `checksum` empty.
@@ -181,6 +216,8 @@ impl PointStore {
             meta,
             writer: None,
             sealing: Mutex::new(Vec::new()),
+            gate: Arc::default(),
+            unsynced: Mutex::default(),
         })
     }
 
@@ -207,6 +244,8 @@ impl PointStore {
             meta,
             writer: None,
             sealing: Mutex::new(Vec::new()),
+            gate: Arc::default(),
+            unsynced: Mutex::default(),
         })
     }
 
@@ -322,20 +361,93 @@ impl PointStore {
     /// reference and whether it was new. Durable once a point referencing it is committed.
     pub fn put_object(&self, bytes: &[u8]) -> Result<(ObjectRef, bool), ShadowError> {
         self.require_writer()?;
-        objects::put(&self.dir, &self.tmp(), bytes).map_err(ShadowError::io(self.tmp()))
+        let (r, new) =
+            objects::put(&self.dir, &self.tmp(), bytes).map_err(ShadowError::io(self.tmp()))?;
+        self.written(&r.id, new);
+        Ok((r, new))
     }
 
     /// Stores a whole file as one object, cloned copy-on-write where the file system can.
     pub fn put_file(&self, path: &Path) -> Result<(ObjectRef, bool), ShadowError> {
         self.require_writer()?;
-        objects::put_file(&self.dir, &self.tmp(), path).map_err(ShadowError::io(path))
+        let (r, new) =
+            objects::put_file(&self.dir, &self.tmp(), path).map_err(ShadowError::io(path))?;
+        self.written(&r.id, new);
+        Ok((r, new))
     }
 
     /// Moves a file the caller wrote under [`PointStore::temp_path`] into the store as one
     /// object (no copy).
     pub fn adopt_file(&self, path: &Path) -> Result<(ObjectRef, bool), ShadowError> {
         self.require_writer()?;
-        objects::adopt(&self.dir, path).map_err(ShadowError::io(path))
+        let (r, new) = objects::adopt(&self.dir, path).map_err(ShadowError::io(path))?;
+        self.written(&r.id, new);
+        Ok((r, new))
+    }
+
+    /// Notes an object this store just installed, for the next point to sync.
+    pub(crate) fn written(&self, id: &ObjectId, new: bool) {
+        if !new {
+            return;
+        }
+        let mut u = self
+            .unsynced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if u.whole_fs {
+            return;
+        }
+        if u.objects.len() >= SYNC_EACH_MAX {
+            u.whole_fs = true;
+            u.objects = Vec::new();
+        } else {
+            u.objects.push(self.object_path(id));
+        }
+    }
+
+    /// How many new objects the next point syncs one by one, and whether it syncs the
+    /// file system instead.
+    #[cfg(test)]
+    pub(crate) fn unsynced(&self) -> (usize, bool) {
+        let u = self.unsynced.lock().unwrap();
+        (u.objects.len(), u.whole_fs)
+    }
+
+    /// Makes every object written since the last point durable: each one and its directory
+    /// (then `objects/`, which may have gained a directory), or the whole file system.
+    fn sync_written(&self) -> Result<(), ShadowError> {
+        let mut u = self
+            .unsynced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let objects_dir = self.dir.join("objects");
+        if u.whole_fs {
+            let d = File::open(&objects_dir).map_err(ShadowError::io(&objects_dir))?;
+            rustix::fs::syncfs(&d).map_err(|e| ShadowError::io(&objects_dir)(e.into()))?;
+        } else if !u.objects.is_empty() {
+            let mut dirs: Vec<&Path> = Vec::new();
+            for p in &u.objects {
+                File::open(p)
+                    .and_then(|f| f.sync_all())
+                    .map_err(ShadowError::io(p))?;
+                if let Some(d) = p.parent() {
+                    if !dirs.contains(&d) {
+                        dirs.push(d);
+                    }
+                }
+            }
+            dirs.push(&objects_dir);
+            for d in dirs {
+                File::open(d)
+                    .and_then(|f| f.sync_all())
+                    .map_err(ShadowError::io(d))?;
+            }
+        }
+        *u = Unsynced {
+            objects: Vec::new(),
+            whole_fs: false,
+        };
+        Ok(())
     }
 
     /// A fresh path in the store's `tmp/` (same file system as the objects).
@@ -556,11 +668,17 @@ impl PointStore {
         m.checksum = manifest_checksum(&m);
         // Every object the manifest references must be on disk before the manifest is.
         if sync_objects {
-            let objects_dir = self.dir.join("objects");
-            let d = File::open(&objects_dir).map_err(ShadowError::io(&objects_dir))?;
-            rustix::fs::syncfs(&d).map_err(|e| ShadowError::io(&objects_dir)(e.into()))?;
+            self.sync_written()?;
         }
-        write_json(&self.manifest_path(seq), &m)?;
+        // The manifest's name is made durable by `HEAD`'s directory sync just after (both
+        // are in `points/`, renamed in this order): one directory sync for the two.
+        write_json_with(
+            &self.manifest_path(seq),
+            &m,
+            bellwether_fs::AtomicWrite::new()
+                .create_parent()
+                .defer_dir_sync(),
+        )?;
         write_json(
             &self.dir.join("points").join("HEAD"),
             &Head {
@@ -871,6 +989,14 @@ impl PointStore {
     pub fn log_writer(&self, after: PointId) -> Result<LogWriter, ShadowError> {
         self.require_writer()?;
         LogWriter::open(&self.log_path(after))
+    }
+
+    /// The commit log after `after`, a point just committed (so its segment holds nothing
+    /// yet): nothing is touched on disk until the first commit is flushed, so taking a
+    /// point does not wait for its segment's creation.
+    pub fn new_log_writer(&self, after: PointId) -> Result<LogWriter, ShadowError> {
+        self.require_writer()?;
+        Ok(LogWriter::fresh(&self.log_path(after)))
     }
 
     /// Bytes of the commit log after point `after` (0 when it has none).

@@ -270,3 +270,75 @@ proptest! {
         let _ = serde_json::from_str::<Manifest>(&s);
     }
 }
+
+#[test]
+fn a_point_syncs_its_few_new_objects_one_by_one_and_many_with_the_file_system() {
+    let t = tempfile::tempdir().unwrap();
+    let s = store(t.path());
+    // A store just opened does not know what a process before it left unsynced.
+    assert_eq!(s.unsynced(), (0, true));
+    let p1 = point(&s, 100, b"first");
+    assert_eq!(s.unsynced(), (0, false));
+    // Known content is not written again, so there is nothing to sync for it.
+    s.put_object(b"first").unwrap();
+    assert_eq!(s.unsynced(), (0, false));
+    for i in 0..3u8 {
+        s.put_object(&[i; 10]).unwrap();
+    }
+    assert_eq!(s.unsynced(), (3, false));
+    let p2 = point(&s, 200, b"second");
+    assert_eq!(s.unsynced(), (0, false));
+    for i in 0..=store::SYNC_EACH_MAX as u32 {
+        s.put_object(&i.to_le_bytes()).unwrap();
+    }
+    assert_eq!(s.unsynced(), (0, true), "past the bound: one syncfs");
+    let p3 = point(&s, 300, b"third");
+    assert_eq!(s.unsynced(), (0, false));
+    // Whichever way they were synced, the points read back whole.
+    let report = s.verify(true).unwrap();
+    assert_eq!(report.points, 3, "{report:?}");
+    for p in [p1, p2, p3] {
+        assert_eq!(s.point(p.id()).unwrap(), p);
+    }
+}
+
+#[test]
+fn a_new_segment_is_made_by_its_first_commit_and_replaces_what_a_crash_left() {
+    let t = tempfile::tempdir().unwrap();
+    let s = store(t.path());
+    let p = point(&s, 100, b"a");
+    let w = s.new_log_writer(p.id()).unwrap();
+    let path = w.path().to_owned();
+    // Taking the point touched nothing: no commit yet, no file, and an empty segment.
+    assert!(!path.exists());
+    assert!(w.is_empty());
+    assert_eq!(s.log_records(p.id(), None).unwrap().len(), 0);
+    drop(w);
+    // What a follower that crashed while writing under this name may have left.
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(
+        &path,
+        b"half of a record from a point that was never committed",
+    )
+    .unwrap();
+    let mut w = s.new_log_writer(p.id()).unwrap();
+    w.append(Timestamp(200), b"first");
+    w.append(Timestamp(201), b"second");
+    w.flush().unwrap();
+    w.append(Timestamp(202), b"third");
+    w.flush().unwrap();
+    assert_eq!(
+        (w.records(), w.len()),
+        (3, std::fs::metadata(&path).unwrap().len())
+    );
+    drop(w);
+    let r = s.log_records(p.id(), None).unwrap();
+    let payloads: Vec<&[u8]> = r.iter().map(|r| r.payload.as_slice()).collect();
+    assert_eq!(payloads, [&b"first"[..], b"second", b"third"]);
+    // It reopens like any segment and the chain goes on.
+    let mut w = s.log_writer(p.id()).unwrap();
+    assert_eq!(w.records(), 3);
+    w.append(Timestamp(203), b"fourth");
+    w.flush().unwrap();
+    assert_eq!(s.log_records(p.id(), None).unwrap().len(), 4);
+}
