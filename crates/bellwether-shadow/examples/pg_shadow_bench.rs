@@ -9,9 +9,18 @@
 //! 2. `restore`: a pgbench database of `--scale` (68 is about 1 GiB), a transactional shadow
 //!    (its base point timed), points under pgbench churn (time and new bytes each), then a
 //!    restore of the database to a point, swapped in (timed).
+//! 3. `space` (not part of `all`): the issue's "24 hourly points at 1 %/h churn". A pgbench
+//!    database of `--scale` (default here 10, about 160 MiB), then for each shadow type of
+//!    `--types` (default `differential,transactional`) a new shadow and 24 rounds, each an
+//!    hour's worth of churn: a `CHECKPOINT` (an hour holds twelve at the default
+//!    `checkpoint_timeout`), 1 % of `pgbench_accounts` rows updated at random, and a point.
+//!    Reports the shadow directory's size (logical, and the blocks the file system counts)
+//!    against the database's, and what the WAL held of it. `--wal-compression lz4|pglz|zstd`
+//!    sets the server's `wal_compression` for the run.
 //!
-//! `cargo run --release -p bellwether-shadow --example pg_shadow_bench -- [rpo|restore|all]
-//! [--scale N] [--seconds S] [--points N] [--on LIST] [--image-gib N]`
+//! `cargo run --release -p bellwether-shadow --example pg_shadow_bench -- [rpo|restore|all|space]
+//! [--scale N] [--seconds S] [--points N] [--on LIST] [--image-gib N] [--types LIST]
+//! [--wal-compression METHOD]`
 //!
 //! `--on /var/tmp,btrfs,xfs` runs the benchmarks once per place, one after the other: a
 //! directory is used as it is, `btrfs` / `xfs` is a loop mount of a sparse image of
@@ -83,17 +92,110 @@ fn pgbench_figures(out: &str) -> (i64, f64) {
 }
 
 fn options(dir: &Path, url: &str) -> (ShadowOptions, PgOptions) {
+    options_of(dir, url, ShadowType::Transactional)
+}
+
+fn options_of(dir: &Path, url: &str, ty: ShadowType) -> (ShadowOptions, PgOptions) {
     (
         ShadowOptions {
             dir: dir.to_path_buf(),
             source: Source::Url(url.to_string()),
-            shadow_type: ShadowType::Transactional,
+            shadow_type: ty,
             points_every: None,
             retention: Retention::default(),
             poll: None,
         },
-        PgOptions::new(url, ShadowType::Transactional),
+        PgOptions::new(url, ty),
     )
+}
+
+/// 24 hourly points at 1 % churn an hour: the shadow's size against the database's.
+fn space(scale: u32, types: &[ShadowType], wal_compression: Option<&str>) {
+    let mut conf = vec![
+        ("max_wal_size".into(), "'4GB'".into()),
+        ("checkpoint_timeout".into(), "'30min'".into()),
+    ];
+    if let Some(c) = wal_compression {
+        conf.push(("wal_compression".into(), format!("'{c}'")));
+    }
+    let cluster = TestCluster::start(TestClusterOptions { conf });
+    let url = cluster.url();
+    let s = scale.to_string();
+    let init = pgbench(&cluster, &["-i", "-s", &s, "-q"])
+        .output()
+        .expect("pgbench -i");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    exec(&url, "VACUUM ANALYZE");
+    let accounts = query_i64(&url, "SELECT count(*) FROM public.pgbench_accounts");
+    let churn = accounts / 100;
+    let root = std::env::temp_dir();
+    for ty in types {
+        let size = query_i64(&url, "SELECT pg_database_size(current_database())") as u64;
+        let cluster_bytes = dir_size(&cluster.data_dir);
+        let sd = tempfile::Builder::new()
+            .prefix("bw-pg-space-")
+            .tempdir()
+            .expect("tempdir");
+        let used_before = fs_used(&root);
+        let (o, p) = options_of(sd.path(), &url, *ty);
+        let mut shadow = PgShadow::start(&o, &p).expect("shadow");
+        let base = dir_size(sd.path());
+        let wal_start = query_i64(&url, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn");
+        let mut times = Vec::new();
+        for _ in 0..24 {
+            exec(&url, "CHECKPOINT");
+            exec(
+                &url,
+                &format!(
+                    "UPDATE public.pgbench_accounts SET abalance = abalance + 1 \
+                     WHERE aid IN (SELECT 1 + (random() * {})::bigint FROM generate_series(1, {churn}))",
+                    accounts - 1
+                ),
+            );
+            let t = Instant::now();
+            shadow.take_point(Reason::Schedule).expect("point");
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let wal = query_i64(&url, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn") - wal_start;
+        drop(shadow);
+        let held = dir_size(sd.path());
+        let used = fs_used(&root).saturating_sub(used_before);
+        times.sort_by(|a, b| a.total_cmp(b));
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        println!(
+            "space ({}, wal_compression {}): database {:.1} MiB (cluster directory {:.1} MiB); 24 points at 1 % churn ({churn} rows each, a CHECKPOINT before each): shadow {:.1} MiB = {:.2} x the database ({:.2} x the cluster directory); base {:.1} MiB; file system blocks {:.1} MiB; WAL written {:.1} MiB; point p50 {:.0} ms, max {:.0} ms",
+            ty,
+            wal_compression.unwrap_or("off"),
+            mib(size),
+            mib(cluster_bytes),
+            mib(held),
+            held as f64 / size as f64,
+            held as f64 / cluster_bytes as f64,
+            mib(base),
+            mib(used),
+            mib(wal as u64),
+            times[times.len() / 2],
+            times[times.len() - 1],
+        );
+    }
+}
+
+/// Bytes in use on the file system holding `p` (`statvfs`).
+fn fs_used(p: &Path) -> u64 {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%S %b %f"])
+        .arg(p)
+        .output()
+        .expect("stat -f");
+    let v: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    v[0] * (v[1] - v[2])
 }
 
 fn rpo(seconds: u64) {
@@ -341,6 +443,19 @@ fn main() {
     let scale = flag("--scale", 68) as u32;
     let points = flag("--points", 10) as usize;
     let image_gib = flag("--image-gib", 8);
+    let text = |name: &str| {
+        args.iter().position(|a| a == name).map(|i| {
+            args.get(i + 1)
+                .unwrap_or_else(|| panic!("{name} needs a value"))
+                .clone()
+        })
+    };
+    let types: Vec<ShadowType> = text("--types")
+        .unwrap_or_else(|| "differential,transactional".into())
+        .split(',')
+        .map(|t| t.parse().unwrap_or_else(|e| panic!("--types: {e}")))
+        .collect();
+    let wal_compression = text("--wal-compression");
     let on: Vec<String> = match args.iter().position(|a| a == "--on") {
         Some(i) => args
             .get(i + 1)
@@ -384,6 +499,13 @@ fn main() {
         }
         if matches!(what, "restore" | "all") {
             restore(scale, points);
+        }
+        if what == "space" {
+            space(
+                flag("--scale", 10) as u32,
+                &types,
+                wal_compression.as_deref(),
+            );
         }
         std::env::set_var("TMPDIR", &outer);
         if let Some((m, work)) = mount {
