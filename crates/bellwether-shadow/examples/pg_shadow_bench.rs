@@ -144,7 +144,10 @@ fn space(scale: u32, types: &[ShadowType], wal_compression: Option<&str>) {
         let (o, p) = options_of(sd.path(), &url, *ty);
         let mut shadow = PgShadow::start(&o, &p).expect("shadow");
         let base = dir_size(sd.path());
-        let wal_start = query_i64(&url, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn");
+        let wal_start = query_i64(
+            &url,
+            "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint",
+        );
         let mut times = Vec::new();
         for _ in 0..24 {
             exec(&url, "CHECKPOINT");
@@ -160,7 +163,10 @@ fn space(scale: u32, types: &[ShadowType], wal_compression: Option<&str>) {
             shadow.take_point(Reason::Schedule).expect("point");
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
-        let wal = query_i64(&url, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn") - wal_start;
+        let wal = query_i64(
+            &url,
+            "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint",
+        ) - wal_start;
         drop(shadow);
         let held = dir_size(sd.path());
         let used = fs_used(&root).saturating_sub(used_before);
