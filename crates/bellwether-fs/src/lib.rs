@@ -31,7 +31,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct AtomicWrite {
     mode: Option<u32>,
     create_parent: bool,
-    defer_dir_sync: bool,
 }
 
 impl AtomicWrite {
@@ -52,17 +51,6 @@ impl AtomicWrite {
     pub fn create_parent(self) -> AtomicWrite {
         AtomicWrite {
             create_parent: true,
-            ..self
-        }
-    }
-
-    /// Skips step 4: the caller makes the rename durable with a later write in the same
-    /// directory that syncs it (journaling file systems persist a directory's renames in
-    /// the order they were made), so two files written in turn cost one directory sync.
-    /// Until then a crash may leave the old file (never half of the new one).
-    pub fn defer_dir_sync(self) -> AtomicWrite {
-        AtomicWrite {
-            defer_dir_sync: true,
             ..self
         }
     }
@@ -94,9 +82,6 @@ impl AtomicWrite {
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
-        }
-        if self.defer_dir_sync {
-            return Ok(());
         }
         sync_dir(dir)
     }

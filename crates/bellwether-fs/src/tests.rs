@@ -91,16 +91,3 @@ fn concurrent_writers_each_leave_a_whole_file() {
     assert!(bodies.contains(&got), "a torn file of {} bytes", got.len());
     assert_eq!(leftovers(dir.path()), Vec::<String>::new());
 }
-
-#[test]
-fn a_deferred_directory_sync_still_replaces_the_file_whole() {
-    let t = tempfile::tempdir().unwrap();
-    let p = t.path().join("points.json");
-    write_atomic(&p, b"first").unwrap();
-    AtomicWrite::new()
-        .defer_dir_sync()
-        .write(&p, b"second, longer")
-        .unwrap();
-    assert_eq!(std::fs::read(&p).unwrap(), b"second, longer");
-    assert!(leftovers(t.path()).is_empty());
-}

@@ -286,6 +286,9 @@ fn a_point_syncs_its_few_new_objects_one_by_one_and_many_with_the_file_system() 
         s.put_object(&[i; 10]).unwrap();
     }
     assert_eq!(s.unsynced(), (3, false));
+    // Objects of a point that failed, removed as unreferenced before the next point.
+    s.gc().unwrap();
+    assert!(!s.has_object(&ObjectId::of(&[0u8; 10])));
     let p2 = point(&s, 200, b"second");
     assert_eq!(s.unsynced(), (0, false));
     for i in 0..=store::SYNC_EACH_MAX as u32 {
@@ -341,4 +344,43 @@ fn a_new_segment_is_made_by_its_first_commit_and_replaces_what_a_crash_left() {
     w.append(Timestamp(203), b"fourth");
     w.flush().unwrap();
     assert_eq!(s.log_records(p.id(), None).unwrap().len(), 4);
+}
+
+#[test]
+fn head_is_rewritten_in_place_and_reads_as_before() {
+    let t = tempfile::tempdir().unwrap();
+    let head = t.path().join("points").join("HEAD");
+    {
+        let s = store(t.path());
+        point(&s, 100, b"one");
+        let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&head).unwrap());
+        point(&s, 200, b"two");
+        let p3 = point(&s, 300, b"three");
+        // The same file, overwritten: no rename after the first write.
+        let md = std::fs::metadata(&head).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::ino(&md), inode);
+        assert_eq!(md.len(), 256);
+        let text = std::fs::read_to_string(&head).unwrap();
+        assert!(text.contains(&p3.checksum), "{text}");
+    }
+    // HEAD as a shadow before this change wrote it (pretty JSON, renamed into place).
+    let pretty = format!(
+        "{{\n  \"seq\": 3,\n  \"checksum\": \"{}\"\n}}\n",
+        PointStore::open(t.path())
+            .unwrap()
+            .point(PointId(3))
+            .unwrap()
+            .checksum
+    );
+    std::fs::write(&head, pretty).unwrap();
+    let mut s = PointStore::open(t.path()).unwrap();
+    s.lock_writer().unwrap();
+    let p4 = point(&s, 400, b"four");
+    assert_eq!(p4.seq, 4);
+    let p5 = point(&s, 500, b"five");
+    assert_eq!(p5.prev_checksum.as_deref(), Some(p4.checksum.as_str()));
+    assert_eq!(s.verify(false).unwrap().points, 5);
+    // Losing the last point is still found: HEAD names it.
+    std::fs::remove_file(t.path().join("points").join("0000000005.json")).unwrap();
+    assert!(s.verify(false).is_err());
 }
