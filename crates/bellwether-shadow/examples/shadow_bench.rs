@@ -24,6 +24,12 @@
 //! - `restore-log`: a transactional shadow of MIB (default 1024) MiB whose log since its
 //!   image is churned up to the bound past which it takes an image, a point from that log,
 //!   and the restore to it (the image and the whole log replayed).
+//! - `head-write`: what a small file rewritten after every point (`points/HEAD`) costs,
+//!   while another thread writes 64 random 4 KiB blocks of a 256 MiB file and `fsync`s,
+//!   over and over (a database under churn on the same file system): 150 rounds of each of
+//!   a new file renamed over it (write, `fsync`, rename, directory `fsync`: how HEAD was
+//!   written), the same bytes written over themselves in place with one `fdatasync` (how it
+//!   is written now), and a new name each time (how a manifest is written). p50/p90/max.
 //! - `restore`: a database of MIB (default 1024) MiB, one point (full and differential),
 //!   the live file corrupted, then a restore to the point: total time, and the
 //!   `integrity_check` part of it.
@@ -559,6 +565,7 @@ fn main() {
             }
             "restore" => restore(&base, mib.unwrap_or(1024)),
             "restore-log" => restore_log(&base, mib.unwrap_or(1024)),
+            "head-write" => head_write(&base),
             "all" => {
                 rpo(&base);
                 for &mode in &modes {
@@ -566,12 +573,112 @@ fn main() {
                 }
                 restore(&base, mib.unwrap_or(1024));
             }
-            other => panic!("unknown benchmark {other}: rpo, points, restore or all"),
+            other => panic!(
+                "unknown benchmark {other}: rpo, points, restore, restore-log, head-write or all"
+            ),
         }
         let _ = std::fs::remove_dir_all(&base);
         if let Some((m, work)) = _mount {
             drop(m);
             let _ = std::fs::remove_dir_all(work);
         }
+    }
+}
+
+/// Rewriting a small file after every point: renamed over, in place, or a new name each
+/// time, while another thread keeps the file system busy with random writes and fsyncs.
+fn head_write(base: &Path) {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = base.join("points");
+    std::fs::create_dir_all(&dir).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (stop, path) = (stop.clone(), base.join("db"));
+        std::thread::spawn(move || {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .unwrap();
+            f.set_len(256 << 20).unwrap();
+            let block = [0x5au8; 4096];
+            let mut seed = 0x2545_f491_4f6c_dd1du64;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..64 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    f.write_all_at(&block, (seed % 65536) * 4096).unwrap();
+                }
+                f.sync_all().unwrap();
+            }
+        })
+    };
+    let sync_dir = |d: &Path| std::fs::File::open(d).unwrap().sync_all().unwrap();
+    let body = |i: u64| {
+        let mut b = format!("{{\"seq\":{i},\"checksum\":\"{}\"}}\n", "ab".repeat(32)).into_bytes();
+        b.resize(256, b' ');
+        b
+    };
+    let head = dir.join("HEAD2");
+    let in_place = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&head)
+        .unwrap();
+    let mut times: [Vec<f64>; 3] = Default::default();
+    // Let the churn start.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for i in 0..150u64 {
+        let t = Instant::now();
+        let tmp = dir.join(".HEAD.tmp");
+        let mut f = std::fs::File::create(&tmp).unwrap();
+        f.write_all(&body(i)).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        std::fs::rename(&tmp, dir.join("HEAD")).unwrap();
+        sync_dir(&dir);
+        times[0].push(t.elapsed().as_secs_f64() * 1000.0);
+
+        let t = Instant::now();
+        in_place.write_all_at(&body(i), 0).unwrap();
+        in_place.sync_data().unwrap();
+        times[1].push(t.elapsed().as_secs_f64() * 1000.0);
+
+        let t = Instant::now();
+        let tmp = dir.join(".m.tmp");
+        let mut f = std::fs::File::create(&tmp).unwrap();
+        f.write_all(&[b'x'; 900]).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        std::fs::rename(&tmp, dir.join(format!("{i:010}.json"))).unwrap();
+        sync_dir(&dir);
+        times[2].push(t.elapsed().as_secs_f64() * 1000.0);
+        // Points are not back to back.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
+    for (name, t) in [
+        "renamed over (write, fsync, rename, directory fsync)",
+        "in place (pwrite, fdatasync)",
+        "a new name (write, fsync, rename, directory fsync)",
+    ]
+    .iter()
+    .zip(times.iter_mut())
+    {
+        println!(
+            "head-write {}: {name}: p50 {:.2} ms, p90 {:.2} ms, max {:.2} ms",
+            label(base),
+            pct(&mut t.clone(), 0.5),
+            pct(&mut t.clone(), 0.9),
+            pct(t, 1.0)
+        );
     }
 }
