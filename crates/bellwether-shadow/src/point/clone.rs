@@ -24,7 +24,7 @@
 //! large clone do not queue in front of the point's syncs.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -119,28 +119,6 @@ impl Drop for SealPause {
             self.0.changed.notify_all();
         }
     }
-}
-
-/// The SHA-256 and length of a file's content, read 1 MiB at a time, each read after any
-/// point being taken is done.
-fn hash_file_after_points(path: &Path, gate: &SealGate) -> io::Result<(ObjectId, u64)> {
-    use sha2::{Digest, Sha256};
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        gate.wait_clear();
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        h.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((ObjectId(h.finalize().into()), len))
 }
 
 /// One `FICLONE` of all of `from` into the empty `to`; `false` where the file system cannot
@@ -292,7 +270,7 @@ impl PointStore {
         let mut sealed = Vec::with_capacity(m.clones.len());
         for c in &m.clones {
             let path = self.clones_dir().join(&c.file);
-            let (id, len) = match hash_file_after_points(&path, &self.gate) {
+            let (id, len) = match objects::hash_file_with(&path, || self.gate.wait_clear()) {
                 Ok(x) => x,
                 // Retention removed the point while it was being sealed.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -546,7 +524,7 @@ mod tests {
         let pause = SealPause(Arc::clone(&gate));
         let sealing = {
             let (gate, path) = (Arc::clone(&gate), path.clone());
-            std::thread::spawn(move || hash_file_after_points(&path, &gate))
+            std::thread::spawn(move || objects::hash_file_with(&path, || gate.wait_clear()))
         };
         // The sealing thread counts its wait under the gate's lock, then waits for the
         // pause to go: it cannot finish while the pause is held.
@@ -557,7 +535,7 @@ mod tests {
         assert_eq!(sealed, objects::hash_file(&path).unwrap());
         assert_eq!(sealed.1, data.len() as u64);
         // With no point being taken it never waits.
-        let again = hash_file_after_points(&path, &gate).unwrap();
+        let again = objects::hash_file_with(&path, || gate.wait_clear()).unwrap();
         assert_eq!(again, sealed);
         assert_eq!(gate.lock().waits, 1);
     }

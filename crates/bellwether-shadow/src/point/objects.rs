@@ -189,15 +189,27 @@ pub(crate) fn temp_name(tmp: &Path) -> PathBuf {
 
 /// The SHA-256 and length of a file's content.
 pub(crate) fn hash_file(path: &Path) -> io::Result<(ObjectId, u64)> {
+    hash_file_with(path, || {})
+}
+
+/// [`hash_file`], calling `before_read` before each read of 1 MiB (a sealing thread waits
+/// there while a point is taken).
+pub(crate) fn hash_file_with(
+    path: &Path,
+    mut before_read: impl FnMut(),
+) -> io::Result<(ObjectId, u64)> {
     let mut f = File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
     loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
+        before_read();
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         h.update(&buf[..n]);
         len += n as u64;
     }
