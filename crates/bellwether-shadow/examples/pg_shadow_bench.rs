@@ -74,6 +74,18 @@ fn pgbench(c: &TestCluster, args: &[&str]) -> Command {
     cmd
 }
 
+/// `pgbench -i -s SCALE`: the database the runs work on.
+fn pgbench_init(c: &TestCluster, scale: u32) {
+    let init = pgbench(c, &["-i", "-s", &scale.to_string(), "-q"])
+        .output()
+        .expect("pgbench -i");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+}
+
 /// pgbench's "number of transactions actually processed: N" and "tps = X".
 fn pgbench_figures(out: &str) -> (i64, f64) {
     let processed = out
@@ -120,15 +132,7 @@ fn space(scale: u32, types: &[ShadowType], wal_compression: Option<&str>) {
     }
     let cluster = TestCluster::start(TestClusterOptions { conf });
     let url = cluster.url();
-    let s = scale.to_string();
-    let init = pgbench(&cluster, &["-i", "-s", &s, "-q"])
-        .output()
-        .expect("pgbench -i");
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    pgbench_init(&cluster, scale);
     exec(&url, "VACUUM ANALYZE");
     let accounts = query_i64(&url, "SELECT count(*) FROM public.pgbench_accounts");
     let churn = accounts / 100;
@@ -140,7 +144,7 @@ fn space(scale: u32, types: &[ShadowType], wal_compression: Option<&str>) {
             .prefix("bw-pg-space-")
             .tempdir()
             .expect("tempdir");
-        let used_before = fs_used(&root);
+        let used_before = bellwether_shadow::point::loopfs::blocks_in_use(&root).expect("statvfs");
         let (o, p) = options_of(sd.path(), &url, *ty);
         let mut shadow = PgShadow::start(&o, &p).expect("shadow");
         let base = dir_size(sd.path());
@@ -169,7 +173,9 @@ fn space(scale: u32, types: &[ShadowType], wal_compression: Option<&str>) {
         ) - wal_start;
         drop(shadow);
         let held = dir_size(sd.path());
-        let used = fs_used(&root).saturating_sub(used_before);
+        let used = bellwether_shadow::point::loopfs::blocks_in_use(&root)
+            .expect("statvfs")
+            .saturating_sub(used_before);
         times.sort_by(|a, b| a.total_cmp(b));
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         println!(
@@ -190,31 +196,10 @@ fn space(scale: u32, types: &[ShadowType], wal_compression: Option<&str>) {
     }
 }
 
-/// Bytes in use on the file system holding `p` (`statvfs`).
-fn fs_used(p: &Path) -> u64 {
-    let out = Command::new("stat")
-        .args(["-f", "-c", "%S %b %f"])
-        .arg(p)
-        .output()
-        .expect("stat -f");
-    let v: Vec<u64> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    v[0] * (v[1] - v[2])
-}
-
 fn rpo(seconds: u64) {
     let mut cluster = TestCluster::start(TestClusterOptions::default());
     let url = cluster.url();
-    let init = pgbench(&cluster, &["-i", "-s", "1", "-q"])
-        .output()
-        .expect("pgbench -i");
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    pgbench_init(&cluster, 1);
     exec(&url, "CREATE TABLE public.acked (id bigint PRIMARY KEY)");
     let t = seconds.to_string();
     let plain = pgbench(&cluster, &["-n", "-c", "4", "-j", "2", "-T", &t])
@@ -324,15 +309,7 @@ fn restore(scale: u32, points: usize) {
     });
     let url = cluster.url();
     let t = Instant::now();
-    let s = scale.to_string();
-    let init = pgbench(&cluster, &["-i", "-s", &s, "-q"])
-        .output()
-        .expect("pgbench -i");
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    pgbench_init(&cluster, scale);
     let size = query_i64(&url, "SELECT pg_database_size(current_database())");
     println!(
         "restore: pgbench -i -s {scale}: {:.2} GiB in {:.0} s",

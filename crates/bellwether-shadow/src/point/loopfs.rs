@@ -126,6 +126,16 @@ impl LoopFs {
     }
 }
 
+/// Bytes in use on the file system holding `p`, as it counts them (shared blocks once):
+/// everything is written out first (`syncfs`), since delayed allocation and btrfs's lazy
+/// accounting would otherwise leave recent writes out.
+pub fn blocks_in_use(p: &Path) -> std::io::Result<u64> {
+    let d = std::fs::File::open(p)?;
+    rustix::fs::syncfs(&d)?;
+    let s = rustix::fs::statvfs(p)?;
+    Ok((s.f_blocks - s.f_bfree) * s.f_frsize)
+}
+
 impl Drop for LoopFs {
     fn drop(&mut self) {
         let ok = Command::new("umount")
