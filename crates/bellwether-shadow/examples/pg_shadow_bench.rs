@@ -16,11 +16,14 @@
 //!    `checkpoint_timeout`), 1 % of `pgbench_accounts` rows updated at random, and a point.
 //!    Reports the shadow directory's size (logical, and the blocks the file system counts)
 //!    against the database's, and what the WAL held of it. `--wal-compression lz4|pglz|zstd`
-//!    sets the server's `wal_compression` for the run.
+//!    sets the server's `wal_compression` for the run. `--churn contiguous` updates one
+//!    range of rows a round (time-ordered data) instead of rows at random (`scattered`).
+//!    `--filler hex` fills each row's 84-byte filler with random hex digits first: pgbench's
+//!    own rows are blanks, which compress about 40 ×; hex text about 2 ×.
 //!
 //! `cargo run --release -p bellwether-shadow --example pg_shadow_bench -- [rpo|restore|all|space]
 //! [--scale N] [--seconds S] [--points N] [--on LIST] [--image-gib N] [--types LIST]
-//! [--wal-compression METHOD]`
+//! [--wal-compression METHOD] [--churn scattered|contiguous] [--filler blank|hex]`
 //!
 //! `--on /var/tmp,btrfs,xfs` runs the benchmarks once per place, one after the other: a
 //! directory is used as it is, `btrfs` / `xfs` is a loop mount of a sparse image of
@@ -122,7 +125,13 @@ fn options_of(dir: &Path, url: &str, ty: ShadowType) -> (ShadowOptions, PgOption
 }
 
 /// 24 hourly points at 1 % churn an hour: the shadow's size against the database's.
-fn space(scale: u32, types: &[ShadowType], wal_compression: Option<&str>) {
+fn space(
+    scale: u32,
+    types: &[ShadowType],
+    wal_compression: Option<&str>,
+    filler: &str,
+    churn_kind: &str,
+) {
     let mut conf = vec![
         ("max_wal_size".into(), "'4GB'".into()),
         ("checkpoint_timeout".into(), "'30min'".into()),
@@ -133,6 +142,16 @@ fn space(scale: u32, types: &[ShadowType], wal_compression: Option<&str>) {
     let cluster = TestCluster::start(TestClusterOptions { conf });
     let url = cluster.url();
     pgbench_init(&cluster, scale);
+    match filler {
+        "blank" => {}
+        // 84 random hex digits a row (4 bits of entropy a byte, as text ids and hashes
+        // have): zstd shrinks such rows about 2 ×, not the ~40 × of pgbench's blanks.
+        "hex" => exec(
+            &url,
+            "UPDATE public.pgbench_accounts SET filler = substr(md5(random()::text) || md5(random()::text) || md5(random()::text), 1, 84); VACUUM FULL public.pgbench_accounts",
+        ),
+        other => panic!("--filler {other}: blank or hex"),
+    }
     exec(&url, "VACUUM ANALYZE");
     let accounts = query_i64(&url, "SELECT count(*) FROM public.pgbench_accounts");
     let churn = accounts / 100;
@@ -153,14 +172,25 @@ fn space(scale: u32, types: &[ShadowType], wal_compression: Option<&str>) {
             "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint",
         );
         let mut times = Vec::new();
-        for _ in 0..24 {
+        for round in 0..24 {
             exec(&url, "CHECKPOINT");
+            let rows = match churn_kind {
+                "scattered" => format!(
+                    "SELECT 1 + (random() * {})::bigint FROM generate_series(1, {churn})",
+                    accounts - 1
+                ),
+                // Time-ordered data: this hour's rows are one range.
+                "contiguous" => format!(
+                    "SELECT generate_series({}, {})",
+                    round * churn + 1,
+                    (round + 1) * churn
+                ),
+                other => panic!("--churn {other}: scattered or contiguous"),
+            };
             exec(
                 &url,
                 &format!(
-                    "UPDATE public.pgbench_accounts SET abalance = abalance + 1 \
-                     WHERE aid IN (SELECT 1 + (random() * {})::bigint FROM generate_series(1, {churn}))",
-                    accounts - 1
+                    "UPDATE public.pgbench_accounts SET abalance = abalance + 1 WHERE aid IN ({rows})"
                 ),
             );
             let t = Instant::now();
@@ -179,7 +209,7 @@ fn space(scale: u32, types: &[ShadowType], wal_compression: Option<&str>) {
         times.sort_by(|a, b| a.total_cmp(b));
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         println!(
-            "space ({}, wal_compression {}): database {:.1} MiB (cluster directory {:.1} MiB); 24 points at 1 % churn ({churn} rows each, a CHECKPOINT before each): shadow {:.1} MiB = {:.2} x the database ({:.2} x the cluster directory); base {:.1} MiB; file system blocks {:.1} MiB; WAL written {:.1} MiB; point p50 {:.0} ms, max {:.0} ms",
+            "space ({}, wal_compression {}, filler {filler}, churn {churn_kind}): database {:.1} MiB (cluster directory {:.1} MiB); 24 points at 1 % churn ({churn} rows each, a CHECKPOINT before each): shadow {:.1} MiB = {:.2} x the database ({:.2} x the cluster directory); base {:.1} MiB; file system blocks {:.1} MiB; WAL written {:.1} MiB; point p50 {:.0} ms, max {:.0} ms",
             ty,
             wal_compression.unwrap_or("off"),
             mib(size),
@@ -488,6 +518,8 @@ fn main() {
                 flag("--scale", 10) as u32,
                 &types,
                 wal_compression.as_deref(),
+                text("--filler").as_deref().unwrap_or("blank"),
+                text("--churn").as_deref().unwrap_or("scattered"),
             );
         }
         std::env::set_var("TMPDIR", &outer);

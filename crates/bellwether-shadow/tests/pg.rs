@@ -545,3 +545,113 @@ fn differential_and_full_shadows_restore_their_points() {
     // The live cluster was never touched.
     assert_eq!(ids(&url), expect(300));
 }
+
+/// The complete WAL segments (`24 hex digits`, no suffix) in a shadow's `pg/wal`.
+fn complete_segments(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("pg").join("wal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_shadow_holds_its_wal_once_compressed_and_restores_past_its_last_point() {
+    let cluster = TestCluster::start(TestClusterOptions::default());
+    let url = cluster.url();
+    exec(&url, "CREATE TABLE public.t (id bigint PRIMARY KEY)");
+    let sd = shadow_dir();
+    let (o, p) = options(sd.path(), &url, ShadowType::Transactional);
+    let mut shadow = PgShadow::start(&o, &p).expect("the shadow starts");
+    let mut points = Vec::new();
+    for round in 0..4i64 {
+        exec(
+            &url,
+            &format!(
+                "INSERT INTO public.t SELECT generate_series({}, {}); SELECT pg_switch_wal()",
+                round * 100 + 1,
+                round * 100 + 100
+            ),
+        );
+        points.push(shadow.take_point(Reason::Schedule).expect("a point"));
+    }
+    // Committed after the last point: only pg/wal has it.
+    exec(
+        &url,
+        "INSERT INTO public.t SELECT generate_series(401, 450)",
+    );
+    let last = points.last().unwrap();
+    let held: Vec<&str> = last
+        .entries
+        .iter()
+        .filter_map(|e| e.path.strip_prefix("bw_restore_wal/"))
+        .collect();
+    assert!(
+        held.len() >= 4,
+        "the last point holds the WAL since its base: {held:?}"
+    );
+    // Segments the points hold whole are not kept in pg/wal as well (the newest complete
+    // one stays for pg_receivewal's restart).
+    let twice: Vec<String> = complete_segments(sd.path())
+        .into_iter()
+        .filter(|n| held.contains(&n.as_str()) && Some(&n.as_str()) != held.last())
+        .collect();
+    assert!(twice.len() <= 1, "segments kept twice: {twice:?}");
+    // The objects are stored compressed: WAL padded with zeros after each switch, catalogs.
+    let store = bellwether_shadow::point::PointStore::open(sd.path()).unwrap();
+    let mut content = 0;
+    let mut seen = std::collections::HashSet::new();
+    for m in store.points().unwrap() {
+        for r in m.objects() {
+            if seen.insert(r.id) {
+                content += r.len;
+            }
+        }
+    }
+    fn size(p: &Path) -> u64 {
+        std::fs::read_dir(p)
+            .unwrap()
+            .flatten()
+            .map(|e| match e.metadata().unwrap() {
+                m if m.is_dir() => size(&e.path()),
+                m => m.len(),
+            })
+            .sum()
+    }
+    let stored = size(&sd.path().join("objects"));
+    assert!(
+        stored * 3 < content,
+        "{stored} bytes on disk for {content} bytes of objects"
+    );
+    drop(shadow);
+
+    let restore_to = |target: Target, name: &str| -> Vec<i64> {
+        let dest = cluster.dir().join(name);
+        let req = RestoreRequest {
+            dir: sd.path().to_path_buf(),
+            target,
+            dest: dest.clone(),
+            elsewhere: true,
+        };
+        restore_with(
+            &req,
+            &RestoreMode::for_dest(&dest),
+            None,
+            Duration::from_secs(300),
+        )
+        .unwrap_or_else(|e| panic!("restore {name}: {e}"));
+        with_copy(&cluster, &dest, ids)
+    };
+    assert_eq!(
+        restore_to(Target::Point(points[1].id()), "second"),
+        (1..=200).collect::<Vec<_>>()
+    );
+    // The latest: the last point and the WAL streamed after it.
+    assert_eq!(
+        restore_to(Target::Latest, "latest"),
+        (1..=450).collect::<Vec<_>>()
+    );
+}

@@ -399,7 +399,7 @@ fn build(
         std::fs::create_dir(&stage).map_err(ShadowError::io(&stage))?;
     }
     if *recovery != Recovery::Immediate {
-        bytes += stage_wal(store.dir(), info, plan, work)?;
+        bytes += stage_wal(store, info, plan, work)?;
     }
     // Every file's content was just checked against its objects' SHA-256, so the manifest's
     // own checksums (a second full read) are skipped; it still checks that every file of the
@@ -457,11 +457,12 @@ fn build(
 /// `NAME.partial` and copied under its own name) and checks that the staged WAL runs without
 /// a gap from the base backup's start. Returns the bytes added.
 fn stage_wal(
-    shadow: &Path,
+    store: &PointStore,
     info: &PgShadowInfo,
     plan: &Plan,
     work: &Path,
 ) -> Result<u64, ShadowError> {
+    let shadow = store.dir();
     let seg = info.wal_segment_size;
     let stage = work.join(STAGE);
     let timeline = match plan.point.position {
@@ -537,6 +538,13 @@ fn stage_wal(
     let last = present.iter().next_back().copied().unwrap_or(first);
     for segno in first..=last {
         if !present.contains(&segno) {
+            let name = SegmentName { timeline, segno }.file_name(seg);
+            if plan.live_wal {
+                if let Some(n) = stage_from_newer(store, plan, &name, seg, &stage.join(&name))? {
+                    bytes += n;
+                    continue;
+                }
+            }
             return Err(PgShadowError::MissingWal {
                 dir: if plan.live_wal {
                     wal
@@ -551,6 +559,32 @@ fn stage_wal(
         }
     }
     Ok(bytes)
+}
+
+/// Stages segment `name` whole from a point newer than the plan's, if one holds it: a point
+/// committed after the plan was made removes the segments it holds from `pg/wal`
+/// (`PgShadow::prune_stored_wal`). Returns the bytes staged, or `None` if no point has it.
+fn stage_from_newer(
+    store: &PointStore,
+    plan: &Plan,
+    name: &str,
+    seg: u64,
+    dst: &Path,
+) -> Result<Option<u64>, ShadowError> {
+    let rel = format!("{WAL_PREFIX}{name}");
+    let mut newer = store.points()?;
+    newer.retain(|m| m.seq > plan.point.seq);
+    for m in newer.iter().rev() {
+        let Some(e) = m.entries.iter().find(|e| e.path == rel && e.size == seg) else {
+            continue;
+        };
+        // Held while it is read; a point thinned meanwhile is passed over.
+        let Ok(_lease) = store.lease(m.id()) else {
+            continue;
+        };
+        return store.clone_objects_into(m.id(), &e.objects, dst).map(Some);
+    }
+    Ok(None)
 }
 
 /// The live data directory must be the shadowed cluster's (same system identifier).
@@ -947,6 +981,105 @@ fn exchange(a: &Path, b: &Path) -> Result<(), PgShadowError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::point::{Reason, Retention, Shadow, ShadowOptions, Source};
+    use bellwether_pg::testing::{TestCluster, TestClusterOptions};
+
+    fn exec(url: &str, text: &str) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let c = bellwether_pg::connect(url).await.expect("connect");
+                c.client.batch_execute(text).await.expect(text)
+            })
+    }
+
+    /// A restore that chose the latest point before a newer one was committed (which then
+    /// removed the segments it holds from `pg/wal`) and leased it after still stages every
+    /// segment since: those no longer in `pg/wal` from the newer point.
+    #[test]
+    fn a_restore_planned_before_a_newer_point_stages_the_wal_that_point_removed() {
+        let cluster = TestCluster::start(TestClusterOptions::default());
+        let url = cluster.url();
+        exec(&url, "CREATE TABLE public.t (id bigint PRIMARY KEY)");
+        let sd = tempfile::tempdir().unwrap();
+        let opts = ShadowOptions {
+            dir: sd.path().to_path_buf(),
+            source: Source::Url(url.clone()),
+            shadow_type: ShadowType::Transactional,
+            points_every: None,
+            retention: Retention::default(),
+            poll: None,
+        };
+        let pg = super::super::PgOptions::new(&url, ShadowType::Transactional);
+        let mut shadow = super::super::PgShadow::start(&opts, &pg).expect("the shadow starts");
+        exec(
+            &url,
+            "INSERT INTO public.t VALUES (1); SELECT pg_switch_wal()",
+        );
+        let first = shadow.take_point(Reason::Schedule).unwrap();
+        for i in 2..5 {
+            exec(
+                &url,
+                &format!("INSERT INTO public.t VALUES ({i}); SELECT pg_switch_wal()"),
+            );
+        }
+        let newer = shadow.take_point(Reason::Schedule).unwrap();
+        exec(&url, "INSERT INTO public.t VALUES (5)");
+        let store = PointStore::open(sd.path()).unwrap();
+        let info = read_info(sd.path()).unwrap().unwrap();
+        let seg = info.wal_segment_size;
+        let segnos = |m: &Manifest| -> Vec<u64> {
+            m.entries
+                .iter()
+                .filter_map(|e| e.path.strip_prefix(WAL_PREFIX))
+                .filter_map(|n| SegmentName::parse(n, seg))
+                .map(|s| s.segno)
+                .collect()
+        };
+        let after_first = segnos(&first).into_iter().max().unwrap();
+        let gone: Vec<u64> = segnos(&newer)
+            .into_iter()
+            .filter(|s| *s > after_first)
+            .filter(|s| {
+                let name = SegmentName {
+                    timeline: 1,
+                    segno: *s,
+                }
+                .file_name(seg);
+                !pg_dir(sd.path()).join("wal").join(name).exists()
+            })
+            .collect();
+        assert!(
+            !gone.is_empty(),
+            "the newer point removed segments after the first point's"
+        );
+        let plan = Plan {
+            point: first.clone(),
+            leased: vec![first.id()],
+            recovery: Recovery::End,
+            live_wal: true,
+            target: "latest".into(),
+        };
+        let work = sd.path().join("tmp").join("work");
+        base::materialize(&store, first.id(), &first.entries, &work).unwrap();
+        stage_wal(&store, &info, &plan, &work).expect("staged, the gap from the newer point");
+        for s in gone {
+            let name = SegmentName {
+                timeline: 1,
+                segno: s,
+            }
+            .file_name(seg);
+            let staged = work.join(STAGE).join(&name);
+            assert_eq!(
+                std::fs::metadata(&staged).map(|m| m.len()).ok(),
+                Some(seg),
+                "{name}"
+            );
+        }
+        drop(shadow);
+    }
 
     #[test]
     fn last_commit_time_is_read_from_the_log() {

@@ -324,6 +324,7 @@ impl PgShadow {
             entries,
             new_bytes,
         })?;
+        self.prune_stored_wal(last);
         // What the point cost, by part (`--log debug`; the bench prints it with RUST_LOG).
         tracing::debug!(
             mark_ms,
@@ -334,6 +335,50 @@ impl PgShadow {
             "PostgreSQL point taken."
         );
         Ok(m)
+    }
+
+    /// Removes from `pg/wal` the complete segments before segment number `before` (the last
+    /// point's last) that this shadow stored whole as objects: a committed point holds each,
+    /// and keeping them here as well held the WAL twice. The newest complete segment stays (a
+    /// `pg_receivewal` started again continues after the newest segment it finds). Nothing
+    /// is removed while a restore holds a point: a restore to a time after the latest point
+    /// reads the segments after that point from here; one that chose its point before this
+    /// one was committed and leased it after finds the segments it lacks in this newer point
+    /// (`restore::stage_wal`).
+    fn prune_stored_wal(&mut self, before: u64) {
+        let seg = self.inner.info.wal_segment_size;
+        let wal = pg_dir(self.store.dir()).join("wal");
+        let Ok(rd) = std::fs::read_dir(&wal) else {
+            return;
+        };
+        let complete: Vec<(u64, String, PathBuf)> = rd
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                SegmentName::parse(&n, seg).map(|s| (s.segno, n, e.path()))
+            })
+            .collect();
+        let newest = complete.iter().map(|c| c.0).max();
+        let doomed: Vec<PathBuf> = complete
+            .into_iter()
+            .filter(|(segno, n, _)| {
+                *segno < before && Some(*segno) != newest && self.wal_cache.contains_key(n)
+            })
+            .map(|c| c.2)
+            .collect();
+        if doomed.is_empty() {
+            return;
+        }
+        let removed = self.store.when_unleased(|| {
+            for p in &doomed {
+                if let Err(e) = std::fs::remove_file(p) {
+                    tracing::warn!(path = %p.display(), error = %e, "Cannot remove a WAL segment the points hold.");
+                }
+            }
+        });
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "Cannot check the shadow's leases; WAL segments the points hold stay in pg/wal.");
+        }
     }
 
     /// Removes complete segments before the current base's start from `pg/wal` (every point
@@ -787,12 +832,19 @@ impl Inner {
 
     /// A restore point `name` (or, when the role may not create one, the current insert
     /// position): every record before the returned LSN is in the point, none after.
+    ///
+    /// The statement also takes a transaction id, so that its end writes a commit record
+    /// after the mark and flushes the WAL through it: a restore point alone is not flushed,
+    /// and on a primary with no other writes the point waited for the next flush (seconds).
+    /// That commit is `synchronous_commit = local` (for this transaction only): it does not
+    /// wait for a synchronous shadow, whose flush [`Inner::wait_flushed`] awaits with a
+    /// deadline.
     async fn mark(&mut self, name: String) -> Result<(Lsn, u32), PgShadowError> {
         let target = self.conn.target.clone();
         let sql = if self.may_create_restore_points {
-            "SELECT pg_create_restore_point($1)::text, (SELECT timeline_id FROM pg_control_checkpoint())"
+            "SELECT pg_create_restore_point($1)::text, (SELECT timeline_id FROM pg_control_checkpoint()),              set_config('synchronous_commit', 'local', true), txid_current()"
         } else {
-            "SELECT pg_current_wal_insert_lsn()::text, (SELECT timeline_id FROM pg_control_checkpoint()), $1::text"
+            "SELECT pg_current_wal_insert_lsn()::text, (SELECT timeline_id FROM pg_control_checkpoint()),              set_config('synchronous_commit', 'local', true), txid_current(), $1::text"
         };
         let row = self
             .conn

@@ -10,6 +10,14 @@
 //! chunks, where thousands of `fsync`s would take seconds), or objects a store just opened
 //! may reuse from a process that never synced them, take one `syncfs`.
 //!
+//! Compression: PostgreSQL objects (base backup files, WAL) are stored compressed with zstd
+//! ([`put_compressed`]) when that saves at least an eighth; SQLite and directory objects are
+//! not (their clones share blocks with the data, and their benchmarks' rows are random
+//! bytes). A compressed object is told apart by two things together: it is shorter than the
+//! length every reference gives (`ObjectRef::len`, the content's), and it begins with zstd's
+//! frame magic. Its name stays the SHA-256 of the content, so every check hashes what it
+//! decompressed ([`decode`]); a whole object is never shorter than its reference says.
+//!
 //! Copy-on-write: a whole file is cloned into the store with `FICLONE` (btrfs, XFS, bcachefs
 //! share the blocks; ext4 refuses and the bytes are copied), and an object is cloned out the
 //! same way on restore. Hard links are not used: a restored file is written to afterwards,
@@ -123,6 +131,70 @@ pub(crate) fn put(dir: &Path, tmp: &Path, bytes: &[u8]) -> io::Result<(ObjectRef
     }
     install(&t, &path)?;
     Ok((r, true))
+}
+
+/// The first four bytes of a zstd frame (RFC 8878).
+pub(crate) const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// zstd's default level: the WAL of a pgbench run after a checkpoint (full-page images)
+/// shrinks 12 × at about 650 MB/s on one core here (level 1: 9.7 × at 820 MB/s; 9: 13.4 ×
+/// at a fifth of the speed).
+const ZSTD_LEVEL: i32 = 3;
+
+/// [`put`], storing the bytes compressed (zstd) when that saves at least an eighth of them:
+/// data that does not compress (random or already compressed bytes) is stored as it is, and
+/// zstd finds that out quickly (GB/s).
+pub(crate) fn put_compressed(
+    dir: &Path,
+    tmp: &Path,
+    bytes: &[u8],
+) -> io::Result<(ObjectRef, bool)> {
+    let id = ObjectId::of(bytes);
+    let r = ObjectRef {
+        id,
+        len: bytes.len() as u64,
+    };
+    let path = id.path_in(dir);
+    if path.exists() {
+        return Ok((r, false));
+    }
+    let z = zstd::bulk::compress(bytes, ZSTD_LEVEL)?;
+    let stored: &[u8] = if z.len() + bytes.len() / 8 < bytes.len() {
+        &z
+    } else {
+        bytes
+    };
+    let t = temp_name(tmp);
+    let written = File::create(&t).and_then(|mut f| f.write_all(stored));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&t);
+        return Err(e);
+    }
+    install(&t, &path)?;
+    Ok((r, true))
+}
+
+/// Whether an object stored in `stored_len` bytes at `path` is stored compressed (see the
+/// module's notes): shorter than its content's `len`, zstd's magic first.
+pub(crate) fn is_compressed(path: &Path, stored_len: u64, len: u64) -> bool {
+    if stored_len >= len {
+        return false;
+    }
+    let mut head = [0u8; 4];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == ZSTD_MAGIC)
+}
+
+/// The content of an object stored as `stored` whose content is `len` bytes long:
+/// decompressed when it is stored compressed, otherwise `stored` itself. A frame that does
+/// not decompress, or holds more than `len` bytes, is an error; the caller checks the hash.
+pub(crate) fn decode(stored: Vec<u8>, len: u64) -> Result<Vec<u8>, String> {
+    if stored.len() as u64 >= len || !stored.starts_with(&ZSTD_MAGIC) {
+        return Ok(stored);
+    }
+    let cap = usize::try_from(len).map_err(|_| format!("{len} bytes cannot be held here"))?;
+    zstd::bulk::decompress(&stored, cap)
+        .map_err(|e| format!("its zstd frame does not decompress: {e}"))
 }
 
 /// Stores a whole file as one object: cloned (copy-on-write) when the file system can,

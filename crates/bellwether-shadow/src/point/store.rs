@@ -369,6 +369,16 @@ impl PointStore {
         Ok((r, new))
     }
 
+    /// [`PointStore::put_object`], stored zstd-compressed when that saves an eighth (see
+    /// [`objects`]' notes). For data that is not cloned out again (PostgreSQL's).
+    pub fn put_object_compressed(&self, bytes: &[u8]) -> Result<(ObjectRef, bool), ShadowError> {
+        self.require_writer()?;
+        let (r, new) = objects::put_compressed(&self.dir, &self.tmp(), bytes)
+            .map_err(ShadowError::io(self.tmp()))?;
+        self.written(&r.id, new);
+        Ok((r, new))
+    }
+
     /// Stores a whole file as one object, cloned copy-on-write where the file system can.
     pub fn put_file(&self, path: &Path) -> Result<(ObjectRef, bool), ShadowError> {
         self.require_writer()?;
@@ -481,8 +491,10 @@ impl PointStore {
             }
             Err(e) => return Err(ShadowError::io(path)(e)),
         };
-        // A directory chunk may be stored as a patch (crate::delta): rebuilt, then checked.
-        let bytes = crate::delta::chunk_bytes(&self.dir, r, bytes)
+        // A PostgreSQL object may be stored compressed, a directory chunk as a patch
+        // (crate::delta): decompressed or rebuilt, then checked.
+        let bytes = objects::decode(bytes, r.len)
+            .and_then(|b| crate::delta::chunk_bytes(&self.dir, r, b))
             .map_err(|why| self.bad_object(point, r, format!("damaged ({why})")))?;
         let got = ObjectId::of(&bytes);
         if got != r.id || bytes.len() as u64 != r.len {
@@ -514,6 +526,11 @@ impl PointStore {
             }
             Err(e) => return Err(ShadowError::io(path)(e)),
         };
+        if self.stored_compressed(&from, &path, r) {
+            let bytes = self.read_object(point, r)?;
+            std::fs::write(to, &bytes).map_err(ShadowError::io(to))?;
+            return Ok(());
+        }
         // Read and write: a clone is hashed from `to` itself.
         let out = OpenOptions::new()
             .create(true)
@@ -570,6 +587,13 @@ impl PointStore {
                 }
                 Err(e) => return Err(ShadowError::io(path)(e)),
             };
+            if self.stored_compressed(&from, &path, r) {
+                use std::os::unix::fs::FileExt;
+                let bytes = self.read_object(point, r)?;
+                out.write_all_at(&bytes, at).map_err(ShadowError::io(to))?;
+                at += r.len;
+                continue;
+            }
             let (got, len) =
                 objects::append_hashing(&from, &out, at, r.len).map_err(ShadowError::io(to))?;
             if got != r.id || len != r.len {
@@ -582,6 +606,22 @@ impl PointStore {
             at += len;
         }
         Ok(at)
+    }
+
+    /// Whether the object `r`, open as `from`, is stored compressed (then it is read and
+    /// decompressed rather than cloned).
+    fn stored_compressed(&self, from: &File, path: &Path, r: &ObjectRef) -> bool {
+        from.metadata()
+            .is_ok_and(|md| objects::is_compressed(path, md.len(), r.len))
+    }
+
+    /// Whether an object's stored length `stored_len` fits its reference: its content's
+    /// length, or shorter when it is stored compressed or (a directory chunk) as a patch
+    /// whose bases are present.
+    fn stored_len_fits(&self, r: &ObjectRef, stored_len: u64) -> bool {
+        stored_len == r.len
+            || objects::is_compressed(&self.object_path(&r.id), stored_len, r.len)
+            || crate::delta::patched_chunk_present(&self.dir, r, stored_len)
     }
 
     fn bad_object(&self, point: PointId, r: &ObjectRef, what: String) -> ShadowError {
@@ -895,13 +935,7 @@ impl PointStore {
                         self.read_object(id, r)?;
                     } else {
                         match std::fs::metadata(self.object_path(&r.id)) {
-                            Ok(md)
-                                if md.len() == r.len
-                                    || crate::delta::patched_chunk_present(
-                                        &self.dir,
-                                        r,
-                                        md.len(),
-                                    ) => {}
+                            Ok(md) if self.stored_len_fits(r, md.len()) => {}
                             Ok(md) => {
                                 return Err(self.bad_object(
                                     id,
@@ -1004,9 +1038,7 @@ impl PointStore {
         }
         for r in m.objects() {
             match std::fs::metadata(self.object_path(&r.id)) {
-                Ok(md)
-                    if md.len() == r.len
-                        || crate::delta::patched_chunk_present(&self.dir, r, md.len()) => {}
+                Ok(md) if self.stored_len_fits(r, md.len()) => {}
                 Ok(md) => {
                     return Err(self.bad_object(
                         m.id(),
@@ -1201,6 +1233,17 @@ impl PointStore {
             },
         )?;
         Ok(Lease { path, point: id })
+    }
+
+    /// Runs `f` under the shadow's lock if no restore holds a point (leases are taken under
+    /// the same lock, so none starts meanwhile); returns `None`, without running it, if one
+    /// does.
+    pub(crate) fn when_unleased<T>(&self, f: impl FnOnce() -> T) -> Result<Option<T>, ShadowError> {
+        let _lock = self.short_lock()?;
+        if !self.leased()?.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(f()))
     }
 
     /// Points held by live leases; leases of processes that are gone are removed.

@@ -384,3 +384,120 @@ fn head_is_rewritten_in_place_and_reads_as_before() {
     std::fs::remove_file(t.path().join("points").join("0000000005.json")).unwrap();
     assert!(s.verify(false).is_err());
 }
+
+/// A point of one file made of `chunks`, each stored compressed where that saves.
+fn compressed_point(s: &PointStore, at: i64, chunks: &[Vec<u8>]) -> Manifest {
+    let objects: Vec<ObjectRef> = chunks
+        .iter()
+        .map(|c| s.put_object_compressed(c).unwrap().0)
+        .collect();
+    let size = objects.iter().map(|o| o.len).sum();
+    s.commit_point(PointDraft {
+        taken_at: Timestamp(at),
+        consistent_at: Timestamp(at + 1),
+        reason: Reason::Schedule,
+        position: Position::Dir {
+            files: 1,
+            bytes: size,
+        },
+        entries: vec![Entry {
+            path: "f".into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            size,
+            mtime: None,
+            objects,
+        }],
+        new_bytes: size,
+    })
+    .unwrap()
+}
+
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn compressed_objects_read_clone_and_verify_as_their_content() {
+    let t = tempfile::tempdir().unwrap();
+    let s = store(t.path());
+    // Text-like bytes compress; noise does not and is stored as it is.
+    let text: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| format!("row {i} status=ok\n").into_bytes())
+        .collect();
+    let random = noise(100_000, 7);
+    let m = compressed_point(&s, 100, &[text.clone(), random.clone()]);
+    let (rt, rr) = (m.entries[0].objects[0], m.entries[0].objects[1]);
+    let stored = |r: &ObjectRef| std::fs::metadata(s.object_path(&r.id)).unwrap().len();
+    assert!(
+        stored(&rt) * 4 < rt.len,
+        "text is stored compressed: {} of {}",
+        stored(&rt),
+        rt.len
+    );
+    assert_eq!(stored(&rr), rr.len, "noise is stored as it is");
+    assert_eq!(
+        rt.id,
+        ObjectId::of(&text),
+        "named by the content, not the stored bytes"
+    );
+
+    assert_eq!(s.read_object(m.id(), &rt).unwrap(), text);
+    let one = t.path().join("one");
+    s.clone_object_into(m.id(), &rt, &one).unwrap();
+    assert_eq!(std::fs::read(&one).unwrap(), text);
+    let both = t.path().join("both");
+    let n = s
+        .clone_objects_into(m.id(), &m.entries[0].objects, &both)
+        .unwrap();
+    assert_eq!(n, (text.len() + random.len()) as u64);
+    assert_eq!(
+        std::fs::read(&both).unwrap(),
+        [text.clone(), random].concat()
+    );
+    s.verify_point(&m).unwrap();
+    assert_eq!(s.verify(true).unwrap().objects, 2);
+    // The same content again is not stored again.
+    let (_, new) = s.put_object_compressed(&text).unwrap();
+    assert!(!new);
+}
+
+#[test]
+fn a_damaged_compressed_object_is_named_and_never_restored() {
+    let t = tempfile::tempdir().unwrap();
+    let s = store(t.path());
+    let text: Vec<u8> = (0..100_000u32)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
+    let m = compressed_point(&s, 100, &[text]);
+    let r = m.entries[0].objects[0];
+    let path = s.object_path(&r.id);
+    let mut stored = std::fs::read(&path).unwrap();
+    // A flipped byte inside the frame: it fails to decompress or hashes differently.
+    let mid = stored.len() / 2;
+    stored[mid] ^= 0x40;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&path, &stored).unwrap();
+    let e = s.read_object(m.id(), &r).unwrap_err();
+    assert!(matches!(e, ShadowError::BadObject { .. }), "{e}");
+    let to = t.path().join("restored");
+    let e = s.clone_object_into(m.id(), &r, &to).unwrap_err();
+    assert!(e.to_string().contains(&r.id.hex()), "{e}");
+    assert!(s.verify(true).is_err());
+    // Cut short to a few bytes of zstd's magic and nothing else: damaged, not "compressed".
+    std::fs::write(&path, &stored[..4]).unwrap();
+    assert!(s.verify(true).is_err());
+    // No longer a zstd frame (magic gone) and shorter than its content: damaged.
+    stored[0] = 0;
+    std::fs::write(&path, &stored).unwrap();
+    let e = s.verify_point(&m).unwrap_err();
+    assert!(e.to_string().contains("damaged"), "{e}");
+}
