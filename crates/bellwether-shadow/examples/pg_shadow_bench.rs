@@ -203,13 +203,18 @@ fn space(
         ) - wal_start;
         drop(shadow);
         let held = dir_size(sd.path());
+        let in_objects = dir_size(&sd.path().join("objects"));
+        let in_wal = dir_size(&sd.path().join("pg").join("wal"));
+        if std::env::var_os("BW_BENCH_KEEP").is_some() {
+            println!("kept: {}", sd.keep().display());
+        }
         let used = bellwether_shadow::point::loopfs::blocks_in_use(&root)
             .expect("statvfs")
             .saturating_sub(used_before);
         times.sort_by(|a, b| a.total_cmp(b));
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         println!(
-            "space ({}, wal_compression {}, filler {filler}, churn {churn_kind}): database {:.1} MiB (cluster directory {:.1} MiB); 24 points at 1 % churn ({churn} rows each, a CHECKPOINT before each): shadow {:.1} MiB = {:.2} x the database ({:.2} x the cluster directory); base {:.1} MiB; file system blocks {:.1} MiB; WAL written {:.1} MiB; point p50 {:.0} ms, max {:.0} ms",
+            "space ({}, wal_compression {}, filler {filler}, churn {churn_kind}): database {:.1} MiB (cluster directory {:.1} MiB); 24 points at 1 % churn ({churn} rows each, a CHECKPOINT before each): shadow {:.1} MiB = {:.2} x the database ({:.2} x the cluster directory; objects {:.1} MiB, pg/wal {:.1} MiB); base {:.1} MiB; file system blocks {:.1} MiB; WAL written {:.1} MiB; point p50 {:.0} ms, max {:.0} ms",
             ty,
             wal_compression.unwrap_or("off"),
             mib(size),
@@ -217,6 +222,8 @@ fn space(
             mib(held),
             held as f64 / size as f64,
             held as f64 / cluster_bytes as f64,
+            mib(in_objects),
+            mib(in_wal),
             mib(base),
             mib(used),
             mib(wal as u64),

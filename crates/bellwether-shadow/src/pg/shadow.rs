@@ -337,32 +337,53 @@ impl PgShadow {
         Ok(m)
     }
 
-    /// Removes from `pg/wal` the complete segments before segment number `before` (the last
-    /// point's last) that this shadow stored whole as objects: a committed point holds each,
-    /// and keeping them here as well held the WAL twice. The newest complete segment stays (a
-    /// `pg_receivewal` started again continues after the newest segment it finds). Nothing
+    /// Removes from `pg/wal` the complete segments before the base's start, and those before
+    /// segment number `before` (the last point's last) that this shadow stored whole as
+    /// objects: a committed point holds each,
+    /// and keeping them here as well held the WAL twice. The newest complete segment stays
+    /// unless the one being written (`.partial`) comes after it: a `pg_receivewal` started
+    /// again continues from the newest segment it finds. Nothing
     /// is removed while a restore holds a point: a restore to a time after the latest point
     /// reads the segments after that point from here; one that chose its point before this
     /// one was committed and leased it after finds the segments it lacks in this newer point
     /// (`restore::stage_wal`).
     fn prune_stored_wal(&mut self, before: u64) {
         let seg = self.inner.info.wal_segment_size;
+        // Segments before the base's start no point of it needs (a differential shadow's
+        // first fetch streams from where its slot was made, before the base backup).
+        let base_start = self
+            .base
+            .as_ref()
+            .map_or(0, |b| b.info.start_lsn.segment(seg));
         let wal = pg_dir(self.store.dir()).join("wal");
         let Ok(rd) = std::fs::read_dir(&wal) else {
             return;
         };
-        let complete: Vec<(u64, String, PathBuf)> = rd
-            .flatten()
-            .filter_map(|e| {
-                let n = e.file_name().to_string_lossy().into_owned();
-                SegmentName::parse(&n, seg).map(|s| (s.segno, n, e.path()))
-            })
-            .collect();
-        let newest = complete.iter().map(|c| c.0).max();
+        let mut complete: Vec<(u64, String, PathBuf)> = Vec::new();
+        let mut partial = None;
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(s) = n
+                .strip_suffix(".partial")
+                .and_then(|p| SegmentName::parse(p, seg))
+            {
+                partial = partial.max(Some(s.segno));
+            } else if let Some(s) = SegmentName::parse(&n, seg) {
+                complete.push((s.segno, n, e.path()));
+            }
+        }
+        // The segment a restarted pg_receivewal continues from: the one it is writing, or
+        // else the newest complete one (which then stays).
+        let newest = complete
+            .iter()
+            .map(|c| c.0)
+            .max()
+            .filter(|c| partial.is_none_or(|p| p < *c));
         let doomed: Vec<PathBuf> = complete
             .into_iter()
             .filter(|(segno, n, _)| {
-                *segno < before && Some(*segno) != newest && self.wal_cache.contains_key(n)
+                Some(*segno) != newest
+                    && (*segno < base_start || (*segno < before && self.wal_cache.contains_key(n)))
             })
             .map(|c| c.2)
             .collect();
