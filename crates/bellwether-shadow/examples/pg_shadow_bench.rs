@@ -146,10 +146,13 @@ fn space(
         "blank" => {}
         // 84 random hex digits a row (4 bits of entropy a byte, as text ids and hashes
         // have): zstd shrinks such rows about 2 ×, not the ~40 × of pgbench's blanks.
-        "hex" => exec(
-            &url,
-            "UPDATE public.pgbench_accounts SET filler = substr(md5(random()::text) || md5(random()::text) || md5(random()::text), 1, 84); VACUUM FULL public.pgbench_accounts",
-        ),
+        "hex" => {
+            exec(
+                &url,
+                "UPDATE public.pgbench_accounts SET filler = substr(md5(random()::text) || md5(random()::text) || md5(random()::text), 1, 84)",
+            );
+            exec(&url, "VACUUM FULL public.pgbench_accounts");
+        }
         other => panic!("--filler {other}: blank or hex"),
     }
     exec(&url, "VACUUM ANALYZE");
