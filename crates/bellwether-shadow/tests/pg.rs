@@ -655,3 +655,186 @@ fn a_shadow_holds_its_wal_once_compressed_and_restores_past_its_last_point() {
         (1..=450).collect::<Vec<_>>()
     );
 }
+
+/// The pids of the `pg_receivewal` processes streaming into slot `slot`.
+fn receivers(slot: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.first().is_some_and(|a| a.ends_with("pg_receivewal"))
+            && args.iter().any(|a| a == slot)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Fills the file system holding `dir` with a ballast file until a write fails.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("ballast");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let block = vec![0xa5u8; 1 << 16];
+    loop {
+        if let Err(e) = f.write_all(&block) {
+            assert_eq!(
+                e.raw_os_error(),
+                Some(28),
+                "the ballast stops at ENOSPC: {e}"
+            );
+            break;
+        }
+    }
+    path
+}
+
+/// The chaos on PostgreSQL: pgbench and a client recording acknowledged ids write to a
+/// primary with a transactional (synchronous) shadow kept on a small tmpfs (mounted here:
+/// root). A failure is predicted (a `predicted` point); then the shadow's disk fills (a point
+/// fails with the reason and commits nothing, and once space is back points go on), its
+/// stream is killed with SIGKILL (started again), and the live data is corrupted. The restore
+/// to the predicted point brings back every commit acknowledged before it and none issued
+/// after it; the restore to `latest` every commit acknowledged at all.
+#[test]
+fn under_pgbench_a_full_disk_a_killed_stream_and_corruption_lose_nothing_before_the_predicted_point(
+) {
+    let cluster = TestCluster::start(TestClusterOptions::default());
+    let url = cluster.url();
+    exec(&url, "CREATE TABLE public.t (id bigint PRIMARY KEY)");
+    let init = std::process::Command::new(&cluster.pgbench_argv(&[])[0])
+        .args(&cluster.pgbench_argv(&["-i", "-s", "1", "-q", "postgres"])[1..])
+        .output()
+        .expect("pgbench -i");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let mnt = tempfile::tempdir().unwrap();
+    let tmpfs = bellwether_shadow::drill::tmpfs::Tmpfs::mount(mnt.path(), 160 << 20)
+        .unwrap_or_else(|e| panic!("this test keeps the shadow on a tmpfs it mounts: {e}"));
+    let sd = tmpfs.path().join("shadow");
+    let (o, mut p) = options(&sd, &url, ShadowType::Transactional);
+    // A point on the full disk fails on its own write, or, if the stream had to begin a new
+    // segment meanwhile, when its wait for the stream ends: then with the stream's error.
+    p.step_timeout = Duration::from_secs(60);
+    let mut shadow = PgShadow::start(&o, &p).expect("the shadow starts");
+    let slot = shadow.info().name.clone();
+    let argv = cluster.pgbench_argv(&["-n", "-c", "2", "-T", "600", "-R", "100", "postgres"]);
+    let mut pgbench = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("pgbench runs");
+    let writer = Writer::start(&url);
+    writer.wait_for(100);
+
+    let acked_before = writer.acked();
+    let predicted = shadow
+        .take_point(Reason::Predicted {
+            source: "test".into(),
+            failure_at: Timestamp::from_micros(Timestamp::now().as_micros() + 60_000_000),
+            probability: 0.9,
+        })
+        .expect("the predicted point");
+    let issued_after = writer.next.load(Ordering::SeqCst) as i64;
+    writer.wait_for(100);
+
+    // The shadow's disk fills: a point fails, says why, and leaves the latest point as it was.
+    let ballast = fill(tmpfs.path());
+    let e = shadow
+        .take_point(Reason::Schedule)
+        .expect_err("no point on a full disk");
+    assert!(e.to_string().contains("No space left"), "{e}");
+    let store = bellwether_shadow::point::PointStore::open(&sd).unwrap();
+    assert_eq!(store.find(&Target::Latest).unwrap().seq, predicted.seq);
+    std::fs::remove_file(&ballast).unwrap();
+    writer.wait_for(50);
+    let after_full = shadow
+        .take_point(Reason::Schedule)
+        .expect("points go on once space is back");
+    assert!(after_full.seq > predicted.seq);
+
+    // Its stream is killed; the shadow starts it again and the next point waits for it.
+    let pids = receivers(&slot);
+    assert!(!pids.is_empty(), "pg_receivewal streams into {slot}");
+    for pid in pids {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    writer.wait_for(50);
+    shadow
+        .take_point(Reason::Schedule)
+        .expect("a point after the stream was killed");
+    let _ = pgbench.kill();
+    let _ = pgbench.wait();
+    let acked = writer.stop();
+    drop(shadow);
+    store.verify(true).expect("every point whole");
+
+    // Everything acknowledged is in the shadow: `latest`, beside.
+    let dest = cluster.dir().join("latest");
+    let req = RestoreRequest {
+        dir: sd.clone(),
+        target: Target::Latest,
+        dest: dest.clone(),
+        elsewhere: true,
+    };
+    restore_with(
+        &req,
+        &RestoreMode::for_dest(&dest),
+        None,
+        Duration::from_secs(300),
+    )
+    .unwrap_or_else(|e| panic!("restore latest: {e}"));
+    let latest = with_copy(&cluster, &dest, ids);
+    let lost: Vec<_> = acked.iter().filter(|i| !latest.contains(i)).collect();
+    assert!(lost.is_empty(), "acknowledged but not in latest: {lost:?}");
+
+    // The live data is corrupted (the table's file overwritten), then the predicted point is
+    // restored over it.
+    let rel: String = sql(&url, "SELECT pg_relation_filepath('public.t')")[0].get(0);
+    let file = cluster.data_dir.join(rel);
+    std::fs::write(&file, vec![0xffu8; 8192]).unwrap();
+    let req = RestoreRequest {
+        dir: sd.clone(),
+        target: Target::Point(predicted.id()),
+        dest: cluster.data_dir.clone(),
+        elsewhere: false,
+    };
+    restore_with(
+        &req,
+        &RestoreMode::for_dest(&cluster.data_dir),
+        None,
+        Duration::from_secs(300),
+    )
+    .unwrap_or_else(|e| panic!("restore the predicted point: {e}\n{}", cluster.log()));
+    let restored = ids(&url);
+    let missing: Vec<_> = acked_before
+        .iter()
+        .filter(|i| !restored.contains(i))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged before the point, not restored: {missing:?}"
+    );
+    let extra: Vec<_> = restored.iter().filter(|i| **i >= issued_after).collect();
+    assert!(
+        extra.is_empty(),
+        "issued after the point but restored: {extra:?}"
+    );
+}
