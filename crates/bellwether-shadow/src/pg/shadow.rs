@@ -244,14 +244,17 @@ impl PgShadow {
         let taken_at = Timestamp::now();
         let started = std::time::Instant::now();
         let name = format!("bw-{}", taken_at.as_micros());
-        let (lsn, timeline) = self.on(move |i| Box::pin(i.mark(name)))?;
+        let (lsn, timeline, through) = self.on(move |i| Box::pin(i.mark(name)))?;
         let mark_ms = started.elapsed().as_secs_f64() * 1000.0;
         let kind = self.inner.opts.kind;
+        // Through the mark's commit, not only the mark: a restore to the point stops at the
+        // first record after the mark, which must be whole in the shadow, or recovery ends
+        // before it reaches its target.
         self.on(move |i| {
             Box::pin(async move {
                 match kind {
-                    ShadowType::Transactional => i.wait_flushed(lsn).await,
-                    _ => i.fetch_until(lsn).await,
+                    ShadowType::Transactional => i.wait_flushed(through).await,
+                    _ => i.fetch_until(through).await,
                 }
             })
         })?;
@@ -262,7 +265,7 @@ impl PgShadow {
         let mut entries = base.entries.clone();
         let mut new_bytes = 0;
         let first = base.info.start_lsn.segment(seg);
-        let last = Lsn(lsn.0.saturating_sub(1)).segment(seg).max(first);
+        let last = Lsn(through.0.saturating_sub(1)).segment(seg).max(first);
         for segno in first..=last {
             let name = SegmentName { timeline, segno }.file_name(seg);
             let complete = wal.join(&name);
@@ -290,8 +293,8 @@ impl PgShadow {
                 };
                 let (e, n) = base::store_chunks_after(&self.store, &partial, rel, 0o600, &known)?;
                 new_bytes += n;
-                // Chunks wholly before this point's LSN are final (flushed, waited for).
-                let flushed = lsn.0.saturating_sub(segno.saturating_mul(seg)).min(seg);
+                // Chunks wholly before what the shadow flushed are final (waited for).
+                let flushed = through.0.saturating_sub(segno.saturating_mul(seg)).min(seg);
                 let whole = (flushed / base::CHUNK as u64) as usize;
                 let keep: Vec<ObjectRef> = e
                     .objects
@@ -860,7 +863,10 @@ impl Inner {
     /// That commit is `synchronous_commit = local` (for this transaction only): it does not
     /// wait for a synchronous shadow, whose flush [`Inner::wait_flushed`] awaits with a
     /// deadline.
-    async fn mark(&mut self, name: String) -> Result<(Lsn, u32), PgShadowError> {
+    ///
+    /// Returns the mark's LSN, the timeline, and the primary's flush position after the
+    /// statement (through the commit that follows the mark).
+    async fn mark(&mut self, name: String) -> Result<(Lsn, u32, Lsn), PgShadowError> {
         let target = self.conn.target.clone();
         let sql = if self.may_create_restore_points {
             "SELECT pg_create_restore_point($1)::text, (SELECT timeline_id FROM pg_control_checkpoint()),              set_config('synchronous_commit', 'local', true), txid_current()"
@@ -879,7 +885,18 @@ impl Inner {
             message: format!("not an LSN: {lsn_text:?}"),
         })?;
         let tl: i32 = row.get(1);
-        Ok((lsn, tl as u32))
+        let flushed: String = self
+            .conn
+            .client
+            .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+            .await
+            .map_err(|e| query_err(&target, "reading the primary's flush position", e))?
+            .get(0);
+        let through = Lsn::parse(&flushed).ok_or_else(|| PgShadowError::Io {
+            what: format!("{target}: reading the flush position"),
+            message: format!("not an LSN: {flushed:?}"),
+        })?;
+        Ok((lsn, tl as u32, through.max(lsn)))
     }
 
     /// Waits until the primary reports the shadow flushed `lsn` (transactional): a physical
