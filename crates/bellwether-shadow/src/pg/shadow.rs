@@ -942,7 +942,11 @@ impl Inner {
     }
 
     /// Fetches the WAL through the slot up to `lsn` (differential): `pg_receivewal --endpos`.
+    /// It stops once it has received a byte past its end position, so that is `lsn - 1`:
+    /// with `lsn` itself it waited for whatever the primary wrote next (seconds on an idle
+    /// primary: the background writer's next standby snapshot).
     async fn fetch_until(&self, lsn: Lsn) -> Result<(), PgShadowError> {
+        let endpos = Lsn(lsn.0.saturating_sub(1));
         let wal = pg_dir(&self.dir).join("wal");
         let argv = vec![
             self.bindir.join("pg_receivewal").display().to_string(),
@@ -953,7 +957,7 @@ impl Inner {
             "--slot".into(),
             self.info.name.clone(),
             "--endpos".into(),
-            lsn.to_string(),
+            endpos.to_string(),
             "--no-loop".into(),
             "--synchronous".into(),
         ];
