@@ -869,9 +869,11 @@ impl Inner {
     async fn mark(&mut self, name: String) -> Result<(Lsn, u32, Lsn), PgShadowError> {
         let target = self.conn.target.clone();
         let sql = if self.may_create_restore_points {
-            "SELECT pg_create_restore_point($1)::text, (SELECT timeline_id FROM pg_control_checkpoint()),              set_config('synchronous_commit', 'local', true), txid_current()"
+            "SELECT pg_create_restore_point($1)::text, (SELECT timeline_id FROM pg_control_checkpoint()), \
+             set_config('synchronous_commit', 'local', true), txid_current()"
         } else {
-            "SELECT pg_current_wal_insert_lsn()::text, (SELECT timeline_id FROM pg_control_checkpoint()),              set_config('synchronous_commit', 'local', true), txid_current(), $1::text"
+            "SELECT pg_current_wal_insert_lsn()::text, (SELECT timeline_id FROM pg_control_checkpoint()), \
+             set_config('synchronous_commit', 'local', true), txid_current(), $1::text"
         };
         let row = self
             .conn
