@@ -114,23 +114,7 @@ pub struct ObjectRef {
 /// Writes `bytes` as an object of the store at `dir` unless it is there already. Returns the
 /// reference and whether it was new.
 pub(crate) fn put(dir: &Path, tmp: &Path, bytes: &[u8]) -> io::Result<(ObjectRef, bool)> {
-    let id = ObjectId::of(bytes);
-    let r = ObjectRef {
-        id,
-        len: bytes.len() as u64,
-    };
-    let path = id.path_in(dir);
-    if path.exists() {
-        return Ok((r, false));
-    }
-    let t = temp_name(tmp);
-    let written = File::create(&t).and_then(|mut f| f.write_all(bytes));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&t);
-        return Err(e);
-    }
-    install(&t, &path)?;
-    Ok((r, true))
+    put_as(dir, tmp, bytes, false)
 }
 
 /// The first four bytes of a zstd frame (RFC 8878).
@@ -148,6 +132,10 @@ pub(crate) fn put_compressed(
     tmp: &Path,
     bytes: &[u8],
 ) -> io::Result<(ObjectRef, bool)> {
+    put_as(dir, tmp, bytes, true)
+}
+
+fn put_as(dir: &Path, tmp: &Path, bytes: &[u8], compress: bool) -> io::Result<(ObjectRef, bool)> {
     let id = ObjectId::of(bytes);
     let r = ObjectRef {
         id,
@@ -157,11 +145,14 @@ pub(crate) fn put_compressed(
     if path.exists() {
         return Ok((r, false));
     }
-    let z = zstd::bulk::compress(bytes, ZSTD_LEVEL)?;
-    let stored: &[u8] = if z.len() + bytes.len() / 8 < bytes.len() {
-        &z
+    let z = if compress {
+        Some(zstd::bulk::compress(bytes, ZSTD_LEVEL)?)
     } else {
-        bytes
+        None
+    };
+    let stored = match &z {
+        Some(z) if z.len() + bytes.len() / 8 < bytes.len() => z,
+        _ => bytes,
     };
     let t = temp_name(tmp);
     let written = File::create(&t).and_then(|mut f| f.write_all(stored));
@@ -176,13 +167,16 @@ pub(crate) fn put_compressed(
 /// Whether an object stored in `stored_len` bytes at `path` is stored compressed (see the
 /// module's notes): shorter than its content's `len`, zstd's magic first.
 pub(crate) fn is_compressed(path: &Path, stored_len: u64, len: u64) -> bool {
-    if stored_len >= len {
-        return false;
-    }
+    stored_len < len && File::open(path).is_ok_and(|f| is_compressed_file(&f, len))
+}
+
+/// [`is_compressed`] of an object already open as `f` (its first four bytes read in place).
+pub(crate) fn is_compressed_file(f: &File, len: u64) -> bool {
+    use std::os::unix::fs::FileExt;
     let mut head = [0u8; 4];
-    File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .is_ok_and(|()| head == ZSTD_MAGIC)
+    f.metadata().is_ok_and(|md| md.len() < len)
+        && f.read_exact_at(&mut head, 0).is_ok()
+        && head == ZSTD_MAGIC
 }
 
 /// The content of an object stored as `stored` whose content is `len` bytes long:

@@ -491,8 +491,18 @@ impl PointStore {
             }
             Err(e) => return Err(ShadowError::io(path)(e)),
         };
-        // A PostgreSQL object may be stored compressed, a directory chunk as a patch
-        // (crate::delta): decompressed or rebuilt, then checked.
+        self.content_of(point, r, bytes)
+    }
+
+    /// The content of object `r` from its stored bytes: a PostgreSQL object may be stored
+    /// compressed, a directory chunk as a patch (crate::delta), so it is decompressed or
+    /// rebuilt, then checked against `r`'s length and hash.
+    fn content_of(
+        &self,
+        point: PointId,
+        r: &ObjectRef,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, ShadowError> {
         let bytes = objects::decode(bytes, r.len)
             .and_then(|b| crate::delta::chunk_bytes(&self.dir, r, b))
             .map_err(|why| self.bad_object(point, r, format!("damaged ({why})")))?;
@@ -526,8 +536,8 @@ impl PointStore {
             }
             Err(e) => return Err(ShadowError::io(path)(e)),
         };
-        if self.stored_compressed(&from, &path, r) {
-            let bytes = self.read_object(point, r)?;
+        if objects::is_compressed_file(&from, r.len) {
+            let bytes = self.read_compressed(point, r, from, &path)?;
             std::fs::write(to, &bytes).map_err(ShadowError::io(to))?;
             return Ok(());
         }
@@ -587,9 +597,9 @@ impl PointStore {
                 }
                 Err(e) => return Err(ShadowError::io(path)(e)),
             };
-            if self.stored_compressed(&from, &path, r) {
+            if objects::is_compressed_file(&from, r.len) {
                 use std::os::unix::fs::FileExt;
-                let bytes = self.read_object(point, r)?;
+                let bytes = self.read_compressed(point, r, from, &path)?;
                 out.write_all_at(&bytes, at).map_err(ShadowError::io(to))?;
                 at += r.len;
                 continue;
@@ -608,11 +618,20 @@ impl PointStore {
         Ok(at)
     }
 
-    /// Whether the object `r`, open as `from`, is stored compressed (then it is read and
-    /// decompressed rather than cloned).
-    fn stored_compressed(&self, from: &File, path: &Path, r: &ObjectRef) -> bool {
-        from.metadata()
-            .is_ok_and(|md| objects::is_compressed(path, md.len(), r.len))
+    /// The content of object `r`, stored compressed and open as `from` (at `path`):
+    /// decompressed and checked, rather than cloned.
+    fn read_compressed(
+        &self,
+        point: PointId,
+        r: &ObjectRef,
+        mut from: File,
+        path: &Path,
+    ) -> Result<Vec<u8>, ShadowError> {
+        use std::io::Read;
+        let mut stored = Vec::new();
+        from.read_to_end(&mut stored)
+            .map_err(ShadowError::io(path))?;
+        self.content_of(point, r, stored)
     }
 
     /// Whether an object's stored length `stored_len` fits its reference: its content's
