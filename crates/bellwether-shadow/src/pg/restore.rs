@@ -563,7 +563,7 @@ fn stage_wal(
 
 /// Stages segment `name` whole from a point newer than the plan's, if one holds it: a point
 /// committed after the plan was made removes the segments it holds from `pg/wal`
-/// (`PgShadow::prune_stored_wal`). Returns the bytes staged, or `None` if no point has it.
+/// (`PgShadow::prune_wal`). Returns the bytes staged, or `None` if no point has it.
 fn stage_from_newer(
     store: &PointStore,
     plan: &Plan,

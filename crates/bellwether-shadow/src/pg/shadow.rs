@@ -231,7 +231,7 @@ impl PgShadow {
             new_bytes,
         })?;
         self.base = Some(CurrentBase { info, entries });
-        self.prune_wal();
+        self.prune_wal(0);
         Ok(m)
     }
 
@@ -327,7 +327,7 @@ impl PgShadow {
             entries,
             new_bytes,
         })?;
-        self.prune_stored_wal(last);
+        self.prune_wal(last);
         // What the point cost, by part (`--log debug`; the bench prints it with RUST_LOG).
         tracing::debug!(
             mark_ms,
@@ -340,17 +340,17 @@ impl PgShadow {
         Ok(m)
     }
 
-    /// Removes from `pg/wal` the complete segments before the base's start, and those before
+    /// Removes from `pg/wal` the complete segments before the current base's start (no
+    /// point on it needs them; a base point calls this with `before` 0), and those before
     /// segment number `before` (the last point's last) that this shadow stored whole as
-    /// objects: a committed point holds each,
-    /// and keeping them here as well held the WAL twice. The newest complete segment stays
-    /// unless the one being written (`.partial`) comes after it: a `pg_receivewal` started
-    /// again continues from the newest segment it finds. Nothing
-    /// is removed while a restore holds a point: a restore to a time after the latest point
-    /// reads the segments after that point from here; one that chose its point before this
-    /// one was committed and leased it after finds the segments it lacks in this newer point
-    /// (`restore::stage_wal`).
-    fn prune_stored_wal(&mut self, before: u64) {
+    /// objects: a committed point holds each, and keeping them here as well held the WAL
+    /// twice. The newest complete segment stays unless the one being written (`.partial`)
+    /// comes after it: a `pg_receivewal` started again continues from the newest segment it
+    /// finds. Nothing is removed while a restore holds a point: a restore to a time after
+    /// the latest point reads the segments after that point from here; one that chose its
+    /// point before this one was committed and leased it after finds the segments it lacks
+    /// in this newer point (`restore::stage_wal`).
+    fn prune_wal(&mut self, before: u64) {
         let seg = self.inner.info.wal_segment_size;
         // Segments before the base's start no point of it needs (a differential shadow's
         // first fetch streams from where its slot was made, before the base backup).
@@ -393,6 +393,9 @@ impl PgShadow {
         if doomed.is_empty() {
             return;
         }
+        // Segments before the base are not stored again: their cached objects go.
+        self.wal_cache
+            .retain(|n, _| SegmentName::parse(n, seg).is_none_or(|s| s.segno >= base_start));
         let removed = self.store.when_unleased(|| {
             for p in &doomed {
                 if let Err(e) = std::fs::remove_file(p) {
@@ -402,27 +405,6 @@ impl PgShadow {
         });
         if let Err(e) = removed {
             tracing::warn!(error = %e, "Cannot check the shadow's leases; WAL segments the points hold stay in pg/wal.");
-        }
-    }
-
-    /// Removes complete segments before the current base's start from `pg/wal` (every point
-    /// that needs them holds them as objects).
-    fn prune_wal(&mut self) {
-        let Some(base) = &self.base else { return };
-        let seg = self.inner.info.wal_segment_size;
-        let start = base.info.start_lsn.segment(seg);
-        let wal = pg_dir(self.store.dir()).join("wal");
-        let Ok(rd) = std::fs::read_dir(&wal) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if let Some(s) = SegmentName::parse(&n, seg) {
-                if s.segno < start {
-                    let _ = std::fs::remove_file(e.path());
-                    self.wal_cache.remove(&n);
-                }
-            }
         }
     }
 }
@@ -881,23 +863,16 @@ impl Inner {
             .query_one(sql, &[&name])
             .await
             .map_err(|e| query_err(&target, "marking the point on the primary", e))?;
-        let lsn_text: String = row.get(0);
-        let lsn = Lsn::parse(&lsn_text).ok_or_else(|| PgShadowError::Io {
-            what: format!("{target}: marking the point"),
-            message: format!("not an LSN: {lsn_text:?}"),
-        })?;
+        let lsn = lsn_of(&target, "marking the point", row.get(0))?;
         let tl: i32 = row.get(1);
-        let flushed: String = self
+        let flushed = self
             .conn
             .client
             .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
             .await
             .map_err(|e| query_err(&target, "reading the primary's flush position", e))?
             .get(0);
-        let through = Lsn::parse(&flushed).ok_or_else(|| PgShadowError::Io {
-            what: format!("{target}: reading the flush position"),
-            message: format!("not an LSN: {flushed:?}"),
-        })?;
+        let through = lsn_of(&target, "reading the flush position", flushed)?;
         Ok((lsn, tl as u32, through.max(lsn)))
     }
 
@@ -972,6 +947,14 @@ impl Inner {
         .await
         .map(|_| ())
     }
+}
+
+/// An LSN the primary returned as text for `what`.
+fn lsn_of(target: &str, what: &str, text: String) -> Result<Lsn, PgShadowError> {
+    Lsn::parse(&text).ok_or_else(|| PgShadowError::Io {
+        what: format!("{target}: {what}"),
+        message: format!("not an LSN: {text:?}"),
+    })
 }
 
 /// Whether `synchronous_standby_names` names `name` (as a plain or quoted member).
