@@ -297,6 +297,21 @@ impl Drop for KeepRunning {
     }
 }
 
+/// `pgbench -i -q -s SCALE` on `c`'s `postgres` database; panics with pgbench's stderr when
+/// it fails (tests and benches only).
+pub fn pgbench_init(c: &TestCluster, scale: u32) {
+    let argv = c.pgbench_argv(&["-i", "-q", "-s", &scale.to_string(), "postgres"]);
+    let out = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .output()
+        .expect("pgbench runs");
+    assert!(
+        out.status.success(),
+        "pgbench -i -s {scale}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs `sql` through `psql -At` as `postgres` on `c` and returns its output, trimmed; panics
 /// with psql's stderr when it fails (tests only).
 pub fn psql(c: &TestCluster, sql: &str) -> String {

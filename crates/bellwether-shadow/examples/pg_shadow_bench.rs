@@ -77,18 +77,6 @@ fn pgbench(c: &TestCluster, args: &[&str]) -> Command {
     cmd
 }
 
-/// `pgbench -i -s SCALE`: the database the runs work on.
-fn pgbench_init(c: &TestCluster, scale: u32) {
-    let init = pgbench(c, &["-i", "-s", &scale.to_string(), "-q"])
-        .output()
-        .expect("pgbench -i");
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-}
-
 /// pgbench's "number of transactions actually processed: N" and "tps = X".
 fn pgbench_figures(out: &str) -> (i64, f64) {
     let processed = out
@@ -141,7 +129,7 @@ fn space(
     }
     let cluster = TestCluster::start(TestClusterOptions { conf });
     let url = cluster.url();
-    pgbench_init(&cluster, scale);
+    bellwether_pg::testing::pgbench_init(&cluster, scale);
     match filler {
         "blank" => {}
         // 84 random hex digits a row (4 bits of entropy a byte, as text ids and hashes
@@ -239,7 +227,7 @@ fn space(
 fn rpo(seconds: u64) {
     let mut cluster = TestCluster::start(TestClusterOptions::default());
     let url = cluster.url();
-    pgbench_init(&cluster, 1);
+    bellwether_pg::testing::pgbench_init(&cluster, 1);
     exec(&url, "CREATE TABLE public.acked (id bigint PRIMARY KEY)");
     let t = seconds.to_string();
     let plain = pgbench(&cluster, &["-n", "-c", "4", "-j", "2", "-T", &t])
@@ -349,7 +337,7 @@ fn restore(scale: u32, points: usize) {
     });
     let url = cluster.url();
     let t = Instant::now();
-    pgbench_init(&cluster, scale);
+    bellwether_pg::testing::pgbench_init(&cluster, scale);
     let size = query_i64(&url, "SELECT pg_database_size(current_database())");
     println!(
         "restore: pgbench -i -s {scale}: {:.2} GiB in {:.0} s",

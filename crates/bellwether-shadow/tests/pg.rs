@@ -138,6 +138,23 @@ impl Writer {
     }
 }
 
+/// The restored ids hold every id acknowledged before the point and none issued after it.
+fn assert_exactly_before(restored: &[i64], acked_before: &[i64], issued_after: i64) {
+    let missing: Vec<_> = acked_before
+        .iter()
+        .filter(|i| !restored.contains(i))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged before the point but not restored: {missing:?}"
+    );
+    let extra: Vec<_> = restored.iter().filter(|i| **i >= issued_after).collect();
+    assert!(
+        extra.is_empty(),
+        "issued after the point but restored: {extra:?}"
+    );
+}
+
 /// `pg_ctl ACTION -D DIR` as the server's user (the restored cluster, which the test
 /// cluster's own handle no longer stops after a crash).
 fn pg_ctl(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
@@ -200,20 +217,7 @@ fn transactional_shadow_restores_to_a_point_with_every_commit_before_it_and_none
     )
     .unwrap_or_else(|e| panic!("restore: {e}\n{}", cluster.log()));
     assert_eq!(report.point, point.id());
-    let restored = ids(&url);
-    let missing: Vec<_> = acked_before
-        .iter()
-        .filter(|i| !restored.contains(i))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "acknowledged before the point but not restored: {missing:?}"
-    );
-    let extra: Vec<_> = restored.iter().filter(|i| **i >= issued_after).collect();
-    assert!(
-        extra.is_empty(),
-        "issued after the point but restored: {extra:?}"
-    );
+    assert_exactly_before(&ids(&url), &acked_before, issued_after);
     // The restored cluster is the primary again (promoted) and takes writes.
     exec(&url, "INSERT INTO public.t VALUES (-1)");
     let previous: Vec<PathBuf> = std::fs::read_dir(cluster.data_dir.parent().unwrap())
@@ -711,15 +715,7 @@ fn under_pgbench_a_full_disk_a_killed_stream_and_corruption_lose_nothing_before_
     let cluster = TestCluster::start(TestClusterOptions::default());
     let url = cluster.url();
     exec(&url, "CREATE TABLE public.t (id bigint PRIMARY KEY)");
-    let init = std::process::Command::new(&cluster.pgbench_argv(&[])[0])
-        .args(&cluster.pgbench_argv(&["-i", "-s", "1", "-q", "postgres"])[1..])
-        .output()
-        .expect("pgbench -i");
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    bellwether_pg::testing::pgbench_init(&cluster, 1);
     let mnt = tempfile::tempdir().unwrap();
     let tmpfs = bellwether_shadow::drill::tmpfs::Tmpfs::mount(mnt.path(), 160 << 20)
         .unwrap_or_else(|e| panic!("this test keeps the shadow on a tmpfs it mounts: {e}"));
@@ -823,18 +819,5 @@ fn under_pgbench_a_full_disk_a_killed_stream_and_corruption_lose_nothing_before_
         Duration::from_secs(300),
     )
     .unwrap_or_else(|e| panic!("restore the predicted point: {e}\n{}", cluster.log()));
-    let restored = ids(&url);
-    let missing: Vec<_> = acked_before
-        .iter()
-        .filter(|i| !restored.contains(i))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "acknowledged before the point, not restored: {missing:?}"
-    );
-    let extra: Vec<_> = restored.iter().filter(|i| **i >= issued_after).collect();
-    assert!(
-        extra.is_empty(),
-        "issued after the point but restored: {extra:?}"
-    );
+    assert_exactly_before(&ids(&url), &acked_before, issued_after);
 }

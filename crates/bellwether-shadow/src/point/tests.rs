@@ -413,18 +413,6 @@ fn compressed_point(s: &PointStore, at: i64, chunks: &[Vec<u8>]) -> Manifest {
     .unwrap()
 }
 
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn compressed_objects_read_clone_and_verify_as_their_content() {
     let t = tempfile::tempdir().unwrap();
@@ -433,7 +421,7 @@ fn compressed_objects_read_clone_and_verify_as_their_content() {
     let text: Vec<u8> = (0..200_000u32)
         .flat_map(|i| format!("row {i} status=ok\n").into_bytes())
         .collect();
-    let random = noise(100_000, 7);
+    let random = crate::drill::rng::noise(7, 100_000);
     let m = compressed_point(&s, 100, &[text.clone(), random.clone()]);
     let (rt, rr) = (m.entries[0].objects[0], m.entries[0].objects[1]);
     let stored = |r: &ObjectRef| std::fs::metadata(s.object_path(&r.id)).unwrap().len();
