@@ -406,7 +406,12 @@ fn sigkill_primary_retries_reads_in_flight_and_fails_the_write_clearly() {
         Some("1")
     );
     let a = st.backend_view("a");
-    assert_eq!(a["metrics"]["retried"], 2, "{a}");
+    // Both reads were re-sent at least once. The session may see the loss before the
+    // switch and re-send them to `a` while the killed server's listener still accepts;
+    // that connection is lost too and they are re-sent again, so the count can be higher.
+    // The write is never re-sent: it is failed exactly once.
+    let retried = a["metrics"]["retried"].as_u64().unwrap();
+    assert!(retried >= 2, "{a}");
     assert_eq!(a["metrics"]["lost_in_flight"], 1, "{a}");
 }
 
