@@ -7,8 +7,10 @@
 //!    transactions pgbench reported processed minus `pgbench_history` rows restored, and ids
 //!    acknowledged but not restored. Also pgbench's tps without and with the shadow.
 //! 2. `restore`: a pgbench database of `--scale` (68 is about 1 GiB), a transactional shadow
-//!    (its base point timed), points under pgbench churn (time and new bytes each), then a
-//!    restore of the database to a point, swapped in (timed).
+//!    (its base point timed), points two seconds apart under pgbench churn of `--rate`
+//!    transactions a second (default 200; 0: unthrottled), the shadow's sync at its poll
+//!    interval between them as its run loop does (time and new bytes of each point), then
+//!    a restore of the database to a point, swapped in (timed).
 //! 3. `space` (not part of `all`): the "24 hourly points at 1 %/h churn". A pgbench
 //!    database of `--scale` (default here 10, about 160 MiB), then for each shadow type of
 //!    `--types` (default `differential,transactional`) a new shadow and 24 rounds, each an
@@ -22,7 +24,7 @@
 //!    own rows are blanks, which compress about 40 ×; hex text about 2 ×.
 //!
 //! `cargo run --release -p bellwether-shadow --example pg_shadow_bench -- [rpo|restore|all|space]
-//! [--scale N] [--seconds S] [--points N] [--on LIST] [--image-gib N] [--types LIST]
+//! [--scale N] [--seconds S] [--points N] [--rate TPS] [--on LIST] [--image-gib N] [--types LIST]
 //! [--wal-compression METHOD] [--churn scattered|contiguous] [--filler blank|hex]`
 //!
 //! `--on /var/tmp,btrfs,xfs` runs the benchmarks once per place, one after the other: a
@@ -328,7 +330,7 @@ fn rpo(seconds: u64) {
     );
 }
 
-fn restore(scale: u32, points: usize) {
+fn restore(scale: u32, points: usize, rate: u64) {
     let cluster = TestCluster::start(TestClusterOptions {
         conf: vec![
             ("max_wal_size".into(), "'4GB'".into()),
@@ -356,15 +358,24 @@ fn restore(scale: u32, points: usize) {
         "restore: shadow start with its base point {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    // Churn at a fixed rate while points are taken.
-    let mut churn = pgbench(&cluster, &["-n", "-c", "2", "-R", "200", "-T", "3600"])
-        .spawn()
-        .expect("pgbench");
+    // Churn at a fixed rate (0: as fast as it goes) while points are taken.
+    let rate_arg = rate.to_string();
+    let mut argv = vec!["-n", "-c", "2", "-T", "3600"];
+    if rate > 0 {
+        argv.extend(["-R", rate_arg.as_str()]);
+    }
+    let mut churn = pgbench(&cluster, &argv).spawn().expect("pgbench");
     let mut times = Vec::new();
     let mut news = Vec::new();
     let mut target = None;
     for i in 0..points {
-        std::thread::sleep(Duration::from_secs(2));
+        // Two seconds between points, with the shadow's sync at its poll interval as the
+        // run loop does it (a transactional shadow stores the WAL flushed so far).
+        let next = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < next {
+            std::thread::sleep(shadow.poll_interval().min(next - Instant::now()));
+            shadow.sync().expect("sync");
+        }
         let t = Instant::now();
         let m = shadow.take_point(Reason::Schedule).expect("point");
         times.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -380,7 +391,7 @@ fn restore(scale: u32, points: usize) {
     let mut sorted = news.clone();
     sorted.sort();
     println!(
-        "restore: {points} points under pgbench -R 200: time p50 {:.0} ms, max {:.0} ms; new bytes p50 {:.1} MiB, max {:.1} MiB",
+        "restore: {points} points under pgbench -R {rate}: time p50 {:.1} ms, max {:.1} ms; new bytes p50 {:.1} MiB, max {:.1} MiB",
         times[times.len() / 2],
         times[times.len() - 1],
         sorted[sorted.len() / 2] as f64 / (1u64 << 20) as f64,
@@ -509,7 +520,7 @@ fn main() {
             rpo(seconds);
         }
         if matches!(what, "restore" | "all") {
-            restore(scale, points);
+            restore(scale, points, flag("--rate", 200));
         }
         if what == "space" {
             space(

@@ -660,6 +660,106 @@ fn a_shadow_holds_its_wal_once_compressed_and_restores_past_its_last_point() {
     );
 }
 
+/// The objects in a shadow directory's store.
+fn object_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("objects"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| std::fs::read_dir(e.path()).unwrap().count())
+        .sum()
+}
+
+/// A transactional shadow's sync stores the WAL flushed so far ahead of the next point;
+/// `gc` keeps those objects though no point references them yet; the point then reads only
+/// what came after, records the rest of the segment being written as zeros, and restores
+/// exactly to itself.
+#[test]
+fn a_transactional_shadow_stores_its_wal_ahead_of_the_point_and_gc_keeps_it() {
+    let cluster = TestCluster::start(TestClusterOptions::default());
+    let url = cluster.url();
+    exec(
+        &url,
+        "CREATE TABLE public.t (id bigint PRIMARY KEY, pad text)",
+    );
+    let sd = shadow_dir();
+    let (o, p) = options(sd.path(), &url, ShadowType::Transactional);
+    let mut shadow = PgShadow::start(&o, &p).expect("the shadow starts");
+    let first = shadow.take_point(Reason::Schedule).expect("a first point");
+    // A complete segment and more than a chunk (1 MiB) of the next one, every commit of it
+    // flushed by the synchronous shadow before the statement returned.
+    exec(
+        &url,
+        "INSERT INTO public.t SELECT g, md5(g::text) FROM generate_series(1, 1000) g; SELECT pg_switch_wal()",
+    );
+    exec(
+        &url,
+        "INSERT INTO public.t SELECT g, repeat(md5(g::text), 8) FROM generate_series(1001, 12000) g",
+    );
+    let before = object_count(sd.path());
+    shadow.sync().expect("sync");
+    let staged = object_count(sd.path());
+    assert!(
+        staged >= before + 2,
+        "the sync stored the complete segment and the flushed chunks ({before} -> {staged} objects)"
+    );
+    let gc = shadow.store().gc().expect("gc");
+    assert_eq!(
+        object_count(sd.path()),
+        staged,
+        "gc removed objects a point is about to reference: {gc:?}"
+    );
+    exec(
+        &url,
+        "INSERT INTO public.t SELECT g, 'x' FROM generate_series(12001, 12010) g",
+    );
+    let point = shadow.take_point(Reason::OnDemand).expect("a point");
+    exec(
+        &url,
+        "INSERT INTO public.t SELECT g, 'after' FROM generate_series(12011, 12020) g",
+    );
+    // What the sync stored counts as the point's.
+    assert!(
+        point.new_bytes > (1 << 20) / 2,
+        "new bytes of the point: {}",
+        point.new_bytes
+    );
+    // The segment being written: past the point's chunk, the zero chunk, not read.
+    let last = point
+        .entries
+        .iter()
+        .filter(|e| e.path.starts_with("bw_restore_wal/"))
+        .max_by(|a, b| a.path.cmp(&b.path))
+        .unwrap();
+    let zeros = bellwether_shadow::point::ObjectId::of(&vec![0u8; 1 << 20]);
+    assert_eq!(last.size, 16 << 20, "{}", last.path);
+    assert_eq!(last.objects.last().unwrap().id, zeros, "{}", last.path);
+    // Every object of every point is whole, and gc leaves them all.
+    shadow.store().gc().expect("gc");
+    let report = shadow.store().verify(true).expect("every point is whole");
+    assert!(report.points >= 3 && point.seq > first.seq, "{report:?}");
+    drop(shadow);
+
+    let dest = cluster.dir().join("at-point");
+    let req = RestoreRequest {
+        dir: sd.path().to_path_buf(),
+        target: Target::Point(point.id()),
+        dest: dest.clone(),
+        elsewhere: true,
+    };
+    restore_with(
+        &req,
+        &RestoreMode::for_dest(&dest),
+        None,
+        Duration::from_secs(300),
+    )
+    .unwrap_or_else(|e| panic!("restore: {e}"));
+    assert_eq!(
+        with_copy(&cluster, &dest, ids),
+        (1..=12010).collect::<Vec<_>>()
+    );
+}
+
 /// The pids of the `pg_receivewal` processes streaming into slot `slot`.
 fn receivers(slot: &str) -> Vec<i32> {
     let mut out = Vec::new();

@@ -204,6 +204,67 @@ pub(crate) fn store_chunks_after(
     ))
 }
 
+/// Stores chunks `from..upto` of `path` (fewer where the file ends first), compressed at
+/// zstd's faster level if `fast`. Returns their objects and the bytes new to the store.
+pub(crate) fn store_chunks(
+    store: &PointStore,
+    path: &Path,
+    from: usize,
+    upto: usize,
+    fast: bool,
+) -> Result<(Vec<ObjectRef>, u64), ShadowError> {
+    use std::io::{Seek, SeekFrom};
+    let mut objects = Vec::new();
+    let mut new_bytes = 0;
+    if from >= upto {
+        return Ok((objects, 0));
+    }
+    let mut f = std::fs::File::open(path).map_err(ShadowError::io(path))?;
+    f.seek(SeekFrom::Start((from * CHUNK) as u64))
+        .map_err(ShadowError::io(path))?;
+    let mut buf = vec![0u8; CHUNK];
+    for _ in from..upto {
+        let n = read_full(&mut f, &mut buf).map_err(ShadowError::io(path))?;
+        if n == 0 {
+            break;
+        }
+        let (r, new) = if fast && !is_zero(&buf[..n]) {
+            store.put_object_compressed_fast(&buf[..n])?
+        } else {
+            put_chunk(store, &buf[..n])?
+        };
+        if new {
+            new_bytes += r.len;
+        }
+        objects.push(r);
+        if n < CHUNK {
+            break;
+        }
+    }
+    Ok((objects, new_bytes))
+}
+
+/// The object of `len` zero bytes (stored if the store lacks it): what a point records for
+/// the part of the segment being written that lies past the point's WAL. Those bytes are
+/// not read: `pg_receivewal` fills a new segment with zeros and writes the stream over
+/// them, and a restore to the point reads no WAL past it.
+pub(crate) fn zero_chunk(store: &PointStore, len: usize) -> Result<ObjectRef, ShadowError> {
+    let r = ObjectRef {
+        id: zeros_id(),
+        len: CHUNK as u64,
+    };
+    if len == CHUNK && store.has_object(&r.id) {
+        return Ok(r);
+    }
+    Ok(put_chunk(store, &vec![0u8; len])?.0)
+}
+
+/// The id of [`CHUNK`] zero bytes (hashed once).
+fn zeros_id() -> ObjectId {
+    static ZEROS: std::sync::OnceLock<ObjectId> = std::sync::OnceLock::new();
+    *ZEROS.get_or_init(|| ObjectId::of(&vec![0u8; CHUNK]))
+}
+
 pub(crate) fn store_file(
     store: &PointStore,
     path: &Path,
@@ -252,9 +313,8 @@ pub(crate) fn store_file(
 /// Stores one chunk. A chunk of zeros (most of a WAL segment `pg_receivewal` has just
 /// begun) is not hashed again once its object exists: its SHA-256 is computed once.
 fn put_chunk(store: &PointStore, chunk: &[u8]) -> Result<(ObjectRef, bool), ShadowError> {
-    static ZEROS: std::sync::OnceLock<ObjectId> = std::sync::OnceLock::new();
-    if chunk.len() == CHUNK && chunk.iter().all(|b| *b == 0) {
-        let id = *ZEROS.get_or_init(|| ObjectId::of(&vec![0u8; CHUNK]));
+    if chunk.len() == CHUNK && is_zero(chunk) {
+        let id = zeros_id();
         if store.has_object(&id) {
             return Ok((
                 ObjectRef {
@@ -266,6 +326,10 @@ fn put_chunk(store: &PointStore, chunk: &[u8]) -> Result<(ObjectRef, bool), Shad
         }
     }
     store.put_object_compressed(chunk)
+}
+
+fn is_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| *b == 0)
 }
 
 fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -129,6 +129,13 @@ pub struct PgShadow {
     /// that lay wholly before that point's LSN (flushed then: the stream never writes a byte
     /// twice), so the next point reads and hashes only what came after them.
     partial_cache: Option<(String, Vec<ObjectRef>)>,
+    /// The timeline of the last point (the sync loop stores its WAL ahead of the next).
+    timeline: u32,
+    /// Bytes the sync loop stored since the last point (counted in the next point's
+    /// `new_bytes`).
+    staged_bytes: u64,
+    /// What the sync loop's last [`PgShadow::store_wal`] stored, to stage.
+    fresh: Vec<ObjectRef>,
 }
 
 struct Inner {
@@ -168,6 +175,9 @@ impl PgShadow {
             base: None,
             wal_cache: HashMap::new(),
             partial_cache: None,
+            timeline: 0,
+            staged_bytes: 0,
+            fresh: Vec::new(),
         };
         shadow.on(|i| Box::pin(i.set_up()))?;
         shadow.take_base_point(Reason::Base)?;
@@ -230,6 +240,7 @@ impl PgShadow {
             entries: entries.clone(),
             new_bytes,
         })?;
+        self.timeline = info.timeline;
         self.base = Some(CurrentBase { info, entries });
         self.prune_wal(0);
         Ok(m)
@@ -261,60 +272,13 @@ impl PgShadow {
         let consistent_at = Timestamp::now();
         let flushed_ms = started.elapsed().as_secs_f64() * 1000.0;
         let seg = self.inner.info.wal_segment_size;
-        let wal = pg_dir(self.store.dir()).join("wal");
-        let mut entries = base.entries.clone();
-        let mut new_bytes = 0;
         let first = base.info.start_lsn.segment(seg);
         let last = Lsn(through.0.saturating_sub(1)).segment(seg).max(first);
-        for segno in first..=last {
-            let name = SegmentName { timeline, segno }.file_name(seg);
-            let complete = wal.join(&name);
-            let partial = wal.join(format!("{name}.partial"));
-            let rel = format!("{WAL_PREFIX}{name}");
-            if let Some(objects) = self.wal_cache.get(&name) {
-                let size = objects.iter().map(|o| o.len).sum();
-                entries.push(Entry {
-                    path: rel,
-                    kind: crate::point::EntryKind::File,
-                    mode: 0o600,
-                    size,
-                    mtime: None,
-                    objects: objects.clone(),
-                });
-            } else if complete.is_file() {
-                let (e, n) = base::store_file(&self.store, &complete, rel, 0o600, false)?;
-                new_bytes += n;
-                self.wal_cache.insert(name, e.objects.clone());
-                entries.push(e);
-            } else if partial.is_file() {
-                let known = match &self.partial_cache {
-                    Some((n, objects)) if *n == name => objects.clone(),
-                    _ => Vec::new(),
-                };
-                let (e, n) = base::store_chunks_after(&self.store, &partial, rel, 0o600, &known)?;
-                new_bytes += n;
-                // Chunks wholly before what the shadow flushed are final (waited for).
-                let flushed = through.0.saturating_sub(segno.saturating_mul(seg)).min(seg);
-                let whole = (flushed / base::CHUNK as u64) as usize;
-                let keep: Vec<ObjectRef> = e
-                    .objects
-                    .iter()
-                    .take(whole)
-                    .take_while(|o| o.len == base::CHUNK as u64)
-                    .cloned()
-                    .collect();
-                self.partial_cache = Some((name, keep));
-                entries.push(e);
-            } else {
-                return Err(PgShadowError::MissingWal {
-                    dir: wal,
-                    segment: name,
-                    point: "(being taken)".into(),
-                    target: format!("LSN {lsn}"),
-                }
-                .into());
-            }
-        }
+        self.timeline = timeline;
+        let mut entries = base.entries.clone();
+        let (wal_entries, stored) = self.store_wal(timeline, first, through, true)?;
+        entries.extend(wal_entries);
+        let new_bytes = stored + std::mem::take(&mut self.staged_bytes);
         let stored_ms = started.elapsed().as_secs_f64() * 1000.0;
         let m = self.store.commit_point(PointDraft {
             taken_at,
@@ -338,6 +302,121 @@ impl PgShadow {
             "PostgreSQL point taken."
         );
         Ok(m)
+    }
+
+    /// Stores the WAL segments `first..` up to `through` (exclusive) on `timeline` and
+    /// returns their entries for a point (`point`), or stores only what is final ahead of
+    /// the next point and returns none (the sync loop: see [`Shadow::sync`]).
+    ///
+    /// A complete segment is stored once ([`PgShadow::wal_cache`]). Of the segment being
+    /// written (`NAME.partial`), the chunks wholly before `through` are final (the stream
+    /// never writes a byte twice) and stored once ([`PgShadow::partial_cache`]); a point
+    /// also stores the chunk `through` falls in and records the rest as zeros, unread
+    /// ([`base::zero_chunk`]). A missing segment fails a point; the sync loop stops there.
+    fn store_wal(
+        &mut self,
+        timeline: u32,
+        first: u64,
+        through: Lsn,
+        point: bool,
+    ) -> Result<(Vec<Entry>, u64), ShadowError> {
+        let seg = self.inner.info.wal_segment_size;
+        let chunks_in = (seg as usize).div_ceil(base::CHUNK);
+        let wal = pg_dir(self.store.dir()).join("wal");
+        let last = Lsn(through.0.saturating_sub(1)).segment(seg).max(first);
+        let mut entries = Vec::new();
+        let mut new_bytes = 0;
+        let entry = |rel: String, objects: Vec<ObjectRef>| Entry {
+            path: rel,
+            kind: crate::point::EntryKind::File,
+            mode: 0o600,
+            size: objects.iter().map(|o| o.len).sum(),
+            mtime: None,
+            objects,
+        };
+        for segno in first..=last {
+            let name = SegmentName { timeline, segno }.file_name(seg);
+            let complete = wal.join(&name);
+            let partial = wal.join(format!("{name}.partial"));
+            let rel = format!("{WAL_PREFIX}{name}");
+            // The chunks of this segment already stored while it was being written.
+            let known = match &self.partial_cache {
+                Some((n, objects)) if *n == name => objects.clone(),
+                _ => Vec::new(),
+            };
+            if let Some(objects) = self.wal_cache.get(&name) {
+                if point {
+                    entries.push(entry(rel, objects.clone()));
+                }
+            } else if complete.is_file() {
+                let (rest, n) =
+                    base::store_chunks(&self.store, &complete, known.len(), chunks_in, false)?;
+                new_bytes += n;
+                if !point {
+                    self.fresh.extend(rest.iter().copied());
+                }
+                let mut objects = known;
+                objects.extend(rest);
+                self.wal_cache.insert(name, objects.clone());
+                if point {
+                    entries.push(entry(rel, objects));
+                }
+            } else if partial.is_file() {
+                // Bytes of this segment the shadow has flushed.
+                let flushed = through.0.saturating_sub(segno.saturating_mul(seg)).min(seg);
+                let whole = (flushed as usize / base::CHUNK).min(chunks_in);
+                let (more, n) =
+                    base::store_chunks(&self.store, &partial, known.len(), whole, false)?;
+                new_bytes += n;
+                if !point {
+                    self.fresh.extend(more.iter().copied());
+                }
+                let mut objects = known;
+                objects.extend(more);
+                // Only full chunks are final (a short read means the file is shorter).
+                let final_chunks: Vec<ObjectRef> = objects
+                    .iter()
+                    .take_while(|o| o.len == base::CHUNK as u64)
+                    .cloned()
+                    .collect();
+                self.partial_cache = Some((name, final_chunks));
+                if point {
+                    let size = std::fs::metadata(&partial)
+                        .map_err(ShadowError::io(&partial))?
+                        .len();
+                    let upto = (size as usize).div_ceil(base::CHUNK);
+                    let tail = (flushed as usize).div_ceil(base::CHUNK).min(upto);
+                    let (more, n) =
+                        base::store_chunks(&self.store, &partial, objects.len(), tail, true)?;
+                    new_bytes += n;
+                    objects.extend(more);
+                    let mut at = objects.iter().map(|o| o.len).sum::<u64>();
+                    let mut zeros: Option<ObjectRef> = None;
+                    while at < size {
+                        let len = (size - at).min(base::CHUNK as u64);
+                        let z = match zeros {
+                            Some(z) if z.len == len => z,
+                            _ => base::zero_chunk(&self.store, len as usize)?,
+                        };
+                        zeros = Some(z);
+                        objects.push(z);
+                        at += len;
+                    }
+                    entries.push(entry(rel, objects));
+                }
+            } else if point {
+                return Err(PgShadowError::MissingWal {
+                    dir: wal,
+                    segment: name,
+                    point: "(being taken)".into(),
+                    target: format!("through LSN {through}"),
+                }
+                .into());
+            } else {
+                break;
+            }
+        }
+        Ok((entries, new_bytes))
     }
 
     /// Removes from `pg/wal` the complete segments before the current base's start (no
@@ -393,9 +472,17 @@ impl PgShadow {
         if doomed.is_empty() {
             return;
         }
-        // Segments before the base are not stored again: their cached objects go.
-        self.wal_cache
-            .retain(|n, _| SegmentName::parse(n, seg).is_none_or(|s| s.segno >= base_start));
+        // Segments before the base are not stored again: their cached objects go (and
+        // are no longer kept for a point to come).
+        let mut dropped = Vec::new();
+        self.wal_cache.retain(|n, objects| {
+            let keep = SegmentName::parse(n, seg).is_none_or(|s| s.segno >= base_start);
+            if !keep {
+                dropped.extend(objects.iter().map(|o| o.id));
+            }
+            keep
+        });
+        self.store.unstage(dropped);
         let removed = self.store.when_unleased(|| {
             for p in &doomed {
                 if let Err(e) = std::fs::remove_file(p) {
@@ -416,17 +503,40 @@ impl Shadow for PgShadow {
 
     /// The stream runs by itself; a sync reports its failure (a `pg_receivewal` that keeps
     /// exiting), so that the loop's event log shows it.
+    ///
+    /// A transactional shadow also stores the WAL its stream has flushed since the last
+    /// look (complete segments, and the whole chunks of the one being written), so that a
+    /// point reads, hashes and syncs only what came after: its last chunk. Those objects
+    /// are staged ([`PointStore::stage`]): durable now, kept from `gc` until the next point
+    /// references them.
     fn sync(&mut self) -> Result<SyncReport, ShadowError> {
-        if let Some(r) = &self.inner.receiver {
-            if !r.running.load(Ordering::SeqCst) {
-                return Err(ShadowError::Source {
-                    source_name: self.inner.conn.target.clone(),
-                    reason: format!(
-                        "pg_receivewal is not running (it is started again with a pause): {}",
-                        self.inner.receiver_error().unwrap_or_default()
-                    ),
-                });
-            }
+        let Some(r) = &self.inner.receiver else {
+            return Ok(SyncReport::default());
+        };
+        if !r.running.load(Ordering::SeqCst) {
+            return Err(ShadowError::Source {
+                source_name: self.inner.conn.target.clone(),
+                reason: format!(
+                    "pg_receivewal is not running (it is started again with a pause): {}",
+                    self.inner.receiver_error().unwrap_or_default()
+                ),
+            });
+        }
+        let Some(base) = &self.base else {
+            return Ok(SyncReport::default());
+        };
+        let first = base
+            .info
+            .start_lsn
+            .segment(self.inner.info.wal_segment_size);
+        let Some(flushed) = self.on(|i| Box::pin(i.flushed()))? else {
+            return Ok(SyncReport::default());
+        };
+        let (_, n) = self.store_wal(self.timeline, first, flushed, false)?;
+        self.staged_bytes += n;
+        let fresh = std::mem::take(&mut self.fresh);
+        if !fresh.is_empty() {
+            self.store.stage(fresh.into_iter().map(|o| o.id))?;
         }
         Ok(SyncReport::default())
     }
@@ -439,8 +549,15 @@ impl Shadow for PgShadow {
         }
     }
 
+    /// A transactional shadow's sync stores the WAL as it comes, a quarter of a second's
+    /// worth at a time, so that what a point stores itself is mostly its last chunk; the
+    /// others only check that their stream runs.
     fn poll_interval(&self) -> Duration {
-        Duration::from_secs(1)
+        if self.inner.receiver.is_some() {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_secs(1)
+        }
     }
 }
 
@@ -876,26 +993,31 @@ impl Inner {
         Ok((lsn, tl as u32, through.max(lsn)))
     }
 
-    /// Waits until the primary reports the shadow flushed `lsn` (transactional): a physical
-    /// slot's `restart_lsn` is the flush position its stream last confirmed.
+    /// What the primary last heard the shadow's stream flushed: a physical slot's
+    /// `restart_lsn` is the flush position its stream last confirmed.
+    async fn flushed(&self) -> Result<Option<Lsn>, PgShadowError> {
+        let row = self
+            .conn
+            .client
+            .query_opt(
+                "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.info.name],
+            )
+            .await
+            .map_err(|e| query_err(&self.conn.target, "reading pg_replication_slots", e))?;
+        Ok(row
+            .and_then(|r| r.get::<_, Option<String>>(0))
+            .and_then(|t| Lsn::parse(&t)))
+    }
+
+    /// Waits until the primary reports the shadow flushed `lsn` (transactional).
     async fn wait_flushed(&self, lsn: Lsn) -> Result<(), PgShadowError> {
         let deadline = tokio::time::Instant::now() + self.opts.step_timeout;
         // The stream usually confirms within a few milliseconds of the mark: look again soon
         // at first, then every POLL (a point's cost is mostly this wait otherwise).
         let mut pause = Duration::from_millis(1);
         loop {
-            let row = self
-                .conn
-                .client
-                .query_opt(
-                    "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&self.info.name],
-                )
-                .await
-                .map_err(|e| query_err(&self.conn.target, "reading pg_replication_slots", e))?;
-            let flushed = row
-                .and_then(|r| r.get::<_, Option<String>>(0))
-                .and_then(|t| Lsn::parse(&t));
+            let flushed = self.flushed().await?;
             if flushed.is_some_and(|f| f >= lsn) {
                 return Ok(());
             }

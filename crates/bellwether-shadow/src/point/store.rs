@@ -37,6 +37,9 @@ pub struct PointStore {
     unsynced: Mutex<Unsynced>,
     /// `points/HEAD`, open once this store has written it ([`PointStore::write_head`]).
     head_file: Mutex<Option<File>>,
+    /// Objects stored ahead of the point that will reference them ([`PointStore::stage`]):
+    /// `gc` keeps them until a committed point does.
+    staged: Mutex<HashSet<ObjectId>>,
 }
 
 /// `points/HEAD`'s size when written in place: its JSON padded with spaces.
@@ -219,6 +222,7 @@ impl PointStore {
             gate: Arc::default(),
             unsynced: Mutex::default(),
             head_file: Mutex::new(None),
+            staged: Mutex::default(),
         })
     }
 
@@ -248,6 +252,7 @@ impl PointStore {
             gate: Arc::default(),
             unsynced: Mutex::default(),
             head_file: Mutex::new(None),
+            staged: Mutex::default(),
         })
     }
 
@@ -379,6 +384,19 @@ impl PointStore {
         Ok((r, new))
     }
 
+    /// [`PointStore::put_object_compressed`] at a faster zstd level, for bytes a point
+    /// waits for.
+    pub(crate) fn put_object_compressed_fast(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(ObjectRef, bool), ShadowError> {
+        self.require_writer()?;
+        let (r, new) = objects::put_compressed_fast(&self.dir, &self.tmp(), bytes)
+            .map_err(ShadowError::io(self.tmp()))?;
+        self.written(&r.id, new);
+        Ok((r, new))
+    }
+
     /// Stores a whole file as one object, cloned copy-on-write where the file system can.
     pub fn put_file(&self, path: &Path) -> Result<(ObjectRef, bool), ShadowError> {
         self.require_writer()?;
@@ -425,8 +443,37 @@ impl PointStore {
         (u.objects.len(), u.whole_fs)
     }
 
-    /// Makes every object written since the last point durable: each one and its directory
-    /// (then `objects/`, which may have gained a directory), or the whole file system.
+    /// Keeps `ids` from `gc` until a committed point references them: objects stored ahead
+    /// of their point (a PostgreSQL shadow stores the WAL as it arrives, so that a point
+    /// reads only what came since). Makes them durable now, with everything written since
+    /// the last point, so that the point has little to sync.
+    pub(crate) fn stage(&self, ids: impl IntoIterator<Item = ObjectId>) -> Result<(), ShadowError> {
+        self.staged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(ids);
+        self.sync_written()
+    }
+
+    /// Stops keeping `ids` for a point to come (no point will reference them).
+    pub(crate) fn unstage(&self, ids: impl IntoIterator<Item = ObjectId>) {
+        let mut staged = self
+            .staged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in ids {
+            staged.remove(&id);
+        }
+    }
+
+    /// How many staged objects no committed point references yet.
+    #[cfg(test)]
+    pub(crate) fn staged(&self) -> usize {
+        self.staged.lock().unwrap().len()
+    }
+
+    /// Makes every object written since the last point durable: each one and its directory,
+    /// or the whole file system.
     fn sync_written(&self) -> Result<(), ShadowError> {
         let mut u = self
             .unsynced
@@ -452,7 +499,8 @@ impl PointStore {
                     }
                 }
             }
-            dirs.push(&objects_dir);
+            // `objects/` itself was synced when each fan-out directory was made
+            // (`objects::install`).
             for d in dirs {
                 match File::open(d).and_then(|f| f.sync_all()) {
                     Ok(()) => {}
@@ -742,6 +790,16 @@ impl PointStore {
             seq,
             checksum: m.checksum.clone(),
         })?;
+        let mut staged = self
+            .staged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !staged.is_empty() {
+            for r in m.objects() {
+                staged.remove(&r.id);
+            }
+        }
+        drop(staged);
         Ok(m)
     }
 
@@ -1377,6 +1435,14 @@ impl PointStore {
         }
         // And what a patched directory chunk is rebuilt from (crate::delta).
         crate::delta::add_bases(&self.dir, refs.iter(), &mut referenced);
+        // And what was stored ahead of its point.
+        referenced.extend(
+            self.staged
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .copied(),
+        );
         let mut report = GcReport::default();
         let (n, bytes) = self.gc_clones(&present);
         report.objects_removed += n;

@@ -306,6 +306,35 @@ fn a_point_syncs_its_few_new_objects_one_by_one_and_many_with_the_file_system() 
 }
 
 #[test]
+fn staged_objects_are_synced_kept_from_gc_and_released_by_the_point_that_uses_them() {
+    let t = tempfile::tempdir().unwrap();
+    let s = store(t.path());
+    point(&s, 100, b"first");
+    let (a, _) = s.put_object(b"ahead").unwrap();
+    let (b, _) = s.put_object(b"dropped").unwrap();
+    let (c, _) = s.put_object(b"not staged").unwrap();
+    s.stage([a.id, b.id]).unwrap();
+    // Staging made them durable: the next point has nothing of theirs to sync.
+    assert_eq!(s.unsynced(), (0, false));
+    assert_eq!(s.staged(), 2);
+    s.gc().unwrap();
+    assert!(s.has_object(&a.id) && s.has_object(&b.id));
+    assert!(
+        !s.has_object(&c.id),
+        "gc removes what is neither referenced nor staged"
+    );
+    // A point referencing one releases it; the other stays staged until unstaged.
+    let p = point(&s, 200, b"ahead");
+    assert_eq!(p.objects().next().unwrap().id, a.id);
+    assert_eq!(s.staged(), 1);
+    s.unstage([b.id]);
+    assert_eq!(s.staged(), 0);
+    s.gc().unwrap();
+    assert!(s.has_object(&a.id) && !s.has_object(&b.id));
+    s.verify(true).unwrap();
+}
+
+#[test]
 fn a_new_segment_is_made_by_its_first_commit_and_replaces_what_a_crash_left() {
     let t = tempfile::tempdir().unwrap();
     let s = store(t.path());
