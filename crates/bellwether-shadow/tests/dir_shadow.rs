@@ -160,7 +160,7 @@ fn a_missing_or_damaged_point_is_named_and_nothing_changes() {
     fs::write(
         &p2,
         text.replace("version", "versiom")
-            .replace("\"mode\": 420", "\"mode\": 511"),
+            .replace("\"mode\":420", "\"mode\":511"),
     )
     .unwrap();
     let err = Dir

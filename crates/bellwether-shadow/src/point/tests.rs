@@ -85,7 +85,7 @@ fn verify_names_the_missing_or_damaged_point() {
 
     // A manifest whose content no longer matches its checksum.
     let text = String::from_utf8(saved.clone()).unwrap();
-    std::fs::write(&p2, text.replace("\"mode\": 420", "\"mode\": 511")).unwrap();
+    std::fs::write(&p2, text.replace("\"mode\":420", "\"mode\":511")).unwrap();
     let e = s.verify(false).unwrap_err();
     assert!(
         matches!(e, ShadowError::DamagedPoint { id: PointId(2), .. }),
@@ -259,7 +259,14 @@ proptest! {
             reason, position: Position::Postgres { timeline: 1, lsn: seq }, bytes: 0, new_bytes: 0,
             entries, clones: Vec::new(), from_log: None, prev_checksum: None, checksum: String::new(),
         };
+        // A point's file: serialized once, its checksum put in (and a reason's free text
+        // may itself hold `"checksum":""`).
+        let mut written = m.clone();
+        let bytes = store::manifest_bytes(&mut written);
         m.checksum = store::manifest_checksum(&m);
+        prop_assert_eq!(&written.checksum, &m.checksum);
+        let read: Manifest = serde_json::from_slice(&bytes).unwrap();
+        prop_assert_eq!(&read, &m);
         let back: Manifest = serde_json::from_str(&serde_json::to_string_pretty(&m).unwrap()).unwrap();
         prop_assert_eq!(store::manifest_checksum(&back), m.checksum.clone());
         prop_assert_eq!(back, m);
