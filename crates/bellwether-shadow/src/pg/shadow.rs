@@ -136,6 +136,9 @@ pub struct PgShadow {
     staged_bytes: u64,
     /// What the sync loop's last [`PgShadow::store_wal`] stored, to stage.
     fresh: Vec<ObjectRef>,
+    /// The segment before which the next sync removes what the points hold from `pg/wal`
+    /// ([`PgShadow::prune_wal`]), set by a point.
+    prune: Option<u64>,
 }
 
 struct Inner {
@@ -178,6 +181,7 @@ impl PgShadow {
             timeline: 0,
             staged_bytes: 0,
             fresh: Vec::new(),
+            prune: None,
         };
         shadow.on(|i| Box::pin(i.set_up()))?;
         shadow.take_base_point(Reason::Base)?;
@@ -242,7 +246,7 @@ impl PgShadow {
         })?;
         self.timeline = info.timeline;
         self.base = Some(CurrentBase { info, entries });
-        self.prune_wal(0);
+        self.prune = Some(self.prune.unwrap_or(0));
         Ok(m)
     }
 
@@ -291,7 +295,8 @@ impl PgShadow {
             entries,
             new_bytes,
         })?;
-        self.prune_wal(last);
+        // Removing what this point now holds is left to the next sync: not the point's cost.
+        self.prune = Some(self.prune.map_or(last, |p| p.max(last)));
         // What the point cost, by part (`--log debug`; the bench prints it with RUST_LOG).
         tracing::debug!(
             mark_ms,
@@ -510,6 +515,9 @@ impl Shadow for PgShadow {
     /// are staged ([`PointStore::stage`]): durable now, kept from `gc` until the next point
     /// references them.
     fn sync(&mut self) -> Result<SyncReport, ShadowError> {
+        if let Some(before) = self.prune.take() {
+            self.prune_wal(before);
+        }
         let Some(r) = &self.inner.receiver else {
             return Ok(SyncReport::default());
         };

@@ -42,11 +42,19 @@ impl ObjectId {
     }
 
     pub fn hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
+        let b = self.hex_bytes();
+        String::from_utf8_lossy(&b).into_owned()
+    }
+
+    /// The 64 lower-case hex digits, without allocating (a manifest serializes thousands).
+    fn hex_bytes(&self) -> [u8; 64] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[(b >> 4) as usize];
+            out[2 * i + 1] = DIGITS[(b & 0xf) as usize];
         }
-        s
+        out
     }
 
     /// `objects/ab/cdef…` under a shadow directory.
@@ -92,7 +100,9 @@ impl FromStr for ObjectId {
 
 impl Serialize for ObjectId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.hex())
+        let b = self.hex_bytes();
+        // Hex digits are ASCII.
+        s.serialize_str(std::str::from_utf8(&b).unwrap_or_default())
     }
 }
 
@@ -389,4 +399,25 @@ pub(crate) fn append_hashing(
         done += n as u64;
     }
     Ok((ObjectId(h.finalize().into()), done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_its_sha256_in_lower_case_hex_and_parses_back() {
+        let id = ObjectId::of(b"abc");
+        let hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(id.hex(), hex);
+        assert_eq!(id.to_string(), hex);
+        assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{hex}\""));
+        assert_eq!(hex.parse::<ObjectId>().unwrap(), id);
+        assert_eq!(
+            serde_json::from_str::<ObjectId>(&format!("\"{hex}\"")).unwrap(),
+            id
+        );
+        assert!(hex.to_uppercase().parse::<ObjectId>().is_err());
+        assert!(hex[1..].parse::<ObjectId>().is_err());
+    }
 }
