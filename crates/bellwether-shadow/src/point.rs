@@ -64,7 +64,13 @@ pub use store::{GcReport, Lease, PointStore, ThinReport, VerifyReport};
 pub use time::{TimeError, Timestamp};
 
 /// The version of the shadow directory's format, in `shadow.json` and every manifest.
-pub const FORMAT: u32 = 1;
+/// 2: objects may be stored zstd-compressed (PostgreSQL's; a Bellwether that reads only 1
+/// would take them for damaged, so it is told the format instead). A store of an older
+/// format ([`OLDEST_FORMAT`]) is read as it is and marked with this one when a writer opens
+/// it (what that writer stores may be compressed).
+pub const FORMAT: u32 = 2;
+/// The oldest format this build reads: 1, every object stored as its content.
+pub const OLDEST_FORMAT: u32 = 1;
 
 /// What a shadow copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

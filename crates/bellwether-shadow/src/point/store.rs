@@ -18,7 +18,7 @@ use super::objects::{self, ObjectId, ObjectRef};
 use super::retention::{thin_plan, Retention};
 use super::{
     Control, FromLog, Manifest, PointDraft, PointId, Reason, ResourceKind, RunEvent, Shadow,
-    ShadowError, ShadowMeta, Target, Timestamp, FORMAT,
+    ShadowError, ShadowMeta, Target, Timestamp, FORMAT, OLDEST_FORMAT,
 };
 
 /// An open shadow directory. Reading (points, verify, restore) needs no lock; writing points
@@ -255,12 +255,17 @@ impl PointStore {
             });
         }
         let meta: ShadowMeta = read_json(&path)?;
-        if meta.format != FORMAT {
+        if !(OLDEST_FORMAT..=FORMAT).contains(&meta.format) {
             return Err(ShadowError::BadFile {
                 path,
                 reason: format!(
-                    "format {} is not the format this Bellwether reads ({FORMAT})",
-                    meta.format
+                    "format {} is not a format this Bellwether reads ({OLDEST_FORMAT} to {FORMAT}){}",
+                    meta.format,
+                    if meta.format > FORMAT {
+                        ": written by a newer Bellwether"
+                    } else {
+                        ""
+                    }
                 ),
             });
         }
@@ -329,6 +334,13 @@ impl PointStore {
         let _ = f.set_len(0);
         let _ = (&f).write_all_at_start(std::process::id().to_string().as_bytes());
         self.writer = Some(f);
+        if self.meta.format < FORMAT {
+            // What this writer stores may need this format to be read.
+            let mut meta = self.meta.clone();
+            meta.format = FORMAT;
+            write_json(&self.dir.join("shadow.json"), &meta)?;
+            self.meta = meta;
+        }
         if self.clones_dir().exists() {
             // Copy-on-write points a follower committed but did not live to seal.
             self.seal_in_background(Vec::new());

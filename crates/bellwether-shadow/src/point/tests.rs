@@ -342,6 +342,40 @@ fn staged_objects_are_synced_kept_from_gc_and_released_by_the_point_that_uses_th
 }
 
 #[test]
+fn an_older_format_is_read_and_marked_current_by_a_writer_a_newer_one_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let p1 = {
+        let s = store(t.path());
+        point(&s, 100, b"before")
+    };
+    let meta_path = t.path().join("shadow.json");
+    let set_format = |n: u32| {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+        v["format"] = n.into();
+        std::fs::write(&meta_path, serde_json::to_vec(&v).unwrap()).unwrap();
+    };
+    // A store an earlier Bellwether wrote: read as it is.
+    set_format(OLDEST_FORMAT);
+    let s = PointStore::open(t.path()).unwrap();
+    assert_eq!(s.meta().format, OLDEST_FORMAT);
+    assert_eq!(s.point(p1.id()).unwrap(), p1);
+    drop(s);
+    // A writer marks it with the current format before it stores anything.
+    let s = store(t.path());
+    assert_eq!(s.meta().format, FORMAT);
+    drop(s);
+    assert_eq!(PointStore::open(t.path()).unwrap().meta().format, FORMAT);
+    // A newer format is refused, and says so, naming the file.
+    set_format(FORMAT + 1);
+    let e = PointStore::open(t.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("shadow.json") && e.contains("newer Bellwether"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_new_segment_is_made_by_its_first_commit_and_replaces_what_a_crash_left() {
     let t = tempfile::tempdir().unwrap();
     let s = store(t.path());
