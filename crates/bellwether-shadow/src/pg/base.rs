@@ -204,27 +204,36 @@ pub(crate) fn store_chunks_after(
     ))
 }
 
-/// Stores chunks `from..upto` of `path` (fewer where the file ends first), compressed at
-/// zstd's faster level if `fast`. Returns their objects and the bytes new to the store.
+/// Stores chunks `from..upto` of the open file `f` (`path` names it in errors; fewer chunks
+/// where the file ends first), compressed at zstd's faster level if `fast`. Returns their
+/// objects and the bytes new to the store. Reads by offset, so the file may be renamed
+/// meanwhile (`pg_receivewal` renames `NAME.partial` to `NAME` once it is complete).
 pub(crate) fn store_chunks(
     store: &PointStore,
+    f: &std::fs::File,
     path: &Path,
     from: usize,
     upto: usize,
     fast: bool,
 ) -> Result<(Vec<ObjectRef>, u64), ShadowError> {
-    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
     let mut objects = Vec::new();
     let mut new_bytes = 0;
     if from >= upto {
         return Ok((objects, 0));
     }
-    let mut f = std::fs::File::open(path).map_err(ShadowError::io(path))?;
-    f.seek(SeekFrom::Start((from * CHUNK) as u64))
-        .map_err(ShadowError::io(path))?;
     let mut buf = vec![0u8; CHUNK];
-    for _ in from..upto {
-        let n = read_full(&mut f, &mut buf).map_err(ShadowError::io(path))?;
+    for i in from..upto {
+        let at = (i * CHUNK) as u64;
+        let mut n = 0;
+        while n < CHUNK {
+            match f.read_at(&mut buf[n..], at + n as u64) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ShadowError::io(path)(e)),
+            }
+        }
         if n == 0 {
             break;
         }
@@ -242,6 +251,24 @@ pub(crate) fn store_chunks(
         }
     }
     Ok((objects, new_bytes))
+}
+
+/// A WAL segment `pg_receivewal` wrote: complete (`NAME`), or still being written
+/// (`NAME.partial`, renamed to `NAME` once complete, so it is looked for again under that
+/// name if it is gone). `None` if neither exists.
+pub(crate) fn open_segment(
+    complete: &Path,
+    partial: &Path,
+) -> Result<Option<(std::fs::File, bool)>, ShadowError> {
+    use std::io::ErrorKind::NotFound;
+    for (path, is_complete) in [(complete, true), (partial, false), (complete, true)] {
+        match std::fs::File::open(path) {
+            Ok(f) => return Ok(Some((f, is_complete))),
+            Err(e) if e.kind() == NotFound => {}
+            Err(e) => return Err(ShadowError::io(path)(e)),
+        }
+    }
+    Ok(None)
 }
 
 /// The object of `len` zero bytes (stored if the store lacks it): what a point records for
@@ -403,4 +430,58 @@ pub(crate) fn materialize(
             .map_err(ShadowError::io(&path))?;
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_is_opened_under_either_name_and_read_by_offset_across_its_rename() {
+        let t = tempfile::tempdir().unwrap();
+        let complete = t.path().join("000000010000000000000003");
+        let partial = t.path().join("000000010000000000000003.partial");
+        assert!(open_segment(&complete, &partial).unwrap().is_none());
+        let mut bytes = vec![0u8; 2 * CHUNK + 10];
+        bytes[..7].copy_from_slice(b"record1");
+        std::fs::write(&partial, &bytes).unwrap();
+        let (f, is_complete) = open_segment(&complete, &partial).unwrap().unwrap();
+        assert!(!is_complete);
+        // `pg_receivewal` completes the segment while it is being read: the open file is
+        // read on, by offset, whatever its name.
+        std::fs::rename(&partial, &complete).unwrap();
+        let mut s = crate::point::PointStore::create(
+            &t.path().join("shadow"),
+            crate::point::ShadowMeta {
+                format: crate::point::FORMAT,
+                kind: crate::point::ResourceKind::Postgres,
+                source: "postgres://x@h/db".into(),
+                shadow_type: crate::ShadowType::Transactional,
+                created_at: crate::point::Timestamp(0),
+                retention: crate::point::Retention::default(),
+            },
+        )
+        .unwrap();
+        s.lock_writer().unwrap();
+        let (objects, _) = store_chunks(&s, &f, &partial, 0, 8, false).unwrap();
+        let lens: Vec<u64> = objects.iter().map(|o| o.len).collect();
+        assert_eq!(
+            lens,
+            vec![CHUNK as u64, CHUNK as u64, 10],
+            "stops at the file's end"
+        );
+        assert_eq!(objects[0].id, ObjectId::of(&bytes[..CHUNK]));
+        assert_eq!(
+            objects[1].id,
+            zeros_id(),
+            "a chunk of zeros is the zero chunk"
+        );
+        // A chunk range past the end stores nothing; the complete name is found now.
+        assert!(store_chunks(&s, &f, &partial, 5, 8, true)
+            .unwrap()
+            .0
+            .is_empty());
+        let (_, is_complete) = open_segment(&complete, &partial).unwrap().unwrap();
+        assert!(is_complete);
+    }
 }

@@ -344,18 +344,38 @@ impl PgShadow {
             let complete = wal.join(&name);
             let partial = wal.join(format!("{name}.partial"));
             let rel = format!("{WAL_PREFIX}{name}");
+            if let Some(objects) = self.wal_cache.get(&name) {
+                if point {
+                    entries.push(entry(rel, objects.clone()));
+                }
+                continue;
+            }
             // The chunks of this segment already stored while it was being written.
             let known = match &self.partial_cache {
                 Some((n, objects)) if *n == name => objects.clone(),
                 _ => Vec::new(),
             };
-            if let Some(objects) = self.wal_cache.get(&name) {
+            let Some((file, is_complete)) = base::open_segment(&complete, &partial)? else {
                 if point {
-                    entries.push(entry(rel, objects.clone()));
+                    return Err(PgShadowError::MissingWal {
+                        dir: wal,
+                        segment: name,
+                        point: "(being taken)".into(),
+                        target: format!("through LSN {through}"),
+                    }
+                    .into());
                 }
-            } else if complete.is_file() {
-                let (rest, n) =
-                    base::store_chunks(&self.store, &complete, known.len(), chunks_in, false)?;
+                break;
+            };
+            if is_complete {
+                let (rest, n) = base::store_chunks(
+                    &self.store,
+                    &file,
+                    &complete,
+                    known.len(),
+                    chunks_in,
+                    false,
+                )?;
                 new_bytes += n;
                 if !point {
                     self.fresh.extend(rest.iter().copied());
@@ -366,12 +386,12 @@ impl PgShadow {
                 if point {
                     entries.push(entry(rel, objects));
                 }
-            } else if partial.is_file() {
+            } else {
                 // Bytes of this segment the shadow has flushed.
                 let flushed = through.0.saturating_sub(segno.saturating_mul(seg)).min(seg);
                 let whole = (flushed as usize / base::CHUNK).min(chunks_in);
                 let (more, n) =
-                    base::store_chunks(&self.store, &partial, known.len(), whole, false)?;
+                    base::store_chunks(&self.store, &file, &partial, known.len(), whole, false)?;
                 new_bytes += n;
                 if !point {
                     self.fresh.extend(more.iter().copied());
@@ -386,13 +406,17 @@ impl PgShadow {
                     .collect();
                 self.partial_cache = Some((name, final_chunks));
                 if point {
-                    let size = std::fs::metadata(&partial)
-                        .map_err(ShadowError::io(&partial))?
-                        .len();
+                    let size = file.metadata().map_err(ShadowError::io(&partial))?.len();
                     let upto = (size as usize).div_ceil(base::CHUNK);
                     let tail = (flushed as usize).div_ceil(base::CHUNK).min(upto);
-                    let (more, n) =
-                        base::store_chunks(&self.store, &partial, objects.len(), tail, true)?;
+                    let (more, n) = base::store_chunks(
+                        &self.store,
+                        &file,
+                        &partial,
+                        objects.len(),
+                        tail,
+                        true,
+                    )?;
                     new_bytes += n;
                     objects.extend(more);
                     let mut at = objects.iter().map(|o| o.len).sum::<u64>();
@@ -409,16 +433,6 @@ impl PgShadow {
                     }
                     entries.push(entry(rel, objects));
                 }
-            } else if point {
-                return Err(PgShadowError::MissingWal {
-                    dir: wal,
-                    segment: name,
-                    point: "(being taken)".into(),
-                    target: format!("through LSN {through}"),
-                }
-                .into());
-            } else {
-                break;
             }
         }
         Ok((entries, new_bytes))
