@@ -9,7 +9,6 @@
 //! in a few pages, WAL segments that grew, and the zeros of a segment `pg_receivewal` has not
 //! filled yet are stored once across points.
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -158,52 +157,6 @@ pub(crate) fn store_tree(
     Ok((entries, new_bytes))
 }
 
-/// Stores a file in [`CHUNK`]s as the entry `rel`, taking the first `known.len()` chunks as they are and reading
-/// the rest: for a WAL segment `pg_receivewal` is still writing, the caller knows those final
-/// (wholly before a position the stream had flushed when they were stored); [`store_file`]
-/// passes none.
-pub(crate) fn store_chunks_after(
-    store: &PointStore,
-    path: &Path,
-    rel: String,
-    mode: u32,
-    known: &[ObjectRef],
-) -> Result<(Entry, u64), ShadowError> {
-    use std::io::{Seek, SeekFrom};
-    let mut objects: Vec<ObjectRef> = known.to_vec();
-    let mut new_bytes = 0;
-    let mut f = std::fs::File::open(path).map_err(ShadowError::io(path))?;
-    f.seek(SeekFrom::Start((known.len() * CHUNK) as u64))
-        .map_err(ShadowError::io(path))?;
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = read_full(&mut f, &mut buf).map_err(ShadowError::io(path))?;
-        if n == 0 {
-            break;
-        }
-        let (r, new) = put_chunk(store, &buf[..n])?;
-        if new {
-            new_bytes += r.len;
-        }
-        objects.push(r);
-        if n < CHUNK {
-            break;
-        }
-    }
-    let size = objects.iter().map(|o| o.len).sum();
-    Ok((
-        Entry {
-            path: rel,
-            kind: EntryKind::File,
-            mode,
-            size,
-            mtime: None,
-            objects,
-        },
-        new_bytes,
-    ))
-}
-
 /// Stores chunks `from..upto` of the open file `f` (`path` names it in errors; fewer chunks
 /// where the file ends first), compressed at zstd's faster level if `fast`. Returns their
 /// objects and the bytes new to the store. Reads by offset, so the file may be renamed
@@ -316,8 +269,9 @@ pub(crate) fn store_file(
         }
         objects.push(r);
     } else {
-        let (e, n) = store_chunks_after(store, path, String::new(), mode, &[])?;
-        objects = e.objects;
+        let f = std::fs::File::open(path).map_err(ShadowError::io(path))?;
+        let (o, n) = store_chunks(store, &f, path, 0, usize::MAX, false)?;
+        objects = o;
         new_bytes += n;
         if adopt {
             std::fs::remove_file(path).map_err(ShadowError::io(path))?;
@@ -357,17 +311,6 @@ fn put_chunk(store: &PointStore, chunk: &[u8]) -> Result<(ObjectRef, bool), Shad
 
 fn is_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|b| *b == 0)
-}
-
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// Writes `entries` of point `point` under `dest` (which must not exist), every object's
