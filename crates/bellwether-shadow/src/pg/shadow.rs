@@ -134,8 +134,6 @@ pub struct PgShadow {
     /// Bytes the sync loop stored since the last point (counted in the next point's
     /// `new_bytes`).
     staged_bytes: u64,
-    /// What the sync loop's last [`PgShadow::store_wal`] stored, to stage.
-    fresh: Vec<ObjectRef>,
     /// The segment before which the next sync removes what the points hold from `pg/wal`
     /// ([`PgShadow::prune_wal`]), set by a point.
     prune: Option<u64>,
@@ -180,7 +178,6 @@ impl PgShadow {
             partial_cache: None,
             timeline: 0,
             staged_bytes: 0,
-            fresh: Vec::new(),
             prune: None,
         };
         shadow.on(|i| Box::pin(i.set_up()))?;
@@ -280,7 +277,7 @@ impl PgShadow {
         let last = Lsn(through.0.saturating_sub(1)).segment(seg).max(first);
         self.timeline = timeline;
         let mut entries = base.entries.clone();
-        let (wal_entries, stored) = self.store_wal(timeline, first, through, true)?;
+        let (wal_entries, stored, _) = self.store_wal(timeline, first, through, true)?;
         entries.extend(wal_entries);
         let new_bytes = stored + std::mem::take(&mut self.staged_bytes);
         let stored_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -311,7 +308,8 @@ impl PgShadow {
 
     /// Stores the WAL segments `first..` up to `through` (exclusive) on `timeline` and
     /// returns their entries for a point (`point`), or stores only what is final ahead of
-    /// the next point and returns none (the sync loop: see [`Shadow::sync`]).
+    /// the next point and returns none (the sync loop: see [`Shadow::sync`]); also the bytes
+    /// new to the store and the objects this call read and stored.
     ///
     /// A complete segment is stored once ([`PgShadow::wal_cache`]). Of the segment being
     /// written (`NAME.partial`), the chunks wholly before `through` are final (the stream
@@ -324,8 +322,9 @@ impl PgShadow {
         first: u64,
         through: Lsn,
         point: bool,
-    ) -> Result<(Vec<Entry>, u64), ShadowError> {
+    ) -> Result<(Vec<Entry>, u64, Vec<ObjectRef>), ShadowError> {
         let seg = self.inner.info.wal_segment_size;
+        let mut stored = Vec::new();
         let chunks_in = (seg as usize).div_ceil(base::CHUNK);
         let wal = pg_dir(self.store.dir()).join("wal");
         let last = Lsn(through.0.saturating_sub(1)).segment(seg).max(first);
@@ -377,9 +376,7 @@ impl PgShadow {
                     false,
                 )?;
                 new_bytes += n;
-                if !point {
-                    self.fresh.extend(rest.iter().copied());
-                }
+                stored.extend(rest.iter().copied());
                 let mut objects = known;
                 objects.extend(rest);
                 self.wal_cache.insert(name, objects.clone());
@@ -393,9 +390,7 @@ impl PgShadow {
                 let (more, n) =
                     base::store_chunks(&self.store, &file, &partial, known.len(), whole, false)?;
                 new_bytes += n;
-                if !point {
-                    self.fresh.extend(more.iter().copied());
-                }
+                stored.extend(more.iter().copied());
                 let mut objects = known;
                 objects.extend(more);
                 // Only full chunks are final (a short read means the file is shorter).
@@ -435,7 +430,7 @@ impl PgShadow {
                 }
             }
         }
-        Ok((entries, new_bytes))
+        Ok((entries, new_bytes, stored))
     }
 
     /// Removes from `pg/wal` the complete segments before the current base's start (no
@@ -547,18 +542,22 @@ impl Shadow for PgShadow {
         let Some(base) = &self.base else {
             return Ok(SyncReport::default());
         };
-        let first = base
-            .info
-            .start_lsn
-            .segment(self.inner.info.wal_segment_size);
+        let seg = self.inner.info.wal_segment_size;
+        // Every segment before the one being written is stored already (each sync stores
+        // in order and stops at a gap), so the sync starts there.
+        let first = self
+            .partial_cache
+            .as_ref()
+            .and_then(|(n, _)| SegmentName::parse(n, seg))
+            .map_or(0, |s| s.segno)
+            .max(base.info.start_lsn.segment(seg));
         let Some(flushed) = self.on(|i| Box::pin(i.flushed()))? else {
             return Ok(SyncReport::default());
         };
-        let (_, n) = self.store_wal(self.timeline, first, flushed, false)?;
+        let (_, n, stored) = self.store_wal(self.timeline, first, flushed, false)?;
         self.staged_bytes += n;
-        let fresh = std::mem::take(&mut self.fresh);
-        if !fresh.is_empty() {
-            self.store.stage(fresh.into_iter().map(|o| o.id))?;
+        if !stored.is_empty() {
+            self.store.stage(stored.into_iter().map(|o| o.id))?;
         }
         Ok(SyncReport::default())
     }
