@@ -468,6 +468,26 @@ fn with_copy<T>(cluster: &TestCluster, dir: &Path, f: impl FnOnce(&str) -> T) ->
     result
 }
 
+/// Restores the shadow in `dir` to `target` beside the cluster (under `name` in its
+/// directory) and returns the ids the restored copy holds.
+fn restore_beside(cluster: &TestCluster, dir: &Path, target: Target, name: &str) -> Vec<i64> {
+    let dest = cluster.dir().join(name);
+    let req = RestoreRequest {
+        dir: dir.to_path_buf(),
+        target,
+        dest: dest.clone(),
+        elsewhere: true,
+    };
+    restore_with(
+        &req,
+        &RestoreMode::for_dest(&dest),
+        None,
+        Duration::from_secs(300),
+    )
+    .unwrap_or_else(|e| panic!("restore {name}: {e}"));
+    with_copy(cluster, &dest, ids)
+}
+
 #[test]
 fn differential_and_full_shadows_restore_their_points() {
     let cluster = TestCluster::start(TestClusterOptions::default());
@@ -509,23 +529,8 @@ fn differential_and_full_shadows_restore_their_points() {
     drop(diff);
     drop(full);
 
-    let restore_to = |dir: &Path, target: Target, name: &str| -> Vec<i64> {
-        let dest = cluster.dir().join(name);
-        let req = RestoreRequest {
-            dir: dir.to_path_buf(),
-            target,
-            dest: dest.clone(),
-            elsewhere: true,
-        };
-        restore_with(
-            &req,
-            &RestoreMode::for_dest(&dest),
-            None,
-            Duration::from_secs(300),
-        )
-        .unwrap_or_else(|e| panic!("restore {name}: {e}"));
-        with_copy(&cluster, &dest, ids)
-    };
+    let restore_to =
+        |dir: &Path, target: Target, name: &str| restore_beside(&cluster, dir, target, name);
     let expect = |n: i64| (1..=n).collect::<Vec<_>>();
     assert_eq!(
         restore_to(dd.path(), Target::Point(d1.id()), "diff-1"),
@@ -634,23 +639,7 @@ fn a_shadow_holds_its_wal_once_compressed_and_restores_past_its_last_point() {
     );
     drop(shadow);
 
-    let restore_to = |target: Target, name: &str| -> Vec<i64> {
-        let dest = cluster.dir().join(name);
-        let req = RestoreRequest {
-            dir: sd.path().to_path_buf(),
-            target,
-            dest: dest.clone(),
-            elsewhere: true,
-        };
-        restore_with(
-            &req,
-            &RestoreMode::for_dest(&dest),
-            None,
-            Duration::from_secs(300),
-        )
-        .unwrap_or_else(|e| panic!("restore {name}: {e}"));
-        with_copy(&cluster, &dest, ids)
-    };
+    let restore_to = |target: Target, name: &str| restore_beside(&cluster, sd.path(), target, name);
     assert_eq!(
         restore_to(Target::Point(points[1].id()), "second"),
         (1..=200).collect::<Vec<_>>()
@@ -742,22 +731,8 @@ fn a_transactional_shadow_stores_its_wal_ahead_of_the_point_and_gc_keeps_it() {
     assert!(report.points >= 3 && point.seq > first.seq, "{report:?}");
     drop(shadow);
 
-    let dest = cluster.dir().join("at-point");
-    let req = RestoreRequest {
-        dir: sd.path().to_path_buf(),
-        target: Target::Point(point.id()),
-        dest: dest.clone(),
-        elsewhere: true,
-    };
-    restore_with(
-        &req,
-        &RestoreMode::for_dest(&dest),
-        None,
-        Duration::from_secs(300),
-    )
-    .unwrap_or_else(|e| panic!("restore: {e}"));
     assert_eq!(
-        with_copy(&cluster, &dest, ids),
+        restore_beside(&cluster, sd.path(), Target::Point(point.id()), "at-point"),
         (1..=12010).collect::<Vec<_>>()
     );
 }
