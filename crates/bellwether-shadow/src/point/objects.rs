@@ -139,22 +139,19 @@ const ZSTD_FAST: i32 = 1;
 
 /// [`put`], storing the bytes compressed (zstd) when that saves at least an eighth of them:
 /// data that does not compress (random or already compressed bytes) is stored as it is, and
-/// zstd finds that out quickly (GB/s).
+/// zstd finds that out quickly (GB/s). At [`ZSTD_LEVEL`], or [`ZSTD_FAST`] if `fast`.
 pub(crate) fn put_compressed(
     dir: &Path,
     tmp: &Path,
     bytes: &[u8],
+    fast: bool,
 ) -> io::Result<(ObjectRef, bool)> {
-    put_as(dir, tmp, bytes, Some(ZSTD_LEVEL))
-}
-
-/// [`put_compressed`] at zstd's fastest level but one ([`ZSTD_FAST`]).
-pub(crate) fn put_compressed_fast(
-    dir: &Path,
-    tmp: &Path,
-    bytes: &[u8],
-) -> io::Result<(ObjectRef, bool)> {
-    put_as(dir, tmp, bytes, Some(ZSTD_FAST))
+    put_as(
+        dir,
+        tmp,
+        bytes,
+        Some(if fast { ZSTD_FAST } else { ZSTD_LEVEL }),
+    )
 }
 
 fn put_as(

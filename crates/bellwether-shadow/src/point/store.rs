@@ -409,11 +409,7 @@ impl PointStore {
     /// [`PointStore::put_object`], stored zstd-compressed when that saves an eighth (see
     /// [`objects`]' notes). For data that is not cloned out again (PostgreSQL's).
     pub fn put_object_compressed(&self, bytes: &[u8]) -> Result<(ObjectRef, bool), ShadowError> {
-        self.require_writer()?;
-        let (r, new) = objects::put_compressed(&self.dir, &self.tmp(), bytes)
-            .map_err(ShadowError::io(self.tmp()))?;
-        self.written(&r.id, new);
-        Ok((r, new))
+        self.put_compressed(bytes, false)
     }
 
     /// [`PointStore::put_object_compressed`] at a faster zstd level, for bytes a point
@@ -422,8 +418,12 @@ impl PointStore {
         &self,
         bytes: &[u8],
     ) -> Result<(ObjectRef, bool), ShadowError> {
+        self.put_compressed(bytes, true)
+    }
+
+    fn put_compressed(&self, bytes: &[u8], fast: bool) -> Result<(ObjectRef, bool), ShadowError> {
         self.require_writer()?;
-        let (r, new) = objects::put_compressed_fast(&self.dir, &self.tmp(), bytes)
+        let (r, new) = objects::put_compressed(&self.dir, &self.tmp(), bytes, fast)
             .map_err(ShadowError::io(self.tmp()))?;
         self.written(&r.id, new);
         Ok((r, new))
