@@ -100,8 +100,7 @@ pub trait ObjectStore {
 /// Refuses a shadow directory inside the directory it shadows (each point would chunk the
 /// shadow itself, and a restore would swap the shadow away).
 pub fn check_shadow_outside(source: &Path, shadow: &Path) -> Result<(), DirError> {
-    let canon = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let (s, d) = (canon(source), canon(shadow));
+    let (s, d) = (resolve(source), resolve(shadow));
     if d.starts_with(&s) {
         return Err(DirError::ShadowInsideSource {
             shadow: shadow.to_path_buf(),
@@ -109,6 +108,28 @@ pub fn check_shadow_outside(source: &Path, shadow: &Path) -> Result<(), DirError
         });
     }
     Ok(())
+}
+
+/// `p` made absolute and canonical (links resolved) as far as it exists: its longest existing
+/// ancestor canonicalized, the components not made yet joined on. So a shadow directory
+/// `--dir data/shadow` that `shadow start` has yet to create still compares inside `data`.
+pub fn resolve(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut rest = Vec::new();
+    let mut at = abs.as_path();
+    loop {
+        if let Ok(c) = fs::canonicalize(at) {
+            return rest.iter().rev().fold(c, |acc, name| acc.join(name));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                at = parent;
+            }
+            // `..` or the root itself: nothing more to resolve.
+            _ => return abs,
+        }
+    }
 }
 
 /// A plain object directory (`objects/ab/cdef…`), each object written atomically with

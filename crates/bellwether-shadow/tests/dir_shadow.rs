@@ -244,6 +244,25 @@ fn a_damaged_or_missing_chunk_is_named_and_nothing_changes() {
 }
 
 #[test]
+fn a_restore_whose_destination_holds_the_shadow_is_refused_and_nothing_changes() {
+    let f = fixture();
+    let _sh = Dir.start(&opts(&f, ShadowType::Full)).unwrap();
+    // The shadow's parent holds both the live directory and the shadow: swapping it for the
+    // point's tree would take the shadow away with the old tree.
+    let parent = f.live.parent().unwrap().to_path_buf();
+    let before = listing(&parent);
+    let mut r = req(&f, Target::Latest);
+    r.dest = parent.clone();
+    r.elsewhere = true;
+    let err = Dir.restore(&r).unwrap_err();
+    assert!(
+        err.to_string().contains("inside the directory it shadows"),
+        "{err}"
+    );
+    assert_eq!(listing(&parent), before);
+}
+
+#[test]
 fn bad_starts_are_refused_with_the_reason() {
     let f = fixture();
     // The shadow inside the directory it shadows.
@@ -254,6 +273,17 @@ fn bad_starts_are_refused_with_the_reason() {
         err.to_string().contains("inside the directory it shadows"),
         "{err}"
     );
+    // The same, named through a link to it and two levels not made yet (a path
+    // `canonicalize` cannot resolve as a whole).
+    let alias = f.live.parent().unwrap().join("alias");
+    symlink(&f.live, &alias).unwrap();
+    o.dir = alias.join("backups/shadow");
+    let err = Dir.start(&o).map(|_| ()).unwrap_err();
+    assert!(
+        err.to_string().contains("inside the directory it shadows"),
+        "{err}"
+    );
+    assert!(!f.live.join("backups").exists(), "nothing was created");
     // A directory has no commits to follow.
     let err = Dir
         .start(&opts(&f, ShadowType::Transactional))

@@ -275,25 +275,10 @@ pub struct DirShadow {
     pub last_walk: Option<WalkStats>,
 }
 
-/// The absolute, canonical path of a directory (or of a path whose parent exists), as
-/// `shadow.json` records it.
+/// The absolute, canonical path of a directory, as `shadow.json` records it (a path not
+/// made yet: its longest existing ancestor's, with the rest joined on).
 fn canonical(p: &Path) -> PathBuf {
-    if let Ok(c) = std::fs::canonicalize(p) {
-        return c;
-    }
-    match (p.parent(), p.file_name()) {
-        (Some(parent), Some(name)) => {
-            let parent = if parent.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                parent
-            };
-            std::fs::canonicalize(parent)
-                .map(|c| c.join(name))
-                .unwrap_or_else(|_| p.to_path_buf())
-        }
-        _ => p.to_path_buf(),
-    }
+    super::resolve(p)
 }
 
 fn source_error(path: &Path, e: DirError) -> ShadowError {
@@ -560,6 +545,8 @@ pub fn restore(req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
             asked: format!("dir {}", dest.display()),
         });
     }
+    // A restore swaps the whole destination: a shadow inside it would go with the old tree.
+    check_shadow_outside(&dest, &req.dir).map_err(|e| source_error(&dest, e))?;
     let found = store.find(&req.target)?;
     // Held until the restore is done: retention cannot remove the point or its objects.
     let _lease = store.lease(found.id())?;
