@@ -74,6 +74,8 @@ pub(crate) const SYNC_EACH_MAX: usize = 256;
 impl Drop for PointStore {
     fn drop(&mut self) {
         self.wait_sealed();
+        // A writer stopping leaves `HEAD` on the disk as it stands (see `write_head`).
+        let _ = self.sync_head();
     }
 }
 
@@ -340,6 +342,21 @@ impl PointStore {
             meta.format = FORMAT;
             write_json(&self.dir.join("shadow.json"), &meta)?;
             self.meta = meta;
+        }
+        if let Some(head) = self.head()? {
+            let last = self.chained_beyond(head.clone())?;
+            if last != head {
+                // Points whose manifests were durable when the machine stopped before their
+                // `HEAD` write reached the disk ([`PointStore::write_head`]): committed.
+                tracing::info!(
+                    dir = %self.dir.display(),
+                    from = head.seq,
+                    to = last.seq,
+                    "Points committed after points/HEAD's last write adopted."
+                );
+                self.write_head(&last)?;
+            }
+            self.sync_head()?;
         }
         if self.clones_dir().exists() {
             // Copy-on-write points a follower committed but did not live to seal.
@@ -856,9 +873,14 @@ impl PointStore {
 
     /// Writes `points/HEAD`. The first time this store writes it, as any small file
     /// (atomically, name and all synced); after that, over itself in place: the same
-    /// [`HEAD_LEN`] bytes (JSON padded with spaces) and one `fdatasync`. No rename, so no
-    /// directory sync, which on every file system costs a point several times the write
-    /// (BENCHMARKS.md, "Points that wait for less").
+    /// [`HEAD_LEN`] bytes (JSON padded with spaces), not synced. A point is committed once its
+    /// manifest is durable (written, synced, renamed into place, its directory synced), and
+    /// `HEAD` only records the latest one so that losing it (or the last few) is detected. So
+    /// `HEAD` may lag its manifests only where the machine itself stopped (a killed process
+    /// leaves its write in the page cache): the next writer adopts the manifests that chain
+    /// from it ([`PointStore::lock_writer`]) and [`PointStore::verify`] accepts them. No
+    /// rename and no sync: a `fdatasync` here cost a point 0.2–5 ms (BENCHMARKS.md, "Points
+    /// that wait for less" and "A point's `HEAD` not synced").
     fn write_head(&self, head: &Head) -> Result<(), ShadowError> {
         let path = self.dir.join("points").join("HEAD");
         let mut bytes = serde_json::to_vec(head).map_err(|e| ShadowError::BadFile {
@@ -876,10 +898,7 @@ impl PointStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(f) = slot.as_ref() {
             use std::os::unix::fs::FileExt;
-            return f
-                .write_all_at(&bytes, 0)
-                .and_then(|()| f.sync_data())
-                .map_err(ShadowError::io(&path));
+            return f.write_all_at(&bytes, 0).map_err(ShadowError::io(&path));
         }
         bellwether_fs::AtomicWrite::new()
             .create_parent()
@@ -892,6 +911,45 @@ impl PointStore {
                 .map_err(ShadowError::io(&path))?,
         );
         Ok(())
+    }
+
+    /// Makes `points/HEAD` as written so far durable (a writer's start and end).
+    fn sync_head(&self) -> Result<(), ShadowError> {
+        let slot = self
+            .head_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(f) => f
+                .sync_data()
+                .map_err(ShadowError::io(self.dir.join("points").join("HEAD"))),
+            None => Ok(()),
+        }
+    }
+
+    /// `head`, moved on over every manifest after it that chains from it (its number next,
+    /// its own checksum right, its previous checksum `head`'s): the points committed after
+    /// `HEAD`'s last write reached the disk. A manifest that does not chain stops the walk
+    /// (and [`PointStore::verify`] names it).
+    fn chained_beyond(&self, mut head: Head) -> Result<Head, ShadowError> {
+        let (manifests, _) = self.scan_points()?;
+        let from = head.seq;
+        for seq in manifests.into_iter().filter(|s| *s > from) {
+            if seq != head.seq + 1 {
+                break;
+            }
+            let Ok(m) = self.point(PointId(seq)) else {
+                break;
+            };
+            if m.prev_checksum.as_deref() != Some(head.checksum.as_str()) {
+                break;
+            }
+            head = Head {
+                seq,
+                checksum: m.checksum,
+            };
+        }
+        Ok(head)
     }
 
     fn manifest_path(&self, seq: u64) -> PathBuf {
@@ -1042,6 +1100,8 @@ impl PointStore {
             }
             return Ok(report);
         };
+        // Points committed after `HEAD`'s last write reached the disk (see `write_head`).
+        let head = self.chained_beyond(head)?;
         let present: HashSet<u64> = manifests.iter().copied().collect();
         let thinned: HashSet<u64> = tombstones.iter().copied().collect();
         let mut prev: Option<String> = None;

@@ -455,6 +455,67 @@ fn head_is_rewritten_in_place_and_reads_as_before() {
     assert!(s.verify(false).is_err());
 }
 
+/// A point is committed by its manifest; `HEAD` (written in place, not synced) may lag it
+/// only where the machine stopped. Such points are accepted by `verify` and adopted by the
+/// next writer; a manifest past `HEAD` that does not chain from it is still damage.
+#[test]
+fn points_past_a_lagging_head_that_chain_from_it_are_adopted() {
+    let t = tempfile::tempdir().unwrap();
+    let head = t.path().join("points").join("HEAD");
+    let (p1, p3) = {
+        let s = store(t.path());
+        let p1 = point(&s, 100, b"one");
+        point(&s, 200, b"two");
+        (p1, point(&s, 300, b"three"))
+    };
+    // What a power loss after p3's manifest, before its `HEAD` reached the disk, leaves.
+    let lagging = format!("{{\"seq\":1,\"checksum\":\"{}\"}}\n", p1.checksum);
+    std::fs::write(&head, format!("{lagging:<256}")).unwrap();
+    let reader = PointStore::open(t.path()).unwrap();
+    assert_eq!(reader.verify(true).unwrap().points, 3);
+    let mut s = PointStore::open(t.path()).unwrap();
+    s.lock_writer().unwrap();
+    assert!(
+        std::fs::read_to_string(&head)
+            .unwrap()
+            .contains(&p3.checksum),
+        "the writer moved HEAD to p3"
+    );
+    let p4 = point(&s, 400, b"four");
+    assert_eq!(p4.seq, 4);
+    assert_eq!(p4.prev_checksum.as_deref(), Some(p3.checksum.as_str()));
+    assert_eq!(s.verify(false).unwrap().points, 4);
+    drop(s);
+
+    // A manifest past HEAD that does not chain from it (another shadow's p5) is named.
+    let other = tempfile::tempdir().unwrap();
+    {
+        let o = store(other.path());
+        for at in [1, 2, 3, 4, 5] {
+            point(&o, at * 1000, format!("other {at}").as_bytes());
+        }
+    }
+    std::fs::copy(
+        other.path().join("points").join("0000000005.json"),
+        t.path().join("points").join("0000000005.json"),
+    )
+    .unwrap();
+    let err = PointStore::open(t.path())
+        .unwrap()
+        .verify(false)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("newer than points/HEAD (p4)"),
+        "{err}"
+    );
+    // And a writer does not adopt it: the next point is p5 again, over it.
+    let mut s = PointStore::open(t.path()).unwrap();
+    s.lock_writer().unwrap();
+    let p5 = point(&s, 500, b"five");
+    assert_eq!(p5.prev_checksum.as_deref(), Some(p4.checksum.as_str()));
+    assert_eq!(s.verify(true).unwrap().points, 5);
+}
+
 /// A point of one file made of `chunks`, each stored compressed where that saves.
 fn compressed_point(s: &PointStore, at: i64, chunks: &[Vec<u8>]) -> Manifest {
     let objects: Vec<ObjectRef> = chunks
