@@ -86,8 +86,9 @@ pub struct SeriesWarning {
     pub previous: String,
 }
 
-/// Parses a timestamp: `YYYY-MM-DD HH:MM:SS[.fff]`, the same with `T` and an optional `Z`, or a
-/// number of seconds since the Unix epoch (fractions allowed). Returns milliseconds.
+/// Parses a timestamp: `YYYY-MM-DD HH:MM:SS[.fff]`, the same with `T`, and an optional `Z`
+/// or UTC offset (`+01:00`, `-0530`, `+02`: converted to UTC), or a number of seconds since
+/// the Unix epoch (fractions allowed). Returns milliseconds since the epoch, UTC.
 pub fn parse_timestamp(s: &str) -> Option<i64> {
     let s = s.trim();
     if s.is_empty() {
@@ -103,7 +104,16 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
         }
         return Some((secs * 1000.0).round() as i64);
     }
-    let s = s.strip_suffix('Z').unwrap_or(s);
+    let s = s
+        .strip_suffix('Z')
+        .or_else(|| s.strip_suffix('z'))
+        .unwrap_or(s);
+    // A numeric UTC offset after the time (`+01:00`, `-0530`, `+02`), as RFC 3339 and
+    // ISO 8601 writers put it: the instant is converted to UTC.
+    let (s, offset_ms) = match s.get(19..).and_then(|t| t.rfind(['+', '-'])) {
+        Some(at) => (&s[..19 + at], utc_offset_ms(&s[19 + at..])?),
+        None => (s, 0),
+    };
     let b = s.as_bytes();
     if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
@@ -149,7 +159,37 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     }
     // Julian day 2,440,588 is 1970-01-01. A leap second (`:60`) counts as the next second.
     let days = i64::from(date.to_julian_day()) - 2_440_588;
-    Some(((days * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + ms)
+    Some(((days * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + ms - offset_ms)
+}
+
+/// `+HH:MM`, `+HHMM` or `+HH` (or `-`): the offset from UTC in milliseconds; `None` if it is
+/// not one (hours up to 23, minutes up to 59).
+fn utc_offset_ms(t: &str) -> Option<i64> {
+    let sign = match t.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let digits: String = t[1..].chars().filter(|c| *c != ':').collect();
+    let colon_ok = match t.len() {
+        6 => t.as_bytes()[3] == b':',
+        3 | 5 => !t.contains(':'),
+        _ => false,
+    };
+    let want = if t.len() == 3 { 2 } else { 4 };
+    if !colon_ok || digits.len() != want || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let h: i64 = digits[..2].parse().ok()?;
+    let m: i64 = if digits.len() == 4 {
+        digits[2..].parse().ok()?
+    } else {
+        0
+    };
+    if h > 23 || m > 59 {
+        return None;
+    }
+    Some(sign * (h * 60 + m) * 60_000)
 }
 
 /// Parses a number; `NaN`, `nan` and an empty field give NaN.
@@ -437,6 +477,34 @@ mod tests {
             Some(951_868_800_000)
         );
         assert_eq!(parse_timestamp("1969-12-31 23:59:59"), Some(-1000));
+        // UTC offsets: the same instant however it is written.
+        let utc = parse_timestamp("2024-01-01T00:05:00Z").unwrap();
+        for same in [
+            "2024-01-01T01:05:00+01:00",
+            "2024-01-01 01:05:00+0100",
+            "2024-01-01T01:05:00+01",
+            "2023-12-31T18:35:00-05:30",
+            "2024-01-01T00:05:00+00:00",
+            "2024-01-01T00:05:00z",
+        ] {
+            assert_eq!(parse_timestamp(same), Some(utc), "{same}");
+        }
+        assert_eq!(
+            parse_timestamp("2024-01-01T01:05:00.250+01:00"),
+            Some(utc + 250)
+        );
+        for bad in [
+            "2024-01-01T01:05:00+1:00",
+            "2024-01-01T01:05:00+24:00",
+            "2024-01-01T01:05:00+01:60",
+            "2024-01-01T01:05:00+01:00:00",
+            "2024-01-01T01:05:00+",
+            "2024-01-01T01:05:00+12::3",
+            "2024-01-01T01:05:00 +01:00",
+            "2024-01-01+01:00",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -16,8 +16,8 @@ use super::UsageError;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Input: a CSV with a header naming `timestamp` and `value` (other columns are ignored).
-Timestamps are `YYYY-MM-DD HH:MM:SS[.fff]` (UTC, `T` and `Z` accepted) or Unix seconds; the day
-must exist (`2024-02-30` is an error). Rows keep their order: equal timestamps are accepted (a
+Timestamps are `YYYY-MM-DD HH:MM:SS[.fff]` (UTC; `T`, `Z` and offsets such as `+01:00` accepted,
+offsets converted to UTC) or Unix seconds; the day must exist (`2024-02-30` is an error). Rows keep their order: equal timestamps are accepted (a
 clock change repeats an hour), and a timestamp before the previous row's is accepted with a
 warning naming the file and line. `NaN` or an empty value is skipped by
 the detector (score 0, alert 0); `inf`, magnitudes above 1e150 and values a million times the
