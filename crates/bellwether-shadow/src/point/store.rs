@@ -35,8 +35,9 @@ pub struct PointStore {
     pub(super) gate: Arc<super::clone::SealGate>,
     /// The objects this store wrote since its last point, which that point syncs.
     unsynced: Mutex<Unsynced>,
-    /// `points/HEAD`, open once this store has written it ([`PointStore::write_head`]).
-    head_file: Mutex<Option<File>>,
+    /// `points/HEAD`, open once this store has written it ([`PointStore::write_head`]), and
+    /// what it wrote last: the writer (the only one to write it) reads it from here.
+    head_file: Mutex<Option<(File, Head)>>,
     /// Objects stored ahead of the point that will reference them ([`PointStore::stage`]):
     /// `gc` keeps them until a committed point does.
     staged: Mutex<HashSet<ObjectId>>,
@@ -896,20 +897,21 @@ impl PointStore {
             .head_file
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(f) = slot.as_ref() {
+        if let Some((f, last)) = slot.as_mut() {
             use std::os::unix::fs::FileExt;
-            return f.write_all_at(&bytes, 0).map_err(ShadowError::io(&path));
+            f.write_all_at(&bytes, 0).map_err(ShadowError::io(&path))?;
+            *last = head.clone();
+            return Ok(());
         }
         bellwether_fs::AtomicWrite::new()
             .create_parent()
             .write(&path, &bytes)
             .map_err(ShadowError::io(&path))?;
-        *slot = Some(
-            OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(ShadowError::io(&path))?,
-        );
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(ShadowError::io(&path))?;
+        *slot = Some((f, head.clone()));
         Ok(())
     }
 
@@ -920,7 +922,7 @@ impl PointStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match slot.as_ref() {
-            Some(f) => f
+            Some((f, _)) => f
                 .sync_data()
                 .map_err(ShadowError::io(self.dir.join("points").join("HEAD"))),
             None => Ok(()),
@@ -965,6 +967,14 @@ impl PointStore {
     }
 
     fn head(&self) -> Result<Option<Head>, ShadowError> {
+        if let Some((_, last)) = self
+            .head_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            return Ok(Some(last.clone()));
+        }
         let path = self.dir.join("points").join("HEAD");
         if !path.exists() {
             return Ok(None);
