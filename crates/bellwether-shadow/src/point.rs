@@ -68,7 +68,10 @@ pub use time::{TimeError, Timestamp};
 /// would take them for damaged, so it is told the format instead). A store of an older
 /// format ([`OLDEST_FORMAT`]) is read as it is and marked with this one when a writer opens
 /// it (what that writer stores may be compressed).
-pub const FORMAT: u32 = 2;
+/// 3: a PostgreSQL point's last WAL segment may be shorter than a segment (the WAL through
+/// the point, no zeros after it); a restore pads it (a Bellwether that reads only 2 would
+/// give recovery a segment of the wrong size).
+pub const FORMAT: u32 = 3;
 /// The oldest format this build reads: 1, every object stored as its content.
 pub const OLDEST_FORMAT: u32 = 1;
 

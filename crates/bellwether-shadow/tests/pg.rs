@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bellwether_pg::testing::{TestCluster, TestClusterOptions};
 use bellwether_shadow::pg::{restore_with, PgOptions, PgShadow, RestoreMode, SyncSetup};
-use bellwether_shadow::point::{Reason, Retention, Shadow, ShadowOptions, Source};
+use bellwether_shadow::point::{PointStore, Reason, Retention, Shadow, ShadowOptions, Source};
 use bellwether_shadow::{RestoreRequest, ShadowError, ShadowType, Target, Timestamp};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -715,24 +715,59 @@ fn a_transactional_shadow_stores_its_wal_ahead_of_the_point_and_gc_keeps_it() {
         "new bytes of the point: {}",
         point.new_bytes
     );
-    // The segment being written: past the point's chunk, the zero chunk, not read.
+    // The segment being written: the WAL through the point and nothing past it (no zeros
+    // read or referenced; a restore pads the segment).
     let last = point
         .entries
         .iter()
         .filter(|e| e.path.starts_with("bw_restore_wal/"))
         .max_by(|a, b| a.path.cmp(&b.path))
-        .unwrap();
+        .unwrap()
+        .clone();
     let zeros = bellwether_shadow::point::ObjectId::of(&vec![0u8; 1 << 20]);
-    assert_eq!(last.size, 16 << 20, "{}", last.path);
-    assert_eq!(last.objects.last().unwrap().id, zeros, "{}", last.path);
+    assert!(
+        last.size > 1 << 20 && last.size < 16 << 20,
+        "{} is {} bytes",
+        last.path,
+        last.size
+    );
+    assert!(last.objects.iter().all(|o| o.id != zeros), "{}", last.path);
     // Every object of every point is whole, and gc leaves them all.
     shadow.store().gc().expect("gc");
     let report = shadow.store().verify(true).expect("every point is whole");
     assert!(report.points >= 3 && point.seq > first.seq, "{report:?}");
+    // The point's own objects are not synced by it; the next sync settles them (stored
+    // compressed: this WAL compresses).
+    let tail = *last.objects.last().unwrap();
+    let tail_path = tail.id.path_in(sd.path());
+    assert_eq!(std::fs::metadata(&tail_path).unwrap().len(), tail.len);
+    shadow.sync().expect("sync");
+    assert!(std::fs::metadata(&tail_path).unwrap().len() < tail.len);
     drop(shadow);
 
     assert_eq!(
         restore_beside(&cluster, sd.path(), Target::Point(point.id()), "at-point"),
+        (1..=12010).collect::<Vec<_>>()
+    );
+
+    // What a machine that stops before that sync can leave: the point's last object gone,
+    // the one before it written but not its content. The next start rebuilds both from
+    // `pg/wal` (the stream made those bytes durable before the point was committed).
+    let before_tail = last.objects[last.objects.len() - 2];
+    std::fs::remove_file(&tail_path).unwrap();
+    let torn = before_tail.id.path_in(sd.path());
+    std::fs::remove_file(&torn).unwrap();
+    std::fs::write(&torn, vec![0u8; before_tail.len as usize]).unwrap();
+    let err = PointStore::open(sd.path())
+        .unwrap()
+        .verify(true)
+        .expect_err("the damage is seen");
+    assert!(matches!(err, ShadowError::BadObject { .. }), "{err}");
+    let shadow = PgShadow::start(&o, &p).expect("the shadow starts again");
+    shadow.store().verify(true).expect("rebuilt from pg/wal");
+    drop(shadow);
+    assert_eq!(
+        restore_beside(&cluster, sd.path(), Target::Point(point.id()), "rebuilt"),
         (1..=12010).collect::<Vec<_>>()
     );
 }

@@ -157,17 +157,30 @@ pub(crate) fn store_tree(
     Ok((entries, new_bytes))
 }
 
-/// Stores chunks `from..upto` of the open file `f` (`path` names it in errors; fewer chunks
-/// where the file ends first), compressed at zstd's faster level if `fast`. Returns their
-/// objects and the bytes new to the store. Reads by offset, so the file may be renamed
-/// meanwhile (`pg_receivewal` renames `NAME.partial` to `NAME` once it is complete).
+/// How [`store_chunks`] stores a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Put {
+    /// Compressed at zstd's default level, synced by the next point.
+    Compressed,
+    /// Compressed at zstd's faster level, synced by the next point.
+    Fast,
+    /// As it is, synced by no point ([`PointStore::put_object_unsynced`]): the caller
+    /// settles it, and can rebuild it from the file it was read from.
+    Unsynced,
+}
+
+/// Stores chunks `from..upto` of the open file `f` (`path` names it in errors), each cut at
+/// byte `end` of the file (fewer, or a shorter last one, where the file or `end` comes
+/// first), as `put` says. Returns their objects and the bytes new to the store. Reads by
+/// offset, so the file may be renamed meanwhile (`pg_receivewal` renames `NAME.partial` to
+/// `NAME` once it is complete).
 pub(crate) fn store_chunks(
     store: &PointStore,
     f: &std::fs::File,
     path: &Path,
-    from: usize,
-    upto: usize,
-    fast: bool,
+    (from, upto): (usize, usize),
+    end: u64,
+    put: Put,
 ) -> Result<(Vec<ObjectRef>, u64), ShadowError> {
     use std::os::unix::fs::FileExt;
     let mut objects = Vec::new();
@@ -178,9 +191,10 @@ pub(crate) fn store_chunks(
     let mut buf = vec![0u8; CHUNK];
     for i in from..upto {
         let at = (i * CHUNK) as u64;
+        let want = end.saturating_sub(at).min(CHUNK as u64) as usize;
         let mut n = 0;
-        while n < CHUNK {
-            match f.read_at(&mut buf[n..], at + n as u64) {
+        while n < want {
+            match f.read_at(&mut buf[n..want], at + n as u64) {
                 Ok(0) => break,
                 Ok(k) => n += k,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -190,10 +204,10 @@ pub(crate) fn store_chunks(
         if n == 0 {
             break;
         }
-        let (r, new) = if fast && !is_zero(&buf[..n]) {
-            store.put_object_compressed_fast(&buf[..n])?
-        } else {
-            put_chunk(store, &buf[..n])?
+        let (r, new) = match put {
+            Put::Unsynced => store.put_object_unsynced(&buf[..n])?,
+            Put::Fast if !is_zero(&buf[..n]) => store.put_object_compressed_fast(&buf[..n])?,
+            _ => put_chunk(store, &buf[..n])?,
         };
         if new {
             new_bytes += r.len;
@@ -270,7 +284,7 @@ pub(crate) fn store_file(
         objects.push(r);
     } else {
         let f = std::fs::File::open(path).map_err(ShadowError::io(path))?;
-        let (o, n) = store_chunks(store, &f, path, 0, usize::MAX, false)?;
+        let (o, n) = store_chunks(store, &f, path, (0, usize::MAX), u64::MAX, Put::Compressed)?;
         objects = o;
         new_bytes += n;
         if adopt {
@@ -406,7 +420,8 @@ mod tests {
         )
         .unwrap();
         s.lock_writer().unwrap();
-        let (objects, _) = store_chunks(&s, &f, &partial, 0, 8, false).unwrap();
+        let (objects, _) =
+            store_chunks(&s, &f, &partial, (0, 8), u64::MAX, Put::Compressed).unwrap();
         let lens: Vec<u64> = objects.iter().map(|o| o.len).collect();
         assert_eq!(
             lens,
@@ -420,10 +435,16 @@ mod tests {
             "a chunk of zeros is the zero chunk"
         );
         // A chunk range past the end stores nothing; the complete name is found now.
-        assert!(store_chunks(&s, &f, &partial, 5, 8, true)
+        assert!(store_chunks(&s, &f, &partial, (5, 8), u64::MAX, Put::Fast)
             .unwrap()
             .0
             .is_empty());
+        // Cut at a byte: the chunk it falls in is stored up to it.
+        let (cut, _) =
+            store_chunks(&s, &f, &partial, (0, 8), CHUNK as u64 + 5, Put::Unsynced).unwrap();
+        let lens: Vec<u64> = cut.iter().map(|o| o.len).collect();
+        assert_eq!(lens, vec![CHUNK as u64, 5]);
+        assert_eq!(cut[1].id, ObjectId::of(&bytes[CHUNK..CHUNK + 5]));
         let (_, is_complete) = open_segment(&complete, &partial).unwrap().unwrap();
         assert!(is_complete);
     }

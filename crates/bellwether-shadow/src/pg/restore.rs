@@ -394,6 +394,7 @@ fn build(
     owner: Option<&str>,
 ) -> Result<u64, ShadowError> {
     let mut bytes = base::materialize(store, plan.point.id(), &plan.point.entries, work)?;
+    pad_segments(&plan.point, info.wal_segment_size, work)?;
     let stage = work.join(STAGE);
     if !stage.is_dir() {
         std::fs::create_dir(&stage).map_err(ShadowError::io(&stage))?;
@@ -559,6 +560,26 @@ fn stage_wal(
         }
     }
     Ok(bytes)
+}
+
+/// Pads each of a point's WAL segments written shorter than a segment (the one a
+/// transactional point ends in holds the WAL through the point and nothing after it) to a
+/// segment's size with zeros, as `pg_receivewal` lays a segment out before it writes the
+/// stream over it: recovery refuses a restored segment of another size, and reads the end
+/// of the WAL at the first zeros.
+fn pad_segments(point: &Manifest, seg: u64, work: &Path) -> Result<(), ShadowError> {
+    for e in &point.entries {
+        if !e.path.starts_with(WAL_PREFIX) || e.size >= seg {
+            continue;
+        }
+        let path = work.join(&e.path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(seg))
+            .map_err(ShadowError::io(&path))?;
+    }
+    Ok(())
 }
 
 /// Stages segment `name` whole from a point newer than the plan's, if one holds it: a point

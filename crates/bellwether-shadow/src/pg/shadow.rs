@@ -18,11 +18,11 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
 use crate::point::{
-    Entry, Manifest, ObjectRef, PointDraft, PointStore, Position, Reason, ResourceKind, Shadow,
-    ShadowError, ShadowMeta, ShadowOptions, ShadowType, SyncReport, Timestamp, FORMAT,
+    Entry, Manifest, ObjectId, ObjectRef, PointDraft, PointStore, Position, Reason, ResourceKind,
+    Shadow, ShadowError, ShadowMeta, ShadowOptions, ShadowType, SyncReport, Timestamp, FORMAT,
 };
 
-use super::base::{self, BaseInfo};
+use super::base::{self, BaseInfo, Put};
 use super::lsn::SegmentName;
 use super::proc::{run, tail};
 use super::{
@@ -137,6 +137,89 @@ pub struct PgShadow {
     /// The segment before which the next sync removes what the points hold from `pg/wal`
     /// ([`PgShadow::prune_wal`]), set by a point.
     prune: Option<u64>,
+    /// WAL objects a transactional point stored without syncing them (its bytes are durable
+    /// in `pg/wal` already): the next sync settles them before it removes anything from
+    /// `pg/wal` ([`PgShadow::settle_wal`]); after a machine's stop, the next start rebuilds
+    /// any it lost from there ([`repair_wal`]).
+    unsettled: Vec<ObjectRef>,
+}
+
+/// How many of the newest points [`repair_wal`] checks: a point's unsynced objects are
+/// settled by the sync that follows it (a quarter of a second later), so only the points
+/// of the last moments before a machine stopped can have lost any.
+const REPAIR_POINTS: usize = 16;
+
+/// Rebuilds from `pg/wal` the WAL objects of the newest points that the machine lost before
+/// they were synced (a transactional point does not sync its own: [`PgShadow::settle_wal`]).
+/// An object stored as it is gets its content hashed; one that is missing or not its name's
+/// is read again from the segment it was cut from (the stream never writes a byte twice)
+/// and stored, synced. One that `pg/wal` no longer holds is named in a warning (and by
+/// `shadow verify`). Returns how many were rebuilt.
+pub(crate) fn repair_wal(store: &PointStore) -> Result<usize, ShadowError> {
+    let wal = pg_dir(store.dir()).join("wal");
+    let seqs = store.point_seqs()?;
+    let mut checked = std::collections::HashSet::new();
+    let mut rebuilt = 0;
+    for seq in seqs.iter().rev().take(REPAIR_POINTS) {
+        let Ok(m) = store.point(crate::PointId(*seq)) else {
+            continue;
+        };
+        for e in m.entries.iter() {
+            let Some(name) = e.path.strip_prefix(WAL_PREFIX) else {
+                continue;
+            };
+            let mut at = 0u64;
+            for r in &e.objects {
+                let off = at;
+                at += r.len;
+                if !checked.insert(r.id) || store.object_whole(r) {
+                    continue;
+                }
+                match rebuild_object(store, &wal, name, off, r) {
+                    Ok(true) => {
+                        rebuilt += 1;
+                        tracing::info!(point = %m.id(), object = %r.id, segment = name, "A WAL object the machine lost before it was synced was rebuilt from pg/wal.");
+                    }
+                    Ok(false) => {
+                        tracing::warn!(point = %m.id(), object = %r.id, segment = name, "A WAL object of this point is lost, and pg/wal no longer holds its bytes.")
+                    }
+                    Err(e) => {
+                        tracing::warn!(point = %m.id(), object = %r.id, error = %e, "Cannot rebuild a lost WAL object from pg/wal.")
+                    }
+                }
+            }
+        }
+    }
+    Ok(rebuilt)
+}
+
+/// Stores object `r` again from bytes `off..off + r.len` of segment `name` in `wal`
+/// (complete or `.partial`), if they are its content. Returns whether it did.
+fn rebuild_object(
+    store: &PointStore,
+    wal: &Path,
+    name: &str,
+    off: u64,
+    r: &ObjectRef,
+) -> Result<bool, ShadowError> {
+    use std::os::unix::fs::FileExt;
+    let complete = wal.join(name);
+    let partial = wal.join(format!("{name}.partial"));
+    let Some((f, _)) = base::open_segment(&complete, &partial)? else {
+        return Ok(false);
+    };
+    let mut buf = vec![0u8; r.len as usize];
+    if f.read_exact_at(&mut buf, off).is_err() || ObjectId::of(&buf) != r.id {
+        return Ok(false);
+    }
+    let path = store.object_path(&r.id);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ShadowError::io(&path)(e)),
+    }
+    store.put_object_unsynced(&buf)?;
+    Ok(store.settle(&[*r])?.is_empty())
 }
 
 struct Inner {
@@ -169,6 +252,8 @@ impl PgShadow {
         let mut store = PointStore::create(&opts.dir, meta)?;
         store.lock_writer()?;
         inner.load_info()?;
+        // Before the stream starts again and the base point lets `pg/wal` be pruned.
+        repair_wal(&store)?;
         let mut shadow = PgShadow {
             store,
             rt: Some(rt),
@@ -179,6 +264,7 @@ impl PgShadow {
             timeline: 0,
             staged_bytes: 0,
             prune: None,
+            unsettled: Vec::new(),
         };
         shadow.on(|i| Box::pin(i.set_up()))?;
         shadow.take_base_point(Reason::Base)?;
@@ -330,6 +416,10 @@ impl PgShadow {
         let last = Lsn(through.0.saturating_sub(1)).segment(seg).max(first);
         let mut entries = Vec::new();
         let mut new_bytes = 0;
+        // A transactional point leaves what it stores unsynced: its stream has made those
+        // bytes durable in `pg/wal` already, and the next sync settles them.
+        let lazy = point && self.inner.receiver.is_some();
+        let put = if lazy { Put::Unsynced } else { Put::Compressed };
         let entry = |rel: String, objects: Vec<ObjectRef>| Entry {
             path: rel,
             kind: crate::point::EntryKind::File,
@@ -371,12 +461,15 @@ impl PgShadow {
                     &self.store,
                     &file,
                     &complete,
-                    known.len(),
-                    chunks_in,
-                    false,
+                    (known.len(), chunks_in),
+                    u64::MAX,
+                    put,
                 )?;
                 new_bytes += n;
                 stored.extend(rest.iter().copied());
+                if lazy {
+                    self.unsettled.extend(rest.iter().copied());
+                }
                 let mut objects = known;
                 objects.extend(rest);
                 self.wal_cache.insert(name, objects.clone());
@@ -387,10 +480,19 @@ impl PgShadow {
                 // Bytes of this segment the shadow has flushed.
                 let flushed = through.0.saturating_sub(segno.saturating_mul(seg)).min(seg);
                 let whole = (flushed as usize / base::CHUNK).min(chunks_in);
-                let (more, n) =
-                    base::store_chunks(&self.store, &file, &partial, known.len(), whole, false)?;
+                let (more, n) = base::store_chunks(
+                    &self.store,
+                    &file,
+                    &partial,
+                    (known.len(), whole),
+                    u64::MAX,
+                    put,
+                )?;
                 new_bytes += n;
                 stored.extend(more.iter().copied());
+                if lazy {
+                    self.unsettled.extend(more.iter().copied());
+                }
                 let mut objects = known;
                 objects.extend(more);
                 // Only full chunks are final (a short read means the file is shorter).
@@ -399,8 +501,26 @@ impl PgShadow {
                     .take_while(|o| o.len == base::CHUNK as u64)
                     .cloned()
                     .collect();
-                self.partial_cache = Some((name, final_chunks));
-                if point {
+                self.partial_cache = Some((name, final_chunks.clone()));
+                if lazy {
+                    // The WAL through the point and nothing past it: the bytes of the
+                    // chunk it ends in up to its last flushed byte. The entry is shorter
+                    // than a segment; a restore pads it with the zeros the stream writes
+                    // over (docs/shadow-postgres.md).
+                    let mut objects = final_chunks;
+                    let (tail, n) = base::store_chunks(
+                        &self.store,
+                        &file,
+                        &partial,
+                        (objects.len(), (flushed as usize).div_ceil(base::CHUNK)),
+                        flushed,
+                        Put::Unsynced,
+                    )?;
+                    new_bytes += n;
+                    self.unsettled.extend(tail.iter().copied());
+                    objects.extend(tail);
+                    entries.push(entry(rel, objects));
+                } else if point {
                     let size = file.metadata().map_err(ShadowError::io(&partial))?.len();
                     let upto = (size as usize).div_ceil(base::CHUNK);
                     let tail = (flushed as usize).div_ceil(base::CHUNK).min(upto);
@@ -408,9 +528,9 @@ impl PgShadow {
                         &self.store,
                         &file,
                         &partial,
-                        objects.len(),
-                        tail,
-                        true,
+                        (objects.len(), tail),
+                        u64::MAX,
+                        Put::Fast,
                     )?;
                     new_bytes += n;
                     objects.extend(more);
@@ -431,6 +551,29 @@ impl PgShadow {
             }
         }
         Ok((entries, new_bytes, stored))
+    }
+
+    /// Makes the WAL objects the points since the last sync stored unsynced durable
+    /// ([`PointStore::settle`]: compressed where that saves, synced). Kept for the next try
+    /// if that fails (nothing leaves `pg/wal` meanwhile); one whose content the machine lost
+    /// is left to [`repair_wal`].
+    fn settle_wal(&mut self) -> Result<(), ShadowError> {
+        if self.unsettled.is_empty() {
+            return Ok(());
+        }
+        let refs = std::mem::take(&mut self.unsettled);
+        match self.store.settle(&refs) {
+            Ok(lost) => {
+                for r in lost {
+                    tracing::warn!(object = %r.id, "A point's WAL object is not what was written; the next start rebuilds it from pg/wal.");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.unsettled = refs;
+                Err(e)
+            }
+        }
     }
 
     /// Removes from `pg/wal` the complete segments before the current base's start (no
@@ -524,6 +667,8 @@ impl Shadow for PgShadow {
     /// are staged ([`PointStore::stage`]): durable now, kept from `gc` until the next point
     /// references them.
     fn sync(&mut self) -> Result<SyncReport, ShadowError> {
+        // Before anything leaves `pg/wal`: the points' unsynced objects were cut from it.
+        self.settle_wal()?;
         if let Some(before) = self.prune.take() {
             self.prune_wal(before);
         }
@@ -584,6 +729,9 @@ impl Shadow for PgShadow {
 
 impl Drop for PgShadow {
     fn drop(&mut self) {
+        if let Err(e) = self.settle_wal() {
+            tracing::warn!(error = %e, "Syncing the last points' WAL objects failed; the next start rebuilds them from pg/wal.");
+        }
         let Some(rt) = self.rt.take() else { return };
         let inner = &mut self.inner;
         let result = block(&rt, inner.release());

@@ -187,6 +187,52 @@ fn put_as(
     Ok((r, true))
 }
 
+/// Makes object `r`, written by [`put`] and not synced since, durable: compressed at
+/// [`ZSTD_LEVEL`] where that saves an eighth (written beside, synced, renamed over it), or
+/// else synced as it is. Returns the directory to sync (the caller syncs each once), or
+/// `None` when there is nothing to make durable: the object is gone (`gc` took it: no
+/// committed point referenced it), or its content is not its name's (a write the machine
+/// lost: left for the kind to rebuild, as `PgShadow` does from `pg/wal`).
+pub(crate) fn settle(dir: &Path, tmp: &Path, r: &ObjectRef) -> io::Result<Option<PathBuf>> {
+    let path = r.id.path_in(dir);
+    let stored = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let parent = path.parent().map(Path::to_path_buf);
+    if stored.len() as u64 != r.len {
+        if (stored.len() as u64) < r.len && stored.starts_with(&ZSTD_MAGIC) {
+            // Stored compressed already (so by an earlier put): synced as it is.
+            File::open(&path)?.sync_all()?;
+            return Ok(parent);
+        }
+        return Ok(None);
+    }
+    if ObjectId::of(&stored) != r.id {
+        return Ok(None);
+    }
+    let z = zstd::bulk::compress(&stored, ZSTD_LEVEL)?;
+    if z.len() + stored.len() / 8 >= stored.len() {
+        File::open(&path)?.sync_all()?;
+        return Ok(parent);
+    }
+    let t = temp_name(tmp);
+    let written = File::create(&t).and_then(|mut f| {
+        f.write_all(&z)?;
+        f.sync_all()
+    });
+    if written.is_err() {
+        // No room for the compressed copy (a full disk): the object stays as it is,
+        // synced; it is whole either way.
+        let _ = std::fs::remove_file(&t);
+        File::open(&path)?.sync_all()?;
+        return Ok(parent);
+    }
+    install(&t, &path)?;
+    Ok(parent)
+}
+
 /// Whether an object stored in `stored_len` bytes at `path` is stored compressed (see the
 /// module's notes): shorter than its content's `len`, zstd's magic first.
 pub(crate) fn is_compressed(path: &Path, stored_len: u64, len: u64) -> bool {
@@ -401,6 +447,52 @@ pub(crate) fn append_hashing(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An object put without a sync is settled compressed where that saves (named as
+    /// before, read back the same); one whose content is not its name's, or gone, is
+    /// reported, not synced.
+    #[test]
+    fn settling_compresses_what_saves_and_reports_what_was_lost() {
+        let t = tempfile::tempdir().unwrap();
+        let (dir, tmp) = (t.path().join("s"), t.path().join("tmp"));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let text = b"a WAL record, and another like it; ".repeat(1000);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..30_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 56) as u8
+            })
+            .collect();
+        let (a, _) = put(&dir, &tmp, &text).unwrap();
+        let (b, _) = put(&dir, &tmp, &noise).unwrap();
+        assert!(settle(&dir, &tmp, &a).unwrap().is_some());
+        assert!(settle(&dir, &tmp, &b).unwrap().is_some());
+        let stored = std::fs::read(a.id.path_in(&dir)).unwrap();
+        assert!(stored.len() < text.len() / 4 && stored.starts_with(&ZSTD_MAGIC));
+        assert_eq!(decode(stored, a.len).unwrap(), text);
+        assert_eq!(
+            std::fs::read(b.id.path_in(&dir)).unwrap(),
+            noise,
+            "kept as it is"
+        );
+        // Settled twice: still whole, still compressed.
+        assert!(settle(&dir, &tmp, &a).unwrap().is_some());
+        assert!(std::fs::read(a.id.path_in(&dir)).unwrap().len() < text.len());
+        // A write the machine lost: zeros where the content was, or no file at all.
+        let p = b.id.path_in(&dir);
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, vec![0u8; noise.len()]).unwrap();
+        assert_eq!(settle(&dir, &tmp, &b).unwrap(), None);
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(settle(&dir, &tmp, &b).unwrap(), None);
+        assert!(
+            std::fs::read_dir(&tmp).unwrap().next().is_none(),
+            "no temporary file left"
+        );
+    }
 
     #[test]
     fn an_id_is_its_sha256_in_lower_case_hex_and_parses_back() {

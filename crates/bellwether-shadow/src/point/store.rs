@@ -465,6 +465,59 @@ impl PointStore {
         Ok((r, new))
     }
 
+    /// Stores `bytes` as an object (uncompressed) that no point syncs: its caller makes it
+    /// durable with [`PointStore::settle`], and can rebuild it should the machine lose the
+    /// write (a PostgreSQL point's WAL, which `pg/wal` holds durably already). Returns its
+    /// reference and whether it was new.
+    pub(crate) fn put_object_unsynced(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(ObjectRef, bool), ShadowError> {
+        self.require_writer()?;
+        objects::put(&self.dir, &self.tmp(), bytes).map_err(ShadowError::io(self.tmp()))
+    }
+
+    /// Makes objects stored by [`PointStore::put_object_unsynced`] durable, each compressed
+    /// where that saves an eighth, and their directories. Returns those it could not: gone,
+    /// or whose content is not their name's (a write the machine lost).
+    pub(crate) fn settle(&self, refs: &[ObjectRef]) -> Result<Vec<ObjectRef>, ShadowError> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut lost = Vec::new();
+        for r in refs {
+            match objects::settle(&self.dir, &self.tmp(), r)
+                .map_err(ShadowError::io(self.object_path(&r.id)))?
+            {
+                Some(d) if !dirs.contains(&d) => dirs.push(d),
+                Some(_) => {}
+                None => lost.push(*r),
+            }
+        }
+        for d in dirs {
+            File::open(&d)
+                .and_then(|f| f.sync_all())
+                .map_err(ShadowError::io(&d))?;
+        }
+        Ok(lost)
+    }
+
+    /// Whether object `r` is there whole: stored compressed (every compressed object was
+    /// written so whole and synced before a point referenced it, or by
+    /// [`PointStore::settle`]), or stored as it is with the content its name says (read
+    /// and hashed).
+    pub(crate) fn object_whole(&self, r: &ObjectRef) -> bool {
+        let path = self.object_path(&r.id);
+        match std::fs::read(&path) {
+            Ok(b) if b.len() as u64 == r.len => ObjectId::of(&b) == r.id,
+            Ok(b) => (b.len() as u64) < r.len && b.starts_with(&objects::ZSTD_MAGIC),
+            Err(_) => false,
+        }
+    }
+
+    /// The sequence numbers of the manifests present, oldest first (none read).
+    pub(crate) fn point_seqs(&self) -> Result<Vec<u64>, ShadowError> {
+        Ok(self.scan_points()?.0)
+    }
+
     /// Notes an object this store just installed, for the next point to sync.
     pub(crate) fn written(&self, id: &ObjectId, new: bool) {
         if !new {
