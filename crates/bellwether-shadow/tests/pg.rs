@@ -751,25 +751,33 @@ fn a_transactional_shadow_stores_its_wal_ahead_of_the_point_and_gc_keeps_it() {
     );
 
     // What a machine that stops before that sync can leave: the point's last object gone,
-    // the one before it written but not its content. The next start rebuilds both from
-    // `pg/wal` (the stream made those bytes durable before the point was committed).
+    // the one before it written but not its content. Both are rebuilt from `pg/wal` (the
+    // stream made those bytes durable before the point was committed): by a restore while
+    // no follower runs, and by the follower's next start.
     let before_tail = last.objects[last.objects.len() - 2];
-    std::fs::remove_file(&tail_path).unwrap();
     let torn = before_tail.id.path_in(sd.path());
-    std::fs::remove_file(&torn).unwrap();
-    std::fs::write(&torn, vec![0u8; before_tail.len as usize]).unwrap();
-    let err = PointStore::open(sd.path())
-        .unwrap()
-        .verify(true)
-        .expect_err("the damage is seen");
-    assert!(matches!(err, ShadowError::BadObject { .. }), "{err}");
-    let shadow = PgShadow::start(&o, &p).expect("the shadow starts again");
-    shadow.store().verify(true).expect("rebuilt from pg/wal");
-    drop(shadow);
+    let lose = || {
+        std::fs::remove_file(&tail_path).unwrap();
+        std::fs::remove_file(&torn).unwrap();
+        std::fs::write(&torn, vec![0u8; before_tail.len as usize]).unwrap();
+        let err = PointStore::open(sd.path())
+            .unwrap()
+            .verify(true)
+            .expect_err("the damage is seen");
+        assert!(matches!(err, ShadowError::BadObject { .. }), "{err}");
+    };
+    lose();
     assert_eq!(
         restore_beside(&cluster, sd.path(), Target::Point(point.id()), "rebuilt"),
         (1..=12010).collect::<Vec<_>>()
     );
+    PointStore::open(sd.path())
+        .unwrap()
+        .verify(true)
+        .expect("rebuilt by the restore");
+    lose();
+    let shadow = PgShadow::start(&o, &p).expect("the shadow starts again");
+    shadow.store().verify(true).expect("rebuilt by the start");
 }
 
 /// The pids of the `pg_receivewal` processes streaming into slot `slot`.

@@ -106,6 +106,22 @@ pub fn restore_with(
         .iter()
         .map(|id| store.lease(*id))
         .collect::<Result<Vec<_>, _>>()?;
+    if !store.writer_running() {
+        // A machine that stopped may have lost the unsynced WAL objects of the last points
+        // before the follower settled them; with no follower running to rebuild them at its
+        // start, the restore does, from `pg/wal` (a follower that starts meanwhile is told
+        // the shadow is busy for that moment).
+        let mut w = PointStore::open(&req.dir)?;
+        if w.take_writer_lock().is_ok() {
+            let n = super::shadow::repair_wal(&w)?;
+            if n > 0 {
+                tracing::info!(
+                    objects = n,
+                    "Rebuilt WAL objects a machine's stop had lost, from pg/wal."
+                );
+            }
+        }
+    }
     store.verify_point(&plan.point)?;
 
     let (live, owner) = match mode {

@@ -315,28 +315,7 @@ impl PointStore {
         if self.writer.is_some() {
             return Ok(());
         }
-        let path = self.dir.join("writer.lock");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(ShadowError::io(&path))?;
-        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                return Err(ShadowError::Busy {
-                    dir: self.dir.clone(),
-                    holder: format!("pid {}", holder.trim()),
-                });
-            }
-            Err(e) => return Err(ShadowError::io(&path)(e.into())),
-        }
-        let _ = f.set_len(0);
-        let _ = (&f).write_all_at_start(std::process::id().to_string().as_bytes());
-        self.writer = Some(f);
+        self.take_writer_lock()?;
         if self.meta.format < FORMAT {
             // What this writer stores may need this format to be read.
             let mut meta = self.meta.clone();
@@ -363,6 +342,38 @@ impl PointStore {
             // Copy-on-write points a follower committed but did not live to seal.
             self.seal_in_background(Vec::new());
         }
+        Ok(())
+    }
+
+    /// The writer lock alone, without what a follower does on taking it (format, `HEAD`,
+    /// pending seals): for a restore that repairs what a stopped machine lost while no
+    /// follower runs (`pg::shadow::repair_wal`).
+    pub(crate) fn take_writer_lock(&mut self) -> Result<(), ShadowError> {
+        if self.writer.is_some() {
+            return Ok(());
+        }
+        let path = self.dir.join("writer.lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(ShadowError::io(&path))?;
+        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(ShadowError::Busy {
+                    dir: self.dir.clone(),
+                    holder: format!("pid {}", holder.trim()),
+                });
+            }
+            Err(e) => return Err(ShadowError::io(&path)(e.into())),
+        }
+        let _ = f.set_len(0);
+        let _ = (&f).write_all_at_start(std::process::id().to_string().as_bytes());
+        self.writer = Some(f);
         Ok(())
     }
 
@@ -506,9 +517,11 @@ impl PointStore {
     /// and hashed).
     pub(crate) fn object_whole(&self, r: &ObjectRef) -> bool {
         let path = self.object_path(&r.id);
-        match std::fs::read(&path) {
-            Ok(b) if b.len() as u64 == r.len => ObjectId::of(&b) == r.id,
-            Ok(b) => (b.len() as u64) < r.len && b.starts_with(&objects::ZSTD_MAGIC),
+        match std::fs::metadata(&path) {
+            Ok(md) if md.len() == r.len => {
+                std::fs::read(&path).is_ok_and(|b| ObjectId::of(&b) == r.id)
+            }
+            Ok(md) => objects::is_compressed(&path, md.len(), r.len),
             Err(_) => false,
         }
     }
