@@ -903,21 +903,7 @@ fn under_pgbench_a_full_disk_a_killed_stream_and_corruption_lose_nothing_before_
     store.verify(true).expect("every point whole");
 
     // Everything acknowledged is in the shadow: `latest`, beside.
-    let dest = cluster.dir().join("latest");
-    let req = RestoreRequest {
-        dir: sd.clone(),
-        target: Target::Latest,
-        dest: dest.clone(),
-        elsewhere: true,
-    };
-    restore_with(
-        &req,
-        &RestoreMode::for_dest(&dest),
-        None,
-        Duration::from_secs(300),
-    )
-    .unwrap_or_else(|e| panic!("restore latest: {e}"));
-    let latest = with_copy(&cluster, &dest, ids);
+    let latest = restore_beside(&cluster, &sd, Target::Latest, "latest");
     let lost: Vec<_> = acked.iter().filter(|i| !latest.contains(i)).collect();
     assert!(lost.is_empty(), "acknowledged but not in latest: {lost:?}");
 

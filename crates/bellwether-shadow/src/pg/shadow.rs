@@ -457,19 +457,13 @@ impl PgShadow {
                 break;
             };
             if is_complete {
-                let (rest, n) = base::store_chunks(
-                    &self.store,
-                    &file,
-                    &complete,
+                let rest = self.store_chunks(
+                    (&file, &complete),
                     (known.len(), chunks_in),
                     u64::MAX,
                     put,
+                    (&mut stored, &mut new_bytes),
                 )?;
-                new_bytes += n;
-                stored.extend(rest.iter().copied());
-                if lazy {
-                    self.unsettled.extend(rest.iter().copied());
-                }
                 let mut objects = known;
                 objects.extend(rest);
                 self.wal_cache.insert(name, objects.clone());
@@ -480,19 +474,13 @@ impl PgShadow {
                 // Bytes of this segment the shadow has flushed.
                 let flushed = through.0.saturating_sub(segno.saturating_mul(seg)).min(seg);
                 let whole = (flushed as usize / base::CHUNK).min(chunks_in);
-                let (more, n) = base::store_chunks(
-                    &self.store,
-                    &file,
-                    &partial,
+                let more = self.store_chunks(
+                    (&file, &partial),
                     (known.len(), whole),
                     u64::MAX,
                     put,
+                    (&mut stored, &mut new_bytes),
                 )?;
-                new_bytes += n;
-                stored.extend(more.iter().copied());
-                if lazy {
-                    self.unsettled.extend(more.iter().copied());
-                }
                 let mut objects = known;
                 objects.extend(more);
                 // Only full chunks are final (a short read means the file is shorter).
@@ -508,31 +496,26 @@ impl PgShadow {
                     // than a segment; a restore pads it with the zeros the stream writes
                     // over (docs/shadow-postgres.md).
                     let mut objects = final_chunks;
-                    let (tail, n) = base::store_chunks(
-                        &self.store,
-                        &file,
-                        &partial,
+                    let tail = self.store_chunks(
+                        (&file, &partial),
                         (objects.len(), (flushed as usize).div_ceil(base::CHUNK)),
                         flushed,
                         Put::Unsynced,
+                        (&mut stored, &mut new_bytes),
                     )?;
-                    new_bytes += n;
-                    self.unsettled.extend(tail.iter().copied());
                     objects.extend(tail);
                     entries.push(entry(rel, objects));
                 } else if point {
                     let size = file.metadata().map_err(ShadowError::io(&partial))?.len();
                     let upto = (size as usize).div_ceil(base::CHUNK);
                     let tail = (flushed as usize).div_ceil(base::CHUNK).min(upto);
-                    let (more, n) = base::store_chunks(
-                        &self.store,
-                        &file,
-                        &partial,
+                    let more = self.store_chunks(
+                        (&file, &partial),
                         (objects.len(), tail),
                         u64::MAX,
                         Put::Fast,
+                        (&mut stored, &mut new_bytes),
                     )?;
-                    new_bytes += n;
                     objects.extend(more);
                     let mut at = objects.iter().map(|o| o.len).sum::<u64>();
                     let mut zeros: Option<ObjectRef> = None;
@@ -551,6 +534,26 @@ impl PgShadow {
             }
         }
         Ok((entries, new_bytes, stored))
+    }
+
+    /// [`base::store_chunks`] for [`PgShadow::store_wal`]: counts the objects in `stored`
+    /// and their new bytes in `new_bytes`, and notes those stored unsynced for the next
+    /// sync to settle ([`PgShadow::settle_wal`]).
+    fn store_chunks(
+        &mut self,
+        (file, path): (&std::fs::File, &Path),
+        range: (usize, usize),
+        end: u64,
+        put: Put,
+        (stored, new_bytes): (&mut Vec<ObjectRef>, &mut u64),
+    ) -> Result<Vec<ObjectRef>, ShadowError> {
+        let (objects, n) = base::store_chunks(&self.store, file, path, range, end, put)?;
+        *new_bytes += n;
+        stored.extend(objects.iter().copied());
+        if put == Put::Unsynced {
+            self.unsettled.extend(objects.iter().copied());
+        }
+        Ok(objects)
     }
 
     /// Makes the WAL objects the points since the last sync stored unsynced durable
