@@ -275,12 +275,6 @@ pub struct DirShadow {
     pub last_walk: Option<WalkStats>,
 }
 
-/// The absolute, canonical path of a directory, as `shadow.json` records it (a path not
-/// made yet: its longest existing ancestor's, with the rest joined on).
-fn canonical(p: &Path) -> PathBuf {
-    super::resolve(p)
-}
-
 fn source_error(path: &Path, e: DirError) -> ShadowError {
     match e {
         DirError::Io { path, source, .. } => ShadowError::Io { path, source },
@@ -313,7 +307,7 @@ impl DirShadow {
         // The walk refuses a link or a file as the root; say so before creating anything.
         let fd = super::walk::open_root(src).map_err(|e| source_error(src, e))?;
         drop(fd);
-        let root = canonical(src);
+        let root = super::resolve(src);
         check_shadow_outside(&root, &opts.dir).map_err(|e| source_error(&root, e))?;
         let mut store = PointStore::create(
             &opts.dir,
@@ -534,7 +528,7 @@ pub fn tree_from_manifest(m: &Manifest) -> Result<Tree, String> {
 pub fn restore(req: &RestoreRequest) -> Result<RestoreReport, ShadowError> {
     let started = Instant::now();
     let store = PointStore::open(&req.dir)?;
-    let dest = canonical(&req.dest);
+    let dest = super::resolve(&req.dest);
     let meta = store.meta();
     if meta.kind != ResourceKind::Dir
         || (!req.elsewhere && meta.source != dest.display().to_string())

@@ -156,6 +156,10 @@ const REPAIR_POINTS: usize = 16;
 /// and stored, synced. One that `pg/wal` no longer holds is named in a warning (and by
 /// `shadow verify`). Returns how many were rebuilt.
 pub(crate) fn repair_wal(store: &PointStore) -> Result<usize, ShadowError> {
+    if store.meta().shadow_type != ShadowType::Transactional {
+        // Only a transactional point leaves objects unsynced; the others sync every one.
+        return Ok(0);
+    }
     let wal = pg_dir(store.dir()).join("wal");
     let seqs = store.point_seqs()?;
     let mut checked = std::collections::HashSet::new();
