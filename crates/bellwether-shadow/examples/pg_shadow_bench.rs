@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use bellwether_pg::testing::{TestCluster, TestClusterOptions};
 use bellwether_shadow::pg::{restore_with, PgOptions, PgShadow, RestoreMode};
 use bellwether_shadow::point::loopfs::{CowFs, LoopFs};
-use bellwether_shadow::point::{Reason, Retention, Shadow, ShadowOptions, Source};
+use bellwether_shadow::point::{PointStore, Reason, Retention, Shadow, ShadowOptions, Source};
 use bellwether_shadow::{RestoreRequest, ShadowType, Target};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -204,9 +204,7 @@ fn space(
         let held = dir_size(sd.path());
         let in_objects = dir_size(&sd.path().join("objects"));
         let in_wal = dir_size(&sd.path().join("pg").join("wal"));
-        if std::env::var_os("BW_BENCH_KEEP").is_some() {
-            println!("kept: {}", sd.keep().display());
-        }
+        let keep = std::env::var_os("BW_BENCH_KEEP").is_some();
         let used = bellwether_shadow::point::loopfs::blocks_in_use(&root)
             .expect("statvfs")
             .saturating_sub(used_before);
@@ -229,6 +227,38 @@ fn space(
             times[times.len() / 2],
             times[times.len() - 1],
         );
+        // What a restore of the base point and of the last point costs (beside the cluster:
+        // written, verified by starting it, left there and removed).
+        let points = PointStore::open(sd.path())
+            .and_then(|s| s.points())
+            .expect("points");
+        for (label, m) in [("base", &points[0]), ("last", &points[points.len() - 1])] {
+            let dest = cluster.dir().join(format!("bw-restored-{ty}-{label}"));
+            let req = RestoreRequest {
+                dir: sd.path().to_path_buf(),
+                target: Target::Point(m.id()),
+                dest: dest.clone(),
+                elsewhere: true,
+            };
+            let t = Instant::now();
+            let report = restore_with(
+                &req,
+                &RestoreMode::for_dest(&dest),
+                None,
+                Duration::from_secs(600),
+            )
+            .expect("restore");
+            println!(
+                "space ({ty}): restore of the {label} point {} beside the cluster: {:.2} s ({:.1} MiB written)",
+                m.id(),
+                t.elapsed().as_secs_f64(),
+                mib(report.bytes)
+            );
+            let _ = std::fs::remove_dir_all(&dest);
+        }
+        if keep {
+            println!("kept: {}", sd.keep().display());
+        }
     }
 }
 

@@ -205,6 +205,9 @@ pub fn apply(old: &[u8], patch: &[u8], limit: usize) -> Result<Vec<u8>, PatchErr
 
 const CHUNK_MAGIC: &[u8; 8] = b"BWCHDLT1";
 const CHUNK_MAGIC2: &[u8; 8] = b"BWCHDLT2";
+/// Format 3: format 2's header, and a body that is a zstd frame compressed with the reference
+/// as its prefix (so bytes that moved within the chunk are matched where they went).
+const CHUNK_MAGIC3: &[u8; 8] = b"BWCHDLT3";
 /// The length of a format 1 header.
 pub const CHUNK_HEADER: usize = 8 + 1 + 32 + 4 + 8;
 /// The length of one base in a format 2 header, and of the header before the bases.
@@ -233,6 +236,55 @@ pub struct ChunkPatch {
     pub depth: u8,
     pub bases: Vec<ChunkBase>,
     pub body: usize,
+    /// The body is a zstd frame against the reference (format 3), not ranges.
+    pub zstd: bool,
+}
+
+/// How a patched chunk's body says what changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchKind {
+    /// The ranges that differ at the same place ([`diff`]): an edit in place, as in the
+    /// directory kind's files, where the chunking already follows moved bytes.
+    Ranges,
+    /// A zstd frame compressed with the reference as its prefix ([`zstd_patch`]): bytes that
+    /// moved within the chunk (a PostgreSQL page whose tuples were compacted) cost a match,
+    /// and new bytes are compressed.
+    Zstd,
+}
+
+/// The zstd frame of `new` compressed (level 3) with `reference` as its prefix.
+pub fn zstd_patch(reference: &[u8], new: &[u8]) -> io::Result<Vec<u8>> {
+    use std::io::Write;
+    use zstd::stream::raw::{CParameter, Encoder};
+    let mut raw = Encoder::with_ref_prefix(3, reference)?;
+    // A window over the prefix and the chunk both (at most 1 MiB each).
+    let log = (reference.len() + new.len())
+        .max(1 << 10)
+        .next_power_of_two()
+        .trailing_zeros();
+    raw.set_parameter(CParameter::WindowLog(log.max(10)))?;
+    raw.set_parameter(CParameter::ChecksumFlag(false))?;
+    let mut enc =
+        zstd::stream::write::Encoder::with_encoder(Vec::with_capacity(new.len() / 8), raw);
+    enc.write_all(new)?;
+    enc.finish()
+}
+
+/// The chunk a [`zstd_patch`] body rebuilds from `reference`, at most `limit` bytes.
+pub fn zstd_apply(reference: &[u8], body: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    let mut d = zstd::stream::read::Decoder::with_ref_prefix(body, reference)
+        .map_err(|e| format!("its zstd frame cannot be read: {e}"))?;
+    d.window_log_max(31)
+        .map_err(|e| format!("its zstd frame cannot be read: {e}"))?;
+    let mut out = Vec::with_capacity(limit);
+    (&mut d)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("its zstd frame does not decompress: {e}"))?;
+    if out.len() > limit {
+        return Err(format!("its zstd frame holds more than {limit} bytes"));
+    }
+    Ok(out)
 }
 
 /// `len` bytes of `base` as seen from a chunk starting `shift` bytes after it (zeros where
@@ -292,9 +344,19 @@ pub fn chunk_object(base: &ObjectRef, base_depth: u8, shift: i64, patch: &[u8]) 
 /// The object bytes of a chunk stored in format 2, as `patch` against the reference of
 /// `bases` (1 to [`MAX_BASES`] of them); `depth` is the other objects its rebuild reads.
 pub fn chunk_object2(depth: u8, bases: &[ChunkBase], patch: &[u8]) -> Vec<u8> {
+    chunk_object_with(CHUNK_MAGIC2, depth, bases, patch)
+}
+
+/// The object bytes of a chunk stored in format 3: format 2's header, then `body`, a
+/// [`zstd_patch`] against the reference of `bases`.
+pub fn chunk_object3(depth: u8, bases: &[ChunkBase], body: &[u8]) -> Vec<u8> {
+    chunk_object_with(CHUNK_MAGIC3, depth, bases, body)
+}
+
+fn chunk_object_with(magic: &[u8; 8], depth: u8, bases: &[ChunkBase], patch: &[u8]) -> Vec<u8> {
     debug_assert!((1..=MAX_BASES).contains(&bases.len()));
     let mut b = Vec::with_capacity(HEADER2 + bases.len() * BASE_ENTRY + patch.len());
-    b.extend_from_slice(CHUNK_MAGIC2);
+    b.extend_from_slice(magic);
     b.push(depth);
     b.push(bases.len() as u8);
     for e in bases {
@@ -340,11 +402,13 @@ pub fn chunk_patch(b: &[u8]) -> Option<ChunkPatch> {
                 to: u32::MAX,
             }],
             body: CHUNK_HEADER,
+            zstd: false,
         });
     }
-    if b.len() < HEADER2 || &b[..8] != CHUNK_MAGIC2 {
+    if b.len() < HEADER2 || (&b[..8] != CHUNK_MAGIC2 && &b[..8] != CHUNK_MAGIC3) {
         return None;
     }
+    let zstd = &b[..8] == CHUNK_MAGIC3;
     let (depth, n) = (b[8], usize::from(b[9]));
     if !(1..=CHUNK_CHAIN).contains(&depth) || n == 0 || n > MAX_BASES {
         return None;
@@ -362,10 +426,12 @@ pub fn chunk_patch(b: &[u8]) -> Option<ChunkPatch> {
             to: be_u32(&e[48..52]),
         })
         .collect::<Vec<_>>();
-    bases
-        .iter()
-        .all(|e| e.from <= e.to)
-        .then_some(ChunkPatch { depth, bases, body })
+    bases.iter().all(|e| e.from <= e.to).then_some(ChunkPatch {
+        depth,
+        bases,
+        body,
+        zstd,
+    })
 }
 
 fn read_header(dir: &Path, id: &ObjectId) -> io::Result<(u64, Vec<u8>)> {
@@ -380,10 +446,27 @@ fn read_header(dir: &Path, id: &ObjectId) -> io::Result<(u64, Vec<u8>)> {
 /// `Some(Some(header))` when patched, `None` when it is missing or neither.
 pub fn stored_patch(dir: &Path, r: &ObjectRef) -> Option<Option<ChunkPatch>> {
     let (len, head) = read_header(dir, &r.id).ok()?;
-    if len == r.len {
+    if len == r.len || compressed(len, r.len, &head) {
         return Some(None);
     }
     chunk_patch(&head).filter(|_| len < r.len).map(Some)
+}
+
+/// Whether an object of `stored_len` bytes whose content is `len` bytes, starting `head`,
+/// is stored compressed: whole, not a patch (a PostgreSQL object; a patch is never
+/// compressed, so its header is read in place).
+fn compressed(stored_len: u64, len: u64, head: &[u8]) -> bool {
+    stored_len < len && head.starts_with(&crate::point::objects::ZSTD_MAGIC)
+}
+
+/// Whether the object `r`, open as `f`, is stored as a patch (shorter than its content and
+/// starting with a patch's magic): it must be rebuilt, not cloned or copied.
+pub fn is_patched_file(f: &std::fs::File, r: &ObjectRef) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; 8];
+    f.metadata().is_ok_and(|md| md.len() < r.len)
+        && f.read_exact_at(&mut head, 0).is_ok()
+        && (&head == CHUNK_MAGIC || &head == CHUNK_MAGIC2 || &head == CHUNK_MAGIC3)
 }
 
 /// The depth of the chunk `r` as stored (the other objects its rebuild reads): 0 whole,
@@ -419,7 +502,13 @@ pub fn patched_chunk_present(dir: &Path, r: &ObjectRef, stored_len: u64) -> bool
         match std::fs::metadata(b.id.path_in(dir)) {
             Ok(m) if m.len() == b.len => {}
             Ok(m) if m.len() < b.len => {
-                match read_header(dir, &b.id).ok().and_then(|h| chunk_patch(&h.1)) {
+                let Ok((_, h)) = read_header(dir, &b.id) else {
+                    return false;
+                };
+                if compressed(m.len(), b.len, &h) {
+                    continue;
+                }
+                match chunk_patch(&h) {
                     Some(bp) => todo.extend(bp.bases.iter().map(|x| x.base)),
                     None => return false,
                 }
@@ -524,6 +613,9 @@ fn rebuild(
         }
         let base_stored = std::fs::read(b.base.id.path_in(dir))
             .map_err(|e| format!("its base chunk {} cannot be read: {e}", b.base.id))?;
+        // A base stored compressed (a PostgreSQL chunk) is whole once decompressed.
+        let base_stored = crate::point::objects::decode(base_stored, b.base.len)
+            .map_err(|e| format!("its base chunk {}: {e}", b.base.id))?;
         let base =
             match chunk_patch(&base_stored).filter(|_| (base_stored.len() as u64) < b.base.len) {
                 Some(bp) => rebuild(dir, &b.base, &base_stored, &bp, limit, done)
@@ -540,12 +632,14 @@ fn rebuild(
         .iter()
         .map(|b| (*b, &done.bytes[&b.base.id][..]))
         .collect();
-    let out = apply(
-        &reference(r.len as usize, &layers),
-        &stored[p.body..],
-        r.len as usize,
-    )
-    .map_err(|e| format!("its patch is damaged: {e}"))?;
+    let reference = reference(r.len as usize, &layers);
+    let out = if p.zstd {
+        zstd_apply(&reference, &stored[p.body..], r.len as usize)
+            .map_err(|e| format!("its patch is damaged: {e}"))?
+    } else {
+        apply(&reference, &stored[p.body..], r.len as usize)
+            .map_err(|e| format!("its patch is damaged: {e}"))?
+    };
     if out.len() as u64 != r.len || Sha256::digest(&out).as_slice() != r.id.0 {
         return Err("its patch does not rebuild the chunk's bytes".into());
     }
@@ -586,6 +680,35 @@ mod tests {
         new[40] = 1;
         // new_len, then (10, 4, 4 bytes) and (26, 1, 1 byte).
         assert_eq!(diff(&old, &new).len(), 1 + 2 + 4 + 2 + 1);
+    }
+
+    #[test]
+    fn a_moved_row_costs_a_match_in_a_zstd_patch() {
+        // 8 KiB of incompressible bytes whose rows were compacted: every byte after the first
+        // removed row moved 100 bytes down. A patch of ranges pays for every moved byte;
+        // a zstd patch against the old page pays for the matches.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let old: Vec<u8> = (0..8192)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut new = old.clone();
+        new.drain(1000..1100);
+        new.extend_from_slice(&[0u8; 100]);
+        let ranges = diff(&old, &new);
+        let z = zstd_patch(&old, &new).unwrap();
+        assert!(ranges.len() > 7000, "{}", ranges.len());
+        assert!(z.len() < 200, "{}", z.len());
+        assert_eq!(zstd_apply(&old, &z, new.len()).unwrap(), new);
+        // Against another reference, the frame does not rebuild the chunk.
+        assert_ne!(
+            zstd_apply(&new, &z, new.len()).ok().as_deref(),
+            Some(&new[..])
+        );
     }
 
     #[test]
@@ -686,6 +809,7 @@ mod tests {
                 depth: depth + 1,
                 bases: vec![ChunkBase { base, shift, from: 0, to: u32::MAX }],
                 body: CHUNK_HEADER,
+                zstd: false,
             });
             if (obj.len() as u64) < r.len {
                 // As the store reads it: rebuilt from its base and checked.
@@ -750,6 +874,61 @@ mod tests {
                 let e = chunk_bytes(t.path(), &r, obj).unwrap_err();
                 prop_assert!(e.contains("base chunk"), "{}", e);
             }
+        }
+
+        #[test]
+        fn any_chunk_stored_as_a_zstd_patch_rebuilds_exactly_from_a_compressed_base(
+            old in proptest::collection::vec(any::<u8>(), 1..6000),
+            moves in proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), 1usize..300), 0..6),
+            fresh in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let t = tempfile::tempdir().unwrap();
+            // The new chunk: ranges of the old one moved elsewhere, and some new bytes.
+            let mut new = old.clone();
+            for (from, to, n) in &moves {
+                let from = from.index(old.len());
+                let n = (*n).min(old.len() - from);
+                let to = to.index(new.len());
+                let piece = old[from..from + n].to_vec();
+                new.splice(to..to, piece);
+            }
+            new.extend_from_slice(&fresh);
+            // The base stored compressed, as a PostgreSQL chunk is.
+            let base = ObjectRef { id: ObjectId::of(&old), len: old.len() as u64 };
+            let p = base.id.path_in(t.path());
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            let packed = zstd::bulk::compress(&old, 3).unwrap();
+            let compressed = packed.len() < old.len();
+            std::fs::write(&p, if compressed { &packed[..] } else { &old[..] }).unwrap();
+            let b = ChunkBase { base, shift: 0, from: 0, to: new.len().min(old.len()) as u32 };
+            let body = zstd_patch(&reference(new.len(), &[(b, &old[..])]), &new).unwrap();
+            let obj = chunk_object3(1, &[b], &body);
+            let header = chunk_patch(&obj).unwrap();
+            prop_assert!(header.zstd);
+            prop_assert_eq!(&header.bases, &vec![b]);
+            let r = ObjectRef { id: ObjectId::of(&new), len: new.len() as u64 };
+            if (obj.len() as u64) < r.len {
+                prop_assert_eq!(chunk_bytes(t.path(), &r, obj.clone()).unwrap(), new.clone());
+                let f = r.id.path_in(t.path());
+                std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+                std::fs::write(&f, &obj).unwrap();
+                prop_assert!(is_patched_file(&std::fs::File::open(&f).unwrap(), &r));
+                prop_assert!(patched_chunk_present(t.path(), &r, obj.len() as u64));
+                prop_assert_eq!(stored_patch(t.path(), &base), Some(None));
+                // A damaged body is refused, never returned as the chunk.
+                let mut bad = obj.clone();
+                let last = bad.len() - 1;
+                bad[last] ^= 0x55;
+                prop_assert!(chunk_bytes(t.path(), &r, bad).is_err());
+            }
+        }
+
+        #[test]
+        fn zstd_apply_never_panics(old in proptest::collection::vec(any::<u8>(), 0..64), body in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let mut framed = vec![0x28, 0xb5, 0x2f, 0xfd];
+            framed.extend_from_slice(&body);
+            let _ = zstd_apply(&old, &body, 1 << 16);
+            let _ = zstd_apply(&old, &framed, 1 << 16);
         }
 
         #[test]

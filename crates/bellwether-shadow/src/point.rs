@@ -39,6 +39,7 @@ mod clone;
 mod log;
 pub mod loopfs;
 pub(crate) mod objects;
+mod patch;
 mod retention;
 mod store;
 
@@ -71,7 +72,10 @@ pub use time::{TimeError, Timestamp};
 /// 3: a PostgreSQL point's last WAL segment may be shorter than a segment (the WAL through
 /// the point, no zeros after it); a restore pads it (a Bellwether that reads only 2 would
 /// give recovery a segment of the wrong size).
-pub const FORMAT: u32 = 3;
+/// 4: a chunk may be stored as a format 3 patch (a zstd frame against its base, `BWCHDLT3`),
+/// and a PostgreSQL base backup's chunks as patches against the last backup's (a Bellwether
+/// that reads only 3 would take them for damaged).
+pub const FORMAT: u32 = 4;
 /// The oldest format this build reads: 1, every object stored as its content.
 pub const OLDEST_FORMAT: u32 = 1;
 

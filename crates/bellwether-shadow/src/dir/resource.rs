@@ -80,29 +80,18 @@ impl ObjectStore for PointStore {
     }
 
     fn put_over(&self, id: &str, bytes: &[u8], old: &[(&ChunkRef, i64)]) -> io::Result<u64> {
-        let oid: ObjectId = id.parse().map_err(io::Error::other)?;
-        if self.has_object(&oid) {
-            return Ok(0);
-        }
-        if let Some(stored) = patch_over(self, old, bytes) {
-            let r = ObjectRef {
-                id: oid,
-                len: bytes.len() as u64,
-            };
-            debug_assert_eq!(
-                crate::delta::chunk_bytes(self.dir(), &r, stored.clone())
-                    .ok()
-                    .as_deref(),
-                Some(bytes)
-            );
-            let t = self.temp_path();
-            std::fs::write(&t, &stored)
-                .and_then(|()| crate::point::objects::install(&t, &self.object_path(&oid)))
-                .inspect_err(|_| {
-                    let _ = std::fs::remove_file(&t);
-                })?;
-            self.written(&oid, true);
-            return Ok(stored.len() as u64);
+        let r = ObjectRef {
+            id: id.parse().map_err(io::Error::other)?,
+            len: bytes.len() as u64,
+        };
+        let how = (
+            crate::delta::PatchKind::Ranges,
+            usize::from(crate::delta::CHUNK_CHAIN),
+        );
+        match self.put_patched(&r, bytes, bases_over(old, bytes.len()), how) {
+            Ok(Some(stored)) => return Ok(stored),
+            Ok(None) => {}
+            Err(e) => return Err(io::Error::other(e)),
         }
         Ok(if self.put(id, bytes)? {
             bytes.len() as u64
@@ -112,27 +101,17 @@ impl ObjectStore for PointStore {
     }
 }
 
-/// The object of a new chunk stored as a patch (format 2 of [`crate::delta`]) against the
-/// chunks of the file's previous version it overlaps (`old`: each with the new chunk's offset
-/// in the file minus its own), when that is worth it; `None` stores it whole.
-///
-/// Each old chunk is a base over the range of the new chunk it overlaps, so the reference is
-/// the old file's bytes at the new chunk's place. The bases' reads must stay within
-/// [`crate::delta::CHUNK_CHAIN`] (the objects a rebuild reads, each counted once): while they
-/// do not, the base that reads most is replaced by its own bases over the same range (the
-/// patch then also carries what that base changed there), and when every base is a whole
-/// chunk and there are still too many, the narrowest is left out (its bytes go into the
-/// patch).
-fn patch_over(store: &PointStore, old: &[(&ChunkRef, i64)], bytes: &[u8]) -> Option<Vec<u8>> {
-    use crate::delta::{ChunkBase, ChunkPatch, CHUNK_CHAIN};
-    use std::collections::{HashMap, HashSet};
-    let len = bytes.len() as i64;
-    let mut bases: Vec<ChunkBase> = old
-        .iter()
+/// The bases of a new chunk of `len` bytes patched against the chunks of the file's previous
+/// version it overlaps (`old`: each with the new chunk's offset in the file minus its own):
+/// each old chunk is a base over the range of the new chunk it overlaps, so the reference is
+/// the old file's bytes at the new chunk's place ([`PointStore::patch_against`]).
+fn bases_over(old: &[(&ChunkRef, i64)], len: usize) -> Vec<crate::delta::ChunkBase> {
+    let len = len as i64;
+    old.iter()
         .filter_map(|(c, shift)| {
             let from = shift.checked_neg()?.clamp(0, len);
             let to = i64::from(c.len).checked_sub(*shift)?.clamp(0, len);
-            (from < to).then_some(ChunkBase {
+            (from < to).then_some(crate::delta::ChunkBase {
                 base: ObjectRef {
                     id: c.id.parse().ok()?,
                     len: u64::from(c.len),
@@ -142,119 +121,7 @@ fn patch_over(store: &PointStore, old: &[(&ChunkRef, i64)], bytes: &[u8]) -> Opt
                 to: to as u32,
             })
         })
-        .collect();
-    // How each base is stored (None: missing, so left out), and the other objects its
-    // rebuild reads.
-    type Stored = Option<(Option<ChunkPatch>, HashSet<ObjectId>)>;
-    let mut headers: HashMap<ObjectId, Stored> = HashMap::new();
-    let limit = usize::from(CHUNK_CHAIN);
-    let mut header = |r: &ObjectRef| -> Stored {
-        headers
-            .entry(r.id)
-            .or_insert_with(|| {
-                let p = crate::delta::stored_patch(store.dir(), r)?;
-                let reads = p
-                    .as_ref()
-                    .map(|p| crate::delta::objects_read(store.dir(), p, limit))
-                    .unwrap_or_default();
-                Some((p, reads))
-            })
-            .clone()
-    };
-    let mut rounds = 0;
-    let depth = loop {
-        // Each round moves a base down its chain or leaves one out; a damaged store whose
-        // patches form a loop must not keep this going.
-        rounds += 1;
-        if rounds > 64 {
-            return None;
-        }
-        bases.retain(|b| header(&b.base).is_some());
-        // Neighbouring ranges of one base at one shift are one range.
-        bases.dedup_by(|b, a| {
-            let one = a.base == b.base && a.shift == b.shift && a.to == b.from;
-            if one {
-                a.to = b.to;
-            }
-            one
-        });
-        // The objects a rebuild reads: every base and what it reads, each once.
-        let mut reads = HashSet::new();
-        let mut own = Vec::with_capacity(bases.len());
-        for b in &bases {
-            let (_, r) = header(&b.base).unwrap_or_default();
-            reads.insert(b.base.id);
-            own.push(r.len());
-            reads.extend(r);
-        }
-        if reads.len() <= limit && bases.len() <= crate::delta::MAX_BASES {
-            break reads.len();
-        }
-        // The base that reads most is replaced by its own bases.
-        let deepest = (0..bases.len())
-            .filter(|i| own[*i] > 0)
-            .max_by_key(|i| (own[*i], std::cmp::Reverse(*i)));
-        match deepest {
-            Some(i) => {
-                let b = bases.remove(i);
-                let Some((Some(p), _)) = header(&b.base) else {
-                    return None;
-                };
-                // Byte i of the new chunk is byte i + b.shift of the base, whose reference
-                // byte k is byte k + sub.shift of the sub-base.
-                let subs = p.bases.iter().filter_map(|sub| {
-                    let from = i64::from(b.from).max(i64::from(sub.from) - b.shift);
-                    let to = i64::from(b.to).min(i64::from(sub.to) - b.shift);
-                    (from < to).then_some(ChunkBase {
-                        base: sub.base,
-                        shift: b.shift.checked_add(sub.shift)?,
-                        from: from as u32,
-                        to: to as u32,
-                    })
-                });
-                let subs: Vec<ChunkBase> = subs.collect();
-                bases.splice(i..i, subs);
-            }
-            None => {
-                let narrowest = (0..bases.len()).min_by_key(|i| bases[*i].to - bases[*i].from)?;
-                bases.remove(narrowest);
-            }
-        }
-    };
-    if bases.is_empty() {
-        return None;
-    }
-    let mut loaded = HashMap::new();
-    let patch = patch_from(store, &mut loaded, &bases, bytes)?;
-    let object = crate::delta::chunk_object2(u8::try_from(depth).ok()?, &bases, &patch);
-    crate::delta::worth_a_patch(object.len(), bytes.len()).then_some(object)
-}
-
-/// The patch of `bytes` against the reference of `bases` (their bytes read once, `loaded`).
-fn patch_from(
-    store: &PointStore,
-    loaded: &mut std::collections::HashMap<ObjectId, Vec<u8>>,
-    bases: &[crate::delta::ChunkBase],
-    bytes: &[u8],
-) -> Option<Vec<u8>> {
-    for b in bases {
-        if loaded.contains_key(&b.base.id) {
-            continue;
-        }
-        let v = store.get(&b.base.id.hex()).ok()?;
-        if v.len() as u64 != b.base.len || ObjectId::of(&v) != b.base.id {
-            return None;
-        }
-        loaded.insert(b.base.id, v);
-    }
-    let layers: Vec<(crate::delta::ChunkBase, &[u8])> = bases
-        .iter()
-        .map(|b| (*b, &loaded[&b.base.id][..]))
-        .collect();
-    Some(crate::delta::diff(
-        &crate::delta::reference(bytes.len(), &layers),
-        bytes,
-    ))
+        .collect()
 }
 
 /// `dir-index.json`: the last point's walk, for change detection.

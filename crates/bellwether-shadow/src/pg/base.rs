@@ -103,10 +103,14 @@ pub(crate) fn manifest_range(bytes: &[u8]) -> Result<(u32, Lsn, Lsn), String> {
 /// Takes the tree under `root` into the store as entries under `prefix` (`""` for the data
 /// directory's root). Files are read into objects, and removed as they are when `adopt`
 /// (the tree is the store's temporary). Returns the entries (sorted by path) and the bytes newly stored.
+///
+/// `previous` (a path's objects in the previous base backup) lets a file's changed chunks be
+/// stored as patches against the chunk at the same place in that backup ([`Previous`]).
 pub(crate) fn store_tree(
     store: &PointStore,
     root: &Path,
     adopt: bool,
+    previous: &Previous,
 ) -> Result<(Vec<Entry>, u64), ShadowError> {
     let mut entries = Vec::new();
     let mut new_bytes = 0;
@@ -148,13 +152,91 @@ pub(crate) fn store_tree(
                 objects: Vec::new(),
             });
         } else {
-            let (entry, n) = store_file(store, &path, rel, mode, adopt)?;
+            let prev = previous.objects_of(&rel);
+            let (entry, n) = store_file(store, &path, rel, mode, adopt, prev)?;
             new_bytes += n;
             entries.push(entry);
         }
     }
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     Ok((entries, new_bytes))
+}
+
+/// The previous base backup's files, by path: a new base backup's chunk that changed is
+/// stored as a patch against the chunk at the same place of the same file there
+/// ([`PointStore::put_patched`]), where a page or a row changed but not the rest (the 1 MiB
+/// chunk of a relation file holds 128 pages; an update changes a few hundred bytes of one).
+/// A PostgreSQL full point is a new base backup each time, so this is what keeps it near the
+/// bytes that changed rather than the chunks they fell in.
+#[derive(Debug, Default)]
+pub(crate) struct Previous(std::collections::HashMap<String, Vec<ObjectRef>>);
+
+impl Previous {
+    /// The files of a base point's entries (its WAL staged for recovery left out).
+    pub(crate) fn of(entries: &[Entry]) -> Previous {
+        Previous(
+            entries
+                .iter()
+                .filter(|e| matches!(e.kind, EntryKind::File))
+                .filter(|e| !e.path.starts_with(super::shadow::WAL_PREFIX))
+                .map(|e| (e.path.clone(), e.objects.clone()))
+                .collect(),
+        )
+    }
+
+    fn objects_of(&self, path: &str) -> &[ObjectRef] {
+        self.0.get(path).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Where [`clear_before`] keeps a segment's bytes: from multiples of this (every WAL block
+/// size PostgreSQL can be built with divides it, so the block holding the backup's start is
+/// kept whole).
+const KEEP_ALIGN: u64 = 64 << 10;
+
+/// Zeroes what a base backup's WAL holds from before the backup began: `pg_basebackup -X
+/// stream` streams from the start of the segment that holds the backup's start, so its first
+/// segment carries up to a segment of earlier WAL (mostly full-page images after a
+/// checkpoint) that neither recovery nor `pg_verifybackup` reads: both start at the backup's
+/// start (`START WAL LOCATION`). The segment's first block is kept (a reader checks its long
+/// header whenever it opens the segment), and everything from the block that holds the
+/// start on. Zeros are stored once ([`zero_chunk`]), so a full point no longer stores that
+/// earlier WAL again each time.
+pub(crate) fn clear_before(root: &Path, start: Lsn, seg: u64) -> Result<(), ShadowError> {
+    use std::os::unix::fs::FileExt;
+    let wal = root.join("pg_wal");
+    let keep_from = start.0 - start.0 % KEEP_ALIGN;
+    let entries = match std::fs::read_dir(&wal) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ShadowError::io(&wal)(e)),
+    };
+    for e in entries {
+        let e = e.map_err(ShadowError::io(&wal))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(s) = super::lsn::SegmentName::parse(&name, seg) else {
+            continue;
+        };
+        let begins = s.segno * seg;
+        if begins + KEEP_ALIGN >= keep_from {
+            continue;
+        }
+        let path = e.path();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(ShadowError::io(&path))?;
+        let upto = (keep_from - begins).min(seg);
+        let zeros = vec![0u8; CHUNK];
+        let mut at = KEEP_ALIGN;
+        while at < upto {
+            let n = (upto - at).min(CHUNK as u64) as usize;
+            f.write_all_at(&zeros[..n], at)
+                .map_err(ShadowError::io(&path))?;
+            at += n as u64;
+        }
+    }
+    Ok(())
 }
 
 /// How [`store_chunks`] stores a chunk.
@@ -174,6 +256,9 @@ pub(crate) enum Put {
 /// first), as `put` says. Returns their objects and the bytes new to the store. Reads by
 /// offset, so the file may be renamed meanwhile (`pg_receivewal` renames `NAME.partial` to
 /// `NAME` once it is complete).
+///
+/// A chunk `i` that `previous[i]` names differently is stored as a patch against it where
+/// that is worth it ([`Previous`]).
 pub(crate) fn store_chunks(
     store: &PointStore,
     f: &std::fs::File,
@@ -181,6 +266,7 @@ pub(crate) fn store_chunks(
     (from, upto): (usize, usize),
     end: u64,
     put: Put,
+    previous: &[ObjectRef],
 ) -> Result<(Vec<ObjectRef>, u64), ShadowError> {
     use std::os::unix::fs::FileExt;
     let mut objects = Vec::new();
@@ -203,6 +289,16 @@ pub(crate) fn store_chunks(
         }
         if n == 0 {
             break;
+        }
+        if let Some(prev) = previous.get(i) {
+            if let Some((r, stored)) = put_against(store, &buf[..n], prev)? {
+                new_bytes += stored;
+                objects.push(r);
+                if n < CHUNK {
+                    break;
+                }
+                continue;
+            }
         }
         let (r, new) = match put {
             Put::Unsynced => store.put_object_unsynced(&buf[..n])?,
@@ -265,6 +361,7 @@ pub(crate) fn store_file(
     rel: String,
     mode: u32,
     adopt: bool,
+    previous: &[ObjectRef],
 ) -> Result<(Entry, u64), ShadowError> {
     let size = std::fs::metadata(path)
         .map_err(ShadowError::io(path))?
@@ -274,7 +371,17 @@ pub(crate) fn store_file(
     if size as usize <= CHUNK {
         // Read whole and stored compressed (a catalog, a small relation, a label).
         let bytes = std::fs::read(path).map_err(ShadowError::io(path))?;
-        let (r, new) = store.put_object_compressed(&bytes)?;
+        let patched = match previous.first() {
+            Some(prev) => put_against(store, &bytes, prev)?,
+            None => None,
+        };
+        let (r, new) = match patched {
+            Some((r, stored)) => {
+                new_bytes += stored;
+                (r, false)
+            }
+            None => store.put_object_compressed(&bytes)?,
+        };
         if adopt {
             std::fs::remove_file(path).map_err(ShadowError::io(path))?;
         }
@@ -284,7 +391,15 @@ pub(crate) fn store_file(
         objects.push(r);
     } else {
         let f = std::fs::File::open(path).map_err(ShadowError::io(path))?;
-        let (o, n) = store_chunks(store, &f, path, (0, usize::MAX), u64::MAX, Put::Compressed)?;
+        let (o, n) = store_chunks(
+            store,
+            &f,
+            path,
+            (0, usize::MAX),
+            u64::MAX,
+            Put::Compressed,
+            previous,
+        )?;
         objects = o;
         new_bytes += n;
         if adopt {
@@ -303,6 +418,42 @@ pub(crate) fn store_file(
         },
         new_bytes,
     ))
+}
+
+/// Stores `bytes` as a patch against `prev` (the same place in the previous base backup)
+/// where that is worth it: its reference and the bytes stored (0 when the store holds it
+/// already, as the same chunk or another file's). `None` when it is stored some other way:
+/// a chunk of zeros, or one no patch shrinks (the caller stores it whole, compressed).
+fn put_against(
+    store: &PointStore,
+    bytes: &[u8],
+    prev: &ObjectRef,
+) -> Result<Option<(ObjectRef, u64)>, ShadowError> {
+    if is_zero(bytes) {
+        return Ok(None);
+    }
+    let r = ObjectRef {
+        id: ObjectId::of(bytes),
+        len: bytes.len() as u64,
+    };
+    if r.id == prev.id {
+        return Ok(Some((r, 0)));
+    }
+    let base = crate::delta::ChunkBase {
+        base: *prev,
+        shift: 0,
+        from: 0,
+        to: bytes.len().min(prev.len as usize) as u32,
+    };
+    if base.to == 0 {
+        return Ok(None);
+    }
+    // Against the newest whole version of the chunk (a patch's own base, where the last
+    // backup's chunk is a patch): a restore reads two objects for it, never a chain.
+    let how = (crate::delta::PatchKind::Zstd, 1);
+    Ok(store
+        .put_patched(&r, bytes, vec![base], how)?
+        .map(|stored| (r, stored)))
 }
 
 /// Stores one chunk. A chunk of zeros (most of a WAL segment `pg_receivewal` has just
@@ -421,7 +572,7 @@ mod tests {
         .unwrap();
         s.lock_writer().unwrap();
         let (objects, _) =
-            store_chunks(&s, &f, &partial, (0, 8), u64::MAX, Put::Compressed).unwrap();
+            store_chunks(&s, &f, &partial, (0, 8), u64::MAX, Put::Compressed, &[]).unwrap();
         let lens: Vec<u64> = objects.iter().map(|o| o.len).collect();
         assert_eq!(
             lens,
@@ -435,13 +586,23 @@ mod tests {
             "a chunk of zeros is the zero chunk"
         );
         // A chunk range past the end stores nothing; the complete name is found now.
-        assert!(store_chunks(&s, &f, &partial, (5, 8), u64::MAX, Put::Fast)
-            .unwrap()
-            .0
-            .is_empty());
+        assert!(
+            store_chunks(&s, &f, &partial, (5, 8), u64::MAX, Put::Fast, &[])
+                .unwrap()
+                .0
+                .is_empty()
+        );
         // Cut at a byte: the chunk it falls in is stored up to it.
-        let (cut, _) =
-            store_chunks(&s, &f, &partial, (0, 8), CHUNK as u64 + 5, Put::Unsynced).unwrap();
+        let (cut, _) = store_chunks(
+            &s,
+            &f,
+            &partial,
+            (0, 8),
+            CHUNK as u64 + 5,
+            Put::Unsynced,
+            &[],
+        )
+        .unwrap();
         let lens: Vec<u64> = cut.iter().map(|o| o.len).collect();
         assert_eq!(lens, vec![CHUNK as u64, 5]);
         assert_eq!(cut[1].id, ObjectId::of(&bytes[CHUNK..CHUNK + 5]));

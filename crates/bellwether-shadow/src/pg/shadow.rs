@@ -317,7 +317,24 @@ impl PgShadow {
                 return Err(e);
             }
         };
-        let stored = base::store_tree(&self.store, &tmp, true);
+        // A new base backup's changed chunks are stored as patches against the last one's
+        // (the current base, or after a start the newest base point the store holds).
+        let previous = match &self.base {
+            Some(b) => base::Previous::of(&b.entries),
+            None => self
+                .store
+                .points()
+                .ok()
+                .and_then(|ps| {
+                    ps.into_iter()
+                        .rev()
+                        .find(|m| m.entries.iter().any(|e| e.path == "backup_label"))
+                })
+                .map(|m| base::Previous::of(&m.entries))
+                .unwrap_or_default(),
+        };
+        let stored = base::clear_before(&tmp, info.start_lsn, self.inner.info.wal_segment_size)
+            .and_then(|()| base::store_tree(&self.store, &tmp, true, &previous));
         let _ = std::fs::remove_dir_all(&tmp);
         let (entries, new_bytes) = stored?;
         let m = self.store.commit_point(PointDraft {
@@ -551,7 +568,7 @@ impl PgShadow {
         put: Put,
         (stored, new_bytes): (&mut Vec<ObjectRef>, &mut u64),
     ) -> Result<Vec<ObjectRef>, ShadowError> {
-        let (objects, n) = base::store_chunks(&self.store, file, path, range, end, put)?;
+        let (objects, n) = base::store_chunks(&self.store, file, path, range, end, put, &[])?;
         *new_bytes += n;
         stored.extend(objects.iter().copied());
         if put == Put::Unsynced {

@@ -700,7 +700,7 @@ impl PointStore {
             }
             Err(e) => return Err(ShadowError::io(path)(e)),
         };
-        if objects::is_compressed_file(&from, r.len) {
+        if objects::is_compressed_file(&from, r.len) || crate::delta::is_patched_file(&from, r) {
             let bytes = self.read_compressed(point, r, from, &path)?;
             std::fs::write(to, &bytes).map_err(ShadowError::io(to))?;
             return Ok(());
@@ -761,7 +761,8 @@ impl PointStore {
                 }
                 Err(e) => return Err(ShadowError::io(path)(e)),
             };
-            if objects::is_compressed_file(&from, r.len) {
+            if objects::is_compressed_file(&from, r.len) || crate::delta::is_patched_file(&from, r)
+            {
                 use std::os::unix::fs::FileExt;
                 let bytes = self.read_compressed(point, r, from, &path)?;
                 out.write_all_at(&bytes, at).map_err(ShadowError::io(to))?;
@@ -782,8 +783,8 @@ impl PointStore {
         Ok(at)
     }
 
-    /// The content of object `r`, stored compressed and open as `from` (at `path`):
-    /// decompressed and checked, rather than cloned.
+    /// The content of object `r`, stored compressed or as a patch and open as `from` (at
+    /// `path`): decompressed or rebuilt, and checked, rather than cloned.
     fn read_compressed(
         &self,
         point: PointId,
