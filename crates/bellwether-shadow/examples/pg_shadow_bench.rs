@@ -165,6 +165,7 @@ fn space(
             "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint",
         );
         let mut times = Vec::new();
+        let mut rebases = Vec::new();
         for round in 0..24 {
             exec(&url, "CHECKPOINT");
             let rows = match churn_kind {
@@ -193,6 +194,13 @@ fn space(
             let t = Instant::now();
             shadow.take_point(Reason::Schedule).expect("point");
             times.push(t.elapsed().as_secs_f64() * 1000.0);
+            // The run loop's new base once the WAL since the base passed its bound (timed
+            // apart: the loop takes it after the points asked for).
+            if shadow.image_due() {
+                let t = Instant::now();
+                shadow.take_point(Reason::Base).expect("new base");
+                rebases.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
         }
         // The sync after the last point (the space is measured as the run loop leaves it).
         shadow.sync().expect("sync");
@@ -227,6 +235,15 @@ fn space(
             times[times.len() / 2],
             times[times.len() - 1],
         );
+        if !rebases.is_empty() {
+            rebases.sort_by(|a, b| a.total_cmp(b));
+            println!(
+                "space ({ty}): {} new bases taken by the shadow (the WAL since its base passed half the database), p50 {:.0} ms, max {:.0} ms",
+                rebases.len(),
+                rebases[rebases.len() / 2],
+                rebases[rebases.len() - 1]
+            );
+        }
         // What a restore of the base point and of the last point costs (beside the cluster:
         // written, verified by starting it, left there and removed).
         let points = PointStore::open(sd.path())

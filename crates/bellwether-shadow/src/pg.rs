@@ -166,6 +166,10 @@ pub struct PgOptions {
     pub name: Option<String>,
     /// How long one step (a base backup, a catch-up, a sync registration) may take.
     pub step_timeout: Duration,
+    /// Bytes of WAL since the base after which a differential or transactional shadow takes
+    /// a new base backup by itself; half the database (at least 64 MiB) when `None`
+    /// (docs/shadow-postgres.md, "A new base").
+    pub rebase_after: Option<u64>,
 }
 
 impl PgOptions {
@@ -181,6 +185,7 @@ impl PgOptions {
             bindir: None,
             name: None,
             step_timeout: Duration::from_secs(600),
+            rebase_after: None,
         }
     }
 }

@@ -555,6 +555,105 @@ fn differential_and_full_shadows_restore_their_points() {
     assert_eq!(ids(&url), expect(300));
 }
 
+/// A transactional shadow whose WAL since its base passes the bound takes a new base (the
+/// run loop's image, `image_due`): the backup, then a point on the old base whose mark follows
+/// the backup's end, then the base point. A time before the new base, one after it and each
+/// of the new points restore every commit acknowledged before them and none issued after.
+#[test]
+fn a_new_base_leaves_every_commit_restorable_on_either_side_of_it() {
+    let cluster = TestCluster::start(TestClusterOptions::default());
+    let url = cluster.url();
+    exec(&url, "CREATE TABLE public.t (id bigint PRIMARY KEY)");
+    let sd = shadow_dir();
+    let (opts, mut pg) = options(sd.path(), &url, ShadowType::Transactional);
+    // Past a base backup's end the primary switches to a new WAL segment: the rest of that
+    // segment (up to 16 MiB) counts as WAL since the base.
+    pg.rebase_after = Some(24 << 20);
+    let mut shadow = PgShadow::start(&opts, &pg).expect("the shadow starts");
+    let writer = Writer::start(&url);
+    writer.wait_for(100);
+    let first = shadow.take_point(Reason::Schedule).expect("a point");
+    assert!(!shadow.image_due(), "no new base due yet");
+    // About 40 MiB of WAL past the base.
+    exec(
+        &url,
+        "CREATE TABLE public.pad AS SELECT g, repeat(md5(g::text), 30) AS v FROM generate_series(1, 40000) g",
+    );
+    writer.wait_for(100);
+    shadow.sync().expect("sync");
+    assert!(shadow.image_due(), "a new base is due past 24 MiB of WAL");
+    let (acked_a, at_a) = (writer.acked(), Timestamp::now());
+    let issued_a = writer.next.load(Ordering::SeqCst) as i64;
+    writer.wait_for(100);
+    let base = shadow.take_point(Reason::Base).expect("the new base");
+    assert!(!shadow.image_due(), "the WAL is counted from the new base");
+    let points = shadow.store().points().unwrap();
+    let label = |m: &bellwether_shadow::point::Manifest| {
+        m.entries
+            .iter()
+            .find(|e| e.path == "backup_label")
+            .map(|e| e.objects.clone())
+    };
+    let closing = &points[points.len() - 2];
+    assert_eq!(base.seq, first.seq + 2, "a closing point, then the base");
+    assert_eq!(
+        label(closing),
+        label(&first),
+        "the closing point is on the old base"
+    );
+    assert_ne!(label(&base), label(&first), "a new base backup");
+    assert!(closing.consistent_at > base.consistent_at);
+    writer.wait_for(100);
+    let (acked_b, at_b) = (writer.acked(), Timestamp::now());
+    let issued_b = writer.next.load(Ordering::SeqCst) as i64;
+    writer.wait_for(100);
+    let acked_l = writer.acked();
+    let later = shadow
+        .take_point(Reason::Schedule)
+        .expect("a point on the new base");
+    let issued_l = writer.next.load(Ordering::SeqCst) as i64;
+    writer.wait_for(50);
+    drop(writer.stop());
+    drop(shadow);
+
+    let restore = |target: Target, name: &str| {
+        let dest = cluster.dir().join(name);
+        let req = RestoreRequest {
+            dir: sd.path().to_path_buf(),
+            target,
+            dest: dest.clone(),
+            elsewhere: true,
+        };
+        restore_with(
+            &req,
+            &RestoreMode::for_dest(&dest),
+            None,
+            Duration::from_secs(300),
+        )
+        .unwrap_or_else(|e| panic!("restore {name}: {e}"));
+        with_copy(&cluster, &dest, ids)
+    };
+    // Before the new base: from the old one, through the closing point's WAL.
+    assert_exactly_before(
+        &restore(Target::Time(at_a), "before-base"),
+        &acked_a,
+        issued_a,
+    );
+    // After it: from the new base.
+    assert_exactly_before(
+        &restore(Target::Time(at_b), "after-base"),
+        &acked_b,
+        issued_b,
+    );
+    assert_exactly_before(
+        &restore(Target::Point(later.id()), "later"),
+        &acked_l,
+        issued_l,
+    );
+    let closing_ids = restore(Target::Point(closing.id()), "closing");
+    assert!(closing_ids.len() >= acked_a.len());
+}
+
 /// The rows of `public.h` as one digest (count and md5 of every row in id order).
 fn digest(url: &str) -> String {
     sql(
