@@ -375,18 +375,13 @@ impl PgShadow {
             }
         };
         // A new base backup's changed chunks are stored as patches against the last one's
-        // (the current base, or after a start the newest base point the store holds).
+        // (the current base, or after a start the newest point's: every point lists its
+        // base's files).
         let previous = match &self.base {
             Some(b) => base::Previous::of(&b.entries),
             None => self
                 .store
-                .points()
-                .ok()
-                .and_then(|ps| {
-                    ps.into_iter()
-                        .rev()
-                        .find(|m| m.entries.iter().any(|e| e.path == "backup_label"))
-                })
+                .find(&crate::point::Target::Latest)
                 .map(|m| base::Previous::of(&m.entries))
                 .unwrap_or_default(),
         };
