@@ -409,12 +409,11 @@ impl SqliteShadow {
                 .query_row("PRAGMA journal_mode", [], |r| r.get(0))
                 .map_err(sql_err(&db))?;
             if !mode.eq_ignore_ascii_case("wal") {
-                return Err(ShadowError::Source {
-                    source_name: db.display().to_string(),
-                    reason: format!(
-                        "a transactional shadow follows the WAL, but the database's journal mode is {mode} (the writer sets PRAGMA journal_mode=WAL)"
-                    ),
-                });
+                // Not a source that cannot be read: a setup to change (exit 2 in the CLI).
+                return Err(ShadowError::Unsupported(format!(
+                    "{}: a transactional shadow follows the WAL, but the database's journal mode is {mode} (the writer sets PRAGMA journal_mode=WAL; a full or differential shadow works with a rollback journal)",
+                    db.display()
+                )));
             }
         }
         let mut store = PointStore::create(

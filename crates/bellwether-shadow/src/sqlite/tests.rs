@@ -454,6 +454,9 @@ fn a_transactional_shadow_needs_wal_mode_and_a_shadow_dir_keeps_its_resource() {
     drop(c);
     let e = SqliteShadow::start(&opts(&dir, &db, ShadowType::Transactional)).unwrap_err();
     assert!(e.to_string().contains("journal mode is delete"), "{e}");
+    assert!(e.to_string().contains(&db.display().to_string()), "{e}");
+    // Bad input (the CLI's exit 2), not an unreachable source.
+    assert!(e.is_usage(), "{e:?}");
     // A rollback-journal database can have a differential shadow.
     let s = SqliteShadow::start(&opts(&dir, &db, ShadowType::Differential)).unwrap();
     // A second follower of the same shadow is refused while the first runs.
