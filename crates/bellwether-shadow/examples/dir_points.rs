@@ -94,6 +94,7 @@ fn bench(
         points_every: None,
         retention: Retention::default(),
         poll: None,
+        clones: bellwether_shadow::point::Clones::Auto,
     })
     .expect("start");
     let base_s = t.elapsed().as_secs_f64();

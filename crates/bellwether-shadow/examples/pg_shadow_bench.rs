@@ -109,6 +109,7 @@ fn options_of(dir: &Path, url: &str, ty: ShadowType) -> (ShadowOptions, PgOption
             points_every: None,
             retention: Retention::default(),
             poll: None,
+            clones: bellwether_shadow::point::Clones::Auto,
         },
         PgOptions::new(url, ty),
     )

@@ -40,7 +40,8 @@
 //! the load average when it started. Where the file system can clone (btrfs, XFS), points
 //! are clones sealed after they are durable: `points` also reports the time to seal, and
 //! the space as the file system counts it (blocks in use), since shared blocks are counted
-//! once there and not in the logical sizes.
+//! once there and not in the logical sizes. `--clones never` takes page deltas there too
+//! (the shadow's `--clones never`).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -48,7 +49,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bellwether_shadow::point::loopfs::{CowFs, LoopFs};
-use bellwether_shadow::point::{run, Control, Retention, RunEvent};
+use bellwether_shadow::point::{run, Clones, Control, Retention, RunEvent};
 use bellwether_shadow::sqlite::SqliteShadow;
 use bellwether_shadow::{
     PointStore, Reason, RestoreRequest, Shadow, ShadowOptions, ShadowType, Source, Target,
@@ -64,8 +65,12 @@ fn opts(dir: &Path, db: &Path, ty: ShadowType) -> ShadowOptions {
         points_every: None,
         retention: Retention::default(),
         poll: None,
+        clones: *CLONES.get().unwrap_or(&Clones::Auto),
     }
 }
+
+/// `--clones auto|never` (the shadow's choice on file systems that clone).
+static CLONES: std::sync::OnceLock<Clones> = std::sync::OnceLock::new();
 
 fn writer(db: &Path) -> Connection {
     let c = Connection::open(db).unwrap();
@@ -518,6 +523,13 @@ fn main() {
                     Some("transactional") => vec![Mode::Log, Mode::Images],
                     other => panic!("--type differential|transactional, not {other:?}"),
                 }
+            }
+            "--clones" => {
+                let c = args
+                    .next()
+                    .and_then(|s| s.parse::<Clones>().ok())
+                    .expect("--clones auto|never");
+                CLONES.set(c).expect("--clones once");
             }
             "--image-gib" => {
                 image_gib = args

@@ -106,6 +106,7 @@ impl LiveShadow {
                 points_every: None,
                 retention: Retention::default(),
                 poll: None,
+                clones: crate::point::Clones::Auto,
             })
             .map_err(|e| e.to_string())?;
         let ctl = Arc::new(Control::new());

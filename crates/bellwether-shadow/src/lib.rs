@@ -26,7 +26,7 @@ pub mod point;
 pub mod sqlite;
 
 pub use point::{
-    Control, Manifest, PointId, PointStore, Reason, Resource, ResourceKind, RestoreReport,
+    Clones, Control, Manifest, PointId, PointStore, Reason, Resource, ResourceKind, RestoreReport,
     RestoreRequest, Shadow, ShadowError, ShadowOptions, ShadowType, Source, Target, Timestamp,
 };
 

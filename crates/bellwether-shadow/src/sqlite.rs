@@ -343,6 +343,8 @@ pub struct SqliteShadow {
     db: PathBuf,
     ty: ShadowType,
     poll: Duration,
+    /// Whether a point may be a clone ([`crate::point::Clones`]).
+    clones: crate::point::Clones,
     /// Two reader connections; `conns[active]` holds the read transaction (transactional).
     conns: [Connection; 2],
     active: usize,
@@ -434,6 +436,7 @@ impl SqliteShadow {
             db,
             ty: opts.shadow_type,
             poll: opts.poll.map_or(DEFAULT_POLL, |d| d.get()),
+            clones: opts.clones,
             conns,
             active: 0,
             cursor: None,
@@ -675,9 +678,11 @@ impl Shadow for SqliteShadow {
             let mut entries = Vec::new();
             let mut page_map = None;
             let position = self.position(image.change_counter, image.page_size, image.pages);
-            if image.cloned {
+            if image.cloned && self.clones == crate::point::Clones::Auto {
                 // Copy-on-write: the clone is the point, whatever the type (the file system
-                // shares every block that did not change); hashed after it is durable.
+                // shares every block that did not change); hashed after it is durable. With
+                // `Clones::Never` the clone is only the image's fast copy: its pages are
+                // stored below as on any file system.
                 let m = self.store.commit_clone_point(
                     PointDraft {
                         taken_at,

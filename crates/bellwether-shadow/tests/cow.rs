@@ -42,6 +42,7 @@ fn opts(dir: &Path, db: &Path, ty: ShadowType) -> ShadowOptions {
         points_every: None,
         retention: Retention::default(),
         poll: None,
+        clones: bellwether_shadow::point::Clones::Auto,
     }
 }
 
@@ -272,6 +273,62 @@ fn objects_are_assembled_from_reflinks(fs: CowFs) {
         .clone_objects_into(PointId(1), &refs, &m.path().join("again"))
         .unwrap_err();
     assert!(e.to_string().contains(&refs[1].id.to_string()), "{e}");
+}
+
+/// With `Clones::Never`, points on a file system that clones are stored as on any other:
+/// objects, the later ones page deltas, no clone in the manifest; they restore the same.
+fn points_without_clones_are_page_deltas(fs: CowFs) {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = mount(fs, tmp.path());
+    for ty in [ShadowType::Full, ShadowType::Differential] {
+        let work = m.path().join(ty.to_string());
+        std::fs::create_dir_all(&work).unwrap();
+        let db = work.join("app.db");
+        let dir = work.join("shadow");
+        let w = wal_writer(&db);
+        insert(&w, 0, 500);
+        let o = ShadowOptions {
+            clones: bellwether_shadow::point::Clones::Never,
+            ..opts(&dir, &db, ty)
+        };
+        let mut s = SqliteShadow::start(&o).unwrap();
+        insert(&w, 500, 700);
+        let p2 = s.take_point(Reason::OnDemand).unwrap();
+        insert(&w, 700, 750);
+        for p in [PointId(1), p2.id()] {
+            let mf = s.store().point(p).unwrap();
+            assert!(mf.clones.is_empty(), "{fs} {ty}: point {p} is no clone");
+            assert!(
+                mf.entries.iter().any(|e| !e.objects.is_empty()),
+                "{fs} {ty}: point {p} holds objects"
+            );
+        }
+        if ty == ShadowType::Differential {
+            let mf = s.store().point(p2.id()).unwrap();
+            assert!(
+                mf.entries.len() > 1,
+                "{fs}: the second differential point is page deltas: {:?}",
+                mf.entries.iter().map(|e| &e.path).collect::<Vec<_>>()
+            );
+        }
+        drop(s);
+        drop(w);
+        corrupt(&db);
+        let r = restore(&req(&dir, &db, Target::Point(PointId(1)))).unwrap();
+        assert_eq!(rows(&db), 500, "{fs} {ty}: {r:?}");
+        let r = restore(&req(&dir, &db, Target::Point(p2.id()))).unwrap();
+        assert_eq!(rows(&db), 700, "{fs} {ty}: {r:?}");
+    }
+}
+
+#[test]
+fn btrfs_points_without_clones_are_page_deltas() {
+    points_without_clones_are_page_deltas(CowFs::Btrfs);
+}
+
+#[test]
+fn xfs_points_without_clones_are_page_deltas() {
+    points_without_clones_are_page_deltas(CowFs::Xfs);
 }
 
 #[test]

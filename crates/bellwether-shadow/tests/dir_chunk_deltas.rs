@@ -56,6 +56,7 @@ fn opts(f: &Fixture) -> ShadowOptions {
         points_every: None,
         retention: Retention::default(),
         poll: None,
+        clones: bellwether_shadow::point::Clones::Auto,
     }
 }
 

@@ -72,6 +72,7 @@ fn opts(f: &Fixture, t: ShadowType) -> ShadowOptions {
         points_every: None,
         retention: Retention::default(),
         poll: None,
+        clones: bellwether_shadow::point::Clones::Auto,
     }
 }
 

@@ -58,6 +58,7 @@ fn options(dir: &Path, url: &str, t: ShadowType) -> (ShadowOptions, PgOptions) {
             points_every: None,
             retention: Retention::default(),
             poll: None,
+            clones: bellwether_shadow::point::Clones::Auto,
         },
         PgOptions::new(url, t),
     )

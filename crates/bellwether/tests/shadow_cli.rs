@@ -222,6 +222,28 @@ fn shadow_start_point_restore_through_the_cli() {
             ],
             "not of",
         ),
+        (
+            vec![
+                "shadow", "start", "--path", ".", "--type", "full", "--dir", "sd2", "--clones",
+                "never",
+            ],
+            "--clones applies to SQLite shadows",
+        ),
+        (
+            vec![
+                "shadow",
+                "start",
+                "--path",
+                "app.db",
+                "--type",
+                "full",
+                "--dir",
+                "sd2",
+                "--clones",
+                "sometimes",
+            ],
+            "sometimes",
+        ),
     ] {
         let out = bellwether(&args, d);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));

@@ -345,6 +345,7 @@ impl Shadows {
             points_every: None,
             retention,
             poll: None,
+            clones: bellwether_shadow::point::Clones::Auto,
         })
     }
 

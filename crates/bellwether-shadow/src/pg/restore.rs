@@ -1048,6 +1048,7 @@ mod tests {
             points_every: None,
             retention: Retention::default(),
             poll: None,
+            clones: crate::point::Clones::Auto,
         };
         let pg = super::super::PgOptions::new(&url, ShadowType::Transactional);
         let mut shadow = super::super::PgShadow::start(&opts, &pg).expect("the shadow starts");

@@ -124,6 +124,7 @@ fn opts(dir: &Path, db: &Path, ty: ShadowType) -> ShadowOptions {
         points_every: None,
         retention: Retention::default(),
         poll: None,
+        clones: crate::point::Clones::Auto,
     }
 }
 

@@ -80,6 +80,14 @@ impl From<TypeArg> for ShadowType {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClonesArg {
+    /// Clones where the file system has them.
+    Auto,
+    /// Page deltas everywhere.
+    Never,
+}
+
 #[derive(Debug, clap::Subcommand)]
 enum Verb {
     /// Follow a resource into a shadow directory, taking points, until SIGINT or SIGTERM.
@@ -127,6 +135,14 @@ enum Verb {
         /// How often a transactional shadow looks for new commits (default 10ms).
         #[arg(long, value_name = "DURATION")]
         poll: Option<Dur>,
+        /// SQLite: whether a point may be a reflink clone where the shadow directory and the
+        /// database share a file system that clones (btrfs, XFS). `auto`: a point costs
+        /// milliseconds, and keeps whole every page changed after it (24 hourly points of
+        /// 1 % of rows at random take about 2.9 × the data on btrfs). `never`: page deltas,
+        /// as on any file system: a point hashes the pages (hundreds of ms for 256 MiB) and
+        /// keeps about the bytes that changed (1.29 × for the same points).
+        #[arg(long, value_enum, default_value = "auto", conflicts_with = "host")]
+        clones: ClonesArg,
         /// Keep every point (and every commit) this long.
         #[arg(long, value_name = "DURATION", default_value = "24h")]
         keep_all_for: Dur,
@@ -308,6 +324,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             dir,
             points_every,
             poll,
+            clones,
             keep_all_for,
             hourly_for,
             daily_for,
@@ -324,6 +341,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     return Err(UsageError(format!("--points-every {d} is under 1s")).into());
                 }
             }
+            if clones == ClonesArg::Never && kind != ResourceKind::Sqlite {
+                return Err(UsageError(format!(
+                    "--clones applies to SQLite shadows (--path FILE); a {kind} shadow's points are stored as objects either way"
+                ))
+                .into());
+            }
             let opts = ShadowOptions {
                 dir: dir.clone(),
                 source,
@@ -335,6 +358,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     daily_for,
                 },
                 poll,
+                clones: match clones {
+                    ClonesArg::Auto => bellwether_shadow::point::Clones::Auto,
+                    ClonesArg::Never => bellwether_shadow::point::Clones::Never,
+                },
             };
             start(kind, &opts)
         }
@@ -553,6 +580,7 @@ fn point(
                 points_every: None,
                 retention: meta.retention,
                 poll: None,
+                clones: bellwether_shadow::point::Clones::Auto,
             })
             .map_err(shadow_err)?;
         shadow.take_point(reason).map_err(shadow_err)?
