@@ -29,7 +29,9 @@
 //!   over and over (a database under churn on the same file system): 150 rounds of each of
 //!   a new file renamed over it (write, `fsync`, rename, directory `fsync`: how HEAD was
 //!   written), the same bytes written over themselves in place with one `fdatasync` (how it
-//!   is written now), and a new name each time (how a manifest is written). p50/p90/max.
+//!   is written now), a new name each time (how a manifest is written), and 64 KiB written
+//!   in place in a file without copy-on-write (`chattr +C`: a journal of manifests).
+//!   p50/p90/max.
 //! - `restore`: a database of MIB (default 1024) MiB, one point (full and differential),
 //!   the live file corrupted, then a restore to the point: total time, and the
 //!   `integrity_check` part of it.
@@ -640,7 +642,27 @@ fn head_write(base: &Path) {
         .truncate(false)
         .open(&head)
         .unwrap();
-    let mut times: [Vec<f64>; 3] = Default::default();
+    // A file the file system does not copy on write (`chattr +C`, set while it is empty;
+    // ignored where there is no such flag), written once so its blocks are allocated, then
+    // 64 KiB written over in place: what a journal of manifests would cost.
+    let nocow_path = dir.join("journal");
+    let nocow = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&nocow_path)
+        .unwrap();
+    let _ = std::process::Command::new("chattr")
+        .arg("+C")
+        .arg(&nocow_path)
+        .status();
+    let slot = vec![0x6bu8; 64 << 10];
+    for k in 0..16u64 {
+        nocow.write_all_at(&slot, k * (64 << 10)).unwrap();
+    }
+    nocow.sync_all().unwrap();
+    let mut times: [Vec<f64>; 4] = Default::default();
     // Let the churn start.
     std::thread::sleep(std::time::Duration::from_secs(2));
     for i in 0..150u64 {
@@ -668,6 +690,11 @@ fn head_write(base: &Path) {
         std::fs::rename(&tmp, dir.join(format!("{i:010}.json"))).unwrap();
         sync_dir(&dir);
         times[2].push(t.elapsed().as_secs_f64() * 1000.0);
+
+        let t = Instant::now();
+        nocow.write_all_at(&slot, (i % 16) * (64 << 10)).unwrap();
+        nocow.sync_data().unwrap();
+        times[3].push(t.elapsed().as_secs_f64() * 1000.0);
         // Points are not back to back.
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
@@ -677,6 +704,7 @@ fn head_write(base: &Path) {
         "renamed over (write, fsync, rename, directory fsync)",
         "in place (pwrite, fdatasync)",
         "a new name (write, fsync, rename, directory fsync)",
+        "64 KiB in place in a file without copy-on-write (chattr +C; pwrite, fdatasync)",
     ]
     .iter()
     .zip(times.iter_mut())
