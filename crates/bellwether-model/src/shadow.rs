@@ -262,6 +262,28 @@ pub struct ShadowSpec {
     /// POSTed a JSON body when a rollback starts, completes or fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<String>,
+    /// SQLite: whether a point may be a copy-on-write clone where the file system clones
+    /// (`auto`, the default) or is stored as page deltas everywhere (`never`).
+    #[serde(default, skip_serializing_if = "Clones::is_auto")]
+    pub clones: Clones,
+}
+
+/// Whether a SQLite shadow's points may be reflink clones (docs/shadow.md, "Clones or page
+/// deltas").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Clones {
+    /// Clones where the shadow directory and the data share a file system that clones.
+    #[default]
+    Auto,
+    /// Page deltas everywhere: more time a point, about the bytes that changed in space.
+    Never,
+}
+
+impl Clones {
+    pub fn is_auto(&self) -> bool {
+        *self == Clones::Auto
+    }
 }
 
 fn default_points_every() -> Dur {
@@ -407,6 +429,15 @@ impl ShadowSpec {
                     "a postgres resource has a `url` (postgres://USER@HOST:PORT/DB) and no `path`",
                 ))
             }
+        }
+        if self.clones == Clones::Never && kind != ResourceKind::Sqlite {
+            return Err(field(
+                "clones",
+                format!(
+                    "applies to sqlite resources; a {} shadow's points are stored as objects either way",
+                    kind.as_str()
+                ),
+            ));
         }
         check_rel_path("dir", &self.dir)?;
         if let Some(p) = &self.resource.path {
@@ -712,6 +743,9 @@ pub struct ShadowCall {
     /// `shadow_route`: the link to point at the location (file-based routing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+    /// `shadow_start`: the spec's choice of clones or page deltas (SQLite).
+    #[serde(default, skip_serializing_if = "Clones::is_auto")]
+    pub clones: Clones,
 }
 
 /// The shadow built-ins.
@@ -767,6 +801,7 @@ impl ShadowCall {
             to: None,
             location: None,
             link: None,
+            clones: spec.clones,
         }
     }
 
@@ -897,6 +932,36 @@ mod tests {
         assert_eq!(s.merit, MeritWeights::default());
         let back: ShadowSpec = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn clones_never_is_carried_to_the_agent_for_sqlite_and_refused_for_the_others() {
+        let mut s = spec();
+        assert!(!serde_json::to_string(&s).unwrap().contains("clones"));
+        s.clones = Clones::Never;
+        s.validate().unwrap();
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains(r#""clones":"never""#), "{json}");
+        assert_eq!(ShadowCall::of(&s).clones, Clones::Never);
+        let call: ShadowCall =
+            serde_json::from_str(&serde_json::to_string(&ShadowCall::of(&s)).unwrap()).unwrap();
+        assert_eq!(call.clones, Clones::Never);
+        s.resource.kind = ResourceKind::Dir;
+        s.resource.path = Some("srv/orders".into());
+        for l in &mut s.locations {
+            l.path = l.path.as_ref().map(|p| p.replace(".db", ""));
+        }
+        s.routing.link = None;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.starts_with("clones:"), "{e}");
+        let bad: Result<ShadowSpec, _> = serde_json::from_value(serde_json::json!({
+            "name": "orders", "host": "db-1",
+            "resource": {"kind": "sqlite", "path": "srv/orders.db"},
+            "type": "full", "dir": "var/shadow/orders",
+            "locations": [{"id": "primary", "path": "srv/orders.db"}],
+            "clones": "sometimes"
+        }));
+        assert!(bad.unwrap_err().to_string().contains("sometimes"));
     }
 
     #[test]

@@ -345,7 +345,10 @@ impl Shadows {
             points_every: None,
             retention,
             poll: None,
-            clones: bellwether_shadow::point::Clones::Auto,
+            clones: match call.clones {
+                bellwether_model::shadow::Clones::Auto => bellwether_shadow::point::Clones::Auto,
+                bellwether_model::shadow::Clones::Never => bellwether_shadow::point::Clones::Never,
+            },
         })
     }
 

@@ -141,7 +141,7 @@ enum Verb {
         /// 1 % of rows at random take about 2.9 × the data on btrfs). `never`: page deltas,
         /// as on any file system: a point hashes the pages (hundreds of ms for 256 MiB) and
         /// keeps about the bytes that changed (1.29 × for the same points).
-        #[arg(long, value_enum, default_value = "auto", conflicts_with = "host")]
+        #[arg(long, value_enum, default_value = "auto")]
         clones: ClonesArg,
         /// Keep every point (and every commit) this long.
         #[arg(long, value_name = "DURATION", default_value = "24h")]
@@ -297,6 +297,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             keep_all_for,
             hourly_for,
             daily_for,
+            clones,
             ..
         } => {
             let spec = server::spec_from_flags(
@@ -312,6 +313,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     keep_all: Some(keep_all_for),
                     hourly: Some(hourly_for),
                     daily: Some(daily_for),
+                    clones: Some(clones),
                     ..Default::default()
                 },
             )?;

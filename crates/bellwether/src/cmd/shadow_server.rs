@@ -136,6 +136,10 @@ pub struct SpecArgs {
     /// Never roll back on its own: only `bellwether shadow rollback` restores.
     #[arg(long)]
     pub no_auto_rollback: bool,
+    /// SQLite: `never` stores page deltas where the host's file system clones, instead of
+    /// clone points (see `bellwether shadow start --help`, --clones).
+    #[arg(long, value_enum, value_name = "auto|never")]
+    pub clones: Option<super::shadow::ClonesArg>,
     /// Keep every point this long (default 24h)...
     #[arg(long, value_name = "DURATION")]
     pub keep_all: Option<Dur>,
@@ -375,6 +379,9 @@ pub fn spec_from_flags(name: &str, a: &SpecArgs) -> anyhow::Result<ShadowSpec> {
     }
     if let Some(w) = &a.webhook {
         v["webhook"] = json!(w);
+    }
+    if a.clones == Some(super::shadow::ClonesArg::Never) {
+        v["clones"] = json!("never");
     }
     let spec: ShadowSpec = serde_json::from_value(v).map_err(|e| UsageError(e.to_string()))?;
     spec.validate().map_err(|e| UsageError(e.to_string()))?;
@@ -828,6 +835,25 @@ mod tests {
         };
         let err = spec_from_flags("app", &bad).unwrap_err().to_string();
         assert!(err.contains("policy.rollback_above"), "{err}");
+
+        // `--clones never`: carried for SQLite, refused for PostgreSQL naming the field.
+        let never = SpecArgs {
+            clones: Some(crate::cmd::shadow::ClonesArg::Never),
+            ..sqlite()
+        };
+        let spec = spec_from_flags("app", &never).unwrap();
+        assert_eq!(spec.clones, bellwether_model::shadow::Clones::Never);
+        let err = spec_from_flags(
+            "pg",
+            &SpecArgs {
+                clones: Some(crate::cmd::shadow::ClonesArg::Never),
+                backend: Some("pg-a".into()),
+                ..pg.clone()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("clones"), "{err}");
     }
 
     #[test]
