@@ -269,20 +269,45 @@ pub struct ShadowSpec {
 }
 
 /// Whether a SQLite shadow's points may be reflink clones (docs/shadow.md, "Clones or page
-/// deltas").
+/// deltas"): the spec's field, the agent's call and the shadow crate's `ShadowOptions` share
+/// this one type.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Clones {
-    /// Clones where the shadow directory and the data share a file system that clones.
+    /// Clones where the shadow directory and the data share a file system that clones
+    /// (btrfs, XFS): a point costs its metadata and the kernel's writeback, milliseconds for
+    /// a quiet or clustered database; a clone keeps every page that changed after it whole
+    /// (on btrfs, whole old extents), so 1 % of rows at random an hour takes about 2.9 × the
+    /// data for 24 points on btrfs.
     #[default]
     Auto,
-    /// Page deltas everywhere: more time a point, about the bytes that changed in space.
+    /// Page deltas everywhere (the changed pages, each a patch against its previous version
+    /// where smaller): a point hashes the database's pages (hundreds of milliseconds for
+    /// 256 MiB) and holds about the bytes that changed (1.29 × for the same 24 points).
     Never,
 }
 
 impl Clones {
     pub fn is_auto(&self) -> bool {
         *self == Clones::Auto
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Clones::Auto => "auto",
+            Clones::Never => "never",
+        }
+    }
+}
+
+impl std::str::FromStr for Clones {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Clones, String> {
+        match s {
+            "auto" => Ok(Clones::Auto),
+            "never" => Ok(Clones::Never),
+            other => Err(format!("clones must be auto or never, not {other:?}")),
+        }
     }
 }
 

@@ -56,6 +56,7 @@ use std::time::Duration;
 use bellwether_model::Dur;
 use serde::{Deserialize, Serialize};
 
+pub use bellwether_model::shadow::Clones;
 pub(crate) use clone::ficlone;
 pub use clone::{cow_supported, Seal, SealPause, SealedObject};
 pub use log::{LogRecord, LogWriter};
@@ -420,43 +421,6 @@ pub struct ShadowOptions {
     /// Whether a SQLite point may be a copy-on-write clone (docs/shadow.md, "Copy-on-write
     /// file systems"); the other kinds store objects either way.
     pub clones: Clones,
-}
-
-/// Whether a SQLite shadow's points are reflink clones where the file system clones.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Clones {
-    /// Clones where the shadow directory and the database share a file system that clones
-    /// (btrfs, XFS): a point costs its metadata and the kernel's writeback, milliseconds for
-    /// a quiet or clustered database; a clone keeps every page that changed after it whole
-    /// (on btrfs, whole old extents), so 1 % of rows at random an hour takes about 2.9 × the
-    /// data for 24 points on btrfs.
-    #[default]
-    Auto,
-    /// Page deltas everywhere (the changed pages, each a patch against its previous version
-    /// where smaller): a point hashes the database's pages (hundreds of milliseconds for
-    /// 256 MiB) and holds about the bytes that changed (1.29 × for the same 24 points).
-    Never,
-}
-
-impl fmt::Display for Clones {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Clones::Auto => "auto",
-            Clones::Never => "never",
-        })
-    }
-}
-
-impl FromStr for Clones {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Clones, String> {
-        match s {
-            "auto" => Ok(Clones::Auto),
-            "never" => Ok(Clones::Never),
-            other => Err(format!("clones must be auto or never, not {other:?}")),
-        }
-    }
 }
 
 /// A restore: the shadow directory, what to go back to, and the live data to replace.

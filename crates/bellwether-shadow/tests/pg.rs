@@ -472,6 +472,17 @@ fn with_copy<T>(cluster: &TestCluster, dir: &Path, f: impl FnOnce(&str) -> T) ->
 /// Restores the shadow in `dir` to `target` beside the cluster (under `name` in its
 /// directory) and returns the ids the restored copy holds.
 fn restore_beside(cluster: &TestCluster, dir: &Path, target: Target, name: &str) -> Vec<i64> {
+    restore_beside_then(cluster, dir, target, name, ids)
+}
+
+/// [`restore_beside`], then `f` on the restored copy (started, given its URL, then stopped).
+fn restore_beside_then<T>(
+    cluster: &TestCluster,
+    dir: &Path,
+    target: Target,
+    name: &str,
+    f: impl FnOnce(&str) -> T,
+) -> T {
     let dest = cluster.dir().join(name);
     let req = RestoreRequest {
         dir: dir.to_path_buf(),
@@ -486,7 +497,7 @@ fn restore_beside(cluster: &TestCluster, dir: &Path, target: Target, name: &str)
         Duration::from_secs(300),
     )
     .unwrap_or_else(|e| panic!("restore {name}: {e}"));
-    with_copy(cluster, &dest, ids)
+    with_copy(cluster, &dest, f)
 }
 
 #[test]
@@ -617,23 +628,7 @@ fn a_new_base_leaves_every_commit_restorable_on_either_side_of_it() {
     drop(writer.stop());
     drop(shadow);
 
-    let restore = |target: Target, name: &str| {
-        let dest = cluster.dir().join(name);
-        let req = RestoreRequest {
-            dir: sd.path().to_path_buf(),
-            target,
-            dest: dest.clone(),
-            elsewhere: true,
-        };
-        restore_with(
-            &req,
-            &RestoreMode::for_dest(&dest),
-            None,
-            Duration::from_secs(300),
-        )
-        .unwrap_or_else(|e| panic!("restore {name}: {e}"));
-        with_copy(&cluster, &dest, ids)
-    };
+    let restore = |target: Target, name: &str| restore_beside(&cluster, sd.path(), target, name);
     // Before the new base: from the old one, through the closing point's WAL.
     assert_exactly_before(
         &restore(Target::Time(at_a), "before-base"),
@@ -762,21 +757,9 @@ fn full_points_store_changed_chunks_as_patches_and_restore_exactly() {
     // The last point of the three (its chunks patched against the first backup's) and the
     // base taken after the restart.
     for (i, (id, want)) in points.iter().enumerate().skip(2) {
-        let dest = cluster.dir().join(format!("full-patched-{i}"));
-        let req = RestoreRequest {
-            dir: fd.path().to_path_buf(),
-            target: Target::Point(*id),
-            dest: dest.clone(),
-            elsewhere: true,
-        };
-        restore_with(
-            &req,
-            &RestoreMode::for_dest(&dest),
-            None,
-            Duration::from_secs(300),
-        )
-        .unwrap_or_else(|e| panic!("restore of point {id}: {e}"));
-        assert_eq!(&with_copy(&cluster, &dest, digest), want, "point {id}");
+        let name = format!("full-patched-{i}");
+        let got = restore_beside_then(&cluster, fd.path(), Target::Point(*id), &name, digest);
+        assert_eq!(&got, want, "point {id}");
     }
     // Every patched object's bases are whole in the store.
     let mut store = PointStore::open(fd.path()).unwrap();
@@ -799,21 +782,14 @@ fn full_points_store_changed_chunks_as_patches_and_restore_exactly() {
     store.verify(true).expect("deep verify after thinning");
     drop(store);
     let (id, want) = points.last().unwrap();
-    let dest = cluster.dir().join("full-patched-thinned");
-    let req = RestoreRequest {
-        dir: fd.path().to_path_buf(),
-        target: Target::Point(*id),
-        dest: dest.clone(),
-        elsewhere: true,
-    };
-    restore_with(
-        &req,
-        &RestoreMode::for_dest(&dest),
-        None,
-        Duration::from_secs(300),
-    )
-    .unwrap_or_else(|e| panic!("restore of point {id} after thinning: {e}"));
-    assert_eq!(&with_copy(&cluster, &dest, digest), want);
+    let got = restore_beside_then(
+        &cluster,
+        fd.path(),
+        Target::Point(*id),
+        "full-patched-thinned",
+        digest,
+    );
+    assert_eq!(&got, want, "point {id} after thinning");
 }
 
 /// The complete WAL segments (`24 hex digits`, no suffix) in a shadow's `pg/wal`.

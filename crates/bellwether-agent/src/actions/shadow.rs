@@ -345,10 +345,7 @@ impl Shadows {
             points_every: None,
             retention,
             poll: None,
-            clones: match call.clones {
-                bellwether_model::shadow::Clones::Auto => bellwether_shadow::point::Clones::Auto,
-                bellwether_model::shadow::Clones::Never => bellwether_shadow::point::Clones::Never,
-            },
+            clones: call.clones,
         })
     }
 

@@ -155,16 +155,10 @@ impl PointStore {
         }
     }
 
-    /// The content of object `r` (decompressed, or rebuilt from its patch), checked against
-    /// its name and length; the reason when it cannot be had.
+    /// The content of object `r`, checked; why not, when it cannot be had.
     pub(crate) fn content(&self, r: &ObjectRef) -> Result<Vec<u8>, String> {
         let stored = std::fs::read(self.object_path(&r.id)).map_err(|e| e.to_string())?;
-        let bytes = objects::decode(stored, r.len)
-            .and_then(|b| crate::delta::chunk_bytes(self.dir(), r, b))?;
-        if bytes.len() as u64 != r.len || ObjectId::of(&bytes) != r.id {
-            return Err("its content does not hash to its name".into());
-        }
-        Ok(bytes)
+        self.decode_object(r, stored)
     }
 
     /// Stores `bytes` (named `r`: the caller hashed them) as a patch against `bases`

@@ -667,18 +667,20 @@ impl PointStore {
         r: &ObjectRef,
         bytes: Vec<u8>,
     ) -> Result<Vec<u8>, ShadowError> {
+        self.decode_object(r, bytes)
+            .map_err(|why| self.bad_object(point, r, format!("damaged ({why})")))
+    }
+
+    /// An object's content from its stored bytes (decompressed, or rebuilt from its patch),
+    /// checked against `r`'s hash and length; why not, when it cannot be had.
+    pub(crate) fn decode_object(&self, r: &ObjectRef, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
         let bytes = objects::decode(bytes, r.len)
-            .and_then(|b| crate::delta::chunk_bytes(&self.dir, r, b))
-            .map_err(|why| self.bad_object(point, r, format!("damaged ({why})")))?;
+            .and_then(|b| crate::delta::chunk_bytes(&self.dir, r, b))?;
         let got = ObjectId::of(&bytes);
         if got != r.id || bytes.len() as u64 != r.len {
-            return Err(self.bad_object(
-                point,
-                r,
-                format!(
-                    "damaged (its content hashes to {got}, {} bytes)",
-                    bytes.len()
-                ),
+            return Err(format!(
+                "its content hashes to {got}, {} bytes",
+                bytes.len()
             ));
         }
         Ok(bytes)

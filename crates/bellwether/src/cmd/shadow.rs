@@ -88,6 +88,15 @@ pub enum ClonesArg {
     Never,
 }
 
+impl From<ClonesArg> for bellwether_shadow::Clones {
+    fn from(c: ClonesArg) -> bellwether_shadow::Clones {
+        match c {
+            ClonesArg::Auto => bellwether_shadow::Clones::Auto,
+            ClonesArg::Never => bellwether_shadow::Clones::Never,
+        }
+    }
+}
+
 #[derive(Debug, clap::Subcommand)]
 enum Verb {
     /// Follow a resource into a shadow directory, taking points, until SIGINT or SIGTERM.
@@ -360,10 +369,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     daily_for,
                 },
                 poll,
-                clones: match clones {
-                    ClonesArg::Auto => bellwether_shadow::point::Clones::Auto,
-                    ClonesArg::Never => bellwether_shadow::point::Clones::Never,
-                },
+                clones: clones.into(),
             };
             start(kind, &opts)
         }

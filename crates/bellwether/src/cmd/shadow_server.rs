@@ -380,8 +380,8 @@ pub fn spec_from_flags(name: &str, a: &SpecArgs) -> anyhow::Result<ShadowSpec> {
     if let Some(w) = &a.webhook {
         v["webhook"] = json!(w);
     }
-    if a.clones == Some(super::shadow::ClonesArg::Never) {
-        v["clones"] = json!("never");
+    if let Some(c) = a.clones {
+        v["clones"] = json!(bellwether_shadow::Clones::from(c).as_str());
     }
     let spec: ShadowSpec = serde_json::from_value(v).map_err(|e| UsageError(e.to_string()))?;
     spec.validate().map_err(|e| UsageError(e.to_string()))?;
