@@ -250,6 +250,19 @@ fn space(
         let points = PointStore::open(sd.path())
             .and_then(|s| s.points())
             .expect("points");
+        // Where the bytes went: the points that took a new base, and the others (the WAL).
+        let (bases_new, wal_new) = points.iter().fold((0u64, 0u64), |(b, w), m| {
+            if m.reason == Reason::Base {
+                (b + m.new_bytes, w)
+            } else {
+                (b, w + m.new_bytes)
+            }
+        });
+        println!(
+            "space ({ty}): new bytes stored by points that took a base {:.1} MiB, by the others {:.1} MiB",
+            mib(bases_new),
+            mib(wal_new)
+        );
         for (label, m) in [("base", &points[0]), ("last", &points[points.len() - 1])] {
             let dest = cluster.dir().join(format!("bw-restored-{ty}-{label}"));
             let req = RestoreRequest {

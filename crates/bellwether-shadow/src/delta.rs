@@ -208,6 +208,21 @@ const CHUNK_MAGIC2: &[u8; 8] = b"BWCHDLT2";
 /// Format 3: format 2's header, and a body that is a zstd frame compressed with the reference
 /// as its prefix (so bytes that moved within the chunk are matched where they went).
 const CHUNK_MAGIC3: &[u8; 8] = b"BWCHDLT3";
+/// Format 4: a zstd frame like format 3's, against a reference of its own length made of
+/// ranges of other objects one after the other (a WAL chunk against the base backup's copies
+/// of the pages its full-page images copy, [`crate::pg`]): a compact header of the objects
+/// once each and the ranges by index.
+const CHUNK_MAGIC4: &[u8; 8] = b"BWCHDLT4";
+/// Format 4's header before its objects: magic, depth, objects (u16), ranges (u16), the
+/// reference's length (u32).
+const HEADER4: usize = 8 + 1 + 2 + 2 + 4;
+/// One object in a format 4 header (its name and length), and one range (the object's
+/// index, where in it, how long).
+const OBJECT4: usize = 32 + 4;
+const RANGE4: usize = 2 + 4 + 4;
+/// The most objects and ranges a format 4 chunk has.
+pub const MAX_OBJECTS4: usize = 255;
+pub const MAX_RANGES4: usize = 1024;
 /// The length of a format 1 header.
 pub const CHUNK_HEADER: usize = 8 + 1 + 32 + 4 + 8;
 /// The length of one base in a format 2 header, and of the header before the bases.
@@ -216,8 +231,8 @@ const HEADER2: usize = 8 + 1 + 1;
 /// The most bases a patched chunk has (one object may be the base of several ranges, at
 /// different shifts).
 pub const MAX_BASES: usize = 2 * CHUNK_CHAIN as usize;
-/// The longest header of either format.
-const MAX_HEADER: usize = HEADER2 + MAX_BASES * BASE_ENTRY;
+/// The longest header of any format (format 4's).
+const MAX_HEADER: usize = HEADER4 + MAX_OBJECTS4 * OBJECT4 + MAX_RANGES4 * RANGE4;
 
 /// One base of a patched chunk: bytes `from..to` of the chunk's reference are bytes
 /// `from + shift .. to + shift` of `base` (zeros where it does not reach).
@@ -238,6 +253,8 @@ pub struct ChunkPatch {
     pub body: usize,
     /// The body is a zstd frame against the reference (format 3), not ranges.
     pub zstd: bool,
+    /// The reference's length where it is not the chunk's (format 4).
+    pub reference_len: Option<usize>,
 }
 
 /// How a patched chunk's body says what changed.
@@ -403,7 +420,11 @@ pub fn chunk_patch(b: &[u8]) -> Option<ChunkPatch> {
             }],
             body: CHUNK_HEADER,
             zstd: false,
+            reference_len: None,
         });
+    }
+    if b.len() >= HEADER4 && &b[..8] == CHUNK_MAGIC4 {
+        return chunk_patch4(b);
     }
     if b.len() < HEADER2 || (&b[..8] != CHUNK_MAGIC2 && &b[..8] != CHUNK_MAGIC3) {
         return None;
@@ -431,6 +452,96 @@ pub fn chunk_patch(b: &[u8]) -> Option<ChunkPatch> {
         bases,
         body,
         zstd,
+        reference_len: None,
+    })
+}
+
+/// The object bytes of a chunk stored in format 4: `body`, a [`zstd_patch`] against the
+/// reference that `bases` make one after the other (each base's range `from..to` is where it
+/// sits in the reference; they follow each other from 0), reading `depth` other objects.
+/// `None` when there are none, or more objects or ranges than the format holds.
+pub fn chunk_object4(depth: u8, bases: &[ChunkBase], body: &[u8]) -> Option<Vec<u8>> {
+    if bases.is_empty() || bases.len() > MAX_RANGES4 || depth == 0 {
+        return None;
+    }
+    let mut objects: Vec<ObjectRef> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    let mut ranges = Vec::with_capacity(bases.len());
+    let mut at = 0u32;
+    for b in bases {
+        if b.from != at || b.to < b.from {
+            return None;
+        }
+        at = b.to;
+        let i = *index.entry(b.base.id).or_insert_with(|| {
+            objects.push(b.base);
+            objects.len() - 1
+        });
+        let offset = i64::from(b.from) + b.shift;
+        let offset = u32::try_from(offset).ok()?;
+        ranges.push((i as u16, offset, b.to - b.from));
+    }
+    if objects.len() > MAX_OBJECTS4 {
+        return None;
+    }
+    let mut out =
+        Vec::with_capacity(HEADER4 + objects.len() * OBJECT4 + ranges.len() * RANGE4 + body.len());
+    out.extend_from_slice(CHUNK_MAGIC4);
+    out.push(depth);
+    out.extend_from_slice(&(objects.len() as u16).to_be_bytes());
+    out.extend_from_slice(&(ranges.len() as u16).to_be_bytes());
+    out.extend_from_slice(&at.to_be_bytes());
+    for o in &objects {
+        out.extend_from_slice(&o.id.0);
+        out.extend_from_slice(&u32::try_from(o.len).ok()?.to_be_bytes());
+    }
+    for (i, offset, len) in ranges {
+        out.extend_from_slice(&i.to_be_bytes());
+        out.extend_from_slice(&offset.to_be_bytes());
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+    out.extend_from_slice(body);
+    Some(out)
+}
+
+fn chunk_patch4(b: &[u8]) -> Option<ChunkPatch> {
+    let depth = b[8];
+    let n_objects = usize::from(u16::from_be_bytes([b[9], b[10]]));
+    let n_ranges = usize::from(u16::from_be_bytes([b[11], b[12]]));
+    let reference_len = be_u32(&b[13..17]) as usize;
+    if depth == 0 || n_objects == 0 || n_objects > MAX_OBJECTS4 || n_ranges > MAX_RANGES4 {
+        return None;
+    }
+    let ranges_at = HEADER4 + n_objects * OBJECT4;
+    let body = ranges_at + n_ranges * RANGE4;
+    if b.len() < body {
+        return None;
+    }
+    let objects: Vec<ObjectRef> = b[HEADER4..ranges_at]
+        .chunks_exact(OBJECT4)
+        .map(object_ref)
+        .collect();
+    let mut bases = Vec::with_capacity(n_ranges);
+    let mut at = 0u32;
+    for e in b[ranges_at..body].chunks_exact(RANGE4) {
+        let base = *objects.get(usize::from(u16::from_be_bytes([e[0], e[1]])))?;
+        let offset = be_u32(&e[2..6]);
+        let len = be_u32(&e[6..10]);
+        let to = at.checked_add(len)?;
+        bases.push(ChunkBase {
+            base,
+            shift: i64::from(offset) - i64::from(at),
+            from: at,
+            to,
+        });
+        at = to;
+    }
+    (at as usize == reference_len).then_some(ChunkPatch {
+        depth,
+        bases,
+        body,
+        zstd: true,
+        reference_len: Some(reference_len),
     })
 }
 
@@ -466,7 +577,7 @@ pub fn is_patched_file(f: &std::fs::File, r: &ObjectRef) -> bool {
     let mut head = [0u8; 8];
     f.metadata().is_ok_and(|md| md.len() < r.len)
         && f.read_exact_at(&mut head, 0).is_ok()
-        && (&head == CHUNK_MAGIC || &head == CHUNK_MAGIC2 || &head == CHUNK_MAGIC3)
+        && [CHUNK_MAGIC, CHUNK_MAGIC2, CHUNK_MAGIC3, CHUNK_MAGIC4].contains(&&head)
 }
 
 /// The depth of the chunk `r` as stored (the other objects its rebuild reads): 0 whole,
@@ -569,6 +680,21 @@ pub fn add_bases<'a>(
 /// base checked against its name on the way); the result is checked against `r` too. A
 /// chunk stored whole is returned as read (`stored`), its check left to the caller.
 pub fn chunk_bytes(dir: &Path, r: &ObjectRef, stored: Vec<u8>) -> Result<Vec<u8>, String> {
+    chunk_bytes_with(dir, r, stored, &|_, _, _| false)
+}
+
+/// Reads bytes `at..at + out.len()` of an object from a copy of it elsewhere, if there is
+/// one (what it reads is checked with the chunk it rebuilds).
+pub type Copies<'a> = &'a dyn Fn(&ObjectId, u64, &mut [u8]) -> bool;
+
+/// [`chunk_bytes`], the ranges of a format 4 chunk read from `copies` where it has them
+/// (a restore's files just written) instead of from their objects decoded whole.
+pub fn chunk_bytes_with(
+    dir: &Path,
+    r: &ObjectRef,
+    stored: Vec<u8>,
+    copies: Copies<'_>,
+) -> Result<Vec<u8>, String> {
     if stored.len() as u64 == r.len {
         return Ok(stored);
     }
@@ -579,7 +705,83 @@ pub fn chunk_bytes(dir: &Path, r: &ObjectRef, stored: Vec<u8>) -> Result<Vec<u8>
         read: HashSet::from([r.id]),
         bytes: std::collections::HashMap::new(),
     };
+    if let Some(len) = p.reference_len {
+        return rebuild_from_ranges(dir, r, &stored, &p, len, copies, &mut done);
+    }
     rebuild(dir, r, &stored, &p, usize::from(p.depth) + 1, &mut done)
+}
+
+/// Rebuilds a format 4 chunk: its reference's ranges read from `copies` where it has them,
+/// from their objects (each decoded once, and at most the chunk's depth of them) elsewhere.
+fn rebuild_from_ranges(
+    dir: &Path,
+    r: &ObjectRef,
+    stored: &[u8],
+    p: &ChunkPatch,
+    len: usize,
+    copies: Copies<'_>,
+    done: &mut Rebuilt,
+) -> Result<Vec<u8>, String> {
+    let limit = usize::from(p.depth) + 1;
+    let mut reference = vec![0u8; len];
+    for b in &p.bases {
+        let (lo, hi) = (b.from as usize, (b.to as usize).min(len));
+        let at = i64::from(b.from) + b.shift;
+        if lo >= hi {
+            continue;
+        }
+        if at >= 0 && copies(&b.base.id, at as u64, &mut reference[lo..hi]) {
+            continue;
+        }
+        load_base(dir, &b.base, limit, done)?;
+        // Bytes at..at + (hi - lo) of the base, zeros where it does not reach.
+        let base = &done.bytes[&b.base.id];
+        let from = at.max(0);
+        let to = (at + (hi - lo) as i64).min(base.len() as i64);
+        if from < to {
+            let dst = lo + (from - at) as usize;
+            reference[dst..dst + (to - from) as usize]
+                .copy_from_slice(&base[from as usize..to as usize]);
+        }
+    }
+    let out = zstd_apply(&reference, &stored[p.body..], r.len as usize)
+        .map_err(|e| format!("its patch is damaged: {e}"))?;
+    if out.len() as u64 != r.len || Sha256::digest(&out).as_slice() != r.id.0 {
+        return Err("its patch does not rebuild the chunk's bytes".into());
+    }
+    Ok(out)
+}
+
+/// Reads, decodes and checks base `b` into `done` unless it is there; at most `limit`
+/// objects read in all.
+fn load_base(dir: &Path, b: &ObjectRef, limit: usize, done: &mut Rebuilt) -> Result<(), String> {
+    if done.bytes.contains_key(&b.id) {
+        return Ok(());
+    }
+    if !done.read.insert(b.id) {
+        return Err(format!("its base chunk {} is its own base", b.id));
+    }
+    if done.read.len() > limit {
+        return Err(format!(
+            "a patch of depth {} reads more objects than that",
+            limit - 1
+        ));
+    }
+    let base_stored = std::fs::read(b.id.path_in(dir))
+        .map_err(|e| format!("its base chunk {} cannot be read: {e}", b.id))?;
+    // A base stored compressed (a PostgreSQL chunk) is whole once decompressed.
+    let base_stored = crate::point::objects::decode(base_stored, b.len)
+        .map_err(|e| format!("its base chunk {}: {e}", b.id))?;
+    let base = match chunk_patch(&base_stored).filter(|_| (base_stored.len() as u64) < b.len) {
+        Some(bp) => rebuild(dir, b, &base_stored, &bp, limit, done)
+            .map_err(|e| format!("its base chunk {}: {e}", b.id))?,
+        None => base_stored,
+    };
+    if base.len() as u64 != b.len || ObjectId::of(&base) != b.id {
+        return Err(format!("its base chunk {} is damaged", b.id));
+    }
+    done.bytes.insert(b.id, base);
+    Ok(())
 }
 
 /// The objects a rebuild read (the chunk's own included) and the bases it rebuilt.
@@ -599,40 +801,14 @@ fn rebuild(
     done: &mut Rebuilt,
 ) -> Result<Vec<u8>, String> {
     for b in &p.bases {
-        if done.bytes.contains_key(&b.base.id) {
-            continue;
-        }
-        if !done.read.insert(b.base.id) {
-            return Err(format!("its base chunk {} is its own base", b.base.id));
-        }
-        if done.read.len() > limit {
-            return Err(format!(
-                "a patch of depth {} reads more objects than that",
-                limit - 1
-            ));
-        }
-        let base_stored = std::fs::read(b.base.id.path_in(dir))
-            .map_err(|e| format!("its base chunk {} cannot be read: {e}", b.base.id))?;
-        // A base stored compressed (a PostgreSQL chunk) is whole once decompressed.
-        let base_stored = crate::point::objects::decode(base_stored, b.base.len)
-            .map_err(|e| format!("its base chunk {}: {e}", b.base.id))?;
-        let base =
-            match chunk_patch(&base_stored).filter(|_| (base_stored.len() as u64) < b.base.len) {
-                Some(bp) => rebuild(dir, &b.base, &base_stored, &bp, limit, done)
-                    .map_err(|e| format!("its base chunk {}: {e}", b.base.id))?,
-                None => base_stored,
-            };
-        if base.len() as u64 != b.base.len || ObjectId::of(&base) != b.base.id {
-            return Err(format!("its base chunk {} is damaged", b.base.id));
-        }
-        done.bytes.insert(b.base.id, base);
+        load_base(dir, &b.base, limit, done)?;
     }
     let layers: Vec<(ChunkBase, &[u8])> = p
         .bases
         .iter()
         .map(|b| (*b, &done.bytes[&b.base.id][..]))
         .collect();
-    let reference = reference(r.len as usize, &layers);
+    let reference = reference(p.reference_len.unwrap_or(r.len as usize), &layers);
     let out = if p.zstd {
         zstd_apply(&reference, &stored[p.body..], r.len as usize)
             .map_err(|e| format!("its patch is damaged: {e}"))?
@@ -792,6 +968,67 @@ mod tests {
         }
 
         #[test]
+        fn a_chunk_against_pages_of_other_objects_rebuilds_exactly(
+            objects in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 64..3000), 1..5),
+            picks in proptest::collection::vec((0usize..5, 0usize..3000, 1usize..700), 1..12),
+            new in proptest::collection::vec(any::<u8>(), 1..4000),
+        ) {
+            // A reference of ranges of several objects, one after the other (format 4), and a
+            // chunk made partly of them.
+            let t = tempfile::tempdir().unwrap();
+            let refs: Vec<ObjectRef> = objects.iter().map(|o| put_in(t.path(), o)).collect();
+            let mut bases = Vec::new();
+            let mut at = 0u32;
+            let mut chunk = Vec::new();
+            for (o, from, len) in picks {
+                let o = o % objects.len();
+                let from = from % objects[o].len();
+                let len = len.min(objects[o].len() - from);
+                bases.push(ChunkBase { base: refs[o], shift: from as i64 - i64::from(at), from: at, to: at + len as u32 });
+                at += len as u32;
+                chunk.extend_from_slice(&objects[o][from..from + len]);
+                chunk.extend_from_slice(&new[..new.len().min(50)]);
+            }
+            chunk.extend_from_slice(&new);
+            chunk.extend(std::iter::repeat_n(7u8, 20_000));
+            let layers: Vec<(ChunkBase, &[u8])> = bases.iter().map(|b| (*b, &objects[refs.iter().position(|r| r.id == b.base.id).unwrap()][..])).collect();
+            let body = zstd_patch(&reference(at as usize, &layers), &chunk).unwrap();
+            let distinct = refs.iter().map(|r| r.id).collect::<HashSet<_>>().len() as u8;
+            let obj = chunk_object4(distinct, &bases, &body).unwrap();
+            let header = chunk_patch(&obj).unwrap();
+            prop_assert_eq!(&header.bases, &bases);
+            prop_assert_eq!(header.reference_len, Some(at as usize));
+            let r = ObjectRef { id: ObjectId::of(&chunk), len: chunk.len() as u64 };
+            // The store tells a patch by its being shorter than its chunk.
+            if (obj.len() as u64) < r.len {
+                prop_assert_eq!(chunk_bytes(t.path(), &r, obj.clone()).unwrap(), chunk.clone());
+                // Ranges read from copies elsewhere: the right bytes rebuild it, wrong ones
+                // never give a wrong chunk (it is refused, or their bytes were not needed).
+                let right = |id: &ObjectId, at: u64, out: &mut [u8]| {
+                    let o = &objects[refs.iter().position(|r| r.id == *id).unwrap()];
+                    let at = at as usize;
+                    if at + out.len() > o.len() {
+                        return false;
+                    }
+                    out.copy_from_slice(&o[at..at + out.len()]);
+                    true
+                };
+                prop_assert_eq!(chunk_bytes_with(t.path(), &r, obj.clone(), &right).unwrap(), chunk.clone());
+                let wrong = |_: &ObjectId, _: u64, out: &mut [u8]| {
+                    out.fill(0x5A);
+                    true
+                };
+                if let Ok(got) = chunk_bytes_with(t.path(), &r, obj.clone(), &wrong) {
+                    prop_assert_eq!(got, chunk.clone());
+                }
+            }
+            // Cut anywhere in its header, it is not read as a patch.
+            for cut in [0, 8, HEADER4, header.body - 1] {
+                prop_assert!(chunk_patch(&obj[..cut]).is_none());
+            }
+        }
+
+        #[test]
         fn any_chunk_stored_as_a_patch_rebuilds_exactly(
             old in proptest::collection::vec(any::<u8>(), 1..3000),
             new in block(),
@@ -810,6 +1047,7 @@ mod tests {
                 bases: vec![ChunkBase { base, shift, from: 0, to: u32::MAX }],
                 body: CHUNK_HEADER,
                 zstd: false,
+                reference_len: None,
             });
             if (obj.len() as u64) < r.len {
                 // As the store reads it: rebuilt from its base and checked.

@@ -37,7 +37,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod base;
+mod fpi;
 pub mod lsn;
+mod pages;
 mod proc;
 mod restore;
 mod shadow;

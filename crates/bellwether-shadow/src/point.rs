@@ -76,7 +76,9 @@ pub use time::{TimeError, Timestamp};
 /// 4: a chunk may be stored as a format 3 patch (a zstd frame against its base, `BWCHDLT3`),
 /// and a PostgreSQL base backup's chunks as patches against the last backup's (a Bellwether
 /// that reads only 3 would take them for damaged).
-pub const FORMAT: u32 = 4;
+/// 5: a PostgreSQL WAL chunk may be stored as a format 4 patch (a zstd frame against the base
+/// backup's copies of the pages its full-page images copy, `BWCHDLT4`).
+pub const FORMAT: u32 = 5;
 /// The oldest format this build reads: 1, every object stored as its content.
 pub const OLDEST_FORMAT: u32 = 1;
 

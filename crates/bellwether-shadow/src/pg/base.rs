@@ -251,14 +251,28 @@ pub(crate) enum Put {
     Unsynced,
 }
 
+/// What [`store_chunks`] may store a chunk as a patch against.
+pub(crate) enum Against<'a> {
+    /// Nothing: each chunk whole (compressed where `put` says).
+    Nothing,
+    /// Chunk `i` against `previous[i]` where that names another chunk and a patch is worth
+    /// it ([`Previous`]).
+    Previous(&'a [ObjectRef]),
+    /// Chunk `i` as `encode(i, bytes)` gives it where it gives one (a WAL chunk against the
+    /// base's pages, [`super::pages`]), when `put` is [`Put::Compressed`].
+    Encode(ChunkEncoder<'a>),
+}
+
+/// Gives chunk `i`'s bytes another way to be stored ([`Against::Encode`]).
+pub(crate) type ChunkEncoder<'a> = &'a mut dyn FnMut(usize, &[u8]) -> Option<Vec<u8>>;
+
 /// Stores chunks `from..upto` of the open file `f` (`path` names it in errors), each cut at
 /// byte `end` of the file (fewer, or a shorter last one, where the file or `end` comes
 /// first), as `put` says. Returns their objects and the bytes new to the store. Reads by
 /// offset, so the file may be renamed meanwhile (`pg_receivewal` renames `NAME.partial` to
 /// `NAME` once it is complete).
 ///
-/// A chunk `i` that `previous[i]` names differently is stored as a patch against it where
-/// that is worth it ([`Previous`]).
+/// Chunks may be stored as patches ([`Against`]).
 pub(crate) fn store_chunks(
     store: &PointStore,
     f: &std::fs::File,
@@ -266,8 +280,12 @@ pub(crate) fn store_chunks(
     (from, upto): (usize, usize),
     end: u64,
     put: Put,
-    previous: &[ObjectRef],
+    mut against: Against<'_>,
 ) -> Result<(Vec<ObjectRef>, u64), ShadowError> {
+    let previous = match &against {
+        Against::Previous(p) => *p,
+        _ => &[],
+    };
     use std::os::unix::fs::FileExt;
     let mut objects = Vec::new();
     let mut new_bytes = 0;
@@ -298,6 +316,23 @@ pub(crate) fn store_chunks(
                     break;
                 }
                 continue;
+            }
+        }
+        // Another way to store it (a WAL chunk as a patch against the base's pages).
+        if let (Put::Compressed, Against::Encode(encode)) = (put, &mut against) {
+            let r = ObjectRef {
+                id: ObjectId::of(&buf[..n]),
+                len: n as u64,
+            };
+            if !store.has_object(&r.id) {
+                if let Some(stored) = encode(i, &buf[..n]) {
+                    new_bytes += store.put_encoded(&r, &stored)?;
+                    objects.push(r);
+                    if n < CHUNK {
+                        break;
+                    }
+                    continue;
+                }
             }
         }
         let (r, new) = match put {
@@ -398,7 +433,7 @@ pub(crate) fn store_file(
             (0, usize::MAX),
             u64::MAX,
             Put::Compressed,
-            previous,
+            Against::Previous(previous),
         )?;
         objects = o;
         new_bytes += n;
@@ -493,6 +528,9 @@ pub(crate) fn materialize(
     // Where the store and `dest` share a file system that clones, multi-object files are
     // assembled from reflinks of their objects instead of being written byte by byte.
     let clones = store.clones_into(dest);
+    // The files written so far, nothing else touching them until this returns: a WAL chunk
+    // stored as a patch against base pages reads those pages from them.
+    let mut copies = store.copies_at();
     for e in entries {
         if e.path
             .split('/')
@@ -532,6 +570,7 @@ pub(crate) fn materialize(
                     }
                 }
                 bytes += e.size;
+                copies.add(&path, &e.objects);
             }
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode))
@@ -571,8 +610,16 @@ mod tests {
         )
         .unwrap();
         s.lock_writer().unwrap();
-        let (objects, _) =
-            store_chunks(&s, &f, &partial, (0, 8), u64::MAX, Put::Compressed, &[]).unwrap();
+        let (objects, _) = store_chunks(
+            &s,
+            &f,
+            &partial,
+            (0, 8),
+            u64::MAX,
+            Put::Compressed,
+            Against::Nothing,
+        )
+        .unwrap();
         let lens: Vec<u64> = objects.iter().map(|o| o.len).collect();
         assert_eq!(
             lens,
@@ -586,12 +633,18 @@ mod tests {
             "a chunk of zeros is the zero chunk"
         );
         // A chunk range past the end stores nothing; the complete name is found now.
-        assert!(
-            store_chunks(&s, &f, &partial, (5, 8), u64::MAX, Put::Fast, &[])
-                .unwrap()
-                .0
-                .is_empty()
-        );
+        assert!(store_chunks(
+            &s,
+            &f,
+            &partial,
+            (5, 8),
+            u64::MAX,
+            Put::Fast,
+            Against::Nothing
+        )
+        .unwrap()
+        .0
+        .is_empty());
         // Cut at a byte: the chunk it falls in is stored up to it.
         let (cut, _) = store_chunks(
             &s,
@@ -600,7 +653,7 @@ mod tests {
             (0, 8),
             CHUNK as u64 + 5,
             Put::Unsynced,
-            &[],
+            Against::Nothing,
         )
         .unwrap();
         let lens: Vec<u64> = cut.iter().map(|o| o.len).collect();

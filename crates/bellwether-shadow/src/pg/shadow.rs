@@ -149,10 +149,21 @@ pub struct PgShadow {
     /// in `pg/wal` already): the next sync settles them before it removes anything from
     /// `pg/wal` ([`PgShadow::settle_wal`]); after a machine's stop, the next start rebuilds
     /// any it lost from there ([`repair_wal`]).
-    unsettled: Vec<ObjectRef>,
+    /// Each with the LSN it begins at.
+    unsettled: Vec<(ObjectRef, u64)>,
+    /// The current base's pages, for WAL chunks stored as patches against them
+    /// ([`super::pages`]).
+    pages: super::pages::WalPages,
     /// Bytes of WAL the shadow holds past its base's end (at the last point or sync; the
     /// rest of the segment a backup's end switched from counts too).
     wal_since_base: u64,
+}
+
+/// Whether chunks stored with `put` are tried as patches against the base's pages there and
+/// then: those stored compressed (the sync loop's); those a point stores unsynced are tried
+/// when they are settled, and those it stores fast not at all (a point waits for them).
+fn pages_wanted(put: Put) -> bool {
+    put == Put::Compressed
 }
 
 /// How many of the newest points [`repair_wal`] checks: a point's unsynced objects are
@@ -280,6 +291,7 @@ impl PgShadow {
             staged_bytes: 0,
             prune: None,
             unsettled: Vec::new(),
+            pages: Default::default(),
             wal_since_base: 0,
         };
         shadow.on(|i| Box::pin(i.set_up()))?;
@@ -417,6 +429,7 @@ impl PgShadow {
             new_bytes,
         })?;
         self.timeline = info.timeline;
+        self.pages.set_base(&entries);
         self.base = Some(CurrentBase { info, entries });
         self.wal_since_base = 0;
         self.prune = Some(self.prune.unwrap_or(0));
@@ -524,6 +537,7 @@ impl PgShadow {
             let complete = wal.join(&name);
             let partial = wal.join(format!("{name}.partial"));
             let rel = format!("{WAL_PREFIX}{name}");
+            let lsn0 = segno.saturating_mul(seg);
             if let Some(objects) = self.wal_cache.get(&name) {
                 if point {
                     entries.push(entry(rel, objects.clone()));
@@ -554,6 +568,7 @@ impl PgShadow {
                     u64::MAX,
                     put,
                     (&mut stored, &mut new_bytes),
+                    lsn0,
                 )?;
                 let mut objects = known;
                 objects.extend(rest);
@@ -571,6 +586,7 @@ impl PgShadow {
                     u64::MAX,
                     put,
                     (&mut stored, &mut new_bytes),
+                    lsn0,
                 )?;
                 let mut objects = known;
                 objects.extend(more);
@@ -593,6 +609,7 @@ impl PgShadow {
                         flushed,
                         Put::Unsynced,
                         (&mut stored, &mut new_bytes),
+                        lsn0,
                     )?;
                     objects.extend(tail);
                     entries.push(entry(rel, objects));
@@ -606,6 +623,7 @@ impl PgShadow {
                         u64::MAX,
                         Put::Fast,
                         (&mut stored, &mut new_bytes),
+                        lsn0,
                     )?;
                     objects.extend(more);
                     let mut at = objects.iter().map(|o| o.len).sum::<u64>();
@@ -629,7 +647,10 @@ impl PgShadow {
 
     /// [`base::store_chunks`] for [`PgShadow::store_wal`]: counts the objects in `stored`
     /// and their new bytes in `new_bytes`, and notes those stored unsynced for the next
-    /// sync to settle ([`PgShadow::settle_wal`]).
+    /// sync to settle ([`PgShadow::settle_wal`]). The file's byte 0 is WAL at `lsn0`; a chunk
+    /// stored compressed is stored as a patch against the base's pages where that is smaller
+    /// ([`super::pages`]).
+    #[allow(clippy::too_many_arguments)]
     fn store_chunks(
         &mut self,
         (file, path): (&std::fs::File, &Path),
@@ -637,12 +658,30 @@ impl PgShadow {
         end: u64,
         put: Put,
         (stored, new_bytes): (&mut Vec<ObjectRef>, &mut u64),
+        lsn0: u64,
     ) -> Result<Vec<ObjectRef>, ShadowError> {
-        let (objects, n) = base::store_chunks(&self.store, file, path, range, end, put, &[])?;
+        let version = self.inner.info.server_version_num;
+        let (store, pages) = (&self.store, &mut self.pages);
+        let mut encode = |i: usize, bytes: &[u8]| {
+            let at = lsn0 + (i * base::CHUNK) as u64;
+            pages.patch(store, bytes, at, version)
+        };
+        let against = if pages_wanted(put) {
+            base::Against::Encode(&mut encode)
+        } else {
+            base::Against::Nothing
+        };
+        let (objects, n) = base::store_chunks(store, file, path, range, end, put, against)?;
         *new_bytes += n;
         stored.extend(objects.iter().copied());
         if put == Put::Unsynced {
-            self.unsettled.extend(objects.iter().copied());
+            let first = range.0;
+            self.unsettled.extend(
+                objects
+                    .iter()
+                    .enumerate()
+                    .map(|(k, o)| (*o, lsn0 + ((first + k) * base::CHUNK) as u64)),
+            );
         }
         Ok(objects)
     }
@@ -656,7 +695,15 @@ impl PgShadow {
             return Ok(());
         }
         let refs = std::mem::take(&mut self.unsettled);
-        match self.store.settle(&refs) {
+        let lsns: HashMap<ObjectId, u64> = refs.iter().map(|(r, l)| (r.id, *l)).collect();
+        let only: Vec<ObjectRef> = refs.iter().map(|(r, _)| *r).collect();
+        let version = self.inner.info.server_version_num;
+        let (store, pages) = (&self.store, &mut self.pages);
+        let settled = store.settle_with(&only, &mut |r, bytes| {
+            let lsn = *lsns.get(&r.id)?;
+            pages.patch(store, bytes, lsn, version)
+        });
+        match settled {
             Ok(lost) => {
                 for r in lost {
                     tracing::warn!(object = %r.id, "A point's WAL object is not what was written; the next start rebuilds it from pg/wal.");

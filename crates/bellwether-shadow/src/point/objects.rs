@@ -132,7 +132,7 @@ pub(crate) const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// zstd's default level: the WAL of a pgbench run after a checkpoint (full-page images)
 /// shrinks 12 × at about 650 MB/s on one core here (level 1: 9.7 × at 820 MB/s; 9: 13.4 ×
 /// at a fifth of the speed).
-const ZSTD_LEVEL: i32 = 3;
+pub(crate) const ZSTD_LEVEL: i32 = 3;
 /// Where the time matters more than the last tenth of the space: the chunk a PostgreSQL
 /// point ends in, read while the point waits (and stored again, whole, by a later point).
 const ZSTD_FAST: i32 = 1;
@@ -193,7 +193,15 @@ fn put_as(
 /// `None` when there is nothing to make durable: the object is gone (`gc` took it: no
 /// committed point referenced it), or its content is not its name's (a write the machine
 /// lost: left for the kind to rebuild, as `PgShadow` does from `pg/wal`).
-pub(crate) fn settle(dir: &Path, tmp: &Path, r: &ObjectRef) -> io::Result<Option<PathBuf>> {
+///
+/// `encode` may give a better way to store it (a patch, [`crate::delta`]): that is written
+/// instead, the same way.
+pub(crate) fn settle(
+    dir: &Path,
+    tmp: &Path,
+    r: &ObjectRef,
+    encode: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>,
+) -> io::Result<Option<PathBuf>> {
     let path = r.id.path_in(dir);
     let stored = match std::fs::read(&path) {
         Ok(b) => b,
@@ -202,8 +210,11 @@ pub(crate) fn settle(dir: &Path, tmp: &Path, r: &ObjectRef) -> io::Result<Option
     };
     let parent = path.parent().map(Path::to_path_buf);
     if stored.len() as u64 != r.len {
-        if (stored.len() as u64) < r.len && stored.starts_with(&ZSTD_MAGIC) {
-            // Stored compressed already (so by an earlier put): synced as it is.
+        if (stored.len() as u64) < r.len
+            && (stored.starts_with(&ZSTD_MAGIC) || crate::delta::chunk_patch(&stored).is_some())
+        {
+            // Stored compressed or as a patch already (so by an earlier put): synced as it
+            // is.
             File::open(&path)?.sync_all()?;
             return Ok(parent);
         }
@@ -212,7 +223,10 @@ pub(crate) fn settle(dir: &Path, tmp: &Path, r: &ObjectRef) -> io::Result<Option
     if ObjectId::of(&stored) != r.id {
         return Ok(None);
     }
-    let z = zstd::bulk::compress(&stored, ZSTD_LEVEL)?;
+    let z = match encode(&stored) {
+        Some(patched) => patched,
+        None => zstd::bulk::compress(&stored, ZSTD_LEVEL)?,
+    };
     if z.len() + stored.len() / 8 >= stored.len() {
         File::open(&path)?.sync_all()?;
         return Ok(parent);
@@ -468,8 +482,8 @@ mod tests {
             .collect();
         let (a, _) = put(&dir, &tmp, &text).unwrap();
         let (b, _) = put(&dir, &tmp, &noise).unwrap();
-        assert!(settle(&dir, &tmp, &a).unwrap().is_some());
-        assert!(settle(&dir, &tmp, &b).unwrap().is_some());
+        assert!(settle(&dir, &tmp, &a, &mut |_| None).unwrap().is_some());
+        assert!(settle(&dir, &tmp, &b, &mut |_| None).unwrap().is_some());
         let stored = std::fs::read(a.id.path_in(&dir)).unwrap();
         assert!(stored.len() < text.len() / 4 && stored.starts_with(&ZSTD_MAGIC));
         assert_eq!(decode(stored, a.len).unwrap(), text);
@@ -479,15 +493,15 @@ mod tests {
             "kept as it is"
         );
         // Settled twice: still whole, still compressed.
-        assert!(settle(&dir, &tmp, &a).unwrap().is_some());
+        assert!(settle(&dir, &tmp, &a, &mut |_| None).unwrap().is_some());
         assert!(std::fs::read(a.id.path_in(&dir)).unwrap().len() < text.len());
         // A write the machine lost: zeros where the content was, or no file at all.
         let p = b.id.path_in(&dir);
         std::fs::remove_file(&p).unwrap();
         std::fs::write(&p, vec![0u8; noise.len()]).unwrap();
-        assert_eq!(settle(&dir, &tmp, &b).unwrap(), None);
+        assert_eq!(settle(&dir, &tmp, &b, &mut |_| None).unwrap(), None);
         std::fs::remove_file(&p).unwrap();
-        assert_eq!(settle(&dir, &tmp, &b).unwrap(), None);
+        assert_eq!(settle(&dir, &tmp, &b, &mut |_| None).unwrap(), None);
         assert!(
             std::fs::read_dir(&tmp).unwrap().next().is_none(),
             "no temporary file left"

@@ -161,6 +161,25 @@ impl PointStore {
         self.decode_object(r, stored)
     }
 
+    /// Stores object `r` as `stored`, bytes a patch's writer made ([`crate::delta`]) and
+    /// checked: their length, or 0 when the store holds `r` already. Synced by the next
+    /// point, as any new object.
+    pub(crate) fn put_encoded(&self, r: &ObjectRef, stored: &[u8]) -> Result<u64, ShadowError> {
+        if self.has_object(&r.id) {
+            return Ok(0);
+        }
+        let path = self.object_path(&r.id);
+        let t = self.temp_path();
+        std::fs::write(&t, stored)
+            .and_then(|()| objects::install(&t, &path))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&t);
+            })
+            .map_err(ShadowError::io(&path))?;
+        self.written(&r.id, true);
+        Ok(stored.len() as u64)
+    }
+
     /// Stores `bytes` (named `r`: the caller hashed them) as a patch against `bases`
     /// ([`PointStore::patch_against`]) when that is worth it: the stored bytes' length, `None`
     /// when it was not (the caller stores it whole). An object the store holds already is not

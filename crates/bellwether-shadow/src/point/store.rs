@@ -1,6 +1,6 @@
 //! [`PointStore`]: one shadow directory on disk (layout in the parent module's docs).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -41,6 +41,51 @@ pub struct PointStore {
     /// Objects stored ahead of the point that will reference them ([`PointStore::stage`]):
     /// `gc` keeps them until a committed point does.
     staged: Mutex<HashSet<ObjectId>>,
+    /// Where copies of objects were just written (a restore's files, before anything else
+    /// touches them): a patch against pages of them reads those bytes there instead of
+    /// decoding each whole ([`PointStore::copies_at`]).
+    copies: Mutex<HashMap<ObjectId, (PathBuf, u64, u64)>>,
+}
+
+/// Another way to store an object than compressed (a patch), given its bytes; `None` where
+/// there is none ([`PointStore::settle_with`]).
+pub(crate) type Encoder<'a> = &'a mut dyn FnMut(&ObjectRef, &[u8]) -> Option<Vec<u8>>;
+
+/// The copies [`PointStore::copies_at`] noted; forgotten on drop.
+pub(crate) struct Copies<'a> {
+    store: &'a PointStore,
+    ids: Vec<ObjectId>,
+}
+
+impl Drop for Copies<'_> {
+    fn drop(&mut self) {
+        let mut c = self
+            .store
+            .copies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in &self.ids {
+            c.remove(id);
+        }
+    }
+}
+
+impl Copies<'_> {
+    /// Notes that `objects`, one after the other, are the content of the file at `path`.
+    pub(crate) fn add(&mut self, path: &Path, objects: &[ObjectRef]) {
+        let mut c = self
+            .store
+            .copies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut at = 0;
+        for o in objects {
+            if c.insert(o.id, (path.to_path_buf(), at, o.len)).is_none() {
+                self.ids.push(o.id);
+            }
+            at += o.len;
+        }
+    }
 }
 
 /// `points/HEAD`'s size when written in place: its JSON padded with spaces.
@@ -246,6 +291,7 @@ impl PointStore {
             unsynced: Mutex::default(),
             head_file: Mutex::new(None),
             staged: Mutex::default(),
+            copies: Mutex::default(),
         })
     }
 
@@ -281,6 +327,7 @@ impl PointStore {
             unsynced: Mutex::default(),
             head_file: Mutex::new(None),
             staged: Mutex::default(),
+            copies: Mutex::default(),
         })
     }
 
@@ -492,10 +539,20 @@ impl PointStore {
     /// where that saves an eighth, and their directories. Returns those it could not: gone,
     /// or whose content is not their name's (a write the machine lost).
     pub(crate) fn settle(&self, refs: &[ObjectRef]) -> Result<Vec<ObjectRef>, ShadowError> {
+        self.settle_with(refs, &mut |_, _| None)
+    }
+
+    /// [`PointStore::settle`], each object stored as `encode` gives it where it gives one
+    /// (a patch), compressed where it does not.
+    pub(crate) fn settle_with(
+        &self,
+        refs: &[ObjectRef],
+        encode: Encoder<'_>,
+    ) -> Result<Vec<ObjectRef>, ShadowError> {
         let mut dirs: Vec<PathBuf> = Vec::new();
         let mut lost = Vec::new();
         for r in refs {
-            match objects::settle(&self.dir, &self.tmp(), r)
+            match objects::settle(&self.dir, &self.tmp(), r, &mut |b| encode(r, b))
                 .map_err(ShadowError::io(self.object_path(&r.id)))?
             {
                 Some(d) if !dirs.contains(&d) => dirs.push(d),
@@ -511,9 +568,9 @@ impl PointStore {
         Ok(lost)
     }
 
-    /// Whether object `r` is there whole: stored compressed (every compressed object was
-    /// written so whole and synced before a point referenced it, or by
-    /// [`PointStore::settle`]), or stored as it is with the content its name says (read
+    /// Whether object `r` is there whole: stored compressed or as a patch whose bases are
+    /// there (every such object was written so whole and synced before a point referenced
+    /// it, or by [`PointStore::settle`]), or stored as it is with the content its name says (read
     /// and hashed).
     pub(crate) fn object_whole(&self, r: &ObjectRef) -> bool {
         let path = self.object_path(&r.id);
@@ -521,7 +578,10 @@ impl PointStore {
             Ok(md) if md.len() == r.len => {
                 std::fs::read(&path).is_ok_and(|b| ObjectId::of(&b) == r.id)
             }
-            Ok(md) => objects::is_compressed(&path, md.len(), r.len),
+            Ok(md) => {
+                objects::is_compressed(&path, md.len(), r.len)
+                    || crate::delta::patched_chunk_present(&self.dir, r, md.len())
+            }
             Err(_) => false,
         }
     }
@@ -529,6 +589,36 @@ impl PointStore {
     /// The sequence numbers of the manifests present, oldest first (none read).
     pub(crate) fn point_seqs(&self) -> Result<Vec<u64>, ShadowError> {
         Ok(self.scan_points()?.0)
+    }
+
+    /// Where copies of objects written from this store are while the returned value lives:
+    /// [`Copies::add`] notes each file's (a restore notes those it wrote, and forgets them
+    /// before anything else may change them).
+    pub(crate) fn copies_at(&self) -> Copies<'_> {
+        Copies {
+            store: self,
+            ids: Vec::new(),
+        }
+    }
+
+    /// Bytes `at..at + out.len()` of object `id` read from a copy noted by
+    /// [`PointStore::copies_at`]; whether there was one to read them from. What is read is
+    /// not checked here: the chunk rebuilt from it is, against its name.
+    fn copy_bytes(&self, id: &ObjectId, at: u64, out: &mut [u8]) -> bool {
+        use std::os::unix::fs::FileExt;
+        let found = self
+            .copies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned();
+        let Some((path, offset, len)) = found else {
+            return false;
+        };
+        if at + out.len() as u64 > len {
+            return false;
+        }
+        File::open(&path).is_ok_and(|f| f.read_exact_at(out, offset + at).is_ok())
     }
 
     /// Notes an object this store just installed, for the next point to sync.
@@ -674,8 +764,11 @@ impl PointStore {
     /// An object's content from its stored bytes (decompressed, or rebuilt from its patch),
     /// checked against `r`'s hash and length; why not, when it cannot be had.
     pub(crate) fn decode_object(&self, r: &ObjectRef, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
-        let bytes = objects::decode(bytes, r.len)
-            .and_then(|b| crate::delta::chunk_bytes(&self.dir, r, b))?;
+        let bytes = objects::decode(bytes, r.len).and_then(|b| {
+            crate::delta::chunk_bytes_with(&self.dir, r, b, &|id, at, out| {
+                self.copy_bytes(id, at, out)
+            })
+        })?;
         let got = ObjectId::of(&bytes);
         if got != r.id || bytes.len() as u64 != r.len {
             return Err(format!(
