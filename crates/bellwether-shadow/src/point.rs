@@ -62,6 +62,7 @@ pub use clone::{cow_supported, Seal, SealPause, SealedObject};
 pub use log::{LogRecord, LogWriter};
 pub use objects::{ObjectId, ObjectRef};
 pub use retention::{thin_plan, Retention};
+pub(crate) use store::Copies;
 pub use store::{GcReport, Lease, PointStore, ThinReport, VerifyReport};
 pub use time::{TimeError, Timestamp};
 
@@ -77,7 +78,8 @@ pub use time::{TimeError, Timestamp};
 /// and a PostgreSQL base backup's chunks as patches against the last backup's (a Bellwether
 /// that reads only 3 would take them for damaged).
 /// 5: a PostgreSQL WAL chunk may be stored as a format 4 patch (a zstd frame against the base
-/// backup's copies of the pages its full-page images copy, `BWCHDLT4`).
+/// backup's copies of the pages its full-page images copy, `BWCHDLT4`), and a manifest of
+/// 64 KiB or more is stored zstd-compressed.
 pub const FORMAT: u32 = 5;
 /// The oldest format this build reads: 1, every object stored as its content.
 pub const OLDEST_FORMAT: u32 = 1;

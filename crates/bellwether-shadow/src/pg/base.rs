@@ -514,12 +514,15 @@ fn is_zero(bytes: &[u8]) -> bool {
 }
 
 /// Writes `entries` of point `point` under `dest` (which must not exist), every object's
-/// hash checked as it is read.
-pub(crate) fn materialize(
+/// hash checked as it is read, noting in `copies` each file it writes: a WAL chunk stored as
+/// a patch against base pages (written later in the same call, or by the caller while
+/// `copies` lives and nothing else touches the files) reads those pages from them.
+pub(crate) fn materialize_noting(
     store: &PointStore,
     point: PointId,
     entries: &[Entry],
     dest: &Path,
+    copies: &mut crate::point::Copies<'_>,
 ) -> Result<u64, ShadowError> {
     std::fs::create_dir(dest).map_err(ShadowError::io(dest))?;
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700))
@@ -528,9 +531,6 @@ pub(crate) fn materialize(
     // Where the store and `dest` share a file system that clones, multi-object files are
     // assembled from reflinks of their objects instead of being written byte by byte.
     let clones = store.clones_into(dest);
-    // The files written so far, nothing else touching them until this returns: a WAL chunk
-    // stored as a patch against base pages reads those pages from them.
-    let mut copies = store.copies_at();
     for e in entries {
         if e.path
             .split('/')

@@ -409,7 +409,16 @@ fn build(
     work: &Path,
     owner: Option<&str>,
 ) -> Result<u64, ShadowError> {
-    let mut bytes = base::materialize(store, plan.point.id(), &plan.point.entries, work)?;
+    // The base files written are read for the pages WAL chunks are patched against, here
+    // and in the WAL staged from a newer point; nothing changes them before recovery starts.
+    let mut copies = store.copies_at();
+    let mut bytes = base::materialize_noting(
+        store,
+        plan.point.id(),
+        &plan.point.entries,
+        work,
+        &mut copies,
+    )?;
     pad_segments(&plan.point, info.wal_segment_size, work)?;
     let stage = work.join(STAGE);
     if !stage.is_dir() {
@@ -418,6 +427,7 @@ fn build(
     if *recovery != Recovery::Immediate {
         bytes += stage_wal(store, info, plan, work)?;
     }
+    drop(copies);
     // Every file's content was just checked against its objects' SHA-256, so the manifest's
     // own checksums (a second full read) are skipped; it still checks that every file of the
     // backup is there with its size, and parses the WAL the backup needs.
@@ -1101,7 +1111,14 @@ mod tests {
             target: "latest".into(),
         };
         let work = sd.path().join("tmp").join("work");
-        base::materialize(&store, first.id(), &first.entries, &work).unwrap();
+        base::materialize_noting(
+            &store,
+            first.id(),
+            &first.entries,
+            &work,
+            &mut store.copies_at(),
+        )
+        .unwrap();
         stage_wal(&store, &info, &plan, &work).expect("staged, the gap from the newer point");
         for s in gone {
             let name = SegmentName {
