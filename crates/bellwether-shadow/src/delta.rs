@@ -545,11 +545,22 @@ fn chunk_patch4(b: &[u8]) -> Option<ChunkPatch> {
     })
 }
 
+/// The first bytes of object `id` as stored (enough for any patch's header) and its stored
+/// length. Reads 2 KiB, more only for a format 4 header that says it is longer.
 fn read_header(dir: &Path, id: &ObjectId) -> io::Result<(u64, Vec<u8>)> {
-    let f = std::fs::File::open(id.path_in(dir))?;
+    const FIRST: usize = HEADER2 + MAX_BASES * BASE_ENTRY;
+    let mut f = std::fs::File::open(id.path_in(dir))?;
     let len = f.metadata()?.len();
-    let mut head = Vec::with_capacity(MAX_HEADER);
-    f.take(MAX_HEADER as u64).read_to_end(&mut head)?;
+    let mut head = Vec::with_capacity(FIRST);
+    (&mut f).take(FIRST as u64).read_to_end(&mut head)?;
+    if head.len() >= HEADER4 && head.starts_with(CHUNK_MAGIC4) {
+        let objects = usize::from(u16::from_be_bytes([head[9], head[10]]));
+        let ranges = usize::from(u16::from_be_bytes([head[11], head[12]]));
+        let want = (HEADER4 + objects * OBJECT4 + ranges * RANGE4).min(MAX_HEADER);
+        if want > head.len() {
+            f.take((want - head.len()) as u64).read_to_end(&mut head)?;
+        }
+    }
     Ok((len, head))
 }
 
@@ -685,7 +696,7 @@ pub fn chunk_bytes(dir: &Path, r: &ObjectRef, stored: Vec<u8>) -> Result<Vec<u8>
 
 /// Reads bytes `at..at + out.len()` of an object from a copy of it elsewhere, if there is
 /// one (what it reads is checked with the chunk it rebuilds).
-pub type Copies<'a> = &'a dyn Fn(&ObjectId, u64, &mut [u8]) -> bool;
+pub type Copies<'a> = &'a dyn Fn(&ObjectRef, u64, &mut [u8]) -> bool;
 
 /// [`chunk_bytes`], the ranges of a format 4 chunk read from `copies` where it has them
 /// (a restore's files just written) instead of from their objects decoded whole.
@@ -730,7 +741,7 @@ fn rebuild_from_ranges(
         if lo >= hi {
             continue;
         }
-        if at >= 0 && copies(&b.base.id, at as u64, &mut reference[lo..hi]) {
+        if at >= 0 && copies(&b.base, at as u64, &mut reference[lo..hi]) {
             continue;
         }
         load_base(dir, &b.base, limit, done)?;
@@ -1004,8 +1015,8 @@ mod tests {
                 prop_assert_eq!(chunk_bytes(t.path(), &r, obj.clone()).unwrap(), chunk.clone());
                 // Ranges read from copies elsewhere: the right bytes rebuild it, wrong ones
                 // never give a wrong chunk (it is refused, or their bytes were not needed).
-                let right = |id: &ObjectId, at: u64, out: &mut [u8]| {
-                    let o = &objects[refs.iter().position(|r| r.id == *id).unwrap()];
+                let right = |b: &ObjectRef, at: u64, out: &mut [u8]| {
+                    let o = &objects[refs.iter().position(|r| r.id == b.id).unwrap()];
                     let at = at as usize;
                     if at + out.len() > o.len() {
                         return false;
@@ -1014,7 +1025,7 @@ mod tests {
                     true
                 };
                 prop_assert_eq!(chunk_bytes_with(t.path(), &r, obj.clone(), &right).unwrap(), chunk.clone());
-                let wrong = |_: &ObjectId, _: u64, out: &mut [u8]| {
+                let wrong = |_: &ObjectRef, _: u64, out: &mut [u8]| {
                     out.fill(0x5A);
                     true
                 };

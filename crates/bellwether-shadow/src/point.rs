@@ -35,6 +35,7 @@
 
 pub mod time;
 
+pub(crate) mod cache;
 mod clone;
 mod log;
 pub mod loopfs;

@@ -18,6 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::delta::ChunkBase;
+use crate::point::cache::ChunkCache;
 use crate::point::{Entry, ObjectId, ObjectRef, PointStore};
 
 use super::base::CHUNK;
@@ -37,9 +38,7 @@ const MAX_REFERENCE: usize = 4 << 20;
 pub(crate) struct WalPages {
     /// Each file of the base by its path in the data directory: its chunks.
     files: HashMap<String, Vec<ObjectRef>>,
-    cache: HashMap<ObjectId, (Arc<Vec<u8>>, u64)>,
-    cached_bytes: usize,
-    tick: u64,
+    cache: Option<ChunkCache>,
     /// The objects a rebuild of each base chunk reads (itself and its own bases).
     reads: HashMap<ObjectId, Option<HashSet<ObjectId>>>,
 }
@@ -52,6 +51,7 @@ impl WalPages {
             .filter(|e| matches!(e.kind, crate::point::EntryKind::File))
             .map(|e| (e.path.clone(), e.objects.clone()))
             .collect();
+        self.reads.clear();
     }
 
     fn reads_of(&mut self, store: &PointStore, r: &ObjectRef) -> Option<HashSet<ObjectId>> {
@@ -78,31 +78,18 @@ impl WalPages {
         r: &ObjectRef,
         decodes: &mut usize,
     ) -> Option<Arc<Vec<u8>>> {
-        self.tick += 1;
-        if let Some((b, t)) = self.cache.get_mut(&r.id) {
-            *t = self.tick;
-            return Some(b.clone());
+        let cache = self
+            .cache
+            .get_or_insert_with(|| ChunkCache::new(CACHE_BYTES));
+        if let Some(b) = cache.get(&r.id) {
+            return Some(b);
         }
         if *decodes == 0 {
             return None;
         }
         *decodes -= 1;
         let b = Arc::new(store.content(r).ok()?);
-        self.cached_bytes += b.len();
-        self.cache.insert(r.id, (b.clone(), self.tick));
-        while self.cached_bytes > CACHE_BYTES {
-            let Some(old) = self
-                .cache
-                .iter()
-                .min_by_key(|(_, (_, t))| *t)
-                .map(|(id, _)| *id)
-            else {
-                break;
-            };
-            if let Some((v, _)) = self.cache.remove(&old) {
-                self.cached_bytes -= v.len();
-            }
-        }
+        cache.insert(r.id, b.clone());
         Some(b)
     }
 

@@ -45,7 +45,14 @@ pub struct PointStore {
     /// touches them): a patch against pages of them reads those bytes there instead of
     /// decoding each whole ([`PointStore::copies_at`]).
     copies: Mutex<HashMap<ObjectId, (PathBuf, u64, u64)>>,
+    /// Base chunks decoded for reads of chunks stored as patches against pages of them
+    /// ([`PointStore::range_of`]).
+    decoded: Mutex<super::cache::ChunkCache>,
 }
+
+/// What [`PointStore::range_of`] keeps decoded: a `verify --deep` or a restore that reads WAL
+/// chunks patched against a base's pages decodes each base chunk once, not once a WAL chunk.
+const DECODED_BYTES: usize = 256 << 20;
 
 /// Another way to store an object than compressed (a patch), given its bytes; `None` where
 /// there is none ([`PointStore::settle_with`]).
@@ -327,6 +334,7 @@ impl PointStore {
             head_file: Mutex::new(None),
             staged: Mutex::default(),
             copies: Mutex::default(),
+            decoded: Mutex::new(super::cache::ChunkCache::new(DECODED_BYTES)),
         })
     }
 
@@ -363,6 +371,7 @@ impl PointStore {
             head_file: Mutex::new(None),
             staged: Mutex::default(),
             copies: Mutex::default(),
+            decoded: Mutex::new(super::cache::ChunkCache::new(DECODED_BYTES)),
         })
     }
 
@@ -636,6 +645,48 @@ impl PointStore {
         }
     }
 
+    /// Bytes `at..at + out.len()` of object `r`: read from a copy noted by
+    /// [`PointStore::copies_at`] where there is one, else from the object decoded (kept in a
+    /// cache, [`DECODED_BYTES`]); whether they could be had. A copy's bytes are not checked
+    /// here (the chunk rebuilt from them is, against its name); a decoded object is.
+    fn range_of(&self, r: &ObjectRef, at: u64, out: &mut [u8]) -> bool {
+        if at + out.len() as u64 > r.len {
+            return false;
+        }
+        if self.copy_bytes(&r.id, at, out) {
+            return true;
+        }
+        let lock = || {
+            self.decoded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let cached = lock().get(&r.id);
+        let content = match cached {
+            Some(c) => c,
+            None => {
+                // Decoded without reading ranges this way again (a damaged store whose
+                // patches name each other ends at the rebuild's bound, not in a loop here).
+                let Ok(stored) = std::fs::read(self.object_path(&r.id)) else {
+                    return false;
+                };
+                let Ok(b) = objects::decode(stored, r.len)
+                    .and_then(|b| crate::delta::chunk_bytes(&self.dir, r, b))
+                else {
+                    return false;
+                };
+                if b.len() as u64 != r.len || ObjectId::of(&b) != r.id {
+                    return false;
+                }
+                let b = Arc::new(b);
+                lock().insert(r.id, b.clone());
+                b
+            }
+        };
+        out.copy_from_slice(&content[at as usize..at as usize + out.len()]);
+        true
+    }
+
     /// Bytes `at..at + out.len()` of object `id` read from a copy noted by
     /// [`PointStore::copies_at`]; whether there was one to read them from. What is read is
     /// not checked here: the chunk rebuilt from it is, against its name.
@@ -800,8 +851,8 @@ impl PointStore {
     /// checked against `r`'s hash and length; why not, when it cannot be had.
     pub(crate) fn decode_object(&self, r: &ObjectRef, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
         let bytes = objects::decode(bytes, r.len).and_then(|b| {
-            crate::delta::chunk_bytes_with(&self.dir, r, b, &|id, at, out| {
-                self.copy_bytes(id, at, out)
+            crate::delta::chunk_bytes_with(&self.dir, r, b, &|base, at, out| {
+                self.range_of(base, at, out)
             })
         })?;
         let got = ObjectId::of(&bytes);
