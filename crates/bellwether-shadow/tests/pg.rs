@@ -697,6 +697,28 @@ fn objects_starting(dir: &Path, magic: &[u8]) -> usize {
     n
 }
 
+/// `public.h`: 50,000 rows of 64 random hex digits (about 5 MiB, compressing about 2 ×).
+fn hex_rows(url: &str) {
+    exec(
+        url,
+        "CREATE TABLE public.h (id int PRIMARY KEY, v text);
+         INSERT INTO public.h SELECT g, md5(g::text || random()::text) || md5(random()::text)
+           FROM generate_series(1, 50000) g",
+    );
+    exec(url, "VACUUM ANALYZE public.h");
+}
+
+/// About 500 rows of `public.h` at random (`id % 97 = round`) given new hex: nearly every
+/// page of the table changes a little.
+fn update_hex_rows(url: &str, round: i32) {
+    exec(
+        url,
+        &format!(
+            "UPDATE public.h SET v = md5(random()::text) || md5(random()::text) WHERE id % 97 = {round}"
+        ),
+    );
+}
+
 /// A full point is a new base backup; rows of hex text updated at random touch nearly every
 /// 1 MiB chunk of their table, and a chunk that changed is stored as a patch against the same
 /// chunk of the last backup (the WAL streamed before the backup began is not kept). The
@@ -706,13 +728,7 @@ fn objects_starting(dir: &Path, magic: &[u8]) -> usize {
 fn full_points_store_changed_chunks_as_patches_and_restore_exactly() {
     let cluster = TestCluster::start(TestClusterOptions::default());
     let url = cluster.url();
-    exec(
-        &url,
-        "CREATE TABLE public.h (id int PRIMARY KEY, v text);
-         INSERT INTO public.h SELECT g, md5(g::text || random()::text) || md5(random()::text)
-           FROM generate_series(1, 50000) g",
-    );
-    exec(&url, "VACUUM ANALYZE public.h");
+    hex_rows(&url);
     let table: i64 = sql(&url, "SELECT pg_relation_size('public.h')")[0].get(0);
     assert!(table > 4 << 20, "the table is {table} bytes");
     let fd = shadow_dir();
@@ -721,12 +737,7 @@ fn full_points_store_changed_chunks_as_patches_and_restore_exactly() {
     let mut points = Vec::new();
     for round in 1..=3 {
         // About 500 rows at random: every chunk of the table changes a little.
-        exec(
-            &url,
-            &format!(
-                "UPDATE public.h SET v = md5(random()::text) || md5(random()::text) WHERE id % 97 = {round}"
-            ),
-        );
+        update_hex_rows(&url, round);
         let before = stored_bytes(fd.path());
         let m = full.take_point(Reason::Schedule).expect("full point");
         // Without patches the table's changed chunks alone (compressed about 2 ×) would be
@@ -807,13 +818,7 @@ fn wal_chunks_are_patches_against_the_base_pages_and_restore_exactly() {
     for ty in [ShadowType::Differential, ShadowType::Transactional] {
         let cluster = TestCluster::start(TestClusterOptions::default());
         let url = cluster.url();
-        exec(
-            &url,
-            "CREATE TABLE public.h (id int PRIMARY KEY, v text);
-             INSERT INTO public.h SELECT g, md5(g::text || random()::text) || md5(random()::text)
-               FROM generate_series(1, 50000) g",
-        );
-        exec(&url, "VACUUM ANALYZE public.h");
+        hex_rows(&url);
         let fd = shadow_dir();
         let (o, p) = options(fd.path(), &url, ty);
         let mut shadow = PgShadow::start(&o, &p).expect("the shadow starts");
@@ -824,12 +829,7 @@ fn wal_chunks_are_patches_against_the_base_pages_and_restore_exactly() {
         let (before, wal_before) = (stored_bytes(fd.path()), lsn(&url));
         for round in 1..=3 {
             exec(&url, "CHECKPOINT");
-            exec(
-                &url,
-                &format!(
-                    "UPDATE public.h SET v = md5(random()::text) || md5(random()::text) WHERE id % 97 = {round}"
-                ),
-            );
+            update_hex_rows(&url, round);
             let m = shadow.take_point(Reason::Schedule).expect("point");
             // A transactional point's WAL is settled (and patched) by the next sync.
             shadow.sync().expect("sync");

@@ -319,20 +319,19 @@ pub(crate) fn store_chunks(
             }
         }
         // Another way to store it (a WAL chunk as a patch against the base's pages).
+        // Hashed only when it is one (`put_chunk` hashes the others).
         if let (Put::Compressed, Against::Encode(encode)) = (put, &mut against) {
-            let r = ObjectRef {
-                id: ObjectId::of(&buf[..n]),
-                len: n as u64,
-            };
-            if !store.has_object(&r.id) {
-                if let Some(stored) = encode(i, &buf[..n]) {
-                    new_bytes += store.put_encoded(&r, &stored)?;
-                    objects.push(r);
-                    if n < CHUNK {
-                        break;
-                    }
-                    continue;
+            if let Some(stored) = encode(i, &buf[..n]) {
+                let r = ObjectRef {
+                    id: ObjectId::of(&buf[..n]),
+                    len: n as u64,
+                };
+                new_bytes += store.put_encoded(&r, &stored)?;
+                objects.push(r);
+                if n < CHUNK {
+                    break;
                 }
+                continue;
             }
         }
         let (r, new) = match put {

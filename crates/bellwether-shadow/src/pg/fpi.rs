@@ -110,7 +110,7 @@ pub(crate) fn images(chunk: &[u8], lsn: u64, server_version_num: u32) -> Vec<Pag
     };
     let mut out: Vec<PageRef> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    let mut pos = stream.first;
+    let mut pos = 0;
     let b = &stream.bytes;
     while pos + RECORD_HEADER <= b.len() {
         let Some(tot) = u32_at(b, pos).map(|t| t as usize) else {
@@ -239,7 +239,6 @@ pub(crate) fn images(chunk: &[u8], lsn: u64, server_version_num: u32) -> Vec<Pag
 /// The WAL of a chunk without its page headers, from the first record that begins in it.
 struct Stream {
     bytes: Vec<u8>,
-    first: usize,
 }
 
 impl Stream {
@@ -287,7 +286,7 @@ impl Stream {
                 }
             }
         }
-        Some(Stream { bytes, first: 0 })
+        Some(Stream { bytes })
     }
 }
 
