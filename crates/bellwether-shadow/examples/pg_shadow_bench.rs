@@ -21,11 +21,12 @@
 //!    sets the server's `wal_compression` for the run. `--churn contiguous` updates one
 //!    range of rows a round (time-ordered data) instead of rows at random (`scattered`).
 //!    `--filler hex` fills each row's 84-byte filler with random hex digits first: pgbench's
-//!    own rows are blanks, which compress about 40 ×; hex text about 2 ×.
+//!    own rows are blanks, which compress about 40 ×; hex text about 2 ×. `--rounds N`
+//!    runs N rounds instead of 24 (a quicker look; each round's progress goes to stderr).
 //!
 //! `cargo run --release -p bellwether-shadow --example pg_shadow_bench -- [rpo|restore|all|space]
 //! [--scale N] [--seconds S] [--points N] [--rate TPS] [--on LIST] [--image-gib N] [--types LIST]
-//! [--wal-compression METHOD] [--churn scattered|contiguous] [--filler blank|hex]`
+//! [--wal-compression METHOD] [--churn scattered|contiguous] [--filler blank|hex] [--rounds N]`
 //!
 //! `--on /var/tmp,btrfs,xfs` runs the benchmarks once per place, one after the other: a
 //! directory is used as it is, `btrfs` / `xfs` is a loop mount of a sparse image of
@@ -122,6 +123,7 @@ fn space(
     wal_compression: Option<&str>,
     filler: &str,
     churn_kind: &str,
+    rounds: usize,
 ) {
     let mut conf = vec![
         ("max_wal_size".into(), "'4GB'".into()),
@@ -167,7 +169,8 @@ fn space(
         );
         let mut times = Vec::new();
         let mut rebases = Vec::new();
-        for round in 0..24 {
+        let started = Instant::now();
+        for round in 0..rounds as i64 {
             exec(&url, "CHECKPOINT");
             let rows = match churn_kind {
                 "scattered" => format!(
@@ -202,6 +205,16 @@ fn space(
                 shadow.take_point(Reason::Base).expect("new base");
                 rebases.push(t.elapsed().as_secs_f64() * 1000.0);
             }
+            // Progress (a long run cut short still says where it was).
+            let objects = dir_size(&sd.path().join("objects"));
+            eprintln!(
+                "space ({ty}): round {} of {rounds}: objects {:.1} MiB = {:.2} x the database, {} new bases, {:.0} s",
+                round + 1,
+                objects as f64 / (1u64 << 20) as f64,
+                objects as f64 / size as f64,
+                rebases.len(),
+                started.elapsed().as_secs_f64()
+            );
         }
         // The sync after the last point (the space is measured as the run loop leaves it).
         shadow.sync().expect("sync");
@@ -220,7 +233,7 @@ fn space(
         times.sort_by(|a, b| a.total_cmp(b));
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         println!(
-            "space ({}, wal_compression {}, filler {filler}, churn {churn_kind}): database {:.1} MiB (cluster directory {:.1} MiB); 24 points at 1 % churn ({churn} rows each, a CHECKPOINT before each): shadow {:.1} MiB = {:.2} x the database ({:.2} x the cluster directory; objects {:.1} MiB, pg/wal {:.1} MiB); base {:.1} MiB; file system blocks {:.1} MiB; WAL written {:.1} MiB; point p50 {:.0} ms, max {:.0} ms",
+            "space ({}, wal_compression {}, filler {filler}, churn {churn_kind}): database {:.1} MiB (cluster directory {:.1} MiB); {rounds} points at 1 % churn ({churn} rows each, a CHECKPOINT before each): shadow {:.1} MiB = {:.2} x the database ({:.2} x the cluster directory; objects {:.1} MiB, pg/wal {:.1} MiB); base {:.1} MiB; file system blocks {:.1} MiB; WAL written {:.1} MiB; point p50 {:.0} ms, max {:.0} ms",
             ty,
             wal_compression.unwrap_or("off"),
             mib(size),
@@ -596,6 +609,7 @@ fn main() {
                 wal_compression.as_deref(),
                 text("--filler").as_deref().unwrap_or("blank"),
                 text("--churn").as_deref().unwrap_or("scattered"),
+                flag("--rounds", 24) as usize,
             );
         }
         std::env::set_var("TMPDIR", &outer);

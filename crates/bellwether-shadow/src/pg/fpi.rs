@@ -291,11 +291,11 @@ impl Stream {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A record with the given blocks (page, image length, data length) and main data.
-    fn record(blocks: &[(PageRef, u16, u16)], main: &[u8]) -> Vec<u8> {
+    pub(crate) fn record(blocks: &[(PageRef, u16, u16)], main: &[u8]) -> Vec<u8> {
         let mut h = Vec::new();
         let mut data = Vec::new();
         let mut last = None;
@@ -341,9 +341,27 @@ mod tests {
         r
     }
 
+    /// A record with a full image of each of `images` (whole pages, no hole) and no data.
+    pub(crate) fn record_images(images: &[(PageRef, &[u8])]) -> Vec<u8> {
+        let blocks: Vec<(PageRef, u16, u16)> = images
+            .iter()
+            .map(|(p, b)| (*p, b.len() as u16, 0))
+            .collect();
+        let mut r = record(&blocks, b"");
+        // The images are the record's data, one after the other, last but for the main
+        // data's (none here).
+        let total: usize = images.iter().map(|(_, b)| b.len()).sum();
+        let mut at = r.len() - total;
+        for (_, b) in images {
+            r[at..at + b.len()].copy_from_slice(b);
+            at += b.len();
+        }
+        r
+    }
+
     /// WAL pages from `lsn` holding `records` one after the other (8-byte aligned), split
     /// over pages with headers as PostgreSQL writes them.
-    fn wal(lsn: u64, records: &[Vec<u8>], pages: usize, rem_first: u32) -> Vec<u8> {
+    pub(crate) fn wal(lsn: u64, records: &[Vec<u8>], pages: usize, rem_first: u32) -> Vec<u8> {
         let mut stream = Vec::new();
         for r in records {
             stream.extend_from_slice(r);
@@ -374,7 +392,7 @@ mod tests {
         out
     }
 
-    fn page(rel: u32, block: u32) -> PageRef {
+    pub(crate) fn page(rel: u32, block: u32) -> PageRef {
         PageRef {
             spc: 1663,
             db: 5,

@@ -429,6 +429,8 @@ impl PgShadow {
             new_bytes,
         })?;
         self.timeline = info.timeline;
+        // The WAL chunks waiting to be patched again, against the base their points are on.
+        self.repatch_wal(true);
         self.pages.set_base(&entries);
         self.base = Some(CurrentBase { info, entries });
         self.wal_since_base = 0;
@@ -686,6 +688,25 @@ impl PgShadow {
         Ok(objects)
     }
 
+    /// Patches again the WAL chunks stored with pages of the base out of reach
+    /// ([`super::pages::WalPages::repatch`]): a window at a time while a window's worth
+    /// waits, or all of them. What fails is only logged: each chunk is whole as it is.
+    fn repatch_wal(&mut self, all: bool) {
+        let version = self.inner.info.server_version_num;
+        match self.pages.repatch(&self.store, version, all) {
+            Ok(again) if again.chunks > 0 => tracing::debug!(
+                chunks = again.chunks,
+                saved = again.saved,
+                "WAL chunks patched again with the base's pages read ahead"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                "WAL chunks could not be patched again; they stay as they are"
+            ),
+        }
+    }
+
     /// Makes the WAL objects the points since the last sync stored unsynced durable
     /// ([`PointStore::settle`]: compressed where that saves, synced). Kept for the next try
     /// if that fails (nothing leaves `pg/wal` meanwhile); one whose content the machine lost
@@ -813,6 +834,9 @@ impl Shadow for PgShadow {
         if let Some(before) = self.prune.take() {
             self.prune_wal(before);
         }
+        // WAL chunks stored with pages of the base out of reach (by the points, or by the
+        // syncs before), patched again a window at a time ([`super::pages`]).
+        self.repatch_wal(false);
         let Some(r) = &self.inner.receiver else {
             return Ok(SyncReport::default());
         };

@@ -180,6 +180,41 @@ impl PointStore {
         Ok(stored.len() as u64)
     }
 
+    /// Replaces the stored form of object `r` with `stored`, another way to store the same
+    /// content that a patch's writer made (a WAL chunk patched again with more of the base's
+    /// pages at hand, [`crate::pg`]), where it saves at least an eighth: written and synced
+    /// beside it, then renamed over it, so a reader finds one form or the other, each whole.
+    /// The bytes saved; `None` when it saves less, or the store no longer holds `r`.
+    pub(crate) fn replace_encoded(
+        &self,
+        r: &ObjectRef,
+        stored: &[u8],
+    ) -> Result<Option<u64>, ShadowError> {
+        self.require_writer()?;
+        let path = self.object_path(&r.id);
+        let now = match std::fs::metadata(&path) {
+            Ok(md) => md.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ShadowError::io(&path)(e)),
+        };
+        let len = stored.len() as u64;
+        if len + now / 8 > now {
+            return Ok(None);
+        }
+        let t = self.temp_path();
+        std::fs::File::create(&t)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, stored)?;
+                f.sync_all()
+            })
+            .and_then(|()| objects::install(&t, &path))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&t);
+            })
+            .map_err(ShadowError::io(&path))?;
+        Ok(Some(now - len))
+    }
+
     /// Stores `bytes` (named `r`: the caller hashed them) as a patch against `bases`
     /// ([`PointStore::patch_against`]) when that is worth it: the stored bytes' length, `None`
     /// when it was not (the caller stores it whole). An object the store holds already is not

@@ -486,7 +486,7 @@ impl PointStore {
         }
     }
 
-    fn require_writer(&self) -> Result<(), ShadowError> {
+    pub(super) fn require_writer(&self) -> Result<(), ShadowError> {
         if self.writer.is_none() {
             return Err(ShadowError::Unsupported(format!(
                 "{}: writing needs the shadow's writer lock (PointStore::lock_writer)",
