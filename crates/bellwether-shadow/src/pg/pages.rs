@@ -201,28 +201,27 @@ impl WalPages {
 
     /// The object that stores WAL chunk `bytes` (beginning at `lsn`) as a patch against the
     /// base's pages its full-page images copy, when one is a quarter smaller than the chunk
-    /// compressed whole; `None` otherwise. A chunk some of whose pages were out of reach is
-    /// noted to be patched again ([`WalPages::repatch`]).
+    /// compressed whole; `None` otherwise. Also whether some of its pages were out of reach:
+    /// the caller, which names the chunk's object, notes it to be patched again
+    /// ([`WalPages::note_missed`]).
     pub(crate) fn patch(
         &mut self,
         store: &PointStore,
         bytes: &[u8],
         lsn: u64,
         server_version_num: u32,
-    ) -> Option<Vec<u8>> {
+    ) -> (Option<Vec<u8>>, bool) {
         let decodes = self.decodes_per_chunk;
-        let (object, missed) = self.patch_with(store, bytes, lsn, server_version_num, decodes);
-        if missed {
-            if self.pending.len() >= MAX_PENDING {
-                self.pending.remove(0);
-            }
-            let r = ObjectRef {
-                id: ObjectId::of(bytes),
-                len: bytes.len() as u64,
-            };
-            self.pending.push((r, lsn));
+        self.patch_with(store, bytes, lsn, server_version_num, decodes)
+    }
+
+    /// Notes WAL chunk `r` (beginning at `lsn`), patched with pages out of reach, to be
+    /// patched again ([`WalPages::repatch`]).
+    pub(crate) fn note_missed(&mut self, r: ObjectRef, lsn: u64) {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.remove(0);
         }
-        object
+        self.pending.push((r, lsn));
     }
 
     /// [`WalPages::patch`] decoding at most `decodes` base chunks not at hand; also whether
@@ -478,6 +477,17 @@ mod tests {
         (vec![entry], out)
     }
 
+    /// Pages of `entries` with a cache of one base chunk and `decodes` a WAL chunk.
+    fn small(entries: &[Entry], decodes: usize) -> WalPages {
+        let mut pages = WalPages {
+            cache_bytes: CHUNK,
+            decodes_per_chunk: decodes,
+            ..WalPages::default()
+        };
+        pages.set_base(entries);
+        pages
+    }
+
     fn stored_len(s: &PointStore, r: &ObjectRef) -> u64 {
         std::fs::metadata(s.object_path(&r.id)).unwrap().len()
     }
@@ -488,15 +498,11 @@ mod tests {
         let s = store(dir.path());
         let (entries, chunks) = base_and_wal(&s, 6, 3);
         // One decoded base chunk kept, one decoded a WAL chunk: most pages out of reach.
-        let mut pages = WalPages {
-            cache_bytes: CHUNK,
-            decodes_per_chunk: 1,
-            ..WalPages::default()
-        };
-        pages.set_base(&entries);
+        let mut pages = small(&entries, 1);
         let mut refs = Vec::new();
         for (lsn, bytes) in &chunks {
-            let r = match pages.patch(&s, bytes, *lsn, 160_000) {
+            let (object, missed) = pages.patch(&s, bytes, *lsn, 160_000);
+            let r = match object {
                 Some(object) => {
                     let r = ObjectRef {
                         id: ObjectId::of(bytes),
@@ -507,6 +513,8 @@ mod tests {
                 }
                 None => s.put_object_compressed(bytes).unwrap().0,
             };
+            assert!(missed, "{lsn}");
+            pages.note_missed(r, *lsn);
             refs.push(r);
         }
         assert_eq!(pages.pending(), 3, "each chunk missed pages");
@@ -538,19 +546,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
         let (entries, chunks) = base_and_wal(&s, 3, 1);
-        let mut pages = WalPages {
-            cache_bytes: CHUNK,
-            decodes_per_chunk: 0,
-            ..WalPages::default()
-        };
-        pages.set_base(&entries);
+        let mut pages = small(&entries, 0);
         let (lsn, bytes) = &chunks[0];
-        assert!(pages.patch(&s, bytes, *lsn, 160_000).is_none());
+        let r = ObjectRef {
+            id: ObjectId::of(bytes),
+            len: bytes.len() as u64,
+        };
+        assert_eq!(pages.patch(&s, bytes, *lsn, 160_000), (None, true));
+        pages.note_missed(r, *lsn);
         assert_eq!(pages.pending(), 1);
         pages.set_base(&entries);
         assert_eq!(pages.pending(), 0);
         // A chunk the store does not hold is passed over.
-        pages.patch(&s, bytes, *lsn, 160_000);
+        pages.note_missed(r, *lsn);
         assert_eq!(
             pages.repatch(&s, 160_000, true).unwrap(),
             Repatched::default()

@@ -664,9 +664,16 @@ impl PgShadow {
     ) -> Result<Vec<ObjectRef>, ShadowError> {
         let version = self.inner.info.server_version_num;
         let (store, pages) = (&self.store, &mut self.pages);
+        let lsn_of = |i: usize| lsn0 + (i * base::CHUNK) as u64;
+        // Chunks patched with pages out of reach, by index: noted once their objects are
+        // named (store_chunks hashes each chunk once).
+        let mut missed = Vec::new();
         let mut encode = |i: usize, bytes: &[u8]| {
-            let at = lsn0 + (i * base::CHUNK) as u64;
-            pages.patch(store, bytes, at, version)
+            let (object, out_of_reach) = pages.patch(store, bytes, lsn_of(i), version);
+            if out_of_reach {
+                missed.push(i);
+            }
+            object
         };
         let against = if pages_wanted(put) {
             base::Against::Encode(&mut encode)
@@ -674,6 +681,11 @@ impl PgShadow {
             base::Against::Nothing
         };
         let (objects, n) = base::store_chunks(store, file, path, range, end, put, against)?;
+        for i in missed {
+            if let Some(o) = objects.get(i - range.0) {
+                self.pages.note_missed(*o, lsn_of(i));
+            }
+        }
         *new_bytes += n;
         stored.extend(objects.iter().copied());
         if put == Put::Unsynced {
@@ -722,7 +734,11 @@ impl PgShadow {
         let (store, pages) = (&self.store, &mut self.pages);
         let settled = store.settle_with(&only, &mut |r, bytes| {
             let lsn = *lsns.get(&r.id)?;
-            pages.patch(store, bytes, lsn, version)
+            let (object, missed) = pages.patch(store, bytes, lsn, version);
+            if missed {
+                pages.note_missed(*r, lsn);
+            }
+            object
         });
         match settled {
             Ok(lost) => {
