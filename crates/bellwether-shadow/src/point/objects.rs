@@ -232,11 +232,7 @@ pub(crate) fn settle(
         return Ok(parent);
     }
     let t = temp_name(tmp);
-    let written = File::create(&t).and_then(|mut f| {
-        f.write_all(&z)?;
-        f.sync_all()
-    });
-    if written.is_err() {
+    if write_synced(&t, &z).is_err() {
         // No room for the compressed copy (a full disk): the object stays as it is,
         // synced; it is whole either way.
         let _ = std::fs::remove_file(&t);
@@ -334,6 +330,14 @@ pub(crate) fn install(tmp: &Path, path: &Path) -> io::Result<()> {
     std::fs::rename(tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(tmp);
     })
+}
+
+/// Writes `bytes` as the new file `t` and syncs it (before it is installed in an object's
+/// place, [`install`]).
+pub(crate) fn write_synced(t: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = File::create(t)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 pub(crate) fn temp_name(tmp: &Path) -> PathBuf {

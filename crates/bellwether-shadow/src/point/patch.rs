@@ -202,11 +202,7 @@ impl PointStore {
             return Ok(None);
         }
         let t = self.temp_path();
-        std::fs::File::create(&t)
-            .and_then(|mut f| {
-                std::io::Write::write_all(&mut f, stored)?;
-                f.sync_all()
-            })
+        objects::write_synced(&t, stored)
             .and_then(|()| objects::install(&t, &path))
             .inspect_err(|_| {
                 let _ = std::fs::remove_file(&t);
