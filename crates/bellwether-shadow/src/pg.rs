@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 mod base;
 mod fpi;
 pub mod lsn;
+mod marks;
 mod pages;
 mod proc;
 mod restore;

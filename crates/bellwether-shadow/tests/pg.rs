@@ -1232,3 +1232,100 @@ fn under_pgbench_a_full_disk_a_killed_stream_and_corruption_lose_nothing_before_
     .unwrap_or_else(|e| panic!("restore the predicted point: {e}\n{}", cluster.log()));
     assert_exactly_before(&ids(&url), &acked_before, issued_after);
 }
+
+/// A transactional point does not sync its manifest (its mark is a message in the WAL the
+/// stream flushed before the point returned; the follower's next sync makes the manifest
+/// durable). What a machine's stop can leave of the newest manifests (the last one gone,
+/// the one before it named but empty or torn) is rebuilt from those marks in `pg/wal`: by a
+/// restore while no follower runs, and by the follower's next start. The rebuilt points
+/// have their numbers, positions, times taken and reasons, and restore exactly.
+#[test]
+fn points_whose_manifests_a_stopped_machine_lost_are_rebuilt_from_their_marks() {
+    let cluster = TestCluster::start(TestClusterOptions::default());
+    let url = cluster.url();
+    exec(
+        &url,
+        "CREATE TABLE public.t (id bigint PRIMARY KEY, pad text)",
+    );
+    let sd = shadow_dir();
+    let (o, p) = options(sd.path(), &url, ShadowType::Transactional);
+    let mut shadow = PgShadow::start(&o, &p).expect("the shadow starts");
+    let mut points = Vec::new();
+    for round in 0..4i64 {
+        exec(
+            &url,
+            &format!(
+                "INSERT INTO public.t SELECT g, md5(g::text) FROM generate_series({}, {}) g",
+                round * 100 + 1,
+                round * 100 + 100
+            ),
+        );
+        if round == 1 {
+            // The points after this one read their WAL from the next segment.
+            exec(&url, "SELECT pg_switch_wal()");
+        }
+        let reason = if round == 3 {
+            Reason::Predicted {
+                source: "failure model: disk of host-7 full".into(),
+                failure_at: Timestamp::now(),
+                probability: 0.93,
+            }
+        } else {
+            Reason::OnDemand
+        };
+        points.push(shadow.take_point(reason).expect("a point"));
+    }
+    exec(
+        &url,
+        "INSERT INTO public.t SELECT g, 'after' FROM generate_series(401, 410) g",
+    );
+    drop(shadow);
+
+    let manifest = |seq: u64| sd.path().join("points").join(format!("{seq:010}.json"));
+    let (p2, p3) = (points[2].clone(), points[3].clone());
+    let check = |store: &PointStore| {
+        store.verify(true).expect("every point whole again");
+        for want in [&p2, &p3] {
+            let got = store.point(want.id()).expect("rebuilt");
+            assert_eq!(
+                (&got.position, got.taken_at, &got.reason),
+                (&want.position, want.taken_at, &want.reason),
+                "{}",
+                want.id()
+            );
+            assert!(got.consistent_at >= got.taken_at && got.consistent_at <= want.consistent_at);
+        }
+    };
+    // The last manifest gone, the one before it named but empty; `HEAD` names the last.
+    std::fs::remove_file(manifest(p3.seq)).unwrap();
+    std::fs::write(manifest(p2.seq), b"").unwrap();
+    let err = PointStore::open(sd.path())
+        .unwrap()
+        .verify(false)
+        .expect_err("the damage is seen");
+    assert!(
+        matches!(
+            err,
+            ShadowError::DamagedPoint { .. } | ShadowError::NoSuchPoint { .. }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        restore_beside(&cluster, sd.path(), Target::Point(p2.id()), "at-p2"),
+        (1..=300).collect::<Vec<_>>()
+    );
+    check(&PointStore::open(sd.path()).unwrap());
+
+    // Again, torn the other way (the last one's bytes half there), and the follower's start
+    // rebuilds them.
+    let bytes = std::fs::read(manifest(p3.seq)).unwrap();
+    std::fs::write(manifest(p3.seq), &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::remove_file(manifest(p2.seq)).unwrap();
+    let shadow = PgShadow::start(&o, &p).expect("the shadow starts again");
+    check(shadow.store());
+    drop(shadow);
+    assert_eq!(
+        restore_beside(&cluster, sd.path(), Target::Point(p3.id()), "at-p3"),
+        (1..=400).collect::<Vec<_>>()
+    );
+}

@@ -100,19 +100,14 @@ pub fn restore_with(
         None => bellwether_pg::find_bindir(info.server_version_num, None)
             .map_err(PgShadowError::from)?,
     };
-    let plan = resolve(&store, &req.target)?;
-    let _leases = plan
-        .leased
-        .iter()
-        .map(|id| store.lease(*id))
-        .collect::<Result<Vec<_>, _>>()?;
     if !store.writer_running() {
-        // A machine that stopped may have lost the unsynced WAL objects of the last points
-        // before the follower settled them; with no follower running to rebuild them at its
-        // start, the restore does, from `pg/wal` (a follower that starts meanwhile is told
-        // the shadow is busy for that moment).
+        // A machine that stopped may have lost the unsynced manifests and WAL objects of the
+        // last points before the follower synced them; with no follower running to rebuild
+        // them at its start, the restore does, from `pg/wal` (a follower that starts
+        // meanwhile is told the shadow is busy for that moment).
         let mut w = PointStore::open(&req.dir)?;
         if w.take_writer_lock().is_ok() {
+            super::shadow::recover_points(&w, info.wal_segment_size, &info.name)?;
             let n = super::shadow::repair_wal(&w)?;
             if n > 0 {
                 tracing::info!(
@@ -122,6 +117,12 @@ pub fn restore_with(
             }
         }
     }
+    let plan = resolve(&store, &req.target)?;
+    let _leases = plan
+        .leased
+        .iter()
+        .map(|id| store.lease(*id))
+        .collect::<Result<Vec<_>, _>>()?;
     store.verify_point(&plan.point)?;
 
     let (live, owner) = match mode {

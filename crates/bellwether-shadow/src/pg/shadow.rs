@@ -24,6 +24,7 @@ use crate::point::{
 
 use super::base::{self, BaseInfo, Put};
 use super::lsn::SegmentName;
+use super::marks::Mark;
 use super::proc::{run, tail};
 use super::{
     pg_dir, read_info, write_json, Lsn, PgOptions, PgShadowError, PgShadowInfo, SyncSetup,
@@ -117,6 +118,8 @@ struct Backup {
 /// The latest base backup: its WAL range and its files in the store.
 #[derive(Debug, Clone)]
 struct CurrentBase {
+    /// Its point's number.
+    seq: u64,
     info: BaseInfo,
     entries: Vec<Entry>,
 }
@@ -219,6 +222,181 @@ pub(crate) fn repair_wal(store: &PointStore) -> Result<usize, ShadowError> {
     Ok(rebuilt)
 }
 
+/// How many of the newest manifests [`recover_points`] reads: only the points committed in
+/// the quarter of a second before a machine stopped can have lost theirs.
+const RECOVER_POINTS: usize = 16;
+
+/// Rebuilds the manifests of the newest transactional points that a machine's stop lost
+/// before the follower synced them ([`PointStore::commit_point_deferred`]), from their marks
+/// in `pg/wal` ([`super::marks`]): a manifest missing (its name not durable; or `HEAD`
+/// names a later point than any manifest) or damaged (its name durable, not its bytes), and
+/// every point after it (each chains from the one before). Each is committed again with
+/// the same number, position, time taken and reason; its base's files from its base point,
+/// its WAL from the newest whole point's and from `pg/wal`; its consistent time the commit
+/// that followed its mark (the primary's clock, not before the time taken). Nothing is
+/// removed unless every point to rebuild has its mark there and its WAL is stored; else the
+/// damage stays for `shadow verify` to name. Needs the writer lock. Returns how many
+/// points were rebuilt.
+pub(crate) fn recover_points(
+    store: &PointStore,
+    seg: u64,
+    shadow: &str,
+) -> Result<usize, ShadowError> {
+    if store.meta().shadow_type != ShadowType::Transactional {
+        return Ok(0);
+    }
+    let (seqs, thinned) = store.scan_points()?;
+    let newest = seqs
+        .last()
+        .copied()
+        .unwrap_or(0)
+        .max(store.head_seq()?.unwrap_or(0));
+    let lo = seqs
+        .len()
+        .checked_sub(RECOVER_POINTS)
+        .map_or(seqs.first(), |i| seqs.get(i))
+        .copied()
+        .unwrap_or(1);
+    let lost = (lo..=newest).find(|s| {
+        thinned.binary_search(s).is_err()
+            && (seqs.binary_search(s).is_err()
+                || matches!(
+                    store.point(crate::PointId(*s)),
+                    Err(ShadowError::DamagedPoint { .. })
+                ))
+    });
+    let Some(first) = lost else {
+        return Ok(0);
+    };
+    let keep = match first.checked_sub(1).filter(|k| *k > 0) {
+        Some(k) => match store.point(crate::PointId(k)) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(point = first, error = %e, "A point's manifest is damaged or missing, and the point before it is not whole: nothing is rebuilt.");
+                return Ok(0);
+            }
+        },
+        None => return Ok(0),
+    };
+    let Position::Postgres { timeline, lsn } = keep.position else {
+        return Ok(0);
+    };
+    let wal = pg_dir(store.dir()).join("wal");
+    // The last mark of each number: a point that failed after its mark leaves one, and the
+    // next point takes its number again.
+    let mut marks: HashMap<u64, super::marks::Found> = HashMap::new();
+    for f in super::marks::find(&wal, timeline, seg, Lsn(lsn), shadow) {
+        marks.insert(f.mark.seq, f);
+    }
+    let mut drafts = Vec::new();
+    for s in first..=newest {
+        let Some(f) = marks.get(&s) else {
+            tracing::warn!(point = s, "A point's manifest is damaged or missing, and pg/wal holds no mark to rebuild it from: `shadow verify` names it.");
+            return Ok(0);
+        };
+        let base = store.point(crate::PointId(f.mark.base_seq))?;
+        let mut entries = base.entries;
+        let (more, new_bytes) = rebuild_wal_entries(
+            store,
+            &wal,
+            (timeline, seg),
+            &keep,
+            f.mark.base_start.segment(seg),
+            f.through,
+        )?;
+        entries.extend(more);
+        drafts.push(PointDraft {
+            taken_at: f.mark.taken_at,
+            consistent_at: f.committed_at.max(f.mark.taken_at),
+            reason: f.mark.reason.clone(),
+            position: Position::Postgres {
+                timeline,
+                lsn: f.lsn.0,
+            },
+            entries,
+            new_bytes,
+        });
+    }
+    let removed = store.rewind_to(&keep)?;
+    let n = drafts.len();
+    for d in drafts {
+        let m = store.commit_point(d)?;
+        tracing::info!(point = %m.id(), "A point whose manifest the machine lost before it was synced was rebuilt from its mark in pg/wal.");
+    }
+    tracing::info!(
+        rebuilt = n,
+        removed,
+        "Points rebuilt from their marks in pg/wal."
+    );
+    Ok(n)
+}
+
+/// The WAL entries of a point on a base whose WAL starts in segment `first`, through
+/// `through`: the complete segments `keep` (a whole point on the same base) holds, and the
+/// rest read from `pg/wal` and stored (synced by the point's commit).
+fn rebuild_wal_entries(
+    store: &PointStore,
+    wal: &Path,
+    (timeline, seg): (u32, u64),
+    keep: &Manifest,
+    first: u64,
+    through: Lsn,
+) -> Result<(Vec<Entry>, u64), ShadowError> {
+    let known: HashMap<&str, &Entry> = keep
+        .entries
+        .iter()
+        .filter(|e| e.path.starts_with(WAL_PREFIX) && e.size == seg)
+        .map(|e| (e.path.as_str(), e))
+        .collect();
+    let last = Lsn(through.0.saturating_sub(1)).segment(seg).max(first);
+    let mut entries = Vec::new();
+    let mut new_bytes = 0;
+    for segno in first..=last {
+        let name = SegmentName { timeline, segno }.file_name(seg);
+        let rel = format!("{WAL_PREFIX}{name}");
+        if let Some(e) = known.get(rel.as_str()) {
+            entries.push((*e).clone());
+            continue;
+        }
+        let complete = wal.join(&name);
+        let partial = wal.join(format!("{name}.partial"));
+        let Some((f, is_complete)) = base::open_segment(&complete, &partial)? else {
+            return Err(PgShadowError::MissingWal {
+                dir: wal.to_owned(),
+                segment: name,
+                point: "(being rebuilt)".into(),
+                target: format!("through LSN {through}"),
+            }
+            .into());
+        };
+        let end = if is_complete {
+            seg
+        } else {
+            through.0.saturating_sub(segno.saturating_mul(seg)).min(seg)
+        };
+        let path = if is_complete { &complete } else { &partial };
+        let (objects, n) = base::store_chunks(
+            store,
+            &f,
+            path,
+            (0, (seg as usize).div_ceil(base::CHUNK)),
+            end,
+            Put::Compressed,
+            base::Against::Nothing,
+        )?;
+        new_bytes += n;
+        entries.push(Entry {
+            path: rel,
+            kind: crate::point::EntryKind::File,
+            mode: 0o600,
+            size: objects.iter().map(|o| o.len).sum(),
+            mtime: None,
+            objects,
+        });
+    }
+    Ok((entries, new_bytes))
+}
+
 /// Stores object `r` again from bytes `off..off + r.len` of segment `name` in `wal`
 /// (complete or `.partial`), if they are its content. Returns whether it did.
 fn rebuild_object(
@@ -257,6 +435,9 @@ struct Inner {
     role: String,
     receiver: Option<Receiver>,
     may_create_restore_points: bool,
+    /// Whether the role may write a point's mark into the WAL
+    /// (`pg_logical_emit_message`, [`super::marks`]).
+    marks_in_wal: bool,
 }
 
 impl PgShadow {
@@ -279,6 +460,7 @@ impl PgShadow {
         store.lock_writer()?;
         inner.load_info()?;
         // Before the stream starts again and the base point lets `pg/wal` be pruned.
+        recover_points(&store, inner.info.wal_segment_size, &inner.info.name)?;
         repair_wal(&store)?;
         let mut shadow = PgShadow {
             store,
@@ -432,7 +614,11 @@ impl PgShadow {
         // The WAL chunks waiting to be patched again, against the base their points are on.
         self.repatch_wal(true);
         self.pages.set_base(&entries);
-        self.base = Some(CurrentBase { info, entries });
+        self.base = Some(CurrentBase {
+            seq: m.seq,
+            info,
+            entries,
+        });
         self.wal_since_base = 0;
         self.prune = Some(self.prune.unwrap_or(0));
         Ok(m)
@@ -447,7 +633,28 @@ impl PgShadow {
         let taken_at = Timestamp::now();
         let started = std::time::Instant::now();
         let name = format!("bw-{}", taken_at.as_micros());
-        let (lsn, timeline, through) = self.on(move |i| Box::pin(i.mark(name)))?;
+        // A transactional point's mark is a message in the WAL that says what the point is,
+        // so that its manifest need not be synced before the point is returned: the stream
+        // makes the mark durable, and a start after a machine's stop rebuilds a lost
+        // manifest from it ([`recover_points`]).
+        let deferred = self.inner.marks_in_wal && self.inner.receiver.is_some();
+        let message = if self.inner.marks_in_wal {
+            let mark = Mark {
+                shadow: self.inner.info.name.clone(),
+                seq: self.store.next_seq()?,
+                taken_at,
+                reason: reason.clone(),
+                base_seq: base.seq,
+                base_start: base.info.start_lsn,
+            };
+            Some(
+                serde_json::to_string(&mark)
+                    .map_err(|e| ShadowError::Unsupported(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let (lsn, timeline, through) = self.on(move |i| Box::pin(i.mark(name, message)))?;
         let mark_ms = started.elapsed().as_secs_f64() * 1000.0;
         let kind = self.inner.opts.kind;
         // Through the mark's commit, not only the mark: a restore to the point stops at the
@@ -473,7 +680,7 @@ impl PgShadow {
         entries.extend(wal_entries);
         let new_bytes = stored + std::mem::take(&mut self.staged_bytes);
         let stored_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let m = self.store.commit_point(PointDraft {
+        let draft = PointDraft {
             taken_at,
             consistent_at,
             reason,
@@ -483,7 +690,12 @@ impl PgShadow {
             },
             entries,
             new_bytes,
-        })?;
+        };
+        let m = if deferred {
+            self.store.commit_point_deferred(draft)?
+        } else {
+            self.store.commit_point(draft)?
+        };
         // Removing what this point now holds is left to the next sync: not the point's cost.
         self.prune = Some(self.prune.map_or(last, |p| p.max(last)));
         // What the point cost, by part (`--log debug`; the bench prints it with RUST_LOG).
@@ -845,7 +1057,9 @@ impl Shadow for PgShadow {
     /// are staged ([`PointStore::stage`]): durable now, kept from `gc` until the next point
     /// references them.
     fn sync(&mut self) -> Result<SyncReport, ShadowError> {
-        // Before anything leaves `pg/wal`: the points' unsynced objects were cut from it.
+        // Before anything leaves `pg/wal`: the points' manifests not synced yet and their
+        // unsynced objects are rebuilt from it after a machine's stop.
+        self.store.sync_deferred()?;
         self.settle_wal()?;
         if let Some(before) = self.prune.take() {
             self.prune_wal(before);
@@ -924,6 +1138,9 @@ impl Shadow for PgShadow {
 
 impl Drop for PgShadow {
     fn drop(&mut self) {
+        if let Err(e) = self.store.sync_deferred() {
+            tracing::warn!(error = %e, "Syncing the last points' manifests failed; the next start rebuilds them from pg/wal.");
+        }
         if let Err(e) = self.settle_wal() {
             tracing::warn!(error = %e, "Syncing the last points' WAL objects failed; the next start rebuilds them from pg/wal.");
         }
@@ -951,7 +1168,8 @@ impl Inner {
                  current_user::text, \
                  (SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user), \
                  (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), \
-                 (SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global'))",
+                 (SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')), \
+                 (SELECT coalesce(bool_or(has_function_privilege(oid, 'EXECUTE')), false) FROM pg_proc WHERE proname = 'pg_logical_emit_message')",
                 &[],
             )
             .await
@@ -965,6 +1183,7 @@ impl Inner {
         let may_replicate: bool = row.get::<_, Option<bool>>(6).unwrap_or(false);
         let superuser: bool = row.get::<_, Option<bool>>(7).unwrap_or(false);
         let tablespaces: i64 = row.get(8);
+        let marks_in_wal: bool = row.get(9);
         if !may_replicate {
             return Err(PgShadowError::Permission {
                 target,
@@ -1013,6 +1232,7 @@ impl Inner {
             role,
             receiver: None,
             may_create_restore_points: superuser,
+            marks_in_wal,
         })
     }
 
@@ -1317,31 +1537,42 @@ impl Inner {
         write_json(&pg_dir(&self.dir).join("shadow-pg.json"), &self.info)
     }
 
-    /// A restore point `name` (or, when the role may not create one, the current insert
-    /// position): every record before the returned LSN is in the point, none after.
+    /// Marks a point on the primary: every record before the returned LSN is in the point,
+    /// none after. With `message` (the point's [`Mark`], JSON), a transactional logical
+    /// message (`pg_logical_emit_message`, any role may by default): the point's mark is
+    /// then in the WAL itself, and the shadow can rebuild the point from it
+    /// ([`recover_points`]). Without, a restore point `name` (a superuser), or else the
+    /// current insert position.
     ///
-    /// The statement also takes a transaction id, so that its end writes a commit record
-    /// after the mark and flushes the WAL through it: a restore point alone is not flushed,
-    /// and on a primary with no other writes the point waited for the next flush (seconds).
-    /// That commit is `synchronous_commit = local` (for this transaction only): it does not
-    /// wait for a synchronous shadow, whose flush [`Inner::wait_flushed`] awaits with a
-    /// deadline.
+    /// The statement also writes a commit record after the mark (the message's transaction,
+    /// or a transaction id taken for it), which flushes the WAL through it: a restore point
+    /// alone is not flushed, and on a primary with no other writes the point waited for the
+    /// next flush (seconds). That commit is `synchronous_commit = local` (for this
+    /// transaction only): it does not wait for a synchronous shadow, whose flush
+    /// [`Inner::wait_flushed`] awaits with a deadline.
     ///
     /// Returns the mark's LSN, the timeline, and the primary's flush position after the
     /// statement (through the commit that follows the mark).
-    async fn mark(&mut self, name: String) -> Result<(Lsn, u32, Lsn), PgShadowError> {
+    async fn mark(
+        &mut self,
+        name: String,
+        message: Option<String>,
+    ) -> Result<(Lsn, u32, Lsn), PgShadowError> {
         let target = self.conn.target.clone();
-        let sql = if self.may_create_restore_points {
-            "SELECT pg_create_restore_point($1)::text, (SELECT timeline_id FROM pg_control_checkpoint()), \
-             set_config('synchronous_commit', 'local', true), txid_current()"
-        } else {
-            "SELECT pg_current_wal_insert_lsn()::text, (SELECT timeline_id FROM pg_control_checkpoint()), \
-             set_config('synchronous_commit', 'local', true), txid_current(), $1::text"
+        let (sql, arg) = match message {
+            // A transactional message: its transaction commits (and flushes) after it.
+            Some(m) => (
+                "SELECT pg_logical_emit_message(true, 'bellwether.point'::text, $1::text)::text, \
+                 (SELECT timeline_id FROM pg_control_checkpoint()), \
+                 set_config('synchronous_commit', 'local', true)",
+                m,
+            ),
+            None => (self.restore_point_sql(), name),
         };
         let row = self
             .conn
             .client
-            .query_one(sql, &[&name])
+            .query_one(sql, &[&arg])
             .await
             .map_err(|e| query_err(&target, "marking the point on the primary", e))?;
         let lsn = lsn_of(&target, "marking the point", row.get(0))?;
@@ -1355,6 +1586,18 @@ impl Inner {
             .get(0);
         let through = lsn_of(&target, "reading the flush position", flushed)?;
         Ok((lsn, tl as u32, through.max(lsn)))
+    }
+
+    /// The mark of a point without a message: a restore point named `$1` where the role may
+    /// create one, or else the insert position.
+    fn restore_point_sql(&self) -> &'static str {
+        if self.may_create_restore_points {
+            "SELECT pg_create_restore_point($1)::text, (SELECT timeline_id FROM pg_control_checkpoint()), \
+             set_config('synchronous_commit', 'local', true), txid_current()"
+        } else {
+            "SELECT pg_current_wal_insert_lsn()::text, (SELECT timeline_id FROM pg_control_checkpoint()), \
+             set_config('synchronous_commit', 'local', true), txid_current(), $1::text"
+        }
     }
 
     /// What the primary last heard the shadow's stream flushed: a physical slot's

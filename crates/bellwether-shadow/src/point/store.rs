@@ -48,6 +48,9 @@ pub struct PointStore {
     /// Base chunks decoded for reads of chunks stored as patches against pages of them
     /// ([`PointStore::range_of`]).
     decoded: Mutex<super::cache::ChunkCache>,
+    /// Manifests committed without a sync of their own ([`PointStore::commit_point_deferred`]),
+    /// which [`PointStore::sync_deferred`] (or the next point committed durably) syncs.
+    deferred: Mutex<Vec<PathBuf>>,
 }
 
 /// What [`PointStore::range_of`] keeps decoded: a `verify --deep` or a restore that reads WAL
@@ -335,6 +338,7 @@ impl PointStore {
             staged: Mutex::default(),
             copies: Mutex::default(),
             decoded: Mutex::new(super::cache::ChunkCache::new(DECODED_BYTES)),
+            deferred: Mutex::default(),
         })
     }
 
@@ -372,6 +376,7 @@ impl PointStore {
             staged: Mutex::default(),
             copies: Mutex::default(),
             decoded: Mutex::new(super::cache::ChunkCache::new(DECODED_BYTES)),
+            deferred: Mutex::default(),
         })
     }
 
@@ -1009,6 +1014,75 @@ impl PointStore {
         self.commit_manifest(seq, draft, Vec::new(), None)
     }
 
+    /// Commits a point whose manifest is written and renamed into place but not synced:
+    /// for a point whose mark is durable elsewhere already, from which the manifest can be
+    /// rebuilt (a PostgreSQL transactional point: its mark is in the WAL the stream has
+    /// flushed, `pg::marks`). [`PointStore::sync_deferred`] makes it durable (the follower's
+    /// next sync), as does the next point committed durably, first. Its objects are synced
+    /// as any point's.
+    pub(crate) fn commit_point_deferred(&self, draft: PointDraft) -> Result<Manifest, ShadowError> {
+        let seq = self.next_seq()?;
+        self.write_manifest(seq, draft, Vec::new(), None, false)
+    }
+
+    /// Makes the manifests committed by [`PointStore::commit_point_deferred`] durable: each
+    /// synced, then `points/`. Kept for the next try if that fails.
+    pub(crate) fn sync_deferred(&self) -> Result<(), ShadowError> {
+        let mut d = self
+            .deferred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if d.is_empty() {
+            return Ok(());
+        }
+        let t = std::time::Instant::now();
+        for p in d.iter() {
+            match File::open(p).and_then(|f| f.sync_all()) {
+                Ok(()) => {}
+                // Thinned meanwhile: nothing of it to keep.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ShadowError::io(p)(e)),
+            }
+        }
+        let pdir = self.dir.join("points");
+        File::open(&pdir)
+            .and_then(|f| f.sync_all())
+            .map_err(ShadowError::io(&pdir))?;
+        tracing::debug!(
+            manifests = d.len(),
+            ms = t.elapsed().as_secs_f64() * 1000.0,
+            "Deferred manifests synced."
+        );
+        d.clear();
+        Ok(())
+    }
+
+    /// Removes the manifests after point `keep` and makes it `points/HEAD`, durably: for a
+    /// follower that rebuilds the points a stopped machine lost after `keep`
+    /// (`pg::shadow::recover_points`). Returns how many manifests it removed.
+    pub(crate) fn rewind_to(&self, keep: &Manifest) -> Result<usize, ShadowError> {
+        self.require_writer()?;
+        let (seqs, _) = self.scan_points()?;
+        let mut removed = 0;
+        for s in seqs.into_iter().filter(|s| *s > keep.seq) {
+            let p = self.manifest_path(s);
+            std::fs::remove_file(&p).map_err(ShadowError::io(&p))?;
+            removed += 1;
+        }
+        let head = Head {
+            seq: keep.seq,
+            checksum: keep.checksum.clone(),
+        };
+        // Written whole and synced (not in place): this is a repair.
+        write_json(&self.dir.join("points").join("HEAD"), &head)?;
+        let mut slot = self
+            .head_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = None;
+        Ok(removed)
+    }
+
     /// Commits a point taken from the commit log (see [`FromLog`]): no objects of its own,
     /// so nothing to sync but its manifest (the log it relies on was synced as it was
     /// written).
@@ -1035,7 +1109,7 @@ impl PointStore {
     }
 
     /// The next point's number (needs the writer lock).
-    pub(super) fn next_seq(&self) -> Result<u64, ShadowError> {
+    pub(crate) fn next_seq(&self) -> Result<u64, ShadowError> {
         self.require_writer()?;
         Ok(self.head()?.map_or(1, |h| h.seq + 1))
     }
@@ -1049,6 +1123,21 @@ impl PointStore {
         draft: PointDraft,
         clones: Vec<super::ClonedFile>,
         from_log: Option<FromLog>,
+    ) -> Result<Manifest, ShadowError> {
+        // A durable point never follows one that is not (a machine's stop could otherwise
+        // keep the later one and lose the earlier).
+        self.sync_deferred()?;
+        self.write_manifest(seq, draft, clones, from_log, true)
+    }
+
+    /// [`PointStore::commit_manifest`], the manifest synced or (`durable` false) not.
+    fn write_manifest(
+        &self,
+        seq: u64,
+        draft: PointDraft,
+        clones: Vec<super::ClonedFile>,
+        from_log: Option<FromLog>,
+        durable: bool,
     ) -> Result<Manifest, ShadowError> {
         let sync_objects = clones.is_empty() && from_log.is_none();
         self.require_writer()?;
@@ -1089,10 +1178,25 @@ impl PointStore {
         let t2 = std::time::Instant::now();
         let path = self.manifest_path(seq);
         let bytes = manifest_file(bytes);
-        bellwether_fs::AtomicWrite::new()
-            .create_parent()
-            .write(&path, &bytes)
-            .map_err(ShadowError::io(&path))?;
+        if durable {
+            bellwether_fs::AtomicWrite::new()
+                .create_parent()
+                .write(&path, &bytes)
+                .map_err(ShadowError::io(&path))?;
+        } else {
+            // Beside, then renamed: a reader sees the whole manifest or none.
+            let tmp = self.temp_path();
+            std::fs::write(&tmp, &bytes)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    ShadowError::io(&path)(e)
+                })?;
+            self.deferred
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(path.clone());
+        }
         let t3 = std::time::Instant::now();
         self.write_head(&Head {
             seq,
@@ -1215,6 +1319,10 @@ impl PointStore {
             .join(format!("{}.thinned", seq_name(seq)))
     }
 
+    pub(crate) fn head_seq(&self) -> Result<Option<u64>, ShadowError> {
+        Ok(self.head()?.map(|h| h.seq))
+    }
+
     fn head(&self) -> Result<Option<Head>, ShadowError> {
         if let Some((_, last)) = self
             .head_file
@@ -1240,7 +1348,7 @@ impl PointStore {
     }
 
     /// The sequence numbers of the manifests and tombstones present.
-    fn scan_points(&self) -> Result<(Vec<u64>, Vec<u64>), ShadowError> {
+    pub(crate) fn scan_points(&self) -> Result<(Vec<u64>, Vec<u64>), ShadowError> {
         let pdir = self.dir.join("points");
         let mut manifests = Vec::new();
         let mut tombstones = Vec::new();
