@@ -1233,6 +1233,14 @@ fn under_pgbench_a_full_disk_a_killed_stream_and_corruption_lose_nothing_before_
     assert_exactly_before(&ids(&url), &acked_before, issued_after);
 }
 
+/// Whether a segment in `wal` holds a point's mark (its message's prefix).
+fn holds_a_mark(wal: &Path) -> bool {
+    std::fs::read_dir(wal).unwrap().flatten().any(|e| {
+        let bytes = std::fs::read(e.path()).unwrap();
+        bytes.windows(16).any(|w| w == b"bellwether.point")
+    })
+}
+
 /// A transactional point does not sync its manifest (its mark is a message in the WAL the
 /// stream flushed before the point returned; the follower's next sync makes the manifest
 /// durable). What a machine's stop can leave of the newest manifests (the last one gone,
@@ -1278,6 +1286,10 @@ fn points_whose_manifests_a_stopped_machine_lost_are_rebuilt_from_their_marks() 
     exec(
         &url,
         "INSERT INTO public.t SELECT g, 'after' FROM generate_series(401, 410) g",
+    );
+    assert!(
+        holds_a_mark(&sd.path().join("pg").join("wal")),
+        "the points' marks are in the WAL"
     );
     drop(shadow);
 
@@ -1327,5 +1339,36 @@ fn points_whose_manifests_a_stopped_machine_lost_are_rebuilt_from_their_marks() 
     assert_eq!(
         restore_beside(&cluster, sd.path(), Target::Point(p3.id()), "at-p3"),
         (1..=400).collect::<Vec<_>>()
+    );
+
+    // A role that may not write the message: its points are marked as before (the insert
+    // position) and their manifests synced by the point; they restore exactly.
+    exec(
+        &url,
+        "CREATE ROLE shadow_nomarks LOGIN REPLICATION; \
+         GRANT SELECT ON public.t TO shadow_nomarks; \
+         DO $$ DECLARE f regprocedure; BEGIN \
+           FOR f IN SELECT oid::regprocedure FROM pg_proc WHERE proname = 'pg_logical_emit_message' LOOP \
+             EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f); \
+           END LOOP; END $$",
+    );
+    let sd2 = shadow_dir();
+    let (o2, mut p2o) = options(
+        sd2.path(),
+        &cluster.url_for("shadow_nomarks", "postgres"),
+        ShadowType::Transactional,
+    );
+    p2o.sync = SyncSetup::Off;
+    let mut shadow = PgShadow::start(&o2, &p2o).expect("the shadow starts");
+    let point = shadow.take_point(Reason::OnDemand).expect("a point");
+    exec(
+        &url,
+        "INSERT INTO public.t SELECT g, 'later' FROM generate_series(411, 420) g",
+    );
+    assert!(!holds_a_mark(&sd2.path().join("pg").join("wal")));
+    drop(shadow);
+    assert_eq!(
+        restore_beside(&cluster, sd2.path(), Target::Point(point.id()), "no-marks"),
+        (1..=410).collect::<Vec<_>>()
     );
 }
