@@ -1233,12 +1233,19 @@ fn under_pgbench_a_full_disk_a_killed_stream_and_corruption_lose_nothing_before_
     assert_exactly_before(&ids(&url), &acked_before, issued_after);
 }
 
-/// Whether a segment in `wal` holds a point's mark (its message's prefix).
-fn holds_a_mark(wal: &Path) -> bool {
-    std::fs::read_dir(wal).unwrap().flatten().any(|e| {
-        let bytes = std::fs::read(e.path()).unwrap();
-        bytes.windows(16).any(|w| w == b"bellwether.point")
-    })
+/// How many points' marks (their messages' prefix) the segments in `wal` hold.
+fn marks_in(wal: &Path) -> usize {
+    std::fs::read_dir(wal)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let bytes = std::fs::read(e.path()).unwrap();
+            bytes
+                .windows(16)
+                .filter(|w| *w == b"bellwether.point")
+                .count()
+        })
+        .sum()
 }
 
 /// A transactional point does not sync its manifest (its mark is a message in the WAL the
@@ -1288,7 +1295,7 @@ fn points_whose_manifests_a_stopped_machine_lost_are_rebuilt_from_their_marks() 
         "INSERT INTO public.t SELECT g, 'after' FROM generate_series(401, 410) g",
     );
     assert!(
-        holds_a_mark(&sd.path().join("pg").join("wal")),
+        marks_in(&sd.path().join("pg").join("wal")) >= 2,
         "the points' marks are in the WAL"
     );
     drop(shadow);
@@ -1341,34 +1348,66 @@ fn points_whose_manifests_a_stopped_machine_lost_are_rebuilt_from_their_marks() 
         (1..=400).collect::<Vec<_>>()
     );
 
-    // A role that may not write the message: its points are marked as before (the insert
-    // position) and their manifests synced by the point; they restore exactly.
+    // A role whose right to write the message is revoked while its shadow runs: the next
+    // point is marked the other way (the insert position) and its manifest synced by the
+    // point; both restore exactly.
+    let each_message_fn = |verb: &str| {
+        format!(
+            "DO $$ DECLARE f regprocedure; BEGIN \
+               FOR f IN SELECT oid::regprocedure FROM pg_proc WHERE proname = 'pg_logical_emit_message' LOOP \
+                 EXECUTE format('{verb}', f); \
+               END LOOP; END $$"
+        )
+    };
     exec(
         &url,
-        "CREATE ROLE shadow_nomarks LOGIN REPLICATION; \
-         GRANT SELECT ON public.t TO shadow_nomarks; \
-         DO $$ DECLARE f regprocedure; BEGIN \
-           FOR f IN SELECT oid::regprocedure FROM pg_proc WHERE proname = 'pg_logical_emit_message' LOOP \
-             EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f); \
-           END LOOP; END $$",
+        "CREATE ROLE shadow_marks LOGIN REPLICATION; GRANT SELECT ON public.t TO shadow_marks",
+    );
+    exec(
+        &url,
+        &each_message_fn("REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC"),
+    );
+    exec(
+        &url,
+        &each_message_fn("GRANT EXECUTE ON FUNCTION %s TO shadow_marks"),
     );
     let sd2 = shadow_dir();
     let (o2, mut p2o) = options(
         sd2.path(),
-        &cluster.url_for("shadow_nomarks", "postgres"),
+        &cluster.url_for("shadow_marks", "postgres"),
         ShadowType::Transactional,
     );
     p2o.sync = SyncSetup::Off;
     let mut shadow = PgShadow::start(&o2, &p2o).expect("the shadow starts");
-    let point = shadow.take_point(Reason::OnDemand).expect("a point");
+    let marked = shadow.take_point(Reason::OnDemand).expect("a point");
+    exec(
+        &url,
+        &each_message_fn("REVOKE EXECUTE ON FUNCTION %s FROM shadow_marks"),
+    );
     exec(
         &url,
         "INSERT INTO public.t SELECT g, 'later' FROM generate_series(411, 420) g",
     );
-    assert!(!holds_a_mark(&sd2.path().join("pg").join("wal")));
+    let unmarked = shadow
+        .take_point(Reason::OnDemand)
+        .expect("a point without a message");
+    exec(
+        &url,
+        "INSERT INTO public.t SELECT g, 'last' FROM generate_series(421, 430) g",
+    );
+    assert_eq!(marks_in(&sd2.path().join("pg").join("wal")), 1);
     drop(shadow);
     assert_eq!(
-        restore_beside(&cluster, sd2.path(), Target::Point(point.id()), "no-marks"),
+        restore_beside(&cluster, sd2.path(), Target::Point(marked.id()), "marked"),
         (1..=410).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        restore_beside(
+            &cluster,
+            sd2.path(),
+            Target::Point(unmarked.id()),
+            "unmarked"
+        ),
+        (1..=420).collect::<Vec<_>>()
     );
 }

@@ -637,7 +637,6 @@ impl PgShadow {
         // so that its manifest need not be synced before the point is returned: the stream
         // makes the mark durable, and a start after a machine's stop rebuilds a lost
         // manifest from it ([`recover_points`]).
-        let deferred = self.inner.marks_in_wal && self.inner.receiver.is_some();
         let message = if self.inner.marks_in_wal {
             let mark = Mark {
                 shadow: self.inner.info.name.clone(),
@@ -655,6 +654,9 @@ impl PgShadow {
             None
         };
         let (lsn, timeline, through) = self.on(move |i| Box::pin(i.mark(name, message)))?;
+        // Whether the mark is in the WAL (a role whose right to write it was revoked since
+        // the start is marked the other way, and its point synced).
+        let deferred = self.inner.marks_in_wal && self.inner.receiver.is_some();
         let mark_ms = started.elapsed().as_secs_f64() * 1000.0;
         let kind = self.inner.opts.kind;
         // Through the mark's commit, not only the mark: a restore to the point stops at the
@@ -1559,22 +1561,32 @@ impl Inner {
         message: Option<String>,
     ) -> Result<(Lsn, u32, Lsn), PgShadowError> {
         let target = self.conn.target.clone();
-        let (sql, arg) = match message {
-            // A transactional message: its transaction commits (and flushes) after it.
-            Some(m) => (
-                "SELECT pg_logical_emit_message(true, 'bellwether.point'::text, $1::text)::text, \
-                 (SELECT timeline_id FROM pg_control_checkpoint()), \
-                 set_config('synchronous_commit', 'local', true)",
-                m,
-            ),
-            None => (self.restore_point_sql(), name),
+        // A transactional message: its transaction commits (and flushes) after it.
+        const MESSAGE: &str =
+            "SELECT pg_logical_emit_message(true, 'bellwether.point'::text, $1::text)::text, \
+             (SELECT timeline_id FROM pg_control_checkpoint()), \
+             set_config('synchronous_commit', 'local', true)";
+        let sent = match message.filter(|_| self.marks_in_wal) {
+            Some(m) => self.conn.client.query_one(MESSAGE, &[&m]).await,
+            None => {
+                self.conn
+                    .client
+                    .query_one(self.restore_point_sql(), &[&name])
+                    .await
+            }
         };
-        let row = self
-            .conn
-            .client
-            .query_one(sql, &[&arg])
-            .await
-            .map_err(|e| query_err(&target, "marking the point on the primary", e))?;
+        let row = match sent {
+            Err(e)
+                if self.marks_in_wal
+                    && e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
+                tracing::warn!(shadow = %self.info.name, error = %db_text(&e), "The role may no longer write a point's mark into the WAL: points are marked the other way from now on, and their manifests synced.");
+                self.marks_in_wal = false;
+                self.conn.client.query_one(self.restore_point_sql(), &[&name]).await
+            }
+            r => r,
+        }
+        .map_err(|e| query_err(&target, "marking the point on the primary", e))?;
         let lsn = lsn_of(&target, "marking the point", row.get(0))?;
         let tl: i32 = row.get(1);
         let flushed = self
