@@ -430,6 +430,9 @@ struct PgConn {
     /// to the server once what the client sent is out, and the server's answer still flows
     /// to the client until the server closes.
     client_eof: bool,
+    /// The client sent Terminate: the server closing after it is the session's end, not
+    /// the server's death (the session is not moved, nor its last read sent again).
+    client_terminated: bool,
     /// The server's write half has been shut after the client's EOF.
     server_shut: bool,
 }
@@ -465,7 +468,7 @@ impl PgConn {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner()) = Some(reason.0);
                 }
-                Seen::Terminate => {}
+                Seen::Terminate => self.client_terminated = true,
             }
         }
     }
@@ -622,6 +625,7 @@ impl PgConn {
             && self.up.is_empty()
             && self.down.is_empty()
             && !self.client_eof
+            && !self.client_terminated
     }
 
     /// Takes the session off its (failed) backend in the registry while it waits for another:
@@ -644,6 +648,7 @@ impl PgConn {
             && self.up.is_empty()
             && self.down.is_empty()
             && !self.client_eof
+            && !self.client_terminated
     }
 
     /// Ends the session for the client with a FATAL `08006` (connection failure) saying why.
@@ -731,6 +736,7 @@ pub(crate) async fn serve_postgres(
         seen: Vec::new(),
         held: None,
         client_eof: false,
+        client_terminated: false,
         server_shut: false,
     };
     run_session(&shared, &mut c, &params).await;

@@ -662,3 +662,45 @@ fn a_read_in_flight_and_idle_sessions_outlive_a_dead_primary() {
     assert_eq!(proxy.registry().on_backend("b").len(), 2);
     a.stop();
 }
+
+/// A client that says Terminate and leaves its socket open: the server closing after it is
+/// the session's end, not the server's death. Before, the proxy read the server's close
+/// first, took it for a death and moved the idle session to another backend (counted as a
+/// re-home: the planned-switchover test counted five for four pgbench sessions when
+/// pgbench's setup connection ended during the drain).
+#[test]
+fn a_server_closing_after_the_clients_terminate_is_not_a_death() {
+    let a = PgCluster::start(&[]);
+    let b = PgCluster::start(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let proxy = start_proxy(&rt, &a, &b);
+    // b may take a session that moves.
+    proxy
+        .set_backend("b", None, Some(AdminState::Ready))
+        .unwrap();
+    let addr = proxy.listen_addrs()[0].to_string();
+    let pa = proxy.pool().get("a").unwrap();
+    let pb = proxy.pool().get("b").unwrap();
+    for _ in 0..5 {
+        let mut c = MiniClient::connect(&addr);
+        c.query("SELECT 1").unwrap();
+        std::io::Write::write_all(&mut c.s, &bellwether_proxy::pg::encode_message(b'X', &[]))
+            .unwrap();
+        // The proxy closes the client once the session ended; the socket stays open here
+        // until then.
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut c.s, &mut rest);
+        assert!(rest.is_empty(), "nothing after Terminate: {rest:?}");
+    }
+    wait_for(
+        "the sessions to leave the registry",
+        Duration::from_secs(10),
+        || proxy.registry().is_empty(),
+    );
+    let moved = (
+        pa.metrics.rehomed_out.load(Relaxed),
+        pb.metrics.rehomed_in.load(Relaxed),
+    );
+    assert_eq!(moved, (0, 0), "a session that said Terminate was moved");
+    rt.block_on(proxy.shutdown());
+}
