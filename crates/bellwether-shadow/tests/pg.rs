@@ -163,6 +163,17 @@ fn pg_ctl(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
         .expect("pg_ctl runs")
 }
 
+/// A cluster of its own with an empty table `public.t (id, pad)`, and its URL.
+fn cluster_with_t() -> (TestCluster, String) {
+    let cluster = TestCluster::start(TestClusterOptions::default());
+    let url = cluster.url();
+    exec(
+        &url,
+        "CREATE TABLE public.t (id bigint PRIMARY KEY, pad text)",
+    );
+    (cluster, url)
+}
+
 fn shadow_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("bw-pg-shadow-")
@@ -972,12 +983,7 @@ fn object_count(dir: &Path) -> usize {
 /// exactly to itself.
 #[test]
 fn a_transactional_shadow_stores_its_wal_ahead_of_the_point_and_gc_keeps_it() {
-    let cluster = TestCluster::start(TestClusterOptions::default());
-    let url = cluster.url();
-    exec(
-        &url,
-        "CREATE TABLE public.t (id bigint PRIMARY KEY, pad text)",
-    );
+    let (cluster, url) = cluster_with_t();
     let sd = shadow_dir();
     let (o, p) = options(sd.path(), &url, ShadowType::Transactional);
     let mut shadow = PgShadow::start(&o, &p).expect("the shadow starts");
@@ -1256,12 +1262,7 @@ fn marks_in(wal: &Path) -> usize {
 /// have their numbers, positions, times taken and reasons, and restore exactly.
 #[test]
 fn points_whose_manifests_a_stopped_machine_lost_are_rebuilt_from_their_marks() {
-    let cluster = TestCluster::start(TestClusterOptions::default());
-    let url = cluster.url();
-    exec(
-        &url,
-        "CREATE TABLE public.t (id bigint PRIMARY KEY, pad text)",
-    );
+    let (cluster, url) = cluster_with_t();
     let sd = shadow_dir();
     let (o, p) = options(sd.path(), &url, ShadowType::Transactional);
     let mut shadow = PgShadow::start(&o, &p).expect("the shadow starts");

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::fpi::XLOG_BLCKSZ;
+use super::fpi::{u32_at, u64_at, XLOG_BLCKSZ};
 use super::lsn::{Lsn, SegmentName};
 use crate::point::{Reason, Timestamp};
 
@@ -80,14 +80,6 @@ const READ_MAX: u32 = 1 << 20;
 const RECORD_MAX: u32 = 1 << 30;
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
 
 fn maxalign(n: u64) -> u64 {
     (n + 7) & !7

@@ -331,6 +331,18 @@ pub(crate) fn recover_points(
     Ok(n)
 }
 
+/// A point's entry for a WAL segment (`rel`, under [`WAL_PREFIX`]) made of `objects`.
+fn wal_entry(rel: String, objects: Vec<ObjectRef>) -> Entry {
+    Entry {
+        path: rel,
+        kind: crate::point::EntryKind::File,
+        mode: 0o600,
+        size: objects.iter().map(|o| o.len).sum(),
+        mtime: None,
+        objects,
+    }
+}
+
 /// The WAL entries of a point on a base whose WAL starts in segment `first`, through
 /// `through`: the complete segments `keep` (a whole point on the same base) holds, and the
 /// rest read from `pg/wal` and stored (synced by the point's commit).
@@ -385,14 +397,7 @@ fn rebuild_wal_entries(
             base::Against::Nothing,
         )?;
         new_bytes += n;
-        entries.push(Entry {
-            path: rel,
-            kind: crate::point::EntryKind::File,
-            mode: 0o600,
-            size: objects.iter().map(|o| o.len).sum(),
-            mtime: None,
-            objects,
-        });
+        entries.push(wal_entry(rel, objects));
     }
     Ok((entries, new_bytes))
 }
@@ -740,14 +745,6 @@ impl PgShadow {
         // bytes durable in `pg/wal` already, and the next sync settles them.
         let lazy = point && self.inner.receiver.is_some();
         let put = if lazy { Put::Unsynced } else { Put::Compressed };
-        let entry = |rel: String, objects: Vec<ObjectRef>| Entry {
-            path: rel,
-            kind: crate::point::EntryKind::File,
-            mode: 0o600,
-            size: objects.iter().map(|o| o.len).sum(),
-            mtime: None,
-            objects,
-        };
         for segno in first..=last {
             let name = SegmentName { timeline, segno }.file_name(seg);
             let complete = wal.join(&name);
@@ -756,7 +753,7 @@ impl PgShadow {
             let lsn0 = segno.saturating_mul(seg);
             if let Some(objects) = self.wal_cache.get(&name) {
                 if point {
-                    entries.push(entry(rel, objects.clone()));
+                    entries.push(wal_entry(rel, objects.clone()));
                 }
                 continue;
             }
@@ -790,7 +787,7 @@ impl PgShadow {
                 objects.extend(rest);
                 self.wal_cache.insert(name, objects.clone());
                 if point {
-                    entries.push(entry(rel, objects));
+                    entries.push(wal_entry(rel, objects));
                 }
             } else {
                 // Bytes of this segment the shadow has flushed.
@@ -828,7 +825,7 @@ impl PgShadow {
                         lsn0,
                     )?;
                     objects.extend(tail);
-                    entries.push(entry(rel, objects));
+                    entries.push(wal_entry(rel, objects));
                 } else if point {
                     let size = file.metadata().map_err(ShadowError::io(&partial))?.len();
                     let upto = (size as usize).div_ceil(base::CHUNK);
@@ -854,7 +851,7 @@ impl PgShadow {
                         objects.push(z);
                         at += len;
                     }
-                    entries.push(entry(rel, objects));
+                    entries.push(wal_entry(rel, objects));
                 }
             }
         }
