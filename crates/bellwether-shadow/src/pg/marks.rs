@@ -102,9 +102,9 @@ impl Segments {
                 segno,
             }
             .file_name(self.seg);
-            let f = std::fs::File::open(self.dir.join(&name))
-                .or_else(|_| std::fs::File::open(self.dir.join(format!("{name}.partial"))))
-                .ok()?;
+            let complete = self.dir.join(&name);
+            let partial = self.dir.join(format!("{name}.partial"));
+            let (f, _) = super::base::open_segment(&complete, &partial).ok()??;
             self.open = Some((segno, f));
         }
         self.open.as_ref().map(|o| &o.1)

@@ -297,6 +297,15 @@ pub(crate) fn manifest_checksum(m: &Manifest) -> String {
     ObjectId(sum).hex()
 }
 
+/// Syncs the file or directory at `p`; one that is gone is passed over.
+fn sync_if_there(p: &Path) -> Result<(), ShadowError> {
+    match File::open(p).and_then(|f| f.sync_all()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ShadowError::io(p)(e)),
+    }
+}
+
 fn pid_alive(pid: u32) -> bool {
     if cfg!(target_os = "linux") {
         Path::new("/proc").join(pid.to_string()).exists()
@@ -783,13 +792,9 @@ impl PointStore {
         } else if !u.objects.is_empty() {
             let mut dirs: Vec<&Path> = Vec::new();
             for p in &u.objects {
-                match File::open(p).and_then(|f| f.sync_all()) {
-                    Ok(()) => {}
-                    // Written for a point that failed, then removed by `gc` as
-                    // unreferenced: nothing of it to make durable.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(ShadowError::io(p)(e)),
-                }
+                // One written for a point that failed, then removed by `gc` as
+                // unreferenced, has nothing left to make durable.
+                sync_if_there(p)?;
                 if let Some(d) = p.parent() {
                     if !dirs.contains(&d) {
                         dirs.push(d);
@@ -799,11 +804,7 @@ impl PointStore {
             // `objects/` itself was synced when each fan-out directory was made
             // (`objects::install`).
             for d in dirs {
-                match File::open(d).and_then(|f| f.sync_all()) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(ShadowError::io(d)(e)),
-                }
+                sync_if_there(d)?;
             }
         }
         *u = Unsynced {
@@ -1037,12 +1038,8 @@ impl PointStore {
         }
         let t = std::time::Instant::now();
         for p in d.iter() {
-            match File::open(p).and_then(|f| f.sync_all()) {
-                Ok(()) => {}
-                // Thinned meanwhile: nothing of it to keep.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(ShadowError::io(p)(e)),
-            }
+            // One thinned meanwhile has nothing left to keep.
+            sync_if_there(p)?;
         }
         let pdir = self.dir.join("points");
         File::open(&pdir)
